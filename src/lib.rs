@@ -1,0 +1,7 @@
+//! meshgate: a service-mesh gateway appliance and the control plane that configures it.
+//!
+//! The layers mirror the architecture: `config` (Istio resources, loading, validation),
+//! `registry` (services and endpoints), `translate` (config -> Envoy xDS resources),
+//! `xds` (the resource set and its JSON form), `proxy` (the data plane) and
+//! `controlplane` (ADS/SDS server).
+pub mod xds;
