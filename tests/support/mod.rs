@@ -1,0 +1,526 @@
+//! Shared helpers for meshgate's integration tests: real peers on loopback.
+//!
+//! - [`EchoUpstream`]: an HTTP/1.1 + HTTP/2 (cleartext) server that answers every request
+//!   with a JSON description of what it received, and can be told by request headers to
+//!   answer with a status, delay, or reset.
+//! - [`Envoy`]: a real Envoy 1.40 process started on a config file, with its admin API.
+//! - [`free_port`], [`repo_root`], [`peer_bin`].
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The repository root (where Cargo.toml is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+/// Finds a peer program: `$MESHGATE_<NAME>` (upper-case), then `.peers/bin/<name>`, then
+/// PATH. A missing peer fails the test with the command that installs it.
+pub fn peer_bin(name: &str) -> PathBuf {
+    let env = format!("MESHGATE_{}", name.to_uppercase().replace('-', "_"));
+    if let Ok(p) = std::env::var(&env) {
+        return PathBuf::from(p);
+    }
+    let local = repo_root().join(".peers/bin").join(name);
+    if local.exists() {
+        return local;
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "`{name}` is needed by this test and was not found; install it with: scripts/install-peers.sh {name}"
+    );
+}
+
+/// A scratch directory removed when dropped (kept if MESHGATE_KEEP_TMP is set).
+pub struct TempDir(pub tempfile::TempDir);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        TempDir(
+            tempfile::Builder::new()
+                .prefix("meshgate-test-")
+                .tempdir()
+                .expect("tempdir"),
+        )
+    }
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("MESHGATE_KEEP_TMP").is_some() {
+            let p = self.0.path().to_path_buf();
+            eprintln!("keeping {}", p.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.0,
+                tempfile::tempdir().expect("tempdir"),
+            ));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Echo upstream
+// ---------------------------------------------------------------------------------------
+
+/// An upstream server on 127.0.0.1 that echoes each request as JSON:
+/// `{"upstream": NAME, "method", "path" (with query), "version", "headers": {lowercase name: [values]}, "body_len"}`.
+///
+/// Request headers steer it:
+/// - `x-echo-status: 503` answer with that status
+/// - `x-echo-delay-ms: 200` wait before answering
+/// - `x-echo-reset: 1` close the connection without answering
+/// - `x-echo-header: name=value` add a response header (repeatable)
+/// - `x-echo-fail-first: N` answer 503 to the first N requests carrying the same header value pair
+///   `x-echo-fail-key` (for retry tests)
+pub struct EchoUpstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoUpstream {
+    /// Starts an echo server on a free port of 127.0.0.1.
+    pub fn start(name: &str) -> EchoUpstream {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), name)
+    }
+
+    /// Starts an echo server on `addr` (e.g. another 127.0.0.x address).
+    pub fn start_on(addr: SocketAddr, name: &str) -> EchoUpstream {
+        let std_listener = StdListener::bind(addr).expect("bind echo upstream");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("local addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let name_owned = name.to_string();
+        let counter = requests.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+                let fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let name = name_owned.clone();
+                            let counter = counter.clone();
+                            let fail_counts = fail_counts.clone();
+                            tokio::spawn(async move {
+                                let svc = hyper::service::service_fn(move |req| {
+                                    echo(req, name.clone(), counter.clone(), fail_counts.clone())
+                                });
+                                let io = hyper_util::rt::TokioIo::new(stream);
+                                let _ = hyper_util::server::conn::auto::Builder::new(
+                                    hyper_util::rt::TokioExecutor::new(),
+                                )
+                                .serve_connection_with_upgrades(io, svc)
+                                .await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        EchoUpstream {
+            name: name.to_string(),
+            addr,
+            requests,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Requests answered (or reset) so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ResetConnection;
+impl std::fmt::Display for ResetConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reset requested")
+    }
+}
+impl std::error::Error for ResetConnection {}
+
+async fn echo(
+    req: Request<Incoming>,
+    name: String,
+    counter: Arc<AtomicUsize>,
+    fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+) -> Result<Response<Full<Bytes>>, ResetConnection> {
+    counter.fetch_add(1, Ordering::SeqCst);
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if let Some(ms) = header("x-echo-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if header("x-echo-reset").is_some() {
+        return Err(ResetConnection);
+    }
+    let mut status = header("x-echo-status")
+        .and_then(|v| v.parse::<u16>().ok())
+        .unwrap_or(200);
+    if let (Some(n), Some(key)) = (
+        header("x-echo-fail-first").and_then(|v| v.parse::<usize>().ok()),
+        header("x-echo-fail-key"),
+    ) {
+        let mut counts = fail_counts.lock().unwrap();
+        let seen = counts.entry(key).or_insert(0);
+        *seen += 1;
+        if *seen <= n {
+            status = 503;
+        }
+    }
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let extra: Vec<String> = req
+        .headers()
+        .get_all("x-echo-header")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let json = serde_json::json!({
+        "upstream": name,
+        "method": method,
+        "path": path,
+        "version": version,
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    let mut resp = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-upstream", name.as_str());
+    for e in extra {
+        if let Some((k, v)) = e.split_once('=') {
+            resp = resp.header(k.trim(), v.trim());
+        }
+    }
+    Ok(resp
+        .body(Full::new(Bytes::from(json.to_string())))
+        .expect("response"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Envoy
+// ---------------------------------------------------------------------------------------
+
+/// A real Envoy process. Killed when dropped; its log is printed if the test panicked.
+pub struct Envoy {
+    child: Option<Child>,
+    pub admin_port: u16,
+    pub log_path: PathBuf,
+    pub base_id: u32,
+}
+
+impl Envoy {
+    /// Starts `envoy -c CONFIG` with the admin API on `admin_port` (which the config must
+    /// also use: Envoy takes admin from the bootstrap) and waits until it is LIVE and every
+    /// listener of the config is bound (`/ready` answers 200).
+    pub fn start(config: &Path, admin_port: u16, workdir: &Path) -> Envoy {
+        let log_path = workdir.join("envoy.log");
+        let log = std::fs::File::create(&log_path).expect("envoy log file");
+        // A distinct base id per process so that concurrent tests do not share
+        // Envoy's shared-memory region.
+        let base_id = admin_port as u32;
+        let child = Command::new(peer_bin("envoy"))
+            .arg("-c")
+            .arg(config)
+            .args(["--base-id", &base_id.to_string()])
+            .args(["--concurrency", "1", "--log-level", "info"])
+            .args(["--disable-hot-restart"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .current_dir(workdir)
+            .spawn()
+            .expect("spawning envoy");
+        let mut envoy = Envoy {
+            child: Some(child),
+            admin_port,
+            log_path,
+            base_id,
+        };
+        envoy.wait_ready(Duration::from_secs(20));
+        envoy
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("envoy exited with {status}:\n{}", self.log());
+                }
+            }
+            if let Ok((200, _)) = self.admin_get("/ready") {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("envoy not ready after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET on the admin API: (status, body).
+    pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        blocking_http_get(("127.0.0.1", self.admin_port), path)
+    }
+
+    /// POST on the admin API.
+    pub fn admin_post(&self, path: &str) -> std::io::Result<(u16, String)> {
+        blocking_http(("127.0.0.1", self.admin_port), "POST", path)
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A stat's value from `/stats?filter=` (None if absent).
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let (_, body) = self
+            .admin_get(&format!("/stats?filter=^{}$", regex_escape(name)))
+            .ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Fails the test if Envoy rejected any configuration: xDS `update_rejected` counters,
+    /// or rejection messages in its log.
+    pub fn assert_no_rejections(&self) {
+        let (_, stats) = self.admin_get("/stats").expect("admin /stats");
+        let rejected: Vec<&str> = stats
+            .lines()
+            .filter(|l| l.contains("update_rejected") && !l.ends_with(": 0"))
+            .collect();
+        let log = self.log();
+        let bad_log: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("rejected") || l.contains("nack") || l.contains("[critical]")
+            })
+            .collect();
+        assert!(
+            rejected.is_empty() && bad_log.is_empty(),
+            "envoy rejected config:\n{}\n{}\n--- full log ---\n{log}",
+            rejected.join("\n"),
+            bad_log.join("\n")
+        );
+    }
+
+    /// Waits until `check` holds for the admin stats text (bounded).
+    pub fn wait_for_stat(&self, name: &str, pred: impl Fn(u64) -> bool, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stat(name).is_some_and(&pred) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "stat {name} = {:?} did not reach the expected value:\n{}",
+                    self.stat(name),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- envoy log ({}) ---\n{}",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Minimal blocking HTTP for admin APIs (no client library needed in sync code)
+// ---------------------------------------------------------------------------------------
+
+/// GET `path` on `addr` over a fresh HTTP/1.1 connection: (status, body).
+pub fn blocking_http_get(
+    addr: impl std::net::ToSocketAddrs,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    blocking_http(addr, "GET", path)
+}
+
+/// One request with `method` on a fresh connection; the whole response is read.
+pub fn blocking_http(
+    addr: impl std::net::ToSocketAddrs,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(head, b)| {
+            if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")
+            {
+                dechunk(b)
+            } else {
+                b.to_string()
+            }
+        })
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A reqwest client that never follows redirects, resolves every name to 127.0.0.1 via
+/// the URL (callers put the port in the URL and the Host in a header or `resolve`).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("reqwest client")
+}
+
+/// Waits until a TCP port accepts connections (bounded).
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "port {port} did not open within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
