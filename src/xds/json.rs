@@ -200,15 +200,14 @@ fn redact_secret(
     use crate::xds::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
     use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type;
     let mut s = s.clone();
-    if let Some(Type::TlsCertificate(cert)) = &mut s.r#type {
-        if let Some(key) = &mut cert.private_key {
-            if !matches!(key.specifier, Some(Specifier::Filename(_))) {
-                *key = DataSource {
-                    specifier: Some(Specifier::InlineString("[redacted]".into())),
-                    ..Default::default()
-                };
-            }
-        }
+    if let Some(Type::TlsCertificate(cert)) = &mut s.r#type
+        && let Some(key) = &mut cert.private_key
+        && !matches!(key.specifier, Some(Specifier::Filename(_)))
+    {
+        *key = DataSource {
+            specifier: Some(Specifier::InlineString("[redacted]".into())),
+            ..Default::default()
+        };
     }
     s
 }
