@@ -323,10 +323,10 @@ impl Envoy {
     fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("envoy exited with {status}:\n{}", self.log());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("envoy exited with {status}:\n{}", self.log());
             }
             if let Ok((200, _)) = self.admin_get("/ready") {
                 return;
