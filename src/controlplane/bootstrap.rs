@@ -1,0 +1,309 @@
+//! The Envoy bootstrap for a proxy managed by this control plane (the job of Istio's
+//! pilot-agent): node id and metadata in Istio's form, everything over one ADS stream
+//! (SotW or delta), a static cluster for the control plane with HTTP/2, admin on
+//! loopback.
+//!
+//! The document is built as JSON, parsed into Envoy's `Bootstrap` proto (unknown or
+//! mistyped fields are errors, as in Envoy) and rendered back, so what is written is
+//! what Envoy's own parser accepts.
+use super::node::{IstioNodeId, istio_metadata};
+use crate::xds::json::{JsonError, from_json, to_json};
+use crate::xds::pb::envoy::config::bootstrap::v3::Bootstrap;
+use crate::xds::{ProxyIdentity, ProxyKind};
+use serde_json::{Value, json};
+use std::fmt::Write;
+
+/// What goes into a bootstrap.
+#[derive(Debug, Clone)]
+pub struct EnvoyBootstrap {
+    /// The control plane, `HOST:PORT` (an IP or a DNS name).
+    pub xds_address: String,
+    /// The node id: Istio's four-part form, or a pod name that is expanded into it.
+    pub node_id: String,
+    pub kind: ProxyKind,
+    pub namespace: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The workload's IP for the node id when `node_id` is a plain name.
+    pub ip: String,
+    /// Delta xDS (`DELTA_GRPC`) rather than state-of-the-world (`GRPC`).
+    pub delta: bool,
+    pub admin_address: String,
+    pub admin_port: u16,
+    /// `node.cluster` (Istio: `SERVICE.NAMESPACE`); defaults to `istio-ingressgateway.NS`
+    /// for gateways and the pod name's prefix otherwise.
+    pub cluster: Option<String>,
+    pub cluster_id: String,
+    pub network: String,
+}
+
+impl Default for EnvoyBootstrap {
+    fn default() -> Self {
+        EnvoyBootstrap {
+            xds_address: "127.0.0.1:15010".into(),
+            node_id: "meshgate-gateway".into(),
+            kind: ProxyKind::Router,
+            namespace: "default".into(),
+            labels: Default::default(),
+            ip: "127.0.0.1".into(),
+            delta: true,
+            admin_address: "127.0.0.1".into(),
+            admin_port: 15000,
+            cluster: None,
+            cluster_id: "Kubernetes".into(),
+            network: String::new(),
+        }
+    }
+}
+
+/// Why a bootstrap cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("xDS address `{0}` is not HOST:PORT")]
+    Address(String),
+    #[error(
+        "node id `{0}` looks like an Istio id but is not TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.DOMAIN"
+    )]
+    NodeId(String),
+    #[error("rendering the bootstrap: {0}")]
+    Json(#[from] JsonError),
+}
+
+/// Splits `HOST:PORT` (`[v6]:PORT` too).
+pub fn split_host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+impl EnvoyBootstrap {
+    /// The full node id.
+    pub fn full_node_id(&self) -> Result<String, BootstrapError> {
+        if self.node_id.contains('~') {
+            IstioNodeId::parse(&self.node_id)
+                .ok_or_else(|| BootstrapError::NodeId(self.node_id.clone()))?;
+            return Ok(self.node_id.clone());
+        }
+        Ok(IstioNodeId::format(
+            self.kind,
+            &self.ip,
+            &self.node_id,
+            &self.namespace,
+            "cluster.local",
+        ))
+    }
+
+    /// The bootstrap as Envoy's proto.
+    pub fn build(&self) -> Result<Bootstrap, BootstrapError> {
+        let (host, port) = split_host_port(&self.xds_address)
+            .ok_or_else(|| BootstrapError::Address(self.xds_address.clone()))?;
+        let node_id = self.full_node_id()?;
+        let identity = ProxyIdentity {
+            id: node_id.clone(),
+            kind: self.kind,
+            namespace: self.namespace.clone(),
+            labels: self.labels.clone(),
+            ip_addresses: vec![self.ip.clone()],
+            network: self.network.clone(),
+            cluster_id: self.cluster_id.clone(),
+            domain_suffix: "cluster.local".into(),
+        };
+        let metadata = to_json(&istio_metadata(
+            &identity,
+            concat!("meshgate-", env!("CARGO_PKG_VERSION")),
+        ))?;
+        let cluster = self.cluster.clone().unwrap_or_else(|| match self.kind {
+            ProxyKind::Router => format!("istio-ingressgateway.{}", self.namespace),
+            ProxyKind::Sidecar => {
+                let pod = IstioNodeId::parse(&node_id)
+                    .map(|i| i.pod_and_namespace)
+                    .unwrap_or_default();
+                let app = self
+                    .labels
+                    .get("app")
+                    .cloned()
+                    .unwrap_or_else(|| pod.split('.').next().unwrap_or("").to_string());
+                format!("{app}.{}", self.namespace)
+            }
+        });
+        let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+        let doc = json!({
+            "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
+            "admin": {"address": {"socket_address": {"address": self.admin_address, "port_value": self.admin_port}}},
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": if self.delta { "DELTA_GRPC" } else { "GRPC" },
+                    "transport_api_version": "V3",
+                    "set_node_on_first_message_only": true,
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+                },
+                "lds_config": {"ads": {}, "resource_api_version": "V3"},
+                "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            },
+            "static_resources": {
+                "clusters": [{
+                    "name": "xds-grpc",
+                    "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds-grpc",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
+                    },
+                }]
+            },
+        });
+        Ok(from_json::<Bootstrap>(&doc)?)
+    }
+
+    /// The bootstrap as Envoy-style JSON.
+    pub fn to_json(&self) -> Result<Value, BootstrapError> {
+        Ok(to_json(&self.build()?)?)
+    }
+
+    /// The bootstrap as YAML.
+    pub fn to_yaml(&self) -> Result<String, BootstrapError> {
+        Ok(yaml(&self.to_json()?))
+    }
+}
+
+/// Renders JSON as block-style YAML. Strings are double-quoted (JSON escapes are valid
+/// YAML), so no value can change meaning.
+pub fn yaml(v: &Value) -> String {
+    let mut out = String::new();
+    emit(v, 0, &mut out);
+    out
+}
+
+fn key(k: &str) -> String {
+    let plain = k
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if plain {
+        k.to_string()
+    } else {
+        Value::String(k.to_string()).to_string()
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::Object(m) if m.is_empty() => Some("{}".into()),
+        Value::Array(a) if a.is_empty() => Some("[]".into()),
+        Value::Object(_) | Value::Array(_) => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn emit(v: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, v) in m {
+                match scalar(v) {
+                    Some(s) => {
+                        let _ = writeln!(out, "{pad}{}: {s}", key(k));
+                    }
+                    None => {
+                        let _ = writeln!(out, "{pad}{}:", key(k));
+                        emit(v, indent + 2, out);
+                    }
+                }
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            for item in a {
+                match scalar(item) {
+                    Some(s) => {
+                        let _ = writeln!(out, "{pad}- {s}");
+                    }
+                    None => {
+                        // The item's first line goes after the dash, the rest indented.
+                        let mut inner = String::new();
+                        emit(item, indent + 2, &mut inner);
+                        let inner = inner.trim_start();
+                        let _ = write!(out, "{pad}- {inner}");
+                    }
+                }
+            }
+        }
+        other => {
+            let _ = writeln!(out, "{pad}{}", scalar(other).unwrap_or_default());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(
+            split_host_port("127.0.0.1:15010"),
+            Some(("127.0.0.1".into(), 15010))
+        );
+        assert_eq!(
+            split_host_port("istiod.istio-system.svc:15010"),
+            Some(("istiod.istio-system.svc".into(), 15010))
+        );
+        assert_eq!(split_host_port("[::1]:15010"), Some(("::1".into(), 15010)));
+        for bad in ["127.0.0.1", ":15010", "h:0", "h:x", "h:70000"] {
+            assert_eq!(split_host_port(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn builds_an_istio_style_bootstrap() {
+        let mut b = EnvoyBootstrap {
+            node_id: "gw-1".into(),
+            namespace: "edge".into(),
+            delta: false,
+            ..Default::default()
+        };
+        b.labels.insert("istio".into(), "ingressgateway".into());
+        let j = b.to_json().unwrap();
+        assert_eq!(
+            j["node"]["id"],
+            "router~127.0.0.1~gw-1.edge~edge.svc.cluster.local"
+        );
+        assert_eq!(j["node"]["metadata"]["LABELS"]["istio"], "ingressgateway");
+        assert_eq!(j["node"]["metadata"]["NAMESPACE"], "edge");
+        assert_eq!(j["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
+        assert_eq!(j["static_resources"]["clusters"][0]["type"], "STATIC");
+        assert_eq!(j["admin"]["address"]["socket_address"]["port_value"], 15000);
+        b.node_id = "router~10.0.0.1~gw-1.edge~edge.svc.cluster.local".into();
+        b.xds_address = "istiod.istio-system.svc:15010".into();
+        b.delta = true;
+        let j = b.to_json().unwrap();
+        assert_eq!(
+            j["node"]["id"],
+            "router~10.0.0.1~gw-1.edge~edge.svc.cluster.local"
+        );
+        assert_eq!(
+            j["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
+        assert_eq!(j["static_resources"]["clusters"][0]["type"], "STRICT_DNS");
+        b.node_id = "router~x".into();
+        assert!(matches!(b.build(), Err(BootstrapError::NodeId(_))));
+    }
+
+    #[test]
+    fn yaml_block_style() {
+        let v = json!({"a": {"b": [1, {"c": "x: y", "@type": "t"}, []], "e": {}}, "s": "quo\"te", "t": true});
+        let want = "a:\n  b:\n    - 1\n    - c: \"x: y\"\n      \"@type\": \"t\"\n    - []\n  e: {}\ns: \"quo\\\"te\"\nt: true\n";
+        assert_eq!(yaml(&v), want);
+    }
+}

@@ -1,0 +1,330 @@
+//! Incremental (delta) ADS.
+//!
+//! Per type the stream tracks what the proxy holds (name -> content hash), starting from
+//! the `initial_resource_versions` a reconnecting proxy sends, so only differences are
+//! pushed. LDS/CDS subscribe by legacy wildcard (an empty first subscribe) or `*`;
+//! EDS/RDS/SDS by name. A subscribed name the snapshot lacks is answered once in
+//! `removed_resources` ("does not exist") so the proxy does not wait for it. Removals of
+//! resources the proxy holds go out after every type's updates (make before break).
+//! An ACK or NACK carries only the nonce; a NACKed resource stays recorded as sent, so
+//! it is not pushed again until its content changes.
+use super::snapshot::{Snapshot, parse_version, version_string};
+use super::sotw::wildcard_type;
+use super::status::Nack;
+use super::stream::{Engine, StreamCtx, truncate};
+use crate::xds::TypeUrl;
+use crate::xds::pb::envoy::config::core::v3::{ControlPlane as ControlPlaneId, Node};
+use crate::xds::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tonic::Status;
+
+/// Responses awaiting an ACK that are remembered; older ones count as lost.
+const MAX_OUTSTANDING: usize = 64;
+
+#[derive(Default)]
+struct TypeState {
+    requested: bool,
+    wildcard: bool,
+    names: HashSet<Arc<str>>,
+    /// What the proxy holds: name -> our content hash (`None`: a version we did not make).
+    has: HashMap<Arc<str>, Option<u64>>,
+    /// Subscribed names already answered as not existing.
+    told_absent: HashSet<Arc<str>>,
+    dirty: bool,
+    removals: bool,
+}
+
+struct Outstanding {
+    nonce: String,
+    ty: TypeUrl,
+    version: String,
+}
+
+/// The delta engine of one stream.
+pub(crate) struct Delta {
+    types: [TypeState; 5],
+    snapshot: Option<Arc<Snapshot>>,
+    outstanding: VecDeque<Outstanding>,
+}
+
+fn i(t: TypeUrl) -> usize {
+    TypeUrl::ALL.iter().position(|x| *x == t).unwrap_or(0)
+}
+
+impl Delta {
+    pub fn new() -> Delta {
+        Delta {
+            types: Default::default(),
+            snapshot: None,
+            outstanding: VecDeque::new(),
+        }
+    }
+
+    fn respond(
+        &mut self,
+        t: TypeUrl,
+        resources: Vec<Resource>,
+        removed: Vec<String>,
+        ctx: &mut StreamCtx,
+    ) -> DeltaDiscoveryResponse {
+        let nonce = ctx.next_nonce();
+        let version = self
+            .snapshot
+            .as_ref()
+            .map(|s| version_string(s.of(t).version))
+            .unwrap_or_default();
+        ctx.inner.metrics.pushed(t);
+        let count = resources.len() + removed.len();
+        ctx.with_status(|s| {
+            let ts = s.ty(t);
+            ts.sent_version = version.clone();
+            ts.sent_nonce = nonce.clone();
+            ts.sent_resources = count;
+        });
+        if self.outstanding.len() >= MAX_OUTSTANDING {
+            self.outstanding.pop_front();
+        }
+        self.outstanding.push_back(Outstanding {
+            nonce: nonce.clone(),
+            ty: t,
+            version: version.clone(),
+        });
+        DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources,
+            type_url: t.as_str().to_string(),
+            removed_resources: removed,
+            nonce,
+            control_plane: Some(ControlPlaneId {
+                identifier: ctx.inner.identifier.clone(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn try_upsert(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DeltaDiscoveryResponse> {
+        let snap = self.snapshot.clone()?;
+        let st = &mut self.types[i(t)];
+        if !st.dirty || !st.requested {
+            return None;
+        }
+        st.dirty = false;
+        let ts = snap.of(t);
+        let mut resources = Vec::new();
+        let mut send = |e: &Arc<super::snapshot::Entry>,
+                        has: &mut HashMap<Arc<str>, Option<u64>>| {
+            if has.get(&e.name) != Some(&Some(e.hash)) {
+                has.insert(e.name.clone(), Some(e.hash));
+                resources.push(Resource {
+                    name: e.name.to_string(),
+                    version: e.version(),
+                    resource: Some(e.resource.clone()),
+                    ..Default::default()
+                });
+            }
+        };
+        if st.wildcard {
+            for e in ts.entries() {
+                send(e, &mut st.has);
+            }
+        }
+        let mut absent = Vec::new();
+        for n in &st.names {
+            match ts.get(n) {
+                Some(e) => {
+                    if !st.wildcard {
+                        send(e, &mut st.has);
+                    }
+                }
+                None => {
+                    if !st.has.contains_key(n) && st.told_absent.insert(n.clone()) {
+                        absent.push(n.to_string());
+                    }
+                }
+            }
+        }
+        st.removals = st.has.keys().any(|n| ts.get(n).is_none());
+        if resources.is_empty() && absent.is_empty() {
+            return None;
+        }
+        Some(self.respond(t, resources, absent, ctx))
+    }
+
+    fn try_removals(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DeltaDiscoveryResponse> {
+        let snap = self.snapshot.clone()?;
+        let st = &mut self.types[i(t)];
+        if !st.removals {
+            return None;
+        }
+        st.removals = false;
+        let ts = snap.of(t);
+        let gone: Vec<Arc<str>> = st
+            .has
+            .keys()
+            .filter(|n| ts.get(n).is_none())
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return None;
+        }
+        for n in &gone {
+            st.has.remove(n);
+            if st.names.contains(n) {
+                st.told_absent.insert(n.clone());
+            }
+        }
+        let removed = gone.iter().map(|n| n.to_string()).collect();
+        Some(self.respond(t, Vec::new(), removed, ctx))
+    }
+}
+
+impl Engine for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn on_request(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        ctx: &mut StreamCtx,
+    ) -> Result<(), Status> {
+        let Some(t) = ctx.parse_type(&req.type_url)? else {
+            return Ok(());
+        };
+        ctx.check_names(req.resource_names_subscribe.len())?;
+        ctx.check_names(req.initial_resource_versions.len())?;
+        let st = &mut self.types[i(t)];
+        if !st.requested {
+            st.requested = true;
+            st.dirty = true;
+            // Legacy wildcard: the first request of LDS/CDS subscribes to nothing by name.
+            st.wildcard = wildcard_type(t) && req.resource_names_subscribe.is_empty();
+            for (name, v) in req.initial_resource_versions {
+                st.has.insert(Arc::from(name), parse_version(&v));
+            }
+        }
+        for n in req.resource_names_subscribe {
+            if n == "*" {
+                st.wildcard = true;
+                st.dirty = true;
+            } else if !st.names.contains(n.as_str()) {
+                st.names.insert(Arc::from(n));
+                st.dirty = true;
+            }
+        }
+        for n in req.resource_names_unsubscribe {
+            if n == "*" {
+                st.wildcard = false;
+            } else {
+                st.names.remove(n.as_str());
+                st.has.remove(n.as_str());
+                st.told_absent.remove(n.as_str());
+            }
+        }
+        ctx.check_names(st.names.len())?;
+        let (wildcard, subscribed) = (st.wildcard, st.names.len());
+        ctx.with_status(|s| {
+            let ts = s.ty(t);
+            ts.wildcard = wildcard;
+            ts.subscribed = subscribed;
+        });
+        if req.response_nonce.is_empty() {
+            return Ok(());
+        }
+        let Some(pos) = self
+            .outstanding
+            .iter()
+            .position(|o| o.nonce == req.response_nonce && o.ty == t)
+        else {
+            ctx.inner
+                .metrics
+                .stale_nonces
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        };
+        let Some(o) = self.outstanding.remove(pos) else {
+            return Ok(());
+        };
+        match req.error_detail {
+            Some(err) => {
+                ctx.inner.metrics.rejected(t);
+                let message = truncate(&err.message, 4096).to_string();
+                tracing::warn!(node = %ctx.node.identity.id, ty = t.short(), nonce = %o.nonce, error = %message, "proxy rejected a push (NACK)");
+                ctx.with_status(|s| {
+                    s.ty(t).nacked = Some(Nack {
+                        version: o.version,
+                        nonce: o.nonce,
+                        error: message,
+                        at: SystemTime::now(),
+                    })
+                });
+            }
+            None => ctx.with_status(|s| {
+                let ts = s.ty(t);
+                ts.acked_version = o.version;
+                ts.acked_nonce = o.nonce;
+                ts.nacked = None;
+            }),
+        }
+        Ok(())
+    }
+
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>, ctx: &mut StreamCtx) {
+        let mut changed = false;
+        for t in TypeUrl::ALL {
+            let differs = self
+                .snapshot
+                .as_ref()
+                .is_none_or(|old| old.of(t).version != snapshot.of(t).version);
+            if differs {
+                self.types[i(t)].dirty = true;
+                changed |= self.types[i(t)].requested;
+            }
+        }
+        if changed && ctx.converging.is_none() {
+            ctx.converging = snapshot.changed_at;
+        }
+        ctx.with_status(|s| {
+            s.snapshot_generation = snapshot.generation;
+            s.snapshot_error = None;
+        });
+        self.snapshot = Some(snapshot);
+    }
+
+    fn has_pending(&self) -> bool {
+        self.snapshot.is_some()
+            && self
+                .types
+                .iter()
+                .any(|s| (s.dirty && s.requested) || s.removals)
+    }
+
+    fn next_response(&mut self, ctx: &mut StreamCtx) -> Option<DeltaDiscoveryResponse> {
+        for t in TypeUrl::ALL {
+            if let Some(r) = self.try_upsert(t, ctx) {
+                return Some(r);
+            }
+        }
+        // Removals only once no type has updates left.
+        if self.types.iter().any(|s| s.dirty && s.requested) {
+            return None;
+        }
+        for t in TypeUrl::ALL {
+            if let Some(r) = self.try_removals(t, ctx) {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    fn settled(&self) -> bool {
+        !self.has_pending() && self.outstanding.is_empty()
+    }
+}

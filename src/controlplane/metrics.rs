@@ -1,0 +1,281 @@
+//! The control plane's Prometheus metrics, named after istiod's where the meaning is
+//! the same (`pilot_xds_pushes`, `pilot_total_xds_rejects`, `pilot_xds`,
+//! `pilot_proxy_convergence_time`) so that existing dashboards apply.
+use crate::xds::TypeUrl;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the convergence histogram: istiod's buckets.
+pub const CONVERGENCE_BUCKETS: [f64; 8] = [0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+
+fn idx(t: TypeUrl) -> usize {
+    TypeUrl::ALL.iter().position(|x| *x == t).unwrap_or(0)
+}
+
+#[derive(Default)]
+struct PerType([AtomicU64; 5]);
+
+impl PerType {
+    fn inc(&self, t: TypeUrl) {
+        self.0[idx(t)].fetch_add(1, Relaxed);
+    }
+    fn get(&self, t: TypeUrl) -> u64 {
+        self.0[idx(t)].load(Relaxed)
+    }
+}
+
+/// A histogram with fixed buckets, in seconds.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; CONVERGENCE_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, le) in CONVERGENCE_BUCKETS.iter().enumerate() {
+            if s <= *le {
+                self.buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+}
+
+/// Which xDS flavour a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Sotw,
+    Delta,
+}
+
+/// Counters and gauges of one control plane.
+#[derive(Default)]
+pub struct Metrics {
+    pushes: PerType,
+    push_errors: PerType,
+    rejects: PerType,
+    requests: PerType,
+    responses: PerType,
+    triggers: PerType,
+    /// Snapshots that could not be computed (source error or inconsistent resources).
+    pub snapshot_errors: AtomicU64,
+    pub stale_nonces: AtomicU64,
+    pub unknown_types: AtomicU64,
+    pub write_timeouts: AtomicU64,
+    pub stream_errors: AtomicU64,
+    connected_sotw: AtomicI64,
+    connected_delta: AtomicI64,
+    /// Proxy convergence: from the config change to the proxy's ACK of it.
+    pub convergence: Histogram,
+    /// Debounced pushes started (each may reach many proxies).
+    pub push_rounds: AtomicU64,
+}
+
+impl Metrics {
+    pub fn pushed(&self, t: TypeUrl) {
+        self.pushes.inc(t);
+        self.responses.inc(t);
+    }
+    pub fn push_error(&self, t: TypeUrl) {
+        self.push_errors.inc(t);
+    }
+    pub fn rejected(&self, t: TypeUrl) {
+        self.rejects.inc(t);
+    }
+    pub fn request(&self, t: TypeUrl) {
+        self.requests.inc(t);
+    }
+    pub fn triggered(&self, t: TypeUrl) {
+        self.triggers.inc(t);
+    }
+    pub fn pushes(&self, t: TypeUrl) -> u64 {
+        self.pushes.get(t)
+    }
+    pub fn rejects(&self, t: TypeUrl) -> u64 {
+        self.rejects.get(t)
+    }
+    pub fn connected(&self, mode: Mode, delta: i64) {
+        match mode {
+            Mode::Sotw => self.connected_sotw.fetch_add(delta, Relaxed),
+            Mode::Delta => self.connected_delta.fetch_add(delta, Relaxed),
+        };
+    }
+    pub fn connections(&self) -> i64 {
+        self.connected_sotw.load(Relaxed) + self.connected_delta.load(Relaxed)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let per_type = |out: &mut String, name: &str, help: &str, v: &PerType| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for t in TypeUrl::ALL {
+                let _ = writeln!(out, "{name}{{type=\"{}\"}} {}", t.short(), v.get(t));
+            }
+        };
+        per_type(
+            &mut out,
+            "pilot_xds_pushes",
+            "Responses pushed to proxies, by type.",
+            &self.pushes,
+        );
+        per_type(
+            &mut out,
+            "pilot_xds_push_errors",
+            "Pushes that could not be sent (closed stream or write timeout), by type.",
+            &self.push_errors,
+        );
+        per_type(
+            &mut out,
+            "pilot_total_xds_rejects",
+            "Responses proxies rejected (NACKs), by type.",
+            &self.rejects,
+        );
+        per_type(
+            &mut out,
+            "meshgate_xds_requests_total",
+            "Discovery requests received, by type.",
+            &self.requests,
+        );
+        per_type(
+            &mut out,
+            "meshgate_xds_responses_total",
+            "Discovery responses sent, by type.",
+            &self.responses,
+        );
+        per_type(
+            &mut out,
+            "pilot_push_triggers",
+            "Types named by the config changes behind pushes.",
+            &self.triggers,
+        );
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            &mut out,
+            "meshgate_xds_push_rounds_total",
+            "Debounced push rounds.",
+            self.push_rounds.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "meshgate_xds_snapshot_errors_total",
+            "Proxy snapshots that could not be computed (kept the last good one).",
+            self.snapshot_errors.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "meshgate_xds_stale_nonces_total",
+            "Requests ignored for carrying a stale or unknown nonce.",
+            self.stale_nonces.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "meshgate_xds_unknown_types_total",
+            "Requests for resource types this control plane does not serve.",
+            self.unknown_types.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "pilot_xds_write_timeout",
+            "Streams closed because the proxy did not read its pushes in time.",
+            self.write_timeouts.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "meshgate_xds_stream_errors_total",
+            "Streams closed with an error status.",
+            self.stream_errors.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP pilot_xds Connected xDS streams.\n# TYPE pilot_xds gauge"
+        );
+        let _ = writeln!(
+            out,
+            "pilot_xds{{mode=\"sotw\"}} {}",
+            self.connected_sotw.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "pilot_xds{{mode=\"delta\"}} {}",
+            self.connected_delta.load(Relaxed)
+        );
+        let h = &self.convergence;
+        let _ = writeln!(
+            out,
+            "# HELP pilot_proxy_convergence_time Seconds from a configuration change until a proxy ACKed all of it.\n# TYPE pilot_proxy_convergence_time histogram"
+        );
+        for (i, le) in CONVERGENCE_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "pilot_proxy_convergence_time_bucket{{le=\"{le}\"}} {}",
+                h.buckets[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "pilot_proxy_convergence_time_bucket{{le=\"+Inf\"}} {}",
+            h.count.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "pilot_proxy_convergence_time_sum {}",
+            h.sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "pilot_proxy_convergence_time_count {}",
+            h.count.load(Relaxed)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.pushed(TypeUrl::Cluster);
+        m.rejected(TypeUrl::Listener);
+        m.connected(Mode::Delta, 1);
+        m.convergence.observe(Duration::from_millis(200));
+        let text = m.render();
+        for line in [
+            "pilot_xds_pushes{type=\"cds\"} 1",
+            "pilot_total_xds_rejects{type=\"lds\"} 1",
+            "pilot_xds{mode=\"delta\"} 1",
+            "pilot_proxy_convergence_time_bucket{le=\"0.1\"} 0",
+            "pilot_proxy_convergence_time_bucket{le=\"0.5\"} 1",
+            "pilot_proxy_convergence_time_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+        // Every sample line belongs to a declared metric.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap();
+            let base = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(text.contains(&format!("# TYPE {base} ")), "{l}");
+        }
+    }
+}

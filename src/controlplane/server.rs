@@ -1,0 +1,547 @@
+//! The control plane: the registry of connected proxies and their shared snapshots, the
+//! push loop, and the gRPC services (ADS, standalone SDS).
+use super::debounce::{Burst, Debounce, next_burst};
+use super::delta::Delta;
+use super::metrics::{Metrics, Mode};
+use super::node::{IdentityKey, NodeInfo, parse_node};
+use super::snapshot::{Snapshot, version_string};
+use super::sotw::Sotw;
+use super::source::{Change, SnapshotSource};
+use super::status::ProxyStatus;
+use super::stream;
+use crate::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use crate::xds::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use crate::xds::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
+use crate::xds::{ProxyIdentity, TypeUrl};
+use futures::Stream;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Limits and timings of a control plane.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub debounce: Debounce,
+    /// Largest request accepted (gRPC's default, 4 MiB).
+    pub max_recv_message_size: usize,
+    /// Largest response sent.
+    pub max_send_message_size: usize,
+    /// Responses queued per stream before the stream waits for the proxy to read.
+    pub send_queue: usize,
+    /// How long a stream may wait for its proxy to read before it is closed.
+    pub send_timeout: Duration,
+    /// Most resource names one subscription (one type of one stream) may hold.
+    pub max_resource_names: usize,
+    /// How long a new stream may take to send its first request.
+    pub first_request_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            debounce: Debounce::default(),
+            max_recv_message_size: 4 << 20,
+            max_send_message_size: 256 << 20,
+            send_queue: 4,
+            send_timeout: Duration::from_secs(30),
+            max_resource_names: 100_000,
+            first_request_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// Errors running the control plane's servers.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// The proxies sharing one identity key, and their current snapshot.
+struct KeyEntry {
+    identity: ProxyIdentity,
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    /// Serializes recomputation so that snapshots are published in the order computed.
+    compute: tokio::sync::Mutex<u64>,
+}
+
+struct Keyed {
+    entry: Arc<KeyEntry>,
+    streams: usize,
+}
+
+#[derive(Default)]
+struct Registry {
+    keys: HashMap<IdentityKey, Keyed>,
+    conns: HashMap<u64, (IdentityKey, Arc<Mutex<ProxyStatus>>)>,
+}
+
+/// Shared state of a control plane.
+pub(crate) struct Inner {
+    pub source: Arc<dyn SnapshotSource>,
+    pub options: Options,
+    pub metrics: Metrics,
+    /// `control_plane.identifier` in responses.
+    pub identifier: String,
+    /// Random per process, in every nonce, so nonces of an earlier run never match.
+    pub boot_id: u32,
+    registry: Mutex<Registry>,
+    next_conn: AtomicU64,
+    serving: AtomicBool,
+}
+
+/// What a stream gets when it attaches.
+pub(crate) struct Attachment {
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub status: Arc<Mutex<ProxyStatus>>,
+    pub guard: Detach,
+    pub conn_id: u64,
+}
+
+/// Detaches a stream from the registry when dropped.
+pub(crate) struct Detach {
+    inner: Arc<Inner>,
+    conn_id: u64,
+    mode: Mode,
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        self.inner.metrics.connected(self.mode, -1);
+        let mut reg = self.inner.lock();
+        if let Some((key, _)) = reg.conns.remove(&self.conn_id)
+            && let Some(k) = reg.keys.get_mut(&key)
+        {
+            k.streams -= 1;
+            if k.streams == 0 {
+                // The last proxy of this identity left: drop its snapshot.
+                reg.keys.remove(&key);
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a stream of `node`; computes the key's first snapshot if it is new.
+    pub(crate) fn attach(self: &Arc<Self>, node: &NodeInfo, mode: Mode) -> Attachment {
+        let key = IdentityKey::of(&node.identity);
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+        let status = Arc::new(Mutex::new(ProxyStatus {
+            connection_id: conn_id,
+            node_id: node.identity.id.clone(),
+            proxy_id: node.proxy_id.clone(),
+            namespace: node.identity.namespace.clone(),
+            labels: node.identity.labels.clone(),
+            user_agent: node.user_agent.clone(),
+            istio_version: node.istio_version.clone(),
+            mode,
+            connected_at: SystemTime::now(),
+            snapshot_generation: 0,
+            snapshot_error: None,
+            types: Default::default(),
+        }));
+        let (entry, created) = {
+            let mut reg = self.lock();
+            reg.conns.insert(conn_id, (key.clone(), status.clone()));
+            match reg.keys.get_mut(&key) {
+                Some(k) => {
+                    k.streams += 1;
+                    (k.entry.clone(), false)
+                }
+                None => {
+                    let (tx, _) = watch::channel(None);
+                    let entry = Arc::new(KeyEntry {
+                        identity: node.identity.clone(),
+                        tx,
+                        compute: tokio::sync::Mutex::new(0),
+                    });
+                    reg.keys.insert(
+                        key,
+                        Keyed {
+                            entry: entry.clone(),
+                            streams: 1,
+                        },
+                    );
+                    (entry, true)
+                }
+            }
+        };
+        self.metrics.connected(mode, 1);
+        let snapshots = entry.tx.subscribe();
+        if created {
+            let inner = self.clone();
+            let entry = entry.clone();
+            tokio::spawn(async move { inner.recompute(&entry, None).await });
+        }
+        Attachment {
+            snapshots,
+            status,
+            guard: Detach {
+                inner: self.clone(),
+                conn_id,
+                mode,
+            },
+            conn_id,
+        }
+    }
+
+    /// Computes a key's snapshot and publishes it if its content changed.
+    async fn recompute(self: &Arc<Self>, entry: &Arc<KeyEntry>, changed_at: Option<Instant>) {
+        let mut generation = entry.compute.lock().await;
+        let source = self.source.clone();
+        let identity = entry.identity.clone();
+        let next = *generation + 1;
+        let built = tokio::task::spawn_blocking(move || {
+            let set = source.resources(&identity).map_err(|e| e.to_string())?;
+            Snapshot::build(identity, set, next, changed_at).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("computing the snapshot panicked: {e}")));
+        match built {
+            Ok(snap) => {
+                let same = entry
+                    .tx
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|cur| cur.same_content(&snap));
+                if !same {
+                    *generation = next;
+                    entry.tx.send_replace(Some(Arc::new(snap)));
+                }
+            }
+            Err(error) => {
+                self.metrics.snapshot_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(namespace = %entry.identity.namespace, labels = ?entry.identity.labels, %error, "cannot compute proxy resources; keeping the last good snapshot");
+                let key = IdentityKey::of(&entry.identity);
+                let reg = self.lock();
+                for (k, st) in reg.conns.values() {
+                    if *k == key {
+                        st.lock().unwrap_or_else(|e| e.into_inner()).snapshot_error =
+                            Some(error.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// One debounced push: recompute the snapshots of every key the change affects.
+    async fn push(self: &Arc<Self>, burst: Burst) {
+        self.metrics.push_rounds.fetch_add(1, Ordering::Relaxed);
+        for t in burst.change.types.iter() {
+            self.metrics.triggered(t);
+        }
+        let entries: Vec<Arc<KeyEntry>> = {
+            let reg = self.lock();
+            reg.keys
+                .values()
+                .filter(|k| burst.change.affects(&k.entry.identity))
+                .map(|k| k.entry.clone())
+                .collect()
+        };
+        tracing::debug!(keys = entries.len(), merged = burst.merged, "push");
+        // A few at a time: translation is CPU work and the machine has few cores.
+        let parallel = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let mut set = tokio::task::JoinSet::new();
+        for e in entries {
+            while set.len() >= parallel {
+                set.join_next().await;
+            }
+            let inner = self.clone();
+            set.spawn(async move { inner.recompute(&e, Some(burst.first_at)).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+}
+
+/// A control plane serving the resources of a [`SnapshotSource`] over ADS and SDS.
+#[derive(Clone)]
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+}
+
+impl ControlPlane {
+    /// Creates the control plane and starts its push loop (needs a Tokio runtime).
+    pub fn new(source: Arc<dyn SnapshotSource>, options: Options) -> ControlPlane {
+        let inner = Arc::new(Inner {
+            source,
+            options,
+            metrics: Metrics::default(),
+            identifier: format!("meshgate {}", env!("CARGO_PKG_VERSION")),
+            boot_id: rand::random(),
+            registry: Mutex::new(Registry::default()),
+            next_conn: AtomicU64::new(0),
+            serving: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&inner);
+        let mut changes = inner.source.changes();
+        let timing = inner.options.debounce;
+        tokio::spawn(async move {
+            while let Some(burst) = next_burst(&mut changes, timing).await {
+                let Some(inner) = weak.upgrade() else { break };
+                inner.push(burst).await;
+            }
+        });
+        ControlPlane { inner }
+    }
+
+    /// The ADS gRPC service, with the configured message size limits.
+    pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<AdsService> {
+        AggregatedDiscoveryServiceServer::new(AdsService {
+            inner: self.inner.clone(),
+        })
+        .max_decoding_message_size(self.inner.options.max_recv_message_size)
+        .max_encoding_message_size(self.inner.options.max_send_message_size)
+    }
+
+    /// The standalone SDS gRPC service.
+    pub fn sds_service(&self) -> SecretDiscoveryServiceServer<SdsService> {
+        SecretDiscoveryServiceServer::new(SdsService {
+            inner: self.inner.clone(),
+        })
+        .max_decoding_message_size(self.inner.options.max_recv_message_size)
+        .max_encoding_message_size(self.inner.options.max_send_message_size)
+    }
+
+    /// Serves ADS and SDS on `listener` until `shutdown` completes.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        self.inner.serving.store(true, Ordering::Relaxed);
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(Some(self.inner.options.max_concurrent_streams))
+            .tcp_nodelay(true)
+            .add_service(self.ads_service())
+            .add_service(self.sds_service())
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        self.inner.serving.store(false, Ordering::Relaxed);
+        Ok(result?)
+    }
+
+    /// Binds `addr` and serves until `shutdown`.
+    pub async fn bind_and_serve(
+        &self,
+        addr: SocketAddr,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        self.serve(listener, shutdown).await
+    }
+
+    /// True while the gRPC server is serving.
+    pub fn serving(&self) -> bool {
+        self.inner.serving.load(Ordering::Relaxed)
+    }
+
+    /// The control plane's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Every connected stream's sync status.
+    pub fn syncz(&self) -> Vec<ProxyStatus> {
+        let reg = self.inner.lock();
+        let mut out: Vec<ProxyStatus> = reg
+            .conns
+            .values()
+            .map(|(_, s)| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect();
+        out.sort_by_key(|s| s.connection_id);
+        out
+    }
+
+    /// The config dump of the connected proxy whose node id or `POD.NAMESPACE` is
+    /// `proxy_id`; `None` if no such proxy is connected or it has no snapshot yet.
+    pub fn config_dump(
+        &self,
+        proxy_id: &str,
+    ) -> Option<Result<serde_json::Value, crate::xds::json::JsonError>> {
+        let snap = {
+            let reg = self.inner.lock();
+            let (key, _) = reg.conns.values().find(|(_, s)| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.node_id == proxy_id || s.proxy_id == proxy_id
+            })?;
+            reg.keys.get(key)?.entry.tx.borrow().clone()?
+        };
+        let version = version_string(
+            TypeUrl::ALL
+                .iter()
+                .fold(0u64, |acc, t| acc.rotate_left(7) ^ snap.of(*t).version),
+        );
+        Some(crate::xds::json::config_dump(&snap.resources, &version))
+    }
+
+    /// Number of distinct identity keys (shared snapshots) currently held.
+    pub fn snapshot_keys(&self) -> usize {
+        self.inner.lock().keys.len()
+    }
+
+    /// Pushes now, skipping the debounce (for callers that batch changes themselves).
+    pub async fn push_now(&self, change: Change) {
+        self.inner
+            .push(Burst {
+                change,
+                first_at: Instant::now(),
+                merged: 1,
+            })
+            .await;
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn spawn_stream<E: stream::Engine>(
+    inner: &Arc<Inner>,
+    inbound: Streaming<E::Request>,
+    mode: Mode,
+    only: Option<TypeUrl>,
+    engine: impl FnOnce() -> E + Send + 'static,
+) -> BoxStream<E::Response> {
+    let (tx, rx) = mpsc::channel(inner.options.send_queue.max(1));
+    tokio::spawn(stream::run(inner.clone(), inbound, tx, mode, only, engine));
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// Envoy's AggregatedDiscoveryService.
+pub struct AdsService {
+    inner: Arc<Inner>,
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(spawn_stream(
+            &self.inner,
+            request.into_inner(),
+            Mode::Sotw,
+            None,
+            Sotw::new,
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(spawn_stream(
+            &self.inner,
+            request.into_inner(),
+            Mode::Delta,
+            None,
+            Delta::new,
+        )))
+    }
+}
+
+/// Envoy's SecretDiscoveryService, for proxies that fetch secrets on their own stream.
+pub struct SdsService {
+    inner: Arc<Inner>,
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for SdsService {
+    type DeltaSecretsStream = BoxStream<DeltaDiscoveryResponse>;
+    type StreamSecretsStream = BoxStream<DiscoveryResponse>;
+
+    async fn delta_secrets(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        Ok(Response::new(spawn_stream(
+            &self.inner,
+            request.into_inner(),
+            Mode::Delta,
+            Some(TypeUrl::Secret),
+            Delta::new,
+        )))
+    }
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        Ok(Response::new(spawn_stream(
+            &self.inner,
+            request.into_inner(),
+            Mode::Sotw,
+            Some(TypeUrl::Secret),
+            Sotw::new,
+        )))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        let req = request.into_inner();
+        if !req.type_url.is_empty() && req.type_url != TypeUrl::Secret.as_str() {
+            return Err(Status::invalid_argument("FetchSecrets serves only secrets"));
+        }
+        let node =
+            parse_node(req.node.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let source = self.inner.source.clone();
+        let identity = node.identity.clone();
+        let set = tokio::task::spawn_blocking(move || source.resources(&identity))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let snap = Snapshot::build(node.identity, set, 0, None)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let ts = snap.of(TypeUrl::Secret);
+        let entries: Vec<_> = req
+            .resource_names
+            .iter()
+            .filter_map(|n| ts.get(n))
+            .collect();
+        let mut fold = super::snapshot::VersionFold::default();
+        entries.iter().for_each(|e| fold.add(e.hash));
+        Ok(Response::new(DiscoveryResponse {
+            version_info: version_string(fold.finish(entries.len())),
+            resources: entries.iter().map(|e| e.resource.clone()).collect(),
+            type_url: TypeUrl::Secret.as_str().to_string(),
+            ..Default::default()
+        }))
+    }
+}

@@ -1,0 +1,439 @@
+//! Per-proxy snapshots: a [`ResourceSet`] packed for the wire, with a content hash per
+//! resource (the resource's version in delta xDS) and per type (the SotW version).
+//!
+//! Snapshots are immutable and shared: every proxy with the same identity key holds the
+//! same `Arc<Snapshot>`, and streams compare hashes, never bytes, to decide what to push.
+use crate::xds::pb::envoy::config::cluster::v3::{
+    Cluster, cluster::ClusterDiscoveryType, cluster::DiscoveryType,
+};
+use crate::xds::pb::envoy::config::core::v3::{
+    ConfigSource, TransportSocket, config_source::ConfigSourceSpecifier,
+    transport_socket::ConfigType,
+};
+use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, UpstreamTlsContext,
+    common_tls_context::ValidationContextType,
+};
+use crate::xds::pb::google::protobuf::Any;
+use crate::xds::{ProxyIdentity, ResourceSet, TypeUrl};
+use prost::{Message, Name};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// One resource as served: its name, content hash and packed bytes.
+#[derive(Debug, PartialEq)]
+pub struct Entry {
+    pub name: Arc<str>,
+    /// Hash of the name and the encoded resource; equal hashes mean equal resources.
+    pub hash: u64,
+    pub resource: Any,
+}
+
+impl Entry {
+    /// The hash as the opaque version string sent in delta responses.
+    pub fn version(&self) -> String {
+        version_string(self.hash)
+    }
+}
+
+/// Formats a hash as a version string (16 hex digits).
+pub fn version_string(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+/// Parses a version string made by [`version_string`]; `None` for any other text
+/// (for example versions another server gave the client).
+pub fn parse_version(v: &str) -> Option<u64> {
+    if v.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(v, 16).ok()
+}
+
+fn hash_resource(name: &str, bytes: &[u8]) -> u64 {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([0u8]);
+    h.update(bytes);
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// Folds entry hashes (in name order) into one version: equal lists, equal versions.
+#[derive(Debug, Clone, Copy)]
+pub struct VersionFold(u64);
+
+impl Default for VersionFold {
+    fn default() -> Self {
+        VersionFold(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl VersionFold {
+    pub fn add(&mut self, hash: u64) {
+        self.0 = (self.0 ^ hash)
+            .wrapping_mul(0x0000_0100_0000_01b3)
+            .rotate_left(17);
+    }
+    pub fn finish(self, count: usize) -> u64 {
+        (self.0 ^ count as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+/// The resources of one type, sorted by name.
+#[derive(Debug, Default)]
+pub struct TypeSnapshot {
+    entries: Vec<Arc<Entry>>,
+    index: HashMap<Arc<str>, usize>,
+    /// Version of the whole list (what a wildcard SotW response of it carries).
+    pub version: u64,
+}
+
+impl TypeSnapshot {
+    fn build(resources: Vec<crate::xds::NamedResource>) -> Result<TypeSnapshot, String> {
+        let mut entries: Vec<Arc<Entry>> = resources
+            .into_iter()
+            .map(|r| {
+                let hash = hash_resource(&r.name, &r.resource.value);
+                Arc::new(Entry {
+                    name: Arc::from(r.name),
+                    hash,
+                    resource: r.resource,
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut index = HashMap::with_capacity(entries.len());
+        let mut fold = VersionFold::default();
+        for (i, e) in entries.iter().enumerate() {
+            if e.name.is_empty() {
+                return Err("a resource has an empty name".to_string());
+            }
+            if index.insert(e.name.clone(), i).is_some() {
+                return Err(format!("two resources are named `{}`", e.name));
+            }
+            fold.add(e.hash);
+        }
+        let version = fold.finish(entries.len());
+        Ok(TypeSnapshot {
+            entries,
+            index,
+            version,
+        })
+    }
+
+    /// All entries, by name.
+    pub fn entries(&self) -> &[Arc<Entry>] {
+        &self.entries
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Entry>> {
+        self.index.get(name).map(|&i| &self.entries[i])
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Why a resource set cannot be served as a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{ty}: {message}")]
+    Invalid { ty: &'static str, message: String },
+    #[error("inconsistent resources: {}", .0.join("; "))]
+    Inconsistent(Vec<String>),
+}
+
+/// Everything one proxy (one identity key) is served, ready for the wire.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The identity the resources were computed for (any proxy of the key).
+    pub identity: ProxyIdentity,
+    /// The unpacked resources (for config dumps).
+    pub resources: Arc<ResourceSet>,
+    types: [TypeSnapshot; 5],
+    /// Increases with every snapshot published for a key.
+    pub generation: u64,
+    /// When the first config change that led to this snapshot happened (for the
+    /// convergence-time histogram); `None` for the first snapshot of a key.
+    pub changed_at: Option<Instant>,
+}
+
+fn index(ty: TypeUrl) -> usize {
+    TypeUrl::ALL.iter().position(|t| *t == ty).unwrap_or(0)
+}
+
+impl Snapshot {
+    /// Packs and hashes `resources`, after checking that every RDS, EDS and SDS name
+    /// the listeners and clusters reference over ADS is present.
+    pub fn build(
+        identity: ProxyIdentity,
+        resources: Arc<ResourceSet>,
+        generation: u64,
+        changed_at: Option<Instant>,
+    ) -> Result<Snapshot, SnapshotError> {
+        let problems = check_consistency(&resources);
+        if !problems.is_empty() {
+            return Err(SnapshotError::Inconsistent(problems));
+        }
+        let build = |ty: TypeUrl| {
+            TypeSnapshot::build(resources.packed(ty)).map_err(|message| SnapshotError::Invalid {
+                ty: ty.short(),
+                message,
+            })
+        };
+        let types = [
+            build(TypeUrl::ALL[0])?,
+            build(TypeUrl::ALL[1])?,
+            build(TypeUrl::ALL[2])?,
+            build(TypeUrl::ALL[3])?,
+            build(TypeUrl::ALL[4])?,
+        ];
+        Ok(Snapshot {
+            identity,
+            resources,
+            types,
+            generation,
+            changed_at,
+        })
+    }
+
+    /// The resources of one type.
+    pub fn of(&self, ty: TypeUrl) -> &TypeSnapshot {
+        &self.types[index(ty)]
+    }
+
+    /// True when both snapshots serve the same content for every type.
+    pub fn same_content(&self, other: &Snapshot) -> bool {
+        TypeUrl::ALL.iter().all(|&t| {
+            self.of(t).version == other.of(t).version && self.of(t).len() == other.of(t).len()
+        })
+    }
+}
+
+fn is_ads(source: Option<&ConfigSource>) -> bool {
+    matches!(
+        source.and_then(|s| s.config_source_specifier.as_ref()),
+        Some(ConfigSourceSpecifier::Ads(_)) | Some(ConfigSourceSpecifier::Self_(_))
+    )
+}
+
+fn decode_any<M: Message + Name + Default>(any: &Any) -> Option<M> {
+    if any.type_url != M::type_url() {
+        return None;
+    }
+    M::decode(any.value.as_slice()).ok()
+}
+
+fn sds_in_common(ctx: Option<&CommonTlsContext>, out: &mut Vec<String>) {
+    let Some(ctx) = ctx else { return };
+    let mut push = |c: &SdsSecretConfig| {
+        if is_ads(c.sds_config.as_ref()) {
+            out.push(c.name.clone());
+        }
+    };
+    ctx.tls_certificate_sds_secret_configs
+        .iter()
+        .for_each(&mut push);
+    match &ctx.validation_context_type {
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(c)) => push(c),
+        Some(ValidationContextType::CombinedValidationContext(c)) => {
+            if let Some(c) = &c.validation_context_sds_secret_config {
+                push(c)
+            }
+        }
+        _ => {}
+    }
+}
+
+fn sds_in_transport_socket(ts: Option<&TransportSocket>, out: &mut Vec<String>) {
+    let Some(ConfigType::TypedConfig(any)) = ts.and_then(|t| t.config_type.as_ref()) else {
+        return;
+    };
+    if let Some(d) = decode_any::<DownstreamTlsContext>(any) {
+        sds_in_common(d.common_tls_context.as_ref(), out);
+    } else if let Some(u) = decode_any::<UpstreamTlsContext>(any) {
+        sds_in_common(u.common_tls_context.as_ref(), out);
+    }
+}
+
+/// The names a resource set refers to over ADS, by type.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct References {
+    pub routes: BTreeSet<String>,
+    pub endpoints: BTreeSet<String>,
+    pub secrets: BTreeSet<String>,
+}
+
+/// The RDS, EDS and SDS names that listeners and clusters reference through ADS
+/// (the names a client subscribes to after CDS and LDS).
+pub fn references(
+    listeners: &[crate::xds::pb::envoy::config::listener::v3::Listener],
+    clusters: &[Cluster],
+) -> References {
+    let mut refs = References::default();
+    let mut secrets = Vec::new();
+    for l in listeners {
+        for fc in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+            sds_in_transport_socket(fc.transport_socket.as_ref(), &mut secrets);
+            for f in &fc.filters {
+                let Some(
+                    crate::xds::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
+                        any,
+                    ),
+                ) = &f.config_type
+                else {
+                    continue;
+                };
+                if let Some(hcm) = decode_any::<HttpConnectionManager>(any)
+                    && let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier
+                    && is_ads(rds.config_source.as_ref())
+                {
+                    refs.routes.insert(rds.route_config_name.clone());
+                }
+            }
+        }
+    }
+    for c in clusters {
+        if matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32)
+        {
+            let eds = c.eds_cluster_config.as_ref();
+            if eds.is_none_or(|e| is_ads(e.eds_config.as_ref())) {
+                let name = eds
+                    .map(|e| e.service_name.as_str())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(&c.name);
+                refs.endpoints.insert(name.to_string());
+            }
+        }
+        sds_in_transport_socket(c.transport_socket.as_ref(), &mut secrets);
+        for m in &c.transport_socket_matches {
+            sds_in_transport_socket(m.transport_socket.as_ref(), &mut secrets);
+        }
+    }
+    refs.secrets.extend(secrets);
+    refs
+}
+
+/// Every problem that would leave a proxy waiting for a resource that never comes:
+/// a referenced route configuration, cluster load assignment or secret that is missing.
+pub fn check_consistency(set: &ResourceSet) -> Vec<String> {
+    let refs = references(&set.listeners, &set.clusters);
+    let mut problems = Vec::new();
+    let have = |ty: TypeUrl| set.names(ty).into_iter().collect::<BTreeSet<&str>>();
+    let (routes, endpoints, secrets) = (
+        have(TypeUrl::Route),
+        have(TypeUrl::Endpoint),
+        have(TypeUrl::Secret),
+    );
+    for r in &refs.routes {
+        if !routes.contains(r.as_str()) {
+            problems.push(format!(
+                "route configuration `{r}` is referenced by a listener but missing"
+            ));
+        }
+    }
+    for e in &refs.endpoints {
+        if !endpoints.contains(e.as_str()) {
+            problems.push(format!(
+                "cluster load assignment `{e}` is referenced by an EDS cluster but missing"
+            ));
+        }
+    }
+    for s in &refs.secrets {
+        if !secrets.contains(s.as_str()) {
+            problems.push(format!("secret `{s}` is referenced over SDS but missing"));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controlplane::sample::{SampleGateway, SampleService, tls_secret};
+
+    fn gateway(endpoint_port: u16) -> SampleGateway {
+        SampleGateway::new(
+            8080,
+            vec![SampleService::new(
+                "a",
+                vec![std::net::SocketAddr::from(([127, 0, 0, 1], endpoint_port))],
+            )],
+        )
+    }
+
+    fn build(set: ResourceSet) -> Result<Snapshot, SnapshotError> {
+        Snapshot::build(ProxyIdentity::default(), Arc::new(set), 1, None)
+    }
+
+    #[test]
+    fn hashes_and_versions_are_stable_and_content_sensitive() {
+        let s1 = build(gateway(8001).resources()).unwrap();
+        let s2 = build(gateway(8001).resources()).unwrap();
+        assert!(s1.same_content(&s2));
+        let s3 = build(gateway(8002).resources()).unwrap();
+        // Only the endpoints differ.
+        for t in TypeUrl::ALL {
+            assert_eq!(
+                s1.of(t).version == s3.of(t).version,
+                t != TypeUrl::Endpoint,
+                "{t:?}"
+            );
+        }
+        let e = s1
+            .of(TypeUrl::Cluster)
+            .get("outbound|80||a.default.svc.cluster.local")
+            .unwrap();
+        assert_eq!(parse_version(&e.version()), Some(e.hash));
+        assert_eq!(parse_version("v1"), None);
+    }
+
+    #[test]
+    fn consistency_finds_missing_references() {
+        let mut set = gateway(8001).resources();
+        assert!(check_consistency(&set).is_empty());
+        set.routes.clear();
+        set.endpoints.clear();
+        let problems = check_consistency(&set);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("route configuration `http.8080`"));
+        assert!(problems[1].contains("outbound|80||a.default.svc.cluster.local"));
+        assert!(matches!(build(set), Err(SnapshotError::Inconsistent(_))));
+    }
+
+    #[test]
+    fn secrets_referenced_over_ads_are_checked() {
+        let mut g = gateway(8001);
+        g.tls_secret = Some("gw-cert".into());
+        let mut set = g.resources();
+        let problems = check_consistency(&set);
+        assert_eq!(
+            problems,
+            vec!["secret `gw-cert` is referenced over SDS but missing".to_string()]
+        );
+        set.secrets.push(tls_secret("gw-cert", "cert", "key"));
+        assert!(check_consistency(&set).is_empty());
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let mut set = gateway(8001).resources();
+        let dup = set.clusters[0].clone();
+        set.clusters.push(dup);
+        assert!(matches!(
+            build(set),
+            Err(SnapshotError::Invalid { ty: "cds", .. })
+        ));
+    }
+}

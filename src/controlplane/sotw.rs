@@ -1,0 +1,325 @@
+//! State-of-the-world ADS, the way Envoy speaks it.
+//!
+//! - LDS and CDS are wildcard (empty `resource_names`): every response carries all
+//!   listeners or clusters, and one left out is deleted by the proxy. So removals are
+//!   held back: while other types still have updates to push, the wildcard response
+//!   keeps the resources being removed, and a final response without them follows once
+//!   everything else went out (make before break).
+//! - RDS, EDS and SDS name their resources in every request, ACKs included; the answer
+//!   carries exactly the named ones that exist.
+//! - ACK: the nonce of our last response, no error. NACK: same with `error_detail`;
+//!   recorded, and the same content is never sent again (only a change of content or of
+//!   the requested names sends something new).
+//! - A request whose nonce is not our latest for the type is stale and ignored; the
+//!   next ACK carries the full name list again and is compared with what we answered.
+use super::snapshot::{Entry, Snapshot, VersionFold, version_string};
+use super::status::Nack;
+use super::stream::{Engine, StreamCtx, truncate};
+use crate::xds::TypeUrl;
+use crate::xds::pb::envoy::config::core::v3::{ControlPlane as ControlPlaneId, Node};
+use crate::xds::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tonic::Status;
+
+/// Types that Envoy subscribes to by wildcard.
+pub(crate) fn wildcard_type(t: TypeUrl) -> bool {
+    matches!(t, TypeUrl::Cluster | TypeUrl::Listener)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Subscription {
+    wildcard: bool,
+    names: BTreeSet<String>,
+}
+
+struct Sent {
+    nonce: String,
+    version: u64,
+    subscription: Subscription,
+    entries: Vec<Arc<Entry>>,
+}
+
+#[derive(Default)]
+struct TypeState {
+    requested: bool,
+    subscription: Subscription,
+    /// Answer even if the content is unchanged (a new request or new names).
+    force: bool,
+    /// Content may differ from what was sent.
+    dirty: bool,
+    /// The last response still holds resources the snapshot no longer has.
+    holds_removed: bool,
+    last: Option<Sent>,
+    /// The last response was ACKed or NACKed.
+    answered: bool,
+}
+
+/// The SotW engine of one stream.
+pub(crate) struct Sotw {
+    types: [TypeState; 5],
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+fn i(t: TypeUrl) -> usize {
+    TypeUrl::ALL.iter().position(|x| *x == t).unwrap_or(0)
+}
+
+impl Sotw {
+    pub fn new() -> Sotw {
+        Sotw {
+            types: Default::default(),
+            snapshot: None,
+        }
+    }
+
+    /// The entries to send for `t`, and their version. With `hold`, resources of the
+    /// last response that the snapshot dropped are kept.
+    fn desired(&self, t: TypeUrl, hold: bool) -> (Vec<Arc<Entry>>, u64, bool) {
+        let st = &self.types[i(t)];
+        let Some(snap) = &self.snapshot else {
+            return (Vec::new(), VersionFold::default().finish(0), false);
+        };
+        let ts = snap.of(t);
+        let mut out: Vec<Arc<Entry>> = if st.subscription.wildcard {
+            ts.entries().to_vec()
+        } else {
+            st.subscription
+                .names
+                .iter()
+                .filter_map(|n| ts.get(n).cloned())
+                .collect()
+        };
+        let mut held = false;
+        if st.subscription.wildcard
+            && let Some(last) = &st.last
+        {
+            let gone: Vec<Arc<Entry>> = last
+                .entries
+                .iter()
+                .filter(|e| ts.get(&e.name).is_none())
+                .cloned()
+                .collect();
+            if !gone.is_empty() {
+                held = true;
+                if hold {
+                    out.extend(gone);
+                    out.sort_by(|a, b| a.name.cmp(&b.name));
+                }
+            }
+        }
+        let mut fold = VersionFold::default();
+        out.iter().for_each(|e| fold.add(e.hash));
+        let v = fold.finish(out.len());
+        (out, v, held)
+    }
+
+    fn build(
+        &mut self,
+        t: TypeUrl,
+        entries: Vec<Arc<Entry>>,
+        version: u64,
+        ctx: &mut StreamCtx,
+    ) -> DiscoveryResponse {
+        let nonce = ctx.next_nonce();
+        let st = &mut self.types[i(t)];
+        st.force = false;
+        st.answered = false;
+        let resp = DiscoveryResponse {
+            version_info: version_string(version),
+            resources: entries.iter().map(|e| e.resource.clone()).collect(),
+            type_url: t.as_str().to_string(),
+            nonce: nonce.clone(),
+            control_plane: Some(ControlPlaneId {
+                identifier: ctx.inner.identifier.clone(),
+            }),
+            ..Default::default()
+        };
+        ctx.inner.metrics.pushed(t);
+        ctx.with_status(|s| {
+            let ts = s.ty(t);
+            ts.sent_version = resp.version_info.clone();
+            ts.sent_nonce = nonce.clone();
+            ts.sent_resources = entries.len();
+        });
+        st.last = Some(Sent {
+            nonce,
+            version,
+            subscription: st.subscription.clone(),
+            entries,
+        });
+        resp
+    }
+
+    fn try_upsert(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DiscoveryResponse> {
+        let st = &self.types[i(t)];
+        if !st.dirty || !st.requested {
+            return None;
+        }
+        // Named types with no names: nothing to answer (istiod does the same).
+        if !st.subscription.wildcard && st.subscription.names.is_empty() {
+            self.types[i(t)].dirty = false;
+            self.types[i(t)].force = false;
+            return None;
+        }
+        self.snapshot.as_ref()?;
+        let (entries, version, held) = self.desired(t, true);
+        let st = &mut self.types[i(t)];
+        st.dirty = false;
+        st.holds_removed = held;
+        if !st.force && st.last.as_ref().is_some_and(|l| l.version == version) {
+            return None;
+        }
+        Some(self.build(t, entries, version, ctx))
+    }
+
+    fn try_final(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DiscoveryResponse> {
+        if !self.types[i(t)].holds_removed {
+            return None;
+        }
+        self.types[i(t)].holds_removed = false;
+        let (entries, version, _) = self.desired(t, false);
+        if self.types[i(t)]
+            .last
+            .as_ref()
+            .is_some_and(|l| l.version == version)
+        {
+            return None;
+        }
+        Some(self.build(t, entries, version, ctx))
+    }
+}
+
+impl Engine for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn on_request(&mut self, req: DiscoveryRequest, ctx: &mut StreamCtx) -> Result<(), Status> {
+        let Some(t) = ctx.parse_type(&req.type_url)? else {
+            return Ok(());
+        };
+        ctx.check_names(req.resource_names.len())?;
+        let wildcard = (wildcard_type(t) && req.resource_names.is_empty())
+            || req.resource_names.iter().any(|n| n == "*");
+        let subscription = Subscription {
+            wildcard,
+            names: if wildcard {
+                BTreeSet::new()
+            } else {
+                req.resource_names.into_iter().collect()
+            },
+        };
+        let st = &mut self.types[i(t)];
+        let fresh = req.response_nonce.is_empty() || st.last.is_none();
+        if fresh {
+            // A new subscription, or a reconnecting proxy naming a nonce of an earlier
+            // stream: answer it in full.
+            st.requested = true;
+            st.subscription = subscription;
+            st.force = true;
+            st.dirty = true;
+        } else {
+            let Some(last) = &st.last else { return Ok(()) };
+            if req.response_nonce != last.nonce {
+                ctx.inner
+                    .metrics
+                    .stale_nonces
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
+            }
+            st.answered = true;
+            let version = version_string(last.version);
+            if let Some(err) = req.error_detail {
+                ctx.inner.metrics.rejected(t);
+                let message = truncate(&err.message, 4096).to_string();
+                tracing::warn!(node = %ctx.node.identity.id, ty = t.short(), %version, error = %message, "proxy rejected a push (NACK)");
+                let nonce = last.nonce.clone();
+                ctx.with_status(|s| {
+                    s.ty(t).nacked = Some(Nack {
+                        version,
+                        nonce,
+                        error: message,
+                        at: SystemTime::now(),
+                    })
+                });
+            } else {
+                let nonce = last.nonce.clone();
+                ctx.with_status(|s| {
+                    let ts = s.ty(t);
+                    ts.acked_version = version;
+                    ts.acked_nonce = nonce;
+                    ts.nacked = None;
+                });
+            }
+            if subscription != last.subscription {
+                st.subscription = subscription;
+                st.force = true;
+                st.dirty = true;
+            } else if st.subscription != last.subscription {
+                // A stale request changed the names; this ACK restores what was answered.
+                st.subscription = subscription;
+                st.dirty = true;
+            }
+        }
+        let sub = st.subscription.clone();
+        ctx.with_status(|s| {
+            let ts = s.ty(t);
+            ts.wildcard = sub.wildcard;
+            ts.subscribed = sub.names.len();
+        });
+        Ok(())
+    }
+
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>, ctx: &mut StreamCtx) {
+        let mut changed = false;
+        for t in TypeUrl::ALL {
+            let differs = self
+                .snapshot
+                .as_ref()
+                .is_none_or(|old| old.of(t).version != snapshot.of(t).version);
+            if differs {
+                self.types[i(t)].dirty = true;
+                changed |= self.types[i(t)].requested;
+            }
+        }
+        if changed && ctx.converging.is_none() {
+            ctx.converging = snapshot.changed_at;
+        }
+        ctx.with_status(|s| {
+            s.snapshot_generation = snapshot.generation;
+            s.snapshot_error = None;
+        });
+        self.snapshot = Some(snapshot);
+    }
+
+    fn has_pending(&self) -> bool {
+        self.snapshot.is_some()
+            && self
+                .types
+                .iter()
+                .any(|s| (s.dirty && s.requested) || s.holds_removed)
+    }
+
+    fn next_response(&mut self, ctx: &mut StreamCtx) -> Option<DiscoveryResponse> {
+        for t in TypeUrl::ALL {
+            if let Some(r) = self.try_upsert(t, ctx) {
+                return Some(r);
+            }
+        }
+        for t in TypeUrl::ALL {
+            if let Some(r) = self.try_final(t, ctx) {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    fn settled(&self) -> bool {
+        !self.has_pending() && self.types.iter().all(|s| s.last.is_none() || s.answered)
+    }
+}

@@ -1,0 +1,255 @@
+//! One xDS stream's life, shared by state-of-the-world and delta: wait for the node,
+//! attach to the proxy's snapshot, then react to requests and new snapshots and send
+//! the next response whenever the proxy can take one.
+//!
+//! Responses are built lazily, when the bounded send queue has room: a proxy that reads
+//! slowly gets the latest state rather than every intermediate one, a proxy that never
+//! reads costs a queue of `send_queue` responses and is dropped after `send_timeout`,
+//! and neither slows any other stream.
+use super::metrics::Mode;
+use super::node::{NodeInfo, parse_node};
+use super::server::{Attachment, Inner};
+use super::snapshot::Snapshot;
+use super::status::ProxyStatus;
+use crate::xds::TypeUrl;
+use crate::xds::pb::envoy::config::core::v3::Node;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::{Status, Streaming};
+
+/// What a protocol flavour (SotW or delta) does with requests and snapshots.
+pub(crate) trait Engine: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+
+    fn node(req: &Self::Request) -> Option<&Node>;
+    /// Handles a request; an error closes the stream with that status.
+    fn on_request(&mut self, req: Self::Request, ctx: &mut StreamCtx) -> Result<(), Status>;
+    /// A new snapshot for this proxy.
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>, ctx: &mut StreamCtx);
+    /// True when a response may be due (cheap: flags only).
+    fn has_pending(&self) -> bool;
+    /// Builds the next response, in push order; `None` when nothing differs after all.
+    fn next_response(&mut self, ctx: &mut StreamCtx) -> Option<Self::Response>;
+    /// True when everything sent has been ACKed or NACKed and nothing is pending.
+    fn settled(&self) -> bool;
+}
+
+/// Per-stream context the engines share.
+pub(crate) struct StreamCtx {
+    pub inner: Arc<Inner>,
+    pub status: Arc<Mutex<ProxyStatus>>,
+    pub node: NodeInfo,
+    /// Restricts the stream to one type (the standalone SDS service).
+    pub only: Option<TypeUrl>,
+    nonce_prefix: String,
+    nonce_counter: u64,
+    warned_unknown: bool,
+    /// A snapshot with a change time whose ACKs are awaited (for convergence time).
+    pub converging: Option<Instant>,
+}
+
+impl StreamCtx {
+    /// A nonce unique to this stream and process.
+    pub fn next_nonce(&mut self) -> String {
+        self.nonce_counter += 1;
+        format!("{}-{}", self.nonce_prefix, self.nonce_counter)
+    }
+
+    pub fn with_status<R>(&self, f: impl FnOnce(&mut ProxyStatus) -> R) -> R {
+        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut st)
+    }
+
+    /// Maps a request's type URL: `Ok(None)` for types not served (ignored, as istiod
+    /// does), an error for a missing type URL or one outside the stream's restriction.
+    pub fn parse_type(&mut self, url: &str) -> Result<Option<TypeUrl>, Status> {
+        let url = if url.is_empty() {
+            match self.only {
+                Some(t) => t.as_str(),
+                None => {
+                    return Err(Status::invalid_argument(
+                        "type_url is required on an aggregated stream",
+                    ));
+                }
+            }
+        } else {
+            url
+        };
+        match TypeUrl::parse(url) {
+            Some(t) if self.only.is_some_and(|o| o != t) => Err(Status::invalid_argument(format!(
+                "this service serves only {}",
+                self.only.map(TypeUrl::as_str).unwrap_or_default()
+            ))),
+            Some(t) => {
+                self.inner.metrics.request(t);
+                Ok(Some(t))
+            }
+            None => {
+                self.inner
+                    .metrics
+                    .unknown_types
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !self.warned_unknown {
+                    self.warned_unknown = true;
+                    tracing::warn!(node = %self.node.identity.id, type_url = %truncate(url, 200), "request for a resource type this control plane does not serve; ignored");
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Checks a subscription's size against the configured bound.
+    pub fn check_names(&self, n: usize) -> Result<(), Status> {
+        let max = self.inner.options.max_resource_names;
+        if n > max {
+            return Err(Status::resource_exhausted(format!(
+                "{n} resource names in one subscription; at most {max} are allowed"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Shortens untrusted text for logs.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+async fn send_error<T>(tx: &mpsc::Sender<Result<T, Status>>, status: Status, inner: &Inner) {
+    inner
+        .metrics
+        .stream_errors
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The queue may be full of responses the client never reads: do not wait for it.
+    let _ = tx.try_send(Err(status));
+}
+
+/// Runs one stream to its end.
+pub(crate) async fn run<E: Engine>(
+    inner: Arc<Inner>,
+    mut inbound: Streaming<E::Request>,
+    tx: mpsc::Sender<Result<E::Response, Status>>,
+    mode: Mode,
+    only: Option<TypeUrl>,
+    new_engine: impl FnOnce() -> E,
+) {
+    let first =
+        match tokio::time::timeout(inner.options.first_request_timeout, inbound.message()).await {
+            Ok(Ok(Some(req))) => req,
+            Ok(Ok(None)) => return,
+            Ok(Err(status)) => {
+                tracing::debug!(%status, "stream ended before its first request");
+                return;
+            }
+            Err(_) => {
+                send_error(
+                    &tx,
+                    Status::deadline_exceeded("no request received"),
+                    &inner,
+                )
+                .await;
+                return;
+            }
+        };
+    let node = match parse_node(E::node(&first)) {
+        Ok(n) => n,
+        Err(e) => {
+            send_error(&tx, Status::invalid_argument(e.to_string()), &inner).await;
+            return;
+        }
+    };
+    let Attachment {
+        mut snapshots,
+        status,
+        guard: _guard,
+        conn_id,
+    } = inner.attach(&node, mode);
+    tracing::info!(conn = conn_id, node = %node.identity.id, ?mode, "proxy connected");
+    let mut ctx = StreamCtx {
+        inner: inner.clone(),
+        status,
+        node,
+        only,
+        nonce_prefix: format!("{:x}-{conn_id}", inner.boot_id),
+        nonce_counter: 0,
+        warned_unknown: false,
+        converging: None,
+    };
+    let mut engine = new_engine();
+    if let Err(status) = engine.on_request(first, &mut ctx) {
+        send_error(&tx, status, &inner).await;
+        return;
+    }
+    let initial = snapshots.borrow_and_update().clone();
+    if let Some(s) = initial {
+        engine.on_snapshot(s, &mut ctx);
+    }
+    let send_timeout = inner.options.send_timeout;
+    let mut blocked_since: Option<Instant> = None;
+    loop {
+        let pending = engine.has_pending();
+        if pending && blocked_since.is_none() {
+            blocked_since = Some(Instant::now());
+        }
+        let deadline = blocked_since
+            .map(|t| t + send_timeout)
+            .unwrap_or_else(Instant::now);
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => {
+                    if let Err(status) = engine.on_request(req, &mut ctx) {
+                        tracing::warn!(node = %ctx.node.identity.id, %status, "closing stream");
+                        send_error(&tx, status, &inner).await;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(node = %ctx.node.identity.id, %status, "stream error");
+                    break;
+                }
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    send_error(&tx, Status::unavailable("control plane shutting down"), &inner).await;
+                    break;
+                }
+                let s = snapshots.borrow_and_update().clone();
+                if let Some(s) = s {
+                    engine.on_snapshot(s, &mut ctx);
+                }
+            }
+            permit = tx.reserve(), if pending => match permit {
+                Ok(permit) => {
+                    blocked_since = None;
+                    if let Some(resp) = engine.next_response(&mut ctx) {
+                        permit.send(Ok(resp));
+                    }
+                }
+                Err(_) => break,
+            },
+            _ = tokio::time::sleep_until(deadline), if pending => {
+                inner.metrics.write_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(node = %ctx.node.identity.id, timeout = ?send_timeout, "proxy is not reading its pushes; closing the stream");
+                send_error(&tx, Status::deadline_exceeded("pushes not read in time"), &inner).await;
+                break;
+            }
+        }
+        if let Some(since) = ctx.converging
+            && engine.settled()
+        {
+            inner.metrics.convergence.observe(since.elapsed());
+            ctx.converging = None;
+        }
+    }
+    tracing::info!(conn = conn_id, node = %ctx.node.identity.id, "proxy disconnected");
+}
