@@ -300,9 +300,12 @@ mod tests {
         }
     }
 
+    /// (kind, ip, namespace, POD.NAMESPACE)
+    type Parsed<'a> = Option<(ProxyKind, &'a str, &'a str, &'a str)>;
+
     #[test]
     fn istio_ids() {
-        let cases: &[(&str, Option<(ProxyKind, &str, &str, &str)>)] = &[
+        let cases: &[(&str, Parsed)] = &[
             (
                 "router~10.0.0.1~ingress-abc.istio-system~istio-system.svc.cluster.local",
                 Some((

@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     registry: Mutex<Registry>,
     next_conn: AtomicU64,
     serving: AtomicBool,
+    /// Set when the server shuts down: every stream ends with UNAVAILABLE.
+    pub closing: watch::Sender<bool>,
 }
 
 /// What a stream gets when it attaches.
@@ -299,6 +301,7 @@ impl ControlPlane {
             registry: Mutex::new(Registry::default()),
             next_conn: AtomicU64::new(0),
             serving: AtomicBool::new(false),
+            closing: watch::channel(false).0,
         });
         let weak = Arc::downgrade(&inner);
         let mut changes = inner.source.changes();
@@ -338,6 +341,13 @@ impl ControlPlane {
     ) -> Result<(), ServeError> {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         self.inner.serving.store(true, Ordering::Relaxed);
+        let inner = self.inner.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Streams never end on their own: tell them to, so the server can stop.
+            inner.serving.store(false, Ordering::Relaxed);
+            inner.closing.send_replace(true);
+        };
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -194,6 +194,7 @@ pub(crate) async fn run<E: Engine>(
         engine.on_snapshot(s, &mut ctx);
     }
     let send_timeout = inner.options.send_timeout;
+    let mut closing = inner.closing.subscribe();
     let mut blocked_since: Option<Instant> = None;
     loop {
         let pending = engine.has_pending();
@@ -237,6 +238,10 @@ pub(crate) async fn run<E: Engine>(
                 }
                 Err(_) => break,
             },
+            _ = closing.changed() => {
+                send_error(&tx, Status::unavailable("control plane shutting down"), &inner).await;
+                break;
+            }
             _ = tokio::time::sleep_until(deadline), if pending => {
                 inner.metrics.write_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(node = %ctx.node.identity.id, timeout = ?send_timeout, "proxy is not reading its pushes; closing the stream");

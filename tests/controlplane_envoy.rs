@@ -1,0 +1,480 @@
+//! meshgate's control plane configuring real Envoy 1.40 proxies, state-of-the-world and
+//! delta at once: routing, convergence after changes, invalid changes, NACKs, a killed
+//! and restarted control plane, and an Envoy that starts before its control plane.
+#[path = "support/controlplane.rs"]
+mod cp_support;
+mod support;
+
+use cp_support::*;
+use meshgate::controlplane::sample::{SampleGateway, SampleService, cluster_name};
+use meshgate::controlplane::{StaticSource, TypeSet};
+use meshgate::xds::{ResourceSet, TypeUrl};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use support::*;
+
+fn gateway(port: u16, services: &[(&str, SocketAddr)]) -> ResourceSet {
+    SampleGateway::new(
+        port,
+        services
+            .iter()
+            .map(|(n, a)| SampleService::new(n, vec![*a]))
+            .collect(),
+    )
+    .resources()
+}
+
+/// One Envoy joining the control plane with `proxy=NAME` labels.
+struct Proxy {
+    envoy: Envoy,
+    port: u16,
+    name: &'static str,
+    _dir: TempDir,
+}
+
+fn start_proxy(name: &'static str, xds_addr: &str, port: u16, delta: bool) -> Proxy {
+    let dir = TempDir::new();
+    let admin = free_port();
+    let bootstrap = write_bootstrap(
+        dir.path(),
+        name,
+        xds_addr,
+        labels(&[("proxy", name)]),
+        delta,
+        admin,
+    );
+    let envoy = Envoy::start(&bootstrap, admin, dir.path());
+    Proxy {
+        envoy,
+        port,
+        name,
+        _dir: dir,
+    }
+}
+
+fn pushes(cp: &TestControlPlane, t: TypeUrl) -> f64 {
+    cp.metric(&format!("pilot_xds_pushes{{type=\"{}\"}}", t.short()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_sotw_and_delta_route_and_follow_changes() {
+    let a = EchoUpstream::start("echo-a");
+    let b = EchoUpstream::start("echo-b");
+    let c = EchoUpstream::start("echo-c");
+    let source = Arc::new(StaticSource::new(ResourceSet::default()));
+    let ports = [("sotw", free_port()), ("delta", free_port())];
+    for (name, port) in ports {
+        source.set_for(
+            labels(&[("proxy", name)]),
+            gateway(port, &[("a", a.addr), ("b", b.addr)]),
+            TypeSet::ALL,
+        );
+    }
+    let cp = TestControlPlane::start(source.clone(), 0, 0, test_options());
+    let proxies = [
+        start_proxy("sotw", &cp.xds_addr(), ports[0].1, false),
+        start_proxy("delta", &cp.xds_addr(), ports[1].1, true),
+    ];
+    let client = http_client();
+    for p in &proxies {
+        assert_eq!(
+            get_via(&client, p.port, "a.example.com").await.unwrap(),
+            (200, "echo-a".into()),
+            "{}",
+            p.name
+        );
+        assert_eq!(
+            get_via(&client, p.port, "b.example.com").await.unwrap(),
+            (200, "echo-b".into()),
+            "{}",
+            p.name
+        );
+        assert_eq!(
+            get_via(&client, p.port, "nope.example.com")
+                .await
+                .unwrap()
+                .0,
+            404
+        );
+    }
+    cp.wait_synced(2, Duration::from_secs(5));
+    let syncz = cp.syncz();
+    let modes: Vec<&str> = syncz.iter().map(|p| p["mode"].as_str().unwrap()).collect();
+    assert!(
+        modes.contains(&"sotw") && modes.contains(&"delta"),
+        "{modes:?}"
+    );
+    // Both proxies have their own snapshot (different labels, different listeners).
+    assert_eq!(cp.cp.snapshot_keys(), 2);
+
+    // Endpoint-only change: service a now lives on echo-b. Only EDS is pushed.
+    let before: Vec<f64> = TypeUrl::ALL.iter().map(|t| pushes(&cp, *t)).collect();
+    for (name, port) in ports {
+        source.set_for(
+            labels(&[("proxy", name)]),
+            gateway(port, &[("a", b.addr), ("b", b.addr)]),
+            TypeSet::of(&[TypeUrl::Endpoint]),
+        );
+    }
+    for p in &proxies {
+        let took = wait_routed(
+            &client,
+            p.port,
+            "a.example.com",
+            "echo-b",
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(
+            took < Duration::from_secs(2),
+            "{} converged in {took:?}",
+            p.name
+        );
+    }
+    cp.wait_synced(2, Duration::from_secs(5));
+    for (i, t) in TypeUrl::ALL.iter().enumerate() {
+        let after = pushes(&cp, *t);
+        if *t == TypeUrl::Endpoint {
+            assert!(
+                after >= before[i] + 2.0,
+                "eds pushes {} -> {after}",
+                before[i]
+            );
+        } else {
+            assert_eq!(
+                after,
+                before[i],
+                "{} pushed on an endpoint-only change",
+                t.short()
+            );
+        }
+    }
+
+    // A new service with its own host: clusters, endpoints and routes change.
+    for (name, port) in ports {
+        source.set_for(
+            labels(&[("proxy", name)]),
+            gateway(port, &[("a", b.addr), ("b", b.addr), ("c", c.addr)]),
+            TypeSet::ALL,
+        );
+    }
+    for p in &proxies {
+        wait_routed(
+            &client,
+            p.port,
+            "c.example.com",
+            "echo-c",
+            Duration::from_secs(3),
+        )
+        .await;
+    }
+    cp.wait_synced(2, Duration::from_secs(5));
+    assert!(cp.metric("pilot_proxy_convergence_time_count") >= 4.0);
+
+    // Removing service b: the cluster goes away after the routes stopped using it.
+    for (name, port) in ports {
+        source.set_for(
+            labels(&[("proxy", name)]),
+            gateway(port, &[("a", b.addr), ("c", c.addr)]),
+            TypeSet::ALL,
+        );
+    }
+    for p in &proxies {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while get_via(&client, p.port, "b.example.com").await.unwrap().0 != 404 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "b.example.com still routed via {}",
+                p.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (_, clusters) = p.envoy.admin_get("/clusters").unwrap();
+        assert!(
+            !clusters.contains(&cluster_name("b")),
+            "{}: cluster b not removed",
+            p.name
+        );
+        assert!(clusters.contains(&cluster_name("c")));
+    }
+
+    // An invalid change (a listener whose route configuration is missing) changes nothing.
+    let errors_before = cp.metric("meshgate_xds_snapshot_errors_total");
+    let pushes_before: Vec<f64> = TypeUrl::ALL.iter().map(|t| pushes(&cp, *t)).collect();
+    for (name, port) in ports {
+        let mut broken = gateway(port, &[("a", a.addr)]);
+        broken.routes.clear();
+        source.set_for(labels(&[("proxy", name)]), broken, TypeSet::ALL);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while cp.metric("meshgate_xds_snapshot_errors_total") < errors_before + 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "invalid change not detected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for p in &proxies {
+        assert_eq!(
+            get_via(&client, p.port, "a.example.com").await.unwrap(),
+            (200, "echo-b".into())
+        );
+        assert_eq!(
+            get_via(&client, p.port, "c.example.com").await.unwrap(),
+            (200, "echo-c".into())
+        );
+    }
+    let pushes_after: Vec<f64> = TypeUrl::ALL.iter().map(|t| pushes(&cp, *t)).collect();
+    assert_eq!(pushes_before, pushes_after, "an invalid change was pushed");
+    let syncz = cp.syncz();
+    assert!(
+        syncz.iter().all(|p| p["snapshot_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("http."))),
+        "{syncz:?}"
+    );
+
+    // Config dump by Istio proxy id (POD.NAMESPACE).
+    let (status, dump) = cp.debug_get("/debug/config_dump?proxyID=sotw.edge");
+    assert_eq!(status, 200, "{dump}");
+    assert!(dump.contains(&cluster_name("c")));
+    assert_eq!(cp.debug_get("/debug/config_dump?proxyID=nobody").0, 404);
+    assert_eq!(cp.debug_get("/ready").0, 200);
+
+    for p in &proxies {
+        p.envoy.assert_no_rejections();
+    }
+}
+
+/// A route Envoy refuses (RE2 rejects the regex).
+fn with_bad_route(mut set: ResourceSet) -> ResourceSet {
+    let route = &mut set.routes[0];
+    let vh = &mut route.virtual_hosts[0];
+    let mut bad = vh.routes[0].clone();
+    bad.r#match = Some(
+        meshgate::xds::json::from_json(&serde_json::json!({"safe_regex": {"regex": "(unclosed"}}))
+            .unwrap(),
+    );
+    vh.routes.insert(0, bad);
+    set
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacking_proxy_does_not_stall_others_and_is_not_pushed_again() {
+    let a = EchoUpstream::start("echo-a");
+    let b = EchoUpstream::start("echo-b");
+    let source = Arc::new(StaticSource::new(ResourceSet::default()));
+    let ports = [
+        ("good", free_port()),
+        ("bad-sotw", free_port()),
+        ("bad-delta", free_port()),
+    ];
+    for (name, port) in ports {
+        source.set_for(
+            labels(&[("proxy", name)]),
+            gateway(port, &[("a", a.addr)]),
+            TypeSet::ALL,
+        );
+    }
+    let cp = TestControlPlane::start(source.clone(), 0, 0, test_options());
+    let proxies = [
+        start_proxy("good", &cp.xds_addr(), ports[0].1, true),
+        start_proxy("bad-sotw", &cp.xds_addr(), ports[1].1, false),
+        start_proxy("bad-delta", &cp.xds_addr(), ports[2].1, true),
+    ];
+    cp.wait_synced(3, Duration::from_secs(5));
+
+    // The bad proxies get a route configuration Envoy rejects, together with new
+    // endpoints; the good one gets the new endpoints only.
+    for (name, port) in ports {
+        let set = gateway(port, &[("a", b.addr)]);
+        let set = if name == "good" {
+            set
+        } else {
+            with_bad_route(set)
+        };
+        source.set_for(labels(&[("proxy", name)]), set, TypeSet::ALL);
+    }
+    let client = http_client();
+    for p in &proxies {
+        // Endpoints are accepted everywhere; the bad route is not.
+        wait_routed(
+            &client,
+            p.port,
+            "a.example.com",
+            "echo-b",
+            Duration::from_secs(3),
+        )
+        .await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cp.metric("pilot_total_xds_rejects{type=\"rds\"}") < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no NACKs seen: {:?}",
+            cp.syncz()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let syncz = cp.syncz();
+    for p in &syncz {
+        let node = p["proxy_id"].as_str().unwrap();
+        let rds = &p["types"]["rds"];
+        if node.starts_with("bad") {
+            assert_eq!(p["states"]["rds"], "NACKED", "{p}");
+            let err = rds["nacked"]["error"].as_str().unwrap();
+            assert!(!err.is_empty(), "{p}");
+        } else {
+            assert_eq!(p["states"]["rds"], "SYNCED", "{p}");
+        }
+    }
+
+    // Another change for everyone (endpoints back to echo-a): the good proxy follows,
+    // the bad ones take the endpoints too, and the rejected route is not sent again.
+    let rds_pushes = pushes(&cp, TypeUrl::Route);
+    for (name, port) in ports {
+        let set = gateway(port, &[("a", a.addr)]);
+        let set = if name == "good" {
+            set
+        } else {
+            with_bad_route(set)
+        };
+        source.set_for(
+            labels(&[("proxy", name)]),
+            set,
+            TypeSet::of(&[TypeUrl::Endpoint]),
+        );
+    }
+    for p in &proxies {
+        wait_routed(
+            &client,
+            p.port,
+            "a.example.com",
+            "echo-a",
+            Duration::from_secs(3),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pushes(&cp, TypeUrl::Route),
+        rds_pushes,
+        "the rejected route was pushed again"
+    );
+    assert_eq!(cp.metric("pilot_total_xds_rejects{type=\"rds\"}"), 2.0);
+    proxies[0].envoy.assert_no_rejections();
+
+    // Fixing the route clears the NACK.
+    for (name, port) in ports {
+        source.set_for(
+            labels(&[("proxy", name)]),
+            gateway(port, &[("a", a.addr)]),
+            TypeSet::ALL,
+        );
+    }
+    cp.wait_synced(3, Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_and_restarting_the_control_plane_fails_no_request() {
+    let a = EchoUpstream::start("echo-a");
+    let source = Arc::new(StaticSource::new(ResourceSet::default()));
+    let ports = [("sotw", free_port()), ("delta", free_port())];
+    for (name, port) in ports {
+        source.set_for(
+            labels(&[("proxy", name)]),
+            gateway(port, &[("a", a.addr)]),
+            TypeSet::ALL,
+        );
+    }
+    let cp = TestControlPlane::start(source.clone(), 0, 0, test_options());
+    let xds_port = cp.xds_port;
+    let xds_addr = cp.xds_addr();
+    let _proxies = [
+        start_proxy("sotw", &xds_addr, ports[0].1, false),
+        start_proxy("delta", &xds_addr, ports[1].1, true),
+    ];
+    cp.wait_synced(2, Duration::from_secs(5));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let traffic = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            let client = http_client();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for (_, port) in ports {
+                    match get_via(&client, port, "a.example.com").await {
+                        Ok((200, u)) if u == "echo-a" => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.push(format!("{other:?}"));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            errors
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cp.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during_outage = ok.load(Ordering::Relaxed);
+    let cp = TestControlPlane::start(source.clone(), xds_port, 0, test_options());
+    cp.wait_synced(2, Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let errors = traffic.await.unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} requests failed: {errors:?}",
+        errors.len()
+    );
+    assert!(during_outage > 20 && ok.load(Ordering::Relaxed) > during_outage);
+
+    // The delta proxy told the new control plane what it holds: nothing needed sending.
+    let syncz = cp.syncz();
+    let delta = syncz.iter().find(|p| p["mode"] == "delta").unwrap();
+    for (t, state) in delta["states"].as_object().unwrap() {
+        assert_eq!(
+            state, "NOT SENT",
+            "delta proxy was sent {t} again after reconnecting: {delta}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_started_while_the_control_plane_is_down_becomes_ready() {
+    let a = EchoUpstream::start("echo-a");
+    let source = Arc::new(StaticSource::new(ResourceSet::default()));
+    let port = free_port();
+    source.set_for(
+        labels(&[("proxy", "late")]),
+        gateway(port, &[("a", a.addr)]),
+        TypeSet::ALL,
+    );
+    let xds_port = free_port();
+    let xds_addr = format!("127.0.0.1:{xds_port}");
+    let starting = tokio::task::spawn_blocking(move || start_proxy("late", &xds_addr, port, true));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !starting.is_finished(),
+        "envoy became ready without a control plane"
+    );
+    let cp = TestControlPlane::start(source, xds_port, 0, test_options());
+    let proxy = starting.await.unwrap();
+    let client = http_client();
+    assert_eq!(
+        get_via(&client, proxy.port, "a.example.com").await.unwrap(),
+        (200, "echo-a".into())
+    );
+    cp.wait_synced(1, Duration::from_secs(5));
+    proxy.envoy.assert_no_rejections();
+}
