@@ -4,8 +4,10 @@
 //! standalone gateway compiles it in-process, and `meshgate translate` writes it to disk
 //! for a real Envoy. [`json`] renders any of these resources the way Envoy's
 //! `/config_dump` does.
+pub mod client;
 pub mod json;
 pub mod proxy;
+pub mod references;
 pub mod resources;
 
 pub use proxy::{ProxyIdentity, ProxyKind};

@@ -90,7 +90,8 @@ impl TestControlPlane {
 
     /// GET on the debug server: (status, body).
     pub fn debug_get(&self, path: &str) -> (u16, String) {
-        super::blocking_http_get(("127.0.0.1", self.debug_port), path).expect("debug endpoint")
+        crate::support::blocking_http_get(("127.0.0.1", self.debug_port), path)
+            .expect("debug endpoint")
     }
 
     /// `/debug/syncz` as JSON.

@@ -1,0 +1,651 @@
+//! An ADS client: how a meshgate gateway joins a control plane (`--xds ADDR`).
+//!
+//! It speaks delta xDS by default and state-of-the-world on request, to any conforming
+//! server. CDS and LDS are wildcard subscriptions; EDS, RDS and SDS names follow what
+//! the accepted clusters and listeners reference. Each response is decoded by a typed
+//! handler per resource type and checked by the [`ConfigConsumer`]; what cannot be
+//! applied is rejected in ONE NACK listing every resource and why, and is never recorded
+//! as known (so a reconnect asks for it again). The consumer gets complete
+//! [`ResourceSet`]s: the first after the first full sync (CDS, LDS and everything they
+//! reference), later ones when an update is complete or has warmed for too long. When
+//! the server goes away the last applied set stays in force; the client reconnects with
+//! capped exponential back-off and jitter and re-subscribes with what it holds (delta
+//! `initial_resource_versions`, SotW `version_info`).
+mod state;
+
+pub use state::{Decoded, decode};
+
+use crate::xds::pb::envoy::config::core::v3::Node;
+use crate::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use crate::xds::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use crate::xds::pb::google::rpc::Status as RpcStatus;
+use crate::xds::{ResourceSet, TypeUrl};
+use state::{Incoming, State, Update};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// A resource the consumer (or its decoder) cannot apply, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub type_url: TypeUrl,
+    pub name: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.type_url.short(),
+            self.name,
+            self.message
+        )
+    }
+}
+
+/// What the client feeds: the data plane, or anything that applies resource sets.
+pub trait ConfigConsumer: Send + Sync + 'static {
+    /// Checks a candidate set (everything accepted plus one response's changes) and
+    /// returns the resources it could not apply, each with a precise reason. Referenced
+    /// resources that have not arrived yet are not errors: they may still come.
+    fn check(&self, candidate: &ResourceSet) -> Vec<Rejection>;
+
+    /// Applies a complete set. Only sets that passed `check` are applied.
+    fn apply(&self, set: Arc<ResourceSet>);
+}
+
+/// How to reach and talk to the server.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `http://HOST:PORT` or `HOST:PORT`.
+    pub address: String,
+    /// The node this client presents (id, cluster, metadata such as `LABELS`).
+    pub node: Node,
+    /// Delta xDS (default) or state of the world.
+    pub delta: bool,
+    /// Largest response accepted. Configurations can be large; 64 MiB by default.
+    pub max_recv_message_size: usize,
+    /// Largest request sent (gRPC's default, 4 MiB).
+    pub max_send_message_size: usize,
+    pub connect_timeout: Duration,
+    /// First reconnection delay; doubles up to `backoff_max`, with ±50% jitter.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// After the first sync, how long an incomplete update (a new cluster whose
+    /// endpoints have not arrived) waits before it is applied anyway.
+    pub warming_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// Defaults for `address` and `node`.
+    pub fn new(address: &str, node: Node) -> ClientOptions {
+        ClientOptions {
+            address: address.to_string(),
+            node,
+            delta: true,
+            max_recv_message_size: 64 << 20,
+            max_send_message_size: 4 << 20,
+            connect_timeout: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(15),
+            warming_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Errors of one stream (the client itself retries them all).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid xDS server address `{0}`")]
+    Address(String),
+    #[error("connecting: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("the server closed the stream")]
+    Closed,
+    #[error("the server does not read requests")]
+    Stuck,
+}
+
+/// Per-type status, for admin pages and tests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TypeStatus {
+    pub resources: usize,
+    /// SotW: the accepted version; delta: the server's system version of the last ACK.
+    pub version: String,
+    pub acks: u64,
+    pub nacks: u64,
+    /// The message of the last NACK sent.
+    pub last_nack: Option<String>,
+}
+
+/// What the client is doing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientStatus {
+    pub connected: bool,
+    /// The first full sync happened (a set was applied).
+    pub ready: bool,
+    pub connects: u64,
+    pub applies: u64,
+    pub types: BTreeMap<&'static str, TypeStatus>,
+}
+
+/// An ADS client; [`XdsClient::run`] drives it until dropped.
+pub struct XdsClient {
+    options: ClientOptions,
+    consumer: Arc<dyn ConfigConsumer>,
+    state: State,
+    status: Arc<Mutex<ClientStatus>>,
+    ready_tx: watch::Sender<bool>,
+    /// An update held back while warming, and since when.
+    warming_since: Option<Instant>,
+    applied_once: bool,
+    dirty: bool,
+}
+
+/// A handle to watch a running client.
+#[derive(Clone)]
+pub struct ClientHandle {
+    status: Arc<Mutex<ClientStatus>>,
+    ready: watch::Receiver<bool>,
+}
+
+impl ClientHandle {
+    pub fn status(&self) -> ClientStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// True once the first full sync was applied (stays true across reconnects).
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits until ready.
+    pub async fn wait_ready(&mut self) {
+        let _ = self.ready.wait_for(|r| *r).await;
+    }
+}
+
+enum Outcome {
+    /// The stream delivered at least one response before it ended.
+    Progress(ClientError),
+    Failed(ClientError),
+}
+
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = rand::random_range(0.5..1.5);
+    d.mul_f64(f)
+}
+
+fn rpc_status(message: String) -> RpcStatus {
+    RpcStatus {
+        // INTERNAL, as Envoy reports rejected configuration.
+        code: 13,
+        message,
+        details: Vec::new(),
+    }
+}
+
+/// One NACK message for every rejection, bounded in size.
+fn nack_message(rejections: &[Rejection]) -> String {
+    let mut s = rejections
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if s.len() > 16 * 1024 {
+        let mut end = 16 * 1024;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str(" ...");
+    }
+    s
+}
+
+impl XdsClient {
+    pub fn new(options: ClientOptions, consumer: Arc<dyn ConfigConsumer>) -> XdsClient {
+        XdsClient {
+            options,
+            consumer,
+            state: State::default(),
+            status: Arc::default(),
+            ready_tx: watch::channel(false).0,
+            warming_since: None,
+            applied_once: false,
+            dirty: false,
+        }
+    }
+
+    pub fn handle(&self) -> ClientHandle {
+        ClientHandle {
+            status: self.status.clone(),
+            ready: self.ready_tx.subscribe(),
+        }
+    }
+
+    fn with_status(&self, f: impl FnOnce(&mut ClientStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Runs forever: connect, follow the stream, reconnect with back-off.
+    pub async fn run(mut self) {
+        let mut backoff = self.options.backoff_initial;
+        loop {
+            let outcome = self.connect_and_follow().await;
+            self.with_status(|s| s.connected = false);
+            let err = match outcome {
+                Outcome::Progress(e) => {
+                    backoff = self.options.backoff_initial;
+                    e
+                }
+                Outcome::Failed(e) => e,
+            };
+            let wait = jitter(backoff);
+            tracing::warn!(server = %self.options.address, error = %err, retry_in = ?wait, "xDS stream ended; keeping the last applied configuration");
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(self.options.backoff_max);
+        }
+    }
+
+    fn endpoint(&self) -> Result<tonic::transport::Endpoint, ClientError> {
+        let addr = if self.options.address.contains("://") {
+            self.options.address.clone()
+        } else {
+            format!("http://{}", self.options.address)
+        };
+        Ok(tonic::transport::Endpoint::from_shared(addr)
+            .map_err(|_| ClientError::Address(self.options.address.clone()))?
+            .connect_timeout(self.options.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10)))
+    }
+
+    async fn connect_and_follow(&mut self) -> Outcome {
+        let channel = match self.endpoint() {
+            Ok(e) => match e.connect().await {
+                Ok(c) => c,
+                Err(e) => return Outcome::Failed(e.into()),
+            },
+            Err(e) => return Outcome::Failed(e),
+        };
+        let client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(self.options.max_recv_message_size)
+            .max_encoding_message_size(self.options.max_send_message_size);
+        self.with_status(|s| {
+            s.connected = true;
+            s.connects += 1;
+        });
+        tracing::info!(server = %self.options.address, delta = self.options.delta, "connected to the xDS server");
+        if self.options.delta {
+            self.follow_delta(client).await
+        } else {
+            self.follow_sotw(client).await
+        }
+    }
+
+    /// The named subscriptions the accepted state calls for.
+    fn wanted(&self) -> BTreeMap<TypeUrl, BTreeSet<String>> {
+        let refs = self.state.references();
+        TypeUrl::ALL
+            .iter()
+            .filter_map(|&t| self.state.wanted(t, &refs).map(|n| (t, n)))
+            .collect()
+    }
+
+    /// Applies the state to the consumer when it is complete, or after warming too long.
+    fn maybe_apply(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let complete = self.state.complete();
+        let warmed_out = self.applied_once
+            && self
+                .warming_since
+                .is_some_and(|t| t.elapsed() >= self.options.warming_timeout);
+        if !complete && !warmed_out {
+            if self.warming_since.is_none() {
+                self.warming_since = Some(Instant::now());
+            }
+            tracing::debug!(missing = ?self.state.missing(), "waiting for referenced resources");
+            return;
+        }
+        if warmed_out && !complete {
+            tracing::warn!(missing = ?self.state.missing(), "applying an update whose referenced resources did not arrive");
+        }
+        self.dirty = false;
+        self.warming_since = None;
+        self.applied_once = true;
+        self.consumer.apply(Arc::new(self.state.to_set()));
+        self.ready_tx.send_replace(true);
+        self.with_status(|s| {
+            s.ready = true;
+            s.applies += 1;
+        });
+    }
+
+    fn warming_deadline(&self) -> Option<Instant> {
+        if !self.applied_once {
+            return None;
+        }
+        self.warming_since.map(|t| t + self.options.warming_timeout)
+    }
+
+    fn record(&self, t: TypeUrl, version: &str, rejections: &[Rejection]) {
+        let resources = self.state.of(t).resources.len();
+        let message = (!rejections.is_empty()).then(|| nack_message(rejections));
+        self.with_status(|s| {
+            let ts = s.types.entry(t.short()).or_default();
+            ts.resources = resources;
+            match &message {
+                None => {
+                    ts.acks += 1;
+                    ts.version = version.to_string();
+                }
+                Some(m) => {
+                    ts.nacks += 1;
+                    ts.last_nack = Some(m.clone());
+                }
+            }
+        });
+        if let Some(m) = message {
+            tracing::warn!(ty = t.short(), error = %m, "rejecting xDS update (NACK)");
+        }
+    }
+
+    // ----- delta -----
+
+    async fn follow_delta(
+        &mut self,
+        mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    ) -> Outcome {
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
+        // Subscriptions as the server knows them on this stream.
+        let mut subscribed: BTreeMap<TypeUrl, BTreeSet<String>> = BTreeMap::new();
+        let mut first = true;
+        let wanted = self.wanted();
+        for t in TypeUrl::ALL {
+            let names = match wanted.get(&t) {
+                Some(n) if n.is_empty() => continue,
+                Some(n) => n.clone(),
+                None => BTreeSet::new(),
+            };
+            let req = DeltaDiscoveryRequest {
+                node: first.then(|| self.options.node.clone()),
+                type_url: t.as_str().to_string(),
+                resource_names_subscribe: names.iter().cloned().collect(),
+                initial_resource_versions: self.state.versions(t),
+                ..Default::default()
+            };
+            first = false;
+            subscribed.insert(t, names);
+            let _ = tx.try_send(req);
+        }
+        let mut inbound = match client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(status) => return Outcome::Failed(status.into()),
+        };
+        let mut progressed = false;
+        let fail = |progressed: bool, e: ClientError| {
+            if progressed {
+                Outcome::Progress(e)
+            } else {
+                Outcome::Failed(e)
+            }
+        };
+        loop {
+            let deadline = self.warming_deadline();
+            let msg = tokio::select! {
+                m = inbound.message() => m,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.maybe_apply();
+                    continue;
+                }
+            };
+            let resp: DeltaDiscoveryResponse = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => return fail(progressed, ClientError::Closed),
+                Err(status) => return fail(progressed, status.into()),
+            };
+            progressed = true;
+            let Some(t) = TypeUrl::parse(&resp.type_url) else {
+                // A type we never asked for: refuse it so the server knows.
+                let ack = DeltaDiscoveryRequest {
+                    type_url: resp.type_url.clone(),
+                    response_nonce: resp.nonce.clone(),
+                    error_detail: Some(rpc_status(format!(
+                        "resource type {} is not supported",
+                        resp.type_url
+                    ))),
+                    ..Default::default()
+                };
+                if tx.send(ack).await.is_err() {
+                    return fail(progressed, ClientError::Stuck);
+                }
+                continue;
+            };
+            let update = Update {
+                ty: t,
+                resources: resp
+                    .resources
+                    .into_iter()
+                    .filter_map(|r| {
+                        r.resource.map(|any| Incoming {
+                            name: r.name,
+                            version: r.version,
+                            resource: any,
+                        })
+                    })
+                    .collect(),
+                removed: resp.removed_resources,
+                complete_list: false,
+                version: resp.system_version_info.clone(),
+            };
+            let named = subscribed
+                .get(&t)
+                .filter(|_| matches!(t, TypeUrl::Endpoint | TypeUrl::Route | TypeUrl::Secret));
+            let rejections = self.state.apply(&update, self.consumer.as_ref(), named);
+            self.record(t, &resp.system_version_info, &rejections);
+            if rejections.len() < update.resources.len() || !update.removed.is_empty() {
+                self.dirty = true;
+            }
+            let ack = DeltaDiscoveryRequest {
+                type_url: resp.type_url,
+                response_nonce: resp.nonce,
+                error_detail: (!rejections.is_empty())
+                    .then(|| rpc_status(nack_message(&rejections))),
+                ..Default::default()
+            };
+            if tokio::time::timeout(Duration::from_secs(30), tx.send(ack))
+                .await
+                .is_err()
+            {
+                return fail(progressed, ClientError::Stuck);
+            }
+            // Follow the references of what was accepted.
+            for (t, names) in self.wanted() {
+                let old = subscribed.entry(t).or_default();
+                if *old == names {
+                    continue;
+                }
+                let req = DeltaDiscoveryRequest {
+                    type_url: t.as_str().to_string(),
+                    resource_names_subscribe: names.difference(old).cloned().collect(),
+                    resource_names_unsubscribe: old.difference(&names).cloned().collect(),
+                    ..Default::default()
+                };
+                // Unsubscribed resources are dropped: the server no longer tracks them.
+                for n in &req.resource_names_unsubscribe {
+                    self.state.forget(t, n);
+                    self.dirty = true;
+                }
+                *old = names;
+                if tokio::time::timeout(Duration::from_secs(30), tx.send(req))
+                    .await
+                    .is_err()
+                {
+                    return fail(progressed, ClientError::Stuck);
+                }
+            }
+            self.maybe_apply();
+        }
+    }
+
+    // ----- state of the world -----
+
+    async fn follow_sotw(
+        &mut self,
+        mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    ) -> Outcome {
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
+        let mut names: BTreeMap<TypeUrl, BTreeSet<String>> = BTreeMap::new();
+        let mut nonces: BTreeMap<TypeUrl, String> = BTreeMap::new();
+        let mut first = true;
+        let wanted = self.wanted();
+        for t in TypeUrl::ALL {
+            let n = match wanted.get(&t) {
+                Some(n) if n.is_empty() => continue,
+                Some(n) => n.clone(),
+                None => BTreeSet::new(),
+            };
+            let req = DiscoveryRequest {
+                node: first.then(|| self.options.node.clone()),
+                type_url: t.as_str().to_string(),
+                version_info: self.state.of(t).version.clone(),
+                resource_names: n.iter().cloned().collect(),
+                ..Default::default()
+            };
+            first = false;
+            names.insert(t, n);
+            let _ = tx.try_send(req);
+        }
+        let mut inbound = match client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(status) => return Outcome::Failed(status.into()),
+        };
+        let mut progressed = false;
+        let fail = |progressed: bool, e: ClientError| {
+            if progressed {
+                Outcome::Progress(e)
+            } else {
+                Outcome::Failed(e)
+            }
+        };
+        loop {
+            let deadline = self.warming_deadline();
+            let msg = tokio::select! {
+                m = inbound.message() => m,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.maybe_apply();
+                    continue;
+                }
+            };
+            let resp: DiscoveryResponse = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => return fail(progressed, ClientError::Closed),
+                Err(status) => return fail(progressed, status.into()),
+            };
+            progressed = true;
+            let Some(t) = TypeUrl::parse(&resp.type_url) else {
+                let nack = DiscoveryRequest {
+                    type_url: resp.type_url.clone(),
+                    response_nonce: resp.nonce.clone(),
+                    error_detail: Some(rpc_status(format!(
+                        "resource type {} is not supported",
+                        resp.type_url
+                    ))),
+                    ..Default::default()
+                };
+                if tx.send(nack).await.is_err() {
+                    return fail(progressed, ClientError::Stuck);
+                }
+                continue;
+            };
+            let wildcard = matches!(t, TypeUrl::Cluster | TypeUrl::Listener);
+            let update = Update {
+                ty: t,
+                resources: resp
+                    .resources
+                    .into_iter()
+                    .map(|any| Incoming {
+                        name: String::new(),
+                        version: resp.version_info.clone(),
+                        resource: any,
+                    })
+                    .collect(),
+                removed: Vec::new(),
+                complete_list: wildcard,
+                version: resp.version_info.clone(),
+            };
+            let named = if wildcard { None } else { names.get(&t) };
+            let rejections = self.state.apply(&update, self.consumer.as_ref(), named);
+            self.record(t, &resp.version_info, &rejections);
+            self.dirty |= rejections.len() < update.resources.len() || wildcard;
+            nonces.insert(t, resp.nonce.clone());
+            let ack = DiscoveryRequest {
+                type_url: resp.type_url,
+                response_nonce: resp.nonce,
+                // A NACK names the last version accepted, an ACK the one just applied.
+                version_info: self.state.of(t).version.clone(),
+                resource_names: names
+                    .get(&t)
+                    .map(|n| n.iter().cloned().collect())
+                    .unwrap_or_default(),
+                error_detail: (!rejections.is_empty())
+                    .then(|| rpc_status(nack_message(&rejections))),
+                ..Default::default()
+            };
+            if tokio::time::timeout(Duration::from_secs(30), tx.send(ack))
+                .await
+                .is_err()
+            {
+                return fail(progressed, ClientError::Stuck);
+            }
+            for (t, n) in self.wanted() {
+                if names.get(&t).map_or(n.is_empty(), |old| *old == n) {
+                    continue;
+                }
+                // Resources no longer referenced are dropped.
+                let old = names.get(&t).cloned().unwrap_or_default();
+                for gone in old.difference(&n) {
+                    self.state.forget(t, gone);
+                    self.dirty = true;
+                }
+                let req = DiscoveryRequest {
+                    type_url: t.as_str().to_string(),
+                    version_info: self.state.of(t).version.clone(),
+                    response_nonce: nonces.get(&t).cloned().unwrap_or_default(),
+                    resource_names: n.iter().cloned().collect(),
+                    ..Default::default()
+                };
+                names.insert(t, n);
+                if tokio::time::timeout(Duration::from_secs(30), tx.send(req))
+                    .await
+                    .is_err()
+                {
+                    return fail(progressed, ClientError::Stuck);
+                }
+            }
+            self.maybe_apply();
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! What an xDS client holds: the accepted resources of each type with the server's
+//! versions, decoded by a typed handler per type, and the rules that turn a response
+//! into accepted changes and rejections.
+use super::{ConfigConsumer, Rejection};
+use crate::xds::pb::envoy::config::cluster::v3::Cluster;
+use crate::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use crate::xds::pb::envoy::config::listener::v3::Listener;
+use crate::xds::pb::envoy::config::route::v3::RouteConfiguration;
+use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use crate::xds::pb::google::protobuf::Any;
+use crate::xds::references::{References, references};
+use crate::xds::{ResourceSet, TypeUrl};
+use prost::{Message, Name};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A decoded resource of one of the served types (boxed: they differ a lot in size).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Listener(Box<Listener>),
+    Route(Box<RouteConfiguration>),
+    Cluster(Box<Cluster>),
+    Endpoint(Box<ClusterLoadAssignment>),
+    Secret(Box<Secret>),
+}
+
+fn decode_as<M: Message + Name + Default>(any: &Any) -> Result<M, String> {
+    if any.type_url != M::type_url() {
+        return Err(format!(
+            "resource is a {}, expected {}",
+            any.type_url,
+            M::type_url()
+        ));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {}: {e}", M::full_name()))
+}
+
+/// The typed handler of each type: decodes a resource and tells its name.
+pub fn decode(t: TypeUrl, any: &Any) -> Result<(String, Decoded), String> {
+    Ok(match t {
+        TypeUrl::Listener => {
+            decode_as::<Listener>(any).map(|r| (r.name.clone(), Decoded::Listener(Box::new(r))))?
+        }
+        TypeUrl::Route => decode_as::<RouteConfiguration>(any)
+            .map(|r| (r.name.clone(), Decoded::Route(Box::new(r))))?,
+        TypeUrl::Cluster => {
+            decode_as::<Cluster>(any).map(|r| (r.name.clone(), Decoded::Cluster(Box::new(r))))?
+        }
+        TypeUrl::Endpoint => decode_as::<ClusterLoadAssignment>(any)
+            .map(|r| (r.cluster_name.clone(), Decoded::Endpoint(Box::new(r))))?,
+        TypeUrl::Secret => {
+            decode_as::<Secret>(any).map(|r| (r.name.clone(), Decoded::Secret(Box::new(r))))?
+        }
+    })
+}
+
+/// One accepted resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    /// The server's version of it (delta), or the SotW response version.
+    pub version: String,
+    pub resource: Decoded,
+}
+
+/// The accepted resources of one type.
+#[derive(Debug, Clone, Default)]
+pub struct TypeState {
+    pub resources: BTreeMap<String, Held>,
+    /// At least one response of this type was accepted (even an empty one).
+    pub received: bool,
+    /// Names the server said do not exist (delta `removed_resources`).
+    pub absent: BTreeSet<String>,
+    /// The last accepted SotW `version_info`.
+    pub version: String,
+}
+
+/// Everything the client has accepted.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    types: [TypeState; 5],
+}
+
+fn i(t: TypeUrl) -> usize {
+    TypeUrl::ALL.iter().position(|x| *x == t).unwrap_or(0)
+}
+
+/// One resource of a response.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub name: String,
+    pub version: String,
+    pub resource: Any,
+}
+
+/// A response, as the state sees it.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub ty: TypeUrl,
+    pub resources: Vec<Incoming>,
+    pub removed: Vec<String>,
+    /// SotW wildcard types: the response is the complete list; anything else goes.
+    pub complete_list: bool,
+    /// SotW version of the response.
+    pub version: String,
+}
+
+impl State {
+    pub fn of(&self, t: TypeUrl) -> &TypeState {
+        &self.types[i(t)]
+    }
+
+    fn of_mut(&mut self, t: TypeUrl) -> &mut TypeState {
+        &mut self.types[i(t)]
+    }
+
+    /// The names referenced over ADS by the accepted listeners and clusters.
+    pub fn references(&self) -> References {
+        let set = self.to_set_of(&[TypeUrl::Listener, TypeUrl::Cluster]);
+        references(&set.listeners, &set.clusters)
+    }
+
+    /// The names to subscribe to for a named type (EDS/RDS/SDS); `None` for the wildcard
+    /// types (CDS/LDS).
+    pub fn wanted(&self, t: TypeUrl, refs: &References) -> Option<BTreeSet<String>> {
+        match t {
+            TypeUrl::Cluster | TypeUrl::Listener => None,
+            TypeUrl::Endpoint => Some(refs.endpoints.clone()),
+            TypeUrl::Route => Some(refs.routes.clone()),
+            TypeUrl::Secret => Some(refs.secrets.clone()),
+        }
+    }
+
+    /// True when CDS and LDS arrived and every referenced name is held or known absent.
+    pub fn complete(&self) -> bool {
+        if !self.of(TypeUrl::Cluster).received || !self.of(TypeUrl::Listener).received {
+            return false;
+        }
+        let refs = self.references();
+        TypeUrl::ALL.iter().all(|&t| {
+            self.wanted(t, &refs).is_none_or(|names| {
+                let ts = self.of(t);
+                names
+                    .iter()
+                    .all(|n| ts.resources.contains_key(n) || ts.absent.contains(n))
+            })
+        })
+    }
+
+    /// The referenced names not yet held (for logs while warming).
+    pub fn missing(&self) -> Vec<String> {
+        let refs = self.references();
+        let mut out = Vec::new();
+        for t in TypeUrl::ALL {
+            if let Some(names) = self.wanted(t, &refs) {
+                let ts = self.of(t);
+                out.extend(
+                    names
+                        .into_iter()
+                        .filter(|n| !ts.resources.contains_key(n) && !ts.absent.contains(n))
+                        .map(|n| format!("{}/{n}", t.short())),
+                );
+            }
+        }
+        out
+    }
+
+    fn to_set_of(&self, types: &[TypeUrl]) -> ResourceSet {
+        let mut set = ResourceSet::default();
+        for &t in types {
+            for h in self.of(t).resources.values() {
+                match &h.resource {
+                    Decoded::Listener(r) => set.listeners.push((**r).clone()),
+                    Decoded::Route(r) => set.routes.push((**r).clone()),
+                    Decoded::Cluster(r) => set.clusters.push((**r).clone()),
+                    Decoded::Endpoint(r) => set.endpoints.push((**r).clone()),
+                    Decoded::Secret(r) => set.secrets.push((**r).clone()),
+                }
+            }
+        }
+        set.sort();
+        set
+    }
+
+    /// Every accepted resource.
+    pub fn to_set(&self) -> ResourceSet {
+        self.to_set_of(&TypeUrl::ALL)
+    }
+
+    /// Versions held for a type (delta `initial_resource_versions`).
+    pub fn versions(&self, t: TypeUrl) -> std::collections::HashMap<String, String> {
+        self.of(t)
+            .resources
+            .iter()
+            .map(|(n, h)| (n.clone(), h.version.clone()))
+            .collect()
+    }
+
+    fn with(
+        &self,
+        update: &Update,
+        accepted: &[(String, String, Decoded)],
+        kept: &BTreeSet<String>,
+    ) -> State {
+        let mut next = self.clone();
+        let ts = next.of_mut(update.ty);
+        if update.complete_list {
+            // Keep what the response carried but could not be accepted (the old version
+            // stays), drop everything the response left out.
+            ts.resources.retain(|n, _| kept.contains(n));
+        }
+        for n in &update.removed {
+            ts.resources.remove(n);
+            ts.absent.insert(n.clone());
+        }
+        for (name, version, resource) in accepted {
+            ts.absent.remove(name);
+            ts.resources.insert(
+                name.clone(),
+                Held {
+                    version: version.clone(),
+                    resource: resource.clone(),
+                },
+            );
+        }
+        ts.received = true;
+        next
+    }
+
+    /// Applies a response: decodes each resource with its type's handler, lets the
+    /// consumer check the resulting set, and keeps what is accepted. Returns the
+    /// rejections (empty: ACK); rejected resources are never recorded.
+    pub fn apply(
+        &mut self,
+        update: &Update,
+        consumer: &dyn ConfigConsumer,
+        subscribed: Option<&BTreeSet<String>>,
+    ) -> Vec<Rejection> {
+        let t = update.ty;
+        let mut rejections = Vec::new();
+        let mut accepted = Vec::new();
+        for r in &update.resources {
+            match decode(t, &r.resource) {
+                Ok((name, _)) if !r.name.is_empty() && name != r.name => {
+                    rejections.push(Rejection {
+                        type_url: t,
+                        name: r.name.clone(),
+                        message: format!("resource is named `{name}` inside"),
+                    })
+                }
+                Ok((name, _)) if subscribed.is_some_and(|s| !s.contains(&name)) => {
+                    // Not asked for (a server may send more than named): ignored.
+                }
+                Ok((name, decoded)) => accepted.push((name, r.version.clone(), decoded)),
+                Err(message) => rejections.push(Rejection {
+                    type_url: t,
+                    name: r.name.clone(),
+                    message,
+                }),
+            }
+        }
+        // Resources in the response that fail keep their old version (SotW lists).
+        let mut kept: BTreeSet<String> = accepted.iter().map(|(n, _, _)| n.clone()).collect();
+        kept.extend(rejections.iter().map(|r| r.name.clone()));
+        for round in 0..2 {
+            let candidate = self.with(update, &accepted, &kept);
+            let problems = consumer.check(&candidate.to_set());
+            if problems.is_empty() {
+                *self = candidate;
+                if rejections.is_empty() {
+                    self.of_mut(t).version = update.version.clone();
+                }
+                return rejections;
+            }
+            let in_response: BTreeSet<&str> = accepted.iter().map(|(n, _, _)| n.as_str()).collect();
+            let isolated = problems
+                .iter()
+                .all(|p| p.type_url == t && in_response.contains(p.name.as_str()));
+            if round == 0 && isolated {
+                let bad: BTreeSet<String> = problems.iter().map(|p| p.name.clone()).collect();
+                accepted.retain(|(n, _, _)| !bad.contains(n));
+                rejections.extend(problems);
+                continue;
+            }
+            // The problem is not in one of this response's resources alone: the response
+            // as a whole cannot be applied.
+            rejections.extend(problems);
+            return rejections;
+        }
+        rejections
+    }
+}
+
+impl State {
+    /// Drops a resource the client no longer subscribes to.
+    pub fn forget(&mut self, t: TypeUrl, name: &str) {
+        let ts = self.of_mut(t);
+        ts.resources.remove(name);
+        ts.absent.remove(name);
+    }
+}
