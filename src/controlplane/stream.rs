@@ -147,7 +147,9 @@ pub(crate) async fn run<E: Engine>(
             Ok(Ok(Some(req))) => req,
             Ok(Ok(None)) => return,
             Ok(Err(status)) => {
-                tracing::debug!(%status, "stream ended before its first request");
+                // A request the transport refused (too large, undecodable): say so.
+                tracing::debug!(%status, "the first request was refused");
+                send_error(&tx, status, &inner).await;
                 return;
             }
             Err(_) => {
@@ -215,7 +217,9 @@ pub(crate) async fn run<E: Engine>(
                 }
                 Ok(None) => break,
                 Err(status) => {
+                    // A request the transport refused (too large, undecodable): say so.
                     tracing::debug!(node = %ctx.node.identity.id, %status, "stream error");
+                    send_error(&tx, status, &inner).await;
                     break;
                 }
             },

@@ -1,0 +1,525 @@
+//! The control plane's xDS protocol, request by request, from a scripted proxy: SotW and
+//! delta subscriptions, ACK/NACK, stale nonces, reconnection with known versions, and
+//! hostile input (no node, no type, unknown types, huge name lists, oversized messages,
+//! a proxy that never reads).
+#[path = "support/controlplane.rs"]
+mod cp_support;
+mod support;
+
+use cp_support::*;
+use meshgate::controlplane::sample::{SampleGateway, SampleService, cluster_name};
+use meshgate::controlplane::snapshot::Snapshot;
+use meshgate::controlplane::{Options, StaticSource, TypeSet};
+use meshgate::xds::pb::envoy::config::core::v3::Node;
+use meshgate::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use meshgate::xds::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use meshgate::xds::pb::google::rpc::Status as RpcStatus;
+use meshgate::xds::{ProxyIdentity, ResourceSet, TypeUrl};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+fn gateway(services: &[(&str, u16)]) -> ResourceSet {
+    SampleGateway::new(
+        8080,
+        services
+            .iter()
+            .map(|(n, p)| SampleService::new(n, vec![SocketAddr::from(([127, 0, 0, 1], *p))]))
+            .collect(),
+    )
+    .resources()
+}
+
+fn node(id: &str) -> Option<Node> {
+    Some(Node {
+        id: id.into(),
+        ..Default::default()
+    })
+}
+
+struct Sotw {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: tonic::Streaming<DiscoveryResponse>,
+}
+
+impl Sotw {
+    async fn open(addr: &str) -> Sotw {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let rx = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Sotw { tx, rx }
+    }
+    async fn send(&self, t: TypeUrl, names: &[&str], version: &str, nonce: &str, first: bool) {
+        self.tx
+            .send(DiscoveryRequest {
+                node: if first { node("sotw-proxy") } else { None },
+                type_url: t.as_str().into(),
+                resource_names: names.iter().map(|s| s.to_string()).collect(),
+                version_info: version.into(),
+                response_nonce: nonce.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    async fn nack(&self, t: TypeUrl, names: &[&str], version: &str, nonce: &str) {
+        self.tx
+            .send(DiscoveryRequest {
+                type_url: t.as_str().into(),
+                resource_names: names.iter().map(|s| s.to_string()).collect(),
+                version_info: version.into(),
+                response_nonce: nonce.into(),
+                error_detail: Some(RpcStatus {
+                    code: 13,
+                    message: "nope".into(),
+                    details: vec![],
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    async fn recv(&mut self) -> DiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a response in time")
+            .expect("stream ok")
+            .expect("a response")
+    }
+    async fn recv_status(&mut self) -> tonic::Status {
+        match tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("in time")
+        {
+            Err(s) => s,
+            Ok(other) => panic!("expected an error status, got {other:?}"),
+        }
+    }
+    async fn quiet(&mut self, d: Duration) {
+        if let Ok(m) = tokio::time::timeout(d, self.rx.message()).await {
+            panic!("expected no response, got {m:?}");
+        }
+    }
+}
+
+fn names(r: &DiscoveryResponse) -> Vec<String> {
+    let t = TypeUrl::parse(&r.type_url).unwrap();
+    r.resources
+        .iter()
+        .map(|a| meshgate::xds::client::decode(t, a).unwrap().0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_subscriptions_acks_nacks_and_stale_nonces() {
+    let source = Arc::new(StaticSource::new(gateway(&[("a", 9001), ("b", 9002)])));
+    let cp = TestControlPlane::start(source.clone(), 0, 0, test_options());
+    let (ca, cb) = (cluster_name("a"), cluster_name("b"));
+
+    let mut p = Sotw::open(&cp.xds_addr()).await;
+    p.send(TypeUrl::Cluster, &[], "", "", true).await;
+    let cds = p.recv().await;
+    assert_eq!(names(&cds), vec![ca.clone(), cb.clone()]);
+    assert!(!cds.nonce.is_empty() && !cds.version_info.is_empty());
+
+    // Unknown types are ignored (no answer), the stream lives on.
+    p.send_raw("type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig")
+        .await;
+    p.quiet(Duration::from_millis(200)).await;
+    assert_eq!(cp.metric("meshgate_xds_unknown_types_total"), 1.0);
+
+    // EDS by name: exactly the named ones.
+    p.send(TypeUrl::Endpoint, &[&ca], "", "", false).await;
+    let eds = p.recv().await;
+    assert_eq!(names(&eds), vec![ca.clone()]);
+    // CDS ACK.
+    p.send(TypeUrl::Cluster, &[], &cds.version_info, &cds.nonce, false)
+        .await;
+
+    // A request with a stale nonce that changes the names is ignored...
+    p.send(
+        TypeUrl::Endpoint,
+        &[&ca, &cb],
+        "",
+        "stale-or-garbage",
+        false,
+    )
+    .await;
+    p.quiet(Duration::from_millis(200)).await;
+    assert!(cp.metric("meshgate_xds_stale_nonces_total") >= 1.0);
+    // ...but the ACK that follows carries the full list, which is compared again.
+    p.send(
+        TypeUrl::Endpoint,
+        &[&ca, &cb],
+        &eds.version_info,
+        &eds.nonce,
+        false,
+    )
+    .await;
+    let eds2 = p.recv().await;
+    assert_eq!(names(&eds2), vec![ca.clone(), cb.clone()]);
+    assert_ne!(eds2.version_info, eds.version_info);
+
+    // NACK: recorded, never re-sent; a change elsewhere pushes nothing for EDS.
+    p.nack(
+        TypeUrl::Endpoint,
+        &[&ca, &cb],
+        &eds.version_info,
+        &eds2.nonce,
+    )
+    .await;
+    p.quiet(Duration::from_millis(200)).await;
+    let syncz = cp.syncz();
+    assert_eq!(syncz[0]["states"]["eds"], "NACKED");
+    assert_eq!(syncz[0]["types"]["eds"]["nacked"]["error"], "nope");
+    assert_eq!(
+        syncz[0]["types"]["eds"]["nacked"]["version"],
+        eds2.version_info.as_str()
+    );
+    let mut with_c = gateway(&[("a", 9001), ("b", 9002), ("c", 9003)]);
+    with_c.sort();
+    source.set_default(with_c, TypeSet::ALL);
+    let cds2 = p.recv().await;
+    assert_eq!(cds2.type_url, TypeUrl::Cluster.as_str());
+    assert_eq!(names(&cds2).len(), 3);
+    p.send(
+        TypeUrl::Cluster,
+        &[],
+        &cds2.version_info,
+        &cds2.nonce,
+        false,
+    )
+    .await;
+    p.quiet(Duration::from_millis(300)).await;
+    assert_eq!(cp.metric("pilot_total_xds_rejects{type=\"eds\"}"), 1.0);
+
+    // Changing a NACKed resource pushes it again.
+    source.set_default(
+        gateway(&[("a", 9101), ("b", 9002), ("c", 9003)]),
+        TypeSet::of(&[TypeUrl::Endpoint]),
+    );
+    let eds3 = p.recv().await;
+    assert_eq!(eds3.type_url, TypeUrl::Endpoint.as_str());
+    assert_eq!(names(&eds3), vec![ca.clone(), cb.clone()]);
+}
+
+impl Sotw {
+    async fn send_raw(&self, type_url: &str) {
+        self.tx
+            .send(DiscoveryRequest {
+                type_url: type_url.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_removals_come_after_the_other_types() {
+    let source = Arc::new(StaticSource::new(gateway(&[("a", 9001), ("b", 9002)])));
+    let cp = TestControlPlane::start(source.clone(), 0, 0, test_options());
+    let mut p = Sotw::open(&cp.xds_addr()).await;
+    p.send(TypeUrl::Cluster, &[], "", "", true).await;
+    let cds = p.recv().await;
+    p.send(TypeUrl::Listener, &[], "", "", false).await;
+    let lds = p.recv().await;
+    p.send(TypeUrl::Route, &["http.8080"], "", "", false).await;
+    let rds = p.recv().await;
+    for r in [&cds, &lds, &rds] {
+        p.send(
+            TypeUrl::parse(&r.type_url).unwrap(),
+            if r.type_url == rds.type_url {
+                &["http.8080"]
+            } else {
+                &[]
+            },
+            &r.version_info,
+            &r.nonce,
+            false,
+        )
+        .await;
+    }
+    // Service b goes away and c arrives: CDS first keeps b, routes change, then CDS drops b.
+    source.set_default(gateway(&[("a", 9001), ("c", 9003)]), TypeSet::ALL);
+    let first = p.recv().await;
+    assert_eq!(first.type_url, TypeUrl::Cluster.as_str());
+    assert_eq!(
+        names(&first),
+        vec![cluster_name("a"), cluster_name("b"), cluster_name("c")]
+    );
+    let second = p.recv().await;
+    assert_eq!(second.type_url, TypeUrl::Route.as_str());
+    let third = p.recv().await;
+    assert_eq!(third.type_url, TypeUrl::Cluster.as_str());
+    assert_eq!(names(&third), vec![cluster_name("a"), cluster_name("c")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_grpc_errors_and_do_not_disturb_others() {
+    let source = Arc::new(StaticSource::new(gateway(&[("a", 9001)])));
+    let options = Options {
+        max_resource_names: 1000,
+        ..test_options()
+    };
+    let cp = TestControlPlane::start(source.clone(), 0, 0, options);
+    let addr = cp.xds_addr();
+
+    let mut healthy = Sotw::open(&addr).await;
+    healthy.send(TypeUrl::Cluster, &[], "", "", true).await;
+    healthy.recv().await;
+
+    // No node on the first request.
+    let mut p = Sotw::open(&addr).await;
+    p.send(TypeUrl::Cluster, &[], "", "", false).await;
+    assert_eq!(p.recv_status().await.code(), Code::InvalidArgument);
+
+    // No type URL on an aggregated stream.
+    let mut p = Sotw::open(&addr).await;
+    p.tx.send(DiscoveryRequest {
+        node: node("x"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(p.recv_status().await.code(), Code::InvalidArgument);
+
+    // Too many names in one subscription.
+    let mut p = Sotw::open(&addr).await;
+    let many: Vec<String> = (0..1001).map(|i| format!("n{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    p.send(TypeUrl::Endpoint, &many, "", "", true).await;
+    assert_eq!(p.recv_status().await.code(), Code::ResourceExhausted);
+
+    // A request over the 4 MiB limit.
+    let mut p = Sotw::open(&addr).await;
+    let huge = "x".repeat(5 << 20);
+    p.send(TypeUrl::Endpoint, &[&huge], "", "", true).await;
+    // The gRPC decoder refuses it; the status goes back to the proxy.
+    assert_eq!(p.recv_status().await.code(), Code::OutOfRange);
+
+    // Garbage nonces are stale nonces: ignored.
+    healthy
+        .send(TypeUrl::Cluster, &[], "v", "\u{0}\u{fffd}garbage", false)
+        .await;
+    healthy.quiet(Duration::from_millis(200)).await;
+
+    // The healthy stream still gets pushes.
+    source.set_default(gateway(&[("a", 9001), ("b", 9002)]), TypeSet::ALL);
+    let cds = healthy.recv().await;
+    assert_eq!(names(&cds).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_never_reads_is_dropped_without_slowing_others() {
+    // Large CDS responses (2,000 clusters) fill flow-control windows quickly.
+    let big = |tag: u16| {
+        let services: Vec<(String, u16)> = (0..2000)
+            .map(|i| (format!("svc-{tag}-{i}"), 9000))
+            .collect();
+        let s: Vec<(&str, u16)> = services.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+        gateway(&s)
+    };
+    let source = Arc::new(StaticSource::new(big(0)));
+    let options = Options {
+        send_queue: 1,
+        send_timeout: Duration::from_secs(1),
+        ..test_options()
+    };
+    let cp = TestControlPlane::start(source.clone(), 0, 0, options);
+    let addr = cp.xds_addr();
+    let stuck = Sotw::open(&addr).await;
+    stuck.send(TypeUrl::Cluster, &[], "", "", true).await;
+    let mut reader = Sotw::open(&addr).await;
+    reader.send(TypeUrl::Cluster, &[], "", "", true).await;
+    let first = reader.recv().await;
+    reader
+        .send(
+            TypeUrl::Cluster,
+            &[],
+            &first.version_info,
+            &first.nonce,
+            false,
+        )
+        .await;
+    for round in 1..=4u16 {
+        let next = big(round);
+        let start = tokio::time::Instant::now();
+        source.set_default(next, TypeSet::ALL);
+        let r = reader.recv().await;
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "push {round} took {:?}",
+            start.elapsed()
+        );
+        reader
+            .send(TypeUrl::Cluster, &[], &r.version_info, &r.nonce, false)
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while cp.metric("pilot_xds_write_timeout") < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck stream was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cp.syncz().len(), 1, "only the reading proxy remains");
+    drop(stuck);
+}
+
+struct Delta {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: tonic::Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Delta {
+    async fn open(addr: &str) -> Delta {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let rx = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Delta { tx, rx }
+    }
+    async fn send(&self, r: DeltaDiscoveryRequest) {
+        self.tx.send(r).await.unwrap();
+    }
+    async fn recv(&mut self) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a response in time")
+            .expect("stream ok")
+            .expect("a response")
+    }
+    async fn quiet(&mut self, d: Duration) {
+        if let Ok(m) = tokio::time::timeout(d, self.rx.message()).await {
+            panic!("expected no response, got {m:?}");
+        }
+    }
+    async fn ack(&self, r: &DeltaDiscoveryResponse) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_sends_only_differences_and_announces_missing_names() {
+    let set = gateway(&[("a", 9001), ("b", 9002)]);
+    let source = Arc::new(StaticSource::new(set.clone()));
+    let cp = TestControlPlane::start(source.clone(), 0, 0, test_options());
+    let snap = Snapshot::build(ProxyIdentity::default(), Arc::new(set), 1, None).unwrap();
+    let (ca, cb) = (cluster_name("a"), cluster_name("b"));
+    let version_of = |name: &str| snap.of(TypeUrl::Cluster).get(name).unwrap().version();
+
+    let mut p = Delta::open(&cp.xds_addr()).await;
+    // Reconnecting with: a current, b outdated, and one the server no longer has.
+    p.send(DeltaDiscoveryRequest {
+        node: node("delta-proxy"),
+        type_url: TypeUrl::Cluster.as_str().into(),
+        initial_resource_versions: [
+            (ca.clone(), version_of(&ca)),
+            (cb.clone(), "an-old-version".to_string()),
+            (
+                "outbound|80||gone.default.svc.cluster.local".to_string(),
+                "x".to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    })
+    .await;
+    let upserts = p.recv().await;
+    let got: Vec<&str> = upserts.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(got, vec![cb.as_str()], "only the outdated cluster is sent");
+    assert!(
+        upserts.removed_resources.is_empty(),
+        "removals come after updates"
+    );
+    assert_eq!(upserts.resources[0].version, version_of(&cb));
+    p.ack(&upserts).await;
+    let removals = p.recv().await;
+    assert_eq!(
+        removals.removed_resources,
+        vec!["outbound|80||gone.default.svc.cluster.local".to_string()]
+    );
+    assert!(removals.resources.is_empty());
+    p.ack(&removals).await;
+
+    // EDS by name, one of them missing: answered as not existing, once.
+    p.send(DeltaDiscoveryRequest {
+        type_url: TypeUrl::Endpoint.as_str().into(),
+        resource_names_subscribe: vec![ca.clone(), "missing".into()],
+        ..Default::default()
+    })
+    .await;
+    let eds = p.recv().await;
+    assert_eq!(
+        eds.resources
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        vec![ca.as_str()]
+    );
+    assert_eq!(eds.removed_resources, vec!["missing".to_string()]);
+    // NACK it: nothing is re-sent.
+    p.send(DeltaDiscoveryRequest {
+        type_url: eds.type_url.clone(),
+        response_nonce: eds.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 13,
+            message: "bad endpoints".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    })
+    .await;
+    p.quiet(Duration::from_millis(300)).await;
+    assert_eq!(cp.syncz()[0]["states"]["eds"], "NACKED");
+    assert_eq!(cp.syncz()[0]["states"]["cds"], "SYNCED");
+
+    // An endpoint change of a subscribed cluster pushes only that assignment.
+    source.set_default(
+        gateway(&[("a", 9101), ("b", 9002)]),
+        TypeSet::of(&[TypeUrl::Endpoint]),
+    );
+    let eds2 = p.recv().await;
+    assert_eq!(eds2.type_url, TypeUrl::Endpoint.as_str());
+    assert_eq!(eds2.resources.len(), 1);
+    p.ack(&eds2).await;
+    p.quiet(Duration::from_millis(300)).await;
+    assert_eq!(cp.syncz()[0]["states"]["eds"], "SYNCED");
+
+    // Unsubscribing drops the name: later changes to it are not sent.
+    p.send(DeltaDiscoveryRequest {
+        type_url: TypeUrl::Endpoint.as_str().into(),
+        resource_names_unsubscribe: vec![ca.clone()],
+        ..Default::default()
+    })
+    .await;
+    source.set_default(
+        gateway(&[("a", 9201), ("b", 9002)]),
+        TypeSet::of(&[TypeUrl::Endpoint]),
+    );
+    p.quiet(Duration::from_millis(400)).await;
+}
