@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Write the bootstrap of a proxy that joins meshgate's control plane.
+    Bootstrap(cmd::bootstrap::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,5 +30,6 @@ fn main() -> ExitCode {
             println!("meshgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Bootstrap(args) => cmd::bootstrap::run(args),
     }
 }

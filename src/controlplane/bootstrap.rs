@@ -111,10 +111,7 @@ impl EnvoyBootstrap {
             cluster_id: self.cluster_id.clone(),
             domain_suffix: "cluster.local".into(),
         };
-        let metadata = to_json(&istio_metadata(
-            &identity,
-            concat!("meshgate-", env!("CARGO_PKG_VERSION")),
-        ))?;
+        let metadata = to_json(&istio_metadata(&identity, ""))?;
         let cluster = self.cluster.clone().unwrap_or_else(|| match self.kind {
             ProxyKind::Router => format!("istio-ingressgateway.{}", self.namespace),
             ProxyKind::Sidecar => {

@@ -1,0 +1,120 @@
+//! `meshgate bootstrap envoy`: the Envoy bootstrap of a proxy managed by meshgate's
+//! control plane (what Istio's pilot-agent writes before starting Envoy).
+use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use meshgate::controlplane::bootstrap::EnvoyBootstrap;
+use meshgate::xds::{ProxyIdentity, ProxyKind};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `meshgate bootstrap ...`
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    target: Target,
+}
+
+#[derive(Subcommand, Debug)]
+enum Target {
+    /// Print (or write) the bootstrap for an Envoy proxy.
+    Envoy(EnvoyArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Kind {
+    Router,
+    Sidecar,
+}
+
+#[derive(ClapArgs, Debug)]
+struct EnvoyArgs {
+    /// The control plane's xDS address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds: String,
+    /// Node id: Istio's TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local, or a pod name
+    /// that is expanded into it.
+    #[arg(long, default_value = "meshgate-gateway")]
+    node_id: String,
+    /// Workload labels, k=v,k2=v2 (matched against Gateway selectors).
+    #[arg(long, default_value = "istio=ingressgateway")]
+    labels: String,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Proxy type when --node-id is a plain name.
+    #[arg(long, value_enum, default_value_t = Kind::Router)]
+    kind: Kind,
+    /// Workload IP when --node-id is a plain name.
+    #[arg(long, default_value = "127.0.0.1")]
+    ip: String,
+    /// Incremental xDS (the default).
+    #[arg(long, conflicts_with = "sotw")]
+    delta: bool,
+    /// State-of-the-world xDS.
+    #[arg(long)]
+    sotw: bool,
+    /// Envoy's admin port (on 127.0.0.1).
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// `node.cluster` (defaults to istio-ingressgateway.NAMESPACE for gateways).
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Yaml)]
+    format: Format,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let Target::Envoy(a) = args.target;
+    let labels = match ProxyIdentity::parse_labels(&a.labels) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("meshgate bootstrap: --labels: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let b = EnvoyBootstrap {
+        xds_address: a.xds,
+        node_id: a.node_id,
+        kind: match a.kind {
+            Kind::Router => ProxyKind::Router,
+            Kind::Sidecar => ProxyKind::Sidecar,
+        },
+        namespace: a.namespace,
+        labels,
+        ip: a.ip,
+        delta: !a.sotw,
+        admin_port: a.admin_port,
+        cluster: a.cluster,
+        ..Default::default()
+    };
+    let text = match a.format {
+        Format::Yaml => b.to_yaml(),
+        Format::Json => b
+            .to_json()
+            .map(|j| serde_json::to_string_pretty(&j).unwrap_or_default() + "\n"),
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("meshgate bootstrap: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match a.out {
+        Some(path) => {
+            if let Err(e) = std::fs::write(&path, text) {
+                eprintln!("meshgate bootstrap: writing {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+        None => print!("{text}"),
+    }
+    ExitCode::SUCCESS
+}
