@@ -18,12 +18,15 @@ pub struct Entry {
     /// Hash of the name and the encoded resource; equal hashes mean equal resources.
     pub hash: u64,
     pub resource: Any,
+    /// The hash as the opaque version string sent in delta responses (made once,
+    /// shared by every proxy).
+    version: String,
 }
 
 impl Entry {
     /// The hash as the opaque version string sent in delta responses.
     pub fn version(&self) -> String {
-        version_string(self.hash)
+        self.version.clone()
     }
 }
 
@@ -90,6 +93,7 @@ impl TypeSnapshot {
                     name: Arc::from(r.name),
                     hash,
                     resource: r.resource,
+                    version: version_string(hash),
                 })
             })
             .collect();
