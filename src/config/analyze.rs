@@ -251,10 +251,11 @@ fn check_destinations(index: &Index<'_>, vs: &Resource<VirtualService>, out: &mu
         }
         let host = hosts::resolve_short_name(&dest.host, &vs.meta.namespace, DEFAULT_DOMAIN_SUFFIX);
         let services = index.services_for(&host);
-        let shown = if host == dest.host {
-            format!("`{host}`")
+        let shown = format!("`{}`", dest.host);
+        let resolved_note = if host == dest.host {
+            String::new()
         } else {
-            format!("`{}` ({host})", dest.host)
+            format!(" (resolved to {host})")
         };
         if services.is_empty() {
             let known: Vec<&str> = index.services.iter().map(|s| s.host.as_str()).collect();
@@ -264,7 +265,7 @@ fn check_destinations(index: &Index<'_>, vs: &Resource<VirtualService>, out: &mu
             };
             out.push(vs.error(
                 &format!("{path}.host"),
-                format!("no ServiceEntry defines host {shown}; in standalone mode every destination needs one{hint}"),
+                format!("no ServiceEntry defines host {shown}{resolved_note}; in standalone mode every destination needs one{hint}"),
             ));
             continue;
         }
@@ -284,7 +285,7 @@ fn check_destinations(index: &Index<'_>, vs: &Resource<VirtualService>, out: &mu
                 out.push(vs.error(
                     &format!("{path}.port.number"),
                     format!(
-                        "port {} is not a port of {shown} (its ports: {list})",
+                        "port {} is not a port of {shown}; its ports: {list}",
                         p.number
                     ),
                 ));
@@ -317,7 +318,7 @@ fn check_destinations(index: &Index<'_>, vs: &Resource<VirtualService>, out: &mu
                 let detail = if defined.is_empty() {
                     String::new()
                 } else {
-                    format!(" (defined subsets: {})", defined.join(", "))
+                    format!("; defined subsets: {}", defined.join(", "))
                 };
                 out.push(vs.error(
                     &format!("{path}.subset"),

@@ -157,7 +157,12 @@ pub fn validate(se: &Resource<ServiceEntry>, out: &mut Vec<Diagnostic>) {
         Resolution::Dns | Resolution::DnsRoundRobin => {
             if spec.endpoints.is_empty() {
                 for (i, host) in spec.hosts.iter().enumerate() {
-                    if let Err(message) = check_fqdn(host) {
+                    if host.starts_with('*') {
+                        s.error(
+                            &format!("spec.hosts[{i}]"),
+                            format!("resolution {resolution} without endpoints resolves the hosts themselves, and wildcard `{host}` cannot be resolved; list endpoints or use DYNAMIC_DNS"),
+                        );
+                    } else if let Err(message) = check_fqdn(host) {
                         s.error(
                             &format!("spec.hosts[{i}]"),
                             format!("resolution {resolution} without endpoints resolves the hosts themselves, so they must be DNS names: {message}"),
