@@ -43,7 +43,11 @@ fn parse_args() -> Args {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
-        let mut num = || it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{arg} needs a number"));
+        let mut num = || {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{arg} needs a number"))
+        };
         match arg.as_str() {
             "--proxies" => a.proxies = num(),
             "--services" => a.services = num(),
@@ -65,23 +69,35 @@ fn mesh(services: usize, moved: &BTreeMap<usize, u16>, extra: usize) -> Resource
             let base = moved.get(&i).copied().unwrap_or(10000);
             SampleService::new(
                 &format!("svc-{i}"),
-                (0..3).map(|k| SocketAddr::from(([127, 0, 1, (i % 250) as u8 + 1], base + k))).collect(),
+                (0..3)
+                    .map(|k| SocketAddr::from(([127, 0, 1, (i % 250) as u8 + 1], base + k)))
+                    .collect(),
             )
         })
         .collect();
     for j in 0..extra {
-        list.push(SampleService::new(&format!("new-{j}"), vec![SocketAddr::from(([127, 0, 2, 1], 10000))]));
+        list.push(SampleService::new(
+            &format!("new-{j}"),
+            vec![SocketAddr::from(([127, 0, 2, 1], 10000))],
+        ));
     }
     SampleGateway::new(8080, list).resources()
 }
 
 fn group_labels(g: usize) -> BTreeMap<String, String> {
-    [("istio".to_string(), "ingressgateway".to_string()), ("group".to_string(), g.to_string())].into()
+    [
+        ("istio".to_string(), "ingressgateway".to_string()),
+        ("group".to_string(), g.to_string()),
+    ]
+    .into()
 }
 
 /// The control plane process: serves, then applies changes told on stdin.
 fn serve(args: &Args) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let mut moved = BTreeMap::new();
         let mut extra = 0;
@@ -93,7 +109,9 @@ fn serve(args: &Args) {
         };
         set_all(mesh(args.services, &moved, extra), TypeSet::ALL);
         let cp = ControlPlane::new(source.clone(), Options::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         println!("port {}", listener.local_addr().expect("addr").port());
         let serving = cp.clone();
         tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
@@ -113,7 +131,10 @@ fn serve(args: &Args) {
                     let k: usize = k.parse().unwrap_or(0);
                     let port = moved.get(&k).copied().unwrap_or(10000) + 10;
                     moved.insert(k, port);
-                    prepared = Some((mesh(args.services, &moved, extra), TypeSet::of(&[TypeUrl::Endpoint])));
+                    prepared = Some((
+                        mesh(args.services, &moved, extra),
+                        TypeSet::of(&[TypeUrl::Endpoint]),
+                    ));
                 }
                 ["prepare", "add"] => {
                     extra += 1;
@@ -149,7 +170,8 @@ async fn proxy(i: usize, groups: usize, addr: String, shared: Arc<Shared>) {
             .connect_timeout(Duration::from_secs(10))
             .connect()
             .await?;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
         let identity = ProxyIdentity {
             namespace: "bench".into(),
             labels: group_labels(i % groups),
@@ -161,7 +183,10 @@ async fn proxy(i: usize, groups: usize, addr: String, shared: Arc<Shared>) {
             ..Default::default()
         };
         let (tx, rx) = mpsc::channel(16);
-        for (n, t) in [TypeUrl::Cluster, TypeUrl::Listener].into_iter().enumerate() {
+        for (n, t) in [TypeUrl::Cluster, TypeUrl::Listener]
+            .into_iter()
+            .enumerate()
+        {
             tx.send(DeltaDiscoveryRequest {
                 node: (n == 0).then(|| node.clone()),
                 type_url: t.as_str().into(),
@@ -169,12 +194,17 @@ async fn proxy(i: usize, groups: usize, addr: String, shared: Arc<Shared>) {
             })
             .await?;
         }
-        let mut inbound = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+        let mut inbound = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
         let mut seen_types = 0u8;
         let mut round_seen: (usize, Vec<bool>) = (0, Vec::new());
         let mut synced = false;
         while let Some(resp) = inbound.message().await? {
-            let Some(t) = TypeUrl::parse(&resp.type_url) else { continue };
+            let Some(t) = TypeUrl::parse(&resp.type_url) else {
+                continue;
+            };
             tx.send(DeltaDiscoveryRequest {
                 type_url: resp.type_url.clone(),
                 response_nonce: resp.nonce.clone(),
@@ -185,7 +215,11 @@ async fn proxy(i: usize, groups: usize, addr: String, shared: Arc<Shared>) {
                 TypeUrl::Cluster if !resp.resources.is_empty() => {
                     tx.send(DeltaDiscoveryRequest {
                         type_url: TypeUrl::Endpoint.as_str().into(),
-                        resource_names_subscribe: resp.resources.iter().map(|r| r.name.clone()).collect(),
+                        resource_names_subscribe: resp
+                            .resources
+                            .iter()
+                            .map(|r| r.name.clone())
+                            .collect(),
                         ..Default::default()
                     })
                     .await?;
@@ -259,7 +293,12 @@ fn proc_mem_mib(pid: u32, key: &str) -> f64 {
         / 1024.0
 }
 
-async fn wait_count(shared: &Shared, counter: &AtomicUsize, n: usize, timeout: Duration) -> Option<Duration> {
+async fn wait_count(
+    shared: &Shared,
+    counter: &AtomicUsize,
+    n: usize,
+    timeout: Duration,
+) -> Option<Duration> {
     let start = Instant::now();
     loop {
         if counter.load(Ordering::Relaxed) >= n {
@@ -280,7 +319,13 @@ fn main() {
     }
     let exe = std::env::current_exe().expect("current exe");
     let mut child = Command::new(exe)
-        .args(["--serve", "--services", &args.services.to_string(), "--groups", &args.groups.to_string()])
+        .args([
+            "--serve",
+            "--services",
+            &args.services.to_string(),
+            "--groups",
+            &args.groups.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -300,7 +345,10 @@ fn main() {
     );
     let idle_rss = proc_mem_mib(pid, "VmRSS:");
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut command = |cmd: &str| {
         writeln!(stdin, "{cmd}").expect("control plane stdin");
         stdin.flush().expect("flush");

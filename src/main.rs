@@ -21,6 +21,8 @@ enum Command {
     Version,
     /// Write the bootstrap of a proxy that joins meshgate's control plane.
     Bootstrap(cmd::bootstrap::Args),
+    /// Check Istio configuration files and print one line per problem.
+    Validate(cmd::validate::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,5 +33,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Bootstrap(args) => cmd::bootstrap::run(args),
+        Command::Validate(args) => cmd::validate::run(args),
     }
 }
