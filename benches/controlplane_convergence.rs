@@ -94,6 +94,13 @@ fn group_labels(g: usize) -> BTreeMap<String, String> {
 
 /// The control plane process: serves, then applies changes told on stdin.
 fn serve(args: &Args) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BENCH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -162,14 +169,29 @@ struct Shared {
     markers: Mutex<Vec<(TypeUrl, String)>>,
     round: AtomicUsize,
     errors: AtomicUsize,
+    retries: AtomicUsize,
+    /// Set when the run is over (the control plane is stopped; errors are expected).
+    finished: std::sync::atomic::AtomicBool,
 }
 
 async fn proxy(i: usize, groups: usize, addr: String, shared: Arc<Shared>) {
     let run = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(10))
-            .connect()
-            .await?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(10));
+        // Like a real proxy, retry a failed connection (a few times, with back-off).
+        let mut attempt = 0;
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(c) => break c,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    shared.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    let _ = e;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let mut client =
             AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
         let identity = ProxyIdentity {
@@ -267,6 +289,9 @@ async fn proxy(i: usize, groups: usize, addr: String, shared: Arc<Shared>) {
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     };
     if let Err(e) = run.await {
+        if shared.finished.load(Ordering::Relaxed) {
+            return;
+        }
         if shared.errors.fetch_add(1, Ordering::Relaxed) < 3 {
             eprintln!("proxy {i}: {e}");
         }
@@ -366,10 +391,12 @@ fn main() {
         let cpu1 = proc_cpu_seconds(pid);
         match initial {
             Some(d) => println!(
-                "initial sync: all {} proxies have CDS+EDS+LDS+RDS after {:.2} s (control plane CPU {:.2} s)",
+                "initial sync: all {} proxies have CDS+EDS+LDS+RDS after {:.2} s (control plane CPU {:.2} s, RSS {:.0} MiB, peak {:.0} MiB)",
                 args.proxies,
                 d.as_secs_f64(),
-                cpu1 - cpu0
+                cpu1 - cpu0,
+                proc_mem_mib(pid, "VmRSS:"),
+                proc_mem_mib(pid, "VmHWM:")
             ),
             None => {
                 eprintln!(
@@ -416,12 +443,14 @@ fn main() {
             );
         }
         println!(
-            "control plane memory: {:.0} MiB before proxies, {:.0} MiB now, {:.0} MiB peak; errors: {}",
+            "control plane memory: {:.0} MiB before proxies, {:.0} MiB now, {:.0} MiB peak; connection retries: {}, errors: {}",
             idle_rss,
             proc_mem_mib(pid, "VmRSS:"),
             proc_mem_mib(pid, "VmHWM:"),
+            shared.retries.load(Ordering::Relaxed),
             shared.errors.load(Ordering::Relaxed)
         );
+        shared.finished.store(true, Ordering::Relaxed);
     });
     let _ = child.kill();
     let _ = child.wait();

@@ -108,6 +108,7 @@ impl Delta {
 
     fn try_upsert(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DeltaDiscoveryResponse> {
         let snap = self.snapshot.clone()?;
+        let limit = ctx.inner.options.max_resources_per_delta_response.max(1);
         let st = &mut self.types[i(t)];
         if !st.dirty || !st.requested {
             return None;
@@ -115,17 +116,25 @@ impl Delta {
         st.dirty = false;
         let ts = snap.of(t);
         let mut resources = Vec::new();
+        // Large updates go out in several responses, so that no stream holds a huge
+        // message in its buffers (delta allows any split).
+        let mut full = false;
         let mut send = |e: &Arc<super::snapshot::Entry>,
                         has: &mut HashMap<Arc<str>, Option<u64>>| {
-            if has.get(&e.name) != Some(&Some(e.hash)) {
-                has.insert(e.name.clone(), Some(e.hash));
-                resources.push(Resource {
-                    name: e.name.to_string(),
-                    version: e.version(),
-                    resource: Some(e.resource.clone()),
-                    ..Default::default()
-                });
+            if has.get(&e.name) == Some(&Some(e.hash)) {
+                return;
             }
+            if resources.len() >= limit {
+                full = true;
+                return;
+            }
+            has.insert(e.name.clone(), Some(e.hash));
+            resources.push(Resource {
+                name: e.name.to_string(),
+                version: e.version(),
+                resource: Some(e.resource.clone()),
+                ..Default::default()
+            });
         };
         if st.wildcard {
             for e in ts.entries() {
@@ -146,6 +155,9 @@ impl Delta {
                     }
                 }
             }
+        }
+        if full {
+            st.dirty = true;
         }
         st.removals = st.has.keys().any(|n| ts.get(n).is_none());
         if resources.is_empty() && absent.is_empty() {
@@ -215,7 +227,13 @@ impl Engine for Delta {
                 st.wildcard = true;
                 st.dirty = true;
             } else if !st.names.contains(n.as_str()) {
-                st.names.insert(Arc::from(n));
+                // Share the snapshot's copy of the name when it has one.
+                let name = self
+                    .snapshot
+                    .as_ref()
+                    .and_then(|s| s.of(t).get(&n).map(|e| e.name.clone()))
+                    .unwrap_or_else(|| Arc::from(n));
+                st.names.insert(name);
                 st.dirty = true;
             }
         }

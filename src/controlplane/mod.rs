@@ -21,6 +21,6 @@ mod stream;
 
 pub use debounce::Debounce;
 pub use node::{IdentityKey, NodeInfo, parse_node};
-pub use server::{AdsService, ControlPlane, Options, SdsService, ServeError};
+pub use server::{AdsService, ControlPlane, Options, SdsService, ServeError, listen};
 pub use snapshot::{Snapshot, SnapshotError};
 pub use source::{Change, ProxyScope, SnapshotSource, SourceError, StaticSource, TypeSet};

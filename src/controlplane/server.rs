@@ -49,6 +49,8 @@ pub struct Options {
     pub first_request_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// Most resources in one delta response; larger updates are split.
+    pub max_resources_per_delta_response: usize,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             max_resource_names: 100_000,
             first_request_timeout: Duration::from_secs(30),
             max_concurrent_streams: 128,
+            max_resources_per_delta_response: 100,
         }
     }
 }
@@ -283,6 +286,19 @@ impl Inner {
     }
 }
 
+/// Binds a listening socket with a deep accept queue: after a control plane restart
+/// every proxy reconnects at once, and a short queue turns that into resets.
+pub fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// A control plane serving the resources of a [`SnapshotSource`] over ADS and SDS.
 #[derive(Clone)]
 pub struct ControlPlane {
@@ -367,9 +383,7 @@ impl ControlPlane {
         addr: SocketAddr,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| ServeError::Bind { addr, source })?;
         self.serve(listener, shutdown).await
     }
 

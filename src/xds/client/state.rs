@@ -297,3 +297,136 @@ impl State {
         ts.absent.remove(name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controlplane::sample::{SampleGateway, SampleService, cluster_name, eds_cluster};
+    use std::sync::Mutex;
+
+    /// Rejects clusters whose name contains `bad`, and any listener when `no_listeners`.
+    #[derive(Default)]
+    struct Picky {
+        checks: Mutex<usize>,
+    }
+
+    impl ConfigConsumer for Picky {
+        fn check(&self, c: &ResourceSet) -> Vec<Rejection> {
+            *self.checks.lock().unwrap() += 1;
+            c.clusters
+                .iter()
+                .filter(|x| x.name.contains("bad"))
+                .map(|x| Rejection {
+                    type_url: TypeUrl::Cluster,
+                    name: x.name.clone(),
+                    message: "bad name".into(),
+                })
+                .collect()
+        }
+        fn apply(&self, _: std::sync::Arc<ResourceSet>) {}
+    }
+
+    fn gw() -> ResourceSet {
+        SampleGateway::new(
+            8080,
+            vec![SampleService::new(
+                "a",
+                vec!["127.0.0.1:1".parse().unwrap()],
+            )],
+        )
+        .resources()
+    }
+
+    fn update(t: TypeUrl, set: &ResourceSet, complete_list: bool, version: &str) -> Update {
+        Update {
+            ty: t,
+            resources: set
+                .packed(t)
+                .into_iter()
+                .map(|r| Incoming {
+                    name: r.name,
+                    version: version.into(),
+                    resource: r.resource,
+                })
+                .collect(),
+            removed: vec![],
+            complete_list,
+            version: version.into(),
+        }
+    }
+
+    #[test]
+    fn rejected_resources_are_not_recorded_and_the_rest_is() {
+        let mut state = State::default();
+        let consumer = Picky::default();
+        let mut set = gw();
+        set.clusters.push(eds_cluster("bad-one"));
+        let r = state.apply(&update(TypeUrl::Cluster, &set, true, "v1"), &consumer, None);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name, "bad-one");
+        let held = &state.of(TypeUrl::Cluster).resources;
+        assert!(held.contains_key(&cluster_name("a")));
+        assert!(!held.contains_key("bad-one"));
+        // A NACKed SotW response does not move the accepted version.
+        assert_eq!(state.of(TypeUrl::Cluster).version, "");
+        let r = state.apply(
+            &update(TypeUrl::Cluster, &gw(), true, "v2"),
+            &consumer,
+            None,
+        );
+        assert!(r.is_empty());
+        assert_eq!(state.of(TypeUrl::Cluster).version, "v2");
+    }
+
+    #[test]
+    fn completeness_follows_references() {
+        let mut state = State::default();
+        let consumer = Picky::default();
+        let set = gw();
+        assert!(!state.complete());
+        state.apply(&update(TypeUrl::Cluster, &set, true, "1"), &consumer, None);
+        state.apply(&update(TypeUrl::Listener, &set, true, "1"), &consumer, None);
+        assert!(!state.complete());
+        assert_eq!(
+            state.missing(),
+            vec![
+                format!("eds/{}", cluster_name("a")),
+                "rds/http.8080".to_string()
+            ]
+        );
+        state.apply(
+            &update(TypeUrl::Endpoint, &set, false, "1"),
+            &consumer,
+            None,
+        );
+        // A route the server says does not exist counts as answered.
+        let gone = Update {
+            ty: TypeUrl::Route,
+            resources: vec![],
+            removed: vec!["http.8080".into()],
+            complete_list: false,
+            version: String::new(),
+        };
+        state.apply(&gone, &consumer, None);
+        assert!(state.complete());
+        // SotW: a CDS list without the cluster removes it.
+        state.apply(
+            &update(TypeUrl::Cluster, &ResourceSet::default(), true, "2"),
+            &consumer,
+            None,
+        );
+        assert!(state.of(TypeUrl::Cluster).resources.is_empty());
+    }
+
+    #[test]
+    fn decode_checks_the_type() {
+        let set = gw();
+        let any = &set.packed(TypeUrl::Listener)[0].resource;
+        assert!(decode(TypeUrl::Listener, any).is_ok());
+        let err = decode(TypeUrl::Cluster, any).unwrap_err();
+        assert!(
+            err.contains("expected type.googleapis.com/envoy.config.cluster.v3.Cluster"),
+            "{err}"
+        );
+    }
+}
