@@ -174,24 +174,43 @@ struct Shared {
     finished: std::sync::atomic::AtomicBool,
 }
 
+/// One simulated proxy; like a real one, it reconnects (a few times, with back-off) when
+/// its stream fails.
 async fn proxy(i: usize, groups: usize, addr: String, shared: Arc<Shared>) {
-    let run = async {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(10));
-        // Like a real proxy, retry a failed connection (a few times, with back-off).
-        let mut attempt = 0;
-        let channel = loop {
-            match endpoint.connect().await {
-                Ok(c) => break c,
-                Err(e) if attempt < 5 => {
-                    attempt += 1;
-                    shared.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    let _ = e;
+    let synced = std::sync::atomic::AtomicBool::new(false);
+    for attempt in 0..6u32 {
+        match proxy_stream(i, groups, &addr, &shared, &synced).await {
+            Ok(()) => return,
+            Err(e) => {
+                if shared.finished.load(Ordering::Relaxed) {
+                    return;
                 }
-                Err(e) => return Err(e.into()),
+                if attempt == 5 {
+                    if shared.errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("proxy {i}: {e}");
+                    }
+                    shared.notify.notify_one();
+                    return;
+                }
+                shared.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100u64 << attempt)).await;
             }
-        };
+        }
+    }
+}
+
+async fn proxy_stream(
+    i: usize,
+    groups: usize,
+    addr: &str,
+    shared: &Shared,
+    synced_once: &std::sync::atomic::AtomicBool,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let run = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await?;
         let mut client =
             AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
         let identity = ProxyIdentity {
@@ -265,8 +284,10 @@ async fn proxy(i: usize, groups: usize, addr: String, shared: Arc<Shared>) {
             };
             if !synced && seen_types == 0b1111 {
                 synced = true;
-                shared.synced.fetch_add(1, Ordering::Relaxed);
-                shared.notify.notify_one();
+                if !synced_once.swap(true, Ordering::Relaxed) {
+                    shared.synced.fetch_add(1, Ordering::Relaxed);
+                    shared.notify.notify_one();
+                }
             }
             let round = shared.round.load(Ordering::Relaxed);
             if round > 0 {
@@ -288,15 +309,7 @@ async fn proxy(i: usize, groups: usize, addr: String, shared: Arc<Shared>) {
         }
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     };
-    if let Err(e) = run.await {
-        if shared.finished.load(Ordering::Relaxed) {
-            return;
-        }
-        if shared.errors.fetch_add(1, Ordering::Relaxed) < 3 {
-            eprintln!("proxy {i}: {e}");
-        }
-        shared.notify.notify_one();
-    }
+    run.await
 }
 
 fn proc_cpu_seconds(pid: u32) -> f64 {
@@ -384,7 +397,12 @@ fn main() {
         let shared = Arc::new(Shared::default());
         let cpu0 = proc_cpu_seconds(pid);
         let start = Instant::now();
+        // Proxies arrive in waves of 100 (a real fleet never connects in the same
+        // millisecond; a thousand SYNs at once overflow the kernel's queue).
         for i in 0..args.proxies {
+            if i > 0 && i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             tokio::spawn(proxy(i, args.groups.max(1), addr.clone(), shared.clone()));
         }
         let initial = wait_count(&shared, &shared.synced, args.proxies, Duration::from_secs(300)).await;

@@ -522,4 +522,34 @@ async fn delta_sends_only_differences_and_announces_missing_names() {
         TypeSet::of(&[TypeUrl::Endpoint]),
     );
     p.quiet(Duration::from_millis(400)).await;
+
+    // Subscribing again sends it again (the proxy dropped it), and so does a second name
+    // that was never held.
+    p.send(DeltaDiscoveryRequest {
+        type_url: TypeUrl::Endpoint.as_str().into(),
+        resource_names_subscribe: vec![ca.clone(), cb.clone()],
+        ..Default::default()
+    })
+    .await;
+    let again = p.recv().await;
+    let mut got: Vec<&str> = again.resources.iter().map(|r| r.name.as_str()).collect();
+    got.sort();
+    assert_eq!(got, vec![ca.as_str(), cb.as_str()]);
+    p.ack(&again).await;
+    // In sync: a change of b alone sends b alone.
+    source.set_default(
+        gateway(&[("a", 9201), ("b", 9302)]),
+        TypeSet::of(&[TypeUrl::Endpoint]),
+    );
+    let only_b = p.recv().await;
+    assert_eq!(
+        only_b
+            .resources
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        vec![cb.as_str()]
+    );
+    p.ack(&only_b).await;
+    p.quiet(Duration::from_millis(300)).await;
 }

@@ -30,12 +30,113 @@ struct TypeState {
     requested: bool,
     wildcard: bool,
     names: HashSet<Arc<str>>,
-    /// What the proxy holds: name -> our content hash (`None`: a version we did not make).
-    has: HashMap<Arc<str>, Option<u64>>,
+    /// What the proxy holds.
+    has: Holdings,
     /// Subscribed names already answered as not existing.
     told_absent: HashSet<Arc<str>>,
     dirty: bool,
     removals: bool,
+}
+
+/// What a proxy holds of one type: name -> our content hash (`None`: a version we did not
+/// make). Stored as a shared base, the snapshot the proxy was last fully in sync with
+/// (it holds exactly that snapshot's wanted entries), plus the differences since. A proxy
+/// in sync costs no per-name memory, however many resources it holds.
+#[derive(Default)]
+struct Holdings {
+    base: Option<Arc<Snapshot>>,
+    /// Held entries that differ from the base (or are not in it).
+    overlay: HashMap<Arc<str>, Option<u64>>,
+    /// Wanted entries of the base that are not held.
+    not_held: HashSet<Arc<str>>,
+}
+
+impl Holdings {
+    fn get(&self, t: TypeUrl, name: &str, wanted: impl Fn(&str) -> bool) -> Option<Option<u64>> {
+        if let Some(v) = self.overlay.get(name) {
+            return Some(*v);
+        }
+        let base = self.base.as_ref()?;
+        if self.not_held.contains(name) || !wanted(name) {
+            return None;
+        }
+        base.of(t).get(name).map(|e| Some(e.hash))
+    }
+
+    fn insert(&mut self, name: Arc<str>, hash: Option<u64>) {
+        self.not_held.remove(&name);
+        self.overlay.insert(name, hash);
+    }
+
+    fn remove(&mut self, t: TypeUrl, name: &str) {
+        self.overlay.remove(name);
+        if let Some(e) = self.base.as_ref().and_then(|b| b.of(t).get(name)) {
+            self.not_held.insert(e.name.clone());
+        }
+    }
+
+    /// A name newly subscribed: the base does not stand for it.
+    fn subscribed(&mut self, t: TypeUrl, name: &str) {
+        if self.overlay.contains_key(name) {
+            return;
+        }
+        if let Some(e) = self.base.as_ref().and_then(|b| b.of(t).get(name)) {
+            self.not_held.insert(e.name.clone());
+        }
+    }
+
+    /// Held names that `ts` lacks.
+    fn missing_from(
+        &self,
+        t: TypeUrl,
+        ts: &super::snapshot::TypeSnapshot,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = self
+            .overlay
+            .keys()
+            .filter(|n| ts.get(n).is_none())
+            .cloned()
+            .collect();
+        if let Some(base) = &self.base {
+            out.extend(
+                base.of(t)
+                    .entries()
+                    .iter()
+                    .filter(|e| {
+                        ts.get(&e.name).is_none()
+                            && wanted(&e.name)
+                            && !self.not_held.contains(&e.name)
+                            && !self.overlay.contains_key(&e.name)
+                    })
+                    .map(|e| e.name.clone()),
+            );
+        }
+        out
+    }
+
+    /// The proxy now holds exactly the wanted entries of `snapshot`.
+    fn rebase(&mut self, snapshot: &Arc<Snapshot>) {
+        self.base = Some(snapshot.clone());
+        self.overlay = HashMap::new();
+        self.not_held = HashSet::new();
+    }
+
+    /// Forgets the base, listing what it stood for (when the meaning of "wanted"
+    /// changes under it).
+    fn materialize(&mut self, t: TypeUrl, wanted: impl Fn(&str) -> bool) {
+        if let Some(base) = self.base.take() {
+            for e in base.of(t).entries() {
+                if wanted(&e.name)
+                    && !self.not_held.contains(&e.name)
+                    && !self.overlay.contains_key(&e.name)
+                {
+                    self.overlay.insert(e.name.clone(), Some(e.hash));
+                }
+            }
+            self.not_held = HashSet::new();
+        }
+    }
 }
 
 struct Outstanding {
@@ -115,13 +216,14 @@ impl Delta {
         }
         st.dirty = false;
         let ts = snap.of(t);
+        let (wildcard, names) = (st.wildcard, &st.names);
+        let wanted = |n: &str| wildcard || names.contains(n);
         let mut resources = Vec::new();
         // Large updates go out in several responses, so that no stream holds a huge
         // message in its buffers (delta allows any split).
         let mut full = false;
-        let mut send = |e: &Arc<super::snapshot::Entry>,
-                        has: &mut HashMap<Arc<str>, Option<u64>>| {
-            if has.get(&e.name) == Some(&Some(e.hash)) {
+        let mut send = |e: &Arc<super::snapshot::Entry>, has: &mut Holdings| {
+            if has.get(t, &e.name, wanted) == Some(Some(e.hash)) {
                 return;
             }
             if resources.len() >= limit {
@@ -136,21 +238,21 @@ impl Delta {
                 ..Default::default()
             });
         };
-        if st.wildcard {
+        if wildcard {
             for e in ts.entries() {
                 send(e, &mut st.has);
             }
         }
         let mut absent = Vec::new();
-        for n in &st.names {
+        for n in names {
             match ts.get(n) {
                 Some(e) => {
-                    if !st.wildcard {
+                    if !wildcard {
                         send(e, &mut st.has);
                     }
                 }
                 None => {
-                    if !st.has.contains_key(n) && st.told_absent.insert(n.clone()) {
+                    if st.has.get(t, n, wanted).is_none() && st.told_absent.insert(n.clone()) {
                         absent.push(n.to_string());
                     }
                 }
@@ -159,7 +261,11 @@ impl Delta {
         if full {
             st.dirty = true;
         }
-        st.removals = st.has.keys().any(|n| ts.get(n).is_none());
+        st.removals = !st.has.missing_from(t, ts, wanted).is_empty();
+        if !full && !st.removals {
+            // In sync with this snapshot: keep no per-name state.
+            st.has.rebase(&snap);
+        }
         if resources.is_empty() && absent.is_empty() {
             return None;
         }
@@ -174,20 +280,21 @@ impl Delta {
         }
         st.removals = false;
         let ts = snap.of(t);
-        let gone: Vec<Arc<str>> = st
+        let (wildcard, names) = (st.wildcard, &st.names);
+        let gone = st
             .has
-            .keys()
-            .filter(|n| ts.get(n).is_none())
-            .cloned()
-            .collect();
-        if gone.is_empty() {
-            return None;
-        }
+            .missing_from(t, ts, |n| wildcard || names.contains(n));
         for n in &gone {
-            st.has.remove(n);
+            st.has.remove(t, n);
             if st.names.contains(n) {
                 st.told_absent.insert(n.clone());
             }
+        }
+        if !st.dirty {
+            st.has.rebase(&snap);
+        }
+        if gone.is_empty() {
+            return None;
         }
         let removed = gone.iter().map(|n| n.to_string()).collect();
         Some(self.respond(t, Vec::new(), removed, ctx))
@@ -224,6 +331,10 @@ impl Engine for Delta {
         }
         for n in req.resource_names_subscribe {
             if n == "*" {
+                if !st.wildcard {
+                    let names = &st.names;
+                    st.has.materialize(t, |x| names.contains(x));
+                }
                 st.wildcard = true;
                 st.dirty = true;
             } else if !st.names.contains(n.as_str()) {
@@ -233,16 +344,24 @@ impl Engine for Delta {
                     .as_ref()
                     .and_then(|s| s.of(t).get(&n).map(|e| e.name.clone()))
                     .unwrap_or_else(|| Arc::from(n));
+                // Not held yet, whatever the base says (unless the proxy said it
+                // holds it, in its initial versions).
+                if !st.wildcard {
+                    st.has.subscribed(t, &name);
+                }
                 st.names.insert(name);
                 st.dirty = true;
             }
         }
         for n in req.resource_names_unsubscribe {
             if n == "*" {
+                if st.wildcard {
+                    st.has.materialize(t, |_| true);
+                }
                 st.wildcard = false;
             } else {
                 st.names.remove(n.as_str());
-                st.has.remove(n.as_str());
+                st.has.remove(t, &n);
                 st.told_absent.remove(n.as_str());
             }
         }
