@@ -5,4 +5,5 @@
 //! `xds` (the resource set and its JSON form), `proxy` (the data plane) and
 //! `controlplane` (ADS/SDS server).
 pub mod config;
+pub mod registry;
 pub mod xds;
