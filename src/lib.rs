@@ -6,4 +6,5 @@
 //! `controlplane` (ADS/SDS server).
 pub mod config;
 pub mod registry;
+pub mod translate;
 pub mod xds;
