@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Check Istio configuration files and print one line per problem.
+    Validate(cmd::validate::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,5 +30,6 @@ fn main() -> ExitCode {
             println!("meshgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Validate(args) => cmd::validate::run(args),
     }
 }

@@ -601,11 +601,34 @@ fn serde_diagnostic(
     }
 }
 
+/// serde names Rust types ("expected u32"); say what YAML needs instead.
+fn plain_type_names(message: &str) -> String {
+    const NAMES: &[(&str, &str)] = &[
+        ("expected u32", "expected an integer from 0 to 4294967295"),
+        (
+            "expected u64",
+            "expected an integer from 0 to 18446744073709551615",
+        ),
+        (
+            "expected i32",
+            "expected an integer from -2147483648 to 2147483647",
+        ),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    for (rust, yaml) in NAMES {
+        if let Some(head) = message.strip_suffix(rust) {
+            return format!("{head}{yaml}");
+        }
+    }
+    message.to_string()
+}
+
 /// serde's "unknown field `hots`, expected one of `hosts`, ..." becomes
 /// "unknown field `hots`; did you mean `hosts`?".
 fn improve_message(message: &str) -> String {
     let Some(rest) = message.strip_prefix("unknown field `") else {
-        return message.to_string();
+        return plain_type_names(message);
     };
     let Some((field, expected)) = rest.split_once('`') else {
         return message.to_string();
@@ -847,11 +870,11 @@ stringData: {tls.key: secret}
             ),
             (
                 "  http:\n  - route:\n    - destination: {host: a, port: {number: \"80\"}}\n",
-                "t.yaml:7:37: error: VirtualService/s/r: spec.http[0].route[0].destination.port.number: invalid type: string \"80\", expected u32",
+                "t.yaml:7:37: error: VirtualService/s/r: spec.http[0].route[0].destination.port.number: invalid type: string \"80\", expected an integer from 0 to 4294967295",
             ),
             (
                 "  http:\n  - route:\n    - destination: {host: a, port: {number: 5000000000}}\n",
-                "t.yaml:7:37: error: VirtualService/s/r: spec.http[0].route[0].destination.port.number: invalid value: integer `5000000000`, expected u32",
+                "t.yaml:7:37: error: VirtualService/s/r: spec.http[0].route[0].destination.port.number: invalid value: integer `5000000000`, expected an integer from 0 to 4294967295",
             ),
             (
                 "  http:\n  - route:\n    - weight: 99999999999999999999999\n",

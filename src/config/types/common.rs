@@ -233,6 +233,103 @@ impl<'de> Deserialize<'de> for StringMatch {
     }
 }
 
+/// A port protocol as Istio names it (`HTTP`, `HTTPS`, `GRPC`, ...), read
+/// case-insensitively as Istio does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 (and HTTP/2 with prior knowledge).
+    Http,
+    /// HTTP over TLS.
+    Https,
+    /// HTTP/2.
+    Http2,
+    /// gRPC (HTTP/2).
+    Grpc,
+    /// gRPC-Web.
+    GrpcWeb,
+    /// Explicit HTTP proxy.
+    HttpProxy,
+    /// Opaque TCP.
+    Tcp,
+    /// TLS, routed by SNI.
+    Tls,
+    /// UDP.
+    Udp,
+    /// MongoDB.
+    Mongo,
+    /// Redis.
+    Redis,
+    /// MySQL.
+    Mysql,
+}
+
+impl Protocol {
+    /// Protocol names Istio accepts.
+    pub const NAMES: &'static [&'static str] = &[
+        "HTTP",
+        "HTTPS",
+        "HTTP2",
+        "GRPC",
+        "GRPC-WEB",
+        "HTTP_PROXY",
+        "TCP",
+        "TLS",
+        "UDP",
+        "MONGO",
+        "REDIS",
+        "MYSQL",
+    ];
+
+    /// Reads a protocol name, ignoring case.
+    pub fn parse(name: &str) -> Option<Protocol> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "http" => Protocol::Http,
+            "https" => Protocol::Https,
+            "http2" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            "grpc-web" => Protocol::GrpcWeb,
+            "http_proxy" => Protocol::HttpProxy,
+            "tcp" => Protocol::Tcp,
+            "tls" => Protocol::Tls,
+            "udp" => Protocol::Udp,
+            "mongo" => Protocol::Mongo,
+            "redis" => Protocol::Redis,
+            "mysql" => Protocol::Mysql,
+            _ => return None,
+        })
+    }
+
+    /// Protocols carried over HTTP.
+    pub fn is_http(self) -> bool {
+        matches!(
+            self,
+            Protocol::Http
+                | Protocol::Http2
+                | Protocol::Grpc
+                | Protocol::GrpcWeb
+                | Protocol::HttpProxy
+        )
+    }
+
+    /// Protocols carried over TLS (`HTTPS`, `TLS`).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Tls)
+    }
+
+    /// Protocols proxied as TCP streams.
+    pub fn is_tcp(self) -> bool {
+        matches!(
+            self,
+            Protocol::Tcp
+                | Protocol::Https
+                | Protocol::Tls
+                | Protocol::Mongo
+                | Protocol::Redis
+                | Protocol::Mysql
+        )
+    }
+}
+
 /// A percentage as a double, `{value: 12.5}`.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -339,6 +436,15 @@ mod tests {
         assert!(
             serde_json::from_value::<StringMatch>(serde_json::json!({"exactly": "a"})).is_err()
         );
+    }
+
+    #[test]
+    fn protocols_ignore_case() {
+        assert_eq!(Protocol::parse("http"), Some(Protocol::Http));
+        assert_eq!(Protocol::parse("GRPC-Web"), Some(Protocol::GrpcWeb));
+        assert_eq!(Protocol::parse("QUIC"), None);
+        assert!(Protocol::Https.is_tls() && Protocol::Https.is_tcp() && !Protocol::Https.is_http());
+        assert!(Protocol::Grpc.is_http() && !Protocol::Grpc.is_tcp());
     }
 
     #[test]

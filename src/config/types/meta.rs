@@ -120,6 +120,11 @@ impl Origin {
         }
     }
 
+    /// The resource's positioned tree, as written in its file.
+    pub fn tree(&self) -> Option<&Node> {
+        self.tree.as_deref()
+    }
+
     /// Line and column of a field path inside the resource, e.g.
     /// `spec.http[0].route[1].weight`; the nearest existing parent when the field is
     /// absent, the resource's start when the path is empty.

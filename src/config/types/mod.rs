@@ -13,7 +13,7 @@ pub mod service_entry;
 pub mod virtual_service;
 pub mod workload_entry;
 
-pub use common::{Percent, PortSelector, StringMatch};
+pub use common::{Percent, PortSelector, Protocol, StringMatch};
 pub use destination_rule::DestinationRule;
 pub use gateway::Gateway;
 pub use meta::{DEFAULT_NAMESPACE, Kind, ObjectMeta, Origin, Resource};
