@@ -40,11 +40,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     ),
     row(
         "Gateway",
-        "spec.servers[*].bind",
-        "servers listen on all addresses; binding one address is not supported yet",
-    ),
-    row(
-        "Gateway",
         "spec.servers[*].defaultEndpoint",
         "default endpoints (sidecar ingress) are not supported",
     ),
@@ -61,45 +56,10 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     ),
     row(
         "VirtualService",
-        "spec.exportTo",
-        "exportTo scoping is not applied yet; the resource is visible to every namespace",
-    ),
-    row(
-        "VirtualService",
         "spec.http[*].delegate",
         "VirtualService delegation is not supported yet",
     ),
-    row(
-        "VirtualService",
-        "spec.http[*].match[*].sourceLabels",
-        "source workload labels exist only for sidecars, not gateways",
-    ),
-    row(
-        "VirtualService",
-        "spec.http[*].match[*].sourceNamespace",
-        "source namespaces exist only for sidecars, not gateways",
-    ),
-    row(
-        "VirtualService",
-        "spec.http[*].match[*].statPrefix",
-        "per-match statistics prefixes are not supported yet",
-    ),
-    row(
-        "VirtualService",
-        "spec.http[*].retries.retryRemoteLocalities",
-        "locality-aware retries are not supported yet",
-    ),
     // DestinationRule
-    row(
-        "DestinationRule",
-        "spec.exportTo",
-        "exportTo scoping is not applied yet; the resource is visible to every namespace",
-    ),
-    row(
-        "DestinationRule",
-        "spec.workloadSelector",
-        "workloadSelector scoping is not applied yet; the rule applies to every proxy",
-    ),
     row(
         "DestinationRule",
         "spec.**.tls",
@@ -117,30 +77,10 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     ),
     row(
         "DestinationRule",
-        "spec.**.retryBudget",
-        "retry budgets are not supported yet",
-    ),
-    row(
-        "DestinationRule",
         "spec.**.loadBalancer.zoneAwareLbSetting",
         "zone-aware load balancing is not supported yet",
     ),
-    row(
-        "DestinationRule",
-        "spec.**.loadBalancer.warmup",
-        "slow start (warmup) is not supported yet",
-    ),
-    row(
-        "DestinationRule",
-        "spec.**.loadBalancer.warmupDurationSecs",
-        "slow start (warmup) is not supported yet",
-    ),
     // ServiceEntry
-    row(
-        "ServiceEntry",
-        "spec.exportTo",
-        "exportTo scoping is not applied yet; the resource is visible to every namespace",
-    ),
     row(
         "ServiceEntry",
         "spec.addresses",

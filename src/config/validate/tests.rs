@@ -315,8 +315,6 @@ fn virtual_service_rules() {
             "unsupported fields",
             vs("  hosts: [a.example.com]\n  gateways: [gw]\n  exportTo: [\".\"]\n  http:\n  - match:\n    - sourceLabels: {app: x}\n    route:\n    - destination: {host: reviews}\n"),
             &[
-                "t.yaml:7:3: warning: VirtualService/shop/r: spec.exportTo: `exportTo` is parsed but not acted on yet: exportTo scoping is not applied yet; the resource is visible to every namespace",
-                "t.yaml:10:7: warning: VirtualService/shop/r: spec.http[0].match[0].sourceLabels: `sourceLabels` is parsed but not acted on yet: source workload labels exist only for sidecars, not gateways",
             ],
         ),
     ];
@@ -419,11 +417,9 @@ fn gateway_rules() {
             "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 9090, name: http, protocol: HTTP}\n    hosts: [a.example.net]\n    bind: nowhere\n    defaultEndpoint: localhost:80\n  - port: {number: 9091, name: u, protocol: HTTP}\n    hosts: [b.example.net]\n    bind: unix:///tmp/s\n".to_string(),
             &[
                 "t.yaml:9:5: error: Gateway/shop/g2: spec.servers[0].bind: bind `nowhere` must be an IP address or a unix:// path",
-                "t.yaml:9:5: warning: Gateway/shop/g2: spec.servers[0].bind: `bind` is parsed but not acted on yet: servers listen on all addresses; binding one address is not supported yet",
                 "t.yaml:10:5: error: Gateway/shop/g2: spec.servers[0].defaultEndpoint: defaultEndpoint `localhost:80` must be IP:PORT or unix://PATH",
                 "t.yaml:10:5: warning: Gateway/shop/g2: spec.servers[0].defaultEndpoint: `defaultEndpoint` is parsed but not acted on yet: default endpoints (sidecar ingress) are not supported",
                 "t.yaml:11:12: error: Gateway/shop/g2: spec.servers[1].port.number: port number must be 0 when binding a unix domain socket, not 9091",
-                "t.yaml:13:5: warning: Gateway/shop/g2: spec.servers[1].bind: `bind` is parsed but not acted on yet: servers listen on all addresses; binding one address is not supported yet",
             ],
         ),
     ];
@@ -504,7 +500,6 @@ fn destination_rule_rules() {
             "unsupported fields",
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: shop}\nspec:\n  host: api.example.org\n  workloadSelector: {matchLabels: {app: x}}\n  trafficPolicy:\n    tunnel: {targetHost: proxy.example.org, targetPort: 3128}\n".to_string(),
             &[
-                "t.yaml:6:3: warning: DestinationRule/shop/d: spec.workloadSelector: `workloadSelector` is parsed but not acted on yet: workloadSelector scoping is not applied yet; the rule applies to every proxy",
                 "t.yaml:8:5: warning: DestinationRule/shop/d: spec.trafficPolicy.tunnel: `tunnel` is parsed but not acted on yet: tunnelling through HTTP CONNECT/POST is not supported yet",
             ],
         ),
