@@ -21,6 +21,8 @@ enum Command {
     Version,
     /// Check Istio configuration files and print one line per problem.
     Validate(cmd::validate::Args),
+    /// Translate Istio configuration into Envoy resources for one gateway.
+    Translate(cmd::translate::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,5 +33,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate(args) => cmd::validate::run(args),
+        Command::Translate(args) => cmd::translate::run(args),
     }
 }

@@ -19,6 +19,7 @@
 //! What cannot be translated becomes a [`Diagnostic`] instead of being silently dropped.
 mod cluster;
 mod endpoints;
+pub mod envoy_files;
 mod gateways;
 mod http_route;
 mod listener;
@@ -43,6 +44,18 @@ pub struct Translation {
     pub resources: ResourceSet,
     /// Problems found while translating (never fatal: the rest is translated).
     pub diagnostics: Vec<Diagnostic>,
+}
+
+/// The namespace a gateway with these labels is taken to run in when none is given: that
+/// of the first Gateway selecting it (Istio's order), else `default`.
+pub fn default_namespace(
+    config: &Config,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> String {
+    scope::selected_gateways(config, labels)
+        .first()
+        .map(|g| g.meta.namespace.clone())
+        .unwrap_or_else(|| crate::config::types::DEFAULT_NAMESPACE.to_string())
 }
 
 /// Translates the configuration for a gateway proxy.

@@ -68,19 +68,7 @@ impl<'a> Scope<'a> {
         } else {
             proxy.domain_suffix.clone()
         };
-        let mut gateways: Vec<&Resource<Gateway>> = config
-            .gateways
-            .iter()
-            .filter(|g| {
-                g.spec
-                    .selector
-                    .iter()
-                    .all(|(k, v)| proxy.labels.get(k) == Some(v))
-            })
-            .collect();
-        gateways.sort_by(|a, b| {
-            (&a.meta.name, &a.meta.namespace).cmp(&(&b.meta.name, &b.meta.namespace))
-        });
+        let gateways = selected_gateways(config, &proxy.labels);
         // Without an explicit namespace the proxy lives with the Gateways that select it.
         let namespace = if !proxy.namespace.is_empty() {
             proxy.namespace.clone()
@@ -223,6 +211,27 @@ impl<'a> Scope<'a> {
         }
         None
     }
+}
+
+/// The Gateways whose selector matches `labels` (an empty selector matches every
+/// workload), in Istio's order: by name, then namespace.
+pub fn selected_gateways<'a>(
+    config: &'a Config,
+    labels: &BTreeMap<String, String>,
+) -> Vec<&'a Resource<Gateway>> {
+    let mut gateways: Vec<&Resource<Gateway>> = config
+        .gateways
+        .iter()
+        .filter(|g| {
+            g.spec
+                .selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .collect();
+    gateways
+        .sort_by(|a, b| (&a.meta.name, &a.meta.namespace).cmp(&(&b.meta.name, &b.meta.namespace)));
+    gateways
 }
 
 /// The rules for the most specific host in `rules` that covers `host`, merged.
