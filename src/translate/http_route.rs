@@ -392,15 +392,15 @@ impl RouteBuilder<'_, '_, '_> {
             .timeout
             .map(|t| pb::duration(t.get()))
             .unwrap_or_else(|| pb::seconds(0));
+        // Istio's choice, kept: the deprecated `max_grpc_timeout` lets gRPC clients'
+        // `grpc-timeout` apply up to the route timeout. Its replacement,
+        // `max_stream_duration`, would switch Envoy to stream timeouts and make it ignore
+        // `timeout` altogether.
+        #[allow(deprecated)]
         let mut action = route::RouteAction {
             // Istio disables Envoy's 15 s default: no timeout unless the route sets one.
             timeout: Some(timeout),
-            // gRPC clients' `grpc-timeout` is honoured up to the route timeout (Istio
-            // writes the same bound into the deprecated `max_grpc_timeout`).
-            max_stream_duration: Some(route::route_action::MaxStreamDuration {
-                grpc_timeout_header_max: Some(timeout),
-                ..Default::default()
-            }),
+            max_grpc_timeout: Some(timeout),
             ..Default::default()
         };
         if let Some(rw) = &http.rewrite {

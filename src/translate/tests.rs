@@ -325,10 +325,7 @@ fn actions() {
     assert_eq!(r[0]["route"]["prefix_rewrite"], "/v2/");
     assert_eq!(r[0]["route"]["host_rewrite_literal"], "new.host");
     assert_eq!(r[0]["route"]["timeout"], "1.500s");
-    assert_eq!(
-        r[0]["route"]["max_stream_duration"],
-        json!({"grpc_timeout_header_max": "1.500s"})
-    );
+    assert_eq!(r[0]["route"]["max_grpc_timeout"], "1.500s");
     // The first route matches everything: the second one can never match and is dropped.
     assert_eq!(r.len(), 1);
 
