@@ -75,6 +75,22 @@ async fn host_path_header_query_method_authority_routing() {
             None => assert_eq!(r.status, 404, "{method} {path} {headers:?}: {r:?}"),
         }
     }
+    // A delegate VirtualService's routes, within the root's match and with its headers.
+    let r = get(&c, port, "delegate.example.com", "/team/b1").await;
+    assert_eq!(
+        (r.upstream(), route(&r)),
+        ("b".to_string(), "root-headers".to_string())
+    );
+    assert_eq!(
+        get(&c, port, "delegate.example.com", "/team/x")
+            .await
+            .upstream(),
+        "a"
+    );
+    assert_eq!(
+        get(&c, port, "delegate.example.com", "/other").await.status,
+        404
+    );
     // Authority matches inside a wildcard virtual host.
     assert_eq!(
         route(&get(&c, port, "one.auth.example.com", "/").await),

@@ -54,11 +54,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
         "spec.tcp",
         "TCP routes are not translated yet",
     ),
-    row(
-        "VirtualService",
-        "spec.http[*].delegate",
-        "VirtualService delegation is not supported yet",
-    ),
     // DestinationRule
     row(
         "DestinationRule",

@@ -3,7 +3,7 @@
 use super::names;
 use super::pb;
 use super::retry;
-use super::scope::{BoundVirtualService, Scope};
+use super::scope::{BoundHttpRoute, BoundVirtualService, Scope};
 use crate::config::Diagnostic;
 use crate::config::types::StringMatch;
 use crate::config::types::destination_rule::{ConsistentHashLb, HashKey, LbPolicy};
@@ -48,24 +48,27 @@ pub fn build_routes(
     diagnostics: &mut Vec<Diagnostic>,
     references: &mut References,
 ) -> Option<Vec<route::Route>> {
-    let mut out = Vec::with_capacity(vs.res.spec.http.len());
+    let mut out = Vec::with_capacity(vs.http.len());
     let mut builder = RouteBuilder {
         scope,
         vs,
         target,
         diagnostics,
         references,
+        current: 0,
     };
-    for (i, http) in vs.res.spec.http.iter().enumerate() {
+    for (i, bound) in vs.http.iter().enumerate() {
+        builder.current = i;
+        let http = &bound.route;
         let mut catchall = false;
         if http.matches.is_empty() {
-            if let Some(r) = builder.translate(i, http, None) {
+            if let Some(r) = builder.translate(http, None) {
                 out.push(r);
             }
             catchall = true;
         } else {
             for (j, m) in http.matches.iter().enumerate() {
-                if let Some(r) = builder.translate(i, http, Some((j, m))) {
+                if let Some(r) = builder.translate(http, Some((j, m))) {
                     let all = is_catch_all(&r);
                     out.push(r);
                     // Later matches (and routes) can never be reached.
@@ -104,20 +107,38 @@ struct RouteBuilder<'r, 's, 'a> {
     target: &'r RouteTarget<'r>,
     diagnostics: &'r mut Vec<Diagnostic>,
     references: &'r mut References,
+    /// Index of the route being translated in `vs.http`.
+    current: usize,
 }
 
-impl RouteBuilder<'_, '_, '_> {
-    fn field(&self, http: usize, rest: &str) -> String {
-        format!("spec.http[{http}].{rest}")
+impl<'s> RouteBuilder<'_, 's, '_> {
+    /// The route being translated.
+    fn current(&self) -> &BoundHttpRoute<'s> {
+        &self.vs.http[self.current]
+    }
+
+    /// Field path of a part of the current route, in the resource it came from.
+    fn field(&self, rest: &str) -> String {
+        let base = &self.current().field;
+        if rest.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}.{rest}")
+        }
     }
 
     fn warn(&mut self, field: &str, message: String) {
-        self.diagnostics.push(self.vs.res.warning(field, message));
+        let d = self.current().source.warning(field, message);
+        self.diagnostics.push(d);
+    }
+
+    /// The namespace short host names of the current route resolve in.
+    fn namespace(&self) -> &str {
+        &self.current().namespace
     }
 
     fn translate(
         &mut self,
-        index: usize,
         http: &HttpRoute,
         m: Option<(usize, &HttpMatchRequest)>,
     ) -> Option<route::Route> {
@@ -136,7 +157,7 @@ impl RouteBuilder<'_, '_, '_> {
             name = format!("{name}.{}", m.name);
         }
         let route_match = match m {
-            Some((j, m)) => self.route_match(index, j, m)?,
+            Some((j, m)) => self.route_match(j, m)?,
             None => default_match(),
         };
         let mut out = route::Route {
@@ -166,7 +187,7 @@ impl RouteBuilder<'_, '_, '_> {
         }
 
         if let Some(redirect) = &http.redirect {
-            out.action = Some(self.redirect(index, redirect)?);
+            out.action = Some(self.redirect(redirect)?);
         } else if let Some(dr) = &http.direct_response {
             let body = dr.body.as_ref().map(|b| core::DataSource {
                 specifier: Some(match b {
@@ -192,13 +213,10 @@ impl RouteBuilder<'_, '_, '_> {
             } else {
                 "no destination, redirect or direct response"
             };
-            self.warn(
-                &self.field(index, ""),
-                format!("route has {what}; it is left out"),
-            );
+            self.warn(&self.field(""), format!("route has {what}; it is left out"));
             return None;
         } else {
-            let action = self.route_action(index, http, &mut out, authority);
+            let action = self.route_action(http, &mut out, authority);
             out.action = Some(route::route::Action::Route(action));
         }
 
@@ -207,7 +225,7 @@ impl RouteBuilder<'_, '_, '_> {
             ..Default::default()
         });
         if let Some(f) = &http.fault
-            && let Some(fault) = self.fault(index, f)
+            && let Some(fault) = self.fault(f)
         {
             out.typed_per_filter_config
                 .insert(FAULT_FILTER.to_string(), pb::any(&fault));
@@ -224,8 +242,7 @@ impl RouteBuilder<'_, '_, '_> {
     fn source_matches(&self, m: &HttpMatchRequest) -> bool {
         if !m.gateways.is_empty() {
             return m.gateways.iter().any(|g| {
-                super::scope::resolve_gateway_name(g, &self.vs.res.meta.namespace)
-                    == self.target.gateway_name
+                super::scope::resolve_gateway_name(g, self.namespace()) == self.target.gateway_name
             });
         }
         m.source_labels
@@ -234,17 +251,12 @@ impl RouteBuilder<'_, '_, '_> {
             && (m.source_namespace.is_empty() || m.source_namespace == self.scope.namespace)
     }
 
-    fn route_match(
-        &mut self,
-        index: usize,
-        j: usize,
-        m: &HttpMatchRequest,
-    ) -> Option<route::RouteMatch> {
+    fn route_match(&mut self, j: usize, m: &HttpMatchRequest) -> Option<route::RouteMatch> {
         let mut out = default_match();
         for (name, sm) in &m.headers {
             if name.starts_with("@request.auth.claims") {
                 self.warn(
-                    &self.field(index, &format!("match[{j}].headers")),
+                    &self.field(&format!("match[{j}].headers")),
                     format!(
                         "`{name}` matches JWT claims, which need request authentication that is not translated; the route is left out"
                     ),
@@ -256,7 +268,7 @@ impl RouteBuilder<'_, '_, '_> {
         for (name, sm) in &m.without_headers {
             if name.starts_with("@request.auth.claims") {
                 self.warn(
-                    &self.field(index, &format!("match[{j}].withoutHeaders")),
+                    &self.field(&format!("match[{j}].withoutHeaders")),
                     format!(
                         "`{name}` matches JWT claims, which need request authentication that is not translated; the route is left out"
                     ),
@@ -318,7 +330,7 @@ impl RouteBuilder<'_, '_, '_> {
         Some(out)
     }
 
-    fn redirect(&mut self, index: usize, r: &HttpRedirect) -> Option<route::route::Action> {
+    fn redirect(&mut self, r: &HttpRedirect) -> Option<route::route::Action> {
         use route::redirect_action::{
             PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
         };
@@ -370,7 +382,7 @@ impl RouteBuilder<'_, '_, '_> {
             308 => RedirectResponseCode::PermanentRedirect,
             other => {
                 self.warn(
-                    &self.field(index, "redirect.redirectCode"),
+                    &self.field("redirect.redirectCode"),
                     format!(
                         "redirect code {other} is not one of 301, 302, 303, 307, 308; the route is left out"
                     ),
@@ -383,7 +395,6 @@ impl RouteBuilder<'_, '_, '_> {
 
     fn route_action(
         &mut self,
-        index: usize,
         http: &HttpRoute,
         out: &mut route::Route,
         mut authority: String,
@@ -429,7 +440,7 @@ impl RouteBuilder<'_, '_, '_> {
                 (None, None) => Some(pb::percent_of_hundred(100)),
             };
             if let Some(percent) = percent {
-                let cluster = self.destination_cluster(index, "mirror", mirror);
+                let cluster = self.destination_cluster("mirror", mirror);
                 action
                     .request_mirror_policies
                     .push(mirror_policy(cluster, percent));
@@ -441,8 +452,7 @@ impl RouteBuilder<'_, '_, '_> {
                 None => Some(pb::percent_of_hundred(100)),
             };
             if let (Some(percent), Some(dest)) = (percent, &m.destination) {
-                let cluster =
-                    self.destination_cluster(index, &format!("mirrors[{k}].destination"), dest);
+                let cluster = self.destination_cluster(&format!("mirrors[{k}].destination"), dest);
                 action
                     .request_mirror_policies
                     .push(mirror_policy(cluster, percent));
@@ -453,7 +463,7 @@ impl RouteBuilder<'_, '_, '_> {
         if http.route.len() == 1 {
             let dst = &http.route[0];
             let cluster = match &dst.destination {
-                Some(d) => self.destination_cluster(index, "route[0].destination", d),
+                Some(d) => self.destination_cluster("route[0].destination", d),
                 None => "UnknownService".to_string(),
             };
             action.cluster_specifier =
@@ -484,9 +494,7 @@ impl RouteBuilder<'_, '_, '_> {
                     continue;
                 }
                 let name = match &dst.destination {
-                    Some(d) => {
-                        self.destination_cluster(index, &format!("route[{k}].destination"), d)
-                    }
+                    Some(d) => self.destination_cluster(&format!("route[{k}].destination"), d),
                     None => "UnknownService".to_string(),
                 };
                 let mut cw = route::weighted_cluster::ClusterWeight {
@@ -526,22 +534,18 @@ impl RouteBuilder<'_, '_, '_> {
 
     /// The service a destination host names, as this gateway sees it.
     fn service(&self, host: &str) -> Option<&Service> {
-        self.scope.registry.service(
-            host,
-            &self.scope.namespace,
-            Some(&self.vs.res.meta.namespace),
-        )
+        self.scope
+            .registry
+            .service(host, &self.scope.namespace, Some(self.namespace()))
     }
 
     /// Istio's `GetDestinationCluster`: the port is the destination's, else the service's
     /// only port, else the listener port. Records the service as referenced.
-    fn destination_cluster(&mut self, index: usize, field: &str, d: &Destination) -> String {
+    fn destination_cluster(&mut self, field: &str, d: &Destination) -> String {
         if d.host.is_empty() {
             return "UnknownService".to_string();
         }
-        let host = self
-            .scope
-            .resolve_host(&d.host, &self.vs.res.meta.namespace);
+        let host = self.scope.resolve_host(&d.host, self.namespace());
         let service = self.service(&host).cloned();
         let port = match (&d.port, &service) {
             (Some(p), _) => p.number,
@@ -554,7 +558,7 @@ impl RouteBuilder<'_, '_, '_> {
                     .insert((s.hostname.clone(), s.namespace.clone()));
                 if s.port(port).is_none() {
                     self.warn(
-                        &self.field(index, field),
+                        &self.field(field),
                         format!(
                             "service `{host}` has no port {port}; requests routed here get 503 (no cluster)"
                         ),
@@ -562,7 +566,7 @@ impl RouteBuilder<'_, '_, '_> {
                 }
             }
             None => self.warn(
-                &self.field(index, &format!("{field}.host")),
+                &self.field(&format!("{field}.host")),
                 format!(
                     "no ServiceEntry visible from namespace `{}` defines host `{host}`; requests routed here get 503 (no cluster)",
                     self.scope.namespace
@@ -575,9 +579,7 @@ impl RouteBuilder<'_, '_, '_> {
     /// The route hash policy from the destination's DestinationRule consistent hash.
     fn hash_policy(&self, dst: &HttpRouteDestination) -> Option<route::route_action::HashPolicy> {
         let d = dst.destination.as_ref()?;
-        let host = self
-            .scope
-            .resolve_host(&d.host, &self.vs.res.meta.namespace);
+        let host = self.scope.resolve_host(&d.host, self.namespace());
         let service_ns = self.service(&host).map(|s| s.namespace.clone());
         let dr = self.scope.destination_rule(&host, service_ns.as_deref())?;
         let port = d.port.map(|p| p.number);
@@ -605,7 +607,7 @@ impl RouteBuilder<'_, '_, '_> {
         hash_policy(&chosen)
     }
 
-    fn fault(&mut self, index: usize, f: &HttpFaultInjection) -> Option<fault::HttpFault> {
+    fn fault(&mut self, f: &HttpFaultInjection) -> Option<fault::HttpFault> {
         let mut out = fault::HttpFault::default();
         if let Some(d) = &f.delay {
             match d.delay_type {
@@ -624,7 +626,7 @@ impl RouteBuilder<'_, '_, '_> {
                     });
                 }
                 _ => self.warn(
-                    &self.field(index, "fault.delay"),
+                    &self.field("fault.delay"),
                     "only fixedDelay is supported (as in Istio); the delay is left out".into(),
                 ),
             }
@@ -638,7 +640,7 @@ impl RouteBuilder<'_, '_, '_> {
                     Some(code) => Some(fault::fault_abort::ErrorType::GrpcStatus(code)),
                     None => {
                         self.warn(
-                            &self.field(index, "fault.abort.grpcStatus"),
+                            &self.field("fault.abort.grpcStatus"),
                             format!("unknown gRPC status `{name}`; the abort is left out"),
                         );
                         None
@@ -646,7 +648,7 @@ impl RouteBuilder<'_, '_, '_> {
                 },
                 _ => {
                     self.warn(
-                        &self.field(index, "fault.abort"),
+                        &self.field("fault.abort"),
                         "only httpStatus and grpcStatus aborts are supported (as in Istio); the abort is left out".into(),
                     );
                     None

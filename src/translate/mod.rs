@@ -60,8 +60,8 @@ pub fn default_namespace(
 
 /// Translates the configuration for a gateway proxy.
 pub fn gateway(config: &Config, registry: &Registry, proxy: &ProxyIdentity) -> Translation {
-    let scope = scope::Scope::new(config, registry, proxy);
-    let mut diagnostics = Vec::new();
+    let mut scope = scope::Scope::new(config, registry, proxy);
+    let mut diagnostics = std::mem::take(&mut scope.diagnostics);
     let mut resources = ResourceSet::default();
     let mut references = References::new();
 

@@ -2,8 +2,10 @@
 //! VirtualServices bound to them, and the DestinationRules that apply to each service —
 //! with Istio's short-name resolution, `exportTo` visibility and namespace precedence.
 use crate::config::hosts;
+use crate::config::types::StringMatch;
 use crate::config::types::destination_rule::{Subset, TrafficPolicy};
-use crate::config::{Config, DestinationRule, Gateway, Resource, VirtualService};
+use crate::config::types::virtual_service::{HttpMatchRequest, HttpRoute};
+use crate::config::{Config, DestinationRule, Diagnostic, Gateway, Resource, VirtualService};
 use crate::registry::{Locality, Registry, Visibility};
 use crate::xds::ProxyIdentity;
 use std::collections::BTreeMap;
@@ -11,13 +13,26 @@ use std::collections::BTreeMap;
 /// Istio's root configuration namespace: mesh-wide DestinationRules live there.
 pub const ROOT_NAMESPACE: &str = "istio-system";
 
-/// A VirtualService with its hosts and gateways resolved.
+/// A VirtualService with its hosts and gateways resolved and its delegates merged in.
 pub struct BoundVirtualService<'a> {
     pub res: &'a Resource<VirtualService>,
     /// Hosts, short names resolved in the VirtualService's namespace.
     pub hosts: Vec<String>,
     /// Gateways as `namespace/name` (or `mesh`).
     pub gateways: Vec<String>,
+    /// HTTP routes, with `delegate` routes replaced by the delegate's routes.
+    pub http: Vec<BoundHttpRoute<'a>>,
+}
+
+/// One HTTP route and where it came from.
+pub struct BoundHttpRoute<'a> {
+    pub route: HttpRoute,
+    /// The resource the route was written in (the delegate for delegated routes).
+    pub source: &'a Resource<VirtualService>,
+    /// Its field path there, e.g. `spec.http[2]`.
+    pub field: String,
+    /// The namespace its short host names resolve in.
+    pub namespace: String,
 }
 
 /// A DestinationRule with its host resolved.
@@ -59,6 +74,8 @@ pub struct Scope<'a> {
     /// VirtualServices visible to the proxy, in Istio's order (name, namespace).
     pub virtual_services: Vec<BoundVirtualService<'a>>,
     destination_rules: Vec<ResolvedDestinationRule<'a>>,
+    /// Problems found while scoping (delegation), drained by the translator.
+    pub diagnostics: Vec<Diagnostic>,
 }
 
 impl<'a> Scope<'a> {
@@ -79,14 +96,18 @@ impl<'a> Scope<'a> {
                 .unwrap_or_else(|| crate::config::types::DEFAULT_NAMESPACE.to_string())
         };
 
+        let mut diagnostics = Vec::new();
         let mut virtual_services: Vec<BoundVirtualService> = config
             .virtual_services
             .iter()
+            // Delegates (no hosts) are only reachable through a root VirtualService.
+            .filter(|vs| !vs.spec.hosts.is_empty())
             .filter(|vs| {
                 Visibility::from_export_to(&vs.spec.export_to, &vs.meta.namespace)
                     .includes(&namespace)
             })
             .map(|vs| BoundVirtualService {
+                http: bind_http_routes(config, vs, &mut diagnostics),
                 res: vs,
                 hosts: vs
                     .spec
@@ -134,6 +155,7 @@ impl<'a> Scope<'a> {
             gateways,
             virtual_services,
             destination_rules,
+            diagnostics,
         }
     }
 
@@ -210,6 +232,284 @@ impl<'a> Scope<'a> {
             }
         }
         None
+    }
+}
+
+/// The HTTP routes of a VirtualService, each `delegate` route replaced by the delegate
+/// VirtualService's routes merged with it the way Istio merges them: matches combined
+/// (a delegate match that conflicts with every root match drops that route), and the
+/// root's settings filling what the delegate leaves unset.
+fn bind_http_routes<'a>(
+    config: &'a Config,
+    vs: &'a Resource<VirtualService>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<BoundHttpRoute<'a>> {
+    let mut out = Vec::with_capacity(vs.spec.http.len());
+    for (i, root) in vs.spec.http.iter().enumerate() {
+        let field = format!("spec.http[{i}]");
+        let Some(delegate) = &root.delegate else {
+            out.push(BoundHttpRoute {
+                route: root.clone(),
+                source: vs,
+                field,
+                namespace: vs.meta.namespace.clone(),
+            });
+            continue;
+        };
+        let ns = if delegate.namespace.is_empty() {
+            vs.meta.namespace.as_str()
+        } else {
+            delegate.namespace.as_str()
+        };
+        let Some(target) = config
+            .virtual_services
+            .iter()
+            .find(|d| d.meta.namespace == ns && d.meta.name == delegate.name)
+        else {
+            diagnostics.push(vs.warning(
+                &format!("{field}.delegate"),
+                format!(
+                    "delegate VirtualService {ns}/{} does not exist; the route is left out",
+                    delegate.name
+                ),
+            ));
+            continue;
+        };
+        if !Visibility::from_export_to(&target.spec.export_to, &target.meta.namespace)
+            .includes(&vs.meta.namespace)
+        {
+            diagnostics.push(vs.warning(
+                &format!("{field}.delegate"),
+                format!(
+                    "delegate VirtualService {ns}/{} is not exported to namespace {}; the route is left out",
+                    delegate.name, vs.meta.namespace
+                ),
+            ));
+            continue;
+        }
+        if !target.spec.hosts.is_empty() {
+            diagnostics.push(vs.warning(
+                &format!("{field}.delegate"),
+                format!(
+                    "VirtualService {ns}/{} has hosts, so it cannot be a delegate; the route is left out",
+                    delegate.name
+                ),
+            ));
+            continue;
+        }
+        for (j, leaf) in target.spec.http.iter().enumerate() {
+            let leaf_field = format!("spec.http[{j}]");
+            if leaf.delegate.is_some() {
+                diagnostics.push(target.warning(
+                    &format!("{leaf_field}.delegate"),
+                    "a delegate cannot delegate again; the route is left out",
+                ));
+                continue;
+            }
+            match merge_http_route(root, leaf) {
+                Some(route) => out.push(BoundHttpRoute {
+                    route,
+                    source: target,
+                    field: leaf_field,
+                    namespace: target.meta.namespace.clone(),
+                }),
+                None => diagnostics.push(target.warning(
+                    &format!("{leaf_field}.match"),
+                    format!(
+                        "no match of this delegated route fits within the matches of {}/{} {field}; the route is left out",
+                        vs.meta.namespace, vs.meta.name
+                    ),
+                )),
+            }
+        }
+    }
+    out
+}
+
+/// A delegate's route merged with its root route (Istio's `mergeHTTPRoute`).
+fn merge_http_route(root: &HttpRoute, leaf: &HttpRoute) -> Option<HttpRoute> {
+    let matches = merge_matches(&root.matches, &leaf.matches)?;
+    let mut out = leaf.clone();
+    out.matches = matches;
+    out.name = join_names(&root.name, &leaf.name);
+    if out.rewrite.is_none() {
+        out.rewrite = root.rewrite.clone();
+    }
+    if out.direct_response.is_none() {
+        out.direct_response = root.direct_response.clone();
+    }
+    if out.timeout.is_none() {
+        out.timeout = root.timeout;
+    }
+    if out.retries.is_none() {
+        out.retries = root.retries.clone();
+    }
+    if out.fault.is_none() {
+        out.fault = root.fault.clone();
+    }
+    if out.mirror.is_none() {
+        out.mirror = root.mirror.clone();
+    }
+    if out.mirror_percent.is_none() {
+        out.mirror_percent = root.mirror_percent;
+    }
+    if out.mirror_percentage.is_none() {
+        out.mirror_percentage = root.mirror_percentage;
+    }
+    if out.cors_policy.is_none() {
+        out.cors_policy = root.cors_policy.clone();
+    }
+    if out.mirrors.is_empty() {
+        out.mirrors = root.mirrors.clone();
+    }
+    if out.headers.is_none() {
+        out.headers = root.headers.clone();
+    }
+    Some(out)
+}
+
+fn join_names(root: &str, leaf: &str) -> String {
+    match (root.is_empty(), leaf.is_empty()) {
+        (_, true) => root.to_string(),
+        (true, false) => leaf.to_string(),
+        (false, false) => format!("{root}-{leaf}"),
+    }
+}
+
+/// Every delegate match combined with every root match it does not conflict with; None
+/// when a delegate match fits no root match.
+fn merge_matches(
+    root: &[HttpMatchRequest],
+    leaf: &[HttpMatchRequest],
+) -> Option<Vec<HttpMatchRequest>> {
+    if root.is_empty() {
+        return Some(leaf.to_vec());
+    }
+    if leaf.is_empty() {
+        return Some(root.to_vec());
+    }
+    let mut out = Vec::new();
+    for l in leaf {
+        let mut found = false;
+        for r in root {
+            if match_conflict(r, l) {
+                continue;
+            }
+            out.push(merge_match(r, l));
+            found = true;
+        }
+        if !found {
+            return None;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn merge_match(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> HttpMatchRequest {
+    let mut out = leaf.clone();
+    out.name = join_names(&root.name, &leaf.name);
+    if out.uri.is_none() {
+        out.uri = root.uri.clone();
+    }
+    if out.scheme.is_none() {
+        out.scheme = root.scheme.clone();
+    }
+    if out.method.is_none() {
+        out.method = root.method.clone();
+    }
+    if out.authority.is_none() {
+        out.authority = root.authority.clone();
+    }
+    let merge = |a: &BTreeMap<String, StringMatch>, b: &BTreeMap<String, StringMatch>| {
+        let mut m = a.clone();
+        m.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
+        m
+    };
+    out.headers = merge(&root.headers, &leaf.headers);
+    out.without_headers = merge(&root.without_headers, &leaf.without_headers);
+    out.query_params = merge(&root.query_params, &leaf.query_params);
+    if out.port == 0 {
+        out.port = root.port;
+    }
+    let mut labels = root.source_labels.clone();
+    labels.extend(leaf.source_labels.clone());
+    out.source_labels = labels;
+    if out.source_namespace.is_empty() {
+        out.source_namespace = root.source_namespace.clone();
+    }
+    if out.gateways.is_empty() {
+        out.gateways = root.gateways.clone();
+    }
+    if out.stat_prefix.is_empty() {
+        out.stat_prefix = root.stat_prefix.clone();
+    }
+    out
+}
+
+/// Istio's `hasConflict`: a delegate match must narrow the root match, not contradict it.
+fn match_conflict(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> bool {
+    let pairs = [
+        (&root.uri, &leaf.uri),
+        (&root.scheme, &leaf.scheme),
+        (&root.method, &leaf.method),
+        (&root.authority, &leaf.authority),
+    ];
+    if pairs
+        .iter()
+        .any(|(r, l)| string_match_conflict(r.as_ref(), l.as_ref()))
+    {
+        return true;
+    }
+    let map_conflict = |r: &BTreeMap<String, StringMatch>, l: &BTreeMap<String, StringMatch>| {
+        l.iter()
+            .any(|(k, v)| string_match_conflict(r.get(k), Some(v)))
+    };
+    if map_conflict(&root.headers, &leaf.headers)
+        || map_conflict(&root.without_headers, &leaf.without_headers)
+        || map_conflict(&root.query_params, &leaf.query_params)
+    {
+        return true;
+    }
+    if root.ignore_uri_case != leaf.ignore_uri_case {
+        return true;
+    }
+    if root.port > 0 && leaf.port > 0 && root.port != leaf.port {
+        return true;
+    }
+    if !root.source_namespace.is_empty() && leaf.source_namespace != root.source_namespace {
+        return true;
+    }
+    if leaf
+        .source_labels
+        .iter()
+        .any(|(k, v)| root.source_labels.get(k).is_some_and(|r| r != v))
+    {
+        return true;
+    }
+    if !root.gateways.is_empty()
+        && !leaf.gateways.is_empty()
+        && (root.gateways.len() < leaf.gateways.len()
+            || leaf.gateways.iter().any(|g| !root.gateways.contains(g)))
+    {
+        return true;
+    }
+    false
+}
+
+/// Istio's `stringMatchConflict`: regexes never combine; an exact root needs the same
+/// exact; a prefix root needs a leaf inside it.
+fn string_match_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>) -> bool {
+    let (Some(root), Some(leaf)) = (root, leaf) else {
+        return false;
+    };
+    match (root, leaf) {
+        (StringMatch::Regex(_), _) | (_, StringMatch::Regex(_)) => true,
+        (StringMatch::Exact(r), StringMatch::Exact(l)) => r != l,
+        (StringMatch::Exact(_), _) => true,
+        (StringMatch::Prefix(r), StringMatch::Prefix(l)) => !l.starts_with(r.as_str()),
+        (StringMatch::Prefix(r), StringMatch::Exact(l)) => !l.starts_with(r.as_str()),
+        (StringMatch::Prefix(_), StringMatch::Empty) => true,
+        (StringMatch::Empty, _) => true,
     }
 }
 

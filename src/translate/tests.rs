@@ -779,3 +779,101 @@ fn translation_is_deterministic() {
     let b = translate_yaml(&yaml);
     assert_eq!(a.resources, b.resources);
 }
+
+#[test]
+fn delegate_virtual_services_merge_into_the_root() {
+    let t = translate_yaml(&format!(
+        "{SE}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: root, namespace: default}}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  http:
+  - name: team
+    match: [{{uri: {{prefix: /team/}}}}]
+    timeout: 3s
+    delegate: {{name: team-routes, namespace: team}}
+  - name: missing
+    delegate: {{name: nope}}
+  - route: [{{destination: {{host: other.internal, port: {{number: 7000}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: team-svc, namespace: team}}
+spec:
+  hosts: [svc.team.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.9}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: team-routes, namespace: team}}
+spec:
+  http:
+  - name: v2
+    match: [{{uri: {{prefix: /team/v2}}, headers: {{x-v: {{exact: '2'}}}}}}]
+    route: [{{destination: {{host: svc}}}}]
+  - name: outside
+    match: [{{uri: {{prefix: /elsewhere}}}}]
+    route: [{{destination: {{host: svc}}}}]
+  - name: rest
+    route: [{{destination: {{host: svc}}}}]
+"
+    ));
+    let r = routes(&t);
+    let summary: Vec<(String, Value, Value)> = r
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or("").to_string(),
+                r["match"]["prefix"].clone(),
+                r["route"]["cluster"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            // Delegate matches narrow the root's; short hosts resolve in the delegate's namespace.
+            (
+                "team-v2".into(),
+                json!("/team/v2"),
+                json!("outbound|80||svc.team.svc.cluster.local")
+            ),
+            (
+                "team-rest".into(),
+                json!("/team/"),
+                json!("outbound|80||svc.team.svc.cluster.local")
+            ),
+            (
+                "".into(),
+                json!("/"),
+                json!("outbound|7000||other.internal")
+            ),
+        ]
+    );
+    assert_eq!(r[0]["match"]["headers"][0]["name"], "x-v");
+    // The root's timeout applies where the delegate sets none.
+    assert_eq!(r[0]["route"]["timeout"], "3s");
+    let fields: Vec<(&str, &str)> = t
+        .diagnostics
+        .iter()
+        .map(|d| {
+            (
+                d.resource.as_deref().unwrap_or(""),
+                d.field.as_deref().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            ("VirtualService/team/team-routes", "spec.http[1].match"),
+            ("VirtualService/default/root", "spec.http[1].delegate"),
+        ]
+    );
+}
