@@ -35,31 +35,11 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     // Gateway
     row(
         "Gateway",
-        "spec.servers[*].tls",
-        "TLS termination and passthrough are not translated yet",
-    ),
-    row(
-        "Gateway",
         "spec.servers[*].defaultEndpoint",
         "default endpoints (sidecar ingress) are not supported",
     ),
     // VirtualService
-    row(
-        "VirtualService",
-        "spec.tls",
-        "TLS (SNI) routes are not translated yet",
-    ),
-    row(
-        "VirtualService",
-        "spec.tcp",
-        "TCP routes are not translated yet",
-    ),
     // DestinationRule
-    row(
-        "DestinationRule",
-        "spec.**.tls",
-        "TLS origination towards upstreams is not translated yet",
-    ),
     row(
         "DestinationRule",
         "spec.**.tunnel",
@@ -260,7 +240,7 @@ mod tests {
 
     #[test]
     fn set_fields_are_reported_with_their_position() {
-        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: a.example.com\n  exportTo: []\n  trafficPolicy:\n    tls: {mode: SIMPLE}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      portLevelSettings:\n      - port: {number: 80}\n        tls: {mode: SIMPLE}\n";
+        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: a.example.com\n  exportTo: []\n  trafficPolicy:\n    tunnel: {targetHost: p, targetPort: 3128}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      proxyProtocol: {version: V2}\n";
         let outcome = load_str("t.yaml", text);
         assert!(outcome.diagnostics.is_empty(), "{:?}", outcome.diagnostics);
         let mut out = Vec::new();
@@ -269,8 +249,8 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "t.yaml:8:5: warning: DestinationRule/default/r: spec.trafficPolicy.tls: `tls` is parsed but not acted on yet: TLS origination towards upstreams is not translated yet",
-                "t.yaml:14:9: warning: DestinationRule/default/r: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls: `tls` is parsed but not acted on yet: TLS origination towards upstreams is not translated yet",
+                "t.yaml:8:5: warning: DestinationRule/default/r: spec.trafficPolicy.tunnel: `tunnel` is parsed but not acted on yet: tunnelling through HTTP CONNECT/POST is not supported yet",
+                "t.yaml:12:7: warning: DestinationRule/default/r: spec.subsets[0].trafficPolicy.proxyProtocol: `proxyProtocol` is parsed but not acted on yet: sending PROXY protocol upstream is not supported yet",
             ]
         );
     }

@@ -6,10 +6,11 @@ use super::http_route::{config_metadata, consistent_hash};
 use super::names;
 use super::pb;
 use super::scope::{MergedDestinationRule, Scope};
+use super::tls::{self, SecretBook};
 use crate::config::Diagnostic;
 use crate::config::types::destination_rule::{
-    ConnectionPoolSettings, H2UpgradePolicy, HashAlgorithm, LbPolicy, LoadBalancerSettings,
-    OutlierDetection, SimpleLb, Subset, TrafficPolicy,
+    ClientTlsMode, ConnectionPoolSettings, H2UpgradePolicy, HashAlgorithm, LbPolicy,
+    LoadBalancerSettings, OutlierDetection, SimpleLb, Subset, TrafficPolicy,
 };
 use crate::registry::{Resolution, Service, ServicePort};
 use crate::xds::pb::envoy::config::cluster::v3 as cluster;
@@ -33,10 +34,22 @@ pub struct Built {
     pub load_assignment: Option<endpoint::ClusterLoadAssignment>,
 }
 
+/// How a service's clusters are named and used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// `outbound|PORT|SUBSET|HOST`, with the DestinationRule's TLS origination.
+    Outbound,
+    /// `outbound_.PORT_.SUBSET_.HOST`: AUTO_PASSTHROUGH's SNI-routed clusters, which
+    /// forward the client's TLS untouched (no TLS origination).
+    SniDnat,
+}
+
 /// Every cluster of a service: one per port, and one per port and subset.
 pub fn service_clusters(
     scope: &Scope,
     service: &Service,
+    naming: Naming,
+    secrets: &mut SecretBook,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Vec<Built> {
     let mut out = Vec::new();
@@ -56,12 +69,19 @@ pub fn service_clusters(
         if port.protocol == crate::registry::Protocol::Udp {
             continue;
         }
-        if let Some(b) = build(scope, service, port, None, dr.as_ref(), diagnostics) {
+        let mut ctx = Context {
+            scope,
+            service,
+            naming,
+            secrets: &mut *secrets,
+            diagnostics: &mut *diagnostics,
+        };
+        if let Some(b) = ctx.build(port, None, dr.as_ref()) {
             out.push(b);
         }
         if let Some(dr) = &dr {
             for subset in &dr.subsets {
-                if let Some(b) = build(scope, service, port, Some(subset), Some(dr), diagnostics) {
+                if let Some(b) = ctx.build(port, Some(subset), Some(dr)) {
                     out.push(b);
                 }
             }
@@ -135,152 +155,203 @@ pub fn effective_policy(
     Some(merged)
 }
 
-fn build(
-    scope: &Scope,
-    service: &Service,
-    port: &ServicePort,
-    subset: Option<&Subset>,
-    dr: Option<&MergedDestinationRule>,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Option<Built> {
-    let subset_name = subset.map(|s| s.name.as_str()).unwrap_or("");
-    let name = names::cluster_name(subset_name, &service.hostname, port.number);
-    let discovery = match service.resolution {
-        Resolution::Dns => cluster::cluster::DiscoveryType::StrictDns,
-        Resolution::DnsRoundRobin => cluster::cluster::DiscoveryType::LogicalDns,
-        // A gateway has no original destination to forward to: Istio uses EDS.
-        Resolution::Static | Resolution::None | Resolution::DynamicDns => {
-            cluster::cluster::DiscoveryType::Eds
+struct Context<'c, 's, 'a> {
+    scope: &'c Scope<'a>,
+    service: &'s Service,
+    naming: Naming,
+    secrets: &'c mut SecretBook,
+    diagnostics: &'c mut Vec<Diagnostic>,
+}
+
+impl Context<'_, '_, '_> {
+    fn build(
+        &mut self,
+        port: &ServicePort,
+        subset: Option<&Subset>,
+        dr: Option<&MergedDestinationRule>,
+    ) -> Option<Built> {
+        let scope = self.scope;
+        let service = self.service;
+        let subset_name = subset.map(|s| s.name.as_str()).unwrap_or("");
+        let name = match self.naming {
+            Naming::Outbound => names::cluster_name(subset_name, &service.hostname, port.number),
+            Naming::SniDnat => names::sni_cluster_name(subset_name, &service.hostname, port.number),
+        };
+        let discovery = match service.resolution {
+            Resolution::Dns => cluster::cluster::DiscoveryType::StrictDns,
+            Resolution::DnsRoundRobin => cluster::cluster::DiscoveryType::LogicalDns,
+            // A gateway has no original destination to forward to: Istio uses EDS.
+            Resolution::Static | Resolution::None | Resolution::DynamicDns => {
+                cluster::cluster::DiscoveryType::Eds
+            }
+        };
+        let policy = effective_policy(dr, port.number, subset);
+        let empty = BTreeMap::new();
+        let subset_labels = subset.map(|s| &s.labels).unwrap_or(&empty);
+        let groups = endpoints::locality_groups(service, port.number, subset_labels);
+
+        let mut c = cluster::Cluster {
+            name: name.clone(),
+            alt_stat_name: names::delimited_stat_prefix(&name),
+            cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+                discovery as i32,
+            )),
+            common_lb_config: Some(cluster::cluster::CommonLbConfig::default()),
+            ..Default::default()
+        };
+        let mut http_options: Option<upstream_http::HttpProtocolOptions> = None;
+
+        // Upstream protocol from the port.
+        if port.protocol.is_http2() {
+            set_h2(&mut http_options);
         }
-    };
-    let policy = effective_policy(dr, port.number, subset);
-    let empty = BTreeMap::new();
-    let subset_labels = subset.map(|s| &s.labels).unwrap_or(&empty);
-    let groups = endpoints::locality_groups(service, port.number, subset_labels);
 
-    let mut c = cluster::Cluster {
-        name: name.clone(),
-        alt_stat_name: names::delimited_stat_prefix(&name),
-        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
-            discovery as i32,
-        )),
-        common_lb_config: Some(cluster::cluster::CommonLbConfig::default()),
-        ..Default::default()
-    };
-    let mut http_options: Option<upstream_http::HttpProtocolOptions> = None;
+        let connection_pool = policy
+            .as_ref()
+            .and_then(|p| p.connection_pool.clone())
+            .unwrap_or_default();
+        if port.protocol.is_http() && should_upgrade_h2(&connection_pool) {
+            set_h2(&mut http_options);
+        }
+        apply_connection_pool(&mut c, &mut http_options, &connection_pool, policy.as_ref());
 
-    // Upstream protocol from the port.
-    if port.protocol.is_http2() {
-        set_h2(&mut http_options);
-    }
-
-    let connection_pool = policy
-        .as_ref()
-        .and_then(|p| p.connection_pool.clone())
-        .unwrap_or_default();
-    if port.protocol.is_http() && should_upgrade_h2(&connection_pool) {
-        set_h2(&mut http_options);
-    }
-    apply_connection_pool(&mut c, &mut http_options, &connection_pool, policy.as_ref());
-
-    let outlier = policy.as_ref().and_then(|p| p.outlier_detection.as_ref());
-    if let Some(od) = outlier {
-        apply_outlier_detection(&mut c, &mut http_options, od);
-    }
-    let lb = policy.as_ref().and_then(|p| p.load_balancer.as_ref());
-    apply_load_balancer(&mut c, lb);
-    if matches!(
-        lb.and_then(|l| l.lb_policy.as_ref()),
-        Some(LbPolicy::Simple(SimpleLb::Passthrough))
-    ) {
-        diagnostics.push(dr_warning(
+        let outlier = policy.as_ref().and_then(|p| p.outlier_detection.as_ref());
+        if let Some(od) = outlier {
+            apply_outlier_detection(&mut c, &mut http_options, od);
+        }
+        let lb = policy.as_ref().and_then(|p| p.load_balancer.as_ref());
+        apply_load_balancer(&mut c, lb);
+        if matches!(
+            lb.and_then(|l| l.lb_policy.as_ref()),
+            Some(LbPolicy::Simple(SimpleLb::Passthrough))
+        ) {
+            self.diagnostics.push(dr_warning(
             dr,
             "spec.trafficPolicy.loadBalancer.simple",
             format!(
                 "PASSTHROUGH load balancing forwards to the original destination, which a gateway does not have; {name} uses LEAST_REQUEST"
             ),
         ));
-    }
+        }
 
-    // Locality load balancing (when enabled; failover needs outlier detection).
-    let locality_setting = lb
-        .and_then(|l| l.locality_lb_setting.as_ref())
-        .filter(|s| s.enabled != Some(false));
-    let locality_policy = locality_setting.map(|setting| LocalityPolicy {
-        setting,
-        failover_enabled: c.outlier_detection.is_some(),
-        proxy_locality: &scope.locality,
-        proxy_labels: &scope.proxy.labels,
-    });
-    if let Some(p) = &locality_policy
-        && (!p.setting.distribute.is_empty()
-            || (p.failover_enabled
-                && (!p.setting.failover.is_empty() || !p.setting.failover_priority.is_empty())))
-        && let Some(common) = c.common_lb_config.as_mut()
-    {
-        common.locality_config_specifier = Some(
+        // Locality load balancing (when enabled; failover needs outlier detection).
+        let locality_setting = lb
+            .and_then(|l| l.locality_lb_setting.as_ref())
+            .filter(|s| s.enabled != Some(false));
+        let locality_policy = locality_setting.map(|setting| LocalityPolicy {
+            setting,
+            failover_enabled: c.outlier_detection.is_some(),
+            proxy_locality: &scope.locality,
+            proxy_labels: &scope.proxy.labels,
+        });
+        if let Some(p) = &locality_policy
+            && (!p.setting.distribute.is_empty()
+                || (p.failover_enabled
+                    && (!p.setting.failover.is_empty() || !p.setting.failover_priority.is_empty())))
+            && let Some(common) = c.common_lb_config.as_mut()
+        {
+            common.locality_config_specifier = Some(
             cluster::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
                 cluster::cluster::common_lb_config::LocalityWeightedLbConfig {},
             ),
         );
-    }
-    let lb_endpoints = endpoints::locality_lb_endpoints(&groups, locality_policy.as_ref());
-
-    if let Some(tls) = policy.as_ref().and_then(|p| p.tls.as_ref())
-        && tls.mode.is_some_and(|m| m.as_str() != "DISABLE")
-    {
-        diagnostics.push(dr_warning(
-            dr,
-            "spec.trafficPolicy.tls",
-            format!(
-                "upstream TLS (mode {}) for `{}` is not translated yet; the cluster connects in plain text",
-                tls.mode.map(|m| m.as_str()).unwrap_or(""),
-                service.hostname
-            ),
-        ));
-    }
-
-    // Metadata: the service, and the DestinationRule (and subset) that shaped it.
-    let mut istio: HashMap<String, wkt::Value> = HashMap::new();
-    istio.insert(
-        "services".into(),
-        wkt::Value {
-            kind: Some(wkt::value::Kind::ListValue(wkt::ListValue {
-                values: vec![pb::string_map_value(&BTreeMap::from([
-                    ("host".to_string(), service.hostname.clone()),
-                    ("name".to_string(), service.hostname.clone()),
-                    ("namespace".to_string(), service.namespace.clone()),
-                ]))],
-            })),
-        },
-    );
-    if let Some(source) = dr.and_then(|d| d.sources.first()) {
-        let meta = config_metadata(
-            "destination-rule",
-            &source.meta.namespace,
-            &source.meta.name,
-        );
-        if let Some(v) = meta
-            .filter_metadata
-            .get("istio")
-            .and_then(|s| s.fields.get("config"))
-        {
-            istio.insert("config".into(), v.clone());
         }
-    }
-    if !subset_name.is_empty() {
-        istio.insert("subset".into(), pb::string_value(subset_name));
-    }
-    let mut filter_metadata = HashMap::new();
-    filter_metadata.insert("istio".to_string(), wkt::Struct { fields: istio });
-    c.metadata = Some(core::Metadata {
-        filter_metadata,
-        ..Default::default()
-    });
+        let lb_endpoints = endpoints::locality_lb_endpoints(&groups, locality_policy.as_ref());
 
-    if let Some(mut options) = http_options {
-        if options.upstream_protocol_options.is_none() {
-            options.upstream_protocol_options = Some(
+        if self.naming == Naming::Outbound
+            && let Some(settings) = policy.as_ref().and_then(|p| p.tls.as_ref())
+        {
+            match settings.mode.unwrap_or(ClientTlsMode::Disable) {
+            ClientTlsMode::Disable => {}
+            ClientTlsMode::IstioMutual => self.diagnostics.push(dr_warning(
+                dr,
+                "spec.trafficPolicy.tls.mode",
+                format!(
+                    "ISTIO_MUTUAL needs the mesh's certificates, which a standalone gateway does not have; {name} connects in plain text"
+                ),
+            )),
+            ClientTlsMode::Simple | ClientTlsMode::Mutual => {
+                let h2 = h2_options(&mut http_options).is_some();
+                match tls::upstream_context(
+                    settings,
+                    scope.config,
+                    &scope.namespace,
+                    &service.subject_alt_names,
+                    h2,
+                    self.secrets,
+                ) {
+                    Ok(ctx) => {
+                        if settings.sni.is_empty() {
+                            // Istio: SNI (and, without names to check, the SAN) from
+                            // the request's Host.
+                            let options = http_options.get_or_insert_with(Default::default);
+                            let upstream = options
+                                .upstream_http_protocol_options
+                                .get_or_insert_with(Default::default);
+                            upstream.auto_sni = true;
+                            if settings.subject_alt_names.is_empty()
+                                && service.subject_alt_names.is_empty()
+                                && settings.insecure_skip_verify != Some(true)
+                            {
+                                upstream.auto_san_validation = true;
+                            }
+                        }
+                        c.transport_socket = Some(tls::transport_socket(&ctx));
+                    }
+                    Err(e) => {
+                        self.diagnostics.push(dr_warning(
+                            dr,
+                            "spec.trafficPolicy.tls",
+                            format!("{e}; {name} is left out"),
+                        ));
+                        return None;
+                    }
+                }
+            }
+        }
+        }
+
+        // Metadata: the service, and the DestinationRule (and subset) that shaped it.
+        let mut istio: HashMap<String, wkt::Value> = HashMap::new();
+        istio.insert(
+            "services".into(),
+            wkt::Value {
+                kind: Some(wkt::value::Kind::ListValue(wkt::ListValue {
+                    values: vec![pb::string_map_value(&BTreeMap::from([
+                        ("host".to_string(), service.hostname.clone()),
+                        ("name".to_string(), service.hostname.clone()),
+                        ("namespace".to_string(), service.namespace.clone()),
+                    ]))],
+                })),
+            },
+        );
+        if let Some(source) = dr.and_then(|d| d.sources.first()) {
+            let meta = config_metadata(
+                "destination-rule",
+                &source.meta.namespace,
+                &source.meta.name,
+            );
+            if let Some(v) = meta
+                .filter_metadata
+                .get("istio")
+                .and_then(|s| s.fields.get("config"))
+            {
+                istio.insert("config".into(), v.clone());
+            }
+        }
+        if !subset_name.is_empty() {
+            istio.insert("subset".into(), pb::string_value(subset_name));
+        }
+        let mut filter_metadata = HashMap::new();
+        filter_metadata.insert("istio".to_string(), wkt::Struct { fields: istio });
+        c.metadata = Some(core::Metadata {
+            filter_metadata,
+            ..Default::default()
+        });
+
+        if let Some(mut options) = http_options {
+            if options.upstream_protocol_options.is_none() {
+                options.upstream_protocol_options = Some(
                 upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
                     upstream_http::http_protocol_options::ExplicitHttpConfig {
                         protocol_config: Some(
@@ -291,44 +362,45 @@ fn build(
                     },
                 ),
             );
+            }
+            c.typed_extension_protocol_options
+                .insert(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&options));
         }
-        c.typed_extension_protocol_options
-            .insert(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&options));
-    }
 
-    let load_assignment = endpoint::ClusterLoadAssignment {
-        cluster_name: name.clone(),
-        endpoints: lb_endpoints,
-        ..Default::default()
-    };
-    match discovery {
-        cluster::cluster::DiscoveryType::Eds => {
-            c.eds_cluster_config = Some(cluster::cluster::EdsClusterConfig {
-                eds_config: Some(pb::ads_config_source()),
-                service_name: name,
-            });
-            Some(Built {
-                cluster: c,
-                load_assignment: Some(load_assignment),
-            })
-        }
-        _ => {
-            if load_assignment.endpoints.is_empty() {
-                diagnostics.push(scope.service_warning(
+        let load_assignment = endpoint::ClusterLoadAssignment {
+            cluster_name: name.clone(),
+            endpoints: lb_endpoints,
+            ..Default::default()
+        };
+        match discovery {
+            cluster::cluster::DiscoveryType::Eds => {
+                c.eds_cluster_config = Some(cluster::cluster::EdsClusterConfig {
+                    eds_config: Some(pb::ads_config_source()),
+                    service_name: name,
+                });
+                Some(Built {
+                    cluster: c,
+                    load_assignment: Some(load_assignment),
+                })
+            }
+            _ => {
+                if load_assignment.endpoints.is_empty() {
+                    self.diagnostics.push(scope.service_warning(
                     service,
                     "spec",
                     format!(
                         "DNS cluster {name} has no endpoints (no endpoint has the subset's labels); it is left out, as in Istio"
                     ),
                 ));
-                return None;
+                    return None;
+                }
+                c.dns_lookup_family = cluster::cluster::DnsLookupFamily::V4Only as i32;
+                c.load_assignment = Some(load_assignment);
+                Some(Built {
+                    cluster: c,
+                    load_assignment: None,
+                })
             }
-            c.dns_lookup_family = cluster::cluster::DnsLookupFamily::V4Only as i32;
-            c.load_assignment = Some(load_assignment);
-            Some(Built {
-                cluster: c,
-                load_assignment: None,
-            })
         }
     }
 }

@@ -24,18 +24,19 @@ mod gateways;
 mod http_route;
 mod listener;
 mod names;
+mod network;
 mod pb;
 mod retry;
 mod routes;
 mod scope;
+mod servers;
+mod tls;
 
 pub use names::{cluster_name, listener_name, sni_cluster_name, virtual_host_name};
 
 use crate::config::{Config, Diagnostic};
 use crate::registry::Registry;
 use crate::xds::{ProxyIdentity, ResourceSet};
-use gateways::PortKind;
-use http_route::References;
 
 /// The result of translating: the resources, and what could not be translated.
 #[derive(Debug, Clone, Default)]
@@ -61,61 +62,48 @@ pub fn default_namespace(
 /// Translates the configuration for a gateway proxy.
 pub fn gateway(config: &Config, registry: &Registry, proxy: &ProxyIdentity) -> Translation {
     let mut scope = scope::Scope::new(config, registry, proxy);
-    let mut diagnostics = std::mem::take(&mut scope.diagnostics);
+    let diagnostics = std::mem::take(&mut scope.diagnostics);
+    let mut build = servers::Build::new(&scope, diagnostics);
     let mut resources = ResourceSet::default();
-    let mut references = References::new();
 
-    let ports = gateways::merge(&scope, &mut diagnostics);
-    for port in &ports {
-        let mut l = listener::listener(port);
-        match &port.kind {
-            PortKind::Http { route_name } => {
-                let stat_prefix = listener::http_stat_prefix(&l.name);
-                l.filter_chains.push(listener::filter_chain(
-                    vec![listener::http_connection_manager(route_name, &stat_prefix)],
-                    None,
-                    None,
-                ));
-                let servers: Vec<&gateways::Server> = port.servers.iter().collect();
-                resources.routes.push(routes::route_configuration(
-                    &scope,
-                    route_name,
-                    &servers,
-                    &mut diagnostics,
-                    &mut references,
-                ));
-            }
-            PortKind::Tcp | PortKind::Tls => {
-                for s in &port.servers {
-                    diagnostics.push(s.gateway.warning(
-                        &s.field(""),
-                        format!(
-                            "{} servers are not translated yet; port {} gets no listener",
-                            s.protocol, s.port
-                        ),
-                    ));
-                }
+    for port in &gateways::merge(&scope, &mut build.diagnostics) {
+        if let Some(l) = build.port_listener(port) {
+            resources.listeners.push(l);
+        }
+    }
+
+    let servers::Build {
+        mut diagnostics,
+        references,
+        sni_services,
+        mut secrets,
+        routes,
+        ..
+    } = build;
+    resources.routes = routes;
+    for (services, naming) in [
+        (&references, cluster::Naming::Outbound),
+        (&sni_services, cluster::Naming::SniDnat),
+    ] {
+        for (host, namespace) in services {
+            let Some(service) = registry
+                .services()
+                .iter()
+                .find(|s| &s.hostname == host && &s.namespace == namespace)
+            else {
                 continue;
-            }
-        }
-        resources.listeners.push(l);
-    }
-
-    for (host, namespace) in &references {
-        let Some(service) = registry
-            .services()
-            .iter()
-            .find(|s| &s.hostname == host && &s.namespace == namespace)
-        else {
-            continue;
-        };
-        for built in cluster::service_clusters(&scope, service, &mut diagnostics) {
-            resources.clusters.push(built.cluster);
-            if let Some(cla) = built.load_assignment {
-                resources.endpoints.push(cla);
+            };
+            for built in
+                cluster::service_clusters(&scope, service, naming, &mut secrets, &mut diagnostics)
+            {
+                resources.clusters.push(built.cluster);
+                if let Some(cla) = built.load_assignment {
+                    resources.endpoints.push(cla);
+                }
             }
         }
     }
+    resources.secrets = secrets.into_secrets();
 
     resources.sort();
     Translation {

@@ -877,3 +877,425 @@ spec:
         ]
     );
 }
+
+const TLS_BASE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend, namespace: default}
+spec:
+  hosts: [backend.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 443, name: tls, protocol: TLS}, {number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, labels: {version: v1}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cert, namespace: default}
+type: kubernetes.io/tls
+stringData: {tls.crt: CERT, tls.key: KEY, ca.crt: CA}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cert-cacert, namespace: default}
+stringData: {cacert: OTHER-CA}
+"#;
+
+fn listener_json(t: &Translation, name: &str) -> Value {
+    json::to_json(t.resources.listener(name).expect("listener")).expect("json")
+}
+
+#[test]
+fn tls_termination_from_credentials_and_files() {
+    let t = translate_yaml(&format!(
+        "{TLS_BASE}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https-a, protocol: HTTPS}}
+    name: a-server
+    hosts: [a.example.com, \"default/c.example.com\"]
+    tls: {{mode: SIMPLE, credentialName: cert, minProtocolVersion: TLSV1_2, maxProtocolVersion: TLSV1_3, cipherSuites: [ECDHE-ECDSA-AES128-GCM-SHA256]}}
+  - port: {{number: 443, name: https-b, protocol: HTTPS}}
+    hosts: [b.example.com]
+    tls:
+      mode: MUTUAL
+      serverCertificate: /certs/b.crt
+      privateKey: /certs/b.key
+      caCertificates: /certs/ca.crt
+      subjectAltNames: [spiffe://x/client]
+      verifyCertificateSpki: [aGVsbG8=]
+      verifyCertificateHash: [\"AB:CD\"]
+  - port: {{number: 443, name: https-c, protocol: HTTPS}}
+    hosts: [m.example.com]
+    tls: {{mode: MUTUAL, credentialName: cert}}
+  - port: {{number: 443, name: https-d, protocol: HTTPS}}
+    hosts: [missing.example.com]
+    tls: {{mode: SIMPLE, credentialName: nope}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs, namespace: default}}
+spec:
+  hosts: [\"*.example.com\"]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: backend.internal, port: {{number: 80}}}}}}]}}]
+"
+    ));
+    // The server whose Secret is missing is left out, with a warning at its tls.
+    let fields: Vec<&str> = t
+        .diagnostics
+        .iter()
+        .map(|d| d.field.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(fields, vec!["spec.servers[3].tls"], "{:?}", t.diagnostics);
+    assert_eq!(
+        t.resources.names(crate::xds::TypeUrl::Route),
+        vec![
+            "https.443.https-a.gw.default",
+            "https.443.https-b.gw.default",
+            "https.443.https-c.gw.default"
+        ]
+    );
+    let l = listener_json(&t, "0.0.0.0_443");
+    assert_eq!(
+        l["listener_filters"][0]["name"],
+        "envoy.filters.listener.tls_inspector"
+    );
+    assert_eq!(
+        l["listener_filters"][0]["typed_config"]["initial_read_buffer_size"],
+        512
+    );
+    let chains = l["filter_chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 3);
+
+    let a = &chains[0];
+    assert_eq!(
+        a["filter_chain_match"]["server_names"],
+        json!(["a.example.com", "c.example.com"])
+    );
+    let hcm = &a["filters"][0]["typed_config"];
+    assert_eq!(hcm["stat_prefix"], "a-server");
+    assert_eq!(
+        hcm["rds"]["route_config_name"],
+        "https.443.https-a.gw.default"
+    );
+    let ctx = &a["transport_socket"]["typed_config"];
+    assert_eq!(a["transport_socket"]["name"], "envoy.transport_sockets.tls");
+    assert_eq!(ctx["require_client_certificate"], false);
+    let common = &ctx["common_tls_context"];
+    assert_eq!(common["alpn_protocols"], json!(["h2", "http/1.1"]));
+    assert_eq!(
+        common["tls_certificate_sds_secret_configs"],
+        json!([{"name": "kubernetes://cert", "sds_config": {"ads": {}, "resource_api_version": "V3"}}])
+    );
+    assert_eq!(
+        common["tls_params"],
+        json!({"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3",
+               "cipher_suites": ["ECDHE-ECDSA-AES128-GCM-SHA256"]})
+    );
+    assert!(common["combined_validation_context"].is_null());
+
+    let b = &chains[1]["transport_socket"]["typed_config"];
+    assert_eq!(b["require_client_certificate"], true);
+    assert_eq!(
+        b["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"],
+        "file-cert:/certs/b.crt~/certs/b.key"
+    );
+    let v = &b["common_tls_context"]["combined_validation_context"];
+    assert_eq!(
+        v["validation_context_sds_secret_config"]["name"],
+        "file-root:/certs/ca.crt"
+    );
+    let d = &v["default_validation_context"];
+    assert_eq!(d["verify_certificate_spki"], json!(["aGVsbG8="]));
+    assert_eq!(d["verify_certificate_hash"], json!(["AB:CD"]));
+    assert_eq!(
+        d["match_typed_subject_alt_names"],
+        json!([{"san_type": "DNS", "matcher": {"exact": "spiffe://x/client"}},
+               {"san_type": "URI", "matcher": {"exact": "spiffe://x/client"}}])
+    );
+    let c = &chains[2]["transport_socket"]["typed_config"]["common_tls_context"];
+    assert_eq!(
+        c["combined_validation_context"]["validation_context_sds_secret_config"]["name"],
+        "kubernetes://cert-cacert"
+    );
+
+    // Secrets: Kubernetes ones inline (the -cacert companion wins over ca.crt), files by name.
+    assert_eq!(
+        t.resources.names(crate::xds::TypeUrl::Secret),
+        vec![
+            "file-cert:/certs/b.crt~/certs/b.key",
+            "file-root:/certs/ca.crt",
+            "kubernetes://cert",
+            "kubernetes://cert-cacert"
+        ]
+    );
+    let s = json::to_json(t.resources.secret("kubernetes://cert").unwrap()).unwrap();
+    assert_eq!(
+        s["tls_certificate"]["certificate_chain"]["inline_bytes"],
+        "Q0VSVA=="
+    );
+    let s = json::to_json(t.resources.secret("kubernetes://cert-cacert").unwrap()).unwrap();
+    assert_eq!(
+        s["validation_context"]["trusted_ca"]["inline_bytes"],
+        "T1RIRVItQ0E="
+    );
+    let s = json::to_json(
+        t.resources
+            .secret("file-cert:/certs/b.crt~/certs/b.key")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        s["tls_certificate"]["private_key"]["filename"],
+        "/certs/b.key"
+    );
+}
+
+#[test]
+fn passthrough_tcp_and_auto_passthrough() {
+    let t = translate_yaml(&format!(
+        "{TLS_BASE}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend, namespace: default}}
+spec:
+  host: backend.internal
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: tls, protocol: TLS}}
+    hosts: [\"*.example.com\"]
+    tls: {{mode: PASSTHROUGH}}
+  - port: {{number: 9000, name: tcp, protocol: TCP}}
+    hosts: [\"*\"]
+  - port: {{number: 15443, name: tls-auto, protocol: TLS}}
+    hosts: [\"*.internal\"]
+    tls: {{mode: AUTO_PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs, namespace: default}}
+spec:
+  hosts: [\"*.example.com\"]
+  gateways: [gw]
+  tls:
+  - match: [{{sniHosts: [a.example.com, b.example.com]}}]
+    route: [{{destination: {{host: backend.internal, port: {{number: 443}}}}}}]
+  - match: [{{sniHosts: [b.example.com]}}]
+    route: [{{destination: {{host: backend.internal, port: {{number: 443}}}}}}]
+  - match: [{{sniHosts: [w.example.com]}}]
+    route:
+    - {{destination: {{host: backend.internal, port: {{number: 443}}, subset: v1}}, weight: 25}}
+    - {{destination: {{host: backend.internal, port: {{number: 443}}}}, weight: 75}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp, namespace: default}}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  tcp: [{{match: [{{port: 9000}}], route: [{{destination: {{host: backend.internal, port: {{number: 443}}}}}}]}}]
+"
+    ));
+    // The second match claims b.example.com again: left out, with a warning.
+    let fields: Vec<&str> = t
+        .diagnostics
+        .iter()
+        .map(|d| d.field.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        fields,
+        vec!["spec.tls[1].match[0].sniHosts"],
+        "{:?}",
+        t.diagnostics
+    );
+
+    let l = listener_json(&t, "0.0.0.0_8443");
+    let chains = l["filter_chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 2);
+    assert_eq!(
+        chains[0]["filter_chain_match"]["server_names"],
+        json!(["a.example.com", "b.example.com"])
+    );
+    assert!(
+        chains[0]["transport_socket"].is_null(),
+        "passthrough: no TLS context"
+    );
+    let proxy = &chains[0]["filters"][0];
+    assert_eq!(proxy["name"], "envoy.filters.network.tcp_proxy");
+    assert_eq!(
+        proxy["typed_config"]["cluster"],
+        "outbound|443||backend.internal"
+    );
+    assert_eq!(
+        proxy["typed_config"]["stat_prefix"],
+        "outbound|443||backend.internal"
+    );
+    assert_eq!(
+        chains[1]["filters"][0]["typed_config"]["weighted_clusters"]["clusters"],
+        json!([{"name": "outbound|443|v1|backend.internal", "weight": 25},
+               {"name": "outbound|443||backend.internal", "weight": 75}])
+    );
+    assert_eq!(
+        chains[1]["filters"][0]["typed_config"]["stat_prefix"],
+        "vs.default"
+    );
+
+    let l = listener_json(&t, "0.0.0.0_9000");
+    assert!(l["listener_filters"].is_null());
+    assert!(l["filter_chains"][0]["filter_chain_match"].is_null());
+    assert_eq!(
+        l["filter_chains"][0]["filters"][0]["typed_config"]["cluster"],
+        "outbound|443||backend.internal"
+    );
+
+    let l = listener_json(&t, "0.0.0.0_15443");
+    let names: Vec<Value> = l["filter_chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["filter_chain_match"]["server_names"][0].clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            json!("outbound_.443_._.backend.internal"),
+            json!("outbound_.443_.v1_.backend.internal"),
+            json!("outbound_.80_._.backend.internal"),
+            json!("outbound_.80_.v1_.backend.internal"),
+        ]
+    );
+    assert_eq!(
+        l["filter_chains"][0]["filter_chain_match"]["application_protocols"],
+        json!([
+            "istio",
+            "istio-peer-exchange",
+            "istio-http/1.0",
+            "istio-http/1.1",
+            "istio-h2"
+        ])
+    );
+    // Both cluster families exist: routed (outbound|...) and SNI-routed (outbound_....).
+    let clusters = t.resources.names(crate::xds::TypeUrl::Cluster);
+    assert!(
+        clusters.contains(&"outbound_.443_.v1_.backend.internal"),
+        "{clusters:?}"
+    );
+    assert!(
+        clusters.contains(&"outbound|443|v1|backend.internal"),
+        "{clusters:?}"
+    );
+    let sni = cluster_json(&t, "outbound_.443_._.backend.internal");
+    assert!(sni["transport_socket"].is_null());
+}
+
+#[test]
+fn upstream_tls_origination() {
+    let t = translate_yaml(&format!(
+        "{TLS_BASE}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend, namespace: default}}
+spec:
+  host: backend.internal
+  trafficPolicy:
+    tls: {{mode: SIMPLE}}
+    portLevelSettings:
+    - port: {{number: 443}}
+      tls: {{mode: MUTUAL, credentialName: cert, sni: backend.internal, subjectAltNames: [backend.internal]}}
+  subsets:
+  - name: files
+    labels: {{version: v1}}
+    trafficPolicy:
+      tls: {{mode: MUTUAL, clientCertificate: /c.crt, privateKey: /c.key, caCertificates: /ca.crt}}
+  - name: plain
+    labels: {{version: v1}}
+    trafficPolicy:
+      tls: {{mode: DISABLE}}
+  - name: mesh
+    labels: {{version: v1}}
+    trafficPolicy:
+      tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 8080, name: http, protocol: HTTP}}, hosts: [\"*\"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs, namespace: default}}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: backend.internal, port: {{number: 80}}}}}}]}}]
+"
+    ));
+    // ISTIO_MUTUAL has no mesh certificates here: warned, plain text.
+    assert!(
+        t.diagnostics
+            .iter()
+            .all(|d| d.message.contains("ISTIO_MUTUAL"))
+            && t.diagnostics.len() == 2,
+        "{:?}",
+        t.diagnostics
+    );
+    let ctx = |name: &str| cluster_json(&t, name)["transport_socket"]["typed_config"].clone();
+    // SIMPLE without CA: the system's roots, SNI from the Host.
+    let simple = ctx("outbound|80||backend.internal");
+    assert_eq!(
+        simple["common_tls_context"]["combined_validation_context"]["validation_context_sds_secret_config"]
+            ["name"],
+        "file-root:system"
+    );
+    assert_eq!(
+        simple["common_tls_context"]["tls_params"],
+        json!({"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"})
+    );
+    let opts = &cluster_json(&t, "outbound|80||backend.internal")["typed_extension_protocol_options"]
+        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    assert_eq!(
+        opts["upstream_http_protocol_options"],
+        json!({"auto_sni": true, "auto_san_validation": true})
+    );
+    // Port-level MUTUAL with a credential: kubernetes:// names, SNI and SAN as given.
+    let mutual = ctx("outbound|443||backend.internal");
+    assert_eq!(mutual["sni"], "backend.internal");
+    assert_eq!(
+        mutual["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"],
+        "kubernetes://cert"
+    );
+    let v = &mutual["common_tls_context"]["combined_validation_context"];
+    assert_eq!(
+        v["validation_context_sds_secret_config"]["name"],
+        "kubernetes://cert-cacert"
+    );
+    assert_eq!(
+        v["default_validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+        "backend.internal"
+    );
+    // A subset's files.
+    let files = ctx("outbound|80|files|backend.internal");
+    assert_eq!(
+        files["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"],
+        "file-cert:/c.crt~/c.key"
+    );
+    assert!(cluster_json(&t, "outbound|80|plain|backend.internal")["transport_socket"].is_null());
+    assert!(cluster_json(&t, "outbound|80|mesh|backend.internal")["transport_socket"].is_null());
+    let secrets = t.resources.names(crate::xds::TypeUrl::Secret);
+    assert!(secrets.contains(&"file-root:system") && secrets.contains(&"file-root:/ca.crt"));
+    let s = json::to_json(t.resources.secret("file-root:system").unwrap()).unwrap();
+    assert_eq!(s["validation_context"]["system_root_certs"], json!({}));
+}

@@ -329,3 +329,315 @@ impl Drop for RecordingUpstream {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// TLS: a test CA, a TLS terminator in front of an upstream, HTTPS clients
+// ---------------------------------------------------------------------------------------
+
+/// A certificate authority made at test time, issuing leaf certificates.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+/// A certificate and its key, PEM.
+#[derive(Clone)]
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        TestCa {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for DNS names and URIs (`spiffe://...`), usable by servers and clients.
+    pub fn issue(&self, names: &[&str]) -> Leaf {
+        let dns: Vec<String> = names
+            .iter()
+            .filter(|n| !n.contains("://"))
+            .map(|n| n.to_string())
+            .collect();
+        let mut params = rcgen::CertificateParams::new(dns).expect("leaf params");
+        for uri in names.iter().filter(|n| n.contains("://")) {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(uri.to_string()).expect("uri"),
+            ));
+        }
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("leaf"),
+        );
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
+}
+
+fn key(pem: &str) -> rustls::pki_types::PrivateKeyDer<'static> {
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .expect("PEM key")
+        .expect("a key")
+}
+
+/// A TLS terminator on 127.0.0.1 in front of a plain-text upstream: it completes the
+/// handshake with its certificate (optionally requiring a client certificate from a CA)
+/// and copies the bytes to `backend`. It remembers each handshake's SNI.
+pub struct TlsFront {
+    pub port: u16,
+    snis: Arc<Mutex<Vec<Option<String>>>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsFront {
+    pub fn start(leaf: &Leaf, client_ca: Option<&str>, backend: u16) -> TlsFront {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions");
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs(ca) {
+                    roots.add(c).expect("CA");
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder
+            .with_single_cert(certs(&leaf.cert), key(&leaf.key))
+            .expect("server certificate");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = StdListener::bind("127.0.0.1:0").expect("bind TLS front");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let snis: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let seen = snis.clone();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let acceptor = acceptor.clone();
+                            let seen = seen.clone();
+                            tokio::spawn(async move {
+                                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                                let sni = tls.get_ref().1.server_name().map(str::to_string);
+                                seen.lock().expect("lock").push(sni);
+                                let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await else { return };
+                                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        TlsFront {
+            port,
+            snis,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// The SNI of every completed handshake so far.
+    pub fn snis(&self) -> Vec<Option<String>> {
+        self.snis.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An HTTPS client trusting only `ca`, resolving `hosts` to 127.0.0.1:`port`, with an
+/// optional client certificate; it exposes the server's certificate (`tls_info`).
+pub fn https_client(
+    ca: &str,
+    hosts: &[&str],
+    port: u16,
+    identity: Option<&Leaf>,
+) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .tls_info(true)
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA")]);
+    for h in hosts {
+        b = b.resolve(h, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Some(leaf) = identity {
+        let pem = format!("{}{}", leaf.cert, leaf.key);
+        b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+    }
+    b.build().expect("https client")
+}
+
+/// A raw TLS connection to 127.0.0.1:`port` with `sni` and `alpn`, trusting `ca` (or
+/// nothing checked when `ca` is None). Returns the stream once the handshake is done.
+pub async fn tls_connect(
+    port: u16,
+    sni: &str,
+    alpn: &[&str],
+    ca: Option<&str>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let mut config = match ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca) {
+                roots.add(c).expect("CA");
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    connector.connect(name, tcp).await
+}
+
+/// Sends a bare HTTP/1.1 GET over an established stream and reads the whole response.
+pub async fn http1_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    host: &str,
+    path: &str,
+) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Accepts any server certificate (for routing tests where identity is not the point).
+#[derive(Debug)]
+struct NoVerify;
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The DER of the certificate a response's server presented.
+pub fn peer_certificate(resp: &reqwest::Response) -> Vec<u8> {
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .map(<[u8]>::to_vec)
+        .expect("TLS info with the peer certificate")
+}
+
+/// The DER of a PEM certificate.
+pub fn der(pem: &str) -> Vec<u8> {
+    certs(pem)[0].to_vec()
+}
+
+/// Indents PEM (or any text) for a YAML block scalar at `spaces`.
+pub fn yaml_block(text: &str, spaces: usize) -> String {
+    let pad = " ".repeat(spaces);
+    text.lines()
+        .map(|l| format!("{pad}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
