@@ -200,3 +200,52 @@ async fn egress() {
     assert_eq!(get(&c, port, "example.com", "/get").await.status, 404);
     gw.envoy.assert_no_rejections();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn east_west() {
+    assert_validates("east-west");
+    assert_translates("east-west", "istio=eastwestgateway");
+    let ca = TestCa::new("east-west test CA");
+    let workload = EchoUpstream::start("reviews");
+    // The workload's mTLS port: a TLS terminator in front of the echo server.
+    let sidecar = TlsFront::start(
+        &ca.issue(&["reviews.bookinfo.svc.cluster.local"]),
+        None,
+        workload.port(),
+    );
+    let port = free_port();
+    let dir = TempDir::new();
+    let config = copy_example(
+        "east-west",
+        dir.path(),
+        &[
+            ("number: 15443".into(), format!("number: {port}")),
+            ("http: 15006}".into(), format!("http: {}}}", sidecar.port)),
+        ],
+    );
+    let gw = TranslatedEnvoy::start_dir(dir, &config, "istio=eastwestgateway", 1);
+    for sni in [
+        "outbound_.9080_._.reviews.bookinfo.svc.cluster.local",
+        "outbound_.9080_.v1_.reviews.bookinfo.svc.cluster.local",
+    ] {
+        let mut s = tls_connect(port, sni, &["istio"], None)
+            .await
+            .unwrap_or_else(|e| panic!("{sni}: {e}"));
+        let resp = http1_over(&mut s, "reviews", "/reviews/1").await.unwrap();
+        assert!(resp.contains("\"upstream\":\"reviews\""), "{sni}: {resp}");
+    }
+    // The TLS was the client's own, end to end: the workload saw the client's SNI.
+    assert_eq!(sidecar.snis().len(), 2);
+    assert!(
+        tls_connect(
+            port,
+            "outbound_.9080_._.ratings.bookinfo.svc.cluster.local",
+            &["istio"],
+            None
+        )
+        .await
+        .is_err(),
+        "an unknown service is refused"
+    );
+    gw.envoy.assert_no_rejections();
+}

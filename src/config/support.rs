@@ -63,11 +63,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     ),
     row(
         "ServiceEntry",
-        "spec.subjectAltNames",
-        "upstream identity verification is not supported yet",
-    ),
-    row(
-        "ServiceEntry",
         "spec.endpoints[*].network",
         "multi-network meshes are not supported yet",
     ),
