@@ -320,6 +320,19 @@ fn virtual_service_rules() {
 }
 
 #[test]
+fn names_and_namespaces() {
+    let cases: Vec<(&str, String, &[&str])> = vec![(
+        "kubernetes names",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: My_Entry, namespace: Shop}\nspec:\n  hosts: [n.example.net]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n".to_string(),
+        &[
+            "t.yaml:3:12: error: ServiceEntry/Shop/My_Entry: metadata.name: name `My_Entry` must be a lower-case DNS-1123 subdomain (letters, digits, `-`, `.`)",
+            "t.yaml:3:28: error: ServiceEntry/Shop/My_Entry: metadata.namespace: namespace `Shop` must be a lower-case DNS-1123 label (letters, digits, `-`)",
+        ],
+    )];
+    run_table(&cases);
+}
+
+#[test]
 fn gateway_rules() {
     let cases: Vec<(&str, String, &[&str])> = vec![
         (
