@@ -82,7 +82,12 @@ pub fn run(args: Args) -> ExitCode {
         .namespace
         .clone()
         .unwrap_or_else(|| translate::default_namespace(&outcome.config, &labels));
-    let proxy = ProxyIdentity::gateway(&namespace, labels);
+    let mut proxy = ProxyIdentity::gateway(&namespace, labels);
+    if args.namespace.is_none() {
+        // No workload namespace: each Gateway's credentials are looked up in the
+        // Gateway's own namespace.
+        proxy.namespace.clear();
+    }
     let (registry, registry_diagnostics) = Registry::from_config(&outcome.config);
     let translation = translate::gateway(&outcome.config, &registry, &proxy);
     diagnostics.extend(registry_diagnostics);

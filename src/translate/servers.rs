@@ -49,7 +49,7 @@ impl<'s, 'a> Build<'s, 'a> {
             diagnostics,
             references: References::new(),
             sni_services: References::new(),
-            secrets: SecretBook::default(),
+            secrets: SecretBook::new(&scope.namespace),
             routes: Vec::new(),
         }
     }

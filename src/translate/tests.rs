@@ -1299,3 +1299,60 @@ spec:
     let s = json::to_json(t.resources.secret("file-root:system").unwrap()).unwrap();
     assert_eq!(s["validation_context"]["system_root_certs"], json!({}));
 }
+
+#[test]
+fn credentials_are_looked_up_in_the_gateways_namespace_unless_the_proxy_has_one() {
+    let mut yaml = String::new();
+    for ns in ["a", "b"] {
+        yaml.push_str(&format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw-{ns}, namespace: {ns}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https-{ns}, protocol: HTTPS}}
+    hosts: [{ns}.example.com]
+    tls: {{mode: SIMPLE, credentialName: cert}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: cert, namespace: {ns}}}
+stringData: {{tls.crt: CERT-{ns}, tls.key: KEY-{ns}}}
+"
+        ));
+    }
+    let loaded = crate::config::load_str("test.yaml", &yaml);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let (registry, _) = Registry::from_config(&loaded.config);
+    let labels = BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]);
+
+    // No proxy namespace: each Gateway's own; the first Gateway's namespace is the default.
+    let mut proxy = ProxyIdentity::gateway("a", labels.clone());
+    proxy.namespace.clear();
+    let t = gateway(&loaded.config, &registry, &proxy);
+    assert!(t.diagnostics.is_empty(), "{:?}", t.diagnostics);
+    assert_eq!(
+        t.resources.names(crate::xds::TypeUrl::Secret),
+        vec!["kubernetes://b/cert", "kubernetes://cert"]
+    );
+    let s = json::to_json(t.resources.secret("kubernetes://b/cert").unwrap()).unwrap();
+    assert_eq!(
+        s["tls_certificate"]["certificate_chain"]["inline_bytes"],
+        "Q0VSVC1i"
+    );
+
+    // A proxy namespace: every credential is looked up there (Istio's rule).
+    let proxy = ProxyIdentity::gateway("b", labels);
+    let t = gateway(&loaded.config, &registry, &proxy);
+    assert_eq!(
+        t.resources.names(crate::xds::TypeUrl::Secret),
+        vec!["kubernetes://cert"]
+    );
+    let s = json::to_json(t.resources.secret("kubernetes://cert").unwrap()).unwrap();
+    assert_eq!(
+        s["tls_certificate"]["certificate_chain"]["inline_bytes"],
+        "Q0VSVC1i"
+    );
+}

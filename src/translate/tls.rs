@@ -40,18 +40,29 @@ enum Source {
 }
 
 /// The secrets named while translating, by resource name.
-#[derive(Default)]
 pub struct SecretBook {
     secrets: BTreeMap<String, Source>,
+    /// The proxy's namespace: credentials found there are `kubernetes://NAME`; found in
+    /// another namespace (a Gateway's own, when no proxy namespace was given) they are
+    /// `kubernetes://NAMESPACE/NAME`, so that equal names never collide.
+    namespace: String,
 }
 
-/// The Kubernetes resource name of a credential (`kubernetes://NAME` unless it already
-/// names a scheme).
-pub fn credential_resource_name(name: &str) -> String {
-    if name.contains("://") {
-        name.to_string()
-    } else {
-        format!("kubernetes://{name}")
+impl SecretBook {
+    pub fn new(namespace: &str) -> SecretBook {
+        SecretBook {
+            secrets: BTreeMap::new(),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// The SDS resource name of the Secret `name` in `namespace`.
+    fn resource_name(&self, namespace: &str, name: &str) -> String {
+        if namespace == self.namespace {
+            format!("kubernetes://{name}")
+        } else {
+            format!("kubernetes://{namespace}/{name}")
+        }
     }
 }
 
@@ -81,13 +92,13 @@ impl SecretBook {
         namespace: &str,
         name: &str,
     ) -> Result<String, String> {
-        let resource = credential_resource_name(name);
         let plain = name.strip_prefix("kubernetes://").unwrap_or(name);
         if plain.contains("://") {
             return Err(format!(
                 "credential `{name}`: only Kubernetes Secrets (`NAME` or `kubernetes://NAME`) are supported"
             ));
         }
+        let resource = self.resource_name(namespace, plain);
         let secret = find_secret(config, namespace, plain)
             .ok_or_else(|| format!("no Secret {namespace}/{plain} holds credential `{name}`"))?;
         let cert = value(&secret.spec, &["tls.crt", "cert"]);
@@ -121,7 +132,7 @@ impl SecretBook {
         } else {
             format!("{plain}{CA_SUFFIX}")
         };
-        let resource = credential_resource_name(&ca_name);
+        let resource = self.resource_name(namespace, &ca_name);
         let stripped = ca_name.trim_end_matches(CA_SUFFIX);
         let secret = find_secret(config, namespace, &ca_name)
             .or_else(|| find_secret(config, namespace, stripped))
@@ -158,7 +169,7 @@ impl SecretBook {
         let ca = value(&secret.spec, &["cacert", "ca.crt"])
             .ok_or_else(|| format!("Secret {namespace}/{plain} has no `ca.crt` or `cacert`"))?;
         let crl = value(&secret.spec, &["crl", "ca.crl"]).map(<[u8]>::to_vec);
-        let resource = credential_resource_name(plain);
+        let resource = self.resource_name(namespace, plain);
         self.secrets.insert(
             resource.clone(),
             Source::InlineCa {
