@@ -349,7 +349,11 @@ async fn weights_subsets_mirrors_cors_and_dns() {
             ("SHADOW", shadow.port.to_string()),
         ],
     );
-    let gw = TranslatedEnvoy::start(&yaml, "istio=ingressgateway", 1);
+    let gw = TranslatedEnvoy::start(
+        &yaml,
+        "istio=ingressgateway,topology.kubernetes.io/region=r1,topology.kubernetes.io/zone=z1",
+        1,
+    );
     let c = http_client();
     let h = "traffic.example.com";
 
@@ -459,6 +463,19 @@ async fn weights_subsets_mirrors_cors_and_dns() {
     // DNS clusters resolve their endpoint names (localhost) themselves.
     assert_eq!(get(&c, port, h, "/dns").await.upstream(), "v1");
     assert_eq!(get(&c, port, h, "/logical-dns").await.upstream(), "v2");
+
+    // HTTP/2 to upstreams whose port says so, or whose DestinationRule upgrades.
+    let p = "protocols.example.com";
+    assert_eq!(get(&c, port, p, "/h2").await.echo()["version"], "HTTP/2.0");
+    assert_eq!(
+        get(&c, port, p, "/upgraded").await.echo()["version"],
+        "HTTP/2.0"
+    );
+    assert_eq!(get(&c, port, p, "/").await.echo()["version"], "HTTP/1.1");
+    // Locality failover: while the gateway's own locality is healthy, it takes everything.
+    for _ in 0..30 {
+        assert_eq!(get(&c, port, p, "/local").await.upstream(), "v1");
+    }
 
     // What Envoy holds is what translate wrote: same names, nothing rejected.
     let dump = gw.config_dump();
