@@ -6,4 +6,6 @@
 //! `controlplane` (ADS/SDS server).
 pub mod config;
 pub mod controlplane;
+pub mod registry;
+pub mod translate;
 pub mod xds;

@@ -21,8 +21,12 @@ enum Command {
     Version,
     /// Write the bootstrap of a proxy that joins meshgate's control plane.
     Bootstrap(cmd::bootstrap::Args),
+    /// Serve Istio configuration over xDS (ADS, SDS) to Envoy proxies and gateways.
+    ControlPlane(cmd::control_plane::Args),
     /// Check Istio configuration files and print one line per problem.
     Validate(cmd::validate::Args),
+    /// Translate Istio configuration into Envoy resources for one gateway.
+    Translate(cmd::translate::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Bootstrap(args) => cmd::bootstrap::run(args),
+        Command::ControlPlane(args) => cmd::control_plane::run(args),
         Command::Validate(args) => cmd::validate::run(args),
+        Command::Translate(args) => cmd::translate::run(args),
     }
 }

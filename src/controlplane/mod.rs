@@ -6,6 +6,7 @@
 //! and metrics endpoints. It never builds resources itself: that is the translator's
 //! job, behind [`SnapshotSource`].
 pub mod bootstrap;
+pub mod config_source;
 pub mod debounce;
 pub mod debug;
 mod delta;

@@ -1,0 +1,289 @@
+//! `meshgate control-plane` as a user runs it: a process serving a folder of Istio YAML
+//! to real Envoy 1.40 proxies (one SotW, one delta) bootstrapped by `meshgate bootstrap
+//! envoy`; file changes converge, invalid files change nothing, and a killed and
+//! restarted control plane fails no request.
+#[path = "support/controlplane.rs"]
+mod cp_support;
+mod support;
+
+use cp_support::get_via;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn meshgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meshgate"))
+}
+
+fn config(ports: (u16, u16), endpoint_port: u16) -> String {
+    let gateway = |name: &str, flavor: &str, port: u16| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: edge}}
+spec:
+  selector: {{istio: ingressgateway, flavor: {flavor}}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+"#
+        )
+    };
+    format!(
+        r#"{}{}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: app, namespace: edge}}
+spec:
+  hosts: ["app.example.com"]
+  gateways: [gw-sotw, gw-delta]
+  http:
+  - route:
+    - destination: {{host: app.internal, port: {{number: 80}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: app, namespace: edge}}
+spec:
+  hosts: [app.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{http: {endpoint_port}}}
+"#,
+        gateway("gw-sotw", "sotw", ports.0),
+        gateway("gw-delta", "delta", ports.1)
+    )
+}
+
+struct ControlPlaneProcess {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl ControlPlaneProcess {
+    fn start(dir: &Path, log_name: &str, xds: u16, debug: u16) -> ControlPlaneProcess {
+        let log = dir.join(log_name);
+        let file = std::fs::File::create(&log).unwrap();
+        let child = meshgate()
+            .args(["control-plane", "--config"])
+            .arg(dir.join("config"))
+            .args([
+                "--xds-addr",
+                &format!("127.0.0.1:{xds}"),
+                "--debug-addr",
+                &format!("127.0.0.1:{debug}"),
+            ])
+            .args(["--debounce-after-ms", "50"])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(
+            blocking_http_get(("127.0.0.1", debug), "/ready"),
+            Ok((200, _))
+        ) {
+            assert!(
+                Instant::now() < deadline,
+                "control plane not ready:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ControlPlaneProcess { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ControlPlaneProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn envoy(dir: &Path, flavor: &str, xds: u16) -> Envoy {
+    let work = dir.join(flavor);
+    std::fs::create_dir_all(&work).unwrap();
+    let admin = free_port();
+    let bootstrap = work.join("envoy.yaml");
+    let status = meshgate()
+        .args([
+            "bootstrap",
+            "envoy",
+            "--xds",
+            &format!("127.0.0.1:{xds}"),
+            "--node-id",
+            &format!("gw-{flavor}"),
+        ])
+        .args([
+            "--namespace",
+            "edge",
+            "--labels",
+            &format!("istio=ingressgateway,flavor={flavor}"),
+        ])
+        .args([
+            "--admin-port",
+            &admin.to_string(),
+            if flavor == "sotw" {
+                "--sotw"
+            } else {
+                "--delta"
+            },
+            "--out",
+        ])
+        .arg(&bootstrap)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    Envoy::start(&bootstrap, admin, &work)
+}
+
+async fn wait_upstream(client: &reqwest::Client, port: u16, upstream: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Ok((200, u)) = get_via(client, port, "app.example.com").await
+            && u == upstream
+        {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "port {port} never routed to {upstream}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_command_serves_watches_and_survives_restarts() {
+    let a = EchoUpstream::start("echo-a");
+    let b = EchoUpstream::start("echo-b");
+    let dir = TempDir::new();
+    let cfg = dir.path().join("config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    let ports = (free_port(), free_port());
+    std::fs::write(cfg.join("mesh.yaml"), config(ports, a.port())).unwrap();
+    let (xds, debug) = (free_port(), free_port());
+    let cp = ControlPlaneProcess::start(dir.path(), "cp1.log", xds, debug);
+    let sotw = envoy(dir.path(), "sotw", xds);
+    let delta = envoy(dir.path(), "delta", xds);
+    let client = http_client();
+    for port in [ports.0, ports.1] {
+        wait_upstream(&client, port, "echo-a").await;
+    }
+
+    // A valid change converges on both proxies within a second or two.
+    std::fs::write(cfg.join("mesh.yaml"), config(ports, b.port())).unwrap();
+    for port in [ports.0, ports.1] {
+        let took = wait_upstream(&client, port, "echo-b").await;
+        assert!(took < Duration::from_secs(2), "converged in {took:?}");
+    }
+
+    // An invalid change is reported with its position and changes nothing.
+    std::fs::write(cfg.join("broken.yaml"), "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bad, namespace: edge}\nspec:\n  hostz: [x]\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cp.log().contains("configuration change rejected") {
+        assert!(
+            Instant::now() < deadline,
+            "invalid change not reported:\n{}",
+            cp.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        cp.log().contains("broken.yaml:5:"),
+        "no position in:\n{}",
+        cp.log()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for port in [ports.0, ports.1] {
+        assert_eq!(
+            get_via(&client, port, "app.example.com").await.unwrap(),
+            (200, "echo-b".into())
+        );
+    }
+    std::fs::remove_file(cfg.join("broken.yaml")).unwrap();
+
+    // Kill the control plane while traffic flows, then start it again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let client = http_client();
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                for port in [ports.0, ports.1] {
+                    match get_via(&client, port, "app.example.com").await {
+                        Ok((200, u)) if u == "echo-b" => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(cp);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cp = ControlPlaneProcess::start(dir.path(), "cp2.log", xds, debug);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = blocking_http_get(("127.0.0.1", debug), "/debug/syncz").unwrap();
+        let syncz: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        if syncz.len() == 2
+            && syncz.iter().all(|p| {
+                p["states"]
+                    .as_object()
+                    .is_some_and(|m| m.values().all(|s| s == "SYNCED" || s == "NOT SENT"))
+            })
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxies did not come back: {body}\n{}",
+            cp.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 50, "{ok}");
+    let (_, metrics) = blocking_http_get(("127.0.0.1", debug), "/metrics").unwrap();
+    assert!(metrics.contains("pilot_xds{mode=\"delta\"} 1"), "{metrics}");
+    assert!(metrics.contains("pilot_xds{mode=\"sotw\"} 1"), "{metrics}");
+    sotw.assert_no_rejections();
+    delta.assert_no_rejections();
+}
+
+#[test]
+fn control_plane_refuses_to_start_on_invalid_configuration() {
+    let dir = TempDir::new();
+    std::fs::write(dir.path().join("bad.yaml"), "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  servers: [{port: {number: 99999, name: http, protocol: HTTP}, hosts: ['*']}]\n").unwrap();
+    let out = meshgate()
+        .args(["control-plane", "--config"])
+        .arg(dir.path())
+        .args(["--xds-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:"), "{err}");
+    assert!(err.contains("not starting"), "{err}");
+}
