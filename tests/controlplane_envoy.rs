@@ -478,3 +478,87 @@ async fn envoy_started_while_the_control_plane_is_down_becomes_ready() {
     cp.wait_synced(1, Duration::from_secs(5));
     proxy.envoy.assert_no_rejections();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificates_arrive_by_sds_on_the_ads_stream_and_rotate() {
+    use meshgate::controlplane::sample::tls_secret;
+    let a = EchoUpstream::start("echo-a");
+    let cert = |cn: &str| {
+        let ck =
+            rcgen::generate_simple_self_signed(vec!["a.example.com".to_string(), cn.to_string()])
+                .unwrap();
+        (ck.cert.pem(), ck.signing_key.serialize_pem())
+    };
+    let tls_set = |port: u16, (c, k): &(String, String)| {
+        let mut g = SampleGateway::new(port, vec![SampleService::new("a", vec![a.addr])]);
+        g.tls_secret = Some("gw-cert".into());
+        let mut set = g.resources();
+        set.secrets.push(tls_secret("gw-cert", c, k));
+        set
+    };
+    let first = cert("first.example.com");
+    let source = Arc::new(StaticSource::new(ResourceSet::default()));
+    let ports = [("tls-sotw", free_port()), ("tls-delta", free_port())];
+    for (name, port) in ports {
+        source.set_for(
+            labels(&[("proxy", name)]),
+            tls_set(port, &first),
+            TypeSet::ALL,
+        );
+    }
+    let cp = TestControlPlane::start(source.clone(), 0, 0, test_options());
+    let proxies = [
+        start_proxy("tls-sotw", &cp.xds_addr(), ports[0].1, false),
+        start_proxy("tls-delta", &cp.xds_addr(), ports[1].1, true),
+    ];
+    cp.wait_synced(2, Duration::from_secs(5));
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .build()
+        .unwrap();
+    for p in &proxies {
+        let resp = client
+            .get(format!("https://127.0.0.1:{}/", p.port))
+            .header("host", "a.example.com")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:?}", p.name));
+        assert_eq!(resp.status(), 200, "{}", p.name);
+        let (_, certs) = p.envoy.admin_get("/certs").unwrap();
+        assert!(certs.contains("first.example.com"), "{}: {certs}", p.name);
+    }
+    assert!(cp.syncz().iter().all(|p| p["states"]["sds"] == "SYNCED"));
+
+    // A new certificate: only the secret is pushed, and Envoy serves it.
+    let sds_before = pushes(&cp, TypeUrl::Secret);
+    let lds_before = pushes(&cp, TypeUrl::Listener);
+    let second = cert("second.example.com");
+    for (name, port) in ports {
+        source.set_for(
+            labels(&[("proxy", name)]),
+            tls_set(port, &second),
+            TypeSet::of(&[TypeUrl::Secret]),
+        );
+    }
+    for p in &proxies {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let (_, certs) = p.envoy.admin_get("/certs").unwrap();
+            if certs.contains("second.example.com") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: certificate not rotated: {certs}",
+                p.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(pushes(&cp, TypeUrl::Secret), sds_before + 2.0);
+    assert_eq!(pushes(&cp, TypeUrl::Listener), lds_before);
+    for p in &proxies {
+        p.envoy.assert_no_rejections();
+    }
+}

@@ -553,3 +553,97 @@ async fn delta_sends_only_differences_and_announces_missing_names() {
     p.ack(&only_b).await;
     p.quiet(Duration::from_millis(300)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_sds_serves_secrets_by_name() {
+    use meshgate::controlplane::sample::tls_secret;
+    use meshgate::xds::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+    let mut set = gateway(&[("a", 9001)]);
+    set.secrets.push(tls_secret("gw-cert", "cert-1", "key-1"));
+    set.secrets.push(tls_secret("other", "cert-2", "key-2"));
+    let source = Arc::new(StaticSource::new(set));
+    let cp = TestControlPlane::start(source.clone(), 0, 0, test_options());
+    let mut client = SecretDiscoveryServiceClient::connect(format!("http://{}", cp.xds_addr()))
+        .await
+        .unwrap();
+
+    // FetchSecrets: one answer.
+    let fetched = client
+        .fetch_secrets(DiscoveryRequest {
+            node: node("sds-proxy"),
+            resource_names: vec!["gw-cert".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        names(&DiscoveryResponse {
+            type_url: TypeUrl::Secret.as_str().into(),
+            ..fetched
+        }),
+        vec!["gw-cert".to_string()]
+    );
+
+    // StreamSecrets: the named secret, and a push when it changes.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: node("sds-proxy"),
+        resource_names: vec!["gw-cert".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(names(&first), vec!["gw-cert".to_string()]);
+    tx.send(DiscoveryRequest {
+        type_url: TypeUrl::Secret.as_str().into(),
+        resource_names: vec!["gw-cert".into()],
+        version_info: first.version_info.clone(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut rotated = gateway(&[("a", 9001)]);
+    rotated
+        .secrets
+        .push(tls_secret("gw-cert", "cert-3", "key-3"));
+    rotated.secrets.push(tls_secret("other", "cert-2", "key-2"));
+    source.set_default(rotated, TypeSet::of(&[TypeUrl::Secret]));
+    let second = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_ne!(second.version_info, first.version_info);
+
+    // Other types are refused on the SDS service.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: node("sds-proxy"),
+        type_url: TypeUrl::Cluster.as_str().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}

@@ -424,6 +424,16 @@ impl Engine for Delta {
                 self.types[i(t)].dirty = true;
                 changed |= self.types[i(t)].requested;
             }
+            // A base whose entries of this type equal the new snapshot's moves to it, so
+            // that old snapshots are not kept alive by types that did not change.
+            let has = &mut self.types[i(t)].has;
+            if has.base.as_ref().is_some_and(|b| {
+                !Arc::ptr_eq(b, &snapshot)
+                    && b.of(t).version == snapshot.of(t).version
+                    && b.of(t).len() == snapshot.of(t).len()
+            }) {
+                has.base = Some(snapshot.clone());
+            }
         }
         if changed && ctx.converging.is_none() {
             ctx.converging = snapshot.changed_at;
