@@ -30,6 +30,8 @@ struct Args {
     groups: usize,
     rounds: usize,
     serve: bool,
+    /// `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
+    bench: bool,
 }
 
 fn parse_args() -> Args {
@@ -39,6 +41,7 @@ fn parse_args() -> Args {
         groups: 1,
         rounds: 3,
         serve: false,
+        bench: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -54,6 +57,7 @@ fn parse_args() -> Args {
             "--groups" => a.groups = num(),
             "--rounds" => a.rounds = num(),
             "--serve" => a.serve = true,
+            "--bench" => a.bench = true,
             // cargo bench passes --bench; ignore anything else of the harness.
             _ => {}
         }
@@ -353,6 +357,13 @@ fn main() {
     let args = parse_args();
     if args.serve {
         serve(&args);
+        return;
+    }
+    if !args.bench {
+        // Built and started by `cargo test --all-targets`: benchmarks are not tests.
+        println!(
+            "controlplane_convergence: a benchmark; run it with `cargo bench --bench controlplane_convergence`"
+        );
         return;
     }
     let exe = std::env::current_exe().expect("current exe");
