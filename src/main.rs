@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Certificates for development (`certs dev --hosts ...`).
+    Certs(cmd::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,5 +30,12 @@ fn main() -> ExitCode {
             println!("meshgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Certs(args) => match cmd::certs::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("meshgate certs: {e:#}");
+                ExitCode::from(1)
+            }
+        },
     }
 }

@@ -131,14 +131,23 @@ impl DevCa {
         ))
     }
 
-    /// Issues an ECDSA P-256 leaf for `host` (a DNS name, `*.wildcard`, or IP address),
-    /// valid for `days`, usable for server and client authentication. Returns
-    /// (certificate PEM, private key PEM).
-    pub fn issue(&self, host: &str, days: i64) -> Result<(String, String), DevCertError> {
-        let san = host_san(host)?;
+    /// Issues an ECDSA P-256 leaf for `hosts` (DNS names, `*.wildcards`, IP addresses;
+    /// the first is also the common name), valid for `days`, usable for server and client
+    /// authentication. Returns (certificate PEM, private key PEM).
+    pub fn issue(&self, hosts: &[&str], days: i64) -> Result<(String, String), DevCertError> {
+        let Some(host) = hosts.first().copied() else {
+            return Err(DevCertError::Host {
+                host: String::new(),
+                reason: "no host given".into(),
+            });
+        };
+        let sans = hosts
+            .iter()
+            .map(|h| host_san(h))
+            .collect::<Result<Vec<_>, _>>()?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![san];
+        params.subject_alt_names = sans;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "meshgate development certificate");
         dn.push(DnType::CommonName, host);
@@ -264,7 +273,7 @@ mod tests {
         assert!(!created);
         assert_eq!(again.cert_pem, ca.cert_pem);
         for host in ["a.example.com", "*.example.com", "127.0.0.1"] {
-            let (cert, key) = again.issue(host, 30).unwrap();
+            let (cert, key) = again.issue(&[host], 30).unwrap();
             let m = crate::tls::CertificateMaterial::from_pem(
                 cert.as_bytes(),
                 key.as_bytes(),
@@ -296,7 +305,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{host}: {e}"));
         }
         for bad in ["", "a..b", "-a.com", "a.*.com", "a b"] {
-            assert!(again.issue(bad, 30).is_err(), "{bad}");
+            assert!(again.issue(&[bad], 30).is_err(), "{bad}");
         }
     }
 
