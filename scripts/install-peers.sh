@@ -53,10 +53,16 @@ for peer in $want; do
     envoy) install_envoy ;;
     curl) apt_install curl curl ;;
     openssl) apt_install openssl openssl ;;
+    pebble)
+      apt_install pebble pebble
+      apt_install pebble-challtestsrv pebble
+      ;;
     all)
       install_envoy
       apt_install curl curl
       apt_install openssl openssl
+      apt_install pebble pebble
+      apt_install pebble-challtestsrv pebble
       ;;
     *) log "unknown peer: $peer"; exit 2 ;;
   esac

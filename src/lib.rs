@@ -6,3 +6,4 @@
 //! `controlplane` (ADS/SDS server).
 pub mod tls;
 pub mod xds;
+pub mod acme;
