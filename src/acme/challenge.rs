@@ -47,7 +47,9 @@ impl ChallengeResponses {
 
     /// Answers `token` with `key_authorization` until removed.
     pub fn set_http01(&self, token: &str, key_authorization: &str) {
-        self.write().http01.insert(token.to_string(), key_authorization.to_string());
+        self.write()
+            .http01
+            .insert(token.to_string(), key_authorization.to_string());
     }
 
     pub fn remove_http01(&self, token: &str) {
@@ -66,7 +68,9 @@ impl ChallengeResponses {
 
     /// Serves `domain`'s TLS-ALPN-01 certificate until removed.
     pub fn set_tls_alpn(&self, domain: &str, key: Arc<CertifiedKey>) {
-        self.write().tls_alpn.insert(domain.to_ascii_lowercase(), key);
+        self.write()
+            .tls_alpn
+            .insert(domain.to_ascii_lowercase(), key);
     }
 
     pub fn remove_tls_alpn(&self, domain: &str) {
@@ -90,7 +94,10 @@ impl ChallengeResponses {
     pub fn tls_alpn_server_config(&self) -> Arc<rustls::ServerConfig> {
         let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map(|b| b.with_no_client_auth().with_cert_resolver(Arc::new(self.clone())))
+            .map(|b| {
+                b.with_no_client_auth()
+                    .with_cert_resolver(Arc::new(self.clone()))
+            })
             // The default provider supports both versions; this branch cannot be taken.
             .unwrap_or_else(|_| {
                 rustls::ServerConfig::builder_with_provider(crate::tls::provider())
@@ -120,19 +127,27 @@ impl ResolvesServerCert for ChallengeResponses {
 /// Builds the self-signed TLS-ALPN-01 certificate for `domain` (RFC 8737): the domain as
 /// its only SAN and a critical `acmeIdentifier` extension holding the SHA-256 digest of
 /// the key authorization.
-pub fn tls_alpn_certificate(domain: &str, key_authorization_digest: &[u8]) -> Result<Arc<CertifiedKey>, rcgen::Error> {
+pub fn tls_alpn_certificate(
+    domain: &str,
+    key_authorization_digest: &[u8],
+) -> Result<Arc<CertifiedKey>, rcgen::Error> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = rcgen::CertificateParams::new(vec![domain.to_string()])?;
     params
         .custom_extensions
-        .push(rcgen::CustomExtension::new_acme_identifier(key_authorization_digest));
+        .push(rcgen::CustomExtension::new_acme_identifier(
+            key_authorization_digest,
+        ));
     let cert = params.self_signed(&key)?;
     let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let signing = crate::tls::provider()
         .key_provider
         .load_private_key(der)
         .map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
-    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)))
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 /// Serves HTTP-01 challenges on `listener` until `shutdown` resolves: a minimal HTTP/1.1
@@ -157,20 +172,23 @@ pub async fn serve_http01(
         };
         let responses = responses.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let answer = responses.http01_for_path(req.uri().path());
-                async move {
-                    let resp = match answer {
-                        Some(body) => hyper::Response::builder()
-                            .header("content-type", "application/octet-stream")
-                            .body(Full::new(Bytes::from(body))),
-                        None => hyper::Response::builder().status(404).body(Full::new(Bytes::new())),
-                    };
-                    resp
-                }
-            });
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let answer = responses.http01_for_path(req.uri().path());
+                    async move {
+                        match answer {
+                            Some(body) => hyper::Response::builder()
+                                .header("content-type", "application/octet-stream")
+                                .body(Full::new(Bytes::from(body))),
+                            None => hyper::Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::new())),
+                        }
+                    }
+                });
             let io = hyper_util::rt::TokioIo::new(stream);
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(io, svc);
             if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await {
@@ -199,7 +217,9 @@ pub async fn serve_tls_alpn(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             // The validation is the handshake itself; the server then closes.
-            let hs = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+            let hs =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
+                    .await;
             if let Ok(Ok(mut tls)) = hs {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
             }
@@ -227,7 +247,12 @@ mod tests {
         }
         c.remove_http01("tok");
         assert!(c.is_empty());
-        assert!(ChallengeResponses::is_tls_alpn_validation(&[b"acme-tls/1".to_vec()]));
-        assert!(!ChallengeResponses::is_tls_alpn_validation(&[b"h2".to_vec(), b"acme-tls/1".to_vec()]));
+        assert!(ChallengeResponses::is_tls_alpn_validation(&[
+            b"acme-tls/1".to_vec()
+        ]));
+        assert!(!ChallengeResponses::is_tls_alpn_validation(&[
+            b"h2".to_vec(),
+            b"acme-tls/1".to_vec()
+        ]));
     }
 }

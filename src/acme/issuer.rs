@@ -9,8 +9,8 @@ use crate::tls::dev::write_private;
 use crate::tls::material::{CertificateMaterial, format_time};
 use crate::tls::store::{SecretSource, SecretStore};
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
 };
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -61,7 +61,11 @@ fn storage_err(path: &Path) -> impl FnOnce(std::io::Error) -> AcmeError + '_ {
 
 impl AcmeIssuer {
     /// An issuer for a validated resource.
-    pub fn new(resource: AcmeCertificate, store: SecretStore, challenges: ChallengeResponses) -> Result<AcmeIssuer, AcmeError> {
+    pub fn new(
+        resource: AcmeCertificate,
+        store: SecretStore,
+        challenges: ChallengeResponses,
+    ) -> Result<AcmeIssuer, AcmeError> {
         let errors = resource.validate();
         if !errors.is_empty() {
             return Err(AcmeError::Invalid(errors));
@@ -81,7 +85,10 @@ impl AcmeIssuer {
         h.update([0]);
         h.update(self.resource.spec.email.as_deref().unwrap_or("").as_bytes());
         let id = hex::encode(&h.finalize()[..8]);
-        self.resource.storage().join("accounts").join(format!("{id}.json"))
+        self.resource
+            .storage()
+            .join("accounts")
+            .join(format!("{id}.json"))
     }
 
     /// Where the certificate and key live.
@@ -99,7 +106,12 @@ impl AcmeIssuer {
         let cert = std::fs::read(dir.join("tls.crt")).ok()?;
         let key = std::fs::read(dir.join("tls.key")).ok()?;
         let name = self.resource.sds_name();
-        let material = match CertificateMaterial::from_pem(&cert, &key, &format!("{}", dir.display()), SystemTime::now()) {
+        let material = match CertificateMaterial::from_pem(
+            &cert,
+            &key,
+            &format!("{}", dir.display()),
+            SystemTime::now(),
+        ) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "stored ACME certificate unusable; a new one will be ordered");
@@ -114,12 +126,19 @@ impl AcmeIssuer {
             not_before: material.leaf.not_before,
             not_after: material.leaf.not_after,
         };
-        self.store.publish_certificate(&name, material, SecretSource::Acme);
+        self.store
+            .publish_certificate(&name, material, SecretSource::Acme);
         Some(v)
     }
 
     fn covers_hosts(&self, m: &CertificateMaterial) -> bool {
-        let mut want: Vec<String> = self.resource.spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let mut want: Vec<String> = self
+            .resource
+            .spec
+            .hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
         let mut have = m.leaf.dns_names.clone();
         want.sort();
         have.sort();
@@ -135,10 +154,17 @@ impl AcmeIssuer {
         if let Ok(json) = std::fs::read(&path) {
             match serde_json::from_slice::<AccountCredentials>(&json) {
                 Ok(creds) => return Ok(builder.from_credentials(creds).await?),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "stored ACME account unreadable; creating a new account"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "stored ACME account unreadable; creating a new account")
+                }
             }
         }
-        let contact = self.resource.spec.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contact = self
+            .resource
+            .spec
+            .email
+            .as_ref()
+            .map(|e| format!("mailto:{e}"));
         let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
         let (account, creds) = builder
             .create(
@@ -174,7 +200,13 @@ impl AcmeIssuer {
             reason,
         };
         let account = self.account().await?;
-        let identifiers: Vec<Identifier> = self.resource.spec.hosts.iter().map(|h| Identifier::Dns(h.clone())).collect();
+        let identifiers: Vec<Identifier> = self
+            .resource
+            .spec
+            .hosts
+            .iter()
+            .map(|h| Identifier::Dns(h.clone()))
+            .collect();
         let mut new_order = NewOrder::new(&identifiers);
         if let Some(p) = &self.resource.spec.profile {
             new_order = new_order.profile(p);
@@ -196,13 +228,16 @@ impl AcmeIssuer {
                     Challenge::Http01 => ChallengeType::Http01,
                     Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
                 };
-                let mut challenge = authz
-                    .challenge(ty.clone())
-                    .ok_or_else(|| order_err(format!("the server offers no {ty:?} challenge for {domain}")))?;
+                let mut challenge = authz.challenge(ty.clone()).ok_or_else(|| {
+                    order_err(format!(
+                        "the server offers no {ty:?} challenge for {domain}"
+                    ))
+                })?;
                 let key_auth = challenge.key_authorization();
                 match ty {
                     ChallengeType::Http01 => {
-                        self.challenges.set_http01(&challenge.token, key_auth.as_str());
+                        self.challenges
+                            .set_http01(&challenge.token, key_auth.as_str());
                         tokens.push(challenge.token.clone());
                     }
                     _ => {
@@ -238,7 +273,12 @@ impl AcmeIssuer {
         }
         let (chain, key) = result?;
         let dir = self.certificate_dir();
-        let material = CertificateMaterial::from_pem(chain.as_bytes(), key.as_bytes(), &format!("ACME order for {hosts}"), SystemTime::now())?;
+        let material = CertificateMaterial::from_pem(
+            chain.as_bytes(),
+            key.as_bytes(),
+            &format!("ACME order for {hosts}"),
+            SystemTime::now(),
+        )?;
         std::fs::create_dir_all(&dir).map_err(storage_err(&dir))?;
         let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
         let store_err = |path: &Path, e: crate::tls::dev::DevCertError| AcmeError::Storage {
@@ -258,7 +298,8 @@ impl AcmeIssuer {
             secret = %self.resource.sds_name(),
             "ACME certificate issued"
         );
-        self.store.publish_certificate(&self.resource.sds_name(), material, SecretSource::Acme);
+        self.store
+            .publish_certificate(&self.resource.sds_name(), material, SecretSource::Acme);
         Ok(v)
     }
 

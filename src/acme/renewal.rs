@@ -54,7 +54,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { next: min, min, max }
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
     }
 
     /// The delay before the next attempt; each call doubles the following one.
@@ -135,8 +139,14 @@ mod tests {
         };
         let p = RenewalPolicy::default();
         assert_eq!(p.renew_at(v), t0 + Duration::from_secs(60 * 86400));
-        assert_eq!(p.delay(v, t0 + Duration::from_secs(59 * 86400)), Duration::from_secs(86400));
-        assert_eq!(p.delay(v, t0 + Duration::from_secs(80 * 86400)), Duration::ZERO);
+        assert_eq!(
+            p.delay(v, t0 + Duration::from_secs(59 * 86400)),
+            Duration::from_secs(86400)
+        );
+        assert_eq!(
+            p.delay(v, t0 + Duration::from_secs(80 * 86400)),
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -205,11 +215,20 @@ mod tests {
         });
         // First renewal at 60 s, then the next at 60 + 60 = 120 s.
         tokio::time::sleep(Duration::from_secs(61)).await;
-        assert_eq!(*fake.attempts.lock().unwrap(), vec![Duration::from_secs(60)]);
+        assert_eq!(
+            *fake.attempts.lock().unwrap(),
+            vec![Duration::from_secs(60)]
+        );
         // Make the next three attempts fail: retries at +1, +2, +4 s after t=120.
         *fake.failures.lock().unwrap() = 3;
         tokio::time::sleep(Duration::from_secs(70)).await;
-        let attempts: Vec<u64> = fake.attempts.lock().unwrap().iter().map(|d| d.as_secs()).collect();
+        let attempts: Vec<u64> = fake
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_secs())
+            .collect();
         assert_eq!(attempts, vec![60, 120, 121, 123, 127]);
         let failures = events
             .lock()
@@ -223,7 +242,13 @@ mod tests {
         assert_eq!(failures, vec![1, 2, 4]);
         // After the success at 127 s, the next renewal is 60 s later.
         tokio::time::sleep(Duration::from_secs(60)).await;
-        let attempts: Vec<u64> = fake.attempts.lock().unwrap().iter().map(|d| d.as_secs()).collect();
+        let attempts: Vec<u64> = fake
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_secs())
+            .collect();
         assert_eq!(attempts, vec![60, 120, 121, 123, 127, 187]);
         task.abort();
     }
@@ -243,10 +268,22 @@ mod tests {
         let start = fake.start;
         let _ = tokio::time::timeout(
             Duration::from_secs(30),
-            run(&fake, None, policy, move || SystemTime::UNIX_EPOCH + start.elapsed(), |_| {}),
+            run(
+                &fake,
+                None,
+                policy,
+                move || SystemTime::UNIX_EPOCH + start.elapsed(),
+                |_| {},
+            ),
         )
         .await;
-        let attempts: Vec<u64> = fake.attempts.lock().unwrap().iter().map(|d| d.as_secs()).collect();
+        let attempts: Vec<u64> = fake
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_secs())
+            .collect();
         // t=0 fails, t=5 succeeds (valid 90 s, half-life 45 s): next at 50 s, beyond the window.
         assert_eq!(attempts, vec![0, 5]);
     }

@@ -158,7 +158,10 @@ impl AcmeCertificate {
             err("kind", format!("must be {KIND}"));
         }
         if !is_k8s_name(&self.metadata.name) {
-            err("metadata.name", "must be a lower-case DNS label or subdomain".into());
+            err(
+                "metadata.name",
+                "must be a lower-case DNS label or subdomain".into(),
+            );
         }
         let s = &self.spec;
         if s.hosts.is_empty() {
@@ -166,9 +169,17 @@ impl AcmeCertificate {
         }
         for (i, h) in s.hosts.iter().enumerate() {
             if h.starts_with("*.") {
-                err(&format!("spec.hosts[{i}]"), format!("`{h}`: wildcard names need the DNS-01 challenge, which is not supported"));
+                err(
+                    &format!("spec.hosts[{i}]"),
+                    format!(
+                        "`{h}`: wildcard names need the DNS-01 challenge, which is not supported"
+                    ),
+                );
             } else if !is_dns_name(h) {
-                err(&format!("spec.hosts[{i}]"), format!("`{h}` is not a valid DNS name"));
+                err(
+                    &format!("spec.hosts[{i}]"),
+                    format!("`{h}` is not a valid DNS name"),
+                );
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -179,7 +190,13 @@ impl AcmeCertificate {
         }
         let url = self.directory_url();
         if !url.starts_with("https://") {
-            err("spec.directory", format!("`{}`: use letsencrypt, letsencrypt-staging or an https:// URL", s.directory));
+            err(
+                "spec.directory",
+                format!(
+                    "`{}`: use letsencrypt, letsencrypt-staging or an https:// URL",
+                    s.directory
+                ),
+            );
         } else if url.parse::<http::Uri>().is_err() {
             err("spec.directory", format!("`{url}` is not a valid URL"));
         }
@@ -189,15 +206,24 @@ impl AcmeCertificate {
             err("spec.email", format!("`{e}` is not an email address"));
         }
         if !s.accept_terms_of_service {
-            err("spec.acceptTermsOfService", "must be true: ACME directories require agreeing to their terms of service".into());
+            err(
+                "spec.acceptTermsOfService",
+                "must be true: ACME directories require agreeing to their terms of service".into(),
+            );
         }
         if !is_k8s_name(&s.credential_name) {
-            err("spec.credentialName", "must be a lower-case DNS subdomain (a Secret name)".into());
+            err(
+                "spec.credentialName",
+                "must be a lower-case DNS subdomain (a Secret name)".into(),
+            );
         }
         if let Some(f) = s.renewal_fraction
             && !(f > 0.0 && f < 1.0)
         {
-            err("spec.renewalFraction", format!("{f} must be between 0 and 1 (exclusive)"));
+            err(
+                "spec.renewalFraction",
+                format!("{f} must be between 0 and 1 (exclusive)"),
+            );
         }
         if let Some(p) = &s.storage
             && !p.is_absolute()
@@ -231,7 +257,8 @@ fn is_k8s_name(n: &str) -> bool {
         && n.len() <= 253
         && n.split('.').all(|l| {
             !l.is_empty()
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -268,7 +295,9 @@ mod tests {
     #[test]
     fn unknown_fields_are_errors() {
         let bad = GOOD.replace("\"challenge\"", "\"chalenge\"");
-        let e = serde_json::from_str::<AcmeCertificate>(&bad).unwrap_err().to_string();
+        let e = serde_json::from_str::<AcmeCertificate>(&bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `chalenge`"), "{e}");
     }
 
@@ -279,13 +308,31 @@ mod tests {
         let cases: Vec<(Edit, &str)> = vec![
             (|r| r.spec.hosts.clear(), "spec.hosts"),
             (|r| r.spec.hosts = vec!["*.example.com".into()], "DNS-01"),
-            (|r| r.spec.hosts = vec!["bad host".into()], "not a valid DNS name"),
-            (|r| r.spec.hosts = vec!["a.example.com".into(), "A.example.com".into()], "listed twice"),
-            (|r| r.spec.directory = "http://insecure/dir".into(), "spec.directory"),
+            (
+                |r| r.spec.hosts = vec!["bad host".into()],
+                "not a valid DNS name",
+            ),
+            (
+                |r| r.spec.hosts = vec!["a.example.com".into(), "A.example.com".into()],
+                "listed twice",
+            ),
+            (
+                |r| r.spec.directory = "http://insecure/dir".into(),
+                "spec.directory",
+            ),
             (|r| r.spec.email = Some("nope".into()), "spec.email"),
-            (|r| r.spec.accept_terms_of_service = false, "acceptTermsOfService"),
-            (|r| r.spec.credential_name = "Bad_Name".into(), "spec.credentialName"),
-            (|r| r.spec.renewal_fraction = Some(1.5), "spec.renewalFraction"),
+            (
+                |r| r.spec.accept_terms_of_service = false,
+                "acceptTermsOfService",
+            ),
+            (
+                |r| r.spec.credential_name = "Bad_Name".into(),
+                "spec.credentialName",
+            ),
+            (
+                |r| r.spec.renewal_fraction = Some(1.5),
+                "spec.renewalFraction",
+            ),
             (|r| r.spec.storage = Some("relative".into()), "spec.storage"),
             (|r| r.api_version = "v1".into(), "apiVersion"),
         ];
@@ -293,7 +340,10 @@ mod tests {
             let mut r = base.clone();
             edit(&mut r);
             let errs = r.validate();
-            assert!(errs.iter().any(|e| e.to_string().contains(want)), "{want}: {errs:?}");
+            assert!(
+                errs.iter().any(|e| e.to_string().contains(want)),
+                "{want}: {errs:?}"
+            );
         }
     }
 }
