@@ -448,9 +448,6 @@ impl DownstreamTls {
             Some(mut offered) => offered.any(|p| self.alpn.iter().any(|a| a == p)),
             None => true,
         };
-        if hello.server_name().is_some() || self.alpn.is_empty() {
-            // nothing extra to check
-        }
         let config = if overlap {
             self.config.clone()
         } else {
