@@ -5,5 +5,6 @@
 //! `xds` (the resource set and its JSON form), `proxy` (the data plane) and
 //! `controlplane` (ADS/SDS server).
 pub mod acme;
+pub mod config;
 pub mod tls;
 pub mod xds;

@@ -21,6 +21,8 @@ enum Command {
     Version,
     /// Certificates for development (`certs dev --hosts ...`).
     Certs(cmd::certs::CertsArgs),
+    /// Check Istio configuration files and print one line per problem.
+    Validate(cmd::validate::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,5 +39,6 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Validate(args) => cmd::validate::run(args),
     }
 }
