@@ -473,6 +473,30 @@ mod tests {
     }
 
     #[test]
+    fn random_mutations_never_panic() {
+        // A quick in-suite complement to the cargo-fuzz target `client_hello`.
+        let base = client_hello(Some("a.example.com"), &["h2", "http/1.1"], 37);
+        let mut rng_state = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            rng_state ^= rng_state << 13;
+            rng_state ^= rng_state >> 7;
+            rng_state ^= rng_state << 17;
+            rng_state
+        };
+        for _ in 0..20_000 {
+            let mut input = base.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() as usize) % input.len();
+                input[i] = next() as u8;
+            }
+            let cut = (next() as usize) % (input.len() + 1);
+            if let Ok(Some(info)) = parse_client_hello(&input[..cut], 1024) {
+                assert!(info.len <= cut);
+            }
+        }
+    }
+
+    #[test]
     fn parses_real_rustls_client_hello() {
         let mut roots = rustls::RootCertStore::empty();
         let key = rcgen::KeyPair::generate().unwrap();

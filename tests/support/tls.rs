@@ -103,6 +103,45 @@ impl TestCa {
         }
     }
 
+    /// A client leaf with a chosen serial number (for CRL tests).
+    pub fn leaf_serial(&self, uri: &str, serial: u64) -> Leaf {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "client");
+        p.subject_alt_names
+            .push(SanType::URI(uri.try_into().unwrap()));
+        p.serial_number = Some(rcgen::SerialNumber::from(serial));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// A CRL (PEM) revoking `serials`.
+    pub fn crl(&self, serials: &[u64]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: now - time::Duration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
+    }
+
     pub fn leaf(&self, names: &[&str]) -> Leaf {
         self.leaf_with(
             names.first().copied().unwrap_or("client"),
