@@ -157,14 +157,8 @@ impl SniCertResolver {
                 let Some(m) = self.certs[i].borrow().clone() else {
                     continue;
                 };
-                let mut names = ServerNameTable::new(false);
-                if self.index.is_none() {
-                    for n in &m.leaf.dns_names {
-                        names.insert(n, ());
-                    }
-                    if names.lookup(Some(sni)).is_none() {
-                        continue;
-                    }
+                if self.index.is_none() && !m.leaf.dns_names.iter().any(|n| san_matches(n, sni)) {
+                    continue;
                 }
                 if Self::suits(&m.certified_key, hello) {
                     return Some(m.certified_key.clone());
@@ -186,6 +180,20 @@ impl SniCertResolver {
             }
         }
         first
+    }
+}
+
+/// Whether a certificate DNS SAN (`a.example.com` or `*.example.com`, lower-case) covers
+/// `sni`: exact, or a wildcard standing for exactly one label.
+pub fn san_matches(san: &str, sni: &str) -> bool {
+    if san.eq_ignore_ascii_case(sni) {
+        return true;
+    }
+    match (san.strip_prefix("*."), sni.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => {
+            !label.is_empty() && rest.eq_ignore_ascii_case(suffix)
+        }
+        _ => false,
     }
 }
 
@@ -229,5 +237,20 @@ mod tests {
         assert_eq!(single.lookup(Some("a.b.example.com")), None);
         let long = "a".repeat(300);
         assert_eq!(single.lookup(Some(&long)), None);
+    }
+
+    #[test]
+    fn san_matching() {
+        let cases = [
+            ("a.example.com", "A.example.com", true),
+            ("*.example.com", "a.example.com", true),
+            ("*.example.com", "a.b.example.com", false),
+            ("*.example.com", "example.com", false),
+            ("*.example.com", ".example.com", false),
+            ("a.example.com", "b.example.com", false),
+        ];
+        for (san, sni, want) in cases {
+            assert_eq!(san_matches(san, sni), want, "{san} vs {sni}");
+        }
     }
 }

@@ -301,11 +301,6 @@ impl SecretStore {
         let files = tls_certificate_files(tc);
         let stamps = crate::tls::watcher::stamps(&files);
         let material = load_tls_certificate(name, tc, SystemTime::now())?;
-        let source = if files.is_empty() {
-            source
-        } else {
-            SecretSource::File
-        };
         self.publish_certificate(name, material, source);
         if !files.is_empty() {
             self.watch(WatchedSource::certificate(
@@ -329,11 +324,6 @@ impl SecretStore {
         let files = validation_files(vc);
         let stamps = crate::tls::watcher::stamps(&files);
         let material = ValidationMaterial::from_context(vc, name)?;
-        let source = if files.is_empty() {
-            source
-        } else {
-            SecretSource::File
-        };
         self.publish_validation(name, material, source);
         if !files.is_empty() {
             self.watch(WatchedSource::validation(

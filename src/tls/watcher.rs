@@ -56,7 +56,7 @@ impl WatchedSource {
             files,
             dirs,
             from_sds: origin == SecretSource::Sds,
-            source: SecretSource::File,
+            source: origin,
             stamps,
         }
     }
@@ -79,7 +79,7 @@ impl WatchedSource {
             files,
             dirs,
             from_sds: origin == SecretSource::Sds,
-            source: SecretSource::File,
+            source: origin,
             stamps,
         }
     }
