@@ -12,6 +12,23 @@
 //!   terminating it (filter-chain selection, passthrough).
 //! - [`identity`]: the verified peer of a connection and Envoy's `x-forwarded-client-cert`.
 //! - [`dev`]: a local CA and leaf certificates for trying meshgate out.
+//!
+//! How a listener uses this layer (what `tests/support/tls.rs` does in miniature):
+//!
+//! ```text
+//! per snapshot:   store.apply_sds(&set.secrets)                  -> errors to NACK
+//!                 DownstreamTls::from_context(ctx, &store, &sessions, name)? per filter chain
+//!                 ServerNameTable<chain> from filter_chain_match.server_names
+//!                 UpstreamTls::from_context(ctx, &store, name)? per cluster transport socket
+//! per connection: ClientHelloReader::read(&mut tcp, &mut buf)     -> SNI, ALPN (or NotTls)
+//!                 ACME TLS-ALPN-01? ChallengeResponses::is_tls_alpn_validation(&alpn)
+//!                 chain = table.lookup(sni)                       (none: reset, like Envoy)
+//!                 passthrough: write `buf` upstream, then copy both ways
+//!                 terminate: chain.accept(Rewind::new(buf.freeze(), tcp), timeout)
+//!                            -> Accepted { stream, peer: Option<PeerIdentity>, alpn, .. }
+//! per request:    identity::xfcc_element / xfcc_header for x-forwarded-client-cert;
+//!                 ChallengeResponses::http01_for_path on the HTTP port
+//! ```
 pub mod client;
 pub mod client_hello;
 pub mod credential;
