@@ -472,3 +472,73 @@ impl DownstreamTls {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::json::from_json;
+    use serde_json::json;
+
+    fn build(extra: serde_json::Value) -> Result<DownstreamTls, TlsError> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example.com".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut ctx = json!({"common_tls_context": {"alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [{"certificate_chain": {"inline_string": cert.pem()}, "private_key": {"inline_string": key.serialize_pem()}}]}});
+        for (k, v) in extra.as_object().unwrap() {
+            ctx[k] = v.clone();
+        }
+        let ctx: DownstreamTlsContext = from_json(&ctx).unwrap();
+        DownstreamTls::from_context(
+            &ctx,
+            &SecretStore::default(),
+            &ServerSessionState::new(16)?,
+            "t",
+        )
+    }
+
+    #[test]
+    fn session_resumption_knobs() {
+        let both = build(json!({"disable_stateful_session_resumption": true, "disable_stateless_session_resumption": true})).unwrap();
+        let c = both.server_config();
+        assert_eq!(c.send_tls13_tickets, 0);
+        assert!(!c.ticketer.enabled());
+        assert!(!c.session_storage.can_cache());
+        let default = build(json!({})).unwrap().server_config();
+        assert!(default.ticketer.enabled());
+        assert!(default.session_storage.can_cache());
+        assert_eq!(
+            default.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(
+            default.ignore_client_order,
+            "server cipher order unless prefer_client_ciphers"
+        );
+        let stateless_only = build(json!({"disable_stateful_session_resumption": true}))
+            .unwrap()
+            .server_config();
+        assert!(stateless_only.ticketer.enabled() && !stateless_only.session_storage.can_cache());
+    }
+
+    #[test]
+    fn client_auth_modes() {
+        assert_eq!(build(json!({})).unwrap().client_auth, ClientAuth::None);
+        let ca = json!({"validation_context_sds_secret_config": {"name": "kubernetes://x-cacert"}});
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example.com".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut common = ca.clone();
+        common["tls_certificates"] = json!([{"certificate_chain": {"inline_string": cert.pem()}, "private_key": {"inline_string": key.serialize_pem()}}]);
+        let optional = build(json!({"common_tls_context": common})).unwrap();
+        assert_eq!(optional.client_auth, ClientAuth::Optional);
+        let required =
+            build(json!({"common_tls_context": common, "require_client_certificate": true}))
+                .unwrap();
+        assert_eq!(required.client_auth, ClientAuth::Required);
+    }
+}
