@@ -6,5 +6,7 @@
 //! `controlplane` (ADS/SDS server).
 pub mod acme;
 pub mod config;
+pub mod registry;
 pub mod tls;
+pub mod translate;
 pub mod xds;

@@ -23,6 +23,8 @@ enum Command {
     Certs(cmd::certs::CertsArgs),
     /// Check Istio configuration files and print one line per problem.
     Validate(cmd::validate::Args),
+    /// Translate Istio configuration into Envoy resources for one gateway.
+    Translate(cmd::translate::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,5 +42,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Validate(args) => cmd::validate::run(args),
+        Command::Translate(args) => cmd::translate::run(args),
     }
 }

@@ -208,6 +208,47 @@ impl TrustMaterial {
     }
 }
 
+impl TrustMaterial {
+    /// The operating system's trusted roots (Envoy's `system_root_certs`, Istio's
+    /// `file-root:system`), read once per process from the platform's store.
+    pub fn system() -> Result<TrustMaterial, TlsError> {
+        static SYSTEM: std::sync::OnceLock<Result<Vec<CertificateDer<'static>>, String>> =
+            std::sync::OnceLock::new();
+        let certs = SYSTEM
+            .get_or_init(|| {
+                let found = rustls_native_certs::load_native_certs();
+                if found.certs.is_empty() {
+                    let why = found
+                        .errors
+                        .first()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "no certificates found".into());
+                    return Err(why);
+                }
+                Ok(found.certs)
+            })
+            .clone()
+            .map_err(|reason| TlsError::Certificate {
+                what: "system trust store".into(),
+                reason,
+            })?;
+        let mut roots = RootCertStore::empty();
+        // Platform stores hold the odd certificate webpki cannot use; skip those.
+        let (_, _) = roots.add_parsable_certificates(certs.iter().cloned());
+        let mut digest = Sha256::new();
+        digest.update(b"system");
+        for c in &certs {
+            digest.update(c.as_ref());
+        }
+        Ok(TrustMaterial {
+            roots: Arc::new(roots),
+            ca_certificates: certs,
+            crls: Vec::new(),
+            digest: digest.finalize().into(),
+        })
+    }
+}
+
 /// The PEM sections of `pem`, each checked to be well-formed, in order.
 fn pem_items(pem: &[u8], what: &str) -> Result<Vec<rustls_pemfile::Item>, TlsError> {
     let mut items = Vec::new();

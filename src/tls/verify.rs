@@ -262,12 +262,6 @@ impl ValidationMaterial {
                 "custom certificate validators are not supported",
             ));
         }
-        if vc.system_root_certs.is_some() {
-            return Err(TlsError::unsupported(
-                &field("system_root_certs"),
-                "system roots are not supported; name a CA bundle in trusted_ca",
-            ));
-        }
         #[allow(deprecated)]
         if vc.ca_certificate_provider_instance.is_some() {
             return Err(TlsError::unsupported(
@@ -299,6 +293,18 @@ impl ValidationMaterial {
                     None => None,
                 };
                 let t = TrustMaterial::from_pem(&ca, crl.as_deref(), &field("trusted_ca"))?;
+                digest.update(t.digest);
+                Some(t)
+            }
+            // Without trusted_ca, the platform's roots when asked for.
+            None if vc.system_root_certs.is_some() => {
+                if vc.crl.is_some() {
+                    return Err(TlsError::unsupported(
+                        &field("crl"),
+                        "a CRL with system roots is not supported",
+                    ));
+                }
+                let t = TrustMaterial::system()?;
                 digest.update(t.digest);
                 Some(t)
             }
@@ -784,6 +790,16 @@ mod tests {
         assert_eq!(hex_pin(&colon, "f").unwrap(), hash);
         assert!(hex_pin("zz", "f").is_err());
         assert!(b64_pin("AAAA", "f").is_err());
+    }
+
+    #[test]
+    fn system_roots_load() {
+        let vc = CertificateValidationContext {
+            system_root_certs: Some(certificate_validation_context::SystemRootCerts {}),
+            ..Default::default()
+        };
+        let m = ValidationMaterial::from_context(&vc, "file-root:system").unwrap();
+        assert!(m.trust.as_ref().unwrap().roots.len() > 10);
     }
 
     #[test]
