@@ -344,6 +344,22 @@ async fn same_behaviour_as_envoy_for_sni_mutual_versions_and_alpn() {
         ]);
         assert!(ok && out.trim() == "2", "{label}: curl --http2: {out}");
 
+        // h2load: many HTTP/2 streams over TLS with SNI.
+        let (ok, out) = h2load(&[
+            "-n",
+            "200",
+            "-c",
+            "4",
+            "-m",
+            "10",
+            &format!("--connect-to=127.0.0.1:{port}"),
+            &format!("https://a.example.com:{port}/"),
+        ]);
+        assert!(
+            ok && out.contains("200 succeeded") && out.contains("Application protocol: h2"),
+            "{label}: h2load: {out}"
+        );
+
         // ALPN: h2 chosen; an offer with nothing in common still completes without ALPN.
         let s = s_client(
             port,

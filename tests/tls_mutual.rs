@@ -156,7 +156,7 @@ async fn crl_pins_identity_and_ca_rotation() {
 
     // A client asking to renegotiate (TLS 1.2 `R`) gets no new handshake; the server
     // keeps serving everyone else.
-    let s = s_client(
+    let s = s_client_within(
         crl.port(),
         &[
             "-tls1_2",
@@ -168,6 +168,7 @@ async fn crl_pins_identity_and_ca_rotation() {
             dir.path().join("srv.key").to_str().unwrap(),
         ],
         "R\n",
+        Duration::from_secs(3),
     );
     let after = s
         .output

@@ -366,6 +366,11 @@ impl SClient {
 
 /// Runs `openssl s_client -connect 127.0.0.1:PORT` with extra args and `input` on stdin.
 pub fn s_client(port: u16, args: &[&str], input: &str) -> SClient {
+    s_client_within(port, args, input, Duration::from_secs(15))
+}
+
+/// [`s_client`] killed after `timeout` (for exchanges that never finish by themselves).
+pub fn s_client_within(port: u16, args: &[&str], input: &str, timeout: Duration) -> SClient {
     use std::io::Write;
     let mut child = Command::new(peer_bin("openssl"))
         .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
@@ -382,7 +387,7 @@ pub fn s_client(port: u16, args: &[&str], input: &str) -> SClient {
         // can arrive before s_client sees EOF and quits.
         std::thread::sleep(Duration::from_millis(400));
     }
-    let out = wait_output(child, Duration::from_secs(15));
+    let out = wait_output(child, timeout);
     SClient {
         ok: out.0,
         output: out.1,
@@ -408,6 +413,18 @@ fn wait_output(mut child: Child, timeout: Duration) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// Runs h2load with `args`; returns (success, stdout+stderr).
+pub fn h2load(args: &[&str]) -> (bool, String) {
+    let child = Command::new(peer_bin("h2load"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("h2load");
+    wait_output(child, Duration::from_secs(30))
 }
 
 /// Runs curl with `args`; returns (success, stdout+stderr).
