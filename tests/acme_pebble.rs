@@ -283,6 +283,8 @@ async fn short_lived_certificates_are_renewed_at_two_thirds() {
         "renewed after {waited:?}"
     );
     assert_eq!(store.stats().get("tls.secret_rotations"), Some(1));
+    assert!(store.stats().get("acme.issued").unwrap() >= 2);
+    assert!(store.stats().get("acme.issued").unwrap() >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,4 +356,5 @@ async fn unreachable_directory_backs_off_and_old_certificate_keeps_serving() {
             .digest,
         served
     );
+    assert!(store.stats().get("acme.failures").unwrap() >= 3);
 }

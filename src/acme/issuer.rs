@@ -298,6 +298,7 @@ impl AcmeIssuer {
             secret = %self.resource.sds_name(),
             "ACME certificate issued"
         );
+        crate::tls::TlsStats::bump(&self.store.stats().acme_issued);
         self.store
             .publish_certificate(&self.resource.sds_name(), material, SecretSource::Acme);
         Ok(v)
@@ -329,6 +330,9 @@ impl AcmeIssuer {
 
 impl Renew for AcmeIssuer {
     async fn renew(&self) -> Result<Validity, String> {
-        self.issue().await.map_err(|e| e.to_string())
+        self.issue().await.map_err(|e| {
+            crate::tls::TlsStats::bump(&self.store.stats().acme_failures);
+            e.to_string()
+        })
     }
 }

@@ -22,6 +22,10 @@ pub struct TlsStats {
     pub client_hello_errors: AtomicU64,
     /// Connections that were not TLS where TLS was expected (e.g. plain HTTP).
     pub not_tls: AtomicU64,
+    /// Certificates issued by ACME (first issuance and renewals).
+    pub acme_issued: AtomicU64,
+    /// Failed ACME issuance attempts (each retried with back-off).
+    pub acme_failures: AtomicU64,
 }
 
 impl TlsStats {
@@ -46,6 +50,8 @@ impl TlsStats {
             ),
             ("tls.client_hello_errors", get(&self.client_hello_errors)),
             ("tls.not_tls", get(&self.not_tls)),
+            ("acme.issued", get(&self.acme_issued)),
+            ("acme.failures", get(&self.acme_failures)),
         ]
     }
 
