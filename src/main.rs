@@ -23,6 +23,8 @@ enum Command {
     Bootstrap(cmd::bootstrap::Args),
     /// Serve Istio configuration over xDS (ADS, SDS) to Envoy proxies and gateways.
     ControlPlane(cmd::control_plane::Args),
+    /// Certificates for development (`certs dev --hosts ...`).
+    Certs(cmd::certs::CertsArgs),
     /// Check Istio configuration files and print one line per problem.
     Validate(cmd::validate::Args),
     /// Translate Istio configuration into Envoy resources for one gateway.
@@ -38,6 +40,13 @@ fn main() -> ExitCode {
         }
         Command::Bootstrap(args) => cmd::bootstrap::run(args),
         Command::ControlPlane(args) => cmd::control_plane::run(args),
+        Command::Certs(args) => match cmd::certs::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("meshgate certs: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Validate(args) => cmd::validate::run(args),
         Command::Translate(args) => cmd::translate::run(args),
     }
