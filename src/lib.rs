@@ -4,4 +4,5 @@
 //! `registry` (services and endpoints), `translate` (config -> Envoy xDS resources),
 //! `xds` (the resource set and its JSON form), `proxy` (the data plane) and
 //! `controlplane` (ADS/SDS server).
+pub mod proxy;
 pub mod xds;

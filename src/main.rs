@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Run the gateway (meshgate's own data plane).
+    Gateway(cmd::gateway::GatewayArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,5 +30,6 @@ fn main() -> ExitCode {
             println!("meshgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Gateway(args) => cmd::gateway::run(args),
     }
 }
