@@ -4,5 +4,6 @@
 //! `registry` (services and endpoints), `translate` (config -> Envoy xDS resources),
 //! `xds` (the resource set and its JSON form), `proxy` (the data plane) and
 //! `controlplane` (ADS/SDS server).
+pub mod config;
 pub mod proxy;
 pub mod xds;

@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Check Istio configuration files and print one line per problem.
+    Validate(cmd::validate::Args),
     /// Run the gateway (meshgate's own data plane).
     Gateway(cmd::gateway::GatewayArgs),
 }
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
             println!("meshgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Validate(args) => cmd::validate::run(args),
         Command::Gateway(args) => cmd::gateway::run(args),
     }
 }

@@ -1,0 +1,86 @@
+//! `meshgate validate PATH`: load and check configuration, print one line per problem.
+//!
+//! Exit codes: 0 no errors (warnings allowed), 1 errors found, 2 could not run.
+use clap::ValueEnum;
+use meshgate::config::{self, Diagnostic};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// How diagnostics are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// `file:line:column: error|warning: Kind/ns/name: field: message`, one per line.
+    Text,
+    /// A JSON array of diagnostics.
+    Json,
+}
+
+/// Arguments of `meshgate validate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A YAML/JSON file, or a directory searched recursively for .yaml, .yml and .json files.
+    pub path: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> ExitCode {
+    if let Err(e) = std::fs::metadata(&args.path) {
+        eprintln!(
+            "meshgate validate: cannot read {}: {e}",
+            args.path.display()
+        );
+        return ExitCode::from(2);
+    }
+    if args.path.is_dir()
+        && let Err(e) = std::fs::read_dir(&args.path)
+    {
+        eprintln!(
+            "meshgate validate: cannot read directory {}: {e}",
+            args.path.display()
+        );
+        return ExitCode::from(2);
+    }
+    let outcome = config::load(&args.path);
+    let mut diagnostics = outcome.diagnostics;
+    diagnostics.extend(config::validate(&outcome.config));
+    Diagnostic::sort(&mut diagnostics);
+
+    match args.output {
+        Output::Text => {
+            for d in &diagnostics {
+                println!("{d}");
+            }
+        }
+        Output::Json => match serde_json::to_string_pretty(&diagnostics) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("meshgate validate: cannot render JSON: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    }
+    let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = diagnostics.len() - errors;
+    eprintln!(
+        "{}, {}; {} checked",
+        plural(errors, "error"),
+        plural(warnings, "warning"),
+        plural(outcome.config.len(), "resource")
+    );
+    if errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}

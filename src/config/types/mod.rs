@@ -1,0 +1,42 @@
+//! The Istio (and Kubernetes) resource types meshgate reads, as serde types.
+//!
+//! Fields follow Istio's API one for one, named as in Kubernetes YAML (camelCase);
+//! unknown fields are errors. Protobuf `oneof`s become Rust enums and reject two members
+//! set at once; `google.protobuf` wrappers are plain `Option`s; durations are
+//! [`Duration`](crate::config::Duration).
+pub mod common;
+pub mod destination_rule;
+pub mod gateway;
+pub mod meta;
+pub mod secret;
+pub mod service_entry;
+pub mod virtual_service;
+pub mod workload_entry;
+
+pub use common::{Percent, PortSelector, Protocol, StringMatch};
+pub use destination_rule::DestinationRule;
+pub use gateway::Gateway;
+pub use meta::{DEFAULT_NAMESPACE, Kind, ObjectMeta, Origin, Resource};
+pub use secret::Secret;
+pub use service_entry::ServiceEntry;
+pub use virtual_service::VirtualService;
+pub use workload_entry::WorkloadEntry;
+
+impl Kind for Gateway {
+    const KIND: &'static str = "Gateway";
+}
+impl Kind for VirtualService {
+    const KIND: &'static str = "VirtualService";
+}
+impl Kind for DestinationRule {
+    const KIND: &'static str = "DestinationRule";
+}
+impl Kind for ServiceEntry {
+    const KIND: &'static str = "ServiceEntry";
+}
+impl Kind for WorkloadEntry {
+    const KIND: &'static str = "WorkloadEntry";
+}
+impl Kind for Secret {
+    const KIND: &'static str = "Secret";
+}

@@ -1,0 +1,71 @@
+//! Validation: every rule Istio's admission webhook applies to one resource, plus
+//! duplicate detection, cross-resource analysis ([`crate::config::analyze`]) and the
+//! parsed-but-unsupported warnings ([`crate::config::support`]), as positioned
+//! diagnostics.
+pub mod common;
+pub mod destination_rule;
+pub mod gateway;
+pub mod service_entry;
+pub mod virtual_service;
+
+use super::diag::Diagnostic;
+use super::load::Config;
+use super::types::{Kind, Resource};
+use std::collections::HashMap;
+
+/// Checks a loaded configuration; diagnostics come sorted by file and position.
+pub fn validate(config: &Config) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for r in &config.gateways {
+        gateway::validate(r, &mut out);
+    }
+    for r in &config.virtual_services {
+        virtual_service::validate(r, &mut out);
+    }
+    for r in &config.destination_rules {
+        destination_rule::validate(r, &mut out);
+    }
+    for r in &config.service_entries {
+        service_entry::validate(r, &mut out);
+    }
+    for r in &config.workload_entries {
+        service_entry::validate_workload_entry(r, &mut out);
+    }
+    duplicates(&config.gateways, &mut out);
+    duplicates(&config.virtual_services, &mut out);
+    duplicates(&config.destination_rules, &mut out);
+    duplicates(&config.service_entries, &mut out);
+    duplicates(&config.workload_entries, &mut out);
+    duplicates(&config.secrets, &mut out);
+    super::analyze::analyze(config, &mut out);
+    super::support::check(config, &mut out);
+    Diagnostic::sort(&mut out);
+    out.dedup();
+    out
+}
+
+/// The same kind, namespace and name twice: which one would apply is undefined.
+fn duplicates<T: Kind>(resources: &[Resource<T>], out: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<(&str, &str), &Resource<T>> = HashMap::new();
+    for r in resources {
+        match seen.get(&(r.meta.namespace.as_str(), r.meta.name.as_str())) {
+            Some(first) => out.push(r.error(
+                "metadata.name",
+                format!(
+                    "{} {}/{} is already defined at {}:{}",
+                    T::KIND,
+                    r.meta.namespace,
+                    r.meta.name,
+                    first.origin.file,
+                    first.origin.line
+                ),
+            )),
+            None => {
+                seen.insert((&r.meta.namespace, &r.meta.name), r);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
