@@ -1,4 +1,4 @@
 //! Subcommands of the `meshgate` binary. Each file holds one subcommand's clap `Args` and
 //! its `run` function; the work itself lives in the library's layers.
-pub mod validate;
 pub mod gateway;
+pub mod validate;

@@ -105,9 +105,9 @@ impl LocalReply {
     };
     pub const CONNECT_FAILURE: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+        body: "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
         flag: Flags::UF,
-        reason: "upstream_reset_before_response_started{connection_failure}",
+        reason: "upstream_reset_before_response_started{remote_connection_failure}",
     };
     pub const CONNECT_TIMEOUT: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -153,7 +153,7 @@ impl LocalReply {
     };
     pub const HTTP10: LocalReply = LocalReply {
         status: StatusCode::UPGRADE_REQUIRED,
-        body: "",
+        body: "Upgrade Required",
         flag: Flags::DPE,
         reason: "low_version",
     };

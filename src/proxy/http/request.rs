@@ -43,21 +43,79 @@ pub static ROUTER_CONTROL_HEADERS: [HeaderName; 12] = [
 pub struct Peer {
     pub remote: SocketAddr,
     pub local: SocketAddr,
-    /// The remote IP as a header value, for x-forwarded-for and x-envoy-external-address.
+    /// The remote IP as a header value, for x-envoy-external-address.
     pub remote_ip: HeaderValue,
+    /// What is appended to x-forwarded-for: the remote IP, or for a loopback client the
+    /// host's own address (Envoy's rule: a local client is represented by this host).
+    pub xff_ip: HeaderValue,
     pub https: bool,
 }
 
 impl Peer {
     pub fn new(remote: SocketAddr, local: SocketAddr, https: bool) -> Peer {
-        let ip = remote.ip().to_canonical().to_string();
+        let ip = remote.ip().to_canonical();
+        let remote_ip =
+            HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        let xff_ip = if ip.is_loopback() {
+            host_address(ip.is_ipv4()).clone()
+        } else {
+            remote_ip.clone()
+        };
         Peer {
             remote,
             local,
-            remote_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+            remote_ip,
+            xff_ip,
             https,
         }
     }
+}
+
+/// The first non-loopback address of this host (as Envoy's `getLocalAddress`), computed
+/// once; loopback if there is none.
+fn host_address(v4: bool) -> &'static HeaderValue {
+    static V4: std::sync::LazyLock<HeaderValue> =
+        std::sync::LazyLock::new(|| first_interface_address(true));
+    static V6: std::sync::LazyLock<HeaderValue> =
+        std::sync::LazyLock::new(|| first_interface_address(false));
+    if v4 { &V4 } else { &V6 }
+}
+
+fn first_interface_address(v4: bool) -> HeaderValue {
+    let fallback = HeaderValue::from_static(if v4 { "127.0.0.1" } else { "::1" });
+    let mut found: Option<std::net::IpAddr> = None;
+    // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return fallback;
+        }
+        let mut cur = list;
+        while !cur.is_null() && found.is_none() {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() {
+                let family = (*ifa.ifa_addr).sa_family as i32;
+                if v4 && family == libc::AF_INET {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                    if !ip.is_loopback() {
+                        found = Some(ip.into());
+                    }
+                } else if !v4 && family == libc::AF_INET6 {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                    if !ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80 {
+                        found = Some(ip.into());
+                    }
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found
+        .and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok())
+        .unwrap_or(fallback)
 }
 
 /// A random UUID v4 as a header value.
@@ -90,7 +148,7 @@ pub fn mutate_request_headers(h: &mut HeaderMap, hcm: &HttpConnectionManager, pe
     // Hop-by-hop headers never travel upstream (upgrades are re-added by the router).
     remove_hop_by_hop(h);
     if hcm.use_remote_address && !hcm.skip_xff_append {
-        append_xff(h, &peer.remote_ip);
+        append_xff(h, &peer.xff_ip);
     }
     // Edge request (remote address used, external client): sanitize and stamp.
     let edge = hcm.use_remote_address && !internal;
@@ -153,17 +211,24 @@ fn append_xff(h: &mut HeaderMap, ip: &HeaderValue) {
 /// Removes connection-specific headers (RFC 9110 7.6.1), including any named in
 /// `Connection`. `te: trailers` survives, as in Envoy.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h.remove(header::CONNECTION)
-        && let Ok(s) = conn.to_str()
-    {
-        for name in s.split(',').map(str::trim) {
-            if !name.eq_ignore_ascii_case("upgrade")
-                && let Ok(n) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                && n != header::TE
-            {
-                h.remove(n);
-            }
-        }
+    let named: smallvec::SmallVec<[HeaderName; 4]> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|n| {
+            !n.is_empty()
+                && !n.eq_ignore_ascii_case("upgrade")
+                && !n.eq_ignore_ascii_case("close")
+                && !n.eq_ignore_ascii_case("keep-alive")
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
+        .filter(|n| *n != header::TE)
+        .collect();
+    h.remove(header::CONNECTION);
+    for n in named {
+        h.remove(n);
     }
     h.remove(&KEEP_ALIVE);
     h.remove(&PROXY_CONNECTION);

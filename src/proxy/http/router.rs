@@ -373,10 +373,20 @@ async fn serve(
                     return Err(LocalReply::UPGRADE_FAILED);
                 }
             }
-            forward(
+            match forward(
                 req, cx, hcm, table, vhost, route, ra, authority, upgrade, log,
             )
-            .await?
+            .await
+            {
+                Ok(r) => r,
+                Err(reply) => {
+                    // The router's own answers carry the route's response headers.
+                    log.flags.set(reply.flag);
+                    let mut r = reply.response();
+                    apply_response_mutations(r.headers_mut(), table, vhost, route, None);
+                    r
+                }
+            }
         }
     };
     if let Some((policy, origin)) = cors {
@@ -432,6 +442,9 @@ fn preflight_response(
     }
     if let Some(v) = &policy.allow_headers {
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+    }
+    if let Some(v) = &policy.expose_headers {
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
     }
     if let Some(v) = &policy.max_age {
         h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
@@ -783,7 +796,7 @@ async fn forward(
     if let Some(np) = new_path {
         parts.headers.insert(
             X_ENVOY_ORIGINAL_PATH.clone(),
-            HeaderValue::from_str(path).unwrap_or(HeaderValue::from_static("/")),
+            HeaderValue::from_str(&pq).unwrap_or(HeaderValue::from_static("/")),
         );
         let full = match query {
             Some(q) => format!("{np}?{q}"),
@@ -855,6 +868,21 @@ async fn forward(
         && upgrade.is_none();
     let mut body = if !has_body {
         drop(body);
+        // Envoy's HTTP/1 codec sends `content-length: 0` for bodyless requests except
+        // GET, HEAD, DELETE, CONNECT and TRACE.
+        let m = &parts.method;
+        if *m != Method::GET
+            && *m != Method::HEAD
+            && *m != Method::DELETE
+            && *m != Method::CONNECT
+            && *m != Method::TRACE
+            && upgrade.is_none()
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         RequestBody::Empty
     } else if needs_replay {
         buffer_up_to(body, REPLAY_BUFFER_LIMIT)
