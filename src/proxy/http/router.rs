@@ -1458,3 +1458,41 @@ impl UpstreamDone {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_host_suffix_goes_before_the_port() {
+        assert_eq!(
+            shadow_host(&HeaderValue::from_static("shop.example.com")),
+            "shop.example.com-shadow"
+        );
+        assert_eq!(
+            shadow_host(&HeaderValue::from_static("shop.example.com:8080")),
+            "shop.example.com-shadow:8080"
+        );
+    }
+
+    #[test]
+    fn retry_back_off_is_jittered_and_capped() {
+        let r = RetryPolicy {
+            on: RetryOn(RetryOn::FIVE_XX),
+            num_retries: 5,
+            per_try_timeout: None,
+            retriable_status_codes: vec![],
+            back_off_base: Duration::from_millis(25),
+            back_off_max: Duration::from_millis(250),
+            avoid_previous_hosts: false,
+            host_selection_max_attempts: 1,
+        };
+        for attempt in 1..8 {
+            for _ in 0..50 {
+                let b = backoff(&r, attempt);
+                assert!(b <= Duration::from_millis(250));
+                assert!(b <= Duration::from_millis(25 * ((1 << attempt) - 1).max(1)));
+            }
+        }
+    }
+}
