@@ -54,7 +54,7 @@ pub struct RequestLog {
     pub upstream_host: Option<SocketAddr>,
     pub upstream_service_time: Option<Duration>,
     pub cluster: Option<Arc<str>>,
-    pub route_name: Option<Box<str>>,
+    pub route_name: Option<Arc<str>>,
     pub downstream_remote: SocketAddr,
     pub downstream_local: SocketAddr,
     /// `content-type: application/grpc*` (Istio's request_protocol label).

@@ -539,7 +539,13 @@ fn compile_route_action(
             })
         })?);
     }
+    let expected_timeout_header = retry
+        .as_ref()
+        .and_then(|r| r.per_try_timeout)
+        .or(timeout)
+        .map(|t| http::HeaderValue::from(t.as_millis() as u64));
     Ok(RouteAction {
+        expected_timeout_header,
         target,
         cluster_not_found_status,
         prefix_rewrite,

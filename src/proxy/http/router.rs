@@ -194,9 +194,13 @@ async fn serve(
     if hcm.strip_port != StripPort::None {
         let stripped = crate::proxy::route::table::strip_port(authority.as_bytes());
         if stripped.len() != authority.len() {
-            let port_matches = authority.as_bytes()[stripped.len() + 1..]
-                == *cx.peer.local.port().to_string().as_bytes();
-            if hcm.strip_port == StripPort::Any || port_matches {
+            let port_matches = || {
+                std::str::from_utf8(&authority.as_bytes()[stripped.len() + 1..])
+                    .ok()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    == Some(cx.peer.local.port())
+            };
+            if hcm.strip_port == StripPort::Any || port_matches() {
                 authority = HeaderValue::from_bytes(stripped).unwrap_or(authority);
             }
         }
@@ -767,13 +771,9 @@ async fn forward(
 
     // Request line and headers for the upstream.
     let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    let (path, query) = split_query(&pq);
+    let original_uri = parts.uri.clone();
+    let pq = original_uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let (path, query) = split_query(pq);
     let mut generated_cookie = None;
     let hash = if cluster.lb.uses_hash() {
         request_hash(
@@ -796,7 +796,7 @@ async fn forward(
     if let Some(np) = new_path {
         parts.headers.insert(
             X_ENVOY_ORIGINAL_PATH.clone(),
-            HeaderValue::from_str(&pq).unwrap_or(HeaderValue::from_static("/")),
+            HeaderValue::from_str(pq).unwrap_or(HeaderValue::from_static("/")),
         );
         let full = match query {
             Some(q) => format!("{np}?{q}"),
@@ -847,12 +847,9 @@ async fn forward(
     let timeout = ra.timeout;
     let per_try = retry.and_then(|r| r.per_try_timeout);
     if !hcm.suppress_envoy_headers
-        && let Some(t) = per_try.or(timeout)
+        && let Some(v) = &ra.expected_timeout_header
     {
-        parts.headers.insert(
-            X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-            HeaderValue::from(t.as_millis() as u64),
-        );
+        parts.headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), v.clone());
     }
     if let Some(u) = &upgrade {
         parts
@@ -931,7 +928,12 @@ async fn forward(
     let mut retry_slot = None;
     loop {
         attempt += 1;
-        let mut headers = parts.headers.clone();
+        let last_possible = attempt >= max_attempts || !replayable || upgrade.is_some();
+        let mut headers = if last_possible {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         if vhost.include_request_attempt_count {
             headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         }

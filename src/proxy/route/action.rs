@@ -173,6 +173,9 @@ pub struct RouteAction {
     pub hash_policy: Vec<HashPolicy>,
     pub mirrors: Vec<MirrorPolicy>,
     pub upgrades: Vec<RouteUpgrade>,
+    /// `x-envoy-expected-rq-timeout-ms` for this route (per-try timeout, else the route
+    /// timeout), formatted once.
+    pub expected_timeout_header: Option<HeaderValue>,
 }
 
 /// Where a redirect's path comes from.

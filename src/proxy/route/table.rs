@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// A compiled route.
 #[derive(Debug)]
 pub struct Route {
-    pub name: Box<str>,
+    pub name: std::sync::Arc<str>,
     pub matcher: RouteMatch,
     pub action: Action,
     pub request_headers: HeaderMutations,
