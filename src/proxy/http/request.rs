@@ -164,7 +164,9 @@ pub fn mutate_request_headers(h: &mut HeaderMap, hcm: &HttpConnectionManager, pe
             HeaderValue::from_static(if peer.https { "https" } else { "http" }),
         );
     }
-    if !internal {
+    // One pass over the names instead of a dozen lookups: most requests carry no
+    // `x-envoy-*` header at all.
+    if !internal && h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
         h.remove(&X_ENVOY_INTERNAL);
         for name in &ROUTER_CONTROL_HEADERS {
             h.remove(name);
@@ -172,7 +174,9 @@ pub fn mutate_request_headers(h: &mut HeaderMap, hcm: &HttpConnectionManager, pe
     }
     match hcm.forward_client_cert {
         ForwardClientCert::Sanitize | ForwardClientCert::SanitizeSet => {
-            h.remove(&X_FORWARDED_CLIENT_CERT);
+            if h.contains_key(&X_FORWARDED_CLIENT_CERT) {
+                h.remove(&X_FORWARDED_CLIENT_CERT);
+            }
         }
         // Without TLS termination there is no client certificate to add.
         ForwardClientCert::ForwardOnly
@@ -211,24 +215,45 @@ fn append_xff(h: &mut HeaderMap, ip: &HeaderValue) {
 /// Removes connection-specific headers (RFC 9110 7.6.1), including any named in
 /// `Connection`. `te: trailers` survives, as in Envoy.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
-    let named: smallvec::SmallVec<[HeaderName; 4]> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|n| {
-            !n.is_empty()
-                && !n.eq_ignore_ascii_case("upgrade")
-                && !n.eq_ignore_ascii_case("close")
-                && !n.eq_ignore_ascii_case("keep-alive")
-        })
-        .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
-        .filter(|n| *n != header::TE)
-        .collect();
-    h.remove(header::CONNECTION);
-    for n in named {
-        h.remove(n);
+    // Find what is there in one pass; most messages have none of these.
+    let mut connection = false;
+    let mut others = false;
+    for k in h.keys() {
+        if *k == header::CONNECTION {
+            connection = true;
+        } else if *k == KEEP_ALIVE
+            || *k == PROXY_CONNECTION
+            || *k == header::TRANSFER_ENCODING
+            || *k == header::UPGRADE
+            || *k == header::PROXY_AUTHENTICATE
+            || *k == header::TE
+        {
+            others = true;
+        }
+    }
+    if connection {
+        let named: smallvec::SmallVec<[HeaderName; 4]> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|n| {
+                !n.is_empty()
+                    && !n.eq_ignore_ascii_case("upgrade")
+                    && !n.eq_ignore_ascii_case("close")
+                    && !n.eq_ignore_ascii_case("keep-alive")
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
+            .filter(|n| *n != header::TE)
+            .collect();
+        h.remove(header::CONNECTION);
+        for n in named {
+            h.remove(n);
+        }
+    }
+    if !others {
+        return;
     }
     h.remove(&KEEP_ALIVE);
     h.remove(&PROXY_CONNECTION);
