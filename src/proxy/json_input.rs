@@ -10,12 +10,19 @@ use serde_json::Value;
 /// dropped afterwards: the gateway keeps no descriptors (about 20 MiB) in memory.
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
 
-fn from_json<M: prost::Message + prost::Name + Default>(pool: &DescriptorPool, v: &Value) -> Result<M, String> {
+fn from_json<M: prost::Message + prost::Name + Default>(
+    pool: &DescriptorPool,
+    v: &Value,
+) -> Result<M, String> {
     let desc = pool
         .get_message_by_name(&M::full_name())
         .ok_or_else(|| format!("unknown message type {}", M::full_name()))?;
-    let dynamic = DynamicMessage::deserialize_with_options(desc, v.clone(), &DeserializeOptions::new().deny_unknown_fields(true))
-        .map_err(|e| e.to_string())?;
+    let dynamic = DynamicMessage::deserialize_with_options(
+        desc,
+        v.clone(),
+        &DeserializeOptions::new().deny_unknown_fields(true),
+    )
+    .map_err(|e| e.to_string())?;
     M::decode(dynamic.encode_to_vec().as_slice()).map_err(|e| e.to_string())
 }
 

@@ -165,12 +165,19 @@ pub(crate) fn compile_cluster(
         return Err(cx.err("maglev_lb_config.table_size", "must be a prime number"));
     }
     match &c.lb_config {
-        Some(LbConfig::OriginalDstLbConfig(_)) => return Err(cx.unsupported("original_dst_lb_config")),
+        Some(LbConfig::OriginalDstLbConfig(_)) => {
+            return Err(cx.unsupported("original_dst_lb_config"));
+        }
         Some(LbConfig::RoundRobinLbConfig(r)) if r.slow_start_config.is_some() => {
             return Err(cx.unsupported("round_robin_lb_config.slow_start_config"));
         }
-        Some(LbConfig::LeastRequestLbConfig(l)) if l.slow_start_config.is_some() || l.active_request_bias.is_some() => {
-            return Err(cx.err("least_request_lb_config", "slow_start_config and active_request_bias are not supported"));
+        Some(LbConfig::LeastRequestLbConfig(l))
+            if l.slow_start_config.is_some() || l.active_request_bias.is_some() =>
+        {
+            return Err(cx.err(
+                "least_request_lb_config",
+                "slow_start_config and active_request_bias are not supported",
+            ));
         }
         _ => {}
     }

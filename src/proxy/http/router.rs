@@ -772,7 +772,10 @@ async fn forward(
     // Request line and headers for the upstream.
     let (mut parts, body) = req.into_parts();
     let original_uri = parts.uri.clone();
-    let pq = original_uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = original_uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let (path, query) = split_query(pq);
     let mut generated_cookie = None;
     let hash = if cluster.lb.uses_hash() {
@@ -849,7 +852,9 @@ async fn forward(
     if !hcm.suppress_envoy_headers
         && let Some(v) = &ra.expected_timeout_header
     {
-        parts.headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), v.clone());
+        parts
+            .headers
+            .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), v.clone());
     }
     if let Some(u) = &upgrade {
         parts
