@@ -6,4 +6,6 @@
 //! `controlplane` (ADS/SDS server).
 pub mod config;
 pub mod proxy;
+pub mod registry;
+pub mod translate;
 pub mod xds;

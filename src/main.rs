@@ -21,6 +21,8 @@ enum Command {
     Version,
     /// Check Istio configuration files and print one line per problem.
     Validate(cmd::validate::Args),
+    /// Translate Istio configuration into Envoy resources for one gateway.
+    Translate(cmd::translate::Args),
     /// Run the gateway (meshgate's own data plane).
     Gateway(cmd::gateway::GatewayArgs),
 }
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate(args) => cmd::validate::run(args),
+        Command::Translate(args) => cmd::translate::run(args),
         Command::Gateway(args) => cmd::gateway::run(args),
     }
 }

@@ -4,14 +4,19 @@ use clap::Args;
 use meshgate::proxy::access_log::AccessLogMode;
 use meshgate::proxy::stats::SourceLabels;
 use meshgate::proxy::{Gateway, GatewayOptions};
+use meshgate::xds::{ProxyIdentity, ResourceSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Flags of `meshgate gateway`.
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
+    /// Istio configuration (a file or a directory of YAML), watched for changes.
+    #[arg(long, value_name = "PATH", conflicts_with = "xds_json")]
+    pub config: Option<PathBuf>,
     /// Envoy resources as JSON (`{"listeners": [...], "routes": [...], "clusters": [...],
     /// "endpoints": [...]}`), watched for changes.
     #[arg(long, value_name = "FILE", hide = true)]
@@ -19,9 +24,9 @@ pub struct GatewayArgs {
     /// The gateway's workload labels (Istio Gateway `selector`s match them).
     #[arg(long, default_value = "istio=ingressgateway")]
     pub labels: String,
-    /// The gateway's namespace.
-    #[arg(long, default_value = "istio-system")]
-    pub namespace: String,
+    /// The gateway's namespace (default: that of the first Gateway selecting it).
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// Worker threads, each with its own listeners and upstream pools (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub concurrency: usize,
@@ -84,16 +89,25 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         source: SourceLabels {
             workload: app.clone(),
-            namespace: args.namespace.clone(),
+            namespace: args
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "istio-system".into()),
             app,
         },
     };
-    let Some(source) = args.xds_json.clone() else {
-        anyhow::bail!("nothing to serve: give --xds-json FILE");
+    let source = match (&args.config, &args.xds_json) {
+        (Some(path), _) => Source::Istio {
+            path: path.clone(),
+            labels,
+            namespace: args.namespace.clone(),
+        },
+        (None, Some(file)) => Source::Json(file.clone()),
+        (None, None) => anyhow::bail!("nothing to serve: give --config PATH (Istio YAML)"),
     };
     let gateway = Gateway::start(opts).context("starting the gateway")?;
     tracing::info!(admin = ?gateway.admin_addr(), health = ?gateway.health_addr(), prometheus = ?gateway.prometheus_addr(), "gateway started");
-    let mut loaded = load_json(&gateway, &source, None)?;
+    let mut loaded = source.load(&gateway, None)?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -108,7 +122,7 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = quit.changed() => break,
                 _ = tick.tick() => {
-                    match load_json(&gateway, &source, Some(loaded)) {
+                    match source.load(&gateway, Some(loaded)) {
                         Ok(t) => loaded = t,
                         Err(e) => tracing::error!("{e:#}"),
                     }
@@ -122,48 +136,134 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads the JSON resources if the file changed since `seen`; a bad file is reported and
-/// the last good config keeps serving.
-fn load_json(
-    gateway: &Gateway,
-    path: &PathBuf,
-    seen: Option<SystemTime>,
-) -> anyhow::Result<SystemTime> {
-    let modified = std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .with_context(|| format!("reading {}", path.display()))?;
-    if seen == Some(modified) {
-        return Ok(modified);
+/// Where the gateway's configuration comes from.
+enum Source {
+    /// Istio YAML, translated in-process for this gateway.
+    Istio {
+        path: PathBuf,
+        labels: BTreeMap<String, String>,
+        namespace: Option<String>,
+    },
+    /// Envoy resources as JSON.
+    Json(PathBuf),
+}
+
+/// A fingerprint of the files under a path (names, sizes, modification times), to notice
+/// changes without reading them.
+fn fingerprint(path: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut stack = vec![path.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(p) = stack.pop() {
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                if let Ok(rd) = std::fs::read_dir(&p) {
+                    stack.extend(rd.flatten().map(|e| e.path()));
+                }
+            }
+            Ok(m) => files.push((p, m.len(), m.modified().ok())),
+            Err(_) => files.push((p, 0, None)),
+        }
     }
+    files.sort();
+    files.hash(&mut h);
+    h.finish()
+}
+
+impl Source {
+    /// Loads and applies the configuration if it changed since `seen`. The first load must
+    /// succeed; later bad versions are reported (with positions) and the last good config
+    /// keeps serving.
+    fn load(&self, gateway: &Gateway, seen: Option<u64>) -> anyhow::Result<u64> {
+        let path = match self {
+            Source::Istio { path, .. } | Source::Json(path) => path,
+        };
+        let print = fingerprint(path);
+        if seen == Some(print) {
+            return Ok(print);
+        }
+        let resources = match self {
+            Source::Istio {
+                path,
+                labels,
+                namespace,
+            } => translate_config(path, labels, namespace.as_deref()),
+            Source::Json(path) => read_json(path),
+        };
+        let version = format!("{print:016x}");
+        let outcome = resources.and_then(|set| {
+            gateway
+                .apply(set, &version)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        });
+        match outcome {
+            Ok(()) => {
+                tracing::info!(version, "config applied");
+                Ok(print)
+            }
+            Err(e) if seen.is_some() => {
+                tracing::error!("rejected update, keeping the last good config:\n{e:#}");
+                Ok(print)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Istio YAML -> validated config -> registry -> this gateway's Envoy resources.
+fn translate_config(
+    path: &Path,
+    labels: &BTreeMap<String, String>,
+    namespace: Option<&str>,
+) -> anyhow::Result<ResourceSet> {
+    use meshgate::config::{self, Diagnostic};
+    let outcome = config::load(path);
+    let mut diagnostics = outcome.diagnostics;
+    diagnostics.extend(config::validate(&outcome.config));
+    Diagnostic::sort(&mut diagnostics);
+    let errors: Vec<String> = diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.to_string())
+        .collect();
+    if !errors.is_empty() {
+        anyhow::bail!(
+            "{} error(s) in {}:\n{}",
+            errors.len(),
+            path.display(),
+            errors.join("\n")
+        );
+    }
+    let ns = namespace
+        .map(str::to_string)
+        .unwrap_or_else(|| meshgate::translate::default_namespace(&outcome.config, labels));
+    let mut proxy = ProxyIdentity::gateway(&ns, labels.clone());
+    if namespace.is_none() {
+        // Each Gateway's credentials are looked up in the Gateway's own namespace.
+        proxy.namespace.clear();
+    }
+    let (registry, registry_diagnostics) =
+        meshgate::registry::Registry::from_config(&outcome.config);
+    let translation = meshgate::translate::gateway(&outcome.config, &registry, &proxy);
+    for d in diagnostics
+        .iter()
+        .chain(&registry_diagnostics)
+        .chain(&translation.diagnostics)
+    {
+        tracing::warn!("{d}");
+    }
+    if translation.resources.listeners.is_empty() {
+        tracing::warn!("no Gateway server selects these labels; nothing is listening");
+    }
+    Ok(translation.resources)
+}
+
+fn read_json(path: &Path) -> anyhow::Result<ResourceSet> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let parsed = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
-        .and_then(|v| {
-            meshgate::proxy::json_input::resource_set_from_json(&v)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-        });
-    let set = match parsed {
-        Ok(s) => s,
-        Err(e) if seen.is_some() => {
-            tracing::error!("rejected update, keeping the last good config: {e:#}");
-            return Ok(modified);
-        }
-        Err(e) => return Err(e),
-    };
-    let version = format!(
-        "{}",
-        modified
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis()
-    );
-    match gateway.apply(set, &version) {
-        Ok(()) => tracing::info!(version, "config applied"),
-        Err(e) if seen.is_some() => {
-            tracing::error!("rejected update, keeping the last good config: {e}")
-        }
-        Err(e) => return Err(anyhow::anyhow!("{e}")),
-    }
-    Ok(modified)
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
+    meshgate::proxy::json_input::resource_set_from_json(&v)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

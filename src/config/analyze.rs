@@ -48,7 +48,13 @@ struct Service<'a> {
 struct Index<'a> {
     gateways: HashMap<(String, String), &'a Resource<Gateway>>,
     services: Vec<Service<'a>>,
+    /// Indexes into `services` by exact host; wildcard hosts are listed apart.
+    services_by_host: HashMap<String, Vec<usize>>,
+    wildcard_services: Vec<usize>,
     rules: Vec<(String, &'a Resource<DestinationRule>)>,
+    /// Indexes into `rules` by exact host; wildcard hosts are listed apart.
+    rules_by_host: HashMap<String, Vec<usize>>,
+    wildcard_rules: Vec<usize>,
 }
 
 impl<'a> Index<'a> {
@@ -72,7 +78,7 @@ impl<'a> Index<'a> {
                 });
             }
         }
-        let rules = config
+        let rules: Vec<(String, &Resource<DestinationRule>)> = config
             .destination_rules
             .iter()
             .map(|dr| {
@@ -86,23 +92,55 @@ impl<'a> Index<'a> {
                 )
             })
             .collect();
+        let mut services_by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard_services = Vec::new();
+        for (i, s) in services.iter().enumerate() {
+            if hosts::is_wildcard(&s.host) {
+                wildcard_services.push(i);
+            } else {
+                services_by_host.entry(s.host.clone()).or_default().push(i);
+            }
+        }
+        let mut rules_by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard_rules = Vec::new();
+        for (i, (host, _)) in rules.iter().enumerate() {
+            if hosts::is_wildcard(host) {
+                wildcard_rules.push(i);
+            } else {
+                rules_by_host.entry(host.clone()).or_default().push(i);
+            }
+        }
         Index {
             gateways,
             services,
+            services_by_host,
+            wildcard_services,
             rules,
+            rules_by_host,
+            wildcard_rules,
         }
     }
 
-    /// Services whose hosts cover `host` (exact first, then wildcards).
+    /// Services whose hosts cover `host`: those with exactly this host, else wildcards.
     fn services_for(&self, host: &str) -> Vec<&Service<'a>> {
-        let exact: Vec<&Service> = self.services.iter().filter(|s| s.host == host).collect();
-        if !exact.is_empty() {
-            return exact;
+        if let Some(exact) = self.services_by_host.get(host) {
+            return exact.iter().map(|i| &self.services[*i]).collect();
         }
-        self.services
+        self.wildcard_services
             .iter()
+            .map(|i| &self.services[*i])
             .filter(|s| hosts::is_subset_of(host, &s.host))
             .collect()
+    }
+
+    /// DestinationRules whose host covers `host`.
+    fn rules_for(&self, host: &str) -> Vec<&'a Resource<DestinationRule>> {
+        let exact = self.rules_by_host.get(host).into_iter().flatten();
+        let wildcard = self
+            .wildcard_rules
+            .iter()
+            .filter(|i| hosts::is_subset_of(host, &self.rules[**i].0));
+        exact.chain(wildcard).map(|i| self.rules[*i].1).collect()
     }
 
     fn gateway(&self, reference: &str, namespace: &str) -> (String, String) {
@@ -301,12 +339,7 @@ fn check_destinations(index: &Index<'_>, vs: &Resource<VirtualService>, out: &mu
             _ => {}
         }
         if !dest.subset.is_empty() {
-            let rules: Vec<&Resource<DestinationRule>> = index
-                .rules
-                .iter()
-                .filter(|(h, _)| *h == host || hosts::is_subset_of(&host, h))
-                .map(|(_, r)| *r)
-                .collect();
+            let rules = index.rules_for(&host);
             if !rules
                 .iter()
                 .any(|r| r.spec.subsets.iter().any(|s| s.name == dest.subset))

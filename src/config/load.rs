@@ -1013,6 +1013,28 @@ stringData: {tls.key: secret}
     }
 
     #[test]
+    fn every_prefix_and_byte_flip_of_a_sample_loads_without_panicking() {
+        let full = load_str("t.yaml", BOOKINFO).config.len();
+        let bytes = BOOKINFO.as_bytes();
+        for cut in (0..bytes.len()).step_by(3) {
+            let outcome = load_bytes("t.yaml", &bytes[..cut]);
+            let _ = crate::config::validate(&outcome.config);
+            assert!(outcome.config.len() <= full, "prefix {cut}");
+        }
+        for (i, flip) in (0..bytes.len()).step_by(5).zip(
+            [b'{', b'[', b':', b'-', b'&', b'*', b'!', b'"', 0xff]
+                .iter()
+                .cycle(),
+        ) {
+            let mut mutated = bytes.to_vec();
+            mutated[i] = *flip;
+            let outcome = load_bytes("t.yaml", &mutated);
+            let _ = crate::config::validate(&outcome.config);
+            assert!(outcome.config.len() <= full + 1, "flip at {i}");
+        }
+    }
+
+    #[test]
     fn directories_load_sorted_and_skip_hidden_files() {
         let dir = tempfile::tempdir().unwrap();
         let gw = |name: &str| {

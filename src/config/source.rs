@@ -308,7 +308,10 @@ impl Builder {
         key_text: Option<String>,
     ) -> Result<(), SourceError> {
         if anchor > 0 {
+            // The stored copy counts against the budget too, so that nested anchors
+            // cannot multiply memory use.
             let size = size(&node);
+            self.count(size, node.pos)?;
             self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
@@ -695,5 +698,14 @@ mod tests {
         assert_eq!(error("? [a]\n: 1").message, "mapping keys must be scalars");
         assert_eq!(error("a: .inf").message, "`.inf` is not a finite number");
         assert!(error("a: *nope").message.contains("anchor"));
+        // Anchors nested in anchors: each stored copy counts, or 60 nested anchors
+        // around a wide list would hold 60 copies of it.
+        let leaf = vec!["x"; 200_000].join(", ");
+        let mut nested = format!("[{leaf}]");
+        for i in 0..60 {
+            nested = format!("&a{i} [{nested}]");
+        }
+        let e = error(&format!("a: {nested}\n"));
+        assert!(e.message.contains("nodes"), "{e:?}");
     }
 }

@@ -35,76 +35,11 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     // Gateway
     row(
         "Gateway",
-        "spec.servers[*].tls",
-        "TLS termination and passthrough are not translated yet",
-    ),
-    row(
-        "Gateway",
-        "spec.servers[*].bind",
-        "servers listen on all addresses; binding one address is not supported yet",
-    ),
-    row(
-        "Gateway",
         "spec.servers[*].defaultEndpoint",
         "default endpoints (sidecar ingress) are not supported",
     ),
     // VirtualService
-    row(
-        "VirtualService",
-        "spec.tls",
-        "TLS (SNI) routes are not translated yet",
-    ),
-    row(
-        "VirtualService",
-        "spec.tcp",
-        "TCP routes are not translated yet",
-    ),
-    row(
-        "VirtualService",
-        "spec.exportTo",
-        "exportTo scoping is not applied yet; the resource is visible to every namespace",
-    ),
-    row(
-        "VirtualService",
-        "spec.http[*].delegate",
-        "VirtualService delegation is not supported yet",
-    ),
-    row(
-        "VirtualService",
-        "spec.http[*].match[*].sourceLabels",
-        "source workload labels exist only for sidecars, not gateways",
-    ),
-    row(
-        "VirtualService",
-        "spec.http[*].match[*].sourceNamespace",
-        "source namespaces exist only for sidecars, not gateways",
-    ),
-    row(
-        "VirtualService",
-        "spec.http[*].match[*].statPrefix",
-        "per-match statistics prefixes are not supported yet",
-    ),
-    row(
-        "VirtualService",
-        "spec.http[*].retries.retryRemoteLocalities",
-        "locality-aware retries are not supported yet",
-    ),
     // DestinationRule
-    row(
-        "DestinationRule",
-        "spec.exportTo",
-        "exportTo scoping is not applied yet; the resource is visible to every namespace",
-    ),
-    row(
-        "DestinationRule",
-        "spec.workloadSelector",
-        "workloadSelector scoping is not applied yet; the rule applies to every proxy",
-    ),
-    row(
-        "DestinationRule",
-        "spec.**.tls",
-        "TLS origination towards upstreams is not translated yet",
-    ),
     row(
         "DestinationRule",
         "spec.**.tunnel",
@@ -117,39 +52,14 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     ),
     row(
         "DestinationRule",
-        "spec.**.retryBudget",
-        "retry budgets are not supported yet",
-    ),
-    row(
-        "DestinationRule",
         "spec.**.loadBalancer.zoneAwareLbSetting",
         "zone-aware load balancing is not supported yet",
-    ),
-    row(
-        "DestinationRule",
-        "spec.**.loadBalancer.warmup",
-        "slow start (warmup) is not supported yet",
-    ),
-    row(
-        "DestinationRule",
-        "spec.**.loadBalancer.warmupDurationSecs",
-        "slow start (warmup) is not supported yet",
     ),
     // ServiceEntry
     row(
         "ServiceEntry",
-        "spec.exportTo",
-        "exportTo scoping is not applied yet; the resource is visible to every namespace",
-    ),
-    row(
-        "ServiceEntry",
         "spec.addresses",
         "virtual IPs are only used by sidecar listeners",
-    ),
-    row(
-        "ServiceEntry",
-        "spec.subjectAltNames",
-        "upstream identity verification is not supported yet",
     ),
     row(
         "ServiceEntry",
@@ -325,7 +235,7 @@ mod tests {
 
     #[test]
     fn set_fields_are_reported_with_their_position() {
-        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: a.example.com\n  exportTo: []\n  trafficPolicy:\n    tls: {mode: SIMPLE}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      portLevelSettings:\n      - port: {number: 80}\n        tls: {mode: SIMPLE}\n";
+        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: a.example.com\n  exportTo: []\n  trafficPolicy:\n    tunnel: {targetHost: p, targetPort: 3128}\n  subsets:\n  - name: v1\n    trafficPolicy:\n      proxyProtocol: {version: V2}\n";
         let outcome = load_str("t.yaml", text);
         assert!(outcome.diagnostics.is_empty(), "{:?}", outcome.diagnostics);
         let mut out = Vec::new();
@@ -334,8 +244,8 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "t.yaml:8:5: warning: DestinationRule/default/r: spec.trafficPolicy.tls: `tls` is parsed but not acted on yet: TLS origination towards upstreams is not translated yet",
-                "t.yaml:14:9: warning: DestinationRule/default/r: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls: `tls` is parsed but not acted on yet: TLS origination towards upstreams is not translated yet",
+                "t.yaml:8:5: warning: DestinationRule/default/r: spec.trafficPolicy.tunnel: `tunnel` is parsed but not acted on yet: tunnelling through HTTP CONNECT/POST is not supported yet",
+                "t.yaml:12:7: warning: DestinationRule/default/r: spec.subsets[0].trafficPolicy.proxyProtocol: `proxyProtocol` is parsed but not acted on yet: sending PROXY protocol upstream is not supported yet",
             ]
         );
     }

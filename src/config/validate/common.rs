@@ -350,7 +350,12 @@ fn estimated_program_size(re: &str) -> Option<usize> {
     use regex_automata::util::syntax;
     let nfa = thompson::Compiler::new()
         .syntax(syntax::Config::new().unicode(false).utf8(false))
-        .configure(thompson::Config::new().utf8(false).shrink(true))
+        .configure(
+            thompson::Config::new()
+                .utf8(false)
+                .shrink(true)
+                .nfa_size_limit(Some(1 << 20)),
+        )
         .build(re)
         .ok()?;
     Some(nfa.states().len())

@@ -31,6 +31,12 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     for r in &config.workload_entries {
         service_entry::validate_workload_entry(r, &mut out);
     }
+    names(&config.gateways, &mut out);
+    names(&config.virtual_services, &mut out);
+    names(&config.destination_rules, &mut out);
+    names(&config.service_entries, &mut out);
+    names(&config.workload_entries, &mut out);
+    names(&config.secrets, &mut out);
     duplicates(&config.gateways, &mut out);
     duplicates(&config.virtual_services, &mut out);
     duplicates(&config.destination_rules, &mut out);
@@ -42,6 +48,29 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     Diagnostic::sort(&mut out);
     out.dedup();
     out
+}
+
+/// Names and namespaces as Kubernetes accepts them: a namespace is a lower-case DNS-1123
+/// label, a name a lower-case DNS-1123 subdomain.
+fn names<T: Kind>(resources: &[Resource<T>], out: &mut Vec<Diagnostic>) {
+    for r in resources {
+        if !common::is_lowercase_dns1123_label(&r.meta.namespace) {
+            out.push(r.error(
+                "metadata.namespace",
+                format!(
+                    "namespace `{}` must be a lower-case DNS-1123 label (letters, digits, `-`)",
+                    r.meta.namespace
+                ),
+            ));
+        }
+        let name = &r.meta.name;
+        if name.len() > 253 || !name.split('.').all(common::is_lowercase_dns1123_label) {
+            out.push(r.error(
+                "metadata.name",
+                format!("name `{name}` must be a lower-case DNS-1123 subdomain (letters, digits, `-`, `.`)"),
+            ));
+        }
+    }
 }
 
 /// The same kind, namespace and name twice: which one would apply is undefined.

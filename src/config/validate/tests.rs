@@ -304,10 +304,8 @@ fn virtual_service_rules() {
             vs("  hosts: [api.example.org]\n  gateways: [gw]\n  tls:\n  - match: [{sniHosts: [other.example.org], destinationSubnets: [10.0.0.0/33]}]\n    route:\n    - destination: {host: api.example.org, port: {number: 443}}\n  tcp:\n  - match: [{port: 0}]\n"),
             &[
                 "t.yaml:5:11: warning: VirtualService/shop/r: spec.hosts[0]: host `api.example.org` is not served by Gateway shop/gw (its hosts: *.example.com), so these routes are never used there",
-                "t.yaml:7:3: warning: VirtualService/shop/r: spec.tls: `tls` is parsed but not acted on yet: TLS (SNI) routes are not translated yet",
                 "t.yaml:8:25: error: VirtualService/shop/r: spec.tls[0].match[0].sniHosts[0]: SNI host `other.example.org` is not covered by the VirtualService hosts [api.example.org]",
                 "t.yaml:8:66: error: VirtualService/shop/r: spec.tls[0].match[0].destinationSubnets[0]: `10.0.0.0/33` is not an IP address or CIDR block",
-                "t.yaml:11:3: warning: VirtualService/shop/r: spec.tcp: `tcp` is parsed but not acted on yet: TCP routes are not translated yet",
                 "t.yaml:12:5: error: VirtualService/shop/r: spec.tcp[0]: a TCP route needs `route`",
             ],
         ),
@@ -315,11 +313,22 @@ fn virtual_service_rules() {
             "unsupported fields",
             vs("  hosts: [a.example.com]\n  gateways: [gw]\n  exportTo: [\".\"]\n  http:\n  - match:\n    - sourceLabels: {app: x}\n    route:\n    - destination: {host: reviews}\n"),
             &[
-                "t.yaml:7:3: warning: VirtualService/shop/r: spec.exportTo: `exportTo` is parsed but not acted on yet: exportTo scoping is not applied yet; the resource is visible to every namespace",
-                "t.yaml:10:7: warning: VirtualService/shop/r: spec.http[0].match[0].sourceLabels: `sourceLabels` is parsed but not acted on yet: source workload labels exist only for sidecars, not gateways",
             ],
         ),
     ];
+    run_table(&cases);
+}
+
+#[test]
+fn names_and_namespaces() {
+    let cases: Vec<(&str, String, &[&str])> = vec![(
+        "kubernetes names",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: My_Entry, namespace: Shop}\nspec:\n  hosts: [n.example.net]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n".to_string(),
+        &[
+            "t.yaml:3:12: error: ServiceEntry/Shop/My_Entry: metadata.name: name `My_Entry` must be a lower-case DNS-1123 subdomain (letters, digits, `-`, `.`)",
+            "t.yaml:3:28: error: ServiceEntry/Shop/My_Entry: metadata.namespace: namespace `Shop` must be a lower-case DNS-1123 label (letters, digits, `-`)",
+        ],
+    )];
     run_table(&cases);
 }
 
@@ -362,16 +371,11 @@ fn gateway_rules() {
             &[
                 "t.yaml:7:5: error: Gateway/shop/g2: spec.servers[0]: a HTTPS server needs `tls` settings",
                 "t.yaml:11:5: error: Gateway/shop/g2: spec.servers[1].tls: SIMPLE TLS needs `credentialName`, or `serverCertificate` and `privateKey`",
-                "t.yaml:11:5: warning: Gateway/shop/g2: spec.servers[1].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:14:5: error: Gateway/shop/g2: spec.servers[2].tls: set only one of credentialName, credentialNames, serverCertificate/privateKey, tlsCertificates",
-                "t.yaml:14:5: warning: Gateway/shop/g2: spec.servers[2].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:14:25: warning: Gateway/shop/g2: spec.servers[2].tls.credentialName: Secret shop/c not found (credentials are read from the gateway's namespace)",
                 "t.yaml:17:5: warning: Gateway/shop/g2: spec.servers[3].tls: PASSTHROUGH does not terminate TLS; the certificates given are ignored",
-                "t.yaml:17:5: warning: Gateway/shop/g2: spec.servers[3].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:20:5: error: Gateway/shop/g2: spec.servers[4].tls: MUTUAL TLS needs `caCertificates` (or `credentialName`) to verify client certificates",
-                "t.yaml:20:5: warning: Gateway/shop/g2: spec.servers[4].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:20:64: warning: Gateway/shop/g2: spec.servers[4].tls.httpsRedirect: httpsRedirect only makes sense on plain HTTP servers; requests here are already HTTPS",
-                "t.yaml:23:5: warning: Gateway/shop/g2: spec.servers[5].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:23:31: error: Gateway/shop/g2: spec.servers[5].tls.credentialName: ISTIO_MUTUAL uses mesh certificates; `credentialName` must not be set",
                 "t.yaml:23:31: warning: Gateway/shop/g2: spec.servers[5].tls.credentialName: Secret shop/x not found (credentials are read from the gateway's namespace)",
                 "t.yaml:23:79: error: Gateway/shop/g2: spec.servers[5].tls.maxProtocolVersion: maxProtocolVersion TLSV1_2 is below minProtocolVersion TLSV1_3",
@@ -381,12 +385,9 @@ fn gateway_rules() {
             "tls on plain ports",
             "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 9090, name: http, protocol: HTTP}\n    hosts: [a.example.net]\n    tls: {httpsRedirect: true}\n  - port: {number: 9091, name: http2, protocol: HTTP}\n    hosts: [b.example.net]\n    tls: {mode: SIMPLE, credentialName: x}\n  - port: {number: 9092, name: tcp, protocol: TCP}\n    hosts: [c.example.net]\n    tls: {mode: SIMPLE, credentialName: x}\n".to_string(),
             &[
-                "t.yaml:9:5: warning: Gateway/shop/g2: spec.servers[0].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:12:5: error: Gateway/shop/g2: spec.servers[1].tls: a plain-text HTTP server can only use `tls.httpsRedirect`; serve TLS with protocol HTTPS",
-                "t.yaml:12:5: warning: Gateway/shop/g2: spec.servers[1].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:12:25: warning: Gateway/shop/g2: spec.servers[1].tls.credentialName: Secret shop/x not found (credentials are read from the gateway's namespace)",
                 "t.yaml:15:5: error: Gateway/shop/g2: spec.servers[2].tls: a TCP server cannot have TLS settings",
-                "t.yaml:15:5: warning: Gateway/shop/g2: spec.servers[2].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:15:25: warning: Gateway/shop/g2: spec.servers[2].tls.credentialName: Secret shop/x not found (credentials are read from the gateway's namespace)",
             ],
         ),
@@ -395,10 +396,8 @@ fn gateway_rules() {
             "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [a.example.com]\n  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [b.example.com]\n    tls: {mode: SIMPLE, credentialName: cert}\n  - port: {number: 8443, name: https2, protocol: HTTPS}\n    hosts: [\"*.example.com\"]\n    tls: {mode: SIMPLE, credentialName: cert}\n  - port: {number: 8080, name: tcp, protocol: TCP}\n    hosts: [c.example.com]\n".to_string(),
             &[
                 "t.yaml:8:13: warning: Gateway/shop/g2: spec.servers[0].hosts[0]: host `a.example.com` on port 8080 is also served by Gateway shop/gw (base.yaml:2) spec.servers[0] (`*.example.com`); their routes are merged",
-                "t.yaml:11:5: warning: Gateway/shop/g2: spec.servers[1].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:11:25: warning: Gateway/shop/g2: spec.servers[1].tls.credentialName: Secret shop/cert not found (credentials are read from the gateway's namespace)",
                 "t.yaml:13:13: error: Gateway/shop/g2: spec.servers[2].hosts[0]: host `*.example.com` on port 8443 is also served by spec.servers[1] (`b.example.com`); only one TLS server can answer a given SNI",
-                "t.yaml:14:5: warning: Gateway/shop/g2: spec.servers[2].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:14:25: warning: Gateway/shop/g2: spec.servers[2].tls.credentialName: Secret shop/cert not found (credentials are read from the gateway's namespace)",
                 "t.yaml:15:5: error: Gateway/shop/g2: spec.servers[3].port: port 8080 is served as TCP here and as HTTP by Gateway shop/gw (base.yaml:2) spec.servers[0]; one port cannot carry both",
                 "t.yaml:15:5: error: Gateway/shop/g2: spec.servers[3].port: port 8080 is served as TCP here and as HTTP by spec.servers[0]; one port cannot carry both",
@@ -408,9 +407,7 @@ fn gateway_rules() {
             "credentials",
             "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [b.example.net]\n    tls: {mode: SIMPLE, credentialName: missing}\n  - port: {number: 8444, name: https2, protocol: HTTPS}\n    hosts: [c.example.net]\n    tls: {mode: SIMPLE, credentialName: \"kubernetes://partial\"}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: partial, namespace: shop}\nstringData: {tls.crt: x}\n".to_string(),
             &[
-                "t.yaml:9:5: warning: Gateway/shop/g2: spec.servers[0].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:9:25: warning: Gateway/shop/g2: spec.servers[0].tls.credentialName: Secret shop/missing not found (credentials are read from the gateway's namespace)",
-                "t.yaml:12:5: warning: Gateway/shop/g2: spec.servers[1].tls: `tls` is parsed but not acted on yet: TLS termination and passthrough are not translated yet",
                 "t.yaml:12:25: warning: Gateway/shop/g2: spec.servers[1].tls.credentialName: Secret shop/partial has neither tls.crt/tls.key nor cert/key",
             ],
         ),
@@ -419,11 +416,9 @@ fn gateway_rules() {
             "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 9090, name: http, protocol: HTTP}\n    hosts: [a.example.net]\n    bind: nowhere\n    defaultEndpoint: localhost:80\n  - port: {number: 9091, name: u, protocol: HTTP}\n    hosts: [b.example.net]\n    bind: unix:///tmp/s\n".to_string(),
             &[
                 "t.yaml:9:5: error: Gateway/shop/g2: spec.servers[0].bind: bind `nowhere` must be an IP address or a unix:// path",
-                "t.yaml:9:5: warning: Gateway/shop/g2: spec.servers[0].bind: `bind` is parsed but not acted on yet: servers listen on all addresses; binding one address is not supported yet",
                 "t.yaml:10:5: error: Gateway/shop/g2: spec.servers[0].defaultEndpoint: defaultEndpoint `localhost:80` must be IP:PORT or unix://PATH",
                 "t.yaml:10:5: warning: Gateway/shop/g2: spec.servers[0].defaultEndpoint: `defaultEndpoint` is parsed but not acted on yet: default endpoints (sidecar ingress) are not supported",
                 "t.yaml:11:12: error: Gateway/shop/g2: spec.servers[1].port.number: port number must be 0 when binding a unix domain socket, not 9091",
-                "t.yaml:13:5: warning: Gateway/shop/g2: spec.servers[1].bind: `bind` is parsed but not acted on yet: servers listen on all addresses; binding one address is not supported yet",
             ],
         ),
     ];
@@ -484,9 +479,7 @@ fn destination_rule_rules() {
             &[
                 "t.yaml:7:5: error: DestinationRule/shop/d: spec.trafficPolicy.tls: MUTUAL TLS needs clientCertificate (or credentialName)",
                 "t.yaml:7:5: error: DestinationRule/shop/d: spec.trafficPolicy.tls: MUTUAL TLS needs privateKey (or credentialName)",
-                "t.yaml:7:5: warning: DestinationRule/shop/d: spec.trafficPolicy.tls: `tls` is parsed but not acted on yet: TLS origination towards upstreams is not translated yet",
                 "t.yaml:7:50: error: DestinationRule/shop/d: spec.trafficPolicy.tls.insecureSkipVerify: insecureSkipVerify cannot be combined with caCertificates, subjectAltNames or a CA credential",
-                "t.yaml:11:7: warning: DestinationRule/shop/d: spec.subsets[0].trafficPolicy.tls: `tls` is parsed but not acted on yet: TLS origination towards upstreams is not translated yet",
                 "t.yaml:11:27: error: DestinationRule/shop/d: spec.subsets[0].trafficPolicy.tls.credentialName: credentialName cannot be combined with clientCertificate, privateKey, caCertificates or caCrl",
             ],
         ),
@@ -504,7 +497,6 @@ fn destination_rule_rules() {
             "unsupported fields",
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: shop}\nspec:\n  host: api.example.org\n  workloadSelector: {matchLabels: {app: x}}\n  trafficPolicy:\n    tunnel: {targetHost: proxy.example.org, targetPort: 3128}\n".to_string(),
             &[
-                "t.yaml:6:3: warning: DestinationRule/shop/d: spec.workloadSelector: `workloadSelector` is parsed but not acted on yet: workloadSelector scoping is not applied yet; the rule applies to every proxy",
                 "t.yaml:8:5: warning: DestinationRule/shop/d: spec.trafficPolicy.tunnel: `tunnel` is parsed but not acted on yet: tunnelling through HTTP CONNECT/POST is not supported yet",
             ],
         ),

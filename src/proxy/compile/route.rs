@@ -104,12 +104,12 @@ pub(crate) fn compile_route_config(
                 request_headers_to_remove,
                 most_specific_header_mutations_wins,
                 ignore_port_in_host_matching,
-                typed_per_filter_config
+                typed_per_filter_config,
+                max_direct_response_body_size_bytes
             ],
             ignored: [validate_clusters, metadata],
             unsupported: [
                 vhds,
-                max_direct_response_body_size_bytes,
                 cluster_specifier_plugins,
                 request_mirror_policies,
                 vhost_header,
@@ -119,6 +119,11 @@ pub(crate) fn compile_route_config(
         }
     );
     let rc_filters = filter_configs(cx, &rc.typed_per_filter_config)?;
+    // Envoy's default limit on direct response bodies is 4 KiB.
+    let max_body = rc
+        .max_direct_response_body_size_bytes
+        .map(|v| v.value as usize)
+        .unwrap_or(4096);
     let mut table = RouteTable {
         name: rc.name.as_str().into(),
         ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
@@ -175,7 +180,7 @@ pub(crate) fn compile_route_config(
                     table.exact.insert(d.into(), i);
                 }
             }
-            compile_virtual_host(cx, vh, clusters, &rc_filters)
+            compile_virtual_host(cx, vh, clusters, &rc_filters, max_body)
         })?;
         table.virtual_hosts.push(compiled);
     }
@@ -195,6 +200,7 @@ fn compile_virtual_host(
     vh: &pb::VirtualHost,
     clusters: &Clusters,
     rc_filters: &FilterConfigs,
+    max_body: usize,
 ) -> Result<VirtualHost, CompileError> {
     fields!(
         cx,
@@ -243,7 +249,7 @@ fn compile_virtual_host(
     let mut routes = Vec::with_capacity(vh.routes.len());
     for (i, r) in vh.routes.iter().enumerate() {
         routes.push(cx.at(format_args!("routes[{i}]"), |cx| {
-            compile_route(cx, r, clusters, &vh_filters, retry.as_ref())
+            compile_route(cx, r, clusters, &vh_filters, retry.as_ref(), max_body)
         })?);
     }
     Ok(VirtualHost {
@@ -276,6 +282,7 @@ fn compile_route(
     clusters: &Clusters,
     vh_filters: &FilterConfigs,
     vh_retry: Option<&Arc<RetryPolicy>>,
+    max_body: usize,
 ) -> Result<Route, CompileError> {
     use pb::route::Action as A;
     fields!(
@@ -322,7 +329,7 @@ fn compile_route(
             Action::Redirect(Box::new(cx.at("redirect", |cx| compile_redirect(cx, rd))?))
         }
         Some(A::DirectResponse(d)) => {
-            Action::Direct(cx.at("direct_response", |cx| compile_direct(cx, d))?)
+            Action::Direct(cx.at("direct_response", |cx| compile_direct(cx, d, max_body))?)
         }
         Some(A::FilterAction(_)) => return Err(cx.unsupported("filter_action")),
         Some(A::NonForwardingAction(_)) => return Err(cx.unsupported("non_forwarding_action")),
@@ -871,6 +878,7 @@ fn compile_redirect(cx: &mut Cx, r: &pb::RedirectAction) -> Result<Redirect, Com
 fn compile_direct(
     cx: &mut Cx,
     d: &pb::DirectResponseAction,
+    max_body: usize,
 ) -> Result<DirectResponse, CompileError> {
     use crate::xds::pb::envoy::config::core::v3::data_source::Specifier;
     fields!(
@@ -903,8 +911,11 @@ fn compile_direct(
         }
     };
     // Envoy caps direct response bodies at 4 KiB unless told otherwise.
-    if body.as_ref().is_some_and(|b| b.len() > 4096) {
-        return Err(cx.err("body", "direct response body is larger than 4096 bytes"));
+    if body.as_ref().is_some_and(|b| b.len() > max_body) {
+        return Err(cx.err(
+            "body",
+            format!("direct response body is larger than {max_body} bytes (max_direct_response_body_size_bytes)"),
+        ));
     }
     Ok(DirectResponse { status, body })
 }

@@ -1,0 +1,204 @@
+//! `meshgate translate`: Istio configuration -> the Envoy resources of one gateway,
+//! written as files a stock Envoy runs from (`envoy -c OUTDIR/envoy.yaml`), or printed
+//! in Envoy's config_dump shape.
+//!
+//! Exit codes: 0 translated, 1 the configuration has errors, 2 could not run.
+use clap::ValueEnum;
+use meshgate::config::{self, Diagnostic};
+use meshgate::registry::Registry;
+use meshgate::translate::{self, envoy_files};
+use meshgate::xds::{ProxyIdentity, TypeUrl, json};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// What to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Files for Envoy under `--out`: a bootstrap plus filesystem xDS subscriptions.
+    Envoy,
+    /// The resources in Envoy's admin `/config_dump` shape, on stdout.
+    Json,
+}
+
+/// Arguments of `meshgate translate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A YAML/JSON file, or a directory searched recursively for .yaml, .yml and .json files.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Labels of the gateway workload, matched against Gateway selectors.
+    #[arg(long, default_value = "istio=ingressgateway")]
+    pub labels: String,
+    /// Namespace of the gateway workload (default: that of the Gateways selecting it).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Directory to write the Envoy files to (created if missing).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Port of Envoy's admin API on 127.0.0.1, written into the bootstrap.
+    #[arg(long, default_value_t = 15000)]
+    pub admin_port: u16,
+    /// What to produce.
+    #[arg(long, value_enum, default_value_t = Format::Envoy)]
+    pub format: Format,
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> ExitCode {
+    if let Err(e) = std::fs::metadata(&args.config) {
+        eprintln!(
+            "meshgate translate: cannot read {}: {e}",
+            args.config.display()
+        );
+        return ExitCode::from(2);
+    }
+    if args.format == Format::Envoy && args.out.is_none() {
+        eprintln!(
+            "meshgate translate: --out DIR is needed to write Envoy files (or use --format json)"
+        );
+        return ExitCode::from(2);
+    }
+    let labels = match ProxyIdentity::parse_labels(&args.labels) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("meshgate translate: --labels: {e}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let outcome = config::load(&args.config);
+    let mut diagnostics = outcome.diagnostics;
+    diagnostics.extend(config::validate(&outcome.config));
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        print_diagnostics(&mut diagnostics);
+        let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+        eprintln!("meshgate translate: {errors} error(s) in the configuration; nothing translated");
+        return ExitCode::from(1);
+    }
+
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| translate::default_namespace(&outcome.config, &labels));
+    let mut proxy = ProxyIdentity::gateway(&namespace, labels);
+    if args.namespace.is_none() {
+        // No workload namespace: each Gateway's credentials are looked up in the
+        // Gateway's own namespace.
+        proxy.namespace.clear();
+    }
+    let (registry, registry_diagnostics) = Registry::from_config(&outcome.config);
+    let translation = translate::gateway(&outcome.config, &registry, &proxy);
+    diagnostics.extend(registry_diagnostics);
+    diagnostics.extend(translation.diagnostics);
+    print_diagnostics(&mut diagnostics);
+
+    let set = &translation.resources;
+    if set.listeners.is_empty() {
+        eprintln!(
+            "meshgate translate: warning: no Gateway server selects labels {{{}}}; Envoy will have no listener",
+            args.labels
+        );
+    }
+
+    if let Some(out) = &args.out {
+        match write_files(set, &proxy, out, args.admin_port) {
+            Ok(dir) => eprintln!(
+                "meshgate translate: {} listener(s), {} route table(s), {} cluster(s), {} endpoint set(s), {} secret(s) written to {}\n  run: envoy -c {}",
+                set.listeners.len(),
+                set.routes.len(),
+                set.clusters.len(),
+                set.endpoints.len(),
+                set.secrets.len(),
+                dir.display(),
+                dir.join(envoy_files::BOOTSTRAP).display()
+            ),
+            Err(e) => {
+                eprintln!("meshgate translate: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if args.format == Format::Json {
+        let dump = match json::config_dump(set, "1") {
+            Ok(d) => envoy_files::canonical(d),
+            Err(e) => {
+                eprintln!("meshgate translate: cannot render JSON: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let text = serde_json::to_string_pretty(&dump).unwrap_or_default();
+        let mut stdout = std::io::stdout().lock();
+        if writeln!(stdout, "{text}").is_err() {
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_diagnostics(diagnostics: &mut [Diagnostic]) {
+    Diagnostic::sort(diagnostics);
+    for d in diagnostics.iter() {
+        eprintln!("{d}");
+    }
+}
+
+/// Writes every file atomically (temporary file + rename in the same directory, so a
+/// running Envoy never reads a half-written file), the per-resource files before the
+/// listener and cluster files that name them, then removes files of resources that are
+/// gone. Returns the absolute output directory.
+fn write_files(
+    set: &meshgate::xds::ResourceSet,
+    proxy: &ProxyIdentity,
+    out: &Path,
+    admin_port: u16,
+) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let dir =
+        std::fs::canonicalize(out).map_err(|e| format!("cannot resolve {}: {e}", out.display()))?;
+    let files = envoy_files::envoy_files(set, proxy, &dir, admin_port)
+        .map_err(|e| format!("cannot render Envoy resources: {e}"))?;
+    let mut written: BTreeSet<PathBuf> = BTreeSet::new();
+    for f in &files {
+        let path = dir.join(&f.path);
+        write_atomically(&path, f.contents.as_bytes())?;
+        written.insert(path);
+    }
+    for ty in [TypeUrl::Route, TypeUrl::Endpoint, TypeUrl::Secret] {
+        let sub = dir.join(ty.short());
+        let Ok(entries) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "yaml") && !written.contains(&path) {
+                std::fs::remove_file(&path)
+                    .map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
+            }
+        }
+    }
+    Ok(dir)
+}
+
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
+    if std::fs::read(path).is_ok_and(|old| old == contents) {
+        // Unchanged: leave the file alone so Envoy sees no update.
+        return Ok(());
+    }
+    let parent = path
+        .parent()
+        .ok_or_else(|| format!("{} has no parent directory", path.display()))?;
+    std::fs::create_dir_all(parent)
+        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, contents).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot rename {} to {}: {e}", tmp.display(), path.display())
+    })
+}

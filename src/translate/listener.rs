@@ -1,0 +1,131 @@
+//! Gateway listeners: one per port, with the HTTP connection manager istiod configures
+//! for gateways.
+use super::gateways::Port;
+use super::http_route::{CORS_FILTER, FAULT_FILTER};
+use super::names;
+use super::pb;
+use crate::xds::pb::envoy::config::core::v3 as core;
+use crate::xds::pb::envoy::config::listener::v3 as listener;
+use crate::xds::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use crate::xds::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use crate::xds::pb::envoy::extensions::filters::http::router::v3::Router;
+use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use crate::xds::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
+
+/// Name of the HTTP connection manager network filter.
+pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
+/// Name of the router HTTP filter.
+pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+/// The `server` header Istio gateways answer with.
+pub const SERVER_NAME: &str = "istio-envoy";
+/// Istio's bound on TLS handshakes on gateway filter chains (15 s).
+pub const TRANSPORT_SOCKET_CONNECT_TIMEOUT_SECS: u64 = 15;
+
+/// The address a gateway listener binds: the server's `bind`, else all IPv4 addresses.
+pub fn bind_address(bind: &str) -> &str {
+    if bind.is_empty() { "0.0.0.0" } else { bind }
+}
+
+/// An empty listener for a port (filter chains are added by the caller).
+pub fn listener(port: &Port) -> listener::Listener {
+    let bind = bind_address(&port.bind);
+    let address = match bind.strip_prefix("unix://") {
+        Some(path) => pb::pipe_address(path),
+        None => pb::socket_address(bind, port.number),
+    };
+    listener::Listener {
+        name: names::listener_name(bind, port.number),
+        address: Some(address),
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
+}
+
+/// A filter chain around network filters, with Istio's handshake bound.
+pub fn filter_chain(
+    filters: Vec<listener::Filter>,
+    filter_chain_match: Option<listener::FilterChainMatch>,
+    transport_socket: Option<core::TransportSocket>,
+) -> listener::FilterChain {
+    listener::FilterChain {
+        filter_chain_match,
+        filters,
+        transport_socket,
+        transport_socket_connect_timeout: Some(pb::seconds(TRANSPORT_SOCKET_CONNECT_TIMEOUT_SECS)),
+        ..Default::default()
+    }
+}
+
+/// The HTTP connection manager of a gateway server, reading routes `route_name` by RDS.
+///
+/// Istio's gateway settings: the client address is the peer (use_remote_address),
+/// client certificate details sanitised and set, `server: istio-envoy`, paths normalised
+/// without touching escaped slashes, websocket upgrades, no stream idle timeout, UUID
+/// request ids, and the fault, CORS and router filters (router last).
+pub fn http_connection_manager(route_name: &str, stat_prefix: &str) -> listener::Filter {
+    let manager = hcm::HttpConnectionManager {
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        stat_prefix: stat_prefix.to_string(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(pb::ads_config_source()),
+                route_config_name: route_name.to_string(),
+            },
+        )),
+        http_filters: vec![
+            http_filter(FAULT_FILTER, pb::any(&HttpFault::default())),
+            http_filter(CORS_FILTER, pb::any(&Cors::default())),
+            http_filter(ROUTER_FILTER, pb::any(&Router::default())),
+        ],
+        use_remote_address: Some(pb::boolv(true)),
+        xff_num_trusted_hops: 0,
+        forward_client_cert_details:
+            hcm::http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32,
+        set_current_client_cert_details: Some(
+            hcm::http_connection_manager::SetCurrentClientCertDetails {
+                subject: Some(pb::boolv(true)),
+                cert: true,
+                dns: true,
+                uri: true,
+                ..Default::default()
+            },
+        ),
+        server_name: SERVER_NAME.to_string(),
+        server_header_transformation:
+            hcm::http_connection_manager::ServerHeaderTransformation::Overwrite as i32,
+        http_protocol_options: Some(core::Http1ProtocolOptions::default()),
+        proxy_100_continue: true,
+        normalize_path: Some(pb::boolv(true)),
+        path_with_escaped_slashes_action:
+            hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged as i32,
+        upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
+        stream_idle_timeout: Some(pb::seconds(0)),
+        request_id_extension: Some(hcm::RequestIdExtension {
+            typed_config: Some(pb::any(&UuidRequestIdConfig {
+                use_request_id_for_trace_sampling: Some(pb::boolv(true)),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    listener::Filter {
+        name: HTTP_CONNECTION_MANAGER.into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(pb::any(&manager))),
+    }
+}
+
+fn http_filter(name: &str, config: crate::xds::pb::google::protobuf::Any) -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: name.to_string(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+/// Istio's HTTP stat prefix for a listener: `outbound_LISTENER;`.
+pub fn http_stat_prefix(listener_name: &str) -> String {
+    names::delimited_stat_prefix(&format!("outbound_{listener_name}"))
+}

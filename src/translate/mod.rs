@@ -1,0 +1,116 @@
+//! The translate layer: Istio configuration -> Envoy xDS resources for one proxy.
+//!
+//! [`gateway`] is a pure function of the configuration, the registry and the proxy's
+//! identity, and builds what istiod builds for a gateway, with istiod's names:
+//!
+//! - a Listener per Gateway port (`0.0.0.0_8080`) with the HTTP connection manager
+//!   istiod configures for gateways, reading routes by RDS;
+//! - a RouteConfiguration per HTTP route name (`http.8080`,
+//!   `https.443.PORTNAME.GATEWAY.NAMESPACE`) with a virtual host per host (`host:port`)
+//!   holding the bound VirtualServices' routes in order;
+//! - Clusters `outbound|PORT|SUBSET|HOST` carrying the DestinationRule policy, and
+//!   ClusterLoadAssignments for the EDS ones.
+//!
+//! Which clusters a gateway gets: only those of services its routes reference (every
+//! port of each such service, and every subset its DestinationRule defines) — istiod's
+//! behaviour with `PILOT_FILTER_GATEWAY_CLUSTER_CONFIG=true`. A gateway never routes to
+//! anything else, so the other clusters would only cost memory and pushes.
+//!
+//! What cannot be translated becomes a [`Diagnostic`] instead of being silently dropped.
+mod cluster;
+mod endpoints;
+pub mod envoy_files;
+mod gateways;
+mod http_route;
+mod listener;
+mod names;
+mod network;
+mod pb;
+mod retry;
+mod routes;
+mod scope;
+mod servers;
+mod tls;
+
+pub use names::{cluster_name, listener_name, sni_cluster_name, virtual_host_name};
+
+use crate::config::{Config, Diagnostic};
+use crate::registry::Registry;
+use crate::xds::{ProxyIdentity, ResourceSet};
+
+/// The result of translating: the resources, and what could not be translated.
+#[derive(Debug, Clone, Default)]
+pub struct Translation {
+    /// The Envoy resources, each list sorted by name.
+    pub resources: ResourceSet,
+    /// Problems found while translating (never fatal: the rest is translated).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// The namespace a gateway with these labels is taken to run in when none is given: that
+/// of the first Gateway selecting it (Istio's order), else `default`.
+pub fn default_namespace(
+    config: &Config,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> String {
+    scope::selected_gateways(config, labels)
+        .first()
+        .map(|g| g.meta.namespace.clone())
+        .unwrap_or_else(|| crate::config::types::DEFAULT_NAMESPACE.to_string())
+}
+
+/// Translates the configuration for a gateway proxy.
+pub fn gateway(config: &Config, registry: &Registry, proxy: &ProxyIdentity) -> Translation {
+    let mut scope = scope::Scope::new(config, registry, proxy);
+    let diagnostics = std::mem::take(&mut scope.diagnostics);
+    let mut build = servers::Build::new(&scope, diagnostics);
+    let mut resources = ResourceSet::default();
+
+    for port in &gateways::merge(&scope, &mut build.diagnostics) {
+        if let Some(l) = build.port_listener(port) {
+            resources.listeners.push(l);
+        }
+    }
+
+    let servers::Build {
+        mut diagnostics,
+        references,
+        sni_services,
+        mut secrets,
+        routes,
+        ..
+    } = build;
+    resources.routes = routes;
+    for (services, naming) in [
+        (&references, cluster::Naming::Outbound),
+        (&sni_services, cluster::Naming::SniDnat),
+    ] {
+        for (host, namespace) in services {
+            let Some(service) = registry
+                .services()
+                .iter()
+                .find(|s| &s.hostname == host && &s.namespace == namespace)
+            else {
+                continue;
+            };
+            for built in
+                cluster::service_clusters(&scope, service, naming, &mut secrets, &mut diagnostics)
+            {
+                resources.clusters.push(built.cluster);
+                if let Some(cla) = built.load_assignment {
+                    resources.endpoints.push(cla);
+                }
+            }
+        }
+    }
+    resources.secrets = secrets.into_secrets();
+
+    resources.sort();
+    Translation {
+        resources,
+        diagnostics,
+    }
+}
+
+#[cfg(test)]
+mod tests;

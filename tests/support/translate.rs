@@ -1,0 +1,643 @@
+//! Included by the `translate_envoy_*` tests next to `support` (`#[path]`).
+//!
+//! Helpers for tests that judge `meshgate translate` with a real Envoy: render a
+//! configuration template with the test's ports, translate it with the real binary,
+//! start Envoy on the files, and talk HTTP to it.
+#![allow(dead_code)]
+
+use crate::support::{Envoy, TempDir, free_port};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use std::collections::BTreeMap;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The meshgate binary built for these tests.
+pub fn meshgate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meshgate"))
+}
+
+/// Replaces every `{{NAME}}` in `template`; panics on a placeholder left unfilled.
+pub fn render(template: &str, vars: &[(&str, String)]) -> String {
+    let mut out = template.to_string();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{{{name}}}}}"), value);
+    }
+    if let Some(start) = out.find("{{") {
+        let end = out[start..].find("}}").map_or(out.len(), |e| start + e + 2);
+        panic!("template placeholder {} has no value", &out[start..end]);
+    }
+    out
+}
+
+/// Reads a test configuration template from `tests/testdata/translate/`.
+pub fn testdata(name: &str) -> String {
+    let path = crate::support::repo_root()
+        .join("tests/testdata/translate")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Runs `meshgate ARGS...`.
+pub fn meshgate(args: &[&str]) -> Output {
+    Command::new(meshgate_bin())
+        .args(args)
+        .current_dir(crate::support::repo_root())
+        .output()
+        .expect("running meshgate")
+}
+
+/// A real Envoy serving what `meshgate translate` made of a configuration.
+pub struct TranslatedEnvoy {
+    pub envoy: Envoy,
+    /// Scratch directory: `config/` (the Istio YAML) and `envoy/` (translate's output).
+    pub dir: TempDir,
+    /// What translate printed on stderr (diagnostics).
+    pub translate_stderr: String,
+}
+
+impl TranslatedEnvoy {
+    /// Writes `yaml` to a scratch directory, translates it with `--labels labels`,
+    /// starts Envoy on the result and waits until `listeners` listeners are active.
+    pub fn start(yaml: &str, labels: &str, listeners: u64) -> TranslatedEnvoy {
+        let dir = TempDir::new();
+        let config_dir = dir.path().join("config");
+        std::fs::create_dir_all(&config_dir).expect("config dir");
+        std::fs::write(config_dir.join("config.yaml"), yaml).expect("write config");
+        Self::start_dir(dir, &config_dir, labels, listeners)
+    }
+
+    /// Translates an existing configuration directory (or file) and starts Envoy.
+    pub fn start_dir(dir: TempDir, config: &Path, labels: &str, listeners: u64) -> TranslatedEnvoy {
+        let out = dir.path().join("envoy");
+        let admin = free_port();
+        let stderr = translate(config, &out, admin, labels);
+        let envoy = Envoy::start(&out.join("envoy.yaml"), admin, dir.path());
+        let started = TranslatedEnvoy {
+            envoy,
+            dir,
+            translate_stderr: stderr,
+        };
+        started.wait_listeners(listeners);
+        started.envoy.assert_no_rejections();
+        started
+    }
+
+    /// The directory translate writes to.
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.path().join("envoy")
+    }
+
+    /// Waits (bounded) until Envoy has `n` active listeners and no warming ones.
+    pub fn wait_listeners(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let active = self.envoy.stat("listener_manager.total_listeners_active");
+            let warming = self.envoy.stat("listener_manager.total_listeners_warming");
+            if active == Some(n) && warming.unwrap_or(0) == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "envoy has {active:?} active / {warming:?} warming listeners, expected {n}:\n{}",
+                self.envoy.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Envoy's `/config_dump` (including EDS), as JSON.
+    pub fn config_dump(&self) -> serde_json::Value {
+        let (status, body) = self
+            .envoy
+            .admin_get("/config_dump?include_eds")
+            .expect("admin /config_dump");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("config dump JSON")
+    }
+}
+
+/// Runs `meshgate translate --config CONFIG --out OUT --admin-port ADMIN --labels LABELS`,
+/// asserting success; returns its stderr.
+pub fn translate(config: &Path, out: &Path, admin: u16, labels: &str) -> String {
+    let output = Command::new(meshgate_bin())
+        .arg("translate")
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .args(["--admin-port", &admin.to_string(), "--labels", labels])
+        .output()
+        .expect("running meshgate translate");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "meshgate translate failed ({}):\n{stderr}",
+        output.status
+    );
+    stderr
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+    pub elapsed: Duration,
+}
+
+impl Reply {
+    /// The echo upstream's JSON description of the request it received.
+    pub fn echo(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not an echo response ({e}): {self:?}"))
+    }
+
+    /// The name of the echo upstream that answered.
+    pub fn upstream(&self) -> String {
+        self.echo()["upstream"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The first value of a request header as the upstream saw it.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.echo()["headers"][name][0].as_str().map(str::to_string)
+    }
+
+    /// A response header.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+/// Sends one request to 127.0.0.1:`port` with `Host: host`.
+pub async fn send(
+    client: &reqwest::Client,
+    method: &str,
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client.request(method, &url).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let start = Instant::now();
+    let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// GET with `Host: host`.
+pub async fn get(client: &reqwest::Client, port: u16, host: &str, path: &str) -> Reply {
+    send(client, "GET", port, host, path, &[]).await
+}
+
+// ---------------------------------------------------------------------------------------
+// A recording upstream (for mirrors: the proxy drops the mirror's response)
+// ---------------------------------------------------------------------------------------
+
+/// What a recording upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// An HTTP server on 127.0.0.1 that answers 200 and remembers every request.
+pub struct RecordingUpstream {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RecordingUpstream {
+    pub fn start() -> RecordingUpstream {
+        let listener = StdListener::bind("127.0.0.1:0").expect("bind recording upstream");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let store = seen.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let store = store.clone();
+                            tokio::spawn(async move {
+                                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                                    let store = store.clone();
+                                    async move {
+                                        let headers = req
+                                            .headers()
+                                            .iter()
+                                            .map(|(k, v)| {
+                                                (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                            })
+                                            .collect();
+                                        let rec = Recorded {
+                                            method: req.method().to_string(),
+                                            path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                                            headers,
+                                        };
+                                        let _ = req.into_body().collect().await;
+                                        store.lock().expect("lock").push(rec);
+                                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"recorded"))))
+                                    }
+                                });
+                                let io = hyper_util::rt::TokioIo::new(stream);
+                                let _ = hyper_util::server::conn::auto::Builder::new(
+                                    hyper_util::rt::TokioExecutor::new(),
+                                )
+                                .serve_connection(io, svc)
+                                .await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        RecordingUpstream {
+            port,
+            seen,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Requests seen so far.
+    pub fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// Waits (bounded) until at least `n` requests were seen.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "recording upstream saw {} request(s), expected {n}",
+                seen.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS: a test CA, a TLS terminator in front of an upstream, HTTPS clients
+// ---------------------------------------------------------------------------------------
+
+/// A certificate authority made at test time, issuing leaf certificates.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+/// A certificate and its key, PEM.
+#[derive(Clone)]
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        TestCa {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for DNS names and URIs (`spiffe://...`), usable by servers and clients.
+    pub fn issue(&self, names: &[&str]) -> Leaf {
+        let dns: Vec<String> = names
+            .iter()
+            .filter(|n| !n.contains("://"))
+            .map(|n| n.to_string())
+            .collect();
+        let mut params = rcgen::CertificateParams::new(dns).expect("leaf params");
+        for uri in names.iter().filter(|n| n.contains("://")) {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(uri.to_string()).expect("uri"),
+            ));
+        }
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("leaf"),
+        );
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
+}
+
+fn key(pem: &str) -> rustls::pki_types::PrivateKeyDer<'static> {
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .expect("PEM key")
+        .expect("a key")
+}
+
+/// A TLS terminator on 127.0.0.1 in front of a plain-text upstream: it completes the
+/// handshake with its certificate (optionally requiring a client certificate from a CA)
+/// and copies the bytes to `backend`. It remembers each handshake's SNI.
+pub struct TlsFront {
+    pub port: u16,
+    snis: Arc<Mutex<Vec<Option<String>>>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsFront {
+    pub fn start(leaf: &Leaf, client_ca: Option<&str>, backend: u16) -> TlsFront {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions");
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs(ca) {
+                    roots.add(c).expect("CA");
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder
+            .with_single_cert(certs(&leaf.cert), key(&leaf.key))
+            .expect("server certificate");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = StdListener::bind("127.0.0.1:0").expect("bind TLS front");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let snis: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let seen = snis.clone();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let acceptor = acceptor.clone();
+                            let seen = seen.clone();
+                            tokio::spawn(async move {
+                                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                                let sni = tls.get_ref().1.server_name().map(str::to_string);
+                                seen.lock().expect("lock").push(sni);
+                                let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await else { return };
+                                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        TlsFront {
+            port,
+            snis,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// The SNI of every completed handshake so far.
+    pub fn snis(&self) -> Vec<Option<String>> {
+        self.snis.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An HTTPS client trusting only `ca`, resolving `hosts` to 127.0.0.1:`port`, with an
+/// optional client certificate; it exposes the server's certificate (`tls_info`).
+pub fn https_client(
+    ca: &str,
+    hosts: &[&str],
+    port: u16,
+    identity: Option<&Leaf>,
+) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .tls_info(true)
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA")]);
+    for h in hosts {
+        b = b.resolve(h, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Some(leaf) = identity {
+        let pem = format!("{}{}", leaf.cert, leaf.key);
+        b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+    }
+    b.build().expect("https client")
+}
+
+/// A raw TLS connection to 127.0.0.1:`port` with `sni` and `alpn`, trusting `ca` (or
+/// nothing checked when `ca` is None). Returns the stream once the handshake is done.
+pub async fn tls_connect(
+    port: u16,
+    sni: &str,
+    alpn: &[&str],
+    ca: Option<&str>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let mut config = match ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca) {
+                roots.add(c).expect("CA");
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    connector.connect(name, tcp).await
+}
+
+/// Sends a bare HTTP/1.1 GET over an established stream and reads the whole response.
+pub async fn http1_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    host: &str,
+    path: &str,
+) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Accepts any server certificate (for routing tests where identity is not the point).
+#[derive(Debug)]
+struct NoVerify;
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The DER of the certificate a response's server presented.
+pub fn peer_certificate(resp: &reqwest::Response) -> Vec<u8> {
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .map(<[u8]>::to_vec)
+        .expect("TLS info with the peer certificate")
+}
+
+/// The DER of a PEM certificate.
+pub fn der(pem: &str) -> Vec<u8> {
+    certs(pem)[0].to_vec()
+}
+
+/// Indents PEM (or any text) for a YAML block scalar at `spaces`.
+pub fn yaml_block(text: &str, spaces: usize) -> String {
+    let pad = " ".repeat(spaces);
+    text.lines()
+        .map(|l| format!("{pad}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
