@@ -44,6 +44,24 @@ impl InProcess {
         }
     }
 
+    /// Starts a gateway serving an already-built resource set.
+    pub fn start_set(set: meshgate::xds::ResourceSet) -> InProcess {
+        let opts = meshgate::proxy::GatewayOptions {
+            concurrency: 1,
+            admin_addr: Some("127.0.0.1:0".parse().unwrap()),
+            health_addr: None,
+            prometheus_addr: None,
+            access_log: meshgate::proxy::access_log::AccessLogMode::Off,
+            drain_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let gateway = meshgate::proxy::Gateway::start(opts).expect("gateway starts");
+        gateway.apply(set, "1").expect("resources compile");
+        InProcess {
+            gateway: Some(gateway),
+        }
+    }
+
     pub fn gw(&self) -> &meshgate::proxy::Gateway {
         self.gateway.as_ref().expect("running")
     }
@@ -75,6 +93,35 @@ impl Drop for InProcess {
     }
 }
 
+/// Renders a resource set in the `{"listeners": [...], ...}` JSON form.
+pub fn resource_json(set: &meshgate::xds::ResourceSet) -> Value {
+    use meshgate::xds::json::to_json;
+    json!({
+        "listeners": set.listeners.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
+        "routes": set.routes.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
+        "clusters": set.clusters.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
+        "endpoints": set.endpoints.iter().map(|r| to_json(r).unwrap()).collect::<Vec<_>>(),
+    })
+}
+
+/// Translates Istio YAML in `dir` for an ingress gateway (`istio=ingressgateway`).
+pub fn translate_istio(dir: &Path) -> meshgate::xds::ResourceSet {
+    let outcome = meshgate::config::load(dir);
+    let errors: Vec<String> = outcome
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    let labels = meshgate::xds::ProxyIdentity::parse_labels("istio=ingressgateway").unwrap();
+    let ns = meshgate::translate::default_namespace(&outcome.config, &labels);
+    let mut proxy = meshgate::xds::ProxyIdentity::gateway(&ns, labels);
+    proxy.namespace.clear();
+    let (registry, _) = meshgate::registry::Registry::from_config(&outcome.config);
+    meshgate::translate::gateway(&outcome.config, &registry, &proxy).resources
+}
+
 /// Parses resources in the `{"listeners": [...], ...}` JSON form.
 pub fn resource_set(v: &Value) -> meshgate::xds::ResourceSet {
     meshgate::proxy::json_input::resource_set_from_json(v).expect("valid resource JSON")
@@ -96,9 +143,31 @@ pub fn envoy_with(resources: &Value, dir: &TempDir) -> Envoy {
             }
         }
     }
-    for c in r["clusters"].as_array_mut().into_iter().flatten() {
+    // Filesystem EDS: one file per cluster, holding exactly its assignment.
+    let mut eds_files: Vec<(String, Value)> = Vec::new();
+    for (i, c) in r["clusters"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         if c["eds_cluster_config"].is_object() {
-            c["eds_cluster_config"]["eds_config"] = path_source("eds.json");
+            let service = c["eds_cluster_config"]["service_name"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .or(c["name"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            let file = format!("eds-{i}.json");
+            c["eds_cluster_config"]["eds_config"] = path_source(&file);
+            let cla = resources["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["cluster_name"] == service.as_str())
+                .cloned()
+                .collect::<Vec<_>>();
+            eds_files.push((file, Value::Array(cla)));
         }
     }
     let write = |file: &str, ty: &str, list: &Value| {
@@ -117,10 +186,15 @@ pub fn envoy_with(resources: &Value, dir: &TempDir) -> Envoy {
         std::fs::write(&tmp, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
         std::fs::rename(&tmp, d.join(file)).unwrap();
     };
+    // Files a subscription names must exist before it is made: endpoints and routes
+    // first, then clusters and listeners.
+    for (file, list) in &eds_files {
+        write(file, "envoy.config.endpoint.v3.ClusterLoadAssignment", list);
+    }
     write(
-        "lds.json",
-        "envoy.config.listener.v3.Listener",
-        &r["listeners"],
+        "rds.json",
+        "envoy.config.route.v3.RouteConfiguration",
+        &r["routes"],
     );
     write(
         "cds.json",
@@ -128,14 +202,9 @@ pub fn envoy_with(resources: &Value, dir: &TempDir) -> Envoy {
         &r["clusters"],
     );
     write(
-        "rds.json",
-        "envoy.config.route.v3.RouteConfiguration",
-        &r["routes"],
-    );
-    write(
-        "eds.json",
-        "envoy.config.endpoint.v3.ClusterLoadAssignment",
-        &r["endpoints"],
+        "lds.json",
+        "envoy.config.listener.v3.Listener",
+        &r["listeners"],
     );
     let bootstrap = json!({
         "node": {"id": "router~127.0.0.1~envoy.test~test.svc.cluster.local", "cluster": "test"},
@@ -169,6 +238,14 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn start(json_file: &Path, dir: &Path, extra: &[&str]) -> GatewayProcess {
+        let file = json_file.to_str().expect("utf-8 path").to_string();
+        let mut args = vec!["--xds-json", file.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_with(&args, dir)
+    }
+
+    /// Starts `meshgate gateway ARGS...` with admin/health/Prometheus on free ports.
+    pub fn start_with(args: &[&str], dir: &Path) -> GatewayProcess {
         let admin_port = free_port();
         let health_port = free_port();
         let prometheus_port = free_port();
@@ -176,8 +253,7 @@ impl GatewayProcess {
         let stderr_path = dir.join("meshgate.stderr");
         let child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
             .arg("gateway")
-            .arg("--xds-json")
-            .arg(json_file)
+            .args(args)
             .args(["--concurrency", "1"])
             .args(["--admin-address", &format!("127.0.0.1:{admin_port}")])
             .args(["--health-address", &format!("127.0.0.1:{health_port}")])
@@ -185,7 +261,6 @@ impl GatewayProcess {
                 "--prometheus-address",
                 &format!("127.0.0.1:{prometheus_port}"),
             ])
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).unwrap())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
