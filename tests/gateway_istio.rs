@@ -90,7 +90,8 @@ fn translated_config_same_answers_as_envoy() {
     envoy.assert_no_rejections();
     let _mesh = InProcess::start_set(translated(mesh_port, a.port(), b.port()));
     let h = "shop.example.com";
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         ("/api/x", h, vec![("x-variant", "beta")]),
         ("/api/x", h, vec![]),
         ("/old/page?q=1", h, vec![]),
