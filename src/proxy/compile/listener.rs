@@ -331,10 +331,8 @@ fn compile_hcm(
                 server_name,
                 server_header_transformation,
                 max_request_headers_kb,
-                stream_idle_timeout,
                 request_timeout,
                 request_headers_timeout,
-                drain_timeout,
                 use_remote_address,
                 xff_num_trusted_hops,
                 skip_xff_append,
@@ -363,6 +361,8 @@ fn compile_hcm(
                 stream_error_on_invalid_http_message,
                 represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
                 drain_timeout_jitter,
+                stream_idle_timeout,
+                drain_timeout,
                 stream_flush_timeout,
                 proxy_100_continue,
                 http1_safe_max_connection_duration
@@ -405,6 +405,12 @@ fn compile_hcm(
         Some(R::ScopedRoutes(_)) => return Err(cx.unsupported("scoped_routes")),
         None => return Err(cx.err("route_specifier", "rds or route_config is required")),
     };
+    if h.xff_num_trusted_hops > 0 {
+        return Err(cx.err(
+            "xff_num_trusted_hops",
+            "trusting x-forwarded-for hops is not supported (only 0)",
+        ));
+    }
     let filters = compile_http_filters(cx, h)?;
     let common = h.common_http_protocol_options.as_ref();
     let idle_timeout = match common.and_then(|c| c.idle_timeout) {
@@ -523,7 +529,6 @@ fn compile_hcm(
         routes: route_table,
         filters: filters.0,
         use_remote_address: h.use_remote_address.is_some_and(|b| b.value),
-        xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,
         generate_request_id: h.generate_request_id.map(|b| b.value).unwrap_or(true),
         preserve_external_request_id: h.preserve_external_request_id,
@@ -534,10 +539,6 @@ fn compile_hcm(
         merge_slashes: h.merge_slashes,
         escaped_slashes,
         strip_port,
-        stream_idle_timeout: match h.stream_idle_timeout {
-            None => Some(Duration::from_secs(300)),
-            d => nonzero(duration(cx, "stream_idle_timeout", &d)?),
-        },
         request_timeout: nonzero(duration(cx, "request_timeout", &h.request_timeout)?),
         request_headers_timeout: nonzero(duration(
             cx,
@@ -556,8 +557,6 @@ fn compile_hcm(
         forward_client_cert,
         suppress_envoy_headers,
         http2_max_concurrent_streams,
-        drain_timeout: duration(cx, "drain_timeout", &h.drain_timeout)?
-            .unwrap_or(Duration::from_secs(5)),
     })
 }
 

@@ -384,7 +384,6 @@ fn compile_route_action(
                 regex_rewrite,
                 append_x_forwarded_host,
                 timeout,
-                idle_timeout,
                 retry_policy,
                 request_mirror_policies,
                 hash_policy,
@@ -401,6 +400,7 @@ fn compile_route_action(
             ],
             unsupported: [
                 metadata_match,
+                idle_timeout,
                 path_rewrite_policy,
                 path_rewrite,
                 flush_timeout,
@@ -486,7 +486,6 @@ fn compile_route_action(
         Some(d) if d.is_zero() => None,
         Some(d) => Some(d),
     };
-    let idle_timeout = duration(cx, "idle_timeout", &ra.idle_timeout)?.filter(|d| !d.is_zero());
     let retry = match &ra.retry_policy {
         Some(p) => Some(Arc::new(cx.at("retry_policy", |cx| compile_retry(cx, p))?)),
         None => vh_retry.cloned(),
@@ -560,7 +559,6 @@ fn compile_route_action(
         host_rewrite,
         append_x_forwarded_host: ra.append_x_forwarded_host,
         timeout,
-        idle_timeout,
         retry,
         hash_policy,
         mirrors,

@@ -56,7 +56,6 @@ pub struct HttpConnectionManager {
     pub routes: Arc<RouteTable>,
     pub filters: Vec<HttpFilter>,
     pub use_remote_address: bool,
-    pub xff_num_trusted_hops: u32,
     pub skip_xff_append: bool,
     pub generate_request_id: bool,
     pub preserve_external_request_id: bool,
@@ -67,8 +66,6 @@ pub struct HttpConnectionManager {
     pub merge_slashes: bool,
     pub escaped_slashes: EscapedSlashes,
     pub strip_port: StripPort,
-    /// 0 = disabled.
-    pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
     pub request_headers_timeout: Option<Duration>,
     /// Downstream connection idle timeout (common_http_protocol_options.idle_timeout).
@@ -85,5 +82,4 @@ pub struct HttpConnectionManager {
     pub forward_client_cert: ForwardClientCert,
     pub suppress_envoy_headers: bool,
     pub http2_max_concurrent_streams: Option<u32>,
-    pub drain_timeout: Duration,
 }

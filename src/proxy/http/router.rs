@@ -265,6 +265,10 @@ async fn serve(
 
     // Route.
     let table: &RouteTable = &hcm.routes;
+    // Every client is external: headers only internal clients may send are removed.
+    for name in &table.internal_only_headers {
+        req.headers_mut().remove(name);
+    }
     let Some(vhost) = table.virtual_host(authority.as_bytes()) else {
         return Err(LocalReply::NO_ROUTE);
     };

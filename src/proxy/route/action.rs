@@ -168,7 +168,6 @@ pub struct RouteAction {
     pub append_x_forwarded_host: bool,
     /// `None`: no timeout (0s in the config); default 15 s.
     pub timeout: Option<Duration>,
-    pub idle_timeout: Option<Duration>,
     pub retry: Option<Arc<RetryPolicy>>,
     pub hash_policy: Vec<HashPolicy>,
     pub mirrors: Vec<MirrorPolicy>,
