@@ -27,6 +27,7 @@ async fn h2c_downstream_and_http2_upstream() {
         &[("a", a.port())],
         vec![
             json!({"match": {"prefix": "/h2"}, "route": {"cluster": "a2"}}),
+            json!({"match": {"prefix": "/same"}, "route": {"cluster": "same"}}),
             json!({"match": {"prefix": "/"}, "route": {"cluster": "a"}}),
         ],
         json!({}),
@@ -38,11 +39,29 @@ async fn h2c_downstream_and_http2_upstream() {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": {"http2_protocol_options": {}}}}}),
     ));
+    cfg["clusters"].as_array_mut().unwrap().push(static_cluster(
+        "same",
+        &[a.port()],
+        json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "use_downstream_protocol_config": {"http2_protocol_options": {}}}}}),
+    ));
     let _mesh = InProcess::start(&cfg);
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
         .unwrap();
+    // use_downstream_protocol_config: the client's protocol is used upstream too.
+    assert_eq!(get(port, "x", "/same", &[]).echo()["version"], "HTTP/1.1");
+    let body: Value = client
+        .get(format!("http://127.0.0.1:{port}/same"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["version"], "HTTP/2.0");
     let r = client
         .get(format!("http://127.0.0.1:{port}/x"))
         .send()

@@ -1273,7 +1273,7 @@ async fn attempt_once(
     let h2 = match cluster.protocol {
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::Http2 => true,
-        UpstreamProtocol::UseDownstream => cx.state.h2.load(Ordering::Relaxed),
+        UpstreamProtocol::UseDownstream => log.version == Version::HTTP_2,
     };
     if h2 {
         *req.version_mut() = Version::HTTP_2;

@@ -22,7 +22,6 @@ pub struct ConnState {
     pub active: AtomicU32,
     /// Milliseconds since [`EPOCH`] of the last request end.
     pub last_activity_ms: AtomicU64,
-    pub h2: AtomicBool,
     /// Close the connection after the current response (bad framing).
     pub close: AtomicBool,
 }
