@@ -344,3 +344,40 @@ fn admin_health_and_prometheus() {
     let (s, _) = blocking_http_get(gw.health_addr().unwrap(), "/healthz/ready").unwrap();
     assert_eq!(s, 503, "draining gateways report not ready");
 }
+
+#[test]
+fn header_timeout_bounds_slow_clients_but_not_idle_keep_alive() {
+    let a = EchoUpstream::start("a");
+    let port = free_port();
+    let _mesh = InProcess::start(&simple(
+        port,
+        &[("a", a.port())],
+        vec![json!({"match": {"prefix": "/"}, "route": {"cluster": "a"}})],
+        json!({"request_headers_timeout": "0.5s"}),
+    ));
+    // A client that trickles its headers is cut off.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    assert!(
+        n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // A keep-alive connection idle between requests is not.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut s).status, 200);
+    std::thread::sleep(Duration::from_millis(1200));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(
+        read_response(&mut s).status,
+        200,
+        "idle keep-alive connection kept"
+    );
+}

@@ -68,6 +68,7 @@ pub async fn handle(
     let (hcm, removed) = cx.current_hcm();
     let mut log = RequestLog::start(&req, &cx);
     cx.state.active.fetch_add(1, Ordering::Relaxed);
+    cx.state.head_complete();
     let mut resp = match request_timeout(&hcm, serve(req, &cx, &hcm, &mut log)).await {
         Ok(r) => r,
         Err(r) => {

@@ -24,6 +24,10 @@ pub struct ConnState {
     pub last_activity_ms: AtomicU64,
     /// Close the connection after the current response (bad framing).
     pub close: AtomicBool,
+    /// Milliseconds since [`EPOCH`] (+1) when bytes of a new request head started to
+    /// arrive with no request in flight; 0 when not waiting for one. Bounds slow clients
+    /// without cutting idle keep-alive connections.
+    pub head_started_ms: AtomicU64,
 }
 
 impl ConnState {
@@ -34,6 +38,22 @@ impl ConnState {
 
     pub fn close_after_response(&self) {
         self.close.store(true, Ordering::Relaxed);
+    }
+
+    /// A request reached the router: its head is complete.
+    pub fn head_complete(&self) {
+        if self.head_started_ms.load(Ordering::Relaxed) != 0 {
+            self.head_started_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn head_waiting_for(&self) -> Option<Duration> {
+        let started = self.head_started_ms.load(Ordering::Relaxed);
+        if started == 0 || self.active.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let now = EPOCH.elapsed().as_millis() as u64 + 1;
+        Some(Duration::from_millis(now.saturating_sub(started)))
     }
 
     fn idle_for(&self) -> Duration {
@@ -88,10 +108,9 @@ pub async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(
-            hcm.request_headers_timeout
-                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
-        )
+        // Header reads are bounded below (TrackedIo), not by hyper's timer, which would
+        // also close keep-alive connections idle between requests.
+        .header_read_timeout(None)
         .max_buf_size(((hcm.max_request_headers_kb as usize) * 1024).max(8192))
         .max_headers(hcm.max_headers_count.max(1) + 1);
     builder
@@ -99,23 +118,27 @@ pub async fn serve_connection(
         .timer(TokioTimer::new())
         .max_concurrent_streams(hcm.http2_max_concurrent_streams.unwrap_or(2147483647))
         .max_header_list_size((hcm.max_request_headers_kb * 1024).max(8192));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let io = TrackedIo {
+        inner: stream,
+        state: state.clone(),
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let idle = hcm.idle_timeout;
+    let head_timeout = hcm
+        .request_headers_timeout
+        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT);
+    let tick = idle
+        .unwrap_or(Duration::from_secs(1))
+        .min(head_timeout)
+        .min(Duration::from_secs(1))
+        .max(Duration::from_millis(50));
     let max_age = hcm
         .max_connection_duration
         .map(|d| tokio::time::Instant::now() + d);
     let mut shutting_down = false;
     loop {
-        let idle_check = async {
-            match idle {
-                Some(t) => {
-                    tokio::time::sleep(t.min(Duration::from_secs(1)).max(Duration::from_millis(50)))
-                        .await
-                }
-                None => std::future::pending().await,
-            }
-        };
+        let idle_check = tokio::time::sleep(tick);
         let age = async {
             match max_age {
                 Some(at) if !shutting_down => tokio::time::sleep_until(at).await,
@@ -139,6 +162,11 @@ pub async fn serve_connection(
                     conn.as_mut().graceful_shutdown();
                     shutting_down = true;
                 }
+                if !shutting_down && state.head_waiting_for().is_some_and(|w| w >= head_timeout) {
+                    // A client trickling its request head: close the connection.
+                    tracing::debug!(%remote, "request headers not received in time; closing");
+                    break;
+                }
                 if state.close.load(Ordering::Relaxed) && !shutting_down {
                     conn.as_mut().graceful_shutdown();
                     shutting_down = true;
@@ -159,5 +187,67 @@ impl Drop for CxActive {
             .stats
             .downstream_cx_active
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The accepted socket, noting when a new request head starts to arrive (one atomic
+/// check per read; a clock read only when a head starts).
+struct TrackedIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl tokio::io::AsyncRead for TrackedIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before
+            && self.state.active.load(Ordering::Relaxed) == 0
+            && self.state.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            let now = EPOCH.elapsed().as_millis() as u64 + 1;
+            self.state.head_started_ms.store(now, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for TrackedIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
