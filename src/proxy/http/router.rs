@@ -382,9 +382,9 @@ async fn serve(
                     return Err(LocalReply::UPGRADE_FAILED);
                 }
             }
-            match forward(
+            match Box::pin(forward(
                 req, cx, hcm, table, vhost, route, ra, authority, upgrade, log,
-            )
+            ))
             .await
             {
                 Ok(r) => r,
@@ -892,7 +892,7 @@ async fn forward(
         }
         RequestBody::Empty
     } else if needs_replay {
-        buffer_up_to(body, REPLAY_BUFFER_LIMIT)
+        Box::pin(buffer_up_to(body, REPLAY_BUFFER_LIMIT))
             .await
             .map_err(|_| LocalReply::BAD_REQUEST)?
     } else {
@@ -1506,5 +1506,26 @@ mod tests {
                 assert!(b <= Duration::from_millis(25 * ((1 << attempt) - 1).max(1)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    use super::*;
+
+    fn size_of_future<F, Fut>(_: F) -> usize
+    where
+        F: Fn(Request<Incoming>, Arc<ConnCtx>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// The request future is moved into hyper's connection state for every request:
+    /// keep it small (cold paths such as connecting are boxed).
+    #[test]
+    fn request_future_stays_small() {
+        let size = size_of_future(handle);
+        eprintln!("request future: {size} bytes");
+        assert!(size < 4096, "request future is {size} bytes");
     }
 }

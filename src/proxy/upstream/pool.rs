@@ -100,7 +100,7 @@ pub async fn acquire(
             }
             pool.lock().h2 = None;
         }
-        let conn = connect(cluster, host, true).await?;
+        let conn = Box::pin(connect(cluster, host, true)).await?;
         if let Sender::H2(s) = &conn.sender {
             pool.lock().h2 = Some(s.clone());
         }
@@ -129,7 +129,9 @@ pub async fn acquire(
     }
     let state = &cluster.state;
     if try_acquire(&state.cx_active, cluster.thresholds.max_connections) {
-        return connect_counted(cluster, host, false).await;
+        // Boxed: connecting is the cold path, and its large state would otherwise be
+        // part of every request's future.
+        return Box::pin(connect_counted(cluster, host, false)).await;
     }
     state
         .stats
@@ -205,7 +207,7 @@ async fn connect(cluster: &Cluster, host: &Arc<Host>, h2: bool) -> Result<Pooled
             .fetch_add(1, Ordering::Relaxed);
         return Err(PoolError::Overflow);
     }
-    connect_counted(cluster, host, h2).await
+    Box::pin(connect_counted(cluster, host, h2)).await
 }
 
 /// Opens a connection whose `cx_active` slot is already taken.
