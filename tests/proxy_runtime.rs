@@ -381,3 +381,45 @@ fn header_timeout_bounds_slow_clients_but_not_idle_keep_alive() {
         "idle keep-alive connection kept"
     );
 }
+
+#[test]
+fn max_connections_per_listener_holds_further_clients() {
+    let a = EchoUpstream::start("a");
+    let port = free_port();
+    let _mesh = InProcess::start_with(
+        &simple(
+            port,
+            &[("a", a.port())],
+            vec![json!({"match": {"prefix": "/"}, "route": {"cluster": "a"}})],
+            json!({}),
+        ),
+        |o| o.max_connections = 1,
+    );
+    let mut first = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut first).status, 200);
+    // The second client waits in the backlog while the first connection is open...
+    let mut second = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    second
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        second.read(&mut buf).is_err(),
+        "answered while over the limit"
+    );
+    // ...and is served once it closes.
+    drop(first);
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(read_response(&mut second).status, 200);
+}

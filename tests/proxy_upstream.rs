@@ -308,3 +308,32 @@ fn clusters_admin_shows_ejection() {
     );
     assert!(mesh.stat("cluster.a.upstream_cx_connect_fail").unwrap() >= 1);
 }
+
+#[test]
+fn dns_clusters_resolve_like_envoy() {
+    let a = EchoUpstream::start("a");
+    let make = |port| {
+        let dns = |name: &str, ty: &str| {
+            json!({"name": name, "type": ty, "connect_timeout": "1s", "dns_lookup_family": "V4_ONLY", "dns_refresh_rate": "1s",
+                "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "localhost", "port_value": a.port()}}}}]}]}})
+        };
+        config(
+            port,
+            vec![
+                json!({"match": {"prefix": "/strict"}, "route": {"cluster": "strict", "auto_host_rewrite": true}}),
+                json!({"match": {"prefix": "/logical"}, "route": {"cluster": "logical"}}),
+            ],
+            vec![dns("strict", "STRICT_DNS"), dns("logical", "LOGICAL_DNS")],
+        )
+    };
+    both(make, |who, port| {
+        let r = get(port, "x", "/strict", &[]);
+        assert_eq!(r.status, 200, "{who}: {r:?}");
+        assert_eq!(
+            r.echo()["headers"]["host"][0],
+            "localhost",
+            "{who}: auto_host_rewrite uses the DNS name"
+        );
+        assert_eq!(get(port, "x", "/logical", &[]).status, 200, "{who}");
+    });
+}
