@@ -53,10 +53,19 @@ for peer in $want; do
     envoy) install_envoy ;;
     curl) apt_install curl curl ;;
     openssl) apt_install openssl openssl ;;
+    h2load) apt_install h2load nghttp2-client ;;
+    pebble)
+      apt_install pebble pebble
+      apt_install pebble-challtestsrv pebble
+      apt_install h2load nghttp2-client
+      ;;
     all)
       install_envoy
       apt_install curl curl
       apt_install openssl openssl
+      apt_install pebble pebble
+      apt_install pebble-challtestsrv pebble
+      apt_install h2load nghttp2-client
       ;;
     *) log "unknown peer: $peer"; exit 2 ;;
   esac

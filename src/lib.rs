@@ -4,8 +4,10 @@
 //! `registry` (services and endpoints), `translate` (config -> Envoy xDS resources),
 //! `xds` (the resource set and its JSON form), `proxy` (the data plane) and
 //! `controlplane` (ADS/SDS server).
+pub mod acme;
 pub mod config;
 pub mod proxy;
 pub mod registry;
+pub mod tls;
 pub mod translate;
 pub mod xds;

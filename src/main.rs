@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Certificates for development (`certs dev --hosts ...`).
+    Certs(cmd::certs::CertsArgs),
     /// Check Istio configuration files and print one line per problem.
     Validate(cmd::validate::Args),
     /// Translate Istio configuration into Envoy resources for one gateway.
@@ -34,6 +36,13 @@ fn main() -> ExitCode {
             println!("meshgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Certs(args) => match cmd::certs::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("meshgate certs: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Validate(args) => cmd::validate::run(args),
         Command::Translate(args) => cmd::translate::run(args),
         Command::Gateway(args) => cmd::gateway::run(args),

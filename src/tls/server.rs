@@ -1,0 +1,544 @@
+//! Downstream TLS: a rustls server configuration built from Envoy's
+//! `DownstreamTlsContext` (one per filter chain), and the accept path that the data
+//! plane's listeners call.
+//!
+//! Certificates come from the [`SecretStore`] (SDS names, files, inline), client
+//! certificate validation from the context's validation context (inline, file, SDS, or
+//! combined). Both are read at handshake time, so rotation never rebuilds this object.
+//! Session resumption state is shared by every context of a process
+//! ([`ServerSessionState`]) so that thousands of filter chains cost little memory.
+use crate::tls::error::TlsError;
+use crate::tls::identity::PeerIdentity;
+use crate::tls::params::{self, Side};
+use crate::tls::sni::SniCertResolver;
+use crate::tls::stats::TlsStats;
+use crate::tls::store::{CertificateWatch, SecretSource, SecretStore, load_tls_certificate};
+use crate::tls::verify::{DownstreamClientVerifier, ValidationMaterial, ValidationSource};
+use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, common_tls_context::ValidationContextType,
+    downstream_tls_context::SessionTicketKeysType,
+};
+use rustls::ServerConfig;
+use rustls::server::{NoServerSessionStorage, ProducesTickets, StoresServerSessions};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+
+/// Session resumption state shared by all server configurations of a process: one
+/// session cache (TLS 1.2 session IDs, TLS 1.3 stateful tickets) and one rotating
+/// ticket key (stateless tickets), like Envoy's per-process ticket keys.
+#[derive(Clone)]
+pub struct ServerSessionState {
+    pub storage: Arc<dyn StoresServerSessions>,
+    pub ticketer: Arc<dyn ProducesTickets>,
+    compression_cache: Arc<rustls::compress::CompressionCache>,
+}
+
+impl std::fmt::Debug for ServerSessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSessionState").finish_non_exhaustive()
+    }
+}
+
+impl ServerSessionState {
+    /// A session cache of `cache_size` entries and a fresh ticket key.
+    pub fn new(cache_size: usize) -> Result<ServerSessionState, TlsError> {
+        Ok(ServerSessionState {
+            storage: rustls::server::ServerSessionMemoryCache::new(cache_size),
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            compression_cache: Arc::new(rustls::compress::CompressionCache::new(4)),
+        })
+    }
+}
+
+/// How a context treats client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// None requested (SIMPLE).
+    None,
+    /// Requested and verified when presented (OPTIONAL_MUTUAL).
+    Optional,
+    /// Required (MUTUAL): a handshake without one fails.
+    Required,
+}
+
+/// A downstream TLS context ready to accept connections.
+#[derive(Clone)]
+pub struct DownstreamTls {
+    /// With the context's ALPN list.
+    config: Arc<ServerConfig>,
+    /// The same without ALPN, for clients whose ALPN offer has nothing in common with
+    /// ours: BoringSSL (Envoy) then continues without ALPN, while rustls would fail.
+    config_no_alpn: Arc<ServerConfig>,
+    pub client_auth: ClientAuth,
+    pub alpn: Vec<Vec<u8>>,
+    /// URI SANs of the local certificate at build time (the `By=` of XFCC).
+    pub local_uri_sans: Vec<String>,
+    stats: Arc<TlsStats>,
+}
+
+impl std::fmt::Debug for DownstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownstreamTls")
+            .field("client_auth", &self.client_auth)
+            .field("alpn", &self.alpn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection that completed its TLS handshake.
+pub struct Accepted<IO> {
+    pub stream: TlsStream<IO>,
+    /// The verified client certificate, if one was presented.
+    pub peer: Option<PeerIdentity>,
+    /// The negotiated ALPN protocol (`h2`, `http/1.1`), if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The SNI the client sent.
+    pub server_name: Option<String>,
+}
+
+/// Why a TLS accept failed; each is counted and logged at debug level by `accept`.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("TLS handshake timed out")]
+    Timeout,
+    #[error("not a TLS connection or malformed ClientHello: {0}")]
+    ClientHello(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+}
+
+fn field(name: &str, f: &str) -> String {
+    format!("{name}: {f}")
+}
+
+/// Rejects the parts of a `CommonTlsContext` meshgate does not implement.
+pub(crate) fn check_common_unsupported(c: &CommonTlsContext, name: &str) -> Result<(), TlsError> {
+    #[allow(deprecated)]
+    let providers = c.tls_certificate_provider_instance.is_some()
+        || c.tls_certificate_certificate_provider.is_some()
+        || c.tls_certificate_certificate_provider_instance.is_some();
+    if providers {
+        return Err(TlsError::unsupported(
+            &field(name, "tls_certificate_provider_instance"),
+            "certificate providers are not supported",
+        ));
+    }
+    if c.custom_tls_certificate_selector.is_some() {
+        return Err(TlsError::unsupported(
+            &field(name, "custom_tls_certificate_selector"),
+            "not supported",
+        ));
+    }
+    if c.custom_handshaker.is_some() {
+        return Err(TlsError::unsupported(
+            &field(name, "custom_handshaker"),
+            "not supported",
+        ));
+    }
+    if c.key_log.is_some() {
+        return Err(TlsError::unsupported(
+            &field(name, "key_log"),
+            "not supported",
+        ));
+    }
+    Ok(())
+}
+
+/// The certificate watches of a context: inline or file certificates (files are watched
+/// through the store under Istio's `file-cert:CERT~KEY` name) and SDS names.
+pub(crate) fn certificate_watches(
+    c: &CommonTlsContext,
+    store: &SecretStore,
+    name: &str,
+) -> Result<Vec<CertificateWatch>, TlsError> {
+    let mut watches = Vec::new();
+    for (i, tc) in c.tls_certificates.iter().enumerate() {
+        let files: Vec<String> = [tc.certificate_chain.as_ref(), tc.private_key.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|ds| match &ds.specifier {
+                Some(
+                    crate::xds::pb::envoy::config::core::v3::data_source::Specifier::Filename(p),
+                ) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        if files.is_empty() {
+            let m = load_tls_certificate(
+                &format!("{name}.tls_certificates[{i}]"),
+                tc,
+                SystemTime::now(),
+            )?;
+            let (_tx, rx) = tokio::sync::watch::channel(Some(Arc::new(m)));
+            watches.push(rx);
+        } else {
+            let secret = format!("file-cert:{}", files.join("~"));
+            store.add_tls_certificate(&secret, tc, SecretSource::File)?;
+            watches.push(store.certificate(&secret));
+        }
+    }
+    for sds in &c.tls_certificate_sds_secret_configs {
+        if sds.name.is_empty() {
+            return Err(TlsError::invalid(
+                &field(name, "tls_certificate_sds_secret_configs.name"),
+                "is empty",
+            ));
+        }
+        watches.push(store.certificate(&sds.name));
+    }
+    if watches.is_empty() {
+        return Err(TlsError::invalid(
+            &field(name, "common_tls_context"),
+            "no certificate: set tls_certificates or tls_certificate_sds_secret_configs",
+        ));
+    }
+    Ok(watches)
+}
+
+/// The validation source of a context, or `None` without a validation context.
+pub(crate) fn validation_source(
+    c: &CommonTlsContext,
+    store: &SecretStore,
+    name: &str,
+) -> Result<Option<ValidationSource>, TlsError> {
+    let static_context = |vc, what: &str| -> Result<ValidationSource, TlsError> {
+        let m = ValidationMaterial::from_context(vc, what)?;
+        // File-based CA bundles are watched through the store.
+        let file = vc.trusted_ca.as_ref().and_then(|ds| match &ds.specifier {
+            Some(crate::xds::pb::envoy::config::core::v3::data_source::Specifier::Filename(p)) => {
+                Some(p.clone())
+            }
+            _ => None,
+        });
+        match file {
+            Some(path) => {
+                let secret = format!("file-root:{path}");
+                store.add_validation_context(&secret, vc, SecretSource::File)?;
+                Ok(ValidationSource {
+                    default: None,
+                    dynamic: Some(store.validation(&secret)),
+                })
+            }
+            None => Ok(ValidationSource {
+                default: Some(Arc::new(m)),
+                dynamic: None,
+            }),
+        }
+    };
+    Ok(match &c.validation_context_type {
+        None => None,
+        Some(ValidationContextType::ValidationContext(vc)) => {
+            Some(static_context(vc, &field(name, "validation_context"))?)
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => {
+            Some(ValidationSource {
+                default: None,
+                dynamic: Some(store.validation(&sds.name)),
+            })
+        }
+        Some(ValidationContextType::CombinedValidationContext(comb)) => {
+            let mut source = match &comb.default_validation_context {
+                Some(vc) => static_context(
+                    vc,
+                    &field(
+                        name,
+                        "combined_validation_context.default_validation_context",
+                    ),
+                )?,
+                None => ValidationSource {
+                    default: None,
+                    dynamic: None,
+                },
+            };
+            let sds = comb
+                .validation_context_sds_secret_config
+                .as_ref()
+                .ok_or_else(|| {
+                    TlsError::invalid(
+                        &field(
+                            name,
+                            "combined_validation_context.validation_context_sds_secret_config",
+                        ),
+                        "is required",
+                    )
+                })?;
+            if source.dynamic.is_some() {
+                return Err(TlsError::unsupported(
+                    &field(name, "combined_validation_context"),
+                    "a file-based default trusted_ca combined with an SDS validation context is not supported",
+                ));
+            }
+            source.dynamic = Some(store.validation(&sds.name));
+            Some(source)
+        }
+        #[allow(deprecated)]
+        Some(_) => {
+            return Err(TlsError::unsupported(
+                &field(name, "validation_context_certificate_provider"),
+                "not supported",
+            ));
+        }
+    })
+}
+
+impl DownstreamTls {
+    /// Builds the server side of a filter chain from its `DownstreamTlsContext`. `name`
+    /// (e.g. the listener and filter chain) prefixes every error. Unsupported fields are
+    /// errors, not silently ignored.
+    pub fn from_context(
+        ctx: &DownstreamTlsContext,
+        store: &SecretStore,
+        sessions: &ServerSessionState,
+        name: &str,
+    ) -> Result<DownstreamTls, TlsError> {
+        let common = ctx
+            .common_tls_context
+            .as_ref()
+            .ok_or_else(|| TlsError::invalid(&field(name, "common_tls_context"), "is required"))?;
+        check_common_unsupported(common, name)?;
+        match &ctx.session_ticket_keys_type {
+            Some(SessionTicketKeysType::SessionTicketKeys(_))
+            | Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(_)) => {
+                return Err(TlsError::unsupported(
+                    &field(name, "session_ticket_keys"),
+                    "explicit ticket keys are not supported; keys are generated and rotated in process",
+                ));
+            }
+            _ => {}
+        }
+        if ctx.session_timeout.is_some() {
+            return Err(TlsError::unsupported(
+                &field(name, "session_timeout"),
+                "not supported",
+            ));
+        }
+        if ctx.ocsp_staple_policy != 0 {
+            return Err(TlsError::unsupported(
+                &field(name, "ocsp_staple_policy"),
+                "only LENIENT_STAPLING is supported",
+            ));
+        }
+        let stateless_off = matches!(
+            ctx.session_ticket_keys_type,
+            Some(SessionTicketKeysType::DisableStatelessSessionResumption(
+                true
+            ))
+        );
+        let stateful_off = ctx.disable_stateful_session_resumption;
+
+        let params = params::resolve(
+            common.tls_params.as_ref(),
+            Side::Downstream,
+            &field(name, "common_tls_context.tls_params"),
+        )?;
+        let certs = certificate_watches(common, store, name)?;
+        let local_uri_sans = certs
+            .first()
+            .and_then(|w| w.borrow().as_ref().map(|m| m.leaf.uri_names.clone()))
+            .unwrap_or_default();
+        let require_sni = ctx.require_sni.is_some_and(|b| b.value);
+        let resolver = Arc::new(SniCertResolver::new(certs, require_sni));
+
+        let require_client = ctx.require_client_certificate.is_some_and(|b| b.value);
+        let validation = validation_source(common, store, name)?;
+        let stats = store.stats();
+        let (client_auth, verifier): (
+            ClientAuth,
+            Arc<dyn rustls::server::danger::ClientCertVerifier>,
+        ) = match validation {
+            None if require_client => {
+                return Err(TlsError::invalid(
+                    &field(name, "require_client_certificate"),
+                    "needs a validation context",
+                ));
+            }
+            None => (
+                ClientAuth::None,
+                rustls::server::WebPkiClientVerifier::no_client_auth(),
+            ),
+            Some(source) => (
+                if require_client {
+                    ClientAuth::Required
+                } else {
+                    ClientAuth::Optional
+                },
+                Arc::new(DownstreamClientVerifier {
+                    source,
+                    mandatory: require_client,
+                    stats: stats.clone(),
+                }),
+            ),
+        };
+
+        let mut config = ServerConfig::builder_with_provider(params.provider)
+            .with_protocol_versions(&params.versions)?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(resolver);
+        config.ignore_client_order = !ctx.prefer_client_ciphers;
+        config.session_storage = if stateful_off {
+            Arc::new(NoServerSessionStorage {})
+        } else {
+            sessions.storage.clone()
+        };
+        if !stateless_off {
+            config.ticketer = sessions.ticketer.clone();
+        }
+        if stateless_off && stateful_off {
+            config.send_tls13_tickets = 0;
+        }
+        config.cert_compression_cache = sessions.compression_cache.clone();
+        let config_no_alpn = Arc::new(config.clone());
+        let alpn: Vec<Vec<u8>> = common
+            .alpn_protocols
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        config.alpn_protocols = alpn.clone();
+        Ok(DownstreamTls {
+            config: Arc::new(config),
+            config_no_alpn,
+            client_auth,
+            alpn,
+            local_uri_sans,
+            stats,
+        })
+    }
+
+    /// The rustls configuration (with the context's ALPN).
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
+    }
+
+    /// Runs the server handshake on `io` (whose first bytes may have been replayed with
+    /// [`Rewind`](crate::tls::Rewind) after peeking), within `timeout`.
+    pub async fn accept<IO>(&self, io: IO, timeout: Duration) -> Result<Accepted<IO>, AcceptError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let result = tokio::time::timeout(timeout, self.handshake(io)).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(AcceptError::Timeout),
+        };
+        match &result {
+            Ok(_) => TlsStats::bump(&self.stats.handshakes),
+            Err(e) => {
+                match e {
+                    AcceptError::ClientHello(_) => TlsStats::bump(&self.stats.client_hello_errors),
+                    _ => TlsStats::bump(&self.stats.handshake_failures),
+                }
+                tracing::debug!(error = %e, "TLS accept failed");
+            }
+        }
+        result
+    }
+
+    async fn handshake<IO>(&self, io: IO) -> Result<Accepted<IO>, AcceptError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+            .await
+            .map_err(AcceptError::ClientHello)?;
+        let hello = start.client_hello();
+        let server_name = hello.server_name().map(str::to_string);
+        let overlap = match hello.alpn() {
+            Some(mut offered) => offered.any(|p| self.alpn.iter().any(|a| a == p)),
+            None => true,
+        };
+        let config = if overlap {
+            self.config.clone()
+        } else {
+            self.config_no_alpn.clone()
+        };
+        let stream = start.into_stream(config).await.map_err(|e| {
+            if e.get_ref()
+                .is_some_and(|inner| inner.to_string().contains("no server certificate"))
+            {
+                TlsStats::bump(&self.stats.no_certificate);
+            }
+            AcceptError::Handshake(e)
+        })?;
+        let (_, conn) = stream.get_ref();
+        let peer = conn.peer_certificates().and_then(PeerIdentity::from_chain);
+        let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+        Ok(Accepted {
+            stream,
+            peer,
+            alpn,
+            server_name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::json::from_json;
+    use serde_json::json;
+
+    fn build(extra: serde_json::Value) -> Result<DownstreamTls, TlsError> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example.com".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut ctx = json!({"common_tls_context": {"alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [{"certificate_chain": {"inline_string": cert.pem()}, "private_key": {"inline_string": key.serialize_pem()}}]}});
+        for (k, v) in extra.as_object().unwrap() {
+            ctx[k] = v.clone();
+        }
+        let ctx: DownstreamTlsContext = from_json(&ctx).unwrap();
+        DownstreamTls::from_context(
+            &ctx,
+            &SecretStore::default(),
+            &ServerSessionState::new(16)?,
+            "t",
+        )
+    }
+
+    #[test]
+    fn session_resumption_knobs() {
+        let both = build(json!({"disable_stateful_session_resumption": true, "disable_stateless_session_resumption": true})).unwrap();
+        let c = both.server_config();
+        assert_eq!(c.send_tls13_tickets, 0);
+        assert!(!c.ticketer.enabled());
+        assert!(!c.session_storage.can_cache());
+        let default = build(json!({})).unwrap().server_config();
+        assert!(default.ticketer.enabled());
+        assert!(default.session_storage.can_cache());
+        assert_eq!(
+            default.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(
+            default.ignore_client_order,
+            "server cipher order unless prefer_client_ciphers"
+        );
+        let stateless_only = build(json!({"disable_stateful_session_resumption": true}))
+            .unwrap()
+            .server_config();
+        assert!(stateless_only.ticketer.enabled() && !stateless_only.session_storage.can_cache());
+    }
+
+    #[test]
+    fn client_auth_modes() {
+        assert_eq!(build(json!({})).unwrap().client_auth, ClientAuth::None);
+        let ca = json!({"validation_context_sds_secret_config": {"name": "kubernetes://x-cacert"}});
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example.com".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut common = ca.clone();
+        common["tls_certificates"] = json!([{"certificate_chain": {"inline_string": cert.pem()}, "private_key": {"inline_string": key.serialize_pem()}}]);
+        let optional = build(json!({"common_tls_context": common})).unwrap();
+        assert_eq!(optional.client_auth, ClientAuth::Optional);
+        let required =
+            build(json!({"common_tls_context": common, "require_client_certificate": true}))
+                .unwrap();
+        assert_eq!(required.client_auth, ClientAuth::Required);
+    }
+}

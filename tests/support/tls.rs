@@ -1,0 +1,587 @@
+//! TLS helpers for integration tests: certificates made at test time (rcgen), an
+//! in-process TLS server assembled from meshgate's TLS library the way the data plane
+//! uses it, command-line clients (openssl, curl), and a pebble ACME server on loopback.
+#![allow(dead_code)]
+
+use crate::support::{TempDir, free_port, peer_bin, wait_for_port};
+use bytes::{Bytes, BytesMut};
+use http_body_util::Full;
+use meshgate::tls::server::{Accepted, DownstreamTls};
+use meshgate::tls::sni::ServerNameTable;
+use meshgate::tls::{ClientCertDetails, ClientHelloReader, Rewind, TlsStats};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------------------
+// Certificates
+// ---------------------------------------------------------------------------------------
+
+/// A test CA that issues server and client certificates.
+pub struct TestCa {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A leaf certificate and its key, PEM.
+#[derive(Clone)]
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Leaf {
+    /// Writes `NAME.crt` / `NAME.key` into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let c = dir.join(format!("{name}.crt"));
+        let k = dir.join(format!("{name}.key"));
+        std::fs::write(&c, &self.cert).unwrap();
+        std::fs::write(&k, &self.key).unwrap();
+        (c, k)
+    }
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    /// A leaf with DNS `names` (and optional URI SANs), valid from `from_days` to `to_days`
+    /// relative to now, for server and client use.
+    pub fn leaf_with(
+        &self,
+        cn: &str,
+        names: &[&str],
+        uris: &[&str],
+        from_days: i64,
+        to_days: i64,
+    ) -> Leaf {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.distinguished_name
+            .push(DnType::OrganizationName, "meshgate tests");
+        for n in names {
+            p.subject_alt_names
+                .push(SanType::DnsName((*n).try_into().unwrap()));
+        }
+        for u in uris {
+            p.subject_alt_names
+                .push(SanType::URI((*u).try_into().unwrap()));
+        }
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now + time::Duration::days(from_days) - time::Duration::hours(1);
+        p.not_after = now + time::Duration::days(to_days);
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// A client leaf with a chosen serial number (for CRL tests).
+    pub fn leaf_serial(&self, uri: &str, serial: u64) -> Leaf {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "client");
+        p.subject_alt_names
+            .push(SanType::URI(uri.try_into().unwrap()));
+        p.serial_number = Some(rcgen::SerialNumber::from(serial));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// A CRL (PEM) revoking `serials`.
+    pub fn crl(&self, serials: &[u64]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: now - time::Duration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
+    }
+
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        self.leaf_with(
+            names.first().copied().unwrap_or("client"),
+            names,
+            &[],
+            0,
+            30,
+        )
+    }
+
+    pub fn write_ca(&self, dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(format!("{name}.pem"));
+        std::fs::write(&p, &self.pem).unwrap();
+        p
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// In-process TLS server from meshgate's library
+// ---------------------------------------------------------------------------------------
+
+/// One filter chain of the test server: the server names it matches and its TLS.
+pub struct Chain {
+    pub server_names: Vec<String>,
+    pub tls: DownstreamTls,
+}
+
+/// A TLS server on 127.0.0.1 built the way the data plane composes the library: read
+/// the ClientHello, pick the filter chain by SNI (unknown or missing SNI with no
+/// catch-all chain: reset, like Envoy), accept with that chain's `DownstreamTls`, then
+/// serve HTTP/1.1 or HTTP/2 by ALPN. Every response is JSON describing the connection:
+/// `{"sni", "alpn", "version", "peer": {"subject","uri","dns","spiffe","hash"}, "xfcc", "path"}`.
+pub struct TlsTestServer {
+    pub addr: SocketAddr,
+    pub stats: Arc<TlsStats>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsTestServer {
+    pub fn start(chains: Vec<Chain>, stats: Arc<TlsStats>) -> TlsTestServer {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let st = stats.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                let mut table = ServerNameTable::new(true);
+                let chains: Arc<Vec<Chain>> = Arc::new(chains);
+                for (i, c) in chains.iter().enumerate() {
+                    if c.server_names.is_empty() {
+                        table.insert("*", i);
+                    }
+                    for n in &c.server_names {
+                        table.insert(n, i);
+                    }
+                }
+                let table = Arc::new(table);
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            tokio::spawn(serve_conn(stream, chains.clone(), table.clone(), st.clone()));
+                        }
+                    }
+                }
+            });
+        });
+        TlsTestServer {
+            addr,
+            stats,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for TlsTestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Closes with RST (linger 0), as Envoy does when no filter chain matches.
+fn reset(stream: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+async fn serve_conn(
+    mut stream: tokio::net::TcpStream,
+    chains: Arc<Vec<Chain>>,
+    table: Arc<ServerNameTable<usize>>,
+    stats: Arc<TlsStats>,
+) {
+    let mut buf = BytesMut::new();
+    let reader = ClientHelloReader {
+        max_size: 64 * 1024,
+        timeout: Duration::from_secs(5),
+    };
+    let hello = match reader.read(&mut stream, &mut buf).await {
+        Ok(h) => h,
+        Err(e) => {
+            TlsStats::bump(if e.reason() == "not_tls" {
+                &stats.not_tls
+            } else {
+                &stats.client_hello_errors
+            });
+            return reset(stream);
+        }
+    };
+    let Some(&i) = table.lookup(hello.server_name.as_deref()) else {
+        TlsStats::bump(&stats.no_certificate);
+        return reset(stream);
+    };
+    let chain = &chains[i];
+    let io = Rewind::new(buf.freeze(), stream);
+    let Ok(Accepted {
+        stream: tls,
+        peer,
+        alpn,
+        server_name,
+    }) = chain.tls.accept(io, Duration::from_secs(5)).await
+    else {
+        return;
+    };
+    let version = format!("{:?}", tls.get_ref().1.protocol_version());
+    let local_uris = chain.tls.local_uri_sans.clone();
+    let info = Arc::new(serde_json::json!({
+        "sni": server_name,
+        "alpn": alpn.as_ref().map(|a| String::from_utf8_lossy(a).into_owned()),
+        "version": version,
+        "peer": peer.as_ref().map(|p| serde_json::json!({
+            "subject": p.subject, "uri": p.uri_sans, "dns": p.dns_sans, "spiffe": p.spiffe_id, "hash": p.sha256_hex,
+        })),
+        "xfcc": peer.as_ref().map(|p| meshgate::tls::identity::xfcc_element(p, &local_uris, ClientCertDetails::ISTIO)),
+    }));
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut body = (*info).clone();
+        body["path"] = serde_json::Value::String(req.uri().path().to_string());
+        body["http"] = serde_json::Value::String(format!("{:?}", req.version()));
+        async move {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                body.to_string(),
+            ))))
+        }
+    });
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(io, svc)
+        .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Command-line clients
+// ---------------------------------------------------------------------------------------
+
+/// The outcome of `openssl s_client`.
+#[derive(Debug)]
+pub struct SClient {
+    pub ok: bool,
+    pub output: String,
+}
+
+impl SClient {
+    /// The negotiated protocol (`TLSv1.3`), if a handshake completed.
+    pub fn protocol(&self) -> Option<String> {
+        self.output.lines().find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("Protocol  : ")
+                .or_else(|| l.strip_prefix("Protocol: "))
+                .map(str::to_string)
+                .or_else(|| {
+                    l.strip_prefix("New, TLSv1.3, Cipher is")
+                        .map(|_| "TLSv1.3".to_string())
+                })
+                .or_else(|| {
+                    l.strip_prefix("New, TLSv1.2, Cipher is")
+                        .map(|_| "TLSv1.2".to_string())
+                })
+                .or_else(|| {
+                    l.strip_prefix("New, (NONE), Cipher is (NONE)")
+                        .map(|_| "NONE".to_string())
+                })
+        })
+    }
+
+    /// The server certificate's subject line (`subject=CN = a.example.com, ...`).
+    pub fn subject(&self) -> Option<String> {
+        self.output
+            .lines()
+            .find(|l| l.starts_with("subject="))
+            .map(str::to_string)
+    }
+
+    pub fn alpn(&self) -> Option<String> {
+        self.output
+            .lines()
+            .find_map(|l| l.strip_prefix("ALPN protocol: ").map(str::to_string))
+    }
+
+    pub fn handshake_done(&self) -> bool {
+        self.output.contains("Cipher is ") && !self.output.contains("Cipher is (NONE)")
+    }
+}
+
+/// Runs `openssl s_client -connect 127.0.0.1:PORT` with extra args and `input` on stdin.
+pub fn s_client(port: u16, args: &[&str], input: &str) -> SClient {
+    s_client_within(port, args, input, Duration::from_secs(15))
+}
+
+/// [`s_client`] killed after `timeout` (for exchanges that never finish by themselves).
+pub fn s_client_within(port: u16, args: &[&str], input: &str, timeout: Duration) -> SClient {
+    use std::io::Write;
+    let mut child = Command::new(peer_bin("openssl"))
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(input.as_bytes());
+        // Keep stdin open briefly so that a response (or an alert after the handshake)
+        // can arrive before s_client sees EOF and quits.
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let out = wait_output(child, timeout);
+    SClient {
+        ok: out.0,
+        output: out.1,
+    }
+}
+
+fn wait_output(mut child: Child, timeout: Duration) -> (bool, String) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Runs h2load with `args`; returns (success, stdout+stderr).
+pub fn h2load(args: &[&str]) -> (bool, String) {
+    let child = Command::new(peer_bin("h2load"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("h2load");
+    wait_output(child, Duration::from_secs(30))
+}
+
+/// Runs curl with `args`; returns (success, stdout+stderr).
+pub fn curl(args: &[&str]) -> (bool, String) {
+    let child = Command::new(peer_bin("curl"))
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    wait_output(child, Duration::from_secs(15))
+}
+
+// ---------------------------------------------------------------------------------------
+// pebble
+// ---------------------------------------------------------------------------------------
+
+/// pebble (Let's Encrypt's test ACME server) with pebble-challtestsrv as its DNS (every
+/// name resolves to 127.0.0.1), on free loopback ports.
+pub struct Pebble {
+    children: Vec<Child>,
+    pub dir: TempDir,
+    pub directory_url: String,
+    /// CA of pebble's own HTTPS listener (clients trust it).
+    pub listener_ca: PathBuf,
+    pub mgmt_port: u16,
+    /// Where pebble connects for HTTP-01 and TLS-ALPN-01 validations.
+    pub http01_port: u16,
+    pub tls_alpn_port: u16,
+}
+
+impl Pebble {
+    /// Starts pebble; `validity_secs` sets the certificate lifetime (short for renewal tests).
+    pub fn start(validity_secs: Option<u64>) -> Pebble {
+        let dir = TempDir::new();
+        let ca = TestCa::new("pebble listener test CA");
+        let listener = ca.leaf_with("localhost", &["localhost"], &[], 0, 2);
+        // IP SAN for 127.0.0.1 as well.
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let leaf = p.signed_by(&key, &ca.issuer).unwrap();
+        let _ = listener;
+        let listener_ca = ca.write_ca(dir.path(), "listener-ca");
+        std::fs::write(dir.path().join("listener.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.path().join("listener.key"), key.serialize_pem()).unwrap();
+        let (acme_port, mgmt_port, http01_port, tls_alpn_port, dns_port, chall_mgmt) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let mut config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{acme_port}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+            "certificate": dir.path().join("listener.pem"),
+            "privateKey": dir.path().join("listener.key"),
+            "httpPort": http01_port,
+            "tlsPort": tls_alpn_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }});
+        if let Some(v) = validity_secs {
+            config["pebble"]["certificateValidityPeriod"] = v.into();
+        }
+        std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
+        let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+        let chall = Command::new(peer_bin("pebble-challtestsrv"))
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args([
+                "-management",
+                &format!("127.0.0.1:{chall_mgmt}"),
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(log("challtestsrv.log"))
+            .stderr(log("challtestsrv.err"))
+            .spawn()
+            .expect("pebble-challtestsrv");
+        let pebble = Command::new(peer_bin("pebble"))
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .args(["-strict=false", "-config"])
+            .arg(dir.path().join("pebble.json"))
+            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .stdout(log("pebble.log"))
+            .stderr(log("pebble.err"))
+            .spawn()
+            .expect("pebble");
+        let me = Pebble {
+            children: vec![pebble, chall],
+            directory_url: format!("https://127.0.0.1:{acme_port}/dir"),
+            listener_ca,
+            mgmt_port,
+            http01_port,
+            tls_alpn_port,
+            dir,
+        };
+        wait_for_port(chall_mgmt, Duration::from_secs(15));
+        wait_for_port(acme_port, Duration::from_secs(15));
+        wait_for_port(mgmt_port, Duration::from_secs(15));
+        me
+    }
+
+    /// pebble's issuing root (new on every start), PEM.
+    pub async fn root_pem(&self) -> String {
+        let ca = std::fs::read(&self.listener_ca).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+            .no_proxy()
+            .build()
+            .unwrap();
+        client
+            .get(format!("https://127.0.0.1:{}/roots/0", self.mgmt_port))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
+            + &std::fs::read_to_string(self.dir.path().join("pebble.err")).unwrap_or_default()
+    }
+
+    /// Stops pebble (the ACME server becomes unreachable).
+    pub fn stop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- pebble log ---\n{}", self.log());
+        }
+        self.stop();
+    }
+}
