@@ -7,6 +7,7 @@
 pub mod acme;
 pub mod config;
 pub mod controlplane;
+pub mod proxy;
 pub mod registry;
 pub mod tls;
 pub mod translate;

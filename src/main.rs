@@ -29,6 +29,8 @@ enum Command {
     Validate(cmd::validate::Args),
     /// Translate Istio configuration into Envoy resources for one gateway.
     Translate(cmd::translate::Args),
+    /// Run the gateway (meshgate's own data plane).
+    Gateway(cmd::gateway::GatewayArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,5 +51,6 @@ fn main() -> ExitCode {
         },
         Command::Validate(args) => cmd::validate::run(args),
         Command::Translate(args) => cmd::translate::run(args),
+        Command::Gateway(args) => cmd::gateway::run(args),
     }
 }

@@ -3,5 +3,6 @@
 pub mod bootstrap;
 pub mod certs;
 pub mod control_plane;
+pub mod gateway;
 pub mod translate;
 pub mod validate;

@@ -1,0 +1,269 @@
+//! `meshgate gateway`: the data plane, standalone.
+use anyhow::Context as _;
+use clap::Args;
+use meshgate::proxy::access_log::AccessLogMode;
+use meshgate::proxy::stats::SourceLabels;
+use meshgate::proxy::{Gateway, GatewayOptions};
+use meshgate::xds::{ProxyIdentity, ResourceSet};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Flags of `meshgate gateway`.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Istio configuration (a file or a directory of YAML), watched for changes.
+    #[arg(long, value_name = "PATH", conflicts_with = "xds_json")]
+    pub config: Option<PathBuf>,
+    /// Envoy resources as JSON (`{"listeners": [...], "routes": [...], "clusters": [...],
+    /// "endpoints": [...]}`), watched for changes.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub xds_json: Option<PathBuf>,
+    /// The gateway's workload labels (Istio Gateway `selector`s match them).
+    #[arg(long, default_value = "istio=ingressgateway")]
+    pub labels: String,
+    /// The gateway's namespace (default: that of the first Gateway selecting it).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Worker threads, each with its own listeners and upstream pools (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub concurrency: usize,
+    /// Admin API address (`/ready`, `/config_dump`, `/clusters`, `/stats`, ...).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_address: SocketAddr,
+    /// Health endpoint address (`/healthz/ready`).
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub health_address: SocketAddr,
+    /// Prometheus endpoint address (`/stats/prometheus`).
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    pub prometheus_address: SocketAddr,
+    /// Access log on stdout: json, text or off.
+    #[arg(long, default_value = "json")]
+    pub access_log: AccessLogMode,
+    /// How long in-flight requests may take to finish on shutdown (seconds).
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_timeout: f64,
+    /// Open downstream connections per listener.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_connections: usize,
+}
+
+pub fn run(args: GatewayArgs) -> ExitCode {
+    init_tracing();
+    match run_inner(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("meshgate gateway: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
+    let labels =
+        meshgate::xds::ProxyIdentity::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!(e))?;
+    let app = labels
+        .get("app")
+        .or_else(|| labels.get("istio"))
+        .cloned()
+        .unwrap_or_else(|| "meshgate".into());
+    let opts = GatewayOptions {
+        concurrency: args.concurrency,
+        admin_addr: Some(args.admin_address),
+        health_addr: Some(args.health_address),
+        prometheus_addr: Some(args.prometheus_address),
+        access_log: args.access_log,
+        drain_timeout: Duration::from_secs_f64(args.drain_timeout.max(0.0)),
+        max_connections: args.max_connections,
+        source: SourceLabels {
+            workload: app.clone(),
+            namespace: args
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "istio-system".into()),
+            app,
+        },
+    };
+    let source = match (&args.config, &args.xds_json) {
+        (Some(path), _) => Source::Istio {
+            path: path.clone(),
+            labels,
+            namespace: args.namespace.clone(),
+        },
+        (None, Some(file)) => Source::Json(file.clone()),
+        (None, None) => anyhow::bail!("nothing to serve: give --config PATH (Istio YAML)"),
+    };
+    let gateway = Gateway::start(opts).context("starting the gateway")?;
+    tracing::info!(admin = ?gateway.admin_addr(), health = ?gateway.health_addr(), prometheus = ?gateway.prometheus_addr(), "gateway started");
+    let mut loaded = source.load(&gateway, None)?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut quit = gateway.quit_requested();
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = quit.changed() => break,
+                _ = tick.tick() => {
+                    match source.load(&gateway, Some(loaded)) {
+                        Ok(t) => loaded = t,
+                        Err(e) => tracing::error!("{e:#}"),
+                    }
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    tracing::info!("draining");
+    gateway.shutdown();
+    Ok(())
+}
+
+/// Where the gateway's configuration comes from.
+enum Source {
+    /// Istio YAML, translated in-process for this gateway.
+    Istio {
+        path: PathBuf,
+        labels: BTreeMap<String, String>,
+        namespace: Option<String>,
+    },
+    /// Envoy resources as JSON.
+    Json(PathBuf),
+}
+
+/// A fingerprint of the files under a path (names, sizes, modification times), to notice
+/// changes without reading them.
+fn fingerprint(path: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut stack = vec![path.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(p) = stack.pop() {
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                if let Ok(rd) = std::fs::read_dir(&p) {
+                    stack.extend(rd.flatten().map(|e| e.path()));
+                }
+            }
+            Ok(m) => files.push((p, m.len(), m.modified().ok())),
+            Err(_) => files.push((p, 0, None)),
+        }
+    }
+    files.sort();
+    files.hash(&mut h);
+    h.finish()
+}
+
+impl Source {
+    /// Loads and applies the configuration if it changed since `seen`. The first load must
+    /// succeed; later bad versions are reported (with positions) and the last good config
+    /// keeps serving.
+    fn load(&self, gateway: &Gateway, seen: Option<u64>) -> anyhow::Result<u64> {
+        let path = match self {
+            Source::Istio { path, .. } | Source::Json(path) => path,
+        };
+        let print = fingerprint(path);
+        if seen == Some(print) {
+            return Ok(print);
+        }
+        let resources = match self {
+            Source::Istio {
+                path,
+                labels,
+                namespace,
+            } => translate_config(path, labels, namespace.as_deref()),
+            Source::Json(path) => read_json(path),
+        };
+        let version = format!("{print:016x}");
+        let outcome = resources.and_then(|set| {
+            gateway
+                .apply(set, &version)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        });
+        match outcome {
+            Ok(()) => {
+                tracing::info!(version, "config applied");
+                Ok(print)
+            }
+            Err(e) if seen.is_some() => {
+                tracing::error!("rejected update, keeping the last good config:\n{e:#}");
+                Ok(print)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Istio YAML -> validated config -> registry -> this gateway's Envoy resources.
+fn translate_config(
+    path: &Path,
+    labels: &BTreeMap<String, String>,
+    namespace: Option<&str>,
+) -> anyhow::Result<ResourceSet> {
+    use meshgate::config::{self, Diagnostic};
+    let outcome = config::load(path);
+    let mut diagnostics = outcome.diagnostics;
+    diagnostics.extend(config::validate(&outcome.config));
+    Diagnostic::sort(&mut diagnostics);
+    let errors: Vec<String> = diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.to_string())
+        .collect();
+    if !errors.is_empty() {
+        anyhow::bail!(
+            "{} error(s) in {}:\n{}",
+            errors.len(),
+            path.display(),
+            errors.join("\n")
+        );
+    }
+    let ns = namespace
+        .map(str::to_string)
+        .unwrap_or_else(|| meshgate::translate::default_namespace(&outcome.config, labels));
+    let mut proxy = ProxyIdentity::gateway(&ns, labels.clone());
+    if namespace.is_none() {
+        // Each Gateway's credentials are looked up in the Gateway's own namespace.
+        proxy.namespace.clear();
+    }
+    let (registry, registry_diagnostics) =
+        meshgate::registry::Registry::from_config(&outcome.config);
+    let translation = meshgate::translate::gateway(&outcome.config, &registry, &proxy);
+    for d in diagnostics
+        .iter()
+        .chain(&registry_diagnostics)
+        .chain(&translation.diagnostics)
+    {
+        tracing::warn!("{d}");
+    }
+    if translation.resources.listeners.is_empty() {
+        tracing::warn!("no Gateway server selects these labels; nothing is listening");
+    }
+    Ok(translation.resources)
+}
+
+fn read_json(path: &Path) -> anyhow::Result<ResourceSet> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
+    meshgate::proxy::json_input::resource_set_from_json(&v)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}

@@ -1,0 +1,317 @@
+//! The admin API (Envoy's paths on 127.0.0.1:15000), the health endpoint (15021) and
+//! Prometheus (15090).
+use crate::proxy::runtime::Shared;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+type Handler = fn(&Request<Incoming>, &Shared) -> Response<Full<Bytes>>;
+
+fn serve(
+    rt: &tokio::runtime::Handle,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    handler: Handler,
+) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let local = std_listener.local_addr()?;
+    rt.spawn(async move {
+        let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+            return;
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let resp = handler(&req, &shared);
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    r
+}
+
+/// Serves the admin API on `addr`; returns the bound address.
+pub fn serve_admin(
+    rt: &tokio::runtime::Handle,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+) -> std::io::Result<SocketAddr> {
+    serve(rt, addr, shared, admin)
+}
+
+/// Serves `/healthz/ready` on `addr`.
+pub fn serve_health(
+    rt: &tokio::runtime::Handle,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+) -> std::io::Result<SocketAddr> {
+    serve(rt, addr, shared, |req, shared| match req.uri().path() {
+        "/healthz/ready" => ready(shared),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+/// Serves `/stats/prometheus` on `addr`.
+pub fn serve_prometheus(
+    rt: &tokio::runtime::Handle,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+) -> std::io::Result<SocketAddr> {
+    serve(rt, addr, shared, |req, shared| match req.uri().path() {
+        "/stats/prometheus" => prometheus(shared),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+fn ready(shared: &Shared) -> Response<Full<Bytes>> {
+    if shared.ready.load(Ordering::Relaxed) && !shared.draining.load(Ordering::Relaxed) {
+        text(StatusCode::OK, "LIVE\n")
+    } else if shared.draining.load(Ordering::Relaxed) {
+        text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n")
+    }
+}
+
+fn admin(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let post = req.method() == Method::POST;
+    match req.uri().path() {
+        "/ready" => ready(shared),
+        "/config_dump" => {
+            let snap = shared.snapshot.load();
+            match crate::xds::json::config_dump(&snap.resources, &snap.version) {
+                Ok(v) => {
+                    let mut r = Response::new(Full::new(Bytes::from(
+                        serde_json::to_string_pretty(&v).unwrap_or_default(),
+                    )));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+        "/clusters" => text(StatusCode::OK, clusters(shared)),
+        "/stats" => text(StatusCode::OK, stats(shared)),
+        "/stats/prometheus" => prometheus(shared),
+        "/quitquitquit" if post => {
+            let _ = shared.admin_quit.send(true);
+            text(StatusCode::OK, "OK\n")
+        }
+        "/drain_listeners" if post => {
+            shared.draining.store(true, Ordering::Relaxed);
+            let _ = shared.drain_requested.send(true);
+            text(StatusCode::OK, "OK\n")
+        }
+        "/quitquitquit" | "/drain_listeners" => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "This endpoint requires POST.\n",
+        ),
+        "/" => text(
+            StatusCode::OK,
+            "meshgate admin: /ready /config_dump /clusters /stats /stats/prometheus /quitquitquit /drain_listeners\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "invalid path\n"),
+    }
+}
+
+/// Envoy's `/clusters` text format.
+fn clusters(shared: &Shared) -> String {
+    let snap = shared.snapshot.load();
+    let mut names: Vec<&String> = snap.clusters.keys().collect();
+    names.sort();
+    let mut out = String::new();
+    for name in names {
+        let c = &snap.clusters[name];
+        let t = &c.thresholds;
+        let _ = writeln!(out, "{name}::observability_name::{name}");
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_connections::{}",
+            t.max_connections
+        );
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_pending_requests::{}",
+            t.max_pending_requests
+        );
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_requests::{}",
+            t.max_requests
+        );
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_retries::{}",
+            t.max_retries
+        );
+        let _ = writeln!(out, "{name}::added_via_api::true");
+        let set = c.endpoints();
+        for (p, level) in set.priorities.iter().enumerate() {
+            for loc in &level.localities {
+                for h in &loc.hosts {
+                    let a = h.addr;
+                    let g = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+                    let _ = writeln!(
+                        out,
+                        "{name}::{a}::cx_active::{}",
+                        h.active_connections.load(Ordering::Relaxed)
+                    );
+                    let _ = writeln!(
+                        out,
+                        "{name}::{a}::cx_connect_fail::{}",
+                        g(&h.cx_connect_fail)
+                    );
+                    let _ = writeln!(
+                        out,
+                        "{name}::{a}::rq_active::{}",
+                        h.active_requests.load(Ordering::Relaxed)
+                    );
+                    let _ = writeln!(out, "{name}::{a}::rq_error::{}", g(&h.rq_error));
+                    let _ = writeln!(out, "{name}::{a}::rq_success::{}", g(&h.rq_success));
+                    let _ = writeln!(out, "{name}::{a}::rq_total::{}", g(&h.rq_total));
+                    let _ = writeln!(
+                        out,
+                        "{name}::{a}::hostname::{}",
+                        h.hostname.as_deref().unwrap_or("")
+                    );
+                    let mut flags = Vec::new();
+                    if !h.eds_healthy {
+                        flags.push("/failed_eds_health");
+                    }
+                    if h.ejected.load(Ordering::Relaxed) {
+                        flags.push("/failed_outlier_check");
+                    }
+                    let health = if flags.is_empty() {
+                        "healthy".to_string()
+                    } else {
+                        flags.concat()
+                    };
+                    let _ = writeln!(out, "{name}::{a}::health_flags::{health}");
+                    let _ = writeln!(out, "{name}::{a}::weight::{}", h.weight);
+                    let mut loc_parts = loc.name.split('/');
+                    let _ = writeln!(
+                        out,
+                        "{name}::{a}::region::{}",
+                        loc_parts.next().unwrap_or("")
+                    );
+                    let _ = writeln!(out, "{name}::{a}::zone::{}", loc_parts.next().unwrap_or(""));
+                    let _ = writeln!(
+                        out,
+                        "{name}::{a}::sub_zone::{}",
+                        loc_parts.next().unwrap_or("")
+                    );
+                    let _ = writeln!(out, "{name}::{a}::canary::false");
+                    let _ = writeln!(out, "{name}::{a}::priority::{p}");
+                    let _ = writeln!(out, "{name}::{a}::success_rate::-1");
+                    let _ = writeln!(out, "{name}::{a}::local_origin_success_rate::-1");
+                }
+            }
+        }
+    }
+    out
+}
+
+fn stats(shared: &Shared) -> String {
+    let snap = shared.snapshot.load();
+    let mut lines: Vec<(String, u64)> = Vec::new();
+    for (name, c) in &snap.clusters {
+        for (k, v) in c.state.stats.counters() {
+            lines.push((format!("cluster.{name}.{k}"), v));
+        }
+        let s = &c.state;
+        lines.push((
+            format!("cluster.{name}.upstream_cx_active"),
+            s.cx_active.load(Ordering::Relaxed) as u64,
+        ));
+        lines.push((
+            format!("cluster.{name}.upstream_rq_active"),
+            s.rq_active.load(Ordering::Relaxed) as u64,
+        ));
+        lines.push((
+            format!("cluster.{name}.upstream_rq_pending_active"),
+            s.rq_pending.load(Ordering::Relaxed) as u64,
+        ));
+        let set = c.endpoints();
+        lines.push((
+            format!("cluster.{name}.membership_total"),
+            set.hosts.len() as u64,
+        ));
+        lines.push((
+            format!("cluster.{name}.membership_healthy"),
+            set.hosts.iter().filter(|h| h.healthy()).count() as u64,
+        ));
+        lines.push((
+            format!("cluster.{name}.outlier_detection.ejections_active"),
+            set.hosts
+                .iter()
+                .filter(|h| h.ejected.load(Ordering::Relaxed))
+                .count() as u64,
+        ));
+    }
+    lines.extend(shared.stats.envoy_counters());
+    lines.sort();
+    let mut out = String::new();
+    for (k, v) in lines {
+        let _ = writeln!(out, "{k}: {v}");
+    }
+    out
+}
+
+fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
+    let mut out = String::new();
+    shared.stats.prometheus_istio(&mut out);
+    let snap = shared.snapshot.load();
+    let mut names: Vec<&String> = snap.clusters.keys().collect();
+    names.sort();
+    let mut by_stat: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
+    for name in names {
+        for (k, v) in snap.clusters[name].state.stats.counters() {
+            let metric = format!("envoy_cluster_{}", k.replace('.', "_"));
+            by_stat.entry(metric).or_default().push((name.clone(), v));
+        }
+    }
+    for (metric, values) in by_stat {
+        let _ = writeln!(out, "# TYPE {metric} counter");
+        for (cluster, v) in values {
+            let _ = writeln!(out, "{metric}{{cluster_name=\"{cluster}\"}} {v}");
+        }
+    }
+    for (k, v) in shared.stats.envoy_counters() {
+        let metric = format!("envoy_{}", k.replace('.', "_"));
+        let _ = writeln!(out, "# TYPE {metric} counter\n{metric} {v}");
+    }
+    let mut r = Response::new(Full::new(Bytes::from(out)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}

@@ -1,0 +1,890 @@
+//! Cluster + ClusterLoadAssignment -> [`Cluster`].
+use crate::proxy::compile::{CompileError, Cx, duration, fields};
+use crate::proxy::snapshot::Snapshot;
+use crate::proxy::upstream::cluster::*;
+use crate::proxy::upstream::host::{EndpointSet, Host, Locality, Priority};
+use crate::proxy::upstream::lb::LbPolicy;
+use crate::proxy::upstream::outlier::OutlierConfig;
+use crate::proxy::upstream::pool::DEFAULT_IDLE_TIMEOUT;
+use crate::xds::ResourceSet;
+use crate::xds::pb::envoy::config::cluster::v3 as pb;
+use crate::xds::pb::envoy::config::core::v3 as core_pb;
+use crate::xds::pb::envoy::config::endpoint::v3 as ep_pb;
+use crate::xds::pb::envoy::extensions::upstreams::http::v3 as http_opts_pb;
+use arc_swap::ArcSwap;
+use prost::{Message, Name};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const RAW_BUFFER: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+
+pub(crate) fn compile_clusters(
+    set: &ResourceSet,
+    previous: Option<&Snapshot>,
+) -> Result<HashMap<String, Arc<Cluster>>, CompileError> {
+    let mut out = HashMap::new();
+    for c in &set.clusters {
+        let prev = previous.and_then(|p| p.clusters.get(&c.name));
+        let compiled = compile_cluster(c, set, prev.map(|p| &**p))?;
+        if out.insert(c.name.clone(), Arc::new(compiled)).is_some() {
+            return Err(Cx::new("cluster", &c.name).err("name", "duplicate cluster name"));
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn compile_cluster(
+    c: &pb::Cluster,
+    set: &ResourceSet,
+    prev: Option<&Cluster>,
+) -> Result<Cluster, CompileError> {
+    use pb::cluster::ClusterDiscoveryType as T;
+    use pb::cluster::DiscoveryType as D;
+    use pb::cluster::LbConfig;
+    let cx = &mut Cx::new("cluster", &c.name);
+    fields!(
+        cx,
+        c,
+        pb::Cluster {
+            supported: [
+                name,
+                eds_cluster_config,
+                connect_timeout,
+                lb_policy,
+                load_assignment,
+                max_requests_per_connection,
+                circuit_breakers,
+                common_http_protocol_options,
+                http_protocol_options,
+                http2_protocol_options,
+                typed_extension_protocol_options,
+                dns_refresh_rate,
+                dns_failure_refresh_rate,
+                respect_dns_ttl,
+                dns_lookup_family,
+                outlier_detection,
+                common_lb_config,
+                transport_socket,
+                transport_socket_matches,
+                cluster_discovery_type,
+                lb_config
+            ],
+            ignored: [
+                alt_stat_name,
+                per_connection_buffer_limit_bytes,
+                metadata,
+                cleanup_interval,
+                upstream_connection_options,
+                track_timeout_budgets,
+                track_cluster_stats,
+                dns_jitter,
+                wait_for_warm_on_init,
+                connection_pool_per_downstream_connection,
+                stats_matcher
+            ],
+            unsupported: [
+                transport_socket_matcher,
+                per_connection_buffer_high_watermark_timeout,
+                health_checks,
+                upstream_http_protocol_options,
+                dns_resolvers,
+                use_tcp_for_dns_lookups,
+                dns_resolution_config,
+                typed_dns_resolver_config,
+                close_connections_on_host_health_failure,
+                ignore_health_on_host_removal,
+                filters,
+                load_balancing_policy,
+                lrs_server,
+                lrs_report_endpoint_metrics,
+                upstream_bind_config,
+                protocol_selection,
+                lb_subset_config,
+                preconnect_policy,
+                upstream_config,
+                queuing_policies
+            ],
+        }
+    );
+    // Upstream TLS origination is not implemented yet: only plaintext sockets.
+    if let Some(ts) = &c.transport_socket {
+        check_raw_buffer(cx, "transport_socket", ts)?;
+    }
+    for (i, m) in c.transport_socket_matches.iter().enumerate() {
+        if let Some(ts) = &m.transport_socket {
+            check_raw_buffer(
+                cx,
+                &format!("transport_socket_matches[{i}].transport_socket"),
+                ts,
+            )?;
+        }
+    }
+    let connect_timeout =
+        duration(cx, "connect_timeout", &c.connect_timeout)?.unwrap_or(Duration::from_secs(5));
+    let lb = match pb::cluster::LbPolicy::try_from(c.lb_policy) {
+        Ok(pb::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(pb::cluster::LbPolicy::Random) => LbPolicy::Random,
+        Ok(pb::cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest {
+            choice_count: match &c.lb_config {
+                Some(LbConfig::LeastRequestLbConfig(l)) => {
+                    l.choice_count.map(|c| c.value).unwrap_or(2)
+                }
+                _ => 2,
+            },
+        },
+        Ok(pb::cluster::LbPolicy::RingHash) => {
+            let (min_ring, max_ring) = match &c.lb_config {
+                Some(LbConfig::RingHashLbConfig(r)) => (
+                    r.minimum_ring_size.map(|v| v.value).unwrap_or(1024),
+                    r.maximum_ring_size
+                        .map(|v| v.value)
+                        .unwrap_or(8 * 1024 * 1024),
+                ),
+                _ => (1024, 8 * 1024 * 1024),
+            };
+            if min_ring == 0 || min_ring > max_ring || max_ring > 8 * 1024 * 1024 {
+                return Err(cx.err("ring_hash_lb_config", "invalid ring sizes"));
+            }
+            LbPolicy::RingHash { min_ring, max_ring }
+        }
+        Ok(pb::cluster::LbPolicy::Maglev) => LbPolicy::Maglev {
+            table_size: match &c.lb_config {
+                Some(LbConfig::MaglevLbConfig(m)) => m.table_size.map(|v| v.value).unwrap_or(65537),
+                _ => 65537,
+            },
+        },
+        _ => return Err(cx.err("lb_policy", "load balancing policy not supported")),
+    };
+    if let LbPolicy::Maglev { table_size } = lb
+        && (table_size < 2 || !is_prime(table_size))
+    {
+        return Err(cx.err("maglev_lb_config.table_size", "must be a prime number"));
+    }
+    match &c.lb_config {
+        Some(LbConfig::OriginalDstLbConfig(_)) => {
+            return Err(cx.unsupported("original_dst_lb_config"));
+        }
+        Some(LbConfig::RoundRobinLbConfig(r)) if r.slow_start_config.is_some() => {
+            return Err(cx.unsupported("round_robin_lb_config.slow_start_config"));
+        }
+        Some(LbConfig::LeastRequestLbConfig(l))
+            if l.slow_start_config.is_some() || l.active_request_bias.is_some() =>
+        {
+            return Err(cx.err(
+                "least_request_lb_config",
+                "slow_start_config and active_request_bias are not supported",
+            ));
+        }
+        _ => {}
+    }
+    let (protocol, idle_timeout, mut max_requests_per_connection) = protocol_options(cx, c)?;
+    #[allow(deprecated)]
+    if let Some(m) = c.max_requests_per_connection {
+        max_requests_per_connection = Some(m.value);
+    }
+    let thresholds = match &c.circuit_breakers {
+        None => Thresholds::default(),
+        Some(cb) => cx.at("circuit_breakers", |cx| {
+            if !cb.per_host_thresholds.is_empty() {
+                return Err(cx.unsupported("per_host_thresholds"));
+            }
+            let mut t = Thresholds::default();
+            for (i, th) in cb.thresholds.iter().enumerate() {
+                cx.at(format_args!("thresholds[{i}]"), |cx| {
+                    fields!(
+                        cx,
+                        th,
+                        pb::circuit_breakers::Thresholds {
+                            supported: [
+                                priority,
+                                max_connections,
+                                max_pending_requests,
+                                max_requests,
+                                max_retries
+                            ],
+                            ignored: [track_remaining],
+                            unsupported: [retry_budget, max_connection_pools],
+                        }
+                    );
+                    if th.priority != core_pb::RoutingPriority::Default as i32 {
+                        // Meshgate does not route by priority; HIGH thresholds never apply.
+                        return Ok(());
+                    }
+                    let get = |v: &Option<crate::xds::pb::google::protobuf::UInt32Value>,
+                               d: u32| {
+                        v.map(|v| v.value).unwrap_or(d)
+                    };
+                    t = Thresholds {
+                        max_connections: get(&th.max_connections, 1024),
+                        max_pending_requests: get(&th.max_pending_requests, 1024),
+                        max_requests: get(&th.max_requests, 1024),
+                        max_retries: get(&th.max_retries, 3),
+                    };
+                    Ok(())
+                })?;
+            }
+            Ok(t)
+        })?,
+    };
+    let outlier = match &c.outlier_detection {
+        None => None,
+        Some(o) => Some(cx.at("outlier_detection", |cx| compile_outlier(cx, o))?),
+    };
+    let (panic_threshold, locality_weighted) = match &c.common_lb_config {
+        None => (50.0, false),
+        Some(l) => cx.at("common_lb_config", |cx| {
+            use pb::cluster::common_lb_config::LocalityConfigSpecifier as L;
+            fields!(
+                cx,
+                l,
+                pb::cluster::CommonLbConfig {
+                    supported: [healthy_panic_threshold, locality_config_specifier],
+                    ignored: [update_merge_window, close_connections_on_host_set_change],
+                    unsupported: [
+                        ignore_new_hosts_until_first_hc,
+                        consistent_hashing_lb_config,
+                        override_host_status
+                    ],
+                }
+            );
+            let panic = l.healthy_panic_threshold.map(|p| p.value).unwrap_or(50.0);
+            let lw = match &l.locality_config_specifier {
+                None => false,
+                Some(L::LocalityWeightedLbConfig(_)) => true,
+                Some(L::ZoneAwareLbConfig(_)) => return Err(cx.unsupported("zone_aware_lb_config")),
+            };
+            Ok((panic, lw))
+        })?,
+    };
+    let discovery_type = match &c.cluster_discovery_type {
+        None => D::Static,
+        Some(T::Type(t)) => {
+            D::try_from(*t).map_err(|_| cx.err("type", "unknown discovery type"))?
+        }
+        Some(T::ClusterType(_)) => return Err(cx.unsupported("cluster_type")),
+    };
+    let state = prev.map(|p| p.state.clone()).unwrap_or_default();
+    let prev_set = prev.map(|p| p.endpoints.load_full());
+    let (discovery, endpoints) = match discovery_type {
+        D::Static => {
+            let cla = c
+                .load_assignment
+                .as_ref()
+                .ok_or_else(|| cx.err("load_assignment", "required for STATIC clusters"))?;
+            let set = cx.at("load_assignment", |cx| {
+                endpoint_set(cx, cla, prev_set.as_deref())
+            })?;
+            (Discovery::Static, Arc::new(ArcSwap::from_pointee(set)))
+        }
+        D::Eds => {
+            let service = c
+                .eds_cluster_config
+                .as_ref()
+                .map(|e| e.service_name.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(&c.name);
+            let set = match set.endpoint(service) {
+                Some(cla) => {
+                    let mut ecx = Cx::new("cluster_load_assignment", service);
+                    endpoint_set(&mut ecx, cla, prev_set.as_deref())?
+                }
+                // Not delivered (yet): a cluster with no hosts answers "no healthy upstream".
+                None => EndpointSet::new(Vec::new(), 1.4),
+            };
+            (Discovery::Eds, Arc::new(ArcSwap::from_pointee(set)))
+        }
+        D::StrictDns | D::LogicalDns => {
+            let cla = c
+                .load_assignment
+                .as_ref()
+                .ok_or_else(|| cx.err("load_assignment", "required for DNS clusters"))?;
+            let dns = cx.at("load_assignment", |cx| dns_config(cx, c, cla))?;
+            if discovery_type == D::LogicalDns && dns.targets.len() != 1 {
+                return Err(cx.err(
+                    "load_assignment",
+                    "LOGICAL_DNS clusters need exactly one endpoint",
+                ));
+            }
+            let discovery = if discovery_type == D::StrictDns {
+                Discovery::StrictDns(dns)
+            } else {
+                Discovery::LogicalDns(dns)
+            };
+            // Same DNS settings as before: keep the resolved hosts and the resolver.
+            let endpoints = match prev {
+                Some(p) if p.discovery == discovery => p.endpoints.clone(),
+                _ => Arc::new(ArcSwap::from_pointee(EndpointSet::new(Vec::new(), 1.4))),
+            };
+            (discovery, endpoints)
+        }
+        D::OriginalDst => return Err(cx.err("type", "ORIGINAL_DST clusters are not supported")),
+    };
+    Ok(Cluster {
+        name: c.name.as_str().into(),
+        discovery,
+        connect_timeout,
+        lb,
+        protocol,
+        idle_timeout,
+        max_requests_per_connection,
+        thresholds,
+        outlier,
+        panic_threshold,
+        locality_weighted,
+        endpoints,
+        state,
+    })
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
+}
+
+fn check_raw_buffer(
+    cx: &Cx,
+    field: &str,
+    ts: &core_pb::TransportSocket,
+) -> Result<(), CompileError> {
+    use core_pb::transport_socket::ConfigType;
+    match &ts.config_type {
+        None => Ok(()),
+        Some(ConfigType::TypedConfig(a)) if a.type_url == RAW_BUFFER => Ok(()),
+        Some(ConfigType::TypedConfig(a)) => Err(cx.err(
+            field,
+            format!(
+                "upstream transport socket {} is not supported yet (plaintext only)",
+                a.type_url
+            ),
+        )),
+    }
+}
+
+fn protocol_options(
+    cx: &mut Cx,
+    c: &pb::Cluster,
+) -> Result<(UpstreamProtocol, Option<Duration>, Option<u32>), CompileError> {
+    let mut protocol = UpstreamProtocol::Http1;
+    let mut idle = Some(DEFAULT_IDLE_TIMEOUT);
+    let mut max_rq = None;
+    #[allow(deprecated)]
+    {
+        if c.http2_protocol_options.is_some() {
+            protocol = UpstreamProtocol::Http2;
+        }
+        if let Some(common) = &c.common_http_protocol_options {
+            cx.at("common_http_protocol_options", |cx| {
+                let (i, m) = common_options(cx, common)?;
+                idle = i;
+                max_rq = m;
+                Ok(())
+            })?;
+        }
+    }
+    let mut keys: Vec<&String> = c.typed_extension_protocol_options.keys().collect();
+    keys.sort();
+    for key in keys {
+        let any = &c.typed_extension_protocol_options[key];
+        cx.at(
+            format_args!("typed_extension_protocol_options[{key}]"),
+            |cx| {
+                if any.type_url != http_opts_pb::HttpProtocolOptions::type_url() {
+                    return Err(cx.err(
+                        "",
+                        format!(
+                            "protocol options of type {} are not supported",
+                            any.type_url
+                        ),
+                    ));
+                }
+                if key != HTTP_PROTOCOL_OPTIONS {
+                    return Err(cx.err("", format!("expected the key {HTTP_PROTOCOL_OPTIONS}")));
+                }
+                let o = http_opts_pb::HttpProtocolOptions::decode(any.value.as_slice())
+                    .map_err(|e| cx.err("", format!("decoding HttpProtocolOptions: {e}")))?;
+                use http_opts_pb::http_protocol_options::UpstreamProtocolOptions as U;
+                use http_opts_pb::http_protocol_options::explicit_http_config::ProtocolConfig as P;
+                fields!(
+                    cx,
+                    &o,
+                    http_opts_pb::HttpProtocolOptions {
+                        supported: [common_http_protocol_options, upstream_protocol_options],
+                        ignored: [upstream_http_protocol_options],
+                        unsupported: [
+                            http_filters,
+                            header_validation_config,
+                            outlier_detection,
+                            request_mirror_policies,
+                            hash_policy,
+                            retry_policy
+                        ],
+                    }
+                );
+                if let Some(common) = &o.common_http_protocol_options {
+                    let (i, m) = cx.at("common_http_protocol_options", |cx| {
+                        common_options(cx, common)
+                    })?;
+                    idle = i;
+                    max_rq = m;
+                }
+                protocol = match &o.upstream_protocol_options {
+                    None => UpstreamProtocol::Http1,
+                    Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
+                        Some(P::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,
+                        Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                        Some(P::Http3ProtocolOptions(_)) => {
+                            return Err(cx.err(
+                                "explicit_http_config",
+                                "HTTP/3 upstreams are not supported",
+                            ));
+                        }
+                    },
+                    Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
+                    Some(U::AutoConfig(_)) => return Err(cx.err(
+                        "auto_config",
+                        "ALPN-negotiated upstream protocol needs upstream TLS, not supported yet",
+                    )),
+                };
+                Ok(())
+            },
+        )?;
+    }
+    Ok((protocol, idle, max_rq))
+}
+
+fn common_options(
+    cx: &mut Cx,
+    o: &core_pb::HttpProtocolOptions,
+) -> Result<(Option<Duration>, Option<u32>), CompileError> {
+    fields!(
+        cx,
+        o,
+        core_pb::HttpProtocolOptions {
+            supported: [idle_timeout, max_requests_per_connection],
+            ignored: [
+                max_headers_count,
+                max_connection_duration,
+                max_connection_duration_jitter,
+                headers_with_underscores_action,
+                max_stream_duration,
+                max_response_headers_kb
+            ],
+            unsupported: [],
+        }
+    );
+    let idle = match duration(cx, "idle_timeout", &o.idle_timeout)? {
+        None => Some(DEFAULT_IDLE_TIMEOUT),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    };
+    Ok((
+        idle,
+        o.max_requests_per_connection
+            .map(|v| v.value)
+            .filter(|v| *v > 0),
+    ))
+}
+
+fn compile_outlier(cx: &mut Cx, o: &pb::OutlierDetection) -> Result<OutlierConfig, CompileError> {
+    fields!(
+        cx,
+        o,
+        pb::OutlierDetection {
+            supported: [
+                consecutive_5xx,
+                interval,
+                base_ejection_time,
+                max_ejection_percent,
+                enforcing_consecutive_5xx,
+                enforcing_success_rate,
+                consecutive_gateway_failure,
+                enforcing_consecutive_gateway_failure,
+                split_external_local_origin_errors,
+                consecutive_local_origin_failure,
+                enforcing_consecutive_local_origin_failure,
+                max_ejection_time,
+                always_eject_one_host,
+                enforcing_local_origin_success_rate,
+                enforcing_failure_percentage,
+                enforcing_failure_percentage_local_origin
+            ],
+            ignored: [
+                success_rate_minimum_hosts,
+                success_rate_request_volume,
+                success_rate_stdev_factor,
+                failure_percentage_threshold,
+                failure_percentage_minimum_hosts,
+                failure_percentage_request_volume,
+                max_ejection_time_jitter
+            ],
+            unsupported: [
+                successful_active_health_check_uneject_host,
+                monitors,
+                detect_degraded_hosts
+            ],
+        }
+    );
+    // Success-rate ejection is not implemented: it must be switched off explicitly
+    // (Envoy enforces it at 100% by default; Istio always emits 0).
+    if o.enforcing_success_rate.map(|v| v.value) != Some(0) {
+        return Err(cx.err(
+            "enforcing_success_rate",
+            "success-rate ejection is not supported; set enforcing_success_rate to 0",
+        ));
+    }
+    let split = o.split_external_local_origin_errors;
+    if split && o.enforcing_local_origin_success_rate.map(|v| v.value) != Some(0) {
+        return Err(cx.err(
+            "enforcing_local_origin_success_rate",
+            "success-rate ejection is not supported; set it to 0",
+        ));
+    }
+    if o.enforcing_failure_percentage.is_some_and(|v| v.value > 0) {
+        return Err(cx.unsupported("enforcing_failure_percentage"));
+    }
+    if o.enforcing_failure_percentage_local_origin
+        .is_some_and(|v| v.value > 0)
+    {
+        return Err(cx.unsupported("enforcing_failure_percentage_local_origin"));
+    }
+    let d = OutlierConfig::default();
+    let u = |v: &Option<crate::xds::pb::google::protobuf::UInt32Value>, def: u32| {
+        v.map(|v| v.value).unwrap_or(def)
+    };
+    let interval = duration(cx, "interval", &o.interval)?.unwrap_or(d.interval);
+    let base =
+        duration(cx, "base_ejection_time", &o.base_ejection_time)?.unwrap_or(d.base_ejection_time);
+    let max_time =
+        duration(cx, "max_ejection_time", &o.max_ejection_time)?.unwrap_or(d.max_ejection_time);
+    if interval.is_zero() {
+        return Err(cx.err("interval", "must be greater than 0"));
+    }
+    Ok(OutlierConfig {
+        consecutive_5xx: u(&o.consecutive_5xx, d.consecutive_5xx),
+        enforcing_consecutive_5xx: u(&o.enforcing_consecutive_5xx, d.enforcing_consecutive_5xx)
+            .min(100),
+        consecutive_gateway_failure: u(
+            &o.consecutive_gateway_failure,
+            d.consecutive_gateway_failure,
+        ),
+        enforcing_consecutive_gateway_failure: u(
+            &o.enforcing_consecutive_gateway_failure,
+            d.enforcing_consecutive_gateway_failure,
+        )
+        .min(100),
+        split_external_local_origin_errors: split,
+        consecutive_local_origin_failure: u(
+            &o.consecutive_local_origin_failure,
+            d.consecutive_local_origin_failure,
+        ),
+        enforcing_consecutive_local_origin_failure: u(
+            &o.enforcing_consecutive_local_origin_failure,
+            d.enforcing_consecutive_local_origin_failure,
+        )
+        .min(100),
+        interval,
+        base_ejection_time: base,
+        max_ejection_time: max_time,
+        max_ejection_percent: u(&o.max_ejection_percent, d.max_ejection_percent).min(100),
+        always_eject_one_host: o.always_eject_one_host.is_some_and(|b| b.value),
+    })
+}
+
+fn socket_addr(
+    cx: &Cx,
+    field: &str,
+    a: &Option<core_pb::Address>,
+) -> Result<(String, u16), CompileError> {
+    use core_pb::address::Address as A;
+    use core_pb::socket_address::PortSpecifier;
+    match a.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(A::SocketAddress(s)) => {
+            if s.protocol != core_pb::socket_address::Protocol::Tcp as i32 {
+                return Err(cx.err(field, "only TCP addresses are supported"));
+            }
+            let port = match s.port_specifier {
+                Some(PortSpecifier::PortValue(p)) if p <= 65535 => p as u16,
+                Some(PortSpecifier::NamedPort(_)) => {
+                    return Err(cx.err(field, "named ports are not supported"));
+                }
+                _ => return Err(cx.err(field, "a port is required")),
+            };
+            Ok((s.address.clone(), port))
+        }
+        Some(_) => Err(cx.err(field, "only socket addresses are supported")),
+        None => Err(cx.err(field, "an address is required")),
+    }
+}
+
+fn endpoint_iter<'a>(
+    cx: &mut Cx,
+    cla: &'a ep_pb::ClusterLoadAssignment,
+    mut f: impl FnMut(
+        &mut Cx,
+        &'a ep_pb::LocalityLbEndpoints,
+        &'a ep_pb::LbEndpoint,
+        &'a ep_pb::Endpoint,
+    ) -> Result<(), CompileError>,
+) -> Result<(), CompileError> {
+    use ep_pb::lb_endpoint::HostIdentifier;
+    fields!(
+        cx,
+        cla,
+        ep_pb::ClusterLoadAssignment {
+            supported: [cluster_name, endpoints, policy],
+            ignored: [],
+            unsupported: [named_endpoints],
+        }
+    );
+    for (i, le) in cla.endpoints.iter().enumerate() {
+        cx.at(format_args!("endpoints[{i}]"), |cx| {
+            fields!(
+                cx,
+                le,
+                ep_pb::LocalityLbEndpoints {
+                    supported: [locality, lb_endpoints, load_balancing_weight, priority],
+                    ignored: [metadata, proximity],
+                    unsupported: [lb_config],
+                }
+            );
+            for (j, e) in le.lb_endpoints.iter().enumerate() {
+                cx.at(format_args!("lb_endpoints[{j}]"), |cx| {
+                    fields!(
+                        cx,
+                        e,
+                        ep_pb::LbEndpoint {
+                            supported: [health_status, load_balancing_weight, host_identifier],
+                            ignored: [metadata],
+                            unsupported: [],
+                        }
+                    );
+                    match &e.host_identifier {
+                        Some(HostIdentifier::Endpoint(ep)) => {
+                            fields!(
+                                cx,
+                                ep,
+                                ep_pb::Endpoint {
+                                    supported: [address, hostname],
+                                    ignored: [health_check_config, observability_name],
+                                    unsupported: [additional_addresses],
+                                }
+                            );
+                            f(cx, le, e, ep)
+                        }
+                        Some(HostIdentifier::EndpointName(_)) => {
+                            Err(cx.unsupported("endpoint_name"))
+                        }
+                        None => Err(cx.err("endpoint", "required")),
+                    }
+                })?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+fn locality_name(l: &Option<core_pb::Locality>) -> Arc<str> {
+    match l {
+        None => "".into(),
+        Some(l) => format!("{}/{}/{}", l.region, l.zone, l.sub_zone).into(),
+    }
+}
+
+fn overprovisioning(cla: &ep_pb::ClusterLoadAssignment) -> f64 {
+    cla.policy
+        .as_ref()
+        .and_then(|p| p.overprovisioning_factor)
+        .map(|v| v.value as f64 / 100.0)
+        .unwrap_or(1.4)
+}
+
+/// Builds an endpoint set, reusing hosts (and their state) from `prev` by address.
+fn endpoint_set(
+    cx: &mut Cx,
+    cla: &ep_pb::ClusterLoadAssignment,
+    prev: Option<&EndpointSet>,
+) -> Result<EndpointSet, CompileError> {
+    if let Some(p) = &cla.policy {
+        #[allow(deprecated)]
+        let bad = p.drop_overloads.len() + p.endpoint_stale_after.is_some() as usize;
+        if bad > 0 {
+            return Err(cx.err(
+                "policy",
+                "drop_overloads and endpoint_stale_after are not supported",
+            ));
+        }
+    }
+    let mut levels: Vec<Priority> = Vec::new();
+    endpoint_iter(cx, cla, |cx, le, e, ep| {
+        let (ip, port) = socket_addr(cx, "endpoint.address", &ep.address)?;
+        let ip: IpAddr = ip.parse().map_err(|_| {
+            cx.err(
+                "endpoint.address",
+                format!("{ip:?} is not an IP address (use a DNS cluster for names)"),
+            )
+        })?;
+        let addr = SocketAddr::new(ip, port);
+        let hostname: Option<Arc<str>> =
+            (!ep.hostname.is_empty()).then(|| ep.hostname.as_str().into());
+        let weight = e.load_balancing_weight.map(|w| w.value).unwrap_or(1);
+        let healthy = !matches!(
+            core_pb::HealthStatus::try_from(e.health_status),
+            Ok(core_pb::HealthStatus::Unhealthy
+                | core_pb::HealthStatus::Draining
+                | core_pb::HealthStatus::Timeout)
+        );
+        let host = match prev.and_then(|p| p.find(addr)) {
+            Some(h) if h.same_endpoint(&hostname, weight, healthy) => h.clone(),
+            _ => Arc::new(Host::new(addr, hostname, weight, healthy)),
+        };
+        add_host(&mut levels, le, host);
+        Ok(())
+    })?;
+    Ok(EndpointSet::new(levels, overprovisioning(cla)))
+}
+
+pub(crate) fn add_host(
+    levels: &mut Vec<Priority>,
+    le: &ep_pb::LocalityLbEndpoints,
+    host: Arc<Host>,
+) {
+    let p = le.priority as usize;
+    while levels.len() <= p {
+        levels.push(Priority::default());
+    }
+    let level = &mut levels[p];
+    let name = locality_name(&le.locality);
+    let weight = le.load_balancing_weight.map(|w| w.value).unwrap_or(1);
+    match level.localities.iter_mut().find(|l| l.name == name) {
+        Some(l) => l.hosts.push(host.clone()),
+        None => level.localities.push(Locality {
+            name,
+            weight,
+            hosts: vec![host.clone()],
+        }),
+    }
+    level.hosts.push(host);
+}
+
+#[allow(deprecated)]
+fn dns_config(
+    cx: &mut Cx,
+    c: &pb::Cluster,
+    cla: &ep_pb::ClusterLoadAssignment,
+) -> Result<DnsConfig, CompileError> {
+    let mut targets = Vec::new();
+    endpoint_iter(cx, cla, |cx, le, e, ep| {
+        let (hostname, port) = socket_addr(cx, "endpoint.address", &ep.address)?;
+        targets.push(DnsTarget {
+            hostname: hostname.into(),
+            port,
+            weight: e.load_balancing_weight.map(|w| w.value).unwrap_or(1),
+            priority: le.priority,
+            locality: locality_name(&le.locality),
+            locality_weight: le.load_balancing_weight.map(|w| w.value).unwrap_or(1),
+        });
+        Ok(())
+    })?;
+    use pb::cluster::DnsLookupFamily as F;
+    let family = match F::try_from(c.dns_lookup_family) {
+        Ok(F::Auto) => DnsFamily::Auto,
+        Ok(F::V4Only) => DnsFamily::V4Only,
+        Ok(F::V6Only) => DnsFamily::V6Only,
+        Ok(F::V4Preferred) => DnsFamily::V4Preferred,
+        Ok(F::All) => DnsFamily::All,
+        Err(_) => return Err(cx.err("dns_lookup_family", "unknown value")),
+    };
+    let refresh =
+        duration(cx, "dns_refresh_rate", &c.dns_refresh_rate)?.unwrap_or(Duration::from_secs(5));
+    if refresh < Duration::from_millis(1) {
+        return Err(cx.err("dns_refresh_rate", "must be at least 1ms"));
+    }
+    let failure_refresh = match &c.dns_failure_refresh_rate {
+        Some(r) => duration(
+            cx,
+            "dns_failure_refresh_rate.base_interval",
+            &r.base_interval,
+        )?
+        .unwrap_or(refresh),
+        None => refresh,
+    };
+    Ok(DnsConfig {
+        targets,
+        refresh,
+        failure_refresh,
+        respect_ttl: c.respect_dns_ttl,
+        family,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(json: serde_json::Value) -> Result<Cluster, CompileError> {
+        let c: pb::Cluster = crate::xds::json::from_json(&json).unwrap();
+        compile_cluster(&c, &ResourceSet::default(), None)
+    }
+
+    #[test]
+    fn static_cluster_with_options() {
+        use serde_json::json;
+        let c = cluster(json!({
+            "name": "c", "type": "STATIC", "connect_timeout": "2s", "lb_policy": "LEAST_REQUEST",
+            "circuit_breakers": {"thresholds": [{"max_connections": 1, "max_pending_requests": 2, "max_requests": 3, "max_retries": 4}]},
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": {"idle_timeout": "7s", "max_requests_per_connection": 9},
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": "c", "endpoints": [
+                {"priority": 0, "lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}, "load_balancing_weight": 3}]},
+                {"priority": 1, "lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.2", "port_value": 2}}}}]}]}
+        }))
+        .unwrap();
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.lb, LbPolicy::LeastRequest { choice_count: 2 });
+        assert_eq!(
+            c.thresholds,
+            Thresholds {
+                max_connections: 1,
+                max_pending_requests: 2,
+                max_requests: 3,
+                max_retries: 4
+            }
+        );
+        assert_eq!(c.protocol, UpstreamProtocol::Http2);
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(c.max_requests_per_connection, Some(9));
+        let e = c.endpoints();
+        assert_eq!(e.priorities.len(), 2);
+        assert_eq!(e.priorities[0].hosts[0].weight, 3);
+    }
+
+    #[test]
+    fn rejects_what_is_not_implemented() {
+        use serde_json::json;
+        let e = cluster(
+            json!({"name": "c", "type": "STATIC", "load_assignment": {"cluster_name": "c"},
+            "health_checks": [{"timeout": "1s", "interval": "1s", "tcp_health_check": {}}]}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "health_checks");
+        let e = cluster(
+            json!({"name": "c", "type": "STATIC", "load_assignment": {"cluster_name": "c"},
+            "outlier_detection": {"consecutive_5xx": 3}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "outlier_detection.enforcing_success_rate");
+        let e = cluster(json!({"name": "c", "type": "STATIC", "load_assignment": {"cluster_name": "c"},
+            "transport_socket": {"name": "tls", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}}}))
+        .unwrap_err();
+        assert!(e.message.contains("not supported yet"), "{e}");
+    }
+}

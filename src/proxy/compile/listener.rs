@@ -1,0 +1,639 @@
+//! Listener (+ HttpConnectionManager) -> [`Listener`].
+use crate::proxy::compile::route::{Clusters, compile_route_config};
+use crate::proxy::compile::{CompileError, Cx, duration, fields};
+use crate::proxy::http::fault::Fault;
+use crate::proxy::http::hcm::*;
+use crate::proxy::listener::{ChainMatch, FilterChain, Listener};
+use crate::proxy::route::RouteTable;
+use crate::xds::ResourceSet;
+use crate::xds::pb::envoy::config::core::v3 as core_pb;
+use crate::xds::pb::envoy::config::listener::v3 as pb;
+use crate::xds::pb::envoy::extensions::filters::http::fault::v3 as fault_pb;
+use crate::xds::pb::envoy::extensions::filters::http::router::v3 as router_pb;
+use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+use http::HeaderValue;
+use prost::{Message, Name};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+const TLS_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
+const RAW_BUFFER: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+/// Istio's telemetry filter: meshgate produces Istio's standard metrics natively.
+const ISTIO_STATS: &[&str] = &["type.googleapis.com/stats.PluginConfig"];
+
+pub(crate) fn compile_listeners(
+    set: &ResourceSet,
+    routes: &HashMap<String, Arc<RouteTable>>,
+    clusters: &Clusters,
+) -> Result<Vec<Arc<Listener>>, CompileError> {
+    let mut out: Vec<Arc<Listener>> = Vec::new();
+    for l in &set.listeners {
+        let compiled = compile_listener(l, routes, clusters)?;
+        if out.iter().any(|o| o.name == compiled.name) {
+            return Err(Cx::new("listener", &l.name).err("name", "duplicate listener name"));
+        }
+        if let Some(o) = out.iter().find(|o| o.addr == compiled.addr) {
+            return Err(Cx::new("listener", &l.name).err(
+                "address",
+                format!(
+                    "address {} is already used by listener {:?}",
+                    compiled.addr, o.name
+                ),
+            ));
+        }
+        out.push(Arc::new(compiled));
+    }
+    Ok(out)
+}
+
+fn compile_listener(
+    l: &pb::Listener,
+    routes: &HashMap<String, Arc<RouteTable>>,
+    clusters: &Clusters,
+) -> Result<Listener, CompileError> {
+    let cx = &mut Cx::new("listener", &l.name);
+    fields!(
+        cx,
+        l,
+        pb::Listener {
+            supported: [
+                name,
+                address,
+                filter_chains,
+                default_filter_chain,
+                listener_filters
+            ],
+            ignored: [
+                stat_prefix,
+                metadata,
+                per_connection_buffer_limit_bytes,
+                traffic_direction,
+                continue_on_listener_filters_timeout,
+                listener_filters_timeout,
+                access_log,
+                drain_type,
+                tcp_backlog_size,
+                bind_to_port,
+                ignore_global_conn_limit,
+                bypass_overload_manager,
+                reuse_port,
+                enable_reuse_port,
+                socket_options,
+                max_connections_to_accept_per_socket_event,
+                tcp_fast_open_queue_length,
+                per_connection_buffer_high_watermark_timeout,
+                stats_matcher
+            ],
+            unsupported: [
+                additional_addresses,
+                fcds_config,
+                filter_chain_matcher,
+                use_original_dst,
+                deprecated_v1,
+                transparent,
+                freebind,
+                udp_listener_config,
+                api_listener,
+                connection_balance_config,
+                enable_mptcp,
+                tcp_keepalive,
+                listener_specifier
+            ],
+        }
+    );
+    let addr = listener_address(cx, &l.address)?;
+    let mut tls_inspector = false;
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        use pb::listener_filter::ConfigType;
+        let ty = match &f.config_type {
+            Some(ConfigType::TypedConfig(a)) => a.type_url.as_str(),
+            _ => "",
+        };
+        if ty == TLS_INSPECTOR
+            || (ty.is_empty() && f.name == "envoy.filters.listener.tls_inspector")
+        {
+            tls_inspector = true;
+        } else {
+            return Err(cx.err(
+                &format!("listener_filters[{i}]"),
+                format!("listener filter {:?} is not supported", f.name),
+            ));
+        }
+    }
+    let mut chains = Vec::new();
+    for (i, fc) in l.filter_chains.iter().enumerate() {
+        chains.push(cx.at(format_args!("filter_chains[{i}]"), |cx| {
+            compile_chain(cx, fc, routes, clusters)
+        })?);
+    }
+    let default_chain = match &l.default_filter_chain {
+        Some(fc) => Some(cx.at("default_filter_chain", |cx| {
+            compile_chain(cx, fc, routes, clusters)
+        })?),
+        None => None,
+    };
+    if chains.is_empty() && default_chain.is_none() {
+        return Err(cx.err(
+            "filter_chains",
+            "a listener needs at least one filter chain",
+        ));
+    }
+    for (i, a) in chains.iter().enumerate() {
+        if chains[..i].iter().any(|b| b.matcher == a.matcher) {
+            return Err(cx.err(
+                &format!("filter_chains[{i}]"),
+                "multiple filter chains with the same matching rules",
+            ));
+        }
+    }
+    Ok(Listener {
+        name: l.name.as_str().into(),
+        addr,
+        chains,
+        default_chain,
+        tls_inspector,
+    })
+}
+
+fn listener_address(cx: &Cx, a: &Option<core_pb::Address>) -> Result<SocketAddr, CompileError> {
+    use core_pb::address::Address as A;
+    use core_pb::socket_address::PortSpecifier;
+    match a.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(A::SocketAddress(s)) => {
+            let ip: IpAddr = s.address.parse().map_err(|_| {
+                cx.err(
+                    "address.socket_address.address",
+                    format!("{:?} is not an IP address", s.address),
+                )
+            })?;
+            let port = match s.port_specifier {
+                Some(PortSpecifier::PortValue(p)) if p <= 65535 => p as u16,
+                _ => return Err(cx.err("address.socket_address.port_value", "a port is required")),
+            };
+            if s.protocol != core_pb::socket_address::Protocol::Tcp as i32 {
+                return Err(cx.err(
+                    "address.socket_address.protocol",
+                    "only TCP listeners are supported",
+                ));
+            }
+            Ok(SocketAddr::new(ip, port))
+        }
+        _ => Err(cx.err("address", "a socket address is required")),
+    }
+}
+
+fn compile_chain(
+    cx: &mut Cx,
+    fc: &pb::FilterChain,
+    routes: &HashMap<String, Arc<RouteTable>>,
+    clusters: &Clusters,
+) -> Result<FilterChain, CompileError> {
+    fields!(
+        cx,
+        fc,
+        pb::FilterChain {
+            supported: [filter_chain_match, filters, transport_socket, name],
+            ignored: [metadata, transport_socket_connect_timeout],
+            unsupported: [use_proxy_proto],
+        }
+    );
+    if let Some(ts) = &fc.transport_socket {
+        use core_pb::transport_socket::ConfigType;
+        match &ts.config_type {
+            Some(ConfigType::TypedConfig(a)) if a.type_url == RAW_BUFFER => {}
+            None => {}
+            Some(ConfigType::TypedConfig(a)) => {
+                return Err(cx.err(
+                    "transport_socket",
+                    format!(
+                        "TLS not supported yet: transport socket {} cannot be served",
+                        a.type_url
+                    ),
+                ));
+            }
+        }
+    }
+    let matcher = match &fc.filter_chain_match {
+        None => ChainMatch::default(),
+        Some(m) => cx.at("filter_chain_match", |cx| {
+            fields!(
+                cx,
+                m,
+                pb::FilterChainMatch {
+                    supported: [
+                        destination_port,
+                        server_names,
+                        transport_protocol,
+                        application_protocols
+                    ],
+                    ignored: [],
+                    unsupported: [
+                        prefix_ranges,
+                        address_suffix,
+                        suffix_len,
+                        direct_source_prefix_ranges,
+                        source_type,
+                        source_prefix_ranges,
+                        source_ports
+                    ],
+                }
+            );
+            if !m.server_names.is_empty() {
+                return Err(cx.err(
+                    "server_names",
+                    "TLS not supported yet: SNI matching needs TLS",
+                ));
+            }
+            if !m.application_protocols.is_empty() {
+                return Err(cx.err(
+                    "application_protocols",
+                    "TLS not supported yet: ALPN matching needs TLS",
+                ));
+            }
+            let tp = match m.transport_protocol.as_str() {
+                "" => None,
+                "raw_buffer" => Some("raw_buffer".into()),
+                "tls" => return Err(cx.err("transport_protocol", "TLS not supported yet")),
+                other => {
+                    return Err(cx.err(
+                        "transport_protocol",
+                        format!("unknown transport protocol {other:?}"),
+                    ));
+                }
+            };
+            Ok(ChainMatch {
+                destination_port: m.destination_port.map(|p| p.value as u16),
+                transport_protocol: tp,
+            })
+        })?,
+    };
+    if fc.filters.len() != 1 {
+        return Err(cx.err(
+            "filters",
+            "exactly one network filter (http_connection_manager) is supported",
+        ));
+    }
+    let f = &fc.filters[0];
+    let hcm = cx.at("filters[0]", |cx| {
+        use pb::filter::ConfigType;
+        let any = match &f.config_type {
+            Some(ConfigType::TypedConfig(a)) => a,
+            _ => return Err(cx.err("typed_config", "required")),
+        };
+        if any.type_url != hcm_pb::HttpConnectionManager::type_url() {
+            return Err(cx.err(
+                "typed_config",
+                format!("network filter {} is not supported", any.type_url),
+            ));
+        }
+        let h = hcm_pb::HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
+            cx.err(
+                "typed_config",
+                format!("decoding HttpConnectionManager: {e}"),
+            )
+        })?;
+        cx.at("typed_config", |cx| compile_hcm(cx, &h, routes, clusters))
+    })?;
+    Ok(FilterChain {
+        name: fc.name.as_str().into(),
+        matcher,
+        hcm: Arc::new(hcm),
+    })
+}
+
+fn nonzero(d: Option<Duration>) -> Option<Duration> {
+    d.filter(|d| !d.is_zero())
+}
+
+fn compile_hcm(
+    cx: &mut Cx,
+    h: &hcm_pb::HttpConnectionManager,
+    routes: &HashMap<String, Arc<RouteTable>>,
+    clusters: &Clusters,
+) -> Result<HttpConnectionManager, CompileError> {
+    use hcm_pb::http_connection_manager::RouteSpecifier as R;
+    fields!(
+        cx,
+        h,
+        hcm_pb::HttpConnectionManager {
+            supported: [
+                codec_type,
+                stat_prefix,
+                http_filters,
+                common_http_protocol_options,
+                http_protocol_options,
+                http2_protocol_options,
+                server_name,
+                server_header_transformation,
+                max_request_headers_kb,
+                request_timeout,
+                request_headers_timeout,
+                use_remote_address,
+                xff_num_trusted_hops,
+                skip_xff_append,
+                generate_request_id,
+                preserve_external_request_id,
+                always_set_request_id_in_response,
+                forward_client_cert_details,
+                upgrade_configs,
+                normalize_path,
+                merge_slashes,
+                path_with_escaped_slashes_action,
+                strip_port_mode,
+                route_specifier,
+                strip_matching_host_port,
+                request_id_extension
+            ],
+            ignored: [
+                add_user_agent,
+                tracing,
+                access_log,
+                access_log_flush_interval,
+                flush_access_log_on_new_request,
+                access_log_options,
+                delayed_close_timeout,
+                set_current_client_cert_details,
+                stream_error_on_invalid_http_message,
+                represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
+                drain_timeout_jitter,
+                stream_idle_timeout,
+                drain_timeout,
+                stream_flush_timeout,
+                proxy_100_continue,
+                http1_safe_max_connection_duration
+            ],
+            unsupported: [
+                http3_protocol_options,
+                scheme_header_transformation,
+                original_ip_detection_extensions,
+                early_header_mutation_extensions,
+                internal_address_config,
+                via,
+                forward_client_cert_matcher,
+                local_reply_config,
+                path_normalization_options,
+                typed_header_validation_config,
+                append_x_forwarded_port,
+                append_local_overload,
+                add_proxy_protocol_connection_state,
+                strip_trailing_host_dot,
+                proxy_status_config,
+                forward_proto_config
+            ],
+        }
+    );
+    use hcm_pb::http_connection_manager::CodecType;
+    match CodecType::try_from(h.codec_type) {
+        Ok(CodecType::Auto | CodecType::Http1 | CodecType::Http2) => {}
+        _ => return Err(cx.err("codec_type", "only AUTO, HTTP1 and HTTP2 are supported")),
+    }
+    let route_table = match &h.route_specifier {
+        Some(R::Rds(rds)) => match routes.get(&rds.route_config_name) {
+            Some(t) => t.clone(),
+            // Not delivered (yet): an empty table answers 404, as Envoy does once warming gives up.
+            None => Arc::new(RouteTable {
+                name: rds.route_config_name.as_str().into(),
+                ..Default::default()
+            }),
+        },
+        Some(R::RouteConfig(rc)) => Arc::new(compile_route_config(rc, clusters)?),
+        Some(R::ScopedRoutes(_)) => return Err(cx.unsupported("scoped_routes")),
+        None => return Err(cx.err("route_specifier", "rds or route_config is required")),
+    };
+    if h.xff_num_trusted_hops > 0 {
+        return Err(cx.err(
+            "xff_num_trusted_hops",
+            "trusting x-forwarded-for hops is not supported (only 0)",
+        ));
+    }
+    let filters = compile_http_filters(cx, h)?;
+    let common = h.common_http_protocol_options.as_ref();
+    let idle_timeout = match common.and_then(|c| c.idle_timeout) {
+        None => Some(Duration::from_secs(3600)),
+        Some(d) => nonzero(duration(
+            cx,
+            "common_http_protocol_options.idle_timeout",
+            &Some(d),
+        )?),
+    };
+    let max_connection_duration = nonzero(duration(
+        cx,
+        "common_http_protocol_options.max_connection_duration",
+        &common.and_then(|c| c.max_connection_duration),
+    )?);
+    let max_headers_count = common
+        .and_then(|c| c.max_headers_count)
+        .map(|v| v.value as usize)
+        .unwrap_or(100);
+    use core_pb::http_protocol_options::HeadersWithUnderscoresAction as U;
+    let underscores = common
+        .map(|c| U::try_from(c.headers_with_underscores_action).unwrap_or(U::Allow))
+        .unwrap_or(U::Allow);
+    if let Some(c) = common
+        && (c.max_stream_duration.is_some()
+            || c.max_requests_per_connection.is_some()
+            || c.max_response_headers_kb.is_some())
+    {
+        return Err(cx.err("common_http_protocol_options", "only idle_timeout, max_connection_duration, max_headers_count and headers_with_underscores_action are supported"));
+    }
+    let (accept_http_10, default_host_for_http_10) = match &h.http_protocol_options {
+        None => (false, None),
+        Some(o) => {
+            let host = if o.default_host_for_http_10.is_empty() {
+                None
+            } else {
+                Some(
+                    HeaderValue::from_str(&o.default_host_for_http_10).map_err(|_| {
+                        cx.err(
+                            "http_protocol_options.default_host_for_http_10",
+                            "invalid host",
+                        )
+                    })?,
+                )
+            };
+            (o.accept_http_10, host)
+        }
+    };
+    let http2_max_concurrent_streams = h
+        .http2_protocol_options
+        .as_ref()
+        .and_then(|o| o.max_concurrent_streams)
+        .map(|v| v.value);
+    use hcm_pb::http_connection_manager::ServerHeaderTransformation as S;
+    let server_header = match S::try_from(h.server_header_transformation) {
+        Ok(S::Overwrite) => ServerHeader::Overwrite,
+        Ok(S::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
+        Ok(S::PassThrough) => ServerHeader::PassThrough,
+        Err(_) => return Err(cx.err("server_header_transformation", "unknown value")),
+    };
+    let server_name = HeaderValue::from_str(if h.server_name.is_empty() {
+        "envoy"
+    } else {
+        &h.server_name
+    })
+    .map_err(|_| cx.err("server_name", "invalid header value"))?;
+    use hcm_pb::http_connection_manager::PathWithEscapedSlashesAction as E;
+    let escaped_slashes = match E::try_from(h.path_with_escaped_slashes_action) {
+        Ok(E::ImplementationSpecificDefault | E::KeepUnchanged) => EscapedSlashes::Keep,
+        Ok(E::RejectRequest) => EscapedSlashes::Reject,
+        Ok(E::UnescapeAndRedirect) => EscapedSlashes::UnescapeAndRedirect,
+        Ok(E::UnescapeAndForward) => EscapedSlashes::UnescapeAndForward,
+        Err(_) => return Err(cx.err("path_with_escaped_slashes_action", "unknown value")),
+    };
+    use hcm_pb::http_connection_manager::StripPortMode;
+    let strip_port = match (&h.strip_port_mode, h.strip_matching_host_port) {
+        (Some(StripPortMode::StripAnyHostPort(true)), _) => StripPort::Any,
+        (_, true) => StripPort::Matching,
+        _ => StripPort::None,
+    };
+    use hcm_pb::http_connection_manager::ForwardClientCertDetails as F;
+    let forward_client_cert = match F::try_from(h.forward_client_cert_details) {
+        Ok(F::Sanitize) => ForwardClientCert::Sanitize,
+        Ok(F::ForwardOnly) => ForwardClientCert::ForwardOnly,
+        Ok(F::AppendForward) => ForwardClientCert::AppendForward,
+        Ok(F::SanitizeSet) => ForwardClientCert::SanitizeSet,
+        Ok(F::AlwaysForwardOnly) => ForwardClientCert::AlwaysForwardOnly,
+        Err(_) => return Err(cx.err("forward_client_cert_details", "unknown value")),
+    };
+    let mut upgrades = Vec::new();
+    for (i, u) in h.upgrade_configs.iter().enumerate() {
+        if !u.filters.is_empty() {
+            return Err(cx.err(
+                &format!("upgrade_configs[{i}].filters"),
+                "per-upgrade filters are not supported",
+            ));
+        }
+        if u.enabled.map(|b| b.value).unwrap_or(true) {
+            upgrades.push(u.upgrade_type.to_ascii_lowercase().into());
+        }
+    }
+    if let Some(ext) = &h.request_id_extension
+        && let Some(tc) = &ext.typed_config
+        && !tc
+            .type_url
+            .ends_with("envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig")
+    {
+        return Err(cx.err(
+            "request_id_extension",
+            format!("request id extension {} is not supported", tc.type_url),
+        ));
+    }
+    let suppress_envoy_headers = filters.1;
+    Ok(HttpConnectionManager {
+        stat_prefix: h.stat_prefix.as_str().into(),
+        routes: route_table,
+        filters: filters.0,
+        use_remote_address: h.use_remote_address.is_some_and(|b| b.value),
+        skip_xff_append: h.skip_xff_append,
+        generate_request_id: h.generate_request_id.map(|b| b.value).unwrap_or(true),
+        preserve_external_request_id: h.preserve_external_request_id,
+        always_set_request_id_in_response: h.always_set_request_id_in_response,
+        server_name,
+        server_header,
+        normalize_path: h.normalize_path.is_some_and(|b| b.value),
+        merge_slashes: h.merge_slashes,
+        escaped_slashes,
+        strip_port,
+        request_timeout: nonzero(duration(cx, "request_timeout", &h.request_timeout)?),
+        request_headers_timeout: nonzero(duration(
+            cx,
+            "request_headers_timeout",
+            &h.request_headers_timeout,
+        )?),
+        idle_timeout,
+        max_connection_duration,
+        max_headers_count,
+        max_request_headers_kb: h.max_request_headers_kb.map(|v| v.value).unwrap_or(60),
+        reject_underscore_headers: underscores == U::RejectRequest,
+        drop_underscore_headers: underscores == U::DropHeader,
+        upgrades,
+        accept_http_10,
+        default_host_for_http_10,
+        forward_client_cert,
+        suppress_envoy_headers,
+        http2_max_concurrent_streams,
+    })
+}
+
+/// The HTTP filters in order; the router must be last. Returns the filters and the
+/// router's `suppress_envoy_headers`.
+fn compile_http_filters(
+    cx: &mut Cx,
+    h: &hcm_pb::HttpConnectionManager,
+) -> Result<(Vec<HttpFilter>, bool), CompileError> {
+    use hcm_pb::http_filter::ConfigType;
+    let mut out = Vec::new();
+    let mut suppress = false;
+    let n = h.http_filters.len();
+    if n == 0 {
+        return Err(cx.err("http_filters", "the router filter is required"));
+    }
+    for (i, f) in h.http_filters.iter().enumerate() {
+        cx.at(format_args!("http_filters[{i}]"), |cx| {
+            let any = match &f.config_type {
+                Some(ConfigType::TypedConfig(a)) => a,
+                _ => {
+                    return Err(cx.err(
+                        "typed_config",
+                        format!("filter {:?} needs a typed_config", f.name),
+                    ));
+                }
+            };
+            let is_router = any.type_url == router_pb::Router::type_url();
+            if is_router != (i == n - 1) {
+                return Err(cx.err("", "the router filter must be the last HTTP filter"));
+            }
+            if is_router {
+                let r = router_pb::Router::decode(any.value.as_slice())
+                    .map_err(|e| cx.err("typed_config", e.to_string()))?;
+                fields!(
+                    cx,
+                    &r,
+                    router_pb::Router {
+                        supported: [suppress_envoy_headers],
+                        ignored: [
+                            dynamic_stats,
+                            start_child_span,
+                            upstream_log,
+                            upstream_log_options,
+                            strict_check_headers,
+                            respect_expected_rq_timeout,
+                            suppress_grpc_request_failure_code_stats,
+                            reject_connect_request_early_data
+                        ],
+                        unsupported: [upstream_http_filters],
+                    }
+                );
+                suppress = r.suppress_envoy_headers;
+            } else if any.type_url == fault_pb::HttpFault::type_url() {
+                let fault = fault_pb::HttpFault::decode(any.value.as_slice())
+                    .map_err(|e| cx.err("typed_config", e.to_string()))?;
+                let compiled = cx.at("typed_config", |cx| Fault::compile(cx, &fault))?;
+                let empty = compiled.delay.is_none() && compiled.abort.is_none();
+                out.push(HttpFilter::Fault((!empty).then(|| Arc::new(compiled))));
+            } else if any.type_url == CORS {
+                out.push(HttpFilter::Cors);
+            } else if ISTIO_STATS.contains(&any.type_url.as_str()) {
+                // Istio's standard metrics are always produced.
+            } else {
+                return Err(cx.err(
+                    "typed_config",
+                    format!(
+                        "HTTP filter {:?} ({}) is not supported",
+                        f.name, any.type_url
+                    ),
+                ));
+            }
+            if f.is_optional || f.disabled {
+                return Err(cx.err("", "optional or disabled HTTP filters are not supported"));
+            }
+            Ok(())
+        })?;
+    }
+    Ok((out, suppress))
+}

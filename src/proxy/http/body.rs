@@ -1,0 +1,201 @@
+//! Body types: what goes upstream (streamed, or buffered for replay by retries and
+//! mirrors) and what goes back downstream (local answers, or the upstream's body with a
+//! completion hook that returns the connection to its pool and finishes the log line).
+use crate::proxy::http::router::{Finish, UpstreamDone};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Errors carried by proxied bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body sent upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    Empty,
+    /// The downstream body, streamed.
+    Stream(Incoming),
+    /// A whole body held in memory (replayable).
+    Full(Option<Bytes>),
+    /// What was buffered before the limit was hit, then the rest of the stream.
+    Prefixed(Option<Bytes>, Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut *self {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Stream(inc) => Pin::new(inc).poll_frame(cx).map_err(Into::into),
+            RequestBody::Prefixed(prefix, inc) => {
+                if let Some(b) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                Pin::new(inc).poll_frame(cx).map_err(Into::into)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Full(b) => b.is_none(),
+            RequestBody::Stream(inc) => inc.is_end_stream(),
+            RequestBody::Prefixed(p, inc) => p.is_none() && inc.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RequestBody::Stream(inc) => inc.size_hint(),
+            RequestBody::Prefixed(p, inc) => {
+                let extra = p.as_ref().map_or(0, |b| b.len() as u64);
+                let h = inc.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower() + extra);
+                if let Some(u) = h.upper() {
+                    out.set_upper(u + extra);
+                }
+                out
+            }
+        }
+    }
+}
+
+/// Reads up to `limit` bytes of a body. `Ok(Full)` if it ended within the limit,
+/// otherwise the prefix read so far and the remaining stream.
+pub async fn buffer_up_to(mut body: Incoming, limit: usize) -> Result<RequestBody, hyper::Error> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        if buf.len() > limit {
+            return Ok(RequestBody::Prefixed(Some(buf.freeze()), body));
+        }
+        match body.frame().await {
+            None => return Ok(RequestBody::Full(Some(buf.freeze()))),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+}
+
+/// A response body sent downstream. When it ends (or is dropped unfinished) it returns
+/// the upstream connection to its pool, then completes the request's stats and log line.
+pub struct ResponseBody {
+    inner: Inner,
+    bytes: u64,
+    pub(crate) upstream_done: Option<UpstreamDone>,
+    pub(crate) finish: Option<Finish>,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+impl ResponseBody {
+    pub fn empty() -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Full(None),
+            bytes: 0,
+            upstream_done: None,
+            finish: None,
+        }
+    }
+
+    pub fn full(b: Bytes) -> ResponseBody {
+        let inner = if b.is_empty() {
+            Inner::Full(None)
+        } else {
+            Inner::Full(Some(b))
+        };
+        ResponseBody {
+            inner,
+            bytes: 0,
+            upstream_done: None,
+            finish: None,
+        }
+    }
+
+    pub fn upstream(b: Incoming) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Upstream(b),
+            bytes: 0,
+            upstream_done: None,
+            finish: None,
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(mut u) = self.upstream_done.take() {
+            u.done(complete);
+        }
+        if let Some(mut f) = self.finish.take() {
+            f.done(complete, self.bytes);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(inc) => Pin::new(inc).poll_frame(cx).map_err(BoxError::from),
+        };
+        match &polled {
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(inc) => inc.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Upstream(inc) => inc.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The compiled HTTP connection manager of a filter chain: request-handling settings,
+//! the HTTP filters in order, and the route table.
+use crate::proxy::http::fault::Fault;
+use crate::proxy::route::RouteTable;
+use http::HeaderValue;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `server_header_transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHeader {
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
+}
+
+/// `path_with_escaped_slashes_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    Keep,
+    Reject,
+    UnescapeAndRedirect,
+    UnescapeAndForward,
+}
+
+/// `strip_matching_host_port` / `strip_any_host_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripPort {
+    None,
+    Matching,
+    Any,
+}
+
+/// The connection manager's `forward_client_cert_details`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardClientCert {
+    Sanitize,
+    ForwardOnly,
+    AppendForward,
+    SanitizeSet,
+    AlwaysForwardOnly,
+}
+
+/// An HTTP filter, in configured order (the router is implicit and last).
+#[derive(Debug, Clone)]
+pub enum HttpFilter {
+    /// The fault filter with its filter-level config (routes may override).
+    Fault(Option<Arc<Fault>>),
+    Cors,
+}
+
+/// The compiled connection manager.
+#[derive(Debug)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: Box<str>,
+    pub routes: Arc<RouteTable>,
+    pub filters: Vec<HttpFilter>,
+    pub use_remote_address: bool,
+    pub skip_xff_append: bool,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
+    pub server_name: HeaderValue,
+    pub server_header: ServerHeader,
+    pub normalize_path: bool,
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
+    pub strip_port: StripPort,
+    pub request_timeout: Option<Duration>,
+    pub request_headers_timeout: Option<Duration>,
+    /// Downstream connection idle timeout (common_http_protocol_options.idle_timeout).
+    pub idle_timeout: Option<Duration>,
+    pub max_connection_duration: Option<Duration>,
+    pub max_headers_count: usize,
+    pub max_request_headers_kb: u32,
+    pub reject_underscore_headers: bool,
+    pub drop_underscore_headers: bool,
+    /// Upgrade types allowed (lower-case), e.g. `websocket`.
+    pub upgrades: Vec<Box<str>>,
+    pub accept_http_10: bool,
+    pub default_host_for_http_10: Option<HeaderValue>,
+    pub forward_client_cert: ForwardClientCert,
+    pub suppress_envoy_headers: bool,
+    pub http2_max_concurrent_streams: Option<u32>,
+}

@@ -1,0 +1,257 @@
+//! Answers meshgate gives itself (no route, no healthy upstream, overflow, timeouts,
+//! faults...), with Envoy's status codes and bodies, the response flag for the access log,
+//! and a short `x-meshgate-reason`.
+use crate::proxy::http::body::ResponseBody;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+/// Envoy's response flags (the short codes of `%RESPONSE_FLAGS%`), as a bit set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Flags(pub u32);
+
+impl Flags {
+    pub const NR: u32 = 1;
+    pub const UH: u32 = 1 << 1;
+    pub const UF: u32 = 1 << 2;
+    pub const UO: u32 = 1 << 3;
+    pub const UT: u32 = 1 << 4;
+    pub const URX: u32 = 1 << 5;
+    pub const UC: u32 = 1 << 6;
+    pub const UR: u32 = 1 << 7;
+    pub const DI: u32 = 1 << 8;
+    pub const FI: u32 = 1 << 9;
+    pub const NC: u32 = 1 << 10;
+    pub const DC: u32 = 1 << 11;
+    pub const LR: u32 = 1 << 12;
+    pub const UPE: u32 = 1 << 13;
+    pub const SI: u32 = 1 << 14;
+    pub const DPE: u32 = 1 << 15;
+
+    const NAMES: [(u32, &'static str); 16] = [
+        (Self::NR, "NR"),
+        (Self::UH, "UH"),
+        (Self::UF, "UF"),
+        (Self::UO, "UO"),
+        (Self::UT, "UT"),
+        (Self::URX, "URX"),
+        (Self::UC, "UC"),
+        (Self::UR, "UR"),
+        (Self::DI, "DI"),
+        (Self::FI, "FI"),
+        (Self::NC, "NC"),
+        (Self::DC, "DC"),
+        (Self::LR, "LR"),
+        (Self::UPE, "UPE"),
+        (Self::SI, "SI"),
+        (Self::DPE, "DPE"),
+    ];
+
+    pub fn set(&mut self, f: u32) {
+        self.0 |= f;
+    }
+
+    pub fn has(self, f: u32) -> bool {
+        self.0 & f != 0
+    }
+
+    /// Writes the flags the way Envoy prints them (`UF,URX`, or `-` when none).
+    pub fn write(self, out: &mut String) {
+        if self.0 == 0 {
+            out.push('-');
+            return;
+        }
+        let mut first = true;
+        for (bit, name) in Self::NAMES {
+            if self.0 & bit != 0 {
+                if !first {
+                    out.push(',');
+                }
+                out.push_str(name);
+                first = false;
+            }
+        }
+    }
+
+    pub fn to_string_lossy(self) -> String {
+        let mut s = String::new();
+        self.write(&mut s);
+        s
+    }
+}
+
+/// A local answer: status, Envoy's body text, flag and reason.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalReply {
+    pub status: StatusCode,
+    /// Envoy's body (empty for some answers, e.g. no route).
+    pub body: &'static str,
+    pub flag: u32,
+    /// Short machine-readable reason for `x-meshgate-reason` (Envoy's response code details).
+    pub reason: &'static str,
+}
+
+impl LocalReply {
+    pub const NO_ROUTE: LocalReply = LocalReply {
+        status: StatusCode::NOT_FOUND,
+        body: "",
+        flag: Flags::NR,
+        reason: "route_not_found",
+    };
+    pub const NO_HEALTHY_UPSTREAM: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "no healthy upstream",
+        flag: Flags::UH,
+        reason: "no_healthy_upstream",
+    };
+    pub const CONNECT_FAILURE: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+        flag: Flags::UF,
+        reason: "upstream_reset_before_response_started{remote_connection_failure}",
+    };
+    pub const CONNECT_TIMEOUT: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
+        flag: Flags::UF,
+        reason: "upstream_reset_before_response_started{connection_timeout}",
+    };
+    pub const OVERFLOW: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        flag: Flags::UO,
+        reason: "upstream_reset_before_response_started{overflow}",
+    };
+    pub const RESET: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+        flag: Flags::UC,
+        reason: "upstream_reset_before_response_started{connection_termination}",
+    };
+    pub const PROTOCOL_ERROR: LocalReply = LocalReply {
+        status: StatusCode::BAD_GATEWAY,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+        flag: Flags::UPE,
+        reason: "upstream_reset_before_response_started{protocol_error}",
+    };
+    pub const TIMEOUT: LocalReply = LocalReply {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        body: "upstream request timeout",
+        flag: Flags::UT,
+        reason: "upstream_response_timeout",
+    };
+    pub const CLUSTER_NOT_FOUND: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "",
+        flag: Flags::NC,
+        reason: "cluster_not_found",
+    };
+    pub const FAULT_ABORT: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "fault filter abort",
+        flag: Flags::FI,
+        reason: "fault_filter_abort",
+    };
+    pub const HTTP10: LocalReply = LocalReply {
+        status: StatusCode::UPGRADE_REQUIRED,
+        body: "Upgrade Required",
+        flag: Flags::DPE,
+        reason: "low_version",
+    };
+    pub const MISSING_HOST: LocalReply = LocalReply {
+        status: StatusCode::BAD_REQUEST,
+        body: "",
+        flag: Flags::DPE,
+        reason: "missing_host_header",
+    };
+    pub const BAD_REQUEST: LocalReply = LocalReply {
+        status: StatusCode::BAD_REQUEST,
+        body: "",
+        flag: Flags::DPE,
+        reason: "http1.codec_error",
+    };
+    pub const PATH_NORMALIZATION_FAILED: LocalReply = LocalReply {
+        status: StatusCode::BAD_REQUEST,
+        body: "",
+        flag: Flags::DPE,
+        reason: "path_normalization_failed",
+    };
+    pub const HEADERS_TOO_LARGE: LocalReply = LocalReply {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        body: "",
+        flag: Flags::DPE,
+        reason: "request_headers_too_large",
+    };
+    pub const UPGRADE_FAILED: LocalReply = LocalReply {
+        status: StatusCode::FORBIDDEN,
+        body: "",
+        flag: 0,
+        reason: "upgrade_failed",
+    };
+    pub const STREAM_IDLE_TIMEOUT: LocalReply = LocalReply {
+        status: StatusCode::REQUEST_TIMEOUT,
+        body: "stream timeout",
+        flag: Flags::SI,
+        reason: "stream_idle_timeout",
+    };
+    pub const REQUEST_TIMEOUT: LocalReply = LocalReply {
+        status: StatusCode::REQUEST_TIMEOUT,
+        body: "request timeout",
+        flag: 0,
+        reason: "request_overall_timeout",
+    };
+    pub const PAYLOAD_TOO_LARGE: LocalReply = LocalReply {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        body: "Payload Too Large",
+        flag: 0,
+        reason: "request_payload_too_large",
+    };
+
+    /// The response: `text/plain` body when there is one, and the reason header.
+    pub fn response(&self) -> Response<ResponseBody> {
+        self.response_with_status(self.status)
+    }
+
+    pub fn response_with_status(&self, status: StatusCode) -> Response<ResponseBody> {
+        let mut resp = Response::new(if self.body.is_empty() {
+            ResponseBody::empty()
+        } else {
+            ResponseBody::full(Bytes::from_static(self.body.as_bytes()))
+        });
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        if !self.body.is_empty() {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        h.insert(REASON_HEADER.clone(), HeaderValue::from_static(self.reason));
+        resp
+    }
+}
+
+/// The header naming why meshgate answered itself.
+pub static REASON_HEADER: http::HeaderName = http::HeaderName::from_static("x-meshgate-reason");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_print_like_envoy() {
+        let mut f = Flags::default();
+        assert_eq!(f.to_string_lossy(), "-");
+        f.set(Flags::URX);
+        f.set(Flags::UF);
+        assert_eq!(f.to_string_lossy(), "UF,URX");
+    }
+
+    #[test]
+    fn local_replies_are_text_plain_with_reason() {
+        let r = LocalReply::NO_HEALTHY_UPSTREAM.response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["content-type"], "text/plain");
+        assert_eq!(r.headers()["content-length"], "19");
+        assert_eq!(r.headers()["x-meshgate-reason"], "no_healthy_upstream");
+        let r = LocalReply::NO_ROUTE.response();
+        assert!(r.headers().get("content-type").is_none());
+    }
+}

@@ -1,0 +1,11 @@
+//! Downstream HTTP: connections served with hyper, the connection manager's request
+//! handling, the HTTP filters (fault, CORS) and the router.
+pub mod body;
+pub mod cors;
+pub mod fault;
+pub mod hcm;
+pub mod local_reply;
+pub mod normalize;
+pub mod request;
+pub mod router;
+pub mod server;

@@ -1,0 +1,1531 @@
+//! One request, from the connection manager's checks to the upstream and back: request
+//! validation and header handling, route selection, the fault and CORS filters, then the
+//! route's action (direct response, redirect, or forwarding with retries, timeouts,
+//! mirroring and load balancing).
+use crate::proxy::access_log::RequestLog;
+use crate::proxy::http::body::{RequestBody, ResponseBody, buffer_up_to};
+use crate::proxy::http::cors::CorsPolicy;
+use crate::proxy::http::fault::{Fault, FaultAbort, roll};
+use crate::proxy::http::hcm::{
+    EscapedSlashes, HttpConnectionManager, HttpFilter, ServerHeader, StripPort,
+};
+use crate::proxy::http::local_reply::{Flags, LocalReply};
+use crate::proxy::http::normalize;
+use crate::proxy::http::request::*;
+use crate::proxy::route::action::*;
+use crate::proxy::route::{Route, RouteTable, VirtualHost};
+use crate::proxy::runtime::Shared;
+use crate::proxy::upstream::cluster::{Cluster, UpstreamProtocol};
+use crate::proxy::upstream::host::Host;
+use crate::proxy::upstream::lb::{self, LbContext, combine_hash, xxhash};
+use crate::proxy::upstream::outlier::{self, Outcome};
+use crate::proxy::upstream::pool::{self, PoolError, PooledConn, Sender};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Largest request body buffered for retries and mirrors (Envoy's default buffer limit).
+const REPLAY_BUFFER_LIMIT: usize = 1024 * 1024;
+
+/// Per-connection context shared by the requests of one downstream connection.
+pub struct ConnCtx {
+    pub peer: Peer,
+    pub worker: usize,
+    pub shared: Arc<Shared>,
+    pub listener: Arc<str>,
+    /// The connection manager the connection was accepted with; used if its listener is
+    /// removed while the connection lives (it then drains).
+    pub initial: Arc<HttpConnectionManager>,
+    pub state: Arc<crate::proxy::http::server::ConnState>,
+}
+
+impl ConnCtx {
+    /// The connection manager for a new request: the current snapshot's, so that config
+    /// changes apply to open connections; the original one if the listener is gone.
+    fn current_hcm(&self) -> (Arc<HttpConnectionManager>, bool) {
+        let snap = self.shared.snapshot.load();
+        match snap
+            .listener(&self.listener)
+            .and_then(|l| l.select_chain(self.peer.local.port()))
+        {
+            Some(c) => (c.hcm.clone(), false),
+            None => (self.initial.clone(), true),
+        }
+    }
+}
+
+/// The service function: never fails, every problem is an HTTP answer.
+pub async fn handle(
+    req: Request<Incoming>,
+    cx: Arc<ConnCtx>,
+) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    let (hcm, removed) = cx.current_hcm();
+    let mut log = RequestLog::start(&req, &cx);
+    cx.state.active.fetch_add(1, Ordering::Relaxed);
+    cx.state.head_complete();
+    let mut resp = match request_timeout(&hcm, serve(req, &cx, &hcm, &mut log)).await {
+        Ok(r) => r,
+        Err(r) => {
+            log.flags.set(r.flag);
+            r.response()
+        }
+    };
+    finalize_response(&mut resp, &hcm, &cx, &log, removed);
+    log.status = resp.status().as_u16();
+    resp.body_mut().finish = Some(Finish {
+        log,
+        cx: cx.clone(),
+    });
+    Ok(resp)
+}
+
+async fn request_timeout(
+    hcm: &HttpConnectionManager,
+    fut: impl std::future::Future<Output = Result<Response<ResponseBody>, LocalReply>>,
+) -> Result<Response<ResponseBody>, LocalReply> {
+    match hcm.request_timeout {
+        None => fut.await,
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .unwrap_or(Err(LocalReply::REQUEST_TIMEOUT)),
+    }
+}
+
+/// Runs when the response body has been sent (or abandoned): stats, access log,
+/// connection activity.
+pub struct Finish {
+    log: RequestLog,
+    cx: Arc<ConnCtx>,
+}
+
+impl Finish {
+    pub(crate) fn done(&mut self, complete: bool, bytes: u64) {
+        self.log.bytes_sent = bytes;
+        if !complete && self.log.status != 0 {
+            self.log.flags.set(Flags::DC);
+        }
+        self.cx.state.active.fetch_sub(1, Ordering::Relaxed);
+        self.cx.state.touch();
+        self.cx.shared.record(&self.log, self.cx.worker);
+    }
+}
+
+fn finalize_response(
+    resp: &mut Response<ResponseBody>,
+    hcm: &HttpConnectionManager,
+    cx: &ConnCtx,
+    log: &RequestLog,
+    draining: bool,
+) {
+    let h = resp.headers_mut();
+    match hcm.server_header {
+        ServerHeader::Overwrite => {
+            h.insert(header::SERVER, hcm.server_name.clone());
+        }
+        ServerHeader::AppendIfAbsent => {
+            if !h.contains_key(header::SERVER) {
+                h.insert(header::SERVER, hcm.server_name.clone());
+            }
+        }
+        ServerHeader::PassThrough => {}
+    }
+    if hcm.always_set_request_id_in_response
+        && let Some(id) = &log.request_id
+    {
+        h.insert(X_REQUEST_ID.clone(), id.clone());
+    }
+    if draining || cx.shared.draining.load(Ordering::Relaxed) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+/// Everything between the request line and the response headers.
+async fn serve(
+    mut req: Request<Incoming>,
+    cx: &ConnCtx,
+    hcm: &Arc<HttpConnectionManager>,
+    log: &mut RequestLog,
+) -> Result<Response<ResponseBody>, LocalReply> {
+    // Codec-level checks Envoy makes before routing.
+    match req.version() {
+        Version::HTTP_10 | Version::HTTP_09 if !hcm.accept_http_10 => {
+            return Err(LocalReply::HTTP10);
+        }
+        _ => {}
+    }
+    let h = req.headers();
+    if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
+        cx.state.close_after_response();
+        return Err(LocalReply::BAD_REQUEST);
+    }
+    if h.len() > hcm.max_headers_count {
+        return Err(LocalReply::HEADERS_TOO_LARGE);
+    }
+    if hcm.reject_underscore_headers && h.keys().any(|k| k.as_str().contains('_')) {
+        return Err(LocalReply::BAD_REQUEST);
+    }
+    if hcm.drop_underscore_headers {
+        let names: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for n in names {
+            req.headers_mut().remove(n);
+        }
+    }
+    // The authority: :authority (HTTP/2, absolute-form) or Host.
+    let mut authority = authority_of(&req);
+    if authority.is_none() {
+        if req.version() == Version::HTTP_10
+            && let Some(d) = &hcm.default_host_for_http_10
+        {
+            authority = Some(d.clone());
+        } else {
+            return Err(LocalReply::MISSING_HOST);
+        }
+    }
+    let mut authority = authority.unwrap_or(HeaderValue::from_static(""));
+    if hcm.strip_port != StripPort::None {
+        let stripped = crate::proxy::route::table::strip_port(authority.as_bytes());
+        if stripped.len() != authority.len() {
+            let port_matches = || {
+                std::str::from_utf8(&authority.as_bytes()[stripped.len() + 1..])
+                    .ok()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    == Some(cx.peer.local.port())
+            };
+            if hcm.strip_port == StripPort::Any || port_matches() {
+                authority = HeaderValue::from_bytes(stripped).unwrap_or(authority);
+            }
+        }
+    }
+
+    // Upgrade (WebSocket) requests: allowed by the connection manager or answered 403.
+    let upgrade = requested_upgrade(req.headers());
+
+    // Path handling.
+    let mut path_and_query: Option<String> = None;
+    {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let (path, query) = split_query(pq);
+        let mut new_path: Option<String> = None;
+        if hcm.escaped_slashes != EscapedSlashes::Keep && normalize::has_escaped_slash(path) {
+            match hcm.escaped_slashes {
+                EscapedSlashes::Reject => return Err(LocalReply::PATH_NORMALIZATION_FAILED),
+                EscapedSlashes::UnescapeAndRedirect => {
+                    let p = normalize::unescape_slashes(path);
+                    let loc = format!("{p}{}", query.map(|q| format!("?{q}")).unwrap_or_default());
+                    let mut r = Response::new(ResponseBody::empty());
+                    *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+                    if let Ok(v) = HeaderValue::from_str(&loc) {
+                        r.headers_mut().insert(header::LOCATION, v);
+                    }
+                    return Ok(r);
+                }
+                _ => new_path = Some(normalize::unescape_slashes(path)),
+            }
+        }
+        if hcm.normalize_path {
+            let current = new_path.as_deref().unwrap_or(path);
+            match normalize::normalize(current) {
+                Err(_) => return Err(LocalReply::PATH_NORMALIZATION_FAILED),
+                Ok(Some(p)) => new_path = Some(p),
+                Ok(None) => {}
+            }
+        }
+        if hcm.merge_slashes
+            && let Some(p) = normalize::merge_slashes(new_path.as_deref().unwrap_or(path))
+        {
+            new_path = Some(p);
+        }
+        if let Some(p) = new_path {
+            path_and_query = Some(match query {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            });
+        }
+    }
+    if let Some(pq) = &path_and_query {
+        set_path(&mut req, pq);
+    }
+
+    let internal = mutate_request_headers(req.headers_mut(), hcm, &cx.peer);
+    let _ = internal;
+    log.request_id = req.headers().get(&X_REQUEST_ID).cloned();
+
+    // Route.
+    let table: &RouteTable = &hcm.routes;
+    // Every client is external: headers only internal clients may send are removed.
+    for name in &table.internal_only_headers {
+        req.headers_mut().remove(name);
+    }
+    let Some(vhost) = table.virtual_host(authority.as_bytes()) else {
+        return Err(LocalReply::NO_ROUTE);
+    };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let (path, query) = split_query(pq);
+    let random: u64 = rand::random();
+    let Some(route) = vhost.route(path, query.unwrap_or(""), req.headers(), random) else {
+        return Err(LocalReply::NO_ROUTE);
+    };
+    log.route_name = Some(route.name.clone());
+
+    // HTTP filters, in configured order.
+    let mut cors: Option<(&CorsPolicy, HeaderValue)> = None;
+    for f in &hcm.filters {
+        match f {
+            HttpFilter::Fault(filter_level) => {
+                let fault: Option<&Fault> = route.fault.as_deref().or(filter_level.as_deref());
+                if let Some(fault) = fault
+                    && fault.applies(req.headers())
+                {
+                    if let Some((delay, pm)) = fault.delay
+                        && roll(pm)
+                    {
+                        log.flags.set(Flags::DI);
+                        tokio::time::sleep(delay).await;
+                    }
+                    if let Some((abort, pm)) = fault.abort
+                        && roll(pm)
+                    {
+                        let mut resp = match abort {
+                            FaultAbort::Http(s) => LocalReply::FAULT_ABORT.response_with_status(
+                                StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                            ),
+                            FaultAbort::Grpc(code) => grpc_abort(code),
+                        };
+                        log.flags.set(Flags::FI);
+                        apply_response_mutations(resp.headers_mut(), table, vhost, route, None);
+                        return Ok(resp);
+                    }
+                }
+            }
+            HttpFilter::Cors => {
+                if let Some(policy) = route.cors.as_deref()
+                    && let Some(origin) = req.headers().get(header::ORIGIN).cloned()
+                    && policy.enabled()
+                {
+                    let allowed = policy.origin_allowed(origin.as_bytes());
+                    let preflight = req.method() == Method::OPTIONS
+                        && req
+                            .headers()
+                            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+                    if preflight {
+                        if allowed {
+                            return Ok(preflight_response(policy, &origin, req.headers()));
+                        }
+                        if !policy.forward_not_matching_preflights {
+                            return Ok(Response::new(ResponseBody::empty()));
+                        }
+                    } else if allowed {
+                        cors = Some((policy, origin));
+                    }
+                }
+            }
+        }
+    }
+
+    let mut resp = match &route.action {
+        Action::Direct(d) => {
+            let mut resp = Response::new(match &d.body {
+                Some(b) => ResponseBody::full(b.clone()),
+                None => ResponseBody::empty(),
+            });
+            *resp.status_mut() = d.status;
+            let len = d.body.as_ref().map_or(0, |b| b.len());
+            if len > 0 {
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            apply_response_mutations(resp.headers_mut(), table, vhost, route, None);
+            resp
+        }
+        Action::Redirect(r) => {
+            let mut resp = redirect_response(r, &req, &authority, route, cx.peer.https);
+            apply_response_mutations(resp.headers_mut(), table, vhost, route, None);
+            resp
+        }
+        Action::Route(ra) => {
+            if upgrade.is_some() {
+                let enabled = match upgrade.as_ref().and_then(|u| {
+                    ra.upgrades.iter().find(|ru| {
+                        ru.upgrade_type
+                            .as_bytes()
+                            .eq_ignore_ascii_case(u.as_bytes())
+                    })
+                }) {
+                    Some(ru) => ru.enabled,
+                    None => upgrade.as_ref().is_some_and(|u| {
+                        hcm.upgrades
+                            .iter()
+                            .any(|t| t.as_bytes().eq_ignore_ascii_case(u.as_bytes()))
+                    }),
+                };
+                if !enabled {
+                    return Err(LocalReply::UPGRADE_FAILED);
+                }
+            }
+            match Box::pin(forward(
+                req, cx, hcm, table, vhost, route, ra, authority, upgrade, log,
+            ))
+            .await
+            {
+                Ok(r) => r,
+                Err(reply) => {
+                    // The router's own answers carry the route's response headers.
+                    log.flags.set(reply.flag);
+                    let mut r = reply.response();
+                    apply_response_mutations(r.headers_mut(), table, vhost, route, None);
+                    r
+                }
+            }
+        }
+    };
+    if let Some((policy, origin)) = cors {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        if policy.allow_credentials {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        if let Some(e) = &policy.expose_headers {
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
+        }
+    }
+    Ok(resp)
+}
+
+fn grpc_abort(code: u32) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::empty());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from(code),
+    );
+    h.insert(
+        HeaderName::from_static("grpc-message"),
+        HeaderValue::from_static("fault filter abort"),
+    );
+    resp
+}
+
+fn preflight_response(
+    policy: &CorsPolicy,
+    origin: &HeaderValue,
+    req: &HeaderMap,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::empty());
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    if policy.allow_credentials {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    if let Some(v) = &policy.allow_methods {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v.clone());
+    }
+    if let Some(v) = &policy.allow_headers {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+    }
+    if let Some(v) = &policy.expose_headers {
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+    }
+    if let Some(v) = &policy.max_age {
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
+    }
+    if policy.allow_private_network_access
+        && req
+            .get("access-control-request-private-network")
+            .is_some_and(|v| v == "true")
+    {
+        h.insert(
+            HeaderName::from_static("access-control-allow-private-network"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
+/// `:authority` of HTTP/2 and absolute-form requests, else Host.
+fn authority_of(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if let Some(a) = req.uri().authority() {
+        return HeaderValue::from_str(a.as_str()).ok();
+    }
+    req.headers().get(header::HOST).cloned()
+}
+
+fn requested_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
+    let conn = h.get(header::CONNECTION)?;
+    let has_upgrade_token = conn
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+    if !has_upgrade_token {
+        return None;
+    }
+    h.get(header::UPGRADE).cloned()
+}
+
+pub fn split_query(pq: &str) -> (&str, Option<&str>) {
+    match pq.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (pq, None),
+    }
+}
+
+fn set_path<B>(req: &mut Request<B>, pq: &str) {
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(p) = pq.parse() {
+        parts.path_and_query = Some(p);
+        if let Ok(u) = Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
+    }
+}
+
+/// Envoy's header mutation order: most specific first (so the route configuration's
+/// wins), or the reverse with `most_specific_header_mutations_wins`.
+fn apply_request_mutations(
+    h: &mut HeaderMap,
+    table: &RouteTable,
+    vhost: &VirtualHost,
+    route: &Route,
+    wc: Option<&WeightedCluster>,
+) {
+    let levels = [
+        wc.map(|w| &w.request_headers),
+        Some(&route.request_headers),
+        Some(&vhost.request_headers),
+        Some(&table.request_headers),
+    ];
+    apply_levels(h, &levels, table.most_specific_header_mutations_wins);
+}
+
+fn apply_response_mutations(
+    h: &mut HeaderMap,
+    table: &RouteTable,
+    vhost: &VirtualHost,
+    route: &Route,
+    wc: Option<&WeightedCluster>,
+) {
+    let levels = [
+        wc.map(|w| &w.response_headers),
+        Some(&route.response_headers),
+        Some(&vhost.response_headers),
+        Some(&table.response_headers),
+    ];
+    apply_levels(h, &levels, table.most_specific_header_mutations_wins);
+}
+
+fn apply_levels(
+    h: &mut HeaderMap,
+    levels: &[Option<&crate::proxy::route::HeaderMutations>; 4],
+    reverse: bool,
+) {
+    if reverse {
+        for m in levels.iter().rev().flatten() {
+            m.apply(h);
+        }
+    } else {
+        for m in levels.iter().flatten() {
+            m.apply(h);
+        }
+    }
+}
+
+fn redirect_response(
+    r: &Redirect,
+    req: &Request<Incoming>,
+    authority: &HeaderValue,
+    route: &Route,
+    https: bool,
+) -> Response<ResponseBody> {
+    let request_scheme = req
+        .headers()
+        .get(&X_FORWARDED_PROTO)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(if https { "https" } else { "http" });
+    let scheme: &str = r.scheme.as_deref().unwrap_or(request_scheme);
+    let port = r.port.map(|p| format!(":{p}")).unwrap_or_default();
+    let host: String = match &r.host {
+        Some(h) => h.to_string(),
+        None => {
+            let host = authority.to_str().unwrap_or("");
+            let stripped =
+                std::str::from_utf8(crate::proxy::route::table::strip_port(host.as_bytes()))
+                    .unwrap_or(host);
+            let mut remove_port = !port.is_empty();
+            if stripped.len() != host.len() && scheme != request_scheme {
+                let req_port = &host[stripped.len()..];
+                remove_port |= (request_scheme == "https" && req_port == ":443")
+                    || (request_scheme == "http" && req_port == ":80");
+            }
+            if remove_port {
+                stripped.to_string()
+            } else {
+                host.to_string()
+            }
+        }
+    };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let (path, query) = split_query(pq);
+    let mut final_path = match &r.path {
+        PathRedirect::Keep => path.to_string(),
+        PathRedirect::Path {
+            path: p,
+            has_query: true,
+        } => p.to_string(),
+        PathRedirect::Path { path: p, .. } => p.to_string(),
+        PathRedirect::Prefix(p) => rewrite_prefix(path, &route.matcher, p),
+        PathRedirect::Regex(re, sub) => re.replace_all(path, sub.as_str()).into_owned(),
+    };
+    let path_has_query = matches!(
+        r.path,
+        PathRedirect::Path {
+            has_query: true,
+            ..
+        }
+    );
+    if !path_has_query
+        && !r.strip_query
+        && let Some(q) = query
+    {
+        final_path.push('?');
+        final_path.push_str(q);
+    }
+    let location = format!("{scheme}://{host}{port}{final_path}");
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = r.status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+/// Replaces the route's matched prefix with `new` (Envoy's prefix_rewrite).
+fn rewrite_prefix(path: &str, m: &crate::proxy::route::RouteMatch, new: &str) -> String {
+    use crate::proxy::route::PathMatch;
+    let matched_len = match &m.path {
+        PathMatch::Prefix(p) | PathMatch::Separated(p) => p.len().min(path.len()),
+        PathMatch::Exact(_) => path.len(),
+        PathMatch::Regex(_) => 0,
+    };
+    let mut s = String::with_capacity(new.len() + path.len());
+    s.push_str(new);
+    s.push_str(&path[matched_len..]);
+    s
+}
+
+fn choose_cluster(ra: &RouteAction) -> (&ClusterRef, Option<&WeightedCluster>) {
+    match &ra.target {
+        ClusterTarget::Single(c) => (c, None),
+        ClusterTarget::Weighted { clusters, total } => {
+            let mut point = rand::random_range(0..*total);
+            for wc in clusters {
+                if point < wc.weight as u64 {
+                    return (&wc.cluster, Some(wc));
+                }
+                point -= wc.weight as u64;
+            }
+            let last = &clusters[clusters.len() - 1];
+            (&last.cluster, Some(last))
+        }
+    }
+}
+
+/// The request's hash from the route's hash policies (None: no policy produced one).
+fn request_hash(
+    ra: &RouteAction,
+    h: &HeaderMap,
+    query: Option<&str>,
+    peer: &SocketAddr,
+    generated_cookie: &mut Option<GeneratedCookie>,
+) -> Option<u64> {
+    let mut acc: Option<u64> = None;
+    for p in &ra.hash_policy {
+        let hv: Option<u64> = match &p.kind {
+            HashPolicyKind::Header(name) => {
+                let mut vals = h.get_all(name).iter();
+                match (vals.next(), vals.next()) {
+                    (None, _) => None,
+                    (Some(v), None) => Some(xxhash(v.as_bytes())),
+                    (Some(first), Some(second)) => {
+                        // Several values: Envoy hashes them sorted and joined.
+                        let mut all: Vec<&[u8]> = vec![first.as_bytes(), second.as_bytes()];
+                        all.extend(vals.map(|v| v.as_bytes()));
+                        all.sort();
+                        Some(xxhash(&all.concat()))
+                    }
+                }
+            }
+            HashPolicyKind::Cookie { name, ttl, path } => match cookie_value(h, name) {
+                Some(v) => Some(xxhash(v.as_bytes())),
+                None => match ttl {
+                    Some(ttl) => {
+                        // Envoy generates the cookie from the upstream address choice;
+                        // meshgate generates a random value and hashes it.
+                        let value = format!("{:016x}", rand::random::<u64>());
+                        let hv = xxhash(value.as_bytes());
+                        *generated_cookie = Some((name.clone(), value, Some(*ttl), path.clone()));
+                        Some(hv)
+                    }
+                    None => None,
+                },
+            },
+            HashPolicyKind::SourceIp => {
+                Some(xxhash(peer.ip().to_canonical().to_string().as_bytes()))
+            }
+            HashPolicyKind::Query(name) => query.and_then(|q| {
+                q.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == &**name).then(|| xxhash(v.as_bytes()))
+                })
+            }),
+        };
+        if let Some(hv) = hv {
+            acc = Some(combine_hash(acc, hv));
+            if p.terminal {
+                break;
+            }
+        }
+    }
+    acc
+}
+
+fn cookie_value<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    for v in h.get_all(header::COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for part in s.split(';') {
+            let part = part.trim();
+            if let Some((k, val)) = part.split_once('=')
+                && k == name
+            {
+                return Some(val);
+            }
+        }
+    }
+    None
+}
+
+/// A hash-policy cookie meshgate generated: (name, value, ttl, path), sent back with
+/// `set-cookie`.
+type GeneratedCookie = (Box<str>, String, Option<Duration>, Option<Box<str>>);
+
+/// Why one upstream attempt did not produce a usable response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttemptError {
+    NoHealthy,
+    Pool(PoolError),
+    Reset,
+    PerTryTimeout,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    mut req: Request<Incoming>,
+    cx: &ConnCtx,
+    hcm: &Arc<HttpConnectionManager>,
+    table: &RouteTable,
+    vhost: &VirtualHost,
+    route: &Route,
+    ra: &RouteAction,
+    authority: HeaderValue,
+    upgrade: Option<HeaderValue>,
+    log: &mut RequestLog,
+) -> Result<Response<ResponseBody>, LocalReply> {
+    let (cref, wc) = choose_cluster(ra);
+    log.cluster = Some(cref.name.clone());
+    let Some(cluster) = cref.cluster.clone() else {
+        let mut r = LocalReply::CLUSTER_NOT_FOUND;
+        r.status = StatusCode::from_u16(ra.cluster_not_found_status)
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return Err(r);
+    };
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+    // Request line and headers for the upstream.
+    let (mut parts, body) = req.into_parts();
+    let original_uri = parts.uri.clone();
+    let pq = original_uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let (path, query) = split_query(pq);
+    let mut generated_cookie = None;
+    let hash = if cluster.lb.uses_hash() {
+        request_hash(
+            ra,
+            &parts.headers,
+            query,
+            &cx.peer.remote,
+            &mut generated_cookie,
+        )
+    } else {
+        None
+    };
+    let new_path = if let Some(p) = &ra.prefix_rewrite {
+        Some(rewrite_prefix(path, &route.matcher, p))
+    } else {
+        ra.regex_rewrite
+            .as_ref()
+            .map(|(re, sub)| re.replace_all(path, sub.as_str()).into_owned())
+    };
+    if let Some(np) = new_path {
+        parts.headers.insert(
+            X_ENVOY_ORIGINAL_PATH.clone(),
+            HeaderValue::from_str(pq).unwrap_or(HeaderValue::from_static("/")),
+        );
+        let full = match query {
+            Some(q) => format!("{np}?{q}"),
+            None => np,
+        };
+        if let Ok(p) = full.parse::<http::uri::PathAndQuery>() {
+            let mut up = http::uri::Parts::default();
+            up.path_and_query = Some(p);
+            if let Ok(u) = Uri::from_parts(up) {
+                parts.uri = u;
+            }
+        }
+    } else if parts.uri.authority().is_some() {
+        // Absolute-form or HTTP/2: send origin-form upstream.
+        let mut up = http::uri::Parts::default();
+        up.path_and_query = parts.uri.path_and_query().cloned();
+        if let Ok(u) = Uri::from_parts(up) {
+            parts.uri = u;
+        }
+    }
+    let mut host_value = authority.clone();
+    let mut auto_host = false;
+    match &ra.host_rewrite {
+        HostRewrite::None => {}
+        HostRewrite::Literal(v) => host_value = v.clone(),
+        HostRewrite::Auto => auto_host = true,
+        HostRewrite::Header(n) => {
+            if let Some(v) = parts.headers.get(n) {
+                host_value = v.clone();
+            }
+        }
+        HostRewrite::PathRegex(re, sub) => {
+            if let Ok(v) = HeaderValue::from_str(&re.replace_all(path, sub.as_str())) {
+                host_value = v;
+            }
+        }
+    }
+    if let Some(v) = wc.and_then(|w| w.host_rewrite.clone()) {
+        host_value = v;
+    }
+    if ra.append_x_forwarded_host && host_value != authority {
+        parts
+            .headers
+            .append(X_FORWARDED_HOST.clone(), authority.clone());
+    }
+    apply_request_mutations(&mut parts.headers, table, vhost, route, wc);
+    let retry = ra.retry.as_deref();
+    let timeout = ra.timeout;
+    let per_try = retry.and_then(|r| r.per_try_timeout);
+    if !hcm.suppress_envoy_headers
+        && let Some(v) = &ra.expected_timeout_header
+    {
+        parts
+            .headers
+            .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), v.clone());
+    }
+    if let Some(u) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, u.clone());
+    }
+
+    // Body: streamed, unless retries or mirrors need to replay it.
+    let has_body = !http_body::Body::is_end_stream(&body);
+    let needs_replay = has_body
+        && (retry.is_some_and(|r| r.num_retries > 0) || !ra.mirrors.is_empty())
+        && upgrade.is_none();
+    let mut body = if !has_body {
+        drop(body);
+        // Envoy's HTTP/1 codec sends `content-length: 0` for bodyless requests except
+        // GET, HEAD, DELETE, CONNECT and TRACE.
+        let m = &parts.method;
+        if *m != Method::GET
+            && *m != Method::HEAD
+            && *m != Method::DELETE
+            && *m != Method::CONNECT
+            && *m != Method::TRACE
+            && upgrade.is_none()
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+        RequestBody::Empty
+    } else if needs_replay {
+        Box::pin(buffer_up_to(body, REPLAY_BUFFER_LIMIT))
+            .await
+            .map_err(|_| LocalReply::BAD_REQUEST)?
+    } else {
+        RequestBody::Stream(body)
+    };
+    if let RequestBody::Full(Some(b)) = &body {
+        log.bytes_received = b.len() as u64;
+    }
+    let replayable = matches!(body, RequestBody::Full(_) | RequestBody::Empty);
+
+    // Mirrors: fire and forget, with the Host suffixed `-shadow`.
+    for m in &ra.mirrors {
+        if let Some(mc) = m.cluster.cluster.clone()
+            && roll(m.per_million)
+            && replayable
+        {
+            let mut h = parts.headers.clone();
+            let shadow_host = if m.append_shadow_suffix {
+                shadow_host(&host_value)
+            } else {
+                host_value.clone()
+            };
+            h.insert(header::HOST, shadow_host);
+            let b = match &body {
+                RequestBody::Full(Some(b)) => RequestBody::Full(Some(b.clone())),
+                _ => RequestBody::Empty,
+            };
+            let mut mreq = Request::new(b);
+            *mreq.method_mut() = parts.method.clone();
+            *mreq.uri_mut() = parts.uri.clone();
+            *mreq.headers_mut() = h;
+            let worker = cx.worker;
+            tokio::spawn(async move {
+                let _ = shadow(mc, mreq, worker).await;
+            });
+        }
+    }
+
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
+    let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
+    let mut attempt = 0u32;
+    let mut retry_slot = None;
+    loop {
+        attempt += 1;
+        let last_possible = attempt >= max_attempts || !replayable || upgrade.is_some();
+        let mut headers = if last_possible {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
+        if vhost.include_request_attempt_count {
+            headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+        }
+        let attempt_body = match &body {
+            RequestBody::Full(Some(b)) => RequestBody::Full(Some(b.clone())),
+            RequestBody::Full(None) | RequestBody::Empty => RequestBody::Empty,
+            _ => std::mem::replace(&mut body, RequestBody::Empty),
+        };
+        let mut upreq = Request::new(attempt_body);
+        *upreq.method_mut() = parts.method.clone();
+        *upreq.uri_mut() = parts.uri.clone();
+        *upreq.headers_mut() = headers;
+        let avoid: &[SocketAddr] = if retry.is_some_and(|r| r.avoid_previous_hosts) {
+            &tried
+        } else {
+            &[]
+        };
+        let result = attempt_once(
+            &cluster,
+            upreq,
+            cx,
+            hcm,
+            hash,
+            avoid,
+            deadline,
+            per_try,
+            &host_value,
+            auto_host,
+            log,
+        )
+        .await;
+        let (status, retriable_outcome) = match &result {
+            Ok((resp, _, _)) => (
+                Some(resp.status()),
+                retry.is_some_and(|r| retriable_status(r, resp)),
+            ),
+            Err(e) => (None, retry.is_some_and(|r| retriable_error(r, *e))),
+        };
+        if let Some(h) = log.upstream_host
+            && !tried.contains(&h)
+        {
+            tried.push(h);
+        }
+        let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+        let can_retry = retriable_outcome
+            && attempt < max_attempts
+            && replayable
+            && !out_of_time
+            && upgrade.is_none();
+        if can_retry {
+            // A retry needs a max_retries slot (circuit breaker); without one the
+            // current answer stands.
+            drop(retry_slot.take());
+            match cluster.state.acquire_retry(cluster.thresholds.max_retries) {
+                Some(slot) => {
+                    retry_slot = Some(slot);
+                    cluster
+                        .state
+                        .stats
+                        .upstream_rq_retry
+                        .fetch_add(1, Ordering::Relaxed);
+                    drop(result);
+                    let r = retry.expect("retriable implies a retry policy");
+                    let backoff = backoff(r, attempt);
+                    let sleep = match deadline {
+                        Some(d) => backoff.min(d.saturating_duration_since(Instant::now())),
+                        None => backoff,
+                    };
+                    tokio::time::sleep(sleep).await;
+                    continue;
+                }
+                None => {
+                    cluster
+                        .state
+                        .stats
+                        .upstream_rq_retry_overflow
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if attempt > 1 && retriable_outcome {
+            log.flags.set(Flags::URX);
+        }
+        let _ = status;
+        return match result {
+            Ok((mut resp, host, conn)) => {
+                if attempt > 1 && !retriable_outcome {
+                    cluster
+                        .state
+                        .stats
+                        .upstream_rq_retry_success
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(down) = downstream_upgrade {
+                        let up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(async move {
+                            if let (Ok(d), Ok(u)) = (down.await, up.await) {
+                                let mut d = hyper_util::rt::TokioIo::new(d);
+                                let mut u = hyper_util::rt::TokioIo::new(u);
+                                let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                            }
+                        });
+                    }
+                    drop(conn);
+                    let (mut rparts, _) = resp.into_parts();
+                    finalize_upstream_headers(
+                        &mut rparts.headers,
+                        hcm,
+                        table,
+                        vhost,
+                        route,
+                        wc,
+                        log,
+                        attempt,
+                        true,
+                    );
+                    return Ok(Response::from_parts(rparts, ResponseBody::empty()));
+                }
+                let (mut rparts, rbody) = resp.into_parts();
+                finalize_upstream_headers(
+                    &mut rparts.headers,
+                    hcm,
+                    table,
+                    vhost,
+                    route,
+                    wc,
+                    log,
+                    attempt,
+                    false,
+                );
+                if let Some((name, value, ttl, path)) = generated_cookie {
+                    let mut c = format!(
+                        "{name}=\"{value}\"; Max-Age={}",
+                        ttl.map_or(0, |t| t.as_secs())
+                    );
+                    if let Some(p) = path {
+                        c.push_str("; Path=");
+                        c.push_str(&p);
+                    }
+                    c.push_str("; HttpOnly");
+                    if let Ok(v) = HeaderValue::from_str(&c) {
+                        rparts.headers.append(header::SET_COOKIE, v);
+                    }
+                }
+                if vhost.include_attempt_count_in_response {
+                    rparts
+                        .headers
+                        .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+                }
+                let mut body = ResponseBody::upstream(rbody);
+                body.upstream_done = Some(UpstreamDone {
+                    cluster: cluster.clone(),
+                    host,
+                    conn: Some(conn),
+                    worker: cx.worker,
+                });
+                Ok(Response::from_parts(rparts, body))
+            }
+            Err(e) => Err(match e {
+                AttemptError::NoHealthy => LocalReply::NO_HEALTHY_UPSTREAM,
+                AttemptError::Pool(PoolError::ConnectFailure) => LocalReply::CONNECT_FAILURE,
+                AttemptError::Pool(PoolError::ConnectTimeout) => LocalReply::CONNECT_TIMEOUT,
+                AttemptError::Pool(PoolError::Overflow) => LocalReply::OVERFLOW,
+                AttemptError::Reset => LocalReply::RESET,
+                AttemptError::PerTryTimeout => LocalReply::TIMEOUT,
+            }),
+        };
+    }
+}
+
+fn shadow_host(host: &HeaderValue) -> HeaderValue {
+    let b = host.as_bytes();
+    let stripped = crate::proxy::route::table::strip_port(b);
+    let mut v = Vec::with_capacity(b.len() + 7);
+    v.extend_from_slice(stripped);
+    v.extend_from_slice(b"-shadow");
+    v.extend_from_slice(&b[stripped.len()..]);
+    HeaderValue::from_bytes(&v).unwrap_or_else(|_| host.clone())
+}
+
+/// Sends a mirrored request and discards the answer.
+async fn shadow(cluster: Arc<Cluster>, req: Request<RequestBody>, worker: usize) -> Option<()> {
+    let set = cluster.endpoints();
+    let mut panicked = false;
+    let host = lb::choose(
+        &set,
+        &set.lb,
+        cluster.lb,
+        cluster.panic_threshold,
+        cluster.locality_weighted,
+        LbContext::default(),
+        &mut panicked,
+    )?;
+    drop(set);
+    let mut conn = pool::acquire(
+        &cluster,
+        &host,
+        worker,
+        cluster.protocol == UpstreamProtocol::Http2,
+    )
+    .await
+    .ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(15), send(&mut conn, req))
+        .await
+        .ok()?
+        .ok()?;
+    use http_body_util::BodyExt;
+    let _ = resp.into_body().collect().await;
+    pool::release(&cluster, &host, worker, conn);
+    Some(())
+}
+
+fn backoff(r: &RetryPolicy, attempt: u32) -> Duration {
+    // Envoy: fully jittered exponential back-off, base * [0, 2^(n) - 1], capped.
+    let n = attempt.min(16);
+    let max_mult = (1u64 << n) - 1;
+    let ms = r.back_off_base.as_millis() as u64 * rand::random_range(0..=max_mult.max(1));
+    Duration::from_millis(ms).min(r.back_off_max)
+}
+
+fn retriable_status(r: &RetryPolicy, resp: &Response<Incoming>) -> bool {
+    let s = resp.status().as_u16();
+    let on = r.on;
+    if on.has(RetryOn::FIVE_XX) && s >= 500 {
+        return true;
+    }
+    if on.has(RetryOn::GATEWAY_ERROR) && matches!(s, 502..=504) {
+        return true;
+    }
+    if on.has(RetryOn::RETRIABLE_4XX) && s == 409 {
+        return true;
+    }
+    if on.has(RetryOn::RETRIABLE_STATUS_CODES) && r.retriable_status_codes.contains(&s) {
+        return true;
+    }
+    if let Some(g) = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        let bit = match g {
+            1 => RetryOn::GRPC_CANCELLED,
+            4 => RetryOn::GRPC_DEADLINE_EXCEEDED,
+            8 => RetryOn::GRPC_RESOURCE_EXHAUSTED,
+            13 => RetryOn::GRPC_INTERNAL,
+            14 => RetryOn::GRPC_UNAVAILABLE,
+            _ => 0,
+        };
+        if on.has(bit) {
+            return true;
+        }
+    }
+    false
+}
+
+fn retriable_error(r: &RetryPolicy, e: AttemptError) -> bool {
+    let on = r.on;
+    let broad =
+        on.has(RetryOn::FIVE_XX) || on.has(RetryOn::GATEWAY_ERROR) || on.has(RetryOn::RESET);
+    match e {
+        AttemptError::NoHealthy | AttemptError::Pool(PoolError::Overflow) => false,
+        AttemptError::Pool(_) => {
+            broad || on.has(RetryOn::CONNECT_FAILURE) || on.has(RetryOn::RESET_BEFORE_REQUEST)
+        }
+        AttemptError::Reset => broad,
+        AttemptError::PerTryTimeout => {
+            on.has(RetryOn::FIVE_XX) || on.has(RetryOn::GATEWAY_ERROR) || on.has(RetryOn::RESET)
+        }
+    }
+}
+
+/// One upstream attempt: choose a host, get a connection, send, wait for headers.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_once(
+    cluster: &Arc<Cluster>,
+    mut req: Request<RequestBody>,
+    cx: &ConnCtx,
+    hcm: &HttpConnectionManager,
+    hash: Option<u64>,
+    avoid: &[SocketAddr],
+    deadline: Option<Instant>,
+    per_try: Option<Duration>,
+    host_value: &HeaderValue,
+    auto_host: bool,
+    log: &mut RequestLog,
+) -> Result<(Response<Incoming>, Arc<Host>, PooledConn), AttemptError> {
+    let state = &cluster.state;
+    state
+        .stats
+        .upstream_rq_total
+        .fetch_add(1, Ordering::Relaxed);
+    let Some(rq_slot) = state.acquire_request(cluster.thresholds.max_requests) else {
+        state
+            .stats
+            .upstream_rq_pending_overflow
+            .fetch_add(1, Ordering::Relaxed);
+        log.flags.set(Flags::UO);
+        return Err(AttemptError::Pool(PoolError::Overflow));
+    };
+    let host = {
+        let set = cluster.endpoints();
+        let mut panicked = false;
+        let h = lb::choose(
+            &set,
+            &set.lb,
+            cluster.lb,
+            cluster.panic_threshold,
+            cluster.locality_weighted,
+            LbContext { hash, avoid },
+            &mut panicked,
+        );
+        if panicked {
+            state.stats.lb_healthy_panic.fetch_add(1, Ordering::Relaxed);
+        }
+        h
+    };
+    let Some(host) = host else {
+        state
+            .stats
+            .upstream_cx_none_healthy
+            .fetch_add(1, Ordering::Relaxed);
+        log.flags.set(Flags::UH);
+        return Err(AttemptError::NoHealthy);
+    };
+    log.upstream_host = Some(host.addr);
+    let h2 = match cluster.protocol {
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::UseDownstream => log.version == Version::HTTP_2,
+    };
+    if h2 {
+        *req.version_mut() = Version::HTTP_2;
+        let auth = if auto_host {
+            host_header(&host)
+        } else {
+            host_value.clone()
+        };
+        req.headers_mut().remove(header::HOST);
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = auth.to_str().ok().and_then(|a| a.parse().ok());
+        if let Ok(u) = Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        req.headers_mut().insert(
+            header::HOST,
+            if auto_host {
+                host_header(&host)
+            } else {
+                host_value.clone()
+            },
+        );
+    }
+    let _ = hcm;
+    let try_deadline = match (deadline, per_try) {
+        (Some(d), Some(p)) => Some(d.min(Instant::now() + p)),
+        (Some(d), None) => Some(d),
+        (None, Some(p)) => Some(Instant::now() + p),
+        (None, None) => None,
+    };
+    let per_try_fires_first =
+        per_try.is_some() && deadline.is_none_or(|d| try_deadline.is_some_and(|t| t < d));
+    host.active_requests.fetch_add(1, Ordering::Relaxed);
+    host.rq_total.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveRequest(host.clone());
+    let work = async {
+        let mut conn = pool::acquire(cluster, &host, cx.worker, h2)
+            .await
+            .map_err(AttemptError::Pool)?;
+        let start = Instant::now();
+        let resp = send(&mut conn, req)
+            .await
+            .map_err(|_| AttemptError::Reset)?;
+        Ok::<_, AttemptError>((resp, conn, start))
+    };
+    let result = match try_deadline {
+        None => work.await,
+        Some(d) => match tokio::time::timeout_at(d, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                if per_try_fires_first {
+                    state
+                        .stats
+                        .upstream_rq_per_try_timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                } else {
+                    state
+                        .stats
+                        .upstream_rq_timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                outlier::record(cluster, &host, Outcome::Timeout);
+                host.rq_error.fetch_add(1, Ordering::Relaxed);
+                log.flags.set(Flags::UT);
+                return Err(AttemptError::PerTryTimeout);
+            }
+        },
+    };
+    match result {
+        Ok((resp, conn, start)) => {
+            let status = resp.status().as_u16();
+            state.stats.count_status(status);
+            outlier::record(cluster, &host, Outcome::Status(status));
+            if status >= 500 {
+                host.rq_error.fetch_add(1, Ordering::Relaxed);
+            } else {
+                host.rq_success.fetch_add(1, Ordering::Relaxed);
+            }
+            log.upstream_service_time = Some(start.elapsed());
+            log.flags.0 &= !(Flags::UF | Flags::UO | Flags::UC | Flags::UT | Flags::UH);
+            drop(rq_slot);
+            Ok((resp, host, conn))
+        }
+        Err(e) => {
+            match e {
+                AttemptError::Pool(PoolError::ConnectFailure | PoolError::ConnectTimeout) => {
+                    outlier::record(cluster, &host, Outcome::ConnectFailure);
+                    log.flags.set(Flags::UF);
+                }
+                AttemptError::Pool(PoolError::Overflow) => {
+                    log.flags.set(Flags::UO);
+                }
+                AttemptError::Reset => {
+                    state
+                        .stats
+                        .upstream_rq_rx_reset
+                        .fetch_add(1, Ordering::Relaxed);
+                    outlier::record(cluster, &host, Outcome::Reset);
+                    log.flags.set(Flags::UC);
+                }
+                _ => {}
+            }
+            host.rq_error.fetch_add(1, Ordering::Relaxed);
+            Err(e)
+        }
+    }
+}
+
+struct ActiveRequest(Arc<Host>);
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn host_header(host: &Host) -> HeaderValue {
+    match &host.hostname {
+        Some(n) => HeaderValue::from_str(n).unwrap_or(HeaderValue::from_static("")),
+        None => {
+            HeaderValue::from_str(&host.addr.to_string()).unwrap_or(HeaderValue::from_static(""))
+        }
+    }
+}
+
+async fn send(
+    conn: &mut PooledConn,
+    req: Request<RequestBody>,
+) -> Result<Response<Incoming>, hyper::Error> {
+    match &mut conn.sender {
+        Sender::H1(s) => s.send_request(req).await,
+        Sender::H2(s) => s.send_request(req).await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finalize_upstream_headers(
+    h: &mut HeaderMap,
+    hcm: &HttpConnectionManager,
+    table: &RouteTable,
+    vhost: &VirtualHost,
+    route: &Route,
+    wc: Option<&WeightedCluster>,
+    log: &RequestLog,
+    _attempt: u32,
+    upgrade: bool,
+) {
+    let upgrade_headers = if upgrade {
+        (
+            h.get(header::CONNECTION).cloned(),
+            h.get(header::UPGRADE).cloned(),
+        )
+    } else {
+        (None, None)
+    };
+    remove_hop_by_hop(h);
+    if let (Some(c), Some(u)) = upgrade_headers {
+        h.insert(header::CONNECTION, c);
+        h.insert(header::UPGRADE, u);
+    }
+    if !hcm.suppress_envoy_headers
+        && let Some(t) = log.upstream_service_time
+    {
+        h.insert(
+            X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+            HeaderValue::from(t.as_millis() as u64),
+        );
+    }
+    apply_response_mutations(h, table, vhost, route, wc);
+}
+
+/// Returns the upstream connection to its pool when the response body is done.
+pub struct UpstreamDone {
+    cluster: Arc<Cluster>,
+    host: Arc<Host>,
+    conn: Option<PooledConn>,
+    worker: usize,
+}
+
+impl UpstreamDone {
+    pub(crate) fn done(&mut self, complete: bool) {
+        if let Some(conn) = self.conn.take() {
+            self.cluster
+                .state
+                .stats
+                .upstream_rq_completed
+                .fetch_add(1, Ordering::Relaxed);
+            if complete {
+                pool::release(&self.cluster, &self.host, self.worker, conn);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_host_suffix_goes_before_the_port() {
+        assert_eq!(
+            shadow_host(&HeaderValue::from_static("shop.example.com")),
+            "shop.example.com-shadow"
+        );
+        assert_eq!(
+            shadow_host(&HeaderValue::from_static("shop.example.com:8080")),
+            "shop.example.com-shadow:8080"
+        );
+    }
+
+    #[test]
+    fn retry_back_off_is_jittered_and_capped() {
+        let r = RetryPolicy {
+            on: RetryOn(RetryOn::FIVE_XX),
+            num_retries: 5,
+            per_try_timeout: None,
+            retriable_status_codes: vec![],
+            back_off_base: Duration::from_millis(25),
+            back_off_max: Duration::from_millis(250),
+            avoid_previous_hosts: false,
+            host_selection_max_attempts: 1,
+        };
+        for attempt in 1..8 {
+            for _ in 0..50 {
+                let b = backoff(&r, attempt);
+                assert!(b <= Duration::from_millis(250));
+                assert!(b <= Duration::from_millis(25 * ((1 << attempt) - 1).max(1)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    use super::*;
+
+    fn size_of_future<F, Fut>(_: F) -> usize
+    where
+        F: Fn(Request<Incoming>, Arc<ConnCtx>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// The request future is moved into hyper's connection state for every request:
+    /// keep it small (cold paths such as connecting are boxed).
+    #[test]
+    fn request_future_stays_small() {
+        let size = size_of_future(handle);
+        eprintln!("request future: {size} bytes");
+        assert!(size < 4096, "request future is {size} bytes");
+    }
+}

@@ -1,0 +1,29 @@
+//! meshgate's data plane: Envoy xDS resources in, HTTP proxying out.
+//!
+//! A request's path through this layer, in reading order:
+//! - [`compile`] turns a [`crate::xds::ResourceSet`] into an immutable [`Snapshot`]
+//!   (listeners, filter chains, route tables with precompiled matchers, clusters); anything
+//!   meshgate does not implement is rejected there, like an Envoy NACK.
+//! - [`runtime`] runs one current-thread tokio runtime per core; each binds its own
+//!   `SO_REUSEPORT` socket per listener and owns its upstream connection pools.
+//! - [`http`] serves downstream connections with hyper, applies the connection manager's
+//!   request handling, the fault and CORS filters, and the router.
+//! - [`route`] holds the compiled route tables and their matchers.
+//! - [`upstream`] holds clusters, hosts, load balancing, circuit breakers, outlier
+//!   detection, DNS resolution and connection pools.
+//! - [`admin`], [`stats`] and [`access_log`] are what operators look at.
+pub mod access_log;
+pub mod admin;
+pub mod compile;
+pub mod http;
+pub mod json_input;
+pub mod listener;
+pub mod route;
+pub mod runtime;
+pub mod snapshot;
+pub mod stats;
+pub mod upstream;
+
+pub use compile::{CompileError, compile};
+pub use runtime::{Gateway, GatewayOptions};
+pub use snapshot::Snapshot;

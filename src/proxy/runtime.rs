@@ -1,0 +1,623 @@
+//! The running gateway: one current-thread tokio runtime per worker (each with its own
+//! `SO_REUSEPORT` socket per listener and its own upstream pools), a control thread for
+//! DNS, outlier detection and the admin servers, and the one `ArcSwap<Snapshot>` that
+//! every request reads its config from.
+use crate::proxy::access_log::{AccessLog, AccessLogMode, RequestLog};
+use crate::proxy::compile::{CompileError, compile};
+use crate::proxy::http::server::serve_connection;
+use crate::proxy::listener::Listener;
+use crate::proxy::snapshot::Snapshot;
+use crate::proxy::stats::{SourceLabels, Stats};
+use crate::proxy::upstream::cluster::Discovery;
+use crate::xds::ResourceSet;
+use arc_swap::ArcSwap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+
+/// The number of workers (hosts size their per-worker pools with it).
+pub fn worker_count() -> usize {
+    WORKERS.load(Ordering::Relaxed)
+}
+
+/// How the gateway runs.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Worker threads (0 = one per core).
+    pub concurrency: usize,
+    pub admin_addr: Option<SocketAddr>,
+    pub health_addr: Option<SocketAddr>,
+    pub prometheus_addr: Option<SocketAddr>,
+    pub access_log: AccessLogMode,
+    /// How long in-flight requests may take to finish when draining.
+    pub drain_timeout: Duration,
+    /// Open connections per listener (across workers); further ones wait in the backlog.
+    pub max_connections: usize,
+    pub source: SourceLabels,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            concurrency: 0,
+            admin_addr: None,
+            health_addr: None,
+            prometheus_addr: None,
+            access_log: AccessLogMode::Json,
+            drain_timeout: Duration::from_secs(5),
+            max_connections: 100_000,
+            source: SourceLabels {
+                workload: "meshgate".into(),
+                namespace: "istio-system".into(),
+                app: "meshgate".into(),
+            },
+        }
+    }
+}
+
+/// State every worker and the admin servers share.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub stats: Stats,
+    pub access_log: Arc<AccessLog>,
+    /// Set when the whole gateway drains: responses carry `connection: close`.
+    pub draining: AtomicBool,
+    /// Set after the first snapshot is published.
+    pub ready: AtomicBool,
+    pub workers: usize,
+    pub(crate) quit: watch::Sender<bool>,
+    pub(crate) drain_requested: watch::Sender<bool>,
+    /// `/quitquitquit` was called.
+    pub(crate) admin_quit: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Accounts one finished request (stats, access log).
+    pub fn record(&self, log: &RequestLog, worker: usize) {
+        self.stats.record(log, worker);
+        self.access_log.write(log);
+    }
+}
+
+enum WorkerCmd {
+    Listen {
+        listener: Arc<Listener>,
+        socket: std::net::TcpListener,
+        stop: watch::Receiver<bool>,
+        conns: Arc<AtomicUsize>,
+        max_connections: usize,
+    },
+}
+
+struct Bound {
+    addr: SocketAddr,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    workers: Vec<(
+        mpsc::UnboundedSender<WorkerCmd>,
+        std::thread::JoinHandle<()>,
+    )>,
+    bound: Mutex<HashMap<String, Bound>>,
+    control: tokio::runtime::Handle,
+    control_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    dns_tasks: Mutex<HashSet<usize>>,
+    apply_lock: Mutex<()>,
+    opts: GatewayOptions,
+    admin_local: Option<SocketAddr>,
+    health_local: Option<SocketAddr>,
+    prometheus_local: Option<SocketAddr>,
+}
+
+impl Gateway {
+    /// Starts the workers, the control thread and the admin/health/Prometheus servers.
+    /// Listeners come with the first [`Gateway::apply`].
+    pub fn start(opts: GatewayOptions) -> std::io::Result<Gateway> {
+        let n = if opts.concurrency == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            opts.concurrency
+        };
+        WORKERS.store(n, Ordering::Relaxed);
+        let (quit, _) = watch::channel(false);
+        let (drain_requested, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            stats: Stats::new(n, opts.source.clone()),
+            access_log: AccessLog::new(opts.access_log),
+            draining: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            workers: n,
+            quit,
+            drain_requested,
+            admin_quit: watch::channel(false).0,
+        });
+        let mut workers = Vec::with_capacity(n);
+        for id in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("meshgate-worker-{id}"))
+                .spawn(move || worker_main(id, shared, rx))?;
+            workers.push((tx, handle));
+        }
+        let control_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let control = control_rt.handle().clone();
+        let (control_stop, control_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("meshgate-control".into())
+            .spawn(move || {
+                control_rt.block_on(async move {
+                    let _ = control_stop_rx.await;
+                })
+            })?;
+        let admin_local = match opts.admin_addr {
+            Some(a) => Some(crate::proxy::admin::serve_admin(
+                &control,
+                a,
+                shared.clone(),
+            )?),
+            None => None,
+        };
+        let health_local = match opts.health_addr {
+            Some(a) => Some(crate::proxy::admin::serve_health(
+                &control,
+                a,
+                shared.clone(),
+            )?),
+            None => None,
+        };
+        let prometheus_local = match opts.prometheus_addr {
+            Some(a) => Some(crate::proxy::admin::serve_prometheus(
+                &control,
+                a,
+                shared.clone(),
+            )?),
+            None => None,
+        };
+        // Outlier detection intervals.
+        {
+            let shared = shared.clone();
+            control.spawn(async move {
+                let mut last: HashMap<String, tokio::time::Instant> = HashMap::new();
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tick.tick().await;
+                    let snap = shared.snapshot.load_full();
+                    let now = tokio::time::Instant::now();
+                    for (name, c) in &snap.clusters {
+                        let Some(o) = &c.outlier else { continue };
+                        let due = last.get(name).is_none_or(|t| now >= *t + o.interval);
+                        if due {
+                            crate::proxy::upstream::outlier::tick(c, now);
+                            last.insert(name.clone(), now);
+                        }
+                    }
+                    last.retain(|k, _| snap.clusters.contains_key(k));
+                }
+            });
+        }
+        Ok(Gateway {
+            shared,
+            workers,
+            bound: Mutex::new(HashMap::new()),
+            control,
+            control_stop: Some(control_stop),
+            dns_tasks: Mutex::new(HashSet::new()),
+            apply_lock: Mutex::new(()),
+            opts,
+            admin_local,
+            health_local,
+            prometheus_local,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_local
+    }
+
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_local
+    }
+
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.prometheus_local
+    }
+
+    /// The address a listener is bound to (resolves port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|b| b.local)
+    }
+
+    /// Compiles and publishes a resource set: one atomic swap. On error nothing changes
+    /// (the last good snapshot keeps serving), as an Envoy NACK.
+    pub fn apply(&self, set: ResourceSet, version: &str) -> Result<(), ApplyError> {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.shared.snapshot.load_full();
+        let snap = match compile(&set, version, Some(&previous)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.shared
+                    .stats
+                    .config_rejections
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(ApplyError::Compile(e));
+            }
+        };
+        // DNS clusters new in this snapshot are resolved once before it is published
+        // (Envoy warms clusters before using them).
+        let new_dns: Vec<_> = snap
+            .clusters
+            .values()
+            .filter(|c| {
+                matches!(
+                    c.discovery,
+                    Discovery::StrictDns(_) | Discovery::LogicalDns(_)
+                )
+            })
+            .filter(|c| {
+                !self
+                    .dns_tasks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&(Arc::as_ptr(&c.endpoints) as usize))
+            })
+            .cloned()
+            .collect();
+        if !new_dns.is_empty() {
+            let clusters = new_dns.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            self.control.spawn(async move {
+                let all = futures::future::join_all(clusters.iter().map(|c| {
+                    tokio::time::timeout(
+                        Duration::from_secs(5),
+                        crate::proxy::upstream::dns::resolve_once(c),
+                    )
+                }));
+                let _ = all.await;
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(Duration::from_secs(6));
+        }
+        // Bind new listeners before publishing; a bind failure rejects the update.
+        let mut to_start: Vec<(Arc<Listener>, Vec<std::net::TcpListener>, SocketAddr)> = Vec::new();
+        {
+            let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+            for l in &snap.listeners {
+                let keep = bound.get(&*l.name).is_some_and(|b| b.addr == l.addr);
+                if keep {
+                    continue;
+                }
+                let rebinding_same_addr = bound.values().any(|b| b.addr == l.addr);
+                if rebinding_same_addr {
+                    // Another (removed or renamed) listener holds this address: it is
+                    // stopped first below, then bound.
+                    to_start.push((l.clone(), Vec::new(), l.addr));
+                    continue;
+                }
+                match bind_reuseport(l.addr, self.workers.len()) {
+                    Ok((socks, local)) => to_start.push((l.clone(), socks, local)),
+                    Err(e) => {
+                        self.shared
+                            .stats
+                            .config_rejections
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(ApplyError::Bind {
+                            listener: l.name.to_string(),
+                            addr: l.addr,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        let snap = Arc::new(snap);
+        self.shared.snapshot.store(snap.clone());
+        self.shared
+            .stats
+            .config_updates
+            .fetch_add(1, Ordering::Relaxed);
+        // Stop listeners that are gone or moved: their sockets close, their connections drain.
+        {
+            let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<String> = bound
+                .iter()
+                .filter(|(name, b)| snap.listener(name).is_none_or(|l| l.addr != b.addr))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in gone {
+                if let Some(b) = bound.remove(&name) {
+                    let _ = b.stop.send(true);
+                    tracing::info!(listener = %name, addr = %b.addr, "listener removed; draining its connections");
+                }
+            }
+        }
+        for (l, mut socks, mut local) in to_start {
+            if socks.is_empty() {
+                // Give the stopped listener's accept loops a moment to close their sockets.
+                let mut tries = 0;
+                loop {
+                    match bind_reuseport(l.addr, self.workers.len()) {
+                        Ok((s, a)) => {
+                            socks = s;
+                            local = a;
+                            break;
+                        }
+                        Err(e) if tries < 50 => {
+                            tries += 1;
+                            let _ = e;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => {
+                            tracing::error!(listener = %l.name, error = %e, "rebinding listener failed");
+                            break;
+                        }
+                    }
+                }
+                if socks.is_empty() {
+                    continue;
+                }
+            }
+            let (stop, stop_rx) = watch::channel(false);
+            let conns = Arc::new(AtomicUsize::new(0));
+            for (i, sock) in socks.into_iter().enumerate() {
+                let _ = self.workers[i].0.send(WorkerCmd::Listen {
+                    listener: l.clone(),
+                    socket: sock,
+                    stop: stop_rx.clone(),
+                    conns: conns.clone(),
+                    max_connections: self.opts.max_connections,
+                });
+            }
+            tracing::info!(listener = %l.name, addr = %local, "listener bound");
+            self.bound.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                l.name.to_string(),
+                Bound {
+                    addr: l.addr,
+                    local,
+                    stop,
+                },
+            );
+        }
+        // Start resolvers for new DNS clusters.
+        for c in new_dns {
+            let key = Arc::as_ptr(&c.endpoints) as usize;
+            if self
+                .dns_tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key)
+            {
+                let weak = Arc::downgrade(&c.endpoints);
+                let discovery = c.discovery.clone();
+                let name = c.name.clone();
+                self.control
+                    .spawn(crate::proxy::upstream::dns::run(name, discovery, weak));
+            }
+        }
+        self.dns_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k| {
+                snap.clusters
+                    .values()
+                    .any(|c| Arc::as_ptr(&c.endpoints) as usize == *k)
+            });
+        self.shared.ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Drains: stops accepting, asks open connections to close (`connection: close`,
+    /// GOAWAY), waits for in-flight requests up to the drain timeout, then stops.
+    pub fn shutdown(mut self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.shared.drain_requested.send(true);
+        {
+            let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, b) in bound.drain() {
+                let _ = b.stop.send(true);
+            }
+        }
+        let deadline = std::time::Instant::now() + self.opts.drain_timeout;
+        while std::time::Instant::now() < deadline
+            && self
+                .shared
+                .stats
+                .downstream_cx_active
+                .load(Ordering::Relaxed)
+                > 0
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.shared.quit.send(true);
+        for (tx, handle) in self.workers {
+            drop(tx);
+            let _ = handle.join();
+        }
+        self.shared.access_log.flush();
+        drop(self.control_stop.take());
+    }
+
+    /// Changes to true when `/quitquitquit` is called on the admin API.
+    pub fn quit_requested(&self) -> watch::Receiver<bool> {
+        self.shared.admin_quit.subscribe()
+    }
+
+    /// Resolves when `/drain_listeners` is called on the admin API.
+    pub fn drain_requested(&self) -> watch::Receiver<bool> {
+        self.shared.drain_requested.subscribe()
+    }
+}
+
+/// Why an update was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Compile(#[from] CompileError),
+    #[error("listener {listener:?}: binding {addr}: {error}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        error: String,
+    },
+}
+
+/// Binds one `SO_REUSEPORT` socket per worker on `addr` (port 0: the first socket's port
+/// is reused for the others).
+fn bind_reuseport(
+    addr: SocketAddr,
+    n: usize,
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(n);
+    let mut target = addr;
+    for _ in 0..n {
+        let s = Socket::new(
+            Domain::for_address(target),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.set_tcp_nodelay(true)?;
+        s.bind(&target.into())?;
+        s.listen(1024)?;
+        let l: std::net::TcpListener = s.into();
+        if target.port() == 0 {
+            target = l.local_addr()?;
+        }
+        out.push(l);
+    }
+    Ok((out, target))
+}
+
+fn worker_main(id: usize, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "cannot start worker runtime");
+            return;
+        }
+    };
+    let drain_rx = shared.drain_requested.subscribe();
+    let mut quit = shared.quit.subscribe();
+    rt.block_on(async move {
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(WorkerCmd::Listen { listener, socket, stop, conns, max_connections }) => {
+                        let shared = shared.clone();
+                        let drain = drain_rx.clone();
+                        tokio::spawn(accept_loop(id, listener, socket, stop, drain, shared, conns, max_connections));
+                    }
+                    None => break,
+                },
+                _ = quit.changed() => break,
+            }
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept_loop(
+    worker: usize,
+    listener: Arc<Listener>,
+    socket: std::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+    conns: Arc<AtomicUsize>,
+    max_connections: usize,
+) {
+    let Ok(socket) = tokio::net::TcpListener::from_std(socket) else {
+        return;
+    };
+    let mut drain_stop = drain.clone();
+    // Connections drain when the gateway drains or when this listener is removed.
+    let (conn_drain_tx, conn_drain_rx) = watch::channel(false);
+    {
+        let mut drain = drain.clone();
+        let mut stop = stop.clone();
+        let tx = conn_drain_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = drain.changed() => { if r.is_err() || *drain.borrow() { break; } }
+                    r = stop.changed() => { if r.is_err() || *stop.borrow() { break; } }
+                }
+            }
+            let _ = tx.send(true);
+        });
+    }
+    loop {
+        if conns.load(Ordering::Relaxed) >= max_connections {
+            // Over the limit: leave further clients in the kernel backlog for a moment.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if *stop.borrow() {
+                break;
+            }
+            continue;
+        }
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.fetch_add(1, Ordering::Relaxed);
+                    let guard = ConnCount(conns.clone());
+                    let listener = listener.clone();
+                    let shared = shared.clone();
+                    let drain = conn_drain_rx.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        serve_connection(stream, listener, shared, worker, drain).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            },
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            _ = drain_stop.changed() => {
+                if *drain_stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+struct ConnCount(Arc<AtomicUsize>);
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,261 @@
+//! A compiled cluster: how its endpoints are found, how one is chosen, and the limits that
+//! protect it. Runtime state that must survive config updates lives in [`ClusterState`].
+use crate::proxy::upstream::host::EndpointSet;
+use crate::proxy::upstream::lb::LbPolicy;
+use crate::proxy::upstream::outlier::OutlierConfig;
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How a cluster's endpoints are discovered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Discovery {
+    Static,
+    Eds,
+    StrictDns(DnsConfig),
+    LogicalDns(DnsConfig),
+}
+
+/// One name to resolve for a DNS cluster, with where its answers go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsTarget {
+    pub hostname: Arc<str>,
+    pub port: u16,
+    pub weight: u32,
+    pub priority: u32,
+    pub locality: Arc<str>,
+    pub locality_weight: u32,
+}
+
+/// DNS cluster settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    pub targets: Vec<DnsTarget>,
+    pub refresh: Duration,
+    pub failure_refresh: Duration,
+    pub respect_ttl: bool,
+    pub family: DnsFamily,
+}
+
+/// `dns_lookup_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsFamily {
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}
+
+/// The protocol spoken to the cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    /// `use_downstream_protocol_config`: HTTP/2 for HTTP/2 clients, else HTTP/1.1.
+    UseDownstream,
+}
+
+/// Circuit-breaker thresholds (default priority).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+/// Counters of one cluster, named like Envoy's `cluster.<name>.*` stats.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub upstream_rq_total: AtomicU64,
+    pub upstream_rq_completed: AtomicU64,
+    pub upstream_rq_2xx: AtomicU64,
+    pub upstream_rq_3xx: AtomicU64,
+    pub upstream_rq_4xx: AtomicU64,
+    pub upstream_rq_5xx: AtomicU64,
+    pub upstream_rq_timeout: AtomicU64,
+    pub upstream_rq_per_try_timeout: AtomicU64,
+    pub upstream_rq_retry: AtomicU64,
+    pub upstream_rq_retry_success: AtomicU64,
+    pub upstream_rq_retry_overflow: AtomicU64,
+    pub upstream_rq_pending_overflow: AtomicU64,
+    pub upstream_rq_pending_total: AtomicU64,
+    pub upstream_rq_rx_reset: AtomicU64,
+    pub upstream_cx_total: AtomicU64,
+    pub upstream_cx_connect_fail: AtomicU64,
+    pub upstream_cx_connect_timeout: AtomicU64,
+    pub upstream_cx_overflow: AtomicU64,
+    pub upstream_cx_destroy: AtomicU64,
+    pub upstream_rq_maintenance_mode: AtomicU64,
+    pub upstream_cx_none_healthy: AtomicU64,
+    pub outlier_detection_ejections_enforced_total: AtomicU64,
+    pub outlier_detection_ejections_overflow: AtomicU64,
+    pub lb_healthy_panic: AtomicU64,
+    pub update_success: AtomicU64,
+}
+
+impl ClusterStats {
+    /// (name, value) pairs for `/stats` and Prometheus.
+    pub fn counters(&self) -> [(&'static str, u64); 24] {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("upstream_rq_total", g(&self.upstream_rq_total)),
+            ("upstream_rq_completed", g(&self.upstream_rq_completed)),
+            ("upstream_rq_2xx", g(&self.upstream_rq_2xx)),
+            ("upstream_rq_3xx", g(&self.upstream_rq_3xx)),
+            ("upstream_rq_4xx", g(&self.upstream_rq_4xx)),
+            ("upstream_rq_5xx", g(&self.upstream_rq_5xx)),
+            ("upstream_rq_timeout", g(&self.upstream_rq_timeout)),
+            (
+                "upstream_rq_per_try_timeout",
+                g(&self.upstream_rq_per_try_timeout),
+            ),
+            ("upstream_rq_retry", g(&self.upstream_rq_retry)),
+            (
+                "upstream_rq_retry_success",
+                g(&self.upstream_rq_retry_success),
+            ),
+            (
+                "upstream_rq_retry_overflow",
+                g(&self.upstream_rq_retry_overflow),
+            ),
+            (
+                "upstream_rq_pending_overflow",
+                g(&self.upstream_rq_pending_overflow),
+            ),
+            (
+                "upstream_rq_pending_total",
+                g(&self.upstream_rq_pending_total),
+            ),
+            ("upstream_rq_rx_reset", g(&self.upstream_rq_rx_reset)),
+            ("upstream_cx_total", g(&self.upstream_cx_total)),
+            (
+                "upstream_cx_connect_fail",
+                g(&self.upstream_cx_connect_fail),
+            ),
+            (
+                "upstream_cx_connect_timeout",
+                g(&self.upstream_cx_connect_timeout),
+            ),
+            ("upstream_cx_overflow", g(&self.upstream_cx_overflow)),
+            ("upstream_cx_destroy", g(&self.upstream_cx_destroy)),
+            (
+                "upstream_cx_none_healthy",
+                g(&self.upstream_cx_none_healthy),
+            ),
+            (
+                "outlier_detection.ejections_enforced_total",
+                g(&self.outlier_detection_ejections_enforced_total),
+            ),
+            (
+                "outlier_detection.ejections_overflow",
+                g(&self.outlier_detection_ejections_overflow),
+            ),
+            ("lb_healthy_panic", g(&self.lb_healthy_panic)),
+            ("update_success", g(&self.update_success)),
+        ]
+    }
+
+    pub fn count_status(&self, status: u16) {
+        let c = match status {
+            200..=299 => &self.upstream_rq_2xx,
+            300..=399 => &self.upstream_rq_3xx,
+            400..=499 => &self.upstream_rq_4xx,
+            _ => &self.upstream_rq_5xx,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// State of a cluster shared by all workers and kept across updates of the same name:
+/// circuit-breaker gauges and stats.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    pub stats: ClusterStats,
+    pub rq_active: AtomicU32,
+    pub rq_pending: AtomicU32,
+    pub cx_active: AtomicU32,
+    pub retries_active: AtomicU32,
+    pub ejections_active: AtomicU32,
+}
+
+/// A compiled cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub discovery: Discovery,
+    pub connect_timeout: Duration,
+    pub lb: LbPolicy,
+    pub protocol: UpstreamProtocol,
+    /// Upstream connection idle timeout (Envoy default 1 h).
+    pub idle_timeout: Option<Duration>,
+    pub max_requests_per_connection: Option<u32>,
+    pub thresholds: Thresholds,
+    pub outlier: Option<OutlierConfig>,
+    /// Below this percentage of healthy hosts, load balancing ignores health (panic).
+    pub panic_threshold: f64,
+    pub locality_weighted: bool,
+    /// Replaced by DNS re-resolution; EDS/STATIC clusters get a new one per update.
+    pub endpoints: Arc<ArcSwap<EndpointSet>>,
+    pub state: Arc<ClusterState>,
+}
+
+impl Cluster {
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
+        self.endpoints.load()
+    }
+}
+
+/// A held slot of a circuit-breaker gauge, released on drop.
+#[derive(Debug)]
+pub struct Slot<'a>(&'a AtomicU32);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An owned variant of [`Slot`] for state that outlives a borrow (response bodies).
+#[derive(Debug)]
+pub struct OwnedSlot(Arc<ClusterState>, fn(&ClusterState) -> &AtomicU32);
+
+impl Drop for OwnedSlot {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes one unit of `gauge` if it is below `max`.
+pub fn try_acquire(gauge: &AtomicU32, max: u32) -> bool {
+    gauge
+        .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+            (v < max).then_some(v + 1)
+        })
+        .is_ok()
+}
+
+impl ClusterState {
+    /// An active-request slot (max_requests), owned so it can live in a response body.
+    pub fn acquire_request(self: &Arc<Self>, max: u32) -> Option<OwnedSlot> {
+        try_acquire(&self.rq_active, max).then(|| OwnedSlot(self.clone(), |s| &s.rq_active))
+    }
+
+    /// A retry slot (max_retries).
+    pub fn acquire_retry(&self, max: u32) -> Option<Slot<'_>> {
+        try_acquire(&self.retries_active, max).then_some(Slot(&self.retries_active))
+    }
+}

@@ -1,0 +1,551 @@
+//! Load balancing as Envoy does it: priority levels with overprovisioning, panic mode,
+//! optional locality weighting, then the cluster's policy among the candidate hosts
+//! (round robin, random, least request with power of two choices, ring hash, maglev).
+use crate::proxy::upstream::host::{EndpointSet, Host};
+use smallvec::SmallVec;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The cluster's `lb_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest { choice_count: u32 },
+    Random,
+    RingHash { min_ring: u64, max_ring: u64 },
+    Maglev { table_size: u64 },
+}
+
+impl LbPolicy {
+    pub fn uses_hash(self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
+}
+
+/// Per endpoint-set balancing state.
+#[derive(Debug, Default)]
+pub struct LbState {
+    rr: AtomicUsize,
+    /// Bumped when a host's health changes (outlier ejection), invalidating hash tables.
+    pub health_gen: AtomicU64,
+    table: Mutex<Option<(u64, Arc<HashTable>)>>,
+}
+
+/// A consistent-hash lookup table (ring or maglev) over a fixed host list.
+#[derive(Debug)]
+enum HashTable {
+    Ring(Vec<(u64, Arc<Host>)>),
+    Maglev(Vec<Arc<Host>>),
+}
+
+/// What the request contributes to host selection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LbContext<'a> {
+    /// The request's hash (hash policies), for ring hash and maglev.
+    pub hash: Option<u64>,
+    /// Hosts to avoid if possible (retry host predicate `previous_hosts`).
+    pub avoid: &'a [SocketAddr],
+}
+
+enum Candidates<'a> {
+    All(&'a [Arc<Host>]),
+    Some(SmallVec<[&'a Arc<Host>; 8]>),
+}
+
+impl<'a> Candidates<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Candidates::All(s) => s.len(),
+            Candidates::Some(v) => v.len(),
+        }
+    }
+    fn get(&self, i: usize) -> &'a Arc<Host> {
+        match self {
+            Candidates::All(s) => &s[i],
+            Candidates::Some(v) => v[i],
+        }
+    }
+    fn iter(&self) -> impl Iterator<Item = &'a Arc<Host>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+fn random_below(n: u64) -> u64 {
+    if n <= 1 { 0 } else { rand::random_range(0..n) }
+}
+
+/// Chooses a host, or `None` when the cluster has no hosts at all (Envoy's "no healthy
+/// upstream": in panic mode unhealthy hosts are still chosen). `panicked` is set when
+/// panic mode was used.
+pub fn choose(
+    set: &EndpointSet,
+    lb_state: &LbState,
+    policy: LbPolicy,
+    panic_threshold: f64,
+    locality_weighted: bool,
+    cx: LbContext<'_>,
+    panicked: &mut bool,
+) -> Option<Arc<Host>> {
+    if set.hosts.is_empty() {
+        return None;
+    }
+    // Priority loads from each level's health, overprovisioned (Envoy's default 1.4).
+    let mut health: SmallVec<[(f64, usize, usize); 4]> = SmallVec::new();
+    for p in &set.priorities {
+        let total = p.hosts.len();
+        let healthy = p.hosts.iter().filter(|h| h.healthy()).count();
+        let h = if total == 0 {
+            0.0
+        } else {
+            (set.overprovisioning * healthy as f64 * 100.0 / total as f64).min(100.0)
+        };
+        health.push((h, healthy, total));
+    }
+    let sum: f64 = health.iter().map(|h| h.0).sum();
+    let level = if sum <= 0.0 {
+        // Nothing healthy anywhere: the first non-empty level, in panic.
+        set.priorities.iter().position(|p| !p.hosts.is_empty())?
+    } else {
+        let norm = sum.min(100.0);
+        let mut remaining = 100.0f64;
+        let roll = rand::random::<f64>() * norm.min(100.0);
+        let mut acc = 0.0;
+        let mut chosen = health.len() - 1;
+        for (i, (h, _, _)) in health.iter().enumerate() {
+            let load = h.min(remaining);
+            remaining -= load;
+            acc += load;
+            if roll < acc {
+                chosen = i;
+                break;
+            }
+        }
+        chosen
+    };
+    let prio = &set.priorities[level];
+    let (_, healthy, total) = health[level];
+    let panic = total > 0 && (healthy as f64 * 100.0 / total as f64) < panic_threshold;
+    *panicked = panic;
+    let hosts: &[Arc<Host>] = if locality_weighted && !panic && prio.localities.len() > 1 {
+        // Locality weight scaled by the locality's availability.
+        let eff: SmallVec<[f64; 8]> = prio
+            .localities
+            .iter()
+            .map(|l| {
+                let t = l.hosts.len();
+                let h = l.hosts.iter().filter(|h| h.healthy()).count();
+                if t == 0 {
+                    0.0
+                } else {
+                    l.weight as f64 * (set.overprovisioning * h as f64 / t as f64).min(1.0)
+                }
+            })
+            .collect();
+        let total_w: f64 = eff.iter().sum();
+        if total_w <= 0.0 {
+            &prio.hosts
+        } else {
+            let mut roll = rand::random::<f64>() * total_w;
+            let mut idx = eff.len() - 1;
+            for (i, w) in eff.iter().enumerate() {
+                if roll < *w {
+                    idx = i;
+                    break;
+                }
+                roll -= w;
+            }
+            &prio.localities[idx].hosts
+        }
+    } else {
+        &prio.hosts
+    };
+    let all_ok = |h: &Arc<Host>| (panic || h.healthy()) && !cx.avoid.contains(&h.addr);
+    let mut cands = if hosts.iter().all(all_ok) {
+        Candidates::All(hosts)
+    } else {
+        let v: SmallVec<[&Arc<Host>; 8]> = hosts.iter().filter(|h| all_ok(h)).collect();
+        if v.is_empty() {
+            // Avoiding previous hosts left nothing: fall back to health only.
+            Candidates::Some(hosts.iter().filter(|h| panic || h.healthy()).collect())
+        } else {
+            Candidates::Some(v)
+        }
+    };
+    if cands.len() == 0 {
+        cands = Candidates::All(hosts);
+    }
+    let n = cands.len();
+    if n == 0 {
+        return None;
+    }
+    let equal_weights = {
+        let w0 = cands.get(0).weight;
+        cands.iter().all(|h| h.weight == w0)
+    };
+    let pick = match policy {
+        LbPolicy::RoundRobin => {
+            let i = lb_state.rr.fetch_add(1, Ordering::Relaxed);
+            if equal_weights {
+                cands.get(i % n)
+            } else {
+                let total: u64 = cands.iter().map(|h| h.weight as u64).sum();
+                weighted_at(&cands, i as u64 % total)
+            }
+        }
+        LbPolicy::Random => random_pick(&cands, equal_weights),
+        LbPolicy::LeastRequest { choice_count } => {
+            let mut best = random_pick(&cands, equal_weights);
+            for _ in 1..choice_count.max(2) {
+                let other = random_pick(&cands, equal_weights);
+                if other.active_requests.load(Ordering::Relaxed)
+                    < best.active_requests.load(Ordering::Relaxed)
+                {
+                    best = other;
+                }
+            }
+            best
+        }
+        LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
+            let hash = cx.hash.unwrap_or_else(rand::random);
+            let key = lb_state.health_gen.load(Ordering::Relaxed) * 1024
+                + (level as u64) * 4
+                + (panic as u64) * 2
+                + matches!(cands, Candidates::Some(_)) as u64;
+            let table = {
+                let mut cache = lb_state.table.lock().unwrap_or_else(|e| e.into_inner());
+                match &*cache {
+                    Some((k, t)) if *k == key && !cx.avoid.iter().any(|_| true) => t.clone(),
+                    _ => {
+                        let list: Vec<Arc<Host>> = cands.iter().cloned().collect();
+                        let t = Arc::new(build_table(policy, &list));
+                        if cx.avoid.is_empty() {
+                            *cache = Some((key, t.clone()));
+                        }
+                        t
+                    }
+                }
+            };
+            return Some(lookup(&table, hash));
+        }
+    };
+    Some(pick.clone())
+}
+
+fn weighted_at<'a>(cands: &Candidates<'a>, mut point: u64) -> &'a Arc<Host> {
+    for h in cands.iter() {
+        if point < h.weight as u64 {
+            return h;
+        }
+        point -= h.weight as u64;
+    }
+    cands.get(cands.len() - 1)
+}
+
+fn random_pick<'a>(cands: &Candidates<'a>, equal_weights: bool) -> &'a Arc<Host> {
+    if equal_weights {
+        cands.get(random_below(cands.len() as u64) as usize)
+    } else {
+        let total: u64 = cands.iter().map(|h| h.weight as u64).sum();
+        weighted_at(cands, random_below(total))
+    }
+}
+
+/// xxHash64 with seed 0, Envoy's hash for ring building and hash policies.
+pub fn xxhash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh64::xxh64(bytes, 0)
+}
+
+/// Envoy combines several hash policies by rotating the running hash and xor-ing.
+pub fn combine_hash(acc: Option<u64>, h: u64) -> u64 {
+    match acc {
+        None => h,
+        Some(a) => a.rotate_left(1) ^ h,
+    }
+}
+
+fn build_table(policy: LbPolicy, hosts: &[Arc<Host>]) -> HashTable {
+    let total_w: f64 = hosts.iter().map(|h| h.weight as f64).sum();
+    match policy {
+        LbPolicy::RingHash { min_ring, max_ring } => {
+            // Envoy's ring: each host gets hashes in proportion to its normalized weight,
+            // keyed "address_i", scaled so the lightest host has enough entries.
+            let min_w = hosts
+                .iter()
+                .map(|h| h.weight as f64 / total_w)
+                .fold(f64::INFINITY, f64::min);
+            let scale = ((min_w * min_ring as f64).ceil() / min_w).min(max_ring as f64);
+            let mut ring = Vec::with_capacity(scale as usize + hosts.len());
+            let mut current = 0.0f64;
+            let mut target = 0.0f64;
+            let mut key = String::with_capacity(64);
+            for h in hosts {
+                let base = h.addr.to_string();
+                target += scale * (h.weight as f64 / total_w);
+                let mut i = 0u64;
+                while current < target {
+                    key.clear();
+                    key.push_str(&base);
+                    key.push('_');
+                    key.push_str(&i.to_string());
+                    ring.push((xxhash(key.as_bytes()), h.clone()));
+                    i += 1;
+                    current += 1.0;
+                }
+            }
+            ring.sort_by_key(|(h, _)| *h);
+            HashTable::Ring(ring)
+        }
+        LbPolicy::Maglev { table_size } => {
+            let m = table_size as usize;
+            let n = hosts.len();
+            let names: Vec<String> = hosts.iter().map(|h| h.addr.to_string()).collect();
+            let offsets: Vec<u64> = names
+                .iter()
+                .map(|s| xxhash(s.as_bytes()) % table_size)
+                .collect();
+            let skips: Vec<u64> = names
+                .iter()
+                .map(|s| xxhash_rust::xxh64::xxh64(s.as_bytes(), 1) % (table_size - 1) + 1)
+                .collect();
+            // Weighted Maglev: in round r each host may own floor(r * weight / max weight)
+            // entries, taken from its own permutation (offset, skip).
+            let max_w = hosts.iter().map(|h| h.weight as f64).fold(0.0, f64::max);
+            let mut next = vec![0u64; n];
+            let mut taken = vec![0u64; n];
+            let mut table: Vec<Option<usize>> = vec![None; m];
+            let mut filled = 0;
+            let mut round = 1u64;
+            while filled < m {
+                for i in 0..n {
+                    let quota = (round as f64 * hosts[i].weight as f64 / max_w).floor() as u64;
+                    while taken[i] < quota && filled < m {
+                        let c = ((offsets[i] + next[i] * skips[i]) % table_size) as usize;
+                        next[i] += 1;
+                        if table[c].is_none() {
+                            table[c] = Some(i);
+                            filled += 1;
+                            taken[i] += 1;
+                        }
+                    }
+                }
+                round += 1;
+            }
+            HashTable::Maglev(
+                table
+                    .into_iter()
+                    .map(|i| hosts[i.unwrap_or(0)].clone())
+                    .collect(),
+            )
+        }
+        _ => HashTable::Maglev(hosts.to_vec()),
+    }
+}
+
+fn lookup(table: &HashTable, hash: u64) -> Arc<Host> {
+    match table {
+        HashTable::Ring(ring) => {
+            let i = ring.partition_point(|(h, _)| *h < hash);
+            ring[if i == ring.len() { 0 } else { i }].1.clone()
+        }
+        HashTable::Maglev(t) => t[(hash % t.len() as u64) as usize].clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::upstream::host::{Locality, Priority};
+    use std::collections::HashMap;
+
+    fn host(port: u16, weight: u32) -> Arc<Host> {
+        Arc::new(Host::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            None,
+            weight,
+            true,
+        ))
+    }
+
+    fn set(levels: Vec<Vec<Arc<Host>>>) -> EndpointSet {
+        EndpointSet::new(
+            levels
+                .into_iter()
+                .map(|hosts| Priority {
+                    localities: vec![Locality {
+                        name: "".into(),
+                        weight: 1,
+                        hosts: hosts.clone(),
+                    }],
+                    hosts,
+                })
+                .collect(),
+            1.4,
+        )
+    }
+
+    fn distribution(
+        set: &EndpointSet,
+        policy: LbPolicy,
+        n: usize,
+        hash: impl Fn(usize) -> Option<u64>,
+    ) -> HashMap<u16, usize> {
+        let st = LbState::default();
+        let mut out = HashMap::new();
+        for i in 0..n {
+            let mut p = false;
+            let h = choose(
+                set,
+                &st,
+                policy,
+                50.0,
+                false,
+                LbContext {
+                    hash: hash(i),
+                    avoid: &[],
+                },
+                &mut p,
+            )
+            .unwrap();
+            *out.entry(h.addr.port()).or_default() += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn round_robin_and_weights() {
+        let s = set(vec![vec![host(1, 1), host(2, 1), host(3, 1)]]);
+        let d = distribution(&s, LbPolicy::RoundRobin, 300, |_| None);
+        assert_eq!(d.values().copied().collect::<Vec<_>>(), vec![100; 3]);
+        let s = set(vec![vec![host(1, 1), host(2, 3)]]);
+        let d = distribution(&s, LbPolicy::RoundRobin, 400, |_| None);
+        assert_eq!((d[&1], d[&2]), (100, 300));
+        let d = distribution(&s, LbPolicy::Random, 8000, |_| None);
+        let share = d[&2] as f64 / 8000.0;
+        assert!((0.72..0.78).contains(&share), "{share}");
+    }
+
+    #[test]
+    fn least_request_prefers_idle_hosts() {
+        let busy = host(1, 1);
+        busy.active_requests.store(10, Ordering::Relaxed);
+        let s = set(vec![vec![busy, host(2, 1)]]);
+        let d = distribution(&s, LbPolicy::LeastRequest { choice_count: 2 }, 1000, |_| {
+            None
+        });
+        // P2C picks the busy host only when both draws land on it (~25%).
+        let busy_share = *d.get(&1).unwrap_or(&0) as f64 / 1000.0;
+        assert!((0.18..0.32).contains(&busy_share), "{busy_share}");
+    }
+
+    #[test]
+    fn ring_hash_is_consistent_and_spreads() {
+        let s = set(vec![vec![host(1, 1), host(2, 1), host(3, 1)]]);
+        let policy = LbPolicy::RingHash {
+            min_ring: 1024,
+            max_ring: 8 * 1024 * 1024,
+        };
+        let st = LbState::default();
+        let mut p = false;
+        let pick = |k: &str| {
+            choose(
+                &s,
+                &st,
+                policy,
+                50.0,
+                false,
+                LbContext {
+                    hash: Some(xxhash(k.as_bytes())),
+                    avoid: &[],
+                },
+                &mut p.clone(),
+            )
+            .unwrap()
+            .addr
+        };
+        assert_eq!(pick("user-1"), pick("user-1"));
+        let d = distribution(&s, policy, 3000, |i| {
+            Some(xxhash(format!("k{i}").as_bytes()))
+        });
+        for v in d.values() {
+            assert!((700..1300).contains(v), "{d:?}");
+        }
+        let m = LbPolicy::Maglev { table_size: 65537 };
+        let d = distribution(&s, m, 3000, |i| Some(xxhash(format!("k{i}").as_bytes())));
+        for v in d.values() {
+            assert!((800..1200).contains(v), "{d:?}");
+        }
+        p = true;
+        let _ = p;
+    }
+
+    #[test]
+    fn priorities_failover_and_panic() {
+        let p0 = vec![host(1, 1), host(2, 1)];
+        let p1 = vec![host(3, 1)];
+        let s = set(vec![p0.clone(), p1]);
+        // All of P0 healthy: P1 gets nothing.
+        let d = distribution(&s, LbPolicy::RoundRobin, 100, |_| None);
+        assert_eq!(d.get(&3), None);
+        // One of two P0 hosts ejected: P0 health = 1.4 * 50% = 70%, P1 takes the other 30%.
+        p0[0].ejected.store(true, Ordering::Relaxed);
+        let d = distribution(&s, LbPolicy::RoundRobin, 4000, |_| None);
+        assert_eq!(d.get(&1), None);
+        let p1_share = d[&3] as f64 / 4000.0;
+        assert!((0.26..0.34).contains(&p1_share), "{d:?}");
+        // A single level with every host ejected: panic mode still routes to them.
+        let only = vec![host(5, 1)];
+        only[0].ejected.store(true, Ordering::Relaxed);
+        let s = set(vec![only]);
+        let st = LbState::default();
+        let mut panicked = false;
+        let h = choose(
+            &s,
+            &st,
+            LbPolicy::RoundRobin,
+            50.0,
+            false,
+            LbContext::default(),
+            &mut panicked,
+        );
+        assert_eq!(h.unwrap().addr.port(), 5);
+        assert!(panicked);
+        // No hosts at all: no healthy upstream.
+        assert!(
+            choose(
+                &set(vec![vec![]]),
+                &st,
+                LbPolicy::RoundRobin,
+                50.0,
+                false,
+                LbContext::default(),
+                &mut panicked
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn avoid_previous_hosts_when_possible() {
+        let s = set(vec![vec![host(1, 1), host(2, 1)]]);
+        let st = LbState::default();
+        let avoid = [SocketAddr::from(([127, 0, 0, 1], 1))];
+        for _ in 0..20 {
+            let mut p = false;
+            let h = choose(
+                &s,
+                &st,
+                LbPolicy::Random,
+                50.0,
+                false,
+                LbContext {
+                    hash: None,
+                    avoid: &avoid,
+                },
+                &mut p,
+            )
+            .unwrap();
+            assert_eq!(h.addr.port(), 2);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Upstreams: clusters, their hosts, load balancing, circuit breakers, outlier detection,
+//! DNS re-resolution and the per-worker connection pools.
+pub mod cluster;
+pub mod dns;
+pub mod host;
+pub mod lb;
+pub mod outlier;
+pub mod pool;
+
+pub use cluster::{Cluster, ClusterState, Discovery, Thresholds, UpstreamProtocol};
+pub use host::{EndpointSet, Host};
