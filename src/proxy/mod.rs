@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod snapshot;
 pub mod stats;
 pub mod upstream;
+pub mod xds_consumer;
 
 pub use compile::{CompileError, compile};
 pub use runtime::{Gateway, GatewayOptions};
