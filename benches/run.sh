@@ -1,33 +1,50 @@
 #!/usr/bin/env bash
 # meshgate's load benchmark: meshgate, Envoy 1.40, nginx and haproxy proxying the same
-# two-host HTTP/1.1 keep-alive workload to the same fast upstream on loopback.
+# workloads to the same fast upstream on loopback.
 #
-#   benches/run.sh                      # all proxies, 3 rounds x 10 s
+#   benches/run.sh                          # all scenarios, all proxies, 3 rounds x 10 s
 #   ROUNDS=5 DURATION=20 benches/run.sh
-#   benches/run.sh meshgate envoy       # some proxies
+#   benches/run.sh meshgate envoy           # some proxies
+#   SCENARIOS="S2 S4" benches/run.sh        # some scenarios
 #
-# Method: one worker per proxy pinned to core $PROXY_CPU; wrk (64 connections, Host
-# alternating a.bench.test / b.bench.test) and the upstream (nginx answering a 2-byte
-# body on two ports) share core $LOADGEN_CPU. Each round runs every proxy once, the
-# order rotating between rounds; every run starts a fresh proxy, measures its idle RSS,
-# warms up for 2 s, then measures $DURATION s. Reported: medians over rounds of
-# requests/s, p50/p99 latency (wrk), proxy CPU microseconds per request (utime+stime of
-# the proxy's processes / requests) and RSS at the end of the run, plus idle RSS.
-# Everything runs on 127.0.0.1 and every load loop is bounded by wrk -d and timeout.
+# Scenarios (the same for every proxy):
+#   S1  HTTP/1.1 keep-alive, cleartext: wrk, 64 connections, Host alternating
+#       a.bench.test / b.bench.test request by request (both routes, both upstreams)
+#   S2  TLS termination, HTTP/1.1 keep-alive inside: wrk, 64 connections, SNI a.bench.test
+#   S3  HTTP/2 over TLS (ALPN h2) to an HTTP/1.1 upstream: h2load, 8 connections x 8 streams
+#   S4  one full TLS handshake per request: wrk, 16 connections, `Connection: close`
+# TLS: one self-signed ECDSA P-256 certificate per host, chosen by SNI; TLS 1.2/1.3, ALPN
+# h2 + http/1.1; session resumption off everywhere (wrk would resume otherwise), which
+# the smoke check verifies.
+#
+# Method: one worker per proxy pinned to core $PROXY_CPU; the load generator and the
+# upstream (nginx answering a 2-byte body on two ports) share core $LOADGEN_CPU. Each
+# round runs every scenario for every proxy, the proxy order rotating between rounds;
+# every run starts a fresh proxy, smoke-checks it, measures its idle RSS, warms up for
+# $WARMUP s, then measures $DURATION s. Reported per scenario: medians over rounds of
+# requests/s, p50/p99 latency, proxy CPU microseconds per request (utime+stime of the
+# proxy's processes / requests) and RSS at the end of the run, plus idle RSS.
+# Everything runs on 127.0.0.1 and every load loop is bounded by -d/-D and timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
+SCENARIOS=${SCENARIOS:-S1 S2 S3 S4}
 CONNS=${CONNS:-64}
+H2_CONNS=${H2_CONNS:-8}
+H2_STREAMS=${H2_STREAMS:-8}
+S4_CONNS=${S4_CONNS:-16}
 PROXY_CPU=${PROXY_CPU:-1}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
 PORT=${PORT:-28080}
+TLS_PORT=${TLS_PORT:-28443}
 UP_A=${UP_A:-28081}
 UP_B=${UP_B:-28082}
 ADMIN=${ADMIN:-28090}
 RUN=${RUN:-$ROOT/target/bench-run}
+CERTS=$RUN/certs
 PROXIES=("$@")
 ((${#PROXIES[@]})) || PROXIES=(meshgate envoy nginx haproxy)
 
@@ -35,23 +52,33 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 
 setup() {
   local missing=()
-  for c in wrk nginx haproxy; do command -v "$c" >/dev/null || missing+=("$c"); done
+  for c in wrk nginx haproxy h2load openssl curl; do command -v "$c" >/dev/null || missing+=("$c"); done
   if ((${#missing[@]})); then
-    log "installing ${missing[*]} (apt)"
+    local pkgs=("${missing[@]/h2load/nghttp2-client}")
+    log "installing ${pkgs[*]} (apt)"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
   fi
   [[ " ${PROXIES[*]} " == *" envoy "* ]] && scripts/install-peers.sh envoy
   if [[ " ${PROXIES[*]} " == *" meshgate "* ]]; then
     log "building meshgate (release)"
     cargo build --release --quiet
   fi
-  mkdir -p "$RUN"
+  mkdir -p "$RUN" "$CERTS"
+  for h in a.bench.test b.bench.test; do
+    [[ -s $CERTS/$h.pem ]] && continue
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+      -subj "/CN=$h" -addext "subjectAltName=DNS:$h" \
+      -keyout "$CERTS/$h.key" -out "$CERTS/$h.crt" 2>/dev/null
+    chmod 600 "$CERTS/$h.key"
+    cat "$CERTS/$h.crt" "$CERTS/$h.key" > "$CERTS/$h.pem"
+  done
 }
 
 render() { # template -> file, replacing @VARS@
-  sed -e "s|@PORT@|$PORT|g" -e "s|@UP_A@|$UP_A|g" -e "s|@UP_B@|$UP_B|g" \
-      -e "s|@ADMIN@|$ADMIN|g" -e "s|@RUN@|$RUN|g" "benches/configs/$1" > "$RUN/$2"
+  sed -e "s|@PORT@|$PORT|g" -e "s|@TLS_PORT@|$TLS_PORT|g" -e "s|@UP_A@|$UP_A|g" \
+      -e "s|@UP_B@|$UP_B|g" -e "s|@ADMIN@|$ADMIN|g" -e "s|@RUN@|$RUN|g" -e "s|@CERTS@|$CERTS|g" \
+      "benches/configs/$1" > "$RUN/$2"
 }
 
 wait_port() {
@@ -100,15 +127,51 @@ start_proxy() { # name -> sets PROXY_PID
     *) log "unknown proxy $1"; exit 2 ;;
   esac
   PROXY_PID=$!
-  wait_port "$PORT"
-  # Smoke check: both hosts routed, anything else 404.
-  local a b n
-  a=$(curl -s -H 'Host: a.bench.test' "http://127.0.0.1:$PORT/")
-  b=$(curl -s -H 'Host: b.bench.test' "http://127.0.0.1:$PORT/")
-  n=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: c.bench.test' "http://127.0.0.1:$PORT/")
-  if [[ $a != A || $b != B || $n != 404 ]]; then
-    log "$1 failed the smoke check (a=$a b=$b other=$n)"; return 1
-  fi
+  wait_port "$PORT" && wait_port "$TLS_PORT"
+}
+
+tls_get() { # host [curl args...] -> body
+  local h=$1; shift
+  curl -sk --max-time 5 --resolve "$h:$TLS_PORT:127.0.0.1" "$@" "https://$h:$TLS_PORT/"
+}
+
+# Sends a TLS handshake with SNI $1 (optionally offering the session in $3), saving the
+# session to $2; prints the s_client output.
+handshake() {
+  local in=()
+  [[ -n ${3:-} ]] && in=(-sess_in "$3")
+  # stdin stays open briefly so TLS 1.3 session tickets, sent after the handshake, arrive.
+  (sleep 0.3) | timeout 5 openssl s_client -connect "127.0.0.1:$TLS_PORT" -servername "$1" \
+    -sess_out "$2" "${in[@]}" 2>/dev/null || true
+}
+
+smoke() { # proxy scenario -> 0 when the proxy does what every proxy must
+  local name=$1 s=$2 a b n
+  case $s in
+    S1)
+      a=$(curl -s --max-time 5 -H 'Host: a.bench.test' "http://127.0.0.1:$PORT/")
+      b=$(curl -s --max-time 5 -H 'Host: b.bench.test' "http://127.0.0.1:$PORT/")
+      n=$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' -H 'Host: c.bench.test' "http://127.0.0.1:$PORT/")
+      [[ $a == A && $b == B && $n == 404 ]] || { log "$name $s smoke: a=$a b=$b other=$n"; return 1; }
+      ;;
+    S2|S3|S4)
+      a=$(tls_get a.bench.test --http1.1)
+      b=$(tls_get b.bench.test --http1.1)
+      [[ $a == A && $b == B ]] || { log "$name $s smoke: a=$a b=$b over TLS"; return 1; }
+      local cn; cn=$(handshake b.bench.test "$RUN/sess" | openssl x509 -noout -subject 2>/dev/null)
+      [[ $cn == *b.bench.test* ]] || { log "$name $s smoke: certificate for SNI b.bench.test is '$cn'"; return 1; }
+      if [[ $s == S3 ]]; then
+        local v; v=$(tls_get a.bench.test --http2 -o /dev/null -w '%{http_version}')
+        [[ $v == 2 ]] || { log "$name $s smoke: ALPN h2 not negotiated (HTTP/$v)"; return 1; }
+      fi
+      if [[ $s == S4 ]]; then
+        handshake a.bench.test "$RUN/sess" >/dev/null
+        if handshake a.bench.test "$RUN/sess2" "$RUN/sess" | grep -q '^Reused'; then
+          log "$name $s smoke: resumed a TLS session (resumption must be off)"; return 1
+        fi
+      fi
+      ;;
+  esac
 }
 
 stop() { kill -TERM "$1" 2>/dev/null || true; for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done; kill -KILL "$1" 2>/dev/null || true; }
@@ -116,28 +179,55 @@ stop() { kill -TERM "$1" 2>/dev/null || true; for _ in $(seq 1 100); do kill -0 
 # wrk latency text (e.g. 1.23ms, 850.00us, 1.2s) -> microseconds
 to_us() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us/,"",v); print v+0} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} else print 0 }'; }
 
-run_one() { # name round -> appends a TSV row
-  local name=$1 round=$2
-  start_proxy "$name" || { stop "${PROXY_PID:-0}"; echo -e "$name\t$round\tsmoke-failed" >> "$RUN/raw.tsv"; return; }
-  sleep 0.5
-  local idle; idle=$(rss_kb "$PROXY_PID")
-  timeout $((WARMUP + 10)) taskset -c "$LOADGEN_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s benches/alternate.lua "http://127.0.0.1:$PORT/" >/dev/null 2>&1 || true
-  local t0 t1 out
-  t0=$(cpu_ticks "$PROXY_PID")
-  out=$(timeout $((DURATION + 15)) taskset -c "$LOADGEN_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s benches/alternate.lua "http://127.0.0.1:$PORT/")
-  t1=$(cpu_ticks "$PROXY_PID")
-  local rss; rss=$(rss_kb "$PROXY_PID")
-  stop "$PROXY_PID"
-  local reqs rps p50 p99 errors hz cpu_us
+# Runs the load of scenario $1 for $2 seconds; prints "requests rps p50_us p99_us errors".
+load() {
+  local s=$1 d=$2 out
+  local W=(timeout $((d + 15)) taskset -c "$LOADGEN_CPU")
+  case $s in
+    S1) out=$(HOSTS="a.bench.test b.bench.test" "${W[@]}" wrk -t1 -c"$CONNS" -d"${d}s" --latency -s benches/load.lua "http://127.0.0.1:$PORT/") ;;
+    S2) out=$(CONNECT=127.0.0.1 HOSTS=a.bench.test "${W[@]}" wrk -t1 -c"$CONNS" -d"${d}s" --latency -s benches/load.lua "https://a.bench.test:$TLS_PORT/") ;;
+    S4) out=$(CLOSE=1 CONNECT=127.0.0.1 HOSTS=a.bench.test "${W[@]}" wrk -t1 -c"$S4_CONNS" -d"${d}s" --latency -s benches/load.lua "https://a.bench.test:$TLS_PORT/") ;;
+    S3)
+      local lf="$RUN/h2load.log"
+      out=$("${W[@]}" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$d" --connect-to="127.0.0.1:$TLS_PORT" \
+        --log-file="$lf" "https://a.bench.test:$TLS_PORT/" 2>&1 || true)
+      local reqs rps failed pct
+      reqs=$(awk '/^requests:/{print $8}' <<<"$out")   # succeeded
+      failed=$(awk '/^requests:/{print $10+$12+$14}' <<<"$out")
+      rps=$(awk '/^finished in/{print $4}' <<<"$out")
+      pct=$(awk -F'\t' '{print $3}' "$lf" 2>/dev/null | sort -n | awk '{a[NR]=$1} END{ if (NR) printf "%d %d", a[int(NR*0.5)+1], a[int(NR*0.99)+1]; else print "0 0" }')
+      echo "${reqs:-0} ${rps:-0} $pct ${failed:-0}"
+      return
+      ;;
+  esac
+  local reqs rps p50 p99 errors
   reqs=$(awk '/requests in/{print $1}' <<<"$out")
   rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
   p50=$(to_us "$(awk '$1=="50%"{print $2}' <<<"$out")")
   p99=$(to_us "$(awk '$1=="99%"{print $2}' <<<"$out")")
-  errors=$(awk '/Non-2xx|Socket errors/{s+=$NF} END{print s+0}' <<<"$out")
-  hz=$(getconf CLK_TCK)
-  cpu_us=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN{ if (n>0) printf "%.1f", d/hz*1e6/n; else print 0 }')
-  echo -e "$name\t$round\t$rps\t$p50\t$p99\t$cpu_us\t$rss\t$idle\t$errors" >> "$RUN/raw.tsv"
-  log "$name round $round: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu_us}us CPU/req, RSS ${rss} kB (idle ${idle} kB), errors $errors"
+  errors=$(awk '/Non-2xx|Socket errors/{for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i} END{print s+0}' <<<"$out")
+  echo "${reqs:-0} ${rps:-0} $p50 $p99 $errors"
+}
+
+run_one() { # proxy scenario round -> appends a TSV row
+  local name=$1 s=$2 round=$3
+  if ! start_proxy "$name" || ! smoke "$name" "$s"; then
+    stop "${PROXY_PID:-0}"; echo -e "$s\t$name\t$round\tsmoke-failed" >> "$RUN/raw.tsv"; return
+  fi
+  sleep 0.5
+  local idle; idle=$(rss_kb "$PROXY_PID")
+  load "$s" "$WARMUP" >/dev/null
+  local t0 t1 m
+  t0=$(cpu_ticks "$PROXY_PID")
+  m=$(load "$s" "$DURATION")
+  t1=$(cpu_ticks "$PROXY_PID")
+  local rss; rss=$(rss_kb "$PROXY_PID")
+  stop "$PROXY_PID"
+  local reqs rps p50 p99 errors cpu_us
+  read -r reqs rps p50 p99 errors <<<"$m"
+  cpu_us=$(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$reqs" 'BEGIN{ if (n>0) printf "%.1f", d/hz*1e6/n; else print 0 }')
+  echo -e "$s\t$name\t$round\t$rps\t$p50\t$p99\t$cpu_us\t$rss\t$idle\t$errors" >> "$RUN/raw.tsv"
+  log "$s $name round $round: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu_us}us CPU/req, RSS ${rss} kB (idle ${idle} kB), errors $errors"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END{ if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
@@ -148,16 +238,24 @@ start_upstream
 trap 'stop $UPSTREAM_PID' EXIT
 n=${#PROXIES[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
-  for ((i = 0; i < n; i++)); do
-    run_one "${PROXIES[$(((i + r - 1) % n))]}" "$r"
+  for s in $SCENARIOS; do
+    for ((i = 0; i < n; i++)); do
+      run_one "${PROXIES[$(((i + r - 1) % n))]}" "$s" "$r"
+    done
   done
 done
 
-printf '\n| proxy | req/s | p50 µs | p99 µs | CPU µs/req | RSS MiB | idle RSS MiB |\n|---|---|---|---|---|---|---|\n'
-for p in "${PROXIES[@]}"; do
-  col() { awk -F'\t' -v p="$p" -v c="$1" '$1==p && NF>3 {print $c}' "$RUN/raw.tsv" | median; }
-  mib() { awk -v k="$1" 'BEGIN{ if (k=="-") print "-"; else printf "%.1f", k/1024 }'; }
-  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$p" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(mib "$(col 7)")" "$(mib "$(col 8)")"
+mib() { awk -v k="$1" 'BEGIN{ if (k=="-") print "-"; else printf "%.1f", k/1024 }'; }
+printf '\n| scenario | proxy | req/s | p50 µs | p99 µs | CPU µs/req | RSS MiB | idle RSS MiB | errors |\n|---|---|---|---|---|---|---|---|---|\n'
+for s in $SCENARIOS; do
+  for p in "${PROXIES[@]}"; do
+    col() { awk -F'\t' -v s="$s" -v p="$p" -v c="$1" '$1==s && $2==p && NF>4 {print $c}' "$RUN/raw.tsv" | median; }
+    if ! awk -F'\t' -v s="$s" -v p="$p" '$1==s && $2==p && NF>4 {f=1} END{exit !f}' "$RUN/raw.tsv"; then
+      printf '| %s | %s | smoke-failed | | | | | | |\n' "$s" "$p"; continue
+    fi
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$s" "$p" "$(col 4)" "$(col 5)" "$(col 6)" \
+      "$(col 7)" "$(mib "$(col 8)")" "$(mib "$(col 9)")" "$(col 10)"
+  done
 done
-printf '\n%s rounds x %s s, %s connections, proxy on CPU %s, wrk + upstream on CPU %s; raw rows in %s\n' \
-  "$ROUNDS" "$DURATION" "$CONNS" "$PROXY_CPU" "$LOADGEN_CPU" "$RUN/raw.tsv"
+printf '\n%s rounds x %s s; S1/S2 %s connections, S3 %s x %s streams, S4 %s connections;\nproxy on CPU %s, load generator + upstream on CPU %s; raw rows in %s\n' \
+  "$ROUNDS" "$DURATION" "$CONNS" "$H2_CONNS" "$H2_STREAMS" "$S4_CONNS" "$PROXY_CPU" "$LOADGEN_CPU" "$RUN/raw.tsv"
