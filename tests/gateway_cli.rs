@@ -12,7 +12,7 @@ use support::*;
 fn resources(listen: u16, cluster_port: u16, body: &str) -> Value {
     json!({
         "listeners": [hcm_listener("l", listen, "r", json!({"use_remote_address": true}), vec![])],
-        "routes": [{"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        "routes": [{"name": "r", "virtual_hosts": [{"name": "none", "domains": ["nr.example.com"], "routes": []}, {"name": "all", "domains": ["*"], "routes": [
             {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": body}}},
             {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}],
         "clusters": [static_cluster("a", &[cluster_port], json!({}))],
@@ -84,6 +84,19 @@ fn serves_reloads_logs_and_drains() {
     let second: Value = serde_json::from_str(gw.stdout().lines().nth(1).unwrap()).unwrap();
     assert_eq!(second["upstream_host"], format!("127.0.0.1:{}", a.port()));
     assert_eq!(second["upstream_cluster"], "a");
+    // No route: 404 with NR only (the response was sent whole, so no DC).
+    assert_eq!(get(port, "nr.example.com", "/nr", &[]).status, 404);
+    wait_until("404 in the access log", || gw.stdout().contains("\"/nr\""));
+    let nr: Value = gw
+        .stdout()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["path"] == "/nr")
+        .unwrap();
+    assert_eq!(
+        (nr["response_code"].as_u64(), nr["response_flags"].as_str()),
+        (Some(404), Some("NR"))
+    );
 
     // SIGTERM while a request is in flight: it completes, the connection is told to
     // close, the process exits cleanly.

@@ -152,7 +152,10 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        self.finish(false);
+        // The codec does not poll a body that says it has ended (an empty local reply,
+        // a zero-length upstream body): such a body was sent whole.
+        let complete = self.is_end_stream();
+        self.finish(complete);
     }
 }
 
