@@ -345,6 +345,44 @@ fn admin_health_and_prometheus() {
     assert_eq!(s, 503, "draining gateways report not ready");
 }
 
+/// Envoy's route timeout spans the whole upstream response: before the headers it is a
+/// 504, after them the response is reset where it stands.
+#[test]
+fn route_timeout_covers_the_whole_response() {
+    let a = EchoUpstream::start("a");
+    let port = free_port();
+    let mesh = InProcess::start(&simple(
+        port,
+        &[("up", a.port())],
+        vec![json!({"match": {"prefix": "/"}, "route": {"cluster": "up", "timeout": "0.5s"}})],
+        json!({}),
+    ));
+    // Within the timeout, the whole streamed body arrives.
+    let r = get(port, "x", "/", &[("x-echo-body-delay-ms", "50")]);
+    assert_eq!(r.status, 200);
+    assert!(r.body_str().ends_with(".tail"), "{}", r.body_str());
+    // No headers in time: 504.
+    let r = get(port, "x", "/", &[("x-echo-delay-ms", "1500")]);
+    assert_eq!(r.status, 504);
+    // Headers in time, the body not: the response stops short and the connection closes.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nx-echo-body-delay-ms: 3000\r\n\r\n")
+        .unwrap();
+    let t = std::time::Instant::now();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(!got.contains(".tail"), "{got}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "reset after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(mesh.stat("cluster.up.upstream_rq_timeout"), Some(2));
+}
+
 #[test]
 fn header_timeout_bounds_slow_clients_but_not_idle_keep_alive() {
     let a = EchoUpstream::start("a");

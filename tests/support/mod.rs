@@ -121,6 +121,8 @@ impl Drop for TempDir {
 /// - `x-echo-delay-ms: 200` wait before answering
 /// - `x-echo-reset: 1` close the connection without answering
 /// - `x-echo-header: name=value` add a response header (repeatable)
+/// - `x-echo-body-delay-ms: 200` send the headers and the JSON at once, then wait before
+///   sending the rest of the body (`.tail`)
 /// - `x-echo-fail-first: N` answer 503 to the first N requests carrying the same header value pair
 ///   `x-echo-fail-key` (for retry tests)
 pub struct EchoUpstream {
@@ -223,7 +225,7 @@ async fn echo(
     name: String,
     counter: Arc<AtomicUsize>,
     fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
-) -> Result<Response<Full<Bytes>>, ResetConnection> {
+) -> Result<Response<EchoBody>, ResetConnection> {
     counter.fetch_add(1, Ordering::SeqCst);
     let header = |n: &str| {
         req.headers()
@@ -234,6 +236,7 @@ async fn echo(
     if let Some(ms) = header("x-echo-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let body_delay = header("x-echo-body-delay-ms").and_then(|v| v.parse::<u64>().ok());
     if header("x-echo-reset").is_some() {
         return Err(ResetConnection);
     }
@@ -294,10 +297,34 @@ async fn echo(
             resp = resp.header(k.trim(), v.trim());
         }
     }
-    Ok(resp
-        .body(Full::new(Bytes::from(json.to_string())))
-        .expect("response"))
+    let json = Bytes::from(json.to_string());
+    let body = match body_delay {
+        None => Full::new(json).boxed(),
+        Some(ms) => {
+            let frames = futures::stream::unfold(0u8, move |step| {
+                let json = json.clone();
+                async move {
+                    match step {
+                        0 => Some((Ok(hyper::body::Frame::data(json)), 1)),
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            Some((
+                                Ok(hyper::body::Frame::data(Bytes::from_static(b".tail"))),
+                                2,
+                            ))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            http_body_util::StreamBody::new(frames).boxed()
+        }
+    };
+    Ok(resp.body(body).expect("response"))
 }
+
+/// The echo upstream's response body: whole, or streamed with a pause.
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 // ---------------------------------------------------------------------------------------
 // Envoy

@@ -5,6 +5,7 @@ use crate::proxy::http::router::{Finish, UpstreamDone};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -98,6 +99,9 @@ pub async fn buffer_up_to(mut body: Incoming, limit: usize) -> Result<RequestBod
 pub struct ResponseBody {
     inner: Inner,
     bytes: u64,
+    /// The route timeout, which covers the whole upstream response (as Envoy's): when it
+    /// fires while the body is still streaming, the response is reset.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     pub(crate) upstream_done: Option<UpstreamDone>,
     pub(crate) finish: Option<Finish>,
 }
@@ -112,6 +116,7 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Full(None),
             bytes: 0,
+            deadline: None,
             upstream_done: None,
             finish: None,
         }
@@ -126,6 +131,7 @@ impl ResponseBody {
         ResponseBody {
             inner,
             bytes: 0,
+            deadline: None,
             upstream_done: None,
             finish: None,
         }
@@ -135,9 +141,16 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Upstream(b),
             bytes: 0,
+            deadline: None,
             upstream_done: None,
             finish: None,
         }
+    }
+
+    /// Resets the response if it has not been received whole by `at`.
+    pub fn with_deadline(mut self, at: Option<tokio::time::Instant>) -> ResponseBody {
+        self.deadline = at.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self
     }
 
     fn finish(&mut self, complete: bool) {
@@ -172,6 +185,20 @@ impl Body for ResponseBody {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Upstream(inc) => Pin::new(inc).poll_frame(cx).map_err(BoxError::from),
         };
+        if polled.is_pending()
+            && let Some(d) = &mut this.deadline
+            && d.as_mut().poll(cx).is_ready()
+        {
+            this.deadline = None;
+            if let Some(u) = &this.upstream_done {
+                u.timed_out();
+            }
+            if let Some(f) = &mut this.finish {
+                f.timed_out();
+            }
+            this.finish(false);
+            return Poll::Ready(Some(Err("upstream response timeout".into())));
+        }
         match &polled {
             Poll::Ready(None) => this.finish(true),
             Poll::Ready(Some(Err(_))) => this.finish(false),

@@ -105,9 +105,14 @@ pub struct Finish {
 }
 
 impl Finish {
+    /// The route timeout fired while the response body was streaming.
+    pub(crate) fn timed_out(&mut self) {
+        self.log.flags.set(Flags::UT);
+    }
+
     pub(crate) fn done(&mut self, complete: bool, bytes: u64) {
         self.log.bytes_sent = bytes;
-        if !complete && self.log.status != 0 {
+        if !complete && self.log.status != 0 && !self.log.flags.has(Flags::UT) {
             self.log.flags.set(Flags::DC);
         }
         self.cx.state.active.fetch_sub(1, Ordering::Relaxed);
@@ -1094,7 +1099,7 @@ async fn forward(
                         .headers
                         .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
                 }
-                let mut body = ResponseBody::upstream(rbody);
+                let mut body = ResponseBody::upstream(rbody).with_deadline(deadline);
                 body.upstream_done = Some(UpstreamDone {
                     cluster: cluster.clone(),
                     host,
@@ -1457,6 +1462,15 @@ pub struct UpstreamDone {
 }
 
 impl UpstreamDone {
+    /// The route timeout fired while the response body was streaming.
+    pub(crate) fn timed_out(&self) {
+        self.cluster
+            .state
+            .stats
+            .upstream_rq_timeout
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn done(&mut self, complete: bool) {
         if let Some(conn) = self.conn.take() {
             self.cluster
