@@ -248,7 +248,7 @@ fn corpus() -> Vec<Case> {
         case("dot segments normalized", "GET", a, "/a/../exact", &[]),
         case("encoded dot segments normalized", "GET", a, "/a/%2e%2e/exact", &[]),
         case("double slashes kept", "GET", a, "//exact", &[]),
-        case("fragment dropped", "GET", a, "/exact#frag", &[]),
+        case("fragment rejected", "GET", a, "/exact#frag", &[]),
         case("hop-by-hop removed", "GET", a, "/", &[("keep-alive", "timeout=5"), ("x-hop", "1"), ("connection", "x-hop")]),
         case("te trailers kept", "GET", a, "/", &[("te", "trailers")]),
         case("http/1.1 without host", "GET", None, "/", &[]),
@@ -269,26 +269,6 @@ fn corpus() -> Vec<Case> {
 /// from Envoy"): asserts meshgate's documented behaviour and says the case is handled.
 fn deliberate_difference(c: &Case, e: &RawResponse, m: &RawResponse) -> bool {
     match c.name {
-        // Envoy rejects a request target with a fragment (400); meshgate's HTTP codec
-        // drops the fragment (RFC 9112 forbids sending one) and routes the path.
-        "fragment dropped" => {
-            assert_eq!(e.status, 400);
-            assert_eq!(m.status, 200);
-            assert_eq!(m.echo()["path"], "/exact");
-            true
-        }
-        // Envoy answers 400; meshgate (RFC 9112 6.1) ignores Content-Length, reads the
-        // chunked body, forwards it chunked and closes the connection afterwards, so no
-        // request can be smuggled through it either.
-        "content-length with transfer-encoding" => {
-            assert_eq!(e.status, 400);
-            assert_eq!(m.status, 200, "{m:?}");
-            let echo = m.echo();
-            assert_eq!(echo["body_len"], 0);
-            assert!(echo["headers"]["content-length"].is_null());
-            assert_eq!(m.header("connection"), Some("close"));
-            true
-        }
         // Both answer 431; meshgate's comes from the HTTP codec without a body.
         "oversized headers" => {
             assert_eq!((e.status, m.status), (431, 431));

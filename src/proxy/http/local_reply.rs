@@ -169,6 +169,14 @@ impl LocalReply {
         flag: Flags::DPE,
         reason: "http1.codec_error",
     };
+    /// Content-Length together with Transfer-Encoding (Envoy's HTTP/1 codec answers
+    /// this one with a body).
+    pub const CONTENT_LENGTH_AND_CHUNKED: LocalReply = LocalReply {
+        status: StatusCode::BAD_REQUEST,
+        body: "Bad Request",
+        flag: Flags::DPE,
+        reason: "http1.content_length_and_chunked_not_allowed",
+    };
     pub const PATH_NORMALIZATION_FAILED: LocalReply = LocalReply {
         status: StatusCode::BAD_REQUEST,
         body: "",

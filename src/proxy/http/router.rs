@@ -9,6 +9,7 @@ use crate::proxy::http::fault::{Fault, FaultAbort, roll};
 use crate::proxy::http::hcm::{
     EscapedSlashes, HttpConnectionManager, HttpFilter, ServerHeader, StripPort,
 };
+use crate::proxy::http::head_scan;
 use crate::proxy::http::local_reply::{Flags, LocalReply};
 use crate::proxy::http::normalize;
 use crate::proxy::http::request::*;
@@ -164,11 +165,21 @@ async fn serve(
         }
         _ => {}
     }
-    let h = req.headers();
-    if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
-        cx.state.close_after_response();
-        return Err(LocalReply::BAD_REQUEST);
+    if req.version() <= Version::HTTP_11 {
+        // What the HTTP/1 codec repaired silently: a `#fragment` in the request target,
+        // Content-Length next to Transfer-Encoding. Envoy's codec rejects both.
+        let seen = cx.state.head_flags.swap(0, Ordering::Relaxed);
+        let both = head_scan::CONTENT_LENGTH | head_scan::TRANSFER_ENCODING;
+        if seen & both == both {
+            cx.state.close_after_response();
+            return Err(LocalReply::CONTENT_LENGTH_AND_CHUNKED);
+        }
+        if seen & head_scan::FRAGMENT != 0 {
+            cx.state.close_after_response();
+            return Err(LocalReply::BAD_REQUEST);
+        }
     }
+    let h = req.headers();
     if h.len() > hcm.max_headers_count {
         return Err(LocalReply::HEADERS_TOO_LARGE);
     }

@@ -1,6 +1,7 @@
 //! Downstream connections: accepted per worker, matched to a filter chain, served by
 //! hyper (HTTP/1.1 with keep-alive, HTTP/2 cleartext by prior knowledge, upgrades), with
 //! limits (header size and read time, idle timeout, connection age) and draining.
+use crate::proxy::http::head_scan;
 use crate::proxy::http::request::Peer;
 use crate::proxy::http::router::{ConnCtx, handle};
 use crate::proxy::listener::Listener;
@@ -8,7 +9,7 @@ use crate::proxy::runtime::Shared;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -28,6 +29,8 @@ pub struct ConnState {
     /// arrive with no request in flight; 0 when not waiting for one. Bounds slow clients
     /// without cutting idle keep-alive connections.
     pub head_started_ms: AtomicU64,
+    /// What [`head_scan`] saw in the raw bytes of the current HTTP/1 request head.
+    pub head_flags: AtomicU8,
 }
 
 impl ConnState {
@@ -205,12 +208,17 @@ impl tokio::io::AsyncRead for TrackedIo {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before
-            && self.state.active.load(Ordering::Relaxed) == 0
-            && self.state.head_started_ms.load(Ordering::Relaxed) == 0
-        {
-            let now = EPOCH.elapsed().as_millis() as u64 + 1;
-            self.state.head_started_ms.store(now, Ordering::Relaxed);
+        if buf.filled().len() > before && self.state.active.load(Ordering::Relaxed) == 0 {
+            // Bytes of a request head (no request in flight).
+            let starts = self.state.head_started_ms.load(Ordering::Relaxed) == 0;
+            let flags = head_scan::scan(&buf.filled()[before..], starts);
+            if starts {
+                let now = EPOCH.elapsed().as_millis() as u64 + 1;
+                self.state.head_started_ms.store(now, Ordering::Relaxed);
+                self.state.head_flags.store(flags, Ordering::Relaxed);
+            } else if flags != 0 {
+                self.state.head_flags.fetch_or(flags, Ordering::Relaxed);
+            }
         }
         polled
     }
