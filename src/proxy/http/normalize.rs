@@ -80,28 +80,31 @@ pub fn has_escaped_slash(path: &str) -> bool {
     })
 }
 
-/// Replaces `%2F`/`%5C` by `/` and `\`.
+/// Replaces `%2F`/`%5C` by `/` and `\`; everything else is copied as it is.
 pub fn unescape_slashes(path: &str) -> String {
     let mut s = String::with_capacity(path.len());
-    let mut i = 0;
     let b = path.as_bytes();
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let pair = [b[i + 1].to_ascii_uppercase(), b[i + 2].to_ascii_uppercase()];
-            if pair == *b"2F" {
-                s.push('/');
+    let (mut i, mut copied) = (0, 0);
+    while i + 2 < b.len() {
+        if b[i] == b'%' {
+            let c = match [b[i + 1].to_ascii_uppercase(), b[i + 2].to_ascii_uppercase()] {
+                [b'2', b'F'] => Some('/'),
+                [b'5', b'C'] => Some('\\'),
+                _ => None,
+            };
+            if let Some(c) = c {
+                // `%` and the two ASCII digits are whole characters: both ends of the
+                // copied range are character boundaries.
+                s.push_str(&path[copied..i]);
+                s.push(c);
                 i += 3;
-                continue;
-            }
-            if pair == *b"5C" {
-                s.push('\\');
-                i += 3;
+                copied = i;
                 continue;
             }
         }
-        s.push(b[i] as char);
         i += 1;
     }
+    s.push_str(&path[copied..]);
     s
 }
 
@@ -138,5 +141,7 @@ mod tests {
         assert!(has_escaped_slash("/a%5Cb"));
         assert!(!has_escaped_slash("/a%20b"));
         assert_eq!(unescape_slashes("/a%2Fb%5cc"), "/a/b\\c");
+        assert_eq!(unescape_slashes("/é%2f"), "/é/");
+        assert_eq!(unescape_slashes("/%2"), "/%2");
     }
 }
