@@ -7,9 +7,15 @@
 //! The control plane runs in a child process (this same binary with `--serve`), so its
 //! CPU and memory are measured alone (from /proc); the simulated proxies run here. Both
 //! share the machine's cores, so the convergence times include the proxies' own work.
+//! Its source computes each group's resources when asked, as the translator does, so
+//! the times include that work too. `--groups G` spreads the proxies over G identities
+//! whose route configurations differ (G snapshots; clusters and endpoints equal).
+//! `BENCH_SERVER_WRAPPER="heaptrack -o FILE"` runs the control plane under a tool.
 use meshgate::controlplane::node::istio_metadata;
 use meshgate::controlplane::sample::{SampleGateway, SampleService, cluster_name};
-use meshgate::controlplane::{ControlPlane, Options, StaticSource, TypeSet};
+use meshgate::controlplane::{
+    Change, ControlPlane, Options, ProxyScope, SnapshotSource, SourceError, TypeSet,
+};
 use meshgate::xds::pb::envoy::config::core::v3::Node;
 use meshgate::xds::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use meshgate::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -21,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 struct Args {
@@ -66,26 +72,40 @@ fn parse_args() -> Args {
 }
 
 /// The resources of the benchmark mesh: one gateway listener routing M hosts to M
-/// EDS clusters of 3 endpoints each, plus `extra` added services.
-fn mesh(services: usize, moved: &BTreeMap<usize, u16>, extra: usize) -> ResourceSet {
+/// EDS clusters of 3 endpoints each, plus `extra` added services. Groups route
+/// different host names (`svc-I.gG.example.com`) to the same services: their route
+/// configurations differ, their clusters and endpoints are equal.
+fn mesh(services: usize, state: &MeshState, group: usize) -> ResourceSet {
+    let service = |name: String, endpoints: Vec<SocketAddr>| {
+        let mut s = SampleService::new(&name, endpoints);
+        s.domains = vec![format!("{name}.g{group}.example.com")];
+        s
+    };
     let mut list: Vec<SampleService> = (0..services)
         .map(|i| {
-            let base = moved.get(&i).copied().unwrap_or(10000);
-            SampleService::new(
-                &format!("svc-{i}"),
+            let base = state.moved.get(&i).copied().unwrap_or(10000);
+            service(
+                format!("svc-{i}"),
                 (0..3)
                     .map(|k| SocketAddr::from(([127, 0, 1, (i % 250) as u8 + 1], base + k)))
                     .collect(),
             )
         })
         .collect();
-    for j in 0..extra {
-        list.push(SampleService::new(
-            &format!("new-{j}"),
+    for j in 0..state.extra {
+        list.push(service(
+            format!("new-{j}"),
             vec![SocketAddr::from(([127, 0, 2, 1], 10000))],
         ));
     }
     SampleGateway::new(8080, list).resources()
+}
+
+/// The benchmark's configuration: which services' endpoints moved, how many were added.
+#[derive(Debug, Clone, Default)]
+struct MeshState {
+    moved: BTreeMap<usize, u16>,
+    extra: usize,
 }
 
 fn group_labels(g: usize) -> BTreeMap<String, String> {
@@ -94,6 +114,30 @@ fn group_labels(g: usize) -> BTreeMap<String, String> {
         ("group".to_string(), g.to_string()),
     ]
     .into()
+}
+
+/// Computes each group's resources on demand from the small configuration state, as
+/// the translator does from Istio configuration: nothing but the snapshots holds them.
+struct BenchSource {
+    services: usize,
+    state: Mutex<MeshState>,
+    tx: broadcast::Sender<Change>,
+}
+
+impl SnapshotSource for BenchSource {
+    fn resources(&self, proxy: &ProxyIdentity) -> Result<Arc<ResourceSet>, SourceError> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let group = proxy
+            .labels
+            .get("group")
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        Ok(Arc::new(mesh(self.services, &state, group)))
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.tx.subscribe()
+    }
 }
 
 /// The control plane process: serves, then applies changes told on stdin.
@@ -110,20 +154,20 @@ fn serve(args: &Args) {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let mut moved = BTreeMap::new();
-        let mut extra = 0;
-        let source = Arc::new(StaticSource::new(ResourceSet::default()));
-        let set_all = |set: ResourceSet, types: TypeSet| {
-            for g in 0..args.groups {
-                source.set_for(group_labels(g), set.clone(), types);
-            }
-        };
-        set_all(mesh(args.services, &moved, extra), TypeSet::ALL);
+        let source = Arc::new(BenchSource {
+            services: args.services,
+            state: Mutex::new(MeshState::default()),
+            tx: broadcast::channel(64).0,
+        });
         let cp = ControlPlane::new(source.clone(), Options::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        println!("port {}", listener.local_addr().expect("addr").port());
+        println!(
+            "port {} pid {}",
+            listener.local_addr().expect("addr").port(),
+            std::process::id()
+        );
         let serving = cp.clone();
         tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
         let (line_tx, mut lines) = mpsc::channel::<String>(4);
@@ -134,32 +178,37 @@ fn serve(args: &Args) {
                 }
             }
         });
-        let mut prepared: Option<(ResourceSet, TypeSet)> = None;
+        let mut next = MeshState::default();
+        let mut types = TypeSet::ALL;
         while let Some(line) = lines.recv().await {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
                 ["prepare", "eds", k] => {
                     let k: usize = k.parse().unwrap_or(0);
-                    let port = moved.get(&k).copied().unwrap_or(10000) + 10;
-                    moved.insert(k, port);
-                    prepared = Some((
-                        mesh(args.services, &moved, extra),
-                        TypeSet::of(&[TypeUrl::Endpoint]),
-                    ));
+                    let port = next.moved.get(&k).copied().unwrap_or(10000) + 10;
+                    next.moved.insert(k, port);
+                    types = TypeSet::of(&[TypeUrl::Endpoint]);
                 }
                 ["prepare", "add"] => {
-                    extra += 1;
-                    prepared = Some((mesh(args.services, &moved, extra), TypeSet::ALL));
+                    next.extra += 1;
+                    types = TypeSet::ALL;
                 }
                 ["go"] => {
-                    if let Some((set, types)) = prepared.take() {
-                        set_all(set, types);
-                    }
+                    *source.state.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+                    let _ = source.tx.send(Change {
+                        scope: ProxyScope::All,
+                        types,
+                    });
                 }
                 _ => {}
             }
             println!("ok");
         }
+        eprintln!(
+            "control plane: {} distinct resources interned for {} snapshots",
+            cp.interned_resources(),
+            cp.snapshot_keys()
+        );
     });
 }
 
@@ -367,7 +416,19 @@ fn main() {
         return;
     }
     let exe = std::env::current_exe().expect("current exe");
-    let mut child = Command::new(exe)
+    // BENCH_SERVER_WRAPPER runs the control plane under a tool (a heap profiler, say):
+    // `BENCH_SERVER_WRAPPER="heaptrack -o /tmp/cp"`.
+    let wrapper = std::env::var("BENCH_SERVER_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(words).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    let mut child = command
         .args([
             "--serve",
             "--services",
@@ -379,14 +440,23 @@ fn main() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting the control plane");
-    let pid = child.id();
     let mut stdin = child.stdin.take().expect("stdin");
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let port: u16 = stdout
-        .next()
-        .and_then(|l| l.ok())
-        .and_then(|l| l.strip_prefix("port ").and_then(|p| p.parse().ok()))
-        .expect("control plane port");
+    // "port P pid N": the pid is the control plane's own, even under a wrapper (whose
+    // own lines come first and are skipped).
+    let (port, pid): (u16, u32) = loop {
+        let line = stdout
+            .next()
+            .and_then(|l| l.ok())
+            .expect("control plane port");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["port", port, "pid", pid] = words.as_slice() {
+            break (
+                port.parse().expect("control plane port"),
+                pid.parse().expect("control plane pid"),
+            );
+        }
+    };
     let addr = format!("127.0.0.1:{port}");
     println!(
         "meshgate control plane: {} delta proxies x {} services ({} distinct identities), {} rounds",
@@ -481,7 +551,13 @@ fn main() {
         );
         shared.finished.store(true, Ordering::Relaxed);
     });
+    rt.shutdown_background();
+    // The control plane exits when its stdin closes, so that a wrapper sees a clean end.
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = child.kill();
     let _ = child.wait();
-    rt.shutdown_background();
 }

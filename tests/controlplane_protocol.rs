@@ -8,7 +8,7 @@ mod support;
 
 use cp_support::*;
 use meshgate::controlplane::sample::{SampleGateway, SampleService, cluster_name};
-use meshgate::controlplane::snapshot::Snapshot;
+use meshgate::controlplane::snapshot::{Interner, Snapshot};
 use meshgate::controlplane::{Options, StaticSource, TypeSet};
 use meshgate::xds::pb::envoy::config::core::v3::Node;
 use meshgate::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -427,9 +427,22 @@ async fn delta_sends_only_differences_and_announces_missing_names() {
     let set = gateway(&[("a", 9001), ("b", 9002)]);
     let source = Arc::new(StaticSource::new(set.clone()));
     let cp = TestControlPlane::start(source.clone(), 0, 0, test_options());
-    let snap = Snapshot::build(ProxyIdentity::default(), Arc::new(set), 1, None).unwrap();
+    let snap = Snapshot::build(
+        ProxyIdentity::default(),
+        &set,
+        1,
+        None,
+        &Interner::default(),
+    )
+    .unwrap();
     let (ca, cb) = (cluster_name("a"), cluster_name("b"));
-    let version_of = |name: &str| snap.of(TypeUrl::Cluster).get(name).unwrap().version();
+    let version_of = |name: &str| {
+        snap.of(TypeUrl::Cluster)
+            .get(name)
+            .unwrap()
+            .version()
+            .to_string()
+    };
 
     let mut p = Delta::open(&cp.xds_addr()).await;
     // Reconnecting with: a current, b outdated, and one the server no longer has.

@@ -1,17 +1,18 @@
 //! The control plane's source of resources: Istio configuration loaded from a file or a
-//! directory, watched for changes, and translated per proxy identity (once per distinct
-//! identity key and configuration generation).
+//! directory, watched for changes, and translated per proxy identity.
+//!
+//! Translations are not kept: the control plane asks once per identity key and change,
+//! packs the result into a snapshot (whose resources are shared across identities by
+//! content) and drops the unpacked form, which is many times larger.
 //!
 //! A change that loads and validates cleanly replaces the configuration in one swap
 //! and is announced to the control plane; a change with errors is logged with file,
 //! line and column and ignored: the last good configuration keeps being served.
-use super::node::IdentityKey;
 use super::source::{Change, SnapshotSource, SourceError};
 use crate::config::{self, Config, Diagnostic};
 use crate::registry::Registry;
 use crate::xds::{ProxyIdentity, ProxyKind, ResourceSet};
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,8 +29,6 @@ struct Loaded {
 pub struct ConfigSource {
     path: PathBuf,
     loaded: ArcSwap<Loaded>,
-    /// Translations of the current generation, by identity key.
-    cache: Mutex<(u64, HashMap<IdentityKey, Arc<ResourceSet>>)>,
     /// Serializes reloads.
     reload_lock: Mutex<()>,
     tx: broadcast::Sender<Change>,
@@ -69,7 +68,6 @@ impl ConfigSource {
                 config,
                 registry,
             }),
-            cache: Mutex::new((1, HashMap::new())),
             reload_lock: Mutex::new(()),
             tx,
         })
@@ -174,26 +172,11 @@ impl SnapshotSource for ConfigSource {
             ));
         }
         let loaded = self.loaded.load_full();
-        let key = IdentityKey::of(proxy);
-        {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.0 == loaded.generation
-                && let Some(set) = cache.1.get(&key)
-            {
-                return Ok(set.clone());
-            }
-        }
         let translation = crate::translate::gateway(&loaded.config, &loaded.registry, proxy);
         for d in &translation.diagnostics {
             tracing::warn!(proxy = %proxy.id, "{d}");
         }
-        let set = Arc::new(translation.resources);
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.0 != loaded.generation {
-            *cache = (loaded.generation, HashMap::new());
-        }
-        cache.1.insert(key, set.clone());
-        Ok(set)
+        Ok(Arc::new(translation.resources))
     }
 
     fn changes(&self) -> broadcast::Receiver<Change> {

@@ -8,15 +8,14 @@
 //! resources the proxy holds go out after every type's updates (make before break).
 //! An ACK or NACK carries only the nonce; a NACKed resource stays recorded as sent, so
 //! it is not pushed again until its content changes.
-use super::snapshot::{Snapshot, parse_version, version_string};
+use super::snapshot::{Entry, Snapshot, parse_version, version_string};
 use super::sotw::wildcard_type;
 use super::status::Nack;
 use super::stream::{Engine, StreamCtx, truncate};
+use super::wire::DeltaResponse;
 use crate::xds::TypeUrl;
-use crate::xds::pb::envoy::config::core::v3::{ControlPlane as ControlPlaneId, Node};
-use crate::xds::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use crate::xds::pb::envoy::config::core::v3::Node;
+use crate::xds::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -170,10 +169,10 @@ impl Delta {
     fn respond(
         &mut self,
         t: TypeUrl,
-        resources: Vec<Resource>,
+        resources: Vec<Arc<Entry>>,
         removed: Vec<String>,
         ctx: &mut StreamCtx,
-    ) -> DeltaDiscoveryResponse {
+    ) -> DeltaResponse {
         let nonce = ctx.next_nonce();
         let version = self
             .snapshot
@@ -196,20 +195,17 @@ impl Delta {
             ty: t,
             version: version.clone(),
         });
-        DeltaDiscoveryResponse {
+        DeltaResponse {
             system_version_info: version,
             resources,
-            type_url: t.as_str().to_string(),
+            type_url: t,
             removed_resources: removed,
             nonce,
-            control_plane: Some(ControlPlaneId {
-                identifier: ctx.inner.identifier.clone(),
-            }),
-            ..Default::default()
+            control_plane: ctx.inner.identifier.clone(),
         }
     }
 
-    fn try_upsert(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DeltaDiscoveryResponse> {
+    fn try_upsert(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DeltaResponse> {
         let snap = self.snapshot.clone()?;
         let limit = ctx.inner.options.max_resources_per_delta_response.max(1);
         let st = &mut self.types[i(t)];
@@ -225,7 +221,7 @@ impl Delta {
         // Large updates go out in several responses, so that no stream holds a huge
         // message in its buffers (delta allows any split).
         let mut full = false;
-        let mut send = |e: &Arc<super::snapshot::Entry>, has: &mut Holdings| {
+        let mut send = |e: &Arc<Entry>, has: &mut Holdings| {
             if has.get(t, &e.name, wanted) == Some(Some(e.hash)) && !resend.contains(&e.name) {
                 return;
             }
@@ -235,12 +231,7 @@ impl Delta {
             }
             resend.remove(&e.name);
             has.insert(e.name.clone(), Some(e.hash));
-            resources.push(Resource {
-                name: e.name.to_string(),
-                version: e.version(),
-                resource: Some(e.resource.clone()),
-                ..Default::default()
-            });
+            resources.push(e.clone());
         };
         if wildcard {
             for e in ts.entries() {
@@ -276,7 +267,7 @@ impl Delta {
         Some(self.respond(t, resources, absent, ctx))
     }
 
-    fn try_removals(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DeltaDiscoveryResponse> {
+    fn try_removals(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DeltaResponse> {
         let snap = self.snapshot.clone()?;
         let st = &mut self.types[i(t)];
         if !st.removals {
@@ -307,7 +298,7 @@ impl Delta {
 
 impl Engine for Delta {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
 
     fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
@@ -467,7 +458,7 @@ impl Engine for Delta {
                 .any(|s| (s.dirty && s.requested) || s.removals)
     }
 
-    fn next_response(&mut self, ctx: &mut StreamCtx) -> Option<DeltaDiscoveryResponse> {
+    fn next_response(&mut self, ctx: &mut StreamCtx) -> Option<DeltaResponse> {
         for t in TypeUrl::ALL {
             if let Some(r) = self.try_upsert(t, ctx) {
                 return Some(r);

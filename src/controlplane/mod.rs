@@ -19,6 +19,7 @@ mod sotw;
 pub mod source;
 pub mod status;
 mod stream;
+mod wire;
 
 pub use debounce::Debounce;
 pub use node::{IdentityKey, NodeInfo, parse_node};

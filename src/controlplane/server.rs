@@ -4,32 +4,27 @@ use super::debounce::{Burst, Debounce, next_burst};
 use super::delta::Delta;
 use super::metrics::{Metrics, Mode};
 use super::node::{IdentityKey, NodeInfo, parse_node};
-use super::snapshot::{Snapshot, version_string};
+use super::snapshot::{Interner, Snapshot, version_string};
 use super::sotw::Sotw;
 use super::source::{Change, SnapshotSource};
 use super::status::ProxyStatus;
 use super::stream;
-use crate::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use crate::xds::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use crate::xds::pb::envoy::service::secret::v3::secret_discovery_service_server::{
-    SecretDiscoveryService, SecretDiscoveryServiceServer,
-};
+use super::wire::{ResponseBody, WireMessage};
+use crate::xds::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use crate::xds::{ProxyIdentity, TypeUrl};
-use futures::Stream;
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
+use tonic::codec::Streaming;
 
 /// Limits and timings of a control plane.
 #[derive(Debug, Clone)]
@@ -107,7 +102,9 @@ pub(crate) struct Inner {
     pub options: Options,
     pub metrics: Metrics,
     /// `control_plane.identifier` in responses.
-    pub identifier: String,
+    pub identifier: Arc<str>,
+    /// The resources of every snapshot, held once per distinct content.
+    pub interner: Interner,
     /// Random per process, in every nonce, so nonces of an earlier run never match.
     pub boot_id: u32,
     registry: Mutex<Registry>,
@@ -222,9 +219,11 @@ impl Inner {
         let source = self.source.clone();
         let identity = entry.identity.clone();
         let next = *generation + 1;
+        let inner = self.clone();
         let built = tokio::task::spawn_blocking(move || {
             let set = source.resources(&identity).map_err(|e| e.to_string())?;
-            Snapshot::build(identity, set, next, changed_at).map_err(|e| e.to_string())
+            Snapshot::build(identity, &set, next, changed_at, &inner.interner)
+                .map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|e| Err(format!("computing the snapshot panicked: {e}")));
@@ -312,7 +311,8 @@ impl ControlPlane {
             source,
             options,
             metrics: Metrics::default(),
-            identifier: format!("meshgate {}", env!("CARGO_PKG_VERSION")),
+            identifier: Arc::from(format!("meshgate {}", env!("CARGO_PKG_VERSION"))),
+            interner: Interner::default(),
             boot_id: rand::random(),
             registry: Mutex::new(Registry::default()),
             next_conn: AtomicU64::new(0),
@@ -332,21 +332,17 @@ impl ControlPlane {
     }
 
     /// The ADS gRPC service, with the configured message size limits.
-    pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<AdsService> {
-        AggregatedDiscoveryServiceServer::new(AdsService {
+    pub fn ads_service(&self) -> AdsService {
+        AdsService {
             inner: self.inner.clone(),
-        })
-        .max_decoding_message_size(self.inner.options.max_recv_message_size)
-        .max_encoding_message_size(self.inner.options.max_send_message_size)
+        }
     }
 
     /// The standalone SDS gRPC service.
-    pub fn sds_service(&self) -> SecretDiscoveryServiceServer<SdsService> {
-        SecretDiscoveryServiceServer::new(SdsService {
+    pub fn sds_service(&self) -> SdsService {
+        SdsService {
             inner: self.inner.clone(),
-        })
-        .max_decoding_message_size(self.inner.options.max_recv_message_size)
-        .max_encoding_message_size(self.inner.options.max_send_message_size)
+        }
     }
 
     /// Serves ADS and SDS on `listener` until `shutdown` completes.
@@ -428,7 +424,22 @@ impl ControlPlane {
                 .iter()
                 .fold(0u64, |acc, t| acc.rotate_left(7) ^ snap.of(*t).version),
         );
-        Some(crate::xds::json::config_dump(&snap.resources, &version))
+        let set = match snap.unpacked() {
+            Ok(set) => set,
+            Err(source) => {
+                return Some(Err(crate::xds::json::JsonError::Decode {
+                    ty: "snapshot resource".into(),
+                    source,
+                }));
+            }
+        };
+        Some(crate::xds::json::config_dump(&set, &version))
+    }
+
+    /// Number of distinct resources (by content) the snapshots hold, plus freed ones
+    /// not swept yet.
+    pub fn interned_resources(&self) -> usize {
+        self.inner.interner.len()
     }
 
     /// Number of distinct identity keys (shared snapshots) currently held.
@@ -448,124 +459,187 @@ impl ControlPlane {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+type GrpcRequest = http::Request<tonic::body::Body>;
+type GrpcResponse = http::Response<tonic::body::Body>;
+type GrpcFuture = Pin<Box<dyn Future<Output = Result<GrpcResponse, Infallible>> + Send>>;
 
-fn spawn_stream<E: stream::Engine>(
+/// Refuses a request whose messages are compressed (no compression is offered), as a
+/// generated server does.
+fn refuse_compressed(req: &GrpcRequest) -> Option<Status> {
+    let encoding = req.headers().get("grpc-encoding")?;
+    if encoding == "identity" {
+        return None;
+    }
+    Some(Status::unimplemented(format!(
+        "Content is compressed with `{}` which isn't supported",
+        String::from_utf8_lossy(encoding.as_bytes())
+    )))
+}
+
+/// Starts one xDS stream: decodes the requests, runs the engine in its own task, and
+/// answers with a body that frames the engine's responses as the connection takes them.
+fn open_stream<E>(
     inner: &Arc<Inner>,
-    inbound: Streaming<E::Request>,
+    req: GrpcRequest,
     mode: Mode,
     only: Option<TypeUrl>,
     engine: impl FnOnce() -> E + Send + 'static,
-) -> BoxStream<E::Response> {
+) -> GrpcResponse
+where
+    E: stream::Engine,
+    E::Request: prost::Message + Default,
+    E::Response: WireMessage,
+{
+    if let Some(status) = refuse_compressed(&req) {
+        return status.into_http();
+    }
+    let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
+        E::Request,
+        E::Request,
+    >::default());
+    let inbound = Streaming::new_request(
+        decoder,
+        req.into_body(),
+        None,
+        Some(inner.options.max_recv_message_size),
+    );
     let (tx, rx) = mpsc::channel(inner.options.send_queue.max(1));
     tokio::spawn(stream::run(inner.clone(), inbound, tx, mode, only, engine));
-    Box::pin(ReceiverStream::new(rx))
+    let body = ResponseBody::new(rx, inner.options.max_send_message_size);
+    let mut resp = http::Response::new(tonic::body::Body::new(body));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        tonic::metadata::GRPC_CONTENT_TYPE,
+    );
+    resp
 }
 
-/// Envoy's AggregatedDiscoveryService.
+/// Envoy's AggregatedDiscoveryService (state-of-the-world and delta).
+#[derive(Clone)]
 pub struct AdsService {
     inner: Arc<Inner>,
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+impl tonic::server::NamedService for AdsService {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(spawn_stream(
-            &self.inner,
-            request.into_inner(),
-            Mode::Sotw,
-            None,
-            Sotw::new,
-        )))
+impl tonic::codegen::Service<GrpcRequest> for AdsService {
+    type Response = GrpcResponse;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<GrpcResponse, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(spawn_stream(
-            &self.inner,
-            request.into_inner(),
-            Mode::Delta,
-            None,
-            Delta::new,
-        )))
+    fn call(&mut self, req: GrpcRequest) -> Self::Future {
+        let resp = match req.uri().path() {
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources" => {
+                open_stream(&self.inner, req, Mode::Sotw, None, Sotw::new)
+            }
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources" => {
+                open_stream(&self.inner, req, Mode::Delta, None, Delta::new)
+            }
+            _ => Status::unimplemented("").into_http(),
+        };
+        std::future::ready(Ok(resp))
     }
 }
 
 /// Envoy's SecretDiscoveryService, for proxies that fetch secrets on their own stream.
+#[derive(Clone)]
 pub struct SdsService {
     inner: Arc<Inner>,
 }
 
-#[tonic::async_trait]
-impl SecretDiscoveryService for SdsService {
-    type DeltaSecretsStream = BoxStream<DeltaDiscoveryResponse>;
-    type StreamSecretsStream = BoxStream<DiscoveryResponse>;
+impl tonic::server::NamedService for SdsService {
+    const NAME: &'static str = "envoy.service.secret.v3.SecretDiscoveryService";
+}
 
-    async fn delta_secrets(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        Ok(Response::new(spawn_stream(
-            &self.inner,
-            request.into_inner(),
-            Mode::Delta,
-            Some(TypeUrl::Secret),
-            Delta::new,
-        )))
+impl tonic::codegen::Service<GrpcRequest> for SdsService {
+    type Response = GrpcResponse;
+    type Error = Infallible;
+    type Future = GrpcFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn stream_secrets(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        Ok(Response::new(spawn_stream(
-            &self.inner,
-            request.into_inner(),
-            Mode::Sotw,
-            Some(TypeUrl::Secret),
-            Sotw::new,
-        )))
+    fn call(&mut self, req: GrpcRequest) -> Self::Future {
+        let secrets = Some(TypeUrl::Secret);
+        let resp = match req.uri().path() {
+            "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets" => {
+                open_stream(&self.inner, req, Mode::Delta, secrets, Delta::new)
+            }
+            "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" => {
+                open_stream(&self.inner, req, Mode::Sotw, secrets, Sotw::new)
+            }
+            "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets" => {
+                let options = &self.inner.options;
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+                    DiscoveryResponse,
+                    DiscoveryRequest,
+                >::default())
+                .apply_max_message_size_config(
+                    Some(options.max_recv_message_size),
+                    Some(options.max_send_message_size),
+                );
+                let fetch = FetchSecrets {
+                    inner: self.inner.clone(),
+                };
+                return Box::pin(async move { Ok(grpc.unary(fetch, req).await) });
+            }
+            _ => Status::unimplemented("").into_http(),
+        };
+        Box::pin(std::future::ready(Ok(resp)))
     }
+}
 
-    async fn fetch_secrets(
-        &self,
-        request: Request<DiscoveryRequest>,
-    ) -> Result<Response<DiscoveryResponse>, Status> {
-        let req = request.into_inner();
-        if !req.type_url.is_empty() && req.type_url != TypeUrl::Secret.as_str() {
-            return Err(Status::invalid_argument("FetchSecrets serves only secrets"));
-        }
-        let node =
-            parse_node(req.node.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let source = self.inner.source.clone();
-        let identity = node.identity.clone();
-        let set = tokio::task::spawn_blocking(move || source.resources(&identity))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let snap = Snapshot::build(node.identity, set, 0, None)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let ts = snap.of(TypeUrl::Secret);
-        let entries: Vec<_> = req
-            .resource_names
-            .iter()
-            .filter_map(|n| ts.get(n))
-            .collect();
-        let mut fold = super::snapshot::VersionFold::default();
-        entries.iter().for_each(|e| fold.add(e.hash));
-        Ok(Response::new(DiscoveryResponse {
-            version_info: version_string(fold.finish(entries.len())),
-            resources: entries.iter().map(|e| e.resource.clone()).collect(),
-            type_url: TypeUrl::Secret.as_str().to_string(),
-            ..Default::default()
-        }))
+/// The unary FetchSecrets call.
+struct FetchSecrets {
+    inner: Arc<Inner>,
+}
+
+impl tonic::server::UnaryService<DiscoveryRequest> for FetchSecrets {
+    type Response = DiscoveryResponse;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<tonic::Response<DiscoveryResponse>, Status>> + Send>>;
+
+    fn call(&mut self, request: tonic::Request<DiscoveryRequest>) -> Self::Future {
+        Box::pin(fetch_secrets(self.inner.clone(), request.into_inner()))
     }
+}
+
+async fn fetch_secrets(
+    inner: Arc<Inner>,
+    req: DiscoveryRequest,
+) -> Result<tonic::Response<DiscoveryResponse>, Status> {
+    if !req.type_url.is_empty() && req.type_url != TypeUrl::Secret.as_str() {
+        return Err(Status::invalid_argument("FetchSecrets serves only secrets"));
+    }
+    let node =
+        parse_node(req.node.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let source = inner.source.clone();
+    let identity = node.identity.clone();
+    let set = tokio::task::spawn_blocking(move || source.resources(&identity))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let snap = Snapshot::build(node.identity, &set, 0, None, &inner.interner)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let ts = snap.of(TypeUrl::Secret);
+    let entries: Vec<_> = req
+        .resource_names
+        .iter()
+        .filter_map(|n| ts.get(n))
+        .collect();
+    let mut fold = super::snapshot::VersionFold::default();
+    entries.iter().for_each(|e| fold.add(e.hash));
+    Ok(tonic::Response::new(DiscoveryResponse {
+        version_info: version_string(fold.finish(entries.len())),
+        resources: entries.iter().map(|e| e.any()).collect(),
+        type_url: TypeUrl::Secret.as_str().to_string(),
+        ..Default::default()
+    }))
 }

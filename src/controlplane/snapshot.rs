@@ -3,30 +3,45 @@
 //!
 //! Snapshots are immutable and shared: every proxy with the same identity key holds the
 //! same `Arc<Snapshot>`, and streams compare hashes, never bytes, to decide what to push.
+//! Resources are shared too, across snapshots: an [`Interner`] hands every snapshot
+//! built with it the same [`Entry`] for the same content, so proxies of different
+//! identities that are served the same clusters and endpoints hold them once.
 use crate::xds::pb::google::protobuf::Any;
 use crate::xds::references::references;
-use crate::xds::{ProxyIdentity, ResourceSet, TypeUrl};
+use crate::xds::{NamedResource, ProxyIdentity, ResourceSet, TypeUrl};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use tokio::time::Instant;
 
-/// One resource as served: its name, content hash and packed bytes.
+/// One resource as served: its name, content hash and serialized bytes. Immutable and
+/// shared by every snapshot (and every response) that serves this content.
 #[derive(Debug, PartialEq)]
 pub struct Entry {
     pub name: Arc<str>,
+    pub ty: TypeUrl,
     /// Hash of the name and the encoded resource; equal hashes mean equal resources.
     pub hash: u64,
-    pub resource: Any,
-    /// The hash as the opaque version string sent in delta responses (made once,
-    /// shared by every proxy).
-    version: String,
+    /// The serialized resource: the `value` of its `Any`.
+    pub value: Bytes,
+    /// The hash as the opaque version string sent in delta responses.
+    version: Box<str>,
 }
 
 impl Entry {
     /// The hash as the opaque version string sent in delta responses.
-    pub fn version(&self) -> String {
-        self.version.clone()
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The resource packed as an `Any` (a copy; responses are written from the shared
+    /// bytes instead).
+    pub fn any(&self) -> Any {
+        Any {
+            type_url: self.ty.as_str().to_string(),
+            value: self.value.to_vec(),
+        }
     }
 }
 
@@ -51,6 +66,76 @@ fn hash_resource(name: &str, bytes: &[u8]) -> u64 {
     h.update(bytes);
     let d = h.finalize();
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// The resources every snapshot of a control plane serves, by content: building a
+/// snapshot looks each packed resource up by (type, hash) and reuses the live entry with
+/// the same name and bytes, so equal resources are held once however many snapshots
+/// (identities, generations) serve them. Entries are held weakly: one no snapshot
+/// serves any more is freed, and its slot swept later.
+#[derive(Default)]
+pub struct Interner {
+    map: Mutex<InternMap>,
+}
+
+#[derive(Default)]
+struct InternMap {
+    entries: HashMap<(TypeUrl, u64), Weak<Entry>>,
+    /// Insertions since dead slots were last swept.
+    inserted: usize,
+}
+
+impl Interner {
+    /// The shared entries for `resources` of type `ty`, in the same order.
+    pub fn intern(&self, ty: TypeUrl, resources: Vec<NamedResource>) -> Vec<Arc<Entry>> {
+        // Hash outside the lock: it is the costly part.
+        let hashed: Vec<(u64, NamedResource)> = resources
+            .into_iter()
+            .map(|r| (hash_resource(&r.name, &r.resource.value), r))
+            .collect();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(hashed.len());
+        for (hash, r) in hashed {
+            let live = map.entries.get(&(ty, hash)).and_then(Weak::upgrade);
+            if let Some(e) = live
+                && *e.name == *r.name
+                && e.value[..] == r.resource.value[..]
+            {
+                out.push(e);
+                continue;
+            }
+            let e = Arc::new(Entry {
+                name: Arc::from(r.name),
+                ty,
+                hash,
+                value: Bytes::from(r.resource.value),
+                version: version_string(hash).into_boxed_str(),
+            });
+            map.entries.insert((ty, hash), Arc::downgrade(&e));
+            map.inserted += 1;
+            out.push(e);
+        }
+        // Sweep once insertions since the last sweep rival the table's size: amortized
+        // constant work per insertion, and dead slots never outnumber live ones for long.
+        if map.inserted > map.entries.len() / 2 + 1024 {
+            map.entries.retain(|_, w| w.strong_count() > 0);
+            map.inserted = 0;
+        }
+        out
+    }
+
+    /// Number of slots (live resources, plus dead ones not yet swept).
+    pub fn len(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Folds entry hashes (in name order) into one version: equal lists, equal versions.
@@ -84,19 +169,12 @@ pub struct TypeSnapshot {
 }
 
 impl TypeSnapshot {
-    fn build(resources: Vec<crate::xds::NamedResource>) -> Result<TypeSnapshot, String> {
-        let mut entries: Vec<Arc<Entry>> = resources
-            .into_iter()
-            .map(|r| {
-                let hash = hash_resource(&r.name, &r.resource.value);
-                Arc::new(Entry {
-                    name: Arc::from(r.name),
-                    hash,
-                    resource: r.resource,
-                    version: version_string(hash),
-                })
-            })
-            .collect();
+    fn build(
+        ty: TypeUrl,
+        resources: Vec<NamedResource>,
+        interner: &Interner,
+    ) -> Result<TypeSnapshot, String> {
+        let mut entries = interner.intern(ty, resources);
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let mut index = HashMap::with_capacity(entries.len());
         let mut fold = VersionFold::default();
@@ -149,8 +227,6 @@ pub enum SnapshotError {
 pub struct Snapshot {
     /// The identity the resources were computed for (any proxy of the key).
     pub identity: ProxyIdentity,
-    /// The unpacked resources (for config dumps).
-    pub resources: Arc<ResourceSet>,
     types: [TypeSnapshot; 5],
     /// Increases with every snapshot published for a key.
     pub generation: u64,
@@ -165,21 +241,26 @@ fn index(ty: TypeUrl) -> usize {
 
 impl Snapshot {
     /// Packs and hashes `resources`, after checking that every RDS, EDS and SDS name
-    /// the listeners and clusters reference over ADS is present.
+    /// the listeners and clusters reference over ADS is present. Resources whose
+    /// content `interner` already holds are shared, not copied; the unpacked set is not
+    /// kept (a config dump decodes the packed bytes again).
     pub fn build(
         identity: ProxyIdentity,
-        resources: Arc<ResourceSet>,
+        resources: &ResourceSet,
         generation: u64,
         changed_at: Option<Instant>,
+        interner: &Interner,
     ) -> Result<Snapshot, SnapshotError> {
-        let problems = check_consistency(&resources);
+        let problems = check_consistency(resources);
         if !problems.is_empty() {
             return Err(SnapshotError::Inconsistent(problems));
         }
         let build = |ty: TypeUrl| {
-            TypeSnapshot::build(resources.packed(ty)).map_err(|message| SnapshotError::Invalid {
-                ty: ty.short(),
-                message,
+            TypeSnapshot::build(ty, resources.packed(ty), interner).map_err(|message| {
+                SnapshotError::Invalid {
+                    ty: ty.short(),
+                    message,
+                }
             })
         };
         let types = [
@@ -191,7 +272,6 @@ impl Snapshot {
         ];
         Ok(Snapshot {
             identity,
-            resources,
             types,
             generation,
             changed_at,
@@ -201,6 +281,25 @@ impl Snapshot {
     /// The resources of one type.
     pub fn of(&self, ty: TypeUrl) -> &TypeSnapshot {
         &self.types[index(ty)]
+    }
+
+    /// The resources decoded from their packed bytes (for config dumps).
+    pub fn unpacked(&self) -> Result<ResourceSet, prost::DecodeError> {
+        fn decode<M: prost::Message + Default>(
+            ts: &TypeSnapshot,
+        ) -> Result<Vec<M>, prost::DecodeError> {
+            ts.entries()
+                .iter()
+                .map(|e| M::decode(e.value.clone()))
+                .collect()
+        }
+        Ok(ResourceSet {
+            listeners: decode(self.of(TypeUrl::Listener))?,
+            routes: decode(self.of(TypeUrl::Route))?,
+            clusters: decode(self.of(TypeUrl::Cluster))?,
+            endpoints: decode(self.of(TypeUrl::Endpoint))?,
+            secrets: decode(self.of(TypeUrl::Secret))?,
+        })
     }
 
     /// True when both snapshots serve the same content for every type.
@@ -231,7 +330,7 @@ pub fn changed_eds_services(old: &Snapshot, new: &Snapshot) -> Vec<Arc<str>> {
         if before.get(&e.name).is_none_or(|b| b.hash == e.hash) {
             continue;
         }
-        let Ok(c) = Cluster::decode(e.resource.value.as_slice()) else {
+        let Ok(c) = Cluster::decode(e.value.clone()) else {
             continue;
         };
         if !matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32)
@@ -300,7 +399,13 @@ mod tests {
     }
 
     fn build(set: ResourceSet) -> Result<Snapshot, SnapshotError> {
-        Snapshot::build(ProxyIdentity::default(), Arc::new(set), 1, None)
+        Snapshot::build(
+            ProxyIdentity::default(),
+            &set,
+            1,
+            None,
+            &Interner::default(),
+        )
     }
 
     #[test]
@@ -321,7 +426,7 @@ mod tests {
             .of(TypeUrl::Cluster)
             .get("outbound|80||a.default.svc.cluster.local")
             .unwrap();
-        assert_eq!(parse_version(&e.version()), Some(e.hash));
+        assert_eq!(parse_version(e.version()), Some(e.hash));
         assert_eq!(parse_version("v1"), None);
     }
 
@@ -369,6 +474,70 @@ mod tests {
             .map(|n| n.to_string())
             .collect();
         assert_eq!(names, vec!["outbound|80||a.default.svc.cluster.local"]);
+    }
+
+    #[test]
+    fn equal_resources_are_shared_across_snapshots() {
+        let interner = Interner::default();
+        let build = |set: &ResourceSet| {
+            Snapshot::build(ProxyIdentity::default(), set, 1, None, &interner).unwrap()
+        };
+        let s1 = build(&gateway(8001).resources());
+        let s2 = build(&gateway(8001).resources());
+        let s3 = build(&gateway(8002).resources());
+        for t in TypeUrl::ALL {
+            for (a, b) in s1.of(t).entries().iter().zip(s2.of(t).entries()) {
+                assert!(Arc::ptr_eq(a, b), "{t:?} {}", a.name);
+            }
+        }
+        let cla = "outbound|80||a.default.svc.cluster.local";
+        let (e1, e3) = (
+            s1.of(TypeUrl::Endpoint).get(cla).unwrap(),
+            s3.of(TypeUrl::Endpoint).get(cla).unwrap(),
+        );
+        assert!(!Arc::ptr_eq(e1, e3) && e1.hash != e3.hash);
+        let c = "outbound|80||a.default.svc.cluster.local";
+        assert!(Arc::ptr_eq(
+            s1.of(TypeUrl::Cluster).get(c).unwrap(),
+            s3.of(TypeUrl::Cluster).get(c).unwrap()
+        ));
+        // Same bytes under another type are another resource.
+        assert_eq!(e1.ty, TypeUrl::Endpoint);
+        // Freed entries are not served again: a new build makes them anew.
+        let before = interner.len();
+        drop((s1, s2, s3));
+        let s4 = build(&gateway(8003).resources());
+        assert!(interner.len() >= before);
+        assert_eq!(s4.of(TypeUrl::Endpoint).len(), 1);
+    }
+
+    #[test]
+    fn dead_entries_are_swept() {
+        let interner = Interner::default();
+        for port in 0..3000u16 {
+            let set = gateway(10000 + port).resources();
+            let s = Snapshot::build(ProxyIdentity::default(), &set, 1, None, &interner).unwrap();
+            drop(s);
+        }
+        // Every endpoint differed and was freed: the table stays bounded.
+        assert!(interner.len() < 1000, "{}", interner.len());
+    }
+
+    #[test]
+    fn unpacked_resources_equal_the_built_set() {
+        let mut g = gateway(8001);
+        g.tls_secret = Some("gw-cert".into());
+        let mut set = g.resources();
+        set.secrets.push(tls_secret("gw-cert", "cert", "key"));
+        let s = build(set.clone()).unwrap();
+        assert_eq!(s.unpacked().unwrap(), set);
+        for t in TypeUrl::ALL {
+            for e in s.of(t).entries() {
+                assert_eq!(e.any().type_url, t.as_str());
+            }
+        }
+        let packed = set.packed(TypeUrl::Cluster);
+        assert_eq!(packed[0].resource.type_url, TypeUrl::Cluster.as_str());
     }
 
     #[test]

@@ -15,9 +15,10 @@
 use super::snapshot::{Entry, Snapshot, VersionFold, version_string};
 use super::status::Nack;
 use super::stream::{Engine, StreamCtx, truncate};
+use super::wire::SotwResponse;
 use crate::xds::TypeUrl;
-use crate::xds::pb::envoy::config::core::v3::{ControlPlane as ControlPlaneId, Node};
-use crate::xds::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use crate::xds::pb::envoy::config::core::v3::Node;
+use crate::xds::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -121,20 +122,17 @@ impl Sotw {
         entries: Vec<Arc<Entry>>,
         version: u64,
         ctx: &mut StreamCtx,
-    ) -> DiscoveryResponse {
+    ) -> SotwResponse {
         let nonce = ctx.next_nonce();
         let st = &mut self.types[i(t)];
         st.force = false;
         st.answered = false;
-        let resp = DiscoveryResponse {
+        let resp = SotwResponse {
             version_info: version_string(version),
-            resources: entries.iter().map(|e| e.resource.clone()).collect(),
-            type_url: t.as_str().to_string(),
+            resources: entries.clone(),
+            type_url: t,
             nonce: nonce.clone(),
-            control_plane: Some(ControlPlaneId {
-                identifier: ctx.inner.identifier.clone(),
-            }),
-            ..Default::default()
+            control_plane: ctx.inner.identifier.clone(),
         };
         ctx.inner.metrics.pushed(t);
         ctx.with_status(|s| {
@@ -152,7 +150,7 @@ impl Sotw {
         resp
     }
 
-    fn try_upsert(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DiscoveryResponse> {
+    fn try_upsert(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<SotwResponse> {
         let st = &self.types[i(t)];
         if !st.dirty || !st.requested {
             return None;
@@ -174,7 +172,7 @@ impl Sotw {
         Some(self.build(t, entries, version, ctx))
     }
 
-    fn try_final(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DiscoveryResponse> {
+    fn try_final(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<SotwResponse> {
         if !self.types[i(t)].holds_removed {
             return None;
         }
@@ -193,7 +191,7 @@ impl Sotw {
 
 impl Engine for Sotw {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = SotwResponse;
 
     fn node(req: &DiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
@@ -315,7 +313,7 @@ impl Engine for Sotw {
                 .any(|s| (s.dirty && s.requested) || s.holds_removed)
     }
 
-    fn next_response(&mut self, ctx: &mut StreamCtx) -> Option<DiscoveryResponse> {
+    fn next_response(&mut self, ctx: &mut StreamCtx) -> Option<SotwResponse> {
         for t in TypeUrl::ALL {
             if let Some(r) = self.try_upsert(t, ctx) {
                 return Some(r);

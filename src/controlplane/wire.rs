@@ -1,0 +1,417 @@
+//! The wire side of the ADS and SDS services: discovery responses written straight from
+//! shared snapshot entries, each into one buffer of exactly its size.
+//!
+//! A response holds `Arc<Entry>`s, not copies of the resources, and is encoded only when
+//! the connection asks for the stream's next frame; the buffer is freed once written to
+//! the socket. (Generated gRPC servers need an owned `Any` copy of every resource in
+//! every response, and encode into a per-stream buffer that grows to the largest message
+//! sent and keeps that size for the stream's life: a route configuration of a large mesh,
+//! times every connected proxy.) The bytes written are those of the protobuf messages
+//! `DiscoveryResponse` and `DeltaDiscoveryResponse`, fields in tag order (as prost writes
+//! them, which the tests compare byte for byte).
+use super::snapshot::Entry;
+use crate::xds::TypeUrl;
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::Frame;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// A response message the stream body can frame.
+pub(crate) trait WireMessage: Send + 'static {
+    /// Length of the encoded message.
+    fn encoded_len(&self) -> usize;
+    /// Appends the encoded message (exactly `encoded_len` bytes).
+    fn encode_raw(&self, buf: &mut BytesMut);
+}
+
+fn len_delimited(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// A singular string field (proto3: omitted when empty).
+fn str_len(tag: u32, s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        len_delimited(tag, s.len())
+    }
+}
+
+fn put_header(tag: u32, len: usize, buf: &mut BytesMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+}
+
+fn put_str(tag: u32, s: &str, buf: &mut BytesMut) {
+    if !s.is_empty() {
+        put_header(tag, s.len(), buf);
+        buf.put_slice(s.as_bytes());
+    }
+}
+
+/// Length of the entry packed as a `google.protobuf.Any`.
+fn any_len(e: &Entry) -> usize {
+    str_len(1, e.ty.as_str())
+        + if e.value.is_empty() {
+            0
+        } else {
+            len_delimited(2, e.value.len())
+        }
+}
+
+fn put_any(tag: u32, e: &Entry, buf: &mut BytesMut) {
+    put_header(tag, any_len(e), buf);
+    put_str(1, e.ty.as_str(), buf);
+    if !e.value.is_empty() {
+        put_header(2, e.value.len(), buf);
+        buf.put_slice(&e.value);
+    }
+}
+
+/// Length of the entry as a delta `Resource` (name, version, resource).
+fn resource_len(e: &Entry) -> usize {
+    str_len(3, &e.name) + str_len(1, e.version()) + len_delimited(2, any_len(e))
+}
+
+fn put_resource(tag: u32, e: &Entry, buf: &mut BytesMut) {
+    put_header(tag, resource_len(e), buf);
+    put_str(1, e.version(), buf);
+    put_any(2, e, buf);
+    put_str(3, &e.name, buf);
+}
+
+/// `control_plane` (a `ControlPlane` message holding the identifier).
+fn control_plane_len(tag: u32, identifier: &str) -> usize {
+    len_delimited(tag, str_len(1, identifier))
+}
+
+fn put_control_plane(tag: u32, identifier: &str, buf: &mut BytesMut) {
+    put_header(tag, str_len(1, identifier), buf);
+    put_str(1, identifier, buf);
+}
+
+/// A state-of-the-world `DiscoveryResponse`.
+#[derive(Debug)]
+pub(crate) struct SotwResponse {
+    pub version_info: String,
+    pub resources: Vec<Arc<Entry>>,
+    pub type_url: TypeUrl,
+    pub nonce: String,
+    pub control_plane: Arc<str>,
+}
+
+impl WireMessage for SotwResponse {
+    fn encoded_len(&self) -> usize {
+        str_len(1, &self.version_info)
+            + self
+                .resources
+                .iter()
+                .map(|e| len_delimited(2, any_len(e)))
+                .sum::<usize>()
+            + str_len(4, self.type_url.as_str())
+            + str_len(5, &self.nonce)
+            + control_plane_len(6, &self.control_plane)
+    }
+
+    fn encode_raw(&self, buf: &mut BytesMut) {
+        put_str(1, &self.version_info, buf);
+        for e in &self.resources {
+            put_any(2, e, buf);
+        }
+        put_str(4, self.type_url.as_str(), buf);
+        put_str(5, &self.nonce, buf);
+        put_control_plane(6, &self.control_plane, buf);
+    }
+}
+
+/// An incremental `DeltaDiscoveryResponse`.
+#[derive(Debug)]
+pub(crate) struct DeltaResponse {
+    pub system_version_info: String,
+    pub resources: Vec<Arc<Entry>>,
+    pub type_url: TypeUrl,
+    pub removed_resources: Vec<String>,
+    pub nonce: String,
+    pub control_plane: Arc<str>,
+}
+
+impl WireMessage for DeltaResponse {
+    fn encoded_len(&self) -> usize {
+        str_len(1, &self.system_version_info)
+            + self
+                .resources
+                .iter()
+                .map(|e| len_delimited(2, resource_len(e)))
+                .sum::<usize>()
+            + str_len(4, self.type_url.as_str())
+            + self
+                .removed_resources
+                .iter()
+                .map(|n| len_delimited(6, n.len()))
+                .sum::<usize>()
+            + str_len(5, &self.nonce)
+            + control_plane_len(7, &self.control_plane)
+    }
+
+    fn encode_raw(&self, buf: &mut BytesMut) {
+        put_str(1, &self.system_version_info, buf);
+        for e in &self.resources {
+            put_resource(2, e, buf);
+        }
+        put_str(4, self.type_url.as_str(), buf);
+        put_str(5, &self.nonce, buf);
+        for n in &self.removed_resources {
+            // Repeated strings are written even when empty.
+            put_header(6, n.len(), buf);
+            buf.put_slice(n.as_bytes());
+        }
+        put_control_plane(7, &self.control_plane, buf);
+    }
+}
+
+/// Length of the gRPC message prefix (compressed flag and length).
+const GRPC_HEADER: usize = 5;
+
+/// One gRPC message frame: the uncompressed flag, the length and the message.
+pub(crate) fn frame<M: WireMessage>(m: &M, max: usize) -> Result<Bytes, Status> {
+    let len = m.encoded_len();
+    if len > max || len > u32::MAX as usize {
+        return Err(Status::out_of_range(format!(
+            "response of {len} bytes is larger than the limit of {max} bytes"
+        )));
+    }
+    let mut buf = BytesMut::with_capacity(GRPC_HEADER + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    m.encode_raw(&mut buf);
+    debug_assert_eq!(buf.len(), GRPC_HEADER + len);
+    Ok(buf.freeze())
+}
+
+fn trailers(status: &Status) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    if status.add_header(&mut headers).is_err() {
+        headers.clear();
+        let _ = Status::internal("invalid status").add_header(&mut headers);
+    }
+    headers
+}
+
+/// The body of a streaming response: frames the stream task's responses as the
+/// connection asks for them, and ends with the stream's status in the trailers.
+pub(crate) struct ResponseBody<M> {
+    rx: mpsc::Receiver<Result<M, Status>>,
+    max_message_size: usize,
+    done: bool,
+}
+
+impl<M> ResponseBody<M> {
+    pub fn new(rx: mpsc::Receiver<Result<M, Status>>, max_message_size: usize) -> Self {
+        ResponseBody {
+            rx,
+            max_message_size,
+            done: false,
+        }
+    }
+}
+
+impl<M: WireMessage> http_body::Body for ResponseBody<M> {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let status = match std::task::ready!(this.rx.poll_recv(cx)) {
+            Some(Ok(m)) => match frame(&m, this.max_message_size) {
+                Ok(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Err(status) => status,
+            },
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        // The stream ends here: the receiver closes, so the stream task sees it.
+        this.done = true;
+        this.rx.close();
+        Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controlplane::sample::{SampleGateway, SampleService};
+    use crate::controlplane::snapshot::{Interner, Snapshot};
+    use crate::xds::ProxyIdentity;
+    use crate::xds::pb::envoy::config::core::v3::ControlPlane as ControlPlaneId;
+    use crate::xds::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryResponse, DiscoveryResponse, Resource,
+    };
+    use prost::Message;
+
+    fn snapshot() -> Snapshot {
+        let g = SampleGateway::new(
+            8080,
+            (0..3)
+                .map(|i| {
+                    SampleService::new(
+                        &format!("s{i}"),
+                        vec![std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i))],
+                    )
+                })
+                .collect(),
+        );
+        Snapshot::build(
+            ProxyIdentity::default(),
+            &g.resources(),
+            1,
+            None,
+            &Interner::default(),
+        )
+        .unwrap()
+    }
+
+    fn body(bytes: &Bytes) -> &[u8] {
+        assert_eq!(bytes[0], 0, "uncompressed");
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert_eq!(len, bytes.len() - GRPC_HEADER);
+        &bytes[GRPC_HEADER..]
+    }
+
+    /// Byte for byte what prost writes for the same message.
+    #[test]
+    fn sotw_response_is_the_protobuf_message() {
+        let snap = snapshot();
+        for (t, version, nonce) in [
+            (TypeUrl::Cluster, "0123456789abcdef", "n-1"),
+            (TypeUrl::Route, "", ""),
+            (TypeUrl::Secret, "v", "n"),
+        ] {
+            let entries = snap.of(t).entries().to_vec();
+            let ours = SotwResponse {
+                version_info: version.into(),
+                resources: entries.clone(),
+                type_url: t,
+                nonce: nonce.into(),
+                control_plane: Arc::from("meshgate test"),
+            };
+            let theirs = DiscoveryResponse {
+                version_info: version.into(),
+                resources: entries.iter().map(|e| e.any()).collect(),
+                type_url: t.as_str().into(),
+                nonce: nonce.into(),
+                control_plane: Some(ControlPlaneId {
+                    identifier: "meshgate test".into(),
+                }),
+                ..Default::default()
+            };
+            let bytes = frame(&ours, usize::MAX).unwrap();
+            assert_eq!(body(&bytes), theirs.encode_to_vec().as_slice(), "{t:?}");
+            assert_eq!(DiscoveryResponse::decode(body(&bytes)).unwrap(), theirs);
+        }
+    }
+
+    #[test]
+    fn delta_response_is_the_protobuf_message() {
+        let snap = snapshot();
+        for (t, removed) in [
+            (TypeUrl::Cluster, vec![]),
+            (TypeUrl::Endpoint, vec!["gone".to_string(), String::new()]),
+            (TypeUrl::Secret, vec!["x".to_string()]),
+        ] {
+            let entries = snap.of(t).entries().to_vec();
+            let ours = DeltaResponse {
+                system_version_info: "abc".into(),
+                resources: entries.clone(),
+                type_url: t,
+                removed_resources: removed.clone(),
+                nonce: "n-7".into(),
+                control_plane: Arc::from("cp"),
+            };
+            let theirs = DeltaDiscoveryResponse {
+                system_version_info: "abc".into(),
+                resources: entries
+                    .iter()
+                    .map(|e| Resource {
+                        name: e.name.to_string(),
+                        version: e.version().to_string(),
+                        resource: Some(e.any()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                type_url: t.as_str().into(),
+                removed_resources: removed,
+                nonce: "n-7".into(),
+                control_plane: Some(ControlPlaneId {
+                    identifier: "cp".into(),
+                }),
+                ..Default::default()
+            };
+            let bytes = frame(&ours, usize::MAX).unwrap();
+            assert_eq!(body(&bytes), theirs.encode_to_vec().as_slice(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn oversized_responses_are_refused() {
+        let snap = snapshot();
+        let resp = SotwResponse {
+            version_info: String::new(),
+            resources: snap.of(TypeUrl::Cluster).entries().to_vec(),
+            type_url: TypeUrl::Cluster,
+            nonce: String::new(),
+            control_plane: Arc::from(""),
+        };
+        let len = resp.encoded_len();
+        assert!(frame(&resp, len).is_ok());
+        let err = frame(&resp, len - 1).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
+    }
+
+    #[tokio::test]
+    async fn the_body_frames_responses_and_ends_with_the_status() {
+        use http_body::Body as _;
+        use http_body_util::BodyExt;
+        let (tx, rx) = mpsc::channel(4);
+        let mut b = ResponseBody::<SotwResponse>::new(rx, usize::MAX);
+        tx.send(Ok(SotwResponse {
+            version_info: "1".into(),
+            resources: Vec::new(),
+            type_url: TypeUrl::Listener,
+            nonce: "n".into(),
+            control_plane: Arc::from(""),
+        }))
+        .await
+        .unwrap();
+        tx.send(Err(Status::invalid_argument("bad"))).await.unwrap();
+        let f = b.frame().await.unwrap().unwrap();
+        let data = f.into_data().unwrap();
+        let r = DiscoveryResponse::decode(body(&data)).unwrap();
+        assert_eq!((r.version_info.as_str(), r.nonce.as_str()), ("1", "n"));
+        let t = b.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        assert_eq!(t["grpc-status"], "3");
+        assert_eq!(t["grpc-message"], "bad");
+        assert!(b.is_end_stream() && b.frame().await.is_none());
+        // The stream task sees the end.
+        assert!(tx.is_closed());
+
+        let (tx, rx) = mpsc::channel::<Result<SotwResponse, Status>>(1);
+        let mut b = ResponseBody::new(rx, usize::MAX);
+        drop(tx);
+        let t = b.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        assert_eq!(t["grpc-status"], "0");
+    }
+}
