@@ -6,6 +6,9 @@
 //!   meshgate does not implement is rejected there, like an Envoy NACK.
 //! - [`runtime`] runs one current-thread tokio runtime per core; each binds its own
 //!   `SO_REUSEPORT` socket per listener and owns its upstream connection pools.
+//! - [`connection`] takes an accepted connection to its filter chain ([`listener`]):
+//!   ClientHello peek, SNI/ALPN chain matching, TLS termination ([`tls`] holds the
+//!   secret store and sessions).
 //! - [`http`] serves downstream connections with hyper, applies the connection manager's
 //!   request handling, the fault and CORS filters, and the router.
 //! - [`route`] holds the compiled route tables and their matchers.
@@ -15,6 +18,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod compile;
+pub mod connection;
 pub mod http;
 pub mod json_input;
 pub mod listener;
@@ -22,8 +26,9 @@ pub mod route;
 pub mod runtime;
 pub mod snapshot;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 
-pub use compile::{CompileError, compile};
+pub use compile::{CompileError, compile, compile_with};
 pub use runtime::{Gateway, GatewayOptions};
 pub use snapshot::Snapshot;

@@ -3,14 +3,17 @@ use crate::proxy::compile::route::{Clusters, compile_route_config};
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::http::fault::Fault;
 use crate::proxy::http::hcm::*;
-use crate::proxy::listener::{ChainMatch, FilterChain, Listener};
+use crate::proxy::listener::{ChainAction, ChainMatch, FilterChain, Listener, TransportProtocol};
 use crate::proxy::route::RouteTable;
+use crate::proxy::tls::TlsRuntime;
+use crate::tls::DownstreamTls;
 use crate::xds::ResourceSet;
 use crate::xds::pb::envoy::config::core::v3 as core_pb;
 use crate::xds::pb::envoy::config::listener::v3 as pb;
 use crate::xds::pb::envoy::extensions::filters::http::fault::v3 as fault_pb;
 use crate::xds::pb::envoy::extensions::filters::http::router::v3 as router_pb;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use http::HeaderValue;
 use prost::{Message, Name};
 use std::collections::HashMap;
@@ -23,6 +26,9 @@ const TLS_INSPECTOR: &str =
 const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
 const RAW_BUFFER: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+/// Envoy's bound on a downstream TLS handshake when `transport_socket_connect_timeout`
+/// is unset.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Istio's telemetry filter: meshgate produces Istio's standard metrics natively.
 const ISTIO_STATS: &[&str] = &["type.googleapis.com/stats.PluginConfig"];
 
@@ -30,10 +36,11 @@ pub(crate) fn compile_listeners(
     set: &ResourceSet,
     routes: &HashMap<String, Arc<RouteTable>>,
     clusters: &Clusters,
+    tls: &TlsRuntime,
 ) -> Result<Vec<Arc<Listener>>, CompileError> {
     let mut out: Vec<Arc<Listener>> = Vec::new();
     for l in &set.listeners {
-        let compiled = compile_listener(l, routes, clusters)?;
+        let compiled = compile_listener(l, routes, clusters, tls)?;
         if out.iter().any(|o| o.name == compiled.name) {
             return Err(Cx::new("listener", &l.name).err("name", "duplicate listener name"));
         }
@@ -55,6 +62,7 @@ fn compile_listener(
     l: &pb::Listener,
     routes: &HashMap<String, Arc<RouteTable>>,
     clusters: &Clusters,
+    tls: &TlsRuntime,
 ) -> Result<Listener, CompileError> {
     let cx = &mut Cx::new("listener", &l.name);
     fields!(
@@ -66,15 +74,15 @@ fn compile_listener(
                 address,
                 filter_chains,
                 default_filter_chain,
-                listener_filters
+                listener_filters,
+                continue_on_listener_filters_timeout,
+                listener_filters_timeout
             ],
             ignored: [
                 stat_prefix,
                 metadata,
                 per_connection_buffer_limit_bytes,
                 traffic_direction,
-                continue_on_listener_filters_timeout,
-                listener_filters_timeout,
                 access_log,
                 drain_type,
                 tcp_backlog_size,
@@ -117,6 +125,12 @@ fn compile_listener(
         if ty == TLS_INSPECTOR
             || (ty.is_empty() && f.name == "envoy.filters.listener.tls_inspector")
         {
+            if f.filter_disabled.is_some() {
+                return Err(cx.err(
+                    &format!("listener_filters[{i}].filter_disabled"),
+                    "conditionally disabled listener filters are not supported",
+                ));
+            }
             tls_inspector = true;
         } else {
             return Err(cx.err(
@@ -128,12 +142,12 @@ fn compile_listener(
     let mut chains = Vec::new();
     for (i, fc) in l.filter_chains.iter().enumerate() {
         chains.push(cx.at(format_args!("filter_chains[{i}]"), |cx| {
-            compile_chain(cx, fc, routes, clusters)
+            compile_chain(cx, fc, routes, clusters, tls, &l.name)
         })?);
     }
     let default_chain = match &l.default_filter_chain {
         Some(fc) => Some(cx.at("default_filter_chain", |cx| {
-            compile_chain(cx, fc, routes, clusters)
+            compile_chain(cx, fc, routes, clusters, tls, &l.name)
         })?),
         None => None,
     };
@@ -143,21 +157,59 @@ fn compile_listener(
             "a listener needs at least one filter chain",
         ));
     }
-    for (i, a) in chains.iter().enumerate() {
-        if chains[..i].iter().any(|b| b.matcher == a.matcher) {
-            return Err(cx.err(
-                &format!("filter_chains[{i}]"),
-                "multiple filter chains with the same matching rules",
-            ));
+    // Envoy refuses chains whose criteria overlap: which one applies would be undefined.
+    let mut seen: std::collections::HashSet<(Option<u16>, &str, Option<TransportProtocol>, &[u8])> =
+        std::collections::HashSet::new();
+    for (i, c) in chains.iter().enumerate() {
+        let m = &c.matcher;
+        let names: Vec<&str> = if m.server_names.is_empty() {
+            vec![""]
+        } else {
+            m.server_names.iter().map(|n| &**n).collect()
+        };
+        let alpns: Vec<&[u8]> = if m.application_protocols.is_empty() {
+            vec![&[]]
+        } else {
+            m.application_protocols.iter().map(|p| &**p).collect()
+        };
+        for n in &names {
+            for a in &alpns {
+                if !seen.insert((m.destination_port, n, m.transport_protocol, a)) {
+                    return Err(cx.err(
+                        &format!("filter_chains[{i}]"),
+                        "multiple filter chains with the same matching rules",
+                    ));
+                }
+            }
         }
     }
-    Ok(Listener {
-        name: l.name.as_str().into(),
+    let uses_tls_match = chains.iter().any(|c| {
+        !c.matcher.server_names.is_empty()
+            || !c.matcher.application_protocols.is_empty()
+            || c.matcher.transport_protocol == Some(TransportProtocol::Tls)
+    });
+    if uses_tls_match && !tls_inspector {
+        // Envoy accepts this too; such chains never match without the inspector.
+        tracing::warn!(listener = %l.name, "filter chains match on SNI, ALPN or `tls` but the listener has no tls_inspector: they never match");
+    }
+    let mut listener = Listener::new(
+        l.name.as_str().into(),
         addr,
         chains,
         default_chain,
         tls_inspector,
-    })
+    );
+    if let Some(t) = duration(cx, "listener_filters_timeout", &l.listener_filters_timeout)? {
+        // Zero disables the bound in Envoy; meshgate keeps one (an hour) so that a client
+        // that never speaks cannot hold a connection forever.
+        listener.listener_filters_timeout = if t.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            t
+        };
+    }
+    listener.continue_on_listener_filters_timeout = l.continue_on_listener_filters_timeout;
+    Ok(listener)
 }
 
 fn listener_address(cx: &Cx, a: &Option<core_pb::Address>) -> Result<SocketAddr, CompileError> {
@@ -192,85 +244,40 @@ fn compile_chain(
     fc: &pb::FilterChain,
     routes: &HashMap<String, Arc<RouteTable>>,
     clusters: &Clusters,
+    tls: &TlsRuntime,
+    listener: &str,
 ) -> Result<FilterChain, CompileError> {
     fields!(
         cx,
         fc,
         pb::FilterChain {
-            supported: [filter_chain_match, filters, transport_socket, name],
-            ignored: [metadata, transport_socket_connect_timeout],
+            supported: [
+                filter_chain_match,
+                filters,
+                transport_socket,
+                name,
+                transport_socket_connect_timeout
+            ],
+            ignored: [metadata],
             unsupported: [use_proxy_proto],
         }
     );
-    if let Some(ts) = &fc.transport_socket {
-        use core_pb::transport_socket::ConfigType;
-        match &ts.config_type {
-            Some(ConfigType::TypedConfig(a)) if a.type_url == RAW_BUFFER => {}
-            None => {}
-            Some(ConfigType::TypedConfig(a)) => {
-                return Err(cx.err(
-                    "transport_socket",
-                    format!(
-                        "TLS not supported yet: transport socket {} cannot be served",
-                        a.type_url
-                    ),
-                ));
-            }
-        }
-    }
+    let handshake_timeout = duration(
+        cx,
+        "transport_socket_connect_timeout",
+        &fc.transport_socket_connect_timeout,
+    )?
+    .filter(|d| !d.is_zero())
+    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+    let downstream_tls = match &fc.transport_socket {
+        None => None,
+        Some(ts) => cx.at("transport_socket", |cx| {
+            downstream_transport_socket(cx, ts, tls, listener, &fc.name)
+        })?,
+    };
     let matcher = match &fc.filter_chain_match {
         None => ChainMatch::default(),
-        Some(m) => cx.at("filter_chain_match", |cx| {
-            fields!(
-                cx,
-                m,
-                pb::FilterChainMatch {
-                    supported: [
-                        destination_port,
-                        server_names,
-                        transport_protocol,
-                        application_protocols
-                    ],
-                    ignored: [],
-                    unsupported: [
-                        prefix_ranges,
-                        address_suffix,
-                        suffix_len,
-                        direct_source_prefix_ranges,
-                        source_type,
-                        source_prefix_ranges,
-                        source_ports
-                    ],
-                }
-            );
-            if !m.server_names.is_empty() {
-                return Err(cx.err(
-                    "server_names",
-                    "TLS not supported yet: SNI matching needs TLS",
-                ));
-            }
-            if !m.application_protocols.is_empty() {
-                return Err(cx.err(
-                    "application_protocols",
-                    "TLS not supported yet: ALPN matching needs TLS",
-                ));
-            }
-            let tp = match m.transport_protocol.as_str() {
-                "" => None,
-                "raw_buffer" => Some("raw_buffer".into()),
-                "tls" => return Err(cx.err("transport_protocol", "TLS not supported yet")),
-                other => {
-                    return Err(cx.err(
-                        "transport_protocol",
-                        format!("unknown transport protocol {other:?}"),
-                    ));
-                }
-            };
-            Ok(ChainMatch {
-                destination_port: m.destination_port.map(|p| p.value as u16),
-                transport_protocol: tp,
-            })
-        })?,
+        Some(m) => cx.at("filter_chain_match", |cx| chain_match(cx, m))?,
     };
     if fc.filters.len() != 1 {
         return Err(cx.err(
@@ -302,7 +309,130 @@ fn compile_chain(
     Ok(FilterChain {
         name: fc.name.as_str().into(),
         matcher,
-        hcm: Arc::new(hcm),
+        tls: downstream_tls,
+        handshake_timeout,
+        action: ChainAction::Http(Arc::new(hcm)),
+    })
+}
+
+/// A filter chain's transport socket: raw buffer (plain text) or TLS termination.
+fn downstream_transport_socket(
+    cx: &mut Cx,
+    ts: &core_pb::TransportSocket,
+    tls: &TlsRuntime,
+    listener: &str,
+    chain: &str,
+) -> Result<Option<DownstreamTls>, CompileError> {
+    use core_pb::transport_socket::ConfigType;
+    let any = match &ts.config_type {
+        None => return Ok(None),
+        Some(ConfigType::TypedConfig(a)) => a,
+    };
+    if any.type_url == RAW_BUFFER {
+        return Ok(None);
+    }
+    if any.type_url != tls_pb::DownstreamTlsContext::type_url() {
+        return Err(cx.err(
+            "typed_config",
+            format!("transport socket {} is not supported", any.type_url),
+        ));
+    }
+    let ctx = tls_pb::DownstreamTlsContext::decode(any.value.as_slice())
+        .map_err(|e| cx.err("typed_config", format!("decoding DownstreamTlsContext: {e}")))?;
+    let name = format!("listener {listener} filter chain {chain:?}");
+    let built = DownstreamTls::from_context(&ctx, &tls.store, &tls.sessions, &name)
+        .map_err(|e| cx.err("typed_config", e.to_string()))?;
+    if !built.certificates_ready() {
+        let secrets: Vec<&str> = ctx
+            .common_tls_context
+            .iter()
+            .flat_map(|c| &c.tls_certificate_sds_secret_configs)
+            .map(|s| s.name.as_str())
+            .collect();
+        tracing::warn!(
+            listener,
+            chain,
+            secrets = ?secrets,
+            "no certificate yet for this filter chain: its TLS connections are reset until the secret arrives"
+        );
+    }
+    Ok(Some(built))
+}
+
+/// `FilterChainMatch`: destination port, server names, transport protocol, ALPN.
+fn chain_match(cx: &mut Cx, m: &pb::FilterChainMatch) -> Result<ChainMatch, CompileError> {
+    fields!(
+        cx,
+        m,
+        pb::FilterChainMatch {
+            supported: [
+                destination_port,
+                server_names,
+                transport_protocol,
+                application_protocols
+            ],
+            ignored: [],
+            unsupported: [
+                prefix_ranges,
+                address_suffix,
+                suffix_len,
+                direct_source_prefix_ranges,
+                source_type,
+                source_prefix_ranges,
+                source_ports
+            ],
+        }
+    );
+    let mut server_names: Vec<Box<str>> = Vec::with_capacity(m.server_names.len());
+    for (i, n) in m.server_names.iter().enumerate() {
+        let lower = n.to_ascii_lowercase();
+        let body = lower.strip_prefix("*.").unwrap_or(&lower);
+        let valid = !body.is_empty()
+            && !body.contains('*')
+            && body.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            return Err(cx.err(
+                &format!("server_names[{i}]"),
+                format!("{n:?}: server names are host names or `*.suffix` wildcards"),
+            ));
+        }
+        if !server_names.iter().any(|s| **s == *lower) {
+            server_names.push(lower.into());
+        }
+    }
+    let transport_protocol = match m.transport_protocol.as_str() {
+        "" => None,
+        "raw_buffer" => Some(TransportProtocol::RawBuffer),
+        "tls" => Some(TransportProtocol::Tls),
+        other => {
+            return Err(cx.err(
+                "transport_protocol",
+                format!("unknown transport protocol {other:?} (tls, raw_buffer)"),
+            ));
+        }
+    };
+    let mut application_protocols: Vec<Box<[u8]>> = Vec::new();
+    for (i, p) in m.application_protocols.iter().enumerate() {
+        if p.is_empty() || p.len() > 255 {
+            return Err(cx.err(
+                &format!("application_protocols[{i}]"),
+                "an ALPN protocol is 1 to 255 bytes",
+            ));
+        }
+        application_protocols.push(p.as_bytes().into());
+    }
+    let destination_port = match m.destination_port {
+        None => None,
+        Some(p) if p.value >= 1 && p.value <= 65535 => Some(p.value as u16),
+        Some(_) => return Err(cx.err("destination_port", "not a port number")),
+    };
+    Ok(ChainMatch {
+        destination_port,
+        server_names,
+        transport_protocol,
+        application_protocols,
     })
 }
 
@@ -340,6 +470,7 @@ fn compile_hcm(
                 preserve_external_request_id,
                 always_set_request_id_in_response,
                 forward_client_cert_details,
+                set_current_client_cert_details,
                 upgrade_configs,
                 normalize_path,
                 merge_slashes,
@@ -357,7 +488,6 @@ fn compile_hcm(
                 flush_access_log_on_new_request,
                 access_log_options,
                 delayed_close_timeout,
-                set_current_client_cert_details,
                 stream_error_on_invalid_http_message,
                 represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
                 drain_timeout_jitter,
@@ -491,14 +621,17 @@ fn compile_hcm(
         (_, true) => StripPort::Matching,
         _ => StripPort::None,
     };
-    use hcm_pb::http_connection_manager::ForwardClientCertDetails as F;
-    let forward_client_cert = match F::try_from(h.forward_client_cert_details) {
-        Ok(F::Sanitize) => ForwardClientCert::Sanitize,
-        Ok(F::ForwardOnly) => ForwardClientCert::ForwardOnly,
-        Ok(F::AppendForward) => ForwardClientCert::AppendForward,
-        Ok(F::SanitizeSet) => ForwardClientCert::SanitizeSet,
-        Ok(F::AlwaysForwardOnly) => ForwardClientCert::AlwaysForwardOnly,
-        Err(_) => return Err(cx.err("forward_client_cert_details", "unknown value")),
+    let forward_client_cert = ForwardClientCert::from_proto(h.forward_client_cert_details)
+        .ok_or_else(|| cx.err("forward_client_cert_details", "unknown value"))?;
+    let client_cert_details = match &h.set_current_client_cert_details {
+        None => ClientCertDetails::default(),
+        Some(d) => ClientCertDetails {
+            subject: d.subject.is_some_and(|b| b.value),
+            cert: d.cert,
+            chain: d.chain,
+            dns: d.dns,
+            uri: d.uri,
+        },
     };
     let mut upgrades = Vec::new();
     for (i, u) in h.upgrade_configs.iter().enumerate() {
@@ -555,6 +688,7 @@ fn compile_hcm(
         accept_http_10,
         default_host_for_http_10,
         forward_client_cert,
+        client_cert_details,
         suppress_envoy_headers,
         http2_max_concurrent_streams,
     })
