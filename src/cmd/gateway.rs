@@ -15,8 +15,19 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
     /// Istio configuration (a file or a directory of YAML), watched for changes.
-    #[arg(long, value_name = "PATH", conflicts_with = "xds_json")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["xds_json", "xds"])]
     pub config: Option<PathBuf>,
+    /// Join a control plane: the xDS (ADS) server's HOST:PORT. Any conforming server
+    /// works; `meshgate control-plane` serves on 127.0.0.1:15010.
+    #[arg(long, value_name = "ADDR", conflicts_with = "xds_json")]
+    pub xds: Option<String>,
+    /// With --xds: state-of-the-world xDS instead of delta.
+    #[arg(long, requires = "xds")]
+    pub xds_sotw: bool,
+    /// With --xds: the node id, Istio's router~IP~POD.NS~NS.svc.cluster.local, or a pod
+    /// name that is expanded into it (with 127.0.0.1 as the IP).
+    #[arg(long, requires = "xds", default_value = "meshgate-gateway")]
+    pub node_id: String,
     /// Envoy resources as JSON (`{"listeners": [...], "routes": [...], "clusters": [...],
     /// "endpoints": [...]}`), watched for changes.
     #[arg(long, value_name = "FILE", hide = true)]
@@ -62,7 +73,7 @@ pub fn run(args: GatewayArgs) -> ExitCode {
     }
 }
 
-fn init_tracing() {
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -96,6 +107,9 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
             app,
         },
     };
+    if let Some(addr) = &args.xds {
+        return crate::cmd::gateway_xds::run(addr, &args, labels, opts);
+    }
     let source = match (&args.config, &args.xds_json) {
         (Some(path), _) => Source::Istio {
             path: path.clone(),
@@ -103,7 +117,9 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
             namespace: args.namespace.clone(),
         },
         (None, Some(file)) => Source::Json(file.clone()),
-        (None, None) => anyhow::bail!("nothing to serve: give --config PATH (Istio YAML)"),
+        (None, None) => {
+            anyhow::bail!("nothing to serve: give --config PATH (Istio YAML) or --xds ADDR")
+        }
     };
     let gateway = Gateway::start(opts).context("starting the gateway")?;
     tracing::info!(admin = ?gateway.admin_addr(), health = ?gateway.health_addr(), prometheus = ?gateway.prometheus_addr(), "gateway started");

@@ -4,5 +4,6 @@ pub mod bootstrap;
 pub mod certs;
 pub mod control_plane;
 pub mod gateway;
+pub mod gateway_xds;
 pub mod translate;
 pub mod validate;

@@ -36,6 +36,8 @@ struct TypeState {
     told_absent: HashSet<Arc<str>>,
     dirty: bool,
     removals: bool,
+    /// Held entries to send again although unchanged (the endpoints of changed clusters).
+    resend: HashSet<Arc<str>>,
 }
 
 /// What a proxy holds of one type: name -> our content hash (`None`: a version we did not
@@ -218,18 +220,20 @@ impl Delta {
         let ts = snap.of(t);
         let (wildcard, names) = (st.wildcard, &st.names);
         let wanted = |n: &str| wildcard || names.contains(n);
+        let resend = &mut st.resend;
         let mut resources = Vec::new();
         // Large updates go out in several responses, so that no stream holds a huge
         // message in its buffers (delta allows any split).
         let mut full = false;
         let mut send = |e: &Arc<super::snapshot::Entry>, has: &mut Holdings| {
-            if has.get(t, &e.name, wanted) == Some(Some(e.hash)) {
+            if has.get(t, &e.name, wanted) == Some(Some(e.hash)) && !resend.contains(&e.name) {
                 return;
             }
             if resources.len() >= limit {
                 full = true;
                 return;
             }
+            resend.remove(&e.name);
             has.insert(e.name.clone(), Some(e.hash));
             resources.push(Resource {
                 name: e.name.to_string(),
@@ -361,6 +365,7 @@ impl Engine for Delta {
                 st.wildcard = false;
             } else {
                 st.names.remove(n.as_str());
+                st.resend.remove(n.as_str());
                 st.has.remove(t, &n);
                 st.told_absent.remove(n.as_str());
             }
@@ -414,6 +419,15 @@ impl Engine for Delta {
     }
 
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>, ctx: &mut StreamCtx) {
+        if let Some(old) = &self.snapshot {
+            let eds = &mut self.types[i(TypeUrl::Endpoint)];
+            for n in super::snapshot::changed_eds_services(old, &snapshot) {
+                if eds.wildcard || eds.names.contains(&n) {
+                    eds.resend.insert(n);
+                    eds.dirty = true;
+                }
+            }
+        }
         let mut changed = false;
         for t in TypeUrl::ALL {
             let differs = self

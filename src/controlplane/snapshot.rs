@@ -211,6 +211,46 @@ impl Snapshot {
     }
 }
 
+/// The EDS service names of clusters whose content changed from `old` to `new` (not
+/// those added). Envoy re-creates a changed cluster and keeps it warming until a load
+/// assignment for it arrives, even an unchanged one: a push that changes an EDS cluster
+/// must send its endpoints again (istiod does the same).
+pub fn changed_eds_services(old: &Snapshot, new: &Snapshot) -> Vec<Arc<str>> {
+    use crate::xds::pb::envoy::config::cluster::v3::Cluster;
+    use crate::xds::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    use prost::Message;
+    let (before, after) = (old.of(TypeUrl::Cluster), new.of(TypeUrl::Cluster));
+    if before.version == after.version {
+        return Vec::new();
+    }
+    let endpoints = new.of(TypeUrl::Endpoint);
+    let mut out = Vec::new();
+    for e in after.entries() {
+        if before.get(&e.name).is_none_or(|b| b.hash == e.hash) {
+            continue;
+        }
+        let Ok(c) = Cluster::decode(e.resource.value.as_slice()) else {
+            continue;
+        };
+        if !matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32)
+        {
+            continue;
+        }
+        let service = c
+            .eds_cluster_config
+            .as_ref()
+            .map(|x| x.service_name.as_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&c.name);
+        if let Some(cla) = endpoints.get(service) {
+            out.push(cla.name.clone());
+        }
+    }
+    out
+}
+
 /// Every problem that would leave a proxy waiting for a resource that never comes:
 /// a referenced route configuration, cluster load assignment or secret that is missing.
 pub fn check_consistency(set: &ResourceSet) -> Vec<String> {
@@ -310,6 +350,25 @@ mod tests {
         );
         set.secrets.push(tls_secret("gw-cert", "cert", "key"));
         assert!(check_consistency(&set).is_empty());
+    }
+
+    #[test]
+    fn changed_eds_clusters_name_their_endpoints() {
+        let s1 = build(gateway(8001).resources()).unwrap();
+        // Same cluster, new endpoints: nothing to resend beyond the endpoint change.
+        let s2 = build(gateway(8002).resources()).unwrap();
+        assert!(changed_eds_services(&s1, &s2).is_empty());
+        let mut set = gateway(8001).resources();
+        set.clusters[0].connect_timeout = Some(crate::xds::pb::google::protobuf::Duration {
+            seconds: 7,
+            nanos: 0,
+        });
+        let s3 = build(set).unwrap();
+        let names: Vec<String> = changed_eds_services(&s1, &s3)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, vec!["outbound|80||a.default.svc.cluster.local"]);
     }
 
     #[test]

@@ -276,6 +276,16 @@ impl Engine for Sotw {
     }
 
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>, ctx: &mut StreamCtx) {
+        if let Some(old) = &self.snapshot {
+            let eds = &mut self.types[i(TypeUrl::Endpoint)];
+            let resend = super::snapshot::changed_eds_services(old, &snapshot)
+                .iter()
+                .any(|n| eds.subscription.wildcard || eds.subscription.names.contains(&**n));
+            if resend {
+                eds.force = true;
+                eds.dirty = true;
+            }
+        }
         let mut changed = false;
         for t in TypeUrl::ALL {
             let differs = self

@@ -28,6 +28,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod tls;
 pub mod upstream;
+pub mod xds_consumer;
 
 pub use compile::{CompileError, compile, compile_with};
 pub use runtime::{Gateway, GatewayOptions};

@@ -24,12 +24,35 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port that was free a moment ago on both 0.0.0.0 and 127.0.0.1.
+///
+/// Ports come from 20000..32000, below Linux's ephemeral range (32768..60999), so the
+/// kernel never hands the same port to an outgoing connection between this call and the
+/// peer's bind. Each test process starts at a random offset and walks the range, so
+/// concurrent tests and test processes rarely try the same port.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0")
+    use std::sync::atomic::AtomicU32;
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 12000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let seed = std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+        let _ = NEXT.compare_exchange(u32::MAX, seed % SPAN, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        // Bound and closed in turn: a port held on either address is skipped.
+        if StdListener::bind(("0.0.0.0", port)).is_ok()
+            && StdListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free TCP port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Finds a peer program: `$MESHGATE_<NAME>` (upper-case), then `.peers/bin/<name>`, then

@@ -1,0 +1,483 @@
+//! `meshgate gateway --xds` against a scripted minimal ADS server that is not meshgate's:
+//! versions and nonces of its own choosing, inline and named resources, a NACK for what
+//! the data plane cannot apply, and a dropped stream the gateway comes back to with what
+//! it holds, serving its last configuration meanwhile.
+mod support;
+#[path = "support/xds_mesh.rs"]
+mod xds_mesh;
+
+use meshgate::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use meshgate::xds::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use meshgate::xds::pb::google::protobuf::Any;
+use meshgate::xds::pb::google::protobuf::value::Kind;
+use meshgate::xds::{ResourceSet, TypeUrl};
+use prost::{Message, Name};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use support::gateway::{hcm_listener, resource_set, static_cluster};
+use support::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use xds_mesh::XdsGateway;
+
+type DeltaOut = mpsc::Sender<Result<DeltaDiscoveryResponse, tonic::Status>>;
+type SotwOut = mpsc::Sender<Result<DiscoveryResponse, tonic::Status>>;
+type Out<T> = Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+/// An ADS server that hands each stream to the test, which answers by hand.
+struct Scripted {
+    delta: mpsc::Sender<(tonic::Streaming<DeltaDiscoveryRequest>, DeltaOut)>,
+    sotw: mpsc::Sender<(tonic::Streaming<DiscoveryRequest>, SotwOut)>,
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Scripted {
+    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
+    async fn stream_aggregated_resources(
+        &self,
+        req: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let _ = self.sotw.send((req.into_inner(), tx)).await;
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+    async fn delta_aggregated_resources(
+        &self,
+        req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let _ = self.delta.send((req.into_inner(), tx)).await;
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    delta: mpsc::Receiver<(tonic::Streaming<DeltaDiscoveryRequest>, DeltaOut)>,
+    sotw: mpsc::Receiver<(tonic::Streaming<DiscoveryRequest>, SotwOut)>,
+}
+
+async fn server() -> Server {
+    let (dtx, drx) = mpsc::channel(4);
+    let (stx, srx) = mpsc::channel(4);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(Scripted {
+                delta: dtx,
+                sotw: stx,
+            }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Server {
+        addr,
+        delta: drx,
+        sotw: srx,
+    }
+}
+
+async fn accept<T>(rx: &mut mpsc::Receiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("the gateway connects in time")
+        .expect("server running")
+}
+
+/// Reads requests until one matches.
+async fn until<T>(s: &mut tonic::Streaming<T>, pred: impl Fn(&T) -> bool) -> T {
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("a request in time")
+            .expect("stream ok")
+            .expect("a request");
+        if pred(&r) {
+            return r;
+        }
+    }
+}
+
+fn any<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn set(v: Value) -> ResourceSet {
+    resource_set(&v)
+}
+
+fn route_to(cluster: &str) -> Value {
+    json!({"name": "routes", "virtual_hosts": [{"name": "all", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}]})
+}
+
+/// GET / through `port`: the answering upstream.
+fn upstream_via(port: u16) -> Option<String> {
+    let (status, body) = blocking_http_get(("127.0.0.1", port), "/").ok()?;
+    let echo: Value = serde_json::from_str(&body).ok()?;
+    (status == 200).then(|| echo["upstream"].as_str().unwrap_or("").to_string())
+}
+
+fn wait_upstream(port: u16, upstream: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream_via(port).as_deref() != Some(upstream) {
+        assert!(Instant::now() < deadline, "not routed to {upstream}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn metadata_string<'a>(
+    node: &'a meshgate::xds::pb::envoy::config::core::v3::Node,
+    key: &str,
+) -> Option<&'a str> {
+    match node.metadata.as_ref()?.fields.get(key)?.kind.as_ref()? {
+        Kind::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_gateway_with_a_scripted_server() {
+    let a = EchoUpstream::start("echo-a");
+    let b = EchoUpstream::start("echo-b");
+    let mut server = server().await;
+    let work = TempDir::new();
+    let port = free_port();
+    let mut gw = XdsGateway::spawn(
+        "scripted",
+        &server.addr.to_string(),
+        "app=edge,istio=ingressgateway",
+        "edge",
+        false,
+        work.path(),
+    );
+    let (mut reqs, out) = accept(&mut server.sotw).await;
+    let send = |t: TypeUrl, version: &str, nonce: &str, resources: Vec<Any>| {
+        out.try_send(Ok(DiscoveryResponse {
+            type_url: t.as_str().into(),
+            version_info: version.into(),
+            nonce: nonce.into(),
+            resources,
+            ..Default::default()
+        }))
+        .unwrap()
+    };
+
+    // The node, as Istio's agent would present a gateway.
+    let first = until(&mut reqs, |_| true).await;
+    let node = first.node.expect("the node on the first request");
+    assert_eq!(
+        node.id,
+        "router~127.0.0.1~scripted.edge~edge.svc.cluster.local"
+    );
+    assert_eq!(node.user_agent_name, "meshgate");
+    assert_eq!(metadata_string(&node, "NAMESPACE"), Some("edge"));
+    assert_eq!(metadata_string(&node, "CLUSTER_ID"), Some("Kubernetes"));
+    let labels = match node.metadata.as_ref().unwrap().fields["LABELS"]
+        .kind
+        .as_ref()
+    {
+        Some(Kind::StructValue(s)) => s.clone(),
+        other => panic!("LABELS: {other:?}"),
+    };
+    assert!(
+        matches!(labels.fields["app"].kind.as_ref(), Some(Kind::StringValue(s)) if s == "edge")
+    );
+
+    let up = set(json!({"clusters": [static_cluster("up", &[a.addr.port()], json!({}))]}));
+    let listener =
+        set(json!({"listeners": [hcm_listener("front", port, "routes", json!({}), vec![])]}));
+    send(TypeUrl::Cluster, "1", "c1", vec![any(&up.clusters[0])]);
+    send(
+        TypeUrl::Listener,
+        "1",
+        "l1",
+        vec![any(&listener.listeners[0])],
+    );
+    let rds = until(&mut reqs, |r| r.type_url == TypeUrl::Route.as_str()).await;
+    assert_eq!(rds.resource_names, vec!["routes".to_string()]);
+    assert_eq!(gw.health(), Some(503), "not ready before the routes arrive");
+    let routes = set(json!({"routes": [route_to("up")]}));
+    send(TypeUrl::Route, "1", "r1", vec![any(&routes.routes[0])]);
+    gw.wait_ready(Duration::from_secs(10));
+    wait_upstream(port, "echo-a");
+
+    // An update in two types: the new cluster first, then the route to it.
+    let both = set(json!({"clusters": [
+        static_cluster("up", &[a.addr.port()], json!({})),
+        static_cluster("up2", &[b.addr.port()], json!({})),
+    ]}));
+    send(
+        TypeUrl::Cluster,
+        "2",
+        "c2",
+        both.clusters.iter().map(any).collect(),
+    );
+    let ack = until(&mut reqs, |r| r.response_nonce == "c2").await;
+    assert_eq!((ack.version_info.as_str(), ack.error_detail), ("2", None));
+    send(
+        TypeUrl::Route,
+        "2",
+        "r2",
+        vec![any(&set(json!({"routes": [route_to("up2")]})).routes[0])],
+    );
+    let ack = until(&mut reqs, |r| r.response_nonce == "r2").await;
+    assert_eq!(ack.version_info, "2");
+    assert_eq!(ack.resource_names, vec!["routes".to_string()]);
+    wait_upstream(port, "echo-b");
+
+    // What the data plane cannot apply is NACKed with the resource and the field; the
+    // NACK names the last accepted version and the gateway keeps serving.
+    let mut bad = both.clone();
+    bad.clusters.extend(
+        set(
+            json!({"clusters": [static_cluster("bad", &[a.addr.port()], json!({
+                "lb_policy": "ROUND_ROBIN",
+                "round_robin_lb_config": {"slow_start_config": {"slow_start_window": "10s"}},
+            }))]}),
+        )
+        .clusters,
+    );
+    send(
+        TypeUrl::Cluster,
+        "3",
+        "c3",
+        bad.clusters.iter().map(any).collect(),
+    );
+    let nack = until(&mut reqs, |r| r.response_nonce == "c3").await;
+    assert_eq!(nack.version_info, "2");
+    let detail = nack.error_detail.expect("a NACK");
+    assert_eq!(detail.code, 13);
+    assert_eq!(
+        detail.message,
+        "cds bad: round_robin_lb_config.slow_start_config: field not supported by meshgate (see docs/xds-support.md)"
+    );
+    wait_upstream(port, "echo-b");
+
+    // The server goes away: the gateway serves on, comes back, and says what it holds.
+    drop(out);
+    drop(reqs);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(upstream_via(port).as_deref(), Some("echo-b"));
+    assert_eq!(gw.health(), Some(200));
+    let (mut reqs, _out) = accept(&mut server.sotw).await;
+    let cds = until(&mut reqs, |r| r.type_url == TypeUrl::Cluster.as_str()).await;
+    assert_eq!(
+        cds.version_info, "2",
+        "the reconnecting gateway names its version"
+    );
+    let rds = until(&mut reqs, |r| r.type_url == TypeUrl::Route.as_str()).await;
+    assert_eq!(
+        (rds.version_info.as_str(), rds.resource_names.as_slice()),
+        ("2", &["routes".to_string()][..])
+    );
+    assert_eq!(upstream_via(port).as_deref(), Some("echo-b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_gateway_with_a_scripted_server() {
+    let a = EchoUpstream::start("echo-a");
+    let b = EchoUpstream::start("echo-b");
+    let mut server = server().await;
+    let work = TempDir::new();
+    let port = free_port();
+    let mut gw = XdsGateway::spawn(
+        "scripted-delta",
+        &server.addr.to_string(),
+        "istio=ingressgateway",
+        "edge",
+        true,
+        work.path(),
+    );
+    let (mut reqs, out) = accept(&mut server.delta).await;
+    let send = |t: TypeUrl, nonce: &str, resources: Vec<Resource>, removed: Vec<String>| {
+        out.try_send(Ok(DeltaDiscoveryResponse {
+            type_url: t.as_str().into(),
+            system_version_info: format!("sys-{nonce}"),
+            nonce: nonce.into(),
+            resources,
+            removed_resources: removed,
+            ..Default::default()
+        }))
+        .unwrap()
+    };
+    let res = |name: &str, version: &str, any: Any| Resource {
+        name: name.into(),
+        version: version.into(),
+        resource: Some(any),
+        ..Default::default()
+    };
+    let cla = |port: u16| {
+        set(
+            json!({"endpoints": [{"cluster_name": "svc", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}]}),
+        )
+    };
+
+    let first = until(&mut reqs, |_| true).await;
+    assert!(first.node.is_some());
+    let eds_cluster = set(
+        json!({"clusters": [{"name": "svc", "type": "EDS", "connect_timeout": "1s",
+        "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}}}]}),
+    );
+    send(
+        TypeUrl::Cluster,
+        "d1",
+        vec![res("svc", "c-1", any(&eds_cluster.clusters[0]))],
+        vec![],
+    );
+    let eds = until(&mut reqs, |r| {
+        r.type_url == TypeUrl::Endpoint.as_str() && !r.resource_names_subscribe.is_empty()
+    })
+    .await;
+    assert_eq!(eds.resource_names_subscribe, vec!["svc".to_string()]);
+    send(
+        TypeUrl::Endpoint,
+        "d2",
+        vec![res("svc", "e-1", any(&cla(a.addr.port()).endpoints[0]))],
+        vec![],
+    );
+    let listener =
+        set(json!({"listeners": [hcm_listener("front", port, "routes", json!({}), vec![])]}));
+    send(
+        TypeUrl::Listener,
+        "d3",
+        vec![res("front", "l-1", any(&listener.listeners[0]))],
+        vec![],
+    );
+    let rds = until(&mut reqs, |r| {
+        r.type_url == TypeUrl::Route.as_str() && !r.resource_names_subscribe.is_empty()
+    })
+    .await;
+    assert_eq!(rds.resource_names_subscribe, vec!["routes".to_string()]);
+    send(
+        TypeUrl::Route,
+        "d4",
+        vec![res(
+            "routes",
+            "r-1",
+            any(&set(json!({"routes": [route_to("svc")]})).routes[0]),
+        )],
+        vec![],
+    );
+    gw.wait_ready(Duration::from_secs(10));
+    wait_upstream(port, "echo-a");
+
+    // An endpoint-only update.
+    send(
+        TypeUrl::Endpoint,
+        "d5",
+        vec![res("svc", "e-2", any(&cla(b.addr.port()).endpoints[0]))],
+        vec![],
+    );
+    let ack = until(&mut reqs, |r| r.response_nonce == "d5").await;
+    assert!(ack.error_detail.is_none());
+    wait_upstream(port, "echo-b");
+
+    // A listener the data plane refuses, next to one it takes: one NACK naming it; the
+    // good one is applied.
+    let port2 = free_port();
+    let mut broken = listener.listeners[0].clone();
+    broken.name = "broken".into();
+    broken.filter_chains.clear();
+    let mut second =
+        set(json!({"listeners": [hcm_listener("second", port2, "routes", json!({}), vec![])]}))
+            .listeners;
+    send(
+        TypeUrl::Listener,
+        "d6",
+        vec![
+            res("broken", "l-x", any(&broken)),
+            res("second", "l-2", any(&second.remove(0))),
+        ],
+        vec![],
+    );
+    let nack = until(&mut reqs, |r| r.response_nonce == "d6").await;
+    let message = nack.error_detail.expect("NACK").message;
+    assert!(
+        message.starts_with("lds broken: filter_chains:"),
+        "{message}"
+    );
+    wait_upstream(port2, "echo-b");
+    wait_upstream(port, "echo-b");
+
+    // Removing the second listener closes its port.
+    send(TypeUrl::Listener, "d7", vec![], vec!["second".into()]);
+    until(&mut reqs, |r| r.response_nonce == "d7").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port2)).is_ok() {
+        assert!(Instant::now() < deadline, "removed listener still bound");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Reconnecting, the gateway lists the versions it holds, and the server need only
+    // confirm; what was refused is not among them.
+    drop(out);
+    drop(reqs);
+    let (mut reqs, out) = accept(&mut server.delta).await;
+    let mut held = std::collections::BTreeMap::new();
+    while held.len() < 4 {
+        let r = until(&mut reqs, |r| r.response_nonce.is_empty()).await;
+        held.insert(r.type_url.clone(), r.initial_resource_versions);
+    }
+    assert_eq!(
+        held[TypeUrl::Cluster.as_str()],
+        [("svc".to_string(), "c-1".to_string())].into()
+    );
+    assert_eq!(
+        held[TypeUrl::Endpoint.as_str()],
+        [("svc".to_string(), "e-2".to_string())].into()
+    );
+    assert_eq!(
+        held[TypeUrl::Listener.as_str()],
+        [("front".to_string(), "l-1".to_string())].into()
+    );
+    assert_eq!(
+        held[TypeUrl::Route.as_str()],
+        [("routes".to_string(), "r-1".to_string())].into()
+    );
+    // Empty answers: nothing changed while away.
+    for (t, nonce) in [(TypeUrl::Cluster, "e1"), (TypeUrl::Listener, "e2")] {
+        out.try_send(Ok(DeltaDiscoveryResponse {
+            type_url: t.as_str().into(),
+            nonce: nonce.into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        until(&mut reqs, |r| r.response_nonce == nonce).await;
+    }
+    assert_eq!(upstream_via(port).as_deref(), Some("echo-b"));
+    assert_eq!(gw.health(), Some(200));
+}
+
+#[test]
+fn config_and_xds_are_mutually_exclusive() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args([
+            "gateway",
+            "--config",
+            "gateway-config/quickstart",
+            "--xds",
+            "127.0.0.1:15010",
+        ])
+        .output()
+        .expect("meshgate");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["gateway", "--xds-sotw"])
+        .output()
+        .expect("meshgate");
+    assert_eq!(out.status.code(), Some(2), "--xds-sotw needs --xds");
+}
