@@ -15,7 +15,9 @@ use crate::proxy::http::server::{ConnState, Protocol, serve_http};
 use crate::proxy::listener::{ChainAction, Detected, FilterChain, Listener, TransportProtocol};
 use crate::proxy::runtime::Shared;
 use crate::tls::identity::{PeerIdentity, xfcc_element};
-use crate::tls::{ClientHelloError, ClientHelloInfo, ClientHelloReader, RenegotiationGuard, Rewind};
+use crate::tls::{
+    ClientHelloError, ClientHelloInfo, ClientHelloReader, RenegotiationGuard, Rewind,
+};
 use bytes::BytesMut;
 use http::HeaderValue;
 use std::net::SocketAddr;
@@ -75,9 +77,8 @@ impl ConnTls {
     /// `details`; `None` without a client certificate.
     pub fn xfcc_element(&self, details: ClientCertDetails) -> Option<HeaderValue> {
         let peer = self.peer.as_ref()?;
-        let make = || {
-            HeaderValue::from_str(&xfcc_element(peer, &self.local_uri_sans, details)).ok()
-        };
+        let make =
+            || HeaderValue::from_str(&xfcc_element(peer, &self.local_uri_sans, details)).ok();
         match self.xfcc.get() {
             Some((d, v)) if *d == details => Some(v.clone()),
             Some(_) => make(),

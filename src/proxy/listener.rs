@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn chain_selection_follows_envoy() {
         use TransportProtocol::*;
-        let chains = vec![
+        let chains = [
             // 0: exact name
             ChainMatch {
                 server_names: names(&["a.example.com"]),
@@ -322,7 +322,14 @@ mod tests {
         let index = ChainIndex::build(chains.iter());
         let no_alpn: Vec<Vec<u8>> = vec![];
         let istio = vec![b"h2".to_vec(), b"istio-h2".to_vec()];
-        let cases: Vec<(u16, Option<&str>, TransportProtocol, &[Vec<u8>], Option<usize>)> = vec![
+        type Case<'a> = (
+            u16,
+            Option<&'a str>,
+            TransportProtocol,
+            &'a [Vec<u8>],
+            Option<usize>,
+        );
+        let cases: Vec<Case<'_>> = vec![
             (443, Some("a.example.com"), Tls, &no_alpn, Some(0)),
             (443, Some("A.EXAMPLE.COM"), Tls, &no_alpn, Some(0)),
             (443, Some("x.example.com"), Tls, &no_alpn, Some(1)),
@@ -344,11 +351,11 @@ mod tests {
         ];
         for (port, sni, transport, alpn, want) in cases {
             let got = index.lookup(&Detected {
-                    local_port: port,
-                    server_name: sni,
-                    transport,
-                    alpn,
-                });
+                local_port: port,
+                server_name: sni,
+                transport,
+                alpn,
+            });
             assert_eq!(got, want, "{port} {sni:?} {transport:?} {alpn:?}");
         }
     }

@@ -189,7 +189,10 @@ mod tests {
                 pos = end;
             }
             let at = refused_at.expect("renegotiation refused");
-            assert!(at <= reneg_at + HEADER && at + chunk > reneg_at, "chunk {chunk}: {at}");
+            assert!(
+                at <= reneg_at + HEADER && at + chunk > reneg_at,
+                "chunk {chunk}: {at}"
+            );
         }
         // TLS 1.3: never refused.
         let mut g = RenegotiationGuard::new((), Arc::default(), None);

@@ -158,8 +158,8 @@ fn compile_listener(
         ));
     }
     // Envoy refuses chains whose criteria overlap: which one applies would be undefined.
-    let mut seen: std::collections::HashSet<(Option<u16>, &str, Option<TransportProtocol>, &[u8])> =
-        std::collections::HashSet::new();
+    type Criteria<'a> = (Option<u16>, &'a str, Option<TransportProtocol>, &'a [u8]);
+    let mut seen: std::collections::HashSet<Criteria<'_>> = std::collections::HashSet::new();
     for (i, c) in chains.iter().enumerate() {
         let m = &c.matcher;
         let names: Vec<&str> = if m.server_names.is_empty() {
@@ -337,8 +337,12 @@ fn downstream_transport_socket(
             format!("transport socket {} is not supported", any.type_url),
         ));
     }
-    let ctx = tls_pb::DownstreamTlsContext::decode(any.value.as_slice())
-        .map_err(|e| cx.err("typed_config", format!("decoding DownstreamTlsContext: {e}")))?;
+    let ctx = tls_pb::DownstreamTlsContext::decode(any.value.as_slice()).map_err(|e| {
+        cx.err(
+            "typed_config",
+            format!("decoding DownstreamTlsContext: {e}"),
+        )
+    })?;
     let name = format!("listener {listener} filter chain {chain:?}");
     let built = DownstreamTls::from_context(&ctx, &tls.store, &tls.sessions, &name)
         .map_err(|e| cx.err("typed_config", e.to_string()))?;
@@ -390,7 +394,9 @@ fn chain_match(cx: &mut Cx, m: &pb::FilterChainMatch) -> Result<ChainMatch, Comp
         let valid = !body.is_empty()
             && !body.contains('*')
             && body.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             });
         if !valid {
             return Err(cx.err(

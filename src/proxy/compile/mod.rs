@@ -161,11 +161,22 @@ pub fn compile(
 
 /// Checks the set's `Secret`s: certificates and keys parse and match, CA bundles parse,
 /// files are readable. Secrets equal to the previous snapshot's are not parsed again.
-pub fn validate_secrets(set: &ResourceSet, previous: Option<&Snapshot>) -> Result<(), CompileError> {
-    let before: HashMap<&str, &crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret> =
-        previous
-            .map(|p| p.resources.secrets.iter().map(|s| (s.name.as_str(), s)).collect())
-            .unwrap_or_default();
+pub fn validate_secrets(
+    set: &ResourceSet,
+    previous: Option<&Snapshot>,
+) -> Result<(), CompileError> {
+    let before: HashMap<
+        &str,
+        &crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+    > = previous
+        .map(|p| {
+            p.resources
+                .secrets
+                .iter()
+                .map(|s| (s.name.as_str(), s))
+                .collect()
+        })
+        .unwrap_or_default();
     for s in &set.secrets {
         if before.get(s.name.as_str()).is_some_and(|b| *b == s) {
             continue;

@@ -203,8 +203,7 @@ fn xfcc(h: &mut HeaderMap, hcm: &HttpConnectionManager, tls: Option<&ConnTls>) {
             }
         }
         (ForwardClientCert::SanitizeSet | ForwardClientCert::AppendForward, true) => {
-            let Some(element) = tls.and_then(|t| t.xfcc_element(hcm.client_cert_details))
-            else {
+            let Some(element) = tls.and_then(|t| t.xfcc_element(hcm.client_cert_details)) else {
                 h.remove(&X_FORWARDED_CLIENT_CERT);
                 return;
             };

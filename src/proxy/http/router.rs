@@ -299,6 +299,14 @@ async fn serve(
     let Some(vhost) = table.virtual_host(authority.as_bytes()) else {
         return Err(LocalReply::NO_ROUTE);
     };
+    if vhost.require_tls
+        && req
+            .headers()
+            .get(&X_FORWARDED_PROTO)
+            .is_none_or(|p| p.as_bytes() != b"https")
+    {
+        return Ok(https_redirect(&req, &authority));
+    }
     let pq = req
         .uri()
         .path_and_query()
@@ -582,6 +590,28 @@ fn apply_levels(
             m.apply(h);
         }
     }
+}
+
+/// Envoy's answer on a virtual host that requires TLS: 301 to the same host (port
+/// included) and path over `https`.
+fn https_redirect(req: &Request<Incoming>, authority: &HeaderValue) -> Response<ResponseBody> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut location = Vec::with_capacity(8 + authority.len() + pq.len());
+    location.extend_from_slice(b"https://");
+    location.extend_from_slice(authority.as_bytes());
+    location.extend_from_slice(pq.as_bytes());
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_bytes(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
 }
 
 fn redirect_response(
