@@ -309,6 +309,9 @@ impl Conn<'_> {
                 });
                 serve_http(io, cx, hcm.clone(), protocol, self.drain).await
             }
+            ChainAction::Tcp(proxy) => {
+                crate::proxy::tcp::serve_tcp(io, proxy, &self.shared, self.remote).await;
+            }
         }
     }
 }

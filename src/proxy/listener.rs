@@ -10,6 +10,7 @@
 //! The levels are precomputed tables, so the cost does not grow with the number of
 //! chains (a gateway with 10,000 SNI hosts has 10,000 chains).
 use crate::proxy::http::hcm::HttpConnectionManager;
+use crate::proxy::tcp::TcpProxy;
 use crate::tls::DownstreamTls;
 use crate::tls::sni::ServerNameTable;
 use rustc_hash::FxHashMap;
@@ -54,6 +55,8 @@ pub struct Detected<'a> {
 pub enum ChainAction {
     /// The HTTP connection manager.
     Http(Arc<HttpConnectionManager>),
+    /// `tcp_proxy`: bytes copied to a cluster.
+    Tcp(Arc<TcpProxy>),
 }
 
 /// A compiled filter chain.
@@ -75,6 +78,7 @@ impl FilterChain {
     pub fn hcm(&self) -> Option<&Arc<HttpConnectionManager>> {
         match &self.action {
             ChainAction::Http(h) => Some(h),
+            ChainAction::Tcp(_) => None,
         }
     }
 }

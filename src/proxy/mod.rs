@@ -11,6 +11,8 @@
 //!   secret store and sessions).
 //! - [`http`] serves downstream connections with hyper, applies the connection manager's
 //!   request handling, the fault and CORS filters, and the router.
+//! - [`tcp`] copies the bytes of `tcp_proxy` chains (TCP, TLS passthrough by SNI,
+//!   AUTO_PASSTHROUGH) to a cluster's host.
 //! - [`route`] holds the compiled route tables and their matchers.
 //! - [`upstream`] holds clusters, hosts, load balancing, circuit breakers, outlier
 //!   detection, DNS resolution and connection pools.
@@ -26,6 +28,7 @@ pub mod route;
 pub mod runtime;
 pub mod snapshot;
 pub mod stats;
+pub mod tcp;
 pub mod tls;
 pub mod upstream;
 pub mod xds_consumer;

@@ -114,6 +114,16 @@ pub struct Stats {
     pub acme_tls_alpn_validations: AtomicU64,
     /// HTTP-01 challenge requests answered for ACME.
     pub acme_http01_answers: AtomicU64,
+    /// Connections handed to a `tcp_proxy` (all of them; Envoy counts per stat prefix).
+    pub tcp_downstream_cx_total: AtomicU64,
+    /// `tcp_proxy` connections whose cluster does not exist.
+    pub tcp_downstream_cx_no_route: AtomicU64,
+    /// `tcp_proxy` connections closed without an upstream (none healthy, overflow, connect failure).
+    pub tcp_upstream_connect_fail: AtomicU64,
+    pub tcp_idle_timeout: AtomicU64,
+    pub tcp_max_downstream_connection_duration: AtomicU64,
+    pub tcp_downstream_rx_bytes: AtomicU64,
+    pub tcp_downstream_tx_bytes: AtomicU64,
     per_worker: Box<[Mutex<FxHashMap<Key, Cell>>]>,
     pub source: SourceLabels,
 }
@@ -140,6 +150,13 @@ impl Stats {
             tls_inspector_client_hello_malformed: AtomicU64::new(0),
             acme_tls_alpn_validations: AtomicU64::new(0),
             acme_http01_answers: AtomicU64::new(0),
+            tcp_downstream_cx_total: AtomicU64::new(0),
+            tcp_downstream_cx_no_route: AtomicU64::new(0),
+            tcp_upstream_connect_fail: AtomicU64::new(0),
+            tcp_idle_timeout: AtomicU64::new(0),
+            tcp_max_downstream_connection_duration: AtomicU64::new(0),
+            tcp_downstream_rx_bytes: AtomicU64::new(0),
+            tcp_downstream_tx_bytes: AtomicU64::new(0),
             per_worker: (0..workers.max(1))
                 .map(|_| Mutex::new(FxHashMap::default()))
                 .collect(),
@@ -314,6 +331,31 @@ impl Stats {
                 g(&self.acme_tls_alpn_validations),
             ),
             ("acme.http01_answers".into(), g(&self.acme_http01_answers)),
+            (
+                "tcp.downstream_cx_total".into(),
+                g(&self.tcp_downstream_cx_total),
+            ),
+            (
+                "tcp.downstream_cx_no_route".into(),
+                g(&self.tcp_downstream_cx_no_route),
+            ),
+            (
+                "tcp.upstream_connect_fail".into(),
+                g(&self.tcp_upstream_connect_fail),
+            ),
+            ("tcp.idle_timeout".into(), g(&self.tcp_idle_timeout)),
+            (
+                "tcp.max_downstream_connection_duration".into(),
+                g(&self.tcp_max_downstream_connection_duration),
+            ),
+            (
+                "tcp.downstream_cx_rx_bytes_total".into(),
+                g(&self.tcp_downstream_rx_bytes),
+            ),
+            (
+                "tcp.downstream_cx_tx_bytes_total".into(),
+                g(&self.tcp_downstream_tx_bytes),
+            ),
         ]
     }
 }

@@ -5,6 +5,7 @@ use crate::proxy::http::fault::Fault;
 use crate::proxy::http::hcm::*;
 use crate::proxy::listener::{ChainAction, ChainMatch, FilterChain, Listener, TransportProtocol};
 use crate::proxy::route::RouteTable;
+use crate::proxy::tcp::{DEFAULT_IDLE_TIMEOUT as DEFAULT_TCP_IDLE_TIMEOUT, TcpClusters, TcpProxy};
 use crate::proxy::tls::TlsRuntime;
 use crate::tls::DownstreamTls;
 use crate::xds::ResourceSet;
@@ -13,6 +14,7 @@ use crate::xds::pb::envoy::config::listener::v3 as pb;
 use crate::xds::pb::envoy::extensions::filters::http::fault::v3 as fault_pb;
 use crate::xds::pb::envoy::extensions::filters::http::router::v3 as router_pb;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+use crate::xds::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_pb;
 use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use http::HeaderValue;
 use prost::{Message, Name};
@@ -282,16 +284,23 @@ fn compile_chain(
     if fc.filters.len() != 1 {
         return Err(cx.err(
             "filters",
-            "exactly one network filter (http_connection_manager) is supported",
+            "exactly one network filter (http_connection_manager or tcp_proxy) is supported",
         ));
     }
     let f = &fc.filters[0];
-    let hcm = cx.at("filters[0]", |cx| {
+    let action = cx.at("filters[0]", |cx| {
         use pb::filter::ConfigType;
         let any = match &f.config_type {
             Some(ConfigType::TypedConfig(a)) => a,
             _ => return Err(cx.err("typed_config", "required")),
         };
+        if any.type_url == tcp_pb::TcpProxy::type_url() {
+            let t = tcp_pb::TcpProxy::decode(any.value.as_slice())
+                .map_err(|e| cx.err("typed_config", format!("decoding TcpProxy: {e}")))?;
+            return cx.at("typed_config", |cx| {
+                compile_tcp_proxy(cx, &t).map(|p| ChainAction::Tcp(Arc::new(p)))
+            });
+        }
         if any.type_url != hcm_pb::HttpConnectionManager::type_url() {
             return Err(cx.err(
                 "typed_config",
@@ -305,13 +314,14 @@ fn compile_chain(
             )
         })?;
         cx.at("typed_config", |cx| compile_hcm(cx, &h, routes, clusters))
+            .map(|h| ChainAction::Http(Arc::new(h)))
     })?;
     Ok(FilterChain {
         name: fc.name.as_str().into(),
         matcher,
         tls: downstream_tls,
         handshake_timeout,
-        action: ChainAction::Http(Arc::new(hcm)),
+        action,
     })
 }
 
@@ -439,6 +449,91 @@ fn chain_match(cx: &mut Cx, m: &pb::FilterChainMatch) -> Result<ChainMatch, Comp
         server_names,
         transport_protocol,
         application_protocols,
+    })
+}
+
+/// `tcp_proxy`: one cluster or weighted clusters, idle timeout, maximum duration.
+fn compile_tcp_proxy(cx: &mut Cx, t: &tcp_pb::TcpProxy) -> Result<TcpProxy, CompileError> {
+    fields!(
+        cx,
+        t,
+        tcp_pb::TcpProxy {
+            supported: [
+                stat_prefix,
+                cluster_specifier,
+                idle_timeout,
+                max_downstream_connection_duration
+            ],
+            ignored: [
+                access_log,
+                access_log_flush_interval,
+                flush_access_log_on_connected,
+                access_log_options,
+                check_drain_close
+            ],
+            unsupported: [
+                on_demand,
+                metadata_match,
+                downstream_idle_timeout,
+                upstream_idle_timeout,
+                max_connect_attempts,
+                backoff_options,
+                hash_policy,
+                tunneling_config,
+                max_downstream_connection_duration_jitter_percentage,
+                proxy_protocol_tlvs,
+                proxy_protocol_tlv_merge_policy,
+                upstream_connect_mode,
+                max_early_data_bytes
+            ],
+        }
+    );
+    use tcp_pb::tcp_proxy::ClusterSpecifier as C;
+    let clusters = match &t.cluster_specifier {
+        Some(C::Cluster(name)) if !name.is_empty() => TcpClusters::One(name.as_str().into()),
+        Some(C::WeightedClusters(w)) => {
+            let mut list = Vec::with_capacity(w.clusters.len());
+            let mut total = 0u64;
+            for (i, c) in w.clusters.iter().enumerate() {
+                if c.metadata_match.is_some() {
+                    return Err(
+                        cx.unsupported(&format!("weighted_clusters.clusters[{i}].metadata_match"))
+                    );
+                }
+                if c.name.is_empty() {
+                    return Err(cx.err(
+                        &format!("weighted_clusters.clusters[{i}].name"),
+                        "a cluster name is required",
+                    ));
+                }
+                if c.weight > 0 {
+                    total += u64::from(c.weight);
+                    list.push((Arc::<str>::from(c.name.as_str()), c.weight));
+                }
+            }
+            if list.is_empty() {
+                return Err(cx.err(
+                    "weighted_clusters",
+                    "at least one cluster with a positive weight is required",
+                ));
+            }
+            TcpClusters::Weighted(list, total)
+        }
+        _ => return Err(cx.err("cluster", "cluster or weighted_clusters is required")),
+    };
+    let idle_timeout = match duration(cx, "idle_timeout", &t.idle_timeout)? {
+        None => Some(DEFAULT_TCP_IDLE_TIMEOUT),
+        Some(d) => nonzero(Some(d)),
+    };
+    Ok(TcpProxy {
+        stat_prefix: t.stat_prefix.as_str().into(),
+        clusters,
+        idle_timeout,
+        max_connection_duration: nonzero(duration(
+            cx,
+            "max_downstream_connection_duration",
+            &t.max_downstream_connection_duration,
+        )?),
     })
 }
 
