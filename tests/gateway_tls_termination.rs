@@ -545,6 +545,15 @@ async fn termination_matches_envoy() {
     }
     assert!(meshgate["xfcc mutual"].contains("URI=spiffe://test/allowed"));
     assert!(meshgate["https redirect"].starts_with("301 https://a.example.com"));
+    // The client's identity reaches the access log.
+    let log = gw.stdout();
+    assert!(
+        log.lines().any(
+            |l| l.contains(r#""requested_server_name":"mtls.example.com""#)
+                && l.contains(r#""downstream_peer_uri_san":"spiffe://test/allowed""#)
+        ),
+        "access log:\n{log}"
+    );
     eprintln!("observed (meshgate):\n{meshgate:#?}");
     let mut differences = Vec::new();
     for (case, seen) in &meshgate {
