@@ -242,6 +242,7 @@ async fn inspect(
             }
         }
         Err(e) => {
+            bump(&stats.tls_inspector_read_error);
             tracing::debug!(listener = %listener.name, %remote, error = %e, "connection ended before a filter chain was chosen");
             Inspected::Close
         }

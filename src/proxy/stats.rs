@@ -110,6 +110,8 @@ pub struct Stats {
     pub tls_inspector_client_hello_too_large: AtomicU64,
     /// Bytes that started like TLS but were not a valid ClientHello.
     pub tls_inspector_client_hello_malformed: AtomicU64,
+    /// Connections closed (or failed) before their ClientHello was complete.
+    pub tls_inspector_read_error: AtomicU64,
     /// TLS-ALPN-01 validation handshakes answered for ACME.
     pub acme_tls_alpn_validations: AtomicU64,
     /// HTTP-01 challenge requests answered for ACME.
@@ -148,6 +150,7 @@ impl Stats {
             tls_inspector_tls_not_found: AtomicU64::new(0),
             tls_inspector_client_hello_too_large: AtomicU64::new(0),
             tls_inspector_client_hello_malformed: AtomicU64::new(0),
+            tls_inspector_read_error: AtomicU64::new(0),
             acme_tls_alpn_validations: AtomicU64::new(0),
             acme_http01_answers: AtomicU64::new(0),
             tcp_downstream_cx_total: AtomicU64::new(0),
@@ -325,6 +328,10 @@ impl Stats {
             (
                 "tls_inspector.client_hello_malformed".into(),
                 g(&self.tls_inspector_client_hello_malformed),
+            ),
+            (
+                "tls_inspector.read_error".into(),
+                g(&self.tls_inspector_read_error),
             ),
             (
                 "acme.tls_alpn_validations".into(),
