@@ -1,7 +1,8 @@
 //! A downstream connection from `accept()` to its filter chain: the `tls_inspector`'s
 //! ClientHello read (bounded in size and time), ACME TLS-ALPN-01 validations, filter
-//! chain selection, TLS termination with the chain's context, then the chain's HTTP
-//! connection manager.
+//! chain selection, TLS termination with the chain's context, then the chain's network
+//! filter: the HTTP connection manager, or `tcp_proxy` (plain TCP, TLS passed through
+//! with the ClientHello bytes already read, or TLS terminated to TCP).
 //!
 //! Every way a connection can fail here ends that connection only, with a debug log
 //! line saying why and a counter in `/stats`: no matching chain (reset, as Envoy),
