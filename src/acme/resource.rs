@@ -70,7 +70,7 @@ pub enum Challenge {
 }
 
 /// What to ask for and where to publish it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AcmeCertificateSpec {
     /// DNS names the certificate covers (no wildcards: they need DNS-01).
@@ -113,6 +113,21 @@ pub struct ValidationError {
 }
 
 impl AcmeCertificate {
+    /// The resource as loaded from a configuration folder.
+    pub fn from_config(r: &crate::config::Resource<AcmeCertificateSpec>) -> AcmeCertificate {
+        AcmeCertificate {
+            api_version: API_VERSION.into(),
+            kind: KIND.into(),
+            metadata: Metadata {
+                name: r.meta.name.clone(),
+                namespace: Some(r.meta.namespace.clone()),
+                labels: r.meta.labels.clone(),
+                annotations: r.meta.annotations.clone(),
+            },
+            spec: r.spec.clone(),
+        }
+    }
+
     /// The directory URL, with the Let's Encrypt shorthands expanded.
     pub fn directory_url(&self) -> &str {
         match self.spec.directory.as_str() {

@@ -1,6 +1,7 @@
 //! `meshgate gateway`: the data plane, standalone.
 use anyhow::Context as _;
 use clap::Args;
+use meshgate::acme::AcmeCertificate;
 use meshgate::proxy::access_log::AccessLogMode;
 use meshgate::proxy::stats::SourceLabels;
 use meshgate::proxy::{Gateway, GatewayOptions};
@@ -123,11 +124,12 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
     };
     let gateway = Gateway::start(opts).context("starting the gateway")?;
     tracing::info!(admin = ?gateway.admin_addr(), health = ?gateway.health_addr(), prometheus = ?gateway.prometheus_addr(), "gateway started");
-    let mut loaded = source.load(&gateway, None)?;
-
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut acme = AcmeRunner::new(&gateway, rt.handle().clone());
+    let mut loaded = source.load(&gateway, None, &mut acme)?;
+
     let mut quit = gateway.quit_requested();
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -138,7 +140,7 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = quit.changed() => break,
                 _ = tick.tick() => {
-                    match source.load(&gateway, Some(loaded)) {
+                    match source.load(&gateway, Some(loaded), &mut acme) {
                         Ok(t) => loaded = t,
                         Err(e) => tracing::error!("{e:#}"),
                     }
@@ -191,7 +193,12 @@ impl Source {
     /// Loads and applies the configuration if it changed since `seen`. The first load must
     /// succeed; later bad versions are reported (with positions) and the last good config
     /// keeps serving.
-    fn load(&self, gateway: &Gateway, seen: Option<u64>) -> anyhow::Result<u64> {
+    fn load(
+        &self,
+        gateway: &Gateway,
+        seen: Option<u64>,
+        acme: &mut AcmeRunner,
+    ) -> anyhow::Result<u64> {
         let path = match self {
             Source::Istio { path, .. } | Source::Json(path) => path,
         };
@@ -205,16 +212,18 @@ impl Source {
                 labels,
                 namespace,
             } => translate_config(path, labels, namespace.as_deref()),
-            Source::Json(path) => read_json(path),
+            Source::Json(path) => read_json(path).map(|set| (set, Vec::new())),
         };
         let version = format!("{print:016x}");
-        let outcome = resources.and_then(|set| {
+        let outcome = resources.and_then(|(set, certificates)| {
             gateway
                 .apply(set, &version)
-                .map_err(|e| anyhow::anyhow!("{e}"))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(certificates)
         });
         match outcome {
-            Ok(()) => {
+            Ok(certificates) => {
+                acme.update(certificates);
                 tracing::info!(version, "config applied");
                 Ok(print)
             }
@@ -227,12 +236,74 @@ impl Source {
     }
 }
 
-/// Istio YAML -> validated config -> registry -> this gateway's Envoy resources.
+/// The gateway's ACME issuers, one per `AcmeCertificate` resource: started when the
+/// resource appears, restarted when it changes, stopped when it goes. Each publishes
+/// its certificate into the gateway's secret store (where listeners read
+/// `kubernetes://CREDENTIAL`) and answers challenges through the gateway's listeners.
+struct AcmeRunner {
+    store: meshgate::tls::SecretStore,
+    challenges: meshgate::acme::ChallengeResponses,
+    runtime: tokio::runtime::Handle,
+    running: BTreeMap<String, (AcmeCertificate, tokio::task::AbortHandle)>,
+}
+
+impl AcmeRunner {
+    fn new(gateway: &Gateway, runtime: tokio::runtime::Handle) -> AcmeRunner {
+        AcmeRunner {
+            store: gateway.tls().store.clone(),
+            challenges: gateway.tls().challenges.clone(),
+            runtime,
+            running: BTreeMap::new(),
+        }
+    }
+
+    fn update(&mut self, wanted: Vec<AcmeCertificate>) {
+        let key = |c: &AcmeCertificate| {
+            format!(
+                "{}/{}",
+                c.metadata.namespace.as_deref().unwrap_or_default(),
+                c.metadata.name
+            )
+        };
+        let wanted: BTreeMap<String, AcmeCertificate> =
+            wanted.into_iter().map(|c| (key(&c), c)).collect();
+        self.running.retain(|k, (c, task)| {
+            let keep = wanted.get(k) == Some(c);
+            if !keep {
+                tracing::info!(resource = %k, "stopping the ACME issuer");
+                task.abort();
+            }
+            keep
+        });
+        for (k, c) in wanted {
+            if self.running.contains_key(&k) {
+                continue;
+            }
+            match meshgate::acme::AcmeIssuer::new(
+                c.clone(),
+                self.store.clone(),
+                self.challenges.clone(),
+            ) {
+                Ok(issuer) => {
+                    tracing::info!(resource = %k, hosts = ?c.spec.hosts, credential = %c.spec.credential_name, "starting the ACME issuer");
+                    let task = self
+                        .runtime
+                        .spawn(issuer.run(meshgate::acme::RenewalPolicy::default()));
+                    self.running.insert(k, (c, task.abort_handle()));
+                }
+                Err(e) => tracing::error!(resource = %k, error = %e, "ACME issuer not started"),
+            }
+        }
+    }
+}
+
+/// Istio YAML -> validated config -> registry -> this gateway's Envoy resources, and the
+/// `AcmeCertificate`s whose certificates the gateway obtains.
 fn translate_config(
     path: &Path,
     labels: &BTreeMap<String, String>,
     namespace: Option<&str>,
-) -> anyhow::Result<ResourceSet> {
+) -> anyhow::Result<(ResourceSet, Vec<AcmeCertificate>)> {
     use meshgate::config::{self, Diagnostic};
     let outcome = config::load(path);
     let mut diagnostics = outcome.diagnostics;
@@ -272,7 +343,13 @@ fn translate_config(
     if translation.resources.listeners.is_empty() {
         tracing::warn!("no Gateway server selects these labels; nothing is listening");
     }
-    Ok(translation.resources)
+    let certificates = outcome
+        .config
+        .acme_certificates
+        .iter()
+        .map(AcmeCertificate::from_config)
+        .collect();
+    Ok((translation.resources, certificates))
 }
 
 fn read_json(path: &Path) -> anyhow::Result<ResourceSet> {

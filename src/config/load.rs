@@ -23,6 +23,8 @@ pub const MAX_DIR_DEPTH: usize = 32;
 
 /// The Istio API group meshgate reads.
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
+/// The API group of meshgate's own resources (`AcmeCertificate`).
+pub const MESHGATE_GROUP: &str = "meshgate.io";
 /// The versions of that group accepted for every kind meshgate reads.
 pub const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 
@@ -41,6 +43,8 @@ pub struct Config {
     pub workload_entries: Vec<Resource<WorkloadEntry>>,
     /// Kubernetes `Secret`s.
     pub secrets: Vec<Resource<Secret>>,
+    /// meshgate `AcmeCertificate`s (`meshgate.io/v1alpha1`).
+    pub acme_certificates: Vec<Resource<crate::acme::resource::AcmeCertificateSpec>>,
 }
 
 impl Config {
@@ -52,6 +56,7 @@ impl Config {
             + self.service_entries.len()
             + self.workload_entries.len()
             + self.secrets.len()
+            + self.acme_certificates.len()
     }
 
     /// Whether nothing was loaded.
@@ -335,6 +340,32 @@ fn load_object(file: &Arc<str>, root: Node, config: &mut Config, diags: &mut Vec
     if group.is_empty() && version == "v1" && kind == "Secret" {
         if let Some(r) = deserialize_secret(file, root, diags) {
             config.secrets.push(r);
+        }
+        return;
+    }
+    if group == MESHGATE_GROUP {
+        if kind != crate::acme::resource::KIND {
+            diags.push(at(
+                &root,
+                "kind",
+                Severity::Error,
+                format!(
+                    "unknown kind `{kind}` in {MESHGATE_GROUP}; expected `{}`",
+                    crate::acme::resource::KIND
+                ),
+            ));
+        } else if api_version != crate::acme::resource::API_VERSION {
+            diags.push(at(
+                &root,
+                "apiVersion",
+                Severity::Error,
+                format!(
+                    "{kind} needs apiVersion {}, not `{api_version}`",
+                    crate::acme::resource::API_VERSION
+                ),
+            ));
+        } else {
+            push(config, file, root, diags, |c| &mut c.acme_certificates);
         }
         return;
     }

@@ -59,6 +59,8 @@ pub struct RequestLog {
     pub downstream_local: SocketAddr,
     /// `content-type: application/grpc*` (Istio's request_protocol label).
     pub grpc: bool,
+    /// The connection's TLS session (SNI, client certificate), when logging.
+    pub tls: Option<Arc<crate::proxy::connection::ConnTls>>,
 }
 
 impl RequestLog {
@@ -108,6 +110,7 @@ impl RequestLog {
             route_name: None,
             downstream_remote: cx.peer.remote,
             downstream_local: cx.peer.local,
+            tls: if logging { cx.tls.clone() } else { None },
             grpc: h
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
@@ -303,6 +306,22 @@ fn format_json(out: &mut String, r: &RequestLog) {
         r.downstream_local, r.downstream_remote
     );
     json_str(out, r.route_name.as_deref().map(str::as_bytes));
+    // Istio's default JSON log has the SNI; the client certificate's first URI SAN is
+    // Envoy's %DOWNSTREAM_PEER_URI_SAN%.
+    let tls = r.tls.as_deref();
+    out.push_str(",\"requested_server_name\":");
+    json_str(
+        out,
+        tls.and_then(|t| t.server_name.as_deref())
+            .map(str::as_bytes),
+    );
+    out.push_str(",\"downstream_peer_uri_san\":");
+    json_str(
+        out,
+        tls.and_then(|t| t.peer.as_ref())
+            .and_then(|p| p.uri_sans.first())
+            .map(|u| u.as_bytes()),
+    );
     out.push_str("}\n");
 }
 

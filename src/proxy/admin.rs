@@ -277,12 +277,24 @@ fn stats(shared: &Shared) -> String {
         ));
     }
     lines.extend(shared.stats.envoy_counters());
+    lines.extend(tls_counters(shared));
     lines.sort();
     let mut out = String::new();
     for (k, v) in lines {
         let _ = writeln!(out, "{k}: {v}");
     }
     out
+}
+
+/// The TLS layer's counters (secrets, handshakes, ACME), kept across snapshots.
+fn tls_counters(shared: &Shared) -> impl Iterator<Item = (String, u64)> {
+    shared
+        .tls
+        .store
+        .stats()
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
 }
 
 fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
@@ -304,7 +316,12 @@ fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
             let _ = writeln!(out, "{metric}{{cluster_name=\"{cluster}\"}} {v}");
         }
     }
-    for (k, v) in shared.stats.envoy_counters() {
+    for (k, v) in shared
+        .stats
+        .envoy_counters()
+        .into_iter()
+        .chain(tls_counters(shared))
+    {
         let metric = format!("envoy_{}", k.replace('.', "_"));
         let _ = writeln!(out, "# TYPE {metric} counter\n{metric} {v}");
     }

@@ -6,8 +6,13 @@
 //!   meshgate does not implement is rejected there, like an Envoy NACK.
 //! - [`runtime`] runs one current-thread tokio runtime per core; each binds its own
 //!   `SO_REUSEPORT` socket per listener and owns its upstream connection pools.
+//! - [`connection`] takes an accepted connection to its filter chain ([`listener`]):
+//!   ClientHello peek, SNI/ALPN chain matching, TLS termination ([`tls`] holds the
+//!   secret store and sessions).
 //! - [`http`] serves downstream connections with hyper, applies the connection manager's
 //!   request handling, the fault and CORS filters, and the router.
+//! - [`tcp`] copies the bytes of `tcp_proxy` chains (TCP, TLS passthrough by SNI,
+//!   AUTO_PASSTHROUGH) to a cluster's host.
 //! - [`route`] holds the compiled route tables and their matchers.
 //! - [`upstream`] holds clusters, hosts, load balancing, circuit breakers, outlier
 //!   detection, DNS resolution and connection pools.
@@ -15,6 +20,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod compile;
+pub mod connection;
 pub mod http;
 pub mod json_input;
 pub mod listener;
@@ -22,9 +28,11 @@ pub mod route;
 pub mod runtime;
 pub mod snapshot;
 pub mod stats;
+pub mod tcp;
+pub mod tls;
 pub mod upstream;
 pub mod xds_consumer;
 
-pub use compile::{CompileError, compile};
+pub use compile::{CompileError, compile, compile_with};
 pub use runtime::{Gateway, GatewayOptions};
 pub use snapshot::Snapshot;

@@ -3,11 +3,12 @@
 //! DNS, outlier detection and the admin servers, and the one `ArcSwap<Snapshot>` that
 //! every request reads its config from.
 use crate::proxy::access_log::{AccessLog, AccessLogMode, RequestLog};
-use crate::proxy::compile::{CompileError, compile};
-use crate::proxy::http::server::serve_connection;
+use crate::proxy::compile::{CompileError, compile_with, validate_secrets};
+use crate::proxy::connection::serve_connection;
 use crate::proxy::listener::Listener;
 use crate::proxy::snapshot::Snapshot;
 use crate::proxy::stats::{SourceLabels, Stats};
+use crate::proxy::tls::TlsRuntime;
 use crate::proxy::upstream::cluster::Discovery;
 use crate::xds::ResourceSet;
 use arc_swap::ArcSwap;
@@ -63,6 +64,8 @@ impl Default for GatewayOptions {
 /// State every worker and the admin servers share.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
+    /// Secrets, TLS sessions and ACME challenges, shared by every snapshot.
+    pub tls: Arc<TlsRuntime>,
     pub stats: Stats,
     pub access_log: Arc<AccessLog>,
     /// Set when the whole gateway drains: responses carry `connection: close`.
@@ -132,8 +135,14 @@ impl Gateway {
         WORKERS.store(n, Ordering::Relaxed);
         let (quit, _) = watch::channel(false);
         let (drain_requested, _) = watch::channel(false);
+        let tls = TlsRuntime::new(Default::default()).map_err(std::io::Error::other)?;
+        let initial = Snapshot {
+            tls: Some(tls.clone()),
+            ..Default::default()
+        };
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            snapshot: ArcSwap::from_pointee(initial),
+            tls,
             stats: Stats::new(n, opts.source.clone()),
             access_log: AccessLog::new(opts.access_log),
             draining: AtomicBool::new(false),
@@ -229,6 +238,12 @@ impl Gateway {
         &self.shared
     }
 
+    /// The gateway's TLS state: the secret store (ACME publishes its certificates there)
+    /// and the pending ACME challenges its listeners answer.
+    pub fn tls(&self) -> &Arc<TlsRuntime> {
+        &self.shared.tls
+    }
+
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_local
     }
@@ -255,7 +270,15 @@ impl Gateway {
     pub fn apply(&self, set: ResourceSet, version: &str) -> Result<(), ApplyError> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.shared.snapshot.load_full();
-        let snap = match compile(&set, version, Some(&previous)) {
+        // Secrets are checked, then published into the store before the TLS contexts are
+        // built (they read them by name); open connections keep the keys they started with.
+        let compiled = validate_secrets(&set, Some(&previous)).and_then(|()| {
+            for e in self.shared.tls.store.apply_sds(&set.secrets) {
+                tracing::warn!(error = %e, "secret not applied");
+            }
+            compile_with(&set, version, Some(&previous), &self.shared.tls)
+        });
+        let snap = match compiled {
             Ok(s) => s,
             Err(e) => {
                 self.shared

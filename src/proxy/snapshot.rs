@@ -1,5 +1,6 @@
 //! The immutable runtime snapshot published by one update.
 use crate::proxy::listener::Listener;
+use crate::proxy::tls::TlsRuntime;
 use crate::proxy::upstream::Cluster;
 use crate::xds::ResourceSet;
 use std::collections::HashMap;
@@ -14,6 +15,9 @@ pub struct Snapshot {
     pub resources: Arc<ResourceSet>,
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// The gateway's TLS state the snapshot's TLS contexts read from (kept by the next
+    /// snapshot).
+    pub tls: Option<Arc<TlsRuntime>>,
 }
 
 impl Snapshot {
@@ -28,6 +32,7 @@ impl Snapshot {
             resources: Arc::new(resources),
             listeners,
             clusters,
+            tls: None,
         }
     }
 

@@ -101,6 +101,31 @@ pub struct Stats {
     pub no_route: AtomicU64,
     pub config_updates: AtomicU64,
     pub config_rejections: AtomicU64,
+    /// Connections no filter chain (nor a default chain) matched: reset.
+    pub no_filter_chain_match: AtomicU64,
+    /// Connections closed because listener filters (the ClientHello read) took too long.
+    pub downstream_pre_cx_timeout: AtomicU64,
+    pub tls_inspector_tls_found: AtomicU64,
+    pub tls_inspector_tls_not_found: AtomicU64,
+    pub tls_inspector_client_hello_too_large: AtomicU64,
+    /// Bytes that started like TLS but were not a valid ClientHello.
+    pub tls_inspector_client_hello_malformed: AtomicU64,
+    /// Connections closed (or failed) before their ClientHello was complete.
+    pub tls_inspector_read_error: AtomicU64,
+    /// TLS-ALPN-01 validation handshakes answered for ACME.
+    pub acme_tls_alpn_validations: AtomicU64,
+    /// HTTP-01 challenge requests answered for ACME.
+    pub acme_http01_answers: AtomicU64,
+    /// Connections handed to a `tcp_proxy` (all of them; Envoy counts per stat prefix).
+    pub tcp_downstream_cx_total: AtomicU64,
+    /// `tcp_proxy` connections whose cluster does not exist.
+    pub tcp_downstream_cx_no_route: AtomicU64,
+    /// `tcp_proxy` connections closed without an upstream (none healthy, overflow, connect failure).
+    pub tcp_upstream_connect_fail: AtomicU64,
+    pub tcp_idle_timeout: AtomicU64,
+    pub tcp_max_downstream_connection_duration: AtomicU64,
+    pub tcp_downstream_rx_bytes: AtomicU64,
+    pub tcp_downstream_tx_bytes: AtomicU64,
     per_worker: Box<[Mutex<FxHashMap<Key, Cell>>]>,
     pub source: SourceLabels,
 }
@@ -119,6 +144,22 @@ impl Stats {
             no_route: AtomicU64::new(0),
             config_updates: AtomicU64::new(0),
             config_rejections: AtomicU64::new(0),
+            no_filter_chain_match: AtomicU64::new(0),
+            downstream_pre_cx_timeout: AtomicU64::new(0),
+            tls_inspector_tls_found: AtomicU64::new(0),
+            tls_inspector_tls_not_found: AtomicU64::new(0),
+            tls_inspector_client_hello_too_large: AtomicU64::new(0),
+            tls_inspector_client_hello_malformed: AtomicU64::new(0),
+            tls_inspector_read_error: AtomicU64::new(0),
+            acme_tls_alpn_validations: AtomicU64::new(0),
+            acme_http01_answers: AtomicU64::new(0),
+            tcp_downstream_cx_total: AtomicU64::new(0),
+            tcp_downstream_cx_no_route: AtomicU64::new(0),
+            tcp_upstream_connect_fail: AtomicU64::new(0),
+            tcp_idle_timeout: AtomicU64::new(0),
+            tcp_max_downstream_connection_duration: AtomicU64::new(0),
+            tcp_downstream_rx_bytes: AtomicU64::new(0),
+            tcp_downstream_tx_bytes: AtomicU64::new(0),
             per_worker: (0..workers.max(1))
                 .map(|_| Mutex::new(FxHashMap::default()))
                 .collect(),
@@ -263,6 +304,64 @@ impl Stats {
             (
                 "meshgate.config_rejections".into(),
                 g(&self.config_rejections),
+            ),
+            (
+                "listener.no_filter_chain_match".into(),
+                g(&self.no_filter_chain_match),
+            ),
+            (
+                "listener.downstream_pre_cx_timeout".into(),
+                g(&self.downstream_pre_cx_timeout),
+            ),
+            (
+                "tls_inspector.tls_found".into(),
+                g(&self.tls_inspector_tls_found),
+            ),
+            (
+                "tls_inspector.tls_not_found".into(),
+                g(&self.tls_inspector_tls_not_found),
+            ),
+            (
+                "tls_inspector.client_hello_too_large".into(),
+                g(&self.tls_inspector_client_hello_too_large),
+            ),
+            (
+                "tls_inspector.client_hello_malformed".into(),
+                g(&self.tls_inspector_client_hello_malformed),
+            ),
+            (
+                "tls_inspector.read_error".into(),
+                g(&self.tls_inspector_read_error),
+            ),
+            (
+                "acme.tls_alpn_validations".into(),
+                g(&self.acme_tls_alpn_validations),
+            ),
+            ("acme.http01_answers".into(), g(&self.acme_http01_answers)),
+            (
+                "tcp.downstream_cx_total".into(),
+                g(&self.tcp_downstream_cx_total),
+            ),
+            (
+                "tcp.downstream_cx_no_route".into(),
+                g(&self.tcp_downstream_cx_no_route),
+            ),
+            (
+                "tcp.upstream_connect_fail".into(),
+                g(&self.tcp_upstream_connect_fail),
+            ),
+            ("tcp.idle_timeout".into(), g(&self.tcp_idle_timeout)),
+            (
+                "tcp.max_downstream_connection_duration".into(),
+                g(&self.tcp_max_downstream_connection_duration),
+            ),
+            (
+                "tcp.downstream_cx_rx_bytes_total".into(),
+                g(&self.tcp_downstream_rx_bytes),
+            ),
+            (
+                "tcp.downstream_cx_tx_bytes_total".into(),
+                g(&self.tcp_downstream_tx_bytes),
             ),
         ]
     }

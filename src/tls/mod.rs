@@ -24,7 +24,7 @@
 //!                 ACME TLS-ALPN-01? ChallengeResponses::is_tls_alpn_validation(&alpn)
 //!                 chain = table.lookup(sni)                       (none: reset, like Envoy)
 //!                 passthrough: write `buf` upstream, then copy both ways
-//!                 terminate: chain.accept(Rewind::new(buf.freeze(), tcp), timeout)
+//!                 terminate: chain.accept(RenegotiationGuard(Rewind::new(buf.freeze(), tcp)), timeout)
 //!                            -> Accepted { stream, peer: Option<PeerIdentity>, alpn, .. }
 //! per request:    identity::xfcc_element / xfcc_header for x-forwarded-client-cert;
 //!                 ChallengeResponses::http01_for_path on the HTTP port
@@ -37,6 +37,7 @@ pub mod error;
 pub mod identity;
 pub mod material;
 pub mod params;
+pub mod renegotiation;
 pub mod rewind;
 pub mod server;
 pub mod sni;
@@ -50,6 +51,7 @@ pub use client_hello::{ClientHelloError, ClientHelloInfo, ClientHelloReader};
 pub use error::TlsError;
 pub use identity::{ClientCertDetails, PeerIdentity};
 pub use material::{CertificateMaterial, TrustMaterial};
+pub use renegotiation::RenegotiationGuard;
 pub use rewind::Rewind;
 pub use server::{DownstreamTls, ServerSessionState};
 pub use stats::TlsStats;

@@ -75,6 +75,7 @@ pub struct DownstreamTls {
     pub alpn: Vec<Vec<u8>>,
     /// URI SANs of the local certificate at build time (the `By=` of XFCC).
     pub local_uri_sans: Vec<String>,
+    resolver: Arc<SniCertResolver>,
     stats: Arc<TlsStats>,
 }
 
@@ -340,6 +341,7 @@ impl DownstreamTls {
             .unwrap_or_default();
         let require_sni = ctx.require_sni.is_some_and(|b| b.value);
         let resolver = Arc::new(SniCertResolver::new(certs, require_sni));
+        let resolver_handle = resolver.clone();
 
         let require_client = ctx.require_client_certificate.is_some_and(|b| b.value);
         let validation = validation_source(common, store, name)?;
@@ -402,8 +404,20 @@ impl DownstreamTls {
             client_auth,
             alpn,
             local_uri_sans,
+            resolver: resolver_handle,
             stats,
         })
+    }
+
+    /// Whether any of the context's certificates has material now (an SDS secret or an
+    /// ACME certificate not yet delivered leaves the context without one).
+    pub fn certificates_ready(&self) -> bool {
+        self.resolver.any_ready()
+    }
+
+    /// The stats the context counts handshakes in.
+    pub fn stats(&self) -> &Arc<TlsStats> {
+        &self.stats
     }
 
     /// The rustls configuration (with the context's ALPN).

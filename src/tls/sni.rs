@@ -131,6 +131,11 @@ impl SniCertResolver {
         }
     }
 
+    /// Whether at least one certificate currently has material.
+    pub fn any_ready(&self) -> bool {
+        self.certs.iter().any(|w| w.borrow().is_some())
+    }
+
     fn suits(ck: &CertifiedKey, hello: &ClientHello<'_>) -> bool {
         ck.key.choose_scheme(hello.signature_schemes()).is_some()
     }

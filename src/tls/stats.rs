@@ -22,6 +22,8 @@ pub struct TlsStats {
     pub client_hello_errors: AtomicU64,
     /// Connections that were not TLS where TLS was expected (e.g. plain HTTP).
     pub not_tls: AtomicU64,
+    /// TLS 1.2 connections ended because the client tried to renegotiate.
+    pub renegotiation_refused: AtomicU64,
     /// Certificates issued by ACME (first issuance and renewals).
     pub acme_issued: AtomicU64,
     /// Failed ACME issuance attempts (each retried with back-off).
@@ -50,6 +52,10 @@ impl TlsStats {
             ),
             ("tls.client_hello_errors", get(&self.client_hello_errors)),
             ("tls.not_tls", get(&self.not_tls)),
+            (
+                "tls.renegotiation_refused",
+                get(&self.renegotiation_refused),
+            ),
             ("acme.issued", get(&self.acme_issued)),
             ("acme.failures", get(&self.acme_failures)),
         ]

@@ -98,6 +98,15 @@ impl SecretBook {
                 "credential `{name}`: only Kubernetes Secrets (`NAME` or `kubernetes://NAME`) are supported"
             ));
         }
+        // A credential an AcmeCertificate issues is published by the gateway's ACME
+        // issuer into its secret store under this name; no Secret resource is emitted.
+        if config
+            .acme_certificates
+            .iter()
+            .any(|a| a.meta.namespace == namespace && a.spec.credential_name == plain)
+        {
+            return Ok(crate::tls::credential::certificate_sds_name(plain));
+        }
         let resource = self.resource_name(namespace, plain);
         let secret = find_secret(config, namespace, plain)
             .ok_or_else(|| format!("no Secret {namespace}/{plain} holds credential `{name}`"))?;

@@ -40,3 +40,7 @@ impl Kind for WorkloadEntry {
 impl Kind for Secret {
     const KIND: &'static str = "Secret";
 }
+/// meshgate's `AcmeCertificate` (`meshgate.io/v1alpha1`), defined by the ACME layer.
+impl Kind for crate::acme::resource::AcmeCertificateSpec {
+    const KIND: &'static str = crate::acme::resource::KIND;
+}

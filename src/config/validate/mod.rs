@@ -37,17 +37,58 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     names(&config.service_entries, &mut out);
     names(&config.workload_entries, &mut out);
     names(&config.secrets, &mut out);
+    names(&config.acme_certificates, &mut out);
+    acme(config, &mut out);
     duplicates(&config.gateways, &mut out);
     duplicates(&config.virtual_services, &mut out);
     duplicates(&config.destination_rules, &mut out);
     duplicates(&config.service_entries, &mut out);
     duplicates(&config.workload_entries, &mut out);
     duplicates(&config.secrets, &mut out);
+    duplicates(&config.acme_certificates, &mut out);
     super::analyze::analyze(config, &mut out);
     super::support::check(config, &mut out);
     Diagnostic::sort(&mut out);
     out.dedup();
     out
+}
+
+/// `AcmeCertificate`s: each one's own rules, and one issuer per credential (two would
+/// overwrite each other's certificate; a Secret of the same name would be shadowed).
+fn acme(config: &Config, out: &mut Vec<Diagnostic>) {
+    use crate::acme::AcmeCertificate;
+    let mut credentials: HashMap<(&str, &str), &str> = HashMap::new();
+    for r in &config.acme_certificates {
+        // Metadata problems are reported by `names`.
+        for e in AcmeCertificate::from_config(r).validate() {
+            if e.field.starts_with("spec.") {
+                out.push(r.error(&e.field, e.message));
+            }
+        }
+        let key = (r.meta.namespace.as_str(), r.spec.credential_name.as_str());
+        if let Some(other) = credentials.insert(key, &r.meta.name) {
+            out.push(r.error(
+                "spec.credentialName",
+                format!(
+                    "`{}` is also issued by AcmeCertificate {}/{other}",
+                    r.spec.credential_name, r.meta.namespace
+                ),
+            ));
+        }
+        if config
+            .secrets
+            .iter()
+            .any(|s| s.meta.namespace == r.meta.namespace && s.meta.name == r.spec.credential_name)
+        {
+            out.push(r.warning(
+                "spec.credentialName",
+                format!(
+                    "a Secret {}/{} exists too; Gateways get the ACME certificate",
+                    r.meta.namespace, r.spec.credential_name
+                ),
+            ));
+        }
+    }
 }
 
 /// Names and namespaces as Kubernetes accepts them: a namespace is a lower-case DNS-1123

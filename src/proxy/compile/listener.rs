@@ -3,14 +3,19 @@ use crate::proxy::compile::route::{Clusters, compile_route_config};
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::http::fault::Fault;
 use crate::proxy::http::hcm::*;
-use crate::proxy::listener::{ChainMatch, FilterChain, Listener};
+use crate::proxy::listener::{ChainAction, ChainMatch, FilterChain, Listener, TransportProtocol};
 use crate::proxy::route::RouteTable;
+use crate::proxy::tcp::{DEFAULT_IDLE_TIMEOUT as DEFAULT_TCP_IDLE_TIMEOUT, TcpClusters, TcpProxy};
+use crate::proxy::tls::TlsRuntime;
+use crate::tls::DownstreamTls;
 use crate::xds::ResourceSet;
 use crate::xds::pb::envoy::config::core::v3 as core_pb;
 use crate::xds::pb::envoy::config::listener::v3 as pb;
 use crate::xds::pb::envoy::extensions::filters::http::fault::v3 as fault_pb;
 use crate::xds::pb::envoy::extensions::filters::http::router::v3 as router_pb;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+use crate::xds::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_pb;
+use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use http::HeaderValue;
 use prost::{Message, Name};
 use std::collections::HashMap;
@@ -23,6 +28,9 @@ const TLS_INSPECTOR: &str =
 const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
 const RAW_BUFFER: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+/// Envoy's bound on a downstream TLS handshake when `transport_socket_connect_timeout`
+/// is unset.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Istio's telemetry filter: meshgate produces Istio's standard metrics natively.
 const ISTIO_STATS: &[&str] = &["type.googleapis.com/stats.PluginConfig"];
 
@@ -30,10 +38,11 @@ pub(crate) fn compile_listeners(
     set: &ResourceSet,
     routes: &HashMap<String, Arc<RouteTable>>,
     clusters: &Clusters,
+    tls: &TlsRuntime,
 ) -> Result<Vec<Arc<Listener>>, CompileError> {
     let mut out: Vec<Arc<Listener>> = Vec::new();
     for l in &set.listeners {
-        let compiled = compile_listener(l, routes, clusters)?;
+        let compiled = compile_listener(l, routes, clusters, tls)?;
         if out.iter().any(|o| o.name == compiled.name) {
             return Err(Cx::new("listener", &l.name).err("name", "duplicate listener name"));
         }
@@ -55,6 +64,7 @@ fn compile_listener(
     l: &pb::Listener,
     routes: &HashMap<String, Arc<RouteTable>>,
     clusters: &Clusters,
+    tls: &TlsRuntime,
 ) -> Result<Listener, CompileError> {
     let cx = &mut Cx::new("listener", &l.name);
     fields!(
@@ -66,15 +76,15 @@ fn compile_listener(
                 address,
                 filter_chains,
                 default_filter_chain,
-                listener_filters
+                listener_filters,
+                continue_on_listener_filters_timeout,
+                listener_filters_timeout
             ],
             ignored: [
                 stat_prefix,
                 metadata,
                 per_connection_buffer_limit_bytes,
                 traffic_direction,
-                continue_on_listener_filters_timeout,
-                listener_filters_timeout,
                 access_log,
                 drain_type,
                 tcp_backlog_size,
@@ -117,6 +127,12 @@ fn compile_listener(
         if ty == TLS_INSPECTOR
             || (ty.is_empty() && f.name == "envoy.filters.listener.tls_inspector")
         {
+            if f.filter_disabled.is_some() {
+                return Err(cx.err(
+                    &format!("listener_filters[{i}].filter_disabled"),
+                    "conditionally disabled listener filters are not supported",
+                ));
+            }
             tls_inspector = true;
         } else {
             return Err(cx.err(
@@ -128,12 +144,12 @@ fn compile_listener(
     let mut chains = Vec::new();
     for (i, fc) in l.filter_chains.iter().enumerate() {
         chains.push(cx.at(format_args!("filter_chains[{i}]"), |cx| {
-            compile_chain(cx, fc, routes, clusters)
+            compile_chain(cx, fc, routes, clusters, tls, &l.name)
         })?);
     }
     let default_chain = match &l.default_filter_chain {
         Some(fc) => Some(cx.at("default_filter_chain", |cx| {
-            compile_chain(cx, fc, routes, clusters)
+            compile_chain(cx, fc, routes, clusters, tls, &l.name)
         })?),
         None => None,
     };
@@ -143,21 +159,59 @@ fn compile_listener(
             "a listener needs at least one filter chain",
         ));
     }
-    for (i, a) in chains.iter().enumerate() {
-        if chains[..i].iter().any(|b| b.matcher == a.matcher) {
-            return Err(cx.err(
-                &format!("filter_chains[{i}]"),
-                "multiple filter chains with the same matching rules",
-            ));
+    // Envoy refuses chains whose criteria overlap: which one applies would be undefined.
+    type Criteria<'a> = (Option<u16>, &'a str, Option<TransportProtocol>, &'a [u8]);
+    let mut seen: std::collections::HashSet<Criteria<'_>> = std::collections::HashSet::new();
+    for (i, c) in chains.iter().enumerate() {
+        let m = &c.matcher;
+        let names: Vec<&str> = if m.server_names.is_empty() {
+            vec![""]
+        } else {
+            m.server_names.iter().map(|n| &**n).collect()
+        };
+        let alpns: Vec<&[u8]> = if m.application_protocols.is_empty() {
+            vec![&[]]
+        } else {
+            m.application_protocols.iter().map(|p| &**p).collect()
+        };
+        for n in &names {
+            for a in &alpns {
+                if !seen.insert((m.destination_port, n, m.transport_protocol, a)) {
+                    return Err(cx.err(
+                        &format!("filter_chains[{i}]"),
+                        "multiple filter chains with the same matching rules",
+                    ));
+                }
+            }
         }
     }
-    Ok(Listener {
-        name: l.name.as_str().into(),
+    let uses_tls_match = chains.iter().any(|c| {
+        !c.matcher.server_names.is_empty()
+            || !c.matcher.application_protocols.is_empty()
+            || c.matcher.transport_protocol == Some(TransportProtocol::Tls)
+    });
+    if uses_tls_match && !tls_inspector {
+        // Envoy accepts this too; such chains never match without the inspector.
+        tracing::warn!(listener = %l.name, "filter chains match on SNI, ALPN or `tls` but the listener has no tls_inspector: they never match");
+    }
+    let mut listener = Listener::new(
+        l.name.as_str().into(),
         addr,
         chains,
         default_chain,
         tls_inspector,
-    })
+    );
+    if let Some(t) = duration(cx, "listener_filters_timeout", &l.listener_filters_timeout)? {
+        // Zero disables the bound in Envoy; meshgate keeps one (an hour) so that a client
+        // that never speaks cannot hold a connection forever.
+        listener.listener_filters_timeout = if t.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            t
+        };
+    }
+    listener.continue_on_listener_filters_timeout = l.continue_on_listener_filters_timeout;
+    Ok(listener)
 }
 
 fn listener_address(cx: &Cx, a: &Option<core_pb::Address>) -> Result<SocketAddr, CompileError> {
@@ -192,99 +246,61 @@ fn compile_chain(
     fc: &pb::FilterChain,
     routes: &HashMap<String, Arc<RouteTable>>,
     clusters: &Clusters,
+    tls: &TlsRuntime,
+    listener: &str,
 ) -> Result<FilterChain, CompileError> {
     fields!(
         cx,
         fc,
         pb::FilterChain {
-            supported: [filter_chain_match, filters, transport_socket, name],
-            ignored: [metadata, transport_socket_connect_timeout],
+            supported: [
+                filter_chain_match,
+                filters,
+                transport_socket,
+                name,
+                transport_socket_connect_timeout
+            ],
+            ignored: [metadata],
             unsupported: [use_proxy_proto],
         }
     );
-    if let Some(ts) = &fc.transport_socket {
-        use core_pb::transport_socket::ConfigType;
-        match &ts.config_type {
-            Some(ConfigType::TypedConfig(a)) if a.type_url == RAW_BUFFER => {}
-            None => {}
-            Some(ConfigType::TypedConfig(a)) => {
-                return Err(cx.err(
-                    "transport_socket",
-                    format!(
-                        "TLS not supported yet: transport socket {} cannot be served",
-                        a.type_url
-                    ),
-                ));
-            }
-        }
-    }
+    let handshake_timeout = duration(
+        cx,
+        "transport_socket_connect_timeout",
+        &fc.transport_socket_connect_timeout,
+    )?
+    .filter(|d| !d.is_zero())
+    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+    let downstream_tls = match &fc.transport_socket {
+        None => None,
+        Some(ts) => cx.at("transport_socket", |cx| {
+            downstream_transport_socket(cx, ts, tls, listener, &fc.name)
+        })?,
+    };
     let matcher = match &fc.filter_chain_match {
         None => ChainMatch::default(),
-        Some(m) => cx.at("filter_chain_match", |cx| {
-            fields!(
-                cx,
-                m,
-                pb::FilterChainMatch {
-                    supported: [
-                        destination_port,
-                        server_names,
-                        transport_protocol,
-                        application_protocols
-                    ],
-                    ignored: [],
-                    unsupported: [
-                        prefix_ranges,
-                        address_suffix,
-                        suffix_len,
-                        direct_source_prefix_ranges,
-                        source_type,
-                        source_prefix_ranges,
-                        source_ports
-                    ],
-                }
-            );
-            if !m.server_names.is_empty() {
-                return Err(cx.err(
-                    "server_names",
-                    "TLS not supported yet: SNI matching needs TLS",
-                ));
-            }
-            if !m.application_protocols.is_empty() {
-                return Err(cx.err(
-                    "application_protocols",
-                    "TLS not supported yet: ALPN matching needs TLS",
-                ));
-            }
-            let tp = match m.transport_protocol.as_str() {
-                "" => None,
-                "raw_buffer" => Some("raw_buffer".into()),
-                "tls" => return Err(cx.err("transport_protocol", "TLS not supported yet")),
-                other => {
-                    return Err(cx.err(
-                        "transport_protocol",
-                        format!("unknown transport protocol {other:?}"),
-                    ));
-                }
-            };
-            Ok(ChainMatch {
-                destination_port: m.destination_port.map(|p| p.value as u16),
-                transport_protocol: tp,
-            })
-        })?,
+        Some(m) => cx.at("filter_chain_match", |cx| chain_match(cx, m))?,
     };
     if fc.filters.len() != 1 {
         return Err(cx.err(
             "filters",
-            "exactly one network filter (http_connection_manager) is supported",
+            "exactly one network filter (http_connection_manager or tcp_proxy) is supported",
         ));
     }
     let f = &fc.filters[0];
-    let hcm = cx.at("filters[0]", |cx| {
+    let action = cx.at("filters[0]", |cx| {
         use pb::filter::ConfigType;
         let any = match &f.config_type {
             Some(ConfigType::TypedConfig(a)) => a,
             _ => return Err(cx.err("typed_config", "required")),
         };
+        if any.type_url == tcp_pb::TcpProxy::type_url() {
+            let t = tcp_pb::TcpProxy::decode(any.value.as_slice())
+                .map_err(|e| cx.err("typed_config", format!("decoding TcpProxy: {e}")))?;
+            return cx.at("typed_config", |cx| {
+                compile_tcp_proxy(cx, &t).map(|p| ChainAction::Tcp(Arc::new(p)))
+            });
+        }
         if any.type_url != hcm_pb::HttpConnectionManager::type_url() {
             return Err(cx.err(
                 "typed_config",
@@ -298,11 +314,226 @@ fn compile_chain(
             )
         })?;
         cx.at("typed_config", |cx| compile_hcm(cx, &h, routes, clusters))
+            .map(|h| ChainAction::Http(Arc::new(h)))
     })?;
     Ok(FilterChain {
         name: fc.name.as_str().into(),
         matcher,
-        hcm: Arc::new(hcm),
+        tls: downstream_tls,
+        handshake_timeout,
+        action,
+    })
+}
+
+/// A filter chain's transport socket: raw buffer (plain text) or TLS termination.
+fn downstream_transport_socket(
+    cx: &mut Cx,
+    ts: &core_pb::TransportSocket,
+    tls: &TlsRuntime,
+    listener: &str,
+    chain: &str,
+) -> Result<Option<DownstreamTls>, CompileError> {
+    use core_pb::transport_socket::ConfigType;
+    let any = match &ts.config_type {
+        None => return Ok(None),
+        Some(ConfigType::TypedConfig(a)) => a,
+    };
+    if any.type_url == RAW_BUFFER {
+        return Ok(None);
+    }
+    if any.type_url != tls_pb::DownstreamTlsContext::type_url() {
+        return Err(cx.err(
+            "typed_config",
+            format!("transport socket {} is not supported", any.type_url),
+        ));
+    }
+    let ctx = tls_pb::DownstreamTlsContext::decode(any.value.as_slice()).map_err(|e| {
+        cx.err(
+            "typed_config",
+            format!("decoding DownstreamTlsContext: {e}"),
+        )
+    })?;
+    let name = format!("listener {listener} filter chain {chain:?}");
+    let built = DownstreamTls::from_context(&ctx, &tls.store, &tls.sessions, &name)
+        .map_err(|e| cx.err("typed_config", e.to_string()))?;
+    if !built.certificates_ready() {
+        let secrets: Vec<&str> = ctx
+            .common_tls_context
+            .iter()
+            .flat_map(|c| &c.tls_certificate_sds_secret_configs)
+            .map(|s| s.name.as_str())
+            .collect();
+        tracing::warn!(
+            listener,
+            chain,
+            secrets = ?secrets,
+            "no certificate yet for this filter chain: its TLS connections are reset until the secret arrives"
+        );
+    }
+    Ok(Some(built))
+}
+
+/// `FilterChainMatch`: destination port, server names, transport protocol, ALPN.
+fn chain_match(cx: &mut Cx, m: &pb::FilterChainMatch) -> Result<ChainMatch, CompileError> {
+    fields!(
+        cx,
+        m,
+        pb::FilterChainMatch {
+            supported: [
+                destination_port,
+                server_names,
+                transport_protocol,
+                application_protocols
+            ],
+            ignored: [],
+            unsupported: [
+                prefix_ranges,
+                address_suffix,
+                suffix_len,
+                direct_source_prefix_ranges,
+                source_type,
+                source_prefix_ranges,
+                source_ports
+            ],
+        }
+    );
+    let mut server_names: Vec<Box<str>> = Vec::with_capacity(m.server_names.len());
+    for (i, n) in m.server_names.iter().enumerate() {
+        let lower = n.to_ascii_lowercase();
+        let body = lower.strip_prefix("*.").unwrap_or(&lower);
+        let valid = !body.is_empty()
+            && !body.contains('*')
+            && body.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            return Err(cx.err(
+                &format!("server_names[{i}]"),
+                format!("{n:?}: server names are host names or `*.suffix` wildcards"),
+            ));
+        }
+        if !server_names.iter().any(|s| **s == *lower) {
+            server_names.push(lower.into());
+        }
+    }
+    let transport_protocol = match m.transport_protocol.as_str() {
+        "" => None,
+        "raw_buffer" => Some(TransportProtocol::RawBuffer),
+        "tls" => Some(TransportProtocol::Tls),
+        other => {
+            return Err(cx.err(
+                "transport_protocol",
+                format!("unknown transport protocol {other:?} (tls, raw_buffer)"),
+            ));
+        }
+    };
+    let mut application_protocols: Vec<Box<[u8]>> = Vec::new();
+    for (i, p) in m.application_protocols.iter().enumerate() {
+        if p.is_empty() || p.len() > 255 {
+            return Err(cx.err(
+                &format!("application_protocols[{i}]"),
+                "an ALPN protocol is 1 to 255 bytes",
+            ));
+        }
+        application_protocols.push(p.as_bytes().into());
+    }
+    let destination_port = match m.destination_port {
+        None => None,
+        Some(p) if p.value >= 1 && p.value <= 65535 => Some(p.value as u16),
+        Some(_) => return Err(cx.err("destination_port", "not a port number")),
+    };
+    Ok(ChainMatch {
+        destination_port,
+        server_names,
+        transport_protocol,
+        application_protocols,
+    })
+}
+
+/// `tcp_proxy`: one cluster or weighted clusters, idle timeout, maximum duration.
+fn compile_tcp_proxy(cx: &mut Cx, t: &tcp_pb::TcpProxy) -> Result<TcpProxy, CompileError> {
+    fields!(
+        cx,
+        t,
+        tcp_pb::TcpProxy {
+            supported: [
+                stat_prefix,
+                cluster_specifier,
+                idle_timeout,
+                max_downstream_connection_duration
+            ],
+            ignored: [
+                access_log,
+                access_log_flush_interval,
+                flush_access_log_on_connected,
+                access_log_options,
+                check_drain_close
+            ],
+            unsupported: [
+                on_demand,
+                metadata_match,
+                downstream_idle_timeout,
+                upstream_idle_timeout,
+                max_connect_attempts,
+                backoff_options,
+                hash_policy,
+                tunneling_config,
+                max_downstream_connection_duration_jitter_percentage,
+                proxy_protocol_tlvs,
+                proxy_protocol_tlv_merge_policy,
+                upstream_connect_mode,
+                max_early_data_bytes
+            ],
+        }
+    );
+    use tcp_pb::tcp_proxy::ClusterSpecifier as C;
+    let clusters = match &t.cluster_specifier {
+        Some(C::Cluster(name)) if !name.is_empty() => TcpClusters::One(name.as_str().into()),
+        Some(C::WeightedClusters(w)) => {
+            let mut list = Vec::with_capacity(w.clusters.len());
+            let mut total = 0u64;
+            for (i, c) in w.clusters.iter().enumerate() {
+                if c.metadata_match.is_some() {
+                    return Err(
+                        cx.unsupported(&format!("weighted_clusters.clusters[{i}].metadata_match"))
+                    );
+                }
+                if c.name.is_empty() {
+                    return Err(cx.err(
+                        &format!("weighted_clusters.clusters[{i}].name"),
+                        "a cluster name is required",
+                    ));
+                }
+                if c.weight > 0 {
+                    total += u64::from(c.weight);
+                    list.push((Arc::<str>::from(c.name.as_str()), c.weight));
+                }
+            }
+            if list.is_empty() {
+                return Err(cx.err(
+                    "weighted_clusters",
+                    "at least one cluster with a positive weight is required",
+                ));
+            }
+            TcpClusters::Weighted(list, total)
+        }
+        _ => return Err(cx.err("cluster", "cluster or weighted_clusters is required")),
+    };
+    let idle_timeout = match duration(cx, "idle_timeout", &t.idle_timeout)? {
+        None => Some(DEFAULT_TCP_IDLE_TIMEOUT),
+        Some(d) => nonzero(Some(d)),
+    };
+    Ok(TcpProxy {
+        stat_prefix: t.stat_prefix.as_str().into(),
+        clusters,
+        idle_timeout,
+        max_connection_duration: nonzero(duration(
+            cx,
+            "max_downstream_connection_duration",
+            &t.max_downstream_connection_duration,
+        )?),
     })
 }
 
@@ -340,6 +571,7 @@ fn compile_hcm(
                 preserve_external_request_id,
                 always_set_request_id_in_response,
                 forward_client_cert_details,
+                set_current_client_cert_details,
                 upgrade_configs,
                 normalize_path,
                 merge_slashes,
@@ -357,7 +589,6 @@ fn compile_hcm(
                 flush_access_log_on_new_request,
                 access_log_options,
                 delayed_close_timeout,
-                set_current_client_cert_details,
                 stream_error_on_invalid_http_message,
                 represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
                 drain_timeout_jitter,
@@ -491,14 +722,17 @@ fn compile_hcm(
         (_, true) => StripPort::Matching,
         _ => StripPort::None,
     };
-    use hcm_pb::http_connection_manager::ForwardClientCertDetails as F;
-    let forward_client_cert = match F::try_from(h.forward_client_cert_details) {
-        Ok(F::Sanitize) => ForwardClientCert::Sanitize,
-        Ok(F::ForwardOnly) => ForwardClientCert::ForwardOnly,
-        Ok(F::AppendForward) => ForwardClientCert::AppendForward,
-        Ok(F::SanitizeSet) => ForwardClientCert::SanitizeSet,
-        Ok(F::AlwaysForwardOnly) => ForwardClientCert::AlwaysForwardOnly,
-        Err(_) => return Err(cx.err("forward_client_cert_details", "unknown value")),
+    let forward_client_cert = ForwardClientCert::from_proto(h.forward_client_cert_details)
+        .ok_or_else(|| cx.err("forward_client_cert_details", "unknown value"))?;
+    let client_cert_details = match &h.set_current_client_cert_details {
+        None => ClientCertDetails::default(),
+        Some(d) => ClientCertDetails {
+            subject: d.subject.is_some_and(|b| b.value),
+            cert: d.cert,
+            chain: d.chain,
+            dns: d.dns,
+            uri: d.uri,
+        },
     };
     let mut upgrades = Vec::new();
     for (i, u) in h.upgrade_configs.iter().enumerate() {
@@ -555,6 +789,7 @@ fn compile_hcm(
         accept_http_10,
         default_host_for_http_10,
         forward_client_cert,
+        client_cert_details,
         suppress_envoy_headers,
         http2_max_concurrent_streams,
     })

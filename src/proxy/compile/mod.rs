@@ -10,8 +10,11 @@
 //! of the prost struct: a field Envoy adds to its protos fails the build until it is
 //! classified as supported, ignored (no effect on traffic) or unsupported.
 use crate::proxy::snapshot::Snapshot;
+use crate::proxy::tls::TlsRuntime;
 use crate::xds::ResourceSet;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) mod cluster;
@@ -135,16 +138,72 @@ pub(crate) fn duration(
 
 /// Compiles a whole resource set. `previous` lends the state that must survive an update
 /// (cluster counters, outlier detection, DNS answers) to clusters whose config is
-/// unchanged.
+/// unchanged, and its TLS state (secret store, sessions) to the new snapshot; without a
+/// previous snapshot a fresh TLS state is made. The set's `Secret`s are checked (see
+/// [`validate_secrets`]) but not published: this is how an update is checked before
+/// it is applied.
 pub fn compile(
     set: &ResourceSet,
     version: &str,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, CompileError> {
+    validate_secrets(set, previous)?;
+    let tls = match previous.and_then(|p| p.tls.clone()) {
+        Some(t) => t,
+        None => TlsRuntime::new(Default::default()).map_err(|e| CompileError {
+            resource: "tls".into(),
+            path: String::new(),
+            message: e.to_string(),
+        })?,
+    };
+    compile_with(set, version, previous, &tls)
+}
+
+/// Checks the set's `Secret`s: certificates and keys parse and match, CA bundles parse,
+/// files are readable. Secrets equal to the previous snapshot's are not parsed again.
+pub fn validate_secrets(
+    set: &ResourceSet,
+    previous: Option<&Snapshot>,
+) -> Result<(), CompileError> {
+    let before: HashMap<
+        &str,
+        &crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+    > = previous
+        .map(|p| {
+            p.resources
+                .secrets
+                .iter()
+                .map(|s| (s.name.as_str(), s))
+                .collect()
+        })
+        .unwrap_or_default();
+    for s in &set.secrets {
+        if before.get(s.name.as_str()).is_some_and(|b| *b == s) {
+            continue;
+        }
+        crate::proxy::tls::validate_secret(s).map_err(|e| CompileError {
+            resource: format!("secret \"{}\"", s.name),
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Compiles with the gateway's TLS state, whose secret store already holds the set's
+/// secrets (TLS contexts read them at handshake time).
+pub fn compile_with(
+    set: &ResourceSet,
+    version: &str,
+    previous: Option<&Snapshot>,
+    tls: &Arc<TlsRuntime>,
+) -> Result<Snapshot, CompileError> {
     let clusters = cluster::compile_clusters(set, previous)?;
     let routes = route::compile_route_configs(set, &clusters)?;
-    let listeners = listener::compile_listeners(set, &routes, &clusters)?;
-    Ok(Snapshot::new(version, set.clone(), listeners, clusters))
+    let listeners = listener::compile_listeners(set, &routes, &clusters, tls)?;
+    let mut snap = Snapshot::new(version, set.clone(), listeners, clusters);
+    snap.tls = Some(tls.clone());
+    Ok(snap)
 }
 
 #[cfg(test)]

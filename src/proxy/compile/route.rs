@@ -218,12 +218,12 @@ fn compile_virtual_host(
                 typed_per_filter_config,
                 include_request_attempt_count,
                 include_attempt_count_in_response,
-                retry_policy
+                retry_policy,
+                require_tls
             ],
             ignored: [metadata, virtual_clusters],
             unsupported: [
                 matcher,
-                require_tls,
                 rate_limits,
                 retry_policy_typed_config,
                 hedge_policy,
@@ -252,9 +252,16 @@ fn compile_virtual_host(
             compile_route(cx, r, clusters, &vh_filters, retry.as_ref(), max_body)
         })?);
     }
+    use pb::virtual_host::TlsRequirementType as T;
+    let require_tls = match T::try_from(vh.require_tls) {
+        Ok(T::None) => false,
+        Ok(T::All | T::ExternalOnly) => true,
+        Err(_) => return Err(cx.err("require_tls", "unknown value")),
+    };
     Ok(VirtualHost {
         name: vh.name.as_str().into(),
         routes,
+        require_tls,
         request_headers: HeaderMutations::compile(
             cx,
             "request_headers_to_add",

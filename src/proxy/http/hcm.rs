@@ -31,15 +31,9 @@ pub enum StripPort {
     Any,
 }
 
-/// The connection manager's `forward_client_cert_details`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardClientCert {
-    Sanitize,
-    ForwardOnly,
-    AppendForward,
-    SanitizeSet,
-    AlwaysForwardOnly,
-}
+/// The connection manager's `forward_client_cert_details` and
+/// `set_current_client_cert_details`.
+pub use crate::tls::identity::{ClientCertDetails, ForwardClientCert};
 
 /// An HTTP filter, in configured order (the router is implicit and last).
 #[derive(Debug, Clone)]
@@ -80,6 +74,8 @@ pub struct HttpConnectionManager {
     pub accept_http_10: bool,
     pub default_host_for_http_10: Option<HeaderValue>,
     pub forward_client_cert: ForwardClientCert,
+    /// What this proxy's own XFCC element carries (`Hash` always).
+    pub client_cert_details: ClientCertDetails,
     pub suppress_envoy_headers: bool,
     pub http2_max_concurrent_streams: Option<u32>,
 }

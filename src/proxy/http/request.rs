@@ -1,5 +1,6 @@
 //! The connection manager's standard request handling: x-forwarded-for/-proto, request
 //! ids, internal-only `x-envoy-*` headers, client-certificate headers, hop-by-hop headers.
+use crate::proxy::connection::ConnTls;
 use crate::proxy::http::hcm::{ForwardClientCert, HttpConnectionManager};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use std::net::SocketAddr;
@@ -143,7 +144,12 @@ pub fn uuid4() -> HeaderValue {
 /// Envoy's `mutateRequestHeaders`, for a request from `peer`. Returns whether the
 /// request is internal (loopback and private ranges count as external since Envoy 1.33
 /// unless `internal_address_config` says otherwise, which meshgate does not support).
-pub fn mutate_request_headers(h: &mut HeaderMap, hcm: &HttpConnectionManager, peer: &Peer) -> bool {
+pub fn mutate_request_headers(
+    h: &mut HeaderMap,
+    hcm: &HttpConnectionManager,
+    peer: &Peer,
+    tls: Option<&ConnTls>,
+) -> bool {
     let internal = false;
     // Hop-by-hop headers never travel upstream (upgrades are re-added by the router).
     remove_hop_by_hop(h);
@@ -172,17 +178,7 @@ pub fn mutate_request_headers(h: &mut HeaderMap, hcm: &HttpConnectionManager, pe
             h.remove(name);
         }
     }
-    match hcm.forward_client_cert {
-        ForwardClientCert::Sanitize | ForwardClientCert::SanitizeSet => {
-            if h.contains_key(&X_FORWARDED_CLIENT_CERT) {
-                h.remove(&X_FORWARDED_CLIENT_CERT);
-            }
-        }
-        // Without TLS termination there is no client certificate to add.
-        ForwardClientCert::ForwardOnly
-        | ForwardClientCert::AppendForward
-        | ForwardClientCert::AlwaysForwardOnly => {}
-    }
+    xfcc(h, hcm, tls);
     if hcm.generate_request_id {
         let replace = match h.get(&X_REQUEST_ID) {
             None => true,
@@ -193,6 +189,37 @@ pub fn mutate_request_headers(h: &mut HeaderMap, hcm: &HttpConnectionManager, pe
         }
     }
     internal
+}
+
+/// Envoy's `x-forwarded-client-cert` handling: removed unless the mode forwards it;
+/// on mutual TLS, this proxy's element set (SANITIZE_SET) or appended (APPEND_FORWARD).
+fn xfcc(h: &mut HeaderMap, hcm: &HttpConnectionManager, tls: Option<&ConnTls>) {
+    let mutual = tls.is_some_and(|t| t.peer.is_some());
+    match (hcm.forward_client_cert, mutual) {
+        (ForwardClientCert::AlwaysForwardOnly, _) | (ForwardClientCert::ForwardOnly, true) => {}
+        (_, false) | (ForwardClientCert::Sanitize, true) => {
+            if h.contains_key(&X_FORWARDED_CLIENT_CERT) {
+                h.remove(&X_FORWARDED_CLIENT_CERT);
+            }
+        }
+        (ForwardClientCert::SanitizeSet | ForwardClientCert::AppendForward, true) => {
+            let Some(element) = tls.and_then(|t| t.xfcc_element(hcm.client_cert_details)) else {
+                h.remove(&X_FORWARDED_CLIENT_CERT);
+                return;
+            };
+            let value = match (hcm.forward_client_cert, h.get(&X_FORWARDED_CLIENT_CERT)) {
+                (ForwardClientCert::AppendForward, Some(prev)) if !prev.is_empty() => {
+                    let mut v = Vec::with_capacity(prev.len() + 1 + element.len());
+                    v.extend_from_slice(prev.as_bytes());
+                    v.push(b',');
+                    v.extend_from_slice(element.as_bytes());
+                    HeaderValue::from_bytes(&v).unwrap_or(element)
+                }
+                _ => element,
+            };
+            h.insert(X_FORWARDED_CLIENT_CERT.clone(), value);
+        }
+    }
 }
 
 fn append_xff(h: &mut HeaderMap, ip: &HeaderValue) {

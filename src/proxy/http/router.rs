@@ -3,6 +3,7 @@
 //! route's action (direct response, redirect, or forwarding with retries, timeouts,
 //! mirroring and load balancing).
 use crate::proxy::access_log::RequestLog;
+use crate::proxy::connection::{ChainKey, ConnTls};
 use crate::proxy::http::body::{RequestBody, ResponseBody, buffer_up_to};
 use crate::proxy::http::cors::CorsPolicy;
 use crate::proxy::http::fault::{Fault, FaultAbort, roll};
@@ -44,6 +45,11 @@ pub struct ConnCtx {
     /// removed while the connection lives (it then drains).
     pub initial: Arc<HttpConnectionManager>,
     pub state: Arc<crate::proxy::http::server::ConnState>,
+    /// The client's TLS session when the chain terminates TLS: SNI, ALPN and the
+    /// verified client certificate, for headers, logs and authorization.
+    pub tls: Option<Arc<ConnTls>>,
+    /// What chose the filter chain, to choose it again in a newer snapshot.
+    pub key: ChainKey,
 }
 
 impl ConnCtx {
@@ -53,9 +59,10 @@ impl ConnCtx {
         let snap = self.shared.snapshot.load();
         match snap
             .listener(&self.listener)
-            .and_then(|l| l.select_chain(self.peer.local.port()))
+            .and_then(|l| l.select(&self.key.detected(self.peer.local.port())))
+            .and_then(|c| c.hcm())
         {
-            Some(c) => (c.hcm.clone(), false),
+            Some(h) => (h.clone(), false),
             None => (self.initial.clone(), true),
         }
     }
@@ -276,9 +283,28 @@ async fn serve(
         set_path(&mut req, pq);
     }
 
-    let internal = mutate_request_headers(req.headers_mut(), hcm, &cx.peer);
+    let internal = mutate_request_headers(req.headers_mut(), hcm, &cx.peer, cx.tls.as_deref());
     let _ = internal;
     log.request_id = req.headers().get(&X_REQUEST_ID).cloned();
+
+    // ACME HTTP-01 challenges are answered before routing.
+    if req
+        .uri()
+        .path()
+        .starts_with(crate::acme::challenge::HTTP01_PREFIX)
+        && let Some(answer) = cx.shared.tls.challenges.http01_for_path(req.uri().path())
+    {
+        cx.shared
+            .stats
+            .acme_http01_answers
+            .fetch_add(1, Ordering::Relaxed);
+        let mut resp = Response::new(ResponseBody::full(bytes::Bytes::from(answer)));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        return Ok(resp);
+    }
 
     // Route.
     let table: &RouteTable = &hcm.routes;
@@ -289,6 +315,14 @@ async fn serve(
     let Some(vhost) = table.virtual_host(authority.as_bytes()) else {
         return Err(LocalReply::NO_ROUTE);
     };
+    if vhost.require_tls
+        && req
+            .headers()
+            .get(&X_FORWARDED_PROTO)
+            .is_none_or(|p| p.as_bytes() != b"https")
+    {
+        return Ok(https_redirect(&req, &authority));
+    }
     let pq = req
         .uri()
         .path_and_query()
@@ -572,6 +606,28 @@ fn apply_levels(
             m.apply(h);
         }
     }
+}
+
+/// Envoy's answer on a virtual host that requires TLS: 301 to the same host (port
+/// included) and path over `https`.
+fn https_redirect(req: &Request<Incoming>, authority: &HeaderValue) -> Response<ResponseBody> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut location = Vec::with_capacity(8 + authority.len() + pq.len());
+    location.extend_from_slice(b"https://");
+    location.extend_from_slice(authority.as_bytes());
+    location.extend_from_slice(pq.as_bytes());
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_bytes(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
 }
 
 fn redirect_response(

@@ -1,17 +1,15 @@
-//! Downstream connections: accepted per worker, matched to a filter chain, served by
-//! hyper (HTTP/1.1 with keep-alive, HTTP/2 cleartext by prior knowledge, upgrades), with
+//! HTTP on a downstream connection (plain or decrypted TLS) served by hyper: HTTP/1.1
+//! with keep-alive, HTTP/2 (by ALPN, or by prior knowledge in clear text), upgrades, with
 //! limits (header size and read time, idle timeout, connection age) and draining.
+use crate::proxy::http::hcm::HttpConnectionManager;
 use crate::proxy::http::head_scan;
-use crate::proxy::http::request::Peer;
 use crate::proxy::http::router::{ConnCtx, handle};
-use crate::proxy::listener::Listener;
-use crate::proxy::runtime::Shared;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -69,44 +67,36 @@ impl ConnState {
 /// bounds slow clients unless the connection manager sets its own).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves one accepted connection until it closes, drains or times out.
-pub async fn serve_connection(
-    stream: TcpStream,
-    listener: Arc<Listener>,
-    shared: Arc<Shared>,
-    worker: usize,
+/// Which HTTP codec a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, or HTTP/2 when the client starts with its preface.
+    Auto,
+    /// ALPN `http/1.1`.
+    Http1,
+    /// ALPN `h2`.
+    Http2,
+}
+
+/// Serves HTTP on a connection until it closes, drains or times out.
+pub async fn serve_http<IO>(
+    io: IO,
+    cx: Arc<ConnCtx>,
+    hcm: Arc<HttpConnectionManager>,
+    protocol: Protocol,
     mut drain: watch::Receiver<bool>,
-) {
-    let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-        return;
-    };
-    let Some(chain) = listener.select_chain(local.port()) else {
-        tracing::debug!(listener = %listener.name, %remote, "no filter chain matches; closing");
-        return;
-    };
-    let hcm = chain.hcm.clone();
-    let _ = stream.set_nodelay(true);
-    let state = Arc::new(ConnState::default());
-    state.touch();
-    shared
-        .stats
-        .downstream_cx_total
-        .fetch_add(1, Ordering::Relaxed);
-    shared
-        .stats
-        .downstream_cx_active
-        .fetch_add(1, Ordering::Relaxed);
-    let _active = CxActive(shared.clone());
-    let cx = Arc::new(ConnCtx {
-        peer: Peer::new(remote, local, false),
-        worker,
-        shared: shared.clone(),
-        listener: listener.name.clone(),
-        initial: hcm.clone(),
-        state: state.clone(),
-    });
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = cx.state.clone();
+    let remote = cx.peer.remote;
     let svc = hyper::service::service_fn(move |req| handle(req, cx.clone()));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder = match protocol {
+        Protocol::Auto => builder,
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+    };
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -122,7 +112,7 @@ pub async fn serve_connection(
         .max_concurrent_streams(hcm.http2_max_concurrent_streams.unwrap_or(2147483647))
         .max_header_list_size((hcm.max_request_headers_kb * 1024).max(8192));
     let io = TrackedIo {
-        inner: stream,
+        inner: io,
         state: state.clone(),
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -183,24 +173,14 @@ pub async fn serve_connection(
     }
 }
 
-struct CxActive(Arc<Shared>);
-impl Drop for CxActive {
-    fn drop(&mut self) {
-        self.0
-            .stats
-            .downstream_cx_active
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// The accepted socket, noting when a new request head starts to arrive (one atomic
 /// check per read; a clock read only when a head starts).
-struct TrackedIo {
-    inner: TcpStream,
+struct TrackedIo<IO> {
+    inner: IO,
     state: Arc<ConnState>,
 }
 
-impl tokio::io::AsyncRead for TrackedIo {
+impl<IO: AsyncRead + Unpin> AsyncRead for TrackedIo<IO> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -224,7 +204,7 @@ impl tokio::io::AsyncRead for TrackedIo {
     }
 }
 
-impl tokio::io::AsyncWrite for TrackedIo {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for TrackedIo<IO> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

@@ -34,6 +34,9 @@ pub struct VirtualHost {
     pub include_attempt_count_in_response: bool,
     /// Used by routes that have no retry policy of their own.
     pub retry: Option<Arc<RetryPolicy>>,
+    /// `require_tls` (ALL or EXTERNAL_ONLY; every client is external): requests that
+    /// did not arrive over TLS get a 301 to `https://` (Istio's `httpsRedirect`).
+    pub require_tls: bool,
 }
 
 impl VirtualHost {
