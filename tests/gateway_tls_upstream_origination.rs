@@ -32,7 +32,7 @@ struct TlsUpstream {
 }
 
 impl TlsUpstream {
-    fn start(leaf: &Leaf, client_ca: Option<&TestCa>) -> TlsUpstream {
+    fn start(leaf: &Leaf, client_ca: Option<&str>) -> TlsUpstream {
         let provider = meshgate::tls::provider();
         let certs: Vec<_> = rustls_pemfile::certs(&mut leaf.cert.as_bytes())
             .collect::<Result<_, _>>()
@@ -46,7 +46,7 @@ impl TlsUpstream {
         let builder = match client_ca {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
-                for c in rustls_pemfile::certs(&mut ca.pem.as_bytes()) {
+                for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
                     roots.add(c.unwrap()).unwrap();
                 }
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -231,7 +231,7 @@ fn origination_like_envoy() {
     let (client_cert, client_key) = client.write(dir.path(), "client");
     let simple = TlsUpstream::start(&server, None);
     let untrusted = TlsUpstream::start(&untrusted_server, None);
-    let mutual = TlsUpstream::start(&server, Some(&ca));
+    let mutual = TlsUpstream::start(&server, Some(ca.pem.as_str()));
     let make = |port| {
         config(
             port,
@@ -340,7 +340,7 @@ fn rotated_ca_and_client_certificate_reach_new_connections() {
     // The gateway trusts the old CA; the upstream's certificate is from the new one.
     let ca_path = old_ca.write_ca(dir.path(), "ca");
     let server = new_ca.leaf(&[API]);
-    let upstream = TlsUpstream::start(&server, Some(&new_ca));
+    let upstream = TlsUpstream::start(&server, Some(new_ca.pem.as_str()));
     let first = new_ca.leaf(&["first.gateway.example.com"]);
     let second = new_ca.leaf(&["second.gateway.example.com"]);
     let (cert, key) = first.write(dir.path(), "client");
@@ -415,4 +415,92 @@ fn sds_secrets_rotate_and_a_missing_secret_fails_like_a_connect_failure() {
     mesh.apply(&resources(vec![root(&other)]), "3").unwrap();
     assert_eq!(get(listen, "a.example", "/next", &[]).status, 200);
     assert_eq!(get(listen, "a.example", "/now", &[]).status, 503);
+}
+
+/// gateway-config/egress-tls-origination as a user runs it: certificates from
+/// `meshgate certs dev`, the Istio YAML translated for the egress gateway, plain HTTP in
+/// and TLS (SIMPLE, MUTUAL) out.
+#[test]
+fn egress_tls_origination_example() {
+    let dir = TempDir::new();
+    let certs = dir.path().join("certs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args([
+            "certs",
+            "dev",
+            "--hosts",
+            "api.example.com,mtls.example.com",
+            "--secret",
+            "egress-client",
+            "--namespace",
+            "egress",
+        ])
+        .arg("--out")
+        .arg(&certs)
+        .arg("--ca-dir")
+        .arg(dir.path().join("ca"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let read = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
+    let leaf = |stem: &str| Leaf {
+        cert: read(&format!("{stem}.crt")),
+        key: read(&format!("{stem}.key")),
+    };
+    let ca = read("ca.crt");
+    let api = TlsUpstream::start(&leaf("api.example.com"), None);
+    let mtls = TlsUpstream::start(&leaf("mtls.example.com"), Some(ca.as_str()));
+    let listen = free_port();
+    let example = repo_root().join("gateway-config/egress-tls-origination");
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    for f in ["external.yaml", "gateway.yaml"] {
+        let text = std::fs::read_to_string(example.join(f))
+            .unwrap()
+            .replace("9443", &api.port.to_string())
+            .replace("9444", &mtls.port.to_string())
+            .replace("8080", &listen.to_string());
+        std::fs::write(config.join(f), text).unwrap();
+    }
+    std::fs::copy(
+        certs.join("egress-client.secret.yaml"),
+        config.join("egress-client.secret.yaml"),
+    )
+    .unwrap();
+    let outcome = meshgate::config::load(&config);
+    assert!(
+        outcome.diagnostics.is_empty(),
+        "{:?}",
+        outcome
+            .diagnostics
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+    );
+    let labels = meshgate::xds::ProxyIdentity::parse_labels("istio=egressgateway").unwrap();
+    let ns = meshgate::translate::default_namespace(&outcome.config, &labels);
+    let proxy = meshgate::xds::ProxyIdentity::gateway(&ns, labels);
+    let (registry, _) = meshgate::registry::Registry::from_config(&outcome.config);
+    let t = meshgate::translate::gateway(&outcome.config, &registry, &proxy);
+    assert!(
+        t.diagnostics.is_empty(),
+        "{:?}",
+        t.diagnostics
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+    );
+    let _mesh = InProcess::start_set(t.resources);
+    let r = get(listen, "api.example.com", "/", &[]);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.echo()["sni"], "api.example.com");
+    assert_eq!(r.echo()["client_cert"], "");
+    let r = get(listen, "mtls.example.com", "/", &[]);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.echo()["sni"], "mtls.example.com");
+    assert_ne!(
+        r.echo()["client_cert"],
+        "",
+        "the Secret's certificate is presented"
+    );
 }
