@@ -3,7 +3,7 @@
 use crate::tls::error::TlsError;
 use crate::tls::params::{self, Side};
 use crate::tls::server::{certificate_watches, check_common_unsupported, validation_source};
-use crate::tls::store::{CertificateWatch, SecretStore};
+use crate::tls::store::{CertificateWatch, SecretStore, ValidationWatch};
 use crate::tls::verify::UpstreamServerVerifier;
 use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use rustls::ClientConfig;
@@ -35,6 +35,115 @@ impl ResolvesClientCert for ClientCertFromStore {
         true
     }
 }
+
+/// Session resumption that forgets its sessions when the trusted CA or the client
+/// certificate changes: a resumed session skips certificate verification and keeps the
+/// old client identity, so a rotation must force full handshakes (as Envoy, which builds
+/// a new SSL context, with an empty session cache, on every secret update).
+struct RotationAwareSessions {
+    trust: Option<ValidationWatch>,
+    cert: Option<CertificateWatch>,
+    size: usize,
+    /// The material the sessions were made with (held, so that comparing by address is
+    /// sound) and the sessions.
+    inner: std::sync::Mutex<Generation>,
+}
+
+type Generation = (
+    Option<Arc<crate::tls::verify::ValidationMaterial>>,
+    Option<Arc<crate::tls::CertificateMaterial>>,
+    Arc<rustls::client::ClientSessionMemoryCache>,
+);
+
+fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+impl std::fmt::Debug for RotationAwareSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotationAwareSessions")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RotationAwareSessions {
+    fn new(trust: Option<ValidationWatch>, cert: Option<CertificateWatch>, size: usize) -> Self {
+        let s = RotationAwareSessions {
+            trust,
+            cert,
+            size,
+            inner: std::sync::Mutex::new((
+                None,
+                None,
+                Arc::new(rustls::client::ClientSessionMemoryCache::new(size)),
+            )),
+        };
+        let _ = s.cache();
+        s
+    }
+
+    /// The cache for the material in force, emptied if the material changed.
+    fn cache(&self) -> Arc<rustls::client::ClientSessionMemoryCache> {
+        let trust = self.trust.as_ref().and_then(|w| w.borrow().clone());
+        let cert = self.cert.as_ref().and_then(|w| w.borrow().clone());
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !same(&inner.0, &trust) || !same(&inner.1, &cert) {
+            *inner = (
+                trust,
+                cert,
+                Arc::new(rustls::client::ClientSessionMemoryCache::new(self.size)),
+            );
+        }
+        inner.2.clone()
+    }
+}
+
+impl rustls::client::ClientSessionStore for RotationAwareSessions {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.cache().set_kx_hint(server_name, group)
+    }
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.cache().kx_hint(server_name)
+    }
+    fn set_tls12_session(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.cache().set_tls12_session(server_name, value)
+    }
+    fn tls12_session(
+        &self,
+        server_name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.cache().tls12_session(server_name)
+    }
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.cache().remove_tls12_session(server_name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.cache().insert_tls13_ticket(server_name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.cache().take_tls13_ticket(server_name)
+    }
+}
+
+/// Sessions kept per upstream TLS context unless `max_session_keys` says otherwise
+/// (rustls' own default).
+const DEFAULT_SESSIONS: usize = 256;
 
 /// An upstream TLS context ready to connect.
 #[derive(Clone)]
@@ -87,7 +196,9 @@ impl UpstreamTls {
         let builder = ClientConfig::builder_with_provider(params.provider)
             .with_protocol_versions(&params.versions)?;
         let stats = store.stats();
-        let builder = match validation_source(common, store, name)? {
+        let source = validation_source(common, store, name)?;
+        let trust_watch = source.as_ref().and_then(|s| s.dynamic.clone());
+        let builder = match source {
             Some(source) => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(UpstreamServerVerifier {
@@ -101,9 +212,11 @@ impl UpstreamTls {
         };
         let has_cert = !common.tls_certificates.is_empty()
             || !common.tls_certificate_sds_secret_configs.is_empty();
+        let mut cert_watch = None;
         let mut config = if has_cert {
             let mut watches = certificate_watches(common, store, name)?;
             let cert = watches.remove(0);
+            cert_watch = Some(cert.clone());
             builder.with_client_cert_resolver(Arc::new(ClientCertFromStore { cert }))
         } else {
             builder.with_no_client_auth()
@@ -114,13 +227,19 @@ impl UpstreamTls {
             .map(|p| p.as_bytes().to_vec())
             .collect();
         config.enable_sni = true;
-        if let Some(n) = ctx.max_session_keys {
-            config.resumption = if n.value == 0 {
-                rustls::client::Resumption::disabled()
-            } else {
-                rustls::client::Resumption::in_memory_sessions(n.value as usize)
-            };
-        }
+        let sessions = ctx
+            .max_session_keys
+            .map(|n| n.value as usize)
+            .unwrap_or(DEFAULT_SESSIONS);
+        config.resumption = if sessions == 0 {
+            rustls::client::Resumption::disabled()
+        } else {
+            rustls::client::Resumption::store(Arc::new(RotationAwareSessions::new(
+                trust_watch,
+                cert_watch,
+                sessions,
+            )))
+        };
         let sni = if ctx.sni.is_empty() {
             None
         } else {

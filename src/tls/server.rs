@@ -15,8 +15,8 @@ use crate::tls::stats::TlsStats;
 use crate::tls::store::{CertificateWatch, SecretSource, SecretStore, load_tls_certificate};
 use crate::tls::verify::{DownstreamClientVerifier, ValidationMaterial, ValidationSource};
 use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CommonTlsContext, DownstreamTlsContext, common_tls_context::ValidationContextType,
-    downstream_tls_context::SessionTicketKeysType,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
+    common_tls_context::ValidationContextType, downstream_tls_context::SessionTicketKeysType,
 };
 use rustls::ServerConfig;
 use rustls::server::{NoServerSessionStorage, ProducesTickets, StoresServerSessions};
@@ -215,10 +215,32 @@ pub(crate) fn validation_source(
         });
         match file {
             Some(path) => {
-                let secret = format!("file-root:{path}");
-                store.add_validation_context(&secret, vc, SecretSource::File)?;
+                // The store's entry holds only the CA (and CRL), shared by every context
+                // naming the same files; each context keeps its own matching rules.
+                let ca_only = CertificateValidationContext {
+                    trusted_ca: vc.trusted_ca.clone(),
+                    crl: vc.crl.clone(),
+                    ..Default::default()
+                };
+                let rules = CertificateValidationContext {
+                    trusted_ca: None,
+                    crl: None,
+                    ..vc.clone()
+                };
+                let secret = match &vc.crl {
+                    None => format!("file-root:{path}"),
+                    Some(crl) => {
+                        use prost::Message;
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        crl.encode_to_vec().hash(&mut h);
+                        format!("file-root:{path}~crl:{:016x}", h.finish())
+                    }
+                };
+                store.add_validation_context(&secret, &ca_only, SecretSource::File)?;
+                drop(m);
                 Ok(ValidationSource {
-                    default: None,
+                    default: Some(Arc::new(ValidationMaterial::from_context(&rules, what)?)),
                     dynamic: Some(store.validation(&secret)),
                 })
             }

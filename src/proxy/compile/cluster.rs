@@ -1,11 +1,14 @@
 //! Cluster + ClusterLoadAssignment -> [`Cluster`].
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::snapshot::Snapshot;
+use crate::proxy::tls::TlsRuntime;
 use crate::proxy::upstream::cluster::*;
 use crate::proxy::upstream::host::{EndpointSet, Host, Locality, Priority};
 use crate::proxy::upstream::lb::LbPolicy;
 use crate::proxy::upstream::outlier::OutlierConfig;
 use crate::proxy::upstream::pool::DEFAULT_IDLE_TIMEOUT;
+use crate::proxy::upstream::tls::{TransportSockets, UpstreamTransport};
+use crate::tls::UpstreamTls;
 use crate::xds::ResourceSet;
 use crate::xds::pb::envoy::config::cluster::v3 as pb;
 use crate::xds::pb::envoy::config::core::v3 as core_pb;
@@ -21,15 +24,20 @@ use std::time::Duration;
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const RAW_BUFFER: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+const UPSTREAM_TLS_CONTEXT: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+/// The endpoint metadata namespace `transport_socket_matches` are matched against.
+const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 
 pub(crate) fn compile_clusters(
     set: &ResourceSet,
     previous: Option<&Snapshot>,
+    tls: &TlsRuntime,
 ) -> Result<HashMap<String, Arc<Cluster>>, CompileError> {
     let mut out = HashMap::new();
     for c in &set.clusters {
         let prev = previous.and_then(|p| p.clusters.get(&c.name));
-        let compiled = compile_cluster(c, set, prev.map(|p| &**p))?;
+        let compiled = compile_cluster(c, set, prev.map(|p| &**p), tls)?;
         if out.insert(c.name.clone(), Arc::new(compiled)).is_some() {
             return Err(Cx::new("cluster", &c.name).err("name", "duplicate cluster name"));
         }
@@ -41,6 +49,7 @@ pub(crate) fn compile_cluster(
     c: &pb::Cluster,
     set: &ResourceSet,
     prev: Option<&Cluster>,
+    tls: &TlsRuntime,
 ) -> Result<Cluster, CompileError> {
     use pb::cluster::ClusterDiscoveryType as T;
     use pb::cluster::DiscoveryType as D;
@@ -110,19 +119,6 @@ pub(crate) fn compile_cluster(
             ],
         }
     );
-    // Upstream TLS origination is not implemented yet: only plaintext sockets.
-    if let Some(ts) = &c.transport_socket {
-        check_raw_buffer(cx, "transport_socket", ts)?;
-    }
-    for (i, m) in c.transport_socket_matches.iter().enumerate() {
-        if let Some(ts) = &m.transport_socket {
-            check_raw_buffer(
-                cx,
-                &format!("transport_socket_matches[{i}].transport_socket"),
-                ts,
-            )?;
-        }
-    }
     let connect_timeout =
         duration(cx, "connect_timeout", &c.connect_timeout)?.unwrap_or(Duration::from_secs(5));
     let lb = match pb::cluster::LbPolicy::try_from(c.lb_policy) {
@@ -181,7 +177,9 @@ pub(crate) fn compile_cluster(
         }
         _ => {}
     }
-    let (protocol, idle_timeout, mut max_requests_per_connection) = protocol_options(cx, c)?;
+    let options = protocol_options(cx, c)?;
+    let (protocol, idle_timeout, mut max_requests_per_connection) =
+        (options.protocol, options.idle, options.max_requests);
     #[allow(deprecated)]
     if let Some(m) = c.max_requests_per_connection {
         max_requests_per_connection = Some(m.value);
@@ -323,6 +321,7 @@ pub(crate) fn compile_cluster(
         }
         D::OriginalDst => return Err(cx.err("type", "ORIGINAL_DST clusters are not supported")),
     };
+    let transport = transport_sockets(cx, c, set, &options, prev, tls)?;
     Ok(Cluster {
         name: c.name.as_str().into(),
         discovery,
@@ -337,6 +336,7 @@ pub(crate) fn compile_cluster(
         locality_weighted,
         endpoints,
         state,
+        transport,
     })
 }
 
@@ -347,32 +347,180 @@ fn is_prime(n: u64) -> bool {
             .all(|d| !n.is_multiple_of(d))
 }
 
-fn check_raw_buffer(
-    cx: &Cx,
+/// A compiled `transport_socket`: plain text, or TLS.
+fn transport_socket(
+    cx: &mut Cx,
     field: &str,
     ts: &core_pb::TransportSocket,
-) -> Result<(), CompileError> {
+    options: &ProtocolOptions,
+    prev: Option<&Cluster>,
+    tls: &TlsRuntime,
+    cluster: &str,
+) -> Result<Option<Arc<UpstreamTransport>>, CompileError> {
+    use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
     use core_pb::transport_socket::ConfigType;
-    match &ts.config_type {
-        None => Ok(()),
-        Some(ConfigType::TypedConfig(a)) if a.type_url == RAW_BUFFER => Ok(()),
-        Some(ConfigType::TypedConfig(a)) => Err(cx.err(
-            field,
-            format!(
-                "upstream transport socket {} is not supported yet (plaintext only)",
-                a.type_url
-            ),
-        )),
+    let any = match &ts.config_type {
+        None => return Ok(None),
+        Some(ConfigType::TypedConfig(a)) if a.type_url == RAW_BUFFER => return Ok(None),
+        Some(ConfigType::TypedConfig(a)) if a.type_url == UPSTREAM_TLS_CONTEXT => a,
+        Some(ConfigType::TypedConfig(a)) => {
+            return Err(cx.err(
+                field,
+                format!(
+                    "upstream transport socket {} is not supported (raw_buffer and tls only)",
+                    a.type_url
+                ),
+            ));
+        }
+    };
+    let mut ctx = UpstreamTlsContext::decode(any.value.as_slice())
+        .map_err(|e| cx.err(field, format!("decoding UpstreamTlsContext: {e}")))?;
+    // The cluster's HTTP options that shape the handshake are part of the socket.
+    ctx.auto_host_sni |= options.auto_sni;
+    ctx.auto_sni_san_validation |= options.auto_san_validation;
+    let mut key = ctx.encode_to_vec();
+    key.push(options.protocol as u8);
+    if let Some(t) = prev.and_then(|p| p.transport.reusable(&key)) {
+        return Ok(Some(t));
     }
+    let name = format!("cluster {cluster}: {field}");
+    let build = |alpn: &str| -> Result<UpstreamTls, CompileError> {
+        let mut ctx = ctx.clone();
+        let common = ctx.common_tls_context.get_or_insert_with(Default::default);
+        // Envoy's fallback when the context names no protocols: the cluster's own.
+        if common.alpn_protocols.is_empty() {
+            common.alpn_protocols = vec![alpn.to_string()];
+        }
+        UpstreamTls::from_context(&ctx, &tls.store, &name).map_err(|e| cx.err(field, e.to_string()))
+    };
+    let (h1, h2) = match options.protocol {
+        UpstreamProtocol::Http1 => {
+            let t = build("http/1.1")?;
+            (t.clone(), t)
+        }
+        UpstreamProtocol::Http2 => {
+            let t = build("h2")?;
+            (t.clone(), t)
+        }
+        UpstreamProtocol::UseDownstream => (build("http/1.1")?, build("h2")?),
+    };
+    Ok(Some(Arc::new(UpstreamTransport {
+        key,
+        h1,
+        h2,
+        auto_sni: ctx.auto_host_sni,
+    })))
 }
 
-fn protocol_options(
+/// The cluster's transport sockets and which one each endpoint uses: an endpoint whose
+/// `envoy.transport_socket_match` metadata has every key/value of a match's `match`
+/// uses that match's socket (the first one); others use the cluster's socket.
+fn transport_sockets(
     cx: &mut Cx,
     c: &pb::Cluster,
-) -> Result<(UpstreamProtocol, Option<Duration>, Option<u32>), CompileError> {
+    set: &ResourceSet,
+    options: &ProtocolOptions,
+    prev: Option<&Cluster>,
+    tls: &TlsRuntime,
+) -> Result<TransportSockets, CompileError> {
+    let mut out = TransportSockets::default();
+    let default = match &c.transport_socket {
+        Some(ts) => transport_socket(cx, "transport_socket", ts, options, prev, tls, &c.name)?,
+        None => None,
+    };
+    out.all.extend(default.clone());
+    let mut matches = Vec::with_capacity(c.transport_socket_matches.len());
+    for (i, m) in c.transport_socket_matches.iter().enumerate() {
+        let socket = cx.at(format_args!("transport_socket_matches[{i}]"), |cx| {
+            fields!(
+                cx,
+                m,
+                pb::cluster::TransportSocketMatch {
+                    supported: [name, r#match, transport_socket],
+                    ignored: [],
+                    unsupported: [],
+                }
+            );
+            match &m.transport_socket {
+                Some(ts) => {
+                    transport_socket(cx, "transport_socket", ts, options, prev, tls, &c.name)
+                }
+                None => Ok(None),
+            }
+        })?;
+        out.all.extend(socket.clone());
+        let criteria = m.r#match.as_ref().map(|s| &s.fields);
+        matches.push((criteria, socket));
+    }
+    let select = |metadata: Option<&crate::xds::pb::google::protobuf::Struct>| {
+        matches
+            .iter()
+            .find(|(criteria, _)| {
+                criteria.is_none_or(|want| {
+                    want.iter().all(|(k, v)| {
+                        metadata
+                            .and_then(|m| m.fields.get(k))
+                            .is_some_and(|have| have == v)
+                    })
+                })
+            })
+            .map(|(_, socket)| socket.clone())
+    };
+    out.fallback = select(None).unwrap_or(default.clone());
+    if matches.is_empty() {
+        return Ok(out);
+    }
+    let cla = match c.load_assignment.as_ref() {
+        Some(cla) => Some(cla),
+        None => {
+            let service = c
+                .eds_cluster_config
+                .as_ref()
+                .map(|e| e.service_name.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(&c.name);
+            set.endpoint(service)
+        }
+    };
+    for le in cla.iter().flat_map(|cla| cla.endpoints.iter()) {
+        for e in &le.lb_endpoints {
+            use ep_pb::lb_endpoint::HostIdentifier;
+            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                continue;
+            };
+            let Ok((ip, port)) = socket_addr(cx, "", &ep.address) else {
+                continue;
+            };
+            let Ok(ip) = ip.parse::<IpAddr>() else {
+                continue;
+            };
+            let metadata = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH));
+            let socket = select(metadata).unwrap_or(default.clone());
+            out.by_host.insert(SocketAddr::new(ip, port), socket);
+        }
+    }
+    Ok(out)
+}
+
+/// What a cluster's HTTP protocol options say.
+struct ProtocolOptions {
+    protocol: UpstreamProtocol,
+    idle: Option<Duration>,
+    max_requests: Option<u32>,
+    /// `upstream_http_protocol_options.auto_sni`.
+    auto_sni: bool,
+    /// `upstream_http_protocol_options.auto_san_validation`.
+    auto_san_validation: bool,
+}
+
+fn protocol_options(cx: &mut Cx, c: &pb::Cluster) -> Result<ProtocolOptions, CompileError> {
     let mut protocol = UpstreamProtocol::Http1;
     let mut idle = Some(DEFAULT_IDLE_TIMEOUT);
     let mut max_rq = None;
+    let (mut auto_sni, mut auto_san_validation) = (false, false);
     #[allow(deprecated)]
     {
         if c.http2_protocol_options.is_some() {
@@ -414,8 +562,12 @@ fn protocol_options(
                     cx,
                     &o,
                     http_opts_pb::HttpProtocolOptions {
-                        supported: [common_http_protocol_options, upstream_protocol_options],
-                        ignored: [upstream_http_protocol_options],
+                        supported: [
+                            common_http_protocol_options,
+                            upstream_protocol_options,
+                            upstream_http_protocol_options
+                        ],
+                        ignored: [],
                         unsupported: [
                             http_filters,
                             header_validation_config,
@@ -426,6 +578,22 @@ fn protocol_options(
                         ],
                     }
                 );
+                if let Some(u) = &o.upstream_http_protocol_options {
+                    cx.at("upstream_http_protocol_options", |cx| {
+                        fields!(
+                            cx,
+                            u,
+                            core_pb::UpstreamHttpProtocolOptions {
+                                supported: [auto_sni, auto_san_validation],
+                                ignored: [],
+                                unsupported: [override_auto_sni_header],
+                            }
+                        );
+                        auto_sni = u.auto_sni;
+                        auto_san_validation = u.auto_san_validation;
+                        Ok(())
+                    })?;
+                }
                 if let Some(common) = &o.common_http_protocol_options {
                     let (i, m) = cx.at("common_http_protocol_options", |cx| {
                         common_options(cx, common)
@@ -446,16 +614,24 @@ fn protocol_options(
                         }
                     },
                     Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
-                    Some(U::AutoConfig(_)) => return Err(cx.err(
-                        "auto_config",
-                        "ALPN-negotiated upstream protocol needs upstream TLS, not supported yet",
-                    )),
+                    Some(U::AutoConfig(_)) => {
+                        return Err(cx.err(
+                            "auto_config",
+                            "ALPN-negotiated upstream protocol is not supported",
+                        ));
+                    }
                 };
                 Ok(())
             },
         )?;
     }
-    Ok((protocol, idle, max_rq))
+    Ok(ProtocolOptions {
+        protocol,
+        idle,
+        max_requests: max_rq,
+        auto_sni,
+        auto_san_validation,
+    })
 }
 
 fn common_options(
@@ -830,7 +1006,8 @@ mod tests {
 
     fn cluster(json: serde_json::Value) -> Result<Cluster, CompileError> {
         let c: pb::Cluster = crate::xds::json::from_json(&json).unwrap();
-        compile_cluster(&c, &ResourceSet::default(), None)
+        let tls = TlsRuntime::new(Default::default()).unwrap();
+        compile_cluster(&c, &ResourceSet::default(), None, &tls)
     }
 
     #[test]
@@ -882,9 +1059,152 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.path, "outlier_detection.enforcing_success_rate");
-        let e = cluster(json!({"name": "c", "type": "STATIC", "load_assignment": {"cluster_name": "c"},
-            "transport_socket": {"name": "tls", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}}}))
+        let mut c: pb::Cluster = crate::xds::json::from_json(
+            &json!({"name": "c", "type": "STATIC", "load_assignment": {"cluster_name": "c"}}),
+        )
+        .unwrap();
+        c.transport_socket = Some(core_pb::TransportSocket {
+            name: "pp".into(),
+            config_type: Some(core_pb::transport_socket::ConfigType::TypedConfig(
+                crate::xds::pb::google::protobuf::Any {
+                    type_url: "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport".into(),
+                    value: Vec::new(),
+                },
+            )),
+        });
+        let tls = TlsRuntime::new(Default::default()).unwrap();
+        let e = compile_cluster(&c, &ResourceSet::default(), None, &tls).unwrap_err();
+        assert_eq!(e.path, "transport_socket");
+        assert!(e.message.contains("raw_buffer and tls only"), "{e}");
+    }
+
+    fn tls_socket(sni: &str, alpn: &[&str]) -> serde_json::Value {
+        serde_json::json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": sni,
+            "common_tls_context": {
+                "alpn_protocols": alpn,
+                "tls_certificate_sds_secret_configs": [{"name": "default"}],
+                "combined_validation_context": {
+                    "default_validation_context": {"match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/a/sa/b"}}]},
+                    "validation_context_sds_secret_config": {"name": "ROOTCA"}}}}})
+    }
+
+    fn endpoint(ip: &str, meta: Option<serde_json::Value>) -> serde_json::Value {
+        let mut e = serde_json::json!({"endpoint": {"address": {"socket_address": {"address": ip, "port_value": 443}}}});
+        if let Some(m) = meta {
+            e["metadata"] =
+                serde_json::json!({"filter_metadata": {"envoy.transport_socket_match": m}});
+        }
+        e
+    }
+
+    #[test]
+    fn tls_transport_socket_with_alpn_from_the_cluster_protocol() {
+        use serde_json::json;
+        let c = cluster(json!({"name": "c", "type": "STATIC",
+            "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [endpoint("127.0.0.1", None)]}]},
+            "transport_socket": tls_socket("api.example.com", &[]),
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "upstream_http_protocol_options": {"auto_sni": true, "auto_san_validation": true},
+                "explicit_http_config": {"http2_protocol_options": {}}}}}))
+        .unwrap();
+        let t = c
+            .transport
+            .for_host("127.0.0.1:443".parse().unwrap())
+            .expect("a TLS socket");
+        assert!(t.auto_sni);
+        assert_eq!(t.h2.client_config().alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(
+            t.h1.sni.as_ref().map(|n| n.to_str().into_owned()),
+            Some("api.example.com".into())
+        );
+        let c = cluster(
+            json!({"name": "c", "type": "STATIC", "load_assignment": {"cluster_name": "c"},
+            "transport_socket": tls_socket("", &["h2", "http/1.1"])}),
+        )
+        .unwrap();
+        let t = c.transport.fallback.as_ref().expect("a TLS socket");
+        assert!(!t.auto_sni);
+        assert_eq!(t.h1.client_config().alpn_protocols.len(), 2);
+        let c = cluster(
+            json!({"name": "c", "type": "STATIC", "load_assignment": {"cluster_name": "c"},
+            "transport_socket": tls_socket("", &[])}),
+        )
+        .unwrap();
+        assert_eq!(
+            c.transport
+                .fallback
+                .as_ref()
+                .unwrap()
+                .h1
+                .client_config()
+                .alpn_protocols,
+            vec![b"http/1.1".to_vec()]
+        );
+        let e = cluster(
+            json!({"name": "c", "type": "STATIC", "load_assignment": {"cluster_name": "c"},
+            "transport_socket": tls_socket("not a name", &[])}),
+        )
         .unwrap_err();
-        assert!(e.message.contains("not supported yet"), "{e}");
+        assert_eq!(e.path, "transport_socket");
+    }
+
+    #[test]
+    fn transport_socket_matches_select_by_endpoint_metadata() {
+        use serde_json::json;
+        let c = cluster(json!({"name": "c", "type": "STATIC",
+            "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [
+                endpoint("127.0.0.1", Some(json!({"tlsMode": "istio"}))),
+                endpoint("127.0.0.2", None),
+                endpoint("127.0.0.3", Some(json!({"tlsMode": "disabled"})))]}]},
+            "transport_socket_matches": [
+                {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": tls_socket("", &["istio"])},
+                {"name": "tlsMode-disabled", "match": {}, "transport_socket": {"name": "envoy.transport_sockets.raw_buffer",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}]}))
+        .unwrap();
+        let t = &c.transport;
+        assert!(t.for_host("127.0.0.1:443".parse().unwrap()).is_some());
+        assert!(t.for_host("127.0.0.2:443".parse().unwrap()).is_none());
+        assert!(t.for_host("127.0.0.3:443".parse().unwrap()).is_none());
+        assert!(t.fallback.is_none());
+        // No catch-all: unmatched endpoints use the cluster's socket.
+        let c = cluster(json!({"name": "c", "type": "STATIC",
+            "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [
+                endpoint("127.0.0.1", Some(json!({"tlsMode": "istio"}))), endpoint("127.0.0.2", None)]}]},
+            "transport_socket": tls_socket("plain.example", &[]),
+            "transport_socket_matches": [{"name": "m", "match": {"tlsMode": "istio"}, "transport_socket": tls_socket("mesh.example", &[])}]}))
+        .unwrap();
+        let sni = |ip: &str| {
+            c.transport
+                .for_host(format!("{ip}:443").parse().unwrap())
+                .and_then(|t| t.h1.sni.as_ref().map(|n| n.to_str().into_owned()))
+        };
+        assert_eq!(sni("127.0.0.1").as_deref(), Some("mesh.example"));
+        assert_eq!(sni("127.0.0.2").as_deref(), Some("plain.example"));
+    }
+
+    #[test]
+    fn unchanged_tls_socket_is_kept_across_updates() {
+        use serde_json::json;
+        let tls = TlsRuntime::new(Default::default()).unwrap();
+        let compile = |sni: &str, prev: Option<&Cluster>| {
+            let c: pb::Cluster = crate::xds::json::from_json(&json!({"name": "c", "type": "STATIC",
+                "load_assignment": {"cluster_name": "c"}, "transport_socket": tls_socket(sni, &[])}))
+            .unwrap();
+            compile_cluster(&c, &ResourceSet::default(), prev, &tls).unwrap()
+        };
+        let a = compile("a.example", None);
+        let b = compile("a.example", Some(&a));
+        let c = compile("c.example", Some(&b));
+        let (ta, tb, tc) = (
+            a.transport.fallback.clone().unwrap(),
+            b.transport.fallback.clone().unwrap(),
+            c.transport.fallback.clone().unwrap(),
+        );
+        assert!(Arc::ptr_eq(&ta, &tb));
+        assert!(!Arc::ptr_eq(&tb, &tc));
     }
 }

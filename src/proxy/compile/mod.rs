@@ -198,7 +198,7 @@ pub fn compile_with(
     previous: Option<&Snapshot>,
     tls: &Arc<TlsRuntime>,
 ) -> Result<Snapshot, CompileError> {
-    let clusters = cluster::compile_clusters(set, previous)?;
+    let clusters = cluster::compile_clusters(set, previous, tls)?;
     let routes = route::compile_route_configs(set, &clusters)?;
     let listeners = listener::compile_listeners(set, &routes, &clusters, tls)?;
     let mut snap = Snapshot::new(version, set.clone(), listeners, clusters);

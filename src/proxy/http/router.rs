@@ -1386,7 +1386,7 @@ async fn attempt_once(
     host.rq_total.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveRequest(host.clone());
     let work = async {
-        let mut conn = pool::acquire(cluster, &host, cx.worker, h2)
+        let mut conn = pool::acquire_for(cluster, &host, cx.worker, h2, Some(&req))
             .await
             .map_err(AttemptError::Pool)?;
         let start = Instant::now();

@@ -3,6 +3,7 @@
 use crate::proxy::upstream::host::EndpointSet;
 use crate::proxy::upstream::lb::LbPolicy;
 use crate::proxy::upstream::outlier::OutlierConfig;
+use crate::proxy::upstream::tls::TransportSockets;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -105,11 +106,17 @@ pub struct ClusterStats {
     pub outlier_detection_ejections_overflow: AtomicU64,
     pub lb_healthy_panic: AtomicU64,
     pub update_success: AtomicU64,
+    /// TLS origination (Envoy's `cluster.<name>.ssl.*`).
+    pub ssl_handshake: AtomicU64,
+    pub ssl_connection_error: AtomicU64,
+    pub ssl_session_reused: AtomicU64,
+    pub ssl_fail_verify_san: AtomicU64,
+    pub ssl_fail_verify_error: AtomicU64,
 }
 
 impl ClusterStats {
     /// (name, value) pairs for `/stats` and Prometheus.
-    pub fn counters(&self) -> [(&'static str, u64); 24] {
+    pub fn counters(&self) -> [(&'static str, u64); 29] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("upstream_rq_total", g(&self.upstream_rq_total)),
@@ -166,6 +173,11 @@ impl ClusterStats {
             ),
             ("lb_healthy_panic", g(&self.lb_healthy_panic)),
             ("update_success", g(&self.update_success)),
+            ("ssl.handshake", g(&self.ssl_handshake)),
+            ("ssl.connection_error", g(&self.ssl_connection_error)),
+            ("ssl.session_reused", g(&self.ssl_session_reused)),
+            ("ssl.fail_verify_san", g(&self.ssl_fail_verify_san)),
+            ("ssl.fail_verify_error", g(&self.ssl_fail_verify_error)),
         ]
     }
 
@@ -211,6 +223,8 @@ pub struct Cluster {
     /// Replaced by DNS re-resolution; EDS/STATIC clusters get a new one per update.
     pub endpoints: Arc<ArcSwap<EndpointSet>>,
     pub state: Arc<ClusterState>,
+    /// TLS origination per host; empty for plain-text clusters.
+    pub transport: TransportSockets,
 }
 
 impl Cluster {

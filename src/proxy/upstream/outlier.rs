@@ -219,6 +219,7 @@ mod tests {
             locality_weighted: false,
             endpoints: Arc::new(arc_swap::ArcSwap::from_pointee(set)),
             state: Arc::new(ClusterState::default()),
+            transport: Default::default(),
         }
     }
 

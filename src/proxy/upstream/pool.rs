@@ -3,10 +3,17 @@
 //! Each host has one pool per worker (no cross-core sharing). HTTP/1.1 connections are
 //! taken most-recently-used first and given back when the response body ends; when the
 //! cluster's `max_connections` is reached, requests wait in the pool's pending queue (up
-//! to `max_pending_requests`, else overflow). HTTP/2 keeps one multiplexed connection.
+//! to `max_pending_requests`, else overflow). HTTP/2 keeps one multiplexed connection per
+//! TLS context and server name.
+//!
+//! Connections are tagged with the TLS transport socket they were made with (and the
+//! server name for `auto_sni` sockets): a request only reuses a connection made for the
+//! socket its cluster selects now, so two TLS contexts never share a connection, and
+//! connections of a replaced context are dropped when met.
 use crate::proxy::http::body::RequestBody;
 use crate::proxy::upstream::cluster::{Cluster, ClusterState, try_acquire};
 use crate::proxy::upstream::host::Host;
+use crate::proxy::upstream::tls::{self as upstream_tls, UpstreamTransport};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::VecDeque;
@@ -31,25 +38,51 @@ pub enum Sender {
     H2(http2::SendRequest<RequestBody>),
 }
 
+/// What a connection was made with: its TLS transport socket (none: plain text) and,
+/// for `auto_sni` sockets, the server name it presented.
+#[derive(Clone, Default)]
+struct ConnKey {
+    transport: Option<Arc<UpstreamTransport>>,
+    sni: Option<Arc<str>>,
+}
+
+impl ConnKey {
+    /// Made with the socket in force (same value, not merely equal settings).
+    fn current(&self, transport: Option<&Arc<UpstreamTransport>>) -> bool {
+        match (&self.transport, transport) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    fn matches(&self, transport: Option<&Arc<UpstreamTransport>>, sni: Option<&str>) -> bool {
+        self.current(transport) && self.sni.as_deref() == sni
+    }
+}
+
 /// A connection checked out of a pool for one request.
 pub struct PooledConn {
     pub sender: Sender,
     uses: u32,
     /// Set for a fresh connection (no reuse yet): a reset on it is not retried as stale.
     pub fresh: bool,
+    key: ConnKey,
 }
 
 struct Idle {
     sender: http1::SendRequest<RequestBody>,
     since: Instant,
     uses: u32,
+    key: ConnKey,
 }
 
 #[derive(Default)]
 struct Inner {
     idle: Vec<Idle>,
-    waiters: VecDeque<oneshot::Sender<PooledConn>>,
-    h2: Option<http2::SendRequest<RequestBody>>,
+    /// Pending requests, each waiting for a connection made with its key.
+    waiters: VecDeque<(ConnKey, oneshot::Sender<PooledConn>)>,
+    h2: Vec<(ConnKey, http2::SendRequest<RequestBody>)>,
 }
 
 /// One host's pool on one worker.
@@ -80,36 +113,86 @@ impl HostPool {
     }
 }
 
-/// Checks out a connection to `host` for one request.
+/// Checks out a connection to `host` for a request not at hand (`auto_sni` sockets send
+/// no server name).
 pub async fn acquire(
     cluster: &Cluster,
     host: &Arc<Host>,
     worker: usize,
     h2: bool,
 ) -> Result<PooledConn, PoolError> {
+    acquire_for(cluster, host, worker, h2, None).await
+}
+
+/// The host a request is for (`Host` header, else the URI's authority), without port:
+/// the server name of `auto_sni` TLS connections.
+pub fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
+    let h = match req.headers().get(http::header::HOST) {
+        Some(v) => v.to_str().ok()?,
+        None => req.uri().authority()?.as_str(),
+    };
+    // Strip a port (but not from a bracketed IPv6 literal).
+    let h = match h.rfind(':') {
+        Some(i) if !h[i..].contains(']') => &h[..i],
+        _ => h,
+    };
+    (!h.is_empty()).then_some(h)
+}
+
+/// Checks out a connection to `host` for `request`, whose host is the server name of
+/// connections made by `auto_sni` TLS sockets.
+pub async fn acquire_for(
+    cluster: &Cluster,
+    host: &Arc<Host>,
+    worker: usize,
+    h2: bool,
+    request: Option<&http::Request<RequestBody>>,
+) -> Result<PooledConn, PoolError> {
     let pool = host.pool(worker);
+    let transport = cluster.transport.for_host(host.addr);
+    let sni = match transport {
+        Some(t) if t.auto_sni => request.and_then(request_host),
+        _ => None,
+    };
     if h2 {
-        let existing = pool.lock().h2.clone();
-        if let Some(mut s) = existing {
+        let existing = {
+            let mut inner = pool.lock();
+            inner.h2.retain(|(k, _)| k.current(transport));
+            inner
+                .h2
+                .iter()
+                .find(|(k, _)| k.matches(transport, sni))
+                .map(|(k, s)| (k.clone(), s.clone()))
+        };
+        if let Some((key, mut s)) = existing {
             if s.ready().await.is_ok() {
                 return Ok(PooledConn {
                     sender: Sender::H2(s),
                     uses: 0,
                     fresh: false,
+                    key,
                 });
             }
-            pool.lock().h2 = None;
+            pool.lock().h2.retain(|(k, _)| !k.matches(transport, sni));
         }
-        let conn = Box::pin(connect(cluster, host, true)).await?;
+        let conn = Box::pin(connect(cluster, host, true, transport, sni)).await?;
         if let Sender::H2(s) = &conn.sender {
-            pool.lock().h2 = Some(s.clone());
+            pool.lock().h2.push((conn.key.clone(), s.clone()));
         }
         return Ok(conn);
     }
     loop {
         let idle = {
             let mut inner = pool.lock();
-            inner.idle.pop()
+            // Connections of a replaced TLS context are never used again.
+            if inner.idle.iter().any(|i| !i.key.current(transport)) {
+                inner.idle.retain(|i| i.key.current(transport));
+            }
+            inner
+                .idle
+                .iter()
+                .rposition(|i| i.key.matches(transport, sni))
+                .map(|pos| inner.idle.remove(pos))
         };
         let Some(mut idle) = idle else { break };
         if idle.sender.is_closed()
@@ -124,6 +207,7 @@ pub async fn acquire(
                 sender: Sender::H1(idle.sender),
                 uses: idle.uses,
                 fresh: false,
+                key: idle.key,
             });
         }
     }
@@ -131,7 +215,7 @@ pub async fn acquire(
     if try_acquire(&state.cx_active, cluster.thresholds.max_connections) {
         // Boxed: connecting is the cold path, and its large state would otherwise be
         // part of every request's future.
-        return Box::pin(connect_counted(cluster, host, false)).await;
+        return Box::pin(connect_counted(cluster, host, false, transport, sni)).await;
     }
     state
         .stats
@@ -150,7 +234,11 @@ pub async fn acquire(
         .fetch_add(1, Ordering::Relaxed);
     let _pending = PendingSlot(state);
     let (tx, rx) = oneshot::channel();
-    pool.lock().waiters.push_back(tx);
+    let key = ConnKey {
+        transport: transport.cloned(),
+        sni: sni.map(Arc::from),
+    };
+    pool.lock().waiters.push_back((key, tx));
     // A connection is handed over when another request finishes with one.
     rx.await.map_err(|_| PoolError::Overflow)
 }
@@ -182,11 +270,22 @@ pub fn release(cluster: &Cluster, host: &Host, worker: usize, mut conn: PooledCo
         sender: Sender::H1(sender),
         uses: conn.uses,
         fresh: false,
+        key: conn.key,
     };
-    while let Some(w) = inner.waiters.pop_front() {
-        match w.send(conn) {
-            Ok(()) => return,
-            Err(back) => conn = back,
+    let mut i = 0;
+    while i < inner.waiters.len() {
+        let (key, w) = &inner.waiters[i];
+        if w.is_closed() {
+            inner.waiters.remove(i);
+        } else if key.matches(conn.key.transport.as_ref(), conn.key.sni.as_deref()) {
+            if let Some((_, w)) = inner.waiters.remove(i) {
+                match w.send(conn) {
+                    Ok(()) => return,
+                    Err(back) => conn = back,
+                }
+            }
+        } else {
+            i += 1;
         }
     }
     if let Sender::H1(sender) = conn.sender {
@@ -194,11 +293,18 @@ pub fn release(cluster: &Cluster, host: &Host, worker: usize, mut conn: PooledCo
             sender,
             since: Instant::now(),
             uses: conn.uses,
+            key: conn.key,
         });
     }
 }
 
-async fn connect(cluster: &Cluster, host: &Arc<Host>, h2: bool) -> Result<PooledConn, PoolError> {
+async fn connect(
+    cluster: &Cluster,
+    host: &Arc<Host>,
+    h2: bool,
+    transport: Option<&Arc<UpstreamTransport>>,
+    sni: Option<&str>,
+) -> Result<PooledConn, PoolError> {
     if !try_acquire(&cluster.state.cx_active, cluster.thresholds.max_connections) {
         cluster
             .state
@@ -207,14 +313,18 @@ async fn connect(cluster: &Cluster, host: &Arc<Host>, h2: bool) -> Result<Pooled
             .fetch_add(1, Ordering::Relaxed);
         return Err(PoolError::Overflow);
     }
-    Box::pin(connect_counted(cluster, host, h2)).await
+    Box::pin(connect_counted(cluster, host, h2, transport, sni)).await
 }
 
-/// Opens a connection whose `cx_active` slot is already taken.
+/// Opens a connection whose `cx_active` slot is already taken: TCP, then the TLS
+/// handshake for TLS sockets, both within `connect_timeout` (as Envoy, whose connection
+/// is established once the transport socket is).
 async fn connect_counted(
     cluster: &Cluster,
     host: &Arc<Host>,
     h2: bool,
+    transport: Option<&Arc<UpstreamTransport>>,
+    sni: Option<&str>,
 ) -> Result<PooledConn, PoolError> {
     let state = cluster.state.clone();
     let guard = ConnGuard {
@@ -226,37 +336,63 @@ async fn connect_counted(
         .stats
         .upstream_cx_total
         .fetch_add(1, Ordering::Relaxed);
-    let stream = match tokio::time::timeout(
-        cluster.connect_timeout,
-        tokio::net::TcpStream::connect(host.addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(host = %host.addr, error = %e, "upstream connect failed");
-            state
-                .stats
-                .upstream_cx_connect_fail
-                .fetch_add(1, Ordering::Relaxed);
-            host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-            return Err(PoolError::ConnectFailure);
-        }
-        Err(_) => {
+    let key = ConnKey {
+        transport: transport.cloned(),
+        sni: sni.map(Arc::from),
+    };
+    let fail = |e: PoolError| {
+        if e == PoolError::ConnectTimeout {
             state
                 .stats
                 .upstream_cx_connect_timeout
                 .fetch_add(1, Ordering::Relaxed);
-            state
-                .stats
-                .upstream_cx_connect_fail
-                .fetch_add(1, Ordering::Relaxed);
-            host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-            return Err(PoolError::ConnectTimeout);
         }
+        state
+            .stats
+            .upstream_cx_connect_fail
+            .fetch_add(1, Ordering::Relaxed);
+        host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+        e
     };
+    let deadline = Instant::now() + cluster.connect_timeout;
+    let stream =
+        match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(host.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(host = %host.addr, error = %e, "upstream connect failed");
+                return Err(fail(PoolError::ConnectFailure));
+            }
+            Err(_) => return Err(fail(PoolError::ConnectTimeout)),
+        };
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
+    let Some(t) = transport else {
+        return handshake_http(TokioIo::new(stream), h2, guard, key).await;
+    };
+    let handshake = upstream_tls::handshake(t, h2, stream, sni, &state.stats);
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(tls)) => handshake_http(TokioIo::new(tls), h2, guard, key).await,
+        Ok(Err(e)) => {
+            tracing::debug!(
+                cluster = %cluster.name, host = %host.addr, error = %e,
+                "upstream TLS handshake failed"
+            );
+            Err(fail(PoolError::ConnectFailure))
+        }
+        Err(_) => Err(fail(PoolError::ConnectTimeout)),
+    }
+}
+
+/// The HTTP/1.1 or HTTP/2 client handshake on an established connection; the connection
+/// task owns `guard` for as long as it runs.
+async fn handshake_http<IO>(
+    io: TokioIo<IO>,
+    h2: bool,
+    guard: ConnGuard,
+    key: ConnKey,
+) -> Result<PooledConn, PoolError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     if h2 {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -271,6 +407,7 @@ async fn connect_counted(
             sender: Sender::H2(sender),
             uses: 0,
             fresh: true,
+            key,
         })
     } else {
         let (sender, conn) = http1::Builder::new()
@@ -285,6 +422,7 @@ async fn connect_counted(
             sender: Sender::H1(sender),
             uses: 0,
             fresh: true,
+            key,
         })
     }
 }
@@ -312,3 +450,31 @@ impl Drop for ConnGuard {
 
 /// Default upstream idle timeout (Envoy's common_http_protocol_options default, 1 h).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_host_is_the_server_name_of_auto_sni_connections() {
+        let cases: [(&str, Option<&str>, Option<&str>); 5] = [
+            (
+                "http://ignored/x",
+                Some("api.example.com:8443"),
+                Some("api.example.com"),
+            ),
+            ("http://api.example.com/x", None, Some("api.example.com")),
+            ("/x", Some("[::1]"), Some("[::1]")),
+            ("/x", Some("a.example"), Some("a.example")),
+            ("/x", None, None),
+        ];
+        for (uri, host, want) in cases {
+            let mut b = http::Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header(http::header::HOST, h);
+            }
+            let req = b.body(()).unwrap();
+            assert_eq!(request_host(&req), want, "{uri} {host:?}");
+        }
+    }
+}
