@@ -112,6 +112,7 @@ async fn serve(acceptor: tokio_rustls::TlsAcceptor, tcp: tokio::net::TcpStream) 
         let body = json!({
             "sni": sni, "alpn": alpn, "client_cert": client,
             "version": format!("{:?}", req.version()),
+            "scheme": req.uri().scheme_str(),
         })
         .to_string();
         async move {
@@ -290,6 +291,12 @@ fn origination_like_envoy() {
             assert_eq!(r.status, 200, "{who} /h2: {}", r.body_str());
             assert_eq!(r.echo()["version"], "HTTP/2.0", "{who}");
             assert_eq!(r.echo()["alpn"], "h2", "{who}");
+            // The downstream request's scheme, not the upstream transport's.
+            assert_eq!(
+                r.echo()["scheme"],
+                "http",
+                "{who}: :scheme of HTTP/2 over TLS"
+            );
             for path in ["/san", "/ca", "/nocert"] {
                 let r = get(port, "a.example", path, &[]);
                 assert_eq!(r.status, 503, "{who} {path}: {}", r.body_str());

@@ -1357,7 +1357,13 @@ async fn attempt_once(
         };
         req.headers_mut().remove(header::HOST);
         let mut parts = req.uri().clone().into_parts();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
+        // `:scheme` is the downstream request's, whatever the upstream transport (what
+        // Envoy 1.40 sends).
+        parts.scheme = Some(if cx.peer.https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
         parts.authority = auth.to_str().ok().and_then(|a| a.parse().ok());
         if let Ok(u) = Uri::from_parts(parts) {
             *req.uri_mut() = u;
