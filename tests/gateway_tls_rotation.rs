@@ -42,63 +42,6 @@ fn replace(path: &std::path::Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn config(
-    port: u16,
-    echo: u16,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    secret: &Leaf,
-) -> String {
-    format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {port}, name: https-file, protocol: HTTPS}}
-    hosts: [file.example.com]
-    tls: {{mode: SIMPLE, serverCertificate: "{cert}", privateKey: "{key}"}}
-  - port: {{number: {port}, name: https-secret, protocol: HTTPS}}
-    hosts: [secret.example.com]
-    tls: {{mode: SIMPLE, credentialName: secret-cert}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: secret-cert}}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{secret_cert}
-  tls.key: |
-{secret_key}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo}}
-spec:
-  hosts: [echo.internal]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: vs}}
-spec:
-  hosts: [file.example.com, secret.example.com]
-  gateways: [gw]
-  http: [{{route: [{{destination: {{host: echo.internal}}}}]}}]
-"#,
-        cert = cert.display(),
-        key = key.display(),
-        secret_cert = yaml_block(&secret.cert, 4),
-        secret_key = yaml_block(&secret.key, 4),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_and_secrets_rotate_and_broken_material_is_refused() {
     let ca = TestCa::new("rotation CA");
@@ -117,7 +60,7 @@ async fn files_and_secrets_rotate_and_broken_material_is_refused() {
     let write_config = |secret: &Leaf| {
         replace(
             &config_file,
-            &config(port, echo.port(), &cert_path, &key_path, secret),
+            &file_and_secret_gateway_yaml(port, echo.port(), &cert_path, &key_path, secret),
         )
     };
     write_config(&secret_1);

@@ -344,55 +344,7 @@ async fn certificates_rotate_without_restart() {
     let secret_first = ca.issue(&["secret.example.com"]);
     let port = free_port();
     let config = |secret: &Leaf| {
-        format!(
-            r#"
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {port}, name: https-file, protocol: HTTPS}}
-    hosts: [file.example.com]
-    tls: {{mode: SIMPLE, serverCertificate: "{cert}", privateKey: "{key}"}}
-  - port: {{number: {port}, name: https-secret, protocol: HTTPS}}
-    hosts: [secret.example.com]
-    tls: {{mode: SIMPLE, credentialName: secret-cert}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: secret-cert}}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{secret_cert}
-  tls.key: |
-{secret_key}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo}}
-spec:
-  hosts: [echo.internal]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: vs}}
-spec:
-  hosts: [file.example.com, secret.example.com]
-  gateways: [gw]
-  http: [{{route: [{{destination: {{host: echo.internal}}}}]}}]
-"#,
-            cert = cert_path.display(),
-            key = key_path.display(),
-            secret_cert = yaml_block(&secret.cert, 4),
-            secret_key = yaml_block(&secret.key, 4),
-            echo = echo.port(),
-        )
+        file_and_secret_gateway_yaml(port, echo.port(), &cert_path, &key_path, secret)
     };
     let gw = TranslatedEnvoy::start(&config(&secret_first), "istio=ingressgateway", 1);
     let hosts = ["file.example.com", "secret.example.com"];

@@ -641,3 +641,63 @@ pub fn yaml_block(text: &str, spaces: usize) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A Gateway with two HTTPS servers on `port`: `file.example.com` with the certificate
+/// files `cert`/`key`, `secret.example.com` with the `secret-cert` Secret holding `secret`;
+/// both routed to the echo upstream on `echo`.
+pub fn file_and_secret_gateway_yaml(
+    port: u16,
+    echo: u16,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    secret: &Leaf,
+) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: https-file, protocol: HTTPS}}
+    hosts: [file.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: "{cert}", privateKey: "{key}"}}
+  - port: {{number: {port}, name: https-secret, protocol: HTTPS}}
+    hosts: [secret.example.com]
+    tls: {{mode: SIMPLE, credentialName: secret-cert}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: secret-cert}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{secret_cert}
+  tls.key: |
+{secret_key}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo}}
+spec:
+  hosts: [echo.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs}}
+spec:
+  hosts: [file.example.com, secret.example.com]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: echo.internal}}}}]}}]
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        secret_cert = yaml_block(&secret.cert, 4),
+        secret_key = yaml_block(&secret.key, 4),
+    )
+}
