@@ -10,15 +10,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
+use support::certs::yaml_block;
 use support::gateway::GatewayProcess;
 use support::*;
 use tls_support::{Leaf, TestCa};
-
-fn yaml_block(text: &str) -> String {
-    text.lines()
-        .map(|l| format!("    {l}\n"))
-        .collect::<String>()
-}
 
 fn config(port: u16, echo: u16, server: &Leaf, mtls: &Leaf, ca: &TestCa, crl: &str) -> String {
     format!(
@@ -41,17 +36,23 @@ kind: Secret
 metadata: {{name: a-cert, namespace: edge}}
 stringData:
   tls.crt: |
-{a_cert}  tls.key: |
-{a_key}---
+{a_cert}
+  tls.key: |
+{a_key}
+---
 apiVersion: v1
 kind: Secret
 metadata: {{name: m-cert, namespace: edge}}
 stringData:
   tls.crt: |
-{m_cert}  tls.key: |
-{m_key}  ca.crt: |
-{ca}  ca.crl: |
-{crl}---
+{m_cert}
+  tls.key: |
+{m_key}
+  ca.crt: |
+{ca}
+  ca.crl: |
+{crl}
+---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: echo, namespace: edge}}
@@ -70,12 +71,12 @@ spec:
   gateways: [gw]
   http: [{{route: [{{destination: {{host: echo.internal}}}}]}}]
 "#,
-        a_cert = yaml_block(&server.cert),
-        a_key = yaml_block(&server.key),
-        m_cert = yaml_block(&mtls.cert),
-        m_key = yaml_block(&mtls.key),
-        ca = yaml_block(&ca.pem),
-        crl = yaml_block(crl),
+        a_cert = yaml_block(&server.cert, 4),
+        a_key = yaml_block(&server.key, 4),
+        m_cert = yaml_block(&mtls.cert, 4),
+        m_key = yaml_block(&mtls.key, 4),
+        ca = yaml_block(&ca.pem, 4),
+        crl = yaml_block(crl, 4),
     )
 }
 

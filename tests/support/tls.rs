@@ -9,155 +9,14 @@ use http_body_util::Full;
 use meshgate::tls::server::{Accepted, DownstreamTls};
 use meshgate::tls::sni::ServerNameTable;
 use meshgate::tls::{ClientCertDetails, ClientHelloReader, Rewind, TlsStats};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-// ---------------------------------------------------------------------------------------
-// Certificates
-// ---------------------------------------------------------------------------------------
-
-/// A test CA that issues server and client certificates.
-pub struct TestCa {
-    pub pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A leaf certificate and its key, PEM.
-#[derive(Clone)]
-pub struct Leaf {
-    pub cert: String,
-    pub key: String,
-}
-
-impl Leaf {
-    /// Writes `NAME.crt` / `NAME.key` into `dir`; returns their paths.
-    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let c = dir.join(format!("{name}.crt"));
-        let k = dir.join(format!("{name}.key"));
-        std::fs::write(&c, &self.cert).unwrap();
-        std::fs::write(&k, &self.key).unwrap();
-        (c, k)
-    }
-}
-
-impl TestCa {
-    pub fn new(name: &str) -> TestCa {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = p.self_signed(&key).unwrap();
-        TestCa {
-            pem: cert.pem(),
-            issuer: Issuer::new(p, key),
-        }
-    }
-
-    /// A leaf with DNS `names` (and optional URI SANs), valid from `from_days` to `to_days`
-    /// relative to now, for server and client use.
-    pub fn leaf_with(
-        &self,
-        cn: &str,
-        names: &[&str],
-        uris: &[&str],
-        from_days: i64,
-        to_days: i64,
-    ) -> Leaf {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.distinguished_name
-            .push(DnType::OrganizationName, "meshgate tests");
-        for n in names {
-            p.subject_alt_names
-                .push(SanType::DnsName((*n).try_into().unwrap()));
-        }
-        for u in uris {
-            p.subject_alt_names
-                .push(SanType::URI((*u).try_into().unwrap()));
-        }
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        p.use_authority_key_identifier_extension = true;
-        let now = time::OffsetDateTime::now_utc();
-        p.not_before = now + time::Duration::days(from_days) - time::Duration::hours(1);
-        p.not_after = now + time::Duration::days(to_days);
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    /// A client leaf with a chosen serial number (for CRL tests).
-    pub fn leaf_serial(&self, uri: &str, serial: u64) -> Leaf {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, "client");
-        p.subject_alt_names
-            .push(SanType::URI(uri.try_into().unwrap()));
-        p.serial_number = Some(rcgen::SerialNumber::from(serial));
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        p.use_authority_key_identifier_extension = true;
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    /// A CRL (PEM) revoking `serials`.
-    pub fn crl(&self, serials: &[u64]) -> String {
-        let now = time::OffsetDateTime::now_utc();
-        let params = rcgen::CertificateRevocationListParams {
-            this_update: now - time::Duration::hours(1),
-            next_update: now + time::Duration::days(1),
-            crl_number: rcgen::SerialNumber::from(1u64),
-            issuing_distribution_point: None,
-            revoked_certs: serials
-                .iter()
-                .map(|s| rcgen::RevokedCertParams {
-                    serial_number: rcgen::SerialNumber::from(*s),
-                    revocation_time: now - time::Duration::minutes(5),
-                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        };
-        params.signed_by(&self.issuer).unwrap().pem().unwrap()
-    }
-
-    pub fn leaf(&self, names: &[&str]) -> Leaf {
-        self.leaf_with(
-            names.first().copied().unwrap_or("client"),
-            names,
-            &[],
-            0,
-            30,
-        )
-    }
-
-    pub fn write_ca(&self, dir: &Path, name: &str) -> PathBuf {
-        let p = dir.join(format!("{name}.pem"));
-        std::fs::write(&p, &self.pem).unwrap();
-        p
-    }
-}
+#[allow(unused_imports)]
+pub use crate::support::certs::{Leaf, TestCa};
 
 // ---------------------------------------------------------------------------------------
 // In-process TLS server from meshgate's library
@@ -463,17 +322,10 @@ impl Pebble {
     pub fn start(validity_secs: Option<u64>) -> Pebble {
         let dir = TempDir::new();
         let ca = TestCa::new("pebble listener test CA");
-        let listener = ca.leaf_with("localhost", &["localhost"], &[], 0, 2);
-        // IP SAN for 127.0.0.1 as well.
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        p.subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let leaf = p.signed_by(&key, &ca.issuer).unwrap();
-        let _ = listener;
+        let listener = ca.localhost_leaf();
         let listener_ca = ca.write_ca(dir.path(), "listener-ca");
-        std::fs::write(dir.path().join("listener.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.path().join("listener.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("listener.pem"), &listener.cert).unwrap();
+        std::fs::write(dir.path().join("listener.key"), &listener.key).unwrap();
         let (acme_port, mgmt_port, http01_port, tls_alpn_port, dns_port, chall_mgmt) = (
             free_port(),
             free_port(),

@@ -334,71 +334,8 @@ impl Drop for RecordingUpstream {
 // TLS: a test CA, a TLS terminator in front of an upstream, HTTPS clients
 // ---------------------------------------------------------------------------------------
 
-/// A certificate authority made at test time, issuing leaf certificates.
-pub struct TestCa {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    /// The CA certificate, PEM.
-    pub pem: String,
-}
-
-/// A certificate and its key, PEM.
-#[derive(Clone)]
-pub struct Leaf {
-    pub cert: String,
-    pub key: String,
-}
-
-impl TestCa {
-    pub fn new(name: &str) -> TestCa {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.self_signed(&key).expect("self-signed CA");
-        TestCa {
-            pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf for DNS names and URIs (`spiffe://...`), usable by servers and clients.
-    pub fn issue(&self, names: &[&str]) -> Leaf {
-        let dns: Vec<String> = names
-            .iter()
-            .filter(|n| !n.contains("://"))
-            .map(|n| n.to_string())
-            .collect();
-        let mut params = rcgen::CertificateParams::new(dns).expect("leaf params");
-        for uri in names.iter().filter(|n| n.contains("://")) {
-            params.subject_alt_names.push(rcgen::SanType::URI(
-                rcgen::string::Ia5String::try_from(uri.to_string()).expect("uri"),
-            ));
-        }
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            names.first().copied().unwrap_or("leaf"),
-        );
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
+#[allow(unused_imports)]
+pub use crate::support::certs::{Leaf, TestCa, yaml_block};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -631,15 +568,6 @@ pub fn peer_certificate(resp: &reqwest::Response) -> Vec<u8> {
 /// The DER of a PEM certificate.
 pub fn der(pem: &str) -> Vec<u8> {
     certs(pem)[0].to_vec()
-}
-
-/// Indents PEM (or any text) for a YAML block scalar at `spaces`.
-pub fn yaml_block(text: &str, spaces: usize) -> String {
-    let pad = " ".repeat(spaces);
-    text.lines()
-        .map(|l| format!("{pad}{l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// A Gateway with two HTTPS servers on `port`: `file.example.com` with the certificate
