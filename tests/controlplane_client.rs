@@ -11,21 +11,15 @@ use meshgate::controlplane::sample::{
 use meshgate::controlplane::{StaticSource, TypeSet};
 use meshgate::xds::client::{ClientOptions, ConfigConsumer, Rejection, XdsClient};
 use meshgate::xds::pb::envoy::config::core::v3::Node;
-use meshgate::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use meshgate::xds::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource,
 };
 use meshgate::xds::pb::google::protobuf::Any;
 use meshgate::xds::{ProxyIdentity, ResourceSet, TypeUrl};
-use prost::{Message, Name};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use support::scripted_ads::*;
 
 /// A consumer that records what it is given and rejects clusters whose name contains
 /// `reject`.
@@ -233,106 +227,9 @@ async fn sotw_client_against_meshgate() {
     against_meshgate(false).await;
 }
 
-// ---------------------------------------------------------------------------------------
-// A scripted server
-// ---------------------------------------------------------------------------------------
-
-type DeltaOut = mpsc::Sender<Result<DeltaDiscoveryResponse, tonic::Status>>;
-type SotwOut = mpsc::Sender<Result<DiscoveryResponse, tonic::Status>>;
-
-/// Hands each stream to the test.
-struct Scripted {
-    delta: mpsc::Sender<(tonic::Streaming<DeltaDiscoveryRequest>, DeltaOut)>,
-    sotw: mpsc::Sender<(tonic::Streaming<DiscoveryRequest>, SotwOut)>,
-}
-
-type Out<T> = Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Scripted {
-    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
-    async fn stream_aggregated_resources(
-        &self,
-        req: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
-        let (tx, rx) = mpsc::channel(16);
-        let _ = self.sotw.send((req.into_inner(), tx)).await;
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-    async fn delta_aggregated_resources(
-        &self,
-        req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        let (tx, rx) = mpsc::channel(16);
-        let _ = self.delta.send((req.into_inner(), tx)).await;
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-struct ScriptedServer {
-    addr: SocketAddr,
-    delta: mpsc::Receiver<(tonic::Streaming<DeltaDiscoveryRequest>, DeltaOut)>,
-    sotw: mpsc::Receiver<(tonic::Streaming<DiscoveryRequest>, SotwOut)>,
-}
-
-async fn scripted_server() -> ScriptedServer {
-    let (dtx, drx) = mpsc::channel(4);
-    let (stx, srx) = mpsc::channel(4);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(Scripted {
-                delta: dtx,
-                sotw: stx,
-            }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    ScriptedServer {
-        addr,
-        delta: drx,
-        sotw: srx,
-    }
-}
-
-fn any<M: Message + Name>(m: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: m.encode_to_vec(),
-    }
-}
-
-fn res<M: Message + Name>(name: &str, version: &str, m: &M) -> Resource {
-    Resource {
-        name: name.into(),
-        version: version.into(),
-        resource: Some(any(m)),
-        ..Default::default()
-    }
-}
-
-async fn next<T>(s: &mut tonic::Streaming<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), s.message())
-        .await
-        .expect("a request in time")
-        .expect("stream ok")
-        .expect("a request")
-}
-
-/// Reads requests until one for `type_url` matches `pred`.
-async fn until<T>(s: &mut tonic::Streaming<T>, pred: impl Fn(&T) -> bool) -> T {
-    loop {
-        let r = next(s).await;
-        if pred(&r) {
-            return r;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_client_edge_cases_with_a_scripted_server() {
-    let mut server = scripted_server().await;
+    let mut server = ScriptedServer::start().await;
     let recorder = Arc::new(Recorder::default());
     let client = XdsClient::new(
         fast(
@@ -344,10 +241,7 @@ async fn delta_client_edge_cases_with_a_scripted_server() {
     let handle = client.handle();
     let task = tokio::spawn(client.run());
 
-    let (mut reqs, out) = tokio::time::timeout(Duration::from_secs(5), server.delta.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut reqs, out) = accept(&mut server.delta).await;
     let first = next(&mut reqs).await;
     assert_eq!(first.type_url, TypeUrl::Cluster.as_str());
     assert!(first.node.is_some(), "the node goes on the first request");
@@ -465,10 +359,7 @@ async fn delta_client_edge_cases_with_a_scripted_server() {
     // rejected resources.
     drop(out);
     drop(reqs);
-    let (mut reqs, _out) = tokio::time::timeout(Duration::from_secs(5), server.delta.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut reqs, _out) = accept(&mut server.delta).await;
     let mut initial = std::collections::BTreeMap::new();
     for _ in 0..3 {
         let r = next(&mut reqs).await;
@@ -494,7 +385,7 @@ async fn delta_client_edge_cases_with_a_scripted_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_client_acks_nacks_and_versions_with_a_scripted_server() {
-    let mut server = scripted_server().await;
+    let mut server = ScriptedServer::start().await;
     let recorder = Arc::new(Recorder::default());
     let client = XdsClient::new(
         fast(
@@ -505,10 +396,7 @@ async fn sotw_client_acks_nacks_and_versions_with_a_scripted_server() {
     );
     let handle = client.handle();
     let task = tokio::spawn(client.run());
-    let (mut reqs, out) = tokio::time::timeout(Duration::from_secs(5), server.sotw.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut reqs, out) = accept(&mut server.sotw).await;
     let set = gateway(&[("a", 9001)]);
     let send = |t: TypeUrl, version: &str, nonce: &str, resources: Vec<Any>| {
         out.try_send(Ok(DiscoveryResponse {

@@ -6,111 +6,18 @@ mod support;
 #[path = "support/xds_mesh.rs"]
 mod xds_mesh;
 
-use meshgate::xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use meshgate::xds::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource,
 };
 use meshgate::xds::pb::google::protobuf::Any;
 use meshgate::xds::pb::google::protobuf::value::Kind;
 use meshgate::xds::{ResourceSet, TypeUrl};
-use prost::{Message, Name};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 use support::gateway::{hcm_listener, resource_set, static_cluster};
+use support::scripted_ads::*;
 use support::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use xds_mesh::XdsGateway;
-
-type DeltaOut = mpsc::Sender<Result<DeltaDiscoveryResponse, tonic::Status>>;
-type SotwOut = mpsc::Sender<Result<DiscoveryResponse, tonic::Status>>;
-type Out<T> = Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
-
-/// An ADS server that hands each stream to the test, which answers by hand.
-struct Scripted {
-    delta: mpsc::Sender<(tonic::Streaming<DeltaDiscoveryRequest>, DeltaOut)>,
-    sotw: mpsc::Sender<(tonic::Streaming<DiscoveryRequest>, SotwOut)>,
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Scripted {
-    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
-    async fn stream_aggregated_resources(
-        &self,
-        req: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
-        let (tx, rx) = mpsc::channel(16);
-        let _ = self.sotw.send((req.into_inner(), tx)).await;
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-    async fn delta_aggregated_resources(
-        &self,
-        req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        let (tx, rx) = mpsc::channel(16);
-        let _ = self.delta.send((req.into_inner(), tx)).await;
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-struct Server {
-    addr: SocketAddr,
-    delta: mpsc::Receiver<(tonic::Streaming<DeltaDiscoveryRequest>, DeltaOut)>,
-    sotw: mpsc::Receiver<(tonic::Streaming<DiscoveryRequest>, SotwOut)>,
-}
-
-async fn server() -> Server {
-    let (dtx, drx) = mpsc::channel(4);
-    let (stx, srx) = mpsc::channel(4);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(Scripted {
-                delta: dtx,
-                sotw: stx,
-            }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    Server {
-        addr,
-        delta: drx,
-        sotw: srx,
-    }
-}
-
-async fn accept<T>(rx: &mut mpsc::Receiver<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("the gateway connects in time")
-        .expect("server running")
-}
-
-/// Reads requests until one matches.
-async fn until<T>(s: &mut tonic::Streaming<T>, pred: impl Fn(&T) -> bool) -> T {
-    loop {
-        let r = tokio::time::timeout(Duration::from_secs(10), s.message())
-            .await
-            .expect("a request in time")
-            .expect("stream ok")
-            .expect("a request");
-        if pred(&r) {
-            return r;
-        }
-    }
-}
-
-fn any<M: Message + Name>(m: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: m.encode_to_vec(),
-    }
-}
 
 fn set(v: Value) -> ResourceSet {
     resource_set(&v)
@@ -150,7 +57,7 @@ fn metadata_string<'a>(
 async fn sotw_gateway_with_a_scripted_server() {
     let a = EchoUpstream::start("echo-a");
     let b = EchoUpstream::start("echo-b");
-    let mut server = server().await;
+    let mut server = ScriptedServer::start().await;
     let work = TempDir::new();
     let port = free_port();
     let mut gw = XdsGateway::spawn(
@@ -288,7 +195,7 @@ async fn sotw_gateway_with_a_scripted_server() {
 async fn delta_gateway_with_a_scripted_server() {
     let a = EchoUpstream::start("echo-a");
     let b = EchoUpstream::start("echo-b");
-    let mut server = server().await;
+    let mut server = ScriptedServer::start().await;
     let work = TempDir::new();
     let port = free_port();
     let mut gw = XdsGateway::spawn(

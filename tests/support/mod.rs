@@ -576,3 +576,4 @@ pub fn wait_for_port(port: u16, timeout: Duration) {
 }
 pub mod certs;
 pub mod gateway;
+pub mod scripted_ads;
