@@ -183,6 +183,31 @@ enum Outcome {
     Failed(ClientError),
 }
 
+impl Outcome {
+    /// How a stream ended with `e`, after delivering something or not.
+    fn of(progressed: bool, e: ClientError) -> Outcome {
+        if progressed {
+            Outcome::Progress(e)
+        } else {
+            Outcome::Failed(e)
+        }
+    }
+}
+
+/// Sends a request on a stream; false when the stream is gone or the server has read
+/// nothing for 30 s.
+async fn send_on<T>(tx: &mpsc::Sender<T>, req: T) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(30), tx.send(req)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// The NACK detail for a response of a type this client does not know.
+fn unsupported_type(type_url: &str) -> RpcStatus {
+    rpc_status(format!("resource type {type_url} is not supported"))
+}
+
 fn jitter(d: Duration) -> Duration {
     let f: f64 = rand::random_range(0.5..1.5);
     d.mul_f64(f)
@@ -366,6 +391,37 @@ impl XdsClient {
         }
     }
 
+    /// What a new stream subscribes to, in xDS order: every type with its resource names
+    /// (empty: wildcard), except types whose references currently name nothing.
+    fn initial_subscriptions(&self) -> Vec<(TypeUrl, BTreeSet<String>)> {
+        let wanted = self.wanted();
+        TypeUrl::ALL
+            .into_iter()
+            .filter_map(|t| match wanted.get(&t) {
+                Some(n) if n.is_empty() => None,
+                Some(n) => Some((t, n.clone())),
+                None => Some((t, BTreeSet::new())),
+            })
+            .collect()
+    }
+
+    /// The next response on a stream; config whose warming deadline passes meanwhile is
+    /// applied.
+    async fn receive<T: prost::Message + Default>(
+        &mut self,
+        inbound: &mut tonic::Streaming<T>,
+    ) -> Result<Option<T>, tonic::Status> {
+        loop {
+            let deadline = self.warming_deadline();
+            tokio::select! {
+                m = inbound.message() => return m,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.maybe_apply();
+                }
+            }
+        }
+    }
+
     // ----- delta -----
 
     async fn follow_delta(
@@ -376,13 +432,7 @@ impl XdsClient {
         // Subscriptions as the server knows them on this stream.
         let mut subscribed: BTreeMap<TypeUrl, BTreeSet<String>> = BTreeMap::new();
         let mut first = true;
-        let wanted = self.wanted();
-        for t in TypeUrl::ALL {
-            let names = match wanted.get(&t) {
-                Some(n) if n.is_empty() => continue,
-                Some(n) => n.clone(),
-                None => BTreeSet::new(),
-            };
+        for (t, names) in self.initial_subscriptions() {
             let req = DeltaDiscoveryRequest {
                 node: first.then(|| self.options.node.clone()),
                 type_url: t.as_str().to_string(),
@@ -402,41 +452,24 @@ impl XdsClient {
             Err(status) => return Outcome::Failed(status.into()),
         };
         let mut progressed = false;
-        let fail = |progressed: bool, e: ClientError| {
-            if progressed {
-                Outcome::Progress(e)
-            } else {
-                Outcome::Failed(e)
-            }
-        };
         loop {
-            let deadline = self.warming_deadline();
-            let msg = tokio::select! {
-                m = inbound.message() => m,
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    self.maybe_apply();
-                    continue;
-                }
-            };
+            let msg = self.receive(&mut inbound).await;
             let resp: DeltaDiscoveryResponse = match msg {
                 Ok(Some(r)) => r,
-                Ok(None) => return fail(progressed, ClientError::Closed),
-                Err(status) => return fail(progressed, status.into()),
+                Ok(None) => return Outcome::of(progressed, ClientError::Closed),
+                Err(status) => return Outcome::of(progressed, status.into()),
             };
             progressed = true;
             let Some(t) = TypeUrl::parse(&resp.type_url) else {
                 // A type we never asked for: refuse it so the server knows.
-                let ack = DeltaDiscoveryRequest {
-                    type_url: resp.type_url.clone(),
-                    response_nonce: resp.nonce.clone(),
-                    error_detail: Some(rpc_status(format!(
-                        "resource type {} is not supported",
-                        resp.type_url
-                    ))),
+                let nack = DeltaDiscoveryRequest {
+                    error_detail: Some(unsupported_type(&resp.type_url)),
+                    type_url: resp.type_url,
+                    response_nonce: resp.nonce,
                     ..Default::default()
                 };
-                if tx.send(ack).await.is_err() {
-                    return fail(progressed, ClientError::Stuck);
+                if !send_on(&tx, nack).await {
+                    return Outcome::of(progressed, ClientError::Stuck);
                 }
                 continue;
             };
@@ -472,11 +505,8 @@ impl XdsClient {
                     .then(|| rpc_status(nack_message(&rejections))),
                 ..Default::default()
             };
-            if tokio::time::timeout(Duration::from_secs(30), tx.send(ack))
-                .await
-                .is_err()
-            {
-                return fail(progressed, ClientError::Stuck);
+            if !send_on(&tx, ack).await {
+                return Outcome::of(progressed, ClientError::Stuck);
             }
             // Follow the references of what was accepted.
             for (t, names) in self.wanted() {
@@ -496,11 +526,8 @@ impl XdsClient {
                     self.dirty = true;
                 }
                 *old = names;
-                if tokio::time::timeout(Duration::from_secs(30), tx.send(req))
-                    .await
-                    .is_err()
-                {
-                    return fail(progressed, ClientError::Stuck);
+                if !send_on(&tx, req).await {
+                    return Outcome::of(progressed, ClientError::Stuck);
                 }
             }
             self.maybe_apply();
@@ -517,13 +544,7 @@ impl XdsClient {
         let mut names: BTreeMap<TypeUrl, BTreeSet<String>> = BTreeMap::new();
         let mut nonces: BTreeMap<TypeUrl, String> = BTreeMap::new();
         let mut first = true;
-        let wanted = self.wanted();
-        for t in TypeUrl::ALL {
-            let n = match wanted.get(&t) {
-                Some(n) if n.is_empty() => continue,
-                Some(n) => n.clone(),
-                None => BTreeSet::new(),
-            };
+        for (t, n) in self.initial_subscriptions() {
             let req = DiscoveryRequest {
                 node: first.then(|| self.options.node.clone()),
                 type_url: t.as_str().to_string(),
@@ -543,40 +564,23 @@ impl XdsClient {
             Err(status) => return Outcome::Failed(status.into()),
         };
         let mut progressed = false;
-        let fail = |progressed: bool, e: ClientError| {
-            if progressed {
-                Outcome::Progress(e)
-            } else {
-                Outcome::Failed(e)
-            }
-        };
         loop {
-            let deadline = self.warming_deadline();
-            let msg = tokio::select! {
-                m = inbound.message() => m,
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    self.maybe_apply();
-                    continue;
-                }
-            };
+            let msg = self.receive(&mut inbound).await;
             let resp: DiscoveryResponse = match msg {
                 Ok(Some(r)) => r,
-                Ok(None) => return fail(progressed, ClientError::Closed),
-                Err(status) => return fail(progressed, status.into()),
+                Ok(None) => return Outcome::of(progressed, ClientError::Closed),
+                Err(status) => return Outcome::of(progressed, status.into()),
             };
             progressed = true;
             let Some(t) = TypeUrl::parse(&resp.type_url) else {
                 let nack = DiscoveryRequest {
-                    type_url: resp.type_url.clone(),
-                    response_nonce: resp.nonce.clone(),
-                    error_detail: Some(rpc_status(format!(
-                        "resource type {} is not supported",
-                        resp.type_url
-                    ))),
+                    error_detail: Some(unsupported_type(&resp.type_url)),
+                    type_url: resp.type_url,
+                    response_nonce: resp.nonce,
                     ..Default::default()
                 };
-                if tx.send(nack).await.is_err() {
-                    return fail(progressed, ClientError::Stuck);
+                if !send_on(&tx, nack).await {
+                    return Outcome::of(progressed, ClientError::Stuck);
                 }
                 continue;
             };
@@ -614,11 +618,8 @@ impl XdsClient {
                     .then(|| rpc_status(nack_message(&rejections))),
                 ..Default::default()
             };
-            if tokio::time::timeout(Duration::from_secs(30), tx.send(ack))
-                .await
-                .is_err()
-            {
-                return fail(progressed, ClientError::Stuck);
+            if !send_on(&tx, ack).await {
+                return Outcome::of(progressed, ClientError::Stuck);
             }
             for (t, n) in self.wanted() {
                 if names.get(&t).map_or(n.is_empty(), |old| *old == n) {
@@ -638,11 +639,8 @@ impl XdsClient {
                     ..Default::default()
                 };
                 names.insert(t, n);
-                if tokio::time::timeout(Duration::from_secs(30), tx.send(req))
-                    .await
-                    .is_err()
-                {
-                    return fail(progressed, ClientError::Stuck);
+                if !send_on(&tx, req).await {
+                    return Outcome::of(progressed, ClientError::Stuck);
                 }
             }
             self.maybe_apply();
