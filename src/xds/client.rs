@@ -405,16 +405,21 @@ impl XdsClient {
             .collect()
     }
 
-    /// The next response on a stream; config whose warming deadline passes meanwhile is
-    /// applied.
+    /// The next response on a stream, or how the stream ended (`progressed`: it delivered
+    /// before). Config whose warming deadline passes meanwhile is applied.
     async fn receive<T: prost::Message + Default>(
         &mut self,
         inbound: &mut tonic::Streaming<T>,
-    ) -> Result<Option<T>, tonic::Status> {
+        progressed: bool,
+    ) -> Result<T, Outcome> {
         loop {
             let deadline = self.warming_deadline();
             tokio::select! {
-                m = inbound.message() => return m,
+                m = inbound.message() => return match m {
+                    Ok(Some(r)) => Ok(r),
+                    Ok(None) => Err(Outcome::of(progressed, ClientError::Closed)),
+                    Err(status) => Err(Outcome::of(progressed, status.into())),
+                },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.maybe_apply();
                 }
@@ -453,11 +458,9 @@ impl XdsClient {
         };
         let mut progressed = false;
         loop {
-            let msg = self.receive(&mut inbound).await;
-            let resp: DeltaDiscoveryResponse = match msg {
-                Ok(Some(r)) => r,
-                Ok(None) => return Outcome::of(progressed, ClientError::Closed),
-                Err(status) => return Outcome::of(progressed, status.into()),
+            let resp: DeltaDiscoveryResponse = match self.receive(&mut inbound, progressed).await {
+                Ok(r) => r,
+                Err(end) => return end,
             };
             progressed = true;
             let Some(t) = TypeUrl::parse(&resp.type_url) else {
@@ -565,11 +568,9 @@ impl XdsClient {
         };
         let mut progressed = false;
         loop {
-            let msg = self.receive(&mut inbound).await;
-            let resp: DiscoveryResponse = match msg {
-                Ok(Some(r)) => r,
-                Ok(None) => return Outcome::of(progressed, ClientError::Closed),
-                Err(status) => return Outcome::of(progressed, status.into()),
+            let resp: DiscoveryResponse = match self.receive(&mut inbound, progressed).await {
+                Ok(r) => r,
+                Err(end) => return end,
             };
             progressed = true;
             let Some(t) = TypeUrl::parse(&resp.type_url) else {
