@@ -574,4 +574,5 @@ pub fn wait_for_port(port: u16, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+pub mod dns;
 pub mod gateway;

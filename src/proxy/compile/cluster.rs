@@ -75,6 +75,11 @@ pub(crate) fn compile_cluster(
                 dns_failure_refresh_rate,
                 respect_dns_ttl,
                 dns_lookup_family,
+                dns_jitter,
+                dns_resolvers,
+                use_tcp_for_dns_lookups,
+                dns_resolution_config,
+                typed_dns_resolver_config,
                 outlier_detection,
                 common_lb_config,
                 transport_socket,
@@ -90,7 +95,6 @@ pub(crate) fn compile_cluster(
                 upstream_connection_options,
                 track_timeout_budgets,
                 track_cluster_stats,
-                dns_jitter,
                 wait_for_warm_on_init,
                 connection_pool_per_downstream_connection,
                 stats_matcher
@@ -100,10 +104,6 @@ pub(crate) fn compile_cluster(
                 per_connection_buffer_high_watermark_timeout,
                 health_checks,
                 upstream_http_protocol_options,
-                dns_resolvers,
-                use_tcp_for_dns_lookups,
-                dns_resolution_config,
-                typed_dns_resolver_config,
                 close_connections_on_host_health_failure,
                 ignore_health_on_host_removal,
                 filters,
@@ -983,21 +983,187 @@ fn dns_config(
         return Err(cx.err("dns_refresh_rate", "must be at least 1ms"));
     }
     let failure_refresh = match &c.dns_failure_refresh_rate {
-        Some(r) => duration(
-            cx,
-            "dns_failure_refresh_rate.base_interval",
-            &r.base_interval,
-        )?
-        .unwrap_or(refresh),
-        None => refresh,
+        None => FailureRefresh::Fixed(refresh),
+        Some(r) => {
+            let base = duration(
+                cx,
+                "dns_failure_refresh_rate.base_interval",
+                &r.base_interval,
+            )?
+            .ok_or_else(|| cx.err("dns_failure_refresh_rate.base_interval", "required"))?;
+            if base <= Duration::from_millis(1) {
+                return Err(cx.err(
+                    "dns_failure_refresh_rate.base_interval",
+                    "must be greater than 1ms",
+                ));
+            }
+            let max = duration(cx, "dns_failure_refresh_rate.max_interval", &r.max_interval)?
+                .unwrap_or(base * 10);
+            if max < base {
+                return Err(cx.err(
+                    "dns_failure_refresh_rate.max_interval",
+                    "must be greater than or equal to the base_interval",
+                ));
+            }
+            FailureRefresh::Backoff { base, max }
+        }
     };
+    let jitter = duration(cx, "dns_jitter", &c.dns_jitter)?.unwrap_or_default();
+    let resolver = resolver_config(cx, c)?;
     Ok(DnsConfig {
         targets,
         refresh,
         failure_refresh,
         respect_ttl: c.respect_dns_ttl,
+        jitter,
         family,
+        resolver,
     })
+}
+
+const CARES_RESOLVER: &str = "envoy.network.dns_resolver.cares";
+
+/// The cluster's resolver, in Envoy's order of precedence: `typed_dns_resolver_config`,
+/// then `dns_resolution_config`, then the legacy `dns_resolvers` and
+/// `use_tcp_for_dns_lookups`.
+#[allow(deprecated)]
+fn resolver_config(cx: &mut Cx, c: &pb::Cluster) -> Result<ResolverConfig, CompileError> {
+    use crate::xds::pb::envoy::extensions::network::dns_resolver::cares::v3 as cares_pb;
+    if let Some(t) = &c.typed_dns_resolver_config {
+        return cx.at("typed_dns_resolver_config", |cx| {
+            let any = t
+                .typed_config
+                .as_ref()
+                .ok_or_else(|| cx.err("typed_config", "required"))?;
+            if any.type_url != cares_pb::CaresDnsResolverConfig::type_url() {
+                return Err(cx.err(
+                    "typed_config",
+                    format!(
+                        "DNS resolver {} ({}) is not supported; meshgate implements {CARES_RESOLVER}",
+                        t.name, any.type_url
+                    ),
+                ));
+            }
+            let cares = cares_pb::CaresDnsResolverConfig::decode(any.value.as_slice())
+                .map_err(|e| cx.err("typed_config", format!("decoding: {e}")))?;
+            cx.at("typed_config", |cx| cares_config(cx, &cares))
+        });
+    }
+    if let Some(r) = &c.dns_resolution_config {
+        return cx.at("dns_resolution_config", |cx| {
+            let mut out = ResolverConfig {
+                servers: resolver_addrs(cx, "resolvers", &r.resolvers)?,
+                ..Default::default()
+            };
+            resolver_options(&r.dns_resolver_options, &mut out)?;
+            Ok(out)
+        });
+    }
+    Ok(ResolverConfig {
+        servers: resolver_addrs(cx, "dns_resolvers", &c.dns_resolvers)?,
+        tcp: c.use_tcp_for_dns_lookups,
+        ..Default::default()
+    })
+}
+
+fn cares_config(
+    cx: &mut Cx,
+    c: &crate::xds::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig,
+) -> Result<ResolverConfig, CompileError> {
+    fields!(
+        cx,
+        c,
+        crate::xds::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig {
+            supported: [
+                resolvers,
+                use_resolvers_as_fallback,
+                dns_resolver_options,
+                query_timeout_seconds,
+                rotate_nameservers,
+                qcache_max_ttl
+            ],
+            // Every query goes out on a fresh UDP socket, which meets any cap.
+            ignored: [udp_max_queries],
+            unsupported: [
+                filter_unroutable_families,
+                query_tries,
+                edns0_max_payload_size,
+                max_udp_channel_duration,
+                reinit_channel_on_timeout
+            ],
+        }
+    );
+    // Envoy's default (0) disables c-ares' answer cache; meshgate never caches answers.
+    if c.qcache_max_ttl.is_some_and(|v| v.value != 0) {
+        return Err(cx.err(
+            "qcache_max_ttl",
+            "an answer cache is not supported (only 0, the default)",
+        ));
+    }
+    let mut out = ResolverConfig {
+        servers: resolver_addrs(cx, "resolvers", &c.resolvers)?,
+        servers_as_fallback: c.use_resolvers_as_fallback,
+        rotate: c.rotate_nameservers,
+        ..Default::default()
+    };
+    if let Some(t) = c.query_timeout_seconds {
+        if t.value == 0 {
+            return Err(cx.err("query_timeout_seconds", "must be at least 1"));
+        }
+        out.query_timeout = Some(Duration::from_secs(t.value.min(3600)));
+    }
+    resolver_options(&c.dns_resolver_options, &mut out)?;
+    Ok(out)
+}
+
+fn resolver_options(
+    o: &Option<core_pb::DnsResolverOptions>,
+    out: &mut ResolverConfig,
+) -> Result<(), CompileError> {
+    // Both fields are implemented; the pattern breaks the build when a new one appears.
+    if let Some(core_pb::DnsResolverOptions {
+        use_tcp_for_dns_lookups,
+        no_default_search_domain,
+    }) = o
+    {
+        out.tcp = *use_tcp_for_dns_lookups;
+        out.no_search = *no_default_search_domain;
+    }
+    Ok(())
+}
+
+/// Name server addresses: IP socket addresses; port 0 means 53.
+fn resolver_addrs(
+    cx: &mut Cx,
+    field: &str,
+    addrs: &[core_pb::Address],
+) -> Result<Vec<SocketAddr>, CompileError> {
+    use core_pb::address::Address as A;
+    use core_pb::socket_address::PortSpecifier;
+    let mut out = Vec::with_capacity(addrs.len());
+    for (i, a) in addrs.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let Some(A::SocketAddress(s)) = &a.address else {
+            return Err(cx.err(&f, "a DNS resolver must be a socket address"));
+        };
+        let ip: IpAddr = s.address.parse().map_err(|_| {
+            cx.err(
+                &f,
+                format!("DNS resolver {:?} is not an IP address", s.address),
+            )
+        })?;
+        let port = match s.port_specifier {
+            None => 53,
+            Some(PortSpecifier::PortValue(0)) => 53,
+            Some(PortSpecifier::PortValue(p)) if p <= 65535 => p as u16,
+            Some(_) => return Err(cx.err(&f, "a DNS resolver needs a numeric port")),
+        };
+        if !s.resolver_name.is_empty() {
+            return Err(cx.unsupported(&format!("{f}.resolver_name")));
+        }
+        out.push(SocketAddr::new(ip, port));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
