@@ -1176,6 +1176,187 @@ mod tests {
         compile_cluster(&c, &ResourceSet::default(), None, &tls)
     }
 
+    fn dns_cluster(extra: serde_json::Value) -> Result<DnsConfig, CompileError> {
+        let mut c = serde_json::json!({
+            "name": "d", "type": "STRICT_DNS",
+            "load_assignment": {"cluster_name": "d", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "app.test", "port_value": 80}}}}]}]},
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            c[k] = v.clone();
+        }
+        match cluster(c)?.discovery {
+            Discovery::StrictDns(d) => Ok(d),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const CARES: &str =
+        "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";
+
+    #[test]
+    fn dns_settings_compile_like_envoy_reads_them() {
+        use serde_json::json;
+        let ms = Duration::from_millis;
+        let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let cares = |cfg: serde_json::Value| {
+            let mut t = json!({"@type": CARES});
+            for (k, v) in cfg.as_object().into_iter().flatten() {
+                t[k] = v.clone();
+            }
+            json!({"typed_dns_resolver_config": {"name": "envoy.network.dns_resolver.cares", "typed_config": t}})
+        };
+        let server =
+            |port: u32| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+        // (fields, check)
+        type Check = Box<dyn Fn(&DnsConfig)>;
+        let cases: Vec<(serde_json::Value, Check)> = vec![
+            (
+                json!({}),
+                Box::new(move |d| {
+                    assert_eq!(d.refresh, ms(5000));
+                    assert_eq!(d.failure_refresh, FailureRefresh::Fixed(ms(5000)));
+                    assert!(!d.respect_ttl);
+                    assert_eq!(d.jitter, Duration::ZERO);
+                    assert_eq!(d.resolver, ResolverConfig::default());
+                }),
+            ),
+            (
+                json!({"dns_refresh_rate": "60s", "respect_dns_ttl": true, "dns_jitter": "0.1s"}),
+                Box::new(move |d| {
+                    assert_eq!(d.refresh, ms(60000));
+                    assert_eq!(d.failure_refresh, FailureRefresh::Fixed(ms(60000)));
+                    assert!(d.respect_ttl);
+                    assert_eq!(d.jitter, ms(100));
+                }),
+            ),
+            (
+                json!({"dns_failure_refresh_rate": {"base_interval": "2s"}}),
+                Box::new(move |d| {
+                    let want = FailureRefresh::Backoff {
+                        base: ms(2000),
+                        max: ms(20000),
+                    };
+                    assert_eq!(d.failure_refresh, want, "max defaults to 10 x base");
+                }),
+            ),
+            (
+                json!({"dns_failure_refresh_rate": {"base_interval": "1s", "max_interval": "3s"}}),
+                Box::new(move |d| {
+                    let want = FailureRefresh::Backoff {
+                        base: ms(1000),
+                        max: ms(3000),
+                    };
+                    assert_eq!(d.failure_refresh, want);
+                }),
+            ),
+            (
+                cares(
+                    json!({"resolvers": [server(5353), server(0)], "use_resolvers_as_fallback": true,
+                    "dns_resolver_options": {"use_tcp_for_dns_lookups": true, "no_default_search_domain": true},
+                    "query_timeout_seconds": 2, "rotate_nameservers": true, "udp_max_queries": 100}),
+                ),
+                Box::new(move |d| {
+                    assert_eq!(
+                        d.resolver,
+                        ResolverConfig {
+                            servers: vec![addr("127.0.0.1:5353"), addr("127.0.0.1:53")],
+                            servers_as_fallback: true,
+                            tcp: true,
+                            no_search: true,
+                            query_timeout: Some(ms(2000)),
+                            rotate: true,
+                        }
+                    );
+                }),
+            ),
+            (
+                json!({"dns_resolution_config": {"resolvers": [server(5300)],
+                    "dns_resolver_options": {"no_default_search_domain": true}}}),
+                Box::new(move |d| {
+                    assert_eq!(d.resolver.servers, vec![addr("127.0.0.1:5300")]);
+                    assert!(d.resolver.no_search && !d.resolver.tcp);
+                }),
+            ),
+            (
+                json!({"dns_resolvers": [server(5301)], "use_tcp_for_dns_lookups": true}),
+                Box::new(move |d| {
+                    assert_eq!(d.resolver.servers, vec![addr("127.0.0.1:5301")]);
+                    assert!(d.resolver.tcp);
+                }),
+            ),
+            (
+                // typed_dns_resolver_config wins over the deprecated fields.
+                {
+                    let mut v = cares(json!({"resolvers": [server(5302)]}));
+                    v["dns_resolvers"] = json!([server(5303)]);
+                    v
+                },
+                Box::new(move |d| assert_eq!(d.resolver.servers, vec![addr("127.0.0.1:5302")])),
+            ),
+        ];
+        for (i, (extra, check)) in cases.into_iter().enumerate() {
+            let d = dns_cluster(extra.clone()).unwrap_or_else(|e| panic!("case {i} {extra}: {e}"));
+            check(&d);
+        }
+    }
+
+    #[test]
+    fn dns_settings_envoy_would_reject_or_meshgate_lacks_are_nacked() {
+        use serde_json::json;
+        let cares = |cfg: serde_json::Value| {
+            let mut t = json!({"@type": CARES});
+            for (k, v) in cfg.as_object().into_iter().flatten() {
+                t[k] = v.clone();
+            }
+            json!({"typed_dns_resolver_config": {"name": "envoy.network.dns_resolver.cares", "typed_config": t}})
+        };
+        // Another resolver extension (its config type stands in: any type but c-ares').
+        let getaddrinfo = json!({"typed_dns_resolver_config": {"name": "envoy.network.dns_resolver.getaddrinfo",
+            "typed_config": {"@type": "type.googleapis.com/google.protobuf.Empty", "value": {}}}});
+        // (fields, expected path in the error)
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (json!({"dns_refresh_rate": "0s"}), "dns_refresh_rate"),
+            (
+                json!({"dns_failure_refresh_rate": {}}),
+                "dns_failure_refresh_rate.base_interval",
+            ),
+            (
+                json!({"dns_failure_refresh_rate": {"base_interval": "2s", "max_interval": "1s"}}),
+                "dns_failure_refresh_rate.max_interval",
+            ),
+            (
+                cares(json!({"filter_unroutable_families": true})),
+                "typed_dns_resolver_config.typed_config.filter_unroutable_families",
+            ),
+            (
+                cares(json!({"query_tries": 3})),
+                "typed_dns_resolver_config.typed_config.query_tries",
+            ),
+            (
+                cares(json!({"edns0_max_payload_size": 1232})),
+                "typed_dns_resolver_config.typed_config.edns0_max_payload_size",
+            ),
+            (
+                cares(json!({"qcache_max_ttl": 60})),
+                "typed_dns_resolver_config.typed_config.qcache_max_ttl",
+            ),
+            (
+                cares(
+                    json!({"resolvers": [{"socket_address": {"address": "dns.example", "port_value": 53}}]}),
+                ),
+                "typed_dns_resolver_config.typed_config.resolvers[0]",
+            ),
+            (getaddrinfo, "typed_dns_resolver_config.typed_config"),
+        ];
+        for (extra, path) in cases {
+            match dns_cluster(extra.clone()) {
+                Ok(d) => panic!("{extra} compiled: {d:?}"),
+                Err(e) => assert!(e.path.ends_with(path), "{extra}: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn static_cluster_with_options() {
         use serde_json::json;
