@@ -308,17 +308,17 @@ impl Gateway {
             })
             .cloned()
             .collect();
+        // Their resolvers start now and keep running while the endpoint set lives (a
+        // rejected update drops it, and its resolver stops).
         if !new_dns.is_empty() {
-            let clusters = new_dns.clone();
+            let first_rounds: Vec<_> = new_dns
+                .iter()
+                .filter_map(|c| crate::proxy::upstream::dns::spawn(&self.control, c))
+                .collect();
             let (tx, rx) = std::sync::mpsc::channel();
             self.control.spawn(async move {
-                let all = futures::future::join_all(clusters.iter().map(|c| {
-                    tokio::time::timeout(
-                        Duration::from_secs(5),
-                        crate::proxy::upstream::dns::resolve_once(c),
-                    )
-                }));
-                let _ = all.await;
+                let all = futures::future::join_all(first_rounds);
+                let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
                 let _ = tx.send(());
             });
             let _ = rx.recv_timeout(Duration::from_secs(6));
@@ -423,21 +423,12 @@ impl Gateway {
                 },
             );
         }
-        // Start resolvers for new DNS clusters.
+        // Record the resolvers started for new DNS clusters.
         for c in new_dns {
-            let key = Arc::as_ptr(&c.endpoints) as usize;
-            if self
-                .dns_tasks
+            self.dns_tasks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(key)
-            {
-                let weak = Arc::downgrade(&c.endpoints);
-                let discovery = c.discovery.clone();
-                let name = c.name.clone();
-                self.control
-                    .spawn(crate::proxy::upstream::dns::run(name, discovery, weak));
-            }
+                .insert(Arc::as_ptr(&c.endpoints) as usize);
         }
         self.dns_tasks
             .lock()

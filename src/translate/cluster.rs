@@ -26,6 +26,13 @@ use std::collections::{BTreeMap, HashMap};
 /// Istio's mesh-wide default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Key of the upstream HTTP protocol options in `typed_extension_protocol_options`.
+/// meshConfig `dnsRefreshRate`'s default, which istiod gives every DNS cluster.
+pub const DNS_REFRESH_RATE_SECS: u64 = 60;
+/// istiod's `PILOT_DNS_JITTER_DURATION` default.
+pub const DNS_JITTER_MILLIS: u64 = 100;
+/// istiod's `PILOT_DNS_CARES_UDP_MAX_QUERIES` default.
+pub const DNS_CARES_UDP_MAX_QUERIES: u32 = 100;
+
 pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// A cluster and, for EDS clusters, its endpoints.
@@ -394,7 +401,7 @@ impl Context<'_, '_, '_> {
                 ));
                     return None;
                 }
-                c.dns_lookup_family = cluster::cluster::DnsLookupFamily::V4Only as i32;
+                set_dns_options(&mut c);
                 c.load_assignment = Some(load_assignment);
                 Some(Built {
                     cluster: c,
@@ -403,6 +410,27 @@ impl Context<'_, '_, '_> {
             }
         }
     }
+}
+
+/// What istiod sets on a STRICT_DNS / LOGICAL_DNS cluster for an IPv4 gateway: V4_ONLY,
+/// the mesh's DNS refresh rate with the records' TTL respected, its jitter, and the
+/// c-ares resolver with its UDP query cap.
+#[allow(deprecated)]
+fn set_dns_options(c: &mut cluster::Cluster) {
+    use crate::xds::pb::envoy::extensions::network::dns_resolver::cares::v3 as cares;
+    c.dns_lookup_family = cluster::cluster::DnsLookupFamily::V4Only as i32;
+    c.dns_refresh_rate = Some(pb::seconds(DNS_REFRESH_RATE_SECS));
+    c.respect_dns_ttl = true;
+    c.dns_jitter = Some(pb::duration(std::time::Duration::from_millis(
+        DNS_JITTER_MILLIS,
+    )));
+    c.typed_dns_resolver_config = Some(core::TypedExtensionConfig {
+        name: "envoy.network.dns_resolver.cares".into(),
+        typed_config: Some(pb::any(&cares::CaresDnsResolverConfig {
+            udp_max_queries: Some(pb::u32v(DNS_CARES_UDP_MAX_QUERIES)),
+            ..Default::default()
+        })),
+    });
 }
 
 /// A warning about a DestinationRule field (or a general one without a rule).

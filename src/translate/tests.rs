@@ -622,6 +622,17 @@ spec:
     let c = cluster_json(&t, "outbound|443||dns.example.com");
     assert_eq!(c["type"], "STRICT_DNS");
     assert_eq!(c["dns_lookup_family"], "V4_ONLY");
+    // istiod's DNS settings: meshConfig's refresh rate with the TTL respected, jitter,
+    // and the c-ares resolver with its UDP query cap.
+    assert_eq!(c["dns_refresh_rate"], "60s");
+    assert_eq!(c["respect_dns_ttl"], true);
+    assert_eq!(c["dns_jitter"], "0.100s");
+    assert_eq!(
+        c["typed_dns_resolver_config"],
+        json!({"name": "envoy.network.dns_resolver.cares", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+            "udp_max_queries": 100}})
+    );
     assert_eq!(
         c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"],
         json!({"address": "dns.example.com", "port_value": 443})

@@ -575,5 +575,6 @@ pub fn wait_for_port(port: u16, timeout: Duration) {
     }
 }
 pub mod certs;
+pub mod dns;
 pub mod gateway;
 pub mod scripted_ads;

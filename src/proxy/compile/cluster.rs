@@ -75,6 +75,11 @@ pub(crate) fn compile_cluster(
                 dns_failure_refresh_rate,
                 respect_dns_ttl,
                 dns_lookup_family,
+                dns_jitter,
+                dns_resolvers,
+                use_tcp_for_dns_lookups,
+                dns_resolution_config,
+                typed_dns_resolver_config,
                 outlier_detection,
                 common_lb_config,
                 transport_socket,
@@ -90,7 +95,6 @@ pub(crate) fn compile_cluster(
                 upstream_connection_options,
                 track_timeout_budgets,
                 track_cluster_stats,
-                dns_jitter,
                 wait_for_warm_on_init,
                 connection_pool_per_downstream_connection,
                 stats_matcher
@@ -100,10 +104,6 @@ pub(crate) fn compile_cluster(
                 per_connection_buffer_high_watermark_timeout,
                 health_checks,
                 upstream_http_protocol_options,
-                dns_resolvers,
-                use_tcp_for_dns_lookups,
-                dns_resolution_config,
-                typed_dns_resolver_config,
                 close_connections_on_host_health_failure,
                 ignore_health_on_host_removal,
                 filters,
@@ -983,21 +983,187 @@ fn dns_config(
         return Err(cx.err("dns_refresh_rate", "must be at least 1ms"));
     }
     let failure_refresh = match &c.dns_failure_refresh_rate {
-        Some(r) => duration(
-            cx,
-            "dns_failure_refresh_rate.base_interval",
-            &r.base_interval,
-        )?
-        .unwrap_or(refresh),
-        None => refresh,
+        None => FailureRefresh::Fixed(refresh),
+        Some(r) => {
+            let base = duration(
+                cx,
+                "dns_failure_refresh_rate.base_interval",
+                &r.base_interval,
+            )?
+            .ok_or_else(|| cx.err("dns_failure_refresh_rate.base_interval", "required"))?;
+            if base <= Duration::from_millis(1) {
+                return Err(cx.err(
+                    "dns_failure_refresh_rate.base_interval",
+                    "must be greater than 1ms",
+                ));
+            }
+            let max = duration(cx, "dns_failure_refresh_rate.max_interval", &r.max_interval)?
+                .unwrap_or(base * 10);
+            if max < base {
+                return Err(cx.err(
+                    "dns_failure_refresh_rate.max_interval",
+                    "must be greater than or equal to the base_interval",
+                ));
+            }
+            FailureRefresh::Backoff { base, max }
+        }
     };
+    let jitter = duration(cx, "dns_jitter", &c.dns_jitter)?.unwrap_or_default();
+    let resolver = resolver_config(cx, c)?;
     Ok(DnsConfig {
         targets,
         refresh,
         failure_refresh,
         respect_ttl: c.respect_dns_ttl,
+        jitter,
         family,
+        resolver,
     })
+}
+
+const CARES_RESOLVER: &str = "envoy.network.dns_resolver.cares";
+
+/// The cluster's resolver, in Envoy's order of precedence: `typed_dns_resolver_config`,
+/// then `dns_resolution_config`, then the legacy `dns_resolvers` and
+/// `use_tcp_for_dns_lookups`.
+#[allow(deprecated)]
+fn resolver_config(cx: &mut Cx, c: &pb::Cluster) -> Result<ResolverConfig, CompileError> {
+    use crate::xds::pb::envoy::extensions::network::dns_resolver::cares::v3 as cares_pb;
+    if let Some(t) = &c.typed_dns_resolver_config {
+        return cx.at("typed_dns_resolver_config", |cx| {
+            let any = t
+                .typed_config
+                .as_ref()
+                .ok_or_else(|| cx.err("typed_config", "required"))?;
+            if any.type_url != cares_pb::CaresDnsResolverConfig::type_url() {
+                return Err(cx.err(
+                    "typed_config",
+                    format!(
+                        "DNS resolver {} ({}) is not supported; meshgate implements {CARES_RESOLVER}",
+                        t.name, any.type_url
+                    ),
+                ));
+            }
+            let cares = cares_pb::CaresDnsResolverConfig::decode(any.value.as_slice())
+                .map_err(|e| cx.err("typed_config", format!("decoding: {e}")))?;
+            cx.at("typed_config", |cx| cares_config(cx, &cares))
+        });
+    }
+    if let Some(r) = &c.dns_resolution_config {
+        return cx.at("dns_resolution_config", |cx| {
+            let mut out = ResolverConfig {
+                servers: resolver_addrs(cx, "resolvers", &r.resolvers)?,
+                ..Default::default()
+            };
+            resolver_options(&r.dns_resolver_options, &mut out)?;
+            Ok(out)
+        });
+    }
+    Ok(ResolverConfig {
+        servers: resolver_addrs(cx, "dns_resolvers", &c.dns_resolvers)?,
+        tcp: c.use_tcp_for_dns_lookups,
+        ..Default::default()
+    })
+}
+
+fn cares_config(
+    cx: &mut Cx,
+    c: &crate::xds::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig,
+) -> Result<ResolverConfig, CompileError> {
+    fields!(
+        cx,
+        c,
+        crate::xds::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig {
+            supported: [
+                resolvers,
+                use_resolvers_as_fallback,
+                dns_resolver_options,
+                query_timeout_seconds,
+                rotate_nameservers,
+                qcache_max_ttl
+            ],
+            // Every query goes out on a fresh UDP socket, which meets any cap.
+            ignored: [udp_max_queries],
+            unsupported: [
+                filter_unroutable_families,
+                query_tries,
+                edns0_max_payload_size,
+                max_udp_channel_duration,
+                reinit_channel_on_timeout
+            ],
+        }
+    );
+    // Envoy's default (0) disables c-ares' answer cache; meshgate never caches answers.
+    if c.qcache_max_ttl.is_some_and(|v| v.value != 0) {
+        return Err(cx.err(
+            "qcache_max_ttl",
+            "an answer cache is not supported (only 0, the default)",
+        ));
+    }
+    let mut out = ResolverConfig {
+        servers: resolver_addrs(cx, "resolvers", &c.resolvers)?,
+        servers_as_fallback: c.use_resolvers_as_fallback,
+        rotate: c.rotate_nameservers,
+        ..Default::default()
+    };
+    if let Some(t) = c.query_timeout_seconds {
+        if t.value == 0 {
+            return Err(cx.err("query_timeout_seconds", "must be at least 1"));
+        }
+        out.query_timeout = Some(Duration::from_secs(t.value.min(3600)));
+    }
+    resolver_options(&c.dns_resolver_options, &mut out)?;
+    Ok(out)
+}
+
+fn resolver_options(
+    o: &Option<core_pb::DnsResolverOptions>,
+    out: &mut ResolverConfig,
+) -> Result<(), CompileError> {
+    // Both fields are implemented; the pattern breaks the build when a new one appears.
+    if let Some(core_pb::DnsResolverOptions {
+        use_tcp_for_dns_lookups,
+        no_default_search_domain,
+    }) = o
+    {
+        out.tcp = *use_tcp_for_dns_lookups;
+        out.no_search = *no_default_search_domain;
+    }
+    Ok(())
+}
+
+/// Name server addresses: IP socket addresses; port 0 means 53.
+fn resolver_addrs(
+    cx: &mut Cx,
+    field: &str,
+    addrs: &[core_pb::Address],
+) -> Result<Vec<SocketAddr>, CompileError> {
+    use core_pb::address::Address as A;
+    use core_pb::socket_address::PortSpecifier;
+    let mut out = Vec::with_capacity(addrs.len());
+    for (i, a) in addrs.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let Some(A::SocketAddress(s)) = &a.address else {
+            return Err(cx.err(&f, "a DNS resolver must be a socket address"));
+        };
+        let ip: IpAddr = s.address.parse().map_err(|_| {
+            cx.err(
+                &f,
+                format!("DNS resolver {:?} is not an IP address", s.address),
+            )
+        })?;
+        let port = match s.port_specifier {
+            None => 53,
+            Some(PortSpecifier::PortValue(0)) => 53,
+            Some(PortSpecifier::PortValue(p)) if p <= 65535 => p as u16,
+            Some(_) => return Err(cx.err(&f, "a DNS resolver needs a numeric port")),
+        };
+        if !s.resolver_name.is_empty() {
+            return Err(cx.unsupported(&format!("{f}.resolver_name")));
+        }
+        out.push(SocketAddr::new(ip, port));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1008,6 +1174,187 @@ mod tests {
         let c: pb::Cluster = crate::xds::json::from_json(&json).unwrap();
         let tls = TlsRuntime::new(Default::default()).unwrap();
         compile_cluster(&c, &ResourceSet::default(), None, &tls)
+    }
+
+    fn dns_cluster(extra: serde_json::Value) -> Result<DnsConfig, CompileError> {
+        let mut c = serde_json::json!({
+            "name": "d", "type": "STRICT_DNS",
+            "load_assignment": {"cluster_name": "d", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "app.test", "port_value": 80}}}}]}]},
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            c[k] = v.clone();
+        }
+        match cluster(c)?.discovery {
+            Discovery::StrictDns(d) => Ok(d),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const CARES: &str =
+        "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";
+
+    #[test]
+    fn dns_settings_compile_like_envoy_reads_them() {
+        use serde_json::json;
+        let ms = Duration::from_millis;
+        let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let cares = |cfg: serde_json::Value| {
+            let mut t = json!({"@type": CARES});
+            for (k, v) in cfg.as_object().into_iter().flatten() {
+                t[k] = v.clone();
+            }
+            json!({"typed_dns_resolver_config": {"name": "envoy.network.dns_resolver.cares", "typed_config": t}})
+        };
+        let server =
+            |port: u32| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+        // (fields, check)
+        type Check = Box<dyn Fn(&DnsConfig)>;
+        let cases: Vec<(serde_json::Value, Check)> = vec![
+            (
+                json!({}),
+                Box::new(move |d| {
+                    assert_eq!(d.refresh, ms(5000));
+                    assert_eq!(d.failure_refresh, FailureRefresh::Fixed(ms(5000)));
+                    assert!(!d.respect_ttl);
+                    assert_eq!(d.jitter, Duration::ZERO);
+                    assert_eq!(d.resolver, ResolverConfig::default());
+                }),
+            ),
+            (
+                json!({"dns_refresh_rate": "60s", "respect_dns_ttl": true, "dns_jitter": "0.1s"}),
+                Box::new(move |d| {
+                    assert_eq!(d.refresh, ms(60000));
+                    assert_eq!(d.failure_refresh, FailureRefresh::Fixed(ms(60000)));
+                    assert!(d.respect_ttl);
+                    assert_eq!(d.jitter, ms(100));
+                }),
+            ),
+            (
+                json!({"dns_failure_refresh_rate": {"base_interval": "2s"}}),
+                Box::new(move |d| {
+                    let want = FailureRefresh::Backoff {
+                        base: ms(2000),
+                        max: ms(20000),
+                    };
+                    assert_eq!(d.failure_refresh, want, "max defaults to 10 x base");
+                }),
+            ),
+            (
+                json!({"dns_failure_refresh_rate": {"base_interval": "1s", "max_interval": "3s"}}),
+                Box::new(move |d| {
+                    let want = FailureRefresh::Backoff {
+                        base: ms(1000),
+                        max: ms(3000),
+                    };
+                    assert_eq!(d.failure_refresh, want);
+                }),
+            ),
+            (
+                cares(
+                    json!({"resolvers": [server(5353), server(0)], "use_resolvers_as_fallback": true,
+                    "dns_resolver_options": {"use_tcp_for_dns_lookups": true, "no_default_search_domain": true},
+                    "query_timeout_seconds": 2, "rotate_nameservers": true, "udp_max_queries": 100}),
+                ),
+                Box::new(move |d| {
+                    assert_eq!(
+                        d.resolver,
+                        ResolverConfig {
+                            servers: vec![addr("127.0.0.1:5353"), addr("127.0.0.1:53")],
+                            servers_as_fallback: true,
+                            tcp: true,
+                            no_search: true,
+                            query_timeout: Some(ms(2000)),
+                            rotate: true,
+                        }
+                    );
+                }),
+            ),
+            (
+                json!({"dns_resolution_config": {"resolvers": [server(5300)],
+                    "dns_resolver_options": {"no_default_search_domain": true}}}),
+                Box::new(move |d| {
+                    assert_eq!(d.resolver.servers, vec![addr("127.0.0.1:5300")]);
+                    assert!(d.resolver.no_search && !d.resolver.tcp);
+                }),
+            ),
+            (
+                json!({"dns_resolvers": [server(5301)], "use_tcp_for_dns_lookups": true}),
+                Box::new(move |d| {
+                    assert_eq!(d.resolver.servers, vec![addr("127.0.0.1:5301")]);
+                    assert!(d.resolver.tcp);
+                }),
+            ),
+            (
+                // typed_dns_resolver_config wins over the deprecated fields.
+                {
+                    let mut v = cares(json!({"resolvers": [server(5302)]}));
+                    v["dns_resolvers"] = json!([server(5303)]);
+                    v
+                },
+                Box::new(move |d| assert_eq!(d.resolver.servers, vec![addr("127.0.0.1:5302")])),
+            ),
+        ];
+        for (i, (extra, check)) in cases.into_iter().enumerate() {
+            let d = dns_cluster(extra.clone()).unwrap_or_else(|e| panic!("case {i} {extra}: {e}"));
+            check(&d);
+        }
+    }
+
+    #[test]
+    fn dns_settings_envoy_would_reject_or_meshgate_lacks_are_nacked() {
+        use serde_json::json;
+        let cares = |cfg: serde_json::Value| {
+            let mut t = json!({"@type": CARES});
+            for (k, v) in cfg.as_object().into_iter().flatten() {
+                t[k] = v.clone();
+            }
+            json!({"typed_dns_resolver_config": {"name": "envoy.network.dns_resolver.cares", "typed_config": t}})
+        };
+        // Another resolver extension (its config type stands in: any type but c-ares').
+        let getaddrinfo = json!({"typed_dns_resolver_config": {"name": "envoy.network.dns_resolver.getaddrinfo",
+            "typed_config": {"@type": "type.googleapis.com/google.protobuf.Empty", "value": {}}}});
+        // (fields, expected path in the error)
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (json!({"dns_refresh_rate": "0s"}), "dns_refresh_rate"),
+            (
+                json!({"dns_failure_refresh_rate": {}}),
+                "dns_failure_refresh_rate.base_interval",
+            ),
+            (
+                json!({"dns_failure_refresh_rate": {"base_interval": "2s", "max_interval": "1s"}}),
+                "dns_failure_refresh_rate.max_interval",
+            ),
+            (
+                cares(json!({"filter_unroutable_families": true})),
+                "typed_dns_resolver_config.typed_config.filter_unroutable_families",
+            ),
+            (
+                cares(json!({"query_tries": 3})),
+                "typed_dns_resolver_config.typed_config.query_tries",
+            ),
+            (
+                cares(json!({"edns0_max_payload_size": 1232})),
+                "typed_dns_resolver_config.typed_config.edns0_max_payload_size",
+            ),
+            (
+                cares(json!({"qcache_max_ttl": 60})),
+                "typed_dns_resolver_config.typed_config.qcache_max_ttl",
+            ),
+            (
+                cares(
+                    json!({"resolvers": [{"socket_address": {"address": "dns.example", "port_value": 53}}]}),
+                ),
+                "typed_dns_resolver_config.typed_config.resolvers[0]",
+            ),
+            (getaddrinfo, "typed_dns_resolver_config.typed_config"),
+        ];
+        for (extra, path) in cases {
+            match dns_cluster(extra.clone()) {
+                Ok(d) => panic!("{extra} compiled: {d:?}"),
+                Err(e) => assert!(e.path.ends_with(path), "{extra}: {e}"),
+            }
+        }
     }
 
     #[test]

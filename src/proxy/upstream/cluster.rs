@@ -5,6 +5,7 @@ use crate::proxy::upstream::lb::LbPolicy;
 use crate::proxy::upstream::outlier::OutlierConfig;
 use crate::proxy::upstream::tls::TransportSockets;
 use arc_swap::ArcSwap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,10 +34,42 @@ pub struct DnsTarget {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsConfig {
     pub targets: Vec<DnsTarget>,
+    /// `dns_refresh_rate` (default 5 s).
     pub refresh: Duration,
-    pub failure_refresh: Duration,
+    /// When to try again after a failed resolution.
+    pub failure_refresh: FailureRefresh,
+    /// `respect_dns_ttl`: refresh at the answer's TTL instead of `refresh`.
     pub respect_ttl: bool,
+    /// `dns_jitter`: a random delay below this is added to every successful refresh.
+    pub jitter: Duration,
     pub family: DnsFamily,
+    /// Which name servers to ask (`typed_dns_resolver_config` or the deprecated fields).
+    pub resolver: ResolverConfig,
+}
+
+/// `dns_failure_refresh_rate`: without it a failed resolution is retried after
+/// `dns_refresh_rate`; with it, after a fully jittered exponential back-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureRefresh {
+    Fixed(Duration),
+    Backoff { base: Duration, max: Duration },
+}
+
+/// A DNS resolver configuration; clusters with equal ones share one resolver.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ResolverConfig {
+    /// Name servers to ask instead of /etc/resolv.conf's (empty: the system's).
+    pub servers: Vec<SocketAddr>,
+    /// `use_resolvers_as_fallback`: use `servers` only when the system names none.
+    pub servers_as_fallback: bool,
+    /// `use_tcp_for_dns_lookups`.
+    pub tcp: bool,
+    /// `no_default_search_domain`: names are asked as written, never with search domains.
+    pub no_search: bool,
+    /// `query_timeout_seconds` (the resolver's default, 5 s, when unset).
+    pub query_timeout: Option<Duration>,
+    /// `rotate_nameservers`: round-robin over the name servers.
+    pub rotate: bool,
 }
 
 /// `dns_lookup_family`.
@@ -105,7 +138,11 @@ pub struct ClusterStats {
     pub outlier_detection_ejections_enforced_total: AtomicU64,
     pub outlier_detection_ejections_overflow: AtomicU64,
     pub lb_healthy_panic: AtomicU64,
+    /// DNS resolutions: started, answered, failed, answered with no change.
+    pub update_attempt: AtomicU64,
     pub update_success: AtomicU64,
+    pub update_failure: AtomicU64,
+    pub update_no_rebuild: AtomicU64,
     /// TLS origination (Envoy's `cluster.<name>.ssl.*`).
     pub ssl_handshake: AtomicU64,
     pub ssl_connection_error: AtomicU64,
@@ -116,7 +153,7 @@ pub struct ClusterStats {
 
 impl ClusterStats {
     /// (name, value) pairs for `/stats` and Prometheus.
-    pub fn counters(&self) -> [(&'static str, u64); 29] {
+    pub fn counters(&self) -> [(&'static str, u64); 32] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("upstream_rq_total", g(&self.upstream_rq_total)),
@@ -172,7 +209,10 @@ impl ClusterStats {
                 g(&self.outlier_detection_ejections_overflow),
             ),
             ("lb_healthy_panic", g(&self.lb_healthy_panic)),
+            ("update_attempt", g(&self.update_attempt)),
             ("update_success", g(&self.update_success)),
+            ("update_failure", g(&self.update_failure)),
+            ("update_no_rebuild", g(&self.update_no_rebuild)),
             ("ssl.handshake", g(&self.ssl_handshake)),
             ("ssl.connection_error", g(&self.ssl_connection_error)),
             ("ssl.session_reused", g(&self.ssl_session_reused)),
