@@ -165,7 +165,10 @@ fn finalize_response(
     {
         h.insert(X_REQUEST_ID.clone(), id.clone());
     }
-    if draining || cx.shared.draining.load(Ordering::Relaxed) {
+    if draining
+        || cx.shared.draining.load(Ordering::Relaxed)
+        || cx.state.close.load(Ordering::Relaxed)
+    {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
