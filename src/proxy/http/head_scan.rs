@@ -124,6 +124,12 @@ impl HeadScanner {
                     self.phase = Phase::Off;
                     return out;
                 }
+                if !looks_like_request_line(bytes) {
+                    // Not the start of a head: the rest of one hyper already holds
+                    // (pipelined requests), or its body. Nothing to judge here.
+                    self.phase = Phase::Done;
+                    return out;
+                }
                 self.phase = Phase::InHead;
                 self.bytes = 0;
                 self.lines = 0;
@@ -194,6 +200,21 @@ impl HeadScanner {
             }
         }
         out
+    }
+}
+
+/// A method token (RFC 9110 `tchar`s) followed by a space, as far as the bytes go.
+fn looks_like_request_line(bytes: &[u8]) -> bool {
+    const LONGEST_METHOD: usize = 20;
+    let is_tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+    match bytes
+        .iter()
+        .take(LONGEST_METHOD + 1)
+        .position(|&c| c == b' ')
+    {
+        Some(0) => false,
+        Some(i) => bytes[..i].iter().all(|&c| is_tchar(c)),
+        None => bytes.len() <= LONGEST_METHOD && bytes.iter().all(|&c| is_tchar(c)),
     }
 }
 
@@ -311,6 +332,30 @@ mod tests {
         let mut with_body = head(1, 10);
         with_body.extend_from_slice(&[b'x'; 4096]);
         assert_eq!(scan_all(&[&with_body], 1, 100).0.too_large, None);
+    }
+
+    #[test]
+    fn only_request_lines_start_a_head() {
+        // The middle of a pipelined head, or body bytes: not judged as a head.
+        for bytes in [
+            &b"X-A: #1\r\n\r\n"[..],
+            b"{\"json\": 1}\n",
+            b" GET / HTTP/1.1\r\n",
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZ / HTTP/1.1\r\n",
+        ] {
+            let mut s = HeadScanner::new(1, 1);
+            assert_eq!(s.feed(bytes), Scanned::default(), "{bytes:?}");
+            assert_eq!(s.phase, Phase::Done);
+        }
+        for bytes in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"M-SEARCH * HTTP/1.1\r\n",
+            b"PO",
+        ] {
+            let mut s = HeadScanner::new(60, 100);
+            s.feed(bytes);
+            assert_eq!(s.phase, Phase::InHead, "{bytes:?}");
+        }
     }
 
     #[test]

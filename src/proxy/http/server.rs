@@ -340,10 +340,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<IO> {
             }
             let fresh = this.scanner.phase == Phase::Fresh;
             let seen = this.scanner.feed(&buf.filled()[before..]);
+            // A head started, or bytes that do not start one (the rest of a pipelined
+            // head, or body): either way nothing more is judged until the router takes
+            // a request.
             if this.scanner.phase == Phase::Off {
                 this.state.h2.store(true, Ordering::Relaxed);
             }
-            if fresh && this.scanner.phase != Phase::Fresh {
+            if fresh && matches!(this.scanner.phase, Phase::InHead | Phase::Done) {
                 let now = EPOCH.elapsed().as_millis() as u64 + 1;
                 this.state.head_started_ms.store(now, Ordering::Relaxed);
                 this.state.head_flags.store(seen.flags, Ordering::Relaxed);
