@@ -61,6 +61,12 @@ pub struct RequestLog {
     pub grpc: bool,
     /// The connection's TLS session (SNI, client certificate), when logging.
     pub tls: Option<Arc<crate::proxy::connection::ConnTls>>,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` when meshgate answered itself (None:
+    /// `via_upstream` if an upstream answered).
+    pub details: Option<&'static str>,
+    /// The head was refused before it made a request: method and path are unknown
+    /// (`-`, as Envoy logs them).
+    pub refused_head: bool,
 }
 
 impl RequestLog {
@@ -114,6 +120,58 @@ impl RequestLog {
             grpc: h
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            details: None,
+            refused_head: false,
+        }
+    }
+
+    /// The log of an HTTP/1 head refused by the codec checks before it became a request.
+    pub fn for_refused_head(
+        cx: &ConnCtx,
+        status: u16,
+        flag: u32,
+        details: &'static str,
+    ) -> RequestLog {
+        let logging = cx.shared.access_log.mode != AccessLogMode::Off;
+        let mut flags = Flags::default();
+        flags.set(flag);
+        RequestLog {
+            start: Instant::now(),
+            start_time: if logging {
+                SystemTime::now()
+            } else {
+                SystemTime::UNIX_EPOCH
+            },
+            method: Method::GET,
+            path: http::Uri::from_static("/"),
+            version: Version::HTTP_11,
+            authority: None,
+            user_agent: None,
+            xff: None,
+            request_id: None,
+            status,
+            flags,
+            bytes_received: 0,
+            bytes_sent: 0,
+            upstream_host: None,
+            upstream_service_time: None,
+            cluster: None,
+            route_name: None,
+            downstream_remote: cx.peer.remote,
+            downstream_local: cx.peer.local,
+            tls: if logging { cx.tls.clone() } else { None },
+            grpc: false,
+            details: Some(details),
+            refused_head: true,
+        }
+    }
+
+    /// `%RESPONSE_CODE_DETAILS%`.
+    pub fn response_code_details(&self) -> Option<&'static str> {
+        match self.details {
+            Some(d) => Some(d),
+            None if self.upstream_service_time.is_some() => Some("via_upstream"),
+            None => None,
         }
     }
 }
@@ -251,18 +309,22 @@ fn format_json(out: &mut String, r: &RequestLog) {
     out.push_str("{\"start_time\":\"");
     rfc3339(r.start_time, out);
     out.push_str("\",\"method\":");
-    json_str(out, Some(r.method.as_str().as_bytes()));
-    out.push_str(",\"path\":");
-    json_str(
-        out,
-        Some(
-            r.path
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-                .as_bytes(),
-        ),
-    );
+    if r.refused_head {
+        out.push_str("null,\"path\":null");
+    } else {
+        json_str(out, Some(r.method.as_str().as_bytes()));
+        out.push_str(",\"path\":");
+        json_str(
+            out,
+            Some(
+                r.path
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+                    .as_bytes(),
+            ),
+        );
+    }
     let _ = write!(
         out,
         ",\"protocol\":\"{}\",\"response_code\":{},\"response_flags\":\"",
@@ -270,9 +332,11 @@ fn format_json(out: &mut String, r: &RequestLog) {
         r.status
     );
     r.flags.write(out);
+    out.push_str("\",\"response_code_details\":");
+    json_str(out, r.response_code_details().map(str::as_bytes));
     let _ = write!(
         out,
-        "\",\"bytes_received\":{},\"bytes_sent\":{},\"duration\":{},\"upstream_service_time\":",
+        ",\"bytes_received\":{},\"bytes_sent\":{},\"duration\":{},\"upstream_service_time\":",
         r.bytes_received,
         r.bytes_sent,
         r.start.elapsed().as_millis()
@@ -337,14 +401,18 @@ fn dash(out: &mut String, v: Option<&HeaderValue>) {
 fn format_text(out: &mut String, r: &RequestLog) {
     out.push('[');
     rfc3339(r.start_time, out);
-    let _ = write!(
-        out,
-        "] \"{} {} {}\" {} ",
-        r.method,
-        r.path.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-        protocol(r.version),
-        r.status
-    );
+    if r.refused_head {
+        let _ = write!(out, "] \"- - {}\" {} ", protocol(r.version), r.status);
+    } else {
+        let _ = write!(
+            out,
+            "] \"{} {} {}\" {} ",
+            r.method,
+            r.path.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+            protocol(r.version),
+            r.status
+        );
+    }
     r.flags.write(out);
     let _ = write!(
         out,

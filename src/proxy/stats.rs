@@ -99,6 +99,12 @@ pub struct Stats {
     pub downstream_rq_4xx: AtomicU64,
     pub downstream_rq_5xx: AtomicU64,
     pub no_route: AtomicU64,
+    /// HTTP/1 request heads rejected by the codec checks (too large, too many headers).
+    pub downstream_cx_protocol_error: AtomicU64,
+    /// Streams ended by the stream idle timeout (`stream_idle_timeout`, route `idle_timeout`).
+    pub downstream_rq_idle_timeout: AtomicU64,
+    /// Connections that started draining (listener removed, gateway draining).
+    pub downstream_cx_drain_close: AtomicU64,
     pub config_updates: AtomicU64,
     pub config_rejections: AtomicU64,
     /// Connections no filter chain (nor a default chain) matched: reset.
@@ -142,6 +148,9 @@ impl Stats {
             downstream_rq_4xx: AtomicU64::new(0),
             downstream_rq_5xx: AtomicU64::new(0),
             no_route: AtomicU64::new(0),
+            downstream_cx_protocol_error: AtomicU64::new(0),
+            downstream_rq_idle_timeout: AtomicU64::new(0),
+            downstream_cx_drain_close: AtomicU64::new(0),
             config_updates: AtomicU64::new(0),
             config_rejections: AtomicU64::new(0),
             no_filter_chain_match: AtomicU64::new(0),
@@ -300,6 +309,18 @@ impl Stats {
             ("http.downstream_rq_4xx".into(), g(&self.downstream_rq_4xx)),
             ("http.downstream_rq_5xx".into(), g(&self.downstream_rq_5xx)),
             ("http.no_route".into(), g(&self.no_route)),
+            (
+                "http.downstream_cx_protocol_error".into(),
+                g(&self.downstream_cx_protocol_error),
+            ),
+            (
+                "http.downstream_rq_idle_timeout".into(),
+                g(&self.downstream_rq_idle_timeout),
+            ),
+            (
+                "http.downstream_cx_drain_close".into(),
+                g(&self.downstream_cx_drain_close),
+            ),
             ("meshgate.config_updates".into(), g(&self.config_updates)),
             (
                 "meshgate.config_rejections".into(),

@@ -537,6 +537,11 @@ fn compile_tcp_proxy(cx: &mut Cx, t: &tcp_pb::TcpProxy) -> Result<TcpProxy, Comp
     })
 }
 
+/// Envoy's `stream_idle_timeout` when the connection manager does not set one.
+const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Envoy's `drain_timeout` when the connection manager does not set one.
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn nonzero(d: Option<Duration>) -> Option<Duration> {
     d.filter(|d| !d.is_zero())
 }
@@ -579,7 +584,9 @@ fn compile_hcm(
                 strip_port_mode,
                 route_specifier,
                 strip_matching_host_port,
-                request_id_extension
+                request_id_extension,
+                stream_idle_timeout,
+                drain_timeout
             ],
             ignored: [
                 add_user_agent,
@@ -592,8 +599,6 @@ fn compile_hcm(
                 stream_error_on_invalid_http_message,
                 represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
                 drain_timeout_jitter,
-                stream_idle_timeout,
-                drain_timeout,
                 stream_flush_timeout,
                 proxy_100_continue,
                 http1_safe_max_connection_duration
@@ -781,6 +786,13 @@ fn compile_hcm(
         )?),
         idle_timeout,
         max_connection_duration,
+        // Envoy's defaults: 5 minutes of stream inactivity, 5 s of drain grace.
+        stream_idle_timeout: match duration(cx, "stream_idle_timeout", &h.stream_idle_timeout)? {
+            None => Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+            Some(d) => nonzero(Some(d)),
+        },
+        drain_timeout: duration(cx, "drain_timeout", &h.drain_timeout)?
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
         max_headers_count,
         max_request_headers_kb: h.max_request_headers_kb.map(|v| v.value).unwrap_or(60),
         reject_underscore_headers: underscores == U::RejectRequest,

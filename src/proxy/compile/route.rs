@@ -391,6 +391,7 @@ fn compile_route_action(
                 regex_rewrite,
                 append_x_forwarded_host,
                 timeout,
+                idle_timeout,
                 retry_policy,
                 request_mirror_policies,
                 hash_policy,
@@ -407,7 +408,6 @@ fn compile_route_action(
             ],
             unsupported: [
                 metadata_match,
-                idle_timeout,
                 path_rewrite_policy,
                 path_rewrite,
                 flush_timeout,
@@ -557,8 +557,10 @@ fn compile_route_action(
         .and_then(|r| r.per_try_timeout)
         .or(timeout)
         .map(|t| http::HeaderValue::from(t.as_millis() as u64));
+    let idle_timeout = duration(cx, "idle_timeout", &ra.idle_timeout)?;
     Ok(RouteAction {
         expected_timeout_header,
+        idle_timeout,
         target,
         cluster_not_found_status,
         prefix_rewrite,

@@ -7,21 +7,84 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// Errors carried by proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// When a stream last moved (request body bytes in), for the stream idle timeout. Made
+/// only for streams with an idle timeout: streams without one pay nothing.
+#[derive(Debug)]
+pub struct StreamActivity {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start` of the last activity.
+    last_ms: AtomicU64,
+    /// The whole request has been received.
+    request_complete: AtomicBool,
+}
+
+impl StreamActivity {
+    pub fn new(request_complete: bool) -> StreamActivity {
+        StreamActivity {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            request_complete: AtomicBool::new(request_complete),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn complete(&self) {
+        self.request_complete.store(true, Ordering::Relaxed);
+    }
+
+    pub fn request_complete(&self) -> bool {
+        self.request_complete.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once nothing has moved for `timeout`.
+    pub async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + timeout;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+
+    /// Notes a polled request-body frame.
+    fn saw<T, E>(&self, polled: &Poll<Option<Result<T, E>>>, ended: bool) {
+        match polled {
+            Poll::Ready(Some(Ok(_))) => {
+                self.touch();
+                if ended {
+                    self.complete();
+                }
+            }
+            Poll::Ready(None) => self.complete(),
+            _ => {}
+        }
+    }
+}
 
 /// A request body sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
     Empty,
-    /// The downstream body, streamed.
-    Stream(Incoming),
+    /// The downstream body, streamed (noting activity for the stream idle timeout).
+    Stream(Incoming, Option<Arc<StreamActivity>>),
     /// A whole body held in memory (replayable).
     Full(Option<Bytes>),
     /// What was buffered before the limit was hit, then the rest of the stream.
-    Prefixed(Option<Bytes>, Incoming),
+    Prefixed(Option<Bytes>, Incoming, Option<Arc<StreamActivity>>),
 }
 
 impl Body for RequestBody {
@@ -35,12 +98,15 @@ impl Body for RequestBody {
         match &mut *self {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RequestBody::Stream(inc) => Pin::new(inc).poll_frame(cx).map_err(Into::into),
-            RequestBody::Prefixed(prefix, inc) => {
-                if let Some(b) = prefix.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(b))));
+            RequestBody::Stream(inc, activity) | RequestBody::Prefixed(None, inc, activity) => {
+                let polled = Pin::new(&mut *inc).poll_frame(cx);
+                if let Some(a) = activity {
+                    a.saw(&polled, inc.is_end_stream());
                 }
-                Pin::new(inc).poll_frame(cx).map_err(Into::into)
+                polled.map_err(Into::into)
+            }
+            RequestBody::Prefixed(prefix, ..) => {
+                Poll::Ready(prefix.take().map(|b| Ok(Frame::data(b))))
             }
         }
     }
@@ -49,8 +115,8 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::Full(b) => b.is_none(),
-            RequestBody::Stream(inc) => inc.is_end_stream(),
-            RequestBody::Prefixed(p, inc) => p.is_none() && inc.is_end_stream(),
+            RequestBody::Stream(inc, _) => inc.is_end_stream(),
+            RequestBody::Prefixed(p, inc, _) => p.is_none() && inc.is_end_stream(),
         }
     }
 
@@ -58,8 +124,8 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            RequestBody::Stream(inc) => inc.size_hint(),
-            RequestBody::Prefixed(p, inc) => {
+            RequestBody::Stream(inc, _) => inc.size_hint(),
+            RequestBody::Prefixed(p, inc, _) => {
                 let extra = p.as_ref().map_or(0, |b| b.len() as u64);
                 let h = inc.size_hint();
                 let mut out = SizeHint::new();
@@ -75,17 +141,29 @@ impl Body for RequestBody {
 
 /// Reads up to `limit` bytes of a body. `Ok(Full)` if it ended within the limit,
 /// otherwise the prefix read so far and the remaining stream.
-pub async fn buffer_up_to(mut body: Incoming, limit: usize) -> Result<RequestBody, hyper::Error> {
+pub async fn buffer_up_to(
+    mut body: Incoming,
+    limit: usize,
+    activity: Option<Arc<StreamActivity>>,
+) -> Result<RequestBody, hyper::Error> {
     use http_body_util::BodyExt;
     let mut buf = bytes::BytesMut::new();
     loop {
         if buf.len() > limit {
-            return Ok(RequestBody::Prefixed(Some(buf.freeze()), body));
+            return Ok(RequestBody::Prefixed(Some(buf.freeze()), body, activity));
         }
         match body.frame().await {
-            None => return Ok(RequestBody::Full(Some(buf.freeze()))),
+            None => {
+                if let Some(a) = &activity {
+                    a.complete();
+                }
+                return Ok(RequestBody::Full(Some(buf.freeze())));
+            }
             Some(Err(e)) => return Err(e),
             Some(Ok(f)) => {
+                if let Some(a) = &activity {
+                    a.touch();
+                }
                 if let Ok(d) = f.into_data() {
                     buf.extend_from_slice(&d);
                 }
@@ -102,6 +180,9 @@ pub struct ResponseBody {
     /// The route timeout, which covers the whole upstream response (as Envoy's): when it
     /// fires while the body is still streaming, the response is reset.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The stream idle timeout once the response has started: no body bytes for this
+    /// long resets the response (Envoy's `SI`).
+    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     pub(crate) upstream_done: Option<UpstreamDone>,
     pub(crate) finish: Option<Finish>,
 }
@@ -117,6 +198,7 @@ impl ResponseBody {
             inner: Inner::Full(None),
             bytes: 0,
             deadline: None,
+            idle: None,
             upstream_done: None,
             finish: None,
         }
@@ -132,6 +214,7 @@ impl ResponseBody {
             inner,
             bytes: 0,
             deadline: None,
+            idle: None,
             upstream_done: None,
             finish: None,
         }
@@ -142,6 +225,7 @@ impl ResponseBody {
             inner: Inner::Upstream(b),
             bytes: 0,
             deadline: None,
+            idle: None,
             upstream_done: None,
             finish: None,
         }
@@ -150,6 +234,12 @@ impl ResponseBody {
     /// Resets the response if it has not been received whole by `at`.
     pub fn with_deadline(mut self, at: Option<tokio::time::Instant>) -> ResponseBody {
         self.deadline = at.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self
+    }
+
+    /// Resets the response if its body makes no progress for `timeout`.
+    pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> ResponseBody {
+        self.idle = timeout.map(|t| (t, Box::pin(tokio::time::sleep(t))));
         self
     }
 
@@ -198,6 +288,21 @@ impl Body for ResponseBody {
             }
             this.finish(false);
             return Poll::Ready(Some(Err("upstream response timeout".into())));
+        }
+        if let Some((timeout, sleep)) = &mut this.idle {
+            if polled.is_pending() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.idle = None;
+                    if let Some(f) = &mut this.finish {
+                        f.stream_idle_timed_out();
+                    }
+                    this.finish(false);
+                    return Poll::Ready(Some(Err("stream idle timeout".into())));
+                }
+            } else {
+                let at = tokio::time::Instant::now() + *timeout;
+                sleep.as_mut().reset(at);
+            }
         }
         match &polled {
             Poll::Ready(None) => this.finish(true),

@@ -65,6 +65,12 @@ pub struct HttpConnectionManager {
     /// Downstream connection idle timeout (common_http_protocol_options.idle_timeout).
     pub idle_timeout: Option<Duration>,
     pub max_connection_duration: Option<Duration>,
+    /// `stream_idle_timeout`: no activity on a stream for this long ends it (None:
+    /// disabled, `0s`, as Istio sets on gateways; Envoy's default is 5 minutes).
+    pub stream_idle_timeout: Option<Duration>,
+    /// `drain_timeout`: how long a draining connection keeps serving new requests before
+    /// it closes once idle (HTTP/2: between the GOAWAY notice and the final GOAWAY).
+    pub drain_timeout: Duration,
     pub max_headers_count: usize,
     pub max_request_headers_kb: u32,
     pub reject_underscore_headers: bool,

@@ -189,12 +189,30 @@ impl LocalReply {
         flag: Flags::DPE,
         reason: "request_headers_too_large",
     };
+    /// An HTTP/1 head over `max_request_headers_kb` (Envoy's codec answer; the
+    /// connection is closed).
+    pub const HEAD_TOO_LARGE: LocalReply = LocalReply {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        body: "Request Header Fields Too Large",
+        flag: Flags::DPE,
+        reason: "http1.headers_too_large",
+    };
+    /// An HTTP/1 head with more header lines than `max_headers_count`.
+    pub const TOO_MANY_HEADERS: LocalReply = LocalReply {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        body: "Request Header Fields Too Large",
+        flag: Flags::DPE,
+        reason: "http1.too_many_headers",
+    };
     pub const UPGRADE_FAILED: LocalReply = LocalReply {
         status: StatusCode::FORBIDDEN,
         body: "",
         flag: 0,
         reason: "upgrade_failed",
     };
+    /// No activity on a stream for `stream_idle_timeout` (or the route's `idle_timeout`)
+    /// before the response started. Envoy answers 408 while the request is still being
+    /// received, 504 once it is complete (see [`LocalReply::stream_idle_timeout`]).
     pub const STREAM_IDLE_TIMEOUT: LocalReply = LocalReply {
         status: StatusCode::REQUEST_TIMEOUT,
         body: "stream timeout",
@@ -213,6 +231,48 @@ impl LocalReply {
         flag: 0,
         reason: "request_payload_too_large",
     };
+
+    /// The stream idle timeout's answer: 504 when the whole request was received, else
+    /// 408.
+    pub fn stream_idle_timeout(request_complete: bool) -> LocalReply {
+        let mut r = LocalReply::STREAM_IDLE_TIMEOUT;
+        if request_complete {
+            r.status = StatusCode::GATEWAY_TIMEOUT;
+        }
+        r
+    }
+
+    /// The whole HTTP/1.1 response, for answers written before hyper has a request
+    /// (a refused head): status line, Envoy's headers (`content-length`, `content-type`,
+    /// `date`, `server` unless passed through, `connection: close`) and the body.
+    pub fn http1_close_bytes(&self, server: Option<&HeaderValue>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(
+            self.status
+                .canonical_reason()
+                .unwrap_or("Unknown")
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\r\ncontent-length: ");
+        out.extend_from_slice(self.body.len().to_string().as_bytes());
+        if !self.body.is_empty() {
+            out.extend_from_slice(b"\r\ncontent-type: text/plain");
+        }
+        out.extend_from_slice(b"\r\ndate: ");
+        out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        if let Some(s) = server {
+            out.extend_from_slice(b"\r\nserver: ");
+            out.extend_from_slice(s.as_bytes());
+        }
+        out.extend_from_slice(b"\r\nx-meshgate-reason: ");
+        out.extend_from_slice(self.reason.as_bytes());
+        out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+        out.extend_from_slice(self.body.as_bytes());
+        out
+    }
 
     /// The response: `text/plain` body when there is one, and the reason header.
     pub fn response(&self) -> Response<ResponseBody> {
@@ -261,5 +321,27 @@ mod tests {
         assert_eq!(r.headers()["x-meshgate-reason"], "no_healthy_upstream");
         let r = LocalReply::NO_ROUTE.response();
         assert!(r.headers().get("content-type").is_none());
+    }
+
+    #[test]
+    fn refused_head_answer_is_a_whole_http1_response() {
+        let bytes = LocalReply::HEAD_TOO_LARGE
+            .http1_close_bytes(Some(&HeaderValue::from_static("istio-envoy")));
+        let text = String::from_utf8(bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.split("\r\n");
+        assert_eq!(
+            lines.next(),
+            Some("HTTP/1.1 431 Request Header Fields Too Large")
+        );
+        let headers: Vec<&str> = lines.collect();
+        assert!(headers.contains(&"content-length: 31"), "{headers:?}");
+        assert!(headers.contains(&"content-type: text/plain"));
+        assert!(headers.contains(&"server: istio-envoy"));
+        assert!(headers.contains(&"connection: close"));
+        assert!(headers.iter().any(|h| h.starts_with("date: ")));
+        assert_eq!(body, "Request Header Fields Too Large");
+        assert_eq!(LocalReply::stream_idle_timeout(true).status, 504);
+        assert_eq!(LocalReply::stream_idle_timeout(false).status, 408);
     }
 }

@@ -4,7 +4,7 @@
 //! mirroring and load balancing).
 use crate::proxy::access_log::RequestLog;
 use crate::proxy::connection::{ChainKey, ConnTls};
-use crate::proxy::http::body::{RequestBody, ResponseBody, buffer_up_to};
+use crate::proxy::http::body::{RequestBody, ResponseBody, StreamActivity, buffer_up_to};
 use crate::proxy::http::cors::CorsPolicy;
 use crate::proxy::http::fault::{Fault, FaultAbort, roll};
 use crate::proxy::http::hcm::{
@@ -81,6 +81,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(r) => {
             log.flags.set(r.flag);
+            log.details = Some(r.reason);
             r.response()
         }
     };
@@ -118,9 +119,20 @@ impl Finish {
         self.log.flags.set(Flags::UT);
     }
 
+    /// The stream idle timeout fired while the response body was streaming.
+    pub(crate) fn stream_idle_timed_out(&mut self) {
+        self.log.flags.set(Flags::SI);
+        self.log.details = Some(LocalReply::STREAM_IDLE_TIMEOUT.reason);
+        self.cx
+            .shared
+            .stats
+            .downstream_rq_idle_timeout
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn done(&mut self, complete: bool, bytes: u64) {
         self.log.bytes_sent = bytes;
-        if !complete && self.log.status != 0 && !self.log.flags.has(Flags::UT) {
+        if !complete && self.log.status != 0 && !self.log.flags.has(Flags::UT | Flags::SI) {
             self.log.flags.set(Flags::DC);
         }
         self.cx.state.active.fetch_sub(1, Ordering::Relaxed);
@@ -153,7 +165,10 @@ fn finalize_response(
     {
         h.insert(X_REQUEST_ID.clone(), id.clone());
     }
-    if draining || cx.shared.draining.load(Ordering::Relaxed) {
+    if draining
+        || cx.shared.draining.load(Ordering::Relaxed)
+        || cx.state.close.load(Ordering::Relaxed)
+    {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
@@ -432,15 +447,61 @@ async fn serve(
                     return Err(LocalReply::UPGRADE_FAILED);
                 }
             }
-            match Box::pin(forward(
-                req, cx, hcm, table, vhost, route, ra, authority, upgrade, log,
-            ))
-            .await
-            {
+            // The stream idle timeout: the route's, else the connection manager's.
+            let idle = match ra.idle_timeout {
+                Some(t) if t.is_zero() => None,
+                Some(t) => Some(t),
+                None => hcm.stream_idle_timeout,
+            };
+            let activity = idle.map(|_| {
+                Arc::new(StreamActivity::new(http_body::Body::is_end_stream(
+                    req.body(),
+                )))
+            });
+            let mut forwarding = Box::pin(forward(
+                req,
+                cx,
+                hcm,
+                table,
+                vhost,
+                route,
+                ra,
+                authority,
+                upgrade,
+                log,
+                activity.as_ref(),
+                idle,
+            ));
+            let forwarded = match (idle, &activity) {
+                (Some(t), Some(a)) => tokio::select! {
+                    r = &mut forwarding => Some(r),
+                    _ = a.idle_for(t) => None,
+                },
+                _ => Some(forwarding.as_mut().await),
+            };
+            drop(forwarding);
+            let forwarded = match (forwarded, &activity) {
+                (Some(r), _) => r,
+                (None, activity) => {
+                    // Nothing moved before the response started: Envoy's local answer,
+                    // and the connection closes if the request was not received whole.
+                    let complete = activity.as_ref().is_some_and(|a| a.request_complete());
+                    if !complete {
+                        cx.state.close_after_response();
+                    }
+                    cx.shared
+                        .stats
+                        .downstream_rq_idle_timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(LocalReply::stream_idle_timeout(complete));
+                }
+            };
+            match forwarded {
                 Ok(r) => r,
                 Err(reply) => {
                     // The router's own answers carry the route's response headers.
                     log.flags.set(reply.flag);
+                    log.details = Some(reply.reason);
                     let mut r = reply.response();
                     apply_response_mutations(r.headers_mut(), table, vhost, route, None);
                     r
@@ -835,6 +896,8 @@ async fn forward(
     authority: HeaderValue,
     upgrade: Option<HeaderValue>,
     log: &mut RequestLog,
+    activity: Option<&Arc<StreamActivity>>,
+    idle: Option<Duration>,
 ) -> Result<Response<ResponseBody>, LocalReply> {
     let (cref, wc) = choose_cluster(ra);
     log.cluster = Some(cref.name.clone());
@@ -964,11 +1027,11 @@ async fn forward(
         }
         RequestBody::Empty
     } else if needs_replay {
-        Box::pin(buffer_up_to(body, REPLAY_BUFFER_LIMIT))
+        Box::pin(buffer_up_to(body, REPLAY_BUFFER_LIMIT, activity.cloned()))
             .await
             .map_err(|_| LocalReply::BAD_REQUEST)?
     } else {
-        RequestBody::Stream(body)
+        RequestBody::Stream(body, activity.cloned())
     };
     if let RequestBody::Full(Some(b)) = &body {
         log.bytes_received = b.len() as u64;
@@ -1166,7 +1229,9 @@ async fn forward(
                         .headers
                         .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
                 }
-                let mut body = ResponseBody::upstream(rbody).with_deadline(deadline);
+                let mut body = ResponseBody::upstream(rbody)
+                    .with_deadline(deadline)
+                    .with_idle_timeout(idle);
                 body.upstream_done = Some(UpstreamDone {
                     cluster: cluster.clone(),
                     host,

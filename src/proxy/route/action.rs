@@ -168,6 +168,9 @@ pub struct RouteAction {
     pub append_x_forwarded_host: bool,
     /// `None`: no timeout (0s in the config); default 15 s.
     pub timeout: Option<Duration>,
+    /// `idle_timeout`: replaces the connection manager's `stream_idle_timeout` for this
+    /// route (`Some(ZERO)` disables it; None keeps the connection manager's).
+    pub idle_timeout: Option<Duration>,
     pub retry: Option<Arc<RetryPolicy>>,
     pub hash_policy: Vec<HashPolicy>,
     pub mirrors: Vec<MirrorPolicy>,
