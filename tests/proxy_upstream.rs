@@ -76,9 +76,10 @@ fn weighted_clusters_and_round_robin_like_envoy() {
         let n = 600;
         let w = upstream_counts(port, n, "/w", &[]);
         let share = *w.get("a").unwrap_or(&0) as f64 / n as f64;
-        // 70% +- 6% (about 5 standard deviations at n = 600).
+        // 70% +- 9%: five standard deviations at n = 600 (sd = sqrt(n p (1-p)) / n = 1.9%),
+        // still far from an even split or a single cluster.
         assert!(
-            (0.64..0.76).contains(&share),
+            (0.61..=0.79).contains(&share),
             "{who}: weighted share of a = {share} ({w:?})"
         );
         let rr = upstream_counts(port, 300, "/rr", &[]);
