@@ -174,14 +174,16 @@ async fn envoy_and_meshgate_gateways_share_one_control_plane() {
         assert_eq!((status, upstream.as_str()), (200, "echo-b"), "{name}");
     }
 
-    // A cluster meshgate cannot apply (slow start) but Envoy can: the meshgate gateways
-    // NACK it, with the field in the error, and Envoy takes it.
-    write_route(&config, &proxies, &upstreams, "b");
-    std::fs::write(
-        config.join("policy.yaml"),
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b, namespace: edge}\nspec:\n  host: b.internal\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 10s}\n",
-    )
-    .unwrap();
+    // A route meshgate cannot apply (a header value formatter) but Envoy can: the meshgate
+    // gateways NACK it, with the field in the error, and Envoy takes it.
+    let names: Vec<&str> = proxies.iter().map(|(n, _)| *n).collect();
+    let b_port = upstreams.iter().find(|(n, _)| *n == "b").unwrap().1;
+    let formatted = route_yaml(HOST, &names, "b", b_port).replace(
+        "  - route:",
+        "  - headers: {request: {set: {x-client: \"%DOWNSTREAM_REMOTE_ADDRESS%\"}}}\n    route:",
+    );
+    write_atomically(&config.join("route.yaml"), &formatted);
+    const REFUSED: &str = "header value formatters";
     cp.wait_syncz("meshgate NACKs, Envoy ACKs", Duration::from_secs(10), |s| {
         let nacked = |n: &str| {
             s.iter().any(|p| {
@@ -189,10 +191,10 @@ async fn envoy_and_meshgate_gateways_share_one_control_plane() {
                     .as_str()
                     .unwrap_or("")
                     .contains(&format!("~{n}."))
-                    && type_state(p, "cds") == "NACKED"
-                    && p["types"]["cds"]["nacked"]["error"]
+                    && type_state(p, "rds") == "NACKED"
+                    && p["types"]["rds"]["nacked"]["error"]
                         .as_str()
-                        .is_some_and(|e| e.contains("slow_start_config"))
+                        .is_some_and(|e| e.contains(REFUSED))
             })
         };
         let synced = |n: &str| {
@@ -201,26 +203,24 @@ async fn envoy_and_meshgate_gateways_share_one_control_plane() {
                     .as_str()
                     .unwrap_or("")
                     .contains(&format!("~{n}."))
-                    && type_state(p, "cds") == "SYNCED"
+                    && type_state(p, "rds") == "SYNCED"
             })
         };
         nacked("mg-delta") && nacked("mg-sotw") && synced("envoy-sotw") && synced("envoy-delta")
     });
     let p = cp.proxy("mg-delta").unwrap();
-    let error = p["types"]["cds"]["nacked"]["error"].as_str().unwrap();
+    let error = p["types"]["rds"]["nacked"]["error"].as_str().unwrap();
     assert!(
-        error.contains("outbound|")
-            && error.contains("b.internal")
-            && error.contains("round_robin_lb_config.slow_start_config"),
+        error.contains("rds ") && error.contains("request_headers_to_add"),
         "the NACK names the resource and the field: {error}"
     );
     for (envoy, _) in &envoys {
-        let (_, clusters) = envoy
-            .admin_get("/config_dump?resource=dynamic_active_clusters")
+        let (_, routes) = envoy
+            .admin_get("/config_dump?resource=dynamic_route_configs")
             .unwrap();
         assert!(
-            clusters.contains("slow_start_config"),
-            "Envoy applied the cluster"
+            routes.contains("%DOWNSTREAM_REMOTE_ADDRESS%"),
+            "Envoy applied the route"
         );
     }
     // The gateway keeps serving what it had; a NACKing proxy stalls nobody, and itself
@@ -231,10 +231,7 @@ async fn envoy_and_meshgate_gateways_share_one_control_plane() {
         took < Duration::from_secs(3),
         "convergence after a NACK took {took:?}"
     );
-    assert!(
-        mg_sotw.log().contains("slow_start_config"),
-        "the gateway logs its NACK"
-    );
+    assert!(mg_sotw.log().contains(REFUSED), "the gateway logs its NACK");
     drop(mg_sotw);
     drop(mg_delta);
 }

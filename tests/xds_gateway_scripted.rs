@@ -150,7 +150,8 @@ async fn sotw_gateway_with_a_scripted_server() {
         set(
             json!({"clusters": [static_cluster("bad", &[a.addr.port()], json!({
                 "lb_policy": "ROUND_ROBIN",
-                "round_robin_lb_config": {"slow_start_config": {"slow_start_window": "10s"}},
+                "round_robin_lb_config": {},
+                "lb_subset_config": {"fallback_policy": "ANY_ENDPOINT"},
             }))]}),
         )
         .clusters,
@@ -167,7 +168,7 @@ async fn sotw_gateway_with_a_scripted_server() {
     assert_eq!(detail.code, 13);
     assert_eq!(
         detail.message,
-        "cds bad: round_robin_lb_config.slow_start_config: field not supported by meshgate (see docs/xds-support.md)"
+        "cds bad: lb_subset_config: field not supported by meshgate (see docs/xds-support.md)"
     );
     wait_upstream(port, "echo-b");
 

@@ -10,7 +10,7 @@
 use crate::proxy::runtime::Shared;
 use crate::proxy::upstream::Cluster;
 use crate::proxy::upstream::cluster::try_acquire;
-use crate::proxy::upstream::lb::{self, LbContext};
+use crate::proxy::upstream::lb::LbContext;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -140,23 +140,7 @@ impl Drop for CxSlot {
 
 async fn connect(cluster: &Arc<Cluster>) -> Result<(TcpStream, CxSlot), TcpEnd> {
     let state = &cluster.state;
-    let host = {
-        let set = cluster.endpoints();
-        let mut panicked = false;
-        let h = lb::choose(
-            &set,
-            &set.lb,
-            cluster.lb,
-            cluster.panic_threshold,
-            cluster.locality_weighted,
-            LbContext::default(),
-            &mut panicked,
-        );
-        if panicked {
-            state.stats.lb_healthy_panic.fetch_add(1, Ordering::Relaxed);
-        }
-        h
-    };
+    let host = cluster.choose_host(LbContext::default());
     let Some(host) = host else {
         state
             .stats

@@ -150,9 +150,7 @@ pub fn gateway_node(
 mod tests {
     use super::*;
     use crate::controlplane::sample::{SampleGateway, SampleService};
-    use crate::xds::pb::envoy::config::cluster::v3::cluster::{
-        LbConfig, RoundRobinLbConfig, SlowStartConfig,
-    };
+    use crate::xds::pb::envoy::config::cluster::v3::cluster::{LbConfig, OriginalDstLbConfig};
 
     fn gw() -> ResourceSet {
         SampleGateway::new(
@@ -165,10 +163,9 @@ mod tests {
         .resources()
     }
 
-    fn slow_start(c: &mut crate::xds::pb::envoy::config::cluster::v3::Cluster) {
-        c.lb_config = Some(LbConfig::RoundRobinLbConfig(RoundRobinLbConfig {
-            slow_start_config: Some(SlowStartConfig::default()),
-        }));
+    /// A field the data plane refuses.
+    fn unsupported(c: &mut crate::xds::pb::envoy::config::cluster::v3::Cluster) {
+        c.lb_config = Some(LbConfig::OriginalDstLbConfig(OriginalDstLbConfig::default()));
     }
 
     #[test]
@@ -179,8 +176,8 @@ mod tests {
     #[test]
     fn every_bad_resource_is_rejected_with_its_path() {
         let mut set = gw();
-        slow_start(&mut set.clusters[0]);
-        slow_start(&mut set.clusters[1]);
+        unsupported(&mut set.clusters[0]);
+        unsupported(&mut set.clusters[1]);
         set.listeners[0].filter_chains.clear();
         set.sort();
         let r = rejections(&set, None);
@@ -196,14 +193,14 @@ mod tests {
             2,
             "{r:?}"
         );
-        let slow = r.iter().find(|r| r.type_url == TypeUrl::Cluster).unwrap();
+        let refused = r.iter().find(|r| r.type_url == TypeUrl::Cluster).unwrap();
         assert_eq!(
-            slow.message,
-            "round_robin_lb_config.slow_start_config: field not supported by meshgate (see docs/xds-support.md)"
+            refused.message,
+            "original_dst_lb_config: field not supported by meshgate (see docs/xds-support.md)"
         );
         assert_eq!(
-            slow.to_string(),
-            format!("cds {}: {}", slow.name, slow.message)
+            refused.to_string(),
+            format!("cds {}: {}", refused.name, refused.message)
         );
     }
 

@@ -4,7 +4,7 @@ use crate::proxy::snapshot::Snapshot;
 use crate::proxy::tls::TlsRuntime;
 use crate::proxy::upstream::cluster::*;
 use crate::proxy::upstream::host::{EndpointSet, Host, Locality, Priority};
-use crate::proxy::upstream::lb::LbPolicy;
+use crate::proxy::upstream::lb::{LbPolicy, SlowStart};
 use crate::proxy::upstream::outlier::OutlierConfig;
 use crate::proxy::upstream::pool::DEFAULT_IDLE_TIMEOUT;
 use crate::proxy::upstream::tls::{TransportSockets, UpstreamTransport};
@@ -160,23 +160,21 @@ pub(crate) fn compile_cluster(
     {
         return Err(cx.err("maglev_lb_config.table_size", "must be a prime number"));
     }
-    match &c.lb_config {
+    let slow_start = match &c.lb_config {
         Some(LbConfig::OriginalDstLbConfig(_)) => {
             return Err(cx.unsupported("original_dst_lb_config"));
         }
-        Some(LbConfig::RoundRobinLbConfig(r)) if r.slow_start_config.is_some() => {
-            return Err(cx.unsupported("round_robin_lb_config.slow_start_config"));
+        Some(LbConfig::LeastRequestLbConfig(l)) if l.active_request_bias.is_some() => {
+            return Err(cx.unsupported("least_request_lb_config.active_request_bias"));
         }
-        Some(LbConfig::LeastRequestLbConfig(l))
-            if l.slow_start_config.is_some() || l.active_request_bias.is_some() =>
-        {
-            return Err(cx.err(
-                "least_request_lb_config",
-                "slow_start_config and active_request_bias are not supported",
-            ));
-        }
-        _ => {}
-    }
+        Some(LbConfig::RoundRobinLbConfig(r)) => cx.at("round_robin_lb_config", |cx| {
+            slow_start(cx, r.slow_start_config.as_ref())
+        })?,
+        Some(LbConfig::LeastRequestLbConfig(l)) => cx.at("least_request_lb_config", |cx| {
+            slow_start(cx, l.slow_start_config.as_ref())
+        })?,
+        _ => None,
+    };
     let options = protocol_options(cx, c)?;
     let (protocol, idle_timeout, mut max_requests_per_connection) =
         (options.protocol, options.idle, options.max_requests);
@@ -334,9 +332,41 @@ pub(crate) fn compile_cluster(
         outlier,
         panic_threshold,
         locality_weighted,
+        slow_start: slow_start
+            .filter(|_| matches!(lb, LbPolicy::RoundRobin | LbPolicy::LeastRequest { .. })),
         endpoints,
         state,
         transport,
+    })
+}
+
+/// `slow_start_config` (Istio's `warmup`): window, aggression (default 1.0, must be
+/// positive), minimum weight percent (default 10).
+fn slow_start(
+    cx: &mut Cx,
+    c: Option<&pb::cluster::SlowStartConfig>,
+) -> Result<Option<SlowStart>, CompileError> {
+    let Some(c) = c else { return Ok(None) };
+    cx.at("slow_start_config", |cx| {
+        let Some(window) = duration(cx, "slow_start_window", &c.slow_start_window)? else {
+            return Ok(None);
+        };
+        if window.is_zero() {
+            return Ok(None);
+        }
+        let aggression = c.aggression.as_ref().map_or(1.0, |a| a.default_value);
+        if !(aggression > 0.0 && aggression.is_finite()) {
+            return Err(cx.err("aggression", "must be greater than 0"));
+        }
+        let min = c.min_weight_percent.as_ref().map_or(10.0, |p| p.value);
+        if !(0.0..=100.0).contains(&min) {
+            return Err(cx.err("min_weight_percent", "must be between 0 and 100"));
+        }
+        Ok(Some(SlowStart {
+            window,
+            aggression,
+            min_weight: min / 100.0,
+        }))
     })
 }
 

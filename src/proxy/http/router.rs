@@ -19,7 +19,7 @@ use crate::proxy::route::{Route, RouteTable, VirtualHost};
 use crate::proxy::runtime::Shared;
 use crate::proxy::upstream::cluster::{Cluster, UpstreamProtocol};
 use crate::proxy::upstream::host::Host;
-use crate::proxy::upstream::lb::{self, LbContext, combine_hash, xxhash};
+use crate::proxy::upstream::lb::{LbContext, combine_hash, xxhash};
 use crate::proxy::upstream::outlier::{self, Outcome};
 use crate::proxy::upstream::pool::{self, PoolError, PooledConn, Sender};
 use http::{
@@ -1264,18 +1264,7 @@ fn shadow_host(host: &HeaderValue) -> HeaderValue {
 
 /// Sends a mirrored request and discards the answer.
 async fn shadow(cluster: Arc<Cluster>, req: Request<RequestBody>, worker: usize) -> Option<()> {
-    let set = cluster.endpoints();
-    let mut panicked = false;
-    let host = lb::choose(
-        &set,
-        &set.lb,
-        cluster.lb,
-        cluster.panic_threshold,
-        cluster.locality_weighted,
-        LbContext::default(),
-        &mut panicked,
-    )?;
-    drop(set);
+    let host = cluster.choose_host(LbContext::default())?;
     let mut conn = pool::acquire(
         &cluster,
         &host,
@@ -1382,23 +1371,7 @@ async fn attempt_once(
         log.flags.set(Flags::UO);
         return Err(AttemptError::Pool(PoolError::Overflow));
     };
-    let host = {
-        let set = cluster.endpoints();
-        let mut panicked = false;
-        let h = lb::choose(
-            &set,
-            &set.lb,
-            cluster.lb,
-            cluster.panic_threshold,
-            cluster.locality_weighted,
-            LbContext { hash, avoid },
-            &mut panicked,
-        );
-        if panicked {
-            state.stats.lb_healthy_panic.fetch_add(1, Ordering::Relaxed);
-        }
-        h
-    };
+    let host = cluster.choose_host(LbContext { hash, avoid });
     let Some(host) = host else {
         state
             .stats

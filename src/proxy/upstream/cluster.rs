@@ -1,7 +1,7 @@
 //! A compiled cluster: how its endpoints are found, how one is chosen, and the limits that
 //! protect it. Runtime state that must survive config updates lives in [`ClusterState`].
-use crate::proxy::upstream::host::EndpointSet;
-use crate::proxy::upstream::lb::LbPolicy;
+use crate::proxy::upstream::host::{EndpointSet, Host};
+use crate::proxy::upstream::lb::{self, LbContext, LbPolicy, SlowStart};
 use crate::proxy::upstream::outlier::OutlierConfig;
 use crate::proxy::upstream::tls::TransportSockets;
 use arc_swap::ArcSwap;
@@ -251,6 +251,8 @@ pub struct Cluster {
     pub discovery: Discovery,
     pub connect_timeout: Duration,
     pub lb: LbPolicy,
+    /// Round robin and least request only.
+    pub slow_start: Option<SlowStart>,
     pub protocol: UpstreamProtocol,
     /// Upstream connection idle timeout (Envoy default 1 h).
     pub idle_timeout: Option<Duration>,
@@ -270,6 +272,30 @@ pub struct Cluster {
 impl Cluster {
     pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
         self.endpoints.load()
+    }
+
+    /// Chooses a host with the cluster's load balancer (`None`: the cluster has no
+    /// hosts), counting `lb_healthy_panic` when panic mode was used.
+    pub fn choose_host(&self, cx: LbContext<'_>) -> Option<Arc<Host>> {
+        let set = self.endpoints();
+        let mut panicked = false;
+        let h = lb::choose(
+            &set,
+            &set.lb,
+            self.lb,
+            self.slow_start.as_ref(),
+            self.panic_threshold,
+            self.locality_weighted,
+            cx,
+            &mut panicked,
+        );
+        if panicked {
+            self.state
+                .stats
+                .lb_healthy_panic
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        h
     }
 }
 

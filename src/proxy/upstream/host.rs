@@ -27,6 +27,8 @@ pub struct Host {
     pub rq_error: AtomicU64,
     pub rq_success: AtomicU64,
     pub cx_connect_fail: AtomicU64,
+    /// When the host joined the cluster (slow start counts from here).
+    pub created: tokio::time::Instant,
     pools: Box<[HostPool]>,
 }
 
@@ -54,6 +56,7 @@ impl Host {
             rq_error: AtomicU64::new(0),
             rq_success: AtomicU64::new(0),
             cx_connect_fail: AtomicU64::new(0),
+            created: tokio::time::Instant::now(),
             pools: (0..workers).map(|_| HostPool::default()).collect(),
         }
     }

@@ -1,11 +1,13 @@
 //! Load balancing as Envoy does it: priority levels with overprovisioning, panic mode,
 //! optional locality weighting, then the cluster's policy among the candidate hosts
-//! (round robin, random, least request with power of two choices, ring hash, maglev).
+//! (round robin, random, least request with power of two choices, ring hash, maglev),
+//! with slow start for round robin and least request.
 use crate::proxy::upstream::host::{EndpointSet, Host};
 use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The cluster's `lb_policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +22,28 @@ pub enum LbPolicy {
 impl LbPolicy {
     pub fn uses_hash(self) -> bool {
         matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
+}
+
+/// Slow start (`slow_start_config`; Istio's DestinationRule `warmup`): for `window` after a
+/// host joins the cluster its weight is scaled by
+/// `max(min_weight, (max(age in s, 1) / window in s) ^ (1 / aggression))`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowStart {
+    pub window: Duration,
+    pub aggression: f64,
+    /// `min_weight_percent` / 100 (Envoy's default 10%).
+    pub min_weight: f64,
+}
+
+impl SlowStart {
+    /// The factor on the weight of a host that joined `age` ago (1 once the window passed).
+    pub fn factor(&self, age: Duration) -> f64 {
+        if age >= self.window {
+            return 1.0;
+        }
+        let t = (age.as_secs_f64().max(1.0) / self.window.as_secs_f64()).min(1.0);
+        t.powf(1.0 / self.aggression).max(self.min_weight)
     }
 }
 
@@ -78,10 +102,12 @@ fn random_below(n: u64) -> u64 {
 /// Chooses a host, or `None` when the cluster has no hosts at all (Envoy's "no healthy
 /// upstream": in panic mode unhealthy hosts are still chosen). `panicked` is set when
 /// panic mode was used.
+#[allow(clippy::too_many_arguments)]
 pub fn choose(
     set: &EndpointSet,
     lb_state: &LbState,
     policy: LbPolicy,
+    slow_start: Option<&SlowStart>,
     panic_threshold: f64,
     locality_weighted: bool,
     cx: LbContext<'_>,
@@ -179,6 +205,12 @@ pub fn choose(
     if n == 0 {
         return None;
     }
+    if let Some(ss) = slow_start
+        && matches!(policy, LbPolicy::RoundRobin | LbPolicy::LeastRequest { .. })
+        && let Some(h) = slow_start_pick(&cands, policy, ss)
+    {
+        return Some(h.clone());
+    }
     let equal_weights = {
         let w0 = cands.get(0).weight;
         cands.iter().all(|h| h.weight == w0)
@@ -230,6 +262,51 @@ pub fn choose(
         }
     };
     Some(pick.clone())
+}
+
+/// While a candidate is in its slow-start window: a pick by the scaled weights (random in
+/// proportion for round robin; power of two such draws for least request). `None` when
+/// no candidate is in its window, and the usual policy applies.
+fn slow_start_pick<'a>(
+    cands: &Candidates<'a>,
+    policy: LbPolicy,
+    ss: &SlowStart,
+) -> Option<&'a Arc<Host>> {
+    let now = tokio::time::Instant::now();
+    let age = |h: &Host| now.saturating_duration_since(h.created);
+    if cands.iter().all(|h| age(h) >= ss.window) {
+        return None;
+    }
+    let weights: SmallVec<[f64; 8]> = cands
+        .iter()
+        .map(|h| h.weight as f64 * ss.factor(age(h)))
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let draw = || {
+        let mut roll = rand::random::<f64>() * total;
+        for (i, w) in weights.iter().enumerate() {
+            if roll < *w {
+                return cands.get(i);
+            }
+            roll -= w;
+        }
+        cands.get(cands.len() - 1)
+    };
+    Some(match policy {
+        LbPolicy::LeastRequest { choice_count } => {
+            let mut best = draw();
+            for _ in 1..choice_count.max(2) {
+                let other = draw();
+                if other.active_requests.load(Ordering::Relaxed)
+                    < best.active_requests.load(Ordering::Relaxed)
+                {
+                    best = other;
+                }
+            }
+            best
+        }
+        _ => draw(),
+    })
 }
 
 fn weighted_at<'a>(cands: &Candidates<'a>, mut point: u64) -> &'a Arc<Host> {
@@ -387,6 +464,7 @@ mod tests {
     fn distribution(
         set: &EndpointSet,
         policy: LbPolicy,
+        slow_start: Option<&SlowStart>,
         n: usize,
         hash: impl Fn(usize) -> Option<u64>,
     ) -> HashMap<u16, usize> {
@@ -398,6 +476,7 @@ mod tests {
                 set,
                 &st,
                 policy,
+                slow_start,
                 50.0,
                 false,
                 LbContext {
@@ -415,12 +494,12 @@ mod tests {
     #[test]
     fn round_robin_and_weights() {
         let s = set(vec![vec![host(1, 1), host(2, 1), host(3, 1)]]);
-        let d = distribution(&s, LbPolicy::RoundRobin, 300, |_| None);
+        let d = distribution(&s, LbPolicy::RoundRobin, None, 300, |_| None);
         assert_eq!(d.values().copied().collect::<Vec<_>>(), vec![100; 3]);
         let s = set(vec![vec![host(1, 1), host(2, 3)]]);
-        let d = distribution(&s, LbPolicy::RoundRobin, 400, |_| None);
+        let d = distribution(&s, LbPolicy::RoundRobin, None, 400, |_| None);
         assert_eq!((d[&1], d[&2]), (100, 300));
-        let d = distribution(&s, LbPolicy::Random, 8000, |_| None);
+        let d = distribution(&s, LbPolicy::Random, None, 8000, |_| None);
         let share = d[&2] as f64 / 8000.0;
         assert!((0.72..0.78).contains(&share), "{share}");
     }
@@ -430,9 +509,13 @@ mod tests {
         let busy = host(1, 1);
         busy.active_requests.store(10, Ordering::Relaxed);
         let s = set(vec![vec![busy, host(2, 1)]]);
-        let d = distribution(&s, LbPolicy::LeastRequest { choice_count: 2 }, 1000, |_| {
-            None
-        });
+        let d = distribution(
+            &s,
+            LbPolicy::LeastRequest { choice_count: 2 },
+            None,
+            1000,
+            |_| None,
+        );
         // P2C picks the busy host only when both draws land on it (~25%).
         let busy_share = *d.get(&1).unwrap_or(&0) as f64 / 1000.0;
         assert!((0.18..0.32).contains(&busy_share), "{busy_share}");
@@ -452,6 +535,7 @@ mod tests {
                 &s,
                 &st,
                 policy,
+                None,
                 50.0,
                 false,
                 LbContext {
@@ -464,14 +548,16 @@ mod tests {
             .addr
         };
         assert_eq!(pick("user-1"), pick("user-1"));
-        let d = distribution(&s, policy, 3000, |i| {
+        let d = distribution(&s, policy, None, 3000, |i| {
             Some(xxhash(format!("k{i}").as_bytes()))
         });
         for v in d.values() {
             assert!((700..1300).contains(v), "{d:?}");
         }
         let m = LbPolicy::Maglev { table_size: 65537 };
-        let d = distribution(&s, m, 3000, |i| Some(xxhash(format!("k{i}").as_bytes())));
+        let d = distribution(&s, m, None, 3000, |i| {
+            Some(xxhash(format!("k{i}").as_bytes()))
+        });
         for v in d.values() {
             assert!((800..1200).contains(v), "{d:?}");
         }
@@ -485,11 +571,11 @@ mod tests {
         let p1 = vec![host(3, 1)];
         let s = set(vec![p0.clone(), p1]);
         // All of P0 healthy: P1 gets nothing.
-        let d = distribution(&s, LbPolicy::RoundRobin, 100, |_| None);
+        let d = distribution(&s, LbPolicy::RoundRobin, None, 100, |_| None);
         assert_eq!(d.get(&3), None);
         // One of two P0 hosts ejected: P0 health = 1.4 * 50% = 70%, P1 takes the other 30%.
         p0[0].ejected.store(true, Ordering::Relaxed);
-        let d = distribution(&s, LbPolicy::RoundRobin, 4000, |_| None);
+        let d = distribution(&s, LbPolicy::RoundRobin, None, 4000, |_| None);
         assert_eq!(d.get(&1), None);
         let p1_share = d[&3] as f64 / 4000.0;
         assert!((0.26..0.34).contains(&p1_share), "{d:?}");
@@ -503,6 +589,7 @@ mod tests {
             &s,
             &st,
             LbPolicy::RoundRobin,
+            None,
             50.0,
             false,
             LbContext::default(),
@@ -516,6 +603,7 @@ mod tests {
                 &set(vec![vec![]]),
                 &st,
                 LbPolicy::RoundRobin,
+                None,
                 50.0,
                 false,
                 LbContext::default(),
@@ -536,6 +624,7 @@ mod tests {
                 &s,
                 &st,
                 LbPolicy::Random,
+                None,
                 50.0,
                 false,
                 LbContext {
@@ -547,5 +636,78 @@ mod tests {
             .unwrap();
             assert_eq!(h.addr.port(), 2);
         }
+    }
+
+    #[test]
+    fn slow_start_factor_follows_envoys_formula() {
+        let ss = |aggression: f64, min: f64| SlowStart {
+            window: Duration::from_secs(10),
+            aggression,
+            min_weight: min,
+        };
+        let secs = Duration::from_secs;
+        for (s, age, want) in [
+            // Linear: max(age, 1 s) / window, floored at min_weight.
+            (ss(1.0, 0.1), secs(0), 0.1),
+            (ss(1.0, 0.0), secs(0), 0.1),
+            (ss(1.0, 0.1), secs(5), 0.5),
+            (ss(1.0, 0.1), Duration::from_millis(9_900), 0.99),
+            (ss(1.0, 0.1), secs(10), 1.0),
+            (ss(1.0, 0.1), secs(60), 1.0),
+            // Aggression 2: the square root of the time factor.
+            (ss(2.0, 0.1), Duration::from_millis(2_500), 0.5),
+            // Aggression 0.5: the square; the floor applies early on.
+            (ss(0.5, 0.1), secs(2), 0.1),
+            (ss(0.5, 0.1), secs(5), 0.25),
+        ] {
+            let got = s.factor(age);
+            assert!(
+                (got - want).abs() < 1e-9,
+                "{s:?} at {age:?}: {got} != {want}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_scales_new_hosts_until_the_window_ends() {
+        let old = host(1, 1);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let new = host(2, 1);
+        let s = set(vec![vec![old, new]]);
+        let ss = SlowStart {
+            window: Duration::from_secs(10),
+            aggression: 1.0,
+            min_weight: 0.1,
+        };
+        let n = 20_000;
+        let share = |d: &HashMap<u16, usize>| *d.get(&2).unwrap_or(&0) as f64 / n as f64;
+        for policy in [
+            LbPolicy::RoundRobin,
+            LbPolicy::LeastRequest { choice_count: 2 },
+        ] {
+            // Just added: weight 0.1 against 1.
+            let d = distribution(&s, policy, Some(&ss), n, |_| None);
+            let expected = match policy {
+                LbPolicy::RoundRobin => 0.1 / 1.1,
+                // Two draws, both of the new host (no requests in flight anywhere).
+                _ => 1.0 - (1.0 / 1.1f64).powi(2) - (1.0 / 1.1) * (0.1 / 1.1),
+            };
+            let sd = (expected * (1.0 - expected) / n as f64).sqrt();
+            assert!(
+                (share(&d) - expected).abs() < 5.0 * sd,
+                "{policy:?}: new host share {} (expected {expected})",
+                share(&d)
+            );
+        }
+        // Half way: weight 0.5.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let d = distribution(&s, LbPolicy::RoundRobin, Some(&ss), n, |_| None);
+        let expected = 0.5 / 1.5;
+        let sd = (expected * (1.0 - expected) / n as f64).sqrt();
+        assert!((share(&d) - expected).abs() < 5.0 * sd, "{}", share(&d));
+        // After the window: plain round robin, exactly even.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let d = distribution(&s, LbPolicy::RoundRobin, Some(&ss), 1000, |_| None);
+        assert_eq!((d[&1], d[&2]), (500, 500));
     }
 }

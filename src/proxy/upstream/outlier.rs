@@ -210,6 +210,7 @@ mod tests {
             discovery: Discovery::Static,
             connect_timeout: Duration::from_secs(1),
             lb: LbPolicy::RoundRobin,
+            slow_start: None,
             protocol: UpstreamProtocol::Http1,
             idle_timeout: None,
             max_requests_per_connection: None,
