@@ -174,16 +174,16 @@ async fn envoy_and_meshgate_gateways_share_one_control_plane() {
         assert_eq!((status, upstream.as_str()), (200, "echo-b"), "{name}");
     }
 
-    // A route meshgate cannot apply (a header value formatter) but Envoy can: the meshgate
+    // A route meshgate cannot apply (a metadata formatter in a header value) but Envoy can: the meshgate
     // gateways NACK it, with the field in the error, and Envoy takes it.
     let names: Vec<&str> = proxies.iter().map(|(n, _)| *n).collect();
     let b_port = upstreams.iter().find(|(n, _)| *n == "b").unwrap().1;
     let formatted = route_yaml(HOST, &names, "b", b_port).replace(
         "  - route:",
-        "  - headers: {request: {set: {x-client: \"%DOWNSTREAM_REMOTE_ADDRESS%\"}}}\n    route:",
+        "  - headers: {request: {set: {x-client: \"%DYNAMIC_METADATA(istio:x)%\"}}}\n    route:",
     );
     write_atomically(&config.join("route.yaml"), &formatted);
-    const REFUSED: &str = "header value formatters";
+    const REFUSED: &str = "DYNAMIC_METADATA";
     cp.wait_syncz("meshgate NACKs, Envoy ACKs", Duration::from_secs(10), |s| {
         let nacked = |n: &str| {
             s.iter().any(|p| {
@@ -219,7 +219,7 @@ async fn envoy_and_meshgate_gateways_share_one_control_plane() {
             .admin_get("/config_dump?resource=dynamic_route_configs")
             .unwrap();
         assert!(
-            routes.contains("%DOWNSTREAM_REMOTE_ADDRESS%"),
+            routes.contains("%DYNAMIC_METADATA(istio:x)%"),
             "Envoy applied the route"
         );
     }

@@ -15,6 +15,7 @@ use crate::proxy::http::local_reply::{Flags, LocalReply};
 use crate::proxy::http::normalize;
 use crate::proxy::http::request::*;
 use crate::proxy::route::action::*;
+use crate::proxy::route::format::FormatContext;
 use crate::proxy::route::{Route, RouteTable, VirtualHost};
 use crate::proxy::runtime::Shared;
 use crate::proxy::upstream::cluster::{Cluster, UpstreamProtocol};
@@ -375,7 +376,14 @@ async fn serve(
                             FaultAbort::Grpc(code) => grpc_abort(code),
                         };
                         log.flags.set(Flags::FI);
-                        apply_response_mutations(resp.headers_mut(), table, vhost, route, None);
+                        apply_response_mutations(
+                            resp.headers_mut(),
+                            table,
+                            vhost,
+                            route,
+                            None,
+                            &format_cx(cx, log),
+                        );
                         return Ok(resp);
                     }
                 }
@@ -419,12 +427,26 @@ async fn serve(
             }
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            apply_response_mutations(resp.headers_mut(), table, vhost, route, None);
+            apply_response_mutations(
+                resp.headers_mut(),
+                table,
+                vhost,
+                route,
+                None,
+                &format_cx(cx, log),
+            );
             resp
         }
         Action::Redirect(r) => {
             let mut resp = redirect_response(r, &req, &authority, route, cx.peer.https);
-            apply_response_mutations(resp.headers_mut(), table, vhost, route, None);
+            apply_response_mutations(
+                resp.headers_mut(),
+                table,
+                vhost,
+                route,
+                None,
+                &format_cx(cx, log),
+            );
             resp
         }
         Action::Route(ra) => {
@@ -503,7 +525,14 @@ async fn serve(
                     log.flags.set(reply.flag);
                     log.details = Some(reply.reason);
                     let mut r = reply.response();
-                    apply_response_mutations(r.headers_mut(), table, vhost, route, None);
+                    apply_response_mutations(
+                        r.headers_mut(),
+                        table,
+                        vhost,
+                        route,
+                        None,
+                        &format_cx(cx, log),
+                    );
                     r
                 }
             }
@@ -627,6 +656,7 @@ fn apply_request_mutations(
     vhost: &VirtualHost,
     route: &Route,
     wc: Option<&WeightedCluster>,
+    fmt: &FormatContext<'_>,
 ) {
     let levels = [
         wc.map(|w| &w.request_headers),
@@ -634,7 +664,7 @@ fn apply_request_mutations(
         Some(&vhost.request_headers),
         Some(&table.request_headers),
     ];
-    apply_levels(h, &levels, table.most_specific_header_mutations_wins);
+    apply_levels(h, &levels, table.most_specific_header_mutations_wins, fmt);
 }
 
 fn apply_response_mutations(
@@ -643,6 +673,7 @@ fn apply_response_mutations(
     vhost: &VirtualHost,
     route: &Route,
     wc: Option<&WeightedCluster>,
+    fmt: &FormatContext<'_>,
 ) {
     let levels = [
         wc.map(|w| &w.response_headers),
@@ -650,22 +681,33 @@ fn apply_response_mutations(
         Some(&vhost.response_headers),
         Some(&table.response_headers),
     ];
-    apply_levels(h, &levels, table.most_specific_header_mutations_wins);
+    apply_levels(h, &levels, table.most_specific_header_mutations_wins, fmt);
 }
 
 fn apply_levels(
     h: &mut HeaderMap,
     levels: &[Option<&crate::proxy::route::HeaderMutations>; 4],
     reverse: bool,
+    fmt: &FormatContext<'_>,
 ) {
     if reverse {
         for m in levels.iter().rev().flatten() {
-            m.apply(h);
+            m.apply(h, fmt);
         }
     } else {
         for m in levels.iter().flatten() {
-            m.apply(h);
+            m.apply(h, fmt);
         }
+    }
+}
+
+/// What header value formatters read: the connection and the request's log so far.
+fn format_cx<'a>(cx: &'a ConnCtx, log: &RequestLog) -> FormatContext<'a> {
+    FormatContext {
+        peer: &cx.peer,
+        tls: cx.tls.as_deref(),
+        version: log.version,
+        upstream: log.upstream_host,
     }
 }
 
@@ -985,7 +1027,14 @@ async fn forward(
             .headers
             .append(X_FORWARDED_HOST.clone(), authority.clone());
     }
-    apply_request_mutations(&mut parts.headers, table, vhost, route, wc);
+    apply_request_mutations(
+        &mut parts.headers,
+        table,
+        vhost,
+        route,
+        wc,
+        &format_cx(cx, log),
+    );
     let retry = ra.retry.as_deref();
     let timeout = ra.timeout;
     let per_try = retry.and_then(|r| r.per_try_timeout);
@@ -1193,7 +1242,7 @@ async fn forward(
                         route,
                         wc,
                         log,
-                        attempt,
+                        &format_cx(cx, log),
                         true,
                     );
                     return Ok(Response::from_parts(rparts, ResponseBody::empty()));
@@ -1207,7 +1256,7 @@ async fn forward(
                     route,
                     wc,
                     log,
-                    attempt,
+                    &format_cx(cx, log),
                     false,
                 );
                 if let Some((name, value, ttl, path)) = generated_cookie {
@@ -1537,7 +1586,7 @@ fn finalize_upstream_headers(
     route: &Route,
     wc: Option<&WeightedCluster>,
     log: &RequestLog,
-    _attempt: u32,
+    fmt: &FormatContext<'_>,
     upgrade: bool,
 ) {
     let upgrade_headers = if upgrade {
@@ -1561,7 +1610,7 @@ fn finalize_upstream_headers(
             HeaderValue::from(t.as_millis() as u64),
         );
     }
-    apply_response_mutations(h, table, vhost, route, wc);
+    apply_response_mutations(h, table, vhost, route, wc, fmt);
 }
 
 /// Returns the upstream connection to its pool when the response body is done.

@@ -1,8 +1,10 @@
 //! Request and response header mutations (`*_headers_to_add` / `*_headers_to_remove`) at
 //! the route-configuration, virtual-host, route and weighted-cluster levels.
 use crate::proxy::compile::{CompileError, Cx, fields};
+use crate::proxy::route::format::{FormatContext, Parsed, Side, Template};
 use crate::xds::pb::envoy::config::core::v3 as core_pb;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
 
 /// Envoy's `HeaderAppendAction`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,11 +15,18 @@ pub enum AppendAction {
     OverwriteIfExists,
 }
 
+/// A header value to add: fixed, or rendered per request from `%COMMAND%` formatters.
+#[derive(Debug, Clone)]
+pub enum AddValue {
+    Literal(HeaderValue),
+    Formatted(Arc<Template>),
+}
+
 /// One header to add.
 #[derive(Debug, Clone)]
 pub struct HeaderAdd {
     pub name: HeaderName,
-    pub value: HeaderValue,
+    pub value: AddValue,
     pub action: AppendAction,
     pub keep_empty: bool,
 }
@@ -35,29 +44,42 @@ impl HeaderMutations {
         self.remove.is_empty() && self.add.is_empty()
     }
 
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// Applies the level; formatted values read `fmt` and the headers as they are when
+    /// the level starts.
+    pub fn apply(&self, headers: &mut HeaderMap, fmt: &FormatContext<'_>) {
         for name in &self.remove {
             headers.remove(name);
         }
         for a in &self.add {
-            if a.value.is_empty() && !a.keep_empty {
+            let rendered;
+            let value = match &a.value {
+                AddValue::Literal(v) => v,
+                AddValue::Formatted(t) => match t.render(fmt, headers) {
+                    Some(v) => {
+                        rendered = v;
+                        &rendered
+                    }
+                    None => continue,
+                },
+            };
+            if value.is_empty() && !a.keep_empty {
                 continue;
             }
             match a.action {
                 AppendAction::AppendIfExistsOrAdd => {
-                    headers.append(a.name.clone(), a.value.clone());
+                    headers.append(a.name.clone(), value.clone());
                 }
                 AppendAction::AddIfAbsent => {
                     if !headers.contains_key(&a.name) {
-                        headers.insert(a.name.clone(), a.value.clone());
+                        headers.insert(a.name.clone(), value.clone());
                     }
                 }
                 AppendAction::OverwriteIfExistsOrAdd => {
-                    headers.insert(a.name.clone(), a.value.clone());
+                    headers.insert(a.name.clone(), value.clone());
                 }
                 AppendAction::OverwriteIfExists => {
                     if headers.contains_key(&a.name) {
-                        headers.insert(a.name.clone(), a.value.clone());
+                        headers.insert(a.name.clone(), value.clone());
                     }
                 }
             }
@@ -72,6 +94,12 @@ impl HeaderMutations {
         removes_field: &str,
         removes: &[String],
     ) -> Result<HeaderMutations, CompileError> {
+        // `request_headers_to_add` or `response_headers_to_add`.
+        let side = if adds_field.starts_with("request") {
+            Side::Request
+        } else {
+            Side::Response
+        };
         let mut out = HeaderMutations::default();
         for (i, r) in removes.iter().enumerate() {
             let field = format!("{removes_field}[{i}]");
@@ -99,9 +127,7 @@ impl HeaderMutations {
                 } else {
                     h.value.as_bytes()
                 };
-                let raw = literal_value(cx, raw)?;
-                let value = HeaderValue::from_bytes(&raw)
-                    .map_err(|_| cx.err("header.value", "invalid header value"))?;
+                let value = header_value(cx, raw, side)?;
                 use core_pb::header_value_option::HeaderAppendAction as A;
                 #[allow(deprecated)]
                 let action = match &a.append {
@@ -141,27 +167,21 @@ fn header_name(cx: &Cx, field: &str, name: &str) -> Result<HeaderName, CompileEr
         .map_err(|_| cx.err(field, format!("invalid header name {name:?}")))
 }
 
-/// Header values may carry Envoy's `%COMMAND%` formatters; only the escape `%%` is
-/// implemented, anything else is rejected rather than sent literally.
-fn literal_value(cx: &Cx, raw: &[u8]) -> Result<Vec<u8>, CompileError> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'%' {
-            if raw.get(i + 1) == Some(&b'%') {
-                out.push(b'%');
-                i += 2;
-                continue;
-            }
-            return Err(cx.err(
-                "header.value",
-                "header value formatters (%COMMAND%) are not supported",
-            ));
-        }
-        out.push(raw[i]);
-        i += 1;
+/// A header value, with Envoy's `%COMMAND%` formatters parsed (`%%` is a literal `%`).
+fn header_value(cx: &Cx, raw: &[u8], side: Side) -> Result<AddValue, CompileError> {
+    let invalid = || cx.err("header.value", "invalid header value");
+    if !raw.contains(&b'%') {
+        return HeaderValue::from_bytes(raw)
+            .map(AddValue::Literal)
+            .map_err(|_| invalid());
     }
-    Ok(out)
+    let text = std::str::from_utf8(raw).map_err(|_| invalid())?;
+    match Template::parse(text, side).map_err(|e| cx.err("header.value", e.0))? {
+        Parsed::Literal(s) => HeaderValue::from_str(&s)
+            .map(AddValue::Literal)
+            .map_err(|_| invalid()),
+        Parsed::Formatted(t) => Ok(AddValue::Formatted(Arc::new(t))),
+    }
 }
 
 #[cfg(test)]
@@ -211,7 +231,20 @@ mod tests {
         ] {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        m.apply(&mut h);
+        let peer = crate::proxy::http::request::Peer {
+            remote: "127.0.0.1:1".parse().unwrap(),
+            local: "127.0.0.1:2".parse().unwrap(),
+            remote_ip: HeaderValue::from_static("127.0.0.1"),
+            xff_ip: HeaderValue::from_static("127.0.0.1"),
+            https: false,
+        };
+        let fmt = FormatContext {
+            peer: &peer,
+            tls: None,
+            version: http::Version::HTTP_11,
+            upstream: None,
+        };
+        m.apply(&mut h, &fmt);
         let all = |k: &str| -> Vec<String> {
             h.get_all(k)
                 .iter()
@@ -230,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_host_and_formatters() {
+    fn rejects_host_and_unknown_formatters() {
         use serde_json::json;
         let cx = &mut Cx::new("route_configuration", "t");
         let e = HeaderMutations::compile(
@@ -245,12 +278,14 @@ mod tests {
         let e = HeaderMutations::compile(
             cx,
             "x",
-            &[opt(json!({"header": {"key": "a", "value": "%REQ(x)%"}}))],
+            &[opt(
+                json!({"header": {"key": "a", "value": "%NOT_A_COMMAND%"}}),
+            )],
             "y",
             &[],
         )
         .unwrap_err();
-        assert!(e.message.contains("formatters"), "{e}");
+        assert!(e.message.contains("NOT_A_COMMAND"), "{e}");
         let ok = HeaderMutations::compile(
             cx,
             "x",
@@ -259,6 +294,6 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(ok.add[0].value, "100%");
+        assert!(matches!(&ok.add[0].value, AddValue::Literal(v) if v == "100%"));
     }
 }
