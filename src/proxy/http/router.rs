@@ -376,14 +376,7 @@ async fn serve(
                             FaultAbort::Grpc(code) => grpc_abort(code),
                         };
                         log.flags.set(Flags::FI);
-                        apply_response_mutations(
-                            resp.headers_mut(),
-                            table,
-                            vhost,
-                            route,
-                            None,
-                            &format_cx(cx, log),
-                        );
+                        route_answer_headers(resp.headers_mut(), (table, vhost, route), cx, log);
                         return Ok(resp);
                     }
                 }
@@ -427,26 +420,12 @@ async fn serve(
             }
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            apply_response_mutations(
-                resp.headers_mut(),
-                table,
-                vhost,
-                route,
-                None,
-                &format_cx(cx, log),
-            );
+            route_answer_headers(resp.headers_mut(), (table, vhost, route), cx, log);
             resp
         }
         Action::Redirect(r) => {
             let mut resp = redirect_response(r, &req, &authority, route, cx.peer.https);
-            apply_response_mutations(
-                resp.headers_mut(),
-                table,
-                vhost,
-                route,
-                None,
-                &format_cx(cx, log),
-            );
+            route_answer_headers(resp.headers_mut(), (table, vhost, route), cx, log);
             resp
         }
         Action::Route(ra) => {
@@ -525,14 +504,7 @@ async fn serve(
                     log.flags.set(reply.flag);
                     log.details = Some(reply.reason);
                     let mut r = reply.response();
-                    apply_response_mutations(
-                        r.headers_mut(),
-                        table,
-                        vhost,
-                        route,
-                        None,
-                        &format_cx(cx, log),
-                    );
+                    route_answer_headers(r.headers_mut(), (table, vhost, route), cx, log);
                     r
                 }
             }
@@ -699,6 +671,17 @@ fn apply_levels(
             m.apply(h, fmt);
         }
     }
+}
+
+/// The route's response headers on an answer the router makes itself (direct response,
+/// redirect, fault, local reply): no weighted cluster applies.
+fn route_answer_headers(
+    h: &mut HeaderMap,
+    (table, vhost, route): (&RouteTable, &VirtualHost, &Route),
+    cx: &ConnCtx,
+    log: &RequestLog,
+) {
+    apply_response_mutations(h, table, vhost, route, None, &format_cx(cx, log));
 }
 
 /// What header value formatters read: the connection and the request's log so far.
