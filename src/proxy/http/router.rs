@@ -15,7 +15,8 @@ use crate::proxy::http::local_reply::{Flags, LocalReply};
 use crate::proxy::http::normalize;
 use crate::proxy::http::request::*;
 use crate::proxy::route::action::*;
-use crate::proxy::route::{Route, RouteTable, VirtualHost};
+use crate::proxy::route::format::{FormatContext, RequestLine};
+use crate::proxy::route::{HeaderMutations, Route, RouteTable, VirtualHost};
 use crate::proxy::runtime::Shared;
 use crate::proxy::upstream::cluster::{Cluster, UpstreamProtocol};
 use crate::proxy::upstream::host::Host;
@@ -375,7 +376,22 @@ async fn serve(
                             FaultAbort::Grpc(code) => grpc_abort(code),
                         };
                         log.flags.set(Flags::FI);
-                        apply_response_mutations(resp.headers_mut(), table, vhost, route, None);
+                        let fcx = FormatContext {
+                            request: Some((
+                                req.headers(),
+                                request_line(&req, &authority, cx.peer.https),
+                            )),
+                            status: Some(resp.status().as_u16()),
+                            ..format_cx(cx, log.start, log.version)
+                        };
+                        apply_response_mutations(
+                            resp.headers_mut(),
+                            table,
+                            vhost,
+                            route,
+                            None,
+                            &fcx,
+                        );
                         return Ok(resp);
                     }
                 }
@@ -419,12 +435,22 @@ async fn serve(
             }
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            apply_response_mutations(resp.headers_mut(), table, vhost, route, None);
+            let fcx = FormatContext {
+                request: Some((req.headers(), request_line(&req, &authority, cx.peer.https))),
+                status: Some(resp.status().as_u16()),
+                ..format_cx(cx, log.start, log.version)
+            };
+            apply_response_mutations(resp.headers_mut(), table, vhost, route, None, &fcx);
             resp
         }
         Action::Redirect(r) => {
             let mut resp = redirect_response(r, &req, &authority, route, cx.peer.https);
-            apply_response_mutations(resp.headers_mut(), table, vhost, route, None);
+            let fcx = FormatContext {
+                request: Some((req.headers(), request_line(&req, &authority, cx.peer.https))),
+                status: Some(resp.status().as_u16()),
+                ..format_cx(cx, log.start, log.version)
+            };
+            apply_response_mutations(resp.headers_mut(), table, vhost, route, None, &fcx);
             resp
         }
         Action::Route(ra) => {
@@ -503,7 +529,14 @@ async fn serve(
                     log.flags.set(reply.flag);
                     log.details = Some(reply.reason);
                     let mut r = reply.response();
-                    apply_response_mutations(r.headers_mut(), table, vhost, route, None);
+                    // The request went to the router: its headers are no longer at hand.
+                    let fcx = FormatContext {
+                        status: Some(r.status().as_u16()),
+                        cluster: log.cluster.as_deref(),
+                        upstream: log.upstream_host,
+                        ..format_cx(cx, log.start, log.version)
+                    };
+                    apply_response_mutations(r.headers_mut(), table, vhost, route, None, &fcx);
                     r
                 }
             }
@@ -627,6 +660,7 @@ fn apply_request_mutations(
     vhost: &VirtualHost,
     route: &Route,
     wc: Option<&WeightedCluster>,
+    fcx: &FormatContext<'_>,
 ) {
     let levels = [
         wc.map(|w| &w.request_headers),
@@ -634,7 +668,27 @@ fn apply_request_mutations(
         Some(&vhost.request_headers),
         Some(&table.request_headers),
     ];
-    apply_levels(h, &levels, table.most_specific_header_mutations_wins);
+    apply_levels(
+        h,
+        &levels,
+        table.most_specific_header_mutations_wins,
+        fcx,
+        false,
+    );
+}
+
+fn response_levels<'a>(
+    table: &'a RouteTable,
+    vhost: &'a VirtualHost,
+    route: &'a Route,
+    wc: Option<&'a WeightedCluster>,
+) -> [Option<&'a HeaderMutations>; 4] {
+    [
+        wc.map(|w| &w.response_headers),
+        Some(&route.response_headers),
+        Some(&vhost.response_headers),
+        Some(&table.response_headers),
+    ]
 }
 
 fn apply_response_mutations(
@@ -643,29 +697,82 @@ fn apply_response_mutations(
     vhost: &VirtualHost,
     route: &Route,
     wc: Option<&WeightedCluster>,
+    fcx: &FormatContext<'_>,
 ) {
-    let levels = [
-        wc.map(|w| &w.response_headers),
-        Some(&route.response_headers),
-        Some(&vhost.response_headers),
-        Some(&table.response_headers),
-    ];
-    apply_levels(h, &levels, table.most_specific_header_mutations_wins);
+    let levels = response_levels(table, vhost, route, wc);
+    apply_levels(
+        h,
+        &levels,
+        table.most_specific_header_mutations_wins,
+        fcx,
+        true,
+    );
+}
+
+/// Whether the response mutations read the request (`%REQ()%`): its headers are then
+/// kept after they went upstream.
+fn response_reads_request(
+    table: &RouteTable,
+    vhost: &VirtualHost,
+    route: &Route,
+    wc: Option<&WeightedCluster>,
+) -> bool {
+    response_levels(table, vhost, route, wc)
+        .iter()
+        .flatten()
+        .any(|m| m.reads_request())
 }
 
 fn apply_levels(
     h: &mut HeaderMap,
-    levels: &[Option<&crate::proxy::route::HeaderMutations>; 4],
+    levels: &[Option<&HeaderMutations>; 4],
     reverse: bool,
+    fcx: &FormatContext<'_>,
+    response: bool,
 ) {
     if reverse {
         for m in levels.iter().rev().flatten() {
-            m.apply(h);
+            m.apply(h, fcx, response);
         }
     } else {
         for m in levels.iter().flatten() {
-            m.apply(h);
+            m.apply(h, fcx, response);
         }
+    }
+}
+
+/// What header formats know about the request and its connection; the upstream, the
+/// request kept for response formats and the status are filled in where known.
+fn format_cx(cx: &ConnCtx, started: Instant, version: Version) -> FormatContext<'_> {
+    FormatContext {
+        remote: cx.peer.remote,
+        local: cx.peer.local,
+        tls: cx.tls.as_deref(),
+        version,
+        started,
+        cluster: None,
+        upstream: None,
+        request: None,
+        line: None,
+        status: None,
+    }
+}
+
+/// The request line of a request still at hand, for `%REQ(:PATH)%` and friends.
+fn request_line<'a, B>(
+    req: &'a Request<B>,
+    authority: &'a HeaderValue,
+    https: bool,
+) -> RequestLine<'a> {
+    RequestLine {
+        method: req.method(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+        authority: authority.as_bytes(),
+        https,
     }
 }
 
@@ -985,7 +1092,24 @@ async fn forward(
             .headers
             .append(X_FORWARDED_HOST.clone(), authority.clone());
     }
-    apply_request_mutations(&mut parts.headers, table, vhost, route, wc);
+    let (started, version) = (log.start, log.version);
+    {
+        let line = RequestLine {
+            method: &parts.method,
+            path: pq,
+            authority: authority.as_bytes(),
+            https: cx.peer.https,
+        };
+        let fcx = FormatContext {
+            cluster: Some(&cref.name),
+            line: Some(line),
+            ..format_cx(cx, started, version)
+        };
+        apply_request_mutations(&mut parts.headers, table, vhost, route, wc, &fcx);
+    }
+    // Response formats reading the request see it as it went upstream.
+    let request_for_response =
+        response_reads_request(table, vhost, route, wc).then(|| parts.headers.clone());
     let retry = ra.retry.as_deref();
     let timeout = ra.timeout;
     let per_try = retry.and_then(|r| r.per_try_timeout);
@@ -1172,6 +1296,27 @@ async fn forward(
                         .upstream_rq_retry_success
                         .fetch_add(1, Ordering::Relaxed);
                 }
+                let response_cx = FormatContext {
+                    cluster: Some(&cref.name),
+                    upstream: Some(host.addr),
+                    status: Some(resp.status().as_u16()),
+                    request: request_for_response.as_ref().map(|h| {
+                        (
+                            h,
+                            RequestLine {
+                                method: &parts.method,
+                                path: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.as_str())
+                                    .unwrap_or("/"),
+                                authority: host_value.as_bytes(),
+                                https: cx.peer.https,
+                            },
+                        )
+                    }),
+                    ..format_cx(cx, started, version)
+                };
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(down) = downstream_upgrade {
                         let up = hyper::upgrade::on(&mut resp);
@@ -1195,6 +1340,7 @@ async fn forward(
                         log,
                         attempt,
                         true,
+                        &response_cx,
                     );
                     return Ok(Response::from_parts(rparts, ResponseBody::empty()));
                 }
@@ -1209,6 +1355,7 @@ async fn forward(
                     log,
                     attempt,
                     false,
+                    &response_cx,
                 );
                 if let Some((name, value, ttl, path)) = generated_cookie {
                     let mut c = format!(
@@ -1566,6 +1713,7 @@ fn finalize_upstream_headers(
     log: &RequestLog,
     _attempt: u32,
     upgrade: bool,
+    fcx: &FormatContext<'_>,
 ) {
     let upgrade_headers = if upgrade {
         (
@@ -1588,7 +1736,7 @@ fn finalize_upstream_headers(
             HeaderValue::from(t.as_millis() as u64),
         );
     }
-    apply_response_mutations(h, table, vhost, route, wc);
+    apply_response_mutations(h, table, vhost, route, wc, fcx);
 }
 
 /// Returns the upstream connection to its pool when the response body is done.

@@ -1,6 +1,7 @@
 //! Compiled route tables: virtual host selection, route matching, and what a matched
 //! route does (forward to a cluster, redirect, answer directly), plus header mutations.
 pub mod action;
+pub mod format;
 pub mod headers;
 pub mod matcher;
 pub mod table;
