@@ -331,7 +331,9 @@ fn command(name: &str, sub: &[u8], max_len: Option<usize>) -> Result<Command, Fo
         "UPSTREAM_HOST" | "UPSTREAM_REMOTE_ADDRESS" => address(Addr::Upstream, WithPort),
         "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => address(Addr::Upstream, WithoutPort),
         "UPSTREAM_REMOTE_PORT" => address(Addr::Upstream, Port),
-        "UPSTREAM_CLUSTER" => Command::UpstreamCluster,
+        // Envoy's UPSTREAM_CLUSTER prints the cluster's `alt_stat_name` when it has one;
+        // meshgate does not keep that name and prints the cluster's name for both.
+        "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => Command::UpstreamCluster,
         "PROTOCOL" => Command::Protocol,
         "REQUESTED_SERVER_NAME" => Command::RequestedServerName,
         "HOSTNAME" => Command::Hostname(hostname().into()),
@@ -755,6 +757,7 @@ mod tests {
             ("%UPSTREAM_HOST%", true, "127.0.0.2:9000"),
             ("%UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", true, "127.0.0.2"),
             ("%UPSTREAM_CLUSTER%", false, "backend"),
+            ("%UPSTREAM_CLUSTER_RAW%", false, "backend"),
             ("%PROTOCOL%", false, "HTTP/2"),
             // No TLS: nothing.
             ("[%REQUESTED_SERVER_NAME%]", false, "[]"),
