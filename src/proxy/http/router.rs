@@ -15,8 +15,8 @@ use crate::proxy::http::local_reply::{Flags, LocalReply};
 use crate::proxy::http::normalize;
 use crate::proxy::http::request::*;
 use crate::proxy::route::action::*;
-use crate::proxy::route::format::FormatContext;
-use crate::proxy::route::{Route, RouteTable, VirtualHost};
+use crate::proxy::route::format::{FormatContext, RequestLine};
+use crate::proxy::route::{HeaderMutations, Route, RouteTable, VirtualHost};
 use crate::proxy::runtime::Shared;
 use crate::proxy::upstream::cluster::{Cluster, UpstreamProtocol};
 use crate::proxy::upstream::host::Host;
@@ -376,7 +376,22 @@ async fn serve(
                             FaultAbort::Grpc(code) => grpc_abort(code),
                         };
                         log.flags.set(Flags::FI);
-                        route_answer_headers(resp.headers_mut(), (table, vhost, route), cx, log);
+                        let fcx = FormatContext {
+                            request: Some((
+                                req.headers(),
+                                request_line(&req, &authority, cx.peer.https),
+                            )),
+                            status: Some(resp.status().as_u16()),
+                            ..format_cx(cx, log.start, log.version)
+                        };
+                        apply_response_mutations(
+                            resp.headers_mut(),
+                            table,
+                            vhost,
+                            route,
+                            None,
+                            &fcx,
+                        );
                         return Ok(resp);
                     }
                 }
@@ -420,12 +435,22 @@ async fn serve(
             }
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            route_answer_headers(resp.headers_mut(), (table, vhost, route), cx, log);
+            let fcx = FormatContext {
+                request: Some((req.headers(), request_line(&req, &authority, cx.peer.https))),
+                status: Some(resp.status().as_u16()),
+                ..format_cx(cx, log.start, log.version)
+            };
+            apply_response_mutations(resp.headers_mut(), table, vhost, route, None, &fcx);
             resp
         }
         Action::Redirect(r) => {
             let mut resp = redirect_response(r, &req, &authority, route, cx.peer.https);
-            route_answer_headers(resp.headers_mut(), (table, vhost, route), cx, log);
+            let fcx = FormatContext {
+                request: Some((req.headers(), request_line(&req, &authority, cx.peer.https))),
+                status: Some(resp.status().as_u16()),
+                ..format_cx(cx, log.start, log.version)
+            };
+            apply_response_mutations(resp.headers_mut(), table, vhost, route, None, &fcx);
             resp
         }
         Action::Route(ra) => {
@@ -504,7 +529,14 @@ async fn serve(
                     log.flags.set(reply.flag);
                     log.details = Some(reply.reason);
                     let mut r = reply.response();
-                    route_answer_headers(r.headers_mut(), (table, vhost, route), cx, log);
+                    // The request went to the router: its headers are no longer at hand.
+                    let fcx = FormatContext {
+                        status: Some(r.status().as_u16()),
+                        cluster: log.cluster.as_deref(),
+                        upstream: log.upstream_host,
+                        ..format_cx(cx, log.start, log.version)
+                    };
+                    apply_response_mutations(r.headers_mut(), table, vhost, route, None, &fcx);
                     r
                 }
             }
@@ -628,7 +660,7 @@ fn apply_request_mutations(
     vhost: &VirtualHost,
     route: &Route,
     wc: Option<&WeightedCluster>,
-    fmt: &FormatContext<'_>,
+    fcx: &FormatContext<'_>,
 ) {
     let levels = [
         wc.map(|w| &w.request_headers),
@@ -636,7 +668,27 @@ fn apply_request_mutations(
         Some(&vhost.request_headers),
         Some(&table.request_headers),
     ];
-    apply_levels(h, &levels, table.most_specific_header_mutations_wins, fmt);
+    apply_levels(
+        h,
+        &levels,
+        table.most_specific_header_mutations_wins,
+        fcx,
+        false,
+    );
+}
+
+fn response_levels<'a>(
+    table: &'a RouteTable,
+    vhost: &'a VirtualHost,
+    route: &'a Route,
+    wc: Option<&'a WeightedCluster>,
+) -> [Option<&'a HeaderMutations>; 4] {
+    [
+        wc.map(|w| &w.response_headers),
+        Some(&route.response_headers),
+        Some(&vhost.response_headers),
+        Some(&table.response_headers),
+    ]
 }
 
 fn apply_response_mutations(
@@ -645,52 +697,82 @@ fn apply_response_mutations(
     vhost: &VirtualHost,
     route: &Route,
     wc: Option<&WeightedCluster>,
-    fmt: &FormatContext<'_>,
+    fcx: &FormatContext<'_>,
 ) {
-    let levels = [
-        wc.map(|w| &w.response_headers),
-        Some(&route.response_headers),
-        Some(&vhost.response_headers),
-        Some(&table.response_headers),
-    ];
-    apply_levels(h, &levels, table.most_specific_header_mutations_wins, fmt);
+    let levels = response_levels(table, vhost, route, wc);
+    apply_levels(
+        h,
+        &levels,
+        table.most_specific_header_mutations_wins,
+        fcx,
+        true,
+    );
+}
+
+/// Whether the response mutations read the request (`%REQ()%`): its headers are then
+/// kept after they went upstream.
+fn response_reads_request(
+    table: &RouteTable,
+    vhost: &VirtualHost,
+    route: &Route,
+    wc: Option<&WeightedCluster>,
+) -> bool {
+    response_levels(table, vhost, route, wc)
+        .iter()
+        .flatten()
+        .any(|m| m.reads_request())
 }
 
 fn apply_levels(
     h: &mut HeaderMap,
-    levels: &[Option<&crate::proxy::route::HeaderMutations>; 4],
+    levels: &[Option<&HeaderMutations>; 4],
     reverse: bool,
-    fmt: &FormatContext<'_>,
+    fcx: &FormatContext<'_>,
+    response: bool,
 ) {
     if reverse {
         for m in levels.iter().rev().flatten() {
-            m.apply(h, fmt);
+            m.apply(h, fcx, response);
         }
     } else {
         for m in levels.iter().flatten() {
-            m.apply(h, fmt);
+            m.apply(h, fcx, response);
         }
     }
 }
 
-/// The route's response headers on an answer the router makes itself (direct response,
-/// redirect, fault, local reply): no weighted cluster applies.
-fn route_answer_headers(
-    h: &mut HeaderMap,
-    (table, vhost, route): (&RouteTable, &VirtualHost, &Route),
-    cx: &ConnCtx,
-    log: &RequestLog,
-) {
-    apply_response_mutations(h, table, vhost, route, None, &format_cx(cx, log));
+/// What header formats know about the request and its connection; the upstream, the
+/// request kept for response formats and the status are filled in where known.
+fn format_cx(cx: &ConnCtx, started: Instant, version: Version) -> FormatContext<'_> {
+    FormatContext {
+        remote: cx.peer.remote,
+        local: cx.peer.local,
+        tls: cx.tls.as_deref(),
+        version,
+        started,
+        cluster: None,
+        upstream: None,
+        request: None,
+        line: None,
+        status: None,
+    }
 }
 
-/// What header value formatters read: the connection and the request's log so far.
-fn format_cx<'a>(cx: &'a ConnCtx, log: &RequestLog) -> FormatContext<'a> {
-    FormatContext {
-        peer: &cx.peer,
-        tls: cx.tls.as_deref(),
-        version: log.version,
-        upstream: log.upstream_host,
+/// The request line of a request still at hand, for `%REQ(:PATH)%` and friends.
+fn request_line<'a, B>(
+    req: &'a Request<B>,
+    authority: &'a HeaderValue,
+    https: bool,
+) -> RequestLine<'a> {
+    RequestLine {
+        method: req.method(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+        authority: authority.as_bytes(),
+        https,
     }
 }
 
@@ -1010,14 +1092,24 @@ async fn forward(
             .headers
             .append(X_FORWARDED_HOST.clone(), authority.clone());
     }
-    apply_request_mutations(
-        &mut parts.headers,
-        table,
-        vhost,
-        route,
-        wc,
-        &format_cx(cx, log),
-    );
+    let (started, version) = (log.start, log.version);
+    {
+        let line = RequestLine {
+            method: &parts.method,
+            path: pq,
+            authority: authority.as_bytes(),
+            https: cx.peer.https,
+        };
+        let fcx = FormatContext {
+            cluster: Some(&cref.name),
+            line: Some(line),
+            ..format_cx(cx, started, version)
+        };
+        apply_request_mutations(&mut parts.headers, table, vhost, route, wc, &fcx);
+    }
+    // Response formats reading the request see it as it went upstream.
+    let request_for_response =
+        response_reads_request(table, vhost, route, wc).then(|| parts.headers.clone());
     let retry = ra.retry.as_deref();
     let timeout = ra.timeout;
     let per_try = retry.and_then(|r| r.per_try_timeout);
@@ -1204,6 +1296,27 @@ async fn forward(
                         .upstream_rq_retry_success
                         .fetch_add(1, Ordering::Relaxed);
                 }
+                let response_cx = FormatContext {
+                    cluster: Some(&cref.name),
+                    upstream: Some(host.addr),
+                    status: Some(resp.status().as_u16()),
+                    request: request_for_response.as_ref().map(|h| {
+                        (
+                            h,
+                            RequestLine {
+                                method: &parts.method,
+                                path: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.as_str())
+                                    .unwrap_or("/"),
+                                authority: host_value.as_bytes(),
+                                https: cx.peer.https,
+                            },
+                        )
+                    }),
+                    ..format_cx(cx, started, version)
+                };
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(down) = downstream_upgrade {
                         let up = hyper::upgrade::on(&mut resp);
@@ -1225,8 +1338,8 @@ async fn forward(
                         route,
                         wc,
                         log,
-                        &format_cx(cx, log),
                         true,
+                        &response_cx,
                     );
                     return Ok(Response::from_parts(rparts, ResponseBody::empty()));
                 }
@@ -1239,8 +1352,8 @@ async fn forward(
                     route,
                     wc,
                     log,
-                    &format_cx(cx, log),
                     false,
+                    &response_cx,
                 );
                 if let Some((name, value, ttl, path)) = generated_cookie {
                     let mut c = format!(
@@ -1569,8 +1682,8 @@ fn finalize_upstream_headers(
     route: &Route,
     wc: Option<&WeightedCluster>,
     log: &RequestLog,
-    fmt: &FormatContext<'_>,
     upgrade: bool,
+    fcx: &FormatContext<'_>,
 ) {
     let upgrade_headers = if upgrade {
         (
@@ -1593,7 +1706,7 @@ fn finalize_upstream_headers(
             HeaderValue::from(t.as_millis() as u64),
         );
     }
-    apply_response_mutations(h, table, vhost, route, wc, fmt);
+    apply_response_mutations(h, table, vhost, route, wc, fcx);
 }
 
 /// Returns the upstream connection to its pool when the response body is done.

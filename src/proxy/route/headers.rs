@@ -1,10 +1,10 @@
 //! Request and response header mutations (`*_headers_to_add` / `*_headers_to_remove`) at
 //! the route-configuration, virtual-host, route and weighted-cluster levels.
 use crate::proxy::compile::{CompileError, Cx, fields};
-use crate::proxy::route::format::{FormatContext, Parsed, Side, Template};
+use crate::proxy::route::format::{FormatContext, Template};
 use crate::xds::pb::envoy::config::core::v3 as core_pb;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::sync::Arc;
+use smallvec::SmallVec;
 
 /// Envoy's `HeaderAppendAction`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,18 +15,14 @@ pub enum AppendAction {
     OverwriteIfExists,
 }
 
-/// A header value to add: fixed, or rendered per request from `%COMMAND%` formatters.
-#[derive(Debug, Clone)]
-pub enum AddValue {
-    Literal(HeaderValue),
-    Formatted(Arc<Template>),
-}
-
 /// One header to add.
 #[derive(Debug, Clone)]
 pub struct HeaderAdd {
     pub name: HeaderName,
-    pub value: AddValue,
+    /// The value when it has no `%COMMAND%` (then `format` is `None`).
+    pub value: HeaderValue,
+    /// The value's substitution format, rendered per request.
+    pub format: Option<Template>,
     pub action: AppendAction,
     pub keep_empty: bool,
 }
@@ -37,6 +33,19 @@ pub struct HeaderAdd {
 pub struct HeaderMutations {
     pub remove: Vec<HeaderName>,
     pub add: Vec<HeaderAdd>,
+    /// Some value has a format, or a name is added twice: the additions are then
+    /// evaluated all first and applied overwrites before appends, as Envoy does. Without
+    /// either, applying them one by one gives the same result at no cost.
+    staged: bool,
+    /// Some format reads the request (`%REQ()%`).
+    reads_request: bool,
+}
+
+/// One addition decided by [`HeaderMutations::apply`]'s first pass.
+struct Staged {
+    index: usize,
+    overwrite: bool,
+    rendered: Option<HeaderValue>,
 }
 
 impl HeaderMutations {
@@ -44,42 +53,99 @@ impl HeaderMutations {
         self.remove.is_empty() && self.add.is_empty()
     }
 
-    /// Applies the level; formatted values read `fmt` and the headers as they are when
-    /// the level starts.
-    pub fn apply(&self, headers: &mut HeaderMap, fmt: &FormatContext<'_>) {
+    /// Whether applying these to a response reads the request's headers or line.
+    pub fn reads_request(&self) -> bool {
+        self.reads_request
+    }
+
+    /// Applies the level to `headers`: the request's (`response` false) or the
+    /// response's. Removals first; then, as Envoy's header parser, every value is
+    /// rendered and every condition judged against the headers as they are, and only then
+    /// are overwrites applied, then appends.
+    pub fn apply(&self, headers: &mut HeaderMap, cx: &FormatContext<'_>, response: bool) {
         for name in &self.remove {
             headers.remove(name);
         }
-        for a in &self.add {
-            let rendered;
-            let value = match &a.value {
-                AddValue::Literal(v) => v,
-                AddValue::Formatted(t) => match t.render(fmt, headers) {
-                    Some(v) => {
-                        rendered = v;
-                        &rendered
+        if !self.staged {
+            self.apply_in_order(headers);
+            return;
+        }
+        let mut staged: SmallVec<[Staged; 8]> = SmallVec::new();
+        let mut buf = Vec::new();
+        for (index, a) in self.add.iter().enumerate() {
+            let rendered = match &a.format {
+                None => None,
+                Some(t) => {
+                    buf.clear();
+                    t.render(cx, headers, response, &mut buf);
+                    // Formats render header values and literals from a valid value;
+                    // anything else is left out rather than sent.
+                    match HeaderValue::from_bytes(&buf) {
+                        Ok(v) => Some(v),
+                        Err(_) => continue,
                     }
-                    None => continue,
-                },
+                }
             };
-            if value.is_empty() && !a.keep_empty {
+            let empty = rendered.as_ref().unwrap_or(&a.value).is_empty();
+            if empty && !a.keep_empty {
+                continue;
+            }
+            let overwrite = match a.action {
+                AppendAction::AppendIfExistsOrAdd => false,
+                AppendAction::AddIfAbsent => {
+                    if headers.contains_key(&a.name) {
+                        continue;
+                    }
+                    false
+                }
+                AppendAction::OverwriteIfExists => {
+                    if !headers.contains_key(&a.name) {
+                        continue;
+                    }
+                    true
+                }
+                AppendAction::OverwriteIfExistsOrAdd => true,
+            };
+            staged.push(Staged {
+                index,
+                overwrite,
+                rendered,
+            });
+        }
+        for pass_overwrite in [true, false] {
+            for s in staged.iter_mut().filter(|s| s.overwrite == pass_overwrite) {
+                let a = &self.add[s.index];
+                let v = s.rendered.take().unwrap_or_else(|| a.value.clone());
+                if s.overwrite {
+                    headers.insert(a.name.clone(), v);
+                } else {
+                    headers.append(a.name.clone(), v);
+                }
+            }
+        }
+    }
+
+    /// Literal values, each name once: one pass, no rendering.
+    fn apply_in_order(&self, headers: &mut HeaderMap) {
+        for a in &self.add {
+            if a.value.is_empty() && !a.keep_empty {
                 continue;
             }
             match a.action {
                 AppendAction::AppendIfExistsOrAdd => {
-                    headers.append(a.name.clone(), value.clone());
+                    headers.append(a.name.clone(), a.value.clone());
                 }
                 AppendAction::AddIfAbsent => {
                     if !headers.contains_key(&a.name) {
-                        headers.insert(a.name.clone(), value.clone());
+                        headers.insert(a.name.clone(), a.value.clone());
                     }
                 }
                 AppendAction::OverwriteIfExistsOrAdd => {
-                    headers.insert(a.name.clone(), value.clone());
+                    headers.insert(a.name.clone(), a.value.clone());
                 }
                 AppendAction::OverwriteIfExists => {
                     if headers.contains_key(&a.name) {
-                        headers.insert(a.name.clone(), value.clone());
+                        headers.insert(a.name.clone(), a.value.clone());
                     }
                 }
             }
@@ -94,12 +160,6 @@ impl HeaderMutations {
         removes_field: &str,
         removes: &[String],
     ) -> Result<HeaderMutations, CompileError> {
-        // `request_headers_to_add` or `response_headers_to_add`.
-        let side = if adds_field.starts_with("request") {
-            Side::Request
-        } else {
-            Side::Response
-        };
         let mut out = HeaderMutations::default();
         for (i, r) in removes.iter().enumerate() {
             let field = format!("{removes_field}[{i}]");
@@ -127,7 +187,14 @@ impl HeaderMutations {
                 } else {
                     h.value.as_bytes()
                 };
-                let value = header_value(cx, raw, side)?;
+                let mut literal = Vec::new();
+                let format =
+                    Template::parse(raw, &mut literal).map_err(|e| cx.err("header.value", e.0))?;
+                let value = match &format {
+                    Some(_) => HeaderValue::from_static(""),
+                    None => HeaderValue::from_bytes(&literal)
+                        .map_err(|_| cx.err("header.value", "invalid header value"))?,
+                };
                 use core_pb::header_value_option::HeaderAppendAction as A;
                 #[allow(deprecated)]
                 let action = match &a.append {
@@ -141,9 +208,16 @@ impl HeaderMutations {
                         Err(_) => return Err(cx.err("append_action", "unknown value")),
                     },
                 };
+                out.staged |= format.is_some()
+                    || out
+                        .add
+                        .iter()
+                        .any(|earlier: &HeaderAdd| earlier.name == name);
+                out.reads_request |= format.as_ref().is_some_and(Template::reads_request);
                 out.add.push(HeaderAdd {
                     name,
                     value,
+                    format,
                     action,
                     keep_empty: a.keep_empty_value,
                 });
@@ -167,29 +241,92 @@ fn header_name(cx: &Cx, field: &str, name: &str) -> Result<HeaderName, CompileEr
         .map_err(|_| cx.err(field, format!("invalid header name {name:?}")))
 }
 
-/// A header value, with Envoy's `%COMMAND%` formatters parsed (`%%` is a literal `%`).
-fn header_value(cx: &Cx, raw: &[u8], side: Side) -> Result<AddValue, CompileError> {
-    let invalid = || cx.err("header.value", "invalid header value");
-    if !raw.contains(&b'%') {
-        return HeaderValue::from_bytes(raw)
-            .map(AddValue::Literal)
-            .map_err(|_| invalid());
-    }
-    let text = std::str::from_utf8(raw).map_err(|_| invalid())?;
-    match Template::parse(text, side).map_err(|e| cx.err("header.value", e.0))? {
-        Parsed::Literal(s) => HeaderValue::from_str(&s)
-            .map(AddValue::Literal)
-            .map_err(|_| invalid()),
-        Parsed::Formatted(t) => Ok(AddValue::Formatted(Arc::new(t))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn opt(json: serde_json::Value) -> core_pb::HeaderValueOption {
         crate::xds::json::from_json(&json).unwrap()
+    }
+
+    fn test_cx() -> FormatContext<'static> {
+        FormatContext {
+            remote: "10.1.2.3:40000".parse().unwrap(),
+            local: "127.0.0.1:8080".parse().unwrap(),
+            tls: None,
+            version: http::Version::HTTP_11,
+            started: tokio::time::Instant::now(),
+            cluster: Some("backend"),
+            upstream: None,
+            request: None,
+            line: None,
+            status: None,
+        }
+    }
+
+    fn compile(adds: &[serde_json::Value]) -> Result<HeaderMutations, CompileError> {
+        let adds: Vec<_> = adds.iter().cloned().map(opt).collect();
+        HeaderMutations::compile(
+            &mut Cx::new("route_configuration", "t"),
+            "request_headers_to_add",
+            &adds,
+            "request_headers_to_remove",
+            &[],
+        )
+    }
+
+    fn values(h: &HeaderMap, k: &str) -> Vec<String> {
+        h.get_all(k)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn formats_render_per_request_and_empty_values_are_left_out() {
+        use serde_json::json;
+        let m = compile(&[
+            json!({"header": {"key": "x-client", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}),
+            json!({"header": {"key": "x-both", "value": "ip=%DOWNSTREAM_REMOTE_ADDRESS% via %UPSTREAM_CLUSTER%"}}),
+            // No upstream yet on a request: empty, so left out ...
+            json!({"header": {"key": "x-up", "value": "%UPSTREAM_HOST%"}}),
+            // ... unless kept.
+            json!({"header": {"key": "x-up-kept", "value": "%UPSTREAM_HOST%"}, "keep_empty_value": true}),
+            // Formats read the headers as they were before this level.
+            json!({"header": {"key": "x-copy", "value": "%REQ(x-orig)%"}}),
+            json!({"header": {"key": "x-orig", "value": "new"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}),
+            json!({"header": {"key": "x-pct", "value": "100%%"}}),
+        ])
+        .unwrap();
+        assert!(m.add[0].format.is_some());
+        assert!(m.add[6].format.is_none(), "a literal stays a literal");
+        let mut h = HeaderMap::new();
+        h.insert("x-orig", HeaderValue::from_static("old"));
+        m.apply(&mut h, &test_cx(), false);
+        assert_eq!(values(&h, "x-client"), ["10.1.2.3"]);
+        assert_eq!(values(&h, "x-both"), ["ip=10.1.2.3:40000 via backend"]);
+        assert!(values(&h, "x-up").is_empty());
+        assert_eq!(values(&h, "x-up-kept"), [""]);
+        assert_eq!(values(&h, "x-copy"), ["old"]);
+        assert_eq!(values(&h, "x-orig"), ["new"]);
+        assert_eq!(values(&h, "x-pct"), ["100%"]);
+    }
+
+    #[test]
+    fn one_level_overwrites_before_it_appends() {
+        use serde_json::json;
+        let m = compile(&[
+            json!({"header": {"key": "x-dup", "value": "1"}}),
+            json!({"header": {"key": "x-dup", "value": "2"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}),
+            json!({"header": {"key": "x-absent", "value": "a"}, "append_action": "ADD_IF_ABSENT"}),
+            json!({"header": {"key": "x-absent", "value": "b"}, "append_action": "ADD_IF_ABSENT"}),
+        ])
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-dup", HeaderValue::from_static("0"));
+        m.apply(&mut h, &test_cx(), false);
+        assert_eq!(values(&h, "x-dup"), ["2", "1"]);
+        assert_eq!(values(&h, "x-absent"), ["a", "b"]);
     }
 
     #[test]
@@ -231,20 +368,7 @@ mod tests {
         ] {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let peer = crate::proxy::http::request::Peer {
-            remote: "127.0.0.1:1".parse().unwrap(),
-            local: "127.0.0.1:2".parse().unwrap(),
-            remote_ip: HeaderValue::from_static("127.0.0.1"),
-            xff_ip: HeaderValue::from_static("127.0.0.1"),
-            https: false,
-        };
-        let fmt = FormatContext {
-            peer: &peer,
-            tls: None,
-            version: http::Version::HTTP_11,
-            upstream: None,
-        };
-        m.apply(&mut h, &fmt);
+        m.apply(&mut h, &test_cx(), false);
         let all = |k: &str| -> Vec<String> {
             h.get_all(k)
                 .iter()
@@ -263,7 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_host_and_unknown_formatters() {
+    fn rejects_host_and_formatters() {
         use serde_json::json;
         let cx = &mut Cx::new("route_configuration", "t");
         let e = HeaderMutations::compile(
@@ -278,14 +402,13 @@ mod tests {
         let e = HeaderMutations::compile(
             cx,
             "x",
-            &[opt(
-                json!({"header": {"key": "a", "value": "%NOT_A_COMMAND%"}}),
-            )],
+            &[opt(json!({"header": {"key": "a", "value": "%NOPE%"}}))],
             "y",
             &[],
         )
         .unwrap_err();
-        assert!(e.message.contains("NOT_A_COMMAND"), "{e}");
+        assert_eq!(e.path, "x[0].header.value");
+        assert_eq!(e.message, "Not supported field in StreamInfo: NOPE");
         let ok = HeaderMutations::compile(
             cx,
             "x",
@@ -294,6 +417,6 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert!(matches!(&ok.add[0].value, AddValue::Literal(v) if v == "100%"));
+        assert_eq!(ok.add[0].value, "100%");
     }
 }
