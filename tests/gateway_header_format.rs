@@ -368,16 +368,7 @@ fn istio_virtual_service_formats_reach_the_data_plane() {
     let (e_port, m_port) = (free_port(), free_port());
     let yaml = |port: u16| {
         format!(
-            r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {port}, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
+            r#"{gateway}apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: shop, namespace: default}}
 spec:
@@ -401,6 +392,7 @@ spec:
   ports: [{{number: {a}, name: http, protocol: HTTP}}]
   endpoints: [{{address: 127.0.0.1}}]
 "#,
+            gateway = istio_http_gateway("default", port),
             a = a.port()
         )
     };

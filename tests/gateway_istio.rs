@@ -9,16 +9,7 @@ use support::*;
 
 fn istio_yaml(port: u16, a: u16, b: u16, greeting: &str) -> String {
     format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {port}, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
+        r#"{gateway}apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: shop, namespace: default}}
 spec:
@@ -68,7 +59,8 @@ spec:
   resolution: STATIC
   ports: [{{number: {b}, name: http, protocol: HTTP}}]
   endpoints: [{{address: 127.0.0.1}}]
-"#
+"#,
+        gateway = istio_http_gateway("default", port)
     )
 }
 

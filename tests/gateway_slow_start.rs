@@ -18,17 +18,7 @@ fn istio_yaml(port: u16, endpoints: &[u16]) -> String {
         .map(|p| format!("{{address: 127.0.0.1, ports: {{http: {p}}}}}"))
         .collect();
     format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: edge}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {port}, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
+        r#"{gateway}apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: vs, namespace: edge}}
 spec:
@@ -56,7 +46,8 @@ spec:
       simple: ROUND_ROBIN
       warmup: {{duration: 3s, minimumPercent: 10, aggression: 1.0}}
 "#,
-        endpoints = endpoints.join(", ")
+        endpoints = endpoints.join(", "),
+        gateway = istio_http_gateway("edge", port)
     )
 }
 

@@ -510,3 +510,11 @@ pub fn static_cluster(name: &str, ports: &[u16], extra: Value) -> Value {
     }
     c
 }
+
+/// An Istio Gateway `gw` in `namespace` serving plain HTTP for every host on `port`,
+/// selecting `istio=ingressgateway`, followed by a document separator.
+pub fn istio_http_gateway(namespace: &str, port: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: {namespace}}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n---\n"
+    )
+}
