@@ -2,11 +2,13 @@
 //!
 //! The layers mirror the architecture: `config` (Istio resources, loading, validation),
 //! `registry` (services and endpoints), `translate` (config -> Envoy xDS resources),
+//! `pipeline` (the one door from YAML on disk to checked, translated resources),
 //! `xds` (the resource set and its JSON form), `proxy` (the data plane) and
 //! `controlplane` (ADS/SDS server).
 pub mod acme;
 pub mod config;
 pub mod controlplane;
+pub mod pipeline;
 pub mod proxy;
 pub mod registry;
 pub mod tls;

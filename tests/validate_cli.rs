@@ -56,6 +56,14 @@ const INVALID: &[(&str, i32, &[&str])] = &[
         ],
     ),
     (
+        "istio-mutual.yaml",
+        1,
+        &[
+            "tests/testdata/invalid/istio-mutual.yaml:7:3: warning: DestinationRule/shop/reviews: spec.host: no ServiceEntry defines host `reviews.shop.svc.cluster.local`, so this rule applies to nothing",
+            "tests/testdata/invalid/istio-mutual.yaml:10:7: error: DestinationRule/shop/reviews: spec.trafficPolicy.tls.mode: ISTIO_MUTUAL is not enforced yet (meshgate has no mesh certificates); the configuration is refused rather than sending plain text",
+        ],
+    ),
+    (
         "missing-destination.yaml",
         1,
         &[
@@ -91,6 +99,14 @@ const INVALID: &[(&str, i32, &[&str])] = &[
         ],
     ),
     (
+        "sidecar-egress.yaml",
+        1,
+        &[
+            "tests/testdata/invalid/sidecar-egress.yaml:6:3: error: Sidecar/shop/default: spec.egress: Sidecar egress restrictions are not enforced yet; the configuration is refused rather than served as if they were absent",
+            "tests/testdata/invalid/sidecar-egress.yaml:9:5: error: Sidecar/shop/default: spec.outboundTrafficPolicy.mode: outboundTrafficPolicy REGISTRY_ONLY is not enforced yet; the configuration is refused rather than served as if it were absent",
+        ],
+    ),
+    (
         "static-hostname-endpoint.yaml",
         1,
         &[
@@ -119,6 +135,13 @@ const INVALID: &[(&str, i32, &[&str])] = &[
         ],
     ),
     (
+        "unenforced-policy.yaml",
+        1,
+        &[
+            "tests/testdata/invalid/unenforced-policy.yaml:3:1: error: AuthorizationPolicy/default/deny-all: kind: AuthorizationPolicy is not enforced yet; the configuration is refused rather than served as if the policy were absent",
+        ],
+    ),
+    (
         "unknown-field.yaml",
         1,
         &[
@@ -136,7 +159,7 @@ const INVALID: &[(&str, i32, &[&str])] = &[
         "unsupported-kind.yaml",
         0,
         &[
-            "tests/testdata/invalid/unsupported-kind.yaml:3:1: warning: AuthorizationPolicy/default/deny-all: kind: kind AuthorizationPolicy is not supported yet; ignored",
+            "tests/testdata/invalid/unsupported-kind.yaml:3:1: warning: EnvoyFilter/istio-system/lua: kind: kind EnvoyFilter is not supported yet; ignored",
         ],
     ),
     (

@@ -69,16 +69,7 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let _watch = match source.watch(Duration::from_millis(100)) {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!(
-                "meshgate control-plane: watching {}: {e}",
-                args.config.display()
-            );
-            return ExitCode::from(2);
-        }
-    };
+    let _watch = source.watch(Duration::from_millis(100));
     let options = Options {
         debounce: Debounce {
             after: Duration::from_millis(args.debounce_after_ms),

@@ -2,10 +2,11 @@
 use anyhow::Context as _;
 use clap::Args;
 use meshgate::acme::AcmeCertificate;
+use meshgate::pipeline::{self, ConfigWatch, watch::fingerprint};
 use meshgate::proxy::access_log::AccessLogMode;
 use meshgate::proxy::stats::SourceLabels;
 use meshgate::proxy::{Gateway, GatewayOptions};
-use meshgate::xds::{ProxyIdentity, ResourceSet};
+use meshgate::xds::ResourceSet;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -130,21 +131,21 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut acme = AcmeRunner::new(&gateway, rt.handle().clone());
-    let mut loaded = source.load(&gateway, None, &mut acme)?;
 
     let mut quit = gateway.quit_requested();
     rt.block_on(async {
+        // Watching starts before the first load, so no change in between is missed.
+        let mut watch = ConfigWatch::start(source.path(), WATCH_SETTLE, WATCH_POLL);
+        source.load(&gateway, &mut acme, true)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = quit.changed() => break,
-                _ = tick.tick() => {
-                    match source.load(&gateway, Some(loaded), &mut acme) {
-                        Ok(t) => loaded = t,
-                        Err(e) => tracing::error!("{e:#}"),
+                _ = watch.changed() => {
+                    if let Err(e) = source.load(&gateway, &mut acme, false) {
+                        tracing::error!("{e:#}");
                     }
                 }
             }
@@ -156,9 +157,14 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Quiet time that ends a burst of file events, and how often files are looked at
+/// without an event.
+const WATCH_SETTLE: Duration = Duration::from_millis(100);
+const WATCH_POLL: Duration = Duration::from_millis(500);
+
 /// Where the gateway's configuration comes from.
 enum Source {
-    /// Istio YAML, translated in-process for this gateway.
+    /// Istio YAML, through the configuration pipeline for this gateway.
     Istio {
         path: PathBuf,
         labels: BTreeMap<String, String>,
@@ -168,46 +174,17 @@ enum Source {
     Json(PathBuf),
 }
 
-/// A fingerprint of the files under a path (names, sizes, modification times), to notice
-/// changes without reading them.
-fn fingerprint(path: &Path) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut stack = vec![path.to_path_buf()];
-    let mut files = Vec::new();
-    while let Some(p) = stack.pop() {
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                if let Ok(rd) = std::fs::read_dir(&p) {
-                    stack.extend(rd.flatten().map(|e| e.path()));
-                }
-            }
-            Ok(m) => files.push((p, m.len(), m.modified().ok())),
-            Err(_) => files.push((p, 0, None)),
+impl Source {
+    fn path(&self) -> &Path {
+        match self {
+            Source::Istio { path, .. } | Source::Json(path) => path,
         }
     }
-    files.sort();
-    files.hash(&mut h);
-    h.finish()
-}
 
-impl Source {
-    /// Loads and applies the configuration if it changed since `seen`. The first load must
-    /// succeed; later bad versions are reported (with positions) and the last good config
-    /// keeps serving.
-    fn load(
-        &self,
-        gateway: &Gateway,
-        seen: Option<u64>,
-        acme: &mut AcmeRunner,
-    ) -> anyhow::Result<u64> {
-        let path = match self {
-            Source::Istio { path, .. } | Source::Json(path) => path,
-        };
-        let print = fingerprint(path);
-        if seen == Some(print) {
-            return Ok(print);
-        }
+    /// Loads and applies the configuration. The first load must succeed; later bad
+    /// versions are reported (with positions) and the last good config keeps serving.
+    fn load(&self, gateway: &Gateway, acme: &mut AcmeRunner, first: bool) -> anyhow::Result<()> {
+        let version = format!("{:016x}", fingerprint(self.path()));
         let resources = match self {
             Source::Istio {
                 path,
@@ -216,7 +193,6 @@ impl Source {
             } => translate_config(path, labels, namespace.as_deref()),
             Source::Json(path) => read_json(path).map(|set| (set, Vec::new())),
         };
-        let version = format!("{print:016x}");
         let outcome = resources.and_then(|(set, certificates)| {
             gateway
                 .apply(set, &version)
@@ -227,11 +203,11 @@ impl Source {
             Ok(certificates) => {
                 acme.update(certificates);
                 tracing::info!(version, "config applied");
-                Ok(print)
+                Ok(())
             }
-            Err(e) if seen.is_some() => {
+            Err(e) if !first => {
                 tracing::error!("rejected update, keeping the last good config:\n{e:#}");
-                Ok(print)
+                Ok(())
             }
             Err(e) => Err(e),
         }
@@ -299,59 +275,39 @@ impl AcmeRunner {
     }
 }
 
-/// Istio YAML -> validated config -> registry -> this gateway's Envoy resources, and the
-/// `AcmeCertificate`s whose certificates the gateway obtains.
+/// Istio YAML -> this gateway's Envoy resources (the configuration pipeline, serve check
+/// included), and the `AcmeCertificate`s whose certificates the gateway obtains.
 fn translate_config(
     path: &Path,
     labels: &BTreeMap<String, String>,
     namespace: Option<&str>,
 ) -> anyhow::Result<(ResourceSet, Vec<AcmeCertificate>)> {
-    use meshgate::config::{self, Diagnostic};
-    let outcome = config::load(path);
-    let mut diagnostics = outcome.diagnostics;
-    diagnostics.extend(config::validate(&outcome.config));
-    Diagnostic::sort(&mut diagnostics);
-    let errors: Vec<String> = diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(|d| d.to_string())
-        .collect();
-    if !errors.is_empty() {
+    let options = pipeline::Options::gateway(labels.clone(), namespace.map(str::to_string));
+    let report = pipeline::run(path, &options);
+    if report.has_errors() {
         anyhow::bail!(
             "{} error(s) in {}:\n{}",
-            errors.len(),
+            report.errors().count(),
             path.display(),
-            errors.join("\n")
+            report.error_text()
         );
     }
-    let ns = namespace
-        .map(str::to_string)
-        .unwrap_or_else(|| meshgate::translate::default_namespace(&outcome.config, labels));
-    let mut proxy = ProxyIdentity::gateway(&ns, labels.clone());
-    if namespace.is_none() {
-        // Each Gateway's credentials are looked up in the Gateway's own namespace.
-        proxy.namespace.clear();
-    }
-    let (registry, registry_diagnostics) =
-        meshgate::registry::Registry::from_config(&outcome.config);
-    let translation = meshgate::translate::gateway(&outcome.config, &registry, &proxy);
-    for d in diagnostics
-        .iter()
-        .chain(&registry_diagnostics)
-        .chain(&translation.diagnostics)
-    {
+    for d in report.warnings() {
         tracing::warn!("{d}");
     }
-    if translation.resources.listeners.is_empty() {
+    let Some((_, resources)) = report.translation else {
+        anyhow::bail!("{}: nothing was translated", path.display());
+    };
+    if resources.listeners.is_empty() {
         tracing::warn!("no Gateway server selects these labels; nothing is listening");
     }
-    let certificates = outcome
+    let certificates = report
         .config
         .acme_certificates
         .iter()
         .map(AcmeCertificate::from_config)
         .collect();
-    Ok((translation.resources, certificates))
+    Ok((resources, certificates))
 }
 
 fn read_json(path: &Path) -> anyhow::Result<ResourceSet> {

@@ -4,9 +4,9 @@
 //!
 //! Exit codes: 0 translated, 1 the configuration has errors, 2 could not run.
 use clap::ValueEnum;
-use meshgate::config::{self, Diagnostic};
-use meshgate::registry::Registry;
-use meshgate::translate::{self, envoy_files};
+use meshgate::config::Diagnostic;
+use meshgate::pipeline;
+use meshgate::translate::envoy_files;
 use meshgate::xds::{ProxyIdentity, TypeUrl, json};
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -68,33 +68,20 @@ pub fn run(args: Args) -> ExitCode {
         }
     };
 
-    let outcome = config::load(&args.config);
-    let mut diagnostics = outcome.diagnostics;
-    diagnostics.extend(config::validate(&outcome.config));
-    if diagnostics.iter().any(Diagnostic::is_error) {
-        print_diagnostics(&mut diagnostics);
-        let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    // The files a gateway reads (certificates) may live on Envoy's host, not this one:
+    // they are named, not read.
+    let options = pipeline::Options {
+        secret_material: false,
+        ..pipeline::Options::gateway(labels, args.namespace.clone())
+    };
+    let mut report = pipeline::run(&args.config, &options);
+    print_diagnostics(&mut report.diagnostics);
+    let Some((proxy, set)) = report.translation.take() else {
+        let errors = report.errors().count();
         eprintln!("meshgate translate: {errors} error(s) in the configuration; nothing translated");
         return ExitCode::from(1);
-    }
-
-    let namespace = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| translate::default_namespace(&outcome.config, &labels));
-    let mut proxy = ProxyIdentity::gateway(&namespace, labels);
-    if args.namespace.is_none() {
-        // No workload namespace: each Gateway's credentials are looked up in the
-        // Gateway's own namespace.
-        proxy.namespace.clear();
-    }
-    let (registry, registry_diagnostics) = Registry::from_config(&outcome.config);
-    let translation = translate::gateway(&outcome.config, &registry, &proxy);
-    diagnostics.extend(registry_diagnostics);
-    diagnostics.extend(translation.diagnostics);
-    print_diagnostics(&mut diagnostics);
-
-    let set = &translation.resources;
+    };
+    let set = &set;
     if set.listeners.is_empty() {
         eprintln!(
             "meshgate translate: warning: no Gateway server selects labels {{{}}}; Envoy will have no listener",

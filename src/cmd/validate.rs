@@ -1,8 +1,10 @@
-//! `meshgate validate PATH`: load and check configuration, print one line per problem.
+//! `meshgate validate PATH`: run the configuration pipeline (load, validate, registry,
+//! translate and the data plane's serve check, for every gateway workload the Gateways
+//! select) and print one line per problem.
 //!
 //! Exit codes: 0 no errors (warnings allowed), 1 errors found, 2 could not run.
 use clap::ValueEnum;
-use meshgate::config::{self, Diagnostic};
+use meshgate::pipeline;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,10 +45,9 @@ pub fn run(args: Args) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let outcome = config::load(&args.path);
-    let mut diagnostics = outcome.diagnostics;
-    diagnostics.extend(config::validate(&outcome.config));
-    Diagnostic::sort(&mut diagnostics);
+    // The whole pipeline: what passes here, a gateway serves.
+    let report = pipeline::run(&args.path, &pipeline::Options::all_gateways());
+    let diagnostics = report.diagnostics;
 
     match args.output {
         Output::Text => {
@@ -68,7 +69,7 @@ pub fn run(args: Args) -> ExitCode {
         "{}, {}; {} checked",
         plural(errors, "error"),
         plural(warnings, "warning"),
-        plural(outcome.config.len(), "resource")
+        plural(report.config.len(), "resource")
     );
     if errors > 0 {
         ExitCode::from(1)

@@ -264,18 +264,118 @@ fn split_api_version(api_version: &str) -> (&str, &str) {
     api_version.rsplit_once('/').unwrap_or(("", api_version))
 }
 
+/// What ignoring a recognised-but-unimplemented Istio kind would do to traffic.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unenforced {
+    /// It only adds features (telemetry, extensions): ignored with a warning.
+    AddsFeatures,
+    /// It restricts or protects traffic: refused, since serving without it fails open.
+    Guards,
+    /// The Sidecar resource: its egress listeners and REGISTRY_ONLY policy restrict what
+    /// a proxy may reach (refused); the rest only configures sidecars (ignored).
+    Sidecar,
+}
+
 /// Istio kinds meshgate recognises but does not act on yet, by group.
-const UNSUPPORTED_ISTIO_KINDS: &[(&str, &str)] = &[
-    ("networking.istio.io", "Sidecar"),
-    ("networking.istio.io", "EnvoyFilter"),
-    ("networking.istio.io", "WorkloadGroup"),
-    ("networking.istio.io", "ProxyConfig"),
-    ("security.istio.io", "PeerAuthentication"),
-    ("security.istio.io", "AuthorizationPolicy"),
-    ("security.istio.io", "RequestAuthentication"),
-    ("telemetry.istio.io", "Telemetry"),
-    ("extensions.istio.io", "WasmPlugin"),
+const UNSUPPORTED_ISTIO_KINDS: &[(&str, &str, Unenforced)] = &[
+    ("networking.istio.io", "Sidecar", Unenforced::Sidecar),
+    (
+        "networking.istio.io",
+        "EnvoyFilter",
+        Unenforced::AddsFeatures,
+    ),
+    (
+        "networking.istio.io",
+        "WorkloadGroup",
+        Unenforced::AddsFeatures,
+    ),
+    (
+        "networking.istio.io",
+        "ProxyConfig",
+        Unenforced::AddsFeatures,
+    ),
+    (
+        "security.istio.io",
+        "PeerAuthentication",
+        Unenforced::Guards,
+    ),
+    (
+        "security.istio.io",
+        "AuthorizationPolicy",
+        Unenforced::Guards,
+    ),
+    (
+        "security.istio.io",
+        "RequestAuthentication",
+        Unenforced::Guards,
+    ),
+    ("telemetry.istio.io", "Telemetry", Unenforced::AddsFeatures),
+    (
+        "extensions.istio.io",
+        "WasmPlugin",
+        Unenforced::AddsFeatures,
+    ),
 ];
+
+/// The diagnostics for a recognised kind meshgate does not implement: an error for what
+/// guards traffic, a warning for the rest.
+fn unenforced_kind(
+    root: &Node,
+    kind: &str,
+    effect: Unenforced,
+    at: &dyn Fn(&Node, &str, Severity, String) -> Diagnostic,
+    diags: &mut Vec<Diagnostic>,
+) {
+    match effect {
+        Unenforced::AddsFeatures => diags.push(at(
+            root,
+            "kind",
+            Severity::Warning,
+            format!("kind {kind} is not supported yet; ignored"),
+        )),
+        Unenforced::Guards => diags.push(at(
+            root,
+            "kind",
+            Severity::Error,
+            format!(
+                "{kind} is not enforced yet; the configuration is refused rather than served as if the policy were absent"
+            ),
+        )),
+        Unenforced::Sidecar => {
+            let spec = root.get("spec").map(|e| &e.value);
+            let mut restricting = false;
+            if spec.and_then(|s| s.get("egress")).is_some() {
+                restricting = true;
+                diags.push(at(
+                    root,
+                    "spec.egress",
+                    Severity::Error,
+                    "Sidecar egress restrictions are not enforced yet; the configuration is refused rather than served as if they were absent".to_string(),
+                ));
+            }
+            let mode = spec
+                .and_then(|s| s.get("outboundTrafficPolicy"))
+                .and_then(|p| scalar_str(&p.value, "mode"));
+            if mode == Some("REGISTRY_ONLY") {
+                restricting = true;
+                diags.push(at(
+                    root,
+                    "spec.outboundTrafficPolicy.mode",
+                    Severity::Error,
+                    "outboundTrafficPolicy REGISTRY_ONLY is not enforced yet; the configuration is refused rather than served as if it were absent".to_string(),
+                ));
+            }
+            if !restricting {
+                diags.push(at(
+                    root,
+                    "kind",
+                    Severity::Warning,
+                    "kind Sidecar is not supported yet; ignored".to_string(),
+                ));
+            }
+        }
+    }
+}
 
 const NETWORKING_KINDS: &[&str] = &[
     "Gateway",
@@ -392,23 +492,18 @@ fn load_object(file: &Arc<str>, root: Node, config: &mut Config, diags: &mut Vec
         }
         return;
     }
-    if UNSUPPORTED_ISTIO_KINDS
+    if let Some((_, _, effect)) = UNSUPPORTED_ISTIO_KINDS
         .iter()
-        .any(|(g, k)| *g == group && *k == kind)
+        .find(|(g, k, _)| *g == group && *k == kind)
     {
-        diags.push(at(
-            &root,
-            "kind",
-            Severity::Warning,
-            format!("kind {kind} is not supported yet; ignored"),
-        ));
+        unenforced_kind(&root, &kind, *effect, &at, diags);
         return;
     }
     if istio_group {
         let known: Vec<&str> = UNSUPPORTED_ISTIO_KINDS
             .iter()
-            .filter(|(g, _)| *g == group)
-            .map(|(_, k)| *k)
+            .filter(|(g, _, _)| *g == group)
+            .map(|(_, k, _)| *k)
             .chain(
                 NETWORKING_KINDS
                     .iter()
@@ -940,7 +1035,7 @@ stringData: {tls.key: secret}
         let cases: &[(&str, &str)] = &[
             (
                 "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n",
-                "t.yaml:2:1: warning: AuthorizationPolicy/default/a: kind: kind AuthorizationPolicy is not supported yet; ignored",
+                "t.yaml:2:1: error: AuthorizationPolicy/default/a: kind: AuthorizationPolicy is not enforced yet; the configuration is refused rather than served as if the policy were absent",
             ),
             (
                 "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: a}\n",

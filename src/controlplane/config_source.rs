@@ -9,7 +9,8 @@
 //! and is announced to the control plane; a change with errors is logged with file,
 //! line and column and ignored: the last good configuration keeps being served.
 use super::source::{Change, SnapshotSource, SourceError};
-use crate::config::{self, Config, Diagnostic};
+use crate::config::{Config, Diagnostic};
+use crate::pipeline;
 use crate::registry::Registry;
 use crate::xds::{ProxyIdentity, ProxyKind, ResourceSet};
 use arc_swap::ArcSwap;
@@ -34,26 +35,18 @@ pub struct ConfigSource {
     tx: broadcast::Sender<Change>,
 }
 
-/// Loads and validates `path`: the configuration, or every error found (warnings are
-/// logged, not returned).
+/// Runs the configuration pipeline on `path` for every gateway workload the Gateways
+/// select: the configuration, or every error found (warnings are logged, not returned).
+/// The files certificates name are not read: they live on the gateways' hosts.
 fn load_checked(path: &Path) -> Result<(Config, Registry), Vec<Diagnostic>> {
-    let outcome = config::load(path);
-    let mut diagnostics = outcome.diagnostics;
-    diagnostics.extend(config::validate(&outcome.config));
-    let (registry, registry_diags) = Registry::from_config(&outcome.config);
-    diagnostics.extend(registry_diags);
-    let errors: Vec<Diagnostic> = diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .cloned()
-        .collect();
-    if !errors.is_empty() {
-        return Err(errors);
+    let report = pipeline::run(path, &pipeline::Options::all_gateways());
+    if report.has_errors() {
+        return Err(report.errors().cloned().collect());
     }
-    for d in diagnostics {
+    for d in report.warnings() {
         tracing::warn!("{d}");
     }
-    Ok((outcome.config, registry))
+    Ok((report.config, report.registry))
 }
 
 impl ConfigSource {
@@ -94,39 +87,12 @@ impl ConfigSource {
 
     /// Watches the path and reloads on change (after `settle` without further events,
     /// so that an editor's several writes make one reload). Runs until dropped.
-    pub fn watch(self: &Arc<Self>, settle: Duration) -> Result<ConfigWatch, notify::Error> {
-        use notify::{RecursiveMode, Watcher};
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(e) = event
-                    && !matches!(e.kind, notify::EventKind::Access(_))
-                {
-                    let _ = tx.send(());
-                }
-            })?;
-        // Watch the parent of a file too, so that editors that replace the file by
-        // renaming a new one over it are seen.
-        let target = if self.path.is_file() {
-            self.path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| self.path.clone())
-        } else {
-            self.path.clone()
-        };
-        watcher.watch(&target, RecursiveMode::Recursive)?;
+    pub fn watch(self: &Arc<Self>, settle: Duration) -> ConfigWatch {
+        let mut watch = pipeline::ConfigWatch::start(&self.path, settle, WATCH_POLL);
         let me = Arc::downgrade(self);
         let task = tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                // Let the burst of events settle.
-                loop {
-                    match tokio::time::timeout(settle, rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        Ok(None) => return,
-                        Err(_) => break,
-                    }
-                }
+            loop {
+                watch.changed().await;
                 let Some(source) = me.upgrade() else { return };
                 let outcome = tokio::task::spawn_blocking(move || source.reload()).await;
                 match outcome {
@@ -144,16 +110,15 @@ impl ConfigSource {
                 }
             }
         });
-        Ok(ConfigWatch {
-            _watcher: watcher,
-            task,
-        })
+        ConfigWatch { task }
     }
 }
 
+/// How often the files are looked at without a filesystem event.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
 /// A running watch; stops when dropped.
 pub struct ConfigWatch {
-    _watcher: notify::RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
 }
 

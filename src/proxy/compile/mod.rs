@@ -159,6 +159,18 @@ pub fn compile(
     compile_with(set, version, previous, &tls)
 }
 
+/// Compiles a set without reading its secrets' material (their files may live on
+/// another host): how the control plane and `meshgate validate` check that a gateway can
+/// serve a configuration. The result is dropped.
+pub fn check_without_secret_material(set: &ResourceSet) -> Result<(), CompileError> {
+    let tls = TlsRuntime::new(Default::default()).map_err(|e| CompileError {
+        resource: "tls".into(),
+        path: String::new(),
+        message: e.to_string(),
+    })?;
+    compile_with(set, "check", None, &tls).map(|_| ())
+}
+
 /// Checks the set's `Secret`s: certificates and keys parse and match, CA bundles parse,
 /// files are readable. Secrets equal to the previous snapshot's are not parsed again.
 pub fn validate_secrets(

@@ -1,6 +1,6 @@
 //! Answers meshgate gives itself (no route, no healthy upstream, overflow, timeouts,
-//! faults...), with Envoy's status codes and bodies, the response flag for the access log,
-//! and a short `x-meshgate-reason`.
+//! faults...), with Envoy's status codes, headers and bodies, and the response flag and
+//! response code details for the access log.
 use crate::proxy::http::body::ResponseBody;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -86,7 +86,7 @@ pub struct LocalReply {
     /// Envoy's body (empty for some answers, e.g. no route).
     pub body: &'static str,
     pub flag: u32,
-    /// Short machine-readable reason for `x-meshgate-reason` (Envoy's response code details).
+    /// Short machine-readable reason: Envoy's response code details, for the access log.
     pub reason: &'static str,
 }
 
@@ -267,14 +267,13 @@ impl LocalReply {
             out.extend_from_slice(b"\r\nserver: ");
             out.extend_from_slice(s.as_bytes());
         }
-        out.extend_from_slice(b"\r\nx-meshgate-reason: ");
-        out.extend_from_slice(self.reason.as_bytes());
         out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
         out.extend_from_slice(self.body.as_bytes());
         out
     }
 
-    /// The response: `text/plain` body when there is one, and the reason header.
+    /// The response, as Envoy answers: a `text/plain` body when there is one. Why it was
+    /// given (`reason`, Envoy's response code details) goes to the access log.
     pub fn response(&self) -> Response<ResponseBody> {
         self.response_with_status(self.status)
     }
@@ -291,13 +290,9 @@ impl LocalReply {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
-        h.insert(REASON_HEADER.clone(), HeaderValue::from_static(self.reason));
         resp
     }
 }
-
-/// The header naming why meshgate answered itself.
-pub static REASON_HEADER: http::HeaderName = http::HeaderName::from_static("x-meshgate-reason");
 
 #[cfg(test)]
 mod tests {
@@ -318,7 +313,7 @@ mod tests {
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()["content-type"], "text/plain");
         assert_eq!(r.headers()["content-length"], "19");
-        assert_eq!(r.headers()["x-meshgate-reason"], "no_healthy_upstream");
+        assert!(r.headers().get("x-meshgate-reason").is_none());
         let r = LocalReply::NO_ROUTE.response();
         assert!(r.headers().get("content-type").is_none());
     }

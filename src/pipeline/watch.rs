@@ -1,0 +1,171 @@
+//! Watching a configuration path: filesystem events (inotify) settled into one change
+//! per burst, with a periodic look at the files as a safety net for filesystems and
+//! volume updates that send no events. A change is reported only when the files
+//! really differ (names, sizes, modification times), so touching nothing reloads nothing.
+use notify::{RecursiveMode, Watcher as _};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A running watch of one path; stops when dropped.
+pub struct ConfigWatch {
+    changes: mpsc::Receiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ConfigWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ConfigWatch {
+    /// Starts watching `path` (a file or a directory, recursively) on the current tokio
+    /// runtime. `settle` is the quiet time that ends a burst of events (an editor's
+    /// several writes, a `kubectl cp`); `poll` how often the files are looked at
+    /// without an event. If events cannot be had (no inotify), polling alone serves.
+    pub fn start(path: &Path, settle: Duration, poll: Duration) -> ConfigWatch {
+        let (event_tx, mut events) = mpsc::unbounded_channel::<()>();
+        let watcher = watch_events(path, event_tx);
+        let (tx, changes) = mpsc::channel(1);
+        let path = path.to_path_buf();
+        // Taken now, so that a change made right after `start` returns is not missed.
+        let mut seen = fingerprint(&path);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    e = events.recv() => {
+                        if e.is_none() {
+                            // No event source (or it ended): rely on polling.
+                            std::future::pending::<()>().await;
+                        }
+                        // Let the burst settle.
+                        loop {
+                            match tokio::time::timeout(settle, events.recv()).await {
+                                Ok(Some(())) => continue,
+                                _ => break,
+                            }
+                        }
+                    }
+                    _ = tick.tick() => {}
+                }
+                let now = fingerprint(&path);
+                if now != seen {
+                    seen = now;
+                    // A full channel already holds a change not yet taken: one suffices.
+                    let _ = tx.try_send(());
+                    if tx.is_closed() {
+                        return;
+                    }
+                }
+            }
+        });
+        ConfigWatch {
+            changes,
+            _watcher: watcher,
+            task,
+        }
+    }
+
+    /// Waits for the next change.
+    pub async fn changed(&mut self) {
+        if self.changes.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn watch_events(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event
+            && !matches!(e.kind, notify::EventKind::Access(_))
+        {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "no filesystem events; the configuration is polled"))
+    .ok()?;
+    // Watch the parent of a file too, so that editors that replace the file by renaming
+    // a new one over it are seen.
+    let target: PathBuf = if path.is_file() {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    } else {
+        path.to_path_buf()
+    };
+    match watcher.watch(&target, RecursiveMode::Recursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            tracing::warn!(path = %target.display(), error = %e, "no filesystem events; the configuration is polled");
+            None
+        }
+    }
+}
+
+/// A fingerprint of the files under a path (names, sizes, modification times), to
+/// notice changes without reading them. Symbolic links are followed, so Kubernetes'
+/// `..data` swap of a mounted ConfigMap counts as a change.
+pub fn fingerprint(path: &Path) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut stack = vec![path.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(p) = stack.pop() {
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                if let Ok(rd) = std::fs::read_dir(&p) {
+                    stack.extend(rd.flatten().map(|e| e.path()));
+                }
+            }
+            Ok(m) => files.push((p, m.len(), m.modified().ok())),
+            Err(_) => files.push((p, 0, None)),
+        }
+    }
+    files.sort();
+    files.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_change_is_reported_once_and_nothing_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, "one").unwrap();
+        let mut watch = ConfigWatch::start(
+            dir.path(),
+            Duration::from_millis(20),
+            Duration::from_millis(50),
+        );
+        std::fs::write(&file, "two, longer").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("the change is reported");
+        // A second change after the first was taken is reported again.
+        std::fs::write(dir.path().join("b.yaml"), "new file").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("the new file is reported");
+    }
+
+    #[test]
+    fn fingerprint_follows_names_sizes_and_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = fingerprint(dir.path());
+        std::fs::write(dir.path().join("x.yaml"), "1").unwrap();
+        let b = fingerprint(dir.path());
+        assert_ne!(a, b);
+        assert_eq!(b, fingerprint(dir.path()));
+        std::fs::write(dir.path().join("x.yaml"), "12").unwrap();
+        assert_ne!(b, fingerprint(dir.path()));
+    }
+}
