@@ -578,7 +578,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             summary(&drain(&mut d, &mut ctx)),
-            vec![(TypeUrl::Route, vec!["http.8080".into()], vec!["gone".into()])]
+            vec![(
+                TypeUrl::Route,
+                vec!["http.8080".into()],
+                vec!["gone".into()]
+            )]
         );
         d.on_snapshot(snapshot(&set, 3), &mut ctx);
         assert!(drain(&mut d, &mut ctx).is_empty());
@@ -604,7 +608,10 @@ mod tests {
             d.on_request(req, &mut ctx).unwrap();
         }
         let ca = cluster_name("a");
-        for (t, name) in [(TypeUrl::Endpoint, ca.as_str()), (TypeUrl::Route, "http.8080")] {
+        for (t, name) in [
+            (TypeUrl::Endpoint, ca.as_str()),
+            (TypeUrl::Route, "http.8080"),
+        ] {
             let mut req = subscribe(t, &[name]);
             req.initial_resource_versions = held(t);
             d.on_request(req, &mut ctx).unwrap();

@@ -380,11 +380,17 @@ mod tests {
         s.on_request(request(TypeUrl::Endpoint, &["nothing"], "", ""), &mut ctx)
             .unwrap();
         let first = drain(&mut s, &mut ctx);
-        let got: Vec<(TypeUrl, usize)> =
-            first.iter().map(|r| (r.type_url, r.resources.len())).collect();
+        let got: Vec<(TypeUrl, usize)> = first
+            .iter()
+            .map(|r| (r.type_url, r.resources.len()))
+            .collect();
         // An empty CDS list, with a version; no such assignment, said by an empty list.
         assert_eq!(got, vec![(TypeUrl::Cluster, 0), (TypeUrl::Endpoint, 0)]);
-        assert!(first.iter().all(|r| !r.version_info.is_empty() && !r.nonce.is_empty()));
+        assert!(
+            first
+                .iter()
+                .all(|r| !r.version_info.is_empty() && !r.nonce.is_empty())
+        );
         for r in &first {
             let names: Vec<&str> = if r.type_url == TypeUrl::Endpoint {
                 vec!["nothing"]
@@ -412,7 +418,11 @@ mod tests {
         let again = drain(&mut s, &mut ctx);
         assert_eq!(again.len(), 1);
         assert_eq!(
-            (again[0].type_url, again[0].resources.len(), &again[0].version_info),
+            (
+                again[0].type_url,
+                again[0].resources.len(),
+                &again[0].version_info
+            ),
             (TypeUrl::Cluster, 0, &version)
         );
     }
