@@ -445,6 +445,9 @@ async fn a_gateway_without_clusters_is_answered_at_once() {
     mg_delta.wait_ready(PROMPTLY.saturating_sub(started.elapsed()));
     mg_sotw.wait_ready(PROMPTLY.saturating_sub(started.elapsed()));
     eprintln!("meshgate gateways ready after {:?}", started.elapsed());
+    for gw in [&mg_delta, &mg_sotw] {
+        assert_eq!(gw.admin("/ready").map(|(s, _)| s), Some(200), "{}", gw.name);
+    }
 
     let mut envoys = Vec::new();
     for (name, delta) in [("envoy-sotw", false), ("envoy-delta", true)] {
@@ -464,7 +467,11 @@ async fn a_gateway_without_clusters_is_answered_at_once() {
         let took = started.elapsed();
         eprintln!("{name}: ready after {took:?}");
         envoy.wait_for_stat("cluster_manager.cds.update_success", |v| v >= 1, PROMPTLY);
-        assert_eq!(envoy.stat("control_plane.connected_state"), Some(1), "{name}");
+        assert_eq!(
+            envoy.stat("control_plane.connected_state"),
+            Some(1),
+            "{name}"
+        );
         assert_eq!(
             envoy.stat("cluster_manager.cds.init_fetch_timeout"),
             Some(0),
@@ -488,8 +495,11 @@ async fn a_gateway_without_clusters_is_answered_at_once() {
     }
     cp.wait_syncz("all four in sync", Duration::from_secs(10), |s| {
         s.len() == 4
-            && s.iter()
-                .all(|p| ["cds", "lds", "rds"].iter().all(|t| type_state(p, t) == "SYNCED"))
+            && s.iter().all(|p| {
+                ["cds", "lds", "rds"]
+                    .iter()
+                    .all(|t| type_state(p, t) == "SYNCED")
+            })
     });
     for gw in [&mg_delta, &mg_sotw] {
         assert!(
