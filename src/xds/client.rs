@@ -17,8 +17,8 @@
 //! [`ClientOptions::initial_fetch_timeout`] is given up on, counted as empty, so that the
 //! first set is applied and listeners bind; its resource is applied normally when it
 //! comes later. Unlike Envoy, whose timer starts with the subscription, a timer runs only
-//! while a stream to the server is up: a gateway started before its control plane waits
-//! for it, and a reconnect restarts the timers of what is still awaited.
+//! while connected to the server: a gateway started before its control plane waits for
+//! it, and a reconnect restarts the timers of what is still awaited.
 mod state;
 
 pub use state::{Decoded, decode};
@@ -89,8 +89,8 @@ pub struct ClientOptions {
     /// After the first sync, how long an incomplete update (a new cluster whose
     /// endpoints have not arrived) waits before it is applied anyway.
     pub warming_timeout: Duration,
-    /// For the first sync: how long each subscription waits for its first response, on
-    /// an established stream, before it counts as empty (Envoy's
+    /// For the first sync: how long each subscription waits for its first response,
+    /// while connected to the server, before it counts as empty (Envoy's
     /// `initial_fetch_timeout`, 15 s by default). Zero waits forever.
     pub initial_fetch_timeout: Duration,
 }
@@ -162,10 +162,10 @@ pub struct XdsClient {
     warming_since: Option<Instant>,
     applied_once: bool,
     dirty: bool,
-    /// When the current stream was established (None between streams).
-    stream_since: Option<Instant>,
-    /// Before the first sync: when names were subscribed on the current stream after it
-    /// was established (the rest have waited since `stream_since`).
+    /// When the current connection to the server was established (None between them).
+    connected_since: Option<Instant>,
+    /// Before the first sync: when names were subscribed on the current stream after the
+    /// connection was established (the rest have waited since `connected_since`).
     subscribed_at: BTreeMap<Subscription, Instant>,
 }
 
@@ -269,7 +269,7 @@ impl XdsClient {
             warming_since: None,
             applied_once: false,
             dirty: false,
-            stream_since: None,
+            connected_since: None,
             subscribed_at: BTreeMap::new(),
         }
     }
@@ -290,7 +290,7 @@ impl XdsClient {
         let mut backoff = self.options.backoff_initial;
         loop {
             let outcome = self.connect_and_follow().await;
-            self.stream_since = None;
+            self.connected_since = None;
             self.with_status(|s| s.connected = false);
             let err = match outcome {
                 Outcome::Progress(e) => {
@@ -335,7 +335,7 @@ impl XdsClient {
             s.connected = true;
             s.connects += 1;
         });
-        self.stream_established();
+        self.start_initial_fetch_timers();
         tracing::info!(server = %self.options.address, delta = self.options.delta, "connected to the xDS server");
         if self.options.delta {
             self.follow_delta(client).await
@@ -387,8 +387,8 @@ impl XdsClient {
 
     /// The connection to the server is up and the stream being opened: the initial fetch
     /// timers of what the first sync still awaits start now.
-    fn stream_established(&mut self) {
-        self.stream_since = Some(Instant::now());
+    fn start_initial_fetch_timers(&mut self) {
+        self.connected_since = Some(Instant::now());
         self.subscribed_at.clear();
     }
 
@@ -403,18 +403,18 @@ impl XdsClient {
         }
     }
 
-    /// When `s` started waiting on the stream established at `stream`.
-    fn waited_since(&self, s: &Subscription, stream: Instant) -> Instant {
+    /// When `s` started waiting on the connection established at `connected`.
+    fn waited_since(&self, s: &Subscription, connected: Instant) -> Instant {
         self.subscribed_at
             .get(s)
             .copied()
-            .unwrap_or(stream)
-            .max(stream)
+            .unwrap_or(connected)
+            .max(connected)
     }
 
     /// When an awaited subscription of the first sync exceeds the initial fetch timeout.
     fn initial_fetch_deadline(&self) -> Option<Instant> {
-        let since = self.stream_since?;
+        let since = self.connected_since?;
         if self.applied_once || self.options.initial_fetch_timeout.is_zero() {
             return None;
         }
@@ -429,7 +429,8 @@ impl XdsClient {
     /// Gives up on the awaited subscriptions whose initial fetch timeout passed, as Envoy
     /// does: they count as empty, and the first set may be applied without them.
     fn initial_fetch_timed_out(&mut self) {
-        let (Some(since), timeout) = (self.stream_since, self.options.initial_fetch_timeout) else {
+        let (Some(since), timeout) = (self.connected_since, self.options.initial_fetch_timeout)
+        else {
             return;
         };
         let now = Instant::now();
