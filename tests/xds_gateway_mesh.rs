@@ -357,3 +357,157 @@ async fn control_plane_restart_under_traffic_and_a_gateway_that_starts_first() {
     assert_eq!(failed, 0, "requests failed: {errors:?}");
     assert!(ok > 100, "traffic flowed ({ok} requests)");
 }
+
+/// A VirtualService on `gateways` whose routes all answer by themselves: `/healthz` with
+/// a direct response, everything else with a redirect to HTTPS (no destination, so the
+/// translation has no cluster at all).
+fn self_answering_routes_yaml(gateways: &[&str]) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: to-https, namespace: edge}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [{gateways}]
+  http:
+  - match: [{{uri: {{exact: /healthz}}}}]
+    directResponse: {{status: 200, body: {{string: "fine"}}}}
+  - redirect: {{scheme: https}}
+"#,
+        gateways = gateways.join(", ")
+    )
+}
+
+/// (status, `location`, body) of GET `path` for `HOST` through `port`.
+async fn answer_via(client: &reqwest::Client, port: u16, path: &str) -> (u16, String, String) {
+    let resp = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", HOST)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} via :{port}: {e}"));
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (status, location, resp.text().await.unwrap_or_default())
+}
+
+/// An HTTP-to-HTTPS redirect gateway translates to no cluster at all. Every proxy's
+/// wildcard CDS subscription is still answered (an empty set), in delta and in SotW:
+/// meshgate gateways become ready and Envoy's CDS update succeeds at once, well before
+/// the 15 s initial fetch timeout that would otherwise let them start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_clusters_is_answered_at_once() {
+    let proxies = [
+        ("envoy-sotw", free_port()),
+        ("envoy-delta", free_port()),
+        ("mg-delta", free_port()),
+        ("mg-sotw", free_port()),
+    ];
+    let work = TempDir::new();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let gateways: Vec<String> = proxies.iter().map(|(n, p)| gateway_yaml(n, *p)).collect();
+    std::fs::write(config.join("gateways.yaml"), gateways.join("---\n")).unwrap();
+    let names: Vec<&str> = proxies.iter().map(|(n, _)| *n).collect();
+    std::fs::write(
+        config.join("routes.yaml"),
+        self_answering_routes_yaml(&names),
+    )
+    .unwrap();
+    let cp = ControlPlaneProcess::start(&config, work.path());
+    // Ready promptly: well under the initial fetch timeout (15 s) and Envoy's.
+    const PROMPTLY: Duration = Duration::from_secs(5);
+
+    let started = Instant::now();
+    let mut mg_delta = XdsGateway::spawn(
+        "mg-delta",
+        &cp.xds_addr(),
+        "proxy=mg-delta",
+        "edge",
+        true,
+        work.path(),
+    );
+    let mut mg_sotw = XdsGateway::spawn(
+        "mg-sotw",
+        &cp.xds_addr(),
+        "proxy=mg-sotw",
+        "edge",
+        false,
+        work.path(),
+    );
+    mg_delta.wait_ready(PROMPTLY.saturating_sub(started.elapsed()));
+    mg_sotw.wait_ready(PROMPTLY.saturating_sub(started.elapsed()));
+    eprintln!("meshgate gateways ready after {:?}", started.elapsed());
+    for gw in [&mg_delta, &mg_sotw] {
+        assert_eq!(gw.admin("/ready").map(|(s, _)| s), Some(200), "{}", gw.name);
+    }
+
+    let mut envoys = Vec::new();
+    for (name, delta) in [("envoy-sotw", false), ("envoy-delta", true)] {
+        let dir = TempDir::new();
+        let admin = free_port();
+        let boot = bootstrap_envoy(
+            dir.path(),
+            name,
+            &cp.xds_addr(),
+            &format!("proxy={name}"),
+            "edge",
+            delta,
+            admin,
+        );
+        let started = Instant::now();
+        let envoy = Envoy::start(&boot, admin, dir.path());
+        let took = started.elapsed();
+        eprintln!("{name}: ready after {took:?}");
+        envoy.wait_for_stat("cluster_manager.cds.update_success", |v| v >= 1, PROMPTLY);
+        assert_eq!(
+            envoy.stat("control_plane.connected_state"),
+            Some(1),
+            "{name}"
+        );
+        assert_eq!(
+            envoy.stat("cluster_manager.cds.init_fetch_timeout"),
+            Some(0),
+            "{name}: CDS was answered, not given up on"
+        );
+        assert!(took < PROMPTLY, "{name} became ready only after {took:?}");
+        envoys.push((envoy, dir));
+    }
+
+    // All four answer alike, with nothing upstream.
+    let client = http_client();
+    for (name, port) in proxies {
+        let (status, location, _) = answer_via(&client, port, "/cart?id=7").await;
+        assert_eq!(
+            (status, location.as_str()),
+            (301, "https://shop.example.com/cart?id=7"),
+            "{name}"
+        );
+        let (status, _, body) = answer_via(&client, port, "/healthz").await;
+        assert_eq!((status, body.as_str()), (200, "fine"), "{name}");
+    }
+    cp.wait_syncz("all four in sync", Duration::from_secs(10), |s| {
+        s.len() == 4
+            && s.iter().all(|p| {
+                ["cds", "lds", "rds"]
+                    .iter()
+                    .all(|t| type_state(p, t) == "SYNCED")
+            })
+    });
+    for gw in [&mg_delta, &mg_sotw] {
+        assert!(
+            !gw.log().contains("initial fetch timeout"),
+            "{}: waited for a timeout:\n{}",
+            gw.name,
+            gw.log()
+        );
+    }
+    for (envoy, _) in &envoys {
+        envoy.assert_no_rejections();
+    }
+}

@@ -368,6 +368,272 @@ async fn delta_gateway_with_a_scripted_server() {
     assert_eq!(gw.health(), Some(200));
 }
 
+/// The initial fetch timeout these tests give the gateway.
+const INITIAL_FETCH: Duration = Duration::from_secs(1);
+
+/// Polls until the gateway is ready; returns when, and the status of GET / through `port`
+/// then.
+fn ready_and_answering(gw: &mut XdsGateway, port: u16) -> (Instant, u16) {
+    gw.wait_ready(Duration::from_secs(10));
+    let ready_at = Instant::now();
+    let (status, _) = blocking_http_get(("127.0.0.1", port), "/").expect("the listener is bound");
+    (ready_at, status)
+}
+
+/// The gateway's warnings about the initial fetch timeout.
+fn timeout_warnings(gw: &XdsGateway) -> Vec<String> {
+    gw.log()
+        .lines()
+        .filter(|l| l.contains("initial fetch timeout"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A route configuration that never comes: after the initial fetch timeout the first
+/// sync completes without it, the listener binds and answers 404 (an empty route table,
+/// as Envoy's), and the route is applied when it finally arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_first_sync_gives_up_on_a_route_that_never_comes() {
+    let a = EchoUpstream::start("echo-a");
+    let mut server = ScriptedServer::start().await;
+    let work = TempDir::new();
+    let port = free_port();
+    let mut gw = XdsGateway::spawn_with(
+        "late-route",
+        &server.addr.to_string(),
+        "istio=ingressgateway",
+        "edge",
+        true,
+        work.path(),
+        &["--xds-initial-fetch-timeout", "1"],
+    );
+    let (mut reqs, out) = accept(&mut server.delta).await;
+    let send = |t: TypeUrl, nonce: &str, resources: Vec<Resource>| {
+        out.try_send(Ok(DeltaDiscoveryResponse {
+            type_url: t.as_str().into(),
+            system_version_info: nonce.into(),
+            nonce: nonce.into(),
+            resources,
+            ..Default::default()
+        }))
+        .unwrap()
+    };
+    until(&mut reqs, |r| r.type_url == TypeUrl::Listener.as_str()).await;
+    let up = set(json!({"clusters": [static_cluster("up", &[a.addr.port()], json!({}))]}));
+    send(
+        TypeUrl::Cluster,
+        "c1",
+        vec![res("up", "1", &up.clusters[0])],
+    );
+    let listener =
+        set(json!({"listeners": [hcm_listener("front", port, "routes", json!({}), vec![])]}));
+    // The route's timer starts when the gateway subscribes to it, after this.
+    let lds_sent = Instant::now();
+    send(
+        TypeUrl::Listener,
+        "l1",
+        vec![res("front", "1", &listener.listeners[0])],
+    );
+    let rds = until(&mut reqs, |r| {
+        r.type_url == TypeUrl::Route.as_str() && !r.resource_names_subscribe.is_empty()
+    })
+    .await;
+    assert_eq!(rds.resource_names_subscribe, vec!["routes".to_string()]);
+
+    let (ready_at, status) = ready_and_answering(&mut gw, port);
+    let waited = ready_at - lds_sent;
+    assert!(
+        waited >= INITIAL_FETCH,
+        "ready after {waited:?}, before the timeout"
+    );
+    assert_eq!(status, 404, "no route table yet");
+    let warnings = timeout_warnings(&gw);
+    eprintln!("ready after {waited:?}; {warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("rds/routes") && !warnings[0].contains("cds"),
+        "{warnings:?}"
+    );
+
+    // The route comes late, and is applied as any update.
+    send(
+        TypeUrl::Route,
+        "r1",
+        vec![res(
+            "routes",
+            "1",
+            &set(json!({"routes": [route_to("up")]})).routes[0],
+        )],
+    );
+    let ack = until(&mut reqs, |r| r.response_nonce == "r1").await;
+    assert!(ack.error_detail.is_none());
+    wait_upstream(port, "echo-a");
+    assert_eq!(gw.health(), Some(200));
+}
+
+/// A server that never answers CDS: after the initial fetch timeout the gateway serves
+/// its listener and routes, with no cluster behind them (503), and takes the clusters
+/// when they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_first_sync_gives_up_on_clusters_that_never_come() {
+    let a = EchoUpstream::start("echo-a");
+    let mut server = ScriptedServer::start().await;
+    let work = TempDir::new();
+    let port = free_port();
+    let spawned = Instant::now();
+    let mut gw = XdsGateway::spawn_with(
+        "late-clusters",
+        &server.addr.to_string(),
+        "istio=ingressgateway",
+        "edge",
+        false,
+        work.path(),
+        &["--xds-initial-fetch-timeout", "1"],
+    );
+    let (mut reqs, out) = accept(&mut server.sotw).await;
+    let send = |t: TypeUrl, version: &str, resources: Vec<Any>| {
+        out.try_send(Ok(DiscoveryResponse {
+            type_url: t.as_str().into(),
+            version_info: version.into(),
+            nonce: format!("{}-{version}", t.short()),
+            resources,
+            ..Default::default()
+        }))
+        .unwrap()
+    };
+    until(&mut reqs, |r| r.type_url == TypeUrl::Listener.as_str()).await;
+    let listener =
+        set(json!({"listeners": [hcm_listener("front", port, "routes", json!({}), vec![])]}));
+    send(TypeUrl::Listener, "1", vec![any(&listener.listeners[0])]);
+    until(&mut reqs, |r| r.type_url == TypeUrl::Route.as_str()).await;
+    send(
+        TypeUrl::Route,
+        "1",
+        vec![any(&set(json!({"routes": [route_to("up")]})).routes[0])],
+    );
+
+    let (ready_at, status) = ready_and_answering(&mut gw, port);
+    // The CDS timer started when the stream did, after the process started.
+    let waited = ready_at - spawned;
+    assert!(
+        waited >= INITIAL_FETCH,
+        "ready after {waited:?}, before the timeout"
+    );
+    assert_eq!(status, 503, "no cluster yet");
+    let resp = http_client()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()
+            .get("x-meshgate-reason")
+            .and_then(|v| v.to_str().ok()),
+        Some("cluster_not_found")
+    );
+    let warnings = timeout_warnings(&gw);
+    eprintln!("ready after {waited:?}; {warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("subscriptions=cds") && !warnings[0].contains("rds"),
+        "{warnings:?}"
+    );
+
+    // The clusters come late and traffic flows.
+    let up = set(json!({"clusters": [static_cluster("up", &[a.addr.port()], json!({}))]}));
+    send(TypeUrl::Cluster, "1", vec![any(&up.clusters[0])]);
+    let ack = until(&mut reqs, |r| r.response_nonce == "cds-1").await;
+    assert_eq!((ack.version_info.as_str(), ack.error_detail), ("1", None));
+    wait_upstream(port, "echo-a");
+    assert_eq!(gw.health(), Some(200));
+}
+
+/// The initial fetch timers start when the connection does: a gateway started long
+/// before its server waits for it, then gives the server the full timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_initial_fetch_timer_starts_with_the_connection() {
+    let xds_port = free_port();
+    let work = TempDir::new();
+    let port = free_port();
+    let mut gw = XdsGateway::spawn_with(
+        "before-server",
+        &format!("127.0.0.1:{xds_port}"),
+        "istio=ingressgateway",
+        "edge",
+        true,
+        work.path(),
+        &["--xds-initial-fetch-timeout", "1"],
+    );
+    // Longer than the timeout, with no server.
+    tokio::time::sleep(INITIAL_FETCH + Duration::from_millis(500)).await;
+    assert_eq!(gw.health(), Some(503), "not ready without a server");
+    assert!(timeout_warnings(&gw).is_empty());
+
+    let mut server = ScriptedServer::start_on(([127, 0, 0, 1], xds_port).into()).await;
+    let (mut reqs, out) = accept(&mut server.delta).await;
+    let connected = Instant::now();
+    until(&mut reqs, |r| r.type_url == TypeUrl::Listener.as_str()).await;
+    // Listeners come, clusters never do.
+    let direct = set(
+        json!({"listeners": [hcm_listener("front", port, "routes", json!({}), vec![])],
+        "routes": [{"name": "routes", "virtual_hosts": [{"name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 204}}]}]}]}),
+    );
+    out.try_send(Ok(DeltaDiscoveryResponse {
+        type_url: TypeUrl::Listener.as_str().into(),
+        nonce: "l1".into(),
+        resources: vec![res("front", "1", &direct.listeners[0])],
+        ..Default::default()
+    }))
+    .unwrap();
+    until(&mut reqs, |r| r.type_url == TypeUrl::Route.as_str()).await;
+    out.try_send(Ok(DeltaDiscoveryResponse {
+        type_url: TypeUrl::Route.as_str().into(),
+        nonce: "r1".into(),
+        resources: vec![res("routes", "1", &direct.routes[0])],
+        ..Default::default()
+    }))
+    .unwrap();
+    let (ready_at, status) = ready_and_answering(&mut gw, port);
+    // Had the timer started with the process, CDS would have been given up on as soon
+    // as the routes came.
+    let waited = ready_at - connected;
+    let warnings = timeout_warnings(&gw);
+    eprintln!("ready {waited:?} after the connection; {warnings:?}");
+    assert!(
+        waited >= INITIAL_FETCH / 2,
+        "ready {waited:?} after connecting: the timer ran before the connection"
+    );
+    assert_eq!(status, 204);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("subscriptions=cds"), "{warnings:?}");
+}
+
+#[test]
+fn the_initial_fetch_timeout_is_a_number_of_seconds() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args([
+            "gateway",
+            "--xds",
+            "127.0.0.1:1",
+            "--xds-initial-fetch-timeout=-1",
+        ])
+        .output()
+        .expect("meshgate");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--xds-initial-fetch-timeout"), "{stderr}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["gateway", "--xds-initial-fetch-timeout", "3"])
+        .output()
+        .expect("meshgate");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--xds-initial-fetch-timeout needs --xds"
+    );
+}
+
 #[test]
 fn config_and_xds_are_mutually_exclusive() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))

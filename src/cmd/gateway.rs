@@ -26,6 +26,11 @@ pub struct GatewayArgs {
     /// With --xds: state-of-the-world xDS instead of delta.
     #[arg(long, requires = "xds")]
     pub xds_sotw: bool,
+    /// With --xds: how long the first sync waits for each subscription's first response
+    /// before counting it as empty, as Envoy's initial_fetch_timeout (seconds; 0: wait
+    /// forever). Timed from when the connection to the server is up.
+    #[arg(long, requires = "xds", value_name = "SECONDS", default_value_t = 15.0)]
+    pub xds_initial_fetch_timeout: f64,
     /// With --xds: the node id, Istio's router~IP~POD.NS~NS.svc.cluster.local, or a pod
     /// name that is expanded into it (with 127.0.0.1 as the IP).
     #[arg(long, requires = "xds", default_value = "meshgate-gateway")]

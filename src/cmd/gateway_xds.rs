@@ -8,13 +8,15 @@ use meshgate::xds::ProxyKind;
 use meshgate::xds::client::{ClientOptions, XdsClient};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The namespace of a gateway that does not say: where Istio runs its gateways.
 const DEFAULT_NAMESPACE: &str = "istio-system";
 
 /// Runs the gateway as an ADS client until SIGTERM, Ctrl-C or `/quitquitquit`. Nothing
-/// listens until the first full sync; the last applied configuration keeps serving
-/// while the control plane is away.
+/// listens until the first full sync (or until what has not come within the initial
+/// fetch timeout is given up on); the last applied configuration keeps serving while the
+/// control plane is away.
 pub fn run(
     address: &str,
     args: &GatewayArgs,
@@ -37,9 +39,12 @@ pub fn run(
     let node = gateway_node(&bootstrap).context("--node-id")?;
     let mut client_options = ClientOptions::new(address, node);
     client_options.delta = !args.xds_sotw;
+    client_options.initial_fetch_timeout =
+        Duration::try_from_secs_f64(args.xds_initial_fetch_timeout)
+            .context("--xds-initial-fetch-timeout: a number of seconds, 0 or more")?;
 
     let gateway = Arc::new(Gateway::start(opts).context("starting the gateway")?);
-    tracing::info!(xds = address, node = %client_options.node.id, delta = client_options.delta, admin = ?gateway.admin_addr(), health = ?gateway.health_addr(), "gateway started; waiting for the first full sync");
+    tracing::info!(xds = address, node = %client_options.node.id, delta = client_options.delta, initial_fetch_timeout = ?client_options.initial_fetch_timeout, admin = ?gateway.admin_addr(), health = ?gateway.health_addr(), "gateway started; waiting for the first full sync");
     let consumer = Arc::new(GatewayConsumer::new(gateway.clone()));
     let client = XdsClient::new(client_options, consumer);
     let mut handle = client.handle();

@@ -4,7 +4,12 @@
 //! the `initial_resource_versions` a reconnecting proxy sends, so only differences are
 //! pushed. LDS/CDS subscribe by legacy wildcard (an empty first subscribe) or `*`;
 //! EDS/RDS/SDS by name. A subscribed name the snapshot lacks is answered once in
-//! `removed_resources` ("does not exist") so the proxy does not wait for it. Removals of
+//! `removed_resources` ("does not exist") so the proxy does not wait for it. A new
+//! wildcard subscription (the first request of the type on a stream, a reconnect
+//! included, or a later `*`) is always answered, with an empty response if the proxy
+//! already holds everything or there is nothing: Envoy completes its initialization only
+//! on a response (go-control-plane and istiod answer it too). Otherwise nothing is sent
+//! when nothing differs. Removals of
 //! resources the proxy holds go out after every type's updates (make before break).
 //! An ACK or NACK carries only the nonce; a NACKed resource stays recorded as sent, so
 //! it is not pushed again until its content changes.
@@ -37,6 +42,8 @@ struct TypeState {
     removals: bool,
     /// Held entries to send again although unchanged (the endpoints of changed clusters).
     resend: HashSet<Arc<str>>,
+    /// A wildcard subscription was made that no response has answered yet.
+    unanswered: bool,
 }
 
 /// What a proxy holds of one type: name -> our content hash (`None`: a version we did not
@@ -180,6 +187,7 @@ impl Delta {
             .map(|s| version_string(s.of(t).version))
             .unwrap_or_default();
         ctx.inner.metrics.pushed(t);
+        self.types[i(t)].unanswered = false;
         let count = resources.len() + removed.len();
         ctx.with_status(|s| {
             let ts = s.ty(t);
@@ -261,7 +269,10 @@ impl Delta {
             // In sync with this snapshot: keep no per-name state.
             st.has.rebase(&snap);
         }
-        if resources.is_empty() && absent.is_empty() {
+        // A new wildcard subscription gets an answer even if it is empty, unless the
+        // removals that follow answer it.
+        let answer = st.unanswered && st.wildcard && !st.removals;
+        if resources.is_empty() && absent.is_empty() && !answer {
             return None;
         }
         Some(self.respond(t, resources, absent, ctx))
@@ -320,6 +331,7 @@ impl Engine for Delta {
             st.dirty = true;
             // Legacy wildcard: the first request of LDS/CDS subscribes to nothing by name.
             st.wildcard = wildcard_type(t) && req.resource_names_subscribe.is_empty();
+            st.unanswered = st.wildcard;
             for (name, v) in req.initial_resource_versions {
                 st.has.insert(Arc::from(name), parse_version(&v));
             }
@@ -329,6 +341,7 @@ impl Engine for Delta {
                 if !st.wildcard {
                     let names = &st.names;
                     st.has.materialize(t, |x| names.contains(x));
+                    st.unanswered = true;
                 }
                 st.wildcard = true;
                 st.dirty = true;
@@ -478,5 +491,153 @@ impl Engine for Delta {
 
     fn settled(&self) -> bool {
         !self.has_pending() && self.outstanding.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controlplane::metrics::Mode;
+    use crate::controlplane::sample::{SampleGateway, SampleService, cluster_name};
+    use crate::controlplane::stream::testing::{ctx, drain, snapshot};
+    use crate::xds::ResourceSet;
+
+    fn subscribe(t: TypeUrl, names: &[&str]) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: t.as_str().into(),
+            resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn ack(r: &DeltaResponse) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: r.type_url.as_str().into(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn gateway() -> ResourceSet {
+        SampleGateway::new(
+            8080,
+            vec![SampleService::new(
+                "a",
+                vec!["127.0.0.1:9000".parse().unwrap()],
+            )],
+        )
+        .resources()
+    }
+
+    /// (type, resource names, removed names) of each response.
+    fn summary(rs: &[DeltaResponse]) -> Vec<(TypeUrl, Vec<String>, Vec<String>)> {
+        rs.iter()
+            .map(|r| {
+                (
+                    r.type_url,
+                    r.resources.iter().map(|e| e.name.to_string()).collect(),
+                    r.removed_resources.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_wildcard_subscription_to_nothing_is_answered_with_an_empty_response() {
+        let mut ctx = ctx(Mode::Delta);
+        let mut d = Delta::new();
+        // A gateway whose routes all answer by themselves: no cluster at all.
+        let mut set = gateway();
+        set.clusters.clear();
+        set.endpoints.clear();
+        set.routes[0].virtual_hosts[0].routes.clear();
+        d.on_request(subscribe(TypeUrl::Cluster, &[]), &mut ctx)
+            .unwrap();
+        assert!(drain(&mut d, &mut ctx).is_empty(), "no snapshot yet");
+        d.on_snapshot(snapshot(&set, 1), &mut ctx);
+        d.on_request(subscribe(TypeUrl::Listener, &[]), &mut ctx)
+            .unwrap();
+        let first = drain(&mut d, &mut ctx);
+        assert_eq!(
+            summary(&first),
+            vec![
+                (TypeUrl::Cluster, vec![], vec![]),
+                (TypeUrl::Listener, vec!["0.0.0.0_8080".into()], vec![]),
+            ]
+        );
+        assert!(!first[0].nonce.is_empty() && !first[0].system_version_info.is_empty());
+        for r in &first {
+            d.on_request(ack(r), &mut ctx).unwrap();
+        }
+        assert!(d.settled());
+        // Later pushes with nothing new for the proxy send nothing.
+        d.on_snapshot(snapshot(&set, 2), &mut ctx);
+        assert!(drain(&mut d, &mut ctx).is_empty());
+        // A name that does not exist is answered in removed_resources, once.
+        d.on_request(subscribe(TypeUrl::Route, &["http.8080", "gone"]), &mut ctx)
+            .unwrap();
+        assert_eq!(
+            summary(&drain(&mut d, &mut ctx)),
+            vec![(
+                TypeUrl::Route,
+                vec!["http.8080".into()],
+                vec!["gone".into()]
+            )]
+        );
+        d.on_snapshot(snapshot(&set, 3), &mut ctx);
+        assert!(drain(&mut d, &mut ctx).is_empty());
+    }
+
+    #[test]
+    fn a_reconnecting_proxy_holding_everything_gets_its_wildcard_answered() {
+        let set = gateway();
+        let snap = snapshot(&set, 1);
+        let held = |t: TypeUrl| {
+            snap.of(t)
+                .entries()
+                .iter()
+                .map(|e| (e.name.to_string(), e.version().to_string()))
+                .collect()
+        };
+        let mut ctx = ctx(Mode::Delta);
+        let mut d = Delta::new();
+        d.on_snapshot(snap.clone(), &mut ctx);
+        for t in [TypeUrl::Cluster, TypeUrl::Listener] {
+            let mut req = subscribe(t, &[]);
+            req.initial_resource_versions = held(t);
+            d.on_request(req, &mut ctx).unwrap();
+        }
+        let ca = cluster_name("a");
+        for (t, name) in [
+            (TypeUrl::Endpoint, ca.as_str()),
+            (TypeUrl::Route, "http.8080"),
+        ] {
+            let mut req = subscribe(t, &[name]);
+            req.initial_resource_versions = held(t);
+            d.on_request(req, &mut ctx).unwrap();
+        }
+        // The wildcard types are confirmed with empty responses; the named ones, held
+        // and current, need nothing.
+        assert_eq!(
+            summary(&drain(&mut d, &mut ctx)),
+            vec![
+                (TypeUrl::Cluster, vec![], vec![]),
+                (TypeUrl::Listener, vec![], vec![]),
+            ]
+        );
+        // A wildcard subscription added later (`*`) is answered too.
+        let mut ctx = crate::controlplane::stream::testing::ctx(Mode::Delta);
+        let mut d = Delta::new();
+        d.on_snapshot(snap.clone(), &mut ctx);
+        let mut req = subscribe(TypeUrl::Cluster, &[&ca]);
+        req.initial_resource_versions = held(TypeUrl::Cluster);
+        d.on_request(req, &mut ctx).unwrap();
+        assert!(drain(&mut d, &mut ctx).is_empty(), "held and current");
+        d.on_request(subscribe(TypeUrl::Cluster, &["*"]), &mut ctx)
+            .unwrap();
+        assert_eq!(
+            summary(&drain(&mut d, &mut ctx)),
+            vec![(TypeUrl::Cluster, vec![], vec![])]
+        );
     }
 }

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::Status;
@@ -146,6 +146,22 @@ impl Drop for Detach {
 }
 
 impl Inner {
+    /// The shared state alone, without the push loop.
+    pub(crate) fn new(source: Arc<dyn SnapshotSource>, options: Options) -> Inner {
+        Inner {
+            source,
+            options,
+            metrics: Metrics::default(),
+            identifier: Arc::from(format!("meshgate {}", env!("CARGO_PKG_VERSION"))),
+            interner: Interner::default(),
+            boot_id: rand::random(),
+            registry: Mutex::new(Registry::default()),
+            next_conn: AtomicU64::new(0),
+            serving: AtomicBool::new(false),
+            closing: watch::channel(false).0,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -154,20 +170,7 @@ impl Inner {
     pub(crate) fn attach(self: &Arc<Self>, node: &NodeInfo, mode: Mode) -> Attachment {
         let key = IdentityKey::of(&node.identity);
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
-        let status = Arc::new(Mutex::new(ProxyStatus {
-            connection_id: conn_id,
-            node_id: node.identity.id.clone(),
-            proxy_id: node.proxy_id.clone(),
-            namespace: node.identity.namespace.clone(),
-            labels: node.identity.labels.clone(),
-            user_agent: node.user_agent.clone(),
-            istio_version: node.istio_version.clone(),
-            mode,
-            connected_at: SystemTime::now(),
-            snapshot_generation: 0,
-            snapshot_error: None,
-            types: Default::default(),
-        }));
+        let status = Arc::new(Mutex::new(ProxyStatus::new(conn_id, node, mode)));
         let (entry, created) = {
             let mut reg = self.lock();
             reg.conns.insert(conn_id, (key.clone(), status.clone()));
@@ -307,18 +310,7 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Creates the control plane and starts its push loop (needs a Tokio runtime).
     pub fn new(source: Arc<dyn SnapshotSource>, options: Options) -> ControlPlane {
-        let inner = Arc::new(Inner {
-            source,
-            options,
-            metrics: Metrics::default(),
-            identifier: Arc::from(format!("meshgate {}", env!("CARGO_PKG_VERSION"))),
-            interner: Interner::default(),
-            boot_id: rand::random(),
-            registry: Mutex::new(Registry::default()),
-            next_conn: AtomicU64::new(0),
-            serving: AtomicBool::new(false),
-            closing: watch::channel(false).0,
-        });
+        let inner = Arc::new(Inner::new(source, options));
         let weak = Arc::downgrade(&inner);
         let mut changes = inner.source.changes();
         let timing = inner.options.debounce;

@@ -10,6 +10,9 @@
 //! - ACK: the nonce of our last response, no error. NACK: same with `error_detail`;
 //!   recorded, and the same content is never sent again (only a change of content or of
 //!   the requested names sends something new).
+//! - The first request of a type on a stream (a reconnect's included) is always answered,
+//!   with an empty list and a version if nothing exists: the proxy's initialization waits
+//!   for it. Named types with no names at all are not answered (as istiod does).
 //! - A request whose nonce is not our latest for the type is stale and ignored; the
 //!   next ACK carries the full name list again and is compared with what we answered.
 use super::snapshot::{Entry, Snapshot, VersionFold, version_string};
@@ -329,5 +332,98 @@ impl Engine for Sotw {
 
     fn settled(&self) -> bool {
         !self.has_pending() && self.types.iter().all(|s| s.last.is_none() || s.answered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controlplane::metrics::Mode;
+    use crate::controlplane::sample::{SampleGateway, SampleService};
+    use crate::controlplane::stream::testing::{ctx, drain, snapshot};
+    use crate::xds::ResourceSet;
+
+    fn request(t: TypeUrl, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: t.as_str().into(),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            version_info: version.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A gateway whose routes all answer by themselves: no cluster at all.
+    fn no_clusters() -> ResourceSet {
+        let mut set = SampleGateway::new(
+            8080,
+            vec![SampleService::new(
+                "a",
+                vec!["127.0.0.1:9000".parse().unwrap()],
+            )],
+        )
+        .resources();
+        set.clusters.clear();
+        set.endpoints.clear();
+        set.routes[0].virtual_hosts[0].routes.clear();
+        set
+    }
+
+    #[test]
+    fn every_first_request_is_answered_even_with_nothing() {
+        let set = no_clusters();
+        let mut ctx = ctx(Mode::Sotw);
+        let mut s = Sotw::new();
+        s.on_request(request(TypeUrl::Cluster, &[], "", ""), &mut ctx)
+            .unwrap();
+        s.on_snapshot(snapshot(&set, 1), &mut ctx);
+        s.on_request(request(TypeUrl::Endpoint, &["nothing"], "", ""), &mut ctx)
+            .unwrap();
+        let first = drain(&mut s, &mut ctx);
+        let got: Vec<(TypeUrl, usize)> = first
+            .iter()
+            .map(|r| (r.type_url, r.resources.len()))
+            .collect();
+        // An empty CDS list, with a version; no such assignment, said by an empty list.
+        assert_eq!(got, vec![(TypeUrl::Cluster, 0), (TypeUrl::Endpoint, 0)]);
+        assert!(
+            first
+                .iter()
+                .all(|r| !r.version_info.is_empty() && !r.nonce.is_empty())
+        );
+        for r in &first {
+            let names: Vec<&str> = if r.type_url == TypeUrl::Endpoint {
+                vec!["nothing"]
+            } else {
+                vec![]
+            };
+            s.on_request(
+                request(r.type_url, &names, &r.version_info, &r.nonce),
+                &mut ctx,
+            )
+            .unwrap();
+        }
+        assert!(s.settled());
+        // Later pushes that change nothing for the proxy send nothing.
+        s.on_snapshot(snapshot(&set, 2), &mut ctx);
+        assert!(drain(&mut s, &mut ctx).is_empty());
+
+        // A reconnect names the version it holds, with no nonce: answered again.
+        let version = first[0].version_info.clone();
+        let mut ctx = crate::controlplane::stream::testing::ctx(Mode::Sotw);
+        let mut s = Sotw::new();
+        s.on_snapshot(snapshot(&set, 2), &mut ctx);
+        s.on_request(request(TypeUrl::Cluster, &[], &version, ""), &mut ctx)
+            .unwrap();
+        let again = drain(&mut s, &mut ctx);
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            (
+                again[0].type_url,
+                again[0].resources.len(),
+                &again[0].version_info
+            ),
+            (TypeUrl::Cluster, 0, &version)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! What the control plane knows about each connected proxy, per resource type: what was
 //! sent, what was ACKed, what was NACKed and why (`/debug/syncz`).
 use super::metrics::Mode;
+use super::node::NodeInfo;
 use crate::xds::TypeUrl;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -74,6 +75,24 @@ pub struct ProxyStatus {
 }
 
 impl ProxyStatus {
+    /// A stream of `node` that has just connected.
+    pub fn new(connection_id: u64, node: &NodeInfo, mode: Mode) -> ProxyStatus {
+        ProxyStatus {
+            connection_id,
+            node_id: node.identity.id.clone(),
+            proxy_id: node.proxy_id.clone(),
+            namespace: node.identity.namespace.clone(),
+            labels: node.identity.labels.clone(),
+            user_agent: node.user_agent.clone(),
+            istio_version: node.istio_version.clone(),
+            mode,
+            connected_at: SystemTime::now(),
+            snapshot_generation: 0,
+            snapshot_error: None,
+            types: Default::default(),
+        }
+    }
+
     pub fn ty(&mut self, t: TypeUrl) -> &mut TypeStatus {
         self.types.entry(t.short()).or_default()
     }

@@ -262,3 +262,65 @@ pub(crate) async fn run<E: Engine>(
     }
     tracing::info!(conn = conn_id, node = %ctx.node.identity.id, "proxy disconnected");
 }
+
+/// Engines driven by hand, without a connection: for the engines' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::controlplane::server::Options;
+    use crate::controlplane::snapshot::Interner;
+    use crate::controlplane::source::StaticSource;
+    use crate::xds::{ProxyIdentity, ResourceSet};
+
+    /// The context of a stream of node `test` (an empty control plane behind it).
+    pub fn ctx(mode: Mode) -> StreamCtx {
+        let inner = Arc::new(Inner::new(
+            Arc::new(StaticSource::new(ResourceSet::default())),
+            Options::default(),
+        ));
+        let node = parse_node(Some(&Node {
+            id: "test".into(),
+            ..Default::default()
+        }))
+        .expect("a valid node");
+        StreamCtx {
+            inner,
+            status: Arc::new(Mutex::new(ProxyStatus::new(1, &node, mode))),
+            node,
+            only: None,
+            nonce_prefix: "test".into(),
+            nonce_counter: 0,
+            warned_unknown: false,
+            converging: None,
+        }
+    }
+
+    /// `set` as a proxy's snapshot.
+    pub fn snapshot(set: &ResourceSet, generation: u64) -> Arc<Snapshot> {
+        Arc::new(
+            Snapshot::build(
+                ProxyIdentity::default(),
+                set,
+                generation,
+                None,
+                &Interner::default(),
+            )
+            .expect("a consistent set"),
+        )
+    }
+
+    /// Every response the engine has to send now, in order.
+    pub fn drain<E: Engine>(engine: &mut E, ctx: &mut StreamCtx) -> Vec<E::Response> {
+        let mut out = Vec::new();
+        // Bounded: a pending flag that never clears is a bug the test should see.
+        for _ in 0..100 {
+            if !engine.has_pending() {
+                return out;
+            }
+            if let Some(r) = engine.next_response(ctx) {
+                out.push(r);
+            }
+        }
+        panic!("the engine stays pending");
+    }
+}

@@ -11,6 +11,14 @@
 //! the server goes away the last applied set stays in force; the client reconnects with
 //! capped exponential back-off and jitter and re-subscribes with what it holds (delta
 //! `initial_resource_versions`, SotW `version_info`).
+//!
+//! The first sync has Envoy's `initial_fetch_timeout` semantics: a subscription (CDS,
+//! LDS, or one EDS/RDS/SDS name) whose first response has not come within
+//! [`ClientOptions::initial_fetch_timeout`] is given up on, counted as empty, so that the
+//! first set is applied and listeners bind; its resource is applied normally when it
+//! comes later. Unlike Envoy, whose timer starts with the subscription, a timer runs only
+//! while connected to the server: a gateway started before its control plane waits for
+//! it, and a reconnect restarts the timers of what is still awaited.
 mod state;
 
 pub use state::{Decoded, decode};
@@ -22,7 +30,7 @@ use crate::xds::pb::envoy::service::discovery::v3::{
 };
 use crate::xds::pb::google::rpc::Status as RpcStatus;
 use crate::xds::{ResourceSet, TypeUrl};
-use state::{Incoming, State, Update};
+use state::{Incoming, State, Subscription, Update};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -81,6 +89,10 @@ pub struct ClientOptions {
     /// After the first sync, how long an incomplete update (a new cluster whose
     /// endpoints have not arrived) waits before it is applied anyway.
     pub warming_timeout: Duration,
+    /// For the first sync: how long each subscription waits for its first response,
+    /// while connected to the server, before it counts as empty (Envoy's
+    /// `initial_fetch_timeout`, 15 s by default). Zero waits forever.
+    pub initial_fetch_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -96,6 +108,7 @@ impl ClientOptions {
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(15),
             warming_timeout: Duration::from_secs(5),
+            initial_fetch_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -149,6 +162,11 @@ pub struct XdsClient {
     warming_since: Option<Instant>,
     applied_once: bool,
     dirty: bool,
+    /// When the current connection to the server was established (None between them).
+    connected_since: Option<Instant>,
+    /// Before the first sync: when names were subscribed on the current stream after the
+    /// connection was established (the rest have waited since `connected_since`).
+    subscribed_at: BTreeMap<Subscription, Instant>,
 }
 
 /// A handle to watch a running client.
@@ -251,6 +269,8 @@ impl XdsClient {
             warming_since: None,
             applied_once: false,
             dirty: false,
+            connected_since: None,
+            subscribed_at: BTreeMap::new(),
         }
     }
 
@@ -270,6 +290,7 @@ impl XdsClient {
         let mut backoff = self.options.backoff_initial;
         loop {
             let outcome = self.connect_and_follow().await;
+            self.connected_since = None;
             self.with_status(|s| s.connected = false);
             let err = match outcome {
                 Outcome::Progress(e) => {
@@ -314,6 +335,7 @@ impl XdsClient {
             s.connected = true;
             s.connects += 1;
         });
+        self.start_initial_fetch_timers();
         tracing::info!(server = %self.options.address, delta = self.options.delta, "connected to the xDS server");
         if self.options.delta {
             self.follow_delta(client).await
@@ -354,12 +376,82 @@ impl XdsClient {
         self.dirty = false;
         self.warming_since = None;
         self.applied_once = true;
+        self.subscribed_at.clear();
         self.consumer.apply(Arc::new(self.state.to_set()));
         self.ready_tx.send_replace(true);
         self.with_status(|s| {
             s.ready = true;
             s.applies += 1;
         });
+    }
+
+    /// The connection to the server is up and the stream being opened: the initial fetch
+    /// timers of what the first sync still awaits start now.
+    fn start_initial_fetch_timers(&mut self) {
+        self.connected_since = Some(Instant::now());
+        self.subscribed_at.clear();
+    }
+
+    /// Names subscribed on the current stream: their initial fetch timers start now.
+    fn subscribing(&mut self, t: TypeUrl, names: impl IntoIterator<Item = String>) {
+        if self.applied_once {
+            return;
+        }
+        let now = Instant::now();
+        for n in names {
+            self.subscribed_at.insert(Subscription::Named(t, n), now);
+        }
+    }
+
+    /// When `s` started waiting on the connection established at `connected`.
+    fn waited_since(&self, s: &Subscription, connected: Instant) -> Instant {
+        self.subscribed_at
+            .get(s)
+            .copied()
+            .unwrap_or(connected)
+            .max(connected)
+    }
+
+    /// When an awaited subscription of the first sync exceeds the initial fetch timeout.
+    fn initial_fetch_deadline(&self) -> Option<Instant> {
+        let since = self.connected_since?;
+        if self.applied_once || self.options.initial_fetch_timeout.is_zero() {
+            return None;
+        }
+        self.state
+            .waiting()
+            .iter()
+            .map(|s| self.waited_since(s, since))
+            .min()
+            .map(|t| t + self.options.initial_fetch_timeout)
+    }
+
+    /// Gives up on the awaited subscriptions whose initial fetch timeout passed, as Envoy
+    /// does: they count as empty, and the first set may be applied without them.
+    fn initial_fetch_timed_out(&mut self) {
+        let (Some(since), timeout) = (self.connected_since, self.options.initial_fetch_timeout)
+        else {
+            return;
+        };
+        let now = Instant::now();
+        let expired: Vec<Subscription> = self
+            .state
+            .waiting()
+            .into_iter()
+            .filter(|s| self.waited_since(s, since) + timeout <= now)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let names = expired
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::warn!(server = %self.options.address, ?timeout, subscriptions = %names, "initial fetch timeout: initializing without these subscriptions' first responses; what they bring later is applied as it comes");
+        self.state.give_up(expired);
+        self.dirty = true;
+        self.maybe_apply();
     }
 
     fn warming_deadline(&self) -> Option<Instant> {
@@ -405,6 +497,22 @@ impl XdsClient {
             .collect()
     }
 
+    /// Waits for the server to accept a stream (some servers answer the call only with
+    /// their first response), giving up on subscriptions meanwhile as their initial fetch
+    /// timeouts pass.
+    async fn opening<F: std::future::Future>(&mut self, call: F) -> F::Output {
+        tokio::pin!(call);
+        loop {
+            let initial_fetch = self.initial_fetch_deadline();
+            tokio::select! {
+                r = &mut call => return r,
+                _ = tokio::time::sleep_until(initial_fetch.unwrap_or_else(Instant::now)), if initial_fetch.is_some() => {
+                    self.initial_fetch_timed_out();
+                }
+            }
+        }
+    }
+
     /// The next response on a stream, or how the stream ended (`progressed`: it delivered
     /// before). Config whose warming deadline passes meanwhile is applied.
     async fn receive<T: prost::Message + Default>(
@@ -414,6 +522,7 @@ impl XdsClient {
     ) -> Result<T, Outcome> {
         loop {
             let deadline = self.warming_deadline();
+            let initial_fetch = self.initial_fetch_deadline();
             tokio::select! {
                 m = inbound.message() => return match m {
                     Ok(Some(r)) => Ok(r),
@@ -422,6 +531,9 @@ impl XdsClient {
                 },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.maybe_apply();
+                }
+                _ = tokio::time::sleep_until(initial_fetch.unwrap_or_else(Instant::now)), if initial_fetch.is_some() => {
+                    self.initial_fetch_timed_out();
                 }
             }
         }
@@ -449,10 +561,8 @@ impl XdsClient {
             subscribed.insert(t, names);
             let _ = tx.try_send(req);
         }
-        let mut inbound = match client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-        {
+        let opening = client.delta_aggregated_resources(ReceiverStream::new(rx));
+        let mut inbound = match self.opening(opening).await {
             Ok(r) => r.into_inner(),
             Err(status) => return Outcome::Failed(status.into()),
         };
@@ -528,6 +638,7 @@ impl XdsClient {
                     self.state.forget(t, n);
                     self.dirty = true;
                 }
+                self.subscribing(t, req.resource_names_subscribe.iter().cloned());
                 *old = names;
                 if !send_on(&tx, req).await {
                     return Outcome::of(progressed, ClientError::Stuck);
@@ -559,10 +670,8 @@ impl XdsClient {
             names.insert(t, n);
             let _ = tx.try_send(req);
         }
-        let mut inbound = match client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-        {
+        let opening = client.stream_aggregated_resources(ReceiverStream::new(rx));
+        let mut inbound = match self.opening(opening).await {
             Ok(r) => r.into_inner(),
             Err(status) => return Outcome::Failed(status.into()),
         };
@@ -632,6 +741,7 @@ impl XdsClient {
                     self.state.forget(t, gone);
                     self.dirty = true;
                 }
+                self.subscribing(t, n.difference(&old).cloned());
                 let req = DiscoveryRequest {
                     type_url: t.as_str().to_string(),
                     version_info: self.state.of(t).version.clone(),

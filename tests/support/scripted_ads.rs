@@ -63,9 +63,14 @@ pub struct ScriptedServer {
 impl ScriptedServer {
     /// Serves on a free port of 127.0.0.1 (inside the test's tokio runtime).
     pub async fn start() -> ScriptedServer {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Serves on `addr` (a port a client may already be trying).
+    pub async fn start_on(addr: SocketAddr) -> ScriptedServer {
         let (dtx, drx) = mpsc::channel(4);
         let (stx, srx) = mpsc::channel(4);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()

@@ -211,6 +211,19 @@ impl XdsGateway {
         delta: bool,
         workdir: &Path,
     ) -> XdsGateway {
+        Self::spawn_with(name, xds_addr, labels, namespace, delta, workdir, &[])
+    }
+
+    /// Spawns with more flags.
+    pub fn spawn_with(
+        name: &str,
+        xds_addr: &str,
+        labels: &str,
+        namespace: &str,
+        delta: bool,
+        workdir: &Path,
+        extra: &[&str],
+    ) -> XdsGateway {
         let admin_port = free_port();
         let health_port = free_port();
         let log_path = workdir.join(format!("{name}.log"));
@@ -228,6 +241,7 @@ impl XdsGateway {
         if !delta {
             cmd.arg("--xds-sotw");
         }
+        cmd.args(extra);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -73,10 +73,31 @@ pub struct TypeState {
     pub version: String,
 }
 
+/// One subscription the first sync waits on: a wildcard type (CDS, LDS), or one name of
+/// a named type (EDS, RDS, SDS). Shown as `cds` or `rds/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Subscription {
+    Wildcard(TypeUrl),
+    Named(TypeUrl, String),
+}
+
+impl std::fmt::Display for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subscription::Wildcard(t) => f.write_str(t.short()),
+            Subscription::Named(t, n) => write!(f, "{}/{n}", t.short()),
+        }
+    }
+}
+
 /// Everything the client has accepted.
 #[derive(Debug, Clone, Default)]
 pub struct State {
     types: [TypeState; 5],
+    /// Subscriptions whose first response did not come within the initial fetch
+    /// timeout: they no longer hold back completeness (Envoy's init target is done) until
+    /// their resource arrives or they are dropped.
+    given_up: BTreeSet<Subscription>,
 }
 
 fn i(t: TypeUrl) -> usize {
@@ -129,26 +150,22 @@ impl State {
         }
     }
 
-    /// True when CDS and LDS arrived and every referenced name is held or known absent.
+    /// True when CDS and LDS arrived and every referenced name is held or known absent
+    /// (or was given up on).
     pub fn complete(&self) -> bool {
-        if !self.of(TypeUrl::Cluster).received || !self.of(TypeUrl::Listener).received {
-            return false;
-        }
-        let refs = self.references();
-        TypeUrl::ALL.iter().all(|&t| {
-            self.wanted(t, &refs).is_none_or(|names| {
-                let ts = self.of(t);
-                names
-                    .iter()
-                    .all(|n| ts.resources.contains_key(n) || ts.absent.contains(n))
-            })
-        })
+        self.waiting().is_empty()
     }
 
-    /// The referenced names not yet held (for logs while warming).
-    pub fn missing(&self) -> Vec<String> {
+    /// The subscriptions still awaited: CDS or LDS before their first response, and
+    /// referenced names neither held nor known absent; not those given up on.
+    pub fn waiting(&self) -> Vec<Subscription> {
+        let mut out: Vec<Subscription> = [TypeUrl::Cluster, TypeUrl::Listener]
+            .into_iter()
+            .filter(|&t| !self.of(t).received)
+            .map(Subscription::Wildcard)
+            .filter(|s| !self.given_up.contains(s))
+            .collect();
         let refs = self.references();
-        let mut out = Vec::new();
         for t in TypeUrl::ALL {
             if let Some(names) = self.wanted(t, &refs) {
                 let ts = self.of(t);
@@ -156,11 +173,26 @@ impl State {
                     names
                         .into_iter()
                         .filter(|n| !ts.resources.contains_key(n) && !ts.absent.contains(n))
-                        .map(|n| format!("{}/{n}", t.short())),
+                        .map(|n| Subscription::Named(t, n))
+                        .filter(|s| !self.given_up.contains(s)),
                 );
             }
         }
         out
+    }
+
+    /// The referenced names not yet held (for logs while warming).
+    pub fn missing(&self) -> Vec<String> {
+        self.waiting()
+            .iter()
+            .filter(|s| matches!(s, Subscription::Named(..)))
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// Stops waiting for these subscriptions' first responses (initial fetch timeout).
+    pub fn give_up(&mut self, subscriptions: impl IntoIterator<Item = Subscription>) {
+        self.given_up.extend(subscriptions);
     }
 
     fn to_set_of(&self, types: &[TypeUrl]) -> ResourceSet {
@@ -222,6 +254,16 @@ impl State {
             );
         }
         ts.received = true;
+        // What was given up on and has now been answered is awaited no more.
+        let t = update.ty;
+        next.given_up.retain(|s| match s {
+            Subscription::Wildcard(w) => *w != t,
+            Subscription::Named(n, name) => {
+                *n != t
+                    || !(update.removed.contains(name)
+                        || accepted.iter().any(|(a, _, _)| a == name))
+            }
+        });
         next
     }
 
@@ -295,6 +337,8 @@ impl State {
         let ts = self.of_mut(t);
         ts.resources.remove(name);
         ts.absent.remove(name);
+        self.given_up
+            .remove(&Subscription::Named(t, name.to_string()));
     }
 }
 
@@ -416,6 +460,52 @@ mod tests {
             None,
         );
         assert!(state.of(TypeUrl::Cluster).resources.is_empty());
+    }
+
+    #[test]
+    fn subscriptions_given_up_on_count_as_answered_until_they_come() {
+        let mut state = State::default();
+        let consumer = Picky::default();
+        let set = gw();
+        let (cds, lds) = (
+            Subscription::Wildcard(TypeUrl::Cluster),
+            Subscription::Wildcard(TypeUrl::Listener),
+        );
+        let rds = Subscription::Named(TypeUrl::Route, "http.8080".into());
+        assert_eq!(state.waiting(), vec![cds.clone(), lds.clone()]);
+        state.apply(&update(TypeUrl::Listener, &set, true, "1"), &consumer, None);
+        assert_eq!(state.waiting(), vec![cds.clone(), rds.clone()]);
+        assert_eq!(
+            state
+                .waiting()
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+            vec!["cds", "rds/http.8080"]
+        );
+        // The initial fetch timeout passes for both: the first set is complete without
+        // them.
+        state.give_up(state.waiting());
+        assert!(state.complete());
+        // CDS comes late: its clusters' endpoints are awaited like any new reference,
+        // while the route given up on still is not.
+        state.apply(&update(TypeUrl::Cluster, &set, true, "1"), &consumer, None);
+        let eds = Subscription::Named(TypeUrl::Endpoint, cluster_name("a"));
+        assert_eq!(state.waiting(), vec![eds]);
+        state.apply(
+            &update(TypeUrl::Endpoint, &set, false, "1"),
+            &consumer,
+            None,
+        );
+        assert!(state.complete());
+        // The route comes late too, and is held; removed later, it is known absent.
+        state.apply(&update(TypeUrl::Route, &set, false, "1"), &consumer, None);
+        assert!(state.of(TypeUrl::Route).resources.contains_key("http.8080"));
+        assert!(state.given_up.is_empty());
+        // Dropped and subscribed again, a name is awaited afresh.
+        state.give_up([rds.clone()]);
+        state.forget(TypeUrl::Route, "http.8080");
+        assert_eq!(state.waiting(), vec![rds]);
     }
 
     #[test]
