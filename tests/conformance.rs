@@ -35,6 +35,7 @@
 //!     one_upstream: true         # with repeat: all answers from one upstream
 //!     requests: {a: 1, b: 1}     # requests each upstream received (mirrors, retries)
 //!     min_ms: 200                # the answer took at least this long (delays)
+//!     refused: true              # no response at all (reset, closed, handshake refused)
 //! ```
 //!
 //! Placeholders: `{{PORT}}`, `{{PORT2}}` (gateway ports), `{{A}}`, `{{B}}`, `{{C}}` (echo
@@ -249,6 +250,9 @@ struct Expect {
     requests: Option<BTreeMap<String, usize>>,
     #[serde(default)]
     min_ms: Option<u64>,
+    /// No response: the connection is refused, reset or closed (an unknown SNI, say).
+    #[serde(default)]
+    refused: bool,
 }
 
 /// A case: its header and the Istio YAML, both templates.
@@ -703,6 +707,9 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
                     && a.status() != Some(s)
                 {
                     fail(&mut failures, format!("expected status {s}, got {a:?}"));
+                }
+                if p.expect.refused && a.status().is_some() {
+                    fail(&mut failures, format!("expected no response, got {a:?}"));
                 }
                 if let Some(u) = &p.expect.upstream
                     && a.upstream().as_deref() != Some(u.as_str())
