@@ -16,7 +16,7 @@ use crate::proxy::http::normalize;
 use crate::proxy::http::request::*;
 use crate::proxy::route::action::*;
 use crate::proxy::route::format::{FormatContext, RequestLine};
-use crate::proxy::route::{HeaderMutations, Route, RouteTable, VirtualHost};
+use crate::proxy::route::{HeaderMutations, RequestView, Route, RouteTable, VirtualHost};
 use crate::proxy::runtime::Shared;
 use crate::proxy::upstream::cluster::{Cluster, UpstreamProtocol};
 use crate::proxy::upstream::host::Host;
@@ -201,6 +201,19 @@ async fn serve(
             cx.state.close_after_response();
             return Err(LocalReply::BAD_REQUEST);
         }
+        // An absolute-form target's scheme becomes `:scheme`: only http, and https over
+        // TLS, are believed (Envoy's codec).
+        if let Some(scheme) = req.uri().scheme_str() {
+            let https = scheme.eq_ignore_ascii_case("https");
+            if !https && !scheme.eq_ignore_ascii_case("http") {
+                cx.state.close_after_response();
+                return Err(LocalReply::INVALID_SCHEME);
+            }
+            if https && !cx.peer.https {
+                cx.state.close_after_response();
+                return Err(LocalReply::HTTPS_IN_PLAINTEXT);
+            }
+        }
     }
     let h = req.headers();
     if h.len() > hcm.max_headers_count {
@@ -339,14 +352,8 @@ async fn serve(
     {
         return Ok(https_redirect(&req, &authority));
     }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let (path, query) = split_query(pq);
     let random: u64 = rand::random();
-    let Some(route) = vhost.route(path, query.unwrap_or(""), req.headers(), random) else {
+    let Some(route) = vhost.route(&request_view(&req, &authority, cx.peer.https), random) else {
         return Err(LocalReply::NO_ROUTE);
     };
     log.route_name = Some(route.name.clone());
@@ -358,7 +365,7 @@ async fn serve(
             HttpFilter::Fault(filter_level) => {
                 let fault: Option<&Fault> = route.fault.as_deref().or(filter_level.as_deref());
                 if let Some(fault) = fault
-                    && fault.applies(req.headers())
+                    && fault.applies(&request_view(&req, &authority, cx.peer.https))
                 {
                     if let Some((delay, pm)) = fault.delay
                         && roll(pm)
@@ -759,6 +766,23 @@ fn format_cx(cx: &ConnCtx, started: Instant, version: Version) -> FormatContext<
 }
 
 /// The request line of a request still at hand, for `%REQ(:PATH)%` and friends.
+/// What route and fault conditions see: the headers plus Envoy's pseudo-headers, with
+/// the authority the connection manager settled on (port stripped, HTTP/1.0 default).
+fn request_view<'a, B>(
+    req: &'a Request<B>,
+    authority: &'a HeaderValue,
+    tls: bool,
+) -> RequestView<'a> {
+    RequestView::new(
+        req.method(),
+        authority.as_bytes(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        req.uri().scheme_str(),
+        tls,
+        req.headers(),
+    )
+}
+
 fn request_line<'a, B>(
     req: &'a Request<B>,
     authority: &'a HeaderValue,

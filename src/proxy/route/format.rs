@@ -395,7 +395,8 @@ fn header_keys(sub: &[u8]) -> Result<(HeaderKey, Option<HeaderKey>), FormatError
         Ok(match lower.as_slice() {
             b":method" => HeaderKey::Method,
             b":path" => HeaderKey::Path,
-            b":authority" => HeaderKey::Authority,
+            // Envoy's header map answers `host` with `:authority`.
+            b":authority" | b"host" => HeaderKey::Authority,
             b":scheme" => HeaderKey::Scheme,
             b":status" => HeaderKey::Status,
             _ => HeaderKey::Name(HeaderName::from_bytes(&lower).map_err(|_| {
