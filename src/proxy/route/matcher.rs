@@ -30,7 +30,18 @@ pub(crate) fn compile_regex_matcher(
             unsupported: [],
         }
     );
+    if m.regex.is_empty() {
+        return Err(cx.err("regex", "value length must be at least 1 characters"));
+    }
     full_regex(cx, "regex", &m.regex)
+}
+
+/// Envoy's `min_len: 1` on prefix, suffix and contains patterns.
+fn non_empty<'s>(cx: &Cx, field: &str, s: &'s str) -> Result<&'s str, CompileError> {
+    if s.is_empty() {
+        return Err(cx.err(field, "value length must be at least 1 characters"));
+    }
+    Ok(s)
 }
 
 /// envoy.type.matcher.v3.StringMatcher, compiled.
@@ -77,9 +88,15 @@ impl StringMatch {
         let ic = m.ignore_case;
         Ok(match &m.match_pattern {
             Some(P::Exact(s)) => StringMatch::Exact(lower_if(s, ic), ic),
-            Some(P::Prefix(s)) => StringMatch::Prefix(lower_if(s, ic), ic),
-            Some(P::Suffix(s)) => StringMatch::Suffix(lower_if(s, ic), ic),
-            Some(P::Contains(s)) => StringMatch::Contains(lower_if(s, ic), ic),
+            Some(P::Prefix(s)) => {
+                StringMatch::Prefix(lower_if(non_empty(cx, "prefix", s)?, ic), ic)
+            }
+            Some(P::Suffix(s)) => {
+                StringMatch::Suffix(lower_if(non_empty(cx, "suffix", s)?, ic), ic)
+            }
+            Some(P::Contains(s)) => {
+                StringMatch::Contains(lower_if(non_empty(cx, "contains", s)?, ic), ic)
+            }
             Some(P::SafeRegex(r)) => cx.at("safe_regex", |cx| {
                 compile_regex_matcher(cx, r).map(StringMatch::Regex)
             })?,
@@ -248,6 +265,9 @@ pub struct HeaderMatch {
 #[derive(Debug, Clone)]
 pub enum HeaderMatchKind {
     String(StringMatch),
+    /// Any value of a present header (not a presence test: a missing header fails it
+    /// even when inverted).
+    AnyValue,
     Present(bool),
     Range(i64, i64),
 }
@@ -276,18 +296,24 @@ impl HeaderMatch {
         let key = HeaderKey::parse(&m.name)
             .ok_or_else(|| cx.err("name", format!("invalid header name {:?}", m.name)))?;
         let kind = match &m.header_match_specifier {
+            // The deprecated `exact_match: ""` takes any value (Envoy's
+            // `HeaderDataExactMatch`); `string_match: {exact: ""}` takes only an empty one.
+            Some(S::ExactMatch(s)) if s.is_empty() => HeaderMatchKind::AnyValue,
             Some(S::ExactMatch(s)) => {
                 HeaderMatchKind::String(StringMatch::Exact(s.as_str().into(), false))
             }
-            Some(S::PrefixMatch(s)) => {
-                HeaderMatchKind::String(StringMatch::Prefix(s.as_str().into(), false))
-            }
-            Some(S::SuffixMatch(s)) => {
-                HeaderMatchKind::String(StringMatch::Suffix(s.as_str().into(), false))
-            }
-            Some(S::ContainsMatch(s)) => {
-                HeaderMatchKind::String(StringMatch::Contains(s.as_str().into(), false))
-            }
+            Some(S::PrefixMatch(s)) => HeaderMatchKind::String(StringMatch::Prefix(
+                non_empty(cx, "prefix_match", s)?.into(),
+                false,
+            )),
+            Some(S::SuffixMatch(s)) => HeaderMatchKind::String(StringMatch::Suffix(
+                non_empty(cx, "suffix_match", s)?.into(),
+                false,
+            )),
+            Some(S::ContainsMatch(s)) => HeaderMatchKind::String(StringMatch::Contains(
+                non_empty(cx, "contains_match", s)?.into(),
+                false,
+            )),
             Some(S::SafeRegexMatch(r)) => HeaderMatchKind::String(StringMatch::Regex(
                 cx.at("safe_regex_match", |cx| compile_regex_matcher(cx, r))?,
             )),
@@ -356,6 +382,7 @@ impl HeaderMatch {
     fn test(&self, v: &[u8]) -> bool {
         match &self.kind {
             HeaderMatchKind::String(s) => s.matches(v),
+            HeaderMatchKind::AnyValue => true,
             HeaderMatchKind::Present(p) => *p,
             HeaderMatchKind::Range(start, end) => std::str::from_utf8(v)
                 .ok()
@@ -709,6 +736,33 @@ mod tests {
                 vec![("x", "10")],
                 false,
             ),
+            // The deprecated exact_match "" takes any value of a present header.
+            (
+                json!({"name": "x", "exact_match": ""}),
+                vec![("x", "abc")],
+                true,
+            ),
+            (json!({"name": "x", "exact_match": ""}), vec![], false),
+            (
+                json!({"name": "x", "exact_match": "", "invert_match": true}),
+                vec![],
+                false,
+            ),
+            (
+                json!({"name": "x", "exact_match": "", "treat_missing_header_as_empty": true}),
+                vec![],
+                true,
+            ),
+            (
+                json!({"name": "x", "string_match": {"exact": ""}}),
+                vec![("x", "abc")],
+                false,
+            ),
+            (
+                json!({"name": "x", "string_match": {"exact": ""}}),
+                vec![("x", "")],
+                true,
+            ),
         ];
         for (i, (m, h, want)) in cases.into_iter().enumerate() {
             let m = hm(m);
@@ -1004,6 +1058,38 @@ mod tests {
         for (i, (m, req, want)) in cases.into_iter().enumerate() {
             let m = hm(m);
             assert_eq!(m.matches(&req.view()), want, "case {i}: {m:?}");
+        }
+    }
+
+    #[test]
+    fn empty_patterns_envoy_refuses() {
+        use serde_json::json;
+        let cases = [
+            (json!({"name": "x", "prefix_match": ""}), "prefix_match"),
+            (json!({"name": "x", "suffix_match": ""}), "suffix_match"),
+            (json!({"name": "x", "contains_match": ""}), "contains_match"),
+            (
+                json!({"name": "x", "string_match": {"prefix": ""}}),
+                "string_match.prefix",
+            ),
+            (
+                json!({"name": "x", "string_match": {"suffix": ""}}),
+                "string_match.suffix",
+            ),
+            (
+                json!({"name": "x", "string_match": {"contains": ""}}),
+                "string_match.contains",
+            ),
+            (
+                json!({"name": "x", "safe_regex_match": {"regex": ""}}),
+                "safe_regex_match.regex",
+            ),
+        ];
+        for (m, path) in cases {
+            let pb: route_pb::HeaderMatcher = crate::xds::json::from_json(&m).unwrap();
+            let e = HeaderMatch::compile(&mut cx(), &pb).unwrap_err();
+            assert_eq!(e.path, path, "{m}");
+            assert!(e.to_string().contains("at least 1"), "{e}");
         }
     }
 
