@@ -1277,10 +1277,10 @@ async fn forward(
             && !out_of_time
             && upgrade.is_none();
         if can_retry {
-            // A retry needs a max_retries slot (circuit breaker); without one the
-            // current answer stands.
+            // A retry needs a slot of the retry circuit breaker (max_retries or the
+            // retry budget); without one the current answer stands.
             drop(retry_slot.take());
-            match cluster.state.acquire_retry(cluster.thresholds.max_retries) {
+            match cluster.state.acquire_retry(&cluster.thresholds) {
                 Some(slot) => {
                     retry_slot = Some(slot);
                     cluster
