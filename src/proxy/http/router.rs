@@ -1280,7 +1280,10 @@ async fn forward(
             // A retry needs a slot of the retry circuit breaker (max_retries or the
             // retry budget); without one the current answer stands.
             drop(retry_slot.take());
-            match cluster.state.acquire_retry(&cluster.thresholds) {
+            match cluster
+                .state
+                .acquire_retry(&cluster.thresholds, result.is_ok())
+            {
                 Some(slot) => {
                     retry_slot = Some(slot);
                     cluster

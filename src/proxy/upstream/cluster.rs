@@ -364,14 +364,17 @@ impl ClusterState {
     }
 
     /// A retry slot, within `max_retries` or the retry budget (which is measured against
-    /// the active and pending requests at this moment).
-    pub fn acquire_retry(&self, thresholds: &Thresholds) -> Option<Slot<'_>> {
+    /// the active and pending requests at this moment). `answered`: the failed attempt
+    /// got a response; meshgate has released its request slot already, Envoy still counts
+    /// its open stream while it decides.
+    pub fn acquire_retry(&self, thresholds: &Thresholds, answered: bool) -> Option<Slot<'_>> {
         let max = match thresholds.retry_budget {
             None => thresholds.max_retries,
             Some(_) => thresholds.retry_limit(
                 self.rq_active
                     .load(Ordering::Relaxed)
-                    .saturating_add(self.rq_pending.load(Ordering::Relaxed)),
+                    .saturating_add(self.rq_pending.load(Ordering::Relaxed))
+                    .saturating_add(u32::from(answered)),
             ),
         };
         try_acquire(&self.retries_active, max).then(|| Slot(&self.retries_active))
@@ -436,29 +439,37 @@ mod tests {
             ..Default::default()
         };
         // Nothing active: the minimum, one.
-        let first = state.acquire_retry(&t).expect("minimum concurrency");
-        assert!(state.acquire_retry(&t).is_none());
+        let first = state.acquire_retry(&t, false).expect("minimum concurrency");
+        assert!(state.acquire_retry(&t, false).is_none());
         // A refusal takes nothing and gives nothing back.
         assert_eq!(state.retries_active.load(Ordering::Relaxed), 1);
         // Four active and two pending requests: half of six.
         state.rq_active.store(4, Ordering::Relaxed);
         state.rq_pending.store(2, Ordering::Relaxed);
-        let second = state.acquire_retry(&t).expect("budget of three");
-        let third = state.acquire_retry(&t).expect("budget of three");
-        assert!(state.acquire_retry(&t).is_none());
+        let second = state.acquire_retry(&t, false).expect("budget of three");
+        let third = state.acquire_retry(&t, false).expect("budget of three");
+        assert!(state.acquire_retry(&t, false).is_none());
+        // An attempt that answered still counts: half of seven is still three, half of
+        // eight is four.
+        assert!(state.acquire_retry(&t, true).is_none());
+        state.rq_active.store(5, Ordering::Relaxed);
+        assert!(state.acquire_retry(&t, false).is_none());
+        let fourth = state.acquire_retry(&t, true).expect("budget of four");
+        drop(fourth);
+        state.rq_active.store(4, Ordering::Relaxed);
         assert_eq!(state.retries_active.load(Ordering::Relaxed), 3);
         // Slots are released on drop; the load fell, so the limit is back to one.
         drop((first, second, third));
         state.rq_active.store(0, Ordering::Relaxed);
         state.rq_pending.store(0, Ordering::Relaxed);
-        let _one = state.acquire_retry(&t).expect("minimum concurrency");
-        assert!(state.acquire_retry(&t).is_none());
+        let _one = state.acquire_retry(&t, false).expect("minimum concurrency");
+        assert!(state.acquire_retry(&t, false).is_none());
         // Without a budget max_retries counts, here zero.
         let plain = Thresholds {
             max_retries: 0,
             ..Default::default()
         };
         let fresh = ClusterState::default();
-        assert!(fresh.acquire_retry(&plain).is_none());
+        assert!(fresh.acquire_retry(&plain, false).is_none());
     }
 }
