@@ -320,3 +320,95 @@ fn method_authority_scheme_matches_same_as_envoy() {
     assert!(diffs.is_empty(), "{}\n{}", diffs.join("\n"), gw.stderr());
     envoy.envoy.assert_no_rejections();
 }
+
+/// A DestinationRule `retryBudget` reaches both data planes as Envoy's
+/// `circuit_breakers.thresholds[].retry_budget`.
+fn retry_budget_yaml(port: u16, a: u16) -> String {
+    format!(
+        r#"{gateway}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: retried, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - retries: {{attempts: 1, retryOn: 5xx}}
+    route: [{{destination: {{host: a.internal, port: {{number: {a}}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: a, namespace: default}}
+spec:
+  host: a.internal
+  trafficPolicy:
+    retryBudget: {{percent: 0, minRetryConcurrency: 1}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: a, namespace: default}}
+spec:
+  hosts: [a.internal]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: {a}, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1}}]
+"#,
+        gateway = istio_http_gateway("default", port)
+    )
+}
+
+#[test]
+fn destination_rule_retry_budget_same_as_envoy() {
+    let a = EchoUpstream::start("a");
+    let (envoy_port, mesh_port) = (free_port(), free_port());
+    let translated = |port: u16| {
+        let dir = TempDir::new();
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            retry_budget_yaml(port, a.port()),
+        )
+        .unwrap();
+        translate_istio(dir.path())
+    };
+    let resources = resource_json(&translated(envoy_port));
+    let budgets: Vec<&serde_json::Value> = resources["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["circuit_breakers"]["thresholds"][0].get("retry_budget"))
+        .collect();
+    assert_eq!(
+        budgets,
+        // Percent 0 is the default value, so JSON leaves it out.
+        vec![&serde_json::json!({"budget_percent": {}, "min_retry_concurrency": 1})],
+        "{resources:#}"
+    );
+    let dir = TempDir::new();
+    let envoy = envoy_with(&resources, &dir);
+    envoy.assert_no_rejections();
+    let _mesh = InProcess::start_set(translated(mesh_port));
+    for (who, port) in [("envoy", envoy_port), ("meshgate", mesh_port)] {
+        // Alone, a failing request is retried once.
+        let before = a.requests();
+        assert_eq!(get(port, "x", "/", &[("x-echo-status", "503")]).status, 503);
+        assert_eq!(a.requests() - before, 2, "{who}");
+        // Three failing at once: the budget (a minimum of one, no share) lets one retry.
+        let before = a.requests();
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    get(
+                        port,
+                        "x",
+                        "/",
+                        &[("x-echo-status", "503"), ("x-echo-delay-ms", "800")],
+                    )
+                    .status
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(statuses, vec![503, 503, 503], "{who}");
+        assert_eq!(a.requests() - before, 4, "{who}: three tries, one retry");
+    }
+}
