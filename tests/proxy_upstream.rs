@@ -488,3 +488,69 @@ fn retry_budget_bounds_concurrent_retries_like_envoy() {
     let mesh = InProcess::start(&make(mesh_port));
     run("meshgate", mesh_port, &|name| mesh.stat(name));
 }
+
+/// Hash policies on pseudo-headers (`:authority`, `:path` with its query): each value
+/// sticks to one host, values spread over the hosts, and both proxies pick the same host
+/// for the same value.
+#[test]
+fn consistent_hash_on_pseudo_headers_like_envoy() {
+    let (a, b, c) = (
+        EchoUpstream::start("a"),
+        EchoUpstream::start("b"),
+        EchoUpstream::start("c"),
+    );
+    let make = |port| {
+        config(
+            port,
+            vec![
+                json!({"match": {"prefix": "/auth"}, "route": {"cluster": "ring", "hash_policy": [{"header": {"header_name": ":authority"}}]}}),
+                json!({"match": {"prefix": "/host"}, "route": {"cluster": "ring", "hash_policy": [{"header": {"header_name": "Host"}}]}}),
+                json!({"match": {"prefix": "/path"}, "route": {"cluster": "ring", "hash_policy": [{"header": {"header_name": ":path"}}]}}),
+            ],
+            vec![static_cluster(
+                "ring",
+                &[a.port(), b.port(), c.port()],
+                json!({"lb_policy": "RING_HASH"}),
+            )],
+        )
+    };
+    let mut choices: Vec<Vec<String>> = Vec::new();
+    both(make, |who, port| {
+        let upstream = |host: &str, path: &str| {
+            get(port, host, path, &[]).echo()["upstream"]
+                .as_str()
+                .unwrap_or("none")
+                .to_string()
+        };
+        let mut mine = Vec::new();
+        for (kind, i) in (0..20).flat_map(|i| [("auth", i), ("host", i), ("path", i)]) {
+            let (host, path) = match kind {
+                "path" => ("x".to_string(), format!("/path/{i}?q={i}")),
+                _ => (format!("h{i}.example.com"), format!("/{kind}")),
+            };
+            let first = upstream(&host, &path);
+            for _ in 0..2 {
+                assert_eq!(upstream(&host, &path), first, "{who}: {host}{path} moved");
+            }
+            mine.push(first);
+        }
+        for kind in 0..3 {
+            let hosts: std::collections::HashSet<&String> =
+                mine.iter().skip(kind).step_by(3).collect();
+            assert!(
+                hosts.len() >= 2,
+                "{who}: one host for every value: {mine:?}"
+            );
+        }
+        // `host` and `:authority` are the same value.
+        for i in 0..20 {
+            assert_eq!(
+                mine[3 * i],
+                mine[3 * i + 1],
+                "{who}: host and :authority differ"
+            );
+        }
+        choices.push(mine);
+    });
+    assert_eq!(choices[0], choices[1], "envoy, then meshgate");
+}

@@ -16,6 +16,7 @@ use crate::proxy::http::normalize;
 use crate::proxy::http::request::*;
 use crate::proxy::route::action::*;
 use crate::proxy::route::format::{FormatContext, RequestLine};
+use crate::proxy::route::matcher::HeaderKey;
 use crate::proxy::route::{HeaderMutations, RequestView, Route, RouteTable, VirtualHost};
 use crate::proxy::runtime::Shared;
 use crate::proxy::upstream::cluster::{Cluster, UpstreamProtocol};
@@ -931,15 +932,15 @@ fn choose_cluster(ra: &RouteAction) -> (&ClusterRef, Option<&WeightedCluster>) {
 /// The request's hash from the route's hash policies (None: no policy produced one).
 fn request_hash(
     ra: &RouteAction,
-    h: &HeaderMap,
-    query: Option<&str>,
+    req: &RequestView<'_>,
     peer: &SocketAddr,
     generated_cookie: &mut Option<GeneratedCookie>,
 ) -> Option<u64> {
+    let h = req.headers;
     let mut acc: Option<u64> = None;
     for p in &ra.hash_policy {
         let hv: Option<u64> = match &p.kind {
-            HashPolicyKind::Header(name) => {
+            HashPolicyKind::Header(HeaderKey::Name(name)) => {
                 let mut vals = h.get_all(name).iter();
                 match (vals.next(), vals.next()) {
                     (None, _) => None,
@@ -953,6 +954,7 @@ fn request_hash(
                     }
                 }
             }
+            HashPolicyKind::Header(key) => req.pseudo(key).map(|v| xxhash(&v)),
             HashPolicyKind::Cookie { name, ttl, path } => match cookie_value(h, name) {
                 Some(v) => Some(xxhash(v.as_bytes())),
                 None => match ttl {
@@ -970,11 +972,9 @@ fn request_hash(
             HashPolicyKind::SourceIp => {
                 Some(xxhash(peer.ip().to_canonical().to_string().as_bytes()))
             }
-            HashPolicyKind::Query(name) => query.and_then(|q| {
-                q.split('&').find_map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (k == &**name).then(|| xxhash(v.as_bytes()))
-                })
+            HashPolicyKind::Query(name) => req.query.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == &**name).then(|| xxhash(v.as_bytes()))
             }),
         };
         if let Some(hv) = hv {
@@ -1050,13 +1050,16 @@ async fn forward(
     let (path, query) = split_query(pq);
     let mut generated_cookie = None;
     let hash = if cluster.lb.uses_hash() {
-        request_hash(
-            ra,
+        // Envoy chooses the host before the route's rewrites and header changes.
+        let view = RequestView::new(
+            &parts.method,
+            authority.as_bytes(),
+            pq,
+            original_uri.scheme_str(),
+            cx.peer.https,
             &parts.headers,
-            query,
-            &cx.peer.remote,
-            &mut generated_cookie,
-        )
+        );
+        request_hash(ra, &view, &cx.peer.remote, &mut generated_cookie)
     } else {
         None
     };

@@ -216,6 +216,21 @@ impl<'a> RequestView<'a> {
     }
 }
 
+impl<'a> RequestView<'a> {
+    /// The value of a pseudo-header key (`None` for a plain header name, which may have
+    /// several values, and for names no request carries).
+    pub fn pseudo(&self, key: &HeaderKey) -> Option<std::borrow::Cow<'a, [u8]>> {
+        use std::borrow::Cow;
+        match key {
+            HeaderKey::Method => Some(Cow::Borrowed(self.method.as_str().as_bytes())),
+            HeaderKey::Authority => Some(Cow::Borrowed(self.authority)),
+            HeaderKey::Path => Some(Cow::Borrowed(self.path_and_query.as_bytes())),
+            HeaderKey::Scheme => Some(self.scheme()),
+            HeaderKey::Name(_) | HeaderKey::Absent => None,
+        }
+    }
+}
+
 /// Which part of a request a header condition reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderKey {
@@ -337,14 +352,14 @@ impl HeaderMatch {
     /// header matches only a presence test (`present_match: false`, or `true` inverted)
     /// unless `treat_missing_header_as_empty`. Pseudo-headers are always present.
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        let single = |v: &[u8]| self.test(v) != self.invert;
         let name = match &self.key {
             HeaderKey::Name(n) => n,
-            HeaderKey::Method => return single(req.method.as_str().as_bytes()),
-            HeaderKey::Authority => return single(req.authority),
-            HeaderKey::Path => return single(req.path_and_query.as_bytes()),
-            HeaderKey::Scheme => return single(&req.scheme()),
             HeaderKey::Absent => return self.missing(),
+            pseudo => {
+                return req
+                    .pseudo(pseudo)
+                    .is_some_and(|v| self.test(&v) != self.invert);
+            }
         };
         let mut values = req.headers.get_all(name).iter();
         let first = values.next();
