@@ -547,6 +547,8 @@ fn pseudo_routes(echo: u16) -> (Value, Value) {
                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
                    "abort": {"http_status": 418, "percentage": {"numerator": 100}},
                    "headers": [{"name": ":method", "exact_match": "POST"}]}}}),
+        // An HTTP/2 upstream sees the request's `:scheme`.
+        json!({"match": {"prefix": "/u"}, "route": {"cluster": "echo-h2"}}),
         named("default", "/", json!([])),
     ];
     // `%REQ(host)%` reads `:authority` too.
@@ -555,8 +557,18 @@ fn pseudo_routes(echo: u16) -> (Value, Value) {
         "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes,
             "response_headers_to_add": [{"header": {"key": "x-host", "value": "%REQ(host)%"}}]}],
     });
-    let cluster = static_cluster("echo", &[echo], json!({}));
-    (route_config, cluster)
+    let clusters = json!([
+        static_cluster("echo", &[echo], json!({})),
+        static_cluster(
+            "echo-h2",
+            &[echo],
+            json!({"typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}}})
+        ),
+    ]);
+    (route_config, clusters)
 }
 
 /// Ports of the three listeners sharing the pseudo-header routes.
@@ -589,7 +601,7 @@ fn pseudo_resources(p: PseudoPorts, echo: u16, cert: &str, key: &str) -> Value {
             },
         },
     });
-    let (route_config, cluster) = pseudo_routes(echo);
+    let (route_config, clusters) = pseudo_routes(echo);
     json!({
         "listeners": [
             hcm_listener("edge", p.edge, "pseudo", edge, fault()),
@@ -597,7 +609,7 @@ fn pseudo_resources(p: PseudoPorts, echo: u16, cert: &str, key: &str) -> Value {
             tls,
         ],
         "routes": [route_config],
-        "clusters": [cluster],
+        "clusters": clusters,
     })
 }
 
@@ -631,9 +643,10 @@ fn h1(method: &str, target: &str, host: &str, extra: &[(&str, &str)]) -> String 
 /// (status, the route's name or the echo upstream's name, `x-host`).
 fn answer(status: u16, body: &[u8], x_host: Option<&str>) -> (u16, String, String) {
     let echo: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let what = match echo["upstream"].as_str() {
-        Some(u) => format!("upstream {u}"),
-        None => String::from_utf8_lossy(body).into_owned(),
+    let what = match (echo["upstream"].as_str(), echo["scheme"].as_str()) {
+        (Some(u), None) => format!("upstream {u}"),
+        (Some(u), Some(scheme)) => format!("upstream {u} over h2, :scheme {scheme}"),
+        (None, _) => String::from_utf8_lossy(body).into_owned(),
     };
     (status, what, x_host.unwrap_or_default().to_string())
 }
@@ -915,6 +928,43 @@ fn pseudo_corpus() -> Vec<(&'static str, Via)> {
             "tls h2 path",
             tls(true, &["https://localhost:PORT/p/x?q=1"]),
         ),
+        // :scheme sent to an HTTP/2 upstream
+        ("h1 upstream scheme", e(h1("GET", "/u", host, &[]))),
+        (
+            "h1 upstream scheme, trusted x-forwarded-proto",
+            t(h1("GET", "/u", host, &[("x-forwarded-proto", "https")])),
+        ),
+        (
+            "h1 upstream scheme, absolute-form",
+            e(h1("GET", "http://shop.example.com/u", host, &[])),
+        ),
+        (
+            "h2c upstream scheme https",
+            h2c("GET", "https://shop.example.com/u", vec![]),
+        ),
+        (
+            "h2c upstream scheme other",
+            h2c("GET", "foo://shop.example.com/u", vec![]),
+        ),
+        (
+            "tls h1 upstream scheme",
+            tls(false, &["https://localhost:PORT/u"]),
+        ),
+        (
+            "tls h2 upstream scheme",
+            tls(true, &["https://localhost:PORT/u"]),
+        ),
+        (
+            "tls h1 upstream scheme, absolute-form http",
+            tls(
+                false,
+                &[
+                    "--request-target",
+                    "http://shop.example.com/u",
+                    "https://localhost:PORT/",
+                ],
+            ),
+        ),
         // Presence
         ("h1 presence", e(h1("GET", "/x", host, &[]))),
         (
@@ -1031,6 +1081,14 @@ fn pseudo_header_matchers_same_as_envoy() {
     expect("h1 empty exact, a value", (200, "exact-empty-any-value"));
     expect("h1 empty exact, missing", (200, "e-other"));
     expect("h1 fault on POST", (418, "fault filter abort"));
+    expect(
+        "h1 upstream scheme, trusted x-forwarded-proto",
+        (200, "upstream echo over h2, :scheme https"),
+    );
+    expect(
+        "h2c upstream scheme https",
+        (200, "upstream echo over h2, :scheme https"),
+    );
     let host_line =
         "h1 host with port: (200, \"host-exact-with-port\", \"other.example.com:8080\")";
     assert!(

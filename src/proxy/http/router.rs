@@ -1048,6 +1048,20 @@ async fn forward(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let (path, query) = split_query(pq);
+    // `:scheme` for HTTP/2 upstreams, from the request before its target is rewritten.
+    let upstream_scheme = if cluster.protocol == UpstreamProtocol::Http1 {
+        "http"
+    } else {
+        RequestView::new(
+            &parts.method,
+            authority.as_bytes(),
+            pq,
+            original_uri.scheme_str(),
+            cx.peer.https,
+            &parts.headers,
+        )
+        .upstream_scheme()
+    };
     let mut generated_cookie = None;
     let hash = if cluster.lb.uses_hash() {
         // Envoy chooses the host before the route's rewrites and header changes.
@@ -1258,6 +1272,7 @@ async fn forward(
             per_try,
             &host_value,
             auto_host,
+            upstream_scheme,
             log,
         )
         .await;
@@ -1531,6 +1546,7 @@ async fn attempt_once(
     per_try: Option<Duration>,
     host_value: &HeaderValue,
     auto_host: bool,
+    scheme: &'static str,
     log: &mut RequestLog,
 ) -> Result<(Response<Incoming>, Arc<Host>, PooledConn), AttemptError> {
     let state = &cluster.state;
@@ -1572,7 +1588,7 @@ async fn attempt_once(
         let mut parts = req.uri().clone().into_parts();
         // `:scheme` is the downstream request's, whatever the upstream transport (what
         // Envoy 1.40 sends).
-        parts.scheme = Some(if cx.peer.https {
+        parts.scheme = Some(if scheme == "https" {
             http::uri::Scheme::HTTPS
         } else {
             http::uri::Scheme::HTTP

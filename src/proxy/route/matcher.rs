@@ -217,6 +217,23 @@ impl<'a> RequestView<'a> {
 }
 
 impl<'a> RequestView<'a> {
+    /// The `:scheme` Envoy's router sends to HTTP/2 upstreams: the request's when it is
+    /// http or https, else a valid `x-forwarded-proto`, else by the downstream's TLS.
+    pub fn upstream_scheme(&self) -> &'static str {
+        let pick = |s: &[u8]| match s {
+            b"https" => Some("https"),
+            b"http" => Some("http"),
+            _ => None,
+        };
+        pick(&self.scheme()).unwrap_or_else(|| {
+            let derived = RequestView {
+                given_scheme: None,
+                ..*self
+            };
+            pick(&derived.scheme()).unwrap_or("http")
+        })
+    }
+
     /// The value of a pseudo-header key (`None` for a plain header name, which may have
     /// several values, and for names no request carries).
     pub fn pseudo(&self, key: &HeaderKey) -> Option<std::borrow::Cow<'a, [u8]>> {
