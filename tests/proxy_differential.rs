@@ -551,11 +551,11 @@ fn pseudo_routes(echo: u16) -> (Value, Value) {
         json!({"match": {"prefix": "/u"}, "route": {"cluster": "echo-h2"}}),
         named("default", "/", json!([])),
     ];
-    // `%REQ(host)%` reads `:authority` too.
+    // `%REQ(host)%` reads `:authority` too; `%REQ(:scheme)%` is the matchers' `:scheme`.
     let route_config = json!({
         "name": "pseudo",
         "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes,
-            "response_headers_to_add": [{"header": {"key": "x-host", "value": "%REQ(host)%"}}]}],
+            "response_headers_to_add": [{"header": {"key": "x-host", "value": "%REQ(host)% %REQ(:scheme)%"}}]}],
     });
     let clusters = json!([
         static_cluster("echo", &[echo], json!({})),
@@ -1090,7 +1090,7 @@ fn pseudo_header_matchers_same_as_envoy() {
         (200, "upstream echo over h2, :scheme https"),
     );
     let host_line =
-        "h1 host with port: (200, \"host-exact-with-port\", \"other.example.com:8080\")";
+        "h1 host with port: (200, \"host-exact-with-port\", \"other.example.com:8080 http\")";
     assert!(
         answers.iter().any(|a| a == host_line),
         "{}",

@@ -797,6 +797,7 @@ fn request_line<'a, B>(
             .map(|p| p.as_str())
             .unwrap_or("/"),
         authority: authority.as_bytes(),
+        scheme: req.uri().scheme_str(),
         https,
     }
 }
@@ -1139,6 +1140,7 @@ async fn forward(
             method: &parts.method,
             path: pq,
             authority: authority.as_bytes(),
+            scheme: original_uri.scheme_str(),
             https: cx.peer.https,
         };
         let fcx = FormatContext {
@@ -1356,6 +1358,12 @@ async fn forward(
                                     .map(|p| p.as_str())
                                     .unwrap_or("/"),
                                 authority: host_value.as_bytes(),
+                                // As sent upstream: an invalid scheme was replaced by
+                                // the derived one.
+                                scheme: original_uri.scheme_str().filter(|s| {
+                                    s.eq_ignore_ascii_case("http")
+                                        || s.eq_ignore_ascii_case("https")
+                                }),
                                 https: cx.peer.https,
                             },
                         )

@@ -192,28 +192,38 @@ impl<'a> RequestView<'a> {
     /// downstream connection's encryption. Allocates only for a given scheme with
     /// upper-case letters.
     pub fn scheme(&self) -> std::borrow::Cow<'a, [u8]> {
-        use std::borrow::Cow;
-        if let Some(s) = self.given_scheme {
-            return if s.bytes().any(|b| b.is_ascii_uppercase()) {
-                Cow::Owned(s.to_ascii_lowercase().into_bytes())
-            } else {
-                Cow::Borrowed(s.as_bytes())
-            };
-        }
-        let mut xfp = self
-            .headers
-            .get_all(&crate::proxy::http::request::X_FORWARDED_PROTO)
-            .iter();
-        if let (Some(v), None) = (xfp.next(), xfp.next()) {
-            if v.as_bytes().eq_ignore_ascii_case(b"https") {
-                return Cow::Borrowed(b"https");
-            }
-            if v.as_bytes().eq_ignore_ascii_case(b"http") {
-                return Cow::Borrowed(b"http");
-            }
-        }
-        Cow::Borrowed(if self.tls { b"https" } else { b"http" })
+        request_scheme(self.given_scheme, self.headers, self.tls)
     }
+}
+
+/// Envoy's `:scheme` of a request: `given` (HTTP/2's `:scheme` or an HTTP/1
+/// absolute-form target's), lower-cased; else `x-forwarded-proto` in `headers` when it is
+/// `http` or `https`; else by `tls`.
+pub fn request_scheme<'a>(
+    given: Option<&'a str>,
+    headers: &HeaderMap,
+    tls: bool,
+) -> std::borrow::Cow<'a, [u8]> {
+    use std::borrow::Cow;
+    if let Some(s) = given {
+        return if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(s.to_ascii_lowercase().into_bytes())
+        } else {
+            Cow::Borrowed(s.as_bytes())
+        };
+    }
+    let mut xfp = headers
+        .get_all(&crate::proxy::http::request::X_FORWARDED_PROTO)
+        .iter();
+    if let (Some(v), None) = (xfp.next(), xfp.next()) {
+        if v.as_bytes().eq_ignore_ascii_case(b"https") {
+            return Cow::Borrowed(b"https");
+        }
+        if v.as_bytes().eq_ignore_ascii_case(b"http") {
+            return Cow::Borrowed(b"http");
+        }
+    }
+    Cow::Borrowed(if tls { b"https" } else { b"http" })
 }
 
 impl<'a> RequestView<'a> {
