@@ -1,11 +1,16 @@
 //! Istio YAML end to end: translated once, served by real Envoy 1.40 and by meshgate,
-//! the same requests get the same answers; and `meshgate gateway --config` reloads valid
-//! changes and reports invalid ones with their position while serving the last good one.
+//! the same requests get the same answers; `meshgate gateway --config` and Envoy on
+//! `meshgate translate`'s files agree on method, authority and scheme matches; and
+//! `meshgate gateway --config` reloads valid changes and reports invalid ones with their
+//! position while serving the last good one.
 mod support;
+#[path = "support/translate.rs"]
+mod translating;
 
 use std::time::{Duration, Instant};
 use support::gateway::*;
 use support::*;
+use translating::TranslatedEnvoy;
 
 fn istio_yaml(port: u16, a: u16, b: u16, greeting: &str) -> String {
     format!(
@@ -190,4 +195,220 @@ fn gateway_config_reloads_and_reports_positions() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(hello(), "two");
+}
+
+/// A VirtualService matching on method, authority and scheme (Envoy header conditions on
+/// `:method`, `:authority`, `:scheme`), next to a route to an upstream.
+fn pseudo_header_yaml(port: u16, a: u16) -> String {
+    format!(
+        r#"{gateway}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: matches, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{{uri: {{exact: /m}}, method: {{exact: POST}}}}]
+    directResponse: {{status: 200, body: {{string: "post"}}}}
+  - match: [{{uri: {{exact: /m}}, method: {{regex: "PUT|PATCH"}}}}]
+    directResponse: {{status: 200, body: {{string: "put-or-patch"}}}}
+  - match: [{{uri: {{prefix: /a}}, authority: {{prefix: shop.}}}}]
+    directResponse: {{status: 200, body: {{string: "shop"}}}}
+  - match: [{{uri: {{prefix: /a}}, authority: {{exact: "api.example.com:8080"}}}}]
+    directResponse: {{status: 200, body: {{string: "api-with-port"}}}}
+  - match: [{{uri: {{prefix: /s}}, scheme: {{exact: https}}}}]
+    directResponse: {{status: 200, body: {{string: "https"}}}}
+  - match: [{{uri: {{prefix: /s}}, scheme: {{exact: http}}}}]
+    directResponse: {{status: 200, body: {{string: "http"}}}}
+  - match: [{{method: {{exact: POST}}, authority: {{prefix: shop.}}, scheme: {{exact: http}}}}]
+    route: [{{destination: {{host: a.internal, port: {{number: {a}}}}}}}]
+  - directResponse: {{status: 200, body: {{string: "fallback"}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: a, namespace: default}}
+spec:
+  hosts: [a.internal]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: {a}, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1}}]
+"#,
+        gateway = istio_http_gateway("default", port)
+    )
+}
+
+#[test]
+fn method_authority_scheme_matches_same_as_envoy() {
+    let a = EchoUpstream::start("a");
+    let (envoy_port, mesh_port) = (free_port(), free_port());
+    let envoy = TranslatedEnvoy::start(
+        &pseudo_header_yaml(envoy_port, a.port()),
+        "istio=ingressgateway",
+        1,
+    );
+    let dir = TempDir::new();
+    let cfg = dir.path().join("istio");
+    std::fs::create_dir(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("config.yaml"),
+        pseudo_header_yaml(mesh_port, a.port()),
+    )
+    .unwrap();
+    let gw = GatewayProcess::start_with(&["--config", cfg.to_str().unwrap()], dir.path());
+    wait_for_port(mesh_port, Duration::from_secs(10));
+
+    let send = |port: u16, method: &str, host: &str, target: &str| {
+        let body = if method == "GET" {
+            ""
+        } else {
+            "Content-Length: 0\r\n"
+        };
+        let r = raw(
+            port,
+            format!(
+                "{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{body}\r\n"
+            )
+            .as_bytes(),
+        );
+        let echo = r.echo();
+        match echo["upstream"].as_str() {
+            Some(u) => (r.status, format!("upstream {u}")),
+            None => (r.status, r.body_str()),
+        }
+    };
+    let cases: &[(&str, &str, &str, (u16, &str))] = &[
+        ("POST", "any.example.com", "/m", (200, "post")),
+        ("GET", "any.example.com", "/m", (200, "fallback")),
+        ("PUT", "any.example.com", "/m", (200, "put-or-patch")),
+        ("GET", "shop.example.com", "/a", (200, "shop")),
+        ("POST", "shop.example.com", "/a", (200, "shop")),
+        ("GET", "api.example.com:8080", "/a", (200, "api-with-port")),
+        ("GET", "api.example.com", "/a", (200, "fallback")),
+        ("GET", "other.example.com", "/a", (200, "fallback")),
+        ("GET", "any.example.com", "/s", (200, "http")),
+        ("POST", "any.example.com", "/s", (200, "http")),
+        ("POST", "shop.example.com", "/other", (200, "upstream a")),
+        ("GET", "shop.example.com", "/other", (200, "fallback")),
+        ("POST", "api.example.com", "/other", (200, "fallback")),
+        // An absolute-form target's authority is the one matched.
+        (
+            "POST",
+            "api.example.com",
+            "http://shop.example.com/other",
+            (200, "upstream a"),
+        ),
+        // https in an absolute-form target on a plaintext connection is refused.
+        (
+            "GET",
+            "any.example.com",
+            "https://shop.example.com/s",
+            (403, "Forbidden"),
+        ),
+    ];
+    let mut diffs = Vec::new();
+    for (method, host, target, want) in cases {
+        let e = send(envoy_port, method, host, target);
+        let m = send(mesh_port, method, host, target);
+        let want = (want.0, want.1.to_string());
+        if e != want || m != want {
+            diffs.push(format!(
+                "{method} {host} {target}: want {want:?}, envoy {e:?}, meshgate {m:?}"
+            ));
+        }
+    }
+    assert!(diffs.is_empty(), "{}\n{}", diffs.join("\n"), gw.stderr());
+    envoy.envoy.assert_no_rejections();
+}
+
+/// A DestinationRule `retryBudget` reaches both data planes as Envoy's
+/// `circuit_breakers.thresholds[].retry_budget`.
+fn retry_budget_yaml(port: u16, a: u16) -> String {
+    format!(
+        r#"{gateway}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: retried, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - retries: {{attempts: 1, retryOn: 5xx}}
+    route: [{{destination: {{host: a.internal, port: {{number: {a}}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: a, namespace: default}}
+spec:
+  host: a.internal
+  trafficPolicy:
+    retryBudget: {{percent: 0, minRetryConcurrency: 1}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: a, namespace: default}}
+spec:
+  hosts: [a.internal]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: {a}, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1}}]
+"#,
+        gateway = istio_http_gateway("default", port)
+    )
+}
+
+#[test]
+fn destination_rule_retry_budget_same_as_envoy() {
+    let a = EchoUpstream::start("a");
+    let (envoy_port, mesh_port) = (free_port(), free_port());
+    let translated = |port: u16| {
+        let dir = TempDir::new();
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            retry_budget_yaml(port, a.port()),
+        )
+        .unwrap();
+        translate_istio(dir.path())
+    };
+    let resources = resource_json(&translated(envoy_port));
+    let budgets: Vec<&serde_json::Value> = resources["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["circuit_breakers"]["thresholds"][0].get("retry_budget"))
+        .collect();
+    assert_eq!(
+        budgets,
+        // Percent 0 is the default value, so JSON leaves it out.
+        vec![&serde_json::json!({"budget_percent": {}, "min_retry_concurrency": 1})],
+        "{resources:#}"
+    );
+    let dir = TempDir::new();
+    let envoy = envoy_with(&resources, &dir);
+    envoy.assert_no_rejections();
+    let _mesh = InProcess::start_set(translated(mesh_port));
+    for (who, port) in [("envoy", envoy_port), ("meshgate", mesh_port)] {
+        // Alone, a failing request is retried once.
+        let before = a.requests();
+        assert_eq!(get(port, "x", "/", &[("x-echo-status", "503")]).status, 503);
+        assert_eq!(a.requests() - before, 2, "{who}");
+        // Three failing at once: the budget (a minimum of one, no share) lets one retry.
+        let before = a.requests();
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    get(
+                        port,
+                        "x",
+                        "/",
+                        &[("x-echo-status", "503"), ("x-echo-delay-ms", "800")],
+                    )
+                    .status
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(statuses, vec![503, 503, 503], "{who}");
+        assert_eq!(a.requests() - before, 4, "{who}: three tries, one retry");
+    }
 }

@@ -6,6 +6,7 @@
 mod support;
 
 use serde_json::{Value, json};
+use support::certs::TestCa;
 use support::gateway::*;
 use support::*;
 
@@ -423,4 +424,677 @@ fn same_answers_as_envoy() {
         counted >= corpus().len() as u64 - 3,
         "downstream_rq_total = {counted}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Header matchers on pseudo-headers: :method, :authority (and host), :path, :scheme
+// ---------------------------------------------------------------------------------------
+
+/// A route answering its own name, when `headers` (HeaderMatcher JSON) match under
+/// `prefix`.
+fn named(name: &str, prefix: &str, headers: Value) -> Value {
+    json!({"match": {"prefix": prefix, "headers": headers},
+           "direct_response": {"status": 200, "body": {"inline_string": name}}})
+}
+
+/// Routes that tell which pseudo-header condition matched; `/f` goes to the echo
+/// upstream with a fault that aborts POSTs only (the fault filter's own header
+/// conditions).
+fn pseudo_routes(echo: u16) -> (Value, Value) {
+    let routes = vec![
+        named(
+            "method-post",
+            "/m",
+            json!([{"name": ":method", "exact_match": "POST"}]),
+        ),
+        named(
+            "method-not-get-head",
+            "/m",
+            json!([{"name": ":method", "safe_regex_match": {"regex": "GET|HEAD"}, "invert_match": true}]),
+        ),
+        named("method-other", "/m", json!([])),
+        named(
+            "authority-prefix",
+            "/a",
+            json!([{"name": ":authority", "string_match": {"prefix": "shop."}}]),
+        ),
+        named(
+            "host-exact-with-port",
+            "/a",
+            json!([{"name": "host", "string_match": {"exact": "other.example.com:8080"}}]),
+        ),
+        named(
+            "authority-suffix-ignore-case",
+            "/a",
+            json!([{"name": ":Authority", "string_match": {"suffix": ".EXAMPLE.NET", "ignore_case": true}}]),
+        ),
+        named("authority-other", "/a", json!([])),
+        named(
+            "path-with-query",
+            "/p",
+            json!([{"name": ":path", "string_match": {"exact": "/p/x?q=1"}}]),
+        ),
+        named(
+            "path-regex",
+            "/p",
+            json!([{"name": ":path", "safe_regex_match": {"regex": "/p/[0-9]+"}}]),
+        ),
+        named(
+            "path-contains",
+            "/p",
+            json!([{"name": ":path", "contains_match": "debug=true"}]),
+        ),
+        named("path-other", "/p", json!([])),
+        named(
+            "scheme-https",
+            "/s",
+            json!([{"name": ":scheme", "exact_match": "https"}]),
+        ),
+        named(
+            "scheme-http",
+            "/s",
+            json!([{"name": ":scheme", "string_match": {"exact": "http"}}]),
+        ),
+        named(
+            "scheme-present",
+            "/s",
+            json!([{"name": ":scheme", "present_match": true}]),
+        ),
+        named("scheme-absent", "/s", json!([])),
+        // Pseudo-headers are always there; other pseudo names never are.
+        named(
+            "path-absent",
+            "/x",
+            json!([{"name": ":path", "present_match": false}]),
+        ),
+        named(
+            "method-range",
+            "/x",
+            json!([{"name": ":method", "range_match": {"start": 0, "end": 1000}}]),
+        ),
+        named(
+            "method-empty-if-missing",
+            "/x",
+            json!([{"name": ":method", "string_match": {"exact": ""}, "treat_missing_header_as_empty": true}]),
+        ),
+        named(
+            "protocol-absent",
+            "/x",
+            json!([{"name": ":protocol", "present_match": true, "invert_match": true},
+                   {"name": ":status", "exact_match": "", "treat_missing_header_as_empty": true}]),
+        ),
+        named("x-other", "/x", json!([])),
+        // An empty exact value: the deprecated field takes any value, string_match only
+        // an empty one.
+        named(
+            "string-exact-empty",
+            "/e",
+            json!([{"name": "x-e", "string_match": {"exact": ""}}]),
+        ),
+        named(
+            "exact-empty-any-value",
+            "/e",
+            json!([{"name": "x-e", "exact_match": ""}]),
+        ),
+        named(
+            "exact-empty-inverted",
+            "/e",
+            json!([{"name": "x-e", "exact_match": "", "invert_match": true}]),
+        ),
+        named("e-other", "/e", json!([])),
+        json!({"match": {"prefix": "/f"}, "route": {"cluster": "echo"},
+               "typed_per_filter_config": {"envoy.filters.http.fault": {
+                   "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                   "abort": {"http_status": 418, "percentage": {"numerator": 100}},
+                   "headers": [{"name": ":method", "exact_match": "POST"}]}}}),
+        // An HTTP/2 upstream sees the request's `:scheme`.
+        json!({"match": {"prefix": "/u"}, "route": {"cluster": "echo-h2"}}),
+        named("default", "/", json!([])),
+    ];
+    // `%REQ(host)%` reads `:authority` too; `%REQ(:scheme)%` is the matchers' `:scheme`.
+    let route_config = json!({
+        "name": "pseudo",
+        "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes,
+            "response_headers_to_add": [{"header": {"key": "x-host", "value": "%REQ(host)% %REQ(:scheme)%"}}]}],
+    });
+    let clusters = json!([
+        static_cluster("echo", &[echo], json!({})),
+        static_cluster(
+            "echo-h2",
+            &[echo],
+            json!({"typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}}})
+        ),
+    ]);
+    (route_config, clusters)
+}
+
+/// Ports of the three listeners sharing the pseudo-header routes.
+#[derive(Clone, Copy)]
+struct PseudoPorts {
+    /// Plaintext edge listener (`use_remote_address`, path normalization, merged slashes).
+    edge: u16,
+    /// Plaintext listener that trusts `x-forwarded-proto` and strips any Host port.
+    trusted: u16,
+    /// TLS edge listener offering h2 and http/1.1.
+    tls: u16,
+}
+
+fn pseudo_resources(p: PseudoPorts, echo: u16, cert: &str, key: &str) -> Value {
+    let fault = || {
+        vec![
+            json!({"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}),
+        ]
+    };
+    let edge = json!({"use_remote_address": true, "normalize_path": true, "merge_slashes": true});
+    let trusted = json!({"normalize_path": true, "strip_any_host_port": true});
+    let mut tls = hcm_listener("tls", p.tls, "pseudo", edge.clone(), fault());
+    tls["filter_chains"][0]["transport_socket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [{"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}],
+            },
+        },
+    });
+    let (route_config, clusters) = pseudo_routes(echo);
+    json!({
+        "listeners": [
+            hcm_listener("edge", p.edge, "pseudo", edge, fault()),
+            hcm_listener("trusted", p.trusted, "pseudo", trusted, fault()),
+            tls,
+        ],
+        "routes": [route_config],
+        "clusters": clusters,
+    })
+}
+
+/// How one request of the pseudo-header corpus is sent.
+enum Via {
+    /// Raw HTTP/1.1 bytes to a plaintext listener.
+    H1 { trusted: bool, request: String },
+    /// HTTP/2 with prior knowledge to the edge listener: method, full URI (its scheme and
+    /// authority become `:scheme` and `:authority`), extra headers.
+    H2c {
+        method: &'static str,
+        uri: String,
+        headers: Vec<(&'static str, &'static str)>,
+    },
+    /// curl over TLS (`--http1.1` or `--http2`) to `https://localhost:PORT{path}`.
+    Tls { h2: bool, args: Vec<String> },
+}
+
+fn h1(method: &str, target: &str, host: &str, extra: &[(&str, &str)]) -> String {
+    let mut r = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if method == "POST" {
+        r.push_str("Content-Length: 0\r\n");
+    }
+    for (k, v) in extra {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r
+}
+
+/// (status, the route's name or the echo upstream's name, `x-host`).
+fn answer(status: u16, body: &[u8], x_host: Option<&str>) -> (u16, String, String) {
+    let echo: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let what = match (echo["upstream"].as_str(), echo["scheme"].as_str()) {
+        (Some(u), None) => format!("upstream {u}"),
+        (Some(u), Some(scheme)) => format!("upstream {u} over h2, :scheme {scheme}"),
+        (None, _) => String::from_utf8_lossy(body).into_owned(),
+    };
+    (status, what, x_host.unwrap_or_default().to_string())
+}
+
+fn send_h2c(port: u16, method: &str, uri: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), send.send_request(req))
+            .await
+            .expect("h2 answer in time")
+            .expect("h2 response");
+        let status = resp.status().as_u16();
+        let x_host = resp
+            .headers()
+            .get("x-host")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        answer(status, &body, x_host.as_deref())
+    })
+}
+
+fn send_tls(port: u16, ca: &str, h2: bool, args: &[String]) -> (u16, String, String) {
+    let out = std::process::Command::new(peer_bin("curl"))
+        .args(["-sS", "--max-time", "10", "--cacert", ca])
+        .arg(if h2 { "--http2" } else { "--http1.1" })
+        .args([
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code} %{http_version} %header{x-host}",
+        ])
+        .args(args.iter().map(|a| a.replace("PORT", &port.to_string())))
+        .output()
+        .expect("curl runs");
+    let text = out.stdout;
+    let split = text.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let tail = String::from_utf8_lossy(&text[split..]).trim().to_string();
+    let mut fields = tail.splitn(3, ' ');
+    let (code, version, x_host) = (
+        fields.next().unwrap_or("0"),
+        fields.next().unwrap_or(""),
+        fields.next().unwrap_or(""),
+    );
+    let want_version = if h2 { "2" } else { "1.1" };
+    assert_eq!(
+        version,
+        want_version,
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The listener's own port differs between the two proxies.
+    let x_host = x_host.replace(&port.to_string(), "PORT");
+    answer(code.parse().unwrap_or(0), &text[..split], Some(&x_host))
+}
+
+fn pseudo_corpus() -> Vec<(&'static str, Via)> {
+    let e = |request: String| Via::H1 {
+        trusted: false,
+        request,
+    };
+    let t = |request: String| Via::H1 {
+        trusted: true,
+        request,
+    };
+    let h2c =
+        |method: &'static str, uri: &str, headers: Vec<(&'static str, &'static str)>| Via::H2c {
+            method,
+            uri: uri.to_string(),
+            headers,
+        };
+    let tls = |h2: bool, args: &[&str]| Via::Tls {
+        h2,
+        args: args.iter().map(|s| s.to_string()).collect(),
+    };
+    let host = "shop.example.com";
+    vec![
+        // :method
+        ("h1 POST", e(h1("POST", "/m", host, &[]))),
+        ("h1 GET", e(h1("GET", "/m", host, &[]))),
+        ("h1 HEAD", e(h1("HEAD", "/m", host, &[]))),
+        (
+            "h1 DELETE (inverted regex)",
+            e(h1("DELETE", "/m", host, &[])),
+        ),
+        ("h2c POST", h2c("POST", "http://shop.example.com/m", vec![])),
+        ("h2c PUT", h2c("PUT", "http://shop.example.com/m", vec![])),
+        ("h2c GET", h2c("GET", "http://shop.example.com/m", vec![])),
+        // :authority and host
+        (
+            "h1 authority prefix",
+            e(h1("GET", "/a", "shop.example.com", &[])),
+        ),
+        (
+            "h1 host with port",
+            e(h1("GET", "/a", "other.example.com:8080", &[])),
+        ),
+        (
+            "h1 host without the port",
+            e(h1("GET", "/a", "other.example.com", &[])),
+        ),
+        (
+            "h1 authority ignore case",
+            e(h1("GET", "/a", "Api.Example.Net", &[])),
+        ),
+        (
+            "h1 authority other",
+            e(h1("GET", "/a", "nobody.example.org", &[])),
+        ),
+        (
+            "h1 absolute-form authority wins over Host",
+            e(h1(
+                "GET",
+                "http://shop.example.com/a",
+                "nobody.example.org",
+                &[],
+            )),
+        ),
+        (
+            "h1 stripped port",
+            t(h1("GET", "/a", "other.example.com:8080", &[])),
+        ),
+        (
+            "h2c authority",
+            h2c("GET", "http://shop.example.com/a", vec![]),
+        ),
+        (
+            "h2c authority with port",
+            h2c("GET", "http://other.example.com:8080/a", vec![]),
+        ),
+        (
+            "h2c authority and a host header",
+            h2c(
+                "GET",
+                "http://nobody.example.org/a",
+                vec![("host", "shop.example.com")],
+            ),
+        ),
+        // :path (with the query, after normalization and merged slashes)
+        ("h1 path with query", e(h1("GET", "/p/x?q=1", host, &[]))),
+        ("h1 path without the query", e(h1("GET", "/p/x", host, &[]))),
+        (
+            "h1 path normalized",
+            e(h1("GET", "/p/y/../x?q=1", host, &[])),
+        ),
+        (
+            "h1 path slashes merged",
+            e(h1("GET", "//p//x?q=1", host, &[])),
+        ),
+        (
+            "h1 path encoded dots",
+            e(h1("GET", "/p/%2e/x?q=1", host, &[])),
+        ),
+        ("h1 path regex", e(h1("GET", "/p/123", host, &[]))),
+        (
+            "h1 path regex is a full match",
+            e(h1("GET", "/p/123?a=b", host, &[])),
+        ),
+        (
+            "h1 path contains in query",
+            e(h1("GET", "/p/z?debug=true", host, &[])),
+        ),
+        (
+            "h2c path with query",
+            h2c("GET", "http://shop.example.com/p/x?q=1", vec![]),
+        ),
+        (
+            "h2c path merged",
+            h2c("GET", "http://shop.example.com/p//x?q=1", vec![]),
+        ),
+        // :scheme
+        ("h1 plaintext", e(h1("GET", "/s", host, &[]))),
+        (
+            "h1 edge ignores x-forwarded-proto",
+            e(h1("GET", "/s", host, &[("x-forwarded-proto", "https")])),
+        ),
+        (
+            "h1 trusted x-forwarded-proto",
+            t(h1("GET", "/s", host, &[("x-forwarded-proto", "https")])),
+        ),
+        (
+            "h1 trusted x-forwarded-proto upper-case",
+            t(h1("GET", "/s", host, &[("x-forwarded-proto", "HTTPS")])),
+        ),
+        (
+            "h1 trusted x-forwarded-proto list",
+            t(h1(
+                "GET",
+                "/s",
+                host,
+                &[("x-forwarded-proto", "https, http")],
+            )),
+        ),
+        (
+            "h1 trusted x-forwarded-proto other",
+            t(h1("GET", "/s", host, &[("x-forwarded-proto", "ftp")])),
+        ),
+        (
+            "h1 absolute-form http",
+            e(h1("GET", "http://shop.example.com/s", host, &[])),
+        ),
+        (
+            "h1 absolute-form https on plaintext",
+            e(h1("GET", "https://shop.example.com/s", host, &[])),
+        ),
+        (
+            "h1 absolute-form other scheme",
+            e(h1("GET", "ftp://shop.example.com/s", host, &[])),
+        ),
+        (
+            "h2c scheme http",
+            h2c("GET", "http://shop.example.com/s", vec![]),
+        ),
+        (
+            "h2c scheme https is believed",
+            h2c("GET", "https://shop.example.com/s", vec![]),
+        ),
+        (
+            "h2c scheme other",
+            h2c("GET", "foo://shop.example.com/s", vec![]),
+        ),
+        ("tls h1 scheme", tls(false, &["https://localhost:PORT/s"])),
+        ("tls h2 scheme", tls(true, &["https://localhost:PORT/s"])),
+        (
+            "tls h1 absolute-form http",
+            tls(
+                false,
+                &[
+                    "--request-target",
+                    "http://shop.example.com/s",
+                    "https://localhost:PORT/",
+                ],
+            ),
+        ),
+        (
+            "tls h1 authority",
+            tls(
+                false,
+                &["-H", "Host: shop.example.com", "https://localhost:PORT/a"],
+            ),
+        ),
+        (
+            "tls h2 authority",
+            tls(
+                true,
+                &[
+                    "-H",
+                    "Host: other.example.com:8080",
+                    "https://localhost:PORT/a",
+                ],
+            ),
+        ),
+        (
+            "tls h2 method",
+            tls(true, &["-X", "DELETE", "https://localhost:PORT/m"]),
+        ),
+        (
+            "tls h2 path",
+            tls(true, &["https://localhost:PORT/p/x?q=1"]),
+        ),
+        // :scheme sent to an HTTP/2 upstream
+        ("h1 upstream scheme", e(h1("GET", "/u", host, &[]))),
+        (
+            "h1 upstream scheme, trusted x-forwarded-proto",
+            t(h1("GET", "/u", host, &[("x-forwarded-proto", "https")])),
+        ),
+        (
+            "h1 upstream scheme, absolute-form",
+            e(h1("GET", "http://shop.example.com/u", host, &[])),
+        ),
+        (
+            "h2c upstream scheme https",
+            h2c("GET", "https://shop.example.com/u", vec![]),
+        ),
+        (
+            "h2c upstream scheme other",
+            h2c("GET", "foo://shop.example.com/u", vec![]),
+        ),
+        (
+            "tls h1 upstream scheme",
+            tls(false, &["https://localhost:PORT/u"]),
+        ),
+        (
+            "tls h2 upstream scheme",
+            tls(true, &["https://localhost:PORT/u"]),
+        ),
+        (
+            "tls h1 upstream scheme, absolute-form http",
+            tls(
+                false,
+                &[
+                    "--request-target",
+                    "http://shop.example.com/u",
+                    "https://localhost:PORT/",
+                ],
+            ),
+        ),
+        // Presence
+        ("h1 presence", e(h1("GET", "/x", host, &[]))),
+        (
+            "h2c presence",
+            h2c("GET", "http://shop.example.com/x", vec![]),
+        ),
+        (
+            "h1 empty exact, a value",
+            e(h1("GET", "/e", host, &[("x-e", "abc")])),
+        ),
+        (
+            "h1 empty exact, an empty value",
+            e(h1("GET", "/e", host, &[("x-e", "")])),
+        ),
+        ("h1 empty exact, missing", e(h1("GET", "/e", host, &[]))),
+        // The fault filter's header conditions
+        ("h1 fault on POST", e(h1("POST", "/f", host, &[]))),
+        ("h1 no fault on GET", e(h1("GET", "/f", host, &[]))),
+        (
+            "h2c fault on POST",
+            h2c("POST", "http://shop.example.com/f", vec![]),
+        ),
+        (
+            "tls h2 no fault on GET",
+            tls(true, &["https://localhost:PORT/f"]),
+        ),
+    ]
+}
+
+#[test]
+fn pseudo_header_matchers_same_as_envoy() {
+    let echo = EchoUpstream::start("echo");
+    let ca = TestCa::new("pseudo-header CA");
+    let files = TempDir::new();
+    let (cert, key) = ca.localhost_leaf().write(files.path(), "localhost");
+    let ca_file = ca.write_ca(files.path(), "ca");
+    let (cert, key, ca_file) = (
+        cert.display().to_string(),
+        key.display().to_string(),
+        ca_file.display().to_string(),
+    );
+    let ports = || PseudoPorts {
+        edge: free_port(),
+        trusted: free_port(),
+        tls: free_port(),
+    };
+    let (ep, mp) = (ports(), ports());
+    let dir = TempDir::new();
+    let envoy = envoy_with(&pseudo_resources(ep, echo.port(), &cert, &key), &dir);
+    envoy.assert_no_rejections();
+    let _mesh = InProcess::start(&pseudo_resources(mp, echo.port(), &cert, &key));
+
+    let send = |p: PseudoPorts, via: &Via| -> (u16, String, String) {
+        match via {
+            Via::H1 { trusted, request } => {
+                let r = raw(
+                    if *trusted { p.trusted } else { p.edge },
+                    request.as_bytes(),
+                );
+                answer(r.status, &r.body, r.header("x-host"))
+            }
+            Via::H2c {
+                method,
+                uri,
+                headers,
+            } => send_h2c(p.edge, method, uri, headers),
+            Via::Tls { h2, args } => send_tls(p.tls, &ca_file, *h2, args),
+        }
+    };
+    let mut answers = Vec::new();
+    let mut diffs = Vec::new();
+    for (name, via) in pseudo_corpus() {
+        let (e, m) = (send(ep, &via), send(mp, &via));
+        if e != m {
+            diffs.push(format!("[{name}] envoy={e:?} meshgate={m:?}"));
+        }
+        answers.push(format!("{name}: {e:?}"));
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+    // The corpus exercises what it claims: Envoy's answers, pinned.
+    let expect = |name: &str, want: (u16, &str)| {
+        let line = answers
+            .iter()
+            .find(|a| a.starts_with(&format!("{name}: ")))
+            .unwrap();
+        assert!(
+            line.starts_with(&format!("{name}: ({}, {:?}, ", want.0, want.1)),
+            "{name}: {line}\n{}",
+            answers.join("\n")
+        );
+    };
+    expect("h1 POST", (200, "method-post"));
+    expect("h1 DELETE (inverted regex)", (200, "method-not-get-head"));
+    expect("h2c PUT", (200, "method-not-get-head"));
+    expect("h1 host with port", (200, "host-exact-with-port"));
+    expect("h1 stripped port", (200, "authority-other"));
+    expect("h2c authority and a host header", (200, "authority-other"));
+    expect("h1 path normalized", (200, "path-with-query"));
+    expect("h1 path slashes merged", (200, "path-with-query"));
+    expect("h1 trusted x-forwarded-proto", (200, "scheme-https"));
+    expect("h1 edge ignores x-forwarded-proto", (200, "scheme-http"));
+    expect("h2c scheme https is believed", (200, "scheme-https"));
+    expect("h2c scheme other", (200, "scheme-present"));
+    expect("tls h1 scheme", (200, "scheme-https"));
+    expect("tls h2 scheme", (200, "scheme-https"));
+    expect("tls h1 absolute-form http", (200, "scheme-http"));
+    expect("h1 absolute-form https on plaintext", (403, "Forbidden"));
+    expect("h1 presence", (200, "protocol-absent"));
+    expect("h1 empty exact, a value", (200, "exact-empty-any-value"));
+    expect("h1 empty exact, missing", (200, "e-other"));
+    expect("h1 fault on POST", (418, "fault filter abort"));
+    expect(
+        "h1 upstream scheme, trusted x-forwarded-proto",
+        (200, "upstream echo over h2, :scheme https"),
+    );
+    expect(
+        "h2c upstream scheme https",
+        (200, "upstream echo over h2, :scheme https"),
+    );
+    let host_line =
+        "h1 host with port: (200, \"host-exact-with-port\", \"other.example.com:8080 http\")";
+    assert!(
+        answers.iter().any(|a| a == host_line),
+        "{}",
+        answers.join("\n")
+    );
+    expect("h1 no fault on GET", (200, "upstream echo"));
 }

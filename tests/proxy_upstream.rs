@@ -338,3 +338,219 @@ fn dns_clusters_resolve_like_envoy() {
         assert_eq!(get(port, "x", "/logical", &[]).status, 200, "{who}");
     });
 }
+
+/// Retry budgets: a budget replaces max_retries (here 0) as the bound on concurrent
+/// retries, `max(budget_percent × (active + pending requests), min_retry_concurrency)`.
+/// Every upstream attempt is counted at the upstream; each answer says how many attempts
+/// it took (`x-envoy-attempt-count`).
+#[test]
+fn retry_budget_bounds_concurrent_retries_like_envoy() {
+    let a = EchoUpstream::start("a");
+    let retry = json!({"retry_on": "5xx", "num_retries": 1});
+    let make = |port| {
+        let mut c = config(
+            port,
+            vec![
+                json!({"match": {"prefix": "/plain"}, "route": {"cluster": "plain", "retry_policy": retry}}),
+                json!({"match": {"prefix": "/floor"}, "route": {"cluster": "floor", "retry_policy": retry}}),
+                json!({"match": {"prefix": "/share"}, "route": {"cluster": "share", "retry_policy": retry}}),
+            ],
+            vec![
+                static_cluster(
+                    "plain",
+                    &[a.port()],
+                    json!({"circuit_breakers": {"thresholds": [{"max_retries": 0}]}}),
+                ),
+                // No share at all: only the minimum concurrency of two.
+                static_cluster(
+                    "floor",
+                    &[a.port()],
+                    json!({"circuit_breakers": {"thresholds": [{"max_retries": 0,
+                        "retry_budget": {"budget_percent": {"value": 0}, "min_retry_concurrency": 2}}]}}),
+                ),
+                // No minimum: a quarter of the active requests.
+                static_cluster(
+                    "share",
+                    &[a.port()],
+                    json!({"circuit_breakers": {"thresholds": [{"max_retries": 0,
+                        "retry_budget": {"budget_percent": {"value": 25}, "min_retry_concurrency": 0}}]}}),
+                ),
+            ],
+        );
+        c["routes"][0]["virtual_hosts"][0]["include_attempt_count_in_response"] = json!(true);
+        c
+    };
+    let attempts = |r: &RawResponse| -> u32 {
+        r.header("x-envoy-attempt-count")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // `n` requests failing after `delay_ms`, the i-th sent `i × stagger_ms` after the
+    // first; answers in sending order.
+    let failing = |port: u16, path: &'static str, n: u64, delay_ms: u64, stagger_ms: u64| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(i * stagger_ms));
+                    get(
+                        port,
+                        "x",
+                        path,
+                        &[
+                            ("x-echo-status", "503"),
+                            ("x-echo-delay-ms", &delay_ms.to_string()),
+                        ],
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<RawResponse>>()
+    };
+    let run = |who: &str, port: u16, stat: &dyn Fn(&str) -> Option<u64>| {
+        // max_retries 0 without a budget: no retry.
+        let before = a.requests();
+        let r = get(port, "x", "/plain", &[("x-echo-status", "503")]);
+        assert_eq!((r.status, attempts(&r)), (503, 1), "{who}");
+        assert_eq!(a.requests() - before, 1, "{who}");
+        assert_eq!(
+            stat("cluster.plain.upstream_rq_retry_overflow"),
+            Some(1),
+            "{who}"
+        );
+        // With a budget max_retries is ignored: one request alone is retried.
+        let before = a.requests();
+        let r = get(port, "x", "/floor", &[("x-echo-status", "503")]);
+        assert_eq!((r.status, attempts(&r)), (503, 2), "{who}");
+        assert_eq!(a.requests() - before, 2, "{who}");
+
+        // Five failing at once under a floor of two: two retried, three not.
+        let before = a.requests();
+        let answers = failing(port, "/floor", 5, 800, 0);
+        let mut counts: Vec<u32> = answers.iter().map(attempts).collect();
+        counts.sort();
+        assert_eq!(counts, vec![1, 1, 1, 2, 2], "{who}");
+        assert!(answers.iter().all(|r| r.status == 503), "{who}");
+        assert_eq!(
+            a.requests() - before,
+            7,
+            "{who}: five tries and two retries"
+        );
+        assert_eq!(
+            stat("cluster.floor.upstream_rq_retry_overflow"),
+            Some(3),
+            "{who}"
+        );
+        assert_eq!(stat("cluster.floor.upstream_rq_retry"), Some(3), "{who}");
+
+        // A quarter of the active requests: eight slow successful requests hold the
+        // load, then four failing ones fail 250 ms apart, each retry outliving the
+        // next decision. Every decision sees 8 + 4 active requests (the deciding one's
+        // answered attempt included): three retries, the fourth refused.
+        let before = a.requests();
+        let holders: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || get(port, "x", "/share", &[("x-echo-delay-ms", "4000")]))
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while a.requests() - before < 8 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{who}: holders not upstream"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let answers = failing(port, "/share", 4, 1000, 250);
+        let counts: Vec<u32> = answers.iter().map(attempts).collect();
+        assert_eq!(counts, vec![2, 2, 2, 1], "{who}");
+        for h in holders {
+            assert_eq!(h.join().unwrap().status, 200, "{who}");
+        }
+        assert_eq!(a.requests() - before, 8 + 4 + 3, "{who}");
+        assert_eq!(
+            stat("cluster.share.upstream_rq_retry_overflow"),
+            Some(1),
+            "{who}"
+        );
+        assert_eq!(stat("cluster.share.upstream_rq_retry"), Some(3), "{who}");
+    };
+
+    let dir = TempDir::new();
+    let envoy_port = free_port();
+    let envoy = envoy_with(&make(envoy_port), &dir);
+    envoy.assert_no_rejections();
+    run("envoy", envoy_port, &|name| envoy.stat(name));
+    drop(envoy);
+    let mesh_port = free_port();
+    let mesh = InProcess::start(&make(mesh_port));
+    run("meshgate", mesh_port, &|name| mesh.stat(name));
+}
+
+/// Hash policies on pseudo-headers (`:authority`, `:path` with its query): each value
+/// sticks to one host, values spread over the hosts, and both proxies pick the same host
+/// for the same value.
+#[test]
+fn consistent_hash_on_pseudo_headers_like_envoy() {
+    let (a, b, c) = (
+        EchoUpstream::start("a"),
+        EchoUpstream::start("b"),
+        EchoUpstream::start("c"),
+    );
+    let make = |port| {
+        config(
+            port,
+            vec![
+                json!({"match": {"prefix": "/auth"}, "route": {"cluster": "ring", "hash_policy": [{"header": {"header_name": ":authority"}}]}}),
+                json!({"match": {"prefix": "/host"}, "route": {"cluster": "ring", "hash_policy": [{"header": {"header_name": "Host"}}]}}),
+                json!({"match": {"prefix": "/path"}, "route": {"cluster": "ring", "hash_policy": [{"header": {"header_name": ":path"}}]}}),
+            ],
+            vec![static_cluster(
+                "ring",
+                &[a.port(), b.port(), c.port()],
+                json!({"lb_policy": "RING_HASH"}),
+            )],
+        )
+    };
+    let mut choices: Vec<Vec<String>> = Vec::new();
+    both(make, |who, port| {
+        let upstream = |host: &str, path: &str| {
+            get(port, host, path, &[]).echo()["upstream"]
+                .as_str()
+                .unwrap_or("none")
+                .to_string()
+        };
+        let mut mine = Vec::new();
+        for (kind, i) in (0..20).flat_map(|i| [("auth", i), ("host", i), ("path", i)]) {
+            let (host, path) = match kind {
+                "path" => ("x".to_string(), format!("/path/{i}?q={i}")),
+                _ => (format!("h{i}.example.com"), format!("/{kind}")),
+            };
+            let first = upstream(&host, &path);
+            for _ in 0..2 {
+                assert_eq!(upstream(&host, &path), first, "{who}: {host}{path} moved");
+            }
+            mine.push(first);
+        }
+        for kind in 0..3 {
+            let hosts: std::collections::HashSet<&String> =
+                mine.iter().skip(kind).step_by(3).collect();
+            assert!(
+                hosts.len() >= 2,
+                "{who}: one host for every value: {mine:?}"
+            );
+        }
+        // `host` and `:authority` are the same value.
+        for i in 0..20 {
+            assert_eq!(
+                mine[3 * i],
+                mine[3 * i + 1],
+                "{who}: host and :authority differ"
+            );
+        }
+        choices.push(mine);
+    });
+    assert_eq!(choices[0], choices[1], "envoy, then meshgate");
+}

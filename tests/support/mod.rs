@@ -114,7 +114,8 @@ impl Drop for TempDir {
 // ---------------------------------------------------------------------------------------
 
 /// An upstream server on 127.0.0.1 that echoes each request as JSON:
-/// `{"upstream": NAME, "method", "path" (with query), "version", "headers": {lowercase name: [values]}, "body_len"}`.
+/// `{"upstream": NAME, "method", "path" (with query), "scheme" (HTTP/2's `:scheme`, else
+/// null), "version", "headers": {lowercase name: [values]}, "body_len"}`.
 ///
 /// Request headers steer it:
 /// - `x-echo-status: 503` answer with that status
@@ -274,6 +275,7 @@ async fn echo(
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     let version = format!("{:?}", req.version());
+    let scheme = req.uri().scheme_str().map(str::to_string);
     let body = req
         .into_body()
         .collect()
@@ -284,6 +286,7 @@ async fn echo(
         "upstream": name,
         "method": method,
         "path": path,
+        "scheme": scheme,
         "version": version,
         "headers": headers,
         "body_len": body.len(),

@@ -188,7 +188,7 @@ pub(crate) fn compile_cluster(
             if !cb.per_host_thresholds.is_empty() {
                 return Err(cx.unsupported("per_host_thresholds"));
             }
-            let mut t = Thresholds::default();
+            let mut t = None;
             for (i, th) in cb.thresholds.iter().enumerate() {
                 cx.at(format_args!("thresholds[{i}]"), |cx| {
                     fields!(
@@ -200,30 +200,37 @@ pub(crate) fn compile_cluster(
                                 max_connections,
                                 max_pending_requests,
                                 max_requests,
-                                max_retries
+                                max_retries,
+                                retry_budget
                             ],
                             ignored: [track_remaining],
-                            unsupported: [retry_budget, max_connection_pools],
+                            unsupported: [max_connection_pools],
                         }
                     );
-                    if th.priority != core_pb::RoutingPriority::Default as i32 {
-                        // Meshgate does not route by priority; HIGH thresholds never apply.
+                    let retry_budget = match &th.retry_budget {
+                        None => None,
+                        Some(b) => cx.at("retry_budget", |cx| compile_retry_budget(cx, b))?,
+                    };
+                    // Meshgate does not route by priority; HIGH thresholds never apply.
+                    // Envoy takes the first entry of the priority.
+                    if th.priority != core_pb::RoutingPriority::Default as i32 || t.is_some() {
                         return Ok(());
                     }
                     let get = |v: &Option<crate::xds::pb::google::protobuf::UInt32Value>,
                                d: u32| {
                         v.map(|v| v.value).unwrap_or(d)
                     };
-                    t = Thresholds {
+                    t = Some(Thresholds {
                         max_connections: get(&th.max_connections, 1024),
                         max_pending_requests: get(&th.max_pending_requests, 1024),
                         max_requests: get(&th.max_requests, 1024),
                         max_retries: get(&th.max_retries, 3),
-                    };
+                        retry_budget,
+                    });
                     Ok(())
                 })?;
             }
-            Ok(t)
+            Ok(t.unwrap_or_default())
         })?,
     };
     let outlier = match &c.outlier_detection {
@@ -695,6 +702,41 @@ fn common_options(
             .map(|v| v.value)
             .filter(|v| *v > 0),
     ))
+}
+
+/// A threshold's `retry_budget`. Like Envoy, a budget with neither `budget_percent` nor
+/// `min_retry_concurrency` set is no budget (max_retries applies).
+fn compile_retry_budget(
+    cx: &mut Cx,
+    b: &pb::circuit_breakers::thresholds::RetryBudget,
+) -> Result<Option<RetryBudget>, CompileError> {
+    fields!(
+        cx,
+        b,
+        pb::circuit_breakers::thresholds::RetryBudget {
+            supported: [budget_percent, min_retry_concurrency, budget_interval],
+            ignored: [],
+            unsupported: [],
+        }
+    );
+    // Counting requests over a window instead of the active ones is not implemented.
+    if duration(cx, "budget_interval", &b.budget_interval)?.is_some_and(|d| !d.is_zero()) {
+        return Err(cx.unsupported("budget_interval"));
+    }
+    if b.budget_percent.is_none() && b.min_retry_concurrency.is_none() {
+        return Ok(None);
+    }
+    let percent = b.budget_percent.map_or(20.0, |p| p.value);
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(cx.err(
+            "budget_percent.value",
+            format!("{percent} is not between 0 and 100"),
+        ));
+    }
+    Ok(Some(RetryBudget {
+        percent,
+        min_concurrency: b.min_retry_concurrency.map_or(3, |m| m.value),
+    }))
 }
 
 fn compile_outlier(cx: &mut Cx, o: &pb::OutlierDetection) -> Result<OutlierConfig, CompileError> {
@@ -1410,7 +1452,8 @@ mod tests {
                 max_connections: 1,
                 max_pending_requests: 2,
                 max_requests: 3,
-                max_retries: 4
+                max_retries: 4,
+                retry_budget: None,
             }
         );
         assert_eq!(c.protocol, UpstreamProtocol::Http2);
@@ -1419,6 +1462,74 @@ mod tests {
         let e = c.endpoints();
         assert_eq!(e.priorities.len(), 2);
         assert_eq!(e.priorities[0].hosts[0].weight, 3);
+    }
+
+    #[test]
+    fn retry_budgets_as_envoy_reads_them() {
+        use serde_json::json;
+        let budget = |th: serde_json::Value| {
+            cluster(
+                json!({"name": "c", "type": "STATIC", "load_assignment": {"cluster_name": "c"},
+                "circuit_breakers": {"thresholds": th}}),
+            )
+            .map(|c| c.thresholds)
+        };
+        let b = |percent, min_concurrency| {
+            Some(RetryBudget {
+                percent,
+                min_concurrency,
+            })
+        };
+        let cases = [
+            (
+                json!([{"max_retries": 7, "retry_budget": {"budget_percent": {"value": 25.5}, "min_retry_concurrency": 2}}]),
+                7,
+                b(25.5, 2),
+            ),
+            // Either field alone turns the budget on, the other takes Envoy's default.
+            (
+                json!([{"retry_budget": {"budget_percent": {"value": 50}}}]),
+                3,
+                b(50.0, 3),
+            ),
+            (
+                json!([{"retry_budget": {"min_retry_concurrency": 0}}]),
+                3,
+                b(20.0, 0),
+            ),
+            // An empty budget is no budget.
+            (json!([{"max_retries": 1, "retry_budget": {}}]), 1, None),
+            (
+                json!([{"retry_budget": {"budget_percent": {"value": 10}, "budget_interval": "0s"}}]),
+                3,
+                b(10.0, 3),
+            ),
+            // HIGH priority thresholds do not apply; the first DEFAULT entry does.
+            (
+                json!([{"priority": "HIGH", "retry_budget": {"budget_percent": {"value": 1}}},
+                       {"max_retries": 2}, {"max_retries": 9, "retry_budget": {"min_retry_concurrency": 5}}]),
+                2,
+                None,
+            ),
+        ];
+        for (th, max_retries, want) in cases {
+            let t = budget(th.clone()).unwrap();
+            assert_eq!((t.max_retries, t.retry_budget), (max_retries, want), "{th}");
+        }
+        let e =
+            budget(json!([{"retry_budget": {"budget_percent": {"value": 100.5}}}])).unwrap_err();
+        assert_eq!(
+            e.path,
+            "circuit_breakers.thresholds[0].retry_budget.budget_percent.value"
+        );
+        let e = budget(
+            json!([{"retry_budget": {"budget_percent": {"value": 10}, "budget_interval": "1s"}}]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.path,
+            "circuit_breakers.thresholds[0].retry_budget.budget_interval"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use crate::proxy::http::cors::CorsPolicy;
 use crate::proxy::http::fault::Fault;
 use crate::proxy::route::action::*;
 use crate::proxy::route::headers::HeaderMutations;
-use crate::proxy::route::matcher::{RouteMatch, fraction_per_million, search_regex};
+use crate::proxy::route::matcher::{HeaderKey, RouteMatch, fraction_per_million, search_regex};
 use crate::proxy::route::table::{Route, RouteTable, VirtualHost};
 use crate::proxy::upstream::Cluster;
 use crate::xds::ResourceSet;
@@ -786,10 +786,12 @@ fn compile_hash_policy(
             if hd.regex_rewrite.is_some() {
                 return Err(cx.unsupported("header.regex_rewrite"));
             }
-            HashPolicyKind::Header(
-                http::HeaderName::from_bytes(hd.header_name.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| cx.err("header.header_name", "invalid header name"))?,
-            )
+            HashPolicyKind::Header(HeaderKey::parse(&hd.header_name).ok_or_else(|| {
+                cx.err(
+                    "header.header_name",
+                    format!("invalid header name {:?}", hd.header_name),
+                )
+            })?)
         }
         Some(P::Cookie(c)) => {
             if !c.attributes.is_empty() {

@@ -1,7 +1,7 @@
 //! The fault filter (envoy.extensions.filters.http.fault.v3.HTTPFault): delays and aborts
 //! injected for a percentage of requests, configured on the filter or per route.
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
-use crate::proxy::route::matcher::{HeaderMatch, fraction_per_million};
+use crate::proxy::route::matcher::{HeaderMatch, RequestView, fraction_per_million};
 use crate::xds::pb::envoy::extensions::filters::common::fault::v3 as common_pb;
 use crate::xds::pb::envoy::extensions::filters::http::fault::v3 as fault_pb;
 use std::time::Duration;
@@ -117,9 +117,9 @@ impl Fault {
         })
     }
 
-    /// Whether the fault applies to a request with these headers.
-    pub fn applies(&self, headers: &http::HeaderMap) -> bool {
-        self.headers.iter().all(|h| h.matches(headers))
+    /// Whether the fault applies to a request (its headers and pseudo-headers).
+    pub fn applies(&self, req: &RequestView<'_>) -> bool {
+        self.headers.iter().all(|h| h.matches(req))
     }
 }
 

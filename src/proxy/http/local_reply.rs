@@ -177,6 +177,21 @@ impl LocalReply {
         flag: Flags::DPE,
         reason: "http1.content_length_and_chunked_not_allowed",
     };
+    /// An HTTP/1 absolute-form target with a scheme other than http or https.
+    pub const INVALID_SCHEME: LocalReply = LocalReply {
+        status: StatusCode::BAD_REQUEST,
+        body: "Bad Request",
+        flag: Flags::DPE,
+        reason: "http1.invalid_scheme",
+    };
+    /// An HTTP/1 absolute-form `https://` target on a plaintext connection: it would make
+    /// `:scheme` claim an encryption the connection lacks.
+    pub const HTTPS_IN_PLAINTEXT: LocalReply = LocalReply {
+        status: StatusCode::FORBIDDEN,
+        body: "Forbidden",
+        flag: Flags::DPE,
+        reason: "http1.https_url_on_plaintext_connection",
+    };
     pub const PATH_NORMALIZATION_FAILED: LocalReply = LocalReply {
         status: StatusCode::BAD_REQUEST,
         body: "",

@@ -16,7 +16,8 @@ use crate::proxy::http::normalize;
 use crate::proxy::http::request::*;
 use crate::proxy::route::action::*;
 use crate::proxy::route::format::{FormatContext, RequestLine};
-use crate::proxy::route::{HeaderMutations, Route, RouteTable, VirtualHost};
+use crate::proxy::route::matcher::HeaderKey;
+use crate::proxy::route::{HeaderMutations, RequestView, Route, RouteTable, VirtualHost};
 use crate::proxy::runtime::Shared;
 use crate::proxy::upstream::cluster::{Cluster, UpstreamProtocol};
 use crate::proxy::upstream::host::Host;
@@ -201,6 +202,19 @@ async fn serve(
             cx.state.close_after_response();
             return Err(LocalReply::BAD_REQUEST);
         }
+        // An absolute-form target's scheme becomes `:scheme`: only http, and https over
+        // TLS, are believed (Envoy's codec).
+        if let Some(scheme) = req.uri().scheme_str() {
+            let https = scheme.eq_ignore_ascii_case("https");
+            if !https && !scheme.eq_ignore_ascii_case("http") {
+                cx.state.close_after_response();
+                return Err(LocalReply::INVALID_SCHEME);
+            }
+            if https && !cx.peer.https {
+                cx.state.close_after_response();
+                return Err(LocalReply::HTTPS_IN_PLAINTEXT);
+            }
+        }
     }
     let h = req.headers();
     if h.len() > hcm.max_headers_count {
@@ -339,14 +353,8 @@ async fn serve(
     {
         return Ok(https_redirect(&req, &authority));
     }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let (path, query) = split_query(pq);
     let random: u64 = rand::random();
-    let Some(route) = vhost.route(path, query.unwrap_or(""), req.headers(), random) else {
+    let Some(route) = vhost.route(&request_view(&req, &authority, cx.peer.https), random) else {
         return Err(LocalReply::NO_ROUTE);
     };
     log.route_name = Some(route.name.clone());
@@ -358,7 +366,7 @@ async fn serve(
             HttpFilter::Fault(filter_level) => {
                 let fault: Option<&Fault> = route.fault.as_deref().or(filter_level.as_deref());
                 if let Some(fault) = fault
-                    && fault.applies(req.headers())
+                    && fault.applies(&request_view(&req, &authority, cx.peer.https))
                 {
                     if let Some((delay, pm)) = fault.delay
                         && roll(pm)
@@ -759,6 +767,23 @@ fn format_cx(cx: &ConnCtx, started: Instant, version: Version) -> FormatContext<
 }
 
 /// The request line of a request still at hand, for `%REQ(:PATH)%` and friends.
+/// What route and fault conditions see: the headers plus Envoy's pseudo-headers, with
+/// the authority the connection manager settled on (port stripped, HTTP/1.0 default).
+fn request_view<'a, B>(
+    req: &'a Request<B>,
+    authority: &'a HeaderValue,
+    tls: bool,
+) -> RequestView<'a> {
+    RequestView::new(
+        req.method(),
+        authority.as_bytes(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        req.uri().scheme_str(),
+        tls,
+        req.headers(),
+    )
+}
+
 fn request_line<'a, B>(
     req: &'a Request<B>,
     authority: &'a HeaderValue,
@@ -772,6 +797,7 @@ fn request_line<'a, B>(
             .map(|p| p.as_str())
             .unwrap_or("/"),
         authority: authority.as_bytes(),
+        scheme: req.uri().scheme_str(),
         https,
     }
 }
@@ -907,15 +933,15 @@ fn choose_cluster(ra: &RouteAction) -> (&ClusterRef, Option<&WeightedCluster>) {
 /// The request's hash from the route's hash policies (None: no policy produced one).
 fn request_hash(
     ra: &RouteAction,
-    h: &HeaderMap,
-    query: Option<&str>,
+    req: &RequestView<'_>,
     peer: &SocketAddr,
     generated_cookie: &mut Option<GeneratedCookie>,
 ) -> Option<u64> {
+    let h = req.headers;
     let mut acc: Option<u64> = None;
     for p in &ra.hash_policy {
         let hv: Option<u64> = match &p.kind {
-            HashPolicyKind::Header(name) => {
+            HashPolicyKind::Header(HeaderKey::Name(name)) => {
                 let mut vals = h.get_all(name).iter();
                 match (vals.next(), vals.next()) {
                     (None, _) => None,
@@ -929,6 +955,7 @@ fn request_hash(
                     }
                 }
             }
+            HashPolicyKind::Header(key) => req.pseudo(key).map(|v| xxhash(&v)),
             HashPolicyKind::Cookie { name, ttl, path } => match cookie_value(h, name) {
                 Some(v) => Some(xxhash(v.as_bytes())),
                 None => match ttl {
@@ -946,11 +973,9 @@ fn request_hash(
             HashPolicyKind::SourceIp => {
                 Some(xxhash(peer.ip().to_canonical().to_string().as_bytes()))
             }
-            HashPolicyKind::Query(name) => query.and_then(|q| {
-                q.split('&').find_map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (k == &**name).then(|| xxhash(v.as_bytes()))
-                })
+            HashPolicyKind::Query(name) => req.query.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == &**name).then(|| xxhash(v.as_bytes()))
             }),
         };
         if let Some(hv) = hv {
@@ -1024,15 +1049,32 @@ async fn forward(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let (path, query) = split_query(pq);
+    // `:scheme` for HTTP/2 upstreams, from the request before its target is rewritten.
+    let upstream_scheme = if cluster.protocol == UpstreamProtocol::Http1 {
+        "http"
+    } else {
+        RequestView::new(
+            &parts.method,
+            authority.as_bytes(),
+            pq,
+            original_uri.scheme_str(),
+            cx.peer.https,
+            &parts.headers,
+        )
+        .upstream_scheme()
+    };
     let mut generated_cookie = None;
     let hash = if cluster.lb.uses_hash() {
-        request_hash(
-            ra,
+        // Envoy chooses the host before the route's rewrites and header changes.
+        let view = RequestView::new(
+            &parts.method,
+            authority.as_bytes(),
+            pq,
+            original_uri.scheme_str(),
+            cx.peer.https,
             &parts.headers,
-            query,
-            &cx.peer.remote,
-            &mut generated_cookie,
-        )
+        );
+        request_hash(ra, &view, &cx.peer.remote, &mut generated_cookie)
     } else {
         None
     };
@@ -1098,6 +1140,7 @@ async fn forward(
             method: &parts.method,
             path: pq,
             authority: authority.as_bytes(),
+            scheme: original_uri.scheme_str(),
             https: cx.peer.https,
         };
         let fcx = FormatContext {
@@ -1231,6 +1274,7 @@ async fn forward(
             per_try,
             &host_value,
             auto_host,
+            upstream_scheme,
             log,
         )
         .await;
@@ -1253,10 +1297,13 @@ async fn forward(
             && !out_of_time
             && upgrade.is_none();
         if can_retry {
-            // A retry needs a max_retries slot (circuit breaker); without one the
-            // current answer stands.
+            // A retry needs a slot of the retry circuit breaker (max_retries or the
+            // retry budget); without one the current answer stands.
             drop(retry_slot.take());
-            match cluster.state.acquire_retry(cluster.thresholds.max_retries) {
+            match cluster
+                .state
+                .acquire_retry(&cluster.thresholds, result.is_ok())
+            {
                 Some(slot) => {
                     retry_slot = Some(slot);
                     cluster
@@ -1311,6 +1358,12 @@ async fn forward(
                                     .map(|p| p.as_str())
                                     .unwrap_or("/"),
                                 authority: host_value.as_bytes(),
+                                // As sent upstream: an invalid scheme was replaced by
+                                // the derived one.
+                                scheme: original_uri.scheme_str().filter(|s| {
+                                    s.eq_ignore_ascii_case("http")
+                                        || s.eq_ignore_ascii_case("https")
+                                }),
                                 https: cx.peer.https,
                             },
                         )
@@ -1501,6 +1554,7 @@ async fn attempt_once(
     per_try: Option<Duration>,
     host_value: &HeaderValue,
     auto_host: bool,
+    scheme: &'static str,
     log: &mut RequestLog,
 ) -> Result<(Response<Incoming>, Arc<Host>, PooledConn), AttemptError> {
     let state = &cluster.state;
@@ -1542,7 +1596,7 @@ async fn attempt_once(
         let mut parts = req.uri().clone().into_parts();
         // `:scheme` is the downstream request's, whatever the upstream transport (what
         // Envoy 1.40 sends).
-        parts.scheme = Some(if cx.peer.https {
+        parts.scheme = Some(if scheme == "https" {
             http::uri::Scheme::HTTPS
         } else {
             http::uri::Scheme::HTTP

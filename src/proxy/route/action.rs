@@ -124,7 +124,8 @@ pub struct RetryPolicy {
 /// What a consistent-hash policy hashes.
 #[derive(Debug, Clone)]
 pub enum HashPolicyKind {
-    Header(HeaderName),
+    /// A header or pseudo-header (`:authority`, `:path`, ...), as header matchers read it.
+    Header(crate::proxy::route::matcher::HeaderKey),
     /// A cookie; with `ttl` set, Envoy generates it when absent.
     Cookie {
         name: Box<str>,

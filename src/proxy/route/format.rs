@@ -98,6 +98,9 @@ pub struct RequestLine<'a> {
     pub method: &'a Method,
     pub path: &'a str,
     pub authority: &'a [u8],
+    /// The scheme the request carried (HTTP/2's `:scheme`, an HTTP/1 absolute-form
+    /// target's); `:scheme` is derived as header matchers derive it.
+    pub scheme: Option<&'a str>,
     pub https: bool,
 }
 
@@ -395,7 +398,8 @@ fn header_keys(sub: &[u8]) -> Result<(HeaderKey, Option<HeaderKey>), FormatError
         Ok(match lower.as_slice() {
             b":method" => HeaderKey::Method,
             b":path" => HeaderKey::Path,
-            b":authority" => HeaderKey::Authority,
+            // Envoy's header map answers `host` with `:authority`.
+            b":authority" | b"host" => HeaderKey::Authority,
             b":scheme" => HeaderKey::Scheme,
             b":status" => HeaderKey::Status,
             _ => HeaderKey::Name(HeaderName::from_bytes(&lower).map_err(|_| {
@@ -496,14 +500,23 @@ fn render_command(
                         let _ = write!(ByteWriter(out), "{s}");
                         return true;
                     }
+                    HeaderKey::Scheme => {
+                        let Some(l) = line else { return false };
+                        let none = http::HeaderMap::new();
+                        let scheme = crate::proxy::route::matcher::request_scheme(
+                            l.scheme,
+                            headers.unwrap_or(&none),
+                            l.https,
+                        );
+                        out.extend_from_slice(&scheme);
+                        return true;
+                    }
                     _ => {
                         let Some(l) = line else { return false };
                         match k {
                             HeaderKey::Method => l.method.as_str().as_bytes(),
                             HeaderKey::Path => l.path.as_bytes(),
-                            HeaderKey::Authority => l.authority,
-                            _ if l.https => b"https",
-                            _ => b"http",
+                            _ => l.authority,
                         }
                     }
                 };

@@ -30,7 +30,18 @@ pub(crate) fn compile_regex_matcher(
             unsupported: [],
         }
     );
+    if m.regex.is_empty() {
+        return Err(cx.err("regex", "value length must be at least 1 characters"));
+    }
     full_regex(cx, "regex", &m.regex)
+}
+
+/// Envoy's `min_len: 1` on prefix, suffix and contains patterns.
+fn non_empty<'s>(cx: &Cx, field: &str, s: &'s str) -> Result<&'s str, CompileError> {
+    if s.is_empty() {
+        return Err(cx.err(field, "value length must be at least 1 characters"));
+    }
+    Ok(s)
 }
 
 /// envoy.type.matcher.v3.StringMatcher, compiled.
@@ -77,9 +88,15 @@ impl StringMatch {
         let ic = m.ignore_case;
         Ok(match &m.match_pattern {
             Some(P::Exact(s)) => StringMatch::Exact(lower_if(s, ic), ic),
-            Some(P::Prefix(s)) => StringMatch::Prefix(lower_if(s, ic), ic),
-            Some(P::Suffix(s)) => StringMatch::Suffix(lower_if(s, ic), ic),
-            Some(P::Contains(s)) => StringMatch::Contains(lower_if(s, ic), ic),
+            Some(P::Prefix(s)) => {
+                StringMatch::Prefix(lower_if(non_empty(cx, "prefix", s)?, ic), ic)
+            }
+            Some(P::Suffix(s)) => {
+                StringMatch::Suffix(lower_if(non_empty(cx, "suffix", s)?, ic), ic)
+            }
+            Some(P::Contains(s)) => {
+                StringMatch::Contains(lower_if(non_empty(cx, "contains", s)?, ic), ic)
+            }
             Some(P::SafeRegex(r)) => cx.at("safe_regex", |cx| {
                 compile_regex_matcher(cx, r).map(StringMatch::Regex)
             })?,
@@ -120,10 +137,167 @@ pub enum PathMatch {
     Regex(Regex),
 }
 
+/// What header conditions see of a request: the headers, and the pseudo-headers Envoy
+/// keeps in the same map (`:method`, `:authority`, `:path`, `:scheme`), as they stand
+/// when the route is chosen (after the connection manager's path normalization, port
+/// stripping and `x-forwarded-proto` sanitizing). Built once per request from borrowed
+/// parts; nothing is copied.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a http::Method,
+    /// `:authority`: HTTP/2's `:authority`, HTTP/1's Host (or the authority of an
+    /// absolute-form target); Envoy also answers `host` with it.
+    pub authority: &'a [u8],
+    /// `:path`: the path with its query string.
+    pub path_and_query: &'a str,
+    /// The path without the query string (route path matching).
+    pub path: &'a str,
+    /// What follows `?`, or empty.
+    pub query: &'a str,
+    /// The scheme the request itself carried: HTTP/2's `:scheme`, or the scheme of an
+    /// HTTP/1 absolute-form target.
+    pub given_scheme: Option<&'a str>,
+    /// Whether the downstream connection is TLS.
+    pub tls: bool,
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> RequestView<'a> {
+    /// A view of `path_and_query` (split at the first `?`) and `headers`.
+    pub fn new(
+        method: &'a http::Method,
+        authority: &'a [u8],
+        path_and_query: &'a str,
+        given_scheme: Option<&'a str>,
+        tls: bool,
+        headers: &'a HeaderMap,
+    ) -> RequestView<'a> {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        RequestView {
+            method,
+            authority,
+            path_and_query,
+            path,
+            query,
+            given_scheme,
+            tls,
+            headers,
+        }
+    }
+
+    /// Envoy's `:scheme`: the one the request carried (lower-cased), else for HTTP/1 the
+    /// (already sanitized) `x-forwarded-proto` when it is `http` or `https`, else by the
+    /// downstream connection's encryption. Allocates only for a given scheme with
+    /// upper-case letters.
+    pub fn scheme(&self) -> std::borrow::Cow<'a, [u8]> {
+        request_scheme(self.given_scheme, self.headers, self.tls)
+    }
+}
+
+/// Envoy's `:scheme` of a request: `given` (HTTP/2's `:scheme` or an HTTP/1
+/// absolute-form target's), lower-cased; else `x-forwarded-proto` in `headers` when it is
+/// `http` or `https`; else by `tls`.
+pub fn request_scheme<'a>(
+    given: Option<&'a str>,
+    headers: &HeaderMap,
+    tls: bool,
+) -> std::borrow::Cow<'a, [u8]> {
+    use std::borrow::Cow;
+    if let Some(s) = given {
+        return if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(s.to_ascii_lowercase().into_bytes())
+        } else {
+            Cow::Borrowed(s.as_bytes())
+        };
+    }
+    let mut xfp = headers
+        .get_all(&crate::proxy::http::request::X_FORWARDED_PROTO)
+        .iter();
+    if let (Some(v), None) = (xfp.next(), xfp.next()) {
+        if v.as_bytes().eq_ignore_ascii_case(b"https") {
+            return Cow::Borrowed(b"https");
+        }
+        if v.as_bytes().eq_ignore_ascii_case(b"http") {
+            return Cow::Borrowed(b"http");
+        }
+    }
+    Cow::Borrowed(if tls { b"https" } else { b"http" })
+}
+
+impl<'a> RequestView<'a> {
+    /// The `:scheme` Envoy's router sends to HTTP/2 upstreams: the request's when it is
+    /// http or https, else a valid `x-forwarded-proto`, else by the downstream's TLS.
+    pub fn upstream_scheme(&self) -> &'static str {
+        let pick = |s: &[u8]| match s {
+            b"https" => Some("https"),
+            b"http" => Some("http"),
+            _ => None,
+        };
+        pick(&self.scheme()).unwrap_or_else(|| {
+            let derived = RequestView {
+                given_scheme: None,
+                ..*self
+            };
+            pick(&derived.scheme()).unwrap_or("http")
+        })
+    }
+
+    /// The value of a pseudo-header key (`None` for a plain header name, which may have
+    /// several values, and for names no request carries).
+    pub fn pseudo(&self, key: &HeaderKey) -> Option<std::borrow::Cow<'a, [u8]>> {
+        use std::borrow::Cow;
+        match key {
+            HeaderKey::Method => Some(Cow::Borrowed(self.method.as_str().as_bytes())),
+            HeaderKey::Authority => Some(Cow::Borrowed(self.authority)),
+            HeaderKey::Path => Some(Cow::Borrowed(self.path_and_query.as_bytes())),
+            HeaderKey::Scheme => Some(self.scheme()),
+            HeaderKey::Name(_) | HeaderKey::Absent => None,
+        }
+    }
+}
+
+/// Which part of a request a header condition reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderKey {
+    Name(http::HeaderName),
+    Method,
+    /// `:authority`, and `host` (Envoy's header map answers `host` with `:authority`).
+    Authority,
+    Path,
+    Scheme,
+    /// A name no request carries at routing time: other pseudo-headers (`:protocol`,
+    /// `:status`, ...) and names no codec accepts; Envoy takes them and never finds them.
+    Absent,
+}
+
+impl HeaderKey {
+    /// The key for a configured header name (case-insensitive), as Envoy's
+    /// `LowerCaseString` lookup would resolve it.
+    pub(crate) fn parse(name: &str) -> Option<HeaderKey> {
+        // Envoy's HTTP_HEADER_NAME (non-strict): non-empty, no NUL, CR or LF.
+        if name.is_empty() || name.bytes().any(|b| matches!(b, 0 | b'\r' | b'\n')) {
+            return None;
+        }
+        let lower = name.to_ascii_lowercase();
+        Some(match lower.as_str() {
+            ":method" => HeaderKey::Method,
+            ":authority" | "host" => HeaderKey::Authority,
+            ":path" => HeaderKey::Path,
+            ":scheme" => HeaderKey::Scheme,
+            _ => match http::HeaderName::from_bytes(lower.as_bytes()) {
+                Ok(n) => HeaderKey::Name(n),
+                Err(_) => HeaderKey::Absent,
+            },
+        })
+    }
+}
+
 /// One header condition of a route (envoy.config.route.v3.HeaderMatcher).
 #[derive(Debug, Clone)]
 pub struct HeaderMatch {
-    pub name: http::HeaderName,
+    pub key: HeaderKey,
     pub kind: HeaderMatchKind,
     pub invert: bool,
     pub treat_missing_as_empty: bool,
@@ -133,6 +307,9 @@ pub struct HeaderMatch {
 #[derive(Debug, Clone)]
 pub enum HeaderMatchKind {
     String(StringMatch),
+    /// Any value of a present header (not a presence test: a missing header fails it
+    /// even when inverted).
+    AnyValue,
     Present(bool),
     Range(i64, i64),
 }
@@ -158,21 +335,27 @@ impl HeaderMatch {
                 unsupported: [],
             }
         );
-        let name = http::HeaderName::from_bytes(m.name.to_ascii_lowercase().as_bytes())
-            .map_err(|_| cx.err("name", format!("invalid header name {:?}", m.name)))?;
+        let key = HeaderKey::parse(&m.name)
+            .ok_or_else(|| cx.err("name", format!("invalid header name {:?}", m.name)))?;
         let kind = match &m.header_match_specifier {
+            // The deprecated `exact_match: ""` takes any value (Envoy's
+            // `HeaderDataExactMatch`); `string_match: {exact: ""}` takes only an empty one.
+            Some(S::ExactMatch(s)) if s.is_empty() => HeaderMatchKind::AnyValue,
             Some(S::ExactMatch(s)) => {
                 HeaderMatchKind::String(StringMatch::Exact(s.as_str().into(), false))
             }
-            Some(S::PrefixMatch(s)) => {
-                HeaderMatchKind::String(StringMatch::Prefix(s.as_str().into(), false))
-            }
-            Some(S::SuffixMatch(s)) => {
-                HeaderMatchKind::String(StringMatch::Suffix(s.as_str().into(), false))
-            }
-            Some(S::ContainsMatch(s)) => {
-                HeaderMatchKind::String(StringMatch::Contains(s.as_str().into(), false))
-            }
+            Some(S::PrefixMatch(s)) => HeaderMatchKind::String(StringMatch::Prefix(
+                non_empty(cx, "prefix_match", s)?.into(),
+                false,
+            )),
+            Some(S::SuffixMatch(s)) => HeaderMatchKind::String(StringMatch::Suffix(
+                non_empty(cx, "suffix_match", s)?.into(),
+                false,
+            )),
+            Some(S::ContainsMatch(s)) => HeaderMatchKind::String(StringMatch::Contains(
+                non_empty(cx, "contains_match", s)?.into(),
+                false,
+            )),
             Some(S::SafeRegexMatch(r)) => HeaderMatchKind::String(StringMatch::Regex(
                 cx.at("safe_regex_match", |cx| compile_regex_matcher(cx, r))?,
             )),
@@ -185,7 +368,7 @@ impl HeaderMatch {
             None => HeaderMatchKind::Present(true),
         };
         Ok(HeaderMatch {
-            name,
+            key,
             kind,
             invert: m.invert_match,
             treat_missing_as_empty: m.treat_missing_header_as_empty,
@@ -194,18 +377,21 @@ impl HeaderMatch {
 
     /// Envoy's rule: several values of one header are matched joined with `,`; a missing
     /// header matches only a presence test (`present_match: false`, or `true` inverted)
-    /// unless `treat_missing_header_as_empty`.
-    pub fn matches(&self, headers: &HeaderMap) -> bool {
-        let mut values = headers.get_all(&self.name).iter();
+    /// unless `treat_missing_header_as_empty`. Pseudo-headers are always present.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        let name = match &self.key {
+            HeaderKey::Name(n) => n,
+            HeaderKey::Absent => return self.missing(),
+            pseudo => {
+                return req
+                    .pseudo(pseudo)
+                    .is_some_and(|v| self.test(&v) != self.invert);
+            }
+        };
+        let mut values = req.headers.get_all(name).iter();
         let first = values.next();
         let Some(first) = first else {
-            if self.treat_missing_as_empty {
-                return self.test(b"") != self.invert;
-            }
-            return match self.kind {
-                HeaderMatchKind::Present(p) => p == self.invert,
-                _ => false,
-            };
+            return self.missing();
         };
         let second = values.next();
         let ok = match second {
@@ -225,9 +411,20 @@ impl HeaderMatch {
         ok != self.invert
     }
 
+    fn missing(&self) -> bool {
+        if self.treat_missing_as_empty {
+            return self.test(b"") != self.invert;
+        }
+        match self.kind {
+            HeaderMatchKind::Present(p) => p == self.invert,
+            _ => false,
+        }
+    }
+
     fn test(&self, v: &[u8]) -> bool {
         match &self.kind {
             HeaderMatchKind::String(s) => s.matches(v),
+            HeaderMatchKind::AnyValue => true,
             HeaderMatchKind::Present(p) => *p,
             HeaderMatchKind::Range(start, end) => std::str::from_utf8(v)
                 .ok()
@@ -383,9 +580,10 @@ impl RouteMatch {
         })
     }
 
-    /// Whether a request matches. `path` excludes the query; `query` is what follows `?`.
-    /// `random` is a per-request random number used for `runtime_fraction`.
-    pub fn matches(&self, path: &str, query: &str, headers: &HeaderMap, random: u64) -> bool {
+    /// Whether a request matches. `random` is a per-request random number used for
+    /// `runtime_fraction`.
+    pub fn matches(&self, req: &RequestView<'_>, random: u64) -> bool {
+        let path = req.path;
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => starts_with(path, p, self.case_sensitive),
             PathMatch::Exact(p) => {
@@ -409,8 +607,8 @@ impl RouteMatch {
         {
             return false;
         }
-        self.headers.iter().all(|h| h.matches(headers))
-            && self.query.iter().all(|q| q.matches(query))
+        self.headers.iter().all(|h| h.matches(req))
+            && self.query.iter().all(|q| q.matches(req.query))
     }
 }
 
@@ -580,10 +778,372 @@ mod tests {
                 vec![("x", "10")],
                 false,
             ),
+            // The deprecated exact_match "" takes any value of a present header.
+            (
+                json!({"name": "x", "exact_match": ""}),
+                vec![("x", "abc")],
+                true,
+            ),
+            (json!({"name": "x", "exact_match": ""}), vec![], false),
+            (
+                json!({"name": "x", "exact_match": "", "invert_match": true}),
+                vec![],
+                false,
+            ),
+            (
+                json!({"name": "x", "exact_match": "", "treat_missing_header_as_empty": true}),
+                vec![],
+                true,
+            ),
+            (
+                json!({"name": "x", "string_match": {"exact": ""}}),
+                vec![("x", "abc")],
+                false,
+            ),
+            (
+                json!({"name": "x", "string_match": {"exact": ""}}),
+                vec![("x", "")],
+                true,
+            ),
         ];
         for (i, (m, h, want)) in cases.into_iter().enumerate() {
             let m = hm(m);
-            assert_eq!(m.matches(&headers(&h)), want, "case {i}: {m:?} on {h:?}");
+            let h = headers(&h);
+            let req = RequestView::new(&http::Method::GET, b"h", "/", None, false, &h);
+            assert_eq!(m.matches(&req), want, "case {i}: {m:?} on {h:?}");
+        }
+    }
+
+    /// A request for the pseudo-header tables: method, authority, path with query, the
+    /// scheme the request carried (HTTP/2 or absolute-form), TLS, headers.
+    struct Req {
+        method: http::Method,
+        authority: &'static str,
+        pq: &'static str,
+        given_scheme: Option<&'static str>,
+        tls: bool,
+        headers: HeaderMap,
+    }
+
+    impl Req {
+        fn get(authority: &'static str, pq: &'static str) -> Req {
+            Req {
+                method: http::Method::GET,
+                authority,
+                pq,
+                given_scheme: None,
+                tls: false,
+                headers: HeaderMap::new(),
+            }
+        }
+        fn method(mut self, m: &str) -> Req {
+            self.method = m.parse().unwrap();
+            self
+        }
+        fn scheme(mut self, s: &'static str) -> Req {
+            self.given_scheme = Some(s);
+            self
+        }
+        fn tls(mut self) -> Req {
+            self.tls = true;
+            self
+        }
+        fn header(mut self, k: &str, v: &str) -> Req {
+            self.headers.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+            self
+        }
+        fn view(&self) -> RequestView<'_> {
+            RequestView::new(
+                &self.method,
+                self.authority.as_bytes(),
+                self.pq,
+                self.given_scheme,
+                self.tls,
+                &self.headers,
+            )
+        }
+    }
+
+    #[test]
+    fn pseudo_header_matchers_follow_envoy() {
+        use serde_json::json;
+        let get = || Req::get("shop.example.com:8080", "/a/b?x=1&y=2");
+        let cases = [
+            // :method, every specifier.
+            (
+                json!({"name": ":method", "exact_match": "GET"}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": ":method", "exact_match": "POST"}),
+                get(),
+                false,
+            ),
+            (
+                json!({"name": ":method", "string_match": {"exact": "POST"}}),
+                get().method("POST"),
+                true,
+            ),
+            (
+                json!({"name": ":method", "string_match": {"exact": "post", "ignore_case": true}}),
+                get().method("POST"),
+                true,
+            ),
+            (
+                json!({"name": ":method", "string_match": {"exact": "post"}}),
+                get().method("POST"),
+                false,
+            ),
+            (
+                json!({"name": ":METHOD", "prefix_match": "PU"}),
+                get().method("PUT"),
+                true,
+            ),
+            (
+                json!({"name": ":method", "exact_match": "GET", "invert_match": true}),
+                get().method("DELETE"),
+                true,
+            ),
+            (
+                json!({"name": ":method", "safe_regex_match": {"regex": "GET|HEAD"}}),
+                get().method("HEAD"),
+                true,
+            ),
+            (
+                json!({"name": ":method", "safe_regex_match": {"regex": "GET|HEAD"}}),
+                get().method("OPTIONS"),
+                false,
+            ),
+            // Pseudo-headers are always present.
+            (
+                json!({"name": ":method", "present_match": true}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": ":method", "present_match": false}),
+                get(),
+                false,
+            ),
+            (
+                json!({"name": ":path", "present_match": true, "invert_match": true}),
+                get(),
+                false,
+            ),
+            (json!({"name": ":scheme"}), get(), true),
+            // :authority and host: the same value, port included.
+            (
+                json!({"name": ":authority", "exact_match": "shop.example.com:8080"}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": ":authority", "string_match": {"prefix": "shop."}}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": ":authority", "string_match": {"suffix": ":8080"}}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": ":authority", "string_match": {"contains": "EXAMPLE", "ignore_case": true}}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": "Host", "string_match": {"exact": "shop.example.com:8080"}}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": "host", "string_match": {"exact": "shop.example.com"}}),
+                get(),
+                false,
+            ),
+            (
+                json!({"name": ":authority", "string_match": {"prefix": "other"}, "invert_match": true}),
+                get(),
+                true,
+            ),
+            // A Host header in the map (HTTP/2 sending both) does not count: the
+            // authority does.
+            (
+                json!({"name": "host", "exact_match": "other"}),
+                get().header("host", "other"),
+                false,
+            ),
+            // :path includes the query.
+            (
+                json!({"name": ":path", "exact_match": "/a/b?x=1&y=2"}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": ":path", "exact_match": "/a/b"}),
+                get(),
+                false,
+            ),
+            (
+                json!({"name": ":path", "string_match": {"suffix": "y=2"}}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": ":path", "safe_regex_match": {"regex": "/a/[a-z]+\\?x=[0-9].*"}}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": ":path", "contains_match": "x=1"}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": ":path", "range_match": {"start": 0, "end": 10}}),
+                get(),
+                false,
+            ),
+            // :scheme: given (HTTP/2, absolute-form) wins, lower-cased.
+            (
+                json!({"name": ":scheme", "exact_match": "http"}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": ":scheme", "exact_match": "https"}),
+                get().tls(),
+                true,
+            ),
+            (
+                json!({"name": ":scheme", "exact_match": "https"}),
+                get().scheme("https"),
+                true,
+            ),
+            (
+                json!({"name": ":scheme", "exact_match": "https"}),
+                get().scheme("HTTPS"),
+                true,
+            ),
+            (
+                json!({"name": ":scheme", "exact_match": "http"}),
+                get().scheme("http").tls(),
+                true,
+            ),
+            (
+                json!({"name": ":scheme", "exact_match": "foo"}),
+                get().scheme("foo"),
+                true,
+            ),
+            // HTTP/1 without a given scheme: a sanitized x-forwarded-proto of http or
+            // https decides, case-insensitively; anything else falls back to TLS.
+            (
+                json!({"name": ":scheme", "exact_match": "https"}),
+                get().header("x-forwarded-proto", "HTTPS"),
+                true,
+            ),
+            (
+                json!({"name": ":scheme", "exact_match": "http"}),
+                get().tls().header("x-forwarded-proto", "http"),
+                true,
+            ),
+            (
+                json!({"name": ":scheme", "exact_match": "http"}),
+                get().header("x-forwarded-proto", "https, http"),
+                true,
+            ),
+            (
+                json!({"name": ":scheme", "exact_match": "https"}),
+                get().tls().header("x-forwarded-proto", "ftp"),
+                true,
+            ),
+            (
+                json!({"name": ":scheme", "exact_match": "https"}),
+                get()
+                    .header("x-forwarded-proto", "https")
+                    .header("x-forwarded-proto", "https"),
+                false,
+            ),
+            (
+                json!({"name": ":scheme", "exact_match": "http", "invert_match": true}),
+                get().tls(),
+                true,
+            ),
+            // Names no request carries: other pseudo-headers, names no codec accepts.
+            (
+                json!({"name": ":protocol", "present_match": true}),
+                get(),
+                false,
+            ),
+            (
+                json!({"name": ":status", "present_match": false}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": ":protocol", "exact_match": "", "treat_missing_header_as_empty": true}),
+                get(),
+                true,
+            ),
+            (
+                json!({"name": "x y", "present_match": true, "invert_match": true}),
+                get(),
+                true,
+            ),
+            (json!({"name": "a:b", "exact_match": "c"}), get(), false),
+        ];
+        for (i, (m, req, want)) in cases.into_iter().enumerate() {
+            let m = hm(m);
+            assert_eq!(m.matches(&req.view()), want, "case {i}: {m:?}");
+        }
+    }
+
+    #[test]
+    fn empty_patterns_envoy_refuses() {
+        use serde_json::json;
+        let cases = [
+            (json!({"name": "x", "prefix_match": ""}), "prefix_match"),
+            (json!({"name": "x", "suffix_match": ""}), "suffix_match"),
+            (json!({"name": "x", "contains_match": ""}), "contains_match"),
+            (
+                json!({"name": "x", "string_match": {"prefix": ""}}),
+                "string_match.prefix",
+            ),
+            (
+                json!({"name": "x", "string_match": {"suffix": ""}}),
+                "string_match.suffix",
+            ),
+            (
+                json!({"name": "x", "string_match": {"contains": ""}}),
+                "string_match.contains",
+            ),
+            (
+                json!({"name": "x", "safe_regex_match": {"regex": ""}}),
+                "safe_regex_match.regex",
+            ),
+        ];
+        for (m, path) in cases {
+            let pb: route_pb::HeaderMatcher = crate::xds::json::from_json(&m).unwrap();
+            let e = HeaderMatch::compile(&mut cx(), &pb).unwrap_err();
+            assert_eq!(e.path, path, "{m}");
+            assert!(e.to_string().contains("at least 1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn header_names_envoy_refuses() {
+        for name in ["", "a\nb", "a\rb", "a\0b"] {
+            let m: route_pb::HeaderMatcher = crate::xds::json::from_json(
+                &serde_json::json!({"name": name, "present_match": true}),
+            )
+            .unwrap();
+            let e = HeaderMatch::compile(&mut cx(), &m).unwrap_err();
+            assert_eq!(e.path, "name", "{name:?}");
         }
     }
 
@@ -596,6 +1156,7 @@ mod tests {
     fn route_matches_paths_and_queries() {
         use serde_json::json;
         let none = HeaderMap::new();
+        let method = http::Method::GET;
         let cases = [
             (json!({"prefix": "/static"}), "/staticfoo", "", true),
             (json!({"prefix": "/static"}), "/Static", "", false),
@@ -665,11 +1226,13 @@ mod tests {
         ];
         for (i, (m, path, q, want)) in cases.into_iter().enumerate() {
             let m = rm(m);
-            assert_eq!(
-                m.matches(path, q, &none, 0),
-                want,
-                "case {i}: {m:?} on {path}?{q}"
-            );
+            let pq = if q.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{q}")
+            };
+            let req = RequestView::new(&method, b"h", &pq, None, false, &none);
+            assert_eq!(m.matches(&req, 0), want, "case {i}: {m:?} on {path}?{q}");
         }
     }
 

@@ -4,8 +4,7 @@ use crate::proxy::http::cors::CorsPolicy;
 use crate::proxy::http::fault::Fault;
 use crate::proxy::route::action::{Action, RetryPolicy};
 use crate::proxy::route::headers::HeaderMutations;
-use crate::proxy::route::matcher::RouteMatch;
-use http::HeaderMap;
+use crate::proxy::route::matcher::{RequestView, RouteMatch};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -40,17 +39,9 @@ pub struct VirtualHost {
 }
 
 impl VirtualHost {
-    /// The first route that matches. `path` is without the query string.
-    pub fn route(
-        &self,
-        path: &str,
-        query: &str,
-        headers: &HeaderMap,
-        random: u64,
-    ) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| r.matcher.matches(path, query, headers, random))
+    /// The first route that matches.
+    pub fn route(&self, req: &RequestView<'_>, random: u64) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matcher.matches(req, random))
     }
 }
 

@@ -92,12 +92,14 @@ pub enum UpstreamProtocol {
 }
 
 /// Circuit-breaker thresholds (default priority).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
+    /// When set, it bounds concurrent retries instead of `max_retries`.
+    pub retry_budget: Option<RetryBudget>,
 }
 
 impl Default for Thresholds {
@@ -107,6 +109,33 @@ impl Default for Thresholds {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
+        }
+    }
+}
+
+/// A retry budget (`circuit_breakers.thresholds[].retry_budget`): concurrent retries may
+/// be `percent` of the cluster's active and pending requests, never fewer than
+/// `min_concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// 0 to 100 (Envoy's default 20).
+    pub percent: f64,
+    /// Envoy's default 3.
+    pub min_concurrency: u32,
+}
+
+impl Thresholds {
+    /// How many retries may be active at once when `active_and_pending` requests are
+    /// active or pending on the cluster: `max_retries`, or with a budget Envoy's
+    /// `max(percent / 100 × active_and_pending, min_concurrency)`, the product truncated.
+    pub fn retry_limit(&self, active_and_pending: u32) -> u32 {
+        match self.retry_budget {
+            None => self.max_retries,
+            Some(b) => {
+                let share = (b.percent / 100.0 * f64::from(active_and_pending)) as u32;
+                share.max(b.min_concurrency)
+            }
         }
     }
 }
@@ -334,8 +363,113 @@ impl ClusterState {
         try_acquire(&self.rq_active, max).then(|| OwnedSlot(self.clone(), |s| &s.rq_active))
     }
 
-    /// A retry slot (max_retries).
-    pub fn acquire_retry(&self, max: u32) -> Option<Slot<'_>> {
-        try_acquire(&self.retries_active, max).then_some(Slot(&self.retries_active))
+    /// A retry slot, within `max_retries` or the retry budget (which is measured against
+    /// the active and pending requests at this moment). `answered`: the failed attempt
+    /// got a response; meshgate has released its request slot already, Envoy still counts
+    /// its open stream while it decides.
+    pub fn acquire_retry(&self, thresholds: &Thresholds, answered: bool) -> Option<Slot<'_>> {
+        let max = match thresholds.retry_budget {
+            None => thresholds.max_retries,
+            Some(_) => thresholds.retry_limit(
+                self.rq_active
+                    .load(Ordering::Relaxed)
+                    .saturating_add(self.rq_pending.load(Ordering::Relaxed))
+                    .saturating_add(u32::from(answered)),
+            ),
+        };
+        try_acquire(&self.retries_active, max).then(|| Slot(&self.retries_active))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_limit_is_envoys_budget_formula() {
+        let budget = |percent, min_concurrency| Thresholds {
+            max_retries: 1,
+            retry_budget: Some(RetryBudget {
+                percent,
+                min_concurrency,
+            }),
+            ..Default::default()
+        };
+        // (thresholds, active + pending requests, allowed concurrent retries)
+        let cases = [
+            (Thresholds::default(), 1000, 3),
+            (
+                Thresholds {
+                    max_retries: 0,
+                    ..Default::default()
+                },
+                50,
+                0,
+            ),
+            // max_retries is ignored under a budget.
+            (budget(20.0, 3), 0, 3),
+            (budget(20.0, 3), 10, 3),
+            (budget(20.0, 3), 19, 3),
+            (budget(20.0, 3), 20, 4),
+            (budget(20.0, 3), 24, 4),
+            (budget(20.0, 3), 25, 5),
+            (budget(20.0, 3), 1000, 200),
+            // The product is truncated, not rounded.
+            (budget(25.0, 0), 7, 1),
+            (budget(33.3, 1), 10, 3),
+            (budget(0.0, 2), 1000, 2),
+            (budget(0.0, 0), 1000, 0),
+            (budget(100.0, 0), 12, 12),
+            (budget(100.0, 0), u32::MAX, u32::MAX),
+        ];
+        for (i, (t, active, want)) in cases.into_iter().enumerate() {
+            assert_eq!(t.retry_limit(active), want, "case {i}: {t:?} at {active}");
+        }
+    }
+
+    #[test]
+    fn retry_slots_follow_the_budget_and_the_current_load() {
+        let state = ClusterState::default();
+        let t = Thresholds {
+            max_retries: 0,
+            retry_budget: Some(RetryBudget {
+                percent: 50.0,
+                min_concurrency: 1,
+            }),
+            ..Default::default()
+        };
+        // Nothing active: the minimum, one.
+        let first = state.acquire_retry(&t, false).expect("minimum concurrency");
+        assert!(state.acquire_retry(&t, false).is_none());
+        // A refusal takes nothing and gives nothing back.
+        assert_eq!(state.retries_active.load(Ordering::Relaxed), 1);
+        // Four active and two pending requests: half of six.
+        state.rq_active.store(4, Ordering::Relaxed);
+        state.rq_pending.store(2, Ordering::Relaxed);
+        let second = state.acquire_retry(&t, false).expect("budget of three");
+        let third = state.acquire_retry(&t, false).expect("budget of three");
+        assert!(state.acquire_retry(&t, false).is_none());
+        // An attempt that answered still counts: half of seven is still three, half of
+        // eight is four.
+        assert!(state.acquire_retry(&t, true).is_none());
+        state.rq_active.store(5, Ordering::Relaxed);
+        assert!(state.acquire_retry(&t, false).is_none());
+        let fourth = state.acquire_retry(&t, true).expect("budget of four");
+        drop(fourth);
+        state.rq_active.store(4, Ordering::Relaxed);
+        assert_eq!(state.retries_active.load(Ordering::Relaxed), 3);
+        // Slots are released on drop; the load fell, so the limit is back to one.
+        drop((first, second, third));
+        state.rq_active.store(0, Ordering::Relaxed);
+        state.rq_pending.store(0, Ordering::Relaxed);
+        let _one = state.acquire_retry(&t, false).expect("minimum concurrency");
+        assert!(state.acquire_retry(&t, false).is_none());
+        // Without a budget max_retries counts, here zero.
+        let plain = Thresholds {
+            max_retries: 0,
+            ..Default::default()
+        };
+        let fresh = ClusterState::default();
+        assert!(fresh.acquire_retry(&plain, false).is_none());
     }
 }
