@@ -443,6 +443,13 @@ async fn serve(
             }
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            // RFC 7231 7.1.2: Envoy gives a 201 or 3xx direct response the request's own
+            // URL as its location.
+            if (d.status == StatusCode::CREATED || d.status.is_redirection())
+                && let Ok(v) = HeaderValue::from_str(&request_url(&req, &authority, cx.peer.https))
+            {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
             let fcx = FormatContext {
                 request: Some((req.headers(), request_line(&req, &authority, cx.peer.https))),
                 status: Some(resp.status().as_u16()),
@@ -824,6 +831,29 @@ fn https_redirect(req: &Request<Incoming>, authority: &HeaderValue) -> Response<
     resp
 }
 
+/// The scheme a redirect keeps: the client's, as `x-forwarded-proto` says, else the
+/// connection's.
+fn request_scheme<'a>(req: &'a Request<Incoming>, https: bool) -> &'a str {
+    req.headers()
+        .get(&X_FORWARDED_PROTO)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(if https { "https" } else { "http" })
+}
+
+/// `scheme://authority/path?query` of the request.
+fn request_url(req: &Request<Incoming>, authority: &HeaderValue, https: bool) -> String {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    format!(
+        "{}://{}{pq}",
+        request_scheme(req, https),
+        authority.to_str().unwrap_or("")
+    )
+}
+
 fn redirect_response(
     r: &Redirect,
     req: &Request<Incoming>,
@@ -831,11 +861,7 @@ fn redirect_response(
     route: &Route,
     https: bool,
 ) -> Response<ResponseBody> {
-    let request_scheme = req
-        .headers()
-        .get(&X_FORWARDED_PROTO)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or(if https { "https" } else { "http" });
+    let request_scheme = request_scheme(req, https);
     let scheme: &str = r.scheme.as_deref().unwrap_or(request_scheme);
     let port = r.port.map(|p| format!(":{p}")).unwrap_or_default();
     let host: String = match &r.host {
