@@ -412,7 +412,7 @@ impl DownstreamTls {
                 rustls::server::WebPkiClientVerifier::no_client_auth(),
             ),
             Some(source) => (
-                if require_client {
+                if require_client || source.has_peer_rules() {
                     ClientAuth::Required
                 } else {
                     ClientAuth::Optional
@@ -605,5 +605,21 @@ mod tests {
             build(json!({"common_tls_context": common, "require_client_certificate": true}))
                 .unwrap();
         assert_eq!(required.client_auth, ClientAuth::Required);
+        // SAN matchers or pins make a client certificate mandatory (Envoy's verify mode).
+        for rules in [
+            json!({"match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": "spiffe://x/y"}}]}),
+            json!({"verify_certificate_hash": ["00".repeat(32)]}),
+        ] {
+            let mut common = common.clone();
+            common["combined_validation_context"] = json!({
+                "default_validation_context": rules,
+                "validation_context_sds_secret_config": {"name": "kubernetes://x-cacert"}});
+            common
+                .as_object_mut()
+                .unwrap()
+                .remove("validation_context_sds_secret_config");
+            let pinned = build(json!({"common_tls_context": common})).unwrap();
+            assert_eq!(pinned.client_auth, ClientAuth::Required, "{rules}");
+        }
     }
 }

@@ -451,6 +451,16 @@ impl ValidationSource {
         };
         (dynamic, self.default.clone())
     }
+
+    /// Whether SAN matchers or certificate pins are in force: Envoy then requires a peer
+    /// certificate even where `require_client_certificate` is false.
+    pub fn has_peer_rules(&self) -> bool {
+        let dynamic = self
+            .dynamic
+            .as_ref()
+            .is_some_and(|w| w.borrow().as_ref().is_some_and(|m| !m.rules.is_empty()));
+        dynamic || self.default.as_ref().is_some_and(|m| !m.rules.is_empty())
+    }
 }
 
 /// CRLs set in the default part of a combined validation context whose CA comes from an
@@ -535,7 +545,8 @@ impl std::error::Error for PeerRejected {}
 #[derive(Debug)]
 pub struct DownstreamClientVerifier {
     pub source: ValidationSource,
-    /// `require_client_certificate`: a handshake without a client certificate fails.
+    /// `require_client_certificate`: a handshake without a client certificate fails (as
+    /// it does whenever the validation context has SAN matchers or pins).
     pub mandatory: bool,
     pub stats: Arc<TlsStats>,
 }
@@ -546,7 +557,7 @@ impl ClientCertVerifier for DownstreamClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.mandatory
+        self.mandatory || self.source.has_peer_rules()
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -871,8 +882,7 @@ mod tests {
         let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
         let issuer = Issuer::new(ca, ca_key);
         let leaf = |serial: u64| {
-            let mut p =
-                CertificateParams::new(vec!["client.example.com".to_string()]).unwrap();
+            let mut p = CertificateParams::new(vec!["client.example.com".to_string()]).unwrap();
             p.serial_number = Some(SerialNumber::from(serial));
             p.signed_by(&KeyPair::generate().unwrap(), &issuer)
                 .unwrap()
