@@ -527,7 +527,11 @@ async fn sotw_first_sync_gives_up_on_clusters_that_never_come() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 503);
-    assert_eq!(resp.text().await.unwrap(), "", "cluster not found has no body");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "",
+        "cluster not found has no body"
+    );
     let warnings = timeout_warnings(&gw);
     eprintln!("ready after {waited:?}; {warnings:?}");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
