@@ -17,7 +17,9 @@
 //! namespace: istio-system        # the gateway workload's namespace (default istio-system)
 //! labels: istio=ingressgateway   # its labels (default)
 //! warnings: ["substring"]        # validate warnings the case expects (default none)
-//! differences: ["header x-y"]    # deliberate differences from Envoy (ignored, reported)
+//! differences: ["header x-y"]    # deliberate differences from Envoy (ignored, reported):
+//!                                # `header NAME`, `upstream header NAME`, `upstream
+//!                                # method|path|version|body_len`, `body`, `cipher`
 //! probes:
 //! - method: POST                 # default GET
 //!   path: /m                     # default /
