@@ -143,6 +143,18 @@ async fn simple_and_mutual_origination() {
     .unwrap();
     assert!(request(&simple, port, None).await.is_err());
 
+    // An empty validation context (how Istio writes insecureSkipVerify) verifies nothing,
+    // as in Envoy: the server, from a CA the gateway does not know, is accepted.
+    let insecure = upstream(
+        json!({"common_tls_context": {
+            "tls_certificates": [{"certificate_chain": {"filename": cli_cert}, "private_key": {"filename": cli_key}}],
+            "validation_context": {}}}),
+        &store,
+    )
+    .unwrap();
+    let resp = request(&insecure, port, None).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
     // Envoy checks the host name only with auto_sni_san_validation.
     let checked = upstream(
         json!({"sni": "wrong.name.example", "auto_sni_san_validation": true, "common_tls_context": {

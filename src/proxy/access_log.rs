@@ -67,6 +67,9 @@ pub struct RequestLog {
     /// The head was refused before it made a request: method and path are unknown
     /// (`-`, as Envoy logs them).
     pub refused_head: bool,
+    /// The request body was handed on towards an upstream (not left unread by a local
+    /// answer).
+    pub body_forwarded: bool,
 }
 
 impl RequestLog {
@@ -122,6 +125,7 @@ impl RequestLog {
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
             details: None,
             refused_head: false,
+            body_forwarded: false,
         }
     }
 
@@ -163,6 +167,7 @@ impl RequestLog {
             grpc: false,
             details: Some(details),
             refused_head: true,
+            body_forwarded: false,
         }
     }
 

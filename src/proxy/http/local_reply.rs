@@ -247,6 +247,31 @@ impl LocalReply {
         reason: "request_payload_too_large",
     };
 
+    /// The same answer after the router retried: Envoy's body then says "retried and
+    /// the latest reset reason: ..." for upstream resets; other answers are unchanged.
+    pub fn after_retries(mut self) -> LocalReply {
+        const PREFIX: &str = "upstream connect error or disconnect/reset before headers. ";
+        self.body = match self.body.strip_prefix(PREFIX) {
+            Some("reset reason: remote connection failure") => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+            }
+            Some("reset reason: connection timeout") => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout"
+            }
+            Some("reset reason: overflow") => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: overflow"
+            }
+            Some("reset reason: connection termination") => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"
+            }
+            Some("reset reason: protocol error") => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: protocol error"
+            }
+            _ => self.body,
+        };
+        self
+    }
+
     /// The stream idle timeout's answer: 504 when the whole request was received, else
     /// 408.
     pub fn stream_idle_timeout(request_complete: bool) -> LocalReply {
@@ -331,6 +356,28 @@ mod tests {
         assert!(r.headers().get("x-meshgate-reason").is_none());
         let r = LocalReply::NO_ROUTE.response();
         assert!(r.headers().get("content-type").is_none());
+    }
+
+    #[test]
+    fn answers_after_retries_say_so_for_resets() {
+        for r in [
+            LocalReply::CONNECT_FAILURE,
+            LocalReply::CONNECT_TIMEOUT,
+            LocalReply::OVERFLOW,
+            LocalReply::RESET,
+            LocalReply::PROTOCOL_ERROR,
+        ] {
+            let after = r.after_retries();
+            assert_eq!(
+                after.body,
+                r.body
+                    .replace("reset reason:", "retried and the latest reset reason:")
+            );
+            assert_eq!((after.status, after.reason), (r.status, r.reason));
+        }
+        for r in [LocalReply::NO_HEALTHY_UPSTREAM, LocalReply::TIMEOUT] {
+            assert_eq!(r.after_retries().body, r.body);
+        }
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub async fn handle(
     let mut log = RequestLog::start(&req, &cx);
     cx.state.active.fetch_add(1, Ordering::Relaxed);
     cx.state.head_complete();
+    let body_pending =
+        req.version() <= Version::HTTP_11 && !http_body::Body::is_end_stream(req.body());
     let mut resp = match request_timeout(&hcm, serve(req, &cx, &hcm, &mut log)).await {
         Ok(r) => r,
         Err(r) => {
@@ -87,6 +89,9 @@ pub async fn handle(
             r.response()
         }
     };
+    if closes_after_answer(body_pending, log.body_forwarded) {
+        cx.state.close_after_response();
+    }
     finalize_response(&mut resp, &hcm, &cx, &log, removed);
     log.status = resp.status().as_u16();
     resp.body_mut().finish = Some(Finish {
@@ -94,6 +99,14 @@ pub async fn handle(
         cx: cx.clone(),
     });
     Ok(resp)
+}
+
+/// Envoy's HTTP/1 rule for an answer given before the request was received whole (a
+/// redirect, a direct response, a local error made at routing time): the rest of the
+/// body would be read as the next request, so the connection closes after the answer,
+/// which says `connection: close`. HTTP/2 streams end on their own.
+fn closes_after_answer(http1_body_pending: bool, body_forwarded: bool) -> bool {
+    http1_body_pending && !body_forwarded
 }
 
 async fn request_timeout(
@@ -440,9 +453,9 @@ async fn serve(
             if len > 0 {
                 resp.headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
-            resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             // RFC 7231 7.1.2: Envoy gives a 201 or 3xx direct response the request's own
             // URL as its location.
             if (d.status == StatusCode::CREATED || d.status.is_redirection())
@@ -810,7 +823,8 @@ fn request_line<'a, B>(
 }
 
 /// Envoy's answer on a virtual host that requires TLS: 301 to the same host (port
-/// included) and path over `https`.
+/// included) and path over `https`. Empty answers set no `content-length`: over HTTP/1
+/// the codec writes `content-length: 0`, over HTTP/2 nothing, as Envoy's codecs do.
 fn https_redirect(req: &Request<Incoming>, authority: &HeaderValue) -> Response<ResponseBody> {
     let pq = req
         .uri()
@@ -826,8 +840,6 @@ fn https_redirect(req: &Request<Incoming>, authority: &HeaderValue) -> Response<
     if let Ok(v) = HeaderValue::from_bytes(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     resp
 }
 
@@ -920,8 +932,6 @@ fn redirect_response(
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     resp
 }
 
@@ -1069,6 +1079,7 @@ async fn forward(
 
     // Request line and headers for the upstream.
     let (mut parts, body) = req.into_parts();
+    log.body_forwarded = true;
     let original_uri = parts.uri.clone();
     let pq = original_uri
         .path_and_query()
@@ -1464,14 +1475,21 @@ async fn forward(
                 });
                 Ok(Response::from_parts(rparts, body))
             }
-            Err(e) => Err(match e {
-                AttemptError::NoHealthy => LocalReply::NO_HEALTHY_UPSTREAM,
-                AttemptError::Pool(PoolError::ConnectFailure) => LocalReply::CONNECT_FAILURE,
-                AttemptError::Pool(PoolError::ConnectTimeout) => LocalReply::CONNECT_TIMEOUT,
-                AttemptError::Pool(PoolError::Overflow) => LocalReply::OVERFLOW,
-                AttemptError::Reset => LocalReply::RESET,
-                AttemptError::PerTryTimeout => LocalReply::TIMEOUT,
-            }),
+            Err(e) => {
+                let reply = match e {
+                    AttemptError::NoHealthy => LocalReply::NO_HEALTHY_UPSTREAM,
+                    AttemptError::Pool(PoolError::ConnectFailure) => LocalReply::CONNECT_FAILURE,
+                    AttemptError::Pool(PoolError::ConnectTimeout) => LocalReply::CONNECT_TIMEOUT,
+                    AttemptError::Pool(PoolError::Overflow) => LocalReply::OVERFLOW,
+                    AttemptError::Reset => LocalReply::RESET,
+                    AttemptError::PerTryTimeout => LocalReply::TIMEOUT,
+                };
+                Err(if attempt > 1 {
+                    reply.after_retries()
+                } else {
+                    reply
+                })
+            }
         };
     }
 }
@@ -1824,6 +1842,24 @@ impl UpstreamDone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_before_the_body_closes_http1_connections() {
+        // (HTTP/1 body still pending, body handed to the upstream) -> close
+        let cases = [
+            (true, false, true),
+            (true, true, false),
+            (false, false, false),
+            (false, true, false),
+        ];
+        for (pending, forwarded, close) in cases {
+            assert_eq!(
+                closes_after_answer(pending, forwarded),
+                close,
+                "pending {pending}, forwarded {forwarded}"
+            );
+        }
+    }
 
     #[test]
     fn shadow_host_suffix_goes_before_the_port() {
