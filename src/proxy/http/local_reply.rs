@@ -91,6 +91,30 @@ pub struct LocalReply {
 }
 
 impl LocalReply {
+    /// The same answer after the request was retried: Envoy then words the reset reason
+    /// "retried and the latest reset reason: ...".
+    pub fn after_retries(self) -> LocalReply {
+        let body = match self.reason {
+            "upstream_reset_before_response_started{remote_connection_failure}" => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+            }
+            "upstream_reset_before_response_started{connection_timeout}" => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout"
+            }
+            "upstream_reset_before_response_started{overflow}" => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: overflow"
+            }
+            "upstream_reset_before_response_started{connection_termination}" => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"
+            }
+            "upstream_reset_before_response_started{protocol_error}" => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: protocol error"
+            }
+            _ => self.body,
+        };
+        LocalReply { body, ..self }
+    }
+
     pub const NO_ROUTE: LocalReply = LocalReply {
         status: StatusCode::NOT_FOUND,
         body: "",
@@ -310,6 +334,31 @@ mod tests {
         f.set(Flags::URX);
         f.set(Flags::UF);
         assert_eq!(f.to_string_lossy(), "UF,URX");
+    }
+
+    #[test]
+    fn reset_reasons_after_retries_are_worded_like_envoy() {
+        for r in [
+            LocalReply::CONNECT_FAILURE,
+            LocalReply::CONNECT_TIMEOUT,
+            LocalReply::OVERFLOW,
+            LocalReply::RESET,
+            LocalReply::PROTOCOL_ERROR,
+        ] {
+            let retried = r.after_retries();
+            let reason = r.body.rsplit("reset reason: ").next().unwrap();
+            assert_eq!(
+                retried.body,
+                format!(
+                    "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: {reason}"
+                )
+            );
+            assert_eq!((retried.status, retried.reason), (r.status, r.reason));
+        }
+        assert_eq!(
+            LocalReply::TIMEOUT.after_retries().body,
+            "upstream request timeout"
+        );
     }
 
     #[test]
