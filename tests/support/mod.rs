@@ -574,6 +574,49 @@ pub fn wait_for_port(port: u16, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+/// Asserts that `hits` successes in `n` independent trials fit probability `p`: within
+/// five binomial standard deviations (`sqrt(n p (1 - p))`). Each of `unlike` (the share a
+/// broken feature would give, e.g. 0.5 for a split that ignores its weights) must fall
+/// outside that band, or the sample is too small to tell the two apart and the test
+/// itself is wrong.
+#[track_caller]
+pub fn assert_binomial(what: &str, hits: usize, n: usize, p: f64, unlike: &[f64]) {
+    let (lo, hi) = binomial_band(n, p);
+    for &q in unlike {
+        let expected = q * n as f64;
+        assert!(
+            expected < lo || expected > hi,
+            "{what}: {n} trials cannot tell p = {p} from {q} (band {lo:.1}..={hi:.1})"
+        );
+    }
+    let h = hits as f64;
+    assert!(
+        (lo..=hi).contains(&h),
+        "{what}: {hits}/{n}, expected {:.1} ± {:.1} (p = {p}, five standard deviations)",
+        p * n as f64,
+        (hi - lo) / 2.0
+    );
+}
+
+/// The range of successes within five standard deviations of `n p`.
+pub fn binomial_band(n: usize, p: f64) -> (f64, f64) {
+    let n = n as f64;
+    let sd = (n * p * (1.0 - p)).sqrt();
+    (n * p - 5.0 * sd, n * p + 5.0 * sd)
+}
+
+/// Polls `check` every 20 ms until it returns true; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub mod certs;
 pub mod dns;
 pub mod gateway;
