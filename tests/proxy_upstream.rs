@@ -3,7 +3,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use support::gateway::*;
 use support::*;
@@ -73,19 +73,32 @@ fn weighted_clusters_and_round_robin_like_envoy() {
         )
     };
     both(make, |who, port| {
+        // 70/30 within five standard deviations (n = 600: 420 ± 56), which an even split
+        // or a single cluster falls outside of.
         let n = 600;
         let w = upstream_counts(port, n, "/w", &[]);
-        let share = *w.get("a").unwrap_or(&0) as f64 / n as f64;
-        // 70% +- 9%: five standard deviations at n = 600 (sd = sqrt(n p (1-p)) / n = 1.9%),
-        // still far from an even split or a single cluster.
-        assert!(
-            (0.61..=0.79).contains(&share),
-            "{who}: weighted share of a = {share} ({w:?})"
+        let to_a = *w.get("a").unwrap_or(&0);
+        assert_binomial(
+            &format!("{who}: to a at weight 70 ({w:?})"),
+            to_a,
+            n,
+            0.7,
+            &[0.5, 1.0],
         );
-        let rr = upstream_counts(port, 300, "/rr", &[]);
-        for name in ["a", "b", "c"] {
-            let got = *rr.get(name).unwrap_or(&0);
-            assert!((90..=110).contains(&got), "{who}: round robin gave {rr:?}");
+        // Round robin over three hosts (one worker): every three requests in a row go to
+        // three different hosts, in the same order each time; a random pick would not.
+        let order: Vec<String> = (0..30)
+            .map(|_| {
+                get(port, "x", "/rr", &[]).echo()["upstream"]
+                    .as_str()
+                    .unwrap_or("none")
+                    .to_string()
+            })
+            .collect();
+        let first: BTreeSet<&String> = order[..3].iter().collect();
+        assert_eq!(first.len(), 3, "{who}: round robin order {order:?}");
+        for (i, name) in order.iter().enumerate() {
+            assert_eq!(name, &order[i % 3], "{who}: round robin order {order:?}");
         }
     });
 }
