@@ -6,10 +6,6 @@
 #![allow(dead_code)]
 
 use crate::support::{Envoy, TempDir, free_port};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
 use std::collections::BTreeMap;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
@@ -228,125 +224,6 @@ pub async fn send_body(
 /// GET with `Host: host`.
 pub async fn get(client: &reqwest::Client, port: u16, host: &str, path: &str) -> Reply {
     send(client, "GET", port, host, path, &[]).await
-}
-
-// ---------------------------------------------------------------------------------------
-// A recording upstream (for mirrors: the proxy drops the mirror's response)
-// ---------------------------------------------------------------------------------------
-
-/// What a recording upstream saw of one request.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub method: String,
-    pub path: String,
-    pub headers: BTreeMap<String, String>,
-    pub body: Vec<u8>,
-}
-
-/// An HTTP server on 127.0.0.1 that answers 200 and remembers every request.
-pub struct RecordingUpstream {
-    pub port: u16,
-    seen: Arc<Mutex<Vec<Recorded>>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RecordingUpstream {
-    pub fn start() -> RecordingUpstream {
-        let listener = StdListener::bind("127.0.0.1:0").expect("bind recording upstream");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("addr").port();
-        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-        let store = seen.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    tokio::select! {
-                        _ = &mut rx => break,
-                        accepted = listener.accept() => {
-                            let Ok((stream, _)) = accepted else { continue };
-                            let store = store.clone();
-                            tokio::spawn(async move {
-                                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                                    let store = store.clone();
-                                    async move {
-                                        let headers = req
-                                            .headers()
-                                            .iter()
-                                            .map(|(k, v)| {
-                                                (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())
-                                            })
-                                            .collect();
-                                        let method = req.method().to_string();
-                                        let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-                                        let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-                                        store.lock().expect("lock").push(Recorded { method, path, headers, body });
-                                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"recorded"))))
-                                    }
-                                });
-                                let io = hyper_util::rt::TokioIo::new(stream);
-                                let _ = hyper_util::server::conn::auto::Builder::new(
-                                    hyper_util::rt::TokioExecutor::new(),
-                                )
-                                .serve_connection(io, svc)
-                                .await;
-                            });
-                        }
-                    }
-                }
-            });
-        });
-        RecordingUpstream {
-            port,
-            seen,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    /// Requests seen so far.
-    pub fn seen(&self) -> Vec<Recorded> {
-        self.seen.lock().expect("lock").clone()
-    }
-
-    /// Removes and returns the requests seen so far.
-    pub fn take(&self) -> Vec<Recorded> {
-        std::mem::take(&mut *self.seen.lock().expect("lock"))
-    }
-
-    /// Waits (bounded) until at least `n` requests were seen.
-    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let seen = self.seen();
-            if seen.len() >= n {
-                return seen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "recording upstream saw {} request(s), expected {n}",
-                seen.len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for RecordingUpstream {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
