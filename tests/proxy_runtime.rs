@@ -441,17 +441,12 @@ fn route_timeout_covers_the_whole_response() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nx-echo-body-delay-ms: 3000\r\n\r\n")
         .unwrap();
-    let t = std::time::Instant::now();
+    // (Without the timeout the tail would arrive after 3 s, before the read timeout.)
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     assert!(!got.contains(".tail"), "{got}");
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "reset after {:?}",
-        t.elapsed()
-    );
     assert_eq!(mesh.stat("cluster.up.upstream_rq_timeout"), Some(2));
 }
 
@@ -465,25 +460,28 @@ fn header_timeout_bounds_slow_clients_but_not_idle_keep_alive() {
         vec![json!({"match": {"prefix": "/"}, "route": {"cluster": "a"}})],
         json!({"request_headers_timeout": "0.5s"}),
     ));
-    // A client that trickles its headers is cut off.
-    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
-    let t = std::time::Instant::now();
-    let mut buf = [0u8; 256];
-    let n = slow.read(&mut buf).unwrap_or(0);
-    assert!(
-        n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
-        "{:?}",
-        String::from_utf8_lossy(&buf[..n])
-    );
-    assert!(t.elapsed() < Duration::from_secs(3));
-    // A keep-alive connection idle between requests is not.
+    // A keep-alive connection, idle between requests...
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut s).status, 200);
-    std::thread::sleep(Duration::from_millis(1200));
+    // ...while a client that trickles its headers, connected later, is cut off (408 or a
+    // close; the read timeout only guards against a hang)...
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut buf = [0u8; 256];
+    match slow.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => panic!("the trickling client was not cut off: {e}"),
+    }
+    // ...and the idle one, idle for longer than that, still serves.
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(
         read_response(&mut s).status,
