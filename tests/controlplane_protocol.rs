@@ -332,9 +332,11 @@ async fn a_proxy_that_never_reads_is_dropped_without_slowing_others() {
         gateway(&s)
     };
     let source = Arc::new(StaticSource::new(big(0)));
+    // The stuck stream is dropped only after this: every push the reader gets before
+    // that was not held up by it.
     let options = Options {
         send_queue: 1,
-        send_timeout: Duration::from_secs(1),
+        send_timeout: Duration::from_secs(5),
         ..test_options()
     };
     let cp = TestControlPlane::start(source.clone(), 0, 0, options);
@@ -355,19 +357,18 @@ async fn a_proxy_that_never_reads_is_dropped_without_slowing_others() {
         .await;
     for round in 1..=4u16 {
         let next = big(round);
-        let start = tokio::time::Instant::now();
         source.set_default(next, TypeSet::ALL);
         let r = reader.recv().await;
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "push {round} took {:?}",
-            start.elapsed()
+        assert_eq!(
+            cp.metric("pilot_xds_write_timeout"),
+            0.0,
+            "push {round} reached the reader only after the stuck stream timed out"
         );
         reader
             .send(TypeUrl::Cluster, &[], &r.version_info, &r.nonce, false)
             .await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while cp.metric("pilot_xds_write_timeout") < 1.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
