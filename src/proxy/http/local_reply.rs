@@ -348,6 +348,31 @@ mod tests {
     }
 
     #[test]
+    fn reset_reasons_after_retries_are_worded_like_envoy() {
+        for r in [
+            LocalReply::CONNECT_FAILURE,
+            LocalReply::CONNECT_TIMEOUT,
+            LocalReply::OVERFLOW,
+            LocalReply::RESET,
+            LocalReply::PROTOCOL_ERROR,
+        ] {
+            let retried = r.after_retries();
+            let reason = r.body.rsplit("reset reason: ").next().unwrap();
+            assert_eq!(
+                retried.body,
+                format!(
+                    "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: {reason}"
+                )
+            );
+            assert_eq!((retried.status, retried.reason), (r.status, r.reason));
+        }
+        assert_eq!(
+            LocalReply::TIMEOUT.after_retries().body,
+            "upstream request timeout"
+        );
+    }
+
+    #[test]
     fn local_replies_are_text_plain_with_reason() {
         let r = LocalReply::NO_HEALTHY_UPSTREAM.response();
         assert_eq!(r.status(), 503);

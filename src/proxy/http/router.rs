@@ -1123,10 +1123,12 @@ async fn forward(
             .map(|(re, sub)| re.replace_all(path, sub.as_str()).into_owned())
     };
     if let Some(np) = new_path {
-        parts.headers.insert(
-            X_ENVOY_ORIGINAL_PATH.clone(),
-            HeaderValue::from_str(pq).unwrap_or(HeaderValue::from_static("/")),
-        );
+        if !hcm.suppress_envoy_headers {
+            parts.headers.insert(
+                X_ENVOY_ORIGINAL_PATH.clone(),
+                HeaderValue::from_str(pq).unwrap_or(HeaderValue::from_static("/")),
+            );
+        }
         let full = match query {
             Some(q) => format!("{np}?{q}"),
             None => np,
@@ -1148,23 +1150,36 @@ async fn forward(
     }
     let mut host_value = authority.clone();
     let mut auto_host = false;
+    let mut rewritten = false;
     match &ra.host_rewrite {
         HostRewrite::None => {}
-        HostRewrite::Literal(v) => host_value = v.clone(),
+        HostRewrite::Literal(v) => {
+            host_value = v.clone();
+            rewritten = true;
+        }
         HostRewrite::Auto => auto_host = true,
         HostRewrite::Header(n) => {
-            if let Some(v) = parts.headers.get(n) {
+            if let Some(v) = parts.headers.get(n).filter(|v| !v.is_empty()) {
                 host_value = v.clone();
+                rewritten = true;
             }
         }
         HostRewrite::PathRegex(re, sub) => {
             if let Ok(v) = HeaderValue::from_str(&re.replace_all(path, sub.as_str())) {
                 host_value = v;
+                rewritten = true;
             }
         }
     }
     if let Some(v) = wc.and_then(|w| w.host_rewrite.clone()) {
         host_value = v;
+        rewritten = true;
+    }
+    // Envoy keeps the host it replaced, unless the router suppresses its headers.
+    if rewritten && !hcm.suppress_envoy_headers {
+        parts
+            .headers
+            .insert(X_ENVOY_ORIGINAL_HOST.clone(), authority.clone());
     }
     if ra.append_x_forwarded_host && host_value != authority {
         parts
@@ -1629,6 +1644,8 @@ async fn attempt_once(
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::UseDownstream => log.version == Version::HTTP_2,
     };
+    // Envoy rewrites to the host's name only when it has one (DNS clusters).
+    let auto_host = auto_host && host.hostname.is_some();
     if h2 {
         *req.version_mut() = Version::HTTP_2;
         let auth = if auto_host {
@@ -1660,7 +1677,10 @@ async fn attempt_once(
             },
         );
     }
-    let _ = hcm;
+    if auto_host && !hcm.suppress_envoy_headers {
+        req.headers_mut()
+            .insert(X_ENVOY_ORIGINAL_HOST.clone(), host_value.clone());
+    }
     let try_deadline = match (deadline, per_try) {
         (Some(d), Some(p)) => Some(d.min(Instant::now() + p)),
         (Some(d), None) => Some(d),
@@ -1753,12 +1773,10 @@ impl Drop for ActiveRequest {
 }
 
 fn host_header(host: &Host) -> HeaderValue {
-    match &host.hostname {
-        Some(n) => HeaderValue::from_str(n).unwrap_or(HeaderValue::from_static("")),
-        None => {
-            HeaderValue::from_str(&host.addr.to_string()).unwrap_or(HeaderValue::from_static(""))
-        }
-    }
+    host.hostname
+        .as_deref()
+        .and_then(|n| HeaderValue::from_str(n).ok())
+        .unwrap_or(HeaderValue::from_static(""))
 }
 
 async fn send(
