@@ -133,6 +133,20 @@ impl<'a> Index<'a> {
             .collect()
     }
 
+    /// Services a DestinationRule for `host` can apply to: those [`Self::services_for`]
+    /// finds and, for a wildcard host, every service whose host the wildcard covers.
+    fn services_for_rule(&self, host: &str) -> Vec<&Service<'a>> {
+        let mut out = self.services_for(host);
+        if hosts::is_wildcard(host) {
+            for s in &self.services {
+                if hosts::is_subset_of(&s.host, host) && !out.iter().any(|o| std::ptr::eq(*o, s)) {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
     /// DestinationRules whose host covers `host`.
     fn rules_for(&self, host: &str) -> Vec<&'a Resource<DestinationRule>> {
         let exact = self.rules_by_host.get(host).into_iter().flatten();
@@ -520,7 +534,7 @@ fn check_gateway_conflicts(config: &Config, out: &mut Vec<Diagnostic>) {
 fn check_destination_rules(index: &Index<'_>, config: &Config, out: &mut Vec<Diagnostic>) {
     let mut first_for: HashMap<(String, String), &Resource<DestinationRule>> = HashMap::new();
     for (host, dr) in &index.rules {
-        let services = index.services_for(host);
+        let services = index.services_for_rule(host);
         if services.is_empty() && !host.is_empty() {
             out.push(dr.warning(
                 "spec.host",

@@ -496,6 +496,14 @@ fn destination_rule_rules() {
             ],
         ),
         (
+            "wildcard hosts",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: w, namespace: shop}\nspec:\n  host: '*.svc.cluster.local'\n  subsets:\n  - {name: v2, labels: {version: v2}}\n  - {name: v7, labels: {version: v7}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: o, namespace: shop}\nspec:\n  host: '*.org'\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: n, namespace: shop}\nspec:\n  host: '*.nowhere.net'\n".to_string(),
+            &[
+                "t.yaml:8:16: warning: DestinationRule/shop/w: spec.subsets[1].labels: subset `v7` selects no endpoint of `*.svc.cluster.local`",
+                "t.yaml:20:3: warning: DestinationRule/shop/n: spec.host: no ServiceEntry defines host `*.nowhere.net`, so this rule applies to nothing",
+            ],
+        ),
+        (
             "unsupported fields",
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: shop}\nspec:\n  host: api.example.org\n  workloadSelector: {matchLabels: {app: x}}\n  trafficPolicy:\n    tunnel: {targetHost: proxy.example.org, targetPort: 3128}\n".to_string(),
             &[
