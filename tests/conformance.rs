@@ -26,8 +26,12 @@
 //!   headers: {x-a: "1", x-b: ["1", "2"]}
 //!   body: "text"
 //!   http2: true                  # h2c prior knowledge, or ALPN h2 over TLS
+//!   source: "127.0.0.2:{{SRC_PORT}}"  # the client's address: an IP (any loopback one),
+//!                                # with a port to connect from the same one every run
 //!   tls: {sni: a.example.com, client: client, alpn: [h2], verify: false}
-//!   repeat: 200                  # send N times, compare the distribution
+//!   repeat: 200                  # send N times, compare the distribution; `%i%` in the
+//!                                # path, a header value or the source becomes the
+//!                                # repetition's number
 //!   expect:
 //!     status: 201
 //!     upstream: a                # which echo upstream answered
@@ -40,8 +44,8 @@
 //!
 //! Placeholders: `{{PORT}}`, `{{PORT2}}` (gateway ports), `{{A}}`, `{{B}}`, `{{C}}` (echo
 //! upstreams answering JSON that names them and echoes the request), `{{DEAD}}` (a closed
-//! port), `{{TLS_A}}` (TLS in front of A, server certificate for `*.example.com`),
-//! `{{MTLS_A}}` (the same, requiring a client certificate from the test CA), and files
+//! port), `{{SRC_PORT}}` (a free port for a probe's `source`), `{{TLS_A}}` (TLS in front
+//! of A, server certificate for `*.example.com`), `{{MTLS_A}}` (the same, requiring a client certificate from the test CA), and files
 //! and base64 of certificates made at test time: `{{CERT}}`, `{{KEY}}` (server, for
 //! `example.com` and `*.example.com`), `{{CA}}`, `{{CLIENT_CERT}}`, `{{CLIENT_KEY}}`,
 //! `{{CRL}}` (revokes the `other` client certificate), `{{CERT_B64}}`, `{{KEY_B64}}`,
@@ -182,8 +186,54 @@ struct Probe {
     tls: Option<TlsProbe>,
     #[serde(default)]
     repeat: Option<usize>,
+    /// The client's address: `IP` (a port the OS picks) or `IP:PORT`.
+    #[serde(default)]
+    source: Option<String>,
     #[serde(default)]
     expect: Expect,
+}
+
+impl Probe {
+    /// Where the client connects from, if the probe says.
+    fn source_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        let Some(s) = &self.source else {
+            return Ok(None);
+        };
+        if let Ok(addr) = s.parse::<std::net::SocketAddr>() {
+            return Ok(Some(addr));
+        }
+        s.parse::<std::net::IpAddr>()
+            .map(|ip| Some(std::net::SocketAddr::new(ip, 0)))
+            .map_err(|e| format!("source {s:?}: {e}"))
+    }
+
+    /// The probe as sent the `i`th time: `%i%` in the path, header values and source
+    /// replaced.
+    fn repetition(&self, i: usize) -> std::borrow::Cow<'_, Probe> {
+        const MARK: &str = "%i%";
+        let marked = self.path.contains(MARK)
+            || self.source.as_deref().is_some_and(|s| s.contains(MARK))
+            || self
+                .headers
+                .values()
+                .any(|v| v.values().iter().any(|v| v.contains(MARK)));
+        if !marked {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let n = i.to_string();
+        let mut p = self.clone();
+        p.path = p.path.replace(MARK, &n);
+        p.source = p.source.map(|s| s.replace(MARK, &n));
+        for v in p.headers.values_mut() {
+            *v = match v {
+                OneOrMany::One(s) => OneOrMany::One(s.replace(MARK, &n)),
+                OneOrMany::Many(l) => {
+                    OneOrMany::Many(l.iter().map(|s| s.replace(MARK, &n)).collect())
+                }
+            };
+        }
+        std::borrow::Cow::Owned(p)
+    }
 }
 
 fn default_method() -> String {
@@ -360,6 +410,7 @@ impl World {
             ("B", upstreams[1].port().to_string()),
             ("C", upstreams[2].port().to_string()),
             ("DEAD", free_port().to_string()),
+            ("SRC_PORT", free_port().to_string()),
             ("TLS_A", fronts[0].port.to_string()),
             ("MTLS_A", fronts[1].port.to_string()),
             ("CERT", path(&cert_file)),
@@ -591,9 +642,23 @@ async fn exchange(
     port: u16,
     p: &Probe,
 ) -> Result<(u16, http::HeaderMap, Bytes), String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let source = p.source_addr()?;
+    let tcp = match source {
+        None => tokio::net::TcpStream::connect(("127.0.0.1", port)).await,
+        Some(addr) => {
+            let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+            socket.set_reuseaddr(true).ok();
+            if addr.port() != 0 {
+                // The same address and port again for the next runtime: no TIME_WAIT.
+                socket.set_zero_linger().ok();
+            }
+            socket.bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+            socket
+                .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                .await
+        }
+    }
+    .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).ok();
     let (io, h2, scheme): (Box<dyn IoBox>, bool, &str) = match &p.tls {
         None => (Box::new(tcp), p.http2, "http"),
@@ -633,23 +698,32 @@ async fn exchange(
     }
     let body = Full::new(Bytes::from(p.body.clone().unwrap_or_default()));
     let req = builder.body(body).map_err(|e| format!("request: {e}"))?;
-    let resp = if h2 {
+    // The sender is kept until the body is read; dropping it closes the connection.
+    let (resp, sender, conn): (_, Box<dyn Send>, tokio::task::JoinHandle<()>) = if h2 {
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                 .await
                 .map_err(|e| format!("h2 handshake: {e}"))?;
-        tokio::spawn(conn);
-        send.send_request(req)
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = send
+            .send_request(req)
             .await
-            .map_err(|e| format!("h2: {e}"))?
+            .map_err(|e| format!("h2: {e}"))?;
+        (resp, Box::new(send), conn)
     } else {
         let (mut send, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| format!("h1 handshake: {e}"))?;
-        tokio::spawn(conn);
-        send.send_request(req)
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = send
+            .send_request(req)
             .await
-            .map_err(|e| format!("h1: {e}"))?
+            .map_err(|e| format!("h1: {e}"))?;
+        (resp, Box::new(send), conn)
     };
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -659,6 +733,11 @@ async fn exchange(
         .await
         .map_err(|e| format!("body: {e}"))?
         .to_bytes();
+    drop(sender);
+    if source.is_some_and(|a| a.port() != 0) {
+        // A fixed source port is free again only once this connection is closed.
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    }
     Ok((status, headers, bytes))
 }
 
@@ -729,8 +808,8 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
             Some(n) => {
                 let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
                 let mut upstreams: BTreeMap<String, usize> = BTreeMap::new();
-                for _ in 0..n {
-                    let a = rt.block_on(send_once(world, port, p));
+                for i in 0..n {
+                    let a = rt.block_on(send_once(world, port, &p.repetition(i)));
                     let s = a
                         .status()
                         .map_or_else(|| "failed".to_string(), |s| s.to_string());
