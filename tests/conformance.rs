@@ -38,6 +38,7 @@
 //!     shares: {a: 0.7, b: 0.3}   # with repeat: each runtime's split, within 5 sd
 //!     one_upstream: true         # with repeat: all answers from one upstream
 //!     requests: {a: 1, b: 1}     # requests each upstream received (mirrors, retries)
+//!     connections: {a: 5}        # connections each upstream accepted (connection reuse)
 //!     min_ms: 200                # the answer took at least this long (delays)
 //!     refused: true              # no response at all (reset, closed, handshake refused)
 //! ```
@@ -299,6 +300,8 @@ struct Expect {
     #[serde(default)]
     requests: Option<BTreeMap<String, usize>>,
     #[serde(default)]
+    connections: Option<BTreeMap<String, usize>>,
+    #[serde(default)]
     min_ms: Option<u64>,
     /// No response: the connection is refused, reset or closed (an unknown SNI, say).
     #[serde(default)]
@@ -446,6 +449,13 @@ impl World {
         self.upstreams
             .iter()
             .map(|u| (u.name.clone(), u.requests()))
+            .collect()
+    }
+
+    fn connection_counts(&self) -> BTreeMap<String, usize> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.name.clone(), u.connections()))
             .collect()
     }
 }
@@ -773,6 +783,7 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
             .get(p.port.as_str())
             .unwrap_or_else(|| panic!("{}: probe {i}: unknown port {}", case.name, p.port));
         let before = world.upstream_counts();
+        let connections_before = world.connection_counts();
         let fail = |failures: &mut Vec<String>, what: String| {
             failures.push(format!(
                 "{runtime}: probe {i} ({} {}): {what}",
@@ -856,34 +867,53 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
         }
         if let Some(want) = &p.expect.requests {
             // Mirrors arrive after the answer: poll the upstreams' counters (bounded).
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let now = world.upstream_counts();
-                let got: BTreeMap<String, usize> = now
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-                    .filter(|(_, v)| *v > 0)
-                    .collect();
-                let wanted: BTreeMap<String, usize> = want
-                    .iter()
-                    .filter(|(_, v)| **v > 0)
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect();
-                if got == wanted {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    fail(
-                        &mut failures,
-                        format!("upstreams received {got:?}, expected {wanted:?}"),
-                    );
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if let Err(got) = await_counts(&before, want, || world.upstream_counts()) {
+                fail(
+                    &mut failures,
+                    format!("upstreams received {got:?}, expected {want:?}"),
+                );
+            }
+        }
+        if let Some(want) = &p.expect.connections {
+            if let Err(got) = await_counts(&connections_before, want, || world.connection_counts())
+            {
+                fail(
+                    &mut failures,
+                    format!("upstreams accepted {got:?} connections, expected {want:?}"),
+                );
             }
         }
     }
     (observed, failures)
+}
+
+/// Polls (bounded) until the counters' growth since `before` is `want` (zeros omitted);
+/// on timeout, the growth last seen.
+fn await_counts(
+    before: &BTreeMap<String, usize>,
+    want: &BTreeMap<String, usize>,
+    now: impl Fn() -> BTreeMap<String, usize>,
+) -> Result<(), BTreeMap<String, usize>> {
+    let wanted: BTreeMap<String, usize> = want
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got: BTreeMap<String, usize> = now()
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        if got == wanted {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(got);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Differences between Envoy's observation and a runtime's, ignoring what the case lists

@@ -130,6 +130,7 @@ pub struct EchoUpstream {
     pub name: String,
     pub addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -146,9 +147,11 @@ impl EchoUpstream {
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("local addr");
         let requests = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let name_owned = name.to_string();
         let counter = requests.clone();
+        let accepted_counter = connections.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -163,6 +166,7 @@ impl EchoUpstream {
                         _ = &mut rx => break,
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
+                            accepted_counter.fetch_add(1, Ordering::SeqCst);
                             let name = name_owned.clone();
                             let counter = counter.clone();
                             let fail_counts = fail_counts.clone();
@@ -186,6 +190,7 @@ impl EchoUpstream {
             name: name.to_string(),
             addr,
             requests,
+            connections,
             shutdown: Some(tx),
             thread: Some(thread),
         }
@@ -198,6 +203,11 @@ impl EchoUpstream {
     /// Requests answered (or reset) so far.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
