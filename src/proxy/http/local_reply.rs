@@ -287,6 +287,40 @@ impl LocalReply {
         out
     }
 
+    /// This answer for an attempt that was itself a retry: Envoy's body then reads
+    /// "... retried and the latest reset reason: ...". Other answers are unchanged.
+    pub fn after_retry(self) -> LocalReply {
+        const RETRIED: [(&str, &str); 5] = [
+            (
+                LocalReply::CONNECT_FAILURE.body,
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure",
+            ),
+            (
+                LocalReply::CONNECT_TIMEOUT.body,
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout",
+            ),
+            (
+                LocalReply::OVERFLOW.body,
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: overflow",
+            ),
+            (
+                LocalReply::RESET.body,
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination",
+            ),
+            (
+                LocalReply::PROTOCOL_ERROR.body,
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: protocol error",
+            ),
+        ];
+        match RETRIED.iter().find(|(plain, _)| *plain == self.body) {
+            Some((_, retried)) => LocalReply {
+                body: retried,
+                ..self
+            },
+            None => self,
+        }
+    }
+
     /// The response, as Envoy answers: a `text/plain` body when there is one. Why it was
     /// given (`reason`, Envoy's response code details) goes to the access log.
     pub fn response(&self) -> Response<ResponseBody> {
@@ -331,6 +365,29 @@ mod tests {
         assert!(r.headers().get("x-meshgate-reason").is_none());
         let r = LocalReply::NO_ROUTE.response();
         assert!(r.headers().get("content-type").is_none());
+    }
+
+    #[test]
+    fn resets_after_a_retry_say_so_as_envoy_does() {
+        for r in [
+            LocalReply::CONNECT_FAILURE,
+            LocalReply::CONNECT_TIMEOUT,
+            LocalReply::OVERFLOW,
+            LocalReply::RESET,
+            LocalReply::PROTOCOL_ERROR,
+        ] {
+            let retried = r.after_retry();
+            assert_eq!(
+                retried.body,
+                r.body
+                    .replace("reset reason:", "retried and the latest reset reason:")
+            );
+            assert_eq!((retried.status, retried.flag), (r.status, r.flag));
+        }
+        assert_eq!(
+            LocalReply::NO_HEALTHY_UPSTREAM.after_retry().body,
+            "no healthy upstream"
+        );
     }
 
     #[test]
