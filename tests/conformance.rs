@@ -35,6 +35,7 @@
 //!   expect:
 //!     status: 201
 //!     upstream: a                # which echo upstream answered
+//!     version: HTTP/2.0          # the HTTP version the echo upstream received
 //!     shares: {a: 0.7, b: 0.3}   # with repeat: each runtime's split, within 5 sd
 //!     one_upstream: true         # with repeat: all answers from one upstream
 //!     requests: {a: 1, b: 1}     # requests each upstream received (mirrors, retries)
@@ -293,6 +294,9 @@ struct Expect {
     status: Option<u16>,
     #[serde(default)]
     upstream: Option<String>,
+    /// The HTTP version the echo upstream received (`HTTP/1.1`, `HTTP/2.0`).
+    #[serde(default)]
+    version: Option<String>,
     #[serde(default)]
     shares: Option<BTreeMap<String, f64>>,
     #[serde(default)]
@@ -493,11 +497,16 @@ impl Answer {
     }
 
     fn upstream(&self) -> Option<String> {
+        self.echoed("upstream")
+    }
+
+    /// A string the echo upstream reported (`upstream`, `version`, `method`, ...).
+    fn echoed(&self, key: &str) -> Option<String> {
         match self {
             Answer::Response {
                 body: Body::Echo(v),
                 ..
-            } => v["upstream"].as_str().map(str::to_string),
+            } => v[key].as_str().map(str::to_string),
             _ => None,
         }
     }
@@ -805,6 +814,14 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
                     && a.upstream().as_deref() != Some(u.as_str())
                 {
                     fail(&mut failures, format!("expected upstream {u}, got {a:?}"));
+                }
+                if let Some(v) = &p.expect.version
+                    && a.echoed("version").as_deref() != Some(v.as_str())
+                {
+                    fail(
+                        &mut failures,
+                        format!("expected the upstream to see {v}, got {a:?}"),
+                    );
                 }
                 if let (Some(min), Answer::Response { elapsed_ms, .. }) = (p.expect.min_ms, &a)
                     && *elapsed_ms < min
