@@ -38,6 +38,7 @@
 //!     version: HTTP/2.0          # the HTTP version the echo upstream received
 //!     shares: {a: 0.7, b: 0.3}   # with repeat: each runtime's split, within 5 sd
 //!     one_upstream: true         # with repeat: all answers from one upstream
+//!     statuses: {200: 19, 503: 1}  # with repeat: how many answers had each status
 //!     requests: {a: 1, b: 1}     # requests each upstream received (mirrors, retries)
 //!     connections: {a: 5}        # connections each upstream accepted (connection reuse)
 //!     min_ms: 200                # the answer took at least this long (delays)
@@ -301,6 +302,9 @@ struct Expect {
     shares: Option<BTreeMap<String, f64>>,
     #[serde(default)]
     one_upstream: bool,
+    /// With repeat: how many answers had each status (`failed`: no answer).
+    #[serde(default)]
+    statuses: Option<BTreeMap<String, usize>>,
     #[serde(default)]
     requests: Option<BTreeMap<String, usize>>,
     #[serde(default)]
@@ -875,6 +879,16 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
                         &mut failures,
                         format!("expected status {s} every time, got {statuses:?}"),
                     );
+                }
+                if let Some(want) = &p.expect.statuses {
+                    let want: BTreeMap<String, usize> =
+                        want.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+                    if want != statuses {
+                        fail(
+                            &mut failures,
+                            format!("expected statuses {want:?}, got {statuses:?}"),
+                        );
+                    }
                 }
                 observed.push(Observed::Many {
                     statuses,
