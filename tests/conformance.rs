@@ -790,6 +790,10 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
         .expect("runtime");
     let mut observed = Vec::new();
     let mut failures = Vec::new();
+    // Every runtime meets upstreams that have not failed yet (`x-echo-fail-first`).
+    for u in &world.upstreams {
+        u.forget_failures();
+    }
     for (i, p) in case.header.probes.iter().enumerate() {
         let port = *world
             .ports

@@ -131,6 +131,8 @@ pub struct EchoUpstream {
     pub addr: SocketAddr,
     requests: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    /// Requests seen per `x-echo-fail-key`.
+    fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -152,6 +154,8 @@ impl EchoUpstream {
         let name_owned = name.to_string();
         let counter = requests.clone();
         let accepted_counter = connections.clone();
+        let fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
+        let shared_fail_counts = fail_counts.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -160,7 +164,7 @@ impl EchoUpstream {
             rt.block_on(async move {
                 let listener =
                     tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
-                let fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
+                let fail_counts = shared_fail_counts;
                 loop {
                     tokio::select! {
                         _ = &mut rx => break,
@@ -191,6 +195,7 @@ impl EchoUpstream {
             addr,
             requests,
             connections,
+            fail_counts,
             shutdown: Some(tx),
             thread: Some(thread),
         }
@@ -208,6 +213,14 @@ impl EchoUpstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the requests counted per `x-echo-fail-key`: the next ones fail again.
+    pub fn forget_failures(&self) {
+        self.fail_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
