@@ -603,10 +603,10 @@ fn check_destination_rules(index: &Index<'_>, config: &Config, out: &mut Vec<Dia
 }
 
 /// Labels of the endpoints of a ServiceEntry, when they are known from the configuration.
-fn endpoint_labels<'a>(
-    config: &'a Config,
-    se: &'a Resource<ServiceEntry>,
-) -> Option<Vec<&'a BTreeMap<String, String>>> {
+fn endpoint_labels(
+    config: &Config,
+    se: &Resource<ServiceEntry>,
+) -> Option<Vec<BTreeMap<String, String>>> {
     match se.spec.resolution.unwrap_or(Resolution::None) {
         Resolution::None | Resolution::DynamicDns => return None,
         _ => {}
@@ -619,14 +619,20 @@ fn endpoint_labels<'a>(
                 .filter(|we| {
                     we.meta.namespace == se.meta.namespace && selects(&sel.labels, &we.spec.labels)
                 })
-                .map(|we| &we.spec.labels)
+                .map(|we| we.spec.endpoint_labels())
                 .collect(),
         );
     }
     if se.spec.endpoints.is_empty() {
         return None;
     }
-    Some(se.spec.endpoints.iter().map(|e| &e.labels).collect())
+    Some(
+        se.spec
+            .endpoints
+            .iter()
+            .map(|e| e.endpoint_labels())
+            .collect(),
+    )
 }
 
 fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {

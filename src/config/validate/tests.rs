@@ -496,6 +496,13 @@ fn destination_rule_rules() {
             ],
         ),
         (
+            "subsets by topology labels",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: located, namespace: shop}\nspec:\n  hosts: [located.example.org]\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  endpoints:\n  - {address: 127.0.0.1, locality: eu/z1}\n  - {address: 127.0.0.2, labels: {istio-locality: us.z2}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: located, namespace: shop}\nspec:\n  host: located.example.org\n  subsets:\n  - {name: eu, labels: {topology.kubernetes.io/region: eu}}\n  - {name: us, labels: {topology.kubernetes.io/zone: z2}}\n  - {name: ap, labels: {topology.kubernetes.io/region: ap}}\n".to_string(),
+            &[
+                "t.yaml:20:16: warning: DestinationRule/shop/located: spec.subsets[2].labels: subset `ap` selects no endpoint of `located.example.org`",
+            ],
+        ),
+        (
             "wildcard hosts",
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: w, namespace: shop}\nspec:\n  host: '*.svc.cluster.local'\n  subsets:\n  - {name: v2, labels: {version: v2}}\n  - {name: v7, labels: {version: v7}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: o, namespace: shop}\nspec:\n  host: '*.org'\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: n, namespace: shop}\nspec:\n  host: '*.nowhere.net'\n".to_string(),
             &[
