@@ -575,7 +575,6 @@ fn service_entry_rules() {
             &[
                 "t.yaml:7:3: error: ServiceEntry/shop/e: spec.endpoints: resolution NONE takes no endpoints (traffic goes to the address the client asked for)",
                 "t.yaml:8:3: error: ServiceEntry/shop/e: spec.workloadSelector: only one of workloadSelector and endpoints can be set",
-                "t.yaml:8:3: warning: ServiceEntry/shop/e: spec.workloadSelector: workloadSelector has no effect with resolution NONE",
             ],
         ),
         (
