@@ -251,8 +251,18 @@ pub fn validate(se: &Resource<ServiceEntry>, out: &mut Vec<Diagnostic>) {
             }
         }
     }
-    for (i, message) in check_export_to(&spec.export_to) {
-        s.error(&format!("spec.exportTo[{i}]"), message);
+    if spec.export_to.iter().any(|e| e == "~") {
+        // ServiceEntries alone may be exported to no namespace (`~`), as Istio allows.
+        if spec.export_to.len() > 1 {
+            s.error(
+                "spec.exportTo",
+                "`~` exports to no namespace and cannot be combined with others",
+            );
+        }
+    } else {
+        for (i, message) in check_export_to(&spec.export_to) {
+            s.error(&format!("spec.exportTo[{i}]"), message);
+        }
     }
 }
 

@@ -570,6 +570,13 @@ fn service_entry_rules() {
             ],
         ),
         (
+            "export to no namespace",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e, namespace: shop}\nspec:\n  hosts: [n.example.net]\n  exportTo: ['~']\n  ports: [{number: 80, name: http, protocol: HTTP}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: f, namespace: shop}\nspec:\n  hosts: [m.example.net]\n  exportTo: ['~', shop]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n".to_string(),
+            &[
+                "t.yaml:14:3: error: ServiceEntry/shop/f: spec.exportTo: `~` exports to no namespace and cannot be combined with others",
+            ],
+        ),
+        (
             "none with endpoints",
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e, namespace: shop}\nspec:\n  hosts: [n.example.net]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  endpoints: [{address: 10.0.0.1}]\n  workloadSelector: {labels: {app: n}}\n".to_string(),
             &[
