@@ -29,6 +29,9 @@
 //!   source: "127.0.0.2:{{SRC_PORT}}"  # the client's address: an IP (any loopback one),
 //!                                # with a port to connect from the same one every run
 //!   tls: {sni: a.example.com, client: client, alpn: [h2], verify: false}
+//!   await_stats: {"cluster.outbound|80||a.internal.outlier_detection.ejections_active": 1}
+//!                                # wait (bounded) until the runtime's admin /stats say so
+//!                                # (Envoy's `;` ending an alt_stat_name is ignored)
 //!   repeat: 200                  # send N times, compare the distribution; `%i%` in the
 //!                                # path, a header value or the source becomes the
 //!                                # repetition's number
@@ -192,6 +195,10 @@ struct Probe {
     /// The client's address: `IP` (a port the OS picks) or `IP:PORT`.
     #[serde(default)]
     source: Option<String>,
+    /// Admin stats to wait for (bounded) before sending, e.g. an outlier ejection that
+    /// the previous probe caused and the runtime applies asynchronously.
+    #[serde(default)]
+    await_stats: Option<BTreeMap<String, u64>>,
     #[serde(default)]
     expect: Expect,
 }
@@ -783,7 +790,12 @@ enum Observed {
 
 /// Sends every probe, checking each one's `expect`; returns the observations and the
 /// expectation failures.
-fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<String>) {
+fn run_probes(
+    world: &World,
+    case: &Case,
+    runtime: &str,
+    stats: &dyn Fn() -> Option<String>,
+) -> (Vec<Observed>, Vec<String>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -799,6 +811,14 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
             .ports
             .get(p.port.as_str())
             .unwrap_or_else(|| panic!("{}: probe {i}: unknown port {}", case.name, p.port));
+        if let Some(want) = &p.await_stats
+            && let Err(got) = await_stats(stats, want)
+        {
+            failures.push(format!(
+                "{runtime}: probe {i} ({} {}): stats {got:?}, awaited {want:?}",
+                p.method, p.path
+            ));
+        }
         let before = world.upstream_counts();
         let connections_before = world.connection_counts();
         let fail = |failures: &mut Vec<String>, what: String| {
@@ -920,6 +940,38 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
         }
     }
     (observed, failures)
+}
+
+/// Polls (bounded) until the admin stats in `want` have their values; on timeout, the
+/// values last seen. Envoy names a cluster's stats after its `alt_stat_name`, which
+/// meshgate's translation ends with `;`: `NAME;.stat` is read as `NAME.stat`.
+fn await_stats(
+    stats: &dyn Fn() -> Option<String>,
+    want: &BTreeMap<String, u64>,
+) -> Result<(), BTreeMap<String, Option<u64>>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = stats().unwrap_or_default();
+        let mut values: BTreeMap<String, u64> = BTreeMap::new();
+        for line in text.lines() {
+            if let Some((name, value)) = line.rsplit_once(": ")
+                && let Ok(v) = value.trim().parse::<u64>()
+            {
+                values.insert(name.replace(";.", "."), v);
+            }
+        }
+        let got: BTreeMap<String, Option<u64>> = want
+            .keys()
+            .map(|k| (k.clone(), values.get(k).copied()))
+            .collect();
+        if want.iter().all(|(k, v)| got[k] == Some(*v)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(got);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Polls (bounded) until the counters' growth since `before` is `want` (zeros omitted);
@@ -1134,7 +1186,8 @@ fn run_case(name: &str) -> Vec<String> {
     let translated = TranslatedEnvoyRef(&envoy);
     translated.wait_listeners(listeners);
     envoy.assert_no_rejections();
-    let (envoy_seen, failures) = run_probes(&world, case, "envoy");
+    let envoy_stats = || envoy.admin_get("/stats").ok().map(|(_, body)| body);
+    let (envoy_seen, failures) = run_probes(&world, case, "envoy", &envoy_stats);
     problems.extend(failures);
     drop(envoy);
 
@@ -1156,7 +1209,8 @@ fn run_case(name: &str) -> Vec<String> {
             dir.path(),
         );
         wait_bound(&world, listeners_ports(&set));
-        let (seen, failures) = run_probes(&world, case, "meshgate --config");
+        let stats = || Some(gw.admin("/stats").1);
+        let (seen, failures) = run_probes(&world, case, "meshgate --config", &stats);
         problems.extend(failures);
         problems.extend(compare(case, "meshgate --config", &envoy_seen, &seen));
         drop(gw);
@@ -1176,7 +1230,8 @@ fn run_case(name: &str) -> Vec<String> {
         );
         gw.wait_ready(Duration::from_secs(20));
         wait_bound(&world, listeners_ports(&set));
-        let (seen, failures) = run_probes(&world, case, "meshgate --xds");
+        let stats = || gw.admin("/stats").map(|(_, body)| body);
+        let (seen, failures) = run_probes(&world, case, "meshgate --xds", &stats);
         problems.extend(failures);
         problems.extend(compare(case, "meshgate --xds", &envoy_seen, &seen));
     }
