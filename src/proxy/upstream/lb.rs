@@ -99,8 +99,9 @@ fn random_below(n: u64) -> u64 {
     if n <= 1 { 0 } else { rand::random_range(0..n) }
 }
 
-/// Chooses a host, or `None` when the cluster has no hosts at all (Envoy's "no healthy
-/// upstream": in panic mode unhealthy hosts are still chosen). `panicked` is set when
+/// Chooses a host, or `None` when the cluster has no hosts at all, or none healthy with
+/// panic mode off (Envoy's "no healthy upstream": in panic mode unhealthy hosts are still
+/// chosen). `panicked` is set when
 /// panic mode was used.
 #[allow(clippy::too_many_arguments)]
 pub fn choose(
@@ -130,7 +131,11 @@ pub fn choose(
     }
     let sum: f64 = health.iter().map(|h| h.0).sum();
     let level = if sum <= 0.0 {
-        // Nothing healthy anywhere: the first non-empty level, in panic.
+        // Nothing healthy anywhere: the first non-empty level, in panic; with panic mode
+        // off (threshold 0), no host at all, as in Envoy.
+        if panic_threshold <= 0.0 {
+            return None;
+        }
         set.priorities.iter().position(|p| !p.hosts.is_empty())?
     } else {
         let norm = sum.min(100.0);
@@ -599,6 +604,20 @@ mod tests {
         );
         assert_eq!(h.unwrap().addr.port(), 5);
         assert!(panicked);
+        // Panic mode off (threshold 0, Istio's minHealthPercent default): no host.
+        assert!(
+            choose(
+                &s,
+                &st,
+                LbPolicy::RoundRobin,
+                None,
+                0.0,
+                false,
+                LbContext::default(),
+                &mut panicked
+            )
+            .is_none()
+        );
         // No hosts at all: no healthy upstream.
         assert!(
             choose(
