@@ -45,12 +45,7 @@ impl ConfigWatch {
                             std::future::pending::<()>().await;
                         }
                         // Let the burst settle.
-                        loop {
-                            match tokio::time::timeout(settle, events.recv()).await {
-                                Ok(Some(())) => continue,
-                                _ => break,
-                            }
-                        }
+                        while let Ok(Some(())) = tokio::time::timeout(settle, events.recv()).await {}
                     }
                     _ = tick.tick() => {}
                 }

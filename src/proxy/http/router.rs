@@ -833,7 +833,7 @@ fn https_redirect(req: &Request<Incoming>, authority: &HeaderValue) -> Response<
 
 /// The scheme a redirect keeps: the client's, as `x-forwarded-proto` says, else the
 /// connection's.
-fn request_scheme<'a>(req: &'a Request<Incoming>, https: bool) -> &'a str {
+fn request_scheme(req: &Request<Incoming>, https: bool) -> &str {
     req.headers()
         .get(&X_FORWARDED_PROTO)
         .and_then(|v| v.to_str().ok())
