@@ -920,23 +920,22 @@ fn run_probes(
                 });
             }
         }
-        if let Some(want) = &p.expect.requests {
-            // Mirrors arrive after the answer: poll the upstreams' counters (bounded).
-            if let Err(got) = await_counts(&before, want, || world.upstream_counts()) {
-                fail(
-                    &mut failures,
-                    format!("upstreams received {got:?}, expected {want:?}"),
-                );
-            }
+        // Mirrors arrive after the answer: poll the upstreams' counters (bounded).
+        if let Some(want) = &p.expect.requests
+            && let Err(got) = await_counts(&before, want, || world.upstream_counts())
+        {
+            fail(
+                &mut failures,
+                format!("upstreams received {got:?}, expected {want:?}"),
+            );
         }
-        if let Some(want) = &p.expect.connections {
-            if let Err(got) = await_counts(&connections_before, want, || world.connection_counts())
-            {
-                fail(
-                    &mut failures,
-                    format!("upstreams accepted {got:?} connections, expected {want:?}"),
-                );
-            }
+        if let Some(want) = &p.expect.connections
+            && let Err(got) = await_counts(&connections_before, want, || world.connection_counts())
+        {
+            fail(
+                &mut failures,
+                format!("upstreams accepted {got:?} connections, expected {want:?}"),
+            );
         }
     }
     (observed, failures)
