@@ -51,8 +51,9 @@
 //! Placeholders: `{{PORT}}`, `{{PORT2}}` (gateway ports), `{{A}}`, `{{B}}`, `{{C}}` (echo
 //! upstreams answering JSON that names them and echoes the request), `{{DEAD}}` (a closed
 //! port), `{{SRC_PORT}}` (a free port for a probe's `source`), `{{TLS_A}}` (TLS in front
-//! of A, server certificate for `*.example.com`), `{{MTLS_A}}` (the same, requiring a client certificate from the test CA), and files
-//! and base64 of certificates made at test time: `{{CERT}}`, `{{KEY}}` (server, for
+//! of A, server certificate for `*.example.com`), `{{MTLS_A}}` (the same, requiring a
+//! client certificate from the test CA), and files and base64 of certificates made at
+//! test time: `{{CERT}}`, `{{KEY}}` (server, for
 //! `example.com` and `*.example.com`), `{{CA}}`, `{{CLIENT_CERT}}`, `{{CLIENT_KEY}}`,
 //! `{{CRL}}` (revokes the `other` client certificate), `{{CERT_B64}}`, `{{KEY_B64}}`,
 //! `{{CA_B64}}`, `{{CRL_B64}}`, `{{CLIENT_SPKI}}`, `{{CLIENT_HASH}}`.
