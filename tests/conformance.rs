@@ -29,6 +29,8 @@
 //!   headers: {x-a: "1", x-b: ["1", "2"]}
 //!   body: "text"
 //!   http2: true                  # h2c prior knowledge, or ALPN h2 over TLS
+//!   source: "127.0.0.2:{{SRC_PORT}}"  # the client's address: an IP (any loopback one),
+//!                                # with a port to connect from the same one every run
 //!   tls:
 //!     sni: a.example.com         # default: the probe's host; "" sends none
 //!     client: client             # present a certificate: client, other, foreign (below)
@@ -37,13 +39,21 @@
 //!     version: "1.2"             # offer only TLS 1.2 or only 1.3 (default both)
 //!     ciphers: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]  # offer only these suites
 //!     signature: rsa             # offer only RSA (or ECDSA) signature schemes
-//!   repeat: 200                  # send N times, compare the distribution
+//!   await_stats: {"cluster.outbound|80||a.internal.outlier_detection.ejections_active": 1}
+//!                                # wait (bounded) until the runtime's admin /stats say so
+//!                                # (Envoy's `;` ending an alt_stat_name is ignored)
+//!   repeat: 200                  # send N times, compare the distribution; `%i%` in the
+//!                                # path, a header value or the source becomes the
+//!                                # repetition's number
 //!   expect:
 //!     status: 201
 //!     upstream: a                # which echo upstream answered
+//!     version: HTTP/2.0          # the HTTP version the echo upstream received
 //!     shares: {a: 0.7, b: 0.3}   # with repeat: each runtime's split, within 5 sd
 //!     one_upstream: true         # with repeat: all answers from one upstream
+//!     statuses: {200: 19, 503: 1}  # with repeat: how many answers had each status
 //!     requests: {a: 1, b: 1}     # requests each upstream received (mirrors, retries)
+//!     connections: {a: 5}        # connections each upstream accepted (connection reuse)
 //!     min_ms: 200                # the answer took at least this long (delays)
 //!     refused: true              # no response at all (reset, closed, handshake refused)
 //!     tls_version: "1.2"         # the TLS version the gateway negotiated
@@ -55,7 +65,8 @@
 //!
 //! Placeholders: `{{PORT}}`, `{{PORT2}}`, `{{PORT3}}`, `{{PORT4}}` (gateway ports),
 //! `{{A}}`, `{{B}}`, `{{C}}` (echo upstreams answering JSON that names them and echoes
-//! the request), `{{DEAD}}` (a closed port), TLS upstreams on 127.0.0.1 with the
+//! the request), `{{DEAD}}` (a closed port), `{{SRC_PORT}}` (a free port for a probe's
+//! `source`), TLS upstreams on 127.0.0.1 with the
 //! certificate `server` below: `{{TLS_A}}` and `{{TLS_B}}` (TLS in front of A and of B),
 //! `{{MTLS_A}}` (in front of A, requiring a client certificate from the test CA),
 //! `{{TLS_REVOKED}}` (in front of A, with a certificate for the same names that `{{CRL}}`
@@ -217,8 +228,58 @@ struct Probe {
     tls: Option<TlsProbe>,
     #[serde(default)]
     repeat: Option<usize>,
+    /// The client's address: `IP` (a port the OS picks) or `IP:PORT`.
+    #[serde(default)]
+    source: Option<String>,
+    /// Admin stats to wait for (bounded) before sending, e.g. an outlier ejection that
+    /// the previous probe caused and the runtime applies asynchronously.
+    #[serde(default)]
+    await_stats: Option<BTreeMap<String, u64>>,
     #[serde(default)]
     expect: Expect,
+}
+
+impl Probe {
+    /// Where the client connects from, if the probe says.
+    fn source_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        let Some(s) = &self.source else {
+            return Ok(None);
+        };
+        if let Ok(addr) = s.parse::<std::net::SocketAddr>() {
+            return Ok(Some(addr));
+        }
+        s.parse::<std::net::IpAddr>()
+            .map(|ip| Some(std::net::SocketAddr::new(ip, 0)))
+            .map_err(|e| format!("source {s:?}: {e}"))
+    }
+
+    /// The probe as sent the `i`th time: `%i%` in the path, header values and source
+    /// replaced.
+    fn repetition(&self, i: usize) -> std::borrow::Cow<'_, Probe> {
+        const MARK: &str = "%i%";
+        let marked = self.path.contains(MARK)
+            || self.source.as_deref().is_some_and(|s| s.contains(MARK))
+            || self
+                .headers
+                .values()
+                .any(|v| v.values().iter().any(|v| v.contains(MARK)));
+        if !marked {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let n = i.to_string();
+        let mut p = self.clone();
+        p.path = p.path.replace(MARK, &n);
+        p.source = p.source.map(|s| s.replace(MARK, &n));
+        for v in p.headers.values_mut() {
+            *v = match v {
+                OneOrMany::One(s) => OneOrMany::One(s.replace(MARK, &n)),
+                OneOrMany::Many(l) => {
+                    OneOrMany::Many(l.iter().map(|s| s.replace(MARK, &n)).collect())
+                }
+            };
+        }
+        std::borrow::Cow::Owned(p)
+    }
 }
 
 fn default_method() -> String {
@@ -290,12 +351,20 @@ struct Expect {
     status: Option<u16>,
     #[serde(default)]
     upstream: Option<String>,
+    /// The HTTP version the echo upstream received (`HTTP/1.1`, `HTTP/2.0`).
+    #[serde(default)]
+    version: Option<String>,
     #[serde(default)]
     shares: Option<BTreeMap<String, f64>>,
     #[serde(default)]
     one_upstream: bool,
+    /// With repeat: how many answers had each status (`failed`: no answer).
+    #[serde(default)]
+    statuses: Option<BTreeMap<String, usize>>,
     #[serde(default)]
     requests: Option<BTreeMap<String, usize>>,
+    #[serde(default)]
+    connections: Option<BTreeMap<String, usize>>,
     #[serde(default)]
     min_ms: Option<u64>,
     /// No response: the connection is refused, reset or closed (an unknown SNI, say).
@@ -450,6 +519,7 @@ impl World {
             ("B", upstreams[1].port().to_string()),
             ("C", upstreams[2].port().to_string()),
             ("DEAD", free_port().to_string()),
+            ("SRC_PORT", free_port().to_string()),
             ("TLS_A", fronts[0].port.to_string()),
             ("MTLS_A", fronts[1].port.to_string()),
             ("TLS_B", fronts[2].port.to_string()),
@@ -526,6 +596,13 @@ impl World {
             .find(|(_, d)| d == der)
             .map_or_else(|| "unknown".to_string(), |(n, _)| n.to_string())
     }
+
+    fn connection_counts(&self) -> BTreeMap<String, usize> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.name.clone(), u.connections()))
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -573,11 +650,16 @@ impl Answer {
     }
 
     fn upstream(&self) -> Option<String> {
+        self.echoed("upstream")
+    }
+
+    /// A string the echo upstream reported (`upstream`, `version`, `method`, ...).
+    fn echoed(&self, key: &str) -> Option<String> {
         match self {
             Answer::Response {
                 body: Body::Echo(v),
                 ..
-            } => v["upstream"].as_str().map(str::to_string),
+            } => v[key].as_str().map(str::to_string),
             _ => None,
         }
     }
@@ -857,9 +939,28 @@ async fn exchange(
     port: u16,
     p: &Probe,
 ) -> Result<(u16, http::HeaderMap, Bytes, Option<TlsFacts>), String> {
-    let tcp = tokio::net::TcpStream::connect((p.address.as_str(), port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let source = p.source_addr()?;
+    let tcp = match source {
+        None => tokio::net::TcpStream::connect((p.address.as_str(), port)).await,
+        Some(addr) => {
+            let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+            socket.set_reuseaddr(true).ok();
+            if addr.port() != 0 {
+                // The same address and port again for the next runtime: no TIME_WAIT.
+                socket.set_zero_linger().ok();
+            }
+            socket.bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+            socket
+                .connect(std::net::SocketAddr::new(
+                    p.address
+                        .parse()
+                        .map_err(|e| format!("address {}: {e}", p.address))?,
+                    port,
+                ))
+                .await
+        }
+    }
+    .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).ok();
     let mut facts = None;
     let (io, h2, scheme): (Box<dyn IoBox>, bool, &str) = match &p.tls {
@@ -915,23 +1016,32 @@ async fn exchange(
     }
     let body = Full::new(Bytes::from(p.body.clone().unwrap_or_default()));
     let req = builder.body(body).map_err(|e| format!("request: {e}"))?;
-    let resp = if h2 {
+    // The sender is kept until the body is read; dropping it closes the connection.
+    let (resp, sender, conn): (_, Box<dyn Send>, tokio::task::JoinHandle<()>) = if h2 {
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                 .await
                 .map_err(|e| format!("h2 handshake: {e}"))?;
-        tokio::spawn(conn);
-        send.send_request(req)
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = send
+            .send_request(req)
             .await
-            .map_err(|e| format!("h2: {e}"))?
+            .map_err(|e| format!("h2: {e}"))?;
+        (resp, Box::new(send), conn)
     } else {
         let (mut send, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| format!("h1 handshake: {e}"))?;
-        tokio::spawn(conn);
-        send.send_request(req)
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = send
+            .send_request(req)
             .await
-            .map_err(|e| format!("h1: {e}"))?
+            .map_err(|e| format!("h1: {e}"))?;
+        (resp, Box::new(send), conn)
     };
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -941,6 +1051,11 @@ async fn exchange(
         .await
         .map_err(|e| format!("body: {e}"))?
         .to_bytes();
+    drop(sender);
+    if source.is_some_and(|a| a.port() != 0) {
+        // A fixed source port is free again only once this connection is closed.
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    }
     Ok((status, headers, bytes, facts))
 }
 
@@ -963,20 +1078,38 @@ enum Observed {
 
 /// Sends every probe, checking each one's `expect`; returns the observations and the
 /// expectation failures.
-fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<String>) {
+fn run_probes(
+    world: &World,
+    case: &Case,
+    runtime: &str,
+    stats: &dyn Fn() -> Option<String>,
+) -> (Vec<Observed>, Vec<String>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let mut observed = Vec::new();
     let mut failures = Vec::new();
+    // Every runtime meets upstreams that have not failed yet (`x-echo-fail-first`).
+    for u in &world.upstreams {
+        u.forget_failures();
+    }
     for (i, p) in case.header.probes.iter().enumerate() {
         let port = *world
             .ports
             .get(p.port.as_str())
             .unwrap_or_else(|| panic!("{}: probe {i}: unknown port {}", case.name, p.port));
+        if let Some(want) = &p.await_stats
+            && let Err(got) = await_stats(stats, want)
+        {
+            failures.push(format!(
+                "{runtime}: probe {i} ({} {}): stats {got:?}, awaited {want:?}",
+                p.method, p.path
+            ));
+        }
         let before = world.upstream_counts();
         let snis_before = world.upstream_snis();
+        let connections_before = world.connection_counts();
         let fail = |failures: &mut Vec<String>, what: String| {
             failures.push(format!(
                 "{runtime}: probe {i} ({} {}): {what}",
@@ -998,6 +1131,14 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
                     && a.upstream().as_deref() != Some(u.as_str())
                 {
                     fail(&mut failures, format!("expected upstream {u}, got {a:?}"));
+                }
+                if let Some(v) = &p.expect.version
+                    && a.echoed("version").as_deref() != Some(v.as_str())
+                {
+                    fail(
+                        &mut failures,
+                        format!("expected the upstream to see {v}, got {a:?}"),
+                    );
                 }
                 if let (Some(min), Answer::Response { elapsed_ms, .. }) = (p.expect.min_ms, &a)
                     && *elapsed_ms < min
@@ -1039,8 +1180,8 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
             Some(n) => {
                 let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
                 let mut upstreams: BTreeMap<String, usize> = BTreeMap::new();
-                for _ in 0..n {
-                    let a = rt.block_on(send_once(world, port, p));
+                for i in 0..n {
+                    let a = rt.block_on(send_once(world, port, &p.repetition(i)));
                     let s = a
                         .status()
                         .map_or_else(|| "failed".to_string(), |s| s.to_string());
@@ -1079,6 +1220,16 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
                         format!("expected status {s} every time, got {statuses:?}"),
                     );
                 }
+                if let Some(want) = &p.expect.statuses {
+                    let want: BTreeMap<String, usize> =
+                        want.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+                    if want != statuses {
+                        fail(
+                            &mut failures,
+                            format!("expected statuses {want:?}, got {statuses:?}"),
+                        );
+                    }
+                }
                 observed.push(Observed::Many {
                     statuses,
                     upstreams,
@@ -1100,36 +1251,86 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
                 );
             }
         }
-        if let Some(want) = &p.expect.requests {
-            // Mirrors arrive after the answer: poll the upstreams' counters (bounded).
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let now = world.upstream_counts();
-                let got: BTreeMap<String, usize> = now
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-                    .filter(|(_, v)| *v > 0)
-                    .collect();
-                let wanted: BTreeMap<String, usize> = want
-                    .iter()
-                    .filter(|(_, v)| **v > 0)
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect();
-                if got == wanted {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    fail(
-                        &mut failures,
-                        format!("upstreams received {got:?}, expected {wanted:?}"),
-                    );
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        // Mirrors arrive after the answer: poll the upstreams' counters (bounded).
+        if let Some(want) = &p.expect.requests
+            && let Err(got) = await_counts(&before, want, || world.upstream_counts())
+        {
+            fail(
+                &mut failures,
+                format!("upstreams received {got:?}, expected {want:?}"),
+            );
+        }
+        if let Some(want) = &p.expect.connections
+            && let Err(got) = await_counts(&connections_before, want, || world.connection_counts())
+        {
+            fail(
+                &mut failures,
+                format!("upstreams accepted {got:?} connections, expected {want:?}"),
+            );
         }
     }
     (observed, failures)
+}
+
+/// Polls (bounded) until the admin stats in `want` have their values; on timeout, the
+/// values last seen. Envoy names a cluster's stats after its `alt_stat_name`, which
+/// meshgate's translation ends with `;`: `NAME;.stat` is read as `NAME.stat`.
+fn await_stats(
+    stats: &dyn Fn() -> Option<String>,
+    want: &BTreeMap<String, u64>,
+) -> Result<(), BTreeMap<String, Option<u64>>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = stats().unwrap_or_default();
+        let mut values: BTreeMap<String, u64> = BTreeMap::new();
+        for line in text.lines() {
+            if let Some((name, value)) = line.rsplit_once(": ")
+                && let Ok(v) = value.trim().parse::<u64>()
+            {
+                values.insert(name.replace(";.", "."), v);
+            }
+        }
+        let got: BTreeMap<String, Option<u64>> = want
+            .keys()
+            .map(|k| (k.clone(), values.get(k).copied()))
+            .collect();
+        if want.iter().all(|(k, v)| got[k] == Some(*v)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(got);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls (bounded) until the counters' growth since `before` is `want` (zeros omitted);
+/// on timeout, the growth last seen.
+fn await_counts(
+    before: &BTreeMap<String, usize>,
+    want: &BTreeMap<String, usize>,
+    now: impl Fn() -> BTreeMap<String, usize>,
+) -> Result<(), BTreeMap<String, usize>> {
+    let wanted: BTreeMap<String, usize> = want
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got: BTreeMap<String, usize> = now()
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        if got == wanted {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(got);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Differences between Envoy's observation and a runtime's, ignoring what the case lists
@@ -1337,7 +1538,8 @@ fn run_case(name: &str) -> Vec<String> {
     let translated = TranslatedEnvoyRef(&envoy);
     translated.wait_listeners(listeners);
     envoy.assert_no_rejections();
-    let (envoy_seen, failures) = run_probes(&world, case, "envoy");
+    let envoy_stats = || envoy.admin_get("/stats").ok().map(|(_, body)| body);
+    let (envoy_seen, failures) = run_probes(&world, case, "envoy", &envoy_stats);
     problems.extend(failures);
     drop(envoy);
 
@@ -1359,7 +1561,8 @@ fn run_case(name: &str) -> Vec<String> {
             dir.path(),
         );
         wait_bound(&world, listeners_ports(&set));
-        let (seen, failures) = run_probes(&world, case, "meshgate --config");
+        let stats = || Some(gw.admin("/stats").1);
+        let (seen, failures) = run_probes(&world, case, "meshgate --config", &stats);
         problems.extend(failures);
         problems.extend(compare(case, "meshgate --config", &envoy_seen, &seen));
         drop(gw);
@@ -1379,7 +1582,8 @@ fn run_case(name: &str) -> Vec<String> {
         );
         gw.wait_ready(Duration::from_secs(20));
         wait_bound(&world, listeners_ports(&set));
-        let (seen, failures) = run_probes(&world, case, "meshgate --xds");
+        let stats = || gw.admin("/stats").map(|(_, body)| body);
+        let (seen, failures) = run_probes(&world, case, "meshgate --xds", &stats);
         problems.extend(failures);
         problems.extend(compare(case, "meshgate --xds", &envoy_seen, &seen));
     }

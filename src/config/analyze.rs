@@ -133,6 +133,20 @@ impl<'a> Index<'a> {
             .collect()
     }
 
+    /// Services a DestinationRule for `host` can apply to: those [`Self::services_for`]
+    /// finds and, for a wildcard host, every service whose host the wildcard covers.
+    fn services_for_rule(&self, host: &str) -> Vec<&Service<'a>> {
+        let mut out = self.services_for(host);
+        if hosts::is_wildcard(host) {
+            for s in &self.services {
+                if hosts::is_subset_of(&s.host, host) && !out.iter().any(|o| std::ptr::eq(*o, s)) {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
     /// DestinationRules whose host covers `host`.
     fn rules_for(&self, host: &str) -> Vec<&'a Resource<DestinationRule>> {
         let exact = self.rules_by_host.get(host).into_iter().flatten();
@@ -523,7 +537,7 @@ fn check_gateway_conflicts(config: &Config, out: &mut Vec<Diagnostic>) {
 fn check_destination_rules(index: &Index<'_>, config: &Config, out: &mut Vec<Diagnostic>) {
     let mut first_for: HashMap<(String, String), &Resource<DestinationRule>> = HashMap::new();
     for (host, dr) in &index.rules {
-        let services = index.services_for(host);
+        let services = index.services_for_rule(host);
         if services.is_empty() && !host.is_empty() {
             out.push(dr.warning(
                 "spec.host",
@@ -592,10 +606,10 @@ fn check_destination_rules(index: &Index<'_>, config: &Config, out: &mut Vec<Dia
 }
 
 /// Labels of the endpoints of a ServiceEntry, when they are known from the configuration.
-fn endpoint_labels<'a>(
-    config: &'a Config,
-    se: &'a Resource<ServiceEntry>,
-) -> Option<Vec<&'a BTreeMap<String, String>>> {
+fn endpoint_labels(
+    config: &Config,
+    se: &Resource<ServiceEntry>,
+) -> Option<Vec<BTreeMap<String, String>>> {
     match se.spec.resolution.unwrap_or(Resolution::None) {
         Resolution::None | Resolution::DynamicDns => return None,
         _ => {}
@@ -608,14 +622,20 @@ fn endpoint_labels<'a>(
                 .filter(|we| {
                     we.meta.namespace == se.meta.namespace && selects(&sel.labels, &we.spec.labels)
                 })
-                .map(|we| &we.spec.labels)
+                .map(|we| we.spec.endpoint_labels())
                 .collect(),
         );
     }
     if se.spec.endpoints.is_empty() {
         return None;
     }
-    Some(se.spec.endpoints.iter().map(|e| &e.labels).collect())
+    Some(
+        se.spec
+            .endpoints
+            .iter()
+            .map(|e| e.endpoint_labels())
+            .collect(),
+    )
 }
 
 fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {

@@ -2,16 +2,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Label Kubernetes puts the region in.
-pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
-/// Label Kubernetes puts the zone in.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-/// Label Istio puts the subzone in.
-pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
-/// Label Istio puts the network in.
-pub const NETWORK_LABEL: &str = "topology.istio.io/network";
-/// Istio's own locality label, `region.zone.subzone` (dots because `/` is not allowed).
-pub const ISTIO_LOCALITY_LABEL: &str = "istio-locality";
+pub use crate::config::types::workload_entry::{
+    ISTIO_LOCALITY_LABEL, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL,
+};
 
 /// Where an endpoint or a proxy runs. Empty parts are unknown.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,5 +1,5 @@
 //! ServiceEntry (+ WorkloadEntry) -> services, the way Istio's ServiceEntry registry does.
-use super::locality::{Locality, NETWORK_LABEL, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL};
+use super::locality::Locality;
 use super::protocol::Protocol;
 use super::service::{Endpoint, Resolution, Service, ServicePort};
 use super::visibility::Visibility;
@@ -117,7 +117,7 @@ pub(super) fn convert(
                 continue;
             }
             let locality = Locality::of_workload(&w.entry.locality, &w.entry.labels);
-            let labels = augmented_labels(&w.entry.labels, &locality, &w.entry.network);
+            let labels = w.entry.endpoint_labels();
             for p in &ports {
                 let port = if unix {
                     0
@@ -166,28 +166,4 @@ struct Workload<'a> {
     name: String,
     /// Field path of an inline endpoint's address, for diagnostics.
     field: Option<String>,
-}
-
-/// A workload's labels plus the topology labels Istio adds, so that subsets and
-/// `failoverPriority` can select on region, zone and network.
-fn augmented_labels(
-    labels: &BTreeMap<String, String>,
-    locality: &Locality,
-    network: &str,
-) -> BTreeMap<String, String> {
-    let mut out = labels.clone();
-    for (key, value) in [
-        (REGION_LABEL, &locality.region),
-        (ZONE_LABEL, &locality.zone),
-        (SUBZONE_LABEL, &locality.subzone),
-    ] {
-        if !value.is_empty() {
-            out.entry(key.to_string()).or_insert_with(|| value.clone());
-        }
-    }
-    if !network.is_empty() {
-        out.entry(NETWORK_LABEL.to_string())
-            .or_insert_with(|| network.to_string());
-    }
-    out
 }

@@ -10,7 +10,8 @@ use super::tls::{self, SecretBook};
 use crate::config::Diagnostic;
 use crate::config::types::destination_rule::{
     ClientTlsMode, ConnectionPoolSettings, H2UpgradePolicy, HashAlgorithm, LbPolicy,
-    LoadBalancerSettings, OutlierDetection, SimpleLb, Subset, TrafficPolicy,
+    LoadBalancerSettings, LocalityLoadBalancerSetting, OutlierDetection, SimpleLb, Subset,
+    TrafficPolicy,
 };
 use crate::registry::{Resolution, Service, ServicePort};
 use crate::xds::pb::envoy::config::cluster::v3 as cluster;
@@ -241,10 +242,15 @@ impl Context<'_, '_, '_> {
         ));
         }
 
-        // Locality load balancing (when enabled; failover needs outlier detection).
-        let locality_setting = lb
-            .and_then(|l| l.locality_lb_setting.as_ref())
-            .filter(|s| s.enabled != Some(false));
+        // Locality load balancing (when enabled; failover needs outlier detection). A rule
+        // without its own setting gets istiod's mesh-wide default: enabled, no options,
+        // which fails over by proximity once outlier detection is on.
+        let mesh_default = LocalityLoadBalancerSetting::default();
+        let locality_setting = match lb.and_then(|l| l.locality_lb_setting.as_ref()) {
+            Some(s) if s.enabled == Some(false) => None,
+            Some(s) => Some(s),
+            None => Some(&mesh_default),
+        };
         let locality_policy = locality_setting.map(|setting| LocalityPolicy {
             setting,
             failover_enabled: c.outlier_detection.is_some(),

@@ -141,7 +141,13 @@ impl<'a> Scope<'a> {
             .map(|dr| ResolvedDestinationRule {
                 res: dr,
                 host: hosts::resolve_short_name(&dr.spec.host, &dr.meta.namespace, &domain_suffix),
-                visibility: Visibility::from_export_to(&dr.spec.export_to, &dr.meta.namespace),
+                // Istio never exports a rule with a workload selector: it applies to the
+                // workloads it selects in its own namespace only.
+                visibility: if dr.spec.workload_selector.is_some() {
+                    Visibility::Namespaces([dr.meta.namespace.clone()].into())
+                } else {
+                    Visibility::from_export_to(&dr.spec.export_to, &dr.meta.namespace)
+                },
             })
             .collect();
 
@@ -201,33 +207,44 @@ impl<'a> Scope<'a> {
             .filter(move |vs| vs.gateways.iter().any(|g| g == gateway))
     }
 
-    /// The DestinationRule(s) for a service host, Istio's way: rules in the proxy's
-    /// namespace first, then rules exported by the service's namespace, then by the root
-    /// namespace; within a namespace the exact host beats the most specific wildcard, and
-    /// several rules for the same host merge.
+    /// The DestinationRule(s) for a service host, Istio's way: first the rules the proxy's
+    /// namespace keeps for itself (for a proxy in the root namespace, only the root
+    /// namespace's private rules, so that its mesh-wide defaults do not hide the service
+    /// namespace's rules), then rules exported to the proxy by the service's namespace,
+    /// then by the root namespace. Within a namespace the exact host beats the most
+    /// specific wildcard, and several rules for the same host merge.
     pub fn destination_rule(
         &self,
         host: &str,
         service_namespace: Option<&str>,
     ) -> Option<MergedDestinationRule<'a>> {
-        let mut owners: Vec<&str> = Vec::with_capacity(3);
-        if self.namespace != ROOT_NAMESPACE {
-            owners.push(&self.namespace);
+        let proxy_ns = self.namespace.as_str();
+        let root_private = Visibility::Namespaces([ROOT_NAMESPACE.to_string()].into());
+        let own: Vec<&ResolvedDestinationRule> = self
+            .destination_rules
+            .iter()
+            .filter(|dr| dr.res.meta.namespace == proxy_ns)
+            .filter(|dr| {
+                if proxy_ns == ROOT_NAMESPACE {
+                    dr.visibility == root_private
+                } else {
+                    dr.visibility.includes(proxy_ns)
+                }
+            })
+            .collect();
+        if let Some(merged) = most_specific(host, &own) {
+            return Some(merged);
         }
-        if let Some(ns) = service_namespace {
-            owners.push(ns);
-        }
-        owners.push(ROOT_NAMESPACE);
-        for (i, owner) in owners.iter().enumerate() {
-            // Rules in the proxy's own namespace apply whatever their exportTo says.
-            let local = i == 0 && *owner == self.namespace;
-            let in_namespace: Vec<&ResolvedDestinationRule> = self
+        for owner in [service_namespace, Some(ROOT_NAMESPACE)]
+            .into_iter()
+            .flatten()
+        {
+            let exported: Vec<&ResolvedDestinationRule> = self
                 .destination_rules
                 .iter()
-                .filter(|dr| dr.res.meta.namespace == *owner)
-                .filter(|dr| local || dr.visibility.includes(&self.namespace))
+                .filter(|dr| dr.res.meta.namespace == owner && dr.visibility.includes(proxy_ns))
                 .collect();
-            if let Some(merged) = most_specific(host, &in_namespace) {
+            if let Some(merged) = most_specific(host, &exported) {
                 return Some(merged);
             }
         }
@@ -585,6 +602,124 @@ pub fn resolve_gateway_name(gateway: &str, vs_namespace: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A DestinationRule `NAME` in `NS` for `HOST`, with optional extra spec lines.
+    fn rule(ns: &str, name: &str, host: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  host: {host}\n{extra}---\n"
+        )
+    }
+
+    /// Which rule applies to each host, seen from a gateway in `proxy_ns`.
+    fn winners(yaml: &str, proxy_ns: &str, hosts: &[(&str, &str)]) -> Vec<(String, String)> {
+        let loaded = crate::config::load_str("t.yaml", yaml);
+        assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+        let (registry, _) = Registry::from_config(&loaded.config);
+        let proxy = ProxyIdentity::gateway(
+            proxy_ns,
+            BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]),
+        );
+        let scope = Scope::new(&loaded.config, &registry, &proxy);
+        hosts
+            .iter()
+            .map(|(host, service_ns)| {
+                let name = scope
+                    .destination_rule(host, Some(service_ns))
+                    .and_then(|m| {
+                        m.sources
+                            .first()
+                            .map(|s| format!("{}/{}", s.meta.namespace, s.meta.name))
+                    })
+                    .unwrap_or_else(|| "-".into());
+                (host.to_string(), name)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn destination_rules_are_found_in_istios_namespace_order() {
+        let mut yaml = String::new();
+        // A gateway in `ingress`: its own namespace's rules first (unless private to
+        // another namespace), then the service's namespace, then the root namespace.
+        yaml += &rule("ingress", "own", "a.internal", "");
+        yaml += &rule("shop", "a-shop", "a.internal", "");
+        yaml += &rule(
+            "ingress",
+            "elsewhere-only",
+            "b.internal",
+            "  exportTo: [shop]\n",
+        );
+        yaml += &rule("shop", "b-shop", "b.internal", "");
+        yaml += &rule("shop", "c-private", "c.internal", "  exportTo: [.]\n");
+        yaml += &rule("istio-system", "c-root", "c.internal", "");
+        yaml += &rule("shop", "d-named", "d.internal", "  exportTo: [ingress]\n");
+        yaml += &rule("istio-system", "d-root", "d.internal", "");
+        // A workloadSelector rule is never exported, even with exportTo `*`.
+        yaml += &rule(
+            "shop",
+            "e-selector",
+            "e.internal",
+            "  exportTo: ['*']\n  workloadSelector: {matchLabels: {istio: ingressgateway}}\n",
+        );
+        yaml += &rule("istio-system", "e-root", "e.internal", "");
+        yaml += &rule(
+            "ingress",
+            "f-selector",
+            "f.internal",
+            "  workloadSelector: {matchLabels: {istio: ingressgateway}}\n",
+        );
+        yaml += &rule("ingress", "f-all", "f.internal", "");
+        // A gateway in the root namespace: the root namespace's private rules first, then
+        // the service's namespace, then the root namespace's exported rules.
+        yaml += &rule("istio-system", "g-root", "g.internal", "");
+        yaml += &rule("shop", "g-shop", "g.internal", "");
+        yaml += &rule(
+            "istio-system",
+            "h-root-private",
+            "h.internal",
+            "  exportTo: [.]\n",
+        );
+        yaml += &rule("shop", "h-shop", "h.internal", "");
+        let from_ingress = winners(
+            &yaml,
+            "ingress",
+            &[
+                ("a.internal", "shop"),
+                ("b.internal", "shop"),
+                ("c.internal", "shop"),
+                ("d.internal", "shop"),
+                ("e.internal", "shop"),
+                ("f.internal", "shop"),
+            ],
+        );
+        let want: Vec<(String, String)> = [
+            ("a.internal", "ingress/own"),
+            ("b.internal", "shop/b-shop"),
+            ("c.internal", "istio-system/c-root"),
+            ("d.internal", "shop/d-named"),
+            ("e.internal", "istio-system/e-root"),
+            ("f.internal", "ingress/f-selector"),
+        ]
+        .iter()
+        .map(|(h, n)| (h.to_string(), n.to_string()))
+        .collect();
+        assert_eq!(from_ingress, want);
+        let from_root = winners(
+            &yaml,
+            "istio-system",
+            &[("g.internal", "shop"), ("h.internal", "shop")],
+        );
+        assert_eq!(
+            from_root,
+            vec![
+                ("g.internal".to_string(), "shop/g-shop".to_string()),
+                (
+                    "h.internal".to_string(),
+                    "istio-system/h-root-private".to_string()
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn gateway_names_resolve_like_istio() {

@@ -1367,3 +1367,111 @@ stringData: {{tls.crt: CERT-{ns}, tls.key: KEY-{ns}}}
         "Q0VSVC1i"
     );
 }
+
+#[test]
+fn outlier_detection_alone_fails_over_by_locality_as_istiods_mesh_default() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend, namespace: default}
+spec:
+  hosts: [backend.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.1, locality: r1/z1}
+  - {address: 127.0.0.2, locality: r1/z2}
+  - {address: 127.0.0.3, locality: r2/z1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: od, namespace: default}
+spec:
+  host: backend.internal
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 3}
+  subsets:
+  - name: off
+    trafficPolicy:
+      loadBalancer: {localityLbSetting: {enabled: false}}
+      outlierDetection: {consecutive5xxErrors: 3}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /off}}]
+    route: [{destination: {host: backend.internal, subset: off}}]
+  - route: [{destination: {host: backend.internal}}]
+"#;
+    let loaded = crate::config::load_str("test.yaml", yaml);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+    let (registry, _) = Registry::from_config(&loaded.config);
+    let priorities = |labels: &[(&str, &str)], cluster: &str| -> Vec<(String, u32)> {
+        let proxy = ProxyIdentity::gateway(
+            "default",
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let t = gateway(&loaded.config, &registry, &proxy);
+        let cla = t.resources.endpoint(cluster).expect("endpoints");
+        let mut out: Vec<(String, u32)> = cla
+            .endpoints
+            .iter()
+            .map(|g| {
+                let l = g.locality.clone().unwrap_or_default();
+                (format!("{}/{}", l.region, l.zone), g.priority)
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let located = [
+        ("istio", "ingressgateway"),
+        ("topology.kubernetes.io/region", "r1"),
+        ("topology.kubernetes.io/zone", "z1"),
+    ];
+    assert_eq!(
+        priorities(&located, "outbound|80||backend.internal"),
+        vec![
+            ("r1/z1".into(), 0),
+            ("r1/z2".into(), 1),
+            ("r2/z1".into(), 2)
+        ]
+    );
+    // `enabled: false`, or a proxy without a locality: one priority.
+    assert_eq!(
+        priorities(&located, "outbound|80|off|backend.internal"),
+        vec![
+            ("r1/z1".into(), 0),
+            ("r1/z2".into(), 0),
+            ("r2/z1".into(), 0)
+        ]
+    );
+    assert_eq!(
+        priorities(
+            &[("istio", "ingressgateway")],
+            "outbound|80||backend.internal"
+        ),
+        vec![
+            ("r1/z1".into(), 0),
+            ("r1/z2".into(), 0),
+            ("r2/z1".into(), 0)
+        ]
+    );
+}

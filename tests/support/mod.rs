@@ -130,6 +130,9 @@ pub struct EchoUpstream {
     pub name: String,
     pub addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    /// Requests seen per `x-echo-fail-key`.
+    fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -146,9 +149,13 @@ impl EchoUpstream {
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("local addr");
         let requests = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let name_owned = name.to_string();
         let counter = requests.clone();
+        let accepted_counter = connections.clone();
+        let fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
+        let shared_fail_counts = fail_counts.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -157,12 +164,13 @@ impl EchoUpstream {
             rt.block_on(async move {
                 let listener =
                     tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
-                let fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
+                let fail_counts = shared_fail_counts;
                 loop {
                     tokio::select! {
                         _ = &mut rx => break,
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
+                            accepted_counter.fetch_add(1, Ordering::SeqCst);
                             let name = name_owned.clone();
                             let counter = counter.clone();
                             let fail_counts = fail_counts.clone();
@@ -186,6 +194,8 @@ impl EchoUpstream {
             name: name.to_string(),
             addr,
             requests,
+            connections,
+            fail_counts,
             shutdown: Some(tx),
             thread: Some(thread),
         }
@@ -198,6 +208,19 @@ impl EchoUpstream {
     /// Requests answered (or reset) so far.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the requests counted per `x-echo-fail-key`: the next ones fail again.
+    pub fn forget_failures(&self) {
+        self.fail_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 

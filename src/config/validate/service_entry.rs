@@ -116,14 +116,10 @@ pub fn validate(se: &Resource<ServiceEntry>, out: &mut Vec<Diagnostic>) {
     }
     match resolution {
         Resolution::None => {
+            // A workloadSelector is fine: a gateway, which has no original destination,
+            // sends NONE traffic to the selected workloads (istiod's EDS for routers).
             if !spec.endpoints.is_empty() {
                 s.error("spec.endpoints", "resolution NONE takes no endpoints (traffic goes to the address the client asked for)");
-            }
-            if spec.workload_selector.is_some() {
-                s.warning(
-                    "spec.workloadSelector",
-                    "workloadSelector has no effect with resolution NONE",
-                );
             }
         }
         Resolution::Static => {
@@ -255,8 +251,18 @@ pub fn validate(se: &Resource<ServiceEntry>, out: &mut Vec<Diagnostic>) {
             }
         }
     }
-    for (i, message) in check_export_to(&spec.export_to) {
-        s.error(&format!("spec.exportTo[{i}]"), message);
+    if spec.export_to.iter().any(|e| e == "~") {
+        // ServiceEntries alone may be exported to no namespace (`~`), as Istio allows.
+        if spec.export_to.len() > 1 {
+            s.error(
+                "spec.exportTo",
+                "`~` exports to no namespace and cannot be combined with others",
+            );
+        }
+    } else {
+        for (i, message) in check_export_to(&spec.export_to) {
+            s.error(&format!("spec.exportTo[{i}]"), message);
+        }
     }
 }
 

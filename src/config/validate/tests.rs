@@ -501,6 +501,21 @@ fn destination_rule_rules() {
             ],
         ),
         (
+            "subsets by topology labels",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: located, namespace: shop}\nspec:\n  hosts: [located.example.org]\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  endpoints:\n  - {address: 127.0.0.1, locality: eu/z1}\n  - {address: 127.0.0.2, labels: {istio-locality: us.z2}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: located, namespace: shop}\nspec:\n  host: located.example.org\n  subsets:\n  - {name: eu, labels: {topology.kubernetes.io/region: eu}}\n  - {name: us, labels: {topology.kubernetes.io/zone: z2}}\n  - {name: ap, labels: {topology.kubernetes.io/region: ap}}\n".to_string(),
+            &[
+                "t.yaml:20:16: warning: DestinationRule/shop/located: spec.subsets[2].labels: subset `ap` selects no endpoint of `located.example.org`",
+            ],
+        ),
+        (
+            "wildcard hosts",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: w, namespace: shop}\nspec:\n  host: '*.svc.cluster.local'\n  subsets:\n  - {name: v2, labels: {version: v2}}\n  - {name: v7, labels: {version: v7}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: o, namespace: shop}\nspec:\n  host: '*.org'\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: n, namespace: shop}\nspec:\n  host: '*.nowhere.net'\n".to_string(),
+            &[
+                "t.yaml:8:16: warning: DestinationRule/shop/w: spec.subsets[1].labels: subset `v7` selects no endpoint of `*.svc.cluster.local`",
+                "t.yaml:20:3: warning: DestinationRule/shop/n: spec.host: no ServiceEntry defines host `*.nowhere.net`, so this rule applies to nothing",
+            ],
+        ),
+        (
             "unsupported fields",
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: shop}\nspec:\n  host: api.example.org\n  workloadSelector: {matchLabels: {app: x}}\n  trafficPolicy:\n    tunnel: {targetHost: proxy.example.org, targetPort: 3128}\n".to_string(),
             &[
@@ -560,12 +575,18 @@ fn service_entry_rules() {
             ],
         ),
         (
+            "export to no namespace",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e, namespace: shop}\nspec:\n  hosts: [n.example.net]\n  exportTo: ['~']\n  ports: [{number: 80, name: http, protocol: HTTP}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: f, namespace: shop}\nspec:\n  hosts: [m.example.net]\n  exportTo: ['~', shop]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n".to_string(),
+            &[
+                "t.yaml:14:3: error: ServiceEntry/shop/f: spec.exportTo: `~` exports to no namespace and cannot be combined with others",
+            ],
+        ),
+        (
             "none with endpoints",
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e, namespace: shop}\nspec:\n  hosts: [n.example.net]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  endpoints: [{address: 10.0.0.1}]\n  workloadSelector: {labels: {app: n}}\n".to_string(),
             &[
                 "t.yaml:7:3: error: ServiceEntry/shop/e: spec.endpoints: resolution NONE takes no endpoints (traffic goes to the address the client asked for)",
                 "t.yaml:8:3: error: ServiceEntry/shop/e: spec.workloadSelector: only one of workloadSelector and endpoints can be set",
-                "t.yaml:8:3: warning: ServiceEntry/shop/e: spec.workloadSelector: workloadSelector has no effect with resolution NONE",
             ],
         ),
         (

@@ -178,8 +178,12 @@ pub(crate) fn compile_cluster(
     let options = protocol_options(cx, c)?;
     let (protocol, idle_timeout, mut max_requests_per_connection) =
         (options.protocol, options.idle, options.max_requests);
+    // The deprecated cluster field applies when the protocol options do not say (as in
+    // Envoy); 0 is no limit.
     #[allow(deprecated)]
-    if let Some(m) = c.max_requests_per_connection {
+    if max_requests_per_connection.is_none()
+        && let Some(m) = c.max_requests_per_connection.filter(|m| m.value > 0)
+    {
         max_requests_per_connection = Some(m.value);
     }
     let thresholds = match &c.circuit_breakers {
@@ -1462,6 +1466,35 @@ mod tests {
         let e = c.endpoints();
         assert_eq!(e.priorities.len(), 2);
         assert_eq!(e.priorities[0].hosts[0].weight, 3);
+    }
+
+    #[test]
+    fn max_requests_per_connection_from_options_then_the_deprecated_field() {
+        use serde_json::json;
+        let max = |extra: serde_json::Value| {
+            let mut c = json!({"name": "c", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "c", "endpoints": []}});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            cluster(c).unwrap().max_requests_per_connection
+        };
+        let options = |n: u32| {
+            json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": {"max_requests_per_connection": n},
+                "explicit_http_config": {"http_protocol_options": {}}}})
+        };
+        assert_eq!(max(json!({})), None);
+        assert_eq!(max(json!({"max_requests_per_connection": 3})), Some(3));
+        // 0 is no limit.
+        assert_eq!(max(json!({"max_requests_per_connection": 0})), None);
+        assert_eq!(
+            max(
+                json!({"max_requests_per_connection": 3, "typed_extension_protocol_options": options(9)})
+            ),
+            Some(9)
+        );
     }
 
     #[test]

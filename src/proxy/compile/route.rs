@@ -794,13 +794,26 @@ fn compile_hash_policy(
             })?)
         }
         Some(P::Cookie(c)) => {
-            if !c.attributes.is_empty() {
-                return Err(cx.unsupported("cookie.attributes"));
+            let mut attributes = Vec::with_capacity(c.attributes.len());
+            for a in &c.attributes {
+                if a.name.is_empty() {
+                    return Err(cx.err("cookie.attributes.name", "required"));
+                }
+                // Envoy's non-strict header name and value rules: no NUL, CR or LF.
+                let clean = |s: &str| !s.bytes().any(|b| matches!(b, 0 | b'\r' | b'\n'));
+                if !clean(&a.name) || !clean(&a.value) {
+                    return Err(cx.err(
+                        "cookie.attributes",
+                        format!("invalid cookie attribute {:?}={:?}", a.name, a.value),
+                    ));
+                }
+                attributes.push((a.name.as_str().into(), a.value.as_str().into()));
             }
             HashPolicyKind::Cookie {
                 name: c.name.as_str().into(),
                 ttl: duration(cx, "cookie.ttl", &c.ttl)?,
                 path: (!c.path.is_empty()).then(|| c.path.as_str().into()),
+                attributes: attributes.into(),
             }
         }
         Some(P::ConnectionProperties(cp)) if cp.source_ip => HashPolicyKind::SourceIp,

@@ -845,7 +845,7 @@ fn https_redirect(req: &Request<Incoming>, authority: &HeaderValue) -> Response<
 
 /// The scheme a redirect keeps: the client's, as `x-forwarded-proto` says, else the
 /// connection's.
-fn request_scheme<'a>(req: &'a Request<Incoming>, https: bool) -> &'a str {
+fn request_scheme(req: &Request<Incoming>, https: bool) -> &str {
     req.headers()
         .get(&X_FORWARDED_PROTO)
         .and_then(|v| v.to_str().ok())
@@ -970,8 +970,8 @@ fn choose_cluster(ra: &RouteAction) -> (&ClusterRef, Option<&WeightedCluster>) {
 fn request_hash(
     ra: &RouteAction,
     req: &RequestView<'_>,
-    peer: &SocketAddr,
-    generated_cookie: &mut Option<GeneratedCookie>,
+    peer: &Peer,
+    generated_cookie: &mut Option<HeaderValue>,
 ) -> Option<u64> {
     let h = req.headers;
     let mut acc: Option<u64> = None;
@@ -992,23 +992,27 @@ fn request_hash(
                 }
             }
             HashPolicyKind::Header(key) => req.pseudo(key).map(|v| xxhash(&v)),
-            HashPolicyKind::Cookie { name, ttl, path } => match cookie_value(h, name) {
+            HashPolicyKind::Cookie {
+                name,
+                ttl,
+                path,
+                attributes,
+            } => match cookie_value(h, name) {
                 Some(v) => Some(xxhash(v.as_bytes())),
                 None => match ttl {
                     Some(ttl) => {
-                        // Envoy generates the cookie from the upstream address choice;
-                        // meshgate generates a random value and hashes it.
-                        let value = format!("{:016x}", rand::random::<u64>());
+                        let value = generated_cookie_value(peer);
                         let hv = xxhash(value.as_bytes());
-                        *generated_cookie = Some((name.clone(), value, Some(*ttl), path.clone()));
+                        *generated_cookie =
+                            set_cookie(name, &value, *ttl, path.as_deref(), attributes);
                         Some(hv)
                     }
                     None => None,
                 },
             },
-            HashPolicyKind::SourceIp => {
-                Some(xxhash(peer.ip().to_canonical().to_string().as_bytes()))
-            }
+            HashPolicyKind::SourceIp => Some(xxhash(
+                peer.remote.ip().to_canonical().to_string().as_bytes(),
+            )),
             HashPolicyKind::Query(name) => req.query.split('&').find_map(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 (k == &**name).then(|| xxhash(v.as_bytes()))
@@ -1024,6 +1028,8 @@ fn request_hash(
     acc
 }
 
+/// The value of cookie `name`, without the double quotes it may be wrapped in (RFC 6265),
+/// as Envoy reads it; an empty value counts as absent.
 fn cookie_value<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     for v in h.get_all(header::COOKIE) {
         let Ok(s) = v.to_str() else { continue };
@@ -1032,16 +1038,56 @@ fn cookie_value<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
             if let Some((k, val)) = part.split_once('=')
                 && k == name
             {
-                return Some(val);
+                let val = match val.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                    Some(inner) => inner,
+                    None => val,
+                };
+                return (!val.is_empty()).then_some(val);
             }
         }
     }
     None
 }
 
-/// A hash-policy cookie meshgate generated: (name, value, ttl, path), sent back with
-/// `set-cookie`.
-type GeneratedCookie = (Box<str>, String, Option<Duration>, Option<Box<str>>);
+/// The value of a generated hash-policy cookie, as Envoy's router makes it: the hash of
+/// the connection's remote and local addresses, so that every request of a connection
+/// gets the same cookie (and the same upstream host).
+fn generated_cookie_value(peer: &Peer) -> String {
+    format!(
+        "{:016x}",
+        xxhash(format!("{}{}", peer.remote, peer.local).as_bytes())
+    )
+}
+
+/// `set-cookie` for a generated cookie, in Envoy's form:
+/// `name="value"; Max-Age=N; Path=P; attributes; HttpOnly`, without `Max-Age` for a zero
+/// ttl (a session cookie).
+fn set_cookie(
+    name: &str,
+    value: &str,
+    ttl: Duration,
+    path: Option<&str>,
+    attributes: &[(Box<str>, Box<str>)],
+) -> Option<HeaderValue> {
+    let mut c = format!("{name}=\"{value}\"");
+    if ttl.as_secs() > 0 {
+        c.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+    }
+    if let Some(p) = path {
+        c.push_str("; Path=");
+        c.push_str(p);
+    }
+    for (n, v) in attributes {
+        c.push_str("; ");
+        c.push_str(n);
+        if !v.is_empty() {
+            c.push('=');
+            c.push_str(v);
+        }
+    }
+    c.push_str("; HttpOnly");
+    HeaderValue::from_str(&c).ok()
+}
 
 /// Why one upstream attempt did not produce a usable response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1111,7 +1157,7 @@ async fn forward(
             cx.peer.https,
             &parts.headers,
         );
-        request_hash(ra, &view, &cx.peer.remote, &mut generated_cookie)
+        request_hash(ra, &view, &cx.peer, &mut generated_cookie)
     } else {
         None
     };
@@ -1460,19 +1506,8 @@ async fn forward(
                     false,
                     &response_cx,
                 );
-                if let Some((name, value, ttl, path)) = generated_cookie {
-                    let mut c = format!(
-                        "{name}=\"{value}\"; Max-Age={}",
-                        ttl.map_or(0, |t| t.as_secs())
-                    );
-                    if let Some(p) = path {
-                        c.push_str("; Path=");
-                        c.push_str(&p);
-                    }
-                    c.push_str("; HttpOnly");
-                    if let Ok(v) = HeaderValue::from_str(&c) {
-                        rparts.headers.append(header::SET_COOKIE, v);
-                    }
+                if let Some(v) = generated_cookie {
+                    rparts.headers.append(header::SET_COOKIE, v);
                 }
                 if vhost.include_attempt_count_in_response {
                     rparts
@@ -1888,6 +1923,45 @@ mod tests {
         assert_eq!(
             shadow_host(&HeaderValue::from_static("shop.example.com:8080")),
             "shop.example.com-shadow:8080"
+        );
+    }
+
+    #[test]
+    fn hash_cookies_are_read_and_generated_as_envoy_does() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; s=\"abc\""));
+        h.append(header::COOKIE, HeaderValue::from_static("e=; q=\""));
+        assert_eq!(cookie_value(&h, "a"), Some("1"));
+        // Quotes around a value are not part of it; an empty value is no cookie.
+        assert_eq!(cookie_value(&h, "s"), Some("abc"));
+        assert_eq!(cookie_value(&h, "e"), None);
+        assert_eq!(cookie_value(&h, "q"), Some("\""));
+        assert_eq!(cookie_value(&h, "missing"), None);
+
+        // One value per connection: xxHash64 of the remote then the local address.
+        let peer = Peer::new(
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
+            false,
+        );
+        assert_eq!(
+            generated_cookie_value(&peer),
+            format!("{:016x}", xxhash(b"127.0.0.1:40000127.0.0.1:8080"))
+        );
+        assert_eq!(generated_cookie_value(&peer).len(), 16);
+
+        let attrs: Vec<(Box<str>, Box<str>)> = vec![
+            ("SameSite".into(), "Strict".into()),
+            ("Secure".into(), "".into()),
+        ];
+        assert_eq!(
+            set_cookie("s", "00ff", Duration::from_secs(60), Some("/p"), &attrs).unwrap(),
+            "s=\"00ff\"; Max-Age=60; Path=/p; SameSite=Strict; Secure; HttpOnly"
+        );
+        // A zero ttl makes a session cookie: no Max-Age.
+        assert_eq!(
+            set_cookie("s", "00ff", Duration::ZERO, None, &[]).unwrap(),
+            "s=\"00ff\"; HttpOnly"
         );
     }
 

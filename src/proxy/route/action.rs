@@ -131,6 +131,8 @@ pub enum HashPolicyKind {
         name: Box<str>,
         ttl: Option<Duration>,
         path: Option<Box<str>>,
+        /// Extra attributes of a generated cookie, `name` or `name=value`.
+        attributes: Box<[(Box<str>, Box<str>)]>,
     },
     SourceIp,
     Query(Box<str>),

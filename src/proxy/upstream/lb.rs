@@ -99,8 +99,9 @@ fn random_below(n: u64) -> u64 {
     if n <= 1 { 0 } else { rand::random_range(0..n) }
 }
 
-/// Chooses a host, or `None` when the cluster has no hosts at all (Envoy's "no healthy
-/// upstream": in panic mode unhealthy hosts are still chosen). `panicked` is set when
+/// Chooses a host, or `None` when the cluster has no hosts at all, or none healthy with
+/// panic mode off (Envoy's "no healthy upstream": in panic mode unhealthy hosts are still
+/// chosen). `panicked` is set when
 /// panic mode was used.
 #[allow(clippy::too_many_arguments)]
 pub fn choose(
@@ -130,7 +131,11 @@ pub fn choose(
     }
     let sum: f64 = health.iter().map(|h| h.0).sum();
     let level = if sum <= 0.0 {
-        // Nothing healthy anywhere: the first non-empty level, in panic.
+        // Nothing healthy anywhere: the first non-empty level, in panic; with panic mode
+        // off (threshold 0), no host at all, as in Envoy.
+        if panic_threshold <= 0.0 {
+            return None;
+        }
         set.priorities.iter().position(|p| !p.hosts.is_empty())?
     } else {
         let norm = sum.min(100.0);
@@ -225,7 +230,8 @@ pub fn choose(
                 weighted_at(&cands, i as u64 % total)
             }
         }
-        LbPolicy::Random => random_pick(&cands, equal_weights),
+        // Envoy's random balancer picks uniformly: host weights play no part.
+        LbPolicy::Random => cands.get(random_below(n as u64) as usize),
         LbPolicy::LeastRequest { choice_count } => {
             let mut best = random_pick(&cands, equal_weights);
             for _ in 1..choice_count.max(2) {
@@ -374,39 +380,59 @@ fn build_table(policy: LbPolicy, hosts: &[Arc<Host>]) -> HashTable {
             HashTable::Ring(ring)
         }
         LbPolicy::Maglev { table_size } => {
+            // Envoy's Maglev: hosts in the order of their keys (the address), each with a
+            // permutation (offset, skip) of the table; in iteration r a host whose
+            // normalized weight w has r * w >= its target takes its next free entry and
+            // its target grows by the largest weight (every host takes one in the first).
+            struct Entry {
+                host: usize,
+                offset: u64,
+                skip: u64,
+                weight: f64,
+                target: f64,
+                next: u64,
+            }
             let m = table_size as usize;
-            let n = hosts.len();
-            let names: Vec<String> = hosts.iter().map(|h| h.addr.to_string()).collect();
-            let offsets: Vec<u64> = names
+            let mut keyed: Vec<(String, usize)> = hosts
                 .iter()
-                .map(|s| xxhash(s.as_bytes()) % table_size)
+                .enumerate()
+                .map(|(i, h)| (h.addr.to_string(), i))
                 .collect();
-            let skips: Vec<u64> = names
+            keyed.sort();
+            let mut entries: Vec<Entry> = keyed
                 .iter()
-                .map(|s| xxhash_rust::xxh64::xxh64(s.as_bytes(), 1) % (table_size - 1) + 1)
+                .map(|(key, i)| Entry {
+                    host: *i,
+                    offset: xxhash(key.as_bytes()) % table_size,
+                    skip: xxhash_rust::xxh64::xxh64(key.as_bytes(), 1) % (table_size - 1) + 1,
+                    weight: hosts[*i].weight as f64 / total_w,
+                    target: 0.0,
+                    next: 0,
+                })
                 .collect();
-            // Weighted Maglev: in round r each host may own floor(r * weight / max weight)
-            // entries, taken from its own permutation (offset, skip).
-            let max_w = hosts.iter().map(|h| h.weight as f64).fold(0.0, f64::max);
-            let mut next = vec![0u64; n];
-            let mut taken = vec![0u64; n];
+            let max_w = entries.iter().map(|e| e.weight).fold(0.0, f64::max);
             let mut table: Vec<Option<usize>> = vec![None; m];
             let mut filled = 0;
-            let mut round = 1u64;
-            while filled < m {
-                for i in 0..n {
-                    let quota = (round as f64 * hosts[i].weight as f64 / max_w).floor() as u64;
-                    while taken[i] < quota && filled < m {
-                        let c = ((offsets[i] + next[i] * skips[i]) % table_size) as usize;
-                        next[i] += 1;
-                        if table[c].is_none() {
-                            table[c] = Some(i);
-                            filled += 1;
-                            taken[i] += 1;
-                        }
+            let mut iteration = 1u64;
+            while filled < m && !entries.is_empty() {
+                for e in entries.iter_mut() {
+                    if filled >= m {
+                        break;
                     }
+                    if (iteration as f64) * e.weight < e.target {
+                        continue;
+                    }
+                    e.target += max_w;
+                    let mut c = ((e.offset + e.skip * e.next) % table_size) as usize;
+                    while table[c].is_some() {
+                        e.next += 1;
+                        c = ((e.offset + e.skip * e.next) % table_size) as usize;
+                    }
+                    table[c] = Some(e.host);
+                    e.next += 1;
+                    filled += 1;
                 }
-                round += 1;
+                iteration += 1;
             }
             HashTable::Maglev(
                 table
@@ -499,9 +525,10 @@ mod tests {
         let s = set(vec![vec![host(1, 1), host(2, 3)]]);
         let d = distribution(&s, LbPolicy::RoundRobin, None, 400, |_| None);
         assert_eq!((d[&1], d[&2]), (100, 300));
+        // Random ignores weights, as Envoy's does.
         let d = distribution(&s, LbPolicy::Random, None, 8000, |_| None);
         let share = d[&2] as f64 / 8000.0;
-        assert!((0.72..0.78).contains(&share), "{share}");
+        assert!((0.47..0.53).contains(&share), "{share}");
     }
 
     #[test]
@@ -566,6 +593,29 @@ mod tests {
     }
 
     #[test]
+    fn maglev_tables_follow_envoys_construction() {
+        let owners = |hosts: Vec<Arc<Host>>, size: u64| -> Vec<u16> {
+            match build_table(LbPolicy::Maglev { table_size: size }, &hosts) {
+                HashTable::Maglev(t) => t.iter().map(|h| h.addr.port()).collect(),
+                HashTable::Ring(_) => unreachable!(),
+            }
+        };
+        // Hosts are taken in the order of their addresses, not of the endpoint list.
+        let (a, b, c) = (host(9000, 1), host(10000, 1), host(8000, 1));
+        let one = owners(vec![a.clone(), b.clone(), c.clone()], 17);
+        assert_eq!(one, owners(vec![c.clone(), a.clone(), b.clone()], 17));
+        // The first entries: "127.0.0.1:10000" < "127.0.0.1:8000" < "127.0.0.1:9000" take
+        // their offsets in that order, as Envoy's first iteration does.
+        let first = |port: u16| xxhash(format!("127.0.0.1:{port}").as_bytes()) % 17;
+        assert_eq!(one[first(10000) as usize], 10000);
+        // Weights: every host takes an entry in the first iteration, then one each time
+        // iteration * weight reaches its next target (weights 2:1 → 2/3 of the table).
+        let counts = owners(vec![host(1, 2), host(2, 1)], 65537);
+        let heavy = counts.iter().filter(|p| **p == 1).count();
+        assert!((43600..43800).contains(&heavy), "{heavy}");
+    }
+
+    #[test]
     fn priorities_failover_and_panic() {
         let p0 = vec![host(1, 1), host(2, 1)];
         let p1 = vec![host(3, 1)];
@@ -597,6 +647,20 @@ mod tests {
         );
         assert_eq!(h.unwrap().addr.port(), 5);
         assert!(panicked);
+        // Panic mode off (threshold 0, Istio's minHealthPercent default): no host.
+        assert!(
+            choose(
+                &s,
+                &st,
+                LbPolicy::RoundRobin,
+                None,
+                0.0,
+                false,
+                LbContext::default(),
+                &mut panicked
+            )
+            .is_none()
+        );
         // No hosts at all: no healthy upstream.
         assert!(
             choose(

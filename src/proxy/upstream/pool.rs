@@ -82,7 +82,14 @@ struct Inner {
     idle: Vec<Idle>,
     /// Pending requests, each waiting for a connection made with its key.
     waiters: VecDeque<(ConnKey, oneshot::Sender<PooledConn>)>,
-    h2: Vec<(ConnKey, http2::SendRequest<RequestBody>)>,
+    h2: Vec<H2Conn>,
+}
+
+/// An HTTP/2 connection new streams may use, and how many it has carried.
+struct H2Conn {
+    key: ConnKey,
+    sender: http2::SendRequest<RequestBody>,
+    streams: u32,
 }
 
 /// One host's pool on one worker.
@@ -155,14 +162,24 @@ pub async fn acquire_for(
         _ => None,
     };
     if h2 {
+        // A connection that reached max_requests_per_connection takes no new streams (it
+        // closes once its streams end), as Envoy drains it.
+        let max_streams = cluster.max_requests_per_connection;
         let existing = {
             let mut inner = pool.lock();
-            inner.h2.retain(|(k, _)| k.current(transport));
-            inner
-                .h2
-                .iter()
-                .find(|(k, _)| k.matches(transport, sni))
-                .map(|(k, s)| (k.clone(), s.clone()))
+            inner.h2.retain(|c| c.key.current(transport));
+            match inner.h2.iter().position(|c| c.key.matches(transport, sni)) {
+                Some(i) => {
+                    let c = &mut inner.h2[i];
+                    c.streams += 1;
+                    let taken = (c.key.clone(), c.sender.clone());
+                    if max_streams.is_some_and(|m| c.streams >= m) {
+                        inner.h2.remove(i);
+                    }
+                    Some(taken)
+                }
+                None => None,
+            }
         };
         if let Some((key, mut s)) = existing {
             if s.ready().await.is_ok() {
@@ -173,11 +190,17 @@ pub async fn acquire_for(
                     key,
                 });
             }
-            pool.lock().h2.retain(|(k, _)| !k.matches(transport, sni));
+            pool.lock().h2.retain(|c| !c.key.matches(transport, sni));
         }
         let conn = Box::pin(connect(cluster, host, true, transport, sni)).await?;
-        if let Sender::H2(s) = &conn.sender {
-            pool.lock().h2.push((conn.key.clone(), s.clone()));
+        if let Sender::H2(s) = &conn.sender
+            && max_streams.is_none_or(|m| m > 1)
+        {
+            pool.lock().h2.push(H2Conn {
+                key: conn.key.clone(),
+                sender: s.clone(),
+                streams: 1,
+            });
         }
         return Ok(conn);
     }
