@@ -35,6 +35,9 @@
 //!     one_upstream: true         # with repeat: all answers from one upstream
 //!     requests: {a: 1, b: 1}     # requests each upstream received (mirrors, retries)
 //!     min_ms: 200                # the answer took at least this long (delays)
+//!     max_ms: 2000               # ... at most this long (a delay that must not apply)
+//!     received:                  # fields of the last request an upstream received, for
+//!       b: {headers: {host: example.com-shadow}}  # what no answer shows (a mirror's copy)
 //!     refused: true              # no response at all (reset, closed, handshake refused)
 //! ```
 //!
@@ -46,6 +49,11 @@
 //! `example.com` and `*.example.com`), `{{CA}}`, `{{CLIENT_CERT}}`, `{{CLIENT_KEY}}`,
 //! `{{CRL}}` (revokes the `other` client certificate), `{{CERT_B64}}`, `{{KEY_B64}}`,
 //! `{{CA_B64}}`, `{{CRL_B64}}`, `{{CLIENT_SPKI}}`, `{{CLIENT_HASH}}`.
+//!
+//! In `received`, an object matches the listed keys only, and a string matches a list
+//! holding just that string (header values are lists); `null` means absent. The `x-echo-fail-key` counts of
+//! the echo upstreams start afresh for each runtime, so one key fails its first N
+//! requests on Envoy and on both meshgate runs.
 //!
 //! `CONFORMANCE_CASE=name` runs one case.
 mod support;
@@ -250,6 +258,11 @@ struct Expect {
     requests: Option<BTreeMap<String, usize>>,
     #[serde(default)]
     min_ms: Option<u64>,
+    #[serde(default)]
+    max_ms: Option<u64>,
+    /// Per upstream, fields the last request it received must have.
+    #[serde(default)]
+    received: Option<BTreeMap<String, Value>>,
     /// No response: the connection is refused, reset or closed (an unknown SNI, say).
     #[serde(default)]
     refused: bool,
@@ -688,12 +701,20 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
         .expect("runtime");
     let mut observed = Vec::new();
     let mut failures = Vec::new();
+    for u in &world.upstreams {
+        u.forget_failures();
+    }
     for (i, p) in case.header.probes.iter().enumerate() {
         let port = *world
             .ports
             .get(p.port.as_str())
             .unwrap_or_else(|| panic!("{}: probe {i}: unknown port {}", case.name, p.port));
         let before = world.upstream_counts();
+        if p.expect.received.is_some() {
+            for u in &world.upstreams {
+                u.clear_last();
+            }
+        }
         let fail = |failures: &mut Vec<String>, what: String| {
             failures.push(format!(
                 "{runtime}: probe {i} ({} {}): {what}",
@@ -722,6 +743,14 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
                     fail(
                         &mut failures,
                         format!("answered in {elapsed_ms} ms, expected at least {min} ms"),
+                    );
+                }
+                if let (Some(max), Answer::Response { elapsed_ms, .. }) = (p.expect.max_ms, &a)
+                    && *elapsed_ms > max
+                {
+                    fail(
+                        &mut failures,
+                        format!("answered in {elapsed_ms} ms, expected at most {max} ms"),
                     );
                 }
                 observed.push(Observed::One(a));
@@ -803,8 +832,45 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        if let Some(want) = &p.expect.received {
+            // Like mirrors' counts, what they received arrives after the answer.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            for (name, fields) in want {
+                let upstream = world
+                    .upstreams
+                    .iter()
+                    .find(|u| &u.name == name)
+                    .unwrap_or_else(|| panic!("{}: probe {i}: no upstream {name}", case.name));
+                loop {
+                    let last = upstream.last_request();
+                    if last.as_ref().is_some_and(|l| has_fields(l, fields)) {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        fail(
+                            &mut failures,
+                            format!("upstream {name} last received {last:?}, expected {fields}"),
+                        );
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
     (observed, failures)
+}
+
+/// Whether `got` has the fields `want` lists (see `received` in the module doc).
+fn has_fields(got: &Value, want: &Value) -> bool {
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => w.iter().all(|(k, v)| match g.get(k) {
+            Some(gv) => has_fields(gv, v),
+            None => v.is_null(),
+        }),
+        (Value::String(w), Value::Array(g)) => g.len() == 1 && g[0] == *w,
+        (w, g) => w == g,
+    }
 }
 
 /// Differences between Envoy's observation and a runtime's, ignoring what the case lists
