@@ -231,6 +231,11 @@ impl ResponseBody {
         }
     }
 
+    /// An answer the gateway made itself (not an upstream's body).
+    pub fn is_local(&self) -> bool {
+        matches!(self.inner, Inner::Full(_))
+    }
+
     /// Resets the response if it has not been received whole by `at`.
     pub fn with_deadline(mut self, at: Option<tokio::time::Instant>) -> ResponseBody {
         self.deadline = at.map(|at| Box::pin(tokio::time::sleep_until(at)));

@@ -77,6 +77,7 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let (hcm, removed) = cx.current_hcm();
     let mut log = RequestLog::start(&req, &cx);
+    let has_body = !http_body::Body::is_end_stream(req.body());
     cx.state.active.fetch_add(1, Ordering::Relaxed);
     cx.state.head_complete();
     let mut resp = match request_timeout(&hcm, serve(req, &cx, &hcm, &mut log)).await {
@@ -87,6 +88,7 @@ pub async fn handle(
             r.response()
         }
     };
+    local_answer_framing(&mut resp, log.version, has_body && !log.body_taken);
     finalize_response(&mut resp, &hcm, &cx, &log, removed);
     log.status = resp.status().as_u16();
     resp.body_mut().finish = Some(Finish {
@@ -140,6 +142,23 @@ impl Finish {
         self.cx.state.active.fetch_sub(1, Ordering::Relaxed);
         self.cx.state.touch();
         self.cx.shared.record(&self.log, self.cx.worker);
+    }
+}
+
+/// What Envoy's codecs do to an answer the gateway gave itself: HTTP/2 sends no
+/// `content-length` when there is no body (HTTP/1 sends `content-length: 0`), and an
+/// HTTP/1 connection whose request body was left unread is closed.
+fn local_answer_framing(resp: &mut Response<ResponseBody>, version: Version, unread_body: bool) {
+    if !resp.body().is_local() {
+        return;
+    }
+    if version == Version::HTTP_2 {
+        if http_body::Body::is_end_stream(resp.body()) {
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+    } else if unread_body {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
 
@@ -1069,6 +1088,7 @@ async fn forward(
 
     // Request line and headers for the upstream.
     let (mut parts, body) = req.into_parts();
+    log.body_taken = true;
     let original_uri = parts.uri.clone();
     let pq = original_uri
         .path_and_query()
@@ -1824,6 +1844,26 @@ impl UpstreamDone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_answers_are_framed_as_envoys_codecs_frame_them() {
+        let empty = || LocalReply::NO_ROUTE.response();
+        // HTTP/2: no length without a body; a body keeps its length.
+        let mut r = empty();
+        local_answer_framing(&mut r, Version::HTTP_2, true);
+        assert!(!r.headers().contains_key(header::CONTENT_LENGTH));
+        assert!(!r.headers().contains_key(header::CONNECTION));
+        let mut r = LocalReply::FAULT_ABORT.response();
+        local_answer_framing(&mut r, Version::HTTP_2, false);
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "18");
+        // HTTP/1: `content-length: 0` stays; an unread request body closes.
+        let mut r = empty();
+        local_answer_framing(&mut r, Version::HTTP_11, false);
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "0");
+        assert!(!r.headers().contains_key(header::CONNECTION));
+        local_answer_framing(&mut r, Version::HTTP_11, true);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+    }
 
     #[test]
     fn shadow_host_suffix_goes_before_the_port() {
