@@ -1132,10 +1132,13 @@ async fn forward(
             .map(|(re, sub)| re.replace_all(path, sub.as_str()).into_owned())
     };
     if let Some(np) = new_path {
-        parts.headers.insert(
-            X_ENVOY_ORIGINAL_PATH.clone(),
-            HeaderValue::from_str(pq).unwrap_or(HeaderValue::from_static("/")),
-        );
+        // The router keeps what it replaced, unless told to add no x-envoy headers.
+        if !hcm.suppress_envoy_headers {
+            parts.headers.insert(
+                X_ENVOY_ORIGINAL_PATH.clone(),
+                HeaderValue::from_str(pq).unwrap_or(HeaderValue::from_static("/")),
+            );
+        }
         let full = match query {
             Some(q) => format!("{np}?{q}"),
             None => np,
@@ -1157,23 +1160,36 @@ async fn forward(
     }
     let mut host_value = authority.clone();
     let mut auto_host = false;
+    let mut host_rewritten = false;
     match &ra.host_rewrite {
         HostRewrite::None => {}
-        HostRewrite::Literal(v) => host_value = v.clone(),
+        HostRewrite::Literal(v) => {
+            host_value = v.clone();
+            host_rewritten = true;
+        }
         HostRewrite::Auto => auto_host = true,
         HostRewrite::Header(n) => {
             if let Some(v) = parts.headers.get(n) {
                 host_value = v.clone();
+                host_rewritten = true;
             }
         }
         HostRewrite::PathRegex(re, sub) => {
             if let Ok(v) = HeaderValue::from_str(&re.replace_all(path, sub.as_str())) {
                 host_value = v;
+                host_rewritten = true;
             }
         }
     }
     if let Some(v) = wc.and_then(|w| w.host_rewrite.clone()) {
         host_value = v;
+        host_rewritten = true;
+    }
+    // Envoy's router keeps the authority it replaced (as it keeps a rewritten path).
+    if host_rewritten && !hcm.suppress_envoy_headers {
+        parts
+            .headers
+            .insert(X_ENVOY_ORIGINAL_HOST.clone(), authority.clone());
     }
     if ra.append_x_forwarded_host && host_value != authority {
         parts
