@@ -287,6 +287,30 @@ impl LocalReply {
         out
     }
 
+    /// The same answer after the request was retried: Envoy then calls the reset reason
+    /// the latest of several.
+    pub fn after_retries(mut self) -> LocalReply {
+        self.body = match self.reason {
+            "upstream_reset_before_response_started{remote_connection_failure}" => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+            }
+            "upstream_reset_before_response_started{connection_timeout}" => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout"
+            }
+            "upstream_reset_before_response_started{overflow}" => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: overflow"
+            }
+            "upstream_reset_before_response_started{connection_termination}" => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"
+            }
+            "upstream_reset_before_response_started{protocol_error}" => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: protocol error"
+            }
+            _ => return self,
+        };
+        self
+    }
+
     /// The response, as Envoy answers: a `text/plain` body when there is one. Why it was
     /// given (`reason`, Envoy's response code details) goes to the access log.
     pub fn response(&self) -> Response<ResponseBody> {
@@ -312,6 +336,38 @@ impl LocalReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resets_after_retries_say_so() {
+        for r in [
+            LocalReply::CONNECT_FAILURE,
+            LocalReply::CONNECT_TIMEOUT,
+            LocalReply::OVERFLOW,
+            LocalReply::RESET,
+            LocalReply::PROTOCOL_ERROR,
+        ] {
+            let after = r.after_retries();
+            let reason = r.body.split("reset reason: ").nth(1).unwrap();
+            assert_eq!(
+                after.body,
+                format!(
+                    "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: {reason}"
+                )
+            );
+            assert_eq!(
+                (after.status, after.flag, after.reason),
+                (r.status, r.flag, r.reason)
+            );
+        }
+        assert_eq!(
+            LocalReply::TIMEOUT.after_retries().body,
+            "upstream request timeout"
+        );
+        assert_eq!(
+            LocalReply::NO_HEALTHY_UPSTREAM.after_retries().body,
+            "no healthy upstream"
+        );
+    }
 
     #[test]
     fn flags_print_like_envoy() {

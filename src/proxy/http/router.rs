@@ -1500,14 +1500,21 @@ async fn forward(
                 });
                 Ok(Response::from_parts(rparts, body))
             }
-            Err(e) => Err(match e {
-                AttemptError::NoHealthy => LocalReply::NO_HEALTHY_UPSTREAM,
-                AttemptError::Pool(PoolError::ConnectFailure) => LocalReply::CONNECT_FAILURE,
-                AttemptError::Pool(PoolError::ConnectTimeout) => LocalReply::CONNECT_TIMEOUT,
-                AttemptError::Pool(PoolError::Overflow) => LocalReply::OVERFLOW,
-                AttemptError::Reset => LocalReply::RESET,
-                AttemptError::PerTryTimeout => LocalReply::TIMEOUT,
-            }),
+            Err(e) => {
+                let reply = match e {
+                    AttemptError::NoHealthy => LocalReply::NO_HEALTHY_UPSTREAM,
+                    AttemptError::Pool(PoolError::ConnectFailure) => LocalReply::CONNECT_FAILURE,
+                    AttemptError::Pool(PoolError::ConnectTimeout) => LocalReply::CONNECT_TIMEOUT,
+                    AttemptError::Pool(PoolError::Overflow) => LocalReply::OVERFLOW,
+                    AttemptError::Reset => LocalReply::RESET,
+                    AttemptError::PerTryTimeout => LocalReply::TIMEOUT,
+                };
+                Err(if attempt > 1 {
+                    reply.after_retries()
+                } else {
+                    reply
+                })
+            }
         };
     }
 }
