@@ -11,7 +11,7 @@ use crate::proxy::http::hcm::{
     EscapedSlashes, HttpConnectionManager, HttpFilter, ServerHeader, StripPort,
 };
 use crate::proxy::http::head_scan;
-use crate::proxy::http::local_reply::{Flags, LocalReply};
+use crate::proxy::http::local_reply::{self, Flags, LocalReply};
 use crate::proxy::http::normalize;
 use crate::proxy::http::request::*;
 use crate::proxy::route::action::*;
@@ -78,6 +78,7 @@ pub async fn handle(
     let (hcm, removed) = cx.current_hcm();
     let mut log = RequestLog::start(&req, &cx);
     let has_body = !http_body::Body::is_end_stream(req.body());
+    let grpc = local_reply::is_grpc_request(req.headers());
     cx.state.active.fetch_add(1, Ordering::Relaxed);
     cx.state.head_complete();
     let mut resp = match request_timeout(&hcm, serve(req, &cx, &hcm, &mut log)).await {
@@ -88,6 +89,15 @@ pub async fn handle(
             r.response()
         }
     };
+    if grpc
+        && resp.body().is_local()
+        && resp
+            .extensions()
+            .get::<local_reply::FilterEncoded>()
+            .is_none()
+    {
+        local_reply::into_grpc(&mut resp, log.method == Method::HEAD);
+    }
     local_answer_framing(&mut resp, log.version, has_body && !log.body_taken);
     finalize_response(&mut resp, &hcm, &cx, &log, removed);
     log.status = resp.status().as_u16();
@@ -400,7 +410,13 @@ async fn serve(
                             FaultAbort::Http(s) => LocalReply::FAULT_ABORT.response_with_status(
                                 StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                             ),
-                            FaultAbort::Grpc(code) => grpc_abort(code),
+                            FaultAbort::Grpc(code) => {
+                                // Other requests get the fault's answer with 200.
+                                let mut r =
+                                    LocalReply::FAULT_ABORT.response_with_status(StatusCode::OK);
+                                r.extensions_mut().insert(local_reply::GrpcStatus(code));
+                                r
+                            }
                         };
                         log.flags.set(Flags::FI);
                         let fcx = FormatContext {
@@ -592,24 +608,6 @@ async fn serve(
     Ok(resp)
 }
 
-fn grpc_abort(code: u32) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::empty());
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert(
-        HeaderName::from_static("grpc-status"),
-        HeaderValue::from(code),
-    );
-    h.insert(
-        HeaderName::from_static("grpc-message"),
-        HeaderValue::from_static("fault filter abort"),
-    );
-    resp
-}
-
 fn preflight_response(
     policy: &CorsPolicy,
     origin: &HeaderValue,
@@ -646,6 +644,7 @@ fn preflight_response(
             HeaderValue::from_static("true"),
         );
     }
+    resp.extensions_mut().insert(local_reply::FilterEncoded);
     resp
 }
 
