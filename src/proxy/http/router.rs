@@ -439,7 +439,9 @@ async fn serve(
                     }
                 }
             }
-            HttpFilter::Cors => {
+            // Envoy's CORS filter only acts on routes that forward (a direct response or
+            // a redirect has no route entry).
+            HttpFilter::Cors if matches!(route.action, Action::Route(_)) => {
                 if let Some(policy) = route.cors.as_deref()
                     && let Some(origin) = req.headers().get(header::ORIGIN).cloned()
                     && policy.enabled()
@@ -451,16 +453,17 @@ async fn serve(
                             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
                     if preflight {
                         if allowed {
-                            return Ok(preflight_response(policy, &origin, req.headers()));
+                            return Ok(preflight_response(policy, Some(&origin), req.headers()));
                         }
                         if !policy.forward_not_matching_preflights {
-                            return Ok(Response::new(ResponseBody::empty()));
+                            return Ok(preflight_response(policy, None, req.headers()));
                         }
                     } else if allowed {
                         cors = Some((policy, origin));
                     }
                 }
             }
+            HttpFilter::Cors => {}
         }
     }
 
@@ -608,14 +611,22 @@ async fn serve(
     Ok(resp)
 }
 
+/// The answer to a preflight: for an allowed origin, the origin and the exposed headers;
+/// for any other (not forwarded: `forward_not_matching_preflights` false) only what the
+/// policy allows, which lets the browser refuse.
 fn preflight_response(
     policy: &CorsPolicy,
-    origin: &HeaderValue,
+    origin: Option<&HeaderValue>,
     req: &HeaderMap,
 ) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::empty());
     let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    if let Some(origin) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        if let Some(v) = &policy.expose_headers {
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+        }
+    }
     if policy.allow_credentials {
         h.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
@@ -627,9 +638,6 @@ fn preflight_response(
     }
     if let Some(v) = &policy.allow_headers {
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
-    }
-    if let Some(v) = &policy.expose_headers {
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
     }
     if let Some(v) = &policy.max_age {
         h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
@@ -1866,6 +1874,55 @@ impl UpstreamDone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preflights_name_the_origin_only_when_it_is_allowed() {
+        let policy = CorsPolicy {
+            allow_origins: vec![],
+            allow_methods: Some(HeaderValue::from_static("GET")),
+            allow_headers: Some(HeaderValue::from_static("x-h")),
+            expose_headers: Some(HeaderValue::from_static("x-e")),
+            max_age: Some(HeaderValue::from_static("10")),
+            allow_credentials: true,
+            allow_private_network_access: false,
+            enabled_per_million: 1_000_000,
+            forward_not_matching_preflights: false,
+        };
+        let origin = HeaderValue::from_static("https://a.example.com");
+        fn names(r: &Response<ResponseBody>) -> Vec<&str> {
+            let mut n: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+            n.sort();
+            n
+        }
+        let allowed = preflight_response(&policy, Some(&origin), &HeaderMap::new());
+        assert_eq!(
+            names(&allowed),
+            [
+                "access-control-allow-credentials",
+                "access-control-allow-headers",
+                "access-control-allow-methods",
+                "access-control-allow-origin",
+                "access-control-expose-headers",
+                "access-control-max-age"
+            ]
+        );
+        let other = preflight_response(&policy, None, &HeaderMap::new());
+        assert_eq!(
+            names(&other),
+            [
+                "access-control-allow-credentials",
+                "access-control-allow-headers",
+                "access-control-allow-methods",
+                "access-control-max-age"
+            ]
+        );
+        assert!(
+            other
+                .extensions()
+                .get::<local_reply::FilterEncoded>()
+                .is_some()
+        );
+    }
 
     #[test]
     fn local_answers_are_framed_as_envoys_codecs_frame_them() {
