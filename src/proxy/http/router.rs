@@ -586,6 +586,7 @@ async fn serve(
                     let fcx = FormatContext {
                         status: Some(r.status().as_u16()),
                         cluster: log.cluster.as_deref(),
+                        cluster_observability_name: log.cluster_observability_name.as_deref(),
                         upstream: log.upstream_host,
                         ..format_cx(cx, log.start, log.version)
                     };
@@ -792,6 +793,7 @@ fn format_cx(cx: &ConnCtx, started: Instant, version: Version) -> FormatContext<
         version,
         started,
         cluster: None,
+        cluster_observability_name: None,
         upstream: None,
         request: None,
         line: None,
@@ -1085,6 +1087,7 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, LocalReply> {
     let (cref, wc) = choose_cluster(ra);
     log.cluster = Some(cref.name.clone());
+    log.cluster_observability_name = cref.cluster.as_ref().map(|c| c.observability_name.clone());
     let Some(cluster) = cref.cluster.clone() else {
         let mut r = LocalReply::CLUSTER_NOT_FOUND;
         r.status = StatusCode::from_u16(ra.cluster_not_found_status)
@@ -1214,6 +1217,7 @@ async fn forward(
         };
         let fcx = FormatContext {
             cluster: Some(&cref.name),
+            cluster_observability_name: cref.cluster.as_deref().map(|c| &*c.observability_name),
             line: Some(line),
             ..format_cx(cx, started, version)
         };
@@ -1414,6 +1418,10 @@ async fn forward(
                 }
                 let response_cx = FormatContext {
                     cluster: Some(&cref.name),
+                    cluster_observability_name: cref
+                        .cluster
+                        .as_deref()
+                        .map(|c| &*c.observability_name),
                     upstream: Some(host.addr),
                     status: Some(resp.status().as_u16()),
                     request: request_for_response.as_ref().map(|h| {
