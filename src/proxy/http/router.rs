@@ -21,7 +21,7 @@ use crate::proxy::route::{HeaderMutations, RequestView, Route, RouteTable, Virtu
 use crate::proxy::runtime::Shared;
 use crate::proxy::upstream::cluster::{Cluster, UpstreamProtocol};
 use crate::proxy::upstream::host::Host;
-use crate::proxy::upstream::lb::{LbContext, combine_hash, xxhash};
+use crate::proxy::upstream::lb::{LbContext, PreviousPriorities, combine_hash, xxhash};
 use crate::proxy::upstream::outlier::{self, Outcome};
 use crate::proxy::upstream::pool::{self, PoolError, PooledConn, Sender};
 use http::{
@@ -1311,6 +1311,9 @@ async fn forward(
     let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
     let mut attempt = 0u32;
     let mut retry_slot = None;
+    let mut previous_priorities = retry
+        .and_then(|r| r.previous_priorities)
+        .map(PreviousPriorities::new);
     loop {
         attempt += 1;
         let last_possible = attempt >= max_attempts || !replayable || upgrade.is_some();
@@ -1336,13 +1339,21 @@ async fn forward(
         } else {
             &[]
         };
+        let exclude_priorities = previous_priorities
+            .as_mut()
+            .map_or(0, |p| p.exclusion(&cluster.endpoints()));
+        // The host this attempt goes to, if one is chosen.
+        log.upstream_host = None;
         let result = attempt_once(
             &cluster,
             upreq,
             cx,
             hcm,
-            hash,
-            avoid,
+            LbContext {
+                hash,
+                avoid,
+                exclude_priorities,
+            },
             deadline,
             per_try,
             &host_value,
@@ -1358,10 +1369,13 @@ async fn forward(
             ),
             Err(e) => (None, retry.is_some_and(|r| retriable_error(r, *e))),
         };
-        if let Some(h) = log.upstream_host
-            && !tried.contains(&h)
-        {
-            tried.push(h);
+        if let Some(h) = log.upstream_host {
+            if !tried.contains(&h) {
+                tried.push(h);
+            }
+            if let Some(p) = previous_priorities.as_mut() {
+                p.attempted(cluster.endpoints().priority_of(h));
+            }
         }
         let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
         let can_retry = retriable_outcome
@@ -1632,8 +1646,7 @@ async fn attempt_once(
     mut req: Request<RequestBody>,
     cx: &ConnCtx,
     hcm: &HttpConnectionManager,
-    hash: Option<u64>,
-    avoid: &[SocketAddr],
+    lb: LbContext<'_>,
     deadline: Option<Instant>,
     per_try: Option<Duration>,
     host_value: &HeaderValue,
@@ -1654,7 +1667,7 @@ async fn attempt_once(
         log.flags.set(Flags::UO);
         return Err(AttemptError::Pool(PoolError::Overflow));
     };
-    let host = cluster.choose_host(LbContext { hash, avoid });
+    let host = cluster.choose_host(lb);
     let Some(host) = host else {
         state
             .stats
@@ -1975,6 +1988,7 @@ mod tests {
             back_off_max: Duration::from_millis(250),
             avoid_previous_hosts: false,
             host_selection_max_attempts: 1,
+            previous_priorities: None,
         };
         for attempt in 1..8 {
             for _ in 0..50 {
