@@ -400,7 +400,7 @@ fn percent_encode(b: &[u8]) -> Vec<u8> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = Vec::with_capacity(b.len());
     for &c in b {
-        if c < b' ' || c > b'~' || c == b'%' {
+        if !(b' '..=b'~').contains(&c) || c == b'%' {
             out.extend_from_slice(&[b'%', HEX[(c >> 4) as usize], HEX[(c & 15) as usize]]);
         } else {
             out.push(c);

@@ -98,7 +98,12 @@ pub async fn handle(
     {
         local_reply::into_grpc(&mut resp, log.method == Method::HEAD);
     }
-    local_answer_framing(&mut resp, log.version, has_body && !log.body_taken);
+    local_answer_framing(
+        &mut resp,
+        log.version,
+        log.method == Method::HEAD,
+        has_body && !log.body_taken,
+    );
     finalize_response(&mut resp, &hcm, &cx, &log, removed);
     log.status = resp.status().as_u16();
     resp.body_mut().finish = Some(Finish {
@@ -155,18 +160,24 @@ impl Finish {
     }
 }
 
-/// What Envoy's codecs do to an answer the gateway gave itself: HTTP/2 sends no
-/// `content-length` when there is no body (HTTP/1 sends `content-length: 0`), and an
-/// HTTP/1 connection whose request body was left unread is closed.
-fn local_answer_framing(resp: &mut Response<ResponseBody>, version: Version, unread_body: bool) {
+/// What Envoy's codecs do to an answer the gateway gave itself: without a body HTTP/2
+/// sends no `content-length`, HTTP/1 `content-length: 0` (but none to HEAD, where Envoy
+/// writes `transfer-encoding: chunked`, which hyper does not); an HTTP/1 connection whose
+/// request body was left unread is closed.
+fn local_answer_framing(
+    resp: &mut Response<ResponseBody>,
+    version: Version,
+    head: bool,
+    unread_body: bool,
+) {
     if !resp.body().is_local() {
         return;
     }
-    if version == Version::HTTP_2 {
-        if http_body::Body::is_end_stream(resp.body()) {
-            resp.headers_mut().remove(header::CONTENT_LENGTH);
-        }
-    } else if unread_body {
+    let empty = http_body::Body::is_end_stream(resp.body());
+    if empty && (version == Version::HTTP_2 || head) {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    if version != Version::HTTP_2 && unread_body {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -1950,19 +1961,26 @@ mod tests {
         let empty = || LocalReply::NO_ROUTE.response();
         // HTTP/2: no length without a body; a body keeps its length.
         let mut r = empty();
-        local_answer_framing(&mut r, Version::HTTP_2, true);
+        local_answer_framing(&mut r, Version::HTTP_2, false, true);
         assert!(!r.headers().contains_key(header::CONTENT_LENGTH));
         assert!(!r.headers().contains_key(header::CONNECTION));
         let mut r = LocalReply::FAULT_ABORT.response();
-        local_answer_framing(&mut r, Version::HTTP_2, false);
+        local_answer_framing(&mut r, Version::HTTP_2, false, false);
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "18");
         // HTTP/1: `content-length: 0` stays; an unread request body closes.
         let mut r = empty();
-        local_answer_framing(&mut r, Version::HTTP_11, false);
+        local_answer_framing(&mut r, Version::HTTP_11, false, false);
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "0");
         assert!(!r.headers().contains_key(header::CONNECTION));
-        local_answer_framing(&mut r, Version::HTTP_11, true);
+        local_answer_framing(&mut r, Version::HTTP_11, false, true);
         assert_eq!(r.headers()[header::CONNECTION], "close");
+        // HEAD: no length for an empty answer; a body keeps its length.
+        let mut r = empty();
+        local_answer_framing(&mut r, Version::HTTP_11, true, false);
+        assert!(!r.headers().contains_key(header::CONTENT_LENGTH));
+        let mut r = LocalReply::FAULT_ABORT.response();
+        local_answer_framing(&mut r, Version::HTTP_11, true, false);
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "18");
     }
 
     #[test]
