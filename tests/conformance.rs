@@ -17,16 +17,26 @@
 //! namespace: istio-system        # the gateway workload's namespace (default istio-system)
 //! labels: istio=ingressgateway   # its labels (default)
 //! warnings: ["substring"]        # validate warnings the case expects (default none)
-//! differences: ["header x-y"]    # deliberate differences from Envoy (ignored, reported)
+//! differences: ["header x-y"]    # deliberate differences from Envoy (ignored, reported):
+//!                                # `header NAME`, `upstream header NAME`, `upstream
+//!                                # method|path|version|body_len`, `body`, `cipher`
 //! probes:
 //! - method: POST                 # default GET
 //!   path: /m                     # default /
 //!   host: shop.example.com       # Host / :authority (default example.com)
 //!   port: PORT2                  # which gateway port (default PORT)
+//!   address: 127.0.0.2           # which loopback address to connect to (default 127.0.0.1)
 //!   headers: {x-a: "1", x-b: ["1", "2"]}
 //!   body: "text"
 //!   http2: true                  # h2c prior knowledge, or ALPN h2 over TLS
-//!   tls: {sni: a.example.com, client: client, alpn: [h2], verify: false}
+//!   tls:
+//!     sni: a.example.com         # default: the probe's host; "" sends none
+//!     client: client             # present a certificate: client, other, foreign (below)
+//!     alpn: [h2]                 # default: h2 with http2, else http/1.1
+//!     verify: false              # check the server's certificate (default true)
+//!     version: "1.2"             # offer only TLS 1.2 or only 1.3 (default both)
+//!     ciphers: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]  # offer only these suites
+//!     signature: rsa             # offer only RSA (or ECDSA) signature schemes
 //!   repeat: 200                  # send N times, compare the distribution
 //!   expect:
 //!     status: 201
@@ -39,21 +49,44 @@
 //!     received:                  # fields of the last request an upstream received, for
 //!       b: {headers: {host: example.com-shadow}}  # what no answer shows (a mirror's copy)
 //!     refused: true              # no response at all (reset, closed, handshake refused)
+//!     tls_version: "1.2"         # the TLS version the gateway negotiated
+//!     cipher: TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384  # the suite it negotiated
+//!     server_cert: server2       # the certificate it presented (names below)
+//!     upstream_sni: a.example.com  # the SNI of every TLS upstream handshake the probe
+//!                                # caused ("" for none); there must be at least one
 //! ```
 //!
-//! Placeholders: `{{PORT}}`, `{{PORT2}}` (gateway ports), `{{A}}`, `{{B}}`, `{{C}}` (echo
-//! upstreams answering JSON that names them and echoes the request), `{{DEAD}}` (a closed
-//! port), `{{TLS_A}}` (TLS in front of A, server certificate for `*.example.com`),
-//! `{{MTLS_A}}` (the same, requiring a client certificate from the test CA), and files
-//! and base64 of certificates made at test time: `{{CERT}}`, `{{KEY}}` (server, for
-//! `example.com` and `*.example.com`), `{{CA}}`, `{{CLIENT_CERT}}`, `{{CLIENT_KEY}}`,
-//! `{{CRL}}` (revokes the `other` client certificate), `{{CERT_B64}}`, `{{KEY_B64}}`,
-//! `{{CA_B64}}`, `{{CRL_B64}}`, `{{CLIENT_SPKI}}`, `{{CLIENT_HASH}}`.
+//! Placeholders: `{{PORT}}`, `{{PORT2}}`, `{{PORT3}}`, `{{PORT4}}` (gateway ports),
+//! `{{A}}`, `{{B}}`, `{{C}}` (echo upstreams answering JSON that names them and echoes
+//! the request), `{{DEAD}}` (a closed port), TLS upstreams on 127.0.0.1 with the
+//! certificate `server` below: `{{TLS_A}}` and `{{TLS_B}}` (TLS in front of A and of B),
+//! `{{MTLS_A}}` (in front of A, requiring a client certificate from the test CA),
+//! `{{TLS_REVOKED}}` (in front of A, with a certificate for the same names that `{{CRL}}`
+//! revokes), and certificates made at test time, as files:
+//! - `{{CERT}}`, `{{KEY}}`: `server`, ECDSA, for `example.com`, `*.example.com`,
+//!   `localhost`, from the test CA `{{CA}}`;
+//! - `{{CERT2}}`, `{{KEY2}}`: `server2`, ECDSA, for `example.org`, `*.example.org`;
+//! - `{{RSA_CERT}}`, `{{RSA_KEY}}`: `server-rsa`, RSA 2048, for the names of `server`;
+//! - `{{CLIENT_CERT}}`, `{{CLIENT_KEY}}`: the `client` certificate (URI SAN
+//!   `spiffe://cluster.local/ns/test/sa/client`); the `other` client certificate
+//!   (`.../sa/other`) is revoked by `{{CRL}}`; the `foreign` one (`.../sa/foreign`) comes
+//!   from another CA, `{{FOREIGN_CA}}`;
+//! - `{{CLIENT_SPKI}}` (base64 SHA-256 of the client's public key), `{{CLIENT_HASH}}`
+//!   (hex SHA-256 of its certificate);
+//!
+//! and the same as base64 for Secret `data` (`{{CERT_B64}}`, `{{KEY_B64}}`,
+//! `{{CERT2_B64}}`, `{{KEY2_B64}}`, `{{RSA_CERT_B64}}`, `{{RSA_KEY_B64}}`, `{{CA_B64}}`,
+//! `{{FOREIGN_CA_B64}}`, `{{CRL_B64}}`, `{{CLIENT_CERT_B64}}`, `{{CLIENT_KEY_B64}}`) and
+//! as quoted YAML strings for `stringData` (`{{CERT_PEM}}`, `{{KEY_PEM}}`, `{{CA_PEM}}`,
+//! `{{CRL_PEM}}`).
+//!
+//! Besides status, headers and bodies, the TLS version and the certificate each runtime
+//! presented are compared with Envoy's.
 //!
 //! In `received`, an object matches the listed keys only, and a string matches a list
-//! holding just that string (header values are lists); `null` means absent. The `x-echo-fail-key` counts of
-//! the echo upstreams start afresh for each runtime, so one key fails its first N
-//! requests on Envoy and on both meshgate runs.
+//! holding just that string (header values are lists); `null` means absent. The
+//! `x-echo-fail-key` counts of the echo upstreams start afresh for each runtime, so one
+//! key fails its first N requests on Envoy and on both meshgate runs.
 //!
 //! `CONFORMANCE_CASE=name` runs one case.
 mod support;
@@ -180,6 +213,8 @@ struct Probe {
     host: String,
     #[serde(default = "default_port")]
     port: String,
+    #[serde(default = "default_address")]
+    address: String,
     #[serde(default)]
     headers: BTreeMap<String, OneOrMany>,
     #[serde(default)]
@@ -206,6 +241,9 @@ fn default_host() -> String {
 fn default_port() -> String {
     "PORT".into()
 }
+fn default_address() -> String {
+    "127.0.0.1".into()
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -229,7 +267,8 @@ struct TlsProbe {
     /// SNI (default: the probe's host; "" sends none).
     #[serde(default)]
     sni: Option<String>,
-    /// `client` (a certificate from the test CA), `other` (one the CRL revokes), or none.
+    /// `client` (a certificate from the test CA), `other` (one the CRL revokes),
+    /// `foreign` (one from another CA), or none.
     #[serde(default)]
     client: Option<String>,
     #[serde(default)]
@@ -237,6 +276,15 @@ struct TlsProbe {
     /// Verify the server's certificate against the test CA (default true).
     #[serde(default = "yes")]
     verify: bool,
+    /// Offer only this TLS version, `1.2` or `1.3`.
+    #[serde(default)]
+    version: Option<String>,
+    /// Offer only these cipher suites (rustls/IANA names).
+    #[serde(default)]
+    ciphers: Option<Vec<String>>,
+    /// Offer only the signature schemes of one key type, `rsa` or `ecdsa`.
+    #[serde(default)]
+    signature: Option<String>,
 }
 
 fn yes() -> bool {
@@ -266,6 +314,18 @@ struct Expect {
     /// No response: the connection is refused, reset or closed (an unknown SNI, say).
     #[serde(default)]
     refused: bool,
+    /// The TLS version negotiated with the gateway, `1.2` or `1.3`.
+    #[serde(default)]
+    tls_version: Option<String>,
+    /// The cipher suite negotiated with the gateway.
+    #[serde(default)]
+    cipher: Option<String>,
+    /// The certificate the gateway presented (`server`, `server2`, `server-rsa`).
+    #[serde(default)]
+    server_cert: Option<String>,
+    /// The SNI of every TLS handshake the probe caused at the TLS upstreams (`""`: none).
+    #[serde(default)]
+    upstream_sni: Option<String>,
 }
 
 /// A case: its header and the Istio YAML, both templates.
@@ -307,15 +367,23 @@ struct World {
     vars: Vec<(&'static str, String)>,
     ports: BTreeMap<&'static str, u16>,
     upstreams: Vec<EchoUpstream>,
-    _fronts: Vec<TlsFront>,
+    fronts: Vec<TlsFront>,
     ca_pem: String,
     client: Leaf,
     other_client: Leaf,
+    foreign_client: Leaf,
+    /// The DER of every server certificate a gateway may present, by name.
+    server_certs: Vec<(&'static str, Vec<u8>)>,
 }
 
 fn b64(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+/// PEM as a double-quoted YAML scalar (JSON string syntax is valid YAML).
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).expect("a string")
 }
 
 fn der_of(pem: &str) -> Vec<u8> {
@@ -327,19 +395,36 @@ fn der_of(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// Serial numbers of the certificates `{{CRL}}` revokes.
+const OTHER_CLIENT_SERIAL: u64 = 1002;
+const REVOKED_SERVER_SERIAL: u64 = 1003;
+
 impl World {
     fn new() -> World {
         let dir = TempDir::new();
         let certs = dir.path().join("certs");
         std::fs::create_dir_all(&certs).unwrap();
         let ca = TestCa::new("conformance CA");
-        let server = ca.leaf(&["example.com", "*.example.com", "localhost"]);
+        let server_names = ["example.com", "*.example.com", "localhost"];
+        let server = ca.leaf(&server_names);
+        let server2 = ca.leaf(&["example.org", "*.example.org"]);
+        let server_rsa = ca.leaf_custom(&server_names, 2001, true);
+        let revoked_server = ca.leaf_custom(&server_names, REVOKED_SERVER_SERIAL, false);
         let client = ca.leaf_serial("spiffe://cluster.local/ns/test/sa/client", 1001);
-        let other_client = ca.leaf_serial("spiffe://cluster.local/ns/test/sa/other", 1002);
-        let crl = ca.crl(&[1002]);
+        let other_client = ca.leaf_serial(
+            "spiffe://cluster.local/ns/test/sa/other",
+            OTHER_CLIENT_SERIAL,
+        );
+        let foreign_ca = TestCa::new("foreign CA");
+        let foreign_client =
+            foreign_ca.leaf_serial("spiffe://cluster.local/ns/test/sa/foreign", 1001);
+        let crl = ca.crl(&[OTHER_CLIENT_SERIAL, REVOKED_SERVER_SERIAL]);
         let (cert_file, key_file) = server.write(&certs, "server");
+        let (cert2_file, key2_file) = server2.write(&certs, "server2");
+        let (rsa_cert_file, rsa_key_file) = server_rsa.write(&certs, "server-rsa");
         let (client_cert, client_key) = client.write(&certs, "client");
         let ca_file = ca.write_ca(&certs, "ca");
+        let foreign_ca_file = foreign_ca.write_ca(&certs, "foreign-ca");
         let crl_file = certs.join("crl.pem");
         std::fs::write(&crl_file, &crl).unwrap();
         let client_der = der_of(&client.cert);
@@ -361,42 +446,73 @@ impl World {
         let fronts = vec![
             TlsFront::start(&server, None, upstreams[0].port()),
             TlsFront::start(&server, Some(&ca.pem), upstreams[0].port()),
+            TlsFront::start(&server, None, upstreams[1].port()),
+            TlsFront::start(&revoked_server, None, upstreams[0].port()),
         ];
         let mut ports = BTreeMap::new();
-        ports.insert("PORT", free_port());
-        ports.insert("PORT2", free_port());
+        for name in ["PORT", "PORT2", "PORT3", "PORT4"] {
+            ports.insert(name, free_port());
+        }
         let path = |p: &Path| p.to_string_lossy().into_owned();
         let vars = vec![
             ("PORT", ports["PORT"].to_string()),
             ("PORT2", ports["PORT2"].to_string()),
+            ("PORT3", ports["PORT3"].to_string()),
+            ("PORT4", ports["PORT4"].to_string()),
             ("A", upstreams[0].port().to_string()),
             ("B", upstreams[1].port().to_string()),
             ("C", upstreams[2].port().to_string()),
             ("DEAD", free_port().to_string()),
             ("TLS_A", fronts[0].port.to_string()),
             ("MTLS_A", fronts[1].port.to_string()),
+            ("TLS_B", fronts[2].port.to_string()),
+            ("TLS_REVOKED", fronts[3].port.to_string()),
             ("CERT", path(&cert_file)),
             ("KEY", path(&key_file)),
+            ("CERT2", path(&cert2_file)),
+            ("KEY2", path(&key2_file)),
+            ("RSA_CERT", path(&rsa_cert_file)),
+            ("RSA_KEY", path(&rsa_key_file)),
             ("CA", path(&ca_file)),
+            ("FOREIGN_CA", path(&foreign_ca_file)),
             ("CLIENT_CERT", path(&client_cert)),
             ("CLIENT_KEY", path(&client_key)),
             ("CRL", path(&crl_file)),
             ("CERT_B64", b64(&server.cert)),
             ("KEY_B64", b64(&server.key)),
+            ("CERT2_B64", b64(&server2.cert)),
+            ("KEY2_B64", b64(&server2.key)),
+            ("RSA_CERT_B64", b64(&server_rsa.cert)),
+            ("RSA_KEY_B64", b64(&server_rsa.key)),
             ("CA_B64", b64(&ca.pem)),
+            ("FOREIGN_CA_B64", b64(&foreign_ca.pem)),
             ("CRL_B64", b64(&crl)),
+            ("CLIENT_CERT_B64", b64(&client.cert)),
+            ("CLIENT_KEY_B64", b64(&client.key)),
+            ("CERT_PEM", quoted(&server.cert)),
+            ("KEY_PEM", quoted(&server.key)),
+            ("CA_PEM", quoted(&ca.pem)),
+            ("CRL_PEM", quoted(&crl)),
             ("CLIENT_SPKI", spki),
             ("CLIENT_HASH", hash),
+        ];
+        let server_certs = vec![
+            ("server", der_of(&server.cert)),
+            ("server2", der_of(&server2.cert)),
+            ("server-rsa", der_of(&server_rsa.cert)),
+            ("server-revoked", der_of(&revoked_server.cert)),
         ];
         World {
             dir,
             vars,
             ports,
             upstreams,
-            _fronts: fronts,
+            fronts,
             ca_pem: ca.pem.clone(),
             client,
             other_client,
+            foreign_client,
+            server_certs,
         }
     }
 
@@ -409,6 +525,19 @@ impl World {
             .iter()
             .map(|u| (u.name.clone(), u.requests()))
             .collect()
+    }
+
+    /// The SNI of every handshake the TLS upstreams completed so far, in order per front.
+    fn upstream_snis(&self) -> Vec<Vec<Option<String>>> {
+        self.fronts.iter().map(TlsFront::snis).collect()
+    }
+
+    /// The name of a server certificate, by its DER.
+    fn server_cert_name(&self, der: &[u8]) -> String {
+        self.server_certs
+            .iter()
+            .find(|(_, d)| d == der)
+            .map_or_else(|| "unknown".to_string(), |(n, _)| n.to_string())
     }
 }
 
@@ -424,9 +553,21 @@ enum Answer {
         headers: BTreeMap<String, Vec<String>>,
         body: Body,
         elapsed_ms: u64,
+        /// What the TLS handshake with the gateway settled, for TLS probes.
+        tls: Option<TlsFacts>,
     },
     /// The connection failed or was reset before a response.
     Failed(String),
+}
+
+/// The outcome of a TLS handshake with the gateway.
+#[derive(Debug, Clone, PartialEq)]
+struct TlsFacts {
+    /// `1.2` or `1.3`.
+    version: String,
+    cipher: String,
+    /// The name of the certificate the gateway presented (see `World::server_certs`).
+    server_cert: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -451,6 +592,13 @@ impl Answer {
                 ..
             } => v["upstream"].as_str().map(str::to_string),
             _ => None,
+        }
+    }
+
+    fn tls(&self) -> Option<&TlsFacts> {
+        match self {
+            Answer::Response { tls, .. } => tls.as_ref(),
+            Answer::Failed(_) => None,
         }
     }
 }
@@ -535,29 +683,146 @@ fn pem_key(pem: &str) -> rustls::pki_types::PrivateKeyDer<'static> {
         .expect("a key")
 }
 
-fn client_tls(world: &World, t: &TlsProbe, http2: bool) -> ClientTls {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions");
-    let builder = if t.verify {
+/// A verifier that offers only some signature schemes, so that a server holding
+/// several certificates must present the one of that key type.
+#[derive(Debug)]
+struct OnlySchemes {
+    inner: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    schemes: Vec<rustls::SignatureScheme>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for OnlySchemes {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.clone()
+    }
+}
+
+fn client_tls(world: &World, t: &TlsProbe, http2: bool) -> Result<ClientTls, String> {
+    use rustls::SignatureScheme as S;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if let Some(names) = &t.ciphers {
+        provider
+            .cipher_suites
+            .retain(|s| names.iter().any(|n| n == &format!("{:?}", s.suite())));
+        if provider.cipher_suites.len() != names.len() {
+            return Err(format!("unknown cipher suite among {names:?}"));
+        }
+    }
+    let offered = |v: &rustls::SupportedProtocolVersion| {
+        provider.cipher_suites.iter().any(|s| s.version() == v)
+    };
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        [&rustls::version::TLS13, &rustls::version::TLS12]
+            .into_iter()
+            .filter(|v| match t.version.as_deref() {
+                None => true,
+                Some("1.2") => v.version == rustls::ProtocolVersion::TLSv1_2,
+                Some("1.3") => v.version == rustls::ProtocolVersion::TLSv1_3,
+                Some(_) => false,
+            })
+            .filter(|v| offered(v))
+            .collect();
+    if versions.is_empty() {
+        return Err(format!(
+            "no TLS version to offer (version {:?}, ciphers {:?})",
+            t.version, t.ciphers
+        ));
+    }
+    let provider = Arc::new(provider);
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| format!("versions: {e}"))?;
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if t.verify {
         let mut roots = rustls::RootCertStore::empty();
         for c in pem_certs(&world.ca_pem) {
             roots.add(c).expect("CA");
         }
-        builder.with_root_certificates(roots)
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("verifier: {e}"))?
     } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify))
+        Arc::new(NoVerify)
     };
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match t.signature.as_deref()
+    {
+        None => verifier,
+        Some(kind) => {
+            let schemes: Vec<S> = verifier
+                .supported_verify_schemes()
+                .into_iter()
+                .filter(|s| match kind {
+                    "rsa" => matches!(
+                        s,
+                        S::RSA_PKCS1_SHA256
+                            | S::RSA_PKCS1_SHA384
+                            | S::RSA_PKCS1_SHA512
+                            | S::RSA_PSS_SHA256
+                            | S::RSA_PSS_SHA384
+                            | S::RSA_PSS_SHA512
+                    ),
+                    "ecdsa" => matches!(
+                        s,
+                        S::ECDSA_NISTP256_SHA256
+                            | S::ECDSA_NISTP384_SHA384
+                            | S::ECDSA_NISTP521_SHA512
+                    ),
+                    _ => false,
+                })
+                .collect();
+            if schemes.is_empty() {
+                return Err(format!("signature `{kind}`: expected rsa or ecdsa"));
+            }
+            Arc::new(OnlySchemes {
+                inner: verifier,
+                schemes,
+            })
+        }
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut config = match t.client.as_deref() {
         None | Some("none") => builder.with_no_client_auth(),
         Some(which) => {
-            let leaf = if which == "other" {
-                &world.other_client
-            } else {
-                &world.client
+            let leaf = match which {
+                "client" => &world.client,
+                "other" => &world.other_client,
+                "foreign" => &world.foreign_client,
+                _ => {
+                    return Err(format!(
+                        "client `{which}`: expected client, other or foreign"
+                    ));
+                }
             };
             builder
                 .with_client_auth_cert(pem_certs(&leaf.cert), pem_key(&leaf.key))
@@ -572,15 +837,15 @@ fn client_tls(world: &World, t: &TlsProbe, http2: bool) -> ClientTls {
     if t.sni.as_deref() == Some("") {
         config.enable_sni = false;
     }
-    ClientTls {
+    Ok(ClientTls {
         config: Arc::new(config),
-    }
+    })
 }
 
 async fn send_once(world: &World, port: u16, p: &Probe) -> Answer {
     let started = Instant::now();
     match tokio::time::timeout(Duration::from_secs(15), exchange(world, port, p)).await {
-        Ok(Ok((status, headers, bytes))) => {
+        Ok(Ok((status, headers, bytes, tls))) => {
             let body = match serde_json::from_slice::<Value>(&bytes) {
                 Ok(v) if v.get("upstream").is_some() && v.get("headers").is_some() => {
                     Body::Echo(normalize_echo(v))
@@ -592,6 +857,7 @@ async fn send_once(world: &World, port: u16, p: &Probe) -> Answer {
                 headers: normalize_headers(&headers),
                 body,
                 elapsed_ms: started.elapsed().as_millis() as u64,
+                tls,
             }
         }
         Ok(Err(e)) => Answer::Failed(e),
@@ -603,15 +869,16 @@ async fn exchange(
     world: &World,
     port: u16,
     p: &Probe,
-) -> Result<(u16, http::HeaderMap, Bytes), String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+) -> Result<(u16, http::HeaderMap, Bytes, Option<TlsFacts>), String> {
+    let tcp = tokio::net::TcpStream::connect((p.address.as_str(), port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).ok();
+    let mut facts = None;
     let (io, h2, scheme): (Box<dyn IoBox>, bool, &str) = match &p.tls {
         None => (Box::new(tcp), p.http2, "http"),
         Some(t) => {
-            let tls = client_tls(world, t, p.http2);
+            let tls = client_tls(world, t, p.http2)?;
             let sni = t
                 .sni
                 .clone()
@@ -623,7 +890,22 @@ async fn exchange(
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS handshake: {e}"))?;
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let conn = stream.get_ref().1;
+            let h2 = conn.alpn_protocol() == Some(b"h2");
+            facts = Some(TlsFacts {
+                version: match conn.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "1.2".into(),
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "1.3".into(),
+                    other => format!("{other:?}"),
+                },
+                cipher: conn
+                    .negotiated_cipher_suite()
+                    .map_or_else(String::new, |s| format!("{:?}", s.suite())),
+                server_cert: conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map_or_else(|| "none".into(), |c| world.server_cert_name(c)),
+            });
             (Box::new(stream), h2, "https")
         }
     };
@@ -672,7 +954,7 @@ async fn exchange(
         .await
         .map_err(|e| format!("body: {e}"))?
         .to_bytes();
-    Ok((status, headers, bytes))
+    Ok((status, headers, bytes, facts))
 }
 
 trait IoBox: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -710,6 +992,7 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
             .get(p.port.as_str())
             .unwrap_or_else(|| panic!("{}: probe {i}: unknown port {}", case.name, p.port));
         let before = world.upstream_counts();
+        let snis_before = world.upstream_snis();
         if p.expect.received.is_some() {
             for u in &world.upstreams {
                 u.clear_last();
@@ -752,6 +1035,33 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
                         &mut failures,
                         format!("answered in {elapsed_ms} ms, expected at most {max} ms"),
                     );
+                }
+                let facts = a.tls();
+                for (what, want, got) in [
+                    (
+                        "TLS version",
+                        &p.expect.tls_version,
+                        facts.map(|f| f.version.as_str()),
+                    ),
+                    (
+                        "cipher suite",
+                        &p.expect.cipher,
+                        facts.map(|f| f.cipher.as_str()),
+                    ),
+                    (
+                        "server certificate",
+                        &p.expect.server_cert,
+                        facts.map(|f| f.server_cert.as_str()),
+                    ),
+                ] {
+                    if let Some(want) = want
+                        && got != Some(want.as_str())
+                    {
+                        fail(
+                            &mut failures,
+                            format!("expected {what} {want}, got {got:?} ({a:?})"),
+                        );
+                    }
                 }
                 observed.push(Observed::One(a));
             }
@@ -802,6 +1112,21 @@ fn run_probes(world: &World, case: &Case, runtime: &str) -> (Vec<Observed>, Vec<
                     statuses,
                     upstreams,
                 });
+            }
+        }
+        if let Some(want) = &p.expect.upstream_sni {
+            let after = world.upstream_snis();
+            let new: Vec<String> = after
+                .iter()
+                .zip(&snis_before)
+                .flat_map(|(now, then)| now[then.len()..].iter())
+                .map(|s| s.clone().unwrap_or_default())
+                .collect();
+            if new.is_empty() || new.iter().any(|s| s != want) {
+                fail(
+                    &mut failures,
+                    format!("expected TLS upstream handshakes with SNI {want:?}, saw {new:?}"),
+                );
             }
         }
         if let Some(want) = &p.expect.requests {
@@ -923,17 +1248,39 @@ fn diff_answers(e: &Answer, o: &Answer, ignored: &[String]) -> Vec<String> {
                 status: es,
                 headers: eh,
                 body: eb,
+                tls: et,
                 ..
             },
             Answer::Response {
                 status: os,
                 headers: oh,
                 body: ob,
+                tls: ot,
                 ..
             },
         ) => {
             if es != os {
                 out.push(format!("status: envoy {es}, meshgate {os}"));
+            }
+            if let (Some(e), Some(o)) = (et, ot) {
+                if e.version != o.version {
+                    out.push(format!(
+                        "TLS version: envoy {}, meshgate {}",
+                        e.version, o.version
+                    ));
+                }
+                if e.server_cert != o.server_cert {
+                    out.push(format!(
+                        "server certificate: envoy {}, meshgate {}",
+                        e.server_cert, o.server_cert
+                    ));
+                }
+                if e.cipher != o.cipher && !ignored.iter().any(|i| i == "cipher") {
+                    out.push(format!(
+                        "cipher suite: envoy {}, meshgate {}",
+                        e.cipher, o.cipher
+                    ));
+                }
             }
             let names: BTreeSet<&String> = eh.keys().chain(oh.keys()).collect();
             for n in names {
@@ -1105,15 +1452,22 @@ fn run_case(name: &str) -> Vec<String> {
     problems
 }
 
-/// The ports the translation listens on.
-fn listeners_ports(set: &meshgate::xds::ResourceSet) -> Vec<u16> {
+/// The addresses the translation listens on (all addresses: reached on 127.0.0.1).
+fn listeners_ports(set: &meshgate::xds::ResourceSet) -> Vec<std::net::SocketAddr> {
     use meshgate::xds::pb::envoy::config::core::v3::address::Address as A;
     use meshgate::xds::pb::envoy::config::core::v3::socket_address::PortSpecifier;
     set.listeners
         .iter()
         .filter_map(|l| match l.address.as_ref()?.address.as_ref()? {
             A::SocketAddress(s) => match s.port_specifier.as_ref()? {
-                PortSpecifier::PortValue(p) => Some(*p as u16),
+                PortSpecifier::PortValue(p) => {
+                    let ip: std::net::IpAddr = match s.address.as_str() {
+                        "0.0.0.0" | "" => std::net::Ipv4Addr::LOCALHOST.into(),
+                        "::" => std::net::Ipv6Addr::LOCALHOST.into(),
+                        a => a.parse().ok()?,
+                    };
+                    Some(std::net::SocketAddr::new(ip, *p as u16))
+                }
                 _ => None,
             },
             _ => None,
@@ -1121,10 +1475,14 @@ fn listeners_ports(set: &meshgate::xds::ResourceSet) -> Vec<u16> {
         .collect()
 }
 
-/// Waits (bounded) until every listener port accepts connections.
-fn wait_bound(_world: &World, ports: Vec<u16>) {
-    for p in ports {
-        support::wait_for_port(p, Duration::from_secs(20));
+/// Waits (bounded) until every listener address accepts connections.
+fn wait_bound(_world: &World, addrs: Vec<std::net::SocketAddr>) {
+    for a in addrs {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(a).is_err() {
+            assert!(Instant::now() < deadline, "{a} did not open within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -155,7 +155,7 @@ async fn against_meshgate(delta: bool) {
         &[SocketAddr::from(([127, 0, 0, 1], 9010))],
     ));
     with_bad.sort();
-    source.set_for(sel.clone(), with_bad, TypeSet::ALL);
+    source.set_for(sel.clone(), with_bad.clone(), TypeSet::ALL);
     eventually("the NACK", Duration::from_secs(3), || {
         cp.syncz()
             .first()
@@ -173,20 +173,42 @@ async fn against_meshgate(delta: bool) {
     );
     assert!(err.contains("cds also-reject:"), "{err}");
     assert_eq!(handle.status().types["cds"].nacks, 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let last = recorder.last().unwrap();
     assert!(last.clusters.iter().all(|c| !c.name.contains("reject")));
     assert!(last.cluster(&cluster_name("a")).is_some());
-    // Not re-sent in a loop.
+    // Not re-sent in a loop: a later change (a's endpoint moves) reaches the client on
+    // the same stream after any re-sent clusters would have, and is applied with no
+    // second NACK.
+    let mut moved = with_bad.clone();
+    moved
+        .endpoints
+        .retain(|e| e.cluster_name != cluster_name("a"));
+    moved.endpoints.push(load_assignment(
+        &cluster_name("a"),
+        &[SocketAddr::from(([127, 0, 0, 1], 9011))],
+    ));
+    moved.sort();
+    source.set_for(sel.clone(), moved, TypeSet::ALL);
+    eventually("the moved endpoint", Duration::from_secs(5), || {
+        recorder.last().is_some_and(|s| {
+            s.endpoints
+                .iter()
+                .any(|e| e.cluster_name == cluster_name("a") && format!("{e:?}").contains("9011"))
+        })
+    })
+    .await;
+    assert_eq!(handle.status().types["cds"].nacks, 1);
     assert_eq!(cp.metric("pilot_total_xds_rejects{type=\"cds\"}"), 1.0);
 
     // The control plane goes away: the last configuration stays; it comes back: the
     // client reconnects and re-subscribes with what it holds.
     let applied_before = recorder.count();
     cp.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the client notices", Duration::from_secs(5), || {
+        !handle.status().connected
+    })
+    .await;
     assert!(handle.is_ready());
-    assert!(!handle.status().connected);
     source.set_for(
         sel.clone(),
         gateway(&[("a", 9001), ("d", 9004)]),
@@ -210,9 +232,11 @@ async fn against_meshgate(delta: bool) {
     assert!(recorder.count() > applied_before);
     cp.wait_synced(1, Duration::from_secs(5));
     if delta {
-        // Only differences were sent: `a` and the listener did not change.
+        // Only differences were sent: the listener did not change, so the new wildcard
+        // LDS subscription was confirmed with an empty response.
         let syncz = cp.syncz();
-        assert_eq!(syncz[0]["states"]["lds"], "NOT SENT", "{syncz:?}");
+        assert_eq!(syncz[0]["types"]["lds"]["sent_resources"], 0, "{syncz:?}");
+        assert_eq!(syncz[0]["states"]["lds"], "SYNCED", "{syncz:?}");
     }
     task.abort();
 }

@@ -102,10 +102,10 @@ fn serves_reloads_logs_and_drains() {
     // close, the process exits cleanly.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let before = a.requests();
     s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nx-echo-delay-ms: 1000\r\n\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let t = Instant::now();
+    wait_until("the slow request at the upstream", || a.requests() > before);
     let child_id = gw.child.as_ref().unwrap().id();
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child_id.to_string()])
@@ -114,8 +114,10 @@ fn serves_reloads_logs_and_drains() {
     assert_eq!(r.status, 200, "in-flight request finished during the drain");
     assert_eq!(r.header("connection"), Some("close"));
     let mut buf = [0u8; 8];
-    assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        other => panic!("the gateway did not close the connection: {other:?}"),
+    }
     let status = gw.terminate();
     assert!(status.success(), "exit status {status}");
-    assert!(t.elapsed() < Duration::from_secs(6));
 }

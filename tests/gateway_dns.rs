@@ -116,6 +116,10 @@ impl Proxy {
 
 const PROXIES: [&str; 2] = ["meshgate", "envoy"];
 
+/// `dns_refresh_rate` where a test proves that something else (a TTL, the failure
+/// refresh rate) made the proxy ask again: it must happen well within this.
+const REFRESH_RATE: Duration = Duration::from_secs(60);
+
 /// Envoy too: with `respect_dns_ttl` and a 1 s TTL, a changed record is followed within
 /// about a second although `dns_refresh_rate` is a minute.
 #[test]
@@ -125,7 +129,7 @@ fn respect_dns_ttl_follows_a_changed_record_within_its_ttl() {
         let dns = DnsServer::start();
         dns.set("app.test", &["127.0.0.1"], 1);
         let listen = free_port();
-        let extra = json!({"respect_dns_ttl": true, "dns_refresh_rate": "60s", "typed_dns_resolver_config": cares(&dns)});
+        let extra = json!({"respect_dns_ttl": true, "dns_refresh_rate": format!("{}s", REFRESH_RATE.as_secs()), "typed_dns_resolver_config": cares(&dns)});
         let proxy = Proxy::start(
             who,
             &config(
@@ -139,20 +143,18 @@ fn respect_dns_ttl_follows_a_changed_record_within_its_ttl() {
                 )],
             ),
         );
-        wait_until(Duration::from_secs(5), "the first answer", || {
+        wait_until(Duration::from_secs(20), "the first answer", || {
             upstream_of(listen, "/strict") == "a"
         });
+        // Without the TTL the next question would come after the minute-long refresh
+        // rate: a bound of a third of that proves the TTL without timing it.
         dns.set("app.test", &["127.0.0.2"], 1);
-        let took = wait_until(Duration::from_secs(6), "the new record", || {
+        wait_until(REFRESH_RATE / 3, "the new record", || {
             upstream_of(listen, "/strict") == "b"
         });
-        assert!(
-            took < Duration::from_millis(2500),
-            "{who}: followed after {took:?} with a 1 s TTL"
-        );
-        // Re-asked about once a second since, not once a minute.
+        // Re-asked by the TTL since, not once a minute.
         let q = dns.queries("app.test");
-        wait_until(Duration::from_secs(5), "two more queries", || {
+        wait_until(REFRESH_RATE / 3, "two more queries", || {
             dns.queries("app.test") >= q + 2
         });
         assert!(proxy.stat("cluster.strict.update_attempt") >= 3, "{who}");
@@ -198,7 +200,7 @@ fn long_ttl_is_not_asked_again_and_refresh_rate_applies_without_respect() {
         assert_eq!(upstream_of(listen, "/long"), "a", "{who}");
         assert_eq!(upstream_of(listen, "/fixed"), "a", "{who}");
         let first = dns.queries("fixed.test");
-        let took = wait_until(Duration::from_secs(6), "four refreshes", || {
+        let took = wait_until(Duration::from_secs(20), "four refreshes", || {
             dns.queries("fixed.test") >= first + 4
         });
         assert!(
@@ -227,7 +229,7 @@ fn failing_resolver_keeps_the_last_hosts_and_retries_on_the_failure_rate() {
         dns.set("flaky.test", &["127.0.0.1"], 1);
         let listen = free_port();
         let extra = json!({
-            "respect_dns_ttl": true, "dns_refresh_rate": "60s",
+            "respect_dns_ttl": true, "dns_refresh_rate": format!("{}s", REFRESH_RATE.as_secs()),
             "dns_failure_refresh_rate": {"base_interval": "0.2s", "max_interval": "0.4s"},
             "typed_dns_resolver_config": cares(&dns),
         });
@@ -247,20 +249,17 @@ fn failing_resolver_keeps_the_last_hosts_and_retries_on_the_failure_rate() {
         assert_eq!(upstream_of(listen, "/flaky"), "a", "{who}");
         dns.mode(Mode::ServFail);
         let failures = proxy.stat("cluster.flaky.update_failure");
-        // TTL 1 s, then failures at most 400 ms apart.
-        wait_until(Duration::from_secs(5), "three failed refreshes", || {
+        // TTL 1 s, then failures at most 400 ms apart (the minute-long refresh rate would
+        // not retry within the bound).
+        wait_until(REFRESH_RATE / 3, "three failed refreshes", || {
             proxy.stat("cluster.flaky.update_failure") >= failures + 3
         });
         assert_eq!(upstream_of(listen, "/flaky"), "a", "{who}: last hosts kept");
         dns.set("flaky.test", &["127.0.0.2"], 1);
         dns.mode(Mode::Answer);
-        let took = wait_until(Duration::from_secs(5), "the answer after failures", || {
+        wait_until(REFRESH_RATE / 3, "the answer after failures", || {
             upstream_of(listen, "/flaky") == "b"
         });
-        assert!(
-            took < Duration::from_millis(1500),
-            "{who}: {took:?} to recover"
-        );
     }
 }
 
@@ -287,14 +286,14 @@ fn vanished_name_empties_strict_dns_and_keeps_logical_dns() {
     assert_eq!(upstream_of(listen, "/logical"), "a");
     dns.set("gone.test", &[], 1);
     // An empty answer (no address): STRICT_DNS has no host left.
-    wait_until(Duration::from_secs(5), "the strict cluster emptied", || {
+    wait_until(REFRESH_RATE / 3, "the strict cluster emptied", || {
         upstream_of(listen, "/strict") == "none (503)"
     });
     assert_eq!(upstream_of(listen, "/logical"), "a");
     assert!(mesh.stat("cluster.logical.update_failure").unwrap() >= 1);
     // LOGICAL_DNS retries on the failure rate and follows the next address it gets.
     dns.set("gone.test", &["127.0.0.2"], 1);
-    wait_until(Duration::from_secs(5), "the logical cluster moved", || {
+    wait_until(REFRESH_RATE / 3, "the logical cluster moved", || {
         upstream_of(listen, "/logical") == "b"
     });
     // The empty answer had no TTL: STRICT_DNS waits for dns_refresh_rate (a minute).

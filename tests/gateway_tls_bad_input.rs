@@ -270,8 +270,18 @@ fn each_bad_connection_ends_alone_and_is_counted() {
         .spawn()
         .unwrap();
     let mut stdin = s_client.stdin.take().unwrap();
-    // Let the handshake finish, then ask for a renegotiation.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the handshake is done (s_client prints the verification result), ask for a
+    // renegotiation.
+    let mut out = std::io::BufReader::new(s_client.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "s_client ended before its handshake completed");
+        if line.contains("Verify return code") {
+            break;
+        }
+    }
     stdin.write_all(b"R\n").unwrap();
     stdin.flush().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -4,13 +4,15 @@
 //! versions and cipher suites, MUTUAL and OPTIONAL_MUTUAL with `x-forwarded-client-cert`,
 //! and `httpsRedirect`. Clients: rustls, curl --http2, openssl s_client.
 mod support;
+#[path = "support/tls.rs"]
+mod tls_support;
 #[path = "support/translate.rs"]
 mod translating;
 
 use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use support::gateway::GatewayProcess;
+use support::gateway::{GatewayProcess, InProcess, envoy_with, static_cluster};
 use support::*;
 use translating::*;
 
@@ -569,4 +571,874 @@ async fn termination_matches_envoy() {
         "meshgate and Envoy differ:\n{}",
         differences.join("\n")
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Envoy's TLS resources themselves (DownstreamTlsContext per filter chain, matched on
+// server names, certificates and the client CA as SDS secrets from files) served by
+// meshgate's data plane and by Envoy, with openssl s_client, curl --http2, h2load and
+// reqwest as clients.
+// ---------------------------------------------------------------------------------------
+
+const EDGE_CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+
+/// Certificates, secret files and TLS contexts shared by both proxies.
+struct Edge {
+    dir: TempDir,
+    ca: TestCa,
+    evil: TestCa,
+    /// (server names, DownstreamTlsContext with `SDS` standing for each secret's config
+    /// source) per filter chain.
+    chains: Vec<(Vec<String>, serde_json::Value)>,
+    /// Secret resources (JSON), also written as SDS files for Envoy.
+    secrets: Vec<serde_json::Value>,
+    a_files: (std::path::PathBuf, std::path::PathBuf),
+}
+
+impl Edge {
+    fn new() -> Edge {
+        use serde_json::json;
+        let dir = TempDir::new();
+        let d = dir.path();
+        let ca = TestCa::new("meshgate test CA");
+        let evil = TestCa::new("someone else's CA");
+        let ca_path = ca.write_ca(d, "client-ca");
+        let a_files = ca.leaf(&["a.example.com"]).write(d, "a");
+        let wild = ca.leaf(&["*.wild.example.com"]).write(d, "wild");
+        let m = ca
+            .leaf(&[
+                "m.example.com",
+                "o.example.com",
+                "v12.example.com",
+                "v13.example.com",
+            ])
+            .write(d, "m");
+        let cert_secret = |name: &str, (c, k): &(std::path::PathBuf, std::path::PathBuf)| json!({"name": name, "tls_certificate": {"certificate_chain": {"filename": c}, "private_key": {"filename": k}}});
+        let secrets = vec![
+            cert_secret("a-cert", &a_files),
+            cert_secret("wild-cert", &wild),
+            cert_secret("m-cert", &m),
+            json!({"name": "client-ca", "validation_context": {"trusted_ca": {"filename": ca_path}}}),
+        ];
+        for s in &secrets {
+            let name = s["name"].as_str().unwrap();
+            let mut typed = s.clone();
+            typed["@type"] =
+                json!("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret");
+            std::fs::write(
+                d.join(format!("{name}.sds.json")),
+                json!({"resources": [typed]}).to_string(),
+            )
+            .unwrap();
+        }
+        let sds = |name: &str| json!({"name": name, "sds_config": "SDS"});
+        let alpn = json!(["h2", "http/1.1"]);
+        let simple = |cert: &str| json!({"common_tls_context": {"alpn_protocols": alpn, "tls_certificate_sds_secret_configs": [sds(cert)]}});
+        let mutual = |require: bool, sans: serde_json::Value| {
+            json!({
+                "require_client_certificate": require,
+                "common_tls_context": {
+                    "alpn_protocols": alpn,
+                    "tls_certificate_sds_secret_configs": [sds("m-cert")],
+                    "combined_validation_context": {
+                        "default_validation_context": {"match_typed_subject_alt_names": sans},
+                        "validation_context_sds_secret_config": sds("client-ca"),
+                    },
+                },
+            })
+        };
+        let versions = |params: serde_json::Value| json!({"common_tls_context": {"alpn_protocols": alpn, "tls_params": params, "tls_certificate_sds_secret_configs": [sds("m-cert")]}});
+        let chains = vec![
+            (vec!["a.example.com".to_string()], simple("a-cert")),
+            (vec!["*.wild.example.com".to_string()], simple("wild-cert")),
+            (
+                vec!["m.example.com".to_string()],
+                mutual(
+                    true,
+                    json!([{"san_type": "URI", "matcher": {"exact": EDGE_CLIENT_ID}}]),
+                ),
+            ),
+            (vec!["o.example.com".to_string()], mutual(false, json!([]))),
+            (
+                vec!["v12.example.com".to_string()],
+                versions(json!({"tls_maximum_protocol_version": "TLSv1_2"})),
+            ),
+            (
+                vec!["v13.example.com".to_string()],
+                versions(json!({"tls_minimum_protocol_version": "TLSv1_3"})),
+            ),
+        ];
+        Edge {
+            dir,
+            ca,
+            evil,
+            chains,
+            secrets,
+            a_files,
+        }
+    }
+
+    /// One listener on `port` with the filter chains, HTTP to the echo upstream with
+    /// Istio's XFCC settings; secrets from files (Envoy: an SDS file per secret) or in the
+    /// resource set (meshgate: over its xDS input).
+    fn resources(&self, port: u16, echo: u16, envoy: bool) -> serde_json::Value {
+        use serde_json::json;
+        let source = |name: &str| {
+            if envoy {
+                json!({"path_config_source": {"path": self.dir.path().join(format!("{name}.sds.json"))}, "resource_api_version": "V3"})
+            } else {
+                json!({"ads": {}, "resource_api_version": "V3"})
+            }
+        };
+        // Fill in each `"sds_config": "SDS"` with the side's config source.
+        fn fill(v: &mut serde_json::Value, source: &dyn Fn(&str) -> serde_json::Value) {
+            match v {
+                serde_json::Value::Object(o) => {
+                    if o.get("sds_config") == Some(&json!("SDS")) {
+                        let name = o["name"].as_str().unwrap().to_string();
+                        o.insert("sds_config".into(), source(&name));
+                    }
+                    for (_, x) in o.iter_mut() {
+                        fill(x, source);
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(|x| fill(x, source)),
+                _ => {}
+            }
+        }
+        let hcm = json!({
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "https",
+                "forward_client_cert_details": "SANITIZE_SET",
+                "set_current_client_cert_details": {"subject": true, "cert": true, "uri": true, "dns": true},
+                "route_config": {"name": "edge", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]}]},
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            },
+        });
+        let chains: Vec<serde_json::Value> = self
+            .chains
+            .iter()
+            .map(|(names, ctx)| {
+                let mut typed = ctx.clone();
+                fill(&mut typed, &source);
+                typed["@type"] = json!("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext");
+                json!({
+                    "filter_chain_match": {"server_names": names},
+                    "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": typed},
+                    "filters": [hcm],
+                })
+            })
+            .collect();
+        let mut r = json!({
+            "listeners": [{
+                "name": "https",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+                "filter_chains": chains,
+            }],
+            "clusters": [static_cluster("echo", &[echo], json!({}))],
+        });
+        if !envoy {
+            r["secrets"] = json!(self.secrets);
+        }
+        r
+    }
+
+    /// Both proxies: (meshgate, its port), (Envoy, its port).
+    fn start(&self, echo: u16) -> (InProcess, u16, Envoy, u16, TempDir) {
+        let (mesh_port, envoy_port) = (free_port(), free_port());
+        let mesh = InProcess::start(&self.resources(mesh_port, echo, false));
+        let envoy_dir = TempDir::new();
+        let envoy = envoy_with(&self.resources(envoy_port, echo, true), &envoy_dir);
+        envoy.assert_no_rejections();
+        (mesh, mesh_port, envoy, envoy_port, envoy_dir)
+    }
+
+    /// A reqwest client resolving the test names to 127.0.0.1:`port`.
+    fn client(&self, identity: Option<&Leaf>, port: u16) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.ca.pem.as_bytes()).unwrap()])
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(10));
+        for h in [
+            "a.example.com",
+            "x.wild.example.com",
+            "m.example.com",
+            "o.example.com",
+            "v12.example.com",
+            "v13.example.com",
+        ] {
+            b = b.resolve(h, ([127, 0, 0, 1], port).into());
+        }
+        if let Some(id) = identity {
+            b = b.identity(
+                reqwest::Identity::from_pem(format!("{}{}", id.cert, id.key).as_bytes()).unwrap(),
+            );
+        }
+        b.build().unwrap()
+    }
+}
+
+/// What a client saw over HTTPS: `STATUS VERSION`, and the echo's JSON; or `failed`.
+async fn edge_get(client: &reqwest::Client, host: &str, port: u16) -> (String, serde_json::Value) {
+    match client
+        .get(format!("https://{host}:{port}/path"))
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let seen = format!("{} {:?}", r.status().as_u16(), r.version());
+            (seen, r.json().await.unwrap_or_default())
+        }
+        Err(_) => ("failed".into(), serde_json::Value::Null),
+    }
+}
+
+/// The gateway's own counter from its admin `/stats`.
+fn mesh_stat(mesh: &InProcess, name: &str) -> u64 {
+    mesh.stat(name)
+        .unwrap_or_else(|| panic!("meshgate has no stat {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_tls_resources_same_behaviour_for_sni_mutual_versions_and_alpn() {
+    use tls_support::{curl, h2load, s_client, s_client_within};
+    let fx = Edge::new();
+    let echo = EchoUpstream::start("echo");
+    let (mesh, mesh_port, envoy, envoy_port, _envoy_dir) = fx.start(echo.port());
+    let client_ok = fx
+        .ca
+        .leaf_with("client", &["client.example.com"], &[EDGE_CLIENT_ID], 0, 30);
+    let client_other_san = fx.ca.leaf_with(
+        "client",
+        &[],
+        &["spiffe://cluster.local/ns/default/sa/other"],
+        0,
+        30,
+    );
+    let client_evil = fx.evil.leaf_with("client", &[], &[EDGE_CLIENT_ID], 0, 30);
+    let client_expired = fx.ca.leaf_with("client", &[], &[EDGE_CLIENT_ID], -30, -1);
+    let no_chain_before = mesh_stat(&mesh, "listener.no_filter_chain_match");
+    let rejected_before = mesh_stat(&mesh, "tls.peer_certificate_rejected");
+
+    let mut xfcc = Vec::new();
+    for (label, port) in [("meshgate", mesh_port), ("envoy", envoy_port)] {
+        let plain = fx.client(None, port);
+        // SNI picks the filter chain and its certificate; ALPN h2 negotiated.
+        for host in ["a.example.com", "x.wild.example.com"] {
+            let (seen, body) = edge_get(&plain, host, port).await;
+            assert_eq!(seen, "200 HTTP/2.0", "{label}: {host}");
+            assert_eq!(body["upstream"], "echo", "{label}: {host}");
+        }
+        let s = s_client(port, &["-servername", "x.wild.example.com"], "");
+        assert!(
+            s.subject()
+                .is_some_and(|l| l.contains("*.wild.example.com")),
+            "{label}: {}",
+            s.output
+        );
+
+        // Unknown SNI, no SNI, plain HTTP on the TLS port: the connection is reset.
+        let s = s_client(port, &["-servername", "nope.example.com"], "");
+        assert!(
+            !s.handshake_done(),
+            "{label}: unknown SNI must fail: {}",
+            s.output
+        );
+        let s = s_client(port, &["-noservername"], "");
+        assert!(
+            !s.handshake_done(),
+            "{label}: no SNI must fail: {}",
+            s.output
+        );
+        let (ok, out) = curl(&[&format!("http://127.0.0.1:{port}/")]);
+        assert!(
+            !ok && (out.contains("reset") || out.contains("Empty reply")),
+            "{label}: plain HTTP: {out}"
+        );
+
+        // curl --http2 with the CA.
+        let (ok, out) = curl(&[
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            "--cacert",
+            fx.dir.path().join("client-ca.pem").to_str().unwrap(),
+            "--resolve",
+            &format!("a.example.com:{port}:127.0.0.1"),
+            &format!("https://a.example.com:{port}/"),
+        ]);
+        assert!(ok && out.trim() == "2", "{label}: curl --http2: {out}");
+
+        // h2load: many HTTP/2 streams over TLS with SNI.
+        let (ok, out) = h2load(&[
+            "-n",
+            "200",
+            "-c",
+            "4",
+            "-m",
+            "10",
+            &format!("--connect-to=127.0.0.1:{port}"),
+            &format!("https://a.example.com:{port}/"),
+        ]);
+        assert!(
+            ok && out.contains("200 succeeded") && out.contains("Application protocol: h2"),
+            "{label}: h2load: {out}"
+        );
+
+        // ALPN: h2 chosen; an offer with nothing in common still completes without ALPN.
+        let s = s_client(
+            port,
+            &["-servername", "a.example.com", "-alpn", "h2,http/1.1"],
+            "",
+        );
+        assert_eq!(s.alpn().as_deref(), Some("h2"), "{label}: {}", s.output);
+        let s = s_client(port, &["-servername", "a.example.com", "-alpn", "foo"], "");
+        assert!(
+            s.handshake_done() && s.alpn().is_none(),
+            "{label}: ALPN foo: {}",
+            s.output
+        );
+
+        // MUTUAL: a good client certificate passes and is described in XFCC.
+        let (seen, body) =
+            edge_get(&fx.client(Some(&client_ok), port), "m.example.com", port).await;
+        assert_eq!(seen, "200 HTTP/2.0", "{label}: mutual ok");
+        xfcc.push(
+            body["headers"]["x-forwarded-client-cert"][0]
+                .as_str()
+                .unwrap_or_else(|| panic!("{label}: no XFCC in {body}"))
+                .to_string(),
+        );
+        // Without a certificate, from another CA, with the wrong SAN, expired: refused.
+        for (what, id) in [
+            ("no cert", None),
+            ("other SAN", Some(&client_other_san)),
+            ("wrong CA", Some(&client_evil)),
+            ("expired", Some(&client_expired)),
+        ] {
+            let (seen, _) = edge_get(&fx.client(id, port), "m.example.com", port).await;
+            assert_eq!(seen, "failed", "{label}: mutual {what}");
+        }
+        // TLS 1.3 without a client certificate: the client's handshake completes, then
+        // the server's certificate-required alert ends the connection (s_client waits
+        // for that end: -ign_eof).
+        let s = s_client_within(
+            port,
+            &["-servername", "m.example.com", "-tls1_3", "-ign_eof"],
+            "GET / HTTP/1.1\r\nHost: m\r\n\r\n",
+            std::time::Duration::from_secs(20),
+        );
+        assert!(
+            s.handshake_done(),
+            "{label}: TLS 1.3 handshake completes client-side: {}",
+            s.output
+        );
+        assert!(
+            s.output.contains("alert") && !s.output.contains("HTTP/1.1 200"),
+            "{label}: refused after the handshake: {}",
+            s.output
+        );
+
+        // OPTIONAL_MUTUAL: no certificate is fine, a good one too, an untrusted one not.
+        let (seen, _) = edge_get(&plain, "o.example.com", port).await;
+        assert!(seen.starts_with("200 "), "{label}: optional without cert");
+        let (seen, _) = edge_get(&fx.client(Some(&client_ok), port), "o.example.com", port).await;
+        assert!(seen.starts_with("200 "), "{label}: optional with cert");
+        let (seen, _) = edge_get(&fx.client(Some(&client_evil), port), "o.example.com", port).await;
+        assert_eq!(seen, "failed", "{label}: optional with an untrusted cert");
+
+        // Protocol versions.
+        let s = s_client(port, &["-servername", "v12.example.com"], "");
+        assert_eq!(
+            s.protocol().as_deref(),
+            Some("TLSv1.2"),
+            "{label}: {}",
+            s.output
+        );
+        let s = s_client(port, &["-servername", "v12.example.com", "-tls1_3"], "");
+        assert!(
+            !s.handshake_done(),
+            "{label}: max 1.2 refuses 1.3-only: {}",
+            s.output
+        );
+        let s = s_client(port, &["-servername", "v13.example.com", "-tls1_2"], "");
+        assert!(
+            !s.handshake_done(),
+            "{label}: min 1.3 refuses 1.2-only: {}",
+            s.output
+        );
+        let s = s_client(port, &["-servername", "v13.example.com"], "");
+        assert_eq!(
+            s.protocol().as_deref(),
+            Some("TLSv1.3"),
+            "{label}: {}",
+            s.output
+        );
+    }
+    // The same client certificate yields the same x-forwarded-client-cert.
+    assert_eq!(xfcc[0], xfcc[1], "XFCC: meshgate vs envoy");
+    assert!(
+        xfcc[0].contains(&format!("URI={EDGE_CLIENT_ID}"))
+            && xfcc[0].contains("DNS=client.example.com"),
+        "{}",
+        xfcc[0]
+    );
+    // Counted by each proxy: the connections no filter chain took (unknown SNI, no SNI,
+    // plain HTTP), and by meshgate the refused client certificates.
+    assert_eq!(
+        (
+            mesh_stat(&mesh, "listener.no_filter_chain_match") - no_chain_before,
+            envoy.stat(&format!(
+                "listener.127.0.0.1_{envoy_port}.no_filter_chain_match"
+            )),
+        ),
+        (3, Some(3)),
+        "no filter chain: (meshgate, envoy)"
+    );
+    assert!(mesh_stat(&mesh, "tls.peer_certificate_rejected") >= rejected_before + 3);
+    envoy.assert_no_rejections();
+}
+
+/// The certificate a fresh handshake to `port` with SNI `host` gets (its SHA-256).
+async fn served_hash(ca: &TestCa, port: u16, host: &str) -> Option<String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem_certs(&ca.pem) {
+        roots.add(c).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from(host.to_string()).ok()?,
+            tcp,
+        )
+        .await
+        .ok()?;
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
+    Some(meshgate::tls::PeerIdentity::from_chain(&[leaf])?.sha256_hex)
+}
+
+fn leaf_hash(l: &Leaf) -> String {
+    let der = meshgate::tls::material::parse_certificates(l.cert.as_bytes(), "leaf").unwrap();
+    meshgate::tls::PeerIdentity::from_chain(&der)
+        .unwrap()
+        .sha256_hex
+}
+
+/// Replaces a file atomically (write beside, rename over), as secret mounts do.
+fn replace_file(path: &std::path::Path, contents: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_tls_resources_file_rotation_like_envoy() {
+    use std::time::{Duration, Instant};
+    let fx = Edge::new();
+    let echo = EchoUpstream::start("echo");
+    let (mesh, mesh_port, envoy, envoy_port, _envoy_dir) = fx.start(echo.port());
+    let ports = [("meshgate", mesh_port), ("envoy", envoy_port)];
+    // Each proxy counts the file contents it could not use: meshgate's
+    // `tls.secret_rejections`, Envoy's `sds.<secret>.key_rotation_failed`.
+    let refusals = || {
+        (
+            mesh_stat(&mesh, "tls.secret_rejections"),
+            envoy.stat("sds.a-cert.key_rotation_failed").unwrap_or(0),
+        )
+    };
+
+    // A keep-alive connection per proxy, opened before the rotation.
+    let mut open = Vec::new();
+    for (label, port) in ports {
+        let c = fx.client(None, port);
+        let (seen, _) = edge_get(&c, "a.example.com", port).await;
+        assert!(seen.starts_with("200 "), "{label}");
+        open.push(c);
+    }
+    let first = served_hash(&fx.ca, mesh_port, "a.example.com")
+        .await
+        .unwrap();
+
+    // A new pair: key first, then certificate (the moment between is a mismatch).
+    let next = fx.ca.leaf(&["a.example.com"]);
+    let (cert_path, key_path) = &fx.a_files;
+    replace_file(key_path, &next.key);
+    replace_file(cert_path, &next.cert);
+    let want = leaf_hash(&next);
+    assert_ne!(want, first);
+    for (label, port) in ports {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while served_hash(&fx.ca, port, "a.example.com").await.as_deref() != Some(want.as_str()) {
+            assert!(
+                Instant::now() < deadline,
+                "{label}: new certificate not served"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The connections opened before still work (same TLS session, no reconnect needed).
+    for ((label, port), c) in ports.iter().zip(&open) {
+        let (seen, _) = edge_get(c, "a.example.com", *port).await;
+        assert!(
+            seen.starts_with("200 "),
+            "{label}: open connection after rotation"
+        );
+    }
+    assert!(mesh_stat(&mesh, "tls.secret_rotations") >= 1);
+
+    // Only the certificate replaced: the pair does not match; once each proxy has
+    // refused it, both still serve the last good pair. Then garbage: the same.
+    let half = fx.ca.leaf(&["a.example.com"]);
+    for (what, contents) in [
+        ("a certificate without its key", half.cert.as_str()),
+        ("garbage", "not a certificate"),
+    ] {
+        let (mesh_before, envoy_before) = refusals();
+        replace_file(cert_path, contents);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (m, e) = refusals();
+            if m > mesh_before && e > envoy_before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} not refused by both: (meshgate, envoy) = {:?}",
+                refusals()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (label, port) in ports {
+            assert_eq!(
+                served_hash(&fx.ca, port, "a.example.com").await.as_deref(),
+                Some(want.as_str()),
+                "{label}: {what}: keeps the last good pair"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client certificate checks of a DownstreamTlsContext on meshgate's listeners: CRLs,
+// hash and SPKI pins, the client identity forwarded upstream, the CA rotated through
+// SDS, renegotiation, Kubernetes Secrets rotating, and contexts refused with the field.
+// ---------------------------------------------------------------------------------------
+
+/// A listener on `port` terminating TLS with `ctx` (any SNI), HTTP to the echo upstream,
+/// forwarding the client's certificate details in `x-forwarded-client-cert`.
+fn mutual_listener(name: &str, port: u16, ctx: serde_json::Value) -> serde_json::Value {
+    use serde_json::json;
+    let mut typed = ctx;
+    typed["@type"] =
+        json!("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext");
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": typed},
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "forward_client_cert_details": "SANITIZE_SET",
+                "set_current_client_cert_details": {"subject": true, "uri": true, "dns": true},
+                "route_config": {"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]}]},
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            }}],
+        }],
+    })
+}
+
+/// An HTTPS GET to `srv.example.com` on `port` trusting `ca`, with a client certificate:
+/// the `x-forwarded-client-cert` the upstream got, or the error.
+async fn xfcc_via(ca: &TestCa, port: u16, id: Option<&Leaf>) -> Result<String, String> {
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap()])
+        .resolve("srv.example.com", ([127, 0, 0, 1], port).into())
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(10));
+    if let Some(id) = id {
+        b = b.identity(
+            reqwest::Identity::from_pem(format!("{}{}", id.cert, id.key).as_bytes()).unwrap(),
+        );
+    }
+    let r = b
+        .build()
+        .unwrap()
+        .get(format!("https://srv.example.com:{port}/"))
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let body: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+    Ok(body["headers"]["x-forwarded-client-cert"][0]
+        .as_str()
+        .unwrap_or("")
+        .to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_crl_pins_identity_ca_rotation_and_renegotiation() {
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+    let dir = TempDir::new();
+    let echo = EchoUpstream::start("echo");
+    let ca = TestCa::new("mutual CA");
+    let (c, k) = ca.leaf(&["srv.example.com"]).write(dir.path(), "srv");
+    let good = ca.leaf_serial("spiffe://cluster.local/ns/a/sa/good", 1001);
+    let revoked = ca.leaf_serial("spiffe://cluster.local/ns/a/sa/revoked", 1002);
+    let other = ca.leaf_serial("spiffe://cluster.local/ns/a/sa/good", 1003);
+    let ca_path = ca.write_ca(dir.path(), "ca");
+    let crl_path = dir.path().join("ca.crl");
+    std::fs::write(&crl_path, ca.crl(&[1002])).unwrap();
+    let cert = json!([{"certificate_chain": {"filename": c}, "private_key": {"filename": k}}]);
+    let require = |validation: serde_json::Value| json!({"require_client_certificate": true, "common_tls_context": {"tls_certificates": cert, "validation_context": validation}});
+    // Hash pin in Envoy's colon-separated upper-case form; SPKI pin in base64.
+    let good_hash = leaf_hash(&good);
+    let colon = good_hash
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
+        .collect::<Vec<_>>()
+        .join(":");
+    let spki = {
+        let der = meshgate::tls::material::parse_certificates(other.cert.as_bytes(), "x").unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der[0]).unwrap();
+        use sha2::Digest;
+        base64::engine::general_purpose::STANDARD
+            .encode(sha2::Sha256::digest(parsed.public_key().raw))
+    };
+    let new_ca = TestCa::new("next CA");
+    let ca_secret = |ca: &TestCa| json!({"name": "kubernetes://gw-cacert", "validation_context": {"trusted_ca": {"inline_string": ca.pem}}});
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let resources = |ca_in_sds: &TestCa| {
+        json!({
+            "listeners": [
+                mutual_listener("crl", ports[0], require(json!({"trusted_ca": {"filename": ca_path}, "crl": {"filename": crl_path}}))),
+                mutual_listener("hash", ports[1], require(json!({"trusted_ca": {"filename": ca_path}, "verify_certificate_hash": [colon]}))),
+                mutual_listener("spki", ports[2], require(json!({"trusted_ca": {"filename": ca_path}, "verify_certificate_spki": [spki]}))),
+                mutual_listener("rotating", ports[3], json!({"require_client_certificate": true, "common_tls_context": {"tls_certificates": cert,
+                    "validation_context_sds_secret_config": {"name": "kubernetes://gw-cacert", "sds_config": {"ads": {}, "resource_api_version": "V3"}}}})),
+            ],
+            "clusters": [static_cluster("echo", &[echo.port()], json!({}))],
+            "secrets": [ca_secret(ca_in_sds)],
+        })
+    };
+    let mesh = InProcess::start(&resources(&ca));
+
+    // CRL: the revoked serial is refused, the other accepted; its identity reaches the
+    // upstream (certificate hash, subject, SPIFFE URI).
+    let xfcc = xfcc_via(&ca, ports[0], Some(&good)).await.unwrap();
+    assert!(xfcc.contains(&format!("Hash={good_hash}")), "{xfcc}");
+    assert!(
+        xfcc.contains("URI=spiffe://cluster.local/ns/a/sa/good"),
+        "{xfcc}"
+    );
+    assert!(xfcc.contains("CN=client"), "{xfcc}");
+    assert!(
+        xfcc_via(&ca, ports[0], Some(&revoked)).await.is_err(),
+        "revoked client refused"
+    );
+    // Hash pin: only the pinned certificate passes (the other has the same identity).
+    assert!(xfcc_via(&ca, ports[1], Some(&good)).await.is_ok());
+    assert!(
+        xfcc_via(&ca, ports[1], Some(&other)).await.is_err(),
+        "unpinned certificate refused"
+    );
+    // SPKI pin.
+    assert!(xfcc_via(&ca, ports[2], Some(&other)).await.is_ok());
+    assert!(xfcc_via(&ca, ports[2], Some(&good)).await.is_err());
+
+    // CA rotation through SDS: clients of the new CA are accepted after the update
+    // (a secret-only change), those of the old one no longer.
+    let new_client = new_ca.leaf_serial("spiffe://cluster.local/ns/a/sa/new", 7);
+    assert!(xfcc_via(&ca, ports[3], Some(&good)).await.is_ok());
+    assert!(xfcc_via(&ca, ports[3], Some(&new_client)).await.is_err());
+    mesh.apply(&resources(&new_ca), "2").unwrap();
+    assert!(xfcc_via(&ca, ports[3], Some(&new_client)).await.is_ok());
+    assert!(xfcc_via(&ca, ports[3], Some(&good)).await.is_err());
+
+    // A client asking to renegotiate (TLS 1.2 `R`) gets no new handshake: the gateway
+    // refuses it (and counts it); everyone else is served on.
+    let refused = mesh_stat(&mesh, "tls.renegotiation_refused");
+    let s = tls_support::s_client_within(
+        ports[0],
+        &[
+            "-tls1_2",
+            "-servername",
+            "srv.example.com",
+            "-cert",
+            dir.path().join("srv.crt").to_str().unwrap(),
+            "-key",
+            dir.path().join("srv.key").to_str().unwrap(),
+        ],
+        "R\n",
+        Duration::from_secs(20),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mesh_stat(&mesh, "tls.renegotiation_refused") == refused {
+        assert!(
+            Instant::now() < deadline,
+            "renegotiation not refused: {}",
+            s.output
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = s
+        .output
+        .split("RENEGOTIATING")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no renegotiation attempt: {}", s.output));
+    assert!(
+        !after.contains("Cipher is") && !after.contains("Certificate chain"),
+        "no second handshake: {after}"
+    );
+    assert!(xfcc_via(&ca, ports[0], Some(&good)).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_or_contradictory_contexts_are_refused_with_the_field() {
+    use serde_json::{Value, json};
+    let echo = EchoUpstream::start("echo");
+    let ca = TestCa::new("x");
+    let leaf = ca.leaf(&["a.example.com"]);
+    let cert = json!([{"certificate_chain": {"inline_string": leaf.cert}, "private_key": {"inline_string": leaf.key}}]);
+    let port = free_port();
+    let with = |ctx: Value| {
+        json!({
+            "listeners": [mutual_listener("edge", port, ctx)],
+            "clusters": [static_cluster("echo", &[echo.port()], json!({}))],
+        })
+    };
+    let mesh = InProcess::start(&with(
+        json!({"common_tls_context": {"tls_certificates": cert}}),
+    ));
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"common_tls_context": {}}), "no certificate"),
+        (
+            json!({"require_client_certificate": true, "common_tls_context": {"tls_certificates": cert}}),
+            "require_client_certificate",
+        ),
+        (
+            json!({"session_ticket_keys": {"keys": [{"inline_string": "x"}]}, "common_tls_context": {"tls_certificates": cert}}),
+            "session_ticket_keys",
+        ),
+        (
+            json!({"common_tls_context": {"tls_certificates": cert, "tls_params": {"cipher_suites": ["BOGUS"]}}}),
+            "unknown cipher suite",
+        ),
+        (
+            json!({"common_tls_context": {"tls_certificates": cert, "tls_params": {"tls_maximum_protocol_version": "TLSv1_1"}}}),
+            "TLS 1.0 and 1.1",
+        ),
+        (
+            json!({"common_tls_context": {"tls_certificates": cert, "validation_context": {"allow_expired_certificate": true}}}),
+            "allow_expired_certificate",
+        ),
+        (
+            json!({"common_tls_context": {"tls_certificates": [{"certificate_chain": {"inline_string": leaf.cert}, "private_key": {"inline_string": "junk"}}]}}),
+            "no private key",
+        ),
+        (
+            json!({"session_timeout": "10s", "common_tls_context": {"tls_certificates": cert}}),
+            "session_timeout",
+        ),
+    ];
+    for (i, (ctx, want)) in cases.into_iter().enumerate() {
+        let err = mesh.apply(&with(ctx), &format!("bad-{i}")).expect_err(want);
+        assert!(err.contains(want), "want {want:?} in {err:?}");
+        assert!(err.contains("\"edge\""), "the listener is named: {err}");
+        assert!(
+            err.contains("filter_chains[0]"),
+            "the chain is named: {err}"
+        );
+    }
+    // The last good configuration serves throughout.
+    let r = https_client(&ca.pem, &["a.example.com"], port, None)
+        .get(format!("https://a.example.com:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_name_secrets_serve_and_rotate_through_sds() {
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    let echo = EchoUpstream::start("echo");
+    let ca = TestCa::new("credential CA");
+    let first = ca.leaf(&["shop.example.com"]);
+    let data = |l: &Leaf| -> BTreeMap<String, Vec<u8>> {
+        [
+            ("tls.crt", &l.cert),
+            ("tls.key", &l.key),
+            ("ca.crt", &ca.pem),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
+    };
+    let secrets = |d: &BTreeMap<String, Vec<u8>>| {
+        meshgate::tls::credential::secrets_from_kubernetes("shop-cred", d)
+            .unwrap()
+            .iter()
+            .map(|s| meshgate::xds::json::to_json(s).unwrap())
+            .collect::<Vec<_>>()
+    };
+    // What the translator emits for a Gateway server with `credentialName: shop-cred`,
+    // MUTUAL.
+    let port = free_port();
+    let ctx = json!({
+        "require_client_certificate": true,
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [{"name": "kubernetes://shop-cred", "sds_config": {"ads": {}, "resource_api_version": "V3"}}],
+            "combined_validation_context": {
+                "default_validation_context": {},
+                "validation_context_sds_secret_config": {"name": "kubernetes://shop-cred-cacert", "sds_config": {"ads": {}, "resource_api_version": "V3"}},
+            },
+        },
+    });
+    let resources = |d: &BTreeMap<String, Vec<u8>>| {
+        json!({
+            "listeners": [mutual_listener("shop", port, ctx.clone())],
+            "clusters": [static_cluster("echo", &[echo.port()], json!({}))],
+            "secrets": secrets(d),
+        })
+    };
+    let mesh = InProcess::start(&resources(&data(&first)));
+    let client = ca.leaf_with("client", &[], &["spiffe://x/client"], 0, 30);
+    let served = || async {
+        let c = https_client(&ca.pem, &["shop.example.com"], port, Some(&client));
+        let r = c
+            .get(format!("https://shop.example.com:{port}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        peer_certificate(&r)
+    };
+    assert_eq!(served().await, der(&first.cert));
+    // A new snapshot with the rotated Secret: new handshakes use it.
+    let second = ca.leaf(&["shop.example.com"]);
+    mesh.apply(&resources(&data(&second)), "2").unwrap();
+    assert_eq!(served().await, der(&second.cert));
+    assert_eq!(mesh_stat(&mesh, "tls.secret_rotations"), 1);
+    // A Secret whose key does not match its certificate is refused, with its name; the
+    // previous one keeps serving.
+    let mut broken = data(&second);
+    broken.insert("tls.key".into(), first.key.as_bytes().to_vec());
+    let err = mesh.apply(&resources(&broken), "3").unwrap_err();
+    assert!(err.contains("kubernetes://shop-cred"), "{err}");
+    assert_eq!(served().await, der(&second.cert));
 }

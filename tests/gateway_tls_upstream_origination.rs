@@ -424,6 +424,218 @@ fn sds_secrets_rotate_and_a_missing_secret_fails_like_a_connect_failure() {
     assert_eq!(get(listen, "a.example", "/now", &[]).status, 503);
 }
 
+const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/backend";
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/gateway";
+
+/// An UpstreamTlsContext transport socket from its JSON.
+fn upstream_tls(ctx: Value) -> Value {
+    let mut typed = ctx;
+    typed["@type"] =
+        json!("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext");
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": typed})
+}
+
+/// Mesh-style origination: the gateway presents a SPIFFE identity to a backend that
+/// requires a client certificate from the mesh CA, and checks the backend's own SPIFFE
+/// identity; a wrong server identity, an untrusted server and a missing client
+/// certificate all end in 503, counted per cluster.
+#[test]
+fn mutual_origination_presents_the_gateway_identity_and_checks_the_server_like_envoy() {
+    let dir = TempDir::new();
+    let ca = TestCa::new("backend CA");
+    let other_ca = TestCa::new("other CA");
+    let ca_path = ca.write_ca(dir.path(), "ca");
+    let other_path = other_ca.write_ca(dir.path(), "other");
+    let server = ca.leaf_with(
+        "backend",
+        &["backend.shop.svc.cluster.local"],
+        &[SERVER_ID],
+        0,
+        30,
+    );
+    let gateway_cert = ca.leaf_with("gateway", &[], &[CLIENT_ID], 0, 30);
+    let (cli_cert, cli_key) = gateway_cert.write(dir.path(), "cli");
+    let backend = TlsUpstream::start(&server, Some(ca.pem.as_str()));
+    let mutual = |sans: Value, trusted: &Path, with_cert: bool| {
+        let mut common = json!({
+            "validation_context": {"trusted_ca": file(trusted), "match_typed_subject_alt_names": sans},
+        });
+        if with_cert {
+            common["tls_certificates"] =
+                json!([{"certificate_chain": file(&cli_cert), "private_key": file(&cli_key)}]);
+        }
+        upstream_tls(json!({"sni": "backend.shop.svc.cluster.local", "common_tls_context": common}))
+    };
+    let spiffe = |id: &str| json!([{"san_type": "URI", "matcher": {"exact": id}}]);
+    let make = |port| {
+        config(
+            port,
+            &[
+                ("/ok", "ok"),
+                ("/impostor", "impostor"),
+                ("/untrusted", "untrusted"),
+                ("/no-cert", "no_cert"),
+            ],
+            vec![
+                static_cluster(
+                    "ok",
+                    &[backend.port],
+                    json!({"transport_socket": mutual(spiffe(SERVER_ID), &ca_path, true)}),
+                ),
+                static_cluster(
+                    "impostor",
+                    &[backend.port],
+                    json!({"transport_socket": mutual(spiffe("spiffe://cluster.local/ns/shop/sa/impostor"), &ca_path, true)}),
+                ),
+                static_cluster(
+                    "untrusted",
+                    &[backend.port],
+                    json!({"transport_socket": mutual(json!([]), &other_path, true)}),
+                ),
+                static_cluster(
+                    "no_cert",
+                    &[backend.port],
+                    json!({"transport_socket": mutual(spiffe(SERVER_ID), &ca_path, false)}),
+                ),
+            ],
+        )
+    };
+    let gateway_sha = cert_sha256(&gateway_cert);
+    both(
+        make,
+        |who, port| {
+            let r = get(port, "a.example", "/ok", &[]);
+            assert_eq!(r.status, 200, "{who}: {}", r.body_str());
+            assert_eq!(r.echo()["sni"], "backend.shop.svc.cluster.local", "{who}");
+            assert_eq!(
+                r.echo()["client_cert"],
+                gateway_sha.as_str(),
+                "{who}: the backend saw the gateway's certificate"
+            );
+            for path in ["/impostor", "/untrusted", "/no-cert"] {
+                let r = get(port, "a.example", path, &[]);
+                assert_eq!(r.status, 503, "{who} {path}: {}", r.body_str());
+                assert!(
+                    r.body_str().starts_with("upstream connect error"),
+                    "{who} {path}: {}",
+                    r.body_str()
+                );
+            }
+        },
+        |mesh| {
+            let stat = |s: &str| mesh.stat(s).unwrap_or(0);
+            assert!(stat("cluster.impostor.ssl.fail_verify_san") >= 1);
+            assert!(stat("cluster.untrusted.ssl.fail_verify_error") >= 1);
+            assert!(stat("cluster.no_cert.ssl.connection_error") >= 1);
+            assert!(stat("cluster.ok.ssl.handshake") >= 1);
+        },
+    );
+}
+
+/// Envoy checks the server's name against the SNI only with `auto_sni_san_validation`;
+/// settings meshgate cannot honour are refused with the field's name.
+#[test]
+fn auto_sni_san_validation_and_refused_fields() {
+    let dir = TempDir::new();
+    let ca = TestCa::new("upstream CA");
+    let ca_path = ca.write_ca(dir.path(), "ca");
+    let upstream = TlsUpstream::start(&ca.leaf(&[API]), None);
+    let checked = |sni: &str| {
+        upstream_tls(json!({"sni": sni, "auto_sni_san_validation": true,
+            "common_tls_context": {"validation_context": {"trusted_ca": file(&ca_path)}}}))
+    };
+    let listen = free_port();
+    let resources = |extra: Value| {
+        config(
+            listen,
+            &[("/right", "right"), ("/wrong", "wrong")],
+            vec![
+                static_cluster(
+                    "right",
+                    &[upstream.port],
+                    json!({"transport_socket": checked(API)}),
+                ),
+                static_cluster(
+                    "wrong",
+                    &[upstream.port],
+                    json!({"transport_socket": checked("wrong.name.example")}),
+                ),
+                static_cluster("extra", &[upstream.port], extra),
+            ],
+        )
+    };
+    let mesh = InProcess::start(&resources(json!({})));
+    assert_eq!(get(listen, "a.example", "/right", &[]).status, 200);
+    let r = get(listen, "a.example", "/wrong", &[]);
+    assert_eq!(r.status, 503, "{}", r.body_str());
+    assert!(
+        mesh.stat("cluster.wrong.ssl.fail_verify_error")
+            .unwrap_or(0)
+            + mesh.stat("cluster.wrong.ssl.fail_verify_san").unwrap_or(0)
+            >= 1
+    );
+    let err = mesh
+        .apply(
+            &resources(
+                json!({"transport_socket": upstream_tls(json!({"allow_renegotiation": true}))}),
+            ),
+            "2",
+        )
+        .unwrap_err();
+    assert!(err.contains("allow_renegotiation"), "{err}");
+    assert!(err.contains("extra"), "the cluster is named: {err}");
+}
+
+/// Origination to `openssl s_server`, which describes the session it got: without
+/// version settings both proxies offer at most TLS 1.2 upstream (Envoy's default).
+#[test]
+fn origination_to_openssl_s_server_with_default_upstream_versions_like_envoy() {
+    let dir = TempDir::new();
+    let ca = TestCa::new("egress CA");
+    let ca_path = ca.write_ca(dir.path(), "ca");
+    let (c, k) = ca.leaf(&[API]).write(dir.path(), "api");
+    let port = free_port();
+    let mut child = std::process::Command::new(peer_bin("openssl"))
+        .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+        .arg(&c)
+        .arg("-key")
+        .arg(&k)
+        .args(["-www", "-quiet"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, Duration::from_secs(10));
+    let make = |listen| {
+        config(
+            listen,
+            &[("/", "api")],
+            vec![static_cluster(
+                "api",
+                &[port],
+                json!({"transport_socket": upstream_tls(json!({"sni": API, "common_tls_context": {"validation_context": {"trusted_ca": file(&ca_path)}}}))}),
+            )],
+        )
+    };
+    let mut seen = Vec::new();
+    both(
+        make,
+        |who, listen| {
+            let r = get(listen, "a.example", "/", &[]);
+            seen.push((who.to_string(), r.status, r.body_str()));
+        },
+        |_| {},
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    for (who, status, body) in seen {
+        // s_server -www answers HTTP/1.0 with a page describing the session.
+        assert_eq!(status, 200, "{who}: {body}");
+        assert!(body.contains("Protocol  : TLSv1.2"), "{who}: {body}");
+    }
+}
+
 /// gateway-config/egress-tls-origination as a user runs it: certificates from
 /// `meshgate certs dev`, the Istio YAML translated for the egress gateway, plain HTTP in
 /// and TLS (SIMPLE, MUTUAL) out.

@@ -3,7 +3,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use support::gateway::*;
 use support::*;
@@ -73,19 +73,32 @@ fn weighted_clusters_and_round_robin_like_envoy() {
         )
     };
     both(make, |who, port| {
+        // 70/30 within five standard deviations (n = 600: 420 ± 56), which an even split
+        // or a single cluster falls outside of.
         let n = 600;
         let w = upstream_counts(port, n, "/w", &[]);
-        let share = *w.get("a").unwrap_or(&0) as f64 / n as f64;
-        // 70% +- 9%: five standard deviations at n = 600 (sd = sqrt(n p (1-p)) / n = 1.9%),
-        // still far from an even split or a single cluster.
-        assert!(
-            (0.61..=0.79).contains(&share),
-            "{who}: weighted share of a = {share} ({w:?})"
+        let to_a = *w.get("a").unwrap_or(&0);
+        assert_binomial(
+            &format!("{who}: to a at weight 70 ({w:?})"),
+            to_a,
+            n,
+            0.7,
+            &[0.5, 1.0],
         );
-        let rr = upstream_counts(port, 300, "/rr", &[]);
-        for name in ["a", "b", "c"] {
-            let got = *rr.get(name).unwrap_or(&0);
-            assert!((90..=110).contains(&got), "{who}: round robin gave {rr:?}");
+        // Round robin over three hosts (one worker): every three requests in a row go to
+        // three different hosts, in the same order each time; a random pick would not.
+        let order: Vec<String> = (0..30)
+            .map(|_| {
+                get(port, "x", "/rr", &[]).echo()["upstream"]
+                    .as_str()
+                    .unwrap_or("none")
+                    .to_string()
+            })
+            .collect();
+        let first: BTreeSet<&String> = order[..3].iter().collect();
+        assert_eq!(first.len(), 3, "{who}: round robin order {order:?}");
+        for (i, name) in order.iter().enumerate() {
+            assert_eq!(name, &order[i % 3], "{who}: round robin order {order:?}");
         }
     });
 }
@@ -177,65 +190,82 @@ fn retries_and_timeouts_like_envoy() {
         // Only listed codes are retried.
         let r = get(port, "x", "/codes", &[("x-echo-status", "418")]);
         assert_eq!(r.status, 418, "{who}");
-        // Each try times out: 504 with Envoy's text, after two tries.
+        // Each try times out (the upstream would answer 200 after 1 s, within the route's
+        // 5 s): 504 with Envoy's text, after two tries, each counted when it arrived.
         let before = a.requests();
-        let t = std::time::Instant::now();
         let r = get(port, "x", "/per-try", &[("x-echo-delay-ms", "1000")]);
         assert_eq!(r.status, 504, "{who}");
         assert_eq!(r.body_str(), "upstream request timeout", "{who}");
-        assert!(
-            t.elapsed() < Duration::from_millis(1500),
-            "{who}: took {:?}",
-            t.elapsed()
-        );
-        // Let the delayed requests finish before counting.
-        std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(a.requests() - before, 2, "{who}: one try and one retry");
     });
 }
 
 #[test]
 fn circuit_breaker_overflow_like_envoy() {
-    let a = EchoUpstream::start("a");
-    let make = |port| {
+    let make = |port, upstream: u16| {
         config(
             port,
-            vec![json!({"match": {"prefix": "/"}, "route": {"cluster": "a"}})],
+            vec![json!({"match": {"prefix": "/"}, "route": {"cluster": "a", "timeout": "0s"}})],
             vec![static_cluster(
                 "a",
-                &[a.port()],
+                &[upstream],
                 json!({"circuit_breakers": {"thresholds": [{"max_connections": 1, "max_pending_requests": 1, "max_requests": 100}]}}),
             )],
         )
     };
-    both(make, |who, port| {
-        // Three slow requests at once on one connection each: one in flight, one pending,
-        // one over the limit.
-        let handles: Vec<_> = (0..3)
-            .map(|i| {
-                std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(i * 100));
-                    get(port, "x", "/", &[("x-echo-delay-ms", "800")])
-                })
-            })
-            .collect();
-        let results: Vec<RawResponse> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let statuses: Vec<u16> = results.iter().map(|r| r.status).collect();
-        assert_eq!(
-            statuses.iter().filter(|s| **s == 200).count(),
-            2,
-            "{who}: {statuses:?}"
+    // Each side gets its own upstream that holds its answers until released.
+    let (mesh_held, envoy_held) = (HeldUpstream::start(), HeldUpstream::start());
+    let dir = TempDir::new();
+    let envoy_port = free_port();
+    let envoy = envoy_with(&make(envoy_port, envoy_held.port), &dir);
+    envoy.assert_no_rejections();
+    let mesh_port = free_port();
+    let mesh = InProcess::start(&make(mesh_port, mesh_held.port));
+    let mesh_stat = |name: &str| mesh.stat(name);
+    let envoy_stat = |name: &str| envoy.stat(name);
+    type Stat<'a> = &'a dyn Fn(&str) -> Option<u64>;
+    let sides: [(&str, u16, &HeldUpstream, Stat); 2] = [
+        ("meshgate", mesh_port, &mesh_held, &mesh_stat),
+        ("envoy", envoy_port, &envoy_held, &envoy_stat),
+    ];
+    for (who, port, held, stat) in sides {
+        // One request in flight on the only connection (held at the upstream)...
+        let first = std::thread::spawn(move || get(port, "x", "/1", &[]));
+        wait_until(
+            "the first request at the upstream",
+            Duration::from_secs(10),
+            || held.arrived() == 1,
         );
-        let overflow = results
-            .iter()
-            .find(|r| r.status == 503)
-            .unwrap_or_else(|| panic!("{who}: no overflow: {statuses:?}"));
+        // ...one waiting for it...
+        let pending = || stat("cluster.a.upstream_rq_pending_total").unwrap_or(0);
+        let before = pending();
+        let second = std::thread::spawn(move || get(port, "x", "/2", &[]));
+        wait_until(
+            "the second request pending",
+            Duration::from_secs(10),
+            || pending() > before,
+        );
+        // ...and a third over max_pending_requests, refused at once.
+        let third = get(port, "x", "/3", &[]);
+        assert_eq!(third.status, 503, "{who}");
         assert_eq!(
-            overflow.body_str(),
+            third.body_str(),
             "upstream connect error or disconnect/reset before headers. reset reason: overflow",
             "{who}"
         );
-    });
+        held.release();
+        for (which, r) in [
+            ("first", first.join().unwrap()),
+            ("second", second.join().unwrap()),
+        ] {
+            assert_eq!(
+                (r.status, r.body_str().as_str()),
+                (200, "held"),
+                "{who}: the {which} request"
+            );
+        }
+        assert_eq!(held.arrived(), 2, "{who}");
+    }
 }
 
 #[test]

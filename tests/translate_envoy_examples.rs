@@ -147,8 +147,15 @@ async fn ingress() {
     }
     let v1_share = counts.get("reviews-v1").copied().unwrap_or(0);
     assert!(
-        (280..=360).contains(&v1_share) && !counts.contains_key("reviews-v2"),
+        !counts.contains_key("reviews-v2"),
         "80/20 between v1 and v3: {counts:?}"
+    );
+    assert_binomial(
+        &format!("reviews-v1 at weight 80 ({counts:?})"),
+        v1_share as usize,
+        400,
+        0.8,
+        &[0.5, 1.0],
     );
     assert_eq!(get(&c, port, h, "/ratings/1").await.upstream(), "ratings");
     gw.envoy.assert_no_rejections();

@@ -1,7 +1,9 @@
-//! Gateway TLS translated by meshgate and served by a real Envoy 1.40, with certificates
-//! made at test time: SNI termination from Kubernetes Secrets and from files, mutual
-//! TLS, passthrough, TLS to TCP, plain TCP, AUTO_PASSTHROUGH, TLS origination, and
-//! certificate rotation without a restart.
+//! Gateway TLS (tests/testdata/translate/tls.yaml) served by meshgate's own data plane and
+//! by a real Envoy 1.40 on what `meshgate translate` makes of it, with certificates made
+//! at test time: SNI termination from Kubernetes Secrets and from files, mutual TLS,
+//! passthrough, TLS to TCP, plain TCP, AUTO_PASSTHROUGH and TLS origination, the same
+//! clients on both and the outcomes compared; and certificate rotation on Envoy without
+//! a restart.
 mod support;
 #[path = "support/translate.rs"]
 mod translating;
@@ -14,26 +16,28 @@ struct Fixture {
     ca: TestCa,
     client_allowed: Leaf,
     client_other: Leaf,
-    ports: Ports,
     echo: EchoUpstream,
+    _second: EchoUpstream,
     pass_1: TlsFront,
     pass_2: TlsFront,
     app: TlsFront,
     _secure: TlsFront,
     _msecure: TlsFront,
-    gw: TranslatedEnvoy,
+    gws: BothGateways,
     _files: TempDir,
 }
 
-struct Ports {
-    https: u16,
-    pass: u16,
-    term: u16,
-    tcp: u16,
-    auto: u16,
-    orig: u16,
-}
+const PORTS: &[&str] = &[
+    "HTTPS_PORT",
+    "PASS_PORT",
+    "TERM_PORT",
+    "TCP_PORT",
+    "AUTO_PORT",
+    "ORIG_PORT",
+];
 
+/// tests/testdata/translate/tls.yaml with certificates made now, served by meshgate and
+/// by Envoy (each with its own listener ports; backends and certificates shared).
 fn start() -> Fixture {
     let ca = TestCa::new("meshgate test CA");
     let echo = EchoUpstream::start("echo");
@@ -57,76 +61,80 @@ fn start() -> Fixture {
     );
     let second = EchoUpstream::start("second");
     let pass_2 = TlsFront::start(&ca.issue(&["split.pass.example.com"]), None, second.port());
-    std::mem::forget(second); // lives as long as the process; pass_2 forwards to it
     let app = TlsFront::start(&ca.issue(&["app.ns.svc.cluster.local"]), None, echo.port());
     let secure = TlsFront::start(&ca.issue(&["secure.internal"]), None, echo.port());
     let msecure = TlsFront::start(&ca.issue(&["msecure.internal"]), Some(&ca.pem), echo.port());
-    let ports = Ports {
-        https: free_port(),
-        pass: free_port(),
-        term: free_port(),
-        tcp: free_port(),
-        auto: free_port(),
-        orig: free_port(),
-    };
-    let yaml = render(
-        &testdata("tls.yaml"),
-        &[
-            ("HTTPS_PORT", ports.https.to_string()),
-            ("PASS_PORT", ports.pass.to_string()),
-            ("TERM_PORT", ports.term.to_string()),
-            ("TCP_PORT", ports.tcp.to_string()),
-            ("AUTO_PORT", ports.auto.to_string()),
-            ("ORIG_PORT", ports.orig.to_string()),
-            ("ECHO", echo.port().to_string()),
-            ("PASS_1", pass_1.port.to_string()),
-            ("PASS_2", pass_2.port.to_string()),
-            ("APP_TLS", app.port.to_string()),
-            ("SECURE", secure.port.to_string()),
-            ("MSECURE", msecure.port.to_string()),
-            ("B_CERT", write("b.crt", &b.cert)),
-            ("B_KEY", write("b.key", &b.key)),
-            ("O_CERT", write("o.crt", &o.cert)),
-            ("O_KEY", write("o.key", &o.key)),
-            ("CA_FILE", write("ca.crt", &ca.pem)),
-            ("A_CERT_PEM", yaml_block(&a.cert, 4)),
-            ("A_KEY_PEM", yaml_block(&a.key, 4)),
-            ("M_CERT_PEM", yaml_block(&m.cert, 4)),
-            ("M_KEY_PEM", yaml_block(&m.key, 4)),
-            ("W_CERT_PEM", yaml_block(&w.cert, 4)),
-            ("W_KEY_PEM", yaml_block(&w.key, 4)),
-            ("T_CERT_PEM", yaml_block(&t.cert, 4)),
-            ("T_KEY_PEM", yaml_block(&t.key, 4)),
-            ("C_CERT_PEM", yaml_block(&client.cert, 4)),
-            ("C_KEY_PEM", yaml_block(&client.key, 4)),
-            ("CA_PEM", yaml_block(&ca.pem, 4)),
-        ],
-    );
-    let gw = TranslatedEnvoy::start(&yaml, "istio=ingressgateway", 6);
+    let shared = vec![
+        ("ECHO", echo.port().to_string()),
+        ("PASS_1", pass_1.port.to_string()),
+        ("PASS_2", pass_2.port.to_string()),
+        ("APP_TLS", app.port.to_string()),
+        ("SECURE", secure.port.to_string()),
+        ("MSECURE", msecure.port.to_string()),
+        ("B_CERT", write("b.crt", &b.cert)),
+        ("B_KEY", write("b.key", &b.key)),
+        ("O_CERT", write("o.crt", &o.cert)),
+        ("O_KEY", write("o.key", &o.key)),
+        ("CA_FILE", write("ca.crt", &ca.pem)),
+        ("A_CERT_PEM", yaml_block(&a.cert, 4)),
+        ("A_KEY_PEM", yaml_block(&a.key, 4)),
+        ("M_CERT_PEM", yaml_block(&m.cert, 4)),
+        ("M_KEY_PEM", yaml_block(&m.key, 4)),
+        ("W_CERT_PEM", yaml_block(&w.cert, 4)),
+        ("W_KEY_PEM", yaml_block(&w.key, 4)),
+        ("T_CERT_PEM", yaml_block(&t.cert, 4)),
+        ("T_KEY_PEM", yaml_block(&t.key, 4)),
+        ("C_CERT_PEM", yaml_block(&client.cert, 4)),
+        ("C_KEY_PEM", yaml_block(&client.key, 4)),
+        ("CA_PEM", yaml_block(&ca.pem, 4)),
+    ];
+    let gws = BothGateways::start(PORTS, "istio=ingressgateway", 6, |side| {
+        let mut vars = side.vars();
+        vars.extend(shared.iter().cloned());
+        render(&testdata("tls.yaml"), &vars)
+    });
     assert!(
-        !gw.translate_stderr.contains("warning"),
+        !gws.envoy.translate_stderr.contains("warning"),
         "translation warnings:\n{}",
-        gw.translate_stderr
+        gws.envoy.translate_stderr
     );
     Fixture {
         client_allowed: ca.issue(&["client.example.com", "spiffe://test/allowed"]),
         client_other: ca.issue(&["other.example.com", "spiffe://test/other"]),
         ca,
-        ports,
         echo,
+        _second: second,
         pass_1,
         pass_2,
         app,
         _secure: secure,
         _msecure: msecure,
-        gw,
+        gws,
         _files: files,
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn termination_by_sni_mutual_and_versions() {
-    let f = start();
+/// What an HTTPS request got: `STATUS VERSION upstream=.. proto=.. xfcc=..`, or
+/// `refused` when the handshake or the exchange failed.
+async fn https_outcome(c: &reqwest::Client, url: String) -> String {
+    match c.get(url).send().await {
+        Err(_) => "refused".into(),
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let version = format!("{:?}", r.version());
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            format!(
+                "{status} {version} upstream={} proto={} xfcc={}",
+                body["upstream"],
+                body["headers"]["x-forwarded-proto"][0],
+                body["headers"]["x-forwarded-client-cert"][0]
+            )
+        }
+    }
+}
+
+async fn termination_scenario(f: &Fixture, t: &mut Transcript) {
+    let who = t.who();
     let hosts = [
         "a.example.com",
         "b.example.com",
@@ -135,28 +143,22 @@ async fn termination_by_sni_mutual_and_versions() {
         "x.wild.example.com",
         "unknown.example.com",
     ];
-    let port = f.ports.https;
+    let port = t.port("HTTPS_PORT");
     let c = https_client(&f.ca.pem, &hosts, port, None);
-    // Each SNI gets its own certificate (the client checks the name against it).
+    let url = |host: &str| format!("https://{host}:{port}/p");
+    // Each SNI gets its own certificate (the client checks the name against it), over h2.
     for host in ["a.example.com", "b.example.com", "x.wild.example.com"] {
-        let r = c
-            .get(format!("https://{host}:{port}/p"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{host}");
-        assert_eq!(r.version(), reqwest::Version::HTTP_2, "{host}: ALPN h2");
-        let body: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(body["upstream"], "echo");
-        assert_eq!(body["headers"]["x-forwarded-proto"][0], "https");
+        let seen = https_outcome(&c, url(host)).await;
+        assert_eq!(
+            seen, "200 HTTP/2.0 upstream=\"echo\" proto=\"https\" xfcc=null",
+            "{who}: {host}"
+        );
+        t.note(format!("sni {host}"), seen);
     }
     // No certificate for an unknown SNI: the connection is refused.
-    assert!(
-        c.get(format!("https://unknown.example.com:{port}/"))
-            .send()
-            .await
-            .is_err()
-    );
+    let seen = https_outcome(&c, url("unknown.example.com")).await;
+    assert_eq!(seen, "refused", "{who}: unknown SNI");
+    t.note("sni unknown", seen);
     // minProtocolVersion TLSV1_3 on b.example.com only.
     let tls12 = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(f.ca.pem.as_bytes()).unwrap()])
@@ -165,170 +167,184 @@ async fn termination_by_sni_mutual_and_versions() {
         .resolve("b.example.com", ([127, 0, 0, 1], port).into())
         .build()
         .unwrap();
-    assert_eq!(
-        tls12
-            .get(format!("https://a.example.com:{port}/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert!(
-        tls12
-            .get(format!("https://b.example.com:{port}/"))
-            .send()
-            .await
-            .is_err()
-    );
+    let seen = https_outcome(&tls12, url("a.example.com")).await;
+    assert!(seen.starts_with("200 "), "{who}: TLS 1.2 to a: {seen}");
+    t.note("tls 1.2 a", seen);
+    let seen = https_outcome(&tls12, url("b.example.com")).await;
+    assert_eq!(seen, "refused", "{who}: TLS 1.2 to b (min 1.3)");
+    t.note("tls 1.2 b", seen);
 
     // MUTUAL: no client certificate, or one without the required SAN, is refused.
-    assert!(
-        c.get(format!("https://mtls.example.com:{port}/"))
-            .send()
-            .await
-            .is_err()
-    );
+    let seen = https_outcome(&c, url("mtls.example.com")).await;
+    assert_eq!(seen, "refused", "{who}: mutual without a certificate");
+    t.note("mutual no cert", seen);
     let other = https_client(&f.ca.pem, &hosts, port, Some(&f.client_other));
-    assert!(
-        other
-            .get(format!("https://mtls.example.com:{port}/"))
-            .send()
-            .await
-            .is_err()
-    );
+    let seen = https_outcome(&other, url("mtls.example.com")).await;
+    assert_eq!(seen, "refused", "{who}: mutual with the wrong SAN");
+    t.note("mutual other san", seen);
     let allowed = https_client(&f.ca.pem, &hosts, port, Some(&f.client_allowed));
-    let r = allowed
-        .get(format!("https://mtls.example.com:{port}/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.unwrap();
-    let xfcc = body["headers"]["x-forwarded-client-cert"][0]
-        .as_str()
-        .unwrap_or("");
+    let seen = https_outcome(&allowed, url("mtls.example.com")).await;
     assert!(
-        xfcc.contains("Hash=") && xfcc.contains("URI=spiffe://test/allowed"),
-        "x-forwarded-client-cert: {xfcc}"
+        seen.starts_with("200 HTTP/2.0 upstream=\"echo\"")
+            && seen.contains("Hash=")
+            && seen.contains("URI=spiffe://test/allowed"),
+        "{who}: mutual allowed: {seen}"
     );
+    t.note("mutual allowed", seen);
 
     // OPTIONAL_MUTUAL: both work; only a client with a certificate is described upstream.
-    let r = c
-        .get(format!("https://optional.example.com:{port}/"))
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert!(body["headers"]["x-forwarded-client-cert"].is_null());
-    let r = other
-        .get(format!("https://optional.example.com:{port}/"))
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = r.json().await.unwrap();
+    let seen = https_outcome(&c, url("optional.example.com")).await;
     assert!(
-        body["headers"]["x-forwarded-client-cert"][0]
-            .as_str()
-            .unwrap()
-            .contains("spiffe://test/other")
+        seen.starts_with("200 ") && seen.ends_with("xfcc=null"),
+        "{who}: optional without a certificate: {seen}"
     );
-    f.gw.envoy.assert_no_rejections();
+    t.note("optional no cert", seen);
+    let seen = https_outcome(&other, url("optional.example.com")).await;
+    assert!(
+        seen.starts_with("200 ") && seen.contains("spiffe://test/other"),
+        "{who}: optional with a certificate: {seen}"
+    );
+    t.note("optional with cert", seen);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passthrough_tcp_auto_passthrough_and_origination() {
+async fn termination_by_sni_mutual_and_versions() {
     let f = start();
+    let mut runs = Vec::new();
+    for side in &f.gws.sides {
+        let mut t = Transcript::new(side);
+        termination_scenario(&f, &mut t).await;
+        runs.push(t);
+    }
+    assert_same_answers(&runs[0], &runs[1], &[]);
+    f.gws.envoy.envoy.assert_no_rejections();
+}
+
+async fn passthrough_scenario(f: &Fixture, t: &mut Transcript) {
+    let who = t.who();
+    let ca = Some(f.ca.pem.as_str());
+    let upstream_of = |resp: &str| {
+        resp.split("\r\n\r\n")
+            .nth(1)
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .map(|v| format!("{} {}", v["upstream"], v["path"]))
+            .unwrap_or_else(|| "no answer".into())
+    };
 
     // PASSTHROUGH: the client's TLS reaches the backend untouched, chosen by SNI.
-    let mut s = tls_connect(f.ports.pass, "one.pass.example.com", &[], Some(&f.ca.pem))
+    let pass = t.port("PASS_PORT");
+    let handshakes = f.pass_1.snis().len();
+    let mut s = tls_connect(pass, "one.pass.example.com", &[], ca)
         .await
-        .expect("handshake with the backend through the gateway");
+        .unwrap_or_else(|e| panic!("{who}: handshake with the backend through the gateway: {e}"));
     let resp = http1_over(&mut s, "one.pass.example.com", "/through")
         .await
         .unwrap();
-    assert!(resp.contains("\"upstream\":\"echo\""), "{resp}");
-    assert!(
-        f.pass_1
-            .snis()
-            .contains(&Some("one.pass.example.com".into()))
+    let seen = upstream_of(&resp);
+    assert_eq!(seen, "\"echo\" \"/through\"", "{who}: {resp}");
+    t.note("passthrough one", seen);
+    assert_eq!(
+        f.pass_1.snis()[handshakes..],
+        [Some("one.pass.example.com".to_string())],
+        "{who}: the backend terminated the client's TLS"
     );
-    // Weights between two backends, per connection.
+    // Weights between two backends, per connection: 70/30.
+    let n = 400;
+    let before_second = f.pass_2.snis().len();
     let mut to_first = 0;
-    for _ in 0..200 {
-        let mut s = tls_connect(f.ports.pass, "split.pass.example.com", &[], Some(&f.ca.pem))
+    for _ in 0..n {
+        let mut s = tls_connect(pass, "split.pass.example.com", &[], ca)
             .await
             .unwrap();
         let resp = http1_over(&mut s, "split.pass.example.com", "/")
             .await
             .unwrap();
-        if resp.contains("\"upstream\":\"echo\"") {
-            to_first += 1;
-        } else {
-            assert!(resp.contains("\"upstream\":\"second\""), "{resp}");
+        match upstream_of(&resp).as_str() {
+            "\"echo\" \"/\"" => to_first += 1,
+            "\"second\" \"/\"" => {}
+            other => panic!("{who}: split: {other}: {resp}"),
         }
     }
-    assert!(
-        (110..=170).contains(&to_first),
-        "{to_first}/200 at weight 70"
+    assert_binomial(
+        &format!("{who}: passthrough to the first at weight 70"),
+        to_first,
+        n,
+        0.7,
+        &[0.5, 1.0],
     );
-    assert!(!f.pass_2.snis().is_empty());
+    assert_eq!(f.pass_2.snis().len() - before_second, n - to_first, "{who}");
     // An SNI no route claims: the connection is closed.
-    assert!(
-        tls_connect(f.ports.pass, "nope.pass.example.com", &[], Some(&f.ca.pem))
-            .await
-            .is_err()
-    );
+    let refused = tls_connect(pass, "nope.pass.example.com", &[], ca)
+        .await
+        .is_err();
+    assert!(refused, "{who}: an unclaimed SNI");
+    t.note("passthrough unclaimed sni refused", refused);
 
     // TLS terminated at the gateway, forwarded as TCP.
-    let mut s = tls_connect(f.ports.term, "term.example.com", &[], Some(&f.ca.pem))
+    let mut s = tls_connect(t.port("TERM_PORT"), "term.example.com", &[], ca)
         .await
-        .expect("gateway certificate for term.example.com");
+        .unwrap_or_else(|e| panic!("{who}: gateway certificate for term.example.com: {e}"));
     let resp = http1_over(&mut s, "term.example.com", "/term")
         .await
         .unwrap();
-    assert!(resp.contains("\"path\":\"/term\""), "{resp}");
+    let seen = upstream_of(&resp);
+    assert_eq!(seen, "\"echo\" \"/term\"", "{who}: {resp}");
+    t.note("terminated to tcp", seen);
 
     // Plain TCP.
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", f.ports.tcp))
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", t.port("TCP_PORT")))
         .await
         .unwrap();
     let resp = http1_over(&mut tcp, "anything", "/tcp").await.unwrap();
-    assert!(resp.contains("\"path\":\"/tcp\""), "{resp}");
+    let seen = upstream_of(&resp);
+    assert_eq!(seen, "\"echo\" \"/tcp\"", "{who}: {resp}");
+    t.note("plain tcp", seen);
 
     // AUTO_PASSTHROUGH: the SNI names the cluster; Istio's mTLS ALPN is required.
+    let auto = t.port("AUTO_PORT");
     let sni = "outbound_.8443_._.app.ns.svc.cluster.local";
-    let mut s = tls_connect(f.ports.auto, sni, &["istio"], None)
+    let handshakes = f.app.snis().len();
+    let mut s = tls_connect(auto, sni, &["istio"], None)
         .await
-        .expect("auto passthrough");
+        .unwrap_or_else(|e| panic!("{who}: auto passthrough: {e}"));
     let resp = http1_over(&mut s, "app", "/auto").await.unwrap();
-    assert!(resp.contains("\"path\":\"/auto\""), "{resp}");
-    assert!(f.app.snis().contains(&Some(sni.to_string())));
+    let seen = upstream_of(&resp);
+    assert_eq!(seen, "\"echo\" \"/auto\"", "{who}: {resp}");
+    t.note("auto passthrough", seen);
+    assert_eq!(f.app.snis()[handshakes..], [Some(sni.to_string())], "{who}");
     let subset = "outbound_.8443_.v1_.app.ns.svc.cluster.local";
-    let mut s = tls_connect(f.ports.auto, subset, &["istio-http/1.1"], None)
+    let mut s = tls_connect(auto, subset, &["istio-http/1.1"], None)
         .await
-        .expect("subset");
-    assert!(
-        http1_over(&mut s, "app", "/v1")
-            .await
-            .unwrap()
-            .contains("\"path\":\"/v1\"")
-    );
-    assert!(
-        tls_connect(f.ports.auto, sni, &["h2"], None).await.is_err(),
-        "non-mesh ALPN"
-    );
+        .unwrap_or_else(|e| panic!("{who}: auto passthrough to a subset: {e}"));
+    let seen = upstream_of(&http1_over(&mut s, "app", "/v1").await.unwrap());
+    assert_eq!(seen, "\"echo\" \"/v1\"", "{who}");
+    t.note("auto passthrough subset", seen);
+    let refused = tls_connect(auto, sni, &["h2"], None).await.is_err();
+    assert!(refused, "{who}: non-mesh ALPN");
+    t.note("auto passthrough non-mesh alpn refused", refused);
 
     // TLS origination: plain HTTP in, TLS (verified; and mutual) to the upstream.
-    let c = http_client();
-    let r = get(&c, f.ports.orig, "orig.example.com", "/o").await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.echo()["path"], "/o");
-    let r = get(&c, f.ports.orig, "morig.example.com", "/m").await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.echo()["path"], "/m");
-    assert!(f.echo.requests() > 0);
-    f.gw.envoy.assert_no_rejections();
+    let before = f.echo.requests();
+    let r = t.get("ORIG_PORT", "orig.example.com", "/o").await;
+    assert_eq!(r.status, 200, "{who}: {r:?}");
+    assert_eq!(r.echo()["path"], "/o", "{who}");
+    let r = t.get("ORIG_PORT", "morig.example.com", "/m").await;
+    assert_eq!(r.status, 200, "{who}: {r:?}");
+    assert_eq!(r.echo()["path"], "/m", "{who}");
+    assert_eq!(f.echo.requests() - before, 2, "{who}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_tcp_auto_passthrough_and_origination() {
+    let f = start();
+    let mut runs = Vec::new();
+    for side in &f.gws.sides {
+        let mut t = Transcript::new(side);
+        passthrough_scenario(&f, &mut t).await;
+        runs.push(t);
+    }
+    assert_same_answers(&runs[0], &runs[1], &[]);
+    f.gws.envoy.envoy.assert_no_rejections();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,7 +175,11 @@ async fn sotw_gateway_with_a_scripted_server() {
     // The server goes away: the gateway serves on, comes back, and says what it holds.
     drop(out);
     drop(reqs);
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !gw.log().contains("xDS stream ended") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(upstream_via(port).as_deref(), Some("echo-b"));
     assert_eq!(gw.health(), Some(200));
     let (mut reqs, _out) = accept(&mut server.sotw).await;

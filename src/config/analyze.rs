@@ -434,12 +434,14 @@ fn protocol_class(protocol: &str, tls: Option<&ServerTlsSettings>) -> &'static s
     }
 }
 
-/// Gateways selecting the same workloads whose servers collide on port and host.
+/// Gateways selecting the same workloads whose servers collide on port and host. Servers
+/// bound to different addresses are different listeners and never collide.
 fn check_gateway_conflicts(config: &Config, out: &mut Vec<Diagnostic>) {
     struct Entry<'a> {
         gw: &'a Resource<Gateway>,
         server: usize,
         port: u32,
+        bind: &'a str,
         class: &'static str,
         protocol: &'a str,
         hosts: Vec<(usize, &'a str)>,
@@ -455,6 +457,7 @@ fn check_gateway_conflicts(config: &Config, out: &mut Vec<Diagnostic>) {
                     gw,
                     server: i,
                     port: port.number,
+                    bind: &server.bind,
                     class: protocol_class(&port.protocol, server.tls.as_ref()),
                     protocol: &port.protocol,
                     hosts: server
@@ -469,7 +472,7 @@ fn check_gateway_conflicts(config: &Config, out: &mut Vec<Diagnostic>) {
     for entries in by_selector.values() {
         for (b_index, b) in entries.iter().enumerate() {
             for a in &entries[..b_index] {
-                if a.port != b.port || a.port == 0 {
+                if a.port != b.port || a.port == 0 || a.bind != b.bind {
                     continue;
                 }
                 let a_where = if std::ptr::eq(a.gw, b.gw) {

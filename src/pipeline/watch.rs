@@ -1,7 +1,7 @@
 //! Watching a configuration path: filesystem events (inotify) settled into one change
-//! per burst, with a periodic look at the files as a safety net for filesystems and
-//! volume updates that send no events. A change is reported only when the files
-//! really differ (names, sizes, modification times), so touching nothing reloads nothing.
+//! per burst, with a periodic look at the files (names, sizes, times, inodes) as a
+//! safety net for filesystems and volume updates that send no events. Reading a file
+//! sends no event that counts (access events are ignored).
 use notify::{RecursiveMode, Watcher as _};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -37,25 +37,30 @@ impl ConfigWatch {
             let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut events_open = true;
             loop {
-                tokio::select! {
-                    e = events.recv() => {
-                        if e.is_none() {
-                            // No event source (or it ended): rely on polling.
-                            std::future::pending::<()>().await;
+                // An event is a change even when names, sizes and times look the same (a
+                // same-size write within the clock's granularity); a tick only when they
+                // differ.
+                let evented = tokio::select! {
+                    e = events.recv(), if events_open => match e {
+                        Some(()) => {
+                            // Let the burst settle.
+                            while let Ok(Some(())) =
+                                tokio::time::timeout(settle, events.recv()).await
+                            {}
+                            true
                         }
-                        // Let the burst settle.
-                        loop {
-                            match tokio::time::timeout(settle, events.recv()).await {
-                                Ok(Some(())) => continue,
-                                _ => break,
-                            }
+                        None => {
+                            // No event source any more: polling alone serves.
+                            events_open = false;
+                            false
                         }
-                    }
-                    _ = tick.tick() => {}
-                }
+                    },
+                    _ = tick.tick() => false,
+                };
                 let now = fingerprint(&path);
-                if now != seen {
+                if evented || now != seen {
                     seen = now;
                     // A full channel already holds a change not yet taken: one suffices.
                     let _ = tx.try_send(());
@@ -109,8 +114,8 @@ fn watch_events(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::Re
     }
 }
 
-/// A fingerprint of the files under a path (names, sizes, modification times), to
-/// notice changes without reading them. Symbolic links are followed, so Kubernetes'
+/// A fingerprint of the files under a path (names, sizes, modification and change times,
+/// inodes), to notice changes without reading them. Symbolic links are followed, so Kubernetes'
 /// `..data` swap of a mounted ConfigMap counts as a change.
 pub fn fingerprint(path: &Path) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -123,8 +128,20 @@ pub fn fingerprint(path: &Path) -> u64 {
                     stack.extend(rd.flatten().map(|e| e.path()));
                 }
             }
-            Ok(m) => files.push((p, m.len(), m.modified().ok())),
-            Err(_) => files.push((p, 0, None)),
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt as _;
+                // The inode and change time catch a file replaced by a rename (how editors
+                // and Kubernetes volumes update), whatever its size and modification time.
+                files.push((
+                    p,
+                    m.len(),
+                    m.modified().ok(),
+                    m.ino(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                ))
+            }
+            Err(_) => files.push((p, 0, None, 0, 0, 0)),
         }
     }
     files.sort();

@@ -69,9 +69,9 @@ pub struct RequestLog {
     /// The head was refused before it made a request: method and path are unknown
     /// (`-`, as Envoy logs them).
     pub refused_head: bool,
-    /// The router took the request body (to stream or buffer it upstream). An answer
-    /// given before that leaves the body unread.
-    pub body_taken: bool,
+    /// The request body was handed on towards an upstream (not left unread by a local
+    /// answer).
+    pub body_forwarded: bool,
 }
 
 impl RequestLog {
@@ -128,7 +128,7 @@ impl RequestLog {
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
             details: None,
             refused_head: false,
-            body_taken: false,
+            body_forwarded: false,
         }
     }
 
@@ -171,7 +171,7 @@ impl RequestLog {
             grpc: false,
             details: Some(details),
             refused_head: true,
-            body_taken: false,
+            body_forwarded: false,
         }
     }
 

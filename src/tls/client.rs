@@ -165,8 +165,8 @@ impl std::fmt::Debug for UpstreamTls {
 
 impl UpstreamTls {
     /// Builds the client side of a cluster's transport socket. Without a validation
-    /// context the server certificate is not verified, as in Envoy (Istio always sets
-    /// one unless `insecureSkipVerify`).
+    /// context, or with an empty one, the server certificate is not verified, as in
+    /// Envoy (Istio writes an empty one for `insecureSkipVerify`).
     pub fn from_context(
         ctx: &UpstreamTlsContext,
         store: &SecretStore,
@@ -196,7 +196,10 @@ impl UpstreamTls {
         let builder = ClientConfig::builder_with_provider(params.provider)
             .with_protocol_versions(&params.versions)?;
         let stats = store.stats();
-        let source = validation_source(common, store, name)?;
+        // A validation context with no CA, names or pins verifies nothing in Envoy (its
+        // verify mode stays SSL_VERIFY_NONE): Istio's insecureSkipVerify is written so.
+        let source = validation_source(common, store, name)?
+            .filter(|s| s.dynamic.is_some() || s.default.as_ref().is_some_and(|m| !m.is_empty()));
         let trust_watch = source.as_ref().and_then(|s| s.dynamic.clone());
         let builder = match source {
             Some(source) => builder

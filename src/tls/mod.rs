@@ -59,10 +59,58 @@ pub use store::{SecretStore, SecretStoreOptions};
 
 use std::sync::{Arc, OnceLock};
 
-/// The crypto provider every rustls configuration in meshgate uses (aws-lc-rs).
+/// The crypto provider every rustls configuration in meshgate uses (aws-lc-rs), with
+/// TLS 1.2 suites in the order of Envoy's default cipher list (AES-128-GCM and
+/// CHACHA20-POLY1305 before AES-256-GCM, ECDSA before RSA), so that a server without
+/// `cipher_suites` settles on the suite Envoy would.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .get_or_init(|| {
+            let mut p = rustls::crypto::aws_lc_rs::default_provider();
+            let rank = |s: &rustls::SupportedCipherSuite| {
+                ENVOY_TLS12_ORDER
+                    .iter()
+                    .position(|n| *n == s.suite())
+                    .unwrap_or(ENVOY_TLS12_ORDER.len())
+            };
+            // A stable sort: the TLS 1.3 suites stay first, in rustls's order.
+            p.cipher_suites.sort_by_key(|s| match s {
+                rustls::SupportedCipherSuite::Tls13(_) => 0,
+                rustls::SupportedCipherSuite::Tls12(_) => 1 + rank(s),
+            });
+            Arc::new(p)
+        })
         .clone()
+}
+
+/// Envoy's default TLS 1.2 cipher preference (client and server contexts).
+const ENVOY_TLS12_ORDER: [rustls::CipherSuite; 6] = [
+    rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    rustls::CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+];
+
+#[cfg(test)]
+mod provider_tests {
+    #[test]
+    fn tls12_suites_follow_envoys_default_order() {
+        let p = super::provider();
+        let tls12: Vec<rustls::CipherSuite> = p
+            .cipher_suites
+            .iter()
+            .filter(|s| s.version() == &rustls::version::TLS12)
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(tls12, super::ENVOY_TLS12_ORDER.to_vec());
+        assert!(
+            p.cipher_suites[..3]
+                .iter()
+                .all(|s| s.version() == &rustls::version::TLS13),
+            "TLS 1.3 suites first, in rustls's order"
+        );
+    }
 }

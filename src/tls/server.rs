@@ -12,8 +12,12 @@ use crate::tls::identity::PeerIdentity;
 use crate::tls::params::{self, Side};
 use crate::tls::sni::SniCertResolver;
 use crate::tls::stats::TlsStats;
-use crate::tls::store::{CertificateWatch, SecretSource, SecretStore, load_tls_certificate};
-use crate::tls::verify::{DownstreamClientVerifier, ValidationMaterial, ValidationSource};
+use crate::tls::store::{
+    CertificateWatch, SecretSource, SecretStore, load_tls_certificate, read_data_source,
+};
+use crate::tls::verify::{
+    DefaultCrls, DownstreamClientVerifier, ValidationMaterial, ValidationSource,
+};
 use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
     common_tls_context::ValidationContextType, downstream_tls_context::SessionTicketKeysType,
@@ -242,11 +246,13 @@ pub(crate) fn validation_source(
                 Ok(ValidationSource {
                     default: Some(Arc::new(ValidationMaterial::from_context(&rules, what)?)),
                     dynamic: Some(store.validation(&secret)),
+                    default_crls: None,
                 })
             }
             None => Ok(ValidationSource {
                 default: Some(Arc::new(m)),
                 dynamic: None,
+                default_crls: None,
             }),
         }
     };
@@ -259,22 +265,45 @@ pub(crate) fn validation_source(
             Some(ValidationSource {
                 default: None,
                 dynamic: Some(store.validation(&sds.name)),
+                default_crls: None,
             })
         }
         Some(ValidationContextType::CombinedValidationContext(comb)) => {
+            let what = field(
+                name,
+                "combined_validation_context.default_validation_context",
+            );
+            // A CRL without a CA here is for the secret's CA (Envoy merges the secret
+            // into this context): kept aside and applied to the secret's material.
+            let mut default_crls = None;
             let mut source = match &comb.default_validation_context {
-                Some(vc) => static_context(
-                    vc,
-                    &field(
-                        name,
-                        "combined_validation_context.default_validation_context",
-                    ),
-                )?,
+                Some(vc)
+                    if vc.crl.is_some()
+                        && vc.trusted_ca.is_none()
+                        && vc.system_root_certs.is_none() =>
+                {
+                    let crl = vc.crl.as_ref().map_or(Ok(Vec::new()), |ds| {
+                        read_data_source(ds, &format!("{what}: validation_context.crl"))
+                    })?;
+                    default_crls = Some(Arc::new(DefaultCrls::from_pem(
+                        &crl,
+                        vc.only_verify_leaf_cert_crl,
+                        &format!("{what}: validation_context.crl"),
+                    )?));
+                    let rules = CertificateValidationContext {
+                        crl: None,
+                        ..vc.clone()
+                    };
+                    static_context(&rules, &what)?
+                }
+                Some(vc) => static_context(vc, &what)?,
                 None => ValidationSource {
                     default: None,
                     dynamic: None,
+                    default_crls: None,
                 },
             };
+            source.default_crls = default_crls;
             let sds = comb
                 .validation_context_sds_secret_config
                 .as_ref()
@@ -383,7 +412,7 @@ impl DownstreamTls {
                 rustls::server::WebPkiClientVerifier::no_client_auth(),
             ),
             Some(source) => (
-                if require_client {
+                if require_client || source.has_peer_rules() {
                     ClientAuth::Required
                 } else {
                     ClientAuth::Optional
@@ -576,5 +605,21 @@ mod tests {
             build(json!({"common_tls_context": common, "require_client_certificate": true}))
                 .unwrap();
         assert_eq!(required.client_auth, ClientAuth::Required);
+        // SAN matchers or pins make a client certificate mandatory (Envoy's verify mode).
+        for rules in [
+            json!({"match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": "spiffe://x/y"}}]}),
+            json!({"verify_certificate_hash": ["00".repeat(32)]}),
+        ] {
+            let mut common = common.clone();
+            common["combined_validation_context"] = json!({
+                "default_validation_context": rules,
+                "validation_context_sds_secret_config": {"name": "kubernetes://x-cacert"}});
+            common
+                .as_object_mut()
+                .unwrap()
+                .remove("validation_context_sds_secret_config");
+            let pinned = build(json!({"common_tls_context": common})).unwrap();
+            assert_eq!(pinned.client_auth, ClientAuth::Required, "{rules}");
+        }
     }
 }

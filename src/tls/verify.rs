@@ -426,11 +426,14 @@ fn typed_san_matcher(m: &SubjectAltNameMatcher, field: &str) -> Result<SanMatche
 
 /// Where a verifier gets its validation material: a fixed context from the TLS context
 /// itself, an SDS secret by name, or both combined (Envoy's
-/// `combined_validation_context`: the secret's CA, both sets of rules).
+/// `combined_validation_context`: the secret's CA, both sets of rules, and the default
+/// context's CRL for the secret's CA).
 #[derive(Clone, Debug)]
 pub struct ValidationSource {
     pub default: Option<Arc<ValidationMaterial>>,
     pub dynamic: Option<ValidationWatch>,
+    /// A CRL the default context gives for the secret's CA.
+    pub default_crls: Option<Arc<DefaultCrls>>,
 }
 
 impl ValidationSource {
@@ -442,7 +445,80 @@ impl ValidationSource {
         Option<Arc<ValidationMaterial>>,
     ) {
         let dynamic = self.dynamic.as_ref().and_then(|w| w.borrow().clone());
+        let dynamic = match (dynamic, &self.default_crls) {
+            (Some(d), Some(crls)) => Some(crls.apply(d)),
+            (d, _) => d,
+        };
         (dynamic, self.default.clone())
+    }
+
+    /// Whether SAN matchers or certificate pins are in force: Envoy then requires a peer
+    /// certificate even where `require_client_certificate` is false.
+    pub fn has_peer_rules(&self) -> bool {
+        let dynamic = self
+            .dynamic
+            .as_ref()
+            .is_some_and(|w| w.borrow().as_ref().is_some_and(|m| !m.rules.is_empty()));
+        dynamic || self.default.as_ref().is_some_and(|m| !m.rules.is_empty())
+    }
+}
+
+/// CRLs set in the default part of a combined validation context whose CA comes from an
+/// SDS secret (Istio writes a file `caCrl` so, next to a `file-root:` secret). Envoy
+/// merges the secret into the default context, so these CRLs apply to the secret's CA
+/// unless the secret brings CRLs of its own.
+#[derive(Debug)]
+pub struct DefaultCrls {
+    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    only_leaf: bool,
+    digest: [u8; 32],
+    /// The last secret material merged, and the result (one handshake's lock, no await).
+    merged: std::sync::Mutex<Option<(Arc<ValidationMaterial>, Arc<ValidationMaterial>)>>,
+}
+
+impl DefaultCrls {
+    /// Parses PEM CRLs; `only_leaf` is the default context's `only_verify_leaf_cert_crl`.
+    pub fn from_pem(pem: &[u8], only_leaf: bool, what: &str) -> Result<DefaultCrls, TlsError> {
+        Ok(DefaultCrls {
+            crls: crate::tls::material::parse_crls(pem, what)?,
+            only_leaf,
+            digest: Sha256::digest(pem).into(),
+            merged: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The secret's material with these CRLs on its CA (the secret's own CRLs win).
+    fn apply(&self, secret: Arc<ValidationMaterial>) -> Arc<ValidationMaterial> {
+        let Some(trust) = secret.trust.as_ref().filter(|t| t.crls.is_empty()) else {
+            return secret;
+        };
+        let mut cache = self.merged.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((from, merged)) = cache.as_ref()
+            && Arc::ptr_eq(from, &secret)
+        {
+            return merged.clone();
+        }
+        let digest = |a: &[u8; 32]| -> [u8; 32] {
+            let mut d = Sha256::new();
+            d.update(a);
+            d.update(self.digest);
+            d.finalize().into()
+        };
+        let merged = Arc::new(ValidationMaterial {
+            trust: Some(TrustMaterial {
+                roots: trust.roots.clone(),
+                ca_certificates: trust.ca_certificates.clone(),
+                crls: self.crls.clone(),
+                digest: digest(&trust.digest),
+            }),
+            rules: secret.rules.clone(),
+            only_leaf_crl: secret.only_leaf_crl || self.only_leaf,
+            digest: digest(&secret.digest),
+            client_verifier: OnceLock::new(),
+            server_verifier: OnceLock::new(),
+        });
+        *cache = Some((secret, merged.clone()));
+        merged
     }
 }
 
@@ -469,7 +545,8 @@ impl std::error::Error for PeerRejected {}
 #[derive(Debug)]
 pub struct DownstreamClientVerifier {
     pub source: ValidationSource,
-    /// `require_client_certificate`: a handshake without a client certificate fails.
+    /// `require_client_certificate`: a handshake without a client certificate fails (as
+    /// it does whenever the validation context has SAN matchers or pins).
     pub mandatory: bool,
     pub stats: Arc<TlsStats>,
 }
@@ -480,7 +557,7 @@ impl ClientCertVerifier for DownstreamClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.mandatory
+        self.mandatory || self.source.has_peer_rules()
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -790,6 +867,82 @@ mod tests {
         assert_eq!(hex_pin(&colon, "f").unwrap(), hash);
         assert!(hex_pin("zz", "f").is_err());
         assert!(b64_pin("AAAA", "f").is_err());
+    }
+
+    #[test]
+    fn a_default_crl_applies_to_the_secrets_ca() {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, Issuer,
+            KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |serial: u64| {
+            let mut p = CertificateParams::new(vec!["client.example.com".to_string()]).unwrap();
+            p.serial_number = Some(SerialNumber::from(serial));
+            p.signed_by(&KeyPair::generate().unwrap(), &issuer)
+                .unwrap()
+                .der()
+                .clone()
+        };
+        let (good, revoked) = (leaf(1), leaf(2));
+        let now = time::OffsetDateTime::now_utc();
+        let crl = CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: SerialNumber::from(2u64),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap()
+        .pem()
+        .unwrap();
+
+        // The secret brings the CA only; the default context the CRL.
+        let secret = CertificateValidationContext {
+            trusted_ca: Some(crate::xds::pb::envoy::config::core::v3::DataSource {
+                specifier: Some(
+                    crate::xds::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                        ca_pem,
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let material = Arc::new(ValidationMaterial::from_context(&secret, "secret").unwrap());
+        let (_tx, rx) = tokio::sync::watch::channel(Some(material));
+        let verdicts = |default_crls: Option<Arc<DefaultCrls>>| {
+            let source = ValidationSource {
+                default: None,
+                dynamic: Some(rx.clone()),
+                default_crls,
+            };
+            let (dynamic, _) = source.resolve();
+            let again = source.resolve().0.unwrap();
+            let dynamic = dynamic.unwrap();
+            assert!(Arc::ptr_eq(&dynamic, &again), "merged once, then reused");
+            let v = dynamic.client_verifier().unwrap().unwrap();
+            let at = UnixTime::now();
+            (
+                v.verify_client_cert(&good, &[], at).is_ok(),
+                v.verify_client_cert(&revoked, &[], at).is_ok(),
+            )
+        };
+        assert_eq!(verdicts(None), (true, true));
+        let crls = DefaultCrls::from_pem(crl.as_bytes(), false, "crl").unwrap();
+        assert_eq!(verdicts(Some(Arc::new(crls))), (true, false));
     }
 
     #[test]

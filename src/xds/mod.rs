@@ -4,6 +4,7 @@
 //! standalone gateway compiles it in-process, and `meshgate translate` writes it to disk
 //! for a real Envoy. [`json`] renders any of these resources the way Envoy's
 //! `/config_dump` does.
+pub mod canonical;
 pub mod client;
 pub mod json;
 pub mod proxy;

@@ -85,12 +85,14 @@ pub struct NamedResource {
     pub resource: Any,
 }
 
+/// Packs a resource with a deterministic encoding (maps sorted), so that equal resources
+/// have equal bytes and equal content hashes.
 fn pack<M: Message + Name>(name: &str, m: &M) -> NamedResource {
     NamedResource {
         name: name.to_string(),
         resource: Any {
             type_url: M::type_url(),
-            value: m.encode_to_vec(),
+            value: crate::xds::canonical::canonicalize_named(&M::full_name(), &m.encode_to_vec()),
         },
     }
 }

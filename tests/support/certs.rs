@@ -105,6 +105,38 @@ impl TestCa {
         }
     }
 
+    /// A server and client leaf for DNS `names` with a chosen serial number and key type
+    /// (`rsa`: a 2048-bit RSA key, else ECDSA P-256), valid for 30 days.
+    pub fn leaf_custom(&self, names: &[&str], serial: u64, rsa: bool) -> Leaf {
+        let alg = if rsa {
+            &rcgen::PKCS_RSA_SHA256
+        } else {
+            &rcgen::PKCS_ECDSA_P256_SHA256
+        };
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
+        for n in names {
+            p.subject_alt_names
+                .push(SanType::DnsName((*n).try_into().unwrap()));
+        }
+        p.serial_number = Some(rcgen::SerialNumber::from(serial));
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + time::Duration::days(30);
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
     /// A CRL (PEM) revoking `serials`.
     pub fn crl(&self, serials: &[u64]) -> String {
         let now = time::OffsetDateTime::now_utc();

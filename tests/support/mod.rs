@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The repository root (where Cargo.toml is).
@@ -363,6 +363,199 @@ async fn echo(
 type EchoBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 // ---------------------------------------------------------------------------------------
+// A recording upstream (for mirrors: the proxy drops the mirror's response)
+// ---------------------------------------------------------------------------------------
+
+/// What a recording upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// An HTTP server on 127.0.0.1 that answers 200 and remembers every request.
+pub struct RecordingUpstream {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RecordingUpstream {
+    pub fn start() -> RecordingUpstream {
+        let listener = StdListener::bind("127.0.0.1:0").expect("bind recording upstream");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let store = seen.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let store = store.clone();
+                            tokio::spawn(async move {
+                                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                                    let store = store.clone();
+                                    async move {
+                                        let headers = req
+                                            .headers()
+                                            .iter()
+                                            .map(|(k, v)| {
+                                                (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                            })
+                                            .collect();
+                                        let method = req.method().to_string();
+                                        let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                                        let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                                        store.lock().expect("lock").push(Recorded { method, path, headers, body });
+                                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"recorded"))))
+                                    }
+                                });
+                                let io = hyper_util::rt::TokioIo::new(stream);
+                                let _ = hyper_util::server::conn::auto::Builder::new(
+                                    hyper_util::rt::TokioExecutor::new(),
+                                )
+                                .serve_connection(io, svc)
+                                .await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        RecordingUpstream {
+            port,
+            seen,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Requests seen so far.
+    pub fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// Removes and returns the requests seen so far.
+    pub fn take(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.seen.lock().expect("lock"))
+    }
+
+    /// Waits (bounded) until at least `n` requests were seen.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "recording upstream saw {} request(s), expected {n}",
+                seen.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// An upstream that holds its answers
+// ---------------------------------------------------------------------------------------
+
+/// An HTTP/1.1 upstream on 127.0.0.1 that reads each request head, counts it, and answers
+/// `200 held` only once [`HeldUpstream::release`] was called: a request through the
+/// gateway stays in flight for exactly as long as the test needs.
+pub struct HeldUpstream {
+    pub port: u16,
+    arrived: Arc<AtomicUsize>,
+    released: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl HeldUpstream {
+    pub fn start() -> HeldUpstream {
+        let listener = StdListener::bind("127.0.0.1:0").expect("bind held upstream");
+        let port = listener.local_addr().expect("addr").port();
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let released: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)> = Arc::default();
+        let (count, gate) = (arrived.clone(), released.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (count, gate) = (count.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let (lock, cv) = &*gate;
+                    let mut open = lock.lock().unwrap();
+                    while !*open {
+                        open = cv.wait(open).unwrap();
+                    }
+                    drop(open);
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nheld",
+                    );
+                });
+            }
+        });
+        HeldUpstream {
+            port,
+            arrived,
+            released,
+        }
+    }
+
+    /// Requests whose head has arrived so far.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held request (and every later one) be answered.
+    pub fn release(&self) {
+        let (lock, cv) = &*self.released;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+impl Drop for HeldUpstream {
+    fn drop(&mut self) {
+        // Answers whatever still waits; the accepting thread ends with the process.
+        self.release();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Envoy
 // ---------------------------------------------------------------------------------------
 
@@ -610,6 +803,50 @@ pub fn wait_for_port(port: u16, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+/// Asserts that `hits` successes in `n` independent trials fit probability `p`: within
+/// five binomial standard deviations (`sqrt(n p (1 - p))`). Each of `unlike` (the share a
+/// broken feature would give, e.g. 0.5 for a split that ignores its weights) must fall
+/// outside that band, or the sample is too small to tell the two apart and the test
+/// itself is wrong.
+#[track_caller]
+pub fn assert_binomial(what: &str, hits: usize, n: usize, p: f64, unlike: &[f64]) {
+    let (lo, hi) = binomial_band(n, p);
+    for &q in unlike {
+        let expected = q * n as f64;
+        assert!(
+            expected < lo || expected > hi,
+            "{what}: {n} trials cannot tell p = {p} from {q} (band {lo:.1}..={hi:.1})"
+        );
+    }
+    let h = hits as f64;
+    assert!(
+        (lo..=hi).contains(&h),
+        "{what}: {hits}/{n}, expected {:.1} ± {:.1} (p = {p}, five standard deviations)",
+        p * n as f64,
+        (hi - lo) / 2.0
+    );
+}
+
+/// The range of successes within five standard deviations of `n p`.
+pub fn binomial_band(n: usize, p: f64) -> (f64, f64) {
+    let n = n as f64;
+    let sd = (n * p * (1.0 - p)).sqrt();
+    (n * p - 5.0 * sd, n * p + 5.0 * sd)
+}
+
+/// Polls `check` every 20 ms until it returns true; panics with `what` after `timeout`.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub mod certs;
 pub mod dns;
 pub mod gateway;

@@ -6,10 +6,6 @@
 #![allow(dead_code)]
 
 use crate::support::{Envoy, TempDir, free_port};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
 use std::collections::BTreeMap;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
@@ -190,11 +186,27 @@ pub async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
+    send_body(client, method, port, host, path, headers, None).await
+}
+
+/// [`send`] with a request body.
+pub async fn send_body(
+    client: &reqwest::Client,
+    method: &str,
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Reply {
     let url = format!("http://127.0.0.1:{port}{path}");
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let mut req = client.request(method, &url).header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.body(b.to_vec());
     }
     let start = Instant::now();
     let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -212,122 +224,6 @@ pub async fn send(
 /// GET with `Host: host`.
 pub async fn get(client: &reqwest::Client, port: u16, host: &str, path: &str) -> Reply {
     send(client, "GET", port, host, path, &[]).await
-}
-
-// ---------------------------------------------------------------------------------------
-// A recording upstream (for mirrors: the proxy drops the mirror's response)
-// ---------------------------------------------------------------------------------------
-
-/// What a recording upstream saw of one request.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub method: String,
-    pub path: String,
-    pub headers: BTreeMap<String, String>,
-}
-
-/// An HTTP server on 127.0.0.1 that answers 200 and remembers every request.
-pub struct RecordingUpstream {
-    pub port: u16,
-    seen: Arc<Mutex<Vec<Recorded>>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RecordingUpstream {
-    pub fn start() -> RecordingUpstream {
-        let listener = StdListener::bind("127.0.0.1:0").expect("bind recording upstream");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("addr").port();
-        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-        let store = seen.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    tokio::select! {
-                        _ = &mut rx => break,
-                        accepted = listener.accept() => {
-                            let Ok((stream, _)) = accepted else { continue };
-                            let store = store.clone();
-                            tokio::spawn(async move {
-                                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                                    let store = store.clone();
-                                    async move {
-                                        let headers = req
-                                            .headers()
-                                            .iter()
-                                            .map(|(k, v)| {
-                                                (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())
-                                            })
-                                            .collect();
-                                        let rec = Recorded {
-                                            method: req.method().to_string(),
-                                            path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-                                            headers,
-                                        };
-                                        let _ = req.into_body().collect().await;
-                                        store.lock().expect("lock").push(rec);
-                                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"recorded"))))
-                                    }
-                                });
-                                let io = hyper_util::rt::TokioIo::new(stream);
-                                let _ = hyper_util::server::conn::auto::Builder::new(
-                                    hyper_util::rt::TokioExecutor::new(),
-                                )
-                                .serve_connection(io, svc)
-                                .await;
-                            });
-                        }
-                    }
-                }
-            });
-        });
-        RecordingUpstream {
-            port,
-            seen,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    /// Requests seen so far.
-    pub fn seen(&self) -> Vec<Recorded> {
-        self.seen.lock().expect("lock").clone()
-    }
-
-    /// Waits (bounded) until at least `n` requests were seen.
-    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let seen = self.seen();
-            if seen.len() >= n {
-                return seen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "recording upstream saw {} request(s), expected {n}",
-                seen.len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for RecordingUpstream {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -628,4 +524,364 @@ spec:
         secret_cert = yaml_block(&secret.cert, 4),
         secret_key = yaml_block(&secret.key, 4),
     )
+}
+
+// ---------------------------------------------------------------------------------------
+// The same Istio YAML on real Envoy and on meshgate, compared request by request
+// ---------------------------------------------------------------------------------------
+
+/// One of the two gateways a scenario runs against, with its listener ports by template
+/// placeholder.
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub who: &'static str,
+    pub ports: Vec<(&'static str, u16)>,
+}
+
+impl Side {
+    /// The port this side uses for placeholder `name`.
+    pub fn port(&self, name: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no port {name}"))
+            .1
+    }
+
+    /// The placeholders and their values, for [`render`].
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        self.ports
+            .iter()
+            .map(|(n, p)| (*n, p.to_string()))
+            .collect()
+    }
+
+    pub fn is_envoy(&self) -> bool {
+        self.who == "envoy"
+    }
+}
+
+/// An Istio configuration served twice: by `meshgate gateway --config DIR` (meshgate's
+/// own data plane) and by real Envoy on what `meshgate translate` makes of it. Each has
+/// its own listener ports (`gateway_ports` placeholders); everything else in the
+/// template (upstreams, certificates) is shared.
+pub struct BothGateways {
+    pub meshgate: crate::support::gateway::GatewayProcess,
+    pub envoy: TranslatedEnvoy,
+    /// meshgate first, then Envoy.
+    pub sides: Vec<Side>,
+    _meshgate_dir: TempDir,
+}
+
+impl BothGateways {
+    /// `yaml` renders the configuration for one side's ports; `listeners` is how many
+    /// listeners Envoy must end up with.
+    pub fn start(
+        gateway_ports: &[&'static str],
+        labels: &str,
+        listeners: u64,
+        yaml: impl Fn(&Side) -> String,
+    ) -> BothGateways {
+        let side = |who| Side {
+            who,
+            ports: gateway_ports.iter().map(|n| (*n, free_port())).collect(),
+        };
+        let (mesh_side, envoy_side) = (side("meshgate"), side("envoy"));
+        let dir = TempDir::new();
+        let config = dir.path().join("config");
+        std::fs::create_dir_all(&config).expect("config dir");
+        std::fs::write(config.join("config.yaml"), yaml(&mesh_side)).expect("write config");
+        let meshgate = crate::support::gateway::GatewayProcess::start_with(
+            &[
+                "--config",
+                config.to_str().expect("utf-8 path"),
+                "--labels",
+                labels,
+                "--access-log",
+                "off",
+            ],
+            dir.path(),
+        );
+        for (_, port) in &mesh_side.ports {
+            crate::support::wait_for_port(*port, Duration::from_secs(20));
+        }
+        let envoy = TranslatedEnvoy::start(&yaml(&envoy_side), labels, listeners);
+        BothGateways {
+            meshgate,
+            envoy,
+            sides: vec![mesh_side, envoy_side],
+            _meshgate_dir: dir,
+        }
+    }
+
+    /// A stat of either gateway (Envoy's admin `/stats`, meshgate's admin `/stats`).
+    pub fn stat(&self, side: &Side, name: &str) -> Option<u64> {
+        let (_, body) = if side.is_envoy() {
+            self.envoy
+                .envoy
+                .admin_get("/stats")
+                .expect("envoy admin /stats")
+        } else {
+            self.meshgate.admin("/stats")
+        };
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// Response headers whose values differ from one request to the next, or that only
+/// describe the framing.
+const VOLATILE_RESPONSE_HEADERS: &[&str] = &[
+    "date",
+    "x-envoy-upstream-service-time",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+];
+
+/// `s` with the side's listener port numbers replaced by their placeholder names.
+fn unport(side: &Side, s: &str) -> String {
+    let mut s = s.to_string();
+    for (name, port) in &side.ports {
+        s = s.replace(&port.to_string(), &format!("{{{{{name}}}}}"));
+    }
+    s
+}
+
+/// What one side answered to a request, field by field (`status`, `response <header>`,
+/// `upstream <field>`, `upstream header <name>`, `body`), with the side's own listener
+/// ports replaced by their placeholder names.
+pub fn reply_fields(side: &Side, r: &Reply) -> BTreeMap<String, String> {
+    let unport = |s: &str| unport(side, s);
+    let mut out = BTreeMap::new();
+    out.insert("status".to_string(), r.status.to_string());
+    for name in r.headers.keys() {
+        if VOLATILE_RESPONSE_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let values: Vec<String> = r
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| unport(&String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        out.insert(format!("response {name}"), values.join(" | "));
+    }
+    match serde_json::from_str::<serde_json::Value>(&r.body) {
+        Ok(echo) if echo.get("upstream").is_some() && echo.get("headers").is_some() => {
+            for field in ["upstream", "method", "path", "version", "body_len"] {
+                out.insert(
+                    format!("upstream {field}"),
+                    unport(&echo[field].to_string()),
+                );
+            }
+            for (name, values) in echo["headers"].as_object().into_iter().flatten() {
+                // The test's own steering headers, and ids that are random per request.
+                if name.starts_with("x-echo-") || name == "x-side" {
+                    continue;
+                }
+                let value = if name == "x-request-id" {
+                    "(present)".to_string()
+                } else {
+                    unport(&values.to_string())
+                };
+                out.insert(format!("upstream header {name}"), value);
+            }
+        }
+        _ => {
+            out.insert("body".to_string(), unport(&r.body));
+        }
+    }
+    out
+}
+
+/// The requests a scenario made of one side, and what came back; plus facts the
+/// scenario observed otherwise (`note`). Two transcripts of the same scenario are
+/// compared entry by entry.
+pub struct Transcript {
+    pub side: Side,
+    pub client: reqwest::Client,
+    pub entries: Vec<(String, BTreeMap<String, String>)>,
+}
+
+impl Transcript {
+    pub fn new(side: &Side) -> Transcript {
+        Transcript {
+            side: side.clone(),
+            client: crate::support::http_client(),
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn who(&self) -> &'static str {
+        self.side.who
+    }
+
+    pub fn port(&self, name: &str) -> u16 {
+        self.side.port(name)
+    }
+
+    /// Sends a request to this side's listener `port_name` and records the answer.
+    /// Header values that start with the side's name (`envoy-…`, `meshgate-…`: keys that
+    /// must differ per side) are left out of the label.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        port_name: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let client = self.client.clone();
+        self.send_via(&client, method, port_name, host, path, headers)
+            .await
+    }
+
+    /// [`Transcript::send`] with another client (e.g. bound to another source address).
+    pub async fn send_via(
+        &mut self,
+        client: &reqwest::Client,
+        method: &str,
+        port_name: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.exchange(client, method, port_name, host, path, headers, None)
+            .await
+    }
+
+    /// [`Transcript::send`] with a request body.
+    pub async fn send_body(
+        &mut self,
+        method: &str,
+        port_name: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let client = self.client.clone();
+        self.exchange(&client, method, port_name, host, path, headers, Some(body))
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &mut self,
+        client: &reqwest::Client,
+        method: &str,
+        port_name: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        let r = send_body(
+            client,
+            method,
+            self.side.port(port_name),
+            host,
+            path,
+            headers,
+            body,
+        )
+        .await;
+        let shown: Vec<_> = headers
+            .iter()
+            .filter(|(_, v)| !v.starts_with(self.side.who))
+            .collect();
+        let label = unport(
+            &self.side,
+            &format!("{method} {port_name} {host}{path} {shown:?}"),
+        );
+        let fields = reply_fields(&self.side, &r);
+        self.entries.push((label, fields));
+        r
+    }
+
+    pub async fn get(&mut self, port_name: &str, host: &str, path: &str) -> Reply {
+        self.send("GET", port_name, host, path, &[]).await
+    }
+
+    /// Records an observation that is not one HTTP answer (a count, a handshake's
+    /// outcome): compared like answers.
+    pub fn note(&mut self, label: impl Into<String>, outcome: impl std::fmt::Display) {
+        let mut fields = BTreeMap::new();
+        fields.insert("outcome".to_string(), outcome.to_string());
+        self.entries.push((label.into(), fields));
+    }
+}
+
+/// What one side's value of a field must be, where the two sides differ on purpose.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    Absent,
+    /// Any value, or none.
+    Any,
+    Is(&'static str),
+}
+
+impl Expect {
+    fn holds(self, v: Option<&String>) -> bool {
+        match self {
+            Expect::Absent => v.is_none(),
+            Expect::Any => true,
+            Expect::Is(want) => v.is_some_and(|v| v == want),
+        }
+    }
+}
+
+/// A field where meshgate answers differently from Envoy on purpose (each listed in
+/// docs/xds-support.md, "Differences from Envoy"): for every request whose label
+/// contains `label`, `field` must be `meshgate` on meshgate and `envoy` on Envoy.
+pub struct Deliberate {
+    pub label: &'static str,
+    pub field: &'static str,
+    pub meshgate: Expect,
+    pub envoy: Expect,
+}
+
+/// Compares meshgate's transcript with Envoy's, entry by entry; every difference that is
+/// not listed in `deliberate` fails the test, all reported at once.
+pub fn assert_same_answers(meshgate: &Transcript, envoy: &Transcript, deliberate: &[Deliberate]) {
+    assert_eq!(
+        meshgate.entries.len(),
+        envoy.entries.len(),
+        "the scenario made a different number of requests on each side"
+    );
+    let mut differences = Vec::new();
+    for ((ml, mf), (el, ef)) in meshgate.entries.iter().zip(&envoy.entries) {
+        assert_eq!(ml, el, "the scenario diverged");
+        let fields: std::collections::BTreeSet<&String> = mf.keys().chain(ef.keys()).collect();
+        for field in fields {
+            let (m, e) = (mf.get(field), ef.get(field));
+            if let Some(d) = deliberate
+                .iter()
+                .find(|d| ml.contains(d.label) && field == d.field)
+            {
+                if !d.meshgate.holds(m) || !d.envoy.holds(e) {
+                    differences.push(format!(
+                        "{ml}\n    {field}: meshgate {m:?} (expected {:?})\n    {field}: envoy    {e:?} (expected {:?})",
+                        d.meshgate, d.envoy
+                    ));
+                }
+                continue;
+            }
+            if m == e {
+                continue;
+            }
+            differences.push(format!(
+                "{ml}\n    {field}: meshgate {m:?}\n    {field}: envoy    {e:?}"
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "meshgate and Envoy answered differently ({}):\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
 }

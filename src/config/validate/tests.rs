@@ -405,6 +405,11 @@ fn gateway_rules() {
             ],
         ),
         (
+            "servers on different bind addresses are different listeners",
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 9090, name: http, protocol: HTTP}\n    bind: 127.0.0.1\n    hosts: [a.example.net]\n  - port: {number: 9090, name: http2, protocol: HTTP}\n    bind: 127.0.0.2\n    hosts: [a.example.net]\n  - port: {number: 9090, name: tcp, protocol: TCP}\n    bind: 127.0.0.3\n    hosts: [a.example.net]\n".to_string(),
+            &[],
+        ),
+        (
             "credentials",
             "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g2, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [b.example.net]\n    tls: {mode: SIMPLE, credentialName: missing}\n  - port: {number: 8444, name: https2, protocol: HTTPS}\n    hosts: [c.example.net]\n    tls: {mode: SIMPLE, credentialName: \"kubernetes://partial\"}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: partial, namespace: shop}\nstringData: {tls.crt: x}\n".to_string(),
             &[

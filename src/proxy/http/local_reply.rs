@@ -247,6 +247,31 @@ impl LocalReply {
         reason: "request_payload_too_large",
     };
 
+    /// The same answer after the router retried: Envoy's body then says "retried and
+    /// the latest reset reason: ..." for upstream resets; other answers are unchanged.
+    pub fn after_retries(mut self) -> LocalReply {
+        const PREFIX: &str = "upstream connect error or disconnect/reset before headers. ";
+        self.body = match self.body.strip_prefix(PREFIX) {
+            Some("reset reason: remote connection failure") => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+            }
+            Some("reset reason: connection timeout") => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout"
+            }
+            Some("reset reason: overflow") => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: overflow"
+            }
+            Some("reset reason: connection termination") => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"
+            }
+            Some("reset reason: protocol error") => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: protocol error"
+            }
+            _ => self.body,
+        };
+        self
+    }
+
     /// The stream idle timeout's answer: 504 when the whole request was received, else
     /// 408.
     pub fn stream_idle_timeout(request_complete: bool) -> LocalReply {
@@ -285,30 +310,6 @@ impl LocalReply {
         out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
         out.extend_from_slice(self.body.as_bytes());
         out
-    }
-
-    /// The same answer after the request was retried: Envoy then calls the reset reason
-    /// the latest of several.
-    pub fn after_retries(mut self) -> LocalReply {
-        self.body = match self.reason {
-            "upstream_reset_before_response_started{remote_connection_failure}" => {
-                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
-            }
-            "upstream_reset_before_response_started{connection_timeout}" => {
-                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout"
-            }
-            "upstream_reset_before_response_started{overflow}" => {
-                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: overflow"
-            }
-            "upstream_reset_before_response_started{connection_termination}" => {
-                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"
-            }
-            "upstream_reset_before_response_started{protocol_error}" => {
-                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: protocol error"
-            }
-            _ => return self,
-        };
-        self
     }
 
     /// The response, as Envoy answers: a `text/plain` body when there is one. Why it was
@@ -471,7 +472,16 @@ mod tests {
     }
 
     #[test]
-    fn resets_after_retries_say_so() {
+    fn flags_print_like_envoy() {
+        let mut f = Flags::default();
+        assert_eq!(f.to_string_lossy(), "-");
+        f.set(Flags::URX);
+        f.set(Flags::UF);
+        assert_eq!(f.to_string_lossy(), "UF,URX");
+    }
+
+    #[test]
+    fn reset_reasons_after_retries_are_worded_like_envoy() {
         for r in [
             LocalReply::CONNECT_FAILURE,
             LocalReply::CONNECT_TIMEOUT,
@@ -479,36 +489,20 @@ mod tests {
             LocalReply::RESET,
             LocalReply::PROTOCOL_ERROR,
         ] {
-            let after = r.after_retries();
-            let reason = r.body.split("reset reason: ").nth(1).unwrap();
+            let retried = r.after_retries();
+            let reason = r.body.rsplit("reset reason: ").next().unwrap();
             assert_eq!(
-                after.body,
+                retried.body,
                 format!(
                     "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: {reason}"
                 )
             );
-            assert_eq!(
-                (after.status, after.flag, after.reason),
-                (r.status, r.flag, r.reason)
-            );
+            assert_eq!((retried.status, retried.reason), (r.status, r.reason));
         }
         assert_eq!(
             LocalReply::TIMEOUT.after_retries().body,
             "upstream request timeout"
         );
-        assert_eq!(
-            LocalReply::NO_HEALTHY_UPSTREAM.after_retries().body,
-            "no healthy upstream"
-        );
-    }
-
-    #[test]
-    fn flags_print_like_envoy() {
-        let mut f = Flags::default();
-        assert_eq!(f.to_string_lossy(), "-");
-        f.set(Flags::URX);
-        f.set(Flags::UF);
-        assert_eq!(f.to_string_lossy(), "UF,URX");
     }
 
     #[test]
@@ -520,6 +514,28 @@ mod tests {
         assert!(r.headers().get("x-meshgate-reason").is_none());
         let r = LocalReply::NO_ROUTE.response();
         assert!(r.headers().get("content-type").is_none());
+    }
+
+    #[test]
+    fn answers_after_retries_say_so_for_resets() {
+        for r in [
+            LocalReply::CONNECT_FAILURE,
+            LocalReply::CONNECT_TIMEOUT,
+            LocalReply::OVERFLOW,
+            LocalReply::RESET,
+            LocalReply::PROTOCOL_ERROR,
+        ] {
+            let after = r.after_retries();
+            assert_eq!(
+                after.body,
+                r.body
+                    .replace("reset reason:", "retried and the latest reset reason:")
+            );
+            assert_eq!((after.status, after.reason), (r.status, r.reason));
+        }
+        for r in [LocalReply::NO_HEALTHY_UPSTREAM, LocalReply::TIMEOUT] {
+            assert_eq!(r.after_retries().body, r.body);
+        }
     }
 
     #[test]

@@ -77,10 +77,11 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let (hcm, removed) = cx.current_hcm();
     let mut log = RequestLog::start(&req, &cx);
-    let has_body = !http_body::Body::is_end_stream(req.body());
     let grpc = local_reply::is_grpc_request(req.headers());
     cx.state.active.fetch_add(1, Ordering::Relaxed);
     cx.state.head_complete();
+    let body_pending =
+        req.version() <= Version::HTTP_11 && !http_body::Body::is_end_stream(req.body());
     let mut resp = match request_timeout(&hcm, serve(req, &cx, &hcm, &mut log)).await {
         Ok(r) => r,
         Err(r) => {
@@ -98,12 +99,10 @@ pub async fn handle(
     {
         local_reply::into_grpc(&mut resp, log.method == Method::HEAD);
     }
-    local_answer_framing(
-        &mut resp,
-        log.version,
-        log.method == Method::HEAD,
-        has_body && !log.body_taken,
-    );
+    local_answer_framing(&mut resp, log.version, log.method == Method::HEAD);
+    if closes_after_answer(body_pending, log.body_forwarded) {
+        cx.state.close_after_response();
+    }
     finalize_response(&mut resp, &hcm, &cx, &log, removed);
     log.status = resp.status().as_u16();
     resp.body_mut().finish = Some(Finish {
@@ -111,6 +110,14 @@ pub async fn handle(
         cx: cx.clone(),
     });
     Ok(resp)
+}
+
+/// Envoy's HTTP/1 rule for an answer given before the request was received whole (a
+/// redirect, a direct response, a local error made at routing time): the rest of the
+/// body would be read as the next request, so the connection closes after the answer,
+/// which says `connection: close`. HTTP/2 streams end on their own.
+fn closes_after_answer(http1_body_pending: bool, body_forwarded: bool) -> bool {
+    http1_body_pending && !body_forwarded
 }
 
 async fn request_timeout(
@@ -161,25 +168,14 @@ impl Finish {
 }
 
 /// What Envoy's codecs do to an answer the gateway gave itself: without a body HTTP/2
-/// sends no `content-length`, HTTP/1 `content-length: 0` (but none to HEAD, where Envoy
-/// writes `transfer-encoding: chunked`, which hyper does not); an HTTP/1 connection whose
-/// request body was left unread is closed.
-fn local_answer_framing(
-    resp: &mut Response<ResponseBody>,
-    version: Version,
-    head: bool,
-    unread_body: bool,
-) {
-    if !resp.body().is_local() {
-        return;
-    }
-    let empty = http_body::Body::is_end_stream(resp.body());
-    if empty && (version == Version::HTTP_2 || head) {
+/// sends no `content-length`, HTTP/1 `content-length: 0`, but none to HEAD (where Envoy
+/// writes `transfer-encoding: chunked`, which hyper does not).
+fn local_answer_framing(resp: &mut Response<ResponseBody>, version: Version, head: bool) {
+    if resp.body().is_local()
+        && http_body::Body::is_end_stream(resp.body())
+        && (version == Version::HTTP_2 || head)
+    {
         resp.headers_mut().remove(header::CONTENT_LENGTH);
-    }
-    if version != Version::HTTP_2 && unread_body {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
 
@@ -489,9 +485,9 @@ async fn serve(
             if len > 0 {
                 resp.headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
-            resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             // RFC 7231 7.1.2: Envoy gives a 201 or 3xx direct response the request's own
             // URL as its location.
             if (d.status == StatusCode::CREATED || d.status.is_redirection())
@@ -849,7 +845,8 @@ fn request_line<'a, B>(
 }
 
 /// Envoy's answer on a virtual host that requires TLS: 301 to the same host (port
-/// included) and path over `https`.
+/// included) and path over `https`. Empty answers set no `content-length`: over HTTP/1
+/// the codec writes `content-length: 0`, over HTTP/2 nothing, as Envoy's codecs do.
 fn https_redirect(req: &Request<Incoming>, authority: &HeaderValue) -> Response<ResponseBody> {
     let pq = req
         .uri()
@@ -865,14 +862,12 @@ fn https_redirect(req: &Request<Incoming>, authority: &HeaderValue) -> Response<
     if let Ok(v) = HeaderValue::from_bytes(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     resp
 }
 
 /// The scheme a redirect keeps: the client's, as `x-forwarded-proto` says, else the
 /// connection's.
-fn request_scheme<'a>(req: &'a Request<Incoming>, https: bool) -> &'a str {
+fn request_scheme(req: &Request<Incoming>, https: bool) -> &str {
     req.headers()
         .get(&X_FORWARDED_PROTO)
         .and_then(|v| v.to_str().ok())
@@ -959,8 +954,6 @@ fn redirect_response(
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     resp
 }
 
@@ -1109,7 +1102,7 @@ async fn forward(
 
     // Request line and headers for the upstream.
     let (mut parts, body) = req.into_parts();
-    log.body_taken = true;
+    log.body_forwarded = true;
     let original_uri = parts.uri.clone();
     let pq = original_uri
         .path_and_query()
@@ -1153,7 +1146,6 @@ async fn forward(
             .map(|(re, sub)| re.replace_all(path, sub.as_str()).into_owned())
     };
     if let Some(np) = new_path {
-        // The router keeps what it replaced, unless told to add no x-envoy headers.
         if !hcm.suppress_envoy_headers {
             parts.headers.insert(
                 X_ENVOY_ORIGINAL_PATH.clone(),
@@ -1181,33 +1173,33 @@ async fn forward(
     }
     let mut host_value = authority.clone();
     let mut auto_host = false;
-    let mut host_rewritten = false;
+    let mut rewritten = false;
     match &ra.host_rewrite {
         HostRewrite::None => {}
         HostRewrite::Literal(v) => {
             host_value = v.clone();
-            host_rewritten = true;
+            rewritten = true;
         }
         HostRewrite::Auto => auto_host = true,
         HostRewrite::Header(n) => {
-            if let Some(v) = parts.headers.get(n) {
+            if let Some(v) = parts.headers.get(n).filter(|v| !v.is_empty()) {
                 host_value = v.clone();
-                host_rewritten = true;
+                rewritten = true;
             }
         }
         HostRewrite::PathRegex(re, sub) => {
             if let Ok(v) = HeaderValue::from_str(&re.replace_all(path, sub.as_str())) {
                 host_value = v;
-                host_rewritten = true;
+                rewritten = true;
             }
         }
     }
     if let Some(v) = wc.and_then(|w| w.host_rewrite.clone()) {
         host_value = v;
-        host_rewritten = true;
+        rewritten = true;
     }
-    // Envoy's router keeps the authority it replaced (as it keeps a rewritten path).
-    if host_rewritten && !hcm.suppress_envoy_headers {
+    // Envoy keeps the host it replaced, unless the router suppresses its headers.
+    if rewritten && !hcm.suppress_envoy_headers {
         parts
             .headers
             .insert(X_ENVOY_ORIGINAL_HOST.clone(), authority.clone());
@@ -1693,6 +1685,8 @@ async fn attempt_once(
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::UseDownstream => log.version == Version::HTTP_2,
     };
+    // Envoy rewrites to the host's name only when it has one (DNS clusters).
+    let auto_host = auto_host && host.hostname.is_some();
     if h2 {
         *req.version_mut() = Version::HTTP_2;
         let auth = if auto_host {
@@ -1724,7 +1718,10 @@ async fn attempt_once(
             },
         );
     }
-    let _ = hcm;
+    if auto_host && !hcm.suppress_envoy_headers {
+        req.headers_mut()
+            .insert(X_ENVOY_ORIGINAL_HOST.clone(), host_value.clone());
+    }
     let try_deadline = match (deadline, per_try) {
         (Some(d), Some(p)) => Some(d.min(Instant::now() + p)),
         (Some(d), None) => Some(d),
@@ -1817,12 +1814,10 @@ impl Drop for ActiveRequest {
 }
 
 fn host_header(host: &Host) -> HeaderValue {
-    match &host.hostname {
-        Some(n) => HeaderValue::from_str(n).unwrap_or(HeaderValue::from_static("")),
-        None => {
-            HeaderValue::from_str(&host.addr.to_string()).unwrap_or(HeaderValue::from_static(""))
-        }
-    }
+    host.hostname
+        .as_deref()
+        .and_then(|n| HeaderValue::from_str(n).ok())
+        .unwrap_or(HeaderValue::from_static(""))
 }
 
 async fn send(
@@ -1961,26 +1956,39 @@ mod tests {
         let empty = || LocalReply::NO_ROUTE.response();
         // HTTP/2: no length without a body; a body keeps its length.
         let mut r = empty();
-        local_answer_framing(&mut r, Version::HTTP_2, false, true);
+        local_answer_framing(&mut r, Version::HTTP_2, false);
         assert!(!r.headers().contains_key(header::CONTENT_LENGTH));
-        assert!(!r.headers().contains_key(header::CONNECTION));
         let mut r = LocalReply::FAULT_ABORT.response();
-        local_answer_framing(&mut r, Version::HTTP_2, false, false);
+        local_answer_framing(&mut r, Version::HTTP_2, false);
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "18");
-        // HTTP/1: `content-length: 0` stays; an unread request body closes.
+        // HTTP/1: `content-length: 0` stays, but not for HEAD; a body keeps its length.
         let mut r = empty();
-        local_answer_framing(&mut r, Version::HTTP_11, false, false);
+        local_answer_framing(&mut r, Version::HTTP_11, false);
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "0");
-        assert!(!r.headers().contains_key(header::CONNECTION));
-        local_answer_framing(&mut r, Version::HTTP_11, false, true);
-        assert_eq!(r.headers()[header::CONNECTION], "close");
-        // HEAD: no length for an empty answer; a body keeps its length.
         let mut r = empty();
-        local_answer_framing(&mut r, Version::HTTP_11, true, false);
+        local_answer_framing(&mut r, Version::HTTP_11, true);
         assert!(!r.headers().contains_key(header::CONTENT_LENGTH));
         let mut r = LocalReply::FAULT_ABORT.response();
-        local_answer_framing(&mut r, Version::HTTP_11, true, false);
+        local_answer_framing(&mut r, Version::HTTP_11, true);
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "18");
+    }
+
+    #[test]
+    fn an_answer_before_the_body_closes_http1_connections() {
+        // (HTTP/1 body still pending, body handed to the upstream) -> close
+        let cases = [
+            (true, false, true),
+            (true, true, false),
+            (false, false, false),
+            (false, true, false),
+        ];
+        for (pending, forwarded, close) in cases {
+            assert_eq!(
+                closes_after_answer(pending, forwarded),
+                close,
+                "pending {pending}, forwarded {forwarded}"
+            );
+        }
     }
 
     #[test]

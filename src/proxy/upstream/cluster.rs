@@ -269,6 +269,9 @@ pub struct ClusterState {
     pub rq_active: AtomicU32,
     pub rq_pending: AtomicU32,
     pub cx_active: AtomicU32,
+    /// Woken when a connection of the cluster ends, so that requests pending under
+    /// `max_connections` can open one in its place.
+    pub cx_freed: tokio::sync::Notify,
     pub retries_active: AtomicU32,
     pub ejections_active: AtomicU32,
 }

@@ -107,7 +107,7 @@ impl PreviousPriorities {
         if n < self.update_frequency {
             return 0;
         }
-        if n % self.update_frequency == 0 {
+        if n.is_multiple_of(self.update_frequency) {
             for level in self.attempted.iter().flatten() {
                 if *level < 64 {
                     self.excluded |= 1 << level;

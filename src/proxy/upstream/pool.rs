@@ -239,8 +239,22 @@ pub async fn acquire_for(
         sni: sni.map(Arc::from),
     };
     pool.lock().waiters.push_back((key, tx));
-    // A connection is handed over when another request finishes with one.
-    rx.await.map_err(|_| PoolError::Overflow)
+    // A connection is handed over when another request finishes with one; when one
+    // closes instead, its slot under max_connections lets this request open a new one.
+    let mut rx = rx;
+    loop {
+        let freed = state.cx_freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if try_acquire(&state.cx_active, cluster.thresholds.max_connections) {
+            drop(rx);
+            return Box::pin(connect_counted(cluster, host, false, transport, sni)).await;
+        }
+        tokio::select! {
+            conn = &mut rx => return conn.map_err(|_| PoolError::Overflow),
+            _ = freed => {}
+        }
+    }
 }
 
 struct PendingSlot<'a>(&'a ClusterState);
@@ -438,6 +452,7 @@ struct ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.state.cx_active.fetch_sub(1, Ordering::Relaxed);
+        self.state.cx_freed.notify_waiters();
         self.state
             .stats
             .upstream_cx_destroy
