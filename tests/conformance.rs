@@ -55,6 +55,9 @@
 //!     requests: {a: 1, b: 1}     # requests each upstream received (mirrors, retries)
 //!     connections: {a: 5}        # connections each upstream accepted (connection reuse)
 //!     min_ms: 200                # the answer took at least this long (delays)
+//!     max_ms: 2000               # ... at most this long (a delay that must not apply)
+//!     received:                  # fields of the last request an upstream received, for
+//!       b: {headers: {host: example.com-shadow}}  # what no answer shows (a mirror's copy)
 //!     refused: true              # no response at all (reset, closed, handshake refused)
 //!     tls_version: "1.2"         # the TLS version the gateway negotiated
 //!     cipher: TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384  # the suite it negotiated
@@ -90,6 +93,11 @@
 //!
 //! Besides status, headers and bodies, the TLS version and the certificate each runtime
 //! presented are compared with Envoy's.
+//!
+//! In `received`, an object matches the listed keys only, and a string matches a list
+//! holding just that string (header values are lists); `null` means absent. The
+//! `x-echo-fail-key` counts of the echo upstreams start afresh for each runtime, so one
+//! key fails its first N requests on Envoy and on both meshgate runs.
 //!
 //! `CONFORMANCE_CASE=name` runs one case.
 mod support;
@@ -367,6 +375,11 @@ struct Expect {
     connections: Option<BTreeMap<String, usize>>,
     #[serde(default)]
     min_ms: Option<u64>,
+    #[serde(default)]
+    max_ms: Option<u64>,
+    /// Per upstream, fields the last request it received must have.
+    #[serde(default)]
+    received: Option<BTreeMap<String, Value>>,
     /// No response: the connection is refused, reset or closed (an unknown SNI, say).
     #[serde(default)]
     refused: bool,
@@ -1110,6 +1123,11 @@ fn run_probes(
         let before = world.upstream_counts();
         let snis_before = world.upstream_snis();
         let connections_before = world.connection_counts();
+        if p.expect.received.is_some() {
+            for u in &world.upstreams {
+                u.clear_last();
+            }
+        }
         let fail = |failures: &mut Vec<String>, what: String| {
             failures.push(format!(
                 "{runtime}: probe {i} ({} {}): {what}",
@@ -1146,6 +1164,14 @@ fn run_probes(
                     fail(
                         &mut failures,
                         format!("answered in {elapsed_ms} ms, expected at least {min} ms"),
+                    );
+                }
+                if let (Some(max), Answer::Response { elapsed_ms, .. }) = (p.expect.max_ms, &a)
+                    && *elapsed_ms > max
+                {
+                    fail(
+                        &mut failures,
+                        format!("answered in {elapsed_ms} ms, expected at most {max} ms"),
                     );
                 }
                 let facts = a.tls();
@@ -1268,6 +1294,31 @@ fn run_probes(
                 format!("upstreams accepted {got:?} connections, expected {want:?}"),
             );
         }
+        if let Some(want) = &p.expect.received {
+            // Like mirrors' counts, what they received arrives after the answer.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            for (name, fields) in want {
+                let upstream = world
+                    .upstreams
+                    .iter()
+                    .find(|u| &u.name == name)
+                    .unwrap_or_else(|| panic!("{}: probe {i}: no upstream {name}", case.name));
+                loop {
+                    let last = upstream.last_request();
+                    if last.as_ref().is_some_and(|l| has_fields(l, fields)) {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        fail(
+                            &mut failures,
+                            format!("upstream {name} last received {last:?}, expected {fields}"),
+                        );
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
     (observed, failures)
 }
@@ -1330,6 +1381,18 @@ fn await_counts(
             return Err(got);
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `got` has the fields `want` lists (see `received` in the module doc).
+fn has_fields(got: &Value, want: &Value) -> bool {
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => w.iter().all(|(k, v)| match g.get(k) {
+            Some(gv) => has_fields(gv, v),
+            None => v.is_null(),
+        }),
+        (Value::String(w), Value::Array(g)) => g.len() == 1 && g[0] == *w,
+        (w, g) => w == g,
     }
 }
 

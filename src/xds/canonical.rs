@@ -114,6 +114,9 @@ fn emit_len(tag: &[u8], payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// A map field's entries being gathered: (field number, tag, encoded entries).
+type PendingMap<'a> = (u32, &'a [u8], Vec<Vec<u8>>);
+
 fn walk(desc: &MessageDescriptor, buf: &[u8], out: &mut Vec<u8>, depth: usize) -> Result<(), ()> {
     if depth > MAX_DEPTH {
         out.extend_from_slice(buf);
@@ -123,7 +126,7 @@ fn walk(desc: &MessageDescriptor, buf: &[u8], out: &mut Vec<u8>, depth: usize) -
     let mut any_type: Option<&[u8]> = None;
     let mut pos = 0;
     // A map field's entries, gathered to be written sorted where the map's first entry was.
-    let mut map: Option<(u32, &[u8], Vec<Vec<u8>>)> = None;
+    let mut map: Option<PendingMap> = None;
     while pos < buf.len() {
         let f = next_field(buf, &mut pos)?;
         if let Some((number, tag, entries)) = map.take() {

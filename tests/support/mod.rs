@@ -125,7 +125,11 @@ impl Drop for TempDir {
 /// - `x-echo-body-delay-ms: 200` send the headers and the JSON at once, then wait before
 ///   sending the rest of the body (`.tail`)
 /// - `x-echo-fail-first: N` answer 503 to the first N requests carrying the same header value pair
-///   `x-echo-fail-key` (for retry tests)
+///   `x-echo-fail-key` (for retry tests; [`EchoUpstream::forget_failures`] starts the counts
+///   afresh)
+///
+/// It keeps the description of the last request it answered ([`EchoUpstream::last_request`]):
+/// what a proxy sent where the client never sees the answer (a mirror).
 pub struct EchoUpstream {
     pub name: String,
     pub addr: SocketAddr,
@@ -133,6 +137,7 @@ pub struct EchoUpstream {
     connections: Arc<AtomicUsize>,
     /// Requests seen per `x-echo-fail-key`.
     fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+    last: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -155,7 +160,8 @@ impl EchoUpstream {
         let counter = requests.clone();
         let accepted_counter = connections.clone();
         let fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
-        let shared_fail_counts = fail_counts.clone();
+        let last: Arc<std::sync::Mutex<Option<serde_json::Value>>> = Arc::default();
+        let (fails, seen) = (fail_counts.clone(), last.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -164,7 +170,6 @@ impl EchoUpstream {
             rt.block_on(async move {
                 let listener =
                     tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
-                let fail_counts = shared_fail_counts;
                 loop {
                     tokio::select! {
                         _ = &mut rx => break,
@@ -173,10 +178,17 @@ impl EchoUpstream {
                             accepted_counter.fetch_add(1, Ordering::SeqCst);
                             let name = name_owned.clone();
                             let counter = counter.clone();
-                            let fail_counts = fail_counts.clone();
+                            let fail_counts = fails.clone();
+                            let last = seen.clone();
                             tokio::spawn(async move {
                                 let svc = hyper::service::service_fn(move |req| {
-                                    echo(req, name.clone(), counter.clone(), fail_counts.clone())
+                                    echo(
+                                        req,
+                                        name.clone(),
+                                        counter.clone(),
+                                        fail_counts.clone(),
+                                        last.clone(),
+                                    )
                                 });
                                 let io = hyper_util::rt::TokioIo::new(stream);
                                 let _ = hyper_util::server::conn::auto::Builder::new(
@@ -196,6 +208,7 @@ impl EchoUpstream {
             requests,
             connections,
             fail_counts,
+            last,
             shutdown: Some(tx),
             thread: Some(thread),
         }
@@ -215,12 +228,22 @@ impl EchoUpstream {
         self.connections.load(Ordering::SeqCst)
     }
 
-    /// Forgets the requests counted per `x-echo-fail-key`: the next ones fail again.
+    /// Forgets the requests counted per `x-echo-fail-key`: each key fails its first N
+    /// requests again.
     pub fn forget_failures(&self) {
         self.fail_counts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+
+    /// The JSON description of the last request answered since [`Self::clear_last`].
+    pub fn last_request(&self) -> Option<serde_json::Value> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn clear_last(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -249,6 +272,7 @@ async fn echo(
     name: String,
     counter: Arc<AtomicUsize>,
     fail_counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+    last: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
 ) -> Result<Response<EchoBody>, ResetConnection> {
     counter.fetch_add(1, Ordering::SeqCst);
     let header = |n: &str| {
@@ -314,6 +338,7 @@ async fn echo(
         "headers": headers,
         "body_len": body.len(),
     });
+    *last.lock().unwrap() = Some(json.clone());
     let mut resp = Response::builder()
         .status(status)
         .header("content-type", "application/json")

@@ -61,6 +61,7 @@ pub(crate) fn compile_cluster(
         pb::Cluster {
             supported: [
                 name,
+                alt_stat_name,
                 eds_cluster_config,
                 connect_timeout,
                 lb_policy,
@@ -88,7 +89,6 @@ pub(crate) fn compile_cluster(
                 lb_config
             ],
             ignored: [
-                alt_stat_name,
                 per_connection_buffer_limit_bytes,
                 metadata,
                 cleanup_interval,
@@ -333,6 +333,11 @@ pub(crate) fn compile_cluster(
     let transport = transport_sockets(cx, c, set, &options, prev, tls)?;
     Ok(Cluster {
         name: c.name.as_str().into(),
+        observability_name: if c.alt_stat_name.is_empty() {
+            c.name.as_str().into()
+        } else {
+            c.alt_stat_name.as_str().into()
+        },
         discovery,
         connect_timeout,
         lb,

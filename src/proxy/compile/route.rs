@@ -700,12 +700,12 @@ pub(crate) fn compile_retry(cx: &mut Cx, p: &pb::RetryPolicy) -> Result<RetryPol
                 retry_host_predicate,
                 host_selection_retry_max_attempts,
                 retriable_status_codes,
-                retry_back_off
+                retry_back_off,
+                retry_priority
             ],
             ignored: [],
             unsupported: [
                 per_try_idle_timeout,
-                retry_priority,
                 retry_options_predicates,
                 rate_limited_retry_back_off,
                 retriable_headers,
@@ -729,6 +729,28 @@ pub(crate) fn compile_retry(cx: &mut Cx, p: &pb::RetryPolicy) -> Result<RetryPol
         }
         avoid_previous_hosts = true;
     }
+    let previous_priorities = match &p.retry_priority {
+        None => None,
+        Some(rp) => Some(cx.at("retry_priority", |cx| {
+            use crate::xds::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+            use pb::retry_policy::retry_priority::ConfigType;
+            let Some(ConfigType::TypedConfig(any)) = &rp.config_type else {
+                return Err(cx.err("typed_config", "required"));
+            };
+            if any.type_url != PreviousPrioritiesConfig::type_url() {
+                return Err(cx.err(
+                    "typed_config",
+                    format!("retry priority {} is not supported", any.type_url),
+                ));
+            }
+            let c = PreviousPrioritiesConfig::decode(any.value.as_slice())
+                .map_err(|e| cx.err("typed_config", format!("decoding: {e}")))?;
+            if c.update_frequency <= 0 {
+                return Err(cx.err("typed_config.update_frequency", "must be greater than 0"));
+            }
+            Ok(c.update_frequency as u32)
+        })?),
+    };
     let (back_off_base, back_off_max) = match &p.retry_back_off {
         None => (Duration::from_millis(25), Duration::from_millis(250)),
         Some(b) => cx.at("retry_back_off", |cx| {
@@ -764,6 +786,7 @@ pub(crate) fn compile_retry(cx: &mut Cx, p: &pb::RetryPolicy) -> Result<RetryPol
         back_off_max,
         avoid_previous_hosts,
         host_selection_max_attempts: p.host_selection_retry_max_attempts.clamp(1, 100) as u32,
+        previous_priorities,
     })
 }
 

@@ -231,6 +231,19 @@ impl ResponseBody {
         }
     }
 
+    /// An answer the gateway made itself (not an upstream's body).
+    pub fn is_local(&self) -> bool {
+        matches!(self.inner, Inner::Full(_))
+    }
+
+    /// The body of a local answer not yet sent.
+    pub fn local_bytes(&self) -> Option<&Bytes> {
+        match &self.inner {
+            Inner::Full(b) => b.as_ref(),
+            Inner::Upstream(_) => None,
+        }
+    }
+
     /// Resets the response if it has not been received whole by `at`.
     pub fn with_deadline(mut self, at: Option<tokio::time::Instant>) -> ResponseBody {
         self.deadline = at.map(|at| Box::pin(tokio::time::sleep_until(at)));

@@ -334,9 +334,142 @@ impl LocalReply {
     }
 }
 
+/// The gRPC status an answer names for a gRPC request (a fault's `grpc_status` abort),
+/// kept beside the HTTP status it gives other requests.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcStatus(pub u32);
+
+/// Marks an answer a filter encodes itself (a CORS preflight): Envoy does not turn it
+/// into a gRPC answer as it does its local replies.
+#[derive(Debug, Clone, Copy)]
+pub struct FilterEncoded;
+
+/// Whether Envoy answers the request's local replies the gRPC way: `content-type` is
+/// `application/grpc` or `application/grpc+...` (not `application/grpc-web`).
+pub fn is_grpc_request(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+')
+    })
+}
+
+/// gRPC's mapping of an HTTP status to a gRPC status (doc/http-grpc-status-mapping.md).
+pub fn grpc_status_of(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// Turns a local answer to a gRPC request into Envoy's gRPC local reply: 200 with
+/// trailers only, `content-type: application/grpc`, `grpc-status` (the answer's own, else
+/// its HTTP status mapped) and the body text, percent-encoded, as `grpc-message` (none
+/// for HEAD); the other headers (a route's, a redirect's `location`) stay.
+pub fn into_grpc(resp: &mut Response<ResponseBody>, head: bool) {
+    let code = match resp.extensions().get::<GrpcStatus>() {
+        Some(GrpcStatus(c)) => *c,
+        None => grpc_status_of(resp.status()),
+    };
+    let message = resp
+        .body()
+        .local_bytes()
+        .filter(|b| !b.is_empty() && !head)
+        .map(|b| percent_encode(b));
+    *resp.status_mut() = StatusCode::OK;
+    *resp.body_mut() = ResponseBody::empty();
+    let h = resp.headers_mut();
+    h.remove(header::CONTENT_LENGTH);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    if !h.contains_key("grpc-status") {
+        h.insert("grpc-status", HeaderValue::from(code));
+    }
+    if let Some(m) = message.and_then(|m| HeaderValue::from_bytes(&m).ok()) {
+        h.insert("grpc-message", m);
+    }
+}
+
+/// Envoy's `PercentEncoding::encode`: `%`, and bytes outside printable ASCII, as `%XX`.
+fn percent_encode(b: &[u8]) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(b.len());
+    for &c in b {
+        if !(b' '..=b'~').contains(&c) || c == b'%' {
+            out.extend_from_slice(&[b'%', HEX[(c >> 4) as usize], HEX[(c & 15) as usize]]);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_requests_get_grpc_local_replies() {
+        let grpc = |ct: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            is_grpc_request(&h)
+        };
+        assert!(grpc("application/grpc"));
+        assert!(grpc("application/grpc+proto"));
+        assert!(!grpc("application/grpc-web"));
+        assert!(!grpc("application/json"));
+        assert!(!is_grpc_request(&http::HeaderMap::new()));
+
+        let mut r = LocalReply::CONNECT_FAILURE.response();
+        r.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/x"));
+        into_grpc(&mut r, false);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            LocalReply::CONNECT_FAILURE.body
+        );
+        assert_eq!(r.headers()["location"], "/x");
+        assert!(!r.headers().contains_key(header::CONTENT_LENGTH));
+        assert!(http_body::Body::is_end_stream(r.body()));
+
+        let mut r = LocalReply::NO_ROUTE.response();
+        into_grpc(&mut r, false);
+        assert_eq!(r.headers()["grpc-status"], "12");
+        assert!(!r.headers().contains_key("grpc-message"));
+
+        let mut r = LocalReply::FAULT_ABORT.response_with_status(StatusCode::OK);
+        r.extensions_mut().insert(GrpcStatus(8));
+        into_grpc(&mut r, true);
+        assert_eq!(r.headers()["grpc-status"], "8");
+        assert!(!r.headers().contains_key("grpc-message"));
+
+        assert_eq!(percent_encode(b"a%b\nc\xff~"), b"a%25b%0Ac%FF~");
+        for (s, g) in [
+            (400, 13),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (429, 14),
+            (502, 14),
+            (503, 14),
+            (504, 14),
+            (200, 2),
+            (418, 2),
+            (500, 2),
+        ] {
+            assert_eq!(grpc_status_of(StatusCode::from_u16(s).unwrap()), g, "{s}");
+        }
+    }
 
     #[test]
     fn flags_print_like_envoy() {

@@ -11,7 +11,7 @@ use crate::proxy::http::hcm::{
     EscapedSlashes, HttpConnectionManager, HttpFilter, ServerHeader, StripPort,
 };
 use crate::proxy::http::head_scan;
-use crate::proxy::http::local_reply::{Flags, LocalReply};
+use crate::proxy::http::local_reply::{self, Flags, LocalReply};
 use crate::proxy::http::normalize;
 use crate::proxy::http::request::*;
 use crate::proxy::route::action::*;
@@ -21,7 +21,7 @@ use crate::proxy::route::{HeaderMutations, RequestView, Route, RouteTable, Virtu
 use crate::proxy::runtime::Shared;
 use crate::proxy::upstream::cluster::{Cluster, UpstreamProtocol};
 use crate::proxy::upstream::host::Host;
-use crate::proxy::upstream::lb::{LbContext, combine_hash, xxhash};
+use crate::proxy::upstream::lb::{LbContext, PreviousPriorities, combine_hash, xxhash};
 use crate::proxy::upstream::outlier::{self, Outcome};
 use crate::proxy::upstream::pool::{self, PoolError, PooledConn, Sender};
 use http::{
@@ -77,6 +77,7 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let (hcm, removed) = cx.current_hcm();
     let mut log = RequestLog::start(&req, &cx);
+    let grpc = local_reply::is_grpc_request(req.headers());
     cx.state.active.fetch_add(1, Ordering::Relaxed);
     cx.state.head_complete();
     let body_pending =
@@ -89,6 +90,16 @@ pub async fn handle(
             r.response()
         }
     };
+    if grpc
+        && resp.body().is_local()
+        && resp
+            .extensions()
+            .get::<local_reply::FilterEncoded>()
+            .is_none()
+    {
+        local_reply::into_grpc(&mut resp, log.method == Method::HEAD);
+    }
+    local_answer_framing(&mut resp, log.version, log.method == Method::HEAD);
     if closes_after_answer(body_pending, log.body_forwarded) {
         cx.state.close_after_response();
     }
@@ -153,6 +164,18 @@ impl Finish {
         self.cx.state.active.fetch_sub(1, Ordering::Relaxed);
         self.cx.state.touch();
         self.cx.shared.record(&self.log, self.cx.worker);
+    }
+}
+
+/// What Envoy's codecs do to an answer the gateway gave itself: without a body HTTP/2
+/// sends no `content-length`, HTTP/1 `content-length: 0`, but none to HEAD (where Envoy
+/// writes `transfer-encoding: chunked`, which hyper does not).
+fn local_answer_framing(resp: &mut Response<ResponseBody>, version: Version, head: bool) {
+    if resp.body().is_local()
+        && http_body::Body::is_end_stream(resp.body())
+        && (version == Version::HTTP_2 || head)
+    {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
     }
 }
 
@@ -394,7 +417,13 @@ async fn serve(
                             FaultAbort::Http(s) => LocalReply::FAULT_ABORT.response_with_status(
                                 StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                             ),
-                            FaultAbort::Grpc(code) => grpc_abort(code),
+                            FaultAbort::Grpc(code) => {
+                                // Other requests get the fault's answer with 200.
+                                let mut r =
+                                    LocalReply::FAULT_ABORT.response_with_status(StatusCode::OK);
+                                r.extensions_mut().insert(local_reply::GrpcStatus(code));
+                                r
+                            }
                         };
                         log.flags.set(Flags::FI);
                         let fcx = FormatContext {
@@ -417,7 +446,9 @@ async fn serve(
                     }
                 }
             }
-            HttpFilter::Cors => {
+            // Envoy's CORS filter only acts on routes that forward (a direct response or
+            // a redirect has no route entry).
+            HttpFilter::Cors if matches!(route.action, Action::Route(_)) => {
                 if let Some(policy) = route.cors.as_deref()
                     && let Some(origin) = req.headers().get(header::ORIGIN).cloned()
                     && policy.enabled()
@@ -429,16 +460,17 @@ async fn serve(
                             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
                     if preflight {
                         if allowed {
-                            return Ok(preflight_response(policy, &origin, req.headers()));
+                            return Ok(preflight_response(policy, Some(&origin), req.headers()));
                         }
                         if !policy.forward_not_matching_preflights {
-                            return Ok(Response::new(ResponseBody::empty()));
+                            return Ok(preflight_response(policy, None, req.headers()));
                         }
                     } else if allowed {
                         cors = Some((policy, origin));
                     }
                 }
             }
+            HttpFilter::Cors => {}
         }
     }
 
@@ -561,6 +593,7 @@ async fn serve(
                     let fcx = FormatContext {
                         status: Some(r.status().as_u16()),
                         cluster: log.cluster.as_deref(),
+                        cluster_observability_name: log.cluster_observability_name.as_deref(),
                         upstream: log.upstream_host,
                         ..format_cx(cx, log.start, log.version)
                     };
@@ -586,32 +619,22 @@ async fn serve(
     Ok(resp)
 }
 
-fn grpc_abort(code: u32) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::empty());
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert(
-        HeaderName::from_static("grpc-status"),
-        HeaderValue::from(code),
-    );
-    h.insert(
-        HeaderName::from_static("grpc-message"),
-        HeaderValue::from_static("fault filter abort"),
-    );
-    resp
-}
-
+/// The answer to a preflight: for an allowed origin, the origin and the exposed headers;
+/// for any other (not forwarded: `forward_not_matching_preflights` false) only what the
+/// policy allows, which lets the browser refuse.
 fn preflight_response(
     policy: &CorsPolicy,
-    origin: &HeaderValue,
+    origin: Option<&HeaderValue>,
     req: &HeaderMap,
 ) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::empty());
     let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    if let Some(origin) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        if let Some(v) = &policy.expose_headers {
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+        }
+    }
     if policy.allow_credentials {
         h.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
@@ -623,9 +646,6 @@ fn preflight_response(
     }
     if let Some(v) = &policy.allow_headers {
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
-    }
-    if let Some(v) = &policy.expose_headers {
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
     }
     if let Some(v) = &policy.max_age {
         h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
@@ -640,6 +660,7 @@ fn preflight_response(
             HeaderValue::from_static("true"),
         );
     }
+    resp.extensions_mut().insert(local_reply::FilterEncoded);
     resp
 }
 
@@ -779,6 +800,7 @@ fn format_cx(cx: &ConnCtx, started: Instant, version: Version) -> FormatContext<
         version,
         started,
         cluster: None,
+        cluster_observability_name: None,
         upstream: None,
         request: None,
         line: None,
@@ -1115,6 +1137,7 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, LocalReply> {
     let (cref, wc) = choose_cluster(ra);
     log.cluster = Some(cref.name.clone());
+    log.cluster_observability_name = cref.cluster.as_ref().map(|c| c.observability_name.clone());
     let Some(cluster) = cref.cluster.clone() else {
         let mut r = LocalReply::CLUSTER_NOT_FOUND;
         r.status = StatusCode::from_u16(ra.cluster_not_found_status)
@@ -1243,6 +1266,7 @@ async fn forward(
         };
         let fcx = FormatContext {
             cluster: Some(&cref.name),
+            cluster_observability_name: cref.cluster.as_deref().map(|c| &*c.observability_name),
             line: Some(line),
             ..format_cx(cx, started, version)
         };
@@ -1336,6 +1360,9 @@ async fn forward(
     let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
     let mut attempt = 0u32;
     let mut retry_slot = None;
+    let mut previous_priorities = retry
+        .and_then(|r| r.previous_priorities)
+        .map(PreviousPriorities::new);
     loop {
         attempt += 1;
         let last_possible = attempt >= max_attempts || !replayable || upgrade.is_some();
@@ -1361,13 +1388,21 @@ async fn forward(
         } else {
             &[]
         };
+        let exclude_priorities = previous_priorities
+            .as_mut()
+            .map_or(0, |p| p.exclusion(&cluster.endpoints()));
+        // The host this attempt goes to, if one is chosen.
+        log.upstream_host = None;
         let result = attempt_once(
             &cluster,
             upreq,
             cx,
             hcm,
-            hash,
-            avoid,
+            LbContext {
+                hash,
+                avoid,
+                exclude_priorities,
+            },
             deadline,
             per_try,
             &host_value,
@@ -1383,10 +1418,13 @@ async fn forward(
             ),
             Err(e) => (None, retry.is_some_and(|r| retriable_error(r, *e))),
         };
-        if let Some(h) = log.upstream_host
-            && !tried.contains(&h)
-        {
-            tried.push(h);
+        if let Some(h) = log.upstream_host {
+            if !tried.contains(&h) {
+                tried.push(h);
+            }
+            if let Some(p) = previous_priorities.as_mut() {
+                p.attempted(cluster.endpoints().priority_of(h));
+            }
         }
         let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
         let can_retry = retriable_outcome
@@ -1443,6 +1481,10 @@ async fn forward(
                 }
                 let response_cx = FormatContext {
                     cluster: Some(&cref.name),
+                    cluster_observability_name: cref
+                        .cluster
+                        .as_deref()
+                        .map(|c| &*c.observability_name),
                     upstream: Some(host.addr),
                     status: Some(resp.status().as_u16()),
                     request: request_for_response.as_ref().map(|h| {
@@ -1642,8 +1684,7 @@ async fn attempt_once(
     mut req: Request<RequestBody>,
     cx: &ConnCtx,
     hcm: &HttpConnectionManager,
-    hash: Option<u64>,
-    avoid: &[SocketAddr],
+    lb: LbContext<'_>,
     deadline: Option<Instant>,
     per_try: Option<Duration>,
     host_value: &HeaderValue,
@@ -1664,7 +1705,7 @@ async fn attempt_once(
         log.flags.set(Flags::UO);
         return Err(AttemptError::Pool(PoolError::Overflow));
     };
-    let host = cluster.choose_host(LbContext { hash, avoid });
+    let host = cluster.choose_host(lb);
     let Some(host) = host else {
         state
             .stats
@@ -1897,6 +1938,77 @@ mod tests {
     use super::*;
 
     #[test]
+    fn preflights_name_the_origin_only_when_it_is_allowed() {
+        let policy = CorsPolicy {
+            allow_origins: vec![],
+            allow_methods: Some(HeaderValue::from_static("GET")),
+            allow_headers: Some(HeaderValue::from_static("x-h")),
+            expose_headers: Some(HeaderValue::from_static("x-e")),
+            max_age: Some(HeaderValue::from_static("10")),
+            allow_credentials: true,
+            allow_private_network_access: false,
+            enabled_per_million: 1_000_000,
+            forward_not_matching_preflights: false,
+        };
+        let origin = HeaderValue::from_static("https://a.example.com");
+        fn names(r: &Response<ResponseBody>) -> Vec<&str> {
+            let mut n: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+            n.sort();
+            n
+        }
+        let allowed = preflight_response(&policy, Some(&origin), &HeaderMap::new());
+        assert_eq!(
+            names(&allowed),
+            [
+                "access-control-allow-credentials",
+                "access-control-allow-headers",
+                "access-control-allow-methods",
+                "access-control-allow-origin",
+                "access-control-expose-headers",
+                "access-control-max-age"
+            ]
+        );
+        let other = preflight_response(&policy, None, &HeaderMap::new());
+        assert_eq!(
+            names(&other),
+            [
+                "access-control-allow-credentials",
+                "access-control-allow-headers",
+                "access-control-allow-methods",
+                "access-control-max-age"
+            ]
+        );
+        assert!(
+            other
+                .extensions()
+                .get::<local_reply::FilterEncoded>()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn local_answers_are_framed_as_envoys_codecs_frame_them() {
+        let empty = || LocalReply::NO_ROUTE.response();
+        // HTTP/2: no length without a body; a body keeps its length.
+        let mut r = empty();
+        local_answer_framing(&mut r, Version::HTTP_2, false);
+        assert!(!r.headers().contains_key(header::CONTENT_LENGTH));
+        let mut r = LocalReply::FAULT_ABORT.response();
+        local_answer_framing(&mut r, Version::HTTP_2, false);
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "18");
+        // HTTP/1: `content-length: 0` stays, but not for HEAD; a body keeps its length.
+        let mut r = empty();
+        local_answer_framing(&mut r, Version::HTTP_11, false);
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "0");
+        let mut r = empty();
+        local_answer_framing(&mut r, Version::HTTP_11, true);
+        assert!(!r.headers().contains_key(header::CONTENT_LENGTH));
+        let mut r = LocalReply::FAULT_ABORT.response();
+        local_answer_framing(&mut r, Version::HTTP_11, true);
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "18");
+    }
+
+    #[test]
     fn an_answer_before_the_body_closes_http1_connections() {
         // (HTTP/1 body still pending, body handed to the upstream) -> close
         let cases = [
@@ -1976,6 +2088,7 @@ mod tests {
             back_off_max: Duration::from_millis(250),
             avoid_previous_hosts: false,
             host_selection_max_attempts: 1,
+            previous_priorities: None,
         };
         for attempt in 1..8 {
             for _ in 0..50 {

@@ -119,6 +119,8 @@ pub struct RetryPolicy {
     /// `envoy.retry_host_predicates.previous_hosts`: avoid hosts already tried.
     pub avoid_previous_hosts: bool,
     pub host_selection_max_attempts: u32,
+    /// `envoy.retry_priorities.previous_priorities`: its `update_frequency`.
+    pub previous_priorities: Option<u32>,
 }
 
 /// What a consistent-hash policy hashes.

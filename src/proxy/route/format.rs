@@ -67,6 +67,7 @@ enum Peer {
 enum Command {
     Address(Addr, AddrShape),
     UpstreamCluster,
+    UpstreamClusterRaw,
     Protocol,
     RequestedServerName,
     /// Resolved when the configuration compiles, as Envoy does.
@@ -115,6 +116,8 @@ pub struct FormatContext<'a> {
     pub started: tokio::time::Instant,
     /// The chosen cluster, once the route picked one.
     pub cluster: Option<&'a str>,
+    /// Its `alt_stat_name`, when it has one.
+    pub cluster_observability_name: Option<&'a str>,
     /// The upstream host that answered (response headers only).
     pub upstream: Option<SocketAddr>,
     /// For response mutations: the request's headers and line, when still at hand.
@@ -334,9 +337,9 @@ fn command(name: &str, sub: &[u8], max_len: Option<usize>) -> Result<Command, Fo
         "UPSTREAM_HOST" | "UPSTREAM_REMOTE_ADDRESS" => address(Addr::Upstream, WithPort),
         "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => address(Addr::Upstream, WithoutPort),
         "UPSTREAM_REMOTE_PORT" => address(Addr::Upstream, Port),
-        // Envoy's UPSTREAM_CLUSTER prints the cluster's `alt_stat_name` when it has one;
-        // meshgate does not keep that name and prints the cluster's name for both.
-        "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => Command::UpstreamCluster,
+        // The cluster's `alt_stat_name` when it has one (Istio's `outbound|80||h;`).
+        "UPSTREAM_CLUSTER" => Command::UpstreamCluster,
+        "UPSTREAM_CLUSTER_RAW" => Command::UpstreamClusterRaw,
         "PROTOCOL" => Command::Protocol,
         "REQUESTED_SERVER_NAME" => Command::RequestedServerName,
         "HOSTNAME" => Command::Hostname(hostname().into()),
@@ -443,6 +446,11 @@ fn render_command(
             }
         }
         Command::UpstreamCluster => {
+            if let Some(c) = cx.cluster_observability_name.or(cx.cluster) {
+                out.extend_from_slice(c.as_bytes());
+            }
+        }
+        Command::UpstreamClusterRaw => {
             if let Some(c) = cx.cluster {
                 out.extend_from_slice(c.as_bytes());
             }
@@ -728,6 +736,7 @@ mod tests {
             version: Version::HTTP_2,
             started: tokio::time::Instant::now(),
             cluster: Some("backend"),
+            cluster_observability_name: Some("outbound|80||backend;"),
             upstream: Some("127.0.0.2:9000".parse().unwrap()),
             request: None,
             line: None,
@@ -769,7 +778,7 @@ mod tests {
             ("%DOWNSTREAM_LOCAL_PORT%", false, "8080"),
             ("%UPSTREAM_HOST%", true, "127.0.0.2:9000"),
             ("%UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", true, "127.0.0.2"),
-            ("%UPSTREAM_CLUSTER%", false, "backend"),
+            ("%UPSTREAM_CLUSTER%", false, "outbound|80||backend;"),
             ("%UPSTREAM_CLUSTER_RAW%", false, "backend"),
             ("%PROTOCOL%", false, "HTTP/2"),
             // No TLS: nothing.
@@ -791,7 +800,7 @@ mod tests {
             (
                 "a%PROTOCOL%b%%c%UPSTREAM_CLUSTER%",
                 false,
-                "aHTTP/2b%cbackend",
+                "aHTTP/2b%coutbound|80||backend;",
             ),
             ("%START_TIME(%%)%", false, "%"),
             ("%START_TIME(%Y)%x", false, "YEAR"),

@@ -257,6 +257,7 @@ mod tests {
             version: http::Version::HTTP_11,
             started: tokio::time::Instant::now(),
             cluster: Some("backend"),
+            cluster_observability_name: None,
             upstream: None,
             request: None,
             line: None,

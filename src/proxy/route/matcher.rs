@@ -375,9 +375,11 @@ impl HeaderMatch {
         })
     }
 
-    /// Envoy's rule: several values of one header are matched joined with `,`; a missing
-    /// header matches only a presence test (`present_match: false`, or `true` inverted)
-    /// unless `treat_missing_header_as_empty`. Pseudo-headers are always present.
+    /// Envoy's rule (1.40, `route_match_headers_individually`): a header with several
+    /// values matches when one of them does, and inverted when none does (the values are
+    /// no longer joined with `,`, which let `a` + `admin` slip past an `admin` rule); a
+    /// missing header matches only a presence test (`present_match: false`, or `true`
+    /// inverted) unless `treat_missing_header_as_empty`. Pseudo-headers are always present.
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
         let name = match &self.key {
             HeaderKey::Name(n) => n,
@@ -388,27 +390,11 @@ impl HeaderMatch {
                     .is_some_and(|v| self.test(&v) != self.invert);
             }
         };
-        let mut values = req.headers.get_all(name).iter();
-        let first = values.next();
-        let Some(first) = first else {
+        let mut values = req.headers.get_all(name).iter().peekable();
+        if values.peek().is_none() {
             return self.missing();
-        };
-        let second = values.next();
-        let ok = match second {
-            None => self.test(first.as_bytes()),
-            Some(second) => {
-                let mut joined = Vec::with_capacity(first.len() + second.len() + 16);
-                joined.extend_from_slice(first.as_bytes());
-                joined.push(b',');
-                joined.extend_from_slice(second.as_bytes());
-                for v in values {
-                    joined.push(b',');
-                    joined.extend_from_slice(v.as_bytes());
-                }
-                self.test(&joined)
-            }
-        };
-        ok != self.invert
+        }
+        values.any(|v| self.test(v.as_bytes())) != self.invert
     }
 
     fn missing(&self) -> bool {
@@ -748,9 +734,35 @@ mod tests {
                 vec![],
                 true,
             ),
+            // Several values: one matching is enough; inverted, none may match.
             (
                 json!({"name": "x", "string_match": {"exact": "a,b"}}),
                 vec![("x", "a"), ("x", "b")],
+                false,
+            ),
+            (
+                json!({"name": "x", "string_match": {"exact": "a,b"}}),
+                vec![("x", "a,b")],
+                true,
+            ),
+            (
+                json!({"name": "x", "string_match": {"exact": "a"}}),
+                vec![("x", "b"), ("x", "a")],
+                true,
+            ),
+            (
+                json!({"name": "x", "safe_regex_match": {"regex": "v[0-9]"}}),
+                vec![("x", "v1"), ("x", "v12")],
+                true,
+            ),
+            (
+                json!({"name": "x", "string_match": {"exact": "a"}, "invert_match": true}),
+                vec![("x", "a"), ("x", "b")],
+                false,
+            ),
+            (
+                json!({"name": "x", "string_match": {"exact": "a"}, "invert_match": true}),
+                vec![("x", "b"), ("x", "c")],
                 true,
             ),
             (

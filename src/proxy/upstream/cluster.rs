@@ -280,6 +280,8 @@ pub struct ClusterState {
 #[derive(Debug)]
 pub struct Cluster {
     pub name: Arc<str>,
+    /// `alt_stat_name` if set, else the name: what Envoy's `%UPSTREAM_CLUSTER%` prints.
+    pub observability_name: Arc<str>,
     pub discovery: Discovery,
     pub connect_timeout: Duration,
     pub lb: LbPolicy,

@@ -128,4 +128,21 @@ impl EndpointSet {
     pub fn find(&self, addr: SocketAddr) -> Option<&Arc<Host>> {
         self.hosts.iter().find(|h| h.addr == addr)
     }
+
+    /// The priority level of the host at `addr`.
+    pub fn priority_of(&self, addr: SocketAddr) -> Option<usize> {
+        self.priorities
+            .iter()
+            .position(|p| p.hosts.iter().any(|h| h.addr == addr))
+    }
+
+    /// Envoy's availability of a level: its healthy share, overprovisioned, in percent.
+    pub fn availability(&self, level: usize) -> f64 {
+        let p = &self.priorities[level];
+        if p.hosts.is_empty() {
+            return 0.0;
+        }
+        let healthy = p.hosts.iter().filter(|h| h.healthy()).count();
+        (self.overprovisioning * healthy as f64 * 100.0 / p.hosts.len() as f64).min(100.0)
+    }
 }

@@ -70,6 +70,60 @@ pub struct LbContext<'a> {
     pub hash: Option<u64>,
     /// Hosts to avoid if possible (retry host predicate `previous_hosts`).
     pub avoid: &'a [SocketAddr],
+    /// Priority levels (bit i: level i) the priority load leaves out (retry priority
+    /// `previous_priorities`), unless that leaves nothing available.
+    pub exclude_priorities: u64,
+}
+
+/// Envoy's `envoy.retry_priorities.previous_priorities` for one request: once
+/// `update_frequency` hosts were attempted, and again every `update_frequency` attempts,
+/// the levels of the attempted hosts are left out of the priority load; when that leaves
+/// no level available the record starts over (and the load is the cluster's own).
+#[derive(Debug)]
+pub struct PreviousPriorities {
+    update_frequency: usize,
+    /// The level of each attempted host (`None`: no longer in the cluster).
+    attempted: Vec<Option<usize>>,
+    excluded: u64,
+}
+
+impl PreviousPriorities {
+    pub fn new(update_frequency: u32) -> PreviousPriorities {
+        PreviousPriorities {
+            update_frequency: update_frequency.max(1) as usize,
+            attempted: Vec::new(),
+            excluded: 0,
+        }
+    }
+
+    /// Notes a host attempted (at `level`, if it is still in the cluster).
+    pub fn attempted(&mut self, level: Option<usize>) {
+        self.attempted.push(level);
+    }
+
+    /// The levels the next host selection leaves out.
+    pub fn exclusion(&mut self, set: &EndpointSet) -> u64 {
+        let n = self.attempted.len();
+        if n < self.update_frequency {
+            return 0;
+        }
+        if n.is_multiple_of(self.update_frequency) {
+            for level in self.attempted.iter().flatten() {
+                if *level < 64 {
+                    self.excluded |= 1 << level;
+                }
+            }
+            let available: f64 = (0..set.priorities.len())
+                .filter(|l| *l >= 64 || self.excluded & (1 << l) == 0)
+                .map(|l| set.availability(l))
+                .sum();
+            if available <= 0.0 {
+                self.excluded = 0;
+                self.attempted.clear();
+            }
+        }
+        self.excluded
+    }
 }
 
 enum Candidates<'a> {
@@ -119,15 +173,24 @@ pub fn choose(
     }
     // Priority loads from each level's health, overprovisioned (Envoy's default 1.4).
     let mut health: SmallVec<[(f64, usize, usize); 4]> = SmallVec::new();
-    for p in &set.priorities {
+    for (level, p) in set.priorities.iter().enumerate() {
         let total = p.hosts.len();
         let healthy = p.hosts.iter().filter(|h| h.healthy()).count();
-        let h = if total == 0 {
-            0.0
-        } else {
-            (set.overprovisioning * healthy as f64 * 100.0 / total as f64).min(100.0)
-        };
-        health.push((h, healthy, total));
+        health.push((set.availability(level), healthy, total));
+    }
+    // Levels a retry leaves out carry no load, unless nothing would be left.
+    let excluded = |level: usize| level < 64 && cx.exclude_priorities & (1 << level) != 0;
+    if cx.exclude_priorities != 0
+        && health
+            .iter()
+            .enumerate()
+            .any(|(level, h)| !excluded(level) && h.0 > 0.0)
+    {
+        for (level, h) in health.iter_mut().enumerate() {
+            if excluded(level) {
+                h.0 = 0.0;
+            }
+        }
     }
     let sum: f64 = health.iter().map(|h| h.0).sum();
     let level = if sum <= 0.0 {
@@ -508,6 +571,7 @@ mod tests {
                 LbContext {
                     hash: hash(i),
                     avoid: &[],
+                    exclude_priorities: 0,
                 },
                 &mut p,
             )
@@ -568,6 +632,7 @@ mod tests {
                 LbContext {
                     hash: Some(xxhash(k.as_bytes())),
                     avoid: &[],
+                    exclude_priorities: 0,
                 },
                 &mut p.clone(),
             )
@@ -678,6 +743,50 @@ mod tests {
     }
 
     #[test]
+    fn retries_leave_out_the_priorities_already_tried() {
+        let s = set(vec![vec![host(1, 1)], vec![host(2, 1)], vec![host(3, 1)]]);
+        let st = LbState::default();
+        let pick = |exclude_priorities: u64| {
+            let mut p = false;
+            let cx = LbContext {
+                exclude_priorities,
+                ..Default::default()
+            };
+            choose(&s, &st, LbPolicy::RoundRobin, None, 50.0, false, cx, &mut p)
+                .unwrap()
+                .addr
+                .port()
+        };
+        assert_eq!(pick(0), 1);
+        assert_eq!(pick(0b1), 2);
+        assert_eq!(pick(0b11), 3);
+        // Nothing left: the cluster's own load.
+        assert_eq!(pick(0b111), 1);
+
+        // update_frequency 2: the first two attempts use the cluster's load, the third
+        // leaves out what the first two tried, the fourth keeps that; at the sixth, every
+        // level has been tried, so the record starts over.
+        let mut pp = PreviousPriorities::new(2);
+        assert_eq!(pp.exclusion(&s), 0);
+        pp.attempted(Some(0));
+        assert_eq!(pp.exclusion(&s), 0);
+        pp.attempted(Some(0));
+        assert_eq!(pp.exclusion(&s), 0b1);
+        pp.attempted(Some(1));
+        assert_eq!(pp.exclusion(&s), 0b1);
+        pp.attempted(Some(1));
+        assert_eq!(pp.exclusion(&s), 0b11);
+        pp.attempted(Some(2));
+        assert_eq!(pp.exclusion(&s), 0b11);
+        pp.attempted(Some(2));
+        assert_eq!(pp.exclusion(&s), 0);
+        pp.attempted(Some(0));
+        assert_eq!(pp.exclusion(&s), 0);
+        pp.attempted(Some(0));
+        assert_eq!(pp.exclusion(&s), 0b1);
+    }
+
+    #[test]
     fn avoid_previous_hosts_when_possible() {
         let s = set(vec![vec![host(1, 1), host(2, 1)]]);
         let st = LbState::default();
@@ -694,6 +803,7 @@ mod tests {
                 LbContext {
                     hash: None,
                     avoid: &avoid,
+                    exclude_priorities: 0,
                 },
                 &mut p,
             )

@@ -207,6 +207,7 @@ mod tests {
         );
         Cluster {
             name: "c".into(),
+            observability_name: "c".into(),
             discovery: Discovery::Static,
             connect_timeout: Duration::from_secs(1),
             lb: LbPolicy::RoundRobin,
