@@ -17,7 +17,8 @@
 //! namespace: istio-system        # the gateway workload's namespace (default istio-system)
 //! labels: istio=ingressgateway   # its labels (default)
 //! warnings: ["substring"]        # validate warnings the case expects (default none)
-//! differences: ["header x-y"]    # deliberate differences from Envoy (ignored, reported):
+//! differences: ["header x-y"]    # deliberate differences from Envoy (ignored, reported;
+//!                                # a probe may list its own `differences` too):
 //!                                # `header NAME`, `upstream header NAME`, `upstream
 //!                                # method|path|version|body_len`, `body`, `cipher`
 //! probes:
@@ -245,6 +246,9 @@ struct Probe {
     await_stats: Option<BTreeMap<String, u64>>,
     #[serde(default)]
     expect: Expect,
+    /// Deliberate differences from Envoy for this probe only (as the case's `differences`).
+    #[serde(default)]
+    differences: Vec<String>,
 }
 
 impl Probe {
@@ -1399,10 +1403,17 @@ fn has_fields(got: &Value, want: &Value) -> bool {
 /// Differences between Envoy's observation and a runtime's, ignoring what the case lists
 /// under `differences`.
 fn compare(case: &Case, runtime: &str, envoy: &[Observed], other: &[Observed]) -> Vec<String> {
-    let ignored = &case.header.differences;
     let mut out = Vec::new();
     for (i, (e, o)) in envoy.iter().zip(other).enumerate() {
         let p = &case.header.probes[i];
+        let ignored: Vec<String> = case
+            .header
+            .differences
+            .iter()
+            .chain(&p.differences)
+            .cloned()
+            .collect();
+        let ignored = &ignored;
         let at = format!(
             "{runtime}: probe {i} ({} {} host {})",
             p.method, p.path, p.host
