@@ -45,9 +45,12 @@ impl ConfigWatch {
                 let evented = tokio::select! {
                     e = events.recv(), if events_open => match e {
                         Some(()) => {
-                            // Let the burst settle.
-                            while let Ok(Some(())) =
-                                tokio::time::timeout(settle, events.recv()).await
+                            // Let the burst settle, for at most ten quiet times: a file
+                            // rewritten without end still reloads.
+                            let until = tokio::time::Instant::now() + settle * 10;
+                            while tokio::time::Instant::now() < until
+                                && let Ok(Some(())) =
+                                    tokio::time::timeout(settle, events.recv()).await
                             {}
                             true
                         }
@@ -86,31 +89,52 @@ impl ConfigWatch {
 }
 
 fn watch_events(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    // A file is watched through its directory (editors and Kubernetes replace it by a
+    // rename), and only events about it count: a log written next to it is no change.
+    let file = path.is_file().then(|| path.to_path_buf());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(e) = event
             && !matches!(e.kind, notify::EventKind::Access(_))
+            && e.paths.iter().any(|p| relevant(p, file.as_deref()))
         {
             let _ = tx.send(());
         }
     })
     .map_err(|e| tracing::warn!(error = %e, "no filesystem events; the configuration is polled"))
     .ok()?;
-    // Watch the parent of a file too, so that editors that replace the file by renaming
-    // a new one over it are seen.
-    let target: PathBuf = if path.is_file() {
-        path.parent()
+    let (target, mode) = if path.is_file() {
+        let dir = path
+            .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
+            .unwrap_or_else(|| PathBuf::from("."));
+        (dir, RecursiveMode::NonRecursive)
     } else {
-        path.to_path_buf()
+        (path.to_path_buf(), RecursiveMode::Recursive)
     };
-    match watcher.watch(&target, RecursiveMode::Recursive) {
+    match watcher.watch(&target, mode) {
         Ok(()) => Some(watcher),
         Err(e) => {
             tracing::warn!(path = %target.display(), error = %e, "no filesystem events; the configuration is polled");
             None
         }
+    }
+}
+
+/// Whether an event about `changed` can concern the configuration: the watched file
+/// itself, Kubernetes' `..data` swap of a mounted volume, or (watching a directory) a
+/// file the loader reads (`.yaml`, `.yml`, `.json`) or a directory.
+fn relevant(changed: &Path, file: Option<&Path>) -> bool {
+    let name = changed.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.starts_with("..") {
+        return true;
+    }
+    match file {
+        Some(f) => f.file_name() == changed.file_name(),
+        None => match changed.extension().and_then(|e| e.to_str()) {
+            Some(ext) => matches!(ext, "yaml" | "yml" | "json"),
+            None => !name.starts_with('.'),
+        },
     }
 }
 
@@ -172,6 +196,46 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), watch.changed())
             .await
             .expect("the new file is reported");
+    }
+
+    #[test]
+    fn only_events_about_the_configuration_count() {
+        let file = Path::new("/etc/mg/gateway.yaml");
+        assert!(relevant(file, Some(file)));
+        assert!(relevant(Path::new("/etc/mg/..data"), Some(file)));
+        assert!(!relevant(Path::new("/etc/mg/gateway.log"), Some(file)));
+        assert!(!relevant(Path::new("/etc/mg/other.yaml"), Some(file)));
+        assert!(relevant(Path::new("/etc/mg/routes.yml"), None));
+        assert!(relevant(Path::new("/etc/mg/x.json"), None));
+        assert!(relevant(Path::new("/etc/mg/subdir"), None));
+        assert!(!relevant(Path::new("/etc/mg/meshgate.stdout"), None));
+        assert!(!relevant(Path::new("/etc/mg/.routes.yaml.swp"), None));
+    }
+
+    #[tokio::test]
+    async fn a_log_written_next_to_a_watched_file_is_no_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, "one").unwrap();
+        let mut watch =
+            ConfigWatch::start(&file, Duration::from_millis(20), Duration::from_secs(3600));
+        for i in 0..50 {
+            std::fs::write(dir.path().join("gateway.log"), format!("line {i}")).unwrap();
+        }
+        std::fs::write(&file, "two, longer").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("the file's change is reported");
+        // The log keeps being written; nothing else is reported.
+        for i in 0..20 {
+            std::fs::write(dir.path().join("gateway.log"), format!("more {i}")).unwrap();
+        }
+        std::fs::write(dir.path().join("b.yaml"), "not the watched file").unwrap();
+        // A later change of the file is still seen, and it is the next one reported.
+        std::fs::write(&file, "three, longer still").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("the second change is reported");
     }
 
     #[test]
