@@ -69,7 +69,9 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let _watch = source.watch(Duration::from_millis(100));
+    // The debounce below merges bursts of changes; the watch only waits for an editor's
+    // writes to end.
+    let _watch = source.watch(Duration::from_millis(20));
     let options = Options {
         debounce: Debounce {
             after: Duration::from_millis(args.debounce_after_ms),

@@ -124,6 +124,7 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
             path: path.clone(),
             labels,
             namespace: args.namespace.clone(),
+            cache: Default::default(),
         },
         (None, Some(file)) => Source::Json(file.clone()),
         (None, None) => {
@@ -174,6 +175,8 @@ enum Source {
         path: PathBuf,
         labels: BTreeMap<String, String>,
         namespace: Option<String>,
+        /// The files parsed by the last load (a reload parses only changed ones).
+        cache: std::cell::RefCell<meshgate::config::FileCache>,
     },
     /// Envoy resources as JSON.
     Json(PathBuf),
@@ -195,7 +198,8 @@ impl Source {
                 path,
                 labels,
                 namespace,
-            } => translate_config(path, labels, namespace.as_deref()),
+                cache,
+            } => translate_config(path, labels, namespace.as_deref(), &mut cache.borrow_mut()),
             Source::Json(path) => read_json(path).map(|set| (set, Vec::new())),
         };
         let outcome = resources.and_then(|(set, certificates)| {
@@ -286,9 +290,10 @@ fn translate_config(
     path: &Path,
     labels: &BTreeMap<String, String>,
     namespace: Option<&str>,
+    cache: &mut meshgate::config::FileCache,
 ) -> anyhow::Result<(ResourceSet, Vec<AcmeCertificate>)> {
     let options = pipeline::Options::gateway(labels.clone(), namespace.map(str::to_string));
-    let report = pipeline::run(path, &options);
+    let report = pipeline::run_cached(path, &options, cache);
     if report.has_errors() {
         anyhow::bail!(
             "{} error(s) in {}:\n{}",

@@ -72,6 +72,7 @@ impl Config {
         self.service_entries.extend(other.service_entries);
         self.workload_entries.extend(other.workload_entries);
         self.secrets.extend(other.secrets);
+        self.acme_certificates.extend(other.acme_certificates);
     }
 }
 
@@ -94,6 +95,41 @@ impl LoadOutcome {
 /// Loads a file, or every `.yaml`/`.yml`/`.json` file under a directory (sorted by path,
 /// hidden files and directories skipped).
 pub fn load(path: &Path) -> LoadOutcome {
+    load_cached(path, &mut FileCache::default())
+}
+
+/// What the file system says of a file: equal stamps mean an unchanged file (a rename
+/// over it changes the inode, a write the times and usually the size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    ctime: (i64, i64),
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            inode: m.ino(),
+        })
+    }
+}
+
+/// Files parsed by an earlier load of the same path, so that a reload parses only the
+/// files that changed (a watched folder of thousands of files, one edited).
+#[derive(Debug, Default)]
+pub struct FileCache {
+    files: std::collections::HashMap<PathBuf, (FileStamp, LoadOutcome)>,
+}
+
+/// [`load`], reusing what `cache` holds of unchanged files and keeping what it parsed.
+pub fn load_cached(path: &Path, cache: &mut FileCache) -> LoadOutcome {
     let mut out = LoadOutcome::default();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -113,15 +149,35 @@ pub fn load(path: &Path) -> LoadOutcome {
     } else {
         files.push(path.to_path_buf());
     }
+    let mut kept = std::collections::HashMap::with_capacity(files.len());
     for file in files {
-        let name = file.display().to_string();
-        match read_file(&file) {
-            Ok(bytes) => load_document_bytes(&name, &bytes, &mut out),
-            Err(message) => out
-                .diagnostics
-                .push(Diagnostic::file_error(name, 0, 0, message)),
+        let stamp = FileStamp::of(&file);
+        let cached = cache
+            .files
+            .remove(&file)
+            .filter(|(s, _)| Some(s) == stamp.as_ref());
+        let parsed = match cached {
+            Some((_, parsed)) => parsed,
+            None => {
+                let name = file.display().to_string();
+                let mut parsed = LoadOutcome::default();
+                match read_file(&file) {
+                    Ok(bytes) => load_document_bytes(&name, &bytes, &mut parsed),
+                    Err(message) => parsed
+                        .diagnostics
+                        .push(Diagnostic::file_error(name, 0, 0, message)),
+                }
+                parsed
+            }
+        };
+        out.config.extend(parsed.config.clone());
+        out.diagnostics.extend(parsed.diagnostics.iter().cloned());
+        if let Some(stamp) = stamp {
+            kept.insert(file, (stamp, parsed));
         }
     }
+    // Files gone since the last load leave the cache with it.
+    cache.files = kept;
     out
 }
 

@@ -17,7 +17,7 @@ pub mod validate;
 
 pub use diag::{Diagnostic, Severity};
 pub use duration::Duration;
-pub use load::{Config, LoadOutcome, load, load_bytes, load_str};
+pub use load::{Config, FileCache, LoadOutcome, load, load_bytes, load_cached, load_str};
 pub use types::{
     DestinationRule, Gateway, Kind, ObjectMeta, Origin, Resource, Secret, ServiceEntry,
     VirtualService, WorkloadEntry,

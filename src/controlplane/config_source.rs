@@ -9,7 +9,7 @@
 //! and is announced to the control plane; a change with errors is logged with file,
 //! line and column and ignored: the last good configuration keeps being served.
 use super::source::{Change, SnapshotSource, SourceError};
-use crate::config::{Config, Diagnostic};
+use crate::config::{self, Config, Diagnostic};
 use crate::pipeline;
 use crate::registry::Registry;
 use crate::xds::{ProxyIdentity, ProxyKind, ResourceSet};
@@ -30,16 +30,19 @@ struct Loaded {
 pub struct ConfigSource {
     path: PathBuf,
     loaded: ArcSwap<Loaded>,
-    /// Serializes reloads.
-    reload_lock: Mutex<()>,
+    /// Serializes reloads, and keeps the files parsed by the last one.
+    reload_lock: Mutex<config::FileCache>,
     tx: broadcast::Sender<Change>,
 }
 
 /// Runs the configuration pipeline on `path` for every gateway workload the Gateways
 /// select: the configuration, or every error found (warnings are logged, not returned).
 /// The files certificates name are not read: they live on the gateways' hosts.
-fn load_checked(path: &Path) -> Result<(Config, Registry), Vec<Diagnostic>> {
-    let report = pipeline::run(path, &pipeline::Options::all_gateways());
+fn load_checked(
+    path: &Path,
+    cache: &mut config::FileCache,
+) -> Result<(Config, Registry), Vec<Diagnostic>> {
+    let report = pipeline::run_cached(path, &pipeline::Options::all_gateways(), cache);
     if report.has_errors() {
         return Err(report.errors().cloned().collect());
     }
@@ -52,7 +55,8 @@ fn load_checked(path: &Path) -> Result<(Config, Registry), Vec<Diagnostic>> {
 impl ConfigSource {
     /// Loads `path`; fails with the errors if it does not validate.
     pub fn load(path: &Path) -> Result<ConfigSource, Vec<Diagnostic>> {
-        let (config, registry) = load_checked(path)?;
+        let mut cache = config::FileCache::default();
+        let (config, registry) = load_checked(path, &mut cache)?;
         let (tx, _) = broadcast::channel(64);
         Ok(ConfigSource {
             path: path.to_path_buf(),
@@ -61,7 +65,7 @@ impl ConfigSource {
                 config,
                 registry,
             }),
-            reload_lock: Mutex::new(()),
+            reload_lock: Mutex::new(cache),
             tx,
         })
     }
@@ -73,8 +77,8 @@ impl ConfigSource {
 
     /// Reloads the path. On errors nothing changes and the errors are returned.
     pub fn reload(&self) -> Result<u64, Vec<Diagnostic>> {
-        let _serial = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (config, registry) = load_checked(&self.path)?;
+        let mut cache = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (config, registry) = load_checked(&self.path, &mut cache)?;
         let generation = self.loaded.load().generation + 1;
         self.loaded.store(Arc::new(Loaded {
             generation,

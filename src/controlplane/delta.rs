@@ -215,7 +215,7 @@ impl Delta {
 
     fn try_upsert(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<DeltaResponse> {
         let snap = self.snapshot.clone()?;
-        let limit = ctx.inner.options.max_resources_per_delta_response.max(1);
+        let limit = ctx.inner.options.max_delta_response_bytes;
         let st = &mut self.types[i(t)];
         if !st.dirty || !st.requested {
             return None;
@@ -226,17 +226,20 @@ impl Delta {
         let wanted = |n: &str| wildcard || names.contains(n);
         let resend = &mut st.resend;
         let mut resources = Vec::new();
-        // Large updates go out in several responses, so that no stream holds a huge
-        // message in its buffers (delta allows any split).
+        // An update beyond the size limit goes out in several responses (delta allows any
+        // split), so that no response exceeds what a proxy accepts.
         let mut full = false;
+        let mut bytes = 0usize;
         let mut send = |e: &Arc<Entry>, has: &mut Holdings| {
             if has.get(t, &e.name, wanted) == Some(Some(e.hash)) && !resend.contains(&e.name) {
                 return;
             }
-            if resources.len() >= limit {
+            let len = super::wire::resource_len(e);
+            if !resources.is_empty() && bytes + len > limit {
                 full = true;
                 return;
             }
+            bytes += len;
             resend.remove(&e.name);
             has.insert(e.name.clone(), Some(e.hash));
             resources.push(e.clone());
@@ -313,6 +316,14 @@ impl Engine for Delta {
 
     fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
+    }
+
+    fn response_nonce(req: &DeltaDiscoveryRequest) -> &str {
+        &req.response_nonce
+    }
+
+    fn response_meta(resp: &DeltaResponse) -> (&str, usize) {
+        (&resp.nonce, super::wire::WireMessage::encoded_len(resp))
     }
 
     fn on_request(

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub unknown_types: AtomicU64,
     pub write_timeouts: AtomicU64,
     pub stream_errors: AtomicU64,
+    /// Responses that waited for a share of the push budget.
+    pub push_throttled: AtomicU64,
     connected_sotw: AtomicI64,
     connected_delta: AtomicI64,
     /// Proxy convergence: from the config change to the proxy's ACK of it.
@@ -200,6 +202,12 @@ impl Metrics {
             "meshgate_xds_stream_errors_total",
             "Streams closed with an error status.",
             self.stream_errors.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "meshgate_xds_push_throttled_total",
+            "Responses that waited for a share of the push budget.",
+            self.push_throttled.load(Relaxed),
         );
         let _ = writeln!(
             out,

@@ -44,8 +44,15 @@ pub struct Options {
     pub first_request_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
-    /// Most resources in one delta response; larger updates are split.
-    pub max_resources_per_delta_response: usize,
+    /// Largest delta response, by the encoded size of its resources; larger updates are
+    /// split there (and only there: Envoy applies thousands of clusters in one response,
+    /// and every extra CDS response makes it warm clusters again).
+    pub max_delta_response_bytes: usize,
+    /// Bytes of responses that may be sent and not yet ACKed, across all streams (the
+    /// push throttle): a push to every proxy goes out in waves of this size.
+    pub push_budget_bytes: usize,
+    /// How long a response holds its share of the budget without an answer.
+    pub push_ack_timeout: Duration,
 }
 
 impl Default for Options {
@@ -59,7 +66,9 @@ impl Default for Options {
             max_resource_names: 100_000,
             first_request_timeout: Duration::from_secs(30),
             max_concurrent_streams: 128,
-            max_resources_per_delta_response: 100,
+            max_delta_response_bytes: 8 << 20,
+            push_budget_bytes: 64 << 20,
+            push_ack_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -112,6 +121,8 @@ pub(crate) struct Inner {
     serving: AtomicBool,
     /// Set when the server shuts down: every stream ends with UNAVAILABLE.
     pub closing: watch::Sender<bool>,
+    /// Bytes of responses sent and not yet answered, across streams.
+    pub push_budget: super::stream::PushBudget,
 }
 
 /// What a stream gets when it attaches.
@@ -148,6 +159,8 @@ impl Drop for Detach {
 impl Inner {
     /// The shared state alone, without the push loop.
     pub(crate) fn new(source: Arc<dyn SnapshotSource>, options: Options) -> Inner {
+        let push_budget =
+            super::stream::PushBudget::new(options.push_budget_bytes, options.push_ack_timeout);
         Inner {
             source,
             options,
@@ -159,6 +172,7 @@ impl Inner {
             next_conn: AtomicU64::new(0),
             serving: AtomicBool::new(false),
             closing: watch::channel(false).0,
+            push_budget,
         }
     }
 
@@ -224,9 +238,13 @@ impl Inner {
         let next = *generation + 1;
         let inner = self.clone();
         let built = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let set = source.resources(&identity).map_err(|e| e.to_string())?;
-            Snapshot::build(identity, &set, next, changed_at, &inner.interner)
-                .map_err(|e| e.to_string())
+            let translated = started.elapsed();
+            let snap = Snapshot::build(identity, &set, next, changed_at, &inner.interner)
+                .map_err(|e| e.to_string());
+            tracing::debug!(?translated, built = ?started.elapsed(), "snapshot computed");
+            snap
         })
         .await
         .unwrap_or_else(|e| Err(format!("computing the snapshot panicked: {e}")));

@@ -200,6 +200,14 @@ impl Engine for Sotw {
         req.node.as_ref()
     }
 
+    fn response_nonce(req: &DiscoveryRequest) -> &str {
+        &req.response_nonce
+    }
+
+    fn response_meta(resp: &SotwResponse) -> (&str, usize) {
+        (&resp.nonce, super::wire::WireMessage::encoded_len(resp))
+    }
+
     fn on_request(&mut self, req: DiscoveryRequest, ctx: &mut StreamCtx) -> Result<(), Status> {
         let Some(t) = ctx.parse_type(&req.type_url)? else {
             return Ok(());

@@ -24,6 +24,10 @@ pub(crate) trait Engine: Send + 'static {
     type Response: Send + 'static;
 
     fn node(req: &Self::Request) -> Option<&Node>;
+    /// The nonce a request answers (ACK or NACK), empty for none.
+    fn response_nonce(req: &Self::Request) -> &str;
+    /// A response's nonce and encoded size.
+    fn response_meta(resp: &Self::Response) -> (&str, usize);
     /// Handles a request; an error closes the stream with that status.
     fn on_request(&mut self, req: Self::Request, ctx: &mut StreamCtx) -> Result<(), Status>;
     /// A new snapshot for this proxy.
@@ -109,6 +113,75 @@ impl StreamCtx {
             )));
         }
         Ok(())
+    }
+}
+
+/// The push budget: how many bytes of responses may be sent and not yet answered (ACKed
+/// or NACKed) across all streams, as istiod's push throttle bounds concurrent pushes. A
+/// change that touches every proxy then goes out in waves instead of every stream's
+/// response sitting in memory at once, and a proxy that reads slowly holds only its own
+/// share. Streams wait in FIFO order; a response is never held back by its own size (it
+/// takes at most the whole budget), and a share is returned after `ack_timeout` even if
+/// the proxy never answers.
+pub(crate) struct PushBudget {
+    pub semaphore: Arc<tokio::sync::Semaphore>,
+    /// The budget, in KiB.
+    total: u32,
+    pub ack_timeout: std::time::Duration,
+}
+
+impl PushBudget {
+    pub fn new(bytes: usize, ack_timeout: std::time::Duration) -> PushBudget {
+        let total = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX >> 4);
+        PushBudget {
+            semaphore: Arc::new(tokio::sync::Semaphore::new(total as usize)),
+            total,
+            ack_timeout,
+        }
+    }
+
+    /// The share (KiB, at least 1, at most the whole budget) of a response of `size`.
+    pub fn share(&self, size: usize) -> u32 {
+        u32::try_from(size.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total)
+    }
+}
+
+type Acquiring = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>,
+            > + Send,
+    >,
+>;
+
+/// A stream's responses that hold a share of the push budget.
+#[derive(Default)]
+struct InFlight(std::collections::VecDeque<(String, tokio::sync::OwnedSemaphorePermit, Instant)>);
+
+impl InFlight {
+    fn add(&mut self, nonce: &str, share: tokio::sync::OwnedSemaphorePermit) {
+        self.0.push_back((nonce.to_string(), share, Instant::now()));
+    }
+
+    fn answered(&mut self, nonce: &str) {
+        if !nonce.is_empty() {
+            self.0.retain(|(n, _, _)| n != nonce);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn oldest(&self) -> Instant {
+        self.0.front().map_or_else(Instant::now, |(_, _, t)| *t)
+    }
+
+    fn expire(&mut self, timeout: std::time::Duration) {
+        let now = Instant::now();
+        self.0.retain(|(_, _, t)| now.duration_since(*t) < timeout);
     }
 }
 
@@ -198,8 +271,13 @@ pub(crate) async fn run<E: Engine>(
     let send_timeout = inner.options.send_timeout;
     let mut closing = inner.closing.subscribe();
     let mut blocked_since: Option<Instant> = None;
+    // The push budget (see `PushBudget`): a response waits here for its share, which
+    // it holds until the proxy answers it.
+    let mut inflight = InFlight::default();
+    let mut parked: Option<(E::Response, u32)> = None;
+    let mut acquiring: Option<Acquiring> = None;
     loop {
-        let pending = engine.has_pending();
+        let pending = parked.is_none() && engine.has_pending();
         if pending && blocked_since.is_none() {
             blocked_since = Some(Instant::now());
         }
@@ -209,6 +287,7 @@ pub(crate) async fn run<E: Engine>(
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(req)) => {
+                    inflight.answered(E::response_nonce(&req));
                     if let Err(status) = engine.on_request(req, &mut ctx) {
                         tracing::warn!(node = %ctx.node.identity.id, %status, "closing stream");
                         send_error(&tx, status, &inner).await;
@@ -237,11 +316,38 @@ pub(crate) async fn run<E: Engine>(
                 Ok(permit) => {
                     blocked_since = None;
                     if let Some(resp) = engine.next_response(&mut ctx) {
-                        permit.send(Ok(resp));
+                        let (nonce, size) = E::response_meta(&resp);
+                        let n = inner.push_budget.share(size);
+                        match inner.push_budget.semaphore.clone().try_acquire_many_owned(n) {
+                            Ok(share) => {
+                                inflight.add(nonce, share);
+                                permit.send(Ok(resp));
+                            }
+                            Err(_) => {
+                                inner.metrics.push_throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let budget = inner.push_budget.semaphore.clone();
+                                acquiring = Some(Box::pin(async move { budget.acquire_many_owned(n).await }));
+                                parked = Some((resp, n));
+                            }
+                        }
                     }
                 }
                 Err(_) => break,
             },
+            share = async { acquiring.as_mut().expect("guarded").await }, if acquiring.is_some() => {
+                acquiring = None;
+                let (Ok(share), Some((resp, _))) = (share, parked.take()) else { break };
+                inflight.add(E::response_meta(&resp).0, share);
+                // The queue has room for it unless the proxy stopped reading, which the
+                // send timeout ends.
+                match tokio::time::timeout(send_timeout, tx.send(Ok(resp))).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
+            _ = tokio::time::sleep_until(inflight.oldest() + inner.push_budget.ack_timeout), if !inflight.is_empty() => {
+                inflight.expire(inner.push_budget.ack_timeout);
+            }
             _ = closing.changed() => {
                 send_error(&tx, Status::unavailable("control plane shutting down"), &inner).await;
                 break;

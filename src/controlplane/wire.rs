@@ -73,7 +73,7 @@ fn put_any(tag: u32, e: &Entry, buf: &mut BytesMut) {
 }
 
 /// Length of the entry as a delta `Resource` (name, version, resource).
-fn resource_len(e: &Entry) -> usize {
+pub(crate) fn resource_len(e: &Entry) -> usize {
     str_len(3, &e.name) + str_len(1, e.version()) + len_delimited(2, any_len(e))
 }
 

@@ -102,8 +102,18 @@ impl Report {
 
 /// Runs the whole pipeline on a file or directory.
 pub fn run(path: &Path, options: &Options) -> Report {
-    let outcome = config::load(path);
-    finish(outcome.config, outcome.diagnostics, options)
+    run_cached(path, options, &mut config::FileCache::default())
+}
+
+/// [`run`] for a path loaded again and again (a watched configuration): files unchanged
+/// since the last load are not parsed again.
+pub fn run_cached(path: &Path, options: &Options, cache: &mut config::FileCache) -> Report {
+    let started = std::time::Instant::now();
+    let outcome = config::load_cached(path, cache);
+    tracing::debug!(elapsed = ?started.elapsed(), resources = outcome.config.len(), "configuration loaded");
+    let report = finish(outcome.config, outcome.diagnostics, options);
+    tracing::debug!(elapsed = ?started.elapsed(), "configuration pipeline done");
+    report
 }
 
 /// Runs the pipeline on YAML text (`name` stands for the file in diagnostics).
@@ -113,7 +123,9 @@ pub fn run_str(name: &str, text: &str, options: &Options) -> Report {
 }
 
 fn finish(config: Config, mut diagnostics: Vec<Diagnostic>, options: &Options) -> Report {
+    let started = std::time::Instant::now();
     diagnostics.extend(config::validate(&config));
+    tracing::debug!(elapsed = ?started.elapsed(), "configuration validated");
     let (registry, registry_diagnostics) = Registry::from_config(&config);
     // The registry repeats, as warnings about what it leaves out, some problems that
     // validation already reported as errors on the same field.
@@ -150,12 +162,14 @@ fn finish(config: Config, mut diagnostics: Vec<Diagnostic>, options: &Options) -
                 resources,
                 diagnostics,
             } = translate::gateway(&report.config, &report.registry, &proxy);
+            tracing::debug!(elapsed = ?started.elapsed(), labels = ?proxy.labels, "translated");
             report.diagnostics.extend(diagnostics);
             report.diagnostics.extend(serve_check::check(
                 &report.config,
                 &resources,
                 options.secret_material,
             ));
+            tracing::debug!(elapsed = ?started.elapsed(), "serve check done");
             if matches!(options.workloads, Workloads::Gateway { .. }) {
                 report.translation = Some((proxy, resources));
             }

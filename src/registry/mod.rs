@@ -60,6 +60,15 @@ impl Registry {
         &self.services
     }
 
+    /// The service for `host` defined in `namespace`, whatever its visibility.
+    pub fn service_in(&self, host: &str, namespace: &str) -> Option<&Service> {
+        self.by_host
+            .get(host)?
+            .iter()
+            .map(|&i| &self.services[i])
+            .find(|s| s.namespace == namespace)
+    }
+
     /// The services visible from `namespace`, in load order.
     pub fn visible_from<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Service> {
         self.services

@@ -86,11 +86,7 @@ pub fn gateway(config: &Config, registry: &Registry, proxy: &ProxyIdentity) -> T
         (&sni_services, cluster::Naming::SniDnat),
     ] {
         for (host, namespace) in services {
-            let Some(service) = registry
-                .services()
-                .iter()
-                .find(|s| &s.hostname == host && &s.namespace == namespace)
-            else {
+            let Some(service) = registry.service_in(host, namespace) else {
                 continue;
             };
             for built in

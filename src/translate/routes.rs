@@ -156,18 +156,54 @@ fn intersection(a: &[String], b: &[String]) -> Vec<String> {
 /// route collapse); the alphabetically first host names the result.
 fn collapse_duplicates(vhosts: BTreeMap<String, route::VirtualHost>) -> Vec<route::VirtualHost> {
     let mut out: Vec<route::VirtualHost> = Vec::with_capacity(vhosts.len());
+    // Candidates are found by a fingerprint of the routes, then compared whole: a gateway
+    // with thousands of hosts must not compare every pair.
+    let mut by_print: std::collections::HashMap<u64, Vec<usize>> = std::collections::HashMap::new();
     for (_, vh) in vhosts {
-        if let Some(existing) = out.iter_mut().find(|e| {
+        let print = fingerprint(&vh);
+        let candidates = by_print.entry(print).or_default();
+        if let Some(&i) = candidates.iter().find(|&&i| {
+            let e = &out[i];
             e.routes == vh.routes
                 && e.require_tls == vh.require_tls
                 && e.include_request_attempt_count == vh.include_request_attempt_count
         }) {
-            existing.domains.extend(vh.domains);
+            out[i].domains.extend(vh.domains);
         } else {
+            candidates.push(out.len());
             out.push(vh);
         }
     }
     out
+}
+
+/// A cheap summary of a virtual host's routes: equal routes have equal fingerprints.
+fn fingerprint(vh: &route::VirtualHost) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (vh.routes.len(), vh.require_tls, vh.include_request_attempt_count).hash(&mut h);
+    for r in &vh.routes {
+        r.name.hash(&mut h);
+        if let Some(m) = &r.r#match {
+            format!("{:?}", m.path_specifier).hash(&mut h);
+        }
+        match &r.action {
+            Some(route::route::Action::Route(a)) => match &a.cluster_specifier {
+                Some(route::route_action::ClusterSpecifier::Cluster(c)) => c.hash(&mut h),
+                Some(route::route_action::ClusterSpecifier::WeightedClusters(w)) => {
+                    for c in &w.clusters {
+                        c.name.hash(&mut h);
+                        c.weight.map(|w| w.value).hash(&mut h);
+                    }
+                }
+                _ => {}
+            },
+            Some(route::route::Action::Redirect(r)) => r.response_code.hash(&mut h),
+            Some(route::route::Action::DirectResponse(d)) => d.status.hash(&mut h),
+            _ => {}
+        }
+    }
+    h.finish()
 }
 
 /// Catch-all routes move to the end (keeping their order), so that routes from a later

@@ -74,6 +74,10 @@ pub struct Scope<'a> {
     /// VirtualServices visible to the proxy, in Istio's order (name, namespace).
     pub virtual_services: Vec<BoundVirtualService<'a>>,
     destination_rules: Vec<ResolvedDestinationRule<'a>>,
+    /// The rules the proxy's namespace keeps for itself, indexed by host.
+    own_rules: RuleIndex,
+    /// Per namespace, its rules exported to the proxy, indexed by host.
+    exported_rules: std::collections::HashMap<String, RuleIndex>,
     /// Problems found while scoping (delegation), drained by the translator.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -149,7 +153,8 @@ impl<'a> Scope<'a> {
                     Visibility::from_export_to(&dr.spec.export_to, &dr.meta.namespace)
                 },
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let (own_rules, exported_rules) = index_rules(&destination_rules, &namespace);
 
         Scope {
             config,
@@ -161,6 +166,8 @@ impl<'a> Scope<'a> {
             gateways,
             virtual_services,
             destination_rules,
+            own_rules,
+            exported_rules,
             diagnostics,
         }
     }
@@ -218,38 +225,85 @@ impl<'a> Scope<'a> {
         host: &str,
         service_namespace: Option<&str>,
     ) -> Option<MergedDestinationRule<'a>> {
-        let proxy_ns = self.namespace.as_str();
-        let root_private = Visibility::Namespaces([ROOT_NAMESPACE.to_string()].into());
-        let own: Vec<&ResolvedDestinationRule> = self
-            .destination_rules
-            .iter()
-            .filter(|dr| dr.res.meta.namespace == proxy_ns)
-            .filter(|dr| {
-                if proxy_ns == ROOT_NAMESPACE {
-                    dr.visibility == root_private
-                } else {
-                    dr.visibility.includes(proxy_ns)
-                }
-            })
-            .collect();
-        if let Some(merged) = most_specific(host, &own) {
+        if let Some(merged) = most_specific(host, &self.own_rules.candidates(&self.destination_rules, host))
+        {
             return Some(merged);
         }
         for owner in [service_namespace, Some(ROOT_NAMESPACE)]
             .into_iter()
             .flatten()
         {
-            let exported: Vec<&ResolvedDestinationRule> = self
-                .destination_rules
-                .iter()
-                .filter(|dr| dr.res.meta.namespace == owner && dr.visibility.includes(proxy_ns))
-                .collect();
-            if let Some(merged) = most_specific(host, &exported) {
+            let Some(index) = self.exported_rules.get(owner) else {
+                continue;
+            };
+            if let Some(merged) = most_specific(host, &index.candidates(&self.destination_rules, host)) {
                 return Some(merged);
             }
         }
         None
     }
+}
+
+/// Rules indexed by host, so that finding a service's rules does not scan every rule:
+/// exact hosts by name, wildcards in a list (few in practice).
+#[derive(Default)]
+struct RuleIndex {
+    exact: std::collections::HashMap<String, Vec<usize>>,
+    wildcard: Vec<usize>,
+}
+
+impl RuleIndex {
+    fn add(&mut self, i: usize, host: &str) {
+        if hosts::is_wildcard(host) {
+            self.wildcard.push(i);
+        } else {
+            self.exact.entry(host.to_string()).or_default().push(i);
+        }
+    }
+
+    /// The rules that may cover `host`, in configuration order.
+    fn candidates<'r, 'a>(
+        &self,
+        rules: &'r [ResolvedDestinationRule<'a>],
+        host: &str,
+    ) -> Vec<&'r ResolvedDestinationRule<'a>> {
+        let mut idx: Vec<usize> = self.wildcard.clone();
+        if let Some(exact) = self.exact.get(host) {
+            idx.extend(exact);
+            idx.sort_unstable();
+        }
+        idx.into_iter().map(|i| &rules[i]).collect()
+    }
+}
+
+/// The tiers of Istio's DestinationRule precedence for a proxy in `proxy_ns`: the rules
+/// its namespace keeps for itself (for a proxy in the root namespace, only the root
+/// namespace's private rules), and per namespace the rules it exports to the proxy.
+fn index_rules(
+    rules: &[ResolvedDestinationRule<'_>],
+    proxy_ns: &str,
+) -> (RuleIndex, std::collections::HashMap<String, RuleIndex>) {
+    let root_private = Visibility::Namespaces([ROOT_NAMESPACE.to_string()].into());
+    let mut own = RuleIndex::default();
+    let mut exported: std::collections::HashMap<String, RuleIndex> =
+        std::collections::HashMap::new();
+    for (i, dr) in rules.iter().enumerate() {
+        let ns = dr.res.meta.namespace.as_str();
+        if ns == proxy_ns {
+            let keeps = if proxy_ns == ROOT_NAMESPACE {
+                dr.visibility == root_private
+            } else {
+                dr.visibility.includes(proxy_ns)
+            };
+            if keeps {
+                own.add(i, &dr.host);
+            }
+        }
+        if dr.visibility.includes(proxy_ns) {
+            exported.entry(ns.to_string()).or_default().add(i, &dr.host);
+        }
+    }
+    (own, exported)
 }
 
 /// The HTTP routes of a VirtualService, each `delegate` route replaced by the delegate
