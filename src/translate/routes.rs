@@ -181,7 +181,12 @@ fn collapse_duplicates(vhosts: BTreeMap<String, route::VirtualHost>) -> Vec<rout
 fn fingerprint(vh: &route::VirtualHost) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (vh.routes.len(), vh.require_tls, vh.include_request_attempt_count).hash(&mut h);
+    (
+        vh.routes.len(),
+        vh.require_tls,
+        vh.include_request_attempt_count,
+    )
+        .hash(&mut h);
     for r in &vh.routes {
         r.name.hash(&mut h);
         if let Some(m) = &r.r#match {

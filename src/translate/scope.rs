@@ -225,8 +225,10 @@ impl<'a> Scope<'a> {
         host: &str,
         service_namespace: Option<&str>,
     ) -> Option<MergedDestinationRule<'a>> {
-        if let Some(merged) = most_specific(host, &self.own_rules.candidates(&self.destination_rules, host))
-        {
+        if let Some(merged) = most_specific(
+            host,
+            &self.own_rules.candidates(&self.destination_rules, host),
+        ) {
             return Some(merged);
         }
         for owner in [service_namespace, Some(ROOT_NAMESPACE)]
@@ -236,7 +238,9 @@ impl<'a> Scope<'a> {
             let Some(index) = self.exported_rules.get(owner) else {
                 continue;
             };
-            if let Some(merged) = most_specific(host, &index.candidates(&self.destination_rules, host)) {
+            if let Some(merged) =
+                most_specific(host, &index.candidates(&self.destination_rules, host))
+            {
                 return Some(merged);
             }
         }
