@@ -9,7 +9,7 @@ use super::sotw::Sotw;
 use super::source::{Change, SnapshotSource};
 use super::status::ProxyStatus;
 use super::stream;
-use super::wire::{ResponseBody, WireMessage};
+use super::wire::{RequestStream, ResponseBody, WireMessage};
 use crate::xds::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use crate::xds::{ProxyIdentity, TypeUrl};
 use std::collections::HashMap;
@@ -24,7 +24,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::Status;
-use tonic::codec::Streaming;
 
 /// Limits and timings of a control plane.
 #[derive(Debug, Clone)]
@@ -503,16 +502,7 @@ where
     if let Some(status) = refuse_compressed(&req) {
         return status.into_http();
     }
-    let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
-        E::Request,
-        E::Request,
-    >::default());
-    let inbound = Streaming::new_request(
-        decoder,
-        req.into_body(),
-        None,
-        Some(inner.options.max_recv_message_size),
-    );
+    let inbound = RequestStream::new(req.into_body(), inner.options.max_recv_message_size);
     let (tx, rx) = mpsc::channel(inner.options.send_queue.max(1));
     tokio::spawn(stream::run(inner.clone(), inbound, tx, mode, only, engine));
     let body = ResponseBody::new(rx, inner.options.max_send_message_size);

@@ -11,16 +11,17 @@ use super::node::{NodeInfo, parse_node};
 use super::server::{Attachment, Inner};
 use super::snapshot::Snapshot;
 use super::status::ProxyStatus;
+use super::wire::RequestStream;
 use crate::xds::TypeUrl;
 use crate::xds::pb::envoy::config::core::v3::Node;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 /// What a protocol flavour (SotW or delta) does with requests and snapshots.
 pub(crate) trait Engine: Send + 'static {
-    type Request: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
     type Response: Send + 'static;
 
     fn node(req: &Self::Request) -> Option<&Node>;
@@ -209,7 +210,7 @@ async fn send_error<T>(tx: &mpsc::Sender<Result<T, Status>>, status: Status, inn
 /// Runs one stream to its end.
 pub(crate) async fn run<E: Engine>(
     inner: Arc<Inner>,
-    mut inbound: Streaming<E::Request>,
+    mut inbound: RequestStream<E::Request>,
     tx: mpsc::Sender<Result<E::Response, Status>>,
     mode: Mode,
     only: Option<TypeUrl>,

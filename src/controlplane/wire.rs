@@ -415,3 +415,150 @@ mod tests {
         assert_eq!(t["grpc-status"], "0");
     }
 }
+
+/// The requests of one stream, decoded from the request body's gRPC frames.
+///
+/// Each message is read into a buffer of its own size and the buffer is dropped once the
+/// message is decoded. (tonic's `Streaming` keeps a per-stream buffer as large as the
+/// largest message received: an EDS subscription naming thousands of clusters, times
+/// every connected proxy, for the stream's whole life.)
+pub(crate) struct RequestStream<T> {
+    body: tonic::body::Body,
+    buf: BytesMut,
+    max_message_size: usize,
+    _message: std::marker::PhantomData<fn() -> T>,
+}
+
+/// Buffers kept between messages are at most this large; a larger one (a message was
+/// large) is released once it is consumed.
+const KEPT_BUFFER: usize = 16 * 1024;
+
+impl<T: prost::Message + Default> RequestStream<T> {
+    pub fn new(body: tonic::body::Body, max_message_size: usize) -> RequestStream<T> {
+        RequestStream {
+            body,
+            buf: BytesMut::new(),
+            max_message_size,
+            _message: std::marker::PhantomData,
+        }
+    }
+
+    /// The next request; `Ok(None)` when the client ended its side of the stream.
+    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        use bytes::Buf;
+        use http_body_util::BodyExt;
+        loop {
+            if self.buf.len() >= 5 {
+                let flag = self.buf[0];
+                if flag != 0 {
+                    return Err(Status::internal(
+                        "protocol error: received a compressed message but no grpc-encoding was negotiated",
+                    ));
+                }
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if len > self.max_message_size {
+                    return Err(Status::out_of_range(format!(
+                        "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+                        self.max_message_size
+                    )));
+                }
+                if self.buf.len() >= 5 + len {
+                    let mut frame = self.buf.split_to(5 + len);
+                    frame.advance(5);
+                    let message = T::decode(frame.freeze()).map_err(|e| {
+                        Status::internal(format!("failed to decode the request: {e}"))
+                    });
+                    if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER {
+                        self.buf = BytesMut::new();
+                    }
+                    return message.map(Some);
+                }
+                self.buf.reserve(5 + len - self.buf.len());
+            }
+            match self.body.frame().await {
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    return Err(Status::internal(
+                        "the request stream ended in the middle of a message",
+                    ));
+                }
+                Some(Err(status)) => return Err(status),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod request_stream_tests {
+    use super::*;
+    use crate::xds::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use prost::Message;
+
+    fn framed(m: &DeltaDiscoveryRequest) -> Vec<u8> {
+        let body = m.encode_to_vec();
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn body_of(chunks: Vec<Vec<u8>>) -> tonic::body::Body {
+        let frames = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, Status>(Frame::data(Bytes::from(c)))),
+        );
+        tonic::body::Body::new(http_body_util::StreamBody::new(frames))
+    }
+
+    #[tokio::test]
+    async fn messages_split_across_frames_decode_and_large_buffers_are_released() {
+        let big = DeltaDiscoveryRequest {
+            type_url: "t".into(),
+            resource_names_subscribe: (0..5000)
+                .map(|i| format!("outbound|80|v1|svc-{i}"))
+                .collect(),
+            ..Default::default()
+        };
+        let small = DeltaDiscoveryRequest {
+            response_nonce: "n".into(),
+            ..Default::default()
+        };
+        let mut bytes = framed(&big);
+        bytes.extend(framed(&small));
+        // Cut into odd pieces, a header split included.
+        let chunks: Vec<Vec<u8>> = bytes.chunks(7777).map(<[u8]>::to_vec).collect();
+        let mut s = RequestStream::<DeltaDiscoveryRequest>::new(body_of(chunks), 4 << 20);
+        assert_eq!(s.message().await.unwrap().unwrap(), big);
+        assert_eq!(s.message().await.unwrap().unwrap(), small);
+        assert!(s.buf.capacity() <= KEPT_BUFFER, "{}", s.buf.capacity());
+        assert!(s.message().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_compressed_and_truncated_messages_are_refused() {
+        let m = DeltaDiscoveryRequest {
+            type_url: "x".repeat(100),
+            ..Default::default()
+        };
+        let mut s = RequestStream::<DeltaDiscoveryRequest>::new(body_of(vec![framed(&m)]), 50);
+        assert_eq!(
+            s.message().await.unwrap_err().code(),
+            tonic::Code::OutOfRange
+        );
+        let mut compressed = framed(&m);
+        compressed[0] = 1;
+        let mut s = RequestStream::<DeltaDiscoveryRequest>::new(body_of(vec![compressed]), 1 << 20);
+        assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::Internal);
+        let mut cut = framed(&m);
+        cut.truncate(20);
+        let mut s = RequestStream::<DeltaDiscoveryRequest>::new(body_of(vec![cut]), 1 << 20);
+        assert_eq!(s.message().await.unwrap_err().code(), tonic::Code::Internal);
+    }
+}
