@@ -322,8 +322,12 @@ impl Engine for Delta {
         &req.response_nonce
     }
 
-    fn response_meta(resp: &DeltaResponse) -> (&str, usize) {
-        (&resp.nonce, super::wire::WireMessage::encoded_len(resp))
+    fn response_meta(resp: &DeltaResponse) -> (&str, usize, TypeUrl) {
+        (
+            &resp.nonce,
+            super::wire::WireMessage::encoded_len(resp),
+            resp.type_url,
+        )
     }
 
     fn on_request(

@@ -25,28 +25,108 @@ impl PerType {
     }
 }
 
-/// A histogram with fixed buckets, in seconds.
-#[derive(Default)]
+/// Upper bounds (seconds) of the push-time histogram: istiod's.
+pub const PUSH_TIME_BUCKETS: [f64; 8] = [0.01, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 30.0];
+
+/// Upper bounds (bytes) of the response-size histogram: istiod's.
+pub const CONFIG_SIZE_BUCKETS: [f64; 6] = [1.0, 10e3, 1e6, 4e6, 10e6, 40e6];
+
+/// A histogram with fixed buckets. Samples are kept as integers of `1/scale` units
+/// (microseconds for durations, bytes for sizes).
 pub struct Histogram {
-    buckets: [AtomicU64; CONVERGENCE_BUCKETS.len()],
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
     count: AtomicU64,
-    sum_micros: AtomicU64,
+    sum: AtomicU64,
+    scale: f64,
 }
 
 impl Histogram {
+    pub fn seconds(bounds: &'static [f64]) -> Histogram {
+        Histogram::new(bounds, 1e6)
+    }
+
+    pub fn bytes(bounds: &'static [f64]) -> Histogram {
+        Histogram::new(bounds, 1.0)
+    }
+
+    fn new(bounds: &'static [f64], scale: f64) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            scale,
+        }
+    }
+
     pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        for (i, le) in CONVERGENCE_BUCKETS.iter().enumerate() {
-            if s <= *le {
+        self.observe_units(d.as_micros() as u64);
+    }
+
+    pub fn observe_value(&self, v: u64) {
+        self.observe_units(v);
+    }
+
+    fn observe_units(&self, units: u64) {
+        let v = units as f64 / self.scale;
+        for (i, le) in self.bounds.iter().enumerate() {
+            if v <= *le {
                 self.buckets[i].fetch_add(1, Relaxed);
             }
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+        self.sum.fetch_add(units, Relaxed);
     }
 
     pub fn count(&self) -> u64 {
         self.count.load(Relaxed)
+    }
+
+    /// The sample lines of this histogram, `labels` (`k="v"` pairs or empty) on each.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, le) in self.bounds.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {}",
+                self.buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braces = |out: &mut String, suffix: &str, v: String| {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name}_{suffix} {v}");
+            } else {
+                let _ = writeln!(out, "{name}_{suffix}{{{labels}}} {v}");
+            }
+        };
+        braces(
+            out,
+            "sum",
+            format!("{}", self.sum.load(Relaxed) as f64 / self.scale),
+        );
+        braces(out, "count", count.to_string());
+    }
+}
+
+/// One histogram per resource type.
+struct PerTypeHistogram([Histogram; 5]);
+
+impl PerTypeHistogram {
+    fn new(make: impl Fn() -> Histogram) -> PerTypeHistogram {
+        PerTypeHistogram(std::array::from_fn(|_| make()))
+    }
+    fn get(&self, t: TypeUrl) -> &Histogram {
+        &self.0[idx(t)]
+    }
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for t in TypeUrl::ALL {
+            self.get(t)
+                .render(out, name, &format!("type=\"{}\"", t.short()));
+        }
     }
 }
 
@@ -59,7 +139,6 @@ pub enum Mode {
 }
 
 /// Counters and gauges of one control plane.
-#[derive(Default)]
 pub struct Metrics {
     pushes: PerType,
     push_errors: PerType,
@@ -81,12 +160,47 @@ pub struct Metrics {
     pub convergence: Histogram,
     /// Debounced pushes started (each may reach many proxies).
     pub push_rounds: AtomicU64,
+    /// From computing a response until it is handed to the stream, by type.
+    push_time: PerTypeHistogram,
+    /// Encoded size of each response, by type.
+    config_size: PerTypeHistogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            pushes: PerType::default(),
+            push_errors: PerType::default(),
+            rejects: PerType::default(),
+            requests: PerType::default(),
+            responses: PerType::default(),
+            triggers: PerType::default(),
+            snapshot_errors: AtomicU64::new(0),
+            stale_nonces: AtomicU64::new(0),
+            unknown_types: AtomicU64::new(0),
+            write_timeouts: AtomicU64::new(0),
+            stream_errors: AtomicU64::new(0),
+            push_throttled: AtomicU64::new(0),
+            connected_sotw: AtomicI64::new(0),
+            connected_delta: AtomicI64::new(0),
+            convergence: Histogram::seconds(&CONVERGENCE_BUCKETS),
+            push_rounds: AtomicU64::new(0),
+            push_time: PerTypeHistogram::new(|| Histogram::seconds(&PUSH_TIME_BUCKETS)),
+            config_size: PerTypeHistogram::new(|| Histogram::bytes(&CONFIG_SIZE_BUCKETS)),
+        }
+    }
 }
 
 impl Metrics {
     pub fn pushed(&self, t: TypeUrl) {
         self.pushes.inc(t);
         self.responses.inc(t);
+    }
+    /// A response of `bytes` (encoded) was handed to its stream `d` after it was
+    /// computed (any wait for the push budget included).
+    pub fn sent(&self, t: TypeUrl, bytes: usize, d: Duration) {
+        self.config_size.get(t).observe_value(bytes as u64);
+        self.push_time.get(t).observe(d);
     }
     pub fn push_error(&self, t: TypeUrl) {
         self.push_errors.inc(t);
@@ -223,32 +337,21 @@ impl Metrics {
             "pilot_xds{{mode=\"delta\"}} {}",
             self.connected_delta.load(Relaxed)
         );
-        let h = &self.convergence;
         let _ = writeln!(
             out,
             "# HELP pilot_proxy_convergence_time Seconds from a configuration change until a proxy ACKed all of it.\n# TYPE pilot_proxy_convergence_time histogram"
         );
-        for (i, le) in CONVERGENCE_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "pilot_proxy_convergence_time_bucket{{le=\"{le}\"}} {}",
-                h.buckets[i].load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "pilot_proxy_convergence_time_bucket{{le=\"+Inf\"}} {}",
-            h.count.load(Relaxed)
+        self.convergence
+            .render(&mut out, "pilot_proxy_convergence_time", "");
+        self.push_time.render(
+            &mut out,
+            "pilot_xds_push_time",
+            "Seconds from computing a response until it is handed to the proxy's stream (push budget wait included), by type.",
         );
-        let _ = writeln!(
-            out,
-            "pilot_proxy_convergence_time_sum {}",
-            h.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "pilot_proxy_convergence_time_count {}",
-            h.count.load(Relaxed)
+        self.config_size.render(
+            &mut out,
+            "pilot_xds_config_size_bytes",
+            "Encoded size of each response pushed, by type.",
         );
         out
     }
@@ -262,6 +365,7 @@ mod tests {
     fn renders_prometheus_text() {
         let m = Metrics::default();
         m.pushed(TypeUrl::Cluster);
+        m.sent(TypeUrl::Cluster, 20_000, Duration::from_millis(50));
         m.rejected(TypeUrl::Listener);
         m.connected(Mode::Delta, 1);
         m.convergence.observe(Duration::from_millis(200));
@@ -273,6 +377,12 @@ mod tests {
             "pilot_proxy_convergence_time_bucket{le=\"0.1\"} 0",
             "pilot_proxy_convergence_time_bucket{le=\"0.5\"} 1",
             "pilot_proxy_convergence_time_count 1",
+            "pilot_xds_config_size_bytes_bucket{type=\"cds\",le=\"10000\"} 0",
+            "pilot_xds_config_size_bytes_bucket{type=\"cds\",le=\"1000000\"} 1",
+            "pilot_xds_config_size_bytes_sum{type=\"cds\"} 20000",
+            "pilot_xds_push_time_bucket{type=\"cds\",le=\"0.1\"} 1",
+            "pilot_xds_push_time_count{type=\"cds\"} 1",
+            "pilot_xds_push_time_count{type=\"eds\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

@@ -204,8 +204,12 @@ impl Engine for Sotw {
         &req.response_nonce
     }
 
-    fn response_meta(resp: &SotwResponse) -> (&str, usize) {
-        (&resp.nonce, super::wire::WireMessage::encoded_len(resp))
+    fn response_meta(resp: &SotwResponse) -> (&str, usize, TypeUrl) {
+        (
+            &resp.nonce,
+            super::wire::WireMessage::encoded_len(resp),
+            resp.type_url,
+        )
     }
 
     fn on_request(&mut self, req: DiscoveryRequest, ctx: &mut StreamCtx) -> Result<(), Status> {

@@ -27,8 +27,8 @@ pub(crate) trait Engine: Send + 'static {
     fn node(req: &Self::Request) -> Option<&Node>;
     /// The nonce a request answers (ACK or NACK), empty for none.
     fn response_nonce(req: &Self::Request) -> &str;
-    /// A response's nonce and encoded size.
-    fn response_meta(resp: &Self::Response) -> (&str, usize);
+    /// A response's nonce, encoded size and type.
+    fn response_meta(resp: &Self::Response) -> (&str, usize, TypeUrl);
     /// Handles a request; an error closes the stream with that status.
     fn on_request(&mut self, req: Self::Request, ctx: &mut StreamCtx) -> Result<(), Status>;
     /// A new snapshot for this proxy.
@@ -275,7 +275,7 @@ pub(crate) async fn run<E: Engine>(
     // The push budget (see `PushBudget`): a response waits here for its share, which
     // it holds until the proxy answers it.
     let mut inflight = InFlight::default();
-    let mut parked: Option<(E::Response, u32)> = None;
+    let mut parked: Option<(E::Response, u32, Instant)> = None;
     let mut acquiring: Option<Acquiring> = None;
     loop {
         let pending = parked.is_none() && engine.has_pending();
@@ -316,19 +316,21 @@ pub(crate) async fn run<E: Engine>(
             permit = tx.reserve(), if pending => match permit {
                 Ok(permit) => {
                     blocked_since = None;
+                    let started = Instant::now();
                     if let Some(resp) = engine.next_response(&mut ctx) {
-                        let (nonce, size) = E::response_meta(&resp);
+                        let (nonce, size, t) = E::response_meta(&resp);
                         let n = inner.push_budget.share(size);
                         match inner.push_budget.semaphore.clone().try_acquire_many_owned(n) {
                             Ok(share) => {
                                 inflight.add(nonce, share);
+                                inner.metrics.sent(t, size, started.elapsed());
                                 permit.send(Ok(resp));
                             }
                             Err(_) => {
                                 inner.metrics.push_throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 let budget = inner.push_budget.semaphore.clone();
                                 acquiring = Some(Box::pin(async move { budget.acquire_many_owned(n).await }));
-                                parked = Some((resp, n));
+                                parked = Some((resp, n, started));
                             }
                         }
                     }
@@ -337,8 +339,10 @@ pub(crate) async fn run<E: Engine>(
             },
             share = async { acquiring.as_mut().expect("guarded").await }, if acquiring.is_some() => {
                 acquiring = None;
-                let (Ok(share), Some((resp, _))) = (share, parked.take()) else { break };
-                inflight.add(E::response_meta(&resp).0, share);
+                let (Ok(share), Some((resp, _, started))) = (share, parked.take()) else { break };
+                let (nonce, size, t) = E::response_meta(&resp);
+                inflight.add(nonce, share);
+                inner.metrics.sent(t, size, started.elapsed());
                 // The queue has room for it unless the proxy stopped reading, which the
                 // send timeout ends.
                 match tokio::time::timeout(send_timeout, tx.send(Ok(resp))).await {
