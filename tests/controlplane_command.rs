@@ -326,3 +326,127 @@ fn control_plane_refuses_to_start_on_invalid_configuration() {
     assert!(err.contains("bad.yaml:"), "{err}");
     assert!(err.contains("not starting"), "{err}");
 }
+
+/// One service with two versions and a weighted split between them: `weights` is
+/// (v1, v2). A weight edit changes a route table and nothing else.
+fn split_config(ports: (u16, u16), v1: u16, v2: u16, weights: (u32, u32)) -> String {
+    let head = config(ports, v1);
+    let gateways = &head[..head.find("kind: VirtualService").unwrap()];
+    format!(
+        r#"{gateways}kind: VirtualService
+metadata: {{name: app, namespace: edge}}
+spec:
+  hosts: ["app.example.com"]
+  gateways: [gw-sotw, gw-delta]
+  http:
+  - route:
+    - destination: {{host: app.internal, subset: v1, port: {{number: 80}}}}
+      weight: {}
+    - destination: {{host: app.internal, subset: v2, port: {{number: 80}}}}
+      weight: {}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: app, namespace: edge}}
+spec:
+  host: app.internal
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: app, namespace: edge}}
+spec:
+  hosts: [app.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {v1}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{http: {v2}}}, labels: {{version: v2}}}}
+"#,
+        weights.0, weights.1
+    )
+}
+
+/// Envoy's own counters of the xDS responses it received, by type.
+fn xds_updates(e: &Envoy) -> [u64; 3] {
+    let stat = |name: &str| e.stat(name).unwrap_or_else(|| panic!("no stat {name}"));
+    [
+        stat("cluster_manager.cds.update_attempt"),
+        stat("listener_manager.lds.update_attempt"),
+        // Every route table's updates (one per gateway here).
+        e.admin_get("/stats?filter=^http\\..*\\.rds\\..*\\.update_attempt$")
+            .unwrap()
+            .1
+            .lines()
+            .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
+            .sum(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_only_change_sends_envoy_no_clusters_or_listeners() {
+    let a = EchoUpstream::start("echo-a");
+    let b = EchoUpstream::start("echo-b");
+    let dir = TempDir::new();
+    let cfg = dir.path().join("config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    let ports = (free_port(), free_port());
+    let write = |weights| {
+        // Written aside and renamed in, as an editor or a ConfigMap update does.
+        let tmp = dir.path().join("mesh.yaml.tmp");
+        std::fs::write(&tmp, split_config(ports, a.port(), b.port(), weights)).unwrap();
+        std::fs::rename(&tmp, cfg.join("mesh.yaml")).unwrap();
+    };
+    write((100, 0));
+    let (xds, debug) = (free_port(), free_port());
+    let cp = ControlPlaneProcess::start(dir.path(), "cp.log", xds, debug);
+    let proxies = [
+        envoy(dir.path(), "sotw", xds),
+        envoy(dir.path(), "delta", xds),
+    ];
+    let client = http_client();
+    for port in [ports.0, ports.1] {
+        wait_upstream(&client, port, "echo-a").await;
+    }
+    let synced = || {
+        let (_, body) = blocking_http_get(("127.0.0.1", debug), "/debug/syncz").unwrap();
+        let syncz: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        syncz.len() == 2
+            && syncz.iter().all(|p| {
+                p["states"]
+                    .as_object()
+                    .is_some_and(|m| m.values().all(|s| s == "SYNCED" || s == "NOT SENT"))
+            })
+    };
+    wait_until("both proxies synced", Duration::from_secs(20), synced);
+    let before: Vec<[u64; 3]> = proxies.iter().map(xds_updates).collect();
+    assert!(
+        before.iter().all(|u| u[0] >= 1 && u[1] >= 1 && u[2] >= 1),
+        "{before:?}"
+    );
+
+    // The everyday edit: all traffic to v2.
+    write((0, 100));
+    for port in [ports.0, ports.1] {
+        wait_upstream(&client, port, "echo-b").await;
+    }
+    wait_until("both proxies synced", Duration::from_secs(20), synced);
+    for (p, before) in proxies.iter().zip(&before) {
+        let after = xds_updates(p);
+        assert_eq!(
+            after[0],
+            before[0],
+            "CDS responses for a route-only change: {cp_log}",
+            cp_log = cp.log()
+        );
+        assert_eq!(after[1], before[1], "LDS responses for a route-only change");
+        assert!(
+            after[2] > before[2],
+            "no RDS update: {before:?} -> {after:?}"
+        );
+        p.assert_no_rejections();
+    }
+}
