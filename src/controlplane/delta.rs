@@ -33,7 +33,8 @@ const MAX_OUTSTANDING: usize = 64;
 struct TypeState {
     requested: bool,
     wildcard: bool,
-    names: HashSet<Arc<str>>,
+    /// Subscribed names, shared with every stream subscribed to the same ones.
+    names: Arc<HashSet<Arc<str>>>,
     /// What the proxy holds.
     has: Holdings,
     /// Subscribed names already answered as not existing.
@@ -250,7 +251,7 @@ impl Delta {
             }
         }
         let mut absent = Vec::new();
-        for n in names {
+        for n in names.iter() {
             match ts.get(n) {
                 Some(e) => {
                     if !wildcard {
@@ -351,6 +352,7 @@ impl Engine for Delta {
                 st.has.insert(Arc::from(name), parse_version(&v));
             }
         }
+        let mut names_changed = false;
         for n in req.resource_names_subscribe {
             if n == "*" {
                 if !st.wildcard {
@@ -372,7 +374,8 @@ impl Engine for Delta {
                 if !st.wildcard {
                     st.has.subscribed(t, &name);
                 }
-                st.names.insert(name);
+                Arc::make_mut(&mut st.names).insert(name);
+                names_changed = true;
                 st.dirty = true;
             }
         }
@@ -383,13 +386,19 @@ impl Engine for Delta {
                 }
                 st.wildcard = false;
             } else {
-                st.names.remove(n.as_str());
+                if st.names.contains(n.as_str()) {
+                    Arc::make_mut(&mut st.names).remove(n.as_str());
+                    names_changed = true;
+                }
                 st.resend.remove(n.as_str());
                 st.has.remove(t, &n);
                 st.told_absent.remove(n.as_str());
             }
         }
         ctx.check_names(st.names.len())?;
+        if names_changed {
+            st.names = ctx.inner.delta_names.intern(std::mem::take(&mut st.names));
+        }
         let (wildcard, subscribed) = (st.wildcard, st.names.len());
         ctx.with_status(|s| {
             let ts = s.ty(t);
@@ -555,6 +564,37 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn streams_subscribed_to_the_same_names_share_one_set() {
+        let mut ctx1 = ctx(Mode::Delta);
+        let mut ctx2 = ctx(Mode::Delta);
+        ctx2.inner = ctx1.inner.clone();
+        let (mut d1, mut d2) = (Delta::new(), Delta::new());
+        let names = ["c1", "c2", "c3"];
+        d1.on_request(subscribe(TypeUrl::Endpoint, &names), &mut ctx1)
+            .unwrap();
+        // The same names, in another order and in two requests.
+        d2.on_request(subscribe(TypeUrl::Endpoint, &["c3", "c1"]), &mut ctx2)
+            .unwrap();
+        d2.on_request(subscribe(TypeUrl::Endpoint, &["c2"]), &mut ctx2)
+            .unwrap();
+        let set = |d: &Delta| d.types[i(TypeUrl::Endpoint)].names.clone();
+        assert!(Arc::ptr_eq(&set(&d1), &set(&d2)));
+        // One stream leaves a name: it gets its own set, the other keeps all three.
+        d2.on_request(
+            DeltaDiscoveryRequest {
+                type_url: TypeUrl::Endpoint.as_str().into(),
+                resource_names_unsubscribe: vec!["c2".into()],
+                ..Default::default()
+            },
+            &mut ctx2,
+        )
+        .unwrap();
+        assert_eq!(set(&d1).len(), 3);
+        assert_eq!(set(&d2).len(), 2);
+        assert!(!Arc::ptr_eq(&set(&d1), &set(&d2)));
     }
 
     #[test]

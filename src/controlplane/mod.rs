@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod node;
 pub mod sample;
 mod server;
+mod sets;
 pub mod snapshot;
 mod sotw;
 pub mod source;

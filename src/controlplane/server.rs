@@ -113,6 +113,9 @@ pub(crate) struct Inner {
     pub identifier: Arc<str>,
     /// The resources of every snapshot, held once per distinct content.
     pub interner: Interner,
+    /// Subscribed name sets, held once per distinct set.
+    pub delta_names: super::sets::SetInterner<std::collections::HashSet<Arc<str>>>,
+    pub sotw_names: super::sets::SetInterner<std::collections::BTreeSet<String>>,
     /// Random per process, in every nonce, so nonces of an earlier run never match.
     pub boot_id: u32,
     registry: Mutex<Registry>,
@@ -166,6 +169,8 @@ impl Inner {
             metrics: Metrics::default(),
             identifier: Arc::from(format!("meshgate {}", env!("CARGO_PKG_VERSION"))),
             interner: Interner::default(),
+            delta_names: Default::default(),
+            sotw_names: Default::default(),
             boot_id: rand::random(),
             registry: Mutex::new(Registry::default()),
             next_conn: AtomicU64::new(0),

@@ -35,7 +35,8 @@ pub(crate) fn wildcard_type(t: TypeUrl) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Subscription {
     wildcard: bool,
-    names: BTreeSet<String>,
+    /// Shared with every stream subscribed to the same names.
+    names: Arc<BTreeSet<String>>,
 }
 
 struct Sent {
@@ -219,15 +220,19 @@ impl Engine for Sotw {
         ctx.check_names(req.resource_names.len())?;
         let wildcard = (wildcard_type(t) && req.resource_names.is_empty())
             || req.resource_names.iter().any(|n| n == "*");
-        let subscription = Subscription {
-            wildcard,
-            names: if wildcard {
-                BTreeSet::new()
-            } else {
-                req.resource_names.into_iter().collect()
-            },
+        let names: BTreeSet<String> = if wildcard {
+            BTreeSet::new()
+        } else {
+            req.resource_names.into_iter().collect()
         };
         let st = &mut self.types[i(t)];
+        // Every request repeats the whole list: most often the one already held.
+        let names = if *st.subscription.names == names {
+            st.subscription.names.clone()
+        } else {
+            ctx.inner.sotw_names.intern(Arc::new(names))
+        };
+        let subscription = Subscription { wildcard, names };
         let fresh = req.response_nonce.is_empty() || st.last.is_none();
         if fresh {
             // A new subscription, or a reconnecting proxy naming a nonce of an earlier
