@@ -25,7 +25,49 @@ pub(crate) trait WireMessage: Send + 'static {
     /// Length of the encoded message.
     fn encoded_len(&self) -> usize;
     /// Appends the encoded message (exactly `encoded_len` bytes).
-    fn encode_raw(&self, buf: &mut BytesMut);
+    fn encode_raw(&self, buf: &mut Out);
+}
+
+/// Resources at least this large are not copied into a response: the frame refers to
+/// the snapshot's bytes (a route table of a thousand hosts, pushed to every proxy).
+const SHARED_MIN: usize = 16 * 1024;
+
+/// An encoded message as a list of pieces: small fields are copied together, large
+/// resources are shared.
+pub(crate) struct Out {
+    cur: BytesMut,
+    pieces: Vec<Bytes>,
+}
+
+impl Out {
+    fn with_capacity(n: usize) -> Out {
+        Out {
+            cur: BytesMut::with_capacity(n),
+            pieces: Vec::new(),
+        }
+    }
+
+    fn put_slice(&mut self, b: &[u8]) {
+        self.cur.put_slice(b);
+    }
+
+    fn put_bytes(&mut self, b: &Bytes) {
+        if b.len() < SHARED_MIN {
+            self.cur.put_slice(b);
+        } else {
+            if !self.cur.is_empty() {
+                self.pieces.push(self.cur.split().freeze());
+            }
+            self.pieces.push(b.clone());
+        }
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.cur.is_empty() {
+            self.pieces.push(self.cur.freeze());
+        }
+        self.pieces
+    }
 }
 
 fn len_delimited(tag: u32, len: usize) -> usize {
@@ -41,12 +83,12 @@ fn str_len(tag: u32, s: &str) -> usize {
     }
 }
 
-fn put_header(tag: u32, len: usize, buf: &mut BytesMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
+fn put_header(tag: u32, len: usize, buf: &mut Out) {
+    encode_key(tag, WireType::LengthDelimited, &mut buf.cur);
+    encode_varint(len as u64, &mut buf.cur);
 }
 
-fn put_str(tag: u32, s: &str, buf: &mut BytesMut) {
+fn put_str(tag: u32, s: &str, buf: &mut Out) {
     if !s.is_empty() {
         put_header(tag, s.len(), buf);
         buf.put_slice(s.as_bytes());
@@ -63,12 +105,12 @@ fn any_len(e: &Entry) -> usize {
         }
 }
 
-fn put_any(tag: u32, e: &Entry, buf: &mut BytesMut) {
+fn put_any(tag: u32, e: &Entry, buf: &mut Out) {
     put_header(tag, any_len(e), buf);
     put_str(1, e.ty.as_str(), buf);
     if !e.value.is_empty() {
         put_header(2, e.value.len(), buf);
-        buf.put_slice(&e.value);
+        buf.put_bytes(&e.value);
     }
 }
 
@@ -77,7 +119,7 @@ pub(crate) fn resource_len(e: &Entry) -> usize {
     str_len(3, &e.name) + str_len(1, e.version()) + len_delimited(2, any_len(e))
 }
 
-fn put_resource(tag: u32, e: &Entry, buf: &mut BytesMut) {
+fn put_resource(tag: u32, e: &Entry, buf: &mut Out) {
     put_header(tag, resource_len(e), buf);
     put_str(1, e.version(), buf);
     put_any(2, e, buf);
@@ -89,7 +131,7 @@ fn control_plane_len(tag: u32, identifier: &str) -> usize {
     len_delimited(tag, str_len(1, identifier))
 }
 
-fn put_control_plane(tag: u32, identifier: &str, buf: &mut BytesMut) {
+fn put_control_plane(tag: u32, identifier: &str, buf: &mut Out) {
     put_header(tag, str_len(1, identifier), buf);
     put_str(1, identifier, buf);
 }
@@ -117,7 +159,7 @@ impl WireMessage for SotwResponse {
             + control_plane_len(6, &self.control_plane)
     }
 
-    fn encode_raw(&self, buf: &mut BytesMut) {
+    fn encode_raw(&self, buf: &mut Out) {
         put_str(1, &self.version_info, buf);
         for e in &self.resources {
             put_any(2, e, buf);
@@ -157,7 +199,7 @@ impl WireMessage for DeltaResponse {
             + control_plane_len(7, &self.control_plane)
     }
 
-    fn encode_raw(&self, buf: &mut BytesMut) {
+    fn encode_raw(&self, buf: &mut Out) {
         put_str(1, &self.system_version_info, buf);
         for e in &self.resources {
             put_resource(2, e, buf);
@@ -176,20 +218,31 @@ impl WireMessage for DeltaResponse {
 /// Length of the gRPC message prefix (compressed flag and length).
 const GRPC_HEADER: usize = 5;
 
-/// One gRPC message frame: the uncompressed flag, the length and the message.
-pub(crate) fn frame<M: WireMessage>(m: &M, max: usize) -> Result<Bytes, Status> {
+/// One gRPC message frame: the uncompressed flag, the length and the message, in
+/// pieces (see `Out`).
+pub(crate) fn frame_pieces<M: WireMessage>(m: &M, max: usize) -> Result<Vec<Bytes>, Status> {
     let len = m.encoded_len();
     if len > max || len > u32::MAX as usize {
         return Err(Status::out_of_range(format!(
             "response of {len} bytes is larger than the limit of {max} bytes"
         )));
     }
-    let mut buf = BytesMut::with_capacity(GRPC_HEADER + len);
-    buf.put_u8(0);
-    buf.put_u32(len as u32);
-    m.encode_raw(&mut buf);
-    debug_assert_eq!(buf.len(), GRPC_HEADER + len);
-    Ok(buf.freeze())
+    let mut out = Out::with_capacity((GRPC_HEADER + len).min(64 * 1024));
+    out.cur.put_u8(0);
+    out.cur.put_u32(len as u32);
+    m.encode_raw(&mut out);
+    let pieces = out.finish();
+    debug_assert_eq!(
+        pieces.iter().map(Bytes::len).sum::<usize>(),
+        GRPC_HEADER + len
+    );
+    Ok(pieces)
+}
+
+/// The frame in one buffer.
+#[cfg(test)]
+pub(crate) fn frame<M: WireMessage>(m: &M, max: usize) -> Result<Bytes, Status> {
+    Ok(frame_pieces(m, max)?.concat().into())
 }
 
 fn trailers(status: &Status) -> http::HeaderMap {
@@ -206,6 +259,8 @@ fn trailers(status: &Status) -> http::HeaderMap {
 pub(crate) struct ResponseBody<M> {
     rx: mpsc::Receiver<Result<M, Status>>,
     max_message_size: usize,
+    /// The rest of the message being sent.
+    pending: std::collections::VecDeque<Bytes>,
     done: bool,
 }
 
@@ -214,6 +269,7 @@ impl<M> ResponseBody<M> {
         ResponseBody {
             rx,
             max_message_size,
+            pending: std::collections::VecDeque::new(),
             done: false,
         }
     }
@@ -228,12 +284,19 @@ impl<M: WireMessage> http_body::Body for ResponseBody<M> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
+        if let Some(piece) = this.pending.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
         if this.done {
             return Poll::Ready(None);
         }
         let status = match std::task::ready!(this.rx.poll_recv(cx)) {
-            Some(Ok(m)) => match frame(&m, this.max_message_size) {
-                Ok(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            Some(Ok(m)) => match frame_pieces(&m, this.max_message_size) {
+                Ok(pieces) => {
+                    this.pending.extend(pieces);
+                    let first = this.pending.pop_front().unwrap_or_default();
+                    return Poll::Ready(Some(Ok(Frame::data(first))));
+                }
                 Err(status) => status,
             },
             Some(Err(status)) => status,
@@ -246,7 +309,7 @@ impl<M: WireMessage> http_body::Body for ResponseBody<M> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.pending.is_empty()
     }
 }
 
@@ -363,6 +426,82 @@ mod tests {
             let bytes = frame(&ours, usize::MAX).unwrap();
             assert_eq!(body(&bytes), theirs.encode_to_vec().as_slice(), "{t:?}");
         }
+    }
+
+    #[test]
+    fn large_resources_are_framed_by_reference() {
+        let g = SampleGateway::new(
+            8080,
+            (0..400)
+                .map(|i| {
+                    SampleService::new(
+                        &format!("service-{i}"),
+                        vec![std::net::SocketAddr::from(([127, 0, 0, 1], 9000))],
+                    )
+                })
+                .collect(),
+        );
+        let snap = Snapshot::build(
+            ProxyIdentity::default(),
+            &g.resources(),
+            1,
+            None,
+            &Interner::default(),
+        )
+        .unwrap();
+        let routes = snap.of(TypeUrl::Route).entries().to_vec();
+        assert!(
+            routes[0].value.len() >= SHARED_MIN,
+            "{}",
+            routes[0].value.len()
+        );
+        let ours = SotwResponse {
+            version_info: "1".into(),
+            resources: routes.clone(),
+            type_url: TypeUrl::Route,
+            nonce: "n".into(),
+            control_plane: Arc::from("cp"),
+        };
+        let pieces = frame_pieces(&ours, usize::MAX).unwrap();
+        assert!(
+            pieces
+                .iter()
+                .any(|p| p.as_ptr() == routes[0].value.as_ptr() && p.len() == routes[0].value.len()),
+            "the route table was copied"
+        );
+        let theirs = DiscoveryResponse {
+            version_info: "1".into(),
+            resources: routes.iter().map(|e| e.any()).collect(),
+            type_url: TypeUrl::Route.as_str().into(),
+            nonce: "n".into(),
+            control_plane: Some(ControlPlaneId {
+                identifier: "cp".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            body(&pieces.concat().into()),
+            theirs.encode_to_vec().as_slice()
+        );
+        // The body hands the pieces out in order and then the status.
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(Ok(ours)).unwrap();
+        drop(tx);
+        let mut b = ResponseBody::new(rx, usize::MAX);
+        let mut got = Vec::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use http_body_util::BodyExt;
+            while let Some(f) = b.frame().await {
+                match f.unwrap().into_data() {
+                    Ok(d) => got.extend_from_slice(&d),
+                    Err(t) => assert_eq!(t.into_trailers().unwrap()["grpc-status"], "0"),
+                }
+            }
+        });
+        assert_eq!(got, pieces.concat());
     }
 
     #[test]
