@@ -43,7 +43,9 @@ struct Sent {
     nonce: String,
     version: u64,
     subscription: Subscription,
-    entries: Vec<Arc<Entry>>,
+    /// For a wildcard type, what the response carried: every entry of the type in this
+    /// snapshot, plus these held ones it no longer had.
+    wildcard: Option<(Arc<Snapshot>, Vec<Arc<Entry>>)>,
 }
 
 #[derive(Default)]
@@ -79,12 +81,13 @@ impl Sotw {
         }
     }
 
-    /// The entries to send for `t`, and their version. With `hold`, resources of the
-    /// last response that the snapshot dropped are kept.
-    fn desired(&self, t: TypeUrl, hold: bool) -> (Vec<Arc<Entry>>, u64, bool) {
+    /// The entries to send for `t`, their version, and the entries of the last
+    /// response that the snapshot dropped (wildcard types). With `hold`, those are kept
+    /// in the entries.
+    fn desired(&self, t: TypeUrl, hold: bool) -> (Vec<Arc<Entry>>, u64, Vec<Arc<Entry>>) {
         let st = &self.types[i(t)];
         let Some(snap) = &self.snapshot else {
-            return (Vec::new(), VersionFold::default().finish(0), false);
+            return (Vec::new(), VersionFold::default().finish(0), Vec::new());
         };
         let ts = snap.of(t);
         let mut out: Vec<Arc<Entry>> = if st.subscription.wildcard {
@@ -96,34 +99,38 @@ impl Sotw {
                 .filter_map(|n| ts.get(n).cloned())
                 .collect()
         };
-        let mut held = false;
+        let mut gone = Vec::new();
         if st.subscription.wildcard
-            && let Some(last) = &st.last
+            && let Some(Sent {
+                wildcard: Some((from, held)),
+                ..
+            }) = &st.last
         {
-            let gone: Vec<Arc<Entry>> = last
-                .entries
+            gone = from
+                .of(t)
+                .entries()
                 .iter()
+                .chain(held)
                 .filter(|e| ts.get(&e.name).is_none())
                 .cloned()
                 .collect();
-            if !gone.is_empty() {
-                held = true;
-                if hold {
-                    out.extend(gone);
-                    out.sort_by(|a, b| a.name.cmp(&b.name));
-                }
+            if hold && !gone.is_empty() {
+                out.extend(gone.iter().cloned());
+                out.sort_by(|a, b| a.name.cmp(&b.name));
             }
         }
         let mut fold = VersionFold::default();
         out.iter().for_each(|e| fold.add(e.hash));
         let v = fold.finish(out.len());
-        (out, v, held)
+        (out, v, gone)
     }
 
+    /// A response with `entries`; `held` are those of them the snapshot no longer has.
     fn build(
         &mut self,
         t: TypeUrl,
         entries: Vec<Arc<Entry>>,
+        held: Vec<Arc<Entry>>,
         version: u64,
         ctx: &mut StreamCtx,
     ) -> SotwResponse {
@@ -131,9 +138,10 @@ impl Sotw {
         let st = &mut self.types[i(t)];
         st.force = false;
         st.answered = false;
+        let sent_resources = entries.len();
         let resp = SotwResponse {
             version_info: version_string(version),
-            resources: entries.clone(),
+            resources: entries,
             type_url: t,
             nonce: nonce.clone(),
             control_plane: ctx.inner.identifier.clone(),
@@ -143,13 +151,17 @@ impl Sotw {
             let ts = s.ty(t);
             ts.sent_version = resp.version_info.clone();
             ts.sent_nonce = nonce.clone();
-            ts.sent_resources = entries.len();
+            ts.sent_resources = sent_resources;
         });
+        let wildcard = match &self.snapshot {
+            Some(snap) if st.subscription.wildcard => Some((snap.clone(), held)),
+            _ => None,
+        };
         st.last = Some(Sent {
             nonce,
             version,
             subscription: st.subscription.clone(),
-            entries,
+            wildcard,
         });
         resp
     }
@@ -166,14 +178,14 @@ impl Sotw {
             return None;
         }
         self.snapshot.as_ref()?;
-        let (entries, version, held) = self.desired(t, true);
+        let (entries, version, gone) = self.desired(t, true);
         let st = &mut self.types[i(t)];
         st.dirty = false;
-        st.holds_removed = held;
+        st.holds_removed = !gone.is_empty();
         if !st.force && st.last.as_ref().is_some_and(|l| l.version == version) {
             return None;
         }
-        Some(self.build(t, entries, version, ctx))
+        Some(self.build(t, entries, gone, version, ctx))
     }
 
     fn try_final(&mut self, t: TypeUrl, ctx: &mut StreamCtx) -> Option<SotwResponse> {
@@ -189,7 +201,7 @@ impl Sotw {
         {
             return None;
         }
-        Some(self.build(t, entries, version, ctx))
+        Some(self.build(t, entries, Vec::new(), version, ctx))
     }
 }
 
