@@ -557,26 +557,100 @@ mod tests {
 
 /// The requests of one stream, decoded from the request body's gRPC frames.
 ///
-/// Each message is read into a buffer of its own size and the buffer is dropped once the
-/// message is decoded. (tonic's `Streaming` keeps a per-stream buffer as large as the
-/// largest message received: an EDS subscription naming thousands of clusters, times
-/// every connected proxy, for the stream's whole life.)
+/// The frames received so far are kept as they came (no copy, and nothing reserved for
+/// the announced length: many streams may each be part-way through a large message at
+/// once, a SotW ACK naming thousands of clusters), and the message is decoded from them
+/// once complete. (tonic's `Streaming` keeps a per-stream buffer as large as the largest
+/// message received, on every connected proxy, for the stream's whole life.)
 pub(crate) struct RequestStream<T> {
     body: tonic::body::Body,
-    buf: BytesMut,
+    chunks: Chunks,
     max_message_size: usize,
     _message: std::marker::PhantomData<fn() -> T>,
 }
 
-/// Buffers kept between messages are at most this large; a larger one (a message was
-/// large) is released once it is consumed.
-const KEPT_BUFFER: usize = 16 * 1024;
+/// Received bytes not yet consumed, as a list of chunks.
+#[derive(Default)]
+struct Chunks {
+    list: std::collections::VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.list.push_back(b);
+        }
+    }
+
+    /// The first `N` bytes, if there are that many.
+    fn peek<const N: usize>(&self) -> Option<[u8; N]> {
+        if self.len < N {
+            return None;
+        }
+        let mut out = [0u8; N];
+        let mut at = 0;
+        for c in &self.list {
+            let n = (N - at).min(c.len());
+            out[at..at + n].copy_from_slice(&c[..n]);
+            at += n;
+            if at == N {
+                break;
+            }
+        }
+        Some(out)
+    }
+
+    /// The next `n` bytes (there must be that many), as a `Buf` over the chunks.
+    fn split_front(&mut self, n: usize) -> Chunks {
+        let mut out = Chunks::default();
+        while out.len < n {
+            let front = self.list.front_mut().expect("enough bytes");
+            let want = n - out.len;
+            if front.len() <= want {
+                let c = self.list.pop_front().expect("a front chunk");
+                self.len -= c.len();
+                out.push(c);
+            } else {
+                self.len -= want;
+                out.push(front.split_to(want));
+            }
+        }
+        out
+    }
+}
+
+impl bytes::Buf for Chunks {
+    fn remaining(&self) -> usize {
+        self.len
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.list.front().map(|b| &b[..]).unwrap_or_default()
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        while cnt > 0 {
+            let front = self.list.front_mut().expect("advance within remaining");
+            if front.len() <= cnt {
+                cnt -= front.len();
+                self.len -= front.len();
+                self.list.pop_front();
+            } else {
+                front.advance(cnt);
+                self.len -= cnt;
+                cnt = 0;
+            }
+        }
+    }
+}
 
 impl<T: prost::Message + Default> RequestStream<T> {
     pub fn new(body: tonic::body::Body, max_message_size: usize) -> RequestStream<T> {
         RequestStream {
             body,
-            buf: BytesMut::new(),
+            chunks: Chunks::default(),
             max_message_size,
             _message: std::marker::PhantomData,
         }
@@ -587,36 +661,29 @@ impl<T: prost::Message + Default> RequestStream<T> {
         use bytes::Buf;
         use http_body_util::BodyExt;
         loop {
-            if self.buf.len() >= 5 {
-                let flag = self.buf[0];
+            if let Some([flag, a, b, c, d]) = self.chunks.peek::<5>() {
                 if flag != 0 {
                     return Err(Status::internal(
                         "protocol error: received a compressed message but no grpc-encoding was negotiated",
                     ));
                 }
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
                 if len > self.max_message_size {
                     return Err(Status::out_of_range(format!(
                         "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
                         self.max_message_size
                     )));
                 }
-                if self.buf.len() >= 5 + len {
-                    let mut frame = self.buf.split_to(5 + len);
-                    frame.advance(5);
-                    let message = T::decode(frame.freeze()).map_err(|e| {
+                if self.chunks.len >= 5 + len {
+                    self.chunks.advance(5);
+                    let message = self.chunks.split_front(len);
+                    return T::decode(message).map(Some).map_err(|e| {
                         Status::internal(format!("failed to decode the request: {e}"))
                     });
-                    if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER {
-                        self.buf = BytesMut::new();
-                    }
-                    return message.map(Some);
                 }
-                self.buf.reserve(5 + len - self.buf.len());
             }
             match self.body.frame().await {
-                None if self.buf.is_empty() => return Ok(None),
+                None if self.chunks.len == 0 => return Ok(None),
                 None => {
                     return Err(Status::internal(
                         "the request stream ended in the middle of a message",
@@ -625,7 +692,7 @@ impl<T: prost::Message + Default> RequestStream<T> {
                 Some(Err(status)) => return Err(status),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
+                        self.chunks.push(data);
                     }
                 }
             }
@@ -657,7 +724,7 @@ mod request_stream_tests {
     }
 
     #[tokio::test]
-    async fn messages_split_across_frames_decode_and_large_buffers_are_released() {
+    async fn messages_split_across_frames_decode_and_nothing_is_kept() {
         let big = DeltaDiscoveryRequest {
             type_url: "t".into(),
             resource_names_subscribe: (0..5000)
@@ -676,7 +743,7 @@ mod request_stream_tests {
         let mut s = RequestStream::<DeltaDiscoveryRequest>::new(body_of(chunks), 4 << 20);
         assert_eq!(s.message().await.unwrap().unwrap(), big);
         assert_eq!(s.message().await.unwrap().unwrap(), small);
-        assert!(s.buf.capacity() <= KEPT_BUFFER, "{}", s.buf.capacity());
+        assert!(s.chunks.list.is_empty() && s.chunks.len == 0);
         assert!(s.message().await.unwrap().is_none());
     }
 
