@@ -382,6 +382,8 @@ pub struct Recorder {
     converged: AtomicUsize,
     /// Responses per proxy and type since the last `take_responses`.
     responses: Vec<[AtomicU32; 4]>,
+    /// Bytes of resources received per type since the last `take_responses`.
+    bytes: [AtomicU64; 4],
     last_response_at: AtomicU64,
     pub stream_errors: AtomicU64,
     pub decode_errors: AtomicU64,
@@ -401,6 +403,7 @@ impl Recorder {
             converged_at: zeros(),
             converged: AtomicUsize::new(0),
             responses: (0..proxies).map(|_| Default::default()).collect(),
+            bytes: Default::default(),
             last_response_at: AtomicU64::new(0),
             stream_errors: AtomicU64::new(0),
             decode_errors: AtomicU64::new(0),
@@ -451,20 +454,27 @@ impl Recorder {
         times(&self.converged_at, at)
     }
 
-    /// Responses received per proxy and type since the last call.
-    pub fn take_responses(&self) -> Vec<[u32; 4]> {
-        self.responses
+    /// Responses received per proxy and type, and bytes of resources per type, since
+    /// the last call.
+    pub fn take_responses(&self) -> (Vec<[u32; 4]>, [u64; 4]) {
+        let counts = self
+            .responses
             .iter()
             .map(|r| std::array::from_fn(|t| r[t].swap(0, Relaxed)))
-            .collect()
+            .collect();
+        (
+            counts,
+            std::array::from_fn(|t| self.bytes[t].swap(0, Relaxed)),
+        )
     }
 
     pub fn finish(&self) {
         self.finished.store(true, Relaxed);
     }
 
-    fn response(&self, i: usize, ty: usize) {
+    fn response(&self, i: usize, ty: usize, bytes: usize) {
         self.responses[i][ty].fetch_add(1, Relaxed);
+        self.bytes[ty].fetch_add(bytes as u64, Relaxed);
         self.last_response_at.store(self.now(), Relaxed);
     }
 
@@ -565,7 +575,14 @@ async fn delta_stream(i: usize, channel: Channel, rec: &Recorder) -> Result<(), 
         let Some(ty) = type_index(&type_url) else {
             continue;
         };
-        rec.response(i, ty);
+        rec.response(
+            i,
+            ty,
+            resources
+                .iter()
+                .map(|r| r.resource.as_ref().map_or(0, |a| a.value.len()))
+                .sum(),
+        );
         let applied = proxy.apply(
             Response {
                 ty,
@@ -623,7 +640,7 @@ async fn sotw_stream(i: usize, channel: Channel, rec: &Recorder) -> Result<(), S
         let Some(ty) = type_index(&type_url) else {
             continue;
         };
-        rec.response(i, ty);
+        rec.response(i, ty, resources.iter().map(|a| a.value.len()).sum());
         let applied = proxy.apply(
             Response {
                 ty,

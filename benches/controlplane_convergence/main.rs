@@ -30,6 +30,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+// Envoy links tcmalloc; decoding responses with glibc's malloc cost the simulated proxies
+// three times the CPU (most of it in malloc), which the control plane's figures then
+// carried, as both share the machine's cores.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The service whose VirtualService the changes rewrite.
 const CHANGED_SERVICE: usize = 0;
 
@@ -165,19 +171,31 @@ impl Latencies {
     }
 }
 
-/// Responses per proxy and type in one phase: mean and max over the proxies.
+/// Responses per proxy and type in one phase: mean and max over the proxies, and the
+/// mean bytes of resources.
 struct Responses {
     mean: [f64; 4],
     max: [u32; 4],
+    bytes: [f64; 4],
 }
 
 impl Responses {
-    fn of(per_proxy: &[[u32; 4]]) -> Responses {
+    fn of((per_proxy, bytes): (Vec<[u32; 4]>, [u64; 4])) -> Responses {
         let n = per_proxy.len().max(1) as f64;
         Responses {
             mean: std::array::from_fn(|t| per_proxy.iter().map(|r| r[t] as f64).sum::<f64>() / n),
             max: std::array::from_fn(|t| per_proxy.iter().map(|r| r[t]).max().unwrap_or(0)),
+            bytes: std::array::from_fn(|t| bytes[t] as f64 / n),
         }
+    }
+
+    /// Mean KiB of resources per proxy, per type that had any.
+    fn show_bytes(&self) -> String {
+        (0..4)
+            .filter(|&t| self.bytes[t] > 0.0)
+            .map(|t| format!("{} {:.0} KiB", TYPE_NAMES[t], self.bytes[t] / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn show(&self) -> String {
@@ -199,7 +217,10 @@ impl Responses {
 struct Round {
     latencies: Latencies,
     responses: Responses,
+    /// The control plane's CPU time from the change to the end of the phase.
     cpu: f64,
+    /// The simulated proxies' (this process's) CPU time in the same span.
+    own_cpu: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -322,6 +343,7 @@ async fn measure(
     let rec = Arc::new(Recorder::new(args.proxies));
     let start = rec.now();
     let cpu_start = cp.cpu_seconds();
+    let own_cpu_start = control_plane::cpu_seconds("self");
     for i in 0..args.proxies {
         tokio::spawn(envoy::run(
             i,
@@ -336,26 +358,34 @@ async fn measure(
     .await?;
     let sync = Latencies::of(&rec.sync_times(start));
     let sync_cpu = cp.cpu_seconds() - cpu_start;
+    let own_sync_cpu = control_plane::cpu_seconds("self") - own_cpu_start;
     let sync_rss = cp.memory_mib("VmRSS");
     settle(&rec, args.quiet).await;
-    let sync_responses = Responses::of(&rec.take_responses());
+    let sync_responses = Responses::of(rec.take_responses());
     println!(
-        "initial sync: {}/{} proxies, p50 {:.2} s, max {:.2} s; control plane CPU {:.2} s, RSS {:.0} MiB",
-        sync.done, sync.total, sync.p50, sync.max, sync_cpu, sync_rss
+        "initial sync: {}/{} proxies, p50 {:.2} s, max {:.2} s; control plane CPU {:.2} s, RSS {:.0} MiB; simulated proxies' CPU {:.2} s",
+        sync.done, sync.total, sync.p50, sync.max, sync_cpu, sync_rss, own_sync_cpu
     );
-    println!("  responses per proxy: {}", sync_responses.show());
+    println!(
+        "  responses per proxy: {}; resources per proxy: {}",
+        sync_responses.show(),
+        sync_responses.show_bytes()
+    );
     if !synced {
         rec.finish();
         return Ok((rec, Some("the initial sync did not complete".into())));
     }
 
-    println!("| change | all ACKed p50 | p90 | max | responses per proxy | control plane CPU |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| change | all ACKed p50 | p90 | max | responses per proxy | control plane CPU | proxies' CPU |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     let mut rounds = Vec::new();
     let mut failed = None;
     for n in 1..=args.rounds {
         let weight = mesh::weight_after(n);
         let cpu_before = cp.cpu_seconds();
+        let own_cpu_before = control_plane::cpu_seconds("self");
         rec.arm(rec.now());
         mesh::rewrite_service(dir, CHANGED_SERVICE, weight)
             .map_err(|e| format!("rewriting the service: {e}"))?;
@@ -367,12 +397,13 @@ async fn measure(
         settle(&rec, args.quiet).await;
         let round = Round {
             latencies,
-            responses: Responses::of(&rec.take_responses()),
+            responses: Responses::of(rec.take_responses()),
             cpu: cp.cpu_seconds() - cpu_before,
+            own_cpu: control_plane::cpu_seconds("self") - own_cpu_before,
         };
         let l = &round.latencies;
         println!(
-            "| {n}: svc-{CHANGED_SERVICE} v1/v2 {}/{} -> {weight}/{} | {} | {:.3} s | {:.3} s | {} | {:.2} s |",
+            "| {n}: svc-{CHANGED_SERVICE} v1/v2 {}/{} -> {weight}/{} | {} | {:.3} s | {:.3} s | {} | {:.2} s | {:.2} s |",
             mesh::weight_after(n - 1),
             100 - mesh::weight_after(n - 1),
             100 - weight,
@@ -384,7 +415,8 @@ async fn measure(
             l.p90,
             l.max,
             round.responses.show(),
-            round.cpu
+            round.cpu,
+            round.own_cpu
         );
         if !converged {
             failed = Some(format!("change {n} did not reach every proxy"));
@@ -396,7 +428,7 @@ async fn measure(
         let med = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());
         let mean_responses: [f64; 4] = std::array::from_fn(|t| med(&|r| r.responses.mean[t]));
         println!(
-            "| median of {} | {:.3} s | {:.3} s | {:.3} s | {} | {:.2} s |",
+            "| median of {} | {:.3} s | {:.3} s | {:.3} s | {} | {:.2} s | {:.2} s |",
             rounds.len(),
             med(&|r| r.latencies.p50),
             med(&|r| r.latencies.p90),
@@ -405,7 +437,8 @@ async fn measure(
                 .map(|t| format!("{} {:.2}", TYPE_NAMES[t], mean_responses[t]))
                 .collect::<Vec<_>>()
                 .join(", "),
-            med(&|r| r.cpu)
+            med(&|r| r.cpu),
+            med(&|r| r.own_cpu)
         );
     }
     rec.finish();
