@@ -276,11 +276,12 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("starting the runtime: {e}"))?;
     let outcome = runtime.block_on(measure(args, &mut cp, dir.path()));
     let peak = cp.memory_mib("VmHWM");
+    let cpu_total = cp.cpu_seconds();
     cp.stop();
     runtime.shutdown_background();
     let (rec, failed) = outcome?;
     println!(
-        "control plane peak RSS (VmHWM) {peak:.0} MiB; stream errors {}, undecodable resources {}{}",
+        "control plane: CPU {cpu_total:.2} s in all, peak RSS (VmHWM) {peak:.0} MiB; stream errors {}, undecodable resources {}{}",
         rec.stream_errors.load(std::sync::atomic::Ordering::Relaxed),
         rec.decode_errors.load(std::sync::atomic::Ordering::Relaxed),
         rec.first_error
