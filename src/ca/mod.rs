@@ -4,7 +4,7 @@
 //! - [`authority`]: the CA itself, [`Ca`]: its root or plug-in intermediate in Istio's
 //!   directory layouts, and [`Ca::sign`] for a verified CSR and an identity.
 //! - [`csr`]: CSRs parsed, signature verified, requested names checked.
-//! - [`spiffe`]: `spiffe://TD/ns/NS/sa/SA`.
+//! - [`spiffe`]: identities of the form `spiffe://TD/ns/NS/sa/SA`.
 //! - [`token`] / [`jwt`] / [`authn`]: the credentials a certificate request may carry
 //!   (single-use join tokens, service-account JWTs, the caller's current certificate) and
 //!   the identity each grants.
