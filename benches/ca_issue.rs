@@ -137,10 +137,7 @@ async fn connect(
         .with_root_certificates(roots);
     let mut config = match client {
         Some((chain, key)) => builder
-            .with_client_auth_cert(
-                chain,
-                rustls_pki_types::PrivateKeyDer::Pkcs8(key.into()),
-            )
+            .with_client_auth_cert(chain, rustls_pki_types::PrivateKeyDer::Pkcs8(key.into()))
             .unwrap(),
         None => builder.with_no_client_auth(),
     };
@@ -167,8 +164,7 @@ type Io = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::Tc
 impl tonic::codegen::Service<http::Uri> for TlsConnect {
     type Response = Io;
     type Error = std::io::Error;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Io>> + Send>>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Io>> + Send>>;
 
     fn poll_ready(
         &mut self,
@@ -184,7 +180,9 @@ impl tonic::codegen::Service<http::Uri> for TlsConnect {
             tcp.set_nodelay(true)?;
             let name = rustls_pki_types::ServerName::try_from("istiod.istio-system.svc")
                 .map_err(std::io::Error::other)?;
-            Ok(hyper_util::rt::TokioIo::new(this.tls.connect(name, tcp).await?))
+            Ok(hyper_util::rt::TokioIo::new(
+                this.tls.connect(name, tcp).await?,
+            ))
         })
     }
 }
@@ -218,9 +216,17 @@ async fn create(
     .map(|r| r.into_inner())
 }
 
-async fn over_grpc(what: &str, channels: &[Channel], csrs: Vec<String>, tokens: Vec<Option<String>>, concurrency: usize) {
+async fn over_grpc(
+    what: &str,
+    channels: &[Channel],
+    csrs: Vec<String>,
+    tokens: Vec<Option<String>>,
+    concurrency: usize,
+) {
     let n = csrs.len();
-    let work = Arc::new(std::sync::Mutex::new(csrs.into_iter().zip(tokens).collect::<Vec<_>>()));
+    let work = Arc::new(std::sync::Mutex::new(
+        csrs.into_iter().zip(tokens).collect::<Vec<_>>(),
+    ));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..concurrency {
@@ -246,7 +252,9 @@ fn main() {
     println!(
         "CA issuance, {} certificates per figure, P-256 CSRs, {} CPUs",
         a.count,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
     let csrs_made = csrs(a.count * 3);
     let (sign_set, rest) = csrs_made.split_at(a.count);
@@ -260,7 +268,11 @@ fn main() {
     std::fs::create_dir_all(&rsa_dir).unwrap();
     rsa_plug_in(&rsa_dir);
     let rsa = Ca::load_or_create(&rsa_dir, CaOptions::default()).unwrap();
-    sign_all("sign (RSA-2048 plug-in intermediate)", &rsa, &sign_set[..sign_set.len().min(500)]);
+    sign_all(
+        "sign (RSA-2048 plug-in intermediate)",
+        &rsa,
+        &sign_set[..sign_set.len().min(500)],
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -313,8 +325,12 @@ fn main() {
         let tokens = (0..token_set.len())
             .map(|_| {
                 Some(
-                    meshgate::ca::token::create_token(&ecdsa_dir, &identity(), Duration::from_secs(600))
-                        .unwrap(),
+                    meshgate::ca::token::create_token(
+                        &ecdsa_dir,
+                        &identity(),
+                        Duration::from_secs(600),
+                    )
+                    .unwrap(),
                 )
             })
             .collect();
