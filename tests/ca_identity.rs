@@ -315,11 +315,29 @@ fn an_independent_client_gets_certificates_and_is_refused_what_it_may_not_have()
         "INVALID_ARGUMENT",
         "a CSR whose signature does not verify",
     );
-    // Still good; asks for two days, gets the 24h maximum.
+    expect(
+        &ca_client(
+            &cp,
+            w,
+            &["--token", &second, "--uri", EDGE, "--rsa-bits", "1024"],
+        ),
+        "INVALID_ARGUMENT",
+        "a CSR for a 1024-bit RSA key",
+    );
+    // Still good; asks for two days, gets the 24h maximum (an RSA-2048 key this time).
     let got = ca_client(
         &cp,
         w,
-        &["--token", &second, "--uri", EDGE, "--ttl", "172800"],
+        &[
+            "--token",
+            &second,
+            "--uri",
+            EDGE,
+            "--ttl",
+            "172800",
+            "--rsa-bits",
+            "2048",
+        ],
     );
     expect(&got, "OK", "the token the refusals did not spend");
     let left = got["leaf"]["not_after_from_now_s"].as_i64().unwrap();

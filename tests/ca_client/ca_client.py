@@ -45,15 +45,18 @@ def compile_proto(work):
     return istio_ca_pb2, istio_ca_pb2_grpc
 
 
-def make_csr(uris, dns, ips, corrupt):
+def make_csr(uris, dns, ips, corrupt, rsa_bits):
     import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    if rsa_bits:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ca-client")])
     )
@@ -134,6 +137,7 @@ def main():
     p.add_argument("--ip", action="append", default=[])
     p.add_argument("--ttl", type=int, default=0)
     p.add_argument("--corrupt-signature", action="store_true")
+    p.add_argument("--rsa-bits", type=int, help="an RSA key of this size instead of P-256")
     p.add_argument("--client-cert", help="PEM chain for mutual TLS (renewal)")
     p.add_argument("--client-key")
     p.add_argument("--out", help="write PREFIX.key and PREFIX.chain on success")
@@ -152,7 +156,7 @@ def main():
     options = []
     if a.server_name:
         options.append(("grpc.ssl_target_name_override", a.server_name))
-    csr, key_pem, public_key = make_csr(a.uri, a.dns, a.ip, a.corrupt_signature)
+    csr, key_pem, public_key = make_csr(a.uri, a.dns, a.ip, a.corrupt_signature, a.rsa_bits)
     metadata = struct_pb2.Struct()
     metadata.update({"WorkloadName": "ca-client", "ClusterID": "Kubernetes"})
     req = pb.IstioCertificateRequest(csr=csr, validity_duration=a.ttl, metadata=metadata)
