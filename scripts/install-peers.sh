@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Installs the real peers meshgate's tests talk to, idempotently, into .peers/ (Envoy) or
-# from Debian's packages (pebble, redis, nginx, haproxy, wrk, h2load, openssl, curl).
+# Installs the real peers meshgate's tests talk to, idempotently, into .peers/ (Envoy, and a
+# Python virtualenv with grpcio for an independent CA client) or from Debian's packages
+# (pebble, redis, nginx, haproxy, wrk, h2load, openssl, curl).
 #
 #   scripts/install-peers.sh            # everything the test suite needs
 #   scripts/install-peers.sh envoy      # only Envoy
+#   scripts/install-peers.sh python     # only the Python venv (.peers/python-venv)
 #
 # Afterwards .peers/bin/ holds a link to each peer; tests look there first, then on PATH.
+# The Python peer is found at .peers/python-venv/bin/python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PEERS=$ROOT/.peers
 ENVOY_VERSION=1.40.0
+# The CA client in tests/ca_client.py: gRPC, the protobuf compiler, keys and CSRs.
+PYTHON_PACKAGES=(grpcio==1.85.4 grpcio-tools==1.85.4 cryptography==46.0.7)
 mkdir -p "$PEERS/bin"
 
 log() { printf 'install-peers: %s\n' "$*" >&2; }
@@ -29,6 +34,21 @@ install_envoy() {
   chmod +x "$real"
   ln -sf "$real" "$bin"
   "$bin" --version >&2
+}
+
+install_python() {
+  local venv=$PEERS/python-venv
+  if [[ -x $venv/bin/python ]] && "$venv/bin/python" - "${PYTHON_PACKAGES[@]}" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+sys.exit(any(version(p.split("==")[0]) != p.split("==")[1] for p in sys.argv[1:]))
+PY
+  then
+    return
+  fi
+  log "installing ${PYTHON_PACKAGES[*]} into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${PYTHON_PACKAGES[@]}"
 }
 
 apt_install() {
@@ -51,6 +71,7 @@ want=${*:-all}
 for peer in $want; do
   case $peer in
     envoy) install_envoy ;;
+    python) install_python ;;
     curl) apt_install curl curl ;;
     openssl) apt_install openssl openssl ;;
     h2load) apt_install h2load nghttp2-client ;;
@@ -61,6 +82,7 @@ for peer in $want; do
       ;;
     all)
       install_envoy
+      install_python
       apt_install curl curl
       apt_install openssl openssl
       apt_install pebble pebble

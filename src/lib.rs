@@ -4,8 +4,9 @@
 //! `registry` (services and endpoints), `translate` (config -> Envoy xDS resources),
 //! `pipeline` (the one door from YAML on disk to checked, translated resources),
 //! `xds` (the resource set and its JSON form), `proxy` (the data plane) and
-//! `controlplane` (ADS/SDS server).
+//! `controlplane` (ADS/SDS server) and `ca` (mesh identities and their certificates).
 pub mod acme;
+pub mod ca;
 pub mod config;
 pub mod controlplane;
 pub mod pipeline;

@@ -23,6 +23,8 @@ enum Command {
     Bootstrap(cmd::bootstrap::Args),
     /// Serve Istio configuration over xDS (ADS, SDS) to Envoy proxies and gateways.
     ControlPlane(cmd::control_plane::Args),
+    /// Join tokens for the control plane's CA (`token create --namespace NS --service-account SA`).
+    Token(cmd::token::TokenArgs),
     /// Certificates for development (`certs dev --hosts ...`).
     Certs(cmd::certs::CertsArgs),
     /// Check Istio configuration files and print one line per problem.
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Token(args) => cmd::token::run(args),
         Command::Validate(args) => cmd::validate::run(args),
         Command::Translate(args) => cmd::translate::run(args),
         Command::Gateway(args) => cmd::gateway::run(args),

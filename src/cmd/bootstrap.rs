@@ -1,7 +1,7 @@
 //! `meshgate bootstrap envoy`: the Envoy bootstrap of a proxy managed by meshgate's
 //! control plane (what Istio's pilot-agent writes before starting Envoy).
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
-use meshgate::controlplane::bootstrap::EnvoyBootstrap;
+use meshgate::controlplane::bootstrap::{EnvoyBootstrap, XdsTlsFiles};
 use meshgate::xds::{ProxyIdentity, ProxyKind};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +63,19 @@ struct EnvoyArgs {
     /// `node.cluster` (defaults to istio-ingressgateway.NAMESPACE for gateways).
     #[arg(long)]
     cluster: Option<String>,
+    /// Reach the control plane over TLS (its 15012 port), verifying it with this mesh
+    /// root (the CA directory's root-cert.pem).
+    #[arg(long)]
+    xds_root_cert: Option<PathBuf>,
+    /// The proxy's certificate chain from the mesh CA, for mutual TLS (with --xds-key).
+    #[arg(long, requires_all = ["xds_key", "xds_root_cert"])]
+    xds_cert_chain: Option<PathBuf>,
+    /// The key of that certificate.
+    #[arg(long, requires = "xds_cert_chain")]
+    xds_key: Option<PathBuf>,
+    /// The name the control plane's certificate must carry.
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    xds_server_name: String,
     #[arg(long, value_enum, default_value_t = Format::Yaml)]
     format: Format,
     /// Write to this file instead of standard output.
@@ -92,6 +105,12 @@ pub fn run(args: Args) -> ExitCode {
         delta: !a.sotw,
         admin_port: a.admin_port,
         cluster: a.cluster,
+        xds_tls: a.xds_root_cert.map(|root_cert| XdsTlsFiles {
+            root_cert,
+            cert_chain: a.xds_cert_chain,
+            private_key: a.xds_key,
+            server_name: a.xds_server_name,
+        }),
         ..Default::default()
     };
     let text = match a.format {

@@ -1,6 +1,11 @@
 //! `meshgate control-plane`: serves the Istio configuration at PATH over xDS (ADS and
-//! SDS) to Envoy proxies and meshgate gateways, with debug and metrics endpoints.
+//! SDS) to Envoy proxies and meshgate gateways, with debug and metrics endpoints; with
+//! `--ca-dir`, also the mesh CA and ADS over mutual TLS on `--xds-tls-addr` (15012).
 use clap::Args as ClapArgs;
+use meshgate::ca::{
+    Authenticator, Ca, CaLayout, CaOptions, CertificateService, JoinTokens, JwtIssuer,
+    ServingNames, XdsTls,
+};
 use meshgate::controlplane::config_source::ConfigSource;
 use meshgate::controlplane::{ControlPlane, Debounce, Options, debug};
 use std::net::SocketAddr;
@@ -30,6 +35,85 @@ pub struct Args {
     /// Largest xDS request accepted, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_recv_message_size: usize,
+    /// The mesh CA's directory: a self-signed root is made there on first start, or
+    /// Istio's plug-in layout (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) is
+    /// used. Turns on --xds-tls-addr.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// Trust domain of the identities the CA issues (spiffe://TRUST_DOMAIN/ns/NS/sa/SA).
+    #[arg(long, default_value = "cluster.local", requires = "ca_dir")]
+    trust_domain: String,
+    /// Longest lifetime of a certificate the CA issues (longer requests get this).
+    #[arg(long, default_value = "24h", value_parser = super::token::parse_duration, requires = "ca_dir")]
+    ca_max_ttl: Duration,
+    /// Where to serve ADS over mutual TLS and Istio's certificate service (needs --ca-dir).
+    #[arg(long, default_value = "127.0.0.1:15012", requires = "ca_dir")]
+    xds_tls_addr: SocketAddr,
+    /// Another DNS name or IP address for the TLS port's certificate (repeatable); it
+    /// always has istiod.istio-system.svc[.cluster.local] and the address listened on.
+    #[arg(long = "xds-tls-san", requires = "ca_dir")]
+    xds_tls_sans: Vec<String>,
+    /// Issuer of service-account JWTs the CA accepts (with --jwks-file).
+    #[arg(long, requires_all = ["ca_dir", "jwks_file"])]
+    jwt_issuer: Option<String>,
+    /// JWKS file with that issuer's keys (read again when it changes).
+    #[arg(long, requires = "jwt_issuer")]
+    jwks_file: Option<PathBuf>,
+    /// Audience those JWTs must carry (repeatable).
+    #[arg(
+        long = "jwt-audience",
+        default_value = "istio-ca",
+        requires = "jwt_issuer"
+    )]
+    jwt_audiences: Vec<String>,
+}
+
+/// The CA and the mutual-TLS port, set up from the flags.
+struct MeshIdentity {
+    tls: Arc<XdsTls>,
+    service: CertificateService,
+    listener: tokio::net::TcpListener,
+}
+
+fn mesh_identity(args: &Args) -> Result<Option<MeshIdentity>, String> {
+    let Some(dir) = &args.ca_dir else {
+        return Ok(None);
+    };
+    let options = CaOptions {
+        trust_domain: args.trust_domain.clone(),
+        max_ttl: args.ca_max_ttl,
+    };
+    let ca = Arc::new(Ca::load_or_create(dir, options).map_err(|e| e.to_string())?);
+    let root = dir.join(meshgate::ca::authority::ROOT_CERT);
+    match ca.layout() {
+        CaLayout::Created => {
+            tracing::info!(root = %root.display(), "made a self-signed root CA (distribute root-cert.pem to clients)")
+        }
+        CaLayout::SelfSigned => {
+            tracing::info!(root = %root.display(), "loaded the self-signed root CA")
+        }
+        CaLayout::PlugIn => {
+            tracing::info!(root = %root.display(), "loaded Istio's plug-in CA (ca-cert.pem signs)")
+        }
+    }
+    let join = JoinTokens::open(dir, &args.trust_domain).map_err(|e| e.to_string())?;
+    let jwt = match (&args.jwt_issuer, &args.jwks_file) {
+        (Some(iss), Some(file)) => Some(
+            JwtIssuer::new(iss, file, args.jwt_audiences.clone(), &args.trust_domain)
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => None,
+    };
+    let authn = Arc::new(Authenticator::new(join, jwt));
+    let names = ServingNames::for_listener(args.xds_tls_addr, &args.xds_tls_sans);
+    let tls = Arc::new(XdsTls::new(ca.clone(), names).map_err(|e| e.to_string())?);
+    let listener = meshgate::controlplane::listen(args.xds_tls_addr)
+        .map_err(|e| format!("binding {}: {e}", args.xds_tls_addr))?;
+    Ok(Some(MeshIdentity {
+        tls,
+        service: CertificateService::new(ca, authn),
+        listener,
+    }))
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -81,6 +165,13 @@ async fn serve(args: Args) -> ExitCode {
         ..Options::default()
     };
     let cp = ControlPlane::new(source, options);
+    let identity = match mesh_identity(&args) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("meshgate control-plane: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let debug_listener = match debug::bind(args.debug_addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -101,6 +192,21 @@ async fn serve(args: Args) -> ExitCode {
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop_tx.send(true);
     });
+    if let Some(MeshIdentity {
+        tls,
+        service,
+        listener,
+    }) = identity
+    {
+        tokio::spawn(tls.clone().renew_forever());
+        let (cp, stop) = (cp.clone(), stopped(stop_rx.clone()));
+        tracing::info!(xds_tls = %args.xds_tls_addr, "serving ADS over mutual TLS and the CA");
+        tokio::spawn(async move {
+            if let Err(e) = cp.serve_tls(listener, tls, Some(service), stop).await {
+                tracing::error!(error = %e, "the TLS xDS server stopped");
+            }
+        });
+    }
     tracing::info!(xds = %args.xds_addr, debug = %args.debug_addr, config = %args.config.display(), "control plane serving");
     match cp.bind_and_serve(args.xds_addr, stopped(stop_rx)).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,5 +5,6 @@ pub mod certs;
 pub mod control_plane;
 pub mod gateway;
 pub mod gateway_xds;
+pub mod token;
 pub mod translate;
 pub mod validate;

@@ -34,6 +34,23 @@ pub struct EnvoyBootstrap {
     pub cluster: Option<String>,
     pub cluster_id: String,
     pub network: String,
+    /// Reach the control plane over TLS (its 15012 port) with these files.
+    pub xds_tls: Option<XdsTlsFiles>,
+}
+
+/// The files of a TLS connection to the control plane's 15012 port, as Istio's agent
+/// writes them for Envoy: the mesh root to verify the control plane with and, for
+/// mutual TLS, the proxy's certificate chain and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsTlsFiles {
+    /// `root-cert.pem` of the mesh CA.
+    pub root_cert: std::path::PathBuf,
+    /// The proxy's certificate chain and key (both or neither).
+    pub cert_chain: Option<std::path::PathBuf>,
+    pub private_key: Option<std::path::PathBuf>,
+    /// The name the control plane's certificate must carry, sent as SNI
+    /// (`istiod.istio-system.svc`).
+    pub server_name: String,
 }
 
 impl Default for EnvoyBootstrap {
@@ -51,6 +68,7 @@ impl Default for EnvoyBootstrap {
             cluster: None,
             cluster_id: "Kubernetes".into(),
             network: String::new(),
+            xds_tls: None,
         }
     }
 }
@@ -127,7 +145,7 @@ impl EnvoyBootstrap {
             }
         });
         let is_ip = host.parse::<std::net::IpAddr>().is_ok();
-        let doc = json!({
+        let mut doc = json!({
             "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
             "admin": {"address": {"socket_address": {"address": self.admin_address, "port_value": self.admin_port}}},
             "dynamic_resources": {
@@ -158,6 +176,9 @@ impl EnvoyBootstrap {
                 }]
             },
         });
+        if let Some(tls) = &self.xds_tls {
+            doc["static_resources"]["clusters"][0]["transport_socket"] = tls_transport_socket(tls);
+        }
         Ok(from_json::<Bootstrap>(&doc)?)
     }
 
@@ -170,6 +191,33 @@ impl EnvoyBootstrap {
     pub fn to_yaml(&self) -> Result<String, BootstrapError> {
         Ok(yaml(&self.to_json()?))
     }
+}
+
+/// The xds-grpc cluster's TLS: HTTP/2 by ALPN, the control plane verified by the mesh
+/// root and its DNS name, the proxy's own certificate from files when given.
+fn tls_transport_socket(tls: &XdsTlsFiles) -> Value {
+    let file = |p: &std::path::Path| json!({"filename": p.display().to_string()});
+    let mut common = json!({
+        "alpn_protocols": ["h2"],
+        "validation_context": {
+            "trusted_ca": file(&tls.root_cert),
+            "match_typed_subject_alt_names": [
+                {"san_type": "DNS", "matcher": {"exact": tls.server_name}}
+            ],
+        },
+    });
+    if let (Some(chain), Some(key)) = (&tls.cert_chain, &tls.private_key) {
+        common["tls_certificates"] =
+            json!([{"certificate_chain": file(chain), "private_key": file(key)}]);
+    }
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.server_name,
+            "common_tls_context": common,
+        }
+    })
 }
 
 /// Renders JSON as block-style YAML. Strings are double-quoted (JSON escapes are valid

@@ -5,6 +5,7 @@
 //! per-proxy snapshots shared by identity, debounced and scoped pushes, and the debug
 //! and metrics endpoints. It never builds resources itself: that is the translator's
 //! job, behind [`SnapshotSource`].
+mod authz;
 pub mod bootstrap;
 pub mod config_source;
 pub mod debounce;

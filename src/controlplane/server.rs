@@ -1,5 +1,6 @@
 //! The control plane: the registry of connected proxies and their shared snapshots, the
 //! push loop, and the gRPC services (ADS, standalone SDS).
+use super::authz::StreamAuth;
 use super::debounce::{Burst, Debounce, next_burst};
 use super::delta::Delta;
 use super::metrics::{Metrics, Mode};
@@ -349,6 +350,7 @@ impl ControlPlane {
     pub fn ads_service(&self) -> AdsService {
         AdsService {
             inner: self.inner.clone(),
+            mtls: false,
         }
     }
 
@@ -384,6 +386,38 @@ impl ControlPlane {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         self.inner.serving.store(false, Ordering::Relaxed);
+        Ok(result?)
+    }
+
+    /// Serves ADS over mutual TLS on `listener` (Istio's 15012), with Istio's certificate
+    /// service next to it when `ca` is given, until `shutdown` completes. Every ADS stream
+    /// must come with a client certificate of the CA whose identity matches its node (see
+    /// `authz`); the standalone SDS service is not offered here.
+    pub async fn serve_tls(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Arc<crate::ca::XdsTls>,
+        ca: Option<crate::ca::CertificateService>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let incoming = tls.incoming(listener);
+        let inner = self.inner.clone();
+        let shutdown = async move {
+            shutdown.await;
+            inner.closing.send_replace(true);
+        };
+        let ads = AdsService {
+            inner: self.inner.clone(),
+            mtls: true,
+        };
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(Some(self.inner.options.max_concurrent_streams))
+            .add_service(ads)
+            .add_optional_service(ca)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
         Ok(result?)
     }
 
@@ -497,6 +531,7 @@ fn open_stream<E>(
     req: GrpcRequest,
     mode: Mode,
     only: Option<TypeUrl>,
+    mtls: bool,
     engine: impl FnOnce() -> E + Send + 'static,
 ) -> GrpcResponse
 where
@@ -507,9 +542,24 @@ where
     if let Some(status) = refuse_compressed(&req) {
         return status.into_http();
     }
+    // On the mutual-TLS port the connection's peer (put there by the TLS acceptor) is
+    // checked against the node once the stream names it.
+    let auth = if mtls {
+        StreamAuth::Mtls(req.extensions().get::<crate::ca::PeerInfo>().cloned())
+    } else {
+        StreamAuth::Plaintext
+    };
     let inbound = RequestStream::new(req.into_body(), inner.options.max_recv_message_size);
     let (tx, rx) = mpsc::channel(inner.options.send_queue.max(1));
-    tokio::spawn(stream::run(inner.clone(), inbound, tx, mode, only, engine));
+    tokio::spawn(stream::run(
+        inner.clone(),
+        inbound,
+        tx,
+        mode,
+        only,
+        auth,
+        engine,
+    ));
     let body = ResponseBody::new(rx, inner.options.max_send_message_size);
     let mut resp = http::Response::new(tonic::body::Body::new(body));
     resp.headers_mut().insert(
@@ -523,6 +573,8 @@ where
 #[derive(Clone)]
 pub struct AdsService {
     inner: Arc<Inner>,
+    /// Served on the mutual-TLS port: every stream is authorized (see `authz`).
+    mtls: bool,
 }
 
 impl tonic::server::NamedService for AdsService {
@@ -541,10 +593,10 @@ impl tonic::codegen::Service<GrpcRequest> for AdsService {
     fn call(&mut self, req: GrpcRequest) -> Self::Future {
         let resp = match req.uri().path() {
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources" => {
-                open_stream(&self.inner, req, Mode::Sotw, None, Sotw::new)
+                open_stream(&self.inner, req, Mode::Sotw, None, self.mtls, Sotw::new)
             }
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources" => {
-                open_stream(&self.inner, req, Mode::Delta, None, Delta::new)
+                open_stream(&self.inner, req, Mode::Delta, None, self.mtls, Delta::new)
             }
             _ => Status::unimplemented("").into_http(),
         };
@@ -575,10 +627,10 @@ impl tonic::codegen::Service<GrpcRequest> for SdsService {
         let secrets = Some(TypeUrl::Secret);
         let resp = match req.uri().path() {
             "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets" => {
-                open_stream(&self.inner, req, Mode::Delta, secrets, Delta::new)
+                open_stream(&self.inner, req, Mode::Delta, secrets, false, Delta::new)
             }
             "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" => {
-                open_stream(&self.inner, req, Mode::Sotw, secrets, Sotw::new)
+                open_stream(&self.inner, req, Mode::Sotw, secrets, false, Sotw::new)
             }
             "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets" => {
                 let options = &self.inner.options;

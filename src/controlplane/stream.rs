@@ -214,6 +214,7 @@ pub(crate) async fn run<E: Engine>(
     tx: mpsc::Sender<Result<E::Response, Status>>,
     mode: Mode,
     only: Option<TypeUrl>,
+    auth: super::authz::StreamAuth,
     new_engine: impl FnOnce() -> E,
 ) {
     let first =
@@ -243,6 +244,11 @@ pub(crate) async fn run<E: Engine>(
             return;
         }
     };
+    if let Err(status) = auth.authorize(&node, E::node(&first)) {
+        tracing::warn!(node = %node.identity.id, %status, "xDS stream refused");
+        send_error(&tx, status, &inner).await;
+        return;
+    }
     let Attachment {
         mut snapshots,
         status,

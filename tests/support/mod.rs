@@ -79,6 +79,22 @@ pub fn peer_bin(name: &str) -> PathBuf {
     );
 }
 
+/// The Python of the test virtualenv (grpcio, grpcio-tools, cryptography):
+/// `$MESHGATE_PYTHON_PEER`, else `.peers/python-venv/bin/python`. Missing, it fails the
+/// test with the command that installs it.
+pub fn python_peer() -> PathBuf {
+    if let Ok(p) = std::env::var("MESHGATE_PYTHON_PEER") {
+        return PathBuf::from(p);
+    }
+    let venv = repo_root().join(".peers/python-venv/bin/python");
+    if venv.exists() {
+        return venv;
+    }
+    panic!(
+        "the Python test peer (grpcio, cryptography) is needed by this test and was not found; install it with: scripts/install-peers.sh python"
+    );
+}
+
 /// A scratch directory removed when dropped (kept if MESHGATE_KEEP_TMP is set).
 pub struct TempDir(pub tempfile::TempDir);
 
@@ -587,6 +603,14 @@ impl Envoy {
     /// also use: Envoy takes admin from the bootstrap) and waits until it is LIVE and every
     /// listener of the config is bound (`/ready` answers 200).
     pub fn start(config: &Path, admin_port: u16, workdir: &Path) -> Envoy {
+        let mut envoy = Envoy::spawn(config, admin_port, workdir);
+        envoy.wait_ready(Duration::from_secs(20));
+        envoy
+    }
+
+    /// Starts `envoy -c CONFIG` without waiting for it to be ready (for an Envoy that is
+    /// not expected to get its configuration).
+    pub fn spawn(config: &Path, admin_port: u16, workdir: &Path) -> Envoy {
         let log_path = workdir.join("envoy.log");
         let log = std::fs::File::create(&log_path).expect("envoy log file");
         // A distinct base id per process so that concurrent tests do not share
@@ -604,14 +628,12 @@ impl Envoy {
             .current_dir(workdir)
             .spawn()
             .expect("spawning envoy");
-        let mut envoy = Envoy {
+        Envoy {
             child: Some(child),
             admin_port,
             log_path,
             base_id,
-        };
-        envoy.wait_ready(Duration::from_secs(20));
-        envoy
+        }
     }
 
     fn wait_ready(&mut self, timeout: Duration) {
