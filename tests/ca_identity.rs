@@ -433,6 +433,18 @@ fn an_independent_client_gets_certificates_and_is_refused_what_it_may_not_have()
         "OK",
         "a new token after the restart",
     );
+    // Since the restart: one issued, one refused for a used token.
+    let (_, metrics) = blocking_http_get(("127.0.0.1", cp.debug_port), "/metrics").unwrap();
+    for line in [
+        "citadel_server_csr_count 2",
+        "citadel_server_success_cert_issuance_count 1",
+        "citadel_server_authentication_failure_count 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in:\n{metrics}"
+        );
+    }
 
     // Neither the CA key nor any join token reached the logs (debug level).
     let key_pem = std::fs::read_to_string(ca_dir.join("ca-key.pem")).unwrap();

@@ -58,7 +58,7 @@ pub struct CaMetrics {
 struct Shared {
     ca: Arc<Ca>,
     authn: Arc<Authenticator>,
-    metrics: CaMetrics,
+    metrics: Arc<CaMetrics>,
 }
 
 /// The gRPC service (tonic), to be added to the control plane's TLS server.
@@ -73,13 +73,13 @@ impl CertificateService {
             shared: Arc::new(Shared {
                 ca,
                 authn,
-                metrics: CaMetrics::default(),
+                metrics: Arc::default(),
             }),
         }
     }
 
     /// Outcome counters.
-    pub fn metrics(&self) -> &CaMetrics {
+    pub fn metrics(&self) -> &Arc<CaMetrics> {
         &self.shared.metrics
     }
 

@@ -164,6 +164,8 @@ pub struct Metrics {
     push_time: PerTypeHistogram,
     /// Encoded size of each response, by type.
     config_size: PerTypeHistogram,
+    /// The certificate authority's counters, when the control plane is one.
+    ca: std::sync::OnceLock<std::sync::Arc<crate::ca::service::CaMetrics>>,
 }
 
 impl Default for Metrics {
@@ -187,11 +189,16 @@ impl Default for Metrics {
             push_rounds: AtomicU64::new(0),
             push_time: PerTypeHistogram::new(|| Histogram::seconds(&PUSH_TIME_BUCKETS)),
             config_size: PerTypeHistogram::new(|| Histogram::bytes(&CONFIG_SIZE_BUCKETS)),
+            ca: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl Metrics {
+    /// Renders the certificate authority's counters with these.
+    pub fn attach_ca(&self, ca: std::sync::Arc<crate::ca::service::CaMetrics>) {
+        let _ = self.ca.set(ca);
+    }
     pub fn pushed(&self, t: TypeUrl) {
         self.pushes.inc(t);
         self.responses.inc(t);
@@ -353,6 +360,48 @@ impl Metrics {
             "pilot_xds_config_size_bytes",
             "Encoded size of each response pushed, by type.",
         );
+        if let Some(ca) = self.ca.get() {
+            let v = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+            let all = v(&ca.issued)
+                + v(&ca.unauthenticated)
+                + v(&ca.denied)
+                + v(&ca.invalid)
+                + v(&ca.failed);
+            for (name, help, value) in [
+                (
+                    "citadel_server_csr_count",
+                    "Certificate signing requests received.",
+                    all,
+                ),
+                (
+                    "citadel_server_success_cert_issuance_count",
+                    "Certificates issued.",
+                    v(&ca.issued),
+                ),
+                (
+                    "citadel_server_authentication_failure_count",
+                    "Requests without a valid credential.",
+                    v(&ca.unauthenticated),
+                ),
+                (
+                    "citadel_server_csr_parsing_err_count",
+                    "Requests whose CSR could not be parsed or verified.",
+                    v(&ca.invalid),
+                ),
+                (
+                    "meshgate_ca_permission_denied_total",
+                    "Requests for an identity the credential does not entitle.",
+                    v(&ca.denied),
+                ),
+                (
+                    "citadel_server_csr_sign_err_count",
+                    "Requests that failed while signing.",
+                    v(&ca.failed),
+                ),
+            ] {
+                counter(&mut out, name, help, value);
+            }
+        }
         out
     }
 }

@@ -400,6 +400,9 @@ impl ControlPlane {
         ca: Option<crate::ca::CertificateService>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
+        if let Some(ca) = &ca {
+            self.inner.metrics.attach_ca(ca.metrics().clone());
+        }
         let incoming = tls.incoming(listener);
         let inner = self.inner.clone();
         let shutdown = async move {
