@@ -116,7 +116,23 @@ fn mesh_identity(args: &Args) -> Result<Option<MeshIdentity>, String> {
     }))
 }
 
+/// glibc gives each thread that allocates its own arena, up to 8 per core, and returns
+/// little of them: the translation of a change runs on a blocking thread, the pushes on
+/// the workers, and each grows its own heap. Two arenas hold the control plane's peak
+/// at 1000 proxies x 1000 services to ~230 MiB instead of ~350 MiB at the same CPU.
+/// `MALLOC_ARENA_MAX` in the environment still decides when set.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 pub fn run(args: Args) -> ExitCode {
+    limit_malloc_arenas();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
