@@ -395,6 +395,20 @@ impl Ca {
         Ok(self.issued(cert, not_before, not_after))
     }
 
+    /// Issues a workload certificate for `identity` with a new ECDSA P-256 key made here
+    /// (the control plane serving a proxy's `default` secret over SDS, as istio-agent
+    /// does for its Envoy). Returns the chain and the key in PKCS#8 PEM.
+    pub fn issue_workload(
+        &self,
+        identity: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<(IssuedCertificate, String), CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let issued = self.sign_key(&key, identity, ttl)?;
+        Ok((issued, key.serialize_pem()))
+    }
+
     /// Issues a serving certificate with its own new key for DNS names and IP addresses
     /// (the control plane's own TLS on 15012). Returns the chain and the key in PKCS#8 DER.
     pub fn issue_serving(

@@ -46,6 +46,10 @@ pub struct Args {
     /// Longest lifetime of a certificate the CA issues (longer requests get this).
     #[arg(long, default_value = "24h", value_parser = super::token::parse_duration, requires = "ca_dir")]
     ca_max_ttl: Duration,
+    /// Lifetime of the workload certificates served as the SDS secret `default` over
+    /// mutual TLS (Istio's SECRET_TTL; at most --ca-max-ttl); renewed at about half-life.
+    #[arg(long, default_value = "24h", value_parser = super::token::parse_duration, requires = "ca_dir")]
+    workload_cert_ttl: Duration,
     /// Where to serve ADS over mutual TLS and Istio's certificate service (needs --ca-dir).
     #[arg(long, default_value = "127.0.0.1:15012", requires = "ca_dir")]
     xds_tls_addr: SocketAddr,
@@ -72,6 +76,7 @@ pub struct Args {
 struct MeshIdentity {
     tls: Arc<XdsTls>,
     service: CertificateService,
+    ca: Arc<Ca>,
     listener: tokio::net::TcpListener,
 }
 
@@ -111,7 +116,8 @@ fn mesh_identity(args: &Args) -> Result<Option<MeshIdentity>, String> {
         .map_err(|e| format!("binding {}: {e}", args.xds_tls_addr))?;
     Ok(Some(MeshIdentity {
         tls,
-        service: CertificateService::new(ca, authn),
+        service: CertificateService::new(ca.clone(), authn),
+        ca,
         listener,
     }))
 }
@@ -211,9 +217,14 @@ async fn serve(args: Args) -> ExitCode {
     if let Some(MeshIdentity {
         tls,
         service,
+        ca,
         listener,
     }) = identity
     {
+        cp.serve_workload_certificates(meshgate::controlplane::WorkloadCa {
+            ca,
+            ttl: args.workload_cert_ttl,
+        });
         tokio::spawn(tls.clone().renew_forever());
         let (cp, stop) = (cp.clone(), stopped(stop_rx.clone()));
         tracing::info!(xds_tls = %args.xds_tls_addr, "serving ADS over mutual TLS and the CA");

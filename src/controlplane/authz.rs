@@ -23,6 +23,14 @@ pub(crate) enum StreamAuth {
 }
 
 impl StreamAuth {
+    /// The SPIFFE identity of a verified client certificate (mutual TLS only).
+    pub(crate) fn verified_identity(&self) -> Option<crate::ca::SpiffeId> {
+        match self {
+            StreamAuth::Mtls(Some(peer)) if peer.verified_certificate => peer.identity.clone(),
+            _ => None,
+        }
+    }
+
     /// Checks that the stream's client may be served as `node`.
     pub(crate) fn authorize(&self, node: &NodeInfo, raw: Option<&Node>) -> Result<(), Status> {
         let peer = match self {

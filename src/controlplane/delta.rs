@@ -341,6 +341,7 @@ impl Engine for Delta {
         };
         ctx.check_names(req.resource_names_subscribe.len())?;
         ctx.check_names(req.initial_resource_versions.len())?;
+        ctx.note_secret_names(t, req.resource_names_subscribe.iter().map(String::as_str));
         let st = &mut self.types[i(t)];
         if !st.requested {
             st.requested = true;

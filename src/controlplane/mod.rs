@@ -22,9 +22,11 @@ pub mod source;
 pub mod status;
 mod stream;
 mod wire;
+pub mod workload;
 
 pub use debounce::Debounce;
 pub use node::{IdentityKey, NodeInfo, parse_node};
 pub use server::{AdsService, ControlPlane, Options, SdsService, ServeError, listen};
 pub use snapshot::{Snapshot, SnapshotError};
 pub use source::{Change, ProxyScope, SnapshotSource, SourceError, StaticSource, TypeSet};
+pub use workload::WorkloadCa;

@@ -11,6 +11,7 @@ use super::source::{Change, SnapshotSource};
 use super::status::ProxyStatus;
 use super::stream;
 use super::wire::{RequestStream, ResponseBody, WireMessage};
+use super::workload::{WorkloadCa, WorkloadSlot, is_mesh_secret};
 use crate::xds::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use crate::xds::{ProxyIdentity, TypeUrl};
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -86,9 +87,19 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
 }
 
-/// The proxies sharing one identity key, and their current snapshot.
+/// What snapshots are shared by: the proxy's identity key and, for a mutual-TLS
+/// stream, the SPIFFE identity of its verified client certificate. Only snapshots with
+/// one hold that identity's workload certificate and key (`workload`), so they are
+/// never shared with a plaintext stream or a stream of another identity.
+type SnapshotKey = (IdentityKey, Option<crate::ca::SpiffeId>);
+
+/// The proxies sharing one snapshot key, and their current snapshot.
 struct KeyEntry {
     identity: ProxyIdentity,
+    /// The verified SPIFFE identity of the key's streams (mutual TLS only).
+    workload: Option<crate::ca::SpiffeId>,
+    /// Its workload certificate, when `workload` is set.
+    cert: WorkloadSlot,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
     /// Serializes recomputation so that snapshots are published in the order computed.
     compute: tokio::sync::Mutex<u64>,
@@ -101,8 +112,8 @@ struct Keyed {
 
 #[derive(Default)]
 struct Registry {
-    keys: HashMap<IdentityKey, Keyed>,
-    conns: HashMap<u64, (IdentityKey, Arc<Mutex<ProxyStatus>>)>,
+    keys: HashMap<SnapshotKey, Keyed>,
+    conns: HashMap<u64, (SnapshotKey, Arc<Mutex<ProxyStatus>>)>,
 }
 
 /// Shared state of a control plane.
@@ -126,6 +137,8 @@ pub(crate) struct Inner {
     pub closing: watch::Sender<bool>,
     /// Bytes of responses sent and not yet answered, across streams.
     pub push_budget: super::stream::PushBudget,
+    /// The mesh CA, when workload certificates are served (`default`, `ROOTCA`).
+    pub workload_ca: OnceLock<WorkloadCa>,
 }
 
 /// What a stream gets when it attaches.
@@ -178,6 +191,7 @@ impl Inner {
             serving: AtomicBool::new(false),
             closing: watch::channel(false).0,
             push_budget,
+            workload_ca: OnceLock::new(),
         }
     }
 
@@ -185,9 +199,15 @@ impl Inner {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a stream of `node`; computes the key's first snapshot if it is new.
-    pub(crate) fn attach(self: &Arc<Self>, node: &NodeInfo, mode: Mode) -> Attachment {
-        let key = IdentityKey::of(&node.identity);
+    /// Registers a stream of `node`, whose client certificate proved `workload` (mutual
+    /// TLS only); computes the key's first snapshot if it is new.
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        node: &NodeInfo,
+        workload: Option<crate::ca::SpiffeId>,
+        mode: Mode,
+    ) -> Attachment {
+        let key: SnapshotKey = (IdentityKey::of(&node.identity), workload.clone());
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
         let status = Arc::new(Mutex::new(ProxyStatus::new(conn_id, node, mode)));
         let (entry, created) = {
@@ -202,6 +222,8 @@ impl Inner {
                     let (tx, _) = watch::channel(None);
                     let entry = Arc::new(KeyEntry {
                         identity: node.identity.clone(),
+                        workload,
+                        cert: WorkloadSlot::default(),
                         tx,
                         compute: tokio::sync::Mutex::new(0),
                     });
@@ -221,7 +243,11 @@ impl Inner {
         if created {
             let inner = self.clone();
             let entry = entry.clone();
-            tokio::spawn(async move { inner.recompute(&entry, None).await });
+            let first = entry.clone();
+            tokio::spawn(async move { inner.recompute(&first, None).await });
+            if entry.workload.is_some() && self.workload_ca.get().is_some() {
+                self.spawn_renewal(&entry);
+            }
         }
         Attachment {
             snapshots,
@@ -235,6 +261,25 @@ impl Inner {
         }
     }
 
+    /// Recomputes a key's snapshot whenever its workload certificate is due, for as long
+    /// as the key has streams.
+    fn spawn_renewal(self: &Arc<Self>, entry: &Arc<KeyEntry>) {
+        let (inner, entry) = (Arc::downgrade(self), Arc::downgrade(entry));
+        tokio::spawn(async move {
+            loop {
+                let due = match entry.upgrade() {
+                    Some(e) => e.cert.renew_at(),
+                    None => return,
+                };
+                tokio::time::sleep_until(Instant::from_std(due)).await;
+                let (Some(inner), Some(e)) = (inner.upgrade(), entry.upgrade()) else {
+                    return;
+                };
+                inner.recompute(&e, None).await;
+            }
+        });
+    }
+
     /// Computes a key's snapshot and publishes it if its content changed.
     async fn recompute(self: &Arc<Self>, entry: &Arc<KeyEntry>, changed_at: Option<Instant>) {
         let mut generation = entry.compute.lock().await;
@@ -242,9 +287,17 @@ impl Inner {
         let identity = entry.identity.clone();
         let next = *generation + 1;
         let inner = self.clone();
+        let keyed = entry.clone();
         let built = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let set = source.resources(&identity).map_err(|e| e.to_string())?;
+            let mut set = source.resources(&identity).map_err(|e| e.to_string())?;
+            if let (Some(id), Some(ca)) = (&keyed.workload, inner.workload_ca.get()) {
+                let mesh = keyed.cert.current(ca, id)?;
+                // A copy of the proxy's resources, with the stream identity's own secrets.
+                let own = Arc::make_mut(&mut set);
+                own.secrets.retain(|s| !is_mesh_secret(&s.name));
+                own.secrets.extend(mesh);
+            }
             let translated = started.elapsed();
             let snap = Snapshot::build(identity, &set, next, changed_at, &inner.interner)
                 .map_err(|e| e.to_string());
@@ -268,7 +321,7 @@ impl Inner {
             Err(error) => {
                 self.metrics.snapshot_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(namespace = %entry.identity.namespace, labels = ?entry.identity.labels, %error, "cannot compute proxy resources; keeping the last good snapshot");
-                let key = IdentityKey::of(&entry.identity);
+                let key: SnapshotKey = (IdentityKey::of(&entry.identity), entry.workload.clone());
                 let reg = self.lock();
                 for (k, st) in reg.conns.values() {
                     if *k == key {
@@ -344,6 +397,13 @@ impl ControlPlane {
             }
         });
         ControlPlane { inner }
+    }
+
+    /// Serves the mesh's own secrets to mutual-TLS streams: `default`, a workload
+    /// certificate of `ca` for the stream's verified identity, and `ROOTCA` (see
+    /// `workload`). Without this, those names do not exist for any stream. Set once.
+    pub fn serve_workload_certificates(&self, ca: WorkloadCa) {
+        let _ = self.inner.workload_ca.set(ca);
     }
 
     /// The ADS gRPC service, with the configured message size limits.

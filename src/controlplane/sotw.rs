@@ -230,6 +230,7 @@ impl Engine for Sotw {
             return Ok(());
         };
         ctx.check_names(req.resource_names.len())?;
+        ctx.note_secret_names(t, req.resource_names.iter().map(String::as_str));
         let wildcard = (wildcard_type(t) && req.resource_names.is_empty())
             || req.resource_names.iter().any(|n| n == "*");
         let names: BTreeSet<String> = if wildcard {

@@ -51,6 +51,10 @@ pub(crate) struct StreamCtx {
     nonce_prefix: String,
     nonce_counter: u64,
     warned_unknown: bool,
+    /// The stream's client certificate was verified (mutual TLS): it may be served the
+    /// mesh's own secrets.
+    pub verified: bool,
+    warned_mesh_secret: bool,
     /// A snapshot with a change time whose ACKs are awaited (for convergence time).
     pub converging: Option<Instant>,
 }
@@ -102,6 +106,19 @@ impl StreamCtx {
                 }
                 Ok(None)
             }
+        }
+    }
+
+    /// Notes secret names a stream subscribes to: the workload certificate is served
+    /// only to streams with a verified client certificate; others asking for it are told
+    /// it does not exist, and logged once.
+    pub fn note_secret_names<'a>(&mut self, t: TypeUrl, mut names: impl Iterator<Item = &'a str>) {
+        if t != TypeUrl::Secret || self.verified || self.warned_mesh_secret {
+            return;
+        }
+        if names.any(|n| n == super::workload::WORKLOAD_SECRET) {
+            self.warned_mesh_secret = true;
+            tracing::warn!(node = %self.node.identity.id, "a stream without a verified client certificate asked for the workload certificate `default`; it is served only over mutual TLS (15012)");
         }
     }
 
@@ -254,7 +271,7 @@ pub(crate) async fn run<E: Engine>(
         status,
         guard: _guard,
         conn_id,
-    } = inner.attach(&node, mode);
+    } = inner.attach(&node, auth.verified_identity(), mode);
     tracing::info!(conn = conn_id, node = %node.identity.id, ?mode, "proxy connected");
     let mut ctx = StreamCtx {
         inner: inner.clone(),
@@ -265,6 +282,8 @@ pub(crate) async fn run<E: Engine>(
         nonce_counter: 0,
         warned_unknown: false,
         converging: None,
+        verified: auth.verified_identity().is_some(),
+        warned_mesh_secret: false,
     };
     let mut engine = new_engine();
     if let Err(status) = engine.on_request(first, &mut ctx) {
@@ -409,6 +428,8 @@ pub(crate) mod testing {
             nonce_counter: 0,
             warned_unknown: false,
             converging: None,
+            verified: false,
+            warned_mesh_secret: false,
         }
     }
 
