@@ -666,7 +666,31 @@ fn deserialize_secret(
 ) -> Option<Resource<Secret>> {
     let root = Arc::new(root);
     let doc = deserialize_secret_document(file, &root, diags)?;
+    // The tree is kept for positions only: the values (certificates, keys) live in the
+    // spec, and a copy of every key in the tree would double what ten thousand
+    // credentials cost.
+    let mut root = root;
+    blank_secret_values(Arc::make_mut(&mut root));
     finish(file, root, doc.metadata, doc.secret, diags)
+}
+
+/// Empties the string values under `data` and `stringData` of a Secret's tree.
+fn blank_secret_values(root: &mut Node) {
+    let NodeValue::Map(entries) = &mut root.value else {
+        return;
+    };
+    for e in entries {
+        if e.key != "data" && e.key != "stringData" {
+            continue;
+        }
+        if let NodeValue::Map(values) = &mut e.value.value {
+            for v in values {
+                if let NodeValue::String(s) = &mut v.value.value {
+                    *s = String::new();
+                }
+            }
+        }
+    }
 }
 
 /// Secrets cannot use `flatten` with `deny_unknown_fields`; read the envelope and the

@@ -1,8 +1,16 @@
 //! A resource set as files a stock Envoy serves from: a bootstrap (`envoy.yaml`) whose
 //! listeners and clusters come from filesystem subscriptions (`lds.yaml`, `cds.yaml`),
-//! with every RDS, EDS and SDS source pointing at one file per resource
-//! (`rds/NAME.yaml`, `eds/NAME.yaml`, `sds/NAME.yaml`) — Envoy's filesystem RDS/EDS/SDS
-//! take exactly one resource per file. Resource names stay exactly what ADS would serve.
+//! with every RDS and EDS source pointing at one file per resource (`rds/NAME.yaml`,
+//! `eds/NAME.yaml`) — Envoy's filesystem RDS/EDS take exactly one resource per file.
+//!
+//! Secrets: those whose material is inline (`credentialName` Secrets) are written into
+//! the TLS contexts that name them (`tls_certificates`, `validation_context`), so they
+//! travel in `lds.yaml`/`cds.yaml` and rotate when those files are replaced. Envoy
+//! opens an inotify instance per path-based SDS subscription, and a gateway with
+//! thousands of certificates would exceed the default inotify limits that way. Secrets
+//! that name files (`file-cert:`, `file-root:`) stay path-based SDS subscriptions
+//! (`sds/NAME.yaml`), so that Envoy keeps watching their files. Resource names stay
+//! exactly what ADS would serve.
 //!
 //! Everything is rendered from the prost types through [`crate::xds::json`]; the YAML is
 //! that JSON written in block style. Proto maps (per-filter configs, metadata) are
@@ -87,15 +95,21 @@ pub fn envoy_files(
     admin_port: u16,
 ) -> Result<Vec<EnvoyFile>, JsonError> {
     let mut files = Vec::new();
+    let inline: HashMap<&str, &tls::Secret> = set
+        .secrets
+        .iter()
+        .filter(|s| !names_files(s))
+        .map(|s| (s.name.as_str(), s))
+        .collect();
     let listeners: Vec<Listener> = set
         .listeners
         .iter()
-        .map(|l| with_file_sources_listener(l, out_dir))
+        .map(|l| with_file_sources_listener(l, out_dir, &inline))
         .collect();
     let clusters: Vec<Cluster> = set
         .clusters
         .iter()
-        .map(|c| with_file_sources_cluster(c, out_dir))
+        .map(|c| with_file_sources_cluster(c, out_dir, &inline))
         .collect();
     for r in &set.routes {
         files.push(EnvoyFile {
@@ -109,7 +123,7 @@ pub fn envoy_files(
             contents: discovery_response(TypeUrl::Endpoint, std::slice::from_ref(e))?,
         });
     }
-    for s in &set.secrets {
+    for s in set.secrets.iter().filter(|s| names_files(s)) {
         files.push(EnvoyFile {
             path: resource_file(TypeUrl::Secret, &s.name),
             contents: discovery_response(TypeUrl::Secret, std::slice::from_ref(s))?,
@@ -183,8 +197,35 @@ fn discovery_response<M: Message + Name>(
     Ok(to_yaml(&canonical(json::to_json(&response)?)))
 }
 
-/// Points a listener's RDS and SDS sources at files.
-fn with_file_sources_listener(l: &Listener, out_dir: &Path) -> Listener {
+/// Whether a secret's material is read from files (Envoy then watches them).
+fn names_files(s: &tls::Secret) -> bool {
+    let file = |ds: &Option<core::DataSource>| {
+        matches!(
+            ds.as_ref().and_then(|d| d.specifier.as_ref()),
+            Some(core::data_source::Specifier::Filename(_))
+        )
+    };
+    match &s.r#type {
+        Some(tls::secret::Type::TlsCertificate(c)) => {
+            file(&c.certificate_chain) || file(&c.private_key)
+        }
+        Some(tls::secret::Type::ValidationContext(v)) => file(&v.trusted_ca) || file(&v.crl),
+        _ => false,
+    }
+}
+
+/// Whether any TLS context of a listener or cluster file carries inline secret
+/// material (the file is then written for its owner only).
+pub fn holds_secrets(set: &ResourceSet) -> bool {
+    set.secrets.iter().any(|s| !names_files(s))
+}
+
+/// Points a listener's RDS sources at files and its SDS secrets at files or inline.
+fn with_file_sources_listener(
+    l: &Listener,
+    out_dir: &Path,
+    inline: &HashMap<&str, &tls::Secret>,
+) -> Listener {
     let mut l = l.clone();
     for chain in &mut l.filter_chains {
         for f in &mut chain.filters {
@@ -208,7 +249,7 @@ fn with_file_sources_listener(l: &Listener, out_dir: &Path) -> Listener {
             *any = pb::any(&manager);
         }
         if let Some(ts) = &mut chain.transport_socket {
-            rewrite_tls_socket::<tls::DownstreamTlsContext>(ts, out_dir, |c| {
+            rewrite_tls_socket::<tls::DownstreamTlsContext>(ts, out_dir, inline, |c| {
                 c.common_tls_context.as_mut()
             });
         }
@@ -216,8 +257,12 @@ fn with_file_sources_listener(l: &Listener, out_dir: &Path) -> Listener {
     l
 }
 
-/// Points a cluster's EDS and SDS sources at files.
-fn with_file_sources_cluster(c: &Cluster, out_dir: &Path) -> Cluster {
+/// Points a cluster's EDS sources at files and its SDS secrets at files or inline.
+fn with_file_sources_cluster(
+    c: &Cluster,
+    out_dir: &Path,
+    inline: &HashMap<&str, &tls::Secret>,
+) -> Cluster {
     let mut c = c.clone();
     if let Some(eds) = &mut c.eds_cluster_config {
         let name = if eds.service_name.is_empty() {
@@ -231,19 +276,22 @@ fn with_file_sources_cluster(c: &Cluster, out_dir: &Path) -> Cluster {
         ));
     }
     if let Some(ts) = &mut c.transport_socket {
-        rewrite_tls_socket::<tls::UpstreamTlsContext>(ts, out_dir, |c| {
+        rewrite_tls_socket::<tls::UpstreamTlsContext>(ts, out_dir, inline, |c| {
             c.common_tls_context.as_mut()
         });
     }
     c
 }
 
-/// Rewrites every SDS config source inside a TLS transport socket to its file.
+/// Rewrites the SDS secrets of a TLS transport socket: inline ones are written into the
+/// context, file-based ones point at their `sds/` file.
 fn rewrite_tls_socket<T: Message + Name + Default>(
     ts: &mut core::TransportSocket,
     out_dir: &Path,
+    inline: &HashMap<&str, &tls::Secret>,
     common: impl Fn(&mut T) -> Option<&mut tls::CommonTlsContext>,
 ) {
+    use tls::common_tls_context::ValidationContextType as V;
     let Some(core::transport_socket::ConfigType::TypedConfig(any)) = &mut ts.config_type else {
         return;
     };
@@ -253,30 +301,68 @@ fn rewrite_tls_socket<T: Message + Name + Default>(
     let Ok(mut ctx) = T::decode(any.value.as_slice()) else {
         return;
     };
+    let to_file = |sds: &mut tls::SdsSecretConfig| {
+        if sds.sds_config.is_some() {
+            sds.sds_config = Some(path_source(
+                out_dir,
+                &resource_file(TypeUrl::Secret, &sds.name),
+            ));
+        }
+    };
+    // The inline material of an SDS secret served over ADS.
+    let certificate = |sds: &tls::SdsSecretConfig| match inline.get(sds.name.as_str()) {
+        Some(s) if sds.sds_config.is_some() => match &s.r#type {
+            Some(tls::secret::Type::TlsCertificate(c)) => Some(c.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let validation = |sds: &tls::SdsSecretConfig| match inline.get(sds.name.as_str()) {
+        Some(s) if sds.sds_config.is_some() => match &s.r#type {
+            Some(tls::secret::Type::ValidationContext(v)) => Some(v.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
     if let Some(common) = common(&mut ctx) {
-        let fix = |sds: &mut tls::SdsSecretConfig| {
-            if sds.sds_config.is_some() {
-                sds.sds_config = Some(path_source(
-                    out_dir,
-                    &resource_file(TypeUrl::Secret, &sds.name),
-                ));
+        let mut kept = Vec::new();
+        for mut sds in std::mem::take(&mut common.tls_certificate_sds_secret_configs) {
+            match certificate(&sds) {
+                Some(c) => common.tls_certificates.push(c),
+                None => {
+                    to_file(&mut sds);
+                    kept.push(sds);
+                }
             }
-        };
-        for sds in &mut common.tls_certificate_sds_secret_configs {
-            fix(sds);
         }
-        if let Some(
-            tls::common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds),
-        ) = &mut common.validation_context_type
-        {
-            fix(sds);
-        }
-        if let Some(tls::common_tls_context::ValidationContextType::CombinedValidationContext(
-            combined,
-        )) = &mut common.validation_context_type
-            && let Some(sds) = &mut combined.validation_context_sds_secret_config
-        {
-            fix(sds);
+        common.tls_certificate_sds_secret_configs = kept;
+        match &mut common.validation_context_type {
+            Some(V::ValidationContextSdsSecretConfig(sds)) => match validation(sds) {
+                Some(v) => common.validation_context_type = Some(V::ValidationContext(v)),
+                None => to_file(sds),
+            },
+            Some(V::CombinedValidationContext(combined)) => {
+                let secret = combined
+                    .validation_context_sds_secret_config
+                    .as_ref()
+                    .and_then(validation);
+                match secret {
+                    // Envoy merges the SDS context into the default one (protobuf
+                    // MergeFrom): so does this.
+                    Some(v) => {
+                        let mut merged = combined.default_validation_context.clone().unwrap_or_default();
+                        if merged.merge(v.encode_to_vec().as_slice()).is_ok() {
+                            common.validation_context_type = Some(V::ValidationContext(merged));
+                        }
+                    }
+                    None => {
+                        if let Some(sds) = &mut combined.validation_context_sds_secret_config {
+                            to_file(sds);
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
     }
     *any = pb::any(&ctx);

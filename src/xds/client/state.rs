@@ -8,7 +8,7 @@ use crate::xds::pb::envoy::config::listener::v3::Listener;
 use crate::xds::pb::envoy::config::route::v3::RouteConfiguration;
 use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use crate::xds::pb::google::protobuf::Any;
-use crate::xds::references::{References, references};
+use crate::xds::references::{References, references_of};
 use crate::xds::{ResourceSet, TypeUrl};
 use prost::{Message, Name};
 use std::collections::{BTreeMap, BTreeSet};
@@ -98,6 +98,9 @@ pub struct State {
     /// timeout: they no longer hold back completeness (Envoy's init target is done) until
     /// their resource arrives or they are dropped.
     given_up: BTreeSet<Subscription>,
+    /// What the accepted listeners and clusters reference (kept up to date as they
+    /// change: listeners with thousands of filter chains are not walked per response).
+    refs: References,
 }
 
 fn i(t: TypeUrl) -> usize {
@@ -135,8 +138,19 @@ impl State {
 
     /// The names referenced over ADS by the accepted listeners and clusters.
     pub fn references(&self) -> References {
-        let set = self.to_set_of(&[TypeUrl::Listener, TypeUrl::Cluster]);
-        references(&set.listeners, &set.clusters)
+        self.refs.clone()
+    }
+
+    fn update_references(&mut self) {
+        let listeners = self.of(TypeUrl::Listener).resources.values().filter_map(|h| match &h.resource {
+            Decoded::Listener(l) => Some(&**l),
+            _ => None,
+        });
+        let clusters = self.of(TypeUrl::Cluster).resources.values().filter_map(|h| match &h.resource {
+            Decoded::Cluster(c) => Some(&**c),
+            _ => None,
+        });
+        self.refs = references_of(listeners, clusters);
     }
 
     /// The names to subscribe to for a named type (EDS/RDS/SDS); `None` for the wildcard
@@ -165,9 +179,8 @@ impl State {
             .map(Subscription::Wildcard)
             .filter(|s| !self.given_up.contains(s))
             .collect();
-        let refs = self.references();
         for t in TypeUrl::ALL {
-            if let Some(names) = self.wanted(t, &refs) {
+            if let Some(names) = self.wanted(t, &self.refs) {
                 let ts = self.of(t);
                 out.extend(
                     names
@@ -212,9 +225,15 @@ impl State {
         set
     }
 
-    /// Every accepted resource.
+    /// Every accepted resource but the secrets, which the consumer took as they came
+    /// ([`ConfigConsumer::update_secrets`]); the state keeps only their names and versions.
     pub fn to_set(&self) -> ResourceSet {
-        self.to_set_of(&TypeUrl::ALL)
+        self.to_set_of(&[
+            TypeUrl::Cluster,
+            TypeUrl::Endpoint,
+            TypeUrl::Listener,
+            TypeUrl::Route,
+        ])
     }
 
     /// Versions held for a type (delta `initial_resource_versions`).
@@ -277,6 +296,9 @@ impl State {
         subscribed: Option<&BTreeSet<String>>,
     ) -> Vec<Rejection> {
         let t = update.ty;
+        if t == TypeUrl::Secret {
+            return self.apply_secrets(update, consumer, subscribed);
+        }
         let mut rejections = Vec::new();
         let mut accepted = Vec::new();
         for r in &update.resources {
@@ -310,6 +332,9 @@ impl State {
                 if rejections.is_empty() {
                     self.of_mut(t).version = update.version.clone();
                 }
+                if matches!(t, TypeUrl::Listener | TypeUrl::Cluster) {
+                    self.update_references();
+                }
                 return rejections;
             }
             let in_response: BTreeSet<&str> = accepted.iter().map(|(n, _, _)| n.as_str()).collect();
@@ -332,6 +357,77 @@ impl State {
 }
 
 impl State {
+    /// Applies an SDS response: the consumer takes each usable secret at once (no
+    /// listener is compiled for it); the state records its name and version only (the
+    /// material lives in the consumer), and nothing of a rejected one.
+    fn apply_secrets(
+        &mut self,
+        update: &Update,
+        consumer: &dyn ConfigConsumer,
+        subscribed: Option<&BTreeSet<String>>,
+    ) -> Vec<Rejection> {
+        let t = TypeUrl::Secret;
+        let mut rejections = Vec::new();
+        let mut accepted: Vec<(Secret, &str)> = Vec::new();
+        for r in &update.resources {
+            match decode_as::<Secret>(&r.resource) {
+                Ok(s) if !r.name.is_empty() && s.name != r.name => rejections.push(Rejection {
+                    type_url: t,
+                    name: r.name.clone(),
+                    message: format!("resource is named `{}` inside", s.name),
+                }),
+                Ok(s) if subscribed.is_some_and(|n| !n.contains(&s.name)) => {}
+                Ok(s) => accepted.push((s, &r.version)),
+                Err(message) => rejections.push(Rejection {
+                    type_url: t,
+                    name: r.name.clone(),
+                    message,
+                }),
+            }
+        }
+        let (secrets, versions): (Vec<Secret>, Vec<&str>) = accepted.into_iter().unzip();
+        let refused = consumer.update_secrets(&secrets, &update.removed);
+        let refused_names: BTreeSet<String> = refused.iter().map(|r| r.name.clone()).collect();
+        let answered: BTreeSet<&str> = secrets
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !refused_names.contains(*n))
+            .chain(update.removed.iter().map(String::as_str))
+            .collect();
+        let ts = &mut self.types[i(t)];
+        for n in &update.removed {
+            ts.resources.remove(n);
+            ts.absent.insert(n.clone());
+        }
+        for (s, version) in secrets.iter().zip(versions) {
+            if refused_names.contains(&s.name) {
+                continue;
+            }
+            ts.absent.remove(&s.name);
+            ts.resources.insert(
+                s.name.clone(),
+                Held {
+                    version: version.to_string(),
+                    // The name only: the consumer holds the material.
+                    resource: Decoded::Secret(Box::new(Secret {
+                        name: s.name.clone(),
+                        r#type: None,
+                    })),
+                },
+            );
+        }
+        ts.received = true;
+        rejections.extend(refused);
+        if rejections.is_empty() {
+            ts.version = update.version.clone();
+        }
+        self.given_up.retain(|s| match s {
+            Subscription::Wildcard(w) => *w != t,
+            Subscription::Named(n, name) => *n != t || !answered.contains(name.as_str()),
+        });
+        rejections
+    }
+
     /// Drops a resource the client no longer subscribes to.
     pub fn forget(&mut self, t: TypeUrl, name: &str) {
         let ts = self.of_mut(t);
