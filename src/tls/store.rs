@@ -208,14 +208,25 @@ impl SecretStore {
         if previous == Some(material.digest) {
             return false;
         }
-        tracing::info!(
-            secret = name,
-            subject = %material.leaf.subject,
-            not_after = %format_time(material.leaf.not_after),
-            source = ?source,
-            "{} certificate",
-            if previous.is_some() { "rotated" } else { "loaded" }
-        );
+        // A rotation is news; a first load is not (a gateway may load ten thousand at
+        // start-up): that one is at debug level.
+        if previous.is_some() {
+            tracing::info!(
+                secret = name,
+                subject = %material.leaf.subject,
+                not_after = %format_time(material.leaf.not_after),
+                source = ?source,
+                "rotated certificate"
+            );
+        } else {
+            tracing::debug!(
+                secret = name,
+                subject = %material.leaf.subject,
+                not_after = %format_time(material.leaf.not_after),
+                source = ?source,
+                "loaded certificate"
+            );
+        }
         TlsStats::bump(if previous.is_some() {
             &self.inner.stats.secret_rotations
         } else {
