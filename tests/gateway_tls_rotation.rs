@@ -273,7 +273,10 @@ async fn sds_secrets_from_a_control_plane_rotate() {
         .await;
     }
     let after: Vec<u64> = gateways.iter().map(compiled).collect();
-    assert_eq!(after, before, "a secret rotation compiled the listeners again");
+    assert_eq!(
+        after, before,
+        "a secret rotation compiled the listeners again"
+    );
     // A key that does not match the certificate: NACKed, the second one keeps serving.
     let broken = (second.0.clone(), cert("third.example.com").1);
     for (name, port) in ports {

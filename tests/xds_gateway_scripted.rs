@@ -695,7 +695,13 @@ fn tls_listener(name: &str, port: u16, chains: &[(&str, &str)], stat_prefix: &st
 
 /// A TLS certificate secret for `host` (self-signed, made now): the resource and the
 /// certificate's DER.
-fn tls_secret(name: &str, host: &str) -> (meshgate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret, Vec<u8>) {
+fn tls_secret(
+    name: &str,
+    host: &str,
+) -> (
+    meshgate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+    Vec<u8>,
+) {
     let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
     let der = ck.cert.der().to_vec();
     let secret = set(json!({"secrets": [{"name": name, "tls_certificate": {
@@ -759,7 +765,11 @@ async fn delta_tls_listener_warms_for_its_secrets_and_secrets_rotate_without_a_r
     };
     until(&mut reqs, |r| r.type_url == TypeUrl::Listener.as_str()).await;
     let up = set(json!({"clusters": [static_cluster("up", &[a.addr.port()], json!({}))]}));
-    send(TypeUrl::Cluster, "c1", vec![res("up", "1", &up.clusters[0])]);
+    send(
+        TypeUrl::Cluster,
+        "c1",
+        vec![res("up", "1", &up.clusters[0])],
+    );
     let chains = [("a.example.com", "cert-a"), ("b.example.com", "cert-b")];
     let listener = |prefix: &str| {
         set(json!({"listeners": [tls_listener("https", port, &chains, prefix)]}))
@@ -768,15 +778,18 @@ async fn delta_tls_listener_warms_for_its_secrets_and_secrets_rotate_without_a_r
     };
     // cert-b's initial fetch timer starts when the gateway subscribes, after this.
     let lds_sent = Instant::now();
-    send(TypeUrl::Listener, "l1", vec![res("https", "1", &listener("v1"))]);
+    send(
+        TypeUrl::Listener,
+        "l1",
+        vec![res("https", "1", &listener("v1"))],
+    );
     let mut subscribed = std::collections::BTreeSet::new();
     let mut routes_asked = false;
     while subscribed.len() < 2 || !routes_asked {
         let r = next(&mut reqs).await;
         if r.type_url == TypeUrl::Secret.as_str() {
             subscribed.extend(r.resource_names_subscribe);
-        } else if r.type_url == TypeUrl::Route.as_str() && !r.resource_names_subscribe.is_empty()
-        {
+        } else if r.type_url == TypeUrl::Route.as_str() && !r.resource_names_subscribe.is_empty() {
             routes_asked = true;
         }
     }
@@ -787,7 +800,11 @@ async fn delta_tls_listener_warms_for_its_secrets_and_secrets_rotate_without_a_r
     send(
         TypeUrl::Route,
         "r1",
-        vec![res("routes", "1", &set(json!({"routes": [route_to("up")]})).routes[0])],
+        vec![res(
+            "routes",
+            "1",
+            &set(json!({"routes": [route_to("up")]})).routes[0],
+        )],
     );
     let ack = until(&mut reqs, |r| r.response_nonce == "r1").await;
     assert!(ack.error_detail.is_none());
@@ -806,18 +823,29 @@ async fn delta_tls_listener_warms_for_its_secrets_and_secrets_rotate_without_a_r
     // The initial fetch timeout gives up on cert-b: the listener serves a.example.com
     // and resets b.example.com.
     gw.wait_ready(Duration::from_secs(10));
-    assert!(lds_sent.elapsed() >= INITIAL_FETCH * 3, "ready before the timeout");
+    assert!(
+        lds_sent.elapsed() >= INITIAL_FETCH * 3,
+        "ready before the timeout"
+    );
     assert_eq!(served(port, "a.example.com").await, Some(der_a.clone()));
     assert_eq!(served(port, "b.example.com").await, None);
     // The listener pushed twice more (each compiled): still one line about cert-b.
     for (nonce, prefix) in [("l2", "v2"), ("l3", "v3")] {
-        send(TypeUrl::Listener, nonce, vec![res("https", nonce, &listener(prefix))]);
+        send(
+            TypeUrl::Listener,
+            nonce,
+            vec![res("https", nonce, &listener(prefix))],
+        );
         let ack = until(&mut reqs, |r| r.response_nonce == nonce).await;
         assert!(ack.error_detail.is_none());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while gw_stat(&gw, "meshgate.config_updates") < 3 {
-        assert!(Instant::now() < deadline, "listener updates not applied:\n{}", gw.log());
+        assert!(
+            Instant::now() < deadline,
+            "listener updates not applied:\n{}",
+            gw.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let missing_lines = |gw: &XdsGateway| {
@@ -828,7 +856,9 @@ async fn delta_tls_listener_warms_for_its_secrets_and_secrets_rotate_without_a_r
     };
     assert_eq!(missing_lines(&gw), 1, "{}", gw.log());
     assert!(
-        !gw.log().lines().any(|l| l.contains("no certificate yet") && l.contains("cert-a")),
+        !gw.log()
+            .lines()
+            .any(|l| l.contains("no certificate yet") && l.contains("cert-a")),
         "{}",
         gw.log()
     );

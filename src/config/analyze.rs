@@ -236,7 +236,9 @@ fn check_gateway_refs(index: &Index<'_>, vs: &Resource<VirtualService>, out: &mu
             let mut namespace_allowed = false;
             let mut consider = |scope: &str| {
                 host_matches = true;
-                if scope == "*" || scope == ns.as_str() || (scope == "." && *ns == gw.meta.namespace)
+                if scope == "*"
+                    || scope == ns.as_str()
+                    || (scope == "." && *ns == gw.meta.namespace)
                 {
                     namespace_allowed = true;
                 }
@@ -565,7 +567,8 @@ fn check_gateway_conflicts(config: &Config, out: &mut Vec<Diagnostic>) {
                         continue;
                     }
                     for (j, host) in &b.hosts {
-                        let Some((_, other)) = a.hosts.iter().find(|(_, h)| hosts::matches(host, h))
+                        let Some((_, other)) =
+                            a.hosts.iter().find(|(_, h)| hosts::matches(host, h))
                         else {
                             continue;
                         };

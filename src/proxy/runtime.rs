@@ -292,7 +292,12 @@ impl Gateway {
         self.shared.tls.store.update_sds(secrets, removed)
     }
 
-    fn apply_set(&self, set: ResourceSet, version: &str, own_secrets: bool) -> Result<(), ApplyError> {
+    fn apply_set(
+        &self,
+        set: ResourceSet,
+        version: &str,
+        own_secrets: bool,
+    ) -> Result<(), ApplyError> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.shared.snapshot.load_full();
         let store = &self.shared.tls.store;

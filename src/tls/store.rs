@@ -317,12 +317,49 @@ impl SecretStore {
     /// what the store already serves under its name is not parsed again (a new snapshot
     /// that changes one secret of ten thousand parses one). Returns what to publish with
     /// [`publish_sds`](Self::publish_sds), and the secrets that cannot be used.
-    pub fn prepare_sds(&self, secrets: &[Secret]) -> (Vec<PreparedSecret>, Vec<(String, TlsError)>) {
+    pub fn prepare_sds(
+        &self,
+        secrets: &[Secret],
+    ) -> (Vec<PreparedSecret>, Vec<(String, TlsError)>) {
         let now = SystemTime::now();
+        // Parsing a key costs tens of microseconds (its public key is derived and
+        // compared with the certificate's): thousands are parsed on every core.
+        const PER_THREAD_MIN: usize = 128;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(secrets.len().div_ceil(PER_THREAD_MIN))
+            .max(1);
+        let results: Vec<Result<PreparedSecret, TlsError>> = if threads == 1 {
+            secrets.iter().map(|s| self.prepare_one(s, now)).collect()
+        } else {
+            let chunk = secrets.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = secrets
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter()
+                                .map(|s| self.prepare_one(s, now))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .zip(secrets.chunks(chunk))
+                    .flat_map(|(h, part)| {
+                        h.join().unwrap_or_else(|_| {
+                            part.iter().map(|s| self.prepare_one(s, now)).collect()
+                        })
+                    })
+                    .collect()
+            })
+        };
         let mut prepared = Vec::with_capacity(secrets.len());
         let mut errors = Vec::new();
-        for s in secrets {
-            match self.prepare_one(s, now) {
+        for (s, r) in secrets.iter().zip(results) {
+            match r {
                 Ok(p) => prepared.push(p),
                 Err(e) => errors.push((s.name.clone(), e)),
             }
@@ -343,7 +380,13 @@ impl SecretStore {
                     None => Prepared::Unchanged,
                 };
                 let watch = (!files.is_empty()).then(|| {
-                    WatchedSource::certificate(&s.name, tc.clone(), files, stamps, SecretSource::Sds)
+                    WatchedSource::certificate(
+                        &s.name,
+                        tc.clone(),
+                        files,
+                        stamps,
+                        SecretSource::Sds,
+                    )
                 });
                 (material, watch)
             }
@@ -428,13 +471,18 @@ impl SecretStore {
             self.reject(name, e);
         }
         if !removed.is_empty() {
-            let gone: std::collections::HashSet<&str> = removed.iter().map(String::as_str).collect();
+            let gone: std::collections::HashSet<&str> =
+                removed.iter().map(String::as_str).collect();
             let drop_unwatched = |n: &String, s: &mut Slot<_>| -> bool {
-                !(gone.contains(n.as_str()) && s.source == SecretSource::Sds && s.tx.receiver_count() == 0)
+                !(gone.contains(n.as_str())
+                    && s.source == SecretSource::Sds
+                    && s.tx.receiver_count() == 0)
             };
             lock(&self.inner.certificates).retain(|n, s| drop_unwatched(n, s));
             lock(&self.inner.validations).retain(|n, s| {
-                !(gone.contains(n.as_str()) && s.source == SecretSource::Sds && s.tx.receiver_count() == 0)
+                !(gone.contains(n.as_str())
+                    && s.source == SecretSource::Sds
+                    && s.tx.receiver_count() == 0)
             });
             if let Some(w) = lock(&self.inner.watcher).as_ref() {
                 w.forget_sds(&gone);

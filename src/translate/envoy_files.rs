@@ -350,7 +350,10 @@ fn rewrite_tls_socket<T: Message + Name + Default>(
                     // Envoy merges the SDS context into the default one (protobuf
                     // MergeFrom): so does this.
                     Some(v) => {
-                        let mut merged = combined.default_validation_context.clone().unwrap_or_default();
+                        let mut merged = combined
+                            .default_validation_context
+                            .clone()
+                            .unwrap_or_default();
                         if merged.merge(v.encode_to_vec().as_slice()).is_ok() {
                             common.validation_context_type = Some(V::ValidationContext(merged));
                         }

@@ -142,7 +142,10 @@ fn intersection(a: &[String], b: &[String]) -> Vec<String> {
 /// [`intersection`] of server hosts with a VirtualService's hosts, without comparing
 /// every pair: a name that is not a wildcard meets the VirtualService's exact names in
 /// one look-up (only wildcards on either side are compared one by one).
-fn intersection_with(a: &[String], vs: &crate::translate::scope::BoundVirtualService<'_>) -> Vec<String> {
+fn intersection_with(
+    a: &[String],
+    vs: &crate::translate::scope::BoundVirtualService<'_>,
+) -> Vec<String> {
     if vs.exact_hosts.len() != vs.hosts.len() {
         return intersection(a, &vs.hosts);
     }

@@ -748,8 +748,8 @@ impl XdsClient {
             let named = if wildcard { None } else { names.get(&t) };
             let rejections = self.state.apply(&update, self.consumer.as_ref(), named);
             self.record(t, &resp.version_info, &rejections);
-            self.dirty |= t != TypeUrl::Secret
-                && (rejections.len() < update.resources.len() || wildcard);
+            self.dirty |=
+                t != TypeUrl::Secret && (rejections.len() < update.resources.len() || wildcard);
             nonces.insert(t, resp.nonce.clone());
             let ack = DiscoveryRequest {
                 type_url: resp.type_url,

@@ -128,7 +128,11 @@ pub fn validate(vs: &Resource<VirtualService>, out: &mut Vec<Diagnostic>) {
         let mut wildcards: Vec<usize> = Vec::new();
         for (j, b) in spec.hosts.iter().enumerate() {
             if hosts::is_wildcard(b) {
-                pairs.extend((0..j).filter(|&i| hosts::matches(&spec.hosts[i], b)).map(|i| (i, j)));
+                pairs.extend(
+                    (0..j)
+                        .filter(|&i| hosts::matches(&spec.hosts[i], b))
+                        .map(|i| (i, j)),
+                );
                 wildcards.push(j);
             } else {
                 pairs.extend(exact.get(b.as_str()).into_iter().flatten().map(|&i| (i, j)));

@@ -220,7 +220,10 @@ pub(crate) fn secret_error(name: &str, e: &crate::tls::TlsError) -> CompileError
 }
 
 /// The compiled parts of a set: its listeners and clusters.
-pub(crate) type Compiled = (Vec<Arc<crate::proxy::listener::Listener>>, HashMap<String, Arc<crate::proxy::upstream::cluster::Cluster>>);
+pub(crate) type Compiled = (
+    Vec<Arc<crate::proxy::listener::Listener>>,
+    HashMap<String, Arc<crate::proxy::upstream::cluster::Cluster>>,
+);
 
 /// Compiles clusters, routes and listeners with the gateway's TLS state.
 pub(crate) fn compile_parts(

@@ -53,6 +53,17 @@ pub fn decode(t: TypeUrl, any: &Any) -> Result<(String, Decoded), String> {
     })
 }
 
+/// Adds a copy of a resource to a set.
+fn push_into(set: &mut ResourceSet, r: &Decoded) {
+    match r {
+        Decoded::Listener(r) => set.listeners.push((**r).clone()),
+        Decoded::Route(r) => set.routes.push((**r).clone()),
+        Decoded::Cluster(r) => set.clusters.push((**r).clone()),
+        Decoded::Endpoint(r) => set.endpoints.push((**r).clone()),
+        Decoded::Secret(r) => set.secrets.push((**r).clone()),
+    }
+}
+
 /// One accepted resource.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Held {
@@ -142,14 +153,22 @@ impl State {
     }
 
     fn update_references(&mut self) {
-        let listeners = self.of(TypeUrl::Listener).resources.values().filter_map(|h| match &h.resource {
-            Decoded::Listener(l) => Some(&**l),
-            _ => None,
-        });
-        let clusters = self.of(TypeUrl::Cluster).resources.values().filter_map(|h| match &h.resource {
-            Decoded::Cluster(c) => Some(&**c),
-            _ => None,
-        });
+        let listeners = self
+            .of(TypeUrl::Listener)
+            .resources
+            .values()
+            .filter_map(|h| match &h.resource {
+                Decoded::Listener(l) => Some(&**l),
+                _ => None,
+            });
+        let clusters = self
+            .of(TypeUrl::Cluster)
+            .resources
+            .values()
+            .filter_map(|h| match &h.resource {
+                Decoded::Cluster(c) => Some(&**c),
+                _ => None,
+            });
         self.refs = references_of(listeners, clusters);
     }
 
@@ -212,13 +231,7 @@ impl State {
         let mut set = ResourceSet::default();
         for &t in types {
             for h in self.of(t).resources.values() {
-                match &h.resource {
-                    Decoded::Listener(r) => set.listeners.push((**r).clone()),
-                    Decoded::Route(r) => set.routes.push((**r).clone()),
-                    Decoded::Cluster(r) => set.clusters.push((**r).clone()),
-                    Decoded::Endpoint(r) => set.endpoints.push((**r).clone()),
-                    Decoded::Secret(r) => set.secrets.push((**r).clone()),
-                }
+                push_into(&mut set, &h.resource);
             }
         }
         set.sort();
@@ -245,14 +258,57 @@ impl State {
             .collect()
     }
 
-    fn with(
+    /// The set the consumer would get with this update applied: one copy of the
+    /// resources, for the check (the state itself is not copied: a listener with
+    /// thousands of filter chains is large).
+    fn candidate_set(
         &self,
         update: &Update,
         accepted: &[(String, String, Decoded)],
         kept: &BTreeSet<String>,
-    ) -> State {
-        let mut next = self.clone();
-        let ts = next.of_mut(update.ty);
+    ) -> ResourceSet {
+        let t = update.ty;
+        let mut set = self.to_set_of(
+            &[
+                TypeUrl::Cluster,
+                TypeUrl::Endpoint,
+                TypeUrl::Listener,
+                TypeUrl::Route,
+            ]
+            .into_iter()
+            .filter(|x| *x != t)
+            .collect::<Vec<_>>(),
+        );
+        let replaced: BTreeSet<&str> = accepted.iter().map(|(n, _, _)| n.as_str()).collect();
+        let held = self.of(t).resources.iter().filter(|(n, _)| {
+            (!update.complete_list || kept.contains(*n))
+                && !update.removed.contains(n)
+                && !replaced.contains(n.as_str())
+        });
+        let resources = held
+            .map(|(_, h)| &h.resource)
+            .chain(accepted.iter().map(|(_, _, r)| r));
+        for r in resources {
+            push_into(&mut set, r);
+        }
+        set.sort();
+        set
+    }
+
+    /// Records an update checked with [`candidate_set`](Self::candidate_set).
+    fn commit(
+        &mut self,
+        update: &Update,
+        accepted: Vec<(String, String, Decoded)>,
+        kept: &BTreeSet<String>,
+    ) {
+        let t = update.ty;
+        let answered: BTreeSet<String> = accepted
+            .iter()
+            .map(|(n, _, _)| n.clone())
+            .chain(update.removed.iter().cloned())
+            .collect();
+        let ts = self.of_mut(t);
         if update.complete_list {
             // Keep what the response carried but could not be accepted (the old version
             // stays), drop everything the response left out.
@@ -263,27 +319,15 @@ impl State {
             ts.absent.insert(n.clone());
         }
         for (name, version, resource) in accepted {
-            ts.absent.remove(name);
-            ts.resources.insert(
-                name.clone(),
-                Held {
-                    version: version.clone(),
-                    resource: resource.clone(),
-                },
-            );
+            ts.absent.remove(&name);
+            ts.resources.insert(name, Held { version, resource });
         }
         ts.received = true;
         // What was given up on and has now been answered is awaited no more.
-        let t = update.ty;
-        next.given_up.retain(|s| match s {
+        self.given_up.retain(|s| match s {
             Subscription::Wildcard(w) => *w != t,
-            Subscription::Named(n, name) => {
-                *n != t
-                    || !(update.removed.contains(name)
-                        || accepted.iter().any(|(a, _, _)| a == name))
-            }
+            Subscription::Named(n, name) => *n != t || !answered.contains(name),
         });
-        next
     }
 
     /// Applies a response: decodes each resource with its type's handler, lets the
@@ -325,10 +369,11 @@ impl State {
         let mut kept: BTreeSet<String> = accepted.iter().map(|(n, _, _)| n.clone()).collect();
         kept.extend(rejections.iter().map(|r| r.name.clone()));
         for round in 0..2 {
-            let candidate = self.with(update, &accepted, &kept);
-            let problems = consumer.check(&candidate.to_set());
+            let candidate = self.candidate_set(update, &accepted, &kept);
+            let problems = consumer.check(&candidate);
+            drop(candidate);
             if problems.is_empty() {
-                *self = candidate;
+                self.commit(update, accepted, &kept);
                 if rejections.is_empty() {
                     self.of_mut(t).version = update.version.clone();
                 }
