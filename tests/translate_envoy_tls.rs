@@ -435,8 +435,8 @@ async fn many_credential_certificates_load_in_envoy_without_sds_files() {
     let port = free_port();
     let hosts: Vec<String> = (0..4).map(|i| format!("h-{i}.example.com")).collect();
     let config = |leaves: &[Leaf]| {
-        let mut y = format!(
-            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: sni, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n"
+        let mut y = String::from(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: sni, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n",
         );
         for (i, h) in hosts.iter().enumerate() {
             y.push_str(&format!(

@@ -177,7 +177,7 @@ impl Picks {
 }
 
 /// The picks of `x` against each of `b`, in `b`'s order.
-fn pairs_with(x: &String, b: &[String], out: &mut Picks) {
+fn pairs_with(x: &str, b: &[String], out: &mut Picks) {
     for y in b {
         if hosts::is_subset_of(x, y) {
             out.push(x);
