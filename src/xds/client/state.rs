@@ -69,7 +69,44 @@ fn push_into(set: &mut ResourceSet, r: &Decoded) {
 pub struct Held {
     /// The server's version of it (delta), or the SotW response version.
     pub version: String,
-    pub resource: Decoded,
+    /// The resource, protobuf-encoded: several times smaller than decoded (a listener
+    /// with thousands of filter chains, thousands of route tables), decoded when a set is
+    /// built.
+    pub encoded: Vec<u8>,
+}
+
+impl Held {
+    fn new(version: String, resource: &Decoded) -> Held {
+        Held {
+            version,
+            encoded: encode(resource),
+        }
+    }
+
+    /// The resource, decoded as type `t` (what was encoded decodes).
+    pub fn decoded(&self, t: TypeUrl) -> Option<Decoded> {
+        fn d<M: Message + Default>(b: &[u8]) -> Option<Box<M>> {
+            M::decode(b).ok().map(Box::new)
+        }
+        let b = self.encoded.as_slice();
+        Some(match t {
+            TypeUrl::Listener => Decoded::Listener(d(b)?),
+            TypeUrl::Route => Decoded::Route(d(b)?),
+            TypeUrl::Cluster => Decoded::Cluster(d(b)?),
+            TypeUrl::Endpoint => Decoded::Endpoint(d(b)?),
+            TypeUrl::Secret => Decoded::Secret(d(b)?),
+        })
+    }
+}
+
+fn encode(r: &Decoded) -> Vec<u8> {
+    match r {
+        Decoded::Listener(m) => m.encode_to_vec(),
+        Decoded::Route(m) => m.encode_to_vec(),
+        Decoded::Cluster(m) => m.encode_to_vec(),
+        Decoded::Endpoint(m) => m.encode_to_vec(),
+        Decoded::Secret(m) => m.encode_to_vec(),
+    }
 }
 
 /// The accepted resources of one type.
@@ -153,23 +190,19 @@ impl State {
     }
 
     fn update_references(&mut self) {
-        let listeners = self
+        let listeners: Vec<Listener> = self
             .of(TypeUrl::Listener)
             .resources
             .values()
-            .filter_map(|h| match &h.resource {
-                Decoded::Listener(l) => Some(&**l),
-                _ => None,
-            });
-        let clusters = self
+            .filter_map(|h| Listener::decode(h.encoded.as_slice()).ok())
+            .collect();
+        let clusters: Vec<Cluster> = self
             .of(TypeUrl::Cluster)
             .resources
             .values()
-            .filter_map(|h| match &h.resource {
-                Decoded::Cluster(c) => Some(&**c),
-                _ => None,
-            });
-        self.refs = references_of(listeners, clusters);
+            .filter_map(|h| Cluster::decode(h.encoded.as_slice()).ok())
+            .collect();
+        self.refs = references_of(&listeners, &clusters);
     }
 
     /// The names to subscribe to for a named type (EDS/RDS/SDS); `None` for the wildcard
@@ -231,7 +264,9 @@ impl State {
         let mut set = ResourceSet::default();
         for &t in types {
             for h in self.of(t).resources.values() {
-                push_into(&mut set, &h.resource);
+                if let Some(r) = h.decoded(t) {
+                    push_into(&mut set, &r);
+                }
             }
         }
         set.sort();
@@ -285,10 +320,12 @@ impl State {
                 && !update.removed.contains(n)
                 && !replaced.contains(n.as_str())
         });
-        let resources = held
-            .map(|(_, h)| &h.resource)
-            .chain(accepted.iter().map(|(_, _, r)| r));
-        for r in resources {
+        for (_, h) in held {
+            if let Some(r) = h.decoded(t) {
+                push_into(&mut set, &r);
+            }
+        }
+        for (_, _, r) in accepted {
             push_into(&mut set, r);
         }
         set.sort();
@@ -320,7 +357,7 @@ impl State {
         }
         for (name, version, resource) in accepted {
             ts.absent.remove(&name);
-            ts.resources.insert(name, Held { version, resource });
+            ts.resources.insert(name, Held::new(version, &resource));
         }
         ts.received = true;
         // What was given up on and has now been answered is awaited no more.
@@ -453,11 +490,8 @@ impl State {
                 s.name.clone(),
                 Held {
                     version: version.to_string(),
-                    // The name only: the consumer holds the material.
-                    resource: Decoded::Secret(Box::new(Secret {
-                        name: s.name.clone(),
-                        r#type: None,
-                    })),
+                    // Nothing of it: the consumer holds the material.
+                    encoded: Vec::new(),
                 },
             );
         }
