@@ -422,9 +422,10 @@ async fn certificates_rotate_without_restart() {
 }
 
 /// Many `credentialName` certificates on one port, as `meshgate translate --out` lays
-/// them out for Envoy: no path-based SDS subscription per secret (Envoy opens an
-/// inotify instance for each, and thousands exceed the default limits), the material
-/// inline in the listener file, written for its owner only. A real Envoy loads it and
+/// them out for Envoy: no path-based SDS or RDS subscription per secret or per HTTPS
+/// server's route table (Envoy opens an inotify instance for each, and thousands exceed
+/// the default limits), the material inline in the listener file, written for its owner
+/// only. A real Envoy loads it and
 /// serves each host its own certificate; translating a changed Secret again rotates
 /// that host's certificate without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,11 +461,13 @@ async fn many_credential_certificates_load_in_envoy_without_sds_files() {
     let mut leaves: Vec<Leaf> = hosts.iter().map(|h| ca.issue(&[h.as_str()])).collect();
     let gw = TranslatedEnvoy::start(&config(&leaves), "istio=ingressgateway", 1);
     let out = gw.out_dir();
-    assert!(
-        !out.join("sds").exists(),
-        "credential secrets written as SDS files: {:?}",
-        std::fs::read_dir(out.join("sds")).map(|d| d.count())
-    );
+    for per_resource in ["sds", "rds"] {
+        assert!(
+            !out.join(per_resource).exists(),
+            "one {per_resource} file per resource: {:?}",
+            std::fs::read_dir(out.join(per_resource)).map(|d| d.count())
+        );
+    }
     let lds = out.join("lds.yaml");
     assert_eq!(
         std::fs::metadata(&lds).unwrap().permissions().mode() & 0o777,

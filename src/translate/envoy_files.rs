@@ -1,7 +1,9 @@
 //! A resource set as files a stock Envoy serves from: a bootstrap (`envoy.yaml`) whose
 //! listeners and clusters come from filesystem subscriptions (`lds.yaml`, `cds.yaml`),
-//! with every RDS and EDS source pointing at one file per resource (`rds/NAME.yaml`,
-//! `eds/NAME.yaml`) — Envoy's filesystem RDS/EDS take exactly one resource per file.
+//! with every EDS source pointing at one file per resource (`eds/NAME.yaml`) — Envoy's
+//! filesystem EDS takes exactly one resource per file. Route tables are written inline
+//! into the connection managers that name them (`route_config`): a gateway has one per
+//! HTTPS server, and each path-based RDS subscription costs Envoy an inotify instance.
 //!
 //! Secrets: those whose material is inline (`credentialName` Secrets) are written into
 //! the TLS contexts that name them (`tls_certificates`, `validation_context`), so they
@@ -24,6 +26,7 @@ use crate::xds::pb::envoy::config::bootstrap::v3 as bootstrap;
 use crate::xds::pb::envoy::config::cluster::v3::Cluster;
 use crate::xds::pb::envoy::config::core::v3 as core;
 use crate::xds::pb::envoy::config::listener::v3::{Listener, filter};
+use crate::xds::pb::envoy::config::route::v3::RouteConfiguration;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use crate::xds::pb::envoy::service::discovery::v3::DiscoveryResponse;
@@ -101,22 +104,18 @@ pub fn envoy_files(
         .filter(|s| !names_files(s))
         .map(|s| (s.name.as_str(), s))
         .collect();
+    let routes: HashMap<&str, &RouteConfiguration> =
+        set.routes.iter().map(|r| (r.name.as_str(), r)).collect();
     let listeners: Vec<Listener> = set
         .listeners
         .iter()
-        .map(|l| with_file_sources_listener(l, out_dir, &inline))
+        .map(|l| with_file_sources_listener(l, out_dir, &inline, &routes))
         .collect();
     let clusters: Vec<Cluster> = set
         .clusters
         .iter()
         .map(|c| with_file_sources_cluster(c, out_dir, &inline))
         .collect();
-    for r in &set.routes {
-        files.push(EnvoyFile {
-            path: resource_file(TypeUrl::Route, &r.name),
-            contents: discovery_response(TypeUrl::Route, std::slice::from_ref(r))?,
-        });
-    }
     for e in &set.endpoints {
         files.push(EnvoyFile {
             path: resource_file(TypeUrl::Endpoint, &e.cluster_name),
@@ -225,6 +224,7 @@ fn with_file_sources_listener(
     l: &Listener,
     out_dir: &Path,
     inline: &HashMap<&str, &tls::Secret>,
+    routes: &HashMap<&str, &RouteConfiguration>,
 ) -> Listener {
     let mut l = l.clone();
     for chain in &mut l.filter_chains {
@@ -241,10 +241,22 @@ fn with_file_sources_listener(
             if let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) =
                 &mut manager.route_specifier
             {
-                rds.config_source = Some(path_source(
-                    out_dir,
-                    &resource_file(TypeUrl::Route, &rds.route_config_name),
-                ));
+                match routes.get(rds.route_config_name.as_str()) {
+                    // Inline: one path-based RDS subscription per route table would cost
+                    // Envoy an inotify instance each (a gateway has one per HTTPS server).
+                    Some(rc) => {
+                        manager.route_specifier =
+                            Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                                (*rc).clone(),
+                            ));
+                    }
+                    None => {
+                        rds.config_source = Some(path_source(
+                            out_dir,
+                            &resource_file(TypeUrl::Route, &rds.route_config_name),
+                        ));
+                    }
+                }
             }
             *any = pb::any(&manager);
         }
