@@ -245,6 +245,15 @@ async fn sds_secrets_from_a_control_plane_rotate() {
         wait_for_port(*port, Duration::from_secs(10));
         wait_served(*port, "a.example.com", &der(&first.0), "first", || g.log()).await;
     }
+    // Snapshots compiled so far (listeners included): a secret-only push adds none.
+    let compiled = |g: &xds_mesh::XdsGateway| {
+        let (_, body) = g.admin("/stats").expect("admin answers");
+        body.lines()
+            .find_map(|l| l.strip_prefix("meshgate.config_updates: "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no meshgate.config_updates:\n{body}"))
+    };
+    let before: Vec<u64> = gateways.iter().map(compiled).collect();
     let second = cert("second.example.com");
     for (name, port) in ports {
         source.set_for(
@@ -263,6 +272,11 @@ async fn sds_secrets_from_a_control_plane_rotate() {
         )
         .await;
     }
+    let after: Vec<u64> = gateways.iter().map(compiled).collect();
+    assert_eq!(
+        after, before,
+        "a secret rotation compiled the listeners again"
+    );
     // A key that does not match the certificate: NACKed, the second one keeps serving.
     let broken = (second.0.clone(), cert("third.example.com").1);
     for (name, port) in ports {

@@ -420,3 +420,108 @@ async fn certificates_rotate_without_restart() {
     // The file certificate kept serving throughout.
     assert_eq!(served("file.example.com").await, der(&second.cert));
 }
+
+/// Many `credentialName` certificates on one port, as `meshgate translate --out` lays
+/// them out for Envoy: no path-based SDS or RDS subscription per secret or per HTTPS
+/// server's route table (Envoy opens an inotify instance for each, and thousands exceed
+/// the default limits), the material inline in the listener file, written for its owner
+/// only. A real Envoy loads it and
+/// serves each host its own certificate; translating a changed Secret again rotates
+/// that host's certificate without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_credential_certificates_load_in_envoy_without_sds_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = TestCa::new("sni CA");
+    let echo = EchoUpstream::start("echo");
+    let port = free_port();
+    let hosts: Vec<String> = (0..4).map(|i| format!("h-{i}.example.com")).collect();
+    let config = |leaves: &[Leaf]| {
+        let mut y = String::from(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: sni, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n",
+        );
+        for (i, h) in hosts.iter().enumerate() {
+            y.push_str(&format!(
+                "  - port: {{number: {port}, name: https-{i}, protocol: HTTPS}}\n    hosts: [{h}]\n    tls: {{mode: SIMPLE, credentialName: h-{i}-cert}}\n"
+            ));
+        }
+        for (i, leaf) in leaves.iter().enumerate() {
+            y.push_str(&format!(
+                "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: h-{i}-cert, namespace: istio-system}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
+                yaml_block(&leaf.cert, 4),
+                yaml_block(&leaf.key, 4)
+            ));
+        }
+        y.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo, namespace: istio-system}}\nspec:\n  hosts: [echo.internal]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: istio-system}}\nspec:\n  hosts: [{}]\n  gateways: [sni]\n  http: [{{route: [{{destination: {{host: echo.internal}}}}]}}]\n",
+            echo.port(),
+            hosts.join(", ")
+        ));
+        y
+    };
+    let mut leaves: Vec<Leaf> = hosts.iter().map(|h| ca.issue(&[h.as_str()])).collect();
+    let gw = TranslatedEnvoy::start(&config(&leaves), "istio=ingressgateway", 1);
+    let out = gw.out_dir();
+    for per_resource in ["sds", "rds"] {
+        assert!(
+            !out.join(per_resource).exists(),
+            "one {per_resource} file per resource: {:?}",
+            std::fs::read_dir(out.join(per_resource)).map(|d| d.count())
+        );
+    }
+    let lds = out.join("lds.yaml");
+    assert_eq!(
+        std::fs::metadata(&lds).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "lds.yaml holds private keys"
+    );
+    let served = |host: String| {
+        let ca = ca.pem.clone();
+        async move {
+            let s = tls_connect(port, &host, &[], Some(&ca)).await.ok()?;
+            s.get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec())
+        }
+    };
+    for (h, leaf) in hosts.iter().zip(&leaves) {
+        assert_eq!(served(h.clone()).await, Some(der(&leaf.cert)), "{h}");
+    }
+    let c = https_client(
+        &ca.pem,
+        &hosts.iter().map(String::as_str).collect::<Vec<_>>(),
+        port,
+        None,
+    );
+    let r = c
+        .get(format!("https://{}:{port}/", hosts[3]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", gw.envoy.log());
+
+    // One Secret changes: translated again, Envoy reloads lds.yaml and serves it.
+    leaves[2] = ca.issue(&[hosts[2].as_str()]);
+    let config_file = gw.dir.path().join("config/config.yaml");
+    std::fs::write(&config_file, config(&leaves)).unwrap();
+    translate(
+        &config_file,
+        &out,
+        gw.envoy.admin_port,
+        "istio=ingressgateway",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served(hosts[2].clone()).await != Some(der(&leaves[2].cert)) {
+        assert!(
+            Instant::now() < deadline,
+            "secret not rotated:\n{}",
+            gw.envoy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (h, leaf) in hosts.iter().zip(&leaves) {
+        assert_eq!(served(h.clone()).await, Some(der(&leaf.cert)), "{h}");
+    }
+    gw.envoy.assert_no_rejections();
+}

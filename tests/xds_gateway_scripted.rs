@@ -3,6 +3,8 @@
 //! the data plane cannot apply, and a dropped stream the gateway comes back to with what
 //! it holds, serving its last configuration meanwhile.
 mod support;
+#[path = "support/translate.rs"]
+mod translating;
 #[path = "support/xds_mesh.rs"]
 mod xds_mesh;
 
@@ -659,4 +661,234 @@ fn config_and_xds_are_mutually_exclusive() {
         .output()
         .expect("meshgate");
     assert_eq!(out.status.code(), Some(2), "--xds-sotw needs --xds");
+}
+
+/// An HTTPS listener on `port` with one filter chain per (SNI, SDS secret), each
+/// terminating TLS with that secret from ADS.
+fn tls_listener(name: &str, port: u16, chains: &[(&str, &str)], stat_prefix: &str) -> Value {
+    let hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "rds": {"route_config_name": "routes", "config_source": {"ads": {}, "resource_api_version": "V3"}},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    });
+    let chains: Vec<Value> = chains
+        .iter()
+        .map(|(sni, secret)| {
+            json!({
+                "filter_chain_match": {"server_names": [sni]},
+                "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}],
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "common_tls_context": {"tls_certificate_sds_secret_configs": [
+                        {"name": secret, "sds_config": {"ads": {}, "resource_api_version": "V3"}}]}}},
+            })
+        })
+        .collect();
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+        "filter_chains": chains,
+    })
+}
+
+/// A TLS certificate secret for `host` (self-signed, made now): the resource and the
+/// certificate's DER.
+fn tls_secret(
+    name: &str,
+    host: &str,
+) -> (
+    meshgate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+    Vec<u8>,
+) {
+    let ck = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    let der = ck.cert.der().to_vec();
+    let secret = set(json!({"secrets": [{"name": name, "tls_certificate": {
+        "certificate_chain": {"inline_string": ck.cert.pem()},
+        "private_key": {"inline_string": ck.signing_key.serialize_pem()}}}]}))
+    .secrets
+    .remove(0);
+    (secret, der)
+}
+
+/// The certificate served for `sni` on a new connection to `port` (None: no handshake).
+async fn served(port: u16, sni: &str) -> Option<Vec<u8>> {
+    let s = translating::tls_connect(port, sni, &[], None).await.ok()?;
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+}
+
+/// A counter of the gateway's `/stats`.
+fn gw_stat(gw: &XdsGateway, name: &str) -> u64 {
+    let (_, body) = gw.admin("/stats").expect("admin answers");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no stat {name}:\n{body}"))
+}
+
+/// A TLS listener whose SDS secrets have not arrived warms, as Envoy's does: the first
+/// sync waits for them (not ready, the port not bound) until the initial fetch timeout;
+/// then the listener serves the chains it has certificates for, and resets the others,
+/// with ONE log line per missing secret however often the listener is pushed again.
+/// Secrets that come later, and new versions of them, reach the next handshakes
+/// without any listener being compiled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_tls_listener_warms_for_its_secrets_and_secrets_rotate_without_a_rebuild() {
+    let a = EchoUpstream::start("echo-a");
+    let mut server = ScriptedServer::start().await;
+    let work = TempDir::new();
+    let port = free_port();
+    let mut gw = XdsGateway::spawn_with(
+        "warming",
+        &server.addr.to_string(),
+        "istio=ingressgateway",
+        "edge",
+        true,
+        work.path(),
+        &["--xds-initial-fetch-timeout", "3"],
+    );
+    let (mut reqs, out) = accept(&mut server.delta).await;
+    let send = |t: TypeUrl, nonce: &str, resources: Vec<Resource>| {
+        out.try_send(Ok(DeltaDiscoveryResponse {
+            type_url: t.as_str().into(),
+            system_version_info: nonce.into(),
+            nonce: nonce.into(),
+            resources,
+            ..Default::default()
+        }))
+        .unwrap()
+    };
+    until(&mut reqs, |r| r.type_url == TypeUrl::Listener.as_str()).await;
+    let up = set(json!({"clusters": [static_cluster("up", &[a.addr.port()], json!({}))]}));
+    send(
+        TypeUrl::Cluster,
+        "c1",
+        vec![res("up", "1", &up.clusters[0])],
+    );
+    let chains = [("a.example.com", "cert-a"), ("b.example.com", "cert-b")];
+    let listener = |prefix: &str| {
+        set(json!({"listeners": [tls_listener("https", port, &chains, prefix)]}))
+            .listeners
+            .remove(0)
+    };
+    // cert-b's initial fetch timer starts when the gateway subscribes, after this.
+    let lds_sent = Instant::now();
+    send(
+        TypeUrl::Listener,
+        "l1",
+        vec![res("https", "1", &listener("v1"))],
+    );
+    let mut subscribed = std::collections::BTreeSet::new();
+    let mut routes_asked = false;
+    while subscribed.len() < 2 || !routes_asked {
+        let r = next(&mut reqs).await;
+        if r.type_url == TypeUrl::Secret.as_str() {
+            subscribed.extend(r.resource_names_subscribe);
+        } else if r.type_url == TypeUrl::Route.as_str() && !r.resource_names_subscribe.is_empty() {
+            routes_asked = true;
+        }
+    }
+    assert_eq!(
+        subscribed.into_iter().collect::<Vec<_>>(),
+        vec!["cert-a".to_string(), "cert-b".to_string()]
+    );
+    send(
+        TypeUrl::Route,
+        "r1",
+        vec![res(
+            "routes",
+            "1",
+            &set(json!({"routes": [route_to("up")]})).routes[0],
+        )],
+    );
+    let ack = until(&mut reqs, |r| r.response_nonce == "r1").await;
+    assert!(ack.error_detail.is_none());
+    let (secret_a, der_a) = tls_secret("cert-a", "a.example.com");
+    send(TypeUrl::Secret, "s1", vec![res("cert-a", "1", &secret_a)]);
+    let ack = until(&mut reqs, |r| r.response_nonce == "s1").await;
+    assert!(ack.error_detail.is_none());
+    // Everything but cert-b is here: the listener is still warming.
+    if lds_sent.elapsed() < INITIAL_FETCH * 3 {
+        assert_ne!(gw.health(), Some(200), "ready while a secret is awaited");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "the listener is bound while warming"
+        );
+    }
+    // The initial fetch timeout gives up on cert-b: the listener serves a.example.com
+    // and resets b.example.com.
+    gw.wait_ready(Duration::from_secs(10));
+    assert!(
+        lds_sent.elapsed() >= INITIAL_FETCH * 3,
+        "ready before the timeout"
+    );
+    assert_eq!(served(port, "a.example.com").await, Some(der_a.clone()));
+    assert_eq!(served(port, "b.example.com").await, None);
+    // The listener pushed twice more (each compiled): still one line about cert-b.
+    for (nonce, prefix) in [("l2", "v2"), ("l3", "v3")] {
+        send(
+            TypeUrl::Listener,
+            nonce,
+            vec![res("https", nonce, &listener(prefix))],
+        );
+        let ack = until(&mut reqs, |r| r.response_nonce == nonce).await;
+        assert!(ack.error_detail.is_none());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw_stat(&gw, "meshgate.config_updates") < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "listener updates not applied:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let missing_lines = |gw: &XdsGateway| {
+        gw.log()
+            .lines()
+            .filter(|l| l.contains("no certificate yet") && l.contains("cert-b"))
+            .count()
+    };
+    assert_eq!(missing_lines(&gw), 1, "{}", gw.log());
+    assert!(
+        !gw.log()
+            .lines()
+            .any(|l| l.contains("no certificate yet") && l.contains("cert-a")),
+        "{}",
+        gw.log()
+    );
+
+    // cert-b arrives, then a new cert-a: both reach new handshakes; no listener is
+    // compiled for them.
+    let builds = gw_stat(&gw, "meshgate.config_updates");
+    let (secret_b, der_b) = tls_secret("cert-b", "b.example.com");
+    send(TypeUrl::Secret, "s2", vec![res("cert-b", "1", &secret_b)]);
+    until(&mut reqs, |r| r.response_nonce == "s2").await;
+    assert_eq!(served(port, "b.example.com").await, Some(der_b));
+    let (secret_a2, der_a2) = tls_secret("cert-a", "a.example.com");
+    send(TypeUrl::Secret, "s3", vec![res("cert-a", "2", &secret_a2)]);
+    let ack = until(&mut reqs, |r| r.response_nonce == "s3").await;
+    assert!(ack.error_detail.is_none());
+    assert_eq!(served(port, "a.example.com").await, Some(der_a2.clone()));
+    assert_eq!(gw_stat(&gw, "meshgate.config_updates"), builds);
+    assert_eq!(missing_lines(&gw), 1);
+    // A secret that cannot be used is NACKed with its name; the old one keeps serving.
+    let mut broken = tls_secret("cert-a", "a.example.com").0;
+    if let Some(meshgate::xds::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type::TlsCertificate(tc)) = &mut broken.r#type {
+        tc.private_key = secret_b.r#type.as_ref().and_then(|t| match t {
+            meshgate::xds::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type::TlsCertificate(b) => b.private_key.clone(),
+            _ => None,
+        });
+    }
+    send(TypeUrl::Secret, "s4", vec![res("cert-a", "3", &broken)]);
+    let nack = until(&mut reqs, |r| r.response_nonce == "s4").await;
+    let message = nack.error_detail.expect("NACK").message;
+    assert!(message.starts_with("sds cert-a:"), "{message}");
+    assert_eq!(served(port, "a.example.com").await, Some(der_a2));
+    assert_eq!(gw_stat(&gw, "meshgate.config_updates"), builds);
 }

@@ -292,7 +292,13 @@ fn translate_config(
     namespace: Option<&str>,
     cache: &mut meshgate::config::FileCache,
 ) -> anyhow::Result<(ResourceSet, Vec<AcmeCertificate>)> {
-    let options = pipeline::Options::gateway(labels.clone(), namespace.map(str::to_string));
+    // Secret material is parsed once, by the gateway when it applies the set (a
+    // certificate that cannot be used refuses the update there, with its secret's
+    // name): the serve check does not parse ten thousand keys a second time.
+    let options = pipeline::Options {
+        secret_material: false,
+        ..pipeline::Options::gateway(labels.clone(), namespace.map(str::to_string))
+    };
     let report = pipeline::run_cached(path, &options, cache);
     if report.has_errors() {
         anyhow::bail!(

@@ -134,7 +134,8 @@ fn print_diagnostics(diagnostics: &mut [Diagnostic]) {
 /// Writes every file atomically (temporary file + rename in the same directory, so a
 /// running Envoy never reads a half-written file), the per-resource files before the
 /// listener and cluster files that name them, then removes files of resources that are
-/// gone. Returns the absolute output directory.
+/// gone (and the per-secret `sds/` files of earlier layouts). Returns the absolute
+/// output directory.
 fn write_files(
     set: &meshgate::xds::ResourceSet,
     proxy: &ProxyIdentity,
@@ -149,7 +150,10 @@ fn write_files(
     let mut written: BTreeSet<PathBuf> = BTreeSet::new();
     for f in &files {
         let path = dir.join(&f.path);
-        write_atomically(&path, f.contents.as_bytes())?;
+        // Listener and cluster files may hold private keys inline: owner only.
+        let private = envoy_files::holds_secrets(set)
+            && (f.path == Path::new("lds.yaml") || f.path == Path::new("cds.yaml"));
+        write_atomically(&path, f.contents.as_bytes(), private)?;
         written.insert(path);
     }
     for ty in [TypeUrl::Route, TypeUrl::Endpoint, TypeUrl::Secret] {
@@ -168,7 +172,7 @@ fn write_files(
     Ok(dir)
 }
 
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
+fn write_atomically(path: &Path, contents: &[u8], private: bool) -> Result<(), String> {
     if std::fs::read(path).is_ok_and(|old| old == contents) {
         // Unchanged: leave the file alone so Envoy sees no update.
         return Ok(());
@@ -183,7 +187,19 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, contents).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(&tmp)
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        f.write_all(contents)
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         format!("cannot rename {} to {}: {e}", tmp.display(), path.display())

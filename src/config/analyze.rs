@@ -11,10 +11,11 @@ use super::types::gateway::ServerTlsSettings;
 use super::types::service_entry::Resolution;
 use super::types::virtual_service::Destination;
 use super::types::{
-    DestinationRule, Gateway, Kind, Protocol, Resource, ServiceEntry, VirtualService, WorkloadEntry,
+    DestinationRule, Gateway, Kind, Protocol, Resource, Secret, ServiceEntry, VirtualService,
+    WorkloadEntry,
 };
 use super::validate::virtual_service::{MESH_GATEWAY, applies_to_gateways};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Runs every cross-resource check.
 pub fn analyze(config: &Config, out: &mut Vec<Diagnostic>) {
@@ -216,22 +217,44 @@ fn check_gateway_refs(index: &Index<'_>, vs: &Resource<VirtualService>, out: &mu
         if !field.starts_with("spec.gateways") {
             continue;
         }
+        // The Gateway's server hosts as (namespace scope, DNS name): exact names indexed,
+        // wildcards apart, so that thousands of hosts on both sides are not compared
+        // pairwise.
+        let mut exact: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut wildcards: Vec<(&str, &str)> = Vec::new();
+        for entry in gw.spec.servers.iter().flat_map(|s| &s.hosts) {
+            let (scope, dns) = entry.split_once('/').unwrap_or(("*", entry));
+            if hosts::is_wildcard(dns) {
+                wildcards.push((scope, dns));
+            } else {
+                exact.entry(dns).or_default().push(scope);
+            }
+        }
         for (i, host) in vs.spec.hosts.iter().enumerate() {
             let resolved = hosts::resolve_short_name(host, ns, DEFAULT_DOMAIN_SUFFIX);
             let mut host_matches = false;
             let mut namespace_allowed = false;
-            for server in &gw.spec.servers {
-                for entry in &server.hosts {
-                    let (scope, dns) = entry.split_once('/').unwrap_or(("*", entry));
+            let mut consider = |scope: &str| {
+                host_matches = true;
+                if scope == "*"
+                    || scope == ns.as_str()
+                    || (scope == "." && *ns == gw.meta.namespace)
+                {
+                    namespace_allowed = true;
+                }
+            };
+            if hosts::is_wildcard(&resolved) {
+                for (dns, scopes) in &exact {
                     if hosts::matches(&resolved, dns) {
-                        host_matches = true;
-                        if scope == "*"
-                            || scope == ns.as_str()
-                            || (scope == "." && *ns == gw.meta.namespace)
-                        {
-                            namespace_allowed = true;
-                        }
+                        scopes.iter().for_each(|s| consider(s));
                     }
+                }
+            } else if let Some(scopes) = exact.get(resolved.as_str()) {
+                scopes.iter().for_each(|s| consider(s));
+            }
+            for (scope, dns) in &wildcards {
+                if hosts::matches(&resolved, dns) {
+                    consider(scope);
                 }
             }
             let field = format!("spec.hosts[{i}]");
@@ -484,50 +507,97 @@ fn check_gateway_conflicts(config: &Config, out: &mut Vec<Diagnostic>) {
         }
     }
     for entries in by_selector.values() {
-        for (b_index, b) in entries.iter().enumerate() {
-            for a in &entries[..b_index] {
-                if a.port != b.port || a.port == 0 || a.bind != b.bind {
-                    continue;
+        // Only servers on the same port and bind can conflict: each group is walked in
+        // order with an index of the hosts seen so far, so a Gateway with thousands of
+        // servers costs what it has, not its square.
+        let mut groups: HashMap<(u32, &str), Vec<&Entry>> = HashMap::new();
+        for e in entries.iter().filter(|e| e.port != 0) {
+            groups.entry((e.port, e.bind)).or_default().push(e);
+        }
+        for group in groups.values() {
+            let mut exact: HashMap<&str, Vec<usize>> = HashMap::new();
+            let mut with_wildcards: Vec<usize> = Vec::new();
+            let mut classes: HashMap<&str, usize> = HashMap::new();
+            for (b_index, b) in group.iter().enumerate() {
+                let earlier = &group[..b_index];
+                // The earlier servers that may conflict with this one, in order.
+                let mut candidates: BTreeSet<usize> = BTreeSet::new();
+                if classes.get(b.class).copied().unwrap_or(0) < b_index {
+                    candidates.extend(
+                        earlier
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, a)| a.class != b.class)
+                            .map(|(i, _)| i),
+                    );
                 }
-                let a_where = if std::ptr::eq(a.gw, b.gw) {
-                    format!("spec.servers[{}]", a.server)
-                } else {
-                    format!(
-                        "Gateway {} ({}) spec.servers[{}]",
-                        name(a.gw),
-                        at(a.gw),
-                        a.server
-                    )
-                };
-                let path = format!("spec.servers[{}]", b.server);
-                if a.class != b.class {
-                    out.push(b.gw.error(
-                        &format!("{path}.port"),
-                        format!(
-                            "port {} is served as {} here and as {} by {a_where}; one port cannot carry both",
-                            b.port, b.protocol, a.protocol
-                        ),
-                    ));
-                    continue;
-                }
-                for (j, host) in &b.hosts {
-                    let Some((_, other)) = a.hosts.iter().find(|(_, h)| hosts::matches(host, h))
-                    else {
-                        continue;
-                    };
-                    let field = format!("{path}.hosts[{j}]");
-                    if b.class == "HTTP" {
-                        out.push(b.gw.diagnostic(
-                            Severity::Warning,
-                            &field,
-                            format!("host `{host}` on port {} is also served by {a_where} (`{other}`); their routes are merged", b.port),
-                        ));
-                    } else {
-                        out.push(b.gw.error(
-                            &field,
-                            format!("host `{host}` on port {} is also served by {a_where} (`{other}`); only one TLS server can answer a given SNI", b.port),
-                        ));
+                for (_, host) in &b.hosts {
+                    if hosts::is_wildcard(host) {
+                        candidates.extend(0..b_index);
+                        break;
                     }
+                    candidates.extend(exact.get(host).into_iter().flatten().copied());
+                    candidates.extend(with_wildcards.iter().copied());
+                }
+                for a in candidates.into_iter().map(|i| earlier[i]) {
+                    let a_where = || {
+                        if std::ptr::eq(a.gw, b.gw) {
+                            format!("spec.servers[{}]", a.server)
+                        } else {
+                            format!(
+                                "Gateway {} ({}) spec.servers[{}]",
+                                name(a.gw),
+                                at(a.gw),
+                                a.server
+                            )
+                        }
+                    };
+                    let path = format!("spec.servers[{}]", b.server);
+                    if a.class != b.class {
+                        out.push(b.gw.error(
+                            &format!("{path}.port"),
+                            format!(
+                                "port {} is served as {} here and as {} by {}; one port cannot carry both",
+                                b.port,
+                                b.protocol,
+                                a.protocol,
+                                a_where()
+                            ),
+                        ));
+                        continue;
+                    }
+                    for (j, host) in &b.hosts {
+                        let Some((_, other)) =
+                            a.hosts.iter().find(|(_, h)| hosts::matches(host, h))
+                        else {
+                            continue;
+                        };
+                        let field = format!("{path}.hosts[{j}]");
+                        if b.class == "HTTP" {
+                            out.push(b.gw.diagnostic(
+                                Severity::Warning,
+                                &field,
+                                format!("host `{host}` on port {} is also served by {} (`{other}`); their routes are merged", b.port, a_where()),
+                            ));
+                        } else {
+                            out.push(b.gw.error(
+                                &field,
+                                format!("host `{host}` on port {} is also served by {} (`{other}`); only one TLS server can answer a given SNI", b.port, a_where()),
+                            ));
+                        }
+                    }
+                }
+                *classes.entry(b.class).or_default() += 1;
+                let mut wildcard = false;
+                for (_, host) in &b.hosts {
+                    if hosts::is_wildcard(host) {
+                        wildcard = true;
+                    } else {
+                        exact.entry(host).or_default().push(b_index);
+                    }
+                }
+                if wildcard {
+                    with_wildcards.push(b_index);
                 }
             }
         }
@@ -644,6 +714,13 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
 
 /// TLS secrets named by gateways must exist, in the gateway's namespace.
 fn check_credentials(config: &Config, out: &mut Vec<Diagnostic>) {
+    // Secrets by (namespace, name), the first of each: one probe per credential.
+    let mut secrets: HashMap<(&str, &str), &Resource<Secret>> = HashMap::new();
+    for s in &config.secrets {
+        secrets
+            .entry((s.meta.namespace.as_str(), s.meta.name.as_str()))
+            .or_insert(s);
+    }
     for gw in &config.gateways {
         for (i, server) in gw.spec.servers.iter().enumerate() {
             let Some(tls) = &server.tls else { continue };
@@ -661,10 +738,9 @@ fn check_credentials(config: &Config, out: &mut Vec<Diagnostic>) {
                 let secret_name = credential
                     .strip_prefix("kubernetes://")
                     .unwrap_or(credential);
-                let Some(secret) = config
-                    .secrets
-                    .iter()
-                    .find(|s| s.meta.name == secret_name && s.meta.namespace == gw.meta.namespace)
+                let Some(secret) = secrets
+                    .get(&(gw.meta.namespace.as_str(), secret_name))
+                    .copied()
                 else {
                     out.push(gw.warning(
                         &field,

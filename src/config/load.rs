@@ -150,25 +150,30 @@ pub fn load_cached(path: &Path, cache: &mut FileCache) -> LoadOutcome {
         files.push(path.to_path_buf());
     }
     let mut kept = std::collections::HashMap::with_capacity(files.len());
-    for file in files {
-        let stamp = FileStamp::of(&file);
-        let cached = cache
-            .files
-            .remove(&file)
-            .filter(|(s, _)| Some(s) == stamp.as_ref());
+    let stamped: Vec<(PathBuf, Option<FileStamp>, Option<LoadOutcome>)> = files
+        .into_iter()
+        .map(|file| {
+            let stamp = FileStamp::of(&file);
+            let cached = cache
+                .files
+                .remove(&file)
+                .filter(|(s, _)| Some(s) == stamp.as_ref())
+                .map(|(_, parsed)| parsed);
+            (file, stamp, cached)
+        })
+        .collect();
+    // Files not in the cache are parsed on every core (a folder may hold ten thousand
+    // Secrets); the results are then taken in file order, as before.
+    let to_parse: Vec<&Path> = stamped
+        .iter()
+        .filter(|(_, _, cached)| cached.is_none())
+        .map(|(f, _, _)| f.as_path())
+        .collect();
+    let mut fresh = parse_files(&to_parse).into_iter();
+    for (file, stamp, cached) in stamped {
         let parsed = match cached {
-            Some((_, parsed)) => parsed,
-            None => {
-                let name = file.display().to_string();
-                let mut parsed = LoadOutcome::default();
-                match read_file(&file) {
-                    Ok(bytes) => load_document_bytes(&name, &bytes, &mut parsed),
-                    Err(message) => parsed
-                        .diagnostics
-                        .push(Diagnostic::file_error(name, 0, 0, message)),
-                }
-                parsed
-            }
+            Some(parsed) => parsed,
+            None => fresh.next().unwrap_or_default(),
         };
         out.config.extend(parsed.config.clone());
         out.diagnostics.extend(parsed.diagnostics.iter().cloned());
@@ -179,6 +184,49 @@ pub fn load_cached(path: &Path, cache: &mut FileCache) -> LoadOutcome {
     // Files gone since the last load leave the cache with it.
     cache.files = kept;
     out
+}
+
+/// Reads and parses one file.
+fn parse_file(file: &Path) -> LoadOutcome {
+    let name = file.display().to_string();
+    let mut parsed = LoadOutcome::default();
+    match read_file(file) {
+        Ok(bytes) => load_document_bytes(&name, &bytes, &mut parsed),
+        Err(message) => parsed
+            .diagnostics
+            .push(Diagnostic::file_error(name, 0, 0, message)),
+    }
+    parsed
+}
+
+/// Parses files on up to one thread per core; the results are in `files`' order.
+fn parse_files(files: &[&Path]) -> Vec<LoadOutcome> {
+    const PER_THREAD_MIN: usize = 64;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(files.len().div_ceil(PER_THREAD_MIN))
+        .max(1);
+    if threads == 1 {
+        return files.iter().map(|f| parse_file(f)).collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|f| parse_file(f)).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .zip(files.chunks(chunk))
+            .flat_map(|(h, part)| {
+                // A parser that panicked: its files are parsed again here, so the panic
+                // shows where it happens.
+                h.join()
+                    .unwrap_or_else(|_| part.iter().map(|f| parse_file(f)).collect())
+            })
+            .collect()
+    })
 }
 
 /// Loads the documents of one file's content; `name` is used in diagnostics.
@@ -666,7 +714,31 @@ fn deserialize_secret(
 ) -> Option<Resource<Secret>> {
     let root = Arc::new(root);
     let doc = deserialize_secret_document(file, &root, diags)?;
+    // The tree is kept for positions only: the values (certificates, keys) live in the
+    // spec, and a copy of every key in the tree would double what ten thousand
+    // credentials cost.
+    let mut root = root;
+    blank_secret_values(Arc::make_mut(&mut root));
     finish(file, root, doc.metadata, doc.secret, diags)
+}
+
+/// Empties the string values under `data` and `stringData` of a Secret's tree.
+fn blank_secret_values(root: &mut Node) {
+    let NodeValue::Map(entries) = &mut root.value else {
+        return;
+    };
+    for e in entries {
+        if e.key != "data" && e.key != "stringData" {
+            continue;
+        }
+        if let NodeValue::Map(values) = &mut e.value.value {
+            for v in values {
+                if let NodeValue::String(s) = &mut v.value.value {
+                    *s = String::new();
+                }
+            }
+        }
+    }
 }
 
 /// Secrets cannot use `flatten` with `deny_unknown_fields`; read the envelope and the

@@ -15,7 +15,7 @@ use crate::xds::pb::google::protobuf::value::Kind as ValueKind;
 /// resource it came from.
 pub(super) fn check(config: &Config, set: &ResourceSet, secret_material: bool) -> Vec<Diagnostic> {
     let compiled = if secret_material {
-        compile::compile(set, "check", None).map(|_| ())
+        compile::check(set, None)
     } else {
         compile::check_without_secret_material(set)
     };

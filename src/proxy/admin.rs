@@ -104,7 +104,7 @@ fn admin(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         "/ready" => ready(shared),
         "/config_dump" => {
             let snap = shared.snapshot.load();
-            match crate::xds::json::config_dump(&snap.resources, &snap.version) {
+            match crate::xds::json::config_dump(&snap.resources.unpack(), &snap.version) {
                 Ok(v) => {
                     let mut r = Response::new(Full::new(Bytes::from(
                         serde_json::to_string_pretty(&v).unwrap_or_default(),

@@ -14,6 +14,7 @@ use crate::proxy::tcp::TcpProxy;
 use crate::tls::DownstreamTls;
 use crate::tls::sni::ServerNameTable;
 use rustc_hash::FxHashMap;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,26 +212,29 @@ impl ChainIndex {
     fn build<'a>(matchers: impl Iterator<Item = &'a ChainMatch>) -> ChainIndex {
         // Group by port, then by server name (a chain with several names appears once
         // per name), keeping the first chain for identical criteria.
-        type Names = Vec<(Box<str>, TransportLevel)>;
+        // Names keep their first-seen order; the map finds a name's slot in one probe
+        // (a listener may have thousands of chains, one name each).
+        type Names = (Vec<(Box<str>, TransportLevel)>, HashMap<Box<str>, usize>);
         let mut ports: Vec<(Option<u16>, Names)> = Vec::new();
         for (i, m) in matchers.enumerate() {
             let at = match ports.iter().position(|(p, _)| *p == m.destination_port) {
                 Some(at) => at,
                 None => {
-                    ports.push((m.destination_port, Vec::new()));
+                    ports.push((m.destination_port, Default::default()));
                     ports.len() - 1
                 }
             };
-            let names = &mut ports[at].1;
+            let (names, slots) = &mut ports[at].1;
             let wanted: Vec<Box<str>> = if m.server_names.is_empty() {
                 vec!["*".into()]
             } else {
                 m.server_names.clone()
             };
             for n in wanted {
-                let level = match names.iter().position(|(k, _)| *k == n) {
-                    Some(j) => &mut names[j].1,
+                let level = match slots.get(&n) {
+                    Some(&j) => &mut names[j].1,
                     None => {
+                        slots.insert(n.clone(), names.len());
                         names.push((n, TransportLevel::default()));
                         &mut names.last_mut().expect("just pushed").1
                     }
@@ -246,7 +250,7 @@ impl ChainIndex {
             }
         }
         let mut index = ChainIndex::default();
-        for (port, names) in ports {
+        for (port, (names, _)) in ports {
             let mut table = ServerNameTable::new(true);
             let mut levels = Vec::with_capacity(names.len());
             for (j, (name, level)) in names.into_iter().enumerate() {

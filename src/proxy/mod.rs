@@ -33,6 +33,6 @@ pub mod tls;
 pub mod upstream;
 pub mod xds_consumer;
 
-pub use compile::{CompileError, compile, compile_with};
+pub use compile::{CompileError, check, compile, compile_with};
 pub use runtime::{Gateway, GatewayOptions};
 pub use snapshot::Snapshot;

@@ -3,7 +3,7 @@
 //! DNS, outlier detection and the admin servers, and the one `ArcSwap<Snapshot>` that
 //! every request reads its config from.
 use crate::proxy::access_log::{AccessLog, AccessLogMode, RequestLog};
-use crate::proxy::compile::{CompileError, compile_with, validate_secrets};
+use crate::proxy::compile::{CompileError, compile_parts, secret_error};
 use crate::proxy::connection::serve_connection;
 use crate::proxy::listener::Listener;
 use crate::proxy::snapshot::Snapshot;
@@ -266,20 +266,70 @@ impl Gateway {
     }
 
     /// Compiles and publishes a resource set: one atomic swap. On error nothing changes
-    /// (the last good snapshot keeps serving), as an Envoy NACK.
+    /// (the last good snapshot keeps serving), as an Envoy NACK. The set's `Secret`s are
+    /// the gateway's SDS secrets from now on (others are forgotten).
     pub fn apply(&self, set: ResourceSet, version: &str) -> Result<(), ApplyError> {
+        self.apply_set(set, version, true)
+    }
+
+    /// Like [`apply`](Self::apply) for a set whose secrets come on their own
+    /// ([`update_secrets`](Self::update_secrets), an xDS client's SDS): the secret store
+    /// is left as it is, and the set needs no `Secret`s.
+    pub fn apply_without_secrets(&self, set: ResourceSet, version: &str) -> Result<(), ApplyError> {
+        self.apply_set(set, version, false)
+    }
+
+    /// Publishes SDS secrets as they arrive, without compiling anything: filter chains
+    /// read their certificates from the store at each handshake, so the next handshake
+    /// of every chain naming a secret serves the new one. Returns the secrets that
+    /// cannot be used (they keep their previous material). `removed` ones are forgotten
+    /// unless a listener still names them.
+    pub fn update_secrets(
+        &self,
+        secrets: &[crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret],
+        removed: &[String],
+    ) -> Vec<(String, crate::tls::TlsError)> {
+        self.shared.tls.store.update_sds(secrets, removed)
+    }
+
+    fn apply_set(
+        &self,
+        set: ResourceSet,
+        version: &str,
+        own_secrets: bool,
+    ) -> Result<(), ApplyError> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.shared.snapshot.load_full();
-        // Secrets are checked, then published into the store before the TLS contexts are
-        // built (they read them by name); open connections keep the keys they started with.
-        let compiled = validate_secrets(&set, Some(&previous)).and_then(|()| {
-            for e in self.shared.tls.store.apply_sds(&set.secrets) {
-                tracing::warn!(error = %e, "secret not applied");
+        let store = &self.shared.tls.store;
+        // Secrets are parsed (those that changed) and checked first: one that cannot be
+        // used refuses the update. They are published into the store before the TLS
+        // contexts are built (they read them by name); open connections keep the keys
+        // they started with.
+        let compiled = if own_secrets {
+            let (prepared, errors) = store.prepare_sds(&set.secrets);
+            match errors.first() {
+                Some((name, e)) => Err(secret_error(name, e)),
+                None => {
+                    store.publish_sds(prepared);
+                    store.forget_sds_except(&set.secrets);
+                    compile_parts(&set, Some(&previous), &self.shared.tls)
+                }
             }
-            compile_with(&set, version, Some(&previous), &self.shared.tls)
-        });
+        } else {
+            compile_parts(&set, Some(&previous), &self.shared.tls)
+        };
         let snap = match compiled {
-            Ok(s) => s,
+            Ok((listeners, clusters)) => {
+                // The snapshot keeps the set for /config_dump, without private keys
+                // (the store holds the parsed material; nothing else needs the PEM).
+                let mut set = set;
+                for s in &mut set.secrets {
+                    crate::xds::json::redact_secret_in_place(s);
+                }
+                let mut snap = Snapshot::new(version, set, listeners, clusters);
+                snap.tls = Some(self.shared.tls.clone());
+                snap
+            }
             Err(e) => {
                 self.shared
                     .stats
@@ -438,6 +488,18 @@ impl Gateway {
                     .values()
                     .any(|c| Arc::as_ptr(&c.endpoints) as usize == *k)
             });
+        // Filter chains served without a certificate: one line per secret, once.
+        for l in &snap.listeners {
+            for chain in l.chains.iter().chain(l.default_chain.iter()) {
+                if let Some(tls) = &chain.tls
+                    && !tls.certificates_ready()
+                {
+                    for name in tls.certificate_secrets() {
+                        store.log_missing_once(name, &l.name);
+                    }
+                }
+            }
+        }
         self.shared.ready.store(true, Ordering::Relaxed);
         Ok(())
     }

@@ -3,9 +3,12 @@
 //! [`GatewayConsumer::check`] compiles a candidate update against the snapshot in force
 //! and turns every [`CompileError`] into a [`Rejection`] naming the resource, the field
 //! path and the reason: the xDS client sends them all in one NACK. [`GatewayConsumer::apply`]
-//! publishes a checked set through [`Gateway::apply`], exactly as the standalone gateway
-//! publishes its own snapshots (secrets included), so both modes serve the same way.
-use crate::proxy::compile::{CompileError, compile};
+//! publishes a checked set through [`Gateway::apply_without_secrets`], as the standalone
+//! gateway publishes its own snapshots, so both modes serve the same way. SDS secrets
+//! take their own way, as in Envoy: [`GatewayConsumer::update_secrets`] publishes each
+//! into the gateway's secret store as it arrives, where every filter chain naming it
+//! reads it at its next handshake; no listener is compiled for a secret.
+use crate::proxy::compile::{CompileError, check};
 use crate::proxy::runtime::Gateway;
 use crate::xds::client::{ConfigConsumer, Rejection};
 use crate::xds::pb::envoy::config::core::v3::Node;
@@ -86,7 +89,7 @@ pub fn rejections(set: &ResourceSet, previous: Option<&crate::proxy::Snapshot>) 
     let mut rest: Option<ResourceSet> = None;
     loop {
         let current = rest.as_ref().unwrap_or(set);
-        let Err(e) = compile(current, "", previous) else {
+        let Err(e) = check(current, previous) else {
             return out;
         };
         let Some((t, name)) = resource_of(&e) else {
@@ -119,7 +122,7 @@ impl ConfigConsumer for GatewayConsumer {
         let n = self.applies.fetch_add(1, Ordering::Relaxed) + 1;
         let version = format!("xds-{n}");
         let set = Arc::try_unwrap(set).unwrap_or_else(|s| (*s).clone());
-        match self.gateway.apply(set, &version) {
+        match self.gateway.apply_without_secrets(set, &version) {
             Ok(()) => tracing::info!(version, "xDS update applied"),
             // Checked updates still fail when a listener cannot bind: the last good
             // snapshot keeps serving, as after a NACK.
@@ -127,6 +130,29 @@ impl ConfigConsumer for GatewayConsumer {
                 tracing::error!(version, error = %e, "xDS update not applied; keeping the last good configuration")
             }
         }
+    }
+
+    fn update_secrets(
+        &self,
+        secrets: &[crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret],
+        removed: &[String],
+    ) -> Vec<Rejection> {
+        self.gateway
+            .update_secrets(secrets, removed)
+            .into_iter()
+            .map(|(name, e)| Rejection {
+                type_url: TypeUrl::Secret,
+                name,
+                message: e.to_string(),
+            })
+            .collect()
+    }
+}
+
+impl GatewayConsumer {
+    /// How many sets were applied (each one compiles the listeners).
+    pub fn applies(&self) -> u64 {
+        self.applies.load(Ordering::Relaxed)
     }
 }
 

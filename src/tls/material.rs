@@ -104,11 +104,7 @@ impl CertificateMaterial {
     ) -> Result<CertificateMaterial, TlsError> {
         let chain = parse_certificates(chain_pem, what)?;
         let key = parse_private_key(key_pem, what)?;
-        let mut digest = Sha256::new();
-        digest.update((chain_pem.len() as u64).to_be_bytes());
-        digest.update(chain_pem);
-        digest.update(key_pem);
-        Self::from_der(chain, key, what, now, digest.finalize().into())
+        Self::from_der(chain, key, what, now, pem_digest(chain_pem, key_pem))
     }
 
     /// Like [`from_pem`](Self::from_pem) for already-decoded DER.
@@ -163,6 +159,15 @@ impl CertificateMaterial {
         self.certified_key = Arc::new(ck);
         self
     }
+}
+
+/// The digest of a certificate's PEM inputs ([`CertificateMaterial::digest`]).
+pub fn pem_digest(chain_pem: &[u8], key_pem: &[u8]) -> [u8; 32] {
+    let mut digest = Sha256::new();
+    digest.update((chain_pem.len() as u64).to_be_bytes());
+    digest.update(chain_pem);
+    digest.update(key_pem);
+    digest.finalize().into()
 }
 
 /// A CA bundle (and optional CRLs) that peer certificates are verified against.

@@ -80,6 +80,8 @@ pub struct DownstreamTls {
     /// URI SANs of the local certificate at build time (the `By=` of XFCC).
     pub local_uri_sans: Vec<String>,
     resolver: Arc<SniCertResolver>,
+    /// The SDS certificate secrets the context serves (for logs about missing ones).
+    certificate_secrets: Box<[Box<str>]>,
     stats: Arc<TlsStats>,
 }
 
@@ -386,6 +388,11 @@ impl DownstreamTls {
             &field(name, "common_tls_context.tls_params"),
         )?;
         let certs = certificate_watches(common, store, name)?;
+        let certificate_secrets = common
+            .tls_certificate_sds_secret_configs
+            .iter()
+            .map(|c| c.name.as_str().into())
+            .collect();
         let local_uri_sans = certs
             .first()
             .and_then(|w| w.borrow().as_ref().map(|m| m.leaf.uri_names.clone()))
@@ -456,6 +463,7 @@ impl DownstreamTls {
             alpn,
             local_uri_sans,
             resolver: resolver_handle,
+            certificate_secrets,
             stats,
         })
     }
@@ -464,6 +472,11 @@ impl DownstreamTls {
     /// ACME certificate not yet delivered leaves the context without one).
     pub fn certificates_ready(&self) -> bool {
         self.resolver.any_ready()
+    }
+
+    /// The names of the SDS certificate secrets the context serves.
+    pub fn certificate_secrets(&self) -> impl Iterator<Item = &str> {
+        self.certificate_secrets.iter().map(|s| &**s)
     }
 
     /// The stats the context counts handshakes in.

@@ -61,6 +61,20 @@ impl Default for SecretStoreOptions {
     }
 }
 
+/// A secret parsed by [`SecretStore::prepare_sds`], ready to publish.
+pub struct PreparedSecret {
+    name: String,
+    material: Prepared,
+    watch: Option<WatchedSource>,
+}
+
+enum Prepared {
+    Certificate(CertificateMaterial),
+    Validation(ValidationMaterial),
+    /// The store already serves these inputs under this name.
+    Unchanged,
+}
+
 struct Slot<T> {
     tx: watch::Sender<Option<Arc<T>>>,
     source: SecretSource,
@@ -77,6 +91,9 @@ impl<T> Slot<T> {
 
 pub(crate) struct Inner {
     certificates: Mutex<HashMap<String, Slot<CertificateMaterial>>>,
+    /// Certificate secrets a listener serves without material, already logged (one line
+    /// per secret until it arrives).
+    missing_logged: Mutex<std::collections::HashSet<String>>,
     validations: Mutex<HashMap<String, Slot<ValidationMaterial>>>,
     watcher: Mutex<Option<FileWatcher>>,
     stats: Arc<TlsStats>,
@@ -116,6 +133,7 @@ impl SecretStore {
         SecretStore {
             inner: Arc::new(Inner {
                 certificates: Mutex::default(),
+                missing_logged: Mutex::default(),
                 validations: Mutex::default(),
                 watcher: Mutex::default(),
                 stats: Arc::default(),
@@ -190,21 +208,50 @@ impl SecretStore {
         if previous == Some(material.digest) {
             return false;
         }
-        tracing::info!(
-            secret = name,
-            subject = %material.leaf.subject,
-            not_after = %format_time(material.leaf.not_after),
-            source = ?source,
-            "{} certificate",
-            if previous.is_some() { "rotated" } else { "loaded" }
-        );
+        // A rotation is news; a first load is not (a gateway may load ten thousand at
+        // start-up): that one is at debug level.
+        if previous.is_some() {
+            tracing::info!(
+                secret = name,
+                subject = %material.leaf.subject,
+                not_after = %format_time(material.leaf.not_after),
+                source = ?source,
+                "rotated certificate"
+            );
+        } else {
+            tracing::debug!(
+                secret = name,
+                subject = %material.leaf.subject,
+                not_after = %format_time(material.leaf.not_after),
+                source = ?source,
+                "loaded certificate"
+            );
+        }
         TlsStats::bump(if previous.is_some() {
             &self.inner.stats.secret_rotations
         } else {
             &self.inner.stats.secret_loads
         });
         slot.tx.send_replace(Some(Arc::new(material)));
+        drop(map);
+        lock(&self.inner.missing_logged).remove(name);
         true
+    }
+
+    /// Says once that listeners serve `name` without a certificate (its SDS secret has
+    /// not arrived, or its ACME certificate is not issued yet): one log line per secret,
+    /// not one per filter chain or per update, until it arrives.
+    pub fn log_missing_once(&self, name: &str, listener: &str) {
+        if self.current_certificate(name).is_some() {
+            return;
+        }
+        if lock(&self.inner.missing_logged).insert(name.to_string()) {
+            tracing::warn!(
+                secret = name,
+                listener,
+                "no certificate yet: TLS connections for the filter chains naming this secret are reset until it arrives"
+            );
+        }
     }
 
     /// Publishes a validation context under `name`. Returns false if unchanged.
@@ -253,39 +300,193 @@ impl SecretStore {
     /// from `secrets` are forgotten (watchers keep their last value). Returns one error per
     /// secret that could not be used; those keep their previous material.
     pub fn apply_sds(&self, secrets: &[Secret]) -> Vec<TlsError> {
+        let (prepared, errors) = self.prepare_sds(secrets);
+        self.publish_sds(prepared);
+        let errors = errors
+            .into_iter()
+            .map(|(name, e)| {
+                self.reject(&name, &e);
+                e
+            })
+            .collect();
+        self.forget_sds_except(secrets);
+        errors
+    }
+
+    /// Parses SDS `Secret`s without publishing them: each certificate whose inputs equal
+    /// what the store already serves under its name is not parsed again (a new snapshot
+    /// that changes one secret of ten thousand parses one). Returns what to publish with
+    /// [`publish_sds`](Self::publish_sds), and the secrets that cannot be used.
+    pub fn prepare_sds(
+        &self,
+        secrets: &[Secret],
+    ) -> (Vec<PreparedSecret>, Vec<(String, TlsError)>) {
+        let now = SystemTime::now();
+        // Parsing a key costs tens of microseconds (its public key is derived and
+        // compared with the certificate's): thousands are parsed on every core.
+        const PER_THREAD_MIN: usize = 128;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(secrets.len().div_ceil(PER_THREAD_MIN))
+            .max(1);
+        let results: Vec<Result<PreparedSecret, TlsError>> = if threads == 1 {
+            secrets.iter().map(|s| self.prepare_one(s, now)).collect()
+        } else {
+            let chunk = secrets.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = secrets
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter()
+                                .map(|s| self.prepare_one(s, now))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .zip(secrets.chunks(chunk))
+                    .flat_map(|(h, part)| {
+                        h.join().unwrap_or_else(|_| {
+                            part.iter().map(|s| self.prepare_one(s, now)).collect()
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut prepared = Vec::with_capacity(secrets.len());
         let mut errors = Vec::new();
-        let names: std::collections::HashSet<&str> =
-            secrets.iter().map(|s| s.name.as_str()).collect();
-        for s in secrets {
-            let result = match &s.r#type {
-                Some(secret::Type::TlsCertificate(tc)) => {
-                    self.add_tls_certificate(&s.name, tc, SecretSource::Sds)
-                }
-                Some(secret::Type::ValidationContext(vc)) => {
-                    self.add_validation_context(&s.name, vc, SecretSource::Sds)
-                }
-                Some(secret::Type::SessionTicketKeys(_)) => Err(TlsError::unsupported(
-                    &format!("secret {}: session_ticket_keys", s.name),
-                    "session ticket keys are not supported; rustls rotates its own",
-                )),
-                Some(secret::Type::GenericSecret(_)) => Err(TlsError::unsupported(
-                    &format!("secret {}: generic_secret", s.name),
-                    "generic secrets are not used by TLS contexts",
-                )),
-                None => Err(TlsError::invalid(
-                    &format!("secret {}", s.name),
-                    "has no type (tls_certificate or validation_context)",
-                )),
-            };
-            if let Err(e) = result {
-                self.reject(&s.name, &e);
-                errors.push(e);
+        for (s, r) in secrets.iter().zip(results) {
+            match r {
+                Ok(p) => prepared.push(p),
+                Err(e) => errors.push((s.name.clone(), e)),
             }
         }
+        (prepared, errors)
+    }
+
+    fn prepare_one(&self, s: &Secret, now: SystemTime) -> Result<PreparedSecret, TlsError> {
+        let (material, watch) = match &s.r#type {
+            Some(secret::Type::TlsCertificate(tc)) => {
+                let files = tls_certificate_files(tc);
+                let stamps = crate::tls::watcher::stamps(&files);
+                let current = lock(&self.inner.certificates)
+                    .get(&s.name)
+                    .and_then(|slot| slot.tx.borrow().as_ref().map(|m| m.digest));
+                let material = match load_tls_certificate_if_changed(&s.name, tc, now, current)? {
+                    Some(m) => Prepared::Certificate(m),
+                    None => Prepared::Unchanged,
+                };
+                let watch = (!files.is_empty()).then(|| {
+                    WatchedSource::certificate(
+                        &s.name,
+                        tc.clone(),
+                        files,
+                        stamps,
+                        SecretSource::Sds,
+                    )
+                });
+                (material, watch)
+            }
+            Some(secret::Type::ValidationContext(vc)) => {
+                let files = validation_files(vc);
+                let stamps = crate::tls::watcher::stamps(&files);
+                let material = ValidationMaterial::from_context(vc, &s.name)?;
+                let watch = (!files.is_empty()).then(|| {
+                    WatchedSource::validation(&s.name, vc.clone(), files, stamps, SecretSource::Sds)
+                });
+                (Prepared::Validation(material), watch)
+            }
+            Some(secret::Type::SessionTicketKeys(_)) => {
+                return Err(TlsError::unsupported(
+                    &format!("secret {}: session_ticket_keys", s.name),
+                    "session ticket keys are not supported; rustls rotates its own",
+                ));
+            }
+            Some(secret::Type::GenericSecret(_)) => {
+                return Err(TlsError::unsupported(
+                    &format!("secret {}: generic_secret", s.name),
+                    "generic secrets are not used by TLS contexts",
+                ));
+            }
+            None => {
+                return Err(TlsError::invalid(
+                    &format!("secret {}", s.name),
+                    "has no type (tls_certificate or validation_context)",
+                ));
+            }
+        };
+        Ok(PreparedSecret {
+            name: s.name.clone(),
+            material,
+            watch,
+        })
+    }
+
+    /// Publishes what [`prepare_sds`](Self::prepare_sds) parsed, as SDS secrets.
+    pub fn publish_sds(&self, prepared: Vec<PreparedSecret>) {
+        for p in prepared {
+            match p.material {
+                Prepared::Certificate(m) => {
+                    self.publish_certificate(&p.name, m, SecretSource::Sds);
+                }
+                Prepared::Validation(m) => {
+                    self.publish_validation(&p.name, m, SecretSource::Sds);
+                }
+                Prepared::Unchanged => {
+                    if let Some(slot) = lock(&self.inner.certificates).get_mut(&p.name) {
+                        slot.source = SecretSource::Sds;
+                    }
+                }
+            }
+            if let Some(w) = p.watch {
+                self.watch(w);
+            }
+        }
+    }
+
+    /// Forgets the SDS secrets not in `secrets` that no listener names (a new snapshot
+    /// replaced them); their files are no longer watched.
+    pub fn forget_sds_except(&self, secrets: &[Secret]) {
+        let names: std::collections::HashSet<&str> =
+            secrets.iter().map(|s| s.name.as_str()).collect();
         lock(&self.inner.certificates).retain(|n, s| keep_slot(&names, n, s));
         lock(&self.inner.validations).retain(|n, s| keep_slot(&names, n, s));
         if let Some(w) = lock(&self.inner.watcher).as_ref() {
             w.forget_sds_except(&names);
+        }
+    }
+
+    /// Updates SDS secrets one by one, as an xDS client receives them (Envoy applies an
+    /// SDS response as it comes, without touching listeners): the usable ones are
+    /// published at once, the others are returned and keep their previous material.
+    /// `removed` secrets are forgotten unless a listener still names them (it keeps the
+    /// last material, as Envoy's does).
+    pub fn update_sds(&self, secrets: &[Secret], removed: &[String]) -> Vec<(String, TlsError)> {
+        let (prepared, errors) = self.prepare_sds(secrets);
+        self.publish_sds(prepared);
+        for (name, e) in &errors {
+            self.reject(name, e);
+        }
+        if !removed.is_empty() {
+            let gone: std::collections::HashSet<&str> =
+                removed.iter().map(String::as_str).collect();
+            let drop_unwatched = |n: &String, s: &mut Slot<_>| -> bool {
+                !(gone.contains(n.as_str())
+                    && s.source == SecretSource::Sds
+                    && s.tx.receiver_count() == 0)
+            };
+            lock(&self.inner.certificates).retain(|n, s| drop_unwatched(n, s));
+            lock(&self.inner.validations).retain(|n, s| {
+                !(gone.contains(n.as_str())
+                    && s.source == SecretSource::Sds
+                    && s.tx.receiver_count() == 0)
+            });
+            if let Some(w) = lock(&self.inner.watcher).as_ref() {
+                w.forget_sds(&gone);
+            }
         }
         errors
     }
@@ -447,6 +648,19 @@ pub fn load_tls_certificate(
     tc: &TlsCertificate,
     now: SystemTime,
 ) -> Result<CertificateMaterial, TlsError> {
+    load_tls_certificate_if_changed(name, tc, now, None)?.ok_or_else(|| {
+        TlsError::invalid(&format!("secret {name}"), "unchanged material (internal)")
+    })
+}
+
+/// [`load_tls_certificate`], or `None` when the inputs' digest equals `current` (the
+/// digest of what is served now): nothing is parsed or checked again.
+pub fn load_tls_certificate_if_changed(
+    name: &str,
+    tc: &TlsCertificate,
+    now: SystemTime,
+    current: Option<[u8; 32]>,
+) -> Result<Option<CertificateMaterial>, TlsError> {
     let field = |f: &str| format!("secret {name}: {f}");
     if tc.private_key_provider.is_some() {
         return Err(TlsError::unsupported(
@@ -482,11 +696,19 @@ pub fn load_tls_certificate(
         .ok_or_else(|| TlsError::invalid(&field("private_key"), "is required"))?;
     let chain = read_data_source(chain_ds, &field("certificate_chain"))?;
     let key = read_data_source(key_ds, &field("private_key"))?;
+    if current.is_some()
+        && tc.ocsp_staple.is_none()
+        && current == Some(crate::tls::material::pem_digest(&chain, &key))
+    {
+        return Ok(None);
+    }
     let what = format!("secret {name}");
     let material = CertificateMaterial::from_pem(&chain, &key, &what, now)?;
     match &tc.ocsp_staple {
-        Some(ds) => Ok(material.with_ocsp(read_data_source(ds, &field("ocsp_staple"))?)),
-        None => Ok(material),
+        Some(ds) => Ok(Some(
+            material.with_ocsp(read_data_source(ds, &field("ocsp_staple"))?),
+        )),
+        None => Ok(Some(material)),
     }
 }
 

@@ -114,6 +114,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 enum Msg {
     Add(Box<WatchedSource>),
     ForgetSdsExcept(HashSet<String>),
+    ForgetSds(HashSet<String>),
     Event,
     Stop,
 }
@@ -174,6 +175,12 @@ impl FileWatcher {
         let names = names.iter().map(|s| s.to_string()).collect();
         let _ = self.tx.send(Msg::ForgetSdsExcept(names));
     }
+
+    /// Stops watching these SDS secrets' files.
+    pub fn forget_sds(&self, names: &HashSet<&str>) {
+        let names = names.iter().map(|s| s.to_string()).collect();
+        let _ = self.tx.send(Msg::ForgetSds(names));
+    }
 }
 
 impl Drop for FileWatcher {
@@ -202,6 +209,9 @@ fn run(store: Weak<Inner>, options: SecretStoreOptions, rx: mpsc::Receiver<Msg>)
             Ok(Msg::ForgetSdsExcept(keep)) => {
                 entries.retain(|name, e| !e.source.from_sds || keep.contains(name));
             }
+            Ok(Msg::ForgetSds(gone)) => {
+                entries.retain(|name, e| !e.source.from_sds || !gone.contains(name));
+            }
             Ok(Msg::Event) => {
                 // Let a burst of events settle (both files of a pair being replaced).
                 let deadline = Instant::now() + options.debounce * 10;
@@ -214,6 +224,9 @@ fn run(store: Weak<Inner>, options: SecretStoreOptions, rx: mpsc::Receiver<Msg>)
                         }
                         Ok(Msg::ForgetSdsExcept(keep)) => {
                             entries.retain(|name, e| !e.source.from_sds || keep.contains(name));
+                        }
+                        Ok(Msg::ForgetSds(gone)) => {
+                            entries.retain(|name, e| !e.source.from_sds || !gone.contains(name));
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) => break,
                         Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,

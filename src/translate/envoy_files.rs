@@ -1,8 +1,18 @@
 //! A resource set as files a stock Envoy serves from: a bootstrap (`envoy.yaml`) whose
 //! listeners and clusters come from filesystem subscriptions (`lds.yaml`, `cds.yaml`),
-//! with every RDS, EDS and SDS source pointing at one file per resource
-//! (`rds/NAME.yaml`, `eds/NAME.yaml`, `sds/NAME.yaml`) — Envoy's filesystem RDS/EDS/SDS
-//! take exactly one resource per file. Resource names stay exactly what ADS would serve.
+//! with every EDS source pointing at one file per resource (`eds/NAME.yaml`) — Envoy's
+//! filesystem EDS takes exactly one resource per file. Route tables are written inline
+//! into the connection managers that name them (`route_config`): a gateway has one per
+//! HTTPS server, and each path-based RDS subscription costs Envoy an inotify instance.
+//!
+//! Secrets: those whose material is inline (`credentialName` Secrets) are written into
+//! the TLS contexts that name them (`tls_certificates`, `validation_context`), so they
+//! travel in `lds.yaml`/`cds.yaml` and rotate when those files are replaced. Envoy
+//! opens an inotify instance per path-based SDS subscription, and a gateway with
+//! thousands of certificates would exceed the default inotify limits that way. Secrets
+//! that name files (`file-cert:`, `file-root:`) stay path-based SDS subscriptions
+//! (`sds/NAME.yaml`), so that Envoy keeps watching their files. Resource names stay
+//! exactly what ADS would serve.
 //!
 //! Everything is rendered from the prost types through [`crate::xds::json`]; the YAML is
 //! that JSON written in block style. Proto maps (per-filter configs, metadata) are
@@ -16,6 +26,7 @@ use crate::xds::pb::envoy::config::bootstrap::v3 as bootstrap;
 use crate::xds::pb::envoy::config::cluster::v3::Cluster;
 use crate::xds::pb::envoy::config::core::v3 as core;
 use crate::xds::pb::envoy::config::listener::v3::{Listener, filter};
+use crate::xds::pb::envoy::config::route::v3::RouteConfiguration;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use crate::xds::pb::envoy::service::discovery::v3::DiscoveryResponse;
@@ -87,29 +98,31 @@ pub fn envoy_files(
     admin_port: u16,
 ) -> Result<Vec<EnvoyFile>, JsonError> {
     let mut files = Vec::new();
+    let inline: HashMap<&str, &tls::Secret> = set
+        .secrets
+        .iter()
+        .filter(|s| !names_files(s))
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    let routes: HashMap<&str, &RouteConfiguration> =
+        set.routes.iter().map(|r| (r.name.as_str(), r)).collect();
     let listeners: Vec<Listener> = set
         .listeners
         .iter()
-        .map(|l| with_file_sources_listener(l, out_dir))
+        .map(|l| with_file_sources_listener(l, out_dir, &inline, &routes))
         .collect();
     let clusters: Vec<Cluster> = set
         .clusters
         .iter()
-        .map(|c| with_file_sources_cluster(c, out_dir))
+        .map(|c| with_file_sources_cluster(c, out_dir, &inline))
         .collect();
-    for r in &set.routes {
-        files.push(EnvoyFile {
-            path: resource_file(TypeUrl::Route, &r.name),
-            contents: discovery_response(TypeUrl::Route, std::slice::from_ref(r))?,
-        });
-    }
     for e in &set.endpoints {
         files.push(EnvoyFile {
             path: resource_file(TypeUrl::Endpoint, &e.cluster_name),
             contents: discovery_response(TypeUrl::Endpoint, std::slice::from_ref(e))?,
         });
     }
-    for s in &set.secrets {
+    for s in set.secrets.iter().filter(|s| names_files(s)) {
         files.push(EnvoyFile {
             path: resource_file(TypeUrl::Secret, &s.name),
             contents: discovery_response(TypeUrl::Secret, std::slice::from_ref(s))?,
@@ -183,8 +196,36 @@ fn discovery_response<M: Message + Name>(
     Ok(to_yaml(&canonical(json::to_json(&response)?)))
 }
 
-/// Points a listener's RDS and SDS sources at files.
-fn with_file_sources_listener(l: &Listener, out_dir: &Path) -> Listener {
+/// Whether a secret's material is read from files (Envoy then watches them).
+fn names_files(s: &tls::Secret) -> bool {
+    let file = |ds: &Option<core::DataSource>| {
+        matches!(
+            ds.as_ref().and_then(|d| d.specifier.as_ref()),
+            Some(core::data_source::Specifier::Filename(_))
+        )
+    };
+    match &s.r#type {
+        Some(tls::secret::Type::TlsCertificate(c)) => {
+            file(&c.certificate_chain) || file(&c.private_key)
+        }
+        Some(tls::secret::Type::ValidationContext(v)) => file(&v.trusted_ca) || file(&v.crl),
+        _ => false,
+    }
+}
+
+/// Whether any TLS context of a listener or cluster file carries inline secret
+/// material (the file is then written for its owner only).
+pub fn holds_secrets(set: &ResourceSet) -> bool {
+    set.secrets.iter().any(|s| !names_files(s))
+}
+
+/// Points a listener's RDS sources at files and its SDS secrets at files or inline.
+fn with_file_sources_listener(
+    l: &Listener,
+    out_dir: &Path,
+    inline: &HashMap<&str, &tls::Secret>,
+    routes: &HashMap<&str, &RouteConfiguration>,
+) -> Listener {
     let mut l = l.clone();
     for chain in &mut l.filter_chains {
         for f in &mut chain.filters {
@@ -200,15 +241,27 @@ fn with_file_sources_listener(l: &Listener, out_dir: &Path) -> Listener {
             if let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) =
                 &mut manager.route_specifier
             {
-                rds.config_source = Some(path_source(
-                    out_dir,
-                    &resource_file(TypeUrl::Route, &rds.route_config_name),
-                ));
+                match routes.get(rds.route_config_name.as_str()) {
+                    // Inline: one path-based RDS subscription per route table would cost
+                    // Envoy an inotify instance each (a gateway has one per HTTPS server).
+                    Some(rc) => {
+                        manager.route_specifier =
+                            Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                                (*rc).clone(),
+                            ));
+                    }
+                    None => {
+                        rds.config_source = Some(path_source(
+                            out_dir,
+                            &resource_file(TypeUrl::Route, &rds.route_config_name),
+                        ));
+                    }
+                }
             }
             *any = pb::any(&manager);
         }
         if let Some(ts) = &mut chain.transport_socket {
-            rewrite_tls_socket::<tls::DownstreamTlsContext>(ts, out_dir, |c| {
+            rewrite_tls_socket::<tls::DownstreamTlsContext>(ts, out_dir, inline, |c| {
                 c.common_tls_context.as_mut()
             });
         }
@@ -216,8 +269,12 @@ fn with_file_sources_listener(l: &Listener, out_dir: &Path) -> Listener {
     l
 }
 
-/// Points a cluster's EDS and SDS sources at files.
-fn with_file_sources_cluster(c: &Cluster, out_dir: &Path) -> Cluster {
+/// Points a cluster's EDS sources at files and its SDS secrets at files or inline.
+fn with_file_sources_cluster(
+    c: &Cluster,
+    out_dir: &Path,
+    inline: &HashMap<&str, &tls::Secret>,
+) -> Cluster {
     let mut c = c.clone();
     if let Some(eds) = &mut c.eds_cluster_config {
         let name = if eds.service_name.is_empty() {
@@ -231,19 +288,22 @@ fn with_file_sources_cluster(c: &Cluster, out_dir: &Path) -> Cluster {
         ));
     }
     if let Some(ts) = &mut c.transport_socket {
-        rewrite_tls_socket::<tls::UpstreamTlsContext>(ts, out_dir, |c| {
+        rewrite_tls_socket::<tls::UpstreamTlsContext>(ts, out_dir, inline, |c| {
             c.common_tls_context.as_mut()
         });
     }
     c
 }
 
-/// Rewrites every SDS config source inside a TLS transport socket to its file.
+/// Rewrites the SDS secrets of a TLS transport socket: inline ones are written into the
+/// context, file-based ones point at their `sds/` file.
 fn rewrite_tls_socket<T: Message + Name + Default>(
     ts: &mut core::TransportSocket,
     out_dir: &Path,
+    inline: &HashMap<&str, &tls::Secret>,
     common: impl Fn(&mut T) -> Option<&mut tls::CommonTlsContext>,
 ) {
+    use tls::common_tls_context::ValidationContextType as V;
     let Some(core::transport_socket::ConfigType::TypedConfig(any)) = &mut ts.config_type else {
         return;
     };
@@ -253,30 +313,71 @@ fn rewrite_tls_socket<T: Message + Name + Default>(
     let Ok(mut ctx) = T::decode(any.value.as_slice()) else {
         return;
     };
+    let to_file = |sds: &mut tls::SdsSecretConfig| {
+        if sds.sds_config.is_some() {
+            sds.sds_config = Some(path_source(
+                out_dir,
+                &resource_file(TypeUrl::Secret, &sds.name),
+            ));
+        }
+    };
+    // The inline material of an SDS secret served over ADS.
+    let certificate = |sds: &tls::SdsSecretConfig| match inline.get(sds.name.as_str()) {
+        Some(s) if sds.sds_config.is_some() => match &s.r#type {
+            Some(tls::secret::Type::TlsCertificate(c)) => Some(c.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let validation = |sds: &tls::SdsSecretConfig| match inline.get(sds.name.as_str()) {
+        Some(s) if sds.sds_config.is_some() => match &s.r#type {
+            Some(tls::secret::Type::ValidationContext(v)) => Some(v.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
     if let Some(common) = common(&mut ctx) {
-        let fix = |sds: &mut tls::SdsSecretConfig| {
-            if sds.sds_config.is_some() {
-                sds.sds_config = Some(path_source(
-                    out_dir,
-                    &resource_file(TypeUrl::Secret, &sds.name),
-                ));
+        let mut kept = Vec::new();
+        for mut sds in std::mem::take(&mut common.tls_certificate_sds_secret_configs) {
+            match certificate(&sds) {
+                Some(c) => common.tls_certificates.push(c),
+                None => {
+                    to_file(&mut sds);
+                    kept.push(sds);
+                }
             }
-        };
-        for sds in &mut common.tls_certificate_sds_secret_configs {
-            fix(sds);
         }
-        if let Some(
-            tls::common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds),
-        ) = &mut common.validation_context_type
-        {
-            fix(sds);
-        }
-        if let Some(tls::common_tls_context::ValidationContextType::CombinedValidationContext(
-            combined,
-        )) = &mut common.validation_context_type
-            && let Some(sds) = &mut combined.validation_context_sds_secret_config
-        {
-            fix(sds);
+        common.tls_certificate_sds_secret_configs = kept;
+        match &mut common.validation_context_type {
+            Some(V::ValidationContextSdsSecretConfig(sds)) => match validation(sds) {
+                Some(v) => common.validation_context_type = Some(V::ValidationContext(v)),
+                None => to_file(sds),
+            },
+            Some(V::CombinedValidationContext(combined)) => {
+                let secret = combined
+                    .validation_context_sds_secret_config
+                    .as_ref()
+                    .and_then(validation);
+                match secret {
+                    // Envoy merges the SDS context into the default one (protobuf
+                    // MergeFrom): so does this.
+                    Some(v) => {
+                        let mut merged = combined
+                            .default_validation_context
+                            .clone()
+                            .unwrap_or_default();
+                        if merged.merge(v.encode_to_vec().as_slice()).is_ok() {
+                            common.validation_context_type = Some(V::ValidationContext(merged));
+                        }
+                    }
+                    None => {
+                        if let Some(sds) = &mut combined.validation_context_sds_secret_config {
+                            to_file(sds);
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
     }
     *any = pb::any(&ctx);

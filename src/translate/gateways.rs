@@ -109,6 +109,9 @@ pub fn merge<'a>(scope: &Scope<'a>, diagnostics: &mut Vec<Diagnostic>) -> Vec<Po
     let mut by_key: BTreeMap<(u32, String), usize> = BTreeMap::new();
     // (port, bind, sni host): TLS hosts already claimed.
     let mut tls_hosts: BTreeMap<(u32, String, String), String> = BTreeMap::new();
+    // (index in `ports`, route name) of every server placed: a port with thousands of
+    // HTTPS servers checks a new one's route name in one probe.
+    let mut route_names: std::collections::HashSet<(usize, String)> = Default::default();
 
     for gateway in &scope.gateways {
         let gateway_name = format!("{}/{}", gateway.meta.namespace, gateway.meta.name);
@@ -183,7 +186,8 @@ pub fn merge<'a>(scope: &Scope<'a>, diagnostics: &mut Vec<Diagnostic>) -> Vec<Po
                     continue;
                 }
             }
-            match by_key.get(&key).map(|&i| &mut ports[i]) {
+            let port_index = by_key.get(&key).copied();
+            match port_index.map(|i| &mut ports[i]) {
                 None => {
                     let kind = if server.is_tls_server() {
                         PortKind::Tls
@@ -195,6 +199,7 @@ pub fn merge<'a>(scope: &Scope<'a>, diagnostics: &mut Vec<Diagnostic>) -> Vec<Po
                         PortKind::Tcp
                     };
                     claim_tls_hosts(&server, &mut tls_hosts);
+                    route_names.insert((ports.len(), server.route_name.clone()));
                     by_key.insert(key, ports.len());
                     ports.push(Port {
                         number: server.port,
@@ -220,12 +225,10 @@ pub fn merge<'a>(scope: &Scope<'a>, diagnostics: &mut Vec<Diagnostic>) -> Vec<Po
                         ));
                         continue;
                     }
+                    let at = port_index.unwrap_or_default();
                     if existing.kind == PortKind::Tls
                         && server.is_http()
-                        && existing
-                            .servers
-                            .iter()
-                            .any(|s| s.route_name == server.route_name)
+                        && route_names.contains(&(at, server.route_name.clone()))
                     {
                         diagnostics.push(gateway.error(
                             &server.field("port.name"),
@@ -237,6 +240,7 @@ pub fn merge<'a>(scope: &Scope<'a>, diagnostics: &mut Vec<Diagnostic>) -> Vec<Po
                         continue;
                     }
                     claim_tls_hosts(&server, &mut tls_hosts);
+                    route_names.insert((at, server.route_name.clone()));
                     existing.servers.push(server);
                 }
             }

@@ -31,7 +31,7 @@ pub fn route_configuration(
         let https_redirect = server.spec.tls.as_ref().is_some_and(|t| t.https_redirect);
         for vs in scope.virtual_services_for_gateway(&server.gateway_name) {
             let server_hosts = hosts_for_namespace(&server.hosts, &vs.res.meta.namespace);
-            let common = intersection(&server_hosts, &vs.hosts);
+            let common = intersection_with(&server_hosts, vs);
             if common.is_empty() {
                 continue;
             }
@@ -132,24 +132,59 @@ fn hosts_for_namespace(hosts: &[String], namespace: &str) -> Vec<String> {
 
 /// Istio's host intersection: for each pair that overlaps, the more specific name.
 fn intersection(a: &[String], b: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+    let mut out = Picks::default();
     for x in a {
-        for y in b {
-            let pick = if hosts::is_subset_of(x, y) {
-                Some(x)
-            } else if hosts::is_subset_of(y, x) {
-                Some(y)
-            } else {
-                None
-            };
-            if let Some(h) = pick
-                && !out.contains(h)
-            {
-                out.push(h.clone());
-            }
+        pairs_with(x, b, &mut out);
+    }
+    out.list
+}
+
+/// [`intersection`] of server hosts with a VirtualService's hosts, without comparing
+/// every pair: a name that is not a wildcard meets the VirtualService's exact names in
+/// one look-up (only wildcards on either side are compared one by one).
+fn intersection_with(
+    a: &[String],
+    vs: &crate::translate::scope::BoundVirtualService<'_>,
+) -> Vec<String> {
+    if vs.exact_hosts.len() != vs.hosts.len() {
+        return intersection(a, &vs.hosts);
+    }
+    let mut out = Picks::default();
+    for x in a {
+        if hosts::is_wildcard(x) {
+            pairs_with(x, &vs.hosts, &mut out);
+        } else if vs.exact_hosts.contains(x) {
+            out.push(x);
         }
     }
-    out
+    out.list
+}
+
+/// The names picked so far, in order, each once.
+#[derive(Default)]
+struct Picks {
+    list: Vec<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Picks {
+    fn push(&mut self, h: &str) {
+        if !self.seen.contains(h) {
+            self.seen.insert(h.to_string());
+            self.list.push(h.to_string());
+        }
+    }
+}
+
+/// The picks of `x` against each of `b`, in `b`'s order.
+fn pairs_with(x: &str, b: &[String], out: &mut Picks) {
+    for y in b {
+        if hosts::is_subset_of(x, y) {
+            out.push(x);
+        } else if hosts::is_subset_of(y, x) {
+            out.push(y);
+        }
+    }
 }
 
 /// Virtual hosts with identical routes merge into one with several domains (Istio's

@@ -18,6 +18,9 @@ pub struct BoundVirtualService<'a> {
     pub res: &'a Resource<VirtualService>,
     /// Hosts, short names resolved in the VirtualService's namespace.
     pub hosts: Vec<String>,
+    /// The hosts that are not wildcards, for look-ups (a VirtualService may name
+    /// thousands of hosts, each bound to its own Gateway server).
+    pub exact_hosts: std::collections::HashSet<String>,
     /// Gateways as `namespace/name` (or `mesh`).
     pub gateways: Vec<String>,
     /// HTTP routes, with `delegate` routes replaced by the delegate's routes.
@@ -110,15 +113,24 @@ impl<'a> Scope<'a> {
                 Visibility::from_export_to(&vs.spec.export_to, &vs.meta.namespace)
                     .includes(&namespace)
             })
-            .map(|vs| BoundVirtualService {
-                http: bind_http_routes(config, vs, &mut diagnostics),
-                res: vs,
-                hosts: vs
+            .map(|vs| {
+                let resolved: Vec<String> = vs
                     .spec
                     .hosts
                     .iter()
                     .map(|h| hosts::resolve_short_name(h, &vs.meta.namespace, &domain_suffix))
+                    .collect();
+                (vs, resolved)
+            })
+            .map(|(vs, resolved)| BoundVirtualService {
+                http: bind_http_routes(config, vs, &mut diagnostics),
+                res: vs,
+                exact_hosts: resolved
+                    .iter()
+                    .filter(|h| !hosts::is_wildcard(h))
+                    .cloned()
                     .collect(),
+                hosts: resolved,
                 gateways: vs
                     .spec
                     .gateways

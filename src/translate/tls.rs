@@ -46,6 +46,9 @@ pub struct SecretBook {
     /// another namespace (a Gateway's own, when no proxy namespace was given) they are
     /// `kubernetes://NAMESPACE/NAME`, so that equal names never collide.
     namespace: String,
+    /// The configuration's Secrets by (namespace, name), made at the first look-up:
+    /// a Gateway with thousands of credentials finds each in one probe.
+    index: Option<std::collections::HashMap<(String, String), usize>>,
 }
 
 impl SecretBook {
@@ -53,7 +56,28 @@ impl SecretBook {
         SecretBook {
             secrets: BTreeMap::new(),
             namespace: namespace.to_string(),
+            index: None,
         }
+    }
+
+    /// The Secret `name` in `namespace` (the first, if several).
+    fn find<'a>(
+        &mut self,
+        config: &'a Config,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&'a Resource<K8sSecret>> {
+        let index = self.index.get_or_insert_with(|| {
+            let mut m = std::collections::HashMap::with_capacity(config.secrets.len());
+            for (i, s) in config.secrets.iter().enumerate() {
+                m.entry((s.meta.namespace.clone(), s.meta.name.clone()))
+                    .or_insert(i);
+            }
+            m
+        });
+        index
+            .get(&(namespace.to_string(), name.to_string()))
+            .and_then(|&i| config.secrets.get(i))
     }
 
     /// The SDS resource name of the Secret `name` in `namespace`.
@@ -64,17 +88,6 @@ impl SecretBook {
             format!("kubernetes://{namespace}/{name}")
         }
     }
-}
-
-fn find_secret<'a>(
-    config: &'a Config,
-    namespace: &str,
-    name: &str,
-) -> Option<&'a Resource<K8sSecret>> {
-    config
-        .secrets
-        .iter()
-        .find(|s| s.meta.namespace == namespace && s.meta.name == name)
 }
 
 /// The first non-empty value of `keys`.
@@ -108,7 +121,8 @@ impl SecretBook {
             return Ok(crate::tls::credential::certificate_sds_name(plain));
         }
         let resource = self.resource_name(namespace, plain);
-        let secret = find_secret(config, namespace, plain)
+        let secret = self
+            .find(config, namespace, plain)
             .ok_or_else(|| format!("no Secret {namespace}/{plain} holds credential `{name}`"))?;
         let cert = value(&secret.spec, &["tls.crt", "cert"]);
         let key = value(&secret.spec, &["tls.key", "key"]);
@@ -143,8 +157,9 @@ impl SecretBook {
         };
         let resource = self.resource_name(namespace, &ca_name);
         let stripped = ca_name.trim_end_matches(CA_SUFFIX);
-        let secret = find_secret(config, namespace, &ca_name)
-            .or_else(|| find_secret(config, namespace, stripped))
+        let secret = self
+            .find(config, namespace, &ca_name)
+            .or_else(|| self.find(config, namespace, stripped))
             .ok_or_else(|| {
                 format!("no Secret {namespace}/{ca_name} (or {namespace}/{stripped}) holds the CA for `{name}`")
             })?;
@@ -173,7 +188,8 @@ impl SecretBook {
         name: &str,
     ) -> Result<String, String> {
         let plain = name.strip_prefix("kubernetes://").unwrap_or(name);
-        let secret = find_secret(config, namespace, plain)
+        let secret = self
+            .find(config, namespace, plain)
             .ok_or_else(|| format!("no Secret {namespace}/{plain} holds CA credential `{name}`"))?;
         let ca = value(&secret.spec, &["cacert", "ca.crt"])
             .ok_or_else(|| format!("Secret {namespace}/{plain} has no `ca.crt` or `cacert`"))?;
@@ -220,8 +236,8 @@ impl SecretBook {
     /// The Secret resources, by name.
     pub fn into_secrets(self) -> Vec<tls::Secret> {
         use tls::secret::Type;
-        let inline = |b: &[u8]| core::DataSource {
-            specifier: Some(core::data_source::Specifier::InlineBytes(b.to_vec())),
+        let inline = |b: Vec<u8>| core::DataSource {
+            specifier: Some(core::data_source::Specifier::InlineBytes(b)),
             ..Default::default()
         };
         let file = |f: &str| core::DataSource {
@@ -233,14 +249,14 @@ impl SecretBook {
             .map(|(name, source)| {
                 let r#type = match source {
                     Source::Inline { cert, key } => Type::TlsCertificate(tls::TlsCertificate {
-                        certificate_chain: Some(inline(&cert)),
-                        private_key: Some(inline(&key)),
+                        certificate_chain: Some(inline(cert)),
+                        private_key: Some(inline(key)),
                         ..Default::default()
                     }),
                     Source::InlineCa { ca, crl } => {
                         Type::ValidationContext(tls::CertificateValidationContext {
-                            trusted_ca: Some(inline(&ca)),
-                            crl: crl.map(|c| inline(&c)),
+                            trusted_ca: Some(inline(ca)),
+                            crl: crl.map(inline),
                             ..Default::default()
                         })
                     }

@@ -65,8 +65,23 @@ pub trait ConfigConsumer: Send + Sync + 'static {
     /// resources that have not arrived yet are not errors: they may still come.
     fn check(&self, candidate: &ResourceSet) -> Vec<Rejection>;
 
-    /// Applies a complete set. Only sets that passed `check` are applied.
+    /// Applies a complete set. Only sets that passed `check` are applied. The set has no
+    /// secrets: those come through `update_secrets`.
     fn apply(&self, set: Arc<ResourceSet>);
+
+    /// Takes SDS secrets as they arrive, apart from the rest, as Envoy does: a secret
+    /// applies when it comes, without rebuilding the listeners that name it. `removed`:
+    /// secrets the server deleted or the client no longer subscribes to. Returns the
+    /// secrets that cannot be used (they are NACKed and keep their previous material).
+    /// The default takes every secret and keeps none.
+    fn update_secrets(
+        &self,
+        secrets: &[crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret],
+        removed: &[String],
+    ) -> Vec<Rejection> {
+        let _ = (secrets, removed);
+        Vec::new()
+    }
 }
 
 /// How to reach and talk to the server.
@@ -226,6 +241,17 @@ fn unsupported_type(type_url: &str) -> RpcStatus {
     rpc_status(format!("resource type {type_url} is not supported"))
 }
 
+/// Names for one log line: the first few, and how many more (a gateway may wait on
+/// thousands of secrets; one line must stay readable).
+fn listed(names: impl Iterator<Item = String>, total: usize) -> String {
+    const SHOWN: usize = 10;
+    let mut s = names.take(SHOWN).collect::<Vec<_>>().join(", ");
+    if total > SHOWN {
+        s.push_str(&format!(" and {} more", total - SHOWN));
+    }
+    s
+}
+
 fn jitter(d: Duration) -> Duration {
     let f: f64 = rand::random_range(0.5..1.5);
     d.mul_f64(f)
@@ -371,7 +397,8 @@ impl XdsClient {
             return;
         }
         if warmed_out && !complete {
-            tracing::warn!(missing = ?self.state.missing(), "applying an update whose referenced resources did not arrive");
+            let missing = self.state.missing();
+            tracing::warn!(missing = %listed(missing.iter().cloned(), missing.len()), "applying an update whose referenced resources did not arrive");
         }
         self.dirty = false;
         self.warming_since = None;
@@ -383,6 +410,16 @@ impl XdsClient {
             s.ready = true;
             s.applies += 1;
         });
+    }
+
+    /// Drops a resource no longer subscribed to; a secret is dropped by the consumer.
+    fn forget(&mut self, t: TypeUrl, name: &str) {
+        self.state.forget(t, name);
+        if t == TypeUrl::Secret {
+            self.consumer.update_secrets(&[], &[name.to_string()]);
+        } else {
+            self.dirty = true;
+        }
     }
 
     /// The connection to the server is up and the stream being opened: the initial fetch
@@ -443,11 +480,7 @@ impl XdsClient {
         if expired.is_empty() {
             return;
         }
-        let names = expired
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let names = listed(expired.iter().map(|s| s.to_string()), expired.len());
         tracing::warn!(server = %self.options.address, ?timeout, subscriptions = %names, "initial fetch timeout: initializing without these subscriptions' first responses; what they bring later is applied as it comes");
         self.state.give_up(expired);
         self.dirty = true;
@@ -608,7 +641,10 @@ impl XdsClient {
                 .filter(|_| matches!(t, TypeUrl::Endpoint | TypeUrl::Route | TypeUrl::Secret));
             let rejections = self.state.apply(&update, self.consumer.as_ref(), named);
             self.record(t, &resp.system_version_info, &rejections);
-            if rejections.len() < update.resources.len() || !update.removed.is_empty() {
+            // Secrets were handed to the consumer as they came: no set to apply for them.
+            if t != TypeUrl::Secret
+                && (rejections.len() < update.resources.len() || !update.removed.is_empty())
+            {
                 self.dirty = true;
             }
             let ack = DeltaDiscoveryRequest {
@@ -635,8 +671,7 @@ impl XdsClient {
                 };
                 // Unsubscribed resources are dropped: the server no longer tracks them.
                 for n in &req.resource_names_unsubscribe {
-                    self.state.forget(t, n);
-                    self.dirty = true;
+                    self.forget(t, n);
                 }
                 self.subscribing(t, req.resource_names_subscribe.iter().cloned());
                 *old = names;
@@ -713,7 +748,8 @@ impl XdsClient {
             let named = if wildcard { None } else { names.get(&t) };
             let rejections = self.state.apply(&update, self.consumer.as_ref(), named);
             self.record(t, &resp.version_info, &rejections);
-            self.dirty |= rejections.len() < update.resources.len() || wildcard;
+            self.dirty |=
+                t != TypeUrl::Secret && (rejections.len() < update.resources.len() || wildcard);
             nonces.insert(t, resp.nonce.clone());
             let ack = DiscoveryRequest {
                 type_url: resp.type_url,
@@ -738,8 +774,7 @@ impl XdsClient {
                 // Resources no longer referenced are dropped.
                 let old = names.get(&t).cloned().unwrap_or_default();
                 for gone in old.difference(&n) {
-                    self.state.forget(t, gone);
-                    self.dirty = true;
+                    self.forget(t, gone);
                 }
                 self.subscribing(t, n.difference(&old).cloned());
                 let req = DiscoveryRequest {

@@ -197,9 +197,17 @@ fn pack<M: Message + Name>(m: &M) -> Any {
 fn redact_secret(
     s: &crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
 ) -> crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    let mut s = s.clone();
+    redact_secret_in_place(&mut s);
+    s
+}
+
+/// Replaces an inline private key by `[redacted]`, as Envoy's config dump shows it.
+pub fn redact_secret_in_place(
+    s: &mut crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+) {
     use crate::xds::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
     use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type;
-    let mut s = s.clone();
     if let Some(Type::TlsCertificate(cert)) = &mut s.r#type
         && let Some(key) = &mut cert.private_key
         && !matches!(key.specifier, Some(Specifier::Filename(_)))
@@ -209,7 +217,6 @@ fn redact_secret(
             ..Default::default()
         };
     }
-    s
 }
 
 #[cfg(test)]

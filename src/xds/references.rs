@@ -78,6 +78,14 @@ pub struct References {
 /// The RDS, EDS and SDS names that listeners and clusters reference through ADS
 /// (the names a client subscribes to after CDS and LDS).
 pub fn references(listeners: &[Listener], clusters: &[Cluster]) -> References {
+    references_of(listeners, clusters)
+}
+
+/// [`references`] of listeners and clusters held anywhere (no copy of them is made).
+pub fn references_of<'a>(
+    listeners: impl IntoIterator<Item = &'a Listener>,
+    clusters: impl IntoIterator<Item = &'a Cluster>,
+) -> References {
     let mut refs = References::default();
     let mut secrets = Vec::new();
     for l in listeners {

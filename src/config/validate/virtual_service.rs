@@ -121,16 +121,37 @@ pub fn validate(vs: &Resource<VirtualService>, out: &mut Vec<Diagnostic>) {
         }
     }
     if hosts_valid {
-        for i in 0..spec.hosts.len() {
-            for j in i + 1..spec.hosts.len() {
-                let (a, b) = (&spec.hosts[i], &spec.hosts[j]);
-                if hosts::matches(a, b) {
-                    s.error(
-                        &format!("spec.hosts[{j}]"),
-                        format!("duplicate hosts in virtual service: `{a}` and `{b}` overlap"),
-                    );
-                }
+        // Overlapping pairs (i < j): equal names found by look-up, wildcards compared
+        // one by one (a VirtualService may name thousands of hosts).
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
+        let mut exact: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+        let mut wildcards: Vec<usize> = Vec::new();
+        for (j, b) in spec.hosts.iter().enumerate() {
+            if hosts::is_wildcard(b) {
+                pairs.extend(
+                    (0..j)
+                        .filter(|&i| hosts::matches(&spec.hosts[i], b))
+                        .map(|i| (i, j)),
+                );
+                wildcards.push(j);
+            } else {
+                pairs.extend(exact.get(b.as_str()).into_iter().flatten().map(|&i| (i, j)));
+                pairs.extend(
+                    wildcards
+                        .iter()
+                        .filter(|&&i| hosts::matches(&spec.hosts[i], b))
+                        .map(|&i| (i, j)),
+                );
+                exact.entry(b.as_str()).or_default().push(j);
             }
+        }
+        pairs.sort_unstable();
+        for (i, j) in pairs {
+            let (a, b) = (&spec.hosts[i], &spec.hosts[j]);
+            s.error(
+                &format!("spec.hosts[{j}]"),
+                format!("duplicate hosts in virtual service: `{a}` and `{b}` overlap"),
+            );
         }
     }
     if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {

@@ -354,22 +354,10 @@ fn downstream_transport_socket(
         )
     })?;
     let name = format!("listener {listener} filter chain {chain:?}");
+    // A certificate secret that has not arrived is not an error: the chain's handshakes
+    // fail until it comes (logged once per secret when the listener is applied).
     let built = DownstreamTls::from_context(&ctx, &tls.store, &tls.sessions, &name)
         .map_err(|e| cx.err("typed_config", e.to_string()))?;
-    if !built.certificates_ready() {
-        let secrets: Vec<&str> = ctx
-            .common_tls_context
-            .iter()
-            .flat_map(|c| &c.tls_certificate_sds_secret_configs)
-            .map(|s| s.name.as_str())
-            .collect();
-        tracing::warn!(
-            listener,
-            chain,
-            secrets = ?secrets,
-            "no certificate yet for this filter chain: its TLS connections are reset until the secret arrives"
-        );
-    }
     Ok(Some(built))
 }
 

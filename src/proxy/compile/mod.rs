@@ -140,23 +140,34 @@ pub(crate) fn duration(
 /// (cluster counters, outlier detection, DNS answers) to clusters whose config is
 /// unchanged, and its TLS state (secret store, sessions) to the new snapshot; without a
 /// previous snapshot a fresh TLS state is made. The set's `Secret`s are checked (see
-/// [`validate_secrets`]) but not published: this is how an update is checked before
-/// it is applied.
+/// [`validate_secrets`]) but not published.
 pub fn compile(
     set: &ResourceSet,
     version: &str,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, CompileError> {
     validate_secrets(set, previous)?;
-    let tls = match previous.and_then(|p| p.tls.clone()) {
-        Some(t) => t,
+    let tls = tls_of(previous)?;
+    compile_with(set, version, previous, &tls)
+}
+
+/// Checks that a set compiles, as [`compile`] does, without building a snapshot (nor
+/// copying the set): how an update is checked before it is applied.
+pub fn check(set: &ResourceSet, previous: Option<&Snapshot>) -> Result<(), CompileError> {
+    validate_secrets(set, previous)?;
+    let tls = tls_of(previous)?;
+    compile_parts(set, previous, &tls).map(|_| ())
+}
+
+fn tls_of(previous: Option<&Snapshot>) -> Result<Arc<TlsRuntime>, CompileError> {
+    match previous.and_then(|p| p.tls.clone()) {
+        Some(t) => Ok(t),
         None => TlsRuntime::new(Default::default()).map_err(|e| CompileError {
             resource: "tls".into(),
             path: String::new(),
             message: e.to_string(),
-        })?,
-    };
-    compile_with(set, version, previous, &tls)
+        }),
+    }
 }
 
 /// Compiles a set without reading its secrets' material (their files may live on
@@ -169,9 +180,7 @@ pub fn check_without_secret_material(set: &ResourceSet) -> Result<(), CompileErr
         message: e.to_string(),
     })?;
     // The parts alone: the check keeps nothing, not even a copy of the set.
-    let clusters = cluster::compile_clusters(set, None, &tls)?;
-    let routes = route::compile_route_configs(set, &clusters)?;
-    listener::compile_listeners(set, &routes, &clusters, &tls).map(|_| ())
+    compile_parts(set, None, &tls).map(|_| ())
 }
 
 /// Checks the set's `Secret`s: certificates and keys parse and match, CA bundles parse,
@@ -196,13 +205,36 @@ pub fn validate_secrets(
         if before.get(s.name.as_str()).is_some_and(|b| *b == s) {
             continue;
         }
-        crate::proxy::tls::validate_secret(s).map_err(|e| CompileError {
-            resource: format!("secret \"{}\"", s.name),
-            path: String::new(),
-            message: e.to_string(),
-        })?;
+        crate::proxy::tls::validate_secret(s).map_err(|e| secret_error(&s.name, &e))?;
     }
     Ok(())
+}
+
+/// A secret that cannot be used, as a compile error naming it.
+pub(crate) fn secret_error(name: &str, e: &crate::tls::TlsError) -> CompileError {
+    CompileError {
+        resource: format!("secret \"{name}\""),
+        path: String::new(),
+        message: e.to_string(),
+    }
+}
+
+/// The compiled parts of a set: its listeners and clusters.
+pub(crate) type Compiled = (
+    Vec<Arc<crate::proxy::listener::Listener>>,
+    HashMap<String, Arc<crate::proxy::upstream::cluster::Cluster>>,
+);
+
+/// Compiles clusters, routes and listeners with the gateway's TLS state.
+pub(crate) fn compile_parts(
+    set: &ResourceSet,
+    previous: Option<&Snapshot>,
+    tls: &Arc<TlsRuntime>,
+) -> Result<Compiled, CompileError> {
+    let clusters = cluster::compile_clusters(set, previous, tls)?;
+    let routes = route::compile_route_configs(set, &clusters)?;
+    let listeners = listener::compile_listeners(set, &routes, &clusters, tls)?;
+    Ok((listeners, clusters))
 }
 
 /// Compiles with the gateway's TLS state, whose secret store already holds the set's
@@ -213,9 +245,7 @@ pub fn compile_with(
     previous: Option<&Snapshot>,
     tls: &Arc<TlsRuntime>,
 ) -> Result<Snapshot, CompileError> {
-    let clusters = cluster::compile_clusters(set, previous, tls)?;
-    let routes = route::compile_route_configs(set, &clusters)?;
-    let listeners = listener::compile_listeners(set, &routes, &clusters, tls)?;
+    let (listeners, clusters) = compile_parts(set, previous, tls)?;
     let mut snap = Snapshot::new(version, set.clone(), listeners, clusters);
     snap.tls = Some(tls.clone());
     Ok(snap)

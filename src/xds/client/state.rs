@@ -8,7 +8,7 @@ use crate::xds::pb::envoy::config::listener::v3::Listener;
 use crate::xds::pb::envoy::config::route::v3::RouteConfiguration;
 use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use crate::xds::pb::google::protobuf::Any;
-use crate::xds::references::{References, references};
+use crate::xds::references::{References, references_of};
 use crate::xds::{ResourceSet, TypeUrl};
 use prost::{Message, Name};
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,12 +53,60 @@ pub fn decode(t: TypeUrl, any: &Any) -> Result<(String, Decoded), String> {
     })
 }
 
+/// Adds a copy of a resource to a set.
+fn push_into(set: &mut ResourceSet, r: &Decoded) {
+    match r {
+        Decoded::Listener(r) => set.listeners.push((**r).clone()),
+        Decoded::Route(r) => set.routes.push((**r).clone()),
+        Decoded::Cluster(r) => set.clusters.push((**r).clone()),
+        Decoded::Endpoint(r) => set.endpoints.push((**r).clone()),
+        Decoded::Secret(r) => set.secrets.push((**r).clone()),
+    }
+}
+
 /// One accepted resource.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Held {
     /// The server's version of it (delta), or the SotW response version.
     pub version: String,
-    pub resource: Decoded,
+    /// The resource, protobuf-encoded: several times smaller than decoded (a listener
+    /// with thousands of filter chains, thousands of route tables), decoded when a set is
+    /// built.
+    pub encoded: Vec<u8>,
+}
+
+impl Held {
+    fn new(version: String, resource: &Decoded) -> Held {
+        Held {
+            version,
+            encoded: encode(resource),
+        }
+    }
+
+    /// The resource, decoded as type `t` (what was encoded decodes).
+    pub fn decoded(&self, t: TypeUrl) -> Option<Decoded> {
+        fn d<M: Message + Default>(b: &[u8]) -> Option<Box<M>> {
+            M::decode(b).ok().map(Box::new)
+        }
+        let b = self.encoded.as_slice();
+        Some(match t {
+            TypeUrl::Listener => Decoded::Listener(d(b)?),
+            TypeUrl::Route => Decoded::Route(d(b)?),
+            TypeUrl::Cluster => Decoded::Cluster(d(b)?),
+            TypeUrl::Endpoint => Decoded::Endpoint(d(b)?),
+            TypeUrl::Secret => Decoded::Secret(d(b)?),
+        })
+    }
+}
+
+fn encode(r: &Decoded) -> Vec<u8> {
+    match r {
+        Decoded::Listener(m) => m.encode_to_vec(),
+        Decoded::Route(m) => m.encode_to_vec(),
+        Decoded::Cluster(m) => m.encode_to_vec(),
+        Decoded::Endpoint(m) => m.encode_to_vec(),
+        Decoded::Secret(m) => m.encode_to_vec(),
+    }
 }
 
 /// The accepted resources of one type.
@@ -98,6 +146,9 @@ pub struct State {
     /// timeout: they no longer hold back completeness (Envoy's init target is done) until
     /// their resource arrives or they are dropped.
     given_up: BTreeSet<Subscription>,
+    /// What the accepted listeners and clusters reference (kept up to date as they
+    /// change: listeners with thousands of filter chains are not walked per response).
+    refs: References,
 }
 
 fn i(t: TypeUrl) -> usize {
@@ -135,8 +186,23 @@ impl State {
 
     /// The names referenced over ADS by the accepted listeners and clusters.
     pub fn references(&self) -> References {
-        let set = self.to_set_of(&[TypeUrl::Listener, TypeUrl::Cluster]);
-        references(&set.listeners, &set.clusters)
+        self.refs.clone()
+    }
+
+    fn update_references(&mut self) {
+        let listeners: Vec<Listener> = self
+            .of(TypeUrl::Listener)
+            .resources
+            .values()
+            .filter_map(|h| Listener::decode(h.encoded.as_slice()).ok())
+            .collect();
+        let clusters: Vec<Cluster> = self
+            .of(TypeUrl::Cluster)
+            .resources
+            .values()
+            .filter_map(|h| Cluster::decode(h.encoded.as_slice()).ok())
+            .collect();
+        self.refs = references_of(&listeners, &clusters);
     }
 
     /// The names to subscribe to for a named type (EDS/RDS/SDS); `None` for the wildcard
@@ -165,9 +231,8 @@ impl State {
             .map(Subscription::Wildcard)
             .filter(|s| !self.given_up.contains(s))
             .collect();
-        let refs = self.references();
         for t in TypeUrl::ALL {
-            if let Some(names) = self.wanted(t, &refs) {
+            if let Some(names) = self.wanted(t, &self.refs) {
                 let ts = self.of(t);
                 out.extend(
                     names
@@ -199,12 +264,8 @@ impl State {
         let mut set = ResourceSet::default();
         for &t in types {
             for h in self.of(t).resources.values() {
-                match &h.resource {
-                    Decoded::Listener(r) => set.listeners.push((**r).clone()),
-                    Decoded::Route(r) => set.routes.push((**r).clone()),
-                    Decoded::Cluster(r) => set.clusters.push((**r).clone()),
-                    Decoded::Endpoint(r) => set.endpoints.push((**r).clone()),
-                    Decoded::Secret(r) => set.secrets.push((**r).clone()),
+                if let Some(r) = h.decoded(t) {
+                    push_into(&mut set, &r);
                 }
             }
         }
@@ -212,9 +273,15 @@ impl State {
         set
     }
 
-    /// Every accepted resource.
+    /// Every accepted resource but the secrets, which the consumer took as they came
+    /// ([`ConfigConsumer::update_secrets`]); the state keeps only their names and versions.
     pub fn to_set(&self) -> ResourceSet {
-        self.to_set_of(&TypeUrl::ALL)
+        self.to_set_of(&[
+            TypeUrl::Cluster,
+            TypeUrl::Endpoint,
+            TypeUrl::Listener,
+            TypeUrl::Route,
+        ])
     }
 
     /// Versions held for a type (delta `initial_resource_versions`).
@@ -226,14 +293,59 @@ impl State {
             .collect()
     }
 
-    fn with(
+    /// The set the consumer would get with this update applied: one copy of the
+    /// resources, for the check (the state itself is not copied: a listener with
+    /// thousands of filter chains is large).
+    fn candidate_set(
         &self,
         update: &Update,
         accepted: &[(String, String, Decoded)],
         kept: &BTreeSet<String>,
-    ) -> State {
-        let mut next = self.clone();
-        let ts = next.of_mut(update.ty);
+    ) -> ResourceSet {
+        let t = update.ty;
+        let mut set = self.to_set_of(
+            &[
+                TypeUrl::Cluster,
+                TypeUrl::Endpoint,
+                TypeUrl::Listener,
+                TypeUrl::Route,
+            ]
+            .into_iter()
+            .filter(|x| *x != t)
+            .collect::<Vec<_>>(),
+        );
+        let replaced: BTreeSet<&str> = accepted.iter().map(|(n, _, _)| n.as_str()).collect();
+        let held = self.of(t).resources.iter().filter(|(n, _)| {
+            (!update.complete_list || kept.contains(*n))
+                && !update.removed.contains(n)
+                && !replaced.contains(n.as_str())
+        });
+        for (_, h) in held {
+            if let Some(r) = h.decoded(t) {
+                push_into(&mut set, &r);
+            }
+        }
+        for (_, _, r) in accepted {
+            push_into(&mut set, r);
+        }
+        set.sort();
+        set
+    }
+
+    /// Records an update checked with [`candidate_set`](Self::candidate_set).
+    fn commit(
+        &mut self,
+        update: &Update,
+        accepted: Vec<(String, String, Decoded)>,
+        kept: &BTreeSet<String>,
+    ) {
+        let t = update.ty;
+        let answered: BTreeSet<String> = accepted
+            .iter()
+            .map(|(n, _, _)| n.clone())
+            .chain(update.removed.iter().cloned())
+            .collect();
+        let ts = self.of_mut(t);
         if update.complete_list {
             // Keep what the response carried but could not be accepted (the old version
             // stays), drop everything the response left out.
@@ -244,27 +356,15 @@ impl State {
             ts.absent.insert(n.clone());
         }
         for (name, version, resource) in accepted {
-            ts.absent.remove(name);
-            ts.resources.insert(
-                name.clone(),
-                Held {
-                    version: version.clone(),
-                    resource: resource.clone(),
-                },
-            );
+            ts.absent.remove(&name);
+            ts.resources.insert(name, Held::new(version, &resource));
         }
         ts.received = true;
         // What was given up on and has now been answered is awaited no more.
-        let t = update.ty;
-        next.given_up.retain(|s| match s {
+        self.given_up.retain(|s| match s {
             Subscription::Wildcard(w) => *w != t,
-            Subscription::Named(n, name) => {
-                *n != t
-                    || !(update.removed.contains(name)
-                        || accepted.iter().any(|(a, _, _)| a == name))
-            }
+            Subscription::Named(n, name) => *n != t || !answered.contains(name),
         });
-        next
     }
 
     /// Applies a response: decodes each resource with its type's handler, lets the
@@ -277,6 +377,9 @@ impl State {
         subscribed: Option<&BTreeSet<String>>,
     ) -> Vec<Rejection> {
         let t = update.ty;
+        if t == TypeUrl::Secret {
+            return self.apply_secrets(update, consumer, subscribed);
+        }
         let mut rejections = Vec::new();
         let mut accepted = Vec::new();
         for r in &update.resources {
@@ -303,12 +406,16 @@ impl State {
         let mut kept: BTreeSet<String> = accepted.iter().map(|(n, _, _)| n.clone()).collect();
         kept.extend(rejections.iter().map(|r| r.name.clone()));
         for round in 0..2 {
-            let candidate = self.with(update, &accepted, &kept);
-            let problems = consumer.check(&candidate.to_set());
+            let candidate = self.candidate_set(update, &accepted, &kept);
+            let problems = consumer.check(&candidate);
+            drop(candidate);
             if problems.is_empty() {
-                *self = candidate;
+                self.commit(update, accepted, &kept);
                 if rejections.is_empty() {
                     self.of_mut(t).version = update.version.clone();
+                }
+                if matches!(t, TypeUrl::Listener | TypeUrl::Cluster) {
+                    self.update_references();
                 }
                 return rejections;
             }
@@ -332,6 +439,74 @@ impl State {
 }
 
 impl State {
+    /// Applies an SDS response: the consumer takes each usable secret at once (no
+    /// listener is compiled for it); the state records its name and version only (the
+    /// material lives in the consumer), and nothing of a rejected one.
+    fn apply_secrets(
+        &mut self,
+        update: &Update,
+        consumer: &dyn ConfigConsumer,
+        subscribed: Option<&BTreeSet<String>>,
+    ) -> Vec<Rejection> {
+        let t = TypeUrl::Secret;
+        let mut rejections = Vec::new();
+        let mut accepted: Vec<(Secret, &str)> = Vec::new();
+        for r in &update.resources {
+            match decode_as::<Secret>(&r.resource) {
+                Ok(s) if !r.name.is_empty() && s.name != r.name => rejections.push(Rejection {
+                    type_url: t,
+                    name: r.name.clone(),
+                    message: format!("resource is named `{}` inside", s.name),
+                }),
+                Ok(s) if subscribed.is_some_and(|n| !n.contains(&s.name)) => {}
+                Ok(s) => accepted.push((s, &r.version)),
+                Err(message) => rejections.push(Rejection {
+                    type_url: t,
+                    name: r.name.clone(),
+                    message,
+                }),
+            }
+        }
+        let (secrets, versions): (Vec<Secret>, Vec<&str>) = accepted.into_iter().unzip();
+        let refused = consumer.update_secrets(&secrets, &update.removed);
+        let refused_names: BTreeSet<String> = refused.iter().map(|r| r.name.clone()).collect();
+        let answered: BTreeSet<&str> = secrets
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !refused_names.contains(*n))
+            .chain(update.removed.iter().map(String::as_str))
+            .collect();
+        let ts = &mut self.types[i(t)];
+        for n in &update.removed {
+            ts.resources.remove(n);
+            ts.absent.insert(n.clone());
+        }
+        for (s, version) in secrets.iter().zip(versions) {
+            if refused_names.contains(&s.name) {
+                continue;
+            }
+            ts.absent.remove(&s.name);
+            ts.resources.insert(
+                s.name.clone(),
+                Held {
+                    version: version.to_string(),
+                    // Nothing of it: the consumer holds the material.
+                    encoded: Vec::new(),
+                },
+            );
+        }
+        ts.received = true;
+        rejections.extend(refused);
+        if rejections.is_empty() {
+            ts.version = update.version.clone();
+        }
+        self.given_up.retain(|s| match s {
+            Subscription::Wildcard(w) => *w != t,
+            Subscription::Named(n, name) => *n != t || !answered.contains(name.as_str()),
+        });
+        rejections
+    }
+
     /// Drops a resource the client no longer subscribes to.
     pub fn forget(&mut self, t: TypeUrl, name: &str) {
         let ts = self.of_mut(t);
