@@ -302,15 +302,18 @@ fn removed_listener_drains_and_idle_connections_close() {
     let mesh = InProcess::start(&two);
     // Idle timeout: a kept-alive connection is closed by the gateway once 0.3 s pass
     // without requests (the read timeout only guards against a hang).
+    // The gateway's idle clock starts once its response is written, which is after
+    // the request is sent: time from there, so the bound below cannot be undercut by
+    // the time this client takes to read the response.
     let mut idle = TcpStream::connect(("127.0.0.1", p1)).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let t = std::time::Instant::now();
     idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let r = read_response(&mut idle);
     assert_eq!(r.status, 200);
     assert_ne!(r.header("connection"), Some("close"), "kept alive");
-    let t = std::time::Instant::now();
     let mut buf = [0u8; 16];
     match idle.read(&mut buf) {
         Ok(0) => {}
