@@ -293,3 +293,77 @@ fn a_missing_path_cannot_run() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_mesh_config_is_checked_with_the_resources() {
+    let ok = meshgate(&[
+        "validate",
+        "tests/testdata/valid",
+        "--mesh-config",
+        "tests/testdata/mesh/mesh.yaml",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "");
+    assert_eq!(ok.status.code(), Some(0));
+    // Its unknown fields and the settings meshgate does not serve are errors, before
+    // those of the resources.
+    let bad = meshgate(&[
+        "validate",
+        "tests/testdata/valid",
+        "--mesh-config",
+        "tests/testdata/mesh/bad-mesh.yaml",
+    ]);
+    assert_eq!(
+        stdout_lines(&bad),
+        ["tests/testdata/mesh/bad-mesh.yaml:4:3: error: defaultConfig.concurency: unknown field `concurency`; did you mean `concurrency`?"]
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let file = std::env::temp_dir().join(format!("mesh-{}.yaml", std::process::id()));
+    std::fs::write(&file, "enableTracing: true\n").unwrap();
+    let unserved = meshgate(&[
+        "validate",
+        "tests/testdata/valid",
+        "--mesh-config",
+        file.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&file);
+    let lines = stdout_lines(&unserved);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].ends_with(":1:1: error: MeshConfig: enableTracing: meshgate does not serve this mesh setting yet; the mesh configuration is refused rather than run without it (remove the field)"),
+        "{lines:?}"
+    );
+    assert_eq!(unserved.status.code(), Some(1));
+}
+
+#[test]
+fn the_gateway_and_the_control_plane_refuse_a_bad_mesh_config() {
+    for args in [
+        &[
+            "gateway",
+            "--config",
+            "tests/testdata/valid",
+            "--mesh-config",
+            "tests/testdata/mesh/bad-mesh.yaml",
+        ][..],
+        &[
+            "control-plane",
+            "--config",
+            "tests/testdata/valid",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--debug-addr",
+            "127.0.0.1:0",
+            "--mesh-config",
+            "tests/testdata/mesh/bad-mesh.yaml",
+        ][..],
+    ] {
+        let out = meshgate(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--mesh-config: the mesh configuration is refused")
+                && err.contains("tests/testdata/mesh/bad-mesh.yaml:4:3: error: defaultConfig.concurency"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use meshgate::config::mesh::{MeshConfig, load_mesh_config};
 use std::time::Duration;
 
 /// Arguments of `meshgate control-plane`.
@@ -41,8 +42,13 @@ pub struct Args {
     #[arg(long)]
     ca_dir: Option<PathBuf>,
     /// Trust domain of the identities the CA issues (spiffe://TRUST_DOMAIN/ns/NS/sa/SA).
-    #[arg(long, default_value = "cluster.local", requires = "ca_dir")]
-    trust_domain: String,
+    /// Default: --mesh-config's `trustDomain`, else cluster.local.
+    #[arg(long, requires = "ca_dir")]
+    trust_domain: Option<String>,
+    /// Istio MeshConfig (YAML): mesh-wide settings such as `trustDomain`. Read at start;
+    /// any error in it refuses to start.
+    #[arg(long, value_name = "FILE")]
+    mesh_config: Option<PathBuf>,
     /// Longest lifetime of a certificate the CA issues (longer requests get this).
     #[arg(long, default_value = "24h", value_parser = super::token::parse_duration, requires = "ca_dir")]
     ca_max_ttl: Duration,
@@ -80,12 +86,38 @@ struct MeshIdentity {
     listener: tokio::net::TcpListener,
 }
 
-fn mesh_identity(args: &Args) -> Result<Option<MeshIdentity>, String> {
+/// The mesh configuration, with --trust-domain applied: a flag and a file that disagree
+/// are refused rather than one silently winning.
+fn mesh_config(args: &Args) -> Result<MeshConfig, String> {
+    let mut mesh = match &args.mesh_config {
+        Some(path) => load_mesh_config(path).map_err(|diags| {
+            let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+            format!(
+                "--mesh-config: the mesh configuration is refused:\n{}",
+                lines.join("\n")
+            )
+        })?,
+        None => MeshConfig::default(),
+    };
+    if let Some(td) = &args.trust_domain {
+        if args.mesh_config.is_some() && *td != mesh.trust_domain {
+            return Err(format!(
+                "--trust-domain {td} disagrees with the mesh configuration's trustDomain {}; give one",
+                mesh.trust_domain
+            ));
+        }
+        mesh.trust_domain = td.clone();
+    }
+    Ok(mesh)
+}
+
+fn mesh_identity(args: &Args, mesh: &MeshConfig) -> Result<Option<MeshIdentity>, String> {
     let Some(dir) = &args.ca_dir else {
         return Ok(None);
     };
+    let trust_domain = mesh.trust_domain.clone();
     let options = CaOptions {
-        trust_domain: args.trust_domain.clone(),
+        trust_domain: trust_domain.clone(),
         max_ttl: args.ca_max_ttl,
     };
     let ca = Arc::new(Ca::load_or_create(dir, options).map_err(|e| e.to_string())?);
@@ -101,10 +133,10 @@ fn mesh_identity(args: &Args) -> Result<Option<MeshIdentity>, String> {
             tracing::info!(root = %root.display(), "loaded Istio's plug-in CA (ca-cert.pem signs)")
         }
     }
-    let join = JoinTokens::open(dir, &args.trust_domain).map_err(|e| e.to_string())?;
+    let join = JoinTokens::open(dir, &trust_domain).map_err(|e| e.to_string())?;
     let jwt = match (&args.jwt_issuer, &args.jwks_file) {
         (Some(iss), Some(file)) => Some(
-            JwtIssuer::new(iss, file, args.jwt_audiences.clone(), &args.trust_domain)
+            JwtIssuer::new(iss, file, args.jwt_audiences.clone(), &trust_domain)
                 .map_err(|e| e.to_string())?,
         ),
         _ => None,
@@ -187,7 +219,7 @@ async fn serve(args: Args) -> ExitCode {
         ..Options::default()
     };
     let cp = ControlPlane::new(source, options);
-    let identity = match mesh_identity(&args) {
+    let identity = match mesh_config(&args).and_then(|mesh| mesh_identity(&args, &mesh)) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("meshgate control-plane: {e}");

@@ -2,6 +2,7 @@
 use anyhow::Context as _;
 use clap::Args;
 use meshgate::acme::AcmeCertificate;
+use meshgate::config::mesh::AccessLogEncoding;
 use meshgate::pipeline::{self, ConfigWatch, watch::fingerprint};
 use meshgate::proxy::access_log::AccessLogMode;
 use meshgate::proxy::stats::SourceLabels;
@@ -45,9 +46,14 @@ pub struct GatewayArgs {
     /// The gateway's namespace (default: that of the first Gateway selecting it).
     #[arg(long)]
     pub namespace: Option<String>,
+    /// Istio MeshConfig (YAML): mesh-wide settings (trust domain, access log,
+    /// `defaultConfig`). Flags given explicitly win over it.
+    #[arg(long, value_name = "FILE")]
+    pub mesh_config: Option<PathBuf>,
     /// Worker threads, each with its own listeners and upstream pools (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    pub concurrency: usize,
+    /// Default: `defaultConfig.concurrency` of --mesh-config, else 0.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// Admin API address (`/ready`, `/config_dump`, `/clusters`, `/stats`, ...).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_address: SocketAddr,
@@ -57,12 +63,14 @@ pub struct GatewayArgs {
     /// Prometheus endpoint address (`/stats/prometheus`).
     #[arg(long, default_value = "0.0.0.0:15090")]
     pub prometheus_address: SocketAddr,
-    /// Access log on stdout: json, text or off.
-    #[arg(long, default_value = "json")]
-    pub access_log: AccessLogMode,
-    /// How long in-flight requests may take to finish on shutdown (seconds).
-    #[arg(long, default_value_t = 5.0)]
-    pub drain_timeout: f64,
+    /// Access log on stdout: json, text or off. Default: as --mesh-config's
+    /// `accessLogFile`/`accessLogEncoding` say if set, else json.
+    #[arg(long)]
+    pub access_log: Option<AccessLogMode>,
+    /// How long in-flight requests may take to finish on shutdown (seconds). Default:
+    /// `defaultConfig.terminationDrainDuration` of --mesh-config, else 5.
+    #[arg(long)]
+    pub drain_timeout: Option<f64>,
     /// Open downstream connections per listener.
     #[arg(long, default_value_t = 100_000)]
     pub max_connections: usize,
@@ -99,13 +107,41 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         .or_else(|| labels.get("istio"))
         .cloned()
         .unwrap_or_else(|| "meshgate".into());
+    let mesh = match &args.mesh_config {
+        Some(path) => meshgate::config::mesh::load_mesh_config(path).map_err(|diags| {
+            anyhow::anyhow!(
+                "--mesh-config: the mesh configuration is refused:\n{}",
+                diags
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?,
+        None => meshgate::config::mesh::MeshConfig::default(),
+    };
+    let access_log = args.access_log.unwrap_or(match mesh.access_log {
+        None => AccessLogMode::Json,
+        Some(None) => AccessLogMode::Off,
+        Some(Some(AccessLogEncoding::Json)) => AccessLogMode::Json,
+        Some(Some(AccessLogEncoding::Text)) => AccessLogMode::Text,
+    });
+    let drain_timeout = match args.drain_timeout {
+        Some(secs) => Duration::from_secs_f64(secs.max(0.0)),
+        None => mesh
+            .termination_drain_duration
+            .unwrap_or(Duration::from_secs(5)),
+    };
     let opts = GatewayOptions {
-        concurrency: args.concurrency,
+        concurrency: args
+            .concurrency
+            .or(mesh.concurrency.map(|c| c as usize))
+            .unwrap_or(0),
         admin_addr: Some(args.admin_address),
         health_addr: Some(args.health_address),
         prometheus_addr: Some(args.prometheus_address),
-        access_log: args.access_log,
-        drain_timeout: Duration::from_secs_f64(args.drain_timeout.max(0.0)),
+        access_log,
+        drain_timeout,
         max_connections: args.max_connections,
         source: SourceLabels {
             workload: app.clone(),

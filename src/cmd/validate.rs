@@ -25,6 +25,10 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Istio MeshConfig (YAML) to check as well, as the control plane and the gateway
+    /// read it with --mesh-config.
+    #[arg(long, value_name = "FILE")]
+    pub mesh_config: Option<PathBuf>,
 }
 
 /// Runs the subcommand.
@@ -47,7 +51,14 @@ pub fn run(args: Args) -> ExitCode {
     }
     // The whole pipeline: what passes here, a gateway serves.
     let report = pipeline::run(&args.path, &pipeline::Options::all_gateways());
-    let diagnostics = report.diagnostics;
+    let mut diagnostics = report.diagnostics;
+    if let Some(Err(mesh_errors)) = args
+        .mesh_config
+        .as_deref()
+        .map(meshgate::config::mesh::load_mesh_config)
+    {
+        diagnostics.splice(0..0, mesh_errors);
+    }
 
     match args.output {
         Output::Text => {

@@ -835,7 +835,7 @@ fn deserialize<T: DeserializeOwned>(
 
 /// Turns a serde error into a diagnostic at the failing field, with a did-you-mean hint
 /// for unknown fields.
-fn serde_diagnostic(
+pub(crate) fn serde_diagnostic(
     file: &Arc<str>,
     root: &Node,
     e: serde_path_to_error::Error<serde_json::Error>,

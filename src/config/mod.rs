@@ -10,6 +10,7 @@ pub mod diag;
 pub mod duration;
 pub mod hosts;
 pub mod load;
+pub mod mesh;
 pub mod source;
 pub mod support;
 pub mod types;

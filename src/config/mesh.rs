@@ -1,0 +1,610 @@
+//! Istio's MeshConfig: the mesh-wide settings (`mesh` in Istio's `istio` ConfigMap),
+//! read from `--mesh-config FILE` by the control plane, the standalone gateway and
+//! `validate`. It is the one place mesh-wide settings come from.
+//!
+//! Every field of Istio's `MeshConfig` (and of its `defaultConfig`, a `ProxyConfig`) is
+//! known; a field that is not is an error with a did-you-mean hint, as in resources.
+//! Fields fall in three groups:
+//!
+//! - **served**: meshgate acts on them (`trustDomain`, `enableAutoMtls`,
+//!   `outboundTrafficPolicy`, `accessLogFile`, `accessLogEncoding`, `connectTimeout`,
+//!   `rootNamespace` when it is `istio-system`, `extensionProviders` as definitions,
+//!   and in `defaultConfig`: `concurrency`, `terminationDrainDuration`,
+//!   `discoveryAddress`, `proxyMetadata`);
+//! - **not relevant** to what meshgate serves (settings of Kubernetes Ingress
+//!   processing, sidecar capture ports, istiod's own discovery), accepted and listed in
+//!   docs/configuration.md;
+//! - **would change traffic but are not served yet**: an error naming the field, so a
+//!   mesh never believes a setting is in force when it is not.
+use super::diag::{Diagnostic, Severity};
+use super::duration::Duration;
+use super::source::{self, Node};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Istio's default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// Istio's default root namespace.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+/// `outboundTrafficPolicy.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum OutboundMode {
+    #[serde(rename = "REGISTRY_ONLY")]
+    RegistryOnly,
+    #[default]
+    #[serde(rename = "ALLOW_ANY")]
+    AllowAny,
+}
+
+/// `accessLogEncoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum AccessLogEncoding {
+    #[default]
+    #[serde(rename = "TEXT")]
+    Text,
+    #[serde(rename = "JSON")]
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundTrafficPolicy {
+    #[serde(default)]
+    pub mode: OutboundMode,
+}
+
+/// One `extensionProviders` entry: a name and exactly one provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtensionProvider {
+    pub name: String,
+    /// The provider's kind, as Istio names the field (`envoyExtAuthzHttp`, `zipkin`, ...).
+    pub kind: String,
+    /// The provider's settings, as written.
+    pub settings: Value,
+}
+
+/// The provider kinds of Istio's `MeshConfig.ExtensionProvider`.
+const PROVIDER_KINDS: &[&str] = &[
+    "envoyExtAuthzHttp",
+    "envoyExtAuthzGrpc",
+    "zipkin",
+    "lightstep",
+    "datadog",
+    "stackdriver",
+    "opencensus",
+    "skywalking",
+    "opentelemetry",
+    "prometheus",
+    "envoyFileAccessLog",
+    "envoyHttpAls",
+    "envoyTcpAls",
+    "envoyOtelAls",
+    "sds",
+];
+
+/// `defaultConfig` (Istio's `ProxyConfig`), every field known. The fields not acted upon
+/// are read only to tell them from unknown ones.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    // Served.
+    pub concurrency: Option<u32>,
+    pub termination_drain_duration: Option<Duration>,
+    pub discovery_address: Option<String>,
+    #[serde(default)]
+    pub proxy_metadata: BTreeMap<String, String>,
+    // Not relevant to meshgate (paths and ports of Envoy's own process, sidecar start-up).
+    config_path: Option<Value>,
+    binary_path: Option<Value>,
+    drain_duration: Option<Duration>,
+    proxy_admin_port: Option<Value>,
+    status_port: Option<Value>,
+    custom_config_file: Option<Value>,
+    proxy_bootstrap_template_path: Option<Value>,
+    interception_mode: Option<Value>,
+    hold_application_until_proxy_starts: Option<Value>,
+    image: Option<Value>,
+    readiness_probe: Option<Value>,
+    availability_zone: Option<Value>,
+    service_cluster: Option<Value>,
+    stat_name_length: Option<Value>,
+    file_flush_interval: Option<Value>,
+    file_flush_min_size_kb: Option<Value>,
+    mesh_id: Option<Value>,
+    discovery_refresh_delay: Option<Value>,
+    control_plane_auth_policy: Option<Value>,
+    // Would change traffic or telemetry; not served yet.
+    tracing: Option<Value>,
+    tracing_service_name: Option<Value>,
+    zipkin_address: Option<Value>,
+    statsd_udp_address: Option<Value>,
+    envoy_metrics_service_address: Option<Value>,
+    envoy_access_log_service: Option<Value>,
+    envoy_metrics_service: Option<Value>,
+    sds: Option<Value>,
+    runtime_values: Option<Value>,
+    extra_stat_tags: Option<Value>,
+    gateway_topology: Option<Value>,
+    proxy_stats_matcher: Option<Value>,
+    ca_certificates_pem: Option<Value>,
+    private_key_provider: Option<Value>,
+    proxy_headers: Option<Value>,
+    stats_compression: Option<Value>,
+    connection_settings: Option<Value>,
+}
+
+/// Istio's `MeshConfig`, every field known (see [`ProxyConfig`]).
+#[allow(dead_code)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawMeshConfig {
+    // Served.
+    trust_domain: Option<String>,
+    enable_auto_mtls: Option<bool>,
+    outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    access_log_file: Option<String>,
+    access_log_encoding: Option<AccessLogEncoding>,
+    connect_timeout: Option<Duration>,
+    root_namespace: Option<String>,
+    default_config: Option<ProxyConfig>,
+    #[serde(default)]
+    extension_providers: Vec<serde_json::Map<String, Value>>,
+    // Not relevant to meshgate: Kubernetes Ingress processing, sidecar capture, istiod's
+    // own discovery and certificates, Prometheus scraping of application pods.
+    proxy_listen_port: Option<Value>,
+    proxy_inbound_listen_port: Option<Value>,
+    proxy_http_port: Option<Value>,
+    protocol_detection_timeout: Option<Value>,
+    ingress_class: Option<Value>,
+    ingress_service: Option<Value>,
+    ingress_controller_mode: Option<Value>,
+    ingress_selector: Option<Value>,
+    inbound_traffic_policy: Option<Value>,
+    config_sources: Option<Value>,
+    inbound_cluster_stat_name: Option<Value>,
+    certificates: Option<Value>,
+    enable_prometheus_merge: Option<Value>,
+    verify_certificate_at_client: Option<Value>,
+    discovery_selectors: Option<Value>,
+    hbone_idle_timeout: Option<Value>,
+    disable_envoy_listener_log: Option<Value>,
+    // Would change traffic, identity or telemetry; not served yet.
+    tcp_keepalive: Option<Value>,
+    enable_tracing: Option<bool>,
+    access_log_format: Option<Value>,
+    enable_envoy_access_log_service: Option<Value>,
+    trust_domain_aliases: Option<Vec<String>>,
+    ca_certificates: Option<Value>,
+    default_service_export_to: Option<Value>,
+    default_virtual_service_export_to: Option<Value>,
+    default_destination_rule_export_to: Option<Value>,
+    locality_lb_setting: Option<Value>,
+    zone_aware_lb_setting: Option<Value>,
+    dns_refresh_rate: Option<Value>,
+    h2_upgrade_policy: Option<Value>,
+    outbound_cluster_stat_name: Option<Value>,
+    service_settings: Option<Value>,
+    service_scope_configs: Option<Value>,
+    ca: Option<Value>,
+    default_providers: Option<Value>,
+    path_normalization: Option<Value>,
+    default_http_retry_policy: Option<Value>,
+    tls_defaults: Option<Value>,
+    default_traffic_policy: Option<Value>,
+    service_entry_visibility: Option<Value>,
+    mesh_m_t_l_s: Option<Value>,
+}
+
+/// The mesh-wide settings meshgate acts on, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshConfig {
+    /// Where it was read from (`None`: Istio's defaults).
+    pub source: Option<String>,
+    /// The SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Whether endpoints known to be in the mesh get mesh mTLS without a DestinationRule.
+    pub enable_auto_mtls: bool,
+    /// `outboundTrafficPolicy.mode`. Istio applies it to sidecars; a gateway only ever
+    /// forwards to configured destinations.
+    pub outbound_traffic_policy: OutboundMode,
+    /// `accessLogFile` and `accessLogEncoding`, if `accessLogFile` was set: `None` when
+    /// it is empty (Istio: no access log), the encoding when it is `/dev/stdout`.
+    pub access_log: Option<Option<AccessLogEncoding>>,
+    /// Upstream connect timeout for clusters without a DestinationRule one.
+    pub connect_timeout: std::time::Duration,
+    /// The root namespace.
+    pub root_namespace: String,
+    /// `defaultConfig.concurrency`.
+    pub concurrency: Option<u32>,
+    /// `defaultConfig.terminationDrainDuration`.
+    pub termination_drain_duration: Option<std::time::Duration>,
+    /// `defaultConfig.discoveryAddress`.
+    pub discovery_address: Option<String>,
+    /// `defaultConfig.proxyMetadata`.
+    pub proxy_metadata: BTreeMap<String, String>,
+    /// `extensionProviders`, by name, in file order.
+    pub extension_providers: Vec<ExtensionProvider>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> MeshConfig {
+        MeshConfig {
+            source: None,
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            enable_auto_mtls: true,
+            outbound_traffic_policy: OutboundMode::AllowAny,
+            access_log: None,
+            connect_timeout: std::time::Duration::from_secs(10),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
+            concurrency: None,
+            termination_drain_duration: None,
+            discovery_address: None,
+            proxy_metadata: BTreeMap::new(),
+            extension_providers: Vec::new(),
+        }
+    }
+}
+
+impl MeshConfig {
+    /// The provider named `name`.
+    pub fn extension_provider(&self, name: &str) -> Option<&ExtensionProvider> {
+        self.extension_providers.iter().find(|p| p.name == name)
+    }
+}
+
+/// Reads a MeshConfig file. Every problem is a positioned diagnostic; any error refuses
+/// the whole file.
+pub fn load_mesh_config(path: &Path) -> Result<MeshConfig, Vec<Diagnostic>> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_mesh_config(&name, &text),
+        Err(e) => Err(vec![Diagnostic::file_error(
+            name,
+            0,
+            0,
+            format!("cannot read the mesh configuration: {e}"),
+        )]),
+    }
+}
+
+/// Parses MeshConfig YAML; `name` stands for the file in diagnostics.
+pub fn parse_mesh_config(name: &str, text: &str) -> Result<MeshConfig, Vec<Diagnostic>> {
+    let file: Arc<str> = Arc::from(name);
+    let mut docs = source::parse(text).into_iter();
+    let root = match (docs.next(), docs.next()) {
+        (Some(Ok(doc)), None) => doc.root,
+        (None, _) => None,
+        (Some(Err(e)), _) => {
+            return Err(vec![Diagnostic::file_error(
+                name,
+                e.pos.line,
+                e.pos.column,
+                e.message,
+            )]);
+        }
+        (Some(Ok(_)), Some(_)) => {
+            return Err(vec![Diagnostic::file_error(
+                name,
+                0,
+                0,
+                "a mesh configuration is one YAML document",
+            )]);
+        }
+    };
+    let Some(root) = root else {
+        return Ok(MeshConfig {
+            source: Some(name.to_string()),
+            ..MeshConfig::default()
+        });
+    };
+    let raw: RawMeshConfig = match serde_path_to_error::deserialize(root.to_value()) {
+        Ok(raw) => raw,
+        Err(e) => return Err(vec![super::load::serde_diagnostic(&file, &root, e)]),
+    };
+    let mut diags = Vec::new();
+    let mesh = settle(name, &root, raw, &mut diags);
+    if diags.iter().any(Diagnostic::is_error) {
+        Err(diags)
+    } else {
+        Ok(mesh)
+    }
+}
+
+fn error(file: &str, root: &Node, field: &str, message: impl Into<String>) -> Diagnostic {
+    let pos = root.locate(field);
+    Diagnostic {
+        file: file.to_string(),
+        line: pos.line,
+        column: pos.column,
+        severity: Severity::Error,
+        resource: Some("MeshConfig".to_string()),
+        field: Some(field.to_string()),
+        message: message.into(),
+    }
+}
+
+fn not_served(file: &str, root: &Node, field: &str) -> Diagnostic {
+    error(
+        file,
+        root,
+        field,
+        "meshgate does not serve this mesh setting yet; the mesh configuration is refused rather than run without it (remove the field)",
+    )
+}
+
+fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnostic>) -> MeshConfig {
+    let d = MeshConfig::default();
+    let unserved: [(&str, bool); 26] = [
+        ("tcpKeepalive", raw.tcp_keepalive.is_some()),
+        ("enableTracing", raw.enable_tracing == Some(true)),
+        ("accessLogFormat", raw.access_log_format.is_some()),
+        (
+            "enableEnvoyAccessLogService",
+            raw.enable_envoy_access_log_service
+                .as_ref()
+                .is_some_and(|v| v != &Value::Bool(false)),
+        ),
+        (
+            "trustDomainAliases",
+            raw.trust_domain_aliases
+                .as_ref()
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        ("caCertificates", raw.ca_certificates.is_some()),
+        ("defaultServiceExportTo", raw.default_service_export_to.is_some()),
+        (
+            "defaultVirtualServiceExportTo",
+            raw.default_virtual_service_export_to.is_some(),
+        ),
+        (
+            "defaultDestinationRuleExportTo",
+            raw.default_destination_rule_export_to.is_some(),
+        ),
+        ("localityLbSetting", raw.locality_lb_setting.is_some()),
+        ("zoneAwareLbSetting", raw.zone_aware_lb_setting.is_some()),
+        ("dnsRefreshRate", raw.dns_refresh_rate.is_some()),
+        ("h2UpgradePolicy", raw.h2_upgrade_policy.is_some()),
+        ("outboundClusterStatName", raw.outbound_cluster_stat_name.is_some()),
+        ("serviceSettings", raw.service_settings.is_some()),
+        ("serviceScopeConfigs", raw.service_scope_configs.is_some()),
+        ("ca", raw.ca.is_some()),
+        ("defaultProviders", raw.default_providers.is_some()),
+        ("pathNormalization", raw.path_normalization.is_some()),
+        ("defaultHttpRetryPolicy", raw.default_http_retry_policy.is_some()),
+        ("tlsDefaults", raw.tls_defaults.is_some()),
+        ("defaultTrafficPolicy", raw.default_traffic_policy.is_some()),
+        ("serviceEntryVisibility", raw.service_entry_visibility.is_some()),
+        ("meshMTLS", raw.mesh_m_t_l_s.is_some()),
+        (
+            "rootNamespace",
+            raw.root_namespace
+                .as_deref()
+                .is_some_and(|ns| ns != DEFAULT_ROOT_NAMESPACE),
+        ),
+        (
+            "accessLogFile",
+            raw.access_log_file
+                .as_deref()
+                .is_some_and(|f| !f.is_empty() && f != "/dev/stdout"),
+        ),
+    ];
+    for (field, set) in unserved {
+        if set {
+            diags.push(not_served(file, root, field));
+        }
+    }
+    let mut pc = raw.default_config.unwrap_or_default();
+    let pc_unserved: [(&str, bool); 17] = [
+        ("tracing", pc.tracing.is_some()),
+        ("tracingServiceName", pc.tracing_service_name.is_some()),
+        ("zipkinAddress", pc.zipkin_address.is_some()),
+        ("statsdUdpAddress", pc.statsd_udp_address.is_some()),
+        (
+            "envoyMetricsServiceAddress",
+            pc.envoy_metrics_service_address.is_some(),
+        ),
+        ("envoyAccessLogService", pc.envoy_access_log_service.is_some()),
+        ("envoyMetricsService", pc.envoy_metrics_service.is_some()),
+        ("sds", pc.sds.is_some()),
+        ("runtimeValues", pc.runtime_values.is_some()),
+        ("extraStatTags", pc.extra_stat_tags.is_some()),
+        ("gatewayTopology", pc.gateway_topology.is_some()),
+        ("proxyStatsMatcher", pc.proxy_stats_matcher.is_some()),
+        ("caCertificatesPem", pc.ca_certificates_pem.is_some()),
+        ("privateKeyProvider", pc.private_key_provider.is_some()),
+        ("proxyHeaders", pc.proxy_headers.is_some()),
+        ("statsCompression", pc.stats_compression.is_some()),
+        ("connectionSettings", pc.connection_settings.is_some()),
+    ];
+    for (field, set) in pc_unserved {
+        if set {
+            diags.push(not_served(file, root, &format!("defaultConfig.{field}")));
+        }
+    }
+    if pc.concurrency == Some(0) {
+        // Istio: 0 means one worker per core, as meshgate's own default.
+        pc.concurrency = None;
+    }
+    let trust_domain = match raw.trust_domain {
+        Some(td) if td.is_empty() => d.trust_domain.clone(),
+        Some(td) => {
+            if let Err(e) = crate::ca::SpiffeId::new(&td, "ns", "sa") {
+                diags.push(error(
+                    file,
+                    root,
+                    "trustDomain",
+                    format!("not a valid trust domain: {e}"),
+                ));
+            }
+            td
+        }
+        None => d.trust_domain.clone(),
+    };
+    if let Some(t) = raw.connect_timeout
+        && t.0 < std::time::Duration::from_millis(1)
+    {
+        diags.push(error(file, root, "connectTimeout", "must be at least 1ms"));
+    }
+    let mut providers: Vec<ExtensionProvider> = Vec::new();
+    for (i, entry) in raw.extension_providers.into_iter().enumerate() {
+        let at = format!("extensionProviders[{i}]");
+        let name = entry.get("name").and_then(Value::as_str).unwrap_or("");
+        if name.is_empty() {
+            diags.push(error(file, root, &format!("{at}.name"), "a provider needs a name"));
+        } else if providers.iter().any(|p| p.name == name) {
+            diags.push(error(
+                file,
+                root,
+                &format!("{at}.name"),
+                format!("provider `{name}` is defined twice"),
+            ));
+        }
+        let kinds: Vec<(&String, &Value)> = entry.iter().filter(|(k, _)| *k != "name").collect();
+        for (k, _) in &kinds {
+            if !PROVIDER_KINDS.contains(&k.as_str()) {
+                let hint = super::types::common::nearest(k, PROVIDER_KINDS)
+                    .map(|n| format!("; did you mean `{n}`?"))
+                    .unwrap_or_default();
+                diags.push(error(
+                    file,
+                    root,
+                    &format!("{at}.{k}"),
+                    format!("unknown provider kind `{k}`{hint}"),
+                ));
+            }
+        }
+        match kinds.as_slice() {
+            [(kind, settings)] => providers.push(ExtensionProvider {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                settings: (*settings).clone(),
+            }),
+            [] => diags.push(error(
+                file,
+                root,
+                &at,
+                "a provider sets exactly one kind (envoyExtAuthzHttp, zipkin, prometheus, ...)",
+            )),
+            _ => diags.push(error(
+                file,
+                root,
+                &at,
+                "a provider sets exactly one kind, not several",
+            )),
+        }
+    }
+    MeshConfig {
+        source: Some(file.to_string()),
+        trust_domain,
+        enable_auto_mtls: raw.enable_auto_mtls.unwrap_or(true),
+        outbound_traffic_policy: raw.outbound_traffic_policy.unwrap_or_default().mode,
+        access_log: raw.access_log_file.map(|f| {
+            (!f.is_empty()).then(|| raw.access_log_encoding.unwrap_or_default())
+        }),
+        connect_timeout: raw.connect_timeout.map_or(d.connect_timeout, |t| t.0),
+        root_namespace: raw
+            .root_namespace
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or(d.root_namespace),
+        concurrency: pc.concurrency,
+        termination_drain_duration: pc.termination_drain_duration.map(|t| t.0),
+        discovery_address: pc.discovery_address,
+        proxy_metadata: pc.proxy_metadata,
+        extension_providers: providers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse_mesh_config("mesh.yaml", text)
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_file_is_istio_defaults() {
+        let m = parse_mesh_config("mesh.yaml", "").unwrap();
+        assert_eq!(m.trust_domain, "cluster.local");
+        assert!(m.enable_auto_mtls);
+        assert_eq!(m.connect_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(m.access_log, None);
+    }
+
+    #[test]
+    fn served_fields_are_read() {
+        let m = parse_mesh_config(
+            "mesh.yaml",
+            "trustDomain: example.org\nenableAutoMtls: false\noutboundTrafficPolicy: {mode: REGISTRY_ONLY}\naccessLogFile: /dev/stdout\naccessLogEncoding: JSON\nconnectTimeout: 2s\nrootNamespace: istio-system\ningressClass: istio\nenablePrometheusMerge: true\ndefaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\n  concurrency: 2\n  terminationDrainDuration: 7s\n  proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}\n  holdApplicationUntilProxyStarts: true\nextensionProviders:\n- name: authz\n  envoyExtAuthzHttp: {service: authz.foo.svc.cluster.local, port: 8000}\n- name: prom\n  prometheus: {}\n",
+        )
+        .unwrap();
+        assert_eq!(m.trust_domain, "example.org");
+        assert!(!m.enable_auto_mtls);
+        assert_eq!(m.outbound_traffic_policy, OutboundMode::RegistryOnly);
+        assert_eq!(m.access_log, Some(Some(AccessLogEncoding::Json)));
+        assert_eq!(m.connect_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(m.concurrency, Some(2));
+        assert_eq!(
+            m.termination_drain_duration,
+            Some(std::time::Duration::from_secs(7))
+        );
+        assert_eq!(
+            m.discovery_address.as_deref(),
+            Some("istiod.istio-system.svc:15012")
+        );
+        assert_eq!(m.extension_provider("authz").unwrap().kind, "envoyExtAuthzHttp");
+        assert_eq!(m.extension_providers.len(), 2);
+        let off = parse_mesh_config("mesh.yaml", "accessLogFile: \"\"\n").unwrap();
+        assert_eq!(off.access_log, Some(None));
+    }
+
+    #[test]
+    fn unknown_fields_are_positioned_errors_with_hints() {
+        assert_eq!(
+            errors("trustDomain: a.b\ntrustDomian: x\n"),
+            ["mesh.yaml:2:1: error: trustDomian: unknown field `trustDomian`; did you mean `trustDomain`?"]
+        );
+        let e = errors("defaultConfig:\n  concurency: 2\n");
+        assert!(e[0].contains("mesh.yaml:2:3") && e[0].contains("did you mean `concurrency`"), "{e:?}");
+    }
+
+    #[test]
+    fn settings_not_served_are_refused_by_name() {
+        let e = errors("enableTracing: true\ntrustDomainAliases: [old.example]\ndefaultConfig:\n  gatewayTopology: {numTrustedProxies: 1}\naccessLogFile: /var/log/a.log\n");
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e[0].starts_with("mesh.yaml:1:1: error: MeshConfig: enableTracing: meshgate does not serve"), "{e:?}");
+        assert!(e.iter().any(|l| l.contains("trustDomainAliases")));
+        assert!(e.iter().any(|l| l.contains("mesh.yaml:4:3") && l.contains("defaultConfig.gatewayTopology")), "{e:?}");
+        assert!(e.iter().any(|l| l.contains("accessLogFile")));
+        // Settings that are off, or say what is already so, are accepted.
+        parse_mesh_config("mesh.yaml", "enableTracing: false\ntrustDomainAliases: []\nrootNamespace: istio-system\n").unwrap();
+    }
+
+    #[test]
+    fn providers_need_a_unique_name_and_one_kind() {
+        let e = errors("extensionProviders:\n- name: a\n  zipkin: {service: z, port: 9411}\n- name: a\n  prometheus: {}\n- name: b\n- name: c\n  zipkn: {}\n");
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].contains("extensionProviders[1].name") && e[0].contains("defined twice"));
+        assert!(e[1].contains("extensionProviders[2]") && e[1].contains("exactly one kind"));
+        assert!(e[2].contains("did you mean `zipkin`"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let e = errors("trustDomain: \"bad domain/\"\n");
+        assert!(e[0].contains("trustDomain: not a valid trust domain"), "{e:?}");
+        let e = errors("outboundTrafficPolicy: {mode: DENY}\n");
+        assert!(e[0].contains("outboundTrafficPolicy.mode"), "{e:?}");
+        let e = errors("a: 1\n---\nb: 2\n");
+        assert!(e[0].contains("one YAML document"), "{e:?}");
+    }
+}
