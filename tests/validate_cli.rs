@@ -314,7 +314,9 @@ fn a_mesh_config_is_checked_with_the_resources() {
     ]);
     assert_eq!(
         stdout_lines(&bad),
-        ["tests/testdata/mesh/bad-mesh.yaml:4:3: error: defaultConfig.concurency: unknown field `concurency`; did you mean `concurrency`?"]
+        [
+            "tests/testdata/mesh/bad-mesh.yaml:4:3: error: defaultConfig.concurency: unknown field `concurency`; did you mean `concurrency`?"
+        ]
     );
     assert_eq!(bad.status.code(), Some(1));
     let file = std::env::temp_dir().join(format!("mesh-{}.yaml", std::process::id()));
@@ -361,7 +363,9 @@ fn the_gateway_and_the_control_plane_refuse_a_bad_mesh_config() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains("--mesh-config: the mesh configuration is refused")
-                && err.contains("tests/testdata/mesh/bad-mesh.yaml:4:3: error: defaultConfig.concurency"),
+                && err.contains(
+                    "tests/testdata/mesh/bad-mesh.yaml:4:3: error: defaultConfig.concurency"
+                ),
             "{args:?}: {err}"
         );
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -21,6 +21,7 @@ use rustls_pki_types::CertificateDer;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// File names of Istio's CA layouts.
@@ -121,9 +122,9 @@ impl IssuedCertificate {
     }
 }
 
-/// The certificate authority. Holds its key in memory; the key is never printed
-/// (`Debug` leaves it out) and never leaves the process.
-pub struct Ca {
+/// One loaded version of the CA directory: the signing certificate and key, and the
+/// trust bundle.
+struct Signer {
     trust_domain: String,
     max_ttl: Duration,
     issuer: Issuer<'static, KeyPair>,
@@ -139,9 +140,9 @@ pub struct Ca {
     layout: CaLayout,
 }
 
-impl std::fmt::Debug for Ca {
+impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca")
+        f.debug_struct("Signer")
             .field("trust_domain", &self.trust_domain)
             .field("max_ttl", &self.max_ttl)
             .field("layout", &self.layout)
@@ -151,10 +152,10 @@ impl std::fmt::Debug for Ca {
     }
 }
 
-impl Ca {
+impl Signer {
     /// Loads the CA from `dir` in either of Istio's layouts, or makes a self-signed root
     /// there if the directory holds neither.
-    pub fn load_or_create(dir: &Path, options: CaOptions) -> Result<Ca, CaError> {
+    pub fn load_or_create(dir: &Path, options: CaOptions) -> Result<Signer, CaError> {
         SpiffeId::new(&options.trust_domain, "x", "x")
             .map_err(|e| invalid(dir, format!("trust domain: {e}")))?;
         if options.max_ttl < Duration::from_secs(60) {
@@ -183,7 +184,7 @@ impl Ca {
         }
     }
 
-    fn create(dir: &Path, options: CaOptions) -> Result<Ca, CaError> {
+    fn create(dir: &Path, options: CaOptions) -> Result<Signer, CaError> {
         create_private_dir(dir)?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| CaError::Sign(e.to_string()))?;
@@ -215,15 +216,31 @@ impl Ca {
         Ok(ca)
     }
 
-    fn load_self_signed(dir: &Path, options: CaOptions) -> Result<Ca, CaError> {
+    fn load_self_signed(dir: &Path, options: CaOptions) -> Result<Signer, CaError> {
         let root_path = dir.join(ROOT_CERT);
         let key = load_key(&dir.join(CA_KEY))?;
         let root_pem = read_string(&root_path)?;
         let roots = read_certs(&root_path, &root_pem)?;
-        let issuer = Issuer::from_ca_cert_der(&roots[0], key)
+        // root-cert.pem may be a bundle (a root being rotated in or out): the root that
+        // signs is the one whose public key is ca-key.pem's.
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let signing = roots
+            .iter()
+            .find(|r| {
+                x509_parser::parse_x509_certificate(r)
+                    .is_ok_and(|(_, c)| c.tbs_certificate.subject_pki.raw == spki.as_slice())
+            })
+            .ok_or_else(|| {
+                invalid(
+                    &root_path,
+                    format!("no certificate here belongs to the key in {CA_KEY}"),
+                )
+            })?
+            .clone();
+        let issuer = Issuer::from_ca_cert_der(&signing, key)
             .map_err(|e| invalid(&root_path, format!("not a usable CA certificate: {e}")))?;
-        let signing_not_after = ca_not_after(&root_path, &roots[0])?;
-        let ca = Ca {
+        let signing_not_after = ca_not_after(&root_path, &signing)?;
+        let ca = Signer {
             trust_domain: options.trust_domain,
             max_ttl: options.max_ttl,
             issuer,
@@ -239,7 +256,7 @@ impl Ca {
         Ok(ca)
     }
 
-    fn load_plug_in(dir: &Path, options: CaOptions) -> Result<Ca, CaError> {
+    fn load_plug_in(dir: &Path, options: CaOptions) -> Result<Signer, CaError> {
         let (cert_path, key_path, chain_path, root_path) = (
             dir.join(CA_CERT),
             dir.join(CA_KEY),
@@ -275,7 +292,7 @@ impl Ca {
             .map_err(|e| invalid(&cert_path, format!("not a usable CA certificate: {e}")))?;
         let signing_not_after = ca_not_after(&cert_path, &cert)?;
         let intermediates_pem = intermediates_der.iter().map(|d| pem_of(d)).collect();
-        let ca = Ca {
+        let ca = Signer {
             trust_domain: options.trust_domain,
             max_ttl: options.max_ttl,
             issuer,
@@ -312,41 +329,6 @@ impl Ca {
                 format!("certificates signed with this key do not verify up to {ROOT_CERT}: {e}"),
             )
         })
-    }
-
-    /// The trust domain of the identities this CA signs.
-    pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
-    }
-
-    /// Longest lifetime of a leaf.
-    pub fn max_ttl(&self) -> Duration {
-        self.max_ttl
-    }
-
-    /// Which layout the directory had.
-    pub fn layout(&self) -> CaLayout {
-        self.layout
-    }
-
-    /// The directory the CA was loaded from.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// `root-cert.pem`: what clients trust.
-    pub fn root_pem(&self) -> &str {
-        &self.root_pem
-    }
-
-    /// The roots, DER.
-    pub fn roots_der(&self) -> &[CertificateDer<'static>] {
-        &self.roots_der
-    }
-
-    /// The certificates between a leaf and the root, DER (empty when the root signs).
-    pub fn intermediates_der(&self) -> &[CertificateDer<'static>] {
-        &self.intermediates_der
     }
 
     /// The lifetime a request for `requested` gets: the default (24 h) when none is
@@ -461,6 +443,197 @@ impl Ca {
             not_before,
             not_after,
         }
+    }
+}
+
+/// The certificate authority. Holds its key in memory; the key is never printed
+/// (`Debug` leaves it out) and never leaves the process.
+///
+/// The directory is read again by [`Ca::reload`] (see [`Ca::watch_dir`]): a new
+/// `root-cert.pem` bundle or a new signing certificate and key take effect without a
+/// restart, which is how a root is rotated (a bundle of both roots first, then the new
+/// signer, then the bundle without the old root; docs/mesh.md). A directory that does not
+/// load keeps the current version serving.
+pub struct Ca {
+    trust_domain: String,
+    max_ttl: Duration,
+    dir: PathBuf,
+    state: arc_swap::ArcSwap<Signer>,
+    /// The contents of the CA files the current version was loaded from.
+    loaded_from: std::sync::Mutex<Vec<u8>>,
+    /// Bumped on every reload that changed the CA.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("trust_domain", &self.trust_domain)
+            .field("max_ttl", &self.max_ttl)
+            .field("dir", &self.dir)
+            .field("version", &self.version())
+            .field("state", &self.state.load())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bytes of the CA files, in a fixed order: what a reload compares.
+fn dir_contents(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for name in [ROOT_CERT, CA_KEY, CA_CERT, CERT_CHAIN] {
+        let bytes = std::fs::read(dir.join(name)).unwrap_or_default();
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+impl Ca {
+    /// Loads the CA from `dir` in either of Istio's layouts, or makes a self-signed root
+    /// there if the directory holds neither.
+    pub fn load_or_create(dir: &Path, options: CaOptions) -> Result<Ca, CaError> {
+        let (trust_domain, max_ttl) = (options.trust_domain.clone(), options.max_ttl);
+        let signer = Signer::load_or_create(dir, options)?;
+        Ok(Ca {
+            trust_domain,
+            max_ttl,
+            dir: dir.to_path_buf(),
+            state: arc_swap::ArcSwap::from_pointee(signer),
+            loaded_from: std::sync::Mutex::new(dir_contents(dir)),
+            changes: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// Reads the directory again. Returns whether the CA changed; on an error the
+    /// current version keeps signing.
+    pub fn reload(&self) -> Result<bool, CaError> {
+        let mut loaded_from = self.loaded_from.lock().unwrap_or_else(|e| e.into_inner());
+        let now = dir_contents(&self.dir);
+        if now == *loaded_from {
+            return Ok(false);
+        }
+        let options = CaOptions {
+            trust_domain: self.trust_domain.clone(),
+            max_ttl: self.max_ttl,
+        };
+        // Never `create` here: files half-way through being replaced are an error, tried
+        // again on the next look.
+        let signer = if self.dir.join(CA_CERT).exists() {
+            Signer::load_plug_in(&self.dir, options)?
+        } else {
+            Signer::load_self_signed(&self.dir, options)?
+        };
+        self.state.store(Arc::new(signer));
+        *loaded_from = now;
+        self.changes.send_modify(|v| *v += 1);
+        Ok(true)
+    }
+
+    /// Looks at the directory every `every` and reloads what changed, for as long as the
+    /// future runs.
+    pub async fn watch_dir(self: Arc<Self>, every: Duration) {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(every).await;
+            match self.reload() {
+                Ok(true) => {
+                    failing = false;
+                    let roots = self.roots_der().len();
+                    tracing::info!(dir = %self.dir.display(), roots, version = self.version(), "reloaded the CA: new certificates are signed by it and the new trust bundle is pushed")
+                }
+                Ok(false) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(error = %e, "the CA directory changed but does not load; the current CA keeps signing")
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// How many times the CA changed since start.
+    pub fn version(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
+    /// Wakes on every change of the CA.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The trust domain of the identities this CA signs.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Longest lifetime of a leaf.
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
+    }
+
+    /// Which layout the directory had.
+    pub fn layout(&self) -> CaLayout {
+        self.state.load().layout
+    }
+
+    /// The directory the CA was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `root-cert.pem`: what clients trust (one root, or a bundle during a rotation).
+    pub fn root_pem(&self) -> String {
+        self.state.load().root_pem.clone()
+    }
+
+    /// The roots, DER.
+    pub fn roots_der(&self) -> Vec<CertificateDer<'static>> {
+        self.state.load().roots_der.clone()
+    }
+
+    /// The certificates between a leaf and the root, DER (empty when the root signs).
+    pub fn intermediates_der(&self) -> Vec<CertificateDer<'static>> {
+        self.state.load().intermediates_der.clone()
+    }
+
+    /// The lifetime a request for `requested` gets: the default (24 h) when none is
+    /// asked for, never more than the maximum.
+    pub fn ttl_for(&self, requested: Option<Duration>) -> Duration {
+        self.state.load().ttl_for(requested)
+    }
+
+    /// Signs the public key of a verified CSR for `identity` (the caller's identity,
+    /// already checked against the CSR's names), valid for `ttl` bounded by the maximum.
+    pub fn sign(
+        &self,
+        csr: &Csr,
+        identity: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedCertificate, CaError> {
+        self.state.load().sign(csr, identity, ttl)
+    }
+
+    /// Issues a workload certificate for `identity` with a new ECDSA P-256 key made here
+    /// (the control plane serving a proxy's `default` secret over SDS, as istio-agent
+    /// does for its Envoy). Returns the chain and the key in PKCS#8 PEM.
+    pub fn issue_workload(
+        &self,
+        identity: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<(IssuedCertificate, String), CaError> {
+        self.state.load().issue_workload(identity, ttl)
+    }
+
+    /// Issues a serving certificate with its own new key for DNS names and IP addresses
+    /// (the control plane's own TLS on 15012). Returns the chain (leaf, intermediates,
+    /// roots) and the key in PKCS#8 DER.
+    pub fn issue_serving(
+        &self,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        ttl: Duration,
+    ) -> Result<(IssuedCertificate, Vec<u8>), CaError> {
+        self.state.load().issue_serving(dns_names, ips, ttl)
     }
 }
 
@@ -722,7 +895,9 @@ pub(crate) mod tests {
         assert_eq!(issued.chain[1].trim(), ca.root_pem().trim());
         with_cert(&issued.chain[0], |c| {
             assert!(c.subject().iter().next().is_none(), "empty subject");
-            with_cert(ca.root_pem(), |root| assert_eq!(c.issuer(), root.subject()));
+            with_cert(&ca.root_pem(), |root| {
+                assert_eq!(c.issuer(), root.subject())
+            });
             let san = c.subject_alternative_name().unwrap().unwrap();
             assert!(san.critical, "SAN is critical when the subject is empty");
             assert_eq!(
@@ -751,8 +926,8 @@ pub(crate) mod tests {
         });
         verify_chain(
             &issued.leaf_der,
-            ca.intermediates_der(),
-            ca.roots_der(),
+            &ca.intermediates_der(),
+            &ca.roots_der(),
             SystemTime::now(),
         )
         .unwrap();
@@ -852,8 +1027,8 @@ pub(crate) mod tests {
         });
         verify_chain(
             &issued.leaf_der,
-            ca.intermediates_der(),
-            ca.roots_der(),
+            &ca.intermediates_der(),
+            &ca.roots_der(),
             SystemTime::now(),
         )
         .unwrap();
@@ -864,6 +1039,47 @@ pub(crate) mod tests {
             .collect();
         files.sort();
         assert_eq!(files, [CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT]);
+    }
+
+    #[test]
+    fn a_reload_takes_a_bundle_then_a_new_signer_and_keeps_the_last_good_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(tmp.path(), CaOptions::default()).unwrap();
+        let old_root = ca.root_pem();
+        assert!(!ca.reload().unwrap(), "nothing changed");
+        let mut changes = ca.changes();
+        // A second root, made elsewhere.
+        let other = tempfile::tempdir().unwrap();
+        let next = Ca::load_or_create(other.path(), CaOptions::default()).unwrap();
+        let new_root = next.root_pem();
+        let id = SpiffeId::new("cluster.local", "a", "b").unwrap();
+        // 1. The bundle: both roots trusted, the old key still signs.
+        std::fs::write(tmp.path().join(ROOT_CERT), format!("{old_root}{new_root}")).unwrap();
+        assert!(ca.reload().unwrap());
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        assert_eq!(ca.roots_der().len(), 2);
+        let (leaf, _) = ca.issue_workload(&id, None).unwrap();
+        let old_only = read_certs(Path::new("old"), &old_root).unwrap();
+        verify_chain(&leaf.leaf_der, &[], &old_only, SystemTime::now()).unwrap();
+        // 2. The new key signs.
+        std::fs::copy(other.path().join(CA_KEY), tmp.path().join(CA_KEY)).unwrap();
+        assert!(ca.reload().unwrap());
+        let (leaf, _) = ca.issue_workload(&id, None).unwrap();
+        let new_only = read_certs(Path::new("new"), &new_root).unwrap();
+        verify_chain(&leaf.leaf_der, &[], &new_only, SystemTime::now()).unwrap();
+        assert!(verify_chain(&leaf.leaf_der, &[], &old_only, SystemTime::now()).is_err());
+        // 3. A broken directory (a root file without the signer's root) is refused and
+        // the last good version keeps signing.
+        std::fs::write(tmp.path().join(ROOT_CERT), &old_root).unwrap();
+        assert!(ca.reload().is_err());
+        assert_eq!(ca.version(), 2);
+        let (leaf, _) = ca.issue_workload(&id, None).unwrap();
+        verify_chain(&leaf.leaf_der, &[], &new_only, SystemTime::now()).unwrap();
+        // 4. The old root removed.
+        std::fs::write(tmp.path().join(ROOT_CERT), &new_root).unwrap();
+        assert!(ca.reload().unwrap());
+        assert_eq!((ca.roots_der().len(), ca.version()), (1, 3));
     }
 
     #[test]
@@ -885,7 +1101,11 @@ pub(crate) mod tests {
         Ca::load_or_create(other.path(), CaOptions::default()).unwrap();
         std::fs::copy(other.path().join(CA_KEY), &key).unwrap();
         let err = Ca::load_or_create(tmp.path(), CaOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("do not verify"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("no certificate here belongs to the key in ca-key.pem"),
+            "{err}"
+        );
         // Half a layout.
         std::fs::remove_file(tmp.path().join(ROOT_CERT)).unwrap();
         assert!(Ca::load_or_create(tmp.path(), CaOptions::default()).is_err());

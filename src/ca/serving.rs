@@ -90,11 +90,74 @@ impl ResolvesServerCert for ServingCert {
 }
 
 /// Verifies client certificates against the CA's roots, lending the CA's own
-/// intermediates to clients that send only their leaf.
-#[derive(Debug)]
+/// intermediates to clients that send only their leaf. Follows the CA: after a reload
+/// (a root rotated in or out), the next handshake uses the new trust bundle.
 struct CaClientVerifier {
+    ca: Arc<Ca>,
+    current: arc_swap::ArcSwap<CaTrust>,
+}
+
+impl std::fmt::Debug for CaClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaClientVerifier")
+            .field("version", &self.current.load().version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The verifier of one version of the CA.
+struct CaTrust {
+    version: u64,
     inner: Arc<dyn ClientCertVerifier>,
     intermediates: Vec<CertificateDer<'static>>,
+}
+
+impl CaTrust {
+    fn of(ca: &Ca) -> Result<CaTrust, ServingError> {
+        let version = ca.version();
+        let mut roots = rustls::RootCertStore::empty();
+        for r in ca.roots_der() {
+            roots
+                .add(r)
+                .map_err(|e| ServingError::Tls(format!("root certificate: {e}")))?;
+        }
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| ServingError::Tls(e.to_string()))?;
+        Ok(CaTrust {
+            version,
+            inner,
+            intermediates: ca.intermediates_der(),
+        })
+    }
+}
+
+impl CaClientVerifier {
+    fn new(ca: Arc<Ca>) -> Result<CaClientVerifier, ServingError> {
+        let current = arc_swap::ArcSwap::from_pointee(CaTrust::of(&ca)?);
+        Ok(CaClientVerifier { ca, current })
+    }
+
+    /// The verifier of the CA's current version.
+    fn trust(&self) -> Arc<CaTrust> {
+        let held = self.current.load_full();
+        if held.version == self.ca.version() {
+            return held;
+        }
+        match CaTrust::of(&self.ca) {
+            Ok(next) => {
+                let next = Arc::new(next);
+                self.current.store(next.clone());
+                next
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the reloaded CA's roots are unusable; verifying with the previous ones");
+                held
+            }
+        }
+    }
 }
 
 impl ClientCertVerifier for CaClientVerifier {
@@ -107,7 +170,9 @@ impl ClientCertVerifier for CaClientVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        // No hints: the roots change with the CA, and mesh clients send their one
+        // certificate whatever the server names.
+        &[]
     }
 
     fn verify_client_cert(
@@ -116,14 +181,15 @@ impl ClientCertVerifier for CaClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if self.intermediates.is_empty() {
-            return self
+        let trust = self.trust();
+        if trust.intermediates.is_empty() {
+            return trust
                 .inner
                 .verify_client_cert(end_entity, intermediates, now);
         }
         let mut all: Vec<CertificateDer<'_>> = intermediates.to_vec();
-        all.extend(self.intermediates.iter().cloned());
-        self.inner.verify_client_cert(end_entity, &all, now)
+        all.extend(trust.intermediates.iter().cloned());
+        trust.inner.verify_client_cert(end_entity, &all, now)
     }
 
     fn verify_tls12_signature(
@@ -132,7 +198,9 @@ impl ClientCertVerifier for CaClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.trust()
+            .inner
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -141,11 +209,13 @@ impl ClientCertVerifier for CaClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.trust()
+            .inner
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.trust().inner.supported_verify_schemes()
     }
 }
 
@@ -183,20 +253,7 @@ impl XdsTls {
         let cert = Arc::new(ServingCert {
             current: arc_swap::ArcSwap::from_pointee(first),
         });
-        let mut roots = rustls::RootCertStore::empty();
-        for r in ca.roots_der() {
-            roots
-                .add(r.clone())
-                .map_err(|e| ServingError::Tls(format!("root certificate: {e}")))?;
-        }
-        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| ServingError::Tls(e.to_string()))?;
-        let verifier = Arc::new(CaClientVerifier {
-            inner,
-            intermediates: ca.intermediates_der().to_vec(),
-        });
+        let verifier = Arc::new(CaClientVerifier::new(ca.clone())?);
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| ServingError::Tls(e.to_string()))?
@@ -226,15 +283,24 @@ impl XdsTls {
         self.cert.current.load().cert.clone()
     }
 
-    /// Renews the serving certificate at half its life, for as long as the future runs;
+    /// Renews the serving certificate at half its life and whenever the CA is reloaded,
+    /// for as long as the future runs;
     /// a failed renewal is retried every minute while the current one still serves.
     pub async fn renew_forever(self: Arc<Self>) {
+        let mut changes = self.ca.changes();
         loop {
             let wait = {
                 let leaf = self.cert.current.load();
                 half_life_left(leaf.end_entity_cert().ok().map(|c| c.as_ref()))
             };
-            tokio::time::sleep(wait).await;
+            // A reloaded CA (a new signer) re-issues at once, so that clients which
+            // trust only the new root can still connect.
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                changed = changes.changed() => if changed.is_err() {
+                    tokio::time::sleep(wait).await;
+                },
+            }
             match issue(&self.ca, &self.names) {
                 Ok(next) => {
                     self.cert.current.store(Arc::new(next));

@@ -6,13 +6,13 @@ use meshgate::ca::{
     Authenticator, Ca, CaLayout, CaOptions, CertificateService, JoinTokens, JwtIssuer,
     ServingNames, XdsTls,
 };
+use meshgate::config::mesh::{MeshConfig, load_mesh_config};
 use meshgate::controlplane::config_source::ConfigSource;
 use meshgate::controlplane::{ControlPlane, Debounce, Options, debug};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use meshgate::config::mesh::{MeshConfig, load_mesh_config};
 use std::time::Duration;
 
 /// Arguments of `meshgate control-plane`.
@@ -77,6 +77,9 @@ pub struct Args {
     )]
     jwt_audiences: Vec<String>,
 }
+
+/// How often the CA directory is looked at for changes.
+const CA_RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 /// The CA and the mutual-TLS port, set up from the flags.
 struct MeshIdentity {
@@ -253,6 +256,9 @@ async fn serve(args: Args) -> ExitCode {
         listener,
     }) = identity
     {
+        // A changed CA directory (a root rotation, a new plug-in certificate) is taken
+        // up without a restart.
+        tokio::spawn(ca.clone().watch_dir(CA_RELOAD_EVERY));
         cp.serve_workload_certificates(meshgate::controlplane::WorkloadCa {
             ca,
             ttl: args.workload_cert_ttl,

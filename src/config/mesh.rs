@@ -356,7 +356,10 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
                 .is_some_and(|v| !v.is_empty()),
         ),
         ("caCertificates", raw.ca_certificates.is_some()),
-        ("defaultServiceExportTo", raw.default_service_export_to.is_some()),
+        (
+            "defaultServiceExportTo",
+            raw.default_service_export_to.is_some(),
+        ),
         (
             "defaultVirtualServiceExportTo",
             raw.default_virtual_service_export_to.is_some(),
@@ -369,16 +372,25 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
         ("zoneAwareLbSetting", raw.zone_aware_lb_setting.is_some()),
         ("dnsRefreshRate", raw.dns_refresh_rate.is_some()),
         ("h2UpgradePolicy", raw.h2_upgrade_policy.is_some()),
-        ("outboundClusterStatName", raw.outbound_cluster_stat_name.is_some()),
+        (
+            "outboundClusterStatName",
+            raw.outbound_cluster_stat_name.is_some(),
+        ),
         ("serviceSettings", raw.service_settings.is_some()),
         ("serviceScopeConfigs", raw.service_scope_configs.is_some()),
         ("ca", raw.ca.is_some()),
         ("defaultProviders", raw.default_providers.is_some()),
         ("pathNormalization", raw.path_normalization.is_some()),
-        ("defaultHttpRetryPolicy", raw.default_http_retry_policy.is_some()),
+        (
+            "defaultHttpRetryPolicy",
+            raw.default_http_retry_policy.is_some(),
+        ),
         ("tlsDefaults", raw.tls_defaults.is_some()),
         ("defaultTrafficPolicy", raw.default_traffic_policy.is_some()),
-        ("serviceEntryVisibility", raw.service_entry_visibility.is_some()),
+        (
+            "serviceEntryVisibility",
+            raw.service_entry_visibility.is_some(),
+        ),
         ("meshMTLS", raw.mesh_m_t_l_s.is_some()),
         (
             "rootNamespace",
@@ -408,7 +420,10 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
             "envoyMetricsServiceAddress",
             pc.envoy_metrics_service_address.is_some(),
         ),
-        ("envoyAccessLogService", pc.envoy_access_log_service.is_some()),
+        (
+            "envoyAccessLogService",
+            pc.envoy_access_log_service.is_some(),
+        ),
         ("envoyMetricsService", pc.envoy_metrics_service.is_some()),
         ("sds", pc.sds.is_some()),
         ("runtimeValues", pc.runtime_values.is_some()),
@@ -455,7 +470,12 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
         let at = format!("extensionProviders[{i}]");
         let name = entry.get("name").and_then(Value::as_str).unwrap_or("");
         if name.is_empty() {
-            diags.push(error(file, root, &format!("{at}.name"), "a provider needs a name"));
+            diags.push(error(
+                file,
+                root,
+                &format!("{at}.name"),
+                "a provider needs a name",
+            ));
         } else if providers.iter().any(|p| p.name == name) {
             diags.push(error(
                 file,
@@ -503,9 +523,9 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
         trust_domain,
         enable_auto_mtls: raw.enable_auto_mtls.unwrap_or(true),
         outbound_traffic_policy: raw.outbound_traffic_policy.unwrap_or_default().mode,
-        access_log: raw.access_log_file.map(|f| {
-            (!f.is_empty()).then(|| raw.access_log_encoding.unwrap_or_default())
-        }),
+        access_log: raw
+            .access_log_file
+            .map(|f| (!f.is_empty()).then(|| raw.access_log_encoding.unwrap_or_default())),
         connect_timeout: raw.connect_timeout.map_or(d.connect_timeout, |t| t.0),
         root_namespace: raw
             .root_namespace
@@ -561,7 +581,10 @@ mod tests {
             m.discovery_address.as_deref(),
             Some("istiod.istio-system.svc:15012")
         );
-        assert_eq!(m.extension_provider("authz").unwrap().kind, "envoyExtAuthzHttp");
+        assert_eq!(
+            m.extension_provider("authz").unwrap().kind,
+            "envoyExtAuthzHttp"
+        );
         assert_eq!(m.extension_providers.len(), 2);
         let off = parse_mesh_config("mesh.yaml", "accessLogFile: \"\"\n").unwrap();
         assert_eq!(off.access_log, Some(None));
@@ -571,27 +594,45 @@ mod tests {
     fn unknown_fields_are_positioned_errors_with_hints() {
         assert_eq!(
             errors("trustDomain: a.b\ntrustDomian: x\n"),
-            ["mesh.yaml:2:1: error: trustDomian: unknown field `trustDomian`; did you mean `trustDomain`?"]
+            [
+                "mesh.yaml:2:1: error: trustDomian: unknown field `trustDomian`; did you mean `trustDomain`?"
+            ]
         );
         let e = errors("defaultConfig:\n  concurency: 2\n");
-        assert!(e[0].contains("mesh.yaml:2:3") && e[0].contains("did you mean `concurrency`"), "{e:?}");
+        assert!(
+            e[0].contains("mesh.yaml:2:3") && e[0].contains("did you mean `concurrency`"),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn settings_not_served_are_refused_by_name() {
-        let e = errors("enableTracing: true\ntrustDomainAliases: [old.example]\ndefaultConfig:\n  gatewayTopology: {numTrustedProxies: 1}\naccessLogFile: /var/log/a.log\n");
+        let e = errors(
+            "enableTracing: true\ntrustDomainAliases: [old.example]\ndefaultConfig:\n  gatewayTopology: {numTrustedProxies: 1}\naccessLogFile: /var/log/a.log\n",
+        );
         assert_eq!(e.len(), 4, "{e:?}");
-        assert!(e[0].starts_with("mesh.yaml:1:1: error: MeshConfig: enableTracing: meshgate does not serve"), "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "mesh.yaml:1:1: error: MeshConfig: enableTracing: meshgate does not serve"
+            ),
+            "{e:?}"
+        );
         assert!(e.iter().any(|l| l.contains("trustDomainAliases")));
         assert!(e.iter().any(|l| l.contains("mesh.yaml:4:3") && l.contains("defaultConfig.gatewayTopology")), "{e:?}");
         assert!(e.iter().any(|l| l.contains("accessLogFile")));
         // Settings that are off, or say what is already so, are accepted.
-        parse_mesh_config("mesh.yaml", "enableTracing: false\ntrustDomainAliases: []\nrootNamespace: istio-system\n").unwrap();
+        parse_mesh_config(
+            "mesh.yaml",
+            "enableTracing: false\ntrustDomainAliases: []\nrootNamespace: istio-system\n",
+        )
+        .unwrap();
     }
 
     #[test]
     fn providers_need_a_unique_name_and_one_kind() {
-        let e = errors("extensionProviders:\n- name: a\n  zipkin: {service: z, port: 9411}\n- name: a\n  prometheus: {}\n- name: b\n- name: c\n  zipkn: {}\n");
+        let e = errors(
+            "extensionProviders:\n- name: a\n  zipkin: {service: z, port: 9411}\n- name: a\n  prometheus: {}\n- name: b\n- name: c\n  zipkn: {}\n",
+        );
         assert_eq!(e.len(), 3, "{e:?}");
         assert!(e[0].contains("extensionProviders[1].name") && e[0].contains("defined twice"));
         assert!(e[1].contains("extensionProviders[2]") && e[1].contains("exactly one kind"));
@@ -601,7 +642,10 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         let e = errors("trustDomain: \"bad domain/\"\n");
-        assert!(e[0].contains("trustDomain: not a valid trust domain"), "{e:?}");
+        assert!(
+            e[0].contains("trustDomain: not a valid trust domain"),
+            "{e:?}"
+        );
         let e = errors("outboundTrafficPolicy: {mode: DENY}\n");
         assert!(e[0].contains("outboundTrafficPolicy.mode"), "{e:?}");
         let e = errors("a: 1\n---\nb: 2\n");

@@ -264,6 +264,7 @@ impl Inner {
     /// Recomputes a key's snapshot whenever its workload certificate is due, for as long
     /// as the key has streams.
     fn spawn_renewal(self: &Arc<Self>, entry: &Arc<KeyEntry>) {
+        let mut changes = self.workload_ca.get().map(|w| w.ca.changes());
         let (inner, entry) = (Arc::downgrade(self), Arc::downgrade(entry));
         tokio::spawn(async move {
             loop {
@@ -271,7 +272,20 @@ impl Inner {
                     Some(e) => e.cert.renew_at(),
                     None => return,
                 };
-                tokio::time::sleep_until(Instant::from_std(due)).await;
+                // Also at once when the CA is reloaded: a new trust bundle (ROOTCA) and,
+                // with a new signer, a new workload certificate.
+                let reloaded = async {
+                    let Some(rx) = changes.as_mut() else {
+                        return std::future::pending().await;
+                    };
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep_until(Instant::from_std(due)) => {}
+                    _ = reloaded => {}
+                }
                 let (Some(inner), Some(e)) = (inner.upgrade(), entry.upgrade()) else {
                     return;
                 };
@@ -418,6 +432,7 @@ impl ControlPlane {
     pub fn sds_service(&self) -> SdsService {
         SdsService {
             inner: self.inner.clone(),
+            mtls: false,
         }
     }
 
@@ -452,7 +467,8 @@ impl ControlPlane {
     /// Serves ADS over mutual TLS on `listener` (Istio's 15012), with Istio's certificate
     /// service next to it when `ca` is given, until `shutdown` completes. Every ADS stream
     /// must come with a client certificate of the CA whose identity matches its node (see
-    /// `authz`); the standalone SDS service is not offered here.
+    /// `authz`); so must every stream of the standalone SDS service, which sidecars use
+    /// for the secrets of their static clusters.
     pub async fn serve_tls(
         &self,
         listener: tokio::net::TcpListener,
@@ -473,11 +489,16 @@ impl ControlPlane {
             inner: self.inner.clone(),
             mtls: true,
         };
+        let sds = SdsService {
+            inner: self.inner.clone(),
+            mtls: true,
+        };
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_concurrent_streams(Some(self.inner.options.max_concurrent_streams))
             .add_service(ads)
+            .add_service(sds)
             .add_optional_service(ca)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
@@ -671,6 +692,8 @@ impl tonic::codegen::Service<GrpcRequest> for AdsService {
 #[derive(Clone)]
 pub struct SdsService {
     inner: Arc<Inner>,
+    /// Served on the mutual-TLS port: streams are checked as ADS streams are there.
+    mtls: bool,
 }
 
 impl tonic::server::NamedService for SdsService {
@@ -689,11 +712,16 @@ impl tonic::codegen::Service<GrpcRequest> for SdsService {
     fn call(&mut self, req: GrpcRequest) -> Self::Future {
         let secrets = Some(TypeUrl::Secret);
         let resp = match req.uri().path() {
-            "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets" => {
-                open_stream(&self.inner, req, Mode::Delta, secrets, false, Delta::new)
-            }
+            "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets" => open_stream(
+                &self.inner,
+                req,
+                Mode::Delta,
+                secrets,
+                self.mtls,
+                Delta::new,
+            ),
             "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" => {
-                open_stream(&self.inner, req, Mode::Sotw, secrets, false, Sotw::new)
+                open_stream(&self.inner, req, Mode::Sotw, secrets, self.mtls, Sotw::new)
             }
             "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets" => {
                 let options = &self.inner.options;

@@ -42,11 +42,14 @@ pub(crate) struct WorkloadCert {
     key_pem: String,
     /// When to issue the next one.
     pub renew_at: Instant,
+    /// The version of the CA that signed it: a reloaded CA (a root rotation) re-issues.
+    ca_version: u64,
 }
 
 impl WorkloadCa {
     /// A new key and certificate for `identity`.
     pub(crate) fn issue(&self, identity: &SpiffeId) -> Result<WorkloadCert, String> {
+        let ca_version = self.ca.version();
         let (issued, key_pem) = self
             .ca
             .issue_workload(identity, Some(self.ttl))
@@ -64,6 +67,7 @@ impl WorkloadCa {
             chain_pem: issued.chain_pem(),
             key_pem,
             renew_at,
+            ca_version,
         })
     }
 
@@ -85,7 +89,7 @@ impl WorkloadCa {
             Secret {
                 name: ROOT_SECRET.into(),
                 r#type: Some(Type::ValidationContext(CertificateValidationContext {
-                    trusted_ca: Some(inline(self.ca.root_pem())),
+                    trusted_ca: Some(inline(&self.ca.root_pem())),
                     ..Default::default()
                 })),
             },
@@ -109,7 +113,9 @@ impl WorkloadSlot {
         identity: &SpiffeId,
     ) -> Result<[Secret; 2], String> {
         let mut held = self.cert.lock().unwrap_or_else(|e| e.into_inner());
-        let due = held.as_ref().is_none_or(|c| Instant::now() >= c.renew_at);
+        let due = held
+            .as_ref()
+            .is_none_or(|c| Instant::now() >= c.renew_at || c.ca_version != ca.ca.version());
         if due {
             match ca.issue(identity) {
                 Ok(c) => *held = Some(c),
