@@ -42,7 +42,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub struct CaOptions {
     /// The trust domain of every identity the CA signs (`cluster.local`).
     pub trust_domain: String,
-    /// Longest lifetime of a leaf; longer requests are cut to it.
+    /// Longest lifetime of a leaf (CreateCertificate refuses longer requests; the
+    /// lifetimes meshgate picks itself are cut to it).
     pub max_ttl: Duration,
 }
 

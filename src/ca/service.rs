@@ -126,6 +126,21 @@ impl CertificateService {
             tracing::warn!(peer = ?addr, identity = %caller.identity, source = caller.source.as_str(), reason = %e, "certificate request refused: names not allowed");
             Status::permission_denied(e.to_string())
         })?;
+        // As istiod: a lifetime above the maximum is refused, not cut (the caller asked
+        // for something it would not get); before a join token is spent on it.
+        let ttl =
+            (req.validity_duration > 0).then(|| Duration::from_secs(req.validity_duration as u64));
+        if let Some(asked) = ttl
+            && asked > s.ca.max_ttl()
+        {
+            count(&s.metrics.invalid);
+            tracing::info!(peer = ?addr, identity = %caller.identity, asked_s = asked.as_secs(), max_s = s.ca.max_ttl().as_secs(), "certificate request refused: lifetime above the maximum");
+            return Err(Status::invalid_argument(format!(
+                "requested TTL {}s is greater than the max allowed TTL {}s",
+                asked.as_secs(),
+                s.ca.max_ttl().as_secs()
+            )));
+        }
         s.authn.commit(&caller).map_err(|e| {
             tracing::info!(peer = ?addr, identity = %caller.identity, reason = %e, "certificate request refused");
             match e {
@@ -139,8 +154,6 @@ impl CertificateService {
                 }
             }
         })?;
-        let ttl =
-            (req.validity_duration > 0).then(|| Duration::from_secs(req.validity_duration as u64));
         let issued = s.ca.sign(&csr, &caller.identity, ttl).map_err(|e| {
             count(&s.metrics.failed);
             tracing::error!(identity = %caller.identity, error = %e, "signing failed");

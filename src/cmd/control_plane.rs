@@ -49,7 +49,7 @@ pub struct Args {
     /// any error in it refuses to start.
     #[arg(long, value_name = "FILE")]
     mesh_config: Option<PathBuf>,
-    /// Longest lifetime of a certificate the CA issues (longer requests get this).
+    /// Longest lifetime of a certificate the CA issues (longer requests are refused).
     #[arg(long, default_value = "24h", value_parser = super::token::parse_duration, requires = "ca_dir")]
     ca_max_ttl: Duration,
     /// Lifetime of the workload certificates served as the SDS secret `default` over
