@@ -197,7 +197,10 @@ fn gateway_originates_istio_mutual_to_an_envoy_sidecar() {
     let seen = r.echo();
     let x = xfcc(&seen).expect("XFCC from the sidecar");
     assert!(x.starts_with(&format!("By={APP_ID};Hash=")), "{x}");
-    assert!(x.ends_with(&format!(";Subject=\"\";URI={GATEWAY_ID}")), "{x}");
+    assert!(
+        x.ends_with(&format!(";Subject=\"\";URI={GATEWAY_ID}")),
+        "{x}"
+    );
     let log_path = work.path().join("sidecar").join("access.log");
     wait_until("the sidecar's access log", Duration::from_secs(10), || {
         std::fs::read_to_string(&log_path).is_ok_and(|l| {
@@ -215,7 +218,11 @@ fn gateway_originates_istio_mutual_to_an_envoy_sidecar() {
     assert!(x.contains(&format!("URI={GATEWAY_ID}")), "{x}");
     let r = get(gw_port, "plain.example", "/plain", &[]);
     assert_eq!(r.status, 200, "{}", r.body_str());
-    assert_eq!(xfcc(&r.echo()), None, "plain text reaches the echo directly");
+    assert_eq!(
+        xfcc(&r.echo()),
+        None,
+        "plain text reaches the echo directly"
+    );
 
     // The gateway verifies the sidecar's SPIFFE id: one it does not expect is a 503,
     // and nothing reaches the upstream in plain text.
@@ -394,7 +401,15 @@ fn envoy_reaches_an_istio_mutual_gateway_server_and_xfcc_matches_envoy() {
     // A client without a mesh certificate is refused at the handshake, by both.
     for port in [gw_port, envoy_gw_port] {
         let out = Command::new("curl")
-            .args(["-sk", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-sk",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
             .arg(format!("https://127.0.0.1:{port}/"))
             .stdin(Stdio::null())
             .output()
@@ -450,7 +465,10 @@ fn standalone_gateway_without_mesh_certs_refuses_istio_mutual() {
         .arg(&config)
         .args(["--admin-address", &format!("127.0.0.1:{}", free_port())])
         .args(["--health-address", &format!("127.0.0.1:{}", free_port())])
-        .args(["--prometheus-address", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--prometheus-address",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();

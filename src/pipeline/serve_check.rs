@@ -137,7 +137,11 @@ fn route_source<'a>(
     gateway_with_port(config, port)
 }
 
-pub(super) fn cluster_source<'a>(config: &'a Config, set: &ResourceSet, name: &str) -> Option<Source<'a>> {
+pub(super) fn cluster_source<'a>(
+    config: &'a Config,
+    set: &ResourceSet,
+    name: &str,
+) -> Option<Source<'a>> {
     let cluster = set.clusters.iter().find(|c| c.name == name)?;
     if let Some((kind, ns, dr_name)) = config_ref(cluster.metadata.as_ref())
         && kind == "destination-rule"

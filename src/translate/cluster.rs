@@ -337,7 +337,11 @@ impl Context<'_, '_, '_> {
                 // mTLS and the others plain text, chosen per endpoint by its
                 // `envoy.transport_socket_match` metadata. Left out when no endpoint is
                 // labelled, so that a gateway without mesh identity can still serve it.
-                None if !service.mesh_external && groups.iter().any(|g| g.endpoints.iter().any(endpoints::is_istio_mtls)) => {
+                None if !service.mesh_external
+                    && groups
+                        .iter()
+                        .any(|g| g.endpoints.iter().any(endpoints::is_istio_mtls)) =>
+                {
                     let sans = service_accounts(service, &scope.trust_domain);
                     let ctx = tls::istio_mutual_upstream_context(&sans, &mesh_sni, h2);
                     c.transport_socket_matches = vec![
@@ -486,8 +490,9 @@ fn set_dns_options(c: &mut cluster::Cluster) {
 pub const RAW_BUFFER_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
 
 /// TLS settings with every field at its default (for an unset `tls`).
-static DEFAULT_CLIENT_TLS: std::sync::LazyLock<crate::config::types::destination_rule::ClientTlsSettings> =
-    std::sync::LazyLock::new(Default::default);
+static DEFAULT_CLIENT_TLS: std::sync::LazyLock<
+    crate::config::types::destination_rule::ClientTlsSettings,
+> = std::sync::LazyLock::new(Default::default);
 
 /// The identities a service's workloads run as (istiod's `GetServiceAccounts`): the
 /// ServiceEntry's `subjectAltNames` and `spiffe://TD/ns/NS/sa/SA` of each endpoint's

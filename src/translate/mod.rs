@@ -32,8 +32,8 @@ mod scope;
 mod servers;
 mod tls;
 
-pub use tls::{MESH_CERT_SECRET, MESH_ROOT_SECRET};
 pub use names::{cluster_name, listener_name, sni_cluster_name, virtual_host_name};
+pub use tls::{MESH_CERT_SECRET, MESH_ROOT_SECRET};
 
 use crate::config::{Config, Diagnostic};
 use crate::registry::Registry;

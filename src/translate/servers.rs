@@ -148,7 +148,9 @@ impl<'s, 'a> Build<'s, 'a> {
             ServerTlsMode::Passthrough => return self.passthrough_chains(server, claimed),
             ServerTlsMode::AutoPassthrough => return self.auto_passthrough_chains(server),
             ServerTlsMode::IstioMutual
-            | ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {}
+            | ServerTlsMode::Simple
+            | ServerTlsMode::Mutual
+            | ServerTlsMode::OptionalMutual => {}
         }
         let namespace = self.credential_namespace(server);
         let ctx = match tls::downstream_context(

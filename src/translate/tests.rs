@@ -1393,7 +1393,10 @@ spec:
     // A subset's SNI names it; the mesh secrets are not Secret resources of the
     // translation (they are the proxy's own, from its CA).
     let v1 = tls_context(&t, "outbound|9080|v1|reviews.shop.svc.cluster.local");
-    assert_eq!(v1["sni"], "outbound_.9080_.v1_.reviews.shop.svc.cluster.local");
+    assert_eq!(
+        v1["sni"],
+        "outbound_.9080_.v1_.reviews.shop.svc.cluster.local"
+    );
     assert!(t.resources.secrets.is_empty());
     // Port level: SNI and SANs as given (any trust domain); HTTP/2 adds `h2` to ALPN.
     let grpc = tls_context(&t, "outbound|9090||reviews.shop.svc.cluster.local");
@@ -1433,12 +1436,15 @@ spec:
     )
     .config;
     let (registry, _) = crate::registry::Registry::from_config(&config);
-    let proxy = ProxyIdentity::gateway("shop", BTreeMap::from([("istio".into(), "ingressgateway".into())]));
+    let proxy = ProxyIdentity::gateway(
+        "shop",
+        BTreeMap::from([("istio".into(), "ingressgateway".into())]),
+    );
     let t = super::gateway_in_trust_domain(&config, &registry, &proxy, "corp.example");
     let ctx = tls_context(&t, "outbound|9080||reviews.shop.svc.cluster.local");
     assert_eq!(
-        ctx["common_tls_context"]["combined_validation_context"]["default_validation_context"]
-            ["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+        ctx["common_tls_context"]["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]
+            [0]["matcher"]["exact"],
         "spiffe://corp.example/ns/shop/sa/reviews"
     );
 }
@@ -1454,7 +1460,10 @@ fn auto_mtls_by_the_endpoints_tls_mode_label() {
     assert_eq!(matches[0]["name"], "tlsMode-istio");
     assert_eq!(matches[0]["match"], json!({"tlsMode": "istio"}));
     let ctx = &matches[0]["transport_socket"]["typed_config"];
-    assert_eq!(ctx["sni"], "outbound_.9080_._.reviews.shop.svc.cluster.local");
+    assert_eq!(
+        ctx["sni"],
+        "outbound_.9080_._.reviews.shop.svc.cluster.local"
+    );
     assert_eq!(
         ctx["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"],
         "default"
