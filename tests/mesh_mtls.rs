@@ -152,13 +152,30 @@ fn xfcc(echo: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `x` with the hex of its `Hash=` element replaced (it is per certificate).
+fn without_hash(x: &str) -> String {
+    x.split(';')
+        .map(|e| if e.starts_with("Hash=") { "Hash=…" } else { e })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
 #[test]
 fn gateway_originates_istio_mutual_to_an_envoy_sidecar() {
     let work = TempDir::new();
     let ca_dir = work.path().join("ca");
-    let cp = MeshControlPlane::start(work.path(), &ca_dir, &[]);
     let echo = EchoUpstream::start("app");
     let sidecar_port = free_port();
+    // Real Envoy as a second gateway, fed the same translation by the control plane
+    // (with the same SPIFFE id as meshgate's).
+    let envoy_gw_port = free_port();
+    std::fs::create_dir_all(work.path().join("config")).unwrap();
+    std::fs::write(
+        work.path().join("config").join("mesh.yaml"),
+        origination_yaml(envoy_gw_port, sidecar_port, echo.port()),
+    )
+    .unwrap();
+    let cp = MeshControlPlane::start(work.path(), &ca_dir, &[]);
     let envoy = sidecar(
         &cp,
         &ca_dir,
@@ -166,6 +183,7 @@ fn gateway_originates_istio_mutual_to_an_envoy_sidecar() {
         sidecar_port,
         echo.port(),
     );
+    let envoy_gw = envoy_gateway(&cp, &ca_dir, &work.path().join("envoy-gw"));
 
     let certs = mesh_cert_dir(&ca_dir, &gateway_identity(), &work.path().join("gw-certs"));
     let config = work.path().join("gw-config");
@@ -188,6 +206,9 @@ fn gateway_originates_istio_mutual_to_an_envoy_sidecar() {
         &gw_dir,
     );
     wait_for_port(gw_port, Duration::from_secs(20));
+    wait_until("Envoy's gateway listener", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", envoy_gw_port)).is_ok()
+    });
 
     // ISTIO_MUTUAL by DestinationRule: Envoy verified the gateway's certificate and
     // puts its SPIFFE id into XFCC; the SNI and ALPN were Istio's (the chain matches
@@ -197,10 +218,7 @@ fn gateway_originates_istio_mutual_to_an_envoy_sidecar() {
     let seen = r.echo();
     let x = xfcc(&seen).expect("XFCC from the sidecar");
     assert!(x.starts_with(&format!("By={APP_ID};Hash=")), "{x}");
-    assert!(
-        x.ends_with(&format!(";Subject=\"\";URI={GATEWAY_ID}")),
-        "{x}"
-    );
+    assert!(x.ends_with(&format!(";Subject=\"\";URI={GATEWAY_ID}")), "{x}");
     let log_path = work.path().join("sidecar").join("access.log");
     wait_until("the sidecar's access log", Duration::from_secs(10), || {
         std::fs::read_to_string(&log_path).is_ok_and(|l| {
@@ -218,20 +236,37 @@ fn gateway_originates_istio_mutual_to_an_envoy_sidecar() {
     assert!(x.contains(&format!("URI={GATEWAY_ID}")), "{x}");
     let r = get(gw_port, "plain.example", "/plain", &[]);
     assert_eq!(r.status, 200, "{}", r.body_str());
-    assert_eq!(
-        xfcc(&r.echo()),
-        None,
-        "plain text reaches the echo directly"
-    );
+    assert_eq!(xfcc(&r.echo()), None, "plain text reaches the echo directly");
 
-    // The gateway verifies the sidecar's SPIFFE id: one it does not expect is a 503,
-    // and nothing reaches the upstream in plain text.
+    // The gateway verifies the sidecar's SPIFFE id: one it does not expect is a 503
+    // (an upstream connection failure, after Istio's default retries), and nothing
+    // reaches the upstream.
     let before = echo.requests();
     let r = get(gw_port, "wrong.example", "/wrong", &[]);
     assert_eq!(r.status, 503, "{}", r.body_str());
     assert_eq!(echo.requests(), before);
+    wait_until("meshgate's access log of /wrong", Duration::from_secs(10), || {
+        gw.stdout().lines().any(|l| {
+            l.contains("\"path\":\"/wrong\"") && l.contains("\"response_flags\":\"UF,URX\"")
+        })
+    });
+
+    // Real Envoy on the same translation: the same answers, the same XFCC (but for the
+    // hash of the gateway's own certificate).
+    for host in ["app", "auto", "plain", "wrong"] {
+        let path = format!("/{host}");
+        let answers: Vec<(u16, Option<String>)> = [gw_port, envoy_gw_port]
+            .iter()
+            .map(|port| {
+                let r = get(*port, &format!("{host}.example"), &path, &[]);
+                let x = (r.status == 200).then(|| xfcc(&r.echo())).flatten();
+                (r.status, x.as_deref().map(without_hash))
+            })
+            .collect();
+        assert_eq!(answers[0], answers[1], "{host}");
+    }
     envoy.assert_no_rejections();
-    drop(gw);
+    envoy_gw.assert_no_rejections();
 }
 
 /// A Gateway server on `port` with `tls.mode: ISTIO_MUTUAL`, routing to the echo

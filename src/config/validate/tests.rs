@@ -606,7 +606,6 @@ fn service_entry_rules() {
                 "t.yaml:13:67: error: WorkloadEntry/shop/w1: spec.locality: locality `a//b` must be region, region/zone or region/zone/subzone",
                 "t.yaml:18:1: error: WorkloadEntry/shop/w2: spec.address: address is required",
                 "t.yaml:18:8: warning: WorkloadEntry/shop/w2: spec.labels: no ServiceEntry in namespace `shop` selects this WorkloadEntry, so it receives no traffic",
-                "t.yaml:18:30: warning: WorkloadEntry/shop/w2: spec.serviceAccount: `serviceAccount` is parsed but not acted on yet: mesh identities (mTLS) are not supported yet",
             ],
         ),
     ];
