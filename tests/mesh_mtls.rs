@@ -433,6 +433,17 @@ fn envoy_reaches_an_istio_mutual_gateway_server_and_xfcc_matches_envoy() {
             .contains(&format!("\"downstream_peer_uri_san\":\"{APP_ID}\""))
     });
 
+    // The mesh certificate rotates without a restart: new files, and the next
+    // handshake serves the new certificate.
+    let old = served_leaf(gw_port, &client_certs);
+    assert_eq!(old, first_pem(&certs.join("cert-chain.pem")));
+    mesh_cert_dir(&ca_dir, &gateway_identity(), &certs);
+    let new = first_pem(&certs.join("cert-chain.pem"));
+    assert_ne!(old, new);
+    wait_until("the rotated certificate served", Duration::from_secs(20), || {
+        served_leaf(gw_port, &client_certs) == new
+    });
+
     // A client without a mesh certificate is refused at the handshake, by both.
     for port in [gw_port, envoy_gw_port] {
         let out = Command::new("curl")
@@ -454,6 +465,36 @@ fn envoy_reaches_an_istio_mutual_gateway_server_and_xfcc_matches_envoy() {
     }
     client.assert_no_rejections();
     envoy_gw.assert_no_rejections();
+}
+
+/// The first certificate of a PEM file, as PEM.
+fn first_pem(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let end = "-----END CERTIFICATE-----";
+    let stop = text.find(end).expect("a certificate") + end.len();
+    text[text.find("-----BEGIN CERTIFICATE-----").unwrap()..stop].to_string()
+}
+
+/// The leaf certificate (PEM) a server on `port` presents to a client with the mesh
+/// certificate of `certs`; empty when the handshake fails.
+fn served_leaf(port: u16, certs: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .arg("-CAfile")
+        .arg(certs.join("root-cert.pem"))
+        .arg("-cert")
+        .arg(certs.join("cert-chain.pem"))
+        .arg("-key")
+        .arg(certs.join("key.pem"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let end = "-----END CERTIFICATE-----";
+    match (text.find("-----BEGIN CERTIFICATE-----"), text.find(end)) {
+        (Some(a), Some(b)) if b > a => text[a..b + end.len()].to_string(),
+        _ => String::new(),
+    }
 }
 
 /// Real Envoy as the gateway `istio=ingressgateway` in istio-system, configured by the
