@@ -9,7 +9,9 @@
 //!   `tls.mode: ISTIO_MUTUAL`; the upstream gets Envoy's XFCC, byte for byte the same
 //!   from meshgate's data plane and from real Envoy serving the same translation (from
 //!   the control plane); a client without a mesh certificate is refused;
-//! - fail closed: without `--mesh-certs`, the standalone gateway refuses to start.
+//! - fail closed: without `--mesh-certs`, the standalone gateway refuses to start and
+//!   `meshgate translate --out` writes nothing;
+//! - the same Envoy comparison for `meshgate translate --out --mesh-certs` files.
 mod support;
 
 use meshgate::ca::SpiffeId;
@@ -371,10 +373,18 @@ fn envoy_reaches_an_istio_mutual_gateway_server_and_xfcc_matches_envoy() {
     wait_until("Envoy's gateway listener", Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", envoy_gw_port)).is_ok()
     });
+    // And real Envoy on `meshgate translate --out` files, with the same mesh
+    // certificate files as meshgate.
+    let translated_port = free_port();
+    let translated = translated_envoy(
+        &termination_yaml(translated_port, echo.port()),
+        &certs,
+        &work.path().join("translated"),
+    );
 
     // The client: an Envoy with a certificate of the mesh for `app`, ISTIO_MUTUAL-style
     // clusters to both gateways, verifying their SPIFFE id.
-    let (to_meshgate, to_envoy) = (free_port(), free_port());
+    let (to_meshgate, to_envoy, to_translated) = (free_port(), free_port(), free_port());
     let sni = "outbound_.443_._.gateway.istio-system.svc.cluster.local";
     let client_certs = mesh_cert_dir(&ca_dir, &app_identity(), &work.path().join("client-certs"));
     let client = mesh_envoy(
@@ -385,6 +395,7 @@ fn envoy_reaches_an_istio_mutual_gateway_server_and_xfcc_matches_envoy() {
         vec![
             client_listener("to-meshgate", to_meshgate, "meshgate"),
             client_listener("to-envoy", to_envoy, "envoy"),
+            client_listener("to-translated", to_translated, "translated"),
         ],
         vec![
             static_cluster(
@@ -397,11 +408,16 @@ fn envoy_reaches_an_istio_mutual_gateway_server_and_xfcc_matches_envoy() {
                 envoy_gw_port,
                 Some(mesh_upstream_socket(&client_certs, sni, Some(GATEWAY_ID))),
             ),
+            static_cluster(
+                "translated",
+                translated_port,
+                Some(mesh_upstream_socket(&client_certs, sni, Some(GATEWAY_ID))),
+            ),
         ],
     );
 
     let mut answers = Vec::new();
-    for port in [to_meshgate, to_envoy] {
+    for port in [to_meshgate, to_envoy, to_translated] {
         let mut last = None;
         wait_until("the gateway answering", Duration::from_secs(30), || {
             let r = get(port, "echo.example", "/mesh", &[]);
@@ -426,6 +442,7 @@ fn envoy_reaches_an_istio_mutual_gateway_server_and_xfcc_matches_envoy() {
     // The same client certificate through real Envoy serving the same translation: the
     // same answer and the same header, byte for byte.
     assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], answers[2]);
 
     // meshgate's access log names the peer.
     wait_until("meshgate's access log", Duration::from_secs(10), || {
@@ -445,7 +462,7 @@ fn envoy_reaches_an_istio_mutual_gateway_server_and_xfcc_matches_envoy() {
     });
 
     // A client without a mesh certificate is refused at the handshake, by both.
-    for port in [gw_port, envoy_gw_port] {
+    for port in [gw_port, envoy_gw_port, translated_port] {
         let out = Command::new("curl")
             .args([
                 "-sk",
@@ -465,6 +482,29 @@ fn envoy_reaches_an_istio_mutual_gateway_server_and_xfcc_matches_envoy() {
     }
     client.assert_no_rejections();
     envoy_gw.assert_no_rejections();
+    translated.assert_no_rejections();
+}
+
+/// Real Envoy running `meshgate translate --out` files of `yaml`, with the mesh
+/// identity of `certs` (`--mesh-certs`).
+fn translated_envoy(yaml: &str, certs: &Path, work: &Path) -> Envoy {
+    let config = work.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("mesh.yaml"), yaml).unwrap();
+    let out = work.join("out");
+    let admin = free_port();
+    let status = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["translate", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .args(["--admin-port", &admin.to_string()])
+        .arg("--mesh-certs")
+        .arg(certs)
+        .status()
+        .unwrap();
+    assert!(status.success(), "meshgate translate failed");
+    Envoy::start(&out.join("envoy.yaml"), admin, work)
 }
 
 /// The first certificate of a PEM file, as PEM.
@@ -559,4 +599,20 @@ fn standalone_gateway_without_mesh_certs_refuses_istio_mutual() {
         "{err}"
     );
     assert!(err.contains("--mesh-certs DIR"), "{err}");
+
+    // So do Envoy files from `meshgate translate --out`.
+    let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["translate", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(work.path().join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DestinationRule/edge/app: spec.trafficPolicy.tls.mode: cluster outbound|8080||app.edge.svc.cluster.local: ISTIO_MUTUAL"),
+        "{err}"
+    );
+    assert!(!work.path().join("out").join("envoy.yaml").exists());
 }
