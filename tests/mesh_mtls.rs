@@ -157,7 +157,13 @@ fn xfcc(echo: &Value) -> Option<String> {
 /// `x` with the hex of its `Hash=` element replaced (it is per certificate).
 fn without_hash(x: &str) -> String {
     x.split(';')
-        .map(|e| if e.starts_with("Hash=") { "Hash=…" } else { e })
+        .map(|e| {
+            if e.starts_with("Hash=") {
+                "Hash=…"
+            } else {
+                e
+            }
+        })
         .collect::<Vec<_>>()
         .join(";")
 }
@@ -220,7 +226,10 @@ fn gateway_originates_istio_mutual_to_an_envoy_sidecar() {
     let seen = r.echo();
     let x = xfcc(&seen).expect("XFCC from the sidecar");
     assert!(x.starts_with(&format!("By={APP_ID};Hash=")), "{x}");
-    assert!(x.ends_with(&format!(";Subject=\"\";URI={GATEWAY_ID}")), "{x}");
+    assert!(
+        x.ends_with(&format!(";Subject=\"\";URI={GATEWAY_ID}")),
+        "{x}"
+    );
     let log_path = work.path().join("sidecar").join("access.log");
     wait_until("the sidecar's access log", Duration::from_secs(10), || {
         std::fs::read_to_string(&log_path).is_ok_and(|l| {
@@ -238,7 +247,11 @@ fn gateway_originates_istio_mutual_to_an_envoy_sidecar() {
     assert!(x.contains(&format!("URI={GATEWAY_ID}")), "{x}");
     let r = get(gw_port, "plain.example", "/plain", &[]);
     assert_eq!(r.status, 200, "{}", r.body_str());
-    assert_eq!(xfcc(&r.echo()), None, "plain text reaches the echo directly");
+    assert_eq!(
+        xfcc(&r.echo()),
+        None,
+        "plain text reaches the echo directly"
+    );
 
     // The gateway verifies the sidecar's SPIFFE id: one it does not expect is a 503
     // (an upstream connection failure, after Istio's default retries), and nothing
@@ -247,11 +260,15 @@ fn gateway_originates_istio_mutual_to_an_envoy_sidecar() {
     let r = get(gw_port, "wrong.example", "/wrong", &[]);
     assert_eq!(r.status, 503, "{}", r.body_str());
     assert_eq!(echo.requests(), before);
-    wait_until("meshgate's access log of /wrong", Duration::from_secs(10), || {
-        gw.stdout().lines().any(|l| {
-            l.contains("\"path\":\"/wrong\"") && l.contains("\"response_flags\":\"UF,URX\"")
-        })
-    });
+    wait_until(
+        "meshgate's access log of /wrong",
+        Duration::from_secs(10),
+        || {
+            gw.stdout().lines().any(|l| {
+                l.contains("\"path\":\"/wrong\"") && l.contains("\"response_flags\":\"UF,URX\"")
+            })
+        },
+    );
 
     // Real Envoy on the same translation: the same answers, the same XFCC (but for the
     // hash of the gateway's own certificate).
@@ -457,9 +474,11 @@ fn envoy_reaches_an_istio_mutual_gateway_server_and_xfcc_matches_envoy() {
     mesh_cert_dir(&ca_dir, &gateway_identity(), &certs);
     let new = first_pem(&certs.join("cert-chain.pem"));
     assert_ne!(old, new);
-    wait_until("the rotated certificate served", Duration::from_secs(20), || {
-        served_leaf(gw_port, &client_certs) == new
-    });
+    wait_until(
+        "the rotated certificate served",
+        Duration::from_secs(20),
+        || served_leaf(gw_port, &client_certs) == new,
+    );
 
     // A client without a mesh certificate is refused at the handshake, by both.
     for port in [gw_port, envoy_gw_port, translated_port] {
