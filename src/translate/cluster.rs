@@ -277,10 +277,9 @@ impl Context<'_, '_, '_> {
             let h2 = h2_options(&mut http_options).is_some();
             // Istio's default SNI of mesh mTLS: `outbound_.PORT_.SUBSET_.HOST`.
             let mesh_sni = names::sni_cluster_name(subset_name, &service.hostname, port.number);
-            match settings.map(|s| s.mode.unwrap_or(ClientTlsMode::Disable)) {
-                Some(ClientTlsMode::Disable) => {}
-                Some(ClientTlsMode::IstioMutual) => {
-                    let settings = settings.unwrap_or(&DEFAULT_CLIENT_TLS);
+            match settings.map(|s| (s, s.mode.unwrap_or(ClientTlsMode::Disable))) {
+                Some((_, ClientTlsMode::Disable)) => {}
+                Some((settings, ClientTlsMode::IstioMutual)) => {
                     let sni = if settings.sni.is_empty() {
                         mesh_sni
                     } else {
@@ -294,8 +293,7 @@ impl Context<'_, '_, '_> {
                     let ctx = tls::istio_mutual_upstream_context(&sans, &sni, h2);
                     c.transport_socket = Some(tls::transport_socket(&ctx));
                 }
-                Some(ClientTlsMode::Simple | ClientTlsMode::Mutual) => {
-                    let settings = settings.unwrap_or(&DEFAULT_CLIENT_TLS);
+                Some((settings, ClientTlsMode::Simple | ClientTlsMode::Mutual)) => {
                     match tls::upstream_context(
                         settings,
                         scope.config,
@@ -488,11 +486,6 @@ fn set_dns_options(c: &mut cluster::Cluster) {
 
 /// Name of Envoy's plain-text transport socket.
 pub const RAW_BUFFER_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
-
-/// TLS settings with every field at its default (for an unset `tls`).
-static DEFAULT_CLIENT_TLS: std::sync::LazyLock<
-    crate::config::types::destination_rule::ClientTlsSettings,
-> = std::sync::LazyLock::new(Default::default);
 
 /// The identities a service's workloads run as (istiod's `GetServiceAccounts`): the
 /// ServiceEntry's `subjectAltNames` and `spiffe://TD/ns/NS/sa/SA` of each endpoint's
