@@ -4,94 +4,15 @@
 //! rotation; a plaintext (15010) stream never gets a key.
 mod support;
 
-use meshgate::ca::{Ca, CaOptions, Csr, SpiffeId};
+use meshgate::ca::SpiffeId;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::mesh_identity::{MeshControlPlane as ControlPlane, issue_files, sds};
 use support::*;
 
 const APP: &str = "spiffe://cluster.local/ns/edge/sa/app";
-
-/// A `meshgate control-plane --ca-dir` process with an empty configuration.
-struct ControlPlane {
-    child: Child,
-    log: PathBuf,
-    xds_port: u16,
-    tls_port: u16,
-}
-
-impl ControlPlane {
-    fn start(work: &Path, ca_dir: &Path, extra: &[&str]) -> ControlPlane {
-        let config = work.join("config");
-        std::fs::create_dir_all(&config).unwrap();
-        let (xds, tls, debug) = (free_port(), free_port(), free_port());
-        let log = work.join("cp.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .args(["control-plane", "--config"])
-            .arg(&config)
-            .arg("--ca-dir")
-            .arg(ca_dir)
-            .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
-            .args(["--xds-tls-addr", &format!("127.0.0.1:{tls}")])
-            .args(["--debug-addr", &format!("127.0.0.1:{debug}")])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut cp = ControlPlane {
-            child,
-            log,
-            xds_port: xds,
-            tls_port: tls,
-        };
-        wait_until("the control plane serving", Duration::from_secs(15), || {
-            if let Ok(Some(status)) = cp.child.try_wait() {
-                panic!("control plane exited with {status}:\n{}", cp.log());
-            }
-            matches!(
-                blocking_http_get(("127.0.0.1", debug), "/ready"),
-                Ok((200, _))
-            ) && std::net::TcpStream::connect(("127.0.0.1", tls)).is_ok()
-        });
-        cp
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- control plane log ---\n{}", self.log());
-        }
-    }
-}
-
-/// A certificate of the CA in `ca_dir` for `identity`: (chain, key) files.
-fn issue_files(ca_dir: &Path, identity: &SpiffeId, out: &Path) -> (PathBuf, PathBuf) {
-    let ca = Ca::load_or_create(ca_dir, CaOptions::default()).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(identity.uri().try_into().unwrap())];
-    let csr = Csr::from_pem(&params.serialize_request(&key).unwrap().pem().unwrap()).unwrap();
-    let issued = ca.sign(&csr, identity, None).unwrap();
-    std::fs::create_dir_all(out).unwrap();
-    let (chain, key_path) = (out.join("cert-chain.pem"), out.join("key.pem"));
-    std::fs::write(&chain, issued.chain_pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (chain, key_path)
-}
-
-fn sds(name: &str) -> Value {
-    json!({"name": name, "sds_config": {"ads": {}, "resource_api_version": "V3"}})
-}
 
 /// An Envoy whose only listener (on `port`) is a static inbound one requiring client
 /// certificates, with `default` and `ROOTCA` from SDS over ADS; ADS goes to `xds_port`,

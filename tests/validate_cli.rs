@@ -60,7 +60,7 @@ const INVALID: &[(&str, i32, &[&str])] = &[
         1,
         &[
             "tests/testdata/invalid/istio-mutual.yaml:7:3: warning: DestinationRule/shop/reviews: spec.host: no ServiceEntry defines host `reviews.shop.svc.cluster.local`, so this rule applies to nothing",
-            "tests/testdata/invalid/istio-mutual.yaml:10:7: error: DestinationRule/shop/reviews: spec.trafficPolicy.tls.mode: ISTIO_MUTUAL is not enforced yet (meshgate has no mesh certificates); the configuration is refused rather than sending plain text",
+            "tests/testdata/invalid/istio-mutual.yaml:9:5: error: DestinationRule/shop/reviews: spec.trafficPolicy.tls: ISTIO_MUTUAL uses mesh certificates; certificate files and credentialName must not be set",
         ],
     ),
     (

@@ -3,7 +3,7 @@ use anyhow::Context as _;
 use clap::Args;
 use meshgate::acme::AcmeCertificate;
 use meshgate::config::mesh::AccessLogEncoding;
-use meshgate::pipeline::{self, ConfigWatch, watch::fingerprint};
+use meshgate::pipeline::{self, ConfigWatch, mesh_identity, watch::fingerprint};
 use meshgate::proxy::access_log::AccessLogMode;
 use meshgate::proxy::stats::SourceLabels;
 use meshgate::proxy::{Gateway, GatewayOptions};
@@ -36,6 +36,12 @@ pub struct GatewayArgs {
     /// name that is expanded into it (with 127.0.0.1 as the IP).
     #[arg(long, requires = "xds", default_value = "meshgate-gateway")]
     pub node_id: String,
+    /// With --config: the gateway's mesh identity for ISTIO_MUTUAL, in Istio's
+    /// file-mounted layout (`cert-chain.pem`, `key.pem`, `root-cert.pem`), served as the
+    /// SDS secrets `default` and `ROOTCA` and reloaded when the files change. Without
+    /// it, a configuration that needs mesh mTLS is refused.
+    #[arg(long, value_name = "DIR", requires = "config")]
+    pub mesh_certs: Option<PathBuf>,
     /// Envoy resources as JSON (`{"listeners": [...], "routes": [...], "clusters": [...],
     /// "endpoints": [...]}`), watched for changes.
     #[arg(long, value_name = "FILE", hide = true)]
@@ -160,6 +166,7 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
             path: path.clone(),
             labels,
             namespace: args.namespace.clone(),
+            mesh_certs: args.mesh_certs.clone(),
             cache: Default::default(),
         },
         (None, Some(file)) => Source::Json(file.clone()),
@@ -211,6 +218,8 @@ enum Source {
         path: PathBuf,
         labels: BTreeMap<String, String>,
         namespace: Option<String>,
+        /// Where the gateway's mesh certificate and trust bundle are mounted.
+        mesh_certs: Option<PathBuf>,
         /// The files parsed by the last load (a reload parses only changed ones).
         cache: std::cell::RefCell<meshgate::config::FileCache>,
     },
@@ -234,8 +243,15 @@ impl Source {
                 path,
                 labels,
                 namespace,
+                mesh_certs,
                 cache,
-            } => translate_config(path, labels, namespace.as_deref(), &mut cache.borrow_mut()),
+            } => translate_config(
+                path,
+                labels,
+                namespace.as_deref(),
+                mesh_certs.as_deref(),
+                &mut cache.borrow_mut(),
+            ),
             Source::Json(path) => read_json(path).map(|set| (set, Vec::new())),
         };
         let outcome = resources.and_then(|(set, certificates)| {
@@ -326,6 +342,7 @@ fn translate_config(
     path: &Path,
     labels: &BTreeMap<String, String>,
     namespace: Option<&str>,
+    mesh_certs: Option<&Path>,
     cache: &mut meshgate::config::FileCache,
 ) -> anyhow::Result<(ResourceSet, Vec<AcmeCertificate>)> {
     // Secret material is parsed once, by the gateway when it applies the set (a
@@ -347,9 +364,35 @@ fn translate_config(
     for d in report.warnings() {
         tracing::warn!("{d}");
     }
-    let Some((_, resources)) = report.translation else {
+    let Some((_, mut resources)) = report.translation else {
         anyhow::bail!("{}: nothing was translated", path.display());
     };
+    match mesh_certs {
+        Some(dir) => {
+            resources
+                .secrets
+                .extend(mesh_identity::mesh_cert_secrets(dir));
+            resources.sort();
+        }
+        None => {
+            // Fail closed: mesh mTLS without a mesh certificate is refused, never
+            // served in plain text.
+            let needs = mesh_identity::needs_mesh_identity(
+                &report.config,
+                &resources,
+                "give `--mesh-certs DIR` (cert-chain.pem, key.pem, root-cert.pem)",
+            );
+            if !needs.is_empty() {
+                let text: Vec<String> = needs.iter().map(ToString::to_string).collect();
+                anyhow::bail!(
+                    "{} error(s) in {}:\n{}",
+                    needs.len(),
+                    path.display(),
+                    text.join("\n")
+                );
+            }
+        }
+    }
     if resources.listeners.is_empty() {
         tracing::warn!("no Gateway server selects these labels; nothing is listening");
     }

@@ -43,6 +43,12 @@ pub struct Args {
     /// What to produce.
     #[arg(long, value_enum, default_value_t = Format::Envoy)]
     pub format: Format,
+    /// The gateway's mesh identity for ISTIO_MUTUAL, in Istio's file-mounted layout on
+    /// Envoy's host (`cert-chain.pem`, `key.pem`, `root-cert.pem`): written as the SDS
+    /// secrets `default` and `ROOTCA`. Without it, Envoy files that need mesh mTLS are
+    /// refused (Envoy would have no certificate to present).
+    #[arg(long, value_name = "DIR")]
+    pub mesh_certs: Option<PathBuf>,
 }
 
 /// Runs the subcommand.
@@ -81,6 +87,31 @@ pub fn run(args: Args) -> ExitCode {
         eprintln!("meshgate translate: {errors} error(s) in the configuration; nothing translated");
         return ExitCode::from(1);
     };
+    let mut set = set;
+    match &args.mesh_certs {
+        Some(dir) => {
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            set.secrets
+                .extend(pipeline::mesh_identity::mesh_cert_secrets(&dir));
+            set.sort();
+        }
+        None if args.out.is_some() => {
+            let mut needs = pipeline::mesh_identity::needs_mesh_identity(
+                &report.config,
+                &set,
+                "give `--mesh-certs DIR` (cert-chain.pem, key.pem, root-cert.pem)",
+            );
+            if !needs.is_empty() {
+                print_diagnostics(&mut needs);
+                eprintln!(
+                    "meshgate translate: {} error(s): mesh mTLS needs the gateway's mesh identity; nothing written",
+                    needs.len()
+                );
+                return ExitCode::from(1);
+            }
+        }
+        None => {}
+    }
     let set = &set;
     if set.listeners.is_empty() {
         eprintln!(

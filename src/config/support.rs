@@ -66,21 +66,11 @@ pub const UNSUPPORTED: &[Unsupported] = &[
         "spec.endpoints[*].network",
         "multi-network meshes are not supported yet",
     ),
-    row(
-        "ServiceEntry",
-        "spec.endpoints[*].serviceAccount",
-        "mesh identities (mTLS) are not supported yet",
-    ),
     // WorkloadEntry
     row(
         "WorkloadEntry",
         "spec.network",
         "multi-network meshes are not supported yet",
-    ),
-    row(
-        "WorkloadEntry",
-        "spec.serviceAccount",
-        "mesh identities (mTLS) are not supported yet",
     ),
 ];
 

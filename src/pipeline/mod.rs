@@ -8,6 +8,7 @@
 //! plane all call [`run`], so one file is accepted or refused the same way everywhere,
 //! and whatever `validate` accepts, the gateway serves. [`watch`] is the file watcher
 //! they share.
+pub mod mesh_identity;
 mod serve_check;
 pub mod watch;
 

@@ -45,22 +45,27 @@ fn attribute(config: &Config, set: &ResourceSet, e: &CompileError) -> Diagnostic
             config.service_entries[i].diagnostic(Severity::Error, "spec", message)
         }
         Some(Source::Gateway(g, field)) => g.diagnostic(Severity::Error, &field, message),
-        None => match config.gateways.first() {
-            Some(g) => g.diagnostic(Severity::Error, "spec", message),
-            None => Diagnostic {
-                file: String::new(),
-                line: 0,
-                column: 0,
-                severity: Severity::Error,
-                resource: None,
-                field: None,
-                message,
-            },
+        None => unplaced(config, message),
+    }
+}
+
+/// An error that no Istio field explains: on the first Gateway, else on no file.
+pub(super) fn unplaced(config: &Config, message: String) -> Diagnostic {
+    match config.gateways.first() {
+        Some(g) => g.diagnostic(Severity::Error, "spec", message),
+        None => Diagnostic {
+            file: String::new(),
+            line: 0,
+            column: 0,
+            severity: Severity::Error,
+            resource: None,
+            field: None,
+            message,
         },
     }
 }
 
-enum Source<'a> {
+pub(super) enum Source<'a> {
     VirtualService(usize, String),
     DestinationRule(usize),
     ServiceEntry(usize),
@@ -132,7 +137,11 @@ fn route_source<'a>(
     gateway_with_port(config, port)
 }
 
-fn cluster_source<'a>(config: &'a Config, set: &ResourceSet, name: &str) -> Option<Source<'a>> {
+pub(super) fn cluster_source<'a>(
+    config: &'a Config,
+    set: &ResourceSet,
+    name: &str,
+) -> Option<Source<'a>> {
     let cluster = set.clusters.iter().find(|c| c.name == name)?;
     if let Some((kind, ns, dr_name)) = config_ref(cluster.metadata.as_ref())
         && kind == "destination-rule"
@@ -153,7 +162,7 @@ fn cluster_source<'a>(config: &'a Config, set: &ResourceSet, name: &str) -> Opti
 }
 
 /// `0.0.0.0_8080` -> 8080.
-fn port_of_listener(name: &str) -> Option<u32> {
+pub(super) fn port_of_listener(name: &str) -> Option<u32> {
     name.rsplit('_').next()?.parse().ok()
 }
 

@@ -19,6 +19,7 @@ use crate::xds::pb::envoy::config::common::matcher::v3 as common_matcher;
 use crate::xds::pb::envoy::config::core::v3 as core;
 use crate::xds::pb::envoy::config::endpoint::v3 as endpoint;
 use crate::xds::pb::envoy::config::route::v3 as route;
+use crate::xds::pb::envoy::extensions::transport_sockets::raw_buffer::v3 as raw_buffer;
 use crate::xds::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use crate::xds::pb::envoy::r#type::v3 as types;
 use crate::xds::pb::google::protobuf as wkt;
@@ -271,57 +272,101 @@ impl Context<'_, '_, '_> {
         }
         let lb_endpoints = endpoints::locality_lb_endpoints(&groups, locality_policy.as_ref());
 
-        if self.naming == Naming::Outbound
-            && let Some(settings) = policy.as_ref().and_then(|p| p.tls.as_ref())
-        {
-            match settings.mode.unwrap_or(ClientTlsMode::Disable) {
-            ClientTlsMode::Disable => {}
-            ClientTlsMode::IstioMutual => self.diagnostics.push(dr_warning(
-                dr,
-                "spec.trafficPolicy.tls.mode",
-                format!(
-                    "ISTIO_MUTUAL needs the mesh's certificates, which a standalone gateway does not have; {name} connects in plain text"
-                ),
-            )),
-            ClientTlsMode::Simple | ClientTlsMode::Mutual => {
-                let h2 = h2_options(&mut http_options).is_some();
-                match tls::upstream_context(
-                    settings,
-                    scope.config,
-                    &scope.namespace,
-                    &service.subject_alt_names,
-                    h2,
-                    self.secrets,
-                ) {
-                    Ok(ctx) => {
-                        if settings.sni.is_empty() {
-                            // Istio: SNI (and, without names to check, the SAN) from
-                            // the request's Host.
-                            let options = http_options.get_or_insert_with(Default::default);
-                            let upstream = options
-                                .upstream_http_protocol_options
-                                .get_or_insert_with(Default::default);
-                            upstream.auto_sni = true;
-                            if settings.subject_alt_names.is_empty()
-                                && service.subject_alt_names.is_empty()
-                                && settings.insecure_skip_verify != Some(true)
-                            {
-                                upstream.auto_san_validation = true;
+        if self.naming == Naming::Outbound {
+            let settings = policy.as_ref().and_then(|p| p.tls.as_ref());
+            let h2 = h2_options(&mut http_options).is_some();
+            // Istio's default SNI of mesh mTLS: `outbound_.PORT_.SUBSET_.HOST`.
+            let mesh_sni = names::sni_cluster_name(subset_name, &service.hostname, port.number);
+            match settings.map(|s| (s, s.mode.unwrap_or(ClientTlsMode::Disable))) {
+                Some((_, ClientTlsMode::Disable)) => {}
+                Some((settings, ClientTlsMode::IstioMutual)) => {
+                    let sni = if settings.sni.is_empty() {
+                        mesh_sni
+                    } else {
+                        settings.sni.clone()
+                    };
+                    let sans = if settings.subject_alt_names.is_empty() {
+                        service_accounts(service, &scope.trust_domain)
+                    } else {
+                        settings.subject_alt_names.clone()
+                    };
+                    let ctx = tls::istio_mutual_upstream_context(&sans, &sni, h2);
+                    c.transport_socket = Some(tls::transport_socket(&ctx));
+                }
+                Some((settings, ClientTlsMode::Simple | ClientTlsMode::Mutual)) => {
+                    match tls::upstream_context(
+                        settings,
+                        scope.config,
+                        &scope.namespace,
+                        &service.subject_alt_names,
+                        h2,
+                        self.secrets,
+                    ) {
+                        Ok(ctx) => {
+                            if settings.sni.is_empty() {
+                                // Istio: SNI (and, without names to check, the SAN) from
+                                // the request's Host.
+                                let options = http_options.get_or_insert_with(Default::default);
+                                let upstream = options
+                                    .upstream_http_protocol_options
+                                    .get_or_insert_with(Default::default);
+                                upstream.auto_sni = true;
+                                if settings.subject_alt_names.is_empty()
+                                    && service.subject_alt_names.is_empty()
+                                    && settings.insecure_skip_verify != Some(true)
+                                {
+                                    upstream.auto_san_validation = true;
+                                }
                             }
+                            c.transport_socket = Some(tls::transport_socket(&ctx));
                         }
-                        c.transport_socket = Some(tls::transport_socket(&ctx));
-                    }
-                    Err(e) => {
-                        self.diagnostics.push(dr_warning(
-                            dr,
-                            "spec.trafficPolicy.tls",
-                            format!("{e}; {name} is left out"),
-                        ));
-                        return None;
+                        Err(e) => {
+                            self.diagnostics.push(dr_warning(
+                                dr,
+                                "spec.trafficPolicy.tls",
+                                format!("{e}; {name} is left out"),
+                            ));
+                            return None;
+                        }
                     }
                 }
+                // Auto mTLS (istiod's `buildAutoMtlsSettings`): without TLS settings, a
+                // mesh-internal service's endpoints labelled `tlsMode: istio` get mesh
+                // mTLS and the others plain text, chosen per endpoint by its
+                // `envoy.transport_socket_match` metadata. Left out when no endpoint is
+                // labelled, so that a gateway without mesh identity can still serve it.
+                None if !service.mesh_external
+                    && groups
+                        .iter()
+                        .any(|g| g.endpoints.iter().any(endpoints::is_istio_mtls)) =>
+                {
+                    let sans = service_accounts(service, &scope.trust_domain);
+                    let ctx = tls::istio_mutual_upstream_context(&sans, &mesh_sni, h2);
+                    c.transport_socket_matches = vec![
+                        cluster::cluster::TransportSocketMatch {
+                            name: "tlsMode-istio".into(),
+                            r#match: Some(wkt::Struct {
+                                fields: HashMap::from([(
+                                    endpoints::TLS_MODE_SHORT.to_string(),
+                                    pb::string_value(endpoints::TLS_MODE_ISTIO),
+                                )]),
+                            }),
+                            transport_socket: Some(tls::transport_socket(&ctx)),
+                        },
+                        cluster::cluster::TransportSocketMatch {
+                            name: "tlsMode-disabled".into(),
+                            r#match: Some(wkt::Struct::default()),
+                            transport_socket: Some(core::TransportSocket {
+                                name: RAW_BUFFER_TRANSPORT_SOCKET.into(),
+                                config_type: Some(core::transport_socket::ConfigType::TypedConfig(
+                                    pb::any(&raw_buffer::RawBuffer {}),
+                                )),
+                            }),
+                        },
+                    ];
+                }
+                None => {}
             }
-        }
         }
 
         // Metadata: the service, and the DestinationRule (and subset) that shaped it.
@@ -437,6 +482,32 @@ fn set_dns_options(c: &mut cluster::Cluster) {
             ..Default::default()
         })),
     });
+}
+
+/// Name of Envoy's plain-text transport socket.
+pub const RAW_BUFFER_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
+
+/// The identities a service's workloads run as (istiod's `GetServiceAccounts`): the
+/// ServiceEntry's `subjectAltNames` and `spiffe://TD/ns/NS/sa/SA` of each endpoint's
+/// service account; sorted, without duplicates.
+fn service_accounts(service: &Service, trust_domain: &str) -> Vec<String> {
+    let mut out: Vec<String> = service.subject_alt_names.clone();
+    for e in &service.endpoints {
+        if !e.service_account.is_empty() {
+            let ns = if e.namespace.is_empty() {
+                &service.namespace
+            } else {
+                &e.namespace
+            };
+            out.push(format!(
+                "spiffe://{trust_domain}/ns/{ns}/sa/{}",
+                e.service_account
+            ));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A warning about a DestinationRule field (or a general one without a rule).

@@ -96,6 +96,21 @@ pub fn locality_lb_endpoints(
     out
 }
 
+/// The workload label saying whether an endpoint speaks mesh mTLS.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+/// Its short name, the key of the endpoint's transport socket match metadata.
+pub const TLS_MODE_SHORT: &str = "tlsMode";
+/// The value of a workload with a mesh proxy.
+pub const TLS_MODE_ISTIO: &str = "istio";
+/// Envoy's metadata namespace matched by a cluster's `transport_socket_matches`.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+/// Whether an endpoint's workload takes mesh mTLS (label `security.istio.io/tlsMode:
+/// istio`).
+pub fn is_istio_mtls(e: &Endpoint) -> bool {
+    e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO)
+}
+
 /// One Envoy endpoint with Istio's metadata: the workload identity string
 /// (`name;namespace;;;cluster`) and, for meshgate's data plane, the labels.
 fn lb_endpoint(e: &Endpoint) -> endpoint::LbEndpoint {
@@ -117,6 +132,19 @@ fn lb_endpoint(e: &Endpoint) -> endpoint::LbEndpoint {
         "istio".to_string(),
         crate::xds::pb::google::protobuf::Struct { fields: istio },
     );
+    // istiod's AppendLbEndpointMetadata: any tlsMode but `disabled` selects the
+    // cluster's transport socket of that name.
+    if let Some(mode) = e.labels.get(TLS_MODE_LABEL)
+        && !mode.is_empty()
+        && mode != "disabled"
+    {
+        filter_metadata.insert(
+            TRANSPORT_SOCKET_MATCH.to_string(),
+            crate::xds::pb::google::protobuf::Struct {
+                fields: HashMap::from([(TLS_MODE_SHORT.to_string(), pb::string_value(mode))]),
+            },
+        );
+    }
     endpoint::LbEndpoint {
         host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
             endpoint::Endpoint {

@@ -33,6 +33,7 @@ mod servers;
 mod tls;
 
 pub use names::{cluster_name, listener_name, sni_cluster_name, virtual_host_name};
+pub use tls::{MESH_CERT_SECRET, MESH_ROOT_SECRET};
 
 use crate::config::{Config, Diagnostic};
 use crate::registry::Registry;
@@ -59,9 +60,24 @@ pub fn default_namespace(
         .unwrap_or_else(|| crate::config::types::DEFAULT_NAMESPACE.to_string())
 }
 
-/// Translates the configuration for a gateway proxy.
+/// The trust domain of mesh identities until MeshConfig `trustDomain` sets another.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// Translates the configuration for a gateway proxy, in the default trust domain.
 pub fn gateway(config: &Config, registry: &Registry, proxy: &ProxyIdentity) -> Translation {
+    gateway_in_trust_domain(config, registry, proxy, DEFAULT_TRUST_DOMAIN)
+}
+
+/// Translates the configuration for a gateway proxy of a mesh whose SPIFFE ids are in
+/// `trust_domain` (what mesh mTLS verifies upstream).
+pub fn gateway_in_trust_domain(
+    config: &Config,
+    registry: &Registry,
+    proxy: &ProxyIdentity,
+    trust_domain: &str,
+) -> Translation {
     let mut scope = scope::Scope::new(config, registry, proxy);
+    scope.trust_domain = trust_domain.to_string();
     let diagnostics = std::mem::take(&mut scope.diagnostics);
     let mut build = servers::Build::new(&scope, diagnostics);
     let mut resources = ResourceSet::default();

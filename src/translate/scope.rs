@@ -70,6 +70,8 @@ pub struct Scope<'a> {
     /// The proxy's namespace (visibility and DestinationRule precedence).
     pub namespace: String,
     pub domain_suffix: String,
+    /// The mesh's trust domain: the `TD` of the SPIFFE ids mesh mTLS verifies.
+    pub trust_domain: String,
     /// Where the proxy runs (from its topology labels), for locality load balancing.
     pub locality: Locality,
     /// Gateways whose selector matches the proxy, in Istio's order (name, namespace).
@@ -174,6 +176,7 @@ impl<'a> Scope<'a> {
             proxy,
             namespace,
             domain_suffix,
+            trust_domain: super::DEFAULT_TRUST_DOMAIN.to_string(),
             locality: Locality::of_workload("", &proxy.labels),
             gateways,
             virtual_services,

@@ -147,14 +147,10 @@ impl<'s, 'a> Build<'s, 'a> {
         match mode {
             ServerTlsMode::Passthrough => return self.passthrough_chains(server, claimed),
             ServerTlsMode::AutoPassthrough => return self.auto_passthrough_chains(server),
-            ServerTlsMode::IstioMutual => {
-                self.diagnostics.push(server.gateway.warning(
-                    &server.field("tls.mode"),
-                    "ISTIO_MUTUAL needs the mesh's certificates, which a standalone gateway does not have; the server is left out",
-                ));
-                return Vec::new();
-            }
-            ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {}
+            ServerTlsMode::IstioMutual
+            | ServerTlsMode::Simple
+            | ServerTlsMode::Mutual
+            | ServerTlsMode::OptionalMutual => {}
         }
         let namespace = self.credential_namespace(server);
         let ctx = match tls::downstream_context(

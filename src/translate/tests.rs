@@ -1254,15 +1254,7 @@ spec:
   http: [{{route: [{{destination: {{host: backend.internal, port: {{number: 80}}}}}}]}}]
 "
     ));
-    // ISTIO_MUTUAL has no mesh certificates here: warned, plain text.
-    assert!(
-        t.diagnostics
-            .iter()
-            .all(|d| d.message.contains("ISTIO_MUTUAL"))
-            && t.diagnostics.len() == 2,
-        "{:?}",
-        t.diagnostics
-    );
+    assert!(t.diagnostics.is_empty(), "{:?}", t.diagnostics);
     let ctx = |name: &str| cluster_json(&t, name)["transport_socket"]["typed_config"].clone();
     // SIMPLE without CA: the system's roots, SNI from the Host.
     let simple = ctx("outbound|80||backend.internal");
@@ -1304,11 +1296,263 @@ spec:
         "file-cert:/c.crt~/c.key"
     );
     assert!(cluster_json(&t, "outbound|80|plain|backend.internal")["transport_socket"].is_null());
-    assert!(cluster_json(&t, "outbound|80|mesh|backend.internal")["transport_socket"].is_null());
+    // A subset's ISTIO_MUTUAL: the mesh secrets, SNI with the subset's name.
+    let mesh = ctx("outbound|80|mesh|backend.internal");
+    assert_eq!(mesh["sni"], "outbound_.80_.mesh_.backend.internal");
+    assert_eq!(
+        mesh["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"],
+        "default"
+    );
     let secrets = t.resources.names(crate::xds::TypeUrl::Secret);
     assert!(secrets.contains(&"file-root:system") && secrets.contains(&"file-root:/ca.crt"));
     let s = json::to_json(t.resources.secret("file-root:system").unwrap()).unwrap();
     assert_eq!(s["validation_context"]["system_root_certs"], json!({}));
+}
+
+/// The mesh service of the ISTIO_MUTUAL tests: two endpoints with service accounts,
+/// one labelled for mesh mTLS; an HTTP/2 port and an HTTP/1.1 one.
+const MESH_BASE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9090, name: grpc, protocol: GRPC}]
+  endpoints:
+  - {address: 10.0.0.1, serviceAccount: reviews, labels: {version: v1, security.istio.io/tlsMode: istio}}
+  - {address: 10.0.0.2, serviceAccount: reviews-v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: shop}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /grpc}}]
+    route: [{destination: {host: reviews.shop.svc.cluster.local, port: {number: 9090}}}]
+  - route: [{destination: {host: reviews.shop.svc.cluster.local, port: {number: 9080}}}]
+"#;
+
+fn tls_context(t: &Translation, cluster: &str) -> Value {
+    cluster_json(t, cluster)["transport_socket"]["typed_config"].clone()
+}
+
+#[test]
+fn istio_mutual_origination_is_istios() {
+    let t = translate_yaml(&format!(
+        "{MESH_BASE}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews.shop.svc.cluster.local
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL}}
+    portLevelSettings:
+    - port: {{number: 9090}}
+      tls: {{mode: ISTIO_MUTUAL, sni: reviews.mesh, subjectAltNames: [\"spiffe://other.td/ns/shop/sa/x\"]}}
+  subsets:
+  - name: v1
+    labels: {{version: v1}}
+"
+    ));
+    assert!(t.diagnostics.is_empty(), "{:?}", t.diagnostics);
+    let ctx = tls_context(&t, "outbound|9080||reviews.shop.svc.cluster.local");
+    assert_eq!(
+        ctx,
+        json!({
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
+                "tls_certificate_sds_secret_configs": [
+                    {"name": "default", "sds_config": {"ads": {}, "resource_api_version": "V3"}}
+                ],
+                "combined_validation_context": {
+                    "default_validation_context": {"match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/shop/sa/reviews"}},
+                        {"san_type": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/shop/sa/reviews-v2"}}
+                    ]},
+                    "validation_context_sds_secret_config":
+                        {"name": "ROOTCA", "sds_config": {"ads": {}, "resource_api_version": "V3"}}
+                },
+                "alpn_protocols": ["istio-peer-exchange", "istio"]
+            },
+            "sni": "outbound_.9080_._.reviews.shop.svc.cluster.local"
+        })
+    );
+    // A subset's SNI names it; the mesh secrets are not Secret resources of the
+    // translation (they are the proxy's own, from its CA).
+    let v1 = tls_context(&t, "outbound|9080|v1|reviews.shop.svc.cluster.local");
+    assert_eq!(
+        v1["sni"],
+        "outbound_.9080_.v1_.reviews.shop.svc.cluster.local"
+    );
+    assert!(t.resources.secrets.is_empty());
+    // Port level: SNI and SANs as given (any trust domain); HTTP/2 adds `h2` to ALPN.
+    let grpc = tls_context(&t, "outbound|9090||reviews.shop.svc.cluster.local");
+    assert_eq!(grpc["sni"], "reviews.mesh");
+    assert_eq!(
+        grpc["common_tls_context"]["alpn_protocols"],
+        json!(["istio-peer-exchange", "istio", "h2"])
+    );
+    assert_eq!(
+        grpc["common_tls_context"]["combined_validation_context"]["default_validation_context"],
+        json!({"match_typed_subject_alt_names": [
+            {"san_type": "URI", "matcher": {"exact": "spiffe://other.td/ns/shop/sa/x"}}
+        ]})
+    );
+    // ISTIO_MUTUAL from a DestinationRule is not auto mTLS.
+    assert!(
+        cluster_json(&t, "outbound|9080||reviews.shop.svc.cluster.local")
+            ["transport_socket_matches"]
+            .is_null()
+    );
+}
+
+#[test]
+fn istio_mutual_spiffe_ids_follow_the_trust_domain() {
+    let config = crate::config::load_str(
+        "t.yaml",
+        &format!(
+            "{MESH_BASE}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews.shop.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
+"
+        ),
+    )
+    .config;
+    let (registry, _) = crate::registry::Registry::from_config(&config);
+    let proxy = ProxyIdentity::gateway(
+        "shop",
+        BTreeMap::from([("istio".into(), "ingressgateway".into())]),
+    );
+    let t = super::gateway_in_trust_domain(&config, &registry, &proxy, "corp.example");
+    let ctx = tls_context(&t, "outbound|9080||reviews.shop.svc.cluster.local");
+    assert_eq!(
+        ctx["common_tls_context"]["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]
+            [0]["matcher"]["exact"],
+        "spiffe://corp.example/ns/shop/sa/reviews"
+    );
+}
+
+#[test]
+fn auto_mtls_by_the_endpoints_tls_mode_label() {
+    let t = translate_yaml(MESH_BASE);
+    assert!(t.diagnostics.is_empty(), "{:?}", t.diagnostics);
+    let c = cluster_json(&t, "outbound|9080||reviews.shop.svc.cluster.local");
+    assert!(c["transport_socket"].is_null());
+    let matches = c["transport_socket_matches"].as_array().expect("matches");
+    assert_eq!(matches.len(), 2);
+    assert_eq!(matches[0]["name"], "tlsMode-istio");
+    assert_eq!(matches[0]["match"], json!({"tlsMode": "istio"}));
+    let ctx = &matches[0]["transport_socket"]["typed_config"];
+    assert_eq!(
+        ctx["sni"],
+        "outbound_.9080_._.reviews.shop.svc.cluster.local"
+    );
+    assert_eq!(
+        ctx["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"],
+        "default"
+    );
+    assert_eq!(matches[1]["name"], "tlsMode-disabled");
+    assert_eq!(matches[1]["match"], json!({}));
+    assert_eq!(
+        matches[1]["transport_socket"]["name"],
+        "envoy.transport_sockets.raw_buffer"
+    );
+    // Endpoint metadata as istiod sets it: only the labelled endpoint has one.
+    let cla = t
+        .resources
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == "outbound|9080||reviews.shop.svc.cluster.local")
+        .expect("endpoints");
+    let cla = json::to_json(cla).unwrap();
+    let eps = cla["endpoints"][0]["lb_endpoints"].as_array().unwrap();
+    let socket_match = |addr: &str| {
+        eps.iter()
+            .find(|e| e["endpoint"]["address"]["socket_address"]["address"] == addr)
+            .map(|e| e["metadata"]["filter_metadata"]["envoy.transport_socket_match"].clone())
+            .expect("endpoint")
+    };
+    assert_eq!(socket_match("10.0.0.1"), json!({"tlsMode": "istio"}));
+    assert!(socket_match("10.0.0.2").is_null());
+
+    // TLS DISABLE in a DestinationRule turns auto mTLS off; a MESH_EXTERNAL service
+    // never gets it.
+    let t = translate_yaml(&format!(
+        "{MESH_BASE}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews.shop.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+"
+    ));
+    let c = cluster_json(&t, "outbound|9080||reviews.shop.svc.cluster.local");
+    assert!(c["transport_socket_matches"].is_null() && c["transport_socket"].is_null());
+    let t = translate_yaml(&MESH_BASE.replace("MESH_INTERNAL", "MESH_EXTERNAL"));
+    let c = cluster_json(&t, "outbound|9080||reviews.shop.svc.cluster.local");
+    assert!(c["transport_socket_matches"].is_null());
+}
+
+#[test]
+fn istio_mutual_gateway_server_is_istios() {
+    let t = translate_yaml(&format!(
+        "{MESH_BASE}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: mtls, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 15443, name: https-mesh, protocol: HTTPS}}
+    hosts: [\"*\"]
+    tls: {{mode: ISTIO_MUTUAL}}
+"
+    ));
+    assert!(t.diagnostics.is_empty(), "{:?}", t.diagnostics);
+    let l = listener_json(&t, "0.0.0.0_15443");
+    let chain = &l["filter_chains"][0];
+    assert_eq!(
+        chain["transport_socket"]["typed_config"],
+        json!({
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [
+                    {"name": "default", "sds_config": {"ads": {}, "resource_api_version": "V3"}}
+                ],
+                "combined_validation_context": {
+                    "default_validation_context": {},
+                    "validation_context_sds_secret_config":
+                        {"name": "ROOTCA", "sds_config": {"ads": {}, "resource_api_version": "V3"}}
+                },
+                "alpn_protocols": ["h2", "http/1.1"]
+            },
+            "require_client_certificate": true
+        })
+    );
+    let hcm = &chain["filters"][0]["typed_config"];
+    assert_eq!(hcm["forward_client_cert_details"], "SANITIZE_SET");
+    assert_eq!(
+        hcm["set_current_client_cert_details"],
+        json!({"subject": true, "cert": true, "dns": true, "uri": true})
+    );
 }
 
 #[test]

@@ -23,6 +23,15 @@ pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 pub const CA_SUFFIX: &str = "-cacert";
 /// ALPN offered by gateways terminating TLS (Istio's `ALPNHttp`).
 pub const ALPN_HTTP: [&str; 2] = ["h2", "http/1.1"];
+/// The SDS secret of the proxy's own mesh certificate and key (Istio's
+/// `SDSDefaultResourceName`).
+pub const MESH_CERT_SECRET: &str = "default";
+/// The SDS secret of the mesh's trust bundle (Istio's `SDSRootResourceName`).
+pub const MESH_ROOT_SECRET: &str = "ROOTCA";
+/// ALPN of mesh mTLS to an HTTP/1.1 or TCP upstream (Istio's `ALPNInMeshWithMxc`).
+pub const ALPN_IN_MESH_WITH_MXC: [&str; 2] = ["istio-peer-exchange", "istio"];
+/// ALPN of mesh mTLS to an HTTP/2 upstream (Istio's `ALPNInMeshH2WithMxc`).
+pub const ALPN_IN_MESH_H2_WITH_MXC: [&str; 3] = ["istio-peer-exchange", "istio", "h2"];
 
 /// Where a secret's content comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -341,6 +350,74 @@ pub fn san_matchers(names: &[String]) -> Vec<tls::SubjectAltNameMatcher> {
     out
 }
 
+/// SAN matchers of mesh mTLS: a SPIFFE id is a URI SAN and nothing else; other names
+/// keep [`san_matchers`]' reading.
+pub fn mesh_san_matchers(names: &[String]) -> Vec<tls::SubjectAltNameMatcher> {
+    use tls::subject_alt_name_matcher::SanType;
+    let mut out = Vec::new();
+    for n in names {
+        if n.starts_with("spiffe://") {
+            out.push(tls::SubjectAltNameMatcher {
+                san_type: SanType::Uri as i32,
+                matcher: Some(matcher::StringMatcher {
+                    match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(n.clone())),
+                    ignore_case: false,
+                }),
+                ..Default::default()
+            });
+        } else {
+            out.extend(san_matchers(std::slice::from_ref(n)));
+        }
+    }
+    out
+}
+
+/// The validation of mesh mTLS (Istio's `ApplyToCommonTLSContext`): the trust bundle
+/// `ROOTCA` by SDS, and the peer's SANs when any are known (else the chain alone).
+fn mesh_validation(sans: &[String]) -> tls::common_tls_context::ValidationContextType {
+    tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+        tls::common_tls_context::CombinedCertificateValidationContext {
+            default_validation_context: Some(tls::CertificateValidationContext {
+                match_typed_subject_alt_names: mesh_san_matchers(sans),
+                ..Default::default()
+            }),
+            validation_context_sds_secret_config: Some(sds(MESH_ROOT_SECRET)),
+            ..Default::default()
+        },
+    )
+}
+
+/// The UpstreamTlsContext of ISTIO_MUTUAL (istiod's `buildIstioMutualTLS` and
+/// `buildUpstreamClusterTLSContext`): the workload certificate `default` and the trust
+/// bundle `ROOTCA` by SDS, the peer's SPIFFE ids, SNI `outbound_.PORT_.SUBSET_.HOST`,
+/// and the in-mesh ALPN (`h2` added for HTTP/2 upstreams).
+pub fn istio_mutual_upstream_context(
+    sans: &[String],
+    sni: &str,
+    h2: bool,
+) -> tls::UpstreamTlsContext {
+    let alpn: &[&str] = if h2 {
+        &ALPN_IN_MESH_H2_WITH_MXC
+    } else {
+        &ALPN_IN_MESH_WITH_MXC
+    };
+    tls::UpstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_params: Some(tls::TlsParameters {
+                tls_minimum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv12 as i32,
+                tls_maximum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv13 as i32,
+                ..Default::default()
+            }),
+            tls_certificate_sds_secret_configs: vec![sds(MESH_CERT_SECRET)],
+            validation_context_type: Some(mesh_validation(sans)),
+            alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        sni: sni.to_string(),
+        ..Default::default()
+    }
+}
+
 fn tls_version(p: Option<TlsProtocol>) -> i32 {
     use tls::tls_parameters::TlsProtocol as Envoy;
     (match p.unwrap_or(TlsProtocol::Auto) {
@@ -380,6 +457,18 @@ pub fn downstream_context(
     }
 
     let ca_resource;
+    if mode == ServerTlsMode::IstioMutual {
+        // istiod's ApplyToCommonTLSContext: the gateway's own mesh certificate, clients
+        // verified against the mesh's trust bundle and required.
+        common.tls_certificate_sds_secret_configs = vec![sds(MESH_CERT_SECRET)];
+        common.validation_context_type = Some(mesh_validation(&settings.subject_alt_names));
+        apply_tls_params(&mut common, settings);
+        return Ok(tls::DownstreamTlsContext {
+            common_tls_context: Some(common),
+            require_client_certificate: Some(pb::boolv(true)),
+            ..Default::default()
+        });
+    }
     if !settings.credential_names.is_empty() || !settings.credential_name.is_empty() {
         let names: Vec<&String> = if settings.credential_names.is_empty() {
             vec![&settings.credential_name]
@@ -450,6 +539,16 @@ pub fn downstream_context(
         );
     }
 
+    apply_tls_params(&mut common, settings);
+    Ok(tls::DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate: Some(pb::boolv(mode == ServerTlsMode::Mutual)),
+        ..Default::default()
+    })
+}
+
+/// TLS versions and ciphers of a server, when not the defaults.
+fn apply_tls_params(common: &mut tls::CommonTlsContext, settings: &ServerTlsSettings) {
     if settings
         .min_protocol_version
         .is_some_and(|p| p != TlsProtocol::Auto)
@@ -465,11 +564,6 @@ pub fn downstream_context(
             ..Default::default()
         });
     }
-    Ok(tls::DownstreamTlsContext {
-        common_tls_context: Some(common),
-        require_client_certificate: Some(pb::boolv(mode == ServerTlsMode::Mutual)),
-        ..Default::default()
-    })
 }
 
 /// The UpstreamTlsContext of a DestinationRule's SIMPLE or MUTUAL `tls`, istiod's way.

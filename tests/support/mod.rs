@@ -887,4 +887,5 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 pub mod certs;
 pub mod dns;
 pub mod gateway;
+pub mod mesh_identity;
 pub mod scripted_ads;

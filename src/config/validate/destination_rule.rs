@@ -493,10 +493,6 @@ fn validate_client_tls(s: &mut Sink<'_, DestinationRule>, path: &str, t: &Client
             }
         }
         ClientTlsMode::IstioMutual => {
-            s.error(
-                &format!("{path}.mode"),
-                "ISTIO_MUTUAL is not enforced yet (meshgate has no mesh certificates); the configuration is refused rather than sending plain text",
-            );
             if files || !t.credential_name.is_empty() {
                 s.error(path, "ISTIO_MUTUAL uses mesh certificates; certificate files and credentialName must not be set");
             }

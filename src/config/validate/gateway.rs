@@ -257,10 +257,6 @@ fn validate_tls(s: &mut Sink<'_, Gateway>, path: &str, tls: &ServerTlsSettings) 
     let has_files = !tls.server_certificate.is_empty() || !tls.private_key.is_empty();
     match mode {
         ServerTlsMode::IstioMutual => {
-            s.error(
-                &field("mode"),
-                "ISTIO_MUTUAL is not enforced yet (meshgate has no mesh certificates); the configuration is refused rather than served without mesh mTLS",
-            );
             for (name, set) in [
                 ("serverCertificate", !tls.server_certificate.is_empty()),
                 ("privateKey", !tls.private_key.is_empty()),

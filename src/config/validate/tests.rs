@@ -376,7 +376,6 @@ fn gateway_rules() {
                 "t.yaml:17:5: warning: Gateway/shop/g2: spec.servers[3].tls: PASSTHROUGH does not terminate TLS; the certificates given are ignored",
                 "t.yaml:20:5: error: Gateway/shop/g2: spec.servers[4].tls: MUTUAL TLS needs `caCertificates` (or `credentialName`) to verify client certificates",
                 "t.yaml:20:64: warning: Gateway/shop/g2: spec.servers[4].tls.httpsRedirect: httpsRedirect only makes sense on plain HTTP servers; requests here are already HTTPS",
-                "t.yaml:23:11: error: Gateway/shop/g2: spec.servers[5].tls.mode: ISTIO_MUTUAL is not enforced yet (meshgate has no mesh certificates); the configuration is refused rather than served without mesh mTLS",
                 "t.yaml:23:31: error: Gateway/shop/g2: spec.servers[5].tls.credentialName: ISTIO_MUTUAL uses mesh certificates; `credentialName` must not be set",
                 "t.yaml:23:31: warning: Gateway/shop/g2: spec.servers[5].tls.credentialName: Secret shop/x not found (credentials are read from the gateway's namespace)",
                 "t.yaml:23:79: error: Gateway/shop/g2: spec.servers[5].tls.maxProtocolVersion: maxProtocolVersion TLSV1_2 is below minProtocolVersion TLSV1_3",
@@ -607,7 +606,6 @@ fn service_entry_rules() {
                 "t.yaml:13:67: error: WorkloadEntry/shop/w1: spec.locality: locality `a//b` must be region, region/zone or region/zone/subzone",
                 "t.yaml:18:1: error: WorkloadEntry/shop/w2: spec.address: address is required",
                 "t.yaml:18:8: warning: WorkloadEntry/shop/w2: spec.labels: no ServiceEntry in namespace `shop` selects this WorkloadEntry, so it receives no traffic",
-                "t.yaml:18:30: warning: WorkloadEntry/shop/w2: spec.serviceAccount: `serviceAccount` is parsed but not acted on yet: mesh identities (mTLS) are not supported yet",
             ],
         ),
     ];

@@ -1,0 +1,215 @@
+//! Helpers for tests of the mesh's identities: a `meshgate control-plane --ca-dir`
+//! process (ADS over mutual TLS on its 15012-style port, serving each verified proxy
+//! its workload certificate `default` and trust bundle `ROOTCA` over SDS), certificates
+//! of its CA written as files, and a real Envoy "sidecar" bootstrapped by
+//! `meshgate bootstrap envoy` that takes its identity from that control plane.
+use crate::support::{Envoy, blocking_http_get, free_port, wait_until};
+use meshgate::ca::{Ca, CaOptions, Csr, SpiffeId};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A `meshgate control-plane --config WORK/config --ca-dir CA_DIR` process.
+pub struct MeshControlPlane {
+    child: Child,
+    log: PathBuf,
+    pub xds_port: u16,
+    pub tls_port: u16,
+    pub debug_port: u16,
+}
+
+impl MeshControlPlane {
+    /// Starts it (the configuration directory is created if missing) and waits until it
+    /// serves both ports.
+    pub fn start(work: &Path, ca_dir: &Path, extra: &[&str]) -> MeshControlPlane {
+        let config = work.join("config");
+        std::fs::create_dir_all(&config).unwrap();
+        let (xds, tls, debug) = (free_port(), free_port(), free_port());
+        let log = work.join("cp.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["control-plane", "--config"])
+            .arg(&config)
+            .arg("--ca-dir")
+            .arg(ca_dir)
+            .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
+            .args(["--xds-tls-addr", &format!("127.0.0.1:{tls}")])
+            .args(["--debug-addr", &format!("127.0.0.1:{debug}")])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut cp = MeshControlPlane {
+            child,
+            log,
+            xds_port: xds,
+            tls_port: tls,
+            debug_port: debug,
+        };
+        wait_until("the control plane serving", Duration::from_secs(15), || {
+            if let Ok(Some(status)) = cp.child.try_wait() {
+                panic!("control plane exited with {status}:\n{}", cp.log());
+            }
+            matches!(
+                blocking_http_get(("127.0.0.1", debug), "/ready"),
+                Ok((200, _))
+            ) && std::net::TcpStream::connect(("127.0.0.1", tls)).is_ok()
+        });
+        cp
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MeshControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- control plane log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A certificate of the CA in `ca_dir` for `identity`, from a CSR: (chain, key) files
+/// `cert-chain.pem` and `key.pem` in `out`.
+pub fn issue_files(ca_dir: &Path, identity: &SpiffeId, out: &Path) -> (PathBuf, PathBuf) {
+    let ca = Ca::load_or_create(ca_dir, CaOptions::default()).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.uri().try_into().unwrap())];
+    let csr = Csr::from_pem(&params.serialize_request(&key).unwrap().pem().unwrap()).unwrap();
+    let issued = ca.sign(&csr, identity, None).unwrap();
+    std::fs::create_dir_all(out).unwrap();
+    let (chain, key_path) = (out.join("cert-chain.pem"), out.join("key.pem"));
+    std::fs::write(&chain, issued.chain_pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (chain, key_path)
+}
+
+/// Istio's file-mounted mesh certificates for `identity` in `out`: `cert-chain.pem`,
+/// `key.pem` and `root-cert.pem` of the CA in `ca_dir` (what `--mesh-certs` reads).
+pub fn mesh_cert_dir(ca_dir: &Path, identity: &SpiffeId, out: &Path) -> PathBuf {
+    let ca = Ca::load_or_create(ca_dir, CaOptions::default()).unwrap();
+    let (issued, key) = ca.issue_workload(identity, None).unwrap();
+    std::fs::create_dir_all(out).unwrap();
+    std::fs::write(out.join("cert-chain.pem"), issued.chain_pem()).unwrap();
+    std::fs::write(out.join("key.pem"), key).unwrap();
+    std::fs::write(out.join("root-cert.pem"), ca.root_pem()).unwrap();
+    out.to_path_buf()
+}
+
+/// An SDS reference to a secret on the ADS stream.
+pub fn sds(name: &str) -> Value {
+    json!({"name": name, "sds_config": {"ads": {}, "resource_api_version": "V3"}})
+}
+
+/// The TLS transport socket of an Envoy server with the mesh identity: `default` served,
+/// clients verified against `ROOTCA` and required.
+pub fn mesh_downstream_socket() -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [sds("default")],
+                "validation_context_sds_secret_config": sds("ROOTCA")
+            }
+        }
+    })
+}
+
+/// The TLS transport socket of an Envoy client with the mesh identity, as Istio's
+/// ISTIO_MUTUAL: the certificate of `certs` (a [`mesh_cert_dir`]) presented, the server
+/// verified against its root (and its SPIFFE id when `san` is given), SNI and the
+/// in-mesh ALPN. Files rather than SDS: Envoy 1.40 crashes (SIGSEGV while loading the
+/// bootstrap) on a static cluster whose secrets come by SDS over ADS.
+pub fn mesh_upstream_socket(certs: &Path, sni: &str, san: Option<&str>) -> Value {
+    let mut validation = json!({"trusted_ca": {"filename": certs.join("root-cert.pem")}});
+    if let Some(san) = san {
+        validation["match_typed_subject_alt_names"] =
+            json!([{"san_type": "URI", "matcher": {"exact": san}}]);
+    }
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": sni,
+            "common_tls_context": {
+                "alpn_protocols": ["istio-peer-exchange", "istio"],
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": certs.join("cert-chain.pem")},
+                    "private_key": {"filename": certs.join("key.pem")}
+                }],
+                "validation_context": validation
+            }
+        }
+    })
+}
+
+/// A real Envoy with the mesh identity `identity`: its bootstrap is written by
+/// `meshgate bootstrap envoy` (ADS over mutual TLS to `cp`, with a certificate of the
+/// CA in `ca_dir` for the connection), and `listeners`/`clusters` are added as static
+/// resources (they may use `default`/`ROOTCA` by SDS). Returns once Envoy is ready
+/// (its secrets arrived).
+pub fn mesh_envoy(
+    cp: &MeshControlPlane,
+    ca_dir: &Path,
+    identity: &SpiffeId,
+    work: &Path,
+    listeners: Vec<Value>,
+    clusters: Vec<Value>,
+) -> Envoy {
+    std::fs::create_dir_all(work).unwrap();
+    let (chain, key) = issue_files(ca_dir, identity, &work.join("xds-cert"));
+    let admin = free_port();
+    let generated = work.join("bootstrap.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["bootstrap", "envoy", "--xds"])
+        .arg(format!("127.0.0.1:{}", cp.tls_port))
+        .args(["--node-id", &format!("{}-1", identity.service_account)])
+        .args(["--namespace", &identity.namespace])
+        .args(["--labels", &format!("app={}", identity.service_account)])
+        .args(["--admin-port", &admin.to_string(), "--format", "json"])
+        .arg("--xds-root-cert")
+        .arg(ca_dir.join("root-cert.pem"))
+        .arg("--xds-cert-chain")
+        .arg(&chain)
+        .arg("--xds-key")
+        .arg(&key)
+        .args(["--xds-server-name", "istiod.istio-system.svc"])
+        .arg("--out")
+        .arg(&generated)
+        .status()
+        .unwrap();
+    assert!(status.success(), "meshgate bootstrap envoy failed");
+    let mut bootstrap: Value =
+        serde_json::from_str(&std::fs::read_to_string(&generated).unwrap()).unwrap();
+    let statics = &mut bootstrap["static_resources"];
+    if statics["listeners"].is_null() {
+        statics["listeners"] = json!([]);
+    }
+    statics["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .extend(listeners);
+    statics["clusters"].as_array_mut().unwrap().extend(clusters);
+    let path = work.join("envoy.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&bootstrap).unwrap()).unwrap();
+    let envoy = Envoy::spawn(&path, admin, work);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !matches!(envoy.admin_get("/ready"), Ok((200, _))) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Envoy not ready with its mesh secrets:\n{}",
+            envoy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    envoy
+}
