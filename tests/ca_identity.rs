@@ -326,7 +326,11 @@ fn an_independent_client_gets_certificates_and_is_refused_what_it_may_not_have()
     );
     // Two days is more than the 24h maximum: refused, as istiod does, not cut.
     expect(
-        &ca_client(&cp, w, &["--token", &second, "--uri", EDGE, "--ttl", "172800"]),
+        &ca_client(
+            &cp,
+            w,
+            &["--token", &second, "--uri", EDGE, "--ttl", "172800"],
+        ),
         "INVALID_ARGUMENT",
         "a lifetime above the maximum",
     );

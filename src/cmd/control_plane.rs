@@ -196,7 +196,14 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 async fn serve(args: Args) -> ExitCode {
-    let source = match ConfigSource::load(&args.config) {
+    let mesh = match mesh_config(&args) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            eprintln!("meshgate control-plane: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = match ConfigSource::load_in_mesh(&args.config, mesh.clone()) {
         Ok(s) => Arc::new(s),
         Err(errors) => {
             for d in &errors {
@@ -222,7 +229,7 @@ async fn serve(args: Args) -> ExitCode {
         ..Options::default()
     };
     let cp = ControlPlane::new(source, options);
-    let identity = match mesh_config(&args).and_then(|mesh| mesh_identity(&args, &mesh)) {
+    let identity = match mesh_identity(&args, &mesh) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("meshgate control-plane: {e}");

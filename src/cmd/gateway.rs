@@ -167,6 +167,7 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
             labels,
             namespace: args.namespace.clone(),
             mesh_certs: args.mesh_certs.clone(),
+            mesh: std::sync::Arc::new(mesh.clone()),
             cache: Default::default(),
         },
         (None, Some(file)) => Source::Json(file.clone()),
@@ -220,6 +221,8 @@ enum Source {
         namespace: Option<String>,
         /// Where the gateway's mesh certificate and trust bundle are mounted.
         mesh_certs: Option<PathBuf>,
+        /// The mesh-wide settings (--mesh-config).
+        mesh: std::sync::Arc<meshgate::config::mesh::MeshConfig>,
         /// The files parsed by the last load (a reload parses only changed ones).
         cache: std::cell::RefCell<meshgate::config::FileCache>,
     },
@@ -244,12 +247,14 @@ impl Source {
                 labels,
                 namespace,
                 mesh_certs,
+                mesh,
                 cache,
             } => translate_config(
                 path,
                 labels,
                 namespace.as_deref(),
                 mesh_certs.as_deref(),
+                mesh,
                 &mut cache.borrow_mut(),
             ),
             Source::Json(path) => read_json(path).map(|set| (set, Vec::new())),
@@ -343,6 +348,7 @@ fn translate_config(
     labels: &BTreeMap<String, String>,
     namespace: Option<&str>,
     mesh_certs: Option<&Path>,
+    mesh: &std::sync::Arc<meshgate::config::mesh::MeshConfig>,
     cache: &mut meshgate::config::FileCache,
 ) -> anyhow::Result<(ResourceSet, Vec<AcmeCertificate>)> {
     // Secret material is parsed once, by the gateway when it applies the set (a
@@ -350,6 +356,7 @@ fn translate_config(
     // name): the serve check does not parse ten thousand keys a second time.
     let options = pipeline::Options {
         secret_material: false,
+        mesh: mesh.clone(),
         ..pipeline::Options::gateway(labels.clone(), namespace.map(str::to_string))
     };
     let report = pipeline::run_cached(path, &options, cache);

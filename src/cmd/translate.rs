@@ -49,6 +49,10 @@ pub struct Args {
     /// refused (Envoy would have no certificate to present).
     #[arg(long, value_name = "DIR")]
     pub mesh_certs: Option<PathBuf>,
+    /// Istio MeshConfig (YAML): mesh-wide settings translation follows (`trustDomain`,
+    /// `enableAutoMtls`, `connectTimeout`), as the control plane and the gateway read it.
+    #[arg(long, value_name = "FILE")]
+    pub mesh_config: Option<PathBuf>,
 }
 
 /// Runs the subcommand.
@@ -76,8 +80,24 @@ pub fn run(args: Args) -> ExitCode {
 
     // The files a gateway reads (certificates) may live on Envoy's host, not this one:
     // they are named, not read.
+    let mesh = match args
+        .mesh_config
+        .as_deref()
+        .map(meshgate::config::mesh::load_mesh_config)
+    {
+        None => Default::default(),
+        Some(Ok(mesh)) => std::sync::Arc::new(mesh),
+        Some(Err(errors)) => {
+            for d in &errors {
+                eprintln!("{d}");
+            }
+            eprintln!("meshgate translate: --mesh-config: the mesh configuration is refused");
+            return ExitCode::from(1);
+        }
+    };
     let options = pipeline::Options {
         secret_material: false,
+        mesh,
         ..pipeline::Options::gateway(labels, args.namespace.clone())
     };
     let mut report = pipeline::run(&args.config, &options);

@@ -50,15 +50,21 @@ pub fn run(args: Args) -> ExitCode {
         return ExitCode::from(2);
     }
     // The whole pipeline: what passes here, a gateway serves.
-    let report = pipeline::run(&args.path, &pipeline::Options::all_gateways());
-    let mut diagnostics = report.diagnostics;
-    if let Some(Err(mesh_errors)) = args
+    // With a mesh configuration, translation follows it (its errors come first).
+    let mut mesh_errors = Vec::new();
+    let mut options = pipeline::Options::all_gateways();
+    match args
         .mesh_config
         .as_deref()
         .map(meshgate::config::mesh::load_mesh_config)
     {
-        diagnostics.splice(0..0, mesh_errors);
+        Some(Ok(mesh)) => options.mesh = std::sync::Arc::new(mesh),
+        Some(Err(errors)) => mesh_errors = errors,
+        None => {}
     }
+    let report = pipeline::run(&args.path, &options);
+    let mut diagnostics = report.diagnostics;
+    diagnostics.splice(0..0, mesh_errors);
 
     match args.output {
         Output::Text => {

@@ -58,7 +58,7 @@ pub struct OutboundTrafficPolicy {
 }
 
 /// One `extensionProviders` entry: a name and exactly one provider.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtensionProvider {
     pub name: String,
     /// The provider's kind, as Istio names the field (`envoyExtAuthzHttp`, `zipkin`, ...).
@@ -201,7 +201,7 @@ struct RawMeshConfig {
 }
 
 /// The mesh-wide settings meshgate acts on, defaults filled in.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshConfig {
     /// Where it was read from (`None`: Istio's defaults).
     pub source: Option<String>,

@@ -33,6 +33,8 @@ pub struct ConfigSource {
     /// Serializes reloads, and keeps the files parsed by the last one.
     reload_lock: Mutex<config::FileCache>,
     tx: broadcast::Sender<Change>,
+    /// The pipeline's options: every gateway workload, in this mesh.
+    options: pipeline::Options,
 }
 
 /// Runs the configuration pipeline on `path` for every gateway workload the Gateways
@@ -40,9 +42,10 @@ pub struct ConfigSource {
 /// The files certificates name are not read: they live on the gateways' hosts.
 fn load_checked(
     path: &Path,
+    options: &pipeline::Options,
     cache: &mut config::FileCache,
 ) -> Result<(Config, Registry), Vec<Diagnostic>> {
-    let report = pipeline::run_cached(path, &pipeline::Options::all_gateways(), cache);
+    let report = pipeline::run_cached(path, options, cache);
     if report.has_errors() {
         return Err(report.errors().cloned().collect());
     }
@@ -55,8 +58,20 @@ fn load_checked(
 impl ConfigSource {
     /// Loads `path`; fails with the errors if it does not validate.
     pub fn load(path: &Path) -> Result<ConfigSource, Vec<Diagnostic>> {
+        Self::load_in_mesh(path, Default::default())
+    }
+
+    /// [`ConfigSource::load`] for a mesh with these settings (MeshConfig).
+    pub fn load_in_mesh(
+        path: &Path,
+        mesh: Arc<crate::config::mesh::MeshConfig>,
+    ) -> Result<ConfigSource, Vec<Diagnostic>> {
+        let options = pipeline::Options {
+            mesh,
+            ..pipeline::Options::all_gateways()
+        };
         let mut cache = config::FileCache::default();
-        let (config, registry) = load_checked(path, &mut cache)?;
+        let (config, registry) = load_checked(path, &options, &mut cache)?;
         let (tx, _) = broadcast::channel(64);
         Ok(ConfigSource {
             path: path.to_path_buf(),
@@ -67,6 +82,7 @@ impl ConfigSource {
             }),
             reload_lock: Mutex::new(cache),
             tx,
+            options,
         })
     }
 
@@ -78,7 +94,7 @@ impl ConfigSource {
     /// Reloads the path. On errors nothing changes and the errors are returned.
     pub fn reload(&self) -> Result<u64, Vec<Diagnostic>> {
         let mut cache = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (config, registry) = load_checked(&self.path, &mut cache)?;
+        let (config, registry) = load_checked(&self.path, &self.options, &mut cache)?;
         let generation = self.loaded.load().generation + 1;
         self.loaded.store(Arc::new(Loaded {
             generation,
@@ -141,7 +157,12 @@ impl SnapshotSource for ConfigSource {
             ));
         }
         let loaded = self.loaded.load_full();
-        let translation = crate::translate::gateway(&loaded.config, &loaded.registry, proxy);
+        let translation = crate::translate::gateway_in_mesh(
+            &loaded.config,
+            &loaded.registry,
+            proxy,
+            &self.options.mesh,
+        );
         for d in &translation.diagnostics {
             tracing::warn!(proxy = %proxy.id, "{d}");
         }

@@ -44,6 +44,8 @@ pub struct Options {
     /// other hosts (the control plane, `validate` in CI): Secrets are then checked as
     /// configuration only.
     pub secret_material: bool,
+    /// The mesh-wide settings (MeshConfig) translation follows.
+    pub mesh: std::sync::Arc<crate::config::mesh::MeshConfig>,
 }
 
 impl Options {
@@ -52,6 +54,7 @@ impl Options {
         Options {
             workloads: Workloads::Gateway { labels, namespace },
             secret_material: true,
+            mesh: Default::default(),
         }
     }
 
@@ -60,6 +63,7 @@ impl Options {
         Options {
             workloads: Workloads::AllGateways,
             secret_material: false,
+            mesh: Default::default(),
         }
     }
 }
@@ -162,7 +166,7 @@ fn finish(config: Config, mut diagnostics: Vec<Diagnostic>, options: &Options) -
             let Translation {
                 resources,
                 diagnostics,
-            } = translate::gateway(&report.config, &report.registry, &proxy);
+            } = translate::gateway_in_mesh(&report.config, &report.registry, &proxy, &options.mesh);
             tracing::debug!(elapsed = ?started.elapsed(), labels = ?proxy.labels, "translated");
             report.diagnostics.extend(diagnostics);
             report.diagnostics.extend(serve_check::check(

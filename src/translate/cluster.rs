@@ -222,6 +222,7 @@ impl Context<'_, '_, '_> {
         if port.protocol.is_http() && should_upgrade_h2(&connection_pool) {
             set_h2(&mut http_options);
         }
+        c.connect_timeout = Some(pb::duration(scope.connect_timeout));
         apply_connection_pool(&mut c, &mut http_options, &connection_pool, policy.as_ref());
 
         let outlier = policy.as_ref().and_then(|p| p.outlier_detection.as_ref());
@@ -335,7 +336,8 @@ impl Context<'_, '_, '_> {
                 // mTLS and the others plain text, chosen per endpoint by its
                 // `envoy.transport_socket_match` metadata. Left out when no endpoint is
                 // labelled, so that a gateway without mesh identity can still serve it.
-                None if !service.mesh_external
+                None if scope.auto_mtls
+                    && !service.mesh_external
                     && groups
                         .iter()
                         .any(|g| g.endpoints.iter().any(endpoints::is_istio_mtls)) =>
@@ -614,7 +616,6 @@ fn apply_connection_pool(
         max_concurrent_streams = positive(h.max_concurrent_streams);
         keepalive = h.http2_keep_alive.clone();
     }
-    c.connect_timeout = Some(pb::seconds(DEFAULT_CONNECT_TIMEOUT_SECS));
     let mut max_connection_duration = None;
     if let Some(t) = &pool.tcp {
         if let Some(d) = t.connect_timeout {

@@ -35,6 +35,7 @@ mod tls;
 pub use names::{cluster_name, listener_name, sni_cluster_name, virtual_host_name};
 pub use tls::{MESH_CERT_SECRET, MESH_ROOT_SECRET};
 
+use crate::config::mesh::MeshConfig;
 use crate::config::{Config, Diagnostic};
 use crate::registry::Registry;
 use crate::xds::{ProxyIdentity, ResourceSet};
@@ -60,24 +61,27 @@ pub fn default_namespace(
         .unwrap_or_else(|| crate::config::types::DEFAULT_NAMESPACE.to_string())
 }
 
-/// The trust domain of mesh identities until MeshConfig `trustDomain` sets another.
-pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// The trust domain of mesh identities when MeshConfig `trustDomain` sets no other.
+pub const DEFAULT_TRUST_DOMAIN: &str = crate::config::mesh::DEFAULT_TRUST_DOMAIN;
 
-/// Translates the configuration for a gateway proxy, in the default trust domain.
+/// Translates the configuration for a gateway proxy, with Istio's default mesh settings.
 pub fn gateway(config: &Config, registry: &Registry, proxy: &ProxyIdentity) -> Translation {
-    gateway_in_trust_domain(config, registry, proxy, DEFAULT_TRUST_DOMAIN)
+    gateway_in_mesh(config, registry, proxy, &MeshConfig::default())
 }
 
-/// Translates the configuration for a gateway proxy of a mesh whose SPIFFE ids are in
-/// `trust_domain` (what mesh mTLS verifies upstream).
-pub fn gateway_in_trust_domain(
+/// Translates the configuration for a gateway proxy of a mesh with these settings: its
+/// trust domain (the SPIFFE ids mesh mTLS verifies upstream), `enableAutoMtls`, and
+/// `connectTimeout` for clusters whose DestinationRule sets none.
+pub fn gateway_in_mesh(
     config: &Config,
     registry: &Registry,
     proxy: &ProxyIdentity,
-    trust_domain: &str,
+    mesh: &MeshConfig,
 ) -> Translation {
     let mut scope = scope::Scope::new(config, registry, proxy);
-    scope.trust_domain = trust_domain.to_string();
+    scope.trust_domain = mesh.trust_domain.clone();
+    scope.auto_mtls = mesh.enable_auto_mtls;
+    scope.connect_timeout = mesh.connect_timeout;
     let diagnostics = std::mem::take(&mut scope.diagnostics);
     let mut build = servers::Build::new(&scope, diagnostics);
     let mut resources = ResourceSet::default();

@@ -72,6 +72,10 @@ pub struct Scope<'a> {
     pub domain_suffix: String,
     /// The mesh's trust domain: the `TD` of the SPIFFE ids mesh mTLS verifies.
     pub trust_domain: String,
+    /// MeshConfig `enableAutoMtls`.
+    pub auto_mtls: bool,
+    /// MeshConfig `connectTimeout`: for clusters whose DestinationRule sets none.
+    pub connect_timeout: std::time::Duration,
     /// Where the proxy runs (from its topology labels), for locality load balancing.
     pub locality: Locality,
     /// Gateways whose selector matches the proxy, in Istio's order (name, namespace).
@@ -177,6 +181,10 @@ impl<'a> Scope<'a> {
             namespace,
             domain_suffix,
             trust_domain: super::DEFAULT_TRUST_DOMAIN.to_string(),
+            auto_mtls: true,
+            connect_timeout: std::time::Duration::from_secs(
+                super::cluster::DEFAULT_CONNECT_TIMEOUT_SECS,
+            ),
             locality: Locality::of_workload("", &proxy.labels),
             gateways,
             virtual_services,

@@ -1440,7 +1440,11 @@ spec:
         "shop",
         BTreeMap::from([("istio".into(), "ingressgateway".into())]),
     );
-    let t = super::gateway_in_trust_domain(&config, &registry, &proxy, "corp.example");
+    let mesh = crate::config::mesh::MeshConfig {
+        trust_domain: "corp.example".into(),
+        ..Default::default()
+    };
+    let t = super::gateway_in_mesh(&config, &registry, &proxy, &mesh);
     let ctx = tls_context(&t, "outbound|9080||reviews.shop.svc.cluster.local");
     assert_eq!(
         ctx["common_tls_context"]["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]
@@ -1718,4 +1722,27 @@ spec:
             ("r2/z1".into(), 0)
         ]
     );
+}
+
+#[test]
+fn mesh_config_turns_auto_mtls_off_and_sets_the_connect_timeout() {
+    let config = crate::config::load_str("t.yaml", MESH_BASE).config;
+    let (registry, _) = crate::registry::Registry::from_config(&config);
+    let proxy = ProxyIdentity::gateway(
+        "shop",
+        BTreeMap::from([("istio".into(), "ingressgateway".into())]),
+    );
+    let name = "outbound|9080||reviews.shop.svc.cluster.local";
+    let default = super::gateway(&config, &registry, &proxy);
+    assert_eq!(cluster_json(&default, name)["connect_timeout"], "10s");
+    let mesh = crate::config::mesh::parse_mesh_config(
+        "mesh.yaml",
+        "enableAutoMtls: false\nconnectTimeout: 2.5s\n",
+    )
+    .unwrap();
+    let t = super::gateway_in_mesh(&config, &registry, &proxy, &mesh);
+    let c = cluster_json(&t, name);
+    assert!(c["transport_socket_matches"].is_null(), "{c}");
+    assert!(c["transport_socket"].is_null(), "{c}");
+    assert_eq!(c["connect_timeout"], "2.500s");
 }
