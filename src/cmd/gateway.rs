@@ -35,6 +35,34 @@ pub struct GatewayArgs {
     /// name that is expanded into it (with 127.0.0.1 as the IP).
     #[arg(long, requires = "xds", default_value = "meshgate-gateway")]
     pub node_id: String,
+    /// With --xds: join the mesh over mutual TLS. PEM trust anchor(s) for the control
+    /// plane's serving certificate and the mesh (the CA's root-cert.pem). ADS and
+    /// certificate requests then go over TLS to --xds (the control plane's 15012 port),
+    /// with a workload certificate obtained with --token-file; without it, plaintext.
+    #[arg(long, value_name = "FILE", requires_all = ["xds", "token_file"])]
+    pub ca_root: Option<PathBuf>,
+    /// With --ca-root: a join token (`meshgate token create`) or a service-account JWT,
+    /// presented for the first certificate and whenever no valid one is held. Read
+    /// again at each use, so it can be replaced.
+    #[arg(long, value_name = "FILE", requires_all = ["xds", "ca_root"])]
+    pub token_file: Option<PathBuf>,
+    /// With --ca-root: the name the control plane's serving certificate must carry
+    /// (sent as SNI).
+    #[arg(long, requires = "xds", default_value = "istiod.istio-system.svc")]
+    pub xds_server_name: String,
+    /// With --ca-root: the service account of the identity asked for,
+    /// spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT (the default is that of
+    /// Istio's ingress gateway). The token decides what the CA grants: one made for
+    /// another identity is refused.
+    #[arg(long, requires = "ca_root", default_value = "istio-ingressgateway-service-account")]
+    pub service_account: String,
+    /// With --ca-root: the mesh's trust domain.
+    #[arg(long, requires = "ca_root", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// With --ca-root: the workload certificate lifetime asked for (the CA may grant
+    /// less); renewed at about half of it.
+    #[arg(long, requires = "ca_root", default_value = "24h", value_parser = super::token::parse_duration)]
+    pub workload_cert_ttl: Duration,
     /// Envoy resources as JSON (`{"listeners": [...], "routes": [...], "clusters": [...],
     /// "endpoints": [...]}`), watched for changes.
     #[arg(long, value_name = "FILE", hide = true)]

@@ -149,6 +149,9 @@ pub struct State {
     /// What the accepted listeners and clusters reference (kept up to date as they
     /// change: listeners with thousands of filter chains are not walked per response).
     refs: References,
+    /// SDS names provided locally: left out of the references, so never subscribed to
+    /// nor waited for.
+    local_secrets: BTreeSet<String>,
 }
 
 fn i(t: TypeUrl) -> usize {
@@ -184,6 +187,12 @@ impl State {
         &mut self.types[i(t)]
     }
 
+    /// SDS names the server is not asked for (provided locally).
+    pub fn set_local_secrets(&mut self, names: BTreeSet<String>) {
+        self.local_secrets = names;
+        self.update_references();
+    }
+
     /// The names referenced over ADS by the accepted listeners and clusters.
     pub fn references(&self) -> References {
         self.refs.clone()
@@ -203,6 +212,8 @@ impl State {
             .filter_map(|h| Cluster::decode(h.encoded.as_slice()).ok())
             .collect();
         self.refs = references_of(&listeners, &clusters);
+        let local = &self.local_secrets;
+        self.refs.secrets.retain(|n| !local.contains(n));
     }
 
     /// The names to subscribe to for a named type (EDS/RDS/SDS); `None` for the wildcard
