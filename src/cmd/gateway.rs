@@ -54,7 +54,11 @@ pub struct GatewayArgs {
     /// spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT (the default is that of
     /// Istio's ingress gateway). The token decides what the CA grants: one made for
     /// another identity is refused.
-    #[arg(long, requires = "ca_root", default_value = "istio-ingressgateway-service-account")]
+    #[arg(
+        long,
+        requires = "ca_root",
+        default_value = "istio-ingressgateway-service-account"
+    )]
     pub service_account: String,
     /// With --ca-root: the mesh's trust domain.
     #[arg(long, requires = "ca_root", default_value = "cluster.local")]

@@ -139,8 +139,7 @@ impl CertificateHandle {
 
     /// The certificate held now if it is valid now.
     pub fn current_valid(&self) -> Option<Arc<WorkloadCertificate>> {
-        self.current()
-            .filter(|c| c.is_valid_at(SystemTime::now()))
+        self.current().filter(|c| c.is_valid_at(SystemTime::now()))
     }
 
     /// Waits for a certificate that is valid now.
@@ -399,8 +398,11 @@ impl CertificateManager {
                     for hook in &self.hooks {
                         hook(&cert);
                     }
-                    *self.status.current.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(cert.clone());
+                    *self
+                        .status
+                        .current
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(cert.clone());
                     self.tx.send_replace(Some(cert));
                     backoff = o.backoff_initial;
                     tokio::time::sleep(wait).await;
@@ -693,7 +695,10 @@ mod tests {
         let life = Duration::from_secs(100);
         for _ in 0..100 {
             let d = renewal_delay(life);
-            assert!(d <= Duration::from_secs(50) && d >= Duration::from_secs(40), "{d:?}");
+            assert!(
+                d <= Duration::from_secs(50) && d >= Duration::from_secs(40),
+                "{d:?}"
+            );
         }
     }
 }

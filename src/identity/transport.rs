@@ -75,12 +75,10 @@ impl ControlPlaneTls {
         }
         let mut roots = RootCertStore::empty();
         for der in &roots_der {
-            roots
-                .add(der.clone())
-                .map_err(|e| TransportError::Anchor {
-                    source_name: source_name.to_string(),
-                    error: e.to_string(),
-                })?;
+            roots.add(der.clone()).map_err(|e| TransportError::Anchor {
+                source_name: source_name.to_string(),
+                error: e.to_string(),
+            })?;
         }
         let server_name = ServerName::try_from(server_name.to_string())
             .map_err(|_| TransportError::ServerName(server_name.to_string()))?;

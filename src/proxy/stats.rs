@@ -430,7 +430,10 @@ pub fn identity_stats(s: &crate::identity::IdentityStatus) -> Vec<(String, u64)>
             "workload_cert.expiry_timestamp_seconds".into(),
             s.expiry_unix(),
         ),
-        ("workload_cert.issued".into(), s.issued.load(Ordering::Relaxed)),
+        (
+            "workload_cert.issued".into(),
+            s.issued.load(Ordering::Relaxed),
+        ),
         ("workload_cert.rotations".into(), s.rotations()),
         (
             "workload_cert.renewal_failures".into(),

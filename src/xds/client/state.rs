@@ -649,6 +649,72 @@ mod tests {
     }
 
     #[test]
+    fn local_secrets_are_neither_subscribed_to_nor_waited_for() {
+        use crate::xds::pb::envoy::config::core::v3::{
+            AggregatedConfigSource, ConfigSource, TransportSocket,
+            config_source::ConfigSourceSpecifier, transport_socket::ConfigType,
+        };
+        use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::{
+            CommonTlsContext, SdsSecretConfig, UpstreamTlsContext,
+            common_tls_context::ValidationContextType,
+        };
+        let sds = |name: &str| SdsSecretConfig {
+            name: name.into(),
+            sds_config: Some(ConfigSource {
+                config_source_specifier: Some(ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource::default(),
+                )),
+                ..Default::default()
+            }),
+        };
+        let tls = UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds("default"), sds("kubernetes://cred")],
+                validation_context_type: Some(
+                    ValidationContextType::ValidationContextSdsSecretConfig(sds("ROOTCA")),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut set = gw();
+        set.clusters[0].transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(ConfigType::TypedConfig(
+                crate::xds::pb::google::protobuf::Any {
+                    type_url: <UpstreamTlsContext as prost::Name>::type_url(),
+                    value: prost::Message::encode_to_vec(&tls),
+                },
+            )),
+        });
+        let consumer = Picky::default();
+        let mut state = State::default();
+        state.set_local_secrets(["default".to_string(), "ROOTCA".to_string()].into());
+        state.apply(&update(TypeUrl::Cluster, &set, true, "1"), &consumer, None);
+        let refs = state.references();
+        assert_eq!(
+            state.wanted(TypeUrl::Secret, &refs),
+            Some(["kubernetes://cred".to_string()].into())
+        );
+        let secrets_missing: Vec<String> = state
+            .missing()
+            .into_iter()
+            .filter(|m| m.starts_with("sds/"))
+            .collect();
+        assert_eq!(secrets_missing, ["sds/kubernetes://cred"]);
+
+        // Without local secrets, all three are asked for.
+        let mut plain = State::default();
+        plain.apply(&update(TypeUrl::Cluster, &set, true, "1"), &consumer, None);
+        assert_eq!(
+            plain
+                .wanted(TypeUrl::Secret, &plain.references())
+                .map(|s| s.len()),
+            Some(3)
+        );
+    }
+
+    #[test]
     fn subscriptions_given_up_on_count_as_answered_until_they_come() {
         let mut state = State::default();
         let consumer = Picky::default();
