@@ -148,11 +148,12 @@ impl CertificateHandle {
             if let Some(c) = self.current_valid() {
                 return c;
             }
-            // An expired one is replaced by the manager; without it, nothing comes.
+            // An expired one is replaced by the manager; one not valid yet (a clock
+            // behind the CA's) becomes valid by itself: looked at again every second.
             let next = self.rx.changed();
-            match tokio::time::timeout(Duration::from_secs(1), next).await {
-                Ok(Err(_)) => std::future::pending::<()>().await,
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), next).await {
+                // The manager is gone: no certificate will come.
+                std::future::pending::<()>().await;
             }
         }
     }
