@@ -236,6 +236,15 @@ fn a_gateway_joins_with_a_token_syncs_over_mutual_tls_and_serves() {
     assert!(gw_log.contains("workload certificate obtained"), "{gw_log}");
     assert!(gw_log.contains("connected to the xDS server"), "{gw_log}");
 
+    // The data plane holds them as the SDS secrets `default` and `ROOTCA`.
+    assert_eq!(stat(&gw, "tls.secret_loads"), Some(2));
+    assert!(
+        gw_log
+            .lines()
+            .any(|l| l.contains("loaded validation context") && l.contains("ROOTCA")),
+        "{gw_log}"
+    );
+
     // Stats: one certificate, its expiry; Prometheus has the gauge.
     assert_eq!(stat(&gw, "workload_cert.issued"), Some(1));
     let expiry = stat(&gw, "workload_cert.expiry_timestamp_seconds").unwrap();
@@ -371,6 +380,9 @@ fn rotation_under_traffic_loses_no_request_and_the_stream_keeps_working() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(stat(&gw, "workload_cert.rotations").unwrap() >= 3);
+    // Each new certificate reached the data plane as `default` (the trust bundle is the
+    // same each time).
+    assert!(stat(&gw, "tls.secret_rotations").unwrap() >= 3);
     // A configuration change still arrives over the stream opened before the rotations.
     mesh.route_to("echo2", mesh.echo2.port());
     mesh.wait_routed("echo2", Duration::from_secs(20));
@@ -477,4 +489,42 @@ fn the_control_plane_away_longer_than_a_certificate_lives() {
         private_keys_on_disk(mesh.work.path()),
         Vec::<PathBuf>::new()
     );
+}
+
+#[test]
+fn the_join_flags_need_xds_and_a_token() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .arg("gateway")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["--ca-root", "root.pem", "--token-file", "t"]);
+    assert!(e.contains("--xds"), "{e}");
+    let e = run(&["--xds", "127.0.0.1:15012", "--ca-root", "root.pem"]);
+    assert!(e.contains("--token-file"), "{e}");
+    let e = run(&["--xds", "127.0.0.1:15012", "--service-account", "x"]);
+    assert!(e.contains("--ca-root"), "{e}");
+    // A trust anchor file without a certificate stops the start, naming the file.
+    let dir = TempDir::new();
+    let root = dir.path().join("root.pem");
+    std::fs::write(&root, "not a certificate\n").unwrap();
+    let e = run(&[
+        "--xds",
+        "127.0.0.1:15012",
+        "--ca-root",
+        root.to_str().unwrap(),
+        "--token-file",
+        "t",
+        "--admin-address",
+        &format!("127.0.0.1:{}", free_port()),
+        "--health-address",
+        &format!("127.0.0.1:{}", free_port()),
+        "--prometheus-address",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    assert!(e.contains("no PEM certificate"), "{e}");
 }
