@@ -255,6 +255,15 @@ fn a_gateway_joins_with_a_token_syncs_over_mutual_tls_and_serves() {
         "{prom}"
     );
 
+    // State of the world joins the same way (with a token of its own: each is single
+    // use).
+    let token2 = mesh.write_token("token-sotw", "ingress");
+    let mut sotw = mesh.gateway_with("joined-sotw", &token2, "ingress", &["--xds-sotw"]);
+    sotw.wait_ready(Duration::from_secs(30));
+    assert_eq!(cert_of(&sotw).unwrap()["identity"], IDENTITY);
+    assert!(mesh.cp.proxy("joined-sotw").is_some());
+    assert_eq!(stat(&sotw, "tls.secret_loads"), Some(2));
+
     // The key is nowhere but in the gateway's memory.
     for path in ["/config_dump", "/certs", "/stats", "/stats/prometheus"] {
         let (_, body) = gw.admin(path).unwrap();
