@@ -304,10 +304,13 @@ pub struct CertificateManager {
 
 /// When to renew a certificate of `life`: at half of it, less up to a tenth at random
 /// (as the control plane renews its workload certificates), so that gateways started
-/// together do not all renew at once.
+/// together do not all renew at once. Never sooner than a second: a CA granting
+/// lifetimes of a blink is not called in a tight loop.
 pub fn renewal_delay(life: Duration) -> Duration {
     let jitter = life.mul_f64(rand::random::<f64>() / 10.0);
-    (life / 2).saturating_sub(jitter)
+    (life / 2)
+        .saturating_sub(jitter)
+        .max(Duration::from_secs(1))
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -701,5 +704,9 @@ mod tests {
                 "{d:?}"
             );
         }
+        assert_eq!(
+            renewal_delay(Duration::from_millis(10)),
+            Duration::from_secs(1)
+        );
     }
 }
