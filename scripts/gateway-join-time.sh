@@ -3,6 +3,7 @@
 # to the first 200 through it: key, CSR, certificate with a join token, ADS over mutual
 # TLS, first full sync, listener bound, request routed. Prints each run and the median.
 #   MESHGATE=target/release/meshgate RUNS=7 scripts/gateway-join-time.sh
+# PLAIN=1 joins the plaintext port (15010) instead, for comparison.
 set -euo pipefail
 BIN=${MESHGATE:-target/release/meshgate}
 RUNS=${RUNS:-5}
@@ -57,11 +58,18 @@ until curl -sf "http://127.0.0.1:$DBG/ready" >/dev/null; do sleep 0.05; done
 times=()
 for i in $(seq "$RUNS"); do
     "$BIN" token create --ca-dir "$work/ca" --namespace edge --service-account ingress > "$work/token"
+    adm=$(port); hlt=$(port); prm=$(port)
+    if [ -n "${PLAIN:-}" ]; then
+        join=(--xds "127.0.0.1:$XDS")
+    else
+        join=(--xds "127.0.0.1:$TLS" --ca-root "$work/ca/root-cert.pem" --token-file "$work/token"
+              --service-account ingress)
+    fi
     start=$(date +%s%N)
-    "$BIN" gateway --xds "127.0.0.1:$TLS" --ca-root "$work/ca/root-cert.pem" --token-file "$work/token" \
-        --namespace edge --service-account ingress --node-id "gw-$i" --labels proxy=gw \
-        --concurrency 1 --access-log off --admin-address "127.0.0.1:$(port)" \
-        --health-address "127.0.0.1:$(port)" --prometheus-address "127.0.0.1:$(port)" \
+    "$BIN" gateway "${join[@]}" \
+        --namespace edge --node-id "gw-$i" --labels proxy=gw \
+        --concurrency 1 --access-log off --admin-address "127.0.0.1:$adm" \
+        --health-address "127.0.0.1:$hlt" --prometheus-address "127.0.0.1:$prm" \
         >"$work/gw-$i.log" 2>&1 &
     gw=$!
     until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GWP/" || true)" = 200 ]; do
