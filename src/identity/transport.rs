@@ -125,14 +125,20 @@ impl ControlPlaneTls {
         }
     }
 
-    /// A gRPC channel to `address` (`HOST:PORT`) over TLS with `config`.
+    /// A gRPC channel to `address` (`HOST:PORT`, or `https://HOST:PORT`) over TLS with
+    /// `config`.
     pub async fn channel(
         &self,
         address: &str,
         config: Arc<ClientConfig>,
         connect_timeout: Duration,
     ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-        tonic::transport::Endpoint::from_shared(format!("https://{address}"))?
+        let uri = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("https://{address}")
+        };
+        tonic::transport::Endpoint::from_shared(uri)?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .connect_with_connector(self.connector(config))
