@@ -4,11 +4,13 @@
 //! `registry` (services and endpoints), `translate` (config -> Envoy xDS resources),
 //! `pipeline` (the one door from YAML on disk to checked, translated resources),
 //! `xds` (the resource set and its JSON form), `proxy` (the data plane) and
-//! `controlplane` (ADS/SDS server) and `ca` (mesh identities and their certificates).
+//! `controlplane` (ADS/SDS server), `ca` (mesh identities and their certificates) and
+//! `identity` (a gateway's own workload certificate, obtained from that CA).
 pub mod acme;
 pub mod ca;
 pub mod config;
 pub mod controlplane;
+pub mod identity;
 pub mod pipeline;
 pub mod proxy;
 pub mod registry;

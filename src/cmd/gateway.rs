@@ -42,6 +42,39 @@ pub struct GatewayArgs {
     /// it, a configuration that needs mesh mTLS is refused.
     #[arg(long, value_name = "DIR", requires = "config")]
     pub mesh_certs: Option<PathBuf>,
+    /// With --xds: join the mesh over mutual TLS. PEM trust anchor(s) for the control
+    /// plane's serving certificate and the mesh (the CA's root-cert.pem). ADS and
+    /// certificate requests then go over TLS to --xds (the control plane's 15012 port),
+    /// with a workload certificate obtained with --token-file; without it, plaintext.
+    #[arg(long, value_name = "FILE", requires_all = ["xds", "token_file"])]
+    pub ca_root: Option<PathBuf>,
+    /// With --ca-root: a join token (`meshgate token create`) or a service-account JWT,
+    /// presented for the first certificate and whenever no valid one is held. Read
+    /// again at each use, so it can be replaced.
+    #[arg(long, value_name = "FILE", requires_all = ["xds", "ca_root"])]
+    pub token_file: Option<PathBuf>,
+    /// With --ca-root: the name the control plane's serving certificate must carry
+    /// (sent as SNI).
+    #[arg(long, requires = "xds", default_value = "istiod.istio-system.svc")]
+    pub xds_server_name: String,
+    /// With --ca-root: the service account of the identity asked for,
+    /// spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT (the default is that of
+    /// Istio's ingress gateway). The token decides what the CA grants: one made for
+    /// another identity is refused.
+    #[arg(
+        long,
+        requires = "ca_root",
+        default_value = "istio-ingressgateway-service-account"
+    )]
+    pub service_account: String,
+    /// With --ca-root: the mesh's trust domain. Default: --mesh-config's `trustDomain`,
+    /// else cluster.local.
+    #[arg(long, requires = "ca_root")]
+    pub trust_domain: Option<String>,
+    /// With --ca-root: the workload certificate lifetime asked for (the CA may grant
+    /// less); renewed at about half of it.
+    #[arg(long, requires = "ca_root", default_value = "24h", value_parser = super::token::parse_duration)]
+    pub workload_cert_ttl: Duration,
     /// Envoy resources as JSON (`{"listeners": [...], "routes": [...], "clusters": [...],
     /// "endpoints": [...]}`), watched for changes.
     #[arg(long, value_name = "FILE", hide = true)]
@@ -113,7 +146,7 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         .or_else(|| labels.get("istio"))
         .cloned()
         .unwrap_or_else(|| "meshgate".into());
-    let mesh = match &args.mesh_config {
+    let mut mesh = match &args.mesh_config {
         Some(path) => meshgate::config::mesh::load_mesh_config(path).map_err(|diags| {
             anyhow::anyhow!(
                 "--mesh-config: the mesh configuration is refused:\n{}",
@@ -126,6 +159,14 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         })?,
         None => meshgate::config::mesh::MeshConfig::default(),
     };
+    match &args.trust_domain {
+        Some(td) if args.mesh_config.is_some() && *td != mesh.trust_domain => anyhow::bail!(
+            "--trust-domain {td} disagrees with the mesh configuration's trustDomain {}; give one",
+            mesh.trust_domain
+        ),
+        Some(td) => mesh.trust_domain = td.clone(),
+        None => {}
+    }
     let access_log = args.access_log.unwrap_or(match mesh.access_log {
         None => AccessLogMode::Json,
         Some(None) => AccessLogMode::Off,
@@ -158,8 +199,12 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
             app,
         },
     };
-    if let Some(addr) = &args.xds {
-        return crate::cmd::gateway_xds::run(addr, &args, labels, opts);
+    if let Some(addr) = args.xds.clone() {
+        let args = GatewayArgs {
+            trust_domain: Some(mesh.trust_domain.clone()),
+            ..args
+        };
+        return crate::cmd::gateway_xds::run(&addr, &args, labels, opts);
     }
     let source = match (&args.config, &args.xds_json) {
         (Some(path), _) => Source::Istio {

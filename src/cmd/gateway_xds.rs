@@ -1,11 +1,14 @@
 //! `meshgate gateway --xds ADDR`: the data plane configured by a control plane over ADS.
 use super::gateway::GatewayArgs;
 use anyhow::Context as _;
+use meshgate::ca::SpiffeId;
 use meshgate::controlplane::bootstrap::EnvoyBootstrap;
+use meshgate::controlplane::workload::{ROOT_SECRET, WORKLOAD_SECRET};
+use meshgate::identity::{CertificateManager, ControlPlaneTls, ManagerOptions};
 use meshgate::proxy::xds_consumer::{GatewayConsumer, gateway_node};
 use meshgate::proxy::{Gateway, GatewayOptions};
 use meshgate::xds::ProxyKind;
-use meshgate::xds::client::{ClientOptions, XdsClient};
+use meshgate::xds::client::{ClientOptions, ClientTls, XdsClient};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +34,7 @@ pub fn run(
         xds_address: address.to_string(),
         node_id: args.node_id.clone(),
         kind: ProxyKind::Router,
-        namespace,
+        namespace: namespace.clone(),
         labels,
         delta: !args.xds_sotw,
         ..Default::default()
@@ -44,7 +47,24 @@ pub fn run(
             .context("--xds-initial-fetch-timeout: a number of seconds, 0 or more")?;
 
     let gateway = Arc::new(Gateway::start(opts).context("starting the gateway")?);
-    tracing::info!(xds = address, node = %client_options.node.id, delta = client_options.delta, initial_fetch_timeout = ?client_options.initial_fetch_timeout, admin = ?gateway.admin_addr(), health = ?gateway.health_addr(), "gateway started; waiting for the first full sync");
+    let manager = match &args.ca_root {
+        Some(root) => {
+            let m = certificate_manager(address, root, &namespace, args, &gateway)?;
+            client_options.tls = Some(ClientTls {
+                transport: m.1,
+                certificate: m.0.handle(),
+            });
+            // The key is made here: the control plane's `default` and `ROOTCA` are not
+            // asked for (nor waited for).
+            client_options.local_secrets = [WORKLOAD_SECRET, ROOT_SECRET]
+                .into_iter()
+                .map(String::from)
+                .collect();
+            Some(m.0)
+        }
+        None => None,
+    };
+    tracing::info!(xds = address, mtls = manager.is_some(), node = %client_options.node.id, delta = client_options.delta, initial_fetch_timeout = ?client_options.initial_fetch_timeout, admin = ?gateway.admin_addr(), health = ?gateway.health_addr(), "gateway started; waiting for the first full sync");
     let consumer = Arc::new(GatewayConsumer::new(gateway.clone()));
     let client = XdsClient::new(client_options, consumer);
     let mut handle = client.handle();
@@ -58,6 +78,7 @@ pub fn run(
     let mut quit = gateway.quit_requested();
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let identity_task = manager.map(|m| tokio::spawn(m.run()));
         let task = tokio::spawn(client.run());
         let ready = async {
             handle.wait_ready().await;
@@ -72,6 +93,10 @@ pub fn run(
         }
         task.abort();
         let _ = task.await;
+        if let Some(t) = identity_task {
+            t.abort();
+            let _ = t.await;
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     drop(rt);
@@ -81,4 +106,36 @@ pub fn run(
         Err(_) => tracing::warn!("gateway still referenced; exiting without draining"),
     }
     Ok(())
+}
+
+/// The workload certificate's manager for `--ca-root`: its secrets go into the data plane
+/// (as SDS `default` and `ROOTCA`) at each rotation, before any connection presents it.
+fn certificate_manager(
+    address: &str,
+    root: &std::path::Path,
+    namespace: &str,
+    args: &GatewayArgs,
+    gateway: &Arc<Gateway>,
+) -> anyhow::Result<(CertificateManager, ControlPlaneTls)> {
+    let transport = ControlPlaneTls::from_file(root, &args.xds_server_name)
+        .context("--ca-root / --xds-server-name")?;
+    let trust_domain = args
+        .trust_domain
+        .as_deref()
+        .unwrap_or(meshgate::config::mesh::DEFAULT_TRUST_DOMAIN);
+    let identity = SpiffeId::new(trust_domain, namespace, &args.service_account)
+        .context("the workload identity (--trust-domain, --namespace, --service-account)")?;
+    let mut options = ManagerOptions::new(address, transport.clone(), identity.clone());
+    options.token_file = args.token_file.clone();
+    options.requested_ttl = args.workload_cert_ttl;
+    let mut manager = CertificateManager::new(options);
+    let data_plane = gateway.clone();
+    manager.on_issue(move |cert| {
+        for (name, e) in data_plane.update_secrets(&cert.sds_secrets(), &[]) {
+            tracing::error!(secret = %name, error = %e, "the workload certificate cannot be used by the data plane");
+        }
+    });
+    gateway.set_identity_status(manager.status());
+    tracing::info!(%identity, ca_root = %root.display(), server_name = %args.xds_server_name, "joining the mesh over mutual TLS");
+    Ok((manager, transport))
 }

@@ -119,6 +119,7 @@ fn admin(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             }
         }
         "/clusters" => text(StatusCode::OK, clusters(shared)),
+        "/certs" => certs(shared),
         "/stats" => text(StatusCode::OK, stats(shared)),
         "/stats/prometheus" => prometheus(shared),
         "/quitquitquit" if post => {
@@ -136,10 +137,31 @@ fn admin(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         ),
         "/" => text(
             StatusCode::OK,
-            "meshgate admin: /ready /config_dump /clusters /stats /stats/prometheus /quitquitquit /drain_listeners\n",
+            "meshgate admin: /ready /config_dump /certs /clusters /stats /stats/prometheus /quitquitquit /drain_listeners\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "invalid path\n"),
     }
+}
+
+/// The gateway's workload certificate (identity, serial, validity, chain and trust
+/// bundle; never the key), in the spirit of Envoy's `/certs`.
+fn certs(shared: &Shared) -> Response<Full<Bytes>> {
+    let certificates: Vec<serde_json::Value> = shared
+        .identity
+        .load_full()
+        .and_then(|s| s.current())
+        .map(|c| c.summary())
+        .into_iter()
+        .collect();
+    let body = serde_json::json!({ "certificates": certificates });
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_string_pretty(&body).unwrap_or_default(),
+    )));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// Envoy's `/clusters` text format.
@@ -278,6 +300,9 @@ fn stats(shared: &Shared) -> String {
     }
     lines.extend(shared.stats.envoy_counters());
     lines.extend(tls_counters(shared));
+    if let Some(id) = shared.identity.load_full() {
+        lines.extend(crate::proxy::stats::identity_stats(&id));
+    }
     lines.sort();
     let mut out = String::new();
     for (k, v) in lines {
@@ -324,6 +349,9 @@ fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
     {
         let metric = format!("envoy_{}", k.replace('.', "_"));
         let _ = writeln!(out, "# TYPE {metric} counter\n{metric} {v}");
+    }
+    if let Some(id) = shared.identity.load_full() {
+        crate::proxy::stats::prometheus_identity(&id, &mut out);
     }
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut().insert(

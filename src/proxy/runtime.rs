@@ -77,6 +77,8 @@ pub struct Shared {
     pub(crate) drain_requested: watch::Sender<bool>,
     /// `/quitquitquit` was called.
     pub(crate) admin_quit: watch::Sender<bool>,
+    /// The gateway's own workload certificate, when it has joined a mesh with one.
+    pub identity: arc_swap::ArcSwapOption<crate::identity::IdentityStatus>,
 }
 
 impl Shared {
@@ -148,6 +150,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             workers: n,
+            identity: arc_swap::ArcSwapOption::empty(),
             quit,
             drain_requested,
             admin_quit: watch::channel(false).0,
@@ -284,6 +287,12 @@ impl Gateway {
     /// of every chain naming a secret serves the new one. Returns the secrets that
     /// cannot be used (they keep their previous material). `removed` ones are forgotten
     /// unless a listener still names them.
+    /// Shows the status of the gateway's workload certificate on the stats and admin
+    /// pages.
+    pub fn set_identity_status(&self, status: Arc<crate::identity::IdentityStatus>) {
+        self.shared.identity.store(Some(status));
+    }
+
     pub fn update_secrets(
         &self,
         secrets: &[crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret],

@@ -422,6 +422,43 @@ pub fn destination_service(cluster: &str) -> (String, String, String) {
     (host.to_string(), name, namespace)
 }
 
+/// The gateway's workload certificate on `/stats`: its expiry (Unix seconds), the
+/// certificates obtained, the rotations among them, and the failed calls to the CA.
+pub fn identity_stats(s: &crate::identity::IdentityStatus) -> Vec<(String, u64)> {
+    vec![
+        (
+            "workload_cert.expiry_timestamp_seconds".into(),
+            s.expiry_unix(),
+        ),
+        (
+            "workload_cert.issued".into(),
+            s.issued.load(Ordering::Relaxed),
+        ),
+        ("workload_cert.rotations".into(), s.rotations()),
+        (
+            "workload_cert.renewal_failures".into(),
+            s.failures.load(Ordering::Relaxed),
+        ),
+    ]
+}
+
+/// The same for Prometheus.
+pub fn prometheus_identity(s: &crate::identity::IdentityStatus, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_workload_cert_expiry_seconds When the gateway's workload certificate expires (Unix time).\n\
+         # TYPE meshgate_workload_cert_expiry_seconds gauge\n\
+         meshgate_workload_cert_expiry_seconds {}\n\
+         # TYPE meshgate_workload_cert_rotations_total counter\n\
+         meshgate_workload_cert_rotations_total {}\n\
+         # TYPE meshgate_workload_cert_renewal_failures_total counter\n\
+         meshgate_workload_cert_renewal_failures_total {}",
+        s.expiry_unix(),
+        s.rotations(),
+        s.failures.load(Ordering::Relaxed),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

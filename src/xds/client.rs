@@ -108,6 +108,21 @@ pub struct ClientOptions {
     /// while connected to the server, before it counts as empty (Envoy's
     /// `initial_fetch_timeout`, 15 s by default). Zero waits forever.
     pub initial_fetch_timeout: Duration,
+    /// Mutual TLS to the server (its 15012 port) with the gateway's workload
+    /// certificate; plaintext without. The first connection waits for a valid
+    /// certificate; each connection presents the one current at its handshake.
+    pub tls: Option<ClientTls>,
+    /// SDS names satisfied locally (the workload certificate and trust bundle that the
+    /// gateway's own certificate manager provides): never subscribed to, never waited
+    /// for.
+    pub local_secrets: BTreeSet<String>,
+}
+
+/// How the client reaches a server over mutual TLS.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub transport: crate::identity::ControlPlaneTls,
+    pub certificate: crate::identity::CertificateHandle,
 }
 
 impl ClientOptions {
@@ -124,6 +139,8 @@ impl ClientOptions {
             backoff_max: Duration::from_secs(15),
             warming_timeout: Duration::from_secs(5),
             initial_fetch_timeout: Duration::from_secs(15),
+            tls: None,
+            local_secrets: BTreeSet::new(),
         }
     }
 }
@@ -141,6 +158,8 @@ pub enum ClientError {
     Closed,
     #[error("the server does not read requests")]
     Stuck,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Per-type status, for admin pages and tests.
@@ -286,10 +305,12 @@ fn nack_message(rejections: &[Rejection]) -> String {
 
 impl XdsClient {
     pub fn new(options: ClientOptions, consumer: Arc<dyn ConfigConsumer>) -> XdsClient {
+        let mut state = State::default();
+        state.set_local_secrets(options.local_secrets.clone());
         XdsClient {
             options,
             consumer,
-            state: State::default(),
+            state,
             status: Arc::default(),
             ready_tx: watch::channel(false).0,
             warming_since: None,
@@ -335,6 +356,8 @@ impl XdsClient {
     fn endpoint(&self) -> Result<tonic::transport::Endpoint, ClientError> {
         let addr = if self.options.address.contains("://") {
             self.options.address.clone()
+        } else if self.options.tls.is_some() {
+            format!("https://{}", self.options.address)
         } else {
             format!("http://{}", self.options.address)
         };
@@ -346,12 +369,30 @@ impl XdsClient {
             .keep_alive_timeout(Duration::from_secs(10)))
     }
 
+    /// A channel to the server: plaintext, or mutual TLS once a valid workload
+    /// certificate is held.
+    async fn connect(&self) -> Result<tonic::transport::Channel, ClientError> {
+        let endpoint = self.endpoint()?;
+        let Some(tls) = &self.options.tls else {
+            return Ok(endpoint.connect().await?);
+        };
+        let mut certificate = tls.certificate.clone();
+        if certificate.current_valid().is_none() {
+            tracing::info!(server = %self.options.address, "waiting for a valid workload certificate before connecting to the xDS server");
+        }
+        certificate.wait_valid().await;
+        let config = tls
+            .transport
+            .client_config(Some(certificate.resolver()))
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        Ok(endpoint
+            .connect_with_connector(tls.transport.connector(config))
+            .await?)
+    }
+
     async fn connect_and_follow(&mut self) -> Outcome {
-        let channel = match self.endpoint() {
-            Ok(e) => match e.connect().await {
-                Ok(c) => c,
-                Err(e) => return Outcome::Failed(e.into()),
-            },
+        let channel = match self.connect().await {
+            Ok(c) => c,
             Err(e) => return Outcome::Failed(e),
         };
         let client = AggregatedDiscoveryServiceClient::new(channel)

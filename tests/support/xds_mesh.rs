@@ -1,7 +1,9 @@
 //! Helpers for tests where real processes join a mesh: a `meshgate control-plane`
 //! process on fixed ports (so it can be killed and started again on the same address),
 //! `meshgate gateway --xds` processes, Envoy bootstraps written by
-//! `meshgate bootstrap envoy`, and Istio YAML for gateways on loopback ports.
+//! `meshgate bootstrap envoy`, and Istio YAML for gateways on loopback ports. A control
+//! plane can run its CA too (`--ca-dir`, mutual TLS on its own port), with join tokens
+//! from `meshgate token create`.
 #![allow(dead_code)]
 
 use crate::support::{blocking_http_get, free_port};
@@ -28,10 +30,60 @@ pub struct ControlPlaneProcess {
     pub config: PathBuf,
     pub xds_port: u16,
     pub debug_port: u16,
+    /// The mutual-TLS port (15012), when the control plane runs its CA.
+    pub tls_port: Option<u16>,
     pub log_path: PathBuf,
 }
 
+/// The ports of a control plane with a CA: plaintext xDS, debug, mutual TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct CaPorts {
+    pub xds: u16,
+    pub debug: u16,
+    pub tls: u16,
+}
+
+impl CaPorts {
+    pub fn free() -> CaPorts {
+        CaPorts {
+            xds: free_port(),
+            debug: free_port(),
+            tls: free_port(),
+        }
+    }
+}
+
 impl ControlPlaneProcess {
+    /// Starts with its CA in `ca_dir` (made on first start) on `ports`, with `extra`
+    /// flags (`--ca-max-ttl`, ...), and waits until both ports serve.
+    pub fn start_with_ca(
+        config: &Path,
+        workdir: &Path,
+        ca_dir: &Path,
+        ports: CaPorts,
+        extra: &[&str],
+    ) -> ControlPlaneProcess {
+        let mut args: Vec<String> = vec![
+            "--ca-dir".into(),
+            ca_dir.display().to_string(),
+            "--xds-tls-addr".into(),
+            format!("127.0.0.1:{}", ports.tls),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = Self::spawn_args(config, workdir, ports.xds, ports.debug, &args);
+        p.tls_port = Some(ports.tls);
+        p.wait_serving(Duration::from_secs(20));
+        p
+    }
+
+    /// `127.0.0.1:TLS_PORT` (panics without a CA).
+    pub fn tls_addr(&self) -> String {
+        format!(
+            "127.0.0.1:{}",
+            self.tls_port.expect("a control plane with a CA")
+        )
+    }
+
     /// Starts on fresh ports and waits until it serves.
     pub fn start(config: &Path, workdir: &Path) -> ControlPlaneProcess {
         Self::start_on(config, workdir, free_port(), free_port())
@@ -56,6 +108,16 @@ impl ControlPlaneProcess {
         xds_port: u16,
         debug_port: u16,
     ) -> ControlPlaneProcess {
+        Self::spawn_args(config, workdir, xds_port, debug_port, &[])
+    }
+
+    fn spawn_args(
+        config: &Path,
+        workdir: &Path,
+        xds_port: u16,
+        debug_port: u16,
+        extra: &[String],
+    ) -> ControlPlaneProcess {
         let log_path = workdir.join(format!("control-plane-{xds_port}.log"));
         // Appends, so that a restarted control plane's log follows the killed one's.
         let log = std::fs::OpenOptions::new()
@@ -70,6 +132,7 @@ impl ControlPlaneProcess {
             .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
             .args(["--debug-addr", &format!("127.0.0.1:{debug_port}")])
             .args(["--debounce-after-ms", "50", "--debounce-max-ms", "1000"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -81,6 +144,7 @@ impl ControlPlaneProcess {
             config: config.to_path_buf(),
             xds_port,
             debug_port,
+            tls_port: None,
             log_path,
         }
     }
@@ -88,7 +152,12 @@ impl ControlPlaneProcess {
     pub fn wait_serving(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok((200, _)) = blocking_http_get(("127.0.0.1", self.debug_port), "/ready") {
+            let tls_up = self
+                .tls_port
+                .is_none_or(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok());
+            if let Ok((200, _)) = blocking_http_get(("127.0.0.1", self.debug_port), "/ready")
+                && tls_up
+            {
                 return;
             }
             assert!(
@@ -166,6 +235,31 @@ impl Drop for ControlPlaneProcess {
             eprintln!("--- control plane log ---\n{}", self.log());
         }
     }
+}
+
+/// A single-use join token for `spiffe://cluster.local/ns/NAMESPACE/sa/SA` from the CA in
+/// `ca_dir` (`meshgate token create`).
+pub fn join_token(ca_dir: &Path, namespace: &str, service_account: &str) -> String {
+    let out = meshgate()
+        .args(["token", "create", "--ca-dir"])
+        .arg(ca_dir)
+        .args([
+            "--namespace",
+            namespace,
+            "--service-account",
+            service_account,
+        ])
+        .output()
+        .expect("meshgate token create");
+    assert!(
+        out.status.success(),
+        "meshgate token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("token text")
+        .trim()
+        .to_string()
 }
 
 /// Writes the Envoy bootstrap with the `meshgate bootstrap envoy` command.
@@ -304,6 +398,26 @@ impl XdsGateway {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log contains `text`; panics if the gateway exits.
+    pub fn wait_log(&mut self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                wait_exit_or(c, "meshgate gateway", &self.log_path);
+            }
+            if self.log().contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway {}: `{text}` not logged within {timeout:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -149,6 +149,9 @@ pub struct State {
     /// What the accepted listeners and clusters reference (kept up to date as they
     /// change: listeners with thousands of filter chains are not walked per response).
     refs: References,
+    /// SDS names provided locally: left out of the references, so never subscribed to
+    /// nor waited for.
+    local_secrets: BTreeSet<String>,
 }
 
 fn i(t: TypeUrl) -> usize {
@@ -184,6 +187,12 @@ impl State {
         &mut self.types[i(t)]
     }
 
+    /// SDS names the server is not asked for (provided locally).
+    pub fn set_local_secrets(&mut self, names: BTreeSet<String>) {
+        self.local_secrets = names;
+        self.update_references();
+    }
+
     /// The names referenced over ADS by the accepted listeners and clusters.
     pub fn references(&self) -> References {
         self.refs.clone()
@@ -203,6 +212,8 @@ impl State {
             .filter_map(|h| Cluster::decode(h.encoded.as_slice()).ok())
             .collect();
         self.refs = references_of(&listeners, &clusters);
+        let local = &self.local_secrets;
+        self.refs.secrets.retain(|n| !local.contains(n));
     }
 
     /// The names to subscribe to for a named type (EDS/RDS/SDS); `None` for the wildcard
@@ -635,6 +646,72 @@ mod tests {
             None,
         );
         assert!(state.of(TypeUrl::Cluster).resources.is_empty());
+    }
+
+    #[test]
+    fn local_secrets_are_neither_subscribed_to_nor_waited_for() {
+        use crate::xds::pb::envoy::config::core::v3::{
+            AggregatedConfigSource, ConfigSource, TransportSocket,
+            config_source::ConfigSourceSpecifier, transport_socket::ConfigType,
+        };
+        use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::{
+            CommonTlsContext, SdsSecretConfig, UpstreamTlsContext,
+            common_tls_context::ValidationContextType,
+        };
+        let sds = |name: &str| SdsSecretConfig {
+            name: name.into(),
+            sds_config: Some(ConfigSource {
+                config_source_specifier: Some(ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource::default(),
+                )),
+                ..Default::default()
+            }),
+        };
+        let tls = UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds("default"), sds("kubernetes://cred")],
+                validation_context_type: Some(
+                    ValidationContextType::ValidationContextSdsSecretConfig(sds("ROOTCA")),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut set = gw();
+        set.clusters[0].transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(ConfigType::TypedConfig(
+                crate::xds::pb::google::protobuf::Any {
+                    type_url: <UpstreamTlsContext as prost::Name>::type_url(),
+                    value: prost::Message::encode_to_vec(&tls),
+                },
+            )),
+        });
+        let consumer = Picky::default();
+        let mut state = State::default();
+        state.set_local_secrets(["default".to_string(), "ROOTCA".to_string()].into());
+        state.apply(&update(TypeUrl::Cluster, &set, true, "1"), &consumer, None);
+        let refs = state.references();
+        assert_eq!(
+            state.wanted(TypeUrl::Secret, &refs),
+            Some(["kubernetes://cred".to_string()].into())
+        );
+        let secrets_missing: Vec<String> = state
+            .missing()
+            .into_iter()
+            .filter(|m| m.starts_with("sds/"))
+            .collect();
+        assert_eq!(secrets_missing, ["sds/kubernetes://cred"]);
+
+        // Without local secrets, all three are asked for.
+        let mut plain = State::default();
+        plain.apply(&update(TypeUrl::Cluster, &set, true, "1"), &consumer, None);
+        assert_eq!(
+            plain
+                .wanted(TypeUrl::Secret, &plain.references())
+                .map(|s| s.len()),
+            Some(3)
+        );
     }
 
     #[test]
