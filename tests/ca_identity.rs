@@ -7,76 +7,43 @@ mod support;
 use meshgate::ca::{Ca, CaOptions, Csr, SpiffeId};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+use support::xds_mesh;
 use support::*;
 
 fn meshgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meshgate"))
 }
 
-/// A `meshgate control-plane --ca-dir` process.
+/// A `meshgate control-plane --ca-dir` process, logging at debug level (the key
+/// checks below read everything it logs).
 struct ControlPlane {
-    child: Child,
-    log: PathBuf,
+    process: xds_mesh::ControlPlaneProcess,
     ca_dir: PathBuf,
     tls_port: u16,
     debug_port: u16,
 }
 
 impl ControlPlane {
-    fn start(work: &Path, ca_dir: &Path, log_name: &str, extra: &[String]) -> ControlPlane {
+    fn start(work: &Path, ca_dir: &Path, extra: &[String]) -> ControlPlane {
         let config = work.join("config");
-        if !config.exists() {
-            std::fs::create_dir_all(&config).unwrap();
-        }
-        let (xds, tls, debug) = (free_port(), free_port(), free_port());
-        let log = work.join(log_name);
-        let child = meshgate()
-            .args(["control-plane", "--config"])
-            .arg(&config)
-            .arg("--ca-dir")
-            .arg(ca_dir)
-            .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
-            .args(["--xds-tls-addr", &format!("127.0.0.1:{tls}")])
-            .args(["--debug-addr", &format!("127.0.0.1:{debug}")])
-            .args(["--debounce-after-ms", "50"])
-            .args(extra)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut cp = ControlPlane {
-            child,
-            log,
+        std::fs::create_dir_all(&config).unwrap();
+        let ports = xds_mesh::CaPorts::free();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let process = xds_mesh::ControlPlaneProcess::start_with_ca_logging(
+            &config, work, ca_dir, ports, &extra, "debug",
+        );
+        ControlPlane {
+            process,
             ca_dir: ca_dir.to_path_buf(),
-            tls_port: tls,
-            debug_port: debug,
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = cp.child.try_wait() {
-                panic!("control plane exited with {status}:\n{}", cp.log());
-            }
-            let ready = matches!(
-                blocking_http_get(("127.0.0.1", debug), "/ready"),
-                Ok((200, _))
-            ) && std::net::TcpStream::connect(("127.0.0.1", tls)).is_ok();
-            if ready {
-                return cp;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "control plane not ready:\n{}",
-                cp.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            tls_port: ports.tls,
+            debug_port: ports.debug,
         }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     fn root(&self) -> PathBuf {
@@ -84,20 +51,7 @@ impl ControlPlane {
     }
 
     fn syncz(&self) -> Vec<Value> {
-        let (status, body) =
-            blocking_http_get(("127.0.0.1", self.debug_port), "/debug/syncz").unwrap();
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- control plane log ---\n{}", self.log());
-        }
+        self.process.syncz()
     }
 }
 
@@ -241,7 +195,7 @@ fn an_independent_client_gets_certificates_and_is_refused_what_it_may_not_have()
         "--jwks-file".to_string(),
         jwks.display().to_string(),
     ];
-    let cp = ControlPlane::start(work.path(), &ca_dir, "cp1.log", &jwt_flags);
+    let cp = ControlPlane::start(work.path(), &ca_dir, &jwt_flags);
     let key_mode = |f: &str| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(ca_dir.join(f))
@@ -431,7 +385,7 @@ fn an_independent_client_gets_certificates_and_is_refused_what_it_may_not_have()
     // The used-token record survives a restart.
     let log = cp.log();
     drop(cp);
-    let cp = ControlPlane::start(work.path(), &ca_dir, "cp2.log", &jwt_flags);
+    let cp = ControlPlane::start(work.path(), &ca_dir, &jwt_flags);
     expect(
         &ca_client(&cp, w, &["--token", &first, "--uri", EDGE]),
         "UNAUTHENTICATED",
@@ -560,7 +514,7 @@ fn istio_plug_in_certificates_from_openssl_sign_as_the_intermediate() {
         .unwrap();
     }
 
-    let cp = ControlPlane::start(work.path(), &ca_dir, "cp.log", &[]);
+    let cp = ControlPlane::start(work.path(), &ca_dir, &[]);
     assert!(cp.log().contains("plug-in CA"), "{}", cp.log());
     let w = work.path();
     let t = token(&ca_dir, "edge", "ingress", "10m");
@@ -712,7 +666,7 @@ fn envoy_is_served_ads_over_mutual_tls_only_as_its_certificates_namespace() {
     )
     .unwrap();
     let ca_dir = work.path().join("ca");
-    let cp = ControlPlane::start(work.path(), &ca_dir, "cp.log", &[]);
+    let cp = ControlPlane::start(work.path(), &ca_dir, &[]);
     let edge = SpiffeId::parse(EDGE).unwrap();
     let (chain, key) = issue_files(&ca_dir, &edge, &work.path().join("edge-cert"));
 

@@ -104,8 +104,7 @@
 mod support;
 #[path = "support/translate.rs"]
 mod translate_support;
-#[path = "support/xds_mesh.rs"]
-mod xds_mesh;
+use support::xds_mesh;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

@@ -8,10 +8,11 @@ mod support;
 
 use cp_support::get_via;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use support::xds_mesh::ControlPlaneProcess;
 use support::*;
 
 fn meshgate() -> Command {
@@ -59,56 +60,6 @@ spec:
         gateway("gw-sotw", "sotw", ports.0),
         gateway("gw-delta", "delta", ports.1)
     )
-}
-
-struct ControlPlaneProcess {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl ControlPlaneProcess {
-    fn start(dir: &Path, log_name: &str, xds: u16, debug: u16) -> ControlPlaneProcess {
-        let log = dir.join(log_name);
-        let file = std::fs::File::create(&log).unwrap();
-        let child = meshgate()
-            .args(["control-plane", "--config"])
-            .arg(dir.join("config"))
-            .args([
-                "--xds-addr",
-                &format!("127.0.0.1:{xds}"),
-                "--debug-addr",
-                &format!("127.0.0.1:{debug}"),
-            ])
-            .args(["--debounce-after-ms", "50"])
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !matches!(
-            blocking_http_get(("127.0.0.1", debug), "/ready"),
-            Ok((200, _))
-        ) {
-            assert!(
-                Instant::now() < deadline,
-                "control plane not ready:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        ControlPlaneProcess { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ControlPlaneProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn envoy(dir: &Path, flavor: &str, xds: u16) -> Envoy {
@@ -174,7 +125,7 @@ async fn control_plane_command_serves_watches_and_survives_restarts() {
     let ports = (free_port(), free_port());
     std::fs::write(cfg.join("mesh.yaml"), config(ports, a.port())).unwrap();
     let (xds, debug) = (free_port(), free_port());
-    let cp = ControlPlaneProcess::start(dir.path(), "cp1.log", xds, debug);
+    let cp = ControlPlaneProcess::start_on(&dir.path().join("config"), dir.path(), xds, debug);
     let sotw = envoy(dir.path(), "sotw", xds);
     let delta = envoy(dir.path(), "delta", xds);
     let client = http_client();
@@ -275,7 +226,7 @@ async fn control_plane_command_serves_watches_and_survives_restarts() {
         },
     );
     traffic_grows(40, "traffic without a control plane");
-    let cp = ControlPlaneProcess::start(dir.path(), "cp2.log", xds, debug);
+    let cp = ControlPlaneProcess::start_on(&dir.path().join("config"), dir.path(), xds, debug);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (_, body) = blocking_http_get(("127.0.0.1", debug), "/debug/syncz").unwrap();
@@ -402,7 +353,7 @@ async fn a_route_only_change_sends_envoy_no_clusters_or_listeners() {
     };
     write((100, 0));
     let (xds, debug) = (free_port(), free_port());
-    let cp = ControlPlaneProcess::start(dir.path(), "cp.log", xds, debug);
+    let cp = ControlPlaneProcess::start_on(&dir.path().join("config"), dir.path(), xds, debug);
     let proxies = [
         envoy(dir.path(), "sotw", xds),
         envoy(dir.path(), "delta", xds),

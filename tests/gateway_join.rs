@@ -6,8 +6,7 @@
 //! lifetime asked for; the control plane away for longer than a certificate lives; and the key
 //! kept off disk and out of the logs.
 mod support;
-#[path = "support/xds_mesh.rs"]
-mod xds_mesh;
+use support::xds_mesh;
 
 use serde_json::Value;
 use std::collections::BTreeSet;

@@ -8,8 +8,7 @@ mod cp_support;
 mod support;
 #[path = "support/translate.rs"]
 mod translating;
-#[path = "support/xds_mesh.rs"]
-mod xds_mesh;
+use support::xds_mesh;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

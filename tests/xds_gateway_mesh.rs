@@ -8,8 +8,7 @@
 #[path = "support/controlplane.rs"]
 mod cp_support;
 mod support;
-#[path = "support/xds_mesh.rs"]
-mod xds_mesh;
+use support::xds_mesh;
 
 use cp_support::{get_via, wait_routed};
 use std::path::Path;

@@ -5,8 +5,7 @@
 mod support;
 #[path = "support/translate.rs"]
 mod translating;
-#[path = "support/xds_mesh.rs"]
-mod xds_mesh;
+use support::xds_mesh;
 
 use meshgate::xds::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryResponse, DiscoveryResponse, Resource,

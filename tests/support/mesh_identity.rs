@@ -3,17 +3,18 @@
 //! its workload certificate `default` and trust bundle `ROOTCA` over SDS), certificates
 //! of its CA written as files, and a real Envoy "sidecar" bootstrapped by
 //! `meshgate bootstrap envoy` that takes its identity from that control plane.
-use crate::support::{Envoy, blocking_http_get, free_port, wait_until};
+use crate::support::xds_mesh::{CaPorts, ControlPlaneProcess};
+use crate::support::{Envoy, free_port};
 use meshgate::ca::{Ca, CaOptions, Csr, SpiffeId};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-/// A `meshgate control-plane --config WORK/config --ca-dir CA_DIR` process.
+/// A `meshgate control-plane --config WORK/config --ca-dir CA_DIR` process on fresh
+/// ports.
 pub struct MeshControlPlane {
-    child: Child,
-    log: PathBuf,
+    pub process: ControlPlaneProcess,
     pub xds_port: u16,
     pub tls_port: u16,
     pub debug_port: u16,
@@ -25,53 +26,18 @@ impl MeshControlPlane {
     pub fn start(work: &Path, ca_dir: &Path, extra: &[&str]) -> MeshControlPlane {
         let config = work.join("config");
         std::fs::create_dir_all(&config).unwrap();
-        let (xds, tls, debug) = (free_port(), free_port(), free_port());
-        let log = work.join("cp.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .args(["control-plane", "--config"])
-            .arg(&config)
-            .arg("--ca-dir")
-            .arg(ca_dir)
-            .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
-            .args(["--xds-tls-addr", &format!("127.0.0.1:{tls}")])
-            .args(["--debug-addr", &format!("127.0.0.1:{debug}")])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut cp = MeshControlPlane {
-            child,
-            log,
-            xds_port: xds,
-            tls_port: tls,
-            debug_port: debug,
-        };
-        wait_until("the control plane serving", Duration::from_secs(15), || {
-            if let Ok(Some(status)) = cp.child.try_wait() {
-                panic!("control plane exited with {status}:\n{}", cp.log());
-            }
-            matches!(
-                blocking_http_get(("127.0.0.1", debug), "/ready"),
-                Ok((200, _))
-            ) && std::net::TcpStream::connect(("127.0.0.1", tls)).is_ok()
-        });
-        cp
+        let ports = CaPorts::free();
+        let process = ControlPlaneProcess::start_with_ca(&config, work, ca_dir, ports, extra);
+        MeshControlPlane {
+            process,
+            xds_port: ports.xds,
+            tls_port: ports.tls,
+            debug_port: ports.debug,
+        }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for MeshControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- control plane log ---\n{}", self.log());
-        }
+        self.process.log()
     }
 }
 

@@ -889,3 +889,4 @@ pub mod dns;
 pub mod gateway;
 pub mod mesh_identity;
 pub mod scripted_ads;
+pub mod xds_mesh;

@@ -63,6 +63,18 @@ impl ControlPlaneProcess {
         ports: CaPorts,
         extra: &[&str],
     ) -> ControlPlaneProcess {
+        Self::start_with_ca_logging(config, workdir, ca_dir, ports, extra, "info")
+    }
+
+    /// [`ControlPlaneProcess::start_with_ca`] logging at `rust_log` (`RUST_LOG`).
+    pub fn start_with_ca_logging(
+        config: &Path,
+        workdir: &Path,
+        ca_dir: &Path,
+        ports: CaPorts,
+        extra: &[&str],
+        rust_log: &str,
+    ) -> ControlPlaneProcess {
         let mut args: Vec<String> = vec![
             "--ca-dir".into(),
             ca_dir.display().to_string(),
@@ -70,7 +82,7 @@ impl ControlPlaneProcess {
             format!("127.0.0.1:{}", ports.tls),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut p = Self::spawn_args(config, workdir, ports.xds, ports.debug, &args);
+        let mut p = Self::spawn_args(config, workdir, ports.xds, ports.debug, &args, rust_log);
         p.tls_port = Some(ports.tls);
         p.wait_serving(Duration::from_secs(20));
         p
@@ -108,7 +120,7 @@ impl ControlPlaneProcess {
         xds_port: u16,
         debug_port: u16,
     ) -> ControlPlaneProcess {
-        Self::spawn_args(config, workdir, xds_port, debug_port, &[])
+        Self::spawn_args(config, workdir, xds_port, debug_port, &[], "info")
     }
 
     fn spawn_args(
@@ -117,6 +129,7 @@ impl ControlPlaneProcess {
         xds_port: u16,
         debug_port: u16,
         extra: &[String],
+        rust_log: &str,
     ) -> ControlPlaneProcess {
         let log_path = workdir.join(format!("control-plane-{xds_port}.log"));
         // Appends, so that a restarted control plane's log follows the killed one's.
@@ -133,7 +146,7 @@ impl ControlPlaneProcess {
             .args(["--debug-addr", &format!("127.0.0.1:{debug_port}")])
             .args(["--debounce-after-ms", "50", "--debounce-max-ms", "1000"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
