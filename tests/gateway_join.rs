@@ -538,3 +538,194 @@ fn the_join_flags_need_xds_and_a_token() {
     ]);
     assert!(e.contains("no PEM certificate"), "{e}");
 }
+
+/// The serials of the workload certificates an Envoy holds from SDS.
+fn envoy_leaf_serials(envoy: &Envoy) -> Vec<String> {
+    let Ok((200, body)) = envoy.admin_get("/certs") else {
+        return Vec::new();
+    };
+    let certs: Value = serde_json::from_str(&body).unwrap_or_default();
+    certs["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["cert_chain"].as_array().into_iter().flatten())
+        .filter(|leaf| leaf["path"] == "<inline>")
+        .filter_map(|leaf| leaf["serial_number"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The whole mesh path: a gateway that joined with a token sends ISTIO_MUTUAL to a real
+/// Envoy sidecar that got its identity from the same control plane; both sides rotate
+/// few-second certificates under traffic, and the control plane restarts, with no
+/// failed request.
+#[test]
+fn a_joined_gateway_reaches_an_envoy_sidecar_over_mesh_mtls_through_rotations_and_a_restart() {
+    use support::mesh_identity::{echo_hcm, mesh_downstream_socket, mesh_envoy, static_cluster};
+    let work = TempDir::new();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let app = EchoUpstream::start("app");
+    let (gw_port, sidecar_port) = (free_port(), free_port());
+    let yaml = format!(
+        "{gateway}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: app, namespace: edge}}
+spec:
+  hosts: [\"*\"]
+  gateways: [{GW}]
+  http:
+  - route: [{{destination: {{host: app.edge.svc.cluster.local, port: {{number: 8080}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: app, namespace: edge}}
+spec:
+  hosts: [app.edge.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {sidecar_port}}}, serviceAccount: app}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: app, namespace: edge}}
+spec:
+  host: app.edge.svc.cluster.local
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL}}
+    # A new connection (a new handshake with the certificates of the moment) per request.
+    connectionPool: {{http: {{maxRequestsPerConnection: 1}}}}
+",
+        gateway = gateway_yaml(GW, gw_port)
+    );
+    std::fs::write(config.join("mesh.yaml"), yaml).unwrap();
+    let ca_dir = work.path().join("ca");
+    let ports = CaPorts::free();
+    let cp_flags = ["--workload-cert-ttl", "4s"];
+    let mut cp =
+        ControlPlaneProcess::start_with_ca(&config, work.path(), &ca_dir, ports, &cp_flags);
+
+    // The sidecar: inbound mesh mTLS only (Istio's SNI and ALPN), its certificate and
+    // roots from the control plane over SDS, in front of the application.
+    let sni = "outbound_.8080_._.app.edge.svc.cluster.local";
+    let inbound = serde_json::json!({
+        "name": "inbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": sidecar_port}},
+        "listener_filters": [{
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
+        }],
+        "filter_chains": [{
+            "filter_chain_match": {"server_names": [sni], "application_protocols": ["istio"]},
+            "transport_socket": mesh_downstream_socket(),
+            "filters": [echo_hcm(&work.path().join("sidecar-access.log"))]
+        }]
+    });
+    let app_id = meshgate::ca::SpiffeId::parse("spiffe://cluster.local/ns/edge/sa/app").unwrap();
+    let sidecar = mesh_envoy(
+        ports.tls,
+        &ca_dir,
+        &app_id,
+        &work.path().join("sidecar"),
+        vec![inbound],
+        vec![static_cluster("echo", app.port(), None)],
+    );
+
+    let token = work.path().join("token");
+    std::fs::write(&token, join_token(&ca_dir, "edge", "ingress")).unwrap();
+    let root = ca_dir.join("root-cert.pem");
+    let started = Instant::now();
+    let mut gw = XdsGateway::spawn_with(
+        "meshgw",
+        &format!("127.0.0.1:{}", ports.tls),
+        &format!("proxy={GW}"),
+        "edge",
+        true,
+        work.path(),
+        &[
+            "--ca-root",
+            root.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+            "--service-account",
+            "ingress",
+            "--workload-cert-ttl",
+            "4s",
+        ],
+    );
+    gw.wait_ready(Duration::from_secs(30));
+    wait_until(
+        "a request through mesh mTLS",
+        Duration::from_secs(20),
+        || matches!(blocking_http_get(("127.0.0.1", gw_port), "/"), Ok((200, _))),
+    );
+    eprintln!(
+        "gateway start to the first request over mesh mTLS: {:?} (debug build)",
+        started.elapsed()
+    );
+    // Each side saw the other's SPIFFE id: the sidecar put the gateway's in the XFCC it
+    // forwards, and the gateway verified the sidecar's (the DestinationRule's SAN).
+    let seen = app.last_request().expect("the application saw the request");
+    let xfcc = seen["headers"]["x-forwarded-client-cert"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(xfcc.contains(&format!("URI={IDENTITY}")), "{seen}");
+    assert!(
+        xfcc.starts_with("By=spiffe://cluster.local/ns/edge/sa/app;"),
+        "{xfcc}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = request_loop(gw_port, stop.clone());
+    // Both sides rotate their 4 s certificates at least three times.
+    let (mut gw_serials, mut sidecar_serials) = (BTreeSet::new(), BTreeSet::new());
+    let mut watch = |until: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let (gw_at, sc_at) = (gw_serials.len(), sidecar_serials.len());
+        while gw_serials.len() < gw_at + until || sidecar_serials.len() < sc_at + until {
+            if let Some(c) = cert_of(&gw) {
+                gw_serials.insert(c["serial_number"].as_str().unwrap().to_string());
+            }
+            sidecar_serials.extend(envoy_leaf_serials(&sidecar));
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} gateway and {} sidecar certificates within 40 s",
+                gw_serials.len() - gw_at,
+                sidecar_serials.len() - sc_at
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    watch(4, "rotations");
+    // The control plane (and its CA) restarts on the same address: both sides renew
+    // with it again and traffic goes on.
+    cp.kill();
+    let cp = ControlPlaneProcess::start_with_ca(&config, work.path(), &ca_dir, ports, &cp_flags);
+    watch(2, "renewals after the restart");
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed, first) = traffic.join().unwrap();
+    eprintln!(
+        "{sent} requests over mesh mTLS during {} gateway and {} sidecar certificates",
+        gw_serials.len(),
+        sidecar_serials.len()
+    );
+    assert!(sent >= 200, "only {sent} requests");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed; first: {first}"
+    );
+    sidecar.assert_no_rejections();
+    assert!(!gw.log().contains("PRIVATE KEY"));
+    // The gateway made its own key: the control plane issued no `default` for it.
+    assert!(
+        !cp.log()
+            .lines()
+            .any(|l| l.contains("issued a workload certificate") && l.contains("sa/ingress")),
+        "{}",
+        cp.log()
+    );
+    drop(cp);
+}

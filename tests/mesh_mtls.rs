@@ -21,7 +21,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::gateway::{GatewayProcess, get, istio_http_gateway};
 use support::mesh_identity::{
-    MeshControlPlane, mesh_cert_dir, mesh_downstream_socket, mesh_envoy, mesh_upstream_socket,
+    MeshControlPlane, echo_hcm, mesh_cert_dir, mesh_downstream_socket, mesh_envoy,
+    mesh_upstream_socket, static_cluster,
 };
 use support::*;
 
@@ -34,52 +35,6 @@ fn gateway_identity() -> SpiffeId {
 
 fn app_identity() -> SpiffeId {
     SpiffeId::parse(APP_ID).unwrap()
-}
-
-/// An HTTP connection manager that answers every request from the `echo` cluster,
-/// with Istio's XFCC settings and an access log of the TLS facts to `log`.
-fn echo_hcm(log: &Path) -> Value {
-    json!({
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "inbound",
-            "forward_client_cert_details": "SANITIZE_SET",
-            "set_current_client_cert_details": {"subject": true, "uri": true, "dns": true},
-            "access_log": [{
-                "name": "envoy.access_loggers.file",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                    "path": log,
-                    "log_format": {"text_format_source": {"inline_string":
-                        "sni=%REQUESTED_SERVER_NAME% peer=%DOWNSTREAM_PEER_URI_SAN%\n"}}
-                }
-            }],
-            "route_config": {"virtual_hosts": [{
-                "name": "all", "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]
-            }]},
-            "http_filters": [{
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-            }]
-        }
-    })
-}
-
-fn static_cluster(name: &str, port: u16, transport_socket: Option<Value>) -> Value {
-    let mut c = json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
-        ]}]}
-    });
-    if let Some(ts) = transport_socket {
-        c["transport_socket"] = ts;
-    }
-    c
 }
 
 /// The Envoy "sidecar" of `app`: an inbound listener on `port` that takes only mesh
@@ -107,7 +62,7 @@ fn sidecar(cp: &MeshControlPlane, ca_dir: &Path, work: &Path, port: u16, echo: u
         }]
     });
     mesh_envoy(
-        cp,
+        cp.tls_port,
         ca_dir,
         &app_identity(),
         work,
@@ -405,7 +360,7 @@ fn envoy_reaches_an_istio_mutual_gateway_server_and_xfcc_matches_envoy() {
     let sni = "outbound_.443_._.gateway.istio-system.svc.cluster.local";
     let client_certs = mesh_cert_dir(&ca_dir, &app_identity(), &work.path().join("client-certs"));
     let client = mesh_envoy(
-        &cp,
+        cp.tls_port,
         &ca_dir,
         &app_identity(),
         &work.path().join("client"),

@@ -98,8 +98,10 @@ struct KeyEntry {
     identity: ProxyIdentity,
     /// The verified SPIFFE identity of the key's streams (mutual TLS only).
     workload: Option<crate::ca::SpiffeId>,
-    /// Its workload certificate, when `workload` is set.
+    /// Its workload certificate, when `workload` is set and a stream asked for it.
     cert: WorkloadSlot,
+    /// A stream of the key asked for `default` or `ROOTCA`: they are in its snapshots.
+    mesh_wanted: std::sync::atomic::AtomicBool,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
     /// Serializes recomputation so that snapshots are published in the order computed.
     compute: tokio::sync::Mutex<u64>,
@@ -224,6 +226,7 @@ impl Inner {
                         identity: node.identity.clone(),
                         workload,
                         cert: WorkloadSlot::default(),
+                        mesh_wanted: std::sync::atomic::AtomicBool::new(false),
                         tx,
                         compute: tokio::sync::Mutex::new(0),
                     });
@@ -245,9 +248,6 @@ impl Inner {
             let entry = entry.clone();
             let first = entry.clone();
             tokio::spawn(async move { inner.recompute(&first, None).await });
-            if entry.workload.is_some() && self.workload_ca.get().is_some() {
-                self.spawn_renewal(&entry);
-            }
         }
         Attachment {
             snapshots,
@@ -261,6 +261,31 @@ impl Inner {
         }
     }
 
+    /// A verified stream (`conn_id`) asked for the mesh's secrets: its key's snapshots
+    /// hold them from now on, and its certificate is renewed when due.
+    pub(crate) fn want_mesh_secrets(self: &Arc<Self>, conn_id: u64) {
+        if self.workload_ca.get().is_none() {
+            return;
+        }
+        let entry = {
+            let reg = self.lock();
+            let Some((key, _)) = reg.conns.get(&conn_id) else {
+                return;
+            };
+            match reg.keys.get(key) {
+                Some(k) => k.entry.clone(),
+                None => return,
+            }
+        };
+        if entry.workload.is_none() || entry.mesh_wanted.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let inner = self.clone();
+        let first = entry.clone();
+        tokio::spawn(async move { inner.recompute(&first, None).await });
+        self.spawn_renewal(&entry);
+    }
+
     /// Recomputes a key's snapshot whenever its workload certificate is due, for as long
     /// as the key has streams.
     fn spawn_renewal(self: &Arc<Self>, entry: &Arc<KeyEntry>) {
@@ -269,7 +294,12 @@ impl Inner {
         tokio::spawn(async move {
             loop {
                 let due = match entry.upgrade() {
-                    Some(e) => e.cert.renew_at(),
+                    // None: the first certificate is being issued (or failed to be):
+                    // look again shortly, and try again if it still is not there.
+                    Some(e) => e
+                        .cert
+                        .renew_at()
+                        .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(1)),
                     None => return,
                 };
                 // Also at once when the CA is reloaded: a new trust bundle (ROOTCA) and,
@@ -305,7 +335,11 @@ impl Inner {
         let built = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let mut set = source.resources(&identity).map_err(|e| e.to_string())?;
-            if let (Some(id), Some(ca)) = (&keyed.workload, inner.workload_ca.get()) {
+            if let (Some(id), Some(ca), true) = (
+                &keyed.workload,
+                inner.workload_ca.get(),
+                keyed.mesh_wanted.load(Ordering::SeqCst),
+            ) {
                 let mesh = keyed.cert.current(ca, id)?;
                 // A copy of the proxy's resources, with the stream identity's own secrets.
                 let own = Arc::make_mut(&mut set);

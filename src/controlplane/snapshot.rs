@@ -375,8 +375,11 @@ pub fn check_consistency(set: &ResourceSet) -> Vec<String> {
             ));
         }
     }
+    // The mesh's own secrets are the proxy's identity: made by the proxy itself (a
+    // meshgate gateway with its own key, an agent), or added for a verified stream that
+    // asks for them; a proxy without one cannot use them and fails closed.
     for s in &refs.secrets {
-        if !secrets.contains(s.as_str()) {
+        if !secrets.contains(s.as_str()) && !super::workload::is_mesh_secret(s) {
             problems.push(format!("secret `{s}` is referenced over SDS but missing"));
         }
     }

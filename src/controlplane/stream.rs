@@ -55,6 +55,10 @@ pub(crate) struct StreamCtx {
     /// mesh's own secrets.
     pub verified: bool,
     warned_mesh_secret: bool,
+    /// The stream's connection id in the registry.
+    pub conn_id: u64,
+    /// The stream asked for `default` or `ROOTCA` (verified streams only).
+    asked_mesh_secrets: bool,
     /// A snapshot with a change time whose ACKs are awaited (for convergence time).
     pub converging: Option<Instant>,
 }
@@ -112,8 +116,20 @@ impl StreamCtx {
     /// Notes secret names a stream subscribes to: the workload certificate is served
     /// only to streams with a verified client certificate; others asking for it are told
     /// it does not exist, and logged once.
+    /// A verified stream asking for them has its key's workload certificate issued then
+    /// (and renewed from then on): proxies that make their own key never ask.
     pub fn note_secret_names<'a>(&mut self, t: TypeUrl, mut names: impl Iterator<Item = &'a str>) {
-        if t != TypeUrl::Secret || self.verified || self.warned_mesh_secret {
+        if t != TypeUrl::Secret {
+            return;
+        }
+        if self.verified {
+            if !self.asked_mesh_secrets && names.any(super::workload::is_mesh_secret) {
+                self.asked_mesh_secrets = true;
+                self.inner.want_mesh_secrets(self.conn_id);
+            }
+            return;
+        }
+        if self.warned_mesh_secret {
             return;
         }
         if names.any(|n| n == super::workload::WORKLOAD_SECRET) {
@@ -284,6 +300,8 @@ pub(crate) async fn run<E: Engine>(
         converging: None,
         verified: auth.verified_identity().is_some(),
         warned_mesh_secret: false,
+        conn_id,
+        asked_mesh_secrets: false,
     };
     let mut engine = new_engine();
     if let Err(status) = engine.on_request(first, &mut ctx) {
@@ -430,6 +448,8 @@ pub(crate) mod testing {
             converging: None,
             verified: false,
             warned_mesh_secret: false,
+            conn_id: 1,
+            asked_mesh_secrets: false,
         }
     }
 

@@ -132,11 +132,10 @@ impl WorkloadSlot {
         Ok(ca.secrets(cert))
     }
 
-    /// When the held certificate is due (soon if none is held yet).
-    pub(crate) fn renew_at(&self) -> Instant {
+    /// When the held certificate is due (`None` while none is held yet).
+    pub(crate) fn renew_at(&self) -> Option<Instant> {
         let held = self.cert.lock().unwrap_or_else(|e| e.into_inner());
-        held.as_ref()
-            .map_or_else(|| Instant::now() + RETRY, |c| c.renew_at)
+        held.as_ref().map(|c| c.renew_at)
     }
 }
 

@@ -119,12 +119,12 @@ pub fn mesh_upstream_socket(certs: &Path, sni: &str, san: Option<&str>) -> Value
 }
 
 /// A real Envoy with the mesh identity `identity`: its bootstrap is written by
-/// `meshgate bootstrap envoy` (ADS over mutual TLS to `cp`, with a certificate of the
+/// `meshgate bootstrap envoy` (ADS over mutual TLS to the control plane's `xds_tls_port`, with a certificate of the
 /// CA in `ca_dir` for the connection), and `listeners`/`clusters` are added as static
 /// resources (they may use `default`/`ROOTCA` by SDS). Returns once Envoy is ready
 /// (its secrets arrived).
 pub fn mesh_envoy(
-    cp: &MeshControlPlane,
+    xds_tls_port: u16,
     ca_dir: &Path,
     identity: &SpiffeId,
     work: &Path,
@@ -137,7 +137,7 @@ pub fn mesh_envoy(
     let generated = work.join("bootstrap.json");
     let status = Command::new(env!("CARGO_BIN_EXE_meshgate"))
         .args(["bootstrap", "envoy", "--xds"])
-        .arg(format!("127.0.0.1:{}", cp.tls_port))
+        .arg(format!("127.0.0.1:{xds_tls_port}"))
         .args(["--node-id", &format!("{}-1", identity.service_account)])
         .args(["--namespace", &identity.namespace])
         .args(["--labels", &format!("app={}", identity.service_account)])
@@ -178,4 +178,51 @@ pub fn mesh_envoy(
         std::thread::sleep(Duration::from_millis(50));
     }
     envoy
+}
+
+/// An HTTP connection manager that answers every request from the `echo` cluster,
+/// with Istio's XFCC settings and an access log of the TLS facts to `log`.
+pub fn echo_hcm(log: &Path) -> Value {
+    json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "inbound",
+            "forward_client_cert_details": "SANITIZE_SET",
+            "set_current_client_cert_details": {"subject": true, "uri": true, "dns": true},
+            "access_log": [{
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": log,
+                    "log_format": {"text_format_source": {"inline_string":
+                        "sni=%REQUESTED_SERVER_NAME% peer=%DOWNSTREAM_PEER_URI_SAN%\n"}}
+                }
+            }],
+            "route_config": {"virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]
+            }]},
+            "http_filters": [{
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+            }]
+        }
+    })
+}
+
+/// A static cluster of one loopback endpoint, with `transport_socket` if given.
+pub fn static_cluster(name: &str, port: u16, transport_socket: Option<Value>) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+        ]}]}
+    });
+    if let Some(ts) = transport_socket {
+        c["transport_socket"] = ts;
+    }
+    c
 }
