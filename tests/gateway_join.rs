@@ -729,3 +729,107 @@ spec:
     );
     drop(cp);
 }
+
+/// A joined gateway follows a root rotation of the CA directory (bundle, new signer, old
+/// root removed) and, with only the old root in its `--ca-root` file, still reconnects to
+/// the restarted control plane, whose serving certificate the new root signs.
+#[test]
+fn a_joined_gateway_follows_a_root_rotation_and_reconnects_after_it() {
+    let mut mesh = Mesh::start(&[]);
+    let token = mesh.write_token("token", "ingress");
+    let mut gw = mesh.gateway_with(
+        "rotating-root",
+        &token,
+        "ingress",
+        &["--workload-cert-ttl", "4s"],
+    );
+    gw.wait_ready(Duration::from_secs(30));
+    mesh.wait_routed("echo", Duration::from_secs(20));
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = request_loop(mesh.gw_port, stop.clone());
+
+    let root_path = mesh.ca_dir.join("root-cert.pem");
+    let old_root = std::fs::read_to_string(&root_path).unwrap();
+    let new_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "new root");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let new_root = params.self_signed(&new_key).unwrap();
+    let replace = |path: &Path, bytes: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    };
+    let leaf_of = |gw: &XdsGateway| {
+        let c = cert_of(gw)?;
+        let pem = c["cert_chain"][0].as_str()?.to_string();
+        let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+        Some(der.contents)
+    };
+    let signed_by = |leaf: &[u8], root_pem: &str| {
+        let roots: Vec<_> = rustls_pemfile::certs(&mut root_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+        meshgate::ca::authority::verify_chain(leaf, &[], &roots, SystemTime::now()).is_ok()
+    };
+
+    // 1. Both roots in the bundle: the gateway's next certificate comes with both.
+    replace(&root_path, &format!("{old_root}{}", new_root.pem()), 0o644);
+    wait_until(
+        "the gateway trusting both roots",
+        Duration::from_secs(20),
+        || cert_of(&gw).is_some_and(|c| c["ca_cert"].as_array().is_some_and(|r| r.len() == 2)),
+    );
+    // 2. The new key signs: the gateway renews (with its old-root certificate, which the
+    // control plane still trusts) and gets one of the new root.
+    replace(
+        &mesh.ca_dir.join("ca-key.pem"),
+        &new_key.serialize_pem(),
+        0o600,
+    );
+    wait_until(
+        "a certificate of the new root",
+        Duration::from_secs(20),
+        || leaf_of(&gw).is_some_and(|leaf| signed_by(&leaf, &new_root.pem())),
+    );
+    // 3. The old root goes; the control plane restarts with the new root only.
+    replace(&root_path, &new_root.pem(), 0o644);
+    wait_until(
+        "a certificate after the old root left",
+        Duration::from_secs(20),
+        || {
+            cert_of(&gw).is_some_and(|c| {
+                c["ca_cert"].as_array().is_some_and(|r| {
+                    r.iter()
+                        .any(|p| p.as_str() == Some(new_root.pem().as_str()))
+                })
+            })
+        },
+    );
+    mesh.cp.kill();
+    mesh.cp = ControlPlaneProcess::start_with_ca(
+        &mesh.config,
+        mesh.work.path(),
+        &mesh.ca_dir,
+        mesh.ports,
+        &[],
+    );
+    // The gateway reconnects (verifying the new serving certificate with the root it
+    // learned) and takes a configuration change.
+    mesh.route_to("echo2", mesh.echo2.port());
+    mesh.wait_routed("echo2", Duration::from_secs(30));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed, first) = traffic.join().unwrap();
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed; first: {first}"
+    );
+}

@@ -504,7 +504,16 @@ impl CertificateManager {
         let response = tokio::time::timeout(o.call_timeout, call)
             .await
             .map_err(|_| IssueError::Timeout(o.call_timeout))??;
-        accept(response, key, &o.identity, o.transport.anchors())
+        let cert = accept(response, key, &o.identity, o.transport.anchors())?;
+        // The CA's roots, received over a verified connection, are trusted for the
+        // control plane too: a root rotated in keeps the next connection verified.
+        let learned: Vec<CertificateDer<'static>> = cert
+            .roots
+            .iter()
+            .filter_map(|pem| rustls_pemfile::certs(&mut pem.as_bytes()).next()?.ok())
+            .collect();
+        o.transport.trust_roots(&learned);
+        Ok(cert)
     }
 
     fn refusal(&self, s: tonic::Status) -> IssueError {
@@ -598,17 +607,20 @@ fn accept(
         return Err(bad("the leaf has already expired".into()));
     }
     let serial = leaf.raw_serial_as_string();
-    // The root (last of a chain of two or more) is not sent in handshakes.
-    let presented: Vec<CertificateDer<'static>> = if ders.len() > 1 {
-        ders[..ders.len() - 1].to_vec()
-    } else {
-        ders.clone()
+    // The roots (the self-signed certificates after the leaf: one, or several while a
+    // root is rotated) are not sent in handshakes.
+    let self_signed = |d: &CertificateDer<'_>| {
+        x509_parser::parse_x509_certificate(d.as_ref())
+            .is_ok_and(|(_, c)| c.subject() == c.issuer() && c.verify_signature(None).is_ok())
     };
-    let mut roots: Vec<CertificateDer<'static>> = Vec::new();
-    if ders.len() > 1
-        && let Some(r) = ders.last()
-    {
-        roots.push(r.clone());
+    let (mut roots, mut presented): (Vec<CertificateDer<'static>>, Vec<_>) =
+        (Vec::new(), vec![leaf_der.clone()]);
+    for d in ders.iter().skip(1) {
+        if self_signed(d) {
+            roots.push(d.clone());
+        } else {
+            presented.push(d.clone());
+        }
     }
     for a in anchors {
         if !roots.contains(a) {

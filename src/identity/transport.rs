@@ -30,11 +30,13 @@ pub enum TransportError {
     Config(String),
 }
 
-/// The trust anchors and server name of the control plane's TLS port.
+/// The trust anchors and server name of the control plane's TLS port. Clones share the
+/// anchors: roots learned later from the CA's answers ([`ControlPlaneTls::trust_roots`],
+/// a root being rotated in) apply to every connection made after.
 #[derive(Clone)]
 pub struct ControlPlaneTls {
-    roots: Arc<RootCertStore>,
     roots_der: Arc<Vec<CertificateDer<'static>>>,
+    verifier: Arc<LearnedRoots>,
     server_name: ServerName<'static>,
 }
 
@@ -44,6 +46,69 @@ impl std::fmt::Debug for ControlPlaneTls {
             .field("anchors", &self.roots_der.len())
             .field("server_name", &self.server_name)
             .finish()
+    }
+}
+
+/// Verifies the server against the anchors and the roots learned since.
+#[derive(Debug)]
+struct LearnedRoots {
+    current: arc_swap::ArcSwap<WebPkiServerVerifier>,
+}
+
+impl LearnedRoots {
+    fn verifier(roots: &[CertificateDer<'static>]) -> Result<Arc<WebPkiServerVerifier>, String> {
+        let mut store = RootCertStore::empty();
+        for der in roots {
+            store.add(der.clone()).map_err(|e| e.to_string())?;
+        }
+        WebPkiServerVerifier::builder_with_provider(Arc::new(store), crate::tls::provider())
+            .build()
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for LearnedRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.current.load().verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current.load().supported_verify_schemes()
     }
 }
 
@@ -73,42 +138,57 @@ impl ControlPlaneTls {
         if roots_der.is_empty() {
             return Err(TransportError::NoCertificate(source_name.to_string()));
         }
-        let mut roots = RootCertStore::empty();
-        for der in &roots_der {
-            roots.add(der.clone()).map_err(|e| TransportError::Anchor {
+        let verifier =
+            LearnedRoots::verifier(&roots_der).map_err(|error| TransportError::Anchor {
                 source_name: source_name.to_string(),
-                error: e.to_string(),
+                error,
             })?;
-        }
         let server_name = ServerName::try_from(server_name.to_string())
             .map_err(|_| TransportError::ServerName(server_name.to_string()))?;
         Ok(ControlPlaneTls {
-            roots: Arc::new(roots),
             roots_der: Arc::new(roots_der),
+            verifier: Arc::new(LearnedRoots {
+                current: arc_swap::ArcSwap::new(verifier),
+            }),
             server_name,
         })
     }
 
-    /// The trust anchors, DER.
+    /// The trust anchors given at start, DER.
     pub fn anchors(&self) -> &[CertificateDer<'static>] {
         &self.roots_der
     }
 
-    /// A client configuration: the server verified against the anchors, and
-    /// `client_cert` (resolved at each handshake) presented when the server asks.
+    /// Trusts `roots` (the roots of the CA's latest answer, received over a verified
+    /// connection) besides the anchors, for connections made from now on: when the mesh
+    /// root is rotated, the control plane's new serving certificate stays trusted.
+    pub fn trust_roots(&self, roots: &[CertificateDer<'static>]) {
+        let mut all = self.roots_der.as_ref().clone();
+        for r in roots {
+            if !all.contains(r) {
+                all.push(r.clone());
+            }
+        }
+        match LearnedRoots::verifier(&all) {
+            Ok(v) => self.verifier.current.store(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "a root of the CA's answer cannot be used; keeping the current ones")
+            }
+        }
+    }
+
+    /// A client configuration: the server verified against the anchors (and the roots
+    /// learned since), and `client_cert` (resolved at each handshake) presented when the
+    /// server asks.
     pub fn client_config(
         &self,
         client_cert: Option<Arc<dyn ResolvesClientCert>>,
     ) -> Result<Arc<ClientConfig>, TransportError> {
-        let provider = crate::tls::provider();
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
-                .build()
-                .map_err(|e| TransportError::Config(e.to_string()))?;
-        let builder = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TransportError::Config(e.to_string()))?
-            .with_webpki_verifier(verifier);
+            .dangerous()
+            .with_custom_certificate_verifier(self.verifier.clone());
         let mut config = match client_cert {
             Some(r) => builder.with_client_cert_resolver(r),
             None => builder.with_no_client_auth(),
