@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers meshgate's tests talk to, idempotently, into .peers/ (Envoy, and a
 # Python virtualenv with grpcio for an independent CA client) or from Debian's packages
-# (pebble, redis, nginx, haproxy, wrk, h2load, openssl, curl).
+# (pebble, redis, nginx, haproxy, wrk, h2load, openssl, curl, iptables).
 #
 #   scripts/install-peers.sh            # everything the test suite needs
 #   scripts/install-peers.sh envoy      # only Envoy
@@ -75,6 +75,13 @@ for peer in $want; do
     curl) apt_install curl curl ;;
     openssl) apt_install openssl openssl ;;
     h2load) apt_install h2load nghttp2-client ;;
+    # `meshgate iptables` drives iptables-restore; its tests read rules back with
+    # iptables-save. Both live in /usr/sbin.
+    iptables)
+      apt_install iptables iptables
+      apt_install iptables-restore iptables
+      apt_install iptables-save iptables
+      ;;
     pebble)
       apt_install pebble pebble
       apt_install pebble-challtestsrv pebble
@@ -88,6 +95,9 @@ for peer in $want; do
       apt_install pebble pebble
       apt_install pebble-challtestsrv pebble
       apt_install h2load nghttp2-client
+      apt_install iptables iptables
+      apt_install iptables-restore iptables
+      apt_install iptables-save iptables
       ;;
     *) log "unknown peer: $peer"; exit 2 ;;
   esac

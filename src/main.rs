@@ -33,6 +33,8 @@ enum Command {
     Translate(cmd::translate::Args),
     /// Run the gateway (meshgate's own data plane).
     Gateway(cmd::gateway::GatewayArgs),
+    /// Redirect this network namespace's TCP traffic to a sidecar (istio-iptables' job).
+    Iptables(cmd::iptables::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,5 +57,6 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Translate(args) => cmd::translate::run(args),
         Command::Gateway(args) => cmd::gateway::run(args),
+        Command::Iptables(args) => cmd::iptables::run(args),
     }
 }
