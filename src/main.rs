@@ -35,6 +35,8 @@ enum Command {
     Gateway(cmd::gateway::GatewayArgs),
     /// Redirect this network namespace's TCP traffic to a sidecar (istio-iptables' job).
     Iptables(cmd::iptables::Args),
+    /// Add Istio's sidecar (istio-init, istio-proxy) to Kubernetes workloads (kube-inject).
+    Inject(cmd::inject::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,5 +60,6 @@ fn main() -> ExitCode {
         Command::Translate(args) => cmd::translate::run(args),
         Command::Gateway(args) => cmd::gateway::run(args),
         Command::Iptables(args) => cmd::iptables::run(args),
+        Command::Inject(args) => cmd::inject::run(args),
     }
 }

@@ -5,6 +5,7 @@ pub mod certs;
 pub mod control_plane;
 pub mod gateway;
 pub mod gateway_xds;
+pub mod inject;
 pub mod iptables;
 pub mod token;
 pub mod translate;
