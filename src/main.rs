@@ -25,6 +25,8 @@ enum Command {
     ControlPlane(cmd::control_plane::Args),
     /// Join tokens for the control plane's CA (`token create --namespace NS --service-account SA`).
     Token(cmd::token::TokenArgs),
+    /// The mesh CA's directory (`ca rotate-root --step add|sign|retire`).
+    Ca(cmd::ca::CaArgs),
     /// Certificates for development (`certs dev --hosts ...`).
     Certs(cmd::certs::CertsArgs),
     /// Check Istio configuration files and print one line per problem.
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Token(args) => cmd::token::run(args),
+        Command::Ca(args) => cmd::ca::run(args),
         Command::Validate(args) => cmd::validate::run(args),
         Command::Translate(args) => cmd::translate::run(args),
         Command::Gateway(args) => cmd::gateway::run(args),

@@ -396,22 +396,12 @@ fn mesh_certs(envoy: &Envoy) -> (Vec<usize>, Vec<String>) {
     (roots, leaves)
 }
 
-/// Replaces a file at once (write aside, rename), as an operator's tooling should.
-fn replace(path: &Path, bytes: &[u8], mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 #[test]
 fn a_root_is_rotated_with_no_failed_connection() {
     let work = TempDir::new();
     let ca_dir = work.path().join("ca");
     let cp = ControlPlane::start(work.path(), &ca_dir, &[]);
     let root_path = ca_dir.join("root-cert.pem");
-    let old_root = std::fs::read_to_string(&root_path).unwrap();
     let app = SpiffeId::parse(APP).unwrap();
     let (chain, key) = issue_files(&ca_dir, &app, &work.path().join("app-xds"));
     let tls = Some((root_path.as_path(), chain.as_path(), key.as_path()));
@@ -468,19 +458,20 @@ fn a_root_is_rotated_with_no_failed_connection() {
         })
     };
 
-    // A new root and its key, made by the operator.
-    let new_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "new root");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let new_root = params.self_signed(&new_key).unwrap().pem();
+    // The operator's three steps, with `meshgate ca rotate-root`.
+    let step = |step: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["ca", "rotate-root", "--ca-dir"])
+            .arg(&ca_dir)
+            .args(["--step", step])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rotate-root --step {step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     let all_trust = |n: usize| {
         move |e: &Envoy| {
             let (roots, _) = mesh_certs(e);
@@ -489,10 +480,14 @@ fn a_root_is_rotated_with_no_failed_connection() {
     };
 
     // 1. Both roots are trusted; the old one still signs.
-    replace(
-        &root_path,
-        format!("{old_root}{new_root}").as_bytes(),
-        0o644,
+    step("add");
+    let new_root = std::fs::read_to_string(ca_dir.join("next-root/root-cert.pem")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&root_path)
+            .unwrap()
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+        2
     );
     for e in [&server, &client] {
         wait_until("both roots trusted", Duration::from_secs(20), || {
@@ -501,11 +496,7 @@ fn a_root_is_rotated_with_no_failed_connection() {
     }
     // 2. The new key signs: every proxy gets a new workload certificate.
     let (_, leaves_before) = mesh_certs(&server);
-    replace(
-        &ca_dir.join("ca-key.pem"),
-        new_key.serialize_pem().as_bytes(),
-        0o600,
-    );
+    step("sign");
     for e in [&server, &client] {
         wait_until(
             "workload certificates of the new root",
@@ -517,7 +508,8 @@ fn a_root_is_rotated_with_no_failed_connection() {
         );
     }
     // 3. The old root is removed.
-    replace(&root_path, new_root.as_bytes(), 0o644);
+    step("retire");
+    assert!(!ca_dir.join("next-root").exists());
     for e in [&server, &client] {
         wait_until("only the new root trusted", Duration::from_secs(20), || {
             all_trust(1)(e)

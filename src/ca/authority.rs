@@ -187,27 +187,7 @@ impl Signer {
 
     fn create(dir: &Path, options: CaOptions) -> Result<Signer, CaError> {
         create_private_dir(dir)?;
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        // istiod's self-signed root is `O=cluster.local` (its trust domain).
-        dn.push(DnType::OrganizationName, options.trust_domain.clone());
-        dn.push(DnType::CommonName, "meshgate root CA");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.serial_number = Some(random_serial());
-        let now = SystemTime::now();
-        params.not_before = (now - BACKDATE).into();
-        params.not_after = (now + ROOT_LIFETIME).into();
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let (key, cert) = new_root(&options.trust_domain)?;
         // The key first: a root without its key is useless, a key without its root is
         // reported as such on the next start.
         write_private(&dir.join(CA_KEY), key.serialize_pem().as_bytes())?;
@@ -635,6 +615,114 @@ impl Ca {
         ttl: Duration,
     ) -> Result<(IssuedCertificate, Vec<u8>), CaError> {
         self.state.load().issue_serving(dns_names, ips, ttl)
+    }
+}
+
+/// A new self-signed ECDSA P-256 root for `trust_domain` (istiod's self-signed root is
+/// `O=TRUST_DOMAIN`), valid ten years, and its key.
+fn new_root(trust_domain: &str) -> Result<(KeyPair, rcgen::Certificate), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| CaError::Sign(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    dn.push(DnType::CommonName, "meshgate root CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial());
+    let now = SystemTime::now();
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = (now + ROOT_LIFETIME).into();
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| CaError::Sign(e.to_string()))?;
+    Ok((key, cert))
+}
+
+/// Where the next root and its key wait between the steps of a rotation.
+pub const NEXT_ROOT_DIR: &str = "next-root";
+
+/// The steps of a root rotation of a self-signed CA directory, each one file replaced at
+/// once, for a control plane that reloads the directory (see [`Ca::reload`]).
+pub mod rotation {
+    use super::*;
+
+    fn self_signed_layout(dir: &Path) -> Result<(), CaError> {
+        if dir.join(CA_CERT).exists() {
+            return Err(invalid(
+                dir,
+                "a plug-in CA (ca-cert.pem) is rotated with the PKI that issued it: replace ca-cert.pem, ca-key.pem, cert-chain.pem and root-cert.pem in the same three steps",
+            ));
+        }
+        if !dir.join(CA_KEY).exists() || !dir.join(ROOT_CERT).exists() {
+            return Err(invalid(
+                dir,
+                "not a CA directory (no ca-key.pem and root-cert.pem)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Step 1: makes a new root (kept in `next-root/`) and adds it to `root-cert.pem`:
+    /// proxies trust both; the current key still signs. Returns the new root's PEM.
+    pub fn add_root(dir: &Path, trust_domain: &str) -> Result<String, CaError> {
+        self_signed_layout(dir)?;
+        let next = dir.join(NEXT_ROOT_DIR);
+        if next.exists() {
+            return Err(invalid(
+                &next,
+                "a rotation is already under way: finish it (sign, retire) or remove next-root/",
+            ));
+        }
+        let (key, cert) = new_root(trust_domain)?;
+        create_private_dir(&next)?;
+        write_private(&next.join(CA_KEY), key.serialize_pem().as_bytes())?;
+        write_public(&next.join(ROOT_CERT), cert.pem().as_bytes())?;
+        let bundle = read_string(&dir.join(ROOT_CERT))?;
+        write_public(
+            &dir.join(ROOT_CERT),
+            format!("{}\n{}", bundle.trim_end(), cert.pem()).as_bytes(),
+        )?;
+        Ok(cert.pem())
+    }
+
+    /// Step 2: the new root's key signs from now on (the bundle still holds both).
+    pub fn sign_with_new_root(dir: &Path) -> Result<(), CaError> {
+        self_signed_layout(dir)?;
+        let next = dir.join(NEXT_ROOT_DIR);
+        let key = load_key(&next.join(CA_KEY))?;
+        write_private(&dir.join(CA_KEY), key.serialize_pem().as_bytes())
+    }
+
+    /// Step 3: `root-cert.pem` keeps only the root whose key signs; `next-root/` goes.
+    /// Returns how many roots were removed.
+    pub fn retire_old_roots(dir: &Path) -> Result<usize, CaError> {
+        self_signed_layout(dir)?;
+        let root_path = dir.join(ROOT_CERT);
+        let key = load_key(&dir.join(CA_KEY))?;
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let roots = read_certs(&root_path, &read_string(&root_path)?)?;
+        let (keep, old): (Vec<_>, Vec<_>) = roots.into_iter().partition(|r| {
+            x509_parser::parse_x509_certificate(r)
+                .is_ok_and(|(_, c)| c.tbs_certificate.subject_pki.raw == spki.as_slice())
+        });
+        let Some(signing) = keep.first() else {
+            return Err(invalid(
+                &root_path,
+                format!("no certificate here belongs to the key in {CA_KEY}"),
+            ));
+        };
+        write_public(&root_path, pem_of(signing).as_bytes())?;
+        let next = dir.join(NEXT_ROOT_DIR);
+        if next.exists() {
+            std::fs::remove_dir_all(&next).map_err(io(&next))?;
+        }
+        Ok(old.len())
     }
 }
 
@@ -1081,6 +1169,45 @@ pub(crate) mod tests {
         std::fs::write(tmp.path().join(ROOT_CERT), &new_root).unwrap();
         assert!(ca.reload().unwrap());
         assert_eq!((ca.roots_der().len(), ca.version()), (1, 3));
+    }
+
+    #[test]
+    fn the_rotation_steps_of_a_self_signed_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(tmp.path(), CaOptions::default()).unwrap();
+        let old = ca.root_pem();
+        let new = rotation::add_root(tmp.path(), "cluster.local").unwrap();
+        assert!(
+            rotation::add_root(tmp.path(), "cluster.local").is_err(),
+            "one at a time"
+        );
+        assert!(ca.reload().unwrap());
+        assert_eq!(ca.roots_der().len(), 2);
+        let id = SpiffeId::new("cluster.local", "a", "b").unwrap();
+        let verifies = |leaf: &[u8], root: &str| {
+            let roots = read_certs(Path::new("r"), root).unwrap();
+            verify_chain(leaf, &[], &roots, SystemTime::now()).is_ok()
+        };
+        let (leaf, _) = ca.issue_workload(&id, None).unwrap();
+        assert!(verifies(&leaf.leaf_der, &old));
+        rotation::sign_with_new_root(tmp.path()).unwrap();
+        assert!(ca.reload().unwrap());
+        let (leaf, _) = ca.issue_workload(&id, None).unwrap();
+        assert!(verifies(&leaf.leaf_der, &new) && !verifies(&leaf.leaf_der, &old));
+        assert_eq!(rotation::retire_old_roots(tmp.path()).unwrap(), 1);
+        assert!(ca.reload().unwrap());
+        assert_eq!(ca.roots_der().len(), 1);
+        assert!(!tmp.path().join(NEXT_ROOT_DIR).exists());
+        // The key files stay private.
+        let mode = std::fs::metadata(tmp.path().join(CA_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0);
+        // A plug-in directory is rotated by the PKI that issued it.
+        std::fs::write(tmp.path().join(CA_CERT), "x").unwrap();
+        let err = rotation::add_root(tmp.path(), "cluster.local").unwrap_err();
+        assert!(err.to_string().contains("plug-in CA"), "{err}");
     }
 
     #[test]

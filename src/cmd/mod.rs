@@ -1,6 +1,7 @@
 //! Subcommands of the `meshgate` binary. Each file holds one subcommand's clap `Args` and
 //! its `run` function; the work itself lives in the library's layers.
 pub mod bootstrap;
+pub mod ca;
 pub mod certs;
 pub mod control_plane;
 pub mod gateway;
