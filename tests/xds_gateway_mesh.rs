@@ -550,3 +550,100 @@ async fn a_gateway_without_clusters_is_answered_at_once() {
         envoy.assert_no_rejections();
     }
 }
+
+/// The control plane takes a changed mesh configuration up without a restart (here
+/// `connectTimeout`, pushed to a connected gateway), refuses one that does not parse or
+/// that changes the CA's trust domain, and keeps the last good one.
+#[test]
+fn a_changed_mesh_config_is_pushed_and_a_bad_one_is_refused() {
+    let work = TempDir::new();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let echo = EchoUpstream::start("echo");
+    let gw_port = free_port();
+    std::fs::write(
+        config.join("mesh.yaml"),
+        [
+            gateway_yaml("mc", gw_port),
+            service_entry_yaml("echo", echo.port()),
+            route_yaml("*", &["mc"], "echo", echo.port()),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    // Outside the configuration directory, as Istio's mesh ConfigMap is.
+    let mesh_file = work.path().join("meshconfig.yaml");
+    std::fs::write(&mesh_file, "connectTimeout: 3s\n").unwrap();
+    let ca_dir = work.path().join("ca");
+    let cp = ControlPlaneProcess::start_with_ca(
+        &config,
+        work.path(),
+        &ca_dir,
+        CaPorts::free(),
+        &["--mesh-config", mesh_file.to_str().unwrap()],
+    );
+    let mut gw = XdsGateway::spawn(
+        "mc-gw",
+        &cp.xds_addr(),
+        "proxy=mc",
+        "edge",
+        true,
+        work.path(),
+    );
+    gw.wait_ready(Duration::from_secs(30));
+    let timeout = || {
+        let (status, dump) = cp.debug_get("/debug/config_dump?proxyID=mc-gw.edge");
+        assert_eq!(status, 200, "{dump}");
+        let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+        let mut found = None;
+        let mut stack = vec![v];
+        while let Some(v) = stack.pop() {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if m.get("name")
+                        .and_then(|n| n.as_str())
+                        .is_some_and(|n| n.contains("echo.internal"))
+                        && let Some(t) = m.get("connect_timeout").and_then(|t| t.as_str())
+                    {
+                        found = Some(t.to_string());
+                    }
+                    stack.extend(m.into_iter().map(|(_, v)| v));
+                }
+                serde_json::Value::Array(a) => stack.extend(a),
+                _ => {}
+            }
+        }
+        found
+    };
+    assert_eq!(timeout().as_deref(), Some("3s"));
+    // A new value is pushed.
+    write_atomically(&mesh_file, "connectTimeout: 2s\n");
+    wait_until(
+        "the new connect timeout pushed",
+        Duration::from_secs(20),
+        || timeout().as_deref() == Some("2s"),
+    );
+    // A file that does not parse, and a trust domain the CA was not started in, are
+    // refused: the last good one stays.
+    write_atomically(&mesh_file, "connectTimeout: 1s\nconectTimeout: 1s\n");
+    wait_until("the broken file reported", Duration::from_secs(20), || {
+        cp.log().contains("unknown field `conectTimeout`")
+    });
+    write_atomically(
+        &mesh_file,
+        "connectTimeout: 1s\ntrustDomain: other.example\n",
+    );
+    wait_until(
+        "the trust domain change refused",
+        Duration::from_secs(20),
+        || {
+            cp.log()
+                .contains("trustDomain cannot change while the control plane runs")
+        },
+    );
+    assert_eq!(timeout().as_deref(), Some("2s"));
+    assert!(matches!(
+        blocking_http_get(("127.0.0.1", gw_port), "/"),
+        Ok((200, _))
+    ));
+}

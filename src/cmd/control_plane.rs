@@ -220,6 +220,21 @@ async fn serve(args: Args) -> ExitCode {
     // The debounce below merges bursts of changes; the watch only waits for an editor's
     // writes to end.
     let _watch = source.watch(Duration::from_millis(20));
+    // A changed mesh configuration is taken up as configuration changes are, but for the
+    // trust domain, which the CA was started in.
+    let _mesh_watch = args.mesh_config.clone().map(|path| {
+        let running = mesh.trust_domain.clone();
+        source.watch_mesh(path, Duration::from_millis(20), move |m| {
+            if m.trust_domain == running {
+                Ok(())
+            } else {
+                Err(format!(
+                    "trustDomain cannot change while the control plane runs ({running} -> {}); restart it",
+                    m.trust_domain
+                ))
+            }
+        })
+    });
     let options = Options {
         debounce: Debounce {
             after: Duration::from_millis(args.debounce_after_ms),

@@ -33,8 +33,9 @@ pub struct ConfigSource {
     /// Serializes reloads, and keeps the files parsed by the last one.
     reload_lock: Mutex<config::FileCache>,
     tx: broadcast::Sender<Change>,
-    /// The pipeline's options: every gateway workload, in this mesh.
-    options: pipeline::Options,
+    /// The pipeline's options: every gateway workload, in this mesh (replaced when the
+    /// mesh configuration changes).
+    options: ArcSwap<pipeline::Options>,
 }
 
 /// Runs the configuration pipeline on `path` for every gateway workload the Gateways
@@ -82,7 +83,7 @@ impl ConfigSource {
             }),
             reload_lock: Mutex::new(cache),
             tx,
-            options,
+            options: ArcSwap::from_pointee(options),
         })
     }
 
@@ -94,7 +95,7 @@ impl ConfigSource {
     /// Reloads the path. On errors nothing changes and the errors are returned.
     pub fn reload(&self) -> Result<u64, Vec<Diagnostic>> {
         let mut cache = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (config, registry) = load_checked(&self.path, &self.options, &mut cache)?;
+        let (config, registry) = load_checked(&self.path, &self.options.load(), &mut cache)?;
         let generation = self.loaded.load().generation + 1;
         self.loaded.store(Arc::new(Loaded {
             generation,
@@ -103,6 +104,90 @@ impl ConfigSource {
         }));
         let _ = self.tx.send(Change::all());
         Ok(generation)
+    }
+
+    /// The mesh configuration in force.
+    pub fn mesh(&self) -> Arc<crate::config::mesh::MeshConfig> {
+        self.options.load().mesh.clone()
+    }
+
+    /// Runs the configuration in a new mesh configuration: in force (and pushed) if the
+    /// configuration passes in it, else nothing changes and the errors are returned.
+    pub fn set_mesh(
+        &self,
+        mesh: Arc<crate::config::mesh::MeshConfig>,
+    ) -> Result<u64, Vec<Diagnostic>> {
+        let mut cache = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let options = pipeline::Options {
+            mesh,
+            ..(**self.options.load()).clone()
+        };
+        let (config, registry) = load_checked(&self.path, &options, &mut cache)?;
+        self.options.store(Arc::new(options));
+        let generation = self.loaded.load().generation + 1;
+        self.loaded.store(Arc::new(Loaded {
+            generation,
+            config,
+            registry,
+        }));
+        let _ = self.tx.send(Change::all());
+        Ok(generation)
+    }
+
+    /// Watches the mesh configuration file `path` and runs the configuration in each new
+    /// version that parses and that `allowed` accepts (a setting that cannot change while
+    /// running, such as the CA's trust domain, is refused with its reason). Runs until
+    /// dropped.
+    pub fn watch_mesh(
+        self: &Arc<Self>,
+        path: std::path::PathBuf,
+        settle: Duration,
+        allowed: impl Fn(&crate::config::mesh::MeshConfig) -> Result<(), String> + Send + 'static,
+    ) -> ConfigWatch {
+        let mut watch = pipeline::ConfigWatch::start(&path, settle, WATCH_POLL);
+        let me = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            loop {
+                watch.changed().await;
+                let Some(source) = me.upgrade() else { return };
+                let mesh = match crate::config::mesh::load_mesh_config(&path) {
+                    Ok(m) => m,
+                    Err(errors) => {
+                        for d in &errors {
+                            tracing::error!("{d}");
+                        }
+                        tracing::error!(
+                            "mesh configuration change rejected; keeping the last good one"
+                        );
+                        continue;
+                    }
+                };
+                if *source.mesh() == mesh {
+                    continue;
+                }
+                if let Err(reason) = allowed(&mesh) {
+                    tracing::error!(%reason, "mesh configuration change rejected; keeping the last good one");
+                    continue;
+                }
+                let outcome =
+                    tokio::task::spawn_blocking(move || source.set_mesh(Arc::new(mesh))).await;
+                match outcome {
+                    Ok(Ok(generation)) => {
+                        tracing::info!(generation, "mesh configuration reloaded")
+                    }
+                    Ok(Err(errors)) => {
+                        for d in &errors {
+                            tracing::error!("{d}");
+                        }
+                        tracing::error!(
+                            "the configuration does not pass in the new mesh configuration; keeping the last good one"
+                        );
+                    }
+                    Err(e) => tracing::error!(error = %e, "reloading panicked"),
+                }
+            }
+        });
+        ConfigWatch { task }
     }
 
     /// Watches the path and reloads on change (after `settle` without further events,
@@ -161,7 +246,7 @@ impl SnapshotSource for ConfigSource {
             &loaded.config,
             &loaded.registry,
             proxy,
-            &self.options.mesh,
+            &self.options.load().mesh,
         );
         for d in &translation.diagnostics {
             tracing::warn!(proxy = %proxy.id, "{d}");
