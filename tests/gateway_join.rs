@@ -6,6 +6,7 @@
 //! lifetime asked for; the control plane away for longer than a certificate lives; and the key
 //! kept off disk and out of the logs.
 mod support;
+use support::mesh_identity::rotate_root;
 use support::xds_mesh;
 
 use serde_json::Value;
@@ -106,6 +107,26 @@ impl Mesh {
             self.work.path(),
             &flags,
         )
+    }
+
+    /// A joined gateway asking for 4 s certificates (the CA grants the lifetime asked
+    /// for, up to its maximum), ready and routing, with requests sent through it until
+    /// the flag is set.
+    fn rotating_gateway(
+        &self,
+        name: &str,
+    ) -> (
+        XdsGateway,
+        Arc<AtomicBool>,
+        std::thread::JoinHandle<(usize, usize, String)>,
+    ) {
+        let token = self.write_token("token", "ingress");
+        let mut gw = self.gateway_with(name, &token, "ingress", &["--workload-cert-ttl", "4s"]);
+        gw.wait_ready(Duration::from_secs(30));
+        self.wait_routed("echo", Duration::from_secs(20));
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = request_loop(self.gw_port, stop.clone());
+        (gw, stop, traffic)
     }
 
     /// Routes every host to `upstream` (echo or echo2).
@@ -359,19 +380,7 @@ fn request_loop(
 #[test]
 fn rotation_under_traffic_loses_no_request_and_the_stream_keeps_working() {
     let mesh = Mesh::start(&[]);
-    let token = mesh.write_token("token", "ingress");
-    // The CA grants the lifetime asked for, up to its maximum.
-    let mut gw = mesh.gateway_with(
-        "rotating",
-        &token,
-        "ingress",
-        &["--workload-cert-ttl", "4s"],
-    );
-    gw.wait_ready(Duration::from_secs(30));
-    mesh.wait_routed("echo", Duration::from_secs(20));
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = request_loop(mesh.gw_port, stop.clone());
+    let (gw, stop, traffic) = mesh.rotating_gateway("rotating");
     // Four certificates: three rotations, each at about half of a 4 s life.
     let mut serials = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -736,38 +745,8 @@ spec:
 #[test]
 fn a_joined_gateway_follows_a_root_rotation_and_reconnects_after_it() {
     let mut mesh = Mesh::start(&[]);
-    let token = mesh.write_token("token", "ingress");
-    let mut gw = mesh.gateway_with(
-        "rotating-root",
-        &token,
-        "ingress",
-        &["--workload-cert-ttl", "4s"],
-    );
-    gw.wait_ready(Duration::from_secs(30));
-    mesh.wait_routed("echo", Duration::from_secs(20));
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = request_loop(mesh.gw_port, stop.clone());
+    let (gw, stop, traffic) = mesh.rotating_gateway("rotating-root");
 
-    let root_path = mesh.ca_dir.join("root-cert.pem");
-    let old_root = std::fs::read_to_string(&root_path).unwrap();
-    let new_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "new root");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let new_root = params.self_signed(&new_key).unwrap();
-    let replace = |path: &Path, bytes: &str, mode: u32| {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = path.with_extension("new");
-        std::fs::write(&tmp, bytes).unwrap();
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
-        std::fs::rename(&tmp, path).unwrap();
-    };
     let leaf_of = |gw: &XdsGateway| {
         let c = cert_of(gw)?;
         let pem = c["cert_chain"][0].as_str()?.to_string();
@@ -782,7 +761,8 @@ fn a_joined_gateway_follows_a_root_rotation_and_reconnects_after_it() {
     };
 
     // 1. Both roots in the bundle: the gateway's next certificate comes with both.
-    replace(&root_path, &format!("{old_root}{}", new_root.pem()), 0o644);
+    rotate_root(&mesh.ca_dir, "add");
+    let new_root = std::fs::read_to_string(mesh.ca_dir.join("next-root/root-cert.pem")).unwrap();
     wait_until(
         "the gateway trusting both roots",
         Duration::from_secs(20),
@@ -790,27 +770,22 @@ fn a_joined_gateway_follows_a_root_rotation_and_reconnects_after_it() {
     );
     // 2. The new key signs: the gateway renews (with its old-root certificate, which the
     // control plane still trusts) and gets one of the new root.
-    replace(
-        &mesh.ca_dir.join("ca-key.pem"),
-        &new_key.serialize_pem(),
-        0o600,
-    );
+    rotate_root(&mesh.ca_dir, "sign");
     wait_until(
         "a certificate of the new root",
         Duration::from_secs(20),
-        || leaf_of(&gw).is_some_and(|leaf| signed_by(&leaf, &new_root.pem())),
+        || leaf_of(&gw).is_some_and(|leaf| signed_by(&leaf, &new_root)),
     );
     // 3. The old root goes; the control plane restarts with the new root only.
-    replace(&root_path, &new_root.pem(), 0o644);
+    rotate_root(&mesh.ca_dir, "retire");
     wait_until(
         "a certificate after the old root left",
         Duration::from_secs(20),
         || {
             cert_of(&gw).is_some_and(|c| {
-                c["ca_cert"].as_array().is_some_and(|r| {
-                    r.iter()
-                        .any(|p| p.as_str() == Some(new_root.pem().as_str()))
-                })
+                c["ca_cert"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|p| p.as_str() == Some(new_root.as_str())))
             })
         },
     );

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::mesh_identity::{MeshControlPlane as ControlPlane, issue_files, sds};
+use support::mesh_identity::{MeshControlPlane as ControlPlane, issue_files, rotate_root, sds};
 use support::*;
 
 const APP: &str = "spiffe://cluster.local/ns/edge/sa/app";
@@ -459,19 +459,7 @@ fn a_root_is_rotated_with_no_failed_connection() {
     };
 
     // The operator's three steps, with `meshgate ca rotate-root`.
-    let step = |step: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .args(["ca", "rotate-root", "--ca-dir"])
-            .arg(&ca_dir)
-            .args(["--step", step])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "rotate-root --step {step}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let step = |step: &str| rotate_root(&ca_dir, step);
     let all_trust = |n: usize| {
         move |e: &Envoy| {
             let (roots, _) = mesh_certs(e);

@@ -226,3 +226,19 @@ pub fn static_cluster(name: &str, port: u16, transport_socket: Option<Value>) ->
     }
     c
 }
+
+/// One step of a root rotation of the CA directory, with `meshgate ca rotate-root`
+/// (`add`, `sign`, `retire`). After `add`, the new root is `next-root/root-cert.pem`.
+pub fn rotate_root(ca_dir: &Path, step: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["ca", "rotate-root", "--ca-dir"])
+        .arg(ca_dir)
+        .args(["--step", step])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rotate-root --step {step}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
