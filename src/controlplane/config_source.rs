@@ -235,19 +235,16 @@ impl Drop for ConfigWatch {
 
 impl SnapshotSource for ConfigSource {
     fn resources(&self, proxy: &ProxyIdentity) -> Result<Arc<ResourceSet>, SourceError> {
-        if proxy.kind == ProxyKind::Sidecar {
-            return Err(SourceError(
-                "sidecar proxies are not configured yet: only gateways (router~ node ids) are"
-                    .into(),
-            ));
-        }
         let loaded = self.loaded.load_full();
-        let translation = crate::translate::gateway_in_mesh(
-            &loaded.config,
-            &loaded.registry,
-            proxy,
-            &self.options.load().mesh,
-        );
+        let mesh = &self.options.load().mesh;
+        let translation = match proxy.kind {
+            ProxyKind::Router => {
+                crate::translate::gateway_in_mesh(&loaded.config, &loaded.registry, proxy, mesh)
+            }
+            ProxyKind::Sidecar => {
+                crate::translate::sidecar(&loaded.config, &loaded.registry, proxy, mesh)
+            }
+        };
         for d in &translation.diagnostics {
             tracing::warn!(proxy = %proxy.id, "{d}");
         }

@@ -291,7 +291,7 @@ impl Context<'_, '_, '_> {
                     } else {
                         settings.subject_alt_names.clone()
                     };
-                    let ctx = tls::istio_mutual_upstream_context(&sans, &sni, h2);
+                    let ctx = tls::istio_mutual_upstream_context(&sans, &sni, h2, scope.mesh_secrets);
                     c.transport_socket = Some(tls::transport_socket(&ctx));
                 }
                 Some((settings, ClientTlsMode::Simple | ClientTlsMode::Mutual)) => {
@@ -343,7 +343,12 @@ impl Context<'_, '_, '_> {
                         .any(|g| g.endpoints.iter().any(endpoints::is_istio_mtls)) =>
                 {
                     let sans = service_accounts(service, &scope.trust_domain);
-                    let ctx = tls::istio_mutual_upstream_context(&sans, &mesh_sni, h2);
+                    let ctx = tls::istio_mutual_upstream_context(
+                        &sans,
+                        &mesh_sni,
+                        h2,
+                        scope.mesh_secrets,
+                    );
                     c.transport_socket_matches = vec![
                         cluster::cluster::TransportSocketMatch {
                             name: "tlsMode-istio".into(),

@@ -30,10 +30,12 @@ mod retry;
 mod routes;
 mod scope;
 mod servers;
+mod sidecar;
 mod tls;
 
 pub use names::{cluster_name, listener_name, sni_cluster_name, virtual_host_name};
-pub use tls::{MESH_CERT_SECRET, MESH_ROOT_SECRET};
+pub use sidecar::sidecar;
+pub use tls::{AGENT_SDS_CLUSTER, MESH_CERT_SECRET, MESH_ROOT_SECRET, MeshSecrets};
 
 use crate::config::mesh::MeshConfig;
 use crate::config::{Config, Diagnostic};
@@ -78,10 +80,7 @@ pub fn gateway_in_mesh(
     proxy: &ProxyIdentity,
     mesh: &MeshConfig,
 ) -> Translation {
-    let mut scope = scope::Scope::new(config, registry, proxy);
-    scope.trust_domain = mesh.trust_domain.clone();
-    scope.auto_mtls = mesh.enable_auto_mtls;
-    scope.connect_timeout = mesh.connect_timeout;
+    let mut scope = scope_in_mesh(config, registry, proxy, mesh);
     let diagnostics = std::mem::take(&mut scope.diagnostics);
     let mut build = servers::Build::new(&scope, diagnostics);
     let mut resources = ResourceSet::default();
@@ -126,6 +125,20 @@ pub fn gateway_in_mesh(
         resources,
         diagnostics,
     }
+}
+
+/// What `proxy` sees of the configuration, with the mesh's settings.
+fn scope_in_mesh<'a>(
+    config: &'a Config,
+    registry: &'a Registry,
+    proxy: &'a ProxyIdentity,
+    mesh: &MeshConfig,
+) -> scope::Scope<'a> {
+    let mut scope = scope::Scope::new(config, registry, proxy);
+    scope.trust_domain = mesh.trust_domain.clone();
+    scope.auto_mtls = mesh.enable_auto_mtls;
+    scope.connect_timeout = mesh.connect_timeout;
+    scope
 }
 
 #[cfg(test)]

@@ -76,6 +76,8 @@ pub struct Scope<'a> {
     pub auto_mtls: bool,
     /// MeshConfig `connectTimeout`: for clusters whose DestinationRule sets none.
     pub connect_timeout: std::time::Duration,
+    /// Where the proxy's mesh secrets come from (ADS for gateways, the agent for sidecars).
+    pub mesh_secrets: super::tls::MeshSecrets,
     /// Where the proxy runs (from its topology labels), for locality load balancing.
     pub locality: Locality,
     /// Gateways whose selector matches the proxy, in Istio's order (name, namespace).
@@ -185,6 +187,7 @@ impl<'a> Scope<'a> {
             connect_timeout: std::time::Duration::from_secs(
                 super::cluster::DEFAULT_CONNECT_TIMEOUT_SECS,
             ),
+            mesh_secrets: super::tls::MeshSecrets::Ads,
             locality: Locality::of_workload("", &proxy.labels),
             gateways,
             virtual_services,

@@ -372,16 +372,72 @@ pub fn mesh_san_matchers(names: &[String]) -> Vec<tls::SubjectAltNameMatcher> {
     out
 }
 
+/// Where a proxy gets the mesh's own secrets (`default`, `ROOTCA`) from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MeshSecrets {
+    /// On the ADS stream: gateways (meshgate's own feeds them locally; an Envoy gateway
+    /// gets them from the control plane over its mutual-TLS stream).
+    #[default]
+    Ads,
+    /// From the local agent over the `sds-grpc` cluster (a Unix socket in the pod), as
+    /// Istio's sidecars get them: the key never leaves the pod.
+    Agent,
+}
+
+/// The cluster of the local agent's SDS server, defined in a sidecar's bootstrap.
+pub const AGENT_SDS_CLUSTER: &str = "sds-grpc";
+
+impl MeshSecrets {
+    /// The SDS reference to mesh secret `name` from this source.
+    pub fn sds(self, name: &str) -> tls::SdsSecretConfig {
+        match self {
+            MeshSecrets::Ads => sds(name),
+            MeshSecrets::Agent => tls::SdsSecretConfig {
+                name: name.to_string(),
+                sds_config: Some(core::ConfigSource {
+                    config_source_specifier: Some(
+                        core::config_source::ConfigSourceSpecifier::ApiConfigSource(
+                            core::ApiConfigSource {
+                                api_type: core::api_config_source::ApiType::Grpc as i32,
+                                transport_api_version: core::ApiVersion::V3 as i32,
+                                set_node_on_first_message_only: true,
+                                grpc_services: vec![core::GrpcService {
+                                    target_specifier: Some(
+                                        core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                                            core::grpc_service::EnvoyGrpc {
+                                                cluster_name: AGENT_SDS_CLUSTER.into(),
+                                                ..Default::default()
+                                            },
+                                        ),
+                                    ),
+                                    ..Default::default()
+                                }],
+                                ..Default::default()
+                            },
+                        ),
+                    ),
+                    initial_fetch_timeout: Some(pb::duration(std::time::Duration::ZERO)),
+                    resource_api_version: core::ApiVersion::V3 as i32,
+                    ..Default::default()
+                }),
+            },
+        }
+    }
+}
+
 /// The validation of mesh mTLS (Istio's `ApplyToCommonTLSContext`): the trust bundle
 /// `ROOTCA` by SDS, and the peer's SANs when any are known (else the chain alone).
-fn mesh_validation(sans: &[String]) -> tls::common_tls_context::ValidationContextType {
+pub fn mesh_validation(
+    sans: &[String],
+    source: MeshSecrets,
+) -> tls::common_tls_context::ValidationContextType {
     tls::common_tls_context::ValidationContextType::CombinedValidationContext(
         tls::common_tls_context::CombinedCertificateValidationContext {
             default_validation_context: Some(tls::CertificateValidationContext {
                 match_typed_subject_alt_names: mesh_san_matchers(sans),
                 ..Default::default()
             }),
-            validation_context_sds_secret_config: Some(sds(MESH_ROOT_SECRET)),
+            validation_context_sds_secret_config: Some(source.sds(MESH_ROOT_SECRET)),
             ..Default::default()
         },
     )
@@ -395,6 +451,7 @@ pub fn istio_mutual_upstream_context(
     sans: &[String],
     sni: &str,
     h2: bool,
+    source: MeshSecrets,
 ) -> tls::UpstreamTlsContext {
     let alpn: &[&str] = if h2 {
         &ALPN_IN_MESH_H2_WITH_MXC
@@ -408,8 +465,8 @@ pub fn istio_mutual_upstream_context(
                 tls_maximum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv13 as i32,
                 ..Default::default()
             }),
-            tls_certificate_sds_secret_configs: vec![sds(MESH_CERT_SECRET)],
-            validation_context_type: Some(mesh_validation(sans)),
+            tls_certificate_sds_secret_configs: vec![source.sds(MESH_CERT_SECRET)],
+            validation_context_type: Some(mesh_validation(sans, source)),
             alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }),
@@ -461,7 +518,10 @@ pub fn downstream_context(
         // istiod's ApplyToCommonTLSContext: the gateway's own mesh certificate, clients
         // verified against the mesh's trust bundle and required.
         common.tls_certificate_sds_secret_configs = vec![sds(MESH_CERT_SECRET)];
-        common.validation_context_type = Some(mesh_validation(&settings.subject_alt_names));
+        common.validation_context_type = Some(mesh_validation(
+            &settings.subject_alt_names,
+            MeshSecrets::Ads,
+        ));
         apply_tls_params(&mut common, settings);
         return Ok(tls::DownstreamTlsContext {
             common_tls_context: Some(common),
