@@ -406,6 +406,14 @@ fn pods_on_a_switch_reach_each_other_and_capture_inbound() {
     let _client = connect(&a.ns, target, "to-the-app");
     let (_, msg, dst) = accept_one(&[("15006", &proxy)]);
     assert_eq!(msg, "to-the-app");
-    assert_eq!(dst, Some(target), "the original destination is the application's");
-    assert_eq!(app.requests(), 1, "the captured connection never reached the application");
+    assert_eq!(
+        dst,
+        Some(target),
+        "the original destination is the application's"
+    );
+    assert_eq!(
+        app.requests(),
+        1,
+        "the captured connection never reached the application"
+    );
 }

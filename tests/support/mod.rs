@@ -166,10 +166,7 @@ impl EchoUpstream {
 
     /// Starts an echo server on `addr` (e.g. another 127.0.0.x address).
     pub fn start_on(addr: SocketAddr, name: &str) -> EchoUpstream {
-        Self::start_with(
-            StdListener::bind(addr).expect("bind echo upstream"),
-            name,
-        )
+        Self::start_with(StdListener::bind(addr).expect("bind echo upstream"), name)
     }
 
     /// Starts an echo server on a listener already bound (e.g. in a pod's network

@@ -53,7 +53,11 @@ fn ip() -> PathBuf {
 /// A unique suffix for namespace names: this process and a counter.
 fn unique() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn add_netns(name: &str) {
@@ -103,7 +107,17 @@ impl PodNet {
         let port = format!("v{idx}");
         // Born in the pod, its peer end moved straight into the switch.
         run(Command::new(ip()).args([
-            "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
             &self.switch,
         ]));
         run(Command::new(ip()).args(["-n", &self.switch, "link", "set", &port, "master", "br0"]));
@@ -213,7 +227,8 @@ impl Pod {
             Some(uid) => self.command_as(uid, "curl"),
             None => self.command("curl"),
         };
-        c.args(["-s", "-m", "10", "-w", "\n%{http_code}"]).args(args);
+        c.args(["-s", "-m", "10", "-w", "\n%{http_code}"])
+            .args(args);
         let out = c.output().expect("run curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
