@@ -16,7 +16,7 @@ own xDS client, configured by meshgate's control plane).
         call N [KEY=VALUE ...]
       makes N calls of Who with that metadata (10 s deadline each) and prints one JSON
       line: {"servers": {NAME: count}, "codes": {STATUS: count}, "last": REPLY,
-      "errors": [first few error details]}.
+      "errors": [first few error details], "elapsed_ms": MS for all N}.
 """
 import json
 import sys
@@ -73,6 +73,7 @@ def client(target):
         n = int(words[1])
         metadata = tuple(tuple(w.split("=", 1)) for w in words[2:])
         servers, codes, errors, last = {}, {}, [], None
+        started = time.monotonic()
         for _ in range(n):
             try:
                 last = json.loads(who(b"", metadata=metadata, timeout=10))
@@ -84,7 +85,15 @@ def client(target):
                 if len(errors) < 5:
                     errors.append(f"{code}: {e.details()}")
         print(
-            json.dumps({"servers": servers, "codes": codes, "last": last, "errors": errors}),
+            json.dumps(
+                {
+                    "servers": servers,
+                    "codes": codes,
+                    "last": last,
+                    "errors": errors,
+                    "elapsed_ms": round((time.monotonic() - started) * 1000),
+                }
+            ),
             flush=True,
         )
     channel.close()
