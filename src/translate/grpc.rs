@@ -29,7 +29,7 @@
 //! responses) is reported as a warning.
 use super::Translation;
 use super::endpoints::{self, LocalityPolicy};
-use super::http_route::{self, FAULT_FILTER, RouteTarget, config_metadata};
+use super::http_route::{self, FAULT_FILTER, RouteTarget};
 use super::listener::ROUTER_FILTER;
 use super::names;
 use super::pb;
@@ -271,8 +271,10 @@ fn route_configuration(
                 &mut references,
             )
         })
-        .map(|routes| routes.into_iter().filter_map(grpc_route).collect())
-        .unwrap_or_else(|| vec![default_route(host, port)]);
+        .unwrap_or_else(|| vec![default_route(host, port)])
+        .into_iter()
+        .filter_map(grpc_route)
+        .collect();
     let host_port = names::virtual_host_name(host, port);
     route::RouteConfiguration {
         name: name.to_string(),
@@ -308,12 +310,20 @@ fn default_route(host: &str, port: u32) -> route::Route {
     }
 }
 
-/// A route as gRPC reads it: the timeout as `max_stream_duration` (gRPC does not read
-/// `timeout`), and per-route configuration only for the fault filter (gRPC rejects the
-/// route configuration over one it has no filter for). `None` for a route gRPC would
-/// reject: weighted destinations that all weigh nothing.
+/// A route as gRPC reads it (gRFCs A28, A31, A44): the timeout as `max_stream_duration`
+/// (gRPC does not read `timeout`), per-route configuration only for the fault filter
+/// (gRPC rejects the route configuration over one it has no filter for), and none of
+/// the Envoy-only fields gRPC ignores (decorator, metadata, header changes, rewrites,
+/// mirrors, retry predicates), so that a config dump shows what the client applies.
+/// `None` for a route gRPC would reject: weighted destinations that all weigh nothing.
 fn grpc_route(mut r: route::Route) -> Option<route::Route> {
     r.typed_per_filter_config.retain(|k, _| k == FAULT_FILTER);
+    r.decorator = None;
+    r.metadata = None;
+    r.request_headers_to_add.clear();
+    r.request_headers_to_remove.clear();
+    r.response_headers_to_add.clear();
+    r.response_headers_to_remove.clear();
     if let Some(route::route::Action::Route(action)) = r.action.as_mut() {
         #[allow(deprecated)]
         {
@@ -327,11 +337,32 @@ fn grpc_route(mut r: route::Route) -> Option<route::Route> {
                 max_stream_duration: Some(t),
                 ..Default::default()
             });
+        action.prefix_rewrite.clear();
+        action.regex_rewrite = None;
+        action.host_rewrite_specifier = None;
+        action.request_mirror_policies.clear();
+        if let Some(retry) = action.retry_policy.as_mut() {
+            // gRPC retries on the gRPC status names in `retry_on` only.
+            *retry = route::RetryPolicy {
+                retry_on: retry.retry_on.clone(),
+                num_retries: retry.num_retries,
+                retry_back_off: retry.retry_back_off.clone(),
+                ..Default::default()
+            };
+        }
         if let Some(route::route_action::ClusterSpecifier::WeightedClusters(w)) =
-            &action.cluster_specifier
-            && w.clusters.is_empty()
+            action.cluster_specifier.as_mut()
         {
-            return None;
+            if w.clusters.is_empty() {
+                return None;
+            }
+            for c in &mut w.clusters {
+                *c = route::weighted_cluster::ClusterWeight {
+                    name: std::mem::take(&mut c.name),
+                    weight: c.weight,
+                    ..Default::default()
+                };
+            }
         }
     }
     Some(r)
@@ -448,7 +479,6 @@ impl Clusters<'_, '_> {
                 ..Default::default()
             });
         }
-        c.metadata = Some(metadata(service, self.dr, subset_name));
 
         let empty = BTreeMap::new();
         let labels = subset.map_or(&empty, |s| &s.labels);
@@ -521,54 +551,6 @@ impl Clusters<'_, '_> {
                 ),
             ),
         }
-    }
-}
-
-/// The cluster's `istio` metadata: the service, and the DestinationRule and subset that
-/// shaped it.
-fn metadata(
-    service: &Service,
-    dr: Option<&MergedDestinationRule>,
-    subset: &str,
-) -> core::Metadata {
-    let mut istio = HashMap::new();
-    istio.insert(
-        "services".to_string(),
-        crate::xds::pb::google::protobuf::Value {
-            kind: Some(crate::xds::pb::google::protobuf::value::Kind::ListValue(
-                crate::xds::pb::google::protobuf::ListValue {
-                    values: vec![pb::string_map_value(&BTreeMap::from([
-                        ("host".to_string(), service.hostname.clone()),
-                        ("name".to_string(), service.hostname.clone()),
-                        ("namespace".to_string(), service.namespace.clone()),
-                    ]))],
-                },
-            )),
-        },
-    );
-    if let Some(source) = dr.and_then(|d| d.sources.first()) {
-        let meta = config_metadata(
-            "destination-rule",
-            &source.meta.namespace,
-            &source.meta.name,
-        );
-        if let Some(v) = meta
-            .filter_metadata
-            .get("istio")
-            .and_then(|s| s.fields.get("config"))
-        {
-            istio.insert("config".to_string(), v.clone());
-        }
-    }
-    if !subset.is_empty() {
-        istio.insert("subset".to_string(), pb::string_value(subset));
-    }
-    core::Metadata {
-        filter_metadata: HashMap::from([(
-            "istio".to_string(),
-            crate::xds::pb::google::protobuf::Struct { fields: istio },
-        )]),
-        ..Default::default()
     }
 }
 
