@@ -263,7 +263,12 @@ fn a_grpc_client_follows_the_mesh_virtual_service() {
     let first = client.call(1, &[]);
     assert_eq!(Client::code(&first, "OK"), 1, "{first}");
     let synced = wait_synced(&cp, "the gRPC client ACKs every type");
-    assert_eq!(synced["node_id"].as_str().map(|id| id.starts_with("sidecar~")), Some(true));
+    assert_eq!(
+        synced["node_id"]
+            .as_str()
+            .map(|id| id.starts_with("sidecar~")),
+        Some(true)
+    );
     let connection = synced["connection_id"].clone();
     // The client asked for its listener by name and got just that one.
     assert_eq!(synced["types"]["lds"]["wildcard"], false, "{synced}");
@@ -365,8 +370,16 @@ fn a_nack_from_the_grpc_client_shows_and_the_last_good_routes_keep_serving() {
     let tmp = TempDir::new();
     let v1 = Server::start("v1");
     let v2 = Server::start("v2");
-    let split = grpc_resources(&format!("{}---\n{}", service_entry(v1.port, v2.port), split_vs()));
-    let moved = grpc_resources(&format!("{}---\n{}", service_entry(v1.port, v2.port), moved_vs()));
+    let split = grpc_resources(&format!(
+        "{}---\n{}",
+        service_entry(v1.port, v2.port),
+        split_vs()
+    ));
+    let moved = grpc_resources(&format!(
+        "{}---\n{}",
+        service_entry(v1.port, v2.port),
+        moved_vs()
+    ));
     let source = std::sync::Arc::new(StaticSource::new(split));
     let cp = TestControlPlane::start(source.clone(), 0, 0, test_options());
     let bootstrap = tmp.path().join("grpc-bootstrap.json");
@@ -395,8 +408,9 @@ fn a_nack_from_the_grpc_client_shows_and_the_last_good_routes_keep_serving() {
                 r.typed_per_filter_config.insert(
                     "envoy.filters.http.cors".into(),
                     meshgate::xds::pb::google::protobuf::Any {
-                        type_url: "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
-                            .into(),
+                        type_url:
+                            "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+                                .into(),
                         value: prost::Message::encode_to_vec(&cors),
                     },
                 );
@@ -426,7 +440,10 @@ fn a_nack_from_the_grpc_client_shows_and_the_last_good_routes_keep_serving() {
     // The split still applies: v1 keeps answering.
     let kept = client.call(100, &[]);
     assert_eq!(Client::code(&kept, "OK"), 100, "{kept}");
-    assert!(Client::count(&kept, "v1") > 0, "the rejected routes applied: {kept}");
+    assert!(
+        Client::count(&kept, "v1") > 0,
+        "the rejected routes applied: {kept}"
+    );
 
     // The same routes without the CORS policy are taken.
     source.set_default(moved, TypeSet::of(&[TypeUrl::Route]));

@@ -434,8 +434,7 @@ mod tests {
         assert_eq!(j["node"]["metadata"]["NAMESPACE"], "shop");
         assert_eq!(j["node"]["metadata"]["LABELS"]["app"], "client");
         // What the control plane makes of that node.
-        let node: crate::xds::pb::envoy::config::core::v3::Node =
-            from_json(&j["node"]).unwrap();
+        let node: crate::xds::pb::envoy::config::core::v3::Node = from_json(&j["node"]).unwrap();
         let info = super::super::node::parse_node(Some(&node)).unwrap();
         assert_eq!(info.identity.kind, ProxyKind::Grpc);
         assert_eq!(info.identity.namespace, "shop");

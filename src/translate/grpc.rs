@@ -126,9 +126,11 @@ impl<'s, 'a> MeshVirtualServices<'s, 'a> {
     fn index(scope: &'s Scope<'a>, diagnostics: &mut Vec<Diagnostic>) -> Self {
         let mut exact: HashMap<&str, &BoundVirtualService> = HashMap::new();
         let mut wildcard = Vec::new();
-        for vs in scope.virtual_services.iter().filter(|vs| {
-            vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == MESH_GATEWAY)
-        }) {
+        for vs in scope
+            .virtual_services
+            .iter()
+            .filter(|vs| vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == MESH_GATEWAY))
+        {
             for host in &vs.hosts {
                 if hosts::is_wildcard(host) {
                     wildcard.push((host.as_str(), vs));
@@ -190,10 +192,7 @@ fn unsupported_features(vs: &BoundVirtualService, diagnostics: &mut Vec<Diagnost
         if !ignored.is_empty() {
             diagnostics.push(bound.source.warning(
                 &bound.field,
-                format!(
-                    "proxyless gRPC clients do not apply {}",
-                    ignored.join(", ")
-                ),
+                format!("proxyless gRPC clients do not apply {}", ignored.join(", ")),
             ));
         }
         if r.redirect.is_some() || r.direct_response.is_some() {
@@ -497,10 +496,8 @@ impl Clusters<'_, '_> {
             proxy_locality: &self.scope.locality,
             proxy_labels: &self.scope.proxy.labels,
         });
-        let localities = grpc_localities(endpoints::locality_lb_endpoints(
-            &groups,
-            locality.as_ref(),
-        ));
+        let localities =
+            grpc_localities(endpoints::locality_lb_endpoints(&groups, locality.as_ref()));
 
         match service.resolution {
             Resolution::Static | Resolution::None => {
@@ -598,9 +595,7 @@ fn socket_of(e: &endpoint::LbEndpoint) -> Option<(String, u32)> {
     };
     match ep.address.as_ref()?.address.as_ref()? {
         core::address::Address::SocketAddress(s) => match s.port_specifier {
-            Some(core::socket_address::PortSpecifier::PortValue(p)) => {
-                Some((s.address.clone(), p))
-            }
+            Some(core::socket_address::PortSpecifier::PortValue(p)) => Some((s.address.clone(), p)),
             _ => None,
         },
         _ => None,

@@ -91,7 +91,10 @@ pub fn references_of<'a>(
     for l in listeners {
         // A proxyless gRPC client's listener: the HTTP connection manager is the
         // `api_listener` itself.
-        if let Some(any) = l.api_listener.as_ref().and_then(|a| a.api_listener.as_ref())
+        if let Some(any) = l
+            .api_listener
+            .as_ref()
+            .and_then(|a| a.api_listener.as_ref())
             && let Some(hcm) = decode_any::<HttpConnectionManager>(any)
             && let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier
             && is_ads(rds.config_source.as_ref())

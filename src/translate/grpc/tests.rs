@@ -185,9 +185,16 @@ fn a_service_port_is_a_listener_a_route_configuration_and_clusters() {
         cla["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"],
         json!({"address": "127.0.0.1", "port_value": 9001})
     );
-    let all = to_json(t.resources.endpoint(&format!("outbound|7070||{HOST}")).unwrap());
+    let all = to_json(
+        t.resources
+            .endpoint(&format!("outbound|7070||{HOST}"))
+            .unwrap(),
+    );
     assert_eq!(
-        all["endpoints"][0]["lb_endpoints"].as_array().unwrap().len(),
+        all["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
         2
     );
 }
@@ -212,7 +219,10 @@ fn routes_carry_what_grpc_reads_and_nothing_it_rejects() {
         json!({"max_stream_duration": "1.500s"})
     );
     assert!(header["route"].get("timeout").is_none(), "{header}");
-    assert!(header["route"].get("max_grpc_timeout").is_none(), "{header}");
+    assert!(
+        header["route"].get("max_grpc_timeout").is_none(),
+        "{header}"
+    );
     // Retries as gRPC reads them, nothing of Envoy's host predicates.
     assert_eq!(
         header["route"]["retry_policy"],
@@ -288,7 +298,11 @@ spec:
   - route: [{destination: {host: echo.mesh.internal, subset: v1}}]
 "#;
     let t = translate(&config(hashed));
-    let c = to_json(t.resources.cluster(&format!("outbound|7070||{HOST}")).unwrap());
+    let c = to_json(
+        t.resources
+            .cluster(&format!("outbound|7070||{HOST}"))
+            .unwrap(),
+    );
     assert_eq!(c["lb_policy"], "RING_HASH");
     assert_eq!(c["ring_hash_lb_config"]["minimum_ring_size"], "2048");
     assert_eq!(
@@ -306,24 +320,38 @@ spec:
         ("{simple: LEAST_REQUEST}", None),
         ("{simple: RANDOM}", None),
         ("{simple: ROUND_ROBIN}", None),
-        ("{consistentHash: {maglev: {tableSize: 65537}, useSourceIp: true}}", Some("RING_HASH")),
+        (
+            "{consistentHash: {maglev: {tableSize: 65537}, useSourceIp: true}}",
+            Some("RING_HASH"),
+        ),
     ] {
         let t = translate(&config(&format!(
             "  trafficPolicy: {{loadBalancer: {policy}}}\n"
         )));
-        let c = to_json(t.resources.cluster(&format!("outbound|7070||{HOST}")).unwrap());
+        let c = to_json(
+            t.resources
+                .cluster(&format!("outbound|7070||{HOST}"))
+                .unwrap(),
+        );
         assert_eq!(c["lb_policy"].as_str(), want, "{policy}: {c}");
         let warned = !t.diagnostics.is_empty();
-        assert_eq!(warned, !policy.contains("ROUND_ROBIN"), "{policy}: {}", warnings(&t));
+        assert_eq!(
+            warned,
+            !policy.contains("ROUND_ROBIN"),
+            "{policy}: {}",
+            warnings(&t)
+        );
     }
 }
 
 #[test]
 fn tls_origination_leaves_the_clusters_out() {
-    let t = translate(&config(
-        "  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n",
-    ));
-    assert!(t.resources.clusters.is_empty(), "{:#?}", t.resources.clusters);
+    let t = translate(&config("  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"));
+    assert!(
+        t.resources.clusters.is_empty(),
+        "{:#?}",
+        t.resources.clusters
+    );
     assert!(t.resources.endpoints.is_empty());
     // The listener and routes are still there: calls fail (no cluster), never in the
     // clear.
@@ -375,7 +403,10 @@ spec:
     let t = translate(yaml);
     let cla = to_json(t.resources.endpoint("outbound|80||twice.internal").unwrap());
     assert_eq!(
-        cla["endpoints"][0]["lb_endpoints"].as_array().unwrap().len(),
+        cla["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
         1,
         "{cla}"
     );
@@ -395,14 +426,21 @@ spec:
         ]
     );
     // A DNS host with one address is gRPC's LOGICAL_DNS; with two it cannot be served.
-    let one = to_json(t.resources.cluster("outbound|443||one.dns.internal").unwrap());
+    let one = to_json(
+        t.resources
+            .cluster("outbound|443||one.dns.internal")
+            .unwrap(),
+    );
     assert_eq!(one["type"], "LOGICAL_DNS");
     assert_eq!(
-        one["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-            ["socket_address"],
+        one["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"],
         json!({"address": "one.dns.internal", "port_value": 443})
     );
-    assert!(t.resources.cluster("outbound|443||many.dns.internal").is_none());
+    assert!(
+        t.resources
+            .cluster("outbound|443||many.dns.internal")
+            .is_none()
+    );
     assert!(warnings(&t).contains("2 endpoints"), "{}", warnings(&t));
 }
 
