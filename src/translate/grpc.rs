@@ -131,9 +131,11 @@ impl<'s, 'a> MeshVirtualServices<'s, 'a> {
             .iter()
             .filter(|vs| vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == MESH_GATEWAY))
         {
+            let mut used = false;
             for host in &vs.hosts {
                 if hosts::is_wildcard(host) {
                     wildcard.push((host.as_str(), vs));
+                    used = true;
                     continue;
                 }
                 match exact.get(host.as_str()) {
@@ -146,13 +148,13 @@ impl<'s, 'a> MeshVirtualServices<'s, 'a> {
                     )),
                     None => {
                         exact.insert(host.as_str(), vs);
-                        unsupported_features(vs, diagnostics);
+                        used = true;
                     }
                 }
             }
-        }
-        for (_, vs) in &wildcard {
-            unsupported_features(vs, diagnostics);
+            if used {
+                unsupported_features(vs, diagnostics);
+            }
         }
         MeshVirtualServices { exact, wildcard }
     }
@@ -343,9 +345,9 @@ fn grpc_route(mut r: route::Route) -> Option<route::Route> {
         if let Some(retry) = action.retry_policy.as_mut() {
             // gRPC retries on the gRPC status names in `retry_on` only.
             *retry = route::RetryPolicy {
-                retry_on: retry.retry_on.clone(),
+                retry_on: std::mem::take(&mut retry.retry_on),
                 num_retries: retry.num_retries,
-                retry_back_off: retry.retry_back_off.clone(),
+                retry_back_off: retry.retry_back_off,
                 ..Default::default()
             };
         }
