@@ -3,6 +3,13 @@
 //! (SotW or delta), a static cluster for the control plane with HTTP/2, admin on
 //! loopback.
 //!
+//! For a proxy whose agent runs next to it (`meshgate agent`), a second static cluster,
+//! `sds-grpc`, reaches the agent's SDS server on a Unix socket: the workload certificate
+//! `default` and the trust bundle `ROOTCA` come from there, for the `xds-grpc` cluster's
+//! own mutual TLS and for the mesh's (the translator refers to the same cluster). Those
+//! secrets travel on their own `api_config_source` stream, not over ADS: Envoy 1.40
+//! crashes on a static cluster whose secrets come over ADS.
+//!
 //! The document is built as JSON, parsed into Envoy's `Bootstrap` proto (unknown or
 //! mistyped fields are errors, as in Envoy) and rendered back, so what is written is
 //! what Envoy's own parser accepts.
@@ -36,7 +43,18 @@ pub struct EnvoyBootstrap {
     pub network: String,
     /// Reach the control plane over TLS (its 15012 port) with these files.
     pub xds_tls: Option<XdsTlsFiles>,
+    /// The agent's SDS server, a Unix socket: the `sds-grpc` cluster.
+    pub agent_sds_socket: Option<std::path::PathBuf>,
+    /// `ISTIO_VERSION` in the node metadata (left out when empty).
+    pub istio_version: String,
+    /// More node metadata strings, as Istio's agent sets them (`SERVICE_ACCOUNT`,
+    /// `NAME`, `WORKLOAD_NAME`, ...). They do not replace the ones made from the
+    /// fields above.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
+
+/// The cluster of the agent's SDS server (`translate::AGENT_SDS_CLUSTER`).
+pub const AGENT_SDS_CLUSTER: &str = crate::translate::AGENT_SDS_CLUSTER;
 
 /// The files of a TLS connection to the control plane's 15012 port, as Istio's agent
 /// writes them for Envoy: the mesh root to verify the control plane with and, for
@@ -48,6 +66,9 @@ pub struct XdsTlsFiles {
     /// The proxy's certificate chain and key (both or neither).
     pub cert_chain: Option<std::path::PathBuf>,
     pub private_key: Option<std::path::PathBuf>,
+    /// The proxy's certificate is the agent's SDS secret `default` (from `sds-grpc`)
+    /// rather than files; needs [`EnvoyBootstrap::agent_sds_socket`].
+    pub agent_certificate: bool,
     /// The name the control plane's certificate must carry, sent as SNI
     /// (`istiod.istio-system.svc`).
     pub server_name: String,
@@ -69,6 +90,9 @@ impl Default for EnvoyBootstrap {
             cluster_id: "Kubernetes".into(),
             network: String::new(),
             xds_tls: None,
+            agent_sds_socket: None,
+            istio_version: String::new(),
+            metadata: Default::default(),
         }
     }
 }
@@ -84,6 +108,8 @@ pub enum BootstrapError {
     NodeId(String),
     #[error("rendering the bootstrap: {0}")]
     Json(#[from] JsonError),
+    #[error("the xds-grpc certificate from the agent needs the agent's SDS socket")]
+    NoAgentSocket,
 }
 
 /// Splits `HOST:PORT` (`[v6]:PORT` too).
@@ -129,7 +155,14 @@ impl EnvoyBootstrap {
             cluster_id: self.cluster_id.clone(),
             domain_suffix: "cluster.local".into(),
         };
-        let metadata = to_json(&istio_metadata(&identity, ""))?;
+        let mut metadata = to_json(&istio_metadata(&identity, &self.istio_version))?;
+        if let Some(fields) = metadata.as_object_mut() {
+            for (k, v) in &self.metadata {
+                fields
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::String(v.clone()));
+            }
+        }
         let cluster = self.cluster.clone().unwrap_or_else(|| match self.kind {
             ProxyKind::Router => format!("istio-ingressgateway.{}", self.namespace),
             ProxyKind::Sidecar => {
@@ -177,7 +210,16 @@ impl EnvoyBootstrap {
             },
         });
         if let Some(tls) = &self.xds_tls {
+            if tls.agent_certificate && self.agent_sds_socket.is_none() {
+                return Err(BootstrapError::NoAgentSocket);
+            }
             doc["static_resources"]["clusters"][0]["transport_socket"] = tls_transport_socket(tls);
+        }
+        if let (Some(socket), Some(clusters)) = (
+            &self.agent_sds_socket,
+            doc["static_resources"]["clusters"].as_array_mut(),
+        ) {
+            clusters.push(agent_sds_cluster(socket));
         }
         Ok(from_json::<Bootstrap>(&doc)?)
     }
@@ -206,7 +248,10 @@ fn tls_transport_socket(tls: &XdsTlsFiles) -> Value {
             ],
         },
     });
-    if let (Some(chain), Some(key)) = (&tls.cert_chain, &tls.private_key) {
+    if tls.agent_certificate {
+        common["tls_certificate_sds_secret_configs"] =
+            json!([agent_sds_secret(super::workload::WORKLOAD_SECRET)]);
+    } else if let (Some(chain), Some(key)) = (&tls.cert_chain, &tls.private_key) {
         common["tls_certificates"] =
             json!([{"certificate_chain": file(chain), "private_key": file(key)}]);
     }
@@ -217,6 +262,44 @@ fn tls_transport_socket(tls: &XdsTlsFiles) -> Value {
             "sni": tls.server_name,
             "common_tls_context": common,
         }
+    })
+}
+
+/// A reference to secret `name` of the agent's SDS server, as Istio's bootstrap and
+/// the translator (`MeshSecrets::Agent`) write it: its own gRPC stream on `sds-grpc`,
+/// no initial fetch timeout (nothing works without the certificate anyway).
+fn agent_sds_secret(name: &str) -> Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": AGENT_SDS_CLUSTER}}],
+            },
+            "initial_fetch_timeout": "0s",
+            "resource_api_version": "V3",
+        }
+    })
+}
+
+/// The `sds-grpc` cluster: the agent's SDS server on a Unix socket, HTTP/2.
+fn agent_sds_cluster(socket: &std::path::Path) -> Value {
+    json!({
+        "name": AGENT_SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": AGENT_SDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket.display().to_string()}}}}]}],
+        },
     })
 }
 
