@@ -553,25 +553,28 @@ fn sigterm_drains_a_request_in_flight_then_stops() {
     );
     agent.wait_ready(Duration::from_secs(40));
     let envoy = agent.wait_envoy_pid(Duration::from_secs(5));
-    let get = move |delay_ms: u64| {
+    // A request on a new connection, read until the connection closes: asked to close
+    // by the client, or (keep-alive) by Envoy draining.
+    let get = move |delay_ms: u64, close: bool| {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", gw_port))?;
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
         use std::io::{Read, Write};
         write!(
             s,
-            "GET /slow HTTP/1.1\r\nHost: shop.example\r\nx-echo-delay-ms: {delay_ms}\r\n\r\n"
+            "GET /slow HTTP/1.1\r\nHost: shop.example\r\nx-echo-delay-ms: {delay_ms}\r\n{}\r\n",
+            if close { "Connection: close\r\n" } else { "" }
         )?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf)?;
         Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
     };
     wait_until("routed through the gateway", Duration::from_secs(20), || {
-        get(0).is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+        get(0, true).is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
     });
 
     // A request that takes 2 s at the upstream is in flight when SIGTERM comes.
     let before = echo.requests();
-    let in_flight = std::thread::spawn(move || get(2000));
+    let in_flight = std::thread::spawn(move || get(2000, false));
     wait_until("the request reached the upstream", Duration::from_secs(10), || {
         echo.requests() > before
     });
