@@ -129,7 +129,11 @@ impl Agent {
 
     /// Fails the test if the agent has exited.
     fn assert_running(&mut self) {
-        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
             panic!("the agent exited with {status}:\n{}", self.log());
         }
     }
@@ -289,18 +293,26 @@ fn a_sidecar_joins_over_mutual_tls_with_the_certificate_it_serves_over_sds() {
         if let Some(r) = agent.ready() {
             break r;
         }
-        assert!(Instant::now() < deadline, "no status port:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "no status port:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no workload certificate"), "{body}");
     // A failed call to the CA has been made (the token file is missing) and Envoy has not
     // been started.
-    wait_until("a refused certificate request", Duration::from_secs(20), || {
-        agent
-            .metric("meshgate_agent_workload_certificate_failures_total")
-            .is_some_and(|n| n >= 1)
-    });
+    wait_until(
+        "a refused certificate request",
+        Duration::from_secs(20),
+        || {
+            agent
+                .metric("meshgate_agent_workload_certificate_failures_total")
+                .is_some_and(|n| n >= 1)
+        },
+    );
     assert_eq!(agent.envoy_pid(), None);
     assert_eq!(agent.metric("meshgate_agent_envoy_starts_total"), Some(0));
 
@@ -314,9 +326,8 @@ fn a_sidecar_joins_over_mutual_tls_with_the_certificate_it_serves_over_sds() {
     let uri = format!("spiffe://cluster.local/ns/{NS}/sa/{SA}");
     mesh.cp
         .wait_syncz("the sidecar's stream", Duration::from_secs(10), |s| {
-            s.iter().any(|p| {
-                p["proxy_id"] == "reviews-1.shop" && p["spiffe_identity"] == uri.as_str()
-            })
+            s.iter()
+                .any(|p| p["proxy_id"] == "reviews-1.shop" && p["spiffe_identity"] == uri.as_str())
         });
     let entry = mesh.cp.proxy("reviews-1").expect("the sidecar in syncz");
     assert!(
@@ -329,7 +340,11 @@ fn a_sidecar_joins_over_mutual_tls_with_the_certificate_it_serves_over_sds() {
     assert_eq!(entry["labels"]["app"], "reviews");
 
     // Envoy holds the certificate the agent served it over SDS.
-    assert!(agent.envoy_serial(&uri).is_some(), "{:?}", agent.admin("/certs"));
+    assert!(
+        agent.envoy_serial(&uri).is_some(),
+        "{:?}",
+        agent.admin("/certs")
+    );
     let (_, dump) = agent
         .admin("/config_dump?resource=dynamic_active_secrets")
         .unwrap();
@@ -349,17 +364,21 @@ fn a_sidecar_joins_over_mutual_tls_with_the_certificate_it_serves_over_sds() {
     assert_eq!(meta["CLUSTER_ID"], "Kubernetes");
     assert_eq!(meta["LABELS"]["version"], "v1");
     assert!(meta["ISTIO_VERSION"].is_string());
-    let clusters = bootstrap["static_resources"]["clusters"].as_array().unwrap();
+    let clusters = bootstrap["static_resources"]["clusters"]
+        .as_array()
+        .unwrap();
     let sds = clusters.iter().find(|c| c["name"] == "sds-grpc").unwrap();
     let socket = agent.run_dir.canonicalize().unwrap().join("sds/socket");
     assert_eq!(
-        sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
-            ["path"],
+        sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"],
         socket.display().to_string()
     );
     let xds = clusters.iter().find(|c| c["name"] == "xds-grpc").unwrap();
     let common = &xds["transport_socket"]["typed_config"]["common_tls_context"];
-    assert_eq!(common["tls_certificate_sds_secret_configs"][0]["name"], "default");
+    assert_eq!(
+        common["tls_certificate_sds_secret_configs"][0]["name"],
+        "default"
+    );
     assert_eq!(
         xds["transport_socket"]["typed_config"]["sni"],
         "istiod.istio-system.svc"
@@ -451,14 +470,18 @@ fn the_certificate_rotates_under_the_same_envoy() {
     let first = agent.envoy_serial(&uri).expect("Envoy's certificate");
     // Renewed at about half of 4 s; Envoy takes the new one over SDS.
     let mut seen = vec![first.clone()];
-    wait_until("two rotations seen by Envoy", Duration::from_secs(30), || {
-        if let Some(s) = agent.envoy_serial(&uri)
-            && !seen.contains(&s)
-        {
-            seen.push(s);
-        }
-        seen.len() >= 3
-    });
+    wait_until(
+        "two rotations seen by Envoy",
+        Duration::from_secs(30),
+        || {
+            if let Some(s) = agent.envoy_serial(&uri)
+                && !seen.contains(&s)
+            {
+                seen.push(s);
+            }
+            seen.len() >= 3
+        },
+    );
     assert_eq!(agent.envoy_pid(), Some(envoy), "Envoy was not restarted");
     assert_eq!(agent.metric("meshgate_agent_envoy_starts_total"), Some(1));
     assert!(
@@ -520,7 +543,11 @@ fn sigterm_drains_a_request_in_flight_then_stops() {
     let mesh = Mesh::start();
     let echo = EchoUpstream::start("echo");
     let gw_port = free_port();
-    std::fs::write(mesh.config.join("gateway.yaml"), gateway_yaml("gw", gw_port)).unwrap();
+    std::fs::write(
+        mesh.config.join("gateway.yaml"),
+        gateway_yaml("gw", gw_port),
+    )
+    .unwrap();
     std::fs::write(
         mesh.config.join("services.yaml"),
         service_entry_yaml("echo", echo.port()),
@@ -568,16 +595,20 @@ fn sigterm_drains_a_request_in_flight_then_stops() {
         s.read_to_end(&mut buf)?;
         Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
     };
-    wait_until("routed through the gateway", Duration::from_secs(20), || {
-        get(0, true).is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
-    });
+    wait_until(
+        "routed through the gateway",
+        Duration::from_secs(20),
+        || get(0, true).is_ok_and(|r| r.starts_with("HTTP/1.1 200")),
+    );
 
     // A request that takes 2 s at the upstream is in flight when SIGTERM comes.
     let before = echo.requests();
     let in_flight = std::thread::spawn(move || get(2000, false));
-    wait_until("the request reached the upstream", Duration::from_secs(10), || {
-        echo.requests() > before
-    });
+    wait_until(
+        "the request reached the upstream",
+        Duration::from_secs(10),
+        || echo.requests() > before,
+    );
     let signalled = Instant::now();
     agent.signal(libc::SIGTERM);
     wait_until("not ready once draining", Duration::from_secs(1), || {
@@ -585,7 +616,10 @@ fn sigterm_drains_a_request_in_flight_then_stops() {
             .ready()
             .is_some_and(|(s, b)| s == 503 && b.contains("draining"))
     });
-    assert!(!in_flight.is_finished(), "the request finished before the drain began");
+    assert!(
+        !in_flight.is_finished(),
+        "the request finished before the drain began"
+    );
 
     // The request completes, then the agent stops Envoy (no connection left, well before
     // the 15 s drain duration) and exits 0.
@@ -602,7 +636,11 @@ fn sigterm_drains_a_request_in_flight_then_stops() {
         "the drain waited {:?}",
         signalled.elapsed()
     );
-    assert!(agent.log().contains("no connection left"), "{}", agent.log());
+    assert!(
+        agent.log().contains("no connection left"),
+        "{}",
+        agent.log()
+    );
     assert!(!pid_alive(envoy), "Envoy outlived the agent");
     let refused = std::net::TcpStream::connect(("127.0.0.1", gw_port));
     assert!(refused.is_err(), "the gateway port still accepts");

@@ -44,9 +44,7 @@ fn agent_flags(c: &EnvoyCommand) -> Vec<(&'static str, Option<String>)> {
 /// Why Envoy's command line cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error(
-        "`{0}` after `--`: the agent gives Envoy its bootstrap itself (-c / --config-path)"
-    )]
+    #[error("`{0}` after `--`: the agent gives Envoy its bootstrap itself (-c / --config-path)")]
     Config(String),
 }
 
@@ -110,13 +108,16 @@ impl EnvoyAdmin {
     }
 
     /// One request on a fresh connection: (status, body).
-    pub async fn request(&self, method: http::Method, path: &str) -> std::io::Result<(u16, String)> {
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+    ) -> std::io::Result<(u16, String)> {
         let call = async {
             let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(std::io::Error::other)?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
             tokio::spawn(conn);
             let req = http::Request::builder()
                 .method(method)

@@ -66,9 +66,7 @@ impl SecretServer {
         listener: tokio::net::UnixListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
-        self.control_plane
-            .serve_local_sds(listener, shutdown)
-            .await
+        self.control_plane.serve_local_sds(listener, shutdown).await
     }
 }
 
@@ -327,7 +325,11 @@ mod tests {
         // A rotation reaches both streams, with a new version and nonce.
         server.publish_secrets(secrets("2"));
         let second: DiscoveryResponse = next(&mut answers).await;
-        let mut got: Vec<_> = second.resources.iter().map(|a| chain_of(&a.value)).collect();
+        let mut got: Vec<_> = second
+            .resources
+            .iter()
+            .map(|a| chain_of(&a.value))
+            .collect();
         got.sort();
         assert_eq!(
             got,

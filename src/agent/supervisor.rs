@@ -79,7 +79,10 @@ pub enum SupervisorError {
     #[error("{0}")]
     Command(#[from] super::envoy::CommandError),
     #[error("starting {program}: {error}")]
-    Spawn { program: String, error: std::io::Error },
+    Spawn {
+        program: String,
+        error: std::io::Error,
+    },
 }
 
 /// Starts Envoy and keeps it running.
@@ -229,7 +232,11 @@ async fn wait_for(phase: &mut watch::Receiver<Phase>, at_least: Phase) {
         Phase::Draining => 1,
         Phase::Stop => 2,
     };
-    if phase.wait_for(|p| rank(*p) >= rank(at_least)).await.is_err() {
+    if phase
+        .wait_for(|p| rank(*p) >= rank(at_least))
+        .await
+        .is_err()
+    {
         // The agent is gone: nothing will change any more.
         std::future::pending::<()>().await;
     }

@@ -29,7 +29,11 @@ enum ProxyType {
 pub struct Args {
     /// The control plane's xDS over mutual TLS (istiod's 15012), HOST:PORT. Envoy's
     /// `xds-grpc` cluster connects there with the workload certificate.
-    #[arg(long, value_name = "ADDR", default_value = "istiod.istio-system.svc:15012")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "istiod.istio-system.svc:15012"
+    )]
     xds: String,
     /// The CA (Istio's certificate service), HOST:PORT. Default: --xds.
     #[arg(long, value_name = "ADDR")]
@@ -149,8 +153,8 @@ fn run_inner(args: Args) -> anyhow::Result<()> {
     };
     let identity = SpiffeId::new(&trust_domain, &args.namespace, &args.service_account)
         .context("the workload identity (--trust-domain, --namespace, --service-account)")?;
-    let labels = ProxyIdentity::parse_labels(&args.labels)
-        .map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+    let labels =
+        ProxyIdentity::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
     let drain_duration = args
         .drain_duration
         .or(mesh.termination_drain_duration)

@@ -429,6 +429,77 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_managed_sidecar_gets_sds_grpc_and_mutual_tls_by_sds() {
+        let mut b = EnvoyBootstrap {
+            node_id: "reviews-1".into(),
+            kind: ProxyKind::Sidecar,
+            namespace: "shop".into(),
+            ip: "10.1.2.3".into(),
+            xds_address: "istiod.istio-system.svc:15012".into(),
+            istio_version: "1.2.3".into(),
+            xds_tls: Some(XdsTlsFiles {
+                root_cert: "/etc/root.pem".into(),
+                cert_chain: None,
+                private_key: None,
+                agent_certificate: true,
+                server_name: "istiod.istio-system.svc".into(),
+            }),
+            ..Default::default()
+        };
+        // The certificate from the agent needs the agent's socket.
+        assert!(matches!(b.build(), Err(BootstrapError::NoAgentSocket)));
+        b.agent_sds_socket = Some("/run/agent/sds/socket".into());
+        b.metadata
+            .insert("SERVICE_ACCOUNT".into(), "reviews".into());
+        // Metadata made from the fields wins over the extra map.
+        b.metadata.insert("NAMESPACE".into(), "other".into());
+        let j = b.to_json().unwrap();
+        assert_eq!(
+            j["node"]["id"],
+            "sidecar~10.1.2.3~reviews-1.shop~shop.svc.cluster.local"
+        );
+        let meta = &j["node"]["metadata"];
+        assert_eq!(meta["SERVICE_ACCOUNT"], "reviews");
+        assert_eq!(meta["NAMESPACE"], "shop");
+        assert_eq!(meta["ISTIO_VERSION"], "1.2.3");
+        let clusters = j["static_resources"]["clusters"].as_array().unwrap();
+        assert_eq!(clusters.len(), 2);
+        let sds = &clusters[1];
+        assert_eq!(sds["name"], crate::translate::AGENT_SDS_CLUSTER);
+        assert_eq!(
+            sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
+                ["path"],
+            "/run/agent/sds/socket"
+        );
+        assert!(
+            sds["typed_extension_protocol_options"]
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+                ["http2_protocol_options"]
+                .is_object()
+        );
+        let tls = &clusters[0]["transport_socket"]["typed_config"];
+        assert_eq!(tls["sni"], "istiod.istio-system.svc");
+        let common = &tls["common_tls_context"];
+        assert!(common.get("tls_certificates").is_none());
+        let cert = &common["tls_certificate_sds_secret_configs"][0];
+        assert_eq!(cert["name"], "default");
+        let source = &cert["sds_config"]["api_config_source"];
+        assert_eq!(source["api_type"], "GRPC");
+        assert_eq!(
+            source["grpc_services"][0]["envoy_grpc"]["cluster_name"],
+            "sds-grpc"
+        );
+        assert_eq!(
+            common["validation_context"]["trusted_ca"]["filename"],
+            "/etc/root.pem"
+        );
+        assert_eq!(
+            common["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+            "istiod.istio-system.svc"
+        );
+    }
+
+    #[test]
     fn yaml_block_style() {
         let v = json!({"a": {"b": [1, {"c": "x: y", "@type": "t"}, []], "e": {}}, "s": "quo\"te", "t": true});
         let want = "a:\n  b:\n    - 1\n    - c: \"x: y\"\n      \"@type\": \"t\"\n    - []\n  e: {}\ns: \"quo\\\"te\"\nt: true\n";

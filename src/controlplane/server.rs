@@ -692,9 +692,7 @@ where
     // On the mutual-TLS port the connection's peer (put there by the TLS acceptor) is
     // checked against the node once the stream names it.
     let auth = match transport {
-        Transport::Mtls => {
-            StreamAuth::Mtls(req.extensions().get::<crate::ca::PeerInfo>().cloned())
-        }
+        Transport::Mtls => StreamAuth::Mtls(req.extensions().get::<crate::ca::PeerInfo>().cloned()),
         Transport::Plaintext => StreamAuth::Plaintext,
         Transport::Local => StreamAuth::Local,
     };
@@ -742,10 +740,24 @@ impl tonic::codegen::Service<GrpcRequest> for AdsService {
     fn call(&mut self, req: GrpcRequest) -> Self::Future {
         let resp = match req.uri().path() {
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources" => {
-                open_stream(&self.inner, req, Mode::Sotw, None, self.transport(), Sotw::new)
+                open_stream(
+                    &self.inner,
+                    req,
+                    Mode::Sotw,
+                    None,
+                    self.transport(),
+                    Sotw::new,
+                )
             }
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources" => {
-                open_stream(&self.inner, req, Mode::Delta, None, self.transport(), Delta::new)
+                open_stream(
+                    &self.inner,
+                    req,
+                    Mode::Delta,
+                    None,
+                    self.transport(),
+                    Delta::new,
+                )
             }
             _ => Status::unimplemented("").into_http(),
         };
@@ -804,9 +816,14 @@ impl tonic::codegen::Service<GrpcRequest> for SdsService {
                 self.transport,
                 Delta::new,
             ),
-            "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" => {
-                open_stream(&self.inner, req, Mode::Sotw, secrets, self.transport, Sotw::new)
-            }
+            "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" => open_stream(
+                &self.inner,
+                req,
+                Mode::Sotw,
+                secrets,
+                self.transport,
+                Sotw::new,
+            ),
             "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets" => {
                 let options = &self.inner.options;
                 let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<

@@ -291,7 +291,8 @@ impl Context<'_, '_, '_> {
                     } else {
                         settings.subject_alt_names.clone()
                     };
-                    let ctx = tls::istio_mutual_upstream_context(&sans, &sni, h2, scope.mesh_secrets);
+                    let ctx =
+                        tls::istio_mutual_upstream_context(&sans, &sni, h2, scope.mesh_secrets);
                     c.transport_socket = Some(tls::transport_socket(&ctx));
                 }
                 Some((settings, ClientTlsMode::Simple | ClientTlsMode::Mutual)) => {
