@@ -430,7 +430,7 @@ fn readiness_waits_for_envoy_to_be_live() {
             token.to_str().unwrap(),
         ],
     );
-    agent.wait_envoy_pid(Duration::from_secs(30));
+    let envoy = agent.wait_envoy_pid(Duration::from_secs(30));
     wait_until("Envoy's admin API answers", Duration::from_secs(20), || {
         agent.admin("/ready").is_some()
     });
@@ -441,8 +441,14 @@ fn readiness_waits_for_envoy_to_be_live() {
         agent.metric("meshgate_agent_workload_certificates_issued_total"),
         Some(1)
     );
-    agent.signal(libc::SIGTERM);
-    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+    // An agent killed outright takes its Envoy with it.
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(Duration::from_secs(10));
+    wait_until(
+        "Envoy killed with the agent",
+        Duration::from_secs(10),
+        || !pid_alive(envoy),
+    );
 }
 
 #[test]

@@ -143,6 +143,31 @@ fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// How often the `--ca-root` file is read again.
+const ROOT_FILE_POLL: Duration = Duration::from_secs(5);
+
+/// Reads the `--ca-root` file again every few seconds; when its roots change (a root
+/// rotated in by whoever maintains it, as Istio's `istio-ca-root-cert` ConfigMap),
+/// `ROOTCA` carries them from then on. An unreadable or empty file changes nothing.
+async fn follow_root_file(path: PathBuf, secrets: SecretServer) {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|t| super::sds::pem_certificates(&t))
+            .filter(|r| !r.is_empty())
+    };
+    let mut last = read(&path);
+    loop {
+        tokio::time::sleep(ROOT_FILE_POLL).await;
+        let Some(now) = read(&path) else { continue };
+        if last.as_ref() != Some(&now) {
+            tracing::info!(file = %path.display(), roots = now.len(), "the root certificate file changed; ROOTCA follows it");
+            secrets.set_extra_roots(now.clone());
+            last = Some(now);
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT, then drains Envoy and returns. An error is
 /// returned for what makes it impossible to start (files, ports, Envoy's program).
 pub async fn run(o: AgentOptions) -> Result<(), AgentError> {
@@ -204,6 +229,7 @@ pub async fn run(o: AgentOptions) -> Result<(), AgentError> {
         }
     });
     let status_task = tokio::spawn(super::status::serve(status_listener, status.clone()));
+    let roots_task = tokio::spawn(follow_root_file(o.ca_root.clone(), secrets.clone()));
     let mut handle = manager.handle();
     let identity_task = tokio::spawn(manager.run());
     tracing::info!(node = %node_id, identity = %o.identity, xds = %o.xds_address, ca = %o.ca_address, bootstrap = %bootstrap_file.display(), sds = %socket.display(), status = %status_addr, admin_port = o.admin_port, "agent started; waiting for the workload certificate");
@@ -211,6 +237,7 @@ pub async fn run(o: AgentOptions) -> Result<(), AgentError> {
     let cleanup = |sds_task: tokio::task::JoinHandle<()>| async move {
         identity_task.abort();
         status_task.abort();
+        roots_task.abort();
         let _ = stop_sds.send(());
         let _ = sds_task.await;
     };

@@ -9,11 +9,12 @@
 //! directory is 0700, the socket 0600) is served.
 use crate::controlplane::{ControlPlane, Debounce, Options, ServeError, StaticSource, TypeSet};
 use crate::identity::WorkloadCertificate;
-use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use crate::xds::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret::Type};
 use crate::xds::{ResourceSet, TypeUrl};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The socket's file name in its directory.
@@ -24,6 +25,15 @@ pub const SOCKET_NAME: &str = "socket";
 pub struct SecretServer {
     source: Arc<StaticSource>,
     control_plane: ControlPlane,
+    /// The certificate served and the roots trusted besides its own.
+    held: Arc<Mutex<Held>>,
+}
+
+#[derive(Default)]
+struct Held {
+    certificate: Option<Arc<WorkloadCertificate>>,
+    /// PEM roots of the `--ca-root` file as last read, added to `ROOTCA`.
+    extra_roots: Vec<String>,
 }
 
 impl SecretServer {
@@ -42,12 +52,29 @@ impl SecretServer {
         SecretServer {
             source,
             control_plane,
+            held: Arc::default(),
         }
     }
 
     /// Serves `cert`'s `default` and `ROOTCA` from now on, in place of the last ones.
-    pub fn publish(&self, cert: &WorkloadCertificate) {
-        self.publish_secrets(cert.sds_secrets().into());
+    pub fn publish(&self, cert: &Arc<WorkloadCertificate>) {
+        let mut held = self.lock();
+        held.certificate = Some(cert.clone());
+        self.publish_secrets(with_roots(cert.sds_secrets(), &held.extra_roots));
+    }
+
+    /// Trusts `roots` (PEM) in `ROOTCA` besides the CA's, from now on: the `--ca-root`
+    /// file changed (a root rotated in). Pushed at once when a certificate is held.
+    pub fn set_extra_roots(&self, roots: Vec<String>) {
+        let mut held = self.lock();
+        held.extra_roots = roots;
+        if let Some(cert) = &held.certificate {
+            self.publish_secrets(with_roots(cert.sds_secrets(), &held.extra_roots));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Serves exactly `secrets` from now on; every stream gets what changed.
@@ -74,6 +101,44 @@ impl Default for SecretServer {
     fn default() -> Self {
         SecretServer::new()
     }
+}
+
+/// `ROOTCA` of `secrets` with `extra` roots added (each once, in order).
+fn with_roots(secrets: [Secret; 2], extra: &[String]) -> Vec<Secret> {
+    let mut secrets: Vec<Secret> = secrets.into();
+    if extra.is_empty() {
+        return secrets;
+    }
+    for s in &mut secrets {
+        if let Some(Type::ValidationContext(v)) = &mut s.r#type
+            && let Some(DataSource {
+                specifier: Some(Specifier::InlineString(bundle)),
+                ..
+            }) = &mut v.trusted_ca
+        {
+            for root in extra {
+                if !bundle.contains(root.trim()) {
+                    if !bundle.is_empty() && !bundle.ends_with('\n') {
+                        bundle.push('\n');
+                    }
+                    bundle.push_str(root.trim());
+                    bundle.push('\n');
+                }
+            }
+        }
+    }
+    secrets
+}
+
+/// The PEM certificates of a bundle, each as its own block.
+pub fn pem_certificates(text: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    text.split_inclusive(END)
+        .filter_map(|part| {
+            let start = part.find("-----BEGIN CERTIFICATE-----")?;
+            part.ends_with(END).then(|| part[start..].to_string())
+        })
+        .collect()
 }
 
 /// Makes `dir` (mode 0700, created if missing) and binds `dir/socket` (mode 0600), a
@@ -111,9 +176,9 @@ pub fn bind_socket(dir: &Path) -> std::io::Result<(tokio::net::UnixListener, Pat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xds::pb::envoy::config::core::v3::{DataSource, Node, data_source::Specifier};
+    use crate::xds::pb::envoy::config::core::v3::Node;
     use crate::xds::pb::envoy::extensions::transport_sockets::tls::v3::{
-        CertificateValidationContext, TlsCertificate, secret::Type,
+        CertificateValidationContext, TlsCertificate,
     };
     use crate::xds::pb::envoy::service::discovery::v3::{
         DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -212,6 +277,27 @@ mod tests {
             .expect("a response in time")
             .expect("no stream error")
             .expect("the stream goes on")
+    }
+
+    #[test]
+    fn roots_of_the_file_join_rootca() {
+        let [default, root] = <[Secret; 2]>::try_from(secrets("1")).unwrap();
+        let pem = |n: u8| format!("-----BEGIN CERTIFICATE-----\nQ{n}==\n-----END CERTIFICATE-----");
+        let file = format!("# roots\n{}\n{}\n", pem(1), pem(2));
+        let extra = pem_certificates(&file);
+        assert_eq!(extra, [pem(1), pem(2)]);
+        let merged = with_roots([default.clone(), root.clone()], &extra);
+        assert_eq!(merged[0], default);
+        let (name, bundle) = chain_of(&merged[1].encode_to_vec());
+        assert_eq!(name, "ROOTCA");
+        assert_eq!(bundle, format!("root-1\n{}\n{}\n", pem(1), pem(2)));
+        // A root already in the bundle is not added again.
+        let again = with_roots(
+            <[Secret; 2]>::try_from(merged.clone()).unwrap(),
+            &extra[..1],
+        );
+        assert_eq!(again, merged);
+        assert_eq!(with_roots([default, root.clone()], &[])[1], root);
     }
 
     #[tokio::test]
