@@ -607,9 +607,9 @@ fn sigterm_drains_a_request_in_flight_then_stops() {
         || get(0, true).is_ok_and(|r| r.starts_with("HTTP/1.1 200")),
     );
 
-    // A request that takes 2 s at the upstream is in flight when SIGTERM comes.
+    // A request that takes 3 s at the upstream is in flight when SIGTERM comes.
     let before = echo.requests();
-    let in_flight = std::thread::spawn(move || get(2000, false));
+    let in_flight = std::thread::spawn(move || get(3000, false));
     wait_until(
         "the request reached the upstream",
         Duration::from_secs(10),
@@ -617,7 +617,7 @@ fn sigterm_drains_a_request_in_flight_then_stops() {
     );
     let signalled = Instant::now();
     agent.signal(libc::SIGTERM);
-    wait_until("not ready once draining", Duration::from_secs(1), || {
+    wait_until("not ready once draining", Duration::from_secs(2), || {
         agent
             .ready()
             .is_some_and(|(s, b)| s == 503 && b.contains("draining"))
