@@ -4,9 +4,12 @@
 //! `registry` (services and endpoints), `translate` (config -> Envoy xDS resources),
 //! `pipeline` (the one door from YAML on disk to checked, translated resources),
 //! `xds` (the resource set and its JSON form), `proxy` (the data plane) and
-//! `controlplane` (ADS/SDS server), `ca` (mesh identities and their certificates) and
-//! `identity` (a gateway's own workload certificate, obtained from that CA).
+//! `controlplane` (ADS/SDS server), `ca` (mesh identities and their certificates),
+//! `identity` (a proxy's own workload certificate, obtained from that CA) and `agent`
+//! (the pilot-agent job for an Envoy sidecar or gateway: bootstrap, certificate over
+//! SDS, Envoy's life, readiness).
 pub mod acme;
+pub mod agent;
 pub mod ca;
 pub mod config;
 pub mod controlplane;

@@ -37,6 +37,9 @@ enum Command {
     Gateway(cmd::gateway::GatewayArgs),
     /// Redirect this network namespace's TCP traffic to a sidecar (istio-iptables' job).
     Iptables(cmd::iptables::Args),
+    /// Run Envoy for one pod as Istio's pilot-agent does: bootstrap, workload certificate
+    /// over SDS, restarts, readiness, drain (`agent [FLAGS] -- envoy [ARGS]`).
+    Agent(cmd::agent::Args),
     /// Add Istio's sidecar (istio-init, istio-proxy) to Kubernetes workloads (kube-inject).
     Inject(cmd::inject::Args),
 }
@@ -64,5 +67,6 @@ fn main() -> ExitCode {
         Command::Gateway(args) => cmd::gateway::run(args),
         Command::Iptables(args) => cmd::iptables::run(args),
         Command::Inject(args) => cmd::inject::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
     }
 }

@@ -137,7 +137,48 @@ fn assert_injected(meta: &Value, spec: &Value, image: &str, app: &str) {
         .chain(proxy["args"].as_array().unwrap())
         .map(|a| a.as_str().unwrap())
         .collect();
-    assert_eq!(&cmdline[..3], ["meshgate", "agent", "--"]);
+    assert_eq!(&cmdline[..2], ["meshgate", "agent"]);
+    // The pod's identity reaches the agent's flags through the downward API's
+    // variables; Envoy follows `--`.
+    let dashes = cmdline.iter().position(|a| *a == "--").expect("`--`");
+    assert_eq!(cmdline[dashes + 1], "envoy");
+    let flags = &cmdline[..dashes];
+    for pair in [
+        ["--namespace", "$(POD_NAMESPACE)"],
+        ["--service-account", "$(SERVICE_ACCOUNT)"],
+        ["--pod-name", "$(POD_NAME)"],
+        ["--ip", "$(INSTANCE_IP)"],
+        ["--proxy-type", "sidecar"],
+        ["--status-port", "15021"],
+    ] {
+        assert!(flags.windows(2).any(|w| w == pair), "{pair:?} in {flags:?}");
+    }
+    let flag = |name: &str| {
+        flags
+            .windows(2)
+            .find(|w| w[0] == name)
+            .map(|w| w[1])
+            .unwrap_or_else(|| panic!("{name} in {flags:?}"))
+    };
+    assert!(
+        flag("--labels")
+            .split(',')
+            .any(|l| l == "security.istio.io/tlsMode=istio"),
+        "{flags:?}"
+    );
+    // The root certificate, the token and the run directory are on the pod's volumes.
+    let mounts: Vec<&str> = proxy["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for path in [flag("--ca-root"), flag("--token-file"), flag("--run-dir")] {
+        assert!(
+            mounts.iter().any(|m| path.starts_with(m)),
+            "{path} is on none of {mounts:?}"
+        );
+    }
     for (name, path) in [
         ("POD_NAME", "metadata.name"),
         ("POD_NAMESPACE", "metadata.namespace"),
@@ -226,6 +267,20 @@ fn pod_is_injected_with_the_discovery_address() {
     let cfg: Value =
         serde_json::from_str(env(proxy, "PROXY_CONFIG")["value"].as_str().unwrap()).unwrap();
     assert_eq!(cfg["discoveryAddress"], "cp.mesh.svc:15012");
+    let args: Vec<&str> = proxy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--xds", "cp.mesh.svc:15012"]),
+        "{args:?}"
+    );
+    assert!(
+        args.windows(2).any(|w| w == ["--workload-name", "curl"]),
+        "{args:?}"
+    );
 }
 
 #[test]

@@ -139,6 +139,7 @@ pub fn run(args: Args) -> ExitCode {
             root_cert,
             cert_chain: a.xds_cert_chain,
             private_key: a.xds_key,
+            agent_certificate: false,
             server_name: a.xds_server_name,
         }),
         ..Default::default()

@@ -181,10 +181,16 @@ fn inject_template(
 
     let annotation = |k: &str| str_at(&meta, &["annotations", k]).map(str::to_string);
     arr(spec, "initContainers").push(init_container(s, &annotation));
-    arr(spec, "containers").push(proxy_container(s, workload_name, &app_names));
     let volumes = arr(spec, "volumes");
     volumes.push(json!({"name": "istio-envoy", "emptyDir": {"medium": "Memory"}}));
     volumes.push(json!({"name": "istio-data", "emptyDir": {}}));
+    // The join credential: a service-account token for the CA's audience, as Istio's
+    // injector mounts it; and the mesh's root certificate from the CA's ConfigMap.
+    volumes.push(
+        json!({"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}}]}}),
+    );
+    volumes.push(json!({"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}}));
 
     let meta = obj(template, "metadata");
     let labels = obj(meta, "labels");
@@ -232,11 +238,24 @@ fn inject_template(
     let status = json!({
         "initContainers": ["istio-init"],
         "containers": ["istio-proxy"],
-        "volumes": ["istio-envoy", "istio-data"],
+        "volumes": ["istio-envoy", "istio-data", "istio-token", "istiod-ca-cert"],
         "imagePullSecrets": null,
         "revision": "default",
     });
     annotations.insert(STATUS_ANNOTATION.into(), Value::String(status.to_string()));
+    // The proxy goes in last, with the pod's labels as they are now (the ones added
+    // above included): the agent puts them in Envoy's node metadata.
+    let pod_labels: Vec<String> = obj(obj(template, "metadata"), "labels")
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+        .collect();
+    let spec = obj(template, "spec");
+    arr(spec, "containers").push(proxy_container(
+        s,
+        workload_name,
+        &app_names,
+        &pod_labels.join(","),
+    ));
     Ok(Outcome::Injected)
 }
 
@@ -294,9 +313,47 @@ fn init_container(s: &Settings, annotation: &dyn Fn(&str) -> Option<String>) -> 
     })
 }
 
+/// Where `istio-proxy` finds the mesh's root certificate and its join token (Istio's
+/// paths).
+const ROOT_CERT_PATH: &str = "/var/run/secrets/istio/root-cert.pem";
+const TOKEN_PATH: &str = "/var/run/secrets/tokens/istio-token";
+
 /// `istio-proxy`: Envoy under `meshgate agent`, with the pod's identity from the
-/// downward API.
-fn proxy_container(s: &Settings, workload_name: &str, app_names: &[String]) -> Value {
+/// downward API (Kubernetes expands `$(VAR)` in the arguments).
+fn proxy_container(s: &Settings, workload_name: &str, app_names: &[String], labels: &str) -> Value {
+    let args = [
+        "agent",
+        "--xds",
+        &s.discovery_address,
+        "--ca-root",
+        ROOT_CERT_PATH,
+        "--token-file",
+        TOKEN_PATH,
+        "--namespace",
+        "$(POD_NAMESPACE)",
+        "--service-account",
+        "$(SERVICE_ACCOUNT)",
+        "--pod-name",
+        "$(POD_NAME)",
+        "--ip",
+        "$(INSTANCE_IP)",
+        "--labels",
+        labels,
+        "--workload-name",
+        workload_name,
+        "--proxy-type",
+        "sidecar",
+        "--run-dir",
+        "/etc/istio/proxy",
+        "--status-port",
+        "15021",
+        "--admin-port",
+        "15000",
+        "--",
+        "envoy",
+        "--concurrency",
+        "2",
+    ];
     let env_field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}});
     let ready = json!({"httpGet": {"path": "/healthz/ready", "port": 15021}});
     let mut readiness = ready.clone();
@@ -311,7 +368,7 @@ fn proxy_container(s: &Settings, workload_name: &str, app_names: &[String]) -> V
         "name": "istio-proxy",
         "image": s.image,
         "command": ["meshgate"],
-        "args": ["agent", "--", "envoy"],
+        "args": args,
         "env": [
             env_field("POD_NAME", "metadata.name"),
             env_field("POD_NAMESPACE", "metadata.namespace"),
@@ -324,6 +381,7 @@ fn proxy_container(s: &Settings, workload_name: &str, app_names: &[String]) -> V
         ],
         "ports": [
             {"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"},
+            {"containerPort": 15021, "name": "status-port", "protocol": "TCP"},
         ],
         "readinessProbe": readiness,
         "startupProbe": startup,
@@ -343,6 +401,8 @@ fn proxy_container(s: &Settings, workload_name: &str, app_names: &[String]) -> V
         "volumeMounts": [
             {"name": "istio-envoy", "mountPath": "/etc/istio/proxy"},
             {"name": "istio-data", "mountPath": "/var/lib/istio/data"},
+            {"name": "istio-token", "mountPath": "/var/run/secrets/tokens"},
+            {"name": "istiod-ca-cert", "mountPath": "/var/run/secrets/istio"},
         ],
     })
 }

@@ -1,5 +1,6 @@
 //! Subcommands of the `meshgate` binary. Each file holds one subcommand's clap `Args` and
 //! its `run` function; the work itself lives in the library's layers.
+pub mod agent;
 pub mod bootstrap;
 pub mod ca;
 pub mod certs;

@@ -20,6 +20,9 @@ pub(crate) enum StreamAuth {
     /// The mutual-TLS port, with what the handshake established (`None` if tonic did not
     /// pass the connection's details, which is refused too).
     Mtls(Option<PeerInfo>),
+    /// A Unix socket of the pod's agent: the socket's permissions admit only the proxy
+    /// next to it, which is served the secrets the agent holds.
+    Local,
 }
 
 impl StreamAuth {
@@ -34,7 +37,7 @@ impl StreamAuth {
     /// Checks that the stream's client may be served as `node`.
     pub(crate) fn authorize(&self, node: &NodeInfo, raw: Option<&Node>) -> Result<(), Status> {
         let peer = match self {
-            StreamAuth::Plaintext => return Ok(()),
+            StreamAuth::Plaintext | StreamAuth::Local => return Ok(()),
             StreamAuth::Mtls(peer) => peer.as_ref(),
         };
         let Some(peer) = peer.filter(|p| p.verified_certificate) else {

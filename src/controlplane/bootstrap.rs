@@ -3,6 +3,13 @@
 //! (SotW or delta), a static cluster for the control plane with HTTP/2, admin on
 //! loopback.
 //!
+//! For a proxy whose agent runs next to it (`meshgate agent`), a second static cluster,
+//! `sds-grpc`, reaches the agent's SDS server on a Unix socket: the workload certificate
+//! `default` and the trust bundle `ROOTCA` come from there, for the `xds-grpc` cluster's
+//! own mutual TLS and for the mesh's (the translator refers to the same cluster). Those
+//! secrets travel on their own `api_config_source` stream, not over ADS: Envoy 1.40
+//! crashes on a static cluster whose secrets come over ADS.
+//!
 //! The document is built as JSON, parsed into Envoy's `Bootstrap` proto (unknown or
 //! mistyped fields are errors, as in Envoy) and rendered back, so what is written is
 //! what Envoy's own parser accepts.
@@ -36,7 +43,18 @@ pub struct EnvoyBootstrap {
     pub network: String,
     /// Reach the control plane over TLS (its 15012 port) with these files.
     pub xds_tls: Option<XdsTlsFiles>,
+    /// The agent's SDS server, a Unix socket: the `sds-grpc` cluster.
+    pub agent_sds_socket: Option<std::path::PathBuf>,
+    /// `ISTIO_VERSION` in the node metadata (left out when empty).
+    pub istio_version: String,
+    /// More node metadata strings, as Istio's agent sets them (`SERVICE_ACCOUNT`,
+    /// `NAME`, `WORKLOAD_NAME`, ...). They do not replace the ones made from the
+    /// fields above.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
+
+/// The cluster of the agent's SDS server (`translate::AGENT_SDS_CLUSTER`).
+pub const AGENT_SDS_CLUSTER: &str = crate::translate::AGENT_SDS_CLUSTER;
 
 /// The files of a TLS connection to the control plane's 15012 port, as Istio's agent
 /// writes them for Envoy: the mesh root to verify the control plane with and, for
@@ -48,6 +66,9 @@ pub struct XdsTlsFiles {
     /// The proxy's certificate chain and key (both or neither).
     pub cert_chain: Option<std::path::PathBuf>,
     pub private_key: Option<std::path::PathBuf>,
+    /// The proxy's certificate is the agent's SDS secret `default` (from `sds-grpc`)
+    /// rather than files; needs [`EnvoyBootstrap::agent_sds_socket`].
+    pub agent_certificate: bool,
     /// The name the control plane's certificate must carry, sent as SNI
     /// (`istiod.istio-system.svc`).
     pub server_name: String,
@@ -69,6 +90,9 @@ impl Default for EnvoyBootstrap {
             cluster_id: "Kubernetes".into(),
             network: String::new(),
             xds_tls: None,
+            agent_sds_socket: None,
+            istio_version: String::new(),
+            metadata: Default::default(),
         }
     }
 }
@@ -84,6 +108,8 @@ pub enum BootstrapError {
     NodeId(String),
     #[error("rendering the bootstrap: {0}")]
     Json(#[from] JsonError),
+    #[error("the xds-grpc certificate from the agent needs the agent's SDS socket")]
+    NoAgentSocket,
 }
 
 /// Splits `HOST:PORT` (`[v6]:PORT` too).
@@ -129,7 +155,14 @@ impl EnvoyBootstrap {
             cluster_id: self.cluster_id.clone(),
             domain_suffix: "cluster.local".into(),
         };
-        let metadata = to_json(&istio_metadata(&identity, ""))?;
+        let mut metadata = to_json(&istio_metadata(&identity, &self.istio_version))?;
+        if let Some(fields) = metadata.as_object_mut() {
+            for (k, v) in &self.metadata {
+                fields
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::String(v.clone()));
+            }
+        }
         let cluster = self.cluster.clone().unwrap_or_else(|| match self.kind {
             ProxyKind::Router => format!("istio-ingressgateway.{}", self.namespace),
             ProxyKind::Sidecar | ProxyKind::Grpc => {
@@ -177,7 +210,16 @@ impl EnvoyBootstrap {
             },
         });
         if let Some(tls) = &self.xds_tls {
+            if tls.agent_certificate && self.agent_sds_socket.is_none() {
+                return Err(BootstrapError::NoAgentSocket);
+            }
             doc["static_resources"]["clusters"][0]["transport_socket"] = tls_transport_socket(tls);
+        }
+        if let (Some(socket), Some(clusters)) = (
+            &self.agent_sds_socket,
+            doc["static_resources"]["clusters"].as_array_mut(),
+        ) {
+            clusters.push(agent_sds_cluster(socket));
         }
         Ok(from_json::<Bootstrap>(&doc)?)
     }
@@ -274,7 +316,10 @@ fn tls_transport_socket(tls: &XdsTlsFiles) -> Value {
             ],
         },
     });
-    if let (Some(chain), Some(key)) = (&tls.cert_chain, &tls.private_key) {
+    if tls.agent_certificate {
+        common["tls_certificate_sds_secret_configs"] =
+            json!([agent_sds_secret(super::workload::WORKLOAD_SECRET)]);
+    } else if let (Some(chain), Some(key)) = (&tls.cert_chain, &tls.private_key) {
         common["tls_certificates"] =
             json!([{"certificate_chain": file(chain), "private_key": file(key)}]);
     }
@@ -285,6 +330,44 @@ fn tls_transport_socket(tls: &XdsTlsFiles) -> Value {
             "sni": tls.server_name,
             "common_tls_context": common,
         }
+    })
+}
+
+/// A reference to secret `name` of the agent's SDS server, as Istio's bootstrap and
+/// the translator (`MeshSecrets::Agent`) write it: its own gRPC stream on `sds-grpc`,
+/// no initial fetch timeout (nothing works without the certificate anyway).
+fn agent_sds_secret(name: &str) -> Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": AGENT_SDS_CLUSTER}}],
+            },
+            "initial_fetch_timeout": "0s",
+            "resource_api_version": "V3",
+        }
+    })
+}
+
+/// The `sds-grpc` cluster: the agent's SDS server on a Unix socket, HTTP/2.
+fn agent_sds_cluster(socket: &std::path::Path) -> Value {
+    json!({
+        "name": AGENT_SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": AGENT_SDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket.display().to_string()}}}}]}],
+        },
     })
 }
 
@@ -440,6 +523,77 @@ mod tests {
         assert_eq!(info.identity.namespace, "shop");
         b.xds_address = "nowhere".into();
         assert!(matches!(b.to_json(), Err(BootstrapError::Address(_))));
+    }
+
+    #[test]
+    fn an_agent_managed_sidecar_gets_sds_grpc_and_mutual_tls_by_sds() {
+        let mut b = EnvoyBootstrap {
+            node_id: "reviews-1".into(),
+            kind: ProxyKind::Sidecar,
+            namespace: "shop".into(),
+            ip: "10.1.2.3".into(),
+            xds_address: "istiod.istio-system.svc:15012".into(),
+            istio_version: "1.2.3".into(),
+            xds_tls: Some(XdsTlsFiles {
+                root_cert: "/etc/root.pem".into(),
+                cert_chain: None,
+                private_key: None,
+                agent_certificate: true,
+                server_name: "istiod.istio-system.svc".into(),
+            }),
+            ..Default::default()
+        };
+        // The certificate from the agent needs the agent's socket.
+        assert!(matches!(b.build(), Err(BootstrapError::NoAgentSocket)));
+        b.agent_sds_socket = Some("/run/agent/sds/socket".into());
+        b.metadata
+            .insert("SERVICE_ACCOUNT".into(), "reviews".into());
+        // Metadata made from the fields wins over the extra map.
+        b.metadata.insert("NAMESPACE".into(), "other".into());
+        let j = b.to_json().unwrap();
+        assert_eq!(
+            j["node"]["id"],
+            "sidecar~10.1.2.3~reviews-1.shop~shop.svc.cluster.local"
+        );
+        let meta = &j["node"]["metadata"];
+        assert_eq!(meta["SERVICE_ACCOUNT"], "reviews");
+        assert_eq!(meta["NAMESPACE"], "shop");
+        assert_eq!(meta["ISTIO_VERSION"], "1.2.3");
+        let clusters = j["static_resources"]["clusters"].as_array().unwrap();
+        assert_eq!(clusters.len(), 2);
+        let sds = &clusters[1];
+        assert_eq!(sds["name"], crate::translate::AGENT_SDS_CLUSTER);
+        assert_eq!(
+            sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
+                ["path"],
+            "/run/agent/sds/socket"
+        );
+        assert!(
+            sds["typed_extension_protocol_options"]
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+                ["http2_protocol_options"]
+                .is_object()
+        );
+        let tls = &clusters[0]["transport_socket"]["typed_config"];
+        assert_eq!(tls["sni"], "istiod.istio-system.svc");
+        let common = &tls["common_tls_context"];
+        assert!(common.get("tls_certificates").is_none());
+        let cert = &common["tls_certificate_sds_secret_configs"][0];
+        assert_eq!(cert["name"], "default");
+        let source = &cert["sds_config"]["api_config_source"];
+        assert_eq!(source["api_type"], "GRPC");
+        assert_eq!(
+            source["grpc_services"][0]["envoy_grpc"]["cluster_name"],
+            "sds-grpc"
+        );
+        assert_eq!(
+            common["validation_context"]["trusted_ca"]["filename"],
+            "/etc/root.pem"
+        );
+        assert_eq!(
+            common["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+            "istiod.istio-system.svc"
+        );
     }
 
     #[test]

@@ -527,8 +527,37 @@ impl ControlPlane {
     pub fn sds_service(&self) -> SdsService {
         SdsService {
             inner: self.inner.clone(),
-            mtls: false,
+            transport: Transport::Plaintext,
         }
+    }
+
+    /// Serves SDS alone on a Unix socket until `shutdown` completes: a pod's agent
+    /// serving its Envoy the secrets it holds (`meshgate agent`). Whoever can open the
+    /// socket is served, so its directory's permissions are the access control.
+    pub async fn serve_local_sds(
+        &self,
+        listener: tokio::net::UnixListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        self.inner.serving.store(true, Ordering::Relaxed);
+        let inner = self.inner.clone();
+        let shutdown = async move {
+            shutdown.await;
+            inner.serving.store(false, Ordering::Relaxed);
+            inner.closing.send_replace(true);
+        };
+        let sds = SdsService {
+            inner: self.inner.clone(),
+            transport: Transport::Local,
+        };
+        let result = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(self.inner.options.max_concurrent_streams))
+            .add_service(sds)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        self.inner.serving.store(false, Ordering::Relaxed);
+        Ok(result?)
     }
 
     /// Serves ADS and SDS on `listener` until `shutdown` completes.
@@ -586,7 +615,7 @@ impl ControlPlane {
         };
         let sds = SdsService {
             inner: self.inner.clone(),
-            mtls: true,
+            transport: Transport::Mtls,
         };
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -710,7 +739,7 @@ fn open_stream<E>(
     req: GrpcRequest,
     mode: Mode,
     only: Option<TypeUrl>,
-    mtls: bool,
+    transport: Transport,
     engine: impl FnOnce() -> E + Send + 'static,
 ) -> GrpcResponse
 where
@@ -723,10 +752,10 @@ where
     }
     // On the mutual-TLS port the connection's peer (put there by the TLS acceptor) is
     // checked against the node once the stream names it.
-    let auth = if mtls {
-        StreamAuth::Mtls(req.extensions().get::<crate::ca::PeerInfo>().cloned())
-    } else {
-        StreamAuth::Plaintext
+    let auth = match transport {
+        Transport::Mtls => StreamAuth::Mtls(req.extensions().get::<crate::ca::PeerInfo>().cloned()),
+        Transport::Plaintext => StreamAuth::Plaintext,
+        Transport::Local => StreamAuth::Local,
     };
     let inbound = RequestStream::new(req.into_body(), inner.options.max_recv_message_size);
     let (tx, rx) = mpsc::channel(inner.options.send_queue.max(1));
@@ -772,10 +801,24 @@ impl tonic::codegen::Service<GrpcRequest> for AdsService {
     fn call(&mut self, req: GrpcRequest) -> Self::Future {
         let resp = match req.uri().path() {
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources" => {
-                open_stream(&self.inner, req, Mode::Sotw, None, self.mtls, Sotw::new)
+                open_stream(
+                    &self.inner,
+                    req,
+                    Mode::Sotw,
+                    None,
+                    self.transport(),
+                    Sotw::new,
+                )
             }
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources" => {
-                open_stream(&self.inner, req, Mode::Delta, None, self.mtls, Delta::new)
+                open_stream(
+                    &self.inner,
+                    req,
+                    Mode::Delta,
+                    None,
+                    self.transport(),
+                    Delta::new,
+                )
             }
             _ => Status::unimplemented("").into_http(),
         };
@@ -783,12 +826,31 @@ impl tonic::codegen::Service<GrpcRequest> for AdsService {
     }
 }
 
+impl AdsService {
+    fn transport(&self) -> Transport {
+        if self.mtls {
+            Transport::Mtls
+        } else {
+            Transport::Plaintext
+        }
+    }
+}
+
+/// What a service is served over, which decides how its streams are authorized.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Plaintext,
+    /// The mutual-TLS port: streams are checked against their client certificates.
+    Mtls,
+    /// The agent's Unix socket.
+    Local,
+}
+
 /// Envoy's SecretDiscoveryService, for proxies that fetch secrets on their own stream.
 #[derive(Clone)]
 pub struct SdsService {
     inner: Arc<Inner>,
-    /// Served on the mutual-TLS port: streams are checked as ADS streams are there.
-    mtls: bool,
+    transport: Transport,
 }
 
 impl tonic::server::NamedService for SdsService {
@@ -812,12 +874,17 @@ impl tonic::codegen::Service<GrpcRequest> for SdsService {
                 req,
                 Mode::Delta,
                 secrets,
-                self.mtls,
+                self.transport,
                 Delta::new,
             ),
-            "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" => {
-                open_stream(&self.inner, req, Mode::Sotw, secrets, self.mtls, Sotw::new)
-            }
+            "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" => open_stream(
+                &self.inner,
+                req,
+                Mode::Sotw,
+                secrets,
+                self.transport,
+                Sotw::new,
+            ),
             "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets" => {
                 let options = &self.inner.options;
                 let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<

@@ -64,6 +64,9 @@ pub struct ProxyStatus {
     pub labels: BTreeMap<String, String>,
     pub user_agent: String,
     pub istio_version: Option<String>,
+    /// The SPIFFE identity of the stream's verified client certificate (the mutual-TLS
+    /// port only).
+    pub spiffe_identity: Option<String>,
     pub mode: Mode,
     #[serde(with = "unix_seconds")]
     pub connected_at: SystemTime,
@@ -85,6 +88,7 @@ impl ProxyStatus {
             labels: node.identity.labels.clone(),
             user_agent: node.user_agent.clone(),
             istio_version: node.istio_version.clone(),
+            spiffe_identity: None,
             mode,
             connected_at: SystemTime::now(),
             snapshot_generation: 0,

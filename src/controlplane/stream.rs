@@ -54,6 +54,8 @@ pub(crate) struct StreamCtx {
     /// The stream's client certificate was verified (mutual TLS): it may be served the
     /// mesh's own secrets.
     pub verified: bool,
+    /// The stream came over the agent's Unix socket: its secrets are the pod's own.
+    local: bool,
     warned_mesh_secret: bool,
     /// The stream's connection id in the registry.
     pub conn_id: u64,
@@ -129,7 +131,7 @@ impl StreamCtx {
             }
             return;
         }
-        if self.warned_mesh_secret {
+        if self.warned_mesh_secret || self.local {
             return;
         }
         if names.any(|n| n == super::workload::WORKLOAD_SECRET) {
@@ -288,7 +290,14 @@ pub(crate) async fn run<E: Engine>(
         guard: _guard,
         conn_id,
     } = inner.attach(&node, auth.verified_identity(), mode);
-    tracing::info!(conn = conn_id, node = %node.identity.id, ?mode, "proxy connected");
+    let verified = auth.verified_identity();
+    if let Some(id) = &verified {
+        status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spiffe_identity = Some(id.to_string());
+    }
+    tracing::info!(conn = conn_id, node = %node.identity.id, ?mode, identity = ?verified.as_ref().map(|i| i.to_string()), "proxy connected");
     let mut ctx = StreamCtx {
         inner: inner.clone(),
         status,
@@ -298,7 +307,8 @@ pub(crate) async fn run<E: Engine>(
         nonce_counter: 0,
         warned_unknown: false,
         converging: None,
-        verified: auth.verified_identity().is_some(),
+        verified: verified.is_some(),
+        local: matches!(auth, super::authz::StreamAuth::Local),
         warned_mesh_secret: false,
         conn_id,
         asked_mesh_secrets: false,
@@ -447,6 +457,7 @@ pub(crate) mod testing {
             warned_unknown: false,
             converging: None,
             verified: false,
+            local: false,
             warned_mesh_secret: false,
             conn_id: 1,
             asked_mesh_secrets: false,
