@@ -563,7 +563,6 @@ fn service_entry_rules() {
                 "t.yaml:5:11: error: ServiceEntry/shop/e: spec.hosts[0]: resolution DNS_ROUND_ROBIN without endpoints resolves the hosts themselves, and wildcard `*.example.net` cannot be resolved; list endpoints or use DYNAMIC_DNS",
                 "t.yaml:7:36: error: ServiceEntry/shop/e: spec.ports[0].protocol: several hosts on a non-HTTP, non-TLS port cannot be told apart; use one host per ServiceEntry or resolution NONE",
                 "t.yaml:8:3: error: ServiceEntry/shop/e: spec.addresses: CIDR addresses are only allowed with resolution NONE or STATIC",
-                "t.yaml:8:3: warning: ServiceEntry/shop/e: spec.addresses: `addresses` is parsed but not acted on yet: virtual IPs are only used by sidecar listeners",
             ],
         ),
         (
@@ -595,7 +594,6 @@ fn service_entry_rules() {
                 "t.yaml:5:11: error: ServiceEntry/shop/e: spec.hosts[0]: resolution DYNAMIC_DNS needs wildcard hosts",
                 "t.yaml:7:36: error: ServiceEntry/shop/e: spec.ports[0].protocol: resolution DYNAMIC_DNS supports only HTTP, TLS, GRPC and HTTP2 ports",
                 "t.yaml:8:3: error: ServiceEntry/shop/e: spec.addresses: resolution DYNAMIC_DNS takes no addresses",
-                "t.yaml:8:3: warning: ServiceEntry/shop/e: spec.addresses: `addresses` is parsed but not acted on yet: virtual IPs are only used by sidecar listeners",
             ],
         ),
         (

@@ -1,7 +1,7 @@
 //! A sidecar's outbound side (see the module above), as istiod's
 //! `buildSidecarOutboundListeners` and `buildVirtualOutboundListener` build it:
 //!
-//! - `virtualOutbound` on 0.0.0.0:15001, where iptables sends the application's
+//! - `virtualOutbound` on 0.0.0.0:15001 (`proxyListenPort`), where iptables sends the application's
 //!   connections: `use_original_dst` hands each one to the listener of its original
 //!   destination; what no listener takes goes to `PassthroughCluster` (ALLOW_ANY) or
 //!   `BlackHoleCluster` (REGISTRY_ONLY).
@@ -38,10 +38,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Istio's name of the virtual outbound listener.
 pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
-/// Where iptables redirects outbound connections (MeshConfig `proxyListenPort`).
-pub const OUTBOUND_CAPTURE_PORT: u32 = 15001;
-/// Ports of the sidecar's own listeners: an outbound listener on 0.0.0.0 there would
-/// collide with them (istiod's `conflictWithReservedListener`).
+/// Ports of the sidecar's own listeners (with MeshConfig `proxyListenPort`): an
+/// outbound listener on 0.0.0.0 there would collide with them (istiod's
+/// `conflictWithReservedListener`).
 pub const RESERVED_PORTS: [u32; 4] = [15001, 15006, 15021, 15090];
 /// The virtual listener's chain for connections addressed to 15001 itself.
 pub const BLACKHOLE_CHAIN: &str = "virtualOutbound-blackhole";
@@ -66,6 +65,7 @@ pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
     );
     let mut b = Outbound {
         scope,
+        capture_port: mesh.proxy_listen_port,
         imports: &imports,
         access_log: access_log::file_access_log(mesh),
         entries: BTreeMap::new(),
@@ -98,6 +98,7 @@ pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
         }
     }
     out.resources.listeners.push(virtual_outbound_listener(
+        mesh.proxy_listen_port,
         catch_all,
         access_log.as_ref(),
         access_log::listener_access_log(mesh),
@@ -332,6 +333,8 @@ struct Entry {
 
 struct Outbound<'o, 's, 'a> {
     scope: &'o Scope<'a>,
+    /// MeshConfig `proxyListenPort`, where the virtual listener is.
+    capture_port: u32,
     imports: &'o Imports<'s, 'a>,
     access_log: Option<AccessLog>,
     /// (bind, port) -> listener.
@@ -435,7 +438,9 @@ impl<'o, 's, 'a> Outbound<'o, 's, 'a> {
         let Some(protocol) = listener_protocol(&port.protocol) else {
             return;
         };
-        if bind == WILDCARD && RESERVED_PORTS.contains(&port.number) {
+        if bind == WILDCARD
+            && (RESERVED_PORTS.contains(&port.number) || port.number == self.capture_port)
+        {
             self.diagnostics.push(self.scope.service_warning(
                 service,
                 "spec.ports",
@@ -866,24 +871,25 @@ fn entry_listener(
     l
 }
 
-/// istiod's `buildVirtualOutboundListener`.
+/// istiod's `buildVirtualOutboundListener`, on `port` (MeshConfig `proxyListenPort`).
 fn virtual_outbound_listener(
+    port: u32,
     catch_all: &str,
     access_log: Option<&AccessLog>,
     listener_log: Option<AccessLog>,
 ) -> listener::Listener {
     listener::Listener {
         name: VIRTUAL_OUTBOUND.to_string(),
-        address: Some(pb::socket_address(WILDCARD, OUTBOUND_CAPTURE_PORT)),
+        address: Some(pb::socket_address(WILDCARD, port)),
         use_original_dst: Some(pb::boolv(true)),
         traffic_direction: core::TrafficDirection::Outbound as i32,
         filter_chains: vec![
-            // Connections addressed to 15001 itself were not redirected: forwarding them
-            // to their original destination would loop.
+            // Connections addressed to this port itself were not redirected: forwarding
+            // them to their original destination would loop.
             listener::FilterChain {
                 name: BLACKHOLE_CHAIN.to_string(),
                 filter_chain_match: Some(listener::FilterChainMatch {
-                    destination_port: Some(pb::u32v(OUTBOUND_CAPTURE_PORT)),
+                    destination_port: Some(pb::u32v(port)),
                     ..Default::default()
                 }),
                 filters: catch_all_filters(cluster::BLACKHOLE_CLUSTER, None),

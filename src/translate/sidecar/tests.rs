@@ -50,7 +50,17 @@ spec:
   location: MESH_INTERNAL
   resolution: NONE
   ports: [{number: 6379, name: redis, protocol: REDIS}]
-  endpoints: [{address: 10.1.0.4}, {address: 10.1.0.5}]
+  workloadSelector: {labels: {app: cache}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: cache-1, namespace: shop}
+spec: {address: 10.1.0.4, labels: {app: cache}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: cache-2, namespace: shop}
+spec: {address: 10.1.0.5, labels: {app: cache}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
