@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use support::mesh_identity::{MeshControlPlane, issue_files};
+use support::xds_mesh::write_atomically;
 use support::*;
 
 /// The services and routes of namespace `shop` (and `other`) every test starts from.
@@ -539,4 +540,82 @@ fn registry_only_from_mesh_config_reaches_envoy() {
         .unwrap();
     assert_eq!(last["name"], "block_all");
     assert_eq!(last["routes"][0]["direct_response"]["status"], 502);
+}
+
+#[test]
+fn a_sidecar_resource_narrows_what_envoy_has() {
+    let work = TempDir::new();
+    let (cp, _) = control_plane(work.path(), CONFIG, "");
+    let envoy = sidecar_envoy(
+        &cp,
+        &work.path().join("ca"),
+        &work.path().join("productpage"),
+        "shop",
+        "productpage-1",
+        "productpage",
+    );
+    let dump = wait_configured(
+        &envoy,
+        &set(&[
+            "virtualOutbound",
+            "0.0.0.0_9080",
+            "0.0.0.0_80",
+            "10.96.0.7_5432",
+            "0.0.0.0_5432",
+            "0.0.0.0_443",
+            "10.1.0.4_6379",
+            "10.1.0.5_6379",
+            "10.96.0.11_7000",
+            "0.0.0.0_8443",
+        ]),
+    );
+    assert!(
+        clusters(&dump, "dynamic_active_clusters")
+            .contains("outbound|9080||ratings.other.svc.cluster.local")
+    );
+
+    // The namespace's sidecars now import their own namespace, without the external
+    // services (whose ServiceEntries live there too) and with REGISTRY_ONLY; the
+    // control plane takes the change up and pushes it.
+    write_atomically(
+        &work.path().join("config/sidecar.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec:\n  egress:\n  - hosts: [\"./*\", \"~shop/api.example.com\", \"~shop/range.example.com\", \"~shop/*.wild.example.com\"]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+    );
+    let dump = wait_configured(
+        &envoy,
+        &set(&[
+            "virtualOutbound",
+            "0.0.0.0_9080",
+            "10.96.0.7_5432",
+            "0.0.0.0_5432",
+            "10.1.0.4_6379",
+            "10.1.0.5_6379",
+            "10.96.0.11_7000",
+        ]),
+    );
+    envoy.assert_no_rejections();
+    assert_eq!(
+        clusters(&dump, "dynamic_active_clusters"),
+        set(&[
+            "BlackHoleCluster",
+            "PassthroughCluster",
+            "outbound|5432||db.shop.svc.cluster.local",
+            "outbound|5432||db2.shop.svc.cluster.local",
+            "outbound|6379||cache.shop.svc.cluster.local",
+            "outbound|7000||legacy.shop.svc.cluster.local",
+            "outbound|9080||reviews.shop.svc.cluster.local",
+            "outbound|9080|v1|reviews.shop.svc.cluster.local",
+            "outbound|9080|v2|reviews.shop.svc.cluster.local",
+        ])
+    );
+    let rc = route_config(&dump, "9080");
+    assert_eq!(
+        vhost_names(rc),
+        ["reviews.shop.svc.cluster.local:9080", "block_all"]
+    );
+    let v = listener(&dump, "virtualOutbound");
+    assert_eq!(
+        v["filter_chains"][1]["filters"][0]["typed_config"]["cluster"],
+        "BlackHoleCluster"
+    );
 }

@@ -9,7 +9,9 @@
 //! services: only imported services get clusters, and so only their rules apply.
 use super::super::scope::{BoundVirtualService, Scope};
 use crate::config::hosts;
-use crate::config::mesh::OutboundMode;
+use crate::config::mesh::{MeshConfig, OutboundMode};
+use crate::config::types::sidecar::OutboundTrafficPolicyMode;
+use crate::config::{Config, Resource, Sidecar};
 use crate::registry::{Protocol, Service, ServicePort};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -36,6 +38,71 @@ impl EgressSpec {
             hosts: vec!["*/*".to_string()],
         }
     }
+}
+
+/// The Sidecar resource of a proxy (istiod's `getSidecarScope`): in its namespace, the
+/// first whose `workloadSelector` selects it, else the one without a selector; else the
+/// root namespace's without a selector.
+pub fn selected_sidecar<'c>(
+    config: &'c Config,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    root_namespace: &str,
+) -> Option<&'c Resource<Sidecar>> {
+    let without_selector = |ns: &str| {
+        config
+            .sidecars
+            .iter()
+            .find(|s| s.meta.namespace == ns && s.spec.workload_selector.is_none())
+    };
+    config
+        .sidecars
+        .iter()
+        .filter(|s| s.meta.namespace == namespace)
+        .find(|s| {
+            s.spec
+                .workload_selector
+                .as_ref()
+                .is_some_and(|w| w.labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        })
+        .or_else(|| without_selector(namespace))
+        .or_else(|| without_selector(root_namespace))
+}
+
+/// The egress listeners of a Sidecar (or the import-all one without any), and the
+/// outbound policy: the Sidecar's when it sets one (an unset mode is REGISTRY_ONLY, the
+/// protobuf default), else the mesh's.
+pub fn egress_of(
+    sidecar: Option<&Resource<Sidecar>>,
+    mesh: &MeshConfig,
+) -> (Vec<EgressSpec>, OutboundMode) {
+    let mut specs: Vec<EgressSpec> = sidecar
+        .map(|s| {
+            s.spec
+                .egress
+                .iter()
+                .map(|e| EgressSpec {
+                    port: e.port.as_ref().map(|p| EgressPort {
+                        number: p.number,
+                        protocol: Protocol::parse(&p.protocol),
+                        name: p.name.clone(),
+                    }),
+                    hosts: e.hosts.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if specs.is_empty() {
+        specs.push(EgressSpec::import_all());
+    }
+    let mode = match sidecar.and_then(|s| s.spec.outbound_traffic_policy.as_ref()) {
+        Some(p) => match p.mode() {
+            OutboundTrafficPolicyMode::RegistryOnly => OutboundMode::RegistryOnly,
+            OutboundTrafficPolicyMode::AllowAny => OutboundMode::AllowAny,
+        },
+        None => mesh.outbound_traffic_policy,
+    };
+    (specs, mode)
 }
 
 /// A service an egress listener imports, on the ports it imports.

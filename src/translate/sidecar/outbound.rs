@@ -24,7 +24,7 @@ use super::super::pb;
 use super::super::scope::{BoundVirtualService, Scope};
 use super::super::tls::SecretBook;
 use super::access_log;
-use super::egress::{EgressListener, EgressSpec, Imports};
+use super::egress::{self, EgressListener, Imports};
 use super::virtual_hosts;
 use crate::config::Diagnostic;
 use crate::config::hosts;
@@ -58,11 +58,14 @@ const WILDCARD: &str = "0.0.0.0";
 
 /// Adds the outbound listeners, routes and clusters of the proxy to `out`.
 pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
-    let imports = Imports::new(
-        scope,
-        &[EgressSpec::import_all()],
-        mesh.outbound_traffic_policy,
+    let sidecar = egress::selected_sidecar(
+        scope.config,
+        &scope.namespace,
+        &scope.proxy.labels,
+        &mesh.root_namespace,
     );
+    let (specs, mode) = egress::egress_of(sidecar, mesh);
+    let imports = Imports::new(scope, &specs, mode);
     let mut b = Outbound {
         scope,
         capture_port: mesh.proxy_listen_port,

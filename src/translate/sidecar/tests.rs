@@ -753,3 +753,197 @@ fn short_names_are_istios() {
         );
     }
 }
+
+/// A Sidecar resource `name` in `namespace` with `spec` (indented by two).
+fn sidecar_resource(namespace: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
+    )
+}
+
+fn has_cluster(t: &Translation, name: &str) -> bool {
+    t.resources.cluster(name).is_some()
+}
+
+#[test]
+fn a_sidecar_resource_narrows_services_routes_and_clusters() {
+    let mut yaml = String::from(SERVICES);
+    yaml += &sidecar_resource(
+        "shop",
+        "default",
+        "  egress:\n  - hosts: [\"./*\", \"~shop/db.shop.svc.cluster.local\"]\n",
+    );
+    let t = translate_in(&yaml, "shop", &MeshConfig::default());
+    // Own namespace only, db left out.
+    assert!(t.resources.listener("10.96.0.7_5432").is_none());
+    assert!(!has_cluster(&t, "outbound|5432||db.shop.svc.cluster.local"));
+    assert!(!has_cluster(
+        &t,
+        "outbound|9080||ratings.other.svc.cluster.local"
+    ));
+    assert!(has_cluster(
+        &t,
+        "outbound|9080||reviews.shop.svc.cluster.local"
+    ));
+    assert!(has_cluster(&t, "outbound|443||api.example.com"));
+    assert_eq!(
+        vhost_names(&route(&t, "9080")),
+        ["reviews.shop.svc.cluster.local:9080", "allow_any"]
+    );
+    // A proxy of another namespace is not affected.
+    let t = translate_in(&yaml, "other", &MeshConfig::default());
+    assert!(has_cluster(&t, "outbound|5432||db.shop.svc.cluster.local"));
+}
+
+#[test]
+fn sidecar_selection_follows_istio() {
+    let mut yaml = String::from(SERVICES);
+    // The workload's own Sidecar (by selector) beats the namespace's, which beats the
+    // root namespace's.
+    yaml += &sidecar_resource(
+        "shop",
+        "productpage",
+        "  workloadSelector: {labels: {app: productpage}}\n  egress:\n  - hosts: [other/*]\n",
+    );
+    yaml += &sidecar_resource(
+        "shop",
+        "default",
+        "  workloadSelector: {labels: {app: nobody}}\n  egress:\n  - hosts: [./db.shop.svc.cluster.local]\n",
+    );
+    yaml += &sidecar_resource(
+        "istio-system",
+        "default",
+        "  egress:\n  - hosts: [./*]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+    );
+    let t = translate_in(&yaml, "shop", &MeshConfig::default());
+    assert_eq!(
+        cluster_names(&t),
+        [
+            "BlackHoleCluster",
+            "PassthroughCluster",
+            "outbound|9080||ratings.other.svc.cluster.local"
+        ]
+    );
+    // Its outbound policy is the mesh's (ALLOW_ANY): it sets none.
+    assert_eq!(
+        tcp_proxy(&listener(&t, "virtualOutbound")["filter_chains"][1])["cluster"],
+        "PassthroughCluster"
+    );
+
+    // Another workload of the namespace: no selector matches, no Sidecar without one in
+    // the namespace, so the root namespace's applies (`./*` is the proxy's namespace).
+    let loaded = crate::config::load_str("test.yaml", &yaml);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+    let (registry, _) = Registry::from_config(&loaded.config);
+    let mut other_workload = proxy("shop");
+    other_workload.labels = BTreeMap::from([("app".to_string(), "reviews".to_string())]);
+    let t = sidecar(
+        &loaded.config,
+        &registry,
+        &other_workload,
+        &MeshConfig::default(),
+    );
+    assert!(has_cluster(&t, "outbound|5432||db.shop.svc.cluster.local"));
+    assert!(!has_cluster(
+        &t,
+        "outbound|9080||ratings.other.svc.cluster.local"
+    ));
+    assert_eq!(
+        tcp_proxy(&listener(&t, "virtualOutbound")["filter_chains"][1])["cluster"],
+        "BlackHoleCluster"
+    );
+    let rc = route(&t, "9080");
+    assert_eq!(
+        vhost_names(&rc).last().map(String::as_str),
+        Some("block_all")
+    );
+}
+
+#[test]
+fn a_sidecars_outbound_policy_beats_the_meshs() {
+    let registry_only = MeshConfig {
+        outbound_traffic_policy: OutboundMode::RegistryOnly,
+        ..MeshConfig::default()
+    };
+    for (policy, mesh, want) in [
+        ("{mode: ALLOW_ANY}", &registry_only, "PassthroughCluster"),
+        (
+            "{mode: REGISTRY_ONLY}",
+            &MeshConfig::default(),
+            "BlackHoleCluster",
+        ),
+        // An unset mode is REGISTRY_ONLY, the protobuf default, as in Istio.
+        ("{}", &MeshConfig::default(), "BlackHoleCluster"),
+    ] {
+        let yaml = format!(
+            "{SERVICES}{}",
+            sidecar_resource(
+                "shop",
+                "default",
+                &format!("  outboundTrafficPolicy: {policy}\n")
+            )
+        );
+        let t = translate_in(&yaml, "shop", mesh);
+        assert_eq!(
+            tcp_proxy(&listener(&t, "virtualOutbound")["filter_chains"][1])["cluster"],
+            want,
+            "{policy}"
+        );
+        // No egress: every service is still imported.
+        assert!(has_cluster(
+            &t,
+            "outbound|9080||ratings.other.svc.cluster.local"
+        ));
+    }
+}
+
+#[test]
+fn an_egress_port_takes_its_port_and_virtual_service_destinations_get_clusters() {
+    let mut yaml = String::from(SERVICES);
+    yaml += r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /ratings}}]
+    route: [{destination: {host: ratings.other.svc.cluster.local}}]
+  - route: [{destination: {host: reviews}}]
+"#;
+    yaml += &sidecar_resource(
+        "shop",
+        "default",
+        "  egress:\n  - port: {number: 9080, protocol: HTTP, name: http}\n    hosts: [./reviews.shop.svc.cluster.local]\n  - hosts: [./*, other/*]\n",
+    );
+    let t = translate_in(&yaml, "shop", &MeshConfig::default());
+    // Port 9080 belongs to the first listener: only reviews, with its VirtualService.
+    let rc = route(&t, "9080");
+    assert_eq!(
+        vhost_names(&rc),
+        ["reviews.shop.svc.cluster.local:9080", "allow_any"]
+    );
+    let reviews = vhost(&rc, "reviews.shop.svc.cluster.local:9080");
+    assert_eq!(
+        reviews["routes"][0]["route"]["cluster"],
+        "outbound|9080||ratings.other.svc.cluster.local"
+    );
+    // ratings is imported by the catch-all too, and routed to: it has its cluster.
+    assert!(has_cluster(
+        &t,
+        "outbound|9080||ratings.other.svc.cluster.local"
+    ));
+    listener(&t, "10.96.0.7_5432");
+
+    // Without the catch-all, ratings is not imported, but the VirtualService sends to it,
+    // so it still gets a cluster (istiod's sidecar scope does the same) and no route of
+    // its own.
+    let yaml = yaml.replace("  - hosts: [./*, other/*]\n", "");
+    let t = translate_in(&yaml, "shop", &MeshConfig::default());
+    assert!(has_cluster(
+        &t,
+        "outbound|9080||ratings.other.svc.cluster.local"
+    ));
+    assert!(t.resources.listener("10.96.0.7_5432").is_none());
+    assert_eq!(names(&t), ["0.0.0.0_9080", "virtualOutbound"]);
+}
