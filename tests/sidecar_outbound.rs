@@ -619,3 +619,356 @@ fn a_sidecar_resource_narrows_what_envoy_has() {
         "BlackHoleCluster"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Traffic: pods in network namespaces, iptables REDIRECT to the sidecar's 15001
+// ---------------------------------------------------------------------------------------
+
+mod pods_e2e {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+    use std::os::unix::fs::PermissionsExt;
+    use support::pods::{PROXY_UID, Pod, PodNet, PodProcess};
+
+    /// Makes `dir` and everything under it readable by the proxy's uid.
+    fn share(dir: &Path) {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let meta = std::fs::metadata(&p).unwrap();
+            let mode = if meta.is_dir() { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            if meta.is_dir() {
+                stack.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+            }
+        }
+    }
+
+    /// One HTTP/1.1 request from inside `pod` (as root, so the pod's iptables send it to
+    /// its sidecar) to `to` with `Host: host` and `headers`: (status, body), or the error
+    /// when no response came.
+    fn request(
+        pod: &Pod,
+        to: SocketAddr,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<(u16, String)> {
+        let mut head = format!("GET /hello HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        pod.in_ns(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(head.as_bytes())?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf)?;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let status = text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+            Ok((status, body.unwrap_or_default()))
+        })
+    }
+
+    /// GET `path` on a loopback port inside `pod` (admin and debug APIs).
+    fn local_get(pod: &Pod, port: u16, path: &str) -> Option<(u16, String)> {
+        let path = path.to_string();
+        pod.in_ns(move || blocking_http_get(("127.0.0.1", port), &path).ok())
+    }
+
+    fn pod_config_dump(pod: &Pod) -> Value {
+        match local_get(pod, 15000, "/config_dump") {
+            Some((200, body)) => serde_json::from_str(&body).unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
+    /// The catch-all cluster of the sidecar's virtual listener, once it has one.
+    fn catch_all(dump: &Value) -> Option<String> {
+        if dump.is_null() || !active_listeners(dump).contains("virtualOutbound") {
+            return None;
+        }
+        listener(dump, "virtualOutbound")["filter_chains"][1]["filters"][0]["typed_config"]
+            ["cluster"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// `meshgate control-plane` in pod `cp`, its CA in `ca_dir`, on Istio's ports.
+    fn control_plane_in(cp: &Pod, work: &Path, ca_dir: &Path) -> PodProcess {
+        let mut cmd = cp.command(env!("CARGO_BIN_EXE_meshgate"));
+        cmd.arg("control-plane")
+            .arg("--config")
+            .arg(work.join("config"))
+            .arg("--ca-dir")
+            .arg(ca_dir)
+            .arg("--mesh-config")
+            .arg(work.join("mesh.yaml"))
+            .args(["--xds-addr", "127.0.0.1:15010"])
+            .args(["--xds-tls-addr", "0.0.0.0:15012"])
+            .args(["--debug-addr", "127.0.0.1:15014"])
+            .args(["--debounce-after-ms", "50", "--debounce-max-ms", "1000"])
+            .env("RUST_LOG", "info");
+        let mut process = cp.spawn("control plane", &mut cmd, &work.join("control-plane.log"));
+        wait_until("the control plane serves", Duration::from_secs(30), || {
+            process.assert_running();
+            matches!(local_get(cp, 15014, "/ready"), Some((200, _)))
+        });
+        process
+    }
+
+    /// Envoy as the sidecar of `pod` (uid 1337, iptables applied), ADS and sds-grpc to
+    /// the control plane in `cp` over mutual TLS.
+    fn sidecar_in(pod: &Pod, cp: &Pod, ca_dir: &Path, work: &Path) -> PodProcess {
+        std::fs::create_dir_all(work).unwrap();
+        let identity = SpiffeId::new("cluster.local", "shop", "productpage").unwrap();
+        let (chain, key) = issue_files(ca_dir, &identity, &work.join("certs"));
+        // The proxy's uid reads its own copy of the root; the CA's directory stays private.
+        let root = work.join("root-cert.pem");
+        std::fs::copy(ca_dir.join("root-cert.pem"), &root).unwrap();
+        let generated = work.join("bootstrap.json");
+        let status = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["bootstrap", "envoy", "--kind", "sidecar", "--xds"])
+            .arg(format!("{}:15012", cp.ip))
+            .args(["--node-id", "productpage-1", "--namespace", "shop"])
+            .args(["--ip", &pod.ip.to_string(), "--labels", "app=productpage"])
+            .args(["--format", "json"])
+            .arg("--xds-root-cert")
+            .arg(&root)
+            .arg("--xds-cert-chain")
+            .arg(&chain)
+            .arg("--xds-key")
+            .arg(&key)
+            .arg("--out")
+            .arg(&generated)
+            .status()
+            .unwrap();
+        assert!(status.success(), "meshgate bootstrap envoy failed");
+        let mut bootstrap: Value =
+            serde_json::from_str(&std::fs::read_to_string(&generated).unwrap()).unwrap();
+        let clusters = bootstrap["static_resources"]["clusters"]
+            .as_array_mut()
+            .unwrap();
+        let mut sds = clusters[0].clone();
+        sds["name"] = json!("sds-grpc");
+        sds["load_assignment"]["cluster_name"] = json!("sds-grpc");
+        clusters.push(sds);
+        let path = work.join("envoy.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&bootstrap).unwrap()).unwrap();
+        share(work);
+        // Only traversal for the others in the test's scratch directory above.
+        if let Some(parent) = work.parent() {
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        pod.iptables(&[]);
+        let mut cmd = pod.command_as(PROXY_UID, peer_bin("envoy"));
+        cmd.arg("-c")
+            .arg(&path)
+            .args(["--concurrency", "1", "--disable-hot-restart"])
+            .args(["--log-level", "warning"]);
+        // Its standard output is the access log file (`/dev/stdout`), which it opens
+        // again as the proxy's uid: the file is the proxy's.
+        let log = work.join("envoy.log");
+        std::fs::write(&log, "").unwrap();
+        std::os::unix::fs::chown(&log, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+        pod.spawn("envoy", &mut cmd, &log)
+    }
+
+    /// The reviews service on the pods `v1` and `v2` (no sidecar, so plain text), routed
+    /// by a mesh VirtualService: a fault for one user, a weight split with retries.
+    fn config(v1: &Pod, v2: &Pod) -> String {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  addresses: [10.96.0.5]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: {v1}, labels: {{version: v1}}}}
+  - {{address: {v2}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - retries: {{attempts: 3, retryOn: 5xx}}
+    route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: 75}}
+    - {{destination: {{host: reviews, subset: v2}}, weight: 25}}
+"#,
+            v1 = v1.ip,
+            v2 = v2.ip
+        )
+    }
+
+    #[test]
+    fn an_application_reaches_services_through_its_sidecar_and_registry_only_blocks() {
+        let net = PodNet::new();
+        let cp = net.pod("istiod");
+        let client = net.pod("productpage");
+        let (v1, v2) = (net.pod("reviews-v1"), net.pod("reviews-v2"));
+        let outside = net.pod("outside");
+        let reviews_v1 = v1.echo(9080, "reviews-v1");
+        let reviews_v2 = v2.echo(9080, "reviews-v2");
+        let outside_app = outside.echo(8080, "outside-8080");
+        let outside_http = outside.echo(9080, "outside-9080");
+
+        let work = TempDir::new();
+        let ca_dir = work.path().join("ca");
+        std::fs::create_dir_all(work.path().join("config")).unwrap();
+        std::fs::write(work.path().join("config/reviews.yaml"), config(&v1, &v2)).unwrap();
+        std::fs::write(
+            work.path().join("mesh.yaml"),
+            "accessLogFile: /dev/stdout\naccessLogEncoding: TEXT\n",
+        )
+        .unwrap();
+        // The CA exists before the control plane starts, so that the sidecar's
+        // certificate can be issued first.
+        issue_files(
+            &ca_dir,
+            &SpiffeId::new("cluster.local", "shop", "warmup").unwrap(),
+            &work.path().join("warmup"),
+        );
+        let _cp_process = control_plane_in(&cp, work.path(), &ca_dir);
+        let mut envoy = sidecar_in(&client, &cp, &ca_dir, &work.path().join("envoy"));
+        wait_until(
+            "the sidecar is configured (ALLOW_ANY)",
+            Duration::from_secs(30),
+            || {
+                envoy.assert_running();
+                catch_all(&pod_config_dump(&client)).as_deref() == Some("PassthroughCluster")
+                    && matches!(local_get(&client, 15000, "/ready"), Some((200, _)))
+            },
+        );
+        let vip: SocketAddr = "10.96.0.5:9080".parse().unwrap();
+        let host = "reviews.shop.svc.cluster.local";
+
+        // The weight split: 75 / 25 between the subsets, by the pods that answered.
+        let n = 200;
+        let mut v1_hits = 0;
+        for _ in 0..n {
+            let (status, body) = request(&client, vip, host, &[]).expect("reviews answers");
+            assert_eq!(status, 200, "{body}");
+            let answer: Value = serde_json::from_str(&body).expect("echo JSON");
+            match answer["upstream"].as_str() {
+                Some("reviews-v1") => v1_hits += 1,
+                Some("reviews-v2") => {}
+                other => panic!("answered by {other:?}"),
+            }
+            // The sidecar forwarded with the mesh's headers and Envoy's own user agent
+            // untouched.
+            assert_eq!(answer["headers"]["host"][0], host);
+            assert!(answer["headers"].get("x-request-id").is_some(), "{answer}");
+        }
+        assert_eq!(reviews_v1.requests() + reviews_v2.requests(), n);
+        assert_binomial("requests to v1", v1_hits, n, 0.75, &[0.5, 1.0]);
+
+        // Short names and the VIP reach the same virtual host.
+        for name in ["reviews", "reviews.shop", "10.96.0.5:9080"] {
+            let (status, _) = request(&client, vip, name, &[]).expect("reviews answers");
+            assert_eq!(status, 200, "Host {name}");
+        }
+
+        // The fault: jason gets 418 from the sidecar, and nothing reaches reviews.
+        let before = reviews_v1.requests() + reviews_v2.requests();
+        let (status, _) = request(&client, vip, host, &[("end-user", "jason")]).unwrap();
+        assert_eq!(status, 418);
+        assert_eq!(reviews_v1.requests() + reviews_v2.requests(), before);
+
+        // Retries: two 503s, then an answer; the application sees only the answer.
+        let before = reviews_v1.requests() + reviews_v2.requests();
+        let (status, body) = request(
+            &client,
+            vip,
+            host,
+            &[("x-echo-fail-first", "2"), ("x-echo-fail-key", "retry-1")],
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(reviews_v1.requests() + reviews_v2.requests(), before + 3);
+
+        // ALLOW_ANY: an address the registry does not know passes through, on a port
+        // without a listener and on reviews' HTTP port (by the allow_any virtual host).
+        let (status, body) =
+            request(&client, outside.addr(8080), "outside", &[]).expect("passthrough");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("outside-8080"), "{body}");
+        let (status, body) = request(&client, outside.addr(9080), "outside", &[]).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("outside-9080"), "{body}");
+        assert_eq!((outside_app.requests(), outside_http.requests()), (1, 1));
+
+        // REGISTRY_ONLY, from a Sidecar resource of the namespace.
+        write_atomically(
+            &work.path().join("config/sidecar.yaml"),
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec:\n  egress: [{hosts: [\"./*\"]}]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+        );
+        wait_until(
+            "the sidecar is REGISTRY_ONLY",
+            Duration::from_secs(30),
+            || {
+                envoy.assert_running();
+                catch_all(&pod_config_dump(&client)).as_deref() == Some("BlackHoleCluster")
+            },
+        );
+        // Unknown port: the connection is closed without an answer.
+        let blocked = request(&client, outside.addr(8080), "outside", &[]);
+        assert!(blocked.is_err(), "{blocked:?}");
+        // Reviews' port, unknown host: block_all answers 502.
+        let (status, _) = request(&client, outside.addr(9080), "outside", &[]).unwrap();
+        assert_eq!(status, 502);
+        assert_eq!((outside_app.requests(), outside_http.requests()), (1, 1));
+        // The registry's services still work.
+        let (status, _) = request(&client, vip, host, &[]).unwrap();
+        assert_eq!(status, 200);
+
+        // The access log says why: BlackHoleCluster with no healthy upstream (UH) for
+        // the connection, the block_all route for the request.
+        let tcp_dst = outside.addr(8080).to_string();
+        let http_dst = outside.addr(9080).to_string();
+        let mut log = String::new();
+        wait_until("the access log has both", Duration::from_secs(15), || {
+            log = envoy.output();
+            log.lines().any(|l| {
+                l.contains(&tcp_dst) && l.contains(" BlackHoleCluster ") && l.contains(" UH ")
+            }) && log.lines().any(|l| {
+                l.contains(&http_dst) && l.contains("\" 502 ") && l.ends_with(" block_all")
+            })
+        });
+        // And passed-through traffic named its cluster too.
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&tcp_dst) && l.contains(" PassthroughCluster ")),
+            "{log}"
+        );
+        let (_, stats) = local_get(&client, 15000, "/stats").expect("stats");
+        let rejected: Vec<&str> = stats
+            .lines()
+            .filter(|l| l.contains("update_rejected") && !l.ends_with(": 0"))
+            .collect();
+        assert!(rejected.is_empty(), "{rejected:?}");
+    }
+}
