@@ -213,8 +213,9 @@ fn validate_egress(
 /// Sidecars whose choice would be undefined in Istio: two without a selector in one
 /// namespace, or two with the same selector.
 pub fn conflicts(sidecars: &[Resource<Sidecar>], out: &mut Vec<Diagnostic>) {
-    let mut seen: BTreeMap<(&str, Option<&BTreeMap<String, String>>), &Resource<Sidecar>> =
-        BTreeMap::new();
+    // (namespace, selector labels) -> the first Sidecar with them.
+    type Key<'a> = (&'a str, Option<&'a BTreeMap<String, String>>);
+    let mut seen: BTreeMap<Key, &Resource<Sidecar>> = BTreeMap::new();
     for sc in sidecars {
         let selector = sc.spec.workload_selector.as_ref().map(|w| &w.labels);
         let key = (sc.meta.namespace.as_str(), selector);

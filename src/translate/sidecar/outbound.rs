@@ -123,7 +123,9 @@ pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
 
     // Clusters: every imported service on its imported ports, and every service a
     // mesh VirtualService sends to (all its ports), as istiod's sidecar scope collects.
-    let mut wanted: BTreeMap<(String, String), (&Service, Option<BTreeSet<u32>>)> = imports
+    // (host, namespace) -> the service and its ports (None: all of them).
+    type Wanted<'s> = BTreeMap<(String, String), (&'s Service, Option<BTreeSet<u32>>)>;
+    let mut wanted: Wanted = imports
         .services()
         .into_iter()
         .map(|(k, (s, ports))| (k, (s, Some(ports))))
