@@ -99,11 +99,14 @@ const INVALID: &[(&str, i32, &[&str])] = &[
         ],
     ),
     (
-        "sidecar-egress.yaml",
+        "sidecar-unserved.yaml",
         1,
         &[
-            "tests/testdata/invalid/sidecar-egress.yaml:6:3: error: Sidecar/shop/default: spec.egress: Sidecar egress restrictions are not enforced yet; the configuration is refused rather than served as if they were absent",
-            "tests/testdata/invalid/sidecar-egress.yaml:9:5: error: Sidecar/shop/default: spec.outboundTrafficPolicy.mode: outboundTrafficPolicy REGISTRY_ONLY is not enforced yet; the configuration is refused rather than served as if it were absent",
+            "tests/testdata/invalid/sidecar-unserved.yaml:6:3: error: Sidecar/shop/default: spec.ingress: `ingress` is not served by meshgate yet; the configuration is refused rather than served without it (remove the field)",
+            "tests/testdata/invalid/sidecar-unserved.yaml:11:5: error: Sidecar/shop/default: spec.egress[0].bind: `bind` is not served by meshgate yet; the configuration is refused rather than served without it (remove the field)",
+            "tests/testdata/invalid/sidecar-unserved.yaml:12:5: error: Sidecar/shop/default: spec.egress[0].captureMode: captureMode NONE (a listener bound for applications to call) is not served by meshgate yet; the configuration is refused rather than served without it (remove the field)",
+            "tests/testdata/invalid/sidecar-unserved.yaml:14:38: error: Sidecar/shop/default: spec.egress[1].hosts[2]: `bad_ns/x`: invalid namespace `bad_ns`",
+            "tests/testdata/invalid/sidecar-unserved.yaml:17:5: error: Sidecar/shop/default: spec.outboundTrafficPolicy.egressProxy: `egressProxy` is not served by meshgate yet; the configuration is refused rather than served without it (remove the field)",
         ],
     ),
     (
@@ -250,7 +253,7 @@ fn valid_samples_pass_with_no_output() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "0 errors, 0 warnings; 11 resources checked\n"
+        "0 errors, 0 warnings; 13 resources checked\n"
     );
     assert_eq!(out.status.code(), Some(0));
 }

@@ -7,7 +7,7 @@ use super::diag::{Diagnostic, Severity};
 use super::source::{self, Node, NodeValue};
 use super::types::common::{nearest, quoted_list};
 use super::types::{
-    DestinationRule, Gateway, Kind, ObjectMeta, Origin, Resource, Secret, ServiceEntry,
+    DestinationRule, Gateway, Kind, ObjectMeta, Origin, Resource, Secret, ServiceEntry, Sidecar,
     VirtualService, WorkloadEntry,
 };
 use serde::Deserialize;
@@ -41,6 +41,8 @@ pub struct Config {
     pub service_entries: Vec<Resource<ServiceEntry>>,
     /// `WorkloadEntry`s.
     pub workload_entries: Vec<Resource<WorkloadEntry>>,
+    /// `Sidecar`s.
+    pub sidecars: Vec<Resource<Sidecar>>,
     /// Kubernetes `Secret`s.
     pub secrets: Vec<Resource<Secret>>,
     /// meshgate `AcmeCertificate`s (`meshgate.io/v1alpha1`).
@@ -55,6 +57,7 @@ impl Config {
             + self.destination_rules.len()
             + self.service_entries.len()
             + self.workload_entries.len()
+            + self.sidecars.len()
             + self.secrets.len()
             + self.acme_certificates.len()
     }
@@ -71,6 +74,7 @@ impl Config {
         self.destination_rules.extend(other.destination_rules);
         self.service_entries.extend(other.service_entries);
         self.workload_entries.extend(other.workload_entries);
+        self.sidecars.extend(other.sidecars);
         self.secrets.extend(other.secrets);
         self.acme_certificates.extend(other.acme_certificates);
     }
@@ -375,14 +379,10 @@ enum Unenforced {
     AddsFeatures,
     /// It restricts or protects traffic: refused, since serving without it fails open.
     Guards,
-    /// The Sidecar resource: its egress listeners and REGISTRY_ONLY policy restrict what
-    /// a proxy may reach (refused); the rest only configures sidecars (ignored).
-    Sidecar,
 }
 
 /// Istio kinds meshgate recognises but does not act on yet, by group.
 const UNSUPPORTED_ISTIO_KINDS: &[(&str, &str, Unenforced)] = &[
-    ("networking.istio.io", "Sidecar", Unenforced::Sidecar),
     (
         "networking.istio.io",
         "EnvoyFilter",
@@ -445,39 +445,6 @@ fn unenforced_kind(
                 "{kind} is not enforced yet; the configuration is refused rather than served as if the policy were absent"
             ),
         )),
-        Unenforced::Sidecar => {
-            let spec = root.get("spec").map(|e| &e.value);
-            let mut restricting = false;
-            if spec.and_then(|s| s.get("egress")).is_some() {
-                restricting = true;
-                diags.push(at(
-                    root,
-                    "spec.egress",
-                    Severity::Error,
-                    "Sidecar egress restrictions are not enforced yet; the configuration is refused rather than served as if they were absent".to_string(),
-                ));
-            }
-            let mode = spec
-                .and_then(|s| s.get("outboundTrafficPolicy"))
-                .and_then(|p| scalar_str(&p.value, "mode"));
-            if mode == Some("REGISTRY_ONLY") {
-                restricting = true;
-                diags.push(at(
-                    root,
-                    "spec.outboundTrafficPolicy.mode",
-                    Severity::Error,
-                    "outboundTrafficPolicy REGISTRY_ONLY is not enforced yet; the configuration is refused rather than served as if it were absent".to_string(),
-                ));
-            }
-            if !restricting {
-                diags.push(at(
-                    root,
-                    "kind",
-                    Severity::Warning,
-                    "kind Sidecar is not supported yet; ignored".to_string(),
-                ));
-            }
-        }
     }
 }
 
@@ -487,6 +454,7 @@ const NETWORKING_KINDS: &[&str] = &[
     "DestinationRule",
     "ServiceEntry",
     "WorkloadEntry",
+    "Sidecar",
 ];
 
 fn scalar_str<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
@@ -592,6 +560,7 @@ fn load_object(file: &Arc<str>, root: Node, config: &mut Config, diags: &mut Vec
             "VirtualService" => push(config, file, root, diags, |c| &mut c.virtual_services),
             "DestinationRule" => push(config, file, root, diags, |c| &mut c.destination_rules),
             "ServiceEntry" => push(config, file, root, diags, |c| &mut c.service_entries),
+            "Sidecar" => push(config, file, root, diags, |c| &mut c.sidecars),
             _ => push(config, file, root, diags, |c| &mut c.workload_entries),
         }
         return;
@@ -1166,8 +1135,12 @@ stringData: {tls.key: secret}
                 "t.yaml:2:1: error: AuthorizationPolicy/default/a: kind: AuthorizationPolicy is not enforced yet; the configuration is refused rather than served as if the policy were absent",
             ),
             (
-                "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: a}\n",
-                "t.yaml:2:1: warning: Sidecar/default/a: kind: kind Sidecar is not supported yet; ignored",
+                "apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: a}\n",
+                "t.yaml:2:1: warning: EnvoyFilter/default/a: kind: kind EnvoyFilter is not supported yet; ignored",
+            ),
+            (
+                "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: a}\nspec: {egres: []}\n",
+                "t.yaml:4:8: error: Sidecar/default/a: spec.egres: unknown field `egres`; did you mean `egress`?",
             ),
             (
                 "apiVersion: networking.istio.io/v2\nkind: Gateway\nmetadata: {name: a}\n",

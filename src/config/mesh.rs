@@ -8,6 +8,7 @@
 //!
 //! - **served**: meshgate acts on them (`trustDomain`, `enableAutoMtls`,
 //!   `outboundTrafficPolicy`, `accessLogFile`, `accessLogEncoding`, `connectTimeout`,
+//!   `proxyListenPort`,
 //!   `rootNamespace` when it is `istio-system`, `extensionProviders` as definitions,
 //!   and in `defaultConfig`: `concurrency`, `terminationDrainDuration`,
 //!   `discoveryAddress`, `proxyMetadata`);
@@ -29,6 +30,8 @@ use std::sync::Arc;
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// Istio's default root namespace.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+/// Istio's default `proxyListenPort`.
+pub const DEFAULT_PROXY_LISTEN_PORT: u32 = 15001;
 
 /// `outboundTrafficPolicy.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -154,9 +157,9 @@ struct RawMeshConfig {
     default_config: Option<ProxyConfig>,
     #[serde(default)]
     extension_providers: Vec<serde_json::Map<String, Value>>,
+    proxy_listen_port: Option<u32>,
     // Not relevant to meshgate: Kubernetes Ingress processing, sidecar capture, istiod's
     // own discovery and certificates, Prometheus scraping of application pods.
-    proxy_listen_port: Option<Value>,
     proxy_inbound_listen_port: Option<Value>,
     proxy_http_port: Option<Value>,
     protocol_detection_timeout: Option<Value>,
@@ -219,6 +222,9 @@ pub struct MeshConfig {
     pub connect_timeout: std::time::Duration,
     /// The root namespace.
     pub root_namespace: String,
+    /// `proxyListenPort`: where a sidecar's virtual outbound listener takes the
+    /// connections iptables redirects (15001).
+    pub proxy_listen_port: u32,
     /// `defaultConfig.concurrency`.
     pub concurrency: Option<u32>,
     /// `defaultConfig.terminationDrainDuration`.
@@ -241,6 +247,7 @@ impl Default for MeshConfig {
             access_log: None,
             connect_timeout: std::time::Duration::from_secs(10),
             root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
+            proxy_listen_port: DEFAULT_PROXY_LISTEN_PORT,
             concurrency: None,
             termination_drain_duration: None,
             discovery_address: None,
@@ -460,6 +467,16 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
         }
         None => d.trust_domain.clone(),
     };
+    if let Some(port) = raw.proxy_listen_port
+        && !(1..=65535).contains(&port)
+    {
+        diags.push(error(
+            file,
+            root,
+            "proxyListenPort",
+            "must be a port number, 1 to 65535",
+        ));
+    }
     if let Some(t) = raw.connect_timeout
         && t.0 < std::time::Duration::from_millis(1)
     {
@@ -531,6 +548,10 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
             .root_namespace
             .filter(|ns| !ns.is_empty())
             .unwrap_or(d.root_namespace),
+        proxy_listen_port: raw
+            .proxy_listen_port
+            .filter(|p| *p != 0)
+            .unwrap_or(d.proxy_listen_port),
         concurrency: pc.concurrency,
         termination_drain_duration: pc.termination_drain_duration.map(|t| t.0),
         discovery_address: pc.discovery_address,
@@ -588,6 +609,9 @@ mod tests {
         assert_eq!(m.extension_providers.len(), 2);
         let off = parse_mesh_config("mesh.yaml", "accessLogFile: \"\"\n").unwrap();
         assert_eq!(off.access_log, Some(None));
+        assert_eq!(m.proxy_listen_port, 15001);
+        let port = parse_mesh_config("mesh.yaml", "proxyListenPort: 15101\n").unwrap();
+        assert_eq!(port.proxy_listen_port, 15101);
     }
 
     #[test]
@@ -648,6 +672,11 @@ mod tests {
         );
         let e = errors("outboundTrafficPolicy: {mode: DENY}\n");
         assert!(e[0].contains("outboundTrafficPolicy.mode"), "{e:?}");
+        let e = errors("proxyListenPort: 70000\n");
+        assert!(
+            e[0].contains("proxyListenPort: must be a port number"),
+            "{e:?}"
+        );
         let e = errors("a: 1\n---\nb: 2\n");
         assert!(e[0].contains("one YAML document"), "{e:?}");
     }

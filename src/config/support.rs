@@ -58,11 +58,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     // ServiceEntry
     row(
         "ServiceEntry",
-        "spec.addresses",
-        "virtual IPs are only used by sidecar listeners",
-    ),
-    row(
-        "ServiceEntry",
         "spec.endpoints[*].network",
         "multi-network meshes are not supported yet",
     ),

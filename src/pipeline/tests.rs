@@ -63,8 +63,8 @@ fn policies_that_guard_traffic_are_refused_everywhere() {
             "RequestAuthentication is not enforced yet",
         ),
         (
-            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}\n",
-            "REGISTRY_ONLY is not enforced yet",
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {ingress: [{port: {number: 80, protocol: HTTP}}]}\n",
+            "spec.ingress: `ingress` is not served by meshgate yet",
         ),
     ] {
         let yaml = format!("{GATEWAY}---\n{doc}");
@@ -90,11 +90,22 @@ fn policies_that_guard_traffic_are_refused_everywhere() {
 #[test]
 fn features_that_only_add_stay_warnings() {
     let yaml = format!(
-        "{GATEWAY}---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t}}\nspec: {{}}\n---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: s}}\nspec: {{ingress: []}}\n"
+        "{GATEWAY}---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t}}\nspec: {{}}\n---\napiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {{name: e}}\nspec: {{}}\n"
     );
     let report = run_yaml(&yaml);
     assert!(!report.has_errors(), "{:?}", lines(&report));
     assert_eq!(report.warnings().count(), 2, "{:?}", lines(&report));
+}
+
+#[test]
+fn sidecar_resources_restricting_egress_are_served() {
+    let yaml = format!(
+        "{GATEWAY}---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: shop}}\nspec:\n  egress: [{{hosts: [\"./*\", \"istio-system/*\"]}}]\n  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}\n"
+    );
+    let report = run_yaml(&yaml);
+    assert!(!report.has_errors(), "{:?}", lines(&report));
+    assert_eq!(report.config.sidecars.len(), 1);
+    assert!(report.diagnostics.is_empty(), "{:?}", lines(&report));
 }
 
 #[test]

@@ -61,6 +61,19 @@ pub fn service_clusters(
     secrets: &mut SecretBook,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Vec<Built> {
+    service_clusters_for_ports(scope, service, None, naming, secrets, diagnostics)
+}
+
+/// [`service_clusters`] for the ports in `ports` only (all of them with `None`): a
+/// sidecar whose Sidecar resource imports a service on one port gets that port's.
+pub fn service_clusters_for_ports(
+    scope: &Scope,
+    service: &Service,
+    ports: Option<&std::collections::BTreeSet<u32>>,
+    naming: Naming,
+    secrets: &mut SecretBook,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<Built> {
     let mut out = Vec::new();
     if service.resolution == Resolution::DynamicDns {
         diagnostics.push(scope.service_warning(
@@ -75,7 +88,9 @@ pub fn service_clusters(
     }
     let dr = scope.destination_rule(&service.hostname, Some(&service.namespace));
     for port in &service.ports {
-        if port.protocol == crate::registry::Protocol::Udp {
+        if port.protocol == crate::registry::Protocol::Udp
+            || ports.is_some_and(|p| !p.contains(&port.number))
+        {
             continue;
         }
         let mut ctx = Context {
@@ -186,15 +201,25 @@ impl Context<'_, '_, '_> {
             Naming::Outbound => names::cluster_name(subset_name, &service.hostname, port.number),
             Naming::SniDnat => names::sni_cluster_name(subset_name, &service.hostname, port.number),
         };
+        let policy = effective_policy(dr, port.number, subset);
+        let lb = policy.as_ref().and_then(|p| p.load_balancer.as_ref());
+        let passthrough_lb = matches!(
+            lb.and_then(|l| l.lb_policy.as_ref()),
+            Some(LbPolicy::Simple(SimpleLb::Passthrough))
+        );
+        // A sidecar forwards `resolution: NONE` services (and PASSTHROUGH load
+        // balancing) to the address the application asked for; a gateway has no
+        // original destination, so Istio gives it EDS.
+        let original_dst = scope.proxy.kind == crate::xds::ProxyKind::Sidecar
+            && (service.resolution == Resolution::None || passthrough_lb);
         let discovery = match service.resolution {
+            _ if original_dst => cluster::cluster::DiscoveryType::OriginalDst,
             Resolution::Dns => cluster::cluster::DiscoveryType::StrictDns,
             Resolution::DnsRoundRobin => cluster::cluster::DiscoveryType::LogicalDns,
-            // A gateway has no original destination to forward to: Istio uses EDS.
             Resolution::Static | Resolution::None | Resolution::DynamicDns => {
                 cluster::cluster::DiscoveryType::Eds
             }
         };
-        let policy = effective_policy(dr, port.number, subset);
         let empty = BTreeMap::new();
         let subset_labels = subset.map(|s| &s.labels).unwrap_or(&empty);
         let groups = endpoints::locality_groups(service, port.number, subset_labels);
@@ -229,12 +254,12 @@ impl Context<'_, '_, '_> {
         if let Some(od) = outlier {
             apply_outlier_detection(&mut c, &mut http_options, od);
         }
-        let lb = policy.as_ref().and_then(|p| p.load_balancer.as_ref());
         apply_load_balancer(&mut c, lb);
-        if matches!(
-            lb.and_then(|l| l.lb_policy.as_ref()),
-            Some(LbPolicy::Simple(SimpleLb::Passthrough))
-        ) {
+        if original_dst {
+            // Envoy picks the host from the connection (istiod's `CLUSTER_PROVIDED`).
+            c.lb_policy = cluster::cluster::LbPolicy::ClusterProvided as i32;
+            c.lb_config = None;
+        } else if passthrough_lb {
             self.diagnostics.push(dr_warning(
             dr,
             "spec.trafficPolicy.loadBalancer.simple",
@@ -249,6 +274,7 @@ impl Context<'_, '_, '_> {
         // which fails over by proximity once outlier detection is on.
         let mesh_default = LocalityLoadBalancerSetting::default();
         let locality_setting = match lb.and_then(|l| l.locality_lb_setting.as_ref()) {
+            _ if original_dst => None,
             Some(s) if s.enabled == Some(false) => None,
             Some(s) => Some(s),
             None => Some(&mesh_default),
@@ -439,6 +465,10 @@ impl Context<'_, '_, '_> {
             ..Default::default()
         };
         match discovery {
+            cluster::cluster::DiscoveryType::OriginalDst => Some(Built {
+                cluster: c,
+                load_assignment: None,
+            }),
             cluster::cluster::DiscoveryType::Eds => {
                 c.eds_cluster_config = Some(cluster::cluster::EdsClusterConfig {
                     eds_config: Some(pb::ads_config_source()),
@@ -468,6 +498,69 @@ impl Context<'_, '_, '_> {
                 })
             }
         }
+    }
+}
+
+/// Istio's cluster for traffic to destinations it does not know (ALLOW_ANY).
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// Istio's cluster that goes nowhere (REGISTRY_ONLY, unknown destinations).
+pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+
+/// `PassthroughCluster` (istiod's `buildDefaultPassthroughCluster`): to the address the
+/// application asked for (ORIGINAL_DST, `CLUSTER_PROVIDED`), the mesh's connect timeout,
+/// the default circuit breakers, HTTP as the client speaks it, idle after 5 minutes.
+pub fn passthrough_cluster(scope: &Scope) -> cluster::Cluster {
+    let mut c = cluster::Cluster {
+        name: PASSTHROUGH_CLUSTER.to_string(),
+        alt_stat_name: names::delimited_stat_prefix(PASSTHROUGH_CLUSTER),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        connect_timeout: Some(pb::duration(scope.connect_timeout)),
+        lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
+        ..Default::default()
+    };
+    let mut options = Some(upstream_http::HttpProtocolOptions {
+        common_http_protocol_options: Some(core::HttpProtocolOptions {
+            idle_timeout: Some(pb::seconds(300)),
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(
+            upstream_http::http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                upstream_http::http_protocol_options::UseDownstreamHttpConfig {
+                    http_protocol_options: Some(core::Http1ProtocolOptions::default()),
+                    http2_protocol_options: Some(core::Http2ProtocolOptions::default()),
+                    ..Default::default()
+                },
+            ),
+        ),
+        ..Default::default()
+    });
+    apply_connection_pool(
+        &mut c,
+        &mut options,
+        &ConnectionPoolSettings::default(),
+        None,
+    );
+    if let Some(options) = options {
+        c.typed_extension_protocol_options
+            .insert(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&options));
+    }
+    c
+}
+
+/// `BlackHoleCluster` (istiod's `buildBlackHoleCluster`): STATIC without endpoints, so
+/// every connection to it fails at once (`UH`, no healthy upstream).
+pub fn blackhole_cluster(scope: &Scope) -> cluster::Cluster {
+    cluster::Cluster {
+        name: BLACKHOLE_CLUSTER.to_string(),
+        alt_stat_name: names::delimited_stat_prefix(BLACKHOLE_CLUSTER),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(pb::duration(scope.connect_timeout)),
+        lb_policy: cluster::cluster::LbPolicy::RoundRobin as i32,
+        ..Default::default()
     }
 }
 

@@ -86,6 +86,47 @@ pub fn build_routes(
     (!out.is_empty()).then_some(out)
 }
 
+/// Istio's name of the route of a service without a VirtualService.
+pub const DEFAULT_ROUTE_NAME: &str = "default";
+
+/// The route of a service port no VirtualService routes (istiod's
+/// `buildSidecarVirtualHostForService` with `BuildDefaultHTTPOutboundRoute`): every path
+/// to `outbound|PORT||HOST`, Istio's default retries, no timeout, and the consistent hash
+/// of the service's DestinationRule (port-level settings first).
+pub fn default_outbound_route(scope: &Scope, service: &Service, port: u32) -> route::Route {
+    let cluster = names::cluster_name("", &service.hostname, port);
+    let hash = scope
+        .destination_rule(&service.hostname, Some(&service.namespace))
+        .and_then(|dr| dr.traffic_policy)
+        .and_then(|tp| {
+            tp.port_level_settings
+                .iter()
+                .find(|p| p.port.map(|s| s.number) == Some(port))
+                .and_then(|p| consistent_hash(p.load_balancer.as_ref()))
+                .or_else(|| consistent_hash(tp.load_balancer.as_ref()))
+        })
+        .and_then(|c| hash_policy(&c));
+    #[allow(deprecated)]
+    let action = route::RouteAction {
+        cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(cluster)),
+        timeout: Some(pb::seconds(0)),
+        max_grpc_timeout: Some(pb::seconds(0)),
+        retry_policy: retry::policy(None, false),
+        hash_policy: hash.into_iter().collect(),
+        ..Default::default()
+    };
+    route::Route {
+        name: DEFAULT_ROUTE_NAME.to_string(),
+        r#match: Some(default_match()),
+        decorator: Some(route::Decorator {
+            operation: format!("{}/*", names::virtual_host_name(&service.hostname, port)),
+            ..Default::default()
+        }),
+        action: Some(route::route::Action::Route(action)),
+        ..Default::default()
+    }
+}
+
 /// Whether a route matches every request (prefix `/` or regex `.*`, no other condition).
 pub fn is_catch_all(r: &route::Route) -> bool {
     let Some(m) = &r.r#match else { return false };

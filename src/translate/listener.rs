@@ -9,6 +9,8 @@ use crate::xds::pb::envoy::config::listener::v3 as listener;
 use crate::xds::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use crate::xds::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use crate::xds::pb::envoy::extensions::filters::http::router::v3::Router;
+use crate::xds::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use crate::xds::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use crate::xds::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
 
@@ -20,6 +22,37 @@ pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
 pub const SERVER_NAME: &str = "istio-envoy";
 /// Istio's bound on TLS handshakes on gateway filter chains (15 s).
 pub const TRANSPORT_SOCKET_CONNECT_TIMEOUT_SECS: u64 = 15;
+
+/// Name of the TLS inspector listener filter.
+pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+/// Name of the HTTP inspector listener filter.
+pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+
+/// The TLS inspector as istiod configures it (it reads at most 512 bytes of a
+/// ClientHello before giving up, not Envoy's 64 KiB).
+pub fn tls_inspector() -> listener::ListenerFilter {
+    listener::ListenerFilter {
+        name: TLS_INSPECTOR.into(),
+        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(pb::any(
+            &TlsInspector {
+                initial_read_buffer_size: Some(pb::u32v(512)),
+                ..Default::default()
+            },
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The HTTP inspector: tells plain-text HTTP (`http/1.1`, `h2c`) from other bytes.
+pub fn http_inspector() -> listener::ListenerFilter {
+    listener::ListenerFilter {
+        name: HTTP_INSPECTOR.into(),
+        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(pb::any(
+            &HttpInspector {},
+        ))),
+        ..Default::default()
+    }
+}
 
 /// The address a gateway listener binds: the server's `bind`, else all IPv4 addresses.
 pub fn bind_address(bind: &str) -> &str {
@@ -59,11 +92,46 @@ pub fn filter_chain(
 /// The HTTP connection manager of a gateway server, reading routes `route_name` by RDS.
 ///
 /// Istio's gateway settings: the client address is the peer (use_remote_address),
-/// client certificate details sanitised and set, `server: istio-envoy`, paths normalised
+/// client certificate details sanitised and set, `server: istio-envoy`, and the settings
+/// every Istio connection manager has (see [`base_http_connection_manager`]).
+pub fn http_connection_manager(route_name: &str, stat_prefix: &str) -> listener::Filter {
+    let mut manager = base_http_connection_manager(route_name, stat_prefix);
+    manager.use_remote_address = Some(pb::boolv(true));
+    manager.forward_client_cert_details =
+        hcm::http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
+    manager.set_current_client_cert_details =
+        Some(hcm::http_connection_manager::SetCurrentClientCertDetails {
+            subject: Some(pb::boolv(true)),
+            cert: true,
+            dns: true,
+            uri: true,
+            ..Default::default()
+        });
+    manager.server_name = SERVER_NAME.to_string();
+    hcm_filter(&manager)
+}
+
+/// The connection manager of a sidecar's outbound HTTP listener (istiod's
+/// `buildSidecarOutboundHTTPListenerOpts`): the application is the client, so its
+/// address is not the peer's (no use_remote_address), Envoy's own `server` name (Istio
+/// leaves it unset on outbound), and the mesh's access log.
+pub fn sidecar_outbound_http_connection_manager(
+    route_name: &str,
+    stat_prefix: &str,
+    access_log: Vec<crate::xds::pb::envoy::config::accesslog::v3::AccessLog>,
+) -> listener::Filter {
+    let mut manager = base_http_connection_manager(route_name, stat_prefix);
+    manager.use_remote_address = Some(pb::boolv(false));
+    manager.access_log = access_log;
+    hcm_filter(&manager)
+}
+
+/// What every connection manager istiod writes has: routes by RDS over ADS, the
+/// `server` header overwritten, HTTP/1.1 with 100-continue proxied, paths normalised
 /// without touching escaped slashes, websocket upgrades, no stream idle timeout, UUID
 /// request ids, and the fault, CORS and router filters (router last).
-pub fn http_connection_manager(route_name: &str, stat_prefix: &str) -> listener::Filter {
-    let manager = hcm::HttpConnectionManager {
+fn base_http_connection_manager(route_name: &str, stat_prefix: &str) -> hcm::HttpConnectionManager {
+    hcm::HttpConnectionManager {
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
@@ -77,20 +145,6 @@ pub fn http_connection_manager(route_name: &str, stat_prefix: &str) -> listener:
             http_filter(CORS_FILTER, pb::any(&Cors::default())),
             http_filter(ROUTER_FILTER, pb::any(&Router::default())),
         ],
-        use_remote_address: Some(pb::boolv(true)),
-        xff_num_trusted_hops: 0,
-        forward_client_cert_details:
-            hcm::http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32,
-        set_current_client_cert_details: Some(
-            hcm::http_connection_manager::SetCurrentClientCertDetails {
-                subject: Some(pb::boolv(true)),
-                cert: true,
-                dns: true,
-                uri: true,
-                ..Default::default()
-            },
-        ),
-        server_name: SERVER_NAME.to_string(),
         server_header_transformation:
             hcm::http_connection_manager::ServerHeaderTransformation::Overwrite as i32,
         http_protocol_options: Some(core::Http1ProtocolOptions::default()),
@@ -110,10 +164,13 @@ pub fn http_connection_manager(route_name: &str, stat_prefix: &str) -> listener:
             })),
         }),
         ..Default::default()
-    };
+    }
+}
+
+fn hcm_filter(manager: &hcm::HttpConnectionManager) -> listener::Filter {
     listener::Filter {
         name: HTTP_CONNECTION_MANAGER.into(),
-        config_type: Some(listener::filter::ConfigType::TypedConfig(pb::any(&manager))),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(pb::any(manager))),
     }
 }
 

@@ -23,6 +23,30 @@ pub fn tcp_proxy_filters(
     diagnostics: &mut Vec<Diagnostic>,
     references: &mut References,
 ) -> Vec<listener::Filter> {
+    tcp_proxy_config(
+        scope,
+        vs,
+        field,
+        destinations,
+        port,
+        diagnostics,
+        references,
+    )
+    .map(|proxy| vec![tcp_proxy_filter(&proxy)])
+    .unwrap_or_default()
+}
+
+/// The `tcp_proxy` of a route's destinations (see [`tcp_proxy_filters`]); None when no
+/// destination is usable.
+pub fn tcp_proxy_config(
+    scope: &Scope,
+    vs: &Resource<VirtualService>,
+    field: &str,
+    destinations: &[RouteDestination],
+    port: u32,
+    diagnostics: &mut Vec<Diagnostic>,
+    references: &mut References,
+) -> Option<tcp::TcpProxy> {
     let mut cluster = |k: usize, d: &RouteDestination| -> Option<String> {
         let dest = d.destination.as_ref()?;
         let host = scope.resolve_host(&dest.host, &vs.meta.namespace);
@@ -76,9 +100,7 @@ pub fn tcp_proxy_filters(
         ..Default::default()
     };
     if destinations.len() == 1 {
-        let Some(name) = cluster(0, &destinations[0]) else {
-            return Vec::new();
-        };
+        let name = cluster(0, &destinations[0])?;
         proxy.stat_prefix = name.clone();
         proxy.cluster_specifier = Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(name));
     } else {
@@ -96,14 +118,44 @@ pub fn tcp_proxy_filters(
             }
         }
         if clusters.is_empty() {
-            return Vec::new();
+            return None;
         }
         proxy.stat_prefix = format!("{}.{}", vs.meta.name, vs.meta.namespace);
         proxy.cluster_specifier = Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(
             tcp::tcp_proxy::WeightedCluster { clusters },
         ));
     }
-    vec![tcp_proxy_filter(&proxy)]
+    Some(proxy)
+}
+
+/// The `tcp_proxy` of a service port without a route (istiod's
+/// `buildOutboundNetworkFiltersWithSingleDestination`): to `cluster`, with the idle
+/// timeout and connection lifetime of the service's DestinationRule.
+pub fn tcp_proxy_to_service(
+    scope: &Scope,
+    service: &crate::registry::Service,
+    cluster: &str,
+) -> tcp::TcpProxy {
+    let pool_tcp = scope
+        .destination_rule(&service.hostname, Some(&service.namespace))
+        .and_then(|dr| dr.traffic_policy)
+        .and_then(|tp| tp.connection_pool)
+        .and_then(|cp| cp.tcp);
+    tcp::TcpProxy {
+        stat_prefix: cluster.to_string(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(
+            cluster.to_string(),
+        )),
+        idle_timeout: pool_tcp
+            .as_ref()
+            .and_then(|t| t.idle_timeout)
+            .map(|d| pb::duration(d.get())),
+        max_downstream_connection_duration: pool_tcp
+            .as_ref()
+            .and_then(|t| t.max_connection_duration)
+            .map(|d| pb::duration(d.get())),
+        ..Default::default()
+    }
 }
 
 /// A `tcp_proxy` to one cluster (AUTO_PASSTHROUGH chains).
@@ -117,7 +169,8 @@ pub fn tcp_proxy_to(cluster: &str) -> listener::Filter {
     })
 }
 
-fn tcp_proxy_filter(proxy: &tcp::TcpProxy) -> listener::Filter {
+/// The network filter around a `tcp_proxy`.
+pub fn tcp_proxy_filter(proxy: &tcp::TcpProxy) -> listener::Filter {
     listener::Filter {
         name: TCP_PROXY.into(),
         config_type: Some(listener::filter::ConfigType::TypedConfig(pb::any(proxy))),

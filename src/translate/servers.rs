@@ -6,7 +6,6 @@ use super::http_route::References;
 use super::listener;
 use super::names;
 use super::network;
-use super::pb;
 use super::routes;
 use super::scope::{BoundVirtualService, Scope, resolve_gateway_name};
 use super::tls::{self, SecretBook};
@@ -16,11 +15,8 @@ use crate::config::types::gateway::ServerTlsMode;
 use crate::registry::Protocol;
 use crate::xds::pb::envoy::config::listener::v3 as envoy_listener;
 use crate::xds::pb::envoy::config::route::v3::RouteConfiguration;
-use crate::xds::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use std::collections::BTreeMap;
 
-/// Name of the TLS inspector listener filter.
-pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 /// The ALPN values Istio's mTLS clients send, matched by AUTO_PASSTHROUGH chains.
 pub const ISTIO_MTLS_ALPNS: [&str; 5] = [
     "istio",
@@ -110,16 +106,7 @@ impl<'s, 'a> Build<'s, 'a> {
                 || c.transport_socket.is_some()
         });
         if needs_inspector {
-            l.listener_filters.push(envoy_listener::ListenerFilter {
-                name: TLS_INSPECTOR.into(),
-                config_type: Some(envoy_listener::listener_filter::ConfigType::TypedConfig(
-                    pb::any(&TlsInspector {
-                        initial_read_buffer_size: Some(pb::u32v(512)),
-                        ..Default::default()
-                    }),
-                )),
-                ..Default::default()
-            });
+            l.listener_filters.push(listener::tls_inspector());
         }
         Some(l)
     }

@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod meta;
 pub mod secret;
 pub mod service_entry;
+pub mod sidecar;
 pub mod virtual_service;
 pub mod workload_entry;
 
@@ -19,6 +20,7 @@ pub use gateway::Gateway;
 pub use meta::{DEFAULT_NAMESPACE, Kind, ObjectMeta, Origin, Resource};
 pub use secret::Secret;
 pub use service_entry::ServiceEntry;
+pub use sidecar::Sidecar;
 pub use virtual_service::VirtualService;
 pub use workload_entry::WorkloadEntry;
 
@@ -33,6 +35,9 @@ impl Kind for DestinationRule {
 }
 impl Kind for ServiceEntry {
     const KIND: &'static str = "ServiceEntry";
+}
+impl Kind for Sidecar {
+    const KIND: &'static str = "Sidecar";
 }
 impl Kind for WorkloadEntry {
     const KIND: &'static str = "WorkloadEntry";

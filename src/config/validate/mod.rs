@@ -6,6 +6,7 @@ pub mod common;
 pub mod destination_rule;
 pub mod gateway;
 pub mod service_entry;
+pub mod sidecar;
 pub mod virtual_service;
 
 use super::diag::Diagnostic;
@@ -31,11 +32,16 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     for r in &config.workload_entries {
         service_entry::validate_workload_entry(r, &mut out);
     }
+    for r in &config.sidecars {
+        sidecar::validate(r, &mut out);
+    }
+    sidecar::conflicts(&config.sidecars, &mut out);
     names(&config.gateways, &mut out);
     names(&config.virtual_services, &mut out);
     names(&config.destination_rules, &mut out);
     names(&config.service_entries, &mut out);
     names(&config.workload_entries, &mut out);
+    names(&config.sidecars, &mut out);
     names(&config.secrets, &mut out);
     names(&config.acme_certificates, &mut out);
     acme(config, &mut out);
@@ -44,6 +50,7 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     duplicates(&config.destination_rules, &mut out);
     duplicates(&config.service_entries, &mut out);
     duplicates(&config.workload_entries, &mut out);
+    duplicates(&config.sidecars, &mut out);
     duplicates(&config.secrets, &mut out);
     duplicates(&config.acme_certificates, &mut out);
     super::analyze::analyze(config, &mut out);

@@ -563,7 +563,6 @@ fn service_entry_rules() {
                 "t.yaml:5:11: error: ServiceEntry/shop/e: spec.hosts[0]: resolution DNS_ROUND_ROBIN without endpoints resolves the hosts themselves, and wildcard `*.example.net` cannot be resolved; list endpoints or use DYNAMIC_DNS",
                 "t.yaml:7:36: error: ServiceEntry/shop/e: spec.ports[0].protocol: several hosts on a non-HTTP, non-TLS port cannot be told apart; use one host per ServiceEntry or resolution NONE",
                 "t.yaml:8:3: error: ServiceEntry/shop/e: spec.addresses: CIDR addresses are only allowed with resolution NONE or STATIC",
-                "t.yaml:8:3: warning: ServiceEntry/shop/e: spec.addresses: `addresses` is parsed but not acted on yet: virtual IPs are only used by sidecar listeners",
             ],
         ),
         (
@@ -595,7 +594,6 @@ fn service_entry_rules() {
                 "t.yaml:5:11: error: ServiceEntry/shop/e: spec.hosts[0]: resolution DYNAMIC_DNS needs wildcard hosts",
                 "t.yaml:7:36: error: ServiceEntry/shop/e: spec.ports[0].protocol: resolution DYNAMIC_DNS supports only HTTP, TLS, GRPC and HTTP2 ports",
                 "t.yaml:8:3: error: ServiceEntry/shop/e: spec.addresses: resolution DYNAMIC_DNS takes no addresses",
-                "t.yaml:8:3: warning: ServiceEntry/shop/e: spec.addresses: `addresses` is parsed but not acted on yet: virtual IPs are only used by sidecar listeners",
             ],
         ),
         (
@@ -606,6 +604,75 @@ fn service_entry_rules() {
                 "t.yaml:13:67: error: WorkloadEntry/shop/w1: spec.locality: locality `a//b` must be region, region/zone or region/zone/subzone",
                 "t.yaml:18:1: error: WorkloadEntry/shop/w2: spec.address: address is required",
                 "t.yaml:18:8: warning: WorkloadEntry/shop/w2: spec.labels: no ServiceEntry in namespace `shop` selects this WorkloadEntry, so it receives no traffic",
+            ],
+        ),
+    ];
+    run_table(&cases);
+}
+
+fn sidecar(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn sidecar_rules() {
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "served",
+            sidecar(
+                "s",
+                "  workloadSelector: {labels: {app: cart}}\n  egress:\n  - port: {number: 9080, protocol: HTTP, name: http}\n    hosts: [./reviews.shop.svc.cluster.local, \"*/*.example.org\"]\n  - hosts: [\"./*\", \"~istio-system/*.internal\", istio-system/*]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+            ),
+            &[],
+        ),
+        (
+            "empty",
+            sidecar("s", "  egress: []\n"),
+            &[
+                "t.yaml:4:1: error: Sidecar/shop/s: spec: a Sidecar needs egress, ingress, outboundTrafficPolicy or inboundConnectionPool",
+            ],
+        ),
+        (
+            "listeners",
+            sidecar(
+                "s",
+                "  egress:\n  - hosts: [\"*/*\"]\n  - port: {number: 80, protocol: HTTPS, targetPort: 8080}\n    hosts: [foo/bar.example.com, foo/*, nohost, \"ns/\"]\n  - port: {number: 80, protocol: HTTP_PROXY}\n    hosts: [\"*/*\", ./a.example.com]\n  - port: {number: 0, protocol: HTP}\n    hosts: []\n  - hosts: [./*]\n",
+            ),
+            &[
+                "t.yaml:6:5: error: Sidecar/shop/s: spec.egress[0]: the egress listener without a port (the catch-all) must be the last one",
+                "t.yaml:7:41: error: Sidecar/shop/s: spec.egress[1].port.targetPort: targetPort has no effect on Sidecars",
+                "t.yaml:8:34: warning: Sidecar/shop/s: spec.egress[1].hosts[1]: duplicated egress host `foo/*`",
+                "t.yaml:8:41: error: Sidecar/shop/s: spec.egress[1].hosts[2]: host `nohost` must be of the form namespace/dnsName (`./*`, `*/*`, `ns/host`)",
+                "t.yaml:8:49: error: Sidecar/shop/s: spec.egress[1].hosts[3]: `ns/`: the namespace and the dnsName cannot be empty",
+                "t.yaml:9:12: error: Sidecar/shop/s: spec.egress[2].port.number: port 80 is already declared by spec.egress[1]; ports of egress listeners must be unique",
+                "t.yaml:9:24: error: Sidecar/shop/s: spec.egress[2].port.protocol: an HTTP_PROXY egress listener (an explicit proxy the application connects to) is not served by meshgate yet; the configuration is refused rather than served without it (remove the field)",
+                "t.yaml:10:5: warning: Sidecar/shop/s: spec.egress[2].hosts: `*/*` imports everything; the other hosts add nothing",
+                "t.yaml:11:12: error: Sidecar/shop/s: spec.egress[3].port.number: port 0 (a Unix domain socket listener) is not served by meshgate yet; the configuration is refused rather than served without it (remove the field)",
+                "t.yaml:11:23: error: Sidecar/shop/s: spec.egress[3].port.protocol: unknown protocol `HTP`; did you mean `HTTP`?",
+                "t.yaml:12:5: error: Sidecar/shop/s: spec.egress[3].hosts: an egress listener needs at least one host",
+                "t.yaml:13:5: error: Sidecar/shop/s: spec.egress[4]: only one egress listener may have no port (spec.egress[0] has none)",
+            ],
+        ),
+        (
+            "selectors",
+            format!(
+                "{}---\n{}---\n{}---\n{}",
+                sidecar("a", "  egress: [{hosts: [./*]}]\n"),
+                sidecar("b", "  egress: [{hosts: [./*]}]\n"),
+                sidecar(
+                    "c",
+                    "  workloadSelector: {labels: {app: x}}\n  egress: [{hosts: [./*]}]\n"
+                ),
+                sidecar(
+                    "d",
+                    "  workloadSelector: {labels: {app: x}}\n  egress: [{hosts: [./*]}]\n"
+                ),
+            ),
+            &[
+                "t.yaml:9:12: error: Sidecar/shop/b: metadata.name: Sidecar shop/a (t.yaml:1) also has no workloadSelector in namespace `shop`; which one applies would be undefined",
+                "t.yaml:24:3: error: Sidecar/shop/d: spec.workloadSelector: Sidecar shop/c (t.yaml:13) also has the same workloadSelector in namespace `shop`; which one applies would be undefined",
             ],
         ),
     ];

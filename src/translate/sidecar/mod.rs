@@ -11,8 +11,11 @@
 //!
 //! The mesh's secrets (`default`, `ROOTCA`) come from the agent in the pod over the
 //! `sds-grpc` cluster of the bootstrap ([`MeshSecrets::Agent`]): the key never leaves it.
+mod access_log;
+mod egress;
 mod inbound;
 mod outbound;
+mod virtual_hosts;
 
 use super::Translation;
 use super::tls::MeshSecrets;
@@ -39,3 +42,6 @@ pub fn sidecar(
     translation.resources.sort();
     translation
 }
+
+#[cfg(test)]
+mod tests;
