@@ -8,6 +8,7 @@ pub mod common;
 pub mod destination_rule;
 pub mod gateway;
 pub mod meta;
+pub mod peer_authentication;
 pub mod secret;
 pub mod service_entry;
 pub mod virtual_service;
@@ -17,6 +18,7 @@ pub use common::{Percent, PortSelector, Protocol, StringMatch};
 pub use destination_rule::DestinationRule;
 pub use gateway::Gateway;
 pub use meta::{DEFAULT_NAMESPACE, Kind, ObjectMeta, Origin, Resource};
+pub use peer_authentication::PeerAuthentication;
 pub use secret::Secret;
 pub use service_entry::ServiceEntry;
 pub use virtual_service::VirtualService;
@@ -36,6 +38,9 @@ impl Kind for ServiceEntry {
 }
 impl Kind for WorkloadEntry {
     const KIND: &'static str = "WorkloadEntry";
+}
+impl Kind for PeerAuthentication {
+    const KIND: &'static str = "PeerAuthentication";
 }
 impl Kind for Secret {
     const KIND: &'static str = "Secret";
