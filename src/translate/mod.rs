@@ -17,6 +17,7 @@
 //! anything else, so the other clusters would only cost memory and pushes.
 //!
 //! What cannot be translated becomes a [`Diagnostic`] instead of being silently dropped.
+mod authn;
 mod cluster;
 mod endpoints;
 pub mod envoy_files;
