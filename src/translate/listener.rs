@@ -58,25 +58,11 @@ pub fn filter_chain(
 
 /// The HTTP connection manager of a gateway server, reading routes `route_name` by RDS.
 ///
-/// Istio's gateway settings: the client address is the peer (use_remote_address),
-/// client certificate details sanitised and set, `server: istio-envoy`, paths normalised
-/// without touching escaped slashes, websocket upgrades, no stream idle timeout, UUID
-/// request ids, and the fault, CORS and router filters (router last).
+/// Istio's gateway settings on top of [`istio_http_connection_manager`]'s: the client
+/// address is the peer (use_remote_address), client certificate details sanitised and
+/// set.
 pub fn http_connection_manager(route_name: &str, stat_prefix: &str) -> listener::Filter {
     let manager = hcm::HttpConnectionManager {
-        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
-        stat_prefix: stat_prefix.to_string(),
-        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
-            hcm::Rds {
-                config_source: Some(pb::ads_config_source()),
-                route_config_name: route_name.to_string(),
-            },
-        )),
-        http_filters: vec![
-            http_filter(FAULT_FILTER, pb::any(&HttpFault::default())),
-            http_filter(CORS_FILTER, pb::any(&Cors::default())),
-            http_filter(ROUTER_FILTER, pb::any(&Router::default())),
-        ],
         use_remote_address: Some(pb::boolv(true)),
         xff_num_trusted_hops: 0,
         forward_client_cert_details:
@@ -90,10 +76,38 @@ pub fn http_connection_manager(route_name: &str, stat_prefix: &str) -> listener:
                 ..Default::default()
             },
         ),
+        http_protocol_options: Some(core::Http1ProtocolOptions::default()),
+        ..istio_http_connection_manager(
+            stat_prefix,
+            hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+                config_source: Some(pb::ads_config_source()),
+                route_config_name: route_name.to_string(),
+            }),
+        )
+    };
+    http_connection_manager_filter(&manager)
+}
+
+/// What istiod sets on every HTTP connection manager it builds (`buildHTTPConnectionManager`):
+/// automatic codec, `server: istio-envoy`, paths normalised without touching escaped
+/// slashes, websocket upgrades, no stream idle timeout, UUID request ids, `100-continue`
+/// answered by the proxy, and the fault, CORS and router filters (router last).
+pub fn istio_http_connection_manager(
+    stat_prefix: &str,
+    routes: hcm::http_connection_manager::RouteSpecifier,
+) -> hcm::HttpConnectionManager {
+    hcm::HttpConnectionManager {
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        stat_prefix: stat_prefix.to_string(),
+        route_specifier: Some(routes),
+        http_filters: vec![
+            http_filter(FAULT_FILTER, pb::any(&HttpFault::default())),
+            http_filter(CORS_FILTER, pb::any(&Cors::default())),
+            http_filter(ROUTER_FILTER, pb::any(&Router::default())),
+        ],
         server_name: SERVER_NAME.to_string(),
         server_header_transformation:
             hcm::http_connection_manager::ServerHeaderTransformation::Overwrite as i32,
-        http_protocol_options: Some(core::Http1ProtocolOptions::default()),
         proxy_100_continue: true,
         normalize_path: Some(pb::boolv(true)),
         path_with_escaped_slashes_action:
@@ -110,10 +124,14 @@ pub fn http_connection_manager(route_name: &str, stat_prefix: &str) -> listener:
             })),
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// The network filter of an HTTP connection manager.
+pub fn http_connection_manager_filter(manager: &hcm::HttpConnectionManager) -> listener::Filter {
     listener::Filter {
         name: HTTP_CONNECTION_MANAGER.into(),
-        config_type: Some(listener::filter::ConfigType::TypedConfig(pb::any(&manager))),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(pb::any(manager))),
     }
 }
 
