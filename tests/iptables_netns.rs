@@ -385,3 +385,35 @@ fn dry_run_prints_the_restore_input_and_changes_nothing() {
     assert!(text.contains("-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 16006"));
     assert_eq!(ns.iptables_save(), before);
 }
+
+/// The pods harness the sidecar tests build on: two pods on one switch reach each other
+/// by address, and a pod's own rules send what arrives for its application to 15006,
+/// where the connection's original destination is the application's address.
+#[test]
+fn pods_on_a_switch_reach_each_other_and_capture_inbound() {
+    use support::pods::PodNet;
+    let net = PodNet::new();
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let app = b.echo(8080, "app-b");
+    let (status, body) = a.curl(None, &[&format!("http://{}/", b.addr(8080))]);
+    assert_eq!(status, 200, "pod a reaches pod b's application: {body}");
+    assert!(body.contains("app-b"), "{body}");
+
+    b.iptables(&[]);
+    let proxy = b.bind(15006);
+    proxy.set_nonblocking(true).expect("nonblocking");
+    let target = SocketAddrV4::new(b.ip, 8080);
+    let _client = connect(&a.ns, target, "to-the-app");
+    let (_, msg, dst) = accept_one(&[("15006", &proxy)]);
+    assert_eq!(msg, "to-the-app");
+    assert_eq!(
+        dst,
+        Some(target),
+        "the original destination is the application's"
+    );
+    assert_eq!(
+        app.requests(),
+        1,
+        "the captured connection never reached the application"
+    );
+}

@@ -3,7 +3,7 @@
 //!
 //!     cargo bench --bench controlplane_convergence -- --proxies 1000 --services 1000
 //!         [--conns 64] [--rounds 3] [--sotw] [--quiet-ms 1000]
-//!     cargo bench --bench controlplane_convergence -- --services 1000 --write-config DIR
+//!     cargo bench --bench controlplane_convergence -- --services 1000 --write-config DIR [--mesh-routes]
 //!
 //! The control plane is the product's binary (Cargo builds it with the benchmark) run as
 //! a child process on a directory this benchmark writes (see `mesh.rs`), so its CPU and
@@ -17,7 +17,8 @@
 //! and proxy in each phase; the control plane's CPU time and peak RSS.
 //!
 //! `--write-config DIR` only writes the configuration, for running another load tool
-//! against the same files. `BENCH_LOG` sets the control plane's log filter (`warn`);
+//! against the same files; with `--mesh-routes` the VirtualServices are bound to `mesh`
+//! for the services' own hosts, which is what sidecars receive. `BENCH_LOG` sets the control plane's log filter (`warn`);
 //! `BENCH_SERVER_WRAPPER="heaptrack -o FILE"` runs it under a tool.
 mod control_plane;
 mod envoy;
@@ -49,6 +50,8 @@ struct Args {
     /// Quiet time that ends a phase (no response to any proxy for this long).
     quiet: Duration,
     write_config: Option<PathBuf>,
+    /// With `--write-config`: VirtualServices bound to `mesh` (for sidecar clients).
+    mesh_routes: bool,
     /// `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
     bench: bool,
 }
@@ -62,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         sotw: false,
         quiet: Duration::from_millis(1000),
         write_config: None,
+        mesh_routes: false,
         bench: false,
     };
     let mut unknown = Vec::new();
@@ -80,6 +84,7 @@ fn parse_args() -> Result<Args, String> {
             "--quiet-ms" => a.quiet = Duration::from_millis(number()? as u64),
             "--sotw" => a.sotw = true,
             "--write-config" => a.write_config = Some(value()?.into()),
+            "--mesh-routes" => a.mesh_routes = true,
             "--bench" => a.bench = true,
             // A harness's name filter (`cargo bench NAME`, `cargo test -- NAME`).
             other if !other.starts_with('-') => {}
@@ -104,7 +109,14 @@ fn main() -> ExitCode {
         }
     };
     if let Some(dir) = &args.write_config {
-        return match std::fs::create_dir_all(dir).and_then(|_| mesh::write(dir, args.services)) {
+        let binding = if args.mesh_routes {
+            mesh::Binding::Mesh
+        } else {
+            mesh::Binding::Gateway
+        };
+        return match std::fs::create_dir_all(dir)
+            .and_then(|_| mesh::write_bound(dir, args.services, binding))
+        {
             Ok(()) => {
                 println!(
                     "wrote a gateway and {} services to {}; change n rewrites {} with v1 weight 80 (n odd) or 90 (n even)",

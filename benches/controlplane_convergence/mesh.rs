@@ -24,9 +24,30 @@ spec:
     - \"*\"
 ";
 
+/// Who a service's VirtualService routes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// The ingress Gateway, for host `svc-I.example.com`.
+    Gateway,
+    /// Sidecars (`mesh`), for the service's own host: what each sidecar receives.
+    Mesh,
+}
+
 /// The file of service `i`, routing `v1_weight`% to subset v1 and the rest to v2.
 pub fn service_yaml(i: usize, v1_weight: u32) -> String {
+    service_yaml_bound(i, v1_weight, Binding::Gateway)
+}
+
+/// [`service_yaml`] with the VirtualService bound as `binding` says.
+pub fn service_yaml_bound(i: usize, v1_weight: u32, binding: Binding) -> String {
     let host = format!("svc-{i}.example.internal");
+    let (vs_host, vs_gateway) = match binding {
+        Binding::Gateway => (
+            format!("svc-{i}.example.com"),
+            "istio-system/ingressgateway",
+        ),
+        Binding::Mesh => (host.clone(), "mesh"),
+    };
     let ip = |k: usize| format!("10.{}.{}.{}", (i >> 8) & 255, i & 255, k + 1);
     format!(
         "\
@@ -72,9 +93,9 @@ metadata:
   namespace: default
 spec:
   hosts:
-  - svc-{i}.example.com
+  - {vs_host}
   gateways:
-  - istio-system/ingressgateway
+  - {vs_gateway}
   http:
   - route:
     - destination:
@@ -104,9 +125,14 @@ pub fn service_path(dir: &Path, i: usize) -> PathBuf {
 
 /// Writes the gateway and `services` service files into `dir` (which must exist).
 pub fn write(dir: &Path, services: usize) -> std::io::Result<()> {
+    write_bound(dir, services, Binding::Gateway)
+}
+
+/// [`write`] with the VirtualServices bound as `binding` says.
+pub fn write_bound(dir: &Path, services: usize, binding: Binding) -> std::io::Result<()> {
     std::fs::write(dir.join("gateway.yaml"), GATEWAY)?;
     for i in 0..services {
-        std::fs::write(service_path(dir, i), service_yaml(i, 90))?;
+        std::fs::write(service_path(dir, i), service_yaml_bound(i, 90, binding))?;
     }
     Ok(())
 }

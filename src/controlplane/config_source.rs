@@ -254,4 +254,73 @@ impl SnapshotSource for ConfigSource {
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.tx.subscribe()
     }
+
+    /// Sidecars differ from each other by their addresses, but only the addresses that
+    /// are some service's endpoints change what a sidecar is sent (its inbound side):
+    /// sidecars in one namespace with the same labels and no such address (clients) see
+    /// the same, and are translated once per configuration generation.
+    fn share_key(&self, proxy: &ProxyIdentity) -> Option<super::source::ShareKey> {
+        if proxy.kind != ProxyKind::Sidecar {
+            return None;
+        }
+        let loaded = self.loaded.load();
+        let mut view = proxy.clone();
+        view.id.clear();
+        view.ip_addresses
+            .retain(|ip| loaded.registry.is_endpoint_address(ip));
+        Some(super::source::ShareKey {
+            generation: loaded.generation,
+            view,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecar(ip: &str, app: &str) -> ProxyIdentity {
+        ProxyIdentity {
+            id: format!("sidecar~{ip}~{app}-1.default~default.svc.cluster.local"),
+            kind: ProxyKind::Sidecar,
+            namespace: "default".into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ip_addresses: vec![ip.into()],
+            domain_suffix: "cluster.local".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sidecars_share_a_view_unless_an_address_is_an_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("svc.yaml"),
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a, namespace: default}\nspec:\n  hosts: [a.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  endpoints: [{address: 10.0.0.5}]\n",
+        )
+        .unwrap();
+        let source = ConfigSource::load(dir.path()).unwrap();
+        let key = |p: &ProxyIdentity| source.share_key(p).expect("sidecars have share keys");
+        assert_eq!(
+            key(&sidecar("10.0.0.1", "client")),
+            key(&sidecar("10.0.0.2", "client")),
+            "two clients with the same labels see the same"
+        );
+        assert_ne!(
+            key(&sidecar("10.0.0.1", "client")),
+            key(&sidecar("10.0.0.1", "other")),
+            "labels select policies"
+        );
+        assert_ne!(
+            key(&sidecar("10.0.0.5", "client")),
+            key(&sidecar("10.0.0.1", "client")),
+            "an endpoint's sidecar has inbound ports of its own"
+        );
+        assert!(
+            source
+                .share_key(&ProxyIdentity::gateway("default", Default::default()))
+                .is_none(),
+            "gateways are keyed by their identity already"
+        );
+    }
 }

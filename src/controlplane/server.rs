@@ -118,6 +118,55 @@ struct Registry {
     conns: HashMap<u64, (SnapshotKey, Arc<Mutex<ProxyStatus>>)>,
 }
 
+/// Packed resources by share key (see `SnapshotSource::share_key`): the first key of a
+/// view translates and packs, the others (waiting for it rather than computing the same
+/// again) reuse the result. Held weakly: an entry lives as long as a snapshot serves it.
+#[derive(Default)]
+pub(crate) struct SharedPacks {
+    slots: Mutex<HashMap<super::source::ShareKey, Arc<Mutex<PackSlot>>>>,
+}
+
+type PackSlot = std::sync::Weak<[super::snapshot::TypeSnapshot; 5]>;
+type Packed = Arc<[super::snapshot::TypeSnapshot; 5]>;
+
+impl SharedPacks {
+    /// `identity`'s resources packed: shared when the source gives a share key.
+    fn packed(
+        &self,
+        source: &dyn SnapshotSource,
+        identity: &ProxyIdentity,
+        interner: &Interner,
+    ) -> Result<Packed, String> {
+        let pack = || -> Result<Packed, String> {
+            let set = source.resources(identity).map_err(|e| e.to_string())?;
+            Snapshot::pack(&set, interner)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        };
+        let Some(key) = source.share_key(identity) else {
+            return pack();
+        };
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            // Sweep views no snapshot serves any more (older generations) before growing.
+            if slots.len() >= 64 && slots.len().is_power_of_two() {
+                slots.retain(|_, s| {
+                    Arc::strong_count(s) > 1
+                        || s.lock().unwrap_or_else(|e| e.into_inner()).strong_count() > 0
+                });
+            }
+            slots.entry(key).or_default().clone()
+        };
+        let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(types) = held.upgrade() {
+            return Ok(types);
+        }
+        let types = pack()?;
+        *held = Arc::downgrade(&types);
+        Ok(types)
+    }
+}
+
 /// Shared state of a control plane.
 pub(crate) struct Inner {
     pub source: Arc<dyn SnapshotSource>,
@@ -127,6 +176,8 @@ pub(crate) struct Inner {
     pub identifier: Arc<str>,
     /// The resources of every snapshot, held once per distinct content.
     pub interner: Interner,
+    /// Packed resources by share key, for keys the source says see the same.
+    pub shared: SharedPacks,
     /// Subscribed name sets, held once per distinct set.
     pub delta_names: super::sets::SetInterner<std::collections::HashSet<Arc<str>>>,
     pub sotw_names: super::sets::SetInterner<std::collections::BTreeSet<String>>,
@@ -185,6 +236,7 @@ impl Inner {
             metrics: Metrics::default(),
             identifier: Arc::from(format!("meshgate {}", env!("CARGO_PKG_VERSION"))),
             interner: Interner::default(),
+            shared: Default::default(),
             delta_names: Default::default(),
             sotw_names: Default::default(),
             boot_id: rand::random(),
@@ -334,22 +386,31 @@ impl Inner {
         let keyed = entry.clone();
         let built = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let mut set = source.resources(&identity).map_err(|e| e.to_string())?;
-            if let (Some(id), Some(ca), true) = (
+            let own_secrets = match (
                 &keyed.workload,
                 inner.workload_ca.get(),
                 keyed.mesh_wanted.load(Ordering::SeqCst),
             ) {
-                let mesh = keyed.cert.current(ca, id)?;
-                // A copy of the proxy's resources, with the stream identity's own secrets.
-                let own = Arc::make_mut(&mut set);
-                own.secrets.retain(|s| !is_mesh_secret(&s.name));
-                own.secrets.extend(mesh);
-            }
-            let translated = started.elapsed();
-            let snap = Snapshot::build(identity, &set, next, changed_at, &inner.interner)
-                .map_err(|e| e.to_string());
-            tracing::debug!(?translated, built = ?started.elapsed(), "snapshot computed");
+                (Some(id), Some(ca), true) => Some(keyed.cert.current(ca, id)?),
+                _ => None,
+            };
+            let snap = match own_secrets {
+                Some(mesh) => {
+                    let mut set = source.resources(&identity).map_err(|e| e.to_string())?;
+                    // A copy of the proxy's resources, with the stream identity's own
+                    // secrets: never shared with another key.
+                    let own = Arc::make_mut(&mut set);
+                    own.secrets.retain(|s| !is_mesh_secret(&s.name));
+                    own.secrets.extend(mesh);
+                    Snapshot::build(identity, &set, next, changed_at, &inner.interner)
+                        .map_err(|e| e.to_string())
+                }
+                None => inner
+                    .shared
+                    .packed(source.as_ref(), &identity, &inner.interner)
+                    .map(|types| Snapshot::from_packed(identity, types, next, changed_at)),
+            };
+            tracing::debug!(took = ?started.elapsed(), "snapshot computed");
             snap
         })
         .await
@@ -824,4 +885,87 @@ async fn fetch_secrets(
         type_url: TypeUrl::Secret.as_str().to_string(),
         ..Default::default()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controlplane::source::{ShareKey, SourceError};
+    use crate::xds::ResourceSet;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Shares by the `view` label; counts translations.
+    struct Counting {
+        calls: AtomicUsize,
+        tx: tokio::sync::broadcast::Sender<Change>,
+    }
+
+    impl SnapshotSource for Counting {
+        fn resources(&self, _: &ProxyIdentity) -> Result<Arc<ResourceSet>, SourceError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(Arc::new(ResourceSet::default()))
+        }
+        fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+            self.tx.subscribe()
+        }
+        fn share_key(&self, proxy: &ProxyIdentity) -> Option<ShareKey> {
+            let view = proxy.labels.get("view")?;
+            Some(ShareKey {
+                generation: 1,
+                view: ProxyIdentity {
+                    namespace: view.clone(),
+                    ..Default::default()
+                },
+            })
+        }
+    }
+
+    fn proxy(id: &str, view: Option<&str>) -> ProxyIdentity {
+        let mut p = ProxyIdentity::gateway("default", Default::default());
+        p.id = id.into();
+        if let Some(v) = view {
+            p.labels.insert("view".into(), v.into());
+        }
+        p
+    }
+
+    #[test]
+    fn keys_with_one_share_key_are_translated_and_packed_once() {
+        let source = Counting {
+            calls: AtomicUsize::new(0),
+            tx: tokio::sync::broadcast::channel(1).0,
+        };
+        let (shared, interner) = (SharedPacks::default(), Interner::default());
+        let a = shared
+            .packed(&source, &proxy("a", Some("x")), &interner)
+            .unwrap();
+        let b = shared
+            .packed(&source, &proxy("b", Some("x")), &interner)
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "one view, one packed set");
+        assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+
+        let c = shared
+            .packed(&source, &proxy("c", Some("y")), &interner)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&a, &c), "another view is its own");
+        let d = shared
+            .packed(&source, &proxy("d", None), &interner)
+            .unwrap();
+        let e = shared
+            .packed(&source, &proxy("e", None), &interner)
+            .unwrap();
+        assert!(
+            !Arc::ptr_eq(&d, &e),
+            "without a share key nothing is shared"
+        );
+        assert_eq!(source.calls.load(Ordering::SeqCst), 4);
+
+        // Held weakly: once no snapshot serves a view, it is computed again.
+        drop((a, b));
+        shared
+            .packed(&source, &proxy("f", Some("x")), &interner)
+            .unwrap();
+        assert_eq!(source.calls.load(Ordering::SeqCst), 5);
+    }
 }

@@ -227,7 +227,9 @@ pub enum SnapshotError {
 pub struct Snapshot {
     /// The identity the resources were computed for (any proxy of the key).
     pub identity: ProxyIdentity,
-    types: [TypeSnapshot; 5],
+    /// The packed resources, shared by the snapshots of keys the source says see the
+    /// same (see `SnapshotSource::share_key`).
+    types: Arc<[TypeSnapshot; 5]>,
     /// Increases with every snapshot published for a key.
     pub generation: u64,
     /// When the first config change that led to this snapshot happened (for the
@@ -251,6 +253,40 @@ impl Snapshot {
         changed_at: Option<Instant>,
         interner: &Interner,
     ) -> Result<Snapshot, SnapshotError> {
+        Ok(Snapshot {
+            identity,
+            types: Arc::new(Self::pack(resources, interner)?),
+            generation,
+            changed_at,
+        })
+    }
+
+    /// A snapshot of resources packed beforehand ([`Snapshot::pack`]), shared with other
+    /// keys' snapshots.
+    pub fn from_packed(
+        identity: ProxyIdentity,
+        types: Arc<[TypeSnapshot; 5]>,
+        generation: u64,
+        changed_at: Option<Instant>,
+    ) -> Snapshot {
+        Snapshot {
+            identity,
+            types,
+            generation,
+            changed_at,
+        }
+    }
+
+    /// The packed resources this snapshot serves (to share with another key's).
+    pub fn packed(&self) -> &Arc<[TypeSnapshot; 5]> {
+        &self.types
+    }
+
+    /// Checks and packs `resources` (see [`Snapshot::build`]).
+    pub fn pack(
+        resources: &ResourceSet,
+        interner: &Interner,
+    ) -> Result<[TypeSnapshot; 5], SnapshotError> {
         let problems = check_consistency(resources);
         if !problems.is_empty() {
             return Err(SnapshotError::Inconsistent(problems));
@@ -263,19 +299,13 @@ impl Snapshot {
                 }
             })
         };
-        let types = [
+        Ok([
             build(TypeUrl::ALL[0])?,
             build(TypeUrl::ALL[1])?,
             build(TypeUrl::ALL[2])?,
             build(TypeUrl::ALL[3])?,
             build(TypeUrl::ALL[4])?,
-        ];
-        Ok(Snapshot {
-            identity,
-            types,
-            generation,
-            changed_at,
-        })
+        ])
     }
 
     /// The resources of one type.

@@ -107,6 +107,22 @@ pub trait SnapshotSource: Send + Sync + 'static {
     /// A receiver of change notifications. A lagging receiver is treated as a change
     /// of everything.
     fn changes(&self) -> broadcast::Receiver<Change>;
+
+    /// What `proxy`'s resources depend on, when the source can tell: proxies of different
+    /// identity keys with equal share keys get equal resources, so the control plane
+    /// translates and packs them once. A share key must change whenever the resources
+    /// would (a new configuration generation). `None`: never shared across keys.
+    fn share_key(&self, _proxy: &ProxyIdentity) -> Option<ShareKey> {
+        None
+    }
+}
+
+/// See [`SnapshotSource::share_key`]: the configuration generation and the parts of an
+/// identity the resources depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShareKey {
+    pub generation: u64,
+    pub view: ProxyIdentity,
 }
 
 /// A source of hand-built resource sets selected by proxy labels: the first entry whose

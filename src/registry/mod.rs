@@ -27,6 +27,8 @@ pub struct Registry {
     services: Vec<Service>,
     /// Host name -> indexes into `services`, in load order.
     by_host: BTreeMap<String, Vec<usize>>,
+    /// Every endpoint address (a workload's IP, or a DNS name).
+    endpoint_addresses: std::collections::HashSet<String>,
 }
 
 impl Registry {
@@ -52,7 +54,21 @@ impl Registry {
         for (i, s) in services.iter().enumerate() {
             by_host.entry(s.hostname.clone()).or_default().push(i);
         }
-        Registry { services, by_host }
+        let endpoint_addresses = services
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(|e| e.address.clone()))
+            .collect();
+        Registry {
+            services,
+            by_host,
+            endpoint_addresses,
+        }
+    }
+
+    /// Whether some service has an endpoint at `address`: a workload at that address
+    /// has inbound service ports.
+    pub fn is_endpoint_address(&self, address: &str) -> bool {
+        self.endpoint_addresses.contains(address)
     }
 
     /// All services, in load order.

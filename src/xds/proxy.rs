@@ -15,7 +15,7 @@ pub enum ProxyKind {
 /// The identity of one proxy: what the translator needs to know to compute its
 /// resources. Built from CLI flags in standalone mode, or from the xDS node
 /// (id, metadata `LABELS`, `NAMESPACE`, ...) by the control plane.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct ProxyIdentity {
     /// Node id, e.g. `router~10.0.0.1~ingress-abc.istio-system~istio-system.svc.cluster.local`.
     pub id: String,

@@ -166,7 +166,12 @@ impl EchoUpstream {
 
     /// Starts an echo server on `addr` (e.g. another 127.0.0.x address).
     pub fn start_on(addr: SocketAddr, name: &str) -> EchoUpstream {
-        let std_listener = StdListener::bind(addr).expect("bind echo upstream");
+        Self::start_with(StdListener::bind(addr).expect("bind echo upstream"), name)
+    }
+
+    /// Starts an echo server on a listener already bound (e.g. in a pod's network
+    /// namespace, see `pods`).
+    pub fn start_with(std_listener: StdListener, name: &str) -> EchoUpstream {
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("local addr");
         let requests = Arc::new(AtomicUsize::new(0));
@@ -888,5 +893,6 @@ pub mod certs;
 pub mod dns;
 pub mod gateway;
 pub mod mesh_identity;
+pub mod pods;
 pub mod scripted_ads;
 pub mod xds_mesh;

@@ -39,4 +39,3 @@ pub fn sidecar(
     translation.resources.sort();
     translation
 }
-
