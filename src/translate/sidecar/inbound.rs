@@ -274,8 +274,8 @@ fn add_instance<'a>(
                     service,
                     "spec.ports",
                     format!(
-                        "workload port {target_port} of {} is served as {} for `{}` (loaded first), not as {} for `{}`",
-                        scope.proxy.id,
+                        "workload port {target_port} in `{}` is served as {} for `{}` (loaded first), not as {} for `{}`",
+                        service.namespace,
                         first.protocol,
                         first.host(),
                         port.protocol,
