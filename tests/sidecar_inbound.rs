@@ -3,7 +3,8 @@
 //!
 //! - `istiod`: `meshgate control-plane --ca-dir` serving ADS and SDS over mutual TLS;
 //! - `reviews`: the application (tests/support/pod_app.py, which answers with the request
-//!   headers it saw) on ports 8080 and 8081, behind a real Envoy bootstrapped by
+//!   headers it saw) on ports 8080 and 8081 (declared by its ServiceEntry) and 8082 (not
+//!   declared: the catch-all chains), behind a real Envoy bootstrapped by
 //!   `meshgate bootstrap envoy --kind sidecar` (running as the proxy's uid 1337, its
 //!   mesh secrets over the `sds-grpc` cluster) and `meshgate iptables`;
 //! - `client`: plain-text curl, and an Envoy client that speaks Istio's mesh mTLS (its
@@ -143,14 +144,18 @@ impl Mesh {
 
         // The application: two ports, answering with the headers they saw.
         let app = repo_root().join("tests/support/pod_app.py");
-        let apps: Vec<PodProcess> = [("reviews", 8080), ("reviews-admin", 8081)]
-            .into_iter()
-            .map(|(name, port)| {
-                let mut c = server.command("python3");
-                c.arg(&app).arg(name).arg(port.to_string());
-                server.spawn(name, &mut c, &work.join(format!("{name}.log")))
-            })
-            .collect();
+        let apps: Vec<PodProcess> = [
+            ("reviews", 8080),
+            ("reviews-admin", 8081),
+            ("undeclared", 8082),
+        ]
+        .into_iter()
+        .map(|(name, port)| {
+            let mut c = server.command("python3");
+            c.arg(&app).arg(name).arg(port.to_string());
+            server.spawn(name, &mut c, &work.join(format!("{name}.log")))
+        })
+        .collect();
 
         // The sidecar: the iptables rules first, as istio-init does (a connection made
         // before them would be taken mid-stream by the new NAT rules), then Envoy as uid
@@ -173,7 +178,7 @@ impl Mesh {
             config,
             _tmp: tmp,
         };
-        for port in [8080, 8081] {
+        for port in [8080, 8081, 8082] {
             // Straight to the application (the proxy's uid is not captured).
             wait(
                 "the application answers",
@@ -453,6 +458,17 @@ fn peer_authentication_decides_what_reaches_the_application() {
         mesh.admin("/stats?filter=8080")
     );
 
+    // A port no service declares goes through the catch-all chains.
+    let (status, body) = mesh.plain(8082);
+    assert_eq!(status, 200, "{body}\n{}", mesh.logs());
+    assert_eq!(body["app"], "undeclared");
+    assert!(
+        mesh.stat("cluster.InboundPassthroughCluster;.upstream_rq_total")
+            .is_some_and(|n| n >= 1),
+        "{}",
+        mesh.admin("/stats?filter=InboundPassthrough")
+    );
+
     // STRICT for the namespace: plain text finds no chain and is closed; mTLS still in.
     mesh.policies(
         &pa("default", "{mtls: {mode: STRICT}}"),
@@ -460,12 +476,12 @@ fn peer_authentication_decides_what_reaches_the_application() {
         |m| m.plain(8080).0 == 0,
     );
     assert_eq!(mesh.plain(8081).0, 0);
+    assert_eq!(mesh.plain(8082).0, 0);
     let (status, body) = mesh.mtls();
     assert_eq!(status, 200, "{body}\n{}", mesh.logs());
     assert!(xfcc(&body).contains("URI=spiffe://cluster.local/ns/shop/sa/client"));
     assert!(
-        mesh.stat("listener.0.0.0.0_15006.downstream_cx_no_filter_chain_match")
-            .or_else(|| mesh.stat("listener.0.0.0.0_15006.no_filter_chain_match"))
+        mesh.stat("listener.0.0.0.0_15006.no_filter_chain_match")
             .is_some_and(|n| n > 0),
         "{}",
         mesh.admin("/stats?filter=15006")

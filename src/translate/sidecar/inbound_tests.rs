@@ -406,7 +406,7 @@ fn permissive_by_default_gives_mtls_and_plain_text_chains() {
         ]
     );
     // Sniffed ports and the passthrough: Istio's five chains.
-    let sniffed = vec![
+    let sniffed = [
         (
             "tls",
             strs(&["istio-http/1.0", "istio-http/1.1", "istio-h2"]),
