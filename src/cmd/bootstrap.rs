@@ -1,7 +1,9 @@
 //! `meshgate bootstrap envoy`: the Envoy bootstrap of a proxy managed by meshgate's
 //! control plane (what Istio's pilot-agent writes before starting Envoy).
+//! `meshgate bootstrap grpc`: the xDS bootstrap file of a proxyless gRPC client (what
+//! the agent writes to `GRPC_XDS_BOOTSTRAP`).
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
-use meshgate::controlplane::bootstrap::{EnvoyBootstrap, XdsTlsFiles};
+use meshgate::controlplane::bootstrap::{EnvoyBootstrap, GrpcBootstrap, XdsTlsFiles};
 use meshgate::xds::{ProxyIdentity, ProxyKind};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +19,31 @@ pub struct Args {
 enum Target {
     /// Print (or write) the bootstrap for an Envoy proxy.
     Envoy(EnvoyArgs),
+    /// Print (or write) the xDS bootstrap file of a proxyless gRPC client (point
+    /// GRPC_XDS_BOOTSTRAP at it and dial xds:///HOST:PORT).
+    Grpc(GrpcArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct GrpcArgs {
+    /// The control plane's plain-text xDS address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds: String,
+    /// Node id: Istio's sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local, or a pod
+    /// name that is expanded into it.
+    #[arg(long, default_value = "grpc-client")]
+    node_id: String,
+    /// Workload labels, k=v,k2=v2 (matched against sourceLabels and workloadSelectors).
+    #[arg(long, default_value = "")]
+    labels: String,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Workload IP when --node-id is a plain name.
+    #[arg(long, default_value = "127.0.0.1")]
+    ip: String,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -84,7 +111,10 @@ struct EnvoyArgs {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let Target::Envoy(a) = args.target;
+    let a = match args.target {
+        Target::Envoy(a) => a,
+        Target::Grpc(a) => return run_grpc(a),
+    };
     let labels = match ProxyIdentity::parse_labels(&a.labels) {
         Ok(l) => l,
         Err(e) => {
@@ -126,7 +156,39 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match a.out {
+    write_out(a.out, text)
+}
+
+fn run_grpc(a: GrpcArgs) -> ExitCode {
+    let labels = match ProxyIdentity::parse_labels(&a.labels) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("meshgate bootstrap: --labels: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let b = GrpcBootstrap {
+        xds_address: a.xds,
+        node_id: a.node_id,
+        namespace: a.namespace,
+        labels,
+        ip: a.ip,
+        ..Default::default()
+    };
+    match b.to_json() {
+        Ok(j) => write_out(
+            a.out,
+            serde_json::to_string_pretty(&j).unwrap_or_default() + "\n",
+        ),
+        Err(e) => {
+            eprintln!("meshgate bootstrap: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn write_out(out: Option<PathBuf>, text: String) -> ExitCode {
+    match out {
         Some(path) => {
             if let Err(e) = std::fs::write(&path, text) {
                 eprintln!("meshgate bootstrap: writing {}: {e}", path.display());

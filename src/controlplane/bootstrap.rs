@@ -132,7 +132,7 @@ impl EnvoyBootstrap {
         let metadata = to_json(&istio_metadata(&identity, ""))?;
         let cluster = self.cluster.clone().unwrap_or_else(|| match self.kind {
             ProxyKind::Router => format!("istio-ingressgateway.{}", self.namespace),
-            ProxyKind::Sidecar => {
+            ProxyKind::Sidecar | ProxyKind::Grpc => {
                 let pod = IstioNodeId::parse(&node_id)
                     .map(|i| i.pod_and_namespace)
                     .unwrap_or_default();
@@ -190,6 +190,74 @@ impl EnvoyBootstrap {
     /// The bootstrap as YAML.
     pub fn to_yaml(&self) -> Result<String, BootstrapError> {
         Ok(yaml(&self.to_json()?))
+    }
+}
+
+/// The bootstrap file of a proxyless gRPC client: what Istio's agent writes to the path
+/// in `GRPC_XDS_BOOTSTRAP` (grpc-go, grpc-java, grpc-core and its wrappers read it). The
+/// control plane is the one xDS server (plain text, xDS v3), and the node is in Istio's
+/// form with `GENERATOR: grpc` in its metadata, which makes the control plane answer it
+/// the way istiod's `grpc` generator does.
+#[derive(Debug, Clone)]
+pub struct GrpcBootstrap {
+    /// The control plane, `HOST:PORT`.
+    pub xds_address: String,
+    /// The node id: Istio's four-part form, or a pod name that is expanded into it.
+    pub node_id: String,
+    pub namespace: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The workload's IP for the node id when `node_id` is a plain name.
+    pub ip: String,
+    pub cluster_id: String,
+    pub network: String,
+}
+
+impl Default for GrpcBootstrap {
+    fn default() -> Self {
+        GrpcBootstrap {
+            xds_address: "127.0.0.1:15010".into(),
+            node_id: "grpc-client".into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            ip: "127.0.0.1".into(),
+            cluster_id: "Kubernetes".into(),
+            network: String::new(),
+        }
+    }
+}
+
+impl GrpcBootstrap {
+    /// The bootstrap document.
+    pub fn to_json(&self) -> Result<Value, BootstrapError> {
+        split_host_port(&self.xds_address)
+            .ok_or_else(|| BootstrapError::Address(self.xds_address.clone()))?;
+        let node_id = EnvoyBootstrap {
+            node_id: self.node_id.clone(),
+            kind: ProxyKind::Grpc,
+            namespace: self.namespace.clone(),
+            ip: self.ip.clone(),
+            ..Default::default()
+        }
+        .full_node_id()?;
+        let identity = ProxyIdentity {
+            id: node_id.clone(),
+            kind: ProxyKind::Grpc,
+            namespace: self.namespace.clone(),
+            labels: self.labels.clone(),
+            ip_addresses: vec![self.ip.clone()],
+            network: self.network.clone(),
+            cluster_id: self.cluster_id.clone(),
+            domain_suffix: "cluster.local".into(),
+        };
+        let metadata = to_json(&istio_metadata(&identity, ""))?;
+        Ok(json!({
+            "xds_servers": [{
+                "server_uri": self.xds_address,
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }],
+            "node": {"id": node_id, "metadata": metadata},
+        }))
     }
 }
 
@@ -343,6 +411,35 @@ mod tests {
         assert_eq!(j["static_resources"]["clusters"][0]["type"], "STRICT_DNS");
         b.node_id = "router~x".into();
         assert!(matches!(b.build(), Err(BootstrapError::NodeId(_))));
+    }
+
+    #[test]
+    fn builds_a_grpc_bootstrap_with_the_grpc_generator() {
+        let mut b = GrpcBootstrap {
+            node_id: "client-1".into(),
+            namespace: "shop".into(),
+            xds_address: "127.0.0.1:15999".into(),
+            ..Default::default()
+        };
+        b.labels.insert("app".into(), "client".into());
+        let j = b.to_json().unwrap();
+        assert_eq!(j["xds_servers"][0]["server_uri"], "127.0.0.1:15999");
+        assert_eq!(j["xds_servers"][0]["channel_creds"][0]["type"], "insecure");
+        assert_eq!(j["xds_servers"][0]["server_features"][0], "xds_v3");
+        assert_eq!(
+            j["node"]["id"],
+            "sidecar~127.0.0.1~client-1.shop~shop.svc.cluster.local"
+        );
+        assert_eq!(j["node"]["metadata"]["GENERATOR"], "grpc");
+        assert_eq!(j["node"]["metadata"]["NAMESPACE"], "shop");
+        assert_eq!(j["node"]["metadata"]["LABELS"]["app"], "client");
+        // What the control plane makes of that node.
+        let node: crate::xds::pb::envoy::config::core::v3::Node = from_json(&j["node"]).unwrap();
+        let info = super::super::node::parse_node(Some(&node)).unwrap();
+        assert_eq!(info.identity.kind, ProxyKind::Grpc);
+        assert_eq!(info.identity.namespace, "shop");
+        b.xds_address = "nowhere".into();
+        assert!(matches!(b.to_json(), Err(BootstrapError::Address(_))));
     }
 
     #[test]

@@ -244,6 +244,9 @@ impl SnapshotSource for ConfigSource {
             ProxyKind::Sidecar => {
                 crate::translate::sidecar(&loaded.config, &loaded.registry, proxy, mesh)
             }
+            ProxyKind::Grpc => {
+                crate::translate::proxyless_grpc(&loaded.config, &loaded.registry, proxy, mesh)
+            }
         };
         for d in &translation.diagnostics {
             tracing::warn!(proxy = %proxy.id, "{d}");

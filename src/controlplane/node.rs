@@ -5,6 +5,8 @@
 //! metadata carries `LABELS`, `NAMESPACE`, `ISTIO_VERSION`, `CLUSTER_ID`, `NETWORK` and
 //! `INSTANCE_IPS`. Metadata wins over what the id says. A plain Envoy node (any id) is
 //! treated as a gateway in namespace `default` unless its metadata says otherwise.
+//! `GENERATOR: grpc` in the metadata (Istio's gRPC bootstrap) makes the node a
+//! proxyless gRPC client, whatever its id says.
 use crate::xds::pb::envoy::config::core::v3::Node;
 use crate::xds::pb::google::protobuf::{Struct, Value, value::Kind};
 use crate::xds::{ProxyIdentity, ProxyKind};
@@ -28,6 +30,11 @@ pub enum NodeError {
 /// Longest node id or metadata string accepted; real ones are well under 1 KiB.
 const MAX_FIELD: usize = 16 * 1024;
 
+/// The node metadata key naming the generator istiod answers a node with.
+pub const GENERATOR: &str = "GENERATOR";
+/// The generator of proxyless gRPC clients.
+pub const GRPC_GENERATOR: &str = "grpc";
+
 /// Everything the control plane keeps about a connected node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -45,7 +52,9 @@ pub struct NodeInfo {
 
 /// The part of an identity that a proxy's resources depend on: proxies with equal keys
 /// share one computed snapshot. The node id is left out (every pod has its own), and so
-/// are a gateway's addresses: gateways are configured by selector labels, not by IP.
+/// are the addresses of gateways and gRPC clients: gateways are configured by selector
+/// labels, gRPC clients only get outbound resources. The kind is part of the key, so a
+/// gRPC client never shares a snapshot with an Envoy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdentityKey {
     kind: u8,
@@ -64,11 +73,12 @@ impl IdentityKey {
             kind: match identity.kind {
                 ProxyKind::Router => 0,
                 ProxyKind::Sidecar => 1,
+                ProxyKind::Grpc => 2,
             },
             namespace: identity.namespace.clone(),
             labels: identity.labels.clone(),
             ip_addresses: match identity.kind {
-                ProxyKind::Router => Vec::new(),
+                ProxyKind::Router | ProxyKind::Grpc => Vec::new(),
                 ProxyKind::Sidecar => identity.ip_addresses.clone(),
             },
             network: identity.network.clone(),
@@ -121,9 +131,10 @@ impl IstioNodeId {
 
     /// Formats an Istio node id.
     pub fn format(kind: ProxyKind, ip: &str, pod: &str, namespace: &str, domain: &str) -> String {
+        // Istio's agent gives gRPC clients sidecar ids (the metadata tells them apart).
         let ty = match kind {
             ProxyKind::Router => "router",
-            ProxyKind::Sidecar => "sidecar",
+            ProxyKind::Sidecar | ProxyKind::Grpc => "sidecar",
         };
         format!("{ty}~{ip}~{pod}.{namespace}~{namespace}.svc.{domain}")
     }
@@ -212,7 +223,11 @@ pub fn parse_node(node: Option<&Node>) -> Result<NodeInfo, NodeError> {
 
     let identity = ProxyIdentity {
         id: node.id.clone(),
-        kind: istio.as_ref().map(|i| i.kind).unwrap_or(ProxyKind::Router),
+        kind: if string_field(meta, GENERATOR) == Some(GRPC_GENERATOR) {
+            ProxyKind::Grpc
+        } else {
+            istio.as_ref().map(|i| i.kind).unwrap_or(ProxyKind::Router)
+        },
         namespace,
         labels,
         ip_addresses,
@@ -284,6 +299,9 @@ pub fn istio_metadata(identity: &ProxyIdentity, istio_version: &str) -> Struct {
     }
     if !identity.domain_suffix.is_empty() {
         fields.insert("DNS_DOMAIN".to_string(), s(&identity.domain_suffix));
+    }
+    if identity.kind == ProxyKind::Grpc {
+        fields.insert(GENERATOR.to_string(), s(GRPC_GENERATOR));
     }
     Struct { fields }
 }
@@ -395,6 +413,65 @@ mod tests {
             parse_node(Some(&node(&long, None))),
             Err(NodeError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn grpc_generator_makes_a_grpc_client_with_its_own_key() {
+        let id = "sidecar~10.0.0.7~client-1.shop~shop.svc.cluster.local";
+        let mut meta = Struct::default();
+        for (k, v) in [("GENERATOR", "grpc"), ("NAMESPACE", "shop")] {
+            meta.fields.insert(
+                k.into(),
+                Value {
+                    kind: Some(Kind::StringValue(v.into())),
+                },
+            );
+        }
+        let grpc = parse_node(Some(&node(id, Some(meta.clone())))).unwrap();
+        assert_eq!(grpc.identity.kind, ProxyKind::Grpc);
+        assert_eq!(grpc.identity.namespace, "shop");
+        assert_eq!(grpc.proxy_id, "client-1.shop");
+        // Written back the way it was read.
+        let written = istio_metadata(&grpc.identity, "");
+        assert_eq!(
+            string_field(Some(&written), GENERATOR),
+            Some(GRPC_GENERATOR)
+        );
+
+        // The same node without the generator is a sidecar, and never shares a snapshot.
+        meta.fields.remove("GENERATOR");
+        let sidecar = parse_node(Some(&node(id, Some(meta.clone())))).unwrap();
+        assert_eq!(sidecar.identity.kind, ProxyKind::Sidecar);
+        assert_ne!(
+            IdentityKey::of(&grpc.identity),
+            IdentityKey::of(&sidecar.identity)
+        );
+        // Another generator is not gRPC's.
+        meta.fields.insert(
+            "GENERATOR".into(),
+            Value {
+                kind: Some(Kind::StringValue("api".into())),
+            },
+        );
+        let other = parse_node(Some(&node(id, Some(meta)))).unwrap();
+        assert_eq!(other.identity.kind, ProxyKind::Sidecar);
+
+        // gRPC clients of one namespace and labels share a key whatever their addresses;
+        // a gateway with the same namespace and labels does not.
+        let other_client = ProxyIdentity {
+            id: "sidecar~10.0.0.8~client-2.shop~shop.svc.cluster.local".into(),
+            ip_addresses: vec!["10.0.0.8".into()],
+            ..grpc.identity.clone()
+        };
+        assert_eq!(
+            IdentityKey::of(&grpc.identity),
+            IdentityKey::of(&other_client)
+        );
+        let gateway = ProxyIdentity {
+            kind: ProxyKind::Router,
+            ..grpc.identity.clone()
+        };
+        assert_ne!(IdentityKey::of(&grpc.identity), IdentityKey::of(&gateway));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! State-of-the-world ADS, the way Envoy speaks it.
 //!
-//! - LDS and CDS are wildcard (empty `resource_names`): every response carries all
-//!   listeners or clusters, and one left out is deleted by the proxy. So removals are
+//! - LDS and CDS are wildcard when their first request names nothing (Envoy): every
+//!   response carries all listeners or clusters, and one left out is deleted by the
+//!   proxy. A client that named resources (gRPC asks for `HOST:PORT` listeners) and
+//!   later names none has unsubscribed from all, which is not a wildcard (the xDS
+//!   protocol's legacy-wildcard rule). Removals from a wildcard response are
 //!   held back: while other types still have updates to push, the wildcard response
 //!   keeps the resources being removed, and a final response without them follows once
 //!   everything else went out (make before break).
@@ -51,6 +54,8 @@ struct Sent {
 #[derive(Default)]
 struct TypeState {
     requested: bool,
+    /// A request of this type named resources: an empty list later is no wildcard.
+    named: bool,
     subscription: Subscription,
     /// Answer even if the content is unchanged (a new request or new names).
     force: bool,
@@ -231,14 +236,15 @@ impl Engine for Sotw {
         };
         ctx.check_names(req.resource_names.len())?;
         ctx.note_secret_names(t, req.resource_names.iter().map(String::as_str));
-        let wildcard = (wildcard_type(t) && req.resource_names.is_empty())
+        let st = &mut self.types[i(t)];
+        let wildcard = (wildcard_type(t) && req.resource_names.is_empty() && !st.named)
             || req.resource_names.iter().any(|n| n == "*");
+        st.named |= !wildcard && !req.resource_names.is_empty();
         let names: BTreeSet<String> = if wildcard {
             BTreeSet::new()
         } else {
             req.resource_names.into_iter().collect()
         };
-        let st = &mut self.types[i(t)];
         // Every request repeats the whole list: most often the one already held.
         let names = if *st.subscription.names == names {
             st.subscription.names.clone()
@@ -397,6 +403,56 @@ mod tests {
         set.endpoints.clear();
         set.routes[0].virtual_hosts[0].routes.clear();
         set
+    }
+
+    #[test]
+    fn named_listeners_then_none_is_no_wildcard() {
+        let set = SampleGateway::new(
+            8080,
+            vec![SampleService::new(
+                "a",
+                vec!["127.0.0.1:9000".parse().unwrap()],
+            )],
+        )
+        .resources();
+        let listener = set.listeners[0].name.clone();
+        let mut ctx = ctx(Mode::Sotw);
+        let mut s = Sotw::new();
+        s.on_snapshot(snapshot(&set, 1), &mut ctx);
+        // A gRPC client names the listener it wants.
+        s.on_request(request(TypeUrl::Listener, &[&listener], "", ""), &mut ctx)
+            .unwrap();
+        let first = drain(&mut s, &mut ctx);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].resources.len(), 1);
+        // It drops its last channel: an ACK naming nothing. Nothing is sent (no
+        // wildcard, and nothing named).
+        s.on_request(
+            request(
+                TypeUrl::Listener,
+                &[],
+                &first[0].version_info,
+                &first[0].nonce,
+            ),
+            &mut ctx,
+        )
+        .unwrap();
+        assert!(drain(&mut s, &mut ctx).is_empty());
+        assert!(s.settled());
+        // `*` still subscribes to everything.
+        s.on_request(
+            request(
+                TypeUrl::Listener,
+                &["*"],
+                &first[0].version_info,
+                &first[0].nonce,
+            ),
+            &mut ctx,
+        )
+        .unwrap();
+        let all = drain(&mut s, &mut ctx);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].resources.len(), set.listeners.len());
     }
 
     #[test]

@@ -16,12 +16,16 @@
 //! behaviour with `PILOT_FILTER_GATEWAY_CLUSTER_CONFIG=true`. A gateway never routes to
 //! anything else, so the other clusters would only cost memory and pushes.
 //!
+//! [`sidecar`] builds what istiod builds for a sidecar, and [`proxyless_grpc`] what its
+//! `grpc` generator answers a gRPC library configured over xDS itself.
+//!
 //! What cannot be translated becomes a [`Diagnostic`] instead of being silently dropped.
 mod authn;
 mod cluster;
 mod endpoints;
 pub mod envoy_files;
 mod gateways;
+mod grpc;
 mod http_route;
 mod listener;
 mod names;
@@ -34,6 +38,7 @@ mod servers;
 mod sidecar;
 mod tls;
 
+pub use grpc::proxyless_grpc;
 pub use names::{cluster_name, listener_name, sni_cluster_name, virtual_host_name};
 pub use sidecar::sidecar;
 pub use tls::{AGENT_SDS_CLUSTER, MESH_CERT_SECRET, MESH_ROOT_SECRET, MeshSecrets};

@@ -2,7 +2,8 @@
 use std::collections::BTreeMap;
 
 /// The kind of proxy, from Istio's node id (`router~...` for gateways,
-/// `sidecar~...` for application pods).
+/// `sidecar~...` for application pods) and, for proxyless gRPC clients, the node
+/// metadata (`GENERATOR: grpc`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ProxyKind {
     /// A gateway (Istio's `router`): listeners come from Gateway resources.
@@ -10,6 +11,9 @@ pub enum ProxyKind {
     Router,
     /// A sidecar in an application pod.
     Sidecar,
+    /// A gRPC library configured over xDS itself (no proxy): its node metadata says
+    /// `GENERATOR: grpc`, as in the bootstrap Istio's agent writes for it.
+    Grpc,
 }
 
 /// The identity of one proxy: what the translator needs to know to compute its

@@ -89,6 +89,18 @@ pub fn references_of<'a>(
     let mut refs = References::default();
     let mut secrets = Vec::new();
     for l in listeners {
+        // A proxyless gRPC client's listener: the HTTP connection manager is the
+        // `api_listener` itself.
+        if let Some(any) = l
+            .api_listener
+            .as_ref()
+            .and_then(|a| a.api_listener.as_ref())
+            && let Some(hcm) = decode_any::<HttpConnectionManager>(any)
+            && let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier
+            && is_ads(rds.config_source.as_ref())
+        {
+            refs.routes.insert(rds.route_config_name.clone());
+        }
         for fc in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
             sds_in_transport_socket(fc.transport_socket.as_ref(), &mut secrets);
             for f in &fc.filters {
