@@ -151,7 +151,7 @@ impl Mesh {
         ]
         .into_iter()
         .map(|(name, port)| {
-            let mut c = server.command("python3");
+            let mut c = server.command(peer_bin("python3"));
             c.arg(&app).arg(name).arg(port.to_string());
             server.spawn(name, &mut c, &work.join(format!("{name}.log")))
         })
