@@ -85,6 +85,17 @@ const INVALID: &[(&str, i32, &[&str])] = &[
         ],
     ),
     (
+        "peer-authentication.yaml",
+        1,
+        &[
+            "tests/testdata/invalid/peer-authentication.yaml:7:3: error: PeerAuthentication/shop/default: spec.portLevelMtls: portLevelMtls needs a selector with labels: a mesh-wide or namespace-wide policy cannot set port-level mTLS",
+            "tests/testdata/invalid/peer-authentication.yaml:17:5: error: PeerAuthentication/shop/reviews: spec.portLevelMtls.70000: port 70000 must be in the range 1..65535",
+            "tests/testdata/invalid/peer-authentication.yaml:22:1: error: PeerAuthentication/shop/second: spec.selector: PeerAuthentication shop/default is already namespace-wide for `shop` (tests/testdata/invalid/peer-authentication.yaml:2); only one policy without a selector may exist per namespace",
+            "tests/testdata/invalid/peer-authentication.yaml:29:3: error: PeerAuthentication/istio-system/ratings: spec.selector: a policy with a selector in the root namespace istio-system applies to no workload (istiod ignores it); put it in the workloads' namespace, or remove the selector to make it mesh-wide",
+            "tests/testdata/invalid/peer-authentication.yaml:37:10: error: PeerAuthentication/shop/typo: spec.mtls.mode: unknown MtlsMode `STRICTT`; did you mean `STRICT`?",
+        ],
+    ),
+    (
         "port-out-of-range.yaml",
         1,
         &[

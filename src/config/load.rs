@@ -7,8 +7,8 @@ use super::diag::{Diagnostic, Severity};
 use super::source::{self, Node, NodeValue};
 use super::types::common::{nearest, quoted_list};
 use super::types::{
-    DestinationRule, Gateway, Kind, ObjectMeta, Origin, Resource, Secret, ServiceEntry, Sidecar,
-    VirtualService, WorkloadEntry,
+    DestinationRule, Gateway, Kind, ObjectMeta, Origin, PeerAuthentication, Resource, Secret,
+    ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -23,6 +23,10 @@ pub const MAX_DIR_DEPTH: usize = 32;
 
 /// The Istio API group meshgate reads.
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
+/// The Istio API group of security policies.
+pub const SECURITY_GROUP: &str = "security.istio.io";
+/// The versions of that group accepted for the kinds meshgate reads from it.
+pub const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 /// The API group of meshgate's own resources (`AcmeCertificate`).
 pub const MESHGATE_GROUP: &str = "meshgate.io";
 /// The versions of that group accepted for every kind meshgate reads.
@@ -43,6 +47,8 @@ pub struct Config {
     pub workload_entries: Vec<Resource<WorkloadEntry>>,
     /// `Sidecar`s.
     pub sidecars: Vec<Resource<Sidecar>>,
+    /// `PeerAuthentication`s (security.istio.io).
+    pub peer_authentications: Vec<Resource<PeerAuthentication>>,
     /// Kubernetes `Secret`s.
     pub secrets: Vec<Resource<Secret>>,
     /// meshgate `AcmeCertificate`s (`meshgate.io/v1alpha1`).
@@ -58,6 +64,7 @@ impl Config {
             + self.service_entries.len()
             + self.workload_entries.len()
             + self.sidecars.len()
+            + self.peer_authentications.len()
             + self.secrets.len()
             + self.acme_certificates.len()
     }
@@ -75,6 +82,7 @@ impl Config {
         self.service_entries.extend(other.service_entries);
         self.workload_entries.extend(other.workload_entries);
         self.sidecars.extend(other.sidecars);
+        self.peer_authentications.extend(other.peer_authentications);
         self.secrets.extend(other.secrets);
         self.acme_certificates.extend(other.acme_certificates);
     }
@@ -400,11 +408,6 @@ const UNSUPPORTED_ISTIO_KINDS: &[(&str, &str, Unenforced)] = &[
     ),
     (
         "security.istio.io",
-        "PeerAuthentication",
-        Unenforced::Guards,
-    ),
-    (
-        "security.istio.io",
         "AuthorizationPolicy",
         Unenforced::Guards,
     ),
@@ -456,6 +459,9 @@ const NETWORKING_KINDS: &[&str] = &[
     "WorkloadEntry",
     "Sidecar",
 ];
+
+/// The security.istio.io kinds meshgate reads.
+const SECURITY_KINDS: &[&str] = &["PeerAuthentication"];
 
 fn scalar_str<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
     match &node.get(key)?.value.value {
@@ -565,6 +571,21 @@ fn load_object(file: &Arc<str>, root: Node, config: &mut Config, diags: &mut Vec
         }
         return;
     }
+    if SECURITY_KINDS.contains(&kind.as_str()) && group == SECURITY_GROUP {
+        if !SECURITY_VERSIONS.contains(&version) {
+            diags.push(at(
+                &root,
+                "apiVersion",
+                Severity::Error,
+                format!(
+                    "{kind} needs apiVersion {SECURITY_GROUP}/v1 or v1beta1, not `{api_version}`"
+                ),
+            ));
+            return;
+        }
+        push(config, file, root, diags, |c| &mut c.peer_authentications);
+        return;
+    }
     if let Some((_, _, effect)) = UNSUPPORTED_ISTIO_KINDS
         .iter()
         .find(|(g, k, _)| *g == group && *k == kind)
@@ -582,6 +603,12 @@ fn load_object(file: &Arc<str>, root: Node, config: &mut Config, diags: &mut Vec
                     .iter()
                     .copied()
                     .filter(|_| group == NETWORKING_GROUP),
+            )
+            .chain(
+                SECURITY_KINDS
+                    .iter()
+                    .copied()
+                    .filter(|_| group == SECURITY_GROUP),
             )
             .collect();
         let hint = match nearest(&kind, &known) {
@@ -1141,6 +1168,14 @@ stringData: {tls.key: secret}
             (
                 "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: a}\nspec: {egres: []}\n",
                 "t.yaml:4:8: error: Sidecar/default/a: spec.egres: unknown field `egres`; did you mean `egress`?",
+            ),
+            (
+                "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: a}\n",
+                "t.yaml:1:1: error: PeerAuthentication/default/a: apiVersion: PeerAuthentication needs apiVersion security.istio.io/v1 or v1beta1, not `security.istio.io/v1alpha1`",
+            ),
+            (
+                "apiVersion: security.istio.io/v1\nkind: PeerAuthentcation\nmetadata: {name: a}\n",
+                "t.yaml:2:1: error: PeerAuthentcation/default/a: kind: unknown kind `PeerAuthentcation` in security.istio.io; did you mean `PeerAuthentication`?",
             ),
             (
                 "apiVersion: networking.istio.io/v2\nkind: Gateway\nmetadata: {name: a}\n",

@@ -160,22 +160,23 @@ struct RawMeshConfig {
     proxy_listen_port: Option<u32>,
     // Not relevant to meshgate: Kubernetes Ingress processing, sidecar capture, istiod's
     // own discovery and certificates, Prometheus scraping of application pods.
-    proxy_inbound_listen_port: Option<Value>,
     proxy_http_port: Option<Value>,
-    protocol_detection_timeout: Option<Value>,
     ingress_class: Option<Value>,
     ingress_service: Option<Value>,
     ingress_controller_mode: Option<Value>,
     ingress_selector: Option<Value>,
-    inbound_traffic_policy: Option<Value>,
     config_sources: Option<Value>,
-    inbound_cluster_stat_name: Option<Value>,
     certificates: Option<Value>,
     enable_prometheus_merge: Option<Value>,
     verify_certificate_at_client: Option<Value>,
     discovery_selectors: Option<Value>,
     hbone_idle_timeout: Option<Value>,
     disable_envoy_listener_log: Option<Value>,
+    // Served at Istio's defaults only (a sidecar's inbound side).
+    proxy_inbound_listen_port: Option<Value>,
+    protocol_detection_timeout: Option<Value>,
+    inbound_traffic_policy: Option<Value>,
+    inbound_cluster_stat_name: Option<Value>,
     // Would change traffic, identity or telemetry; not served yet.
     tcp_keepalive: Option<Value>,
     enable_tracing: Option<bool>,
@@ -346,7 +347,35 @@ fn not_served(file: &str, root: &Node, field: &str) -> Diagnostic {
 
 fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnostic>) -> MeshConfig {
     let d = MeshConfig::default();
-    let unserved: [(&str, bool); 26] = [
+    // The inbound side of sidecars is built with these at Istio's defaults.
+    let inbound_default =
+        |v: &Option<Value>, defaults: &[Value]| v.as_ref().is_some_and(|v| !defaults.contains(v));
+    let unserved: [(&str, bool); 30] = [
+        (
+            "proxyInboundListenPort",
+            inbound_default(&raw.proxy_inbound_listen_port, &[Value::from(15006)]),
+        ),
+        (
+            "protocolDetectionTimeout",
+            inbound_default(
+                &raw.protocol_detection_timeout,
+                &[Value::from("0s"), Value::from("0")],
+            ),
+        ),
+        (
+            "inboundTrafficPolicy",
+            inbound_default(
+                &raw.inbound_traffic_policy,
+                &[
+                    serde_json::json!({}),
+                    serde_json::json!({"mode": "PASSTHROUGH"}),
+                ],
+            ),
+        ),
+        (
+            "inboundClusterStatName",
+            inbound_default(&raw.inbound_cluster_stat_name, &[Value::from("")]),
+        ),
         ("tcpKeepalive", raw.tcp_keepalive.is_some()),
         ("enableTracing", raw.enable_tracing == Some(true)),
         ("accessLogFormat", raw.access_log_format.is_some()),
@@ -648,6 +677,28 @@ mod tests {
         parse_mesh_config(
             "mesh.yaml",
             "enableTracing: false\ntrustDomainAliases: []\nrootNamespace: istio-system\n",
+        )
+        .unwrap();
+        // What a sidecar's inbound side is built with: refused unless at its default.
+        let e = errors(
+            "proxyInboundListenPort: 15007\nprotocolDetectionTimeout: 5s\ninboundTrafficPolicy: {mode: LOCALHOST}\ninboundClusterStatName: '%SERVICE%'\n",
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+        for field in [
+            "proxyInboundListenPort",
+            "protocolDetectionTimeout",
+            "inboundTrafficPolicy",
+            "inboundClusterStatName",
+        ] {
+            assert!(
+                e.iter()
+                    .any(|l| l.contains(&format!("{field}: meshgate does not serve"))),
+                "{field}: {e:?}"
+            );
+        }
+        parse_mesh_config(
+            "mesh.yaml",
+            "proxyInboundListenPort: 15006\nprotocolDetectionTimeout: 0s\ninboundTrafficPolicy: {mode: PASSTHROUGH}\n",
         )
         .unwrap();
     }

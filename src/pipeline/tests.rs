@@ -55,10 +55,6 @@ fn policies_that_guard_traffic_are_refused_everywhere() {
             "AuthorizationPolicy is not enforced yet",
         ),
         (
-            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict}\nspec: {mtls: {mode: STRICT}}\n",
-            "PeerAuthentication is not enforced yet",
-        ),
-        (
             "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec: {}\n",
             "RequestAuthentication is not enforced yet",
         ),
@@ -85,6 +81,35 @@ fn policies_that_guard_traffic_are_refused_everywhere() {
             );
         }
     }
+}
+
+#[test]
+fn peer_authentication_is_accepted_and_leaves_gateways_unchanged() {
+    let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
+    let options = Options::gateway(
+        [("istio".to_string(), "ingressgateway".to_string())].into(),
+        None,
+    );
+    let without = run_str("t.yaml", GATEWAY, &options);
+    let with = run_str("t.yaml", &format!("{GATEWAY}---\n{pa}"), &options);
+    assert!(!with.has_errors(), "{:?}", lines(&with));
+    assert_eq!(with.warnings().count(), 0, "{:?}", lines(&with));
+    assert_eq!(with.config.peer_authentications.len(), 1);
+    assert_eq!(
+        with.translation.expect("translated").1,
+        without.translation.expect("translated").1
+    );
+    // What the policy cannot mean is refused with the field.
+    let bad = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}, portLevelMtls: {8080: {mode: DISABLE}}}\n";
+    let report = run_yaml(&format!("{GATEWAY}---\n{bad}"));
+    assert!(report.has_errors());
+    assert!(
+        report.error_text().contains(
+            "PeerAuthentication/shop/default: spec.portLevelMtls: portLevelMtls needs a selector"
+        ),
+        "{}",
+        report.error_text()
+    );
 }
 
 #[test]

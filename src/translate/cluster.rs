@@ -362,9 +362,13 @@ impl Context<'_, '_, '_> {
                 // mesh-internal service's endpoints labelled `tlsMode: istio` get mesh
                 // mTLS and the others plain text, chosen per endpoint by its
                 // `envoy.transport_socket_match` metadata. Left out when no endpoint is
-                // labelled, so that a gateway without mesh identity can still serve it.
+                // labelled, so that a gateway without mesh identity can still serve it,
+                // and when the service's namespace (or the mesh) has a PeerAuthentication
+                // DISABLE: its sidecars then accept plain text only.
                 None if scope.auto_mtls
                     && !service.mesh_external
+                    && super::authn::namespace_mode(scope.config, &service.namespace)
+                        != super::authn::Mode::Disable
                     && groups
                         .iter()
                         .any(|g| g.endpoints.iter().any(endpoints::is_istio_mtls)) =>
@@ -441,22 +445,8 @@ impl Context<'_, '_, '_> {
             ..Default::default()
         });
 
-        if let Some(mut options) = http_options {
-            if options.upstream_protocol_options.is_none() {
-                options.upstream_protocol_options = Some(
-                upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                    upstream_http::http_protocol_options::ExplicitHttpConfig {
-                        protocol_config: Some(
-                            upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
-                                core::Http1ProtocolOptions::default(),
-                            ),
-                        ),
-                    },
-                ),
-            );
-            }
-            c.typed_extension_protocol_options
-                .insert(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&options));
+        if let Some(options) = http_options {
+            set_http_protocol_options(&mut c, options);
         }
 
         let load_assignment = endpoint::ClusterLoadAssignment {
@@ -627,7 +617,30 @@ fn dr_warning(dr: Option<&MergedDestinationRule>, field: &str, message: String) 
     }
 }
 
-fn set_h2(options: &mut Option<upstream_http::HttpProtocolOptions>) {
+/// Puts the upstream HTTP options on the cluster (HTTP/1.1 when they name no protocol).
+pub(super) fn set_http_protocol_options(
+    c: &mut cluster::Cluster,
+    mut options: upstream_http::HttpProtocolOptions,
+) {
+    if options.upstream_protocol_options.is_none() {
+        options.upstream_protocol_options = Some(
+            upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                upstream_http::http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                            core::Http1ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            ),
+        );
+    }
+    c.typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.to_string(), pb::any(&options));
+}
+
+/// Upstream HTTP/2 (explicit), unless a protocol is already chosen.
+pub(super) fn set_h2(options: &mut Option<upstream_http::HttpProtocolOptions>) {
     let o = options.get_or_insert_with(Default::default);
     if o.upstream_protocol_options.is_none() {
         o.upstream_protocol_options = Some(
@@ -668,7 +681,9 @@ fn should_upgrade_h2(pool: &ConnectionPoolSettings) -> bool {
     }
 }
 
-fn apply_connection_pool(
+/// A connection pool's settings as istiod applies them (`applyConnectionPool`): circuit
+/// breakers at their maximum unless set, timeouts, keep-alives and HTTP limits.
+pub(super) fn apply_connection_pool(
     c: &mut cluster::Cluster,
     http_options: &mut Option<upstream_http::HttpProtocolOptions>,
     pool: &ConnectionPoolSettings,

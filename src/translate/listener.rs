@@ -91,24 +91,34 @@ pub fn filter_chain(
 
 /// The HTTP connection manager of a gateway server, reading routes `route_name` by RDS.
 ///
-/// Istio's gateway settings: the client address is the peer (use_remote_address),
-/// client certificate details sanitised and set, `server: istio-envoy`, and the settings
-/// every Istio connection manager has (see [`base_http_connection_manager`]).
+/// Istio's gateway settings on top of [`istio_http_connection_manager`]'s: the client
+/// address is the peer (use_remote_address), client certificate details sanitised and
+/// set.
 pub fn http_connection_manager(route_name: &str, stat_prefix: &str) -> listener::Filter {
-    let mut manager = base_http_connection_manager(route_name, stat_prefix);
-    manager.use_remote_address = Some(pb::boolv(true));
-    manager.forward_client_cert_details =
-        hcm::http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
-    manager.set_current_client_cert_details =
-        Some(hcm::http_connection_manager::SetCurrentClientCertDetails {
-            subject: Some(pb::boolv(true)),
-            cert: true,
-            dns: true,
-            uri: true,
-            ..Default::default()
-        });
-    manager.server_name = SERVER_NAME.to_string();
-    hcm_filter(&manager)
+    let manager = hcm::HttpConnectionManager {
+        use_remote_address: Some(pb::boolv(true)),
+        xff_num_trusted_hops: 0,
+        forward_client_cert_details:
+            hcm::http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32,
+        set_current_client_cert_details: Some(
+            hcm::http_connection_manager::SetCurrentClientCertDetails {
+                subject: Some(pb::boolv(true)),
+                cert: true,
+                dns: true,
+                uri: true,
+                ..Default::default()
+            },
+        ),
+        http_protocol_options: Some(core::Http1ProtocolOptions::default()),
+        ..istio_http_connection_manager(
+            stat_prefix,
+            hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+                config_source: Some(pb::ads_config_source()),
+                route_config_name: route_name.to_string(),
+            }),
+        )
+    };
+    http_connection_manager_filter(&manager)
 }
 
 /// The connection manager of a sidecar's outbound HTTP listener (istiod's
@@ -120,34 +130,40 @@ pub fn sidecar_outbound_http_connection_manager(
     stat_prefix: &str,
     access_log: Vec<crate::xds::pb::envoy::config::accesslog::v3::AccessLog>,
 ) -> listener::Filter {
-    let mut manager = base_http_connection_manager(route_name, stat_prefix);
+    let mut manager = istio_http_connection_manager(
+        stat_prefix,
+        hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+            config_source: Some(pb::ads_config_source()),
+            route_config_name: route_name.to_string(),
+        }),
+    );
     manager.use_remote_address = Some(pb::boolv(false));
+    manager.server_name = String::new();
+    manager.http_protocol_options = Some(core::Http1ProtocolOptions::default());
     manager.access_log = access_log;
-    hcm_filter(&manager)
+    http_connection_manager_filter(&manager)
 }
 
-/// What every connection manager istiod writes has: routes by RDS over ADS, the
-/// `server` header overwritten, HTTP/1.1 with 100-continue proxied, paths normalised
-/// without touching escaped slashes, websocket upgrades, no stream idle timeout, UUID
-/// request ids, and the fault, CORS and router filters (router last).
-fn base_http_connection_manager(route_name: &str, stat_prefix: &str) -> hcm::HttpConnectionManager {
+/// What istiod sets on every HTTP connection manager it builds (`buildHTTPConnectionManager`):
+/// automatic codec, `server: istio-envoy`, paths normalised without touching escaped
+/// slashes, websocket upgrades, no stream idle timeout, UUID request ids, `100-continue`
+/// answered by the proxy, and the fault, CORS and router filters (router last).
+pub fn istio_http_connection_manager(
+    stat_prefix: &str,
+    routes: hcm::http_connection_manager::RouteSpecifier,
+) -> hcm::HttpConnectionManager {
     hcm::HttpConnectionManager {
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_string(),
-        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
-            hcm::Rds {
-                config_source: Some(pb::ads_config_source()),
-                route_config_name: route_name.to_string(),
-            },
-        )),
+        route_specifier: Some(routes),
         http_filters: vec![
             http_filter(FAULT_FILTER, pb::any(&HttpFault::default())),
             http_filter(CORS_FILTER, pb::any(&Cors::default())),
             http_filter(ROUTER_FILTER, pb::any(&Router::default())),
         ],
+        server_name: SERVER_NAME.to_string(),
         server_header_transformation:
             hcm::http_connection_manager::ServerHeaderTransformation::Overwrite as i32,
-        http_protocol_options: Some(core::Http1ProtocolOptions::default()),
         proxy_100_continue: true,
         normalize_path: Some(pb::boolv(true)),
         path_with_escaped_slashes_action:
@@ -167,7 +183,8 @@ fn base_http_connection_manager(route_name: &str, stat_prefix: &str) -> hcm::Htt
     }
 }
 
-fn hcm_filter(manager: &hcm::HttpConnectionManager) -> listener::Filter {
+/// The network filter of an HTTP connection manager.
+pub fn http_connection_manager_filter(manager: &hcm::HttpConnectionManager) -> listener::Filter {
     listener::Filter {
         name: HTTP_CONNECTION_MANAGER.into(),
         config_type: Some(listener::filter::ConfigType::TypedConfig(pb::any(manager))),

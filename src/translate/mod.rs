@@ -20,6 +20,7 @@
 //! `grpc` generator answers a gRPC library configured over xDS itself.
 //!
 //! What cannot be translated becomes a [`Diagnostic`] instead of being silently dropped.
+mod authn;
 mod cluster;
 mod endpoints;
 pub mod envoy_files;

@@ -8,6 +8,15 @@ pub fn cluster_name(subset: &str, host: &str, port: u32) -> String {
     format!("{OUTBOUND}|{port}|{subset}|{host}")
 }
 
+/// Traffic direction prefix of inbound clusters.
+pub const INBOUND: &str = "inbound";
+
+/// `inbound|PORT||`: a sidecar's cluster (and inline route table) for the workload port
+/// `PORT` (Istio 1.10 and later name it by the target port, without the host).
+pub fn inbound_cluster_name(port: u32) -> String {
+    format!("{INBOUND}|{port}||")
+}
+
 /// `outbound_.PORT_.SUBSET_.HOST`: the SNI-friendly form, used as the SNI of mesh mTLS
 /// and by AUTO_PASSTHROUGH gateways.
 pub fn sni_cluster_name(subset: &str, host: &str, port: u32) -> String {
@@ -79,6 +88,7 @@ mod tests {
             "outbound_.80_._.a.b.svc.cluster.local"
         );
         assert_eq!(listener_name("0.0.0.0", 8080), "0.0.0.0_8080");
+        assert_eq!(inbound_cluster_name(9080), "inbound|9080||");
         assert_eq!(
             route_name(true, false, 8080, "http", "gw", "ns", ""),
             "http.8080"

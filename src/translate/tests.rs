@@ -1513,6 +1513,34 @@ spec:
     let t = translate_yaml(&MESH_BASE.replace("MESH_INTERNAL", "MESH_EXTERNAL"));
     let c = cluster_json(&t, "outbound|9080||reviews.shop.svc.cluster.local");
     assert!(c["transport_socket_matches"].is_null());
+
+    // A PeerAuthentication DISABLE for the service's namespace, or for the mesh without
+    // the namespace saying otherwise, turns it off (istiod's
+    // `BestEffortInferServiceMTLSMode`); one selecting workloads does not.
+    let pa = |ns: &str, selector: &str, mode: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: pa-{ns}, namespace: {ns}}}\nspec: {{{selector}mtls: {{mode: {mode}}}}}\n"
+        )
+    };
+    let auto = |extra: &str| {
+        let t = translate_yaml(&format!("{MESH_BASE}{extra}"));
+        !cluster_json(&t, "outbound|9080||reviews.shop.svc.cluster.local")
+            ["transport_socket_matches"]
+            .is_null()
+    };
+    assert!(!auto(&pa("shop", "", "DISABLE")));
+    assert!(!auto(&pa("istio-system", "", "DISABLE")));
+    assert!(auto(&format!(
+        "{}{}",
+        pa("istio-system", "", "DISABLE"),
+        pa("shop", "", "STRICT")
+    )));
+    assert!(auto(&pa(
+        "shop",
+        "selector: {matchLabels: {app: reviews}}, ",
+        "DISABLE"
+    )));
+    assert!(auto(&pa("other", "", "DISABLE")));
 }
 
 #[test]

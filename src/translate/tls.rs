@@ -32,6 +32,17 @@ pub const MESH_ROOT_SECRET: &str = "ROOTCA";
 pub const ALPN_IN_MESH_WITH_MXC: [&str; 2] = ["istio-peer-exchange", "istio"];
 /// ALPN of mesh mTLS to an HTTP/2 upstream (Istio's `ALPNInMeshH2WithMxc`).
 pub const ALPN_IN_MESH_H2_WITH_MXC: [&str; 3] = ["istio-peer-exchange", "istio", "h2"];
+/// ALPN a sidecar's inbound mTLS offers on TCP chains (Istio's `ALPNDownstreamWithMxc`).
+pub const ALPN_DOWNSTREAM_WITH_MXC: [&str; 3] = ["istio-peer-exchange", "h2", "http/1.1"];
+/// The cipher suites of a sidecar's inbound mTLS (Istio's `SupportedCiphers`).
+pub const INBOUND_MTLS_CIPHERS: [&str; 6] = [
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-GCM-SHA256",
+];
 
 /// Where a secret's content comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -471,6 +482,38 @@ pub fn istio_mutual_upstream_context(
             ..Default::default()
         }),
         sni: sni.to_string(),
+        ..Default::default()
+    }
+}
+
+/// The DownstreamTlsContext of a sidecar's inbound mutual TLS (istiod's
+/// `BuildInboundTLS`): the workload certificate `default`, clients required and verified
+/// against `ROOTCA` with no SAN restriction (authorization, not authentication, says who
+/// may call), TLS 1.2 to 1.3 with Istio's ciphers, and ALPN `h2`/`http/1.1` (TCP chains
+/// add `istio-peer-exchange` first).
+pub fn istio_mutual_downstream_context(
+    http: bool,
+    source: MeshSecrets,
+) -> tls::DownstreamTlsContext {
+    let alpn: &[&str] = if http {
+        &ALPN_HTTP
+    } else {
+        &ALPN_DOWNSTREAM_WITH_MXC
+    };
+    tls::DownstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_params: Some(tls::TlsParameters {
+                tls_minimum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv12 as i32,
+                tls_maximum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv13 as i32,
+                cipher_suites: INBOUND_MTLS_CIPHERS.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+            tls_certificate_sds_secret_configs: vec![source.sds(MESH_CERT_SECRET)],
+            validation_context_type: Some(mesh_validation(&[], source)),
+            alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(pb::boolv(true)),
         ..Default::default()
     }
 }

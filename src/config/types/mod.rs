@@ -8,6 +8,7 @@ pub mod common;
 pub mod destination_rule;
 pub mod gateway;
 pub mod meta;
+pub mod peer_authentication;
 pub mod secret;
 pub mod service_entry;
 pub mod sidecar;
@@ -18,6 +19,7 @@ pub use common::{Percent, PortSelector, Protocol, StringMatch};
 pub use destination_rule::DestinationRule;
 pub use gateway::Gateway;
 pub use meta::{DEFAULT_NAMESPACE, Kind, ObjectMeta, Origin, Resource};
+pub use peer_authentication::PeerAuthentication;
 pub use secret::Secret;
 pub use service_entry::ServiceEntry;
 pub use sidecar::Sidecar;
@@ -41,6 +43,9 @@ impl Kind for Sidecar {
 }
 impl Kind for WorkloadEntry {
     const KIND: &'static str = "WorkloadEntry";
+}
+impl Kind for PeerAuthentication {
+    const KIND: &'static str = "PeerAuthentication";
 }
 impl Kind for Secret {
     const KIND: &'static str = "Secret";

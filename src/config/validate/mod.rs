@@ -5,6 +5,7 @@
 pub mod common;
 pub mod destination_rule;
 pub mod gateway;
+pub mod peer_authentication;
 pub mod service_entry;
 pub mod sidecar;
 pub mod virtual_service;
@@ -36,12 +37,17 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
         sidecar::validate(r, &mut out);
     }
     sidecar::conflicts(&config.sidecars, &mut out);
+    for r in &config.peer_authentications {
+        peer_authentication::validate(r, &mut out);
+    }
+    peer_authentication::one_per_namespace(&config.peer_authentications, &mut out);
     names(&config.gateways, &mut out);
     names(&config.virtual_services, &mut out);
     names(&config.destination_rules, &mut out);
     names(&config.service_entries, &mut out);
     names(&config.workload_entries, &mut out);
     names(&config.sidecars, &mut out);
+    names(&config.peer_authentications, &mut out);
     names(&config.secrets, &mut out);
     names(&config.acme_certificates, &mut out);
     acme(config, &mut out);
@@ -51,6 +57,7 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     duplicates(&config.service_entries, &mut out);
     duplicates(&config.workload_entries, &mut out);
     duplicates(&config.sidecars, &mut out);
+    duplicates(&config.peer_authentications, &mut out);
     duplicates(&config.secrets, &mut out);
     duplicates(&config.acme_certificates, &mut out);
     super::analyze::analyze(config, &mut out);
