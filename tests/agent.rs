@@ -28,8 +28,25 @@ impl Mesh {
         let config = work.path().join("config");
         std::fs::create_dir_all(&config).unwrap();
         let ca_dir = work.path().join("ca");
-        let cp =
-            ControlPlaneProcess::start_with_ca(&config, work.path(), &ca_dir, CaPorts::free(), &[]);
+        // Sidecars listen on Istio's 15001 and 15006 unless told otherwise: these tests
+        // run side by side on one host, so each mesh's sidecars take free ports.
+        let mesh_config = work.path().join("mesh.yaml");
+        std::fs::write(
+            &mesh_config,
+            format!(
+                "proxyListenPort: {}\nproxyInboundListenPort: {}\n",
+                support::free_port(),
+                support::free_port()
+            ),
+        )
+        .unwrap();
+        let cp = ControlPlaneProcess::start_with_ca(
+            &config,
+            work.path(),
+            &ca_dir,
+            CaPorts::free(),
+            &["--mesh-config", mesh_config.to_str().unwrap()],
+        );
         Mesh {
             work,
             config,

@@ -32,6 +32,8 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 /// Istio's default `proxyListenPort`.
 pub const DEFAULT_PROXY_LISTEN_PORT: u32 = 15001;
+/// Istio's `proxyInboundListenPort`.
+pub const DEFAULT_PROXY_INBOUND_LISTEN_PORT: u32 = 15006;
 
 /// `outboundTrafficPolicy.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -172,8 +174,8 @@ struct RawMeshConfig {
     discovery_selectors: Option<Value>,
     hbone_idle_timeout: Option<Value>,
     disable_envoy_listener_log: Option<Value>,
+    proxy_inbound_listen_port: Option<u32>,
     // Served at Istio's defaults only (a sidecar's inbound side).
-    proxy_inbound_listen_port: Option<Value>,
     protocol_detection_timeout: Option<Value>,
     inbound_traffic_policy: Option<Value>,
     inbound_cluster_stat_name: Option<Value>,
@@ -226,6 +228,9 @@ pub struct MeshConfig {
     /// `proxyListenPort`: where a sidecar's virtual outbound listener takes the
     /// connections iptables redirects (15001).
     pub proxy_listen_port: u32,
+    /// `proxyInboundListenPort`: where a sidecar's virtual inbound listener takes the
+    /// connections iptables redirects (15006).
+    pub proxy_inbound_listen_port: u32,
     /// `defaultConfig.concurrency`.
     pub concurrency: Option<u32>,
     /// `defaultConfig.terminationDrainDuration`.
@@ -249,6 +254,7 @@ impl Default for MeshConfig {
             connect_timeout: std::time::Duration::from_secs(10),
             root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
             proxy_listen_port: DEFAULT_PROXY_LISTEN_PORT,
+            proxy_inbound_listen_port: DEFAULT_PROXY_INBOUND_LISTEN_PORT,
             concurrency: None,
             termination_drain_duration: None,
             discovery_address: None,
@@ -350,11 +356,7 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
     // The inbound side of sidecars is built with these at Istio's defaults.
     let inbound_default =
         |v: &Option<Value>, defaults: &[Value]| v.as_ref().is_some_and(|v| !defaults.contains(v));
-    let unserved: [(&str, bool); 30] = [
-        (
-            "proxyInboundListenPort",
-            inbound_default(&raw.proxy_inbound_listen_port, &[Value::from(15006)]),
-        ),
+    let unserved: [(&str, bool); 29] = [
         (
             "protocolDetectionTimeout",
             inbound_default(
@@ -496,15 +498,15 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
         }
         None => d.trust_domain.clone(),
     };
-    if let Some(port) = raw.proxy_listen_port
-        && !(1..=65535).contains(&port)
-    {
-        diags.push(error(
-            file,
-            root,
-            "proxyListenPort",
-            "must be a port number, 1 to 65535",
-        ));
+    for (field, port) in [
+        ("proxyListenPort", raw.proxy_listen_port),
+        ("proxyInboundListenPort", raw.proxy_inbound_listen_port),
+    ] {
+        if let Some(port) = port
+            && !(1..=65535).contains(&port)
+        {
+            diags.push(error(file, root, field, "must be a port number, 1 to 65535"));
+        }
     }
     if let Some(t) = raw.connect_timeout
         && t.0 < std::time::Duration::from_millis(1)
@@ -581,6 +583,10 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
             .proxy_listen_port
             .filter(|p| *p != 0)
             .unwrap_or(d.proxy_listen_port),
+        proxy_inbound_listen_port: raw
+            .proxy_inbound_listen_port
+            .filter(|p| *p != 0)
+            .unwrap_or(d.proxy_inbound_listen_port),
         concurrency: pc.concurrency,
         termination_drain_duration: pc.termination_drain_duration.map(|t| t.0),
         discovery_address: pc.discovery_address,
@@ -641,6 +647,9 @@ mod tests {
         assert_eq!(m.proxy_listen_port, 15001);
         let port = parse_mesh_config("mesh.yaml", "proxyListenPort: 15101\n").unwrap();
         assert_eq!(port.proxy_listen_port, 15101);
+        assert_eq!(m.proxy_inbound_listen_port, 15006);
+        let port = parse_mesh_config("mesh.yaml", "proxyInboundListenPort: 15106\n").unwrap();
+        assert_eq!(port.proxy_inbound_listen_port, 15106);
     }
 
     #[test]
@@ -681,11 +690,10 @@ mod tests {
         .unwrap();
         // What a sidecar's inbound side is built with: refused unless at its default.
         let e = errors(
-            "proxyInboundListenPort: 15007\nprotocolDetectionTimeout: 5s\ninboundTrafficPolicy: {mode: LOCALHOST}\ninboundClusterStatName: '%SERVICE%'\n",
+            "protocolDetectionTimeout: 5s\ninboundTrafficPolicy: {mode: LOCALHOST}\ninboundClusterStatName: '%SERVICE%'\n",
         );
-        assert_eq!(e.len(), 4, "{e:?}");
+        assert_eq!(e.len(), 3, "{e:?}");
         for field in [
-            "proxyInboundListenPort",
             "protocolDetectionTimeout",
             "inboundTrafficPolicy",
             "inboundClusterStatName",

@@ -190,6 +190,10 @@ impl Pod {
             .append(true)
             .open(log)
             .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+        // A process running as another uid (the proxy's) may reopen its standard output
+        // by name (Envoy's access log on `/dev/stdout`), as it can a pod's pipe.
+        std::fs::set_permissions(log, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .expect("log file mode");
         let err = out.try_clone().expect("clone log handle");
         let child = cmd
             .stdin(Stdio::null())

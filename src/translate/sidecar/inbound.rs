@@ -289,7 +289,8 @@ fn add_instance<'a>(
 }
 
 /// Adds the inbound listener and clusters of the proxy to `out`.
-pub(super) fn build(scope: &Scope, _mesh: &MeshConfig, out: &mut Translation) {
+pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
+    let port = mesh.proxy_inbound_listen_port;
     let Instances { ports, labels } = instances(scope, out);
     let mtls = authn::for_workload(
         scope.config,
@@ -298,13 +299,13 @@ pub(super) fn build(scope: &Scope, _mesh: &MeshConfig, out: &mut Translation) {
         &mut out.diagnostics,
     );
 
-    let mut chains = vec![blackhole_chain()];
+    let mut chains = vec![blackhole_chain(port)];
     chains.extend(passthrough_chains(scope, &mtls, &ports));
     for cc in ports.values() {
         let mode = mtls.for_port(cc.target_port);
         chains.extend(port_chains(scope, cc, mode));
     }
-    out.resources.listeners.push(virtual_inbound(chains));
+    out.resources.listeners.push(virtual_inbound(port, chains));
 
     for cc in ports.values() {
         out.resources.clusters.push(inbound_cluster(scope, cc));
@@ -315,11 +316,11 @@ pub(super) fn build(scope: &Scope, _mesh: &MeshConfig, out: &mut Translation) {
 }
 
 /// The chain of connections addressed to 15006 itself: closed, never looped back in.
-fn blackhole_chain() -> listener::FilterChain {
+fn blackhole_chain(port: u32) -> listener::FilterChain {
     listener::FilterChain {
         name: BLACKHOLE_CHAIN.into(),
         filter_chain_match: Some(listener::FilterChainMatch {
-            destination_port: Some(pb::u32v(INBOUND_PORT)),
+            destination_port: Some(pb::u32v(port)),
             ..Default::default()
         }),
         filters: vec![network::tcp_proxy_to(BLACKHOLE_CLUSTER)],
@@ -457,10 +458,10 @@ fn route_configuration(cc: &ChainConfig) -> route::RouteConfiguration {
 }
 
 /// The inbound listener around its chains (istiod's `buildInboundListener`).
-fn virtual_inbound(chains: Vec<listener::FilterChain>) -> listener::Listener {
+fn virtual_inbound(port: u32, chains: Vec<listener::FilterChain>) -> listener::Listener {
     let mut l = listener::Listener {
         name: VIRTUAL_INBOUND.into(),
-        address: Some(pb::socket_address(WILDCARD, INBOUND_PORT)),
+        address: Some(pb::socket_address(WILDCARD, port)),
         traffic_direction: core::TrafficDirection::Inbound as i32,
         continue_on_listener_filters_timeout: true,
         // MeshConfig `protocolDetectionTimeout`'s default: no timeout.

@@ -124,19 +124,28 @@ fn cluster(t: &Translation, name: &str) -> Value {
     json::to_json(c).expect("json")
 }
 
+/// Whether a resource belongs to the inbound side (tested in `inbound_tests`).
+fn inbound(name: &str) -> bool {
+    name == "virtualInbound" || name == "InboundPassthroughCluster" || name.starts_with("inbound|")
+}
+
+/// The outbound listeners.
 fn names(t: &Translation) -> Vec<String> {
     t.resources
         .listeners
         .iter()
         .map(|l| l.name.clone())
+        .filter(|n| !inbound(n))
         .collect()
 }
 
+/// The outbound clusters.
 fn cluster_names(t: &Translation) -> Vec<String> {
     t.resources
         .clusters
         .iter()
         .map(|c| c.name.clone())
+        .filter(|n| !inbound(n))
         .collect()
 }
 
