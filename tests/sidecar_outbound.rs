@@ -347,8 +347,7 @@ fn wait_configured(envoy: &Envoy, want: &BTreeSet<String>) -> Value {
             // The inbound side is tested in sidecar_inbound.
             let mut have = active_listeners(&dump);
             have.remove("virtualInbound");
-            have == *want
-                && clusters(&dump, "dynamic_warming_clusters").is_empty()
+            have == *want && clusters(&dump, "dynamic_warming_clusters").is_empty()
         },
     );
     dump

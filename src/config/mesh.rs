@@ -505,7 +505,12 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
         if let Some(port) = port
             && !(1..=65535).contains(&port)
         {
-            diags.push(error(file, root, field, "must be a port number, 1 to 65535"));
+            diags.push(error(
+                file,
+                root,
+                field,
+                "must be a port number, 1 to 65535",
+            ));
         }
     }
     if let Some(t) = raw.connect_timeout

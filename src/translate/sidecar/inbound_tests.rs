@@ -347,10 +347,7 @@ fn inbound_clusters_are_original_dst_from_127_0_0_6() {
 fn instances_are_the_proxys_own_in_its_namespace() {
     // Another IP: no instance, only the passthrough chains and cluster.
     let t = translate(SERVICES, &proxy("10.0.0.9", &[("app", "reviews")]));
-    assert_eq!(
-        inbound_clusters(&t),
-        ["InboundPassthroughCluster"]
-    );
+    assert_eq!(inbound_clusters(&t), ["InboundPassthroughCluster"]);
     let l = listener(&t);
     assert!(chains(&l, 8080).is_empty());
     // `elsewhere` has an endpoint at 10.0.0.5 too, but lives in another namespace.
