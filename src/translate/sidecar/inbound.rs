@@ -51,8 +51,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The inbound listener's name.
 pub const VIRTUAL_INBOUND: &str = "virtualInbound";
-/// Where iptables redirects inbound TCP (MeshConfig `proxyInboundListenPort`).
-pub const INBOUND_PORT: u32 = 15006;
 /// The name of the passthrough chains that carry HTTP.
 pub const CATCH_ALL_HTTP_CHAIN: &str = "virtualInbound-catchall-http";
 /// The chain of connections made to 15006 itself.
