@@ -2,8 +2,8 @@
 //! `accessLogEncoding` as istiod writes them (`FileAccessLogFromMeshConfig`), on the
 //! connection managers, the TCP proxies and the virtual outbound listener.
 //!
-//! Unset `accessLogFile` logs to `/dev/stdout` in JSON, as meshgate's gateway does (Istio
-//! logs nothing then); `""` turns it off. Every entry carries `%UPSTREAM_CLUSTER_RAW%`
+//! As in Istio, sidecars log only when `accessLogFile` is set (`/dev/stdout`, in TEXT or
+//! JSON by `accessLogEncoding`); unset or `""`, nothing. Every entry carries `%UPSTREAM_CLUSTER_RAW%`
 //! and `%RESPONSE_FLAGS%`, so a blocked connection reads `BlackHoleCluster` with `UH`, and
 //! a blocked HTTP request the route `block_all` with status 502.
 use super::super::pb;
@@ -63,8 +63,7 @@ pub const JSON_FIELDS: &[(&str, &str)] = &[
 /// The access log of the mesh's settings, if it is on.
 pub fn file_access_log(mesh: &MeshConfig) -> Option<accesslog::AccessLog> {
     let encoding = match mesh.access_log {
-        None => AccessLogEncoding::Json,
-        Some(None) => return None,
+        None | Some(None) => return None,
         Some(Some(e)) => e,
     };
     let format = match encoding {

@@ -94,12 +94,16 @@ fn translate_in(yaml: &str, namespace: &str, mesh: &MeshConfig) -> Translation {
     sidecar(&loaded.config, &registry, &proxy(namespace), mesh)
 }
 
+/// Translates for a sidecar in `shop`, in a mesh that logs (JSON on standard output).
 fn translate(extra: &str) -> Translation {
-    translate_in(
-        &format!("{SERVICES}{extra}"),
-        "shop",
-        &MeshConfig::default(),
-    )
+    translate_in(&format!("{SERVICES}{extra}"), "shop", &logging_mesh())
+}
+
+fn logging_mesh() -> MeshConfig {
+    MeshConfig {
+        access_log: Some(Some(AccessLogEncoding::Json)),
+        ..MeshConfig::default()
+    }
 }
 
 fn listener(t: &Translation, name: &str) -> Value {
@@ -690,8 +694,9 @@ fn access_log_follows_mesh_config() {
         let v = listener(&t, "virtualOutbound");
         tcp_proxy(&v["filter_chains"][1])["access_log"].clone()
     };
-    // Unset: JSON on standard output, as the gateway logs.
-    let json_log = log_of(&MeshConfig::default());
+    // Unset: no access log, as in Istio.
+    assert!(log_of(&MeshConfig::default()).is_null());
+    let json_log = log_of(&logging_mesh());
     let config = &json_log[0]["typed_config"];
     assert_eq!(config["path"], "/dev/stdout");
     assert_eq!(
