@@ -500,9 +500,15 @@ pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 /// application asked for (ORIGINAL_DST, `CLUSTER_PROVIDED`), the mesh's connect timeout,
 /// the default circuit breakers, HTTP as the client speaks it, idle after 5 minutes.
 pub fn passthrough_cluster(scope: &Scope) -> cluster::Cluster {
+    original_dst_passthrough(scope, PASSTHROUGH_CLUSTER)
+}
+
+/// An ORIGINAL_DST passthrough cluster named `name` as istiod builds them
+/// (`PassthroughCluster`, and the inbound side's `InboundPassthroughCluster`).
+pub fn original_dst_passthrough(scope: &Scope, name: &str) -> cluster::Cluster {
     let mut c = cluster::Cluster {
-        name: PASSTHROUGH_CLUSTER.to_string(),
-        alt_stat_name: names::delimited_stat_prefix(PASSTHROUGH_CLUSTER),
+        name: name.to_string(),
+        alt_stat_name: names::delimited_stat_prefix(name),
         cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
             cluster::cluster::DiscoveryType::OriginalDst as i32,
         )),

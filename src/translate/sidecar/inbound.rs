@@ -675,29 +675,10 @@ fn services_metadata(services: &[&Service]) -> core::Metadata {
 /// `InboundPassthroughCluster` (istiod's `buildInboundPassthroughCluster`): ORIGINAL_DST
 /// from 127.0.0.6, HTTP as the client spoke it with a 5 minute idle timeout.
 fn inbound_passthrough_cluster(scope: &Scope) -> cluster::Cluster {
-    let mut c = cluster::Cluster {
-        name: INBOUND_PASSTHROUGH_CLUSTER.into(),
-        alt_stat_name: names::delimited_stat_prefix(INBOUND_PASSTHROUGH_CLUSTER),
-        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
-            cluster::cluster::DiscoveryType::OriginalDst as i32,
-        )),
-        lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
-        connect_timeout: Some(pb::duration(scope.connect_timeout)),
+    cluster::Cluster {
         upstream_bind_config: Some(passthrough_bind()),
-        ..Default::default()
-    };
-    let mut options = Some(upstream_http::HttpProtocolOptions {
-        common_http_protocol_options: Some(core::HttpProtocolOptions {
-            idle_timeout: Some(pb::seconds(300)),
-            ..Default::default()
-        }),
-        ..use_downstream_protocol()
-    });
-    clusters::apply_connection_pool(&mut c, &mut options, &Default::default(), None);
-    if let Some(options) = options {
-        clusters::set_http_protocol_options(&mut c, options);
+        ..clusters::original_dst_passthrough(scope, INBOUND_PASSTHROUGH_CLUSTER)
     }
-    c
 }
 
 #[cfg(test)]
