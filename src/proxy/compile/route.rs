@@ -363,6 +363,7 @@ fn compile_route(
         )?,
         fault: filters.fault,
         cors: filters.cors,
+        filters: Default::default(),
     })
 }
 

@@ -20,6 +20,16 @@ pub struct Route {
     /// configuration); the connection manager's filter config applies when `None`.
     pub fault: Option<Arc<Fault>>,
     pub cors: Option<Arc<CorsPolicy>>,
+    /// Per-route configs of the other HTTP filters, by filter name (most specific of
+    /// route, virtual host and route configuration).
+    pub filters: crate::proxy::http::filter::PerFilterConfigs,
+}
+
+impl Route {
+    /// The per-route config for the filter named `name`, if it is a `T`.
+    pub fn filter_config<T: std::any::Any + Send + Sync>(&self, name: &str) -> Option<&T> {
+        self.filters.get::<T>(name)
+    }
 }
 
 /// A compiled virtual host.
