@@ -53,6 +53,8 @@ pub struct Config {
     pub secrets: Vec<Resource<Secret>>,
     /// meshgate `AcmeCertificate`s (`meshgate.io/v1alpha1`).
     pub acme_certificates: Vec<Resource<crate::acme::resource::AcmeCertificateSpec>>,
+    /// meshgate `RateLimitPolicy`s (`meshgate.io/v1alpha1`).
+    pub rate_limit_policies: Vec<Resource<super::types::RateLimitPolicy>>,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             + self.peer_authentications.len()
             + self.secrets.len()
             + self.acme_certificates.len()
+            + self.rate_limit_policies.len()
     }
 
     /// Whether nothing was loaded.
@@ -85,6 +88,7 @@ impl Config {
         self.peer_authentications.extend(other.peer_authentications);
         self.secrets.extend(other.secrets);
         self.acme_certificates.extend(other.acme_certificates);
+        self.rate_limit_policies.extend(other.rate_limit_policies);
     }
 }
 
@@ -522,28 +526,40 @@ fn load_object(file: &Arc<str>, root: Node, config: &mut Config, diags: &mut Vec
         return;
     }
     if group == MESHGATE_GROUP {
-        if kind != crate::acme::resource::KIND {
-            diags.push(at(
-                &root,
-                "kind",
-                Severity::Error,
-                format!(
-                    "unknown kind `{kind}` in {MESHGATE_GROUP}; expected `{}`",
-                    crate::acme::resource::KIND
-                ),
-            ));
-        } else if api_version != crate::acme::resource::API_VERSION {
+        let expected = match kind.as_str() {
+            k if k == crate::acme::resource::KIND => crate::acme::resource::API_VERSION,
+            k if k == super::types::rate_limit_policy::KIND => {
+                super::types::rate_limit_policy::API_VERSION
+            }
+            _ => {
+                let known = [
+                    crate::acme::resource::KIND,
+                    super::types::rate_limit_policy::KIND,
+                ];
+                let hint = match nearest(&kind, &known) {
+                    Some(near) => format!("; did you mean `{near}`?"),
+                    None => format!("; expected one of {}", quoted_list(&known)),
+                };
+                diags.push(at(
+                    &root,
+                    "kind",
+                    Severity::Error,
+                    format!("unknown kind `{kind}` in {MESHGATE_GROUP}{hint}"),
+                ));
+                return;
+            }
+        };
+        if api_version != expected {
             diags.push(at(
                 &root,
                 "apiVersion",
                 Severity::Error,
-                format!(
-                    "{kind} needs apiVersion {}, not `{api_version}`",
-                    crate::acme::resource::API_VERSION
-                ),
+                format!("{kind} needs apiVersion {expected}, not `{api_version}`"),
             ));
-        } else {
+        } else if kind == crate::acme::resource::KIND {
             push(config, file, root, diags, |c| &mut c.acme_certificates);
+        } else {
+            push(config, file, root, diags, |c| &mut c.rate_limit_policies);
         }
         return;
     }

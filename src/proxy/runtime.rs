@@ -79,6 +79,8 @@ pub struct Shared {
     pub(crate) admin_quit: watch::Sender<bool>,
     /// The gateway's own workload certificate, when it has joined a mesh with one.
     pub identity: arc_swap::ArcSwapOption<crate::identity::IdentityStatus>,
+    /// Local rate limit buckets, kept across configuration updates.
+    pub local_rate_limits: crate::proxy::http::filters::local_ratelimit::LocalRateLimits,
 }
 
 impl Shared {
@@ -151,6 +153,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             workers: n,
             identity: arc_swap::ArcSwapOption::empty(),
+            local_rate_limits: Default::default(),
             quit,
             drain_requested,
             admin_quit: watch::channel(false).0,

@@ -134,6 +134,35 @@ pub struct Stats {
     pub tcp_downstream_tx_bytes: AtomicU64,
     per_worker: Box<[Mutex<FxHashMap<Key, Cell>>]>,
     pub source: SourceLabels,
+    /// Counters of HTTP filters, by Envoy stat name (e.g.
+    /// `PREFIX.http_local_rate_limit.rate_limited`).
+    pub filter_counters: FilterCounters,
+}
+
+/// Named counters that filters create when they are first used; never removed (as
+/// Envoy's stats outlive the config that made them).
+#[derive(Debug, Default)]
+pub struct FilterCounters(Mutex<std::collections::BTreeMap<String, Arc<AtomicU64>>>);
+
+impl FilterCounters {
+    /// The counter `name`, created at zero.
+    pub fn counter(&self, name: &str) -> Arc<AtomicU64> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(name) {
+            return c.clone();
+        }
+        let c = Arc::new(AtomicU64::new(0));
+        m.insert(name.to_string(), c.clone());
+        c
+    }
+
+    /// Every counter, by name.
+    pub fn values(&self) -> Vec<(String, u64)> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 impl Stats {
@@ -173,6 +202,7 @@ impl Stats {
                 .map(|_| Mutex::new(FxHashMap::default()))
                 .collect(),
             source,
+            filter_counters: FilterCounters::default(),
         }
     }
 
@@ -290,6 +320,12 @@ impl Stats {
     /// Envoy-style counters for `/stats` (text `name: value`).
     pub fn envoy_counters(&self) -> Vec<(String, u64)> {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = self.core_counters(&g);
+        out.extend(self.filter_counters.values());
+        out
+    }
+
+    fn core_counters(&self, g: &dyn Fn(&AtomicU64) -> u64) -> Vec<(String, u64)> {
         vec![
             (
                 "http.downstream_cx_total".into(),

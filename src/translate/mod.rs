@@ -31,6 +31,7 @@ mod listener;
 mod names;
 mod network;
 mod pb;
+pub mod ratelimit;
 mod retry;
 mod routes;
 mod scope;
@@ -91,11 +92,13 @@ pub fn gateway_in_mesh(
     let mut build = servers::Build::new(&scope, diagnostics);
     let mut resources = ResourceSet::default();
 
-    for port in &gateways::merge(&scope, &mut build.diagnostics) {
+    let ports = gateways::merge(&scope, &mut build.diagnostics);
+    for port in &ports {
         if let Some(l) = build.port_listener(port) {
             resources.listeners.push(l);
         }
     }
+    let served = gateways::served_by(&ports);
 
     let servers::Build {
         mut diagnostics,
@@ -125,6 +128,7 @@ pub fn gateway_in_mesh(
         }
     }
     resources.secrets = secrets.into_secrets();
+    ratelimit::apply_gateway(config, &served, &mut resources, &mut diagnostics);
 
     resources.sort();
     Translation {

@@ -9,6 +9,7 @@ pub mod destination_rule;
 pub mod gateway;
 pub mod meta;
 pub mod peer_authentication;
+pub mod rate_limit_policy;
 pub mod secret;
 pub mod service_entry;
 pub mod sidecar;
@@ -20,6 +21,7 @@ pub use destination_rule::DestinationRule;
 pub use gateway::Gateway;
 pub use meta::{DEFAULT_NAMESPACE, Kind, ObjectMeta, Origin, Resource};
 pub use peer_authentication::PeerAuthentication;
+pub use rate_limit_policy::RateLimitPolicy;
 pub use secret::Secret;
 pub use service_entry::ServiceEntry;
 pub use sidecar::Sidecar;
@@ -53,4 +55,8 @@ impl Kind for Secret {
 /// meshgate's `AcmeCertificate` (`meshgate.io/v1alpha1`), defined by the ACME layer.
 impl Kind for crate::acme::resource::AcmeCertificateSpec {
     const KIND: &'static str = crate::acme::resource::KIND;
+}
+/// meshgate's `RateLimitPolicy` (`meshgate.io/v1alpha1`).
+impl Kind for RateLimitPolicy {
+    const KIND: &'static str = rate_limit_policy::KIND;
 }

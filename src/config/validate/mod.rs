@@ -6,6 +6,7 @@ pub mod common;
 pub mod destination_rule;
 pub mod gateway;
 pub mod peer_authentication;
+pub mod rate_limit_policy;
 pub mod service_entry;
 pub mod sidecar;
 pub mod virtual_service;
@@ -41,6 +42,10 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
         peer_authentication::validate(r, &mut out);
     }
     peer_authentication::one_per_namespace(&config.peer_authentications, &mut out);
+    for r in &config.rate_limit_policies {
+        rate_limit_policy::validate(r, &mut out);
+    }
+    rate_limit_policy::attachments(config, &mut out);
     names(&config.gateways, &mut out);
     names(&config.virtual_services, &mut out);
     names(&config.destination_rules, &mut out);
@@ -50,6 +55,7 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     names(&config.peer_authentications, &mut out);
     names(&config.secrets, &mut out);
     names(&config.acme_certificates, &mut out);
+    names(&config.rate_limit_policies, &mut out);
     acme(config, &mut out);
     duplicates(&config.gateways, &mut out);
     duplicates(&config.virtual_services, &mut out);
@@ -60,6 +66,7 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     duplicates(&config.peer_authentications, &mut out);
     duplicates(&config.secrets, &mut out);
     duplicates(&config.acme_certificates, &mut out);
+    duplicates(&config.rate_limit_policies, &mut out);
     super::analyze::analyze(config, &mut out);
     super::support::check(config, &mut out);
     Diagnostic::sort(&mut out);

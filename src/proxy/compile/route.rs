@@ -5,6 +5,7 @@ use crate::proxy::http::fault::Fault;
 use crate::proxy::route::action::*;
 use crate::proxy::route::headers::HeaderMutations;
 use crate::proxy::route::matcher::{HeaderKey, RouteMatch, fraction_per_million, search_regex};
+use crate::proxy::route::rate_limit::RateLimit;
 use crate::proxy::route::table::{Route, RouteTable, VirtualHost};
 use crate::proxy::upstream::Cluster;
 use crate::xds::ResourceSet;
@@ -219,12 +220,12 @@ fn compile_virtual_host(
                 include_request_attempt_count,
                 include_attempt_count_in_response,
                 retry_policy,
-                require_tls
+                require_tls,
+                rate_limits
             ],
             ignored: [metadata, virtual_clusters],
             unsupported: [
                 matcher,
-                rate_limits,
                 retry_policy_typed_config,
                 hedge_policy,
                 include_is_timeout_retry_header,
@@ -279,6 +280,7 @@ fn compile_virtual_host(
         include_request_attempt_count: vh.include_request_attempt_count,
         include_attempt_count_in_response: vh.include_attempt_count_in_response,
         retry,
+        rate_limits: RateLimit::compile_all(cx, "rate_limits", &vh.rate_limits)?.into(),
     })
 }
 
@@ -320,8 +322,16 @@ fn compile_route(
         .ok_or_else(|| cx.err("match", "required"))?;
     let matcher = cx.at("match", |cx| RouteMatch::compile(cx, m))?;
     let mut filters = filter_configs(cx, &r.typed_per_filter_config)?;
+    let mut rate_limits: Arc<[RateLimit]> = Arc::from([]);
+    let mut include_vh_rate_limits = false;
     let action = match &r.action {
         Some(A::Route(ra)) => {
+            rate_limits = cx
+                .at("route", |cx| {
+                    RateLimit::compile_all(cx, "rate_limits", &ra.rate_limits)
+                })?
+                .into();
+            include_vh_rate_limits = ra.include_vh_rate_limits.is_some_and(|b| b.value);
             if let Some(c) = &ra.cors {
                 filters.cors =
                     Some(Arc::new(cx.at("route.cors", |cx| {
@@ -364,6 +374,8 @@ fn compile_route(
         fault: filters.fault,
         cors: filters.cors,
         filters: Default::default(),
+        rate_limits,
+        include_vh_rate_limits,
     })
 }
 
@@ -405,7 +417,8 @@ fn compile_route_action(
                 priority,
                 max_grpc_timeout,
                 grpc_timeout_offset,
-                include_vh_rate_limits
+                include_vh_rate_limits,
+                rate_limits
             ],
             unsupported: [
                 metadata_match,
@@ -414,7 +427,6 @@ fn compile_route_action(
                 flush_timeout,
                 early_data_policy,
                 retry_policy_typed_config,
-                rate_limits,
                 internal_redirect_policy,
                 internal_redirect_action,
                 max_internal_redirects,

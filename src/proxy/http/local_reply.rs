@@ -26,8 +26,10 @@ impl Flags {
     pub const UPE: u32 = 1 << 13;
     pub const SI: u32 = 1 << 14;
     pub const DPE: u32 = 1 << 15;
+    /// Refused by a rate limit.
+    pub const RL: u32 = 1 << 16;
 
-    const NAMES: [(u32, &'static str); 16] = [
+    const NAMES: [(u32, &'static str); 17] = [
         (Self::NR, "NR"),
         (Self::UH, "UH"),
         (Self::UF, "UF"),
@@ -44,6 +46,7 @@ impl Flags {
         (Self::UPE, "UPE"),
         (Self::SI, "SI"),
         (Self::DPE, "DPE"),
+        (Self::RL, "RL"),
     ];
 
     pub fn set(&mut self, f: u32) {

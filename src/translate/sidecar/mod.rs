@@ -39,6 +39,13 @@ pub fn sidecar(
     };
     outbound::build(&scope, mesh, &mut translation);
     inbound::build(&scope, mesh, &mut translation);
+    super::ratelimit::apply_sidecar(
+        config,
+        proxy,
+        inbound::VIRTUAL_INBOUND,
+        &mut translation.resources,
+        &mut translation.diagnostics,
+    );
     translation.resources.sort();
     translation
 }

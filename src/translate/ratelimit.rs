@@ -1,0 +1,795 @@
+//! `RateLimitPolicy` -> Envoy: rate-limit actions on routes, and the filter that counts
+//! them in each connection manager that serves those routes.
+//!
+//! Every rule becomes one `rate_limits` entry on each route it covers, whose actions
+//! produce the descriptor `("meshgate.io/rule", "NS/POLICY/RULE")` followed by one entry
+//! per condition (client address `remote_address`, header `header:NAME`, path `path`,
+//! principal `principal`, JWT claim `claim:NAME`). The two modes read the same
+//! descriptors:
+//!
+//! - `Local`: `envoy.filters.http.local_ratelimit` in the connection manager, reading
+//!   the routes' actions of stage [`LOCAL_STAGE`], with one token bucket per rule
+//!   (`descriptors`; a `Distinct` condition is a wildcard entry, one bucket per value).
+//! - `Global`: `envoy.filters.http.ratelimit` (domain [`DOMAIN`]) asks the rate-limit
+//!   service over gRPC (cluster [`RATELIMIT_CLUSTER`]) with the actions of stage 0; the
+//!   limits it enforces are [`limit_table`]'s.
+//!
+//! The actions live on the routes, not in per-route filter configs, so that every policy
+//! attached at any level applies (a route's own limit does not lift its Gateway's), and
+//! a rule has one bucket per connection manager however many Envoy routes carry it (a
+//! VirtualService route bound to several hosts, or with several matches).
+use super::pb;
+use crate::config::types::rate_limit_policy::{
+    ClientSelector, MatchType, Mode, PathMatchType, RateLimitPolicy, Rule, TargetKind,
+};
+use crate::config::types::{Resource, VirtualService};
+use crate::config::{Config, Diagnostic};
+use crate::xds::ResourceSet;
+use crate::xds::pb::envoy::config::core::v3 as core;
+use crate::xds::pb::envoy::config::listener::v3 as listener;
+use crate::xds::pb::envoy::config::route::v3 as route;
+use crate::xds::pb::envoy::extensions::common::ratelimit::v3 as rl_common;
+use crate::xds::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+use crate::xds::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as GlobalFilter;
+use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use crate::xds::pb::envoy::r#type::v3 as types;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Name of Envoy's local rate limit filter.
+pub const LOCAL_RATELIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+/// Name of Envoy's global rate limit filter.
+pub const RATELIMIT_FILTER: &str = "envoy.filters.http.ratelimit";
+/// The rate-limit service domain of every global rule.
+pub const DOMAIN: &str = "meshgate";
+/// The cluster of the rate-limit service.
+pub const RATELIMIT_CLUSTER: &str = "meshgate-ratelimit";
+/// The first descriptor entry's key: which rule.
+pub const RULE_KEY: &str = "meshgate.io/rule";
+/// The route `rate_limits` stage of local rules (global rules use stage 0), so that
+/// neither filter reads the other's actions.
+pub const LOCAL_STAGE: u32 = 1;
+/// Distinct values kept per `Distinct` rule (Envoy's `max_dynamic_descriptors`; least
+/// recently used values are forgotten beyond it, starting again with a full bucket).
+pub const MAX_DYNAMIC_DESCRIPTORS: u32 = 10_000;
+/// Stat prefix of the local filter: `<prefix>.http_local_rate_limit.*`.
+pub const LOCAL_STAT_PREFIX: &str = "meshgate_local_rate_limit";
+/// Dynamic metadata namespace of verified JWT payloads (keyed by issuer).
+pub const JWT_METADATA_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+/// The CEL expression giving the peer certificate's first URI SAN.
+pub const PRINCIPAL_EXPR: &str = "connection.uri_san_peer_certificate";
+/// Type URL of the CEL descriptor extension.
+pub const EXPR_DESCRIPTOR_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.rate_limit_descriptors.expr.v3.Descriptor";
+/// Name of the CEL descriptor extension.
+pub const EXPR_DESCRIPTOR_NAME: &str = "envoy.rate_limit_descriptors.expr";
+
+/// One rule, ready to translate.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    /// `NS/POLICY/RULE`, the first descriptor entry's value.
+    pub id: String,
+    pub mode: Mode,
+    pub requests: u64,
+    pub per: Duration,
+    pub burst: u64,
+    /// The route actions producing the descriptor.
+    pub actions: Vec<route::rate_limit::Action>,
+    /// The descriptor's entries as configured (empty value: one bucket per value).
+    pub entries: Vec<(String, String)>,
+}
+
+impl CompiledRule {
+    /// The route `rate_limits` entry.
+    fn rate_limit(&self) -> route::RateLimit {
+        route::RateLimit {
+            stage: match self.mode {
+                Mode::Local => Some(pb::u32v(LOCAL_STAGE)),
+                Mode::Global => None,
+            },
+            actions: self.actions.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The local filter's descriptor with its token bucket.
+    fn descriptor(&self) -> rl_common::LocalRateLimitDescriptor {
+        rl_common::LocalRateLimitDescriptor {
+            entries: self
+                .entries
+                .iter()
+                .map(|(k, v)| crate::xds::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            token_bucket: Some(token_bucket(self.requests, self.per, self.burst)),
+            ..Default::default()
+        }
+    }
+
+    /// The IETF `RateLimit-Policy` item: quota per window of whole seconds.
+    fn policy_item(&self) -> String {
+        let ms = self.per.as_millis().max(1) as u64;
+        let (q, w) = if ms % 1000 == 0 {
+            (self.requests, ms / 1000)
+        } else {
+            ((self.requests.saturating_mul(1000) / ms).max(1), 1)
+        };
+        format!("\"{}\";q={q};w={w}", self.id)
+    }
+}
+
+/// A token bucket: `burst` tokens at most, `requests` added every `per`.
+pub fn token_bucket(requests: u64, per: Duration, burst: u64) -> types::TokenBucket {
+    types::TokenBucket {
+        max_tokens: u32::try_from(burst).unwrap_or(u32::MAX),
+        tokens_per_fill: Some(pb::u32v(u32::try_from(requests).unwrap_or(u32::MAX))),
+        fill_interval: Some(pb::duration(per)),
+    }
+}
+
+/// The rules of one policy. Rules whose conditions cannot be expressed are left out with
+/// an error (validation reports them first).
+pub fn compile_policy(p: &Resource<RateLimitPolicy>) -> Vec<CompiledRule> {
+    let mode = p.spec.mode();
+    p.spec
+        .rules()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rule)| {
+            let id = format!("{}/{}/{}", p.meta.namespace, p.meta.name, rule.id(i));
+            compile_rule(id, mode, rule)
+        })
+        .collect()
+}
+
+fn compile_rule(id: String, mode: Mode, rule: &Rule) -> Option<CompiledRule> {
+    use route::rate_limit::action::ActionSpecifier as A;
+    use route::rate_limit::action::{
+        GenericKey, HeaderValueMatch, MaskedRemoteAddress, MetaData, RemoteAddress,
+        RequestHeaders,
+    };
+    let mut actions = vec![route::rate_limit::Action {
+        action_specifier: Some(A::GenericKey(GenericKey {
+            descriptor_key: RULE_KEY.into(),
+            descriptor_value: id.clone(),
+        })),
+    }];
+    let mut entries = vec![(RULE_KEY.to_string(), id.clone())];
+    let mut push = |a: A, key: String, value: String| {
+        actions.push(route::rate_limit::Action {
+            action_specifier: Some(a),
+        });
+        entries.push((key, value));
+    };
+    for sel in &rule.client_selectors {
+        let ClientSelector {
+            headers,
+            source_cidr,
+            path,
+            principal,
+            jwt_claim,
+        } = sel;
+        for h in headers {
+            let name = h.name.to_ascii_lowercase();
+            let key = format!("header:{name}");
+            match (h.match_type, &h.value) {
+                (MatchType::Exact, Some(v)) => push(
+                    A::HeaderValueMatch(HeaderValueMatch {
+                        descriptor_key: key.clone(),
+                        descriptor_value: v.clone(),
+                        expect_match: Some(pb::boolv(true)),
+                        headers: vec![route::HeaderMatcher {
+                            name: name.clone(),
+                            header_match_specifier: Some(
+                                route::header_matcher::HeaderMatchSpecifier::StringMatch(
+                                    pb::exact(v),
+                                ),
+                            ),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    key,
+                    v.clone(),
+                ),
+                (MatchType::Distinct, _) => push(
+                    A::RequestHeaders(RequestHeaders {
+                        header_name: name,
+                        descriptor_key: key.clone(),
+                        skip_if_absent: false,
+                    }),
+                    key,
+                    String::new(),
+                ),
+                (MatchType::Exact, None) => return None,
+            }
+        }
+        if let Some(src) = source_cidr {
+            match (src.match_type, &src.value) {
+                (MatchType::Exact, Some(v)) => {
+                    let (ip, len) =
+                        crate::config::validate::rate_limit_policy::parse_cidr(v).ok()?;
+                    let (v4, v6) = if ip.is_ipv4() {
+                        (u32::from(len), 128)
+                    } else {
+                        (32, u32::from(len))
+                    };
+                    push(
+                        A::MaskedRemoteAddress(MaskedRemoteAddress {
+                            v4_prefix_mask_len: Some(pb::u32v(v4)),
+                            v6_prefix_mask_len: Some(pb::u32v(v6)),
+                        }),
+                        "masked_remote_address".into(),
+                        format!("{}/{len}", network(ip, len)),
+                    );
+                }
+                (MatchType::Distinct, _) => push(
+                    A::RemoteAddress(RemoteAddress {}),
+                    "remote_address".into(),
+                    String::new(),
+                ),
+                (MatchType::Exact, None) => return None,
+            }
+        }
+        if let Some(p) = path {
+            match (p.match_type, &p.value) {
+                (PathMatchType::Distinct, _) => push(
+                    A::RequestHeaders(RequestHeaders {
+                        header_name: ":path".into(),
+                        descriptor_key: "path".into(),
+                        skip_if_absent: false,
+                    }),
+                    "path".into(),
+                    String::new(),
+                ),
+                (t, Some(v)) => {
+                    let re = path_regex(t, v);
+                    push(
+                        A::HeaderValueMatch(HeaderValueMatch {
+                            descriptor_key: "path".into(),
+                            descriptor_value: v.clone(),
+                            expect_match: Some(pb::boolv(true)),
+                            headers: vec![route::HeaderMatcher {
+                                name: ":path".into(),
+                                header_match_specifier: Some(
+                                    route::header_matcher::HeaderMatchSpecifier::StringMatch(
+                                        crate::xds::pb::envoy::r#type::matcher::v3::StringMatcher {
+                                            match_pattern: Some(crate::xds::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::SafeRegex(pb::regex(&re))),
+                                            ..Default::default()
+                                        },
+                                    ),
+                                ),
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }),
+                        "path".into(),
+                        v.clone(),
+                    );
+                }
+                (_, None) => return None,
+            }
+        }
+        if let Some(p) = principal {
+            let ext = crate::xds::pb::envoy::extensions::rate_limit_descriptors::expr::v3::Descriptor {
+                descriptor_key: "principal".into(),
+                skip_if_error: false,
+                expr_specifier: Some(crate::xds::pb::envoy::extensions::rate_limit_descriptors::expr::v3::descriptor::ExprSpecifier::Text(PRINCIPAL_EXPR.into())),
+            };
+            let value = match (p.match_type, &p.value) {
+                (MatchType::Exact, Some(v)) => format!("spiffe://{v}"),
+                (MatchType::Distinct, _) => String::new(),
+                (MatchType::Exact, None) => return None,
+            };
+            push(
+                A::Extension(core::TypedExtensionConfig {
+                    name: EXPR_DESCRIPTOR_NAME.into(),
+                    typed_config: Some(pb::any(&ext)),
+                }),
+                "principal".into(),
+                value,
+            );
+        }
+        if let Some(c) = jwt_claim {
+            let key = format!("claim:{}", c.claim);
+            let value = match (c.match_type, &c.value) {
+                (MatchType::Exact, Some(v)) => v.clone(),
+                (MatchType::Distinct, _) => String::new(),
+                (MatchType::Exact, None) => return None,
+            };
+            use crate::xds::pb::envoy::r#type::metadata::v3 as md;
+            let seg = |k: &str| md::metadata_key::PathSegment {
+                segment: Some(md::metadata_key::path_segment::Segment::Key(k.into())),
+            };
+            push(
+                A::Metadata(MetaData {
+                    descriptor_key: key.clone(),
+                    metadata_key: Some(md::MetadataKey {
+                        key: JWT_METADATA_NAMESPACE.into(),
+                        path: vec![seg(&c.issuer), seg(&c.claim)],
+                    }),
+                    source: route::rate_limit::action::meta_data::Source::Dynamic as i32,
+                    ..Default::default()
+                }),
+                key,
+                value,
+            );
+        }
+    }
+    Some(CompiledRule {
+        id,
+        mode,
+        requests: rule.limit.requests,
+        per: rule.limit.period(),
+        burst: rule.limit.burst(),
+        actions,
+        entries,
+    })
+}
+
+/// The network address of `ip/len`.
+fn network(ip: std::net::IpAddr, len: u8) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            std::net::IpAddr::V4((bits & mask).into())
+        }
+        std::net::IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            std::net::IpAddr::V6((bits & mask).into())
+        }
+    }
+}
+
+/// A regex over `:path` (query included) for an Exact or PathPrefix path condition.
+fn path_regex(t: PathMatchType, v: &str) -> String {
+    let escaped = regex::escape(v);
+    match t {
+        PathMatchType::PathPrefix if v == "/" => "/.*".to_string(),
+        PathMatchType::PathPrefix => format!("{escaped}([/?].*)?"),
+        _ => format!("{escaped}(\\?.*)?"),
+    }
+}
+
+/// The local rate limit filter of a connection manager, counting `rules`.
+pub fn local_filter_config(rules: &[&CompiledRule]) -> LocalRateLimit {
+    let hundred = || core::RuntimeFractionalPercent {
+        default_value: Some(pb::percent_of_hundred(100)),
+        runtime_key: String::new(),
+    };
+    let mut response_headers_to_add = Vec::new();
+    if !rules.is_empty() {
+        let items: Vec<String> = rules.iter().map(|r| r.policy_item()).collect();
+        response_headers_to_add.push(pb::header_value_option(
+            "ratelimit-policy",
+            &items.join(", "),
+            false,
+        ));
+        // A 429 means the rule that refused has nothing left; which rule that was is
+        // only known statically when there is one.
+        if let [one] = rules {
+            response_headers_to_add.push(pb::header_value_option(
+                "ratelimit",
+                &format!("\"{}\";r=0", one.id),
+                false,
+            ));
+        }
+    }
+    LocalRateLimit {
+        stat_prefix: LOCAL_STAT_PREFIX.into(),
+        filter_enabled: Some(hundred()),
+        filter_enforced: Some(hundred()),
+        response_headers_to_add,
+        descriptors: rules.iter().map(|r| r.descriptor()).collect(),
+        stage: LOCAL_STAGE,
+        local_rate_limit_per_downstream_connection: false,
+        enable_x_ratelimit_headers: rl_common::XRateLimitHeadersRfcVersion::DraftVersion03 as i32,
+        always_consume_default_token_bucket: Some(pb::boolv(false)),
+        max_dynamic_descriptors: Some(pb::u32v(MAX_DYNAMIC_DESCRIPTORS)),
+        enable_retry_after_header: true,
+        ..Default::default()
+    }
+}
+
+/// The global rate limit filter: the rate-limit service decides, `deny` says what
+/// happens when it cannot.
+pub fn global_filter_config(deny: bool) -> GlobalFilter {
+    use crate::xds::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig;
+    GlobalFilter {
+        domain: DOMAIN.into(),
+        stage: 0,
+        failure_mode_deny: deny,
+        rate_limit_service: Some(RateLimitServiceConfig {
+            grpc_service: Some(core::GrpcService {
+                target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                    core::grpc_service::EnvoyGrpc {
+                        cluster_name: RATELIMIT_CLUSTER.into(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            transport_api_version: core::ApiVersion::V3 as i32,
+        }),
+        enable_x_ratelimit_headers: rl_common::XRateLimitHeadersRfcVersion::DraftVersion03 as i32,
+        ..Default::default()
+    }
+}
+
+/// The limits the rate-limit service enforces, one per global rule: (rule id,
+/// requests, per, burst). The service keys its counters by the whole descriptor, so a
+/// `Distinct` rule counts each value on its own.
+pub fn limit_table(config: &Config) -> Vec<(String, u64, Duration, u64)> {
+    let mut out: Vec<(String, u64, Duration, u64)> = config
+        .rate_limit_policies
+        .iter()
+        .filter(|p| p.spec.mode() == Mode::Global)
+        .flat_map(compile_policy)
+        .map(|r| (r.id, r.requests, r.per, r.burst))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// A policy's rules and where it attaches.
+struct Attached {
+    rules: Vec<CompiledRule>,
+    failure_deny: bool,
+    policy: usize,
+}
+
+/// The policies by attachment.
+#[derive(Default)]
+struct Index {
+    attached: Vec<Attached>,
+    /// `ns/name` of a Gateway -> policies.
+    gateways: BTreeMap<String, Vec<usize>>,
+    /// (`ns/name` of a Gateway, hostname) -> policies.
+    hosts: Vec<(String, String, usize)>,
+    /// (vs namespace, vs name, route name or None) -> policies.
+    routes: Vec<(String, String, Option<String>, usize)>,
+}
+
+impl Index {
+    fn new(config: &Config) -> Index {
+        let mut ix = Index::default();
+        for (pi, p) in config.rate_limit_policies.iter().enumerate() {
+            let a = ix.attached.len();
+            ix.attached.push(Attached {
+                rules: compile_policy(p),
+                failure_deny: p
+                    .spec
+                    .global
+                    .as_ref()
+                    .and_then(|g| g.failure_mode)
+                    .is_some_and(|m| {
+                        m == crate::config::types::rate_limit_policy::FailureMode::Closed
+                    }),
+                policy: pi,
+            });
+            for t in &p.spec.target_refs {
+                let ns = t.namespace.clone().unwrap_or_else(|| p.meta.namespace.clone());
+                match (t.kind, &t.hostname) {
+                    (TargetKind::Gateway, None) => ix
+                        .gateways
+                        .entry(format!("{ns}/{}", t.name))
+                        .or_default()
+                        .push(a),
+                    (TargetKind::Gateway, Some(h)) => ix.hosts.push((
+                        format!("{ns}/{}", t.name),
+                        h.to_ascii_lowercase(),
+                        a,
+                    )),
+                    (TargetKind::VirtualService, _) => {
+                        ix.routes.push((ns, t.name.clone(), t.route.clone(), a))
+                    }
+                }
+            }
+        }
+        ix
+    }
+}
+
+/// The VirtualService an Envoy route was built from, from its `istio.config` metadata.
+fn route_origin(r: &route::Route) -> Option<(&str, &str)> {
+    let v = r
+        .metadata
+        .as_ref()?
+        .filter_metadata
+        .get("istio")?
+        .fields
+        .get("config")?;
+    let Some(crate::xds::pb::google::protobuf::value::Kind::StringValue(s)) = &v.kind else {
+        return None;
+    };
+    let rest = s.strip_prefix("/apis/networking.istio.io/v1/namespaces/")?;
+    let (ns, rest) = rest.split_once('/')?;
+    let name = rest.strip_prefix("virtual-service/")?;
+    Some((ns, name))
+}
+
+/// Whether the Envoy route `envoy_name` was built from the HTTP route `http_name` of
+/// `vs` (Envoy names are the HTTP route's name, `.MATCH` appended for named matches).
+fn is_route_of(vs: &VirtualService, envoy_name: &str, http_name: &str) -> bool {
+    if envoy_name == http_name {
+        return true;
+    }
+    vs.http.iter().filter(|h| h.name == http_name).any(|h| {
+        h.matches
+            .iter()
+            .any(|m| !m.name.is_empty() && envoy_name == format!("{http_name}.{}", m.name))
+    })
+}
+
+/// Adds the policies' actions to routes and their filters to connection managers, for a
+/// gateway proxy: `served` says, per route configuration name, which Gateways
+/// (`ns/name`) serve it.
+pub fn apply_gateway(
+    config: &Config,
+    served: &BTreeMap<String, BTreeSet<String>>,
+    resources: &mut ResourceSet,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    if config.rate_limit_policies.is_empty() {
+        return;
+    }
+    let ix = Index::new(config);
+    let empty = BTreeSet::new();
+    let mut used: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for rc in &mut resources.routes {
+        let gateways = served.get(&rc.name).unwrap_or(&empty);
+        let u = decorate_route_config(config, &ix, rc, gateways, &[], diagnostics);
+        if !u.is_empty() {
+            used.insert(rc.name.clone(), u);
+        }
+    }
+    for l in &mut resources.listeners {
+        for chain in &mut l.filter_chains {
+            for f in &mut chain.filters {
+                add_filters(&ix, f, &used, |_| Vec::new(), config, diagnostics);
+            }
+        }
+    }
+}
+
+/// Adds the policies to a sidecar: VirtualService route attachments on its outbound
+/// routes, workload (`selector`) policies on every route of its inbound listener.
+pub fn apply_sidecar(
+    config: &Config,
+    proxy: &crate::xds::ProxyIdentity,
+    inbound_listener: &str,
+    resources: &mut ResourceSet,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    if config.rate_limit_policies.is_empty() {
+        return;
+    }
+    let ix = Index::new(config);
+    let workload: Vec<usize> = ix
+        .attached
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| {
+            let p = &config.rate_limit_policies[a.policy];
+            p.meta.namespace == proxy.namespace
+                && p.spec.selector.as_ref().is_some_and(|s| {
+                    s.match_labels
+                        .iter()
+                        .all(|(k, v)| proxy.labels.get(k) == Some(v))
+                })
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let empty = BTreeSet::new();
+    let mut used: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for rc in &mut resources.routes {
+        let u = decorate_route_config(config, &ix, rc, &empty, &[], diagnostics);
+        if !u.is_empty() {
+            used.insert(rc.name.clone(), u);
+        }
+    }
+    for l in &mut resources.listeners {
+        let inbound = l.name == inbound_listener;
+        for chain in &mut l.filter_chains {
+            for f in &mut chain.filters {
+                add_filters(
+                    &ix,
+                    f,
+                    &used,
+                    |rc| {
+                        if inbound {
+                            decorate_route_config(config, &ix, rc, &empty, &workload, &mut Vec::new())
+                        } else {
+                            decorate_route_config(config, &ix, rc, &empty, &[], &mut Vec::new())
+                        }
+                    },
+                    config,
+                    diagnostics,
+                );
+            }
+        }
+    }
+}
+
+/// Appends the `rate_limits` of every policy that covers each forwarding route of `rc`;
+/// returns the policies used.
+fn decorate_route_config(
+    config: &Config,
+    ix: &Index,
+    rc: &mut route::RouteConfiguration,
+    gateways: &BTreeSet<String>,
+    everywhere: &[usize],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<usize> {
+    let mut used = BTreeSet::new();
+    for vh in &mut rc.virtual_hosts {
+        let host_policies: Vec<usize> = ix
+            .hosts
+            .iter()
+            .filter(|(g, h, _)| {
+                gateways.contains(g)
+                    && vh
+                        .domains
+                        .iter()
+                        .any(|d| crate::config::hosts::is_subset_of(d, h))
+            })
+            .map(|(_, _, a)| *a)
+            .collect();
+        for r in &mut vh.routes {
+            let origin = route_origin(r);
+            let mut applies: Vec<usize> = everywhere.to_vec();
+            if let Some((ns, name)) = origin {
+                let vs = config
+                    .virtual_services
+                    .iter()
+                    .find(|v| v.meta.namespace == ns && v.meta.name == name);
+                // Gateway and host policies cover the routes of the VirtualServices
+                // bound to that Gateway.
+                for g in gateways {
+                    let bound = vs.is_some_and(|v| {
+                        v.spec.gateways.iter().any(|x| {
+                            super::scope::resolve_gateway_name(x, &v.meta.namespace) == *g
+                        })
+                    });
+                    if bound {
+                        applies.extend(ix.gateways.get(g).into_iter().flatten().copied());
+                    }
+                }
+                if !host_policies.is_empty() {
+                    applies.extend(host_policies.iter().copied());
+                }
+                for (vns, vname, http, a) in &ix.routes {
+                    if vns == ns
+                        && vname == name
+                        && http
+                            .as_deref()
+                            .is_none_or(|h| vs.is_some_and(|v| is_route_of(&v.spec, &r.name, h)))
+                    {
+                        applies.push(*a);
+                    }
+                }
+            }
+            applies.sort();
+            applies.dedup();
+            if applies.is_empty() {
+                continue;
+            }
+            let Some(route::route::Action::Route(action)) = &mut r.action else {
+                for a in &applies {
+                    let p = &config.rate_limit_policies[ix.attached[*a].policy];
+                    diagnostics.push(p.warning(
+                        "spec",
+                        format!(
+                            "route `{}` of {} answers without forwarding (redirect or direct response): Envoy evaluates rate limits only on forwarding routes, so this policy does not limit it",
+                            r.name, rc.name
+                        ),
+                    ));
+                }
+                continue;
+            };
+            for a in &applies {
+                for rule in &ix.attached[*a].rules {
+                    action.rate_limits.push(rule.rate_limit());
+                }
+                used.insert(*a);
+            }
+        }
+    }
+    used.into_iter().collect()
+}
+
+/// Inserts the rate limit filters (before the router) into an HTTP connection manager
+/// whose routes carry rules.
+fn add_filters(
+    ix: &Index,
+    f: &mut listener::Filter,
+    used: &BTreeMap<String, Vec<usize>>,
+    mut inline: impl FnMut(&mut route::RouteConfiguration) -> Vec<usize>,
+    config: &Config,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let Some(listener::filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
+        return;
+    };
+    if any.type_url != "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" {
+        return;
+    }
+    let Ok(mut manager) = hcm::HttpConnectionManager::decode(any.value.as_slice()) else {
+        return;
+    };
+    let policies: Vec<usize> = match &mut manager.route_specifier {
+        Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) => used
+            .get(&rds.route_config_name)
+            .cloned()
+            .unwrap_or_default(),
+        Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)) => inline(rc),
+        _ => Vec::new(),
+    };
+    if policies.is_empty() {
+        return;
+    }
+    let local: Vec<&CompiledRule> = policies
+        .iter()
+        .flat_map(|a| ix.attached[*a].rules.iter())
+        .filter(|r| r.mode == Mode::Local)
+        .collect();
+    let global: Vec<&Attached> = policies
+        .iter()
+        .map(|a| &ix.attached[*a])
+        .filter(|a| a.rules.iter().any(|r| r.mode == Mode::Global))
+        .collect();
+    let mut filters = Vec::new();
+    if !local.is_empty() {
+        filters.push(hcm::HttpFilter {
+            name: LOCAL_RATELIMIT_FILTER.into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pb::any(
+                &local_filter_config(&local),
+            ))),
+            ..Default::default()
+        });
+    }
+    if !global.is_empty() {
+        let deny = global.iter().any(|a| a.failure_deny);
+        if deny && global.iter().any(|a| !a.failure_deny) {
+            for a in &global {
+                let p = &config.rate_limit_policies[a.policy];
+                diagnostics.push(p.warning(
+                    "spec.global.failureMode",
+                    "policies with failureMode Open and Closed share a connection manager: the rate-limit service being unreachable refuses their requests (Closed wins)",
+                ));
+            }
+        }
+        filters.push(hcm::HttpFilter {
+            name: RATELIMIT_FILTER.into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pb::any(
+                &global_filter_config(deny),
+            ))),
+            ..Default::default()
+        });
+    }
+    // Before the router (last), after the filters that decide who the client is.
+    let at = manager
+        .http_filters
+        .iter()
+        .position(|h| h.name == super::listener::ROUTER_FILTER)
+        .unwrap_or(manager.http_filters.len());
+    manager.http_filters.splice(at..at, filters);
+    *any = pb::any(&manager);
+}
+
+#[cfg(test)]
+#[path = "ratelimit_tests.rs"]
+mod tests;

@@ -1,0 +1,325 @@
+//! `RateLimitPolicy` in `Local` mode, end to end: the same Istio configuration served by
+//! meshgate's own data plane and by real Envoy 1.40 on what `meshgate translate` makes
+//! of it. Deterministic bursts (N admitted, then 429) must be answered identically by
+//! both, headers included; a bounded load must be admitted at the configured rate.
+mod support;
+#[path = "support/translate.rs"]
+mod translating;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use support::*;
+use translating::*;
+
+const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, ports: {http: {{ECHO}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: {{GW_PORT}}, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: {{EDGE_PORT}}, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: load, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: {{LOAD_PORT}}, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: default}
+spec:
+  hosts: [ip.example.com, route.example.com, header.example.com]
+  gateways: [gw]
+  http:
+  - name: login
+    match: [{uri: {prefix: /login}}]
+    route: [{destination: {host: echo.internal}}]
+  - name: rest
+    route: [{destination: {host: echo.internal}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [edge, load]
+  http:
+  - route: [{destination: {host: echo.internal}}]
+---
+apiVersion: meshgate.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: per-ip, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, name: gw, hostname: ip.example.com}]
+  local:
+    rules:
+    - name: client
+      clientSelectors: [{sourceCIDR: {type: Distinct}}]
+      limit: {requests: 1, unit: Minute, burst: 3}
+---
+apiVersion: meshgate.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: login, namespace: default}
+spec:
+  targetRefs: [{kind: VirtualService, name: shop, route: login}]
+  local:
+    rules:
+    - limit: {requests: 1, unit: Minute, burst: 2}
+---
+apiVersion: meshgate.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: per-user, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, name: gw, hostname: header.example.com}]
+  local:
+    rules:
+    - name: user
+      clientSelectors: [{headers: [{name: x-user, type: Distinct}]}]
+      limit: {requests: 1, unit: Minute, burst: 2}
+---
+apiVersion: meshgate.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: edge, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, name: edge}]
+  local:
+    rules:
+    - limit: {requests: 1, unit: Minute, burst: 4}
+---
+apiVersion: meshgate.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: load, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, name: load}]
+  local:
+    rules:
+    - limit: {requests: 100, unit: Second, burst: 10}
+"#;
+
+fn start(echo: &EchoUpstream) -> BothGateways {
+    BothGateways::start(
+        &["GW_PORT", "EDGE_PORT", "LOAD_PORT"],
+        "istio=ingressgateway",
+        3,
+        |side| {
+            let mut vars = side.vars();
+            vars.push(("ECHO", echo.port().to_string()));
+            render(CONFIG, &vars)
+        },
+    )
+}
+
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(Some(ip.parse::<IpAddr>().expect("ip")))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
+}
+
+/// (status, x-ratelimit-remaining) of each answer.
+fn pattern(replies: &[Reply]) -> Vec<(u16, Option<String>)> {
+    replies
+        .iter()
+        .map(|r| (r.status, r.header("x-ratelimit-remaining")))
+        .collect()
+}
+
+fn some(s: &str) -> Option<String> {
+    Some(s.to_string())
+}
+
+async fn bursts(t: &mut Transcript) {
+    let who = t.who();
+    let (a, b) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+
+    // Per client address: 3 each, then 429; another address has its own bucket.
+    let mut from_a = Vec::new();
+    for _ in 0..4 {
+        from_a.push(t.send_via(&a, "GET", "GW_PORT", "ip.example.com", "/x", &[]).await);
+    }
+    assert_eq!(
+        pattern(&from_a),
+        [(200, some("2")), (200, some("1")), (200, some("0")), (429, some("0"))],
+        "{who}"
+    );
+    let limited = &from_a[3];
+    assert_eq!(limited.body, "local_rate_limited", "{who}");
+    assert_eq!(limited.header("x-ratelimit-limit").as_deref(), Some("3"), "{who}");
+    assert_eq!(limited.header("x-ratelimit-reset").as_deref(), Some("60"), "{who}");
+    assert_eq!(limited.header("retry-after").as_deref(), Some("60"), "{who}");
+    assert_eq!(
+        limited.header("ratelimit-policy").as_deref(),
+        Some("\"default/per-ip/client\";q=1;w=60"),
+        "{who}"
+    );
+    assert_eq!(
+        limited.header("ratelimit").as_deref(),
+        Some("\"default/per-ip/client\";r=0"),
+        "{who}"
+    );
+    assert_eq!(from_a[2].header("x-ratelimit-reset").as_deref(), Some("60"), "{who}");
+    assert_eq!(from_a[0].header("x-ratelimit-reset").as_deref(), Some("0"), "{who}");
+    let other = t.send_via(&b, "GET", "GW_PORT", "ip.example.com", "/x", &[]).await;
+    assert_eq!(pattern(&[other]), [(200, some("2"))], "{who}");
+
+    // A route's own limit: /login twice, then 429; the other route is not limited.
+    let mut login = Vec::new();
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        login.push(t.get("GW_PORT", "route.example.com", "/login").await);
+        rest.push(t.get("GW_PORT", "route.example.com", "/other").await);
+    }
+    assert_eq!(
+        pattern(&login),
+        [(200, some("1")), (200, some("0")), (429, some("0"))],
+        "{who}"
+    );
+    assert_eq!(pattern(&rest), [(200, None), (200, None), (200, None)], "{who}");
+
+    // A header's distinct values: one bucket per user; no header, no limit.
+    let mut alice = Vec::new();
+    for _ in 0..3 {
+        alice.push(
+            t.send("GET", "GW_PORT", "header.example.com", "/", &[("x-user", "alice")])
+                .await,
+        );
+    }
+    assert_eq!(
+        pattern(&alice),
+        [(200, some("1")), (200, some("0")), (429, some("0"))],
+        "{who}"
+    );
+    let bob = t
+        .send("GET", "GW_PORT", "header.example.com", "/", &[("x-user", "bob")])
+        .await;
+    let nobody = t.get("GW_PORT", "header.example.com", "/").await;
+    assert_eq!(pattern(&[bob, nobody]), [(200, some("1")), (200, None)], "{who}");
+
+    // A Gateway's limit covers all its routes: 4, then 429.
+    let mut edge = Vec::new();
+    for path in ["/a", "/b", "/c", "/d", "/e"] {
+        edge.push(t.get("EDGE_PORT", "any.example.com", path).await);
+    }
+    assert_eq!(
+        pattern(&edge),
+        [
+            (200, some("3")),
+            (200, some("2")),
+            (200, some("1")),
+            (200, some("0")),
+            (429, some("0"))
+        ],
+        "{who}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_are_admitted_and_refused_identically_by_meshgate_and_envoy() {
+    let echo = EchoUpstream::start("echo");
+    let both = start(&echo);
+    let mut transcripts = Vec::new();
+    for side in &both.sides {
+        let mut t = Transcript::new(side);
+        bursts(&mut t).await;
+        transcripts.push(t);
+    }
+    both.envoy.envoy.assert_no_rejections();
+    assert_same_answers(&transcripts[0], &transcripts[1], &[]);
+    let mesh = &both.sides[0];
+    let limited = both
+        .stat(
+            mesh,
+            "meshgate_local_rate_limit.http_local_rate_limit.rate_limited",
+        )
+        .unwrap_or_default();
+    assert_eq!(limited, 4, "one 429 per scenario");
+    assert_eq!(
+        both.stat(
+            mesh,
+            "meshgate_local_rate_limit.http_local_rate_limit.rule.default/login/0.rate_limited"
+        ),
+        Some(1)
+    );
+}
+
+/// Requests as fast as `clients` loops can send for `window`; returns (admitted,
+/// refused, seconds between the first request and the last answer).
+async fn offer(port: u16, clients: usize, window: Duration) -> (u64, u64, f64) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let client = http_client();
+            let (mut ok, mut refused) = (0u64, 0u64);
+            // Bounded in time and in count.
+            for _ in 0..200_000 {
+                if start.elapsed() >= window {
+                    break;
+                }
+                let r = get(&client, port, "load.example.com", "/").await;
+                match r.status {
+                    200 => ok += 1,
+                    429 => refused += 1,
+                    s => panic!("unexpected status {s}: {}", r.body),
+                }
+            }
+            (ok, refused)
+        }));
+    }
+    let mut total = (0, 0);
+    for t in tasks {
+        let (ok, refused) = t.await.expect("client task");
+        total.0 += ok;
+        total.1 += refused;
+    }
+    (total.0, total.1, start.elapsed().as_secs_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sustained_load_is_admitted_at_the_configured_rate() {
+    let echo = EchoUpstream::start("echo");
+    let both = start(&echo);
+    for side in &both.sides {
+        let (ok, refused, secs) = offer(side.port("LOAD_PORT"), 4, Duration::from_secs(3)).await;
+        // 10 at once, then 100 per second.
+        let expected = 10.0 + 100.0 * secs;
+        let offered = (ok + refused) as f64 / secs;
+        assert!(
+            offered > 300.0,
+            "{}: the load must exceed the limit to test it ({offered:.0}/s offered)",
+            side.who
+        );
+        let error = (ok as f64 - expected).abs() / expected;
+        assert!(
+            error < 0.03,
+            "{}: admitted {ok} in {secs:.2}s, expected {expected:.0} (±3%); refused {refused}",
+            side.who
+        );
+    }
+}
