@@ -155,6 +155,7 @@ fn compile_rule(id: String, mode: Mode, rule: &Rule) -> Option<CompiledRule> {
         action_specifier: Some(A::GenericKey(GenericKey {
             descriptor_key: RULE_KEY.into(),
             descriptor_value: id.clone(),
+            ..Default::default()
         })),
     }];
     let mut entries = vec![(RULE_KEY.to_string(), id.clone())];

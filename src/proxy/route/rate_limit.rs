@@ -84,7 +84,7 @@ pub struct RequestFacts<'a> {
 
 impl RateLimit {
     /// Compiles one `RateLimit`.
-    pub fn compile(cx: &mut Cx, r: &pb::RateLimit) -> Result<RateLimit, CompileError> {
+    pub(crate) fn compile(cx: &mut Cx, r: &pb::RateLimit) -> Result<RateLimit, CompileError> {
         fields!(
             cx,
             r,
@@ -115,7 +115,7 @@ impl RateLimit {
     }
 
     /// Compiles a list.
-    pub fn compile_all(
+    pub(crate) fn compile_all(
         cx: &mut Cx,
         field: &str,
         list: &[pb::RateLimit],
@@ -226,7 +226,12 @@ impl Action {
                     use crate::xds::pb::envoy::r#type::metadata::v3::metadata_key::path_segment::Segment;
                     match &s.segment {
                         Some(Segment::Key(k)) => path.push(k.as_str().into()),
-                        None => return Err(cx.err("metadata.metadata_key.path", "empty segment")),
+                        _ => {
+                            return Err(cx.err(
+                                "metadata.metadata_key.path",
+                                "only key segments are supported",
+                            ));
+                        }
                     }
                 }
                 if path.is_empty() {

@@ -17,7 +17,9 @@
 //! (Envoy's LRU), and values whose bucket is full again are pruned (`retain_recent`).
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::http::body::ResponseBody;
-use crate::proxy::http::filter::{HttpFilter, RequestCx, ResponseCx, Step};
+use crate::proxy::http::filter::{HttpFilter, PerFilterConfig, RequestCx, ResponseCx, Step};
+use crate::xds::pb::google::protobuf::Any;
+use prost::Message;
 use crate::proxy::http::local_reply::Flags;
 use crate::proxy::route::matcher::RequestView;
 use crate::proxy::route::rate_limit::{Descriptor, RateLimit, RequestFacts};
@@ -30,15 +32,16 @@ use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-/// The filter's name in Envoy.
-pub const NAME: &str = "envoy.filters.http.local_ratelimit";
+/// The filter's config type.
+pub const TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 /// The body of Envoy's answer.
 pub const BODY: &str = "local_rate_limited";
 /// The first descriptor key of meshgate's rules, counted per rule in the stats.
@@ -54,12 +57,37 @@ pub struct LocalRateLimitFilter {
 }
 
 impl LocalRateLimitFilter {
-    pub fn new(name: &str, config: LocalRateLimitConfig) -> LocalRateLimitFilter {
-        LocalRateLimitFilter {
-            name: name.into(),
+    pub(crate) fn build(
+        cx: &mut Cx,
+        b: &super::BuildCx<'_>,
+        any: &Any,
+    ) -> Result<Arc<dyn HttpFilter>, CompileError> {
+        let l = pb::LocalRateLimit::decode(any.value.as_slice())
+            .map_err(|e| cx.err("typed_config", e.to_string()))?;
+        let scope = format!("{}|{}", where_(cx), b.name);
+        let config = cx.at("typed_config", |cx| {
+            LocalRateLimitConfig::compile(cx, &l, false, scope)
+        })?;
+        Ok(Arc::new(LocalRateLimitFilter {
+            name: b.name.into(),
             config: Arc::new(config),
-        }
+        }))
     }
+}
+
+/// A `typed_per_filter_config` entry: a config of its own (with a token bucket), whose
+/// buckets are this route's (or virtual host's).
+pub(crate) fn per_route(cx: &mut Cx, any: &Any) -> Result<PerFilterConfig, CompileError> {
+    let l = pb::LocalRateLimit::decode(any.value.as_slice())
+        .map_err(|e| cx.err("", e.to_string()))?;
+    let scope = where_(cx);
+    Ok(Arc::new(LocalRateLimitConfig::compile(cx, &l, true, scope)?))
+}
+
+/// The resource and path being compiled: where a config sits.
+fn where_(cx: &Cx) -> String {
+    let e = cx.err("", "");
+    format!("{}|{}", e.resource, e.path)
 }
 
 /// Which virtual host rate limits a route uses (`vh_rate_limits`).
@@ -228,7 +256,7 @@ impl Fraction {
 impl LocalRateLimitConfig {
     /// Compiles a `LocalRateLimit`; `per_route` configs need a token bucket (as Envoy
     /// requires). `scope` names where it sits, for its buckets' state keys.
-    pub fn compile(
+    pub(crate) fn compile(
         cx: &mut Cx,
         l: &pb::LocalRateLimit,
         per_route: bool,
@@ -785,7 +813,7 @@ impl<C: Clock> std::fmt::Debug for Bucket<C> {
     }
 }
 
-impl<C: Clock> Bucket<C> {
+impl<C: Clock + Clone> Bucket<C> {
     /// A bucket; `lru`: one per distinct value, at most that many.
     pub fn new(spec: BucketSpec, lru: Option<u32>, clock: C) -> Bucket<C> {
         let burst = NonZeroU32::new(spec.max_tokens).unwrap_or(NonZeroU32::MIN);
@@ -794,8 +822,8 @@ impl<C: Clock> Bucket<C> {
             .allow_burst(burst);
         let clock = AnchoredClock::new(clock);
         let store = Arc::new(LruStore::new(lru.map_or(1, |n| n as usize)));
-        let limiter = RateLimiter::new(quota, SharedStore(store.clone()), clock.clone())
-            .with_middleware::<StateInformationMiddleware>();
+        let limiter: RateLimiter<u64, SharedStore, AnchoredClock<C>, StateInformationMiddleware> =
+            RateLimiter::new(quota, SharedStore(store.clone()), clock.clone());
         Bucket {
             spec,
             limiter,
@@ -1015,8 +1043,10 @@ impl HttpFilter for LocalRateLimitFilter {
     }
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx<'_>) -> Step<'a> {
-        let config: &LocalRateLimitConfig = cx
-            .per_route::<LocalRateLimitConfig>(&self.name)
+        // The route outlives this borrow of the request.
+        let route = cx.route;
+        let config: &LocalRateLimitConfig = route
+            .and_then(|r| r.filter_config::<LocalRateLimitConfig>(&self.name))
             .unwrap_or(&self.config);
         if !config.enabled.hit() {
             return Step::CONTINUE;
