@@ -36,6 +36,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/filters/http/cors/v3/cors.proto",
     "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
     "envoy/extensions/filters/http/ratelimit/v3/rate_limit.proto",
+    "envoy/extensions/rate_limit_descriptors/expr/v3/expr.proto",
     "envoy/extensions/filters/http/rbac/v3/rbac.proto",
     "envoy/extensions/filters/http/jwt_authn/v3/config.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",

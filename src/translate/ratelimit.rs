@@ -636,6 +636,7 @@ fn decorate_route_config(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Vec<usize> {
     let mut used = BTreeSet::new();
+    split_host_attachments(ix, rc, gateways);
     for vh in &mut rc.virtual_hosts {
         let host_policies: Vec<usize> = ix
             .hosts
@@ -710,6 +711,49 @@ fn decorate_route_config(
         }
     }
     used.into_iter().collect()
+}
+
+/// Gives the hosts a host policy covers virtual hosts of their own where Istio's route
+/// collapse merged them with other hosts (identical routes), so that the policy's
+/// actions land on their routes only.
+fn split_host_attachments(
+    ix: &Index,
+    rc: &mut route::RouteConfiguration,
+    gateways: &BTreeSet<String>,
+) {
+    let hosts: Vec<&str> = ix
+        .hosts
+        .iter()
+        .filter(|(g, _, _)| gateways.contains(g))
+        .map(|(_, h, _)| h.as_str())
+        .collect();
+    if hosts.is_empty() {
+        return;
+    }
+    let covered = |d: &str| hosts.iter().any(|h| crate::config::hosts::is_subset_of(d, h));
+    let mut split = Vec::new();
+    for vh in &mut rc.virtual_hosts {
+        if vh.domains.len() < 2 || vh.domains.iter().all(|d| covered(d)) {
+            continue;
+        }
+        let port = vh.name.rsplit_once(':').map(|(_, p)| p.to_string());
+        let (mine, rest): (Vec<String>, Vec<String>) =
+            vh.domains.drain(..).partition(|d| covered(d));
+        vh.domains = rest;
+        for d in mine {
+            let mut own = vh.clone();
+            own.name = match &port {
+                Some(p) => format!("{d}:{p}"),
+                None => d.clone(),
+            };
+            own.domains = vec![d];
+            split.push(own);
+        }
+    }
+    if !split.is_empty() {
+        rc.virtual_hosts.extend(split);
+        rc.virtual_hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    }
 }
 
 /// Inserts the rate limit filters (before the router) into an HTTP connection manager
