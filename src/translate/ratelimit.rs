@@ -1,23 +1,23 @@
-//! `RateLimitPolicy` -> Envoy: rate-limit actions on routes, and the filter that counts
-//! them in each connection manager that serves those routes.
+//! `RateLimitPolicy` -> Envoy: the rate limit filters of the connection managers that
+//! serve what a policy attaches to.
 //!
-//! Every rule becomes one `rate_limits` entry on each route it covers, whose actions
-//! produce the descriptor `("meshgate.io/rule", "NS/POLICY/RULE")` followed by one entry
-//! per condition (client address `remote_address`, header `header:NAME`, path `path`,
-//! principal `principal`, JWT claim `claim:NAME`). The two modes read the same
-//! descriptors:
+//! Every rule becomes one `RateLimit` whose actions produce the descriptor
+//! `("meshgate.io/rule", "NS/POLICY/RULE")` followed by one entry per condition (client
+//! address `remote_address`, a CIDR `masked_remote_address`, header `header:NAME`, path
+//! `path`, principal `principal`, JWT claim `claim:NAME`).
 //!
-//! - `Local`: `envoy.filters.http.local_ratelimit` in the connection manager, reading
-//!   the routes' actions of stage [`LOCAL_STAGE`], with one token bucket per rule
-//!   (`descriptors`; a `Distinct` condition is a wildcard entry, one bucket per value).
+//! - `Local`: `envoy.filters.http.local_ratelimit` configs that carry their own
+//!   `rate_limits` and one token bucket per rule (`descriptors`; a `Distinct` condition
+//!   is a wildcard entry, one bucket per value). Each level has its own filter instance,
+//!   so that every policy attached at any level applies (a route's own limit does not
+//!   lift its Gateway's) and each keeps its own buckets: Gateway and workload policies
+//!   in the filter config of the connection manager (one bucket per listener, every
+//!   request, 404s included); host policies in virtual host configs of the instance
+//!   [`LOCAL_RATELIMIT_HOST_FILTER`]; route policies in route configs of the instance
+//!   [`LOCAL_RATELIMIT_ROUTE_FILTER`] (one bucket per Envoy route, as Envoy keeps them).
 //! - `Global`: `envoy.filters.http.ratelimit` (domain [`DOMAIN`]) asks the rate-limit
-//!   service over gRPC (cluster [`RATELIMIT_CLUSTER`]) with the actions of stage 0; the
-//!   limits it enforces are [`limit_table`]'s.
-//!
-//! The actions live on the routes, not in per-route filter configs, so that every policy
-//! attached at any level applies (a route's own limit does not lift its Gateway's), and
-//! a rule has one bucket per connection manager however many Envoy routes carry it (a
-//! VirtualService route bound to several hosts, or with several matches).
+//!   service over gRPC (cluster [`RATELIMIT_CLUSTER`]) with the actions every covering
+//!   policy put on the route (stage 0); the limits it enforces are [`limit_table`]'s.
 use super::pb;
 use crate::config::types::rate_limit_policy::{
     ClientSelector, MatchType, Mode, PathMatchType, RateLimitPolicy, Rule, TargetKind,
@@ -39,6 +39,10 @@ use std::time::Duration;
 
 /// Name of Envoy's local rate limit filter.
 pub const LOCAL_RATELIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+/// The local rate limit filter instance that reads host (virtual host) configs.
+pub const LOCAL_RATELIMIT_HOST_FILTER: &str = "envoy.filters.http.local_ratelimit.host";
+/// The local rate limit filter instance that reads route configs.
+pub const LOCAL_RATELIMIT_ROUTE_FILTER: &str = "envoy.filters.http.local_ratelimit.route";
 /// Name of Envoy's global rate limit filter.
 pub const RATELIMIT_FILTER: &str = "envoy.filters.http.ratelimit";
 /// The rate-limit service domain of every global rule.
@@ -47,9 +51,6 @@ pub const DOMAIN: &str = "meshgate";
 pub const RATELIMIT_CLUSTER: &str = "meshgate-ratelimit";
 /// The first descriptor entry's key: which rule.
 pub const RULE_KEY: &str = "meshgate.io/rule";
-/// The route `rate_limits` stage of local rules (global rules use stage 0), so that
-/// neither filter reads the other's actions.
-pub const LOCAL_STAGE: u32 = 1;
 /// Distinct values kept per `Distinct` rule (Envoy's `max_dynamic_descriptors`; least
 /// recently used values are forgotten beyond it, starting again with a full bucket).
 pub const MAX_DYNAMIC_DESCRIPTORS: u32 = 10_000;
@@ -84,10 +85,14 @@ impl CompiledRule {
     /// The route `rate_limits` entry.
     fn rate_limit(&self) -> route::RateLimit {
         route::RateLimit {
-            stage: match self.mode {
-                Mode::Local => Some(pb::u32v(LOCAL_STAGE)),
-                Mode::Global => None,
-            },
+            actions: self.actions.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The `rate_limits` entry of a local filter config (which reads its own).
+    fn embedded_rate_limit(&self) -> route::RateLimit {
+        route::RateLimit {
             actions: self.actions.clone(),
             ..Default::default()
         }
@@ -365,8 +370,10 @@ fn path_regex(t: PathMatchType, v: &str) -> String {
     }
 }
 
-/// The local rate limit filter of a connection manager, counting `rules`.
-pub fn local_filter_config(rules: &[&CompiledRule]) -> LocalRateLimit {
+/// The local rate limit config counting `rules` with the request descriptors of its own
+/// `rate_limits`. `per_route` configs must carry a default token bucket (Envoy requires
+/// one): it admits everything, and only counts requests no rule matched.
+pub fn local_filter_config(rules: &[&CompiledRule], per_route: bool) -> LocalRateLimit {
     let hundred = || core::RuntimeFractionalPercent {
         default_value: Some(pb::percent_of_hundred(100)),
         runtime_key: String::new(),
@@ -391,14 +398,19 @@ pub fn local_filter_config(rules: &[&CompiledRule]) -> LocalRateLimit {
     }
     LocalRateLimit {
         stat_prefix: LOCAL_STAT_PREFIX.into(),
+        token_bucket: per_route.then(|| types::TokenBucket {
+            max_tokens: u32::MAX,
+            tokens_per_fill: Some(pb::u32v(u32::MAX)),
+            fill_interval: Some(pb::duration(Duration::from_secs(1))),
+        }),
         filter_enabled: Some(hundred()),
         filter_enforced: Some(hundred()),
         response_headers_to_add,
         descriptors: rules.iter().map(|r| r.descriptor()).collect(),
-        stage: LOCAL_STAGE,
         local_rate_limit_per_downstream_connection: false,
         enable_x_ratelimit_headers: rl_common::XRateLimitHeadersRfcVersion::DraftVersion03 as i32,
         always_consume_default_token_bucket: Some(pb::boolv(false)),
+        rate_limits: rules.iter().map(|r| r.embedded_rate_limit()).collect(),
         max_dynamic_descriptors: Some(pb::u32v(MAX_DYNAMIC_DESCRIPTORS)),
         enable_retry_after_header: true,
         ..Default::default()
@@ -445,7 +457,7 @@ pub fn limit_table(config: &Config) -> Vec<(String, u64, Duration, u64)> {
     out
 }
 
-/// A policy's rules and where it attaches.
+/// A policy's rules.
 struct Attached {
     rules: Vec<CompiledRule>,
     failure_deny: bool,
@@ -502,6 +514,14 @@ impl Index {
         }
         ix
     }
+
+    fn rules(&self, policies: &[usize], mode: Mode) -> Vec<&CompiledRule> {
+        policies
+            .iter()
+            .flat_map(|a| self.attached[*a].rules.iter())
+            .filter(|r| r.mode == mode)
+            .collect()
+    }
 }
 
 /// The VirtualService an Envoy route was built from, from its `istio.config` metadata.
@@ -535,9 +555,17 @@ fn is_route_of(vs: &VirtualService, envoy_name: &str, http_name: &str) -> bool {
     })
 }
 
-/// Adds the policies' actions to routes and their filters to connection managers, for a
-/// gateway proxy: `served` says, per route configuration name, which Gateways
-/// (`ns/name`) serve it.
+/// What a route configuration's routes ended up carrying.
+#[derive(Default, Clone)]
+struct Carried {
+    host_configs: bool,
+    route_configs: bool,
+    /// Policies with global rules on its routes.
+    global: BTreeSet<usize>,
+}
+
+/// Adds the policies to a gateway proxy: `served` says, per route configuration name,
+/// which Gateways (`ns/name`) serve it.
 pub fn apply_gateway(
     config: &Config,
     served: &BTreeMap<String, BTreeSet<String>>,
@@ -549,25 +577,56 @@ pub fn apply_gateway(
     }
     let ix = Index::new(config);
     let empty = BTreeSet::new();
-    let mut used: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut carried: BTreeMap<String, Carried> = BTreeMap::new();
     for rc in &mut resources.routes {
         let gateways = served.get(&rc.name).unwrap_or(&empty);
-        let u = decorate_route_config(config, &ix, rc, gateways, &[], diagnostics);
-        if !u.is_empty() {
-            used.insert(rc.name.clone(), u);
+        let c = decorate_route_config(config, &ix, rc, gateways, diagnostics);
+        carried.insert(rc.name.clone(), c);
+    }
+    for (rc, gateways) in served {
+        if gateways.len() < 2 {
+            continue;
+        }
+        for g in gateways {
+            for a in ix.gateways.get(g).into_iter().flatten() {
+                let p = &config.rate_limit_policies[ix.attached[*a].policy];
+                diagnostics.push(p.warning(
+                    "spec.targetRefs",
+                    format!(
+                        "Gateway {g} shares its listener ({rc}) with {}: Envoy has one connection manager there, so the limit covers their servers too",
+                        gateways.iter().filter(|o| *o != g).cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
         }
     }
     for l in &mut resources.listeners {
         for chain in &mut l.filter_chains {
             for f in &mut chain.filters {
-                add_filters(&ix, f, &used, |_| Vec::new(), config, diagnostics);
+                with_hcm(f, |manager| {
+                    let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) =
+                        &manager.route_specifier
+                    else {
+                        return;
+                    };
+                    let c = carried.get(&rds.route_config_name).cloned().unwrap_or_default();
+                    let level: Vec<usize> = served
+                        .get(&rds.route_config_name)
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|g| ix.gateways.get(g).into_iter().flatten().copied())
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    add_filters(config, &ix, manager, &level, &c, diagnostics);
+                });
             }
         }
     }
 }
 
 /// Adds the policies to a sidecar: VirtualService route attachments on its outbound
-/// routes, workload (`selector`) policies on every route of its inbound listener.
+/// routes, workload (`selector`) policies on every request of its inbound listener.
 pub fn apply_sidecar(
     config: &Config,
     proxy: &crate::xds::ProxyIdentity,
@@ -595,84 +654,74 @@ pub fn apply_sidecar(
         .map(|(i, _)| i)
         .collect();
     let empty = BTreeSet::new();
-    let mut used: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut carried: BTreeMap<String, Carried> = BTreeMap::new();
     for rc in &mut resources.routes {
-        let u = decorate_route_config(config, &ix, rc, &empty, &[], diagnostics);
-        if !u.is_empty() {
-            used.insert(rc.name.clone(), u);
-        }
+        let c = decorate_route_config(config, &ix, rc, &empty, diagnostics);
+        carried.insert(rc.name.clone(), c);
     }
     for l in &mut resources.listeners {
         let inbound = l.name == inbound_listener;
         for chain in &mut l.filter_chains {
             for f in &mut chain.filters {
-                add_filters(
-                    &ix,
-                    f,
-                    &used,
-                    |rc| {
-                        if inbound {
-                            decorate_route_config(config, &ix, rc, &empty, &workload, &mut Vec::new())
-                        } else {
-                            decorate_route_config(config, &ix, rc, &empty, &[], &mut Vec::new())
+                with_hcm(f, |manager| {
+                    let c = match &manager.route_specifier {
+                        Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) => {
+                            carried.get(&rds.route_config_name).cloned().unwrap_or_default()
                         }
-                    },
-                    config,
-                    diagnostics,
-                );
+                        _ => Carried::default(),
+                    };
+                    let level: &[usize] = if inbound { &workload } else { &[] };
+                    add_filters(config, &ix, manager, level, &c, diagnostics);
+                });
             }
         }
     }
 }
 
-/// Appends the `rate_limits` of every policy that covers each forwarding route of `rc`;
-/// returns the policies used.
+/// Sets the local configs of host and route policies on virtual hosts and routes, and
+/// appends the global rules' actions to the routes they cover.
 fn decorate_route_config(
     config: &Config,
     ix: &Index,
     rc: &mut route::RouteConfiguration,
     gateways: &BTreeSet<String>,
-    everywhere: &[usize],
     diagnostics: &mut Vec<Diagnostic>,
-) -> Vec<usize> {
-    let mut used = BTreeSet::new();
+) -> Carried {
+    let mut carried = Carried::default();
     split_host_attachments(ix, rc, gateways);
+    let gateway_level: Vec<usize> = gateways
+        .iter()
+        .flat_map(|g| ix.gateways.get(g).into_iter().flatten().copied())
+        .collect();
     for vh in &mut rc.virtual_hosts {
         let host_policies: Vec<usize> = ix
             .hosts
             .iter()
             .filter(|(g, h, _)| {
                 gateways.contains(g)
+                    && !vh.domains.is_empty()
                     && vh
                         .domains
                         .iter()
-                        .any(|d| crate::config::hosts::is_subset_of(d, h))
+                        .all(|d| crate::config::hosts::is_subset_of(d, h))
             })
             .map(|(_, _, a)| *a)
             .collect();
+        let local = ix.rules(&host_policies, Mode::Local);
+        if !local.is_empty() {
+            vh.typed_per_filter_config.insert(
+                LOCAL_RATELIMIT_HOST_FILTER.into(),
+                pb::any(&local_filter_config(&local, true)),
+            );
+            carried.host_configs = true;
+        }
         for r in &mut vh.routes {
-            let origin = route_origin(r);
-            let mut applies: Vec<usize> = everywhere.to_vec();
-            if let Some((ns, name)) = origin {
+            let mut route_policies: Vec<usize> = Vec::new();
+            if let Some((ns, name)) = route_origin(r) {
                 let vs = config
                     .virtual_services
                     .iter()
                     .find(|v| v.meta.namespace == ns && v.meta.name == name);
-                // Gateway and host policies cover the routes of the VirtualServices
-                // bound to that Gateway.
-                for g in gateways {
-                    let bound = vs.is_some_and(|v| {
-                        v.spec.gateways.iter().any(|x| {
-                            super::scope::resolve_gateway_name(x, &v.meta.namespace) == *g
-                        })
-                    });
-                    if bound {
-                        applies.extend(ix.gateways.get(g).into_iter().flatten().copied());
-                    }
-                }
-                if !host_policies.is_empty() {
-                    applies.extend(host_policies.iter().copied());
-                }
                 for (vns, vname, http, a) in &ix.routes {
                     if vns == ns
                         && vname == name
@@ -680,42 +729,58 @@ fn decorate_route_config(
                             .as_deref()
                             .is_none_or(|h| vs.is_some_and(|v| is_route_of(&v.spec, &r.name, h)))
                     {
-                        applies.push(*a);
+                        route_policies.push(*a);
                     }
                 }
             }
-            applies.sort();
-            applies.dedup();
-            if applies.is_empty() {
+            let local = ix.rules(&route_policies, Mode::Local);
+            if !local.is_empty() {
+                r.typed_per_filter_config.insert(
+                    LOCAL_RATELIMIT_ROUTE_FILTER.into(),
+                    pb::any(&local_filter_config(&local, true)),
+                );
+                carried.route_configs = true;
+            }
+            // Global rules of every level go on the route's actions.
+            let mut global: Vec<usize> = gateway_level
+                .iter()
+                .chain(&host_policies)
+                .chain(&route_policies)
+                .copied()
+                .filter(|a| ix.attached[*a].rules.iter().any(|r| r.mode == Mode::Global))
+                .collect();
+            global.sort();
+            global.dedup();
+            if global.is_empty() {
                 continue;
             }
             let Some(route::route::Action::Route(action)) = &mut r.action else {
-                for a in &applies {
+                for a in &global {
                     let p = &config.rate_limit_policies[ix.attached[*a].policy];
                     diagnostics.push(p.warning(
                         "spec",
                         format!(
-                            "route `{}` of {} answers without forwarding (redirect or direct response): Envoy evaluates rate limits only on forwarding routes, so this policy does not limit it",
+                            "route `{}` of {} answers without forwarding (redirect or direct response): Envoy asks the rate-limit service only for forwarding routes, so this global policy does not limit it",
                             r.name, rc.name
                         ),
                     ));
                 }
                 continue;
             };
-            for a in &applies {
-                for rule in &ix.attached[*a].rules {
+            for a in &global {
+                for rule in ix.attached[*a].rules.iter().filter(|r| r.mode == Mode::Global) {
                     action.rate_limits.push(rule.rate_limit());
                 }
-                used.insert(*a);
+                carried.global.insert(*a);
             }
         }
     }
-    used.into_iter().collect()
+    carried
 }
 
 /// Gives the hosts a host policy covers virtual hosts of their own where Istio's route
-/// collapse merged them with other hosts (identical routes), so that the policy's
-/// actions land on their routes only.
+/// collapse merged them with other hosts (identical routes), so that the policy lands
+/// on their requests only.
 fn split_host_attachments(
     ix: &Index,
     rc: &mut route::RouteConfiguration,
@@ -734,6 +799,9 @@ fn split_host_attachments(
     let mut split = Vec::new();
     for vh in &mut rc.virtual_hosts {
         if vh.domains.len() < 2 || vh.domains.iter().all(|d| covered(d)) {
+            continue;
+        }
+        if !vh.domains.iter().any(|d| covered(d)) {
             continue;
         }
         let port = vh.name.rsplit_once(':').map(|(_, p)| p.to_string());
@@ -756,83 +824,90 @@ fn split_host_attachments(
     }
 }
 
-/// Inserts the rate limit filters (before the router) into an HTTP connection manager
-/// whose routes carry rules.
-fn add_filters(
-    ix: &Index,
-    f: &mut listener::Filter,
-    used: &BTreeMap<String, Vec<usize>>,
-    mut inline: impl FnMut(&mut route::RouteConfiguration) -> Vec<usize>,
-    config: &Config,
-    diagnostics: &mut Vec<Diagnostic>,
-) {
+/// Runs `f` on the HTTP connection manager of a network filter, if it is one.
+fn with_hcm(f: &mut listener::Filter, mut edit: impl FnMut(&mut hcm::HttpConnectionManager)) {
     let Some(listener::filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
         return;
     };
-    if any.type_url != "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" {
+    if any.type_url
+        != "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    {
         return;
     }
     let Ok(mut manager) = hcm::HttpConnectionManager::decode(any.value.as_slice()) else {
         return;
     };
-    let policies: Vec<usize> = match &mut manager.route_specifier {
-        Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) => used
-            .get(&rds.route_config_name)
-            .cloned()
-            .unwrap_or_default(),
-        Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)) => inline(rc),
-        _ => Vec::new(),
-    };
-    if policies.is_empty() {
-        return;
+    let before = manager.http_filters.len();
+    edit(&mut manager);
+    if manager.http_filters.len() != before {
+        *any = pb::any(&manager);
     }
-    let local: Vec<&CompiledRule> = policies
-        .iter()
-        .flat_map(|a| ix.attached[*a].rules.iter())
-        .filter(|r| r.mode == Mode::Local)
-        .collect();
-    let global: Vec<&Attached> = policies
-        .iter()
-        .map(|a| &ix.attached[*a])
-        .filter(|a| a.rules.iter().any(|r| r.mode == Mode::Global))
-        .collect();
+}
+
+/// Inserts the rate limit filters a connection manager needs, before the router:
+/// the listener-level local rules (`level`: Gateway or workload policies), the
+/// instances that read host and route configs, and the global filter.
+fn add_filters(
+    config: &Config,
+    ix: &Index,
+    manager: &mut hcm::HttpConnectionManager,
+    level: &[usize],
+    carried: &Carried,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     let mut filters = Vec::new();
+    let filter = |name: &str, cfg: crate::xds::pb::google::protobuf::Any| hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(cfg)),
+        ..Default::default()
+    };
+    let local = ix.rules(level, Mode::Local);
     if !local.is_empty() {
-        filters.push(hcm::HttpFilter {
-            name: LOCAL_RATELIMIT_FILTER.into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pb::any(
-                &local_filter_config(&local),
-            ))),
-            ..Default::default()
-        });
+        filters.push(filter(
+            LOCAL_RATELIMIT_FILTER,
+            pb::any(&local_filter_config(&local, false)),
+        ));
     }
+    if carried.host_configs {
+        filters.push(filter(
+            LOCAL_RATELIMIT_HOST_FILTER,
+            pb::any(&local_filter_config(&[], false)),
+        ));
+    }
+    if carried.route_configs {
+        filters.push(filter(
+            LOCAL_RATELIMIT_ROUTE_FILTER,
+            pb::any(&local_filter_config(&[], false)),
+        ));
+    }
+    let mut global: BTreeSet<usize> = carried.global.clone();
+    global.extend(
+        level
+            .iter()
+            .filter(|a| ix.attached[**a].rules.iter().any(|r| r.mode == Mode::Global)),
+    );
     if !global.is_empty() {
-        let deny = global.iter().any(|a| a.failure_deny);
-        if deny && global.iter().any(|a| !a.failure_deny) {
+        let deny = global.iter().any(|a| ix.attached[*a].failure_deny);
+        if deny && global.iter().any(|a| !ix.attached[*a].failure_deny) {
             for a in &global {
-                let p = &config.rate_limit_policies[a.policy];
+                let p = &config.rate_limit_policies[ix.attached[*a].policy];
                 diagnostics.push(p.warning(
                     "spec.global.failureMode",
                     "policies with failureMode Open and Closed share a connection manager: the rate-limit service being unreachable refuses their requests (Closed wins)",
                 ));
             }
         }
-        filters.push(hcm::HttpFilter {
-            name: RATELIMIT_FILTER.into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pb::any(
-                &global_filter_config(deny),
-            ))),
-            ..Default::default()
-        });
+        filters.push(filter(RATELIMIT_FILTER, pb::any(&global_filter_config(deny))));
     }
-    // Before the router (last), after the filters that decide who the client is.
+    if filters.is_empty() {
+        return;
+    }
     let at = manager
         .http_filters
         .iter()
         .position(|h| h.name == super::listener::ROUTER_FILTER)
         .unwrap_or(manager.http_filters.len());
     manager.http_filters.splice(at..at, filters);
-    *any = pb::any(&manager);
 }
 
 #[cfg(test)]

@@ -56,26 +56,34 @@ fn translate(policy: &str) -> crate::translate::Translation {
     crate::translate::gateway(&loaded.config, &registry, &proxy)
 }
 
-/// (virtual host, route name) -> the route's rate limit descriptors' rule ids.
-fn route_rules(t: &crate::translate::Translation) -> Vec<(String, String, Vec<String>)> {
+/// The rule ids of a local config (its descriptors' first entries).
+fn config_rules(any: &crate::xds::pb::google::protobuf::Any) -> Vec<String> {
+    let l = LocalRateLimit::decode(any.value.as_slice()).unwrap();
+    l.descriptors
+        .iter()
+        .map(|d| d.entries[0].value.clone())
+        .collect()
+}
+
+/// (virtual host, route name, host config rules, route config rules).
+fn route_rules(
+    t: &crate::translate::Translation,
+) -> Vec<(String, String, Vec<String>, Vec<String>)> {
     let rc = t.resources.route("http.8080").unwrap();
     let mut out = Vec::new();
     for vh in &rc.virtual_hosts {
+        let host = vh
+            .typed_per_filter_config
+            .get(LOCAL_RATELIMIT_HOST_FILTER)
+            .map(config_rules)
+            .unwrap_or_default();
         for r in &vh.routes {
-            let Some(route::route::Action::Route(a)) = &r.action else {
-                continue;
-            };
-            let ids = a
-                .rate_limits
-                .iter()
-                .filter_map(|rl| match &rl.actions[0].action_specifier {
-                    Some(route::rate_limit::action::ActionSpecifier::GenericKey(g)) => {
-                        Some(g.descriptor_value.clone())
-                    }
-                    _ => None,
-                })
-                .collect();
-            out.push((vh.name.clone(), r.name.clone(), ids));
+            let own = r
+                .typed_per_filter_config
+                .get(LOCAL_RATELIMIT_ROUTE_FILTER)
+                .map(config_rules)
+                .unwrap_or_default();
+            out.push((vh.name.clone(), r.name.clone(), host.clone(), own));
         }
     }
     out
@@ -94,14 +102,20 @@ const RULE: &str = "  local:\n    rules:\n    - name: r\n      clientSelectors: 
 #[test]
 fn a_gateway_policy_covers_every_route_and_adds_the_filter_before_the_router() {
     let t = translate(&format!("  targetRefs: [{{kind: Gateway, name: gw}}]\n{RULE}"));
-    for (_, _, ids) in route_rules(&t) {
-        assert_eq!(ids, ["default/p/r"]);
+    for (_, _, host, own) in route_rules(&t) {
+        assert!(host.is_empty() && own.is_empty());
     }
     let filters = http_filters(&t);
     let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert_eq!(names[names.len() - 2..], [LOCAL_RATELIMIT_FILTER, "envoy.filters.http.router"]);
     let cfg = &filters[names.len() - 2]["typed_config"];
-    assert_eq!(cfg["stage"], 1);
+    assert_eq!(
+        cfg["rate_limits"][0]["actions"],
+        serde_json::json!([
+            {"generic_key": {"descriptor_key": "meshgate.io/rule", "descriptor_value": "default/p/r"}},
+            {"remote_address": {}}
+        ])
+    );
     assert_eq!(cfg["enable_x_ratelimit_headers"], "DRAFT_VERSION_03");
     assert_eq!(cfg["enable_retry_after_header"], true);
     assert!(cfg.get("token_bucket").is_none());
@@ -123,16 +137,23 @@ fn a_route_policy_covers_only_that_route_and_a_host_policy_only_that_host() {
     let t = translate(&format!(
         "  targetRefs: [{{kind: VirtualService, name: vs, route: login}}]\n{RULE}"
     ));
-    for (_, name, ids) in route_rules(&t) {
+    for (_, name, host, own) in route_rules(&t) {
         let want: &[&str] = if name == "login" { &["default/p/r"] } else { &[] };
-        assert_eq!(ids, want, "{name}");
+        assert_eq!(own, want, "{name}");
+        assert!(host.is_empty());
     }
+    let names: Vec<String> = http_filters(&t)
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&LOCAL_RATELIMIT_ROUTE_FILTER.to_string()), "{names:?}");
+    assert!(!names.contains(&LOCAL_RATELIMIT_FILTER.to_string()), "{names:?}");
     let t = translate(&format!(
         "  targetRefs: [{{kind: Gateway, name: gw, hostname: b.example.com}}]\n{RULE}"
     ));
     let rules = route_rules(&t);
-    assert!(rules.iter().any(|(vh, _, ids)| vh.starts_with("b.example.com") && ids == &["default/p/r"]));
-    assert!(rules.iter().any(|(vh, _, ids)| vh.starts_with("a.example.com") && ids.is_empty()));
+    assert!(rules.iter().any(|(vh, _, host, _)| vh.starts_with("b.example.com") && host == &["default/p/r"]), "{:?}", rules.iter().map(|r| (&r.0, &r.2)).collect::<Vec<_>>());
+    assert!(rules.iter().any(|(vh, _, host, _)| vh.starts_with("a.example.com") && host.is_empty()));
 }
 
 #[test]
@@ -140,9 +161,8 @@ fn selectors_become_envoy_actions_and_descriptor_entries() {
     let rules = translate(
         "  targetRefs: [{kind: Gateway, name: gw}]\n  local:\n    rules:\n    - clientSelectors:\n      - headers: [{name: X-Tier, value: gold}, {name: x-user, type: Distinct}]\n        sourceCIDR: {value: 10.1.2.3/16}\n        path: {type: PathPrefix, value: /api}\n        principal: {type: Distinct}\n        jwtClaim: {issuer: https://iss, claim: sub, type: Distinct}\n      limit: {requests: 1, per: 500ms}\n",
     );
-    let rc = json::to_json(rules.resources.route("http.8080").unwrap()).unwrap();
-    let rl = &rc["virtual_hosts"][0]["routes"][0]["route"]["rate_limits"][0];
-    assert_eq!(rl["stage"], 1);
+    let filters = http_filters(&rules);
+    let rl = &filters[filters.len() - 2]["typed_config"]["rate_limits"][0];
     let keys: Vec<String> = rl["actions"]
         .as_array()
         .unwrap()
@@ -153,7 +173,6 @@ fn selectors_become_envoy_actions_and_descriptor_entries() {
         keys,
         ["generic_key", "header_value_match", "request_headers", "masked_remote_address", "header_value_match", "extension", "metadata"]
     );
-    let filters = http_filters(&rules);
     let d = &filters[filters.len() - 2]["typed_config"]["descriptors"][0];
     assert_eq!(
         d["entries"],
@@ -216,8 +235,8 @@ fn a_workload_policy_limits_the_sidecar_inbound() {
         let Some(filters) = hcm["http_filters"].as_array() else { continue };
         if filters.iter().any(|f| f["name"] == LOCAL_RATELIMIT_FILTER) {
             limited += 1;
-            let routes = &hcm["route_config"]["virtual_hosts"][0]["routes"];
-            assert_eq!(routes[0]["route"]["rate_limits"][0]["actions"][0]["generic_key"]["descriptor_value"], "shop/p/0");
+            let f = filters.iter().find(|f| f["name"] == LOCAL_RATELIMIT_FILTER).unwrap();
+            assert_eq!(f["typed_config"]["rate_limits"][0]["actions"][0]["generic_key"]["descriptor_value"], "shop/p/0");
         }
     }
     assert!(limited > 0, "{l:#}");

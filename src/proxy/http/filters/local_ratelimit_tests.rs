@@ -100,7 +100,7 @@ fn translated(rules: &str) -> pb::LocalRateLimit {
     assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
     let rules = crate::translate::ratelimit::compile_policy(&loaded.config.rate_limit_policies[0]);
     let refs: Vec<&_> = rules.iter().collect();
-    crate::translate::ratelimit::local_filter_config(&refs)
+    crate::translate::ratelimit::local_filter_config(&refs, false)
 }
 
 #[test]
