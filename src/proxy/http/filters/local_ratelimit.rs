@@ -558,13 +558,15 @@ fn value_key(d: &Descriptor) -> u64 {
 }
 
 /// What a bucket said.
-#[derive(Debug, Clone, Copy)]
-struct Taken {
+#[derive(Debug, Clone)]
+struct Taken<C: Clock = DefaultClock> {
     allowed: bool,
     limit: u32,
-    remaining: u32,
     /// Seconds until a token is available (0 when one is).
     reset: u64,
+    /// The bucket and value that decided, read again for the response headers.
+    bucket: Arc<Bucket<C>>,
+    key: u64,
 }
 
 enum Decision {
@@ -835,7 +837,7 @@ impl<C: Clock + Clone> Bucket<C> {
     }
 
     /// Takes a token for `key` (0 for a single bucket).
-    fn take(&self, key: u64) -> Taken {
+    fn take(self: &Arc<Self>, key: u64) -> Taken<C> {
         if self.keyed && self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1
         {
             self.limiter.retain_recent();
@@ -858,8 +860,9 @@ impl<C: Clock + Clone> Bucket<C> {
                 Taken {
                     allowed: true,
                     limit,
-                    remaining,
                     reset,
+                    bucket: self.clone(),
+                    key,
                 }
             }
             Err(not_until) => {
@@ -867,11 +870,35 @@ impl<C: Clock + Clone> Bucket<C> {
                 Taken {
                     allowed: false,
                     limit,
-                    remaining: 0,
                     reset: (wait.as_nanos() as u64).div_ceil(1_000_000_000),
+                    bucket: self.clone(),
+                    key,
                 }
             }
         }
+    }
+
+    /// What is left for `key` now: (whole tokens, seconds until the next token), as
+    /// Envoy reads its bucket when the response headers go out.
+    fn peek(&self, key: u64) -> (u32, u64) {
+        let limit = u64::from(self.spec.max_tokens);
+        let t = self.spec.per_token().as_nanos() as u64;
+        let tau = t.saturating_mul(limit.saturating_sub(1));
+        let Some(tat) = self.store.tat(key) else {
+            return (self.spec.max_tokens, 0);
+        };
+        let now = self.clock.since_start();
+        // Tokens = (now + tau + t - tat) / t, at most the burst.
+        let have = (now + tau + t).saturating_sub(tat) / t;
+        let remaining = have.min(limit) as u32;
+        let reset = if remaining >= 1 {
+            0
+        } else {
+            tat.saturating_sub(tau)
+                .saturating_sub(now)
+                .div_ceil(1_000_000_000)
+        };
+        (remaining, reset)
     }
 
     /// Distinct values kept.
@@ -912,8 +939,8 @@ impl LocalRateLimits {
     }
 }
 
-/// The `x-ratelimit-*` values for the response phase.
-#[derive(Debug, Clone, Copy)]
+/// The bucket whose state the `x-ratelimit-*` headers report.
+#[derive(Debug, Clone)]
 struct RateLimitHeaders(Taken);
 
 /// The client address as the connection manager computes it: the peer with
@@ -1001,7 +1028,7 @@ impl LocalRateLimitFilter {
         out
     }
 
-    fn limited(&self, config: &LocalRateLimitConfig, taken: Taken) -> Response<ResponseBody> {
+    fn limited(&self, config: &LocalRateLimitConfig, taken: &Taken) -> Response<ResponseBody> {
         let mut resp = Response::new(ResponseBody::full(bytes::Bytes::from_static(
             BODY.as_bytes(),
         )));
@@ -1071,20 +1098,22 @@ impl HttpFilter for LocalRateLimitFilter {
                     return Step::CONTINUE;
                 }
                 resolved.enforced.fetch_add(1, Ordering::Relaxed);
+                let resp = self.limited(config, &taken);
                 if config.x_ratelimit_headers {
                     cx.state.insert(RateLimitHeaders(taken));
                 }
                 cx.log.flags.set(Flags::RL);
                 cx.log.details = Some(BODY);
-                Step::respond(self.limited(config, taken))
+                Step::respond(resp)
             }
         }
     }
 
     fn on_response(&self, cx: &mut ResponseCx<'_>) {
-        let Some(RateLimitHeaders(t)) = cx.state.get::<RateLimitHeaders>().copied() else {
+        let Some(RateLimitHeaders(t)) = cx.state.remove::<RateLimitHeaders>() else {
             return;
         };
+        let (remaining, reset) = t.bucket.peek(t.key);
         let h = cx.resp.headers_mut();
         h.append(
             HeaderName::from_static("x-ratelimit-limit"),
@@ -1092,11 +1121,11 @@ impl HttpFilter for LocalRateLimitFilter {
         );
         h.append(
             HeaderName::from_static("x-ratelimit-remaining"),
-            HeaderValue::from(t.remaining),
+            HeaderValue::from(remaining),
         );
         h.append(
             HeaderName::from_static("x-ratelimit-reset"),
-            HeaderValue::from(t.reset),
+            HeaderValue::from(reset),
         );
     }
 }

@@ -13,11 +13,11 @@ fn spec(max_tokens: u32, tokens_per_fill: u32, ms: u64) -> BucketSpec {
 fn a_bucket_starts_full_refills_continuously_and_reports_as_envoy() {
     let clock = FakeRelativeClock::default();
     // 2 tokens per second, at most 4.
-    let b = Bucket::new(spec(4, 2, 1000), None, clock.clone());
+    let b = Arc::new(Bucket::new(spec(4, 2, 1000), None, clock.clone()));
     let taken: Vec<(bool, u32, u64)> = (0..5)
         .map(|_| {
             let t = b.take(0);
-            (t.allowed, t.remaining, t.reset)
+            (t.allowed, b.peek(0).0, t.reset)
         })
         .collect();
     // Envoy: remaining after each admission, reset 0 while a token is left, then the
@@ -36,7 +36,7 @@ fn a_bucket_starts_full_refills_continuously_and_reports_as_envoy() {
     assert!(!b.take(0).allowed);
     clock.advance(Duration::from_millis(1));
     let t = b.take(0);
-    assert!(t.allowed && t.remaining == 0, "{t:?}");
+    assert!(t.allowed && b.peek(0).0 == 0, "{t:?}");
     // A long pause refills to max_tokens, never beyond.
     clock.advance(Duration::from_secs(60));
     let admitted = (0..10).filter(|_| b.take(0).allowed).count();
@@ -47,9 +47,9 @@ fn a_bucket_starts_full_refills_continuously_and_reports_as_envoy() {
 fn reset_counts_whole_seconds_until_the_next_token() {
     let clock = FakeRelativeClock::default();
     // One token per 10 s: Envoy 1.40 answers reset 10, then 7 after 3.5 s.
-    let b = Bucket::new(spec(1, 1, 10_000), None, clock.clone());
+    let b = Arc::new(Bucket::new(spec(1, 1, 10_000), None, clock.clone()));
     let t = b.take(0);
-    assert_eq!((t.allowed, t.remaining, t.reset), (true, 0, 10));
+    assert_eq!((t.allowed, b.peek(0).0, t.reset), (true, 0, 10));
     let t = b.take(0);
     assert_eq!((t.allowed, t.reset), (false, 10));
     clock.advance(Duration::from_millis(3500));
@@ -61,7 +61,7 @@ fn reset_counts_whole_seconds_until_the_next_token() {
 #[test]
 fn distinct_values_have_their_own_buckets_bounded_by_lru() {
     let clock = FakeRelativeClock::default();
-    let b = Bucket::new(spec(1, 1, 60_000), Some(2), clock.clone());
+    let b = Arc::new(Bucket::new(spec(1, 1, 60_000), Some(2), clock.clone()));
     assert!(b.take(1).allowed);
     assert!(b.take(2).allowed);
     assert!(!b.take(1).allowed);
@@ -77,7 +77,7 @@ fn distinct_values_have_their_own_buckets_bounded_by_lru() {
 #[test]
 fn full_buckets_are_pruned() {
     let clock = FakeRelativeClock::default();
-    let b = Bucket::new(spec(5, 5, 1000), Some(1000), clock.clone());
+    let b = Arc::new(Bucket::new(spec(5, 5, 1000), Some(1000), clock.clone()));
     for k in 0..100 {
         assert!(b.take(k).allowed);
     }
