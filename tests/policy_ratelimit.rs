@@ -53,7 +53,7 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: shop, namespace: default}
 spec:
-  hosts: [ip.example.com, route.example.com, header.example.com]
+  hosts: [ip.example.com, route.example.com, header.example.com, sel.example.com]
   gateways: [gw]
   http:
   - name: login
@@ -100,6 +100,20 @@ spec:
     rules:
     - name: user
       clientSelectors: [{headers: [{name: x-user, type: Distinct}]}]
+      limit: {requests: 1, unit: Minute, burst: 2}
+---
+apiVersion: meshgate.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: selectors, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, name: gw, hostname: sel.example.com}]
+  local:
+    rules:
+    - name: gold-api
+      clientSelectors:
+      - headers: [{name: x-tier, value: gold}, {name: x-user, type: Distinct}]
+        sourceCIDR: {value: 127.0.0.0/8}
+        path: {type: PathPrefix, value: /api}
       limit: {requests: 1, unit: Minute, burst: 2}
 ---
 apiVersion: meshgate.io/v1alpha1
@@ -227,6 +241,33 @@ async fn bursts(t: &mut Transcript) {
         "{who}"
     );
 
+    // Conditions together: an exact header, a header's distinct values, a CIDR and a
+    // path prefix (whole segments; the query does not matter).
+    let gold = |user: &'static str| [("x-tier", "gold"), ("x-user", user)];
+    let mut sel = Vec::new();
+    for (path, headers) in [
+        ("/api/x", gold("u")),
+        ("/api/y", gold("u")),
+        ("/apix", gold("u")),
+        ("/api?q=1", gold("u")),
+        ("/api", gold("v")),
+        ("/api/x", [("x-tier", "silver"), ("x-user", "u")]),
+    ] {
+        sel.push(t.send("GET", "GW_PORT", "sel.example.com", path, &headers).await);
+    }
+    assert_eq!(
+        pattern(&sel),
+        [
+            (200, some("1")),
+            (200, some("0")),
+            (200, some("4294967295")),
+            (429, some("0")),
+            (200, some("1")),
+            (200, some("4294967295"))
+        ],
+        "{who}"
+    );
+
     // A Gateway's limit covers all its routes: 4, then 429.
     let mut edge = Vec::new();
     for path in ["/a", "/b", "/c", "/d", "/e"] {
@@ -273,7 +314,7 @@ async fn bursts_are_admitted_and_refused_identically_by_meshgate_and_envoy() {
             "meshgate_local_rate_limit.http_local_rate_limit.rate_limited",
         )
         .unwrap_or_default();
-    assert_eq!(limited, 4, "one 429 per scenario");
+    assert_eq!(limited, 5, "one 429 per scenario");
     assert_eq!(
         both.stat(
             mesh,

@@ -351,3 +351,76 @@ impl Action {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::pb::envoy::config::route::v3 as pb;
+
+    fn compile(yaml_actions: serde_json::Value) -> RateLimit {
+        let r: pb::RateLimit =
+            crate::xds::json::from_json(&serde_json::json!({ "actions": yaml_actions }))
+                .expect("RateLimit");
+        RateLimit::compile(&mut Cx::new("route_configuration", "rc"), &r).expect("compiles")
+    }
+
+    #[test]
+    fn actions_read_the_request_as_envoy_does() {
+        let rl = compile(serde_json::json!([
+            {"generic_key": {"descriptor_key": "meshgate.io/rule", "descriptor_value": "ns/p/r"}},
+            {"masked_remote_address": {"v4_prefix_mask_len": 8}},
+            {"metadata": {"descriptor_key": "claim:sub", "metadata_key": {"key": "envoy.filters.http.jwt_authn", "path": [{"key": "https://iss"}, {"key": "sub"}]}}},
+            {"extension": {"name": "envoy.rate_limit_descriptors.expr", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.rate_limit_descriptors.expr.v3.Descriptor", "descriptor_key": "principal", "text": "connection.uri_san_peer_certificate"}}},
+            {"request_headers": {"header_name": ":path", "descriptor_key": "path"}}
+        ]));
+        let headers = http::HeaderMap::new();
+        let method = http::Method::GET;
+        let view = RequestView::new(&method, b"a.example.com", "/x?y=1", None, true, &headers);
+        let mut metadata = DynamicMetadata::default();
+        let sans = vec!["spiffe://cluster.local/ns/a/sa/b".to_string()];
+        fn facts<'a>(
+            view: &'a RequestView<'a>,
+            metadata: &'a DynamicMetadata,
+            sans: &'a [String],
+        ) -> RequestFacts<'a> {
+            RequestFacts {
+                view,
+                remote: "10.1.2.3".parse().unwrap(),
+                metadata,
+                peer_uri_sans: Some(sans),
+            }
+        }
+        // No verified token: the metadata action has nothing, so no descriptor.
+        assert_eq!(rl.descriptor(&facts(&view, &metadata, &sans)), None);
+        metadata
+            .namespace_mut("envoy.filters.http.jwt_authn")
+            .insert("https://iss".into(), serde_json::json!({"sub": "alice"}));
+        let d = rl.descriptor(&facts(&view, &metadata, &sans)).expect("descriptor");
+        let d: Vec<(&str, &str)> = d.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            d,
+            [
+                ("meshgate.io/rule", "ns/p/r"),
+                ("masked_remote_address", "10.0.0.0/8"),
+                ("claim:sub", "alice"),
+                ("principal", "spiffe://cluster.local/ns/a/sa/b"),
+                ("path", "/x?y=1"),
+            ]
+        );
+        // Without a client certificate the expression has no value either.
+        let no_peer = RequestFacts {
+            peer_uri_sans: None,
+            ..facts(&view, &metadata, &sans)
+        };
+        assert_eq!(rl.descriptor(&no_peer), None);
+    }
+
+    #[test]
+    fn unsupported_actions_are_refused_with_their_path() {
+        let r: pb::RateLimit =
+            crate::xds::json::from_json(&serde_json::json!({"actions": [{"source_cluster": {}}]}))
+                .unwrap();
+        let e = RateLimit::compile(&mut Cx::new("route_configuration", "rc"), &r).unwrap_err();
+        assert_eq!(e.path, "actions[0].source_cluster");
+    }
+}
