@@ -379,3 +379,81 @@ async fn a_sustained_load_is_admitted_at_the_configured_rate() {
         );
     }
 }
+
+fn stat(gw: &support::gateway::GatewayProcess, name: &str) -> Option<u64> {
+    let (_, body) = gw.admin("/stats");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_survive_updates_that_keep_their_limit() {
+    let echo = EchoUpstream::start("echo");
+    let dir = TempDir::new();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    let side = Side {
+        who: "meshgate",
+        ports: vec![
+            ("GW_PORT", free_port()),
+            ("EDGE_PORT", free_port()),
+            ("LOAD_PORT", free_port()),
+        ],
+    };
+    let mut vars = side.vars();
+    vars.push(("ECHO", echo.port().to_string()));
+    let yaml = render(CONFIG, &vars);
+    std::fs::write(config.join("config.yaml"), &yaml).expect("write config");
+    let gw = support::gateway::GatewayProcess::start_with(
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--labels",
+            "istio=ingressgateway",
+            "--access-log",
+            "off",
+        ],
+        dir.path(),
+    );
+    let port = side.port("GW_PORT");
+    wait_for_port(port, Duration::from_secs(20));
+    let client = http_client();
+    let login = || get(&client, port, "route.example.com", "/login");
+    let statuses = |rs: Vec<Reply>| rs.iter().map(|r| r.status).collect::<Vec<_>>();
+    assert_eq!(
+        statuses(vec![login().await, login().await, login().await]),
+        [200, 200, 429]
+    );
+
+    // An unrelated change: the route's bucket is still empty.
+    let updates = stat(&gw, "meshgate.config_updates").unwrap_or_default();
+    let other = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: other, namespace: default}\nspec:\n  hosts: [other.example.com]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: echo.internal}}]\n";
+    std::fs::write(config.join("other.yaml"), other).expect("write");
+    wait_until("the update is applied", Duration::from_secs(20), || {
+        stat(&gw, "meshgate.config_updates").unwrap_or_default() > updates
+    });
+    assert_eq!(
+        get(&client, port, "other.example.com", "/").await.status,
+        200,
+        "the new route serves"
+    );
+    assert_eq!(login().await.status, 429, "the bucket kept its state");
+
+    // A new limit is a new bucket.
+    let updates = stat(&gw, "meshgate.config_updates").unwrap_or_default();
+    let raised = yaml.replace(
+        "    - limit: {requests: 1, unit: Minute, burst: 2}",
+        "    - limit: {requests: 1, unit: Minute, burst: 3}",
+    );
+    assert_ne!(raised, yaml);
+    std::fs::write(config.join("config.yaml"), raised).expect("write");
+    wait_until("the update is applied", Duration::from_secs(20), || {
+        stat(&gw, "meshgate.config_updates").unwrap_or_default() > updates
+    });
+    let r = login().await;
+    assert_eq!(
+        (r.status, r.header("x-ratelimit-limit").as_deref()),
+        (200, Some("3"))
+    );
+}
