@@ -175,18 +175,38 @@ async fn bursts(t: &mut Transcript) {
     // Per client address: 3 each, then 429; another address has its own bucket.
     let mut from_a = Vec::new();
     for _ in 0..4 {
-        from_a.push(t.send_via(&a, "GET", "GW_PORT", "ip.example.com", "/x", &[]).await);
+        from_a.push(
+            t.send_via(&a, "GET", "GW_PORT", "ip.example.com", "/x", &[])
+                .await,
+        );
     }
     assert_eq!(
         pattern(&from_a),
-        [(200, some("2")), (200, some("1")), (200, some("0")), (429, some("0"))],
+        [
+            (200, some("2")),
+            (200, some("1")),
+            (200, some("0")),
+            (429, some("0"))
+        ],
         "{who}"
     );
     let limited = &from_a[3];
     assert_eq!(limited.body, "local_rate_limited", "{who}");
-    assert_eq!(limited.header("x-ratelimit-limit").as_deref(), Some("3"), "{who}");
-    assert_eq!(limited.header("x-ratelimit-reset").as_deref(), Some("60"), "{who}");
-    assert_eq!(limited.header("retry-after").as_deref(), Some("60"), "{who}");
+    assert_eq!(
+        limited.header("x-ratelimit-limit").as_deref(),
+        Some("3"),
+        "{who}"
+    );
+    assert_eq!(
+        limited.header("x-ratelimit-reset").as_deref(),
+        Some("60"),
+        "{who}"
+    );
+    assert_eq!(
+        limited.header("retry-after").as_deref(),
+        Some("60"),
+        "{who}"
+    );
     assert_eq!(
         limited.header("ratelimit-policy").as_deref(),
         Some("\"default/per-ip/client\";q=1;w=60"),
@@ -197,9 +217,19 @@ async fn bursts(t: &mut Transcript) {
         Some("\"default/per-ip/client\";r=0"),
         "{who}"
     );
-    assert_eq!(from_a[2].header("x-ratelimit-reset").as_deref(), Some("60"), "{who}");
-    assert_eq!(from_a[0].header("x-ratelimit-reset").as_deref(), Some("0"), "{who}");
-    let other = t.send_via(&b, "GET", "GW_PORT", "ip.example.com", "/x", &[]).await;
+    assert_eq!(
+        from_a[2].header("x-ratelimit-reset").as_deref(),
+        Some("60"),
+        "{who}"
+    );
+    assert_eq!(
+        from_a[0].header("x-ratelimit-reset").as_deref(),
+        Some("0"),
+        "{who}"
+    );
+    let other = t
+        .send_via(&b, "GET", "GW_PORT", "ip.example.com", "/x", &[])
+        .await;
     assert_eq!(pattern(&[other]), [(200, some("2"))], "{who}");
 
     // A route's own limit: /login twice, then 429; the other route is not limited.
@@ -214,14 +244,24 @@ async fn bursts(t: &mut Transcript) {
         [(200, some("1")), (200, some("0")), (429, some("0"))],
         "{who}"
     );
-    assert_eq!(pattern(&rest), [(200, None), (200, None), (200, None)], "{who}");
+    assert_eq!(
+        pattern(&rest),
+        [(200, None), (200, None), (200, None)],
+        "{who}"
+    );
 
     // A header's distinct values: one bucket per user; no header, no limit.
     let mut alice = Vec::new();
     for _ in 0..3 {
         alice.push(
-            t.send("GET", "GW_PORT", "header.example.com", "/", &[("x-user", "alice")])
-                .await,
+            t.send(
+                "GET",
+                "GW_PORT",
+                "header.example.com",
+                "/",
+                &[("x-user", "alice")],
+            )
+            .await,
         );
     }
     assert_eq!(
@@ -230,7 +270,13 @@ async fn bursts(t: &mut Transcript) {
         "{who}"
     );
     let bob = t
-        .send("GET", "GW_PORT", "header.example.com", "/", &[("x-user", "bob")])
+        .send(
+            "GET",
+            "GW_PORT",
+            "header.example.com",
+            "/",
+            &[("x-user", "bob")],
+        )
         .await;
     // Without the header the rule does not apply; the host's config then counts the
     // request in its default bucket, which Envoy requires and which admits everything.
@@ -253,7 +299,10 @@ async fn bursts(t: &mut Transcript) {
         ("/api", gold("v")),
         ("/api/x", [("x-tier", "silver"), ("x-user", "u")]),
     ] {
-        sel.push(t.send("GET", "GW_PORT", "sel.example.com", path, &headers).await);
+        sel.push(
+            t.send("GET", "GW_PORT", "sel.example.com", path, &headers)
+                .await,
+        );
     }
     assert_eq!(
         pattern(&sel),

@@ -274,6 +274,24 @@ fn sanitize_hosts(hosts: &[String], namespace: &str) -> Vec<String> {
     out
 }
 
+/// Which Gateways (`ns/name`) serve each HTTP route configuration of these ports.
+pub fn served_by(ports: &[Port<'_>]) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for port in ports {
+        for server in &port.servers {
+            let name = match &port.kind {
+                PortKind::Http { route_name } => route_name,
+                _ if !server.route_name.is_empty() => &server.route_name,
+                _ => continue,
+            };
+            out.entry(name.clone())
+                .or_default()
+                .insert(server.gateway_name.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,24 +309,4 @@ mod tests {
             assert_eq!(sanitize_hosts(&input, "gw-ns"), want);
         }
     }
-}
-
-/// Which Gateways (`ns/name`) serve each HTTP route configuration of these ports.
-pub fn served_by(
-    ports: &[Port<'_>],
-) -> BTreeMap<String, std::collections::BTreeSet<String>> {
-    let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-    for port in ports {
-        for server in &port.servers {
-            let name = match &port.kind {
-                PortKind::Http { route_name } => route_name,
-                _ if !server.route_name.is_empty() => &server.route_name,
-                _ => continue,
-            };
-            out.entry(name.clone())
-                .or_default()
-                .insert(server.gateway_name.clone());
-        }
-    }
-    out
 }

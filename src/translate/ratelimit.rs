@@ -117,7 +117,7 @@ impl CompiledRule {
     /// The IETF `RateLimit-Policy` item: quota per window of whole seconds.
     fn policy_item(&self) -> String {
         let ms = self.per.as_millis().max(1) as u64;
-        let (q, w) = if ms % 1000 == 0 {
+        let (q, w) = if ms.is_multiple_of(1000) {
             (self.requests, ms / 1000)
         } else {
             ((self.requests.saturating_mul(1000) / ms).max(1), 1)
@@ -153,8 +153,7 @@ pub fn compile_policy(p: &Resource<RateLimitPolicy>) -> Vec<CompiledRule> {
 fn compile_rule(id: String, mode: Mode, rule: &Rule) -> Option<CompiledRule> {
     use route::rate_limit::action::ActionSpecifier as A;
     use route::rate_limit::action::{
-        GenericKey, HeaderValueMatch, MaskedRemoteAddress, MetaData, RemoteAddress,
-        RequestHeaders,
+        GenericKey, HeaderValueMatch, MaskedRemoteAddress, MetaData, RemoteAddress, RequestHeaders,
     };
     let mut actions = vec![route::rate_limit::Action {
         action_specifier: Some(A::GenericKey(GenericKey {
@@ -494,18 +493,20 @@ impl Index {
                 policy: pi,
             });
             for t in &p.spec.target_refs {
-                let ns = t.namespace.clone().unwrap_or_else(|| p.meta.namespace.clone());
+                let ns = t
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| p.meta.namespace.clone());
                 match (t.kind, &t.hostname) {
                     (TargetKind::Gateway, None) => ix
                         .gateways
                         .entry(format!("{ns}/{}", t.name))
                         .or_default()
                         .push(a),
-                    (TargetKind::Gateway, Some(h)) => ix.hosts.push((
-                        format!("{ns}/{}", t.name),
-                        h.to_ascii_lowercase(),
-                        a,
-                    )),
+                    (TargetKind::Gateway, Some(h)) => {
+                        ix.hosts
+                            .push((format!("{ns}/{}", t.name), h.to_ascii_lowercase(), a))
+                    }
                     (TargetKind::VirtualService, _) => {
                         ix.routes.push((ns, t.name.clone(), t.route.clone(), a))
                     }
@@ -609,7 +610,10 @@ pub fn apply_gateway(
                     else {
                         return;
                     };
-                    let c = carried.get(&rds.route_config_name).cloned().unwrap_or_default();
+                    let c = carried
+                        .get(&rds.route_config_name)
+                        .cloned()
+                        .unwrap_or_default();
                     let level: Vec<usize> = served
                         .get(&rds.route_config_name)
                         .into_iter()
@@ -665,9 +669,10 @@ pub fn apply_sidecar(
             for f in &mut chain.filters {
                 with_hcm(f, |manager| {
                     let c = match &manager.route_specifier {
-                        Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) => {
-                            carried.get(&rds.route_config_name).cloned().unwrap_or_default()
-                        }
+                        Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) => carried
+                            .get(&rds.route_config_name)
+                            .cloned()
+                            .unwrap_or_default(),
                         _ => Carried::default(),
                     };
                     let level: &[usize] = if inbound { &workload } else { &[] };
@@ -768,7 +773,11 @@ fn decorate_route_config(
                 continue;
             };
             for a in &global {
-                for rule in ix.attached[*a].rules.iter().filter(|r| r.mode == Mode::Global) {
+                for rule in ix.attached[*a]
+                    .rules
+                    .iter()
+                    .filter(|r| r.mode == Mode::Global)
+                {
                     action.rate_limits.push(rule.rate_limit());
                 }
                 carried.global.insert(*a);
@@ -795,7 +804,11 @@ fn split_host_attachments(
     if hosts.is_empty() {
         return;
     }
-    let covered = |d: &str| hosts.iter().any(|h| crate::config::hosts::is_subset_of(d, h));
+    let covered = |d: &str| {
+        hosts
+            .iter()
+            .any(|h| crate::config::hosts::is_subset_of(d, h))
+    };
     let mut split = Vec::new();
     for vh in &mut rc.virtual_hosts {
         if vh.domains.len() < 2 || vh.domains.iter().all(|d| covered(d)) {
@@ -881,11 +894,12 @@ fn add_filters(
         ));
     }
     let mut global: BTreeSet<usize> = carried.global.clone();
-    global.extend(
-        level
+    global.extend(level.iter().filter(|a| {
+        ix.attached[**a]
+            .rules
             .iter()
-            .filter(|a| ix.attached[**a].rules.iter().any(|r| r.mode == Mode::Global)),
-    );
+            .any(|r| r.mode == Mode::Global)
+    }));
     if !global.is_empty() {
         let deny = global.iter().any(|a| ix.attached[*a].failure_deny);
         if deny && global.iter().any(|a| !ix.attached[*a].failure_deny) {
@@ -897,7 +911,10 @@ fn add_filters(
                 ));
             }
         }
-        filters.push(filter(RATELIMIT_FILTER, pb::any(&global_filter_config(deny))));
+        filters.push(filter(
+            RATELIMIT_FILTER,
+            pb::any(&global_filter_config(deny)),
+        ));
     }
     if filters.is_empty() {
         return;

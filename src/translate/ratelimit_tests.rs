@@ -38,7 +38,9 @@ spec:
 "#;
 
 fn translate(policy: &str) -> crate::translate::Translation {
-    let text = format!("{BASE}---\napiVersion: meshgate.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: p, namespace: default}}\nspec:\n{policy}");
+    let text = format!(
+        "{BASE}---\napiVersion: meshgate.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: p, namespace: default}}\nspec:\n{policy}"
+    );
     let loaded = crate::config::load_str("t.yaml", &text);
     assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
     assert!(
@@ -101,13 +103,21 @@ const RULE: &str = "  local:\n    rules:\n    - name: r\n      clientSelectors: 
 
 #[test]
 fn a_gateway_policy_covers_every_route_and_adds_the_filter_before_the_router() {
-    let t = translate(&format!("  targetRefs: [{{kind: Gateway, name: gw}}]\n{RULE}"));
+    let t = translate(&format!(
+        "  targetRefs: [{{kind: Gateway, name: gw}}]\n{RULE}"
+    ));
     for (_, _, host, own) in route_rules(&t) {
         assert!(host.is_empty() && own.is_empty());
     }
     let filters = http_filters(&t);
-    let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(names[names.len() - 2..], [LOCAL_RATELIMIT_FILTER, "envoy.filters.http.router"]);
+    let names: Vec<&str> = filters
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names[names.len() - 2..],
+        [LOCAL_RATELIMIT_FILTER, "envoy.filters.http.router"]
+    );
     let cfg = &filters[names.len() - 2]["typed_config"];
     assert_eq!(
         cfg["rate_limits"][0]["actions"],
@@ -138,7 +148,11 @@ fn a_route_policy_covers_only_that_route_and_a_host_policy_only_that_host() {
         "  targetRefs: [{{kind: VirtualService, name: vs, route: login}}]\n{RULE}"
     ));
     for (_, name, host, own) in route_rules(&t) {
-        let want: &[&str] = if name == "login" { &["default/p/r"] } else { &[] };
+        let want: &[&str] = if name == "login" {
+            &["default/p/r"]
+        } else {
+            &[]
+        };
         assert_eq!(own, want, "{name}");
         assert!(host.is_empty());
     }
@@ -146,14 +160,30 @@ fn a_route_policy_covers_only_that_route_and_a_host_policy_only_that_host() {
         .iter()
         .map(|f| f["name"].as_str().unwrap().to_string())
         .collect();
-    assert!(names.contains(&LOCAL_RATELIMIT_ROUTE_FILTER.to_string()), "{names:?}");
-    assert!(!names.contains(&LOCAL_RATELIMIT_FILTER.to_string()), "{names:?}");
+    assert!(
+        names.contains(&LOCAL_RATELIMIT_ROUTE_FILTER.to_string()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&LOCAL_RATELIMIT_FILTER.to_string()),
+        "{names:?}"
+    );
     let t = translate(&format!(
         "  targetRefs: [{{kind: Gateway, name: gw, hostname: b.example.com}}]\n{RULE}"
     ));
     let rules = route_rules(&t);
-    assert!(rules.iter().any(|(vh, _, host, _)| vh.starts_with("b.example.com") && host == &["default/p/r"]), "{:?}", rules.iter().map(|r| (&r.0, &r.2)).collect::<Vec<_>>());
-    assert!(rules.iter().any(|(vh, _, host, _)| vh.starts_with("a.example.com") && host.is_empty()));
+    assert!(
+        rules
+            .iter()
+            .any(|(vh, _, host, _)| vh.starts_with("b.example.com") && host == &["default/p/r"]),
+        "{:?}",
+        rules.iter().map(|r| (&r.0, &r.2)).collect::<Vec<_>>()
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|(vh, _, host, _)| vh.starts_with("a.example.com") && host.is_empty())
+    );
 }
 
 #[test]
@@ -171,7 +201,15 @@ fn selectors_become_envoy_actions_and_descriptor_entries() {
         .collect();
     assert_eq!(
         keys,
-        ["generic_key", "header_value_match", "request_headers", "masked_remote_address", "header_value_match", "extension", "metadata"]
+        [
+            "generic_key",
+            "header_value_match",
+            "request_headers",
+            "masked_remote_address",
+            "header_value_match",
+            "extension",
+            "metadata"
+        ]
     );
     let d = &filters[filters.len() - 2]["typed_config"]["descriptors"][0];
     assert_eq!(
@@ -210,11 +248,18 @@ fn global_policies_use_stage_zero_the_service_and_the_limit_table() {
     let rc = json::to_json(t.resources.route("http.8080").unwrap()).unwrap();
     let rl = &rc["virtual_hosts"][0]["routes"][0]["route"]["rate_limits"][0];
     assert!(rl.get("stage").is_none());
-    let text = format!("{BASE}---\napiVersion: meshgate.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: p, namespace: default}}\nspec:\n  targetRefs: [{{kind: Gateway, name: gw}}]\n  type: Global\n  global:\n    rules:\n    - name: all\n      limit: {{requests: 100, unit: Minute, burst: 150}}\n");
+    let text = format!(
+        "{BASE}---\napiVersion: meshgate.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: p, namespace: default}}\nspec:\n  targetRefs: [{{kind: Gateway, name: gw}}]\n  type: Global\n  global:\n    rules:\n    - name: all\n      limit: {{requests: 100, unit: Minute, burst: 150}}\n"
+    );
     let loaded = crate::config::load_str("t.yaml", &text);
     assert_eq!(
         limit_table(&loaded.config),
-        [("default/p/all".to_string(), 100, Duration::from_secs(60), 150)]
+        [(
+            "default/p/all".to_string(),
+            100,
+            Duration::from_secs(60),
+            150
+        )]
     );
 }
 
@@ -224,7 +269,10 @@ fn a_workload_policy_limits_the_sidecar_inbound() {
     let loaded = crate::config::load_str("t.yaml", text);
     assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
     let (registry, _) = Registry::from_config(&loaded.config);
-    let mut proxy = ProxyIdentity::gateway("shop", std::collections::BTreeMap::from([("app".to_string(), "a".to_string())]));
+    let mut proxy = ProxyIdentity::gateway(
+        "shop",
+        std::collections::BTreeMap::from([("app".to_string(), "a".to_string())]),
+    );
     proxy.kind = crate::xds::ProxyKind::Sidecar;
     proxy.ip_addresses = vec!["10.0.0.1".into()];
     let t = crate::translate::sidecar(&loaded.config, &registry, &proxy, &Default::default());
@@ -232,11 +280,19 @@ fn a_workload_policy_limits_the_sidecar_inbound() {
     let mut limited = 0;
     for chain in l["filter_chains"].as_array().unwrap() {
         let hcm = &chain["filters"][0]["typed_config"];
-        let Some(filters) = hcm["http_filters"].as_array() else { continue };
+        let Some(filters) = hcm["http_filters"].as_array() else {
+            continue;
+        };
         if filters.iter().any(|f| f["name"] == LOCAL_RATELIMIT_FILTER) {
             limited += 1;
-            let f = filters.iter().find(|f| f["name"] == LOCAL_RATELIMIT_FILTER).unwrap();
-            assert_eq!(f["typed_config"]["rate_limits"][0]["actions"][0]["generic_key"]["descriptor_value"], "shop/p/0");
+            let f = filters
+                .iter()
+                .find(|f| f["name"] == LOCAL_RATELIMIT_FILTER)
+                .unwrap();
+            assert_eq!(
+                f["typed_config"]["rate_limits"][0]["actions"][0]["generic_key"]["descriptor_value"],
+                "shop/p/0"
+            );
         }
     }
     assert!(limited > 0, "{l:#}");

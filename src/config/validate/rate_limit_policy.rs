@@ -129,7 +129,10 @@ fn check_rule(s: &mut Sink<'_, RateLimitPolicy>, field: &str, rule: &Rule) {
         );
     }
     match (limit.unit, limit.per) {
-        (None, None) => s.error(&lf, "one of `unit` (Second, Minute, Hour, Day) or `per` (a duration) is required"),
+        (None, None) => s.error(
+            &lf,
+            "one of `unit` (Second, Minute, Hour, Day) or `per` (a duration) is required",
+        ),
         (Some(_), Some(_)) => s.error(&format!("{lf}.per"), "`unit` and `per` are exclusive"),
         (None, Some(d)) => {
             let d = d.get();
@@ -248,7 +251,9 @@ fn check_selector(s: &mut Sink<'_, RateLimitPolicy>, field: &str, sel: &ClientSe
                 if !v.starts_with('/') || v.contains('?') || v.contains('#') {
                     s.error(
                         &format!("{pf}.value"),
-                        format!("`{v}` must be a path starting with `/`, without query or fragment"),
+                        format!(
+                            "`{v}` must be a path starting with `/`, without query or fragment"
+                        ),
                     );
                 } else if t == PathMatchType::PathPrefix && v.len() > 1 && v.ends_with('/') {
                     s.error(
@@ -274,7 +279,10 @@ fn check_selector(s: &mut Sink<'_, RateLimitPolicy>, field: &str, sel: &ClientSe
     if let Some(c) = &sel.jwt_claim {
         let cf = format!("{field}.jwtClaim");
         if c.issuer.is_empty() {
-            s.error(&format!("{cf}.issuer"), "the token issuer (`iss`) is required");
+            s.error(
+                &format!("{cf}.issuer"),
+                "the token issuer (`iss`) is required",
+            );
         }
         if c.claim.is_empty() {
             s.error(&format!("{cf}.claim"), "the claim name is required");
@@ -536,12 +544,13 @@ spec:
         ));
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(got[0].contains("unknown field `brust`"), "{got:?}");
-        let got = diags(
-            "apiVersion: meshgate.io/v1alpha1\nkind: RateLimitPolcy\nmetadata: {name: p}\n",
-        );
+        let got =
+            diags("apiVersion: meshgate.io/v1alpha1\nkind: RateLimitPolcy\nmetadata: {name: p}\n");
         assert_eq!(
             got,
-            ["t.yaml:2:1: error: RateLimitPolcy/default/p: kind: unknown kind `RateLimitPolcy` in meshgate.io; did you mean `RateLimitPolicy`?"]
+            [
+                "t.yaml:2:1: error: RateLimitPolcy/default/p: kind: unknown kind `RateLimitPolcy` in meshgate.io; did you mean `RateLimitPolicy`?"
+            ]
         );
     }
 }

@@ -158,14 +158,15 @@ impl Action {
                 if h.descriptor_key.is_empty() {
                     return Err(cx.err("request_headers.descriptor_key", "required"));
                 }
-                let header = match h.header_name.to_ascii_lowercase().as_str() {
-                    ":path" => HeaderSource::Path,
-                    ":authority" | "host" => HeaderSource::Authority,
-                    ":method" => HeaderSource::Method,
-                    n => HeaderSource::Name(HeaderName::from_bytes(n.as_bytes()).map_err(
-                        |_| cx.err("request_headers.header_name", "invalid header name"),
-                    )?),
-                };
+                let header =
+                    match h.header_name.to_ascii_lowercase().as_str() {
+                        ":path" => HeaderSource::Path,
+                        ":authority" | "host" => HeaderSource::Authority,
+                        ":method" => HeaderSource::Method,
+                        n => HeaderSource::Name(HeaderName::from_bytes(n.as_bytes()).map_err(
+                            |_| cx.err("request_headers.header_name", "invalid header name"),
+                        )?),
+                    };
                 Action::RequestHeader {
                     header,
                     key: h.descriptor_key.as_str().into(),
@@ -192,9 +193,11 @@ impl Action {
                 }
                 let mut headers = Vec::with_capacity(m.headers.len());
                 for (i, h) in m.headers.iter().enumerate() {
-                    headers.push(cx.at(format_args!("header_value_match.headers[{i}]"), |cx| {
-                        HeaderMatch::compile(cx, h)
-                    })?);
+                    headers.push(
+                        cx.at(format_args!("header_value_match.headers[{i}]"), |cx| {
+                            HeaderMatch::compile(cx, h)
+                        })?,
+                    );
                 }
                 if !m.default_value.is_empty() {
                     return Err(cx.unsupported("header_value_match.default_value"));
@@ -254,7 +257,10 @@ impl Action {
                 if any.type_url != crate::translate::ratelimit::EXPR_DESCRIPTOR_TYPE {
                     return Err(cx.err(
                         "extension",
-                        format!("rate limit descriptor extension {} is not supported", any.type_url),
+                        format!(
+                            "rate limit descriptor extension {} is not supported",
+                            any.type_url
+                        ),
                     ));
                 }
                 let d = Descriptor::decode(any.value.as_slice())
@@ -310,11 +316,19 @@ impl Action {
             Action::MaskedRemoteAddress { v4, v6 } => {
                 let (net, len) = match req.remote {
                     IpAddr::V4(a) => {
-                        let m = if *v4 == 0 { 0 } else { u32::MAX << (32 - u32::from(*v4)) };
+                        let m = if *v4 == 0 {
+                            0
+                        } else {
+                            u32::MAX << (32 - u32::from(*v4))
+                        };
                         (IpAddr::V4((u32::from(a) & m).into()), *v4)
                     }
                     IpAddr::V6(a) => {
-                        let m = if *v6 == 0 { 0 } else { u128::MAX << (128 - u32::from(*v6)) };
+                        let m = if *v6 == 0 {
+                            0
+                        } else {
+                            u128::MAX << (128 - u32::from(*v6))
+                        };
                         (IpAddr::V6((u128::from(a) & m).into()), *v6)
                     }
                 };
@@ -395,7 +409,9 @@ mod tests {
         metadata
             .namespace_mut("envoy.filters.http.jwt_authn")
             .insert("https://iss".into(), serde_json::json!({"sub": "alice"}));
-        let d = rl.descriptor(&facts(&view, &metadata, &sans)).expect("descriptor");
+        let d = rl
+            .descriptor(&facts(&view, &metadata, &sans))
+            .expect("descriptor");
         let d: Vec<(&str, &str)> = d.iter().map(|(k, v)| (&**k, &**v)).collect();
         assert_eq!(
             d,

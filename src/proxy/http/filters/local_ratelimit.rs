@@ -18,12 +18,11 @@
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::http::body::ResponseBody;
 use crate::proxy::http::filter::{HttpFilter, PerFilterConfig, RequestCx, ResponseCx, Step};
-use crate::xds::pb::google::protobuf::Any;
-use prost::Message;
 use crate::proxy::http::local_reply::Flags;
 use crate::proxy::route::matcher::RequestView;
 use crate::proxy::route::rate_limit::{Descriptor, RateLimit, RequestFacts};
 use crate::xds::pb::envoy::extensions::filters::http::local_ratelimit::v3 as pb;
+use crate::xds::pb::google::protobuf::Any;
 use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
@@ -31,6 +30,7 @@ use governor::state::StateStore;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
+use prost::Message;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -78,10 +78,12 @@ impl LocalRateLimitFilter {
 /// A `typed_per_filter_config` entry: a config of its own (with a token bucket), whose
 /// buckets are this route's (or virtual host's).
 pub(crate) fn per_route(cx: &mut Cx, any: &Any) -> Result<PerFilterConfig, CompileError> {
-    let l = pb::LocalRateLimit::decode(any.value.as_slice())
-        .map_err(|e| cx.err("", e.to_string()))?;
+    let l =
+        pb::LocalRateLimit::decode(any.value.as_slice()).map_err(|e| cx.err("", e.to_string()))?;
     let scope = where_(cx);
-    Ok(Arc::new(LocalRateLimitConfig::compile(cx, &l, true, scope)?))
+    Ok(Arc::new(LocalRateLimitConfig::compile(
+        cx, &l, true, scope,
+    )?))
 }
 
 /// The resource and path being compiled: where a config sits.
@@ -369,13 +371,12 @@ impl LocalRateLimitConfig {
             descriptors.push(c);
         }
         use crate::xds::pb::envoy::extensions::common::ratelimit::v3 as common;
-        let x_ratelimit_headers = match common::XRateLimitHeadersRfcVersion::try_from(
-            l.enable_x_ratelimit_headers,
-        ) {
-            Ok(common::XRateLimitHeadersRfcVersion::Off) => false,
-            Ok(common::XRateLimitHeadersRfcVersion::DraftVersion03) => true,
-            Err(_) => return Err(cx.err("enable_x_ratelimit_headers", "unknown value")),
-        };
+        let x_ratelimit_headers =
+            match common::XRateLimitHeadersRfcVersion::try_from(l.enable_x_ratelimit_headers) {
+                Ok(common::XRateLimitHeadersRfcVersion::Off) => false,
+                Ok(common::XRateLimitHeadersRfcVersion::DraftVersion03) => true,
+                Err(_) => return Err(cx.err("enable_x_ratelimit_headers", "unknown value")),
+            };
         let vh_rate_limits = match common::VhRateLimitsOptions::try_from(l.vh_rate_limits) {
             Ok(common::VhRateLimitsOptions::Override) => VhRateLimits::Override,
             Ok(common::VhRateLimitsOptions::Include) => VhRateLimits::Include,
@@ -428,9 +429,9 @@ impl LocalRateLimitConfig {
                 ))
             };
             Arc::new(Resolved {
-                default: self.default_bucket.map(|b| {
-                    runtime.bucket(format!("{}|default", self.scope), b, None)
-                }),
+                default: self
+                    .default_bucket
+                    .map(|b| runtime.bucket(format!("{}|default", self.scope), b, None)),
                 descriptors: self
                     .descriptors
                     .iter()
@@ -439,9 +440,9 @@ impl LocalRateLimitConfig {
                         let lru = d.wildcard().then_some(self.max_dynamic);
                         (
                             runtime.bucket(key, d.bucket, lru),
-                            d.rule.as_ref().map(|r| {
-                                (rule_counter(r, "ok"), rule_counter(r, "rate_limited"))
-                            }),
+                            d.rule
+                                .as_ref()
+                                .map(|r| (rule_counter(r, "ok"), rule_counter(r, "rate_limited"))),
                         )
                     })
                     .collect(),
@@ -494,14 +495,14 @@ impl LocalRateLimitConfig {
             }
             first.get_or_insert(taken);
         }
-        if matched.is_empty() || self.always_consume_default {
-            if let Some(bucket) = &r.default {
-                let taken = bucket.take(0);
-                if !taken.allowed {
-                    return Decision::Limited(taken);
-                }
-                return Decision::Allowed(Some(first.unwrap_or(taken)));
+        if (matched.is_empty() || self.always_consume_default)
+            && let Some(bucket) = &r.default
+        {
+            let taken = bucket.take(0);
+            if !taken.allowed {
+                return Decision::Limited(taken);
             }
+            return Decision::Allowed(Some(first.unwrap_or(taken)));
         }
         Decision::Allowed(first)
     }
@@ -574,11 +575,14 @@ enum Decision {
     Limited(Taken),
 }
 
+/// A rule's `ok` and `rate_limited` counters.
+type RuleCounters = (Arc<AtomicU64>, Arc<AtomicU64>);
+
 /// The buckets and counters of one config, from the runtime.
 #[derive(Debug)]
 struct Resolved {
     default: Option<Arc<Bucket>>,
-    descriptors: Vec<(Arc<Bucket>, Option<(Arc<AtomicU64>, Arc<AtomicU64>)>)>,
+    descriptors: Vec<(Arc<Bucket>, Option<RuleCounters>)>,
     enabled: Arc<AtomicU64>,
     ok: Arc<AtomicU64>,
     rate_limited: Arc<AtomicU64>,
@@ -838,7 +842,8 @@ impl<C: Clock + Clone> Bucket<C> {
 
     /// Takes a token for `key` (0 for a single bucket).
     fn take(self: &Arc<Self>, key: u64) -> Taken<C> {
-        if self.keyed && self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1
+        if self.keyed
+            && self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1
         {
             self.limiter.retain_recent();
         }
@@ -854,7 +859,9 @@ impl<C: Clock + Clone> Bucket<C> {
                     // tolerance is reached.
                     let tau = t.saturating_mul(u64::from(limit.saturating_sub(1)));
                     let tat = self.store.tat(key).unwrap_or(0);
-                    let wait = tat.saturating_sub(tau).saturating_sub(self.clock.since_start());
+                    let wait = tat
+                        .saturating_sub(tau)
+                        .saturating_sub(self.clock.since_start());
                     wait.div_ceil(1_000_000_000)
                 };
                 Taken {
@@ -905,14 +912,21 @@ impl<C: Clock + Clone> Bucket<C> {
     pub fn len(&self) -> usize {
         self.limiter.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
+    }
 }
+
+/// Where a config sits, its bucket, and the distinct values kept (wildcards).
+type BucketKey = (String, BucketSpec, Option<u32>);
 
 /// The buckets of every local rate limit config, by where the config sits and the
 /// limit: a configuration update that keeps both keeps the bucket's state. Entries no
 /// config holds any more are dropped when the next one is added.
 #[derive(Debug, Default)]
 pub struct LocalRateLimits {
-    buckets: Mutex<HashMap<(String, BucketSpec, Option<u32>), Weak<Bucket>>>,
+    buckets: Mutex<HashMap<BucketKey, Weak<Bucket>>>,
 }
 
 impl LocalRateLimits {
@@ -1053,7 +1067,10 @@ impl LocalRateLimitFilter {
             && config.status == StatusCode::TOO_MANY_REQUESTS
             && !h.contains_key(http::header::RETRY_AFTER)
         {
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from(taken.reset.max(1)));
+            h.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(taken.reset.max(1)),
+            );
         }
         h.insert(
             http::header::CONTENT_TYPE,

@@ -112,7 +112,10 @@ fn what_translation_emits_compiles_and_errors_name_fields() {
     assert_eq!(c.descriptors.len(), 1);
     assert!(c.descriptors[0].wildcard());
     assert_eq!(c.descriptors[0].rule.as_deref(), Some("ns/p/0"));
-    assert_eq!(c.max_dynamic, crate::translate::ratelimit::MAX_DYNAMIC_DESCRIPTORS);
+    assert_eq!(
+        c.max_dynamic,
+        crate::translate::ratelimit::MAX_DYNAMIC_DESCRIPTORS
+    );
     let e = compile(&l, true).unwrap_err();
     assert_eq!(e.path, "token_bucket");
     let mut bad = l.clone();
@@ -122,7 +125,14 @@ fn what_translation_emits_compiles_and_errors_name_fields() {
         "local_rate_limit_per_downstream_connection"
     );
     let mut bad = l.clone();
-    bad.descriptors[0].token_bucket.as_mut().unwrap().fill_interval = Some(crate::xds::pb::google::protobuf::Duration { seconds: 0, nanos: 10_000_000 });
+    bad.descriptors[0]
+        .token_bucket
+        .as_mut()
+        .unwrap()
+        .fill_interval = Some(crate::xds::pb::google::protobuf::Duration {
+        seconds: 0,
+        nanos: 10_000_000,
+    });
     assert_eq!(
         compile(&bad, false).unwrap_err().path,
         "descriptors[0].token_bucket.fill_interval"
