@@ -156,12 +156,28 @@ fn client_from(ip: &str) -> reqwest::Client {
         .expect("client")
 }
 
-/// (status, x-ratelimit-remaining) of each answer.
+/// (status, x-ratelimit-remaining) of each answer; x-ratelimit-reset is checked on
+/// the way: 0 while a token is left, else about the minute a token takes.
 fn pattern(replies: &[Reply]) -> Vec<(u16, Option<String>)> {
     replies
         .iter()
-        .map(|r| (r.status, r.header("x-ratelimit-remaining")))
+        .map(|r| {
+            let remaining = r.header("x-ratelimit-remaining");
+            let reset = r.header("x-ratelimit-reset");
+            match remaining.as_deref() {
+                None => assert_eq!(reset, None),
+                Some("0") => assert_eq!(about_a_minute(reset), Some(true), "{r:?}"),
+                Some(_) => assert_eq!(reset.as_deref(), Some("0"), "{r:?}"),
+            }
+            (r.status, remaining)
+        })
         .collect()
+}
+
+/// Whether a seconds value is the minute the next token takes, less the time the test
+/// itself took (a slow machine may cross a whole second between two requests).
+fn about_a_minute(v: Option<String>) -> Option<bool> {
+    v.map(|v| matches!(v.parse::<u64>(), Ok(55..=60)))
 }
 
 fn some(s: &str) -> Option<String> {
@@ -355,7 +371,23 @@ async fn bursts_are_admitted_and_refused_identically_by_meshgate_and_envoy() {
         meshgate: Expect::Any,
         envoy: Expect::Any,
     };
-    assert_same_answers(&transcripts[0], &transcripts[1], &[xff]);
+    // Seconds until the next token: asserted on each side above (about a minute), and
+    // they may differ by one when a whole second passes between the two sides' requests.
+    let seconds = |field| Deliberate {
+        label: "GET",
+        field,
+        meshgate: Expect::Any,
+        envoy: Expect::Any,
+    };
+    assert_same_answers(
+        &transcripts[0],
+        &transcripts[1],
+        &[
+            xff,
+            seconds("response x-ratelimit-reset"),
+            seconds("response retry-after"),
+        ],
+    );
     let mesh = &both.sides[0];
     let limited = both
         .stat(
