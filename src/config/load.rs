@@ -7,8 +7,8 @@ use super::diag::{Diagnostic, Severity};
 use super::source::{self, Node, NodeValue};
 use super::types::common::{nearest, quoted_list};
 use super::types::{
-    DestinationRule, Gateway, Kind, ObjectMeta, Origin, PeerAuthentication, Resource, Secret,
-    ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+    DestinationRule, Gateway, Kind, ObjectMeta, Origin, PeerAuthentication, RequestAuthentication,
+    Resource, Secret, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -49,6 +49,8 @@ pub struct Config {
     pub sidecars: Vec<Resource<Sidecar>>,
     /// `PeerAuthentication`s (security.istio.io).
     pub peer_authentications: Vec<Resource<PeerAuthentication>>,
+    /// `RequestAuthentication`s (security.istio.io).
+    pub request_authentications: Vec<Resource<RequestAuthentication>>,
     /// Kubernetes `Secret`s.
     pub secrets: Vec<Resource<Secret>>,
     /// meshgate `AcmeCertificate`s (`meshgate.io/v1alpha1`).
@@ -65,6 +67,7 @@ impl Config {
             + self.workload_entries.len()
             + self.sidecars.len()
             + self.peer_authentications.len()
+            + self.request_authentications.len()
             + self.secrets.len()
             + self.acme_certificates.len()
     }
@@ -83,6 +86,8 @@ impl Config {
         self.workload_entries.extend(other.workload_entries);
         self.sidecars.extend(other.sidecars);
         self.peer_authentications.extend(other.peer_authentications);
+        self.request_authentications
+            .extend(other.request_authentications);
         self.secrets.extend(other.secrets);
         self.acme_certificates.extend(other.acme_certificates);
     }
@@ -411,11 +416,6 @@ const UNSUPPORTED_ISTIO_KINDS: &[(&str, &str, Unenforced)] = &[
         "AuthorizationPolicy",
         Unenforced::Guards,
     ),
-    (
-        "security.istio.io",
-        "RequestAuthentication",
-        Unenforced::Guards,
-    ),
     ("telemetry.istio.io", "Telemetry", Unenforced::AddsFeatures),
     (
         "extensions.istio.io",
@@ -461,7 +461,7 @@ const NETWORKING_KINDS: &[&str] = &[
 ];
 
 /// The security.istio.io kinds meshgate reads.
-const SECURITY_KINDS: &[&str] = &["PeerAuthentication"];
+const SECURITY_KINDS: &[&str] = &["PeerAuthentication", "RequestAuthentication"];
 
 fn scalar_str<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
     match &node.get(key)?.value.value {
@@ -583,7 +583,12 @@ fn load_object(file: &Arc<str>, root: Node, config: &mut Config, diags: &mut Vec
             ));
             return;
         }
-        push(config, file, root, diags, |c| &mut c.peer_authentications);
+        match kind.as_str() {
+            "RequestAuthentication" => {
+                push(config, file, root, diags, |c| &mut c.request_authentications)
+            }
+            _ => push(config, file, root, diags, |c| &mut c.peer_authentications),
+        }
         return;
     }
     if let Some((_, _, effect)) = UNSUPPORTED_ISTIO_KINDS

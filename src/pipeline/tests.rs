@@ -55,10 +55,6 @@ fn policies_that_guard_traffic_are_refused_everywhere() {
             "AuthorizationPolicy is not enforced yet",
         ),
         (
-            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec: {}\n",
-            "RequestAuthentication is not enforced yet",
-        ),
-        (
             "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {ingress: [{port: {number: 80, protocol: HTTP}}]}\n",
             "spec.ingress: `ingress` is not served by meshgate yet",
         ),

@@ -9,6 +9,7 @@ pub mod destination_rule;
 pub mod gateway;
 pub mod meta;
 pub mod peer_authentication;
+pub mod request_authentication;
 pub mod secret;
 pub mod service_entry;
 pub mod sidecar;
@@ -20,6 +21,7 @@ pub use destination_rule::DestinationRule;
 pub use gateway::Gateway;
 pub use meta::{DEFAULT_NAMESPACE, Kind, ObjectMeta, Origin, Resource};
 pub use peer_authentication::PeerAuthentication;
+pub use request_authentication::RequestAuthentication;
 pub use secret::Secret;
 pub use service_entry::ServiceEntry;
 pub use sidecar::Sidecar;
@@ -46,6 +48,9 @@ impl Kind for WorkloadEntry {
 }
 impl Kind for PeerAuthentication {
     const KIND: &'static str = "PeerAuthentication";
+}
+impl Kind for RequestAuthentication {
+    const KIND: &'static str = "RequestAuthentication";
 }
 impl Kind for Secret {
     const KIND: &'static str = "Secret";
