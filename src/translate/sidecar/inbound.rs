@@ -30,6 +30,7 @@
 use super::super::Translation;
 use super::super::authn::{self, Mode, WorkloadMtls};
 use super::super::cluster as clusters;
+use super::super::jwt;
 use super::super::listener as listeners;
 use super::super::names;
 use super::super::network;
@@ -303,7 +304,15 @@ pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
         let mode = mtls.for_port(cc.target_port);
         chains.extend(port_chains(scope, cc, mode));
     }
-    out.resources.listeners.push(virtual_inbound(port, chains));
+    let mut inbound = virtual_inbound(port, chains);
+    // RequestAuthentication: the workload's JWT filter on every inbound HTTP chain.
+    let jwt_rules = jwt::rules_for_workload(scope.config, &scope.namespace, &labels);
+    let jwt_policy = jwt::translate(&jwt_rules, scope.connect_timeout, &mut out.diagnostics);
+    if let Some(filter) = &jwt_policy.filter {
+        jwt::apply_to_listener(&mut inbound, filter);
+    }
+    out.resources.listeners.push(inbound);
+    out.resources.clusters.extend(jwt_policy.clusters);
 
     for cc in ports.values() {
         out.resources.clusters.push(inbound_cluster(scope, cc));
