@@ -24,6 +24,7 @@
 //! [`KID_REFETCH_INTERVAL`] per key set, so that keys rotated at the issuer are
 //! accepted without waiting out the cache (Envoy answers "Jwks doesn't have key to
 //! match kid or alg from Jwt" until its next refresh).
+use super::BuildCx;
 use super::jwt_token::{Audiences, Jwks, Jwt, Status, claim, claim_header_value};
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::http::body::{RequestBody, ResponseBody};
@@ -35,6 +36,7 @@ use crate::proxy::upstream::pool::{self, Sender};
 use crate::xds::pb::envoy::config::core::v3 as core_pb;
 use crate::xds::pb::envoy::config::route::v3 as route_pb;
 use crate::xds::pb::envoy::extensions::filters::http::jwt_authn::v3 as pb;
+use crate::xds::pb::google::protobuf::Any;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use prost::Message;
@@ -45,6 +47,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The type URL of the filter's config.
+pub const TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 /// The filter's metadata namespace (Envoy writes verified payloads there).
 pub const METADATA_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 /// Envoy's default clock skew.
@@ -390,6 +395,15 @@ pub struct JwtAuthn {
 }
 
 impl JwtAuthn {
+    /// The filter of an `http_filters[]` entry.
+    pub(crate) fn build(
+        cx: &mut Cx,
+        b: &BuildCx<'_>,
+        any: &Any,
+    ) -> Result<Arc<dyn HttpFilter>, CompileError> {
+        Ok(Arc::new(JwtAuthn::compile(cx, b.name, &any.value)?))
+    }
+
     /// Compiles the filter's config.
     pub(crate) fn compile(cx: &mut Cx, name: &str, any: &[u8]) -> Result<JwtAuthn, CompileError> {
         let c = pb::JwtAuthentication::decode(any)
@@ -833,7 +847,7 @@ impl HttpFilter for JwtAuthn {
                 return Verdict::Continue;
             }
             cx.log.details = Some(status.details());
-            Verdict::Respond(self.deny(status, &realm))
+            Verdict::respond(self.deny(status, &realm))
         }))
     }
 }
@@ -856,7 +870,7 @@ fn realm(cx: &RequestCx<'_>) -> String {
         .req
         .uri()
         .scheme_str()
-        .unwrap_or(if cx.conn.tls.is_some() { "https" } else { "http" });
+        .unwrap_or(if cx.conn.peer.https { "https" } else { "http" });
     let host = String::from_utf8_lossy(cx.authority.as_bytes());
     let path = cx
         .req
