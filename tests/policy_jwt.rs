@@ -383,6 +383,14 @@ fn request_authentication_matches_envoy_and_follows_key_rotation() {
     let q = p.same("ES256 in ?tok", &format!("/p?tok={es}"), &[]);
     assert_eq!(q["status"], 200);
     assert_eq!(q["upstream"]["path"], format!("/p?tok={es}"));
+    // A header that is not one of Envoy's inline ones keeps one value per line: each is
+    // a token, and every one must be valid.
+    let r = p.same(
+        "x-token twice, one bad",
+        "/",
+        &[("x-token", &token_header), ("x-token", "Token abc")],
+    );
+    assert_eq!(r["status"], 401);
     let cookie = format!("a=b; session={es}");
     let c = p.same("ES256 in cookie", "/", &[("cookie", &cookie)]);
     assert_eq!(c["status"], 200);
@@ -518,11 +526,16 @@ fn a_required_token_is_answered_as_envoy_answers() {
     let long = format!("/{}", "x".repeat(400));
     let r = p.same("long path", &long, &[]);
     assert_eq!(r["status"], 401);
-    // Two tokens: both must be valid.
+    // `authorization` twice is one value joined with `,` in Envoy: the token runs to the
+    // end of it, and its signature is then not base64url.
     let r = p.same(
-        "a good and a bad token",
+        "two authorization headers",
         "/",
         &[("authorization", &good), ("authorization", "Bearer abc")],
     );
+    assert_eq!(r["body"], "Jwt signature is an invalid Base64url encoded");
+    // Text after the token in the same header value is part of it too.
+    let trailing = format!("{good} trailing");
+    let r = p.same("text after the token", "/", &[("authorization", &trailing)]);
     assert_eq!(r["status"], 401);
 }

@@ -146,3 +146,79 @@ fn check_jwks(jwks: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_str, validate};
+
+    const HEAD: &str = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: j, namespace: shop}\nspec:\n";
+
+    fn check(spec: &str) -> Vec<String> {
+        let loaded = load_str("t.yaml", &format!("{HEAD}{spec}"));
+        let mut all: Vec<String> = loaded.diagnostics.iter().map(ToString::to_string).collect();
+        all.extend(validate(&loaded.config).iter().map(ToString::to_string));
+        all
+    }
+
+    #[test]
+    fn rules_are_checked_with_positions() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "clean",
+                "  selector: {matchLabels: {app: a}}\n  jwtRules:\n  - issuer: i\n    jwksUri: https://k.example/jwks\n    fromHeaders: [{name: x-t, prefix: \"T \"}]\n    outputClaimToHeaders: [{header: x-sub, claim: sub}]\n    timeout: 2s\n",
+                &[],
+            ),
+            (
+                "targetRef",
+                "  targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: gw}\n  jwtRules: [{issuer: i, jwks: '{\"keys\":[{\"kty\":\"oct\",\"k\":\"a2V5\"}]}'}]\n",
+                &[
+                    "t.yaml:5:3: error: RequestAuthentication/shop/j: spec.targetRef: targetRef is not served by meshgate; select the gateway or workload by its labels with `selector`",
+                ],
+            ),
+            (
+                "targetRefs with selector",
+                "  selector: {matchLabels: {app: a}}\n  targetRefs: [{kind: Gateway, name: gw}]\n",
+                &[
+                    "t.yaml:5:3: error: RequestAuthentication/shop/j: spec.selector: only one of selector, targetRef or targetRefs can be set",
+                    "t.yaml:6:3: error: RequestAuthentication/shop/j: spec.targetRefs: targetRefs is not served by meshgate; select the gateway or workload by its labels with `selector`",
+                ],
+            ),
+            (
+                "both key sources",
+                "  jwtRules:\n  - issuer: i\n    jwksUri: http://k/jwks\n    jwks: '{\"keys\":[{\"kty\":\"oct\",\"k\":\"a2V5\"}]}'\n",
+                &[
+                    "t.yaml:8:5: error: RequestAuthentication/shop/j: spec.jwtRules[0].jwks: jwks and jwksUri cannot both be set; give the keys inline or where to fetch them, not both",
+                ],
+            ),
+            (
+                "no key source, no issuer",
+                "  jwtRules:\n  - audiences: [\"\"]\n",
+                &[
+                    "t.yaml:6:5: error: RequestAuthentication/shop/j: spec.jwtRules[0].audiences[0]: audience must be non-empty string",
+                    "t.yaml:6:5: error: RequestAuthentication/shop/j: spec.jwtRules[0].issuer: issuer or jwksUri must be non-empty string",
+                    "t.yaml:6:5: error: RequestAuthentication/shop/j: spec.jwtRules[0].jwksUri: one of jwksUri or jwks is needed: meshgate does not discover keys from the issuer's OpenID configuration",
+                ],
+            ),
+            (
+                "bad values",
+                "  jwtRules:\n  - issuer: i\n    jwksUri: ftp://k/jwks\n    fromHeaders: [{name: \"\"}, {name: \"bad header\"}]\n    fromParams: [\"\"]\n    fromCookies: [\"\"]\n    outputPayloadToHeader: \"x y\"\n    outputClaimToHeaders: [{header: \":path\", claim: \"\"}]\n    timeout: 0s\n",
+                &[],
+            ),
+            (
+                "bad jwks",
+                "  jwtRules:\n  - issuer: i\n    jwks: '{\"nokeys\": 1}'\n",
+                &[
+                    "t.yaml:7:5: error: RequestAuthentication/shop/j: spec.jwtRules[0].jwks: jwks parse error: the document has no `keys`",
+                ],
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (name, spec, want) in cases {
+            let got = check(spec);
+            if got != *want {
+                failures.push(format!("== {name}\n{got:#?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}

@@ -68,6 +68,50 @@ const MAX_JWKS_BYTES: usize = 1 << 20;
 const JWKS_IDLE_PRUNE: Duration = Duration::from_secs(3600);
 /// Envoy's bound on the path in the `www-authenticate` realm.
 const MAX_REALM_PATH: usize = 256;
+/// The request headers Envoy keeps inline: several of one name are joined with `,` into
+/// one value (an `authorization` sent twice is one value there), while other headers keep
+/// one entry per line.
+const ENVOY_INLINE_REQUEST_HEADERS: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "access-control-request-headers",
+    "access-control-request-method",
+    "access-control-request-private-network",
+    "authentication",
+    "authorization",
+    "cache-control",
+    "cdn-loop",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "expect",
+    "grpc-accept-encoding",
+    "grpc-timeout",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "keep-alive",
+    "origin",
+    "pragma",
+    "proxy-connection",
+    "proxy-status",
+    "referer",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "via",
+    "x-client-trace-id",
+    "x-forwarded-client-cert",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-request-id",
+];
 /// The characters a token is made of (base64url and the dots).
 const TOKEN_CHARS: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
 
@@ -209,8 +253,17 @@ impl Locations {
     fn extract(&self, req: &Request<hyper::body::Incoming>) -> Vec<Token> {
         let mut out = Vec::new();
         for loc in &self.headers {
-            for v in req.headers().get_all(&loc.name) {
-                let Ok(s) = std::str::from_utf8(v.as_bytes()) else {
+            let mut values: Vec<std::borrow::Cow<'_, [u8]>> = req
+                .headers()
+                .get_all(&loc.name)
+                .iter()
+                .map(|v| std::borrow::Cow::Borrowed(v.as_bytes()))
+                .collect();
+            if values.len() > 1 && ENVOY_INLINE_REQUEST_HEADERS.contains(&loc.name.as_str()) {
+                values = vec![std::borrow::Cow::Owned(values.join(&b","[..]))];
+            }
+            for v in &values {
+                let Ok(s) = std::str::from_utf8(v) else {
                     continue;
                 };
                 let token = if loc.prefix.is_empty() {

@@ -17,6 +17,16 @@ const B64URL: GeneralPurpose = GeneralPurpose::new(
         .with_decode_allow_trailing_bits(true),
 );
 
+/// base64url as absl's `WebSafeBase64Unescape` reads it: ASCII whitespace is skipped.
+fn b64_decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    if s.bytes().any(|c| c.is_ascii_whitespace()) {
+        let clean: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        B64URL.decode(clean)
+    } else {
+        B64URL.decode(s)
+    }
+}
+
 /// Why a token (or key set) is not accepted: Envoy's `Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -185,8 +195,7 @@ impl Jwt {
         let [h, p, s] = parts.as_slice() else {
             return Err(Status::JwtBadFormat);
         };
-        let header_bytes = B64URL
-            .decode(h)
+        let header_bytes = b64_decode(h)
             .map_err(|_| Status::JwtHeaderParseErrorBadBase64)?;
         let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
             .map_err(|_| Status::JwtHeaderParseErrorBadJson)?;
@@ -202,8 +211,7 @@ impl Jwt {
             Field::WrongType => return Err(Status::JwtHeaderBadKid),
             _ => String::new(),
         };
-        let payload_bytes = B64URL
-            .decode(p)
+        let payload_bytes = b64_decode(p)
             .map_err(|_| Status::JwtPayloadParseErrorBadBase64)?;
         let payload: Map<String, Value> = serde_json::from_slice(&payload_bytes)
             .map_err(|_| Status::JwtPayloadParseErrorBadJson)?;
@@ -249,8 +257,7 @@ impl Jwt {
                 .ok_or(Status::JwtPayloadParseErrorAudNotString)?,
             Some(_) => return Err(Status::JwtPayloadParseErrorAudNotString),
         };
-        let signature = B64URL
-            .decode(s)
+        let signature = b64_decode(s)
             .map_err(|_| Status::JwtSignatureParseErrorBadBase64)?;
         Ok(Jwt {
             alg,
@@ -262,7 +269,7 @@ impl Jwt {
             payload_b64: p.to_string(),
             payload,
             signed: format!("{h}.{p}"),
-            signature_b64: s.trim_end_matches('=').to_string(),
+            signature_b64: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&signature),
             signature_len: signature.len(),
         })
     }
@@ -427,7 +434,7 @@ impl Jwks {
 }
 
 fn b64_big_endian(s: &str) -> Option<Vec<u8>> {
-    B64URL.decode(s).ok()
+    b64_decode(s).ok()
 }
 
 /// One JWK, or None when Envoy would skip it.
