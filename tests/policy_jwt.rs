@@ -91,8 +91,13 @@ impl Signer {
         let sig = match &self.key {
             Key::Rsa(k) => {
                 let mut sig = vec![0u8; k.public_modulus_len()];
-                k.sign(&signature::RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut sig)
-                    .unwrap();
+                k.sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    &rng,
+                    input.as_bytes(),
+                    &mut sig,
+                )
+                .unwrap();
                 sig
             }
             Key::Ec(k) => k.sign(&rng, input.as_bytes()).unwrap().as_ref().to_vec(),
@@ -342,10 +347,14 @@ fn request_authentication_matches_envoy_and_follows_key_rotation() {
     let bearer = format!("Bearer {good}");
     // Envoy fetches in the background at start; both must accept a good token (bounded
     // wait for the first fetch).
-    wait_until("both accept a valid RS256 token", Duration::from_secs(20), || {
-        let (e, m) = p.both("/", &[("authorization", &bearer)]);
-        e["status"] == 200 && m["status"] == 200
-    });
+    wait_until(
+        "both accept a valid RS256 token",
+        Duration::from_secs(20),
+        || {
+            let (e, m) = p.both("/", &[("authorization", &bearer)]);
+            e["status"] == 200 && m["status"] == 200
+        },
+    );
 
     // A valid token in the Authorization header: the token is removed, the payload and
     // the claims (nested ones too) become headers.
@@ -369,7 +378,11 @@ fn request_authentication_matches_envoy_and_follows_key_rotation() {
     assert_eq!(spoofed["upstream"]["x-jwt-sub"], Value::Null);
     assert_eq!(spoofed["upstream"]["x-jwt-payload"], Value::Null);
     // A token in `access_token` (the default parameter) is removed from the path.
-    let q = p.same("valid RS256 in access_token", &format!("/q?a=1&access_token={good}&b=2"), &[]);
+    let q = p.same(
+        "valid RS256 in access_token",
+        &format!("/q?a=1&access_token={good}&b=2"),
+        &[],
+    );
     assert_eq!(q["status"], 200);
     assert_eq!(q["upstream"]["path"], "/q?a=1&b=2");
 
@@ -403,22 +416,53 @@ fn request_authentication_matches_envoy_and_follows_key_rotation() {
     let wrong_issuer = rs1.sign(&claims("https://other.example", "api"));
     let wrong_aud = rs1.sign(&claims(RS_ISSUER, "not-api"));
     let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
-    parts[1] = B64.encode(claims(RS_ISSUER, "api").to_string().replace("user-1", "user-2"));
+    parts[1] = B64.encode(
+        claims(RS_ISSUER, "api")
+            .to_string()
+            .replace("user-1", "user-2"),
+    );
     let bad_signature = parts.join(".");
     let es_in_bearer = format!("Bearer {es}");
     let cases: Vec<(&str, String, Option<(&str, u16)>)> = vec![
-        ("expired", format!("Bearer {}", rs1.sign(&expired)), Some(("Jwt is expired", 401))),
-        ("not yet valid", format!("Bearer {}", rs1.sign(&early)), Some(("Jwt not yet valid", 401))),
-        ("wrong issuer", format!("Bearer {wrong_issuer}"), Some(("Jwt issuer is not configured", 401))),
-        ("wrong audience", format!("Bearer {wrong_aud}"), Some(("Audiences in Jwt are not allowed", 403))),
-        ("bad signature", format!("Bearer {bad_signature}"), Some(("Jwt verification fails", 401))),
+        (
+            "expired",
+            format!("Bearer {}", rs1.sign(&expired)),
+            Some(("Jwt is expired", 401)),
+        ),
+        (
+            "not yet valid",
+            format!("Bearer {}", rs1.sign(&early)),
+            Some(("Jwt not yet valid", 401)),
+        ),
+        (
+            "wrong issuer",
+            format!("Bearer {wrong_issuer}"),
+            Some(("Jwt issuer is not configured", 401)),
+        ),
+        (
+            "wrong audience",
+            format!("Bearer {wrong_aud}"),
+            Some(("Audiences in Jwt are not allowed", 403)),
+        ),
+        (
+            "bad signature",
+            format!("Bearer {bad_signature}"),
+            Some(("Jwt verification fails", 401)),
+        ),
         (
             "malformed",
             "Bearer abc".to_string(),
-            Some(("Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections", 401)),
+            Some((
+                "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+                401,
+            )),
         ),
         // An ES256 token where only the RS issuer reads tokens.
-        ("other issuer's location", es_in_bearer, Some(("Jwt issuer is not configured", 401))),
+        (
+            "other issuer's location",
+            es_in_bearer,
+            Some(("Jwt issuer is not configured", 401)),
+        ),
     ];
     for (what, auth, want) in &cases {
         let r = p.same(what, "/path?q=1", &[("authorization", auth)]);
@@ -434,7 +478,11 @@ fn request_authentication_matches_envoy_and_follows_key_rotation() {
     // An expired ES256 token in the query parameter; a malformed one in the cookie.
     let mut es_expired = claims(ES_ISSUER, "x");
     es_expired["exp"] = json!(now() - 3600);
-    let r = p.same("expired in ?tok", &format!("/e?tok={}", es1.sign(&es_expired)), &[]);
+    let r = p.same(
+        "expired in ?tok",
+        &format!("/e?tok={}", es1.sign(&es_expired)),
+        &[],
+    );
     assert_eq!(r["status"], 401);
     let r = p.same("malformed cookie", "/", &[("cookie", "session=not.a.jwt")]);
     assert_eq!(r["status"], 401);
@@ -457,12 +505,20 @@ fn request_authentication_matches_envoy_and_follows_key_rotation() {
             en["status"] == 200 && mn["status"] == 200 && eo["status"] == 401 && mo["status"] == 401
         },
     );
-    let r = p.same("old key after rotation", "/", &[("authorization", &old_token)]);
+    let r = p.same(
+        "old key after rotation",
+        "/",
+        &[("authorization", &old_token)],
+    );
     assert_eq!(
         r["body"],
         "Jwks doesn't have key to match kid or alg from Jwt"
     );
-    p.same("new key after rotation", "/", &[("authorization", &new_token)]);
+    p.same(
+        "new key after rotation",
+        "/",
+        &[("authorization", &new_token)],
+    );
     assert!(jwks.hits() > before, "the key server was asked again");
     drop(envoy);
 }
@@ -508,7 +564,10 @@ fn a_required_token_is_answered_as_envoy_answers() {
     let _envoy = envoy_with(&required_token_resources(ep, backend.port(), &jwks), &dir);
     let _mesh = InProcess::start(&required_token_resources(mp, backend.port(), &jwks));
     support::wait_for_port(ep, Duration::from_secs(20));
-    let p = Pair { envoy: ep, mesh: mp };
+    let p = Pair {
+        envoy: ep,
+        mesh: mp,
+    };
     let r = p.same("missing", "/a/b?c=d", &[]);
     assert_eq!(r["status"], 401);
     assert_eq!(r["body"], "Jwt is missing");

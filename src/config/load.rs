@@ -584,9 +584,9 @@ fn load_object(file: &Arc<str>, root: Node, config: &mut Config, diags: &mut Vec
             return;
         }
         match kind.as_str() {
-            "RequestAuthentication" => {
-                push(config, file, root, diags, |c| &mut c.request_authentications)
-            }
+            "RequestAuthentication" => push(config, file, root, diags, |c| {
+                &mut c.request_authentications
+            }),
             _ => push(config, file, root, diags, |c| &mut c.peer_authentications),
         }
         return;

@@ -268,7 +268,9 @@ fn provider(
             http_uri: Some(core::HttpUri {
                 uri: rule.jwks_uri.clone(),
                 timeout: Some(pb::duration(
-                    rule.timeout.map(|t| t.get()).unwrap_or(DEFAULT_JWKS_TIMEOUT),
+                    rule.timeout
+                        .map(|t| t.get())
+                        .unwrap_or(DEFAULT_JWKS_TIMEOUT),
                 )),
                 http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(name)),
             }),
@@ -289,7 +291,11 @@ pub fn jwks_cluster_name(uri: &JwksUri) -> String {
 }
 
 /// The cluster keys are fetched from.
-fn jwks_cluster(name: &str, uri: &JwksUri, connect_timeout: std::time::Duration) -> cluster::Cluster {
+fn jwks_cluster(
+    name: &str,
+    uri: &JwksUri,
+    connect_timeout: std::time::Duration,
+) -> cluster::Cluster {
     let ip = uri.host.parse::<std::net::IpAddr>().is_ok();
     let discovery = if ip {
         cluster::cluster::DiscoveryType::Static
@@ -381,7 +387,11 @@ pub fn apply_to_listener(
     l: &mut crate::xds::pb::envoy::config::listener::v3::Listener,
     jwt_filter: &hcm::HttpFilter,
 ) {
-    for chain in l.filter_chains.iter_mut().chain(l.default_filter_chain.as_mut()) {
+    for chain in l
+        .filter_chains
+        .iter_mut()
+        .chain(l.default_filter_chain.as_mut())
+    {
         for f in chain.filters.iter_mut() {
             if f.name == super::listener::HTTP_CONNECTION_MANAGER {
                 insert_filter(f, jwt_filter);

@@ -44,12 +44,20 @@ fn http_filters(t: &Translation, listener: &str) -> Vec<Vec<Value>> {
         .iter()
         .flat_map(|c| c["filters"].as_array().unwrap().clone())
         .filter(|f| f["name"] == super::super::listener::HTTP_CONNECTION_MANAGER)
-        .map(|f| f["typed_config"]["http_filters"].as_array().unwrap().clone())
+        .map(|f| {
+            f["typed_config"]["http_filters"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
         .collect()
 }
 
 fn names(filters: &[Value]) -> Vec<&str> {
-    filters.iter().map(|f| f["name"].as_str().unwrap()).collect()
+    filters
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect()
 }
 
 #[test]
@@ -94,7 +102,10 @@ fn one_rule_is_one_provider_with_allow_missing_before_the_other_filters() {
         p["normalize_payload_in_metadata"],
         json!({"space_delimited_claims": ["permission", "scope"]})
     );
-    assert_eq!(p["from_headers"], json!([{"name": "x-token", "value_prefix": "Token "}]));
+    assert_eq!(
+        p["from_headers"],
+        json!([{"name": "x-token", "value_prefix": "Token "}])
+    );
     assert_eq!(p["from_params"], json!(["tok"]));
     assert_eq!(p["from_cookies"], json!(["session"]));
     assert_eq!(p["forward"], true);
@@ -111,8 +122,12 @@ fn one_rule_is_one_provider_with_allow_missing_before_the_other_filters() {
             "async_fetch": {"fast_listener": true}
         })
     );
-    let c = json::to_json(t.resources.cluster("jwks|127.0.0.1|9999").expect("jwks cluster"))
-        .unwrap();
+    let c = json::to_json(
+        t.resources
+            .cluster("jwks|127.0.0.1|9999")
+            .expect("jwks cluster"),
+    )
+    .unwrap();
     assert_eq!(c["type"], "STATIC");
     assert_eq!(
         c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"],
@@ -167,8 +182,12 @@ fn several_rules_are_sorted_by_issuer_and_any_valid_token_or_none_passes() {
         ]))
     );
     // The https key server: by DNS, TLS with the system's roots and its name checked.
-    let c = json::to_json(t.resources.cluster("jwks|keys.example.com|443").expect("cluster"))
-        .unwrap();
+    let c = json::to_json(
+        t.resources
+            .cluster("jwks|keys.example.com|443")
+            .expect("cluster"),
+    )
+    .unwrap();
     assert_eq!(c["type"], "STRICT_DNS");
     let ctx = &c["transport_socket"]["typed_config"];
     assert_eq!(ctx["sni"], "keys.example.com");
@@ -259,7 +278,11 @@ spec:
     for l in &t.resources.listeners {
         if l.name != "virtualInbound" {
             for filters in http_filters(&t, &l.name) {
-                assert!(!names(&filters).contains(&"envoy.filters.http.jwt_authn"), "{}", l.name);
+                assert!(
+                    !names(&filters).contains(&"envoy.filters.http.jwt_authn"),
+                    "{}",
+                    l.name
+                );
             }
         }
     }

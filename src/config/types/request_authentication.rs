@@ -175,7 +175,10 @@ impl JwksUri {
                 .filter(|p| *p > 0)
                 .ok_or_else(|| format!("jwksUri `{uri}` has an invalid port `{p}`"))?,
         };
-        if path.bytes().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
+        if path
+            .bytes()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+        {
             return Err(format!("jwksUri `{uri}` has spaces or control characters"));
         }
         let path = if path.is_empty() || path.starts_with('?') {
@@ -210,12 +213,37 @@ mod tests {
                 "{u}"
             );
         };
-        ok("https://example.com/jwks.json", true, "example.com", 443, "/jwks.json");
-        ok("http://127.0.0.1:8080/k?x=1", false, "127.0.0.1", 8080, "/k?x=1");
+        ok(
+            "https://example.com/jwks.json",
+            true,
+            "example.com",
+            443,
+            "/jwks.json",
+        );
+        ok(
+            "http://127.0.0.1:8080/k?x=1",
+            false,
+            "127.0.0.1",
+            8080,
+            "/k?x=1",
+        );
         ok("http://[::1]:9/", false, "::1", 9, "/");
-        ok("HTTPS://Keys.Example.com", true, "keys.example.com", 443, "/");
+        ok(
+            "HTTPS://Keys.Example.com",
+            true,
+            "keys.example.com",
+            443,
+            "/",
+        );
         ok("http://h?q", false, "h", 80, "/?q");
-        for bad in ["ftp://h/", "h/jwks", "http:///x", "http://h:0/", "http://h:99999/", "http://u@h/"] {
+        for bad in [
+            "ftp://h/",
+            "h/jwks",
+            "http:///x",
+            "http://h:0/",
+            "http://h:99999/",
+            "http://u@h/",
+        ] {
             assert!(JwksUri::parse(bad).is_err(), "{bad}");
         }
     }

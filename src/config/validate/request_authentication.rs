@@ -107,7 +107,10 @@ pub fn validate(ra: &Resource<RequestAuthentication>, out: &mut Vec<Diagnostic>)
         for (j, c) in rule.output_claim_to_headers.iter().enumerate() {
             let field = format!("spec.jwtRules[{i}].outputClaimToHeaders[{j}]");
             if c.header.is_empty() {
-                s.error(&format!("{field}.header"), "header must be non-empty string");
+                s.error(
+                    &format!("{field}.header"),
+                    "header must be non-empty string",
+                );
             } else {
                 s.check(&format!("{field}.header"), check_header_name(&c.header));
                 if c.header.starts_with(':') {
@@ -194,15 +197,25 @@ mod tests {
                 "no key source, no issuer",
                 "  jwtRules:\n  - audiences: [\"\"]\n",
                 &[
-                    "t.yaml:6:5: error: RequestAuthentication/shop/j: spec.jwtRules[0].audiences[0]: audience must be non-empty string",
                     "t.yaml:6:5: error: RequestAuthentication/shop/j: spec.jwtRules[0].issuer: issuer or jwksUri must be non-empty string",
                     "t.yaml:6:5: error: RequestAuthentication/shop/j: spec.jwtRules[0].jwksUri: one of jwksUri or jwks is needed: meshgate does not discover keys from the issuer's OpenID configuration",
+                    "t.yaml:6:17: error: RequestAuthentication/shop/j: spec.jwtRules[0].audiences[0]: audience must be non-empty string",
                 ],
             ),
             (
                 "bad values",
                 "  jwtRules:\n  - issuer: i\n    jwksUri: ftp://k/jwks\n    fromHeaders: [{name: \"\"}, {name: \"bad header\"}]\n    fromParams: [\"\"]\n    fromCookies: [\"\"]\n    outputPayloadToHeader: \"x y\"\n    outputClaimToHeaders: [{header: \":path\", claim: \"\"}]\n    timeout: 0s\n",
-                &[],
+                &[
+                    "t.yaml:7:5: error: RequestAuthentication/shop/j: spec.jwtRules[0].jwksUri: URI scheme `ftp` is not supported",
+                    "t.yaml:8:20: error: RequestAuthentication/shop/j: spec.jwtRules[0].fromHeaders[0].name: location header name must be non-empty string",
+                    "t.yaml:8:32: error: RequestAuthentication/shop/j: spec.jwtRules[0].fromHeaders[1].name: `bad header` is not a valid header name",
+                    "t.yaml:9:18: error: RequestAuthentication/shop/j: spec.jwtRules[0].fromParams[0]: location query must be non-empty string",
+                    "t.yaml:10:19: error: RequestAuthentication/shop/j: spec.jwtRules[0].fromCookies[0]: cookie name must be non-empty string",
+                    "t.yaml:11:5: error: RequestAuthentication/shop/j: spec.jwtRules[0].outputPayloadToHeader: `x y` is not a valid header name",
+                    "t.yaml:12:29: error: RequestAuthentication/shop/j: spec.jwtRules[0].outputClaimToHeaders[0].header: `:path` is a pseudo-header and cannot be set",
+                    "t.yaml:12:46: error: RequestAuthentication/shop/j: spec.jwtRules[0].outputClaimToHeaders[0].claim: claim must be non-empty string",
+                    "t.yaml:13:5: error: RequestAuthentication/shop/j: spec.jwtRules[0].timeout: duration 0s must be at least 1ms",
+                ],
             ),
             (
                 "bad jwks",

@@ -473,7 +473,12 @@ impl JwtAuthn {
             cx,
             c,
             pb::JwtAuthentication {
-                supported: [providers, rules, bypass_cors_preflight, strip_failure_response],
+                supported: [
+                    providers,
+                    rules,
+                    bypass_cors_preflight,
+                    strip_failure_response
+                ],
                 ignored: [stat_prefix],
                 unsupported: [filter_state_rules, requirement_map],
             }
@@ -506,14 +511,6 @@ impl JwtAuthn {
             rules,
             bypass_cors_preflight: c.bypass_cors_preflight,
             strip_failure_response: c.strip_failure_response,
-        })
-    }
-
-    /// The remote key sets of the filter (to start their background fetches).
-    pub fn remote_jwks(&self) -> impl Iterator<Item = &Arc<RemoteJwks>> {
-        self.providers.iter().filter_map(|p| match &p.keys {
-            Keys::Remote(r) => Some(r),
-            Keys::Local(_) => None,
         })
     }
 }
@@ -614,7 +611,11 @@ fn compile_provider(cx: &mut Cx, p: &pb::JwtProvider) -> Result<Provider, Compil
         forward_payload_header: if p.forward_payload_header.is_empty() {
             None
         } else {
-            Some(header(cx, "forward_payload_header", &p.forward_payload_header)?)
+            Some(header(
+                cx,
+                "forward_payload_header",
+                &p.forward_payload_header,
+            )?)
         },
         pad_forward_payload_header: p.pad_forward_payload_header,
         claim_to_headers,
@@ -643,8 +644,9 @@ fn data_source(cx: &mut Cx, ds: &core_pb::DataSource) -> Result<Vec<u8>, Compile
     match &ds.specifier {
         Some(Specifier::InlineString(s)) => Ok(s.as_bytes().to_vec()),
         Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
-        Some(Specifier::Filename(f)) => std::fs::read(f)
-            .map_err(|e| cx.err("filename", format!("reading {f}: {e}"))),
+        Some(Specifier::Filename(f)) => {
+            std::fs::read(f).map_err(|e| cx.err("filename", format!("reading {f}: {e}")))
+        }
         Some(Specifier::EnvironmentVariable(v)) => std::env::var(v)
             .map(String::into_bytes)
             .map_err(|_| cx.err("environment_variable", format!("{v} is not set"))),
@@ -688,7 +690,10 @@ fn remote_jwks(cx: &mut Cx, r: &pb::RemoteJwks) -> Result<Arc<RemoteJwks>, Compi
         .parse()
         .map_err(|e| cx.err("http_uri.uri", format!("{:?}: {e}", u.uri)))?;
     let (Some(authority), Some(_)) = (uri.authority(), uri.scheme()) else {
-        return Err(cx.err("http_uri.uri", format!("{:?} is not an absolute URI", u.uri)));
+        return Err(cx.err(
+            "http_uri.uri",
+            format!("{:?} is not an absolute URI", u.uri),
+        ));
     };
     let host = HeaderValue::from_str(authority.as_str())
         .map_err(|e| cx.err("http_uri.uri", e.to_string()))?;
@@ -711,8 +716,10 @@ fn remote_jwks(cx: &mut Cx, r: &pb::RemoteJwks) -> Result<Arc<RemoteJwks>, Compi
                     unsupported: [],
                 }
             );
-            Ok(duration(cx, "failed_refetch_duration", &a.failed_refetch_duration)?
-                .unwrap_or(DEFAULT_FAILED_REFETCH))
+            Ok(
+                duration(cx, "failed_refetch_duration", &a.failed_refetch_duration)?
+                    .unwrap_or(DEFAULT_FAILED_REFETCH),
+            )
         })?),
     };
     Ok(Arc::new(RemoteJwks {
@@ -821,9 +828,11 @@ fn requirement(
                 match &c.requires_type {
                     Some(RequiresType::AllowMissing(_)) => allow_missing = true,
                     Some(RequiresType::AllowMissingOrFailed(_)) => allow_missing_or_failed = true,
-                    _ => children.push(cx.at(format_args!("requires_any.requirements[{i}]"), |cx| {
-                        requirement(cx, c, providers)
-                    })?),
+                    _ => children.push(
+                        cx.at(format_args!("requires_any.requirements[{i}]"), |cx| {
+                            requirement(cx, c, providers)
+                        })?,
+                    ),
                 }
             }
             if children.is_empty() {
@@ -919,11 +928,11 @@ fn is_cors_preflight(req: &Request<hyper::body::Incoming>) -> bool {
 
 /// Envoy's `buildOriginalUri`: scheme, host and path (at most 256 bytes of it).
 fn realm(cx: &RequestCx<'_>) -> String {
-    let scheme = cx
-        .req
-        .uri()
-        .scheme_str()
-        .unwrap_or(if cx.conn.peer.https { "https" } else { "http" });
+    let scheme =
+        cx.req
+            .uri()
+            .scheme_str()
+            .unwrap_or(if cx.conn.peer.https { "https" } else { "http" });
     let host = String::from_utf8_lossy(cx.authority.as_bytes());
     let path = cx
         .req
@@ -1028,9 +1037,7 @@ impl JwtAuthn {
                             fin = s;
                         }
                     }
-                    if *allow_missing_or_failed
-                        || (*allow_missing && fin == Status::JwtMissed)
-                    {
+                    if *allow_missing_or_failed || (*allow_missing && fin == Status::JwtMissed) {
                         Status::Ok
                     } else {
                         fin
@@ -1197,7 +1204,12 @@ fn remove_param(req: &mut Request<hyper::body::Incoming>, name: &str) {
 
 /// Verifies against a remote key set: the cached keys when fresh, else a fetch (the
 /// request waits); a `kid` no key has triggers one rate-limited refetch.
-async fn verify_remote(shared: &Arc<Shared>, r: &Arc<RemoteJwks>, worker: usize, jwt: &Jwt) -> Status {
+async fn verify_remote(
+    shared: &Arc<Shared>,
+    r: &Arc<RemoteJwks>,
+    worker: usize,
+    jwt: &Jwt,
+) -> Status {
     let entry = shared.jwks.entry(r);
     if r.async_fetch.is_some() {
         entry.start_refresher(shared, r, worker);
@@ -1297,7 +1309,10 @@ impl JwksEntry {
     }
 
     fn may_refetch_for_kid(&self) -> bool {
-        let mut last = self.last_kid_refetch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self
+            .last_kid_refetch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|t| t.elapsed() < KID_REFETCH_INTERVAL) {
             return false;
         }
@@ -1378,7 +1393,13 @@ impl JwksEntry {
 
 /// One GET of the key set through the named cluster: 200 and a valid set, or an error.
 async fn fetch_jwks(shared: &Shared, r: &RemoteJwks, worker: usize) -> Result<Jwks, ()> {
-    let cluster: Arc<Cluster> = shared.snapshot.load().clusters.get(&*r.cluster).cloned().ok_or(())?;
+    let cluster: Arc<Cluster> = shared
+        .snapshot
+        .load()
+        .clusters
+        .get(&*r.cluster)
+        .cloned()
+        .ok_or(())?;
     let work = async {
         let host = cluster.choose_host(LbContext::default()).ok_or(())?;
         let h2 = cluster.protocol == crate::proxy::upstream::cluster::UpstreamProtocol::Http2;
@@ -1412,7 +1433,9 @@ async fn fetch_jwks(shared: &Shared, r: &RemoteJwks, worker: usize) -> Result<Jw
         }
         Jwks::parse(&bytes).map_err(|_| ())
     };
-    tokio::time::timeout(r.timeout, work).await.map_err(|_| ())?
+    tokio::time::timeout(r.timeout, work)
+        .await
+        .map_err(|_| ())?
 }
 
 #[cfg(test)]
@@ -1448,7 +1471,10 @@ mod tests {
     #[test]
     fn cookies_and_params_are_read_as_envoy_reads_them() {
         let mut h = http::HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; tok=\"abc\"; tok=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; tok=\"abc\"; tok=2"),
+        );
         assert_eq!(cookie(&h, "tok").as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "b"), None);
         let q: Vec<_> = query_params("a=1&tok=x%2Ey&&b").collect();
@@ -1476,6 +1502,17 @@ mod tests {
         assert!(r(Some("/api"), None, false).matches("/API"));
         assert!(r(None, Some("/a"), true).matches("/a?q=1"));
         assert!(!r(None, Some("/a"), true).matches("/ab"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_kid_refetches_at_most_once_per_interval() {
+        let e = JwksEntry::default();
+        assert!(e.may_refetch_for_kid());
+        assert!(!e.may_refetch_for_kid());
+        tokio::time::advance(KID_REFETCH_INTERVAL - Duration::from_millis(1)).await;
+        assert!(!e.may_refetch_for_kid());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(e.may_refetch_for_kid());
     }
 
     #[test]
@@ -1511,6 +1548,10 @@ mod tests {
             ..Default::default()
         };
         let e = JwtAuthn::compile(&mut cx, "jwt", &c.encode_to_vec()).unwrap_err();
-        assert!(e.message.contains("Required provider ['nope'] is not configured."), "{e}");
+        assert!(
+            e.message
+                .contains("Required provider ['nope'] is not configured."),
+            "{e}"
+        );
     }
 }

@@ -195,8 +195,7 @@ impl Jwt {
         let [h, p, s] = parts.as_slice() else {
             return Err(Status::JwtBadFormat);
         };
-        let header_bytes = b64_decode(h)
-            .map_err(|_| Status::JwtHeaderParseErrorBadBase64)?;
+        let header_bytes = b64_decode(h).map_err(|_| Status::JwtHeaderParseErrorBadBase64)?;
         let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
             .map_err(|_| Status::JwtHeaderParseErrorBadJson)?;
         let alg = match get_string(&header, "alg") {
@@ -211,8 +210,7 @@ impl Jwt {
             Field::WrongType => return Err(Status::JwtHeaderBadKid),
             _ => String::new(),
         };
-        let payload_bytes = b64_decode(p)
-            .map_err(|_| Status::JwtPayloadParseErrorBadBase64)?;
+        let payload_bytes = b64_decode(p).map_err(|_| Status::JwtPayloadParseErrorBadBase64)?;
         let payload: Map<String, Value> = serde_json::from_slice(&payload_bytes)
             .map_err(|_| Status::JwtPayloadParseErrorBadJson)?;
         let iss = match get_string(&payload, "iss") {
@@ -257,8 +255,7 @@ impl Jwt {
                 .ok_or(Status::JwtPayloadParseErrorAudNotString)?,
             Some(_) => return Err(Status::JwtPayloadParseErrorAudNotString),
         };
-        let signature = b64_decode(s)
-            .map_err(|_| Status::JwtSignatureParseErrorBadBase64)?;
+        let signature = b64_decode(s).map_err(|_| Status::JwtSignatureParseErrorBadBase64)?;
         Ok(Jwt {
             alg,
             kid,
@@ -440,8 +437,16 @@ fn b64_big_endian(s: &str) -> Option<Vec<u8>> {
 /// One JWK, or None when Envoy would skip it.
 fn jwk(k: &Map<String, Value>) -> Option<Jwk> {
     let kty = k.get("kty")?.as_str()?;
-    let kid = k.get("kid").and_then(Value::as_str).unwrap_or("").to_string();
-    let alg = k.get("alg").and_then(Value::as_str).unwrap_or("").to_string();
+    let kid = k
+        .get("kid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let alg = k
+        .get("alg")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let s = |f: &str| k.get(f).and_then(Value::as_str);
     let (material, key) = match kty {
         "RSA" => {
@@ -597,14 +602,38 @@ mod tests {
             ("!!.e30.c2ln", Status::JwtHeaderParseErrorBadBase64),
             ("bm90anNvbg.e30.c2ln", Status::JwtHeaderParseErrorBadJson),
             ("e30.e30.c2ln", Status::JwtHeaderBadAlg),
-            ("eyJhbGciOiJub25lIn0.e30.c2ln", Status::JwtHeaderNotImplementedAlg),
-            ("eyJhbGciOiJIUzI1NiIsImtpZCI6MX0.e30.c2ln", Status::JwtHeaderBadKid),
-            ("eyJhbGciOiJIUzI1NiJ9.!!.c2ln", Status::JwtPayloadParseErrorBadBase64),
-            ("eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOjF9.c2ln", Status::JwtPayloadParseErrorIssNotString),
-            ("eyJhbGciOiJIUzI1NiJ9.eyJleHAiOiJ4In0.c2ln", Status::JwtPayloadParseErrorExpNotInteger),
-            ("eyJhbGciOiJIUzI1NiJ9.eyJleHAiOi0xfQ.c2ln", Status::JwtPayloadParseErrorExpOutOfRange),
-            ("eyJhbGciOiJIUzI1NiJ9.eyJhdWQiOjF9.c2ln", Status::JwtPayloadParseErrorAudNotString),
-            ("eyJhbGciOiJIUzI1NiJ9.e30.!!", Status::JwtSignatureParseErrorBadBase64),
+            (
+                "eyJhbGciOiJub25lIn0.e30.c2ln",
+                Status::JwtHeaderNotImplementedAlg,
+            ),
+            (
+                "eyJhbGciOiJIUzI1NiIsImtpZCI6MX0.e30.c2ln",
+                Status::JwtHeaderBadKid,
+            ),
+            (
+                "eyJhbGciOiJIUzI1NiJ9.!!.c2ln",
+                Status::JwtPayloadParseErrorBadBase64,
+            ),
+            (
+                "eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOjF9.c2ln",
+                Status::JwtPayloadParseErrorIssNotString,
+            ),
+            (
+                "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOiJ4In0.c2ln",
+                Status::JwtPayloadParseErrorExpNotInteger,
+            ),
+            (
+                "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOi0xfQ.c2ln",
+                Status::JwtPayloadParseErrorExpOutOfRange,
+            ),
+            (
+                "eyJhbGciOiJIUzI1NiJ9.eyJhdWQiOjF9.c2ln",
+                Status::JwtPayloadParseErrorAudNotString,
+            ),
+            (
+                "eyJhbGciOiJIUzI1NiJ9.e30.!!",
+                Status::JwtSignatureParseErrorBadBase64,
+            ),
         ];
         for (token, want) in cases {
             assert_eq!(Jwt::parse(token).err(), Some(*want), "{token}");
@@ -648,7 +677,10 @@ mod tests {
     fn key_sets_keep_only_usable_keys() {
         assert_eq!(Jwks::parse(b"nope").err(), Some(Status::JwksParseError));
         assert_eq!(Jwks::parse(b"{}").err(), Some(Status::JwksNoKeys));
-        assert_eq!(Jwks::parse(br#"{"keys":1}"#).err(), Some(Status::JwksBadKeys));
+        assert_eq!(
+            Jwks::parse(br#"{"keys":1}"#).err(),
+            Some(Status::JwksBadKeys)
+        );
         assert_eq!(
             Jwks::parse(br#"{"keys":[{"kty":"RSA","n":"AQAB","e":"Aw0"}]}"#).err(),
             Some(Status::JwksNoValidKeys)
@@ -662,10 +694,9 @@ mod tests {
 
     #[test]
     fn claims_become_header_values_as_envoy_prints_them() {
-        let p: Map<String, Value> = serde_json::from_str(
-            r#"{"s":"x","n":42,"f":1.5,"b":true,"o":{"in":"deep"},"l":[1]}"#,
-        )
-        .unwrap();
+        let p: Map<String, Value> =
+            serde_json::from_str(r#"{"s":"x","n":42,"f":1.5,"b":true,"o":{"in":"deep"},"l":[1]}"#)
+                .unwrap();
         let v = |path| claim(&p, path).and_then(claim_header_value);
         assert_eq!(v("s").as_deref(), Some("x"));
         assert_eq!(v("n").as_deref(), Some("42"));
