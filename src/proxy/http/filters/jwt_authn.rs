@@ -1222,19 +1222,23 @@ async fn verify_remote(
         },
     };
     let s = jwt.verify(&keys);
-    if s == Status::JwksKidAlgMismatch && entry.may_refetch_for_kid() {
-        if let Ok(k) = entry.fetch(shared, r, worker).await {
-            return jwt.verify(&k);
-        }
+    if s == Status::JwksKidAlgMismatch
+        && entry.may_refetch_for_kid()
+        && let Ok(k) = entry.fetch(shared, r, worker).await
+    {
+        return jwt.verify(&k);
     }
     s
 }
+
+/// A key set's identity: its cluster and URI.
+type JwksKey = (Box<str>, Box<str>);
 
 /// Remote key sets, by cluster and URI, kept by the runtime across configuration
 /// updates; sets unused for an hour are dropped.
 #[derive(Debug, Default)]
 pub struct JwksStore {
-    entries: Mutex<HashMap<(Box<str>, Box<str>), Arc<JwksEntry>>>,
+    entries: Mutex<HashMap<JwksKey, Arc<JwksEntry>>>,
 }
 
 /// One remote key set.
