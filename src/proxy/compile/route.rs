@@ -2,6 +2,7 @@
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::http::cors::CorsPolicy;
 use crate::proxy::http::fault::Fault;
+use crate::proxy::http::filters::ratelimit::RateLimitPolicy;
 use crate::proxy::route::action::*;
 use crate::proxy::route::headers::HeaderMutations;
 use crate::proxy::route::matcher::{HeaderKey, RouteMatch, fraction_per_million, search_regex};
@@ -219,12 +220,12 @@ fn compile_virtual_host(
                 include_request_attempt_count,
                 include_attempt_count_in_response,
                 retry_policy,
-                require_tls
+                require_tls,
+                rate_limits
             ],
             ignored: [metadata, virtual_clusters],
             unsupported: [
                 matcher,
-                rate_limits,
                 retry_policy_typed_config,
                 hedge_policy,
                 include_is_timeout_retry_header,
@@ -279,6 +280,7 @@ fn compile_virtual_host(
         include_request_attempt_count: vh.include_request_attempt_count,
         include_attempt_count_in_response: vh.include_attempt_count_in_response,
         retry,
+        rate_limits: RateLimitPolicy::compile(cx, &vh.rate_limits)?,
     })
 }
 
@@ -320,8 +322,12 @@ fn compile_route(
         .ok_or_else(|| cx.err("match", "required"))?;
     let matcher = cx.at("match", |cx| RouteMatch::compile(cx, m))?;
     let mut filters = filter_configs(cx, &r.typed_per_filter_config)?;
+    let mut rate_limits = RateLimitPolicy::default();
+    let mut include_vh_rate_limits = false;
     let action = match &r.action {
         Some(A::Route(ra)) => {
+            rate_limits = cx.at("route", |cx| RateLimitPolicy::compile(cx, &ra.rate_limits))?;
+            include_vh_rate_limits = ra.include_vh_rate_limits.is_some_and(|b| b.value);
             if let Some(c) = &ra.cors {
                 filters.cors =
                     Some(Arc::new(cx.at("route.cors", |cx| {
@@ -364,6 +370,8 @@ fn compile_route(
         fault: filters.fault,
         cors: filters.cors,
         filters: Default::default(),
+        rate_limits,
+        include_vh_rate_limits,
     })
 }
 
@@ -398,14 +406,15 @@ fn compile_route_action(
                 hash_policy,
                 cors,
                 upgrade_configs,
+                rate_limits,
+                include_vh_rate_limits,
                 cluster_specifier,
                 host_rewrite_specifier
             ],
             ignored: [
                 priority,
                 max_grpc_timeout,
-                grpc_timeout_offset,
-                include_vh_rate_limits
+                grpc_timeout_offset
             ],
             unsupported: [
                 metadata_match,
@@ -414,7 +423,6 @@ fn compile_route_action(
                 flush_timeout,
                 early_data_policy,
                 retry_policy_typed_config,
-                rate_limits,
                 internal_redirect_policy,
                 internal_redirect_action,
                 max_internal_redirects,

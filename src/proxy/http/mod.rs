@@ -4,6 +4,7 @@ pub mod body;
 pub mod cors;
 pub mod fault;
 pub mod filter;
+pub mod filters;
 pub mod hcm;
 pub mod head_scan;
 pub mod local_reply;
