@@ -1,7 +1,7 @@
 //! Listener (+ HttpConnectionManager) -> [`Listener`].
 use crate::proxy::compile::route::{Clusters, compile_route_config};
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
-use crate::proxy::http::fault::Fault;
+use crate::proxy::http::filter::HttpFilter;
 use crate::proxy::http::hcm::*;
 use crate::proxy::listener::{ChainAction, ChainMatch, FilterChain, Listener, TransportProtocol};
 use crate::proxy::route::RouteTable;
@@ -11,7 +11,7 @@ use crate::tls::DownstreamTls;
 use crate::xds::ResourceSet;
 use crate::xds::pb::envoy::config::core::v3 as core_pb;
 use crate::xds::pb::envoy::config::listener::v3 as pb;
-use crate::xds::pb::envoy::extensions::filters::http::fault::v3 as fault_pb;
+
 use crate::xds::pb::envoy::extensions::filters::http::router::v3 as router_pb;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
 use crate::xds::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_pb;
@@ -25,7 +25,6 @@ use std::time::Duration;
 
 const TLS_INSPECTOR: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
-const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
 const RAW_BUFFER: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 /// Envoy's bound on a downstream TLS handshake when `transport_socket_connect_timeout`
@@ -635,7 +634,7 @@ fn compile_hcm(
             "trusting x-forwarded-for hops is not supported (only 0)",
         ));
     }
-    let filters = compile_http_filters(cx, h)?;
+    let filters = compile_http_filters(cx, h, clusters)?;
     let common = h.common_http_protocol_options.as_ref();
     let idle_timeout = match common.and_then(|c| c.idle_timeout) {
         None => Some(Duration::from_secs(3600)),
@@ -800,7 +799,8 @@ fn compile_hcm(
 fn compile_http_filters(
     cx: &mut Cx,
     h: &hcm_pb::HttpConnectionManager,
-) -> Result<(Vec<HttpFilter>, bool), CompileError> {
+    clusters: &Clusters,
+) -> Result<(Vec<Arc<dyn HttpFilter>>, bool), CompileError> {
     use hcm_pb::http_filter::ConfigType;
     let mut out = Vec::new();
     let mut suppress = false;
@@ -845,24 +845,25 @@ fn compile_http_filters(
                     }
                 );
                 suppress = r.suppress_envoy_headers;
-            } else if any.type_url == fault_pb::HttpFault::type_url() {
-                let fault = fault_pb::HttpFault::decode(any.value.as_slice())
-                    .map_err(|e| cx.err("typed_config", e.to_string()))?;
-                let compiled = cx.at("typed_config", |cx| Fault::compile(cx, &fault))?;
-                let empty = compiled.delay.is_none() && compiled.abort.is_none();
-                out.push(HttpFilter::Fault((!empty).then(|| Arc::new(compiled))));
-            } else if any.type_url == CORS {
-                out.push(HttpFilter::Cors);
             } else if ISTIO_STATS.contains(&any.type_url.as_str()) {
                 // Istio's standard metrics are always produced.
             } else {
-                return Err(cx.err(
-                    "typed_config",
-                    format!(
-                        "HTTP filter {:?} ({}) is not supported",
-                        f.name, any.type_url
-                    ),
-                ));
+                let b = crate::proxy::http::filters::BuildCx {
+                    name: &f.name,
+                    clusters,
+                };
+                match crate::proxy::http::filters::build(cx, &b, any)? {
+                    Some(filter) => out.push(filter),
+                    None => {
+                        return Err(cx.err(
+                            "typed_config",
+                            format!(
+                                "HTTP filter {:?} ({}) is not supported",
+                                f.name, any.type_url
+                            ),
+                        ));
+                    }
+                }
             }
             if f.is_optional || f.disabled {
                 return Err(cx.err("", "optional or disabled HTTP filters are not supported"));

@@ -1,7 +1,8 @@
 //! RouteConfiguration -> [`RouteTable`].
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
-use crate::proxy::http::cors::CorsPolicy;
-use crate::proxy::http::fault::Fault;
+use crate::proxy::http::filter::PerFilterConfigs;
+use crate::proxy::http::filters::cors::CorsPolicy;
+use crate::proxy::http::filters::fault::Fault;
 use crate::proxy::http::filters::ratelimit::RateLimitPolicy;
 use crate::proxy::route::action::*;
 use crate::proxy::route::headers::HeaderMutations;
@@ -45,6 +46,8 @@ pub(crate) fn compile_route_configs(
 struct FilterConfigs {
     fault: Option<Arc<Fault>>,
     cors: Option<Arc<CorsPolicy>>,
+    /// The other filters' configs, by filter name.
+    others: PerFilterConfigs,
 }
 
 impl FilterConfigs {
@@ -52,12 +55,14 @@ impl FilterConfigs {
         FilterConfigs {
             fault: self.fault.or_else(|| outer.fault.clone()),
             cors: self.cors.or_else(|| outer.cors.clone()),
+            others: self.others.or(&outer.others),
         }
     }
 }
 
 fn filter_configs(cx: &mut Cx, map: &HashMap<String, Any>) -> Result<FilterConfigs, CompileError> {
     let mut out = FilterConfigs::default();
+    let mut others = Vec::new();
     let mut names: Vec<&String> = map.keys().collect();
     names.sort();
     for name in names {
@@ -71,6 +76,8 @@ fn filter_configs(cx: &mut Cx, map: &HashMap<String, Any>) -> Result<FilterConfi
                 let p = cors_pb::CorsPolicy::decode(any.value.as_slice())
                     .map_err(|e| cx.err("", format!("decoding CorsPolicy: {e}")))?;
                 out.cors = Some(Arc::new(CorsPolicy::compile(cx, &p)?));
+            } else if let Some(c) = crate::proxy::http::filters::per_route(cx, any)? {
+                others.push((name.as_str().into(), c));
             } else {
                 return Err(cx.err(
                     "",
@@ -83,6 +90,7 @@ fn filter_configs(cx: &mut Cx, map: &HashMap<String, Any>) -> Result<FilterConfi
             Ok(())
         })?;
     }
+    out.others = PerFilterConfigs::new(others);
     Ok(out)
 }
 
@@ -369,7 +377,7 @@ fn compile_route(
         )?,
         fault: filters.fault,
         cors: filters.cors,
-        filters: Default::default(),
+        filters: filters.others,
         rate_limits,
         include_vh_rate_limits,
     })

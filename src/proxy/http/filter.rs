@@ -15,7 +15,7 @@
 use crate::proxy::access_log::RequestLog;
 use crate::proxy::http::body::ResponseBody;
 use crate::proxy::http::router::ConnCtx;
-use crate::proxy::route::{Route, VirtualHost};
+use crate::proxy::route::{RequestView, Route, VirtualHost};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use std::any::Any;
@@ -47,8 +47,16 @@ pub enum Verdict {
     /// On to the next filter (the router after the last).
     Continue,
     /// Answer locally; later filters and the router do not see the request. The route's
-    /// response headers are added to the answer, as Envoy adds them to local replies.
-    Respond(Response<ResponseBody>),
+    /// response headers are added to the answer, as Envoy adds them to local replies,
+    /// unless the answer carries [`crate::proxy::http::local_reply::FilterEncoded`]
+    /// (a filter encoding its own answer, as the CORS filter answers a preflight).
+    Respond(Box<Response<ResponseBody>>),
+}
+
+impl Verdict {
+    pub fn respond(resp: Response<ResponseBody>) -> Verdict {
+        Verdict::Respond(Box::new(resp))
+    }
 }
 
 /// A filter's request phase: decided, or a future that decides.
@@ -61,7 +69,7 @@ impl Step<'_> {
     pub const CONTINUE: Step<'static> = Step::Done(Verdict::Continue);
 
     pub fn respond(resp: Response<ResponseBody>) -> Step<'static> {
-        Step::Done(Verdict::Respond(resp))
+        Step::Done(Verdict::respond(resp))
     }
 }
 
@@ -86,6 +94,11 @@ impl RequestCx<'_> {
     /// host and route configuration), if any and of type `T`.
     pub fn per_route<T: Any + Send + Sync>(&self, name: &str) -> Option<&T> {
         self.route?.filter_config::<T>(name)
+    }
+
+    /// The request as route and header matchers see it.
+    pub fn request_view(&self) -> RequestView<'_> {
+        crate::proxy::http::router::request_view(self.req, self.authority, self.conn.peer.https)
     }
 }
 
@@ -171,8 +184,11 @@ impl PerFilterConfigs {
         if self.0.is_empty() {
             return outer.clone();
         }
-        let mut out: Vec<(Box<str>, PerFilterConfig)> =
-            self.0.iter().map(|(n, c)| (n.clone(), c.0.clone())).collect();
+        let mut out: Vec<(Box<str>, PerFilterConfig)> = self
+            .0
+            .iter()
+            .map(|(n, c)| (n.clone(), c.0.clone()))
+            .collect();
         for (n, c) in outer.0.iter() {
             if !out.iter().any(|(m, _)| m == n) {
                 out.push((n.clone(), c.0.clone()));

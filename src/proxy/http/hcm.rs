@@ -1,6 +1,6 @@
 //! The compiled HTTP connection manager of a filter chain: request-handling settings,
 //! the HTTP filters in order, and the route table.
-use crate::proxy::http::fault::Fault;
+use crate::proxy::http::filter::HttpFilter;
 use crate::proxy::route::RouteTable;
 use http::HeaderValue;
 use std::sync::Arc;
@@ -35,20 +35,13 @@ pub enum StripPort {
 /// `set_current_client_cert_details`.
 pub use crate::tls::identity::{ClientCertDetails, ForwardClientCert};
 
-/// An HTTP filter, in configured order (the router is implicit and last).
-#[derive(Debug, Clone)]
-pub enum HttpFilter {
-    /// The fault filter with its filter-level config (routes may override).
-    Fault(Option<Arc<Fault>>),
-    Cors,
-}
-
 /// The compiled connection manager.
 #[derive(Debug)]
 pub struct HttpConnectionManager {
     pub stat_prefix: Box<str>,
     pub routes: Arc<RouteTable>,
-    pub filters: Vec<HttpFilter>,
+    /// The HTTP filters in configured order (the router is implicit and last).
+    pub filters: Vec<Arc<dyn HttpFilter>>,
     pub use_remote_address: bool,
     pub skip_xff_append: bool,
     pub generate_request_id: bool,

@@ -1,8 +1,7 @@
 //! Downstream HTTP: connections served with hyper, the connection manager's request
-//! handling, the HTTP filters (fault, CORS) and the router.
+//! handling, the HTTP filter chain
+//! (`filter`, one module per filter in `filters`) and the router.
 pub mod body;
-pub mod cors;
-pub mod fault;
 pub mod filter;
 pub mod filters;
 pub mod hcm;

@@ -5,11 +5,10 @@
 use crate::proxy::access_log::RequestLog;
 use crate::proxy::connection::{ChainKey, ConnTls};
 use crate::proxy::http::body::{RequestBody, ResponseBody, StreamActivity, buffer_up_to};
-use crate::proxy::http::cors::CorsPolicy;
-use crate::proxy::http::fault::{Fault, FaultAbort, roll};
-use crate::proxy::http::hcm::{
-    EscapedSlashes, HttpConnectionManager, HttpFilter, ServerHeader, StripPort,
+use crate::proxy::http::filter::{
+    DynamicMetadata, HttpFilter, RequestCx, ResponseCx, Step, Verdict,
 };
+use crate::proxy::http::hcm::{EscapedSlashes, HttpConnectionManager, ServerHeader, StripPort};
 use crate::proxy::http::head_scan;
 use crate::proxy::http::local_reply::{self, Flags, LocalReply};
 use crate::proxy::http::normalize;
@@ -378,101 +377,53 @@ async fn serve(
     for name in &table.internal_only_headers {
         req.headers_mut().remove(name);
     }
-    let Some(vhost) = table.virtual_host(authority.as_bytes()) else {
-        return Err(LocalReply::NO_ROUTE);
-    };
-    if vhost.require_tls
-        && req
-            .headers()
-            .get(&X_FORWARDED_PROTO)
-            .is_none_or(|p| p.as_bytes() != b"https")
-    {
-        return Ok(https_redirect(&req, &authority));
-    }
-    let random: u64 = rand::random();
-    let Some(route) = vhost.route(&request_view(&req, &authority, cx.peer.https), random) else {
-        return Err(LocalReply::NO_ROUTE);
-    };
-    log.route_name = Some(route.name.clone());
-
-    // HTTP filters, in configured order.
-    let mut cors: Option<(&CorsPolicy, HeaderValue)> = None;
-    for f in &hcm.filters {
-        match f {
-            HttpFilter::Fault(filter_level) => {
-                let fault: Option<&Fault> = route.fault.as_deref().or(filter_level.as_deref());
-                if let Some(fault) = fault
-                    && fault.applies(&request_view(&req, &authority, cx.peer.https))
-                {
-                    if let Some((delay, pm)) = fault.delay
-                        && roll(pm)
-                    {
-                        log.flags.set(Flags::DI);
-                        tokio::time::sleep(delay).await;
-                    }
-                    if let Some((abort, pm)) = fault.abort
-                        && roll(pm)
-                    {
-                        let mut resp = match abort {
-                            FaultAbort::Http(s) => LocalReply::FAULT_ABORT.response_with_status(
-                                StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                            ),
-                            FaultAbort::Grpc(code) => {
-                                // Other requests get the fault's answer with 200.
-                                let mut r =
-                                    LocalReply::FAULT_ABORT.response_with_status(StatusCode::OK);
-                                r.extensions_mut().insert(local_reply::GrpcStatus(code));
-                                r
-                            }
-                        };
-                        log.flags.set(Flags::FI);
-                        let fcx = FormatContext {
-                            request: Some((
-                                req.headers(),
-                                request_line(&req, &authority, cx.peer.https),
-                            )),
-                            status: Some(resp.status().as_u16()),
-                            ..format_cx(cx, log.start, log.version)
-                        };
-                        apply_response_mutations(
-                            resp.headers_mut(),
-                            table,
-                            vhost,
-                            route,
-                            None,
-                            &fcx,
-                        );
-                        return Ok(resp);
-                    }
-                }
-            }
-            // Envoy's CORS filter only acts on routes that forward (a direct response or
-            // a redirect has no route entry).
-            HttpFilter::Cors if matches!(route.action, Action::Route(_)) => {
-                if let Some(policy) = route.cors.as_deref()
-                    && let Some(origin) = req.headers().get(header::ORIGIN).cloned()
-                    && policy.enabled()
-                {
-                    let allowed = policy.origin_allowed(origin.as_bytes());
-                    let preflight = req.method() == Method::OPTIONS
-                        && req
-                            .headers()
-                            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-                    if preflight {
-                        if allowed {
-                            return Ok(preflight_response(policy, Some(&origin), req.headers()));
-                        }
-                        if !policy.forward_not_matching_preflights {
-                            return Ok(preflight_response(policy, None, req.headers()));
-                        }
-                    } else if allowed {
-                        cors = Some((policy, origin));
-                    }
-                }
-            }
-            HttpFilter::Cors => {}
+    let vhost = table.virtual_host(authority.as_bytes());
+    // `require_tls` on a plain request: the answer is a redirect to https, made after
+    // the filters (in Envoy it is a route of its own, the router's to answer).
+    let tls_redirect = vhost.is_some_and(|v| {
+        v.require_tls
+            && req
+                .headers()
+                .get(&X_FORWARDED_PROTO)
+                .is_none_or(|p| p.as_bytes() != b"https")
+    });
+    let route = match vhost {
+        Some(v) if !tls_redirect => {
+            let random: u64 = rand::random();
+            v.route(&request_view(&req, &authority, cx.peer.https), random)
         }
+        _ => None,
+    };
+    if let Some(r) = route {
+        log.route_name = Some(r.name.clone());
     }
+
+    // The HTTP filters, in configured order; the router is last.
+    let mut metadata = DynamicMetadata::default();
+    let mut state = http::Extensions::new();
+    if !hcm.filters.is_empty()
+        && let Some(resp) = request_filters(
+            &mut req,
+            &authority,
+            vhost.zip(route),
+            cx,
+            hcm,
+            log,
+            &mut metadata,
+            &mut state,
+        )
+        .await
+    {
+        return Ok(resp);
+    }
+    if tls_redirect {
+        let mut resp = https_redirect(&req, &authority);
+        response_filters(&hcm.filters, &mut resp, &metadata, &mut state);
+        return Ok(resp);
+    }
+    let (Some(vhost), Some(route)) = (vhost, route) else {
+        return Err(LocalReply::NO_ROUTE);
+    };
 
     let mut resp = match &route.action {
         Action::Direct(d) => {
@@ -603,65 +554,75 @@ async fn serve(
             }
         }
     };
-    if let Some((policy, origin)) = cors {
-        let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        if policy.allow_credentials {
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
-        }
-        if let Some(e) = &policy.expose_headers {
-            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
-        }
-    }
+    response_filters(&hcm.filters, &mut resp, &metadata, &mut state);
     Ok(resp)
 }
 
-/// The answer to a preflight: for an allowed origin, the origin and the exposed headers;
-/// for any other (not forwarded: `forward_not_matching_preflights` false) only what the
-/// policy allows, which lets the browser refuse.
-fn preflight_response(
-    policy: &CorsPolicy,
-    origin: Option<&HeaderValue>,
-    req: &HeaderMap,
-) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::empty());
-    let h = resp.headers_mut();
-    if let Some(origin) = origin {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        if let Some(v) = &policy.expose_headers {
-            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+/// The request phase of the connection manager's filters: `Some` with the answer when
+/// a filter answers locally (the route's response headers added, and the response phase
+/// run for the filters that saw the request).
+#[allow(clippy::too_many_arguments)]
+async fn request_filters(
+    req: &mut Request<Incoming>,
+    authority: &HeaderValue,
+    routed: Option<(&VirtualHost, &Route)>,
+    cx: &ConnCtx,
+    hcm: &HttpConnectionManager,
+    log: &mut RequestLog,
+    metadata: &mut DynamicMetadata,
+    state: &mut http::Extensions,
+) -> Option<Response<ResponseBody>> {
+    for (i, f) in hcm.filters.iter().enumerate() {
+        let mut fcx = RequestCx {
+            req,
+            authority,
+            vhost: routed.map(|r| r.0),
+            route: routed.map(|r| r.1),
+            conn: cx,
+            log,
+            metadata,
+            state,
+        };
+        let verdict = match f.on_request(&mut fcx) {
+            Step::Done(v) => v,
+            Step::Wait(fut) => fut.await,
+        };
+        if let Verdict::Respond(mut resp) = verdict {
+            // A local reply carries the route's response headers; an answer the filter
+            // encoded itself (a CORS preflight) does not.
+            let encoded = resp
+                .extensions()
+                .get::<local_reply::FilterEncoded>()
+                .is_some();
+            if let Some((vhost, route)) = routed.filter(|_| !encoded) {
+                let fcx = FormatContext {
+                    request: Some((req.headers(), request_line(req, authority, cx.peer.https))),
+                    status: Some(resp.status().as_u16()),
+                    ..format_cx(cx, log.start, log.version)
+                };
+                apply_response_mutations(resp.headers_mut(), &hcm.routes, vhost, route, None, &fcx);
+            }
+            response_filters(&hcm.filters[..=i], &mut resp, metadata, state);
+            return Some(*resp);
         }
     }
-    if policy.allow_credentials {
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
+    None
+}
+
+/// The response phase of `filters`, in reverse order.
+fn response_filters(
+    filters: &[Arc<dyn HttpFilter>],
+    resp: &mut Response<ResponseBody>,
+    metadata: &DynamicMetadata,
+    state: &mut http::Extensions,
+) {
+    for f in filters.iter().rev() {
+        f.on_response(&mut ResponseCx {
+            resp,
+            metadata,
+            state,
+        });
     }
-    if let Some(v) = &policy.allow_methods {
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v.clone());
-    }
-    if let Some(v) = &policy.allow_headers {
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
-    }
-    if let Some(v) = &policy.max_age {
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
-    }
-    if policy.allow_private_network_access
-        && req
-            .get("access-control-request-private-network")
-            .is_some_and(|v| v == "true")
-    {
-        h.insert(
-            HeaderName::from_static("access-control-allow-private-network"),
-            HeaderValue::from_static("true"),
-        );
-    }
-    resp.extensions_mut().insert(local_reply::FilterEncoded);
-    resp
 }
 
 /// `:authority` of HTTP/2 and absolute-form requests, else Host.
@@ -811,7 +772,7 @@ fn format_cx(cx: &ConnCtx, started: Instant, version: Version) -> FormatContext<
 /// The request line of a request still at hand, for `%REQ(:PATH)%` and friends.
 /// What route and fault conditions see: the headers plus Envoy's pseudo-headers, with
 /// the authority the connection manager settled on (port stripped, HTTP/1.0 default).
-fn request_view<'a, B>(
+pub(crate) fn request_view<'a, B>(
     req: &'a Request<B>,
     authority: &'a HeaderValue,
     tls: bool,
@@ -1330,7 +1291,7 @@ async fn forward(
     // Mirrors: fire and forget, with the Host suffixed `-shadow`.
     for m in &ra.mirrors {
         if let Some(mc) = m.cluster.cluster.clone()
-            && roll(m.per_million)
+            && crate::proxy::http::filters::fault::roll(m.per_million)
             && replayable
         {
             let mut h = parts.headers.clone();
@@ -1936,55 +1897,6 @@ impl UpstreamDone {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn preflights_name_the_origin_only_when_it_is_allowed() {
-        let policy = CorsPolicy {
-            allow_origins: vec![],
-            allow_methods: Some(HeaderValue::from_static("GET")),
-            allow_headers: Some(HeaderValue::from_static("x-h")),
-            expose_headers: Some(HeaderValue::from_static("x-e")),
-            max_age: Some(HeaderValue::from_static("10")),
-            allow_credentials: true,
-            allow_private_network_access: false,
-            enabled_per_million: 1_000_000,
-            forward_not_matching_preflights: false,
-        };
-        let origin = HeaderValue::from_static("https://a.example.com");
-        fn names(r: &Response<ResponseBody>) -> Vec<&str> {
-            let mut n: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
-            n.sort();
-            n
-        }
-        let allowed = preflight_response(&policy, Some(&origin), &HeaderMap::new());
-        assert_eq!(
-            names(&allowed),
-            [
-                "access-control-allow-credentials",
-                "access-control-allow-headers",
-                "access-control-allow-methods",
-                "access-control-allow-origin",
-                "access-control-expose-headers",
-                "access-control-max-age"
-            ]
-        );
-        let other = preflight_response(&policy, None, &HeaderMap::new());
-        assert_eq!(
-            names(&other),
-            [
-                "access-control-allow-credentials",
-                "access-control-allow-headers",
-                "access-control-allow-methods",
-                "access-control-max-age"
-            ]
-        );
-        assert!(
-            other
-                .extensions()
-                .get::<local_reply::FilterEncoded>()
-                .is_some()
-        );
-    }
 
     #[test]
     fn local_answers_are_framed_as_envoys_codecs_frame_them() {

@@ -1,7 +1,7 @@
 //! A compiled RouteConfiguration: virtual hosts selected in Envoy's order and routes
 //! matched first-to-last.
-use crate::proxy::http::cors::CorsPolicy;
-use crate::proxy::http::fault::Fault;
+use crate::proxy::http::filters::cors::CorsPolicy;
+use crate::proxy::http::filters::fault::Fault;
 use crate::proxy::route::action::{Action, RetryPolicy};
 use crate::proxy::route::headers::HeaderMutations;
 use crate::proxy::route::matcher::{RequestView, RouteMatch};

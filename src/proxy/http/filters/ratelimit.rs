@@ -18,6 +18,7 @@
 use crate::proxy::compile::route::Clusters;
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::http::body::{RequestBody, ResponseBody};
+use crate::proxy::http::filters::BuildCx;
 use crate::proxy::http::filter::{DynamicMetadata, HttpFilter, RequestCx, ResponseCx, Step, Verdict};
 use crate::proxy::http::local_reply::{Flags, GrpcStatus};
 use crate::proxy::route::action::{Action as RouteActionKind, ClusterTarget};
@@ -37,20 +38,16 @@ use crate::xds::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitR
 use crate::xds::pb::google::protobuf::Any;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
-use prost::{Message, Name};
+use prost::Message;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The filter config's type URL.
-pub fn type_url() -> String {
-    rl_pb::RateLimit::type_url()
-}
-
-/// The per-route config's type URL.
-pub fn per_route_type_url() -> String {
-    rl_pb::RateLimitPerRoute::type_url()
-}
+/// The filter's config type.
+pub const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
+/// The per-route config's type.
+pub const PER_ROUTE_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute";
 
 const SERVICE_PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 static X_ENVOY_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited");
@@ -517,8 +514,17 @@ struct RlsClient {
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(20);
 
 impl RateLimitFilter {
-    /// Compiles the filter's `typed_config`; `clusters` are those of the same update (the
-    /// rate-limit service's cluster must be one, as Envoy requires of `envoy_grpc`).
+    /// Builds the filter from its `typed_config`; the rate-limit service's cluster must
+    /// be one of the same configuration, as Envoy requires of `envoy_grpc`.
+    pub(crate) fn build(
+        cx: &mut Cx,
+        b: &BuildCx<'_>,
+        any: &Any,
+    ) -> Result<Arc<dyn HttpFilter>, CompileError> {
+        Ok(Arc::new(Self::compile(cx, b.name, any, b.clusters)?))
+    }
+
+    /// Compiles the filter's `typed_config` against `clusters`.
     pub fn compile(
         cx: &mut Cx,
         name: &str,
@@ -618,10 +624,6 @@ impl RateLimitFilter {
             status_on_error,
             client,
         })
-    }
-
-    pub fn into_filter(self) -> Arc<dyn HttpFilter> {
-        Arc::new(self)
     }
 }
 
@@ -796,17 +798,8 @@ impl RateLimitFilter {
             }
             ClusterTarget::Weighted { .. } => None,
         };
-        let path_and_query = cx.req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let view = RequestView::new(
-            cx.req.method(),
-            cx.authority.as_bytes(),
-            path_and_query,
-            cx.req.uri().scheme_str(),
-            cx.conn.tls.is_some(),
-            cx.req.headers(),
-        );
         let input = DescriptorInput {
-            view,
+            view: cx.request_view(),
             remote: remote_address(cx),
             metadata: cx.metadata,
             cluster,
@@ -870,7 +863,7 @@ impl RateLimitFilter {
             if self.rate_limited_as_resource_exhausted {
                 resp.extensions_mut().insert(GrpcStatus(8));
             }
-            return Verdict::Respond(resp);
+            return Verdict::respond(resp);
         }
         if error {
             if self.failure_mode_deny {
@@ -884,7 +877,7 @@ impl RateLimitFilter {
                     resp.headers_mut()
                         .insert(X_ENVOY_RATELIMITED.clone(), HeaderValue::from_static("error"));
                 }
-                return Verdict::Respond(resp);
+                return Verdict::respond(resp);
             }
             if self.x_envoy_ratelimited {
                 headers.push((X_ENVOY_RATELIMITED.clone(), HeaderValue::from_static("error;allow")));

@@ -1,9 +1,17 @@
 //! The fault filter (envoy.extensions.filters.http.fault.v3.HTTPFault): delays and aborts
 //! injected for a percentage of requests, configured on the filter or per route.
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
+use crate::proxy::http::body::ResponseBody;
+use crate::proxy::http::filter::{HttpFilter, RequestCx, Step, Verdict};
+use crate::proxy::http::filters::BuildCx;
+use crate::proxy::http::local_reply::{self, Flags, LocalReply};
 use crate::proxy::route::matcher::{HeaderMatch, RequestView, fraction_per_million};
 use crate::xds::pb::envoy::extensions::filters::common::fault::v3 as common_pb;
 use crate::xds::pb::envoy::extensions::filters::http::fault::v3 as fault_pb;
+use crate::xds::pb::google::protobuf::Any;
+use http::{Response, StatusCode};
+use prost::Message;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A compiled fault configuration.
@@ -127,4 +135,84 @@ impl Fault {
 pub fn roll(per_million: u32) -> bool {
     per_million >= 1_000_000
         || (per_million > 0 && rand::random_range(0..1_000_000u32) < per_million)
+}
+
+/// The filter's config type.
+pub const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// The fault filter on the chain: the route's fault config if it has one, else the
+/// filter's own.
+#[derive(Debug)]
+pub struct FaultFilter {
+    name: Box<str>,
+    filter_level: Option<Arc<Fault>>,
+}
+
+impl FaultFilter {
+    pub(crate) fn build(
+        cx: &mut Cx,
+        b: &BuildCx<'_>,
+        any: &Any,
+    ) -> Result<Arc<dyn HttpFilter>, CompileError> {
+        let fault = fault_pb::HttpFault::decode(any.value.as_slice())
+            .map_err(|e| cx.err("typed_config", e.to_string()))?;
+        let compiled = cx.at("typed_config", |cx| Fault::compile(cx, &fault))?;
+        let empty = compiled.delay.is_none() && compiled.abort.is_none();
+        Ok(Arc::new(FaultFilter {
+            name: b.name.into(),
+            filter_level: (!empty).then(|| Arc::new(compiled)),
+        }))
+    }
+}
+
+/// The answer of an abort.
+fn abort_response(abort: FaultAbort) -> Response<ResponseBody> {
+    match abort {
+        FaultAbort::Http(s) => LocalReply::FAULT_ABORT.response_with_status(
+            StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        ),
+        FaultAbort::Grpc(code) => {
+            // Other requests get the fault's answer with 200.
+            let mut r = LocalReply::FAULT_ABORT.response_with_status(StatusCode::OK);
+            r.extensions_mut().insert(local_reply::GrpcStatus(code));
+            r
+        }
+    }
+}
+
+impl HttpFilter for FaultFilter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx<'_>) -> Step<'a> {
+        let fault = cx
+            .route
+            .and_then(|r| r.fault.as_deref())
+            .or(self.filter_level.as_deref());
+        let Some(fault) = fault else {
+            return Step::CONTINUE;
+        };
+        if !fault.applies(&cx.request_view()) {
+            return Step::CONTINUE;
+        }
+        let abort = fault.abort.filter(|(_, pm)| roll(*pm)).map(|(a, _)| a);
+        let finish = move |cx: &mut RequestCx<'_>| match abort {
+            Some(a) => {
+                cx.log.flags.set(Flags::FI);
+                Verdict::respond(abort_response(a))
+            }
+            None => Verdict::Continue,
+        };
+        match fault.delay {
+            Some((delay, pm)) if roll(pm) => {
+                cx.log.flags.set(Flags::DI);
+                Step::Wait(Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    finish(cx)
+                }))
+            }
+            _ => Step::Done(finish(cx)),
+        }
+    }
 }
