@@ -150,7 +150,6 @@ fn unit_period(u: RateLimitUnit) -> Option<Duration> {
         RateLimitUnit::Minute => 60,
         RateLimitUnit::Hour => 3600,
         RateLimitUnit::Day => 86400,
-        RateLimitUnit::Week => 7 * 86400,
         RateLimitUnit::Month => 30 * 86400,
         RateLimitUnit::Year => 365 * 86400,
         RateLimitUnit::Unknown => return None,
@@ -191,8 +190,8 @@ pub fn current_limit(limit: &Limit) -> CurrentLimit {
     }
 }
 
-fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
+fn proto_duration(d: Duration) -> crate::xds::pb::google::protobuf::Duration {
+    crate::xds::pb::google::protobuf::Duration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
     }

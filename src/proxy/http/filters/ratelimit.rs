@@ -124,7 +124,7 @@ pub struct Descriptor {
 }
 
 impl RateLimitPolicy {
-    pub fn compile(cx: &mut Cx, limits: &[route_pb::RateLimit]) -> Result<RateLimitPolicy, CompileError> {
+    pub(crate) fn compile(cx: &mut Cx, limits: &[route_pb::RateLimit]) -> Result<RateLimitPolicy, CompileError> {
         let mut out = Vec::with_capacity(limits.len());
         for (i, rl) in limits.iter().enumerate() {
             out.push(cx.at(format_args!("rate_limits[{i}]"), |cx| compile_entry(cx, rl))?);
@@ -316,6 +316,7 @@ fn metadata_action(
         .iter()
         .map(|p| match &p.segment {
             Some(Segment::Key(k)) => Ok(k.as_str().into()),
+            Some(Segment::Index(_)) => Err(cx.unsupported("metadata_key.path.index")),
             None => Err(cx.err("metadata_key.path", "a segment needs a key")),
         })
         .collect::<Result<_, _>>()?;
@@ -451,7 +452,7 @@ pub struct RateLimitPerRoute {
 }
 
 impl RateLimitPerRoute {
-    pub fn compile(cx: &mut Cx, any: &Any) -> Result<RateLimitPerRoute, CompileError> {
+    pub(crate) fn compile(cx: &mut Cx, any: &Any) -> Result<RateLimitPerRoute, CompileError> {
         let c = rl_pb::RateLimitPerRoute::decode(any.value.as_slice())
             .map_err(|e| cx.err("", format!("decoding RateLimitPerRoute: {e}")))?;
         fields!(
@@ -525,7 +526,7 @@ impl RateLimitFilter {
     }
 
     /// Compiles the filter's `typed_config` against `clusters`.
-    pub fn compile(
+    pub(crate) fn compile(
         cx: &mut Cx,
         name: &str,
         any: &Any,
@@ -1202,7 +1203,7 @@ mod tests {
             code: Code::Ok as i32,
             current_limit: Some(L { name: String::new(), requests_per_unit: n, unit: unit as i32 }),
             limit_remaining: remaining,
-            duration_until_reset: Some(prost_types::Duration { seconds: reset, nanos: 900_000_000 }),
+            duration_until_reset: Some(crate::xds::pb::google::protobuf::Duration { seconds: reset, nanos: 900_000_000 }),
             quota: None,
         };
         let mut out = Vec::new();
