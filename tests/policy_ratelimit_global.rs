@@ -109,17 +109,15 @@ fn ratelimit_filter(failure_mode_deny: bool) -> Value {
     })
 }
 
-/// Listeners (name, port, failure_mode_deny) with one route each to `backend`, whose
+/// Listeners (name, port, failure_mode_deny) sharing one route to `backend`, whose
 /// `rate_limits` send the descriptor of rule [`RULE`]; `meshgate-ratelimit` at `rls`.
 fn resources(listeners: &[(&str, u16, bool)], backend: u16, rls: u16) -> Value {
-    let route = |name: &str| {
-        json!({"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-            {"match": {"prefix": "/"}, "route": {"cluster": "backend", "rate_limits": [{"actions": [
-                {"generic_key": {"descriptor_key": "meshgate.io/rule", "descriptor_value": RULE}}]}]}}]}]})
-    };
+    let route = json!({"name": "rl", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "backend", "rate_limits": [{"actions": [
+            {"generic_key": {"descriptor_key": "meshgate.io/rule", "descriptor_value": RULE}}]}]}}]}]});
     json!({
-        "listeners": listeners.iter().map(|(n, p, deny)| hcm_listener(n, *p, n, json!({}), vec![ratelimit_filter(*deny)])).collect::<Vec<_>>(),
-        "routes": listeners.iter().map(|(n, _, _)| route(n)).collect::<Vec<_>>(),
+        "listeners": listeners.iter().map(|(n, p, deny)| hcm_listener(n, *p, "rl", json!({}), vec![ratelimit_filter(*deny)])).collect::<Vec<_>>(),
+        "routes": [route],
         "clusters": [
             static_cluster("backend", &[backend], json!({})),
             static_cluster("meshgate-ratelimit", &[rls], json!({

@@ -874,14 +874,9 @@ impl RateLimitFilter {
                 *resp.status_mut() = self.status_on_error;
                 resp.headers_mut()
                     .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-                if self.x_envoy_ratelimited {
-                    resp.headers_mut()
-                        .insert(X_ENVOY_RATELIMITED.clone(), HeaderValue::from_static("error"));
-                }
+                // Envoy 1.40 marks neither this answer nor a failed-open one with
+                // `x-envoy-ratelimited`.
                 return Verdict::respond(resp);
-            }
-            if self.x_envoy_ratelimited {
-                headers.push((X_ENVOY_RATELIMITED.clone(), HeaderValue::from_static("error;allow")));
             }
         }
         if let Answer::Ok(r) = &answer {
