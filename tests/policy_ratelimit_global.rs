@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::gateway::{GatewayProcess, RawResponse, envoy_with, get, hcm_listener, static_cluster};
+use support::gateway::{
+    GatewayProcess, RawResponse, envoy_with, get, hcm_listener, static_cluster,
+};
 use support::{EchoUpstream, TempDir, free_port, peer_bin, wait_for_port, wait_until};
 
 const RULE: &str = "default/global/0";
@@ -130,7 +132,14 @@ fn resources(listeners: &[(&str, u16, bool)], backend: u16, rls: u16) -> Value {
 }
 
 /// A `meshgate gateway` serving `resources` with its own rate-limit service on `rls`.
-fn gateway(dir: &Path, name: &str, resources: &Value, redis: &Redis, rls: u16, limits: &Path) -> GatewayProcess {
+fn gateway(
+    dir: &Path,
+    name: &str,
+    resources: &Value,
+    redis: &Redis,
+    rls: u16,
+    limits: &Path,
+) -> GatewayProcess {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("resources.json");
@@ -157,7 +166,11 @@ fn gateway(dir: &Path, name: &str, resources: &Value, redis: &Redis, rls: u16, l
 
 fn limits_file(dir: &Path, requests: u64, per: &str) -> std::path::PathBuf {
     let path = dir.join("limits.json");
-    std::fs::write(&path, json!({RULE: {"requests": requests, "per": per}}).to_string()).unwrap();
+    std::fs::write(
+        &path,
+        json!({RULE: {"requests": requests, "per": per}}).to_string(),
+    )
+    .unwrap();
     path
 }
 
@@ -215,13 +228,19 @@ async fn the_bucket_script_in_redis_matches_the_reference() {
     assert!(!o[0].allowed);
     assert_eq!(o[0].remaining, 0);
     // 5 per hour: the next token in 12 minutes, full again in an hour.
-    assert!(o[0].retry_after > Duration::from_secs(719) && o[0].retry_after <= Duration::from_secs(720));
+    assert!(
+        o[0].retry_after > Duration::from_secs(719) && o[0].retry_after <= Duration::from_secs(720)
+    );
     assert!(o[0].reset > Duration::from_secs(3599) && o[0].reset <= hour);
     // The key expires when the bucket would be full again.
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let key = limiter.key("meshgate", a);
-    let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(pttl > 3_590_000 && pttl <= 3_600_001, "PTTL {pttl}");
     // All or none: `b` (1 per hour) refuses its second request, and `c` is then not
     // charged for it.
@@ -231,7 +250,10 @@ async fn the_bucket_script_in_redis_matches_the_reference() {
     assert_eq!(o[0].remaining, 9);
     let o = limiter.check(&[check(c, 10), check(b, 1)]).await.unwrap();
     assert!(o[0].allowed && !o[1].allowed);
-    assert_eq!(o[0].remaining, 9, "not charged when another descriptor refuses");
+    assert_eq!(
+        o[0].remaining, 9,
+        "not charged when another descriptor refuses"
+    );
     let o = limiter.check(&[check(c, 10)]).await.unwrap();
     assert_eq!(o[0].remaining, 8);
     // A limit of zero refuses everything.
@@ -247,11 +269,32 @@ fn two_gateways_and_envoy_share_one_limit() {
     let limits = limits_file(dir.path(), LIMIT, "1h");
     let (rls1, rls2) = (free_port(), free_port());
     let (p1, p2, pe) = (free_port(), free_port(), free_port());
-    let gw1 = gateway(dir.path(), "gw1", &resources(&[("rl", p1, false)], backend.port(), rls1), &redis, rls1, &limits);
-    let gw2 = gateway(dir.path(), "gw2", &resources(&[("rl", p2, false)], backend.port(), rls2), &redis, rls2, &limits);
+    let gw1 = gateway(
+        dir.path(),
+        "gw1",
+        &resources(&[("rl", p1, false)], backend.port(), rls1),
+        &redis,
+        rls1,
+        &limits,
+    );
+    let gw2 = gateway(
+        dir.path(),
+        "gw2",
+        &resources(&[("rl", p2, false)], backend.port(), rls2),
+        &redis,
+        rls2,
+        &limits,
+    );
     let rls = service(&redis, table(LIMIT, Duration::from_secs(3600)));
     let envoy_dir = TempDir::new();
-    let envoy = envoy_with(&resources(&[("rl", pe, false)], backend.port(), rls.local_addr().port()), &envoy_dir);
+    let envoy = envoy_with(
+        &resources(
+            &[("rl", pe, false)],
+            backend.port(),
+            rls.local_addr().port(),
+        ),
+        &envoy_dir,
+    );
 
     // Three clients at once, each sending 40 requests round-robin over the three proxies.
     let ports = [p1, p2, pe];
@@ -268,13 +311,24 @@ fn two_gateways_and_envoy_share_one_limit() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let admitted = results.iter().filter(|(_, r)| r.status == 200).count() as u64;
     let limited = results.iter().filter(|(_, r)| r.status == 429).count() as u64;
-    assert_eq!(admitted + limited, 120, "only 200 and 429: {:?}", results.iter().map(|(_, r)| r.status).collect::<Vec<_>>());
+    assert_eq!(
+        admitted + limited,
+        120,
+        "only 200 and 429: {:?}",
+        results.iter().map(|(_, r)| r.status).collect::<Vec<_>>()
+    );
     // 30 per hour: one more token comes back every two minutes, so the bound allows one.
-    assert!((LIMIT..=LIMIT + 1).contains(&admitted), "admitted {admitted} of 120 against a shared limit of {LIMIT}");
+    assert!(
+        (LIMIT..=LIMIT + 1).contains(&admitted),
+        "admitted {admitted} of 120 against a shared limit of {LIMIT}"
+    );
     for port in ports {
         assert!(
             results.iter().any(|(p, r)| *p == port && r.status == 200),
@@ -291,18 +345,40 @@ fn two_gateways_and_envoy_share_one_limit() {
             .unwrap_or_else(|| panic!("no {status} from port {port}"))
     };
     let envoy_429 = from(pe, 429);
-    assert_eq!(envoy_429.header("x-envoy-ratelimited"), Some("true"), "{envoy_429:?}");
+    assert_eq!(
+        envoy_429.header("x-envoy-ratelimited"),
+        Some("true"),
+        "{envoy_429:?}"
+    );
     assert_eq!(envoy_429.header("x-ratelimit-limit"), Some("30, 30;w=3600"));
     for port in [p1, p2] {
-        assert_eq!(shape(&from(port, 429)), shape(&envoy_429), "429 from port {port}");
+        assert_eq!(
+            shape(&from(port, 429)),
+            shape(&envoy_429),
+            "429 from port {port}"
+        );
     }
     let envoy_200 = from(pe, 200);
-    assert!(envoy_200.header("x-ratelimit-remaining").is_some(), "{envoy_200:?}");
+    assert!(
+        envoy_200.header("x-ratelimit-remaining").is_some(),
+        "{envoy_200:?}"
+    );
     let mine = from(p1, 200);
-    for h in ["x-ratelimit-limit", "x-ratelimit-reset", "x-envoy-ratelimited"] {
-        assert_eq!(mine.header(h).is_some(), envoy_200.header(h).is_some(), "{h} on a 200");
+    for h in [
+        "x-ratelimit-limit",
+        "x-ratelimit-reset",
+        "x-envoy-ratelimited",
+    ] {
+        assert_eq!(
+            mine.header(h).is_some(),
+            envoy_200.header(h).is_some(),
+            "{h} on a 200"
+        );
     }
-    assert_eq!(mine.header("x-ratelimit-limit"), envoy_200.header("x-ratelimit-limit"));
+    assert_eq!(
+        mine.header("x-ratelimit-limit"),
+        envoy_200.header("x-ratelimit-limit")
+    );
     // The access log says RL for the refused ones.
     let log = gw1.stdout();
     assert!(log.contains("\"response_flags\":\"RL\""), "{log}");
@@ -322,7 +398,11 @@ fn redis_down_fails_open_or_closed_and_the_breaker_recovers() {
     let gw = gateway(
         dir.path(),
         "gw",
-        &resources(&[("open", open, false), ("closed", closed, true)], backend.port(), rls_port),
+        &resources(
+            &[("open", open, false), ("closed", closed, true)],
+            backend.port(),
+            rls_port,
+        ),
         &redis,
         rls_port,
         &limits,
@@ -330,7 +410,11 @@ fn redis_down_fails_open_or_closed_and_the_breaker_recovers() {
     let rls = service(&redis, table(LIMIT, Duration::from_secs(3600)));
     let envoy_dir = TempDir::new();
     let envoy = envoy_with(
-        &resources(&[("open", e_open, false), ("closed", e_closed, true)], backend.port(), rls.local_addr().port()),
+        &resources(
+            &[("open", e_open, false), ("closed", e_closed, true)],
+            backend.port(),
+            rls.local_addr().port(),
+        ),
         &envoy_dir,
     );
     let ask = |port| get(port, "example.com", "/", &[]);
@@ -360,7 +444,11 @@ fn redis_down_fails_open_or_closed_and_the_breaker_recovers() {
     for _ in 0..10 {
         assert_eq!(ask(closed).status, 500);
     }
-    assert!(t.elapsed() < Duration::from_secs(2), "fail fast: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "fail fast: {:?}",
+        t.elapsed()
+    );
     wait_until("the access log says RLSE", Duration::from_secs(5), || {
         gw.stdout().contains("\"response_flags\":\"RLSE\"")
     });
@@ -368,17 +456,24 @@ fn redis_down_fails_open_or_closed_and_the_breaker_recovers() {
     // Redis back (empty): within the breaker's back-off the limit is enforced again,
     // from a full bucket shared by both proxies.
     redis.restart();
-    wait_until("meshgate admits again after Redis restarts", Duration::from_secs(20), || {
-        ask(closed).status == 200
-    });
-    wait_until("Envoy's service admits again", Duration::from_secs(20), || {
-        ask(e_closed).status == 200
-    });
+    wait_until(
+        "meshgate admits again after Redis restarts",
+        Duration::from_secs(20),
+        || ask(closed).status == 200,
+    );
+    wait_until(
+        "Envoy's service admits again",
+        Duration::from_secs(20),
+        || ask(e_closed).status == 200,
+    );
     let statuses: Vec<u16> = (0..LIMIT + 5)
         .map(|i| ask(if i % 2 == 0 { closed } else { e_closed }).status)
         .collect();
     let admitted = statuses.iter().filter(|s| **s == 200).count() as u64;
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
     // The two requests that saw the service back took a token each.
     assert!((LIMIT - 2..=LIMIT - 1).contains(&admitted), "{statuses:?}");
     assert!(statuses.ends_with(&[429, 429, 429]), "{statuses:?}");

@@ -23,7 +23,12 @@ pub struct RateLimitArgs {
     #[arg(long, value_name = "FILE", requires = "ratelimit_redis")]
     pub ratelimit_limits: Option<PathBuf>,
     /// Longest a Redis check may take before it counts as failed (milliseconds).
-    #[arg(long, value_name = "MS", default_value_t = 200, requires = "ratelimit_redis")]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 200,
+        requires = "ratelimit_redis"
+    )]
     pub ratelimit_redis_timeout_ms: u64,
 }
 

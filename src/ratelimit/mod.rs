@@ -79,7 +79,10 @@ pub fn parse_limits(text: &str) -> Result<LimitTable, String> {
     let mut out = LimitTable::new();
     for (rule, e) in raw {
         let per = parse_period(&e.per).ok_or_else(|| {
-            format!("{rule}: per {:?} is not a duration such as 1s, 500ms, 1m, 1h", e.per)
+            format!(
+                "{rule}: per {:?} is not a duration such as 1s, 500ms, 1m, 1h",
+                e.per
+            )
         })?;
         out.insert(
             rule,

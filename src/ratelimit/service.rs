@@ -11,11 +11,11 @@
 use crate::ratelimit::limiter::{Check, LimitError, LimiterOptions, RedisLimiter};
 use crate::ratelimit::{DOMAIN, Limit, LimitTable, RULE_KEY};
 use crate::xds::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use crate::xds::pb::envoy::r#type::v3::RateLimitUnit;
 use crate::xds::pb::envoy::service::ratelimit::v3 as rls;
 use crate::xds::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit as CurrentLimit, rate_limit::Unit,
 };
+use crate::xds::pb::envoy::r#type::v3::RateLimitUnit;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,7 +170,7 @@ pub fn current_limit(limit: &Limit) -> CurrentLimit {
     let per_ms = limit.per.as_millis() as u64;
     for (unit, secs) in UNITS {
         let unit_ms = secs * 1000;
-        if per_ms >= unit_ms && per_ms % unit_ms == 0 {
+        if per_ms >= unit_ms && per_ms.is_multiple_of(unit_ms) {
             let periods = per_ms / unit_ms;
             let n = (limit.requests as f64 / periods as f64).round() as u64;
             let n = if limit.requests > 0 { n.max(1) } else { 0 };
@@ -262,11 +262,15 @@ impl RateLimitServer {
                     let setup = async {
                         let limiter = RedisLimiter::new(&opts.redis_url, opts.limiter.clone())
                             .map_err(|e| e.to_string())?;
-                        let listener = tokio::net::TcpListener::bind(opts.listen)
-                            .await
-                            .map_err(|e| {
-                                format!("binding the rate-limit service on {}: {e}", opts.listen)
-                            })?;
+                        let listener =
+                            tokio::net::TcpListener::bind(opts.listen)
+                                .await
+                                .map_err(|e| {
+                                    format!(
+                                        "binding the rate-limit service on {}: {e}",
+                                        opts.listen
+                                    )
+                                })?;
                         let addr = listener
                             .local_addr()
                             .map_err(|e| format!("rate-limit service address: {e}"))?;
@@ -403,7 +407,10 @@ mod tests {
             entries,
             ..Default::default()
         };
-        let known = d(vec![entry(RULE_KEY, "ns/p/0"), entry("remote_address", "1.2.3.4")]);
+        let known = d(vec![
+            entry(RULE_KEY, "ns/p/0"),
+            entry("remote_address", "1.2.3.4"),
+        ]);
         assert_eq!(descriptor_limit(&known, &table), Some(limit(3, 1)));
         let unknown = d(vec![entry(RULE_KEY, "ns/p/1")]);
         assert_eq!(descriptor_limit(&unknown, &table), None);
@@ -421,7 +428,10 @@ mod tests {
 
     #[test]
     fn urls_are_logged_without_passwords() {
-        assert_eq!(redact("redis://:pw@127.0.0.1:6379"), "redis://***@127.0.0.1:6379");
+        assert_eq!(
+            redact("redis://:pw@127.0.0.1:6379"),
+            "redis://***@127.0.0.1:6379"
+        );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

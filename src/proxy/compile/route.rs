@@ -419,11 +419,7 @@ fn compile_route_action(
                 cluster_specifier,
                 host_rewrite_specifier
             ],
-            ignored: [
-                priority,
-                max_grpc_timeout,
-                grpc_timeout_offset
-            ],
+            ignored: [priority, max_grpc_timeout, grpc_timeout_offset],
             unsupported: [
                 metadata_match,
                 path_rewrite_policy,

@@ -18,8 +18,10 @@
 use crate::proxy::compile::route::Clusters;
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::http::body::{RequestBody, ResponseBody};
+use crate::proxy::http::filter::{
+    DynamicMetadata, HttpFilter, RequestCx, ResponseCx, Step, Verdict,
+};
 use crate::proxy::http::filters::BuildCx;
-use crate::proxy::http::filter::{DynamicMetadata, HttpFilter, RequestCx, ResponseCx, Step, Verdict};
 use crate::proxy::http::local_reply::{Flags, GrpcStatus};
 use crate::proxy::route::action::{Action as RouteActionKind, ClusterTarget};
 use crate::proxy::route::matcher::{HeaderKey, HeaderMatch, RequestView};
@@ -44,7 +46,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The filter's config type.
-pub const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
+pub const TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
 /// The per-route config's type.
 pub const PER_ROUTE_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute";
@@ -124,7 +127,10 @@ pub struct Descriptor {
 }
 
 impl RateLimitPolicy {
-    pub(crate) fn compile(cx: &mut Cx, limits: &[route_pb::RateLimit]) -> Result<RateLimitPolicy, CompileError> {
+    pub(crate) fn compile(
+        cx: &mut Cx,
+        limits: &[route_pb::RateLimit],
+    ) -> Result<RateLimitPolicy, CompileError> {
         let mut out = Vec::with_capacity(limits.len());
         for (i, rl) in limits.iter().enumerate() {
             out.push(cx.at(format_args!("rate_limits[{i}]"), |cx| compile_entry(cx, rl))?);
@@ -198,13 +204,19 @@ fn compile_entry(cx: &mut Cx, rl: &route_pb::RateLimit) -> Result<RateLimitEntry
 /// which meshgate does not do.
 fn literal(cx: &Cx, field: &str, v: &str) -> Result<Box<str>, CompileError> {
     if v.contains('%') {
-        return Err(cx.err(field, "substitution formats in descriptor values are not supported"));
+        return Err(cx.err(
+            field,
+            "substitution formats in descriptor values are not supported",
+        ));
     }
     Ok(v.into())
 }
 
 #[allow(deprecated)]
-fn compile_action(cx: &mut Cx, a: &route_pb::rate_limit::Action) -> Result<DescriptorAction, CompileError> {
+fn compile_action(
+    cx: &mut Cx,
+    a: &route_pb::rate_limit::Action,
+) -> Result<DescriptorAction, CompileError> {
     use route_pb::rate_limit::action::ActionSpecifier as A;
     Ok(match &a.action_specifier {
         Some(A::GenericKey(g)) => {
@@ -260,7 +272,9 @@ fn compile_action(cx: &mut Cx, a: &route_pb::rate_limit::Action) -> Result<Descr
             }
             let mut headers = Vec::with_capacity(m.headers.len());
             for (i, h) in m.headers.iter().enumerate() {
-                headers.push(cx.at(format_args!("headers[{i}]"), |cx| HeaderMatch::compile(cx, h))?);
+                headers.push(cx.at(format_args!("headers[{i}]"), |cx| {
+                    HeaderMatch::compile(cx, h)
+                })?);
             }
             Ok(DescriptorAction::HeaderValueMatch {
                 key: if m.descriptor_key.is_empty() {
@@ -278,10 +292,22 @@ fn compile_action(cx: &mut Cx, a: &route_pb::rate_limit::Action) -> Result<Descr
             if Source::try_from(m.source) != Ok(Source::Dynamic) {
                 return Err(cx.err("source", "only DYNAMIC metadata is supported"));
             }
-            metadata_action(cx, &m.descriptor_key, &m.metadata_key, &m.default_value, m.skip_if_absent)
+            metadata_action(
+                cx,
+                &m.descriptor_key,
+                &m.metadata_key,
+                &m.default_value,
+                m.skip_if_absent,
+            )
         })?,
         Some(A::DynamicMetadata(m)) => cx.at("dynamic_metadata", |cx| {
-            metadata_action(cx, &m.descriptor_key, &m.metadata_key, &m.default_value, false)
+            metadata_action(
+                cx,
+                &m.descriptor_key,
+                &m.metadata_key,
+                &m.default_value,
+                false,
+            )
         })?,
         Some(A::SourceCluster(_)) => return Err(cx.unsupported("source_cluster")),
         Some(A::QueryParameters(_)) => return Err(cx.unsupported("query_parameters")),
@@ -343,7 +369,10 @@ impl DescriptorAction {
                 true
             }
             DescriptorAction::MaskedRemoteAddress { v4, v6 } => {
-                out.push(("masked_remote_address".into(), masked(input.remote, *v4, *v6)));
+                out.push((
+                    "masked_remote_address".into(),
+                    masked(input.remote, *v4, *v6),
+                ));
                 true
             }
             DescriptorAction::DestinationCluster => match input.cluster {
@@ -417,12 +446,20 @@ fn masked(ip: IpAddr, v4: u8, v6: u8) -> String {
     match ip {
         IpAddr::V4(a) => {
             let bits = u32::from(a);
-            let mask = if v4 == 0 { 0 } else { u32::MAX << (32 - v4 as u32) };
+            let mask = if v4 == 0 {
+                0
+            } else {
+                u32::MAX << (32 - v4 as u32)
+            };
             format!("{}/{}", std::net::Ipv4Addr::from(bits & mask), v4)
         }
         IpAddr::V6(a) => {
             let bits = u128::from(a);
-            let mask = if v6 == 0 { 0 } else { u128::MAX << (128 - v6 as u32) };
+            let mask = if v6 == 0 {
+                0
+            } else {
+                u128::MAX << (128 - v6 as u32)
+            };
             format!("{}/{}", std::net::Ipv6Addr::from(bits & mask), v6)
         }
     }
@@ -534,7 +571,9 @@ impl RateLimitFilter {
     ) -> Result<RateLimitFilter, CompileError> {
         let c = rl_pb::RateLimit::decode(any.value.as_slice())
             .map_err(|e| cx.err("typed_config", format!("decoding RateLimit: {e}")))?;
-        cx.at("typed_config", |cx| Self::compile_config(cx, name, &c, clusters))
+        cx.at("typed_config", |cx| {
+            Self::compile_config(cx, name, &c, clusters)
+        })
     }
 
     fn compile_config(
@@ -588,7 +627,9 @@ impl RateLimitFilter {
                 ));
             }
         };
-        let status = |field: &str, s: &Option<crate::xds::pb::envoy::r#type::v3::HttpStatus>, default: StatusCode| {
+        let status = |field: &str,
+                      s: &Option<crate::xds::pb::envoy::r#type::v3::HttpStatus>,
+                      default: StatusCode| {
             match s {
                 None => Ok(default),
                 Some(s) => u16::try_from(s.code)
@@ -598,8 +639,16 @@ impl RateLimitFilter {
                     .ok_or_else(|| cx.err(field, format!("{} is not a 4xx or 5xx status", s.code))),
             }
         };
-        let rate_limited_status = status("rate_limited_status", &c.rate_limited_status, StatusCode::TOO_MANY_REQUESTS)?;
-        let status_on_error = status("status_on_error", &c.status_on_error, StatusCode::INTERNAL_SERVER_ERROR)?;
+        let rate_limited_status = status(
+            "rate_limited_status",
+            &c.rate_limited_status,
+            StatusCode::TOO_MANY_REQUESTS,
+        )?;
+        let status_on_error = status(
+            "status_on_error",
+            &c.status_on_error,
+            StatusCode::INTERNAL_SERVER_ERROR,
+        )?;
         use rl_pb::rate_limit::XRateLimitHeadersRfcVersion as X;
         let x_ratelimit_headers = match X::try_from(c.enable_x_ratelimit_headers) {
             Ok(X::Off) => false,
@@ -695,7 +744,12 @@ fn compile_client(
             .authority(authority.as_str())
             .path_and_query(SERVICE_PATH)
             .build()
-            .map_err(|_| cx.err("envoy_grpc.authority", format!("invalid authority {authority:?}")))?;
+            .map_err(|_| {
+                cx.err(
+                    "envoy_grpc.authority",
+                    format!("invalid authority {authority:?}"),
+                )
+            })?;
         let mut metadata = Vec::with_capacity(g.initial_metadata.len());
         for (i, h) in g.initial_metadata.iter().enumerate() {
             let name = HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes());
@@ -751,7 +805,9 @@ impl HttpFilter for RateLimitFilter {
                         .into_iter()
                         .map(|(key, value)| Entry { key, value })
                         .collect(),
-                    hits_addend: d.hits_addend.map(|value| crate::xds::pb::google::protobuf::UInt64Value { value }),
+                    hits_addend: d
+                        .hits_addend
+                        .map(|value| crate::xds::pb::google::protobuf::UInt64Value { value }),
                     ..Default::default()
                 })
                 .collect(),
@@ -759,7 +815,12 @@ impl HttpFilter for RateLimitFilter {
         };
         let worker = cx.conn.worker;
         Step::Wait(Box::pin(async move {
-            let answer = match tokio::time::timeout(self.timeout, self.client.call(worker, request, self.timeout)).await {
+            let answer = match tokio::time::timeout(
+                self.timeout,
+                self.client.call(worker, request, self.timeout),
+            )
+            .await
+            {
                 Ok(Ok(r)) if r.overall_code == Code::OverLimit as i32 => Answer::OverLimit(r),
                 Ok(Ok(r)) => Answer::Ok(r),
                 Ok(Err(e)) => {
@@ -808,13 +869,17 @@ impl RateLimitFilter {
         let per_route = cx.per_route::<RateLimitPerRoute>(&self.name);
         let mut out = Vec::new();
         match per_route {
-            Some(p) if !p.rate_limits.is_empty() => p.rate_limits.descriptors(self.stage, &input, &mut out),
+            Some(p) if !p.rate_limits.is_empty() => {
+                p.rate_limits.descriptors(self.stage, &input, &mut out)
+            }
             _ => {
                 route.rate_limits.descriptors(self.stage, &input, &mut out);
                 let vh = if route.include_vh_rate_limits {
                     VhRateLimits::Include
                 } else {
-                    per_route.map(|p| p.vh_rate_limits).unwrap_or(VhRateLimits::Override)
+                    per_route
+                        .map(|p| p.vh_rate_limits)
+                        .unwrap_or(VhRateLimits::Override)
                 };
                 let use_vh = match vh {
                     VhRateLimits::Include => true,
@@ -850,7 +915,10 @@ impl RateLimitFilter {
         };
         if over {
             if self.x_envoy_ratelimited {
-                headers.push((X_ENVOY_RATELIMITED.clone(), HeaderValue::from_static("true")));
+                headers.push((
+                    X_ENVOY_RATELIMITED.clone(),
+                    HeaderValue::from_static("true"),
+                ));
             }
             cx.log.flags.set(Flags::RL);
             cx.log.details = Some("request_rate_limited");
@@ -866,18 +934,16 @@ impl RateLimitFilter {
             }
             return Verdict::respond(resp);
         }
-        if error {
-            if self.failure_mode_deny {
-                cx.log.flags.set(Flags::RLSE);
-                cx.log.details = Some("rate_limiter_error");
-                let mut resp = Response::new(ResponseBody::empty());
-                *resp.status_mut() = self.status_on_error;
-                resp.headers_mut()
-                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-                // Envoy 1.40 marks neither this answer nor a failed-open one with
-                // `x-envoy-ratelimited`.
-                return Verdict::respond(resp);
-            }
+        if error && self.failure_mode_deny {
+            cx.log.flags.set(Flags::RLSE);
+            cx.log.details = Some("rate_limiter_error");
+            let mut resp = Response::new(ResponseBody::empty());
+            *resp.status_mut() = self.status_on_error;
+            resp.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            // Envoy 1.40 marks neither this answer nor a failed-open one with
+            // `x-envoy-ratelimited`.
+            return Verdict::respond(resp);
         }
         if let Answer::Ok(r) = &answer {
             for h in &r.request_headers_to_add {
@@ -964,8 +1030,16 @@ fn x_ratelimit_headers(statuses: &[DescriptorStatus], out: &mut Vec<(HeaderName,
         }
     }
     let Some(m) = min else { return };
-    let limit = m.current_limit.as_ref().map(|l| l.requests_per_unit).unwrap_or(0);
-    let reset = m.duration_until_reset.as_ref().map(|d| d.seconds).unwrap_or(0);
+    let limit = m
+        .current_limit
+        .as_ref()
+        .map(|l| l.requests_per_unit)
+        .unwrap_or(0);
+    let reset = m
+        .duration_until_reset
+        .as_ref()
+        .map(|d| d.seconds)
+        .unwrap_or(0);
     let values = [
         (&X_RATELIMIT_LIMIT, format!("{limit}{policy}")),
         (&X_RATELIMIT_REMAINING, m.limit_remaining.to_string()),
@@ -1047,7 +1121,9 @@ impl RlsClient {
         });
         match status.as_ref().map(|s| s.as_bytes()) {
             Some(b"0") => {}
-            Some(other) => return Err(CallError::Grpc(String::from_utf8_lossy(other).into_owned())),
+            Some(other) => {
+                return Err(CallError::Grpc(String::from_utf8_lossy(other).into_owned()));
+            }
             None => return Err(CallError::Grpc("missing".into())),
         }
         decode_unary(collected.to_bytes())
@@ -1060,11 +1136,16 @@ fn decode_unary(mut b: Bytes) -> Result<RateLimitResponse, CallError> {
         return Err(CallError::Decode("short message".into()));
     }
     if b.get_u8() != 0 {
-        return Err(CallError::Decode("compressed messages are not supported".into()));
+        return Err(CallError::Decode(
+            "compressed messages are not supported".into(),
+        ));
     }
     let len = b.get_u32() as usize;
     if b.len() != len {
-        return Err(CallError::Decode(format!("message of {} bytes, framed as {len}", b.len())));
+        return Err(CallError::Decode(format!(
+            "message of {} bytes, framed as {len}",
+            b.len()
+        )));
     }
     RateLimitResponse::decode(b).map_err(|e| CallError::Decode(e.to_string()))
 }
@@ -1084,10 +1165,18 @@ mod tests {
         RateLimitPolicy::compile(&mut Cx::new("route_configuration", "r"), &limits)
     }
 
-    fn eval(p: &RateLimitPolicy, headers: &[(&str, &str)], path: &str, md: &DynamicMetadata) -> Vec<Vec<(String, String)>> {
+    fn eval(
+        p: &RateLimitPolicy,
+        headers: &[(&str, &str)],
+        path: &str,
+        md: &DynamicMetadata,
+    ) -> Vec<Vec<(String, String)>> {
         let mut h = http::HeaderMap::new();
         for (k, v) in headers {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         let method = http::Method::GET;
         let input = DescriptorInput {
@@ -1133,7 +1222,10 @@ mod tests {
         assert_eq!(
             eval(&p, &[], "/a?b", &md),
             vec![
-                vec![e("meshgate.io/rule", "ns/p/0"), e("remote_address", "10.1.2.3")],
+                vec![
+                    e("meshgate.io/rule", "ns/p/0"),
+                    e("remote_address", "10.1.2.3")
+                ],
                 vec![
                     e("generic_key", "y"),
                     e("path", "/a?b"),
@@ -1144,7 +1236,10 @@ mod tests {
             ]
         );
         let with_user = eval(&p, &[("x-user", "alice")], "/", &md);
-        assert_eq!(with_user[1], vec![e("generic_key", "x"), e("header:x-user", "alice")]);
+        assert_eq!(
+            with_user[1],
+            vec![e("generic_key", "x"), e("header:x-user", "alice")]
+        );
         assert_eq!(with_user[2][1], e("u", "alice"));
     }
 
@@ -1161,7 +1256,10 @@ mod tests {
         ]))
         .unwrap();
         let empty = DynamicMetadata::default();
-        assert_eq!(eval(&p, &[], "/", &empty), vec![vec![e("tier", "free")], vec![]]);
+        assert_eq!(
+            eval(&p, &[], "/", &empty),
+            vec![vec![e("tier", "free")], vec![]]
+        );
         let mut md = DynamicMetadata::default();
         md.namespace_mut("envoy.filters.http.jwt_authn")
             .insert("https://issuer".into(), json!({"sub": "alice", "n": 1}));
@@ -1180,9 +1278,18 @@ mod tests {
     #[test]
     fn unsupported_actions_are_refused_by_name() {
         let cases = [
-            (json!([{"actions": [{"query_parameters": {"query_parameter_name": "a", "descriptor_key": "b"}}]}]), "rate_limits[0].actions[0].query_parameters"),
-            (json!([{"disable_key": "x", "actions": [{"remote_address": {}}]}]), "rate_limits[0].disable_key"),
-            (json!([{"actions": [{"generic_key": {"descriptor_value": "%REQ(x)%"}}]}]), "rate_limits[0].actions[0].generic_key.descriptor_value"),
+            (
+                json!([{"actions": [{"query_parameters": {"query_parameter_name": "a", "descriptor_key": "b"}}]}]),
+                "rate_limits[0].actions[0].query_parameters",
+            ),
+            (
+                json!([{"disable_key": "x", "actions": [{"remote_address": {}}]}]),
+                "rate_limits[0].disable_key",
+            ),
+            (
+                json!([{"actions": [{"generic_key": {"descriptor_value": "%REQ(x)%"}}]}]),
+                "rate_limits[0].actions[0].generic_key.descriptor_value",
+            ),
             (json!([{"actions": []}]), "rate_limits[0].actions"),
         ];
         for (v, path) in cases {
@@ -1196,14 +1303,25 @@ mod tests {
         use crate::xds::pb::envoy::service::ratelimit::v3::rate_limit_response::RateLimit as L;
         let st = |n: u32, unit: Unit, remaining: u32, reset: i64| DescriptorStatus {
             code: Code::Ok as i32,
-            current_limit: Some(L { name: String::new(), requests_per_unit: n, unit: unit as i32 }),
+            current_limit: Some(L {
+                name: String::new(),
+                requests_per_unit: n,
+                unit: unit as i32,
+            }),
             limit_remaining: remaining,
-            duration_until_reset: Some(crate::xds::pb::google::protobuf::Duration { seconds: reset, nanos: 900_000_000 }),
+            duration_until_reset: Some(crate::xds::pb::google::protobuf::Duration {
+                seconds: reset,
+                nanos: 900_000_000,
+            }),
             quota: None,
         };
         let mut out = Vec::new();
         x_ratelimit_headers(
-            &[DescriptorStatus::default(), st(10, Unit::Second, 4, 1), st(100, Unit::Hour, 2, 3000)],
+            &[
+                DescriptorStatus::default(),
+                st(10, Unit::Second, 4, 1),
+                st(100, Unit::Hour, 2, 3000),
+            ],
             &mut out,
         );
         let got: Vec<(String, String)> = out
@@ -1228,7 +1346,10 @@ mod tests {
         assert_eq!(masked("10.1.2.3".parse().unwrap(), 24, 128), "10.1.2.0/24");
         assert_eq!(masked("10.1.2.3".parse().unwrap(), 32, 128), "10.1.2.3/32");
         assert_eq!(masked("10.1.2.3".parse().unwrap(), 0, 128), "0.0.0.0/0");
-        assert_eq!(masked("2001:db8::1".parse().unwrap(), 32, 64), "2001:db8::/64");
+        assert_eq!(
+            masked("2001:db8::1".parse().unwrap(), 32, 64),
+            "2001:db8::/64"
+        );
     }
 
     #[test]
