@@ -479,3 +479,136 @@ fn redis_down_fails_open_or_closed_and_the_breaker_recovers() {
     assert!(statuses.ends_with(&[429, 429, 429]), "{statuses:?}");
     drop((gw, envoy));
 }
+
+/// A descriptor of `rule` (and `extra` entries) for `ShouldRateLimit`.
+fn descriptor(
+    rule: &str,
+    extra: &[(&str, &str)],
+) -> meshgate::xds::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor {
+    use meshgate::xds::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    let mut entries = vec![Entry {
+        key: "meshgate.io/rule".into(),
+        value: rule.into(),
+    }];
+    entries.extend(extra.iter().map(|(k, v)| Entry {
+        key: k.to_string(),
+        value: v.to_string(),
+    }));
+    meshgate::xds::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor {
+        entries,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_control_plane_serves_the_rate_limit_service() {
+    use meshgate::xds::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use meshgate::xds::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+        Code, rate_limit::Unit,
+    };
+    use meshgate::xds::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    let dir = TempDir::new();
+    let mut redis = Redis::start(dir.path());
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("gateway.yaml"),
+        support::gateway::istio_http_gateway("edge", 8080),
+    )
+    .unwrap();
+    let limits = limits_file(dir.path(), 3, "1h");
+    let rls = free_port();
+    let mut cp = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["control-plane", "--config"])
+        .arg(&config)
+        .args(["--xds-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+        .args(["--ratelimit-redis", &redis.url()])
+        .args(["--ratelimit-address", &format!("127.0.0.1:{rls}")])
+        .arg("--ratelimit-limits")
+        .arg(&limits)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("cp.stderr")).unwrap())
+        .spawn()
+        .expect("spawn meshgate control-plane");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _cp = Kill(&mut cp);
+    wait_for_port(rls, Duration::from_secs(20));
+    let mut client = RateLimitServiceClient::connect(format!("http://127.0.0.1:{rls}"))
+        .await
+        .expect("connect to the rate-limit service");
+    let ask = |descriptors, domain: &str| RateLimitRequest {
+        domain: domain.into(),
+        descriptors,
+        hits_addend: 0,
+    };
+    // Three per hour for each client address; the fourth is over the limit.
+    for remaining in (0..3).rev() {
+        let r = client
+            .should_rate_limit(ask(
+                vec![descriptor(RULE, &[("remote_address", "10.0.0.1")])],
+                "meshgate",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        let s = &r.statuses[0];
+        assert_eq!(s.limit_remaining, remaining);
+        let l = s.current_limit.as_ref().unwrap();
+        assert_eq!((l.requests_per_unit, l.unit), (3, Unit::Hour as i32));
+    }
+    let r = client
+        .should_rate_limit(ask(
+            vec![
+                descriptor("default/unknown/0", &[]),
+                descriptor(RULE, &[("remote_address", "10.0.0.1")]),
+            ],
+            "meshgate",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    // An unconfigured descriptor: OK, no limit.
+    assert_eq!(r.statuses[0].code, Code::Ok as i32);
+    assert!(r.statuses[0].current_limit.is_none());
+    assert_eq!(r.statuses[1].code, Code::OverLimit as i32);
+    let reset = r.statuses[1].duration_until_reset.unwrap();
+    assert!((3590..=3600).contains(&reset.seconds), "{reset:?}");
+    // Another client has its own bucket; another domain has no limits.
+    let r = client
+        .should_rate_limit(ask(
+            vec![descriptor(RULE, &[("remote_address", "10.0.0.2")])],
+            "meshgate",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    let r = client
+        .should_rate_limit(ask(
+            vec![descriptor(RULE, &[("remote_address", "10.0.0.1")])],
+            "other",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    // Redis gone: an error the proxy's failure_mode_deny decides on.
+    redis.kill();
+    let e = client
+        .should_rate_limit(ask(
+            vec![descriptor(RULE, &[("remote_address", "10.0.0.3")])],
+            "meshgate",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+}
