@@ -112,11 +112,15 @@ fn ratelimit_filter(failure_mode_deny: bool) -> Value {
 }
 
 /// Listeners (name, port, failure_mode_deny) sharing one route to `backend`, whose
-/// `rate_limits` send the descriptor of rule [`RULE`]; `meshgate-ratelimit` at `rls`.
+/// `rate_limits` send the descriptor of rule [`RULE`] per client address and `x-user`
+/// (as a RateLimitPolicy with those selectors translates); `meshgate-ratelimit` at `rls`.
+/// A request without `x-user` makes no descriptor and is not limited.
 fn resources(listeners: &[(&str, u16, bool)], backend: u16, rls: u16) -> Value {
     let route = json!({"name": "rl", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
         {"match": {"prefix": "/"}, "route": {"cluster": "backend", "rate_limits": [{"actions": [
-            {"generic_key": {"descriptor_key": "meshgate.io/rule", "descriptor_value": RULE}}]}]}}]}]});
+            {"generic_key": {"descriptor_key": "meshgate.io/rule", "descriptor_value": RULE}},
+            {"remote_address": {}},
+            {"request_headers": {"header_name": "x-user", "descriptor_key": "header:x-user"}}]}]}}]}]});
     json!({
         "listeners": listeners.iter().map(|(n, p, deny)| hcm_listener(n, *p, "rl", json!({}), vec![ratelimit_filter(*deny)])).collect::<Vec<_>>(),
         "routes": [route],
@@ -305,7 +309,7 @@ fn two_gateways_and_envoy_share_one_limit() {
                     (0..40)
                         .map(|i| {
                             let port = ports[(i + t) % 3];
-                            (port, get(port, "example.com", "/", &[]))
+                            (port, get(port, "example.com", "/", &[("x-user", "alice")]))
                         })
                         .collect::<Vec<_>>()
                 })
@@ -379,6 +383,25 @@ fn two_gateways_and_envoy_share_one_limit() {
         mine.header("x-ratelimit-limit"),
         envoy_200.header("x-ratelimit-limit")
     );
+    // The bucket is alice's: bob has his own, and a request without `x-user` makes no
+    // descriptor. Envoy and meshgate make the same descriptors (they share buckets).
+    for port in ports {
+        assert_eq!(
+            get(port, "example.com", "/", &[("x-user", "bob")]).status,
+            200
+        );
+        let plain = get(port, "example.com", "/", &[]);
+        assert_eq!(plain.status, 200);
+        assert_eq!(
+            plain.header("x-ratelimit-limit"),
+            None,
+            "no call, no headers"
+        );
+        assert_eq!(
+            get(port, "example.com", "/", &[("x-user", "alice")]).status,
+            429
+        );
+    }
     // The access log says RL for the refused ones.
     let log = gw1.stdout();
     assert!(log.contains("\"response_flags\":\"RL\""), "{log}");
@@ -417,7 +440,7 @@ fn redis_down_fails_open_or_closed_and_the_breaker_recovers() {
         ),
         &envoy_dir,
     );
-    let ask = |port| get(port, "example.com", "/", &[]);
+    let ask = |port| get(port, "example.com", "/", &[("x-user", "alice")]);
     for port in [open, closed, e_open, e_closed] {
         assert_eq!(ask(port).status, 200, "Redis up, port {port}");
     }
