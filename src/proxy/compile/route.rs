@@ -1034,4 +1034,33 @@ mod tests {
         };
         assert_eq!(b.timeout, None);
     }
+
+    #[test]
+    fn rate_limits_are_compiled_into_routes_and_virtual_hosts() {
+        use crate::proxy::http::filters::ratelimit::{RateLimitPerRoute, VhRateLimits};
+        use serde_json::json;
+        let rule = json!([{"actions": [{"generic_key": {"descriptor_key": "meshgate.io/rule", "descriptor_value": "ns/p/0"}}]}]);
+        let t = rc(json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "rate_limits": rule, "routes": [
+            {"match": {"prefix": "/a"}, "route": {"cluster": "c", "rate_limits": rule, "include_vh_rate_limits": true}},
+            {"match": {"prefix": "/b"}, "route": {"cluster": "c"}, "typed_per_filter_config": {"envoy.filters.http.ratelimit": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
+                "vh_rate_limits": "IGNORE", "domain": "other"}}}]}]}))
+        .unwrap();
+        let vh = &t.virtual_hosts[0];
+        assert!(!vh.rate_limits.is_empty());
+        assert!(!vh.routes[0].rate_limits.is_empty() && vh.routes[0].include_vh_rate_limits);
+        assert!(vh.routes[1].rate_limits.is_empty() && !vh.routes[1].include_vh_rate_limits);
+        let per_route = vh.routes[1]
+            .filter_config::<RateLimitPerRoute>("envoy.filters.http.ratelimit")
+            .unwrap();
+        assert_eq!(per_route.vh_rate_limits, VhRateLimits::Ignore);
+        assert_eq!(per_route.domain.as_deref(), Some("other"));
+        let e = rc(json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "c", "rate_limits": [{"actions": [{"source_cluster": {}}]}]}}]}]}))
+        .unwrap_err();
+        assert_eq!(
+            e.path,
+            "virtual_hosts[0].routes[0].route.rate_limits[0].actions[0].source_cluster"
+        );
+    }
 }
