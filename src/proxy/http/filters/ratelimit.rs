@@ -862,7 +862,7 @@ impl RateLimitFilter {
         };
         let input = DescriptorInput {
             view: cx.request_view(),
-            remote: remote_address(cx),
+            remote: cx.remote,
             metadata: cx.metadata,
             cluster,
         };
@@ -979,24 +979,6 @@ fn append_service_headers(add: &[core_pb::HeaderValue], out: &mut Vec<(HeaderNam
             out.push((n, v));
         }
     }
-}
-
-/// Envoy's downstream remote address: the peer when the connection manager uses the
-/// remote address, else the last `x-forwarded-for` entry if it is an address.
-fn remote_address(cx: &RequestCx<'_>) -> IpAddr {
-    let peer = cx.conn.peer.remote.ip().to_canonical();
-    if cx.conn.initial.use_remote_address {
-        return peer;
-    }
-    cx.req
-        .headers()
-        .get_all(&crate::proxy::http::request::X_FORWARDED_FOR)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|v| v.trim().parse::<IpAddr>().ok())
-        .unwrap_or(peer)
 }
 
 /// Envoy's `XRateLimitHeaderUtils::create` (draft 03): the status with the least
