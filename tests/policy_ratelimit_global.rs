@@ -635,3 +635,96 @@ async fn the_control_plane_serves_the_rate_limit_service() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
 }
+
+#[test]
+fn virtual_host_rate_limits_and_per_route_options_as_envoy() {
+    let dir = TempDir::new();
+    let redis = Redis::start(dir.path());
+    let backend = EchoUpstream::start("backend");
+    let rule = |id: &str| json!({"generic_key": {"descriptor_key": "meshgate.io/rule", "descriptor_value": id}});
+    let path = json!({"request_headers": {"header_name": ":path", "descriptor_key": "path"}});
+    let route = |prefix: &str, extra: Value| {
+        let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "backend"}});
+        for (k, v) in extra.as_object().unwrap() {
+            if k == "typed_per_filter_config" {
+                r[k] = v.clone();
+            } else {
+                r["route"][k] = v.clone();
+            }
+        }
+        r
+    };
+    let route_limit = json!([{"actions": [rule("route"), path.clone()]}]);
+    let per_route = |options: Value| {
+        let mut c = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute"});
+        for (k, v) in options.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        json!({"envoy.filters.http.ratelimit": c})
+    };
+    let config = |listener: u16, rls: u16| {
+        let mut r = resources(&[("rl", listener, true)], backend.port(), rls);
+        r["routes"] = json!([{"name": "rl", "virtual_hosts": [{"name": "all", "domains": ["*"],
+        "rate_limits": [{"actions": [rule("vh"), path.clone()]}],
+        "routes": [
+            route("/override", json!({"rate_limits": route_limit})),
+            route("/include", json!({"rate_limits": route_limit, "include_vh_rate_limits": true})),
+            route("/vh-only", json!({})),
+            route("/ignore", json!({"typed_per_filter_config": per_route(json!({"vh_rate_limits": "IGNORE"}))})),
+            route("/own", json!({"rate_limits": route_limit, "typed_per_filter_config": per_route(json!({
+                "rate_limits": [{"actions": [rule("vh"), {"generic_key": {"descriptor_value": "own"}}]}]}))})),
+        ]}]}]);
+        r
+    };
+    // One bucket per path for rule "vh" (1 per hour), a roomy one for "route"; meshgate
+    // and Envoy each get their own service, with their own keys in the same Redis.
+    let limits = LimitTable::from([
+        ("vh".to_string(), limit(1, Duration::from_secs(3600))),
+        ("route".to_string(), limit(100, Duration::from_secs(3600))),
+    ]);
+    let start = |prefix: &str| {
+        let s = RateLimitServer::start(ServerOptions {
+            redis_url: redis.url(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            limiter: LimiterOptions {
+                key_prefix: prefix.into(),
+                ..Default::default()
+            },
+        })
+        .unwrap();
+        s.set_limits(limits.clone());
+        s
+    };
+    let (mine_rls, envoy_rls) = (start("meshgate-test"), start("envoy-test"));
+    let (mine, theirs) = (free_port(), free_port());
+    let gw = support::gateway::InProcess::start(&config(mine, mine_rls.local_addr().port()));
+    let envoy_dir = TempDir::new();
+    let envoy = envoy_with(&config(theirs, envoy_rls.local_addr().port()), &envoy_dir);
+    let statuses = |port: u16| -> Vec<(&str, Vec<u16>)> {
+        ["/override", "/include", "/vh-only", "/ignore", "/own"]
+            .into_iter()
+            .map(|p| {
+                (
+                    p,
+                    (0..2)
+                        .map(|_| get(port, "example.com", p, &[]).status)
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let got = statuses(mine);
+    assert_eq!(got, statuses(theirs), "meshgate (left) and Envoy (right)");
+    // The virtual host's limit applies where Envoy applies it.
+    assert_eq!(
+        got,
+        vec![
+            ("/override", vec![200, 200]),
+            ("/include", vec![200, 429]),
+            ("/vh-only", vec![200, 429]),
+            ("/ignore", vec![200, 200]),
+            ("/own", vec![200, 429]),
+        ]
+    );
+    drop((gw, envoy));
+}
