@@ -8,6 +8,7 @@ pub mod cors;
 pub mod fault;
 pub mod jwt_authn;
 pub mod jwt_token;
+pub mod ratelimit;
 
 use crate::proxy::compile::route::Clusters;
 use crate::proxy::compile::{CompileError, Cx};
@@ -21,7 +22,6 @@ pub(crate) struct BuildCx<'a> {
     pub name: &'a str,
     /// The clusters of the same configuration, for filters that call out (an
     /// authorizer, a rate-limit service, a key server).
-    #[allow(dead_code)]
     pub clusters: &'a Clusters,
 }
 
@@ -36,6 +36,7 @@ pub(crate) fn build(
         fault::TYPE_URL => fault::FaultFilter::build(cx, b, any)?,
         cors::TYPE_URL => cors::CorsFilter::build(b),
         jwt_authn::TYPE_URL => jwt_authn::JwtAuthn::build(cx, b, any)?,
+        ratelimit::TYPE_URL => ratelimit::RateLimitFilter::build(cx, b, any)?,
         _ => return Ok(None),
     }))
 }
@@ -44,9 +45,8 @@ pub(crate) fn build(
 /// per-route configs the route keeps in typed fields); `Ok(None)` when the type is not
 /// one meshgate implements.
 pub(crate) fn per_route(cx: &mut Cx, any: &Any) -> Result<Option<PerFilterConfig>, CompileError> {
-    let _ = cx;
-    #[allow(clippy::match_single_binding)]
-    match any.type_url.as_str() {
-        _ => Ok(None),
-    }
+    Ok(Some(match any.type_url.as_str() {
+        ratelimit::PER_ROUTE_TYPE_URL => Arc::new(ratelimit::RateLimitPerRoute::compile(cx, any)?),
+        _ => return Ok(None),
+    }))
 }
