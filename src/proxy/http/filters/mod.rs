@@ -6,6 +6,7 @@
 //! unknown filter is never skipped.
 pub mod cors;
 pub mod fault;
+pub mod rbac;
 
 use crate::proxy::compile::route::Clusters;
 use crate::proxy::compile::{CompileError, Cx};
@@ -21,6 +22,9 @@ pub(crate) struct BuildCx<'a> {
     /// authorizer, a rate-limit service, a key server).
     #[allow(dead_code)]
     pub clusters: &'a Clusters,
+    /// The connection manager's `use_remote_address` (whether the client address is
+    /// the peer's or X-Forwarded-For's).
+    pub use_remote_address: bool,
 }
 
 /// The filter for an `http_filters[]` entry other than the router; `Ok(None)` when the
@@ -33,6 +37,7 @@ pub(crate) fn build(
     Ok(Some(match any.type_url.as_str() {
         fault::TYPE_URL => fault::FaultFilter::build(cx, b, any)?,
         cors::TYPE_URL => cors::CorsFilter::build(b),
+        rbac::TYPE_URL => rbac::RbacFilter::build(cx, b, any)?,
         _ => return Ok(None),
     }))
 }
