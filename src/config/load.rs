@@ -1168,7 +1168,7 @@ stringData: {tls.key: secret}
             ),
             (
                 "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {rules: [{to: [{operation: {method: [GET]}}]}]}\n",
-                "t.yaml:4:40: error: AuthorizationPolicy/default/a: spec.rules[0].to[0].operation.method: unknown field `method`; did you mean `methods`?",
+                "t.yaml:4:35: error: AuthorizationPolicy/default/a: spec.rules[0].to[0].operation.method: unknown field `method`; did you mean `methods`?",
             ),
             (
                 "apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: a}\n",
