@@ -414,3 +414,108 @@ fn condition<T: crate::config::types::Kind>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn diagnostics(spec: &str) -> Vec<String> {
+        let text = format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{spec}"
+        );
+        let loaded = crate::config::load_str("ap.yaml", &text);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        crate::config::validate(&loaded.config)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn valid_policies_pass() {
+        for spec in [
+            "  rules: [{}]\n",
+            "  action: DENY\n  rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]\n",
+            "  action: AUDIT\n  rules: [{to: [{operation: {ports: [\"80\"]}}]}]\n",
+            "  selector: {matchLabels: {app: a}}\n",
+            "  rules: [{when: [{key: \"request.auth.claims[groups][0]\", values: [a]}, {key: \"experimental.envoy.filters.a.b[c]\", values: [\"[x]\"]}]}]\n",
+        ] {
+            assert_eq!(diagnostics(spec), Vec::<String>::new(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn errors_are_positioned_at_the_field() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "  targetRef: {kind: Gateway, name: g}\n",
+                "ap.yaml:5:3: error: AuthorizationPolicy/shop/p: spec.targetRef: policies attached to Gateway API resources are not served",
+            ),
+            (
+                "  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]\n",
+                "ap.yaml:5:3: error: AuthorizationPolicy/shop/p: spec.action: CUSTOM is not enforced yet",
+            ),
+            (
+                "  action: DENY\n",
+                "spec.rules: DENY action without `rules` is meaningless",
+            ),
+            (
+                "  provider: {name: opa}\n",
+                "spec.provider: `provider` must not be with non CUSTOM action, found ALLOW",
+            ),
+            (
+                "  rules: [{from: []}]\n",
+                "spec.rules[0].from: `from` must not be empty",
+            ),
+            (
+                "  rules: [{from: [{source: {}}]}]\n",
+                "spec.rules[0].from[0].source: `from.source` must not be empty",
+            ),
+            (
+                "  rules: [{from: [{source: {ipBlocks: [10.0.0.0/33]}}]}]\n",
+                "ap.yaml:5:40: error: AuthorizationPolicy/shop/p: spec.rules[0].from[0].source.ipBlocks[0]: bad CIDR range (10.0.0.0/33)",
+            ),
+            (
+                "  rules: [{from: [{source: {serviceAccounts: [a/b]}}]}]\n",
+                "spec.rules[0].from[0].source.serviceAccounts: service account sources are not served",
+            ),
+            (
+                "  rules: [{to: [{operation: {ports: [\"70000\"]}}]}]\n",
+                "spec.rules[0].to[0].operation.ports[0]: bad port (70000)",
+            ),
+            (
+                "  rules: [{to: [{operation: {paths: [\"/a/{*}\"]}}]}]\n",
+                "spec.rules[0].to[0].operation.paths[0]: path templates",
+            ),
+            (
+                "  rules: [{to: [{operation: {methods: [\"\"]}}]}]\n",
+                "spec.rules[0].to[0].operation.methods[0]: empty value not allowed, found in Methods",
+            ),
+            (
+                "  rules: [{when: [{key: source.ip}]}]\n",
+                "spec.rules[0].when[0]: at least one of `values` or `notValues` must be set for key source.ip",
+            ),
+            (
+                "  rules: [{when: [{key: \"destination.labels[v]\", values: [a]}]}]\n",
+                "spec.rules[0].when[0].key: attribute destination.labels[v] is replaced by the workload selector",
+            ),
+            (
+                "  rules: [{when: [{key: request.headers, values: [a]}]}]\n",
+                "spec.rules[0].when[0].key: request.headers: expecting format [<NAME>]",
+            ),
+            (
+                "  rules: [{when: [{key: remote.ip, values: [nope]}]}]\n",
+                "spec.rules[0].when[0].values[0]: bad IP address (nope)",
+            ),
+            (
+                "  action: DENY\n  rules: [{to: [{operation: {paths: [/a]}}]}]\n",
+                "warning: AuthorizationPolicy/shop/p: spec.rules[0]: configured AuthorizationPolicy will deny all traffic to TCP ports",
+            ),
+        ];
+        for (spec, want) in cases {
+            let got = diagnostics(spec);
+            assert!(
+                got.iter().any(|d| d.contains(want)),
+                "{spec}: wanted {want:?} in {got:#?}"
+            );
+        }
+    }
+}

@@ -192,5 +192,35 @@ impl HttpFilter for RbacFilter {
 }
 
 #[cfg(test)]
-#[path = "rbac_tests.rs"]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_address_is_the_peer_or_the_last_forwarded_for() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut h = http::HeaderMap::new();
+        assert_eq!(remote_address(&h, peer, false), peer);
+        h.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
+        h.append("x-forwarded-for", "3.3.3.3".parse().unwrap());
+        assert_eq!(remote_address(&h, peer, true), peer);
+        assert_eq!(remote_address(&h, peer, false), "3.3.3.3".parse::<IpAddr>().unwrap());
+        let mut bad = http::HeaderMap::new();
+        bad.insert("x-forwarded-for", "1.1.1.1, not-an-ip".parse().unwrap());
+        assert_eq!(remote_address(&bad, peer, false), peer);
+    }
+
+    #[test]
+    fn shadow_keys_carry_the_stat_prefix() {
+        let r = pb::Rbac {
+            shadow_rules_stat_prefix: "istio_ext_authz_".into(),
+            ..Default::default()
+        };
+        let f = RbacFilter::compile(&mut Cx::new("listener", "l"), "envoy.filters.http.rbac", &r, true)
+            .unwrap();
+        assert_eq!(&*f.shadow_policy_key, "istio_ext_authz_shadow_effective_policy_id");
+        assert_eq!(&*f.shadow_result_key, "istio_ext_authz_shadow_engine_result");
+        let resp = denied_response();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain");
+    }
+}
