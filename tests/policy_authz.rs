@@ -81,8 +81,15 @@ spec:
   - to: [{operation: {paths: ["/audit*"]}}]
 "#;
 
-/// (method, path, extra headers, expected status).
-const TABLE: &[(&str, &str, &[(&str, &str)], u16)] = &[
+/// One request: method, path, extra headers, expected status.
+type Case = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u16,
+);
+
+const TABLE: &[Case] = &[
     ("GET", "/open", &[], 200),
     ("GET", "/open/deep?x=1", &[], 200),
     ("PUT", "/open", &[], 403),
@@ -102,8 +109,7 @@ const TABLE: &[(&str, &str, &[(&str, &str)], u16)] = &[
 ];
 
 fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> RawResponse {
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n");
     if method == "PUT" {
         req.push_str("Content-Length: 0\r\n");
     }
@@ -236,7 +242,10 @@ fn decisions_and_counters_match_envoy() {
         }
     }
     let meshgate_counted = meshgate_counts(&gw.admin("/stats").1);
-    assert_eq!(meshgate_counted, envoy_counted, "(allowed, denied, shadow allowed, shadow denied)");
+    assert_eq!(
+        meshgate_counted, envoy_counted,
+        "(allowed, denied, shadow allowed, shadow denied)"
+    );
     // Every request passes the AUDIT filter, and the dry-run policy saw /shadow only.
     assert_eq!(envoy_counted.3, 1, "{envoy_stats}");
     assert!(envoy_counted.0 >= TABLE.len() as u64);

@@ -7,8 +7,8 @@ use super::diag::{Diagnostic, Severity};
 use super::source::{self, Node, NodeValue};
 use super::types::common::{nearest, quoted_list};
 use super::types::{
-    AuthorizationPolicy, DestinationRule, Gateway, Kind, ObjectMeta, Origin, PeerAuthentication, Resource, Secret,
-    ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+    AuthorizationPolicy, DestinationRule, Gateway, Kind, ObjectMeta, Origin, PeerAuthentication,
+    Resource, Secret, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};

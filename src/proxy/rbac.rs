@@ -158,7 +158,10 @@ enum DoubleMatch {
 }
 
 impl MetadataMatch {
-    fn compile(cx: &mut Cx, m: &matcher_pb::MetadataMatcher) -> Result<MetadataMatch, CompileError> {
+    fn compile(
+        cx: &mut Cx,
+        m: &matcher_pb::MetadataMatcher,
+    ) -> Result<MetadataMatch, CompileError> {
         fields!(
             cx,
             m,
@@ -287,7 +290,10 @@ fn compile_path(cx: &mut Cx, p: &matcher_pb::PathMatcher) -> Result<StringMatch,
     }
 }
 
-fn compile_header(cx: &mut Cx, h: &crate::xds::pb::envoy::config::route::v3::HeaderMatcher) -> Result<HeaderMatch, CompileError> {
+fn compile_header(
+    cx: &mut Cx,
+    h: &crate::xds::pb::envoy::config::route::v3::HeaderMatcher,
+) -> Result<HeaderMatch, CompileError> {
     HeaderMatch::compile(cx, h)
 }
 
@@ -303,7 +309,9 @@ impl Permission {
             }
             let mut out = Vec::with_capacity(s.rules.len());
             for (i, r) in s.rules.iter().enumerate() {
-                out.push(cx.at(format_args!("{field}.rules[{i}]"), |cx| Permission::compile(cx, r))?);
+                out.push(cx.at(format_args!("{field}.rules[{i}]"), |cx| {
+                    Permission::compile(cx, r)
+                })?);
             }
             Ok(out)
         };
@@ -311,24 +319,31 @@ impl Permission {
         Ok(match &p.rule {
             Some(R::AndRules(s)) => Permission::And(set(cx, "and_rules", s)?),
             Some(R::OrRules(s)) => Permission::Or(set(cx, "or_rules", s)?),
-            Some(R::NotRule(n)) => {
-                Permission::Not(Box::new(cx.at("not_rule", |cx| Permission::compile(cx, n))?))
-            }
+            Some(R::NotRule(n)) => Permission::Not(Box::new(
+                cx.at("not_rule", |cx| Permission::compile(cx, n))?,
+            )),
             Some(R::Any(true)) => Permission::Any,
             Some(R::Any(false)) => return Err(cx.err("any", "value must equal true")),
             Some(R::Header(h)) => Permission::Header(cx.at("header", |cx| compile_header(cx, h))?),
-            Some(R::UrlPath(u)) => Permission::UrlPath(cx.at("url_path", |cx| compile_path(cx, u))?),
+            Some(R::UrlPath(u)) => {
+                Permission::UrlPath(cx.at("url_path", |cx| compile_path(cx, u))?)
+            }
             Some(R::DestinationIp(c)) => {
                 Permission::DestinationIp(cx.at("destination_ip", |cx| Cidr::compile(cx, c))?)
             }
             Some(R::DestinationPort(p)) => {
                 if *p > 65535 {
-                    return Err(cx.err("destination_port", "value must be less than or equal to 65535"));
+                    return Err(cx.err(
+                        "destination_port",
+                        "value must be less than or equal to 65535",
+                    ));
                 }
                 Permission::DestinationPort(*p)
             }
             Some(R::DestinationPortRange(r)) => {
-                let ok = (0..=65536).contains(&r.start) && (0..=65536).contains(&r.end) && r.start < r.end;
+                let ok = (0..=65536).contains(&r.start)
+                    && (0..=65536).contains(&r.end)
+                    && r.start < r.end;
                 if !ok {
                     return Err(cx.err(
                         "destination_port_range",
@@ -382,7 +397,9 @@ impl Principal {
             }
             let mut out = Vec::with_capacity(s.ids.len());
             for (i, r) in s.ids.iter().enumerate() {
-                out.push(cx.at(format_args!("{field}.ids[{i}]"), |cx| Principal::compile(cx, r))?);
+                out.push(cx.at(format_args!("{field}.ids[{i}]"), |cx| {
+                    Principal::compile(cx, r)
+                })?);
             }
             Ok(out)
         };
@@ -401,11 +418,15 @@ impl Principal {
                     StringMatch::compile(cx, m)
                 })?),
             }),
-            Some(I::SourceIp(c)) => Principal::SourceIp(cx.at("source_ip", |cx| Cidr::compile(cx, c))?),
+            Some(I::SourceIp(c)) => {
+                Principal::SourceIp(cx.at("source_ip", |cx| Cidr::compile(cx, c))?)
+            }
             Some(I::DirectRemoteIp(c)) => {
                 Principal::DirectRemoteIp(cx.at("direct_remote_ip", |cx| Cidr::compile(cx, c))?)
             }
-            Some(I::RemoteIp(c)) => Principal::RemoteIp(cx.at("remote_ip", |cx| Cidr::compile(cx, c))?),
+            Some(I::RemoteIp(c)) => {
+                Principal::RemoteIp(cx.at("remote_ip", |cx| Cidr::compile(cx, c))?)
+            }
             Some(I::Header(h)) => Principal::Header(cx.at("header", |cx| compile_header(cx, h))?),
             Some(I::UrlPath(u)) => Principal::UrlPath(cx.at("url_path", |cx| compile_path(cx, u))?),
             Some(I::Metadata(m)) => {
@@ -611,7 +632,8 @@ impl Engine {
         self.policies
             .iter()
             .find(|(_, p)| {
-                p.permissions.iter().any(|x| x.matches(r)) && p.principals.iter().any(|x| x.matches(r))
+                p.permissions.iter().any(|x| x.matches(r))
+                    && p.principals.iter().any(|x| x.matches(r))
             })
             .map(|(n, _)| &**n)
     }
@@ -668,7 +690,13 @@ impl NetworkRbac {
             cx,
             r,
             net::Rbac {
-                supported: [rules, shadow_rules, shadow_rules_stat_prefix, stat_prefix, enforcement_type],
+                supported: [
+                    rules,
+                    shadow_rules,
+                    shadow_rules_stat_prefix,
+                    stat_prefix,
+                    enforcement_type
+                ],
                 ignored: [],
                 unsupported: [matcher, shadow_matcher, delay_deny],
             }
@@ -713,7 +741,10 @@ impl NetworkRbac {
             stats.tcp_rbac_allowed.fetch_add(1, Relaxed);
         } else {
             stats.tcp_rbac_denied.fetch_add(1, Relaxed);
-            tracing::debug!(policy = d.policy.unwrap_or("none"), "network RBAC denied the connection");
+            tracing::debug!(
+                policy = d.policy.unwrap_or("none"),
+                "network RBAC denied the connection"
+            );
         }
         d.allowed
     }

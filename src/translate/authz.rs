@@ -69,7 +69,10 @@ pub struct WorkloadPolicies<'a> {
 
 impl WorkloadPolicies<'_> {
     pub fn is_empty(&self) -> bool {
-        self.custom.is_empty() && self.deny.is_empty() && self.allow.is_empty() && self.audit.is_empty()
+        self.custom.is_empty()
+            && self.deny.is_empty()
+            && self.allow.is_empty()
+            && self.audit.is_empty()
     }
 }
 
@@ -201,7 +204,10 @@ pub fn build(
 }
 
 fn shadow_prefix(shadow: &Option<rbac::Rbac>) -> String {
-    match shadow.as_ref().map(|r| rbac::rbac::Action::try_from(r.action)) {
+    match shadow
+        .as_ref()
+        .map(|r| rbac::rbac::Action::try_from(r.action))
+    {
         Some(Ok(rbac::rbac::Action::Allow)) => DRY_RUN_ALLOW_PREFIX.into(),
         Some(Ok(rbac::rbac::Action::Deny)) => DRY_RUN_DENY_PREFIX.into(),
         _ => String::new(),
@@ -319,7 +325,10 @@ pub fn http_filter(name: &str, config: crate::xds::pb::google::protobuf::Any) ->
 
 /// Inserts `filters` before the fault filter of a connection manager (after any filter
 /// placed earlier, such as JWT authentication), keeping the router last.
-pub fn insert_http_filters(manager: &mut hcm::HttpConnectionManager, filters: Vec<hcm::HttpFilter>) {
+pub fn insert_http_filters(
+    manager: &mut hcm::HttpConnectionManager,
+    filters: Vec<hcm::HttpFilter>,
+) {
     if filters.is_empty() {
         return;
     }
@@ -413,7 +422,13 @@ impl Attr {
                     let name = rest.strip_prefix('[')?.strip_suffix(']')?;
                     Attr::Header(name.to_string())
                 } else if let Some(rest) = k.strip_prefix("request.auth.claims") {
-                    Attr::Claim(claim_path(rest).ok()?.into_iter().map(String::from).collect())
+                    Attr::Claim(
+                        claim_path(rest)
+                            .ok()?
+                            .into_iter()
+                            .map(String::from)
+                            .collect(),
+                    )
                 } else if let Some(rest) = k.strip_prefix("experimental.") {
                     let (filter, tail) = rest.split_once('[')?;
                     let key = tail.strip_suffix(']')?;
@@ -429,7 +444,12 @@ impl Attr {
 /// The fields of one rule, as istiod orders them: per `from` source (principals,
 /// request principals, namespaces, remote IPs, IPs, then the `when` principals) and per
 /// `to` operation (hosts, methods, paths, ports, then the `when` permissions).
-fn generate(cx: Context<'_>, rule: &Rule, for_tcp: bool, action: rbac::rbac::Action) -> Option<rbac::Policy> {
+fn generate(
+    cx: Context<'_>,
+    rule: &Rule,
+    for_tcp: bool,
+    action: rbac::rbac::Action,
+) -> Option<rbac::Policy> {
     let mut base_perm: Vec<Field> = Vec::new();
     let mut base_princ: Vec<Field> = Vec::new();
     for c in &rule.when {
@@ -536,13 +556,21 @@ fn generate(cx: Context<'_>, rule: &Rule, for_tcp: bool, action: rbac::rbac::Act
 }
 
 /// `or(values)` and `not(or(notValues))` of a permission field.
-fn permission_field(cx: Context<'_>, f: &Field, for_tcp: bool) -> Result<Vec<rbac::Permission>, HttpOnly> {
+fn permission_field(
+    cx: Context<'_>,
+    f: &Field,
+    for_tcp: bool,
+) -> Result<Vec<rbac::Permission>, HttpOnly> {
     if for_tcp && f.attr.http_only() {
         return Err(HttpOnly);
     }
     let _ = cx;
     let mut out = Vec::new();
-    let or: Vec<rbac::Permission> = f.values.iter().filter_map(|v| permission(&f.attr, v)).collect();
+    let or: Vec<rbac::Permission> = f
+        .values
+        .iter()
+        .filter_map(|v| permission(&f.attr, v))
+        .collect();
     if !or.is_empty() {
         out.push(perm_or(or));
     }
@@ -557,7 +585,11 @@ fn permission_field(cx: Context<'_>, f: &Field, for_tcp: bool) -> Result<Vec<rba
     Ok(out)
 }
 
-fn principal_field(cx: Context<'_>, f: &Field, for_tcp: bool) -> Result<Vec<rbac::Principal>, HttpOnly> {
+fn principal_field(
+    cx: Context<'_>,
+    f: &Field,
+    for_tcp: bool,
+) -> Result<Vec<rbac::Principal>, HttpOnly> {
     if for_tcp && f.attr.http_only() {
         return Err(HttpOnly);
     }
@@ -596,7 +628,9 @@ fn migrate_trust_domain(values: &[String], trust_domain: &str) -> Vec<String> {
                 return p.clone();
             }
             match p.split_once("/ns/") {
-                Some((td, rest)) if td == crate::config::mesh::DEFAULT_TRUST_DOMAIN || td == trust_domain => {
+                Some((td, rest))
+                    if td == crate::config::mesh::DEFAULT_TRUST_DOMAIN || td == trust_domain =>
+                {
                     format!("{trust_domain}/ns/{rest}")
                 }
                 _ => p.clone(),
@@ -681,8 +715,12 @@ impl Wild<'_> {
         match self {
             Wild::Any => regex_matcher(".+"),
             Wild::Exact(e) => exact(e),
-            Wild::Prefix(p) => with_pattern(matcher::string_matcher::MatchPattern::Prefix(p.to_string())),
-            Wild::Suffix(s) => with_pattern(matcher::string_matcher::MatchPattern::Suffix(s.to_string())),
+            Wild::Prefix(p) => {
+                with_pattern(matcher::string_matcher::MatchPattern::Prefix(p.to_string()))
+            }
+            Wild::Suffix(s) => {
+                with_pattern(matcher::string_matcher::MatchPattern::Suffix(s.to_string()))
+            }
         }
     }
 }
@@ -723,7 +761,12 @@ fn request_principal(cx: Context<'_>, v: &str) -> rbac::Principal {
     };
     let issuers: Vec<&str> = match match_iss {
         Wild::Exact(i) => vec![i],
-        ref w => cx.issuers.iter().map(String::as_str).filter(|i| w.test(i)).collect(),
+        ref w => cx
+            .issuers
+            .iter()
+            .map(String::as_str)
+            .filter(|i| w.test(i))
+            .collect(),
     };
     let ids: Vec<rbac::Principal> = issuers
         .iter()
@@ -867,13 +910,19 @@ fn list_one_of(v: matcher::ValueMatcher) -> matcher::ValueMatcher {
     }
 }
 
-fn metadata_matcher(filter: &str, path: &[&str], value: matcher::ValueMatcher) -> matcher::MetadataMatcher {
+fn metadata_matcher(
+    filter: &str,
+    path: &[&str],
+    value: matcher::ValueMatcher,
+) -> matcher::MetadataMatcher {
     matcher::MetadataMatcher {
         filter: filter.to_string(),
         path: path
             .iter()
             .map(|k| matcher::metadata_matcher::PathSegment {
-                segment: Some(matcher::metadata_matcher::path_segment::Segment::Key(k.to_string())),
+                segment: Some(matcher::metadata_matcher::path_segment::Segment::Key(
+                    k.to_string(),
+                )),
             })
             .collect(),
         value: Some(value),
@@ -896,13 +945,17 @@ fn perm_any() -> rbac::Permission {
 
 fn perm_and(rules: Vec<rbac::Permission>) -> rbac::Permission {
     rbac::Permission {
-        rule: Some(rbac::permission::Rule::AndRules(rbac::permission::Set { rules })),
+        rule: Some(rbac::permission::Rule::AndRules(rbac::permission::Set {
+            rules,
+        })),
     }
 }
 
 fn perm_or(rules: Vec<rbac::Permission>) -> rbac::Permission {
     rbac::Permission {
-        rule: Some(rbac::permission::Rule::OrRules(rbac::permission::Set { rules })),
+        rule: Some(rbac::permission::Rule::OrRules(rbac::permission::Set {
+            rules,
+        })),
     }
 }
 
@@ -920,13 +973,17 @@ fn princ_any() -> rbac::Principal {
 
 fn princ_and(ids: Vec<rbac::Principal>) -> rbac::Principal {
     rbac::Principal {
-        identifier: Some(rbac::principal::Identifier::AndIds(rbac::principal::Set { ids })),
+        identifier: Some(rbac::principal::Identifier::AndIds(rbac::principal::Set {
+            ids,
+        })),
     }
 }
 
 fn princ_or(ids: Vec<rbac::Principal>) -> rbac::Principal {
     rbac::Principal {
-        identifier: Some(rbac::principal::Identifier::OrIds(rbac::principal::Set { ids })),
+        identifier: Some(rbac::principal::Identifier::OrIds(rbac::principal::Set {
+            ids,
+        })),
     }
 }
 

@@ -67,15 +67,32 @@ fn tcp(yaml: &str) -> Vec<Value> {
 fn policies_apply_by_namespace_root_and_selector() {
     let yaml = [
         ap("mesh", "istio-system", "{action: DENY, rules: [{}]}"),
-        ap("mesh-b", "istio-system", "{selector: {matchLabels: {app: b}}, rules: [{}]}"),
-        ap("mesh-a", "istio-system", "{selector: {matchLabels: {app: a}}, action: AUDIT, rules: [{}]}"),
+        ap(
+            "mesh-b",
+            "istio-system",
+            "{selector: {matchLabels: {app: b}}, rules: [{}]}",
+        ),
+        ap(
+            "mesh-a",
+            "istio-system",
+            "{selector: {matchLabels: {app: a}}, action: AUDIT, rules: [{}]}",
+        ),
         ap("ns", "shop", "{rules: [{}]}"),
         ap("other", "other", "{rules: [{}]}"),
-        ap("wl-b", "shop", "{selector: {matchLabels: {app: b}}, rules: [{}]}"),
+        ap(
+            "wl-b",
+            "shop",
+            "{selector: {matchLabels: {app: b}}, rules: [{}]}",
+        ),
     ]
     .concat();
     let c = config(&yaml);
-    let p = for_workload(&c, "istio-system", "shop", &labels(&[("app", "a"), ("v", "1")]));
+    let p = for_workload(
+        &c,
+        "istio-system",
+        "shop",
+        &labels(&[("app", "a"), ("v", "1")]),
+    );
     let names = |l: &[&Resource<AuthorizationPolicy>]| -> Vec<String> {
         l.iter().map(|r| r.meta.name.clone()).collect()
     };
@@ -90,7 +107,11 @@ fn filters_come_audit_deny_allow_and_empty_rules_never_match() {
     let yaml = [
         ap("allow-nothing", "shop", "{}"),
         ap("deny-all", "shop", "{action: DENY, rules: [{}]}"),
-        ap("audit", "shop", "{action: AUDIT, rules: [{to: [{operation: {paths: [/a]}}]}]}"),
+        ap(
+            "audit",
+            "shop",
+            "{action: AUDIT, rules: [{to: [{operation: {paths: [/a]}}]}]}",
+        ),
     ]
     .concat();
     let f = http(&yaml, CX);
@@ -184,16 +205,29 @@ fn http_only_fields_on_tcp_drop_allow_rules_and_widen_deny_rules() {
     );
     let allow = &f[1]["rules"]["policies"];
     // ALLOW: the rule with a method is left out entirely; the IP rule stays.
-    assert!(allow.get("ns[shop]-policy[allow]-rule[0]").is_none(), "{allow}");
-    assert!(allow.get("ns[shop]-policy[allow]-rule[1]").is_some(), "{allow}");
+    assert!(
+        allow.get("ns[shop]-policy[allow]-rule[0]").is_none(),
+        "{allow}"
+    );
+    assert!(
+        allow.get("ns[shop]-policy[allow]-rule[1]").is_some(),
+        "{allow}"
+    );
     // The same policies on HTTP keep both rules.
     let h = http(&yaml, CX);
-    assert!(h[1]["rules"]["policies"].get("ns[shop]-policy[allow]-rule[0]").is_some());
+    assert!(
+        h[1]["rules"]["policies"]
+            .get("ns[shop]-policy[allow]-rule[0]")
+            .is_some()
+    );
 }
 
 #[test]
 fn request_principals_and_claims_read_the_jwt_payload_by_issuer() {
-    let issuers = ["https://a.example".to_string(), "https://b.example".to_string()];
+    let issuers = [
+        "https://a.example".to_string(),
+        "https://b.example".to_string(),
+    ];
     let cx = Context {
         trust_domain: "cluster.local",
         issuers: &issuers,
@@ -204,7 +238,8 @@ fn request_principals_and_claims_read_the_jwt_payload_by_issuer() {
         r#"{rules: [{from: [{source: {requestPrincipals: ["https://a.example/alice", "*"]}}], when: [{key: "request.auth.claims[groups]", values: [admin]}]}]}"#,
     );
     let f = http(&yaml, cx);
-    let ids = &f[0]["rules"]["policies"]["ns[shop]-policy[jwt]-rule[0]"]["principals"][0]["and_ids"]["ids"];
+    let ids = &f[0]["rules"]["policies"]["ns[shop]-policy[jwt]-rule[0]"]["principals"][0]["and_ids"]
+        ["ids"];
     let sub = |iss: &str, m: Value| json!({"metadata": {"filter": JWT_AUTHN_FILTER, "path": [{"key": iss}, {"key": "sub"}], "value": {"string_match": m}}});
     assert_eq!(
         ids[0],
@@ -217,7 +252,10 @@ fn request_principals_and_claims_read_the_jwt_payload_by_issuer() {
         ]}})
     );
     let claim = &ids[1]["or_ids"]["ids"][0]["or_ids"]["ids"][1]["metadata"];
-    assert_eq!(claim["path"], json!([{"key": "https://b.example"}, {"key": "groups"}]));
+    assert_eq!(
+        claim["path"],
+        json!([{"key": "https://b.example"}, {"key": "groups"}])
+    );
     assert_eq!(
         claim["value"]["or_match"]["value_matchers"],
         json!([
@@ -227,7 +265,8 @@ fn request_principals_and_claims_read_the_jwt_payload_by_issuer() {
     );
     // Without issuers a wildcard request principal never matches.
     let f = http(&yaml, CX);
-    let ids = &f[0]["rules"]["policies"]["ns[shop]-policy[jwt]-rule[0]"]["principals"][0]["and_ids"]["ids"];
+    let ids = &f[0]["rules"]["policies"]["ns[shop]-policy[jwt]-rule[0]"]["principals"][0]["and_ids"]
+        ["ids"];
     assert_eq!(ids[0]["or_ids"]["ids"][1], json!({"not_id": {"any": true}}));
 }
 
@@ -242,15 +281,26 @@ fn dry_run_policies_become_shadow_rules() {
 
 #[test]
 fn principals_follow_the_mesh_trust_domain() {
-    let yaml = ap("td", "shop", "{rules: [{from: [{source: {principals: [cluster.local/ns/x/sa/y, other.org/ns/x/sa/y]}}]}]}");
+    let yaml = ap(
+        "td",
+        "shop",
+        "{rules: [{from: [{source: {principals: [cluster.local/ns/x/sa/y, other.org/ns/x/sa/y]}}]}]}",
+    );
     let cx = Context {
         trust_domain: "example.org",
         issuers: &[],
     };
     let f = http(&yaml, cx);
-    let ids = &f[0]["rules"]["policies"]["ns[shop]-policy[td]-rule[0]"]["principals"][0]["and_ids"]["ids"][0]["or_ids"]["ids"];
-    assert_eq!(ids[0]["authenticated"]["principal_name"]["exact"], "spiffe://example.org/ns/x/sa/y");
-    assert_eq!(ids[1]["authenticated"]["principal_name"]["exact"], "spiffe://other.org/ns/x/sa/y");
+    let ids = &f[0]["rules"]["policies"]["ns[shop]-policy[td]-rule[0]"]["principals"][0]["and_ids"]
+        ["ids"][0]["or_ids"]["ids"];
+    assert_eq!(
+        ids[0]["authenticated"]["principal_name"]["exact"],
+        "spiffe://example.org/ns/x/sa/y"
+    );
+    assert_eq!(
+        ids[1]["authenticated"]["principal_name"]["exact"],
+        "spiffe://other.org/ns/x/sa/y"
+    );
 }
 
 #[test]
@@ -259,9 +309,11 @@ fn custom_policies_become_shadow_rules_named_for_ext_authz() {
         meta: crate::config::types::ObjectMeta::new("shop", "ext"),
         spec: AuthorizationPolicy {
             action: Some(AuthzAction::Custom),
-            provider: Some(crate::config::types::authorization_policy::ExtensionProvider {
-                name: "opa".into(),
-            }),
+            provider: Some(
+                crate::config::types::authorization_policy::ExtensionProvider {
+                    name: "opa".into(),
+                },
+            ),
             rules: vec![Rule::default()],
             ..Default::default()
         },
@@ -278,9 +330,11 @@ fn custom_policies_become_shadow_rules_named_for_ext_authz() {
     assert_eq!(config.shadow_rules_stat_prefix, EXT_AUTHZ_SHADOW_PREFIX);
     let shadow = config.shadow_rules.unwrap();
     assert_eq!(shadow.action, rbac::rbac::Action::Deny as i32);
-    assert!(shadow
-        .policies
-        .contains_key("istio-ext-authz-ns[shop]-policy[ext]-rule[0]"));
+    assert!(
+        shadow
+            .policies
+            .contains_key("istio-ext-authz-ns[shop]-policy[ext]-rule[0]")
+    );
     assert!(custom_shadow_rbac(CX, &WorkloadPolicies::default(), false, &mut d).is_none());
 }
 
@@ -290,10 +344,18 @@ fn filters_go_before_fault_and_the_router_stays_last() {
         "s",
         hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds::default()),
     );
-    insert_http_filters(&mut m, vec![http_filter("x", pb::any(&http_rbac::Rbac::default()))]);
+    insert_http_filters(
+        &mut m,
+        vec![http_filter("x", pb::any(&http_rbac::Rbac::default()))],
+    );
     let names: Vec<&str> = m.http_filters.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(
         names,
-        ["x", "envoy.filters.http.fault", "envoy.filters.http.cors", "envoy.filters.http.router"]
+        [
+            "x",
+            "envoy.filters.http.fault",
+            "envoy.filters.http.cors",
+            "envoy.filters.http.router"
+        ]
     );
 }

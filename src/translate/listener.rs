@@ -93,8 +93,7 @@ pub fn filter_chain(
 ///
 /// Istio's gateway settings on top of [`istio_http_connection_manager`]'s: the client
 /// address is the peer (use_remote_address), client certificate details sanitised and
-/// set.
-/// `filters` (authorization) go before Istio's fault, CORS and router filters.
+/// set. `filters` (authorization) go before Istio's fault, CORS and router filters.
 pub fn http_connection_manager(
     route_name: &str,
     stat_prefix: &str,

@@ -1,8 +1,8 @@
 //! One listener per gateway port: the filter chains of its servers — plain-text HTTP,
 //! HTTPS terminated per SNI, TLS terminated or passed through to `tls`/`tcp` routes,
 //! plain TCP, and AUTO_PASSTHROUGH's SNI routing to every mesh service.
-use super::gateways::{Port, PortKind, Server};
 use super::authz;
+use super::gateways::{Port, PortKind, Server};
 use super::http_route::References;
 use super::listener;
 use super::names;

@@ -162,7 +162,10 @@ fn source<T: crate::config::types::Kind>(
         if action == AuthzAction::Custom && !values.is_empty() {
             s.error(
                 &format!("{at}.{field}"),
-                format!("From.{} is currently not supported with CUSTOM action", upper_first(field)),
+                format!(
+                    "From.{} is currently not supported with CUSTOM action",
+                    upper_first(field)
+                ),
             );
         }
     }
@@ -299,10 +302,14 @@ pub fn condition_key_kind(key: &str) -> Result<(), String> {
         return Ok(());
     }
     if let Some(rest) = key.strip_prefix("request.headers") {
-        return bracketed(rest).map(|_| ()).map_err(|e| format!("{key}: {e}"));
+        return bracketed(rest)
+            .map(|_| ())
+            .map_err(|e| format!("{key}: {e}"));
     }
     if let Some(rest) = key.strip_prefix("request.auth.claims") {
-        return claim_path(rest).map(|_| ()).map_err(|e| format!("{key}: {e}"));
+        return claim_path(rest)
+            .map(|_| ())
+            .map_err(|e| format!("{key}: {e}"));
     }
     if let Some(rest) = key.strip_prefix("experimental.envoy.filters.") {
         return match rest.split_once('[') {

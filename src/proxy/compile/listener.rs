@@ -337,7 +337,10 @@ fn compile_chain(
 }
 
 /// `envoy.filters.network.rbac` before a `tcp_proxy`.
-fn network_rbac(cx: &mut Cx, f: &pb::Filter) -> Result<crate::proxy::rbac::NetworkRbac, CompileError> {
+fn network_rbac(
+    cx: &mut Cx,
+    f: &pb::Filter,
+) -> Result<crate::proxy::rbac::NetworkRbac, CompileError> {
     use crate::xds::pb::envoy::extensions::filters::network::rbac::v3 as rbac_pb;
     use pb::filter::ConfigType;
     let any = match &f.config_type {
@@ -355,7 +358,9 @@ fn network_rbac(cx: &mut Cx, f: &pb::Filter) -> Result<crate::proxy::rbac::Netwo
     }
     let r = rbac_pb::Rbac::decode(any.value.as_slice())
         .map_err(|e| cx.err("typed_config", format!("decoding RBAC: {e}")))?;
-    cx.at("typed_config", |cx| crate::proxy::rbac::NetworkRbac::compile(cx, &r))
+    cx.at("typed_config", |cx| {
+        crate::proxy::rbac::NetworkRbac::compile(cx, &r)
+    })
 }
 
 /// A filter chain's transport socket: raw buffer (plain text) or TLS termination.

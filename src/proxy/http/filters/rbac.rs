@@ -111,7 +111,9 @@ fn remote_address(headers: &http::HeaderMap, peer: IpAddr, use_remote_address: b
 
 /// Envoy's 403 for a denied request.
 pub fn denied_response() -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::full(Bytes::from_static(DENIED_BODY.as_bytes())));
+    let mut resp = Response::new(ResponseBody::full(Bytes::from_static(
+        DENIED_BODY.as_bytes(),
+    )));
     *resp.status_mut() = StatusCode::FORBIDDEN;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -163,7 +165,10 @@ impl HttpFilter for RbacFilter {
             }
             let ns = cx.metadata.namespace_mut(METADATA_NAMESPACE);
             if let Some(p) = policy {
-                ns.insert(self.shadow_policy_key.to_string(), serde_json::Value::String(p));
+                ns.insert(
+                    self.shadow_policy_key.to_string(),
+                    serde_json::Value::String(p),
+                );
             }
             ns.insert(
                 self.shadow_result_key.to_string(),
@@ -203,7 +208,10 @@ mod tests {
         h.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
         h.append("x-forwarded-for", "3.3.3.3".parse().unwrap());
         assert_eq!(remote_address(&h, peer, true), peer);
-        assert_eq!(remote_address(&h, peer, false), "3.3.3.3".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            remote_address(&h, peer, false),
+            "3.3.3.3".parse::<IpAddr>().unwrap()
+        );
         let mut bad = http::HeaderMap::new();
         bad.insert("x-forwarded-for", "1.1.1.1, not-an-ip".parse().unwrap());
         assert_eq!(remote_address(&bad, peer, false), peer);
@@ -215,10 +223,21 @@ mod tests {
             shadow_rules_stat_prefix: "istio_ext_authz_".into(),
             ..Default::default()
         };
-        let f = RbacFilter::compile(&mut Cx::new("listener", "l"), "envoy.filters.http.rbac", &r, true)
-            .unwrap();
-        assert_eq!(&*f.shadow_policy_key, "istio_ext_authz_shadow_effective_policy_id");
-        assert_eq!(&*f.shadow_result_key, "istio_ext_authz_shadow_engine_result");
+        let f = RbacFilter::compile(
+            &mut Cx::new("listener", "l"),
+            "envoy.filters.http.rbac",
+            &r,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            &*f.shadow_policy_key,
+            "istio_ext_authz_shadow_effective_policy_id"
+        );
+        assert_eq!(
+            &*f.shadow_result_key,
+            "istio_ext_authz_shadow_engine_result"
+        );
         let resp = denied_response();
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain");
