@@ -114,10 +114,15 @@ pub struct Context<'a> {
     pub issuers: &'a [String],
 }
 
-/// The issuers of the RequestAuthentications a workload's JWT attributes are read for.
-/// RequestAuthentication is refused at load until it is enforced, so a configuration
-/// that loads has none: a request principal or claim then matches no request.
-pub fn request_issuers(_config: &Config) -> Vec<String> {
+/// The issuers of the RequestAuthentications that apply to a workload (with `labels` in
+/// `namespace`), whose JWT payloads its policies read. RequestAuthentication is refused
+/// at load until it is enforced, so a configuration that loads has none: a request
+/// principal or claim then matches no request, as for a request without a token.
+pub fn request_issuers(
+    _config: &Config,
+    _namespace: &str,
+    _labels: &BTreeMap<String, String>,
+) -> Vec<String> {
     Vec::new()
 }
 

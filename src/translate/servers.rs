@@ -55,7 +55,7 @@ impl<'s, 'a> Build<'s, 'a> {
         );
         let cx = authz::Context {
             trust_domain: &scope.trust_domain,
-            issuers: &authz::request_issuers(scope.config),
+            issuers: &authz::request_issuers(scope.config, &scope.namespace, &scope.proxy.labels),
         };
         let authz_http = authz::http_filters(cx, &policies, &mut diagnostics);
         let authz_tcp = authz::network_filters(cx, &policies, &mut diagnostics);

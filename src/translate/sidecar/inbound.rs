@@ -310,7 +310,7 @@ pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
         &scope.namespace,
         &labels,
     );
-    let issuers = authz::request_issuers(scope.config);
+    let issuers = authz::request_issuers(scope.config, &scope.namespace, &labels);
     let cx = authz::Context {
         trust_domain: &scope.trust_domain,
         issuers: &issuers,
