@@ -886,7 +886,6 @@ fn compile_http_filters(
                 let b = crate::proxy::http::filters::BuildCx {
                     name: &f.name,
                     clusters,
-                    use_remote_address: h.use_remote_address.is_some_and(|b| b.value),
                 };
                 match crate::proxy::http::filters::build(cx, &b, any)? {
                     Some(filter) => out.push(filter),

@@ -22,9 +22,6 @@ pub(crate) struct BuildCx<'a> {
     /// authorizer, a rate-limit service, a key server).
     #[allow(dead_code)]
     pub clusters: &'a Clusters,
-    /// The connection manager's `use_remote_address` (whether the client address is
-    /// the peer's or X-Forwarded-For's).
-    pub use_remote_address: bool,
 }
 
 /// The filter for an `http_filters[]` entry other than the router; `Ok(None)` when the

@@ -17,7 +17,6 @@ use crate::proxy::rbac::{Action, Engine, Input, response_detail};
 use crate::xds::pb::envoy::extensions::filters::http::rbac::v3 as pb;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// The filter's config type.
@@ -39,9 +38,6 @@ pub struct RbacFilter {
     /// `<prefix>shadow_effective_policy_id` and `<prefix>shadow_engine_result`.
     shadow_policy_key: Box<str>,
     shadow_result_key: Box<str>,
-    /// The connection manager's `use_remote_address`: whether `remote_ip` is the peer
-    /// (true) or the last X-Forwarded-For address.
-    use_remote_address: bool,
 }
 
 impl RbacFilter {
@@ -49,7 +45,6 @@ impl RbacFilter {
         cx: &mut Cx,
         name: &str,
         r: &pb::Rbac,
-        use_remote_address: bool,
     ) -> Result<RbacFilter, CompileError> {
         fields!(
             cx,
@@ -73,7 +68,6 @@ impl RbacFilter {
             },
             shadow_policy_key: format!("{prefix}shadow_effective_policy_id").into(),
             shadow_result_key: format!("{prefix}shadow_engine_result").into(),
-            use_remote_address,
         })
     }
 
@@ -86,27 +80,9 @@ impl RbacFilter {
         use prost::Message;
         let r = pb::Rbac::decode(any.value.as_slice())
             .map_err(|e| cx.err("typed_config", format!("decoding RBAC: {e}")))?;
-        let f = cx.at("typed_config", |cx| {
-            RbacFilter::compile(cx, b.name, &r, b.use_remote_address)
-        })?;
+        let f = cx.at("typed_config", |cx| RbacFilter::compile(cx, b.name, &r))?;
         Ok(std::sync::Arc::new(f))
     }
-}
-
-/// The client address Envoy's connection manager settles on: the peer with
-/// `use_remote_address`, else the last X-Forwarded-For entry when it is an IP.
-fn remote_address(headers: &http::HeaderMap, peer: IpAddr, use_remote_address: bool) -> IpAddr {
-    if use_remote_address {
-        return peer;
-    }
-    let last = headers
-        .get_all(&crate::proxy::http::request::X_FORWARDED_FOR)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|v| v.trim().parse::<IpAddr>().ok());
-    last.unwrap_or(peer)
 }
 
 /// Envoy's 403 for a denied request.
@@ -133,7 +109,7 @@ impl HttpFilter for RbacFilter {
         let (shadow, enforced, log_hint) = {
             let input = Input {
                 direct_remote: direct,
-                remote: remote_address(view.headers, direct, self.use_remote_address),
+                remote: cx.remote,
                 local: conn.peer.local,
                 sni: tls.and_then(|t| t.server_name.as_deref()),
                 tls: tls.is_some(),
@@ -201,35 +177,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_client_address_is_the_peer_or_the_last_forwarded_for() {
-        let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        let mut h = http::HeaderMap::new();
-        assert_eq!(remote_address(&h, peer, false), peer);
-        h.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
-        h.append("x-forwarded-for", "3.3.3.3".parse().unwrap());
-        assert_eq!(remote_address(&h, peer, true), peer);
-        assert_eq!(
-            remote_address(&h, peer, false),
-            "3.3.3.3".parse::<IpAddr>().unwrap()
-        );
-        let mut bad = http::HeaderMap::new();
-        bad.insert("x-forwarded-for", "1.1.1.1, not-an-ip".parse().unwrap());
-        assert_eq!(remote_address(&bad, peer, false), peer);
-    }
-
-    #[test]
     fn shadow_keys_carry_the_stat_prefix() {
         let r = pb::Rbac {
             shadow_rules_stat_prefix: "istio_ext_authz_".into(),
             ..Default::default()
         };
-        let f = RbacFilter::compile(
-            &mut Cx::new("listener", "l"),
-            "envoy.filters.http.rbac",
-            &r,
-            true,
-        )
-        .unwrap();
+        let f = RbacFilter::compile(&mut Cx::new("listener", "l"), "envoy.filters.http.rbac", &r)
+            .unwrap();
         assert_eq!(
             &*f.shadow_policy_key,
             "istio_ext_authz_shadow_effective_policy_id"
