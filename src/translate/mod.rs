@@ -21,6 +21,7 @@
 //!
 //! What cannot be translated becomes a [`Diagnostic`] instead of being silently dropped.
 mod authn;
+pub mod authz;
 mod cluster;
 mod endpoints;
 pub mod envoy_files;

@@ -4,6 +4,7 @@
 //! unknown fields are errors. Protobuf `oneof`s become Rust enums and reject two members
 //! set at once; `google.protobuf` wrappers are plain `Option`s; durations are
 //! [`Duration`](crate::config::Duration).
+pub mod authorization_policy;
 pub mod common;
 pub mod destination_rule;
 pub mod gateway;
@@ -16,6 +17,7 @@ pub mod sidecar;
 pub mod virtual_service;
 pub mod workload_entry;
 
+pub use authorization_policy::AuthorizationPolicy;
 pub use common::{Percent, PortSelector, Protocol, StringMatch};
 pub use destination_rule::DestinationRule;
 pub use gateway::Gateway;
@@ -51,6 +53,9 @@ impl Kind for PeerAuthentication {
 }
 impl Kind for RequestAuthentication {
     const KIND: &'static str = "RequestAuthentication";
+}
+impl Kind for AuthorizationPolicy {
+    const KIND: &'static str = "AuthorizationPolicy";
 }
 impl Kind for Secret {
     const KIND: &'static str = "Secret";

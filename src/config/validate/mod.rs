@@ -2,6 +2,7 @@
 //! duplicate detection, cross-resource analysis ([`crate::config::analyze`]) and the
 //! parsed-but-unsupported warnings ([`crate::config::support`]), as positioned
 //! diagnostics.
+pub mod authorization_policy;
 pub mod common;
 pub mod destination_rule;
 pub mod gateway;
@@ -45,6 +46,9 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     for r in &config.request_authentications {
         request_authentication::validate(r, &mut out);
     }
+    for r in &config.authorization_policies {
+        authorization_policy::validate(r, &mut out);
+    }
     names(&config.gateways, &mut out);
     names(&config.virtual_services, &mut out);
     names(&config.destination_rules, &mut out);
@@ -53,6 +57,7 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     names(&config.sidecars, &mut out);
     names(&config.peer_authentications, &mut out);
     names(&config.request_authentications, &mut out);
+    names(&config.authorization_policies, &mut out);
     names(&config.secrets, &mut out);
     names(&config.acme_certificates, &mut out);
     acme(config, &mut out);
@@ -64,6 +69,7 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     duplicates(&config.sidecars, &mut out);
     duplicates(&config.peer_authentications, &mut out);
     duplicates(&config.request_authentications, &mut out);
+    duplicates(&config.authorization_policies, &mut out);
     duplicates(&config.secrets, &mut out);
     duplicates(&config.acme_certificates, &mut out);
     super::analyze::analyze(config, &mut out);

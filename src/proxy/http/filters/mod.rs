@@ -9,6 +9,7 @@ pub mod fault;
 pub mod jwt_authn;
 pub mod jwt_token;
 pub mod ratelimit;
+pub mod rbac;
 
 use crate::proxy::compile::route::Clusters;
 use crate::proxy::compile::{CompileError, Cx};
@@ -37,6 +38,7 @@ pub(crate) fn build(
         cors::TYPE_URL => cors::CorsFilter::build(b),
         jwt_authn::TYPE_URL => jwt_authn::JwtAuthn::build(cx, b, any)?,
         ratelimit::TYPE_URL => ratelimit::RateLimitFilter::build(cx, b, any)?,
+        rbac::TYPE_URL => rbac::RbacFilter::build(cx, b, any)?,
         _ => return Ok(None),
     }))
 }
