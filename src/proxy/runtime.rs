@@ -81,6 +81,8 @@ pub struct Shared {
     pub identity: arc_swap::ArcSwapOption<crate::identity::IdentityStatus>,
     /// Local rate limit buckets, kept across configuration updates.
     pub local_rate_limits: crate::proxy::http::filters::local_ratelimit::LocalRateLimits,
+    /// Remote JWT key sets, kept across configuration updates.
+    pub jwks: crate::proxy::http::filters::jwt_authn::JwksStore,
 }
 
 impl Shared {
@@ -157,6 +159,7 @@ impl Gateway {
             quit,
             drain_requested,
             admin_quit: watch::channel(false).0,
+            jwks: Default::default(),
         });
         let mut workers = Vec::with_capacity(n);
         for id in 0..n {

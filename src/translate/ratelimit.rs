@@ -46,11 +46,11 @@ pub const LOCAL_RATELIMIT_ROUTE_FILTER: &str = "envoy.filters.http.local_ratelim
 /// Name of Envoy's global rate limit filter.
 pub const RATELIMIT_FILTER: &str = "envoy.filters.http.ratelimit";
 /// The rate-limit service domain of every global rule.
-pub const DOMAIN: &str = "meshgate";
+pub const DOMAIN: &str = crate::ratelimit::DOMAIN;
 /// The cluster of the rate-limit service.
-pub const RATELIMIT_CLUSTER: &str = "meshgate-ratelimit";
+pub const RATELIMIT_CLUSTER: &str = crate::ratelimit::CLUSTER;
 /// The first descriptor entry's key: which rule.
-pub const RULE_KEY: &str = "meshgate.io/rule";
+pub const RULE_KEY: &str = crate::ratelimit::RULE_KEY;
 /// Distinct values kept per `Distinct` rule (Envoy's `max_dynamic_descriptors`; least
 /// recently used values are forgotten beyond it, starting again with a full bucket).
 pub const MAX_DYNAMIC_DESCRIPTORS: u32 = 10_000;
@@ -441,19 +441,24 @@ pub fn global_filter_config(deny: bool) -> GlobalFilter {
     }
 }
 
-/// The limits the rate-limit service enforces, one per global rule: (rule id,
-/// requests, per, burst). The service keys its counters by the whole descriptor, so a
-/// `Distinct` rule counts each value on its own.
-pub fn limit_table(config: &Config) -> Vec<(String, u64, Duration, u64)> {
-    let mut out: Vec<(String, u64, Duration, u64)> = config
+/// The limits the rate-limit service enforces, one per global rule, by rule id. The
+/// service keys its buckets by the whole descriptor, so a `Distinct` rule counts each
+/// value on its own.
+pub fn limit_table(config: &Config) -> crate::ratelimit::LimitTable {
+    config
         .rate_limit_policies
         .iter()
         .filter(|p| p.spec.mode() == Mode::Global)
         .flat_map(compile_policy)
-        .map(|r| (r.id, r.requests, r.per, r.burst))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+        .map(|r| {
+            let limit = crate::ratelimit::Limit {
+                requests: r.requests,
+                per: r.per,
+                burst: r.burst,
+            };
+            (r.id, limit)
+        })
+        .collect()
 }
 
 /// A policy's rules.

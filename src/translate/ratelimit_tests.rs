@@ -254,12 +254,14 @@ fn global_policies_use_stage_zero_the_service_and_the_limit_table() {
     let loaded = crate::config::load_str("t.yaml", &text);
     assert_eq!(
         limit_table(&loaded.config),
-        [(
+        crate::ratelimit::LimitTable::from([(
             "default/p/all".to_string(),
-            100,
-            Duration::from_secs(60),
-            150
-        )]
+            crate::ratelimit::Limit {
+                requests: 100,
+                per: Duration::from_secs(60),
+                burst: 150,
+            },
+        )])
     );
 }
 

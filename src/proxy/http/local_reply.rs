@@ -26,10 +26,12 @@ impl Flags {
     pub const UPE: u32 = 1 << 13;
     pub const SI: u32 = 1 << 14;
     pub const DPE: u32 = 1 << 15;
-    /// Refused by a rate limit.
+    /// Rate limited (a rate-limit filter answered 429).
     pub const RL: u32 = 1 << 16;
+    /// The rate-limit service failed and the filter fails closed.
+    pub const RLSE: u32 = 1 << 17;
 
-    const NAMES: [(u32, &'static str); 17] = [
+    const NAMES: [(u32, &'static str); 18] = [
         (Self::NR, "NR"),
         (Self::UH, "UH"),
         (Self::UF, "UF"),
@@ -47,6 +49,7 @@ impl Flags {
         (Self::SI, "SI"),
         (Self::DPE, "DPE"),
         (Self::RL, "RL"),
+        (Self::RLSE, "RLSE"),
     ];
 
     pub fn set(&mut self, f: u32) {

@@ -4,7 +4,6 @@ pub mod action;
 pub mod format;
 pub mod headers;
 pub mod matcher;
-pub mod rate_limit;
 pub mod table;
 
 pub use action::{Action, ClusterRef, DirectResponse, Redirect, RetryPolicy, RouteAction};

@@ -23,10 +23,9 @@ pub struct Route {
     /// Per-route configs of the other HTTP filters, by filter name (most specific of
     /// route, virtual host and route configuration).
     pub filters: crate::proxy::http::filter::PerFilterConfigs,
-    /// The route action's `rate_limits` (empty for redirects and direct responses,
-    /// which Envoy never rate limits from route actions).
-    pub rate_limits: Arc<[crate::proxy::route::rate_limit::RateLimit]>,
-    /// `include_vh_rate_limits`: the virtual host's rate limits apply too.
+    /// The route's `rate_limits` (the `ratelimit` filter makes descriptors from them).
+    pub rate_limits: crate::proxy::http::filters::ratelimit::RateLimitPolicy,
+    /// `include_vh_rate_limits`: the virtual host's `rate_limits` apply too.
     pub include_vh_rate_limits: bool,
 }
 
@@ -51,8 +50,8 @@ pub struct VirtualHost {
     /// `require_tls` (ALL or EXTERNAL_ONLY; every client is external): requests that
     /// did not arrive over TLS get a 301 to `https://` (Istio's `httpsRedirect`).
     pub require_tls: bool,
-    /// The virtual host's `rate_limits`.
-    pub rate_limits: Arc<[crate::proxy::route::rate_limit::RateLimit]>,
+    /// The virtual host's `rate_limits`, for routes that use them.
+    pub rate_limits: crate::proxy::http::filters::ratelimit::RateLimitPolicy,
 }
 
 impl VirtualHost {

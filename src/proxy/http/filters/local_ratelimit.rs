@@ -18,9 +18,11 @@
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::http::body::ResponseBody;
 use crate::proxy::http::filter::{HttpFilter, PerFilterConfig, RequestCx, ResponseCx, Step};
+use crate::proxy::http::filters::ratelimit::{
+    Descriptor, DescriptorInput, RateLimitPolicy, VhRateLimits, peer_uri_sans,
+};
 use crate::proxy::http::local_reply::Flags;
-use crate::proxy::route::matcher::RequestView;
-use crate::proxy::route::rate_limit::{Descriptor, RateLimit, RequestFacts};
+use crate::proxy::route::action::{Action as RouteActionKind, ClusterTarget};
 use crate::xds::pb::envoy::extensions::filters::http::local_ratelimit::v3 as pb;
 use crate::xds::pb::google::protobuf::Any;
 use governor::clock::{Clock, DefaultClock, Reference};
@@ -33,7 +35,6 @@ use http::{HeaderName, HeaderValue, Response, StatusCode};
 use prost::Message;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -90,14 +91,6 @@ pub(crate) fn per_route(cx: &mut Cx, any: &Any) -> Result<PerFilterConfig, Compi
 fn where_(cx: &Cx) -> String {
     let e = cx.err("", "");
     format!("{}|{}", e.resource, e.path)
-}
-
-/// Which virtual host rate limits a route uses (`vh_rate_limits`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum VhRateLimits {
-    Override,
-    Include,
-    Ignore,
 }
 
 /// A token bucket's parameters.
@@ -162,12 +155,12 @@ impl ConfigDescriptor {
     }
 
     fn matches(&self, d: &Descriptor) -> bool {
-        d.len() == self.entries.len()
+        d.entries.len() == self.entries.len()
             && self
                 .entries
                 .iter()
-                .zip(d)
-                .all(|((k, v), (dk, dv))| k == dk && v.as_ref().is_none_or(|v| v == dv))
+                .zip(&d.entries)
+                .all(|((k, v), (dk, dv))| **k == **dk && v.as_deref().is_none_or(|v| v == dv))
     }
 }
 
@@ -202,7 +195,8 @@ pub struct LocalRateLimitConfig {
     x_ratelimit_headers: bool,
     vh_rate_limits: VhRateLimits,
     always_consume_default: bool,
-    rate_limits: Vec<RateLimit>,
+    /// The filter's own `rate_limits` (stage not read, as in Envoy).
+    rate_limits: RateLimitPolicy,
     max_dynamic: u32,
     retry_after: bool,
     state: OnceLock<Arc<Resolved>>,
@@ -383,7 +377,17 @@ impl LocalRateLimitConfig {
             Ok(common::VhRateLimitsOptions::Ignore) => VhRateLimits::Ignore,
             Err(_) => return Err(cx.err("vh_rate_limits", "unknown value")),
         };
-        let rate_limits = RateLimit::compile_all(cx, "rate_limits", &l.rate_limits)?;
+        for (i, r) in l.rate_limits.iter().enumerate() {
+            if r.stage.is_some_and(|s| s.value != 0) {
+                return Err(cx.err(
+                    &format!("rate_limits[{i}].stage"),
+                    "a filter's own rate_limits have no stage",
+                ));
+            }
+        }
+        let rate_limits = cx.at("rate_limits", |cx| {
+            RateLimitPolicy::compile(cx, &l.rate_limits)
+        })?;
         let max_dynamic = l
             .max_dynamic_descriptors
             .map(|v| v.value)
@@ -456,8 +460,8 @@ impl LocalRateLimitConfig {
 
     /// The decision for a request's descriptors.
     fn decide(&self, r: &Resolved, descriptors: &[Descriptor]) -> Decision {
-        // (bucket index, key of the value for wildcard descriptors)
-        let mut matched: smallvec::SmallVec<[(usize, u64); 4]> = smallvec::SmallVec::new();
+        // (bucket index, key of the value for wildcard descriptors, tokens)
+        let mut matched: smallvec::SmallVec<[(usize, u64, u32); 4]> = smallvec::SmallVec::new();
         for d in descriptors {
             let exact = self
                 .descriptors
@@ -474,7 +478,8 @@ impl LocalRateLimitConfig {
                 } else {
                     0
                 };
-                matched.push((i, key));
+                let hits = d.hits_addend.unwrap_or(1).clamp(1, u64::from(u32::MAX)) as u32;
+                matched.push((i, key, hits));
             }
         }
         matched.sort_by(|a, b| {
@@ -484,9 +489,9 @@ impl LocalRateLimitConfig {
                 .total_cmp(&self.descriptors[b.0].bucket.fill_rate())
         });
         let mut first: Option<Taken> = None;
-        for (i, key) in &matched {
+        for (i, key, hits) in &matched {
             let (bucket, rule) = &r.descriptors[*i];
-            let taken = bucket.take(*key);
+            let taken = bucket.take_n(*key, *hits);
             if let Some((ok, limited)) = rule {
                 if taken.allowed { ok } else { limited }.fetch_add(1, Ordering::Relaxed);
             }
@@ -551,7 +556,7 @@ fn value_key(d: &Descriptor) -> u64 {
     static SEED: OnceLock<u64> = OnceLock::new();
     let seed = *SEED.get_or_init(rand::random);
     let mut h = xxhash_rust::xxh64::Xxh64::new(seed);
-    for (_, v) in d {
+    for (_, v) in &d.entries {
         h.update(v.as_bytes());
         h.update(&[0]);
     }
@@ -842,6 +847,11 @@ impl<C: Clock + Clone> Bucket<C> {
 
     /// Takes a token for `key` (0 for a single bucket).
     fn take(self: &Arc<Self>, key: u64) -> Taken<C> {
+        self.take_n(key, 1)
+    }
+
+    /// Takes `n` tokens for `key` (a descriptor's `hits_addend`), all or none.
+    fn take_n(self: &Arc<Self>, key: u64, n: u32) -> Taken<C> {
         if self.keyed
             && self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1
         {
@@ -849,8 +859,21 @@ impl<C: Clock + Clone> Bucket<C> {
         }
         let limit = self.spec.max_tokens;
         let t = self.spec.per_token().as_nanos() as u64;
-        match self.limiter.check_key(&key) {
-            Ok(snapshot) => {
+        let outcome = match NonZeroU32::new(n) {
+            Some(n) if n.get() > 1 => self.limiter.check_key_n(&key, n),
+            _ => Ok(self.limiter.check_key(&key)),
+        };
+        let denied = |reset: u64| Taken {
+            allowed: false,
+            limit,
+            reset,
+            bucket: self.clone(),
+            key,
+        };
+        match outcome {
+            // More than the bucket can ever hold.
+            Err(_) => denied(self.peek(key).1.max(1)),
+            Ok(Ok(snapshot)) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 let reset = if remaining >= 1 {
                     0
@@ -872,15 +895,9 @@ impl<C: Clock + Clone> Bucket<C> {
                     key,
                 }
             }
-            Err(not_until) => {
+            Ok(Err(not_until)) => {
                 let wait = not_until.wait_time_from(self.clock.inner.now());
-                Taken {
-                    allowed: false,
-                    limit,
-                    reset: (wait.as_nanos() as u64).div_ceil(1_000_000_000),
-                    bucket: self.clone(),
-                    key,
-                }
+                denied((wait.as_nanos() as u64).div_ceil(1_000_000_000))
             }
         }
     }
@@ -957,87 +974,56 @@ impl LocalRateLimits {
 #[derive(Debug, Clone)]
 struct RateLimitHeaders(Taken);
 
-/// The client address as the connection manager computes it: the peer with
-/// `use_remote_address`, else the last `x-forwarded-for` entry (no trusted hops), else
-/// the peer.
-fn remote_address(cx: &RequestCx<'_>) -> IpAddr {
-    let peer = cx.conn.peer.remote.ip().to_canonical();
-    if cx.conn.initial.use_remote_address {
-        return peer;
-    }
-    cx.req
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|v| v.trim().parse::<IpAddr>().ok())
-        .map(|ip| ip.to_canonical())
-        .unwrap_or(peer)
-}
-
 impl LocalRateLimitFilter {
-    /// The request's descriptors for `config`.
+    /// The request's descriptors for `config`: from its own `rate_limits`, else from
+    /// the route's and (per `vh_rate_limits`) the virtual host's of its stage.
     fn descriptors(&self, config: &LocalRateLimitConfig, cx: &RequestCx<'_>) -> Vec<Descriptor> {
         let mut out = Vec::new();
         if config.descriptors.is_empty() {
             return out;
         }
-        let path = cx
-            .req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let view = RequestView::new(
-            cx.req.method(),
-            cx.authority.as_bytes(),
-            path,
-            cx.req.uri().scheme_str(),
-            cx.conn.tls.is_some(),
-            cx.req.headers(),
-        );
-        let facts = RequestFacts {
-            view: &view,
-            remote: remote_address(cx),
+        let own = !config.rate_limits.is_empty();
+        let route = cx.route;
+        // Route actions are read only on routes that forward, as in Envoy.
+        let cluster = match route.map(|r| &r.action) {
+            Some(RouteActionKind::Route(ra)) => match &ra.target {
+                ClusterTarget::Single(c) => Some(&*c.name),
+                ClusterTarget::Weighted { .. } => None,
+            },
+            _ if own => None,
+            _ => return out,
+        };
+        let input = DescriptorInput {
+            view: cx.request_view(),
+            remote: cx.remote,
             metadata: cx.metadata,
-            peer_uri_sans: cx
-                .conn
-                .tls
-                .as_ref()
-                .and_then(|t| t.peer.as_ref())
-                .map(|p| p.uri_sans.as_slice()),
+            cluster,
+            peer_uri_sans: peer_uri_sans(cx),
         };
-        let mut push = |limits: &[RateLimit], stage_filter: bool| {
-            for r in limits {
-                if stage_filter && r.stage != config.stage {
-                    continue;
-                }
-                if let Some(d) = r.descriptor(&facts) {
-                    out.push(d);
-                }
-            }
-        };
-        if !config.rate_limits.is_empty() {
-            push(&config.rate_limits, false);
+        if own {
+            config.rate_limits.descriptors(0, &input, &mut out);
             return out;
         }
-        let Some(route) = cx.route else {
+        let Some(route) = route else {
             return out;
         };
-        push(&route.rate_limits, true);
-        let vh = cx.vhost.map(|v| &v.rate_limits[..]).unwrap_or(&[]);
+        route
+            .rate_limits
+            .descriptors(config.stage, &input, &mut out);
         let mode = if route.include_vh_rate_limits {
             VhRateLimits::Include
         } else {
             config.vh_rate_limits
         };
-        match mode {
-            VhRateLimits::Ignore => {}
-            VhRateLimits::Include => push(vh, true),
-            VhRateLimits::Override if route.rate_limits.is_empty() => push(vh, true),
-            VhRateLimits::Override => {}
+        let use_vh = match mode {
+            VhRateLimits::Ignore => false,
+            VhRateLimits::Include => true,
+            VhRateLimits::Override => route.rate_limits.is_empty(),
+        };
+        if let (true, Some(vhost)) = (use_vh, cx.vhost) {
+            vhost
+                .rate_limits
+                .descriptors(config.stage, &input, &mut out);
         }
         out
     }

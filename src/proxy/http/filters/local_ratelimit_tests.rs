@@ -166,7 +166,10 @@ fn decisions_take_the_slowest_bucket_first_and_fall_back_to_the_default() {
         },
     );
     let r = c.resolved(&runtime, &stats);
-    let d = |rule: &str| -> Descriptor { vec![(RULE_KEY.into(), format!("ns/p/{rule}").into())] };
+    let d = |rule: &str| Descriptor {
+        entries: vec![(RULE_KEY.to_string(), format!("ns/p/{rule}"))],
+        hits_addend: None,
+    };
     let both = [d("fast"), d("slow")];
     // The slow bucket (1/min) decides first: the second request is refused by it and
     // the fast one is not charged for it.
@@ -188,4 +191,47 @@ fn decisions_take_the_slowest_bucket_first_and_fall_back_to_the_default() {
     let r2 = again.resolved(&runtime, &stats);
     assert!(matches!(again.decide(r2, &[]), Decision::Limited(_)));
     assert!(matches!(again.decide(r2, &both), Decision::Limited(t) if t.limit == 1));
+}
+
+#[test]
+fn the_principal_and_claim_actions_read_the_peer_and_the_token() {
+    use crate::proxy::http::filter::DynamicMetadata;
+    use crate::proxy::route::matcher::RequestView;
+    let l = translated(
+        "    - clientSelectors: [{principal: {type: Distinct}, jwtClaim: {issuer: https://iss, claim: sub, type: Distinct}, sourceCIDR: {value: 10.0.0.0/8}}]\n      limit: {requests: 1, unit: Minute}\n",
+    );
+    let c = compile(&l, false).unwrap();
+    let headers = http::HeaderMap::new();
+    let method = http::Method::GET;
+    let mut metadata = DynamicMetadata::default();
+    let sans = vec!["spiffe://cluster.local/ns/a/sa/b".to_string()];
+    let descriptors = |metadata: &DynamicMetadata, sans: Option<&[String]>| {
+        let input = DescriptorInput {
+            view: RequestView::new(&method, b"a.example.com", "/x?y=1", None, true, &headers),
+            remote: "10.1.2.3".parse().unwrap(),
+            metadata,
+            cluster: None,
+            peer_uri_sans: sans,
+        };
+        let mut out = Vec::new();
+        c.rate_limits.descriptors(0, &input, &mut out);
+        out.into_iter().map(|d| d.entries).collect::<Vec<_>>()
+    };
+    // No verified token: the claim has no value, so the rule makes no descriptor.
+    assert!(descriptors(&metadata, Some(&sans)).is_empty());
+    metadata
+        .namespace_mut("envoy.filters.http.jwt_authn")
+        .insert("https://iss".into(), serde_json::json!({"sub": "alice"}));
+    let e = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(
+        descriptors(&metadata, Some(&sans)),
+        [vec![
+            e(RULE_KEY, "ns/p/0"),
+            e("masked_remote_address", "10.0.0.0/8"),
+            e("principal", "spiffe://cluster.local/ns/a/sa/b"),
+            e("claim:sub", "alice"),
+        ]]
+    );
+    // No client certificate: no principal, no descriptor.
+    assert!(descriptors(&metadata, None).is_empty());
 }

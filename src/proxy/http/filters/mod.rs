@@ -6,7 +6,11 @@
 //! unknown filter is never skipped.
 pub mod cors;
 pub mod fault;
+pub mod jwt_authn;
+pub mod jwt_token;
 pub mod local_ratelimit;
+pub mod ratelimit;
+pub mod rbac;
 
 use crate::proxy::compile::route::Clusters;
 use crate::proxy::compile::{CompileError, Cx};
@@ -20,7 +24,6 @@ pub(crate) struct BuildCx<'a> {
     pub name: &'a str,
     /// The clusters of the same configuration, for filters that call out (an
     /// authorizer, a rate-limit service, a key server).
-    #[allow(dead_code)]
     pub clusters: &'a Clusters,
 }
 
@@ -34,7 +37,10 @@ pub(crate) fn build(
     Ok(Some(match any.type_url.as_str() {
         fault::TYPE_URL => fault::FaultFilter::build(cx, b, any)?,
         cors::TYPE_URL => cors::CorsFilter::build(b),
+        jwt_authn::TYPE_URL => jwt_authn::JwtAuthn::build(cx, b, any)?,
+        ratelimit::TYPE_URL => ratelimit::RateLimitFilter::build(cx, b, any)?,
         local_ratelimit::TYPE_URL => local_ratelimit::LocalRateLimitFilter::build(cx, b, any)?,
+        rbac::TYPE_URL => rbac::RbacFilter::build(cx, b, any)?,
         _ => return Ok(None),
     }))
 }
@@ -43,8 +49,9 @@ pub(crate) fn build(
 /// per-route configs the route keeps in typed fields); `Ok(None)` when the type is not
 /// one meshgate implements.
 pub(crate) fn per_route(cx: &mut Cx, any: &Any) -> Result<Option<PerFilterConfig>, CompileError> {
-    match any.type_url.as_str() {
-        local_ratelimit::TYPE_URL => local_ratelimit::per_route(cx, any).map(Some),
-        _ => Ok(None),
-    }
+    Ok(Some(match any.type_url.as_str() {
+        ratelimit::PER_ROUTE_TYPE_URL => Arc::new(ratelimit::RateLimitPerRoute::compile(cx, any)?),
+        local_ratelimit::TYPE_URL => local_ratelimit::per_route(cx, any)?,
+        _ => return Ok(None),
+    }))
 }
