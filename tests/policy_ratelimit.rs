@@ -538,3 +538,139 @@ async fn buckets_survive_updates_that_keep_their_limit() {
         (200, Some("3"))
     );
 }
+
+/// A `redis-server` on 127.0.0.1, nothing on disk; killed when dropped.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(dir: &std::path::Path) -> Redis {
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("redis.log")).expect("redis log");
+        let child = std::process::Command::new(peer_bin("redis-server"))
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning redis-server");
+        wait_for_port(port, Duration::from_secs(10));
+        Redis { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const GLOBAL: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, ports: {http: {{ECHO}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: {{GW_PORT}}, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route: [{destination: {host: echo.internal}}]
+---
+apiVersion: meshgate.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: shared, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, name: gw}]
+  type: Global
+  global:
+    rules:
+    - name: per-client
+      clientSelectors: [{sourceCIDR: {type: Distinct}}]
+      limit: {requests: 1, unit: Minute, burst: {{BURST}}}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_policy_is_counted_by_the_gateways_rate_limit_service() {
+    let echo = EchoUpstream::start("echo");
+    let dir = TempDir::new();
+    let redis = Redis::start(dir.path());
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    let port = free_port();
+    let render_with = |burst: u32| {
+        render(
+            GLOBAL,
+            &[
+                ("ECHO", echo.port().to_string()),
+                ("GW_PORT", port.to_string()),
+                ("BURST", burst.to_string()),
+            ],
+        )
+    };
+    std::fs::write(config.join("config.yaml"), render_with(2)).expect("write config");
+    let rls = format!("127.0.0.1:{}", free_port());
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let gw = support::gateway::GatewayProcess::start_with(
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--labels",
+            "istio=ingressgateway",
+            "--access-log",
+            "off",
+            "--ratelimit-redis",
+            &redis_url,
+            "--ratelimit-address",
+            &rls,
+        ],
+        dir.path(),
+    );
+    wait_for_port(port, Duration::from_secs(20));
+    let client = client_from("127.0.0.4");
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        replies.push(get(&client, port, "shop.example.com", "/").await);
+    }
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 429], "{:?}", gw.stderr());
+    assert!(replies[2].header("x-ratelimit-limit").is_some());
+    // Another client has its own bucket.
+    let other = get(&client_from("127.0.0.5"), port, "shop.example.com", "/").await;
+    assert_eq!(other.status, 200);
+
+    // A raised limit reaches the service with the next configuration load.
+    let updates = stat(&gw, "meshgate.config_updates").unwrap_or_default();
+    std::fs::write(config.join("config.yaml"), render_with(5)).expect("write config");
+    wait_until("the update is applied", Duration::from_secs(20), || {
+        stat(&gw, "meshgate.config_updates").unwrap_or_default() > updates
+    });
+    assert_eq!(
+        get(&client, port, "shop.example.com", "/").await.status,
+        200,
+        "the bucket now holds 5"
+    );
+}

@@ -7,6 +7,7 @@ use meshgate::pipeline::{self, ConfigWatch, mesh_identity, watch::fingerprint};
 use meshgate::proxy::access_log::AccessLogMode;
 use meshgate::proxy::stats::SourceLabels;
 use meshgate::proxy::{Gateway, GatewayOptions};
+use meshgate::ratelimit::{LimitTable, RateLimitServer};
 use meshgate::xds::ResourceSet;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -203,7 +204,13 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
     };
     // The rate-limit service runs beside the data plane, for its `meshgate-ratelimit`
     // cluster (and any other proxy given its address); dropped, it stops.
-    let _ratelimit = args.ratelimit.start()?;
+    let ratelimit = args.ratelimit.start()?;
+    // Limits from `--ratelimit-limits`; the RateLimitPolicy resources' are added to them
+    // with every configuration load.
+    let file_limits = ratelimit
+        .as_ref()
+        .map(|r| r.service().limits())
+        .unwrap_or_default();
     if let Some(addr) = args.xds.clone() {
         let args = GatewayArgs {
             trust_domain: Some(mesh.trust_domain.clone()),
@@ -236,7 +243,8 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         // Watching starts before the first load, so no change in between is missed.
         let mut watch = ConfigWatch::start(source.path(), WATCH_SETTLE, WATCH_POLL);
-        source.load(&gateway, &mut acme, true)?;
+        let limits = (ratelimit.as_ref(), &*file_limits);
+        source.load(&gateway, &mut acme, true, limits)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
@@ -244,7 +252,7 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = quit.changed() => break,
                 _ = watch.changed() => {
-                    if let Err(e) = source.load(&gateway, &mut acme, false) {
+                    if let Err(e) = source.load(&gateway, &mut acme, false, limits) {
                         tracing::error!("{e:#}");
                     }
                 }
@@ -289,7 +297,13 @@ impl Source {
 
     /// Loads and applies the configuration. The first load must succeed; later bad
     /// versions are reported (with positions) and the last good config keeps serving.
-    fn load(&self, gateway: &Gateway, acme: &mut AcmeRunner, first: bool) -> anyhow::Result<()> {
+    fn load(
+        &self,
+        gateway: &Gateway,
+        acme: &mut AcmeRunner,
+        first: bool,
+        (ratelimit, file_limits): (Option<&RateLimitServer>, &LimitTable),
+    ) -> anyhow::Result<()> {
         let version = format!("{:016x}", fingerprint(self.path()));
         let resources = match self {
             Source::Istio {
@@ -307,17 +321,32 @@ impl Source {
                 mesh,
                 &mut cache.borrow_mut(),
             ),
-            Source::Json(path) => read_json(path).map(|set| (set, Vec::new())),
+            Source::Json(path) => read_json(path).map(|set| (set, Vec::new(), None)),
         };
-        let outcome = resources.and_then(|(set, certificates)| {
+        let outcome = resources.and_then(|(mut set, certificates, policy_limits)| {
+            if let (Some(rl), Some(_)) = (ratelimit, &policy_limits) {
+                point_at_rate_limit_service(&mut set, rl.local_addr());
+            }
             gateway
                 .apply(set, &version)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(certificates)
+            Ok((certificates, policy_limits))
         });
         match outcome {
-            Ok(certificates) => {
+            Ok((certificates, policy_limits)) => {
                 acme.update(certificates);
+                match (ratelimit, policy_limits) {
+                    (Some(rl), Some(policies)) => {
+                        let mut limits = file_limits.clone();
+                        limits.extend(policies);
+                        rl.set_limits(limits);
+                    }
+                    (None, Some(policies)) if !policies.is_empty() => tracing::warn!(
+                        rules = policies.len(),
+                        "Global RateLimitPolicy rules need the rate-limit service: give --ratelimit-redis URL (until then their failureMode decides)"
+                    ),
+                    _ => {}
+                }
                 tracing::info!(version, "config applied");
                 Ok(())
             }
@@ -400,7 +429,7 @@ fn translate_config(
     mesh_certs: Option<&Path>,
     mesh: &std::sync::Arc<meshgate::config::mesh::MeshConfig>,
     cache: &mut meshgate::config::FileCache,
-) -> anyhow::Result<(ResourceSet, Vec<AcmeCertificate>)> {
+) -> anyhow::Result<(ResourceSet, Vec<AcmeCertificate>, Option<LimitTable>)> {
     // Secret material is parsed once, by the gateway when it applies the set (a
     // certificate that cannot be used refuses the update there, with its secret's
     // name): the serve check does not parse ten thousand keys a second time.
@@ -459,7 +488,40 @@ fn translate_config(
         .iter()
         .map(AcmeCertificate::from_config)
         .collect();
-    Ok((resources, certificates))
+    let limits = meshgate::translate::ratelimit::limit_table(&report.config);
+    Ok((resources, certificates, Some(limits)))
+}
+
+/// Points the translation's rate-limit service cluster at the service this gateway runs
+/// (`--ratelimit-address`).
+fn point_at_rate_limit_service(set: &mut ResourceSet, addr: std::net::SocketAddr) {
+    use meshgate::xds::pb::envoy::config::core::v3 as core;
+    use meshgate::xds::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    let Some(c) = set
+        .clusters
+        .iter_mut()
+        .find(|c| c.name == meshgate::ratelimit::CLUSTER)
+    else {
+        return;
+    };
+    for e in c
+        .load_assignment
+        .iter_mut()
+        .flat_map(|a| a.endpoints.iter_mut())
+        .flat_map(|l| l.lb_endpoints.iter_mut())
+    {
+        if let Some(HostIdentifier::Endpoint(ep)) = &mut e.host_identifier {
+            ep.address = Some(core::Address {
+                address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                    address: addr.ip().to_string(),
+                    port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
+                        u32::from(addr.port()),
+                    )),
+                    ..Default::default()
+                })),
+            });
+        }
+    }
 }
 
 fn read_json(path: &Path) -> anyhow::Result<ResourceSet> {

@@ -606,6 +606,7 @@ pub fn apply_gateway(
             }
         }
     }
+    let mut global = false;
     for l in &mut resources.listeners {
         for chain in &mut l.filter_chains {
             for f in &mut chain.filters {
@@ -627,10 +628,13 @@ pub fn apply_gateway(
                         .collect::<BTreeSet<_>>()
                         .into_iter()
                         .collect();
-                    add_filters(config, &ix, manager, &level, &c, diagnostics);
+                    global |= add_filters(config, &ix, manager, &level, &c, diagnostics);
                 });
             }
         }
+    }
+    if global {
+        add_service_cluster(resources);
     }
 }
 
@@ -668,6 +672,7 @@ pub fn apply_sidecar(
         let c = decorate_route_config(config, &ix, rc, &empty, diagnostics);
         carried.insert(rc.name.clone(), c);
     }
+    let mut global = false;
     for l in &mut resources.listeners {
         let inbound = l.name == inbound_listener;
         for chain in &mut l.filter_chains {
@@ -681,10 +686,13 @@ pub fn apply_sidecar(
                         _ => Carried::default(),
                     };
                     let level: &[usize] = if inbound { &workload } else { &[] };
-                    add_filters(config, &ix, manager, level, &c, diagnostics);
+                    global |= add_filters(config, &ix, manager, level, &c, diagnostics);
                 });
             }
         }
+    }
+    if global {
+        add_service_cluster(resources);
     }
 }
 
@@ -872,7 +880,7 @@ fn add_filters(
     level: &[usize],
     carried: &Carried,
     diagnostics: &mut Vec<Diagnostic>,
-) {
+) -> bool {
     let mut filters = Vec::new();
     let filter = |name: &str, cfg: crate::xds::pb::google::protobuf::Any| hcm::HttpFilter {
         name: name.into(),
@@ -922,7 +930,7 @@ fn add_filters(
         ));
     }
     if filters.is_empty() {
-        return;
+        return false;
     }
     let at = manager
         .http_filters
@@ -930,6 +938,69 @@ fn add_filters(
         .position(|h| h.name == super::listener::ROUTER_FILTER)
         .unwrap_or(manager.http_filters.len());
     manager.http_filters.splice(at..at, filters);
+    !global.is_empty()
+}
+
+/// The cluster of the rate-limit service, where the gateway's own service listens by
+/// default (`meshgate gateway --ratelimit-redis`); added when a global filter uses it
+/// and the resources do not define it already.
+fn add_service_cluster(resources: &mut ResourceSet) {
+    use crate::xds::pb::envoy::config::cluster::v3 as cluster;
+    use crate::xds::pb::envoy::config::endpoint::v3 as endpoint;
+    use crate::xds::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
+    if resources
+        .clusters
+        .iter()
+        .any(|c| c.name == RATELIMIT_CLUSTER)
+    {
+        return;
+    }
+    let (host, port) = crate::ratelimit::DEFAULT_ADDR
+        .rsplit_once(':')
+        .unwrap_or(("127.0.0.1", "8081"));
+    let options = upstream_http::HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                upstream_http::http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            core::Http2ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    let mut c = cluster::Cluster {
+        name: RATELIMIT_CLUSTER.into(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(pb::seconds(1)),
+        load_assignment: Some(endpoint::ClusterLoadAssignment {
+            cluster_name: RATELIMIT_CLUSTER.into(),
+            endpoints: vec![endpoint::LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint::LbEndpoint {
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        endpoint::Endpoint {
+                            address: Some(pb::socket_address(host, port.parse().unwrap_or(8081))),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    c.typed_extension_protocol_options.insert(
+        super::cluster::HTTP_PROTOCOL_OPTIONS.to_string(),
+        pb::any(&options),
+    );
+    resources.clusters.push(c);
 }
 
 #[cfg(test)]
