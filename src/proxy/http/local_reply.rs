@@ -26,8 +26,10 @@ impl Flags {
     pub const UPE: u32 = 1 << 13;
     pub const SI: u32 = 1 << 14;
     pub const DPE: u32 = 1 << 15;
+    /// Denied by the external authorization service (or its failure).
+    pub const UAEX: u32 = 1 << 17;
 
-    const NAMES: [(u32, &'static str); 16] = [
+    const NAMES: [(u32, &'static str); 17] = [
         (Self::NR, "NR"),
         (Self::UH, "UH"),
         (Self::UF, "UF"),
@@ -44,6 +46,7 @@ impl Flags {
         (Self::UPE, "UPE"),
         (Self::SI, "SI"),
         (Self::DPE, "DPE"),
+        (Self::UAEX, "UAEX"),
     ];
 
     pub fn set(&mut self, f: u32) {

@@ -5,6 +5,7 @@
 //! A type URL no arm knows is refused by the caller with an error naming it: an
 //! unknown filter is never skipped.
 pub mod cors;
+pub mod ext_authz;
 pub mod fault;
 
 use crate::proxy::compile::route::Clusters;
@@ -19,7 +20,6 @@ pub(crate) struct BuildCx<'a> {
     pub name: &'a str,
     /// The clusters of the same configuration, for filters that call out (an
     /// authorizer, a rate-limit service, a key server).
-    #[allow(dead_code)]
     pub clusters: &'a Clusters,
 }
 
@@ -33,6 +33,7 @@ pub(crate) fn build(
     Ok(Some(match any.type_url.as_str() {
         fault::TYPE_URL => fault::FaultFilter::build(cx, b, any)?,
         cors::TYPE_URL => cors::CorsFilter::build(b),
+        ext_authz::TYPE_URL => ext_authz::build(cx, b, any)?,
         _ => return Ok(None),
     }))
 }
@@ -41,9 +42,8 @@ pub(crate) fn build(
 /// per-route configs the route keeps in typed fields); `Ok(None)` when the type is not
 /// one meshgate implements.
 pub(crate) fn per_route(cx: &mut Cx, any: &Any) -> Result<Option<PerFilterConfig>, CompileError> {
-    let _ = cx;
-    #[allow(clippy::match_single_binding)]
     match any.type_url.as_str() {
+        ext_authz::PER_ROUTE_TYPE_URL => ext_authz::per_route(cx, any).map(Some),
         _ => Ok(None),
     }
 }
