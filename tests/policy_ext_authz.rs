@@ -104,6 +104,7 @@ async fn http_authz(
                 .header("x-authz-upstream", "from-authz")
                 .header("x-ext-authz-check-result", "allowed")
                 .header("x-authz-client", "client-ok")
+                .header("x-ext-authz-append", "from-authz")
                 .header("x-authz-not-listed", "nope")
                 .header("x-envoy-auth-headers-to-remove", "x-remove-by-authz");
             (200, "")
@@ -329,7 +330,8 @@ fn resources(p: &Ports, echo: u16, http_authz: u16, grpc_authz: u16, dead: u16) 
             "path_prefix": "/check",
             "authorization_request": {"headers_to_add": [{"key": "x-added-by-proxy", "value": "gw"}]},
             "authorization_response": {
-                "allowed_upstream_headers": {"patterns": [{"exact": "x-authz-upstream"}, {"prefix": "x-ext-authz-"}]},
+                "allowed_upstream_headers": {"patterns": [{"exact": "x-authz-upstream"}, {"prefix": "x-ext-authz-check"}]},
+                "allowed_upstream_headers_to_append": {"patterns": [{"exact": "x-ext-authz-append"}]},
                 "allowed_client_headers": {"patterns": [{"exact": "x-authz-deny-reason"}, {"exact": "x-ext-authz-check-result"}]},
                 "allowed_client_headers_on_success": {"patterns": [{"exact": "x-authz-client"}]},
             },
@@ -542,6 +544,7 @@ const RESPONSE_HEADERS: &[&str] = &[
 /// Headers the upstream received, compared.
 const UPSTREAM_HEADERS: &[&str] = &[
     "x-ext-authz",
+    "x-ext-authz-append",
     "x-authz-upstream",
     "x-ext-authz-check-result",
     "x-authz-not-listed",
@@ -581,6 +584,17 @@ const CHECK_HEADERS: &[&str] = &[
     "content-length",
     "x-forwarded-proto",
 ];
+
+/// Every value of a response header, in order, joined by `|`.
+fn all_values(r: &RawResponse, name: &str) -> Option<String> {
+    let vals: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!vals.is_empty()).then(|| vals.join("|"))
+}
 
 fn upstream_header(echo: &Value, name: &str) -> Option<String> {
     echo["headers"][name].as_array().map(|vals| {
@@ -688,8 +702,8 @@ fn same_answers_as_envoy() {
         for h in RESPONSE_HEADERS {
             diff(
                 format!("response header {h}"),
-                e.header(h).map(str::to_string),
-                m.header(h).map(str::to_string),
+                all_values(&e, h),
+                all_values(&m, h),
             );
         }
         let (ee, me) = (e.echo(), m.echo());
@@ -725,5 +739,101 @@ fn same_answers_as_envoy() {
         "{} differences:\n{}",
         mismatches.len(),
         mismatches.join("\n")
+    );
+}
+
+/// The answers the comparison agrees on, spelled out: the differential test alone would
+/// pass if both proxies ignored the authorizer.
+#[test]
+fn authorizer_decisions_reach_client_and_upstream() {
+    let echo = EchoUpstream::start("echo");
+    let http_authz = HttpAuthz::start();
+    let grpc_authz = GrpcAuthz::start();
+    let p = Ports {
+        http: free_port(),
+        grpc: free_port(),
+        open: free_port(),
+        closed: free_port(),
+        grpc_down: free_port(),
+    };
+    let _mesh = InProcess::start(&resources(
+        &p,
+        echo.port(),
+        http_authz.port,
+        grpc_authz.port,
+        free_port(),
+    ));
+    let send = |port: u16, method: &str, path: &str, headers: &[(&str, &str)]| {
+        raw(port, req("", "", method, path, headers).request.as_bytes())
+    };
+
+    let r = send(
+        p.http,
+        "GET",
+        "/items",
+        &[
+            ("x-ext-authz", "allow"),
+            ("x-remove-by-authz", "1"),
+            ("x-echo-header", "x-authz-client=upstream"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let up = r.echo();
+    assert_eq!(
+        upstream_header(&up, "x-authz-upstream").as_deref(),
+        Some("from-authz")
+    );
+    assert_eq!(upstream_header(&up, "x-remove-by-authz"), None);
+    assert_eq!(upstream_header(&up, "x-authz-not-listed"), None);
+    assert_eq!(
+        all_values(&r, "x-authz-client").as_deref(),
+        Some("upstream|client-ok")
+    );
+    let asked = http_authz.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(asked["path"], "/check/items");
+    assert_eq!(asked["headers"]["x-added-by-proxy"], "gw");
+    assert_eq!(asked["headers"]["x-echo-header"], Value::Null);
+
+    let r = send(p.http, "GET", "/items", &[("x-ext-authz", "no")]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body_str(), "{\"denied\":true}");
+    // The authorizer's content-type is not among allowed_client_headers.
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(
+        r.header("x-authz-deny-reason"),
+        Some("header x-ext-authz is not allow")
+    );
+    assert_eq!(r.header("x-authz-not-listed"), None);
+
+    let r = send(p.grpc, "GET", "/ctx", &[("x-ext-authz", "allow")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        upstream_header(&r.echo(), "x-authz-upstream").as_deref(),
+        Some("from-grpc")
+    );
+    let asked = grpc_authz.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        asked["context_extensions"],
+        json!({"route": "ctx", "tier": "gold"})
+    );
+    assert_eq!(asked["headers"][":path"], "/ctx");
+
+    let r = send(p.grpc, "GET", "/", &[("x-ext-authz", "unauthorized")]);
+    assert_eq!((r.status, r.body_str().as_str()), (401, "token required"));
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"grpc\""));
+    let r = send(p.grpc, "GET", "/", &[("x-ext-authz", "no")]);
+    assert_eq!((r.status, r.body_str().as_str()), (403, ""));
+
+    let r = send(p.open, "GET", "/", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        upstream_header(&r.echo(), "x-envoy-auth-failure-mode-allowed").as_deref(),
+        Some("true")
+    );
+    assert_eq!(send(p.closed, "GET", "/", &[]).status, 503);
+    assert_eq!(send(p.grpc_down, "GET", "/", &[]).status, 403);
+    assert_eq!(
+        send(p.http, "GET", "/", &[("x-ext-authz", "slow")]).status,
+        403
     );
 }
