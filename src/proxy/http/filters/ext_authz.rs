@@ -1191,10 +1191,13 @@ fn compile_config(
             ],
         }
     );
-    if c.transport_api_version != core_pb::ApiVersion::V3 as i32 {
+    // AUTO (unset) means V3, the only version Envoy still speaks.
+    #[allow(deprecated)]
+    let v2 = core_pb::ApiVersion::V2 as i32;
+    if c.transport_api_version == v2 {
         return Err(cx.err(
             "transport_api_version",
-            "only V3 of the authorization API is supported (Envoy's only version)",
+            "the v2 API has been removed; only V3 is supported",
         ));
     }
     let status_on_error = match c.status_on_error.as_ref().map(|s| s.code) {
