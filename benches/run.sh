@@ -6,6 +6,10 @@
 #   ROUNDS=5 DURATION=20 benches/run.sh
 #   benches/run.sh meshgate envoy           # some proxies
 #   SCENARIOS="S2 S4" benches/run.sh        # some scenarios
+#   POLICY=1 SCENARIOS=S1 benches/run.sh meshgate envoy
+#                                           # every request also passes an
+#                                           # authorization policy and a rate limit
+#                                           # (benches/configs/with_policy.py)
 #
 # Scenarios (the same for every proxy):
 #   S1  HTTP/1.1 keep-alive, cleartext: wrk, 64 connections, Host alternating
@@ -107,12 +111,14 @@ start_proxy() { # name -> sets PROXY_PID
   case $1 in
     meshgate)
       render meshgate.json meshgate.json
+      [[ ${POLICY:-0} == 1 ]] && python3 benches/configs/with_policy.py "$RUN/meshgate.json"
       taskset -c "$PROXY_CPU" "$ROOT/target/release/meshgate" gateway --xds-json "$RUN/meshgate.json" \
         --concurrency 1 --access-log off --admin-address "127.0.0.1:$ADMIN" \
         --health-address 127.0.0.1:0 --prometheus-address 127.0.0.1:0 2>"$RUN/meshgate.log" &
       ;;
     envoy)
       render envoy.yaml envoy.yaml
+      [[ ${POLICY:-0} == 1 ]] && python3 benches/configs/with_policy.py "$RUN/envoy.yaml"
       taskset -c "$PROXY_CPU" "$ROOT/.peers/bin/envoy" -c "$RUN/envoy.yaml" --concurrency 1 \
         --disable-hot-restart --log-level warn --base-id 7 >"$RUN/envoy.log" 2>&1 &
       ;;

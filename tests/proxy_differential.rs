@@ -39,6 +39,7 @@ fn route(m: Value, action: Value) -> Value {
 fn resources(listen: u16, u: &Upstreams) -> Value {
     let hcm = json!({
         "use_remote_address": true,
+        "xff_num_trusted_hops": 1,
         "normalize_path": true,
         "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
         "server_name": "istio-envoy",
@@ -245,6 +246,8 @@ fn corpus() -> Vec<Case> {
         case("route timeout", "GET", a, "/timeout", &[("x-echo-delay-ms", "1500")]),
         case("header mutations", "GET", a, "/headers", &[("x-remove-me", "1"), ("x-shared", "client")]),
         case("xff appended, request id replaced", "GET", a, "/", &[("x-forwarded-for", "10.1.2.3"), ("x-request-id", "client-chosen"), ("x-forwarded-proto", "https")]),
+        case("client address past one trusted hop", "GET", a, "/", &[("x-forwarded-for", "192.0.2.7, 10.1.2.3")]),
+        case("client address from an unparsable hop falls back to the peer", "GET", a, "/", &[("x-forwarded-for", "192.0.2.7, not-an-ip")]),
         case("x-envoy headers from external clients are dropped", "GET", a, "/", &[("x-envoy-upstream-rq-timeout-ms", "1"), ("x-envoy-retry-on", "5xx"), ("x-envoy-internal", "true")]),
         case("dot segments normalized", "GET", a, "/a/../exact", &[]),
         case("encoded dot segments normalized", "GET", a, "/a/%2e%2e/exact", &[]),
@@ -297,6 +300,7 @@ const UPSTREAM_HEADERS: &[&str] = &[
     "host",
     "x-forwarded-proto",
     "x-envoy-external-address",
+    "x-forwarded-for",
     "x-envoy-expected-rq-timeout-ms",
     "x-route-req",
     "x-vh-req",

@@ -628,12 +628,6 @@ fn compile_hcm(
         Some(R::ScopedRoutes(_)) => return Err(cx.unsupported("scoped_routes")),
         None => return Err(cx.err("route_specifier", "rds or route_config is required")),
     };
-    if h.xff_num_trusted_hops > 0 {
-        return Err(cx.err(
-            "xff_num_trusted_hops",
-            "trusting x-forwarded-for hops is not supported (only 0)",
-        ));
-    }
     let filters = compile_http_filters(cx, h, clusters)?;
     let common = h.common_http_protocol_options.as_ref();
     let idle_timeout = match common.and_then(|c| c.idle_timeout) {
@@ -755,6 +749,7 @@ fn compile_hcm(
         routes: route_table,
         filters: filters.0,
         use_remote_address: h.use_remote_address.is_some_and(|b| b.value),
+        xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,
         generate_request_id: h.generate_request_id.map(|b| b.value).unwrap_or(true),
         preserve_external_request_id: h.preserve_external_request_id,

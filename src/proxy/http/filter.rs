@@ -78,6 +78,11 @@ pub struct RequestCx<'a> {
     pub req: &'a mut Request<Incoming>,
     /// `:authority` / `Host` after the connection manager's port stripping.
     pub authority: &'a HeaderValue,
+    /// The downstream remote address as Envoy computes it: the connection's peer, or the
+    /// client named by `x-forwarded-for` past `xff_num_trusted_hops` trusted proxies
+    /// (RBAC `remote_ip`, client-IP rate limits). The peer itself is `conn.peer.remote`
+    /// (RBAC `direct_remote_ip`).
+    pub remote: std::net::IpAddr,
     pub vhost: Option<&'a VirtualHost>,
     pub route: Option<&'a Route>,
     /// The downstream connection: addresses, TLS session, runtime.

@@ -43,6 +43,8 @@ pub struct HttpConnectionManager {
     /// The HTTP filters in configured order (the router is implicit and last).
     pub filters: Vec<Arc<dyn HttpFilter>>,
     pub use_remote_address: bool,
+    /// `xff_num_trusted_hops`: how many `x-forwarded-for` hops are trusted proxies.
+    pub xff_num_trusted_hops: u32,
     pub skip_xff_append: bool,
     pub generate_request_id: bool,
     pub preserve_external_request_id: bool,

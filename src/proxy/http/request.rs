@@ -3,6 +3,7 @@
 use crate::proxy::connection::ConnTls;
 use crate::proxy::http::hcm::{ForwardClientCert, HttpConnectionManager};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
+use std::net::IpAddr;
 use std::net::SocketAddr;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -151,21 +152,36 @@ pub fn mutate_request_headers(
     hcm: &HttpConnectionManager,
     peer: &Peer,
     tls: Option<&ConnTls>,
-) -> bool {
+) -> IpAddr {
     let internal = false;
     // Hop-by-hop headers never travel upstream (upgrades are re-added by the router).
     remove_hop_by_hop(h);
+    let remote = original_remote_address(
+        h,
+        hcm.use_remote_address,
+        hcm.xff_num_trusted_hops,
+        peer.remote.ip(),
+    );
     if hcm.use_remote_address && !hcm.skip_xff_append {
         append_xff(h, &peer.xff_ip);
     }
     // Edge request (remote address used, external client): sanitize and stamp.
     let edge = hcm.use_remote_address && !internal;
     if edge {
-        h.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if peer.https { "https" } else { "http" }),
-        );
-        h.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), peer.remote_ip.clone());
+        // A trusted prior hop's x-forwarded-proto stands (Envoy overwrites it only when
+        // no hop is trusted).
+        if hcm.xff_num_trusted_hops == 0 || !h.contains_key(&X_FORWARDED_PROTO) {
+            h.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(if peer.https { "https" } else { "http" }),
+            );
+        }
+        let external = if remote == peer.remote.ip().to_canonical() {
+            peer.remote_ip.clone()
+        } else {
+            HeaderValue::from_str(&remote.to_string()).unwrap_or(peer.remote_ip.clone())
+        };
+        h.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), external);
     } else if !h.contains_key(&X_FORWARDED_PROTO) {
         h.insert(
             X_FORWARDED_PROTO.clone(),
@@ -190,7 +206,33 @@ pub fn mutate_request_headers(
             h.insert(X_REQUEST_ID.clone(), uuid4());
         }
     }
-    internal
+    remote
+}
+
+/// Envoy's downstream remote address for a request (what `remote.ip`, `remoteIpBlocks`
+/// and client-IP rate limits see). With `use_remote_address`, the connection's peer, or
+/// with `xff_num_trusted_hops` N > 0 the Nth address from the right of the received
+/// `x-forwarded-for`; without it, the (N+1)th from the right. The peer when the header
+/// has too few addresses or the one chosen does not parse.
+pub fn original_remote_address(
+    h: &HeaderMap,
+    use_remote_address: bool,
+    xff_num_trusted_hops: u32,
+    peer: IpAddr,
+) -> IpAddr {
+    let direct = peer.to_canonical();
+    let skip = match (use_remote_address, xff_num_trusted_hops) {
+        (true, 0) => return direct,
+        (true, n) => n - 1,
+        (false, n) => n,
+    };
+    let Some(xff) = h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) else {
+        return direct;
+    };
+    xff.rsplit(',')
+        .nth(skip as usize)
+        .and_then(|a| a.trim().parse::<IpAddr>().ok())
+        .map_or(direct, |a| a.to_canonical())
 }
 
 /// Envoy's `x-forwarded-client-cert` handling: removed unless the mode forwards it;
@@ -299,6 +341,39 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_remote_address_skips_trusted_hops_from_the_right() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut h = HeaderMap::new();
+        let at = |h: &HeaderMap, use_remote, hops| {
+            original_remote_address(h, use_remote, hops, peer).to_string()
+        };
+        assert_eq!(at(&h, true, 0), "10.0.0.9");
+        assert_eq!(at(&h, true, 1), "10.0.0.9");
+        assert_eq!(at(&h, false, 0), "10.0.0.9");
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("192.0.2.1, 198.51.100.2,203.0.113.3"),
+        );
+        assert_eq!(at(&h, true, 0), "10.0.0.9");
+        assert_eq!(at(&h, true, 1), "203.0.113.3");
+        assert_eq!(at(&h, true, 2), "198.51.100.2");
+        assert_eq!(at(&h, true, 3), "192.0.2.1");
+        assert_eq!(at(&h, true, 4), "10.0.0.9");
+        assert_eq!(at(&h, false, 0), "203.0.113.3");
+        assert_eq!(at(&h, false, 1), "198.51.100.2");
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("192.0.2.1, unknown"),
+        );
+        assert_eq!(at(&h, true, 1), "10.0.0.9");
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("::ffff:192.0.2.1"),
+        );
+        assert_eq!(at(&h, true, 1), "192.0.2.1");
+    }
 
     #[test]
     fn uuid_shape() {

@@ -348,8 +348,7 @@ async fn serve(
         set_path(&mut req, pq);
     }
 
-    let internal = mutate_request_headers(req.headers_mut(), hcm, &cx.peer, cx.tls.as_deref());
-    let _ = internal;
+    let remote = mutate_request_headers(req.headers_mut(), hcm, &cx.peer, cx.tls.as_deref());
     log.request_id = req.headers().get(&X_REQUEST_ID).cloned();
 
     // ACME HTTP-01 challenges are answered before routing.
@@ -405,6 +404,7 @@ async fn serve(
         && let Some(resp) = request_filters(
             &mut req,
             &authority,
+            remote,
             vhost.zip(route),
             cx,
             hcm,
@@ -565,6 +565,7 @@ async fn serve(
 async fn request_filters(
     req: &mut Request<Incoming>,
     authority: &HeaderValue,
+    remote: std::net::IpAddr,
     routed: Option<(&VirtualHost, &Route)>,
     cx: &ConnCtx,
     hcm: &HttpConnectionManager,
@@ -576,6 +577,7 @@ async fn request_filters(
         let mut fcx = RequestCx {
             req,
             authority,
+            remote,
             vhost: routed.map(|r| r.0),
             route: routed.map(|r| r.1),
             conn: cx,
