@@ -24,6 +24,7 @@ mod authn;
 mod cluster;
 mod endpoints;
 pub mod envoy_files;
+pub mod ext_authz;
 mod gateways;
 mod grpc;
 mod http_route;
