@@ -9,7 +9,9 @@
 //! - **served**: meshgate acts on them (`trustDomain`, `enableAutoMtls`,
 //!   `outboundTrafficPolicy`, `accessLogFile`, `accessLogEncoding`, `connectTimeout`,
 //!   `proxyListenPort`,
-//!   `rootNamespace` when it is `istio-system`, `extensionProviders` as definitions,
+//!   `rootNamespace` when it is `istio-system`, `extensionProviders` (the external
+//!   authorizers `envoyExtAuthzHttp` / `envoyExtAuthzGrpc` of CUSTOM authorization
+//!   policies, checked field by field; the other kinds as definitions),
 //!   and in `defaultConfig`: `concurrency`, `terminationDrainDuration`,
 //!   `discoveryAddress`, `proxyMetadata`);
 //! - **not relevant** to what meshgate serves (settings of Kubernetes Ingress

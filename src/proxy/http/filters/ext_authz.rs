@@ -147,7 +147,7 @@ struct Allowed {
     query_set: Vec<(String, String)>,
     query_remove: Vec<String>,
     /// For the client's response.
-    response: Vec<(HeaderName, HeaderValue, ResponseAction)>,
+    response: Vec<ResponseHeader>,
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -170,7 +170,10 @@ enum ResponseAction {
 
 /// What the response phase adds, per ext_authz filter of the chain.
 #[derive(Default, Clone)]
-struct ResponseHeaders(Vec<(Box<str>, Vec<(HeaderName, HeaderValue, ResponseAction)>)>);
+struct ResponseHeaders(Vec<(Box<str>, Vec<ResponseHeader>)>);
+
+/// A header the authorizer adds to the client's response, and how.
+type ResponseHeader = (HeaderName, HeaderValue, ResponseAction);
 
 impl HttpFilter for ExtAuthz {
     fn name(&self) -> &str {
