@@ -312,6 +312,8 @@ struct Ports {
     open: u16,
     closed: u16,
     grpc_down: u16,
+    /// A listener whose only virtual host is `only.example.com`.
+    no_route: u16,
 }
 
 fn resources(p: &Ports, echo: u16, http_authz: u16, grpc_authz: u16, dead: u16) -> Value {
@@ -363,7 +365,8 @@ fn resources(p: &Ports, echo: u16, http_authz: u16, grpc_authz: u16, dead: u16) 
             hcm_listener("grpc", p.grpc, "main", hcm.clone(), vec![grpc_filter("authz-grpc")]),
             hcm_listener("open", p.open, "main", hcm.clone(), vec![open_filter]),
             hcm_listener("closed", p.closed, "main", hcm.clone(), vec![closed_filter]),
-            hcm_listener("grpc-down", p.grpc_down, "main", hcm, vec![grpc_filter("dead-grpc")]),
+            hcm_listener("grpc-down", p.grpc_down, "main", hcm.clone(), vec![grpc_filter("dead-grpc")]),
+            no_route_listener(p.no_route, hcm, grpc_filter("authz-grpc")),
         ],
         "routes": [routes],
         "clusters": [
@@ -374,6 +377,16 @@ fn resources(p: &Ports, echo: u16, http_authz: u16, grpc_authz: u16, dead: u16) 
             static_cluster("dead-grpc", &[dead], h2),
         ],
     })
+}
+
+/// A listener with an inline route configuration that routes only `only.example.com`.
+fn no_route_listener(port: u16, hcm: Value, filter: Value) -> Value {
+    let mut l = hcm_listener("no-route", port, "unused", hcm, vec![filter]);
+    let h = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
+    h.as_object_mut().unwrap().remove("rds");
+    h["route_config"] = json!({"name": "inline", "virtual_hosts": [{"name": "only",
+        "domains": ["only.example.com"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]}]});
+    l
 }
 
 /// One request of the corpus, to the listener `which` names.
@@ -522,6 +535,14 @@ fn corpus() -> Vec<Case> {
         req("fail open", "open", "GET", "/", &[allow]),
         req("fail closed", "closed", "GET", "/", &[allow]),
         req("grpc server down", "grpc-down", "GET", "/", &[allow]),
+        req(
+            "no route, denied",
+            "no-route",
+            "GET",
+            "/",
+            &[("x-ext-authz", "nope")],
+        ),
+        req("no route, allowed", "no-route", "GET", "/", &[allow]),
     ]
 }
 
@@ -653,6 +674,7 @@ fn same_answers_as_envoy() {
         open: free_port(),
         closed: free_port(),
         grpc_down: free_port(),
+        no_route: free_port(),
     };
     let (ep, mp) = (ports(), ports());
     let dir = TempDir::new();
@@ -673,12 +695,13 @@ fn same_answers_as_envoy() {
         "grpc" => p.grpc,
         "open" => p.open,
         "closed" => p.closed,
+        "no-route" => p.no_route,
         _ => p.grpc_down,
     };
 
     let mut mismatches = Vec::new();
     for c in corpus() {
-        let grpc = c.listener.starts_with("grpc");
+        let grpc = c.listener.starts_with("grpc") || c.listener == "no-route";
         let seen = if grpc {
             &grpc_authz.seen
         } else {
@@ -755,6 +778,7 @@ fn authorizer_decisions_reach_client_and_upstream() {
         open: free_port(),
         closed: free_port(),
         grpc_down: free_port(),
+        no_route: free_port(),
     };
     let _mesh = InProcess::start(&resources(
         &p,

@@ -181,6 +181,11 @@ impl HttpFilter for ExtAuthz {
     }
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx<'_>) -> Step<'a> {
+        // Without a route Envoy skips the check (the router then answers 404); direct
+        // responses and redirects are checked.
+        if cx.route.is_none() {
+            return Step::CONTINUE;
+        }
         let per_route = cx.per_route::<ExtAuthzPerRoute>(&self.name);
         if per_route.is_some_and(|p| p.disabled) {
             return Step::CONTINUE;
