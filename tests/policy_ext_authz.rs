@@ -6,6 +6,12 @@
 //! failure handling (`failure_mode_allow`, `status_on_error`) when the server is down.
 mod support;
 
+#[path = "support/tls.rs"]
+mod tls_support;
+
+use support::certs::TestCa;
+use tls_support::curl;
+
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::service::auth::v3 as auth_pb;
 use serde_json::{Value, json};
@@ -192,6 +198,9 @@ impl auth_pb::authorization_server::Authorization for GrpcAuthzService {
             "protocol": http.protocol, "headers": headers, "context_extensions": ctx,
             "source": addr(&attrs.source), "destination": addr(&attrs.destination),
             "source_principal": attrs.source.as_ref().map(|p| p.principal.clone()),
+            "source_certificate": attrs.source.as_ref().map(|p| p.certificate.clone()),
+            "destination_principal": attrs.destination.as_ref().map(|p| p.principal.clone()),
+            "sni": attrs.tls_session.as_ref().map(|t| t.sni.clone()),
             "has_time": attrs.request.as_ref().is_some_and(|r| r.time.is_some()),
             "id_set": !http.id.is_empty(),
         }));
@@ -859,5 +868,128 @@ fn authorizer_decisions_reach_client_and_upstream() {
     assert_eq!(
         send(p.http, "GET", "/", &[("x-ext-authz", "slow")]).status,
         403
+    );
+}
+
+/// Over mutual TLS the gRPC authorizer is told the client's identity (first URI SAN),
+/// its certificate (`include_peer_certificate`), the gateway's own identity and the SNI
+/// (`include_tls_session`), as Envoy tells it.
+#[test]
+fn mutual_tls_identity_reaches_the_authorizer_as_from_envoy() {
+    let echo = EchoUpstream::start("echo");
+    let grpc_authz = GrpcAuthz::start();
+    let dir = TempDir::new();
+    let ca = TestCa::new("ext_authz test CA");
+    let ca_file = ca.write_ca(dir.path(), "ca");
+    let server = ca.leaf_with(
+        "gateway",
+        &["localhost"],
+        &["spiffe://cluster.local/ns/istio-system/sa/gw"],
+        0,
+        2,
+    );
+    let (server_cert, server_key) = server.write(dir.path(), "server");
+    let client = ca.issue(&["client", "spiffe://cluster.local/ns/foo/sa/sleep"]);
+    let (client_cert, client_key) = client.write(dir.path(), "client");
+    let resources = |port: u16| {
+        let filter = ext_authz(json!({
+            "grpc_service": {"envoy_grpc": {"cluster_name": "authz-grpc"}, "timeout": "1s"},
+            "include_peer_certificate": true,
+            "include_tls_session": true,
+        }));
+        let mut l = hcm_listener(
+            "mtls",
+            port,
+            "main",
+            json!({"use_remote_address": true}),
+            vec![filter],
+        );
+        l["filter_chains"][0]["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": true,
+                "common_tls_context": {
+                    "tls_certificates": [{"certificate_chain": {"filename": server_cert.display().to_string()},
+                        "private_key": {"filename": server_key.display().to_string()}}],
+                    "validation_context": {"trusted_ca": {"filename": ca_file.display().to_string()}},
+                },
+            },
+        });
+        let h2 = json!({"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}});
+        json!({
+            "listeners": [l],
+            "routes": [{"name": "main", "virtual_hosts": [{"name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]}]}],
+            "clusters": [
+                static_cluster("echo", &[echo.port()], json!({})),
+                static_cluster("authz-grpc", &[grpc_authz.port], h2),
+            ],
+        })
+    };
+    let (ep, mp) = (free_port(), free_port());
+    let envoy = envoy_with(&resources(ep), &dir);
+    envoy.assert_no_rejections();
+    let _mesh = InProcess::start(&resources(mp));
+    let ask = |port: u16| {
+        grpc_authz.seen.lock().unwrap().clear();
+        let (ok, out) = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &ca_file.display().to_string(),
+            "--cert",
+            &client_cert.display().to_string(),
+            "--key",
+            &client_key.display().to_string(),
+            "-H",
+            "x-ext-authz: allow",
+            &format!("https://localhost:{port}/who"),
+        ]);
+        assert!(ok, "curl: {out}");
+        let seen = std::mem::take(&mut *grpc_authz.seen.lock().unwrap());
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        (out, seen[0].clone())
+    };
+    let (e_status, e) = ask(ep);
+    let (m_status, m) = ask(mp);
+    assert_eq!(e_status, "200");
+    assert_eq!(m_status, e_status);
+    for key in [
+        "source_principal",
+        "source_certificate",
+        "destination_principal",
+        "sni",
+        "scheme",
+    ] {
+        assert_eq!(
+            m[key], e[key],
+            "{key}: envoy={} meshgate={}",
+            e[key], m[key]
+        );
+    }
+    assert_eq!(
+        m["source_principal"],
+        "spiffe://cluster.local/ns/foo/sa/sleep"
+    );
+    assert_eq!(
+        m["destination_principal"],
+        "spiffe://cluster.local/ns/istio-system/sa/gw"
+    );
+    assert_eq!(
+        (m["sni"].as_str(), m["scheme"].as_str()),
+        (Some("localhost"), Some("https"))
+    );
+    assert!(
+        m["source_certificate"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN%20CERTIFICATE-----%0A"),
+        "{}",
+        m["source_certificate"]
     );
 }
