@@ -993,3 +993,85 @@ fn mutual_tls_identity_reaches_the_authorizer_as_from_envoy() {
         m["source_certificate"]
     );
 }
+
+/// A gRPC client denied by the authorizer gets the denial as a gRPC status, over HTTP/2,
+/// as from Envoy (HTTP and gRPC authorizers).
+#[test]
+fn grpc_clients_get_denials_as_grpc_status_as_from_envoy() {
+    let echo = EchoUpstream::start("echo");
+    let http_authz = HttpAuthz::start();
+    let grpc_authz = GrpcAuthz::start();
+    let dead = free_port();
+    let ports = || Ports {
+        http: free_port(),
+        grpc: free_port(),
+        open: free_port(),
+        closed: free_port(),
+        grpc_down: free_port(),
+        no_route: free_port(),
+    };
+    let (ep, mp) = (ports(), ports());
+    let dir = TempDir::new();
+    let envoy = envoy_with(
+        &resources(&ep, echo.port(), http_authz.port, grpc_authz.port, dead),
+        &dir,
+    );
+    envoy.assert_no_rejections();
+    let _mesh = InProcess::start(&resources(
+        &mp,
+        echo.port(),
+        http_authz.port,
+        grpc_authz.port,
+        dead,
+    ));
+    let call = |port: u16, decision: &str| {
+        let (ok, out) = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-H",
+            &format!("x-ext-authz: {decision}"),
+            "--data-binary",
+            "",
+            &format!("http://127.0.0.1:{port}/pkg.Svc/Method"),
+        ]);
+        assert!(ok, "curl: {out}");
+        let mut kept: Vec<String> = out
+            .lines()
+            .map(str::trim)
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.starts_with("http/")
+                    || l.starts_with("grpc-")
+                    || l.starts_with("content-type")
+                    || l.starts_with("x-authz-deny-reason")
+            })
+            .map(str::to_string)
+            .collect();
+        kept.sort();
+        kept
+    };
+    for (listener, decision) in [
+        ("http", "nope"),
+        ("grpc", "nope"),
+        ("grpc", "unauthorized"),
+        ("closed", "allow"),
+    ] {
+        let port = |p: &Ports| match listener {
+            "http" => p.http,
+            "grpc" => p.grpc,
+            _ => p.closed,
+        };
+        let e = call(port(&ep), decision);
+        let m = call(port(&mp), decision);
+        assert!(e.iter().any(|l| l.starts_with("grpc-status")), "{e:?}");
+        assert_eq!(m, e, "{listener} {decision}");
+    }
+}
