@@ -6,6 +6,7 @@
 #   scripts/install-peers.sh            # everything the test suite needs
 #   scripts/install-peers.sh envoy      # only Envoy
 #   scripts/install-peers.sh python     # only the Python venv (.peers/python-venv)
+#   scripts/install-peers.sh redis      # only redis-server (the global rate limit's store)
 #
 # Afterwards .peers/bin/ holds a link to each peer; tests look there first, then on PATH.
 # The Python peer is found at .peers/python-venv/bin/python.
@@ -82,6 +83,11 @@ for peer in $want; do
       apt_install iptables-restore iptables
       apt_install iptables-save iptables
       ;;
+    # The global rate limiter's store: tests start their own redis-server on loopback.
+    redis)
+      apt_install redis-server redis-server
+      apt_install redis-cli redis-tools
+      ;;
     pebble)
       apt_install pebble pebble
       apt_install pebble-challtestsrv pebble
@@ -95,6 +101,8 @@ for peer in $want; do
       apt_install pebble pebble
       apt_install pebble-challtestsrv pebble
       apt_install h2load nghttp2-client
+      apt_install redis-server redis-server
+      apt_install redis-cli redis-tools
       apt_install iptables iptables
       apt_install iptables-restore iptables
       apt_install iptables-save iptables

@@ -16,6 +16,7 @@ pub mod controlplane;
 pub mod identity;
 pub mod pipeline;
 pub mod proxy;
+pub mod ratelimit;
 pub mod registry;
 pub mod tls;
 pub mod translate;

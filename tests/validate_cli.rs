@@ -152,7 +152,7 @@ const INVALID: &[(&str, i32, &[&str])] = &[
         "unenforced-policy.yaml",
         1,
         &[
-            "tests/testdata/invalid/unenforced-policy.yaml:3:1: error: AuthorizationPolicy/default/deny-all: kind: AuthorizationPolicy is not enforced yet; the configuration is refused rather than served as if the policy were absent",
+            "tests/testdata/invalid/unenforced-policy.yaml:5:8: error: AuthorizationPolicy/default/ext-authz: spec.action: CUSTOM is not enforced yet (the external authorizer is not translated); the configuration is refused rather than served without it",
         ],
     ),
     (

@@ -76,6 +76,8 @@ pub struct Args {
         requires = "jwt_issuer"
     )]
     jwt_audiences: Vec<String>,
+    #[command(flatten)]
+    ratelimit: super::ratelimit::RateLimitArgs,
 }
 
 /// How often the CA directory is looked at for changes.
@@ -244,6 +246,14 @@ async fn serve(args: Args) -> ExitCode {
         ..Options::default()
     };
     let cp = ControlPlane::new(source, options);
+    // Global rate limits: the service every proxy's `meshgate-ratelimit` cluster calls.
+    let _ratelimit = match args.ratelimit.start() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meshgate control-plane: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let identity = match mesh_identity(&args, &mesh) {
         Ok(i) => i,
         Err(e) => {

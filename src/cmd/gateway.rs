@@ -113,6 +113,8 @@ pub struct GatewayArgs {
     /// Open downstream connections per listener.
     #[arg(long, default_value_t = 100_000)]
     pub max_connections: usize,
+    #[command(flatten)]
+    pub ratelimit: super::ratelimit::RateLimitArgs,
 }
 
 pub fn run(args: GatewayArgs) -> ExitCode {
@@ -199,6 +201,9 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
             app,
         },
     };
+    // The rate-limit service runs beside the data plane, for its `meshgate-ratelimit`
+    // cluster (and any other proxy given its address); dropped, it stops.
+    let _ratelimit = args.ratelimit.start()?;
     if let Some(addr) = args.xds.clone() {
         let args = GatewayArgs {
             trust_domain: Some(mesh.trust_domain.clone()),

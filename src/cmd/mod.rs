@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod gateway_xds;
 pub mod inject;
 pub mod iptables;
+pub mod ratelimit;
 pub mod token;
 pub mod translate;
 pub mod validate;

@@ -20,7 +20,7 @@ pub use diag::{Diagnostic, Severity};
 pub use duration::Duration;
 pub use load::{Config, FileCache, LoadOutcome, load, load_bytes, load_cached, load_str};
 pub use types::{
-    DestinationRule, Gateway, Kind, ObjectMeta, Origin, PeerAuthentication, Resource, Secret,
-    ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+    DestinationRule, Gateway, Kind, ObjectMeta, Origin, PeerAuthentication, RequestAuthentication,
+    Resource, Secret, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 pub use validate::validate;

@@ -51,12 +51,8 @@ spec:
 fn policies_that_guard_traffic_are_refused_everywhere() {
     for (doc, want) in [
         (
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: istio-system}\nspec: {action: DENY, rules: [{}]}\n",
-            "AuthorizationPolicy is not enforced yet",
-        ),
-        (
-            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec: {}\n",
-            "RequestAuthentication is not enforced yet",
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: istio-system}\nspec: {action: CUSTOM, provider: {name: opa}, rules: [{}]}\n",
+            "CUSTOM is not enforced yet",
         ),
         (
             "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {ingress: [{port: {number: 80, protocol: HTTP}}]}\n",

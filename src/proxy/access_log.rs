@@ -66,6 +66,9 @@ pub struct RequestLog {
     /// Envoy's `%RESPONSE_CODE_DETAILS%` when meshgate answered itself (None:
     /// `via_upstream` if an upstream answered).
     pub details: Option<&'static str>,
+    /// Details a filter composed for its local answer (e.g. RBAC's
+    /// `rbac_access_denied_matched_policy[ID]`); preferred over `details`.
+    pub filter_details: Option<Box<str>>,
     /// The head was refused before it made a request: method and path are unknown
     /// (`-`, as Envoy logs them).
     pub refused_head: bool,
@@ -127,6 +130,7 @@ impl RequestLog {
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
             details: None,
+            filter_details: None,
             refused_head: false,
             body_forwarded: false,
         }
@@ -170,13 +174,17 @@ impl RequestLog {
             tls: if logging { cx.tls.clone() } else { None },
             grpc: false,
             details: Some(details),
+            filter_details: None,
             refused_head: true,
             body_forwarded: false,
         }
     }
 
     /// `%RESPONSE_CODE_DETAILS%`.
-    pub fn response_code_details(&self) -> Option<&'static str> {
+    pub fn response_code_details(&self) -> Option<&str> {
+        if let Some(d) = &self.filter_details {
+            return Some(d);
+        }
         match self.details {
             Some(d) => Some(d),
             None if self.upstream_service_time.is_some() => Some("via_upstream"),

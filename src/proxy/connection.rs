@@ -317,7 +317,13 @@ impl Conn<'_> {
                 serve_http(io, cx, hcm.clone(), protocol, self.drain).await
             }
             ChainAction::Tcp(proxy) => {
-                crate::proxy::tcp::serve_tcp(io, proxy, &self.shared, self.remote).await;
+                let conn = crate::proxy::tcp::TcpConn {
+                    remote: self.remote,
+                    local: self.local,
+                    sni: self.key.server_name.as_deref(),
+                    tls: tls.as_deref(),
+                };
+                crate::proxy::tcp::serve_tcp(io, proxy, &self.shared, conn).await;
             }
         }
     }

@@ -79,6 +79,8 @@ pub struct Shared {
     pub(crate) admin_quit: watch::Sender<bool>,
     /// The gateway's own workload certificate, when it has joined a mesh with one.
     pub identity: arc_swap::ArcSwapOption<crate::identity::IdentityStatus>,
+    /// Remote JWT key sets, kept across configuration updates.
+    pub jwks: crate::proxy::http::filters::jwt_authn::JwksStore,
 }
 
 impl Shared {
@@ -154,6 +156,7 @@ impl Gateway {
             quit,
             drain_requested,
             admin_quit: watch::channel(false).0,
+            jwks: Default::default(),
         });
         let mut workers = Vec::with_capacity(n);
         for id in 0..n {

@@ -132,6 +132,17 @@ pub struct Stats {
     pub tcp_max_downstream_connection_duration: AtomicU64,
     pub tcp_downstream_rx_bytes: AtomicU64,
     pub tcp_downstream_tx_bytes: AtomicU64,
+    /// HTTP RBAC filters: requests allowed and denied by enforced rules, and what the
+    /// shadow rules would have done (all RBAC filters together).
+    pub rbac_allowed: AtomicU64,
+    pub rbac_denied: AtomicU64,
+    pub rbac_shadow_allowed: AtomicU64,
+    pub rbac_shadow_denied: AtomicU64,
+    /// Network RBAC filters, per connection.
+    pub tcp_rbac_allowed: AtomicU64,
+    pub tcp_rbac_denied: AtomicU64,
+    pub tcp_rbac_shadow_allowed: AtomicU64,
+    pub tcp_rbac_shadow_denied: AtomicU64,
     per_worker: Box<[Mutex<FxHashMap<Key, Cell>>]>,
     pub source: SourceLabels,
 }
@@ -169,6 +180,14 @@ impl Stats {
             tcp_max_downstream_connection_duration: AtomicU64::new(0),
             tcp_downstream_rx_bytes: AtomicU64::new(0),
             tcp_downstream_tx_bytes: AtomicU64::new(0),
+            rbac_allowed: AtomicU64::new(0),
+            rbac_denied: AtomicU64::new(0),
+            rbac_shadow_allowed: AtomicU64::new(0),
+            rbac_shadow_denied: AtomicU64::new(0),
+            tcp_rbac_allowed: AtomicU64::new(0),
+            tcp_rbac_denied: AtomicU64::new(0),
+            tcp_rbac_shadow_allowed: AtomicU64::new(0),
+            tcp_rbac_shadow_denied: AtomicU64::new(0),
             per_worker: (0..workers.max(1))
                 .map(|_| Mutex::new(FxHashMap::default()))
                 .collect(),
@@ -383,6 +402,20 @@ impl Stats {
             (
                 "tcp.downstream_cx_tx_bytes_total".into(),
                 g(&self.tcp_downstream_tx_bytes),
+            ),
+            ("rbac.allowed".into(), g(&self.rbac_allowed)),
+            ("rbac.denied".into(), g(&self.rbac_denied)),
+            ("rbac.shadow_allowed".into(), g(&self.rbac_shadow_allowed)),
+            ("rbac.shadow_denied".into(), g(&self.rbac_shadow_denied)),
+            ("tcp.rbac.allowed".into(), g(&self.tcp_rbac_allowed)),
+            ("tcp.rbac.denied".into(), g(&self.tcp_rbac_denied)),
+            (
+                "tcp.rbac.shadow_allowed".into(),
+                g(&self.tcp_rbac_shadow_allowed),
+            ),
+            (
+                "tcp.rbac.shadow_denied".into(),
+                g(&self.tcp_rbac_shadow_denied),
             ),
         ]
     }

@@ -40,6 +40,19 @@ pub struct TcpProxy {
     /// No bytes either way for this long ends the connection (`None`: never).
     pub idle_timeout: Option<Duration>,
     pub max_connection_duration: Option<Duration>,
+    /// `envoy.filters.network.rbac` filters before the proxy, in order.
+    pub rbac: Vec<crate::proxy::rbac::NetworkRbac>,
+}
+
+/// What the network filters know of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpConn<'a> {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    /// The SNI the client sent (TLS passed through or terminated).
+    pub sni: Option<&'a str>,
+    /// The TLS session when the chain terminates TLS.
+    pub tls: Option<&'a crate::proxy::connection::ConnTls>,
 }
 
 impl TcpProxy {
@@ -69,22 +82,43 @@ pub enum TcpEnd {
     IdleTimeout,
     MaxDuration,
     NoCluster,
+    /// A network RBAC filter denied the connection.
+    Denied,
     NoHealthyUpstream,
     Overflow,
     ConnectFailed,
 }
 
-/// Proxies `downstream` to the proxy's cluster until both sides are done.
+/// Proxies `downstream` to the proxy's cluster until both sides are done, once the
+/// network RBAC filters allow it.
 pub async fn serve_tcp<IO>(
-    downstream: IO,
+    mut downstream: IO,
     proxy: &TcpProxy,
     shared: &Shared,
-    remote: SocketAddr,
+    conn: TcpConn<'_>,
 ) -> TcpEnd
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let remote = conn.remote;
     let stats = &shared.stats;
+    if !proxy.rbac.is_empty() {
+        let input = crate::proxy::rbac::Input {
+            direct_remote: conn.remote.ip(),
+            remote: conn.remote.ip(),
+            local: conn.local,
+            sni: conn.sni,
+            tls: conn.tls.is_some(),
+            peer: conn.tls.and_then(|t| t.peer.as_ref()),
+            request: None,
+            metadata: None,
+        };
+        if !proxy.rbac.iter().all(|f| f.allows(&input, stats)) {
+            close_on_first_byte(&mut downstream, proxy.idle_timeout).await;
+            tracing::debug!(%remote, "tcp_proxy: denied by network RBAC; connection closed");
+            return TcpEnd::Denied;
+        }
+    }
     stats
         .tcp_downstream_cx_total
         .fetch_add(1, Ordering::Relaxed);
@@ -183,6 +217,23 @@ async fn connect(cluster: &Arc<Cluster>) -> Result<(TcpStream, CxSlot), TcpEnd> 
                 .upstream_cx_connect_fail
                 .fetch_add(1, Ordering::Relaxed);
             Err(TcpEnd::ConnectFailed)
+        }
+    }
+}
+
+/// Envoy decides network RBAC on a connection's first bytes and closes a denied one
+/// then: wait for them (or the client's close, or the idle timeout) before closing. No
+/// upstream connection is made for a denied client.
+async fn close_on_first_byte<IO: AsyncRead + Unpin>(downstream: &mut IO, idle: Option<Duration>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let read = downstream.read(&mut buf);
+    match idle {
+        Some(t) => {
+            let _ = tokio::time::timeout(t, read).await;
+        }
+        None => {
+            let _ = read.await;
         }
     }
 }
@@ -296,6 +347,7 @@ mod tests {
             clusters: TcpClusters::One("c".into()),
             idle_timeout: idle,
             max_connection_duration: None,
+            rbac: Vec::new(),
         }
     }
 

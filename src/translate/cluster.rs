@@ -564,7 +564,7 @@ pub fn blackhole_cluster(scope: &Scope) -> cluster::Cluster {
 /// the mesh's DNS refresh rate with the records' TTL respected, its jitter, and the
 /// c-ares resolver with its UDP query cap.
 #[allow(deprecated)]
-fn set_dns_options(c: &mut cluster::Cluster) {
+pub(super) fn set_dns_options(c: &mut cluster::Cluster) {
     use crate::xds::pb::envoy::extensions::network::dns_resolver::cares::v3 as cares;
     c.dns_lookup_family = cluster::cluster::DnsLookupFamily::V4Only as i32;
     c.dns_refresh_rate = Some(pb::seconds(DNS_REFRESH_RATE_SECS));

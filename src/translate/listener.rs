@@ -93,9 +93,13 @@ pub fn filter_chain(
 ///
 /// Istio's gateway settings on top of [`istio_http_connection_manager`]'s: the client
 /// address is the peer (use_remote_address), client certificate details sanitised and
-/// set.
-pub fn http_connection_manager(route_name: &str, stat_prefix: &str) -> listener::Filter {
-    let manager = hcm::HttpConnectionManager {
+/// set. `filters` (authorization) go before Istio's fault, CORS and router filters.
+pub fn http_connection_manager(
+    route_name: &str,
+    stat_prefix: &str,
+    filters: Vec<hcm::HttpFilter>,
+) -> listener::Filter {
+    let mut manager = hcm::HttpConnectionManager {
         use_remote_address: Some(pb::boolv(true)),
         xff_num_trusted_hops: 0,
         forward_client_cert_details:
@@ -118,6 +122,7 @@ pub fn http_connection_manager(route_name: &str, stat_prefix: &str) -> listener:
             }),
         )
     };
+    super::authz::insert_http_filters(&mut manager, filters);
     http_connection_manager_filter(&manager)
 }
 

@@ -21,6 +21,7 @@
 //!
 //! What cannot be translated becomes a [`Diagnostic`] instead of being silently dropped.
 mod authn;
+pub mod authz;
 mod cluster;
 mod endpoints;
 pub mod envoy_files;
@@ -28,6 +29,7 @@ pub mod ext_authz;
 mod gateways;
 mod grpc;
 mod http_route;
+mod jwt;
 mod listener;
 mod names;
 mod network;
@@ -126,6 +128,17 @@ pub fn gateway_in_mesh(
         }
     }
     resources.secrets = secrets.into_secrets();
+
+    // RequestAuthentication: the gateway workload's JWT filter on every HTTP connection
+    // manager, and the clusters its keys are fetched from.
+    let jwt_rules = jwt::rules_for_workload(config, &scope.namespace, &proxy.labels);
+    let jwt_policy = jwt::translate(&jwt_rules, scope.connect_timeout, &mut diagnostics);
+    if let Some(filter) = &jwt_policy.filter {
+        for l in &mut resources.listeners {
+            jwt::apply_to_listener(l, filter);
+        }
+    }
+    resources.clusters.extend(jwt_policy.clusters);
 
     resources.sort();
     Translation {

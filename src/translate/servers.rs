@@ -1,6 +1,7 @@
 //! One listener per gateway port: the filter chains of its servers — plain-text HTTP,
 //! HTTPS terminated per SNI, TLS terminated or passed through to `tls`/`tcp` routes,
 //! plain TCP, and AUTO_PASSTHROUGH's SNI routing to every mesh service.
+use super::authz;
 use super::gateways::{Port, PortKind, Server};
 use super::http_route::References;
 use super::listener;
@@ -36,13 +37,33 @@ pub struct Build<'s, 'a> {
     pub sni_services: References,
     pub secrets: SecretBook,
     pub routes: Vec<RouteConfiguration>,
+    /// The gateway workload's AuthorizationPolicies as HTTP filters (before fault).
+    pub authz_http: Vec<crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter>,
+    /// ... and as network filters before each `tcp_proxy`.
+    pub authz_tcp: Vec<envoy_listener::Filter>,
 }
 
 impl<'s, 'a> Build<'s, 'a> {
-    pub fn new(scope: &'s Scope<'a>, diagnostics: Vec<Diagnostic>) -> Build<'s, 'a> {
+    pub fn new(scope: &'s Scope<'a>, mut diagnostics: Vec<Diagnostic>) -> Build<'s, 'a> {
+        // Istio applies policies to a gateway as to any workload: by its labels and the
+        // namespace it runs in.
+        let policies = authz::for_workload(
+            scope.config,
+            super::scope::ROOT_NAMESPACE,
+            &scope.namespace,
+            &scope.proxy.labels,
+        );
+        let cx = authz::Context {
+            trust_domain: &scope.trust_domain,
+            issuers: &authz::request_issuers(scope.config, &scope.namespace, &scope.proxy.labels),
+        };
+        let authz_http = authz::http_filters(cx, &policies, &mut diagnostics);
+        let authz_tcp = authz::network_filters(cx, &policies, &mut diagnostics);
         Build {
             scope,
             diagnostics,
+            authz_http,
+            authz_tcp,
             references: References::new(),
             sni_services: References::new(),
             secrets: SecretBook::new(&scope.namespace),
@@ -57,7 +78,11 @@ impl<'s, 'a> Build<'s, 'a> {
             PortKind::Http { route_name } => {
                 let stat_prefix = listener::http_stat_prefix(&l.name);
                 l.filter_chains.push(listener::filter_chain(
-                    vec![listener::http_connection_manager(route_name, &stat_prefix)],
+                    vec![listener::http_connection_manager(
+                        route_name,
+                        &stat_prefix,
+                        self.authz_http.clone(),
+                    )],
                     None,
                     None,
                 ));
@@ -179,6 +204,7 @@ impl<'s, 'a> Build<'s, 'a> {
             vec![listener::http_connection_manager(
                 &server.route_name,
                 &stat_prefix,
+                self.authz_http.clone(),
             )]
         } else {
             let filters = self.tcp_route_filters(server);
@@ -260,7 +286,7 @@ impl<'s, 'a> Build<'s, 'a> {
             return Vec::new();
         };
         let route = &vs.res.spec.tcp[i].route;
-        network::tcp_proxy_filters(
+        let filters = network::tcp_proxy_filters(
             self.scope,
             vs.res,
             &format!("spec.tcp[{i}]"),
@@ -268,7 +294,17 @@ impl<'s, 'a> Build<'s, 'a> {
             server.port,
             &mut self.diagnostics,
             &mut self.references,
-        )
+        );
+        self.with_authz(filters)
+    }
+
+    /// The network filters of a TCP chain behind the workload's authorization filters
+    /// (none when there is no `tcp_proxy`).
+    fn with_authz(&self, filters: Vec<envoy_listener::Filter>) -> Vec<envoy_listener::Filter> {
+        if filters.is_empty() {
+            return filters;
+        }
+        self.authz_tcp.iter().cloned().chain(filters).collect()
     }
 
     /// PASSTHROUGH: a filter chain per `tls` route match, on its SNI names.
@@ -324,6 +360,7 @@ impl<'s, 'a> Build<'s, 'a> {
             if filters.is_empty() {
                 continue;
             }
+            let filters = self.with_authz(filters);
             for h in &m.sni_hosts {
                 claimed.insert(h.clone(), vs.res.id());
             }
@@ -375,7 +412,7 @@ impl<'s, 'a> Build<'s, 'a> {
                 for subset in std::iter::once("").chain(subsets.iter().map(String::as_str)) {
                     let name = names::sni_cluster_name(subset, &service.hostname, port.number);
                     chains.push(listener::filter_chain(
-                        vec![network::tcp_proxy_to(&name)],
+                        self.with_authz(vec![network::tcp_proxy_to(&name)]),
                         Some(envoy_listener::FilterChainMatch {
                             server_names: vec![name.clone()],
                             application_protocols: ISTIO_MTLS_ALPNS

@@ -4,22 +4,26 @@
 //! unknown fields are errors. Protobuf `oneof`s become Rust enums and reject two members
 //! set at once; `google.protobuf` wrappers are plain `Option`s; durations are
 //! [`Duration`](crate::config::Duration).
+pub mod authorization_policy;
 pub mod common;
 pub mod destination_rule;
 pub mod gateway;
 pub mod meta;
 pub mod peer_authentication;
+pub mod request_authentication;
 pub mod secret;
 pub mod service_entry;
 pub mod sidecar;
 pub mod virtual_service;
 pub mod workload_entry;
 
+pub use authorization_policy::AuthorizationPolicy;
 pub use common::{Percent, PortSelector, Protocol, StringMatch};
 pub use destination_rule::DestinationRule;
 pub use gateway::Gateway;
 pub use meta::{DEFAULT_NAMESPACE, Kind, ObjectMeta, Origin, Resource};
 pub use peer_authentication::PeerAuthentication;
+pub use request_authentication::RequestAuthentication;
 pub use secret::Secret;
 pub use service_entry::ServiceEntry;
 pub use sidecar::Sidecar;
@@ -46,6 +50,12 @@ impl Kind for WorkloadEntry {
 }
 impl Kind for PeerAuthentication {
     const KIND: &'static str = "PeerAuthentication";
+}
+impl Kind for RequestAuthentication {
+    const KIND: &'static str = "RequestAuthentication";
+}
+impl Kind for AuthorizationPolicy {
+    const KIND: &'static str = "AuthorizationPolicy";
 }
 impl Kind for Secret {
     const KIND: &'static str = "Secret";

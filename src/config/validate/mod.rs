@@ -2,10 +2,12 @@
 //! duplicate detection, cross-resource analysis ([`crate::config::analyze`]) and the
 //! parsed-but-unsupported warnings ([`crate::config::support`]), as positioned
 //! diagnostics.
+pub mod authorization_policy;
 pub mod common;
 pub mod destination_rule;
 pub mod gateway;
 pub mod peer_authentication;
+pub mod request_authentication;
 pub mod service_entry;
 pub mod sidecar;
 pub mod virtual_service;
@@ -41,6 +43,12 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
         peer_authentication::validate(r, &mut out);
     }
     peer_authentication::one_per_namespace(&config.peer_authentications, &mut out);
+    for r in &config.request_authentications {
+        request_authentication::validate(r, &mut out);
+    }
+    for r in &config.authorization_policies {
+        authorization_policy::validate(r, &mut out);
+    }
     names(&config.gateways, &mut out);
     names(&config.virtual_services, &mut out);
     names(&config.destination_rules, &mut out);
@@ -48,6 +56,8 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     names(&config.workload_entries, &mut out);
     names(&config.sidecars, &mut out);
     names(&config.peer_authentications, &mut out);
+    names(&config.request_authentications, &mut out);
+    names(&config.authorization_policies, &mut out);
     names(&config.secrets, &mut out);
     names(&config.acme_certificates, &mut out);
     acme(config, &mut out);
@@ -58,6 +68,8 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     duplicates(&config.workload_entries, &mut out);
     duplicates(&config.sidecars, &mut out);
     duplicates(&config.peer_authentications, &mut out);
+    duplicates(&config.request_authentications, &mut out);
+    duplicates(&config.authorization_policies, &mut out);
     duplicates(&config.secrets, &mut out);
     duplicates(&config.acme_certificates, &mut out);
     super::analyze::analyze(config, &mut out);

@@ -280,14 +280,19 @@ fn compile_chain(
         None => ChainMatch::default(),
         Some(m) => cx.at("filter_chain_match", |cx| chain_match(cx, m))?,
     };
-    if fc.filters.len() != 1 {
+    // Network RBAC filters, then one http_connection_manager or tcp_proxy.
+    let Some((f, before)) = fc.filters.split_last() else {
         return Err(cx.err(
             "filters",
-            "exactly one network filter (http_connection_manager or tcp_proxy) is supported",
+            "a network filter (http_connection_manager or tcp_proxy) is required",
         ));
+    };
+    let mut rbac = Vec::with_capacity(before.len());
+    for (i, nf) in before.iter().enumerate() {
+        rbac.push(cx.at(format_args!("filters[{i}]"), |cx| network_rbac(cx, nf))?);
     }
-    let f = &fc.filters[0];
-    let action = cx.at("filters[0]", |cx| {
+    let last = fc.filters.len() - 1;
+    let action = cx.at(format_args!("filters[{last}]"), |cx| {
         use pb::filter::ConfigType;
         let any = match &f.config_type {
             Some(ConfigType::TypedConfig(a)) => a,
@@ -296,9 +301,16 @@ fn compile_chain(
         if any.type_url == tcp_pb::TcpProxy::type_url() {
             let t = tcp_pb::TcpProxy::decode(any.value.as_slice())
                 .map_err(|e| cx.err("typed_config", format!("decoding TcpProxy: {e}")))?;
+            let rbac = std::mem::take(&mut rbac);
             return cx.at("typed_config", |cx| {
-                compile_tcp_proxy(cx, &t).map(|p| ChainAction::Tcp(Arc::new(p)))
+                compile_tcp_proxy(cx, &t).map(|p| ChainAction::Tcp(Arc::new(TcpProxy { rbac, ..p })))
             });
+        }
+        if !rbac.is_empty() {
+            return Err(cx.err(
+                "",
+                "network RBAC filters are only supported before tcp_proxy (HTTP chains take envoy.filters.http.rbac)",
+            ));
         }
         if any.type_url != hcm_pb::HttpConnectionManager::type_url() {
             return Err(cx.err(
@@ -321,6 +333,33 @@ fn compile_chain(
         tls: downstream_tls,
         handshake_timeout,
         action,
+    })
+}
+
+/// `envoy.filters.network.rbac` before a `tcp_proxy`.
+fn network_rbac(
+    cx: &mut Cx,
+    f: &pb::Filter,
+) -> Result<crate::proxy::rbac::NetworkRbac, CompileError> {
+    use crate::xds::pb::envoy::extensions::filters::network::rbac::v3 as rbac_pb;
+    use pb::filter::ConfigType;
+    let any = match &f.config_type {
+        Some(ConfigType::TypedConfig(a)) => a,
+        _ => return Err(cx.err("typed_config", "required")),
+    };
+    if any.type_url != rbac_pb::Rbac::type_url() {
+        return Err(cx.err(
+            "typed_config",
+            format!(
+                "network filter {} is not supported here (only envoy.filters.network.rbac may precede the last filter)",
+                any.type_url
+            ),
+        ));
+    }
+    let r = rbac_pb::Rbac::decode(any.value.as_slice())
+        .map_err(|e| cx.err("typed_config", format!("decoding RBAC: {e}")))?;
+    cx.at("typed_config", |cx| {
+        crate::proxy::rbac::NetworkRbac::compile(cx, &r)
     })
 }
 
@@ -521,6 +560,7 @@ fn compile_tcp_proxy(cx: &mut Cx, t: &tcp_pb::TcpProxy) -> Result<TcpProxy, Comp
             "max_downstream_connection_duration",
             &t.max_downstream_connection_duration,
         )?),
+        rbac: Vec::new(),
     })
 }
 

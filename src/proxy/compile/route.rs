@@ -3,6 +3,7 @@ use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::http::filter::PerFilterConfigs;
 use crate::proxy::http::filters::cors::CorsPolicy;
 use crate::proxy::http::filters::fault::Fault;
+use crate::proxy::http::filters::ratelimit::RateLimitPolicy;
 use crate::proxy::route::action::*;
 use crate::proxy::route::headers::HeaderMutations;
 use crate::proxy::route::matcher::{HeaderKey, RouteMatch, fraction_per_million, search_regex};
@@ -227,12 +228,12 @@ fn compile_virtual_host(
                 include_request_attempt_count,
                 include_attempt_count_in_response,
                 retry_policy,
-                require_tls
+                require_tls,
+                rate_limits
             ],
             ignored: [metadata, virtual_clusters],
             unsupported: [
                 matcher,
-                rate_limits,
                 retry_policy_typed_config,
                 hedge_policy,
                 include_is_timeout_retry_header,
@@ -287,6 +288,7 @@ fn compile_virtual_host(
         include_request_attempt_count: vh.include_request_attempt_count,
         include_attempt_count_in_response: vh.include_attempt_count_in_response,
         retry,
+        rate_limits: RateLimitPolicy::compile(cx, &vh.rate_limits)?,
     })
 }
 
@@ -328,8 +330,12 @@ fn compile_route(
         .ok_or_else(|| cx.err("match", "required"))?;
     let matcher = cx.at("match", |cx| RouteMatch::compile(cx, m))?;
     let mut filters = filter_configs(cx, &r.typed_per_filter_config)?;
+    let mut rate_limits = RateLimitPolicy::default();
+    let mut include_vh_rate_limits = false;
     let action = match &r.action {
         Some(A::Route(ra)) => {
+            rate_limits = cx.at("route", |cx| RateLimitPolicy::compile(cx, &ra.rate_limits))?;
+            include_vh_rate_limits = ra.include_vh_rate_limits.is_some_and(|b| b.value);
             if let Some(c) = &ra.cors {
                 filters.cors =
                     Some(Arc::new(cx.at("route.cors", |cx| {
@@ -372,6 +378,8 @@ fn compile_route(
         fault: filters.fault,
         cors: filters.cors,
         filters: filters.others,
+        rate_limits,
+        include_vh_rate_limits,
     })
 }
 
@@ -406,15 +414,12 @@ fn compile_route_action(
                 hash_policy,
                 cors,
                 upgrade_configs,
+                rate_limits,
+                include_vh_rate_limits,
                 cluster_specifier,
                 host_rewrite_specifier
             ],
-            ignored: [
-                priority,
-                max_grpc_timeout,
-                grpc_timeout_offset,
-                include_vh_rate_limits
-            ],
+            ignored: [priority, max_grpc_timeout, grpc_timeout_offset],
             unsupported: [
                 metadata_match,
                 path_rewrite_policy,
@@ -422,7 +427,6 @@ fn compile_route_action(
                 flush_timeout,
                 early_data_policy,
                 retry_policy_typed_config,
-                rate_limits,
                 internal_redirect_policy,
                 internal_redirect_action,
                 max_internal_redirects,
@@ -1029,5 +1033,34 @@ mod tests {
             panic!()
         };
         assert_eq!(b.timeout, None);
+    }
+
+    #[test]
+    fn rate_limits_are_compiled_into_routes_and_virtual_hosts() {
+        use crate::proxy::http::filters::ratelimit::{RateLimitPerRoute, VhRateLimits};
+        use serde_json::json;
+        let rule = json!([{"actions": [{"generic_key": {"descriptor_key": "meshgate.io/rule", "descriptor_value": "ns/p/0"}}]}]);
+        let t = rc(json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "rate_limits": rule, "routes": [
+            {"match": {"prefix": "/a"}, "route": {"cluster": "c", "rate_limits": rule, "include_vh_rate_limits": true}},
+            {"match": {"prefix": "/b"}, "route": {"cluster": "c"}, "typed_per_filter_config": {"envoy.filters.http.ratelimit": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
+                "vh_rate_limits": "IGNORE", "domain": "other"}}}]}]}))
+        .unwrap();
+        let vh = &t.virtual_hosts[0];
+        assert!(!vh.rate_limits.is_empty());
+        assert!(!vh.routes[0].rate_limits.is_empty() && vh.routes[0].include_vh_rate_limits);
+        assert!(vh.routes[1].rate_limits.is_empty() && !vh.routes[1].include_vh_rate_limits);
+        let per_route = vh.routes[1]
+            .filter_config::<RateLimitPerRoute>("envoy.filters.http.ratelimit")
+            .unwrap();
+        assert_eq!(per_route.vh_rate_limits, VhRateLimits::Ignore);
+        assert_eq!(per_route.domain.as_deref(), Some("other"));
+        let e = rc(json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "c", "rate_limits": [{"actions": [{"source_cluster": {}}]}]}}]}]}))
+        .unwrap_err();
+        assert_eq!(
+            e.path,
+            "virtual_hosts[0].routes[0].route.rate_limits[0].actions[0].source_cluster"
+        );
     }
 }

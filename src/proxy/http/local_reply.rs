@@ -26,10 +26,14 @@ impl Flags {
     pub const UPE: u32 = 1 << 13;
     pub const SI: u32 = 1 << 14;
     pub const DPE: u32 = 1 << 15;
+    /// Rate limited (a rate-limit filter answered 429).
+    pub const RL: u32 = 1 << 16;
+    /// The rate-limit service failed and the filter fails closed.
+    pub const RLSE: u32 = 1 << 17;
     /// Denied by the external authorization service (or its failure).
-    pub const UAEX: u32 = 1 << 17;
+    pub const UAEX: u32 = 1 << 18;
 
-    const NAMES: [(u32, &'static str); 17] = [
+    const NAMES: [(u32, &'static str); 19] = [
         (Self::NR, "NR"),
         (Self::UH, "UH"),
         (Self::UF, "UF"),
@@ -46,6 +50,8 @@ impl Flags {
         (Self::UPE, "UPE"),
         (Self::SI, "SI"),
         (Self::DPE, "DPE"),
+        (Self::RL, "RL"),
+        (Self::RLSE, "RLSE"),
         (Self::UAEX, "UAEX"),
     ];
 

@@ -60,7 +60,13 @@ impl Peer {
         let ip = remote.ip().to_canonical();
         let remote_ip =
             HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        let xff_ip = if ip.is_loopback() {
+        // Envoy's `isLoopbackAddress` is 127.0.0.1 or ::1 exactly: a client on
+        // 127.0.0.2 is appended as itself.
+        let loopback = match ip {
+            std::net::IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
+            std::net::IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::LOCALHOST,
+        };
+        let xff_ip = if loopback {
             host_address(ip.is_ipv4()).clone()
         } else {
             remote_ip.clone()

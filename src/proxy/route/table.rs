@@ -23,6 +23,10 @@ pub struct Route {
     /// Per-route configs of the other HTTP filters, by filter name (most specific of
     /// route, virtual host and route configuration).
     pub filters: crate::proxy::http::filter::PerFilterConfigs,
+    /// The route's `rate_limits` (the `ratelimit` filter makes descriptors from them).
+    pub rate_limits: crate::proxy::http::filters::ratelimit::RateLimitPolicy,
+    /// `include_vh_rate_limits`: the virtual host's `rate_limits` apply too.
+    pub include_vh_rate_limits: bool,
 }
 
 impl Route {
@@ -46,6 +50,8 @@ pub struct VirtualHost {
     /// `require_tls` (ALL or EXTERNAL_ONLY; every client is external): requests that
     /// did not arrive over TLS get a 301 to `https://` (Istio's `httpsRedirect`).
     pub require_tls: bool,
+    /// The virtual host's `rate_limits`, for routes that use them.
+    pub rate_limits: crate::proxy::http::filters::ratelimit::RateLimitPolicy,
 }
 
 impl VirtualHost {

@@ -29,7 +29,9 @@
 //! filters, and `grpc_stats`.
 use super::super::Translation;
 use super::super::authn::{self, Mode, WorkloadMtls};
+use super::super::authz;
 use super::super::cluster as clusters;
+use super::super::jwt;
 use super::super::listener as listeners;
 use super::super::names;
 use super::super::network;
@@ -161,6 +163,12 @@ fn match_options(mode: Mode, protocol: ListenerProtocol) -> &'static [MatchOptio
             opt!(NONE, RAW_BUFFER, false, false),
         ],
     }
+}
+
+/// The workload's AuthorizationPolicies as the filters of its HTTP and TCP chains.
+struct AuthzFilters {
+    http: Vec<hcm::HttpFilter>,
+    tcp: Vec<listener::Filter>,
 }
 
 /// One workload port and what serves it (istiod's `inboundChainConfig`).
@@ -297,13 +305,37 @@ pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
         &mut out.diagnostics,
     );
 
+    let policies = authz::for_workload(
+        scope.config,
+        super::super::scope::ROOT_NAMESPACE,
+        &scope.namespace,
+        &labels,
+    );
+    let issuers = authz::request_issuers(scope.config, &scope.namespace, &labels);
+    let cx = authz::Context {
+        trust_domain: &scope.trust_domain,
+        issuers: &issuers,
+    };
+    let authz = AuthzFilters {
+        http: authz::http_filters(cx, &policies, &mut out.diagnostics),
+        tcp: authz::network_filters(cx, &policies, &mut out.diagnostics),
+    };
+
     let mut chains = vec![blackhole_chain(port)];
-    chains.extend(passthrough_chains(scope, &mtls, &ports));
+    chains.extend(passthrough_chains(scope, &mtls, &ports, &authz));
     for cc in ports.values() {
         let mode = mtls.for_port(cc.target_port);
-        chains.extend(port_chains(scope, cc, mode));
+        chains.extend(port_chains(scope, cc, mode, &authz));
     }
-    out.resources.listeners.push(virtual_inbound(port, chains));
+    let mut inbound = virtual_inbound(port, chains);
+    // RequestAuthentication: the workload's JWT filter on every inbound HTTP chain.
+    let jwt_rules = jwt::rules_for_workload(scope.config, &scope.namespace, &labels);
+    let jwt_policy = jwt::translate(&jwt_rules, scope.connect_timeout, &mut out.diagnostics);
+    if let Some(filter) = &jwt_policy.filter {
+        jwt::apply_to_listener(&mut inbound, filter);
+    }
+    out.resources.listeners.push(inbound);
+    out.resources.clusters.extend(jwt_policy.clusters);
 
     for cc in ports.values() {
         out.resources.clusters.push(inbound_cluster(scope, cc));
@@ -333,6 +365,7 @@ fn passthrough_chains(
     scope: &Scope,
     mtls: &WorkloadMtls,
     ports: &BTreeMap<u32, ChainConfig>,
+    authz: &AuthzFilters,
 ) -> Vec<listener::FilterChain> {
     let mut out = Vec::new();
     let extra = mtls
@@ -348,13 +381,18 @@ fn passthrough_chains(
             services: Vec::new(),
             passthrough: true,
         };
-        out.extend(port_chains(scope, &cc, *mode));
+        out.extend(port_chains(scope, &cc, *mode, authz));
     }
     out
 }
 
 /// The chains of one port for its mode (istiod's `inboundChainForOpts`).
-fn port_chains(scope: &Scope, cc: &ChainConfig, mode: Mode) -> Vec<listener::FilterChain> {
+fn port_chains(
+    scope: &Scope,
+    cc: &ChainConfig,
+    mode: Mode,
+    authz: &AuthzFilters,
+) -> Vec<listener::FilterChain> {
     match_options(mode, ListenerProtocol::of(&cc.protocol))
         .iter()
         .map(|o| listener::FilterChain {
@@ -366,9 +404,14 @@ fn port_chains(scope: &Scope, cc: &ChainConfig, mode: Mode) -> Vec<listener::Fil
                 ..Default::default()
             }),
             filters: if o.http {
-                vec![http_connection_manager(cc)]
+                vec![http_connection_manager(cc, authz.http.clone())]
             } else {
-                vec![network::tcp_proxy_to(&cc.cluster)]
+                authz
+                    .tcp
+                    .iter()
+                    .cloned()
+                    .chain([network::tcp_proxy_to(&cc.cluster)])
+                    .collect()
             },
             transport_socket: o.mtls.then(|| {
                 tls::transport_socket(&tls::istio_mutual_downstream_context(
@@ -384,7 +427,7 @@ fn port_chains(scope: &Scope, cc: &ChainConfig, mode: Mode) -> Vec<listener::Fil
 /// The HTTP connection manager of an inbound chain (istiod's `buildSidecarInboundHTTPOpts`):
 /// the application's address is not the client's (no use_remote_address), the caller's
 /// certificate details appended to `x-forwarded-client-cert`, and the inline route table.
-fn http_connection_manager(cc: &ChainConfig) -> listener::Filter {
+fn http_connection_manager(cc: &ChainConfig, authz: Vec<hcm::HttpFilter>) -> listener::Filter {
     let mut manager = hcm::HttpConnectionManager {
         use_remote_address: Some(pb::boolv(false)),
         forward_client_cert_details:
@@ -405,6 +448,7 @@ fn http_connection_manager(cc: &ChainConfig) -> listener::Filter {
     if cc.protocol.is_http2() {
         manager.http2_protocol_options = Some(core::Http2ProtocolOptions::default());
     }
+    authz::insert_http_filters(&mut manager, authz);
     listeners::http_connection_manager_filter(&manager)
 }
 

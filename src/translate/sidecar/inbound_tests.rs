@@ -672,3 +672,73 @@ spec:
     assert!(with.listeners.iter().all(|l| l.name != VIRTUAL_INBOUND
         && l.filter_chains.iter().all(|c| c.transport_socket.is_none())));
 }
+
+#[test]
+fn authorization_policies_reach_every_inbound_chain() {
+    let policies = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-bad, namespace: shop}
+spec:
+  selector: {matchLabels: {version: v1}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: [bad]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-workload, namespace: shop}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  rules: [{}]
+"#;
+    let t = translate(
+        &format!("{SERVICES}{policies}"),
+        &proxy("10.0.0.5", &[("app", "reviews")]),
+    );
+    let l = listener(&t);
+    // HTTP chains: the RBAC filter before fault, CORS and the router. The selector
+    // matched the registry's labels of the workload (`version: v1`).
+    for port in [8080, 7070] {
+        for transport in ["raw_buffer", "tls"] {
+            let hcm = &chain(&l, port, transport)["filters"][0]["typed_config"];
+            let names: Vec<&str> = hcm["http_filters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    "envoy.filters.http.rbac",
+                    "envoy.filters.http.fault",
+                    "envoy.filters.http.cors",
+                    "envoy.filters.http.router"
+                ],
+                "{port} {transport}"
+            );
+            let rules = &hcm["http_filters"][0]["typed_config"]["rules"];
+            assert_eq!(rules["action"], "DENY");
+            assert!(rules["policies"]["ns[shop]-policy[deny-bad]-rule[0]"].is_object());
+        }
+    }
+    // TCP chains (the port's and the catch-all's): network RBAC, then tcp_proxy.
+    let passthrough = l["filter_chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["name"] == VIRTUAL_INBOUND
+                && c["filter_chain_match"]["transport_protocol"] == "raw_buffer"
+        })
+        .expect("the TCP catch-all chain");
+    for filters in [
+        &chain(&l, 9090, "raw_buffer")["filters"],
+        &passthrough["filters"],
+    ] {
+        assert_eq!(filters[0]["name"], "envoy.filters.network.rbac");
+        assert_eq!(filters[0]["typed_config"]["stat_prefix"], "tcp.");
+        assert_eq!(filters[1]["name"], TCP);
+    }
+}

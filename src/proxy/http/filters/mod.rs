@@ -7,6 +7,10 @@
 pub mod cors;
 pub mod ext_authz;
 pub mod fault;
+pub mod jwt_authn;
+pub mod jwt_token;
+pub mod ratelimit;
+pub mod rbac;
 
 use crate::proxy::compile::route::Clusters;
 use crate::proxy::compile::{CompileError, Cx};
@@ -34,6 +38,9 @@ pub(crate) fn build(
         fault::TYPE_URL => fault::FaultFilter::build(cx, b, any)?,
         cors::TYPE_URL => cors::CorsFilter::build(b),
         ext_authz::TYPE_URL => ext_authz::build(cx, b, any)?,
+        jwt_authn::TYPE_URL => jwt_authn::JwtAuthn::build(cx, b, any)?,
+        ratelimit::TYPE_URL => ratelimit::RateLimitFilter::build(cx, b, any)?,
+        rbac::TYPE_URL => rbac::RbacFilter::build(cx, b, any)?,
         _ => return Ok(None),
     }))
 }
@@ -42,8 +49,9 @@ pub(crate) fn build(
 /// per-route configs the route keeps in typed fields); `Ok(None)` when the type is not
 /// one meshgate implements.
 pub(crate) fn per_route(cx: &mut Cx, any: &Any) -> Result<Option<PerFilterConfig>, CompileError> {
-    match any.type_url.as_str() {
-        ext_authz::PER_ROUTE_TYPE_URL => ext_authz::per_route(cx, any).map(Some),
-        _ => Ok(None),
-    }
+    Ok(Some(match any.type_url.as_str() {
+        ext_authz::PER_ROUTE_TYPE_URL => ext_authz::per_route(cx, any)?,
+        ratelimit::PER_ROUTE_TYPE_URL => Arc::new(ratelimit::RateLimitPerRoute::compile(cx, any)?),
+        _ => return Ok(None),
+    }))
 }
