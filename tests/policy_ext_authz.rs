@@ -1075,3 +1075,165 @@ fn grpc_clients_get_denials_as_grpc_status_as_from_envoy() {
         assert_eq!(m, e, "{listener} {decision}");
     }
 }
+
+/// Istio resources for the end-to-end case: a gateway on `port`, a backend, the
+/// authorizer's service, and a CUSTOM policy sending `/admin/*` to the authorizer.
+fn istio_yaml(port: u16, echo: u16, authz: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend, namespace: istio-system}}
+spec:
+  hosts: [backend.test]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext-authz, namespace: foo}}
+spec:
+  hosts: [ext-authz.foo.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {authz}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: app, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: backend.test, port: {{number: 80}}}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext-authz, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: CUSTOM
+  provider: {{name: sample-authz}}
+  rules:
+  - to: [{{operation: {{paths: ["/admin/*"]}}}}]
+"#
+    )
+}
+
+const MESH_YAML: &str = r#"extensionProviders:
+- name: sample-authz
+  envoyExtAuthzHttp:
+    service: foo/ext-authz.foo.svc.cluster.local
+    port: 8000
+    timeout: 1s
+    pathPrefix: /check
+    includeRequestHeadersInCheck: [x-ext-authz]
+    headersToUpstreamOnAllow: [x-authz-upstream]
+    headersToDownstreamOnDeny: [x-authz-deny-reason]
+    headersToDownstreamOnAllow: [x-authz-client]
+"#;
+
+/// AuthorizationPolicy CUSTOM with a mesh `envoyExtAuthzHttp` provider, end to end:
+/// `meshgate gateway --config DIR --mesh-config FILE` and real Envoy fed the same
+/// translation send only the requests the policy matches to the authorizer, and act on
+/// its answers alike.
+#[test]
+fn custom_policy_from_istio_resources_end_to_end() {
+    let echo = EchoUpstream::start("echo");
+    let http_authz = HttpAuthz::start();
+    let (envoy_port, mesh_port) = (free_port(), free_port());
+    let work = TempDir::new();
+    let mesh_file = work.path().join("mesh.yaml");
+    std::fs::write(&mesh_file, MESH_YAML).unwrap();
+    let config_for = |port: u16, name: &str| {
+        let d = work.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("istio.yaml"),
+            istio_yaml(port, echo.port(), http_authz.port),
+        )
+        .unwrap();
+        d
+    };
+
+    // Real Envoy: the translation of the same resources with the same mesh settings.
+    let envoy_dir = config_for(envoy_port, "envoy-config");
+    let loaded = meshgate::config::load(&envoy_dir);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let mesh = meshgate::config::mesh::load_mesh_config(&mesh_file).expect("mesh config");
+    let (registry, _) = meshgate::registry::Registry::from_config(&loaded.config);
+    let proxy = meshgate::xds::ProxyIdentity::gateway(
+        "istio-system",
+        meshgate::xds::ProxyIdentity::parse_labels("istio=ingressgateway").unwrap(),
+    );
+    let t = meshgate::translate::gateway_in_mesh(&loaded.config, &registry, &proxy, &mesh);
+    assert!(
+        t.diagnostics.iter().all(|d| !d.is_error()),
+        "{:?}",
+        t.diagnostics
+    );
+    let envoy_work = TempDir::new();
+    let envoy = envoy_with(&resource_json(&t.resources), &envoy_work);
+    envoy.assert_no_rejections();
+
+    let mesh_dir = config_for(mesh_port, "meshgate-config");
+    let _gw = GatewayProcess::start_with(
+        &[
+            "--config",
+            mesh_dir.to_str().unwrap(),
+            "--mesh-config",
+            mesh_file.to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    wait_for_port(mesh_port, Duration::from_secs(10));
+
+    // (path, request headers, status, calls to the authorizer)
+    type Step<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, usize);
+    let cases: [Step; 4] = [
+        ("/public/page", &[("x-ext-authz", "nope")], 200, 0),
+        ("/admin/users", &[("x-ext-authz", "allow")], 200, 1),
+        ("/admin/users", &[("x-ext-authz", "nope")], 403, 1),
+        ("/admin/users", &[("x-ext-authz", "error")], 403, 1),
+    ];
+    for (path, headers, want, calls) in cases {
+        let mut answers = Vec::new();
+        for (who, port) in [("envoy", envoy_port), ("meshgate", mesh_port)] {
+            http_authz.seen.lock().unwrap().clear();
+            let r = get(port, "app.example.com", path, headers);
+            let seen = std::mem::take(&mut *http_authz.seen.lock().unwrap());
+            assert_eq!(r.status, want, "{who} {path} {headers:?}: {}", r.body_str());
+            assert_eq!(seen.len(), calls, "{who} {path}: {seen:?}");
+            if calls == 1 {
+                assert_eq!(seen[0]["path"], format!("/check{path}"), "{who}");
+            }
+            let up = r.echo();
+            answers.push((
+                r.status,
+                all_values(&r, "x-authz-deny-reason"),
+                all_values(&r, "x-authz-client"),
+                upstream_header(&up, "x-authz-upstream"),
+                if up.is_object() {
+                    String::new()
+                } else {
+                    r.body_str()
+                },
+                seen.first().map(|s| s["headers"]["x-ext-authz"].clone()),
+            ));
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "{path} {headers:?}: envoy, then meshgate"
+        );
+    }
+}

@@ -14,18 +14,23 @@
 //! A provider that cannot be used (unknown, of another kind, unknown service) is an
 //! error, and the CUSTOM policies then deny every request they match, as istiod's
 //! "bad CUSTOM action" rules do.
+use super::authz::{self, WorkloadPolicies};
 use super::names::cluster_name;
 use super::pb;
 use crate::config::mesh::{
-    ExtAuthzGrpcProvider, ExtAuthzHttpProvider, ExtAuthzProvider, ExtAuthzRequestBody, MeshConfig,
-    ext_authz_status,
+    ExtAuthzGrpcProvider, ExtAuthzHttpProvider, ExtAuthzProvider, ExtAuthzRequestBody,
+    ExtensionProvider, MeshConfig, ext_authz_status,
 };
+use crate::config::types::authorization_policy::AuthzAction;
+use crate::config::{Config, Diagnostic};
 use crate::registry::Registry;
 use crate::xds::pb::envoy::config::core::v3 as core;
+use crate::xds::pb::envoy::config::listener::v3 as listener;
 use crate::xds::pb::envoy::config::rbac::v3 as rbac;
 use crate::xds::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz;
 use crate::xds::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use crate::xds::pb::envoy::extensions::filters::network::rbac::v3 as network_rbac;
 use crate::xds::pb::envoy::r#type::matcher::v3 as matcher;
 use crate::xds::pb::envoy::r#type::v3 as types;
 use std::time::Duration;
@@ -58,14 +63,14 @@ pub enum ProviderError {
     Service { name: String, message: String },
 }
 
-/// The provider `name` of `mesh`, if it is an external authorizer meshgate serves.
-pub fn provider(mesh: &MeshConfig, name: &str) -> Result<ExtAuthzProvider, ProviderError> {
-    let Some(p) = mesh.extension_provider(name) else {
-        let defined: Vec<&str> = mesh
-            .extension_providers
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect();
+/// The provider `name` of `providers` (MeshConfig `extensionProviders`), if it is an
+/// external authorizer meshgate serves.
+pub fn provider(
+    providers: &[ExtensionProvider],
+    name: &str,
+) -> Result<ExtAuthzProvider, ProviderError> {
+    let Some(p) = providers.iter().find(|p| p.name == name) else {
+        let defined: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
         return Err(ProviderError::Unknown {
             name: name.to_string(),
             defined: defined.join(", "),
@@ -75,6 +80,22 @@ pub fn provider(mesh: &MeshConfig, name: &str) -> Result<ExtAuthzProvider, Provi
         name: name.to_string(),
         kind: p.kind.clone(),
     })
+}
+
+/// Checks that every CUSTOM AuthorizationPolicy of `config` names an external
+/// authorizer of the mesh: an error on `spec.provider.name` otherwise.
+pub fn check_policies(config: &Config, mesh: &MeshConfig) -> Vec<Diagnostic> {
+    config
+        .authorization_policies
+        .iter()
+        .filter(|p| p.spec.action() == AuthzAction::Custom)
+        .filter_map(|p| {
+            let name = p.spec.provider.as_ref().map(|pr| pr.name.as_str())?;
+            provider(&mesh.extension_providers, name)
+                .err()
+                .map(|e| p.error("spec.provider.name", e.to_string()))
+        })
+        .collect()
 }
 
 /// An ext_authz filter and the service whose cluster it calls.
@@ -149,7 +170,7 @@ fn lookup_cluster(
 /// Builds the ext_authz filter for provider `name` (istiod's `buildExtAuthzHTTP` /
 /// `buildExtAuthzGRPC`).
 pub fn build(
-    mesh: &MeshConfig,
+    providers: &[ExtensionProvider],
     registry: &Registry,
     name: &str,
 ) -> Result<BuiltExtAuthz, ProviderError> {
@@ -157,7 +178,7 @@ pub fn build(
         name: name.to_string(),
         message,
     };
-    let (config, service) = match provider(mesh, name)? {
+    let (config, service) = match provider(providers, name)? {
         ExtAuthzProvider::Http(p) => {
             let (host, ns, cluster) =
                 lookup_cluster(registry, &p.service, p.port).map_err(service_error)?;
@@ -312,23 +333,27 @@ fn grpc_config(host: &str, cluster: &str, p: &ExtAuthzGrpcProvider) -> ext_authz
     }
 }
 
-/// The HTTP filters of a workload's CUSTOM policies: the shadow RBAC filter `shadow`
-/// (from the authorization translation) followed by the ext_authz filter of the one
-/// provider the policies name. When the provider cannot be used, or the policies name
-/// several, each problem goes to `error` and the filters become one RBAC filter that
-/// denies what the CUSTOM policies match (istiod's `-deny-due-to-bad-CUSTOM-action`).
+/// The HTTP filters of a workload's CUSTOM policies, first in its chain: the shadow
+/// RBAC filter followed by the ext_authz filter of the one provider the policies name
+/// (istiod's CUSTOM builder). When the provider cannot be used, or the policies name
+/// several, the problem is an error on the policies' `spec.provider.name` and the
+/// filters become one RBAC filter denying what the CUSTOM policies match (istiod's
+/// `-deny-due-to-bad-CUSTOM-action` rules).
 ///
-/// Also returns the authorizer's service, which the proxy must have a cluster for.
+/// Also returns the authorizer's service `(hostname, namespace)`, whose cluster the
+/// proxy must carry. Nothing when no CUSTOM policy applies.
 pub fn custom_http_filters(
-    shadow: http_rbac::Rbac,
-    providers: &[String],
-    mesh: &MeshConfig,
+    cx: authz::Context<'_>,
+    policies: &WorkloadPolicies<'_>,
+    providers: &[ExtensionProvider],
     registry: &Registry,
-    mut error: impl FnMut(String),
+    diagnostics: &mut Vec<Diagnostic>,
 ) -> (Vec<hcm::HttpFilter>, Option<(String, String)>) {
-    let built = match providers {
-        [one] => build(mesh, registry, one).map_err(|e| e.to_string()),
-        [] => Err("no provider specified in the CUSTOM authorization policies".to_string()),
+    let Some((shadow, names)) = authz::custom_shadow_rbac(cx, policies, false, diagnostics) else {
+        return (Vec::new(), None);
+    };
+    let built = match names.as_slice() {
+        [one] => build(providers, registry, one).map_err(|e| e.to_string()),
         several => Err(format!(
             "the CUSTOM policies of one workload must name one provider, found {several:?}"
         )),
@@ -336,15 +361,98 @@ pub fn custom_http_filters(
     match built {
         Ok(b) => (vec![rbac_filter(&shadow), b.http_filter()], Some(b.service)),
         Err(message) => {
-            error(message);
-            let enforced = shadow.shadow_rules.unwrap_or_default();
+            for p in &policies.custom {
+                diagnostics.push(p.error(
+                    "spec.provider.name",
+                    format!("{message}; the requests this policy matches are denied"),
+                ));
+            }
             let deny = http_rbac::Rbac {
-                rules: Some(bad_custom_deny(&enforced)),
+                rules: Some(bad_custom_deny(&shadow.shadow_rules.unwrap_or_default())),
                 ..Default::default()
             };
             (vec![rbac_filter(&deny)], None)
         }
     }
+}
+
+/// Whether a gateway serves TCP chains: a TCP-like protocol, or TLS passed through.
+pub fn gateway_has_tcp_chains(
+    gateways: &[&crate::config::types::Resource<crate::config::types::Gateway>],
+) -> bool {
+    use crate::config::types::gateway::ServerTlsMode;
+    gateways.iter().flat_map(|g| &g.spec.servers).any(|s| {
+        let protocol = s
+            .port
+            .as_ref()
+            .map(|p| p.protocol.to_ascii_uppercase())
+            .unwrap_or_default();
+        let passthrough = s.tls.as_ref().and_then(|t| t.mode).is_some_and(|m| {
+            matches!(
+                m,
+                ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough
+            )
+        });
+        passthrough
+            || !matches!(
+                protocol.as_str(),
+                "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" | "HTTPS"
+            )
+    })
+}
+
+/// The network filters of a workload's CUSTOM policies for its TCP chains. Istio sends
+/// TCP connections to a gRPC authorizer through the network ext_authz filter, which
+/// meshgate does not serve: the connections those policies match are refused instead
+/// (fail closed), with a warning. HTTP authorizers do not apply to TCP (as in Istio).
+///
+/// `tcp_chains`: whether the proxy has TCP chains at all (the warning is said only then).
+pub fn custom_network_filters(
+    cx: authz::Context<'_>,
+    policies: &WorkloadPolicies<'_>,
+    providers: &[ExtensionProvider],
+    tcp_chains: bool,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<listener::Filter> {
+    let grpc: Vec<_> = policies
+        .custom
+        .iter()
+        .filter(|p| {
+            p.spec.provider.as_ref().is_some_and(|pr| {
+                matches!(
+                    provider(providers, &pr.name),
+                    Ok(ExtAuthzProvider::Grpc(_)) | Err(_)
+                )
+            })
+        })
+        .copied()
+        .collect();
+    if grpc.is_empty() {
+        return Vec::new();
+    }
+    let only = WorkloadPolicies {
+        custom: grpc,
+        ..Default::default()
+    };
+    let mut ignored = Vec::new();
+    let Some((shadow, _)) = authz::custom_shadow_rbac(cx, &only, true, &mut ignored) else {
+        return Vec::new();
+    };
+    for p in only.custom.iter().filter(|_| tcp_chains) {
+        diagnostics.push(p.warning(
+            "spec.provider.name",
+            "TCP connections are not sent to an external authorizer (the network ext_authz filter is not served); the TCP connections this policy matches are refused",
+        ));
+    }
+    let config = network_rbac::Rbac {
+        stat_prefix: authz::TCP_STAT_PREFIX.into(),
+        rules: Some(bad_custom_deny(&shadow.shadow_rules.unwrap_or_default())),
+        ..Default::default()
+    };
+    vec![listener::Filter {
+        name: authz::NETWORK_RBAC_FILTER.into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(pb::any(&config))),
+    }]
 }
 
 fn rbac_filter(config: &http_rbac::Rbac) -> hcm::HttpFilter {

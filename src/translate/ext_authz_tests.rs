@@ -46,7 +46,8 @@ fn mesh(yaml: &str) -> MeshConfig {
 }
 
 fn built_json(mesh_yaml: &str, name: &str) -> Value {
-    let b = build(&mesh(mesh_yaml), &registry(), name).expect("provider builds");
+    let b =
+        build(&mesh(mesh_yaml).extension_providers, &registry(), name).expect("provider builds");
     json::to_json(&b.config).unwrap()
 }
 
@@ -150,7 +151,11 @@ extensionProviders:
 "#,
     );
     let r = registry();
-    let err = |name: &str| build(&m, &r, name).unwrap_err().to_string();
+    let err = |name: &str| {
+        build(&m.extension_providers, &r, name)
+            .unwrap_err()
+            .to_string()
+    };
     assert!(err("missing").contains("not defined"), "{}", err("missing"));
     assert!(
         err("missing").contains("prom, nowhere"),
@@ -181,65 +186,140 @@ extensionProviders:
     let m = mesh(
         "extensionProviders:\n- name: a\n  envoyExtAuthzHttp: {service: b/twice.example.com, port: 80}\n",
     );
-    let b = build(&m, &r, "a").unwrap();
+    let b = build(&m.extension_providers, &r, "a").unwrap();
     assert_eq!(
         b.service,
         ("twice.example.com".to_string(), "b".to_string())
     );
 }
 
-fn shadow() -> http_rbac::Rbac {
-    http_rbac::Rbac {
-        shadow_rules: Some(rbac::Rbac {
-            action: rbac::rbac::Action::Deny as i32,
-            policies: [(
-                "istio-ext-authz-ns[foo]-policy[ext]-rule[0]".to_string(),
-                rbac::Policy::default(),
-            )]
-            .into(),
-            ..Default::default()
-        }),
-        shadow_rules_stat_prefix: "istio_ext_authz_".into(),
-        ..Default::default()
+const GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http: [{route: [{destination: {host: twice.example.com}}]}]
+"#;
+
+fn custom(provider: &str) -> String {
+    format!(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: ext, namespace: istio-system}}\nspec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  action: CUSTOM\n  provider: {{name: {provider}}}\n  rules: [{{to: [{{operation: {{paths: [\"/admin/*\"]}}}}]}}]\n"
+    )
+}
+
+/// Translates the gateway with the services, a CUSTOM policy naming `provider` and the
+/// mesh's providers; returns the HTTP filter names, the first RBAC filter's JSON, the
+/// cluster names and the diagnostics.
+fn gateway_with(provider: &str, mesh_yaml: &str) -> (Vec<String>, Value, Vec<String>, Vec<String>) {
+    let yaml = format!("{SERVICES}---\n{GATEWAY}{}", custom(provider)).replace(
+        "twice.example.com]",
+        "twice.example.com]\n  exportTo: [\"*\"]",
+    );
+    let loaded = crate::config::load_str("t.yaml", &yaml);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+    let (registry, _) = Registry::from_config(&loaded.config);
+    let proxy = crate::xds::ProxyIdentity::gateway(
+        "istio-system",
+        [("istio".to_string(), "ingressgateway".to_string())].into(),
+    );
+    let t = crate::translate::gateway_in_mesh(&loaded.config, &registry, &proxy, &mesh(mesh_yaml));
+    let l = json::to_json(&t.resources.listeners[0]).unwrap();
+    let filters = &l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
+    let names = filters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    let clusters = t
+        .resources
+        .clusters
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let diags = t.diagnostics.iter().map(|d| d.to_string()).collect();
+    (names, filters[0]["typed_config"].clone(), clusters, diags)
+}
+
+#[test]
+fn custom_policies_put_shadow_rbac_and_ext_authz_first_and_the_authorizer_cluster_in() {
+    let (names, rbac, clusters, diags) = gateway_with(
+        "authz",
+        "extensionProviders:\n- name: authz\n  envoyExtAuthzGrpc: {service: ext-authz.foo.svc.cluster.local, port: 9000}\n",
+    );
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(names[..2], [RBAC_FILTER_NAME, FILTER_NAME]);
+    assert_eq!(rbac["shadow_rules_stat_prefix"], "istio_ext_authz_");
+    assert!(
+        rbac["shadow_rules"]["policies"]["istio-ext-authz-ns[istio-system]-policy[ext]-rule[0]"]
+            .is_object(),
+        "{rbac}"
+    );
+    assert!(
+        clusters.contains(&"outbound|9000||ext-authz.foo.svc.cluster.local".to_string()),
+        "{clusters:?}"
+    );
+}
+
+#[test]
+fn a_provider_that_cannot_serve_denies_what_the_custom_policy_matches() {
+    for (provider, mesh_yaml, want) in [
+        ("missing", "", "is not defined"),
+        (
+            "prom",
+            "extensionProviders:\n- name: prom\n  prometheus: {}\n",
+            "`prometheus` provider",
+        ),
+        (
+            "gone",
+            "extensionProviders:\n- name: gone\n  envoyExtAuthzHttp: {service: gone.example.com, port: 80}\n",
+            "could not find service",
+        ),
+    ] {
+        let (names, rbac, _, diags) = gateway_with(provider, mesh_yaml);
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.contains("spec.provider.name") && d.contains(want)),
+            "{provider}: {diags:?}"
+        );
+        assert_eq!(names[0], RBAC_FILTER_NAME);
+        assert_ne!(names[1], FILTER_NAME);
+        assert_eq!(rbac["rules"]["action"], "DENY", "{rbac}");
+        assert!(
+            rbac["rules"]["policies"]
+                ["istio-ext-authz-ns[istio-system]-policy[ext]-rule[0]-deny-due-to-bad-CUSTOM-action"]
+                .is_object(),
+            "{rbac}"
+        );
     }
 }
 
 #[test]
-fn custom_filters_are_shadow_rbac_then_ext_authz_or_a_deny() {
-    let m = mesh(
-        "extensionProviders:\n- name: a\n  envoyExtAuthzGrpc: {service: ext-authz.foo.svc.cluster.local, port: 9000}\n",
+fn policies_naming_unknown_providers_are_errors_on_the_field() {
+    let loaded = crate::config::load_str("t.yaml", &format!("{GATEWAY}{}", custom("nope")));
+    let m = mesh("extensionProviders:\n- name: z\n  zipkin: {service: z, port: 9411}\n");
+    let d = check_policies(&loaded.config, &m);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].field.as_deref(), Some("spec.provider.name"));
+    assert!(d[0].message.contains("defined: [z]"), "{}", d[0].message);
+    let d = check_policies(&loaded.config.clone(), &mesh(""));
+    assert!(d[0].is_error());
+    let loaded = crate::config::load_str("t.yaml", &format!("{GATEWAY}{}", custom("z")));
+    assert!(
+        check_policies(&loaded.config, &m)[0]
+            .message
+            .contains("`zipkin` provider")
     );
-    let r = registry();
-    let mut errors = Vec::new();
-    let (filters, service) =
-        custom_http_filters(shadow(), &["a".to_string()], &m, &r, |e| errors.push(e));
-    assert!(errors.is_empty(), "{errors:?}");
-    let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, [RBAC_FILTER_NAME, FILTER_NAME]);
-    assert_eq!(
-        service,
-        Some(("ext-authz.foo.svc.cluster.local".into(), "foo".into()))
-    );
-
-    for providers in [vec!["unknown".to_string()], vec!["a".into(), "b".into()]] {
-        let mut errors = Vec::new();
-        let (filters, service) =
-            custom_http_filters(shadow(), &providers, &m, &r, |e| errors.push(e));
-        assert_eq!(errors.len(), 1, "{providers:?}");
-        assert_eq!(service, None);
-        let [f] = filters.as_slice() else {
-            panic!("one filter")
-        };
-        let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-            panic!("typed")
-        };
-        let v = json::any_to_json(any).unwrap();
-        assert_eq!(v["rules"]["action"], "DENY");
-        assert!(
-            v["rules"]["policies"]
-                ["istio-ext-authz-ns[foo]-policy[ext]-rule[0]-deny-due-to-bad-CUSTOM-action"]
-                .is_object(),
-            "{v}"
-        );
-    }
 }

@@ -158,6 +158,7 @@ fn scope_in_mesh<'a>(
     scope.trust_domain = mesh.trust_domain.clone();
     scope.auto_mtls = mesh.enable_auto_mtls;
     scope.connect_timeout = mesh.connect_timeout;
+    scope.extension_providers = mesh.extension_providers.clone();
     scope
 }
 
