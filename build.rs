@@ -39,6 +39,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/rate_limit_descriptors/expr/v3/expr.proto",
     "envoy/extensions/filters/http/rbac/v3/rbac.proto",
     "envoy/extensions/filters/http/jwt_authn/v3/config.proto",
+    "envoy/extensions/filters/http/ext_authz/v3/ext_authz.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/network/dns_resolver/cares/v3/cares_dns_resolver.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",

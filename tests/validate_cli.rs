@@ -42,6 +42,13 @@ const INVALID: &[(&str, i32, &[&str])] = &[
         ],
     ),
     (
+        "custom-unknown-provider.yaml",
+        1,
+        &[
+            "tests/testdata/invalid/custom-unknown-provider.yaml:6:35: error: AuthorizationPolicy/default/ext-authz: spec.provider.name: extension provider \"opa\" is not defined in the mesh configuration (extensionProviders); defined: []",
+        ],
+    ),
+    (
         "duplicate-name.yaml",
         1,
         &[
@@ -146,13 +153,6 @@ const INVALID: &[(&str, i32, &[&str])] = &[
         1,
         &[
             "tests/testdata/invalid/undefined-subset.yaml:29:33: error: VirtualService/shop/cart: spec.http[0].route[0].destination.subset: subset `v2` is not defined by any DestinationRule for `cart`",
-        ],
-    ),
-    (
-        "unenforced-policy.yaml",
-        1,
-        &[
-            "tests/testdata/invalid/unenforced-policy.yaml:5:8: error: AuthorizationPolicy/default/ext-authz: spec.action: CUSTOM is not enforced yet (the external authorizer is not translated); the configuration is refused rather than served without it",
         ],
     ),
     (

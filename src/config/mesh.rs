@@ -9,7 +9,9 @@
 //! - **served**: meshgate acts on them (`trustDomain`, `enableAutoMtls`,
 //!   `outboundTrafficPolicy`, `accessLogFile`, `accessLogEncoding`, `connectTimeout`,
 //!   `proxyListenPort`,
-//!   `rootNamespace` when it is `istio-system`, `extensionProviders` as definitions,
+//!   `rootNamespace` when it is `istio-system`, `extensionProviders` (the external
+//!   authorizers `envoyExtAuthzHttp` / `envoyExtAuthzGrpc` of CUSTOM authorization
+//!   policies, checked field by field; the other kinds as definitions),
 //!   and in `defaultConfig`: `concurrency`, `terminationDrainDuration`,
 //!   `discoveryAddress`, `proxyMetadata`);
 //! - **not relevant** to what meshgate serves (settings of Kubernetes Ingress
@@ -70,6 +72,200 @@ pub struct ExtensionProvider {
     pub kind: String,
     /// The provider's settings, as written.
     pub settings: Value,
+}
+
+impl ExtensionProvider {
+    /// The provider's external authorization settings, for the `envoyExtAuthzHttp` and
+    /// `envoyExtAuthzGrpc` kinds (checked when the mesh configuration was loaded).
+    pub fn ext_authz(&self) -> Option<ExtAuthzProvider> {
+        match self.kind.as_str() {
+            "envoyExtAuthzHttp" => serde_json::from_value(self.settings.clone())
+                .ok()
+                .map(ExtAuthzProvider::Http),
+            "envoyExtAuthzGrpc" => serde_json::from_value(self.settings.clone())
+                .ok()
+                .map(ExtAuthzProvider::Grpc),
+            _ => None,
+        }
+    }
+}
+
+/// An external authorizer a CUSTOM AuthorizationPolicy names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtAuthzProvider {
+    Http(ExtAuthzHttpProvider),
+    Grpc(ExtAuthzGrpcProvider),
+}
+
+/// Istio's `EnvoyExternalAuthorizationHttpProvider`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtAuthzHttpProvider {
+    /// `<namespace>/<hostname>` or a hostname known in one namespace only.
+    #[serde(default)]
+    pub service: String,
+    #[serde(default)]
+    pub port: u32,
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub path_prefix: String,
+    #[serde(default)]
+    pub fail_open: bool,
+    #[serde(default)]
+    pub status_on_error: String,
+    /// Deprecated by Istio for `includeRequestHeadersInCheck`, used when that is empty.
+    #[serde(default)]
+    pub include_headers_in_check: Vec<String>,
+    #[serde(default)]
+    pub include_request_headers_in_check: Vec<String>,
+    #[serde(default)]
+    pub include_additional_headers_in_check: BTreeMap<String, String>,
+    pub include_request_body_in_check: Option<ExtAuthzRequestBody>,
+    #[serde(default)]
+    pub headers_to_upstream_on_allow: Vec<String>,
+    #[serde(default)]
+    pub headers_to_downstream_on_deny: Vec<String>,
+    #[serde(default)]
+    pub headers_to_downstream_on_allow: Vec<String>,
+}
+
+/// Istio's `EnvoyExternalAuthorizationGrpcProvider`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtAuthzGrpcProvider {
+    #[serde(default)]
+    pub service: String,
+    #[serde(default)]
+    pub port: u32,
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub fail_open: bool,
+    #[serde(default)]
+    pub status_on_error: String,
+    pub include_request_body_in_check: Option<ExtAuthzRequestBody>,
+}
+
+/// `includeRequestBodyInCheck`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtAuthzRequestBody {
+    #[serde(default)]
+    pub max_request_bytes: u32,
+    #[serde(default)]
+    pub allow_partial_message: bool,
+    #[serde(default)]
+    pub pack_as_bytes: bool,
+}
+
+/// Checks an ext_authz provider's settings as Istio's validation does; `at` is the
+/// field path of the settings (`extensionProviders[0].envoyExtAuthzHttp`).
+fn check_ext_authz(
+    file: &str,
+    root: &Node,
+    at: &str,
+    kind: &str,
+    settings: &Value,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let (service, port, status_on_error, path_prefix, header_lists) = match kind {
+        "envoyExtAuthzHttp" => {
+            match serde_path_to_error::deserialize::<_, ExtAuthzHttpProvider>(settings.clone()) {
+                Ok(p) => (
+                    p.service,
+                    p.port,
+                    p.status_on_error,
+                    p.path_prefix,
+                    vec![
+                        ("includeHeadersInCheck", p.include_headers_in_check),
+                        (
+                            "includeRequestHeadersInCheck",
+                            p.include_request_headers_in_check,
+                        ),
+                        ("headersToUpstreamOnAllow", p.headers_to_upstream_on_allow),
+                        ("headersToDownstreamOnDeny", p.headers_to_downstream_on_deny),
+                        (
+                            "headersToDownstreamOnAllow",
+                            p.headers_to_downstream_on_allow,
+                        ),
+                    ],
+                ),
+                Err(e) => {
+                    diags.push(settings_error(file, root, at, e));
+                    return;
+                }
+            }
+        }
+        _ => match serde_path_to_error::deserialize::<_, ExtAuthzGrpcProvider>(settings.clone()) {
+            Ok(p) => (p.service, p.port, p.status_on_error, String::new(), vec![]),
+            Err(e) => {
+                diags.push(settings_error(file, root, at, e));
+                return;
+            }
+        },
+    };
+    if service.is_empty() {
+        diags.push(error(file, root, &format!("{at}.service"), "required"));
+    }
+    if !(1..=65535).contains(&port) {
+        diags.push(error(
+            file,
+            root,
+            &format!("{at}.port"),
+            format!("port must be in the range [1, 65535], found: {port}"),
+        ));
+    }
+    if !status_on_error.is_empty() && ext_authz_status(&status_on_error).is_none() {
+        diags.push(error(
+            file,
+            root,
+            &format!("{at}.statusOnError"),
+            format!(
+                "unsupported statusOnError {status_on_error:?}: an HTTP status code is expected"
+            ),
+        ));
+    }
+    if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
+        diags.push(error(
+            file,
+            root,
+            &format!("{at}.pathPrefix"),
+            format!("pathPrefix must begin with `/`, found: {path_prefix:?}"),
+        ));
+    }
+    for (field, list) in header_lists {
+        if list.iter().any(|h| h == "*") {
+            diags.push(error(
+                file,
+                root,
+                &format!("{at}.{field}"),
+                "a single wildcard (\"*\") is not supported, change it to either prefix or suffix match",
+            ));
+        }
+    }
+}
+
+/// `statusOnError` as an HTTP status code (Envoy's `StatusCode` values).
+pub fn ext_authz_status(s: &str) -> Option<u16> {
+    let code: u16 = s.parse().ok()?;
+    http::StatusCode::from_u16(code)
+        .ok()
+        .filter(|c| c.canonical_reason().is_some() && code >= 100)
+        .map(|c| c.as_u16())
+}
+
+fn settings_error(
+    file: &str,
+    root: &Node,
+    at: &str,
+    e: serde_path_to_error::Error<serde_json::Error>,
+) -> Diagnostic {
+    let path = e.path().to_string();
+    let field = if path == "." {
+        at.to_string()
+    } else {
+        format!("{at}.{path}")
+    };
+    error(file, root, &field, e.inner().to_string())
 }
 
 /// The provider kinds of Istio's `MeshConfig.ExtensionProvider`.
@@ -552,11 +748,16 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
             }
         }
         match kinds.as_slice() {
-            [(kind, settings)] => providers.push(ExtensionProvider {
-                name: name.to_string(),
-                kind: kind.to_string(),
-                settings: (*settings).clone(),
-            }),
+            [(kind, settings)] => {
+                if matches!(kind.as_str(), "envoyExtAuthzHttp" | "envoyExtAuthzGrpc") {
+                    check_ext_authz(file, root, &format!("{at}.{kind}"), kind, settings, diags);
+                }
+                providers.push(ExtensionProvider {
+                    name: name.to_string(),
+                    kind: kind.to_string(),
+                    settings: (*settings).clone(),
+                })
+            }
             [] => diags.push(error(
                 file,
                 root,
@@ -743,5 +944,54 @@ mod tests {
         );
         let e = errors("a: 1\n---\nb: 2\n");
         assert!(e[0].contains("one YAML document"), "{e:?}");
+    }
+
+    #[test]
+    fn ext_authz_providers_are_checked_as_istio_checks_them() {
+        let m = parse_mesh_config(
+            "mesh.yaml",
+            "extensionProviders:\n- name: h\n  envoyExtAuthzHttp: {service: a/b.example.com, port: 80, timeout: 1s, statusOnError: \"503\", pathPrefix: /c, headersToUpstreamOnAllow: [x-a]}\n- name: g\n  envoyExtAuthzGrpc: {service: g.example.com, port: 9000, failOpen: true}\n",
+        )
+        .unwrap();
+        let Some(ExtAuthzProvider::Http(h)) = m.extension_provider("h").unwrap().ext_authz() else {
+            panic!("http provider")
+        };
+        assert_eq!((h.port, h.path_prefix.as_str()), (80, "/c"));
+        assert_eq!(
+            h.timeout.map(|t| t.0),
+            Some(std::time::Duration::from_secs(1))
+        );
+        let Some(ExtAuthzProvider::Grpc(g)) = m.extension_provider("g").unwrap().ext_authz() else {
+            panic!("grpc provider")
+        };
+        assert!(g.fail_open);
+        let e = errors(
+            "extensionProviders:\n- name: h\n  envoyExtAuthzHttp: {service: \"\", port: 0, statusOnError: nope, pathPrefix: check, headersToDownstreamOnDeny: [\"*\"]}\n- name: g\n  envoyExtAuthzGrpc: {service: g, port: 1, pathPrefix: /x}\n- name: t\n  envoyExtAuthzGrpc: {service: g, port: 1, timeout: soon}\n",
+        );
+        let has = |field: &str, text: &str| {
+            assert!(
+                e.iter().any(|d| d.contains(field) && d.contains(text)),
+                "{field} / {text}: {e:#?}"
+            )
+        };
+        has(
+            "extensionProviders[0].envoyExtAuthzHttp.service",
+            "required",
+        );
+        has("extensionProviders[0].envoyExtAuthzHttp.port", "[1, 65535]");
+        has(
+            "extensionProviders[0].envoyExtAuthzHttp.statusOnError",
+            "nope",
+        );
+        has(
+            "extensionProviders[0].envoyExtAuthzHttp.pathPrefix",
+            "begin with",
+        );
+        has(
+            "extensionProviders[0].envoyExtAuthzHttp.headersToDownstreamOnDeny",
+            "wildcard",
+        );
+        has("extensionProviders[1].envoyExtAuthzGrpc", "pathPrefix");
+        has("extensionProviders[2].envoyExtAuthzGrpc.timeout", "");
     }
 }

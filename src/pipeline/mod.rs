@@ -130,6 +130,8 @@ pub fn run_str(name: &str, text: &str, options: &Options) -> Report {
 fn finish(config: Config, mut diagnostics: Vec<Diagnostic>, options: &Options) -> Report {
     let started = std::time::Instant::now();
     diagnostics.extend(config::validate(&config));
+    // CUSTOM policies name an external authorizer of the mesh configuration.
+    diagnostics.extend(translate::ext_authz::check_policies(&config, &options.mesh));
     tracing::debug!(elapsed = ?started.elapsed(), "configuration validated");
     let (registry, registry_diagnostics) = Registry::from_config(&config);
     // The registry repeats, as warnings about what it leaves out, some problems that

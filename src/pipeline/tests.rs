@@ -52,7 +52,7 @@ fn policies_that_guard_traffic_are_refused_everywhere() {
     for (doc, want) in [
         (
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: istio-system}\nspec: {action: CUSTOM, provider: {name: opa}, rules: [{}]}\n",
-            "CUSTOM is not enforced yet",
+            "spec.provider.name: extension provider \"opa\" is not defined in the mesh configuration",
         ),
         (
             "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {ingress: [{port: {number: 80, protocol: HTTP}}]}\n",

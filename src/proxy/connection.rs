@@ -74,6 +74,11 @@ pub struct ConnTls {
 }
 
 impl ConnTls {
+    /// The first URI SAN of this proxy's own certificate on the connection.
+    pub fn local_uri_san(&self) -> Option<&str> {
+        self.local_uri_sans.first().map(String::as_str)
+    }
+
     /// This proxy's `x-forwarded-client-cert` element for the client certificate with
     /// `details`; `None` without a client certificate.
     pub fn xfcc_element(&self, details: ClientCertDetails) -> Option<HeaderValue> {

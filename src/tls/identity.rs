@@ -94,6 +94,14 @@ impl ForwardClientCert {
     }
 }
 
+impl PeerIdentity {
+    /// The leaf certificate as URL-encoded PEM (Envoy's `%DOWNSTREAM_PEER_CERT%` and the
+    /// ext_authz `certificate` attribute).
+    pub fn leaf_pem_url_encoded(&self) -> Option<String> {
+        self.chain.first().map(|leaf| url_encode(&pem(leaf)))
+    }
+}
+
 /// This proxy's XFCC element for `peer`: `By=` (each URI SAN of the local certificate),
 /// `Hash=`, then the selected details in Envoy's order (Cert, Chain, Subject, URI, DNS).
 pub fn xfcc_element(

@@ -25,6 +25,7 @@ pub mod authz;
 mod cluster;
 mod endpoints;
 pub mod envoy_files;
+pub mod ext_authz;
 mod gateways;
 mod grpc;
 mod http_route;
@@ -161,6 +162,7 @@ fn scope_in_mesh<'a>(
     scope.trust_domain = mesh.trust_domain.clone();
     scope.auto_mtls = mesh.enable_auto_mtls;
     scope.connect_timeout = mesh.connect_timeout;
+    scope.extension_providers = mesh.extension_providers.clone();
     scope
 }
 

@@ -78,6 +78,8 @@ pub struct Scope<'a> {
     pub connect_timeout: std::time::Duration,
     /// Where the proxy's mesh secrets come from (ADS for gateways, the agent for sidecars).
     pub mesh_secrets: super::tls::MeshSecrets,
+    /// MeshConfig `extensionProviders`: the external authorizers CUSTOM policies name.
+    pub extension_providers: Vec<crate::config::mesh::ExtensionProvider>,
     /// Where the proxy runs (from its topology labels), for locality load balancing.
     pub locality: Locality,
     /// Gateways whose selector matches the proxy, in Istio's order (name, namespace).
@@ -188,6 +190,7 @@ impl<'a> Scope<'a> {
                 super::cluster::DEFAULT_CONNECT_TIMEOUT_SECS,
             ),
             mesh_secrets: super::tls::MeshSecrets::Ads,
+            extension_providers: Vec::new(),
             locality: Locality::of_workload("", &proxy.labels),
             gateways,
             virtual_services,

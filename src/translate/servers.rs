@@ -57,14 +57,32 @@ impl<'s, 'a> Build<'s, 'a> {
             trust_domain: &scope.trust_domain,
             issuers: &authz::request_issuers(scope.config, &scope.namespace, &scope.proxy.labels),
         };
-        let authz_http = authz::http_filters(cx, &policies, &mut diagnostics);
-        let authz_tcp = authz::network_filters(cx, &policies, &mut diagnostics);
+        // CUSTOM policies' filters go first (istiod's order: CUSTOM, DENY, ALLOW).
+        let (mut authz_http, authorizer) = super::ext_authz::custom_http_filters(
+            cx,
+            &policies,
+            &scope.extension_providers,
+            scope.registry,
+            &mut diagnostics,
+        );
+        authz_http.extend(authz::http_filters(cx, &policies, &mut diagnostics));
+        let mut authz_tcp = super::ext_authz::custom_network_filters(
+            cx,
+            &policies,
+            &scope.extension_providers,
+            super::ext_authz::gateway_has_tcp_chains(&scope.gateways),
+            &mut diagnostics,
+        );
+        authz_tcp.extend(authz::network_filters(cx, &policies, &mut diagnostics));
+        // The gateway carries the clusters of the services it references: the
+        // authorizer's is one.
+        let references: References = authorizer.into_iter().collect();
         Build {
             scope,
             diagnostics,
             authz_http,
             authz_tcp,
-            references: References::new(),
+            references,
             sni_services: References::new(),
             secrets: SecretBook::new(&scope.namespace),
             routes: Vec::new(),

@@ -1,7 +1,8 @@
 //! Checks of `AuthorizationPolicy`s as Istio's webhook checks them
 //! (`ValidateAuthorizationPolicy`), plus what meshgate does not serve: `targetRef(s)`,
-//! CUSTOM until its external authorizer is translated, path templates, service-account
-//! and trust-domain sources.
+//! path templates, service-account and trust-domain sources. (Whether a CUSTOM
+//! policy's provider exists is checked against the mesh configuration:
+//! `translate::ext_authz::check_policies`.)
 use super::common::{Sink, check_labels_map};
 use crate::config::diag::Diagnostic;
 use crate::config::types::authorization_policy::{AuthzAction, Condition, Operation, Source};
@@ -47,10 +48,6 @@ pub fn validate(ap: &Resource<AuthorizationPolicy>, out: &mut Vec<Diagnostic>) {
     let action = spec.action();
     match action {
         AuthzAction::Custom => {
-            s.error(
-                "spec.action",
-                "CUSTOM is not enforced yet (the external authorizer is not translated); the configuration is refused rather than served without it",
-            );
             if spec.rules.is_empty() {
                 s.error(
                     "spec.rules",
@@ -457,8 +454,8 @@ mod tests {
                 "ap.yaml:5:3: error: AuthorizationPolicy/shop/p: spec.targetRef: policies attached to Gateway API resources are not served",
             ),
             (
-                "  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]\n",
-                "ap.yaml:5:3: error: AuthorizationPolicy/shop/p: spec.action: CUSTOM is not enforced yet",
+                "  action: CUSTOM\n  provider: {name: \"\"}\n  rules: [{}]\n",
+                "spec.provider.name: `provider.name` must not be empty",
             ),
             (
                 "  action: DENY\n",

@@ -30,8 +30,10 @@ impl Flags {
     pub const RL: u32 = 1 << 16;
     /// The rate-limit service failed and the filter fails closed.
     pub const RLSE: u32 = 1 << 17;
+    /// Denied by the external authorization service (or its failure).
+    pub const UAEX: u32 = 1 << 18;
 
-    const NAMES: [(u32, &'static str); 18] = [
+    const NAMES: [(u32, &'static str); 19] = [
         (Self::NR, "NR"),
         (Self::UH, "UH"),
         (Self::UF, "UF"),
@@ -50,6 +52,7 @@ impl Flags {
         (Self::DPE, "DPE"),
         (Self::RL, "RL"),
         (Self::RLSE, "RLSE"),
+        (Self::UAEX, "UAEX"),
     ];
 
     pub fn set(&mut self, f: u32) {

@@ -316,10 +316,25 @@ pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
         trust_domain: &scope.trust_domain,
         issuers: &issuers,
     };
-    let authz = AuthzFilters {
-        http: authz::http_filters(cx, &policies, &mut out.diagnostics),
-        tcp: authz::network_filters(cx, &policies, &mut out.diagnostics),
-    };
+    // CUSTOM policies' filters go first; the authorizer's cluster is among the outbound
+    // side's clusters.
+    let (mut http, _) = super::super::ext_authz::custom_http_filters(
+        cx,
+        &policies,
+        &scope.extension_providers,
+        scope.registry,
+        &mut out.diagnostics,
+    );
+    http.extend(authz::http_filters(cx, &policies, &mut out.diagnostics));
+    let mut tcp = super::super::ext_authz::custom_network_filters(
+        cx,
+        &policies,
+        &scope.extension_providers,
+        true,
+        &mut out.diagnostics,
+    );
+    tcp.extend(authz::network_filters(cx, &policies, &mut out.diagnostics));
+    let authz = AuthzFilters { http, tcp };
 
     let mut chains = vec![blackhole_chain(port)];
     chains.extend(passthrough_chains(scope, &mtls, &ports, &authz));

@@ -5,6 +5,7 @@
 //! A type URL no arm knows is refused by the caller with an error naming it: an
 //! unknown filter is never skipped.
 pub mod cors;
+pub mod ext_authz;
 pub mod fault;
 pub mod jwt_authn;
 pub mod jwt_token;
@@ -37,6 +38,7 @@ pub(crate) fn build(
     Ok(Some(match any.type_url.as_str() {
         fault::TYPE_URL => fault::FaultFilter::build(cx, b, any)?,
         cors::TYPE_URL => cors::CorsFilter::build(b),
+        ext_authz::TYPE_URL => ext_authz::build(cx, b, any)?,
         jwt_authn::TYPE_URL => jwt_authn::JwtAuthn::build(cx, b, any)?,
         ratelimit::TYPE_URL => ratelimit::RateLimitFilter::build(cx, b, any)?,
         local_ratelimit::TYPE_URL => local_ratelimit::LocalRateLimitFilter::build(cx, b, any)?,
@@ -50,6 +52,7 @@ pub(crate) fn build(
 /// one meshgate implements.
 pub(crate) fn per_route(cx: &mut Cx, any: &Any) -> Result<Option<PerFilterConfig>, CompileError> {
     Ok(Some(match any.type_url.as_str() {
+        ext_authz::PER_ROUTE_TYPE_URL => ext_authz::per_route(cx, any)?,
         ratelimit::PER_ROUTE_TYPE_URL => Arc::new(ratelimit::RateLimitPerRoute::compile(cx, any)?),
         local_ratelimit::TYPE_URL => local_ratelimit::per_route(cx, any)?,
         _ => return Ok(None),
