@@ -299,3 +299,40 @@ fn a_workload_policy_limits_the_sidecar_inbound() {
     }
     assert!(limited > 0, "{l:#}");
 }
+
+#[test]
+fn rate_limits_run_after_jwt_and_authorization_so_claims_are_verified() {
+    let text = format!(
+        "{BASE}---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: default}}\nspec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  jwtRules:\n  - issuer: https://iss\n    jwks: '{{\"keys\":[{{\"kty\":\"oct\",\"k\":\"c2VjcmV0\",\"alg\":\"HS256\",\"kid\":\"a\"}}]}}'\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny, namespace: default}}\nspec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [/admin], ports: [\"8080\"]}}}}]}}]\n---\napiVersion: meshgate.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: p, namespace: default}}\nspec:\n  targetRefs: [{{kind: Gateway, name: gw}}]\n  local:\n    rules:\n    - clientSelectors: [{{jwtClaim: {{issuer: https://iss, claim: sub, type: Distinct}}}}]\n      limit: {{requests: 1, unit: Minute}}\n"
+    );
+    let loaded = crate::config::load_str("t.yaml", &text);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let (registry, _) = Registry::from_config(&loaded.config);
+    let proxy = ProxyIdentity::gateway(
+        "default",
+        std::collections::BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]),
+    );
+    let t = crate::translate::gateway(&loaded.config, &registry, &proxy);
+    let names: Vec<String> = http_filters(&t)
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    let at = |n: &str| {
+        names
+            .iter()
+            .position(|x| x == n)
+            .unwrap_or_else(|| panic!("{n} in {names:?}"))
+    };
+    assert!(
+        at("envoy.filters.http.jwt_authn") < at(LOCAL_RATELIMIT_FILTER),
+        "{names:?}"
+    );
+    assert!(
+        at("envoy.filters.http.rbac") < at(LOCAL_RATELIMIT_FILTER),
+        "{names:?}"
+    );
+    assert_eq!(
+        at(LOCAL_RATELIMIT_FILTER) + 1,
+        at("envoy.filters.http.router")
+    );
+}
