@@ -674,3 +674,77 @@ async fn a_global_policy_is_counted_by_the_gateways_rate_limit_service() {
         "the bucket now holds 5"
     );
 }
+
+/// The control plane runs the rate-limit service, gives it the Global policies' limits,
+/// and points the `meshgate-ratelimit` cluster of every gateway it configures at it: two
+/// gateways joined over xDS share one limit, and a changed limit reaches the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_policy_through_the_control_plane_limits_every_gateway_it_configures() {
+    let echo = EchoUpstream::start("echo");
+    let dir = TempDir::new();
+    let redis = Redis::start(dir.path());
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    let port = free_port();
+    let render_with = |burst: u32| {
+        render(
+            GLOBAL,
+            &[
+                ("ECHO", echo.port().to_string()),
+                ("GW_PORT", port.to_string()),
+                ("BURST", burst.to_string()),
+            ],
+        )
+    };
+    std::fs::write(config.join("config.yaml"), render_with(3)).expect("write config");
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let rls = format!("127.0.0.1:{}", free_port());
+    let cp = support::xds_mesh::ControlPlaneProcess::start_with_args(
+        &config,
+        dir.path(),
+        &["--ratelimit-redis", &redis_url, "--ratelimit-address", &rls],
+    );
+    // The replicas serve the same Gateway port, so they run one after the other; what
+    // they share is the control plane's service and its Redis.
+    let client = client_from("127.0.0.6");
+    let mut statuses = Vec::new();
+    for replica in ["gw-a", "gw-b"] {
+        let gw = support::xds_mesh::XdsGateway::start(
+            replica,
+            &cp.xds_addr(),
+            "istio=ingressgateway",
+            "default",
+            true,
+            dir.path(),
+        );
+        wait_for_port(port, Duration::from_secs(20));
+        for _ in 0..2 {
+            statuses.push(get(&client, port, "shop.example.com", "/").await.status);
+        }
+        drop(gw);
+        wait_until(
+            "the replica's port is free",
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        );
+    }
+    // One bucket of 3 for this client across both replicas.
+    assert_eq!(statuses, [200, 200, 200, 429], "{}", cp.log());
+    let other = {
+        let gw = support::xds_mesh::XdsGateway::start(
+            "gw-c",
+            &cp.xds_addr(),
+            "istio=ingressgateway",
+            "default",
+            true,
+            dir.path(),
+        );
+        wait_for_port(port, Duration::from_secs(20));
+        let s = get(&client_from("127.0.0.7"), port, "shop.example.com", "/")
+            .await
+            .status;
+        drop(gw);
+        s
+    };
+    assert_eq!(other, 200, "another client has its own bucket");
+}

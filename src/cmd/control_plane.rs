@@ -78,6 +78,11 @@ pub struct Args {
     jwt_audiences: Vec<String>,
     #[command(flatten)]
     ratelimit: super::ratelimit::RateLimitArgs,
+    /// Where the proxies reach the rate-limit service (the endpoint of their
+    /// `meshgate-ratelimit` cluster); default: `--ratelimit-address`, which must then name
+    /// an address, not 0.0.0.0.
+    #[arg(long, value_name = "ADDR", requires = "ratelimit_redis")]
+    ratelimit_advertise: Option<std::net::SocketAddr>,
 }
 
 /// How often the CA directory is looked at for changes.
@@ -245,8 +250,9 @@ async fn serve(args: Args) -> ExitCode {
         max_recv_message_size: args.max_recv_message_size,
         ..Options::default()
     };
-    let cp = ControlPlane::new(source, options);
-    // Global rate limits: the service every proxy's `meshgate-ratelimit` cluster calls.
+    let cp = ControlPlane::new(source.clone(), options);
+    // Global rate limits: the service every proxy's `meshgate-ratelimit` cluster calls,
+    // given the RateLimitPolicy resources' limits with every load.
     let _ratelimit = match args.ratelimit.start() {
         Ok(r) => r,
         Err(e) => {
@@ -254,6 +260,18 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(rl) = &_ratelimit {
+        let advertise = args.ratelimit_advertise.unwrap_or(rl.local_addr());
+        if advertise.ip().is_unspecified() {
+            eprintln!(
+                "meshgate control-plane: --ratelimit-address {} is not an address proxies can call; give --ratelimit-advertise ADDR",
+                rl.local_addr()
+            );
+            return ExitCode::from(2);
+        }
+        let base = (*rl.service().limits()).clone();
+        source.serve_rate_limits(rl.service().clone(), advertise, base);
+    }
     let identity = match mesh_identity(&args, &mesh) {
         Ok(i) => i,
         Err(e) => {

@@ -325,7 +325,7 @@ impl Source {
         };
         let outcome = resources.and_then(|(mut set, certificates, policy_limits)| {
             if let (Some(rl), Some(_)) = (ratelimit, &policy_limits) {
-                point_at_rate_limit_service(&mut set, rl.local_addr());
+                meshgate::translate::ratelimit::point_service_cluster(&mut set, rl.local_addr());
             }
             gateway
                 .apply(set, &version)
@@ -490,38 +490,6 @@ fn translate_config(
         .collect();
     let limits = meshgate::translate::ratelimit::limit_table(&report.config);
     Ok((resources, certificates, Some(limits)))
-}
-
-/// Points the translation's rate-limit service cluster at the service this gateway runs
-/// (`--ratelimit-address`).
-fn point_at_rate_limit_service(set: &mut ResourceSet, addr: std::net::SocketAddr) {
-    use meshgate::xds::pb::envoy::config::core::v3 as core;
-    use meshgate::xds::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-    let Some(c) = set
-        .clusters
-        .iter_mut()
-        .find(|c| c.name == meshgate::ratelimit::CLUSTER)
-    else {
-        return;
-    };
-    for e in c
-        .load_assignment
-        .iter_mut()
-        .flat_map(|a| a.endpoints.iter_mut())
-        .flat_map(|l| l.lb_endpoints.iter_mut())
-    {
-        if let Some(HostIdentifier::Endpoint(ep)) = &mut e.host_identifier {
-            ep.address = Some(core::Address {
-                address: Some(core::address::Address::SocketAddress(core::SocketAddress {
-                    address: addr.ip().to_string(),
-                    port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
-                        u32::from(addr.port()),
-                    )),
-                    ..Default::default()
-                })),
-            });
-        }
-    }
 }
 
 fn read_json(path: &Path) -> anyhow::Result<ResourceSet> {

@@ -36,6 +36,27 @@ pub struct ConfigSource {
     /// The pipeline's options: every gateway workload, in this mesh (replaced when the
     /// mesh configuration changes).
     options: ArcSwap<pipeline::Options>,
+    /// The rate-limit service the proxies' Global RateLimitPolicies call, when the
+    /// control plane runs one.
+    rate_limits: std::sync::OnceLock<RateLimitHook>,
+}
+
+/// The control plane's rate-limit service: given the limits of every load, and named in
+/// the `meshgate-ratelimit` cluster of every proxy.
+struct RateLimitHook {
+    service: Arc<crate::ratelimit::RateLimitService>,
+    /// Where the proxies reach it.
+    advertise: std::net::SocketAddr,
+    /// Limits from outside the resources (`--ratelimit-limits`); the resources' are added.
+    base: crate::ratelimit::LimitTable,
+}
+
+impl RateLimitHook {
+    fn push(&self, config: &Config) {
+        let mut limits = self.base.clone();
+        limits.extend(crate::translate::ratelimit::limit_table(config));
+        self.service.set_limits(limits);
+    }
 }
 
 /// Runs the configuration pipeline on `path` for every gateway workload the Gateways
@@ -84,7 +105,34 @@ impl ConfigSource {
             reload_lock: Mutex::new(cache),
             tx,
             options: ArcSwap::from_pointee(options),
+            rate_limits: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves Global RateLimitPolicies through `service`: it gets the policies' limits
+    /// (beside `base`) with this and every later load, and every proxy's
+    /// `meshgate-ratelimit` cluster names `advertise`. Set once; later calls are ignored.
+    pub fn serve_rate_limits(
+        &self,
+        service: Arc<crate::ratelimit::RateLimitService>,
+        advertise: std::net::SocketAddr,
+        base: crate::ratelimit::LimitTable,
+    ) {
+        let hook = RateLimitHook {
+            service,
+            advertise,
+            base,
+        };
+        hook.push(&self.loaded.load().config);
+        let _ = self.rate_limits.set(hook);
+        let _ = self.tx.send(Change::all());
+    }
+
+    /// Gives the rate-limit service the limits of `config`, now in force.
+    fn push_limits(&self, config: &Config) {
+        if let Some(h) = self.rate_limits.get() {
+            h.push(config);
+        }
     }
 
     /// The generation of the configuration in force (1 for the first load).
@@ -96,6 +144,7 @@ impl ConfigSource {
     pub fn reload(&self) -> Result<u64, Vec<Diagnostic>> {
         let mut cache = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let (config, registry) = load_checked(&self.path, &self.options.load(), &mut cache)?;
+        self.push_limits(&config);
         let generation = self.loaded.load().generation + 1;
         self.loaded.store(Arc::new(Loaded {
             generation,
@@ -123,6 +172,7 @@ impl ConfigSource {
             ..(**self.options.load()).clone()
         };
         let (config, registry) = load_checked(&self.path, &options, &mut cache)?;
+        self.push_limits(&config);
         self.options.store(Arc::new(options));
         let generation = self.loaded.load().generation + 1;
         self.loaded.store(Arc::new(Loaded {
@@ -251,7 +301,11 @@ impl SnapshotSource for ConfigSource {
         for d in &translation.diagnostics {
             tracing::warn!(proxy = %proxy.id, "{d}");
         }
-        Ok(Arc::new(translation.resources))
+        let mut resources = translation.resources;
+        if let Some(h) = self.rate_limits.get() {
+            crate::translate::ratelimit::point_service_cluster(&mut resources, h.advertise);
+        }
+        Ok(Arc::new(resources))
     }
 
     fn changes(&self) -> broadcast::Receiver<Change> {

@@ -941,6 +941,33 @@ fn add_filters(
     !global.is_empty()
 }
 
+/// Points the rate-limit service cluster of `resources` (if any) at `addr`: where the
+/// service the proxy should call listens (a standalone gateway's own, or the control
+/// plane's for the proxies it configures).
+pub fn point_service_cluster(resources: &mut ResourceSet, addr: std::net::SocketAddr) {
+    use crate::xds::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    let Some(c) = resources
+        .clusters
+        .iter_mut()
+        .find(|c| c.name == RATELIMIT_CLUSTER)
+    else {
+        return;
+    };
+    for e in c
+        .load_assignment
+        .iter_mut()
+        .flat_map(|a| a.endpoints.iter_mut())
+        .flat_map(|l| l.lb_endpoints.iter_mut())
+    {
+        if let Some(HostIdentifier::Endpoint(ep)) = &mut e.host_identifier {
+            ep.address = Some(pb::socket_address(
+                &addr.ip().to_string(),
+                u32::from(addr.port()),
+            ));
+        }
+    }
+}
+
 /// The cluster of the rate-limit service, where the gateway's own service listens by
 /// default (`meshgate gateway --ratelimit-redis`); added when a global filter uses it
 /// and the resources do not define it already.

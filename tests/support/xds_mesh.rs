@@ -96,6 +96,14 @@ impl ControlPlaneProcess {
         )
     }
 
+    /// Starts on fresh ports with `extra` flags and waits until it serves.
+    pub fn start_with_args(config: &Path, workdir: &Path, extra: &[&str]) -> ControlPlaneProcess {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let p = Self::spawn_args(config, workdir, free_port(), free_port(), &extra, "info");
+        p.wait_serving(Duration::from_secs(20));
+        p
+    }
+
     /// Starts on fresh ports and waits until it serves.
     pub fn start(config: &Path, workdir: &Path) -> ControlPlaneProcess {
         Self::start_on(config, workdir, free_port(), free_port())
