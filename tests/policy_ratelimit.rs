@@ -748,3 +748,75 @@ async fn a_global_policy_through_the_control_plane_limits_every_gateway_it_confi
     };
     assert_eq!(other, 200, "another client has its own bucket");
 }
+
+/// A Global limit with no rate-limit service to count it is refused, never served as if
+/// absent: the gateway and the control plane do not start on it.
+#[test]
+fn a_global_policy_without_a_rate_limit_service_is_refused() {
+    let dir = TempDir::new();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    let text = render(
+        GLOBAL,
+        &[
+            ("ECHO", "9".to_string()),
+            ("GW_PORT", free_port().to_string()),
+            ("BURST", "2".to_string()),
+        ],
+    );
+    std::fs::write(config.join("config.yaml"), text).expect("write config");
+    let exits = |args: &[&str]| -> (bool, String) {
+        let err = dir.path().join("stderr");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&err).expect("stderr file"))
+            .spawn()
+            .expect("spawn meshgate");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+        (status.is_some_and(|s| !s.success()), stderr)
+    };
+    let config = config.to_str().expect("utf-8 path");
+    let (failed, stderr) = exits(&[
+        "gateway",
+        "--config",
+        config,
+        "--labels",
+        "istio=ingressgateway",
+        "--admin-address",
+        "127.0.0.1:0",
+        "--health-address",
+        "127.0.0.1:0",
+        "--prometheus-address",
+        "127.0.0.1:0",
+    ]);
+    assert!(failed, "the gateway must not start: {stderr}");
+    assert!(stderr.contains("--ratelimit-redis"), "{stderr}");
+    let (failed, stderr) = exits(&[
+        "control-plane",
+        "--config",
+        config,
+        "--xds-addr",
+        "127.0.0.1:0",
+        "--debug-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(failed, "the control plane must not start: {stderr}");
+    assert!(
+        stderr.contains("RateLimitPolicy/default/shared") && stderr.contains("spec.type"),
+        "{stderr}"
+    );
+}

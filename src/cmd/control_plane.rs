@@ -260,6 +260,19 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if _ratelimit.is_none()
+        && let Err(errors) = source.refuse_global_limits()
+    {
+        for d in &errors {
+            eprintln!("{d}");
+        }
+        eprintln!(
+            "meshgate control-plane: {} has {} error(s); not starting",
+            args.config.display(),
+            errors.len()
+        );
+        return ExitCode::from(1);
+    }
     if let Some(rl) = &_ratelimit {
         let advertise = args.ratelimit_advertise.unwrap_or(rl.local_addr());
         if advertise.ip().is_unspecified() {

@@ -324,6 +324,15 @@ impl Source {
             Source::Json(path) => read_json(path).map(|set| (set, Vec::new(), None)),
         };
         let outcome = resources.and_then(|(mut set, certificates, policy_limits)| {
+            // A Global limit nobody counts would be a limit accepted and not enforced.
+            if let (None, Some(policies)) = (ratelimit, &policy_limits)
+                && !policies.is_empty()
+            {
+                anyhow::bail!(
+                    "{} Global RateLimitPolicy rule(s) need the rate-limit service: give --ratelimit-redis URL",
+                    policies.len()
+                );
+            }
             if let (Some(rl), Some(_)) = (ratelimit, &policy_limits) {
                 meshgate::translate::ratelimit::point_service_cluster(&mut set, rl.local_addr());
             }
@@ -335,17 +344,10 @@ impl Source {
         match outcome {
             Ok((certificates, policy_limits)) => {
                 acme.update(certificates);
-                match (ratelimit, policy_limits) {
-                    (Some(rl), Some(policies)) => {
-                        let mut limits = file_limits.clone();
-                        limits.extend(policies);
-                        rl.set_limits(limits);
-                    }
-                    (None, Some(policies)) if !policies.is_empty() => tracing::warn!(
-                        rules = policies.len(),
-                        "Global RateLimitPolicy rules need the rate-limit service: give --ratelimit-redis URL (until then their failureMode decides)"
-                    ),
-                    _ => {}
+                if let (Some(rl), Some(policies)) = (ratelimit, policy_limits) {
+                    let mut limits = file_limits.clone();
+                    limits.extend(policies);
+                    rl.set_limits(limits);
                 }
                 tracing::info!(version, "config applied");
                 Ok(())

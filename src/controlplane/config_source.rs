@@ -39,6 +39,8 @@ pub struct ConfigSource {
     /// The rate-limit service the proxies' Global RateLimitPolicies call, when the
     /// control plane runs one.
     rate_limits: std::sync::OnceLock<RateLimitHook>,
+    /// Set when the control plane runs no rate-limit service: Global policies are refused.
+    refuse_global_limits: std::sync::atomic::AtomicBool,
 }
 
 /// The control plane's rate-limit service: given the limits of every load, and named in
@@ -49,6 +51,29 @@ struct RateLimitHook {
     advertise: std::net::SocketAddr,
     /// Limits from outside the resources (`--ratelimit-limits`); the resources' are added.
     base: crate::ratelimit::LimitTable,
+}
+
+/// Errors for the Global RateLimitPolicies of `config` when no rate-limit service counts
+/// them: accepted, they would be limits not enforced.
+pub fn unserved_global_limits(config: &Config) -> Vec<Diagnostic> {
+    use crate::config::types::rate_limit_policy::Mode;
+    config
+        .rate_limit_policies
+        .iter()
+        .filter(|p| p.spec.mode() == Mode::Global)
+        .map(|p| Diagnostic {
+            file: p.origin.file.to_string(),
+            line: p.origin.line,
+            column: p.origin.column,
+            severity: crate::config::diag::Severity::Error,
+            resource: Some(format!(
+                "RateLimitPolicy/{}/{}",
+                p.meta.namespace, p.meta.name
+            )),
+            field: Some("spec.type".into()),
+            message: "a Global limit needs the control plane's rate-limit service: start it with --ratelimit-redis URL".into(),
+        })
+        .collect()
 }
 
 impl RateLimitHook {
@@ -106,6 +131,7 @@ impl ConfigSource {
             tx,
             options: ArcSwap::from_pointee(options),
             rate_limits: std::sync::OnceLock::new(),
+            refuse_global_limits: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -128,6 +154,34 @@ impl ConfigSource {
         let _ = self.tx.send(Change::all());
     }
 
+    /// Refuses Global RateLimitPolicies from now on (no rate-limit service runs): the
+    /// configuration in force is checked at once, later ones when they load.
+    pub fn refuse_global_limits(&self) -> Result<(), Vec<Diagnostic>> {
+        self.refuse_global_limits
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let errors = unserved_global_limits(&self.loaded.load().config);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The errors of a configuration about to be put in force that only this source
+    /// knows (Global limits without a rate-limit service).
+    fn check(&self, config: &Config) -> Result<(), Vec<Diagnostic>> {
+        if self
+            .refuse_global_limits
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let errors = unserved_global_limits(config);
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+        }
+        Ok(())
+    }
+
     /// Gives the rate-limit service the limits of `config`, now in force.
     fn push_limits(&self, config: &Config) {
         if let Some(h) = self.rate_limits.get() {
@@ -144,6 +198,7 @@ impl ConfigSource {
     pub fn reload(&self) -> Result<u64, Vec<Diagnostic>> {
         let mut cache = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let (config, registry) = load_checked(&self.path, &self.options.load(), &mut cache)?;
+        self.check(&config)?;
         self.push_limits(&config);
         let generation = self.loaded.load().generation + 1;
         self.loaded.store(Arc::new(Loaded {
@@ -172,6 +227,7 @@ impl ConfigSource {
             ..(**self.options.load()).clone()
         };
         let (config, registry) = load_checked(&self.path, &options, &mut cache)?;
+        self.check(&config)?;
         self.push_limits(&config);
         self.options.store(Arc::new(options));
         let generation = self.loaded.load().generation + 1;
