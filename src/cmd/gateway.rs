@@ -114,6 +114,26 @@ pub struct GatewayArgs {
     /// Open downstream connections per listener.
     #[arg(long, default_value_t = 100_000)]
     pub max_connections: usize,
+    /// Open downstream connections across all listeners (Envoy's
+    /// `global_downstream_max_connections`). Default: no limit beyond --max-connections.
+    #[arg(long, value_name = "N")]
+    pub max_connections_total: Option<usize>,
+    /// Requests served on one downstream connection before it is closed (HTTP/1.1:
+    /// `connection: close`; HTTP/2: GOAWAY). Default: no limit.
+    #[arg(long, value_name = "N")]
+    pub max_requests_per_connection: Option<u32>,
+    /// Heap size the overload manager protects (bytes, or with a unit: 512Mi, 1G). Near
+    /// it, new requests are shed with 503 and new connections refused. Default: none.
+    #[arg(long, value_name = "SIZE", env = "MESHGATE_MAX_HEAP", value_parser = parse_size)]
+    pub max_heap: Option<u64>,
+    /// Unix socket through which this gateway hands its listening sockets to a successor
+    /// (`meshgate gateway --upgrade`), for upgrades that refuse no connection.
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_socket: Option<PathBuf>,
+    /// Take the listening sockets over from the gateway serving --upgrade-socket; once
+    /// this one serves, that one stops accepting, drains and exits.
+    #[arg(long, requires = "upgrade_socket")]
+    pub upgrade: bool,
     #[command(flatten)]
     pub ratelimit: super::ratelimit::RateLimitArgs,
 }
@@ -142,6 +162,22 @@ pub(crate) fn init_tracing() {
 }
 
 fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
+    for (given, flag) in [
+        (
+            args.max_connections_total.is_some(),
+            "--max-connections-total",
+        ),
+        (
+            args.max_requests_per_connection.is_some(),
+            "--max-requests-per-connection",
+        ),
+        (args.max_heap.is_some(), "--max-heap"),
+        (args.upgrade_socket.is_some(), "--upgrade-socket"),
+    ] {
+        if given {
+            anyhow::bail!("{flag} is not served by this build");
+        }
+    }
     let labels =
         meshgate::xds::ProxyIdentity::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!(e))?;
     let app = labels
@@ -193,6 +229,9 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         access_log,
         drain_timeout,
         max_connections: args.max_connections,
+        max_connections_total: args.max_connections_total,
+        max_requests_per_connection: args.max_requests_per_connection,
+        max_heap_bytes: args.max_heap,
         source: SourceLabels {
             workload: app.clone(),
             namespace: args
@@ -492,6 +531,40 @@ fn translate_config(
         .collect();
     let limits = meshgate::translate::ratelimit::limit_table(&report.config);
     Ok((resources, certificates, Some(limits)))
+}
+
+/// A byte size: a number, optionally with a unit (`k`/`Ki`, `M`/`Mi`, `G`/`Gi`, `T`/`Ti`;
+/// Kubernetes' quantity suffixes).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (a number, optionally with Ki, Mi, Gi)"))?;
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" | "K" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use Ki, Mi, Gi, Ti or k, M, G, T)"
+            ));
+        }
+    };
+    let bytes = n * mult;
+    if !(bytes.is_finite() && bytes >= 1.0) {
+        return Err(format!("{text:?}: a size must be at least one byte"));
+    }
+    Ok(bytes as u64)
 }
 
 fn read_json(path: &Path) -> anyhow::Result<ResourceSet> {

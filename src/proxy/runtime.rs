@@ -39,6 +39,12 @@ pub struct GatewayOptions {
     pub drain_timeout: Duration,
     /// Open connections per listener (across workers); further ones wait in the backlog.
     pub max_connections: usize,
+    /// Open connections across all listeners; `None`: no global limit.
+    pub max_connections_total: Option<usize>,
+    /// Requests per downstream connection; `None`: no limit.
+    pub max_requests_per_connection: Option<u32>,
+    /// The heap size the overload manager protects; `None`: no memory protection.
+    pub max_heap_bytes: Option<u64>,
     pub source: SourceLabels,
 }
 
@@ -52,6 +58,9 @@ impl Default for GatewayOptions {
             access_log: AccessLogMode::Json,
             drain_timeout: Duration::from_secs(5),
             max_connections: 100_000,
+            max_connections_total: None,
+            max_requests_per_connection: None,
+            max_heap_bytes: None,
             source: SourceLabels {
                 workload: "meshgate".into(),
                 namespace: "istio-system".into(),
