@@ -7,6 +7,7 @@
 #   scripts/install-peers.sh envoy      # only Envoy
 #   scripts/install-peers.sh python     # only the Python venv (.peers/python-venv)
 #   scripts/install-peers.sh redis      # only redis-server (the global rate limit's store)
+#   scripts/install-peers.sh deploy     # what tests/deploy.rs runs (kubectl must be there already)
 #
 # Afterwards .peers/bin/ holds a link to each peer; tests look there first, then on PATH.
 # The Python peer is found at .peers/python-venv/bin/python.
@@ -68,6 +69,22 @@ apt_install() {
   ln -sf "$(command -v "$cmd")" "$PEERS/bin/$cmd"
 }
 
+install_deploy() {
+  if command -v kubectl >/dev/null 2>&1; then
+    ln -sf "$(command -v kubectl)" "$PEERS/bin/kubectl"
+  else
+    log "kubectl is missing (tests/deploy.rs renders the manifests with kubectl kustomize): see https://kubernetes.io/docs/tasks/tools/"
+  fi
+  apt_install ip iproute2
+  apt_install ss iproute2
+  apt_install setpriv util-linux
+  apt_install unshare util-linux
+  apt_install systemd-analyze systemd
+  apt_install readelf binutils
+  apt_install curl curl
+  apt_install openssl openssl
+}
+
 want=${*:-all}
 for peer in $want; do
   case $peer in
@@ -88,6 +105,12 @@ for peer in $want; do
       apt_install redis-server redis-server
       apt_install redis-cli redis-tools
       ;;
+    # tests/deploy.rs: kustomize through kubectl (not a Debian package: install it from
+    # https://kubernetes.io/docs/tasks/tools/ when missing), namespaces and mounts, the
+    # systemd units' verification, the binary's libraries.
+    deploy)
+      install_deploy
+      ;;
     pebble)
       apt_install pebble pebble
       apt_install pebble-challtestsrv pebble
@@ -106,6 +129,7 @@ for peer in $want; do
       apt_install iptables iptables
       apt_install iptables-restore iptables
       apt_install iptables-save iptables
+      install_deploy
       ;;
     *) log "unknown peer: $peer"; exit 2 ;;
   esac

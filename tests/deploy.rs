@@ -40,6 +40,10 @@ const UNIT_UID: u32 = 4242;
 // ---------------------------------------------------------------------------------------
 
 fn tool(name: &str) -> PathBuf {
+    let peers = repo_root().join(".peers/bin").join(name);
+    if peers.exists() {
+        return peers;
+    }
     for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"] {
         let p = Path::new(dir).join(name);
         if p.exists() {
