@@ -32,8 +32,10 @@ impl Flags {
     pub const RLSE: u32 = 1 << 17;
     /// Denied by the external authorization service (or its failure).
     pub const UAEX: u32 = 1 << 18;
+    /// Refused by the overload manager (`stop_accepting_requests`).
+    pub const OL: u32 = 1 << 19;
 
-    const NAMES: [(u32, &'static str); 19] = [
+    const NAMES: [(u32, &'static str); 20] = [
         (Self::NR, "NR"),
         (Self::UH, "UH"),
         (Self::UF, "UF"),
@@ -53,6 +55,7 @@ impl Flags {
         (Self::RL, "RL"),
         (Self::RLSE, "RLSE"),
         (Self::UAEX, "UAEX"),
+        (Self::OL, "OL"),
     ];
 
     pub fn set(&mut self, f: u32) {
@@ -248,6 +251,13 @@ impl LocalReply {
         body: "request timeout",
         flag: 0,
         reason: "request_overall_timeout",
+    };
+    /// Envoy's answer while `stop_accepting_requests` is active.
+    pub const OVERLOADED: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "envoy overloaded",
+        flag: Flags::OL,
+        reason: "overload",
     };
     pub const PAYLOAD_TOO_LARGE: LocalReply = LocalReply {
         status: StatusCode::PAYLOAD_TOO_LARGE,
