@@ -32,10 +32,8 @@ impl Flags {
     pub const RLSE: u32 = 1 << 17;
     /// Denied by the external authorization service (or its failure).
     pub const UAEX: u32 = 1 << 18;
-    /// Refused by the overload manager (`stop_accepting_requests`).
-    pub const OL: u32 = 1 << 19;
 
-    const NAMES: [(u32, &'static str); 20] = [
+    const NAMES: [(u32, &'static str); 19] = [
         (Self::NR, "NR"),
         (Self::UH, "UH"),
         (Self::UF, "UF"),
@@ -55,7 +53,6 @@ impl Flags {
         (Self::RL, "RL"),
         (Self::RLSE, "RLSE"),
         (Self::UAEX, "UAEX"),
-        (Self::OL, "OL"),
     ];
 
     pub fn set(&mut self, f: u32) {
@@ -252,11 +249,12 @@ impl LocalReply {
         flag: 0,
         reason: "request_overall_timeout",
     };
-    /// Envoy's answer while `stop_accepting_requests` is active.
+    /// Envoy's answer while `stop_accepting_requests` is active. Envoy 1.40 sets no
+    /// response flag on it (`OL` marks streams the overload manager resets).
     pub const OVERLOADED: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         body: "envoy overloaded",
-        flag: Flags::OL,
+        flag: 0,
         reason: "overload",
     };
     pub const PAYLOAD_TOO_LARGE: LocalReply = LocalReply {
