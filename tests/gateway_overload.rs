@@ -661,6 +661,7 @@ fn heap_threshold_reached_by_real_memory_use_sheds_load_then_recovers() {
         }
     }
     let s = stats_map(&p);
+    let sample_us = s["meshgate.memory_sample_duration_us"];
     assert!(s["http.mem.downstream_rq_overload_close"] >= 1);
     assert!(s["http.mem.downstream_cx_overload_disable_keepalive"] >= 1);
     let log = p.stdout();
@@ -708,7 +709,7 @@ fn heap_threshold_reached_by_real_memory_use_sheds_load_then_recovers() {
     assert!(!closed);
     let after = stats_map(&p);
     eprintln!(
-        "idle heap {idle} B, --max-heap {max} B, {held} heads of {HEAD} B held; after release: heap {} B, RSS {} B",
+        "idle heap {idle} B, --max-heap {max} B, {held} heads of {HEAD} B held (one heap sample: {sample_us} µs); after release: heap {} B, RSS {} B",
         after["server.memory_allocated"], after["server.memory_physical_size"]
     );
     for (action, n, heap, rss) in &at {
