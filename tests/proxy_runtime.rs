@@ -494,10 +494,10 @@ fn header_timeout_bounds_slow_clients_but_not_idle_keep_alive() {
 }
 
 #[test]
-fn max_connections_per_listener_holds_further_clients() {
+fn max_connections_per_listener_closes_further_clients() {
     let a = EchoUpstream::start("a");
     let port = free_port();
-    let _mesh = InProcess::start_with(
+    let mesh = InProcess::start_with(
         &simple(
             port,
             &[("a", a.port())],
@@ -514,23 +514,38 @@ fn max_connections_per_listener_holds_further_clients() {
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     assert_eq!(read_response(&mut first).status, 200);
-    // The second client waits in the backlog while the first connection is open...
+    // A second client is accepted and closed at once while the first is open (Envoy's
+    // listener connection limit), and counted...
     let mut second = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    second
-        .set_read_timeout(Some(Duration::from_millis(400)))
-        .unwrap();
-    second
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut buf = [0u8; 64];
-    assert!(
-        second.read(&mut buf).is_err(),
-        "answered while over the limit"
-    );
-    // ...and is served once it closes.
-    drop(first);
     second
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    assert_eq!(read_response(&mut second).status, 200);
+    let _ = second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let closed = match second.read(&mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "closed unanswered while over the limit");
+    assert_eq!(
+        mesh.stat(&format!("listener.127.0.0.1_{port}.downstream_cx_overflow")),
+        Some(1)
+    );
+    // ...and a client is served again once the first connection closes.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = raw(
+            port,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not served after the first closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

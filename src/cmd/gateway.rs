@@ -126,6 +126,34 @@ pub struct GatewayArgs {
     /// it, new requests are shed with 503 and new connections refused. Default: none.
     #[arg(long, value_name = "SIZE", env = "MESHGATE_MAX_HEAP", value_parser = parse_size)]
     pub max_heap: Option<u64>,
+    /// With --max-heap: the fraction of it at which keep-alive is disabled (HTTP/1
+    /// responses say `connection: close`, HTTP/2 connections get GOAWAY; Envoy's
+    /// `disable_http_keepalive`).
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        requires = "max_heap",
+        default_value_t = 0.92
+    )]
+    pub heap_disable_keepalive_at: f64,
+    /// With --max-heap: the fraction of it at which new requests are answered 503
+    /// `envoy overloaded` (response flag OL; Envoy's `stop_accepting_requests`).
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        requires = "max_heap",
+        default_value_t = 0.95
+    )]
+    pub heap_stop_requests_at: f64,
+    /// With --max-heap: the fraction of it at which listeners stop accepting
+    /// connections (they wait in the backlog; Envoy's `stop_accepting_connections`).
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        requires = "max_heap",
+        default_value_t = 0.98
+    )]
+    pub heap_stop_connections_at: f64,
     /// Unix socket through which this gateway hands its listening sockets to a successor
     /// (`meshgate gateway --upgrade`), for upgrades that refuse no connection.
     #[arg(long, value_name = "PATH")]
@@ -162,22 +190,17 @@ pub(crate) fn init_tracing() {
 }
 
 fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
-    for (given, flag) in [
-        (
-            args.max_connections_total.is_some(),
-            "--max-connections-total",
-        ),
-        (
-            args.max_requests_per_connection.is_some(),
-            "--max-requests-per-connection",
-        ),
-        (args.max_heap.is_some(), "--max-heap"),
-        (args.upgrade_socket.is_some(), "--upgrade-socket"),
-    ] {
+    for (given, flag) in [(args.upgrade_socket.is_some(), "--upgrade-socket")] {
         if given {
             anyhow::bail!("{flag} is not served by this build");
         }
     }
+    let heap_thresholds = meshgate::proxy::overload::HeapThresholds {
+        disable_keepalive: args.heap_disable_keepalive_at,
+        stop_accepting_requests: args.heap_stop_requests_at,
+        stop_accepting_connections: args.heap_stop_connections_at,
+    };
+    heap_thresholds.validate().map_err(|e| anyhow::anyhow!(e))?;
     let labels =
         meshgate::xds::ProxyIdentity::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!(e))?;
     let app = labels
@@ -232,6 +255,7 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         max_connections_total: args.max_connections_total,
         max_requests_per_connection: args.max_requests_per_connection,
         max_heap_bytes: args.max_heap,
+        heap_thresholds,
         source: SourceLabels {
             workload: app.clone(),
             namespace: args

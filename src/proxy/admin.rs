@@ -299,6 +299,7 @@ fn stats(shared: &Shared) -> String {
         ));
     }
     lines.extend(shared.stats.envoy_counters());
+    lines.extend(shared.overload.stats());
     lines.extend(tls_counters(shared));
     if let Some(id) = shared.identity.load_full() {
         lines.extend(crate::proxy::stats::identity_stats(&id));
@@ -350,6 +351,7 @@ fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
         let metric = format!("envoy_{}", k.replace('.', "_"));
         let _ = writeln!(out, "# TYPE {metric} counter\n{metric} {v}");
     }
+    shared.overload.prometheus(&mut out);
     if let Some(id) = shared.identity.load_full() {
         crate::proxy::stats::prometheus_identity(&id, &mut out);
     }

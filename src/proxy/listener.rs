@@ -97,6 +97,12 @@ pub struct Listener {
     pub listener_filters_timeout: Duration,
     /// On a listener-filter timeout, carry on with what was detected instead of closing.
     pub continue_on_listener_filters_timeout: bool,
+    /// Envoy's stat name for the listener: `stat_prefix`, else `ADDRESS_PORT`
+    /// (`listener.<stat_name>.downstream_cx_overflow`).
+    pub stat_name: Arc<str>,
+    /// `ignore_global_conn_limit`: not refused by `--max-connections-total` (its
+    /// connections still count towards it).
+    pub ignore_global_conn_limit: bool,
     index: ChainIndex,
 }
 
@@ -118,6 +124,8 @@ impl Listener {
             tls_inspector,
             listener_filters_timeout: Duration::from_secs(15),
             continue_on_listener_filters_timeout: false,
+            stat_name: crate::proxy::overload::listener_stat_name("", addr).into(),
+            ignore_global_conn_limit: false,
             index,
         }
     }

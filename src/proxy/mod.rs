@@ -16,6 +16,8 @@
 //! - [`route`] holds the compiled route tables and their matchers.
 //! - [`upstream`] holds clusters, hosts, load balancing, circuit breakers, outlier
 //!   detection, DNS resolution and connection pools.
+//! - [`overload`] holds the connection limits, requests per connection and the heap
+//!   monitor's actions (Envoy's overload manager).
 //! - [`admin`], [`stats`] and [`access_log`] are what operators look at.
 pub mod access_log;
 pub mod admin;
@@ -24,6 +26,7 @@ pub mod connection;
 pub mod http;
 pub mod json_input;
 pub mod listener;
+pub mod overload;
 pub mod rbac;
 pub mod route;
 pub mod runtime;

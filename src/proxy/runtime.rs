@@ -37,7 +37,8 @@ pub struct GatewayOptions {
     pub access_log: AccessLogMode,
     /// How long in-flight requests may take to finish when draining.
     pub drain_timeout: Duration,
-    /// Open connections per listener (across workers); further ones wait in the backlog.
+    /// Open connections per listener (across workers); further ones are accepted and
+    /// closed at once (Envoy's listener connection limit).
     pub max_connections: usize,
     /// Open connections across all listeners; `None`: no global limit.
     pub max_connections_total: Option<usize>,
@@ -45,6 +46,8 @@ pub struct GatewayOptions {
     pub max_requests_per_connection: Option<u32>,
     /// The heap size the overload manager protects; `None`: no memory protection.
     pub max_heap_bytes: Option<u64>,
+    /// Fractions of `max_heap_bytes` at which the overload actions start.
+    pub heap_thresholds: crate::proxy::overload::HeapThresholds,
     pub source: SourceLabels,
 }
 
@@ -61,6 +64,7 @@ impl Default for GatewayOptions {
             max_connections_total: None,
             max_requests_per_connection: None,
             max_heap_bytes: None,
+            heap_thresholds: Default::default(),
             source: SourceLabels {
                 workload: "meshgate".into(),
                 namespace: "istio-system".into(),
@@ -92,6 +96,8 @@ pub struct Shared {
     pub local_rate_limits: crate::proxy::http::filters::local_ratelimit::LocalRateLimits,
     /// Remote JWT key sets, kept across configuration updates.
     pub jwks: crate::proxy::http::filters::jwt_authn::JwksStore,
+    /// Connection limits, requests per connection and the heap monitor's actions.
+    pub overload: Arc<crate::proxy::overload::Overload>,
 }
 
 impl Shared {
@@ -169,6 +175,12 @@ impl Gateway {
             drain_requested,
             admin_quit: watch::channel(false).0,
             jwks: Default::default(),
+            overload: Arc::new(crate::proxy::overload::Overload::new(
+                opts.max_connections_total,
+                opts.max_requests_per_connection,
+                opts.max_heap_bytes,
+                opts.heap_thresholds,
+            )),
         });
         let mut workers = Vec::with_capacity(n);
         for id in 0..n {
@@ -183,6 +195,7 @@ impl Gateway {
             .enable_all()
             .build()?;
         let control = control_rt.handle().clone();
+        shared.overload.spawn_monitor(&control);
         let (control_stop, control_stop_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("meshgate-control".into())
@@ -674,20 +687,19 @@ async fn accept_loop(
             let _ = tx.send(true);
         });
     }
+    let limits = shared.overload.listener_counters(&listener.stat_name);
+    // The overload manager's stop_accepting_connections: new clients wait in the backlog.
+    let mut paused = shared.overload.accept_paused();
     loop {
-        if conns.load(Ordering::Relaxed) >= max_connections {
-            // Over the limit: leave further clients in the kernel backlog for a moment.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            if *stop.borrow() {
-                break;
-            }
-            continue;
-        }
+        let accepting = !*paused.borrow_and_update();
         tokio::select! {
-            accepted = socket.accept() => match accepted {
+            accepted = socket.accept(), if accepting => match accepted {
                 Ok((stream, _)) => {
-                    conns.fetch_add(1, Ordering::Relaxed);
-                    let guard = ConnCount(conns.clone());
+                    // Over a connection limit: closed at once and counted, as Envoy does.
+                    let Some(guard) = shared.overload.admit(&conns, max_connections, listener.ignore_global_conn_limit, &limits) else {
+                        drop(stream);
+                        continue;
+                    };
                     let listener = listener.clone();
                     let shared = shared.clone();
                     let drain = conn_drain_rx.clone();
@@ -706,18 +718,12 @@ async fn accept_loop(
                     break;
                 }
             }
+            _ = paused.changed() => {}
             _ = drain_stop.changed() => {
                 if *drain_stop.borrow() {
                     break;
                 }
             }
         }
-    }
-}
-
-struct ConnCount(Arc<AtomicUsize>);
-impl Drop for ConnCount {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

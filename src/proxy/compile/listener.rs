@@ -77,10 +77,11 @@ fn compile_listener(
                 default_filter_chain,
                 listener_filters,
                 continue_on_listener_filters_timeout,
-                listener_filters_timeout
+                listener_filters_timeout,
+                stat_prefix,
+                ignore_global_conn_limit
             ],
             ignored: [
-                stat_prefix,
                 metadata,
                 per_connection_buffer_limit_bytes,
                 traffic_direction,
@@ -88,7 +89,6 @@ fn compile_listener(
                 drain_type,
                 tcp_backlog_size,
                 bind_to_port,
-                ignore_global_conn_limit,
                 bypass_overload_manager,
                 reuse_port,
                 enable_reuse_port,
@@ -210,6 +210,8 @@ fn compile_listener(
         };
     }
     listener.continue_on_listener_filters_timeout = l.continue_on_listener_filters_timeout;
+    listener.stat_name = crate::proxy::overload::listener_stat_name(&l.stat_prefix, addr).into();
+    listener.ignore_global_conn_limit = l.ignore_global_conn_limit;
     Ok(listener)
 }
 
@@ -692,12 +694,13 @@ fn compile_hcm(
         .map(|c| U::try_from(c.headers_with_underscores_action).unwrap_or(U::Allow))
         .unwrap_or(U::Allow);
     if let Some(c) = common
-        && (c.max_stream_duration.is_some()
-            || c.max_requests_per_connection.is_some()
-            || c.max_response_headers_kb.is_some())
+        && (c.max_stream_duration.is_some() || c.max_response_headers_kb.is_some())
     {
-        return Err(cx.err("common_http_protocol_options", "only idle_timeout, max_connection_duration, max_headers_count and headers_with_underscores_action are supported"));
+        return Err(cx.err("common_http_protocol_options", "only idle_timeout, max_connection_duration, max_headers_count, max_requests_per_connection and headers_with_underscores_action are supported"));
     }
+    let max_requests_per_connection = common
+        .and_then(|c| c.max_requests_per_connection)
+        .map(|v| v.value);
     let (accept_http_10, default_host_for_http_10) = match &h.http_protocol_options {
         None => (false, None),
         Some(o) => {
@@ -826,6 +829,8 @@ fn compile_hcm(
         client_cert_details,
         suppress_envoy_headers,
         http2_max_concurrent_streams,
+        max_requests_per_connection,
+        overload_counters: Default::default(),
     })
 }
 

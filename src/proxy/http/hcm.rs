@@ -79,4 +79,29 @@ pub struct HttpConnectionManager {
     pub client_cert_details: ClientCertDetails,
     pub suppress_envoy_headers: bool,
     pub http2_max_concurrent_streams: Option<u32>,
+    /// `common_http_protocol_options.max_requests_per_connection` when set (0: no
+    /// limit); unset, `--max-requests-per-connection` applies.
+    pub max_requests_per_connection: Option<u32>,
+    /// The overload counters of this `stat_prefix`, resolved on first use.
+    pub overload_counters: std::sync::OnceLock<Arc<crate::proxy::overload::HcmCounters>>,
+}
+
+impl HttpConnectionManager {
+    /// `http.<stat_prefix>.*` overload counters (one lock the first time per snapshot).
+    pub fn overload_counters(
+        &self,
+        overload: &crate::proxy::overload::Overload,
+    ) -> &crate::proxy::overload::HcmCounters {
+        self.overload_counters
+            .get_or_init(|| overload.hcm_counters(&self.stat_prefix))
+    }
+
+    /// The requests a connection may carry: this connection manager's setting, else the
+    /// gateway's default (`--max-requests-per-connection`); `None`: no limit.
+    #[inline]
+    pub fn max_requests_per_connection(&self, default: Option<u32>) -> Option<u32> {
+        self.max_requests_per_connection
+            .or(default)
+            .filter(|n| *n > 0)
+    }
 }

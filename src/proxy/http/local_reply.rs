@@ -249,6 +249,14 @@ impl LocalReply {
         flag: 0,
         reason: "request_overall_timeout",
     };
+    /// Envoy's answer while `stop_accepting_requests` is active. Envoy 1.40 sets no
+    /// response flag on it (`OL` marks streams the overload manager resets).
+    pub const OVERLOADED: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "envoy overloaded",
+        flag: 0,
+        reason: "overload",
+    };
     pub const PAYLOAD_TOO_LARGE: LocalReply = LocalReply {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         body: "Payload Too Large",

@@ -81,7 +81,33 @@ pub async fn handle(
     cx.state.head_complete();
     let body_pending =
         req.version() <= Version::HTTP_11 && !http_body::Body::is_end_stream(req.body());
-    let mut resp = match request_timeout(&hcm, serve(req, &cx, &hcm, &mut log)).await {
+    let h2 = req.version() == Version::HTTP_2;
+    let overload = &cx.shared.overload;
+    // Envoy counts the stream towards the connection's limit before anything else,
+    // then refuses it if the overload manager says so.
+    if let Some(max) = hcm.max_requests_per_connection(overload.default_max_requests_per_connection)
+    {
+        let n = cx.state.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= max {
+            if h2 {
+                cx.state.send_goaway();
+            } else {
+                cx.state.close_after_response();
+            }
+            hcm.overload_counters(overload)
+                .downstream_cx_max_requests_reached
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let served = if overload.stop_accepting_requests() {
+        hcm.overload_counters(overload)
+            .downstream_rq_overload_close
+            .fetch_add(1, Ordering::Relaxed);
+        Err(LocalReply::OVERLOADED)
+    } else {
+        request_timeout(&hcm, serve(req, &cx, &hcm, &mut log)).await
+    };
+    let mut resp = match served {
         Ok(r) => r,
         Err(r) => {
             log.flags.set(r.flag);
@@ -89,6 +115,9 @@ pub async fn handle(
             r.response()
         }
     };
+    if overload.disable_keepalive() {
+        disable_keepalive(&cx, &hcm, h2);
+    }
     if grpc
         && resp.body().is_local()
         && resp
@@ -109,6 +138,27 @@ pub async fn handle(
         cx: cx.clone(),
     });
     Ok(resp)
+}
+
+/// The overload manager's `disable_http_keepalive`: the connection drains after this
+/// response (HTTP/1: `connection: close`; HTTP/2: GOAWAY), counted once per connection.
+fn disable_keepalive(cx: &ConnCtx, hcm: &HttpConnectionManager, h2: bool) {
+    let already = if h2 {
+        cx.state.goaway.load(Ordering::Relaxed)
+    } else {
+        cx.state.close.load(Ordering::Relaxed)
+    };
+    if already {
+        return;
+    }
+    if h2 {
+        cx.state.send_goaway();
+    } else {
+        cx.state.close_after_response();
+    }
+    hcm.overload_counters(&cx.shared.overload)
+        .downstream_cx_overload_disable_keepalive
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 /// Envoy's HTTP/1 rule for an answer given before the request was received whole (a

@@ -38,6 +38,13 @@ pub struct ConnState {
     pub refused_ms: AtomicU64,
     /// The connection speaks HTTP/2 (ALPN, or the prior-knowledge preface was seen).
     pub h2: AtomicBool,
+    /// Requests received on the connection (for `max_requests_per_connection`).
+    pub requests: AtomicU32,
+    /// HTTP/2: send GOAWAY now (the request limit was reached, or the overload manager
+    /// disabled keep-alive); streams in flight finish.
+    pub goaway: AtomicBool,
+    /// Wakes the connection's serve loop to act on `goaway` at once.
+    pub wake: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -48,6 +55,13 @@ impl ConnState {
 
     pub fn close_after_response(&self) {
         self.close.store(true, Ordering::Relaxed);
+    }
+
+    /// HTTP/2: starts draining the connection with GOAWAY (no new streams).
+    pub fn send_goaway(&self) {
+        if !self.goaway.swap(true, Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
     }
 
     /// A request reached the router: its head is complete.
@@ -224,6 +238,13 @@ pub async fn serve_http<IO>(
             _ = age => {
                 conn.as_mut().graceful_shutdown();
                 shutting_down = true;
+            }
+            _ = state.wake.notified(), if !shutting_down => {
+                if state.goaway.load(Ordering::Relaxed) {
+                    stats.downstream_cx_drain_close.fetch_add(1, Ordering::Relaxed);
+                    conn.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
             }
         }
     }
