@@ -24,6 +24,7 @@ pub mod connection;
 pub mod http;
 pub mod json_input;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod rbac;
 pub mod route;
 pub mod runtime;
