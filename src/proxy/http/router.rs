@@ -758,6 +758,7 @@ fn apply_levels(
 fn format_cx(cx: &ConnCtx, started: Instant, version: Version) -> FormatContext<'_> {
     FormatContext {
         remote: cx.peer.remote,
+        direct: cx.peer.direct,
         local: cx.peer.local,
         tls: cx.tls.as_deref(),
         version,
@@ -1732,7 +1733,7 @@ async fn attempt_once(
     host.rq_total.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveRequest(host.clone());
     let work = async {
-        let mut conn = pool::acquire_for(cluster, &host, cx.worker, h2, Some(&req))
+        let mut conn = pool::acquire_for(cluster, &host, cx.worker, h2, Some(&req), Some(&cx.peer))
             .await
             .map_err(AttemptError::Pool)?;
         let start = Instant::now();

@@ -63,6 +63,24 @@ pub struct UpstreamProxyProtocol {
     pub pass_through: crate::proxy::proxy_protocol::PassThroughTlvs,
 }
 
+impl UpstreamProxyProtocol {
+    /// The header for a downstream client at `remote` that connected to `local`, with
+    /// the downstream TLVs this socket passes on.
+    pub fn header(
+        &self,
+        remote: SocketAddr,
+        local: SocketAddr,
+        tlvs: &[(u8, bytes::Bytes)],
+    ) -> Vec<u8> {
+        let passed: Vec<(u8, bytes::Bytes)> = tlvs
+            .iter()
+            .filter(|(ty, _)| self.pass_through.passes(*ty))
+            .cloned()
+            .collect();
+        crate::proxy::proxy_protocol::encode(self.version, remote, local, &passed)
+    }
+}
+
 impl TransportSockets {
     /// The socket for connections to `addr`.
     #[inline]
