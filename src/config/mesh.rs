@@ -288,7 +288,7 @@ const PROVIDER_KINDS: &[&str] = &[
 ];
 
 /// `forwardClientCertDetails` of a gateway topology (Istio's `ForwardClientCertDetails`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ForwardClientCertDetails {
     /// Not set: Istio's gateway default, `SANITIZE_SET`.
@@ -303,13 +303,13 @@ pub enum ForwardClientCertDetails {
 
 /// `gatewayTopology.proxyProtocol`: an empty message whose presence turns the PROXY
 /// protocol listener filter on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyProtocolConfiguration {}
 
 /// `defaultConfig.gatewayTopology` (Istio's `Topology`): how a gateway finds the client
 /// in front of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayTopology {
     /// Trusted proxies in front of the gateway that append to `x-forwarded-for`
@@ -638,6 +638,30 @@ pub struct ProxyConfigOverlay {
     pub discovery_address: Option<String>,
     pub proxy_metadata: BTreeMap<String, String>,
     pub gateway_topology: Option<GatewayTopology>,
+    /// The document as written, for the `PROXY_CONFIG` node metadata.
+    pub document: Value,
+}
+
+impl GatewayTopology {
+    /// The `gatewayTopology` of a node's `PROXY_CONFIG` metadata (a ProxyConfig as
+    /// JSON, an object or a string): what the control plane translates that gateway
+    /// with. The rest of the ProxyConfig is the proxy's own business.
+    pub fn from_proxy_config_json(v: &Value) -> Result<Option<GatewayTopology>, String> {
+        let parsed;
+        let v = match v {
+            Value::String(s) => {
+                parsed = serde_json::from_str::<Value>(s).map_err(|e| e.to_string())?;
+                &parsed
+            }
+            v => v,
+        };
+        match v.get("gatewayTopology") {
+            None | Some(Value::Null) => Ok(None),
+            Some(t) => serde_path_to_error::deserialize(t.clone())
+                .map(Some)
+                .map_err(|e| format!("gatewayTopology.{e}")),
+        }
+    }
 }
 
 /// Reads a ProxyConfig file (YAML or JSON): every field of Istio's `ProxyConfig` known,
@@ -700,6 +724,7 @@ pub fn parse_proxy_config(name: &str, text: &str) -> Result<ProxyConfigOverlay, 
         discovery_address: pc.discovery_address,
         proxy_metadata: pc.proxy_metadata,
         gateway_topology: pc.gateway_topology,
+        document: root.to_value(),
     })
 }
 

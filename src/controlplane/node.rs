@@ -25,6 +25,8 @@ pub enum NodeError {
         len: usize,
         max: usize,
     },
+    #[error("node metadata PROXY_CONFIG: {0}")]
+    ProxyConfig(String),
 }
 
 /// Longest node id or metadata string accepted; real ones are well under 1 KiB.
@@ -238,6 +240,14 @@ pub fn parse_node(node: Option<&Node>) -> Result<NodeInfo, NodeError> {
             .unwrap_or_default()
             .to_string(),
         domain_suffix,
+        gateway_topology: match meta.and_then(|m| m.fields.get("PROXY_CONFIG")) {
+            None => None,
+            Some(v) => {
+                let json = value_to_json(v);
+                crate::config::mesh::GatewayTopology::from_proxy_config_json(&json)
+                    .map_err(NodeError::ProxyConfig)?
+            }
+        },
     };
     let build = match &node.user_agent_version_type {
         Some(crate::xds::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
@@ -260,6 +270,33 @@ pub fn parse_node(node: Option<&Node>) -> Result<NodeInfo, NodeError> {
             .trim()
             .to_string(),
     })
+}
+
+/// A protobuf `Value` as JSON.
+fn value_to_json(v: &Value) -> serde_json::Value {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+            .map(|n| {
+                // Whole numbers as integers, as protobuf's JSON mapping reads them.
+                match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => (f as i64).into(),
+                    _ => serde_json::Value::Number(n),
+                }
+            })
+            .unwrap_or(serde_json::Value::Null),
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(
+            s.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), value_to_json(v)))
+                .collect(),
+        ),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
+        }
+    }
 }
 
 /// Builds node metadata (`LABELS`, `NAMESPACE`, ...) the way Istio's agent writes it.
