@@ -390,3 +390,93 @@ fn envoy_and_meshgate_agree_on_the_client_address() {
     assert!(mg.stat("proxy_proto.versions.v1.found").unwrap_or(0) > 0);
     assert!(mg.stat("proxy_proto.not_found_disallowed").unwrap_or(0) > 0);
 }
+
+/// Istio YAML end to end: `meshgate translate --proxy-config` (the gateway pod's
+/// `proxy.istio.io/config`) over a MeshConfig `defaultConfig.gatewayTopology`, and
+/// `meshgate bootstrap envoy --proxy-config` carrying it as `PROXY_CONFIG`.
+#[test]
+fn translate_and_bootstrap_take_the_gateways_proxy_config() {
+    let dir = TempDir::new();
+    let d = dir.path();
+    std::fs::write(
+        d.join("gw.yaml"),
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ['*']}]
+",
+    )
+    .unwrap();
+    let mesh = d.join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        "defaultConfig:\n  gatewayTopology: {numTrustedProxies: 3}\n",
+    )
+    .unwrap();
+    let pc = d.join("proxy-config.yaml");
+    std::fs::write(
+        &pc,
+        "gatewayTopology:\n  numTrustedProxies: 1\n  proxyProtocol: {}\n",
+    )
+    .unwrap();
+    let config = d.join("gw.yaml");
+    let translate = |extra: &[&std::path::Path]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"));
+        cmd.args(["translate", "--format", "json", "--config"])
+            .arg(&config)
+            .arg("--mesh-config")
+            .arg(&mesh);
+        if let Some(p) = extra.first() {
+            cmd.arg("--proxy-config").arg(p);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let l = v["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["dynamic_listeners"].as_array().cloned().unwrap_or_default())
+            .find(|l| l["name"] == "0.0.0.0_8080")
+            .map(|l| l["active_state"]["listener"].clone())
+            .expect("listener");
+        let hops = l["filter_chains"][0]["filters"][0]["typed_config"]["xff_num_trusted_hops"].clone();
+        (l["listener_filters"].clone(), hops)
+    };
+    let (filters, hops) = translate(&[]);
+    assert_eq!((filters, hops), (Value::Null, json!(3)));
+    let (filters, hops) = translate(&[&pc]);
+    assert_eq!(hops, json!(1));
+    assert_eq!(filters[0]["name"], "envoy.filters.listener.proxy_protocol");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["bootstrap", "envoy", "--format", "json", "--proxy-config"])
+        .arg(&pc)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Node metadata is a protobuf Struct: numbers are doubles.
+    assert_eq!(
+        b["node"]["metadata"]["PROXY_CONFIG"]["gatewayTopology"]["numTrustedProxies"].as_f64(),
+        Some(1.0)
+    );
+
+    // A field the gateway would not act on is refused by name.
+    std::fs::write(&pc, "gatewayTopology: {numTrustedProxys: 1}\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["translate", "--format", "json", "--config"])
+        .arg(&config)
+        .arg("--proxy-config")
+        .arg(&pc)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("numTrustedProxies"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
