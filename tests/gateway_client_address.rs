@@ -280,9 +280,11 @@ fn observe(port: u16, preface: &[u8], request: &[u8], up: &CaptureUpstream) -> S
     };
     // A denied or refused request reaches no upstream; give one that did time to land.
     if status == Some(200) || seen.as_deref() == Some("pong") {
-        wait_until("the upstream saw the request", Duration::from_secs(5), || {
-            !up.seen.lock().unwrap().is_empty()
-        });
+        wait_until(
+            "the upstream saw the request",
+            Duration::from_secs(5),
+            || !up.seen.lock().unwrap().is_empty(),
+        );
     }
     let upstream = up
         .take()
@@ -326,34 +328,146 @@ fn envoy_and_meshgate_agree_on_the_client_address() {
     let (pe, pm) = (ports(), ports());
     let envoy = envoy_with(&resources(&pe, &up_e), &dir);
     let mg = InProcess::start(&resources(&pm, &up_m));
-    for p in [&pm] {
-        wait_for_port(p.http, Duration::from_secs(10));
+    for port in [pm.http, pm.tcp, pm.allow, pm.hops] {
+        wait_for_port(port, Duration::from_secs(10));
     }
 
     let tlv_e0: &[u8] = b"lb-says-hi";
     let tlv_e1: &[u8] = b"other";
     type Case = (&'static str, fn(&Ports) -> u16, Vec<u8>, Vec<u8>);
     let cases: Vec<Case> = vec![
-        ("v1 header", |p| p.http, v1("10.1.2.3", "10.9.9.9", 5555, 443), http_get("/", "")),
-        ("v2 header with TLVs", |p| p.http, v2([10, 1, 2, 3], 5555, [10, 9, 9, 9], 443, &[(0xE0, tlv_e0), (0xE1, tlv_e1)]), http_get("/", "")),
-        ("v2 LOCAL keeps the peer", |p| p.http, v2_local(), http_get("/", "")),
-        ("v1 UNKNOWN keeps the peer", |p| p.http, b"PROXY UNKNOWN\r\n".to_vec(), http_get("/", "")),
-        ("client's XFF is not trusted without hops", |p| p.http, v1("10.1.2.3", "10.9.9.9", 5555, 443), http_get("/", "x-forwarded-for: 192.0.2.7\r\n")),
-        ("remote_ip sees the PROXY source", |p| p.http, v1("10.66.1.1", "10.9.9.9", 5555, 443), http_get("/", "")),
-        ("direct_remote_ip sees the TCP peer", |p| p.http, v1("10.1.2.3", "10.9.9.9", 5555, 443), http_get("/", "x-deny-direct: 1\r\n")),
-        ("direct_remote_ip does not see the PROXY source", |p| p.http, v1("10.1.2.3", "10.9.9.9", 5555, 443), http_get("/", "x-deny-direct-client: 1\r\n")),
-        ("no header is refused", |p| p.http, Vec::new(), http_get("/", "")),
-        ("malformed v1 is refused", |p| p.http, b"PROXY TCP4 10.1.2.3 nonsense\r\n".to_vec(), http_get("/", "")),
-        ("upstream PROXY v2 passes TLVs on", |p| p.http, v2([10, 1, 2, 3], 5555, [10, 9, 9, 9], 443, &[(0xE0, tlv_e0), (0xE1, tlv_e1)]), http_get("/pp", "")),
-        ("upstream PROXY v2 for a v1 client", |p| p.http, v1("10.1.2.3", "10.9.9.9", 5555, 443), http_get("/pp", "")),
-        ("allowed without a header", |p| p.allow, Vec::new(), http_get("/", "")),
-        ("allowed: v2 still read", |p| p.allow, v2([10, 1, 2, 4], 6000, [10, 9, 9, 9], 443, &[]), http_get("/", "")),
-        ("allowed: disallowed v1 passes as bytes", |p| p.allow, v1("10.1.2.3", "10.9.9.9", 5555, 443), http_get("/", "")),
-        ("two trusted hops: the client from XFF", |p| p.hops, v1("10.1.2.3", "10.9.9.9", 5555, 443), http_get("/", "x-forwarded-for: 203.0.113.9, 10.66.3.3\r\n")),
-        ("two trusted hops: XFF too short", |p| p.hops, v1("10.1.2.3", "10.9.9.9", 5555, 443), http_get("/", "x-forwarded-for: 10.66.3.3\r\n")),
-        ("two trusted hops: a denied client in XFF", |p| p.hops, v1("10.1.2.3", "10.9.9.9", 5555, 443), http_get("/", "x-forwarded-for: 10.66.0.9, 10.1.1.1\r\n")),
-        ("tcp_proxy with upstream PROXY v1", |p| p.tcp, v2([10, 1, 2, 3], 5555, [10, 9, 9, 9], 443, &[]), b"ping".to_vec()),
-        ("tcp_proxy refuses a header-less connection", |p| p.tcp, Vec::new(), b"ping".to_vec()),
+        (
+            "v1 header",
+            |p| p.http,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            http_get("/", ""),
+        ),
+        (
+            "v2 header with TLVs",
+            |p| p.http,
+            v2(
+                [10, 1, 2, 3],
+                5555,
+                [10, 9, 9, 9],
+                443,
+                &[(0xE0, tlv_e0), (0xE1, tlv_e1)],
+            ),
+            http_get("/", ""),
+        ),
+        (
+            "v2 LOCAL keeps the peer",
+            |p| p.http,
+            v2_local(),
+            http_get("/", ""),
+        ),
+        (
+            "v1 UNKNOWN keeps the peer",
+            |p| p.http,
+            b"PROXY UNKNOWN\r\n".to_vec(),
+            http_get("/", ""),
+        ),
+        (
+            "client's XFF is not trusted without hops",
+            |p| p.http,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            http_get("/", "x-forwarded-for: 192.0.2.7\r\n"),
+        ),
+        (
+            "remote_ip sees the PROXY source",
+            |p| p.http,
+            v1("10.66.1.1", "10.9.9.9", 5555, 443),
+            http_get("/", ""),
+        ),
+        (
+            "direct_remote_ip sees the TCP peer",
+            |p| p.http,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            http_get("/", "x-deny-direct: 1\r\n"),
+        ),
+        (
+            "direct_remote_ip does not see the PROXY source",
+            |p| p.http,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            http_get("/", "x-deny-direct-client: 1\r\n"),
+        ),
+        (
+            "no header is refused",
+            |p| p.http,
+            Vec::new(),
+            http_get("/", ""),
+        ),
+        (
+            "malformed v1 is refused",
+            |p| p.http,
+            b"PROXY TCP4 10.1.2.3 nonsense\r\n".to_vec(),
+            http_get("/", ""),
+        ),
+        (
+            "upstream PROXY v2 passes TLVs on",
+            |p| p.http,
+            v2(
+                [10, 1, 2, 3],
+                5555,
+                [10, 9, 9, 9],
+                443,
+                &[(0xE0, tlv_e0), (0xE1, tlv_e1)],
+            ),
+            http_get("/pp", ""),
+        ),
+        (
+            "upstream PROXY v2 for a v1 client",
+            |p| p.http,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            http_get("/pp", ""),
+        ),
+        (
+            "allowed without a header",
+            |p| p.allow,
+            Vec::new(),
+            http_get("/", ""),
+        ),
+        (
+            "allowed: v2 still read",
+            |p| p.allow,
+            v2([10, 1, 2, 4], 6000, [10, 9, 9, 9], 443, &[]),
+            http_get("/", ""),
+        ),
+        (
+            "allowed: disallowed v1 passes as bytes",
+            |p| p.allow,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            http_get("/", ""),
+        ),
+        (
+            "two trusted hops: the client from XFF",
+            |p| p.hops,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            http_get("/", "x-forwarded-for: 203.0.113.9, 10.66.3.3\r\n"),
+        ),
+        (
+            "two trusted hops: XFF too short",
+            |p| p.hops,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            http_get("/", "x-forwarded-for: 10.66.3.3\r\n"),
+        ),
+        (
+            "two trusted hops: a denied client in XFF",
+            |p| p.hops,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            http_get("/", "x-forwarded-for: 10.66.0.9, 10.1.1.1\r\n"),
+        ),
+        (
+            "tcp_proxy with upstream PROXY v1",
+            |p| p.tcp,
+            v2([10, 1, 2, 3], 5555, [10, 9, 9, 9], 443, &[]),
+            b"ping".to_vec(),
+        ),
+        (
+            "tcp_proxy refuses a header-less connection",
+            |p| p.tcp,
+            Vec::new(),
+            b"ping".to_vec(),
+        ),
     ];
     let mut diffs = Vec::new();
     for (name, port, preface, request) in &cases {
@@ -366,7 +480,10 @@ fn envoy_and_meshgate_agree_on_the_client_address() {
         match *name {
             "v1 header" => {
                 assert_eq!(e.status, Some(200), "{name}: {e:?}");
-                assert_eq!(e.seen.as_deref(), Some("remote=10.1.2.3:5555 direct=127.0.0.1 local=10.9.9.9:443"));
+                assert_eq!(
+                    e.seen.as_deref(),
+                    Some("remote=10.1.2.3:5555 direct=127.0.0.1 local=10.9.9.9:443")
+                );
                 assert_eq!(e.upstream[0]["x-forwarded-for"], "10.1.2.3");
             }
             "no header is refused" | "tcp_proxy refuses a header-less connection" => {
@@ -379,14 +496,18 @@ fn envoy_and_meshgate_agree_on_the_client_address() {
                 assert!(e.upstream[0]["proxy"].starts_with("v2"), "{name}: {e:?}")
             }
             "tcp_proxy with upstream PROXY v1" => assert_eq!(
-                e.upstream[0]["proxy"],
-                "PROXY TCP4 10.1.2.3 10.9.9.9 5555 443\r\n",
+                e.upstream[0]["proxy"], "PROXY TCP4 10.1.2.3 10.9.9.9 5555 443\r\n",
                 "{name}: {e:?}"
             ),
             _ => {}
         }
     }
-    assert!(diffs.is_empty(), "meshgate differs from Envoy:\n{}\nenvoy log: {}", diffs.join("\n"), envoy.log_path.display());
+    assert!(
+        diffs.is_empty(),
+        "meshgate differs from Envoy:\n{}\nenvoy log: {}",
+        diffs.join("\n"),
+        envoy.log_path.display()
+    );
     assert!(mg.stat("proxy_proto.versions.v1.found").unwrap_or(0) > 0);
     assert!(mg.stat("proxy_proto.not_found_disallowed").unwrap_or(0) > 0);
 }
@@ -432,17 +553,27 @@ spec:
             cmd.arg("--proxy-config").arg(p);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         let l = v["configs"]
             .as_array()
             .unwrap()
             .iter()
-            .flat_map(|c| c["dynamic_listeners"].as_array().cloned().unwrap_or_default())
+            .flat_map(|c| {
+                c["dynamic_listeners"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .find(|l| l["name"] == "0.0.0.0_8080")
             .map(|l| l["active_state"]["listener"].clone())
             .expect("listener");
-        let hops = l["filter_chains"][0]["filters"][0]["typed_config"]["xff_num_trusted_hops"].clone();
+        let hops =
+            l["filter_chains"][0]["filters"][0]["typed_config"]["xff_num_trusted_hops"].clone();
         (l["listener_filters"].clone(), hops)
     };
     let (filters, hops) = translate(&[]);
@@ -456,7 +587,11 @@ spec:
         .arg(&pc)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let b: Value = serde_json::from_slice(&out.stdout).unwrap();
     // Node metadata is a protobuf Struct: numbers are doubles.
     assert_eq!(

@@ -3,8 +3,8 @@
 //! `meshgate bootstrap grpc`: the xDS bootstrap file of a proxyless gRPC client (what
 //! the agent writes to `GRPC_XDS_BOOTSTRAP`).
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
-use meshgate::controlplane::bootstrap::{EnvoyBootstrap, GrpcBootstrap, XdsTlsFiles};
 use meshgate::config::mesh::load_proxy_config;
+use meshgate::controlplane::bootstrap::{EnvoyBootstrap, GrpcBootstrap, XdsTlsFiles};
 use meshgate::xds::{ProxyIdentity, ProxyKind};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1066,7 +1066,12 @@ mod tests {
             "{e:?}"
         );
         assert!(e.iter().any(|l| l.contains("trustDomainAliases")));
-        assert!(e.iter().any(|l| l.contains("mesh.yaml:4:3") && l.contains("defaultConfig.proxyStatsMatcher")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|l| l.contains("mesh.yaml:4:3")
+                    && l.contains("defaultConfig.proxyStatsMatcher")),
+            "{e:?}"
+        );
         assert!(e.iter().any(|l| l.contains("accessLogFile")));
         // Settings that are off, or say what is already so, are accepted.
         parse_mesh_config(
@@ -1214,23 +1219,35 @@ mod tests {
 
     #[test]
     fn a_proxy_config_file_is_checked_as_defaultconfig() {
-        let e: Vec<String> = parse_proxy_config(
-            "pc.yaml",
-            "gatewayTopology:\n  numTrustedProxys: 1\n",
-        )
-        .unwrap_err()
-        .iter()
-        .map(|d| d.to_string())
-        .collect();
-        assert!(e[0].contains("pc.yaml:2:3") && e[0].contains("numTrustedProxies"), "{e:?}");
+        let e: Vec<String> =
+            parse_proxy_config("pc.yaml", "gatewayTopology:\n  numTrustedProxys: 1\n")
+                .unwrap_err()
+                .iter()
+                .map(|d| d.to_string())
+                .collect();
+        assert!(
+            e[0].contains("pc.yaml:2:3") && e[0].contains("numTrustedProxies"),
+            "{e:?}"
+        );
         let e: Vec<String> = parse_proxy_config("pc.yaml", "tracing: {sampling: 1}\n")
             .unwrap_err()
             .iter()
             .map(|d| d.to_string())
             .collect();
-        assert!(e[0].contains("pc.yaml:1:1") && e[0].contains("tracing") && e[0].contains("does not serve"), "{e:?}");
-        let e = parse_proxy_config("pc.yaml", "gatewayTopology: {forwardClientCertDetails: SOMETIMES}\n")
-            .unwrap_err();
-        assert!(e[0].to_string().contains("forwardClientCertDetails"), "{e:?}");
+        assert!(
+            e[0].contains("pc.yaml:1:1")
+                && e[0].contains("tracing")
+                && e[0].contains("does not serve"),
+            "{e:?}"
+        );
+        let e = parse_proxy_config(
+            "pc.yaml",
+            "gatewayTopology: {forwardClientCertDetails: SOMETIMES}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e[0].to_string().contains("forwardClientCertDetails"),
+            "{e:?}"
+        );
     }
 }

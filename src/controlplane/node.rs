@@ -543,22 +543,39 @@ mod tests {
             let meta = Struct {
                 fields: [("PROXY_CONFIG".to_string(), v)].into_iter().collect(),
             };
-            parse_node(Some(&node("router~1.1.1.1~gw.ns~ns.svc.cluster.local", Some(meta))))
-                .map(|n| n.identity.gateway_topology)
+            parse_node(Some(&node(
+                "router~1.1.1.1~gw.ns~ns.svc.cluster.local",
+                Some(meta),
+            )))
+            .map(|n| n.identity.gateway_topology)
         };
         let num = |n: f64| Value {
             kind: Some(Kind::NumberValue(n)),
         };
         let st = |fields: Vec<(&str, Value)>| Value {
             kind: Some(Kind::StructValue(Struct {
-                fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                fields: fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
             })),
         };
         // As Envoy sends it: a Struct, numbers as doubles; other ProxyConfig fields are
         // the proxy's own.
         let t = topo(st(vec![
-            ("gatewayTopology", st(vec![("numTrustedProxies", num(2.0)), ("proxyProtocol", st(vec![]))])),
-            ("binaryPath", Value { kind: Some(Kind::StringValue("/usr/bin/envoy".into())) }),
+            (
+                "gatewayTopology",
+                st(vec![
+                    ("numTrustedProxies", num(2.0)),
+                    ("proxyProtocol", st(vec![])),
+                ]),
+            ),
+            (
+                "binaryPath",
+                Value {
+                    kind: Some(Kind::StringValue("/usr/bin/envoy".into())),
+                },
+            ),
         ]))
         .unwrap()
         .unwrap();
@@ -566,13 +583,19 @@ mod tests {
         assert!(t.proxy_protocol.is_some());
         // As a JSON string (pilot-agent's environment form).
         let t = topo(Value {
-            kind: Some(Kind::StringValue(r#"{"gatewayTopology":{"numTrustedProxies":1}}"#.into())),
+            kind: Some(Kind::StringValue(
+                r#"{"gatewayTopology":{"numTrustedProxies":1}}"#.into(),
+            )),
         })
         .unwrap()
         .unwrap();
         assert_eq!(t.num_trusted_proxies, 1);
         assert_eq!(topo(st(vec![])).unwrap(), None);
-        let e = topo(st(vec![("gatewayTopology", st(vec![("numTrustedProxys", num(1.0))]))])).unwrap_err();
+        let e = topo(st(vec![(
+            "gatewayTopology",
+            st(vec![("numTrustedProxys", num(1.0))]),
+        )]))
+        .unwrap_err();
         assert!(e.to_string().contains("numTrustedProxys"), "{e}");
     }
 }

@@ -13,10 +13,10 @@ use crate::proxy::http::hcm::ClientCertDetails;
 use crate::proxy::http::request::Peer;
 use crate::proxy::http::router::ConnCtx;
 use crate::proxy::http::server::{ConnState, Protocol, serve_http};
+use crate::proxy::listener::{ChainAction, Detected, FilterChain, Listener, TransportProtocol};
 use crate::proxy::proxy_protocol::{
     ProxyProtocolError, ProxyProtocolFilter, Version as PpVersion, read_header,
 };
-use crate::proxy::listener::{ChainAction, Detected, FilterChain, Listener, TransportProtocol};
 use crate::proxy::runtime::Shared;
 use crate::tls::identity::{PeerIdentity, xfcc_element};
 use crate::tls::{

@@ -184,18 +184,18 @@ where
                     Err(ProxyProtocolError::Disallowed(Version::V2))
                 };
             }
-            Sniff::V1 => {
-                loop {
-                    if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-                        let line = buf.split_to(end + 2);
-                        return parse_v1(&line[..end]).map(Some);
-                    }
-                    if buf.len() >= V1_MAX {
-                        return Err(ProxyProtocolError::Malformed("v1 line longer than 107 bytes"));
-                    }
-                    fill(io, buf).await?;
+            Sniff::V1 => loop {
+                if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                    let line = buf.split_to(end + 2);
+                    return parse_v1(&line[..end]).map(Some);
                 }
-            }
+                if buf.len() >= V1_MAX {
+                    return Err(ProxyProtocolError::Malformed(
+                        "v1 line longer than 107 bytes",
+                    ));
+                }
+                fill(io, buf).await?;
+            },
             Sniff::V2 => {
                 while buf.len() < 16 {
                     fill(io, buf).await?;
@@ -469,7 +469,10 @@ mod tests {
         h
     }
 
-    async fn read(bytes: &[u8], filter: &ProxyProtocolFilter) -> (Result<Option<ProxyHeader>, ProxyProtocolError>, Vec<u8>) {
+    async fn read(
+        bytes: &[u8],
+        filter: &ProxyProtocolFilter,
+    ) -> (Result<Option<ProxyHeader>, ProxyProtocolError>, Vec<u8>) {
         let mut io = bytes;
         let mut buf = BytesMut::new();
         let r = read_header(&mut io, &mut buf, filter, Duration::from_secs(1)).await;
@@ -486,11 +489,17 @@ mod tests {
         assert_eq!(h.version, Version::V1);
         assert_eq!(
             h.addresses,
-            Some(("10.1.2.3:5555".parse().unwrap(), "10.9.9.9:80".parse().unwrap()))
+            Some((
+                "10.1.2.3:5555".parse().unwrap(),
+                "10.9.9.9:80".parse().unwrap()
+            ))
         );
         assert_eq!(rest, b"GET /");
         let (h, _) = read(b"PROXY TCP6 2001:db8::1 ::1 1 2\r\n", &f).await;
-        assert_eq!(h.unwrap().unwrap().addresses.unwrap().0, "[2001:db8::1]:1".parse().unwrap());
+        assert_eq!(
+            h.unwrap().unwrap().addresses.unwrap().0,
+            "[2001:db8::1]:1".parse().unwrap()
+        );
         let (h, rest) = read(b"PROXY UNKNOWN ffff::1 ::1 1 2\r\nX", &f).await;
         assert_eq!(h.unwrap().unwrap().addresses, None);
         assert_eq!(rest, b"X");
@@ -520,7 +529,10 @@ mod tests {
     #[tokio::test]
     async fn missing_malformed_and_disallowed_headers() {
         let f = ProxyProtocolFilter::default();
-        assert_eq!(read(b"GET / HTTP/1.1\r\n", &f).await.0, Err(ProxyProtocolError::Missing));
+        assert_eq!(
+            read(b"GET / HTTP/1.1\r\n", &f).await.0,
+            Err(ProxyProtocolError::Missing)
+        );
         assert_eq!(read(b"PROX", &f).await.0, Err(ProxyProtocolError::Closed));
         for bad in [
             &b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n"[..],
@@ -528,17 +540,26 @@ mod tests {
             b"PROXY TCP9 1.2.3.4 5.6.7.8 1 2\r\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 +2\r\n",
         ] {
-            assert!(matches!(read(bad, &f).await.0, Err(ProxyProtocolError::Malformed(_))), "{bad:?}");
+            assert!(
+                matches!(read(bad, &f).await.0, Err(ProxyProtocolError::Malformed(_))),
+                "{bad:?}"
+            );
         }
         let long = [b"PROXY ".as_slice(), &[b'1'; 200]].concat();
-        assert!(matches!(read(&long, &f).await.0, Err(ProxyProtocolError::Malformed(_))));
+        assert!(matches!(
+            read(&long, &f).await.0,
+            Err(ProxyProtocolError::Malformed(_))
+        ));
         assert!(matches!(
             read(&v2(0x11, 1, &[1, 2, 3]), &f).await.0,
             Err(ProxyProtocolError::Malformed(_))
         ));
         let mut body = vec![0; 12];
         body.extend_from_slice(&[0xe0, 0, 9, 1]);
-        assert!(matches!(read(&v2(0x11, 1, &body), &f).await.0, Err(ProxyProtocolError::Malformed(_))));
+        assert!(matches!(
+            read(&v2(0x11, 1, &body), &f).await.0,
+            Err(ProxyProtocolError::Malformed(_))
+        ));
 
         let allow = ProxyProtocolFilter {
             allow_without: true,
@@ -569,7 +590,13 @@ mod tests {
     async fn a_slow_header_times_out() {
         let (_client, mut server) = tokio::io::duplex(64);
         let mut buf = BytesMut::new();
-        let r = read_header(&mut server, &mut buf, &ProxyProtocolFilter::default(), Duration::from_secs(15)).await;
+        let r = read_header(
+            &mut server,
+            &mut buf,
+            &ProxyProtocolFilter::default(),
+            Duration::from_secs(15),
+        )
+        .await;
         assert_eq!(r, Err(ProxyProtocolError::Timeout(Duration::from_secs(15))));
     }
 
@@ -577,14 +604,25 @@ mod tests {
     fn encoded_headers_parse_back() {
         let s: SocketAddr = "10.1.2.3:5555".parse().unwrap();
         let d: SocketAddr = "10.9.9.9:80".parse().unwrap();
-        assert_eq!(encode(Version::V1, s, d, &[]), b"PROXY TCP4 10.1.2.3 10.9.9.9 5555 80\r\n");
+        assert_eq!(
+            encode(Version::V1, s, d, &[]),
+            b"PROXY TCP4 10.1.2.3 10.9.9.9 5555 80\r\n"
+        );
         let tlvs = vec![(0xe0, Bytes::from_static(b"abc"))];
-        let h = parse_v2(Bytes::from(encode(Version::V2, s, d, &tlvs)), &PassThroughTlvs::All).unwrap();
+        let h = parse_v2(
+            Bytes::from(encode(Version::V2, s, d, &tlvs)),
+            &PassThroughTlvs::All,
+        )
+        .unwrap();
         assert_eq!(h.addresses, Some((s, d)));
         assert_eq!(h.tlvs, tlvs);
         let s6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
         assert_eq!(encode(Version::V1, s6, d, &[]), b"PROXY UNKNOWN\r\n");
-        let h = parse_v2(Bytes::from(encode(Version::V2, s6, s6, &[])), &PassThroughTlvs::None).unwrap();
+        let h = parse_v2(
+            Bytes::from(encode(Version::V2, s6, s6, &[])),
+            &PassThroughTlvs::None,
+        )
+        .unwrap();
         assert_eq!(h.addresses, Some((s6, s6)));
     }
 }

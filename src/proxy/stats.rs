@@ -406,14 +406,38 @@ impl Stats {
                 "listener.downstream_pre_cx_timeout".into(),
                 g(&self.downstream_pre_cx_timeout),
             ),
-            ("proxy_proto.versions.v1.found".into(), g(&self.proxy_proto_v1_found)),
-            ("proxy_proto.versions.v2.found".into(), g(&self.proxy_proto_v2_found)),
-            ("proxy_proto.versions.v1.error".into(), g(&self.proxy_proto_v1_error)),
-            ("proxy_proto.versions.v2.error".into(), g(&self.proxy_proto_v2_error)),
-            ("proxy_proto.versions.v1.disallowed".into(), g(&self.proxy_proto_v1_disallowed)),
-            ("proxy_proto.versions.v2.disallowed".into(), g(&self.proxy_proto_v2_disallowed)),
-            ("proxy_proto.not_found_allowed".into(), g(&self.proxy_proto_not_found_allowed)),
-            ("proxy_proto.not_found_disallowed".into(), g(&self.proxy_proto_not_found_disallowed)),
+            (
+                "proxy_proto.versions.v1.found".into(),
+                g(&self.proxy_proto_v1_found),
+            ),
+            (
+                "proxy_proto.versions.v2.found".into(),
+                g(&self.proxy_proto_v2_found),
+            ),
+            (
+                "proxy_proto.versions.v1.error".into(),
+                g(&self.proxy_proto_v1_error),
+            ),
+            (
+                "proxy_proto.versions.v2.error".into(),
+                g(&self.proxy_proto_v2_error),
+            ),
+            (
+                "proxy_proto.versions.v1.disallowed".into(),
+                g(&self.proxy_proto_v1_disallowed),
+            ),
+            (
+                "proxy_proto.versions.v2.disallowed".into(),
+                g(&self.proxy_proto_v2_disallowed),
+            ),
+            (
+                "proxy_proto.not_found_allowed".into(),
+                g(&self.proxy_proto_not_found_allowed),
+            ),
+            (
+                "proxy_proto.not_found_disallowed".into(),
+                g(&self.proxy_proto_not_found_disallowed),
+            ),
             (
                 "tls_inspector.tls_found".into(),
                 g(&self.tls_inspector_tls_found),

@@ -1853,14 +1853,26 @@ spec:
     let c = cluster_json(&t, "outbound|9080||reviews.shop.svc.cluster.local");
     for m in c["transport_socket_matches"].as_array().expect("matches") {
         let ts = &m["transport_socket"];
-        assert_eq!(ts["name"], "envoy.transport_sockets.upstream_proxy_protocol", "{c}");
+        assert_eq!(
+            ts["name"], "envoy.transport_sockets.upstream_proxy_protocol",
+            "{c}"
+        );
         assert_eq!(ts["typed_config"]["config"]["version"], "V2", "{c}");
-        assert!(ts["typed_config"]["transport_socket"]["name"].is_string(), "{c}");
+        assert!(
+            ts["typed_config"]["transport_socket"]["name"].is_string(),
+            "{c}"
+        );
     }
     // The subset: its own policy (V1, the default) around its TLS socket.
     let c = cluster_json(&t, "outbound|9080|v1|reviews.shop.svc.cluster.local");
     let ts = &c["transport_socket"];
-    assert_eq!(ts["name"], "envoy.transport_sockets.upstream_proxy_protocol", "{c}");
+    assert_eq!(
+        ts["name"], "envoy.transport_sockets.upstream_proxy_protocol",
+        "{c}"
+    );
     assert!(ts["typed_config"]["config"]["version"].is_null(), "{c}");
-    assert_eq!(ts["typed_config"]["transport_socket"]["name"], "envoy.transport_sockets.tls", "{c}");
+    assert_eq!(
+        ts["typed_config"]["transport_socket"]["name"], "envoy.transport_sockets.tls",
+        "{c}"
+    );
 }

@@ -1,5 +1,6 @@
 //! Cluster + ClusterLoadAssignment -> [`Cluster`].
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
+use crate::proxy::proxy_protocol::{PassThroughTlvs, Version as ProxyVersion};
 use crate::proxy::snapshot::Snapshot;
 use crate::proxy::tls::TlsRuntime;
 use crate::proxy::upstream::cluster::*;
@@ -7,7 +8,6 @@ use crate::proxy::upstream::host::{EndpointSet, Host, Locality, Priority};
 use crate::proxy::upstream::lb::{LbPolicy, SlowStart};
 use crate::proxy::upstream::outlier::OutlierConfig;
 use crate::proxy::upstream::pool::DEFAULT_IDLE_TIMEOUT;
-use crate::proxy::proxy_protocol::{PassThroughTlvs, Version as ProxyVersion};
 use crate::proxy::upstream::tls::{TransportSockets, UpstreamProxyProtocol, UpstreamTransport};
 use crate::tls::UpstreamTls;
 use crate::xds::ResourceSet;
@@ -480,8 +480,12 @@ fn unwrap_proxy_protocol<'a>(
         Some(ConfigType::TypedConfig(a)) if a.type_url == UPSTREAM_PROXY_PROTOCOL => a,
         _ => return Ok((None, std::borrow::Cow::Borrowed(ts))),
     };
-    let p = ProxyProtocolUpstreamTransport::decode(any.value.as_slice())
-        .map_err(|e| cx.err(field, format!("decoding ProxyProtocolUpstreamTransport: {e}")))?;
+    let p = ProxyProtocolUpstreamTransport::decode(any.value.as_slice()).map_err(|e| {
+        cx.err(
+            field,
+            format!("decoding ProxyProtocolUpstreamTransport: {e}"),
+        )
+    })?;
     cx.at(field, |cx| {
         fields!(
             cx,
@@ -515,7 +519,10 @@ fn unwrap_proxy_protocol<'a>(
             Some(pt) => cx.at("config.pass_through_tlvs", |cx| pass_through_tlvs(cx, pt))?,
         };
         let Some(inner) = p.transport_socket.clone() else {
-            return Err(cx.err("transport_socket", "the wrapped transport socket is required"));
+            return Err(cx.err(
+                "transport_socket",
+                "the wrapped transport socket is required",
+            ));
         };
         Ok((
             Some(UpstreamProxyProtocol {
@@ -566,16 +573,14 @@ fn transport_sockets(
     // `upstream_proxy_protocol` wraps each socket (istiod wraps them all alike); the
     // header is one setting of the cluster.
     let mut proxy: Option<Option<UpstreamProxyProtocol>> = None;
-    let mut agree = |cx: &mut Cx, field: &str, p: Option<UpstreamProxyProtocol>| {
-        match &proxy {
-            Some(q) if *q != p => Err(cx.err(
-                field,
-                "upstream_proxy_protocol must wrap every transport socket of a cluster alike",
-            )),
-            _ => {
-                proxy = Some(p);
-                Ok(())
-            }
+    let mut agree = |cx: &mut Cx, field: &str, p: Option<UpstreamProxyProtocol>| match &proxy {
+        Some(q) if *q != p => Err(cx.err(
+            field,
+            "upstream_proxy_protocol must wrap every transport socket of a cluster alike",
+        )),
+        _ => {
+            proxy = Some(p);
+            Ok(())
         }
     };
     let default = match &c.transport_socket {

@@ -6,13 +6,13 @@ use crate::proxy::http::hcm::*;
 use crate::proxy::listener::{ChainAction, ChainMatch, FilterChain, Listener, TransportProtocol};
 use crate::proxy::proxy_protocol::ProxyProtocolFilter;
 use crate::proxy::route::RouteTable;
-use crate::xds::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol as ProxyProtocolPb;
 use crate::proxy::tcp::{DEFAULT_IDLE_TIMEOUT as DEFAULT_TCP_IDLE_TIMEOUT, TcpClusters, TcpProxy};
 use crate::proxy::tls::TlsRuntime;
 use crate::tls::DownstreamTls;
 use crate::xds::ResourceSet;
 use crate::xds::pb::envoy::config::core::v3 as core_pb;
 use crate::xds::pb::envoy::config::listener::v3 as pb;
+use crate::xds::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol as ProxyProtocolPb;
 
 use crate::xds::pb::envoy::extensions::filters::http::router::v3 as router_pb;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
@@ -162,19 +162,20 @@ fn compile_listener(
                 ));
             }
             let config = match &f.config_type {
-                Some(ConfigType::TypedConfig(a)) => {
-                    ProxyProtocolPb::decode(a.value.as_slice()).map_err(|e| {
+                Some(ConfigType::TypedConfig(a)) => ProxyProtocolPb::decode(a.value.as_slice())
+                    .map_err(|e| {
                         cx.err(
                             &format!("listener_filters[{i}].typed_config"),
                             format!("decoding ProxyProtocol: {e}"),
                         )
-                    })?
-                }
+                    })?,
                 _ => ProxyProtocolPb::default(),
             };
-            proxy_protocol = Some(cx.at(format_args!("listener_filters[{i}].typed_config"), |cx| {
-                compile_proxy_protocol(cx, &config)
-            })?);
+            proxy_protocol = Some(
+                cx.at(format_args!("listener_filters[{i}].typed_config"), |cx| {
+                    compile_proxy_protocol(cx, &config)
+                })?,
+            );
         } else {
             return Err(cx.err(
                 &format!("listener_filters[{i}]"),
@@ -293,8 +294,9 @@ fn compile_proxy_protocol(
         }
     }
     if let Some(pt) = &p.pass_through_tlvs {
-        filter.pass_through =
-            cx.at("pass_through_tlvs", |cx| super::cluster::pass_through_tlvs(cx, pt))?;
+        filter.pass_through = cx.at("pass_through_tlvs", |cx| {
+            super::cluster::pass_through_tlvs(cx, pt)
+        })?;
     }
     Ok(filter)
 }

@@ -168,10 +168,14 @@ pub async fn acquire_for(
     let transport = cluster.transport.for_host(host.addr);
     // Without a downstream connection at hand (a mirrored request's copy is sent with
     // its own), the header says this proxy's own connection is the source: LOCAL.
-    let proxy_header = cluster.transport.proxy_protocol.as_ref().map(|pp| match downstream {
-        Some(p) => pp.header(p.remote, p.local, &p.proxy_tlvs),
-        None => crate::proxy::proxy_protocol::encode_local(pp.version),
-    });
+    let proxy_header = cluster
+        .transport
+        .proxy_protocol
+        .as_ref()
+        .map(|pp| match downstream {
+            Some(p) => pp.header(p.remote, p.local, &p.proxy_tlvs),
+            None => crate::proxy::proxy_protocol::encode_local(pp.version),
+        });
     let proxy = proxy_header.as_deref();
     let sni = match transport {
         Some(t) if t.auto_sni => request.and_then(request_host),
@@ -184,7 +188,11 @@ pub async fn acquire_for(
         let existing = {
             let mut inner = pool.lock();
             inner.h2.retain(|c| c.key.current(transport));
-            match inner.h2.iter().position(|c| c.key.matches(transport, sni, proxy)) {
+            match inner
+                .h2
+                .iter()
+                .position(|c| c.key.matches(transport, sni, proxy))
+            {
                 Some(i) => {
                     let c = &mut inner.h2[i];
                     c.streams += 1;
@@ -206,7 +214,9 @@ pub async fn acquire_for(
                     key,
                 });
             }
-            pool.lock().h2.retain(|c| !c.key.matches(transport, sni, proxy));
+            pool.lock()
+                .h2
+                .retain(|c| !c.key.matches(transport, sni, proxy));
         }
         let conn = Box::pin(connect(cluster, host, true, transport, sni, proxy)).await?;
         if let Sender::H2(s) = &conn.sender
