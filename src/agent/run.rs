@@ -131,6 +131,7 @@ impl AgentOptions {
             agent_sds_socket: Some(socket.to_path_buf()),
             istio_version: env!("CARGO_PKG_VERSION").to_string(),
             metadata,
+            proxy_config: None,
         }
     }
 }

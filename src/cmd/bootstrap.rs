@@ -3,6 +3,7 @@
 //! `meshgate bootstrap grpc`: the xDS bootstrap file of a proxyless gRPC client (what
 //! the agent writes to `GRPC_XDS_BOOTSTRAP`).
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use meshgate::config::mesh::load_proxy_config;
 use meshgate::controlplane::bootstrap::{EnvoyBootstrap, GrpcBootstrap, XdsTlsFiles};
 use meshgate::xds::{ProxyIdentity, ProxyKind};
 use std::path::PathBuf;
@@ -103,6 +104,11 @@ struct EnvoyArgs {
     /// The name the control plane's certificate must carry.
     #[arg(long, default_value = "istiod.istio-system.svc")]
     xds_server_name: String,
+    /// The proxy's own ProxyConfig (YAML or JSON, what Istio's `proxy.istio.io/config`
+    /// annotation holds), sent as the `PROXY_CONFIG` node metadata: the control plane
+    /// translates for this gateway with its `gatewayTopology`.
+    #[arg(long, value_name = "FILE")]
+    proxy_config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Yaml)]
     format: Format,
     /// Write to this file instead of standard output.
@@ -122,7 +128,19 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let proxy_config = match a.proxy_config.as_deref().map(load_proxy_config) {
+        None => None,
+        Some(Ok(pc)) => Some(pc.document),
+        Some(Err(diags)) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            eprintln!("meshgate bootstrap: --proxy-config: the proxy configuration is refused");
+            return ExitCode::from(2);
+        }
+    };
     let b = EnvoyBootstrap {
+        proxy_config,
         xds_address: a.xds,
         node_id: a.node_id,
         kind: match a.kind {

@@ -90,6 +90,12 @@ pub struct GatewayArgs {
     /// `defaultConfig`). Flags given explicitly win over it.
     #[arg(long, value_name = "FILE")]
     pub mesh_config: Option<PathBuf>,
+    /// This gateway's own ProxyConfig (YAML or JSON, what Istio's
+    /// `proxy.istio.io/config` pod annotation holds), laid over --mesh-config's
+    /// `defaultConfig`: e.g. `gatewayTopology: {numTrustedProxies: 1, proxyProtocol: {}}`.
+    /// With --xds it is sent to the control plane as the `PROXY_CONFIG` node metadata.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_config: Option<PathBuf>,
     /// Worker threads, each with its own listeners and upstream pools (0: one per core).
     /// Default: `defaultConfig.concurrency` of --mesh-config, else 0.
     #[arg(long)]
@@ -229,6 +235,9 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         Some(td) => mesh.trust_domain = td.clone(),
         None => {}
     }
+    if let Some(path) = &args.proxy_config {
+        mesh = mesh.with_proxy_config(&load_proxy_config(path)?);
+    }
     let access_log = args.access_log.unwrap_or(match mesh.access_log {
         None => AccessLogMode::Json,
         Some(None) => AccessLogMode::Off,
@@ -326,6 +335,22 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
     tracing::info!("draining");
     gateway.shutdown();
     Ok(())
+}
+
+/// Reads `--proxy-config FILE`; a refused file stops the gateway with its diagnostics.
+pub fn load_proxy_config(
+    path: &std::path::Path,
+) -> anyhow::Result<meshgate::config::mesh::ProxyConfigOverlay> {
+    meshgate::config::mesh::load_proxy_config(path).map_err(|diags| {
+        anyhow::anyhow!(
+            "--proxy-config: the proxy configuration is refused:\n{}",
+            diags
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
 }
 
 /// Quiet time that ends a burst of file events, and how often files are looked at

@@ -37,6 +37,10 @@ pub fn run(
         namespace: namespace.clone(),
         labels,
         delta: !args.xds_sotw,
+        proxy_config: match &args.proxy_config {
+            Some(path) => Some(super::gateway::load_proxy_config(path)?.document),
+            None => None,
+        },
         ..Default::default()
     };
     let node = gateway_node(&bootstrap).context("--node-id")?;

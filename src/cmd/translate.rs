@@ -53,6 +53,10 @@ pub struct Args {
     /// `enableAutoMtls`, `connectTimeout`), as the control plane and the gateway read it.
     #[arg(long, value_name = "FILE")]
     pub mesh_config: Option<PathBuf>,
+    /// The gateway's own ProxyConfig (YAML or JSON, what Istio's `proxy.istio.io/config`
+    /// annotation holds), laid over --mesh-config's `defaultConfig` (`gatewayTopology`).
+    #[arg(long, value_name = "FILE")]
+    pub proxy_config: Option<PathBuf>,
 }
 
 /// Runs the subcommand.
@@ -92,6 +96,21 @@ pub fn run(args: Args) -> ExitCode {
                 eprintln!("{d}");
             }
             eprintln!("meshgate translate: --mesh-config: the mesh configuration is refused");
+            return ExitCode::from(1);
+        }
+    };
+    let mesh = match args
+        .proxy_config
+        .as_deref()
+        .map(meshgate::config::mesh::load_proxy_config)
+    {
+        None => mesh,
+        Some(Ok(pc)) => std::sync::Arc::new(mesh.with_proxy_config(&pc)),
+        Some(Err(errors)) => {
+            for d in &errors {
+                eprintln!("{d}");
+            }
+            eprintln!("meshgate translate: --proxy-config: the proxy configuration is refused");
             return ExitCode::from(1);
         }
     };

@@ -13,7 +13,7 @@
 //!   authorizers `envoyExtAuthzHttp` / `envoyExtAuthzGrpc` of CUSTOM authorization
 //!   policies, checked field by field; the other kinds as definitions),
 //!   and in `defaultConfig`: `concurrency`, `terminationDrainDuration`,
-//!   `discoveryAddress`, `proxyMetadata`);
+//!   `discoveryAddress`, `proxyMetadata`, `gatewayTopology`);
 //! - **not relevant** to what meshgate serves (settings of Kubernetes Ingress
 //!   processing, sidecar capture ports, istiod's own discovery), accepted and listed in
 //!   docs/configuration.md;
@@ -287,6 +287,42 @@ const PROVIDER_KINDS: &[&str] = &[
     "sds",
 ];
 
+/// `forwardClientCertDetails` of a gateway topology (Istio's `ForwardClientCertDetails`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ForwardClientCertDetails {
+    /// Not set: Istio's gateway default, `SANITIZE_SET`.
+    #[default]
+    Undefined,
+    Sanitize,
+    ForwardOnly,
+    AppendForward,
+    SanitizeSet,
+    AlwaysForwardOnly,
+}
+
+/// `gatewayTopology.proxyProtocol`: an empty message whose presence turns the PROXY
+/// protocol listener filter on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolConfiguration {}
+
+/// `defaultConfig.gatewayTopology` (Istio's `Topology`): how a gateway finds the client
+/// in front of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayTopology {
+    /// Trusted proxies in front of the gateway that append to `x-forwarded-for`
+    /// (`xff_num_trusted_hops`).
+    #[serde(default)]
+    pub num_trusted_proxies: u32,
+    /// What the gateway does with `x-forwarded-client-cert`.
+    #[serde(default)]
+    pub forward_client_cert_details: ForwardClientCertDetails,
+    /// Connections start with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: Option<ProxyProtocolConfiguration>,
+}
+
 /// `defaultConfig` (Istio's `ProxyConfig`), every field known. The fields not acted upon
 /// are read only to tell them from unknown ones.
 #[allow(dead_code)]
@@ -299,6 +335,7 @@ pub struct ProxyConfig {
     pub discovery_address: Option<String>,
     #[serde(default)]
     pub proxy_metadata: BTreeMap<String, String>,
+    pub gateway_topology: Option<GatewayTopology>,
     // Not relevant to meshgate (paths and ports of Envoy's own process, sidecar start-up).
     config_path: Option<Value>,
     binary_path: Option<Value>,
@@ -330,7 +367,6 @@ pub struct ProxyConfig {
     sds: Option<Value>,
     runtime_values: Option<Value>,
     extra_stat_tags: Option<Value>,
-    gateway_topology: Option<Value>,
     proxy_stats_matcher: Option<Value>,
     ca_certificates_pem: Option<Value>,
     private_key_provider: Option<Value>,
@@ -435,6 +471,9 @@ pub struct MeshConfig {
     pub discovery_address: Option<String>,
     /// `defaultConfig.proxyMetadata`.
     pub proxy_metadata: BTreeMap<String, String>,
+    /// `defaultConfig.gatewayTopology`, or a gateway's own (`--proxy-config`, the
+    /// `PROXY_CONFIG` node metadata).
+    pub gateway_topology: Option<GatewayTopology>,
     /// `extensionProviders`, by name, in file order.
     pub extension_providers: Vec<ExtensionProvider>,
 }
@@ -455,6 +494,7 @@ impl Default for MeshConfig {
             termination_drain_duration: None,
             discovery_address: None,
             proxy_metadata: BTreeMap::new(),
+            gateway_topology: None,
             extension_providers: Vec::new(),
         }
     }
@@ -545,6 +585,174 @@ fn not_served(file: &str, root: &Node, field: &str) -> Diagnostic {
         field,
         "meshgate does not serve this mesh setting yet; the mesh configuration is refused rather than run without it (remove the field)",
     )
+}
+
+/// Refuses the `ProxyConfig` fields that would change traffic but are not served;
+/// `prefix` is where the ProxyConfig sits in its file (`defaultConfig.`, or nothing).
+fn check_proxy_config(
+    file: &str,
+    root: &Node,
+    prefix: &str,
+    pc: &ProxyConfig,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let pc_unserved: [(&str, bool); 16] = [
+        ("tracing", pc.tracing.is_some()),
+        ("tracingServiceName", pc.tracing_service_name.is_some()),
+        ("zipkinAddress", pc.zipkin_address.is_some()),
+        ("statsdUdpAddress", pc.statsd_udp_address.is_some()),
+        (
+            "envoyMetricsServiceAddress",
+            pc.envoy_metrics_service_address.is_some(),
+        ),
+        (
+            "envoyAccessLogService",
+            pc.envoy_access_log_service.is_some(),
+        ),
+        ("envoyMetricsService", pc.envoy_metrics_service.is_some()),
+        ("sds", pc.sds.is_some()),
+        ("runtimeValues", pc.runtime_values.is_some()),
+        ("extraStatTags", pc.extra_stat_tags.is_some()),
+        ("proxyStatsMatcher", pc.proxy_stats_matcher.is_some()),
+        ("caCertificatesPem", pc.ca_certificates_pem.is_some()),
+        ("privateKeyProvider", pc.private_key_provider.is_some()),
+        ("proxyHeaders", pc.proxy_headers.is_some()),
+        ("statsCompression", pc.stats_compression.is_some()),
+        ("connectionSettings", pc.connection_settings.is_some()),
+    ];
+    for (field, set) in pc_unserved {
+        if set {
+            diags.push(not_served(file, root, &format!("{prefix}{field}")));
+        }
+    }
+}
+
+/// A gateway's own `ProxyConfig` (the `proxy.istio.io/config` annotation of an Istio
+/// gateway pod; meshgate's `--proxy-config FILE` and the `PROXY_CONFIG` node metadata):
+/// the fields it sets, to lay over MeshConfig `defaultConfig` with
+/// [`MeshConfig::with_proxy_config`].
+#[derive(Debug, Clone, Default)]
+pub struct ProxyConfigOverlay {
+    pub concurrency: Option<u32>,
+    pub termination_drain_duration: Option<std::time::Duration>,
+    pub discovery_address: Option<String>,
+    pub proxy_metadata: BTreeMap<String, String>,
+    pub gateway_topology: Option<GatewayTopology>,
+    /// The document as written, for the `PROXY_CONFIG` node metadata.
+    pub document: Value,
+}
+
+impl GatewayTopology {
+    /// The `gatewayTopology` of a node's `PROXY_CONFIG` metadata (a ProxyConfig as
+    /// JSON, an object or a string): what the control plane translates that gateway
+    /// with. The rest of the ProxyConfig is the proxy's own business.
+    pub fn from_proxy_config_json(v: &Value) -> Result<Option<GatewayTopology>, String> {
+        let parsed;
+        let v = match v {
+            Value::String(s) => {
+                parsed = serde_json::from_str::<Value>(s).map_err(|e| e.to_string())?;
+                &parsed
+            }
+            v => v,
+        };
+        match v.get("gatewayTopology") {
+            None | Some(Value::Null) => Ok(None),
+            Some(t) => serde_path_to_error::deserialize(t.clone())
+                .map(Some)
+                .map_err(|e| format!("gatewayTopology.{e}")),
+        }
+    }
+}
+
+/// Reads a ProxyConfig file (YAML or JSON): every field of Istio's `ProxyConfig` known,
+/// those that would change traffic and are not served refused by name.
+pub fn load_proxy_config(path: &Path) -> Result<ProxyConfigOverlay, Vec<Diagnostic>> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_proxy_config(&name, &text),
+        Err(e) => Err(vec![Diagnostic::file_error(
+            name,
+            0,
+            0,
+            format!("cannot read the proxy configuration: {e}"),
+        )]),
+    }
+}
+
+/// Parses ProxyConfig YAML or JSON; `name` stands for the file in diagnostics.
+pub fn parse_proxy_config(name: &str, text: &str) -> Result<ProxyConfigOverlay, Vec<Diagnostic>> {
+    let file: Arc<str> = Arc::from(name);
+    let mut docs = source::parse(text).into_iter();
+    let root = match (docs.next(), docs.next()) {
+        (Some(Ok(doc)), None) => doc.root,
+        (None, _) => None,
+        (Some(Err(e)), _) => {
+            return Err(vec![Diagnostic::file_error(
+                name,
+                e.pos.line,
+                e.pos.column,
+                e.message,
+            )]);
+        }
+        (Some(Ok(_)), Some(_)) => {
+            return Err(vec![Diagnostic::file_error(
+                name,
+                0,
+                0,
+                "a proxy configuration is one YAML document",
+            )]);
+        }
+    };
+    let Some(root) = root else {
+        return Ok(ProxyConfigOverlay::default());
+    };
+    let pc: ProxyConfig = match serde_path_to_error::deserialize(root.to_value()) {
+        Ok(pc) => pc,
+        Err(e) => return Err(vec![super::load::serde_diagnostic(&file, &root, e)]),
+    };
+    let mut diags = Vec::new();
+    check_proxy_config(name, &root, "", &pc, &mut diags);
+    for d in &mut diags {
+        d.resource = Some("ProxyConfig".to_string());
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(ProxyConfigOverlay {
+        concurrency: pc.concurrency,
+        termination_drain_duration: pc.termination_drain_duration.map(|t| t.0),
+        discovery_address: pc.discovery_address,
+        proxy_metadata: pc.proxy_metadata,
+        gateway_topology: pc.gateway_topology,
+        document: root.to_value(),
+    })
+}
+
+impl MeshConfig {
+    /// These settings with a gateway's own ProxyConfig laid over `defaultConfig` as
+    /// Istio merges the `proxy.istio.io/config` annotation: each field the overlay sets
+    /// replaces the mesh's whole value (`gatewayTopology` included: a topology naming
+    /// only `numTrustedProxies` does not keep the mesh's `proxyProtocol`), and
+    /// `proxyMetadata` entries are merged key by key.
+    pub fn with_proxy_config(&self, overlay: &ProxyConfigOverlay) -> MeshConfig {
+        let mut mesh = self.clone();
+        if let Some(c) = overlay.concurrency {
+            mesh.concurrency = (c != 0).then_some(c);
+        }
+        if overlay.termination_drain_duration.is_some() {
+            mesh.termination_drain_duration = overlay.termination_drain_duration;
+        }
+        if overlay.discovery_address.is_some() {
+            mesh.discovery_address = overlay.discovery_address.clone();
+        }
+        for (k, v) in &overlay.proxy_metadata {
+            mesh.proxy_metadata.insert(k.clone(), v.clone());
+        }
+        if overlay.gateway_topology.is_some() {
+            mesh.gateway_topology = overlay.gateway_topology;
+        }
+        mesh
+    }
 }
 
 fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnostic>) -> MeshConfig {
@@ -645,36 +853,7 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
         }
     }
     let mut pc = raw.default_config.unwrap_or_default();
-    let pc_unserved: [(&str, bool); 17] = [
-        ("tracing", pc.tracing.is_some()),
-        ("tracingServiceName", pc.tracing_service_name.is_some()),
-        ("zipkinAddress", pc.zipkin_address.is_some()),
-        ("statsdUdpAddress", pc.statsd_udp_address.is_some()),
-        (
-            "envoyMetricsServiceAddress",
-            pc.envoy_metrics_service_address.is_some(),
-        ),
-        (
-            "envoyAccessLogService",
-            pc.envoy_access_log_service.is_some(),
-        ),
-        ("envoyMetricsService", pc.envoy_metrics_service.is_some()),
-        ("sds", pc.sds.is_some()),
-        ("runtimeValues", pc.runtime_values.is_some()),
-        ("extraStatTags", pc.extra_stat_tags.is_some()),
-        ("gatewayTopology", pc.gateway_topology.is_some()),
-        ("proxyStatsMatcher", pc.proxy_stats_matcher.is_some()),
-        ("caCertificatesPem", pc.ca_certificates_pem.is_some()),
-        ("privateKeyProvider", pc.private_key_provider.is_some()),
-        ("proxyHeaders", pc.proxy_headers.is_some()),
-        ("statsCompression", pc.stats_compression.is_some()),
-        ("connectionSettings", pc.connection_settings.is_some()),
-    ];
-    for (field, set) in pc_unserved {
-        if set {
-            diags.push(not_served(file, root, &format!("defaultConfig.{field}")));
-        }
-    }
+    check_proxy_config(file, root, "defaultConfig.", &pc, diags);
     if pc.concurrency == Some(0) {
         // Istio: 0 means one worker per core, as meshgate's own default.
         pc.concurrency = None;
@@ -797,6 +976,7 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
         termination_drain_duration: pc.termination_drain_duration.map(|t| t.0),
         discovery_address: pc.discovery_address,
         proxy_metadata: pc.proxy_metadata,
+        gateway_topology: pc.gateway_topology,
         extension_providers: providers,
     }
 }
@@ -876,7 +1056,7 @@ mod tests {
     #[test]
     fn settings_not_served_are_refused_by_name() {
         let e = errors(
-            "enableTracing: true\ntrustDomainAliases: [old.example]\ndefaultConfig:\n  gatewayTopology: {numTrustedProxies: 1}\naccessLogFile: /var/log/a.log\n",
+            "enableTracing: true\ntrustDomainAliases: [old.example]\ndefaultConfig:\n  proxyStatsMatcher: {inclusionPrefixes: [a]}\naccessLogFile: /var/log/a.log\n",
         );
         assert_eq!(e.len(), 4, "{e:?}");
         assert!(
@@ -886,7 +1066,12 @@ mod tests {
             "{e:?}"
         );
         assert!(e.iter().any(|l| l.contains("trustDomainAliases")));
-        assert!(e.iter().any(|l| l.contains("mesh.yaml:4:3") && l.contains("defaultConfig.gatewayTopology")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|l| l.contains("mesh.yaml:4:3")
+                    && l.contains("defaultConfig.proxyStatsMatcher")),
+            "{e:?}"
+        );
         assert!(e.iter().any(|l| l.contains("accessLogFile")));
         // Settings that are off, or say what is already so, are accepted.
         parse_mesh_config(
@@ -993,5 +1178,76 @@ mod tests {
         );
         has("extensionProviders[1].envoyExtAuthzGrpc", "pathPrefix");
         has("extensionProviders[2].envoyExtAuthzGrpc.timeout", "");
+    }
+
+    #[test]
+    fn gateway_topology_is_read_and_a_gateway_proxy_config_replaces_it() {
+        let mesh = parse_mesh_config(
+            "mesh.yaml",
+            "defaultConfig:\n  gatewayTopology:\n    numTrustedProxies: 2\n    forwardClientCertDetails: APPEND_FORWARD\n    proxyProtocol: {}\n  proxyMetadata: {A: a, B: b}\n",
+        )
+        .unwrap();
+        let topo = mesh.gateway_topology.unwrap();
+        assert_eq!(topo.num_trusted_proxies, 2);
+        assert_eq!(
+            topo.forward_client_cert_details,
+            ForwardClientCertDetails::AppendForward
+        );
+        assert!(topo.proxy_protocol.is_some());
+
+        // Istio's annotation merge: the gateway's topology replaces the mesh's whole.
+        let overlay = parse_proxy_config(
+            "pc.yaml",
+            "gatewayTopology: {numTrustedProxies: 1}\nproxyMetadata: {B: c}\nconcurrency: 2\n",
+        )
+        .unwrap();
+        let merged = mesh.with_proxy_config(&overlay);
+        let topo = merged.gateway_topology.unwrap();
+        assert_eq!(topo.num_trusted_proxies, 1);
+        assert_eq!(
+            topo.forward_client_cert_details,
+            ForwardClientCertDetails::Undefined
+        );
+        assert!(topo.proxy_protocol.is_none());
+        assert_eq!(merged.concurrency, Some(2));
+        assert_eq!(merged.proxy_metadata["A"], "a");
+        assert_eq!(merged.proxy_metadata["B"], "c");
+        // An overlay without a topology keeps the mesh's.
+        let merged = mesh.with_proxy_config(&parse_proxy_config("pc.yaml", "{}").unwrap());
+        assert_eq!(merged.gateway_topology, mesh.gateway_topology);
+    }
+
+    #[test]
+    fn a_proxy_config_file_is_checked_as_defaultconfig() {
+        let e: Vec<String> =
+            parse_proxy_config("pc.yaml", "gatewayTopology:\n  numTrustedProxys: 1\n")
+                .unwrap_err()
+                .iter()
+                .map(|d| d.to_string())
+                .collect();
+        assert!(
+            e[0].contains("pc.yaml:2:3") && e[0].contains("numTrustedProxies"),
+            "{e:?}"
+        );
+        let e: Vec<String> = parse_proxy_config("pc.yaml", "tracing: {sampling: 1}\n")
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert!(
+            e[0].contains("pc.yaml:1:1")
+                && e[0].contains("tracing")
+                && e[0].contains("does not serve"),
+            "{e:?}"
+        );
+        let e = parse_proxy_config(
+            "pc.yaml",
+            "gatewayTopology: {forwardClientCertDetails: SOMETIMES}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e[0].to_string().contains("forwardClientCertDetails"),
+            "{e:?}"
+        );
     }
 }

@@ -47,11 +47,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     ),
     row(
         "DestinationRule",
-        "spec.**.proxyProtocol",
-        "sending PROXY protocol upstream is not supported yet",
-    ),
-    row(
-        "DestinationRule",
         "spec.**.loadBalancer.zoneAwareLbSetting",
         "zone-aware load balancing is not supported yet",
     ),
@@ -230,7 +225,6 @@ mod tests {
             lines,
             [
                 "t.yaml:8:5: warning: DestinationRule/default/r: spec.trafficPolicy.tunnel: `tunnel` is parsed but not acted on yet: tunnelling through HTTP CONNECT/POST is not supported yet",
-                "t.yaml:12:7: warning: DestinationRule/default/r: spec.subsets[0].trafficPolicy.proxyProtocol: `proxyProtocol` is parsed but not acted on yet: sending PROXY protocol upstream is not supported yet",
             ]
         );
     }

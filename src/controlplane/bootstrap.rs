@@ -51,6 +51,10 @@ pub struct EnvoyBootstrap {
     /// `NAME`, `WORKLOAD_NAME`, ...). They do not replace the ones made from the
     /// fields above.
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// The proxy's own ProxyConfig (`--proxy-config`), sent as the `PROXY_CONFIG` node
+    /// metadata as Istio's agent does: the control plane translates for this proxy with
+    /// its `gatewayTopology`.
+    pub proxy_config: Option<serde_json::Value>,
 }
 
 /// The cluster of the agent's SDS server (`translate::AGENT_SDS_CLUSTER`).
@@ -93,6 +97,7 @@ impl Default for EnvoyBootstrap {
             agent_sds_socket: None,
             istio_version: String::new(),
             metadata: Default::default(),
+            proxy_config: None,
         }
     }
 }
@@ -154,9 +159,13 @@ impl EnvoyBootstrap {
             network: self.network.clone(),
             cluster_id: self.cluster_id.clone(),
             domain_suffix: "cluster.local".into(),
+            gateway_topology: None,
         };
         let mut metadata = to_json(&istio_metadata(&identity, &self.istio_version))?;
         if let Some(fields) = metadata.as_object_mut() {
+            if let Some(pc) = &self.proxy_config {
+                fields.insert("PROXY_CONFIG".into(), pc.clone());
+            }
             for (k, v) in &self.metadata {
                 fields
                     .entry(k.clone())
@@ -290,6 +299,7 @@ impl GrpcBootstrap {
             network: self.network.clone(),
             cluster_id: self.cluster_id.clone(),
             domain_suffix: "cluster.local".into(),
+            gateway_topology: None,
         };
         let metadata = to_json(&istio_metadata(&identity, ""))?;
         Ok(json!({

@@ -25,6 +25,8 @@ pub enum NodeError {
         len: usize,
         max: usize,
     },
+    #[error("node metadata PROXY_CONFIG: {0}")]
+    ProxyConfig(String),
 }
 
 /// Longest node id or metadata string accepted; real ones are well under 1 KiB.
@@ -238,6 +240,14 @@ pub fn parse_node(node: Option<&Node>) -> Result<NodeInfo, NodeError> {
             .unwrap_or_default()
             .to_string(),
         domain_suffix,
+        gateway_topology: match meta.and_then(|m| m.fields.get("PROXY_CONFIG")) {
+            None => None,
+            Some(v) => {
+                let json = value_to_json(v);
+                crate::config::mesh::GatewayTopology::from_proxy_config_json(&json)
+                    .map_err(NodeError::ProxyConfig)?
+            }
+        },
     };
     let build = match &node.user_agent_version_type {
         Some(crate::xds::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
@@ -260,6 +270,33 @@ pub fn parse_node(node: Option<&Node>) -> Result<NodeInfo, NodeError> {
             .trim()
             .to_string(),
     })
+}
+
+/// A protobuf `Value` as JSON.
+fn value_to_json(v: &Value) -> serde_json::Value {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+            .map(|n| {
+                // Whole numbers as integers, as protobuf's JSON mapping reads them.
+                match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => (f as i64).into(),
+                    _ => serde_json::Value::Number(n),
+                }
+            })
+            .unwrap_or(serde_json::Value::Null),
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(
+            s.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), value_to_json(v)))
+                .collect(),
+        ),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
+        }
+    }
 }
 
 /// Builds node metadata (`LABELS`, `NAMESPACE`, ...) the way Istio's agent writes it.
@@ -498,5 +535,67 @@ mod tests {
             },
         );
         assert_ne!(IdentityKey::of(&sa), IdentityKey::of(&sb));
+    }
+
+    #[test]
+    fn proxy_config_metadata_gives_the_gateway_topology() {
+        let topo = |v: Value| {
+            let meta = Struct {
+                fields: [("PROXY_CONFIG".to_string(), v)].into_iter().collect(),
+            };
+            parse_node(Some(&node(
+                "router~1.1.1.1~gw.ns~ns.svc.cluster.local",
+                Some(meta),
+            )))
+            .map(|n| n.identity.gateway_topology)
+        };
+        let num = |n: f64| Value {
+            kind: Some(Kind::NumberValue(n)),
+        };
+        let st = |fields: Vec<(&str, Value)>| Value {
+            kind: Some(Kind::StructValue(Struct {
+                fields: fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            })),
+        };
+        // As Envoy sends it: a Struct, numbers as doubles; other ProxyConfig fields are
+        // the proxy's own.
+        let t = topo(st(vec![
+            (
+                "gatewayTopology",
+                st(vec![
+                    ("numTrustedProxies", num(2.0)),
+                    ("proxyProtocol", st(vec![])),
+                ]),
+            ),
+            (
+                "binaryPath",
+                Value {
+                    kind: Some(Kind::StringValue("/usr/bin/envoy".into())),
+                },
+            ),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.num_trusted_proxies, 2);
+        assert!(t.proxy_protocol.is_some());
+        // As a JSON string (pilot-agent's environment form).
+        let t = topo(Value {
+            kind: Some(Kind::StringValue(
+                r#"{"gatewayTopology":{"numTrustedProxies":1}}"#.into(),
+            )),
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.num_trusted_proxies, 1);
+        assert_eq!(topo(st(vec![])).unwrap(), None);
+        let e = topo(st(vec![(
+            "gatewayTopology",
+            st(vec![("numTrustedProxys", num(1.0))]),
+        )]))
+        .unwrap_err();
+        assert!(e.to_string().contains("numTrustedProxys"), "{e}");
     }
 }

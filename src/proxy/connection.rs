@@ -14,6 +14,9 @@ use crate::proxy::http::request::Peer;
 use crate::proxy::http::router::ConnCtx;
 use crate::proxy::http::server::{ConnState, Protocol, serve_http};
 use crate::proxy::listener::{ChainAction, Detected, FilterChain, Listener, TransportProtocol};
+use crate::proxy::proxy_protocol::{
+    ProxyProtocolError, ProxyProtocolFilter, Version as PpVersion, read_header,
+};
 use crate::proxy::runtime::Shared;
 use crate::tls::identity::{PeerIdentity, xfcc_element};
 use crate::tls::{
@@ -120,9 +123,29 @@ pub async fn serve_connection(
     let _active = CxActive(shared.clone());
 
     let mut prefix = BytesMut::new();
+    // Listener filters share one `listener_filters_timeout`, as in Envoy.
+    let filters_deadline = tokio::time::Instant::now() + listener.listener_filters_timeout;
+    let direct = remote;
+    let (mut remote, mut local) = (remote, local);
+    let mut proxy_tlvs: Arc<[(u8, bytes::Bytes)]> = Arc::new([]);
+    if let Some(pp) = &listener.proxy_protocol {
+        match proxy_protocol(&mut stream, &mut prefix, pp, &listener, &shared, direct).await {
+            PeerFound::Header(addresses, tlvs) => {
+                if let Some((source, destination)) = addresses {
+                    remote = source;
+                    local = destination;
+                }
+                if !tlvs.is_empty() {
+                    proxy_tlvs = tlvs.into();
+                }
+            }
+            PeerFound::Close => return,
+        }
+    }
     let mut hello: Option<ClientHelloInfo> = None;
     if listener.tls_inspector {
-        match inspect(&mut stream, &mut prefix, &listener, &shared, remote).await {
+        let left = filters_deadline.saturating_duration_since(tokio::time::Instant::now());
+        match inspect(&mut stream, &mut prefix, &listener, &shared, remote, left).await {
             Inspected::Tls(info) => hello = Some(info),
             Inspected::Raw => {}
             Inspected::Close => return reset(stream),
@@ -147,7 +170,7 @@ pub async fn serve_connection(
             .stats
             .no_filter_chain_match
             .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(listener = %listener.name, %remote, sni = ?key.server_name, tls = key.tls, "no filter chain matches; resetting the connection");
+        tracing::debug!(listener = %listener.name, %remote, %direct, sni = ?key.server_name, tls = key.tls, "no filter chain matches; resetting the connection");
         return reset(stream);
     };
     let io = Rewind::new(prefix.freeze(), stream);
@@ -158,7 +181,9 @@ pub async fn serve_connection(
         worker,
         drain,
         remote,
+        direct,
         local,
+        proxy_tlvs,
         key,
     };
     match &chain.tls {
@@ -209,10 +234,11 @@ async fn inspect(
     listener: &Listener,
     shared: &Shared,
     remote: SocketAddr,
+    timeout: Duration,
 ) -> Inspected {
     let reader = ClientHelloReader {
         max_size: MAX_CLIENT_HELLO,
-        timeout: listener.listener_filters_timeout,
+        timeout,
     };
     let stats = &shared.stats;
     let bump = |c: &std::sync::atomic::AtomicU64| {
@@ -255,6 +281,66 @@ async fn inspect(
     }
 }
 
+/// What the PROXY protocol filter decided.
+enum PeerFound {
+    /// Carry on, with the header's (source, destination) when it named them, and the
+    /// TLVs kept.
+    Header(Option<(SocketAddr, SocketAddr)>, Vec<(u8, bytes::Bytes)>),
+    Close,
+}
+
+/// Reads the PROXY protocol header (Envoy's `proxy_protocol` listener filter): a
+/// missing (unless allowed), disallowed, malformed, cut short or slow header closes the
+/// connection; bytes after it stay in `prefix` for the tls_inspector and the chain.
+async fn proxy_protocol(
+    stream: &mut TcpStream,
+    prefix: &mut BytesMut,
+    filter: &ProxyProtocolFilter,
+    listener: &Listener,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> PeerFound {
+    let stats = &shared.stats;
+    let bump = |c: &std::sync::atomic::AtomicU64| {
+        c.fetch_add(1, Ordering::Relaxed);
+    };
+    match read_header(stream, prefix, filter, listener.listener_filters_timeout).await {
+        Ok(Some(h)) => {
+            bump(match h.version {
+                PpVersion::V1 => &stats.proxy_proto_v1_found,
+                PpVersion::V2 => &stats.proxy_proto_v2_found,
+            });
+            PeerFound::Header(h.addresses, h.tlvs)
+        }
+        Ok(None) => {
+            bump(&stats.proxy_proto_not_found_allowed);
+            PeerFound::Header(None, Vec::new())
+        }
+        Err(ProxyProtocolError::Timeout(_)) if listener.continue_on_listener_filters_timeout => {
+            bump(&stats.downstream_pre_cx_timeout);
+            PeerFound::Header(None, Vec::new())
+        }
+        Err(e) => {
+            match &e {
+                ProxyProtocolError::Missing => bump(&stats.proxy_proto_not_found_disallowed),
+                ProxyProtocolError::Disallowed(PpVersion::V1) => {
+                    bump(&stats.proxy_proto_v1_disallowed)
+                }
+                ProxyProtocolError::Disallowed(PpVersion::V2) => {
+                    bump(&stats.proxy_proto_v2_disallowed)
+                }
+                ProxyProtocolError::Timeout(_) => bump(&stats.downstream_pre_cx_timeout),
+                ProxyProtocolError::Malformed(m) if m.starts_with("v1") => {
+                    bump(&stats.proxy_proto_v1_error)
+                }
+                _ => bump(&stats.proxy_proto_v2_error),
+            }
+            tracing::debug!(listener = %listener.name, %peer, error = %e, "closing the connection");
+            PeerFound::Close
+        }
+    }
+}
+
 /// Answers an ACME TLS-ALPN-01 validation with the pending challenge certificate.
 async fn answer_tls_alpn<IO>(io: IO, shared: &Shared, remote: SocketAddr)
 where
@@ -284,8 +370,13 @@ struct Conn<'a> {
     shared: Arc<Shared>,
     worker: usize,
     drain: watch::Receiver<bool>,
+    /// The client: the PROXY header's source, else the peer.
     remote: SocketAddr,
+    /// The peer of the TCP connection (a load balancer speaking the PROXY protocol).
+    direct: SocketAddr,
     local: SocketAddr,
+    /// The PROXY header's TLVs the listener keeps.
+    proxy_tlvs: Arc<[(u8, bytes::Bytes)]>,
     key: ChainKey,
 }
 
@@ -305,7 +396,8 @@ impl Conn<'_> {
                 let state = Arc::new(ConnState::default());
                 state.touch();
                 let cx = Arc::new(ConnCtx {
-                    peer: Peer::new(self.remote, self.local, tls.is_some()),
+                    peer: Peer::new(self.remote, self.local, tls.is_some())
+                        .with_direct(self.direct, self.proxy_tlvs.clone()),
                     worker: self.worker,
                     shared: self.shared,
                     listener: self.listener.name.clone(),
@@ -319,7 +411,9 @@ impl Conn<'_> {
             ChainAction::Tcp(proxy) => {
                 let conn = crate::proxy::tcp::TcpConn {
                     remote: self.remote,
+                    direct: self.direct,
                     local: self.local,
+                    proxy_tlvs: &self.proxy_tlvs,
                     sni: self.key.server_name.as_deref(),
                     tls: tls.as_deref(),
                 };

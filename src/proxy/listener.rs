@@ -93,6 +93,8 @@ pub struct Listener {
     pub default_chain: Option<FilterChain>,
     /// `envoy.filters.listener.tls_inspector`: read the ClientHello (SNI, ALPN) first.
     pub tls_inspector: bool,
+    /// `envoy.filters.listener.proxy_protocol`: a PROXY header before anything else.
+    pub proxy_protocol: Option<Arc<crate::proxy::proxy_protocol::ProxyProtocolFilter>>,
     /// How long listener filters may take (`listener_filters_timeout`, default 15 s).
     pub listener_filters_timeout: Duration,
     /// On a listener-filter timeout, carry on with what was detected instead of closing.
@@ -122,6 +124,7 @@ impl Listener {
             chains,
             default_chain,
             tls_inspector,
+            proxy_protocol: None,
             listener_filters_timeout: Duration::from_secs(15),
             continue_on_listener_filters_timeout: false,
             stat_name: crate::proxy::overload::listener_stat_name("", addr).into(),

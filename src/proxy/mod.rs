@@ -27,6 +27,7 @@ pub mod http;
 pub mod json_input;
 pub mod listener;
 pub mod overload;
+pub mod proxy_protocol;
 pub mod rbac;
 pub mod route;
 pub mod runtime;

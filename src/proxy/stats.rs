@@ -112,6 +112,15 @@ pub struct Stats {
     /// Connections closed because listener filters (the ClientHello read) took too long.
     pub downstream_pre_cx_timeout: AtomicU64,
     pub tls_inspector_tls_found: AtomicU64,
+    /// The PROXY protocol listener filter (Envoy's `proxy_proto.*`).
+    pub proxy_proto_v1_found: AtomicU64,
+    pub proxy_proto_v2_found: AtomicU64,
+    pub proxy_proto_v1_error: AtomicU64,
+    pub proxy_proto_v2_error: AtomicU64,
+    pub proxy_proto_v1_disallowed: AtomicU64,
+    pub proxy_proto_v2_disallowed: AtomicU64,
+    pub proxy_proto_not_found_allowed: AtomicU64,
+    pub proxy_proto_not_found_disallowed: AtomicU64,
     pub tls_inspector_tls_not_found: AtomicU64,
     pub tls_inspector_client_hello_too_large: AtomicU64,
     /// Bytes that started like TLS but were not a valid ClientHello.
@@ -196,6 +205,14 @@ impl Stats {
             no_filter_chain_match: AtomicU64::new(0),
             downstream_pre_cx_timeout: AtomicU64::new(0),
             tls_inspector_tls_found: AtomicU64::new(0),
+            proxy_proto_v1_found: AtomicU64::new(0),
+            proxy_proto_v2_found: AtomicU64::new(0),
+            proxy_proto_v1_error: AtomicU64::new(0),
+            proxy_proto_v2_error: AtomicU64::new(0),
+            proxy_proto_v1_disallowed: AtomicU64::new(0),
+            proxy_proto_v2_disallowed: AtomicU64::new(0),
+            proxy_proto_not_found_allowed: AtomicU64::new(0),
+            proxy_proto_not_found_disallowed: AtomicU64::new(0),
             tls_inspector_tls_not_found: AtomicU64::new(0),
             tls_inspector_client_hello_too_large: AtomicU64::new(0),
             tls_inspector_client_hello_malformed: AtomicU64::new(0),
@@ -388,6 +405,38 @@ impl Stats {
             (
                 "listener.downstream_pre_cx_timeout".into(),
                 g(&self.downstream_pre_cx_timeout),
+            ),
+            (
+                "proxy_proto.versions.v1.found".into(),
+                g(&self.proxy_proto_v1_found),
+            ),
+            (
+                "proxy_proto.versions.v2.found".into(),
+                g(&self.proxy_proto_v2_found),
+            ),
+            (
+                "proxy_proto.versions.v1.error".into(),
+                g(&self.proxy_proto_v1_error),
+            ),
+            (
+                "proxy_proto.versions.v2.error".into(),
+                g(&self.proxy_proto_v2_error),
+            ),
+            (
+                "proxy_proto.versions.v1.disallowed".into(),
+                g(&self.proxy_proto_v1_disallowed),
+            ),
+            (
+                "proxy_proto.versions.v2.disallowed".into(),
+                g(&self.proxy_proto_v2_disallowed),
+            ),
+            (
+                "proxy_proto.not_found_allowed".into(),
+                g(&self.proxy_proto_not_found_allowed),
+            ),
+            (
+                "proxy_proto.not_found_disallowed".into(),
+                g(&self.proxy_proto_not_found_disallowed),
             ),
             (
                 "tls_inspector.tls_found".into(),

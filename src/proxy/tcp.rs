@@ -47,7 +47,12 @@ pub struct TcpProxy {
 /// What the network filters know of a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpConn<'a> {
+    /// The client (a PROXY header's source, else the peer).
     pub remote: SocketAddr,
+    /// The TCP peer.
+    pub direct: SocketAddr,
+    /// The TLVs of the downstream PROXY header the listener kept.
+    pub proxy_tlvs: &'a [(u8, bytes::Bytes)],
     pub local: SocketAddr,
     /// The SNI the client sent (TLS passed through or terminated).
     pub sni: Option<&'a str>,
@@ -104,7 +109,7 @@ where
     let stats = &shared.stats;
     if !proxy.rbac.is_empty() {
         let input = crate::proxy::rbac::Input {
-            direct_remote: conn.remote.ip(),
+            direct_remote: conn.direct.ip(),
             remote: conn.remote.ip(),
             local: conn.local,
             sni: conn.sni,
@@ -132,7 +137,8 @@ where
         return TcpEnd::NoCluster;
     };
     drop(snap);
-    let upstream = match connect(&cluster).await {
+    let downstream_peer = (conn.remote, conn.local, conn.proxy_tlvs);
+    let upstream = match connect(&cluster, downstream_peer).await {
         Ok(u) => u,
         Err(end) => {
             stats
@@ -172,7 +178,12 @@ impl Drop for CxSlot {
     }
 }
 
-async fn connect(cluster: &Arc<Cluster>) -> Result<(TcpStream, CxSlot), TcpEnd> {
+/// Connects to a host of `cluster`; a cluster with `upstream_proxy_protocol` gets the
+/// downstream client's PROXY header (`downstream`: remote, local, TLVs) first.
+async fn connect(
+    cluster: &Arc<Cluster>,
+    downstream: (SocketAddr, SocketAddr, &[(u8, bytes::Bytes)]),
+) -> Result<(TcpStream, CxSlot), TcpEnd> {
     let state = &cluster.state;
     let host = cluster.choose_host(LbContext::default());
     let Some(host) = host else {
@@ -195,8 +206,19 @@ async fn connect(cluster: &Arc<Cluster>) -> Result<(TcpStream, CxSlot), TcpEnd> 
         .fetch_add(1, Ordering::Relaxed);
     let slot = CxSlot(cluster.clone());
     match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(host.addr)).await {
-        Ok(Ok(s)) => {
+        Ok(Ok(mut s)) => {
             let _ = s.set_nodelay(true);
+            if let Some(pp) = &cluster.transport.proxy_protocol {
+                let header = pp.header(downstream.0, downstream.1, downstream.2);
+                if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut s, &header).await {
+                    tracing::debug!(host = %host.addr, error = %e, "tcp_proxy: writing the PROXY header failed");
+                    state
+                        .stats
+                        .upstream_cx_connect_fail
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(TcpEnd::ConnectFailed);
+                }
+            }
             Ok((s, slot))
         }
         Ok(Err(_)) => {

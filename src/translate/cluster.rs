@@ -405,6 +405,9 @@ impl Context<'_, '_, '_> {
                 }
                 None => {}
             }
+            if let Some(pp) = policy.as_ref().and_then(|p| p.proxy_protocol.as_ref()) {
+                apply_upstream_proxy_protocol(&mut c, pp);
+            }
         }
 
         // Metadata: the service, and the DestinationRule (and subset) that shaped it.
@@ -991,6 +994,54 @@ fn apply_load_balancer(c: &mut cluster::Cluster, lb: Option<&LoadBalancerSetting
                     },
                 ));
             }
+        }
+    }
+}
+
+/// Name of Envoy's upstream PROXY protocol transport socket.
+pub const UPSTREAM_PROXY_PROTOCOL: &str = "envoy.transport_sockets.upstream_proxy_protocol";
+
+/// DestinationRule `trafficPolicy.proxyProtocol` (istiod's `applyUpstreamProxyProtocol`):
+/// the cluster's transport socket, and each of its `transport_socket_matches`, wrapped
+/// in `upstream_proxy_protocol`; a plain-text cluster gets it around `raw_buffer`.
+fn apply_upstream_proxy_protocol(
+    c: &mut cluster::Cluster,
+    pp: &crate::config::types::destination_rule::ProxyProtocol,
+) {
+    use crate::config::types::destination_rule::ProxyProtocolVersion;
+    use crate::xds::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+    let version = match pp.version.unwrap_or(ProxyProtocolVersion::V1) {
+        ProxyProtocolVersion::V1 => core::proxy_protocol_config::Version::V1,
+        ProxyProtocolVersion::V2 => core::proxy_protocol_config::Version::V2,
+    };
+    let wrap = |inner: core::TransportSocket| core::TransportSocket {
+        name: UPSTREAM_PROXY_PROTOCOL.into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(pb::any(
+            &ProxyProtocolUpstreamTransport {
+                config: Some(core::ProxyProtocolConfig {
+                    version: version as i32,
+                    ..Default::default()
+                }),
+                transport_socket: Some(inner),
+                ..Default::default()
+            },
+        ))),
+    };
+    if c.transport_socket.is_none() && c.transport_socket_matches.is_empty() {
+        c.transport_socket = Some(wrap(core::TransportSocket {
+            name: RAW_BUFFER_TRANSPORT_SOCKET.into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(pb::any(
+                &raw_buffer::RawBuffer {},
+            ))),
+        }));
+        return;
+    }
+    if let Some(ts) = c.transport_socket.take() {
+        c.transport_socket = Some(wrap(ts));
+    }
+    for m in &mut c.transport_socket_matches {
+        if let Some(ts) = m.transport_socket.take() {
+            m.transport_socket = Some(wrap(ts));
         }
     }
 }

@@ -4,12 +4,14 @@ use super::gateways::Port;
 use super::http_route::{CORS_FILTER, FAULT_FILTER};
 use super::names;
 use super::pb;
+use crate::config::mesh::{ForwardClientCertDetails, GatewayTopology};
 use crate::xds::pb::envoy::config::core::v3 as core;
 use crate::xds::pb::envoy::config::listener::v3 as listener;
 use crate::xds::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use crate::xds::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use crate::xds::pb::envoy::extensions::filters::http::router::v3::Router;
 use crate::xds::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use crate::xds::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol;
 use crate::xds::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use crate::xds::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
@@ -27,6 +29,20 @@ pub const TRANSPORT_SOCKET_CONNECT_TIMEOUT_SECS: u64 = 15;
 pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 /// Name of the HTTP inspector listener filter.
 pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+/// Name of the PROXY protocol listener filter.
+pub const PROXY_PROTOCOL: &str = "envoy.filters.listener.proxy_protocol";
+
+/// The PROXY protocol listener filter as istiod adds it for `gatewayTopology.proxyProtocol`
+/// (an empty config: v1 and v2 accepted, a connection without a header refused).
+pub fn proxy_protocol() -> listener::ListenerFilter {
+    listener::ListenerFilter {
+        name: PROXY_PROTOCOL.into(),
+        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(pb::any(
+            &ProxyProtocol::default(),
+        ))),
+        ..Default::default()
+    }
+}
 
 /// The TLS inspector as istiod configures it (it reads at most 512 bytes of a
 /// ClientHello before giving up, not Envoy's 64 KiB).
@@ -91,28 +107,43 @@ pub fn filter_chain(
 
 /// The HTTP connection manager of a gateway server, reading routes `route_name` by RDS.
 ///
-/// Istio's gateway settings on top of [`istio_http_connection_manager`]'s: the client
-/// address is the peer (use_remote_address), client certificate details sanitised and
-/// set. `filters` (authorization) go before Istio's fault, CORS and router filters.
+/// Istio's gateway settings on top of [`istio_http_connection_manager`]'s
+/// (`buildGatewayConnectionManager`): the client address is the peer
+/// (use_remote_address) or, with `gatewayTopology.numTrustedProxies` N, the Nth
+/// `x-forwarded-for` entry from the right; client certificate details as
+/// `forwardClientCertDetails` says (default SANITIZE_SET), with the current client's
+/// details set when they are forwarded. `filters` (authorization) go before Istio's
+/// fault, CORS and router filters.
 pub fn http_connection_manager(
     route_name: &str,
     stat_prefix: &str,
     filters: Vec<hcm::HttpFilter>,
+    topology: &GatewayTopology,
 ) -> listener::Filter {
+    use hcm::http_connection_manager::ForwardClientCertDetails as Fcc;
+    let fcc = match topology.forward_client_cert_details {
+        ForwardClientCertDetails::Undefined | ForwardClientCertDetails::SanitizeSet => {
+            Fcc::SanitizeSet
+        }
+        ForwardClientCertDetails::Sanitize => Fcc::Sanitize,
+        ForwardClientCertDetails::ForwardOnly => Fcc::ForwardOnly,
+        ForwardClientCertDetails::AppendForward => Fcc::AppendForward,
+        ForwardClientCertDetails::AlwaysForwardOnly => Fcc::AlwaysForwardOnly,
+    };
+    let set_details = matches!(fcc, Fcc::AppendForward | Fcc::SanitizeSet).then(|| {
+        hcm::http_connection_manager::SetCurrentClientCertDetails {
+            subject: Some(pb::boolv(true)),
+            cert: true,
+            dns: true,
+            uri: true,
+            ..Default::default()
+        }
+    });
     let mut manager = hcm::HttpConnectionManager {
         use_remote_address: Some(pb::boolv(true)),
-        xff_num_trusted_hops: 0,
-        forward_client_cert_details:
-            hcm::http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32,
-        set_current_client_cert_details: Some(
-            hcm::http_connection_manager::SetCurrentClientCertDetails {
-                subject: Some(pb::boolv(true)),
-                cert: true,
-                dns: true,
-                uri: true,
-                ..Default::default()
-            },
-        ),
+        xff_num_trusted_hops: topology.num_trusted_proxies,
+        forward_client_cert_details: fcc as i32,
+        set_current_client_cert_details: set_details,
         http_protocol_options: Some(core::Http1ProtocolOptions::default()),
         ..istio_http_connection_manager(
             stat_prefix,

@@ -163,6 +163,10 @@ fn scope_in_mesh<'a>(
     scope.auto_mtls = mesh.enable_auto_mtls;
     scope.connect_timeout = mesh.connect_timeout;
     scope.extension_providers = mesh.extension_providers.clone();
+    scope.gateway_topology = proxy
+        .gateway_topology
+        .or(mesh.gateway_topology)
+        .unwrap_or_default();
     scope
 }
 

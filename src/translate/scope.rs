@@ -80,6 +80,9 @@ pub struct Scope<'a> {
     pub mesh_secrets: super::tls::MeshSecrets,
     /// MeshConfig `extensionProviders`: the external authorizers CUSTOM policies name.
     pub extension_providers: Vec<crate::config::mesh::ExtensionProvider>,
+    /// `gatewayTopology` of the gateway's ProxyConfig: trusted XFF hops, XFCC handling,
+    /// the PROXY protocol on its listeners.
+    pub gateway_topology: crate::config::mesh::GatewayTopology,
     /// Where the proxy runs (from its topology labels), for locality load balancing.
     pub locality: Locality,
     /// Gateways whose selector matches the proxy, in Istio's order (name, namespace).
@@ -191,6 +194,7 @@ impl<'a> Scope<'a> {
             ),
             mesh_secrets: super::tls::MeshSecrets::Ads,
             extension_providers: Vec::new(),
+            gateway_topology: Default::default(),
             locality: Locality::of_workload("", &proxy.labels),
             gateways,
             virtual_services,

@@ -100,6 +100,7 @@ impl<'s, 'a> Build<'s, 'a> {
                         route_name,
                         &stat_prefix,
                         self.authz_http.clone(),
+                        &self.scope.gateway_topology,
                     )],
                     None,
                     None,
@@ -148,6 +149,11 @@ impl<'s, 'a> Build<'s, 'a> {
                 .is_some_and(|m| !m.server_names.is_empty() || !m.application_protocols.is_empty())
                 || c.transport_socket.is_some()
         });
+        // istiod's gateway listener builder: the PROXY header is stripped first, then
+        // the ClientHello is read behind it.
+        if self.scope.gateway_topology.proxy_protocol.is_some() {
+            l.listener_filters.push(listener::proxy_protocol());
+        }
         if needs_inspector {
             l.listener_filters.push(listener::tls_inspector());
         }
@@ -223,6 +229,7 @@ impl<'s, 'a> Build<'s, 'a> {
                 &server.route_name,
                 &stat_prefix,
                 self.authz_http.clone(),
+                &self.scope.gateway_topology,
             )]
         } else {
             let filters = self.tcp_route_filters(server);

@@ -1774,3 +1774,105 @@ fn mesh_config_turns_auto_mtls_off_and_sets_the_connect_timeout() {
     assert!(c["transport_socket"].is_null(), "{c}");
     assert_eq!(c["connect_timeout"], "2.500s");
 }
+
+#[test]
+fn gateway_topology_sets_trusted_hops_xfcc_and_the_proxy_protocol_filter() {
+    let config = crate::config::load_str("t.yaml", MESH_BASE).config;
+    let (registry, _) = crate::registry::Registry::from_config(&config);
+    let mut proxy = ProxyIdentity::gateway(
+        "shop",
+        BTreeMap::from([("istio".into(), "ingressgateway".into())]),
+    );
+    let hcm = |t: &Translation| {
+        listener_json(t, "0.0.0.0_8080")["filter_chains"][0]["filters"][0]["typed_config"].clone()
+    };
+    // Istio's gateway defaults: the peer is the client, XFCC sanitised and set.
+    let t = super::gateway(&config, &registry, &proxy);
+    let l = listener_json(&t, "0.0.0.0_8080");
+    assert!(l["listener_filters"].is_null(), "{l}");
+    let h = hcm(&t);
+    assert_eq!(h["use_remote_address"], true);
+    assert!(h["xff_num_trusted_hops"].is_null(), "{h}");
+    assert_eq!(h["forward_client_cert_details"], "SANITIZE_SET");
+    assert_eq!(h["set_current_client_cert_details"]["uri"], true);
+
+    let mesh = crate::config::mesh::parse_mesh_config(
+        "mesh.yaml",
+        "defaultConfig:\n  gatewayTopology: {numTrustedProxies: 2, forwardClientCertDetails: FORWARD_ONLY, proxyProtocol: {}}\n",
+    )
+    .unwrap();
+    let t = super::gateway_in_mesh(&config, &registry, &proxy, &mesh);
+    let l = listener_json(&t, "0.0.0.0_8080");
+    assert_eq!(
+        l["listener_filters"][0]["name"],
+        "envoy.filters.listener.proxy_protocol"
+    );
+    assert_eq!(
+        l["listener_filters"][0]["typed_config"]["@type"],
+        "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
+    );
+    let h = hcm(&t);
+    assert_eq!(h["xff_num_trusted_hops"], 2);
+    assert_eq!(h["use_remote_address"], true);
+    assert_eq!(h["forward_client_cert_details"], "FORWARD_ONLY");
+    // istiod sets the current client's details only when they are forwarded.
+    assert!(h["set_current_client_cert_details"].is_null(), "{h}");
+
+    // A node's own topology (PROXY_CONFIG) replaces the mesh's for that node.
+    proxy.gateway_topology = Some(crate::config::mesh::GatewayTopology {
+        num_trusted_proxies: 1,
+        ..Default::default()
+    });
+    let t = super::gateway_in_mesh(&config, &registry, &proxy, &mesh);
+    assert!(listener_json(&t, "0.0.0.0_8080")["listener_filters"].is_null());
+    let h = hcm(&t);
+    assert_eq!(h["xff_num_trusted_hops"], 1);
+    assert_eq!(h["forward_client_cert_details"], "SANITIZE_SET");
+}
+
+#[test]
+fn destination_rule_proxy_protocol_wraps_the_transport_sockets() {
+    let t = translate_yaml(&format!(
+        "{MESH_BASE}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews.shop.svc.cluster.local
+  trafficPolicy:
+    proxyProtocol: {{version: V2}}
+  subsets:
+  - name: v1
+    labels: {{version: v1}}
+    trafficPolicy:
+      tls: {{mode: ISTIO_MUTUAL}}
+      proxyProtocol: {{}}
+"
+    ));
+    // Auto mTLS: each transport_socket_match is wrapped.
+    let c = cluster_json(&t, "outbound|9080||reviews.shop.svc.cluster.local");
+    for m in c["transport_socket_matches"].as_array().expect("matches") {
+        let ts = &m["transport_socket"];
+        assert_eq!(
+            ts["name"], "envoy.transport_sockets.upstream_proxy_protocol",
+            "{c}"
+        );
+        assert_eq!(ts["typed_config"]["config"]["version"], "V2", "{c}");
+        assert!(
+            ts["typed_config"]["transport_socket"]["name"].is_string(),
+            "{c}"
+        );
+    }
+    // The subset: its own policy (V1, the default) around its TLS socket.
+    let c = cluster_json(&t, "outbound|9080|v1|reviews.shop.svc.cluster.local");
+    let ts = &c["transport_socket"];
+    assert_eq!(
+        ts["name"], "envoy.transport_sockets.upstream_proxy_protocol",
+        "{c}"
+    );
+    assert!(ts["typed_config"]["config"]["version"].is_null(), "{c}");
+    assert_eq!(
+        ts["typed_config"]["transport_socket"]["name"], "envoy.transport_sockets.tls",
+        "{c}"
+    );
+}

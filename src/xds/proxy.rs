@@ -36,6 +36,9 @@ pub struct ProxyIdentity {
     pub cluster_id: String,
     /// DNS domain suffix, `cluster.local` unless told otherwise.
     pub domain_suffix: String,
+    /// `gatewayTopology` of the proxy's own ProxyConfig (node metadata `PROXY_CONFIG`),
+    /// which replaces MeshConfig `defaultConfig`'s for it.
+    pub gateway_topology: Option<crate::config::mesh::GatewayTopology>,
 }
 
 impl ProxyIdentity {

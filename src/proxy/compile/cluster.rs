@@ -1,5 +1,6 @@
 //! Cluster + ClusterLoadAssignment -> [`Cluster`].
 use crate::proxy::compile::{CompileError, Cx, duration, fields};
+use crate::proxy::proxy_protocol::{PassThroughTlvs, Version as ProxyVersion};
 use crate::proxy::snapshot::Snapshot;
 use crate::proxy::tls::TlsRuntime;
 use crate::proxy::upstream::cluster::*;
@@ -7,7 +8,7 @@ use crate::proxy::upstream::host::{EndpointSet, Host, Locality, Priority};
 use crate::proxy::upstream::lb::{LbPolicy, SlowStart};
 use crate::proxy::upstream::outlier::OutlierConfig;
 use crate::proxy::upstream::pool::DEFAULT_IDLE_TIMEOUT;
-use crate::proxy::upstream::tls::{TransportSockets, UpstreamTransport};
+use crate::proxy::upstream::tls::{TransportSockets, UpstreamProxyProtocol, UpstreamTransport};
 use crate::tls::UpstreamTls;
 use crate::xds::ResourceSet;
 use crate::xds::pb::envoy::config::cluster::v3 as pb;
@@ -458,6 +459,105 @@ fn transport_socket(
     })))
 }
 
+const UPSTREAM_PROXY_PROTOCOL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport";
+
+/// `envoy.transport_sockets.upstream_proxy_protocol`: the PROXY header it writes, and
+/// the socket it wraps.
+fn unwrap_proxy_protocol<'a>(
+    cx: &mut Cx,
+    field: &str,
+    ts: &'a core_pb::TransportSocket,
+) -> Result<
+    (
+        Option<UpstreamProxyProtocol>,
+        std::borrow::Cow<'a, core_pb::TransportSocket>,
+    ),
+    CompileError,
+> {
+    use crate::xds::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+    use core_pb::transport_socket::ConfigType;
+    let any = match &ts.config_type {
+        Some(ConfigType::TypedConfig(a)) if a.type_url == UPSTREAM_PROXY_PROTOCOL => a,
+        _ => return Ok((None, std::borrow::Cow::Borrowed(ts))),
+    };
+    let p = ProxyProtocolUpstreamTransport::decode(any.value.as_slice()).map_err(|e| {
+        cx.err(
+            field,
+            format!("decoding ProxyProtocolUpstreamTransport: {e}"),
+        )
+    })?;
+    cx.at(field, |cx| {
+        fields!(
+            cx,
+            &p,
+            ProxyProtocolUpstreamTransport {
+                supported: [config, transport_socket],
+                ignored: [],
+                unsupported: [allow_unspecified_address, tlv_as_pool_key],
+            }
+        );
+        let config = p.config.clone().unwrap_or_default();
+        cx.at("config", |cx| {
+            fields!(
+                cx,
+                &config,
+                core_pb::ProxyProtocolConfig {
+                    supported: [version, pass_through_tlvs],
+                    ignored: [],
+                    unsupported: [added_tlvs],
+                }
+            );
+            Ok(())
+        })?;
+        let version = match core_pb::proxy_protocol_config::Version::try_from(config.version) {
+            Ok(core_pb::proxy_protocol_config::Version::V1) => ProxyVersion::V1,
+            Ok(core_pb::proxy_protocol_config::Version::V2) => ProxyVersion::V2,
+            Err(_) => return Err(cx.err("config.version", "unknown PROXY protocol version")),
+        };
+        let pass_through = match &config.pass_through_tlvs {
+            None => PassThroughTlvs::None,
+            Some(pt) => cx.at("config.pass_through_tlvs", |cx| pass_through_tlvs(cx, pt))?,
+        };
+        let Some(inner) = p.transport_socket.clone() else {
+            return Err(cx.err(
+                "transport_socket",
+                "the wrapped transport socket is required",
+            ));
+        };
+        Ok((
+            Some(UpstreamProxyProtocol {
+                version,
+                pass_through,
+            }),
+            std::borrow::Cow::Owned(inner),
+        ))
+    })
+}
+
+/// `ProxyProtocolPassThroughTLVs`.
+pub(crate) fn pass_through_tlvs(
+    cx: &mut Cx,
+    pt: &core_pb::ProxyProtocolPassThroughTlVs,
+) -> Result<PassThroughTlvs, CompileError> {
+    use core_pb::proxy_protocol_pass_through_tl_vs::PassTlVsMatchType;
+    match PassTlVsMatchType::try_from(pt.match_type) {
+        Ok(PassTlVsMatchType::IncludeAll) => Ok(PassThroughTlvs::All),
+        Ok(PassTlVsMatchType::Include) => {
+            let mut types = Vec::with_capacity(pt.tlv_type.len());
+            for (i, t) in pt.tlv_type.iter().enumerate() {
+                match u8::try_from(*t) {
+                    Ok(t) => types.push(t),
+                    Err(_) => {
+                        return Err(cx.err(&format!("tlv_type[{i}]"), "a TLV type is 0 to 255"));
+                    }
+                }
+            }
+            Ok(PassThroughTlvs::Only(types))
+        }
+        Err(_) => Err(cx.err("match_type", "unknown match type")),
+    }
+}
+
 /// The cluster's transport sockets and which one each endpoint uses: an endpoint whose
 /// `envoy.transport_socket_match` metadata has every key/value of a match's `match`
 /// uses that match's socket (the first one); others use the cluster's socket.
@@ -470,8 +570,25 @@ fn transport_sockets(
     tls: &TlsRuntime,
 ) -> Result<TransportSockets, CompileError> {
     let mut out = TransportSockets::default();
+    // `upstream_proxy_protocol` wraps each socket (istiod wraps them all alike); the
+    // header is one setting of the cluster.
+    let mut proxy: Option<Option<UpstreamProxyProtocol>> = None;
+    let mut agree = |cx: &mut Cx, field: &str, p: Option<UpstreamProxyProtocol>| match &proxy {
+        Some(q) if *q != p => Err(cx.err(
+            field,
+            "upstream_proxy_protocol must wrap every transport socket of a cluster alike",
+        )),
+        _ => {
+            proxy = Some(p);
+            Ok(())
+        }
+    };
     let default = match &c.transport_socket {
-        Some(ts) => transport_socket(cx, "transport_socket", ts, options, prev, tls, &c.name)?,
+        Some(ts) => {
+            let (p, ts) = unwrap_proxy_protocol(cx, "transport_socket", ts)?;
+            agree(cx, "transport_socket", p)?;
+            transport_socket(cx, "transport_socket", &ts, options, prev, tls, &c.name)?
+        }
         None => None,
     };
     out.all.extend(default.clone());
@@ -489,9 +606,14 @@ fn transport_sockets(
             );
             match &m.transport_socket {
                 Some(ts) => {
-                    transport_socket(cx, "transport_socket", ts, options, prev, tls, &c.name)
+                    let (p, ts) = unwrap_proxy_protocol(cx, "transport_socket", ts)?;
+                    agree(cx, "transport_socket", p)?;
+                    transport_socket(cx, "transport_socket", &ts, options, prev, tls, &c.name)
                 }
-                None => Ok(None),
+                None => {
+                    agree(cx, "transport_socket", None)?;
+                    Ok(None)
+                }
             }
         })?;
         out.all.extend(socket.clone());
@@ -512,6 +634,7 @@ fn transport_sockets(
             })
             .map(|(_, socket)| socket.clone())
     };
+    out.proxy_protocol = proxy.flatten();
     out.fallback = select(None).unwrap_or(default.clone());
     if matches.is_empty() {
         return Ok(out);
@@ -1600,8 +1723,8 @@ mod tests {
         });
         let tls = TlsRuntime::new(Default::default()).unwrap();
         let e = compile_cluster(&c, &ResourceSet::default(), None, &tls).unwrap_err();
-        assert_eq!(e.path, "transport_socket");
-        assert!(e.message.contains("raw_buffer and tls only"), "{e}");
+        assert_eq!(e.path, "transport_socket.transport_socket");
+        assert!(e.message.contains("is required"), "{e}");
     }
 
     fn tls_socket(sni: &str, alpn: &[&str]) -> serde_json::Value {

@@ -4,6 +4,7 @@ use crate::proxy::compile::{CompileError, Cx, duration, fields};
 use crate::proxy::http::filter::HttpFilter;
 use crate::proxy::http::hcm::*;
 use crate::proxy::listener::{ChainAction, ChainMatch, FilterChain, Listener, TransportProtocol};
+use crate::proxy::proxy_protocol::ProxyProtocolFilter;
 use crate::proxy::route::RouteTable;
 use crate::proxy::tcp::{DEFAULT_IDLE_TIMEOUT as DEFAULT_TCP_IDLE_TIMEOUT, TcpClusters, TcpProxy};
 use crate::proxy::tls::TlsRuntime;
@@ -11,6 +12,7 @@ use crate::tls::DownstreamTls;
 use crate::xds::ResourceSet;
 use crate::xds::pb::envoy::config::core::v3 as core_pb;
 use crate::xds::pb::envoy::config::listener::v3 as pb;
+use crate::xds::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol as ProxyProtocolPb;
 
 use crate::xds::pb::envoy::extensions::filters::http::router::v3 as router_pb;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
@@ -25,6 +27,8 @@ use std::time::Duration;
 
 const TLS_INSPECTOR: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const PROXY_PROTOCOL: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol";
 const RAW_BUFFER: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 /// Envoy's bound on a downstream TLS handshake when `transport_socket_connect_timeout`
@@ -117,6 +121,7 @@ fn compile_listener(
     );
     let addr = listener_address(cx, &l.address)?;
     let mut tls_inspector = false;
+    let mut proxy_protocol = None;
     for (i, f) in l.listener_filters.iter().enumerate() {
         use pb::listener_filter::ConfigType;
         let ty = match &f.config_type {
@@ -133,6 +138,44 @@ fn compile_listener(
                 ));
             }
             tls_inspector = true;
+        } else if ty == PROXY_PROTOCOL
+            || (ty.is_empty() && f.name == "envoy.filters.listener.proxy_protocol")
+        {
+            if f.filter_disabled.is_some() {
+                return Err(cx.err(
+                    &format!("listener_filters[{i}].filter_disabled"),
+                    "conditionally disabled listener filters are not supported",
+                ));
+            }
+            if tls_inspector {
+                // Envoy runs listener filters in order: a tls_inspector before it would
+                // read the PROXY header as a (non-TLS) ClientHello.
+                return Err(cx.err(
+                    &format!("listener_filters[{i}]"),
+                    "the proxy_protocol listener filter must come before the tls_inspector",
+                ));
+            }
+            if proxy_protocol.is_some() {
+                return Err(cx.err(
+                    &format!("listener_filters[{i}]"),
+                    "the proxy_protocol listener filter is configured twice",
+                ));
+            }
+            let config = match &f.config_type {
+                Some(ConfigType::TypedConfig(a)) => ProxyProtocolPb::decode(a.value.as_slice())
+                    .map_err(|e| {
+                        cx.err(
+                            &format!("listener_filters[{i}].typed_config"),
+                            format!("decoding ProxyProtocol: {e}"),
+                        )
+                    })?,
+                _ => ProxyProtocolPb::default(),
+            };
+            proxy_protocol = Some(
+                cx.at(format_args!("listener_filters[{i}].typed_config"), |cx| {
+                    compile_proxy_protocol(cx, &config)
+                })?,
+            );
         } else {
             return Err(cx.err(
                 &format!("listener_filters[{i}]"),
@@ -212,7 +255,52 @@ fn compile_listener(
     listener.continue_on_listener_filters_timeout = l.continue_on_listener_filters_timeout;
     listener.stat_name = crate::proxy::overload::listener_stat_name(&l.stat_prefix, addr).into();
     listener.ignore_global_conn_limit = l.ignore_global_conn_limit;
+    listener.proxy_protocol = proxy_protocol.map(Arc::new);
     Ok(listener)
+}
+
+/// `envoy.filters.listener.proxy_protocol`.
+fn compile_proxy_protocol(
+    cx: &mut Cx,
+    p: &ProxyProtocolPb,
+) -> Result<ProxyProtocolFilter, CompileError> {
+    fields!(
+        cx,
+        p,
+        ProxyProtocolPb {
+            supported: [
+                allow_requests_without_proxy_protocol,
+                disallowed_versions,
+                pass_through_tlvs
+            ],
+            ignored: [stat_prefix],
+            // TLV values as dynamic metadata: nothing in meshgate reads a connection's
+            // dynamic metadata yet, so they are refused rather than dropped.
+            unsupported: [rules, tlv_location],
+        }
+    );
+    let mut filter = ProxyProtocolFilter {
+        allow_without: p.allow_requests_without_proxy_protocol,
+        ..Default::default()
+    };
+    for (i, v) in p.disallowed_versions.iter().enumerate() {
+        match core_pb::proxy_protocol_config::Version::try_from(*v) {
+            Ok(core_pb::proxy_protocol_config::Version::V1) => filter.v1 = false,
+            Ok(core_pb::proxy_protocol_config::Version::V2) => filter.v2 = false,
+            Err(_) => {
+                return Err(cx.err(
+                    &format!("disallowed_versions[{i}]"),
+                    "unknown PROXY protocol version",
+                ));
+            }
+        }
+    }
+    if let Some(pt) = &p.pass_through_tlvs {
+        filter.pass_through = cx.at("pass_through_tlvs", |cx| {
+            super::cluster::pass_through_tlvs(cx, pt)
+        })?;
+    }
+    Ok(filter)
 }
 
 fn listener_address(cx: &Cx, a: &Option<core_pb::Address>) -> Result<SocketAddr, CompileError> {

@@ -45,8 +45,14 @@ pub static ROUTER_CONTROL_HEADERS: [HeaderName; 12] = [
 /// Per-connection facts computed once at accept (no per-request getpeername/formatting).
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// The client: the PROXY protocol header's source, else the TCP peer.
     pub remote: SocketAddr,
+    /// The TCP peer (Envoy's direct remote address), which a PROXY header does not
+    /// change.
+    pub direct: SocketAddr,
     pub local: SocketAddr,
+    /// The TLVs of the downstream PROXY header the listener kept (`pass_through_tlvs`).
+    pub proxy_tlvs: std::sync::Arc<[(u8, bytes::Bytes)]>,
     /// The remote IP as a header value, for x-envoy-external-address.
     pub remote_ip: HeaderValue,
     /// What is appended to x-forwarded-for: the remote IP, or for a loopback client the
@@ -73,11 +79,24 @@ impl Peer {
         };
         Peer {
             remote,
+            direct: remote,
             local,
+            proxy_tlvs: std::sync::Arc::new([]),
             remote_ip,
             xff_ip,
             https,
         }
+    }
+
+    /// The same peer reached through `direct` (a proxy that sent a PROXY header).
+    pub fn with_direct(
+        mut self,
+        direct: SocketAddr,
+        proxy_tlvs: std::sync::Arc<[(u8, bytes::Bytes)]>,
+    ) -> Peer {
+        self.direct = direct;
+        self.proxy_tlvs = proxy_tlvs;
+        self
     }
 }
 

@@ -399,6 +399,11 @@ async fn serve(
     }
 
     let remote = mutate_request_headers(req.headers_mut(), hcm, &cx.peer, cx.tls.as_deref());
+    // Envoy's downstream remote address for the request: the connection's, or the one
+    // `x-forwarded-for` names past the trusted hops (without a port).
+    if remote != cx.peer.remote.ip().to_canonical() {
+        log.downstream_remote = std::net::SocketAddr::new(remote, 0);
+    }
     log.request_id = req.headers().get(&X_REQUEST_ID).cloned();
 
     // ACME HTTP-01 challenges are answered before routing.
@@ -499,7 +504,7 @@ async fn serve(
             let fcx = FormatContext {
                 request: Some((req.headers(), request_line(&req, &authority, cx.peer.https))),
                 status: Some(resp.status().as_u16()),
-                ..format_cx(cx, log.start, log.version)
+                ..format_cx(cx, log.start, log.version, log.downstream_remote)
             };
             apply_response_mutations(resp.headers_mut(), table, vhost, route, None, &fcx);
             resp
@@ -509,7 +514,7 @@ async fn serve(
             let fcx = FormatContext {
                 request: Some((req.headers(), request_line(&req, &authority, cx.peer.https))),
                 status: Some(resp.status().as_u16()),
-                ..format_cx(cx, log.start, log.version)
+                ..format_cx(cx, log.start, log.version, log.downstream_remote)
             };
             apply_response_mutations(resp.headers_mut(), table, vhost, route, None, &fcx);
             resp
@@ -596,7 +601,7 @@ async fn serve(
                         cluster: log.cluster.as_deref(),
                         cluster_observability_name: log.cluster_observability_name.as_deref(),
                         upstream: log.upstream_host,
-                        ..format_cx(cx, log.start, log.version)
+                        ..format_cx(cx, log.start, log.version, log.downstream_remote)
                     };
                     apply_response_mutations(r.headers_mut(), table, vhost, route, None, &fcx);
                     r
@@ -650,7 +655,7 @@ async fn request_filters(
                 let fcx = FormatContext {
                     request: Some((req.headers(), request_line(req, authority, cx.peer.https))),
                     status: Some(resp.status().as_u16()),
-                    ..format_cx(cx, log.start, log.version)
+                    ..format_cx(cx, log.start, log.version, log.downstream_remote)
                 };
                 apply_response_mutations(resp.headers_mut(), &hcm.routes, vhost, route, None, &fcx);
             }
@@ -805,9 +810,15 @@ fn apply_levels(
 
 /// What header formats know about the request and its connection; the upstream, the
 /// request kept for response formats and the status are filled in where known.
-fn format_cx(cx: &ConnCtx, started: Instant, version: Version) -> FormatContext<'_> {
+fn format_cx(
+    cx: &ConnCtx,
+    started: Instant,
+    version: Version,
+    remote: std::net::SocketAddr,
+) -> FormatContext<'_> {
     FormatContext {
-        remote: cx.peer.remote,
+        remote,
+        direct: cx.peer.direct,
         local: cx.peer.local,
         tls: cx.tls.as_deref(),
         version,
@@ -1268,7 +1279,7 @@ async fn forward(
             .headers
             .append(X_FORWARDED_HOST.clone(), authority.clone());
     }
-    let (started, version) = (log.start, log.version);
+    let (started, version, remote) = (log.start, log.version, log.downstream_remote);
     {
         let line = RequestLine {
             method: &parts.method,
@@ -1281,7 +1292,7 @@ async fn forward(
             cluster: Some(&cref.name),
             cluster_observability_name: cref.cluster.as_deref().map(|c| &*c.observability_name),
             line: Some(line),
-            ..format_cx(cx, started, version)
+            ..format_cx(cx, started, version, remote)
         };
         apply_request_mutations(&mut parts.headers, table, vhost, route, wc, &fcx);
     }
@@ -1521,7 +1532,7 @@ async fn forward(
                             },
                         )
                     }),
-                    ..format_cx(cx, started, version)
+                    ..format_cx(cx, started, version, remote)
                 };
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(down) = downstream_upgrade {
@@ -1782,7 +1793,7 @@ async fn attempt_once(
     host.rq_total.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveRequest(host.clone());
     let work = async {
-        let mut conn = pool::acquire_for(cluster, &host, cx.worker, h2, Some(&req))
+        let mut conn = pool::acquire_for(cluster, &host, cx.worker, h2, Some(&req), Some(&cx.peer))
             .await
             .map_err(AttemptError::Pool)?;
         let start = Instant::now();

@@ -108,7 +108,10 @@ pub struct RequestLine<'a> {
 /// What a request knows when its headers are mutated.
 #[derive(Debug, Clone, Copy)]
 pub struct FormatContext<'a> {
+    /// The client (a PROXY header's source, else the peer).
     pub remote: SocketAddr,
+    /// The TCP peer (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`).
+    pub direct: SocketAddr,
     pub local: SocketAddr,
     pub tls: Option<&'a ConnTls>,
     pub version: Version,
@@ -437,7 +440,8 @@ fn render_command(
     match c {
         Command::Address(which, shape) => {
             let addr = match which {
-                Addr::DownstreamRemote | Addr::DownstreamDirectRemote => Some(cx.remote),
+                Addr::DownstreamRemote => Some(cx.remote),
+                Addr::DownstreamDirectRemote => Some(cx.direct),
                 Addr::DownstreamLocal => Some(cx.local),
                 Addr::Upstream => cx.upstream,
             };
@@ -731,6 +735,7 @@ mod tests {
     fn cx() -> FormatContext<'static> {
         FormatContext {
             remote: "[::1]:40000".parse().unwrap(),
+            direct: "[::1]:40000".parse().unwrap(),
             local: "127.0.0.1:8080".parse().unwrap(),
             tls: None,
             version: Version::HTTP_2,

@@ -252,6 +252,7 @@ mod tests {
     fn test_cx() -> FormatContext<'static> {
         FormatContext {
             remote: "10.1.2.3:40000".parse().unwrap(),
+            direct: "10.1.2.3:40000".parse().unwrap(),
             local: "127.0.0.1:8080".parse().unwrap(),
             tls: None,
             version: http::Version::HTTP_11,

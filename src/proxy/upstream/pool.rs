@@ -44,6 +44,9 @@ pub enum Sender {
 struct ConnKey {
     transport: Option<Arc<UpstreamTransport>>,
     sni: Option<Arc<str>>,
+    /// The PROXY header it started with (`upstream_proxy_protocol`): such a connection
+    /// serves only requests of the same downstream client, as Envoy's pools are keyed.
+    proxy: Option<Arc<[u8]>>,
 }
 
 impl ConnKey {
@@ -56,8 +59,13 @@ impl ConnKey {
         }
     }
 
-    fn matches(&self, transport: Option<&Arc<UpstreamTransport>>, sni: Option<&str>) -> bool {
-        self.current(transport) && self.sni.as_deref() == sni
+    fn matches(
+        &self,
+        transport: Option<&Arc<UpstreamTransport>>,
+        sni: Option<&str>,
+        proxy: Option<&[u8]>,
+    ) -> bool {
+        self.current(transport) && self.sni.as_deref() == sni && self.proxy.as_deref() == proxy
     }
 }
 
@@ -128,7 +136,7 @@ pub async fn acquire(
     worker: usize,
     h2: bool,
 ) -> Result<PooledConn, PoolError> {
-    acquire_for(cluster, host, worker, h2, None).await
+    acquire_for(cluster, host, worker, h2, None, None).await
 }
 
 /// The host a request is for (`Host` header, else the URI's authority), without port:
@@ -154,9 +162,21 @@ pub async fn acquire_for(
     worker: usize,
     h2: bool,
     request: Option<&http::Request<RequestBody>>,
+    downstream: Option<&crate::proxy::http::request::Peer>,
 ) -> Result<PooledConn, PoolError> {
     let pool = host.pool(worker);
     let transport = cluster.transport.for_host(host.addr);
+    // Without a downstream connection at hand (a mirrored request's copy is sent with
+    // its own), the header says this proxy's own connection is the source: LOCAL.
+    let proxy_header = cluster
+        .transport
+        .proxy_protocol
+        .as_ref()
+        .map(|pp| match downstream {
+            Some(p) => pp.header(p.remote, p.local, &p.proxy_tlvs),
+            None => crate::proxy::proxy_protocol::encode_local(pp.version),
+        });
+    let proxy = proxy_header.as_deref();
     let sni = match transport {
         Some(t) if t.auto_sni => request.and_then(request_host),
         _ => None,
@@ -168,7 +188,11 @@ pub async fn acquire_for(
         let existing = {
             let mut inner = pool.lock();
             inner.h2.retain(|c| c.key.current(transport));
-            match inner.h2.iter().position(|c| c.key.matches(transport, sni)) {
+            match inner
+                .h2
+                .iter()
+                .position(|c| c.key.matches(transport, sni, proxy))
+            {
                 Some(i) => {
                     let c = &mut inner.h2[i];
                     c.streams += 1;
@@ -190,9 +214,11 @@ pub async fn acquire_for(
                     key,
                 });
             }
-            pool.lock().h2.retain(|c| !c.key.matches(transport, sni));
+            pool.lock()
+                .h2
+                .retain(|c| !c.key.matches(transport, sni, proxy));
         }
-        let conn = Box::pin(connect(cluster, host, true, transport, sni)).await?;
+        let conn = Box::pin(connect(cluster, host, true, transport, sni, proxy)).await?;
         if let Sender::H2(s) = &conn.sender
             && max_streams.is_none_or(|m| m > 1)
         {
@@ -214,7 +240,7 @@ pub async fn acquire_for(
             inner
                 .idle
                 .iter()
-                .rposition(|i| i.key.matches(transport, sni))
+                .rposition(|i| i.key.matches(transport, sni, proxy))
                 .map(|pos| inner.idle.remove(pos))
         };
         let Some(mut idle) = idle else { break };
@@ -238,7 +264,7 @@ pub async fn acquire_for(
     if try_acquire(&state.cx_active, cluster.thresholds.max_connections) {
         // Boxed: connecting is the cold path, and its large state would otherwise be
         // part of every request's future.
-        return Box::pin(connect_counted(cluster, host, false, transport, sni)).await;
+        return Box::pin(connect_counted(cluster, host, false, transport, sni, proxy)).await;
     }
     state
         .stats
@@ -260,6 +286,7 @@ pub async fn acquire_for(
     let key = ConnKey {
         transport: transport.cloned(),
         sni: sni.map(Arc::from),
+        proxy: proxy.map(Arc::from),
     };
     pool.lock().waiters.push_back((key, tx));
     // A connection is handed over when another request finishes with one; when one
@@ -271,7 +298,7 @@ pub async fn acquire_for(
         freed.as_mut().enable();
         if try_acquire(&state.cx_active, cluster.thresholds.max_connections) {
             drop(rx);
-            return Box::pin(connect_counted(cluster, host, false, transport, sni)).await;
+            return Box::pin(connect_counted(cluster, host, false, transport, sni, proxy)).await;
         }
         tokio::select! {
             conn = &mut rx => return conn.map_err(|_| PoolError::Overflow),
@@ -314,7 +341,11 @@ pub fn release(cluster: &Cluster, host: &Host, worker: usize, mut conn: PooledCo
         let (key, w) = &inner.waiters[i];
         if w.is_closed() {
             inner.waiters.remove(i);
-        } else if key.matches(conn.key.transport.as_ref(), conn.key.sni.as_deref()) {
+        } else if key.matches(
+            conn.key.transport.as_ref(),
+            conn.key.sni.as_deref(),
+            conn.key.proxy.as_deref(),
+        ) {
             if let Some((_, w)) = inner.waiters.remove(i) {
                 match w.send(conn) {
                     Ok(()) => return,
@@ -341,6 +372,7 @@ async fn connect(
     h2: bool,
     transport: Option<&Arc<UpstreamTransport>>,
     sni: Option<&str>,
+    proxy: Option<&[u8]>,
 ) -> Result<PooledConn, PoolError> {
     if !try_acquire(&cluster.state.cx_active, cluster.thresholds.max_connections) {
         cluster
@@ -350,7 +382,7 @@ async fn connect(
             .fetch_add(1, Ordering::Relaxed);
         return Err(PoolError::Overflow);
     }
-    Box::pin(connect_counted(cluster, host, h2, transport, sni)).await
+    Box::pin(connect_counted(cluster, host, h2, transport, sni, proxy)).await
 }
 
 /// Opens a connection whose `cx_active` slot is already taken: TCP, then the TLS
@@ -362,6 +394,7 @@ async fn connect_counted(
     h2: bool,
     transport: Option<&Arc<UpstreamTransport>>,
     sni: Option<&str>,
+    proxy: Option<&[u8]>,
 ) -> Result<PooledConn, PoolError> {
     let state = cluster.state.clone();
     let guard = ConnGuard {
@@ -376,6 +409,7 @@ async fn connect_counted(
     let key = ConnKey {
         transport: transport.cloned(),
         sni: sni.map(Arc::from),
+        proxy: proxy.map(Arc::from),
     };
     let fail = |e: PoolError| {
         if e == PoolError::ConnectTimeout {
@@ -402,6 +436,18 @@ async fn connect_counted(
             Err(_) => return Err(fail(PoolError::ConnectTimeout)),
         };
     let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    if let Some(header) = proxy {
+        let write = tokio::io::AsyncWriteExt::write_all(&mut stream, header);
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(host = %host.addr, error = %e, "writing the PROXY header failed");
+                return Err(fail(PoolError::ConnectFailure));
+            }
+            Err(_) => return Err(fail(PoolError::ConnectTimeout)),
+        }
+    }
     let Some(t) = transport else {
         return handshake_http(TokioIo::new(stream), h2, guard, key).await;
     };

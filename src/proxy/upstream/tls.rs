@@ -49,6 +49,36 @@ pub struct TransportSockets {
     pub by_host: HashMap<SocketAddr, Option<Arc<UpstreamTransport>>>,
     /// Every distinct TLS socket of the cluster (for reuse by the next update).
     pub all: Vec<Arc<UpstreamTransport>>,
+    /// `upstream_proxy_protocol` around the sockets: the PROXY header every new
+    /// connection starts with.
+    pub proxy_protocol: Option<UpstreamProxyProtocol>,
+}
+
+/// Envoy's `upstream_proxy_protocol` transport socket: a PROXY header naming the
+/// downstream client first on each upstream connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamProxyProtocol {
+    pub version: crate::proxy::proxy_protocol::Version,
+    /// The downstream header's TLVs sent on (v2 only).
+    pub pass_through: crate::proxy::proxy_protocol::PassThroughTlvs,
+}
+
+impl UpstreamProxyProtocol {
+    /// The header for a downstream client at `remote` that connected to `local`, with
+    /// the downstream TLVs this socket passes on.
+    pub fn header(
+        &self,
+        remote: SocketAddr,
+        local: SocketAddr,
+        tlvs: &[(u8, bytes::Bytes)],
+    ) -> Vec<u8> {
+        let passed: Vec<(u8, bytes::Bytes)> = tlvs
+            .iter()
+            .filter(|(ty, _)| self.pass_through.passes(*ty))
+            .cloned()
+            .collect();
+        crate::proxy::proxy_protocol::encode(self.version, remote, local, &passed)
+    }
 }
 
 impl TransportSockets {

@@ -514,6 +514,7 @@ impl HttpService {
             };
             let fcx = FormatContext {
                 remote: cx.conn.peer.remote,
+                direct: cx.conn.peer.direct,
                 local: cx.conn.peer.local,
                 tls: cx.conn.tls.as_deref(),
                 version: req.version(),
@@ -833,7 +834,7 @@ async fn call_cluster(target: &Target, call: Call, worker: usize) -> Option<Answ
             .stats
             .upstream_rq_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut conn = pool::acquire_for(cluster, &host, worker, h2, Some(&call))
+        let mut conn = pool::acquire_for(cluster, &host, worker, h2, Some(&call), None)
             .await
             .ok()?;
         let resp = match &mut conn.sender {

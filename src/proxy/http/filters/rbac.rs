@@ -104,7 +104,7 @@ impl HttpFilter for RbacFilter {
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx<'_>) -> Step<'a> {
         let conn = cx.conn;
         let tls = conn.tls.as_deref();
-        let direct = conn.peer.remote.ip();
+        let direct = conn.peer.direct.ip();
         let view = cx.request_view();
         let (shadow, enforced, log_hint) = {
             let input = Input {
