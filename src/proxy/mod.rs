@@ -21,6 +21,7 @@ pub mod access_log;
 pub mod admin;
 pub mod compile;
 pub mod connection;
+pub mod handoff;
 pub mod http;
 pub mod json_input;
 pub mod listener;
