@@ -41,7 +41,12 @@ impl Notify {
     }
 
     fn messages(&self) -> Vec<String> {
-        self.seen.lock().unwrap().iter().map(|(_, m)| m.clone()).collect()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
     }
 
     /// Waits for the datagram saying `MAINPID=` a pid other than `not`; returns the pid
@@ -172,8 +177,6 @@ spec:
             "gateway",
             "--config",
             config.to_str().unwrap(),
-            "--concurrency",
-            "2",
             "--drain-timeout",
             "3",
             "--access-log",
@@ -213,8 +216,7 @@ spec:
     fn wait_serving(&self, child: &mut Child, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, _)) =
-                blocking_http_get(("127.0.0.1", self.health), "/healthz/ready")
+            if let Ok((200, _)) = blocking_http_get(("127.0.0.1", self.health), "/healthz/ready")
                 && std::net::TcpStream::connect(("127.0.0.1", self.https)).is_ok()
             {
                 return;
@@ -222,21 +224,34 @@ spec:
             if let Ok(Some(s)) = child.try_wait() {
                 panic!("{name} exited with {s}:\n{}", self.log(name));
             }
-            assert!(Instant::now() < deadline, "{name} not serving:\n{}", self.log(name));
+            assert!(
+                Instant::now() < deadline,
+                "{name} not serving:\n{}",
+                self.log(name)
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Replaces the binary on disk as a package manager does (a new file renamed over
-    /// the old path), with different contents: `tag` is appended, which the ELF loader
-    /// ignores. Returns the new file's inode.
-    fn replace_binary(&self, tag: &str) -> u64 {
-        let tmp = self.exe.with_extension("new");
-        std::fs::copy(env!("CARGO_BIN_EXE_meshgate"), &tmp).unwrap();
-        let mut f = std::fs::OpenOptions::new().append(true).open(&tmp).unwrap();
-        std::io::Write::write_all(&mut f, tag.as_bytes()).unwrap();
-        drop(f);
-        std::fs::rename(&tmp, &self.exe).unwrap();
+    /// Writes a build to install later as `exe.NAME` (flushed to disk now, so that the
+    /// upgrade itself runs without a burst of writeback): a copy of the binary with
+    /// `NAME` appended, which the ELF loader ignores, so its contents differ.
+    fn stage_binary(&self, name: &str) -> PathBuf {
+        let staged = self.exe.with_extension(name);
+        std::fs::copy(env!("CARGO_BIN_EXE_meshgate"), &staged).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&staged)
+            .unwrap();
+        std::io::Write::write_all(&mut f, name.as_bytes()).unwrap();
+        f.sync_all().unwrap();
+        staged
+    }
+
+    /// Replaces the binary on disk as a package manager does: the new file renamed over
+    /// the old path. Returns its inode.
+    fn replace_binary(&self, staged: &Path) -> u64 {
+        std::fs::rename(staged, &self.exe).unwrap();
         std::fs::metadata(&self.exe).unwrap().ino()
     }
 }
@@ -269,7 +284,11 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> (std::process::ExitStatus,
         if let Ok(Some(s)) = child.try_wait() {
             return (s, Instant::now());
         }
-        assert!(Instant::now() < deadline, "process {} did not exit", child.id());
+        assert!(
+            Instant::now() < deadline,
+            "process {} did not exit",
+            child.id()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -290,7 +309,13 @@ struct Tally {
 
 impl Tally {
     fn fail(&self, what: String) {
-        self.failures.lock().unwrap().push(what);
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.failures
+            .lock()
+            .unwrap()
+            .push(format!("at {:.3}s: {what}", at.as_secs_f64() % 3600.0));
     }
 }
 
@@ -317,7 +342,9 @@ async fn client_loop(
                             tally.second_config.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Ok(body) => tally.fail(format!("{name}: body {:?}", String::from_utf8_lossy(&body))),
+                    Ok(body) => {
+                        tally.fail(format!("{name}: body {:?}", String::from_utf8_lossy(&body)))
+                    }
                     Err(e) => tally.fail(format!("{name}: body: {e:?}")),
                 }
             }
@@ -328,27 +355,16 @@ async fn client_loop(
 }
 
 /// The health port probed as a load balancer does, a new connection each time.
-async fn health_loop(port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}/healthz/ready");
+fn health_loop(port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     while !stop.load(Ordering::Relaxed) {
-        match client.get(&url).send().await {
-            Ok(r) if r.status() == 200 => {
+        match blocking_http_get(("127.0.0.1", port), "/healthz/ready") {
+            Ok((200, _)) => {
                 tally.health_ok.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(r) => tally.fail(format!(
-                "health: {} {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            )),
-            Err(e) => tally.fail(format!("health: {e:?}")),
+            Ok((status, body)) => tally.fail(format!("health: {status} {body}")),
+            Err(e) => tally.fail(format!("health: {e}")),
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -380,7 +396,11 @@ fn start_load(s: &Setup, rt: &tokio::runtime::Runtime) -> (Arc<AtomicBool>, Arc<
         ),
         (
             "http1 new connections",
-            base().http1_only().pool_max_idle_per_host(0).build().unwrap(),
+            base()
+                .http1_only()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
             plain.clone(),
         ),
         (
@@ -395,7 +415,11 @@ fn start_load(s: &Setup, rt: &tokio::runtime::Runtime) -> (Arc<AtomicBool>, Arc<
         ),
         (
             "tls http1 new connections",
-            tls().http1_only().pool_max_idle_per_host(0).build().unwrap(),
+            tls()
+                .http1_only()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
             secure.clone(),
         ),
         ("tls http2", tls().build().unwrap(), secure.clone()),
@@ -403,7 +427,9 @@ fn start_load(s: &Setup, rt: &tokio::runtime::Runtime) -> (Arc<AtomicBool>, Arc<
     for (name, client, url) in clients {
         rt.spawn(client_loop(name, client, url, stop.clone(), tally.clone()));
     }
-    rt.spawn(health_loop(s.health, stop.clone(), tally.clone()));
+    let health = s.health;
+    let (st, ta) = (stop.clone(), tally.clone());
+    std::thread::spawn(move || health_loop(health, st, ta));
     (stop, tally)
 }
 
@@ -426,37 +452,57 @@ fn two_upgrades_and_a_config_change_under_load_fail_nothing() {
         .unwrap();
 
     let config = s.config.clone();
-    let mut first = s.spawn("first", &[], &config, &notify);
+    let (second_build, third_build) = (s.stage_binary("second"), s.stage_binary("third"));
+    // Three workers, then one: the successor accepts on all three sockets of each
+    // listener it was given, and hands all of them on in turn.
+    let mut first = s.spawn("first", &["--concurrency", "3"], &config, &notify);
     s.wait_serving(&mut first, "first");
-    wait_until("READY=1 from the first gateway", Duration::from_secs(10), || {
-        notify.messages().iter().any(|m| m == "READY=1")
-    });
+    wait_until(
+        "READY=1 from the first gateway",
+        Duration::from_secs(10),
+        || notify.messages().iter().any(|m| m == "READY=1"),
+    );
     let socket_mode = std::fs::metadata(&s.socket).unwrap().mode() & 0o777;
     assert_eq!(socket_mode, 0o600, "the upgrade socket is private");
     let (stop, tally) = start_load(&s, &rt);
     wait_for_load(&tally, 300);
 
     // Upgrade 1: a new binary on disk, its successor started by hand.
-    let second_inode = s.replace_binary("second build");
+    let second_inode = s.replace_binary(&second_build);
     let started = Instant::now();
-    let mut second = s.spawn("second", &["--upgrade"], &config, &notify);
+    let mut second = s.spawn(
+        "second",
+        &["--upgrade", "--concurrency", "1"],
+        &config,
+        &notify,
+    );
     let (pid, serving_at) = notify.wait_mainpid(first.id(), Duration::from_secs(30));
     assert_eq!(pid, second.id());
     let (status, exited_at) = wait_exit(&mut first, Duration::from_secs(30));
-    assert!(status.success(), "the old gateway exits 0: {status}\n{}", s.log("first"));
+    assert!(
+        status.success(),
+        "the old gateway exits 0: {status}\n{}",
+        s.log("first")
+    );
     let by_hand = (serving_at - started, exited_at - started);
-    assert_eq!(exe_inode(second.id()), second_inode, "the successor runs the new binary");
+    assert_eq!(
+        exe_inode(second.id()),
+        second_inode,
+        "the successor runs the new binary"
+    );
     wait_for_load(&tally, 300);
 
     // A configuration change while the load runs.
     let (cert, key) = (s.dir.path().join("shop.crt"), s.dir.path().join("shop.key"));
     s.write_config(&cert, &key, "two");
-    wait_until("the new configuration is served", Duration::from_secs(30), || {
-        tally.second_config.load(Ordering::Relaxed) > 50
-    });
+    wait_until(
+        "the new configuration is served",
+        Duration::from_secs(30),
+        || tally.second_config.load(Ordering::Relaxed) > 50,
+    );
 
     // Upgrade 2: another binary on disk; SIGUSR2 makes the gateway start it.
-    let third_inode = s.replace_binary("third build");
+    let third_inode = s.replace_binary(&third_build);
     let started = Instant::now();
     unsafe {
         libc::kill(second.id() as i32, libc::SIGUSR2);
@@ -464,9 +510,17 @@ fn two_upgrades_and_a_config_change_under_load_fail_nothing() {
     let (third, serving_at) = notify.wait_mainpid(second.id(), Duration::from_secs(30));
     let third = Pid(third);
     let (status, exited_at) = wait_exit(&mut second, Duration::from_secs(30));
-    assert!(status.success(), "the old gateway exits 0: {status}\n{}", s.log("second"));
+    assert!(
+        status.success(),
+        "the old gateway exits 0: {status}\n{}",
+        s.log("second")
+    );
     let by_signal = (serving_at - started, exited_at - started);
-    assert_eq!(exe_inode(third.0), third_inode, "the successor runs the replaced binary");
+    assert_eq!(
+        exe_inode(third.0),
+        third_inode,
+        "the successor runs the replaced binary"
+    );
     wait_for_load(&tally, 300);
 
     stop.store(true, Ordering::Relaxed);
@@ -484,10 +538,11 @@ fn two_upgrades_and_a_config_change_under_load_fail_nothing() {
     );
     assert!(
         failures.is_empty(),
-        "{} of {} requests failed: {:#?}\n--- second ---\n{}",
+        "{} of {} requests failed: {:#?}\n--- first ---\n{}\n--- second ---\n{}",
         failures.len(),
         ok + failures.len() as u64,
         &failures[..failures.len().min(20)],
+        s.log("first"),
         s.log("second")
     );
     assert!(health > 10, "the health port was probed: {health}");
@@ -511,7 +566,9 @@ fn two_upgrades_and_a_config_change_under_load_fail_nothing() {
     unsafe {
         libc::kill(third.0 as i32, libc::SIGTERM);
     }
-    wait_until("the last gateway exits", Duration::from_secs(20), || gone(third.0));
+    wait_until("the last gateway exits", Duration::from_secs(20), || {
+        gone(third.0)
+    });
 }
 
 #[test]
@@ -519,7 +576,7 @@ fn failed_successors_leave_the_old_gateway_serving() {
     let s = Setup::new();
     let notify = Notify::bind(s.dir.path());
     let config = s.config.clone();
-    let mut gw = s.spawn("gw", &[], &config, &notify);
+    let mut gw = s.spawn("gw", &["--concurrency", "2"], &config, &notify);
     s.wait_serving(&mut gw, "gw");
 
     // No gateway at the path: the would-be successor exits non-zero.
@@ -542,29 +599,41 @@ fn failed_successors_leave_the_old_gateway_serving() {
     let bad = s.dir.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
     std::fs::write(bad.join("bad.yaml"), "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: x}\nspec: {servers: 7}\n").unwrap();
-    let mut bad_successor = s.spawn("bad", &["--upgrade"], &bad, &notify);
+    let mut bad_successor = s.spawn("bad", &["--upgrade", "--concurrency", "2"], &bad, &notify);
     let (status, _) = wait_exit(&mut bad_successor, Duration::from_secs(30));
     assert!(!status.success(), "{}", s.log("bad"));
     let r = blocking_http_get(("127.0.0.1", s.http), "/still").unwrap();
     assert_eq!(r.0, 200, "the old gateway serves");
     let r = blocking_http_get(("127.0.0.1", s.health), "/healthz/ready").unwrap();
     assert_eq!(r.0, 200, "and says it is ready");
-    wait_until("the old gateway logs the failure", Duration::from_secs(10), || {
-        s.log("gw").contains("upgrade failed; this gateway keeps serving")
-    });
+    wait_until(
+        "the old gateway logs the failure",
+        Duration::from_secs(10),
+        || {
+            s.log("gw")
+                .contains("upgrade failed; this gateway keeps serving")
+        },
+    );
 
     // SIGUSR2 while the configuration on disk is bad: the successor started fails, the
     // old one (which refused the bad version and serves the last good one) serves on.
     std::fs::copy(bad.join("bad.yaml"), s.config.join("bad.yaml")).unwrap();
-    wait_until("the bad version is refused", Duration::from_secs(20), || {
-        s.log("gw").contains("rejected update")
-    });
+    wait_until(
+        "the bad version is refused",
+        Duration::from_secs(20),
+        || s.log("gw").contains("rejected update"),
+    );
     unsafe {
         libc::kill(gw.id() as i32, libc::SIGUSR2);
     }
-    wait_until("the successor's failure is logged", Duration::from_secs(30), || {
-        s.log("gw").contains("the successor failed; this gateway keeps serving")
-    });
+    wait_until(
+        "the successor's failure is logged",
+        Duration::from_secs(30),
+        || {
+            s.log("gw")
+                .contains("the successor failed; this gateway keeps serving")
+        },
+    );
     assert!(gw.try_wait().unwrap().is_none(), "the old gateway runs");
     let r = blocking_http_get(("127.0.0.1", s.http), "/still").unwrap();
     assert_eq!(r.0, 200);
@@ -584,7 +653,9 @@ fn failed_successors_leave_the_old_gateway_serving() {
     unsafe {
         libc::kill(next.0 as i32, libc::SIGTERM);
     }
-    wait_until("the successor exits", Duration::from_secs(20), || gone(next.0));
+    wait_until("the successor exits", Duration::from_secs(20), || {
+        gone(next.0)
+    });
 }
 
 /// A listener renamed (or replaced) at the same address keeps its sockets: a client
@@ -616,7 +687,9 @@ fn a_listener_replaced_at_the_same_address_refuses_no_connection() {
                         Ok((200, _)) => {
                             done.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok((status, body)) => failures.lock().unwrap().push(format!("{status} {body}")),
+                        Ok((status, body)) => {
+                            failures.lock().unwrap().push(format!("{status} {body}"))
+                        }
                         Err(e) => failures.lock().unwrap().push(e.to_string()),
                     }
                 }

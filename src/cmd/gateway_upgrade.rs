@@ -27,7 +27,10 @@ pub struct Upgrades {
 impl Upgrades {
     /// With `--upgrade`, connects to the running gateway and receives its sockets (an
     /// error if there is none: the caller exits, and that one keeps serving).
-    pub fn start(path: Option<PathBuf>, upgrade: bool) -> anyhow::Result<(Upgrades, Option<Inherited>)> {
+    pub fn start(
+        path: Option<PathBuf>,
+        upgrade: bool,
+    ) -> anyhow::Result<(Upgrades, Option<Inherited>)> {
         let mut up = Upgrades {
             relaunch: None,
             predecessor: None,
@@ -66,8 +69,12 @@ impl Upgrades {
                 // process gone.
                 notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
                 match predecessor.serving(RELEASE_TIMEOUT) {
-                    Ok(()) => tracing::info!("the previous gateway stopped accepting; it drains and exits"),
-                    Err(e) => tracing::warn!(error = %e, "the previous gateway did not confirm it stopped accepting"),
+                    Ok(()) => tracing::info!(
+                        "the previous gateway stopped accepting; it drains and exits"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the previous gateway did not confirm it stopped accepting")
+                    }
                 }
                 gateway.release_inherited();
                 if let Some(path) = &self.path {
@@ -109,10 +116,14 @@ impl Upgrades {
     /// `--upgrade`. If it fails this gateway keeps serving.
     pub fn start_successor(&self) {
         match &self.relaunch {
-            None => tracing::warn!("SIGUSR2 ignored: no --upgrade-socket to hand the sockets over on"),
+            None => {
+                tracing::warn!("SIGUSR2 ignored: no --upgrade-socket to hand the sockets over on")
+            }
             Some(r) => match r.spawn() {
                 Ok(pid) => tracing::info!(successor = pid, "SIGUSR2: started the successor"),
-                Err(e) => tracing::error!(error = %e, "SIGUSR2: cannot start the successor; this gateway keeps serving"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGUSR2: cannot start the successor; this gateway keeps serving")
+                }
             },
         }
     }

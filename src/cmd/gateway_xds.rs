@@ -50,7 +50,8 @@ pub fn run(
         Duration::try_from_secs_f64(args.xds_initial_fetch_timeout)
             .context("--xds-initial-fetch-timeout: a number of seconds, 0 or more")?;
 
-    let gateway = Arc::new(Gateway::start_inherited(opts, inherited).context("starting the gateway")?);
+    let gateway =
+        Arc::new(Gateway::start_inherited(opts, inherited).context("starting the gateway")?);
     let manager = match &args.ca_root {
         Some(root) => {
             let m = certificate_manager(address, root, &namespace, args, &gateway)?;

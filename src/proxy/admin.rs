@@ -71,9 +71,15 @@ fn serve(
                 }
             };
             let shared = shared.clone();
+            let state = state.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let resp = handler(&req, &shared);
+                    let mut resp = handler(&req, &shared);
+                    if *state.borrow() == SERVER_STOPPED {
+                        // A successor serves: the client's next request goes to it.
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
                     async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -112,9 +118,11 @@ pub fn serve_health(
     shared: Arc<Shared>,
     state: tokio::sync::watch::Receiver<u8>,
 ) -> std::io::Result<std::net::TcpListener> {
-    serve(rt, socket, shared, state, |req, shared| match req.uri().path() {
-        "/healthz/ready" => ready(shared),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    serve(rt, socket, shared, state, |req, shared| {
+        match req.uri().path() {
+            "/healthz/ready" => ready(shared),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
     })
 }
 
@@ -125,14 +133,20 @@ pub fn serve_prometheus(
     shared: Arc<Shared>,
     state: tokio::sync::watch::Receiver<u8>,
 ) -> std::io::Result<std::net::TcpListener> {
-    serve(rt, socket, shared, state, |req, shared| match req.uri().path() {
-        "/stats/prometheus" => prometheus(shared),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    serve(rt, socket, shared, state, |req, shared| {
+        match req.uri().path() {
+            "/stats/prometheus" => prometheus(shared),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
     })
 }
 
 fn ready(shared: &Shared) -> Response<Full<Bytes>> {
-    if shared.ready.load(Ordering::Relaxed) && !shared.draining.load(Ordering::Relaxed) {
+    // A probe this process accepted just before its successor took over is answered for
+    // the service, which the successor serves: a load balancer must not see it drain.
+    let serving =
+        !shared.draining.load(Ordering::Relaxed) || shared.handed_over.load(Ordering::Relaxed);
+    if shared.ready.load(Ordering::Relaxed) && serving {
         text(StatusCode::OK, "LIVE\n")
     } else if shared.draining.load(Ordering::Relaxed) {
         text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")

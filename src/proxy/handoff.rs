@@ -82,7 +82,10 @@ enum Message {
 #[derive(Debug, thiserror::Error)]
 pub enum HandoffError {
     #[error("{path}: no gateway to take over there: {error}")]
-    NoPeer { path: PathBuf, error: std::io::Error },
+    NoPeer {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("upgrade socket: {0}")]
     Io(#[from] std::io::Error),
     #[error("upgrade protocol: {0}")]
@@ -133,7 +136,10 @@ fn recv(conn: &UnixStream) -> Result<(Message, Vec<OwnedFd>), HandoffError> {
                 if let ControlMessageOwned::ScmRights(raw) = c {
                     // SAFETY: the kernel installed these descriptors in this process for
                     // this message; nothing else owns them.
-                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
                 }
             }
         }
@@ -776,7 +782,8 @@ mod tests {
         );
         assert_eq!(
             r.args(),
-            ["gateway", "--upgrade-socket", "/run/x.sock", "--upgrade"].map(std::ffi::OsString::from)
+            ["gateway", "--upgrade-socket", "/run/x.sock", "--upgrade"]
+                .map(std::ffi::OsString::from)
         );
     }
 }

@@ -17,6 +17,8 @@
 //! - [`upstream`] holds clusters, hosts, load balancing, circuit breakers, outlier
 //!   detection, DNS resolution and connection pools.
 //! - [`admin`], [`stats`] and [`access_log`] are what operators look at.
+//! - [`handoff`] hands the listening sockets to a successor process (upgrades that
+//!   refuse no connection).
 pub mod access_log;
 pub mod admin;
 pub mod compile;

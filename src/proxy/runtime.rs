@@ -82,6 +82,9 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Set after the first snapshot is published.
     pub ready: AtomicBool,
+    /// Set when a successor process took the listening sockets over: the service is
+    /// ready (the successor serves it) while this process drains.
+    pub handed_over: AtomicBool,
     pub workers: usize,
     pub(crate) quit: watch::Sender<bool>,
     pub(crate) drain_requested: watch::Sender<bool>,
@@ -184,6 +187,7 @@ impl Gateway {
             access_log: AccessLog::new(opts.access_log),
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             workers: n,
             identity: arc_swap::ArcSwapOption::empty(),
             local_rate_limits: Default::default(),
@@ -863,7 +867,12 @@ pub struct GatewayHandOver {
 impl HandOver for GatewayHandOver {
     fn sockets(&self) -> std::io::Result<Vec<HandedSocket>> {
         let mut out = Vec::new();
-        for b in self.bound.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for b in self
+            .bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
             for s in &b.sockets {
                 out.push(HandedSocket {
                     kind: SocketKind::Listener,
@@ -886,9 +895,15 @@ impl HandOver for GatewayHandOver {
     /// connections start draining: `connection: close`, GOAWAY.
     fn stop_accepting(&self) {
         let _ = self.server_state.send(crate::proxy::admin::SERVER_STOPPED);
+        self.shared.handed_over.store(true, Ordering::Relaxed);
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shared.drain_requested.send(true);
-        for b in self.bound.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for b in self
+            .bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
             let _ = b.stop.send(true);
         }
     }
