@@ -368,7 +368,33 @@ fn health_loop(port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     }
 }
 
-fn start_load(s: &Setup, rt: &tokio::runtime::Runtime) -> (Arc<AtomicBool>, Arc<Tally>) {
+/// The running load: every client loop, stopped together.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    health: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    /// Stops the clients and waits until each has finished the request it was making
+    /// (dropping them mid-request would fail it here, not in the gateway).
+    fn finish(self, rt: &tokio::runtime::Runtime) -> Arc<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        rt.block_on(async {
+            for c in self.clients {
+                tokio::time::timeout(Duration::from_secs(15), c)
+                    .await
+                    .expect("a client finishes its last request")
+                    .unwrap();
+            }
+        });
+        self.health.join().unwrap();
+        self.tally
+    }
+}
+
+fn start_load(s: &Setup, rt: &tokio::runtime::Runtime) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let base = || {
@@ -424,13 +450,19 @@ fn start_load(s: &Setup, rt: &tokio::runtime::Runtime) -> (Arc<AtomicBool>, Arc<
         ),
         ("tls http2", tls().build().unwrap(), secure.clone()),
     ];
+    let mut handles = Vec::new();
     for (name, client, url) in clients {
-        rt.spawn(client_loop(name, client, url, stop.clone(), tally.clone()));
+        handles.push(rt.spawn(client_loop(name, client, url, stop.clone(), tally.clone())));
     }
     let health = s.health;
     let (st, ta) = (stop.clone(), tally.clone());
-    std::thread::spawn(move || health_loop(health, st, ta));
-    (stop, tally)
+    let health = std::thread::spawn(move || health_loop(health, st, ta));
+    Load {
+        stop,
+        tally,
+        clients: handles,
+        health,
+    }
 }
 
 /// Waits until the load has `more` successful requests beyond now.
@@ -464,7 +496,8 @@ fn two_upgrades_and_a_config_change_under_load_fail_nothing() {
     );
     let socket_mode = std::fs::metadata(&s.socket).unwrap().mode() & 0o777;
     assert_eq!(socket_mode, 0o600, "the upgrade socket is private");
-    let (stop, tally) = start_load(&s, &rt);
+    let load = start_load(&s, &rt);
+    let tally = load.tally.clone();
     wait_for_load(&tally, 300);
 
     // Upgrade 1: a new binary on disk, its successor started by hand.
@@ -523,7 +556,7 @@ fn two_upgrades_and_a_config_change_under_load_fail_nothing() {
     );
     wait_for_load(&tally, 300);
 
-    stop.store(true, Ordering::Relaxed);
+    let tally = load.finish(&rt);
     rt.shutdown_timeout(Duration::from_secs(15));
     let failures = tally.failures.lock().unwrap().clone();
     let ok = tally.ok.load(Ordering::Relaxed);
