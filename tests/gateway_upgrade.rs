@@ -758,3 +758,159 @@ fn a_listener_replaced_at_the_same_address_refuses_no_connection() {
         Some(port)
     );
 }
+
+/// With `--xds`, the successor serves once its first full sync from `meshgate
+/// control-plane` is applied; SIGUSR2 upgrades it under load as with `--config`.
+#[test]
+fn an_xds_gateway_upgrades_by_sigusr2_under_load() {
+    let dir = TempDir::new();
+    let echo = EchoUpstream::start("echo");
+    let http = free_port();
+    let (admin, health, prometheus) = (free_port(), free_port(), free_port());
+    let cfg = dir.path().join("config");
+    std::fs::create_dir(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("mesh.yaml"),
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {http}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: edge}}
+spec:
+  hosts: [echo.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: all, namespace: edge}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: echo.internal, port: {{number: 80}}}}}}]
+"#,
+            echo = echo.port()
+        ),
+    )
+    .unwrap();
+    let cp = support::xds_mesh::ControlPlaneProcess::start(&cfg, dir.path());
+    let notify = Notify::bind(dir.path());
+    let socket = dir.path().join("gateway-upgrade.sock");
+    let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["gateway", "--xds", &cp.xds_addr(), "--node-id", "gw"])
+        .args([
+            "--namespace",
+            "edge",
+            "--concurrency",
+            "2",
+            "--drain-timeout",
+            "3",
+        ])
+        .args(["--access-log", "off", "--upgrade-socket"])
+        .arg(&socket)
+        .args(["--admin-address", &format!("127.0.0.1:{admin}")])
+        .args(["--health-address", &format!("127.0.0.1:{health}")])
+        .args(["--prometheus-address", &format!("127.0.0.1:{prometheus}")])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let gateway_log =
+        || std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
+    wait_until("the gateway serves", Duration::from_secs(30), || {
+        assert!(first.try_wait().unwrap().is_none(), "{}", gateway_log());
+        matches!(blocking_http_get(("127.0.0.1", http), "/"), Ok((200, _)))
+    });
+    wait_until("READY=1", Duration::from_secs(10), || {
+        notify.messages() == ["READY=1"]
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let url = format!("http://127.0.0.1:{http}/load");
+    let base = || {
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+    };
+    let mut clients = Vec::new();
+    for (name, client) in [
+        ("http1 keep-alive", base().http1_only().build().unwrap()),
+        (
+            "http1 new connections",
+            base()
+                .http1_only()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+        ),
+        ("http2", base().http2_prior_knowledge().build().unwrap()),
+    ] {
+        clients.push(rt.spawn(client_loop(
+            name,
+            client,
+            url.clone(),
+            stop.clone(),
+            tally.clone(),
+        )));
+    }
+    let (st, ta) = (stop.clone(), tally.clone());
+    let health_probe = std::thread::spawn(move || health_loop(health, st, ta));
+    let load = Load {
+        stop,
+        tally: tally.clone(),
+        clients,
+        health: health_probe,
+    };
+    wait_for_load(&tally, 300);
+
+    let started = Instant::now();
+    unsafe {
+        libc::kill(first.id() as i32, libc::SIGUSR2);
+    }
+    let (next, serving_at) = notify.wait_mainpid(first.id(), Duration::from_secs(30));
+    let next = Pid(next);
+    let (status, exited_at) = wait_exit(&mut first, Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", gateway_log());
+    wait_for_load(&tally, 300);
+    let tally = load.finish(&rt);
+    let failures = tally.failures.lock().unwrap().clone();
+    eprintln!(
+        "xds upgrade by SIGUSR2: serving after {:?}, old exited after {:?}; {} requests, {} failed",
+        serving_at - started,
+        exited_at - started,
+        tally.ok.load(Ordering::Relaxed),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:#?}\n{}", gateway_log());
+    assert!(
+        gateway_log().contains("first full sync applied; ready"),
+        "{}",
+        gateway_log()
+    );
+    unsafe {
+        libc::kill(next.0 as i32, libc::SIGTERM);
+    }
+    wait_until("the successor exits", Duration::from_secs(20), || {
+        gone(next.0)
+    });
+}
