@@ -196,11 +196,6 @@ pub(crate) fn init_tracing() {
 }
 
 fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
-    for (given, flag) in [(args.upgrade_socket.is_some(), "--upgrade-socket")] {
-        if given {
-            anyhow::bail!("{flag} is not served by this build");
-        }
-    }
     let heap_thresholds = meshgate::proxy::overload::HeapThresholds {
         disable_keepalive: args.heap_disable_keepalive_at,
         stop_accepting_requests: args.heap_stop_requests_at,
@@ -283,13 +278,17 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|r| r.service().limits())
         .unwrap_or_default();
+    // With --upgrade, the running gateway's sockets are taken over here.
+    let (upgrades, inherited) =
+        super::gateway_upgrade::Upgrades::start(args.upgrade_socket.clone(), args.upgrade)?;
     if let Some(addr) = args.xds.clone() {
         let args = GatewayArgs {
             trust_domain: Some(mesh.trust_domain.clone()),
             ..args
         };
-        return crate::cmd::gateway_xds::run(&addr, &args, labels, opts);
+        return crate::cmd::gateway_xds::run(&addr, &args, labels, opts, (upgrades, inherited));
     }
+    let mut upgrades = upgrades;
     let source = match (&args.config, &args.xds_json) {
         (Some(path), _) => Source::Istio {
             path: path.clone(),
@@ -304,7 +303,7 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
             anyhow::bail!("nothing to serve: give --config PATH (Istio YAML) or --xds ADDR")
         }
     };
-    let gateway = Gateway::start(opts).context("starting the gateway")?;
+    let gateway = Gateway::start_inherited(opts, inherited).context("starting the gateway")?;
     tracing::info!(admin = ?gateway.admin_addr(), health = ?gateway.health_addr(), prometheus = ?gateway.prometheus_addr(), "gateway started");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -316,13 +315,25 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         // Watching starts before the first load, so no change in between is missed.
         let mut watch = ConfigWatch::start(source.path(), WATCH_SETTLE, WATCH_POLL);
         let limits = (ratelimit.as_ref(), &*file_limits);
-        source.load(&gateway, &mut acme, true, limits)?;
+        let mut usr2 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+        if let Err(e) = source.load(&gateway, &mut acme, true, limits) {
+            upgrades.failed(&e);
+            return Err(e);
+        }
+        upgrades.serving(&gateway);
+        let mut handed_over = upgrades.handed_over();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = quit.changed() => break,
+                _ = usr2.recv() => upgrades.start_successor(),
+                _ = handed_over.wait_for(|h| *h) => {
+                    tracing::info!("handed over to the successor");
+                    break;
+                }
                 _ = watch.changed() => {
                     if let Err(e) = source.load(&gateway, &mut acme, false, limits) {
                         tracing::error!("{e:#}");

@@ -25,6 +25,10 @@ pub fn run(
     args: &GatewayArgs,
     labels: BTreeMap<String, String>,
     opts: GatewayOptions,
+    (mut upgrades, inherited): (
+        super::gateway_upgrade::Upgrades,
+        Option<meshgate::proxy::handoff::Inherited>,
+    ),
 ) -> anyhow::Result<()> {
     let namespace = args
         .namespace
@@ -50,7 +54,8 @@ pub fn run(
         Duration::try_from_secs_f64(args.xds_initial_fetch_timeout)
             .context("--xds-initial-fetch-timeout: a number of seconds, 0 or more")?;
 
-    let gateway = Arc::new(Gateway::start(opts).context("starting the gateway")?);
+    let gateway =
+        Arc::new(Gateway::start_inherited(opts, inherited).context("starting the gateway")?);
     let manager = match &args.ca_root {
         Some(root) => {
             let m = certificate_manager(address, root, &namespace, args, &gateway)?;
@@ -83,17 +88,33 @@ pub fn run(
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let identity_task = manager.map(|m| tokio::spawn(m.run()));
+        let mut usr2 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
         let task = tokio::spawn(client.run());
-        let ready = async {
-            handle.wait_ready().await;
-            tracing::info!("first full sync applied; ready");
-            std::future::pending::<()>().await
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            _ = quit.changed() => {}
-            _ = ready => {}
+        let mut handed_over = upgrades.handed_over();
+        let mut serving = false;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = quit.changed() => break,
+                _ = handle.wait_ready(), if !serving => {
+                    tracing::info!("first full sync applied; ready");
+                    serving = true;
+                    // Blocks for the predecessor's answer: off the runtime's threads.
+                    let gw = gateway.clone();
+                    upgrades = tokio::task::spawn_blocking(move || {
+                        upgrades.serving(&gw);
+                        upgrades
+                    })
+                    .await?;
+                }
+                _ = usr2.recv() => upgrades.start_successor(),
+                _ = handed_over.wait_for(|h| *h) => {
+                    tracing::info!("handed over to the successor");
+                    break;
+                }
+            }
         }
         task.abort();
         let _ = task.await;

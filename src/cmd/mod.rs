@@ -6,6 +6,7 @@ pub mod ca;
 pub mod certs;
 pub mod control_plane;
 pub mod gateway;
+pub mod gateway_upgrade;
 pub mod gateway_xds;
 pub mod inject;
 pub mod iptables;

@@ -13,27 +13,73 @@ use std::sync::atomic::Ordering;
 
 type Handler = fn(&Request<Incoming>, &Shared) -> Response<Full<Bytes>>;
 
+/// The admin, health and Prometheus servers' state: not accepting yet (a successor
+/// before it serves), accepting, stopped (a successor took over).
+pub const SERVER_PAUSED: u8 = 0;
+pub const SERVER_ACCEPTING: u8 = 1;
+pub const SERVER_STOPPED: u8 = 2;
+
+/// A listening socket for one of these servers: bound here, or handed over by the
+/// gateway this one replaces.
+pub enum ServerSocket {
+    Bind(SocketAddr),
+    Inherited(std::net::TcpListener),
+}
+
+impl ServerSocket {
+    fn listen(self) -> std::io::Result<std::net::TcpListener> {
+        match self {
+            ServerSocket::Bind(addr) => std::net::TcpListener::bind(addr),
+            ServerSocket::Inherited(l) => Ok(l),
+        }
+    }
+}
+
 fn serve(
     rt: &tokio::runtime::Handle,
-    addr: SocketAddr,
+    socket: ServerSocket,
     shared: Arc<Shared>,
+    mut state: tokio::sync::watch::Receiver<u8>,
     handler: Handler,
-) -> std::io::Result<SocketAddr> {
-    let std_listener = std::net::TcpListener::bind(addr)?;
+) -> std::io::Result<std::net::TcpListener> {
+    let std_listener = socket.listen()?;
     std_listener.set_nonblocking(true)?;
-    let local = std_listener.local_addr()?;
+    // A copy is kept for a successor: this server stops accepting when it takes over.
+    let kept = std_listener.try_clone()?;
     rt.spawn(async move {
+        // A successor answers only once it serves (before, its predecessor does).
+        if state.wait_for(|s| *s != SERVER_PAUSED).await.is_err() {
+            return;
+        }
         let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
             return;
         };
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            if *state.borrow() == SERVER_STOPPED {
+                return;
+            }
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                },
+                r = state.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             let shared = shared.clone();
+            let state = state.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let resp = handler(&req, &shared);
+                    let mut resp = handler(&req, &shared);
+                    if *state.borrow() == SERVER_STOPPED {
+                        // A successor serves: the client's next request goes to it.
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
                     async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -42,7 +88,7 @@ fn serve(
             });
         }
     });
-    Ok(local)
+    Ok(kept)
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -55,41 +101,52 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-/// Serves the admin API on `addr`; returns the bound address.
+/// Serves the admin API on `socket` while `state` says so; returns a copy of the listening socket.
 pub fn serve_admin(
     rt: &tokio::runtime::Handle,
-    addr: SocketAddr,
+    socket: ServerSocket,
     shared: Arc<Shared>,
-) -> std::io::Result<SocketAddr> {
-    serve(rt, addr, shared, admin)
+    state: tokio::sync::watch::Receiver<u8>,
+) -> std::io::Result<std::net::TcpListener> {
+    serve(rt, socket, shared, state, admin)
 }
 
 /// Serves `/healthz/ready` on `addr`.
 pub fn serve_health(
     rt: &tokio::runtime::Handle,
-    addr: SocketAddr,
+    socket: ServerSocket,
     shared: Arc<Shared>,
-) -> std::io::Result<SocketAddr> {
-    serve(rt, addr, shared, |req, shared| match req.uri().path() {
-        "/healthz/ready" => ready(shared),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    state: tokio::sync::watch::Receiver<u8>,
+) -> std::io::Result<std::net::TcpListener> {
+    serve(rt, socket, shared, state, |req, shared| {
+        match req.uri().path() {
+            "/healthz/ready" => ready(shared),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
     })
 }
 
 /// Serves `/stats/prometheus` on `addr`.
 pub fn serve_prometheus(
     rt: &tokio::runtime::Handle,
-    addr: SocketAddr,
+    socket: ServerSocket,
     shared: Arc<Shared>,
-) -> std::io::Result<SocketAddr> {
-    serve(rt, addr, shared, |req, shared| match req.uri().path() {
-        "/stats/prometheus" => prometheus(shared),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    state: tokio::sync::watch::Receiver<u8>,
+) -> std::io::Result<std::net::TcpListener> {
+    serve(rt, socket, shared, state, |req, shared| {
+        match req.uri().path() {
+            "/stats/prometheus" => prometheus(shared),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
     })
 }
 
 fn ready(shared: &Shared) -> Response<Full<Bytes>> {
-    if shared.ready.load(Ordering::Relaxed) && !shared.draining.load(Ordering::Relaxed) {
+    // A probe this process accepted just before its successor took over is answered for
+    // the service, which the successor serves: a load balancer must not see it drain.
+    let serving =
+        !shared.draining.load(Ordering::Relaxed) || shared.handed_over.load(Ordering::Relaxed);
+    if shared.ready.load(Ordering::Relaxed) && serving {
         text(StatusCode::OK, "LIVE\n")
     } else if shared.draining.load(Ordering::Relaxed) {
         text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")

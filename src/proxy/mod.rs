@@ -19,10 +19,13 @@
 //! - [`overload`] holds the connection limits, requests per connection and the heap
 //!   monitor's actions (Envoy's overload manager).
 //! - [`admin`], [`stats`] and [`access_log`] are what operators look at.
+//! - [`handoff`] hands the listening sockets to a successor process (upgrades that
+//!   refuse no connection).
 pub mod access_log;
 pub mod admin;
 pub mod compile;
 pub mod connection;
+pub mod handoff;
 pub mod http;
 pub mod json_input;
 pub mod listener;

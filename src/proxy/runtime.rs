@@ -5,6 +5,7 @@
 use crate::proxy::access_log::{AccessLog, AccessLogMode, RequestLog};
 use crate::proxy::compile::{CompileError, compile_parts, secret_error};
 use crate::proxy::connection::serve_connection;
+use crate::proxy::handoff::{HandOver, HandedSocket, Inherited, SocketKind};
 use crate::proxy::listener::Listener;
 use crate::proxy::snapshot::Snapshot;
 use crate::proxy::stats::{SourceLabels, Stats};
@@ -85,6 +86,9 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Set after the first snapshot is published.
     pub ready: AtomicBool,
+    /// Set when a successor process took the listening sockets over: the service is
+    /// ready (the successor serves it) while this process drains.
+    pub handed_over: AtomicBool,
     pub workers: usize,
     pub(crate) quit: watch::Sender<bool>,
     pub(crate) drain_requested: watch::Sender<bool>,
@@ -122,6 +126,9 @@ struct Bound {
     addr: SocketAddr,
     local: SocketAddr,
     stop: watch::Sender<bool>,
+    /// Copies of the workers' sockets: handed to a listener replacing this one at the
+    /// same address, or to a successor process, so no accept queue is ever dropped.
+    sockets: Vec<std::net::TcpListener>,
 }
 
 /// A running gateway.
@@ -131,7 +138,12 @@ pub struct Gateway {
         mpsc::UnboundedSender<WorkerCmd>,
         std::thread::JoinHandle<()>,
     )>,
-    bound: Mutex<HashMap<String, Bound>>,
+    bound: Arc<Mutex<HashMap<String, Bound>>>,
+    /// Sockets handed over by the gateway this one replaces, until used or released.
+    inherited: Mutex<Inherited>,
+    /// The admin, health and Prometheus sockets (copies), and whether they accept.
+    servers: Arc<Vec<HandedSocket>>,
+    server_state: Arc<watch::Sender<u8>>,
     control: tokio::runtime::Handle,
     control_stop: Option<tokio::sync::oneshot::Sender<()>>,
     dns_tasks: Mutex<HashSet<usize>>,
@@ -146,6 +158,19 @@ impl Gateway {
     /// Starts the workers, the control thread and the admin/health/Prometheus servers.
     /// Listeners come with the first [`Gateway::apply`].
     pub fn start(opts: GatewayOptions) -> std::io::Result<Gateway> {
+        Gateway::start_inherited(opts, None)
+    }
+
+    /// Like [`start`](Self::start), taking over the sockets a running gateway handed
+    /// over: listeners (matched by configured address) and the admin, health and
+    /// Prometheus servers use them instead of binding. The servers answer only after
+    /// [`serve_inherited`](Self::serve_inherited).
+    pub fn start_inherited(
+        opts: GatewayOptions,
+        inherited: Option<Inherited>,
+    ) -> std::io::Result<Gateway> {
+        let upgrading = inherited.is_some();
+        let mut inherited = inherited.unwrap_or_default();
         let n = if opts.concurrency == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -168,6 +193,7 @@ impl Gateway {
             access_log: AccessLog::new(opts.access_log),
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             workers: n,
             identity: arc_swap::ArcSwapOption::empty(),
             local_rate_limits: Default::default(),
@@ -204,30 +230,43 @@ impl Gateway {
                     let _ = control_stop_rx.await;
                 })
             })?;
-        let admin_local = match opts.admin_addr {
-            Some(a) => Some(crate::proxy::admin::serve_admin(
-                &control,
-                a,
-                shared.clone(),
-            )?),
-            None => None,
-        };
-        let health_local = match opts.health_addr {
-            Some(a) => Some(crate::proxy::admin::serve_health(
-                &control,
-                a,
-                shared.clone(),
-            )?),
-            None => None,
-        };
-        let prometheus_local = match opts.prometheus_addr {
-            Some(a) => Some(crate::proxy::admin::serve_prometheus(
-                &control,
-                a,
-                shared.clone(),
-            )?),
-            None => None,
-        };
+        let (server_state, _) = watch::channel(if upgrading {
+            crate::proxy::admin::SERVER_PAUSED
+        } else {
+            crate::proxy::admin::SERVER_ACCEPTING
+        });
+        let mut servers = Vec::new();
+        let mut locals = [None; 3];
+        for (i, (kind, addr, serve)) in [
+            (
+                SocketKind::Admin,
+                opts.admin_addr,
+                crate::proxy::admin::serve_admin as ServeFn,
+            ),
+            (
+                SocketKind::Health,
+                opts.health_addr,
+                crate::proxy::admin::serve_health,
+            ),
+            (
+                SocketKind::Prometheus,
+                opts.prometheus_addr,
+                crate::proxy::admin::serve_prometheus,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Some(addr) = addr else { continue };
+            let socket = match inherited.take_server(kind, addr) {
+                Some(s) => crate::proxy::admin::ServerSocket::Inherited(s),
+                None => crate::proxy::admin::ServerSocket::Bind(addr),
+            };
+            let socket = serve(&control, socket, shared.clone(), server_state.subscribe())?;
+            locals[i] = Some(socket.local_addr()?);
+            servers.push(HandedSocket { kind, addr, socket });
+        }
+        let [admin_local, health_local, prometheus_local] = locals;
         // Outlier detection intervals.
         {
             let shared = shared.clone();
@@ -253,7 +292,10 @@ impl Gateway {
         Ok(Gateway {
             shared,
             workers,
-            bound: Mutex::new(HashMap::new()),
+            bound: Arc::new(Mutex::new(HashMap::new())),
+            inherited: Mutex::new(inherited),
+            servers: Arc::new(servers),
+            server_state: Arc::new(server_state),
             control,
             control_stop: Some(control_stop),
             dns_tasks: Mutex::new(HashSet::new()),
@@ -421,12 +463,22 @@ impl Gateway {
                 }
                 let rebinding_same_addr = bound.values().any(|b| b.addr == l.addr);
                 if rebinding_same_addr {
-                    // Another (removed or renamed) listener holds this address: it is
-                    // stopped first below, then bound.
-                    to_start.push((l.clone(), Vec::new(), l.addr));
+                    // Another (removed or renamed) listener holds this address: its
+                    // sockets are handed to this one, so no connection is refused (if
+                    // they cannot be copied, it is stopped first below, then bound).
+                    let handed = bound
+                        .values()
+                        .find(|b| b.addr == l.addr)
+                        .map(|b| (clone_sockets(&b.sockets), b.local));
+                    match handed {
+                        Some((Ok(socks), local)) if !socks.is_empty() => {
+                            to_start.push((l.clone(), socks, local))
+                        }
+                        _ => to_start.push((l.clone(), Vec::new(), l.addr)),
+                    }
                     continue;
                 }
-                match bind_reuseport(l.addr, self.workers.len()) {
+                match self.listener_sockets(l.addr) {
                     Ok((socks, local)) => to_start.push((l.clone(), socks, local)),
                     Err(e) => {
                         self.shared
@@ -491,7 +543,17 @@ impl Gateway {
             }
             let (stop, stop_rx) = watch::channel(false);
             let conns = Arc::new(AtomicUsize::new(0));
+            let kept = match clone_sockets(&socks) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(listener = %l.name, error = %e, "copying the listening sockets; a replacement will rebind them");
+                    Vec::new()
+                }
+            };
             for (i, sock) in socks.into_iter().enumerate() {
+                // More sockets than workers (handed over by a gateway with more): every
+                // one is accepted on, so no accept queue is left behind.
+                let i = i % self.workers.len();
                 let _ = self.workers[i].0.send(WorkerCmd::Listen {
                     listener: l.clone(),
                     socket: sock,
@@ -507,6 +569,7 @@ impl Gateway {
                     addr: l.addr,
                     local,
                     stop,
+                    sockets: kept,
                 },
             );
         }
@@ -595,6 +658,13 @@ pub enum ApplyError {
         error: String,
     },
 }
+
+type ServeFn = fn(
+    &tokio::runtime::Handle,
+    crate::proxy::admin::ServerSocket,
+    Arc<Shared>,
+    watch::Receiver<u8>,
+) -> std::io::Result<std::net::TcpListener>;
 
 /// Binds one `SO_REUSEPORT` socket per worker on `addr` (port 0: the first socket's port
 /// is reused for the others).
@@ -724,6 +794,123 @@ async fn accept_loop(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Copies (`dup`) of listening sockets: the same sockets, each copy closed on its own.
+fn clone_sockets(socks: &[std::net::TcpListener]) -> std::io::Result<Vec<std::net::TcpListener>> {
+    socks.iter().map(|s| s.try_clone()).collect()
+}
+
+/// Upgrades: sockets taken over from a predecessor, and handed to a successor.
+impl Gateway {
+    /// The sockets of the listener configured at `addr`: those handed over by the
+    /// gateway this one replaces if any (every one of them, and at least one per
+    /// worker), else one new `SO_REUSEPORT` socket per worker.
+    fn listener_sockets(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+        let n = self.workers.len();
+        let taken = self
+            .inherited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_listener(addr);
+        match taken {
+            Some(mut socks) if !socks.is_empty() => {
+                let local = socks[0].local_addr()?;
+                if socks.len() < n {
+                    socks.extend(bind_reuseport(local, n - socks.len())?.0);
+                }
+                tracing::info!(%addr, sockets = socks.len(), "listener taken over");
+                Ok((socks, local))
+            }
+            _ => bind_reuseport(addr, n),
+        }
+    }
+
+    /// A successor takes over once this gateway serves: the admin, health and Prometheus
+    /// servers start answering on the sockets handed over.
+    pub fn serve_inherited(&self) {
+        let _ = self
+            .server_state
+            .send(crate::proxy::admin::SERVER_ACCEPTING);
+    }
+
+    /// Closes the handed-over sockets this gateway's configuration does not use (called
+    /// once the predecessor stopped accepting on them). Returns how many.
+    pub fn release_inherited(&self) -> usize {
+        let rest = std::mem::take(&mut *self.inherited.lock().unwrap_or_else(|e| e.into_inner()));
+        let n = rest.len();
+        if n > 0 {
+            tracing::info!(sockets = n, "closing handed-over sockets no listener uses");
+        }
+        n
+    }
+
+    /// What the upgrade socket hands to a successor, and how this gateway then stops
+    /// accepting.
+    pub fn hand_over(&self) -> GatewayHandOver {
+        GatewayHandOver {
+            shared: self.shared.clone(),
+            bound: self.bound.clone(),
+            servers: self.servers.clone(),
+            server_state: self.server_state.clone(),
+        }
+    }
+}
+
+/// A running gateway's side of an upgrade (see [`crate::proxy::handoff`]).
+pub struct GatewayHandOver {
+    shared: Arc<Shared>,
+    bound: Arc<Mutex<HashMap<String, Bound>>>,
+    servers: Arc<Vec<HandedSocket>>,
+    server_state: Arc<watch::Sender<u8>>,
+}
+
+impl HandOver for GatewayHandOver {
+    fn sockets(&self) -> std::io::Result<Vec<HandedSocket>> {
+        let mut out = Vec::new();
+        for b in self
+            .bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            for s in &b.sockets {
+                out.push(HandedSocket {
+                    kind: SocketKind::Listener,
+                    addr: b.addr,
+                    socket: s.try_clone()?,
+                });
+            }
+        }
+        for s in self.servers.iter() {
+            out.push(HandedSocket {
+                kind: s.kind,
+                addr: s.addr,
+                socket: s.socket.try_clone()?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every accept loop and server stops (closing this process's copies only) and open
+    /// connections start draining: `connection: close`, GOAWAY.
+    fn stop_accepting(&self) {
+        let _ = self.server_state.send(crate::proxy::admin::SERVER_STOPPED);
+        self.shared.handed_over.store(true, Ordering::Relaxed);
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.shared.drain_requested.send(true);
+        for b in self
+            .bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            let _ = b.stop.send(true);
         }
     }
 }
