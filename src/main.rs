@@ -34,7 +34,7 @@ enum Command {
     /// Translate Istio configuration into Envoy resources for one gateway.
     Translate(cmd::translate::Args),
     /// Run the gateway (meshgate's own data plane).
-    Gateway(cmd::gateway::GatewayArgs),
+    Gateway(Box<cmd::gateway::GatewayArgs>),
     /// Redirect this network namespace's TCP traffic to a sidecar (istio-iptables' job).
     Iptables(cmd::iptables::Args),
     /// Run Envoy for one pod as Istio's pilot-agent does: bootstrap, workload certificate
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         Command::Ca(args) => cmd::ca::run(args),
         Command::Validate(args) => cmd::validate::run(args),
         Command::Translate(args) => cmd::translate::run(args),
-        Command::Gateway(args) => cmd::gateway::run(args),
+        Command::Gateway(args) => cmd::gateway::run(*args),
         Command::Iptables(args) => cmd::iptables::run(args),
         Command::Inject(args) => cmd::inject::run(args),
         Command::Agent(args) => cmd::agent::run(args),

@@ -257,7 +257,11 @@ struct Seen {
 }
 
 fn observe(port: u16, preface: &[u8], request: &[u8], up: &CaptureUpstream) -> Seen {
-    let resp = send(port, preface, request);
+    observed(send(port, preface, request), up)
+}
+
+/// What a client's answer `resp` and the upstream showed.
+fn observed(resp: Option<Vec<u8>>, up: &CaptureUpstream) -> Seen {
     let (status, seen) = match &resp {
         Some(r) if r.starts_with(b"HTTP/") => (
             Some(status(r)),
@@ -614,4 +618,640 @@ spec:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS behind a PROXY header
+// ---------------------------------------------------------------------------------------
+
+const TLS_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+
+fn tls_context(leaf: &certs::Leaf) -> Value {
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {"tls_certificates": [{
+            "certificate_chain": {"inline_string": leaf.cert},
+            "private_key": {"inline_string": leaf.key}}]}}})
+}
+
+struct TlsPorts {
+    /// PROXY filter, then the TLS inspector: `www.example.com` terminated,
+    /// `pass.example.com` passed through (tcp_proxy) to `term` with a PROXY v1 header.
+    front: u16,
+    /// PROXY filter, TLS terminated for every name.
+    term: u16,
+}
+
+fn tls_resources(p: &TlsPorts, up: &CaptureUpstream, leaf: &certs::Leaf) -> Value {
+    let addr = |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    let tcp_proxy = json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "pass", "cluster": "to_term"}});
+    json!({
+        "listeners": [
+            {"name": "front", "address": addr(p.front),
+             "listener_filters": [pp_filter(json!({})), {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": TLS_INSPECTOR}}],
+             "filter_chains": [
+                {"filter_chain_match": {"server_names": ["pass.example.com"]}, "filters": [tcp_proxy]},
+                {"filter_chain_match": {"server_names": ["www.example.com"]}, "transport_socket": tls_context(leaf), "filters": [hcm(0)]}
+             ]},
+            {"name": "term", "address": addr(p.term),
+             "listener_filters": [pp_filter(json!({}))],
+             "filter_chains": [{"transport_socket": tls_context(leaf), "filters": [hcm(0)]}]},
+        ],
+        "clusters": [
+            static_cluster("up", up.addr, None),
+            static_cluster("up_pp", up.addr, None),
+            static_cluster("to_term", SocketAddr::from(([127, 0, 0, 1], p.term)), Some(("V1", Value::Null))),
+        ],
+    })
+}
+
+/// One HTTPS request on a fresh connection that starts with `preface` (a PROXY header),
+/// then a TLS handshake with `sni` trusting `ca`; the answer (`None`: the handshake
+/// failed or the connection closed without one).
+fn tls_send(port: u16, preface: &[u8], sni: &str, ca: &str, request: &[u8]) -> Option<Vec<u8>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(preface).ok()?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    tls.write_all(request).ok()?;
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp);
+    (!resp.is_empty()).then_some(resp)
+}
+
+#[test]
+fn tls_behind_a_proxy_header_sees_the_client() {
+    let dir = TempDir::new();
+    let ca = certs::TestCa::new("edge-ca");
+    let leaf = ca.leaf(&["www.example.com", "pass.example.com"]);
+    let (up_e, up_m) = (CaptureUpstream::start(), CaptureUpstream::start());
+    let tls_ports = || TlsPorts {
+        front: free_port(),
+        term: free_port(),
+    };
+    let (pe, pm) = (tls_ports(), tls_ports());
+    let envoy = envoy_with(&tls_resources(&pe, &up_e, &leaf), &dir);
+    let _mg = InProcess::start(&tls_resources(&pm, &up_m, &leaf));
+    for port in [pm.front, pm.term] {
+        wait_for_port(port, Duration::from_secs(10));
+    }
+    let client = v2([10, 1, 2, 3], 5555, [10, 9, 9, 9], 443, &[]);
+    type Case = (&'static str, fn(&TlsPorts) -> u16, Vec<u8>, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "v2 header, TLS terminated",
+            |p| p.front,
+            client.clone(),
+            "www.example.com",
+        ),
+        (
+            "v1 header, TLS terminated",
+            |p| p.front,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            "www.example.com",
+        ),
+        (
+            "TLS without a header is refused",
+            |p| p.front,
+            Vec::new(),
+            "www.example.com",
+        ),
+        (
+            "passed through by SNI with an upstream PROXY header, terminated behind",
+            |p| p.front,
+            client.clone(),
+            "pass.example.com",
+        ),
+    ];
+    let mut diffs = Vec::new();
+    for (name, port, preface, sni) in &cases {
+        let request = http_get("/", "");
+        let e = observed(tls_send(port(&pe), preface, sni, &ca.pem, &request), &up_e);
+        let m = observed(tls_send(port(&pm), preface, sni, &ca.pem, &request), &up_m);
+        if e != m {
+            diffs.push(format!("{name}:\n  envoy:    {e:?}\n  meshgate: {m:?}"));
+        }
+        if name.starts_with("TLS without") {
+            assert_eq!((e.status, e.upstream.len()), (None, 0), "{name}: {e:?}");
+            continue;
+        }
+        // Through the pass-through hop the second listener's TCP peer is the gateway
+        // itself; the client is still the first header's.
+        assert_eq!(e.status, Some(200), "{name}: {e:?}");
+        assert_eq!(
+            e.seen.as_deref(),
+            Some("remote=10.1.2.3:5555 direct=127.0.0.1 local=10.9.9.9:443"),
+            "{name}"
+        );
+        assert_eq!(e.upstream.len(), 1, "{name}: {e:?}");
+        assert_eq!(e.upstream[0]["x-forwarded-for"], "10.1.2.3", "{name}");
+        assert_eq!(
+            e.upstream[0]["x-envoy-external-address"], "10.1.2.3",
+            "{name}"
+        );
+    }
+    assert!(
+        diffs.is_empty(),
+        "meshgate differs from Envoy:\n{}\nenvoy log: {}",
+        diffs.join("\n"),
+        envoy.log_path.display()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The access log
+// ---------------------------------------------------------------------------------------
+
+/// The fields both access logs carry, by request path.
+const LOG_FIELDS: &[(&str, &str)] = &[
+    ("path", "%REQ(:PATH)%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    (
+        "downstream_direct_remote_address",
+        "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",
+    ),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+];
+
+/// The entries of a JSON-lines log with the fields of [`LOG_FIELDS`], by path; a
+/// loopback address's port (the test's own) is left out.
+fn log_entries(text: &str) -> BTreeMap<String, BTreeMap<String, Value>> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            let path = v["path"].as_str()?.to_string();
+            let fields = LOG_FIELDS
+                .iter()
+                .skip(1)
+                .map(|(k, _)| {
+                    let mut f = v[*k].clone();
+                    if let Some(s) = f.as_str()
+                        && s.starts_with("127.0.0.1:")
+                    {
+                        f = json!("127.0.0.1");
+                    }
+                    (k.to_string(), f)
+                })
+                .collect();
+            Some((path, fields))
+        })
+        .collect()
+}
+
+#[test]
+fn the_access_log_shows_the_client_and_the_load_balancer() {
+    let dir = TempDir::new();
+    let (up_e, up_m) = (CaptureUpstream::start(), CaptureUpstream::start());
+    let (pe, pm) = (ports(), ports());
+    let envoy_log = dir.path().join("envoy-access.log");
+    let mut for_envoy = resources(&pe, &up_e);
+    let format: serde_json::Map<String, Value> = LOG_FIELDS
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    for l in for_envoy["listeners"].as_array_mut().unwrap() {
+        let f = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
+        if f["@type"]
+            .as_str()
+            .unwrap()
+            .ends_with("HttpConnectionManager")
+        {
+            f["access_log"] = json!([{"name": "envoy.access_loggers.file", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": envoy_log.display().to_string(),
+                "log_format": {"json_format": format}}}]);
+        }
+    }
+    let envoy = envoy_with(&for_envoy, &dir);
+    let mg_dir = TempDir::new();
+    let json_file = mg_dir.path().join("resources.json");
+    std::fs::write(&json_file, resources(&pm, &up_m).to_string()).unwrap();
+    let mg = GatewayProcess::start(&json_file, mg_dir.path(), &["--access-log", "json"]);
+    for port in [pm.http, pm.hops] {
+        wait_for_port(port, Duration::from_secs(10));
+    }
+
+    type Case = (&'static str, fn(&Ports) -> u16, Vec<u8>, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "/proxy",
+            |p| p.http,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            "",
+        ),
+        ("/local", |p| p.http, v2_local(), ""),
+        (
+            "/hops",
+            |p| p.hops,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            "x-forwarded-for: 203.0.113.9, 10.66.3.3\r\n",
+        ),
+        (
+            "/hops-short",
+            |p| p.hops,
+            v1("10.1.2.3", "10.9.9.9", 5555, 443),
+            "x-forwarded-for: 10.66.3.3\r\n",
+        ),
+    ];
+    for (path, port, preface, extra) in &cases {
+        for (p, up) in [(&pe, &up_e), (&pm, &up_m)] {
+            let seen = observe(port(p), preface, &http_get(path, extra), up);
+            assert_eq!(seen.status, Some(200), "{path}: {seen:?}");
+        }
+    }
+    let complete = |text: &str| {
+        let entries = log_entries(text);
+        cases.iter().all(|(p, ..)| entries.contains_key(*p))
+    };
+    wait_until(
+        "both access logs have every request",
+        Duration::from_secs(15),
+        || {
+            complete(&std::fs::read_to_string(&envoy_log).unwrap_or_default())
+                && complete(&mg.stdout())
+        },
+    );
+    let e = log_entries(&std::fs::read_to_string(&envoy_log).unwrap());
+    let m = log_entries(&mg.stdout());
+    for (path, ..) in &cases {
+        assert_eq!(
+            m[*path],
+            e[*path],
+            "{path}: meshgate's log entry differs from Envoy's (envoy log: {})",
+            envoy.log_path.display()
+        );
+    }
+    assert_eq!(e["/proxy"]["downstream_remote_address"], "10.1.2.3:5555");
+    assert_eq!(e["/proxy"]["downstream_direct_remote_address"], "127.0.0.1");
+    assert_eq!(e["/proxy"]["downstream_local_address"], "10.9.9.9:443");
+    assert_eq!(e["/local"]["downstream_remote_address"], "127.0.0.1");
+    assert_eq!(e["/hops"]["downstream_remote_address"], "203.0.113.9:0");
+    assert_eq!(
+        e["/hops-short"]["downstream_remote_address"],
+        "10.1.2.3:5555"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Istio configuration: RateLimitPolicy by client CIDR behind a PROXY load balancer
+// ---------------------------------------------------------------------------------------
+
+const LIMITED: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: capture, namespace: default}
+spec:
+  hosts: [capture.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, ports: {http: UP_PORT}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: GW_PORT, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: all, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route: [{destination: {host: capture.internal}}]
+---
+apiVersion: meshgate.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: lb-range, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, name: gw}]
+  local:
+    rules:
+    - name: range
+      clientSelectors: [{sourceCIDR: {value: 10.66.0.0/16}}]
+      limit: {requests: 1, unit: Minute, burst: 2}
+"#;
+
+/// The mesh of a gateway behind a PROXY protocol load balancer that also trusts one
+/// `x-forwarded-for` hop.
+const EDGE_MESH: &str =
+    "defaultConfig:\n  gatewayTopology:\n    numTrustedProxies: 1\n    proxyProtocol: {}\n";
+
+/// One side of an Istio configuration served twice: `meshgate gateway --config` and
+/// real Envoy on `meshgate translate`'s output, both with `--mesh-config`.
+struct IstioSide {
+    port: u16,
+    up: CaptureUpstream,
+}
+
+fn istio_config(dir: &std::path::Path, side: &IstioSide) -> std::path::PathBuf {
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.yaml"),
+        LIMITED
+            .replace("GW_PORT", &side.port.to_string())
+            .replace("UP_PORT", &side.up.addr.port().to_string()),
+    )
+    .unwrap();
+    std::fs::write(dir.join("mesh.yaml"), EDGE_MESH).unwrap();
+    config
+}
+
+#[test]
+fn rate_limits_by_client_cidr_count_the_proxy_source() {
+    let labels = "istio=ingressgateway";
+    let (se, sm) = (
+        IstioSide {
+            port: free_port(),
+            up: CaptureUpstream::start(),
+        },
+        IstioSide {
+            port: free_port(),
+            up: CaptureUpstream::start(),
+        },
+    );
+    let (de, dm) = (TempDir::new(), TempDir::new());
+    let config = istio_config(de.path(), &se);
+    let admin = free_port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .arg("translate")
+        .arg("--config")
+        .arg(&config)
+        .arg("--mesh-config")
+        .arg(de.path().join("mesh.yaml"))
+        .arg("--out")
+        .arg(de.path().join("envoy"))
+        .args(["--admin-port", &admin.to_string(), "--labels", labels])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let envoy = Envoy::start(&de.path().join("envoy/envoy.yaml"), admin, de.path());
+    let config = istio_config(dm.path(), &sm);
+    let mesh = dm.path().join("mesh.yaml");
+    let _mg = GatewayProcess::start_with(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--mesh-config",
+            mesh.to_str().unwrap(),
+            "--labels",
+            labels,
+            "--access-log",
+            "off",
+        ],
+        dm.path(),
+    );
+    for side in [&se, &sm] {
+        wait_for_port(side.port, Duration::from_secs(20));
+    }
+    envoy.assert_no_rejections();
+
+    let limited = v1("10.66.1.1", "10.9.9.9", 5555, 443);
+    let other = v2([10, 1, 2, 3], 5555, [10, 9, 9, 9], 443, &[]);
+    // (who, PROXY header, extra request headers)
+    let burst: Vec<(&str, &[u8], &str)> = vec![
+        ("10.66.1.1", &limited, ""),
+        ("10.1.2.3", &other, ""),
+        ("10.66.1.1", &limited, ""),
+        ("10.1.2.3", &other, ""),
+        ("10.66.1.1", &limited, ""),
+        ("10.1.2.3", &other, ""),
+        ("10.1.2.3", &other, ""),
+        // One trusted hop: the client is the load balancer's x-forwarded-for entry, in
+        // the limited range.
+        (
+            "10.1.2.3 for 10.66.7.7",
+            &other,
+            "x-forwarded-for: 10.66.7.7\r\n",
+        ),
+        // The range's shared bucket is not the PROXY source's.
+        (
+            "10.66.1.1 for 10.1.2.9",
+            &limited,
+            "x-forwarded-for: 10.1.2.9\r\n",
+        ),
+    ];
+    let answers = |side: &IstioSide| -> Vec<String> {
+        burst
+            .iter()
+            .map(|(who, preface, extra)| {
+                let resp = send(side.port, preface, &http_get("/", extra));
+                side.up.take();
+                let resp = resp.unwrap_or_else(|| panic!("{who}: no answer"));
+                format!(
+                    "{} remaining={:?} ({who})",
+                    status(&resp),
+                    header(&resp, "x-ratelimit-remaining")
+                )
+            })
+            .collect()
+    };
+    let (e, m) = (answers(&se), answers(&sm));
+    assert_eq!(m, e, "meshgate (left) and Envoy (right) admit differently");
+    let statuses: Vec<&str> = e.iter().map(|a| a.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "200", "200", "200", "200", "429", "200", "200", "429", "200"
+        ],
+        "{e:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Through the control plane: PROXY_CONFIG node metadata
+// ---------------------------------------------------------------------------------------
+
+/// The listener bound to `port` in a config dump (Envoy's or meshgate's admin
+/// `/config_dump`): its listener filters' names and the first connection manager's
+/// `xff_num_trusted_hops`.
+fn listener_in_dump(dump: &Value, port: u16) -> Option<(Vec<String>, Value)> {
+    fn walk(v: &Value, port: u16) -> Option<&Value> {
+        match v {
+            Value::Object(o) => {
+                if o.contains_key("filter_chains")
+                    && v["address"]["socket_address"]["port_value"].as_u64() == Some(port as u64)
+                {
+                    return Some(v);
+                }
+                o.values().find_map(|c| walk(c, port))
+            }
+            Value::Array(a) => a.iter().find_map(|c| walk(c, port)),
+            _ => None,
+        }
+    }
+    let l = walk(dump, port)?;
+    let filters = l["listener_filters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| f["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let hops = l["filter_chains"][0]["filters"][0]["typed_config"]["xff_num_trusted_hops"].clone();
+    Some((filters, hops))
+}
+
+#[test]
+fn the_control_plane_gives_a_gateways_proxy_config_to_envoy_and_meshgate() {
+    use support::xds_mesh::*;
+    let work = TempDir::new();
+    let up = CaptureUpstream::start();
+    let (pe, pm, pp) = (free_port(), free_port(), free_port());
+    let gateways = [("pp-envoy", pe), ("pp-meshgate", pm), ("plain", pp)];
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let mut yaml = service_entry_yaml("capture", up.addr.port());
+    for (name, port) in &gateways {
+        yaml.push_str("---\n");
+        yaml.push_str(&gateway_yaml(name, *port));
+    }
+    yaml.push_str("---\n");
+    yaml.push_str(&route_yaml(
+        "*",
+        &gateways.map(|g| g.0),
+        "capture",
+        up.addr.port(),
+    ));
+    std::fs::write(config.join("config.yaml"), yaml).unwrap();
+    let pc = work.path().join("edge-proxy-config.yaml");
+    std::fs::write(
+        &pc,
+        "gatewayTopology:\n  numTrustedProxies: 1\n  proxyProtocol: {}\n",
+    )
+    .unwrap();
+    let cp = ControlPlaneProcess::start(&config, work.path());
+
+    let envoy_dir = TempDir::new();
+    let admin = free_port();
+    let boot = envoy_dir.path().join("bootstrap.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args([
+            "bootstrap",
+            "envoy",
+            "--xds",
+            &cp.xds_addr(),
+            "--node-id",
+            "pp-envoy",
+        ])
+        .args([
+            "--labels",
+            "proxy=pp-envoy",
+            "--namespace",
+            "edge",
+            "--delta",
+        ])
+        .args(["--admin-port", &admin.to_string(), "--proxy-config"])
+        .arg(&pc)
+        .arg("--out")
+        .arg(&boot)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let envoy = Envoy::start(&boot, admin, envoy_dir.path());
+    let mut mg = XdsGateway::spawn_with(
+        "pp-meshgate",
+        &cp.xds_addr(),
+        "proxy=pp-meshgate",
+        "edge",
+        true,
+        work.path(),
+        &["--proxy-config", pc.to_str().unwrap()],
+    );
+    mg.wait_ready(Duration::from_secs(20));
+    let plain = XdsGateway::start(
+        "plain",
+        &cp.xds_addr(),
+        "proxy=plain",
+        "edge",
+        true,
+        work.path(),
+    );
+    for (_, port) in &gateways {
+        wait_for_port(*port, Duration::from_secs(20));
+    }
+
+    // What each was given.
+    let dump = |body: String| -> Value { serde_json::from_str(&body).expect("config dump") };
+    let (_, e_dump) = envoy.admin_get("/config_dump").unwrap();
+    let pp_filter = vec!["envoy.filters.listener.proxy_protocol".to_string()];
+    assert_eq!(
+        listener_in_dump(&dump(e_dump), pe),
+        Some((pp_filter.clone(), json!(1))),
+        "envoy"
+    );
+    let (_, m_dump) = mg.admin("/config_dump").unwrap();
+    assert_eq!(
+        listener_in_dump(&dump(m_dump), pm),
+        Some((pp_filter, json!(1))),
+        "meshgate"
+    );
+    let (_, p_dump) = plain.admin("/config_dump").unwrap();
+    let (filters, hops) = listener_in_dump(&dump(p_dump), pp).expect("plain's listener");
+    assert!(filters.is_empty(), "{filters:?}");
+    assert!(hops.is_null() || hops == json!(0), "{hops}");
+
+    // What each does with it.
+    let proxied = v1("10.1.2.3", "10.9.9.9", 5555, 443);
+    let cases: Vec<(&str, &[u8], Vec<u8>)> = vec![
+        ("PROXY source", &proxied, http_get("/", "")),
+        (
+            "one trusted hop",
+            &proxied,
+            http_get("/", "x-forwarded-for: 203.0.113.9\r\n"),
+        ),
+        ("no header", &[], http_get("/", "")),
+    ];
+    for (name, preface, request) in &cases {
+        let e = observe(pe, preface, request, &up);
+        let m = observe(pm, preface, request, &up);
+        assert_eq!(m, e, "{name}: meshgate (left) differs from Envoy (right)");
+        match *name {
+            "PROXY source" => {
+                assert_eq!(e.status, Some(200), "{e:?}");
+                assert_eq!(e.upstream[0]["x-forwarded-for"], "10.1.2.3");
+            }
+            "one trusted hop" => {
+                assert_eq!(e.status, Some(200), "{e:?}");
+                assert_eq!(e.upstream[0]["x-forwarded-for"], "203.0.113.9,10.1.2.3");
+                assert_eq!(e.upstream[0]["x-envoy-external-address"], "203.0.113.9");
+            }
+            _ => assert_eq!((e.status, e.upstream.len()), (None, 0), "{e:?}"),
+        }
+    }
+    // The gateway without a ProxyConfig serves a client without a header, and takes a
+    // header for a (bad) request.
+    let served = observe(pp, &[], &http_get("/", ""), &up);
+    assert_eq!(served.status, Some(200), "{served:?}");
+    let refused = observe(pp, &proxied, &http_get("/", ""), &up);
+    assert_ne!(refused.status, Some(200), "{refused:?}");
+    assert!(refused.upstream.is_empty(), "{refused:?}");
 }

@@ -385,3 +385,48 @@ fn the_gateway_and_the_control_plane_refuse_a_bad_mesh_config() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn a_proxy_config_is_checked_with_the_resources() {
+    let dir = std::env::temp_dir().join(format!("proxy-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let good = write(
+        "good.yaml",
+        "gatewayTopology:\n  numTrustedProxies: 1\n  proxyProtocol: {}\n",
+    );
+    let misspelt = write("misspelt.yaml", "gatewayTopology:\n  numTrustedProxys: 1\n");
+    let unserved = write("unserved.yaml", "tracing: {zipkin: {}}\n");
+    let run = |file: &str| {
+        meshgate(&[
+            "validate",
+            "tests/testdata/valid",
+            "--mesh-config",
+            "tests/testdata/mesh/mesh.yaml",
+            "--proxy-config",
+            file,
+        ])
+    };
+    let (ok, bad, refused) = (run(&good), run(&misspelt), run(&unserved));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "");
+    assert_eq!(ok.status.code(), Some(0));
+    assert_eq!(
+        stdout_lines(&bad),
+        [format!(
+            "{misspelt}:2:3: error: gatewayTopology.numTrustedProxys: unknown field `numTrustedProxys`; did you mean `numTrustedProxies`?"
+        )]
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(
+        stdout_lines(&refused),
+        [format!(
+            "{unserved}:1:1: error: ProxyConfig: tracing: meshgate does not serve this mesh setting yet; the mesh configuration is refused rather than run without it (remove the field)"
+        )]
+    );
+    assert_eq!(refused.status.code(), Some(1));
+}

@@ -29,6 +29,11 @@ pub struct Args {
     /// read it with --mesh-config.
     #[arg(long, value_name = "FILE")]
     pub mesh_config: Option<PathBuf>,
+    /// A gateway's own ProxyConfig (YAML or JSON, as `--proxy-config` of the gateway,
+    /// `translate` and `bootstrap envoy`), checked and laid over the mesh's
+    /// `defaultConfig` for translation.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_config: Option<PathBuf>,
 }
 
 /// Runs the subcommand.
@@ -60,6 +65,15 @@ pub fn run(args: Args) -> ExitCode {
     {
         Some(Ok(mesh)) => options.mesh = std::sync::Arc::new(mesh),
         Some(Err(errors)) => mesh_errors = errors,
+        None => {}
+    }
+    match args
+        .proxy_config
+        .as_deref()
+        .map(meshgate::config::mesh::load_proxy_config)
+    {
+        Some(Ok(pc)) => options.mesh = std::sync::Arc::new(options.mesh.with_proxy_config(&pc)),
+        Some(Err(errors)) => mesh_errors.extend(errors),
         None => {}
     }
     let report = pipeline::run(&args.path, &options);

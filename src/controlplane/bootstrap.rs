@@ -408,6 +408,15 @@ fn scalar(v: &Value) -> Option<String> {
         Value::Object(m) if m.is_empty() => Some("{}".into()),
         Value::Array(a) if a.is_empty() => Some("[]".into()),
         Value::Object(_) | Value::Array(_) => None,
+        // Envoy reads a YAML scalar in a `Struct` (node metadata) as a number only when it
+        // is an integer; `1.0` would reach the control plane as the string "1.0". Protobuf
+        // Struct numbers are doubles, so whole ones are written as integers.
+        Value::Number(n) => Some(match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                format!("{}", f as i64)
+            }
+            _ => n.to_string(),
+        }),
         other => Some(other.to_string()),
     }
 }
@@ -611,5 +620,12 @@ mod tests {
         let v = json!({"a": {"b": [1, {"c": "x: y", "@type": "t"}, []], "e": {}}, "s": "quo\"te", "t": true});
         let want = "a:\n  b:\n    - 1\n    - c: \"x: y\"\n      \"@type\": \"t\"\n    - []\n  e: {}\ns: \"quo\\\"te\"\nt: true\n";
         assert_eq!(yaml(&v), want);
+    }
+
+    #[test]
+    fn whole_doubles_are_written_as_integers() {
+        // Node metadata numbers are Struct doubles; Envoy would read `1.0` as a string.
+        let v = json!({"n": 1.0, "f": 0.5, "i": 3, "neg": -2.0});
+        assert_eq!(yaml(&v), "n: 1\nf: 0.5\ni: 3\nneg: -2\n");
     }
 }

@@ -58,6 +58,9 @@ pub struct RequestLog {
     pub cluster_observability_name: Option<Arc<str>>,
     pub route_name: Option<Arc<str>>,
     pub downstream_remote: SocketAddr,
+    /// The TCP peer (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`): a PROXY protocol load
+    /// balancer, where `downstream_remote` is the client it names.
+    pub downstream_direct: SocketAddr,
     pub downstream_local: SocketAddr,
     /// `content-type: application/grpc*` (Istio's request_protocol label).
     pub grpc: bool,
@@ -124,6 +127,7 @@ impl RequestLog {
             cluster_observability_name: None,
             route_name: None,
             downstream_remote: cx.peer.remote,
+            downstream_direct: cx.peer.direct,
             downstream_local: cx.peer.local,
             tls: if logging { cx.tls.clone() } else { None },
             grpc: h
@@ -170,6 +174,7 @@ impl RequestLog {
             cluster_observability_name: None,
             route_name: None,
             downstream_remote: cx.peer.remote,
+            downstream_direct: cx.peer.direct,
             downstream_local: cx.peer.local,
             tls: if logging { cx.tls.clone() } else { None },
             grpc: false,
@@ -383,8 +388,8 @@ fn format_json(out: &mut String, r: &RequestLog) {
     json_str(out, r.cluster.as_deref().map(str::as_bytes));
     let _ = write!(
         out,
-        ",\"downstream_local_address\":\"{}\",\"downstream_remote_address\":\"{}\",\"route_name\":",
-        r.downstream_local, r.downstream_remote
+        ",\"downstream_local_address\":\"{}\",\"downstream_remote_address\":\"{}\",\"downstream_direct_remote_address\":\"{}\",\"route_name\":",
+        r.downstream_local, r.downstream_remote, r.downstream_direct
     );
     json_str(out, r.route_name.as_deref().map(str::as_bytes));
     // Istio's default JSON log has the SNI; the client certificate's first URI SAN is

@@ -405,6 +405,14 @@ async fn serve(
         log.downstream_remote = std::net::SocketAddr::new(remote, 0);
     }
     log.request_id = req.headers().get(&X_REQUEST_ID).cloned();
+    // Envoy logs `%REQ(X-FORWARDED-FOR)%` as the connection manager left it: with the
+    // address it appended.
+    if cx.shared.access_log.mode != crate::proxy::access_log::AccessLogMode::Off {
+        log.xff = req
+            .headers()
+            .get(&crate::proxy::http::request::X_FORWARDED_FOR)
+            .cloned();
+    }
 
     // ACME HTTP-01 challenges are answered before routing.
     if req
