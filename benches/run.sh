@@ -10,6 +10,11 @@
 #                                           # every request also passes an
 #                                           # authorization policy and a rate limit
 #                                           # (benches/configs/with_policy.py)
+#   UPGRADES=2 SCENARIOS="S1 S2" benches/run.sh meshgate
+#                                           # meshgate is upgraded (SIGUSR2, socket
+#                                           # hand-off) twice during each measured run:
+#                                           # the errors column counts what the clients
+#                                           # saw fail; hand-over times are logged
 #
 # Scenarios (the same for every proxy):
 #   S1  HTTP/1.1 keep-alive, cleartext: wrk, 64 connections, Host alternating
@@ -112,9 +117,11 @@ start_proxy() { # name -> sets PROXY_PID
     meshgate)
       render meshgate.json meshgate.json
       [[ ${POLICY:-0} == 1 ]] && python3 benches/configs/with_policy.py "$RUN/meshgate.json"
+      local up=()
+      ((${UPGRADES:-0} > 0)) && up=(--upgrade-socket "$RUN/upgrade.sock")
       taskset -c "$PROXY_CPU" "$ROOT/target/release/meshgate" gateway --xds-json "$RUN/meshgate.json" \
         --concurrency 1 --access-log off --admin-address "127.0.0.1:$ADMIN" \
-        --health-address 127.0.0.1:0 --prometheus-address 127.0.0.1:0 2>"$RUN/meshgate.log" &
+        --health-address 127.0.0.1:0 --prometheus-address 127.0.0.1:0 "${up[@]}" 2>"$RUN/meshgate.log" &
       ;;
     envoy)
       render envoy.yaml envoy.yaml
@@ -215,6 +222,35 @@ load() {
   echo "${reqs:-0} ${rps:-0} $p50 $p99 $errors"
 }
 
+alive() { [[ -r /proc/$1/stat ]] && [[ $(awk '{print $3}' "/proc/$1/stat") != Z ]]; }
+
+# Upgrades meshgate (SIGUSR2) $3 times, evenly spread over $2 seconds, starting from
+# process $1; logs each hand-over (signal to the successor serving, to the old process
+# gone) and writes the last process id to $RUN/upgraded.pid.
+upgrade_during() {
+  local pid=$1 d=$2 k=$3 gap u
+  gap=$(awk -v d="$d" -v k="$k" 'BEGIN{printf "%.2f", d/(k+1)}')
+  for ((u = 1; u <= k; u++)); do
+    sleep "$gap"
+    local old=$pid t0 t1 t2 new
+    t0=$(date +%s%N)
+    kill -USR2 "$old"
+    # Serving: the old process logs it when the successor says so.
+    for _ in $(seq 1 5000); do
+      (($(grep -c 'the successor serves' "$RUN/meshgate.log" || true) >= u)) && break
+      sleep 0.002
+    done
+    t1=$(date +%s%N)
+    while alive "$old"; do sleep 0.005; done
+    t2=$(date +%s%N)
+    new=$(pgrep -n -f "$ROOT/target/release/meshgate gateway")
+    pid=$new
+    log "upgrade $u: successor $new serving after $(((t1 - t0) / 1000000)) ms, old $old gone after $(((t2 - t0) / 1000000)) ms"
+    echo -e "$u\t$(((t1 - t0) / 1000000))\t$(((t2 - t0) / 1000000))" >> "$RUN/upgrades.tsv"
+  done
+  echo "$pid" > "$RUN/upgraded.pid"
+}
+
 run_one() { # proxy scenario round -> appends a TSV row
   local name=$1 s=$2 round=$3
   if ! start_proxy "$name" || ! smoke "$name" "$s"; then
@@ -225,8 +261,17 @@ run_one() { # proxy scenario round -> appends a TSV row
   load "$s" "$WARMUP" >/dev/null
   local t0 t1 m
   t0=$(cpu_ticks "$PROXY_PID")
-  m=$(load "$s" "$DURATION")
-  t1=$(cpu_ticks "$PROXY_PID")
+  if [[ $name == meshgate ]] && ((${UPGRADES:-0} > 0)); then
+    upgrade_during "$PROXY_PID" "$DURATION" "$UPGRADES" &
+    local upgrader=$!
+    m=$(load "$s" "$DURATION")
+    wait "$upgrader"
+    PROXY_PID=$(cat "$RUN/upgraded.pid")
+    t1=$t0 # the CPU of processes that exited is not counted: no CPU figure
+  else
+    m=$(load "$s" "$DURATION")
+    t1=$(cpu_ticks "$PROXY_PID")
+  fi
   local rss; rss=$(rss_kb "$PROXY_PID")
   stop "$PROXY_PID"
   local reqs rps p50 p99 errors cpu_us
@@ -240,6 +285,7 @@ median() { sort -g | awk '{a[NR]=$1} END{ if (NR==0) print "-"; else if (NR%2) p
 
 setup
 : > "$RUN/raw.tsv"
+: > "$RUN/upgrades.tsv"
 start_upstream
 trap 'stop $UPSTREAM_PID' EXIT
 n=${#PROXIES[@]}
