@@ -1036,11 +1036,7 @@ spec:
         let r = blocking_http_get(("127.0.0.1", s.http), "/rl");
         statuses.push(match r {
             Ok((status, _)) => status,
-            Err(e) => panic!(
-                "request {} failed: {e}\n{}",
-                statuses.len(),
-                s.log("rl")
-            ),
+            Err(e) => panic!("request {} failed: {e}\n{}", statuses.len(), s.log("rl")),
         });
     };
     for _ in 0..20 {

@@ -81,9 +81,9 @@ impl Upgrades {
     pub fn serving(&mut self, gateway: &Gateway) -> anyhow::Result<()> {
         match self.predecessor.take() {
             Some(predecessor) => {
-                predecessor
-                    .serving(RELEASE_TIMEOUT)
-                    .context("the previous gateway did not release its sockets; this one does not serve")?;
+                predecessor.serving(RELEASE_TIMEOUT).context(
+                    "the previous gateway did not release its sockets; this one does not serve",
+                )?;
                 gateway.serve_inherited();
                 if let Some(rl) = &self.ratelimit {
                     rl.start_accepting();

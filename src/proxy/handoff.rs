@@ -512,9 +512,8 @@ fn hand_over(
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ) =>
         {
-            let why = format!(
-                "the successor did not serve within {serving_timeout:?}; it is abandoned"
-            );
+            let why =
+                format!("the successor did not serve within {serving_timeout:?}; it is abandoned");
             abandon(conn, &why);
             return Err(HandoffError::Protocol(why));
         }
@@ -538,7 +537,9 @@ fn hand_over(
         Ok((other, _)) => {
             tracing::warn!(message = ?other, "unexpected message from the successor after released")
         }
-        Err(e) => tracing::warn!(error = %e, "waiting for the successor to close the upgrade connection"),
+        Err(e) => {
+            tracing::warn!(error = %e, "waiting for the successor to close the upgrade connection")
+        }
     }
     Ok(pid)
 }
@@ -855,7 +856,9 @@ mod tests {
 
     /// Waits (at most 10 s) until a message or the end of the connection can be read.
     fn wait_readable(p: &Predecessor) {
-        p.conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        p.conn
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut buf = [0u8; 1];
         nix::sys::socket::recv(p.conn.as_raw_fd(), &mut buf, MsgFlags::MSG_PEEK).unwrap();
     }
@@ -923,8 +926,7 @@ mod tests {
         drop(a);
         let e = p.serving(Duration::from_secs(5)).unwrap_err();
         assert!(
-            matches!(&e, HandoffError::Io(_))
-                || e.to_string().contains("closed the connection"),
+            matches!(&e, HandoffError::Io(_)) || e.to_string().contains("closed the connection"),
             "{e}"
         );
         // Closed after `serving` was received but before `released`: the same.

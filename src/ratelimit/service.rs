@@ -427,37 +427,34 @@ fn incoming(
     listener: tokio::net::TcpListener,
     state: tokio::sync::watch::Receiver<u8>,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(
-        (listener, state),
-        |(listener, mut state)| async move {
-            loop {
-                let now = *state.borrow_and_update();
-                match now {
-                    STOPPED => return None,
-                    ACCEPTING => {}
-                    _ => {
-                        if state.changed().await.is_err() {
-                            return None;
-                        }
-                        continue;
+    futures::stream::unfold((listener, state), |(listener, mut state)| async move {
+        loop {
+            let now = *state.borrow_and_update();
+            match now {
+                STOPPED => return None,
+                ACCEPTING => {}
+                _ => {
+                    if state.changed().await.is_err() {
+                        return None;
                     }
-                }
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => {
-                            let _ = stream.set_nodelay(true);
-                            return Some((Ok(stream), (listener, state)));
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "rate-limit service: accept failed");
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                    },
-                    r = state.changed() => if r.is_err() { return None; },
+                    continue;
                 }
             }
-        },
-    )
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        return Some((Ok(stream), (listener, state)));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "rate-limit service: accept failed");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                },
+                r = state.changed() => if r.is_err() { return None; },
+            }
+        }
+    })
 }
 
 /// The URL without its password, for logs.
