@@ -914,3 +914,190 @@ spec:
         gone(next.0)
     });
 }
+
+/// A `redis-server` on 127.0.0.1, nothing on disk; killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Redis {
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("redis.log")).unwrap();
+        let child = Command::new(peer_bin("redis-server"))
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning redis-server");
+        wait_for_port(port, Duration::from_secs(10));
+        Redis { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The rate-limit service started beside the gateway (`--ratelimit-redis`) is handed
+/// over with the listeners: a gateway with a Global RateLimitPolicy (`failureMode:
+/// Closed`, so a call the service does not answer is a 500) is upgraded by SIGUSR2
+/// under a request loop. Every request is answered by the rate-limit filter as the
+/// limit says, none fails, and the limit counts across the upgrade: of N per hour,
+/// exactly the first N are admitted.
+#[test]
+fn a_rate_limited_gateway_upgrades_by_sigusr2_counting_across() {
+    const LIMIT: usize = 1000;
+    let s = Setup::new();
+    let redis = Redis::start(s.dir.path());
+    let notify = Notify::bind(s.dir.path());
+    let config = s.dir.path().join("rl-config");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(
+        config.join("config.yaml"),
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {http}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: edge}}
+spec:
+  hosts: [echo.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: all, namespace: edge}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: echo.internal, port: {{number: 80}}}}}}]
+---
+apiVersion: meshgate.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: shared, namespace: edge}}
+spec:
+  targetRefs: [{{kind: Gateway, name: gw}}]
+  type: Global
+  global:
+    failureMode: Closed
+    rules:
+    - name: everyone
+      clientSelectors: [{{sourceCIDR: {{type: Distinct}}}}]
+      limit: {{requests: {LIMIT}, unit: Hour}}
+"#,
+            http = s.http,
+            echo = s.echo.port(),
+        ),
+    )
+    .unwrap();
+    let rls = format!("127.0.0.1:{}", free_port());
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let extra = [
+        "--concurrency",
+        "2",
+        "--ratelimit-redis",
+        &redis_url,
+        "--ratelimit-address",
+        &rls,
+    ];
+    let mut gw = s.spawn("rl", &extra, &config, &notify);
+    // Serving: the health port answers and a request passes the filter.
+    wait_until("the gateway serves", Duration::from_secs(30), || {
+        if let Ok(Some(st)) = gw.try_wait() {
+            panic!("the gateway exited with {st}:\n{}", s.log("rl"));
+        }
+        matches!(
+            blocking_http_get(("127.0.0.1", s.health), "/healthz/ready"),
+            Ok((200, _))
+        )
+    });
+    let mut statuses = Vec::new();
+    let request = |statuses: &mut Vec<u16>| {
+        let r = blocking_http_get(("127.0.0.1", s.http), "/rl");
+        statuses.push(match r {
+            Ok((status, _)) => status,
+            Err(e) => panic!("request {} failed: {e}\n{}", statuses.len(), s.log("rl")),
+        });
+    };
+    for _ in 0..20 {
+        request(&mut statuses);
+    }
+    let old = gw.id();
+    unsafe {
+        libc::kill(old as i32, libc::SIGUSR2);
+    }
+    // Requests all through the upgrade, until the old gateway has exited (bounded: the
+    // limit must not be reached before, or the upgrade would not be counted across).
+    let mut exited = None;
+    while statuses.len() < LIMIT - 100 {
+        request(&mut statuses);
+        if let Ok(Some(st)) = gw.try_wait() {
+            exited = Some(st);
+            break;
+        }
+    }
+    let during = statuses.len() - 20;
+    let status = exited.unwrap_or_else(|| {
+        panic!(
+            "the old gateway did not exit within {during} requests:\n{}",
+            s.log("rl")
+        )
+    });
+    assert!(status.success(), "{}", s.log("rl"));
+    let (next, _) = notify.wait_mainpid(old, Duration::from_secs(10));
+    let next = Pid(next);
+    assert!(!gone(next.0), "the successor runs");
+    // The rest, served by the successor alone, past the limit.
+    while statuses.len() < LIMIT + 20 {
+        request(&mut statuses);
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let others: Vec<(usize, u16)> = statuses
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, s)| *s != 200 && *s != 429)
+        .collect();
+    eprintln!(
+        "rate-limited upgrade: {during} requests during the upgrade, {admitted} admitted of {}",
+        statuses.len()
+    );
+    assert!(others.is_empty(), "failed: {others:?}\n{}", s.log("rl"));
+    assert_eq!(admitted, LIMIT, "{}", s.log("rl"));
+    assert!(
+        statuses[..LIMIT].iter().all(|s| *s == 200) && statuses[LIMIT..].iter().all(|s| *s == 429),
+        "the first {LIMIT} admitted, then refused"
+    );
+    assert!(
+        s.log("rl").contains("rate-limit service listening")
+            && s.log("rl").contains("inherited=true"),
+        "the successor's service took the socket over:\n{}",
+        s.log("rl")
+    );
+    unsafe {
+        libc::kill(next.0 as i32, libc::SIGTERM);
+    }
+    wait_until("the successor exits", Duration::from_secs(20), || {
+        gone(next.0)
+    });
+}

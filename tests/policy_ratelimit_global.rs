@@ -183,6 +183,7 @@ fn service(redis: &Redis, limits: LimitTable) -> RateLimitServer {
     let s = RateLimitServer::start(ServerOptions {
         redis_url: redis.url(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        inherited: None,
         limiter: LimiterOptions::default(),
     })
     .expect("rate-limit service starts");
@@ -686,6 +687,7 @@ fn virtual_host_rate_limits_and_per_route_options_as_envoy() {
         let s = RateLimitServer::start(ServerOptions {
             redis_url: redis.url(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            inherited: None,
             limiter: LimiterOptions {
                 key_prefix: prefix.into(),
                 ..Default::default()

@@ -253,7 +253,7 @@ async fn serve(args: Args) -> ExitCode {
     let cp = ControlPlane::new(source.clone(), options);
     // Global rate limits: the service every proxy's `meshgate-ratelimit` cluster calls,
     // given the RateLimitPolicy resources' limits with every load.
-    let _ratelimit = match args.ratelimit.start() {
+    let _ratelimit = match args.ratelimit.start(None) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("meshgate control-plane: {e:#}");

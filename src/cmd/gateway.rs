@@ -269,18 +269,27 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
             app,
         },
     };
+    // With --upgrade, the running gateway's sockets are taken over here, first: the
+    // rate-limit service's among them.
+    let (mut upgrades, mut inherited) =
+        super::gateway_upgrade::Upgrades::start(args.upgrade_socket.clone(), args.upgrade)?;
     // The rate-limit service runs beside the data plane, for its `meshgate-ratelimit`
     // cluster (and any other proxy given its address); dropped, it stops.
-    let ratelimit = args.ratelimit.start()?;
+    let ratelimit_socket = match (&args.ratelimit.ratelimit_redis, inherited.as_mut()) {
+        (Some(_), Some(inherited)) => inherited.take_server(
+            meshgate::proxy::handoff::SocketKind::RateLimit,
+            args.ratelimit.ratelimit_address,
+        ),
+        _ => None,
+    };
+    let ratelimit = args.ratelimit.start(ratelimit_socket)?;
+    upgrades.set_ratelimit(ratelimit.as_ref().map(|r| r.socket().clone()));
     // Limits from `--ratelimit-limits`; the RateLimitPolicy resources' are added to them
     // with every configuration load.
     let file_limits = ratelimit
         .as_ref()
         .map(|r| r.service().limits())
         .unwrap_or_default();
-    // With --upgrade, the running gateway's sockets are taken over here.
-    let (upgrades, inherited) =
-        super::gateway_upgrade::Upgrades::start(args.upgrade_socket.clone(), args.upgrade)?;
     if let Some(addr) = args.xds.clone() {
         let args = GatewayArgs {
             trust_domain: Some(mesh.trust_domain.clone()),
@@ -288,7 +297,6 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         };
         return crate::cmd::gateway_xds::run(&addr, &args, labels, opts, (upgrades, inherited));
     }
-    let mut upgrades = upgrades;
     let source = match (&args.config, &args.xds_json) {
         (Some(path), _) => Source::Istio {
             path: path.clone(),
@@ -321,7 +329,7 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
             upgrades.failed(&e);
             return Err(e);
         }
-        upgrades.serving(&gateway);
+        upgrades.serving(&gateway)?;
         let mut handed_over = upgrades.handed_over();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {

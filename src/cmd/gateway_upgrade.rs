@@ -3,7 +3,11 @@
 //! systemd which process serves. The socket exchange is in `meshgate::proxy::handoff`.
 use anyhow::Context as _;
 use meshgate::proxy::Gateway;
-use meshgate::proxy::handoff::{Inherited, Predecessor, Relaunch, UpgradeListener, notify_systemd};
+use meshgate::proxy::handoff::{
+    HandOver, HandedSocket, Inherited, Predecessor, Relaunch, SocketKind, UpgradeListener,
+    notify_systemd,
+};
+use meshgate::ratelimit::service::RateLimitSocket;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -22,6 +26,9 @@ pub struct Upgrades {
     /// this one serves.
     listener: Option<UpgradeListener>,
     handed_over: watch::Sender<bool>,
+    /// The rate-limit service's socket (`--ratelimit-redis`), handed over beside the
+    /// gateway's.
+    ratelimit: Option<RateLimitSocket>,
 }
 
 impl Upgrades {
@@ -37,6 +44,7 @@ impl Upgrades {
             listener: None,
             handed_over: watch::channel(false).0,
             path: path.clone(),
+            ratelimit: None,
         };
         let Some(path) = path else {
             return Ok((up, None));
@@ -57,25 +65,34 @@ impl Upgrades {
         }
     }
 
-    /// The gateway serves its first configuration: a successor tells systemd it is the
-    /// service's main process now and its predecessor to stop accepting, closes the
-    /// sockets it does not use and takes the upgrade socket over; then successors are
-    /// served on it.
-    pub fn serving(&mut self, gateway: &Gateway) {
-        gateway.serve_inherited();
+    /// The rate-limit service running beside the gateway: its socket is handed over
+    /// with the gateway's, and it starts accepting when the gateway does.
+    pub fn set_ratelimit(&mut self, socket: Option<RateLimitSocket>) {
+        self.ratelimit = socket;
+    }
+
+    /// The gateway serves its first configuration: a successor tells its predecessor,
+    /// waits until that one stopped accepting, starts accepting (listeners, admin,
+    /// health, Prometheus, rate-limit service), tells systemd it is the service's main
+    /// process now, closes the sockets it does not use and takes the upgrade socket
+    /// over; then successors are served on it. An error (the predecessor gave this one
+    /// up, or went away before it stopped accepting) means this gateway must not serve:
+    /// the caller exits, having accepted nothing.
+    pub fn serving(&mut self, gateway: &Gateway) -> anyhow::Result<()> {
         match self.predecessor.take() {
             Some(predecessor) => {
-                // Before the old process exits, so systemd never sees the service's main
-                // process gone.
-                notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
-                match predecessor.serving(RELEASE_TIMEOUT) {
-                    Ok(()) => tracing::info!(
-                        "the previous gateway stopped accepting; it drains and exits"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the previous gateway did not confirm it stopped accepting")
-                    }
+                predecessor.serving(RELEASE_TIMEOUT).context(
+                    "the previous gateway did not release its sockets; this one does not serve",
+                )?;
+                gateway.serve_inherited();
+                if let Some(rl) = &self.ratelimit {
+                    rl.start_accepting();
                 }
+                // Before the old process drains (it waits for the connection to close),
+                // so systemd never sees the service's main process gone.
+                notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+                drop(predecessor);
+                tracing::info!("the previous gateway stopped accepting; it drains and exits");
                 gateway.release_inherited();
                 if let Some(path) = &self.path {
                     match UpgradeListener::bind(path, true) {
@@ -86,18 +103,26 @@ impl Upgrades {
                     }
                 }
             }
-            None => notify_systemd("READY=1"),
+            None => {
+                gateway.serve_inherited();
+                notify_systemd("READY=1");
+            }
         }
         if let Some(listener) = self.listener.take() {
             let tx = self.handed_over.clone();
             let path = listener.path().display().to_string();
-            match listener.serve(gateway.hand_over(), move || {
+            let hand_over = WithRateLimit {
+                gateway: gateway.hand_over(),
+                ratelimit: self.ratelimit.clone(),
+            };
+            match listener.serve(hand_over, move || {
                 let _ = tx.send(true);
             }) {
                 Ok(_) => tracing::info!(socket = %path, "listening for a successor"),
                 Err(e) => tracing::error!(error = %e, "cannot listen for successors"),
             }
         }
+        Ok(())
     }
 
     /// Taking over failed before this gateway served: the previous one keeps serving.
@@ -125,6 +150,35 @@ impl Upgrades {
                     tracing::error!(error = %e, "SIGUSR2: cannot start the successor; this gateway keeps serving")
                 }
             },
+        }
+    }
+}
+
+/// The gateway's sockets and the rate-limit service's, handed over together.
+struct WithRateLimit<H> {
+    gateway: H,
+    ratelimit: Option<RateLimitSocket>,
+}
+
+impl<H: HandOver> HandOver for WithRateLimit<H> {
+    fn sockets(&self) -> std::io::Result<Vec<HandedSocket>> {
+        let mut out = self.gateway.sockets()?;
+        if let Some(rl) = &self.ratelimit {
+            out.push(HandedSocket {
+                kind: SocketKind::RateLimit,
+                addr: rl.addr,
+                socket: rl.duplicate()?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The rate-limit service stops accepting too: its calls in flight finish, its
+    /// clients are told to go away and reconnect (to the successor).
+    fn stop_accepting(&self) {
+        self.gateway.stop_accepting();
+        if let Some(rl) = &self.ratelimit {
+            rl.stop_accepting();
         }
     }
 }

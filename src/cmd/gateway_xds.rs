@@ -103,11 +103,13 @@ pub fn run(
                     serving = true;
                     // Blocks for the predecessor's answer: off the runtime's threads.
                     let gw = gateway.clone();
-                    upgrades = tokio::task::spawn_blocking(move || {
-                        upgrades.serving(&gw);
-                        upgrades
+                    let served;
+                    (upgrades, served) = tokio::task::spawn_blocking(move || {
+                        let served = upgrades.serving(&gw);
+                        (upgrades, served)
                     })
                     .await?;
+                    served?;
                 }
                 _ = usr2.recv() => upgrades.start_successor(),
                 _ = handed_over.wait_for(|h| *h) => {

@@ -33,8 +33,12 @@ pub struct RateLimitArgs {
 }
 
 impl RateLimitArgs {
-    /// Starts the service when `--ratelimit-redis` is given.
-    pub fn start(&self) -> anyhow::Result<Option<RateLimitServer>> {
+    /// Starts the service when `--ratelimit-redis` is given: on `inherited`, the socket
+    /// a gateway being upgraded handed over (accepting only once told to), else bound.
+    pub fn start(
+        &self,
+        inherited: Option<std::net::TcpListener>,
+    ) -> anyhow::Result<Option<RateLimitServer>> {
         let Some(url) = &self.ratelimit_redis else {
             return Ok(None);
         };
@@ -54,6 +58,7 @@ impl RateLimitArgs {
                 timeout: std::time::Duration::from_millis(self.ratelimit_redis_timeout_ms.max(1)),
                 ..Default::default()
             },
+            inherited,
         })
         .map_err(|e| anyhow::anyhow!(e))?;
         tracing::info!(rules = limits.len(), "rate limits loaded");

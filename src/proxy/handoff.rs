@@ -7,14 +7,22 @@
 //! 1. old -> new: `sockets` messages, each a JSON description of the sockets it carries
 //!    (what each is for, and the configured address) with their descriptors attached;
 //!    the last one says `"more": false`.
-//! 2. new: builds its listeners from them (binding nothing it was given), applies its
-//!    configuration, then -> old: `serving`.
+//! 2. new: builds its listeners from them (binding nothing it was given, accepting on
+//!    nothing yet), applies its configuration, then -> old: `serving`.
 //! 3. old: stops accepting (its copies of the sockets close, the new one's stay open, so
-//!    no accept queue is lost), -> new: `released`, drains and exits.
-//! 4. new: takes PATH over, so it can be upgraded in turn.
+//!    no accept queue is lost), -> new: `released`.
+//! 4. new: starts accepting (connections that came in between waited in the queues),
+//!    tells systemd it is the main process, and closes the connection; old: seeing it
+//!    closed, drains and exits.
+//! 5. new: takes PATH over, so it can be upgraded in turn.
 //!
 //! Either side may send `error` instead. A successor that fails before `serving` (no
-//! peer, a bad configuration, a protocol error) exits and the old one keeps serving.
+//! peer, a bad configuration, a protocol error) exits and the old one keeps serving. An
+//! old gateway that waited too long for `serving` gives the successor up: it sends
+//! `error` ("abandoned") and closes the connection, and keeps serving; a successor that
+//! then sends `serving` gets that error, or sees the connection closed, and exits without
+//! ever having accepted. Only `released` lets a successor accept, and the old one sends
+//! it only after it stopped accepting: the two never serve at once.
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
     recvmsg, sendmsg,
@@ -34,6 +42,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 const FDS_PER_MESSAGE: usize = 200;
 /// The largest message either side sends.
 const MAX_MESSAGE: usize = 64 * 1024;
+/// How long the old gateway waits for a successor to say it serves (an xDS first sync
+/// may take long) before it gives that successor up.
+pub const SERVING_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the old gateway waits, once released, for the successor to close the
+/// connection (after telling systemd it is the main process) before it drains.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a handed-over socket is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,6 +58,8 @@ pub enum SocketKind {
     Admin,
     Health,
     Prometheus,
+    /// The rate-limit service's socket (`--ratelimit-redis`).
+    RateLimit,
 }
 
 /// One handed-over socket: what it is for and the address it was configured with.
@@ -267,8 +283,13 @@ impl Predecessor {
         Ok((Predecessor { conn }, Inherited::new(sockets)))
     }
 
-    /// Tells the old gateway this one serves, and waits until it has stopped accepting.
-    pub fn serving(self, timeout: Duration) -> Result<(), HandoffError> {
+    /// Tells the old gateway this one is ready to serve, and waits until it has stopped
+    /// accepting: only then may this one accept. An error (the old one gave this one up,
+    /// closed the connection, or did not answer within `timeout`) means this gateway must
+    /// not serve: it exits, and the old one serves on. Once this returns `Ok`, the caller
+    /// drops the `Predecessor` (closing the connection) when it has told systemd it is the
+    /// main process: the old gateway drains only then.
+    pub fn serving(&self, timeout: Duration) -> Result<(), HandoffError> {
         send(
             &self.conn,
             &Message::Serving {
@@ -323,7 +344,7 @@ impl Inherited {
         self.listeners.remove(&addr)
     }
 
-    /// The admin, health or Prometheus socket, if it was configured at `addr`.
+    /// The admin, health, Prometheus or rate-limit socket, if it was configured at `addr`.
     pub fn take_server(&mut self, kind: SocketKind, addr: SocketAddr) -> Option<TcpListener> {
         match self.servers.get(&kind) {
             Some((a, _)) if *a == addr => self.servers.remove(&kind).map(|(_, s)| s),
@@ -353,6 +374,7 @@ pub trait HandOver: Send + 'static {
 pub struct UpgradeListener {
     listener: UnixListener,
     path: PathBuf,
+    serving_timeout: Duration,
 }
 
 impl UpgradeListener {
@@ -393,11 +415,19 @@ impl UpgradeListener {
         Ok(UpgradeListener {
             listener: UnixListener::from(fd),
             path: path.to_path_buf(),
+            serving_timeout: SERVING_TIMEOUT,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How long a successor may take to say it serves before it is given up (default
+    /// [`SERVING_TIMEOUT`]).
+    pub fn with_serving_timeout(mut self, timeout: Duration) -> UpgradeListener {
+        self.serving_timeout = timeout;
+        self
     }
 
     /// Serves successors on a thread of its own, one at a time, until one takes over;
@@ -419,7 +449,7 @@ impl UpgradeListener {
                             continue;
                         }
                     };
-                    match hand_over(&conn, &gateway) {
+                    match hand_over(&conn, &gateway, self.serving_timeout) {
                         Ok(pid) => {
                             tracing::info!(successor = pid, "the successor serves; this gateway stops accepting and drains");
                             // The path is the successor's now: it is left as it is.
@@ -435,9 +465,14 @@ impl UpgradeListener {
     }
 }
 
-/// One successor's exchange, old side: sockets out, wait for `serving`, stop accepting,
-/// `released`. Returns the successor's pid.
-fn hand_over(conn: &UnixStream, gateway: &impl HandOver) -> Result<u32, HandoffError> {
+/// One successor's exchange, old side: sockets out, wait for `serving` (at most
+/// `serving_timeout`, then the successor is told it is abandoned), stop accepting,
+/// `released`, wait for the successor to close. Returns the successor's pid.
+fn hand_over(
+    conn: &UnixStream,
+    gateway: &impl HandOver,
+    serving_timeout: Duration,
+) -> Result<u32, HandoffError> {
     let sockets = match gateway.sockets() {
         Ok(s) => s,
         Err(e) => {
@@ -459,22 +494,66 @@ fn hand_over(conn: &UnixStream, gateway: &impl HandOver) -> Result<u32, HandoffE
     // Ours stay open until we stop accepting; the successor has its own copies now.
     drop(sockets);
     // A successor may take long to apply its configuration (an xDS first sync): it is
-    // waited for as long as it keeps the connection open.
-    conn.set_read_timeout(Some(Duration::from_secs(600)))?;
-    let pid = match recv(conn)? {
-        (Message::Serving { pid }, _) => pid,
-        (other, _) => {
+    // waited for up to `serving_timeout`, then given up. Whatever ends the wait other
+    // than `serving`, the successor is told (if it still listens) and this gateway
+    // serves on: the successor, never released, never accepts.
+    conn.set_read_timeout(Some(serving_timeout))?;
+    let pid = match recv(conn) {
+        Ok((Message::Serving { pid }, _)) => pid,
+        Ok((other, _)) => {
+            abandon(conn, &format!("expected serving, got {other:?}"));
             return Err(HandoffError::Protocol(format!(
                 "expected serving, got {other:?}"
             )));
         }
+        Err(HandoffError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            let why =
+                format!("the successor did not serve within {serving_timeout:?}; it is abandoned");
+            abandon(conn, &why);
+            return Err(HandoffError::Protocol(why));
+        }
+        Err(e) => {
+            abandon(conn, &e.to_string());
+            return Err(e);
+        }
     };
     gateway.stop_accepting();
-    // If the successor is gone already it serves all the same: nothing to undo.
+    // If the successor is gone already nobody accepts until systemd (or whoever ran
+    // it) starts a gateway again; there is nothing this one can undo.
     if let Err(e) = send(conn, &Message::Released, &[]) {
-        tracing::warn!(error = %e, "telling the successor the sockets are released");
+        tracing::error!(error = %e, "telling the successor the sockets are released");
+        return Ok(pid);
+    }
+    // The successor closes the connection once it accepts and has told systemd it is
+    // the main process: this gateway drains (and exits) only after that.
+    conn.set_read_timeout(Some(CLOSE_TIMEOUT))?;
+    match recv(conn) {
+        Err(HandoffError::Protocol(_)) => {}
+        Ok((other, _)) => {
+            tracing::warn!(message = ?other, "unexpected message from the successor after released")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "waiting for the successor to close the upgrade connection")
+        }
     }
     Ok(pid)
+}
+
+/// Gives a successor up: tells it (it exits without serving) and closes the connection.
+fn abandon(conn: &UnixStream, why: &str) {
+    let _ = send(
+        conn,
+        &Message::Error {
+            message: format!("abandoned: {why}"),
+        },
+        &[],
+    );
+    let _ = conn.shutdown(std::net::Shutdown::Both);
 }
 
 /// Sends a state to systemd's `$NOTIFY_SOCKET`, if set (sd_notify(3)); errors are logged.
@@ -765,11 +844,102 @@ mod tests {
         assert!(stopped.try_recv().is_err());
         p.serving(Duration::from_secs(5)).unwrap();
         stopped.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The old gateway drains only once the successor closed the connection.
+        assert!(done.try_recv().is_err());
+        drop(p);
         done.recv_timeout(Duration::from_secs(5)).unwrap();
         thread.join().unwrap();
         // The successor takes the path over.
         let again = UpgradeListener::bind(&path, true).unwrap();
         assert_eq!(again.path(), path);
+    }
+
+    /// Waits (at most 10 s) until a message or the end of the connection can be read.
+    fn wait_readable(p: &Predecessor) {
+        p.conn
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        nix::sys::socket::recv(p.conn.as_raw_fd(), &mut buf, MsgFlags::MSG_PEEK).unwrap();
+    }
+
+    fn serve_fake(
+        serving_timeout: Duration,
+    ) -> (
+        tempfile::TempDir,
+        PathBuf,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Receiver<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        let up = UpgradeListener::bind(&path, false)
+            .unwrap()
+            .with_serving_timeout(serving_timeout);
+        let (stopped_tx, stopped) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let thread = up
+            .serve(
+                Fake {
+                    socket: listener(),
+                    stopped: stopped_tx,
+                },
+                move || {
+                    let _ = done_tx.send(());
+                },
+            )
+            .unwrap();
+        (dir, path, stopped, done, thread)
+    }
+
+    #[test]
+    fn a_successor_given_up_is_told_and_may_not_serve() {
+        let (_dir, path, stopped, done, thread) = serve_fake(Duration::from_millis(200));
+        // This successor takes longer than the old gateway waits: it is told it is
+        // abandoned, and its late `serving` is refused: it must exit without serving.
+        let (late, _inh) = Predecessor::connect(&path).unwrap();
+        wait_readable(&late);
+        let e = late.serving(Duration::from_secs(5)).unwrap_err();
+        assert!(
+            matches!(&e, HandoffError::Refused(m) if m.starts_with("abandoned: ")),
+            "{e}"
+        );
+        drop(late);
+        // The old gateway never stopped accepting, and hands over to the next one.
+        assert!(stopped.try_recv().is_err());
+        assert!(done.try_recv().is_err());
+        let (p, _inh) = Predecessor::connect(&path).unwrap();
+        p.serving(Duration::from_secs(5)).unwrap();
+        stopped.recv_timeout(Duration::from_secs(5)).unwrap();
+        drop(p);
+        done.recv_timeout(Duration::from_secs(5)).unwrap();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_successor_whose_predecessor_closed_before_released_may_not_serve() {
+        // The old gateway went away (closed the connection without a word) before it
+        // acknowledged `serving`.
+        let (a, b) = pair();
+        let p = Predecessor { conn: b };
+        drop(a);
+        let e = p.serving(Duration::from_secs(5)).unwrap_err();
+        assert!(
+            matches!(&e, HandoffError::Io(_)) || e.to_string().contains("closed the connection"),
+            "{e}"
+        );
+        // Closed after `serving` was received but before `released`: the same.
+        let (a, b) = pair();
+        let p = Predecessor { conn: b };
+        let old = std::thread::spawn(move || {
+            let (m, _) = recv(&a).unwrap();
+            assert!(matches!(m, Message::Serving { .. }));
+            drop(a);
+        });
+        let e = p.serving(Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("closed the connection"), "{e}");
+        old.join().unwrap();
     }
 
     #[test]

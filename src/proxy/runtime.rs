@@ -89,6 +89,9 @@ pub struct Shared {
     /// Set when a successor process took the listening sockets over: the service is
     /// ready (the successor serves it) while this process drains.
     pub handed_over: AtomicBool,
+    /// Whether listeners accept: false in a successor until its predecessor stopped
+    /// accepting (connections wait in the accept queues meanwhile).
+    pub(crate) accepting: watch::Sender<bool>,
     pub workers: usize,
     pub(crate) quit: watch::Sender<bool>,
     pub(crate) drain_requested: watch::Sender<bool>,
@@ -194,6 +197,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
+            accepting: watch::channel(!upgrading).0,
             workers: n,
             identity: arc_swap::ArcSwapOption::empty(),
             local_rate_limits: Default::default(),
@@ -758,6 +762,14 @@ async fn accept_loop(
         });
     }
     let limits = shared.overload.listener_counters(&listener.stat_name);
+    // A successor accepts only once its predecessor stopped: until then new clients wait
+    // in the backlog (the predecessor accepts them).
+    let mut gate = shared.accepting.subscribe();
+    tokio::select! {
+        r = gate.wait_for(|open| *open) => if r.is_err() { return; },
+        _ = stop.wait_for(|s| *s) => return,
+        _ = drain_stop.wait_for(|d| *d) => return,
+    }
     // The overload manager's stop_accepting_connections: new clients wait in the backlog.
     let mut paused = shared.overload.accept_paused();
     loop {
@@ -831,9 +843,11 @@ impl Gateway {
         }
     }
 
-    /// A successor takes over once this gateway serves: the admin, health and Prometheus
-    /// servers start answering on the sockets handed over.
+    /// A successor takes over once its predecessor stopped accepting: the listeners and
+    /// the admin, health and Prometheus servers start accepting on the sockets handed
+    /// over. Until then they accept nothing.
     pub fn serve_inherited(&self) {
+        self.shared.accepting.send_replace(true);
         let _ = self
             .server_state
             .send(crate::proxy::admin::SERVER_ACCEPTING);

@@ -21,7 +21,7 @@ pub mod service;
 
 pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use limiter::{Check, LimitError, LimiterOptions, Outcome, RedisLimiter};
-pub use service::{RateLimitServer, RateLimitService, ServerOptions};
+pub use service::{RateLimitServer, RateLimitService, RateLimitSocket, ServerOptions};
 
 /// The rate-limit domain meshgate's routes use (`ratelimit` filter `domain`).
 pub const DOMAIN: &str = "meshgate";

@@ -215,13 +215,27 @@ impl rls::rate_limit_service_server::RateLimitService for Grpc {
 }
 
 /// Where and how the rate-limit service runs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServerOptions {
     /// `redis://host:port[/db]`.
     pub redis_url: String,
+    /// The configured address: bound, unless `inherited` is given.
     pub listen: SocketAddr,
     pub limiter: LimiterOptions,
+    /// The socket a gateway being upgraded handed over for `listen`: used instead of
+    /// binding, and accepted on only after [`RateLimitServer::start_accepting`] (until
+    /// then the gateway that handed it over accepts).
+    pub inherited: Option<std::net::TcpListener>,
 }
+
+/// Whether the service accepts connections.
+const PAUSED: u8 = 0;
+const ACCEPTING: u8 = 1;
+const STOPPED: u8 = 2;
+
+/// How long, once stopped, connections still open are waited for (their calls in
+/// flight finish; clients were told to go away) before they are closed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The rate-limit service running on a thread of its own (its own tokio runtime, so
 /// that neither a gateway's workers nor a control plane's pushes delay its answers).
@@ -230,17 +244,79 @@ pub struct ServerOptions {
 pub struct RateLimitServer {
     service: Arc<RateLimitService>,
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    socket: RateLimitSocket,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The listening socket of a running [`RateLimitServer`], for handing it over to a
+/// gateway's successor and then stopping accepting on it.
+#[derive(Debug, Clone)]
+pub struct RateLimitSocket {
+    /// The configured address (`--ratelimit-address`).
+    pub addr: SocketAddr,
+    socket: Arc<std::net::TcpListener>,
+    state: Arc<tokio::sync::watch::Sender<u8>>,
+}
+
+impl RateLimitSocket {
+    /// A copy (`dup`) of the listening socket: the same socket and accept queue.
+    pub fn duplicate(&self) -> std::io::Result<std::net::TcpListener> {
+        self.socket.try_clone()
+    }
+
+    /// Starts accepting (a service started on an inherited socket waits for this).
+    pub fn start_accepting(&self) {
+        self.state.send_if_modified(|s| {
+            let paused = *s == PAUSED;
+            if paused {
+                *s = ACCEPTING;
+            }
+            paused
+        });
+    }
+
+    /// Stops accepting for good: this process's copy of the socket closes (another
+    /// process holding one accepts what comes next), open connections are told to go
+    /// away (HTTP/2 GOAWAY) and the calls in flight finish.
+    pub fn stop_accepting(&self) {
+        self.state.send_replace(STOPPED);
+    }
+}
+
 impl RateLimitServer {
-    /// Binds `opts.listen` and starts serving. Redis need not be reachable yet. May be
-    /// called from inside another runtime: the service's own is built on its thread.
+    /// Binds `opts.listen` (or uses `opts.inherited`) and starts serving. Redis need not
+    /// be reachable yet. May be called from inside another runtime: the service's own is
+    /// built on its thread.
     pub fn start(opts: ServerOptions) -> Result<RateLimitServer, String> {
+        let ServerOptions {
+            redis_url,
+            listen,
+            limiter,
+            inherited,
+        } = opts;
+        let (listener, initial) = match inherited {
+            Some(l) => (l, PAUSED),
+            None => (
+                std::net::TcpListener::bind(listen)
+                    .map_err(|e| format!("binding the rate-limit service on {listen}: {e}"))?,
+                ACCEPTING,
+            ),
+        };
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("rate-limit service address: {e}"))?;
+        let kept = listener
+            .try_clone()
+            .and_then(|l| listener.set_nonblocking(true).map(|()| l))
+            .map_err(|e| format!("rate-limit service socket: {e}"))?;
+        let state = Arc::new(tokio::sync::watch::channel(initial).0);
+        let socket = RateLimitSocket {
+            addr: listen,
+            socket: Arc::new(kept),
+            state: state.clone(),
+        };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let redis = redact(&opts.redis_url);
+        let redis = redact(&redis_url);
         let thread = std::thread::Builder::new()
             .name("ratelimit".into())
             .spawn(move || {
@@ -260,48 +336,44 @@ impl RateLimitServer {
                 };
                 rt.block_on(async move {
                     let setup = async {
-                        let limiter = RedisLimiter::new(&opts.redis_url, opts.limiter.clone())
+                        let limiter = RedisLimiter::new(&redis_url, limiter)
                             .map_err(|e| e.to_string())?;
-                        let listener =
-                            tokio::net::TcpListener::bind(opts.listen)
-                                .await
-                                .map_err(|e| {
-                                    format!(
-                                        "binding the rate-limit service on {}: {e}",
-                                        opts.listen
-                                    )
-                                })?;
-                        let addr = listener
-                            .local_addr()
-                            .map_err(|e| format!("rate-limit service address: {e}"))?;
-                        Ok::<_, String>((Arc::new(RateLimitService::new(limiter)), listener, addr))
+                        let listener = tokio::net::TcpListener::from_std(listener)
+                            .map_err(|e| format!("rate-limit service socket: {e}"))?;
+                        Ok::<_, String>((Arc::new(RateLimitService::new(limiter)), listener))
                     };
-                    let (service, listener, addr) = match setup.await {
+                    let (service, listener) = match setup.await {
                         Ok(v) => v,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
                             return;
                         }
                     };
-                    let _ = ready_tx.send(Ok((service.clone(), addr)));
-                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                    let result = tonic::transport::Server::builder()
-                        .tcp_nodelay(true)
+                    let _ = ready_tx.send(Ok(service.clone()));
+                    let incoming = Box::pin(incoming(listener, state.subscribe()));
+                    let mut stopped = state.subscribe();
+                    let serve = tonic::transport::Server::builder()
                         .add_service(rls::rate_limit_service_server::RateLimitServiceServer::new(
                             Grpc(service),
                         ))
-                        .serve_with_incoming_shutdown(incoming, async {
-                            let _ = stop_rx.await;
-                        })
-                        .await;
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "the rate-limit service stopped");
+                        .serve_with_incoming_shutdown(incoming, async move {
+                            let _ = stopped.wait_for(|s| *s == STOPPED).await;
+                        });
+                    let mut stopped = state.subscribe();
+                    tokio::select! {
+                        result = serve => if let Err(e) = result {
+                            tracing::error!(error = %e, "the rate-limit service stopped");
+                        },
+                        _ = async {
+                            let _ = stopped.wait_for(|s| *s == STOPPED).await;
+                            tokio::time::sleep(STOP_GRACE).await;
+                        } => tracing::warn!("rate-limit service connections still open after {STOP_GRACE:?}: closed"),
                     }
                 });
                 rt.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(|e| format!("starting the rate-limit service's thread: {e}"))?;
-        let (service, addr) = match ready_rx.recv() {
+        let service = match ready_rx.recv() {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -312,13 +384,18 @@ impl RateLimitServer {
                 return Err("the rate-limit service's thread ended".into());
             }
         };
-        tracing::info!(%addr, %redis, "rate-limit service listening");
+        tracing::info!(%addr, %redis, inherited = initial == PAUSED, "rate-limit service listening");
         Ok(RateLimitServer {
             service,
             addr,
-            stop: Some(stop_tx),
+            socket,
             thread: Some(thread),
         })
+    }
+
+    /// The listening socket, for handing over and stopping accepting.
+    pub fn socket(&self) -> &RateLimitSocket {
+        &self.socket
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -337,13 +414,47 @@ impl RateLimitServer {
 
 impl Drop for RateLimitServer {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        self.socket.stop_accepting();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// The connections accepted on `listener`: none while paused, and none more (the socket
+/// closed) once stopped.
+fn incoming(
+    listener: tokio::net::TcpListener,
+    state: tokio::sync::watch::Receiver<u8>,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold((listener, state), |(listener, mut state)| async move {
+        loop {
+            let now = *state.borrow_and_update();
+            match now {
+                STOPPED => return None,
+                ACCEPTING => {}
+                _ => {
+                    if state.changed().await.is_err() {
+                        return None;
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        return Some((Ok(stream), (listener, state)));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "rate-limit service: accept failed");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                },
+                r = state.changed() => if r.is_err() { return None; },
+            }
+        }
+    })
 }
 
 /// The URL without its password, for logs.
