@@ -42,7 +42,9 @@ const UNIT_UID: u32 = 4242;
 fn tool(name: &str) -> PathBuf {
     let peers = repo_root().join(".peers/bin").join(name);
     if peers.exists() {
-        return peers;
+        // The link's target: a unit's private /tmp or read-only mounts may hide the
+        // repository (a checkout under /tmp), never /usr.
+        return std::fs::canonicalize(&peers).unwrap_or(peers);
     }
     for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"] {
         let p = Path::new(dir).join(name);
