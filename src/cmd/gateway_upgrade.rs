@@ -84,10 +84,11 @@ impl Upgrades {
                 predecessor.serving(RELEASE_TIMEOUT).context(
                     "the previous gateway did not release its sockets; this one does not serve",
                 )?;
-                gateway.serve_inherited();
+                // The rate-limit service first: the gateway's first requests call it.
                 if let Some(rl) = &self.ratelimit {
                     rl.start_accepting();
                 }
+                gateway.serve_inherited();
                 // Before the old process drains (it waits for the connection to close),
                 // so systemd never sees the service's main process gone.
                 notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
