@@ -455,11 +455,15 @@ struct Launch {
     binds: Vec<Bind>,
     read_only_root: bool,
     no_new_privs: bool,
+    /// A memory cgroup limit (bytes), as a kubelet sets from `resources.limits.memory`.
+    memory_limit: Option<u64>,
 }
 
 /// A process started by [`Launch::spawn`]; SIGTERM, then SIGKILL, when dropped.
 struct Proc {
     child: Option<Child>,
+    /// Removed once the child is gone (fields drop after `Drop::drop`).
+    _cgroup: Option<MemoryCgroup>,
     pid: u32,
     log: PathBuf,
     what: String,
@@ -492,6 +496,103 @@ impl Drop for Proc {
     }
 }
 
+/// A memory cgroup, as a kubelet makes one for a container with a memory limit: a child
+/// of this process's own memory cgroup (v1 `memory.limit_in_bytes`, or v2 `memory.max`),
+/// removed when dropped.
+struct MemoryCgroup {
+    dir: PathBuf,
+    /// Shell lines that mount the hierarchy at /sys/fs/cgroup in the process's mount
+    /// namespace (`ip netns exec` gives it a fresh /sys without one), move the shell into
+    /// the group and make the mount read-only, as a container runtime shows it.
+    script: String,
+}
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> MemoryCgroup {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "mgdeploy-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let v1 = own.lines().find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, controllers, path) = (p.next()?, p.next()?, p.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        });
+        let (mount, path, file, fs) = match v1 {
+            Some(path) if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() => (
+                "/sys/fs/cgroup/memory",
+                path,
+                "memory.limit_in_bytes",
+                "mkdir -p /sys/fs/cgroup/memory\nmount -t cgroup -o memory cgroup /sys/fs/cgroup/memory\n",
+            ),
+            _ => {
+                let path = own
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .expect("a cgroup v1 memory controller or cgroup v2")
+                    .to_string();
+                (
+                    "/sys/fs/cgroup",
+                    path,
+                    "memory.max",
+                    "mount -t cgroup2 cgroup2 /sys/fs/cgroup\n",
+                )
+            }
+        };
+        let mut parent = Path::new(mount).join(path.trim_start_matches('/'));
+        if !parent.is_dir() {
+            parent = PathBuf::from(mount);
+        }
+        if file == "memory.max" {
+            // v2: the memory controller must be enabled for the children; it may already be.
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory");
+        }
+        let dir = parent.join(&name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let cgroup = MemoryCgroup {
+            script: String::new(),
+            dir,
+        };
+        std::fs::write(cgroup.dir.join(file), limit.to_string())
+            .unwrap_or_else(|e| panic!("{}/{file}: {e}", cgroup.dir.display()));
+        let procs = shell_quote(&cgroup.dir.join("cgroup.procs").display().to_string());
+        let (tmpfs, tmpfs_ro) = if mount == "/sys/fs/cgroup" {
+            ("", "")
+        } else {
+            (
+                "mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup\n",
+                "mount -o remount,bind,ro /sys/fs/cgroup\n",
+            )
+        };
+        MemoryCgroup {
+            script: format!(
+                "{tmpfs}{fs}echo $$ > {procs}\nmount -o remount,bind,ro {mount}\n{tmpfs_ro}"
+            ),
+            ..cgroup
+        }
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The group empties once its processes are reaped; bounded, never a panic here.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = std::fs::remove_dir(&self.dir) {
+            if Instant::now() > deadline {
+                eprintln!("rmdir {}: {e}", self.dir.display());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -505,6 +606,10 @@ impl Launch {
         static N: AtomicU32 = AtomicU32::new(0);
         let id = N.fetch_add(1, Ordering::Relaxed);
         let mut script = String::from("set -e\n");
+        let cgroup = self.memory_limit.map(MemoryCgroup::new);
+        if let Some(c) = &cgroup {
+            script.push_str(&c.script);
+        }
         let mut tops: Vec<String> = Vec::new();
         // Only where a mount point must be made: an overlay over a directory holding a
         // bind's source would bind the overlay's copy instead.
@@ -605,6 +710,7 @@ impl Launch {
         Proc {
             pid: child.id(),
             child: Some(child),
+            _cgroup: cgroup,
             log,
             what: what.to_string(),
         }
@@ -868,6 +974,9 @@ fn pod_launch(
         binds,
         read_only_root: sc["readOnlyRootFilesystem"] == true,
         no_new_privs: sc["allowPrivilegeEscalation"] == false,
+        memory_limit: container["resources"]["limits"]
+            .get("memory")
+            .map(|m| quantity(m) as u64),
     }
 }
 
@@ -1053,24 +1162,16 @@ fn every_kustomization_renders_offline_and_says_what_the_gateway_needs() {
                 .iter()
                 .find(|e| e["name"] == "MESHGATE_MAX_HEAP")
                 .expect("MESHGATE_MAX_HEAP");
-            let mib = env
-                .iter()
-                .find(|e| e["name"] == "MEMORY_LIMIT_MIB")
-                .expect("MEMORY_LIMIT_MIB");
-            assert_eq!(
-                mib["valueFrom"]["resourceFieldRef"]["resource"],
-                "limits.memory"
-            );
-            // The threshold: the limit in MiB read as decimal megabytes.
-            let limit = quantity(&c["resources"]["limits"]["memory"]);
-            let mib_value =
-                (limit / quantity(&mib["valueFrom"]["resourceFieldRef"]["divisor"])).ceil();
-            let env_map =
-                BTreeMap::from([("MEMORY_LIMIT_MIB".to_string(), format!("{mib_value}"))]);
-            let threshold = quantity(&json!(expand(heap["value"].as_str().unwrap(), &env_map)));
+            // A share of the memory limit, which the gateway reads from its cgroup (see
+            // the pods run below): no Downward API arithmetic.
+            assert_eq!(heap["value"], "75%", "{dir:?}");
             assert!(
-                threshold < limit && threshold > 0.9 * limit,
-                "{dir:?}: --max-heap {threshold} against the limit {limit}"
+                quantity(&c["resources"]["limits"]["memory"]) > 0.0,
+                "{dir:?}: --max-heap 75% needs a memory limit"
+            );
+            assert!(
+                !env.iter().any(|e| e["name"] == "MEMORY_LIMIT_MIB"),
+                "{dir:?}"
             );
             let name = d["metadata"]["name"].as_str().unwrap();
             let pdb = the(&objects, "PodDisruptionBudget");
@@ -1201,12 +1302,43 @@ fn the_ingress_gateway_runs_as_rendered_and_serves_80_and_443() {
         ])
         .stdin(Stdio::null()));
     assert!(out.contains("s:CN = shop.example.com"), "{out}");
-    // The heap threshold came from the memory limit (the env the flag reads).
+    // The heap threshold: 75% (the env the flag reads) of the memory limit the pod's
+    // cgroup has, as the gateway read it there.
     let environ = std::fs::read(format!("/proc/{}/environ", pod.proc.pid)).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     assert!(
-        environ.split('\0').any(|e| e == "MESHGATE_MAX_HEAP=1024M"),
+        environ.split('\0').any(|e| e == "MESHGATE_MAX_HEAP=75%"),
         "{environ}"
+    );
+    let limit =
+        quantity(&d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"])
+            as u64;
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pod.proc.pid)).unwrap();
+    assert!(
+        cgroup.lines().any(|l| l.contains("/mgdeploy-")),
+        "the pod is not in its memory cgroup: {cgroup}"
+    );
+    let (status, stats) = pod.ns.get("http://127.0.0.1:15000/stats", &[]);
+    assert_eq!(status, 200, "{stats}");
+    let stat = |name: &str| -> Option<u64> {
+        stats.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    assert_eq!(stat("meshgate.memory_limit_bytes"), Some(limit), "{stats}");
+    assert_eq!(
+        stat("overload.envoy.resource_monitors.fixed_heap.max_heap_size_bytes"),
+        Some(limit * 3 / 4),
+        "{stats}"
+    );
+    assert!(
+        pod.proc.log().contains("of the cgroup memory limit"),
+        "{}",
+        pod.proc.log()
     );
 }
 

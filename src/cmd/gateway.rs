@@ -128,10 +128,12 @@ pub struct GatewayArgs {
     /// `connection: close`; HTTP/2: GOAWAY). Default: no limit.
     #[arg(long, value_name = "N")]
     pub max_requests_per_connection: Option<u32>,
-    /// Heap size the overload manager protects (bytes, or with a unit: 512Mi, 1G). Near
-    /// it, new requests are shed with 503 and new connections refused. Default: none.
-    #[arg(long, value_name = "SIZE", env = "MESHGATE_MAX_HEAP", value_parser = parse_size)]
-    pub max_heap: Option<u64>,
+    /// Heap size the overload manager protects (bytes, or with a unit: 512Mi, 1G), or
+    /// `P%`: P percent of the process's cgroup memory limit (a container's memory limit),
+    /// read at start; no limit found is an error. Near it, new requests are shed with 503
+    /// and new connections refused. Default: none.
+    #[arg(long, value_name = "SIZE|P%", env = "MESHGATE_MAX_HEAP", value_parser = parse_max_heap)]
+    pub max_heap: Option<MaxHeap>,
     /// With --max-heap: the fraction of it at which keep-alive is disabled (HTTP/1
     /// responses say `connection: close`, HTTP/2 connections get GOAWAY; Envoy's
     /// `disable_http_keepalive`).
@@ -245,6 +247,14 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
             .termination_drain_duration
             .unwrap_or(Duration::from_secs(5)),
     };
+    let (max_heap_bytes, memory_limit_bytes) = match args.max_heap {
+        None => (None, None),
+        Some(MaxHeap::Bytes(b)) => (Some(b), None),
+        Some(m @ MaxHeap::PercentOfLimit(_)) => {
+            let (bytes, limit) = m.resolve(Path::new("/"))?;
+            (Some(bytes), limit)
+        }
+    };
     let opts = GatewayOptions {
         concurrency: args
             .concurrency
@@ -258,7 +268,8 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         max_connections_total: args.max_connections_total,
         max_requests_per_connection: args.max_requests_per_connection,
-        max_heap_bytes: args.max_heap,
+        max_heap_bytes,
+        memory_limit_bytes,
         heap_thresholds,
         source: SourceLabels {
             workload: app.clone(),
@@ -635,6 +646,54 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// `--max-heap`: a size, or a percentage of the cgroup memory limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum MaxHeap {
+    Bytes(u64),
+    PercentOfLimit(f64),
+}
+
+impl MaxHeap {
+    /// The bytes, and the memory limit they were taken from: for a percentage, the
+    /// limit of this process's cgroups read under `root` (`/`).
+    fn resolve(self, root: &Path) -> anyhow::Result<(u64, Option<u64>)> {
+        match self {
+            MaxHeap::Bytes(b) => Ok((b, None)),
+            MaxHeap::PercentOfLimit(p) => {
+                let limit = meshgate::proxy::cgroup::memory_limit(root).map_err(|e| {
+                    anyhow::anyhow!("--max-heap {p}% is a share of the memory limit, but {e}")
+                })?;
+                let bytes = percent_of(p, limit.bytes);
+                tracing::info!(
+                    memory_limit = limit.bytes,
+                    from = %limit.file.display(),
+                    max_heap = bytes,
+                    "--max-heap {p}% of the cgroup memory limit"
+                );
+                Ok((bytes, Some(limit.bytes)))
+            }
+        }
+    }
+}
+
+/// `percent` (in (0, 100]) of `limit`, rounded down, at least one byte.
+fn percent_of(percent: f64, limit: u64) -> u64 {
+    ((limit as f64 * percent / 100.0).floor() as u64).max(1)
+}
+
+/// `--max-heap`: `P%` (0 < P <= 100, decimals allowed) or a [`parse_size`] size.
+pub(crate) fn parse_max_heap(text: &str) -> Result<MaxHeap, String> {
+    let Some(p) = text.trim().strip_suffix('%') else {
+        return parse_size(text).map(MaxHeap::Bytes);
+    };
+    match p.trim().parse::<f64>() {
+        Ok(p) if p.is_finite() && p > 0.0 && p <= 100.0 => Ok(MaxHeap::PercentOfLimit(p)),
+        _ => Err(format!(
+            "{text:?}: a percentage of the memory limit must be in (0, 100]"
+        )),
+    }
+}
+
 fn read_json(path: &Path) -> anyhow::Result<ResourceSet> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -642,4 +701,67 @@ fn read_json(path: &Path) -> anyhow::Result<ResourceSet> {
         .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
     meshgate::proxy::json_input::resource_set_from_json(&v)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_size("1.5Ki"), Ok(1536));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1X").is_err());
+        assert_eq!(parse_max_heap("1024M"), Ok(MaxHeap::Bytes(1_024_000_000)));
+    }
+
+    #[test]
+    fn percentages() {
+        assert_eq!(parse_max_heap("75%"), Ok(MaxHeap::PercentOfLimit(75.0)));
+        assert_eq!(parse_max_heap(" 62.5% "), Ok(MaxHeap::PercentOfLimit(62.5)));
+        assert_eq!(parse_max_heap("100%"), Ok(MaxHeap::PercentOfLimit(100.0)));
+        for bad in ["0%", "-5%", "100.1%", "%", "x%", "inf%", "NaN%"] {
+            assert!(parse_max_heap(bad).is_err(), "{bad}");
+        }
+        assert_eq!(percent_of(75.0, 1 << 30), 805_306_368);
+        assert_eq!(percent_of(62.5, 1 << 30), 671_088_640);
+        assert_eq!(percent_of(100.0, 1 << 30), 1 << 30);
+        assert_eq!(percent_of(0.0001, 100), 1);
+    }
+
+    #[test]
+    fn a_percentage_of_the_cgroup_limit() {
+        let root = tempfile::tempdir().unwrap();
+        let put = |rel: &str, text: &str| {
+            let p = root.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        put("proc/self/cgroup", "4:memory:/pod\n0::/\n");
+        put(
+            "sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        put(
+            "sys/fs/cgroup/memory/pod/memory.limit_in_bytes",
+            "1073741824\n",
+        );
+        let m = parse_max_heap("75%").unwrap();
+        assert_eq!(
+            m.resolve(root.path()).unwrap(),
+            (805_306_368, Some(1 << 30))
+        );
+        assert_eq!(MaxHeap::Bytes(5).resolve(root.path()).unwrap(), (5, None));
+        // No limit: the error names the flag and the files read.
+        put(
+            "sys/fs/cgroup/memory/pod/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        let e = m.resolve(root.path()).unwrap_err().to_string();
+        assert!(e.contains("--max-heap 75%"), "{e}");
+        assert!(e.contains("pod/memory.limit_in_bytes: no limit"), "{e}");
+    }
 }

@@ -23,6 +23,7 @@
 //!   refuse no connection).
 pub mod access_log;
 pub mod admin;
+pub mod cgroup;
 pub mod compile;
 pub mod connection;
 pub mod handoff;

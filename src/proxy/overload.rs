@@ -193,6 +193,8 @@ pub struct Overload {
     /// `common_http_protocol_options.max_requests_per_connection` themselves.
     pub default_max_requests_per_connection: Option<u32>,
     max_heap: Option<u64>,
+    /// The cgroup memory limit `--max-heap P%` was taken from, for `/stats`.
+    memory_limit: Option<u64>,
     memory: [AtomicU64; 3],
     /// Heap pressure in parts per million of `--max-heap`.
     pressure_ppm: AtomicU64,
@@ -221,6 +223,7 @@ impl Overload {
             global_active: AtomicUsize::new(0),
             default_max_requests_per_connection,
             max_heap: max_heap.filter(|m| *m > 0),
+            memory_limit: None,
             memory: Default::default(),
             pressure_ppm: AtomicU64::new(0),
             actions: [
@@ -237,6 +240,13 @@ impl Overload {
             listeners: Mutex::new(BTreeMap::new()),
             hcms: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The cgroup memory limit `--max-heap` was a percentage of, shown in `/stats` as
+    /// `meshgate.memory_limit_bytes`.
+    pub fn with_memory_limit(mut self, limit: Option<u64>) -> Overload {
+        self.memory_limit = limit;
+        self
     }
 
     /// `stop_accepting_requests` is saturated: new requests get 503 `envoy overloaded`.
@@ -392,6 +402,9 @@ impl Overload {
         ));
         if let Some(max) = self.max_heap {
             out.push((format!("overload.{HEAP_MONITOR}.max_heap_size_bytes"), max));
+            if let Some(limit) = self.memory_limit {
+                out.push(("meshgate.memory_limit_bytes".into(), limit));
+            }
             out.push((
                 format!("overload.{HEAP_MONITOR}.pressure"),
                 g(&self.pressure_ppm) / 10_000,

@@ -47,6 +47,9 @@ pub struct GatewayOptions {
     pub max_requests_per_connection: Option<u32>,
     /// The heap size the overload manager protects; `None`: no memory protection.
     pub max_heap_bytes: Option<u64>,
+    /// The cgroup memory limit `max_heap_bytes` was computed from (`--max-heap P%`),
+    /// shown in `/stats`.
+    pub memory_limit_bytes: Option<u64>,
     /// Fractions of `max_heap_bytes` at which the overload actions start.
     pub heap_thresholds: crate::proxy::overload::HeapThresholds,
     pub source: SourceLabels,
@@ -65,6 +68,7 @@ impl Default for GatewayOptions {
             max_connections_total: None,
             max_requests_per_connection: None,
             max_heap_bytes: None,
+            memory_limit_bytes: None,
             heap_thresholds: Default::default(),
             source: SourceLabels {
                 workload: "meshgate".into(),
@@ -205,12 +209,15 @@ impl Gateway {
             drain_requested,
             admin_quit: watch::channel(false).0,
             jwks: Default::default(),
-            overload: Arc::new(crate::proxy::overload::Overload::new(
-                opts.max_connections_total,
-                opts.max_requests_per_connection,
-                opts.max_heap_bytes,
-                opts.heap_thresholds,
-            )),
+            overload: Arc::new(
+                crate::proxy::overload::Overload::new(
+                    opts.max_connections_total,
+                    opts.max_requests_per_connection,
+                    opts.max_heap_bytes,
+                    opts.heap_thresholds,
+                )
+                .with_memory_limit(opts.memory_limit_bytes),
+            ),
         });
         let mut workers = Vec::with_capacity(n);
         for id in 0..n {
