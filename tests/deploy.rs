@@ -5,8 +5,10 @@
 //!   container's args, `$(VAR)` expanded from its env (Downward API fields and resource
 //!   limits included), its volumes laid out as ConfigMap/Secret volumes are (the `..data`
 //!   symlink), mounted at their paths, the pod's sysctls, its user, no capability, a
-//!   read-only root — in a network namespace and a private mount namespace this test
-//!   makes; then every probe, port and scrape path it names is checked from inside.
+//!   read-only root, a memory cgroup limited to `resources.limits.memory` (a child of
+//!   this test's own, mounted read-only at /sys/fs/cgroup) — in a network namespace and a
+//!   private mount namespace this test makes; then every probe, port and scrape path it
+//!   names is checked from inside.
 //! - systemd: the units pass `systemd-analyze verify`; their ExecStart lines run the same
 //!   way (the unit's user, capabilities, RuntimeDirectory, StateDirectory, PrivateTmp,
 //!   ProtectSystem=strict), and a reload (ExecReload with $MAINPID) is emulated with a
@@ -15,7 +17,7 @@
 //! - The Containerfile: what it builds is what the manifests run (ENTRYPOINT, CMD, USER,
 //!   EXPOSE, the runtime's libraries).
 //!
-//! Needs root (namespaces, mounts) and kubectl, ip, ss, setpriv, unshare, curl, openssl,
+//! Needs root (namespaces, mounts, cgroups: v1 memory or v2) and kubectl, ip, ss, setpriv, unshare, curl, openssl,
 //! systemd-analyze, readelf (`scripts/install-peers.sh deploy`).
 mod support;
 
@@ -555,7 +557,8 @@ impl MemoryCgroup {
         }
         let dir = parent.join(&name);
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let cgroup = MemoryCgroup {
+        // Owned at once, so that a failure below still removes the directory.
+        let mut cgroup = MemoryCgroup {
             script: String::new(),
             dir,
         };
@@ -570,12 +573,9 @@ impl MemoryCgroup {
                 "mount -o remount,bind,ro /sys/fs/cgroup\n",
             )
         };
-        MemoryCgroup {
-            script: format!(
-                "{tmpfs}{fs}echo $$ > {procs}\nmount -o remount,bind,ro {mount}\n{tmpfs_ro}"
-            ),
-            ..cgroup
-        }
+        cgroup.script =
+            format!("{tmpfs}{fs}echo $$ > {procs}\nmount -o remount,bind,ro {mount}\n{tmpfs_ro}");
+        cgroup
     }
 }
 
