@@ -290,13 +290,23 @@ impl Predecessor {
     /// drops the `Predecessor` (closing the connection) when it has told systemd it is the
     /// main process: the old gateway drains only then.
     pub fn serving(&self, timeout: Duration) -> Result<(), HandoffError> {
-        send(
+        let said = send(
             &self.conn,
             &Message::Serving {
                 pid: std::process::id(),
             },
             &[],
-        )?;
+        );
+        if let Err(e) = said {
+            // The old gateway may have given up and closed: what it said last, if
+            // anything, is the reason.
+            self.conn
+                .set_read_timeout(Some(Duration::from_millis(100)))?;
+            return Err(match recv(&self.conn) {
+                Err(refused @ HandoffError::Refused(_)) => refused,
+                _ => e,
+            });
+        }
         self.conn.set_read_timeout(Some(timeout))?;
         match recv(&self.conn)? {
             (Message::Released, _) => Ok(()),
