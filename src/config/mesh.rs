@@ -507,45 +507,57 @@ impl MeshConfig {
     }
 }
 
-/// Reads a MeshConfig file. Every problem is a positioned diagnostic; any error refuses
-/// the whole file.
-pub fn load_mesh_config(path: &Path) -> Result<MeshConfig, Vec<Diagnostic>> {
+/// Reads a settings file and parses it with `parse`; a file that cannot be read is one
+/// diagnostic naming `what`.
+fn read_settings<T>(
+    path: &Path,
+    what: &str,
+    parse: fn(&str, &str) -> Result<T, Vec<Diagnostic>>,
+) -> Result<T, Vec<Diagnostic>> {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => parse_mesh_config(&name, &text),
+        Ok(text) => parse(&name, &text),
         Err(e) => Err(vec![Diagnostic::file_error(
             name,
             0,
             0,
-            format!("cannot read the mesh configuration: {e}"),
+            format!("cannot read the {what}: {e}"),
         )]),
     }
+}
+
+/// The root of a settings file's one YAML document (`None` when empty); a syntax error or
+/// a second document is a diagnostic.
+fn one_document(name: &str, text: &str, what: &str) -> Result<Option<Node>, Vec<Diagnostic>> {
+    let mut docs = source::parse(text).into_iter();
+    match (docs.next(), docs.next()) {
+        (Some(Ok(doc)), None) => Ok(doc.root),
+        (None, _) => Ok(None),
+        (Some(Err(e)), _) => Err(vec![Diagnostic::file_error(
+            name,
+            e.pos.line,
+            e.pos.column,
+            e.message,
+        )]),
+        (Some(Ok(_)), Some(_)) => Err(vec![Diagnostic::file_error(
+            name,
+            0,
+            0,
+            format!("a {what} is one YAML document"),
+        )]),
+    }
+}
+
+/// Reads a MeshConfig file. Every problem is a positioned diagnostic; any error refuses
+/// the whole file.
+pub fn load_mesh_config(path: &Path) -> Result<MeshConfig, Vec<Diagnostic>> {
+    read_settings(path, "mesh configuration", parse_mesh_config)
 }
 
 /// Parses MeshConfig YAML; `name` stands for the file in diagnostics.
 pub fn parse_mesh_config(name: &str, text: &str) -> Result<MeshConfig, Vec<Diagnostic>> {
     let file: Arc<str> = Arc::from(name);
-    let mut docs = source::parse(text).into_iter();
-    let root = match (docs.next(), docs.next()) {
-        (Some(Ok(doc)), None) => doc.root,
-        (None, _) => None,
-        (Some(Err(e)), _) => {
-            return Err(vec![Diagnostic::file_error(
-                name,
-                e.pos.line,
-                e.pos.column,
-                e.message,
-            )]);
-        }
-        (Some(Ok(_)), Some(_)) => {
-            return Err(vec![Diagnostic::file_error(
-                name,
-                0,
-                0,
-                "a mesh configuration is one YAML document",
-            )]);
-        }
-    };
+    let root = one_document(name, text, "mesh configuration")?;
     let Some(root) = root else {
         return Ok(MeshConfig {
             source: Some(name.to_string()),
@@ -667,42 +679,13 @@ impl GatewayTopology {
 /// Reads a ProxyConfig file (YAML or JSON): every field of Istio's `ProxyConfig` known,
 /// those that would change traffic and are not served refused by name.
 pub fn load_proxy_config(path: &Path) -> Result<ProxyConfigOverlay, Vec<Diagnostic>> {
-    let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_proxy_config(&name, &text),
-        Err(e) => Err(vec![Diagnostic::file_error(
-            name,
-            0,
-            0,
-            format!("cannot read the proxy configuration: {e}"),
-        )]),
-    }
+    read_settings(path, "proxy configuration", parse_proxy_config)
 }
 
 /// Parses ProxyConfig YAML or JSON; `name` stands for the file in diagnostics.
 pub fn parse_proxy_config(name: &str, text: &str) -> Result<ProxyConfigOverlay, Vec<Diagnostic>> {
     let file: Arc<str> = Arc::from(name);
-    let mut docs = source::parse(text).into_iter();
-    let root = match (docs.next(), docs.next()) {
-        (Some(Ok(doc)), None) => doc.root,
-        (None, _) => None,
-        (Some(Err(e)), _) => {
-            return Err(vec![Diagnostic::file_error(
-                name,
-                e.pos.line,
-                e.pos.column,
-                e.message,
-            )]);
-        }
-        (Some(Ok(_)), Some(_)) => {
-            return Err(vec![Diagnostic::file_error(
-                name,
-                0,
-                0,
-                "a proxy configuration is one YAML document",
-            )]);
-        }
-    };
+    let root = one_document(name, text, "proxy configuration")?;
     let Some(root) = root else {
         return Ok(ProxyConfigOverlay::default());
     };
