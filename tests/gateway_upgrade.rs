@@ -123,45 +123,14 @@ impl Setup {
     /// The configuration: HTTP and HTTPS servers routing to the echo upstream, with a
     /// response header telling which version is served.
     fn write_config(&self, cert: &Path, key: &Path, version: &str) {
-        let yaml = format!(
-            r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: edge}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {http}, name: http, protocol: HTTP}}
-    hosts: ["*"]
-  - port: {{number: {https}, name: https, protocol: HTTPS}}
-    hosts: [shop.example.com]
-    tls: {{mode: SIMPLE, serverCertificate: "{cert}", privateKey: "{key}"}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo, namespace: edge}}
-spec:
-  hosts: [echo.internal]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: all, namespace: edge}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route: [{{destination: {{host: echo.internal, port: {{number: 80}}}}}}]
-    headers: {{response: {{set: {{x-config: {version}}}}}}}
-"#,
-            http = self.http,
-            https = self.https,
-            cert = cert.display(),
-            key = key.display(),
-            echo = self.echo.port(),
+        let https = format!(
+            "  - port: {{number: {}, name: https, protocol: HTTPS}}\n    hosts: [shop.example.com]\n    tls: {{mode: SIMPLE, serverCertificate: \"{}\", privateKey: \"{}\"}}\n",
+            self.https,
+            cert.display(),
+            key.display()
         );
+        let version = format!("    headers: {{response: {{set: {{x-config: {version}}}}}}}\n");
+        let yaml = echo_gateway(self.http, self.echo.port(), &https, &version);
         // Written aside and renamed: the watcher never reads half a file.
         let tmp = self.dir.path().join("config.yaml.tmp");
         std::fs::write(&tmp, yaml).unwrap();
@@ -473,6 +442,41 @@ fn wait_for_load(tally: &Tally, more: u64) {
     });
 }
 
+/// A Gateway with an HTTP server on `http` (and `more_servers`, YAML list items), routing
+/// everything to the echo upstream on `echo`; `route_extra` is added to the route.
+fn echo_gateway(http: u16, echo: u16, more_servers: &str, route_extra: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {http}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+{more_servers}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: edge}}
+spec:
+  hosts: [echo.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: all, namespace: edge}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: echo.internal, port: {{number: 80}}}}}}]
+{route_extra}"#
+    )
+}
+
 #[test]
 fn two_upgrades_and_a_config_change_under_load_fail_nothing() {
     let s = Setup::new();
@@ -771,37 +775,7 @@ fn an_xds_gateway_upgrades_by_sigusr2_under_load() {
     std::fs::create_dir(&cfg).unwrap();
     std::fs::write(
         cfg.join("mesh.yaml"),
-        format!(
-            r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: edge}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {http}, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo, namespace: edge}}
-spec:
-  hosts: [echo.internal]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: all, namespace: edge}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route: [{{destination: {{host: echo.internal, port: {{number: 80}}}}}}]
-"#,
-            echo = echo.port()
-        ),
+        echo_gateway(http, echo.port(), "", ""),
     )
     .unwrap();
     let cp = support::xds_mesh::ControlPlaneProcess::start(&cfg, dir.path());
@@ -951,7 +925,7 @@ impl Drop for Redis {
 /// over with the listeners: a gateway with a Global RateLimitPolicy (`failureMode:
 /// Closed`, so a call the service does not answer is a 500) is upgraded by SIGUSR2
 /// under a request loop. Every request is answered by the rate-limit filter as the
-/// limit says, none fails, and the limit counts across the upgrade: of N per hour,
+/// limit says, none fails, and the limit counts across the upgrade: of N per day (no token comes back while the test runs),
 /// exactly the first N are admitted.
 #[test]
 fn a_rate_limited_gateway_upgrades_by_sigusr2_counting_across() {
@@ -963,35 +937,9 @@ fn a_rate_limited_gateway_upgrades_by_sigusr2_counting_across() {
     std::fs::create_dir(&config).unwrap();
     std::fs::write(
         config.join("config.yaml"),
-        format!(
-            r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: edge}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: {http}, name: http, protocol: HTTP}}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo, namespace: edge}}
-spec:
-  hosts: [echo.internal]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: all, namespace: edge}}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route: [{{destination: {{host: echo.internal, port: {{number: 80}}}}}}]
----
+        echo_gateway(s.http, s.echo.port(), "", "")
+            + &format!(
+                r#"---
 apiVersion: meshgate.io/v1alpha1
 kind: RateLimitPolicy
 metadata: {{name: shared, namespace: edge}}
@@ -1003,11 +951,9 @@ spec:
     rules:
     - name: everyone
       clientSelectors: [{{sourceCIDR: {{type: Distinct}}}}]
-      limit: {{requests: {LIMIT}, unit: Hour}}
-"#,
-            http = s.http,
-            echo = s.echo.port(),
-        ),
+      limit: {{requests: {LIMIT}, unit: Day}}
+"#
+            ),
     )
     .unwrap();
     let rls = format!("127.0.0.1:{}", free_port());
