@@ -403,7 +403,14 @@ fn two_gateways_and_envoy_share_one_limit() {
             429
         );
     }
-    // The access log says RL for the refused ones.
+    // The access log says RL for the refused ones (written by the log's own thread:
+    // waited for, boundedly).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gw1.stdout().contains("\"response_flags\":\"RL\"")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = gw1.stdout();
     assert!(log.contains("\"response_flags\":\"RL\""), "{log}");
     drop((gw1, gw2, envoy));
