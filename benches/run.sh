@@ -10,6 +10,11 @@
 #                                           # every request also passes an
 #                                           # authorization policy and a rate limit
 #                                           # (benches/configs/with_policy.py)
+#   TRACING=1 SCENARIOS=S1 benches/run.sh meshgate envoy
+#                                           # Zipkin tracing on, 1% of requests
+#                                           # sampled and reported to a collector on
+#                                           # loopback (benches/configs/with_tracing.py;
+#                                           # TRACING=off: request ids only, the baseline)
 #   UPGRADES=2 SCENARIOS="S1 S2" benches/run.sh meshgate
 #                                           # meshgate is upgraded (SIGUSR2, socket
 #                                           # hand-off) twice during each measured run:
@@ -52,6 +57,7 @@ TLS_PORT=${TLS_PORT:-28443}
 UP_A=${UP_A:-28081}
 UP_B=${UP_B:-28082}
 ADMIN=${ADMIN:-28090}
+ZIPKIN=${ZIPKIN:-28083}
 RUN=${RUN:-$ROOT/target/bench-run}
 CERTS=$RUN/certs
 PROXIES=("$@")
@@ -86,7 +92,7 @@ setup() {
 
 render() { # template -> file, replacing @VARS@
   sed -e "s|@PORT@|$PORT|g" -e "s|@TLS_PORT@|$TLS_PORT|g" -e "s|@UP_A@|$UP_A|g" \
-      -e "s|@UP_B@|$UP_B|g" -e "s|@ADMIN@|$ADMIN|g" -e "s|@RUN@|$RUN|g" -e "s|@CERTS@|$CERTS|g" \
+      -e "s|@UP_B@|$UP_B|g" -e "s|@ADMIN@|$ADMIN|g" -e "s|@ZIPKIN@|$ZIPKIN|g" -e "s|@RUN@|$RUN|g" -e "s|@CERTS@|$CERTS|g" \
       "benches/configs/$1" > "$RUN/$2"
 }
 
@@ -117,6 +123,7 @@ start_proxy() { # name -> sets PROXY_PID
     meshgate)
       render meshgate.json meshgate.json
       [[ ${POLICY:-0} == 1 ]] && python3 benches/configs/with_policy.py "$RUN/meshgate.json"
+      [[ -n ${TRACING:-} ]] && python3 benches/configs/with_tracing.py "$TRACING" "$ZIPKIN" "$RUN/meshgate.json"
       local up=()
       ((${UPGRADES:-0} > 0)) && up=(--upgrade-socket "$RUN/upgrade.sock")
       taskset -c "$PROXY_CPU" "$ROOT/target/release/meshgate" gateway --xds-json "$RUN/meshgate.json" \
@@ -126,6 +133,7 @@ start_proxy() { # name -> sets PROXY_PID
     envoy)
       render envoy.yaml envoy.yaml
       [[ ${POLICY:-0} == 1 ]] && python3 benches/configs/with_policy.py "$RUN/envoy.yaml"
+      [[ -n ${TRACING:-} ]] && python3 benches/configs/with_tracing.py "$TRACING" "$ZIPKIN" "$RUN/envoy.yaml"
       taskset -c "$PROXY_CPU" "$ROOT/.peers/bin/envoy" -c "$RUN/envoy.yaml" --concurrency 1 \
         --disable-hot-restart --log-level warn --base-id 7 >"$RUN/envoy.log" 2>&1 &
       ;;
