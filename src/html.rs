@@ -137,8 +137,8 @@ th{color:var(--muted);font-weight:600;white-space:nowrap;font-size:12px;text-tra
 letter-spacing:.03em}\
 tr:last-child td{border-bottom:0}\
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}\
-code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;\
-overflow-wrap:anywhere}\
+code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}\
+.nw{white-space:nowrap}.brk{overflow-wrap:anywhere}.minw{min-width:13em}\
 .badge{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px;font-weight:600;\
 white-space:nowrap;margin:1px 2px 1px 0}\
 .good{background:var(--goodbg);color:var(--good)}.warn{background:var(--warnbg);color:var(--warn)}\
@@ -151,7 +151,13 @@ white-space:nowrap;margin:1px 2px 1px 0}\
 .tile span{color:var(--muted);font-size:12px}\
 .err{color:var(--bad);overflow-wrap:anywhere}\
 @media (max-width:640px){main{padding:6px 6px 24px}section{padding:10px 8px;margin:10px 0}\
-th,td{padding:5px 6px}header{padding:12px}}";
+header{padding:12px}.tiles{grid-template-columns:repeat(auto-fill,minmax(110px,1fr))}\
+table,tbody,tr,td{display:block;width:100%}thead{display:none}\
+tr{border:1px solid var(--line);border-radius:6px;margin:0 0 8px;padding:4px 0}\
+td{border:0;padding:3px 10px}td:empty{display:none}\
+td::before{content:attr(data-label);display:block;color:var(--muted);font-size:10px;\
+text-transform:uppercase;letter-spacing:.04em}\
+td.num{text-align:left}.minw{min-width:0}.err{overflow-wrap:anywhere}}";
 
 impl Page {
     /// Starts a page titled `title` (escaped), with `subtitle` (HTML) under it; reloaded
@@ -211,13 +217,21 @@ pub fn table(headers: &[&str], rows: &[Vec<String>], empty: &str) -> String {
         }
     }
     out.push_str("</tr></thead><tbody>");
+    let labels: Vec<String> = headers
+        .iter()
+        .map(|h| escape(h.trim_start_matches('#')))
+        .collect();
     for row in rows {
         out.push_str("<tr>");
         for (i, cell) in row.iter().enumerate() {
-            if numeric.get(i).copied().unwrap_or(false) {
-                let _ = write!(out, "<td class=\"num\">{cell}</td>");
+            // The label heads the cell where rows are shown as cards (narrow screens).
+            let label = labels.get(i).map(String::as_str).unwrap_or("");
+            if cell.is_empty() {
+                out.push_str("<td></td>");
+            } else if numeric.get(i).copied().unwrap_or(false) {
+                let _ = write!(out, "<td class=\"num\" data-label=\"{label}\">{cell}</td>");
             } else {
-                let _ = write!(out, "<td>{cell}</td>");
+                let _ = write!(out, "<td data-label=\"{label}\">{cell}</td>");
             }
         }
         out.push_str("</tr>");
@@ -260,7 +274,10 @@ mod tests {
             "&lt;script&gt;alert(&quot;x&quot; &amp; &#39;y&#39;)&lt;/script&gt;"
         );
         let t = table(&["a", "#n"], &[vec![escape("<b>"), "1".into()]], "none");
-        assert!(t.contains("<td>&lt;b&gt;</td><td class=\"num\">1</td>"), "{t}");
+        assert!(
+            t.contains("<td data-label=\"a\">&lt;b&gt;</td><td class=\"num\" data-label=\"n\">1</td>"),
+            "{t}"
+        );
         assert!(table(&["a"], &[], "<none>").contains("&lt;none&gt;"));
     }
 

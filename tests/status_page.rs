@@ -239,9 +239,9 @@ fn row_numbers(page: &str, key: &str) -> Vec<f64> {
         .unwrap_or_else(|| panic!("no row {key} in:\n{page}"));
     let row = &page[start..];
     let row = &row[..row.find("</tr>").unwrap()];
-    row.split("<td class=\"num\">")
+    row.split("<td class=\"num\"")
         .skip(1)
-        .filter_map(|c| c.split('<').next()?.parse().ok())
+        .filter_map(|c| c.split_once('>')?.1.split('<').next()?.parse().ok())
         .collect()
 }
 
@@ -332,8 +332,8 @@ fn status_pages_show_proxies_config_errors_and_rates() {
         // Proxies, with type, labels, protocol and states.
         "edge-gw-1",
         "envoy-gw",
-        ">gateway<",
-        "delta",
+        "badge neutral\">gateway<",
+        " · delta",
         "istio=ingressgateway",
         "badge good\">ACK<",
         "badge bad\">NACK<",

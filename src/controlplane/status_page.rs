@@ -50,7 +50,7 @@ pub fn sync_state(ts: &TypeStatus, now: SystemTime, ack_timeout: Duration) -> Sy
 }
 
 fn short_version(v: &str) -> String {
-    let cut: String = v.chars().take(12).collect();
+    let cut: String = v.chars().take(8).collect();
     if cut.len() < v.len() {
         format!("{cut}…")
     } else {
@@ -77,11 +77,11 @@ fn type_cell(ts: Option<&TypeStatus>, now: SystemTime, ack_timeout: Duration) ->
         SyncState::Acked => {
             let at = ts.acked_at.map(html::ago).unwrap_or_default();
             format!(
-                "{}<br><span class=\"mono\" title=\"{}\">v {}</span><br>{}",
+                "<span class=\"nw\">{} <span class=\"mono\" title=\"{}\">{}</span></span><br>{}",
                 badge(Tone::Good, "ACK"),
                 escape(&ts.acked_version),
                 escape(&short_version(&ts.acked_version)),
-                muted(&format!("{at} ago, {} res.", ts.sent_resources))
+                muted(&format!("{at} ago · {} res.", ts.sent_resources))
             )
         }
         SyncState::Nacked => {
@@ -124,9 +124,16 @@ fn type_cell(ts: Option<&TypeStatus>, now: SystemTime, ack_timeout: Duration) ->
 }
 
 fn proxy_row(p: &ProxyStatus, now: SystemTime, ack_timeout: Duration) -> Vec<String> {
-    let mut id = format!("<b>{}</b>", escape(&p.proxy_id));
+    let mut id = format!(
+        "<div class=\"minw\"><b>{}</b> {}",
+        escape(&p.proxy_id),
+        badge(Tone::Neutral, p.kind)
+    );
     if p.node_id != p.proxy_id {
-        id.push_str(&format!("<br><span class=\"mono\">{}</span>", escape(&p.node_id)));
+        id.push_str(&format!(
+            "<br><span class=\"mono muted brk\">{}</span>",
+            escape(&p.node_id)
+        ));
     }
     if !p.user_agent.is_empty() {
         id.push_str(&format!("<br>{}", muted(&p.user_agent)));
@@ -138,26 +145,32 @@ fn proxy_row(p: &ProxyStatus, now: SystemTime, ack_timeout: Duration) -> Vec<Str
             escape(&clipped(e))
         ));
     }
+    id.push_str("</div>");
     let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut address = p.peer.clone().map(|a| escape(&a)).unwrap_or_default();
-    if let Some(spiffe) = &p.spiffe_identity {
-        address.push_str(&format!("<br>{}", muted(spiffe)));
-    }
     let mode = match p.mode {
         super::metrics::Mode::Sotw => "SotW",
         super::metrics::Mode::Delta => "delta",
     };
+    let mut connection = format!(
+        "<span class=\"mono\">{}</span> · {mode}<br>{}",
+        escape(p.peer.as_deref().unwrap_or("?")),
+        muted(&format!(
+            "since {} ({} ago)",
+            html::utc(p.connected_at),
+            html::ago(p.connected_at)
+        ))
+    );
+    if let Some(spiffe) = &p.spiffe_identity {
+        connection.push_str(&format!("<br>{}", muted(spiffe)));
+    }
     let mut row = vec![
         id,
-        escape(p.kind),
         if labels.is_empty() {
             muted("none")
         } else {
-            format!("<span class=\"mono\">{}</span>", lines(&labels))
+            format!("<span class=\"mono brk\">{}</span>", lines(&labels))
         },
-        address,
-        escape(mode),
-        when(p.connected_at),
+        connection,
     ];
     for t in TypeUrl::ALL {
         row.push(type_cell(p.types.get(t.short()), now, ack_timeout));
@@ -229,16 +242,8 @@ pub fn render(cp: &ControlPlane, query: &str) -> String {
             (proxies.len().to_string(), "proxies connected"),
             (nacked_proxies.to_string(), "proxies with a NACK"),
             (stale_proxies.to_string(), "proxies stale"),
-            (
-                metrics
-                    .push_rounds
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .to_string(),
-                "push rounds",
-            ),
             (pushed.to_string(), "responses pushed"),
             (rejected.to_string(), "NACKs received"),
-            (bound(0.5), "convergence p50"),
             (bound(0.99), "convergence p99"),
             (
                 metrics
@@ -265,8 +270,7 @@ pub fn render(cp: &ControlPlane, query: &str) -> String {
         ),
         &table(
             &[
-                "proxy", "type", "labels", "address", "xDS", "connected", "CDS", "EDS", "LDS",
-                "RDS", "SDS",
+                "proxy", "labels", "connection", "CDS", "EDS", "LDS", "RDS", "SDS",
             ],
             &rows,
             "No proxy is connected.",
@@ -289,7 +293,7 @@ pub fn render(cp: &ControlPlane, query: &str) -> String {
             vec![
                 when(e.at),
                 badge(tone, e.kind.as_str()),
-                format!("<span class=\"mono\">{}</span>", escape(&e.subject)),
+                format!("<span class=\"mono brk\">{}</span>", escape(&e.subject)),
                 format!("<span class=\"err mono\">{}</span>", escape(&clipped(&e.detail))),
             ]
         })
@@ -329,28 +333,29 @@ pub fn render(cp: &ControlPlane, query: &str) -> String {
         format!("<b>{pushed}</b>"),
         format!("<b>{rejected}</b>"),
     ]);
-    let per_type = table(&["type", "#pushes", "#NACKs"], &rows, "");
+    let per_type = table(&["type", "#responses pushed", "#NACKs"], &rows, "");
     let mean = if conv.count() > 0 {
         format!("{:.3} s", conv.sum() / conv.count() as f64)
     } else {
         "—".into()
     };
-    let convergence = table(
-        &["#converged", "#mean", "#p50", "#p90", "#p99"],
-        &[vec![
-            conv.count().to_string(),
-            escape(&mean),
-            escape(&bound(0.5)),
-            escape(&bound(0.9)),
-            escape(&bound(0.99)),
-        ]],
-        "",
-    );
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let convergence = tiles(&[
+        (g(&metrics.push_rounds).to_string(), "push rounds"),
+        (conv.count().to_string(), "changes converged"),
+        (mean, "convergence mean"),
+        (bound(0.5), "convergence p50"),
+        (bound(0.9), "convergence p90"),
+        (bound(0.99), "convergence p99"),
+        (g(&metrics.push_throttled).to_string(), "pushes throttled"),
+        (g(&metrics.write_timeouts).to_string(), "write timeouts"),
+        (g(&metrics.snapshot_errors).to_string(), "snapshot errors"),
+    ]);
     page.section(
         "pushes",
         "Pushes",
-        "convergence: from a configuration change until the proxy ACKed all of it (histogram bounds, as pilot_proxy_convergence_time)",
-        &format!("{per_type}{convergence}"),
+        "convergence: from a configuration change until the proxy ACKed all of it (bounds of pilot_proxy_convergence_time's buckets)",
+        &format!("{convergence}<div style=\"height:10px\"></div>{per_type}"),
     );
 
     match &overview {
