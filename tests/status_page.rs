@@ -313,6 +313,18 @@ fn status_pages_show_proxies_config_errors_and_rates() {
     wait_until("Envoy NACKs RDS", Duration::from_secs(20), || {
         cp.syncz().iter().any(|p| p["states"]["rds"] == "NACKED")
     });
+    // A valid change is pushed and converges; then a file that does not validate is
+    // rejected, and kept among the recent errors.
+    std::fs::write(
+        cfg.join("edge.yaml"),
+        config(gw_port, envoy_port, app.port(), canary.port())
+            .replace("weight: 80", "weight: 70")
+            .replace("weight: 20", "weight: 30"),
+    )
+    .unwrap();
+    wait_until("the change converges", Duration::from_secs(20), || {
+        cp.metric("pilot_proxy_convergence_time_count") >= 1.0
+    });
     std::fs::write(
         cfg.join(HOSTILE_FILE),
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: broken, namespace: edge}\nspec:\n  hosts: [x.example.com]\n  nonsense: true\n",
@@ -344,15 +356,16 @@ fn status_pages_show_proxies_config_errors_and_rates() {
         "canary.internal",
         "edge/app",
         "uri prefix /split",
-        "80%",
-        "20%",
+        "70%",
+        "30%",
         "edge/gw",
         // Errors: the NACK and the rejected file.
         ">NACK<",
         ">config<",
         "nonsense",
-        // Push figures.
+        // Push figures: the change was pushed and converged.
         "responses pushed",
+        "changes converged",
         "convergence p50",
     ] {
         assert!(cp_page.contains(want), "missing {want:?} in:\n{cp_page}");
@@ -420,7 +433,7 @@ fn status_pages_show_proxies_config_errors_and_rates() {
         &bin,
         dir.path(),
         &cp_url,
-        (1280, 1600),
+        (1280, 1250),
         &out.join("status-controlplane.png"),
     );
     for want in ["edge-gw-1", "(unclosed", "canary.internal", "NACK"] {
@@ -435,7 +448,7 @@ fn status_pages_show_proxies_config_errors_and_rates() {
         &bin,
         dir.path(),
         &gw_url,
-        (1280, 1600),
+        (1280, 1250),
         &out.join("status-gateway.png"),
     );
     for want in ["outbound|80||app.internal", "connected", "requests/s (1 min)"] {
