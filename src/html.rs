@@ -165,9 +165,7 @@ impl Page {
     pub fn new(title: &str, subtitle: &str, refresh: Option<u32>) -> Page {
         let mut out = String::with_capacity(16 * 1024);
         out.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
-        out.push_str(
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
-        );
+        out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
         if let Some(r) = refresh {
             let _ = write!(out, "<meta http-equiv=\"refresh\" content=\"{r}\">");
         }
@@ -275,7 +273,9 @@ mod tests {
         );
         let t = table(&["a", "#n"], &[vec![escape("<b>"), "1".into()]], "none");
         assert!(
-            t.contains("<td data-label=\"a\">&lt;b&gt;</td><td class=\"num\" data-label=\"n\">1</td>"),
+            t.contains(
+                "<td data-label=\"a\">&lt;b&gt;</td><td class=\"num\" data-label=\"n\">1</td>"
+            ),
             "{t}"
         );
         assert!(table(&["a"], &[], "<none>").contains("&lt;none&gt;"));

@@ -12,8 +12,8 @@ mod support;
 
 use cp_support::{TestControlPlane, test_options};
 use meshgate::controlplane::config_source::ConfigSource;
-use meshgate::controlplane::{SnapshotSource, SourceError};
 use meshgate::controlplane::source::{ShareKey, SourceOverview};
+use meshgate::controlplane::{SnapshotSource, SourceError};
 use meshgate::xds::{ProxyIdentity, ResourceSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -269,12 +269,7 @@ fn status_pages_show_proxies_config_errors_and_rates() {
         let _entered = watcher.enter();
         source.watch(Duration::from_millis(20))
     };
-    let cp = TestControlPlane::start(
-        Arc::new(Nacking(source.clone())),
-        0,
-        0,
-        test_options(),
-    );
+    let cp = TestControlPlane::start(Arc::new(Nacking(source.clone())), 0, 0, test_options());
 
     let gateway = GatewayProcess::start_with(
         &[
@@ -390,10 +385,14 @@ fn status_pages_show_proxies_config_errors_and_rates() {
 
     // The gateway's page: rates are counted from the traffic above (measured once the
     // counters have been sampled for a moment).
-    wait_until("rates on the gateway's page", Duration::from_secs(10), || {
-        let (_, page) = gateway.admin("/");
-        row_numbers(&page, "outbound|80||app.internal").len() > 2
-    });
+    wait_until(
+        "rates on the gateway's page",
+        Duration::from_secs(10),
+        || {
+            let (_, page) = gateway.admin("/");
+            row_numbers(&page, "outbound|80||app.internal").len() > 2
+        },
+    );
     let (status, gw_page) = gateway.admin("/");
     assert_eq!(status, 200);
     for want in [
@@ -451,7 +450,11 @@ fn status_pages_show_proxies_config_errors_and_rates() {
         (1280, 1250),
         &out.join("status-gateway.png"),
     );
-    for want in ["outbound|80||app.internal", "connected", "requests/s (1 min)"] {
+    for want in [
+        "outbound|80||app.internal",
+        "connected",
+        "requests/s (1 min)",
+    ] {
         assert!(dom.contains(want), "missing {want:?} in the DOM:\n{dom}");
     }
     render(

@@ -435,7 +435,10 @@ impl Inner {
                 tracing::error!(namespace = %entry.identity.namespace, labels = ?entry.identity.labels, %error, "cannot compute proxy resources; keeping the last good snapshot");
                 self.errors.push(
                     super::errors::ErrorKind::Snapshot,
-                    format!("namespace {} labels {:?}", entry.identity.namespace, entry.identity.labels),
+                    format!(
+                        "namespace {} labels {:?}",
+                        entry.identity.namespace, entry.identity.labels
+                    ),
                     &error,
                 );
                 let key: SnapshotKey = (IdentityKey::of(&entry.identity), entry.workload.clone());

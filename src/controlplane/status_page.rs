@@ -270,7 +270,14 @@ pub fn render(cp: &ControlPlane, query: &str) -> String {
         ),
         &table(
             &[
-                "proxy", "labels", "connection", "CDS", "EDS", "LDS", "RDS", "SDS",
+                "proxy",
+                "labels",
+                "connection",
+                "CDS",
+                "EDS",
+                "LDS",
+                "RDS",
+                "SDS",
             ],
             &rows,
             "No proxy is connected.",
@@ -294,7 +301,10 @@ pub fn render(cp: &ControlPlane, query: &str) -> String {
                 when(e.at),
                 badge(tone, e.kind.as_str()),
                 format!("<span class=\"mono brk\">{}</span>", escape(&e.subject)),
-                format!("<span class=\"err mono\">{}</span>", escape(&clipped(&e.detail))),
+                format!(
+                    "<span class=\"err mono\">{}</span>",
+                    escape(&clipped(&e.detail))
+                ),
             ]
         })
         .collect();
@@ -305,11 +315,7 @@ pub fn render(cp: &ControlPlane, query: &str) -> String {
             "the last {} rejected changes, snapshot errors and NACKs",
             super::errors::KEPT
         ),
-        &table(
-            &["when", "kind", "subject", "detail"],
-            &rows,
-            "No errors.",
-        ),
+        &table(&["when", "kind", "subject", "detail"], &rows, "No errors."),
     );
 
     // Push figures.
@@ -530,6 +536,9 @@ mod tests {
         });
         assert_eq!(sync_state(&nacked, now, timeout), SyncState::Nacked);
         let cell = type_cell(Some(&nacked), now, timeout);
-        assert!(cell.contains("&lt;bad&gt;") && !cell.contains("<bad>"), "{cell}");
+        assert!(
+            cell.contains("&lt;bad&gt;") && !cell.contains("<bad>"),
+            "{cell}"
+        );
     }
 }

@@ -193,8 +193,7 @@ fn admin(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             "This endpoint requires POST.\n",
         ),
         "/" | "/status" => {
-            let body =
-                crate::proxy::status_page::render(shared, req.uri().query().unwrap_or(""));
+            let body = crate::proxy::status_page::render(shared, req.uri().query().unwrap_or(""));
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -218,7 +218,10 @@ mod tests {
     fn rates_are_measured_from_the_sample_a_window_back() {
         let t0 = Instant::now();
         let rates = Rates::default();
-        assert!(rates.rates(&at(t0, 0, 0, 0), WINDOW).is_none(), "no samples");
+        assert!(
+            rates.rates(&at(t0, 0, 0, 0), WINDOW).is_none(),
+            "no samples"
+        );
         for i in 0..100u64 {
             // 10 requests a second, 1 of them a 5xx.
             rates.push(at(t0, i * 5, i * 50, i * 5));

@@ -226,7 +226,10 @@ pub fn render(shared: &Shared, query: &str) -> String {
         "Summary",
         "downstream requests, local replies included",
         &tiles(&[
-            (fmt_rate(&minute, &|r| format!("{:.2}", r.rps)), "requests/s (1 min)"),
+            (
+                fmt_rate(&minute, &|r| format!("{:.2}", r.rps)),
+                "requests/s (1 min)",
+            ),
             (
                 fmt_rate(&minute, &|r| format!("{:.2}", r.errors_ps)),
                 "5xx/s (1 min)",
@@ -239,7 +242,10 @@ pub fn render(shared: &Shared, query: &str) -> String {
                 }),
                 "5xx share (1 min)",
             ),
-            (fmt_rate(&five, &|r| format!("{:.2}", r.rps)), "requests/s (5 min)"),
+            (
+                fmt_rate(&five, &|r| format!("{:.2}", r.rps)),
+                "requests/s (5 min)",
+            ),
             (
                 shared.stats.downstream_rq_total.load(Relaxed).to_string(),
                 "requests total",
@@ -355,7 +361,10 @@ pub fn render(shared: &Shared, query: &str) -> String {
             let head = if i == 0 {
                 vec![
                     format!("<b class=\"mono\">{}</b>", escape(&l.name)),
-                    format!("<span class=\"mono\">{}</span>", escape(&l.addr.to_string())),
+                    format!(
+                        "<span class=\"mono\">{}</span>",
+                        escape(&l.addr.to_string())
+                    ),
                 ]
             } else {
                 vec![String::new(), String::new()]
@@ -569,7 +578,10 @@ pub fn render(shared: &Shared, query: &str) -> String {
         rows.push(vec![
             format!("<b>{}</b>", escape("workload identity")),
             String::new(),
-            format!("<span class=\"mono\">{}</span>", escape(&cert.identity.to_string())),
+            format!(
+                "<span class=\"mono\">{}</span>",
+                escape(&cert.identity.to_string())
+            ),
             muted(&html::utc(cert.not_before)),
             expiry(cert.not_after, now),
         ]);
