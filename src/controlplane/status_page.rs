@@ -289,7 +289,7 @@ pub fn render(cp: &ControlPlane, query: &str) -> String {
     if let Some(o) = &overview {
         errors.extend(o.errors.iter().cloned());
     }
-    errors.sort_by(|a, b| b.at.cmp(&a.at));
+    errors.sort_by_key(|e| std::cmp::Reverse(e.at));
     let rows: Vec<Vec<String>> = errors
         .iter()
         .map(|e| {
