@@ -64,6 +64,46 @@ impl SnapshotSource for Nacking {
     }
 }
 
+/// TLS for shop.example.com on the gateway's second port: a Secret it gets over SDS.
+fn tls_config(tls_port: u16) -> String {
+    let ca = support::certs::TestCa::new("status test CA");
+    let leaf = ca.issue(&["shop.example.com"]);
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: shop, namespace: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {tls_port}, name: https, protocol: HTTPS}}
+    hosts: [shop.example.com]
+    tls: {{mode: SIMPLE, credentialName: shop-cert}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: edge}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [shop]
+  http:
+  - route:
+    - destination: {{host: app.internal, port: {{number: 80}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: shop-cert, namespace: edge}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{}
+  tls.key: |
+{}
+"#,
+        support::certs::yaml_block(&leaf.cert, 4),
+        support::certs::yaml_block(&leaf.key, 4)
+    )
+}
+
 fn config(gateway_port: u16, envoy_port: u16, app: u16, canary: u16) -> String {
     format!(
         r#"apiVersion: networking.istio.io/v1
@@ -252,7 +292,8 @@ fn status_pages_show_proxies_config_errors_and_rates() {
     let dir = TempDir::new();
     let cfg = dir.path().join("config");
     std::fs::create_dir_all(&cfg).unwrap();
-    let (gw_port, envoy_port) = (free_port(), free_port());
+    let (gw_port, envoy_port, tls_port) = (free_port(), free_port(), free_port());
+    std::fs::write(cfg.join("shop.yaml"), tls_config(tls_port)).unwrap();
     std::fs::write(
         cfg.join("edge.yaml"),
         config(gw_port, envoy_port, app.port(), canary.port()),
@@ -386,11 +427,13 @@ fn status_pages_show_proxies_config_errors_and_rates() {
     // The gateway's page: rates are counted from the traffic above (measured once the
     // counters have been sampled for a moment).
     wait_until(
-        "rates on the gateway's page",
+        "rates and the certificate on the gateway's page",
         Duration::from_secs(10),
         || {
             let (_, page) = gateway.admin("/");
             row_numbers(&page, "outbound|80||app.internal").len() > 2
+                && page.contains("terminate (SIMPLE)")
+                && (page.contains(">in 29 d<") || page.contains(">in 30 d<"))
         },
     );
     let (status, gw_page) = gateway.admin("/");
@@ -405,6 +448,10 @@ fn status_pages_show_proxies_config_errors_and_rates() {
         "badge good\">ACK<",
         "badge good\">healthy<",
         &format!("0.0.0.0:{gw_port}"),
+        // The TLS server: its SNI name, mode, certificate secret and expiry.
+        &format!("0.0.0.0:{tls_port}"),
+        "shop.example.com",
+        "CN=shop.example.com",
     ] {
         assert!(gw_page.contains(want), "missing {want:?} in:\n{gw_page}");
     }
