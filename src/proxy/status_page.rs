@@ -598,3 +598,45 @@ pub fn render(shared: &Shared, query: &str) -> String {
     );
     page.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(v: serde_json::Value) -> route::Route {
+        crate::xds::json::from_json(&v).expect("a route")
+    }
+
+    #[test]
+    fn route_targets_give_weights_in_percent() {
+        let r = route(serde_json::json!({
+            "match": {"prefix": "/"},
+            "route": {"weighted_clusters": {"clusters": [
+                {"name": "a", "weight": 3},
+                {"name": "b", "weight": 1},
+            ]}},
+        }));
+        assert_eq!(
+            route_targets(&r),
+            Ok(vec![("a".into(), Some(75)), ("b".into(), Some(25))])
+        );
+        assert_eq!(path_match(r.r#match.as_ref()), "prefix /");
+        let r = route(serde_json::json!({
+            "match": {"path": "/x", "headers": [{"name": "x-canary", "present_match": true}]},
+            "direct_response": {"status": 503},
+        }));
+        assert_eq!(route_targets(&r), Err("direct response 503".into()));
+        assert_eq!(path_match(r.r#match.as_ref()), "path /x, header x-canary");
+    }
+
+    #[test]
+    fn expiry_warns_before_it_is_due() {
+        let now = SystemTime::now();
+        let soon = expiry(now + Duration::from_secs(3 * 86_400), now);
+        assert!(soon.contains("badge warn\">in 3 d<"), "{soon}");
+        let later = expiry(now + Duration::from_secs(60 * 86_400), now);
+        assert!(later.contains("badge good\">in 60 d<"), "{later}");
+        let past = expiry(now - Duration::from_secs(60), now);
+        assert!(past.contains("badge bad\">expired<"), "{past}");
+    }
+}
