@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real peers meshgate's tests talk to, idempotently, into .peers/ (Envoy, and a
 # Python virtualenv with grpcio for an independent CA client) or from Debian's packages
-# (pebble, redis, nginx, haproxy, wrk, h2load, openssl, curl, iptables).
+# (pebble, redis, nginx, haproxy, wrk, h2load, openssl, curl, iptables, chromium).
 #
 #   scripts/install-peers.sh            # everything the test suite needs
 #   scripts/install-peers.sh envoy      # only Envoy
 #   scripts/install-peers.sh python     # only the Python venv (.peers/python-venv)
 #   scripts/install-peers.sh redis      # only redis-server (the global rate limit's store)
 #   scripts/install-peers.sh deploy     # what tests/deploy.rs runs (kubectl must be there already)
+#   scripts/install-peers.sh chromium   # headless Chromium (tests/status_page.rs renders the status pages)
 #
 # Afterwards .peers/bin/ holds a link to each peer; tests look there first, then on PATH.
 # The Python peer is found at .peers/python-venv/bin/python.
@@ -111,6 +112,8 @@ for peer in $want; do
     deploy)
       install_deploy
       ;;
+    # tests/status_page.rs renders the status pages with headless Chromium.
+    chromium) apt_install chromium chromium ;;
     pebble)
       apt_install pebble pebble
       apt_install pebble-challtestsrv pebble
@@ -129,6 +132,7 @@ for peer in $want; do
       apt_install iptables iptables
       apt_install iptables-restore iptables
       apt_install iptables-save iptables
+      apt_install chromium chromium
       install_deploy
       ;;
     *) log "unknown peer: $peer"; exit 2 ;;

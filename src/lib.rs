@@ -7,12 +7,13 @@
 //! `controlplane` (ADS/SDS server), `ca` (mesh identities and their certificates),
 //! `identity` (a proxy's own workload certificate, obtained from that CA) and `agent`
 //! (the pilot-agent job for an Envoy sidecar or gateway: bootstrap, certificate over
-//! SDS, Envoy's life, readiness).
+//! SDS, Envoy's life, readiness). `html` renders the status pages of both servers.
 pub mod acme;
 pub mod agent;
 pub mod ca;
 pub mod config;
 pub mod controlplane;
+pub mod html;
 pub mod identity;
 pub mod pipeline;
 pub mod proxy;

@@ -24,7 +24,8 @@ pub struct Args {
     /// Where to serve xDS (ADS, SDS), plaintext gRPC.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_addr: SocketAddr,
-    /// Where to serve /ready, /debug/syncz, /debug/config_dump and /metrics.
+    /// Where to serve the status page (/), /ready, /debug/syncz, /debug/config_dump and
+    /// /metrics.
     #[arg(long, default_value = "127.0.0.1:15014")]
     debug_addr: SocketAddr,
     /// Quiet time that ends a burst of changes before a push, in milliseconds.

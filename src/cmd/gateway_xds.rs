@@ -77,6 +77,7 @@ pub fn run(
     let consumer = Arc::new(GatewayConsumer::new(gateway.clone()));
     let client = XdsClient::new(client_options, consumer);
     let mut handle = client.handle();
+    gateway.set_xds_client(client.handle());
 
     // Two workers: applying an update may block on binds and DNS for a moment, and
     // signals must still be heard meanwhile.

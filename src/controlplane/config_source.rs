@@ -8,7 +8,9 @@
 //! A change that loads and validates cleanly replaces the configuration in one swap
 //! and is announced to the control plane; a change with errors is logged with file,
 //! line and column and ignored: the last good configuration keeps being served.
-use super::source::{Change, SnapshotSource, SourceError};
+use super::source::{
+    Change, GatewayRow, RouteRow, RuleRow, ServiceRow, SnapshotSource, SourceError, SourceOverview,
+};
 use crate::config::{self, Config, Diagnostic};
 use crate::pipeline;
 use crate::registry::Registry;
@@ -24,6 +26,7 @@ struct Loaded {
     generation: u64,
     config: Config,
     registry: Registry,
+    at: std::time::SystemTime,
 }
 
 /// Istio configuration from a path, translated per proxy.
@@ -41,6 +44,8 @@ pub struct ConfigSource {
     rate_limits: std::sync::OnceLock<RateLimitHook>,
     /// Set when the control plane runs no rate-limit service: Global policies are refused.
     refuse_global_limits: std::sync::atomic::AtomicBool,
+    /// Changes rejected lately, for the status page.
+    errors: super::errors::RecentErrors,
 }
 
 /// The control plane's rate-limit service: given the limits of every load, and named in
@@ -126,12 +131,14 @@ impl ConfigSource {
                 generation: 1,
                 config,
                 registry,
+                at: std::time::SystemTime::now(),
             }),
             reload_lock: Mutex::new(cache),
             tx,
             options: ArcSwap::from_pointee(options),
             rate_limits: std::sync::OnceLock::new(),
             refuse_global_limits: std::sync::atomic::AtomicBool::new(false),
+            errors: Default::default(),
         })
     }
 
@@ -182,6 +189,28 @@ impl ConfigSource {
         Ok(())
     }
 
+    /// Keeps a rejected change's errors among the recent ones, and returns them.
+    fn rejected(&self, errors: Vec<Diagnostic>) -> Vec<Diagnostic> {
+        for d in errors.iter().take(super::errors::KEPT) {
+            let subject = match &d.resource {
+                Some(r) => format!("{} {r}", d.file),
+                None => d.file.clone(),
+            };
+            self.errors
+                .push(super::errors::ErrorKind::Config, subject, &d.to_string());
+        }
+        errors
+    }
+
+    /// Records a mesh configuration change that was refused.
+    fn mesh_rejected(&self, path: &Path, reason: &str) {
+        self.errors.push(
+            super::errors::ErrorKind::Config,
+            path.display().to_string(),
+            reason,
+        );
+    }
+
     /// Gives the rate-limit service the limits of `config`, now in force.
     fn push_limits(&self, config: &Config) {
         if let Some(h) = self.rate_limits.get() {
@@ -197,14 +226,16 @@ impl ConfigSource {
     /// Reloads the path. On errors nothing changes and the errors are returned.
     pub fn reload(&self) -> Result<u64, Vec<Diagnostic>> {
         let mut cache = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (config, registry) = load_checked(&self.path, &self.options.load(), &mut cache)?;
-        self.check(&config)?;
+        let (config, registry) = load_checked(&self.path, &self.options.load(), &mut cache)
+            .and_then(|c| self.check(&c.0).map(|()| c))
+            .map_err(|e| self.rejected(e))?;
         self.push_limits(&config);
         let generation = self.loaded.load().generation + 1;
         self.loaded.store(Arc::new(Loaded {
             generation,
             config,
             registry,
+            at: std::time::SystemTime::now(),
         }));
         let _ = self.tx.send(Change::all());
         Ok(generation)
@@ -226,8 +257,9 @@ impl ConfigSource {
             mesh,
             ..(**self.options.load()).clone()
         };
-        let (config, registry) = load_checked(&self.path, &options, &mut cache)?;
-        self.check(&config)?;
+        let (config, registry) = load_checked(&self.path, &options, &mut cache)
+            .and_then(|c| self.check(&c.0).map(|()| c))
+            .map_err(|e| self.rejected(e))?;
         self.push_limits(&config);
         self.options.store(Arc::new(options));
         let generation = self.loaded.load().generation + 1;
@@ -235,6 +267,7 @@ impl ConfigSource {
             generation,
             config,
             registry,
+            at: std::time::SystemTime::now(),
         }));
         let _ = self.tx.send(Change::all());
         Ok(generation)
@@ -262,6 +295,7 @@ impl ConfigSource {
                         for d in &errors {
                             tracing::error!("{d}");
                         }
+                        source.rejected(errors);
                         tracing::error!(
                             "mesh configuration change rejected; keeping the last good one"
                         );
@@ -272,6 +306,7 @@ impl ConfigSource {
                     continue;
                 }
                 if let Err(reason) = allowed(&mesh) {
+                    source.mesh_rejected(&path, &reason);
                     tracing::error!(%reason, "mesh configuration change rejected; keeping the last good one");
                     continue;
                 }
@@ -368,6 +403,20 @@ impl SnapshotSource for ConfigSource {
         self.tx.subscribe()
     }
 
+    fn overview(&self) -> Option<SourceOverview> {
+        let loaded = self.loaded.load();
+        let (services, gateways, routes) = overview_of(&loaded);
+        Some(SourceOverview {
+            origin: self.path.display().to_string(),
+            generation: loaded.generation,
+            loaded_at: Some(loaded.at),
+            services,
+            gateways,
+            routes,
+            errors: self.errors.all(),
+        })
+    }
+
     /// Sidecars differ from each other by their addresses, but only the addresses that
     /// are some service's endpoints change what a sidecar is sent (its inbound side):
     /// sidecars in one namespace with the same labels and no such address (clients) see
@@ -386,6 +435,210 @@ impl SnapshotSource for ConfigSource {
             view,
         })
     }
+}
+
+/// Readable `name number/PROTOCOL` of a service port.
+fn port_row(p: &crate::registry::ServicePort) -> String {
+    format!("{} {}/{}", p.name, p.number, p.protocol)
+}
+
+fn string_match(what: &str, m: &crate::config::types::common::StringMatch) -> String {
+    use crate::config::types::common::StringMatch;
+    match m {
+        StringMatch::Exact(v) => format!("{what} = {v}"),
+        StringMatch::Prefix(v) => format!("{what} prefix {v}"),
+        StringMatch::Regex(v) => format!("{what} ~ {v}"),
+        StringMatch::Empty => format!("{what} present"),
+    }
+}
+
+fn destination(d: &crate::config::types::virtual_service::Destination) -> String {
+    let mut s = d.host.clone();
+    if let Some(p) = &d.port
+        && p.number != 0
+    {
+        s.push_str(&format!(":{}", p.number));
+    }
+    if !d.subset.is_empty() {
+        s.push_str(&format!(" /{}", d.subset));
+    }
+    s
+}
+
+/// The overview of one loaded configuration.
+fn overview_of(loaded: &Loaded) -> (Vec<ServiceRow>, Vec<GatewayRow>, Vec<RouteRow>) {
+    let services = loaded
+        .registry
+        .services()
+        .iter()
+        .map(|svc| ServiceRow {
+            host: svc.hostname.clone(),
+            source: format!("{}/{}", svc.namespace, svc.source_name),
+            ports: svc.ports.iter().map(port_row).collect(),
+            location: if svc.mesh_external {
+                "MESH_EXTERNAL"
+            } else {
+                "MESH_INTERNAL"
+            },
+            resolution: match svc.resolution {
+                crate::registry::Resolution::Static => "STATIC",
+                crate::registry::Resolution::Dns => "DNS",
+                crate::registry::Resolution::DnsRoundRobin => "DNS_ROUND_ROBIN",
+                crate::registry::Resolution::None => "NONE",
+                crate::registry::Resolution::DynamicDns => "DYNAMIC_DNS",
+            },
+            endpoints: svc
+                .endpoints
+                .iter()
+                .map(|e| {
+                    if e.unix {
+                        format!("unix://{}", e.address)
+                    } else {
+                        format!("{}:{}", e.address, e.port)
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let gateways = loaded
+        .config
+        .gateways
+        .iter()
+        .map(|g| GatewayRow {
+            name: format!("{}/{}", g.meta.namespace, g.meta.name),
+            selector: g
+                .spec
+                .selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            servers: g
+                .spec
+                .servers
+                .iter()
+                .map(|srv| {
+                    let port = srv
+                        .port
+                        .as_ref()
+                        .map(|p| format!("{}/{}", p.number, p.protocol))
+                        .unwrap_or_default();
+                    let tls = srv
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.mode)
+                        .map(|m| format!(" TLS {}", m.as_str()))
+                        .unwrap_or_default();
+                    format!("{port} {}{tls}", srv.hosts.join(" "))
+                })
+                .collect(),
+        })
+        .collect();
+    let routes = loaded
+        .config
+        .virtual_services
+        .iter()
+        .map(|vs| {
+            let mut rules = Vec::new();
+            for r in &vs.spec.http {
+                let matches = r
+                    .matches
+                    .iter()
+                    .map(|m| {
+                        let mut parts = Vec::new();
+                        if let Some(u) = &m.uri {
+                            parts.push(string_match("uri", u));
+                        }
+                        if let Some(u) = &m.method {
+                            parts.push(string_match("method", u));
+                        }
+                        if let Some(u) = &m.authority {
+                            parts.push(string_match("authority", u));
+                        }
+                        for (h, v) in &m.headers {
+                            parts.push(string_match(&format!("header {h}"), v));
+                        }
+                        for (q, v) in &m.query_params {
+                            parts.push(string_match(&format!("query {q}"), v));
+                        }
+                        if m.port != 0 {
+                            parts.push(format!("port {}", m.port));
+                        }
+                        parts.join(", ")
+                    })
+                    .collect();
+                let mut destinations: Vec<(String, Option<i32>)> = r
+                    .route
+                    .iter()
+                    .filter_map(|d| {
+                        let w = (d.weight != 0).then_some(d.weight);
+                        d.destination.as_ref().map(|d| (destination(d), w))
+                    })
+                    .collect();
+                if let Some(redirect) = &r.redirect {
+                    destinations.push((
+                        format!("redirect {}{}", redirect.authority, redirect.uri),
+                        None,
+                    ));
+                }
+                if let Some(direct) = &r.direct_response {
+                    destinations.push((format!("direct response {}", direct.status), None));
+                }
+                if let Some(d) = &r.delegate {
+                    destinations.push((format!("delegate {}/{}", d.namespace, d.name), None));
+                }
+                rules.push(RuleRow {
+                    protocol: "http",
+                    matches,
+                    destinations,
+                });
+            }
+            for r in &vs.spec.tls {
+                rules.push(RuleRow {
+                    protocol: "tls",
+                    matches: r
+                        .matches
+                        .iter()
+                        .map(|m| format!("sni {}", m.sni_hosts.join(" ")))
+                        .collect(),
+                    destinations: r
+                        .route
+                        .iter()
+                        .filter_map(|d| {
+                            let w = (d.weight != 0).then_some(d.weight);
+                            d.destination.as_ref().map(|d| (destination(d), w))
+                        })
+                        .collect(),
+                });
+            }
+            for r in &vs.spec.tcp {
+                rules.push(RuleRow {
+                    protocol: "tcp",
+                    matches: r
+                        .matches
+                        .iter()
+                        .filter(|m| m.port != 0)
+                        .map(|m| format!("port {}", m.port))
+                        .collect(),
+                    destinations: r
+                        .route
+                        .iter()
+                        .filter_map(|d| {
+                            let w = (d.weight != 0).then_some(d.weight);
+                            d.destination.as_ref().map(|d| (destination(d), w))
+                        })
+                        .collect(),
+                });
+            }
+            RouteRow {
+                name: format!("{}/{}", vs.meta.namespace, vs.meta.name),
+                hosts: vs.spec.hosts.clone(),
+                gateways: vs.spec.gateways.clone(),
+                rules,
+            }
+        })
+        .collect();
+    (services, gateways, routes)
 }
 
 #[cfg(test)]

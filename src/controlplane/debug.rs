@@ -1,5 +1,6 @@
-//! The control plane's debug and metrics endpoints (istiod's port 15014):
-//! `/ready`, `/debug/syncz`, `/debug/config_dump?proxyID=`, `/metrics`.
+//! The control plane's debug and metrics endpoints (istiod's port 15014): the status
+//! page (`/`, `/status`), `/ready`, `/debug/syncz`, `/debug/config_dump?proxyID=`,
+//! `/metrics`.
 use super::server::ControlPlane;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
@@ -81,6 +82,11 @@ pub fn handle(
         return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
     }
     match path {
+        "/" | "/status" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            super::status_page::render(cp, query),
+        ),
         "/ready" => {
             if cp.serving() {
                 respond(StatusCode::OK, "text/plain", "ready\n")
@@ -147,7 +153,7 @@ pub fn handle(
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "endpoints: /ready /metrics /debug/syncz /debug/config_dump?proxyID=\n",
+            "endpoints: / (status page) /ready /metrics /debug/syncz /debug/config_dump?proxyID=\n",
         ),
     }
 }

@@ -194,6 +194,7 @@ impl Delta {
             let ts = s.ty(t);
             ts.sent_version = version.clone();
             ts.sent_nonce = nonce.clone();
+            ts.sent_at = Some(SystemTime::now());
             ts.sent_resources = count;
         });
         if self.outstanding.len() >= MAX_OUTSTANDING {
@@ -428,19 +429,21 @@ impl Engine for Delta {
                 ctx.inner.metrics.rejected(t);
                 let message = truncate(&err.message, 4096).to_string();
                 tracing::warn!(node = %ctx.node.identity.id, ty = t.short(), nonce = %o.nonce, error = %message, "proxy rejected a push (NACK)");
-                ctx.with_status(|s| {
-                    s.ty(t).nacked = Some(Nack {
+                ctx.record_nack(
+                    t,
+                    Nack {
                         version: o.version,
                         nonce: o.nonce,
                         error: message,
                         at: SystemTime::now(),
-                    })
-                });
+                    },
+                );
             }
             None => ctx.with_status(|s| {
                 let ts = s.ty(t);
                 ts.acked_version = o.version;
                 ts.acked_nonce = o.nonce;
+                ts.acked_at = Some(SystemTime::now());
                 ts.nacked = None;
             }),
         }

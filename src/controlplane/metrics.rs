@@ -83,6 +83,35 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
+    /// The sum of the samples, in the histogram's unit (seconds or bytes).
+    pub fn sum(&self) -> f64 {
+        self.sum.load(Relaxed) as f64 / self.scale
+    }
+
+    /// (upper bound, cumulative count) of each bucket.
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        self.bounds
+            .iter()
+            .zip(&self.buckets)
+            .map(|(le, c)| (*le, c.load(Relaxed)))
+            .collect()
+    }
+
+    /// The smallest bucket bound at or under which at least `q` (0..1) of the samples
+    /// fall, as Prometheus's `histogram_quantile` bounds it; `None` without samples or
+    /// when the quantile is past the last bound.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let want = (q * count as f64).ceil() as u64;
+        self.buckets()
+            .into_iter()
+            .find(|(_, c)| *c >= want.max(1))
+            .map(|(le, _)| le)
+    }
+
     /// The sample lines of this histogram, `labels` (`k="v"` pairs or empty) on each.
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
@@ -160,6 +189,8 @@ pub struct Metrics {
     pub convergence: Histogram,
     /// Debounced pushes started (each may reach many proxies).
     pub push_rounds: AtomicU64,
+    /// When the last push round started (Unix milliseconds; 0: none yet).
+    last_push_ms: AtomicU64,
     /// From computing a response until it is handed to the stream, by type.
     push_time: PerTypeHistogram,
     /// Encoded size of each response, by type.
@@ -187,6 +218,7 @@ impl Default for Metrics {
             connected_delta: AtomicI64::new(0),
             convergence: Histogram::seconds(&CONVERGENCE_BUCKETS),
             push_rounds: AtomicU64::new(0),
+            last_push_ms: AtomicU64::new(0),
             push_time: PerTypeHistogram::new(|| Histogram::seconds(&PUSH_TIME_BUCKETS)),
             config_size: PerTypeHistogram::new(|| Histogram::bytes(&CONFIG_SIZE_BUCKETS)),
             ca: std::sync::OnceLock::new(),
@@ -209,6 +241,31 @@ impl Metrics {
         self.config_size.get(t).observe_value(bytes as u64);
         self.push_time.get(t).observe(d);
     }
+    /// A push round starts now.
+    pub fn push_started(&self) {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.last_push_ms.store(ms, Relaxed);
+    }
+
+    /// When the last push round started.
+    pub fn last_push(&self) -> Option<std::time::SystemTime> {
+        match self.last_push_ms.load(Relaxed) {
+            0 => None,
+            ms => Some(std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
+    /// Responses sent and NACKs received, by type.
+    pub fn per_type(&self) -> Vec<(TypeUrl, u64, u64)> {
+        TypeUrl::ALL
+            .iter()
+            .map(|t| (*t, self.pushes(*t), self.rejects(*t)))
+            .collect()
+    }
+
     pub fn push_error(&self, t: TypeUrl) {
         self.push_errors.inc(t);
     }

@@ -192,6 +192,8 @@ pub(crate) struct Inner {
     pub push_budget: super::stream::PushBudget,
     /// The mesh CA, when workload certificates are served (`default`, `ROOTCA`).
     pub workload_ca: OnceLock<WorkloadCa>,
+    /// Recent NACKs and snapshot errors, for the status page.
+    pub errors: super::errors::RecentErrors,
 }
 
 /// What a stream gets when it attaches.
@@ -246,6 +248,7 @@ impl Inner {
             closing: watch::channel(false).0,
             push_budget,
             workload_ca: OnceLock::new(),
+            errors: Default::default(),
         }
     }
 
@@ -430,6 +433,14 @@ impl Inner {
             Err(error) => {
                 self.metrics.snapshot_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(namespace = %entry.identity.namespace, labels = ?entry.identity.labels, %error, "cannot compute proxy resources; keeping the last good snapshot");
+                self.errors.push(
+                    super::errors::ErrorKind::Snapshot,
+                    format!(
+                        "namespace {} labels {:?}",
+                        entry.identity.namespace, entry.identity.labels
+                    ),
+                    &error,
+                );
                 let key: SnapshotKey = (IdentityKey::of(&entry.identity), entry.workload.clone());
                 let reg = self.lock();
                 for (k, st) in reg.conns.values() {
@@ -445,6 +456,7 @@ impl Inner {
     /// One debounced push: recompute the snapshots of every key the change affects.
     async fn push(self: &Arc<Self>, burst: Burst) {
         self.metrics.push_rounds.fetch_add(1, Ordering::Relaxed);
+        self.metrics.push_started();
         for t in burst.change.types.iter() {
             self.metrics.triggered(t);
         }
@@ -661,6 +673,21 @@ impl ControlPlane {
         out
     }
 
+    /// Recent NACKs and snapshot errors, oldest first.
+    pub fn recent_errors(&self) -> Vec<super::errors::ErrorEvent> {
+        self.inner.errors.all()
+    }
+
+    /// What the source says about the configuration it serves, when it can.
+    pub fn source_overview(&self) -> Option<super::source::SourceOverview> {
+        self.inner.source.overview()
+    }
+
+    /// How long a response may wait for its ACK before the status page calls it stale.
+    pub fn ack_timeout(&self) -> Duration {
+        self.inner.options.push_ack_timeout
+    }
+
     /// The config dump of the connected proxy whose node id or `POD.NAMESPACE` is
     /// `proxy_id`; `None` if no such proxy is connected or it has no snapshot yet.
     pub fn config_dump(
@@ -757,14 +784,22 @@ where
         Transport::Plaintext => StreamAuth::Plaintext,
         Transport::Local => StreamAuth::Local,
     };
+    let peer = req
+        .extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|c| c.remote_addr())
+        .or_else(|| {
+            req.extensions()
+                .get::<crate::ca::PeerInfo>()
+                .and_then(|p| p.addr)
+        });
     let inbound = RequestStream::new(req.into_body(), inner.options.max_recv_message_size);
     let (tx, rx) = mpsc::channel(inner.options.send_queue.max(1));
     tokio::spawn(stream::run(
         inner.clone(),
         inbound,
         tx,
-        mode,
-        only,
+        stream::Opening { mode, only, peer },
         auth,
         engine,
     ));

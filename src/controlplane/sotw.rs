@@ -156,6 +156,7 @@ impl Sotw {
             let ts = s.ty(t);
             ts.sent_version = resp.version_info.clone();
             ts.sent_nonce = nonce.clone();
+            ts.sent_at = Some(SystemTime::now());
             ts.sent_resources = sent_resources;
         });
         let wildcard = match &self.snapshot {
@@ -276,20 +277,22 @@ impl Engine for Sotw {
                 let message = truncate(&err.message, 4096).to_string();
                 tracing::warn!(node = %ctx.node.identity.id, ty = t.short(), %version, error = %message, "proxy rejected a push (NACK)");
                 let nonce = last.nonce.clone();
-                ctx.with_status(|s| {
-                    s.ty(t).nacked = Some(Nack {
+                ctx.record_nack(
+                    t,
+                    Nack {
                         version,
                         nonce,
                         error: message,
                         at: SystemTime::now(),
-                    })
-                });
+                    },
+                );
             } else {
                 let nonce = last.nonce.clone();
                 ctx.with_status(|s| {
                     let ts = s.ty(t);
                     ts.acked_version = version;
                     ts.acked_nonce = nonce;
+                    ts.acked_at = Some(SystemTime::now());
                     ts.nacked = None;
                 });
             }

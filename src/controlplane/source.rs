@@ -115,6 +115,75 @@ pub trait SnapshotSource: Send + Sync + 'static {
     fn share_key(&self, _proxy: &ProxyIdentity) -> Option<ShareKey> {
         None
     }
+
+    /// What the source serves, in the user's terms, for the status page; `None` when
+    /// the source has no such view (hand-built resource sets).
+    fn overview(&self) -> Option<SourceOverview> {
+        None
+    }
+}
+
+/// The configuration a source serves, summarized for people (the status page): the
+/// services, the Gateways and the VirtualServices, and the source's recent errors.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOverview {
+    /// Where the configuration comes from (a path).
+    pub origin: String,
+    /// The generation in force (1 for the first load) and when it was loaded.
+    pub generation: u64,
+    pub loaded_at: Option<std::time::SystemTime>,
+    pub services: Vec<ServiceRow>,
+    pub gateways: Vec<GatewayRow>,
+    pub routes: Vec<RouteRow>,
+    /// Changes that were rejected, oldest first.
+    pub errors: Vec<super::errors::ErrorEvent>,
+}
+
+/// A service of the registry.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceRow {
+    pub host: String,
+    /// `namespace/name` of the resource that defined it.
+    pub source: String,
+    /// `name number/PROTOCOL` per port.
+    pub ports: Vec<String>,
+    pub location: &'static str,
+    pub resolution: &'static str,
+    /// `address:port` per endpoint.
+    pub endpoints: Vec<String>,
+}
+
+/// A Gateway resource.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayRow {
+    /// `namespace/name`.
+    pub name: String,
+    /// `key=value` of the selector.
+    pub selector: String,
+    /// Per server: port, protocol, hosts and TLS mode.
+    pub servers: Vec<String>,
+}
+
+/// A VirtualService.
+#[derive(Debug, Clone, Default)]
+pub struct RouteRow {
+    /// `namespace/name`.
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub gateways: Vec<String>,
+    pub rules: Vec<RuleRow>,
+}
+
+/// One rule of a VirtualService: what it matches and where it sends.
+#[derive(Debug, Clone, Default)]
+pub struct RuleRow {
+    /// `http`, `tls` or `tcp`.
+    pub protocol: &'static str,
+    /// The conditions, readable (`uri prefix /api`), or empty for any request.
+    pub matches: Vec<String>,
+    /// (destination `host[:port][/subset]` or what the rule does instead, weight in
+    /// percent when given).
+    pub destinations: Vec<(String, Option<i32>)>,
 }
 
 /// See [`SnapshotSource::share_key`]: the configuration generation and the parts of an

@@ -29,8 +29,14 @@ pub struct TypeStatus {
     pub sent_nonce: String,
     /// Resources in (SotW) or changed by (delta) the last response.
     pub sent_resources: usize,
+    /// When the last response was sent.
+    #[serde(with = "unix_seconds_opt")]
+    pub sent_at: Option<SystemTime>,
     pub acked_version: String,
     pub acked_nonce: String,
+    /// When the last ACK came.
+    #[serde(with = "unix_seconds_opt")]
+    pub acked_at: Option<SystemTime>,
     pub nacked: Option<Nack>,
 }
 
@@ -62,6 +68,10 @@ pub struct ProxyStatus {
     pub proxy_id: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    /// `gateway`, `sidecar` or `proxyless` (gRPC).
+    pub kind: &'static str,
+    /// The stream's peer address (TCP), when known.
+    pub peer: Option<String>,
     pub user_agent: String,
     pub istio_version: Option<String>,
     /// The SPIFFE identity of the stream's verified client certificate (the mutual-TLS
@@ -86,6 +96,12 @@ impl ProxyStatus {
             proxy_id: node.proxy_id.clone(),
             namespace: node.identity.namespace.clone(),
             labels: node.identity.labels.clone(),
+            kind: match node.identity.kind {
+                crate::xds::ProxyKind::Router => "gateway",
+                crate::xds::ProxyKind::Sidecar => "sidecar",
+                crate::xds::ProxyKind::Grpc => "proxyless",
+            },
+            peer: None,
             user_agent: node.user_agent.clone(),
             istio_version: node.istio_version.clone(),
             spiffe_identity: None,
@@ -104,6 +120,19 @@ impl ProxyStatus {
     /// Per-type states as `/debug/syncz` shows them.
     pub fn states(&self) -> BTreeMap<&'static str, &'static str> {
         self.types.iter().map(|(k, v)| (*k, v.state())).collect()
+    }
+}
+
+mod unix_seconds_opt {
+    use std::time::SystemTime;
+    pub fn serialize<S: serde::Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::unix_seconds::serialize(t, s),
+            None => s.serialize_none(),
+        }
     }
 }
 

@@ -77,6 +77,15 @@ impl StreamCtx {
         f(&mut st)
     }
 
+    /// A NACK of type `t`: kept in the stream's status and among the recent errors.
+    pub fn record_nack(&self, t: TypeUrl, nack: super::status::Nack) {
+        let subject = format!("{} {}", self.node.proxy_id, t.short());
+        self.inner
+            .errors
+            .push(super::errors::ErrorKind::Nack, subject, &nack.error);
+        self.with_status(|s| s.ty(t).nacked = Some(nack));
+    }
+
     /// Maps a request's type URL: `Ok(None)` for types not served (ignored, as istiod
     /// does), an error for a missing type URL or one outside the stream's restriction.
     pub fn parse_type(&mut self, url: &str) -> Result<Option<TypeUrl>, Status> {
@@ -242,16 +251,24 @@ async fn send_error<T>(tx: &mpsc::Sender<Result<T, Status>>, status: Status, inn
     let _ = tx.try_send(Err(status));
 }
 
+/// How a stream was opened: its flavour, its restriction to one type (the standalone
+/// SDS service), and the peer's address when the transport gives it.
+pub(crate) struct Opening {
+    pub mode: Mode,
+    pub only: Option<TypeUrl>,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
 /// Runs one stream to its end.
 pub(crate) async fn run<E: Engine>(
     inner: Arc<Inner>,
     mut inbound: RequestStream<E::Request>,
     tx: mpsc::Sender<Result<E::Response, Status>>,
-    mode: Mode,
-    only: Option<TypeUrl>,
+    opening: Opening,
     auth: super::authz::StreamAuth,
     new_engine: impl FnOnce() -> E,
 ) {
+    let Opening { mode, only, peer } = opening;
     let first =
         match tokio::time::timeout(inner.options.first_request_timeout, inbound.message()).await {
             Ok(Ok(Some(req))) => req,
@@ -291,11 +308,10 @@ pub(crate) async fn run<E: Engine>(
         conn_id,
     } = inner.attach(&node, auth.verified_identity(), mode);
     let verified = auth.verified_identity();
-    if let Some(id) = &verified {
-        status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .spiffe_identity = Some(id.to_string());
+    {
+        let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
+        st.spiffe_identity = verified.as_ref().map(|id| id.to_string());
+        st.peer = peer.map(|p| p.to_string());
     }
     tracing::info!(conn = conn_id, node = %node.identity.id, ?mode, identity = ?verified.as_ref().map(|i| i.to_string()), "proxy connected");
     let mut ctx = StreamCtx {

@@ -1,5 +1,5 @@
-//! The admin API (Envoy's paths on 127.0.0.1:15000), the health endpoint (15021) and
-//! Prometheus (15090).
+//! The admin API (Envoy's paths on 127.0.0.1:15000, and the status page at `/`), the
+//! health endpoint (15021) and Prometheus (15090).
 use crate::proxy::runtime::Shared;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -192,9 +192,18 @@ fn admin(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             StatusCode::METHOD_NOT_ALLOWED,
             "This endpoint requires POST.\n",
         ),
-        "/" => text(
+        "/" | "/status" => {
+            let body = crate::proxy::status_page::render(shared, req.uri().query().unwrap_or(""));
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
+        "/help" => text(
             StatusCode::OK,
-            "meshgate admin: /ready /config_dump /certs /clusters /stats /stats/prometheus /quitquitquit /drain_listeners\n",
+            "meshgate admin: / (status page) /ready /config_dump /certs /clusters /stats /stats/prometheus /quitquitquit /drain_listeners\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "invalid path\n"),
     }

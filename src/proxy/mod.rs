@@ -18,7 +18,8 @@
 //!   detection, DNS resolution and connection pools.
 //! - [`overload`] holds the connection limits, requests per connection and the heap
 //!   monitor's actions (Envoy's overload manager).
-//! - [`admin`], [`stats`] and [`access_log`] are what operators look at.
+//! - [`admin`] (with the [`status_page`] and its [`rates`]), [`stats`] and [`access_log`]
+//!   are what operators look at.
 //! - [`handoff`] hands the listening sockets to a successor process (upgrades that
 //!   refuse no connection).
 pub mod access_log;
@@ -32,11 +33,13 @@ pub mod json_input;
 pub mod listener;
 pub mod overload;
 pub mod proxy_protocol;
+pub mod rates;
 pub mod rbac;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;
 pub mod stats;
+pub mod status_page;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;

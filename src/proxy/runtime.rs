@@ -109,6 +109,10 @@ pub struct Shared {
     pub jwks: crate::proxy::http::filters::jwt_authn::JwksStore,
     /// Connection limits, requests per connection and the heap monitor's actions.
     pub overload: Arc<crate::proxy::overload::Overload>,
+    /// Samples of the request counters, for the status page's rates.
+    pub rates: crate::proxy::rates::Rates,
+    /// The xDS client's state, when the gateway follows a control plane.
+    pub xds: std::sync::OnceLock<crate::xds::client::ClientHandle>,
 }
 
 impl Shared {
@@ -218,6 +222,8 @@ impl Gateway {
                 )
                 .with_memory_limit(opts.memory_limit_bytes),
             ),
+            rates: Default::default(),
+            xds: std::sync::OnceLock::new(),
         });
         let mut workers = Vec::with_capacity(n);
         for id in 0..n {
@@ -233,6 +239,7 @@ impl Gateway {
             .build()?;
         let control = control_rt.handle().clone();
         shared.overload.spawn_monitor(&control);
+        crate::proxy::rates::spawn_sampler(&control, &shared);
         let (control_stop, control_stop_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("meshgate-control".into())
@@ -372,6 +379,12 @@ impl Gateway {
     /// pages.
     pub fn set_identity_status(&self, status: Arc<crate::identity::IdentityStatus>) {
         self.shared.identity.store(Some(status));
+    }
+
+    /// Shows the state of the xDS client that configures this gateway on the status
+    /// page. Set once.
+    pub fn set_xds_client(&self, client: crate::xds::client::ClientHandle) {
+        let _ = self.shared.xds.set(client);
     }
 
     pub fn update_secrets(

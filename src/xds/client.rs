@@ -172,12 +172,23 @@ pub struct TypeStatus {
     pub nacks: u64,
     /// The message of the last NACK sent.
     pub last_nack: Option<String>,
+    /// When the last ACK and the last NACK were sent.
+    pub last_ack_at: Option<std::time::SystemTime>,
+    pub last_nack_at: Option<std::time::SystemTime>,
 }
 
 /// What the client is doing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientStatus {
+    /// The server's address, as configured.
+    pub server: String,
+    /// Speaks delta xDS (else state of the world).
+    pub delta: bool,
     pub connected: bool,
+    /// Since when the current connection is up (None while disconnected).
+    pub connected_since: Option<std::time::SystemTime>,
+    /// Why the last stream ended.
+    pub last_error: Option<String>,
     /// The first full sync happened (a set was applied).
     pub ready: bool,
     pub connects: u64,
@@ -307,11 +318,16 @@ impl XdsClient {
     pub fn new(options: ClientOptions, consumer: Arc<dyn ConfigConsumer>) -> XdsClient {
         let mut state = State::default();
         state.set_local_secrets(options.local_secrets.clone());
+        let status = ClientStatus {
+            server: options.address.clone(),
+            delta: options.delta,
+            ..Default::default()
+        };
         XdsClient {
             options,
             consumer,
             state,
-            status: Arc::default(),
+            status: Arc::new(Mutex::new(status)),
             ready_tx: watch::channel(false).0,
             warming_since: None,
             applied_once: false,
@@ -338,7 +354,6 @@ impl XdsClient {
         loop {
             let outcome = self.connect_and_follow().await;
             self.connected_since = None;
-            self.with_status(|s| s.connected = false);
             let err = match outcome {
                 Outcome::Progress(e) => {
                     backoff = self.options.backoff_initial;
@@ -346,6 +361,11 @@ impl XdsClient {
                 }
                 Outcome::Failed(e) => e,
             };
+            self.with_status(|s| {
+                s.connected = false;
+                s.connected_since = None;
+                s.last_error = Some(err.to_string());
+            });
             let wait = jitter(backoff);
             tracing::warn!(server = %self.options.address, error = %err, retry_in = ?wait, "xDS stream ended; keeping the last applied configuration");
             tokio::time::sleep(wait).await;
@@ -400,6 +420,7 @@ impl XdsClient {
             .max_encoding_message_size(self.options.max_send_message_size);
         self.with_status(|s| {
             s.connected = true;
+            s.connected_since = Some(std::time::SystemTime::now());
             s.connects += 1;
         });
         self.start_initial_fetch_timers();
@@ -545,10 +566,12 @@ impl XdsClient {
                 None => {
                     ts.acks += 1;
                     ts.version = version.to_string();
+                    ts.last_ack_at = Some(std::time::SystemTime::now());
                 }
                 Some(m) => {
                     ts.nacks += 1;
                     ts.last_nack = Some(m.clone());
+                    ts.last_nack_at = Some(std::time::SystemTime::now());
                 }
             }
         });
