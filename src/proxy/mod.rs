@@ -19,6 +19,8 @@
 //! - [`overload`] holds the connection limits, requests per connection and the heap
 //!   monitor's actions (Envoy's overload manager).
 //! - [`admin`], [`stats`] and [`access_log`] are what operators look at.
+//! - [`explain`] follows one request through a snapshot and says why it gets its answer
+//!   (`meshgate explain`).
 //! - [`handoff`] hands the listening sockets to a successor process (upgrades that
 //!   refuse no connection).
 pub mod access_log;
@@ -26,6 +28,7 @@ pub mod admin;
 pub mod cgroup;
 pub mod compile;
 pub mod connection;
+pub mod explain;
 pub mod handoff;
 pub mod http;
 pub mod json_input;
