@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bootstrap;
 pub mod ca;
 pub mod certs;
+pub mod explain;
 pub mod control_plane;
 pub mod gateway;
 pub mod gateway_upgrade;

@@ -591,7 +591,8 @@ fn explain_http(
         };
         step.filters.push(FilterStep { name, decision });
     }
-    let route_name = route.map(|r| r.name.to_string()).filter(|n| !n.is_empty());
+    // As the access log has it: the route's name, empty for an unnamed one.
+    let route_name = route.map(|r| r.name.to_string());
     out.http = Some(step);
 
     if let Some((name, status, details)) = denied {
@@ -1275,7 +1276,12 @@ fn cluster_step(name: &str, c: Option<&Arc<Cluster>>, p: f64, set: &ResourceSet)
                     healthy: h.healthy(),
                     weight: h.weight,
                     priority: pi,
-                    locality: loc.name.to_string(),
+                    // `region/zone/sub_zone`; nothing when all three are empty.
+                    locality: if loc.name.chars().all(|c| c == '/') {
+                        String::new()
+                    } else {
+                        loc.name.to_string()
+                    },
                     labels: cla.map(|e| endpoint_labels(e, h.addr)).unwrap_or_default(),
                 });
             }

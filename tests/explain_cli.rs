@@ -1,0 +1,695 @@
+//! `meshgate explain` predicts what the gateway does: for a table of requests against the
+//! examples in `gateway-config/` (and a local configuration for what they do not show:
+//! no endpoints, redirects, RBAC), explain's route, cluster, status and response flags
+//! must equal what a running `meshgate gateway --config` on the same files did, as its
+//! JSON access log records it. `--admin` on that gateway must say the same as `--config`.
+//!
+//! The examples run on copies whose ports are swapped for free loopback ports, with
+//! certificates made by `meshgate certs dev` and echo servers as their applications.
+mod support;
+
+use serde_json::Value;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::gateway::GatewayProcess;
+use support::{EchoUpstream, TempDir, free_port, repo_root};
+
+fn meshgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meshgate"))
+}
+
+/// Copies an example directory, applying text substitutions to every YAML file.
+fn copy_example(name: &str, dest: &Path, substitutions: &[(String, String)]) -> PathBuf {
+    let src = repo_root().join("gateway-config").join(name);
+    let dir = dest.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            for (from, to) in substitutions {
+                text = text.replace(from, to);
+            }
+            std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    dir
+}
+
+/// `meshgate explain ARGS --output json`, which must succeed.
+fn explain(args: &[&str]) -> Value {
+    let out = meshgate()
+        .arg("explain")
+        .args(args)
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meshgate explain {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "explain output is not JSON: {e}\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn start_gateway(config: &Path, dir: &Path) -> GatewayProcess {
+    GatewayProcess::start_with(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--access-log",
+            "json",
+        ],
+        dir,
+    )
+}
+
+/// The access log lines the gateway wrote so far.
+fn access_log(gw: &GatewayProcess) -> Vec<Value> {
+    gw.stdout()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("response_code").is_some())
+        .collect()
+}
+
+/// The access log line written after the first `before` ones (bounded wait: the log is
+/// written when the request ends).
+fn next_log(gw: &GatewayProcess, before: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = access_log(gw);
+        if lines.len() > before {
+            assert_eq!(lines.len(), before + 1, "one request, one line: {lines:?}");
+            return lines[before].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log line for the request:\n{}",
+            gw.stdout()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A request sent with curl: returns the status (0 when curl got no HTTP answer).
+struct Curl<'a> {
+    url: &'a str,
+    port: u16,
+    headers: &'a [&'a str],
+    cacert: Option<&'a Path>,
+    cert: Option<(&'a Path, &'a Path)>,
+}
+
+impl Curl<'_> {
+    fn send(&self) -> (u16, String) {
+        let uri: http::Uri = self.url.parse().unwrap();
+        let host = uri.host().unwrap();
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"])
+            .args(["--max-time", "10"])
+            .args(["--resolve", &format!("{host}:{}:127.0.0.1", self.port)]);
+        for h in self.headers {
+            cmd.args(["-H", h]);
+        }
+        if let Some(ca) = self.cacert {
+            cmd.arg("--cacert").arg(ca);
+        }
+        if let Some((c, k)) = self.cert {
+            cmd.arg("--cert").arg(c).arg("--key").arg(k);
+        }
+        let out = cmd.arg(self.url).output().expect("curl (apt-get install curl)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (code, location) = text.split_once(' ').unwrap_or((&text, ""));
+        (code.parse().unwrap_or(0), location.to_string())
+    }
+}
+
+/// Sends the request to the gateway and checks that explain predicted what it did.
+fn check(gw: &GatewayProcess, curl: Curl<'_>, explained: &Value) {
+    let o = &explained["outcome"];
+    let before = access_log(gw).len();
+    let (status, location) = curl.send();
+    let log = next_log(gw, before);
+    let what = format!("{}\nexplain: {explained:#}\naccess log: {log:#}", curl.url);
+    // A forwarded request is answered by the upstream: the echo servers answer 200.
+    let expected = match o["kind"].as_str() {
+        Some("forwarded") => 200,
+        _ => o["status"].as_u64().unwrap_or_else(|| panic!("no status: {what}")),
+    };
+    assert_eq!(u64::from(status), expected, "status: {what}");
+    assert_eq!(log["response_code"], expected, "response_code: {what}");
+    assert_eq!(
+        log["response_flags"], o["response_flags"],
+        "response_flags: {what}"
+    );
+    assert_eq!(log["route_name"], o["route_name"], "route_name: {what}");
+    if let Some(l) = o["location"].as_str() {
+        assert_eq!(location, l, "location: {what}");
+    }
+    match o["kind"].as_str() {
+        Some("forwarded") => {
+            // A weighted split: the cluster chosen is one of those explain listed.
+            let clusters: Vec<&str> = explained["clusters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap())
+                .collect();
+            let got = log["upstream_cluster"].as_str().unwrap_or("");
+            assert!(clusters.contains(&got), "upstream_cluster: {what}");
+            if clusters.len() == 1 {
+                let host = log["upstream_host"].as_str().unwrap_or("");
+                let endpoints: Vec<&str> = explained["clusters"][0]["endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["address"].as_str().unwrap())
+                    .collect();
+                assert!(endpoints.contains(&host), "upstream_host: {what}");
+            }
+        }
+        _ => assert_eq!(log["upstream_cluster"], o["cluster"], "upstream_cluster: {what}"),
+    }
+}
+
+#[test]
+fn quickstart_direct_response_forward_and_no_route() {
+    let app = EchoUpstream::start("local-app");
+    let port = free_port();
+    let dir = TempDir::new();
+    let config = copy_example(
+        "quickstart",
+        dir.path(),
+        &[
+            ("8080".into(), port.to_string()),
+            ("8000".into(), app.port().to_string()),
+        ],
+    );
+    let gw = start_gateway(&config, dir.path());
+    let c = config.to_str().unwrap();
+    let cases: &[(&str, &str, Option<&str>, u64)] = &[
+        // (path, outcome kind, route name, status)
+        ("/hello", "local_reply", Some("hello"), 200),
+        ("/app/items?id=7", "forwarded", Some("app"), 200),
+        ("/other", "local_reply", None, 404),
+    ];
+    for (path, kind, route, status) in cases {
+        let url = format!("http://localhost:{port}{path}");
+        let e = explain(&["--config", c, &url]);
+        assert_eq!(e["outcome"]["kind"], *kind, "{path}: {e:#}");
+        assert_eq!(e["outcome"]["route_name"].as_str(), *route, "{path}");
+        assert_eq!(e["outcome"]["status"].as_u64().unwrap_or(200), *status, "{path}");
+        check(
+            &gw,
+            Curl {
+                url: &url,
+                port,
+                headers: &[],
+                cacert: None,
+                cert: None,
+            },
+            &e,
+        );
+    }
+    let e = explain(&["--config", c, &format!("http://localhost:{port}/other")]);
+    assert_eq!(e["outcome"]["response_flags"], "NR");
+    assert_eq!(e["http"]["routes_not_matched"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        e["http"]["routes_not_matched"][1]["reason"],
+        "uri prefix /app/ does not match /other"
+    );
+}
+
+#[test]
+fn ingress_header_match_weights_and_admin() {
+    let productpage = EchoUpstream::start("productpage");
+    let v1 = EchoUpstream::start("reviews-v1");
+    let v2 = EchoUpstream::start("reviews-v2");
+    let v3 = EchoUpstream::start("reviews-v3");
+    let ratings = EchoUpstream::start("ratings");
+    let port = free_port();
+    let dir = TempDir::new();
+    let config = copy_example(
+        "ingress",
+        dir.path(),
+        &[
+            ("number: 8080".into(), format!("number: {port}")),
+            (
+                "http: 9080}".into(),
+                format!("http: {}}}", productpage.port()),
+            ),
+            ("http: 9081}".into(), format!("http: {}}}", v1.port())),
+            ("http: 9082}".into(), format!("http: {}}}", v2.port())),
+            ("http: 9083}".into(), format!("http: {}}}", v3.port())),
+            ("http: 9084}".into(), format!("http: {}}}", ratings.port())),
+        ],
+    );
+    let gw = start_gateway(&config, dir.path());
+    let c = config.to_str().unwrap();
+    let admin = format!("127.0.0.1:{}", gw.admin_port);
+    let base = format!("http://bookinfo.example.com:{port}");
+
+    // The test user: rule reviews-test-user, subset v2.
+    let url = format!("{base}/reviews/1");
+    let e = explain(&["--config", c, &url, "-H", "end-user: jason"]);
+    assert_eq!(e["outcome"]["route_name"], "reviews-test-user", "{e:#}");
+    assert_eq!(
+        e["outcome"]["cluster"],
+        "outbound|9080|v2|reviews.bookinfo.svc.cluster.local"
+    );
+    assert_eq!(e["clusters"][0]["subset"], "v2");
+    assert_eq!(
+        e["clusters"][0]["endpoints"][0]["address"],
+        format!("127.0.0.1:{}", v2.port())
+    );
+    assert_eq!(
+        e["http"]["route"]["istio_config"],
+        "/apis/networking.istio.io/v1/namespaces/bookinfo/virtual-service/bookinfo"
+    );
+    check(
+        &gw,
+        Curl {
+            url: &url,
+            port,
+            headers: &["end-user: jason"],
+            cacert: None,
+            cert: None,
+        },
+        &e,
+    );
+
+    // Anyone else: the header rule fails, the weighted rule takes it.
+    let e = explain(&["--config", c, &url, "-H", "end-user: bob"]);
+    assert_eq!(e["outcome"]["route_name"], "reviews", "{e:#}");
+    let skipped = e["http"]["routes_not_matched"].as_array().unwrap();
+    assert_eq!(
+        skipped.last().unwrap()["reason"],
+        "header end-user: exact jason, request has bob"
+    );
+    let e_none = explain(&["--config", c, &url]);
+    let skipped = e_none["http"]["routes_not_matched"].as_array().unwrap();
+    assert_eq!(
+        skipped.last().unwrap()["reason"],
+        "header end-user: exact jason, request has none"
+    );
+    let weights: Vec<(String, f64)> = e["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["subset"].as_str().unwrap().to_string(),
+                c["probability"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(weights, vec![("v1".into(), 0.8), ("v3".into(), 0.2)]);
+    for _ in 0..3 {
+        check(
+            &gw,
+            Curl {
+                url: &url,
+                port,
+                headers: &["end-user: bob"],
+                cacert: None,
+                cert: None,
+            },
+            &e,
+        );
+    }
+
+    // Unknown path and unknown host: 404 NR.
+    for url in [
+        format!("{base}/productpage/extra"),
+        format!("http://other.example.com:{port}/productpage"),
+    ] {
+        let e = explain(&["--config", c, &url]);
+        assert_eq!(e["outcome"]["status"], 404, "{e:#}");
+        check(
+            &gw,
+            Curl {
+                url: &url,
+                port,
+                headers: &[],
+                cacert: None,
+                cert: None,
+            },
+            &e,
+        );
+    }
+
+    // The running gateway's /config_dump says the same as the files.
+    for (url, headers) in [
+        (format!("{base}/reviews/1"), vec!["end-user: jason"]),
+        (format!("{base}/reviews/1"), vec![]),
+        (format!("{base}/productpage"), vec![]),
+        (format!("{base}/nothing"), vec![]),
+        (format!("http://other.example.com:{port}/"), vec![]),
+    ] {
+        let mut args = vec![url.as_str()];
+        for h in &headers {
+            args.extend(["-H", h]);
+        }
+        let mut from_config = vec!["--config", c];
+        from_config.extend(&args);
+        let mut from_admin = vec!["--admin", admin.as_str()];
+        from_admin.extend(&args);
+        let a = explain(&from_config);
+        let b = explain(&from_admin);
+        assert_eq!(a["outcome"], b["outcome"], "{url}");
+        assert_eq!(a["http"], b["http"], "{url}");
+        assert_eq!(a["clusters"], b["clusters"], "{url}");
+    }
+}
+
+const EDGE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: PORT, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: app, namespace: istio-system}
+spec:
+  hosts: [app.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, ports: {http: APP}, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: app, namespace: istio-system}
+spec:
+  host: app.internal
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v9, labels: {version: v9}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  http:
+  - name: moved
+    match: [{uri: {prefix: /old/}}]
+    redirect: {uri: /new/, redirectCode: 301}
+  - name: retired
+    match: [{uri: {prefix: /v9/}}]
+    route: [{destination: {host: app.internal, subset: v9}}]
+  - name: maintenance
+    match: [{uri: {exact: /status}}]
+    directResponse: {status: 503, body: {string: "down for maintenance"}}
+  - name: app
+    route: [{destination: {host: app.internal, subset: v1}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin*"]}}]
+"#;
+
+#[test]
+fn redirect_no_endpoints_direct_response_and_rbac() {
+    let app = EchoUpstream::start("app");
+    let port = free_port();
+    let dir = TempDir::new();
+    let config = dir.path().join("edge");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("edge.yaml"),
+        EDGE.replace("PORT", &port.to_string())
+            .replace("APP", &app.port().to_string()),
+    )
+    .unwrap();
+    let gw = start_gateway(&config, dir.path());
+    let c = config.to_str().unwrap();
+    let base = format!("http://app.example.com:{port}");
+    let cases: &[(&str, Option<u64>, &str, Option<&str>)] = &[
+        // (path, status the gateway answers itself, response flags, route name)
+        ("/old/page?x=1", Some(301), "-", Some("moved")),
+        ("/v9/thing", Some(503), "UH", Some("retired")),
+        ("/status", Some(503), "-", Some("maintenance")),
+        ("/admin/users", Some(403), "-", Some("app")),
+        ("/anything", None, "-", Some("app")),
+    ];
+    for (path, status, flags, route) in cases {
+        let url = format!("{base}{path}");
+        let e = explain(&["--config", c, &url]);
+        let o = &e["outcome"];
+        assert_eq!(o["status"].as_u64(), *status, "{path}: {e:#}");
+        assert_eq!(o["response_flags"], *flags, "{path}");
+        assert_eq!(o["route_name"].as_str(), *route, "{path}");
+        check(
+            &gw,
+            Curl {
+                url: &url,
+                port,
+                headers: &[],
+                cacert: None,
+                cert: None,
+            },
+            &e,
+        );
+    }
+    let e = explain(&["--config", c, &format!("{base}/old/page?x=1")]);
+    assert_eq!(
+        e["outcome"]["location"],
+        format!("http://app.example.com:{port}/new/?x=1")
+    );
+    let e = explain(&["--config", c, &format!("{base}/admin/users")]);
+    let rbac = e["http"]["filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "envoy.filters.http.rbac")
+        .unwrap_or_else(|| panic!("no RBAC filter: {e:#}"));
+    assert!(
+        rbac["decision"]
+            .as_str()
+            .unwrap()
+            .starts_with("denied: policy ns[istio-system]-policy[no-admin]-rule[0]"),
+        "{rbac}"
+    );
+    assert_eq!(
+        e["outcome"]["response_code_details"],
+        "rbac_access_denied_matched_policy[ns[istio-system]-policy[no-admin]-rule[0]]"
+    );
+    let e = explain(&["--config", c, &format!("{base}/v9/thing")]);
+    assert_eq!(e["clusters"][0]["endpoints"], serde_json::json!([]));
+    assert_eq!(e["clusters"][0]["subset"], "v9");
+}
+
+/// `meshgate certs dev` into `out`.
+fn dev_certs(out: &Path, hosts: &str, secret: Option<&str>) {
+    let mut cmd = meshgate();
+    cmd.args(["certs", "dev", "--hosts", hosts, "--out"])
+        .arg(out);
+    if let Some(s) = secret {
+        cmd.args(["--secret", s, "--namespace", "default"]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "meshgate certs dev: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn tls_sni_chains_mutual_redirect_and_passthrough() {
+    let app = EchoUpstream::start("local-app");
+    // The passthrough backend: a TCP listener that records what arrives.
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    let (http_port, https_port, pass_port) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new();
+    let config = copy_example(
+        "tls",
+        dir.path(),
+        &[
+            ("number: 8080".into(), format!("number: {http_port}")),
+            ("number: 8443".into(), format!("number: {https_port}")),
+            ("number: 9443".into(), format!("number: {pass_port}")),
+            ("number: 8000".into(), format!("number: {}", app.port())),
+            ("number: 9000".into(), format!("number: {backend_port}")),
+        ],
+    );
+    let local = config.join("local");
+    dev_certs(&local, "shop.example.com", Some("shop-credential"));
+    dev_certs(&local, "api.example.com", Some("api-credential"));
+    dev_certs(&local, "client.example.com", None);
+    let ca = local.join("ca.crt");
+    let (client_crt, client_key) = (
+        local.join("client.example.com.crt"),
+        local.join("client.example.com.key"),
+    );
+    let gw = start_gateway(&config, dir.path());
+    let c = config.to_str().unwrap();
+
+    // Plain HTTP: the virtual host requires TLS.
+    let url = format!("http://shop.example.com:{http_port}/x?y=1");
+    let e = explain(&["--config", c, &url]);
+    assert_eq!(e["outcome"]["status"], 301, "{e:#}");
+    assert_eq!(
+        e["outcome"]["location"],
+        format!("https://shop.example.com:{http_port}/x?y=1")
+    );
+    check(
+        &gw,
+        Curl {
+            url: &url,
+            port: http_port,
+            headers: &[],
+            cacert: None,
+            cert: None,
+        },
+        &e,
+    );
+
+    // SIMPLE for shop by SNI; the api chain is passed over because of its name.
+    let url = format!("https://shop.example.com:{https_port}/cart");
+    let e = explain(&["--config", c, &url]);
+    assert_eq!(e["filter_chain"]["tls_mode"], "SIMPLE", "{e:#}");
+    assert_eq!(e["filter_chain"]["client_certificate_required"], false);
+    assert!(
+        e["chains_not_matched"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["reason"]
+                .as_str()
+                .unwrap()
+                .contains("SNI shop.example.com is none of them")),
+        "{e:#}"
+    );
+    assert!(
+        e["filter_chain"]["gateway_server"]
+            .as_str()
+            .unwrap()
+            .contains("https-shop"),
+        "{e:#}"
+    );
+    check(
+        &gw,
+        Curl {
+            url: &url,
+            port: https_port,
+            headers: &[],
+            cacert: Some(&ca),
+            cert: None,
+        },
+        &e,
+    );
+
+    // MUTUAL for api: with a client certificate it is served; without one the handshake
+    // fails, and curl gets no answer.
+    let url = format!("https://api.example.com:{https_port}/");
+    let e = explain(&[
+        "--config",
+        c,
+        &url,
+        "--client-cert",
+        client_crt.to_str().unwrap(),
+    ]);
+    assert_eq!(e["filter_chain"]["tls_mode"], "MUTUAL", "{e:#}");
+    assert_eq!(e["filter_chain"]["client_certificate_required"], true);
+    check(
+        &gw,
+        Curl {
+            url: &url,
+            port: https_port,
+            headers: &[],
+            cacert: Some(&ca),
+            cert: Some((&client_crt, &client_key)),
+        },
+        &e,
+    );
+    let e = explain(&["--config", c, &url]);
+    assert_eq!(e["outcome"]["kind"], "tls_handshake_failure", "{e:#}");
+    let before = access_log(&gw).len();
+    let (status, _) = Curl {
+        url: &url,
+        port: https_port,
+        headers: &[],
+        cacert: Some(&ca),
+        cert: None,
+    }
+    .send();
+    assert_eq!(status, 0, "a MUTUAL server answered a client without a certificate");
+    assert_eq!(access_log(&gw).len(), before);
+
+    // PASSTHROUGH: the ClientHello reaches the backend untouched.
+    let url = format!("https://backend.example.com:{pass_port}/");
+    let e = explain(&["--config", c, &url]);
+    assert_eq!(e["filter_chain"]["tls_mode"], "PASSTHROUGH", "{e:#}");
+    assert_eq!(e["outcome"]["kind"], "tcp_proxied");
+    assert_eq!(
+        e["outcome"]["cluster"],
+        format!("outbound|{backend_port}||local-tls-backend.internal")
+    );
+    assert_eq!(
+        e["clusters"][0]["endpoints"][0]["address"],
+        format!("127.0.0.1:{backend_port}")
+    );
+    let curl = std::thread::spawn({
+        let url = url.clone();
+        let ca = ca.clone();
+        move || {
+            Curl {
+                url: &url,
+                port: pass_port,
+                headers: &[],
+                cacert: Some(&ca),
+                cert: None,
+            }
+            .send()
+        }
+    });
+    backend.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match backend.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "nothing reached the backend");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut first = [0u8; 512];
+    let n = conn.read(&mut first).unwrap();
+    assert!(n > 5 && first[0] == 0x16, "not a TLS ClientHello: {:?}", &first[..n]);
+    assert!(
+        first[..n]
+            .windows(b"backend.example.com".len())
+            .any(|w| w == b"backend.example.com"),
+        "the SNI did not pass through"
+    );
+    drop(conn);
+    let _ = curl.join();
+}
