@@ -1290,8 +1290,8 @@ fn cluster_step(name: &str, c: Option<&Arc<Cluster>>, p: f64, set: &ResourceSet)
     step
 }
 
-/// The labels Istio puts on an endpoint (`filter_metadata.istio.workload` is
-/// `name;namespace;...`; the subset labels are in `envoy.lb`).
+/// The labels of an endpoint: `filter_metadata.istio.labels` as meshgate's translator
+/// writes them, else the subset labels Envoy matches (`envoy.lb`).
 fn endpoint_labels(
     cla: &crate::xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
     addr: std::net::SocketAddr,
@@ -1318,14 +1318,20 @@ fn endpoint_labels(
             if !same {
                 continue;
             }
-            let Some(lb) = e
-                .metadata
-                .as_ref()
-                .and_then(|m| m.filter_metadata.get("envoy.lb"))
+            let meta = e.metadata.as_ref();
+            let istio_labels = meta
+                .and_then(|m| m.filter_metadata.get("istio"))
+                .and_then(|s| s.fields.get("labels"))
+                .and_then(|v| match &v.kind {
+                    Some(Kind::StructValue(s)) => Some(s),
+                    _ => None,
+                });
+            let Some(labels) =
+                istio_labels.or_else(|| meta.and_then(|m| m.filter_metadata.get("envoy.lb")))
             else {
                 return Vec::new();
             };
-            let mut labels: Vec<(String, String)> = lb
+            let mut labels: Vec<(String, String)> = labels
                 .fields
                 .iter()
                 .filter_map(|(k, v)| match &v.kind {
