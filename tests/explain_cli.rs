@@ -861,3 +861,57 @@ fn east_west_auto_passthrough_by_sni() {
     ]);
     assert_eq!(e["outcome"]["kind"], "connection_reset", "{e:#}");
 }
+
+/// A `meshgate control-plane` process, killed on drop.
+struct ControlPlaneProcess(std::process::Child);
+
+impl Drop for ControlPlaneProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn xds_explains_what_the_control_plane_serves() {
+    let app = EchoUpstream::start("app");
+    let port = free_port();
+    let dir = TempDir::new();
+    let config = dir.path().join("edge");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("edge.yaml"),
+        EDGE.replace("PORT", &port.to_string())
+            .replace("APP", &app.port().to_string()),
+    )
+    .unwrap();
+    let (xds_port, debug_port) = (free_port(), free_port());
+    let xds = format!("127.0.0.1:{xds_port}");
+    let _cp = ControlPlaneProcess(
+        meshgate()
+            .args(["control-plane", "--config"])
+            .arg(&config)
+            .args(["--xds-addr", &xds])
+            .args(["--debug-addr", &format!("127.0.0.1:{debug_port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&xds).is_err() {
+        assert!(Instant::now() < deadline, "the control plane does not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let c = config.to_str().unwrap();
+    for path in ["/old/a", "/v9/b", "/status", "/admin", "/anything"] {
+        let url = format!("http://app.example.com:{port}{path}");
+        let from_files = explain(&["--config", c, &url]);
+        let from_xds = explain(&["--xds", &xds, "--namespace", "istio-system", &url]);
+        assert_eq!(from_files["outcome"], from_xds["outcome"], "{path}");
+        assert_eq!(
+            from_files["http"]["route"], from_xds["http"]["route"],
+            "{path}"
+        );
+    }
+}
