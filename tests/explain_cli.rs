@@ -431,6 +431,15 @@ spec:
   action: DENY
   rules:
   - to: [{operation: {paths: ["/admin*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules:
+  - issuer: https://issuer.example
+    jwksUri: http://127.0.0.1:9/keys
 "#;
 
 #[test]
@@ -498,6 +507,17 @@ fn redirect_no_endpoints_direct_response_and_rbac() {
     assert_eq!(
         e["outcome"]["response_code_details"],
         "rbac_access_denied_matched_policy[ns[istio-system]-policy[no-admin]-rule[0]]"
+    );
+    // RequestAuthentication: a token is checked when present, none is needed.
+    let jwt = e["http"]["filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "envoy.filters.http.jwt_authn")
+        .unwrap_or_else(|| panic!("no JWT filter: {e:#}"));
+    assert_eq!(
+        jwt["decision"],
+        "requires any of [a valid JWT from https://issuer.example], or no token at all: an invalid token gets 401 (not verified here)"
     );
     let e = explain(&["--config", c, &format!("{base}/v9/thing")]);
     assert_eq!(e["clusters"][0]["endpoints"], serde_json::json!([]));

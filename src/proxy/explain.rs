@@ -1146,7 +1146,27 @@ fn route_details(r: &Route) -> Vec<String> {
 }
 
 fn fault_summary(f: &crate::proxy::http::filters::fault::Fault) -> String {
-    format!("{f:?}")
+    use crate::proxy::http::filters::fault::FaultAbort;
+    let pct = |per_million: u32| per_million as f64 / 10_000.0;
+    let mut parts = Vec::new();
+    if let Some((d, p)) = f.delay {
+        parts.push(format!("delay {} for {}% of requests", humantime(d), pct(p)));
+    }
+    if let Some((a, p)) = f.abort {
+        let what = match a {
+            FaultAbort::Http(s) => format!("HTTP {s} (flag FI)"),
+            FaultAbort::Grpc(s) => format!("gRPC status {s} (flag FI)"),
+        };
+        parts.push(format!("abort with {what} for {}% of requests", pct(p)));
+    }
+    if !f.headers.is_empty() {
+        parts.push(format!("when {} header condition(s) hold", f.headers.len()));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join("; ")
+    }
 }
 
 fn retry_on(on: crate::proxy::route::action::RetryOn) -> String {
@@ -1199,7 +1219,6 @@ fn filter_note(name: &str, route: Option<&Route>) -> String {
             Some(_) => "the route has a CORS policy".into(),
             None => "no CORS policy on this route".into(),
         },
-        "jwt_authn" => "checks JWTs as RequestAuthentication says: a request with an invalid token gets 401 (a missing token is decided by AuthorizationPolicy)".into(),
         "local_ratelimit" | "ratelimit" => {
             "rate limited: a request over the limit gets 429 RL (not predicted: depends on traffic)".into()
         }
