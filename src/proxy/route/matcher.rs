@@ -1192,6 +1192,57 @@ mod tests {
     }
 
     #[test]
+    fn first_mismatch_names_the_condition_routing_fails() {
+        use serde_json::json;
+        let method = http::Method::GET;
+        let m = rm(json!({
+            "prefix": "/reviews/",
+            "headers": [
+                {"name": "end-user", "string_match": {"exact": "jason"}},
+                {"name": "x-canary", "present_match": true}
+            ],
+            "query_parameters": [{"name": "v", "string_match": {"exact": "2"}}]
+        }));
+        let cases: &[(&str, &[(&str, &str)], Option<Mismatch>)] = &[
+            ("/ratings/1", &[], Some(Mismatch::Path)),
+            ("/reviews/1", &[], Some(Mismatch::Header(0))),
+            ("/reviews/1", &[("end-user", "bob")], Some(Mismatch::Header(0))),
+            (
+                "/reviews/1",
+                &[("end-user", "jason")],
+                Some(Mismatch::Header(1)),
+            ),
+            (
+                "/reviews/1?v=1",
+                &[("end-user", "jason"), ("x-canary", "1")],
+                Some(Mismatch::Query(0)),
+            ),
+            (
+                "/reviews/1?v=2",
+                &[("end-user", "jason"), ("x-canary", "1")],
+                None,
+            ),
+        ];
+        for (pq, hs, want) in cases {
+            let h = headers(hs);
+            let req = RequestView::new(&method, b"h", pq, None, false, &h);
+            assert_eq!(m.first_mismatch(&req, 0), *want, "{pq} {hs:?}");
+            assert_eq!(m.matches(&req, 0), want.is_none(), "{pq} {hs:?}");
+        }
+        let fraction = rm(json!({
+            "prefix": "/",
+            "runtime_fraction": {"default_value": {"numerator": 10}}
+        }));
+        let h = HeaderMap::new();
+        let req = RequestView::new(&method, b"h", "/", None, false, &h);
+        assert_eq!(fraction.first_mismatch(&req, 0), None);
+        assert_eq!(
+            fraction.first_mismatch(&req, 100_000),
+            Some(Mismatch::Fraction)
+        );
+    }
+
+    #[test]
     fn route_matches_paths_and_queries() {
         use serde_json::json;
         let none = HeaderMap::new();
