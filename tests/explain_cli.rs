@@ -153,6 +153,13 @@ fn check(gw: &GatewayProcess, curl: Curl<'_>, explained: &Value) {
         "response_flags: {what}"
     );
     assert_eq!(log["route_name"], o["route_name"], "route_name: {what}");
+    // The gateway's own answers say why in their details (no route, no endpoint, RBAC).
+    if let (Some(got), Some(want)) = (
+        log["response_code_details"].as_str(),
+        o["response_code_details"].as_str(),
+    ) {
+        assert_eq!(got, want, "response_code_details: {what}");
+    }
     if let Some(l) = o["location"].as_str() {
         assert_eq!(location, l, "location: {what}");
     }

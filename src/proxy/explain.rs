@@ -798,6 +798,7 @@ fn summary(req: &ExplainRequest) -> RequestSummary {
         alpn: req
             .alpn
             .iter()
+            .filter(|_| req.https)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect(),
         client_certificate: req.client_cert.as_ref().map(|c| {
