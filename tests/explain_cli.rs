@@ -63,12 +63,7 @@ fn explain(args: &[&str]) -> Value {
 
 fn start_gateway(config: &Path, dir: &Path) -> GatewayProcess {
     GatewayProcess::start_with(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--access-log",
-            "json",
-        ],
+        &["--config", config.to_str().unwrap(), "--access-log", "json"],
         dir,
     )
 }
@@ -115,9 +110,15 @@ impl Curl<'_> {
         let uri: http::Uri = self.url.parse().unwrap();
         let host = uri.host().unwrap();
         let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"])
-            .args(["--max-time", "10"])
-            .args(["--resolve", &format!("{host}:{}:127.0.0.1", self.port)]);
+        cmd.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ])
+        .args(["--max-time", "10"])
+        .args(["--resolve", &format!("{host}:{}:127.0.0.1", self.port)]);
         for h in self.headers {
             cmd.args(["-H", h]);
         }
@@ -127,7 +128,10 @@ impl Curl<'_> {
         if let Some((c, k)) = self.cert {
             cmd.arg("--cert").arg(c).arg("--key").arg(k);
         }
-        let out = cmd.arg(self.url).output().expect("curl (apt-get install curl)");
+        let out = cmd
+            .arg(self.url)
+            .output()
+            .expect("curl (apt-get install curl)");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (code, location) = text.split_once(' ').unwrap_or((&text, ""));
         (code.parse().unwrap_or(0), location.to_string())
@@ -144,7 +148,9 @@ fn check(gw: &GatewayProcess, curl: Curl<'_>, explained: &Value) {
     // A forwarded request is answered by the upstream: the echo servers answer 200.
     let expected = match o["kind"].as_str() {
         Some("forwarded") => 200,
-        _ => o["status"].as_u64().unwrap_or_else(|| panic!("no status: {what}")),
+        _ => o["status"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no status: {what}")),
     };
     assert_eq!(u64::from(status), expected, "status: {what}");
     assert_eq!(log["response_code"], expected, "response_code: {what}");
@@ -188,7 +194,10 @@ fn check(gw: &GatewayProcess, curl: Curl<'_>, explained: &Value) {
                 }
             }
         }
-        _ => assert_eq!(log["upstream_cluster"], o["cluster"], "upstream_cluster: {what}"),
+        _ => assert_eq!(
+            log["upstream_cluster"], o["cluster"],
+            "upstream_cluster: {what}"
+        ),
     }
 }
 
@@ -218,7 +227,11 @@ fn quickstart_direct_response_forward_and_no_route() {
         let e = explain(&["--config", c, &url]);
         assert_eq!(e["outcome"]["kind"], *kind, "{path}: {e:#}");
         assert_eq!(e["outcome"]["route_name"].as_str(), *route, "{path}");
-        assert_eq!(e["outcome"]["status"].as_u64().unwrap_or(200), *status, "{path}");
+        assert_eq!(
+            e["outcome"]["status"].as_u64().unwrap_or(200),
+            *status,
+            "{path}"
+        );
         check(
             &gw,
             Curl {
@@ -667,7 +680,10 @@ fn tls_sni_chains_mutual_redirect_and_passthrough() {
         cert: None,
     }
     .send();
-    assert_eq!(status, 0, "a MUTUAL server answered a client without a certificate");
+    assert_eq!(
+        status, 0,
+        "a MUTUAL server answered a client without a certificate"
+    );
     assert_eq!(access_log(&gw).len(), before);
 
     // PASSTHROUGH: the ClientHello reaches the backend untouched.
@@ -728,7 +744,8 @@ fn first_bytes(listener: &TcpListener) -> Vec<u8> {
         }
     };
     conn.set_nonblocking(false).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut first = [0u8; 2048];
     let n = conn.read(&mut first).unwrap();
     first[..n].to_vec()
@@ -927,7 +944,10 @@ fn xds_explains_what_the_control_plane_serves() {
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(&xds).is_err() {
-        assert!(Instant::now() < deadline, "the control plane does not listen");
+        assert!(
+            Instant::now() < deadline,
+            "the control plane does not listen"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let c = config.to_str().unwrap();

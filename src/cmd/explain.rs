@@ -203,8 +203,8 @@ fn resources(args: &Args) -> Result<ResourceSet, (u8, String)> {
     if let Some(admin) = &args.admin {
         return from_admin(admin);
     }
-    let labels = ProxyIdentity::parse_labels(&args.labels)
-        .map_err(|e| (2, format!("--labels: {e}")))?;
+    let labels =
+        ProxyIdentity::parse_labels(&args.labels).map_err(|e| (2, format!("--labels: {e}")))?;
     if let Some(xds) = &args.xds {
         return from_xds(xds, args, labels);
     }
@@ -244,7 +244,10 @@ fn resources(args: &Args) -> Result<ResourceSet, (u8, String)> {
 }
 
 fn joined(d: &[meshgate::config::Diagnostic]) -> String {
-    d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ")
+    d.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `GET /config_dump` from a gateway's (or Envoy's) admin address, decoded.

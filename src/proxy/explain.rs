@@ -25,8 +25,8 @@ use crate::proxy::tcp::TcpClusters;
 use crate::proxy::upstream::Cluster;
 use crate::proxy::upstream::cluster::Discovery;
 use crate::proxy::upstream::lb::LbPolicy;
-use crate::tls::server::ClientAuth;
 use crate::tls::identity::PeerIdentity;
+use crate::tls::server::ClientAuth;
 use crate::xds::ResourceSet;
 use crate::xds::pb::envoy::config::core::v3::Metadata;
 use serde::Serialize;
@@ -336,7 +336,9 @@ pub fn explain(snap: &Snapshot, set: &ResourceSet, req: &ExplainRequest) -> Expl
         if tls.client_auth == ClientAuth::Required && req.client_cert.is_none() {
             out.outcome = Outcome::new(
                 "tls_handshake_failure",
-                format!("{tls_mode} needs a client certificate and the client presents none: the TLS handshake fails"),
+                format!(
+                    "{tls_mode} needs a client certificate and the client presents none: the TLS handshake fails"
+                ),
             );
             return out;
         }
@@ -359,7 +361,9 @@ pub fn explain(snap: &Snapshot, set: &ResourceSet, req: &ExplainRequest) -> Expl
                         "{}: {}{}",
                         f.stat_prefix,
                         if d.allowed { "allowed" } else { "denied" },
-                        d.policy.map(|p| format!(" by policy {p}")).unwrap_or_default()
+                        d.policy
+                            .map(|p| format!(" by policy {p}"))
+                            .unwrap_or_default()
                     ));
                     if !d.allowed {
                         out.tcp = Some(TcpStep {
@@ -408,10 +412,7 @@ pub fn explain(snap: &Snapshot, set: &ResourceSet, req: &ExplainRequest) -> Expl
                 ),
                 Some(_) => Outcome::new(
                     "tcp_proxied",
-                    format!(
-                        "{what} copied to cluster {}",
-                        split_summary(&targets, snap)
-                    ),
+                    format!("{what} copied to cluster {}", split_summary(&targets, snap)),
                 ),
             };
             out.outcome.cluster = Some(first.to_string());
@@ -507,10 +508,7 @@ fn explain_http(
         &headers,
     );
 
-    let rc_pb = set
-        .routes
-        .iter()
-        .find(|r| r.name.as_str() == &*table.name);
+    let rc_pb = set.routes.iter().find(|r| r.name.as_str() == &*table.name);
     let mut step = HttpStep {
         route_configuration: table.name.to_string(),
         authority: authority.clone(),
@@ -522,12 +520,7 @@ fn explain_http(
         filters: Vec::new(),
     };
     let vhost = table.virtual_host(authority.as_bytes());
-    let vh_index = vhost.and_then(|v| {
-        table
-            .virtual_hosts
-            .iter()
-            .position(|x| std::ptr::eq(x, v))
-    });
+    let vh_index = vhost.and_then(|v| table.virtual_hosts.iter().position(|x| std::ptr::eq(x, v)));
     let vh_pb = vh_index.and_then(|i| rc_pb.and_then(|rc| rc.virtual_hosts.get(i)));
     if let Some(v) = vhost {
         step.virtual_host = Some(v.name.to_string());
@@ -666,11 +659,11 @@ fn explain_http(
         }
         Action::Route(ra) => {
             if let Some(u) = headers.get(http::header::UPGRADE) {
-                let enabled = match ra
-                    .upgrades
-                    .iter()
-                    .find(|ru| ru.upgrade_type.as_bytes().eq_ignore_ascii_case(u.as_bytes()))
-                {
+                let enabled = match ra.upgrades.iter().find(|ru| {
+                    ru.upgrade_type
+                        .as_bytes()
+                        .eq_ignore_ascii_case(u.as_bytes())
+                }) {
                     Some(ru) => ru.enabled,
                     None => hcm
                         .upgrades
@@ -902,8 +895,7 @@ fn tls_mode(chain: &FilterChain, listener: &Listener, set: &ResourceSet) -> (Str
             (mode.into(), required)
         }
         None => match (&chain.action, chain.matcher.transport_protocol) {
-            (ChainAction::Tcp(_), Some(TransportProtocol::Tls))
-            | (ChainAction::Tcp(_), None)
+            (ChainAction::Tcp(_), Some(TransportProtocol::Tls)) | (ChainAction::Tcp(_), None)
                 if !chain.matcher.server_names.is_empty() =>
             {
                 let auto = chain
@@ -912,7 +904,12 @@ fn tls_mode(chain: &FilterChain, listener: &Listener, set: &ResourceSet) -> (Str
                     .iter()
                     .all(|n| n.starts_with("outbound_."));
                 (
-                    if auto { "AUTO_PASSTHROUGH" } else { "PASSTHROUGH" }.into(),
+                    if auto {
+                        "AUTO_PASSTHROUGH"
+                    } else {
+                        "PASSTHROUGH"
+                    }
+                    .into(),
                     false,
                 )
             }
@@ -935,7 +932,10 @@ fn chain_pb<'s>(
     {
         return l.default_filter_chain.as_ref();
     }
-    let i = listener.chains.iter().position(|x| std::ptr::eq(x, chain))?;
+    let i = listener
+        .chains
+        .iter()
+        .position(|x| std::ptr::eq(x, chain))?;
     l.filter_chains.get(i)
 }
 
@@ -1151,7 +1151,11 @@ fn fault_summary(f: &crate::proxy::http::filters::fault::Fault) -> String {
     let pct = |per_million: u32| per_million as f64 / 10_000.0;
     let mut parts = Vec::new();
     if let Some((d, p)) = f.delay {
-        parts.push(format!("delay {} for {}% of requests", humantime(d), pct(p)));
+        parts.push(format!(
+            "delay {} for {}% of requests",
+            humantime(d),
+            pct(p)
+        ));
     }
     if let Some((a, p)) = f.abort {
         let what = match a {
@@ -1221,7 +1225,8 @@ fn filter_note(name: &str, route: Option<&Route>) -> String {
             None => "no CORS policy on this route".into(),
         },
         "local_ratelimit" | "ratelimit" => {
-            "rate limited: a request over the limit gets 429 RL (not predicted: depends on traffic)".into()
+            "rate limited: a request over the limit gets 429 RL (not predicted: depends on traffic)"
+                .into()
         }
         "ext_authz" => "asks the external authorizer (not predicted here)".into(),
         _ => "not evaluated here".into(),
@@ -1412,7 +1417,11 @@ impl Explanation {
             let _ = writeln!(s, "  not     {}: {}", x.name, x.reason);
         }
         if let Some(h) = &self.http {
-            let _ = writeln!(s, "routes    {} (authority {})", h.route_configuration, h.authority);
+            let _ = writeln!(
+                s,
+                "routes    {} (authority {})",
+                h.route_configuration, h.authority
+            );
             match &h.virtual_host {
                 Some(v) => {
                     let _ = writeln!(s, "vhost     {v} [{}]", h.virtual_host_domains.join(", "));
@@ -1426,7 +1435,11 @@ impl Explanation {
                     s,
                     "  no      #{} {}{}: {}",
                     x.index,
-                    if x.name.is_empty() { "(unnamed)" } else { &x.name },
+                    if x.name.is_empty() {
+                        "(unnamed)"
+                    } else {
+                        &x.name
+                    },
                     x.istio_config
                         .as_deref()
                         .map(|c| format!(" [{}]", short_config(c)))
@@ -1439,7 +1452,11 @@ impl Explanation {
                     s,
                     "route     #{} {}{}: {} -> {}",
                     rt.index,
-                    if rt.name.is_empty() { "(unnamed)" } else { &rt.name },
+                    if rt.name.is_empty() {
+                        "(unnamed)"
+                    } else {
+                        &rt.name
+                    },
                     rt.istio_config
                         .as_deref()
                         .map(|c| format!(" [{}]", short_config(c)))
@@ -1549,7 +1566,9 @@ mod tests {
         );
         assert_eq!(gateway_server("custom"), None);
         assert_eq!(
-            short_config("/apis/networking.istio.io/v1/namespaces/bookinfo/virtual-service/bookinfo"),
+            short_config(
+                "/apis/networking.istio.io/v1/namespaces/bookinfo/virtual-service/bookinfo"
+            ),
             "virtual-service bookinfo/bookinfo"
         );
     }

@@ -1206,7 +1206,11 @@ mod tests {
         let cases: &[(&str, &[(&str, &str)], Option<Mismatch>)] = &[
             ("/ratings/1", &[], Some(Mismatch::Path)),
             ("/reviews/1", &[], Some(Mismatch::Header(0))),
-            ("/reviews/1", &[("end-user", "bob")], Some(Mismatch::Header(0))),
+            (
+                "/reviews/1",
+                &[("end-user", "bob")],
+                Some(Mismatch::Header(0)),
+            ),
             (
                 "/reviews/1",
                 &[("end-user", "jason")],

@@ -916,7 +916,8 @@ impl HttpFilter for JwtAuthn {
     ) -> Option<crate::proxy::http::filter::FilterExplanation> {
         let path = input.request.as_ref().map_or("/", |r| r.path_and_query);
         let summary = match self.rules.iter().find(|r| r.matches(path)) {
-            None | Some(Rule {
+            None
+            | Some(Rule {
                 verifier: Verifier::AllowAll,
                 ..
             }) => "no JWT requirement for this path".to_string(),
