@@ -1203,7 +1203,8 @@ mod tests {
             ],
             "query_parameters": [{"name": "v", "string_match": {"exact": "2"}}]
         }));
-        let cases: &[(&str, &[(&str, &str)], Option<Mismatch>)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<Mismatch>);
+        let cases: &[Case<'_>] = &[
             ("/ratings/1", &[], Some(Mismatch::Path)),
             ("/reviews/1", &[], Some(Mismatch::Header(0))),
             (
