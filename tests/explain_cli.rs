@@ -7,6 +7,8 @@
 //! The examples run on copies whose ports are swapped for free loopback ports, with
 //! certificates made by `meshgate certs dev` and echo servers as their applications.
 mod support;
+#[path = "support/translate.rs"]
+mod translating;
 
 use serde_json::Value;
 use std::io::Read;
@@ -961,4 +963,45 @@ fn xds_explains_what_the_control_plane_serves() {
             "{path}"
         );
     }
+}
+
+#[test]
+fn envoy_config_dump_explains_the_same_and_envoy_answers_as_predicted() {
+    let app = EchoUpstream::start("app");
+    let port = free_port();
+    let yaml = EDGE
+        .replace("PORT", &port.to_string())
+        .replace("APP", &app.port().to_string());
+    let envoy = translating::TranslatedEnvoy::start(&yaml, "istio=ingressgateway", 1);
+    let config = envoy.dir.path().join("config");
+    let c = config.to_str().unwrap();
+    let admin = format!("127.0.0.1:{}", envoy.envoy.admin_port);
+    for path in ["/old/a?b=1", "/v9/b", "/status", "/admin", "/anything", "/"] {
+        let url = format!("http://app.example.com:{port}{path}");
+        let from_files = explain(&["--config", c, &url]);
+        // Envoy's own /config_dump (with EDS) carries the routes' Istio metadata too.
+        let from_envoy = explain(&["--admin", &admin, &url]);
+        assert_eq!(from_files["outcome"], from_envoy["outcome"], "{path}");
+        assert_eq!(
+            from_files["http"]["route"], from_envoy["http"]["route"],
+            "{path}"
+        );
+        assert_eq!(from_files["clusters"], from_envoy["clusters"], "{path}");
+        // And Envoy answers as predicted.
+        let (status, location) = Curl {
+            url: &url,
+            port,
+            headers: &[],
+            cacert: None,
+            cert: None,
+        }
+        .send();
+        let o = &from_files["outcome"];
+        let want = o["status"].as_u64().unwrap_or(200);
+        assert_eq!(u64::from(status), want, "Envoy on {path}: {o:#}");
+        if let Some(l) = o["location"].as_str() {
+            assert_eq!(location, l, "Envoy's location on {path}");
+        }
+    }
+    envoy.envoy.assert_no_rejections();
 }

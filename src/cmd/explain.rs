@@ -252,7 +252,8 @@ fn joined(d: &[meshgate::config::Diagnostic]) -> String {
 
 /// `GET /config_dump` from a gateway's (or Envoy's) admin address, decoded.
 fn from_admin(addr: &str) -> Result<ResourceSet, (u8, String)> {
-    let body = http_get(addr, "/config_dump").map_err(|e| (2, format!("--admin {addr}: {e}")))?;
+    let body = http_get(addr, "/config_dump?include_eds")
+        .map_err(|e| (2, format!("--admin {addr}: {e}")))?;
     let dump: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| (2, format!("--admin {addr}: /config_dump is not JSON: {e}")))?;
     config_dump_set(&dump).map_err(|e| (1, format!("--admin {addr}: /config_dump: {e}")))
