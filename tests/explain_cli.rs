@@ -41,6 +41,30 @@ fn copy_example(name: &str, dest: &Path, substitutions: &[(String, String)]) -> 
     dir
 }
 
+/// (cluster, endpoint address) pairs of an explanation.
+fn endpoints(e: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for c in e["clusters"].as_array().unwrap() {
+        for ep in c["endpoints"].as_array().unwrap() {
+            out.push((
+                c["name"].as_str().unwrap().to_string(),
+                ep["address"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// An explanation from a running proxy's admin: every endpoint has the proxy's health
+/// flags, and they say healthy.
+fn assert_live_and_healthy(e: &Value) {
+    for c in e["clusters"].as_array().unwrap() {
+        for ep in c["endpoints"].as_array().unwrap() {
+            assert_eq!(ep["health_flags"], "healthy", "{e:#}");
+        }
+    }
+}
+
 /// `meshgate explain ARGS --output json`, which must succeed.
 fn explain(args: &[&str]) -> Value {
     let out = meshgate()
@@ -393,7 +417,8 @@ fn ingress_header_match_weights_and_admin() {
         let b = explain(&from_admin);
         assert_eq!(a["outcome"], b["outcome"], "{url}");
         assert_eq!(a["http"], b["http"], "{url}");
-        assert_eq!(a["clusters"], b["clusters"], "{url}");
+        assert_eq!(endpoints(&a), endpoints(&b), "{url}");
+        assert_live_and_healthy(&b);
     }
 }
 
@@ -827,8 +852,24 @@ fn egress_dns_cluster_and_direct_response() {
         },
         &e,
     );
+    // The running gateway has resolved httpbin.org: --admin lists the address.
+    let url = format!("http://httpbin.org:{port}/get");
+    let admin = format!("127.0.0.1:{}", gw.admin_port);
+    let e = explain(&["--admin", &admin, &url]);
+    let resolved = endpoints(&e);
+    assert!(
+        resolved
+            .iter()
+            .any(|(_, a)| a.ends_with(&format!(":{}", external.port()))),
+        "{e:#}"
+    );
+    assert_live_and_healthy(&e);
     // The ingress labels select no Gateway: nothing listens.
-    let e = explain(&["--config", c, &url]);
+    let e = explain(&[
+        "--config",
+        c,
+        &format!("http://httpbin.org:{port}/admin/users"),
+    ]);
     assert_eq!(e["outcome"]["kind"], "connection_refused", "{e:#}");
 }
 
@@ -986,7 +1027,8 @@ fn envoy_config_dump_explains_the_same_and_envoy_answers_as_predicted() {
             from_files["http"]["route"], from_envoy["http"]["route"],
             "{path}"
         );
-        assert_eq!(from_files["clusters"], from_envoy["clusters"], "{path}");
+        assert_eq!(endpoints(&from_files), endpoints(&from_envoy), "{path}");
+        assert_live_and_healthy(&from_envoy);
         // And Envoy answers as predicted.
         let (status, location) = Curl {
             url: &url,

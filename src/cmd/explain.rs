@@ -103,7 +103,14 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let explanation = explain(&snap, &set, &req);
+    let mut explanation = explain(&snap, &set, &req);
+    // A running proxy knows its endpoints' health and its DNS answers.
+    if let Some(admin) = &args.admin {
+        match http_get(admin, "/clusters") {
+            Ok(text) => explanation.add_live_endpoints(&String::from_utf8_lossy(&text)),
+            Err(e) => eprintln!("meshgate explain: --admin {admin}: /clusters: {e}"),
+        }
+    }
     let text = match args.output {
         Output::Text => explanation.to_text(),
         Output::Json => match serde_json::to_string_pretty(&explanation) {

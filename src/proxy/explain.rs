@@ -182,6 +182,9 @@ pub struct ClusterStep {
 pub struct EndpointStep {
     pub address: String,
     pub healthy: bool,
+    /// A running proxy's `health_flags` from its admin `/clusters` (`healthy`,
+    /// `/failed_outlier_check`, ...), with `--admin`; null otherwise.
+    pub health_flags: Option<String>,
     pub weight: u32,
     pub priority: usize,
     pub locality: String,
@@ -1299,6 +1302,7 @@ fn cluster_step(name: &str, c: Option<&Arc<Cluster>>, p: f64, set: &ResourceSet)
                 step.endpoints.push(EndpointStep {
                     address: h.addr.to_string(),
                     healthy: h.healthy(),
+                    health_flags: None,
                     weight: h.weight,
                     priority: pi,
                     // `region/zone/sub_zone`; nothing when all three are empty.
@@ -1372,6 +1376,55 @@ fn endpoint_labels(
 }
 
 impl Explanation {
+    /// Takes a running proxy's view of its endpoints (`/clusters` text: lines
+    /// `CLUSTER::ADDRESS::health_flags::FLAGS` and `CLUSTER::ADDRESS::weight::N`): the
+    /// health flags of known endpoints, and the hosts of DNS clusters, which only the
+    /// running proxy has resolved.
+    pub fn add_live_endpoints(&mut self, clusters_text: &str) {
+        for c in &mut self.clusters {
+            let prefix = format!("{}::", c.name);
+            for line in clusters_text.lines() {
+                let Some(rest) = line.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let mut parts = rest.splitn(3, "::");
+                let (Some(addr), Some("health_flags"), Some(flags)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                match c.endpoints.iter_mut().find(|e| e.address == addr) {
+                    Some(e) => {
+                        e.healthy = flags == "healthy";
+                        e.health_flags = Some(flags.to_string());
+                    }
+                    None if c.discovery.starts_with("DNS") => {
+                        let weight = clusters_text
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix(&prefix)?
+                                    .strip_prefix(addr)?
+                                    .strip_prefix("::weight::")?
+                                    .parse()
+                                    .ok()
+                            })
+                            .unwrap_or(1);
+                        c.endpoints.push(EndpointStep {
+                            address: addr.to_string(),
+                            healthy: flags == "healthy",
+                            health_flags: Some(flags.to_string()),
+                            weight,
+                            priority: 0,
+                            locality: String::new(),
+                            labels: Vec::new(),
+                        });
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
     /// The explanation for people: one section per step.
     pub fn to_text(&self) -> String {
         use std::fmt::Write as _;
@@ -1512,7 +1565,11 @@ impl Explanation {
                     s,
                     "  endpoint {} {} weight {}{}{}",
                     e.address,
-                    if e.healthy { "healthy" } else { "UNHEALTHY" },
+                    e.health_flags.as_deref().unwrap_or(if e.healthy {
+                        "healthy"
+                    } else {
+                        "UNHEALTHY"
+                    }),
                     e.weight,
                     if e.locality.is_empty() {
                         String::new()
