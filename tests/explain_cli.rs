@@ -1047,3 +1047,92 @@ fn envoy_config_dump_explains_the_same_and_envoy_answers_as_predicted() {
     }
     envoy.envoy.assert_no_rejections();
 }
+
+#[test]
+fn egress_tls_origination_names_the_sni_the_gateway_sends() {
+    // The external services: TCP listeners that record the gateway's ClientHello.
+    let api = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mtls = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (api_port, mtls_port) = (
+        api.local_addr().unwrap().port(),
+        mtls.local_addr().unwrap().port(),
+    );
+    let port = free_port();
+    let dir = TempDir::new();
+    let config = copy_example(
+        "egress-tls-origination",
+        dir.path(),
+        &[
+            ("9443".into(), api_port.to_string()),
+            ("9444".into(), mtls_port.to_string()),
+            ("8080".into(), port.to_string()),
+        ],
+    );
+    let out = meshgate()
+        .args([
+            "certs",
+            "dev",
+            "--hosts",
+            "api.example.com,mtls.example.com",
+        ])
+        .args([
+            "--secret",
+            "egress-client",
+            "--namespace",
+            "egress",
+            "--out",
+        ])
+        .arg(config.join("local"))
+        .arg("--ca-dir")
+        .arg(dir.path().join("ca"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let _gw = GatewayProcess::start_with(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--labels",
+            "istio=egressgateway",
+        ],
+        dir.path(),
+    );
+    let c = config.to_str().unwrap();
+    for (host, listener, port_of) in [
+        ("api.example.com", api, api_port),
+        ("mtls.example.com", mtls, mtls_port),
+    ] {
+        let url = format!("http://{host}:{port}/x");
+        let e = explain(&["--config", c, "--labels", "istio=egressgateway", &url]);
+        assert_eq!(e["outcome"]["kind"], "forwarded", "{e:#}");
+        assert_eq!(
+            e["outcome"]["cluster"],
+            format!("outbound|{port_of}||{host}")
+        );
+        assert_eq!(
+            e["clusters"][0]["tls_origination"],
+            format!("TLS, SNI {host}"),
+            "{e:#}"
+        );
+        // The gateway does open TLS to the service, with that SNI.
+        let client = std::thread::spawn({
+            let url = url.clone();
+            move || {
+                Curl {
+                    url: &url,
+                    port,
+                    headers: &[],
+                    cacert: None,
+                    cert: None,
+                }
+                .send()
+            }
+        });
+        let first = first_bytes(&listener);
+        // Closed: the gateway's retries are refused at once and the client answered.
+        drop(listener);
+        assert!(first.first() == Some(&0x16), "not a ClientHello: {first:?}");
+        assert!(contains(&first, host.as_bytes()), "SNI {host} not sent");
+        let _ = client.join();
+    }
+}
