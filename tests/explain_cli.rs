@@ -129,6 +129,8 @@ struct Curl<'a> {
     headers: &'a [&'a str],
     cacert: Option<&'a Path>,
     cert: Option<(&'a Path, &'a Path)>,
+    /// HTTP/1.0 instead of curl's default.
+    http10: bool,
 }
 
 impl Curl<'_> {
@@ -153,6 +155,9 @@ impl Curl<'_> {
         }
         if let Some((c, k)) = self.cert {
             cmd.arg("--cert").arg(c).arg("--key").arg(k);
+        }
+        if self.http10 {
+            cmd.arg("--http1.0");
         }
         let out = cmd
             .arg(self.url)
@@ -266,10 +271,28 @@ fn quickstart_direct_response_forward_and_no_route() {
                 headers: &[],
                 cacert: None,
                 cert: None,
+                http10: false,
             },
             &e,
         );
     }
+    // HTTP/1.0: Istio's connection manager does not take it.
+    let url = format!("http://localhost:{port}/hello");
+    let e = explain(&["--config", c, "--http1.0", &url]);
+    assert_eq!(e["outcome"]["status"], 426, "{e:#}");
+    assert_eq!(e["outcome"]["response_flags"], "DPE");
+    check(
+        &gw,
+        Curl {
+            url: &url,
+            port,
+            headers: &[],
+            cacert: None,
+            cert: None,
+            http10: true,
+        },
+        &e,
+    );
     let e = explain(&["--config", c, &format!("http://localhost:{port}/other")]);
     assert_eq!(e["outcome"]["response_flags"], "NR");
     assert_eq!(e["http"]["routes_not_matched"].as_array().unwrap().len(), 2);
@@ -333,6 +356,7 @@ fn ingress_header_match_weights_and_admin() {
             headers: &["end-user: jason"],
             cacert: None,
             cert: None,
+            http10: false,
         },
         &e,
     );
@@ -372,6 +396,7 @@ fn ingress_header_match_weights_and_admin() {
                 headers: &["end-user: bob"],
                 cacert: None,
                 cert: None,
+                http10: false,
             },
             &e,
         );
@@ -392,6 +417,7 @@ fn ingress_header_match_weights_and_admin() {
                 headers: &[],
                 cacert: None,
                 cert: None,
+                http10: false,
             },
             &e,
         );
@@ -528,6 +554,7 @@ fn redirect_no_endpoints_direct_response_and_rbac() {
                 headers: &[],
                 cacert: None,
                 cert: None,
+                http10: false,
             },
             &e,
         );
@@ -634,6 +661,7 @@ fn tls_sni_chains_mutual_redirect_and_passthrough() {
             headers: &[],
             cacert: None,
             cert: None,
+            http10: false,
         },
         &e,
     );
@@ -669,6 +697,7 @@ fn tls_sni_chains_mutual_redirect_and_passthrough() {
             headers: &[],
             cacert: Some(&ca),
             cert: None,
+            http10: false,
         },
         &e,
     );
@@ -693,6 +722,7 @@ fn tls_sni_chains_mutual_redirect_and_passthrough() {
             headers: &[],
             cacert: Some(&ca),
             cert: Some((&client_crt, &client_key)),
+            http10: false,
         },
         &e,
     );
@@ -705,6 +735,7 @@ fn tls_sni_chains_mutual_redirect_and_passthrough() {
         headers: &[],
         cacert: Some(&ca),
         cert: None,
+        http10: false,
     }
     .send();
     assert_eq!(
@@ -736,6 +767,7 @@ fn tls_sni_chains_mutual_redirect_and_passthrough() {
                 headers: &[],
                 cacert: Some(&ca),
                 cert: None,
+                http10: false,
             }
             .send()
         }
@@ -834,6 +866,7 @@ fn egress_dns_cluster_and_direct_response() {
             headers: &[],
             cacert: None,
             cert: None,
+            http10: false,
         },
         &e,
     );
@@ -849,6 +882,7 @@ fn egress_dns_cluster_and_direct_response() {
             headers: &[],
             cacert: None,
             cert: None,
+            http10: false,
         },
         &e,
     );
@@ -1036,6 +1070,7 @@ fn envoy_config_dump_explains_the_same_and_envoy_answers_as_predicted() {
             headers: &[],
             cacert: None,
             cert: None,
+            http10: false,
         }
         .send();
         let o = &from_files["outcome"];
@@ -1124,6 +1159,7 @@ fn egress_tls_origination_names_the_sni_the_gateway_sends() {
                     headers: &[],
                     cacert: None,
                     cert: None,
+                    http10: false,
                 }
                 .send()
             }

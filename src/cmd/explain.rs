@@ -59,6 +59,9 @@ pub struct Args {
     /// A PEM certificate the client presents (its SANs are what policies see).
     #[arg(long, value_name = "FILE")]
     pub client_cert: Option<PathBuf>,
+    /// Send the request as HTTP/1.0.
+    #[arg(long = "http1.0")]
+    pub http10: bool,
     /// The client's address (what AuthorizationPolicy `ipBlocks` see).
     #[arg(long, default_value = "127.0.0.1")]
     pub source_ip: IpAddr,
@@ -202,6 +205,7 @@ fn request(args: &Args) -> Result<ExplainRequest, String> {
             .collect(),
         client_cert,
         source_ip: args.source_ip,
+        http10: args.http10,
     })
 }
 

@@ -53,6 +53,8 @@ pub struct ExplainRequest {
     pub client_cert: Option<PeerIdentity>,
     /// The client's address.
     pub source_ip: IpAddr,
+    /// An HTTP/1.0 request (the connection manager may refuse those: 426).
+    pub http10: bool,
 }
 
 /// The whole explanation; serialized as `--output json`.
@@ -441,6 +443,23 @@ fn explain_http(
     hcm: &HttpConnectionManager,
 ) {
     let table: &RouteTable = &hcm.routes;
+    if req.http10 && !hcm.accept_http_10 {
+        out.http = Some(HttpStep {
+            route_configuration: table.name.to_string(),
+            authority: req.authority.clone(),
+            path: req.path_and_query.clone(),
+            virtual_host: None,
+            virtual_host_domains: Vec::new(),
+            routes_not_matched: Vec::new(),
+            route: None,
+            filters: Vec::new(),
+        });
+        out.outcome = Outcome::local(
+            LocalReply::HTTP10,
+            "the connection manager does not accept HTTP/1.0 (accept_http_10 is off): 426".into(),
+        );
+        return;
+    }
     // The connection manager's request handling before routing, as the router does it.
     let mut authority = req.authority.clone();
     if hcm.strip_port != StripPort::None {
