@@ -1172,3 +1172,63 @@ fn egress_tls_origination_names_the_sni_the_gateway_sends() {
         let _ = client.join();
     }
 }
+
+const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 15443, name: mesh, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: ISTIO_MUTUAL}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route: [{destination: {host: app.internal}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: app, namespace: istio-system}
+spec:
+  hosts: [app.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, ports: {http: 9999}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: app, namespace: istio-system}
+spec:
+  host: app.internal
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+"#;
+
+/// Mesh mTLS is told apart from MUTUAL by its trust bundle (the SDS secret ROOTCA);
+/// the gateway's behaviour for it is tested against Envoy in tests/mesh_mtls.rs.
+#[test]
+fn istio_mutual_termination_and_origination_are_named() {
+    let dir = TempDir::new();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    dev_certs(&dir.path().join("certs"), "client.example.com", None);
+    let c = dir.path().to_str().unwrap();
+    let url = "https://app.example:15443/";
+    let e = explain(&["--config", c, url]);
+    assert_eq!(e["filter_chain"]["tls_mode"], "ISTIO_MUTUAL", "{e:#}");
+    assert_eq!(e["outcome"]["kind"], "tls_handshake_failure");
+    let cert = dir.path().join("certs/client.example.com.crt");
+    let e = explain(&["--config", c, url, "--client-cert", cert.to_str().unwrap()]);
+    assert_eq!(e["outcome"]["kind"], "forwarded", "{e:#}");
+    assert_eq!(e["request"]["client_certificate"], "client.example.com");
+    assert_eq!(
+        e["clusters"][0]["tls_origination"], "TLS, SNI outbound_.80_._.app.internal",
+        "{e:#}"
+    );
+}

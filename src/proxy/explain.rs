@@ -29,6 +29,7 @@ use crate::tls::identity::PeerIdentity;
 use crate::tls::server::ClientAuth;
 use crate::xds::ResourceSet;
 use crate::xds::pb::envoy::config::core::v3::Metadata;
+use crate::xds::pb::envoy::config::core::v3::transport_socket::ConfigType;
 use serde::Serialize;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -897,17 +898,25 @@ fn chain_matches(c: &FilterChain) -> String {
     }
 }
 
+/// The SDS secret of the mesh's trust bundle (Istio's ISTIO_MUTUAL validation context).
+const ROOTCA: &[u8] = b"ROOTCA";
+
 /// The TLS mode in Istio's words, and whether a client certificate is required.
 fn tls_mode(chain: &FilterChain, listener: &Listener, set: &ResourceSet) -> (String, bool) {
     match &chain.tls {
         Some(tls) => {
             let required = tls.client_auth == ClientAuth::Required;
             // Istio's mesh mTLS validates with the SDS secret ROOTCA.
-            let mesh = chain_pb(chain, listener, set).is_some_and(|fc| {
-                fc.transport_socket
-                    .as_ref()
-                    .is_some_and(|ts| format!("{ts:?}").contains("ROOTCA"))
-            });
+            let mesh = chain_pb(chain, listener, set)
+                .and_then(|fc| fc.transport_socket.as_ref())
+                .and_then(|ts| match &ts.config_type {
+                    Some(ConfigType::TypedConfig(any)) => Some(&any.value),
+                    None => None,
+                })
+                .is_some_and(|tls| {
+                    // The SDS name is a string field of the encoded context.
+                    tls.windows(ROOTCA.len()).any(|w| w == ROOTCA)
+                });
             let mode = match (tls.client_auth, mesh) {
                 (ClientAuth::None, _) => "SIMPLE",
                 (ClientAuth::Optional, _) => "OPTIONAL_MUTUAL",
