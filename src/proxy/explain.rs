@@ -1160,10 +1160,16 @@ fn route_details(r: &Route) -> Vec<String> {
         }
     }
     if !r.request_headers.is_empty() {
-        d.push("request headers changed (VirtualService headers.request)".into());
+        d.push(format!(
+            "request headers: {}",
+            header_ops(&r.request_headers)
+        ));
     }
     if !r.response_headers.is_empty() {
-        d.push("response headers changed (VirtualService headers.response)".into());
+        d.push(format!(
+            "response headers: {}",
+            header_ops(&r.response_headers)
+        ));
     }
     if let Some(f) = &r.fault {
         d.push(format!("fault injection: {}", fault_summary(f)));
@@ -1175,6 +1181,37 @@ fn route_details(r: &Route) -> Vec<String> {
         d.push("rate limits (descriptors sent to the rate-limit service)".into());
     }
     d
+}
+
+/// Header changes as Istio's `headers.{request,response}` name them (`set`, `add`,
+/// `remove`).
+fn header_ops(m: &crate::proxy::route::HeaderMutations) -> String {
+    use crate::proxy::route::headers::AppendAction as A;
+    let mut ops: Vec<String> = m.remove.iter().map(|n| format!("remove {n}")).collect();
+    for a in &m.add {
+        let verb = match a.action {
+            A::AppendIfExistsOrAdd => "add",
+            A::AddIfAbsent => "add if absent",
+            A::OverwriteIfExistsOrAdd => "set",
+            A::OverwriteIfExists => "overwrite if present",
+        };
+        ops.push(format!(
+            "{verb} {}: {}",
+            a.name,
+            String::from_utf8_lossy(a.value.as_bytes())
+        ));
+    }
+    ops.join(", ")
+}
+
+/// An RBAC policy id in Istio's words: `ns[NS]-policy[NAME]-rule[N]` is rule N of
+/// AuthorizationPolicy NS/NAME.
+pub fn authorization_policy(id: &str) -> Option<String> {
+    let rest = id.strip_prefix("ns[")?;
+    let (ns, rest) = rest.split_once("]-policy[")?;
+    let (name, rest) = rest.split_once("]-rule[")?;
+    let rule = rest.strip_suffix(']')?;
+    Some(format!("AuthorizationPolicy {ns}/{name}, rule {rule}"))
 }
 
 fn fault_summary(f: &crate::proxy::http::filters::fault::Fault) -> String {
@@ -1650,6 +1687,11 @@ mod tests {
             Some("the HTTP servers on port 8080")
         );
         assert_eq!(gateway_server("custom"), None);
+        assert_eq!(
+            authorization_policy("ns[istio-system]-policy[no-admin]-rule[0]").as_deref(),
+            Some("AuthorizationPolicy istio-system/no-admin, rule 0")
+        );
+        assert_eq!(authorization_policy("custom-policy"), None);
         assert_eq!(
             short_config(
                 "/apis/networking.istio.io/v1/namespaces/bookinfo/virtual-service/bookinfo"

@@ -194,9 +194,12 @@ impl RbacFilter {
                 let verdict = if d.allowed { "allowed" } else { "denied" };
                 match d.policy {
                     Some(p) => summary.push_str(&format!(
-                        "{verdict}: policy {p} of the {} rules ({} policies) matches",
+                        "{verdict}: policy {p} of the {} rules ({} policies) matches{}",
                         action(e),
-                        e.len()
+                        e.len(),
+                        crate::proxy::explain::authorization_policy(p)
+                            .map(|a| format!(" ({a})"))
+                            .unwrap_or_default()
                     )),
                     None => summary.push_str(&format!(
                         "{verdict}: none of the {} {} policies matches",
