@@ -909,10 +909,8 @@ fn tls_mode(chain: &FilterChain, listener: &Listener, set: &ResourceSet) -> (Str
             // Istio's mesh mTLS validates with the SDS secret ROOTCA.
             let mesh = chain_pb(chain, listener, set)
                 .and_then(|fc| fc.transport_socket.as_ref())
-                .and_then(|ts| match &ts.config_type {
-                    Some(ConfigType::TypedConfig(any)) => Some(&any.value),
-                    None => None,
-                })
+                .and_then(|ts| ts.config_type.as_ref())
+                .map(|ConfigType::TypedConfig(any)| &any.value)
                 .is_some_and(|tls| {
                     // The SDS name is a string field of the encoded context.
                     tls.windows(ROOTCA.len()).any(|w| w == ROOTCA)
