@@ -65,10 +65,10 @@ pub struct Args {
     /// The client's address (what AuthorizationPolicy `ipBlocks` see).
     #[arg(long, default_value = "127.0.0.1")]
     pub source_ip: IpAddr,
-    /// Istio MeshConfig (YAML), with --config or --xds, as the gateway reads it.
+    /// With --config: Istio MeshConfig (YAML), as the gateway reads it.
     #[arg(long, value_name = "FILE")]
     pub mesh_config: Option<PathBuf>,
-    /// The gateway's own ProxyConfig (YAML or JSON), with --config.
+    /// With --config: the gateway's own ProxyConfig (YAML or JSON).
     #[arg(long, value_name = "FILE")]
     pub proxy_config: Option<PathBuf>,
     /// The gateway's workload labels (Gateway selectors match them).
@@ -85,6 +85,12 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> ExitCode {
+    if args.config.is_none() && (args.mesh_config.is_some() || args.proxy_config.is_some()) {
+        eprintln!(
+            "meshgate explain: --mesh-config and --proxy-config go with --config (a running gateway or control plane has its own)"
+        );
+        return ExitCode::from(2);
+    }
     let req = match request(&args) {
         Ok(r) => r,
         Err(e) => {
