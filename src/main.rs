@@ -33,6 +33,9 @@ enum Command {
     Validate(cmd::validate::Args),
     /// Translate Istio configuration into Envoy resources for one gateway.
     Translate(cmd::translate::Args),
+    /// Why a request gets its answer: the listener, filter chain, route, policies,
+    /// cluster and endpoints it goes through (`explain --config DIR 'GET https://host/'`).
+    Explain(Box<cmd::explain::Args>),
     /// Run the gateway (meshgate's own data plane).
     Gateway(Box<cmd::gateway::GatewayArgs>),
     /// Redirect this network namespace's TCP traffic to a sidecar (istio-iptables' job).
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Ca(args) => cmd::ca::run(args),
         Command::Validate(args) => cmd::validate::run(args),
         Command::Translate(args) => cmd::translate::run(args),
+        Command::Explain(args) => cmd::explain::run(*args),
         Command::Gateway(args) => cmd::gateway::run(*args),
         Command::Iptables(args) => cmd::iptables::run(args),
         Command::Inject(args) => cmd::inject::run(args),

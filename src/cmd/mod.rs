@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod ca;
 pub mod certs;
 pub mod control_plane;
+pub mod explain;
 pub mod gateway;
 pub mod gateway_upgrade;
 pub mod gateway_xds;

@@ -32,6 +32,68 @@ pub struct ChainMatch {
     pub application_protocols: Vec<Box<[u8]>>,
 }
 
+impl ChainMatch {
+    /// Why this chain, taken alone, does not match a connection (`None`: it does). The
+    /// listener chooses among the chains that do with [`Listener::select`]; this only
+    /// says, for `meshgate explain`, why the others were out.
+    pub fn mismatch(&self, d: &Detected<'_>) -> Option<String> {
+        if let Some(p) = self.destination_port
+            && p != d.local_port
+        {
+            return Some(format!(
+                "destination port {p}, connection to port {}",
+                d.local_port
+            ));
+        }
+        if !self.server_names.is_empty() {
+            let names = self.server_names.join(", ");
+            let Some(sni) = d.server_name else {
+                return Some(format!("server names [{names}]; the client sent no SNI"));
+            };
+            let sni = sni.to_ascii_lowercase();
+            let hit = self.server_names.iter().any(|n| match n.strip_prefix('*') {
+                Some(suffix) => sni.len() > suffix.len() && sni.ends_with(suffix),
+                None => **n == *sni,
+            });
+            if !hit {
+                return Some(format!("server names [{names}]; SNI {sni} is none of them"));
+            }
+        }
+        if let Some(t) = self.transport_protocol
+            && t != d.transport
+        {
+            return Some(format!(
+                "transport protocol {}, connection is {}",
+                t.name(),
+                d.transport.name()
+            ));
+        }
+        if !self.application_protocols.is_empty()
+            && !d
+                .alpn
+                .iter()
+                .any(|p| self.application_protocols.iter().any(|a| **a == **p))
+        {
+            let want: Vec<String> = self
+                .application_protocols
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            let offered: Vec<String> = d
+                .alpn
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            return Some(format!(
+                "ALPN [{}], client offered [{}]",
+                want.join(", "),
+                offered.join(", ")
+            ));
+        }
+        None
+    }
+}
+
 /// The transport protocol of a connection as the listener filters detected it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransportProtocol {
@@ -39,6 +101,16 @@ pub enum TransportProtocol {
     Tls,
     /// Anything else (Envoy's default when nothing was detected).
     RawBuffer,
+}
+
+impl TransportProtocol {
+    /// Envoy's name: `tls` or `raw_buffer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportProtocol::Tls => "tls",
+            TransportProtocol::RawBuffer => "raw_buffer",
+        }
+    }
 }
 
 /// What the listener filters learned about a connection before a chain is chosen.

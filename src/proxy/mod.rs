@@ -20,6 +20,8 @@
 //!   monitor's actions (Envoy's overload manager).
 //! - [`admin`] (with the [`status_page`] and its [`rates`]), [`stats`] and [`access_log`]
 //!   are what operators look at.
+//! - [`explain`] follows one request through a snapshot and says why it gets its answer
+//!   (`meshgate explain`).
 //! - [`handoff`] hands the listening sockets to a successor process (upgrades that
 //!   refuse no connection).
 pub mod access_log;
@@ -27,6 +29,7 @@ pub mod admin;
 pub mod cgroup;
 pub mod compile;
 pub mod connection;
+pub mod explain;
 pub mod handoff;
 pub mod http;
 pub mod json_input;

@@ -40,6 +40,22 @@ pub trait HttpFilter: Send + Sync + Debug {
     /// The response phase, for every answer (forwarded or local), in reverse filter
     /// order. Headers only: bodies stream through untouched.
     fn on_response(&self, _cx: &mut ResponseCx<'_>) {}
+
+    /// What this filter would decide about a request, for `meshgate explain`, with the
+    /// same rules `on_request` applies; `None` when the filter cannot tell without
+    /// serving it (the default).
+    fn explain(&self, _input: &crate::proxy::rbac::Input<'_>) -> Option<FilterExplanation> {
+        None
+    }
+}
+
+/// A filter's decision about a request as [`HttpFilter::explain`] tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterExplanation {
+    /// What the filter decided and why, in a sentence.
+    pub summary: String,
+    /// The local answer the filter would give: status and Envoy's response code details.
+    pub answer: Option<(u16, String)>,
 }
 
 /// What a filter decided about a request.

@@ -927,13 +927,41 @@ fn redirect_response(
     route: &Route,
     https: bool,
 ) -> Response<ResponseBody> {
-    let request_scheme = request_scheme(req, https);
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let location = redirect_location(
+        r,
+        request_scheme(req, https),
+        authority.to_str().unwrap_or(""),
+        pq,
+        &route.matcher,
+    );
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = r.status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// The `location` of a redirect route's answer to a request with this scheme (the
+/// client's, see [`request_scheme`]), authority and path: Envoy's `RedirectAction`.
+pub fn redirect_location(
+    r: &Redirect,
+    request_scheme: &str,
+    authority: &str,
+    pq: &str,
+    matcher: &crate::proxy::route::RouteMatch,
+) -> String {
     let scheme: &str = r.scheme.as_deref().unwrap_or(request_scheme);
     let port = r.port.map(|p| format!(":{p}")).unwrap_or_default();
     let host: String = match &r.host {
         Some(h) => h.to_string(),
         None => {
-            let host = authority.to_str().unwrap_or("");
+            let host = authority;
             let stripped =
                 std::str::from_utf8(crate::proxy::route::table::strip_port(host.as_bytes()))
                     .unwrap_or(host);
@@ -950,11 +978,6 @@ fn redirect_response(
             }
         }
     };
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
     let (path, query) = split_query(pq);
     let mut final_path = match &r.path {
         PathRedirect::Keep => path.to_string(),
@@ -963,7 +986,7 @@ fn redirect_response(
             has_query: true,
         } => p.to_string(),
         PathRedirect::Path { path: p, .. } => p.to_string(),
-        PathRedirect::Prefix(p) => rewrite_prefix(path, &route.matcher, p),
+        PathRedirect::Prefix(p) => rewrite_prefix(path, matcher, p),
         PathRedirect::Regex(re, sub) => re.replace_all(path, sub.as_str()).into_owned(),
     };
     let path_has_query = matches!(
@@ -980,17 +1003,11 @@ fn redirect_response(
         final_path.push('?');
         final_path.push_str(q);
     }
-    let location = format!("{scheme}://{host}{port}{final_path}");
-    let mut resp = Response::new(ResponseBody::empty());
-    *resp.status_mut() = r.status;
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp
+    format!("{scheme}://{host}{port}{final_path}")
 }
 
 /// Replaces the route's matched prefix with `new` (Envoy's prefix_rewrite).
-fn rewrite_prefix(path: &str, m: &crate::proxy::route::RouteMatch, new: &str) -> String {
+pub fn rewrite_prefix(path: &str, m: &crate::proxy::route::RouteMatch, new: &str) -> String {
     use crate::proxy::route::PathMatch;
     let matched_len = match &m.path {
         PathMatch::Prefix(p) | PathMatch::Separated(p) => p.len().min(path.len()),

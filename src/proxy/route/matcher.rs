@@ -568,7 +568,16 @@ impl RouteMatch {
 
     /// Whether a request matches. `random` is a per-request random number used for
     /// `runtime_fraction`.
+    #[inline]
     pub fn matches(&self, req: &RequestView<'_>, random: u64) -> bool {
+        self.first_mismatch(req, random).is_none()
+    }
+
+    /// The first condition a request fails, in the order they are tested (path, runtime
+    /// fraction, headers, query parameters); `None` when the request matches. Routing
+    /// and `meshgate explain` both ask this, so an explanation names the condition that
+    /// routing itself found failing.
+    pub fn first_mismatch(&self, req: &RequestView<'_>, random: u64) -> Option<Mismatch> {
         let path = req.path;
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => starts_with(path, p, self.case_sensitive),
@@ -586,16 +595,34 @@ impl RouteMatch {
             PathMatch::Regex(r) => r.is_match(path),
         };
         if !path_ok {
-            return false;
+            return Some(Mismatch::Path);
         }
         if let Some(f) = self.fraction_per_million
             && (random % 1_000_000) as u32 >= f
         {
-            return false;
+            return Some(Mismatch::Fraction);
         }
-        self.headers.iter().all(|h| h.matches(req))
-            && self.query.iter().all(|q| q.matches(req.query))
+        if let Some(i) = self.headers.iter().position(|h| !h.matches(req)) {
+            return Some(Mismatch::Header(i));
+        }
+        self.query
+            .iter()
+            .position(|q| !q.matches(req.query))
+            .map(Mismatch::Query)
     }
+}
+
+/// The condition of a [`RouteMatch`] a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The path condition.
+    Path,
+    /// The request fell outside the `runtime_fraction`.
+    Fraction,
+    /// `headers[i]`.
+    Header(usize),
+    /// `query_parameters[i]`.
+    Query(usize),
 }
 
 fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
@@ -1162,6 +1189,62 @@ mod tests {
     fn rm(json: serde_json::Value) -> RouteMatch {
         let m: route_pb::RouteMatch = crate::xds::json::from_json(&json).unwrap();
         RouteMatch::compile(&mut cx(), &m).unwrap()
+    }
+
+    #[test]
+    fn first_mismatch_names_the_condition_routing_fails() {
+        use serde_json::json;
+        let method = http::Method::GET;
+        let m = rm(json!({
+            "prefix": "/reviews/",
+            "headers": [
+                {"name": "end-user", "string_match": {"exact": "jason"}},
+                {"name": "x-canary", "present_match": true}
+            ],
+            "query_parameters": [{"name": "v", "string_match": {"exact": "2"}}]
+        }));
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<Mismatch>);
+        let cases: &[Case<'_>] = &[
+            ("/ratings/1", &[], Some(Mismatch::Path)),
+            ("/reviews/1", &[], Some(Mismatch::Header(0))),
+            (
+                "/reviews/1",
+                &[("end-user", "bob")],
+                Some(Mismatch::Header(0)),
+            ),
+            (
+                "/reviews/1",
+                &[("end-user", "jason")],
+                Some(Mismatch::Header(1)),
+            ),
+            (
+                "/reviews/1?v=1",
+                &[("end-user", "jason"), ("x-canary", "1")],
+                Some(Mismatch::Query(0)),
+            ),
+            (
+                "/reviews/1?v=2",
+                &[("end-user", "jason"), ("x-canary", "1")],
+                None,
+            ),
+        ];
+        for (pq, hs, want) in cases {
+            let h = headers(hs);
+            let req = RequestView::new(&method, b"h", pq, None, false, &h);
+            assert_eq!(m.first_mismatch(&req, 0), *want, "{pq} {hs:?}");
+            assert_eq!(m.matches(&req, 0), want.is_none(), "{pq} {hs:?}");
+        }
+        let fraction = rm(json!({
+            "prefix": "/",
+            "runtime_fraction": {"default_value": {"numerator": 10}}
+        }));
+        let h = HeaderMap::new();
+        let req = RequestView::new(&method, b"h", "/", None, false, &h);
+        assert_eq!(fraction.first_mismatch(&req, 0), None);
+        assert_eq!(
+            fraction.first_mismatch(&req, 100_000),
+            Some(Mismatch::Fraction)
+        );
     }
 
     #[test]

@@ -8,5 +8,5 @@ pub mod table;
 
 pub use action::{Action, ClusterRef, DirectResponse, Redirect, RetryPolicy, RouteAction};
 pub use headers::HeaderMutations;
-pub use matcher::{HeaderMatch, PathMatch, RequestView, RouteMatch, StringMatch};
+pub use matcher::{HeaderMatch, Mismatch, PathMatch, RequestView, RouteMatch, StringMatch};
 pub use table::{Route, RouteTable, VirtualHost};

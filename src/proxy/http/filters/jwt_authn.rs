@@ -870,9 +870,66 @@ struct Verification<'r, 'c> {
     payloads: Map<String, Value>,
 }
 
+impl JwtAuthn {
+    /// A verifier's requirement in words (issuers, and what a missing token gets).
+    fn requirement(&self, v: &Verifier) -> String {
+        match v {
+            Verifier::Provider { provider, .. } => match self.providers.get(*provider) {
+                Some(p) => format!("a valid JWT from {}", p.issuer),
+                None => "a valid JWT".into(),
+            },
+            Verifier::Any {
+                children,
+                allow_missing,
+                allow_missing_or_failed,
+            } => {
+                let any: Vec<String> = children.iter().map(|c| self.requirement(c)).collect();
+                let mut s = format!("any of [{}]", any.join(", "));
+                if *allow_missing_or_failed {
+                    s.push_str(", or none valid (never refused)");
+                } else if *allow_missing {
+                    s.push_str(", or no token at all");
+                }
+                s
+            }
+            Verifier::All(children) => {
+                let all: Vec<String> = children.iter().map(|c| self.requirement(c)).collect();
+                format!("all of [{}]", all.join(", "))
+            }
+            Verifier::AllowMissing => "no token, or a valid one".into(),
+            Verifier::AllowMissingOrFailed => "anything (tokens checked, never refused)".into(),
+            Verifier::AllowAll => "nothing".into(),
+        }
+    }
+}
+
 impl HttpFilter for JwtAuthn {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The requirement of the rule this request's path selects; tokens are not verified
+    /// here (that needs the keys, and the time), so the filter never answers.
+    fn explain(
+        &self,
+        input: &crate::proxy::rbac::Input<'_>,
+    ) -> Option<crate::proxy::http::filter::FilterExplanation> {
+        let path = input.request.as_ref().map_or("/", |r| r.path_and_query);
+        let summary = match self.rules.iter().find(|r| r.matches(path)) {
+            None
+            | Some(Rule {
+                verifier: Verifier::AllowAll,
+                ..
+            }) => "no JWT requirement for this path".to_string(),
+            Some(rule) => format!(
+                "requires {}: an invalid token gets 401 (not verified here)",
+                self.requirement(&rule.verifier)
+            ),
+        };
+        Some(crate::proxy::http::filter::FilterExplanation {
+            summary,
+            answer: None,
+        })
     }
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx<'_>) -> Step<'a> {

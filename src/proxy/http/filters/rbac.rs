@@ -101,6 +101,10 @@ impl HttpFilter for RbacFilter {
         &self.name
     }
 
+    fn explain(&self, input: &Input<'_>) -> Option<crate::proxy::http::filter::FilterExplanation> {
+        Some(self.explanation(input))
+    }
+
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx<'_>) -> Step<'a> {
         let conn = cx.conn;
         let tls = conn.tls.as_deref();
@@ -169,6 +173,55 @@ impl HttpFilter for RbacFilter {
                 Step::respond(denied_response())
             }
         }
+    }
+}
+
+impl RbacFilter {
+    /// The enforced and shadow decisions for `input`, in words (the engines `on_request`
+    /// runs).
+    fn explanation(&self, input: &Input<'_>) -> crate::proxy::http::filter::FilterExplanation {
+        let action = |e: &Engine| match e.action {
+            Action::Allow => "ALLOW",
+            Action::Deny => "DENY",
+            Action::Log => "LOG",
+        };
+        let mut summary = String::new();
+        let mut answer = None;
+        match &self.rules {
+            None => summary.push_str("no enforced rules"),
+            Some(e) => {
+                let d = e.decide(input);
+                let verdict = if d.allowed { "allowed" } else { "denied" };
+                match d.policy {
+                    Some(p) => summary.push_str(&format!(
+                        "{verdict}: policy {p} of the {} rules ({} policies) matches{}",
+                        action(e),
+                        e.len(),
+                        crate::proxy::explain::authorization_policy(p)
+                            .map(|a| format!(" ({a})"))
+                            .unwrap_or_default()
+                    )),
+                    None => summary.push_str(&format!(
+                        "{verdict}: none of the {} {} policies matches",
+                        e.len(),
+                        action(e)
+                    )),
+                }
+                if !d.allowed {
+                    answer = Some((403, response_detail(d.policy)));
+                }
+            }
+        }
+        if let Some(e) = &self.shadow {
+            let d = e.decide(input);
+            summary.push_str(&format!(
+                "; shadow {} rules: {}{}",
+                action(e),
+                if d.allowed { "allowed" } else { "denied" },
+                d.policy.map(|p| format!(" by {p}")).unwrap_or_default()
+            ));
+        }
+        crate::proxy::http::filter::FilterExplanation { summary, answer }
     }
 }
 
