@@ -171,13 +171,7 @@ fn mesh_identity(args: &Args, mesh: &MeshConfig) -> Result<Option<MeshIdentity>,
 /// at 1000 proxies x 1000 services to ~230 MiB instead of ~350 MiB at the same CPU.
 /// `MALLOC_ARENA_MAX` in the environment still decides when set.
 fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
+    meshgate::proxy::malloc::limit_arenas(2);
 }
 
 pub fn run(args: Args) -> ExitCode {

@@ -744,27 +744,25 @@ fn deserialize_secret(
     // spec, and a copy of every key in the tree would double what ten thousand
     // credentials cost.
     let mut root = root;
-    blank_secret_values(Arc::make_mut(&mut root));
+    keep_secret_positions(Arc::make_mut(&mut root));
     finish(file, root, doc.metadata, doc.secret, diags)
 }
 
-/// Empties the string values under `data` and `stringData` of a Secret's tree.
-fn blank_secret_values(root: &mut Node) {
+/// Reduces a Secret's tree to what later diagnostics point at once it is loaded: its
+/// `metadata.name` and `metadata.namespace` (problems with its values were reported while
+/// loading). Ten thousand credentials otherwise keep ten thousand envelopes.
+fn keep_secret_positions(root: &mut Node) {
     let NodeValue::Map(entries) = &mut root.value else {
         return;
     };
-    for e in entries {
-        if e.key != "data" && e.key != "stringData" {
-            continue;
-        }
-        if let NodeValue::Map(values) = &mut e.value.value {
-            for v in values {
-                if let NodeValue::String(s) = &mut v.value.value {
-                    *s = String::new();
-                }
-            }
+    entries.retain(|e| e.key == "metadata");
+    for e in entries.iter_mut() {
+        if let NodeValue::Map(fields) = &mut e.value.value {
+            fields.retain(|f| f.key == "name" || f.key == "namespace");
+            fields.shrink_to_fit();
         }
     }
+    entries.shrink_to_fit();
 }
 
 /// Secrets cannot use `flatten` with `deny_unknown_fields`; read the envelope and the
@@ -1114,6 +1112,27 @@ stringData: {tls.key: secret}
         let secret = &c.secrets[0].spec;
         assert_eq!(secret.get("tls.crt"), Some(&b"hello"[..]));
         assert_eq!(secret.get("tls.key"), Some(&b"secret"[..]));
+    }
+
+    #[test]
+    fn a_secret_keeps_the_positions_of_its_name_only() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata:\n  namespace: ns\n  name: cert\n  labels: {a: b}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: hello\n  tls.key: secret\n";
+        let out = load_str("s.yaml", text);
+        assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+        let secret = &out.config.secrets[0];
+        assert_eq!(secret.spec.get("tls.key"), Some(&b"secret"[..]));
+        assert_eq!(secret.origin.position("metadata.name"), (5, 3));
+        assert_eq!(secret.origin.position("metadata.namespace"), (4, 3));
+        let NodeValue::Map(entries) = &secret.origin.tree().unwrap().value else {
+            panic!("not a map");
+        };
+        let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["metadata"]);
+        let NodeValue::Map(fields) = &entries[0].value.value else {
+            panic!("not a map");
+        };
+        let keys: Vec<&str> = fields.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["namespace", "name"]);
     }
 
     #[test]

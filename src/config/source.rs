@@ -254,26 +254,39 @@ impl Builder {
                 let Some(frame) = self.stack.pop() else {
                     return Err(err(pos, "unbalanced collection end"));
                 };
+                // Trees are kept for positions as long as their files are cached: no spare
+                // capacity (a map of three entries would hold room for four).
                 let (node, anchor) = match frame {
-                    Frame::Seq { pos, anchor, items } => (
-                        Node {
-                            pos,
-                            value: NodeValue::Seq(items),
-                        },
+                    Frame::Seq {
+                        pos,
                         anchor,
-                    ),
+                        mut items,
+                    } => {
+                        items.shrink_to_fit();
+                        (
+                            Node {
+                                pos,
+                                value: NodeValue::Seq(items),
+                            },
+                            anchor,
+                        )
+                    }
                     Frame::Map {
                         pos,
                         anchor,
                         entries,
                         ..
-                    } => (
-                        Node {
-                            pos,
-                            value: NodeValue::Map(merge_keys(entries)),
-                        },
-                        anchor,
-                    ),
+                    } => {
+                        let mut entries = merge_keys(entries);
+                        entries.shrink_to_fit();
+                        (
+                            Node {
+                                pos,
+                                value: NodeValue::Map(entries),
+                            },
+                            anchor,
+                        )
+                    }
                 };
                 self.count(1, pos)?;
                 self.complete(node, anchor, None)?;
@@ -327,6 +340,8 @@ impl Builder {
                     if entries.iter().any(|e| e.key == text) && text != "<<" {
                         return Err(err(node.pos, format!("duplicate key `{text}`")));
                     }
+                    let mut text = text;
+                    text.shrink_to_fit();
                     *key = Some((text, node.pos));
                 }
                 Some((k, key_pos)) => entries.push(MapEntry {

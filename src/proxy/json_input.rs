@@ -72,15 +72,6 @@ pub fn resource_set_from_json(v: &Value) -> Result<ResourceSet, String> {
     };
     set.sort();
     drop(owned);
-    release_freed_memory();
+    crate::proxy::malloc::release_freed_memory();
     Ok(set)
-}
-
-/// Hands memory freed by parsing back to the OS (glibc keeps it otherwise).
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

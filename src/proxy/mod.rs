@@ -34,6 +34,7 @@ pub mod handoff;
 pub mod http;
 pub mod json_input;
 pub mod listener;
+pub mod malloc;
 pub mod overload;
 pub mod proxy_protocol;
 pub mod rates;

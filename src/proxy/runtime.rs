@@ -360,14 +360,19 @@ impl Gateway {
     /// (the last good snapshot keeps serving), as an Envoy NACK. The set's `Secret`s are
     /// the gateway's SDS secrets from now on (others are forgotten).
     pub fn apply(&self, set: ResourceSet, version: &str) -> Result<(), ApplyError> {
-        self.apply_set(set, version, true)
+        let applied = self.apply_set(set, version, true);
+        // The set and what compiling it took are freed: their pages go back to the OS.
+        crate::proxy::malloc::release_freed_memory();
+        applied
     }
 
     /// Like [`apply`](Self::apply) for a set whose secrets come on their own
     /// ([`update_secrets`](Self::update_secrets), an xDS client's SDS): the secret store
     /// is left as it is, and the set needs no `Secret`s.
     pub fn apply_without_secrets(&self, set: ResourceSet, version: &str) -> Result<(), ApplyError> {
-        self.apply_set(set, version, false)
+        let applied = self.apply_set(set, version, false);
+        crate::proxy::malloc::release_freed_memory();
+        applied
     }
 
     /// Publishes SDS secrets as they arrive, without compiling anything: filter chains

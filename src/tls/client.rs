@@ -287,7 +287,7 @@ impl UpstreamTls {
 /// Envoy without a validation context accepts any server certificate; signatures are
 /// still checked so the handshake proves possession of the key.
 #[derive(Debug)]
-struct NoVerification;
+pub(crate) struct NoVerification;
 
 impl rustls::client::danger::ServerCertVerifier for NoVerification {
     fn verify_server_cert(

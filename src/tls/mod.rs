@@ -53,7 +53,7 @@ pub use identity::{ClientCertDetails, PeerIdentity};
 pub use material::{CertificateMaterial, TrustMaterial};
 pub use renegotiation::RenegotiationGuard;
 pub use rewind::Rewind;
-pub use server::{DownstreamTls, ServerSessionState};
+pub use server::{DownstreamTls, DownstreamTlsSet, ServerSessionState};
 pub use stats::TlsStats;
 pub use store::{SecretStore, SecretStoreOptions};
 

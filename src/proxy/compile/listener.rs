@@ -8,7 +8,7 @@ use crate::proxy::proxy_protocol::ProxyProtocolFilter;
 use crate::proxy::route::RouteTable;
 use crate::proxy::tcp::{DEFAULT_IDLE_TIMEOUT as DEFAULT_TCP_IDLE_TIMEOUT, TcpClusters, TcpProxy};
 use crate::proxy::tls::TlsRuntime;
-use crate::tls::DownstreamTls;
+use crate::tls::{DownstreamTls, DownstreamTlsSet};
 use crate::xds::ResourceSet;
 use crate::xds::pb::envoy::config::core::v3 as core_pb;
 use crate::xds::pb::envoy::config::listener::v3 as pb;
@@ -183,18 +183,21 @@ fn compile_listener(
             ));
         }
     }
-    let mut chains = Vec::new();
+    // Chains whose TLS contexts differ only by certificate share one server configuration.
+    let mut tls_set = DownstreamTlsSet::new(&tls.store, &tls.sessions);
+    let mut chains = Vec::with_capacity(l.filter_chains.len());
     for (i, fc) in l.filter_chains.iter().enumerate() {
         chains.push(cx.at(format_args!("filter_chains[{i}]"), |cx| {
-            compile_chain(cx, fc, routes, clusters, tls, &l.name)
+            compile_chain(cx, fc, routes, clusters, &mut tls_set, &l.name)
         })?);
     }
     let default_chain = match &l.default_filter_chain {
         Some(fc) => Some(cx.at("default_filter_chain", |cx| {
-            compile_chain(cx, fc, routes, clusters, tls, &l.name)
+            compile_chain(cx, fc, routes, clusters, &mut tls_set, &l.name)
         })?),
         None => None,
     };
+    tls_set.finish();
     if chains.is_empty() && default_chain.is_none() {
         return Err(cx.err(
             "filter_chains",
@@ -335,7 +338,7 @@ fn compile_chain(
     fc: &pb::FilterChain,
     routes: &HashMap<String, Arc<RouteTable>>,
     clusters: &Clusters,
-    tls: &TlsRuntime,
+    tls: &mut DownstreamTlsSet<'_>,
     listener: &str,
 ) -> Result<FilterChain, CompileError> {
     fields!(
@@ -363,7 +366,11 @@ fn compile_chain(
     let downstream_tls = match &fc.transport_socket {
         None => None,
         Some(ts) => cx.at("transport_socket", |cx| {
-            downstream_transport_socket(cx, ts, tls, listener, &fc.name)
+            let names = fc
+                .filter_chain_match
+                .as_ref()
+                .map_or(&[][..], |m| m.server_names.as_slice());
+            downstream_transport_socket(cx, ts, tls, names, listener, &fc.name)
         })?,
     };
     let matcher = match &fc.filter_chain_match {
@@ -457,7 +464,8 @@ fn network_rbac(
 fn downstream_transport_socket(
     cx: &mut Cx,
     ts: &core_pb::TransportSocket,
-    tls: &TlsRuntime,
+    tls: &mut DownstreamTlsSet<'_>,
+    server_names: &[String],
     listener: &str,
     chain: &str,
 ) -> Result<Option<DownstreamTls>, CompileError> {
@@ -484,7 +492,8 @@ fn downstream_transport_socket(
     let name = format!("listener {listener} filter chain {chain:?}");
     // A certificate secret that has not arrived is not an error: the chain's handshakes
     // fail until it comes (logged once per secret when the listener is applied).
-    let built = DownstreamTls::from_context(&ctx, &tls.store, &tls.sessions, &name)
+    let built = tls
+        .build(&ctx, server_names, &name)
         .map_err(|e| cx.err("typed_config", e.to_string()))?;
     Ok(Some(built))
 }
