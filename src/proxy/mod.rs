@@ -18,7 +18,8 @@
 //!   detection, DNS resolution and connection pools.
 //! - [`overload`] holds the connection limits, requests per connection and the heap
 //!   monitor's actions (Envoy's overload manager).
-//! - [`admin`], [`stats`] and [`access_log`] are what operators look at.
+//! - [`admin`], [`stats`] and [`access_log`] are what operators look at; [`trace`]
+//!   makes and reports the spans of distributed tracing.
 //! - [`handoff`] hands the listening sockets to a successor process (upgrades that
 //!   refuse no connection).
 pub mod access_log;
@@ -39,6 +40,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod xds_consumer;
 
