@@ -43,6 +43,21 @@ pub struct LocalInfo {
     pub address: String,
 }
 
+impl LocalInfo {
+    /// This host's address, with no node named yet.
+    pub fn of_host() -> LocalInfo {
+        LocalInfo {
+            node_id: "meshgate".into(),
+            cluster: "meshgate".into(),
+            zone: String::new(),
+            address: crate::proxy::http::request::host_address(true)
+                .to_str()
+                .unwrap_or("127.0.0.1")
+                .to_string(),
+        }
+    }
+}
+
 static LOCAL: OnceLock<LocalInfo> = OnceLock::new();
 
 /// Sets this process's [`LocalInfo`] (once; later calls are ignored).
@@ -51,15 +66,7 @@ pub fn set_local_info(info: LocalInfo) {
 }
 
 fn local_info() -> &'static LocalInfo {
-    LOCAL.get_or_init(|| LocalInfo {
-        node_id: "meshgate".into(),
-        cluster: "meshgate".into(),
-        zone: String::new(),
-        address: crate::proxy::http::request::host_address(true)
-            .to_str()
-            .unwrap_or("127.0.0.1")
-            .to_string(),
-    })
+    LOCAL.get_or_init(LocalInfo::of_host)
 }
 
 /// Why a request is traced: Envoy's `Tracing::Reason`, which the UUID request id
