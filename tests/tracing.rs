@@ -479,8 +479,8 @@ fn random_sampling_follows_the_request_id_like_envoy() {
 }
 
 /// Sends `n` requests over `connections` keep-alive connections with h2load; returns
-/// (succeeded, 2xx).
-fn load(port: u16, n: usize, connections: usize) -> (usize, usize) {
+/// (succeeded, 2xx, h2load's report).
+fn load(port: u16, n: usize, connections: usize) -> (usize, usize, String) {
     let out = std::process::Command::new(peer_bin("h2load"))
         .args([
             "--h1",
@@ -489,7 +489,7 @@ fn load(port: u16, n: usize, connections: usize) -> (usize, usize) {
             "-c",
             &connections.to_string(),
             "-H",
-            "host: svc.test",
+            ":authority: svc.test",
             &format!("http://127.0.0.1:{port}/load"),
         ])
         .output()
@@ -503,7 +503,7 @@ fn load(port: u16, n: usize, connections: usize) -> (usize, usize) {
             })
             .unwrap_or_else(|| panic!("no `{what}` in h2load output:\n{text}"))
     };
-    (number_after(" succeeded"), number_after("2xx"))
+    (number_after(" succeeded"), number_after("2xx"), text)
 }
 
 #[test]
@@ -514,8 +514,8 @@ fn a_collector_that_is_down_fails_no_request() {
     let mg = InProcess::start(&resources(port, up.port(), closed, 100.0, false));
     wait_for_port(port, Duration::from_secs(10));
     let n = 200;
-    let (ok, twoxx) = load(port, n, 4);
-    assert_eq!((ok, twoxx), (n, n), "every request succeeds");
+    let (ok, twoxx, report) = load(port, n, 4);
+    assert_eq!((ok, twoxx), (n, n), "every request succeeds:\n{report}");
     wait_until(
         "the failed reports are counted",
         Duration::from_secs(20),
@@ -535,8 +535,8 @@ fn a_slow_collector_drops_spans_and_counts_them() {
     wait_for_port(port, Duration::from_secs(10));
     // More spans than a worker holds while its report waits on the collector (5 s).
     let n = 3000;
-    let (ok, twoxx) = load(port, n, 8);
-    assert_eq!((ok, twoxx), (n, n), "every request succeeds");
+    let (ok, twoxx, report) = load(port, n, 8);
+    assert_eq!((ok, twoxx), (n, n), "every request succeeds:\n{report}");
     wait_until(
         "spans are either reported, dropped or still buffered (at most 1000)",
         Duration::from_secs(30),
