@@ -548,6 +548,13 @@ fn a_slow_collector_drops_spans_and_counts_them() {
     );
     let dropped = mg.stat("tracing.zipkin.spans_dropped").unwrap_or(0);
     assert!(dropped > 0, "a held collector makes the buffer overflow");
+    // ... on the Prometheus endpoint too, under Envoy's naming.
+    let (_, prom) =
+        blocking_http_get(mg.gw().prometheus_addr().unwrap(), "/stats/prometheus").unwrap();
+    assert!(
+        prom.lines().any(|l| l.starts_with("envoy_tracing_zipkin_spans_dropped")),
+        "{prom}"
+    );
     assert!(
         zipkin.reports.lock().unwrap().is_empty(),
         "the held collector answered nothing"

@@ -1231,6 +1231,52 @@ mod tests {
     }
 
     #[test]
+    fn tracing_settings_are_read_and_what_is_not_served_is_refused() {
+        let m = parse_mesh_config(
+            "mesh.yaml",
+            "enableTracing: true\nextensionProviders:\n- name: z\n  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, maxTagLength: 99, enable64bitTraceId: true, path: /spans}\ndefaultProviders: {tracing: [z]}\ndefaultConfig:\n  tracing: {sampling: 12.5, maxPathTagLength: 64, customTags: {a: {literal: {value: b}}, e: {environment: {name: HOME}}}}\n",
+        )
+        .unwrap();
+        assert!(m.tracing.enabled);
+        assert_eq!(m.tracing.providers, ["z"]);
+        assert_eq!(m.tracing.sampling, Percentage(12.5));
+        assert_eq!(m.tracing.max_path_tag_length, 64);
+        assert_eq!(m.tracing.custom_tags.len(), 2);
+        let z = m.extension_provider("z").unwrap().zipkin().unwrap();
+        assert_eq!((z.port, z.max_tag_length, z.enable_64bit_trace_id), (9411, 99, true));
+        assert_eq!(z.path, "/spans");
+
+        let e = errors(
+            "enableTracing: true\nextensionProviders:\n- name: o\n  opentelemetry: {service: otel, port: 4317}\n- name: z\n  zipkin: {service: '', port: 0, path: spans, traceContextOption: USE_B3_WITH_W3C_PROPAGATION, timeout: 1s}\ndefaultProviders: {tracing: [o], metrics: [prometheus]}\ndefaultConfig:\n  tracing: {sampling: 101, zipkin: {address: zipkin:9411}}\n",
+        );
+        let has = |field: &str, text: &str| {
+            assert!(
+                e.iter().any(|d| d.contains(field) && d.contains(text)),
+                "no error on {field} ({text}): {e:#?}"
+            )
+        };
+        has("defaultProviders.tracing[0]", "opentelemetry");
+        has("defaultProviders.metrics", "does not serve");
+        has("extensionProviders[1].zipkin.service", "required");
+        has("extensionProviders[1].zipkin.port", "[1, 65535]");
+        has("extensionProviders[1].zipkin.path", "begin with");
+        has("extensionProviders[1].zipkin.traceContextOption", "USE_B3");
+        has("extensionProviders[1].zipkin.timeout", "does not serve");
+        has("defaultConfig.tracing.sampling", "0 to 100");
+        has("defaultConfig.tracing.zipkin", "legacy");
+        // enableTracing alone would rely on the bootstrap tracer.
+        let e = errors("enableTracing: true\n");
+        assert!(e[0].contains("enableTracing") && e[0].contains("defaultProviders.tracing"), "{e:?}");
+        // A gateway's own ProxyConfig does not lay its tracing over the mesh's.
+        let e: Vec<String> = parse_proxy_config("pc.yaml", "tracing: {sampling: 1}\n")
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert!(e[0].contains("tracing"), "{e:?}");
+    }
+
+    #[test]
     fn an_empty_file_is_istio_defaults() {
         let m = parse_mesh_config("mesh.yaml", "").unwrap();
         assert_eq!(m.trust_domain, "cluster.local");
@@ -1297,9 +1343,8 @@ mod tests {
         );
         assert_eq!(e.len(), 4, "{e:?}");
         assert!(
-            e[0].starts_with(
-                "mesh.yaml:1:1: error: MeshConfig: enableTracing: meshgate does not serve"
-            ),
+            e.iter().any(|l| l
+                .starts_with("mesh.yaml:1:1: error: MeshConfig: enableTracing: tracing through the legacy bootstrap tracer is not served")),
             "{e:?}"
         );
         assert!(e.iter().any(|l| l.contains("trustDomainAliases")));

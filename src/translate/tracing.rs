@@ -255,3 +255,188 @@ fn custom_tags(scope: &Scope) -> Vec<tag_pb::CustomTag> {
     tags.sort_by(|a, b| a.tag.cmp(&b.tag));
     tags
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::mesh::parse_mesh_config;
+    use crate::registry::Registry;
+    use crate::xds::ProxyIdentity;
+    use crate::xds::json;
+    use serde_json::{Value, json};
+    use std::collections::BTreeMap;
+
+    const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: zipkin, namespace: istio-system}
+spec:
+  hosts: [zipkin.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9411, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.9}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend, namespace: default}
+spec:
+  hosts: [backend.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http: [{route: [{destination: {host: backend.internal}}]}]
+"#;
+
+    fn translate(mesh_yaml: &str) -> crate::translate::Translation {
+        let loaded = crate::config::load_str("test.yaml", CONFIG);
+        assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+        let (registry, _) = Registry::from_config(&loaded.config);
+        let mesh = parse_mesh_config("mesh.yaml", mesh_yaml).expect("mesh config");
+        assert!(super::check(&registry, &mesh).is_empty());
+        let mut proxy = ProxyIdentity::gateway(
+            "istio-system",
+            BTreeMap::from([
+                ("istio".to_string(), "ingressgateway".to_string()),
+                (
+                    "service.istio.io/canonical-name".to_string(),
+                    "istio-ingressgateway".to_string(),
+                ),
+            ]),
+        );
+        proxy.cluster_id = "Kubernetes".into();
+        crate::translate::gateway_in_mesh(&loaded.config, &registry, &proxy, &mesh)
+    }
+
+    fn hcm(t: &crate::translate::Translation) -> Value {
+        let l = json::to_json(t.resources.listener("0.0.0.0_8080").expect("listener"))
+            .expect("json");
+        l["filter_chains"][0]["filters"][0]["typed_config"].clone()
+    }
+
+    const MESH: &str = "extensionProviders:\n- name: zipkin\n  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, maxTagLength: 100}\ndefaultProviders: {tracing: [zipkin]}\ndefaultConfig:\n  tracing:\n    sampling: 25\n    customTags:\n      env: {literal: {value: prod}}\n      user: {header: {name: x-user, defaultValue: anon}}\n";
+
+    #[test]
+    fn the_mesh_zipkin_provider_becomes_istiods_tracing() {
+        let t = translate(MESH);
+        let tracing = &hcm(&t)["tracing"];
+        assert_eq!(tracing["random_sampling"], json!({"value": 25.0}));
+        assert_eq!(tracing["client_sampling"], json!({"value": 100.0}));
+        assert_eq!(tracing["overall_sampling"], json!({"value": 100.0}));
+        assert_eq!(tracing["max_path_tag_length"], 100);
+        assert_eq!(tracing["spawn_upstream_span"], true);
+        let provider = &tracing["provider"];
+        assert_eq!(provider["name"], "envoy.tracers.zipkin");
+        let z = &provider["typed_config"];
+        assert_eq!(
+            z["collector_cluster"],
+            "outbound|9411||zipkin.istio-system.svc.cluster.local"
+        );
+        assert_eq!(z["collector_endpoint"], "/api/v2/spans");
+        assert_eq!(z["collector_endpoint_version"], "HTTP_JSON");
+        assert_eq!(z["trace_id_128bit"], true);
+        assert_eq!(z["shared_span_context"], false);
+        assert_eq!(
+            z["collector_hostname"],
+            "zipkin.istio-system.svc.cluster.local"
+        );
+        // Istio's tags, the dry-run authorization tags and the ProxyConfig's, by name.
+        let tags: Vec<&str> = tracing["custom_tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["tag"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                "env",
+                "istio.authorization.dry_run.allow_policy.name",
+                "istio.authorization.dry_run.allow_policy.result",
+                "istio.authorization.dry_run.deny_policy.name",
+                "istio.authorization.dry_run.deny_policy.result",
+                "istio.canonical_revision",
+                "istio.canonical_service",
+                "istio.cluster_id",
+                "istio.mesh_id",
+                "istio.namespace",
+                "user",
+            ]
+        );
+        let by_tag = |name: &str| {
+            tracing["custom_tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["tag"] == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(by_tag("istio.canonical_service")["literal"]["value"], "istio-ingressgateway");
+        assert_eq!(by_tag("istio.canonical_revision")["literal"]["value"], "latest");
+        assert_eq!(by_tag("istio.namespace")["literal"]["value"], "istio-system");
+        assert_eq!(by_tag("istio.cluster_id")["literal"]["value"], "Kubernetes");
+        assert_eq!(
+            by_tag("user")["request_header"],
+            json!({"name": "x-user", "default_value": "anon"})
+        );
+        assert_eq!(
+            by_tag("istio.authorization.dry_run.deny_policy.result")["metadata"]["metadata_key"],
+            json!({"key": "envoy.filters.http.rbac", "path": [{"key": "istio_dry_run_deny_shadow_engine_result"}]})
+        );
+        // The gateway carries the collector's cluster.
+        assert!(
+            t.resources
+                .clusters
+                .iter()
+                .any(|c| c.name == "outbound|9411||zipkin.istio-system.svc.cluster.local")
+        );
+        // And the data plane takes what the translation gives it.
+        crate::proxy::compile(&t.resources, "1", None).expect("the data plane compiles it");
+    }
+
+    #[test]
+    fn without_a_provider_nothing_traces_and_sampling_defaults_to_istios() {
+        assert!(hcm(&translate(""))["tracing"].is_null());
+        let t = translate(
+            "extensionProviders:\n- name: z\n  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}\ndefaultProviders: {tracing: [z]}\n",
+        );
+        let tracing = &hcm(&t)["tracing"];
+        assert_eq!(tracing["random_sampling"], json!({"value": 1.0}));
+        assert!(tracing["max_path_tag_length"].is_null());
+    }
+
+    #[test]
+    fn a_provider_whose_service_is_unknown_fails_validation() {
+        let loaded = crate::config::load_str("test.yaml", CONFIG);
+        let (registry, _) = Registry::from_config(&loaded.config);
+        let mesh = parse_mesh_config(
+            "mesh.yaml",
+            "extensionProviders:\n- name: z\n  zipkin: {service: nowhere.example, port: 9411}\ndefaultProviders: {tracing: [z]}\n",
+        )
+        .unwrap();
+        let d = super::check(&registry, &mesh);
+        assert_eq!(d.len(), 1);
+        let text = d[0].to_string();
+        assert!(
+            text.contains("defaultProviders.tracing[0]") && text.contains("nowhere.example"),
+            "{text}"
+        );
+    }
+}

@@ -281,6 +281,8 @@ mod tests {
                 value: false,
             }),
             collector_hostname: "zipkin.istio-system.svc.cluster.local".into(),
+            collector_endpoint_version: trace_pb::zipkin_config::CollectorEndpointVersion::HttpJson
+                as i32,
             ..Default::default()
         }
     }
