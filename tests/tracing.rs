@@ -81,9 +81,11 @@ impl ZipkinReceiver {
             || {
                 let spans = self.spans();
                 paths.iter().all(|p| {
-                    spans
-                        .iter()
-                        .any(|s| s["tags"]["http.url"].as_str().is_some_and(|u| u.ends_with(p)))
+                    spans.iter().any(|s| {
+                        s["tags"]["http.url"]
+                            .as_str()
+                            .is_some_and(|u| u.ends_with(p))
+                    })
                 })
             },
         );
@@ -318,7 +320,13 @@ fn span_view(s: &Value) -> Value {
         .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
     // Per-process and per-request values: present, not compared.
-    for k in ["node_id", "guid:x-request-id", "zone", "peer.address", "upstream_address"] {
+    for k in [
+        "node_id",
+        "guid:x-request-id",
+        "zone",
+        "peer.address",
+        "upstream_address",
+    ] {
         if let Some(v) = tags.get_mut(k) {
             *v = json!("<present>");
         }
@@ -326,7 +334,10 @@ fn span_view(s: &Value) -> Value {
     // The URL's host:port differs (each proxy listens on its own port).
     if let Some(u) = tags.get_mut("http.url") {
         let url = u.as_str().unwrap_or("").to_string();
-        *u = json!(url.split_once("/svc.test").map_or(url.clone(), |(_, p)| p.to_string()));
+        *u = json!(
+            url.split_once("/svc.test")
+                .map_or(url.clone(), |(_, p)| p.to_string())
+        );
     }
     json!({
         "name": s["name"],
@@ -394,26 +405,39 @@ fn differential(spawn: bool) {
     let m_spans = zipkin_mg.wait_for(&sampled);
     let e_spans = zipkin_envoy.wait_for(&sampled);
     for path in sampled {
-        let m: Vec<Value> = trace_of(&m_spans, path).into_iter().map(span_view).collect();
-        let e: Vec<Value> = trace_of(&e_spans, path).into_iter().map(span_view).collect();
+        let m: Vec<Value> = trace_of(&m_spans, path)
+            .into_iter()
+            .map(span_view)
+            .collect();
+        let e: Vec<Value> = trace_of(&e_spans, path)
+            .into_iter()
+            .map(span_view)
+            .collect();
         assert_eq!(
             serde_json::to_string_pretty(&m).unwrap(),
             serde_json::to_string_pretty(&e).unwrap(),
             "{path}: the span tree"
         );
-        assert_eq!(m.len(), if spawn && path != "/nr" { 2 } else { 1 }, "{path}");
+        assert_eq!(
+            m.len(),
+            if spawn && path != "/nr" { 2 } else { 1 },
+            "{path}"
+        );
     }
     for spans in [&m_spans, &e_spans] {
         assert!(
-            !spans
-                .iter()
-                .any(|s| s["tags"]["http.url"].as_str().is_some_and(|u| u.ends_with("/unsampled"))),
+            !spans.iter().any(|s| s["tags"]["http.url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("/unsampled"))),
             "an unsampled request reports no span"
         );
         // A span with a received context keeps its trace and names its parent.
         let incoming = trace_of(spans, "/incoming");
         assert!(incoming.iter().all(|s| s["traceId"] == TRACE_128));
-        let downstream = incoming.iter().find(|s| s["tags"]["http.url"].is_string()).unwrap();
+        let downstream = incoming
+            .iter()
+            .find(|s| s["tags"]["http.url"].is_string())
+            .unwrap();
         assert_eq!(downstream["parentId"], "000000000000000b");
         if spawn {
             let upstream = incoming.iter().find(|s| s["kind"] == "CLIENT").unwrap();
@@ -552,11 +576,78 @@ fn a_slow_collector_drops_spans_and_counts_them() {
     let (_, prom) =
         blocking_http_get(mg.gw().prometheus_addr().unwrap(), "/stats/prometheus").unwrap();
     assert!(
-        prom.lines().any(|l| l.starts_with("envoy_tracing_zipkin_spans_dropped")),
+        prom.lines()
+            .any(|l| l.starts_with("envoy_tracing_zipkin_spans_dropped")),
         "{prom}"
     );
     assert!(
         zipkin.reports.lock().unwrap().is_empty(),
         "the held collector answered nothing"
     );
+}
+
+/// A meshgate gateway in front of an Envoy proxy (as a gateway before a sidecar), both
+/// tracing to one collector: one trace, Envoy's span the child of meshgate's upstream
+/// span, the upstream's context the child of Envoy's.
+#[test]
+fn a_gateway_and_envoy_behind_it_make_one_trace() {
+    let up = EchoUpstream::start("up");
+    let zipkin = ZipkinReceiver::start(false);
+    let (mg_port, envoy_port) = (free_port(), free_port());
+    let dir = TempDir::new();
+    // Envoy: the second hop, egress span without upstream spans (a sidecar's shape).
+    let envoy = envoy_with(
+        &resources(envoy_port, up.port(), zipkin.port, 100.0, false),
+        &dir,
+    );
+    // meshgate: the gateway, spawning an upstream span towards Envoy.
+    let mg = InProcess::start(&resources(mg_port, envoy_port, zipkin.port, 100.0, true));
+    wait_for_port(mg_port, Duration::from_secs(10));
+    let r = get(mg_port, "svc.test", "/chain", &[]);
+    assert_eq!(r.status, 200);
+    let echo = r.echo();
+    let at_upstream = |h: &str| echo["headers"][h][0].as_str().unwrap_or("").to_string();
+    // Spans of both proxies: meshgate's downstream and upstream span, Envoy's span.
+    wait_until(
+        "three spans of the request",
+        Duration::from_secs(30),
+        || zipkin.spans().len() >= 3,
+    );
+    let spans = zipkin.spans();
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let trace = &spans[0]["traceId"];
+    assert!(spans.iter().all(|s| &s["traceId"] == trace), "{spans:#?}");
+    assert_eq!(at_upstream("x-b3-traceid"), trace.as_str().unwrap());
+    let find = |kind: &str, has_url: bool| {
+        spans
+            .iter()
+            .filter(|s| s["kind"] == kind && s["tags"]["http.url"].is_string() == has_url)
+            .collect::<Vec<_>>()
+    };
+    let gateway = find("SERVER", true);
+    let gateway_upstream = find("CLIENT", false);
+    let second_hop = find("CLIENT", true);
+    assert_eq!(
+        (gateway.len(), gateway_upstream.len(), second_hop.len()),
+        (1, 1, 1)
+    );
+    assert!(
+        gateway[0]["parentId"].is_null(),
+        "the gateway's span is the root"
+    );
+    assert_eq!(gateway_upstream[0]["parentId"], gateway[0]["id"]);
+    assert_eq!(second_hop[0]["parentId"], gateway_upstream[0]["id"]);
+    // The upstream received the second hop's span (an egress span stands for the
+    // upstream request itself).
+    assert_eq!(
+        at_upstream("x-b3-spanid"),
+        second_hop[0]["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        at_upstream("x-b3-parentspanid"),
+        gateway_upstream[0]["id"].as_str().unwrap()
+    );
+    assert_eq!(at_upstream("x-b3-sampled"), "1");
+    drop(mg);
+    drop(envoy);
 }

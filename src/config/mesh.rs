@@ -822,8 +822,7 @@ fn check_zipkin(file: &str, root: &Node, at: &str, settings: &Value, diags: &mut
             format!("path must begin with `/`, found: {:?}", p.path),
         ));
     }
-    if p
-        .trace_context_option
+    if p.trace_context_option
         .as_deref()
         .is_some_and(|o| o != "USE_B3" && o != "UNSPECIFIED")
     {
@@ -834,7 +833,10 @@ fn check_zipkin(file: &str, root: &Node, at: &str, settings: &Value, diags: &mut
             "only USE_B3 propagation is served",
         ));
     }
-    for (field, set) in [("timeout", p.timeout.is_some()), ("headers", p.headers.is_some())] {
+    for (field, set) in [
+        ("timeout", p.timeout.is_some()),
+        ("headers", p.headers.is_some()),
+    ] {
         if set {
             diags.push(not_served(file, root, &format!("{at}.{field}")));
         }
@@ -1140,7 +1142,10 @@ fn settle(file: &str, root: &Node, raw: RawMeshConfig, diags: &mut Vec<Diagnosti
     let defaults = raw.default_providers.unwrap_or_default();
     for (field, set) in [
         ("defaultProviders.metrics", defaults.metrics.is_some()),
-        ("defaultProviders.accessLogging", defaults.access_logging.is_some()),
+        (
+            "defaultProviders.accessLogging",
+            defaults.access_logging.is_some(),
+        ),
     ] {
         if set {
             diags.push(not_served(file, root, field));
@@ -1243,7 +1248,10 @@ mod tests {
         assert_eq!(m.tracing.max_path_tag_length, 64);
         assert_eq!(m.tracing.custom_tags.len(), 2);
         let z = m.extension_provider("z").unwrap().zipkin().unwrap();
-        assert_eq!((z.port, z.max_tag_length, z.enable_64bit_trace_id), (9411, 99, true));
+        assert_eq!(
+            (z.port, z.max_tag_length, z.enable_64bit_trace_id),
+            (9411, 99, true)
+        );
         assert_eq!(z.path, "/spans");
 
         let e = errors(
@@ -1266,7 +1274,10 @@ mod tests {
         has("defaultConfig.tracing.zipkin", "legacy");
         // enableTracing alone would rely on the bootstrap tracer.
         let e = errors("enableTracing: true\n");
-        assert!(e[0].contains("enableTracing") && e[0].contains("defaultProviders.tracing"), "{e:?}");
+        assert!(
+            e[0].contains("enableTracing") && e[0].contains("defaultProviders.tracing"),
+            "{e:?}"
+        );
         // A gateway's own ProxyConfig does not lay its tracing over the mesh's.
         let e: Vec<String> = parse_proxy_config("pc.yaml", "tracing: {sampling: 1}\n")
             .unwrap_err()

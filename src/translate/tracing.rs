@@ -10,13 +10,13 @@
 use super::authz::{DRY_RUN_ALLOW_PREFIX, DRY_RUN_DENY_PREFIX};
 use super::scope::Scope;
 use crate::config::mesh::{TracingCustomTag, ZipkinProvider};
+use crate::xds::ProxyKind;
 use crate::xds::pb::envoy::config::trace::v3 as trace_pb;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use crate::xds::pb::envoy::r#type::metadata::v3 as metadata_pb;
 use crate::xds::pb::envoy::r#type::tracing::v3 as tag_pb;
 use crate::xds::pb::envoy::r#type::v3::Percent;
 use crate::xds::pb::google::protobuf::{BoolValue, UInt32Value};
-use crate::xds::ProxyKind;
 
 /// Envoy's name of the Zipkin tracer.
 pub const ZIPKIN: &str = "envoy.tracers.zipkin";
@@ -44,7 +44,9 @@ pub fn check(
         Ok(_) => Vec::new(),
         Err(e) => {
             let mut d = crate::config::Diagnostic::file_error(
-                mesh.source.clone().unwrap_or_else(|| "mesh configuration".into()),
+                mesh.source
+                    .clone()
+                    .unwrap_or_else(|| "mesh configuration".into()),
                 0,
                 0,
                 format!("tracing provider {name:?}: {e}"),
@@ -200,7 +202,10 @@ fn custom_tags(scope: &Scope) -> Vec<tag_pb::CustomTag> {
         ));
         tags.push(literal("istio.mesh_id", "unknown"));
         tags.push(literal("istio.namespace", &or(&proxy.namespace, "default")));
-        tags.push(literal("istio.cluster_id", &or(&proxy.cluster_id, "unknown")));
+        tags.push(literal(
+            "istio.cluster_id",
+            &or(&proxy.cluster_id, "unknown"),
+        ));
         for (tag, prefix, key) in [
             (
                 "istio.authorization.dry_run.allow_policy.name",
@@ -325,8 +330,8 @@ spec:
     }
 
     fn hcm(t: &crate::translate::Translation) -> Value {
-        let l = json::to_json(t.resources.listener("0.0.0.0_8080").expect("listener"))
-            .expect("json");
+        let l =
+            json::to_json(t.resources.listener("0.0.0.0_8080").expect("listener")).expect("json");
         l["filter_chains"][0]["filters"][0]["typed_config"].clone()
     }
 
@@ -388,9 +393,18 @@ spec:
                 .cloned()
                 .unwrap()
         };
-        assert_eq!(by_tag("istio.canonical_service")["literal"]["value"], "istio-ingressgateway");
-        assert_eq!(by_tag("istio.canonical_revision")["literal"]["value"], "latest");
-        assert_eq!(by_tag("istio.namespace")["literal"]["value"], "istio-system");
+        assert_eq!(
+            by_tag("istio.canonical_service")["literal"]["value"],
+            "istio-ingressgateway"
+        );
+        assert_eq!(
+            by_tag("istio.canonical_revision")["literal"]["value"],
+            "latest"
+        );
+        assert_eq!(
+            by_tag("istio.namespace")["literal"]["value"],
+            "istio-system"
+        );
         assert_eq!(by_tag("istio.cluster_id")["literal"]["value"], "Kubernetes");
         assert_eq!(
             by_tag("user")["request_header"],

@@ -137,7 +137,11 @@ fn compile_zipkin(
                 trace_context_option
             ],
             ignored: [],
-            unsupported: [split_spans_for_request, collector_service, timestamp_trace_ids],
+            unsupported: [
+                split_spans_for_request,
+                collector_service,
+                timestamp_trace_ids
+            ],
         }
     );
     use trace_pb::zipkin_config::{CollectorEndpointVersion as V, TraceContextOption as O};
@@ -209,7 +213,10 @@ fn custom_tag(cx: &mut Cx, t: &tag_pb::CustomTag) -> Result<CustomTag, CompileEr
         Some(Type::Metadata(m)) => {
             use crate::xds::pb::envoy::r#type::metadata::v3::metadata_key::path_segment::Segment;
             use crate::xds::pb::envoy::r#type::metadata::v3::metadata_kind::Kind;
-            if !matches!(m.kind.as_ref().and_then(|k| k.kind.as_ref()), Some(Kind::Request(_))) {
+            if !matches!(
+                m.kind.as_ref().and_then(|k| k.kind.as_ref()),
+                Some(Kind::Request(_))
+            ) {
                 return Err(cx.err(
                     "metadata.kind",
                     "only the request's dynamic metadata is supported",
@@ -277,9 +284,7 @@ mod tests {
             collector_cluster: "outbound|9411||zipkin.istio-system.svc.cluster.local".into(),
             collector_endpoint: "/api/v2/spans".into(),
             trace_id_128bit: true,
-            shared_span_context: Some(crate::xds::pb::google::protobuf::BoolValue {
-                value: false,
-            }),
+            shared_span_context: Some(crate::xds::pb::google::protobuf::BoolValue { value: false }),
             collector_hostname: "zipkin.istio-system.svc.cluster.local".into(),
             collector_endpoint_version: trace_pb::zipkin_config::CollectorEndpointVersion::HttpJson
                 as i32,
@@ -316,8 +321,8 @@ mod tests {
         assert!(e.to_string().contains("verbose"), "{e}");
         let mut z = istio_zipkin();
         z.collector_endpoint_version = 2;
-        let e = compile_tracing(cx, &tracing_with(z), None, &Clusters::default(), true)
-            .unwrap_err();
+        let e =
+            compile_tracing(cx, &tracing_with(z), None, &Clusters::default(), true).unwrap_err();
         assert!(e.to_string().contains("HTTP_JSON"), "{e}");
         let mut t = tracing_with(istio_zipkin());
         if let Some(trace_pb::tracing::Http {

@@ -468,14 +468,8 @@ async fn serve(
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let path = path.to_string();
         let decorator = route.and_then(|r| r.decorator.as_ref());
-        log.span = crate::proxy::trace::start(
-            t,
-            req.headers_mut(),
-            &authority,
-            decorator,
-            &path,
-            started,
-        );
+        log.span =
+            crate::proxy::trace::start(t, req.headers_mut(), &authority, decorator, &path, started);
         log.request_id = req.headers().get(&X_REQUEST_ID).cloned();
     }
 

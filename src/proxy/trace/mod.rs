@@ -454,7 +454,15 @@ impl ActiveSpan {
         for (k, v) in &facts.tags {
             tags.push((k, v));
         }
-        self.report(&span.context, &name, false, span.start, &tags, stats, worker);
+        self.report(
+            &span.context,
+            &name,
+            false,
+            span.start,
+            &tags,
+            stats,
+            worker,
+        );
     }
 
     /// Finishes the connection manager's span with what the request's log says.
@@ -579,7 +587,10 @@ mod tests {
     fn the_request_id_decides_random_sampling_and_carries_the_reason() {
         // 0x00001388 = 5000: sampled under 50.01%, not under 50%.
         let mut h = with_id("00001388-aaaa-4aaa-8aaa-aaaaaaaaaaaa");
-        assert_eq!(sampling_decision(&tracing(5001, 10_000), &mut h), Reason::Sampling);
+        assert_eq!(
+            sampling_decision(&tracing(5001, 10_000), &mut h),
+            Reason::Sampling
+        );
         assert_eq!(h[&X_REQUEST_ID], "00001388-aaaa-9aaa-8aaa-aaaaaaaaaaaa");
         let mut h = with_id("00001388-aaaa-4aaa-8aaa-aaaaaaaaaaaa");
         assert_eq!(
@@ -596,11 +607,17 @@ mod tests {
         // x-client-trace-id forces the trace.
         let mut h = with_id("00001388-aaaa-4aaa-8aaa-aaaaaaaaaaaa");
         h.insert(X_CLIENT_TRACE_ID.clone(), HeaderValue::from_static("abc"));
-        assert_eq!(sampling_decision(&tracing(0, 10_000), &mut h), Reason::ClientForced);
+        assert_eq!(
+            sampling_decision(&tracing(0, 10_000), &mut h),
+            Reason::ClientForced
+        );
         assert_eq!(h[&X_REQUEST_ID], "00001388-aaaa-baaa-8aaa-aaaaaaaaaaaa");
         // A reason already in the id stands.
         let mut h = with_id("00001388-aaaa-aaaa-8aaa-aaaaaaaaaaaa");
-        assert_eq!(sampling_decision(&tracing(0, 10_000), &mut h), Reason::ServiceForced);
+        assert_eq!(
+            sampling_decision(&tracing(0, 10_000), &mut h),
+            Reason::ServiceForced
+        );
         // No usable id: not traceable.
         let mut h = with_id("zz");
         assert_eq!(

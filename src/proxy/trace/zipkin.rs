@@ -43,7 +43,11 @@ struct Counters {
 
 impl Counters {
     fn new(stats: &Stats) -> Counters {
-        let c = |n: &str| stats.filter_counters.counter(&format!("tracing.zipkin.{n}"));
+        let c = |n: &str| {
+            stats
+                .filter_counters
+                .counter(&format!("tracing.zipkin.{n}"))
+        };
         Counters {
             spans_sent: c("spans_sent"),
             spans_dropped: c("spans_dropped"),
@@ -119,7 +123,10 @@ impl Collector {
             counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let mut b = self.buffer(worker).lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = self
+            .buffer(worker)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if b.count >= MAX_BUFFERED_SPANS {
             counters.spans_dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -145,7 +152,10 @@ impl Collector {
         loop {
             tokio::time::sleep(FLUSH_INTERVAL).await;
             let batch = {
-                let mut b = self.buffer(worker).lock().unwrap_or_else(|e| e.into_inner());
+                let mut b = self
+                    .buffer(worker)
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 if b.count == 0 {
                     b.timer_armed = false;
                     return;
@@ -174,7 +184,10 @@ impl Collector {
         loop {
             self.post(batch.0, batch.1, worker).await;
             let next = {
-                let mut b = self.buffer(worker).lock().unwrap_or_else(|e| e.into_inner());
+                let mut b = self
+                    .buffer(worker)
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 if b.count >= MIN_FLUSH_SPANS {
                     Some(take(&mut b))
                 } else {
@@ -300,7 +313,10 @@ impl FinishedSpan<'_> {
             "traceId".into(),
             Value::String(super::b3::hex_trace_id(self.context)),
         );
-        span.insert("id".into(), Value::String(super::b3::hex_id(self.context.id)));
+        span.insert(
+            "id".into(),
+            Value::String(super::b3::hex_id(self.context.id)),
+        );
         if self.context.parent_id != 0 {
             span.insert(
                 "parentId".into(),

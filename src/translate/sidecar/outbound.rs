@@ -93,14 +93,12 @@ pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
         .map(|t| t.tracing);
     let mut route_names: BTreeMap<String, (u32, Option<String>)> = BTreeMap::new();
     for entry in entries.values() {
-        out.resources
-            .listeners
-            .push(entry_listener(
-                entry,
-                catch_all,
-                access_log.as_ref(),
-                tracing.as_ref(),
-            ));
+        out.resources.listeners.push(entry_listener(
+            entry,
+            catch_all,
+            access_log.as_ref(),
+            tracing.as_ref(),
+        ));
         for chain in &entry.chains {
             if let ChainBody::Http {
                 route_name,
