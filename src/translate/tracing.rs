@@ -106,10 +106,13 @@ pub fn build(scope: &Scope) -> Result<Option<BuiltTracing>, String> {
         });
     }
     // istiod's configureSampling with the ProxyConfig's percentage.
-    let sampling = match mesh.sampling.0 {
-        s if s == 0.0 => DEFAULT_SAMPLING,
-        s if s > 100.0 => 1.0,
-        s => s,
+    let configured = mesh.sampling.0;
+    let sampling = if configured == 0.0 {
+        DEFAULT_SAMPLING
+    } else if configured > 100.0 {
+        1.0
+    } else {
+        configured
     };
     tracing.client_sampling = Some(Percent { value: 100.0 });
     tracing.overall_sampling = Some(Percent { value: 100.0 });
