@@ -465,8 +465,9 @@ async fn serve(
     // Tracing starts once the route (and its decorator) is known, as in Envoy.
     if let Some(t) = &hcm.tracing {
         let started = std::time::SystemTime::now() - log.start.elapsed();
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let path = path.to_string();
+        // A cheap copy (shared bytes): the headers are changed while the path is read.
+        let uri = req.uri().clone();
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let decorator = route.and_then(|r| r.decorator.as_ref());
         log.span =
             crate::proxy::trace::start(t, req.headers_mut(), &authority, decorator, &path, started);
