@@ -470,7 +470,7 @@ async fn serve(
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let decorator = route.and_then(|r| r.decorator.as_ref());
         log.span =
-            crate::proxy::trace::start(t, req.headers_mut(), &authority, decorator, &path, started);
+            crate::proxy::trace::start(t, req.headers_mut(), &authority, decorator, path, started);
         log.request_id = req.headers().get(&X_REQUEST_ID).cloned();
     }
 
