@@ -52,6 +52,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/load_balancing_policies/round_robin/v3/round_robin.proto",
     "envoy/extensions/load_balancing_policies/random/v3/random.proto",
     "envoy/extensions/request_id/uuid/v3/uuid.proto",
+    "envoy/config/trace/v3/zipkin.proto",
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
     "envoy/service/discovery/v3/discovery.proto",

@@ -334,7 +334,7 @@ fn a_mesh_config_is_checked_with_the_resources() {
     );
     assert_eq!(bad.status.code(), Some(1));
     let file = std::env::temp_dir().join(format!("mesh-{}.yaml", std::process::id()));
-    std::fs::write(&file, "enableTracing: true\n").unwrap();
+    std::fs::write(&file, "tcpKeepalive: {probes: 3}\n").unwrap();
     let unserved = meshgate(&[
         "validate",
         "tests/testdata/valid",
@@ -345,7 +345,7 @@ fn a_mesh_config_is_checked_with_the_resources() {
     let lines = stdout_lines(&unserved);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
-        lines[0].ends_with(":1:1: error: MeshConfig: enableTracing: meshgate does not serve this mesh setting yet; the mesh configuration is refused rather than run without it (remove the field)"),
+        lines[0].ends_with(":1:1: error: MeshConfig: tcpKeepalive: meshgate does not serve this mesh setting yet; the mesh configuration is refused rather than run without it (remove the field)"),
         "{lines:?}"
     );
     assert_eq!(unserved.status.code(), Some(1));

@@ -288,7 +288,7 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "istio-system".into()),
-            app,
+            app: app.clone(),
         },
     };
     // With --upgrade, the running gateway's sockets are taken over here, first: the
@@ -319,6 +319,17 @@ fn run_inner(args: GatewayArgs) -> anyhow::Result<()> {
         };
         return crate::cmd::gateway_xds::run(&addr, &args, labels, opts, (upgrades, inherited));
     }
+    // Standalone, spans name the gateway as istiod would name its node.
+    let namespace = args.namespace.as_deref().unwrap_or("istio-system");
+    let host = meshgate::proxy::trace::LocalInfo::of_host();
+    meshgate::proxy::trace::set_local_info(meshgate::proxy::trace::LocalInfo {
+        node_id: format!(
+            "router~{}~{app}.{namespace}~{namespace}.svc.cluster.local",
+            host.address
+        ),
+        cluster: format!("{app}.{namespace}"),
+        ..host
+    });
     let source = match (&args.config, &args.xds_json) {
         (Some(path), _) => Source::Istio {
             path: path.clone(),

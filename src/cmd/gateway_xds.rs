@@ -48,6 +48,17 @@ pub fn run(
         ..Default::default()
     };
     let node = gateway_node(&bootstrap).context("--node-id")?;
+    // Spans report the node as Envoy's do (node id, cluster as service name, zone).
+    meshgate::proxy::trace::set_local_info(meshgate::proxy::trace::LocalInfo {
+        node_id: node.id.clone(),
+        cluster: node.cluster.clone(),
+        zone: node
+            .locality
+            .as_ref()
+            .map(|l| l.zone.clone())
+            .unwrap_or_default(),
+        ..meshgate::proxy::trace::LocalInfo::of_host()
+    });
     let mut client_options = ClientOptions::new(address, node);
     client_options.delta = !args.xds_sotw;
     client_options.initial_fetch_timeout =

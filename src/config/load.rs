@@ -620,6 +620,23 @@ fn load_object(file: &Arc<str>, root: Node, config: &mut Config, diags: &mut Vec
         .iter()
         .find(|(g, k, _)| *g == group && *k == kind)
     {
+        // A Telemetry resource's tracing would replace the mesh's tracing provider or
+        // sampling for the workloads it selects: refused rather than ignored, now that
+        // the mesh's tracing is in force.
+        if kind == "Telemetry"
+            && root
+                .get("spec")
+                .and_then(|s| s.value.get("tracing"))
+                .is_some()
+        {
+            diags.push(at(
+                &root,
+                "spec.tracing",
+                Severity::Error,
+                "Telemetry tracing is not served; tracing comes from the mesh configuration (extensionProviders, defaultProviders.tracing, defaultConfig.tracing)".to_string(),
+            ));
+            return;
+        }
         unenforced_kind(&root, &kind, *effect, &at, diags);
         return;
     }
@@ -1213,6 +1230,10 @@ stringData: {tls.key: secret}
             (
                 "apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: a}\n",
                 "t.yaml:2:1: warning: EnvoyFilter/default/a: kind: kind EnvoyFilter is not supported yet; ignored",
+            ),
+            (
+                "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: a}\nspec:\n  tracing: [{randomSamplingPercentage: 5}]\n",
+                "t.yaml:5:3: error: Telemetry/default/a: spec.tracing: Telemetry tracing is not served; tracing comes from the mesh configuration (extensionProviders, defaultProviders.tracing, defaultConfig.tracing)",
             ),
             (
                 "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: a}\nspec: {egres: []}\n",

@@ -78,6 +78,8 @@ pub struct RequestLog {
     /// The request body was handed on towards an upstream (not left unread by a local
     /// answer).
     pub body_forwarded: bool,
+    /// The connection manager's span, when it traces.
+    pub span: Option<Box<crate::proxy::trace::ActiveSpan>>,
 }
 
 impl RequestLog {
@@ -137,6 +139,7 @@ impl RequestLog {
             filter_details: None,
             refused_head: false,
             body_forwarded: false,
+            span: None,
         }
     }
 
@@ -182,6 +185,7 @@ impl RequestLog {
             filter_details: None,
             refused_head: true,
             body_forwarded: false,
+            span: None,
         }
     }
 

@@ -19,7 +19,8 @@
 //! - [`overload`] holds the connection limits, requests per connection and the heap
 //!   monitor's actions (Envoy's overload manager).
 //! - [`admin`] (with the [`status_page`] and its [`rates`]), [`stats`] and [`access_log`]
-//!   are what operators look at.
+//!   are what operators look at; [`trace`] makes and reports the spans of distributed
+//!   tracing.
 //! - [`explain`] follows one request through a snapshot and says why it gets its answer
 //!   (`meshgate explain`).
 //! - [`handoff`] hands the listening sockets to a successor process (upgrades that
@@ -46,6 +47,7 @@ pub mod stats;
 pub mod status_page;
 pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod xds_consumer;
 

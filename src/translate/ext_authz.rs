@@ -121,7 +121,7 @@ impl BuiltExtAuthz {
 }
 
 /// Istio's `LookupCluster`: the service's hostname, namespace and cluster for `port`.
-fn lookup_cluster(
+pub(crate) fn lookup_cluster(
     registry: &Registry,
     service: &str,
     port: u32,

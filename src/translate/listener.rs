@@ -113,12 +113,13 @@ pub fn filter_chain(
 /// `x-forwarded-for` entry from the right; client certificate details as
 /// `forwardClientCertDetails` says (default SANITIZE_SET), with the current client's
 /// details set when they are forwarded. `filters` (authorization) go before Istio's
-/// fault, CORS and router filters.
+/// fault, CORS and router filters. `tracing` is the mesh's (see `translate::tracing`).
 pub fn http_connection_manager(
     route_name: &str,
     stat_prefix: &str,
     filters: Vec<hcm::HttpFilter>,
     topology: &GatewayTopology,
+    tracing: Option<hcm::http_connection_manager::Tracing>,
 ) -> listener::Filter {
     use hcm::http_connection_manager::ForwardClientCertDetails as Fcc;
     let fcc = match topology.forward_client_cert_details {
@@ -145,6 +146,7 @@ pub fn http_connection_manager(
         forward_client_cert_details: fcc as i32,
         set_current_client_cert_details: set_details,
         http_protocol_options: Some(core::Http1ProtocolOptions::default()),
+        tracing,
         ..istio_http_connection_manager(
             stat_prefix,
             hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
@@ -165,6 +167,7 @@ pub fn sidecar_outbound_http_connection_manager(
     route_name: &str,
     stat_prefix: &str,
     access_log: Vec<crate::xds::pb::envoy::config::accesslog::v3::AccessLog>,
+    tracing: Option<hcm::http_connection_manager::Tracing>,
 ) -> listener::Filter {
     let mut manager = istio_http_connection_manager(
         stat_prefix,
@@ -177,6 +180,7 @@ pub fn sidecar_outbound_http_connection_manager(
     manager.server_name = String::new();
     manager.http_protocol_options = Some(core::Http1ProtocolOptions::default());
     manager.access_log = access_log;
+    manager.tracing = tracing;
     http_connection_manager_filter(&manager)
 }
 

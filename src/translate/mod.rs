@@ -41,6 +41,7 @@ mod scope;
 mod servers;
 mod sidecar;
 mod tls;
+pub mod tracing;
 
 pub use grpc::proxyless_grpc;
 pub use names::{cluster_name, listener_name, sni_cluster_name, virtual_host_name};
@@ -163,6 +164,7 @@ fn scope_in_mesh<'a>(
     scope.auto_mtls = mesh.enable_auto_mtls;
     scope.connect_timeout = mesh.connect_timeout;
     scope.extension_providers = mesh.extension_providers.clone();
+    scope.tracing = mesh.tracing.clone();
     scope.gateway_topology = proxy
         .gateway_topology
         .or(mesh.gateway_topology)

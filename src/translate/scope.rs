@@ -80,6 +80,8 @@ pub struct Scope<'a> {
     pub mesh_secrets: super::tls::MeshSecrets,
     /// MeshConfig `extensionProviders`: the external authorizers CUSTOM policies name.
     pub extension_providers: Vec<crate::config::mesh::ExtensionProvider>,
+    /// The mesh's tracing: `defaultProviders.tracing` and `defaultConfig.tracing`.
+    pub tracing: crate::config::mesh::MeshTracing,
     /// `gatewayTopology` of the gateway's ProxyConfig: trusted XFF hops, XFCC handling,
     /// the PROXY protocol on its listeners.
     pub gateway_topology: crate::config::mesh::GatewayTopology,
@@ -194,6 +196,7 @@ impl<'a> Scope<'a> {
             ),
             mesh_secrets: super::tls::MeshSecrets::Ads,
             extension_providers: Vec::new(),
+            tracing: Default::default(),
             gateway_topology: Default::default(),
             locality: Locality::of_workload("", &proxy.labels),
             gateways,

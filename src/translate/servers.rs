@@ -41,6 +41,8 @@ pub struct Build<'s, 'a> {
     pub authz_http: Vec<crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter>,
     /// ... and as network filters before each `tcp_proxy`.
     pub authz_tcp: Vec<envoy_listener::Filter>,
+    /// The connection managers' tracing, when the mesh names a tracing provider.
+    pub tracing: Option<crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing>,
 }
 
 impl<'s, 'a> Build<'s, 'a> {
@@ -76,7 +78,18 @@ impl<'s, 'a> Build<'s, 'a> {
         authz_tcp.extend(authz::network_filters(cx, &policies, &mut diagnostics));
         // The gateway carries the clusters of the services it references: the
         // authorizer's is one.
-        let references: References = authorizer.into_iter().collect();
+        let mut references: References = authorizer.into_iter().collect();
+        // ... and the tracing collector's.
+        let tracing = match super::tracing::build(scope) {
+            Ok(t) => t.map(|t| {
+                references.insert(t.service);
+                t.tracing
+            }),
+            Err(e) => {
+                tracing::warn!("{e}; the gateway's connection managers do not trace");
+                None
+            }
+        };
         Build {
             scope,
             diagnostics,
@@ -84,6 +97,7 @@ impl<'s, 'a> Build<'s, 'a> {
             authz_tcp,
             references,
             sni_services: References::new(),
+            tracing,
             secrets: SecretBook::new(&scope.namespace),
             routes: Vec::new(),
         }
@@ -101,6 +115,7 @@ impl<'s, 'a> Build<'s, 'a> {
                         &stat_prefix,
                         self.authz_http.clone(),
                         &self.scope.gateway_topology,
+                        self.tracing.clone(),
                     )],
                     None,
                     None,
@@ -230,6 +245,7 @@ impl<'s, 'a> Build<'s, 'a> {
                 &stat_prefix,
                 self.authz_http.clone(),
                 &self.scope.gateway_topology,
+                self.tracing.clone(),
             )]
         } else {
             let filters = self.tcp_route_filters(server);

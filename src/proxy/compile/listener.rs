@@ -185,15 +185,17 @@ fn compile_listener(
     }
     // Chains whose TLS contexts differ only by certificate share one server configuration.
     let mut tls_set = DownstreamTlsSet::new(&tls.store, &tls.sessions);
+    // Envoy's tracing operation: egress on OUTBOUND listeners, ingress otherwise.
+    let egress = l.traffic_direction == core_pb::TrafficDirection::Outbound as i32;
     let mut chains = Vec::with_capacity(l.filter_chains.len());
     for (i, fc) in l.filter_chains.iter().enumerate() {
         chains.push(cx.at(format_args!("filter_chains[{i}]"), |cx| {
-            compile_chain(cx, fc, routes, clusters, &mut tls_set, &l.name)
+            compile_chain(cx, fc, routes, clusters, &mut tls_set, &l.name, egress)
         })?);
     }
     let default_chain = match &l.default_filter_chain {
         Some(fc) => Some(cx.at("default_filter_chain", |cx| {
-            compile_chain(cx, fc, routes, clusters, &mut tls_set, &l.name)
+            compile_chain(cx, fc, routes, clusters, &mut tls_set, &l.name, egress)
         })?),
         None => None,
     };
@@ -340,6 +342,7 @@ fn compile_chain(
     clusters: &Clusters,
     tls: &mut DownstreamTlsSet<'_>,
     listener: &str,
+    egress: bool,
 ) -> Result<FilterChain, CompileError> {
     fields!(
         cx,
@@ -421,7 +424,7 @@ fn compile_chain(
                 format!("decoding HttpConnectionManager: {e}"),
             )
         })?;
-        cx.at("typed_config", |cx| compile_hcm(cx, &h, routes, clusters))
+        cx.at("typed_config", |cx| compile_hcm(cx, &h, routes, clusters, egress))
             .map(|h| ChainAction::Http(Arc::new(h)))
     })?;
     Ok(FilterChain {
@@ -677,6 +680,7 @@ fn compile_hcm(
     h: &hcm_pb::HttpConnectionManager,
     routes: &HashMap<String, Arc<RouteTable>>,
     clusters: &Clusters,
+    egress: bool,
 ) -> Result<HttpConnectionManager, CompileError> {
     use hcm_pb::http_connection_manager::RouteSpecifier as R;
     fields!(
@@ -712,11 +716,11 @@ fn compile_hcm(
                 strip_matching_host_port,
                 request_id_extension,
                 stream_idle_timeout,
-                drain_timeout
+                drain_timeout,
+                tracing
             ],
             ignored: [
                 add_user_agent,
-                tracing,
                 access_log,
                 access_log_flush_interval,
                 flush_access_log_on_new_request,
@@ -872,17 +876,32 @@ fn compile_hcm(
             upgrades.push(u.upgrade_type.to_ascii_lowercase().into());
         }
     }
+    let mut uuid_config = None;
     if let Some(ext) = &h.request_id_extension
         && let Some(tc) = &ext.typed_config
-        && !tc
-            .type_url
-            .ends_with("envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig")
     {
-        return Err(cx.err(
-            "request_id_extension",
-            format!("request id extension {} is not supported", tc.type_url),
-        ));
+        use crate::xds::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
+        if tc.type_url != UuidRequestIdConfig::type_url() {
+            return Err(cx.err(
+                "request_id_extension",
+                format!("request id extension {} is not supported", tc.type_url),
+            ));
+        }
+        uuid_config = Some(
+            UuidRequestIdConfig::decode(tc.value.as_slice()).map_err(|e| {
+                cx.err(
+                    "request_id_extension",
+                    format!("decoding UuidRequestIdConfig: {e}"),
+                )
+            })?,
+        );
     }
+    let tracing = match &h.tracing {
+        None => None,
+        Some(t) => Some(cx.at("tracing", |cx| {
+            super::tracing::compile_tracing(cx, t, uuid_config.as_ref(), clusters, egress)
+        })?),
+    };
     let suppress_envoy_headers = filters.1;
     Ok(HttpConnectionManager {
         stat_prefix: h.stat_prefix.as_str().into(),
@@ -927,6 +946,7 @@ fn compile_hcm(
         suppress_envoy_headers,
         http2_max_concurrent_streams,
         max_requests_per_connection,
+        tracing,
         overload_counters: Default::default(),
     })
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 pub(crate) mod cluster;
 pub(crate) mod listener;
 pub(crate) mod route;
+pub(crate) mod tracing;
 
 /// Why an update was rejected: which resource, where in it, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -314,9 +314,10 @@ fn compile_route(
                 request_headers_to_add,
                 request_headers_to_remove,
                 response_headers_to_add,
-                response_headers_to_remove
+                response_headers_to_remove,
+                decorator
             ],
-            ignored: [metadata, decorator, stat_prefix, tracing],
+            ignored: [metadata, stat_prefix, tracing],
             unsupported: [
                 per_request_buffer_limit_bytes,
                 request_body_buffer_limit,
@@ -357,8 +358,21 @@ fn compile_route(
         None => return Err(cx.err("action", "a route needs route, redirect or direct_response")),
     };
     let filters = filters.or(vh_filters);
+    let decorator = match &r.decorator {
+        None => None,
+        Some(d) if d.operation.is_empty() => {
+            return Err(cx.err("decorator.operation", "an operation name is required"));
+        }
+        Some(d) => Some(crate::proxy::route::table::Decorator {
+            operation: d.operation.as_str().into(),
+            header: http::HeaderValue::from_str(&d.operation)
+                .map_err(|_| cx.err("decorator.operation", "not a valid header value"))?,
+            propagate: d.propagate.is_none_or(|b| b.value),
+        }),
+    };
     Ok(Route {
         name: r.name.as_str().into(),
+        decorator,
         matcher,
         action,
         request_headers: HeaderMutations::compile(

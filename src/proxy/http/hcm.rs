@@ -82,6 +82,8 @@ pub struct HttpConnectionManager {
     /// `common_http_protocol_options.max_requests_per_connection` when set (0: no
     /// limit); unset, `--max-requests-per-connection` applies.
     pub max_requests_per_connection: Option<u32>,
+    /// `tracing`: how requests are sampled, and where their spans go.
+    pub tracing: Option<Arc<crate::proxy::trace::Tracing>>,
     /// The overload counters of this `stat_prefix`, resolved on first use.
     pub overload_counters: std::sync::OnceLock<Arc<crate::proxy::overload::HcmCounters>>,
 }

@@ -27,7 +27,7 @@ pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connect
 
 /// `x-envoy-*` request headers that steer the router; Envoy honours them only from
 /// internal clients and removes them from external requests.
-pub static ROUTER_CONTROL_HEADERS: [HeaderName; 12] = [
+pub static ROUTER_CONTROL_HEADERS: [HeaderName; 13] = [
     HeaderName::from_static("x-envoy-retry-on"),
     HeaderName::from_static("x-envoy-retry-grpc-on"),
     HeaderName::from_static("x-envoy-max-retries"),
@@ -40,6 +40,7 @@ pub static ROUTER_CONTROL_HEADERS: [HeaderName; 12] = [
     HeaderName::from_static("x-envoy-decorator-operation"),
     HeaderName::from_static("x-envoy-downstream-service-cluster"),
     HeaderName::from_static("x-envoy-downstream-service-node"),
+    HeaderName::from_static("x-envoy-force-trace"),
 ];
 
 /// Per-connection facts computed once at accept (no per-request getpeername/formatting).
@@ -102,7 +103,7 @@ impl Peer {
 
 /// The first non-loopback address of this host (as Envoy's `getLocalAddress`), computed
 /// once; loopback if there is none.
-fn host_address(v4: bool) -> &'static HeaderValue {
+pub(crate) fn host_address(v4: bool) -> &'static HeaderValue {
     static V4: std::sync::LazyLock<HeaderValue> =
         std::sync::LazyLock::new(|| first_interface_address(true));
     static V6: std::sync::LazyLock<HeaderValue> =

@@ -212,6 +212,9 @@ impl Finish {
         }
         self.cx.state.active.fetch_sub(1, Ordering::Relaxed);
         self.cx.state.touch();
+        if let Some(span) = self.log.span.take() {
+            span.finish(&self.log, &self.cx.shared.stats, self.cx.worker);
+        }
         self.cx.shared.record(&self.log, self.cx.worker);
     }
 }
@@ -459,12 +462,23 @@ async fn serve(
     if let Some(r) = route {
         log.route_name = Some(r.name.clone());
     }
+    // Tracing starts once the route (and its decorator) is known, as in Envoy.
+    if let Some(t) = &hcm.tracing {
+        let started = std::time::SystemTime::now() - log.start.elapsed();
+        // A cheap copy (shared bytes): the headers are changed while the path is read.
+        let uri = req.uri().clone();
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let decorator = route.and_then(|r| r.decorator.as_ref());
+        log.span =
+            crate::proxy::trace::start(t, req.headers_mut(), &authority, decorator, path, started);
+        log.request_id = req.headers().get(&X_REQUEST_ID).cloned();
+    }
 
     // The HTTP filters, in configured order; the router is last.
     let mut metadata = DynamicMetadata::default();
     let mut state = http::Extensions::new();
-    if !hcm.filters.is_empty()
-        && let Some(resp) = request_filters(
+    if !hcm.filters.is_empty() {
+        let answered = request_filters(
             &mut req,
             &authority,
             remote,
@@ -475,9 +489,13 @@ async fn serve(
             &mut metadata,
             &mut state,
         )
-        .await
-    {
-        return Ok(resp);
+        .await;
+        if let Some(span) = log.span.as_mut() {
+            span.read_metadata(&metadata);
+        }
+        if let Some(resp) = answered {
+            return Ok(resp);
+        }
     }
     if tls_redirect {
         let mut resp = https_redirect(&req, &authority);
@@ -1432,6 +1450,10 @@ async fn forward(
         *upreq.method_mut() = parts.method.clone();
         *upreq.uri_mut() = parts.uri.clone();
         *upreq.headers_mut() = headers;
+        let upstream_span = log
+            .span
+            .as_deref()
+            .and_then(|span| span.inject(upreq.headers_mut()));
         let avoid: &[SocketAddr] = if retry.is_some_and(|r| r.avoid_previous_hosts) {
             &tried
         } else {
@@ -1460,6 +1482,9 @@ async fn forward(
             log,
         )
         .await;
+        if let (Some(us), Some(span)) = (upstream_span, log.span.as_deref()) {
+            finish_upstream_span(span, us, &result, &cluster, log, cx);
+        }
         let (status, retriable_outcome) = match &result {
             Ok((resp, _, _)) => (
                 Some(resp.status()),
@@ -1948,6 +1973,45 @@ fn finalize_upstream_headers(
         );
     }
     apply_response_mutations(h, table, vhost, route, wc, fcx);
+}
+
+/// Finishes the span of one upstream attempt (`spawn_upstream_span`). An attempt that
+/// found no healthy host never became an upstream request, and has no span (Envoy
+/// answers before making one).
+fn finish_upstream_span(
+    span: &crate::proxy::trace::ActiveSpan,
+    upstream: crate::proxy::trace::UpstreamSpan,
+    result: &Result<(Response<Incoming>, Arc<Host>, PooledConn), AttemptError>,
+    cluster: &Cluster,
+    log: &RequestLog,
+    cx: &ConnCtx,
+) {
+    let (status, version, reason) = match result {
+        Ok((resp, _, _)) => (resp.status().as_u16(), Some(resp.version()), None),
+        Err(AttemptError::NoHealthy) => return,
+        // Envoy's names for the reset reasons.
+        Err(AttemptError::Pool(PoolError::ConnectFailure)) => {
+            (0, None, Some("remote connection failure"))
+        }
+        Err(AttemptError::Pool(PoolError::ConnectTimeout)) => (0, None, Some("connection timeout")),
+        Err(AttemptError::Pool(PoolError::Overflow)) => (0, None, Some("overflow")),
+        Err(AttemptError::Reset) => (0, None, Some("remote reset")),
+        Err(AttemptError::PerTryTimeout) => (0, None, None),
+    };
+    span.finish_upstream(
+        upstream,
+        &crate::proxy::trace::UpstreamOutcome {
+            cluster: &cluster.name,
+            observability_name: &cluster.observability_name,
+            host: log.upstream_host,
+            version,
+            status,
+            flags: log.flags,
+            reason,
+        },
+        &cx.shared.stats,
+        cx.worker,
+    );
 }
 
 /// Returns the upstream connection to its pool when the response body is done.

@@ -27,6 +27,17 @@ pub struct Route {
     pub rate_limits: crate::proxy::http::filters::ratelimit::RateLimitPolicy,
     /// `include_vh_rate_limits`: the virtual host's `rate_limits` apply too.
     pub include_vh_rate_limits: bool,
+    /// The route's `decorator`: the operation name its spans take, and whether an egress
+    /// request carries it upstream (`x-envoy-decorator-operation`).
+    pub decorator: Option<Decorator>,
+}
+
+/// A route's `decorator`.
+#[derive(Debug, Clone)]
+pub struct Decorator {
+    pub operation: std::sync::Arc<str>,
+    pub header: http::HeaderValue,
+    pub propagate: bool,
 }
 
 impl Route {

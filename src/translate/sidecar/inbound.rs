@@ -419,7 +419,7 @@ fn port_chains(
                 ..Default::default()
             }),
             filters: if o.http {
-                vec![http_connection_manager(cc, authz.http.clone())]
+                vec![http_connection_manager(cc, authz.http.clone(), scope)]
             } else {
                 authz
                     .tcp
@@ -442,7 +442,11 @@ fn port_chains(
 /// The HTTP connection manager of an inbound chain (istiod's `buildSidecarInboundHTTPOpts`):
 /// the application's address is not the client's (no use_remote_address), the caller's
 /// certificate details appended to `x-forwarded-client-cert`, and the inline route table.
-fn http_connection_manager(cc: &ChainConfig, authz: Vec<hcm::HttpFilter>) -> listener::Filter {
+fn http_connection_manager(
+    cc: &ChainConfig,
+    authz: Vec<hcm::HttpFilter>,
+    scope: &Scope,
+) -> listener::Filter {
     let mut manager = hcm::HttpConnectionManager {
         use_remote_address: Some(pb::boolv(false)),
         forward_client_cert_details:
@@ -460,6 +464,11 @@ fn http_connection_manager(cc: &ChainConfig, authz: Vec<hcm::HttpFilter>) -> lis
             hcm::http_connection_manager::RouteSpecifier::RouteConfig(route_configuration(cc)),
         )
     };
+    // The mesh's tracing (a SERVER span on the inbound listener).
+    manager.tracing = crate::translate::tracing::build(scope)
+        .ok()
+        .flatten()
+        .map(|t| t.tracing);
     if cc.protocol.is_http2() {
         manager.http2_protocol_options = Some(core::Http2ProtocolOptions::default());
     }

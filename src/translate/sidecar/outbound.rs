@@ -85,11 +85,20 @@ pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
     } = b;
 
     let catch_all = catch_all_cluster(imports.mode);
+    // The mesh's tracing, on every outbound connection manager (the collector's
+    // cluster is among the services the sidecar sees, or validation refused it).
+    let tracing = crate::translate::tracing::build(scope)
+        .ok()
+        .flatten()
+        .map(|t| t.tracing);
     let mut route_names: BTreeMap<String, (u32, Option<String>)> = BTreeMap::new();
     for entry in entries.values() {
-        out.resources
-            .listeners
-            .push(entry_listener(entry, catch_all, access_log.as_ref()));
+        out.resources.listeners.push(entry_listener(
+            entry,
+            catch_all,
+            access_log.as_ref(),
+            tracing.as_ref(),
+        ));
         for chain in &entry.chains {
             if let ChainBody::Http {
                 route_name,
@@ -819,6 +828,7 @@ fn entry_listener(
     entry: &Entry,
     catch_all: &str,
     access_log: Option<&AccessLog>,
+    tracing: Option<&crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing>,
 ) -> listener::Listener {
     let name = names::listener_name(&entry.bind, entry.port);
     let mut l = listener::Listener {
@@ -849,6 +859,7 @@ fn entry_listener(
                     route_name,
                     &lb::http_stat_prefix(&name),
                     access_log.into_iter().cloned().collect(),
+                    tracing.cloned(),
                 )]
             }
         };

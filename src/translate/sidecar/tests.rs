@@ -961,3 +961,45 @@ spec:
     assert!(t.resources.listener("10.96.0.7_5432").is_none());
     assert_eq!(names(&t), ["0.0.0.0_9080", "virtualOutbound"]);
 }
+
+#[test]
+fn every_connection_manager_traces_to_the_mesh_provider_without_upstream_spans() {
+    let mesh = crate::config::mesh::parse_mesh_config(
+        "mesh.yaml",
+        "extensionProviders:\n- name: z\n  zipkin: {service: reviews.shop.svc.cluster.local, port: 9080}\ndefaultProviders: {tracing: [z]}\n",
+    )
+    .unwrap();
+    let t = translate_in(SERVICES, "shop", &mesh);
+    let mut managers = 0;
+    for l in &t.resources.listeners {
+        let l = json::to_json(l).unwrap();
+        let chains = l["filter_chains"].as_array().into_iter().flatten().chain(
+            l["default_filter_chain"]
+                .as_object()
+                .map(|_| &l["default_filter_chain"]),
+        );
+        for fc in chains {
+            for f in fc["filters"].as_array().into_iter().flatten() {
+                if f["name"] != "envoy.filters.network.http_connection_manager" {
+                    continue;
+                }
+                managers += 1;
+                let tracing = &f["typed_config"]["tracing"];
+                assert_eq!(
+                    tracing["provider"]["typed_config"]["collector_cluster"],
+                    "outbound|9080||reviews.shop.svc.cluster.local",
+                    "{}",
+                    l["name"]
+                );
+                // A sidecar and its application are one hop: no upstream spans.
+                assert!(tracing["spawn_upstream_span"].is_null());
+                assert_eq!(tracing["random_sampling"], json!({"value": 1.0}));
+            }
+        }
+    }
+    assert!(
+        managers > 0,
+        "no HTTP connection manager in {:?}",
+        names(&t)
+    );
+}
