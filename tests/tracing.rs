@@ -5,7 +5,8 @@
 //! form, unsampled, client-forced, 404 NR, 503 UF) both send the same B3 context
 //! upstream, pack the same trace reason into `x-request-id`, and report the same span
 //! tree: names, kinds, parents, tags. With the collector down or slow, no request fails
-//! and the spans that cannot be held are dropped and counted.
+//! and the spans that cannot be held are dropped and counted. Istio configuration with a
+//! Telemetry resource, translated for a gateway, reports to the receiver too.
 mod support;
 
 use serde_json::{Value, json};
@@ -650,4 +651,99 @@ fn a_gateway_and_envoy_behind_it_make_one_trace() {
     assert_eq!(at_upstream("x-b3-sampled"), "1");
     drop(mg);
     drop(envoy);
+}
+
+/// Istio configuration translated for a gateway: a root-namespace Telemetry naming the
+/// mesh's zipkin provider with 100% sampling (the mesh itself names no default
+/// provider) makes the gateway report every request's span, with the Telemetry's tags.
+#[test]
+fn a_telemetry_resource_turns_on_tracing_for_a_gateway() {
+    let up = EchoUpstream::start("up");
+    let zipkin = ZipkinReceiver::start(false);
+    let port = free_port();
+    let config = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: zipkin, namespace: istio-system}}
+spec:
+  hosts: [zipkin.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: {zipkin}, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend, namespace: default}}
+spec:
+  hosts: [backend.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: {up}, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: [\"*\"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs, namespace: default}}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: backend.internal}}}}]}}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  tracing:
+  - providers: [{{name: zipkin}}]
+    randomSamplingPercentage: 100
+    customTags:
+      team: {{literal: {{value: edge}}}}
+",
+        zipkin = zipkin.port,
+        up = up.port(),
+    );
+    let loaded = meshgate::config::load_str("telemetry.yaml", &config);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+    let (registry, _) = meshgate::registry::Registry::from_config(&loaded.config);
+    let mesh = meshgate::config::mesh::parse_mesh_config(
+        "mesh.yaml",
+        &format!(
+            "extensionProviders:\n- name: zipkin\n  zipkin: {{service: zipkin.istio-system.svc.cluster.local, port: {}}}\n",
+            zipkin.port
+        ),
+    )
+    .expect("mesh config");
+    assert!(
+        meshgate::translate::tracing::check(&registry, &mesh, &loaded.config).is_empty(),
+        "the Telemetry's provider is usable"
+    );
+    let proxy = meshgate::xds::ProxyIdentity::gateway(
+        "istio-system",
+        BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]),
+    );
+    let t = meshgate::translate::gateway_in_mesh(&loaded.config, &registry, &proxy, &mesh);
+    let mg = InProcess::start_set(t.resources);
+    wait_for_port(port, Duration::from_secs(10));
+    for i in 0..3 {
+        let r = get(port, "svc.test", &format!("/traced/{i}"), &[]);
+        assert_eq!(r.status, 200);
+    }
+    let spans = zipkin.wait_for(&["/traced/0", "/traced/1", "/traced/2"]);
+    let server: Vec<&Value> = spans.iter().filter(|s| s["kind"] == "SERVER").collect();
+    assert_eq!(server.len(), 3, "{spans:#?}");
+    assert!(
+        server.iter().all(|s| s["tags"]["team"] == "edge"),
+        "{spans:#?}"
+    );
+    drop(mg);
 }

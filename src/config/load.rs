@@ -27,6 +27,8 @@ pub const NETWORKING_GROUP: &str = "networking.istio.io";
 pub const SECURITY_GROUP: &str = "security.istio.io";
 /// The versions of that group accepted for the kinds meshgate reads from it.
 pub const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
+/// The telemetry.istio.io versions of `Telemetry`.
+pub const TELEMETRY_VERSIONS: &[&str] = &["v1", "v1alpha1"];
 /// The API group of meshgate's own resources (`AcmeCertificate`).
 pub const MESHGATE_GROUP: &str = "meshgate.io";
 /// The versions of that group accepted for every kind meshgate reads.
@@ -53,6 +55,8 @@ pub struct Config {
     pub request_authentications: Vec<Resource<RequestAuthentication>>,
     /// `AuthorizationPolicy`s (security.istio.io).
     pub authorization_policies: Vec<Resource<AuthorizationPolicy>>,
+    /// `Telemetry`s (telemetry.istio.io): their tracing is served.
+    pub telemetries: Vec<Resource<super::types::Telemetry>>,
     /// Kubernetes `Secret`s.
     pub secrets: Vec<Resource<Secret>>,
     /// meshgate `AcmeCertificate`s (`meshgate.io/v1alpha1`).
@@ -73,6 +77,7 @@ impl Config {
             + self.peer_authentications.len()
             + self.request_authentications.len()
             + self.authorization_policies.len()
+            + self.telemetries.len()
             + self.secrets.len()
             + self.acme_certificates.len()
             + self.rate_limit_policies.len()
@@ -96,6 +101,7 @@ impl Config {
             .extend(other.request_authentications);
         self.authorization_policies
             .extend(other.authorization_policies);
+        self.telemetries.extend(other.telemetries);
         self.secrets.extend(other.secrets);
         self.acme_certificates.extend(other.acme_certificates);
         self.rate_limit_policies.extend(other.rate_limit_policies);
@@ -620,21 +626,37 @@ fn load_object(file: &Arc<str>, root: Node, config: &mut Config, diags: &mut Vec
         .iter()
         .find(|(g, k, _)| *g == group && *k == kind)
     {
-        // A Telemetry resource's tracing would replace the mesh's tracing provider or
-        // sampling for the workloads it selects: refused rather than ignored, now that
-        // the mesh's tracing is in force.
-        if kind == "Telemetry"
-            && root
-                .get("spec")
-                .and_then(|s| s.value.get("tracing"))
-                .is_some()
-        {
-            diags.push(at(
-                &root,
-                "spec.tracing",
-                Severity::Error,
-                "Telemetry tracing is not served; tracing comes from the mesh configuration (extensionProviders, defaultProviders.tracing, defaultConfig.tracing)".to_string(),
-            ));
+        if kind == "Telemetry" {
+            if !TELEMETRY_VERSIONS.contains(&version) {
+                diags.push(at(
+                    &root,
+                    "apiVersion",
+                    Severity::Error,
+                    format!(
+                        "Telemetry needs apiVersion {group}/v1 or v1alpha1, not `{api_version}`"
+                    ),
+                ));
+                return;
+            }
+            // Its tracing is served; what else it says (metrics, access logging) is
+            // ignored with a warning, as the whole kind was before.
+            let spec = root.get("spec");
+            let has = |f: &str| spec.and_then(|s| s.value.get(f)).is_some();
+            if !has("tracing") {
+                unenforced_kind(&root, &kind, *effect, &at, diags);
+            } else {
+                for field in ["metrics", "accessLogging"] {
+                    if has(field) {
+                        diags.push(at(
+                            &root,
+                            &format!("spec.{field}"),
+                            Severity::Warning,
+                            format!("Telemetry {field} is not supported yet; ignored (only tracing is served)"),
+                        ));
+                    }
+                }
+            }
+            push(config, file, root, diags, |c| &mut c.telemetries);
             return;
         }
         unenforced_kind(&root, &kind, *effect, &at, diags);
@@ -1232,8 +1254,12 @@ stringData: {tls.key: secret}
                 "t.yaml:2:1: warning: EnvoyFilter/default/a: kind: kind EnvoyFilter is not supported yet; ignored",
             ),
             (
-                "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: a}\nspec:\n  tracing: [{randomSamplingPercentage: 5}]\n",
-                "t.yaml:5:3: error: Telemetry/default/a: spec.tracing: Telemetry tracing is not served; tracing comes from the mesh configuration (extensionProviders, defaultProviders.tracing, defaultConfig.tracing)",
+                "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: a}\nspec:\n  tracing: [{randomSamplingPercentag: 5}]\n",
+                "t.yaml:5:14: error: Telemetry/default/a: spec.tracing[0].randomSamplingPercentag: unknown field `randomSamplingPercentag`; did you mean `randomSamplingPercentage`?",
+            ),
+            (
+                "apiVersion: telemetry.istio.io/v2\nkind: Telemetry\nmetadata: {name: a}\n",
+                "t.yaml:1:1: error: Telemetry/default/a: apiVersion: Telemetry needs apiVersion telemetry.istio.io/v1 or v1alpha1, not `telemetry.istio.io/v2`",
             ),
             (
                 "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: a}\nspec: {egres: []}\n",

@@ -126,7 +126,7 @@ pub struct ZipkinProvider {
 }
 
 /// A custom tag of ProxyConfig `tracing.customTags` (Istio's `Tracing.CustomTag`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum TracingCustomTag {
     Literal {

@@ -145,8 +145,8 @@ fn finish(config: Config, mut diagnostics: Vec<Diagnostic>, options: &Options) -
         .filter(|r| !diagnostics.iter().any(|d| reported(r, d)))
         .collect();
     diagnostics.extend(fresh);
-    // The tracing provider's service must be known to the registry.
-    diagnostics.extend(translate::tracing::check(&registry, &options.mesh));
+    // The tracing providers' services must be known to the registry.
+    diagnostics.extend(translate::tracing::check(&registry, &options.mesh, &config));
     let mut report = Report {
         config,
         registry,

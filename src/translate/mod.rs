@@ -165,6 +165,7 @@ fn scope_in_mesh<'a>(
     scope.connect_timeout = mesh.connect_timeout;
     scope.extension_providers = mesh.extension_providers.clone();
     scope.tracing = mesh.tracing.clone();
+    scope.root_namespace = mesh.root_namespace.clone();
     scope.gateway_topology = proxy
         .gateway_topology
         .or(mesh.gateway_topology)

@@ -82,6 +82,8 @@ pub struct Scope<'a> {
     pub extension_providers: Vec<crate::config::mesh::ExtensionProvider>,
     /// The mesh's tracing: `defaultProviders.tracing` and `defaultConfig.tracing`.
     pub tracing: crate::config::mesh::MeshTracing,
+    /// MeshConfig `rootNamespace`: its selector-less Telemetry applies mesh-wide.
+    pub root_namespace: String,
     /// `gatewayTopology` of the gateway's ProxyConfig: trusted XFF hops, XFCC handling,
     /// the PROXY protocol on its listeners.
     pub gateway_topology: crate::config::mesh::GatewayTopology,
@@ -197,6 +199,7 @@ impl<'a> Scope<'a> {
             mesh_secrets: super::tls::MeshSecrets::Ads,
             extension_providers: Vec::new(),
             tracing: Default::default(),
+            root_namespace: crate::config::mesh::DEFAULT_ROOT_NAMESPACE.to_string(),
             gateway_topology: Default::default(),
             locality: Locality::of_workload("", &proxy.labels),
             gateways,

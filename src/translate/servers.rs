@@ -80,7 +80,10 @@ impl<'s, 'a> Build<'s, 'a> {
         // authorizer's is one.
         let mut references: References = authorizer.into_iter().collect();
         // ... and the tracing collector's.
-        let tracing = match super::tracing::build(scope) {
+        let tracing = match super::tracing::build(
+            scope,
+            crate::config::types::telemetry::WorkloadMode::Client,
+        ) {
             Ok(t) => t.map(|t| {
                 references.insert(t.service);
                 t.tracing

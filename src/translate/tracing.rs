@@ -7,9 +7,16 @@
 //! tags, its dry-run authorization tags and `defaultConfig.tracing.customTags`, sorted
 //! by name. Gateways spawn a span per upstream request (Istio's behaviour since the
 //! `PILOT_SPAWN_UPSTREAM_SPAN_FOR_GATEWAY` switch was removed); sidecars do not.
+//!
+//! Telemetry resources (`pilot/pkg/model/telemetry.go`) override that per proxy: the
+//! selector-less one of the root namespace, then the proxy's namespace's, then the
+//! first one of the proxy's namespace whose selector matches its labels, each field set
+//! by a more specific one winning. Gateways and sidecars' outbound listeners take the
+//! CLIENT side, sidecars' inbound listeners the SERVER side.
 use super::authz::{DRY_RUN_ALLOW_PREFIX, DRY_RUN_DENY_PREFIX};
 use super::scope::Scope;
 use crate::config::mesh::{TracingCustomTag, ZipkinProvider};
+use crate::config::types::telemetry::{Tracing as TelemetryTracing, WorkloadMode};
 use crate::xds::ProxyKind;
 use crate::xds::pb::envoy::config::trace::v3 as trace_pb;
 use crate::xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
@@ -17,6 +24,7 @@ use crate::xds::pb::envoy::r#type::metadata::v3 as metadata_pb;
 use crate::xds::pb::envoy::r#type::tracing::v3 as tag_pb;
 use crate::xds::pb::envoy::r#type::v3::Percent;
 use crate::xds::pb::google::protobuf::{BoolValue, UInt32Value};
+use std::collections::BTreeMap;
 
 /// Envoy's name of the Zipkin tracer.
 pub const ZIPKIN: &str = "envoy.tracers.zipkin";
@@ -27,35 +35,63 @@ const DEFAULT_SAMPLING: f64 = 1.0;
 /// The RBAC filter whose dry-run results the authorization tags read.
 const RBAC_FILTER: &str = "envoy.filters.http.rbac";
 
-/// Checks that the mesh's tracing provider can be used: its service must be in the
-/// registry (a Kubernetes Service or ServiceEntry host) with the port.
+/// Checks that the tracing providers can be used: the mesh's and those Telemetry
+/// resources name must be zipkin extension providers whose service is in the registry
+/// (a Kubernetes Service or ServiceEntry host) with the port.
 pub fn check(
     registry: &crate::registry::Registry,
     mesh: &crate::config::mesh::MeshConfig,
+    config: &crate::config::Config,
 ) -> Vec<crate::config::Diagnostic> {
-    let Some(name) = mesh.tracing.providers.first() else {
-        return Vec::new();
-    };
-    let Some(zipkin) = mesh.extension_provider(name).and_then(|p| p.zipkin()) else {
-        // The mesh configuration's own checks reported it.
-        return Vec::new();
-    };
-    match super::ext_authz::lookup_cluster(registry, &zipkin.service, zipkin.port) {
-        Ok(_) => Vec::new(),
-        Err(e) => {
-            let mut d = crate::config::Diagnostic::file_error(
-                mesh.source
-                    .clone()
-                    .unwrap_or_else(|| "mesh configuration".into()),
-                0,
-                0,
-                format!("tracing provider {name:?}: {e}"),
-            );
-            d.resource = Some("MeshConfig".into());
-            d.field = Some("defaultProviders.tracing[0]".into());
-            vec![d]
+    let mut out = Vec::new();
+    if let Some(name) = mesh.tracing.providers.first()
+        // The mesh configuration's own checks reported a provider that is not zipkin.
+        && let Some(zipkin) = mesh.extension_provider(name).and_then(|p| p.zipkin())
+        && let Err(e) = super::ext_authz::lookup_cluster(registry, &zipkin.service, zipkin.port)
+    {
+        let mut d = crate::config::Diagnostic::file_error(
+            mesh.source
+                .clone()
+                .unwrap_or_else(|| "mesh configuration".into()),
+            0,
+            0,
+            format!("tracing provider {name:?}: {e}"),
+        );
+        d.resource = Some("MeshConfig".into());
+        d.field = Some("defaultProviders.tracing[0]".into());
+        out.push(d);
+    }
+    for t in &config.telemetries {
+        for (i, tracing) in t.spec.tracing.iter().enumerate() {
+            for (j, p) in tracing.providers.iter().enumerate() {
+                if p.name.is_empty() {
+                    continue; // validation reported it
+                }
+                let field = format!("spec.tracing[{i}].providers[{j}].name");
+                let problem = match mesh.extension_provider(&p.name) {
+                    None => Some(format!(
+                        "tracing provider {:?} is not defined in extensionProviders",
+                        p.name
+                    )),
+                    Some(provider) => match provider.zipkin() {
+                        None => Some(format!(
+                            "tracing provider {:?} is a `{}` provider; meshgate serves zipkin providers",
+                            p.name, provider.kind
+                        )),
+                        Some(zipkin) => {
+                            super::ext_authz::lookup_cluster(registry, &zipkin.service, zipkin.port)
+                                .err()
+                                .map(|e| format!("tracing provider {:?}: {e}", p.name))
+                        }
+                    },
+                };
+                if let Some(message) = problem {
+                    out.push(t.error(&field, message));
+                }
+            }
         }
     }
+    out
 }
 
 /// A connection manager's tracing and the service whose cluster it reports to.
@@ -66,13 +102,87 @@ pub struct BuiltTracing {
     pub service: (String, String),
 }
 
-/// The tracing of the proxy's connection managers; `Ok(None)` when the mesh names no
-/// tracing provider. An error says why the provider cannot be used (istiod then builds
-/// no tracing, and logs it).
-pub fn build(scope: &Scope) -> Result<Option<BuiltTracing>, String> {
+/// The tracing of a proxy as istiod computes it for one side of its traffic
+/// (`Telemetries.Tracing`): the mesh's default provider, overridden field by field by
+/// the Telemetry resources that apply, least specific first.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EffectiveTracing {
+    /// The extension provider spans go to; none: no tracing.
+    pub provider: Option<String>,
+    /// `disableSpanReporting`.
+    pub disabled: bool,
+    /// `randomSamplingPercentage`; none: the ProxyConfig's sampling.
+    pub sampling: Option<f64>,
+    /// `customTags`; none or empty: the ProxyConfig's tags.
+    pub custom_tags: Option<BTreeMap<String, TracingCustomTag>>,
+}
+
+/// The Telemetry tracing overrides that apply to the proxy, least specific first:
+/// the root namespace's selector-less Telemetry, the proxy namespace's, and the first
+/// of the proxy's namespace whose selector matches the proxy's labels.
+fn applicable<'a>(scope: &Scope<'a>) -> Vec<&'a TelemetryTracing> {
+    let config = scope.config;
+    let namespace_wide = |ns: &str| {
+        config
+            .telemetries
+            .iter()
+            .find(|t| t.meta.namespace == ns && t.spec.match_labels().is_none())
+    };
+    let mut levels = Vec::new();
+    levels.extend(namespace_wide(&scope.root_namespace));
+    if scope.namespace != scope.root_namespace {
+        levels.extend(namespace_wide(&scope.namespace));
+    }
+    levels.extend(config.telemetries.iter().find(|t| {
+        t.meta.namespace == scope.namespace
+            && t.spec
+                .match_labels()
+                .is_some_and(|m| m.iter().all(|(k, v)| scope.proxy.labels.get(k) == Some(v)))
+    }));
+    levels.iter().flat_map(|t| t.spec.tracing.iter()).collect()
+}
+
+/// The proxy's tracing for `side` (`Client` for gateways and outbound listeners,
+/// `Server` for inbound ones).
+pub fn effective(scope: &Scope, side: WorkloadMode) -> EffectiveTracing {
+    let mut spec = EffectiveTracing {
+        provider: scope.tracing.providers.first().cloned(),
+        ..Default::default()
+    };
+    for m in applicable(scope) {
+        let mode = m.match_.as_ref().map(|s| s.mode).unwrap_or_default();
+        if !mode.covers(side) {
+            continue;
+        }
+        if let Some(p) = m.providers.first() {
+            spec.provider = Some(p.name.clone());
+        }
+        if let Some(d) = m.disable_span_reporting {
+            spec.disabled = d;
+        }
+        if let Some(tags) = &m.custom_tags {
+            spec.custom_tags = Some(tags.clone());
+        }
+        if let Some(p) = m.random_sampling_percentage {
+            spec.sampling = Some(p);
+        }
+    }
+    if spec.provider.is_none() {
+        spec.disabled = true;
+    }
+    spec
+}
+
+/// The tracing of the proxy's connection managers on `side`; `Ok(None)` when no
+/// provider applies or span reporting is disabled. An error says why the provider
+/// cannot be used (istiod then builds no tracing, and logs it).
+pub fn build(scope: &Scope, side: WorkloadMode) -> Result<Option<BuiltTracing>, String> {
     let mesh = &scope.tracing;
-    // istiod uses the first provider (Envoy takes one tracer per connection manager).
-    let Some(name) = mesh.providers.first() else {
+    let spec = effective(scope, side);
+    if spec.disabled {
+        return Ok(None);
+    }
+    let Some(name) = &spec.provider else {
         return Ok(None);
     };
     let Some(p) = scope.extension_providers.iter().find(|p| &p.name == name) else {
@@ -105,9 +215,11 @@ pub fn build(scope: &Scope) -> Result<Option<BuiltTracing>, String> {
             value: mesh.max_path_tag_length,
         });
     }
-    // istiod's configureSampling with the ProxyConfig's percentage.
+    // istiod's configureSampling: the Telemetry's percentage, else the ProxyConfig's.
     let configured = mesh.sampling.0;
-    let sampling = if configured == 0.0 {
+    let sampling = if let Some(p) = spec.sampling {
+        p
+    } else if configured == 0.0 {
         DEFAULT_SAMPLING
     } else if configured > 100.0 {
         1.0
@@ -117,7 +229,7 @@ pub fn build(scope: &Scope) -> Result<Option<BuiltTracing>, String> {
     tracing.client_sampling = Some(Percent { value: 100.0 });
     tracing.overall_sampling = Some(Percent { value: 100.0 });
     tracing.random_sampling = Some(Percent { value: sampling });
-    tracing.custom_tags = custom_tags(scope);
+    tracing.custom_tags = custom_tags(scope, spec.custom_tags.as_ref());
     Ok(Some(BuiltTracing {
         tracing,
         service: (host, namespace),
@@ -182,8 +294,12 @@ fn dry_run_tag(tag: &str, key: &str) -> tag_pb::CustomTag {
     }
 }
 
-/// istiod's `configureCustomTags` without Telemetry resources.
-fn custom_tags(scope: &Scope) -> Vec<tag_pb::CustomTag> {
+/// istiod's `configureCustomTags`: Istio's tags, then the Telemetry's tags, or the
+/// ProxyConfig's when the Telemetry sets none.
+fn custom_tags(
+    scope: &Scope,
+    telemetry: Option<&BTreeMap<String, TracingCustomTag>>,
+) -> Vec<tag_pb::CustomTag> {
     let proxy = scope.proxy;
     let mut tags = Vec::new();
     if scope.tracing.enable_istio_tags.unwrap_or(true) {
@@ -234,7 +350,10 @@ fn custom_tags(scope: &Scope) -> Vec<tag_pb::CustomTag> {
             tags.push(dry_run_tag(tag, &format!("{prefix}{key}")));
         }
     }
-    for (name, tag) in &scope.tracing.custom_tags {
+    let user = telemetry
+        .filter(|t| !t.is_empty())
+        .unwrap_or(&scope.tracing.custom_tags);
+    for (name, tag) in user {
         use tag_pb::custom_tag::{Environment, Header, Literal, Type};
         let t = match tag {
             TracingCustomTag::Literal { value } => Type::Literal(Literal {
@@ -313,13 +432,23 @@ spec:
 "#;
 
     fn translate(mesh_yaml: &str) -> crate::translate::Translation {
-        let loaded = crate::config::load_str("test.yaml", CONFIG);
+        translate_with(mesh_yaml, "", "istio-system")
+    }
+
+    /// Translates for the ingress gateway running in `namespace`, with `extra`
+    /// resources (Telemetry) next to the base configuration.
+    fn translate_with(
+        mesh_yaml: &str,
+        extra: &str,
+        namespace: &str,
+    ) -> crate::translate::Translation {
+        let loaded = crate::config::load_str("test.yaml", &format!("{CONFIG}{extra}"));
         assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
         let (registry, _) = Registry::from_config(&loaded.config);
         let mesh = parse_mesh_config("mesh.yaml", mesh_yaml).expect("mesh config");
-        assert!(super::check(&registry, &mesh).is_empty());
+        assert!(super::check(&registry, &mesh, &loaded.config).is_empty());
         let mut proxy = ProxyIdentity::gateway(
-            "istio-system",
+            namespace,
             BTreeMap::from([
                 ("istio".to_string(), "ingressgateway".to_string()),
                 (
@@ -448,12 +577,201 @@ spec:
             "extensionProviders:\n- name: z\n  zipkin: {service: nowhere.example, port: 9411}\ndefaultProviders: {tracing: [z]}\n",
         )
         .unwrap();
-        let d = super::check(&registry, &mesh);
+        let d = super::check(&registry, &mesh, &loaded.config);
         assert_eq!(d.len(), 1);
         let text = d[0].to_string();
         assert!(
             text.contains("defaultProviders.tracing[0]") && text.contains("nowhere.example"),
             "{text}"
+        );
+    }
+
+    /// A mesh with two zipkin providers and no default one.
+    const PROVIDERS: &str = "extensionProviders:\n- name: zipkin\n  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}\n- name: other\n  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, path: /other}\n- name: authz\n  envoyExtAuthzHttp: {service: zipkin.istio-system.svc.cluster.local, port: 9411}\ndefaultConfig:\n  tracing: {sampling: 7}\n";
+
+    fn telemetry(namespace: &str, name: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
+        )
+    }
+
+    fn sampling(t: &crate::translate::Translation) -> Value {
+        hcm(t)["tracing"]["random_sampling"]["value"].clone()
+    }
+
+    fn user_tags(t: &crate::translate::Translation) -> Vec<String> {
+        hcm(t)["tracing"]["custom_tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["tag"].as_str().unwrap().to_string())
+            .filter(|t| !t.starts_with("istio."))
+            .collect()
+    }
+
+    #[test]
+    fn a_root_namespace_telemetry_enables_tracing_mesh_wide() {
+        // No default provider in the mesh: nothing traces without the Telemetry.
+        assert!(hcm(&translate_with(PROVIDERS, "", "gw"))["tracing"].is_null());
+        let root = telemetry(
+            "istio-system",
+            "mesh-default",
+            "  tracing:\n  - providers: [{name: zipkin}]\n    randomSamplingPercentage: 100\n    customTags:\n      team: {literal: {value: edge}}\n      region: {environment: {name: REGION, defaultValue: eu}}\n",
+        );
+        let t = translate_with(PROVIDERS, &root, "gw");
+        assert_eq!(sampling(&t), json!(100.0));
+        assert_eq!(user_tags(&t), ["region", "team"]);
+        let tracing = &hcm(&t)["tracing"];
+        assert_eq!(
+            tracing["provider"]["typed_config"]["collector_endpoint"],
+            "/api/v2/spans"
+        );
+        let region = tracing["custom_tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tag"] == "region")
+            .unwrap();
+        assert_eq!(
+            region["environment"],
+            json!({"name": "REGION", "default_value": "eu"})
+        );
+        assert!(
+            t.resources
+                .clusters
+                .iter()
+                .any(|c| c.name == "outbound|9411||zipkin.istio-system.svc.cluster.local")
+        );
+        crate::proxy::compile(&t.resources, "1", None).expect("the data plane compiles it");
+    }
+
+    #[test]
+    fn the_most_specific_telemetry_wins_field_by_field() {
+        let root = telemetry(
+            "istio-system",
+            "mesh",
+            "  tracing:\n  - providers: [{name: zipkin}]\n    randomSamplingPercentage: 10\n    customTags: {root: {literal: {value: r}}}\n",
+        );
+        let namespace = telemetry("gw", "ns", "  tracing:\n  - randomSamplingPercentage: 20\n");
+        let workload = telemetry(
+            "gw",
+            "ingress",
+            "  selector: {matchLabels: {istio: ingressgateway}}\n  tracing:\n  - providers: [{name: other}]\n    randomSamplingPercentage: 30\n",
+        );
+        let elsewhere = telemetry(
+            "other-ns",
+            "ingress",
+            "  selector: {matchLabels: {istio: ingressgateway}}\n  tracing:\n  - randomSamplingPercentage: 40\n",
+        );
+        let unmatched = telemetry(
+            "gw",
+            "egress",
+            "  selector: {matchLabels: {istio: egressgateway}}\n  tracing:\n  - randomSamplingPercentage: 50\n",
+        );
+        let t = translate_with(PROVIDERS, &root, "gw");
+        assert_eq!(sampling(&t), json!(10.0));
+        let t = translate_with(PROVIDERS, &format!("{root}{namespace}{elsewhere}"), "gw");
+        assert_eq!(sampling(&t), json!(20.0));
+        // The root's tags and provider are kept where nothing more specific sets them.
+        assert_eq!(user_tags(&t), ["root"]);
+        let t = translate_with(
+            PROVIDERS,
+            &format!("{root}{namespace}{unmatched}{workload}{elsewhere}"),
+            "gw",
+        );
+        assert_eq!(sampling(&t), json!(30.0));
+        assert_eq!(user_tags(&t), ["root"]);
+        assert_eq!(
+            hcm(&t)["tracing"]["provider"]["typed_config"]["collector_endpoint"],
+            "/other"
+        );
+        // A namespace's Telemetry does not reach proxies of other namespaces.
+        let t = translate_with(PROVIDERS, &format!("{root}{namespace}"), "elsewhere");
+        assert_eq!(sampling(&t), json!(10.0));
+    }
+
+    #[test]
+    fn without_a_telemetry_percentage_the_proxy_config_sampling_applies() {
+        let root = telemetry(
+            "istio-system",
+            "mesh",
+            "  tracing:\n  - providers: [{name: zipkin}]\n",
+        );
+        let t = translate_with(PROVIDERS, &root, "gw");
+        assert_eq!(sampling(&t), json!(7.0));
+        // The Telemetry's tags replace the ProxyConfig's; without any, those apply.
+        let t = translate_with(MESH, &root, "gw");
+        assert_eq!(user_tags(&t), ["env", "user"]);
+        let tagged = telemetry(
+            "gw",
+            "ns",
+            "  tracing:\n  - customTags: {only: {header: {name: x-only}}}\n",
+        );
+        let t = translate_with(MESH, &format!("{root}{tagged}"), "gw");
+        assert_eq!(user_tags(&t), ["only"]);
+    }
+
+    #[test]
+    fn disable_span_reporting_removes_tracing_and_a_more_specific_level_restores_it() {
+        let off = telemetry(
+            "istio-system",
+            "mesh",
+            "  tracing:\n  - disableSpanReporting: true\n",
+        );
+        // The mesh's default provider is switched off mesh-wide.
+        assert!(hcm(&translate_with(MESH, &off, "gw"))["tracing"].is_null());
+        let on = telemetry(
+            "gw",
+            "ingress",
+            "  selector: {matchLabels: {istio: ingressgateway}}\n  tracing:\n  - disableSpanReporting: false\n",
+        );
+        let t = translate_with(MESH, &format!("{off}{on}"), "gw");
+        assert_eq!(sampling(&t), json!(25.0));
+    }
+
+    #[test]
+    fn gateways_take_the_client_side_of_match_mode() {
+        let server_only = telemetry(
+            "istio-system",
+            "mesh",
+            "  tracing:\n  - match: {mode: SERVER}\n    providers: [{name: zipkin}]\n    randomSamplingPercentage: 60\n",
+        );
+        assert!(hcm(&translate_with(PROVIDERS, &server_only, "gw"))["tracing"].is_null());
+        let client = telemetry(
+            "istio-system",
+            "mesh",
+            "  tracing:\n  - match: {mode: CLIENT}\n    providers: [{name: zipkin}]\n    randomSamplingPercentage: 60\n",
+        );
+        assert_eq!(
+            sampling(&translate_with(PROVIDERS, &client, "gw")),
+            json!(60.0)
+        );
+    }
+
+    #[test]
+    fn telemetry_providers_must_be_zipkin_extension_providers() {
+        let bad = telemetry(
+            "istio-system",
+            "mesh",
+            "  tracing:\n  - providers: [{name: nope}, {name: authz}]\n",
+        );
+        let loaded = crate::config::load_str("test.yaml", &format!("{CONFIG}{bad}"));
+        let (registry, _) = Registry::from_config(&loaded.config);
+        let mesh = parse_mesh_config("mesh.yaml", PROVIDERS).unwrap();
+        let d: Vec<String> = super::check(&registry, &mesh, &loaded.config)
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(d.len(), 2, "{d:#?}");
+        assert!(
+            d[0].contains("Telemetry/istio-system/mesh: spec.tracing[0].providers[0].name: tracing provider \"nope\" is not defined in extensionProviders"),
+            "{}",
+            d[0]
+        );
+        assert!(
+            d[1].contains("spec.tracing[0].providers[1].name: tracing provider \"authz\" is a `envoyExtAuthzHttp` provider; meshgate serves zipkin providers"),
+            "{}",
+            d[1]
         );
     }
 }

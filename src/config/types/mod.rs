@@ -15,6 +15,7 @@ pub mod request_authentication;
 pub mod secret;
 pub mod service_entry;
 pub mod sidecar;
+pub mod telemetry;
 pub mod virtual_service;
 pub mod workload_entry;
 
@@ -29,6 +30,7 @@ pub use request_authentication::RequestAuthentication;
 pub use secret::Secret;
 pub use service_entry::ServiceEntry;
 pub use sidecar::Sidecar;
+pub use telemetry::Telemetry;
 pub use virtual_service::VirtualService;
 pub use workload_entry::WorkloadEntry;
 
@@ -58,6 +60,9 @@ impl Kind for RequestAuthentication {
 }
 impl Kind for AuthorizationPolicy {
     const KIND: &'static str = "AuthorizationPolicy";
+}
+impl Kind for Telemetry {
+    const KIND: &'static str = "Telemetry";
 }
 impl Kind for Secret {
     const KIND: &'static str = "Secret";

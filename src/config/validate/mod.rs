@@ -11,6 +11,7 @@ pub mod rate_limit_policy;
 pub mod request_authentication;
 pub mod service_entry;
 pub mod sidecar;
+pub mod telemetry;
 pub mod virtual_service;
 
 use super::diag::Diagnostic;
@@ -54,6 +55,10 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     for r in &config.authorization_policies {
         authorization_policy::validate(r, &mut out);
     }
+    for r in &config.telemetries {
+        telemetry::validate(r, &mut out);
+    }
+    telemetry::one_per_namespace(&config.telemetries, &mut out);
     names(&config.gateways, &mut out);
     names(&config.virtual_services, &mut out);
     names(&config.destination_rules, &mut out);
@@ -63,6 +68,7 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     names(&config.peer_authentications, &mut out);
     names(&config.request_authentications, &mut out);
     names(&config.authorization_policies, &mut out);
+    names(&config.telemetries, &mut out);
     names(&config.secrets, &mut out);
     names(&config.acme_certificates, &mut out);
     names(&config.rate_limit_policies, &mut out);
@@ -76,6 +82,7 @@ pub fn validate(config: &Config) -> Vec<Diagnostic> {
     duplicates(&config.peer_authentications, &mut out);
     duplicates(&config.request_authentications, &mut out);
     duplicates(&config.authorization_policies, &mut out);
+    duplicates(&config.telemetries, &mut out);
     duplicates(&config.secrets, &mut out);
     duplicates(&config.acme_certificates, &mut out);
     duplicates(&config.rate_limit_policies, &mut out);

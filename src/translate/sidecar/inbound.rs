@@ -465,10 +465,13 @@ fn http_connection_manager(
         )
     };
     // The mesh's tracing (a SERVER span on the inbound listener).
-    manager.tracing = crate::translate::tracing::build(scope)
-        .ok()
-        .flatten()
-        .map(|t| t.tracing);
+    manager.tracing = crate::translate::tracing::build(
+        scope,
+        crate::config::types::telemetry::WorkloadMode::Server,
+    )
+    .ok()
+    .flatten()
+    .map(|t| t.tracing);
     if cc.protocol.is_http2() {
         manager.http2_protocol_options = Some(core::Http2ProtocolOptions::default());
     }

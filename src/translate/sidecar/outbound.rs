@@ -87,10 +87,13 @@ pub(super) fn build(scope: &Scope, mesh: &MeshConfig, out: &mut Translation) {
     let catch_all = catch_all_cluster(imports.mode);
     // The mesh's tracing, on every outbound connection manager (the collector's
     // cluster is among the services the sidecar sees, or validation refused it).
-    let tracing = crate::translate::tracing::build(scope)
-        .ok()
-        .flatten()
-        .map(|t| t.tracing);
+    let tracing = crate::translate::tracing::build(
+        scope,
+        crate::config::types::telemetry::WorkloadMode::Client,
+    )
+    .ok()
+    .flatten()
+    .map(|t| t.tracing);
     let mut route_names: BTreeMap<String, (u32, Option<String>)> = BTreeMap::new();
     for entry in entries.values() {
         out.resources.listeners.push(entry_listener(

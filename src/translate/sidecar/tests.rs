@@ -1003,3 +1003,43 @@ fn every_connection_manager_traces_to_the_mesh_provider_without_upstream_spans()
         names(&t)
     );
 }
+
+#[test]
+fn telemetry_match_modes_split_inbound_and_outbound_tracing() {
+    let mesh = crate::config::mesh::parse_mesh_config(
+        "mesh.yaml",
+        "extensionProviders:\n- name: z\n  zipkin: {service: reviews.shop.svc.cluster.local, port: 9080}\ndefaultProviders: {tracing: [z]}\n",
+    )
+    .unwrap();
+    let telemetry = "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: pp, namespace: shop}\nspec:\n  selector: {matchLabels: {app: productpage}}\n  tracing:\n  - match: {mode: SERVER}\n    randomSamplingPercentage: 50\n  - match: {mode: CLIENT}\n    randomSamplingPercentage: 5\n";
+    let t = translate_in(&format!("{SERVICES}{telemetry}"), "shop", &mesh);
+    let (mut server, mut client) = (0, 0);
+    for l in &t.resources.listeners {
+        let l = json::to_json(l).unwrap();
+        let name = l["name"].as_str().unwrap_or_default().to_string();
+        let chains = l["filter_chains"].as_array().into_iter().flatten().chain(
+            l["default_filter_chain"]
+                .as_object()
+                .map(|_| &l["default_filter_chain"]),
+        );
+        for fc in chains {
+            for f in fc["filters"].as_array().into_iter().flatten() {
+                if f["name"] != "envoy.filters.network.http_connection_manager" {
+                    continue;
+                }
+                let sampling = &f["typed_config"]["tracing"]["random_sampling"]["value"];
+                if inbound(&name) {
+                    server += 1;
+                    assert_eq!(*sampling, json!(50.0), "{name}");
+                } else {
+                    client += 1;
+                    assert_eq!(*sampling, json!(5.0), "{name}");
+                }
+            }
+        }
+    }
+    assert!(
+        server > 0 && client > 0,
+        "{server} inbound, {client} outbound"
+    );
+}
