@@ -515,19 +515,26 @@ spec:
     jwksUri: http://127.0.0.1:9/keys
 "#;
 
-#[test]
-fn redirect_no_endpoints_direct_response_and_rbac() {
-    let app = EchoUpstream::start("app");
-    let port = free_port();
-    let dir = TempDir::new();
+/// Writes [`EDGE`] for a gateway on `port` in front of an upstream on `app` into
+/// `DIR/edge`, and returns that folder.
+fn write_edge(dir: &TempDir, port: u16, app: u16) -> std::path::PathBuf {
     let config = dir.path().join("edge");
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(
         config.join("edge.yaml"),
         EDGE.replace("PORT", &port.to_string())
-            .replace("APP", &app.port().to_string()),
+            .replace("APP", &app.to_string()),
     )
     .unwrap();
+    config
+}
+
+#[test]
+fn redirect_no_endpoints_direct_response_and_rbac() {
+    let app = EchoUpstream::start("app");
+    let port = free_port();
+    let dir = TempDir::new();
+    let config = write_edge(&dir, port, app.port());
     let gw = start_gateway(&config, dir.path());
     let c = config.to_str().unwrap();
     let base = format!("http://app.example.com:{port}");
@@ -998,14 +1005,7 @@ fn xds_explains_what_the_control_plane_serves() {
     let app = EchoUpstream::start("app");
     let port = free_port();
     let dir = TempDir::new();
-    let config = dir.path().join("edge");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("edge.yaml"),
-        EDGE.replace("PORT", &port.to_string())
-            .replace("APP", &app.port().to_string()),
-    )
-    .unwrap();
+    let config = write_edge(&dir, port, app.port());
     let (xds_port, debug_port) = (free_port(), free_port());
     let xds = format!("127.0.0.1:{xds_port}");
     let _cp = ControlPlaneProcess(
