@@ -286,21 +286,19 @@ fn outlier_detection_ejects_a_dead_host_like_envoy() {
     };
     both(make, |who, port| {
         // Round robin alternates; connect failures to the dead host count as 5xx until it
-        // is ejected, then everything goes to the live one.
-        let mut failures = 0;
-        for _ in 0..6 {
-            if get(port, "x", "/", &[]).status != 200 {
-                failures += 1;
-            }
-        }
+        // is ejected, then everything goes to the live one. Envoy ejects on its main
+        // thread, after the worker reports the second failure, so on a busy machine one
+        // more request may still reach the dead host.
+        let statuses: Vec<u16> = (0..26).map(|_| get(port, "x", "/", &[]).status).collect();
+        let failures = statuses.iter().filter(|s| **s != 200).count();
         assert!(
-            (1..=3).contains(&failures),
-            "{who}: {failures} failures before ejection"
+            (1..=4).contains(&failures),
+            "{who}: {failures} failures before ejection: {statuses:?}"
         );
-        for i in 0..20 {
-            let r = get(port, "x", "/", &[]);
-            assert_eq!(r.status, 200, "{who}: request {i} after ejection");
-        }
+        assert!(
+            statuses[12..].iter().all(|s| *s == 200),
+            "{who}: a request failed after ejection: {statuses:?}"
+        );
     });
 }
 
